@@ -1,0 +1,361 @@
+//! Session frames, by direction, and their length-prefixed framing on a QUIC stream.
+//!
+//! A frame on the stream is a 4-byte little-endian length `n` (1 ≤ n ≤ [`FRAME_BYTES_MAX`])
+//! followed by `n` bytes: the canonical encoding of one [`NodeToRelay`] or [`RelayToNode`].
+//! A receiver checks `n` before it allocates anything.
+
+use crate::auth::AuthProof;
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::envelope::Envelope;
+use crate::id::{MessageId, ParticipantId, Seq};
+use crate::limits::{ACCEPTED_RECIPIENTS_MAX, DETAIL_BYTES_MAX, FRAME_BYTES_MAX};
+use crate::receipt::Receipt;
+use crate::roster::Roster;
+use crate::sign::{Digest, Signed};
+
+/// ALPN protocol id, offered by nodes and required by relays.
+pub const ALPN: &[u8] = b"cica-hotline/1";
+
+/// Bytes of the length prefix.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// The first frame a node sends on its session stream.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Hello {
+    /// Signed proof bound to this TLS session.
+    pub auth: Signed<AuthProof>,
+    /// The roster version the node holds (0 if none): the relay sends a newer one.
+    pub roster_version: u64,
+}
+
+/// Frames from a node to the relay.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[non_exhaustive]
+pub enum NodeToRelay {
+    /// Tag 0: authenticate; must be the first frame.
+    Hello(Hello),
+    /// Tag 1: a message to route. Answered by `Accepted` or `Rejected`.
+    Submit(Signed<Envelope>),
+    /// Tag 2: a delivered or acknowledged receipt. Answered by `ReceiptStored` or `Rejected`.
+    Receipt(Signed<Receipt>),
+    /// Tag 3: liveness check, answered by `Pong` with the same nonce.
+    Ping(u64),
+}
+
+/// Answer to a successful `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Welcome {
+    /// The relay's clock, in milliseconds since the Unix epoch (for skew warnings).
+    pub relay_time_ms: u64,
+    /// The highest sequence number the relay has accepted from this participant.
+    pub last_seq: Seq,
+    /// The current roster, if newer than the one the node said it holds.
+    pub roster: Option<Signed<Roster>>,
+}
+
+/// The relay holds a message durably and will deliver it.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Accepted {
+    /// The message.
+    pub id: MessageId,
+    /// Everyone it will be delivered to, after routing.
+    pub recipients: Vec<ParticipantId>,
+    /// When the relay first accepted it, in milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+}
+
+/// What a `Rejected` frame refers to.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[non_exhaustive]
+pub enum Subject {
+    /// Tag 0: a submitted message.
+    Message(MessageId),
+    /// Tag 1: a submitted receipt, by the digest of its signed bytes.
+    Receipt(Digest),
+    /// Tag 2: a frame that could not be attributed to anything.
+    Frame,
+}
+
+/// Why a submitted message or receipt was refused. The connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+#[non_exhaustive]
+pub enum RejectCode {
+    /// Tag 0: the signed bytes do not decode or break a field rule.
+    Malformed,
+    /// Tag 1: the signature does not verify.
+    BadSignature,
+    /// Tag 2: the author is not the authenticated participant of this connection.
+    NotAuthor,
+    /// Tag 3: the author is not on the roster.
+    UnknownSender,
+    /// Tag 4: the author is revoked, or the key is not one of the author's.
+    Revoked,
+    /// Tag 5: a listed recipient is not on the roster, or revoked.
+    UnknownRecipient,
+    /// Tag 6: the addressed group does not exist.
+    UnknownGroup,
+    /// Tag 7: the routing policy forbids this sender to address these recipients.
+    PolicyDenied,
+    /// Tag 8: the audience resolves to nobody.
+    NoRecipients,
+    /// Tag 9: the body or another field is over its limit.
+    TooLarge,
+    /// Tag 10: the sequence number does not exceed the last one accepted from this sender.
+    ReplayedSeq,
+    /// Tag 11: created-at is too far in the future.
+    FutureTimestamp,
+    /// Tag 12: this message id was accepted before with different content.
+    IdConflict,
+    /// Tag 13: a recipient's queue is full.
+    QueueFull,
+    /// Tag 14: the sender exceeded its rate limit; retry later.
+    RateLimited,
+    /// Tag 15: the relay cannot store right now (e.g. disk full); retry later.
+    StorageUnavailable,
+    /// Tag 16: the receipt names a message the relay does not hold for this recipient.
+    UnknownMessage,
+    /// Tag 17: the protocol version is not supported.
+    UnsupportedVersion,
+}
+
+/// A refusal of one submitted item.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Rejected {
+    /// What is refused.
+    pub subject: Subject,
+    /// Why.
+    pub code: RejectCode,
+    /// Human-readable detail, at most [`DETAIL_BYTES_MAX`] bytes.
+    pub detail: String,
+}
+
+/// Why a connection is being closed. The same numbers are the QUIC application close codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Tag / close code 0: normal close.
+    Normal,
+    /// 1: a frame was malformed or out of order.
+    ProtocolViolation,
+    /// 2: the authentication proof is invalid (bad signature, wrong channel binding).
+    AuthFailed,
+    /// 3: the participant is not on the roster.
+    UnknownParticipant,
+    /// 4: the participant or its key is revoked.
+    Revoked,
+    /// 5: no authentication proof arrived in time.
+    AuthTimeout,
+    /// 6: a frame exceeded the size limit.
+    FrameTooLarge,
+    /// 7: a per-connection limit (streams, queue, rate) was exceeded.
+    LimitExceeded,
+    /// 8: the relay is shutting down; reconnect later.
+    GoingAway,
+    /// 9: the relay is at its connection limit.
+    Busy,
+    /// 10: another connection authenticated as the same participant.
+    Superseded,
+    /// 11: unsupported protocol version.
+    UnsupportedVersion,
+    /// 12: internal error in the relay.
+    Internal,
+    /// 13: the peer did not read its stream in time (slow consumer).
+    SlowConsumer,
+}
+
+impl ErrorCode {
+    /// The QUIC application close code for this error.
+    pub fn close_code(self) -> u32 {
+        self as u32
+    }
+
+    /// The error for a QUIC application close code, if defined.
+    pub fn from_close_code(code: u64) -> Option<Self> {
+        use ErrorCode::*;
+        const ALL: [ErrorCode; 14] = [
+            Normal,
+            ProtocolViolation,
+            AuthFailed,
+            UnknownParticipant,
+            Revoked,
+            AuthTimeout,
+            FrameTooLarge,
+            LimitExceeded,
+            GoingAway,
+            Busy,
+            Superseded,
+            UnsupportedVersion,
+            Internal,
+            SlowConsumer,
+        ];
+        ALL.get(usize::try_from(code).ok()?).copied()
+    }
+}
+
+/// The relay's last word before it closes a connection.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct ErrorFrame {
+    /// Why.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// Frames from the relay to a node.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[non_exhaustive]
+pub enum RelayToNode {
+    /// Tag 0: authentication succeeded.
+    Welcome(Welcome),
+    /// Tag 1: a submitted message is durable and routed.
+    Accepted(Accepted),
+    /// Tag 2: a submitted message or receipt is refused.
+    Rejected(Rejected),
+    /// Tag 3: a message for this node; answer with a delivered receipt.
+    Deliver(Signed<Envelope>),
+    /// Tag 4: a receipt from a recipient of a message this node sent.
+    Receipt(Signed<Receipt>),
+    /// Tag 5: a submitted receipt is durable (named by the digest of its signed bytes).
+    ReceiptStored(Digest),
+    /// Tag 6: a newer roster.
+    RosterUpdate(Signed<Roster>),
+    /// Tag 7: answer to `Ping`.
+    Pong(u64),
+    /// Tag 8: the relay is closing the connection.
+    Error(ErrorFrame),
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode_frame<T: bincode::Encode + FrameCheck>(frame: &T) -> Result<Vec<u8>, EncodeError> {
+    frame.check_limits()?;
+    let payload = codec::encode(frame, FRAME_BYTES_MAX)?;
+    let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + payload.len());
+    // The cast cannot truncate: `codec::encode` refused anything over FRAME_BYTES_MAX.
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Reads a length prefix and checks it against the frame limit, before any allocation.
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, DecodeError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len == 0 {
+        return Err(DecodeError::Invalid {
+            field: "frame length",
+            reason: "empty frame",
+        });
+    }
+    if len > FRAME_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes one frame payload (without its prefix).
+pub fn decode_frame<T: bincode::Decode<()> + FrameCheck>(payload: &[u8]) -> Result<T, DecodeError> {
+    let frame: T = codec::decode(payload, FRAME_BYTES_MAX)?;
+    frame.check_limits()?;
+    Ok(frame)
+}
+
+/// Per-frame limits that the type system does not already enforce.
+pub trait FrameCheck {
+    /// Checks free-text and list lengths.
+    fn check_limits(&self) -> Result<(), DecodeError>;
+}
+
+impl FrameCheck for NodeToRelay {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+impl FrameCheck for RelayToNode {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        let detail = match self {
+            RelayToNode::Rejected(r) => &r.detail,
+            RelayToNode::Error(e) => &e.detail,
+            RelayToNode::Accepted(a) if a.recipients.len() > ACCEPTED_RECIPIENTS_MAX => {
+                return Err(DecodeError::Invalid {
+                    field: "recipients",
+                    reason: "too many",
+                })
+            }
+            _ => return Ok(()),
+        };
+        if detail.len() > DETAIL_BYTES_MAX {
+            return Err(DecodeError::Invalid {
+                field: "detail",
+                reason: "longer than 512 bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Truncates a detail string to [`DETAIL_BYTES_MAX`] on a character boundary.
+pub fn detail(s: impl Into<String>) -> String {
+    let mut s = s.into();
+    if s.len() > DETAIL_BYTES_MAX {
+        let mut cut = DETAIL_BYTES_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// A sans-I/O frame splitter: push bytes as they arrive, pull whole frames out.
+///
+/// It never buffers more than one prefix plus one maximal frame, and it refuses an oversized
+/// length prefix as soon as the prefix is complete.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+}
+
+impl FrameBuffer {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes. Returns an error if the pending frame is oversized; the
+    /// stream must then be closed.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= FRAME_PREFIX_BYTES {
+            let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+            prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_BYTES]);
+            frame_len(prefix)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next complete frame, if there is one.
+    pub fn next_frame<T: bincode::Decode<()> + FrameCheck>(
+        &mut self,
+    ) -> Result<Option<T>, DecodeError> {
+        if self.buf.len() < FRAME_PREFIX_BYTES {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_BYTES]);
+        let len = frame_len(prefix)?;
+        if self.buf.len() < FRAME_PREFIX_BYTES + len {
+            return Ok(None);
+        }
+        let frame = decode_frame(&self.buf[FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + len]);
+        self.buf.drain(..FRAME_PREFIX_BYTES + len);
+        frame.map(Some)
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}

@@ -1,0 +1,207 @@
+//! Identifiers: participant codes, message ids, per-sender sequence numbers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bincode::de::Decoder;
+use bincode::enc::Encoder;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{PARTICIPANT_ID_BYTES_MAX, PARTICIPANT_ID_BYTES_MIN};
+
+/// Why a participant id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The id is shorter or longer than the allowed 2 to 8 characters.
+    #[error("participant id {0:?} must be 2 to 8 characters")]
+    Length(String),
+    /// The id holds something other than upper-case ASCII letters and digits, or starts
+    /// with a digit.
+    #[error("participant id {0:?} must be upper-case letters and digits, starting with a letter")]
+    Charset(String),
+    /// A message id was not 32 hexadecimal digits.
+    #[error("message id {0:?} must be 32 hexadecimal digits")]
+    MessageId(String),
+}
+
+/// A participant's short code: `KAZ`, `UN`, `OSCE`, `SEC`.
+///
+/// Always 2 to 8 characters of `A-Z0-9`, starting with a letter; a value of this type has
+/// been checked, whether it came from a string, a file or the wire.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ParticipantId(String);
+
+impl ParticipantId {
+    /// Checks and wraps a participant code.
+    pub fn new(code: &str) -> Result<Self, IdError> {
+        if !(PARTICIPANT_ID_BYTES_MIN..=PARTICIPANT_ID_BYTES_MAX).contains(&code.len()) {
+            return Err(IdError::Length(code.chars().take(16).collect()));
+        }
+        let mut chars = code.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_uppercase());
+        if !first_ok || !chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+            return Err(IdError::Charset(code.to_owned()));
+        }
+        Ok(Self(code.to_owned()))
+    }
+
+    /// The code as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ParticipantId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for ParticipantId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<ParticipantId> for String {
+    fn from(id: ParticipantId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ParticipantId({})", self.0)
+    }
+}
+
+impl bincode::Encode for ParticipantId {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+        self.0.encode(encoder)
+    }
+}
+
+impl<Context> bincode::Decode<Context> for ParticipantId {
+    fn decode<D: Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        // Refuse an over-long id before the string is allocated: peek at the length.
+        let s = crate::codec::decode_bounded_string(decoder, PARTICIPANT_ID_BYTES_MAX)?;
+        ParticipantId::new(&s)
+            .map_err(|_| bincode::error::DecodeError::OtherString("invalid participant id".into()))
+    }
+}
+bincode::impl_borrow_decode!(ParticipantId);
+
+/// A message's 128-bit random id, shown as 32 lower-case hexadecimal digits.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode,
+)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh id from the operating system's random source.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        Self(b)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(s, &mut b).map_err(|_| IdError::MessageId(s.to_owned()))?;
+        Ok(Self(b))
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A per-sender sequence number: each participant numbers its messages 1, 2, 3…; the relay
+/// refuses a number that does not exceed the last one it accepted from that sender.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participant_ids() {
+        for ok in ["KAZ", "UN", "OSCE", "TURKPA", "SEC", "A1"] {
+            assert!(ParticipantId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "K", "kaz", "1AB", "TOOLONGID", "KA Z", "КАЗ", "K-Z"] {
+            assert!(ParticipantId::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn message_id_round_trips_through_hex() {
+        let id = MessageId::random();
+        let back: MessageId = id.to_string().parse().expect("own display parses");
+        assert_eq!(id, back);
+        assert!("xyz".parse::<MessageId>().is_err());
+    }
+}
