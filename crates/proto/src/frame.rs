@@ -8,7 +8,7 @@ use crate::auth::AuthProof;
 use crate::codec::{self, DecodeError, EncodeError};
 use crate::envelope::Envelope;
 use crate::id::{MessageId, ParticipantId, Seq};
-use crate::limits::{ACCEPTED_RECIPIENTS_MAX, DETAIL_BYTES_MAX, FRAME_BYTES_MAX};
+use crate::limits::{ACCEPTED_RECIPIENTS_MAX, DETAIL_BYTES_MAX, FRAME_BYTES_MAX, RECEIPT_ITEMS_MAX};
 use crate::receipt::Receipt;
 use crate::roster::Roster;
 use crate::sign::{Digest, Signed};
@@ -40,6 +40,11 @@ pub enum NodeToRelay {
     Receipt(Signed<Receipt>),
     /// Tag 3: liveness check, answered by `Pong` with the same nonce.
     Ping(u64),
+    /// Tag 4: the node holds these forwarded receipts (named by the digests of their signed
+    /// bytes) durably; the relay may drop them from its forward queue. Unsigned: the session
+    /// is authenticated, and this only releases relay storage. At most
+    /// [`RECEIPT_ITEMS_MAX`] digests.
+    ReceiptsStored(Vec<Digest>),
 }
 
 /// Answer to a successful `Hello`.
@@ -269,7 +274,15 @@ pub trait FrameCheck {
 
 impl FrameCheck for NodeToRelay {
     fn check_limits(&self) -> Result<(), DecodeError> {
-        Ok(())
+        match self {
+            NodeToRelay::ReceiptsStored(d) if d.is_empty() || d.len() > RECEIPT_ITEMS_MAX => {
+                Err(DecodeError::Invalid {
+                    field: "receipts stored",
+                    reason: "must name 1 to 512 receipts",
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }
 

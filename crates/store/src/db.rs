@@ -1,0 +1,121 @@
+//! Opening a database with the durability settings every hotline store relies on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long a connection waits for another's lock before failing (readers never wait in
+/// WAL mode; this covers the writer and a concurrent `audit verify`).
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file could not be opened or is not a valid database.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// SQLite's integrity check found damage.
+    #[error("database {path} is corrupt: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the check reported.
+        detail: String,
+    },
+    /// The disk is full: nothing was written.
+    #[error("disk full: nothing was written")]
+    DiskFull,
+    /// Any other SQLite failure.
+    #[error("storage: {0}")]
+    Sqlite(rusqlite::Error),
+    /// The audit journal's hash chain is broken.
+    #[error("audit journal broken at entry {seq}: {reason}")]
+    JournalBroken {
+        /// The first entry that does not verify.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::DiskFull;
+            }
+        }
+        StoreError::Sqlite(e)
+    }
+}
+
+/// Opens (creating if asked) a database with WAL, `synchronous=FULL`, foreign keys on and a
+/// busy timeout, and runs SQLite's quick integrity check so a damaged file is refused at
+/// start-up with its name rather than served.
+pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let wrap = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(wrap)?;
+    // journal_mode returns a row; WAL keeps readers off the writer's path.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("cannot enable WAL (journal_mode is {mode})"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(wrap)?;
+    Ok(conn)
+}
+
+/// Runs `PRAGMA quick_check` and reports damage naming the file.
+pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let result: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(path, e))?;
+    if result != "ok" {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: result,
+        });
+    }
+    Ok(())
+}
+
+fn corrupt_or(path: &Path, e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}

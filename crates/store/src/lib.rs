@@ -1,0 +1,15 @@
+//! `hotline-store`: how the relay and the node keep data durably.
+//!
+//! Both keep one SQLite database (bundled library) in WAL mode with `synchronous=FULL`: a
+//! transaction that has returned from `COMMIT` survives `kill -9` and power loss, so a
+//! service may answer *accepted* (relay) or send a *delivered* receipt (node) right after
+//! it. The hash-chained audit journal lives in the same database and is appended in the
+//! same transaction as the change it records, so the two never disagree.
+
+#![warn(missing_docs)]
+
+pub mod db;
+pub mod journal;
+
+pub use db::{open, quick_check, StoreError};
+pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};
