@@ -1,0 +1,71 @@
+//! Transport errors.
+
+use hotline_proto::frame::ErrorCode;
+use hotline_proto::{DecodeError, EncodeError};
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A certificate, key or TLS configuration problem.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The endpoint could not be created (e.g. the address is in use).
+    #[error("endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// A connection could not be started.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer closed the connection with a hotline error code.
+    #[error("closed by peer: {code:?}: {reason}")]
+    Closed {
+        /// The code.
+        code: ErrorCode,
+        /// The peer's reason text.
+        reason: String,
+    },
+    /// Reading from the stream failed.
+    #[error("read: {0}")]
+    Read(String),
+    /// Writing to the stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// A frame could not be decoded.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// A frame could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// The peer did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The peer broke the protocol (e.g. an unexpected first frame).
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl NetError {
+    /// Maps a connection error to `Closed` when the peer gave a hotline code.
+    pub fn from_connection(e: quinn::ConnectionError) -> Self {
+        if let quinn::ConnectionError::ApplicationClosed(close) = &e {
+            if let Some(code) = ErrorCode::from_close_code(close.error_code.into_inner()) {
+                return NetError::Closed {
+                    code,
+                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                };
+            }
+        }
+        NetError::Connection(e)
+    }
+}

@@ -1,0 +1,215 @@
+//! TLS: the relay's certificate, and pinning it on the node side.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::NetError;
+
+/// The server name nodes present; with pinning it names the service, not a DNS host.
+pub const RELAY_SERVER_NAME: &str = "hotline-relay";
+
+/// SHA-256 of a certificate's DER encoding: what a node pins.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let clean: String = s.chars().filter(|c| *c != ':').collect();
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(clean.trim(), &mut b).map_err(|_| {
+            NetError::Tls(format!(
+                "certificate fingerprint {s:?} must be 64 hexadecimal digits (SHA-256)"
+            ))
+        })?;
+        Ok(Self(b))
+    }
+}
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The relay's certificate chain and private key, loaded from PEM files.
+pub struct RelayIdentity {
+    /// Certificate chain, end-entity first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl RelayIdentity {
+    /// Creates a self-signed certificate for the relay; returns (cert PEM, key PEM, fingerprint).
+    pub fn generate() -> Result<(String, String, Fingerprint), NetError> {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            RELAY_SERVER_NAME.to_owned(),
+            "localhost".to_owned(),
+        ])
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+        let fp = Fingerprint::of(ck.cert.der());
+        Ok((ck.cert.pem(), ck.key_pair.serialize_pem(), fp))
+    }
+
+    /// Loads a certificate chain and key from PEM files.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NetError> {
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| NetError::Tls(format!("{}: {e}", cert_path.display())))?;
+        if certs.is_empty() {
+            return Err(NetError::Tls(format!(
+                "{}: no certificate found",
+                cert_path.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| NetError::Tls(format!("{}: {e}", key_path.display())))?;
+        Ok(Self { certs, key })
+    }
+
+    /// The pinned fingerprint of the end-entity certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        // `load` refuses an empty chain.
+        Fingerprint::of(self.certs.first().map(|c| c.as_ref()).unwrap_or_default())
+    }
+
+    /// A rustls server configuration: TLS 1.3 only, ALPN `cica-hotline/1`, no client certs.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, NetError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| NetError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| NetError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![hotline_proto::frame::ALPN.to_vec()];
+        cfg.max_early_data_size = 0;
+        Ok(cfg)
+    }
+}
+
+/// Accepts exactly the pinned certificates, and still checks the TLS 1.3 handshake
+/// signature, so the peer must hold the pinned certificate's private key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pins: Vec<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = Fingerprint::of(end_entity);
+        if self.pins.contains(&fp) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::error!(presented = %fp, "relay certificate does not match the pinned fingerprint");
+            Err(rustls::Error::General(format!(
+                "relay certificate {fp} does not match the pinned fingerprint"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is never negotiated: the client config allows TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls client configuration that trusts only the pinned relay certificates.
+pub fn client_config(pins: Vec<Fingerprint>) -> Result<rustls::ClientConfig, NetError> {
+    let provider = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pins, provider }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![hotline_proto::frame::ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// Writes a fresh self-signed certificate and key (mode 0600) to the given paths, refusing
+/// to overwrite existing files. Returns the fingerprint nodes pin.
+pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<Fingerprint, NetError> {
+    use std::io::Write;
+    let (cert, key, fp) = RelayIdentity::generate()?;
+    let io = |path: &Path| {
+        let p = path.display().to_string();
+        move |source| NetError::Io { path: p, source }
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut kf = opts.open(key_path).map_err(io(key_path))?;
+    kf.write_all(key.as_bytes()).map_err(io(key_path))?;
+    kf.sync_all().map_err(io(key_path))?;
+    let mut cf = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(cert_path)
+        .map_err(io(cert_path))?;
+    cf.write_all(cert.as_bytes()).map_err(io(cert_path))?;
+    cf.sync_all().map_err(io(cert_path))?;
+    Ok(fp)
+}

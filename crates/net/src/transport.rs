@@ -1,0 +1,92 @@
+//! QUIC endpoints and their transport limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::tls::{client_config, Fingerprint, RelayIdentity};
+use crate::NetError;
+
+/// Default: a link silent for this long is dead (keepalives keep a live one busy).
+pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Default: how often an idle connection sends a keepalive, so a dead link is noticed
+/// within seconds.
+pub const KEEPALIVE_MS: u64 = 2_000;
+const _: () = assert!(KEEPALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
+
+/// Transport limits for one side of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportLimits {
+    /// Close a connection after this long without any packet.
+    pub idle_timeout_ms: u64,
+    /// Send a keepalive after this long without sending.
+    pub keepalive_ms: u64,
+    /// Bidirectional streams the peer may open at once (the session needs one).
+    pub peer_bidi_streams: u32,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: IDLE_TIMEOUT_MS,
+            keepalive_ms: KEEPALIVE_MS,
+            peer_bidi_streams: 1,
+        }
+    }
+}
+
+impl TransportLimits {
+    fn transport_config(&self) -> Result<TransportConfig, NetError> {
+        let mut t = TransportConfig::default();
+        let idle = IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .map_err(|_| NetError::Tls("idle timeout out of range".into()))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(Duration::from_millis(self.keepalive_ms)));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.peer_bidi_streams));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        Ok(t)
+    }
+}
+
+/// A relay endpoint listening on `addr`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &RelayIdentity,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let tls = identity.server_config()?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(limits.transport_config()?));
+    quinn::Endpoint::server(cfg, addr).map_err(NetError::Endpoint)
+}
+
+/// A client endpoint that trusts only the pinned relay certificates.
+/// Bind to `[::]:0` or `0.0.0.0:0` to match the relays' address family.
+pub fn client_endpoint(
+    bind: SocketAddr,
+    pins: Vec<Fingerprint>,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::client(bind).map_err(NetError::Endpoint)?;
+    ep.set_default_client_config(client_quinn_config(pins, limits)?);
+    Ok(ep)
+}
+
+/// The quinn client configuration for pinned relays.
+pub fn client_quinn_config(
+    pins: Vec<Fingerprint>,
+    limits: &TransportLimits,
+) -> Result<quinn::ClientConfig, NetError> {
+    let tls = client_config(pins)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut limits = *limits;
+    // A node never accepts streams from the relay.
+    limits.peer_bidi_streams = 0;
+    cfg.transport_config(Arc::new(limits.transport_config()?));
+    Ok(cfg)
+}
