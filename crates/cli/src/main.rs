@@ -1,1 +1,105 @@
-fn main(){}
+//! `hotline`: the one CICA Hotline binary.
+//!
+//! `main` parses the command line, installs the log subscriber and dispatches to one module
+//! per command group under `cmd/`. Each module owns its clap arguments and its `run`
+//! function; adding a command group is a new module and one variant of [`Command`].
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// CICA Hotline: crisis communications for the Conference on Interaction and Confidence
+/// Building Measures in Asia.
+#[derive(Debug, Parser)]
+#[command(name = "hotline", version)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text (logs go to standard error).
+    #[arg(long, global = true)]
+    log_json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a key pair: DIR/ID.key (secret, mode 0600) and DIR/ID.pub.
+    Keygen(cmd::keys::KeygenArgs),
+    /// Create, edit, sign, show and verify rosters.
+    #[command(subcommand)]
+    Roster(cmd::roster::RosterCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let result = match cli.command {
+        Command::Keygen(args) => cmd::keys::run(args),
+        Command::Roster(command) => cmd::roster::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message already
+/// holds (many errors print their source as part of their own message).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Installs the one tracing subscriber: human-readable by default, JSON with `--log-json`,
+/// filtered by `RUST_LOG` (default `info`), writing to standard error so that a command's
+/// output on standard output stays machine-readable.
+fn init_logging(json: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn report_skips_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let inner = anyhow::Error::new(io).context("f.key: gone");
+        assert_eq!(
+            super::report(&inner.context("cannot sign")),
+            "cannot sign: f.key: gone"
+        );
+    }
+
+    #[test]
+    fn command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,61 @@
+//! `hotline keygen`: key pair generation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hotline_config::keyfile::{self, IfExists};
+use hotline_proto::PublicKey;
+
+/// Arguments of `hotline keygen`.
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Name of the key pair: a participant id (e.g. KAZ) or another name (e.g.
+    /// roster-signing). The files are DIR/ID.key and DIR/ID.pub.
+    #[arg(long, value_name = "ID")]
+    id: String,
+
+    /// Directory for the key files; created (mode 0700) if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Replace existing key files. The old secret key is lost.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Generates a key pair and prints the public key.
+pub(crate) fn run(args: KeygenArgs) -> Result<()> {
+    ensure_key_dir(&args.out)?;
+    let if_exists = if args.force {
+        IfExists::Replace
+    } else {
+        IfExists::Refuse
+    };
+    let key = keyfile::generate_pair(&args.out, &args.id, if_exists)?;
+    let (secret, public) = keyfile::key_paths(&args.out, &args.id)?;
+    tracing::info!(
+        secret = %secret.display(),
+        public = %public.display(),
+        "key pair written"
+    );
+    println!("{}", PublicKey::of(&key));
+    Ok(())
+}
+
+/// Creates a directory for key files if it does not exist, readable by its owner only.
+pub(crate) fn ensure_key_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create key directory {}", dir.display()))
+}

@@ -1,0 +1,5 @@
+//! One module per command group. Each exposes its clap arguments and a `run` function that
+//! returns `anyhow::Result<()>`; `main` prints the error and sets the exit code.
+
+pub(crate) mod keys;
+pub(crate) mod roster;

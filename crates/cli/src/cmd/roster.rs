@@ -1,0 +1,689 @@
+//! `hotline roster …`: create a roster draft from a template, edit it, sign it, show and
+//! verify signed rosters. File formats live in `hotline_config::roster_file`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use hotline_config::keyfile::{self, IfExists};
+use hotline_config::roster_file::{self, role_name, Draft, DraftParticipant};
+use hotline_proto::{ParticipantId, PublicKey, Role, Roster, Signed};
+use serde::Serialize;
+
+/// Longest participant name shown in full in the `roster show` table.
+const SHOW_NAME_CHARS_MAX: usize = 48;
+
+/// Bytes sniffed to tell a signed roster file (binary: its first field is a little-endian
+/// u64 length, so it holds NUL bytes) from a TOML draft (text: never holds NUL).
+const SNIFF_BYTES: usize = 8;
+
+/// The roster subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RosterCommand {
+    /// Fill a roster template's keys from DIR/<ID>.pub files and write a draft.
+    ///
+    /// This is how deployments and drills bootstrap: with --generate, missing key pairs are
+    /// created in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub).
+    Create(CreateArgs),
+    /// Add a participant to a draft. Rewrites the draft: comments in it are not kept.
+    Add(AddArgs),
+    /// Mark a participant revoked in a draft. Rewrites the draft: comments in it are not
+    /// kept. Takes effect when a roster with a higher version is signed and distributed.
+    Revoke(RevokeArgs),
+    /// Create a group in a draft, or replace its members. Rewrites the draft: comments in
+    /// it are not kept.
+    Group(GroupArgs),
+    /// Sign a draft with the roster key, writing a signed roster file.
+    Sign(SignArgs),
+    /// Show a signed roster file or a draft as a table, or as JSON.
+    Show(ShowArgs),
+    /// Verify a signed roster file against the pinned roster key (exit status 1 if invalid).
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `hotline roster create`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// Roster template (a draft whose participants may have `keys = []`).
+    #[arg(long, value_name = "TEMPLATE.toml")]
+    from: PathBuf,
+    /// Directory of public key files named <ID>.pub.
+    #[arg(long, value_name = "DIR")]
+    keys: PathBuf,
+    /// Create the missing key pairs in DIR first.
+    #[arg(long)]
+    generate: bool,
+    /// Draft to write.
+    #[arg(long, value_name = "DRAFT.toml")]
+    out: PathBuf,
+    /// Replace the draft if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// A participant's role, as given on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// A member state.
+    Member,
+    /// An observer state or organisation.
+    Observer,
+    /// The Secretariat.
+    Secretariat,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Member => Role::Member,
+            RoleArg::Observer => Role::Observer,
+            RoleArg::Secretariat => Role::Secretariat,
+        }
+    }
+}
+
+/// Arguments of `hotline roster add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// Draft to edit.
+    #[arg(long, value_name = "DRAFT.toml")]
+    roster: PathBuf,
+    /// Participant id: ISO 3166 alpha-3 for a state, a short code for an organisation.
+    #[arg(long)]
+    id: ParticipantId,
+    /// Official English name.
+    #[arg(long)]
+    name: String,
+    /// Role in CICA.
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// The participant's public key: a .pub file or 64 hexadecimal digits.
+    #[arg(long, value_name = "FILE.pub")]
+    key: String,
+}
+
+/// Arguments of `hotline roster revoke`.
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    /// Draft to edit.
+    #[arg(long, value_name = "DRAFT.toml")]
+    roster: PathBuf,
+    /// Participant to revoke.
+    #[arg(long)]
+    id: ParticipantId,
+}
+
+/// Arguments of `hotline roster group`.
+#[derive(Debug, Args)]
+pub(crate) struct GroupArgs {
+    /// Draft to edit.
+    #[arg(long, value_name = "DRAFT.toml")]
+    roster: PathBuf,
+    /// Group name, e.g. a CBM area such as `energy-security`.
+    #[arg(long)]
+    name: String,
+    /// Comma-separated participant ids; replaces the group's members if it exists.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    members: Vec<ParticipantId>,
+}
+
+/// Arguments of `hotline roster sign`.
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    /// Draft to sign; every participant must have a key.
+    #[arg(long, value_name = "DRAFT.toml")]
+    roster: PathBuf,
+    /// The roster signing key (secret key file, mode 0600).
+    #[arg(long, value_name = "FILE.key")]
+    key: PathBuf,
+    /// Signed roster file to write (replaced atomically if it exists).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Roster version to sign, instead of the draft's `version`. Nodes only accept a
+    /// roster with a higher version than the one they hold.
+    #[arg(long, value_name = "N")]
+    version: Option<u64>,
+}
+
+/// Arguments of `hotline roster show`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// A signed roster file or a TOML draft.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Verify a signed roster against this roster key (64 hex digits or a .pub file);
+    /// without it a signed roster is shown unverified.
+    #[arg(long, value_name = "HEX_OR_PATH", env = "HOTLINE_ROSTER_KEY")]
+    roster_key: Option<String>,
+}
+
+/// Arguments of `hotline roster verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The signed roster file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The pinned roster key: 64 hexadecimal digits or a .pub file.
+    #[arg(long, value_name = "HEX_OR_PATH", env = "HOTLINE_ROSTER_KEY")]
+    roster_key: String,
+}
+
+/// Runs a roster subcommand.
+pub(crate) fn run(command: RosterCommand) -> Result<()> {
+    match command {
+        RosterCommand::Create(a) => create(a),
+        RosterCommand::Add(a) => add(a),
+        RosterCommand::Revoke(a) => revoke(a),
+        RosterCommand::Group(a) => group(a),
+        RosterCommand::Sign(a) => sign(a),
+        RosterCommand::Show(a) => show(a),
+        RosterCommand::Verify(a) => verify(a),
+    }
+}
+
+fn create(args: CreateArgs) -> Result<()> {
+    let mut draft = roster_file::read_draft(&args.from)?;
+    if args.generate {
+        super::keys::ensure_key_dir(&args.keys)?;
+    }
+    let mut missing = Vec::new();
+    let mut generated = 0usize;
+    for p in &mut draft.participants {
+        let (secret, public) = keyfile::key_paths(&args.keys, p.id.as_str())?;
+        let key = if public.exists() {
+            keyfile::read_public(&public)?
+        } else if !args.generate {
+            if p.keys.is_empty() {
+                missing.push(p.id.to_string());
+            }
+            continue;
+        } else if secret.exists() {
+            // A secret without its public half: derive the public key rather than replace
+            // a key someone may already hold.
+            let key = PublicKey::of(&keyfile::read_secret(&secret)?);
+            keyfile::write_public(&public, &key, IfExists::Refuse)?;
+            tracing::info!(id = %p.id, public = %public.display(), "public key file restored");
+            key
+        } else {
+            let key = keyfile::generate_pair(&args.keys, p.id.as_str(), IfExists::Refuse)?;
+            generated += 1;
+            tracing::debug!(id = %p.id, secret = %secret.display(), "key pair generated");
+            PublicKey::of(&key)
+        };
+        p.keys = vec![key];
+    }
+    if !missing.is_empty() {
+        bail!(
+            "no public key file in {} for {} participant(s): {} (expected <ID>.pub; pass \
+             --generate to create missing key pairs)",
+            args.keys.display(),
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    // Refuse to write a draft that could not be signed.
+    draft.to_roster(now_ms()?).with_context(|| {
+        format!(
+            "{}: the filled draft is not a valid roster",
+            args.out.display()
+        )
+    })?;
+    let if_exists = if args.force {
+        IfExists::Replace
+    } else {
+        IfExists::Refuse
+    };
+    roster_file::write_draft(&args.out, &draft, if_exists)?;
+    println!(
+        "wrote {}: {} participants, {} groups, version {} ({generated} key pair(s) generated in {})",
+        args.out.display(),
+        draft.participants.len(),
+        draft.groups.len(),
+        draft.version,
+        args.keys.display(),
+    );
+    Ok(())
+}
+
+fn add(args: AddArgs) -> Result<()> {
+    let mut draft = roster_file::read_draft(&args.roster)?;
+    let key = keyfile::resolve_public(&args.key)?;
+    let role = Role::from(args.role);
+    draft
+        .add_participant(DraftParticipant {
+            id: args.id.clone(),
+            name: args.name,
+            role,
+            keys: vec![key],
+            revoked: false,
+        })
+        .with_context(|| format!("{}: cannot add {}", args.roster.display(), args.id))?;
+    roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
+    println!(
+        "added {} ({}) to {}",
+        args.id,
+        role_name(role),
+        args.roster.display()
+    );
+    Ok(())
+}
+
+fn revoke(args: RevokeArgs) -> Result<()> {
+    let mut draft = roster_file::read_draft(&args.roster)?;
+    draft
+        .revoke(&args.id)
+        .with_context(|| format!("{}: cannot revoke {}", args.roster.display(), args.id))?;
+    roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
+    println!(
+        "revoked {} in {}; sign and distribute a roster with a higher version for it to take \
+         effect",
+        args.id,
+        args.roster.display()
+    );
+    Ok(())
+}
+
+fn group(args: GroupArgs) -> Result<()> {
+    let mut draft = roster_file::read_draft(&args.roster)?;
+    draft
+        .set_group(&args.name, args.members.clone())
+        .with_context(|| {
+            format!(
+                "{}: cannot set group {:?}",
+                args.roster.display(),
+                args.name
+            )
+        })?;
+    roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
+    let members: Vec<&str> = args.members.iter().map(ParticipantId::as_str).collect();
+    println!(
+        "group {} = {} in {}",
+        args.name,
+        members.join(", "),
+        args.roster.display()
+    );
+    Ok(())
+}
+
+fn sign(args: SignArgs) -> Result<()> {
+    let mut draft = roster_file::read_draft(&args.roster)?;
+    if let Some(v) = args.version {
+        draft.version = v;
+    }
+    let roster = draft
+        .to_roster(now_ms()?)
+        .with_context(|| format!("{}: cannot sign", args.roster.display()))?;
+    let key = keyfile::read_secret(&args.key)?;
+    let roster_key = PublicKey::of(&key);
+    if let Some(p) = roster
+        .participants
+        .iter()
+        .find(|p| p.keys.contains(&roster_key))
+    {
+        tracing::warn!(
+            participant = %p.id,
+            "the roster signing key is also a participant key; keep the roster key separate"
+        );
+    }
+    warn_if_not_newer(&args.out, &roster);
+
+    let signed = Signed::sign(&roster, &key)
+        .with_context(|| format!("{}: cannot sign", args.roster.display()))?;
+    roster_file::write_signed_roster(&args.out, &signed)?;
+    // Read back what was written, as a node will, before telling anyone to distribute it.
+    let verified = roster_file::read_verified_roster(&args.out, &roster_key)?;
+    anyhow::ensure!(
+        verified.value() == &roster,
+        "{}: the written roster does not read back unchanged",
+        args.out.display()
+    );
+    println!(
+        "signed {}: roster version {}, {} participants, {} groups",
+        args.out.display(),
+        roster.version,
+        roster.participants.len(),
+        roster.groups.len()
+    );
+    println!("roster key (pin on every node): {roster_key}");
+    Ok(())
+}
+
+/// Warns when `out` already holds a roster whose version is not lower than the new one:
+/// nodes that hold it would refuse the new roster.
+fn warn_if_not_newer(out: &Path, roster: &Roster) {
+    if !out.exists() {
+        return;
+    }
+    let old = roster_file::read_signed_roster(out).and_then(|s| {
+        s.decode_unverified()
+            .map_err(|source| roster_file::RosterFileError::Decode {
+                path: out.to_owned(),
+                source,
+            })
+    });
+    if let Ok(old) = old {
+        if old.version >= roster.version {
+            tracing::warn!(
+                old = old.version,
+                new = roster.version,
+                file = %out.display(),
+                "replacing a roster whose version is not lower; nodes holding it will refuse \
+                 the new one (use --version)"
+            );
+        }
+    }
+}
+
+/// Whether a roster shown was checked, and against which key.
+#[derive(Debug, Clone, Copy)]
+enum Provenance {
+    /// A TOML draft: unsigned.
+    Draft,
+    /// A signed file whose signature was not checked.
+    Unverified(PublicKey),
+    /// A signed file verified against the pinned key.
+    Verified(PublicKey),
+}
+
+/// What `roster show --json` prints.
+#[derive(Debug, Serialize)]
+struct ShowJson<'a> {
+    file: String,
+    kind: &'static str,
+    verified: bool,
+    signed_by: Option<String>,
+    network: &'a str,
+    version: u64,
+    issued_at_ms: Option<u64>,
+    participants: Vec<ParticipantJson<'a>>,
+    groups: Vec<GroupJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ParticipantJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    role: &'static str,
+    keys: Vec<String>,
+    revoked: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupJson<'a> {
+    name: &'a str,
+    members: Vec<&'a str>,
+}
+
+fn is_signed_file(path: &Path) -> Result<bool> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SNIFF_BYTES as u64).read_to_end(&mut head))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(head.contains(&0))
+}
+
+fn show(args: ShowArgs) -> Result<()> {
+    let (draft, issued_at_ms, provenance) = if is_signed_file(&args.file)? {
+        let signed = roster_file::read_signed_roster(&args.file)?;
+        let (roster, provenance) = match &args.roster_key {
+            Some(spec) => {
+                let pinned = roster_key(spec)?;
+                let v = roster_file::read_verified_roster(&args.file, &pinned)?;
+                (v.value().clone(), Provenance::Verified(pinned))
+            }
+            None => {
+                let roster = signed.decode_unverified().map_err(|source| {
+                    roster_file::RosterFileError::Decode {
+                        path: args.file.clone(),
+                        source,
+                    }
+                })?;
+                (roster, Provenance::Unverified(signed.key()))
+            }
+        };
+        (
+            Draft::from_roster(&roster),
+            Some(roster.issued_at_ms),
+            provenance,
+        )
+    } else {
+        if args.roster_key.is_some() {
+            bail!(
+                "{}: a draft is not signed; --roster-key applies to signed roster files",
+                args.file.display()
+            );
+        }
+        (
+            roster_file::read_draft(&args.file)?,
+            None,
+            Provenance::Draft,
+        )
+    };
+    if args.json {
+        print_json(&args.file, &draft, issued_at_ms, provenance)
+    } else {
+        print_table(&args.file, &draft, issued_at_ms, provenance);
+        Ok(())
+    }
+}
+
+fn print_json(
+    file: &Path,
+    draft: &Draft,
+    issued_at_ms: Option<u64>,
+    provenance: Provenance,
+) -> Result<()> {
+    let (kind, verified, signed_by) = match provenance {
+        Provenance::Draft => ("draft", false, None),
+        Provenance::Unverified(k) => ("signed", false, Some(k.to_string())),
+        Provenance::Verified(k) => ("signed", true, Some(k.to_string())),
+    };
+    let out = ShowJson {
+        file: file.display().to_string(),
+        kind,
+        verified,
+        signed_by,
+        network: &draft.network,
+        version: draft.version,
+        issued_at_ms,
+        participants: draft
+            .participants
+            .iter()
+            .map(|p| ParticipantJson {
+                id: p.id.as_str(),
+                name: &p.name,
+                role: role_name(p.role),
+                keys: p.keys.iter().map(ToString::to_string).collect(),
+                revoked: p.revoked,
+            })
+            .collect(),
+        groups: draft
+            .groups
+            .iter()
+            .map(|g| GroupJson {
+                name: &g.name,
+                members: g.members.iter().map(ParticipantId::as_str).collect(),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&out).context("cannot format JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance: Provenance) {
+    let status = match provenance {
+        Provenance::Draft => "unsigned draft".to_owned(),
+        Provenance::Unverified(k) => {
+            format!("signed by {k} — NOT VERIFIED (pass --roster-key to verify)")
+        }
+        Provenance::Verified(k) => format!("signed by {k}, verified"),
+    };
+    println!(
+        "{}: {} roster version {}",
+        file.display(),
+        draft.network,
+        draft.version
+    );
+    if let Some(ms) = issued_at_ms {
+        println!("issued {}", format_utc(ms));
+    }
+    println!("{status}");
+    println!();
+
+    let names: Vec<String> = draft
+        .participants
+        .iter()
+        .map(|p| shorten(&p.name, SHOW_NAME_CHARS_MAX))
+        .collect();
+    let id_w = draft
+        .participants
+        .iter()
+        .map(|p| p.id.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max("ID".len());
+    let name_w = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("NAME".len());
+    let role_w = "secretariat".len();
+    println!(
+        "{:id_w$}  {:name_w$}  {:role_w$}  {:7}  KEYS",
+        "ID", "NAME", "ROLE", "REVOKED"
+    );
+    for (p, name) in draft.participants.iter().zip(&names) {
+        let keys = if p.keys.is_empty() {
+            "-".to_owned()
+        } else {
+            p.keys
+                .iter()
+                .map(PublicKey::short)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // `{:width$}` pads by characters, so names with non-ASCII letters line up.
+        println!(
+            "{:id_w$}  {:name_w$}  {:role_w$}  {:7}  {keys}",
+            p.id.as_str(),
+            name,
+            role_name(p.role),
+            if p.revoked { "REVOKED" } else { "no" },
+        );
+    }
+    let count = |role: Role| draft.participants.iter().filter(|p| p.role == role).count();
+    println!(
+        "{} participants: {} members, {} observers, {} secretariat; {} revoked",
+        draft.participants.len(),
+        count(Role::Member),
+        count(Role::Observer),
+        count(Role::Secretariat),
+        draft.participants.iter().filter(|p| p.revoked).count()
+    );
+    println!();
+
+    let group_w = draft
+        .groups
+        .iter()
+        .map(|g| g.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("GROUP".len());
+    println!("{:group_w$}  MEMBERS", "GROUP");
+    for g in &draft.groups {
+        let members: Vec<&str> = g.members.iter().map(ParticipantId::as_str).collect();
+        println!("{:group_w$}  {}", g.name, members.join(", "));
+    }
+    println!("{} groups", draft.groups.len());
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let pinned = roster_key(&args.roster_key)?;
+    let verified = roster_file::read_verified_roster(&args.file, &pinned)?;
+    println!(
+        "OK: roster version {}, {} participants, signed by {}",
+        verified.version,
+        verified.participants.len(),
+        verified.signed().key()
+    );
+    Ok(())
+}
+
+/// The pinned roster key from `--roster-key`.
+fn roster_key(spec: &str) -> Result<PublicKey> {
+    keyfile::resolve_public(spec).with_context(|| {
+        format!("--roster-key {spec:?} is neither 64 hexadecimal digits nor a public key file")
+    })
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> Result<u64> {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| anyhow!("the system clock is before 1970"))?;
+    u64::try_from(d.as_millis()).context("the system clock is past the year 584 million")
+}
+
+/// `s` cut to `max` characters, with an ellipsis if cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `ms` since the Unix epoch as an ISO 8601 UTC timestamp, to the second.
+fn format_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative day counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn shortening() {
+        assert_eq!(shorten("abc", 3), "abc");
+        assert_eq!(shorten("abcd", 3), "ab…");
+    }
+}

@@ -1,0 +1,156 @@
+//! Writing whole files: atomically (temporary file, fsync, rename, fsync of the directory),
+//! or exclusively (refusing to replace an existing file).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The directory holding `path`, as something `File::open` accepts.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename or a creation in `dir` durable. A no-op where directories cannot be
+/// opened as files (Windows).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn open_options(mode: u32) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    o
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new contents:
+/// writes a temporary file in the same directory (created with `mode`), fsyncs it, renames
+/// it over `path`, and fsyncs the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp.{}.{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp: PathBuf = dir.join(tmp_name);
+
+    let result = (|| {
+        let mut f = open_options(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file may not exist if the open failed.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `path` with `bytes`, failing with `AlreadyExists` if it exists; fsyncs the file
+/// and its directory. A failed write removes the partial file.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = open_options(mode).open(path)?;
+    let result = (|| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        sync_dir(parent_dir(path))
+    })();
+    if result.is_err() {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Why a bounded read did not return the file's contents.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The file could not be opened or read.
+    Io(io::Error),
+    /// The file is longer than allowed.
+    TooLarge { len: u64 },
+}
+
+/// Reads an open file completely, refusing one longer than `max` bytes before reading it.
+/// The length is checked again while reading, in case the file grows meanwhile.
+pub(crate) fn read_bounded(mut f: File, max: usize) -> Result<Vec<u8>, ReadError> {
+    let len = f.metadata().map_err(ReadError::Io)?.len();
+    if len > max as u64 {
+        return Err(ReadError::TooLarge { len });
+    }
+    // `len` fits in usize: it is at most `max`.
+    let mut buf = Vec::with_capacity(len as usize);
+    (&mut f)
+        .take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(ReadError::Io)?;
+    if buf.len() > max {
+        return Err(ReadError::TooLarge {
+            len: buf.len() as u64,
+        });
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        write_atomic(&p, b"one", 0o644).expect("first write");
+        write_atomic(&p, b"two", 0o644).expect("second write");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn exclusive_write_refuses_existing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        write_new(&p, b"one", 0o600).expect("first write");
+        let e = write_new(&p, b"two", 0o600).expect_err("second write must fail");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&p).expect("read"), b"one");
+    }
+
+    #[test]
+    fn bounded_read_refuses_large_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, [0u8; 100]).expect("write");
+        let f = File::open(&p).expect("open");
+        assert!(matches!(
+            read_bounded(f, 99),
+            Err(ReadError::TooLarge { len: 100 })
+        ));
+        let f = File::open(&p).expect("open");
+        assert_eq!(read_bounded(f, 100).expect("fits").len(), 100);
+    }
+}

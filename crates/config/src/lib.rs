@@ -1,0 +1,19 @@
+//! `hotline-config`: the single owner of the on-disk file formats that the CLI, the relay,
+//! the node and the exercise harness share.
+//!
+//! - [`keyfile`]: secret key files (the 32-byte ed25519 seed as 64 lower-case hexadecimal
+//!   digits, mode 0600) and public key files (64 hexadecimal digits).
+//! - [`roster_file`]: the human-editable TOML roster draft (the unsigned roster), and the
+//!   signed roster file (the canonical encoding of `Signed<Roster>`).
+//!
+//! Every error names the file it is about. Every file is size-checked before it is read.
+
+#![warn(missing_docs)]
+
+mod atomic_file;
+pub mod keyfile;
+pub mod limits;
+pub mod roster_file;
+
+pub use keyfile::{IfExists, KeyFileError};
+pub use roster_file::{Draft, DraftError, DraftGroup, DraftParticipant, RosterFileError};

@@ -1,0 +1,31 @@
+//! Limits on the files this crate reads. Units are last in each name.
+
+use hotline_proto::limits::ROSTER_BYTES_MAX;
+
+/// Largest key file read: one line of 64 hexadecimal digits, with room for a CRLF and
+/// stray whitespace an editor may add.
+pub const KEY_FILE_BYTES_MAX: usize = 256;
+
+/// Largest signed roster file read: the signed roster bytes plus their length prefix, the
+/// signing key and the signature, with room to spare.
+pub const SIGNED_ROSTER_FILE_BYTES_MAX: usize = ROSTER_BYTES_MAX + 4096;
+
+/// Largest roster draft read. A draft at every protocol limit (256 participants with four
+/// keys and a 128-byte name each, 64 groups of 256 members) is well under this.
+pub const DRAFT_FILE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Permission bits of a secret key file on Unix: owner read and write only.
+pub const SECRET_KEY_FILE_MODE: u32 = 0o600;
+
+/// Permission bits that must be clear on a secret key file: any group or other access.
+pub const SECRET_KEY_FILE_FORBIDDEN_MODE: u32 = 0o077;
+
+/// Longest key name (the file name stem of a key pair).
+pub const KEY_NAME_BYTES_MAX: usize = 64;
+
+/// Hexadecimal digits in a key file: 32 bytes.
+pub const KEY_HEX_CHARS: usize = 64;
+
+// A public key file line always fits its own limit.
+const _: () = assert!(KEY_HEX_CHARS + 2 <= KEY_FILE_BYTES_MAX);
+const _: () = assert!(SECRET_KEY_FILE_MODE & SECRET_KEY_FILE_FORBIDDEN_MODE == 0);
