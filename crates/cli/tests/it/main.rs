@@ -1,0 +1,3 @@
+//! End-to-end tests of the `hotline` binary: the one integration-test binary of this crate.
+
+mod roster;

@@ -1,0 +1,382 @@
+//! The roster life cycle through the real binary: create from the CICA template with
+//! generated keys, sign, verify, tamper, show, edit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Every this many bytes of the signed roster file, one is flipped and verify must fail.
+const FLIP_STRIDE_BYTES: usize = 97;
+
+fn hotline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("HOTLINE_ROSTER_KEY")
+        .output()
+        .expect("the hotline binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = hotline(args);
+    assert!(
+        out.status.success(),
+        "hotline {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn fail(args: &[&str]) -> String {
+    let out = hotline(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "hotline {args:?} should fail with status 1; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 errors");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn template() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cica-roster.toml")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    keys: PathBuf,
+    draft: PathBuf,
+    signed: PathBuf,
+    roster_pub: PathBuf,
+    roster_key: PathBuf,
+}
+
+/// Creates a draft from the CICA template (generating every key), a roster signing key,
+/// and a signed roster.
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let secrets = dir.path().join("secrets");
+    let draft = dir.path().join("draft.toml");
+    let signed = dir.path().join("roster.signed");
+
+    let out = ok(&[
+        "roster",
+        "create",
+        "--from",
+        s(&template()),
+        "--keys",
+        s(&keys),
+        "--generate",
+        "--out",
+        s(&draft),
+    ]);
+    assert!(out.contains("38 participants"), "{out}");
+
+    let roster_hex = ok(&["keygen", "--id", "roster-signing", "--out", s(&secrets)]);
+    let roster_hex = roster_hex.trim().to_owned();
+    assert_eq!(roster_hex.len(), 64);
+    let roster_key = secrets.join("roster-signing.key");
+    let roster_pub = secrets.join("roster-signing.pub");
+
+    let out = ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&draft),
+        "--key",
+        s(&roster_key),
+        "--out",
+        s(&signed),
+    ]);
+    assert!(out.contains("version 1"), "{out}");
+    assert!(out.contains("38 participants"), "{out}");
+    assert!(out.contains(&roster_hex), "{out}");
+
+    Setup {
+        _dir: dir,
+        keys,
+        draft,
+        signed,
+        roster_pub,
+        roster_key,
+    }
+}
+
+fn show_json(file: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["roster", "show", s(file), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&args)).expect("show --json prints JSON")
+}
+
+#[test]
+fn create_sign_verify_and_every_flipped_byte_fails() {
+    let t = setup();
+    let pinned_hex = std::fs::read_to_string(&t.roster_pub).expect("read pub");
+    let pinned_hex = pinned_hex.trim();
+
+    // Verify by hex and by file.
+    let out = ok(&["roster", "verify", s(&t.signed), "--roster-key", pinned_hex]);
+    assert_eq!(
+        out.trim(),
+        format!("OK: roster version 1, 38 participants, signed by {pinned_hex}")
+    );
+    ok(&[
+        "roster",
+        "verify",
+        s(&t.signed),
+        "--roster-key",
+        s(&t.roster_pub),
+    ]);
+
+    // Another key (here a participant's) must not verify.
+    let err = fail(&[
+        "roster",
+        "verify",
+        s(&t.signed),
+        "--roster-key",
+        s(&t.keys.join("SEC.pub")),
+    ]);
+    assert!(err.contains("roster.signed"), "{err}");
+
+    let original = std::fs::read(&t.signed).expect("read signed roster");
+    let tampered = t.signed.with_extension("tampered");
+    let mut positions: Vec<usize> = (0..original.len()).step_by(FLIP_STRIDE_BYTES).collect();
+    positions.push(original.len() - 1);
+    for &i in &positions {
+        let mut bytes = original.clone();
+        bytes[i] ^= 0x01;
+        std::fs::write(&tampered, &bytes).expect("write tampered copy");
+        let err = fail(&["roster", "verify", s(&tampered), "--roster-key", pinned_hex]);
+        assert!(err.contains("roster.tampered"), "byte {i}: {err}");
+    }
+    // Truncated and extended files fail too.
+    std::fs::write(&tampered, &original[..original.len() - 1]).expect("write");
+    fail(&["roster", "verify", s(&tampered), "--roster-key", pinned_hex]);
+    let mut longer = original.clone();
+    longer.push(0);
+    std::fs::write(&tampered, &longer).expect("write");
+    fail(&["roster", "verify", s(&tampered), "--roster-key", pinned_hex]);
+}
+
+#[test]
+fn show_lists_the_cica_roster() {
+    let t = setup();
+    let pinned = s(&t.roster_pub);
+    let v = show_json(&t.signed, &["--roster-key", pinned]);
+    assert_eq!(v["kind"], "signed");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["network"], "CICA");
+    assert_eq!(v["version"], 1);
+
+    let participants = v["participants"].as_array().expect("participants");
+    assert_eq!(participants.len(), 38);
+    let count = |role: &str| participants.iter().filter(|p| p["role"] == role).count();
+    assert_eq!(count("member"), 26);
+    assert_eq!(count("observer"), 11);
+    assert_eq!(count("secretariat"), 1);
+    assert!(participants.iter().all(|p| p["revoked"] == false));
+    assert!(participants
+        .iter()
+        .all(|p| p["keys"].as_array().expect("keys").len() == 1));
+    let sec = participants
+        .iter()
+        .find(|p| p["id"] == "SEC")
+        .expect("Secretariat listed");
+    assert_eq!(sec["role"], "secretariat");
+
+    let groups = v["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 10);
+    let smes = groups.iter().find(|g| g["name"] == "smes").expect("smes");
+    assert_eq!(smes["members"], serde_json::json!(["RUS", "THA", "KAZ"]));
+
+    // Unverified show still works and says so; the table has every participant.
+    assert_eq!(show_json(&t.signed, &[])["verified"], false);
+    let table = ok(&["roster", "show", s(&t.signed)]);
+    assert!(table.contains("NOT VERIFIED"), "{table}");
+    assert!(table.contains("TURKPA"), "{table}");
+    assert!(table.contains("new-challenges-and-threats"), "{table}");
+    // A draft shows too.
+    assert_eq!(show_json(&t.draft, &[])["kind"], "draft");
+}
+
+#[test]
+fn edit_resign_and_revoke() {
+    let t = setup();
+    let dir = t.keys.parent().expect("parent");
+    ok(&["keygen", "--id", "KHM2", "--out", s(dir)]);
+    // keygen refuses to overwrite without --force.
+    let err = fail(&["keygen", "--id", "KHM2", "--out", s(dir)]);
+    assert!(err.contains("KHM2.key"), "{err}");
+    ok(&["keygen", "--id", "KHM2", "--out", s(dir), "--force"]);
+
+    ok(&[
+        "roster",
+        "add",
+        "--roster",
+        s(&t.draft),
+        "--id",
+        "NEW",
+        "--name",
+        "New Observer",
+        "--role",
+        "observer",
+        "--key",
+        s(&dir.join("KHM2.pub")),
+    ]);
+    // A key already on the roster is refused.
+    let err = fail(&[
+        "roster",
+        "add",
+        "--roster",
+        s(&t.draft),
+        "--id",
+        "DUP",
+        "--name",
+        "Duplicate",
+        "--role",
+        "member",
+        "--key",
+        s(&t.keys.join("KAZ.pub")),
+    ]);
+    assert!(err.contains("KAZ"), "{err}");
+    ok(&["roster", "revoke", "--roster", s(&t.draft), "--id", "UKR"]);
+    let err = fail(&["roster", "revoke", "--roster", s(&t.draft), "--id", "ZZZ"]);
+    assert!(err.contains("ZZZ"), "{err}");
+    ok(&[
+        "roster",
+        "group",
+        "--roster",
+        s(&t.draft),
+        "--name",
+        "tourism",
+        "--members",
+        "TJK,NEW",
+    ]);
+    let err = fail(&[
+        "roster",
+        "group",
+        "--roster",
+        s(&t.draft),
+        "--name",
+        "x",
+        "--members",
+        "TJK,QQQ",
+    ]);
+    assert!(err.contains("QQQ"), "{err}");
+
+    let out = ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&t.draft),
+        "--key",
+        s(&t.roster_key),
+        "--out",
+        s(&t.signed),
+        "--version",
+        "2",
+    ]);
+    assert!(out.contains("version 2"), "{out}");
+    let v = show_json(&t.signed, &["--roster-key", s(&t.roster_pub)]);
+    assert_eq!(v["version"], 2);
+    let participants = v["participants"].as_array().expect("participants");
+    assert_eq!(participants.len(), 39);
+    let ukr = participants.iter().find(|p| p["id"] == "UKR").expect("UKR");
+    assert_eq!(ukr["revoked"], true);
+    let tourism = v["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["name"] == "tourism")
+        .expect("tourism")
+        .clone();
+    assert_eq!(tourism["members"], serde_json::json!(["TJK", "NEW"]));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let t = setup();
+    // The template has no keys: it cannot be signed, and the error names a participant.
+    let err = fail(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&template()),
+        "--key",
+        s(&t.roster_key),
+        "--out",
+        s(&t.signed.with_extension("x")),
+    ]);
+    assert!(err.contains("has no keys"), "{err}");
+
+    // A world-readable secret key is refused.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t.roster_key, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let err = fail(&[
+            "roster",
+            "sign",
+            "--roster",
+            s(&t.draft),
+            "--key",
+            s(&t.roster_key),
+            "--out",
+            s(&t.signed),
+        ]);
+        assert!(err.contains("roster-signing.key"), "{err}");
+    }
+
+    // A draft with a bad role: the error names the file and the line.
+    let text = std::fs::read_to_string(&t.draft).expect("read draft");
+    let line = text
+        .lines()
+        .position(|l| l.contains("role = \"observer\""))
+        .expect("an observer")
+        + 1;
+    std::fs::write(
+        &t.draft,
+        text.replacen("role = \"observer\"", "role = \"guest\"", 1),
+    )
+    .expect("write");
+    let err = fail(&["roster", "show", s(&t.draft)]);
+    assert!(err.contains(&format!("draft.toml:{line}:")), "{err}");
+
+    // A draft is not a signed roster.
+    let err = fail(&[
+        "roster",
+        "verify",
+        s(&t.draft),
+        "--roster-key",
+        s(&t.roster_pub),
+    ]);
+    assert!(err.contains("draft.toml"), "{err}");
+
+    // Missing files and garbage are errors, not panics.
+    fail(&[
+        "roster",
+        "verify",
+        "/nonexistent/roster.signed",
+        "--roster-key",
+        s(&t.roster_pub),
+    ]);
+    std::fs::write(&t.signed, [0u8; 3]).expect("write");
+    fail(&["roster", "show", s(&t.signed)]);
+    fail(&[
+        "roster",
+        "create",
+        "--from",
+        s(&template()),
+        "--keys",
+        "/nonexistent",
+        "--out",
+        "x",
+    ]);
+}
