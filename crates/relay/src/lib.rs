@@ -1,1 +1,319 @@
-//! placeholder
+//! `hotline-relay`: the Secretariat's relay — authenticated QUIC server, durable
+//! store-and-forward, routing, receipts, metrics.
+//!
+//! Tasks: one accept loop; one task per connection ([`session`]) plus its frame-reader task;
+//! one store-writer OS thread that owns the write connection and group-commits; the metrics
+//! HTTP server. `Relay::spawn` starts them and returns a [`RelayHandle`]; `shutdown` stops
+//! them in order (stop accepting, tell sessions to go away, let the writer finish its batch).
+
+#![warn(missing_docs)]
+
+pub mod config;
+mod hub;
+pub mod limits;
+mod metrics;
+mod session;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use hotline_net::{RelayIdentity, TransportLimits};
+use hotline_proto::frame::ErrorCode;
+use hotline_proto::{codec, PublicKey, Roster, Signed, Verified};
+
+pub use config::{ConfigError, RelayConfig};
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the relay could not start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The roster file is missing, malformed, badly signed or not newer.
+    #[error("roster {path}: {reason}")]
+    Roster {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] hotline_store::StoreError),
+    /// The network endpoint could not be set up.
+    #[error(transparent)]
+    Net(#[from] hotline_net::NetError),
+    /// Another I/O failure.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Reads and verifies a signed roster file against the pinned roster key.
+pub fn load_roster(path: &Path, key: &PublicKey) -> Result<Verified<Roster>, RelayError> {
+    let err = |reason: String| RelayError::Roster {
+        path: path.to_owned(),
+        reason,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .len();
+    let max = hotline_proto::limits::ROSTER_BYTES_MAX + 4096;
+    if len > max as u64 {
+        return Err(err(format!("{len} bytes exceeds the limit of {max}")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let signed: Signed<Roster> = codec::decode(&bytes, max).map_err(|e| err(e.to_string()))?;
+    hotline_proto::verify_roster(&signed, key).map_err(|e| err(e.to_string()))
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    roster: watch::Sender<Arc<Verified<Roster>>>,
+    config: RelayConfig,
+    main: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The QUIC address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The metrics HTTP address actually bound, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Re-reads the roster file; installs it if it is validly signed and newer. Live
+    /// sessions receive it; a revoked participant's session is closed.
+    pub fn reload_roster(&self) -> Result<u64, RelayError> {
+        let new = load_roster(&self.config.roster, &self.config.roster_key)?;
+        let current = self.roster.borrow().version;
+        if new.version <= current {
+            return Err(RelayError::Roster {
+                path: self.config.roster.clone(),
+                reason: format!(
+                    "version {} is not newer than the roster in force ({current})",
+                    new.version
+                ),
+            });
+        }
+        let v = new.version;
+        self.roster.send_replace(Arc::new(new));
+        info!(version = v, "roster reloaded");
+        Ok(v)
+    }
+
+    /// Stops accepting, closes sessions with `GoingAway`, lets the writer finish its batch,
+    /// and returns when everything has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.main.await {
+            error!(error = %e, "relay task failed");
+        }
+    }
+}
+
+/// The relay service.
+pub struct Relay;
+
+impl Relay {
+    /// Starts a relay: loads the roster, opens the store, binds the endpoint and the metrics
+    /// server, and spawns the tasks. Must be called inside a tokio runtime.
+    pub async fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        let roster = load_roster(&config.roster, &config.roster_key)?;
+        info!(
+            version = roster.version,
+            participants = roster.participants.len(),
+            "roster loaded"
+        );
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| RelayError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        let (db_path, conn) = store::open_db(&config.data_dir)?;
+        let readers = Arc::new(store::Readers::open(&db_path)?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        metrics.roster_version.store(roster.version, Relaxed);
+        let hub = Arc::new(hub::Hub::default());
+        let (roster_tx, roster_rx) = watch::channel(Arc::new(roster));
+        let writer = store::Writer::new(
+            conn,
+            store::WriterContext {
+                roster: roster_rx.clone(),
+                policy: config.policy,
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                queue_depth_max: config.limits.queue_depth_max,
+                batch_max: config.limits.commit_batch_max,
+            },
+        )?;
+        info!(queued = writer.queued_total(), db = %db_path.display(), "store open");
+        let (cmd_tx, cmd_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
+        let writer_thread = std::thread::Builder::new()
+            .name("hotline-store-writer".into())
+            .spawn(move || writer.run(cmd_rx))
+            .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?;
+
+        let identity = RelayIdentity::load(&config.cert, &config.key)?;
+        let transport = TransportLimits {
+            idle_timeout_ms: config.limits.idle_timeout_ms,
+            keepalive_ms: config.limits.keepalive_ms,
+            peer_bidi_streams: 1,
+        };
+        let endpoint =
+            hotline_net::transport::server_endpoint(config.listen, &identity, &transport)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| RelayError::Io(format!("endpoint address: {e}")))?;
+        info!(addr = %local_addr, fingerprint = %identity.fingerprint(), "relay listening");
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let metrics_addr = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let listener = metrics::bind(addr)
+                    .await
+                    .map_err(|e| RelayError::Io(format!("metrics listener {addr}: {e}")))?;
+                let bound = listener.local_addr().ok();
+                let mut sd = shutdown_rx.clone();
+                tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    hub.clone(),
+                    async move {
+                        let _ = sd.wait_for(|v| *v).await;
+                    },
+                ));
+                bound
+            }
+        };
+
+        // Keep the metrics' roster version in step with reloads.
+        {
+            let mut rx = roster_rx.clone();
+            let m = metrics.clone();
+            let mut sd = shutdown_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = sd.changed() => break,
+                        r = rx.changed() => {
+                            if r.is_err() { break; }
+                            let v = rx.borrow_and_update().version;
+                            m.roster_version.store(v, Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+
+        let shared = Arc::new(session::Shared {
+            config: config.clone(),
+            roster: roster_rx,
+            hub,
+            metrics,
+            readers,
+            writer: cmd_tx,
+        });
+        let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_thread));
+        Ok(RelayHandle {
+            local_addr,
+            metrics_addr,
+            shutdown: shutdown_tx,
+            roster: roster_tx,
+            config,
+            main,
+        })
+    }
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<session::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    writer_thread: std::thread::JoinHandle<()>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.limits.connections_max));
+    let mut tasks = JoinSet::new();
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            _ = wait_true(&mut shutdown) => break,
+            // Reap finished sessions so the set does not grow.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                next_id += 1;
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        let sd = shutdown.clone();
+                        let id = next_id;
+                        tasks.spawn(async move {
+                            session::run(incoming, shared, id, sd).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        warn!(limit = shared.config.limits.connections_max, "connection limit reached: refusing");
+                        shared.metrics.closed(ErrorCode::Busy);
+                        tasks.spawn(async move {
+                            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), incoming).await {
+                                c.close(ErrorCode::Busy.close_code().into(), b"relay at its connection limit");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+    info!("shutting down: no new connections");
+    endpoint.set_server_config(None);
+    let grace = Duration::from_millis(limits::SHUTDOWN_GRACE_MS);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!("sessions did not finish in time; aborting them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    // The last command sender goes with `shared`: the writer drains, commits and stops.
+    drop(shared);
+    if tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .is_err()
+    {
+        error!("store writer thread panicked");
+    }
+    endpoint.close(
+        ErrorCode::GoingAway.close_code().into(),
+        b"relay shutting down",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!("relay stopped");
+}

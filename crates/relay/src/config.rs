@@ -1,0 +1,310 @@
+//! The relay's configuration file (TOML). Paths are relative to the file's directory.
+//!
+//! Every field is documented with its default; `config/relay.toml` is the commented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use hotline_proto::routing::Policy;
+use hotline_proto::PublicKey;
+
+use crate::limits;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad field (the message names line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value the relay cannot use.
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The `[limits]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections served at once (default 16384).
+    pub connections_max: usize,
+    /// Largest frame from a node, bytes (default 262144, the protocol maximum).
+    pub frame_bytes_max: usize,
+    /// Largest message body, bytes (default 65536, the protocol maximum).
+    pub body_bytes_max: usize,
+    /// Messages queued per recipient before refusing more (default 1000000).
+    pub queue_depth_max: u64,
+    /// Sustained submissions per second per participant (default 50000).
+    pub rate_per_sec: u32,
+    /// Burst above the sustained rate (default 100000).
+    pub rate_burst: u32,
+    /// Time to authenticate after connecting, ms (default 5000).
+    pub handshake_timeout_ms: u64,
+    /// Idle connection timeout, ms (default 10000).
+    pub idle_timeout_ms: u64,
+    /// Keepalive interval, ms (default 2000).
+    pub keepalive_ms: u64,
+    /// Submissions awaiting commit per connection before reading pauses (default 2048).
+    pub inflight_per_connection: usize,
+    /// Unreceipted deliveries per node before delivery pauses (default 4096).
+    pub delivery_window: usize,
+    /// Write timeout before a node is closed as a slow consumer, ms (default 10000).
+    pub write_timeout_ms: u64,
+    /// Most items per commit (default 1024).
+    pub commit_batch_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_max: limits::CONNECTIONS_MAX,
+            frame_bytes_max: limits::FRAME_BYTES_MAX,
+            body_bytes_max: limits::BODY_BYTES_MAX,
+            queue_depth_max: limits::QUEUE_DEPTH_MAX,
+            rate_per_sec: limits::RATE_PER_SEC,
+            rate_burst: limits::RATE_BURST,
+            handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
+            idle_timeout_ms: hotline_net::transport::IDLE_TIMEOUT_MS,
+            keepalive_ms: hotline_net::transport::KEEPALIVE_MS,
+            inflight_per_connection: limits::INFLIGHT_PER_CONNECTION,
+            delivery_window: limits::DELIVERY_WINDOW,
+            write_timeout_ms: limits::WRITE_TIMEOUT_MS,
+            commit_batch_max: limits::COMMIT_BATCH_MAX,
+        }
+    }
+}
+
+/// The `[policy]` table: what observers may do.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Observers may address members and other observers freely, not only reply to them
+    /// (default false: observers write to the Secretariat and reply to who addressed them).
+    pub observers_may_address_anyone: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    cert: PathBuf,
+    key: PathBuf,
+    roster: PathBuf,
+    roster_key: String,
+    data_dir: PathBuf,
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    policy: PolicyConfig,
+}
+
+/// A checked relay configuration with absolute paths.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// QUIC listen address (default `127.0.0.1:7400`; use `0.0.0.0:7400` to serve a network).
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM (created by `hotline relay init`).
+    pub cert: PathBuf,
+    /// Private key, PEM, mode 0600.
+    pub key: PathBuf,
+    /// The signed roster file.
+    pub roster: PathBuf,
+    /// The Secretariat roster public key the roster must be signed with (hex, or a path to
+    /// a `.pub` file).
+    pub roster_key: PublicKey,
+    /// Directory of the store (`relay.db`); created if missing.
+    pub data_dir: PathBuf,
+    /// Metrics and health HTTP address, localhost only (default `127.0.0.1:9400`; `""`
+    /// disables).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Limits.
+    pub limits: Limits,
+    /// Routing policy.
+    pub policy: Policy,
+}
+
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// Default metrics address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9400";
+
+impl RelayConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let invalid = |field, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        };
+        let roster_key =
+            parse_key(&raw.roster_key, base).map_err(|reason| invalid("roster_key", reason))?;
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            None => Some(
+                DEFAULT_METRICS
+                    .parse()
+                    .map_err(|_| invalid("metrics_listen", "bad default".into()))?,
+            ),
+            Some("") => None,
+            Some(s) => {
+                let a: SocketAddr = s
+                    .parse()
+                    .map_err(|e| invalid("metrics_listen", format!("{s:?}: {e}")))?;
+                if !a.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics_listen",
+                        "metrics are served on a loopback address only".into(),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        let l = &raw.limits;
+        if l.frame_bytes_max == 0 || l.frame_bytes_max > limits::FRAME_BYTES_MAX {
+            return Err(invalid(
+                "limits.frame_bytes_max",
+                format!("must be 1..={}", limits::FRAME_BYTES_MAX),
+            ));
+        }
+        if l.body_bytes_max > limits::BODY_BYTES_MAX {
+            return Err(invalid(
+                "limits.body_bytes_max",
+                format!("must be at most {}", limits::BODY_BYTES_MAX),
+            ));
+        }
+        if l.keepalive_ms == 0 || l.keepalive_ms >= l.idle_timeout_ms {
+            return Err(invalid(
+                "limits.keepalive_ms",
+                "must be positive and below idle_timeout_ms".into(),
+            ));
+        }
+        for (field, v) in [
+            ("limits.connections_max", l.connections_max),
+            ("limits.inflight_per_connection", l.inflight_per_connection),
+            ("limits.delivery_window", l.delivery_window),
+            ("limits.commit_batch_max", l.commit_batch_max),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive".into()));
+            }
+        }
+        if l.rate_per_sec == 0 || l.handshake_timeout_ms == 0 || l.write_timeout_ms == 0 {
+            return Err(invalid(
+                "limits",
+                "rates and timeouts must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            listen: raw.listen.unwrap_or_else(|| {
+                // The constant parses; a test below checks it.
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or(([127, 0, 0, 1], 7400).into())
+            }),
+            cert: abs(raw.cert),
+            key: abs(raw.key),
+            roster: abs(raw.roster),
+            roster_key,
+            data_dir: abs(raw.data_dir),
+            metrics_listen,
+            limits: raw.limits,
+            policy: Policy {
+                observers_may_address_anyone: raw.policy.observers_may_address_anyone,
+            },
+        })
+    }
+}
+
+/// A public key given as 64 hex digits or as a path to a `.pub` file holding them.
+pub fn parse_key(s: &str, base: &Path) -> Result<PublicKey, String> {
+    if let Ok(k) = s.parse::<PublicKey>() {
+        return Ok(k);
+    }
+    let p = base.join(s);
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        format!(
+            "neither 64 hex digits nor a readable key file ({}: {e})",
+            p.display()
+        )
+    })?;
+    text.trim()
+        .parse::<PublicKey>()
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    #[test]
+    fn defaults_apply_and_paths_are_relative_to_the_file() {
+        let text = format!(
+            "cert = \"relay.crt\"\nkey = \"relay.key\"\nroster = \"roster.signed\"\nroster_key = \"{KEY}\"\ndata_dir = \"data\"\n"
+        );
+        let c = RelayConfig::parse(&text, Path::new("/etc/hotline/relay.toml")).expect("valid");
+        assert_eq!(
+            c.listen,
+            DEFAULT_LISTEN.parse::<SocketAddr>().expect("const")
+        );
+        assert_eq!(c.cert, Path::new("/etc/hotline/relay.crt"));
+        assert_eq!(c.limits.frame_bytes_max, limits::FRAME_BYTES_MAX);
+        assert!(c.metrics_listen.is_some());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let text = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n[limits]\nframe_bytes_max = \"big\"\n"
+        );
+        let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("bad type");
+        let msg = e.to_string();
+        assert!(msg.contains("r.toml") && msg.contains("line 7"), "{msg}");
+
+        let text = text.replace("\"big\"", "99999999");
+        let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("too big");
+        assert!(e.to_string().contains("limits.frame_bytes_max"), "{e}");
+
+        let e = RelayConfig::parse("cert = \"a\"\nbogus = 1\n", Path::new("r.toml"))
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+}

@@ -1,0 +1,53 @@
+//! The relay's limits and their defaults. Every one is overridable in `[limits]` of the
+//! relay configuration; these are the values used when it is silent.
+
+use hotline_proto::limits as proto;
+
+/// Connections served at once; one more is refused with `Busy`. CICA has 38 participants;
+/// the headroom covers reconnect storms, benchmarks and several nodes per participant.
+pub const CONNECTIONS_MAX: usize = 16_384;
+
+/// Largest frame accepted from a node (at most the protocol maximum).
+pub const FRAME_BYTES_MAX: usize = proto::FRAME_BYTES_MAX;
+
+/// Largest message body accepted (at most the protocol maximum).
+pub const BODY_BYTES_MAX: usize = proto::BODY_BYTES_MAX;
+
+/// Messages queued for one recipient before new ones for it are refused with `QueueFull`.
+pub const QUEUE_DEPTH_MAX: u64 = 1_000_000;
+
+/// Sustained submissions per second allowed from one participant.
+pub const RATE_PER_SEC: u32 = 50_000;
+
+/// Burst of submissions allowed above the sustained rate.
+pub const RATE_BURST: u32 = 100_000;
+
+/// Time a new connection has to present a valid `Hello`.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Submissions and receipts from one connection awaiting commit before the relay stops
+/// reading from it (backpressure through QUIC flow control).
+pub const INFLIGHT_PER_CONNECTION: usize = 2_048;
+
+/// Deliveries sent to one node and not yet receipted before the relay pauses delivery.
+pub const DELIVERY_WINDOW: usize = 4_096;
+
+/// A write to a node that does not complete in this time closes it as a slow consumer.
+pub const WRITE_TIMEOUT_MS: u64 = 10_000;
+
+/// Most submissions and receipts grouped in one transaction.
+pub const COMMIT_BATCH_MAX: usize = 1_024;
+
+/// Commands waiting for the store writer before sessions wait (bounded channel).
+pub const WRITER_QUEUE_DEPTH: usize = 8_192;
+
+/// Rows fetched from a queue per read.
+pub const FETCH_PAGE_ROWS: usize = 512;
+
+/// How long shutdown waits for sessions and the writer to finish.
+pub const SHUTDOWN_GRACE_MS: u64 = 3_000;
+
+const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
+const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
+const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);
+const _: () = assert!(COMMIT_BATCH_MAX <= WRITER_QUEUE_DEPTH);

@@ -1,0 +1,316 @@
+//! Prometheus metrics (text exposition format) and the health endpoint, served on a
+//! loopback address.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use hotline_proto::frame::{ErrorCode, RejectCode};
+use hotline_proto::ParticipantId;
+
+const LATENCY_BUCKETS_MS: [u64; 13] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 300_000,
+];
+const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/// Reject codes are counted in an array indexed by tag; room for the codes defined so far.
+const REJECT_CODES: usize = 18;
+const ERROR_CODES: usize = 14;
+
+struct Histogram<const N: usize> {
+    bounds: [u64; N],
+    counts: [AtomicU64; N],
+    inf: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [u64; N]) -> Self {
+        Self {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            inf: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, v: u64) {
+        self.sum.fetch_add(v, Relaxed);
+        match self.bounds.iter().position(|b| v <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.inf.fetch_add(1, Relaxed),
+        };
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cum}", *b as f64 * scale);
+        }
+        cum += self.inf.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Relaxed) as f64 * scale);
+        let _ = writeln!(out, "{name}_count {cum}");
+    }
+}
+
+/// The relay's counters and gauges.
+pub(crate) struct Metrics {
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    closes: [AtomicU64; ERROR_CODES],
+    pub(crate) accepted: AtomicU64,
+    rejected: [AtomicU64; REJECT_CODES],
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) receipts_stored: AtomicU64,
+    pub(crate) receipts_forwarded: AtomicU64,
+    commit_failures: AtomicU64,
+    batch: Histogram<11>,
+    latency: Histogram<13>,
+    depths: Mutex<HashMap<ParticipantId, i64>>,
+    pub(crate) roster_version: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            connections: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            closes: std::array::from_fn(|_| AtomicU64::new(0)),
+            accepted: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            deliveries: AtomicU64::new(0),
+            receipts_stored: AtomicU64::new(0),
+            receipts_forwarded: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            batch: Histogram::new(BATCH_BUCKETS),
+            latency: Histogram::new(LATENCY_BUCKETS_MS),
+            depths: Mutex::new(HashMap::new()),
+            roster_version: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn rejected(&self, code: RejectCode) {
+        if let Some(c) = self.rejected.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn closed(&self, code: ErrorCode) {
+        if let Some(c) = self.closes.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn commit(&self, size: usize, accepted: u64, receipts: u64, latencies_ms: &[u64]) {
+        self.batch.observe(size as u64);
+        self.accepted.fetch_add(accepted, Relaxed);
+        self.receipts_stored.fetch_add(receipts, Relaxed);
+        for l in latencies_ms {
+            self.latency.observe(*l);
+        }
+    }
+
+    pub(crate) fn commit_failed(&self) {
+        self.commit_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_queue_depths(&self, depths: &HashMap<ParticipantId, i64>) {
+        let mut d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+        d.clone_from(depths);
+    }
+
+    /// The whole exposition.
+    pub(crate) fn render(&self, connected: &[ParticipantId]) -> String {
+        let mut o = String::with_capacity(8 * 1024);
+        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "hotline_relay_connections",
+            "Open QUIC connections.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "hotline_relay_sessions",
+            "Authenticated sessions.",
+            connected.len() as u64,
+        );
+        counter(
+            &mut o,
+            "hotline_relay_connections_total",
+            "Connections accepted since start.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_messages_accepted_total",
+            "Messages durably accepted.",
+            self.accepted.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_deliveries_total",
+            "Messages written to recipients' sessions.",
+            self.deliveries.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_receipts_stored_total",
+            "Receipts durably stored.",
+            self.receipts_stored.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_receipts_forwarded_total",
+            "Receipts written to senders' sessions.",
+            self.receipts_forwarded.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_commit_failures_total",
+            "Group commits that failed (every item refused).",
+            self.commit_failures.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "hotline_relay_roster_version",
+            "Version of the roster in force.",
+            self.roster_version.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP hotline_relay_messages_rejected_total Submissions and receipts refused, by reason.\n# TYPE hotline_relay_messages_rejected_total counter");
+        for (i, c) in self.rejected.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "hotline_relay_messages_rejected_total{{reason=\"{}\"}} {}",
+                reject_name(i),
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP hotline_relay_connections_closed_total Connections closed by the relay, by code.\n# TYPE hotline_relay_connections_closed_total counter");
+        for (i, c) in self.closes.iter().enumerate() {
+            let name = ErrorCode::from_close_code(i as u64)
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "hotline_relay_connections_closed_total{{code=\"{name}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP hotline_relay_queue_depth Messages queued for a recipient.\n# TYPE hotline_relay_queue_depth gauge");
+        {
+            let d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+            let mut v: Vec<_> = d.iter().collect();
+            v.sort();
+            for (p, n) in v {
+                let _ = writeln!(o, "hotline_relay_queue_depth{{participant=\"{p}\"}} {n}");
+            }
+        }
+        let _ = writeln!(o, "# HELP hotline_relay_participant_connected Whether a participant has a live session.\n# TYPE hotline_relay_participant_connected gauge");
+        for p in connected {
+            let _ = writeln!(
+                o,
+                "hotline_relay_participant_connected{{participant=\"{p}\"}} 1"
+            );
+        }
+        self.batch.render(
+            &mut o,
+            "hotline_relay_commit_batch_size",
+            "Items per group commit.",
+            1.0,
+        );
+        self.latency.render(
+            &mut o,
+            "hotline_relay_delivery_latency_seconds",
+            "Time from acceptance to the recipient's delivered receipt being stored.",
+            0.001,
+        );
+        o
+    }
+}
+
+fn reject_name(tag: usize) -> &'static str {
+    const NAMES: [&str; REJECT_CODES] = [
+        "malformed",
+        "bad_signature",
+        "not_author",
+        "unknown_sender",
+        "revoked",
+        "unknown_recipient",
+        "unknown_group",
+        "policy_denied",
+        "no_recipients",
+        "too_large",
+        "replayed_seq",
+        "future_timestamp",
+        "id_conflict",
+        "queue_full",
+        "rate_limited",
+        "storage_unavailable",
+        "unknown_message",
+        "unsupported_version",
+    ];
+    NAMES.get(tag).copied().unwrap_or("other")
+}
+
+/// Serves `/metrics` and `/health` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    hub: Arc<crate::hub::Hub>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use axum::routing::get;
+    let m = metrics.clone();
+    let h = hub.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = m.render(&h.connected());
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let sessions = hub.connected().len();
+                let roster = metrics.roster_version.load(Relaxed);
+                async move {
+                    axum::Json(serde_json::json!({
+                        "status": "ok",
+                        "sessions": sessions,
+                        "roster_version": roster,
+                    }))
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+/// Binds the metrics listener (loopback only; checked by the config).
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

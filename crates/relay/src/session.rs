@@ -1,0 +1,657 @@
+//! One task per connection: handshake, then a loop that reads frames, answers them, and
+//! delivers the participant's queues.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use hotline_net::{FrameReader, FrameWriter, NetError};
+use hotline_proto::frame::{
+    self, ErrorCode, ErrorFrame, Hello, NodeToRelay, RejectCode, Rejected, RelayToNode, Subject,
+    Welcome,
+};
+use hotline_proto::{
+    DecodeError, Envelope, MessageId, ParticipantId, Roster, Seq, Signed, Verified, VerifyError,
+};
+
+use crate::config::RelayConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Command, Readers};
+
+/// Everything a session shares with the rest of the relay.
+pub(crate) struct Shared {
+    pub(crate) config: RelayConfig,
+    pub(crate) roster: watch::Receiver<Arc<Verified<Roster>>>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) readers: Arc<Readers>,
+    pub(crate) writer: mpsc::Sender<Command>,
+}
+
+/// Why a session ended; becomes the QUIC close code.
+struct End(ErrorCode, String);
+
+impl End {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self(code, detail.into())
+    }
+}
+
+fn close(conn: &quinn::Connection, metrics: &Metrics, end: &End) {
+    metrics.closed(end.0);
+    conn.close(
+        end.0.close_code().into(),
+        frame::detail(end.1.clone()).as_bytes(),
+    );
+}
+
+/// Checks a `Hello` against the roster and this connection's channel binding.
+pub(crate) fn check_hello(
+    roster: &Roster,
+    hello: &Hello,
+    binding: &[u8; 32],
+) -> Result<ParticipantId, (ErrorCode, String)> {
+    let proof = hello.auth.decode_unverified().map_err(|e| match e {
+        DecodeError::Invalid {
+            field: "version", ..
+        } => (ErrorCode::UnsupportedVersion, e.to_string()),
+        e => (ErrorCode::AuthFailed, format!("authentication proof: {e}")),
+    })?;
+    let p = roster.participant(&proof.participant).ok_or_else(|| {
+        (
+            ErrorCode::UnknownParticipant,
+            format!("{} is not on the roster", proof.participant),
+        )
+    })?;
+    if p.revoked {
+        return Err((ErrorCode::Revoked, format!("{} is revoked", p.id)));
+    }
+    if !p.keys.contains(&hello.auth.key()) {
+        return Err((
+            ErrorCode::Revoked,
+            format!(
+                "key {} is not (or no longer) listed for {}",
+                hello.auth.key().short(),
+                p.id
+            ),
+        ));
+    }
+    let verified = hello
+        .auth
+        .verify_with(&hello.auth.key())
+        .map_err(|e| (ErrorCode::AuthFailed, format!("authentication proof: {e}")))?;
+    if &verified.channel_binding != binding {
+        return Err((
+            ErrorCode::AuthFailed,
+            "authentication proof is bound to another TLS session".into(),
+        ));
+    }
+    Ok(proof.participant)
+}
+
+/// Maps a verification failure to the rejection a node sees.
+fn reject_code(e: &VerifyError) -> RejectCode {
+    match e {
+        VerifyError::Decode(DecodeError::Invalid {
+            field: "body" | "subject" | "category" | "references" | "note" | "officer" | "items",
+            ..
+        })
+        | VerifyError::Decode(DecodeError::TooLarge { .. }) => RejectCode::TooLarge,
+        VerifyError::Decode(DecodeError::Invalid {
+            field: "version", ..
+        }) => RejectCode::UnsupportedVersion,
+        VerifyError::Decode(_) => RejectCode::Malformed,
+        VerifyError::UnknownSigner(_) => RejectCode::UnknownSender,
+        VerifyError::Revoked(_) | VerifyError::KeyNotAuthorised(_) => RejectCode::Revoked,
+        VerifyError::BadKey | VerifyError::BadSignature => RejectCode::BadSignature,
+        _ => RejectCode::Malformed,
+    }
+}
+
+/// The message id of submitted bytes, if at least that much decodes (bytes 2..18 follow the
+/// u16 version), so even a malformed submission is refused by name.
+fn subject_of(s: &Signed<Envelope>) -> Subject {
+    match s
+        .bytes()
+        .get(2..18)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+    {
+        Some(id) => Subject::Message(MessageId(id)),
+        None => Subject::Frame,
+    }
+}
+
+/// Token bucket for one participant's submissions.
+struct Rate {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Rate {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        Self {
+            per_sec: per_sec as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            at: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs one connection from QUIC handshake to close.
+pub(crate) async fn run(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    conn_id: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = &shared.config.limits;
+    let deadline = Duration::from_millis(limits.handshake_timeout_ms);
+    let conn = match tokio::time::timeout(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(conn = conn_id, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(conn = conn_id, "QUIC handshake timed out");
+            return;
+        }
+    };
+    shared
+        .metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let remote = conn.remote_address();
+    let result = session(&conn, &shared, conn_id, &mut shutdown).await;
+    shared
+        .metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    match result {
+        Ok(()) => {}
+        Err(end) => {
+            if matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway) {
+                debug!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
+            } else {
+                warn!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
+            }
+            close(&conn, &shared.metrics, &end);
+        }
+    }
+}
+
+async fn handshake(
+    conn: &quinn::Connection,
+    shared: &Shared,
+) -> Result<(ParticipantId, u64, FrameReader, FrameWriter), End> {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() != Some(frame::ALPN) {
+        return Err(End::new(
+            ErrorCode::ProtocolViolation,
+            "ALPN cica-hotline/1 required",
+        ));
+    }
+    let binding = hotline_net::channel_binding(conn)
+        .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+    let deadline = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+    let first = async {
+        let (send, recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| End::new(ErrorCode::Normal, e.to_string()))?;
+        let mut reader = FrameReader::new(recv);
+        let writer = FrameWriter::new(send);
+        match reader.read::<NodeToRelay>().await {
+            Ok(Some(NodeToRelay::Hello(h))) => Ok((h, reader, writer)),
+            Ok(Some(_)) => Err(End::new(
+                ErrorCode::ProtocolViolation,
+                "the first frame must be Hello",
+            )),
+            Ok(None) => Err(End::new(
+                ErrorCode::ProtocolViolation,
+                "stream finished before Hello",
+            )),
+            Err(e) => Err(net_end(e)),
+        }
+    };
+    let (hello, reader, mut writer) = match tokio::time::timeout(deadline, first).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(End::new(
+                ErrorCode::AuthTimeout,
+                "no authentication in time",
+            ))
+        }
+    };
+    let roster = shared.roster.borrow().clone();
+    let who = match check_hello(&roster, &hello, &binding) {
+        Ok(p) => p,
+        Err((code, detail)) => {
+            // Best effort: the close code says the same.
+            let _ = writer
+                .write(&RelayToNode::Error(ErrorFrame {
+                    code,
+                    detail: frame::detail(detail.clone()),
+                }))
+                .await;
+            return Err(End(code, detail));
+        }
+    };
+    Ok((who, hello.roster_version, reader, writer))
+}
+
+fn net_end(e: NetError) -> End {
+    match e {
+        NetError::Decode(DecodeError::TooLarge { .. }) => {
+            End::new(ErrorCode::FrameTooLarge, e.to_string())
+        }
+        NetError::Decode(_) => End::new(ErrorCode::ProtocolViolation, e.to_string()),
+        NetError::Closed { .. } | NetError::Connection(_) => {
+            End::new(ErrorCode::Normal, e.to_string())
+        }
+        other => End::new(ErrorCode::ProtocolViolation, other.to_string()),
+    }
+}
+
+async fn session(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    conn_id: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), End> {
+    let (me, node_roster_version, reader, writer) = handshake(conn, shared).await?;
+    let last_seq = shared
+        .readers
+        .last_seq(conn_id as usize, &me)
+        .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+    let roster = shared.roster.borrow().clone();
+    let welcome = Welcome {
+        relay_time_ms: crate::now_ms(),
+        last_seq: Seq(last_seq),
+        roster: (roster.version > node_roster_version).then(|| roster.signed().clone()),
+    };
+    let wake = shared.hub.register(&me, conn_id, conn.clone());
+    info!(peer = %me, conn = conn_id, remote = %conn.remote_address(), "authenticated");
+    let mut s = Session {
+        me: me.clone(),
+        conn_id,
+        shared: shared.clone(),
+        writer,
+        msg_cursor: 0,
+        rcpt_cursor: 0,
+        in_flight_deliveries: HashSet::new(),
+        pending_answers: 0,
+        rate: Rate::new(
+            shared.config.limits.rate_per_sec,
+            shared.config.limits.rate_burst,
+        ),
+        write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
+    };
+    let result = s.run(reader, welcome, wake, shutdown).await;
+    shared.hub.unregister(&me, conn_id);
+    info!(peer = %me, conn = conn_id, "session ended");
+    result
+}
+
+struct Session {
+    me: ParticipantId,
+    conn_id: u64,
+    shared: Arc<Shared>,
+    writer: FrameWriter,
+    /// Queue position of the last message written to this node.
+    msg_cursor: i64,
+    /// Queue position of the last forwarded receipt written to this node.
+    rcpt_cursor: i64,
+    /// Messages written and not yet receipted (bounded by the delivery window).
+    in_flight_deliveries: HashSet<MessageId>,
+    /// Submissions and receipts handed to the writer and not yet answered.
+    pending_answers: usize,
+    rate: Rate,
+    write_timeout: Duration,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        reader: FrameReader,
+        welcome: Welcome,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), End> {
+        let limits = self.shared.config.limits.clone();
+        // Frames are read by their own task so a half-read frame is never cancelled by the
+        // select below; the bounded channel passes QUIC backpressure through.
+        let (in_tx, mut in_rx) = mpsc::channel::<Result<NodeToRelay, NetError>>(64);
+        let reader_task = tokio::spawn(read_frames(reader, in_tx));
+        let _abort = AbortOnDrop(reader_task);
+        let (answer_tx, mut answer_rx) =
+            mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
+        let mut roster_rx = self.shared.roster.clone();
+        roster_rx.mark_unchanged();
+
+        self.write(&RelayToNode::Welcome(welcome)).await?;
+        self.pump().await?;
+
+        loop {
+            let can_read = self.pending_answers < limits.inflight_per_connection;
+            tokio::select! {
+                biased;
+                // Shutdown: tell the node to come back later.
+                _ = shutdown.changed() => {
+                    let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::GoingAway, detail: "relay shutting down".into() })).await;
+                    return Err(End::new(ErrorCode::GoingAway, "relay shutting down"));
+                }
+                // Roster reloaded: close a revoked participant, send the rest the new roster.
+                Ok(()) = roster_rx.changed() => {
+                    let roster = roster_rx.borrow_and_update().clone();
+                    match roster.participant(&self.me) {
+                        Some(p) if !p.revoked => {
+                            self.write(&RelayToNode::RosterUpdate(roster.signed().clone())).await?;
+                        }
+                        _ => {
+                            let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::Revoked, detail: "participant revoked".into() })).await;
+                            return Err(End::new(ErrorCode::Revoked, format!("{} revoked by roster {}", self.me, roster.version)));
+                        }
+                    }
+                }
+                // Answers from the store writer, in commit order.
+                Some(answer) = answer_rx.recv() => {
+                    self.pending_answers -= 1;
+                    let mut batch = Vec::new();
+                    self.count_answer(&answer);
+                    batch.extend_from_slice(&encode(&answer)?);
+                    while let Ok(more) = answer_rx.try_recv() {
+                        self.pending_answers -= 1;
+                        self.count_answer(&more);
+                        batch.extend_from_slice(&encode(&more)?);
+                    }
+                    self.write_raw(&batch).await?;
+                }
+                // Frames from the node, while there is room for their answers.
+                frame = in_rx.recv(), if can_read => {
+                    match frame {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(net_end(e)),
+                        Some(Ok(f)) => self.handle(f, &answer_tx).await?,
+                    }
+                }
+                // Something was queued for this participant.
+                _ = wake.notified() => self.pump().await?,
+            }
+        }
+    }
+
+    fn count_answer(&self, a: &RelayToNode) {
+        if let RelayToNode::Rejected(r) = a {
+            self.shared.metrics.rejected(r.code);
+            info!(peer = %self.me, code = ?r.code, subject = ?r.subject, detail = %r.detail, "rejected");
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        f: NodeToRelay,
+        answers: &mpsc::Sender<RelayToNode>,
+    ) -> Result<(), End> {
+        match f {
+            NodeToRelay::Hello(_) => Err(End::new(
+                ErrorCode::ProtocolViolation,
+                "Hello after authentication",
+            )),
+            NodeToRelay::Ping(n) => self.write(&RelayToNode::Pong(n)).await,
+            NodeToRelay::Submit(signed) => {
+                let subject = subject_of(&signed);
+                if !self.rate.take() {
+                    return self
+                        .refuse(
+                            subject,
+                            RejectCode::RateLimited,
+                            "rate limit exceeded; retry later",
+                        )
+                        .await;
+                }
+                if signed.bytes().len() > self.shared.config.limits.frame_bytes_max {
+                    return self
+                        .refuse(
+                            subject,
+                            RejectCode::TooLarge,
+                            "message exceeds the frame limit",
+                        )
+                        .await;
+                }
+                let roster = self.shared.roster.borrow().clone();
+                let env = match roster.verify_envelope(&signed) {
+                    Ok(e) => e,
+                    Err(e) => return self.refuse(subject, reject_code(&e), e.to_string()).await,
+                };
+                if env.sender != self.me {
+                    return self
+                        .refuse(
+                            subject,
+                            RejectCode::NotAuthor,
+                            format!("session is {}, message is from {}", self.me, env.sender),
+                        )
+                        .await;
+                }
+                if env.body.len() > self.shared.config.limits.body_bytes_max {
+                    return self
+                        .refuse(
+                            subject,
+                            RejectCode::TooLarge,
+                            format!(
+                                "body of {} bytes exceeds the relay's limit of {}",
+                                env.body.len(),
+                                self.shared.config.limits.body_bytes_max
+                            ),
+                        )
+                        .await;
+                }
+                if let Err(code) =
+                    hotline_proto::check_created_at(env.created_at_ms, crate::now_ms())
+                {
+                    return self
+                        .refuse(subject, code, "created_at is too far in the future")
+                        .await;
+                }
+                self.to_writer(Command::Submit {
+                    env,
+                    reply: answers.clone(),
+                })
+                .await
+            }
+            NodeToRelay::Receipt(signed) => {
+                let subject = Subject::Receipt(signed.digest());
+                let roster = self.shared.roster.borrow().clone();
+                let receipt = match roster.verify_receipt(&signed) {
+                    Ok(r) => r,
+                    Err(e) => return self.refuse(subject, reject_code(&e), e.to_string()).await,
+                };
+                if receipt.recipient != self.me {
+                    return self
+                        .refuse(
+                            subject,
+                            RejectCode::NotAuthor,
+                            format!(
+                                "session is {}, receipt is from {}",
+                                self.me, receipt.recipient
+                            ),
+                        )
+                        .await;
+                }
+                for item in &receipt.items {
+                    self.in_flight_deliveries.remove(&item.id);
+                }
+                self.to_writer(Command::Receipt {
+                    receipt,
+                    reply: answers.clone(),
+                })
+                .await?;
+                // Room in the delivery window may let more of the backlog go out.
+                self.pump().await
+            }
+            NodeToRelay::ReceiptsStored(digests) => self
+                .shared
+                .writer
+                .send(Command::ReceiptsStored {
+                    participant: self.me.clone(),
+                    digests,
+                })
+                .await
+                .map_err(|_| End::new(ErrorCode::GoingAway, "store closed")),
+            _ => Err(End::new(ErrorCode::ProtocolViolation, "unknown frame")),
+        }
+    }
+
+    async fn to_writer(&mut self, cmd: Command) -> Result<(), End> {
+        self.shared
+            .writer
+            .send(cmd)
+            .await
+            .map_err(|_| End::new(ErrorCode::GoingAway, "store closed"))?;
+        self.pending_answers += 1;
+        Ok(())
+    }
+
+    async fn refuse(
+        &mut self,
+        subject: Subject,
+        code: RejectCode,
+        detail: impl Into<String>,
+    ) -> Result<(), End> {
+        let r = RelayToNode::Rejected(Rejected {
+            subject,
+            code,
+            detail: frame::detail(detail),
+        });
+        self.count_answer(&r);
+        self.write(&r).await
+    }
+
+    /// Writes queued messages (within the delivery window) and forwarded receipts.
+    async fn pump(&mut self) -> Result<(), End> {
+        let window = self.shared.config.limits.delivery_window;
+        let page = crate::limits::FETCH_PAGE_ROWS;
+        loop {
+            let room = window
+                .saturating_sub(self.in_flight_deliveries.len())
+                .min(page);
+            if room == 0 {
+                break;
+            }
+            let rows = self
+                .shared
+                .readers
+                .backlog(self.conn_id as usize, &self.me, self.msg_cursor, room)
+                .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+            let n = rows.len();
+            let mut buf = Vec::new();
+            for (qid, id, signed) in rows {
+                self.msg_cursor = qid;
+                self.in_flight_deliveries.insert(id);
+                buf.extend_from_slice(&encode(&RelayToNode::Deliver(signed))?);
+            }
+            if n > 0 {
+                self.write_raw(&buf).await?;
+                self.shared
+                    .metrics
+                    .deliveries
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if n < room {
+                break;
+            }
+        }
+        loop {
+            let rows = self
+                .shared
+                .readers
+                .receipts(self.conn_id as usize, &self.me, self.rcpt_cursor, page)
+                .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+            let n = rows.len();
+            let mut buf = Vec::new();
+            for (qid, signed) in rows {
+                self.rcpt_cursor = qid;
+                buf.extend_from_slice(&encode(&RelayToNode::Receipt(signed))?);
+            }
+            if n > 0 {
+                self.write_raw(&buf).await?;
+                self.shared
+                    .metrics
+                    .receipts_forwarded
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if n < page {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, f: &RelayToNode) -> Result<(), End> {
+        let bytes = encode(f)?;
+        self.write_raw(&bytes).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
+        match tokio::time::timeout(self.write_timeout, self.writer.write_raw(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(net_end(e)),
+            Err(_) => Err(End::new(
+                ErrorCode::SlowConsumer,
+                "node did not read in time",
+            )),
+        }
+    }
+}
+
+fn encode(f: &RelayToNode) -> Result<Vec<u8>, End> {
+    frame::encode_frame(f).map_err(|e| End::new(ErrorCode::Internal, format!("encode: {e}")))
+}
+
+async fn read_frames(mut reader: FrameReader, tx: mpsc::Sender<Result<NodeToRelay, NetError>>) {
+    loop {
+        let r = reader.read::<NodeToRelay>().await;
+        let stop = !matches!(r, Ok(Some(_)));
+        let item = match r {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => break,
+            Err(e) => Err(e),
+        };
+        if tx.send(item).await.is_err() || stop {
+            break;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,689 @@
+//! The relay's durable state: messages, per-recipient queues, receipts, the delivery matrix
+//! and the audit journal, in one SQLite database (`relay.db`).
+//!
+//! One writer thread owns the write connection and groups commands into transactions (group
+//! commit): it drains up to `commit_batch_max` commands, applies them in one transaction,
+//! commits (fsync, `synchronous=FULL`), and only then answers each command and wakes the
+//! recipients' sessions. Nothing is answered *accepted* before its commit has returned, and
+//! if the commit fails every command in the batch is answered `StorageUnavailable`.
+//! Sessions read queues through a small pool of read connections (WAL: readers never block
+//! the writer).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::mpsc;
+
+use hotline_proto::frame::{Accepted, RejectCode, Rejected, RelayToNode, Subject};
+use hotline_proto::routing::{self, Policy};
+use hotline_proto::{
+    codec, Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptKind, Roster,
+    Signature, Signed, Verified,
+};
+use hotline_store::{Journal, StoreError};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// File name of the relay database inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+
+/// How far below the highest accepted sequence number a sender may still fill a gap (a
+/// message refused for a retryable reason and resent while later ones were accepted).
+/// Reusing an accepted number, or going further back, is refused as a replay.
+pub const SEQ_REORDER_WINDOW: u64 = 4_096;
+
+/// Read connections shared by the sessions.
+const READERS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id BLOB PRIMARY KEY,
+    sender TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    bytes BLOB NOT NULL,
+    key BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    accepted_at_ms INTEGER NOT NULL,
+    recipients TEXT NOT NULL,
+    UNIQUE (sender, seq)
+);
+CREATE TABLE IF NOT EXISTS senders (
+    participant TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue (
+    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    UNIQUE (recipient, msg_id)
+);
+CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, qid);
+CREATE TABLE IF NOT EXISTS receipts (
+    digest BLOB PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    is_ack INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    key BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    stored_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rqueue (
+    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    UNIQUE (recipient, digest)
+);
+CREATE INDEX IF NOT EXISTS rqueue_by_recipient ON rqueue (recipient, qid);
+CREATE TABLE IF NOT EXISTS matrix (
+    msg_id BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    delivered_at_ms INTEGER,
+    acked_at_ms INTEGER,
+    PRIMARY KEY (msg_id, recipient)
+) WITHOUT ROWID;
+";
+
+/// Work for the writer thread.
+pub(crate) enum Command {
+    /// A verified message from its authenticated author.
+    Submit {
+        env: Verified<Envelope>,
+        reply: mpsc::Sender<RelayToNode>,
+    },
+    /// A verified receipt from its authenticated recipient.
+    Receipt {
+        receipt: Verified<Receipt>,
+        reply: mpsc::Sender<RelayToNode>,
+    },
+    /// A sender holds these forwarded receipts; drop them from its receipt queue.
+    ReceiptsStored {
+        participant: ParticipantId,
+        digests: Vec<Digest>,
+    },
+}
+
+/// What the writer needs besides commands.
+pub(crate) struct WriterContext {
+    pub(crate) roster: tokio::sync::watch::Receiver<Arc<Verified<Roster>>>,
+    pub(crate) policy: Policy,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) queue_depth_max: u64,
+    pub(crate) batch_max: usize,
+}
+
+/// Opens (creating) the relay database, checks it, and creates the schema.
+pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
+    let path = data_dir.join(DB_FILE);
+    let conn = hotline_store::open(&path, true)?;
+    hotline_store::quick_check(&conn, &path)?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(hotline_store::journal::SCHEMA)?;
+    Ok((path, conn))
+}
+
+/// Read-only access for sessions.
+pub(crate) struct Readers {
+    conns: Vec<Mutex<Connection>>,
+}
+
+/// A queued item: queue position and the item as signed.
+pub(crate) type Queued<T> = (i64, Signed<T>);
+
+/// A queued message: queue position, id, and the message as signed.
+pub(crate) type QueuedMessage = (i64, MessageId, Signed<Envelope>);
+
+impl Readers {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conns = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            conns.push(Mutex::new(hotline_store::open(path, false)?));
+        }
+        Ok(Self { conns })
+    }
+
+    fn with<R>(
+        &self,
+        key: usize,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        let m = &self.conns[key % self.conns.len()];
+        // A poisoned lock means a reader panicked mid-query; the connection itself is fine.
+        let conn = m.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(StoreError::from)
+    }
+
+    /// Messages queued for `recipient` after queue position `after`, oldest first.
+    pub(crate) fn backlog(
+        &self,
+        key: usize,
+        recipient: &ParticipantId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.with(key, |c| {
+            let mut st = c.prepare_cached(
+                "SELECT q.qid, q.msg_id, m.bytes, m.key, m.sig FROM queue q JOIN messages m ON m.id = q.msg_id
+                 WHERE q.recipient = ?1 AND q.qid > ?2 ORDER BY q.qid LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![recipient.as_str(), after, limit as i64], |r| {
+                let id: Vec<u8> = r.get(1)?;
+                let id: [u8; 16] = id.try_into().map_err(|_| {
+                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, "stored message id has the wrong length".into())
+                })?;
+                Ok((r.get::<_, i64>(0)?, MessageId(id), signed_from_row(r, 2)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Receipts queued for `sender` after queue position `after`, oldest first.
+    pub(crate) fn receipts(
+        &self,
+        key: usize,
+        sender: &ParticipantId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Queued<Receipt>>, StoreError> {
+        self.with(key, |c| {
+            let mut st = c.prepare_cached(
+                "SELECT q.qid, r.bytes, r.key, r.sig FROM rqueue q JOIN receipts r ON r.digest = q.digest
+                 WHERE q.recipient = ?1 AND q.qid > ?2 ORDER BY q.qid LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![sender.as_str(), after, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, signed_from_row(r, 1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The highest sequence number accepted from `participant` (0 if none).
+    pub(crate) fn last_seq(
+        &self,
+        key: usize,
+        participant: &ParticipantId,
+    ) -> Result<u64, StoreError> {
+        self.with(key, |c| {
+            c.prepare_cached("SELECT last_seq FROM senders WHERE participant = ?1")?
+                .query_row([participant.as_str()], |r| r.get(0))
+                .optional()
+                .map(|v| v.unwrap_or(0))
+        })
+    }
+}
+
+fn signed_from_row<T: hotline_proto::SignedPayload>(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Signed<T>> {
+    let bytes: Vec<u8> = r.get(first)?;
+    let key: Vec<u8> = r.get(first + 1)?;
+    let sig: Vec<u8> = r.get(first + 2)?;
+    let bad = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            first,
+            rusqlite::types::Type::Blob,
+            format!("stored {what} has the wrong length").into(),
+        )
+    };
+    let key: [u8; 32] = key.try_into().map_err(|_| bad("key"))?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| bad("signature"))?;
+    Ok(Signed::from_parts(bytes, PublicKey(key), Signature(sig)))
+}
+
+/// Per-batch view of the writer's caches: changes apply only if the batch commits.
+struct Pending {
+    last_seq: HashMap<ParticipantId, u64>,
+    depth: HashMap<ParticipantId, i64>,
+    wake: BTreeSet<ParticipantId>,
+    replies: Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>,
+    accepted: u64,
+    receipts: u64,
+    latencies_ms: Vec<u64>,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    conn: Connection,
+    journal: Journal,
+    last_seq: HashMap<ParticipantId, u64>,
+    depth: HashMap<ParticipantId, i64>,
+    ctx: WriterContext,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, ctx: WriterContext) -> Result<Self, StoreError> {
+        let journal = Journal::load(&conn)?;
+        let mut last_seq = HashMap::new();
+        {
+            let mut st = conn.prepare("SELECT participant, last_seq FROM senders")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            for row in rows {
+                let (p, s) = row?;
+                if let Ok(p) = ParticipantId::new(&p) {
+                    last_seq.insert(p, s);
+                }
+            }
+        }
+        let mut depth = HashMap::new();
+        {
+            let mut st =
+                conn.prepare("SELECT recipient, COUNT(*) FROM queue GROUP BY recipient")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (p, n) = row?;
+                if let Ok(p) = ParticipantId::new(&p) {
+                    depth.insert(p, n);
+                }
+            }
+        }
+        let w = Self {
+            conn,
+            journal,
+            last_seq,
+            depth,
+            ctx,
+        };
+        w.publish_depths();
+        Ok(w)
+    }
+
+    /// Total messages queued, for start-up logs.
+    pub(crate) fn queued_total(&self) -> i64 {
+        self.depth.values().sum()
+    }
+
+    fn publish_depths(&self) {
+        self.ctx.metrics.set_queue_depths(&self.depth);
+    }
+
+    /// Runs until every command sender is gone, committing in groups.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.ctx.batch_max);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.ctx.batch_max {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Command>) {
+        let now = crate::now_ms();
+        let size = batch.len();
+        let roster = self.ctx.roster.borrow().clone();
+        let mut p = Pending {
+            last_seq: HashMap::new(),
+            depth: HashMap::new(),
+            wake: BTreeSet::new(),
+            replies: Vec::with_capacity(size),
+            accepted: 0,
+            receipts: 0,
+            latencies_ms: Vec::new(),
+        };
+        self.journal.begin();
+        let result = (|| -> Result<(), StoreError> {
+            let tx = self.conn.transaction()?;
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Submit { env, reply } => {
+                        let answer = submit(
+                            &tx,
+                            &mut self.journal,
+                            &self.last_seq,
+                            &self.depth,
+                            &self.ctx,
+                            &roster,
+                            &env,
+                            now,
+                            &mut p,
+                        )?;
+                        p.replies.push((reply, answer));
+                    }
+                    Command::Receipt { receipt, reply } => {
+                        let answer = store_receipt(&tx, &mut self.journal, &receipt, now, &mut p)?;
+                        p.replies.push((reply, answer));
+                    }
+                    Command::ReceiptsStored {
+                        participant,
+                        digests,
+                    } => {
+                        let mut st = tx.prepare_cached(
+                            "DELETE FROM rqueue WHERE recipient = ?1 AND digest = ?2",
+                        )?;
+                        for d in digests {
+                            st.execute(params![participant.as_str(), &d.0[..]])?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for (k, v) in p.last_seq {
+                    self.last_seq.insert(k, v);
+                }
+                for (k, v) in p.depth {
+                    *self.depth.entry(k).or_insert(0) += v;
+                }
+                self.ctx
+                    .metrics
+                    .commit(size, p.accepted, p.receipts, &p.latencies_ms);
+                self.publish_depths();
+                for (reply, answer) in p.replies {
+                    // Capacity is reserved by the session before it sends a command, so
+                    // this only fails if the session has gone, which is fine: the node
+                    // resubmits and gets the same answer.
+                    let _ = reply.try_send(answer);
+                }
+                for r in &p.wake {
+                    self.ctx.hub.wake(r);
+                }
+            }
+            Err(e) => {
+                self.journal.rollback();
+                tracing::error!(error = %e, batch = size, "commit failed: refusing the whole batch");
+                self.ctx.metrics.commit_failed();
+                for (reply, answer) in p.replies {
+                    let subject = match answer {
+                        RelayToNode::Accepted(a) => Subject::Message(a.id),
+                        RelayToNode::Rejected(r) => r.subject,
+                        RelayToNode::ReceiptStored(d) => Subject::Receipt(d),
+                        _ => Subject::Frame,
+                    };
+                    let _ = reply.try_send(RelayToNode::Rejected(Rejected {
+                        subject,
+                        code: RejectCode::StorageUnavailable,
+                        detail: hotline_proto::frame::detail(format!("relay storage: {e}")),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn reject(subject: Subject, code: RejectCode, detail: impl Into<String>) -> RelayToNode {
+    RelayToNode::Rejected(Rejected {
+        subject,
+        code,
+        detail: hotline_proto::frame::detail(detail),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    tx: &Transaction<'_>,
+    journal: &mut Journal,
+    last_seq: &HashMap<ParticipantId, u64>,
+    depth: &HashMap<ParticipantId, i64>,
+    ctx: &WriterContext,
+    roster: &Verified<Roster>,
+    env: &Verified<Envelope>,
+    now: u64,
+    p: &mut Pending,
+) -> Result<RelayToNode, StoreError> {
+    let signed = env.signed();
+    let digest = signed.digest();
+    let subject = Subject::Message(env.id);
+    // Idempotence: the same message again gets the same answer and is not queued again.
+    let existing: Option<(Vec<u8>, String, u64)> = tx
+        .prepare_cached("SELECT digest, recipients, accepted_at_ms FROM messages WHERE id = ?1")?
+        .query_row([&env.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((d, recipients, at)) = existing {
+        if d[..] != digest.0[..] {
+            return Ok(reject(
+                subject,
+                RejectCode::IdConflict,
+                "message id already used with different content",
+            ));
+        }
+        let recipients = recipients
+            .split(',')
+            .filter_map(|s| ParticipantId::new(s).ok())
+            .collect();
+        return Ok(RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients,
+            accepted_at_ms: at,
+        }));
+    }
+    // Replay: a sequence number already used, or too far behind the newest.
+    let last = p
+        .last_seq
+        .get(&env.sender)
+        .or_else(|| last_seq.get(&env.sender))
+        .copied()
+        .unwrap_or(0);
+    let used: bool = tx
+        .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND seq = ?2")?
+        .query_row(params![env.sender.as_str(), env.seq.0], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if used || env.seq.0.saturating_add(SEQ_REORDER_WINDOW) <= last {
+        return Ok(reject(
+            subject,
+            RejectCode::ReplayedSeq,
+            format!(
+                "sequence number {} already used or too old (last accepted {last})",
+                env.seq
+            ),
+        ));
+    }
+    // Routing, with the observer reply rule answered from the store.
+    let recipients = match routing::resolve(roster, &ctx.policy, env, |r| addressed_by(tx, env, r))
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(reject(subject, e.reject_code(), e.to_string())),
+    };
+    for r in &recipients {
+        let d = depth.get(r).copied().unwrap_or(0) + p.depth.get(r).copied().unwrap_or(0);
+        if d >= ctx.queue_depth_max as i64 {
+            return Ok(reject(
+                subject,
+                RejectCode::QueueFull,
+                format!("queue for {r} is full ({d} messages)"),
+            ));
+        }
+    }
+    let list = recipients
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    tx.prepare_cached(
+        "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        &env.id.0[..],
+        env.sender.as_str(),
+        env.seq.0,
+        &digest.0[..],
+        signed.bytes(),
+        &signed.key().0[..],
+        &signed.signature().0[..],
+        now,
+        list
+    ])?;
+    {
+        let mut q = tx.prepare_cached("INSERT INTO queue (recipient, msg_id) VALUES (?1, ?2)")?;
+        let mut m = tx.prepare_cached("INSERT INTO matrix (msg_id, recipient) VALUES (?1, ?2)")?;
+        for r in &recipients {
+            q.execute(params![r.as_str(), &env.id.0[..]])?;
+            m.execute(params![&env.id.0[..], r.as_str()])?;
+            *p.depth.entry(r.clone()).or_insert(0) += 1;
+            p.wake.insert(r.clone());
+        }
+    }
+    let new_last = last.max(env.seq.0);
+    tx.prepare_cached(
+        "INSERT INTO senders (participant, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (participant) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![env.sender.as_str(), new_last])?;
+    p.last_seq.insert(env.sender.clone(), new_last);
+    let record = codec::encode(signed, usize::MAX)
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+    journal.append(tx, now, "message.accepted", &env.id.to_string(), &record)?;
+    p.accepted += 1;
+    Ok(RelayToNode::Accepted(Accepted {
+        id: env.id,
+        recipients,
+        accepted_at_ms: now,
+    }))
+}
+
+/// Whether `recipient` authored a message referenced by `env` that was addressed to
+/// `env`'s sender: the condition for an observer's reply.
+fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId) -> bool {
+    env.references.iter().any(|id| {
+        tx.prepare_cached("SELECT sender, recipients FROM messages WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([&id.0[..]], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+            })
+            .ok()
+            .flatten()
+            .is_some_and(|(sender, recipients)| {
+                sender == recipient.as_str()
+                    && recipients.split(',').any(|r| r == env.sender.as_str())
+            })
+    })
+}
+
+fn store_receipt(
+    tx: &Transaction<'_>,
+    journal: &mut Journal,
+    receipt: &Verified<Receipt>,
+    now: u64,
+    p: &mut Pending,
+) -> Result<RelayToNode, StoreError> {
+    let signed = receipt.signed();
+    let digest = signed.digest();
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM receipts WHERE digest = ?1")?
+        .query_row([&digest.0[..]], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        return Ok(RelayToNode::ReceiptStored(digest));
+    }
+    // Items naming a message we hold must name its exact content and a real recipient.
+    for item in &receipt.items {
+        let held: Option<(Vec<u8>, String)> = tx
+            .prepare_cached("SELECT digest, recipients FROM messages WHERE id = ?1")?
+            .query_row([&item.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((d, recipients)) = held {
+            let addressed = recipients
+                .split(',')
+                .any(|r| r == receipt.recipient.as_str());
+            if d[..] != item.digest.0[..] || !addressed {
+                return Ok(reject(
+                    Subject::Receipt(digest),
+                    RejectCode::UnknownMessage,
+                    format!(
+                        "receipt names message {} with a different digest or recipient",
+                        item.id
+                    ),
+                ));
+            }
+        }
+    }
+    let is_ack = matches!(receipt.kind, ReceiptKind::Acknowledged { .. });
+    tx.prepare_cached(
+        "INSERT INTO receipts (digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        &digest.0[..],
+        receipt.recipient.as_str(),
+        is_ack,
+        signed.bytes(),
+        &signed.key().0[..],
+        &signed.signature().0[..],
+        now
+    ])?;
+    let me = receipt.recipient.as_str();
+    let mut senders = BTreeSet::new();
+    {
+        let mut del =
+            tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND msg_id = ?2")?;
+        let mut delivered = tx.prepare_cached(
+            "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3)
+             WHERE msg_id = ?1 AND recipient = ?2 AND delivered_at_ms IS NULL",
+        )?;
+        let mut acked = tx.prepare_cached(
+            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE msg_id = ?1 AND recipient = ?2",
+        )?;
+        let mut accepted_at =
+            tx.prepare_cached("SELECT accepted_at_ms FROM messages WHERE id = ?1")?;
+        for item in &receipt.items {
+            // Either kind proves the node holds the message: it leaves the queue.
+            let removed = del.execute(params![me, &item.id.0[..]])?;
+            if removed > 0 {
+                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
+            }
+            if delivered.execute(params![&item.id.0[..], me, now])? > 0 {
+                if let Some(at) = accepted_at
+                    .query_row([&item.id.0[..]], |r| r.get::<_, u64>(0))
+                    .optional()?
+                {
+                    p.latencies_ms.push(now.saturating_sub(at));
+                }
+            }
+            if is_ack {
+                acked.execute(params![&item.id.0[..], me, now])?;
+            }
+            if item.sender != receipt.recipient {
+                senders.insert(item.sender.clone());
+            }
+        }
+    }
+    {
+        let mut fwd =
+            tx.prepare_cached("INSERT OR IGNORE INTO rqueue (recipient, digest) VALUES (?1, ?2)")?;
+        for s in &senders {
+            fwd.execute(params![s.as_str(), &digest.0[..]])?;
+            p.wake.insert(s.clone());
+        }
+    }
+    let record = codec::encode(signed, usize::MAX)
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+    let kind = if is_ack {
+        "receipt.acknowledged"
+    } else {
+        "receipt.delivered"
+    };
+    journal.append(tx, now, kind, &digest.to_string(), &record)?;
+    p.receipts += 1;
+    Ok(RelayToNode::ReceiptStored(digest))
+}
+
+/// The stored copy of a message, for tests and tools.
+pub fn read_message(
+    conn: &Connection,
+    id: &MessageId,
+) -> Result<Option<Signed<Envelope>>, StoreError> {
+    conn.query_row(
+        "SELECT bytes, key, sig FROM messages WHERE id = ?1",
+        [&id.0[..]],
+        |r| signed_from_row(r, 0),
+    )
+    .optional()
+    .map_err(StoreError::from)
+}
