@@ -6,7 +6,7 @@
 //! field can never make us allocate more than a frame could hold, and a value must consume
 //! its input exactly (no trailing bytes), which makes every accepted encoding canonical.
 
-use bincode::config::{Configuration, Fixint, LittleEndian, Limit};
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use bincode::de::read::Reader;
 use bincode::de::Decoder;
 

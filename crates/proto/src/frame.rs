@@ -8,7 +8,9 @@ use crate::auth::AuthProof;
 use crate::codec::{self, DecodeError, EncodeError};
 use crate::envelope::Envelope;
 use crate::id::{MessageId, ParticipantId, Seq};
-use crate::limits::{ACCEPTED_RECIPIENTS_MAX, DETAIL_BYTES_MAX, FRAME_BYTES_MAX, RECEIPT_ITEMS_MAX};
+use crate::limits::{
+    ACCEPTED_RECIPIENTS_MAX, DETAIL_BYTES_MAX, FRAME_BYTES_MAX, RECEIPT_ITEMS_MAX,
+};
 use crate::receipt::Receipt;
 use crate::roster::Roster;
 use crate::sign::{Digest, Signed};

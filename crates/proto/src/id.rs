@@ -104,9 +104,7 @@ impl<Context> bincode::Decode<Context> for ParticipantId {
 bincode::impl_borrow_decode!(ParticipantId);
 
 /// A message's 128-bit random id, shown as 32 lower-case hexadecimal digits.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {

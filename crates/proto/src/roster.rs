@@ -20,7 +20,16 @@ use crate::PROTOCOL_VERSION;
 
 /// A participant's standing in CICA.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
 )]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -164,7 +173,10 @@ impl SignedPayload for Roster {
                 return Err(invalid("groups", "group listed twice"));
             }
             if g.members.is_empty() || g.members.iter().any(|m| !ids.contains(m)) {
-                return Err(invalid("groups", "group empty or naming an unknown participant"));
+                return Err(invalid(
+                    "groups",
+                    "group empty or naming an unknown participant",
+                ));
             }
         }
         Ok(())

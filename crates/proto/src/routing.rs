@@ -19,6 +19,8 @@ pub struct Policy {
     pub observers_may_address_anyone: bool,
 }
 
+// Spelled out rather than derived: the default is a policy decision, not an accident of `bool`.
+#[allow(clippy::derivable_impls)]
 impl Default for Policy {
     fn default() -> Self {
         Self {
