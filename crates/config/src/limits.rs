@@ -1,6 +1,6 @@
 //! Limits on the files this crate reads. Units are last in each name.
 
-use hotline_proto::limits::ROSTER_BYTES_MAX;
+use hotline_proto::limits::{FRAME_BYTES_MAX, ROSTER_BYTES_MAX};
 
 /// Largest key file read: one line of 64 hexadecimal digits, with room for a CRLF and
 /// stray whitespace an editor may add.
@@ -28,4 +28,6 @@ pub const KEY_HEX_CHARS: usize = 64;
 
 // A public key file line always fits its own limit.
 const _: () = assert!(KEY_HEX_CHARS + 2 <= KEY_FILE_BYTES_MAX);
+// The codec refuses to decode more than a frame, so a signed roster file must fit in one.
+const _: () = assert!(SIGNED_ROSTER_FILE_BYTES_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(SECRET_KEY_FILE_MODE & SECRET_KEY_FILE_FORBIDDEN_MODE == 0);

@@ -25,15 +25,23 @@ pub(crate) enum RosterCommand {
     /// Fill a roster template's keys from DIR/<ID>.pub files and write a draft.
     ///
     /// This is how deployments and drills bootstrap: with --generate, missing key pairs are
-    /// created in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub).
+    /// created in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub). A key found in DIR
+    /// replaces any keys the template lists for that participant; a participant with
+    /// neither is an error.
     Create(CreateArgs),
-    /// Add a participant to a draft. Rewrites the draft: comments in it are not kept.
+    /// Add a participant to a draft (rewrites it; comments are lost).
+    ///
+    /// The draft file is rewritten from its parsed contents, so comments in it are not kept.
     Add(AddArgs),
-    /// Mark a participant revoked in a draft. Rewrites the draft: comments in it are not
-    /// kept. Takes effect when a roster with a higher version is signed and distributed.
+    /// Mark a participant revoked in a draft (rewrites it; comments are lost).
+    ///
+    /// The draft file is rewritten from its parsed contents, so comments in it are not kept.
+    /// The revocation takes effect when a roster with a higher version is signed and
+    /// distributed.
     Revoke(RevokeArgs),
-    /// Create a group in a draft, or replace its members. Rewrites the draft: comments in
-    /// it are not kept.
+    /// Create a group in a draft, or replace its members (rewrites it; comments are lost).
+    ///
+    /// The draft file is rewritten from its parsed contents, so comments in it are not kept.
     Group(GroupArgs),
     /// Sign a draft with the roster key, writing a signed roster file.
     Sign(SignArgs),
