@@ -31,6 +31,11 @@ enum Command {
     /// Create, edit, sign, show and verify rosters.
     #[command(subcommand)]
     Roster(cmd::roster::RosterCommand),
+    /// Run the Secretariat's relay (`--config FILE`), or create its certificate (`init`).
+    Relay(cmd::relay::RelayArgs),
+    /// Check an audit journal.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => cmd::keys::run(args),
         Command::Roster(command) => cmd::roster::run(command),
+        Command::Relay(args) => cmd::relay::run(args),
+        Command::Audit(command) => cmd::audit::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

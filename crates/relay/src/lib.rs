@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use hotline_net::{RelayIdentity, TransportLimits};
 use hotline_proto::frame::ErrorCode;
-use hotline_proto::{codec, PublicKey, Roster, Signed, Verified};
+use hotline_proto::{PublicKey, Roster, Verified};
 
 pub use config::{ConfigError, RelayConfig};
 
@@ -67,20 +67,10 @@ pub enum RelayError {
 
 /// Reads and verifies a signed roster file against the pinned roster key.
 pub fn load_roster(path: &Path, key: &PublicKey) -> Result<Verified<Roster>, RelayError> {
-    let err = |reason: String| RelayError::Roster {
+    hotline_config::roster_file::read_verified_roster(path, key).map_err(|e| RelayError::Roster {
         path: path.to_owned(),
-        reason,
-    };
-    let len = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .len();
-    let max = hotline_proto::limits::ROSTER_BYTES_MAX + 4096;
-    if len > max as u64 {
-        return Err(err(format!("{len} bytes exceeds the limit of {max}")));
-    }
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let signed: Signed<Roster> = codec::decode(&bytes, max).map_err(|e| err(e.to_string()))?;
-    hotline_proto::verify_roster(&signed, key).map_err(|e| err(e.to_string()))
+        reason: e.to_string(),
+    })
 }
 
 /// A running relay.
