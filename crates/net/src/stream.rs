@@ -23,7 +23,9 @@ impl FrameReader {
     /// frames. The length is checked against the frame limit before the payload is read.
     /// Cancel-safe only between frames: do not drop a pending call mid-frame and reuse the
     /// reader (the session loops run it in a dedicated task or await it to completion).
-    pub async fn read<T: bincode::Decode<()> + FrameCheck>(&mut self) -> Result<Option<T>, NetError> {
+    pub async fn read<T: bincode::Decode<()> + FrameCheck>(
+        &mut self,
+    ) -> Result<Option<T>, NetError> {
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
         match self.recv.read_exact(&mut prefix).await {
             Ok(()) => {}
@@ -35,12 +37,15 @@ impl FrameReader {
         }
         let len = frame::frame_len(prefix)?;
         self.buf.resize(len, 0);
-        self.recv.read_exact(&mut self.buf).await.map_err(|e| match e {
-            quinn::ReadExactError::FinishedEarly(_) => {
-                NetError::Decode(hotline_proto::DecodeError::Truncated)
-            }
-            quinn::ReadExactError::ReadError(e) => read_error(e),
-        })?;
+        self.recv
+            .read_exact(&mut self.buf)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadExactError::FinishedEarly(_) => {
+                    NetError::Decode(hotline_proto::DecodeError::Truncated)
+                }
+                quinn::ReadExactError::ReadError(e) => read_error(e),
+            })?;
         let value = frame::decode_frame(&self.buf)?;
         // Keep a small buffer between frames; a large one is given back.
         if self.buf.capacity() > 64 * 1024 {

@@ -57,7 +57,14 @@ pub struct JournalReport {
     pub head: [u8; 32],
 }
 
-fn chain_hash(prev: &[u8; 32], seq: u64, at_ms: u64, kind: &str, subject: &str, payload: &[u8]) -> [u8; 32] {
+fn chain_hash(
+    prev: &[u8; 32],
+    seq: u64,
+    at_ms: u64,
+    kind: &str,
+    subject: &str,
+    payload: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     h.update(prev);
@@ -175,7 +182,9 @@ pub fn verify(conn: &Connection) -> Result<JournalReport, StoreError> {
         if stored[..] != hash[..] {
             return Err(StoreError::JournalBroken {
                 seq,
-                reason: format!("hash mismatch ({kind} {subject}): entry or an earlier one was altered"),
+                reason: format!(
+                    "hash mismatch ({kind} {subject}): entry or an earlier one was altered"
+                ),
             });
         }
         prev = hash;
@@ -204,8 +213,14 @@ mod tests {
         let mut j = Journal::load(&conn).expect("load");
         let tx = conn.transaction().expect("tx");
         for i in 0..5u64 {
-            j.append(&tx, 1000 + i, "message.accepted", &format!("m{i}"), b"payload")
-                .expect("append");
+            j.append(
+                &tx,
+                1000 + i,
+                "message.accepted",
+                &format!("m{i}"),
+                b"payload",
+            )
+            .expect("append");
         }
         tx.commit().expect("commit");
         let report = verify(&conn).expect("verifies");
@@ -228,8 +243,12 @@ mod tests {
             j.append(&tx, i, "k", "s", b"p").expect("append");
         }
         tx.commit().expect("commit");
-        conn.execute("DELETE FROM journal WHERE seq = 2", []).expect("delete");
-        assert!(matches!(verify(&conn), Err(StoreError::JournalBroken { seq: 2, .. })));
+        conn.execute("DELETE FROM journal WHERE seq = 2", [])
+            .expect("delete");
+        assert!(matches!(
+            verify(&conn),
+            Err(StoreError::JournalBroken { seq: 2, .. })
+        ));
     }
 
     #[test]
