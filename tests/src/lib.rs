@@ -1,1 +1,417 @@
-//! End-to-end test support (the tests live in `tests/it`).
+//! Fixtures for end-to-end tests: a temporary network (keys, signed roster, relay
+//! certificate and configuration) and a protocol-level test client over real QUIC.
+//!
+//! Everything binds 127.0.0.1 port 0. Waiting is always on an event with a timeout.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use hotline_net::{Fingerprint, TransportLimits};
+use hotline_proto::frame::{NodeToRelay, RelayToNode};
+use hotline_proto::{
+    Audience, Envelope, Group, Kind, MessageId, Participant, ParticipantId, Precedence, PublicKey,
+    Receipt, ReceiptItem, ReceiptKind, Role, Roster, Seq, Signed, SigningKey, Status,
+    PROTOCOL_VERSION,
+};
+
+/// How long a test waits for any single expected event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn now_ms() -> u64 {
+    hotline_relay::now_ms()
+}
+
+pub fn pid(s: &str) -> ParticipantId {
+    ParticipantId::new(s).unwrap()
+}
+
+/// A temporary hotline network on disk.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub keys: HashMap<String, SigningKey>,
+    pub roster_key: SigningKey,
+    pub roster: Roster,
+    pub fingerprint: Fingerprint,
+    pub relay_config: PathBuf,
+}
+
+impl Net {
+    /// A network with the given participants (id, role) and groups, roster version 1.
+    pub fn new(participants: &[(&str, Role)], groups: &[(&str, &[&str])]) -> Self {
+        Self::with_relay_toml(participants, groups, "")
+    }
+
+    /// As `new`, with extra lines appended to relay.toml (e.g. a `[limits]` table).
+    pub fn with_relay_toml(
+        participants: &[(&str, Role)],
+        groups: &[(&str, &[&str])],
+        extra: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = HashMap::new();
+        let mut ps = Vec::new();
+        for (i, (id, role)) in participants.iter().enumerate() {
+            let mut seed = [0u8; 32];
+            seed[0] = 1;
+            seed[1] = i as u8;
+            let k = SigningKey::from_bytes(&seed);
+            ps.push(Participant {
+                id: pid(id),
+                name: format!("Participant {id}"),
+                role: *role,
+                keys: vec![PublicKey::of(&k)],
+                revoked: false,
+            });
+            keys.insert(id.to_string(), k);
+        }
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 1,
+            issued_at_ms: now_ms(),
+            network: "TEST".into(),
+            participants: ps,
+            groups: groups
+                .iter()
+                .map(|(n, m)| Group {
+                    name: n.to_string(),
+                    members: m.iter().map(|s| pid(s)).collect(),
+                })
+                .collect(),
+        };
+        let roster_key = SigningKey::from_bytes(&[0xAA; 32]);
+        let cert = dir.path().join("relay.crt");
+        let key = dir.path().join("relay.key");
+        let fingerprint = hotline_net::tls::write_self_signed(&cert, &key).unwrap();
+        let relay_config = dir.path().join("relay.toml");
+        let net = Self {
+            dir,
+            keys,
+            roster_key,
+            roster,
+            fingerprint,
+            relay_config,
+        };
+        net.write_roster();
+        std::fs::write(
+            &net.relay_config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ncert = \"relay.crt\"\nkey = \"relay.key\"\nroster = \"roster.signed\"\nroster_key = \"{}\"\ndata_dir = \"relay-data\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n",
+                PublicKey::of(&net.roster_key)
+            ),
+        )
+        .unwrap();
+        net
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Signs the current roster and writes it to roster.signed.
+    pub fn write_roster(&self) {
+        let signed = Signed::sign(&self.roster, &self.roster_key).unwrap();
+        hotline_config::roster_file::write_signed_roster(
+            &self.path().join("roster.signed"),
+            &signed,
+        )
+        .unwrap();
+    }
+
+    /// Edits the roster, bumps its version and writes it.
+    pub fn update_roster(&mut self, f: impl FnOnce(&mut Roster)) {
+        f(&mut self.roster);
+        self.roster.version += 1;
+        self.write_roster();
+    }
+
+    pub fn config(&self) -> hotline_relay::RelayConfig {
+        hotline_relay::RelayConfig::load(&self.relay_config).unwrap()
+    }
+
+    pub async fn relay(&self) -> hotline_relay::RelayHandle {
+        hotline_relay::Relay::spawn(self.config()).await.unwrap()
+    }
+
+    pub fn key(&self, id: &str) -> SigningKey {
+        self.keys[id].clone()
+    }
+
+    pub async fn client(&self, addr: SocketAddr, id: &str) -> anyhow::Result<Client> {
+        Client::connect(addr, self.fingerprint, id, self.key(id)).await
+    }
+}
+
+/// A client QUIC endpoint trusting `fp`.
+pub fn endpoint(fp: Fingerprint) -> quinn::Endpoint {
+    hotline_net::transport::client_endpoint(
+        ([127, 0, 0, 1], 0).into(),
+        vec![fp],
+        &TransportLimits::default(),
+    )
+    .unwrap()
+}
+
+/// A protocol-level client: what a node does, without the node's storage.
+pub struct Client {
+    pub id: ParticipantId,
+    pub key: SigningKey,
+    pub session: hotline_net::Session,
+    pub seq: u64,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    pub async fn connect(
+        addr: SocketAddr,
+        fp: Fingerprint,
+        id: &str,
+        key: SigningKey,
+    ) -> anyhow::Result<Self> {
+        let ep = endpoint(fp);
+        let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT).await?;
+        let session =
+            hotline_net::authenticate(conn, &pid(id), &key, 0, now_ms(), EVENT_TIMEOUT).await?;
+        let seq = session.welcome.last_seq.0;
+        Ok(Self {
+            id: pid(id),
+            key,
+            session,
+            seq,
+            _endpoint: ep,
+        })
+    }
+
+    /// A new envelope from this client (next sequence number).
+    pub fn envelope(&mut self, audience: Audience, subject: &str) -> Envelope {
+        self.seq += 1;
+        Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: self.id.clone(),
+            seq: Seq(self.seq),
+            audience,
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Exercise,
+            created_at_ms: now_ms(),
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: subject.into(),
+            body: "body".into(),
+        }
+    }
+
+    pub fn sign(&self, env: &Envelope) -> Signed<Envelope> {
+        Signed::sign(env, &self.key).unwrap()
+    }
+
+    pub async fn send(&mut self, f: &NodeToRelay) -> anyhow::Result<()> {
+        self.session.writer.write(f).await?;
+        Ok(())
+    }
+
+    pub async fn submit(&mut self, s: &Signed<Envelope>) -> anyhow::Result<()> {
+        self.send(&NodeToRelay::Submit(s.clone())).await
+    }
+
+    /// The next frame, or an error after EVENT_TIMEOUT.
+    pub async fn next(&mut self) -> anyhow::Result<RelayToNode> {
+        match tokio::time::timeout(EVENT_TIMEOUT, self.session.reader.read::<RelayToNode>()).await {
+            Ok(Ok(Some(f))) => Ok(f),
+            Ok(Ok(None)) => bail!("{}: stream finished", self.id),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("{}: no frame within {:?}", self.id, EVENT_TIMEOUT),
+        }
+    }
+
+    /// Frames until `pick` returns Some; other frames are skipped (returned in the Vec).
+    pub async fn until<T>(
+        &mut self,
+        mut pick: impl FnMut(&RelayToNode) -> Option<T>,
+    ) -> anyhow::Result<(T, Vec<RelayToNode>)> {
+        let mut skipped = Vec::new();
+        loop {
+            let f = self
+                .next()
+                .await
+                .with_context(|| format!("skipped so far: {skipped:?}"))?;
+            if let Some(t) = pick(&f) {
+                return Ok((t, skipped));
+            }
+            skipped.push(f);
+        }
+    }
+
+    /// Signs and sends a receipt for `messages`.
+    pub async fn receipt(
+        &mut self,
+        kind: ReceiptKind,
+        messages: &[Signed<Envelope>],
+    ) -> anyhow::Result<Signed<Receipt>> {
+        let items = messages
+            .iter()
+            .map(|m| {
+                let env = m.decode_unverified().unwrap();
+                ReceiptItem {
+                    id: env.id,
+                    sender: env.sender,
+                    digest: m.digest(),
+                }
+            })
+            .collect();
+        let r = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: self.id.clone(),
+            kind,
+            created_at_ms: now_ms(),
+            items,
+        };
+        let s = Signed::sign(&r, &self.key).unwrap();
+        self.send(&NodeToRelay::Receipt(s.clone())).await?;
+        Ok(s)
+    }
+}
+
+/// The `hotline` binary built by cargo next to the test executable.
+pub fn hotline_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/it-xxxx -> target/<profile>/hotline
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("test executable location")?;
+    let bin = dir.join("hotline");
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build -p hotline-cli` (cargo test --workspace builds it)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A `hotline` child process, killed when dropped. Its standard error is read line by line
+/// by a thread, kept, copied to a file, and announced on a watch channel, so tests wait on
+/// log lines as events.
+pub struct Proc {
+    pub child: Child,
+    pub log_path: PathBuf,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    seen: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
+        use std::io::{BufRead, Write};
+        let log_path = dir.join(log_name);
+        let mut child = Command::new(hotline_bin()?)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, seen) = tokio::sync::watch::channel(0usize);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                let n = {
+                    let mut v = l.lock().unwrap();
+                    v.push(line);
+                    v.len()
+                };
+                tx.send_replace(n);
+            }
+        });
+        Ok(Self {
+            child,
+            log_path,
+            lines,
+            seen,
+        })
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (e.g. libc SIGTERM = 15) with the `kill` command.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line (after the first `skip` lines) contains `needle`.
+    pub async fn wait_log_from(&mut self, skip: usize, needle: &str) -> anyhow::Result<String> {
+        let lines = self.lines.clone();
+        let find = |_: &usize| {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .any(|l| l.contains(needle))
+        };
+        let r = tokio::time::timeout(EVENT_TIMEOUT, self.seen.wait_for(find))
+            .await
+            .map(|r| r.map(|_| ()));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("process ended before logging {needle:?}:\n{}", self.log()),
+            Err(_) => bail!(
+                "no {needle:?} in log within {EVENT_TIMEOUT:?}:\n{}",
+                self.log()
+            ),
+        }
+        let v = self.lines.lock().unwrap();
+        Ok(v.iter()
+            .skip(skip)
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Waits until any log line contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str) -> anyhow::Result<String> {
+        self.wait_log_from(0, needle).await
+    }
+
+    /// Lines logged so far (to wait only for later ones).
+    pub fn log_len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

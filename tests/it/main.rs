@@ -1,0 +1,5 @@
+//! End-to-end tests over real QUIC on loopback (one test binary, modules by subject).
+
+#![allow(clippy::unwrap_used)]
+
+mod relay;
