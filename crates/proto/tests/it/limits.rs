@@ -275,7 +275,7 @@ fn a_roster_at_the_participant_and_key_limits_fits_a_frame() {
         })
         .collect();
     // Every group names 32 participants: groups are coordinators of an area, not the whole
-    // network (the rules do not cap group size; see the note in the report).
+    // network. (The rules do not cap a group's size; only ROSTER_BYTES_MAX does.)
     let groups: Vec<Group> = (0..ROSTER_GROUPS_MAX)
         .map(|g| Group {
             name: format!("{g:0width$}", width = NAME_BYTES_MAX),

@@ -10,7 +10,7 @@
 //! intended wire-format change, regenerate it with
 //!
 //! ```text
-//! HOTLINE_REGEN_VECTORS=1 cargo test -p hotline-proto --test it vectors
+//! HOTLINE_REGEN_VECTORS=1 cargo test -p hotline-proto --test it
 //! ```
 //!
 //! and review the diff: a changed vector means deployed nodes no longer agree.
