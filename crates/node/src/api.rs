@@ -1,0 +1,426 @@
+//! The local HTTP + JSON API, on a loopback address, behind a bearer token.
+//!
+//! `docs/API.md` documents it. Errors are `{"error": text, "code": snake_case}` with a
+//! fitting status: 400 bad request, 401 missing or wrong token, 404 unknown message, 409
+//! already acknowledged, 413 too large, 507 disk full (nothing was written).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use hotline_proto::routing;
+use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
+
+use crate::limits::{API_BODY_BYTES_MAX, API_LIST_MAX};
+use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
+use crate::{now_ms, NodeState};
+
+type St = Arc<NodeState>;
+
+/// An API error: status, code and message.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response()
+    }
+}
+
+fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, code, msg.into())
+}
+
+fn store_error(e: hotline_store::StoreError) -> ApiError {
+    match e {
+        hotline_store::StoreError::DiskFull => ApiError(StatusCode::INSUFFICIENT_STORAGE, "disk_full", "disk full: nothing was written".into()),
+        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage", other.to_string()),
+    }
+}
+
+fn authorise(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare in constant time so the token cannot be guessed byte by byte.
+    let expected = state.token.as_bytes();
+    let ok = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if ok {
+        Ok(())
+    } else {
+        warn!("local API: missing or wrong bearer token");
+        Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
+    }
+}
+
+/// Serves the API until shutdown.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: St, mut shutdown: watch::Receiver<bool>) {
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/messages", post(send).get(sent_list))
+        .route("/v1/messages/{id}", get(show))
+        .route("/v1/messages/{id}/ack", post(ack))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/events", get(events))
+        .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+        .with_state(state);
+    let stop = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "local API failed");
+    }
+}
+
+/// `POST /v1/messages` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Participant ids (one of `to`, `group`, `all_members`, `everyone`).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// A roster group.
+    pub group: Option<String>,
+    /// Every member state.
+    #[serde(default)]
+    pub all_members: bool,
+    /// Everyone on the roster.
+    #[serde(default)]
+    pub everyone: bool,
+    /// Kind (default `alert`).
+    pub kind: Option<Kind>,
+    /// Precedence (default `ROUTINE`).
+    pub precedence: Option<Precedence>,
+    /// Status (default `actual`).
+    pub status: Option<Status>,
+    /// Category.
+    pub category: Option<String>,
+    /// Respond-by, ms since the epoch.
+    pub respond_by_ms: Option<u64>,
+    /// Respond within this many ms from now (alternative to `respond_by_ms`).
+    pub respond_within_ms: Option<u64>,
+    /// Referenced message ids.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Subject.
+    pub subject: String,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
+    let chosen = [!req.to.is_empty(), req.group.is_some(), req.all_members, req.everyone].iter().filter(|b| **b).count();
+    if chosen != 1 {
+        return Err(bad("bad_audience", "give exactly one of to, group, all_members, everyone"));
+    }
+    if let Some(g) = &req.group {
+        return Ok(Audience::Group(g.clone()));
+    }
+    if req.all_members {
+        return Ok(Audience::AllMembers);
+    }
+    if req.everyone {
+        return Ok(Audience::Everyone);
+    }
+    let mut ids = Vec::new();
+    for t in &req.to {
+        let id = ParticipantId::new(t).map_err(|e| bad("bad_recipient", e.to_string()))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(Audience::Participants(ids))
+}
+
+async fn send(State(state): State<St>, headers: HeaderMap, Json(req): Json<SendRequest>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorise(&state, &headers)?;
+    let now = now_ms();
+    let respond_by_ms = match (req.respond_by_ms, req.respond_within_ms) {
+        (Some(_), Some(_)) => return Err(bad("bad_respond_by", "give respond_by_ms or respond_within_ms, not both")),
+        (Some(t), None) => Some(t),
+        (None, Some(d)) => Some(now.saturating_add(d.max(1))),
+        (None, None) => None,
+    };
+    let references = req
+        .references
+        .iter()
+        .map(|r| r.parse::<MessageId>().map_err(|e| bad("bad_reference", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if req.body.len() > hotline_proto::limits::BODY_BYTES_MAX {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body of {} bytes exceeds {}", req.body.len(), hotline_proto::limits::BODY_BYTES_MAX)));
+    }
+    let draft = Draft {
+        audience: audience(&req)?,
+        kind: req.kind.unwrap_or(Kind::Alert),
+        precedence: req.precedence.unwrap_or(Precedence::Routine),
+        status: req.status.unwrap_or(Status::Actual),
+        respond_by_ms,
+        references,
+        category: req.category.clone(),
+        subject: req.subject.clone(),
+        body: req.body.clone(),
+    };
+    // Route locally first: an unknown recipient is refused before anything is stored.
+    let roster = state.roster.borrow().clone();
+    let probe = hotline_proto::Envelope {
+        version: hotline_proto::PROTOCOL_VERSION,
+        id: MessageId([0; 16]),
+        sender: state.me.clone(),
+        seq: hotline_proto::Seq(1),
+        audience: draft.audience.clone(),
+        kind: draft.kind,
+        precedence: draft.precedence,
+        status: draft.status,
+        created_at_ms: now,
+        respond_by_ms,
+        references: draft.references.clone(),
+        category: draft.category.clone(),
+        subject: draft.subject.clone(),
+        body: String::new(),
+    };
+    // The relay answers the observer reply rule from its store; here we let it through.
+    let expected = routing::resolve(&roster, &routing::Policy::default(), &probe, |_| true).map_err(|e| {
+        let code = match e {
+            routing::RouteError::UnknownRecipient(_) => "unknown_recipient",
+            routing::RouteError::UnknownGroup(_) => "unknown_group",
+            routing::RouteError::NoRecipients => "no_recipients",
+            routing::RouteError::PolicyDenied { .. } => "policy_denied",
+            _ => "bad_audience",
+        };
+        bad(code, e.to_string())
+    })?;
+    let relays = state.config.relays.len();
+    let result = state.store().compose(&state.me, &state.key, draft, &expected, relays, now);
+    let signed = match result.map_err(store_error)? {
+        Ok(s) => s,
+        Err(e) => return Err(bad("invalid", e.to_string())),
+    };
+    let env = signed.decode_unverified().map_err(|e| bad("invalid", e.to_string()))?;
+    state.wake_links();
+    let connected = state.relays_connected();
+    info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": env.id,
+            "seq": env.seq,
+            "state": "queued",
+            "recipients": expected,
+            "relays_connected": connected,
+            "note": if connected == 0 { "no relay reachable: the message is queued and will be sent when one is" } else { "sent to the relay; waiting for acceptance" },
+        })),
+    ))
+}
+
+/// A received message as the API shows it.
+#[derive(Serialize)]
+struct InboxItem {
+    id: MessageId,
+    from: ParticipantId,
+    kind: Kind,
+    precedence: Precedence,
+    status: Status,
+    /// Always true for exercise or test traffic, so it can never be mistaken for actual.
+    exercise_or_test: bool,
+    category: Option<String>,
+    subject: String,
+    body: String,
+    created_at_ms: u64,
+    received_at_ms: u64,
+    respond_by_ms: Option<u64>,
+    references: Vec<MessageId>,
+    acknowledged: bool,
+    acknowledged_at_ms: Option<u64>,
+    officer: Option<String>,
+    note: Option<String>,
+}
+
+fn inbox_item(m: InboxMessage) -> InboxItem {
+    let e = m.envelope;
+    InboxItem {
+        id: e.id,
+        from: e.sender,
+        kind: e.kind,
+        precedence: e.precedence,
+        exercise_or_test: e.status != Status::Actual,
+        status: e.status,
+        category: e.category,
+        subject: e.subject,
+        body: e.body,
+        created_at_ms: e.created_at_ms,
+        received_at_ms: m.received_at_ms,
+        respond_by_ms: e.respond_by_ms,
+        references: e.references,
+        acknowledged: m.ack.is_some(),
+        acknowledged_at_ms: m.ack.as_ref().map(|a| a.0),
+        officer: m.ack.as_ref().map(|a| a.1.clone()),
+        note: m.ack.and_then(|a| a.2),
+    }
+}
+
+fn sent_view(s: SentMessage, now: u64) -> Value {
+    let e = &s.envelope;
+    let total = s.matrix.len();
+    let delivered = s.matrix.iter().filter(|r| r.delivered_at_ms.is_some()).count();
+    let acked = s.matrix.iter().filter(|r| r.acked_at_ms.is_some()).count();
+    let overdue = s.matrix.iter().filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none()).count();
+    let state = if s.rejected.is_some() && s.accepted_at_ms.is_none() {
+        "rejected"
+    } else if s.accepted_at_ms.is_none() {
+        "queued"
+    } else if total > 0 && acked == total {
+        "acknowledged"
+    } else if overdue > 0 {
+        "overdue"
+    } else if total > 0 && delivered == total {
+        "delivered"
+    } else {
+        "accepted"
+    };
+    json!({
+        "direction": "sent",
+        "id": e.id,
+        "from": e.sender,
+        "seq": e.seq,
+        "audience": e.audience,
+        "kind": e.kind,
+        "precedence": e.precedence,
+        "status": e.status,
+        "exercise_or_test": e.status != Status::Actual,
+        "category": e.category,
+        "subject": e.subject,
+        "body": e.body,
+        "created_at_ms": e.created_at_ms,
+        "respond_by_ms": e.respond_by_ms,
+        "overdue_now": e.respond_by_ms.is_some_and(|t| t <= now) && acked < total,
+        "references": e.references,
+        "state": state,
+        "accepted_at_ms": s.accepted_at_ms,
+        "rejected": s.rejected.map(|(c, d)| json!({"code": c, "detail": d})),
+        "total": total,
+        "delivered": delivered,
+        "acknowledged": acked,
+        "overdue": overdue,
+        "recipients": s.matrix,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn inbox(State(state): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<InboxItem>>, ApiError> {
+    authorise(&state, &headers)?;
+    let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
+    let items = state.store().inbox(limit).map_err(store_error)?;
+    Ok(Json(items.into_iter().map(inbox_item).collect()))
+}
+
+async fn sent_list(State(state): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<Value>>, ApiError> {
+    authorise(&state, &headers)?;
+    let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
+    let store = state.store();
+    let ids = store.sent_ids(limit).map_err(store_error)?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(s) = store.sent_message(&id).map_err(store_error)? {
+            out.push(sent_view(s, now));
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn show(State(state): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    authorise(&state, &headers)?;
+    let id: MessageId = id.parse().map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let store = state.store();
+    if let Some(s) = store.sent_message(&id).map_err(store_error)? {
+        return Ok(Json(sent_view(s, now_ms())));
+    }
+    if let Some(m) = store.inbox_message(&id).map_err(store_error)? {
+        let mut v = serde_json::to_value(inbox_item(m)).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        v["direction"] = json!("received");
+        return Ok(Json(v));
+    }
+    Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no message {id}")))
+}
+
+/// `POST /v1/messages/{id}/ack` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    officer: String,
+    note: Option<String>,
+}
+
+async fn ack(State(state): State<St>, headers: HeaderMap, Path(id): Path<String>, Json(req): Json<AckRequest>) -> Result<Json<Value>, ApiError> {
+    authorise(&state, &headers)?;
+    let id: MessageId = id.parse().map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let relays = state.config.relays.len();
+    let result = state.store().acknowledge(&state.me, &state.key, &id, &req.officer, req.note.clone(), relays, now_ms());
+    match result.map_err(store_error)? {
+        Err(e) => Err(bad("invalid", e.to_string())),
+        Ok(AckOutcome::NotFound) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no received message {id}"))),
+        Ok(AckOutcome::Already(at, by)) => Err(ApiError(StatusCode::CONFLICT, "already_acknowledged", format!("already acknowledged by {by} at {at}"))),
+        Ok(AckOutcome::Acked(r)) => {
+            state.wake_links();
+            info!(msg = %id, officer = %req.officer, "acknowledged");
+            state.emit(crate::events::Event::AckSent { id, officer: req.officer.clone() });
+            Ok(Json(json!({"id": id, "acknowledged": true, "receipt": r.digest().to_string(), "relays_connected": state.relays_connected()})))
+        }
+    }
+}
+
+async fn status(State(state): State<St>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorise(&state, &headers)?;
+    let outbox = state.store().outbox_len().map_err(store_error)?;
+    let relays: Vec<Value> = state
+        .config
+        .relays
+        .iter()
+        .enumerate()
+        .map(|(i, r)| json!({"address": r.address.to_string(), "connected": state.connected[i].load(std::sync::atomic::Ordering::Relaxed)}))
+        .collect();
+    Ok(Json(json!({
+        "participant": state.me,
+        "roster_version": state.roster.borrow().version,
+        "relays": relays,
+        "relays_connected": state.relays_connected(),
+        "outbox": outbox,
+    })))
+}
+
+async fn events(State(state): State<St>, headers: HeaderMap) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    authorise(&state, &headers)?;
+    let rx = state.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
+                    return Some((Ok(SseEvent::default().data(data)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let data = json!({"type": "lagged", "missed": n}).to_string();
+                    return Some((Ok(SseEvent::default().data(data)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,262 @@
+//! The node's configuration file (TOML). Paths are relative to the file's directory.
+//! `config/node.toml` is the commented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use hotline_net::Fingerprint;
+use hotline_proto::{ParticipantId, PublicKey};
+
+use crate::limits;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, a missing or unknown field, or a wrong type (names line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value the node cannot use.
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One relay the node connects to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    address: SocketAddr,
+    fingerprint: String,
+}
+
+/// A relay: its address and the pinned SHA-256 fingerprint of its certificate.
+#[derive(Clone, Debug)]
+pub struct RelayEndpoint {
+    /// UDP address.
+    pub address: SocketAddr,
+    /// Pinned certificate fingerprint.
+    pub fingerprint: Fingerprint,
+}
+
+/// The `[api]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<SocketAddr>,
+    token_file: PathBuf,
+}
+
+/// The `[hooks]` table: commands run with an event as JSON on standard input.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    /// Run when a message arrives, and again every `paging_interval_ms` for an
+    /// unacknowledged FLASH or IMMEDIATE message (program and arguments; default none).
+    pub on_message: Option<Vec<String>>,
+    /// Run when a sent message passes its respond-by time unacknowledged (default none).
+    pub on_overdue: Option<Vec<String>>,
+    /// Run when no relay has been reachable for `unreachable_after_ms` (default none).
+    pub on_unreachable: Option<Vec<String>>,
+    /// Run when a newer roster is installed (default none).
+    pub on_roster_changed: Option<Vec<String>>,
+    /// A hook still running after this is killed, ms (default 10000).
+    pub timeout_ms: Option<u64>,
+    /// How long without any relay before `on_unreachable` runs, ms (default 60000).
+    pub unreachable_after_ms: Option<u64>,
+    /// Re-page interval for unacknowledged FLASH / IMMEDIATE messages, ms (default 300000).
+    pub paging_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    participant: String,
+    key: PathBuf,
+    roster: PathBuf,
+    roster_key: String,
+    data_dir: PathBuf,
+    relays: Vec<RawRelay>,
+    api: RawApi,
+    #[serde(default)]
+    hooks: Hooks,
+}
+
+/// A checked node configuration with absolute paths.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The participant this node speaks for (e.g. `KAZ`).
+    pub participant: ParticipantId,
+    /// The participant's secret key file (mode 0600).
+    pub key: PathBuf,
+    /// The signed roster to start from; newer ones from the relay replace it in the store.
+    pub roster: PathBuf,
+    /// The pinned Secretariat roster key (hex or path to a `.pub` file).
+    pub roster_key: PublicKey,
+    /// Directory of the store (`node.db`); created if missing.
+    pub data_dir: PathBuf,
+    /// Relays, each with its pinned certificate fingerprint; the node sends through all.
+    pub relays: Vec<RelayEndpoint>,
+    /// Local API address, loopback only (default `127.0.0.1:7500`).
+    pub api_listen: SocketAddr,
+    /// File holding the API bearer token (created with a random token if missing).
+    pub token_file: PathBuf,
+    /// Hook commands.
+    pub hooks: Hooks,
+}
+
+/// Default local API address.
+pub const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7500);
+
+impl NodeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let invalid = |field, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        };
+        let participant =
+            ParticipantId::new(&raw.participant).map_err(|e| invalid("participant", e.to_string()))?;
+        let roster_key = hotline_config::keyfile::resolve_public(&resolve_rel(&raw.roster_key, base))
+            .map_err(|e| invalid("roster_key", e.to_string()))?;
+        if raw.relays.is_empty() {
+            return Err(invalid("relays", "list at least one relay".into()));
+        }
+        if raw.relays.len() > limits::RELAYS_MAX {
+            return Err(invalid("relays", format!("at most {} relays", limits::RELAYS_MAX)));
+        }
+        let mut relays = Vec::new();
+        for r in raw.relays {
+            let fingerprint = r
+                .fingerprint
+                .parse()
+                .map_err(|e: hotline_net::NetError| invalid("relays.fingerprint", e.to_string()))?;
+            relays.push(RelayEndpoint { address: r.address, fingerprint });
+        }
+        let api_listen = raw.api.listen.unwrap_or(DEFAULT_API);
+        if !api_listen.ip().is_loopback() {
+            return Err(invalid("api.listen", "the local API listens on a loopback address only".into()));
+        }
+        for (field, cmd) in [
+            ("hooks.on_message", &raw.hooks.on_message),
+            ("hooks.on_overdue", &raw.hooks.on_overdue),
+            ("hooks.on_unreachable", &raw.hooks.on_unreachable),
+            ("hooks.on_roster_changed", &raw.hooks.on_roster_changed),
+        ] {
+            if cmd.as_ref().is_some_and(|c| c.is_empty()) {
+                return Err(invalid(field, "give a program (and arguments), or leave it out".into()));
+            }
+        }
+        Ok(Self {
+            participant,
+            key: abs(raw.key),
+            roster: abs(raw.roster),
+            roster_key,
+            data_dir: abs(raw.data_dir),
+            relays,
+            api_listen,
+            token_file: abs(raw.api.token_file),
+            hooks: raw.hooks,
+        })
+    }
+
+    /// Hook timeout.
+    pub fn hook_timeout_ms(&self) -> u64 {
+        self.hooks.timeout_ms.unwrap_or(limits::HOOK_TIMEOUT_MS)
+    }
+
+    /// Time without any relay before the unreachable hook runs.
+    pub fn unreachable_after_ms(&self) -> u64 {
+        self.hooks.unreachable_after_ms.unwrap_or(limits::UNREACHABLE_AFTER_MS)
+    }
+
+    /// Re-page interval for unacknowledged urgent messages.
+    pub fn paging_interval_ms(&self) -> u64 {
+        self.hooks.paging_interval_ms.unwrap_or(limits::PAGING_INTERVAL_MS)
+    }
+}
+
+/// A key given as hex stays as is; a relative path is made relative to the config file.
+fn resolve_rel(spec: &str, base: &Path) -> String {
+    if spec.len() == 64 && spec.chars().all(|c| c.is_ascii_hexdigit()) {
+        spec.to_owned()
+    } else {
+        base.join(spec).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn text() -> String {
+        format!(
+            "participant = \"KAZ\"\nkey = \"KAZ.key\"\nroster = \"roster.signed\"\nroster_key = \"{KEY}\"\ndata_dir = \"data\"\n\n[[relays]]\naddress = \"127.0.0.1:7400\"\nfingerprint = \"{}\"\n\n[api]\ntoken_file = \"api.token\"\n",
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn a_minimal_config_loads_with_defaults() {
+        let c = NodeConfig::parse(&text(), Path::new("/etc/hotline/node.toml")).expect("valid");
+        assert_eq!(c.participant.as_str(), "KAZ");
+        assert_eq!(c.api_listen, DEFAULT_API);
+        assert_eq!(c.token_file, Path::new("/etc/hotline/api.token"));
+        assert_eq!(c.relays.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let bad = text().replace("address = \"127.0.0.1:7400\"", "address = \"nowhere\"");
+        let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("bad address");
+        assert!(e.to_string().contains("n.toml") && e.to_string().contains("line 8"), "{e}");
+        let bad = text().replace("\"KAZ\"", "\"kaz\"");
+        let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("bad id");
+        assert!(e.to_string().contains("participant"), "{e}");
+        let bad = text().replace("[api]", "[api]\nlisten = \"0.0.0.0:7500\"");
+        let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("not loopback");
+        assert!(e.to_string().contains("api.listen"), "{e}");
+        let missing = text().replace("data_dir = \"data\"\n", "");
+        let e = NodeConfig::parse(&missing, Path::new("n.toml")).expect_err("missing");
+        assert!(e.to_string().contains("data_dir"), "{e}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Events the node announces: to `/v1/events` subscribers, to hooks, and to the log.
+
+use serde::Serialize;
+
+use hotline_proto::{Kind, MessageId, ParticipantId, Precedence, Status};
+
+/// Something an operator may want to know at once.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A new message arrived (stored durably, delivered receipt sent).
+    MessageReceived {
+        /// Message id.
+        id: MessageId,
+        /// Sender.
+        from: ParticipantId,
+        /// Kind.
+        kind: Kind,
+        /// Precedence.
+        precedence: Precedence,
+        /// Actual, exercise or test — always shown.
+        status: Status,
+        /// Subject.
+        subject: String,
+        /// Respond-by, if any.
+        respond_by_ms: Option<u64>,
+        /// Whether this is a repeated page for an unacknowledged message.
+        repage: bool,
+    },
+    /// A relay accepted one of our messages.
+    Accepted {
+        /// Message id.
+        id: MessageId,
+        /// Relay index in the configuration.
+        relay: usize,
+        /// Recipients after routing.
+        recipients: Vec<ParticipantId>,
+    },
+    /// A relay refused one of our messages.
+    Rejected {
+        /// Message id.
+        id: MessageId,
+        /// Relay index.
+        relay: usize,
+        /// Reason code.
+        code: String,
+        /// Detail.
+        detail: String,
+        /// Whether the node will retry.
+        retrying: bool,
+    },
+    /// A recipient's node holds one of our messages.
+    Delivered {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        by: ParticipantId,
+    },
+    /// A recipient acknowledged one of our messages.
+    Acknowledged {
+        /// Message id.
+        id: MessageId,
+        /// Recipient.
+        by: ParticipantId,
+        /// Officer.
+        officer: String,
+        /// Note.
+        note: Option<String>,
+    },
+    /// The operator here acknowledged a received message.
+    AckSent {
+        /// Message id.
+        id: MessageId,
+        /// Officer.
+        officer: String,
+    },
+    /// Recipients have not acknowledged by the respond-by time.
+    Overdue {
+        /// Message id.
+        id: MessageId,
+        /// Subject.
+        subject: String,
+        /// Recipients that have not acknowledged.
+        recipients: Vec<ParticipantId>,
+    },
+    /// A relay link came up.
+    RelayUp {
+        /// Relay index.
+        relay: usize,
+        /// Address.
+        address: String,
+    },
+    /// A relay link went down.
+    RelayDown {
+        /// Relay index.
+        relay: usize,
+        /// Why.
+        error: String,
+    },
+    /// No relay has been reachable for a while.
+    Unreachable {
+        /// For how long, ms.
+        for_ms: u64,
+    },
+    /// A newer roster was installed.
+    RosterChanged {
+        /// Its version.
+        version: u64,
+    },
+}

@@ -1,0 +1,312 @@
+//! `hotline-node`: what a national contact point runs 24/7.
+//!
+//! Tasks: one link task per configured relay ([`link`]) with its frame-reader task; the
+//! deadline and paging ticker; the unreachable watchdog; the local HTTP API ([`api`]);
+//! hooks run in short-lived tasks. All durable state is in [`store::NodeStore`] behind one
+//! mutex (a node's load is one participant's traffic; SQLite commits are short).
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod hooks;
+pub mod limits;
+mod link;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use hotline_proto::{ParticipantId, Roster, SigningKey, Verified};
+
+pub use config::{ConfigError, NodeConfig};
+use events::Event;
+use hooks::HookRunner;
+use store::NodeStore;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Key(#[from] hotline_config::keyfile::KeyFileError),
+    /// No valid roster: neither the file nor the store holds one signed by the pinned key.
+    #[error("roster: {0}")]
+    Roster(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] hotline_store::StoreError),
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Net(#[from] hotline_net::NetError),
+    /// Another I/O failure (API listener, token file).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// State shared by the node's tasks.
+pub(crate) struct NodeState {
+    pub(crate) config: NodeConfig,
+    pub(crate) me: ParticipantId,
+    pub(crate) key: SigningKey,
+    store: Mutex<NodeStore>,
+    pub(crate) roster: watch::Sender<Arc<Verified<Roster>>>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) hooks: HookRunner,
+    pub(crate) wake: Vec<Arc<Notify>>,
+    pub(crate) connected: Vec<AtomicBool>,
+    pub(crate) token: String,
+}
+
+impl NodeState {
+    pub(crate) fn store(&self) -> MutexGuard<'_, NodeStore> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn emit(&self, e: Event) {
+        // No subscribers is fine.
+        let _ = self.events.send(e);
+    }
+
+    pub(crate) fn wake_links(&self) {
+        for w in &self.wake {
+            w.notify_one();
+        }
+    }
+
+    pub(crate) fn relays_connected(&self) -> usize {
+        self.connected.iter().filter(|c| c.load(Relaxed)).count()
+    }
+
+    /// Installs a roster from a relay if it is signed by the pinned key and newer.
+    pub(crate) fn offer_roster(&self, signed: &hotline_proto::Signed<Roster>, from: &str) {
+        let verified = match hotline_proto::verify_roster(signed, &self.config.roster_key) {
+            Ok(v) => v,
+            Err(e) => {
+                error!(from, error = %e, version = self.roster.borrow().version, "roster refused (not signed by the pinned roster key); keeping the current one");
+                return;
+            }
+        };
+        let current = self.roster.borrow().version;
+        if verified.version <= current {
+            return;
+        }
+        let v = verified.version;
+        if let Err(e) = self.store().save_roster(&verified, now_ms()) {
+            error!(error = %e, "cannot store the new roster; keeping the current one");
+            return;
+        }
+        self.roster.send_replace(Arc::new(verified));
+        info!(version = v, previous = current, "roster installed");
+        let ev = Event::RosterChanged { version: v };
+        self.hooks.fire("on_roster_changed", self.config.hooks.on_roster_changed.as_ref(), &ev);
+        self.emit(ev);
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    api_addr: std::net::SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl NodeHandle {
+    /// The local API address actually bound.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.api_addr
+    }
+
+    /// Stops the links, the API and the tickers, and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+            warn!("node tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
+        info!("node stopped");
+    }
+}
+
+/// The node service.
+pub struct Node;
+
+fn load_start_roster(config: &NodeConfig, store: &NodeStore) -> Result<Verified<Roster>, NodeError> {
+    let from_file = hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key);
+    let from_store = store
+        .roster()?
+        .and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok());
+    match (from_file, from_store) {
+        (Ok(f), Some(s)) => Ok(if s.version > f.version { s } else { f }),
+        (Ok(f), None) => Ok(f),
+        (Err(e), Some(s)) => {
+            warn!(error = %e, version = s.version, "roster file unusable; using the stored roster");
+            Ok(s)
+        }
+        (Err(e), None) => Err(NodeError::Roster(e.to_string())),
+    }
+}
+
+/// Reads the API token file, creating it (mode 0600, random) if missing.
+pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => return Err(NodeError::Io(format!("{}: empty API token file", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NodeError::Io(format!("{}: {e}", path.display()))),
+    }
+    let mut b = [0u8; limits::API_TOKEN_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    let token = hex::encode(b);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write as _;
+    let mut f = opts.open(path).map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
+    Ok(token)
+}
+
+impl Node {
+    /// Starts a node: opens the store, loads the roster, binds the API, starts the links.
+    pub async fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let key = hotline_config::keyfile::read_secret(&config.key)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        let store = NodeStore::open(&config.data_dir)?;
+        let roster = load_start_roster(&config, &store)?;
+        let me = config.participant.clone();
+        match roster.participant(&me) {
+            None => return Err(NodeError::Roster(format!("{me} is not on roster version {}", roster.version))),
+            Some(p) if !p.keys.contains(&hotline_proto::PublicKey::of(&key)) => {
+                warn!(participant = %me, "this node's key is not on the roster: relays will refuse it")
+            }
+            Some(_) => {}
+        }
+        let token = ensure_token(&config.token_file)?;
+        let relays = config.relays.len();
+        info!(participant = %me, roster = roster.version, relays, outbox = store.outbox_len()?, "node starting");
+        let (roster_tx, _) = watch::channel(Arc::new(roster));
+        let (events, _) = broadcast::channel(limits::EVENTS_BUFFER);
+        let state = Arc::new(NodeState {
+            hooks: HookRunner::new(config.hook_timeout_ms()),
+            me,
+            key,
+            store: Mutex::new(store),
+            roster: roster_tx,
+            events,
+            wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
+            connected: (0..relays).map(|_| AtomicBool::new(false)).collect(),
+            token,
+            config,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let listener = tokio::net::TcpListener::bind(state.config.api_listen)
+            .await
+            .map_err(|e| NodeError::Io(format!("local API {}: {e}", state.config.api_listen)))?;
+        let api_addr = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+        info!(addr = %api_addr, "local API listening");
+        tasks.spawn(api::serve(listener, state.clone(), shutdown_rx.clone()));
+
+        let bind: std::net::SocketAddr = if state.config.relays.iter().all(|r| r.address.is_ipv6()) {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        for idx in 0..relays {
+            let pins = vec![state.config.relays[idx].fingerprint];
+            let endpoint = hotline_net::transport::client_endpoint(bind, pins, &hotline_net::TransportLimits::default())?;
+            tasks.spawn(link::run(state.clone(), idx, endpoint, shutdown_rx.clone()));
+        }
+        tasks.spawn(tick(state.clone(), shutdown_rx.clone()));
+        Ok(NodeHandle { api_addr, shutdown: shutdown_tx, tasks })
+    }
+}
+
+/// Deadlines, paging and the unreachable watchdog.
+async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(limits::DEADLINE_TICK_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = now_ms();
+    let mut last_connected = started;
+    let mut unreachable_fired = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => {}
+        }
+        let now = now_ms();
+        let overdue = state.store().mark_overdue(now);
+        match overdue {
+            Ok(list) => {
+                for (id, subject, recipients) in list {
+                    let ids = recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+                    warn!(msg = %id, %subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
+                    let ev = Event::Overdue { id, subject, recipients };
+                    state.hooks.fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
+                    state.emit(ev);
+                }
+            }
+            Err(e) => error!(error = %e, "deadline check failed"),
+        }
+        let pages = state.store().due_pages(now, state.config.paging_interval_ms());
+        match pages {
+            Ok(list) => {
+                for env in list {
+                    warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
+                    let ev = received_event(&env, true);
+                    state.hooks.fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
+                    state.emit(ev);
+                }
+            }
+            Err(e) => error!(error = %e, "paging check failed"),
+        }
+        if state.relays_connected() > 0 {
+            last_connected = now;
+            unreachable_fired = false;
+        } else if !unreachable_fired && now.saturating_sub(last_connected) >= state.config.unreachable_after_ms() {
+            unreachable_fired = true;
+            let for_ms = now - last_connected;
+            error!(for_ms, "no relay reachable");
+            let ev = Event::Unreachable { for_ms };
+            state.hooks.fire("on_unreachable", state.config.hooks.on_unreachable.as_ref(), &ev);
+            state.emit(ev);
+        }
+    }
+}
+
+pub(crate) fn received_event(env: &hotline_proto::Envelope, repage: bool) -> Event {
+    Event::MessageReceived {
+        id: env.id,
+        from: env.sender.clone(),
+        kind: env.kind,
+        precedence: env.precedence,
+        status: env.status,
+        subject: env.subject.clone(),
+        respond_by_ms: env.respond_by_ms,
+        repage,
+    }
+}

@@ -1,0 +1,45 @@
+//! The node's limits and defaults.
+
+/// Most relays one node may be configured with.
+pub const RELAYS_MAX: usize = 8;
+
+/// First reconnect delay after a failure.
+pub const BACKOFF_MIN_MS: u64 = 200;
+/// Reconnect delays double up to this cap (plus up to 50 % jitter).
+pub const BACKOFF_MAX_MS: u64 = 10_000;
+const _: () = assert!(BACKOFF_MIN_MS < BACKOFF_MAX_MS);
+
+/// Time allowed for the QUIC handshake plus authentication.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Default hook timeout: a hook still running after this is killed.
+pub const HOOK_TIMEOUT_MS: u64 = 10_000;
+/// Hooks running at once; more are dropped with a warning rather than queued without end.
+pub const HOOKS_CONCURRENT_MAX: usize = 16;
+
+/// Default time without any relay before the unreachable hook runs.
+pub const UNREACHABLE_AFTER_MS: u64 = 60_000;
+
+/// Default re-page interval for unacknowledged FLASH / IMMEDIATE messages.
+pub const PAGING_INTERVAL_MS: u64 = 300_000;
+
+/// How often deadlines and paging are checked.
+pub const DEADLINE_TICK_MS: u64 = 250;
+
+/// Outbox items sent per relay per pass (the rest follow as answers arrive).
+pub const OUTBOX_PAGE: usize = 256;
+
+/// Deliveries stored and receipted in one transaction and one cumulative receipt.
+pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
+
+/// Items returned by one inbox or sent-list API call.
+pub const API_LIST_MAX: usize = 1_000;
+
+/// Largest API request body.
+pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
+
+/// Events buffered for each `/v1/events` subscriber before a slow one misses some.
+pub const EVENTS_BUFFER: usize = 1_024;
+
+/// Length of a generated API token, in random bytes (hex-encoded in the file).
+pub const API_TOKEN_BYTES: usize = 32;

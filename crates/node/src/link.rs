@@ -1,0 +1,354 @@
+//! One task per relay: connect (capped exponential back-off with jitter), authenticate,
+//! then send the outbox and pending receipts, and take deliveries, answers and receipts.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use hotline_net::{FrameReader, NetError, Session};
+use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
+use hotline_proto::{Digest, MessageId, Precedence};
+
+use crate::events::Event;
+use crate::limits::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX};
+use crate::store::{retryable, Stored};
+use crate::{now_ms, received_event, NodeState};
+
+/// How long a retryable refusal waits before the message is offered again.
+const RETRY_AFTER_MS: u64 = 2_000;
+
+pub(crate) async fn run(state: Arc<NodeState>, idx: usize, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
+    let addr = state.config.relays[idx].address;
+    let mut backoff = BACKOFF_MIN_MS;
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let attempt = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = connect(&state, &endpoint, addr) => r,
+        };
+        match attempt {
+            Err(e) => {
+                failures += 1;
+                // The first failure is worth a warning; repeats are noise until recovery.
+                if failures == 1 {
+                    warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
+                } else {
+                    debug!(relay = idx, %addr, error = %e, failures, "relay still unreachable");
+                }
+                if matches!(e, NetError::Tls(_)) || e.to_string().contains("pinned") {
+                    error!(relay = idx, %addr, "relay certificate does not match the pinned fingerprint: refusing it");
+                }
+                let jitter = rand::random::<u64>() % (backoff / 2 + 1);
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(backoff + jitter)) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX_MS);
+            }
+            Ok(session) => {
+                backoff = BACKOFF_MIN_MS;
+                failures = 0;
+                state.connected[idx].store(true, Relaxed);
+                info!(relay = idx, %addr, "relay connected");
+                state.emit(Event::RelayUp { relay: idx, address: addr.to_string() });
+                let conn = session.conn.clone();
+                let r = serve(&state, idx, session, &mut shutdown).await;
+                state.connected[idx].store(false, Relaxed);
+                match r {
+                    Ok(()) => {
+                        conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
+                        endpoint.wait_idle().await;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
+                        state.emit(Event::RelayDown { relay: idx, error: e.to_string() });
+                    }
+                }
+            }
+        }
+    }
+    state.connected[idx].store(false, Relaxed);
+}
+
+async fn connect(state: &NodeState, endpoint: &quinn::Endpoint, addr: std::net::SocketAddr) -> Result<Session, NetError> {
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let conn = hotline_net::connect(endpoint, addr, timeout).await?;
+    let version = state.roster.borrow().version;
+    hotline_net::authenticate(conn, &state.me, &state.key, version, now_ms(), timeout).await
+}
+
+struct Link<'a> {
+    state: &'a NodeState,
+    idx: usize,
+    writer: hotline_net::FrameWriter,
+    /// Messages written on this connection and not yet answered.
+    sent: HashSet<MessageId>,
+    /// Acknowledgement receipts written on this connection and not yet stored.
+    receipts_sent: HashSet<Digest>,
+}
+
+async fn serve(state: &NodeState, idx: usize, session: Session, shutdown: &mut watch::Receiver<bool>) -> Result<(), NetError> {
+    let Session { conn, reader, writer, welcome } = session;
+    let skew = welcome.relay_time_ms as i64 - now_ms() as i64;
+    if skew.abs() > 60_000 {
+        warn!(relay = idx, skew_ms = skew, "clock differs from the relay's by more than a minute");
+    }
+    if let Some(r) = &welcome.roster {
+        state.offer_roster(r, "relay welcome");
+    }
+    let (tx, mut rx) = mpsc::channel(256);
+    let reader_task = tokio::spawn(read_frames(reader, tx));
+    let _guard = AbortOnDrop(reader_task);
+    let mut link = Link { state, idx, writer, sent: HashSet::new(), receipts_sent: HashSet::new() };
+    let wake = state.wake[idx].clone();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut retry_ids: Vec<MessageId> = Vec::new();
+    link.pump().await?;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            // Shutdown: close cleanly.
+            _ = shutdown.changed() => return Ok(()),
+            // Frames from the relay, batched while more are already waiting.
+            f = rx.recv() => {
+                let Some(first) = f else {
+                    return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
+                };
+                let mut batch = VecDeque::from([first?]);
+                while batch.len() < RECEIPT_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push_back(f?),
+                        Err(_) => break,
+                    }
+                }
+                let retries = link.handle(batch).await?;
+                if !retries.is_empty() {
+                    retry_ids.extend(retries);
+                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(RETRY_AFTER_MS));
+                }
+            }
+            // Something new to send (composed message or acknowledgement).
+            _ = wake.notified() => link.pump().await?,
+            // Retryable refusals: offer those messages again.
+            _ = retry => {
+                retry_at = None;
+                for id in retry_ids.drain(..) {
+                    link.sent.remove(&id);
+                }
+                link.pump().await?;
+            }
+        }
+    }
+}
+
+impl Link<'_> {
+    /// Writes outbox messages and pending acknowledgements not yet written on this link.
+    async fn pump(&mut self) -> Result<(), NetError> {
+        let (outbox, receipts) = {
+            let store = self.state.store();
+            (store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()), store.pending_receipts(self.idx))
+        };
+        let outbox = outbox.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+        let receipts = receipts.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+        let mut buf = Vec::new();
+        for (id, signed) in outbox {
+            if self.sent.insert(id) {
+                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(signed))?);
+            }
+        }
+        for r in receipts {
+            if self.receipts_sent.insert(r.digest()) {
+                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(r))?);
+            }
+        }
+        if !buf.is_empty() {
+            self.writer.write_raw(&buf).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles a batch of frames; returns messages refused for a retryable reason.
+    async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Vec<MessageId>, NetError> {
+        let mut retries = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut receipts = Vec::new();
+        let mut pump = false;
+        while let Some(f) = batch.pop_front() {
+            match f {
+                RelayToNode::Deliver(s) => deliveries.push(s),
+                RelayToNode::Receipt(s) => receipts.push(s),
+                RelayToNode::Accepted(a) => {
+                    self.sent.remove(&a.id);
+                    if let Err(e) = self.state.store().accepted(self.idx, &a, now_ms()) {
+                        error!(error = %e, msg = %a.id, "cannot record acceptance");
+                    }
+                    info!(relay = self.idx, msg = %a.id, recipients = a.recipients.len(), "accepted");
+                    self.state.emit(Event::Accepted { id: a.id, relay: self.idx, recipients: a.recipients });
+                    pump = true;
+                }
+                RelayToNode::Rejected(r) => match r.subject {
+                    Subject::Message(id) => {
+                        let again = retryable(r.code);
+                        if again {
+                            retries.push(id);
+                        } else {
+                            self.sent.remove(&id);
+                        }
+                        if let Err(e) = self.state.store().rejected(self.idx, &id, r.code, &r.detail, now_ms()) {
+                            error!(error = %e, msg = %id, "cannot record refusal");
+                        }
+                        warn!(relay = self.idx, msg = %id, code = ?r.code, detail = %r.detail, retrying = again, "relay refused a message");
+                        self.state.emit(Event::Rejected { id, relay: self.idx, code: format!("{:?}", r.code), detail: r.detail, retrying: again });
+                    }
+                    Subject::Receipt(d) => {
+                        error!(relay = self.idx, receipt = %d, code = ?r.code, detail = %r.detail, "relay refused a receipt; dropping it for this relay");
+                        let _ = self.state.store().receipt_stored(self.idx, &d);
+                    }
+                    _ => warn!(relay = self.idx, code = ?r.code, detail = %r.detail, "relay refused a frame"),
+                },
+                RelayToNode::ReceiptStored(d) => {
+                    self.receipts_sent.remove(&d);
+                    if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
+                        error!(error = %e, "cannot record a stored receipt");
+                    }
+                }
+                RelayToNode::RosterUpdate(r) => self.state.offer_roster(&r, "relay update"),
+                RelayToNode::Pong(_) | RelayToNode::Welcome(_) => {}
+                RelayToNode::Error(e) => {
+                    return Err(NetError::Closed { code: e.code, reason: e.detail });
+                }
+                _ => debug!("unknown frame ignored"),
+            }
+        }
+        if !deliveries.is_empty() {
+            self.deliver(deliveries).await?;
+        }
+        if !receipts.is_empty() {
+            self.forwarded(receipts).await?;
+        }
+        if pump {
+            self.pump().await?;
+        }
+        Ok(retries)
+    }
+
+    async fn deliver(&mut self, batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>) -> Result<(), NetError> {
+        let roster = self.state.roster.borrow().clone();
+        let checked: Vec<_> = batch
+            .into_iter()
+            .map(|s| {
+                let r = roster.verify_envelope(&s).map(|v| v.into_parts().0).map_err(|e| e.to_string());
+                (s, r)
+            })
+            .collect();
+        let now = now_ms();
+        let result = self.state.store().store_deliveries(&self.state.me, &self.state.key, &checked, now);
+        let (outcomes, receipt) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing stored, so nothing receipted: the relay will deliver again.
+                error!(error = %e, "cannot store delivered messages; they will be redelivered");
+                return Err(NetError::Protocol(format!("store: {e}")));
+            }
+        };
+        for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
+            match (checked, outcome) {
+                (Ok(env), Stored::New) => {
+                    if matches!(env.precedence, Precedence::Flash | Precedence::Immediate) {
+                        warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = %env.subject, "urgent message received");
+                    } else {
+                        info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = %env.subject, "message received");
+                    }
+                    let ev = received_event(env, false);
+                    self.state.hooks.fire("on_message", self.state.config.hooks.on_message.as_ref(), &ev);
+                    self.state.emit(ev);
+                }
+                (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
+                (_, Stored::Quarantined(reason)) => error!(%reason, "delivered message failed verification: quarantined, not shown"),
+                _ => {}
+            }
+        }
+        if let Some(r) = receipt {
+            self.writer.write(&NodeToRelay::Receipt(r)).await?;
+        }
+        Ok(())
+    }
+
+    async fn forwarded(&mut self, batch: Vec<hotline_proto::Signed<hotline_proto::Receipt>>) -> Result<(), NetError> {
+        let roster = self.state.roster.borrow().clone();
+        let mut verified = Vec::new();
+        let mut digests = Vec::new();
+        for s in batch {
+            digests.push(s.digest());
+            match roster.verify_receipt(&s) {
+                Ok(v) => verified.push(v),
+                Err(e) => error!(error = %e, "forwarded receipt failed verification: ignored"),
+            }
+        }
+        let fresh = match self.state.store().store_forwarded(&self.state.me, &verified, now_ms()) {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "cannot store receipts; the relay will forward them again");
+                return Err(NetError::Protocol(format!("store: {e}")));
+            }
+        };
+        for (r, new) in verified.iter().zip(fresh) {
+            if !new {
+                continue;
+            }
+            for item in r.items.iter().filter(|i| i.sender == self.state.me) {
+                let ev = match &r.kind {
+                    hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
+                        info!(msg = %item.id, by = %r.recipient, %officer, "acknowledged");
+                        Event::Acknowledged { id: item.id, by: r.recipient.clone(), officer: officer.clone(), note: note.clone() }
+                    }
+                    _ => {
+                        debug!(msg = %item.id, by = %r.recipient, "delivered");
+                        Event::Delivered { id: item.id, by: r.recipient.clone() }
+                    }
+                };
+                self.state.emit(ev);
+            }
+        }
+        for chunk in digests.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
+            self.writer.write(&NodeToRelay::ReceiptsStored(chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn read_frames(mut reader: FrameReader, tx: mpsc::Sender<Result<RelayToNode, NetError>>) {
+    loop {
+        let r = reader.read::<RelayToNode>().await;
+        let item = match r {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => break,
+            Err(e) => Err(e),
+        };
+        let stop = item.is_err();
+        if tx.send(item).await.is_err() || stop {
+            break;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,677 @@
+//! The node's durable state in `node.db`: the sequence counter, sent messages and their
+//! per-relay outbox, the per-recipient delivery matrix, the inbox, receipts to send and
+//! receipts received, the newest roster, and the audit journal.
+//!
+//! Every change is one transaction that also appends its journal entry. Invariants:
+//! a message is signed and stored in the same transaction that takes its sequence number,
+//! so a crash can never reuse a number; a delivered receipt is signed only for messages
+//! whose storing transaction is the one that records the receipt.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use hotline_proto::frame::{Accepted, RejectCode};
+use hotline_proto::{
+    codec, Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptItem,
+    ReceiptKind, Roster, Seq, Signature, Signed, SigningKey, Verified, PROTOCOL_VERSION,
+};
+use hotline_store::{Journal, StoreError};
+
+/// File name of the node database inside the data directory.
+pub const DB_FILE: &str = "node.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (
+    id BLOB PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    respond_by_ms INTEGER,
+    accepted_at_ms INTEGER,
+    rejected_code TEXT,
+    rejected_detail TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    relay INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (relay, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_by_seq ON outbox (relay, seq);
+CREATE TABLE IF NOT EXISTS matrix (
+    id BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    delivered_at_ms INTEGER,
+    acked_at_ms INTEGER,
+    officer TEXT,
+    note TEXT,
+    overdue_at_ms INTEGER,
+    PRIMARY KEY (id, recipient)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    id BLOB PRIMARY KEY,
+    sender TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    acked_at_ms INTEGER,
+    officer TEXT,
+    note TEXT,
+    paged_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox (received_at_ms);
+CREATE TABLE IF NOT EXISTS quarantine (
+    digest BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts_out (
+    digest BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts_pending (
+    relay INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (relay, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts_in (
+    digest BLOB PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+";
+
+/// What the operator asks to send; the store adds id, sequence number, sender and time.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// Audience.
+    pub audience: hotline_proto::Audience,
+    /// Kind.
+    pub kind: hotline_proto::Kind,
+    /// Precedence.
+    pub precedence: hotline_proto::Precedence,
+    /// Status.
+    pub status: hotline_proto::Status,
+    /// Respond-by, ms since the epoch.
+    pub respond_by_ms: Option<u64>,
+    /// Referenced messages.
+    pub references: Vec<MessageId>,
+    /// Category.
+    pub category: Option<String>,
+    /// Subject.
+    pub subject: String,
+    /// Body.
+    pub body: String,
+}
+
+/// One recipient's line in a sent message's delivery matrix.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MatrixRow {
+    /// The recipient.
+    pub recipient: ParticipantId,
+    /// When its delivered receipt arrived (ms), if it has.
+    pub delivered_at_ms: Option<u64>,
+    /// When its acknowledgement arrived (ms), if it has.
+    pub acked_at_ms: Option<u64>,
+    /// Who acknowledged.
+    pub officer: Option<String>,
+    /// The acknowledgement's note.
+    pub note: Option<String>,
+    /// When the respond-by passed without acknowledgement (ms), if it did.
+    pub overdue_at_ms: Option<u64>,
+}
+
+/// A sent message with its state.
+#[derive(Clone, Debug)]
+pub struct SentMessage {
+    /// The message as signed.
+    pub envelope: Envelope,
+    /// When the first relay accepted it.
+    pub accepted_at_ms: Option<u64>,
+    /// Why it was refused, if every relay refused it.
+    pub rejected: Option<(String, String)>,
+    /// Per recipient.
+    pub matrix: Vec<MatrixRow>,
+}
+
+/// A received message with its acknowledgement state.
+#[derive(Clone, Debug)]
+pub struct InboxMessage {
+    /// The message as signed by its author (verified when stored).
+    pub envelope: Envelope,
+    /// When this node stored it.
+    pub received_at_ms: u64,
+    /// When it was acknowledged here, by whom, with what note.
+    pub ack: Option<(u64, String, Option<String>)>,
+}
+
+/// What `store_deliveries` did with one delivered message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// New: stored and to be shown.
+    New,
+    /// Already held: not shown again.
+    Duplicate,
+    /// Failed verification: kept in quarantine, not shown.
+    Quarantined(String),
+}
+
+/// Outcome of an acknowledgement request.
+#[derive(Debug)]
+pub enum AckOutcome {
+    /// Signed and queued for every relay.
+    Acked(Signed<Receipt>),
+    /// Already acknowledged (by this officer or another) at this time.
+    Already(u64, String),
+    /// No such received message.
+    NotFound,
+}
+
+/// The node database.
+pub struct NodeStore {
+    conn: Connection,
+    journal: Journal,
+    path: PathBuf,
+}
+
+fn blob_array<const N: usize>(v: Vec<u8>, col: usize) -> rusqlite::Result<[u8; N]> {
+    v.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Blob, "stored value has the wrong length".into())
+    })
+}
+
+fn signed_at<T: hotline_proto::SignedPayload>(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Signed<T>> {
+    let bytes: Vec<u8> = r.get(first)?;
+    let key = blob_array::<32>(r.get(first + 1)?, first + 1)?;
+    let sig = blob_array::<64>(r.get(first + 2)?, first + 2)?;
+    Ok(Signed::from_parts(bytes, PublicKey(key), Signature(sig)))
+}
+
+fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, StoreError> {
+    s.decode_unverified().map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
+    codec::encode(s, usize::MAX).map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+impl NodeStore {
+    /// Opens (creating) `node.db` in `data_dir`, refusing a damaged file by name.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let conn = hotline_store::open(&path, true)?;
+        hotline_store::quick_check(&conn, &path)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(hotline_store::journal::SCHEMA)?;
+        let journal = Journal::load(&conn)?;
+        Ok(Self { conn, journal, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one transaction with the journal; rolls the journal back on failure.
+    fn tx<R>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>, &mut Journal) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.journal.begin();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let r = f(&tx, &mut self.journal)?;
+            tx.commit()?;
+            Ok(r)
+        })();
+        if result.is_err() {
+            self.journal.rollback();
+        }
+        result
+    }
+
+    /// The newest roster this node has installed, if any.
+    pub fn roster(&self) -> Result<Option<Signed<Roster>>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|b| codec::decode(&b, hotline_proto::limits::ROSTER_BYTES_MAX + 4096).ok()))
+    }
+
+    /// Installs a (verified, newer) roster.
+    pub fn save_roster(&mut self, roster: &Verified<Roster>, now_ms: u64) -> Result<(), StoreError> {
+        let bytes = encode_record(roster.signed())?;
+        let version = roster.version;
+        self.tx(|tx, j| {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('roster', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [&bytes])?;
+            j.append(tx, now_ms, "roster.installed", &version.to_string(), &bytes)?;
+            Ok(())
+        })
+    }
+
+    /// Takes the next sequence number, signs, and stores the message with an outbox entry
+    /// per relay and its expected recipients, all in one transaction.
+    pub fn compose(
+        &mut self,
+        me: &ParticipantId,
+        key: &SigningKey,
+        draft: Draft,
+        expected: &[ParticipantId],
+        relays: usize,
+        now_ms: u64,
+    ) -> Result<Result<Signed<Envelope>, hotline_proto::EncodeError>, StoreError> {
+        self.tx(|tx, j| {
+            let last: u64 = tx
+                .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
+                    let b: Vec<u8> = r.get(0)?;
+                    Ok(u64::from_le_bytes(blob_array::<8>(b, 0)?))
+                })
+                .optional()?
+                .unwrap_or(0);
+            let seq = last + 1;
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: me.clone(),
+                seq: Seq(seq),
+                audience: draft.audience,
+                kind: draft.kind,
+                precedence: draft.precedence,
+                status: draft.status,
+                created_at_ms: now_ms,
+                respond_by_ms: draft.respond_by_ms,
+                references: draft.references,
+                category: draft.category,
+                subject: draft.subject,
+                body: draft.body,
+            };
+            let signed = match Signed::sign(&env, key) {
+                Ok(s) => s,
+                // Nothing was written: the transaction is dropped.
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [&seq.to_le_bytes()[..]],
+            )?;
+            tx.execute(
+                "INSERT INTO sent (id, seq, bytes, key, sig, created_at_ms, respond_by_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![&env.id.0[..], seq, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, env.respond_by_ms],
+            )?;
+            for relay in 0..relays {
+                tx.execute("INSERT INTO outbox (relay, id, seq) VALUES (?1, ?2, ?3)", params![relay as i64, &env.id.0[..], seq])?;
+            }
+            for r in expected {
+                tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&env.id.0[..], r.as_str()])?;
+            }
+            j.append(tx, now_ms, "message.sent", &env.id.to_string(), &encode_record(&signed)?)?;
+            Ok(Ok(signed))
+        })
+    }
+
+    /// Messages still to be sent through `relay`, lowest sequence number first.
+    pub fn outbox(&self, relay: usize, limit: usize) -> Result<Vec<(MessageId, Signed<Envelope>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT s.id, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 ORDER BY o.seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![relay as i64, limit as i64], |r| Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), signed_at(r, 1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Messages waiting for any relay.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(DISTINCT id) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
+    /// becomes the matrix.
+    pub fn accepted(&mut self, relay: usize, a: &Accepted, now_ms: u64) -> Result<(), StoreError> {
+        self.tx(|tx, j| {
+            let n = tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &a.id.0[..]])?;
+            let first = tx.execute(
+                "UPDATE sent SET accepted_at_ms = ?2, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1 AND accepted_at_ms IS NULL",
+                params![&a.id.0[..], a.accepted_at_ms],
+            )?;
+            if first > 0 {
+                let list: Vec<&str> = a.recipients.iter().map(|r| r.as_str()).collect();
+                let placeholders = list.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",");
+                // Ids are validated `[A-Z0-9]` codes, so inlining them cannot inject SQL.
+                tx.execute(&format!("DELETE FROM matrix WHERE id = ?1 AND recipient NOT IN ({placeholders})"), [&a.id.0[..]])?;
+                for r in &a.recipients {
+                    tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&a.id.0[..], r.as_str()])?;
+                }
+                j.append(tx, now_ms, "message.accepted", &a.id.to_string(), list.join(",").as_bytes())?;
+            }
+            let _ = n;
+            Ok(())
+        })
+    }
+
+    /// A relay refused a message. A retryable refusal leaves it in the outbox; a final one
+    /// removes it there, and marks the message refused unless another relay accepted it.
+    pub fn rejected(&mut self, relay: usize, id: &MessageId, code: RejectCode, detail: &str, now_ms: u64) -> Result<bool, StoreError> {
+        if retryable(code) {
+            return Ok(false);
+        }
+        self.tx(|tx, j| {
+            tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &id.0[..]])?;
+            let n = tx.execute(
+                "UPDATE sent SET rejected_code = ?2, rejected_detail = ?3 WHERE id = ?1 AND accepted_at_ms IS NULL",
+                params![&id.0[..], format!("{code:?}"), detail],
+            )?;
+            if n > 0 {
+                j.append(tx, now_ms, "message.rejected", &id.to_string(), format!("{code:?}: {detail}").as_bytes())?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Stores delivered messages (verified, or quarantined with a reason) and signs one
+    /// cumulative delivered receipt covering all of them, in one transaction.
+    pub fn store_deliveries(
+        &mut self,
+        me: &ParticipantId,
+        key: &SigningKey,
+        batch: &[(Signed<Envelope>, Result<Envelope, String>)],
+        now_ms: u64,
+    ) -> Result<(Vec<Stored>, Option<Signed<Receipt>>), StoreError> {
+        self.tx(|tx, j| {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut items = Vec::with_capacity(batch.len());
+            for (signed, checked) in batch {
+                let digest = signed.digest();
+                match checked {
+                    Ok(env) => {
+                        let n = tx.execute(
+                            "INSERT OR IGNORE INTO inbox (id, sender, seq, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![&env.id.0[..], env.sender.as_str(), env.seq.0, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms],
+                        )?;
+                        if n > 0 {
+                            j.append(tx, now_ms, "message.received", &env.id.to_string(), &encode_record(signed)?)?;
+                            out.push(Stored::New);
+                        } else {
+                            out.push(Stored::Duplicate);
+                        }
+                        if !items.iter().any(|i: &ReceiptItem| i.id == env.id) {
+                            items.push(ReceiptItem { id: env.id, sender: env.sender.clone(), digest });
+                        }
+                    }
+                    Err(reason) => {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO quarantine (digest, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![&digest.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..], reason, now_ms],
+                        )?;
+                        j.append(tx, now_ms, "message.quarantined", &digest.to_string(), &encode_record(signed)?)?;
+                        out.push(Stored::Quarantined(reason.clone()));
+                        // The relay keeps redelivering until it has a receipt; a quarantined
+                        // message is held durably here, so it is receipted too (by digest).
+                        if let Ok(env) = signed.decode_unverified() {
+                            if !items.iter().any(|i: &ReceiptItem| i.id == env.id) {
+                                items.push(ReceiptItem { id: env.id, sender: env.sender, digest });
+                            }
+                        }
+                    }
+                }
+            }
+            if items.is_empty() {
+                return Ok((out, None));
+            }
+            let receipt = Receipt { version: PROTOCOL_VERSION, recipient: me.clone(), kind: ReceiptKind::Delivered, created_at_ms: now_ms, items };
+            let signed = Signed::sign(&receipt, key).map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            j.append(tx, now_ms, "receipt.delivered", &signed.digest().to_string(), &encode_record(&signed)?)?;
+            Ok((out, Some(signed)))
+        })
+    }
+
+    /// Records an operator's acknowledgement and queues the signed receipt for every relay.
+    pub fn acknowledge(
+        &mut self,
+        me: &ParticipantId,
+        key: &SigningKey,
+        id: &MessageId,
+        officer: &str,
+        note: Option<String>,
+        relays: usize,
+        now_ms: u64,
+    ) -> Result<Result<AckOutcome, hotline_proto::EncodeError>, StoreError> {
+        self.tx(|tx, j| {
+            let row: Option<(Signed<Envelope>, Option<u64>, Option<String>)> = tx
+                .query_row("SELECT bytes, key, sig, acked_at_ms, officer FROM inbox WHERE id = ?1", [&id.0[..]], |r| {
+                    Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()?;
+            let Some((signed_msg, acked, by)) = row else { return Ok(Ok(AckOutcome::NotFound)) };
+            if let Some(at) = acked {
+                return Ok(Ok(AckOutcome::Already(at, by.unwrap_or_default())));
+            }
+            let env = decode_stored(&signed_msg)?;
+            let receipt = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: me.clone(),
+                kind: ReceiptKind::Acknowledged { officer: officer.to_owned(), note: note.clone() },
+                created_at_ms: now_ms,
+                items: vec![ReceiptItem { id: *id, sender: env.sender, digest: signed_msg.digest() }],
+            };
+            let signed = match Signed::sign(&receipt, key) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            let d = signed.digest();
+            tx.execute("UPDATE inbox SET acked_at_ms = ?2, officer = ?3, note = ?4 WHERE id = ?1", params![&id.0[..], now_ms, officer, note])?;
+            tx.execute("INSERT INTO receipts_out (digest, bytes, key, sig) VALUES (?1, ?2, ?3, ?4)", params![&d.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..]])?;
+            for relay in 0..relays {
+                tx.execute("INSERT INTO receipts_pending (relay, digest) VALUES (?1, ?2)", params![relay as i64, &d.0[..]])?;
+            }
+            j.append(tx, now_ms, "receipt.acknowledged", &d.to_string(), &encode_record(&signed)?)?;
+            Ok(Ok(AckOutcome::Acked(signed)))
+        })
+    }
+
+    /// Acknowledgement receipts still to be stored by `relay`.
+    pub fn pending_receipts(&self, relay: usize) -> Result<Vec<Signed<Receipt>>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT r.bytes, r.key, r.sig FROM receipts_pending p JOIN receipts_out r ON r.digest = p.digest WHERE p.relay = ?1",
+        )?;
+        let rows = st.query_map([relay as i64], |r| signed_at(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// `relay` stored one of our receipts.
+    pub fn receipt_stored(&mut self, relay: usize, digest: &Digest) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM receipts_pending WHERE relay = ?1 AND digest = ?2", params![relay as i64, &digest.0[..]])?;
+        Ok(())
+    }
+
+    /// Stores receipts forwarded to us (verified by the caller) and updates the matrix.
+    /// Returns, per receipt, whether it was new.
+    pub fn store_forwarded(&mut self, me: &ParticipantId, receipts: &[Verified<Receipt>], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        self.tx(|tx, j| {
+            let mut out = Vec::with_capacity(receipts.len());
+            for r in receipts {
+                let s = r.signed();
+                let d = s.digest();
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
+                )?;
+                out.push(n > 0);
+                if n == 0 {
+                    continue;
+                }
+                for item in r.items.iter().filter(|i| &i.sender == me) {
+                    tx.execute(
+                        "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
+                        params![&item.id.0[..], r.recipient.as_str(), now_ms],
+                    )?;
+                    if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
+                        tx.execute(
+                            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
+                            params![&item.id.0[..], r.recipient.as_str(), now_ms, officer, note],
+                        )?;
+                    }
+                }
+                let kind = if r.is_ack() { "receipt.acknowledged.received" } else { "receipt.delivered.received" };
+                j.append(tx, now_ms, kind, &d.to_string(), &encode_record(s)?)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sent messages whose respond-by has passed with recipients that have not
+    /// acknowledged: marks them overdue and returns (message, newly overdue recipients).
+    pub fn mark_overdue(&mut self, now_ms: u64) -> Result<Vec<(MessageId, String, Vec<ParticipantId>)>, StoreError> {
+        self.tx(|tx, j| {
+            let mut found: Vec<(MessageId, String, Vec<ParticipantId>)> = Vec::new();
+            {
+                let mut st = tx.prepare_cached(
+                    "SELECT m.id, m.recipient, s.bytes, s.key, s.sig FROM matrix m JOIN sent s ON s.id = m.id
+                     WHERE s.respond_by_ms IS NOT NULL AND s.respond_by_ms <= ?1 AND m.acked_at_ms IS NULL AND m.overdue_at_ms IS NULL
+                     ORDER BY m.id",
+                )?;
+                let rows = st.query_map([now_ms], |r| {
+                    Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), r.get::<_, String>(1)?, signed_at::<Envelope>(r, 2)?))
+                })?;
+                for row in rows {
+                    let (id, rcpt, signed) = row?;
+                    let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
+                    match found.last_mut() {
+                        Some((last, _, v)) if *last == id => v.push(rcpt),
+                        _ => {
+                            let subject = signed.decode_unverified().map(|e| e.subject).unwrap_or_default();
+                            found.push((id, subject, vec![rcpt]));
+                        }
+                    }
+                }
+            }
+            for (id, _, rcpts) in &found {
+                for r in rcpts {
+                    tx.execute("UPDATE matrix SET overdue_at_ms = ?3 WHERE id = ?1 AND recipient = ?2", params![&id.0[..], r.as_str(), now_ms])?;
+                }
+                let list = rcpts.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+                j.append(tx, now_ms, "message.overdue", &id.to_string(), list.as_bytes())?;
+            }
+            Ok(found)
+        })
+    }
+
+    /// Unacknowledged urgent received messages due for another page; marks them paged.
+    pub fn due_pages(&mut self, now_ms: u64, interval_ms: u64) -> Result<Vec<Envelope>, StoreError> {
+        let mut due = Vec::new();
+        {
+            let mut st = self.conn.prepare_cached(
+                "SELECT bytes, key, sig, paged_at_ms, received_at_ms FROM inbox WHERE acked_at_ms IS NULL",
+            )?;
+            let rows = st.query_map([], |r| Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, Option<u64>>(3)?, r.get::<_, u64>(4)?)))?;
+            for row in rows {
+                let (s, paged, received) = row?;
+                let Ok(env) = s.decode_unverified() else { continue };
+                if env.precedence.pages() && paged.unwrap_or(received).saturating_add(interval_ms) <= now_ms {
+                    due.push(env);
+                }
+            }
+        }
+        for env in &due {
+            self.conn.execute("UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1", params![&env.id.0[..], now_ms])?;
+        }
+        Ok(due)
+    }
+
+    /// Received messages, newest first.
+    pub fn inbox(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], Self::inbox_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (s, m) = row?;
+            out.push(InboxMessage { envelope: decode_stored(&s)?, ..m });
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Signed<Envelope>, InboxMessage)> {
+        let s = signed_at::<Envelope>(r, 0)?;
+        let acked: Option<u64> = r.get(4)?;
+        let officer: Option<String> = r.get(5)?;
+        let note: Option<String> = r.get(6)?;
+        let placeholder = Envelope {
+            version: 0,
+            id: MessageId([0; 16]),
+            sender: ParticipantId::new("XX").map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            seq: Seq(0),
+            audience: hotline_proto::Audience::Everyone,
+            kind: hotline_proto::Kind::Notice,
+            precedence: hotline_proto::Precedence::Routine,
+            status: hotline_proto::Status::Test,
+            created_at_ms: 0,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: String::new(),
+            body: String::new(),
+        };
+        Ok((s, InboxMessage { envelope: placeholder, received_at_ms: r.get(3)?, ack: acked.map(|a| (a, officer.unwrap_or_default(), note)) }))
+    }
+
+    /// One received message.
+    pub fn inbox_message(&self, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
+        let row = self
+            .conn
+            .query_row("SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note FROM inbox WHERE id = ?1", [&id.0[..]], Self::inbox_row)
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((s, m)) => Ok(Some(InboxMessage { envelope: decode_stored(&s)?, ..m })),
+        }
+    }
+
+    /// One sent message with its matrix.
+    pub fn sent_message(&self, id: &MessageId) -> Result<Option<SentMessage>, StoreError> {
+        let row: Option<(Signed<Envelope>, Option<u64>, Option<String>, Option<String>)> = self
+            .conn
+            .query_row("SELECT bytes, key, sig, accepted_at_ms, rejected_code, rejected_detail FROM sent WHERE id = ?1", [&id.0[..]], |r| {
+                Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .optional()?;
+        let Some((s, accepted, code, detail)) = row else { return Ok(None) };
+        let mut st = self.conn.prepare_cached(
+            "SELECT recipient, delivered_at_ms, acked_at_ms, officer, note, overdue_at_ms FROM matrix WHERE id = ?1 ORDER BY recipient",
+        )?;
+        let rows = st.query_map([&id.0[..]], |r| {
+            let rc: String = r.get(0)?;
+            Ok(MatrixRow {
+                recipient: ParticipantId::new(&rc).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                delivered_at_ms: r.get(1)?,
+                acked_at_ms: r.get(2)?,
+                officer: r.get(3)?,
+                note: r.get(4)?,
+                overdue_at_ms: r.get(5)?,
+            })
+        })?;
+        let matrix = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(Some(SentMessage { envelope: decode_stored(&s)?, accepted_at_ms: accepted, rejected: code.map(|c| (c, detail.unwrap_or_default())), matrix }))
+    }
+
+    /// Sent message ids, newest first.
+    pub fn sent_ids(&self, limit: usize) -> Result<Vec<MessageId>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM sent ORDER BY seq DESC LIMIT ?1")?;
+        let rows = st.query_map([limit as i64], |r| Ok(MessageId(blob_array::<16>(r.get(0)?, 0)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forwarded receipts received (for audits and drills).
+    pub fn receipts_in(&self) -> Result<Vec<Signed<Receipt>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
+        let rows = st.query_map([], |r| signed_at(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Refusals that a later attempt may overcome; the message stays in the outbox.
+pub fn retryable(code: RejectCode) -> bool {
+    matches!(code, RejectCode::RateLimited | RejectCode::QueueFull | RejectCode::StorageUnavailable)
+}
