@@ -33,6 +33,24 @@ enum Command {
     Roster(cmd::roster::RosterCommand),
     /// Run the Secretariat's relay (`--config FILE`), or create its certificate (`init`).
     Relay(cmd::relay::RelayArgs),
+    /// Run a contact point's node daemon (`--config FILE`).
+    Node(cmd::node::NodeArgs),
+    /// Send a message through the local node.
+    Send(cmd::operator::SendArgs),
+    /// List received messages.
+    Inbox(cmd::operator::InboxArgs),
+    /// Show one message (received or sent, with its delivery matrix).
+    Show(cmd::operator::ShowArgs),
+    /// Show a sent message's delivery matrix as a table.
+    Status(cmd::operator::ShowArgs),
+    /// Acknowledge a received message.
+    Ack(cmd::operator::AckArgs),
+    /// List sent messages with their state.
+    Sent(cmd::operator::PlainArgs),
+    /// The node's own state: roster, relays, outbox.
+    NodeStatus(cmd::operator::PlainArgs),
+    /// Follow live events (messages, receipts, overdue, relay up/down).
+    Watch(cmd::operator::PlainArgs),
     /// Check an audit journal.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
@@ -46,6 +64,15 @@ fn main() -> ExitCode {
         Command::Roster(command) => cmd::roster::run(command),
         Command::Relay(args) => cmd::relay::run(args),
         Command::Audit(command) => cmd::audit::run(command),
+        Command::Node(args) => cmd::node::run(args),
+        Command::Send(args) => cmd::operator::send(args),
+        Command::Inbox(args) => cmd::operator::inbox(args),
+        Command::Show(args) => cmd::operator::show(args),
+        Command::Status(args) => cmd::operator::status(args),
+        Command::Ack(args) => cmd::operator::ack(args),
+        Command::Sent(args) => cmd::operator::sent(args),
+        Command::NodeStatus(args) => cmd::operator::node_status(args),
+        Command::Watch(args) => cmd::operator::watch(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,5 +3,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod keys;
+pub(crate) mod node;
+pub(crate) mod operator;
 pub(crate) mod relay;
 pub(crate) mod roster;

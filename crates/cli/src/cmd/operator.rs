@@ -1,0 +1,322 @@
+//! Operator commands on a running node's local API: send, inbox, show, ack, status, sent,
+//! watch. Each takes `--json` for scripts.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde_json::{json, Value};
+
+use hotline_node::client::ApiClient;
+
+/// Where the node's API is: from its configuration file, or given directly.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ApiArgs {
+    /// The node's configuration file, to find its API address and token
+    /// (default: $HOTLINE_NODE_CONFIG, ./node.toml, /etc/hotline/node.toml).
+    #[arg(long = "node-config", env = "HOTLINE_NODE_CONFIG", global = true)]
+    node_config: Option<PathBuf>,
+    /// The API address, e.g. 127.0.0.1:7500 (overrides the configuration file).
+    #[arg(long, env = "HOTLINE_API", global = true)]
+    api: Option<String>,
+    /// File holding the API bearer token (overrides the configuration file).
+    #[arg(long, env = "HOTLINE_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let (addr, token_file) = match (&self.api, &self.token_file) {
+            (Some(a), Some(t)) => (a.clone(), t.clone()),
+            _ => {
+                let path = match &self.node_config {
+                    Some(p) => p.clone(),
+                    None => ["node.toml", "/etc/hotline/node.toml"]
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                        .context("no node configuration found: give --node-config FILE (or --api and --token-file)")?,
+                };
+                let c = hotline_node::NodeConfig::load(&path)?;
+                (self.api.clone().unwrap_or_else(|| c.api_listen.to_string()), self.token_file.clone().unwrap_or(c.token_file))
+            }
+        };
+        let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading the API token {}", token_file.display()))?;
+        Ok(ApiClient::new(&addr, &token))
+    }
+}
+
+/// `hotline send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Recipients: participant ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    to: Vec<String>,
+    /// A roster group, e.g. disaster-management.
+    #[arg(long)]
+    group: Option<String>,
+    /// Every member state.
+    #[arg(long)]
+    all_members: bool,
+    /// Everyone on the roster.
+    #[arg(long)]
+    everyone: bool,
+    /// alert, update, cancel, consultation_request, reply, communications_check, notice.
+    #[arg(long, default_value = "alert")]
+    kind: String,
+    /// FLASH, IMMEDIATE, PRIORITY or ROUTINE.
+    #[arg(long, default_value = "ROUTINE")]
+    precedence: String,
+    /// actual, exercise or test.
+    #[arg(long, default_value = "actual")]
+    status: String,
+    /// Category, e.g. a CBM area.
+    #[arg(long)]
+    category: Option<String>,
+    /// Require acknowledgement within this many seconds.
+    #[arg(long)]
+    respond_within: Option<u64>,
+    /// Message ids this one answers, updates or cancels (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    references: Vec<String>,
+    /// Subject line.
+    #[arg(long)]
+    subject: String,
+    /// Body text; `-` reads standard input.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// Read the body from a file.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+}
+
+fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("{}", text(v));
+    }
+    Ok(())
+}
+
+pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
+    let body = match (&a.body, &a.body_file) {
+        (Some(b), _) if b == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+        (Some(b), _) => b.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => String::new(),
+    };
+    let req = json!({
+        "to": a.to, "group": a.group, "all_members": a.all_members, "everyone": a.everyone,
+        "kind": a.kind, "precedence": a.precedence.to_uppercase(), "status": a.status,
+        "category": a.category, "respond_within_ms": a.respond_within.map(|s| s * 1000),
+        "references": a.references, "subject": a.subject, "body": body,
+    });
+    let v = a.api.client()?.post("/v1/messages", &req)?;
+    print(a.api.json, &v, |v| {
+        let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
+        let note = v["note"].as_str().unwrap_or("");
+        format!("{}\nqueued for {n} recipient(s); {note}", v["id"].as_str().unwrap_or("?"))
+    })
+}
+
+fn ts(v: &Value) -> String {
+    match v.as_u64() {
+        None => "-".into(),
+        Some(ms) => {
+            let secs = ms / 1000;
+            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+            format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+        }
+    }
+}
+
+fn banner(v: &Value) -> &'static str {
+    match v["status"].as_str() {
+        Some("exercise") => "[EXERCISE] ",
+        Some("test") => "[TEST] ",
+        _ => "",
+    }
+}
+
+/// `hotline inbox`.
+#[derive(Debug, Args)]
+pub(crate) struct InboxArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Only unacknowledged messages.
+    #[arg(long)]
+    unacknowledged: bool,
+}
+
+pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.get("/v1/inbox")?;
+    let items: Vec<Value> = v.as_array().cloned().unwrap_or_default().into_iter().filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false)).collect();
+    print(a.api.json, &Value::Array(items.clone()), |_| {
+        let mut out = format!("{:<32}  {:<6}  {:<9}  {:<13}  {:<4}  SUBJECT", "ID", "FROM", "PREC", "RECEIVED", "ACK");
+        for m in &items {
+            out.push_str(&format!(
+                "\n{:<32}  {:<6}  {:<9}  {:<13}  {:<4}  {}{}",
+                m["id"].as_str().unwrap_or(""),
+                m["from"].as_str().unwrap_or(""),
+                m["precedence"].as_str().unwrap_or(""),
+                ts(&m["received_at_ms"]),
+                if m["acknowledged"] == json!(true) { "yes" } else { "NO" },
+                banner(m),
+                m["subject"].as_str().unwrap_or(""),
+            ));
+        }
+        if items.is_empty() {
+            out.push_str("\n(no messages)");
+        }
+        out
+    })
+}
+
+/// `hotline show ID` / `hotline status ID`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Message id.
+    id: String,
+}
+
+pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    print(a.api.json, &v, |m| {
+        let mut out = format!(
+            "{}{} message {}\nfrom: {}  kind: {}  precedence: {}  status: {}\ncreated: {}  respond by: {}\nsubject: {}\n\n{}",
+            banner(m),
+            m["direction"].as_str().unwrap_or(""),
+            m["id"].as_str().unwrap_or(""),
+            m["from"].as_str().unwrap_or(""),
+            m["kind"].as_str().unwrap_or(""),
+            m["precedence"].as_str().unwrap_or(""),
+            m["status"].as_str().unwrap_or(""),
+            ts(&m["created_at_ms"]),
+            ts(&m["respond_by_ms"]),
+            m["subject"].as_str().unwrap_or(""),
+            m["body"].as_str().unwrap_or(""),
+        );
+        if m["direction"] == json!("sent") {
+            out.push_str(&format!("\n\n{}", matrix_text(m)));
+        } else if m["acknowledged"] == json!(true) {
+            out.push_str(&format!("\n\nacknowledged by {} at {}", m["officer"].as_str().unwrap_or(""), ts(&m["acknowledged_at_ms"])));
+        } else {
+            out.push_str("\n\nNOT ACKNOWLEDGED");
+        }
+        out
+    })
+}
+
+fn matrix_text(m: &Value) -> String {
+    let mut out = format!(
+        "state: {}  delivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
+        m["state"].as_str().unwrap_or(""),
+        m["delivered"], m["total"], m["acknowledged"], m["total"], m["overdue"],
+        "TO", "DELIVERED", "ACKNOWLEDGED", "OVERDUE"
+    );
+    for r in m["recipients"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "\n{:<8}  {:<13}  {:<13}  {:<8}  {}",
+            r["recipient"].as_str().unwrap_or(""),
+            ts(&r["delivered_at_ms"]),
+            ts(&r["acked_at_ms"]),
+            if r["overdue_at_ms"].is_u64() && !r["acked_at_ms"].is_u64() { "OVERDUE" } else { "" },
+            r["officer"].as_str().unwrap_or(""),
+        ));
+    }
+    out
+}
+
+pub(crate) fn status(a: ShowArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    if v["direction"] != json!("sent") {
+        bail!("{} is a received message: `hotline show` displays it", a.id);
+    }
+    print(a.api.json, &v, matrix_text)
+}
+
+/// `hotline ack ID --officer NAME [--note TEXT]`.
+#[derive(Debug, Args)]
+pub(crate) struct AckArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Message id.
+    id: String,
+    /// Who acknowledges (name or duty position).
+    #[arg(long)]
+    officer: String,
+    /// Optional remark.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.post(&format!("/v1/messages/{}/ack", a.id), &json!({"officer": a.officer, "note": a.note}))?;
+    print(a.api.json, &v, |v| format!("acknowledged {} (receipt {})", a.id, v["receipt"].as_str().unwrap_or("")))
+}
+
+/// `hotline node-status` / `hotline sent` / `hotline watch`.
+#[derive(Debug, Args)]
+pub(crate) struct PlainArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.get("/v1/status")?;
+    print(a.api.json, &v, |v| {
+        format!(
+            "participant {}  roster v{}  relays connected {}/{}  outbox {}",
+            v["participant"].as_str().unwrap_or(""),
+            v["roster_version"],
+            v["relays_connected"],
+            v["relays"].as_array().map(|r| r.len()).unwrap_or(0),
+            v["outbox"]
+        )
+    })
+}
+
+pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
+    let v = a.api.client()?.get("/v1/messages")?;
+    print(a.api.json, &v, |v| {
+        let mut out = format!("{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT", "ID", "STATE", "DLVD", "ACKD");
+        for m in v.as_array().cloned().unwrap_or_default() {
+            out.push_str(&format!(
+                "\n{:<32}  {:<12}  {:>5}  {:>5}  {}{}",
+                m["id"].as_str().unwrap_or(""),
+                m["state"].as_str().unwrap_or(""),
+                format!("{}/{}", m["delivered"], m["total"]),
+                format!("{}/{}", m["acknowledged"], m["total"]),
+                banner(&m),
+                m["subject"].as_str().unwrap_or("")
+            ));
+        }
+        out
+    })
+}
+
+pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
+    let client = a.api.client()?;
+    client.watch(|ev| {
+        if a.api.json {
+            println!("{ev}");
+        } else {
+            println!("{} {}", ev["type"].as_str().unwrap_or("event"), ev);
+        }
+        true
+    })?;
+    Ok(())
+}
