@@ -1,8 +1,14 @@
 //! The relay, in-process, with protocol-level clients.
 
+use std::sync::Arc;
+
 use hotline_e2e::*;
-use hotline_proto::frame::{NodeToRelay, RelayToNode};
-use hotline_proto::{Audience, ReceiptKind, Role, Signed};
+use hotline_net::NetError;
+use hotline_proto::frame::{ErrorCode, Hello, NodeToRelay, RejectCode, RelayToNode, Subject};
+use hotline_proto::{
+    Audience, AuthProof, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptKind, Role,
+    Signed, SigningKey,
+};
 
 fn two() -> Net {
     Net::new(
@@ -49,7 +55,7 @@ async fn message_and_receipts_flow_between_two_clients() {
     );
 
     let r = kgz
-        .receipt(ReceiptKind::Delivered, &[delivered.clone()])
+        .receipt(ReceiptKind::Delivered, std::slice::from_ref(&delivered))
         .await
         .unwrap();
     let (stored, _) = kgz
@@ -98,4 +104,1225 @@ async fn message_and_receipts_flow_between_two_clients() {
     let v = roster.verify_receipt(&fwd_ack).unwrap();
     assert!(v.is_ack());
     relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+/// Members KAZ, KGZ, TJK, UZB; observers UN, OSCE; the Secretariat SEC; group G1.
+fn cica(extra: &str) -> Net {
+    Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+            ("UZB", Role::Member),
+            ("UN", Role::Observer),
+            ("OSCE", Role::Observer),
+        ],
+        &[("G1", &["KAZ", "KGZ", "UN", "UZB"])],
+        extra,
+    )
+}
+
+fn ids(v: &[&str]) -> Vec<ParticipantId> {
+    v.iter().map(|s| pid(s)).collect()
+}
+
+fn to(who: &[&str]) -> Audience {
+    Audience::Participants(ids(who))
+}
+
+/// The roster as the relay signs it, verified, to check forwarded signed values.
+fn verified_roster(net: &Net) -> hotline_proto::Verified<hotline_proto::Roster> {
+    hotline_proto::verify_roster(
+        &Signed::sign(&net.roster, &net.roster_key).unwrap(),
+        &PublicKey::of(&net.roster_key),
+    )
+    .unwrap()
+}
+
+/// A tiny deterministic generator for "random" bytes (xorshift64*).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Store and forward
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn offline_recipient_receives_backlog_and_sender_gets_the_receipt() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+
+    // KGZ is not connected: the relay accepts and queues.
+    let env = kaz.envelope(to(&["KGZ"]), "while you were away");
+    let signed = kaz.sign(&env);
+    let accepted = kaz.submit_wait(&signed).await.unwrap().unwrap();
+    assert_eq!(accepted.recipients, ids(&["KGZ"]));
+
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (got, skipped) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got, signed, "backlog delivers the signed bytes unchanged");
+    assert!(
+        skipped.is_empty(),
+        "nothing before the backlog: {skipped:?}"
+    );
+
+    let r = kgz
+        .receipt_stored(ReceiptKind::Delivered, &[got])
+        .await
+        .unwrap();
+    let (fwd, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fwd, r, "the receipt is forwarded unchanged");
+    let v = verified_roster(&net).verify_receipt(&fwd).unwrap();
+    assert_eq!(v.items[0].id, env.id);
+    assert_eq!(v.items[0].digest, signed.digest());
+
+    // Receipted: a reconnecting KGZ gets no redelivery; the next Deliver is a new message.
+    kgz.close();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let m2 = kaz.send_to("KGZ", "second").await.unwrap();
+    let (next, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(next, m2, "the receipted message is not redelivered");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn receipt_for_a_disconnected_sender_waits_for_its_reconnect() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let signed = kaz.send_to("KGZ", "queued").await.unwrap();
+    kaz.close();
+
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got, signed);
+    let delivered = kgz
+        .receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&got))
+        .await
+        .unwrap();
+    let ack = kgz
+        .receipt_stored(
+            ReceiptKind::Acknowledged {
+                officer: "Duty officer".into(),
+                note: None,
+            },
+            &[got],
+        )
+        .await
+        .unwrap();
+
+    // Both receipts wait for KAZ, in the order they were stored.
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut fwd = Vec::new();
+    while fwd.len() < 2 {
+        let (r, _) = kaz
+            .until(|f| match f {
+                RelayToNode::Receipt(s) => Some(s.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        fwd.push(r);
+    }
+    assert_eq!(fwd, vec![delivered.clone(), ack.clone()]);
+
+    // KAZ confirms one: only the other is sent again on the next connection.
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![delivered.digest()]))
+        .await
+        .unwrap();
+    // A round trip through the store writer orders the confirmation before what follows.
+    kaz.send_to("KGZ", "sync").await.unwrap();
+    kaz.close();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let (again, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, ack, "the confirmed receipt is not sent again");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn backlog_is_delivered_in_per_sender_order() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let env = kaz.envelope(to(&["KGZ"]), &format!("message {i}"));
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await.unwrap();
+        sent.push((env, s));
+    }
+    let all: Vec<_> = sent.iter().map(|(e, _)| e.id).collect();
+    for a in kaz.answers(&all).await.unwrap() {
+        a.unwrap();
+    }
+
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut seqs = Vec::new();
+    for (env, s) in &sent {
+        let (got, skipped) = kgz.next_deliver().await.unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let e = got.decode_unverified().unwrap();
+        assert_eq!(e.id, env.id, "delivery {} out of order", seqs.len());
+        assert_eq!(&got, s);
+        seqs.push(e.seq.0);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotence and replay protection
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn duplicate_submit_is_answered_again_and_delivered_once() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    let env = kaz.envelope(to(&["KGZ"]), "once");
+    let m1 = kaz.sign(&env);
+    let first = kaz.submit_wait(&m1).await.unwrap().unwrap();
+    let second = kaz.submit_wait(&m1).await.unwrap().unwrap();
+    assert_eq!(first, second, "same recipients and original accepted_at_ms");
+
+    // From a new connection too (a node that does not know whether it was committed).
+    kaz.close();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    assert_eq!(kaz.seq, env.seq.0, "Welcome.last_seq is the accepted seq");
+    let third = kaz.submit_wait(&m1).await.unwrap().unwrap();
+    assert_eq!(first, third);
+
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got, m1);
+    kgz.receipt_stored(ReceiptKind::Delivered, &[got])
+        .await
+        .unwrap();
+    let m2 = kaz.send_to("KGZ", "two").await.unwrap();
+    let (next, skipped) = kgz.next_deliver().await.unwrap();
+    assert_eq!(next, m2, "M1 was delivered only once");
+    assert!(
+        !skipped.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+        "{skipped:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn id_conflict_replayed_seq_and_future_timestamp_are_rejected() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    let env = kaz.envelope(to(&["KGZ"]), "original");
+    kaz.submit_wait(&kaz.sign(&env)).await.unwrap().unwrap();
+
+    // Same id, other content.
+    let mut other = env.clone();
+    other.subject = "altered".into();
+    let r = kaz.submit_wait(&kaz.sign(&other)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::IdConflict);
+
+    // Fresh id, the sequence number already used.
+    let mut replay = env.clone();
+    replay.id = MessageId::random();
+    let r = kaz.submit_wait(&kaz.sign(&replay)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::ReplayedSeq);
+
+    // Dated an hour ahead of the relay's clock.
+    let mut future = kaz.envelope(to(&["KGZ"]), "from the future");
+    future.created_at_ms = now_ms() + 3_600_000;
+    let r = kaz.submit_wait(&kaz.sign(&future)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::FutureTimestamp);
+
+    // None of these reached KGZ: its only delivery is the original, then a fresh message.
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got.decode_unverified().unwrap(), env);
+    kgz.receipt_stored(ReceiptKind::Delivered, &[got])
+        .await
+        .unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after replays")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: each refused while a well-behaved pair (KAZ -> KGZ) keeps working
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn forged_and_misattributed_messages_are_rejected() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "before").await.unwrap();
+
+    // One byte of the signature flipped.
+    let env = tjk.envelope(to(&["KGZ"]), "forged");
+    let good = tjk.sign(&env);
+    let mut sig = good.signature();
+    sig.0[10] ^= 0x01;
+    let forged = Signed::from_parts(good.bytes().to_vec(), good.key(), sig);
+    let r = tjk.submit_wait(&forged).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::BadSignature);
+    assert_flows(&mut kaz, &mut kgz, "after a forged signature")
+        .await
+        .unwrap();
+
+    // One bit of the body flipped (the body is the last field: "body" -> "bodx").
+    let mut bytes = good.bytes().to_vec();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    let tampered = Signed::<Envelope>::from_parts(bytes, good.key(), good.signature());
+    assert_eq!(tampered.decode_unverified().unwrap().body, "bodx");
+    let r = tjk.submit_wait(&tampered).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::BadSignature);
+    assert_flows(&mut kaz, &mut kgz, "after a flipped body bit")
+        .await
+        .unwrap();
+
+    // A valid message by another participant (UZB's key), submitted on TJK's session.
+    let mut uzb_env = env.clone();
+    uzb_env.id = MessageId::random();
+    uzb_env.sender = pid("UZB");
+    let by_uzb = Signed::sign(&uzb_env, &net.key("UZB")).unwrap();
+    let r = tjk.submit_wait(&by_uzb).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::NotAuthor);
+
+    // TJK's own key, claiming to be UZB: the authorship check comes first (7.3, step 4).
+    let by_tjk_as_uzb = Signed::sign(&uzb_env, &net.key("TJK")).unwrap();
+    let r = tjk.submit_wait(&by_tjk_as_uzb).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::NotAuthor);
+    assert_flows(&mut kaz, &mut kgz, "after misattributed messages")
+        .await
+        .unwrap();
+
+    // The unmodified original is still accepted: the refusals left no trace.
+    let a = tjk.submit_wait(&good).await.unwrap().unwrap();
+    assert_eq!(a.recipients, ids(&["KGZ"]));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn misattributed_and_forged_receipts_are_rejected() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let m = kaz.send_to("KGZ", "receipt me").await.unwrap();
+    let (got, _) = kgz.next_deliver().await.unwrap();
+
+    let receipt = |recipient: &str, key: &str| {
+        let r = Receipt {
+            version: hotline_proto::PROTOCOL_VERSION,
+            recipient: pid(recipient),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: now_ms(),
+            items: vec![hotline_proto::ReceiptItem {
+                id: m.decode_unverified().unwrap().id,
+                sender: pid("KAZ"),
+                digest: m.digest(),
+            }],
+        };
+        Signed::sign(&r, &net.key(key)).unwrap()
+    };
+    async fn refused(c: &mut Client, r: &Signed<Receipt>) -> RejectCode {
+        let d = r.digest();
+        c.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
+        let (code, _) = c
+            .until(|f| match f {
+                RelayToNode::Rejected(x) if x.subject == Subject::Receipt(d) => Some(x.code),
+                RelayToNode::ReceiptStored(x) if *x == d => Some(RejectCode::Malformed),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        code
+    }
+    // KGZ's valid receipt, sent on TJK's session; and TJK's key claiming to be KGZ.
+    assert_eq!(
+        refused(&mut tjk, &receipt("KGZ", "KGZ")).await,
+        RejectCode::NotAuthor
+    );
+    assert_eq!(
+        refused(&mut tjk, &receipt("KGZ", "TJK")).await,
+        RejectCode::NotAuthor
+    );
+    // TJK was not a recipient of the message it claims to have received.
+    assert_eq!(
+        refused(&mut tjk, &receipt("TJK", "TJK")).await,
+        RejectCode::UnknownMessage
+    );
+    // A forged signature.
+    let good = receipt("KGZ", "KGZ");
+    let mut sig = good.signature();
+    sig.0[0] ^= 0x80;
+    let forged = Signed::from_parts(good.bytes().to_vec(), good.key(), sig);
+    assert_eq!(refused(&mut kgz, &forged).await, RejectCode::BadSignature);
+
+    // None of that reached KAZ or released the message: the real receipt does.
+    let r = kgz
+        .receipt_stored(ReceiptKind::Delivered, &[got])
+        .await
+        .unwrap();
+    let (fwd, skipped) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fwd, r);
+    assert!(
+        !skipped.iter().any(|f| matches!(f, RelayToNode::Receipt(_))),
+        "{skipped:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_and_revoked_participants_are_refused() {
+    let mut net = cica("");
+    net.roster
+        .participants
+        .iter_mut()
+        .find(|p| p.id == pid("TJK"))
+        .unwrap()
+        .revoked = true;
+    net.write_roster();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    let stranger = SigningKey::from_bytes(&[0x5A; 32]);
+    let code = refusal_code(Client::connect(addr, net.fingerprint, "ZZZ", stranger).await);
+    assert_eq!(code.unwrap(), ErrorCode::UnknownParticipant);
+    assert_flows(&mut kaz, &mut kgz, "after an unknown participant")
+        .await
+        .unwrap();
+
+    let code = refusal_code(net.client(addr, "TJK").await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+    assert_flows(&mut kaz, &mut kgz, "after a revoked participant")
+        .await
+        .unwrap();
+
+    // A listed participant presenting a key that is not its own.
+    let code = refusal_code(Client::connect(addr, net.fingerprint, "UZB", net.key("KGZ")).await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+
+    // Nobody may address the revoked participant.
+    let env = kaz.envelope(to(&["TJK"]), "to the revoked");
+    let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::UnknownRecipient);
+    assert_flows(&mut kaz, &mut kgz, "after a wrong key")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_alpn_fails_in_the_tls_handshake() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    let mut tls = hotline_net::tls::client_config(vec![net.fingerprint]).unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    match hotline_net::connect(&ep, addr, EVENT_TIMEOUT).await {
+        Ok(_) => panic!("a client without ALPN cica-hotline/1 completed the handshake"),
+        Err(NetError::Connection(quinn::ConnectionError::ConnectionClosed(c))) => {
+            // TLS alert 120 (no_application_protocol) as a QUIC crypto error.
+            assert_eq!(
+                c.error_code,
+                quinn::TransportErrorCode::crypto(120),
+                "{c:?}"
+            );
+        }
+        Err(e) => panic!("expected a TLS alert from the relay, got {e}"),
+    }
+    assert_flows(&mut kaz, &mut kgz, "after a wrong ALPN")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_with_auth_timeout() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nhandshake_timeout_ms = 300\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    // A stream opened but nothing sent on it (so the relay does not even see the stream).
+    let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let (_send, _recv) = conn.open_bi().await.unwrap();
+    assert_eq!(close_code(&conn).await.unwrap(), ErrorCode::AuthTimeout);
+
+    // A stream with half a Hello: the deadline covers the whole first frame.
+    let (_ep2, conn2) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let (mut send, _recv2) = conn2.open_bi().await.unwrap();
+    send.write_all(&[200, 0, 0, 0, 0, 0]).await.unwrap();
+    assert_eq!(close_code(&conn2).await.unwrap(), ErrorCode::AuthTimeout);
+
+    // Authenticated sessions are not subject to it.
+    assert_flows(&mut kaz, &mut kgz, "after silent peers")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+/// Sends a `Hello` whose proof names `binding` on `conn` and returns the close code.
+async fn hello_with_binding(
+    conn: &quinn::Connection,
+    who: &str,
+    key: &SigningKey,
+    binding: [u8; 32],
+) -> ErrorCode {
+    let proof = AuthProof {
+        version: hotline_proto::PROTOCOL_VERSION,
+        participant: pid(who),
+        channel_binding: binding,
+        created_at_ms: now_ms(),
+    };
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    let mut w = hotline_net::FrameWriter::new(send);
+    w.write(&NodeToRelay::Hello(Hello {
+        auth: Signed::sign(&proof, key).unwrap(),
+        roster_version: 0,
+    }))
+    .await
+    .unwrap();
+    close_code(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn auth_proof_bound_to_another_session_is_refused() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let tjk = net.key("TJK");
+
+    // A made-up binding.
+    let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+    assert_eq!(
+        hello_with_binding(&conn, "TJK", &tjk, [7; 32]).await,
+        ErrorCode::AuthFailed
+    );
+    assert_flows(&mut kaz, &mut kgz, "after a made-up binding")
+        .await
+        .unwrap();
+
+    // The binding of another live connection (a proof captured there, replayed here).
+    let (_ep1, one) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let (_ep2, two) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let theirs = hotline_net::channel_binding(&one).unwrap();
+    assert_ne!(theirs, hotline_net::channel_binding(&two).unwrap());
+    assert_eq!(
+        hello_with_binding(&two, "TJK", &tjk, theirs).await,
+        ErrorCode::AuthFailed
+    );
+    // The same proof on its own connection is fine.
+    let ours = hotline_net::channel_binding(&one).unwrap();
+    let session = hotline_net::authenticate(one, &pid("TJK"), &tjk, 0, now_ms(), EVENT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(session.welcome.last_seq.0, 0);
+    assert_eq!(ours, theirs);
+    assert_flows(&mut kaz, &mut kgz, "after a replayed proof")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_out_of_order_are_protocol_violations() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    // A first frame that is not Hello.
+    let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    let mut w = hotline_net::FrameWriter::new(send);
+    w.write(&NodeToRelay::Ping(1)).await.unwrap();
+    assert_eq!(
+        close_code(&conn).await.unwrap(),
+        ErrorCode::ProtocolViolation
+    );
+
+    // A second Hello after authentication.
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let proof = AuthProof {
+        version: hotline_proto::PROTOCOL_VERSION,
+        participant: pid("TJK"),
+        channel_binding: hotline_net::channel_binding(&tjk.session.conn).unwrap(),
+        created_at_ms: now_ms(),
+    };
+    tjk.send(&NodeToRelay::Hello(Hello {
+        auth: Signed::sign(&proof, &net.key("TJK")).unwrap(),
+        roster_version: 0,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        tjk.closed_code().await.unwrap(),
+        ErrorCode::ProtocolViolation
+    );
+
+    // A zero-length frame.
+    let tjk = net.client(addr, "TJK").await.unwrap();
+    let mut tjk = tjk;
+    tjk.session.writer.write_raw(&[0, 0, 0, 0]).await.unwrap();
+    assert_eq!(
+        tjk.closed_code().await.unwrap(),
+        ErrorCode::ProtocolViolation
+    );
+    assert_flows(&mut kaz, &mut kgz, "after protocol violations")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_the_connection() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    tjk.session
+        .writer
+        .write_raw(&[0xFF, 0xFF, 0xFF, 0xFF])
+        .await
+        .unwrap();
+    assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::FrameTooLarge);
+
+    // One byte over the limit is as bad as 4 GiB.
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let n = (hotline_proto::limits::FRAME_BYTES_MAX as u32 + 1).to_le_bytes();
+    tjk.session.writer.write_raw(&n).await.unwrap();
+    assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::FrameTooLarge);
+    assert_flows(&mut kaz, &mut kgz, "after oversized frames")
+        .await
+        .unwrap();
+
+    // The offender can come back and behave.
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    assert_flows(&mut tjk, &mut kgz, "offender reconnected")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_frame_closes_the_connection() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+
+    for seed in [1u64, 2, 3] {
+        let mut tjk = net.client(addr, "TJK").await.unwrap();
+        let payload = noise(seed, 64);
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        tjk.session.writer.write_raw(&frame).await.unwrap();
+        assert_eq!(
+            tjk.closed_code().await.unwrap(),
+            ErrorCode::ProtocolViolation,
+            "seed {seed}"
+        );
+        assert_flows(&mut kaz, &mut kgz, &format!("after garbage {seed}"))
+            .await
+            .unwrap();
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn routing_failures_and_the_observer_policy() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut un = net.client(addr, "UN").await.unwrap();
+    let mut sec = net.client(addr, "SEC").await.unwrap();
+
+    let env = kaz.envelope(to(&["KGZ", "XYZ"]), "to nobody");
+    let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::UnknownRecipient);
+    assert_flows(&mut kaz, &mut kgz, "after an unknown recipient")
+        .await
+        .unwrap();
+
+    let env = kaz.envelope(Audience::Group("NOPE".into()), "to no group");
+    let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::UnknownGroup);
+    assert_flows(&mut kaz, &mut kgz, "after an unknown group")
+        .await
+        .unwrap();
+
+    let env = kaz.envelope(to(&["KAZ"]), "to myself");
+    let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::NoRecipients);
+
+    // An observer may not open a conversation with a member...
+    let env = un.envelope(to(&["KAZ"]), "unsolicited");
+    let r = un.submit_wait(&un.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::PolicyDenied);
+    let mut reply = un.envelope(to(&["KAZ"]), "reply to nothing");
+    reply.kind = hotline_proto::Kind::Reply;
+    reply.references = vec![env.id];
+    let r = un.submit_wait(&un.sign(&reply)).await.unwrap();
+    assert_eq!(
+        r.unwrap_err().code,
+        RejectCode::PolicyDenied,
+        "a refused message does not authorise a reply"
+    );
+    assert_flows(&mut kaz, &mut kgz, "after a policy refusal")
+        .await
+        .unwrap();
+
+    // ... but may write to the Secretariat ...
+    assert_flows(&mut un, &mut sec, "observer to the Secretariat")
+        .await
+        .unwrap();
+
+    // ... and reply to a member who addressed it.
+    let question = kaz.send_to("UN", "question").await.unwrap();
+    let (got, _) = un.next_deliver().await.unwrap();
+    assert_eq!(got, question);
+    let mut answer = un.envelope(to(&["KAZ"]), "answer");
+    answer.kind = hotline_proto::Kind::Reply;
+    answer.references = vec![question.decode_unverified().unwrap().id];
+    let a = un.submit_wait(&un.sign(&answer)).await.unwrap().unwrap();
+    assert_eq!(a.recipients, ids(&["KAZ"]));
+    // Not to a member who did not.
+    let mut sideways = un.envelope(to(&["KAZ", "KGZ"]), "answer to all");
+    sideways.kind = hotline_proto::Kind::Reply;
+    sideways.references = answer.references.clone();
+    let r = un.submit_wait(&un.sign(&sideways)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::PolicyDenied);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_over_the_relay_limit_is_too_large() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nbody_bytes_max = 100\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+
+    let mut env = tjk.envelope(to(&["KGZ"]), "long");
+    env.body = "x".repeat(101);
+    let r = tjk.submit_wait(&tjk.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::TooLarge);
+    assert_flows(&mut kaz, &mut kgz, "after a long body")
+        .await
+        .unwrap();
+
+    let mut env = tjk.envelope(to(&["KGZ"]), "exactly at the limit");
+    env.body = "x".repeat(100);
+    tjk.submit_wait(&tjk.sign(&env)).await.unwrap().unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn submissions_over_the_rate_are_rate_limited() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nrate_per_sec = 1\nrate_burst = 2\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+
+    // Three at once: the burst covers two.
+    let envs: Vec<_> = (0..3)
+        .map(|i| tjk.envelope(to(&["KGZ"]), &format!("burst {i}")))
+        .collect();
+    for e in &envs {
+        let s = tjk.sign(e);
+        tjk.submit(&s).await.unwrap();
+    }
+    let all: Vec<_> = envs.iter().map(|e| e.id).collect();
+    let codes: Vec<_> = tjk
+        .answers(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.map(|_| ()).map_err(|r| r.code))
+        .collect();
+    assert_eq!(codes, vec![Ok(()), Ok(()), Err(RejectCode::RateLimited)]);
+    // The limit is per participant: KAZ (with its own burst) still gets through.
+    assert_flows(&mut kaz, &mut kgz, "while TJK is limited")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queue_refuses_more_for_that_recipient() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+            ("UZB", Role::Member),
+        ],
+        &[],
+        "[limits]\nqueue_depth_max = 2\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+
+    // UZB is offline: two fit, the third does not.
+    let mut queued = Vec::new();
+    for i in 0..2 {
+        queued.push(tjk.send_to("UZB", &format!("queued {i}")).await.unwrap());
+    }
+    let env = tjk.envelope(to(&["UZB"]), "one too many");
+    let r = tjk.submit_wait(&tjk.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::QueueFull);
+    // All or nothing: a message to UZB and KGZ is refused as a whole.
+    let env = tjk.envelope(to(&["KGZ", "UZB"]), "partly full");
+    let r = tjk.submit_wait(&tjk.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::QueueFull);
+    assert_flows(&mut kaz, &mut kgz, "while UZB's queue is full")
+        .await
+        .unwrap();
+
+    // UZB drains its queue; there is room again.
+    let mut uzb = net.client(addr, "UZB").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(uzb.next_deliver().await.unwrap().0);
+    }
+    assert_eq!(got, queued);
+    uzb.receipt_stored(ReceiptKind::Delivered, &got)
+        .await
+        .unwrap();
+    tjk.send_to("UZB", "room again").await.unwrap();
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn audiences_resolve_against_the_roster() {
+    let mut net = cica("");
+    // A revoked member is skipped by group and broadcast routing.
+    net.roster
+        .participants
+        .iter_mut()
+        .find(|p| p.id == pid("UZB"))
+        .unwrap()
+        .revoked = true;
+    net.write_roster();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut un = net.client(addr, "UN").await.unwrap();
+    let mut sec = net.client(addr, "SEC").await.unwrap();
+
+    async fn recipients(
+        c: &mut Client,
+        audience: Audience,
+    ) -> (Vec<ParticipantId>, Signed<Envelope>) {
+        let env = c.envelope(audience, "routing");
+        let s = c.sign(&env);
+        let a = c.submit_wait(&s).await.unwrap().unwrap();
+        (a.recipients, s)
+    }
+    // G1 = KAZ, KGZ, UN, UZB: the sender and the revoked member drop out.
+    let (r, _) = recipients(&mut kaz, Audience::Group("G1".into())).await;
+    assert_eq!(r, ids(&["KGZ", "UN"]));
+    // Members only, not the sender, not observers, not the Secretariat, not the revoked.
+    let (r, _) = recipients(&mut kaz, Audience::AllMembers).await;
+    assert_eq!(r, ids(&["KGZ", "TJK"]));
+    // Everyone active but the sender, observers and the Secretariat included.
+    let (r, everyone) = recipients(&mut kaz, Audience::Everyone).await;
+    assert_eq!(r, ids(&["KGZ", "OSCE", "SEC", "TJK", "UN"]));
+    // A list naming the sender (allowed) and a duplicate-free sorted result.
+    let (r, _) = recipients(&mut kaz, to(&["TJK", "KAZ", "KGZ"])).await;
+    assert_eq!(r, ids(&["KGZ", "TJK"]));
+
+    // The resolved recipients do receive it: UN gets the group message then the broadcast;
+    // SEC gets only the broadcast.
+    let (first, _) = un.next_deliver().await.unwrap();
+    assert_eq!(
+        first.decode_unverified().unwrap().audience,
+        Audience::Group("G1".into())
+    );
+    let (second, _) = un.next_deliver().await.unwrap();
+    assert_eq!(second, everyone);
+    let (only, _) = sec.next_deliver().await.unwrap();
+    assert_eq!(only, everyone);
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Roster reload and sessions
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
+    let mut net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let tjk = net.client(addr, "TJK").await.unwrap();
+
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("TJK"))
+            .unwrap()
+            .revoked = true;
+    });
+    assert_eq!(relay.reload_roster().unwrap(), 2);
+    assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Revoked);
+
+    let (update, _) = kaz
+        .until(|f| match f {
+            RelayToNode::RosterUpdate(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let v = hotline_proto::verify_roster(&update, &PublicKey::of(&net.roster_key)).unwrap();
+    assert_eq!(v.version, 2);
+    assert!(v.participant(&pid("TJK")).unwrap().revoked);
+
+    // The new roster is in force for connecting and routing.
+    let code = refusal_code(net.client(addr, "TJK").await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+    let env = kaz.envelope(to(&["TJK"]), "to the revoked");
+    let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::UnknownRecipient);
+    assert_flows(&mut kaz, &mut kgz, "after the reload")
+        .await
+        .unwrap();
+
+    // The same version again is refused, even with other content.
+    assert!(relay.reload_roster().is_err());
+    net.roster.participants[0].name = "Renamed".into();
+    net.write_roster();
+    assert!(relay.reload_roster().is_err());
+    // A newer roster not signed by the pinned key is refused.
+    net.roster.version = 3;
+    let forged = Signed::sign(&net.roster, &SigningKey::from_bytes(&[0x33; 32])).unwrap();
+    hotline_config::roster_file::write_signed_roster(&net.path().join("roster.signed"), &forged)
+        .unwrap();
+    assert!(relay.reload_roster().is_err());
+
+    // Version 2 stays in force: a node that holds nothing is sent version 2.
+    let uzb = net.client(addr, "UZB").await.unwrap();
+    let welcome_roster = uzb.session.welcome.roster.clone().unwrap();
+    assert_eq!(welcome_roster.decode_unverified().unwrap().version, 2);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn roster_reload_that_drops_a_key_closes_sessions_using_it() {
+    let mut net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let kgz_old = net.client(addr, "KGZ").await.unwrap();
+
+    // KGZ's key is rotated: the old one is no longer listed.
+    let new_key = SigningKey::from_bytes(&[0x77; 32]);
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("KGZ"))
+            .unwrap()
+            .keys = vec![PublicKey::of(&new_key)];
+    });
+    relay.reload_roster().unwrap();
+    assert_eq!(kgz_old.closed_code().await.unwrap(), ErrorCode::Revoked);
+    let code = refusal_code(net.client(addr, "KGZ").await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+
+    let mut kgz = Client::connect(addr, net.fingerprint, "KGZ", new_key)
+        .await
+        .unwrap();
+    assert_flows(&mut kaz, &mut kgz, "to the new key")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn second_connection_supersedes_the_first() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let first = net.client(addr, "KGZ").await.unwrap();
+    let mut second = net.client(addr, "KGZ").await.unwrap();
+    assert_eq!(first.closed_code().await.unwrap(), ErrorCode::Superseded);
+    assert_flows(&mut kaz, &mut second, "to the newer connection")
+        .await
+        .unwrap();
+    assert_flows(&mut second, &mut kaz, "from the newer connection")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations: metrics, health, audit journal
+// ---------------------------------------------------------------------------------------
+
+/// The value of a metric line `name value` (name including any labels).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_and_health_report_traffic() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    for i in 0..3 {
+        assert_flows(&mut kaz, &mut kgz, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let env = kaz.envelope(to(&["KGZ"]), "forged");
+    let good = kaz.sign(&env);
+    let mut sig = good.signature();
+    sig.0[33] ^= 0x04;
+    let r = kaz
+        .submit_wait(&Signed::from_parts(good.bytes().to_vec(), good.key(), sig))
+        .await
+        .unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::BadSignature);
+
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        metric(&text, "hotline_relay_messages_accepted_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_stored_total"),
+        Some(3.0)
+    );
+    let forged = metric(
+        &text,
+        "hotline_relay_messages_rejected_total{reason=\"bad_signature\"}",
+    )
+    .unwrap();
+    assert!(forged >= 1.0, "{text}");
+    assert_eq!(metric(&text, "hotline_relay_sessions"), Some(2.0));
+    assert_eq!(
+        metric(
+            &text,
+            "hotline_relay_participant_connected{participant=\"KAZ\"}"
+        ),
+        Some(1.0)
+    );
+
+    let health = http_get(maddr, "/health").await.unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = health.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(body.contains("\"status\":\"ok\""), "{health}");
+    assert!(body.contains("\"roster_version\":1"), "{health}");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn audit_journal_records_everything_and_names_a_tampered_entry() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut messages = Vec::new();
+    for i in 0..3 {
+        messages.push(kaz.send_to("KGZ", &format!("m{i}")).await.unwrap());
+        // A duplicate submit records nothing new.
+        let again = kaz.submit_wait(messages.last().unwrap()).await.unwrap();
+        assert!(again.is_ok());
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(kgz.next_deliver().await.unwrap().0);
+    }
+    let delivered = kgz
+        .receipt_stored(ReceiptKind::Delivered, &got)
+        .await
+        .unwrap();
+    // A repeated receipt is stored once.
+    let d = delivered.digest();
+    kgz.send(&NodeToRelay::Receipt(delivered.clone()))
+        .await
+        .unwrap();
+    kgz.until(|f| matches!(f, RelayToNode::ReceiptStored(x) if *x == d).then_some(()))
+        .await
+        .unwrap();
+    kgz.receipt_stored(
+        ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: Some("seen".into()),
+        },
+        &got[..1],
+    )
+    .await
+    .unwrap();
+    // And one rejected message: not journaled.
+    let env = kaz.envelope(to(&["NOPE"]), "nobody");
+    assert!(kaz.submit_wait(&kaz.sign(&env)).await.unwrap().is_err());
+    kaz.close();
+    kgz.close();
+    relay.shutdown().await;
+
+    let data = net.path().join("relay-data");
+    let db = data.join("relay.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let report = hotline_store::verify_journal(&conn).unwrap();
+    assert_eq!(report.entries, 3 + 2, "3 messages and 2 receipts");
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM journal ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "message.accepted",
+            "message.accepted",
+            "message.accepted",
+            "receipt.delivered",
+            "receipt.acknowledged"
+        ]
+    );
+
+    let ok = std::process::Command::new(hotline_bin().unwrap())
+        .args(["audit", "verify", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("5 entries"));
+
+    conn.execute("UPDATE journal SET payload = x'00' WHERE seq = 4", [])
+        .unwrap();
+    match hotline_store::verify_journal(&conn) {
+        Err(hotline_store::StoreError::JournalBroken { seq, .. }) => assert_eq!(seq, 4),
+        other => panic!("expected the chain to break at entry 4, got {other:?}"),
+    }
+    drop(conn);
+    let out = std::process::Command::new(hotline_bin().unwrap())
+        .args(["audit", "verify", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a tampered journal verified: {out:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("entry 4"), "{stderr}");
 }

@@ -415,3 +415,240 @@ impl Drop for Proc {
         self.kill9();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the relay suite (tests/it/relay*.rs).
+// ---------------------------------------------------------------------------------------
+
+use hotline_net::NetError;
+use hotline_proto::frame::{Accepted, ErrorCode, RejectCode, Rejected, Subject};
+
+impl Client {
+    /// Waits for the relay's answer (`Accepted` or `Rejected`) naming message `id`; other
+    /// frames are skipped.
+    pub async fn answer(&mut self, id: MessageId) -> anyhow::Result<Result<Accepted, Rejected>> {
+        let (a, _) = self
+            .until(|f| match f {
+                RelayToNode::Accepted(a) if a.id == id => Some(Ok(a.clone())),
+                RelayToNode::Rejected(r) if r.subject == Subject::Message(id) => {
+                    Some(Err(r.clone()))
+                }
+                _ => None,
+            })
+            .await?;
+        Ok(a)
+    }
+
+    /// Waits for the answers to several messages, in whatever order the relay sends them
+    /// (a rejection written by the session can overtake acceptances from the store);
+    /// returned in the order of `ids`.
+    pub async fn answers(
+        &mut self,
+        ids: &[MessageId],
+    ) -> anyhow::Result<Vec<Result<Accepted, Rejected>>> {
+        let mut got: Vec<Option<Result<Accepted, Rejected>>> = vec![None; ids.len()];
+        while got.iter().any(Option::is_none) {
+            let ((i, a), _) = self
+                .until(|f| match f {
+                    RelayToNode::Accepted(a) => ids
+                        .iter()
+                        .position(|id| *id == a.id)
+                        .map(|i| (i, Ok(a.clone()))),
+                    RelayToNode::Rejected(r) => ids
+                        .iter()
+                        .position(|id| r.subject == Subject::Message(*id))
+                        .map(|i| (i, Err(r.clone()))),
+                    _ => None,
+                })
+                .await?;
+            got[i] = Some(a);
+        }
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    /// Waits for `Accepted` for message `id`; a rejection is an error.
+    pub async fn accepted(&mut self, id: MessageId) -> anyhow::Result<Accepted> {
+        match self.answer(id).await? {
+            Ok(a) => Ok(a),
+            Err(r) => bail!("{}: message {id} rejected: {r:?}", self.id),
+        }
+    }
+
+    /// Waits for `Rejected` for message `id` and returns its code; acceptance is an error.
+    pub async fn rejected(&mut self, id: MessageId) -> anyhow::Result<RejectCode> {
+        match self.answer(id).await? {
+            Ok(a) => bail!(
+                "{}: message {id} accepted, expected a rejection: {a:?}",
+                self.id
+            ),
+            Err(r) => Ok(r.code),
+        }
+    }
+
+    /// Submits a signed envelope and waits for its answer.
+    pub async fn submit_wait(
+        &mut self,
+        s: &Signed<Envelope>,
+    ) -> anyhow::Result<Result<Accepted, Rejected>> {
+        let id = s.decode_unverified()?.id;
+        self.submit(s).await?;
+        self.answer(id).await
+    }
+
+    /// Builds, signs, submits a message to `to` and waits until it is accepted.
+    pub async fn send_to(&mut self, to: &str, subject: &str) -> anyhow::Result<Signed<Envelope>> {
+        let env = self.envelope(Audience::Participants(vec![pid(to)]), subject);
+        let s = self.sign(&env);
+        self.submit(&s).await?;
+        self.accepted(env.id).await?;
+        Ok(s)
+    }
+
+    /// The next `Deliver`, and the frames skipped before it.
+    pub async fn next_deliver(&mut self) -> anyhow::Result<(Signed<Envelope>, Vec<RelayToNode>)> {
+        self.until(|f| match f {
+            RelayToNode::Deliver(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a receipt for `messages` and waits until the relay has stored it.
+    pub async fn receipt_stored(
+        &mut self,
+        kind: ReceiptKind,
+        messages: &[Signed<Envelope>],
+    ) -> anyhow::Result<Signed<Receipt>> {
+        let r = self.receipt(kind, messages).await?;
+        let d = r.digest();
+        let (res, _) = self
+            .until(|f| match f {
+                RelayToNode::ReceiptStored(x) if *x == d => Some(Ok(())),
+                RelayToNode::Rejected(x) if x.subject == Subject::Receipt(d) => {
+                    Some(Err(x.clone()))
+                }
+                _ => None,
+            })
+            .await?;
+        if let Err(x) = res {
+            bail!("{}: receipt rejected: {x:?}", self.id);
+        }
+        Ok(r)
+    }
+
+    /// Waits until the relay closes this connection; the hotline close code.
+    pub async fn closed_code(&self) -> anyhow::Result<ErrorCode> {
+        close_code(&self.session.conn).await
+    }
+
+    /// Closes the connection as a node does when it shuts down (code `Normal`).
+    pub fn close(self) {
+        self.session
+            .conn
+            .close(ErrorCode::Normal.close_code().into(), b"test client done");
+    }
+}
+
+/// Waits until `conn` is closed and returns the hotline code the peer closed it with.
+pub async fn close_code(conn: &quinn::Connection) -> anyhow::Result<ErrorCode> {
+    let e = tokio::time::timeout(EVENT_TIMEOUT, conn.closed())
+        .await
+        .map_err(|_| anyhow::anyhow!("connection still open after {EVENT_TIMEOUT:?}"))?;
+    match NetError::from_connection(e) {
+        NetError::Closed { code, .. } => Ok(code),
+        other => bail!("connection ended without a hotline close code: {other}"),
+    }
+}
+
+/// The hotline code with which a connection attempt was refused.
+pub fn refusal_code(r: anyhow::Result<Client>) -> anyhow::Result<ErrorCode> {
+    match r {
+        Ok(c) => bail!("{} was let in", c.id),
+        Err(e) => match e.downcast_ref::<NetError>() {
+            Some(NetError::Closed { code, .. }) => Ok(*code),
+            _ => bail!("refused without a hotline close code: {e:#}"),
+        },
+    }
+}
+
+/// A QUIC connection to the relay that has not authenticated (with its endpoint, which must
+/// outlive it).
+pub async fn raw_connect(
+    addr: SocketAddr,
+    fp: Fingerprint,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let ep = endpoint(fp);
+    let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT).await?;
+    Ok((ep, conn))
+}
+
+/// Sends a message from `a` to `b` and checks that it is accepted, delivered unchanged and
+/// receipted: the relay still serves well-behaved clients.
+pub async fn assert_flows(a: &mut Client, b: &mut Client, subject: &str) -> anyhow::Result<()> {
+    let s = a
+        .send_to(b.id.as_str(), subject)
+        .await
+        .with_context(|| format!("{subject}: {} -> {}", a.id, b.id))?;
+    let (got, _) = b
+        .until(|f| match f {
+            RelayToNode::Deliver(d) if *d == s => Some(d.clone()),
+            _ => None,
+        })
+        .await
+        .with_context(|| format!("{subject}: delivery to {}", b.id))?;
+    b.receipt_stored(ReceiptKind::Delivered, &[got]).await?;
+    Ok(())
+}
+
+/// Plain HTTP/1.1 GET on a TCP address; the whole response (head and body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {path}: no response within {EVENT_TIMEOUT:?}"))?
+}
+
+/// The socket address in a log line's `addr=` field (e.g. the relay's "relay listening").
+pub fn addr_field(line: &str) -> anyhow::Result<SocketAddr> {
+    let rest = line
+        .split("addr=")
+        .nth(1)
+        .with_context(|| format!("no addr= in {line:?}"))?;
+    let a = rest.split_whitespace().next().unwrap_or_default();
+    a.parse()
+        .with_context(|| format!("addr={a:?} in {line:?} is not a socket address"))
+}
+
+impl Proc {
+    /// Waits (without polling) for the process to exit, at most `timeout`; its exit status.
+    /// On timeout the process is killed and an error returned.
+    pub async fn wait_exit(
+        self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Proc)> {
+        let pid = self.child.id();
+        let mut me = self;
+        let task = tokio::task::spawn_blocking(move || {
+            let st = me.child.wait();
+            (st, me)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok((st, me))) => Ok((st?, me)),
+            Ok(Err(e)) => bail!("waiting for process {pid}: {e}"),
+            Err(_) => {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                bail!("process {pid} did not exit within {timeout:?}")
+            }
+        }
+    }
+}

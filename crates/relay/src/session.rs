@@ -14,7 +14,8 @@ use hotline_proto::frame::{
     Welcome,
 };
 use hotline_proto::{
-    DecodeError, Envelope, MessageId, ParticipantId, Roster, Seq, Signed, Verified, VerifyError,
+    DecodeError, Envelope, MessageId, ParticipantId, PublicKey, Roster, Seq, Signed, Verified,
+    VerifyError,
 };
 
 use crate::config::RelayConfig;
@@ -203,10 +204,18 @@ pub(crate) async fn run(
     }
 }
 
-async fn handshake(
-    conn: &quinn::Connection,
-    shared: &Shared,
-) -> Result<(ParticipantId, u64, FrameReader, FrameWriter), End> {
+/// What a successful handshake yields.
+struct Authenticated {
+    who: ParticipantId,
+    /// The roster key the participant authenticated with: a roster that stops listing it
+    /// ends the session (7.7).
+    key: PublicKey,
+    roster_version: u64,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenticated, End> {
     let alpn = conn
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -263,7 +272,13 @@ async fn handshake(
             return Err(End(code, detail));
         }
     };
-    Ok((who, hello.roster_version, reader, writer))
+    Ok(Authenticated {
+        who,
+        key: hello.auth.key(),
+        roster_version: hello.roster_version,
+        reader,
+        writer,
+    })
 }
 
 fn net_end(e: NetError) -> End {
@@ -285,7 +300,13 @@ async fn session(
     conn_id: u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), End> {
-    let (me, node_roster_version, reader, writer) = handshake(conn, shared).await?;
+    let Authenticated {
+        who: me,
+        key,
+        roster_version: node_roster_version,
+        reader,
+        writer,
+    } = handshake(conn, shared).await?;
     let last_seq = shared
         .readers
         .last_seq(conn_id as usize, &me)
@@ -300,6 +321,7 @@ async fn session(
     info!(peer = %me, conn = conn_id, remote = %conn.remote_address(), "authenticated");
     let mut s = Session {
         me: me.clone(),
+        key,
         conn_id,
         shared: shared.clone(),
         writer,
@@ -321,6 +343,8 @@ async fn session(
 
 struct Session {
     me: ParticipantId,
+    /// The key `me` authenticated with.
+    key: PublicKey,
     conn_id: u64,
     shared: Arc<Shared>,
     writer: FrameWriter,
@@ -367,11 +391,12 @@ impl Session {
                     let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::GoingAway, detail: "relay shutting down".into() })).await;
                     return Err(End::new(ErrorCode::GoingAway, "relay shutting down"));
                 }
-                // Roster reloaded: close a revoked participant, send the rest the new roster.
+                // Roster reloaded: close a revoked participant, or one whose authenticating
+                // key is no longer listed (7.7); send the rest the new roster.
                 Ok(()) = roster_rx.changed() => {
                     let roster = roster_rx.borrow_and_update().clone();
                     match roster.participant(&self.me) {
-                        Some(p) if !p.revoked => {
+                        Some(p) if !p.revoked && p.keys.contains(&self.key) => {
                             self.write(&RelayToNode::RosterUpdate(roster.signed().clone())).await?;
                         }
                         _ => {
@@ -445,20 +470,28 @@ impl Session {
                         )
                         .await;
                 }
+                // Authorship is checked before the roster and the signature (7.3, steps
+                // 4-7): a message claiming another sender is `NotAuthor` whatever key
+                // signed it.
+                if let Ok(claimed) = signed.decode_unverified() {
+                    if claimed.sender != self.me {
+                        return self
+                            .refuse(
+                                subject,
+                                RejectCode::NotAuthor,
+                                format!(
+                                    "session is {}, message is from {}",
+                                    self.me, claimed.sender
+                                ),
+                            )
+                            .await;
+                    }
+                }
                 let roster = self.shared.roster.borrow().clone();
                 let env = match roster.verify_envelope(&signed) {
                     Ok(e) => e,
                     Err(e) => return self.refuse(subject, reject_code(&e), e.to_string()).await,
                 };
-                if env.sender != self.me {
-                    return self
-                        .refuse(
-                            subject,
-                            RejectCode::NotAuthor,
-                            format!("session is {}, message is from {}", self.me, env.sender),
-                        )
-                        .await;
-                }
                 if env.body.len() > self.shared.config.limits.body_bytes_max {
                     return self
                         .refuse(
@@ -479,7 +512,7 @@ impl Session {
                         .refuse(subject, code, "created_at is too far in the future")
                         .await;
                 }
-                self.to_writer(Command::Submit {
+                self.send_to_writer(Command::Submit {
                     env,
                     reply: answers.clone(),
                 })
@@ -487,27 +520,30 @@ impl Session {
             }
             NodeToRelay::Receipt(signed) => {
                 let subject = Subject::Receipt(signed.digest());
+                // As for messages: authorship before roster and signature (7.5, steps 2-4).
+                if let Ok(claimed) = signed.decode_unverified() {
+                    if claimed.recipient != self.me {
+                        return self
+                            .refuse(
+                                subject,
+                                RejectCode::NotAuthor,
+                                format!(
+                                    "session is {}, receipt is from {}",
+                                    self.me, claimed.recipient
+                                ),
+                            )
+                            .await;
+                    }
+                }
                 let roster = self.shared.roster.borrow().clone();
                 let receipt = match roster.verify_receipt(&signed) {
                     Ok(r) => r,
                     Err(e) => return self.refuse(subject, reject_code(&e), e.to_string()).await,
                 };
-                if receipt.recipient != self.me {
-                    return self
-                        .refuse(
-                            subject,
-                            RejectCode::NotAuthor,
-                            format!(
-                                "session is {}, receipt is from {}",
-                                self.me, receipt.recipient
-                            ),
-                        )
-                        .await;
-                }
                 for item in &receipt.items {
                     self.in_flight_deliveries.remove(&item.id);
                 }
-                self.to_writer(Command::Receipt {
+                self.send_to_writer(Command::Receipt {
                     receipt,
                     reply: answers.clone(),
                 })
@@ -528,7 +564,7 @@ impl Session {
         }
     }
 
-    async fn to_writer(&mut self, cmd: Command) -> Result<(), End> {
+    async fn send_to_writer(&mut self, cmd: Command) -> Result<(), End> {
         self.shared
             .writer
             .send(cmd)
