@@ -1,0 +1,196 @@
+//! The real `hotline relay` binary as a child process: nothing accepted is lost to
+//! `kill -9`, SIGTERM shuts down cleanly, SIGHUP reloads the roster.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hotline_e2e::*;
+use hotline_proto::frame::{ErrorCode, RelayToNode};
+use hotline_proto::{Audience, MessageId, ReceiptKind, Role};
+
+fn net() -> Net {
+    Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+    )
+}
+
+/// Starts `hotline relay --config relay.toml` and waits until it listens; the config binds
+/// port 0, so the address comes from the "relay listening" log line.
+async fn start(net: &Net, log: &str) -> (Proc, SocketAddr) {
+    let config = net.relay_config.to_str().unwrap();
+    let mut p = Proc::spawn(&["relay", "--config", config], net.path(), log).unwrap();
+    let line = p.wait_log("relay listening").await.unwrap();
+    let addr = addr_field(&line).unwrap();
+    assert_ne!(addr.port(), 0, "{line}");
+    (p, addr)
+}
+
+#[tokio::test]
+async fn accepted_message_survives_kill_9_and_is_delivered_once() {
+    let net = net();
+    let (mut relay, addr) = start(&net, "relay-1.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "before the crash");
+    let m1 = kaz.sign(&env);
+    let accepted = kaz.submit_wait(&m1).await.unwrap().unwrap();
+    assert_eq!(accepted.recipients, vec![pid("KGZ")]);
+
+    relay.kill9();
+    assert!(
+        !relay.log().contains("relay stopped"),
+        "kill -9 gives no chance to shut down"
+    );
+    drop(kaz);
+
+    let (_relay, addr) = start(&net, "relay-2.log").await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got, m1, "the accepted message survived the crash");
+    kgz.receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&got))
+        .await
+        .unwrap();
+
+    // The relay still knows KAZ's sequence number and the original acceptance.
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    assert_eq!(kaz.seq, env.seq.0, "Welcome.last_seq survived the crash");
+    let again = kaz.submit_wait(&m1).await.unwrap().unwrap();
+    assert_eq!(
+        again, accepted,
+        "same recipients and original accepted_at_ms"
+    );
+
+    // Delivered exactly once: the next delivery is a fresh message, not M1 again.
+    let m2 = kaz.send_to("KGZ", "after the crash").await.unwrap();
+    let (next, skipped) = kgz.next_deliver().await.unwrap();
+    assert_eq!(next, m2);
+    assert!(
+        !skipped.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+        "{skipped:?}"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_nothing_that_was_accepted() {
+    let net = net();
+    let (mut relay, addr) = start(&net, "relay-1.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+
+    // Pipeline many submissions; kill the relay as soon as some are accepted, while the
+    // rest are still in flight.
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), &format!("m{i}"));
+        ids.push(env.id);
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await.unwrap();
+    }
+    let mut accepted: Vec<MessageId> = Vec::new();
+    while accepted.len() < 20 {
+        let (id, _) = kaz
+            .until(|f| match f {
+                RelayToNode::Accepted(a) => Some(a.id),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        accepted.push(id);
+    }
+    relay.kill9();
+    drop(kaz);
+
+    let (_relay, addr) = start(&net, "relay-2.log").await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let last_seq = kaz.seq as usize;
+    assert!(
+        last_seq >= accepted.len(),
+        "{last_seq} < {} accepted",
+        accepted.len()
+    );
+    // The backlog is exactly the committed prefix, in order, once each.
+    let mut backlog = Vec::new();
+    for _ in 0..last_seq {
+        let (got, skipped) = kgz.next_deliver().await.unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        backlog.push(got.decode_unverified().unwrap().id);
+    }
+    assert_eq!(backlog, ids[..last_seq], "committed messages, in seq order");
+    for id in &accepted {
+        assert!(backlog.contains(id), "accepted {id} was lost");
+    }
+    // Nothing more is queued: the next delivery is a fresh message.
+    let fresh = kaz.send_to("KGZ", "fresh").await.unwrap();
+    let (next, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(next, fresh);
+}
+
+#[tokio::test]
+async fn sigterm_closes_sessions_and_exits_cleanly() {
+    let net = net();
+    let (relay, addr) = start(&net, "relay.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "before SIGTERM")
+        .await
+        .unwrap();
+
+    relay.signal("TERM").unwrap();
+    assert_eq!(kaz.closed_code().await.unwrap(), ErrorCode::GoingAway);
+    let (status, mut relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}: {}", relay.log());
+    relay.wait_log("relay stopped").await.unwrap();
+
+    // The store was closed cleanly: a new relay on it starts and serves.
+    let (_relay, addr) = start(&net, "relay-2.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    assert_eq!(kaz.seq, 1);
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after restart")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_roster() {
+    let mut net = net();
+    let (mut relay, addr) = start(&net, "relay.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let tjk = net.client(addr, "TJK").await.unwrap();
+
+    // A roster that is not newer is refused and logged; the old one stays in force.
+    let before = relay.log_len();
+    relay.signal("HUP").unwrap();
+    relay
+        .wait_log_from(before, "roster not reloaded")
+        .await
+        .unwrap();
+
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("TJK"))
+            .unwrap()
+            .revoked = true;
+    });
+    let before = relay.log_len();
+    relay.signal("HUP").unwrap();
+    relay
+        .wait_log_from(before, "SIGHUP: roster reloaded")
+        .await
+        .unwrap();
+    assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Revoked);
+    let (update, _) = kaz
+        .until(|f| match f {
+            RelayToNode::RosterUpdate(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(update.decode_unverified().unwrap().version, 2);
+}
