@@ -2,5 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod node;
 mod relay;
 mod relay_process;

@@ -652,3 +652,371 @@ impl Proc {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the node suite (tests/it/node.rs): node configurations written into the
+// network directory, `hotline node` processes, the operator CLI and the event stream.
+// ---------------------------------------------------------------------------------------
+
+/// A loopback UDP address that was free a moment ago: for a relay that must start after
+/// the nodes' configurations already name it.
+pub fn free_udp_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// A loopback TCP address that was free a moment ago (nothing listens there).
+pub fn free_tcp_addr() -> SocketAddr {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// How a node's configuration differs from the plain one (one relay, the network's pins).
+#[derive(Clone, Debug, Default)]
+pub struct NodeSetup {
+    /// The relays' addresses.
+    pub relays: Vec<SocketAddr>,
+    /// The pinned relay certificate fingerprint (default: the network's relay certificate).
+    pub fingerprint: Option<Fingerprint>,
+    /// The starting roster file, relative to the network directory (default roster.signed).
+    pub roster: Option<String>,
+    /// The pinned roster key (default: the network's roster key).
+    pub roster_key: Option<PublicKey>,
+    /// The body of a `[hooks]` table, if any.
+    pub hooks: Option<String>,
+}
+
+impl NodeSetup {
+    pub fn relay(addr: SocketAddr) -> Self {
+        Self {
+            relays: vec![addr],
+            ..Self::default()
+        }
+    }
+}
+
+impl Net {
+    /// Writes DIR/ID.key and DIR/ID.toml for participant `id` with one relay at `relay`;
+    /// returns the configuration's path.
+    pub fn node_config(&self, id: &str, relay: SocketAddr) -> PathBuf {
+        self.node_config_with(id, &NodeSetup::relay(relay))
+    }
+
+    /// Writes DIR/ID.key (if missing) and DIR/ID.toml as `setup` says.
+    pub fn node_config_with(&self, id: &str, setup: &NodeSetup) -> PathBuf {
+        let key = self.path().join(format!("{id}.key"));
+        if !key.exists() {
+            hotline_config::keyfile::write_secret(
+                &key,
+                &self.key(id),
+                hotline_config::keyfile::IfExists::Refuse,
+            )
+            .unwrap();
+        }
+        let fp = setup.fingerprint.unwrap_or(self.fingerprint);
+        let roster = setup.roster.as_deref().unwrap_or("roster.signed");
+        let roster_key = setup
+            .roster_key
+            .unwrap_or_else(|| PublicKey::of(&self.roster_key));
+        let mut text = format!(
+            "participant = \"{id}\"\nkey = \"{id}.key\"\nroster = \"{roster}\"\nroster_key = \"{roster_key}\"\ndata_dir = \"node-{id}\"\n"
+        );
+        for r in &setup.relays {
+            text.push_str(&format!(
+                "\n[[relays]]\naddress = \"{r}\"\nfingerprint = \"{fp}\"\n"
+            ));
+        }
+        text.push_str(&format!(
+            "\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{id}.token\"\n"
+        ));
+        if let Some(h) = &setup.hooks {
+            text.push_str(&format!("\n[hooks]\n{h}\n"));
+        }
+        let path = self.path().join(format!("{id}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Makes relay.toml listen on `addr` instead of port 0 (so that a relay restarted, or
+    /// started after the nodes, is where their configurations say).
+    pub fn set_relay_listen(&self, addr: SocketAddr) {
+        let text = std::fs::read_to_string(&self.relay_config).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("listen = ") {
+                out.push_str(&format!("listen = \"{addr}\""));
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        std::fs::write(&self.relay_config, out).unwrap();
+    }
+
+    /// Starts `hotline node --config DIR/ID.toml` (written before) and waits for its API.
+    pub async fn start_node(&self, id: &str) -> anyhow::Result<NodeProc> {
+        NodeProc::start(self.path(), id).await
+    }
+}
+
+/// What a `hotline` command printed, and how it ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output as JSON; an error (with both streams) if the command failed.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        if !self.status.success() {
+            bail!(
+                "command failed ({}): {}{}",
+                self.status,
+                self.stderr,
+                self.stdout
+            );
+        }
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {:?} (stderr {:?})", self.stdout, self.stderr))
+    }
+}
+
+/// Runs the `hotline` binary to completion in `dir` (at most EVENT_TIMEOUT).
+pub async fn hotline_cli(dir: &Path, args: &[&str]) -> anyhow::Result<CliOutput> {
+    let mut cmd = tokio::process::Command::new(hotline_bin()?);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("HOTLINE_NODE_CONFIG")
+        .env_remove("HOTLINE_API")
+        .env_remove("HOTLINE_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(EVENT_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("hotline {args:?} did not finish within {EVENT_TIMEOUT:?}")
+        })??;
+    Ok(CliOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A running `hotline node` process and where its local API answers.
+pub struct NodeProc {
+    pub id: String,
+    pub proc: Proc,
+    /// The API address the node logged ("local API listening addr=…").
+    pub api: SocketAddr,
+    pub token_file: PathBuf,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts `hotline node --config DIR/ID.toml`; its log goes to DIR/node-ID.log (appended
+    /// across restarts).
+    pub async fn start(dir: &Path, id: &str) -> anyhow::Result<Self> {
+        let config = dir.join(format!("{id}.toml"));
+        let mut proc = Proc::spawn(
+            &["node", "--config", config.to_str().context("utf-8 path")?],
+            dir,
+            &format!("node-{id}.log"),
+        )?;
+        let line = proc.wait_log("local API listening").await?;
+        let api = addr_field(&line)?;
+        Ok(Self {
+            id: id.to_owned(),
+            proc,
+            api,
+            token_file: dir.join(format!("{id}.token")),
+            config,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Waits until the node logs that a relay link is up.
+    pub async fn connected(&mut self) -> anyhow::Result<()> {
+        self.proc.wait_log("relay connected").await.map(|_| ())
+    }
+
+    /// Runs `hotline ARGS --api ADDR --token-file FILE` against this node.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
+        let api = self.api.to_string();
+        let token = self.token_file.to_str().context("utf-8 path")?.to_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--api", &api, "--token-file", &token]);
+        hotline_cli(&self.dir, &all).await
+    }
+
+    /// As `cli`, with `--json`; the parsed output, or an error if the command failed.
+    pub async fn cli_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        self.cli(&all)
+            .await?
+            .json()
+            .with_context(|| format!("{}: hotline {args:?}", self.id))
+    }
+
+    /// The API bearer token the node created.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A blocking API client (call it from `spawn_blocking` or a thread).
+    pub fn client(&self) -> hotline_node::client::ApiClient {
+        hotline_node::client::ApiClient::new(&self.api.to_string(), &self.token())
+    }
+
+    /// Subscribes to `/v1/events`; returns once the node has answered, so every event
+    /// after this call is seen.
+    pub async fn events(&self) -> anyhow::Result<Events> {
+        let url = format!("http://{}/v1/events", self.api);
+        let auth = format!("Bearer {}", self.token());
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let resp = ureq::get(&url).set("Authorization", &auth).call();
+            let resp = match resp {
+                Ok(r) => {
+                    let _ = ready_tx.send(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            for line in std::io::BufReader::new(resp.into_reader()).lines() {
+                let Ok(line) = line else { break };
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                    continue;
+                };
+                // The receiver is gone: the test is done with this stream.
+                if tx.blocking_send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        match tokio::time::timeout(EVENT_TIMEOUT, ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Events {
+                rx,
+                seen: Vec::new(),
+            }),
+            Ok(Ok(Err(e))) => bail!("{}: /v1/events: {e}", self.id),
+            Ok(Err(_)) => bail!("{}: /v1/events: subscriber thread ended", self.id),
+            Err(_) => bail!(
+                "{}: /v1/events: no answer within {EVENT_TIMEOUT:?}",
+                self.id
+            ),
+        }
+    }
+}
+
+/// A node's `/v1/events` stream.
+pub struct Events {
+    rx: tokio::sync::mpsc::Receiver<serde_json::Value>,
+    /// Every event received so far, in order.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Events {
+    /// Waits (at most EVENT_TIMEOUT) for an event matching `pred`.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Ok(v);
+                    }
+                }
+                Ok(None) => bail!("event stream ended before {what}; seen {:?}", self.seen),
+                Err(_) => bail!(
+                    "no {what} event within {EVENT_TIMEOUT:?}; seen {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+impl Proc {
+    /// Waits until a log line (after the first `skip`) contains every one of `needles`.
+    pub async fn wait_line_from(
+        &mut self,
+        skip: usize,
+        needles: &[&str],
+    ) -> anyhow::Result<String> {
+        self.wait_lines_from(skip, needles, 1)
+            .await
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Waits until a log line contains every one of `needles`.
+    pub async fn wait_line(&mut self, needles: &[&str]) -> anyhow::Result<String> {
+        self.wait_line_from(0, needles).await
+    }
+
+    /// Waits until `n` log lines (after the first `skip`) each contain every one of
+    /// `needles`; returns those lines.
+    pub async fn wait_lines_from(
+        &mut self,
+        skip: usize,
+        needles: &[&str],
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let lines = self.lines.clone();
+        let matching = move || -> Vec<String> {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .filter(|l| needles.iter().all(|w| l.contains(w)))
+                .cloned()
+                .collect()
+        };
+        let r = tokio::time::timeout(EVENT_TIMEOUT, self.seen.wait_for(|_| matching().len() >= n))
+            .await
+            .map(|r| r.map(|_| ()));
+        match r {
+            Ok(Ok(())) => Ok(matching()),
+            Ok(Err(_)) => bail!(
+                "process ended before logging {n} line(s) with {needles:?}:\n{}",
+                self.log()
+            ),
+            Err(_) => bail!(
+                "fewer than {n} line(s) with {needles:?} in the log within {EVENT_TIMEOUT:?}:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Log lines so far that contain every one of `needles`.
+    pub fn count_lines(&self, needles: &[&str]) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|w| l.contains(w)))
+            .count()
+    }
+}

@@ -407,20 +407,20 @@ async fn status(State(state): State<St>, headers: HeaderMap) -> Result<Json<Valu
 async fn events(State(state): State<St>, headers: HeaderMap) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     authorise(&state, &headers)?;
     let rx = state.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
-                    return Some((Ok(SseEvent::default().data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let data = json!({"type": "lagged", "missed": n}).to_string();
-                    return Some((Ok(SseEvent::default().data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
+        let next = tokio::select! {
+            // The node is stopping: end the stream, or the server's graceful shutdown would
+            // wait for every follower (`hotline watch`) until the tasks are aborted.
+            _ = shutdown.wait_for(|v| *v) => return None,
+            r = rx.recv() => r,
+        };
+        let data = match next {
+            Ok(ev) => serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => json!({"type": "lagged", "missed": n}).to_string(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -75,6 +75,8 @@ pub(crate) struct NodeState {
     pub(crate) wake: Vec<Arc<Notify>>,
     pub(crate) connected: Vec<AtomicBool>,
     pub(crate) token: String,
+    /// Becomes true when the node stops (for tasks the API spawns, like event streams).
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 impl NodeState {
@@ -209,6 +211,7 @@ impl Node {
         info!(participant = %me, roster = roster.version, relays, outbox = store.outbox_len()?, "node starting");
         let (roster_tx, _) = watch::channel(Arc::new(roster));
         let (events, _) = broadcast::channel(limits::EVENTS_BUFFER);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(NodeState {
             hooks: HookRunner::new(config.hook_timeout_ms()),
             me,
@@ -219,9 +222,9 @@ impl Node {
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
             connected: (0..relays).map(|_| AtomicBool::new(false)).collect(),
             token,
+            shutdown: shutdown_rx.clone(),
             config,
         });
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)

@@ -1,0 +1,874 @@
+//! The node daemon end to end: real `hotline node` processes, a real relay over QUIC on
+//! loopback, and the operator CLI (`hotline send`, `inbox`, `ack`, `status`…) as a duty
+//! officer uses it. Waiting is on log lines and `/v1/events`, never on sleeps.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use hotline_e2e::*;
+use hotline_proto::{PublicKey, Role, Signed, SigningKey};
+use serde_json::{json, Value};
+
+fn net() -> Net {
+    Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    )
+}
+
+/// The message id in a `hotline send --json` answer.
+fn id_of(sent: &Value) -> String {
+    sent["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {sent}"))
+        .to_owned()
+}
+
+/// The `msg=` field value a node logs for message `id`.
+fn msg(id: &str) -> String {
+    format!("msg={id}")
+}
+
+/// The `msg=` field of a log line.
+fn msg_field(line: &str) -> String {
+    line.split("msg=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Starts KAZ and KGZ against `relay` and waits until both are connected.
+async fn two_nodes(net: &Net, relay: std::net::SocketAddr) -> anyhow::Result<(NodeProc, NodeProc)> {
+    net.node_config("KAZ", relay);
+    net.node_config("KGZ", relay);
+    let mut kaz = net.start_node("KAZ").await?;
+    let mut kgz = net.start_node("KGZ").await?;
+    kaz.connected().await?;
+    kgz.connected().await?;
+    Ok((kaz, kgz))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
+    let net = net();
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+
+    let before = now_ms();
+    let sent = kaz
+        .cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "Notification of a military exercise",
+            "--body",
+            "Exercise STEPPE-24 from 06:00Z.",
+            "--precedence",
+            "PRIORITY",
+        ])
+        .await
+        .unwrap();
+    let id = id_of(&sent);
+    assert_eq!(sent["recipients"], json!(["KGZ"]), "{sent}");
+    assert_eq!(sent["state"], "queued", "{sent}");
+    assert_eq!(sent["relays_connected"], 1, "{sent}");
+
+    kgz.proc
+        .wait_line(&["message received", &msg(&id), "from=KAZ"])
+        .await
+        .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let items = inbox.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{inbox}");
+    let m = &items[0];
+    assert_eq!(m["id"], id.as_str());
+    assert_eq!(m["from"], "KAZ");
+    assert_eq!(m["subject"], "Notification of a military exercise");
+    assert_eq!(m["body"], "Exercise STEPPE-24 from 06:00Z.");
+    assert_eq!(m["precedence"], "PRIORITY");
+    assert_eq!(m["status"], "actual");
+    assert_eq!(m["exercise_or_test"], false);
+    assert_eq!(m["acknowledged"], false);
+    let received = m["received_at_ms"].as_u64().unwrap();
+    assert!(received >= before && received <= now_ms(), "{m}");
+
+    // The delivered receipt reaches the sender before anyone has read the message.
+    kaz_events
+        .wait_for("delivered", |e| {
+            e["type"] == "delivered" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "delivered", "{st}");
+    assert_eq!(
+        (st["delivered"].as_u64(), st["acknowledged"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+
+    let ack = kgz
+        .cli_json(&["ack", &id, "--officer", "Duty officer", "--note", "ok"])
+        .await
+        .unwrap();
+    assert_eq!(ack["acknowledged"], true, "{ack}");
+
+    let ev = kaz_events
+        .wait_for("acknowledged", |e| {
+            e["type"] == "acknowledged" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["by"], "KGZ");
+    assert_eq!(ev["officer"], "Duty officer");
+    assert_eq!(ev["note"], "ok");
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
+        .await
+        .unwrap();
+
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["direction"], "sent");
+    assert_eq!(st["state"], "acknowledged", "{st}");
+    assert_eq!(st["total"], 1);
+    assert_eq!(st["delivered"], 1);
+    assert_eq!(st["acknowledged"], 1);
+    let row = &st["recipients"][0];
+    assert_eq!(row["recipient"], "KGZ");
+    assert_eq!(row["officer"], "Duty officer");
+    assert_eq!(row["note"], "ok");
+    assert!(
+        row["delivered_at_ms"].as_u64().unwrap() <= row["acked_at_ms"].as_u64().unwrap(),
+        "{row}"
+    );
+    let text = kaz.cli(&["status", &id]).await.unwrap();
+    assert!(text.status.success(), "{text:?}");
+    assert!(
+        text.stdout.contains("delivered 1/1  acknowledged 1/1"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("Duty officer"), "{}", text.stdout);
+
+    // The recipient's side shows the acknowledgement; a second one is refused.
+    let shown = kgz.cli_json(&["show", &id]).await.unwrap();
+    assert_eq!(shown["direction"], "received");
+    assert_eq!(shown["acknowledged"], true);
+    assert_eq!(shown["officer"], "Duty officer");
+    let again = kgz
+        .cli(&["ack", &id, "--officer", "Someone else"])
+        .await
+        .unwrap();
+    assert!(!again.status.success(), "{again:?}");
+    assert!(
+        again.stderr.contains("already acknowledged"),
+        "{}",
+        again.stderr
+    );
+
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_stopped_receives_what_was_sent_meanwhile() {
+    let net = net();
+    let relay = net.relay().await;
+    let (mut kaz, kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+
+    // An operator's `hotline watch` is following KGZ's events while it is stopped: the
+    // stream must end with the node, not hold its shutdown up.
+    let kgz_events = kgz.events().await.unwrap();
+    let NodeProc {
+        proc: mut kgz_proc, ..
+    } = kgz;
+    kgz_proc.signal("TERM").unwrap();
+    kgz_proc.wait_log("node stopped").await.unwrap();
+    let log = kgz_proc.log();
+    let (status, _) = kgz_proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+    assert!(!log.contains("did not stop in time"), "{log}");
+    drop(kgz_events);
+
+    let sent = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "While you were away"])
+        .await
+        .unwrap();
+    let id = id_of(&sent);
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(
+        st["state"], "accepted",
+        "held by the relay, not yet delivered: {st}"
+    );
+    assert_eq!(st["delivered"], 0, "{st}");
+
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let ids: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()], "{inbox}");
+
+    kaz_events
+        .wait_for("delivered", |e| {
+            e["type"] == "delivered" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "delivered", "{st}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
+    let net = net();
+    // The relay is not running yet; the nodes' configurations already name its address.
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    net.node_config("KAZ", relay_addr);
+    net.node_config("KGZ", relay_addr);
+
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let sent = kaz
+            .cli_json(&["send", "--to", "KGZ", "--subject", &format!("queued {i}")])
+            .await
+            .unwrap();
+        assert_eq!(sent["state"], "queued", "{sent}");
+        assert_eq!(sent["relays_connected"], 0, "{sent}");
+        assert!(
+            sent["note"]
+                .as_str()
+                .unwrap()
+                .contains("no relay reachable"),
+            "{sent}"
+        );
+        ids.push(id_of(&sent));
+    }
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["outbox"], 5, "{st}");
+    kaz.proc.kill9();
+    drop(kaz);
+
+    let relay = net.relay().await;
+    assert_eq!(relay.local_addr(), relay_addr);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let starting = kaz.proc.wait_log("node starting").await.unwrap();
+    assert!(
+        starting.contains("outbox=5"),
+        "the outbox survived kill -9: {starting}"
+    );
+
+    let accepted = kaz
+        .proc
+        .wait_lines_from(0, &["accepted", "msg="], 5)
+        .await
+        .unwrap();
+    let accepted: BTreeSet<String> = accepted.iter().map(|l| msg_field(l)).collect();
+    let sent: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(accepted, sent, "each queued message accepted once");
+
+    let received = kgz
+        .proc
+        .wait_lines_from(0, &["message received"], 5)
+        .await
+        .unwrap();
+    let received: BTreeSet<String> = received.iter().map(|l| msg_field(l)).collect();
+    assert_eq!(received, sent);
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let got: Vec<String> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got.len(), 5, "{inbox}");
+    assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), sent);
+
+    // A fresh message arrives after anything the relay could still redeliver (it delivers
+    // in per-sender order), so if it is the only addition, nothing was duplicated.
+    let fresh = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "fresh"])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&fresh)])
+        .await
+        .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let got: BTreeSet<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(inbox.as_array().unwrap().len(), 6, "{inbox}");
+    assert_eq!(got.len(), 6, "distinct ids: {inbox}");
+    assert_eq!(kgz.proc.count_lines(&["message received"]), 6);
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["outbox"], 0, "{st}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
+    let net = net();
+    let relay = net.relay().await;
+    let out = net.path().join("overdue.json");
+    let hook = format!(
+        "on_overdue = [\"sh\", \"-c\", \"cat > '{}'\"]",
+        out.display()
+    );
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            hooks: Some(hook),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    net.node_config("KGZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+
+    let sent = kaz
+        .cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--kind",
+            "consultation_request",
+            "--subject",
+            "Request for clarification",
+            "--respond-within",
+            "1",
+        ])
+        .await
+        .unwrap();
+    let id = id_of(&sent);
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    let line = kaz.proc.wait_line(&["overdue", &msg(&id)]).await.unwrap();
+    assert!(line.contains("recipients=KGZ"), "{line}");
+    kaz.proc
+        .wait_line(&["hook ran", "on_overdue"])
+        .await
+        .unwrap();
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ev: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(ev["type"], "overdue", "{ev}");
+    assert_eq!(ev["id"], id.as_str(), "{ev}");
+    assert_eq!(ev["recipients"], json!(["KGZ"]), "{ev}");
+    assert_eq!(ev["subject"], "Request for clarification", "{ev}");
+
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "overdue", "{st}");
+    assert_eq!(st["overdue"], 1, "{st}");
+    assert_eq!(st["overdue_now"], true, "{st}");
+    assert!(st["recipients"][0]["overdue_at_ms"].is_u64(), "{st}");
+    assert!(st["recipients"][0]["acked_at_ms"].is_null(), "{st}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exercise_message_is_marked_as_such() {
+    let net = net();
+    let relay = net.relay().await;
+    let (kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+
+    let drill = id_of(
+        &kaz.cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--status",
+            "exercise",
+            "--subject",
+            "Drill: border incident",
+        ])
+        .await
+        .unwrap(),
+    );
+    let real = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "Real notice"])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&drill), "status=Exercise"])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&real)])
+        .await
+        .unwrap();
+
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let find = |id: &str| {
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {inbox}"))
+    };
+    let d = find(&drill);
+    assert_eq!(d["status"], "exercise", "{d}");
+    assert_eq!(d["exercise_or_test"], true, "{d}");
+    let r = find(&real);
+    assert_eq!(r["status"], "actual", "{r}");
+    assert_eq!(r["exercise_or_test"], false, "{r}");
+
+    let text = kgz.cli(&["inbox"]).await.unwrap();
+    assert!(text.status.success(), "{text:?}");
+    let line = |id: &str| {
+        text.stdout
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line(&drill).contains("[EXERCISE] Drill: border incident"),
+        "{}",
+        text.stdout
+    );
+    assert!(!line(&real).contains("[EXERCISE]"), "{}", text.stdout);
+    let shown = kgz.cli(&["show", &drill]).await.unwrap();
+    assert!(shown.stdout.starts_with("[EXERCISE]"), "{}", shown.stdout);
+    relay.shutdown().await;
+}
+
+/// One HTTP/1.1 request over a plain TCP connection: (status, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    let resp = tokio::time::timeout(EVENT_TIMEOUT, fut).await??;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_a_missing_or_wrong_token() {
+    let net = net();
+    // No relay is needed: the API answers whether or not one is reachable.
+    net.node_config("KAZ", free_udp_addr());
+    let kaz = net.start_node("KAZ").await.unwrap();
+    let token = kaz.token();
+    assert_eq!(token.len(), 64, "a generated 32-byte hex token");
+
+    for (what, t) in [
+        ("missing", None),
+        ("wrong", Some("0".repeat(64))),
+        ("prefix", Some(token[..32].to_owned())),
+    ] {
+        let (status, body) = http(kaz.api, "GET", "/v1/status", t.as_deref(), "")
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{what} token: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(v["code"], "unauthorized", "{what}: {v}");
+    }
+    let (status, _) = http(
+        kaz.api,
+        "POST",
+        "/v1/messages",
+        None,
+        r#"{"to":["KGZ"],"subject":"x"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = http(kaz.api, "GET", "/v1/status", Some(&token), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["participant"], "KAZ");
+    assert_eq!(v["outbox"], 0, "the refused send stored nothing: {v}");
+
+    let wrong = net.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let api = kaz.api.to_string();
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "inbox",
+            "--api",
+            &api,
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("missing or wrong bearer token"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_explains_refusals_and_a_missing_node() {
+    let net = net();
+    net.node_config("KAZ", free_udp_addr());
+    let kaz = net.start_node("KAZ").await.unwrap();
+
+    let out = kaz
+        .cli(&["send", "--to", "XYZ", "--subject", "hello"])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("unknown") && out.stderr.contains("XYZ"),
+        "{}",
+        out.stderr
+    );
+
+    let limit = hotline_proto::limits::BODY_BYTES_MAX;
+    assert_eq!(limit, 64 * 1024);
+    let big = net.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(limit + 1)).unwrap();
+    let big = big.to_str().unwrap();
+    let out = kaz
+        .cli(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "big",
+            "--body-file",
+            big,
+        ])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("413") && out.stderr.contains("too_large"),
+        "{}",
+        out.stderr
+    );
+    let max = net.path().join("max.txt");
+    std::fs::write(&max, "x".repeat(limit)).unwrap();
+    let ok = kaz
+        .cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "max",
+            "--body-file",
+            max.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ok["state"], "queued", "exactly the limit is fine: {ok}");
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(
+        st["outbox"], 1,
+        "only the message within the limit was stored: {st}"
+    );
+
+    let nobody = free_tcp_addr().to_string();
+    let token = kaz.token_file.to_str().unwrap();
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "x",
+            "--api",
+            &nobody,
+            "--token-file",
+            token,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("no node answering"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is `hotline node` running"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_the_wrong_certificate_is_refused() {
+    let net = net();
+    let relay = net.relay().await;
+    let other = hotline_net::tls::write_self_signed(
+        &net.path().join("other.crt"),
+        &net.path().join("other.key"),
+    )
+    .unwrap();
+    assert_ne!(other, net.fingerprint);
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            fingerprint: Some(other),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let line = kaz.proc.wait_line(&["ERROR", "pinned"]).await.unwrap();
+    assert!(line.contains("does not match"), "{line}");
+
+    let sent = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "must wait"])
+        .await
+        .unwrap();
+    assert_eq!(sent["relays_connected"], 0, "{sent}");
+    // Two more refused attempts after the message was queued: it is still not sent.
+    let after = kaz.proc.log_len();
+    kaz.proc
+        .wait_lines_from(after, &["refusing it"], 2)
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["relays_connected"], 0, "{st}");
+    assert_eq!(st["outbox"], 1, "{st}");
+    let shown = kaz.cli_json(&["status", &id_of(&sent)]).await.unwrap();
+    assert_eq!(shown["state"], "queued", "{shown}");
+    assert_eq!(
+        kaz.proc.count_lines(&["relay connected"]),
+        0,
+        "{}",
+        kaz.proc.log()
+    );
+    relay.shutdown().await;
+}
+
+/// Writes a relay configuration that serves `roster` pinned to `roster_key`.
+fn relay_toml(dir: &Path, name: &str, roster: &str, roster_key: &PublicKey) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ncert = \"relay.crt\"\nkey = \"relay.key\"\nroster = \"{roster}\"\nroster_key = \"{roster_key}\"\ndata_dir = \"relay-data\"\nmetrics_listen = \"\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_signed_by_another_key_is_refused() {
+    let net = net();
+    // The relay serves version 2 signed by key B; the node pins key A and holds version 1.
+    let key_b = SigningKey::from_bytes(&[0xBB; 32]);
+    let mut roster_b = net.roster.clone();
+    roster_b.version = 2;
+    let signed = Signed::sign(&roster_b, &key_b).unwrap();
+    hotline_config::roster_file::write_signed_roster(&net.path().join("roster-b.signed"), &signed)
+        .unwrap();
+    let config = relay_toml(
+        net.path(),
+        "relay-b.toml",
+        "roster-b.signed",
+        &PublicKey::of(&key_b),
+    );
+    let relay = hotline_relay::Relay::spawn(hotline_relay::RelayConfig::load(&config).unwrap())
+        .await
+        .unwrap();
+
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let line = kaz.proc.wait_line(&["roster refused"]).await.unwrap();
+    assert!(line.contains("version=1"), "{line}");
+    kaz.connected().await.unwrap();
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 1, "kept the old roster: {st}");
+    assert_eq!(
+        kaz.proc.count_lines(&["roster installed"]),
+        0,
+        "{}",
+        kaz.proc.log()
+    );
+
+    // After a restart the node still starts from the roster it trusts.
+    kaz.proc.kill9();
+    drop(kaz);
+    let kaz = net.start_node("KAZ").await.unwrap();
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 1, "{st}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
+    // The control for the test above: the same path installs a validly signed roster.
+    let mut net = net();
+    std::fs::copy(
+        net.path().join("roster.signed"),
+        net.path().join("roster-v1.signed"),
+    )
+    .unwrap();
+    net.update_roster(|r| r.participants[1].name = "Republic of Kazakhstan".into());
+    let relay = net.relay().await;
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            roster: Some("roster-v1.signed".into()),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let starting = kaz.proc.wait_log("node starting").await.unwrap();
+    assert!(starting.contains("roster=1"), "{starting}");
+    let line = kaz.proc.wait_line(&["roster installed"]).await.unwrap();
+    assert!(
+        line.contains("version=2") && line.contains("previous=1"),
+        "{line}"
+    );
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 2, "{st}");
+    relay.shutdown().await;
+}
+
+/// The example with every commented-out option (`# name = value`, `# [table]`) switched on.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_option(rest) => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_option(line: &str) -> bool {
+    let table = line.starts_with('[') && line.ends_with(']') && !line.contains(' ');
+    let key = line.split_once(" = ").is_some_and(|(k, _)| {
+        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    });
+    table || key
+}
+
+#[test]
+fn the_example_configurations_parse_with_and_without_their_optional_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("config");
+
+    let path = root.join("relay.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = hotline_relay::RelayConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listen.port(), 7400);
+    let all = uncommented(&text);
+    assert!(all.lines().count() == text.lines().count() && all != text);
+    let c = hotline_relay::RelayConfig::parse(&all, &path).unwrap_or_else(|e| panic!("{e}\n{all}"));
+    // The commented values are the defaults, as their comments say.
+    let defaults = hotline_relay::config::Limits::default();
+    assert_eq!(format!("{:?}", c.limits), format!("{defaults:?}"));
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9400".parse().unwrap()));
+    assert!(!c.policy.observers_may_address_anyone);
+    for field in [
+        "connections_max",
+        "frame_bytes_max",
+        "body_bytes_max",
+        "queue_depth_max",
+        "rate_per_sec",
+        "rate_burst",
+        "handshake_timeout_ms",
+        "idle_timeout_ms",
+        "keepalive_ms",
+        "inflight_per_connection",
+        "delivery_window",
+        "write_timeout_ms",
+        "commit_batch_max",
+        "observers_may_address_anyone",
+        "metrics_listen",
+    ] {
+        assert!(
+            text.contains(&format!("# {field} = ")),
+            "relay.toml documents {field}"
+        );
+    }
+
+    let path = root.join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = hotline_node::NodeConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.api_listen, hotline_node::config::DEFAULT_API);
+    assert_eq!(c.relays.len(), 1);
+    assert!(c.hooks.on_message.is_none());
+    let all = uncommented(&text);
+    let c = hotline_node::NodeConfig::parse(&all, &path).unwrap_or_else(|e| panic!("{e}\n{all}"));
+    assert_eq!(c.relays.len(), 2);
+    assert_eq!(c.api_listen, hotline_node::config::DEFAULT_API);
+    assert_eq!(c.hook_timeout_ms(), hotline_node::limits::HOOK_TIMEOUT_MS);
+    assert_eq!(
+        c.unreachable_after_ms(),
+        hotline_node::limits::UNREACHABLE_AFTER_MS
+    );
+    assert_eq!(
+        c.paging_interval_ms(),
+        hotline_node::limits::PAGING_INTERVAL_MS
+    );
+    let h = &c.hooks;
+    assert!(
+        h.on_message.is_some()
+            && h.on_overdue.is_some()
+            && h.on_unreachable.is_some()
+            && h.on_roster_changed.is_some()
+    );
+}
