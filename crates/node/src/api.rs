@@ -42,8 +42,16 @@ fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
 
 fn store_error(e: hotline_store::StoreError) -> ApiError {
     match e {
-        hotline_store::StoreError::DiskFull => ApiError(StatusCode::INSUFFICIENT_STORAGE, "disk_full", "disk full: nothing was written".into()),
-        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage", other.to_string()),
+        hotline_store::StoreError::DiskFull => ApiError(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "disk full: nothing was written".into(),
+        ),
+        other => ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            other.to_string(),
+        ),
     }
 }
 
@@ -55,17 +63,30 @@ fn authorise(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or("");
     // Compare in constant time so the token cannot be guessed byte by byte.
     let expected = state.token.as_bytes();
-    let ok = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let ok = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if ok {
         Ok(())
     } else {
         warn!("local API: missing or wrong bearer token");
-        Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token".into(),
+        ))
     }
 }
 
 /// Serves the API until shutdown.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, state: St, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: St,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/messages", post(send).get(sent_list))
@@ -78,7 +99,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: St, mut shut
     let stop = async move {
         let _ = shutdown.wait_for(|v| *v).await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "local API failed");
     }
 }
@@ -121,9 +145,20 @@ pub struct SendRequest {
 }
 
 fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
-    let chosen = [!req.to.is_empty(), req.group.is_some(), req.all_members, req.everyone].iter().filter(|b| **b).count();
+    let chosen = [
+        !req.to.is_empty(),
+        req.group.is_some(),
+        req.all_members,
+        req.everyone,
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if chosen != 1 {
-        return Err(bad("bad_audience", "give exactly one of to, group, all_members, everyone"));
+        return Err(bad(
+            "bad_audience",
+            "give exactly one of to, group, all_members, everyone",
+        ));
     }
     if let Some(g) = &req.group {
         return Ok(Audience::Group(g.clone()));
@@ -144,11 +179,20 @@ fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
     Ok(Audience::Participants(ids))
 }
 
-async fn send(State(state): State<St>, headers: HeaderMap, Json(req): Json<SendRequest>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn send(
+    State(state): State<St>,
+    headers: HeaderMap,
+    Json(req): Json<SendRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorise(&state, &headers)?;
     let now = now_ms();
     let respond_by_ms = match (req.respond_by_ms, req.respond_within_ms) {
-        (Some(_), Some(_)) => return Err(bad("bad_respond_by", "give respond_by_ms or respond_within_ms, not both")),
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "bad_respond_by",
+                "give respond_by_ms or respond_within_ms, not both",
+            ))
+        }
         (Some(t), None) => Some(t),
         (None, Some(d)) => Some(now.saturating_add(d.max(1))),
         (None, None) => None,
@@ -156,10 +200,21 @@ async fn send(State(state): State<St>, headers: HeaderMap, Json(req): Json<SendR
     let references = req
         .references
         .iter()
-        .map(|r| r.parse::<MessageId>().map_err(|e| bad("bad_reference", e.to_string())))
+        .map(|r| {
+            r.parse::<MessageId>()
+                .map_err(|e| bad("bad_reference", e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if req.body.len() > hotline_proto::limits::BODY_BYTES_MAX {
-        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body of {} bytes exceeds {}", req.body.len(), hotline_proto::limits::BODY_BYTES_MAX)));
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "body of {} bytes exceeds {}",
+                req.body.len(),
+                hotline_proto::limits::BODY_BYTES_MAX
+            ),
+        ));
     }
     let draft = Draft {
         audience: audience(&req)?,
@@ -191,23 +246,28 @@ async fn send(State(state): State<St>, headers: HeaderMap, Json(req): Json<SendR
         body: String::new(),
     };
     // The relay answers the observer reply rule from its store; here we let it through.
-    let expected = routing::resolve(&roster, &routing::Policy::default(), &probe, |_| true).map_err(|e| {
-        let code = match e {
-            routing::RouteError::UnknownRecipient(_) => "unknown_recipient",
-            routing::RouteError::UnknownGroup(_) => "unknown_group",
-            routing::RouteError::NoRecipients => "no_recipients",
-            routing::RouteError::PolicyDenied { .. } => "policy_denied",
-            _ => "bad_audience",
-        };
-        bad(code, e.to_string())
-    })?;
+    let expected = routing::resolve(&roster, &routing::Policy::default(), &probe, |_| true)
+        .map_err(|e| {
+            let code = match e {
+                routing::RouteError::UnknownRecipient(_) => "unknown_recipient",
+                routing::RouteError::UnknownGroup(_) => "unknown_group",
+                routing::RouteError::NoRecipients => "no_recipients",
+                routing::RouteError::PolicyDenied { .. } => "policy_denied",
+                _ => "bad_audience",
+            };
+            bad(code, e.to_string())
+        })?;
     let relays = state.config.relays.len();
-    let result = state.store().compose(&state.me, &state.key, draft, &expected, relays, now);
+    let result = state
+        .store()
+        .compose(&state.me, &state.key, draft, &expected, relays, now);
     let signed = match result.map_err(store_error)? {
         Ok(s) => s,
         Err(e) => return Err(bad("invalid", e.to_string())),
     };
-    let env = signed.decode_unverified().map_err(|e| bad("invalid", e.to_string()))?;
+    let env = signed
+        .decode_unverified()
+        .map_err(|e| bad("invalid", e.to_string()))?;
     state.wake_links();
     let connected = state.relays_connected();
     info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
@@ -273,9 +333,17 @@ fn inbox_item(m: InboxMessage) -> InboxItem {
 fn sent_view(s: SentMessage, now: u64) -> Value {
     let e = &s.envelope;
     let total = s.matrix.len();
-    let delivered = s.matrix.iter().filter(|r| r.delivered_at_ms.is_some()).count();
+    let delivered = s
+        .matrix
+        .iter()
+        .filter(|r| r.delivered_at_ms.is_some())
+        .count();
     let acked = s.matrix.iter().filter(|r| r.acked_at_ms.is_some()).count();
-    let overdue = s.matrix.iter().filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none()).count();
+    let overdue = s
+        .matrix
+        .iter()
+        .filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none())
+        .count();
     let state = if s.rejected.is_some() && s.accepted_at_ms.is_none() {
         "rejected"
     } else if s.accepted_at_ms.is_none() {
@@ -322,14 +390,22 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn inbox(State(state): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<InboxItem>>, ApiError> {
+async fn inbox(
+    State(state): State<St>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<InboxItem>>, ApiError> {
     authorise(&state, &headers)?;
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let items = state.store().inbox(limit).map_err(store_error)?;
     Ok(Json(items.into_iter().map(inbox_item).collect()))
 }
 
-async fn sent_list(State(state): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<Value>>, ApiError> {
+async fn sent_list(
+    State(state): State<St>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
     authorise(&state, &headers)?;
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let store = state.store();
@@ -344,19 +420,30 @@ async fn sent_list(State(state): State<St>, headers: HeaderMap, Query(q): Query<
     Ok(Json(out))
 }
 
-async fn show(State(state): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<St>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     authorise(&state, &headers)?;
-    let id: MessageId = id.parse().map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let id: MessageId = id
+        .parse()
+        .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
     let store = state.store();
     if let Some(s) = store.sent_message(&id).map_err(store_error)? {
         return Ok(Json(sent_view(s, now_ms())));
     }
     if let Some(m) = store.inbox_message(&id).map_err(store_error)? {
-        let mut v = serde_json::to_value(inbox_item(m)).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let mut v = serde_json::to_value(inbox_item(m))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
         v["direction"] = json!("received");
         return Ok(Json(v));
     }
-    Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no message {id}")))
+    Err(ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no message {id}"),
+    ))
 }
 
 /// `POST /v1/messages/{id}/ack` body.
@@ -367,20 +454,48 @@ struct AckRequest {
     note: Option<String>,
 }
 
-async fn ack(State(state): State<St>, headers: HeaderMap, Path(id): Path<String>, Json(req): Json<AckRequest>) -> Result<Json<Value>, ApiError> {
+async fn ack(
+    State(state): State<St>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<AckRequest>,
+) -> Result<Json<Value>, ApiError> {
     authorise(&state, &headers)?;
-    let id: MessageId = id.parse().map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let id: MessageId = id
+        .parse()
+        .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
     let relays = state.config.relays.len();
-    let result = state.store().acknowledge(&state.me, &state.key, &id, &req.officer, req.note.clone(), relays, now_ms());
+    let result = state.store().acknowledge(
+        &state.me,
+        &state.key,
+        &id,
+        &req.officer,
+        req.note.clone(),
+        relays,
+        now_ms(),
+    );
     match result.map_err(store_error)? {
         Err(e) => Err(bad("invalid", e.to_string())),
-        Ok(AckOutcome::NotFound) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no received message {id}"))),
-        Ok(AckOutcome::Already(at, by)) => Err(ApiError(StatusCode::CONFLICT, "already_acknowledged", format!("already acknowledged by {by} at {at}"))),
+        Ok(AckOutcome::NotFound) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no received message {id}"),
+        )),
+        Ok(AckOutcome::Already(at, by)) => Err(ApiError(
+            StatusCode::CONFLICT,
+            "already_acknowledged",
+            format!("already acknowledged by {by} at {at}"),
+        )),
         Ok(AckOutcome::Acked(r)) => {
             state.wake_links();
             info!(msg = %id, officer = %req.officer, "acknowledged");
-            state.emit(crate::events::Event::AckSent { id, officer: req.officer.clone() });
-            Ok(Json(json!({"id": id, "acknowledged": true, "receipt": r.digest().to_string(), "relays_connected": state.relays_connected()})))
+            state.emit(crate::events::Event::AckSent {
+                id,
+                officer: req.officer.clone(),
+            });
+            Ok(Json(
+                json!({"id": id, "acknowledged": true, "receipt": r.digest().to_string(), "relays_connected": state.relays_connected()}),
+            ))
         }
     }
 }
@@ -404,23 +519,29 @@ async fn status(State(state): State<St>, headers: HeaderMap) -> Result<Json<Valu
     })))
 }
 
-async fn events(State(state): State<St>, headers: HeaderMap) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+async fn events(
+    State(state): State<St>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     authorise(&state, &headers)?;
     let rx = state.events.subscribe();
     let shutdown = state.shutdown.clone();
-    let stream = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
-        let next = tokio::select! {
-            // The node is stopping: end the stream, or the server's graceful shutdown would
-            // wait for every follower (`hotline watch`) until the tasks are aborted.
-            _ = shutdown.wait_for(|v| *v) => return None,
-            r = rx.recv() => r,
-        };
-        let data = match next {
-            Ok(ev) => serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => json!({"type": "lagged", "missed": n}).to_string(),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
-    });
+    let stream =
+        futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
+            let next = tokio::select! {
+                // The node is stopping: end the stream, or the server's graceful shutdown would
+                // wait for every follower (`hotline watch`) until the tasks are aborted.
+                _ = shutdown.wait_for(|v| *v) => return None,
+                r = rx.recv() => r,
+            };
+            let data = match next {
+                Ok(ev) => serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    json!({"type": "lagged", "missed": n}).to_string()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -39,20 +39,36 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `http://ADDR` with the bearer token.
     pub fn new(addr: &str, token: &str) -> Self {
-        let base = if addr.starts_with("http://") { addr.trim_end_matches('/').to_owned() } else { format!("http://{addr}") };
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(Duration::from_secs(30)).build();
-        Self { base, token: token.trim().to_owned(), agent }
+        let base = if addr.starts_with("http://") {
+            addr.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(30))
+            .build();
+        Self {
+            base,
+            token: token.trim().to_owned(),
+            agent,
+        }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
-        let req = self.agent.request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
         let resp = match body {
             Some(b) => req.send_json(b.clone()),
             None => req.call(),
         };
         match resp {
-            Ok(r) => r.into_json::<Value>().map_err(|e| ClientError::Other(format!("bad response from {url}: {e}"))),
+            Ok(r) => r
+                .into_json::<Value>()
+                .map_err(|e| ClientError::Other(format!("bad response from {url}: {e}"))),
             Err(ureq::Error::Status(status, r)) => {
                 let v: Value = r.into_json().unwrap_or(Value::Null);
                 Err(ClientError::Api {
@@ -62,7 +78,8 @@ impl ApiClient {
                 })
             }
             Err(ureq::Error::Transport(t)) => {
-                if t.kind() == ureq::ErrorKind::ConnectionFailed || t.kind() == ureq::ErrorKind::Dns {
+                if t.kind() == ureq::ErrorKind::ConnectionFailed || t.kind() == ureq::ErrorKind::Dns
+                {
                     Err(ClientError::NotRunning(self.base.clone()))
                 } else {
                     Err(ClientError::Other(t.to_string()))
@@ -85,11 +102,21 @@ impl ApiClient {
     /// stream ends.
     pub fn watch(&self, mut f: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
         let url = format!("{}/v1/events", self.base);
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).build();
-        let resp = agent.get(&url).set("Authorization", &format!("Bearer {}", self.token)).call().map_err(|e| match e {
-            ureq::Error::Transport(_) => ClientError::NotRunning(self.base.clone()),
-            ureq::Error::Status(s, _) => ClientError::Api { status: s, code: "error".into(), message: "cannot follow events".into() },
-        })?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .build();
+        let resp = agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| match e {
+                ureq::Error::Transport(_) => ClientError::NotRunning(self.base.clone()),
+                ureq::Error::Status(s, _) => ClientError::Api {
+                    status: s,
+                    code: "error".into(),
+                    message: "cannot follow events".into(),
+                },
+            })?;
         let reader = std::io::BufReader::new(resp.into_reader());
         for line in reader.lines() {
             let line = line.map_err(|e| ClientError::Other(e.to_string()))?;

@@ -127,7 +127,8 @@ pub struct NodeConfig {
 }
 
 /// Default local API address.
-pub const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7500);
+pub const DEFAULT_API: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7500);
 
 impl NodeConfig {
     /// Reads and checks a configuration file.
@@ -152,15 +153,19 @@ impl NodeConfig {
             field,
             reason,
         };
-        let participant =
-            ParticipantId::new(&raw.participant).map_err(|e| invalid("participant", e.to_string()))?;
-        let roster_key = hotline_config::keyfile::resolve_public(&resolve_rel(&raw.roster_key, base))
-            .map_err(|e| invalid("roster_key", e.to_string()))?;
+        let participant = ParticipantId::new(&raw.participant)
+            .map_err(|e| invalid("participant", e.to_string()))?;
+        let roster_key =
+            hotline_config::keyfile::resolve_public(&resolve_rel(&raw.roster_key, base))
+                .map_err(|e| invalid("roster_key", e.to_string()))?;
         if raw.relays.is_empty() {
             return Err(invalid("relays", "list at least one relay".into()));
         }
         if raw.relays.len() > limits::RELAYS_MAX {
-            return Err(invalid("relays", format!("at most {} relays", limits::RELAYS_MAX)));
+            return Err(invalid(
+                "relays",
+                format!("at most {} relays", limits::RELAYS_MAX),
+            ));
         }
         let mut relays = Vec::new();
         for r in raw.relays {
@@ -168,11 +173,17 @@ impl NodeConfig {
                 .fingerprint
                 .parse()
                 .map_err(|e: hotline_net::NetError| invalid("relays.fingerprint", e.to_string()))?;
-            relays.push(RelayEndpoint { address: r.address, fingerprint });
+            relays.push(RelayEndpoint {
+                address: r.address,
+                fingerprint,
+            });
         }
         let api_listen = raw.api.listen.unwrap_or(DEFAULT_API);
         if !api_listen.ip().is_loopback() {
-            return Err(invalid("api.listen", "the local API listens on a loopback address only".into()));
+            return Err(invalid(
+                "api.listen",
+                "the local API listens on a loopback address only".into(),
+            ));
         }
         for (field, cmd) in [
             ("hooks.on_message", &raw.hooks.on_message),
@@ -181,7 +192,10 @@ impl NodeConfig {
             ("hooks.on_roster_changed", &raw.hooks.on_roster_changed),
         ] {
             if cmd.as_ref().is_some_and(|c| c.is_empty()) {
-                return Err(invalid(field, "give a program (and arguments), or leave it out".into()));
+                return Err(invalid(
+                    field,
+                    "give a program (and arguments), or leave it out".into(),
+                ));
             }
         }
         Ok(Self {
@@ -204,12 +218,16 @@ impl NodeConfig {
 
     /// Time without any relay before the unreachable hook runs.
     pub fn unreachable_after_ms(&self) -> u64 {
-        self.hooks.unreachable_after_ms.unwrap_or(limits::UNREACHABLE_AFTER_MS)
+        self.hooks
+            .unreachable_after_ms
+            .unwrap_or(limits::UNREACHABLE_AFTER_MS)
     }
 
     /// Re-page interval for unacknowledged urgent messages.
     pub fn paging_interval_ms(&self) -> u64 {
-        self.hooks.paging_interval_ms.unwrap_or(limits::PAGING_INTERVAL_MS)
+        self.hooks
+            .paging_interval_ms
+            .unwrap_or(limits::PAGING_INTERVAL_MS)
     }
 }
 
@@ -248,7 +266,10 @@ mod tests {
     fn errors_name_file_line_and_field() {
         let bad = text().replace("address = \"127.0.0.1:7400\"", "address = \"nowhere\"");
         let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("bad address");
-        assert!(e.to_string().contains("n.toml") && e.to_string().contains("line 8"), "{e}");
+        assert!(
+            e.to_string().contains("n.toml") && e.to_string().contains("line 8"),
+            "{e}"
+        );
         let bad = text().replace("\"KAZ\"", "\"kaz\"");
         let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("bad id");
         assert!(e.to_string().contains("participant"), "{e}");

@@ -24,7 +24,10 @@ pub struct HookRunner {
 impl HookRunner {
     /// A runner with the given per-hook timeout.
     pub fn new(timeout_ms: u64) -> Self {
-        Self { slots: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX)), timeout: Duration::from_millis(timeout_ms) }
+        Self {
+            slots: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX)),
+            timeout: Duration::from_millis(timeout_ms),
+        }
     }
 
     /// Starts `cmd` (if configured) with `event` on its standard input; returns at once.
@@ -53,8 +56,14 @@ impl HookRunner {
     }
 }
 
-async fn run(cmd: &[String], stdin: &[u8], timeout: Duration) -> std::io::Result<std::process::ExitStatus> {
-    let (program, args) = cmd.split_first().ok_or_else(|| std::io::Error::other("empty hook command"))?;
+async fn run(
+    cmd: &[String],
+    stdin: &[u8],
+    timeout: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    let (program, args) = cmd
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty hook command"))?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::piped())
@@ -70,7 +79,10 @@ async fn run(cmd: &[String], stdin: &[u8], timeout: Duration) -> std::io::Result
         Ok(r) => r,
         Err(_) => {
             let _ = child.kill().await;
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("killed after {timeout:?}")))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("killed after {timeout:?}"),
+            ))
         }
     }
 }

@@ -121,7 +121,11 @@ impl NodeState {
         self.roster.send_replace(Arc::new(verified));
         info!(version = v, previous = current, "roster installed");
         let ev = Event::RosterChanged { version: v };
-        self.hooks.fire("on_roster_changed", self.config.hooks.on_roster_changed.as_ref(), &ev);
+        self.hooks.fire(
+            "on_roster_changed",
+            self.config.hooks.on_roster_changed.as_ref(),
+            &ev,
+        );
         self.emit(ev);
     }
 }
@@ -143,7 +147,10 @@ impl NodeHandle {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
             warn!("node tasks did not stop in time; aborting them");
             self.tasks.abort_all();
         }
@@ -154,8 +161,12 @@ impl NodeHandle {
 /// The node service.
 pub struct Node;
 
-fn load_start_roster(config: &NodeConfig, store: &NodeStore) -> Result<Verified<Roster>, NodeError> {
-    let from_file = hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key);
+fn load_start_roster(
+    config: &NodeConfig,
+    store: &NodeStore,
+) -> Result<Verified<Roster>, NodeError> {
+    let from_file =
+        hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key);
     let from_store = store
         .roster()?
         .and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok());
@@ -174,7 +185,12 @@ fn load_start_roster(config: &NodeConfig, store: &NodeStore) -> Result<Verified<
 pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => return Err(NodeError::Io(format!("{}: empty API token file", path.display()))),
+        Ok(_) => {
+            return Err(NodeError::Io(format!(
+                "{}: empty API token file",
+                path.display()
+            )))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(NodeError::Io(format!("{}: {e}", path.display()))),
     }
@@ -186,8 +202,11 @@ pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     use std::io::Write as _;
-    let mut f = opts.open(path).map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
-    f.write_all(format!("{token}\n").as_bytes()).map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))?;
     Ok(token)
 }
 
@@ -195,12 +214,18 @@ impl Node {
     /// Starts a node: opens the store, loads the roster, binds the API, starts the links.
     pub async fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let key = hotline_config::keyfile::read_secret(&config.key)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let store = NodeStore::open(&config.data_dir)?;
         let roster = load_start_roster(&config, &store)?;
         let me = config.participant.clone();
         match roster.participant(&me) {
-            None => return Err(NodeError::Roster(format!("{me} is not on roster version {}", roster.version))),
+            None => {
+                return Err(NodeError::Roster(format!(
+                    "{me} is not on roster version {}",
+                    roster.version
+                )))
+            }
             Some(p) if !p.keys.contains(&hotline_proto::PublicKey::of(&key)) => {
                 warn!(participant = %me, "this node's key is not on the roster: relays will refuse it")
             }
@@ -230,22 +255,33 @@ impl Node {
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)
             .await
             .map_err(|e| NodeError::Io(format!("local API {}: {e}", state.config.api_listen)))?;
-        let api_addr = listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Io(e.to_string()))?;
         info!(addr = %api_addr, "local API listening");
         tasks.spawn(api::serve(listener, state.clone(), shutdown_rx.clone()));
 
-        let bind: std::net::SocketAddr = if state.config.relays.iter().all(|r| r.address.is_ipv6()) {
+        let bind: std::net::SocketAddr = if state.config.relays.iter().all(|r| r.address.is_ipv6())
+        {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         for idx in 0..relays {
             let pins = vec![state.config.relays[idx].fingerprint];
-            let endpoint = hotline_net::transport::client_endpoint(bind, pins, &hotline_net::TransportLimits::default())?;
+            let endpoint = hotline_net::transport::client_endpoint(
+                bind,
+                pins,
+                &hotline_net::TransportLimits::default(),
+            )?;
             tasks.spawn(link::run(state.clone(), idx, endpoint, shutdown_rx.clone()));
         }
         tasks.spawn(tick(state.clone(), shutdown_rx.clone()));
-        Ok(NodeHandle { api_addr, shutdown: shutdown_tx, tasks })
+        Ok(NodeHandle {
+            api_addr,
+            shutdown: shutdown_tx,
+            tasks,
+        })
     }
 }
 
@@ -266,22 +302,36 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
         match overdue {
             Ok(list) => {
                 for (id, subject, recipients) in list {
-                    let ids = recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+                    let ids = recipients
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
                     warn!(msg = %id, %subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
-                    let ev = Event::Overdue { id, subject, recipients };
-                    state.hooks.fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
+                    let ev = Event::Overdue {
+                        id,
+                        subject,
+                        recipients,
+                    };
+                    state
+                        .hooks
+                        .fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
                     state.emit(ev);
                 }
             }
             Err(e) => error!(error = %e, "deadline check failed"),
         }
-        let pages = state.store().due_pages(now, state.config.paging_interval_ms());
+        let pages = state
+            .store()
+            .due_pages(now, state.config.paging_interval_ms());
         match pages {
             Ok(list) => {
                 for env in list {
                     warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
                     let ev = received_event(&env, true);
-                    state.hooks.fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
+                    state
+                        .hooks
+                        .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
                     state.emit(ev);
                 }
             }
@@ -290,12 +340,18 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
         if state.relays_connected() > 0 {
             last_connected = now;
             unreachable_fired = false;
-        } else if !unreachable_fired && now.saturating_sub(last_connected) >= state.config.unreachable_after_ms() {
+        } else if !unreachable_fired
+            && now.saturating_sub(last_connected) >= state.config.unreachable_after_ms()
+        {
             unreachable_fired = true;
             let for_ms = now - last_connected;
             error!(for_ms, "no relay reachable");
             let ev = Event::Unreachable { for_ms };
-            state.hooks.fire("on_unreachable", state.config.hooks.on_unreachable.as_ref(), &ev);
+            state.hooks.fire(
+                "on_unreachable",
+                state.config.hooks.on_unreachable.as_ref(),
+                &ev,
+            );
             state.emit(ev);
         }
     }

@@ -14,14 +14,21 @@ use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
 use hotline_proto::{Digest, MessageId, Precedence};
 
 use crate::events::Event;
-use crate::limits::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX};
+use crate::limits::{
+    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
+};
 use crate::store::{retryable, Stored};
 use crate::{now_ms, received_event, NodeState};
 
 /// How long a retryable refusal waits before the message is offered again.
 const RETRY_AFTER_MS: u64 = 2_000;
 
-pub(crate) async fn run(state: Arc<NodeState>, idx: usize, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    state: Arc<NodeState>,
+    idx: usize,
+    endpoint: quinn::Endpoint,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let addr = state.config.relays[idx].address;
     let mut backoff = BACKOFF_MIN_MS;
     let mut failures = 0u32;
@@ -57,7 +64,10 @@ pub(crate) async fn run(state: Arc<NodeState>, idx: usize, endpoint: quinn::Endp
                 failures = 0;
                 state.connected[idx].store(true, Relaxed);
                 info!(relay = idx, %addr, "relay connected");
-                state.emit(Event::RelayUp { relay: idx, address: addr.to_string() });
+                state.emit(Event::RelayUp {
+                    relay: idx,
+                    address: addr.to_string(),
+                });
                 let conn = session.conn.clone();
                 let r = serve(&state, idx, session, &mut shutdown).await;
                 state.connected[idx].store(false, Relaxed);
@@ -69,7 +79,10 @@ pub(crate) async fn run(state: Arc<NodeState>, idx: usize, endpoint: quinn::Endp
                     }
                     Err(e) => {
                         warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
-                        state.emit(Event::RelayDown { relay: idx, error: e.to_string() });
+                        state.emit(Event::RelayDown {
+                            relay: idx,
+                            error: e.to_string(),
+                        });
                     }
                 }
             }
@@ -78,7 +91,11 @@ pub(crate) async fn run(state: Arc<NodeState>, idx: usize, endpoint: quinn::Endp
     state.connected[idx].store(false, Relaxed);
 }
 
-async fn connect(state: &NodeState, endpoint: &quinn::Endpoint, addr: std::net::SocketAddr) -> Result<Session, NetError> {
+async fn connect(
+    state: &NodeState,
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+) -> Result<Session, NetError> {
     let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
     let conn = hotline_net::connect(endpoint, addr, timeout).await?;
     let version = state.roster.borrow().version;
@@ -95,11 +112,25 @@ struct Link<'a> {
     receipts_sent: HashSet<Digest>,
 }
 
-async fn serve(state: &NodeState, idx: usize, session: Session, shutdown: &mut watch::Receiver<bool>) -> Result<(), NetError> {
-    let Session { conn, reader, writer, welcome } = session;
+async fn serve(
+    state: &NodeState,
+    idx: usize,
+    session: Session,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), NetError> {
+    let Session {
+        conn,
+        reader,
+        writer,
+        welcome,
+    } = session;
     let skew = welcome.relay_time_ms as i64 - now_ms() as i64;
     if skew.abs() > 60_000 {
-        warn!(relay = idx, skew_ms = skew, "clock differs from the relay's by more than a minute");
+        warn!(
+            relay = idx,
+            skew_ms = skew,
+            "clock differs from the relay's by more than a minute"
+        );
     }
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
@@ -107,7 +138,13 @@ async fn serve(state: &NodeState, idx: usize, session: Session, shutdown: &mut w
     let (tx, mut rx) = mpsc::channel(256);
     let reader_task = tokio::spawn(read_frames(reader, tx));
     let _guard = AbortOnDrop(reader_task);
-    let mut link = Link { state, idx, writer, sent: HashSet::new(), receipts_sent: HashSet::new() };
+    let mut link = Link {
+        state,
+        idx,
+        writer,
+        sent: HashSet::new(),
+        receipts_sent: HashSet::new(),
+    };
     let wake = state.wake[idx].clone();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
@@ -160,19 +197,26 @@ impl Link<'_> {
     async fn pump(&mut self) -> Result<(), NetError> {
         let (outbox, receipts) = {
             let store = self.state.store();
-            (store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()), store.pending_receipts(self.idx))
+            (
+                store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()),
+                store.pending_receipts(self.idx),
+            )
         };
         let outbox = outbox.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
         let receipts = receipts.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
         let mut buf = Vec::new();
         for (id, signed) in outbox {
             if self.sent.insert(id) {
-                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(signed))?);
+                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
+                    signed,
+                ))?);
             }
         }
         for r in receipts {
             if self.receipts_sent.insert(r.digest()) {
-                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(r))?);
+                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(
+                    r,
+                ))?);
             }
         }
         if !buf.is_empty() {
@@ -182,7 +226,10 @@ impl Link<'_> {
     }
 
     /// Handles a batch of frames; returns messages refused for a retryable reason.
-    async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Vec<MessageId>, NetError> {
+    async fn handle(
+        &mut self,
+        mut batch: VecDeque<RelayToNode>,
+    ) -> Result<Vec<MessageId>, NetError> {
         let mut retries = Vec::new();
         let mut deliveries = Vec::new();
         let mut receipts = Vec::new();
@@ -197,7 +244,11 @@ impl Link<'_> {
                         error!(error = %e, msg = %a.id, "cannot record acceptance");
                     }
                     info!(relay = self.idx, msg = %a.id, recipients = a.recipients.len(), "accepted");
-                    self.state.emit(Event::Accepted { id: a.id, relay: self.idx, recipients: a.recipients });
+                    self.state.emit(Event::Accepted {
+                        id: a.id,
+                        relay: self.idx,
+                        recipients: a.recipients,
+                    });
                     pump = true;
                 }
                 RelayToNode::Rejected(r) => match r.subject {
@@ -208,17 +259,29 @@ impl Link<'_> {
                         } else {
                             self.sent.remove(&id);
                         }
-                        if let Err(e) = self.state.store().rejected(self.idx, &id, r.code, &r.detail, now_ms()) {
+                        if let Err(e) =
+                            self.state
+                                .store()
+                                .rejected(self.idx, &id, r.code, &r.detail, now_ms())
+                        {
                             error!(error = %e, msg = %id, "cannot record refusal");
                         }
                         warn!(relay = self.idx, msg = %id, code = ?r.code, detail = %r.detail, retrying = again, "relay refused a message");
-                        self.state.emit(Event::Rejected { id, relay: self.idx, code: format!("{:?}", r.code), detail: r.detail, retrying: again });
+                        self.state.emit(Event::Rejected {
+                            id,
+                            relay: self.idx,
+                            code: format!("{:?}", r.code),
+                            detail: r.detail,
+                            retrying: again,
+                        });
                     }
                     Subject::Receipt(d) => {
                         error!(relay = self.idx, receipt = %d, code = ?r.code, detail = %r.detail, "relay refused a receipt; dropping it for this relay");
                         let _ = self.state.store().receipt_stored(self.idx, &d);
                     }
-                    _ => warn!(relay = self.idx, code = ?r.code, detail = %r.detail, "relay refused a frame"),
+                    _ => {
+                        warn!(relay = self.idx, code = ?r.code, detail = %r.detail, "relay refused a frame")
+                    }
                 },
                 RelayToNode::ReceiptStored(d) => {
                     self.receipts_sent.remove(&d);
@@ -229,7 +292,10 @@ impl Link<'_> {
                 RelayToNode::RosterUpdate(r) => self.state.offer_roster(&r, "relay update"),
                 RelayToNode::Pong(_) | RelayToNode::Welcome(_) => {}
                 RelayToNode::Error(e) => {
-                    return Err(NetError::Closed { code: e.code, reason: e.detail });
+                    return Err(NetError::Closed {
+                        code: e.code,
+                        reason: e.detail,
+                    });
                 }
                 _ => debug!("unknown frame ignored"),
             }
@@ -246,17 +312,26 @@ impl Link<'_> {
         Ok(retries)
     }
 
-    async fn deliver(&mut self, batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>) -> Result<(), NetError> {
+    async fn deliver(
+        &mut self,
+        batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>,
+    ) -> Result<(), NetError> {
         let roster = self.state.roster.borrow().clone();
         let checked: Vec<_> = batch
             .into_iter()
             .map(|s| {
-                let r = roster.verify_envelope(&s).map(|v| v.into_parts().0).map_err(|e| e.to_string());
+                let r = roster
+                    .verify_envelope(&s)
+                    .map(|v| v.into_parts().0)
+                    .map_err(|e| e.to_string());
                 (s, r)
             })
             .collect();
         let now = now_ms();
-        let result = self.state.store().store_deliveries(&self.state.me, &self.state.key, &checked, now);
+        let result =
+            self.state
+                .store()
+                .store_deliveries(&self.state.me, &self.state.key, &checked, now);
         let (outcomes, receipt) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -274,11 +349,17 @@ impl Link<'_> {
                         info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = %env.subject, "message received");
                     }
                     let ev = received_event(env, false);
-                    self.state.hooks.fire("on_message", self.state.config.hooks.on_message.as_ref(), &ev);
+                    self.state.hooks.fire(
+                        "on_message",
+                        self.state.config.hooks.on_message.as_ref(),
+                        &ev,
+                    );
                     self.state.emit(ev);
                 }
                 (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
-                (_, Stored::Quarantined(reason)) => error!(%reason, "delivered message failed verification: quarantined, not shown"),
+                (_, Stored::Quarantined(reason)) => {
+                    error!(%reason, "delivered message failed verification: quarantined, not shown")
+                }
                 _ => {}
             }
         }
@@ -288,7 +369,10 @@ impl Link<'_> {
         Ok(())
     }
 
-    async fn forwarded(&mut self, batch: Vec<hotline_proto::Signed<hotline_proto::Receipt>>) -> Result<(), NetError> {
+    async fn forwarded(
+        &mut self,
+        batch: Vec<hotline_proto::Signed<hotline_proto::Receipt>>,
+    ) -> Result<(), NetError> {
         let roster = self.state.roster.borrow().clone();
         let mut verified = Vec::new();
         let mut digests = Vec::new();
@@ -299,7 +383,11 @@ impl Link<'_> {
                 Err(e) => error!(error = %e, "forwarded receipt failed verification: ignored"),
             }
         }
-        let fresh = match self.state.store().store_forwarded(&self.state.me, &verified, now_ms()) {
+        let fresh = match self
+            .state
+            .store()
+            .store_forwarded(&self.state.me, &verified, now_ms())
+        {
             Ok(f) => f,
             Err(e) => {
                 error!(error = %e, "cannot store receipts; the relay will forward them again");
@@ -314,18 +402,28 @@ impl Link<'_> {
                 let ev = match &r.kind {
                     hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
                         info!(msg = %item.id, by = %r.recipient, %officer, "acknowledged");
-                        Event::Acknowledged { id: item.id, by: r.recipient.clone(), officer: officer.clone(), note: note.clone() }
+                        Event::Acknowledged {
+                            id: item.id,
+                            by: r.recipient.clone(),
+                            officer: officer.clone(),
+                            note: note.clone(),
+                        }
                     }
                     _ => {
                         debug!(msg = %item.id, by = %r.recipient, "delivered");
-                        Event::Delivered { id: item.id, by: r.recipient.clone() }
+                        Event::Delivered {
+                            id: item.id,
+                            by: r.recipient.clone(),
+                        }
                     }
                 };
                 self.state.emit(ev);
             }
         }
         for chunk in digests.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
-            self.writer.write(&NodeToRelay::ReceiptsStored(chunk.to_vec())).await?;
+            self.writer
+                .write(&NodeToRelay::ReceiptsStored(chunk.to_vec()))
+                .await?;
         }
         Ok(())
     }

@@ -180,11 +180,18 @@ pub struct NodeStore {
 
 fn blob_array<const N: usize>(v: Vec<u8>, col: usize) -> rusqlite::Result<[u8; N]> {
     v.try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Blob, "stored value has the wrong length".into())
+        rusqlite::Error::FromSqlConversionFailure(
+            col,
+            rusqlite::types::Type::Blob,
+            "stored value has the wrong length".into(),
+        )
     })
 }
 
-fn signed_at<T: hotline_proto::SignedPayload>(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Signed<T>> {
+fn signed_at<T: hotline_proto::SignedPayload>(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Signed<T>> {
     let bytes: Vec<u8> = r.get(first)?;
     let key = blob_array::<32>(r.get(first + 1)?, first + 1)?;
     let sig = blob_array::<64>(r.get(first + 2)?, first + 2)?;
@@ -192,11 +199,13 @@ fn signed_at<T: hotline_proto::SignedPayload>(r: &rusqlite::Row<'_>, first: usiz
 }
 
 fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, StoreError> {
-    s.decode_unverified().map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+    s.decode_unverified()
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
 fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
-    codec::encode(s, usize::MAX).map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+    codec::encode(s, usize::MAX)
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
 impl NodeStore {
@@ -208,7 +217,11 @@ impl NodeStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
         let journal = Journal::load(&conn)?;
-        Ok(Self { conn, journal, path })
+        Ok(Self {
+            conn,
+            journal,
+            path,
+        })
     }
 
     /// The database file.
@@ -217,7 +230,10 @@ impl NodeStore {
     }
 
     /// Runs `f` in one transaction with the journal; rolls the journal back on failure.
-    fn tx<R>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>, &mut Journal) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn tx<R>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut Journal) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         self.journal.begin();
         let result = (|| {
             let tx = self.conn.transaction()?;
@@ -235,13 +251,19 @@ impl NodeStore {
     pub fn roster(&self) -> Result<Option<Signed<Roster>>, StoreError> {
         let v: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.and_then(|b| codec::decode(&b, hotline_proto::limits::ROSTER_BYTES_MAX + 4096).ok()))
     }
 
     /// Installs a (verified, newer) roster.
-    pub fn save_roster(&mut self, roster: &Verified<Roster>, now_ms: u64) -> Result<(), StoreError> {
+    pub fn save_roster(
+        &mut self,
+        roster: &Verified<Roster>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let bytes = encode_record(roster.signed())?;
         let version = roster.version;
         self.tx(|tx, j| {
@@ -312,17 +334,25 @@ impl NodeStore {
     }
 
     /// Messages still to be sent through `relay`, lowest sequence number first.
-    pub fn outbox(&self, relay: usize, limit: usize) -> Result<Vec<(MessageId, Signed<Envelope>)>, StoreError> {
+    pub fn outbox(
+        &self,
+        relay: usize,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, Signed<Envelope>)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT s.id, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 ORDER BY o.seq LIMIT ?2",
         )?;
-        let rows = st.query_map(params![relay as i64, limit as i64], |r| Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), signed_at(r, 1)?)))?;
+        let rows = st.query_map(params![relay as i64, limit as i64], |r| {
+            Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), signed_at(r, 1)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Messages waiting for any relay.
     pub fn outbox_len(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(DISTINCT id) FROM outbox", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(DISTINCT id) FROM outbox", [], |r| r.get(0))?)
     }
 
     /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
@@ -351,7 +381,14 @@ impl NodeStore {
 
     /// A relay refused a message. A retryable refusal leaves it in the outbox; a final one
     /// removes it there, and marks the message refused unless another relay accepted it.
-    pub fn rejected(&mut self, relay: usize, id: &MessageId, code: RejectCode, detail: &str, now_ms: u64) -> Result<bool, StoreError> {
+    pub fn rejected(
+        &mut self,
+        relay: usize,
+        id: &MessageId,
+        code: RejectCode,
+        detail: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         if retryable(code) {
             return Ok(false);
         }
@@ -441,11 +478,15 @@ impl NodeStore {
     ) -> Result<Result<AckOutcome, hotline_proto::EncodeError>, StoreError> {
         self.tx(|tx, j| {
             let row: Option<(Signed<Envelope>, Option<u64>, Option<String>)> = tx
-                .query_row("SELECT bytes, key, sig, acked_at_ms, officer FROM inbox WHERE id = ?1", [&id.0[..]], |r| {
-                    Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?))
-                })
+                .query_row(
+                    "SELECT bytes, key, sig, acked_at_ms, officer FROM inbox WHERE id = ?1",
+                    [&id.0[..]],
+                    |r| Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?)),
+                )
                 .optional()?;
-            let Some((signed_msg, acked, by)) = row else { return Ok(Ok(AckOutcome::NotFound)) };
+            let Some((signed_msg, acked, by)) = row else {
+                return Ok(Ok(AckOutcome::NotFound));
+            };
             if let Some(at) = acked {
                 return Ok(Ok(AckOutcome::Already(at, by.unwrap_or_default())));
             }
@@ -453,21 +494,48 @@ impl NodeStore {
             let receipt = Receipt {
                 version: PROTOCOL_VERSION,
                 recipient: me.clone(),
-                kind: ReceiptKind::Acknowledged { officer: officer.to_owned(), note: note.clone() },
+                kind: ReceiptKind::Acknowledged {
+                    officer: officer.to_owned(),
+                    note: note.clone(),
+                },
                 created_at_ms: now_ms,
-                items: vec![ReceiptItem { id: *id, sender: env.sender, digest: signed_msg.digest() }],
+                items: vec![ReceiptItem {
+                    id: *id,
+                    sender: env.sender,
+                    digest: signed_msg.digest(),
+                }],
             };
             let signed = match Signed::sign(&receipt, key) {
                 Ok(s) => s,
                 Err(e) => return Ok(Err(e)),
             };
             let d = signed.digest();
-            tx.execute("UPDATE inbox SET acked_at_ms = ?2, officer = ?3, note = ?4 WHERE id = ?1", params![&id.0[..], now_ms, officer, note])?;
-            tx.execute("INSERT INTO receipts_out (digest, bytes, key, sig) VALUES (?1, ?2, ?3, ?4)", params![&d.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..]])?;
+            tx.execute(
+                "UPDATE inbox SET acked_at_ms = ?2, officer = ?3, note = ?4 WHERE id = ?1",
+                params![&id.0[..], now_ms, officer, note],
+            )?;
+            tx.execute(
+                "INSERT INTO receipts_out (digest, bytes, key, sig) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    &d.0[..],
+                    signed.bytes(),
+                    &signed.key().0[..],
+                    &signed.signature().0[..]
+                ],
+            )?;
             for relay in 0..relays {
-                tx.execute("INSERT INTO receipts_pending (relay, digest) VALUES (?1, ?2)", params![relay as i64, &d.0[..]])?;
+                tx.execute(
+                    "INSERT INTO receipts_pending (relay, digest) VALUES (?1, ?2)",
+                    params![relay as i64, &d.0[..]],
+                )?;
             }
-            j.append(tx, now_ms, "receipt.acknowledged", &d.to_string(), &encode_record(&signed)?)?;
+            j.append(
+                tx,
+                now_ms,
+                "receipt.acknowledged",
+                &d.to_string(),
+                &encode_record(&signed)?,
+            )?;
             Ok(Ok(AckOutcome::Acked(signed)))
         })
     }
@@ -483,13 +551,21 @@ impl NodeStore {
 
     /// `relay` stored one of our receipts.
     pub fn receipt_stored(&mut self, relay: usize, digest: &Digest) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM receipts_pending WHERE relay = ?1 AND digest = ?2", params![relay as i64, &digest.0[..]])?;
+        self.conn.execute(
+            "DELETE FROM receipts_pending WHERE relay = ?1 AND digest = ?2",
+            params![relay as i64, &digest.0[..]],
+        )?;
         Ok(())
     }
 
     /// Stores receipts forwarded to us (verified by the caller) and updates the matrix.
     /// Returns, per receipt, whether it was new.
-    pub fn store_forwarded(&mut self, me: &ParticipantId, receipts: &[Verified<Receipt>], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+    pub fn store_forwarded(
+        &mut self,
+        me: &ParticipantId,
+        receipts: &[Verified<Receipt>],
+        now_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(receipts.len());
             for r in receipts {
@@ -524,7 +600,10 @@ impl NodeStore {
 
     /// Sent messages whose respond-by has passed with recipients that have not
     /// acknowledged: marks them overdue and returns (message, newly overdue recipients).
-    pub fn mark_overdue(&mut self, now_ms: u64) -> Result<Vec<(MessageId, String, Vec<ParticipantId>)>, StoreError> {
+    pub fn mark_overdue(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Vec<(MessageId, String, Vec<ParticipantId>)>, StoreError> {
         self.tx(|tx, j| {
             let mut found: Vec<(MessageId, String, Vec<ParticipantId>)> = Vec::new();
             {
@@ -560,23 +639,40 @@ impl NodeStore {
     }
 
     /// Unacknowledged urgent received messages due for another page; marks them paged.
-    pub fn due_pages(&mut self, now_ms: u64, interval_ms: u64) -> Result<Vec<Envelope>, StoreError> {
+    pub fn due_pages(
+        &mut self,
+        now_ms: u64,
+        interval_ms: u64,
+    ) -> Result<Vec<Envelope>, StoreError> {
         let mut due = Vec::new();
         {
             let mut st = self.conn.prepare_cached(
                 "SELECT bytes, key, sig, paged_at_ms, received_at_ms FROM inbox WHERE acked_at_ms IS NULL",
             )?;
-            let rows = st.query_map([], |r| Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, Option<u64>>(3)?, r.get::<_, u64>(4)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    signed_at::<Envelope>(r, 0)?,
+                    r.get::<_, Option<u64>>(3)?,
+                    r.get::<_, u64>(4)?,
+                ))
+            })?;
             for row in rows {
                 let (s, paged, received) = row?;
-                let Ok(env) = s.decode_unverified() else { continue };
-                if env.precedence.pages() && paged.unwrap_or(received).saturating_add(interval_ms) <= now_ms {
+                let Ok(env) = s.decode_unverified() else {
+                    continue;
+                };
+                if env.precedence.pages()
+                    && paged.unwrap_or(received).saturating_add(interval_ms) <= now_ms
+                {
                     due.push(env);
                 }
             }
         }
         for env in &due {
-            self.conn.execute("UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1", params![&env.id.0[..], now_ms])?;
+            self.conn.execute(
+                "UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1",
+                params![&env.id.0[..], now_ms],
+            )?;
         }
         Ok(due)
     }
@@ -590,7 +686,10 @@ impl NodeStore {
         let mut out = Vec::new();
         for row in rows {
             let (s, m) = row?;
-            out.push(InboxMessage { envelope: decode_stored(&s)?, ..m });
+            out.push(InboxMessage {
+                envelope: decode_stored(&s)?,
+                ..m
+            });
         }
         Ok(out)
     }
@@ -604,7 +703,8 @@ impl NodeStore {
         let placeholder = Envelope {
             version: 0,
             id: MessageId([0; 16]),
-            sender: ParticipantId::new("XX").map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            sender: ParticipantId::new("XX")
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
             seq: Seq(0),
             audience: hotline_proto::Audience::Everyone,
             kind: hotline_proto::Kind::Notice,
@@ -617,7 +717,14 @@ impl NodeStore {
             subject: String::new(),
             body: String::new(),
         };
-        Ok((s, InboxMessage { envelope: placeholder, received_at_ms: r.get(3)?, ack: acked.map(|a| (a, officer.unwrap_or_default(), note)) }))
+        Ok((
+            s,
+            InboxMessage {
+                envelope: placeholder,
+                received_at_ms: r.get(3)?,
+                ack: acked.map(|a| (a, officer.unwrap_or_default(), note)),
+            },
+        ))
     }
 
     /// One received message.
@@ -628,27 +735,38 @@ impl NodeStore {
             .optional()?;
         match row {
             None => Ok(None),
-            Some((s, m)) => Ok(Some(InboxMessage { envelope: decode_stored(&s)?, ..m })),
+            Some((s, m)) => Ok(Some(InboxMessage {
+                envelope: decode_stored(&s)?,
+                ..m
+            })),
         }
     }
 
     /// One sent message with its matrix.
     pub fn sent_message(&self, id: &MessageId) -> Result<Option<SentMessage>, StoreError> {
-        type SentRow = (Signed<Envelope>, Option<u64>, Option<String>, Option<String>);
+        type SentRow = (
+            Signed<Envelope>,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+        );
         let row: Option<SentRow> = self
             .conn
             .query_row("SELECT bytes, key, sig, accepted_at_ms, rejected_code, rejected_detail FROM sent WHERE id = ?1", [&id.0[..]], |r| {
                 Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()?;
-        let Some((s, accepted, code, detail)) = row else { return Ok(None) };
+        let Some((s, accepted, code, detail)) = row else {
+            return Ok(None);
+        };
         let mut st = self.conn.prepare_cached(
             "SELECT recipient, delivered_at_ms, acked_at_ms, officer, note, overdue_at_ms FROM matrix WHERE id = ?1 ORDER BY recipient",
         )?;
         let rows = st.query_map([&id.0[..]], |r| {
             let rc: String = r.get(0)?;
             Ok(MatrixRow {
-                recipient: ParticipantId::new(&rc).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                recipient: ParticipantId::new(&rc)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                 delivered_at_ms: r.get(1)?,
                 acked_at_ms: r.get(2)?,
                 officer: r.get(3)?,
@@ -657,19 +775,30 @@ impl NodeStore {
             })
         })?;
         let matrix = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(Some(SentMessage { envelope: decode_stored(&s)?, accepted_at_ms: accepted, rejected: code.map(|c| (c, detail.unwrap_or_default())), matrix }))
+        Ok(Some(SentMessage {
+            envelope: decode_stored(&s)?,
+            accepted_at_ms: accepted,
+            rejected: code.map(|c| (c, detail.unwrap_or_default())),
+            matrix,
+        }))
     }
 
     /// Sent message ids, newest first.
     pub fn sent_ids(&self, limit: usize) -> Result<Vec<MessageId>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT id FROM sent ORDER BY seq DESC LIMIT ?1")?;
-        let rows = st.query_map([limit as i64], |r| Ok(MessageId(blob_array::<16>(r.get(0)?, 0)?)))?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM sent ORDER BY seq DESC LIMIT ?1")?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(MessageId(blob_array::<16>(r.get(0)?, 0)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Forwarded receipts received (for audits and drills).
     pub fn receipts_in(&self) -> Result<Vec<Signed<Receipt>>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
         let rows = st.query_map([], |r| signed_at(r, 0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -677,5 +806,8 @@ impl NodeStore {
 
 /// Refusals that a later attempt may overcome; the message stays in the outbox.
 pub fn retryable(code: RejectCode) -> bool {
-    matches!(code, RejectCode::RateLimited | RejectCode::QueueFull | RejectCode::StorageUnavailable)
+    matches!(
+        code,
+        RejectCode::RateLimited | RejectCode::QueueFull | RejectCode::StorageUnavailable
+    )
 }
