@@ -51,6 +51,9 @@ enum Command {
     NodeStatus(cmd::operator::PlainArgs),
     /// Follow live events (messages, receipts, overdue, relay up/down).
     Watch(cmd::operator::PlainArgs),
+    /// Run drills: scripted scenarios against a real relay and real nodes, scored.
+    #[command(subcommand)]
+    Exercise(cmd::exercise::ExerciseCommand),
     /// Check an audit journal.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
@@ -60,6 +63,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let result = match cli.command {
+        Command::Exercise(command) => match cmd::exercise::run(command) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Keygen(args) => cmd::keys::run(args),
         Command::Roster(command) => cmd::roster::run(command),
         Command::Relay(args) => cmd::relay::run(args),

@@ -1,0 +1,58 @@
+//! `hotline exercise`: run drills.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ExerciseCommand {
+    /// Run a scenario: a built-in name or a TOML file (default: regional-drill).
+    Run {
+        /// Scenario: `regional-drill`, `comm-check`, `silent-member`, or a path.
+        #[arg(default_value = "regional-drill")]
+        scenario: String,
+        /// Seed for link impairments, for an exact rerun (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Directory for the deployment, logs and reports (default: a new one in /tmp).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run this many times faster than the scenario's own time compression.
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
+        /// Print the JSON report on standard output instead of the summary table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in scenarios.
+    List,
+}
+
+pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ExerciseCommand::List => {
+            for (name, _) in hotline_exercise::scenario::BUILTIN {
+                let s = hotline_exercise::load(name)?;
+                println!("{name:<16} {}", s.description);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExerciseCommand::Run { scenario, seed, out, speedup, json } => {
+            let sc = hotline_exercise::load(&scenario)?;
+            let bin = std::env::current_exe().context("locating the hotline binary")?;
+            let opts = hotline_exercise::RunOptions { bin, out_dir: out, seed, speedup, progress: !json };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(hotline_exercise::run(sc, opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", hotline_exercise::report::summary(&report));
+                println!("JSON report: {}", report.directory.join("report.json").display());
+                println!("HTML report: {}", report.directory.join("report.html").display());
+            }
+            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}

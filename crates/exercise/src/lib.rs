@@ -1,0 +1,49 @@
+//! `hotline-exercise`: drills. A scenario (TOML) names participants, injects, scripted
+//! operator behaviour, faults and objectives; the harness creates keys, a signed roster, a
+//! certificate and configurations in a directory, starts the relay and one node per
+//! participant as separate processes of the real `hotline` binary on loopback, drives the
+//! nodes through their local APIs as operators would, injects faults, and scores the
+//! outcome against the objectives and the global invariants.
+
+#![warn(missing_docs)]
+
+pub mod deploy;
+mod html;
+pub mod process;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod scenario;
+
+pub use report::Report;
+pub use run::{run, RunOptions};
+pub use scenario::Scenario;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Loads a scenario: a built-in name (`regional-drill`, `comm-check`, `silent-member`) or a
+/// path to a TOML file.
+pub fn load(name_or_path: &str) -> anyhow::Result<Scenario> {
+    if let Some((_, text)) = scenario::BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+        return Scenario::parse(text, name_or_path);
+    }
+    let text = std::fs::read_to_string(name_or_path).map_err(|e| anyhow::anyhow!("scenario {name_or_path}: {e} (built-in scenarios: regional-drill, comm-check, silent-member)"))?;
+    Scenario::parse(&text, name_or_path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtin_scenarios_parse() {
+        for (name, _) in crate::scenario::BUILTIN {
+            let s = crate::load(name).expect(name);
+            assert!(!s.objectives.is_empty(), "{name} has objectives");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Child processes of the real `hotline` binary, with their logs as events.
+//!
+//! Standard error is read line by line by a thread, kept, copied to a file, and announced on
+//! a watch channel, so callers wait for log lines with a timeout instead of sleeping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+/// A running `hotline` process, killed (SIGKILL) when dropped.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: tokio::sync::watch::Receiver<usize>,
+    /// Where its standard error is copied.
+    pub log_path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Proc {
+    /// Starts `bin args…` in `dir`, logging to `dir/log_name`.
+    pub fn spawn(bin: &Path, args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
+        use std::io::{BufRead, Write};
+        let log_path = dir.join(log_name);
+        let mut child = Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", std::env::var("HOTLINE_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("HOTLINE_NODE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("child standard error")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = tokio::sync::watch::channel(0usize);
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                let n = {
+                    let mut v = lock(&l);
+                    v.push(line);
+                    v.len()
+                };
+                tx.send_replace(n);
+            }
+        });
+        Ok(Self { child, lines, seen, log_path })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`…).
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status()?;
+        if !st.success() {
+            bail!("kill -{sig} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that). Returns the exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        if self.signal("TERM").is_err() {
+            self.kill9();
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut exited = self.seen.clone();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            // The log pipe closes when the process exits: that is the event to wait on.
+            match tokio::time::timeout_at(deadline, exited.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    let st = tokio::task::block_in_place(|| self.child.wait()).ok();
+                    return st.and_then(|s| s.code());
+                }
+                Err(_) => {
+                    self.kill9();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// All log lines so far, joined.
+    pub fn log(&self) -> String {
+        lock(&self.lines).join("\n")
+    }
+
+    /// Number of log lines so far.
+    pub fn log_len(&self) -> usize {
+        lock(&self.lines).len()
+    }
+
+    /// Waits until a log line after the first `skip` contains `needle`; returns it.
+    pub async fn wait_log_from(&mut self, skip: usize, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let lines = self.lines.clone();
+        let find = |_: &usize| lock(&lines).iter().skip(skip).any(|l| l.contains(needle));
+        let r = tokio::time::timeout(timeout, self.seen.wait_for(find)).await.map(|r| r.map(|_| ()));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("process ended before logging {needle:?}; log {}:\n{}", self.log_path.display(), tail(&self.log())),
+            Err(_) => bail!("no {needle:?} in the log within {timeout:?}; log {}:\n{}", self.log_path.display(), tail(&self.log())),
+        }
+        let v = lock(&self.lines);
+        Ok(v.iter().skip(skip).find(|l| l.contains(needle)).cloned().unwrap_or_default())
+    }
+
+    /// Waits until any log line contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_log_from(0, needle, timeout).await
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The value of `key=` in a tracing log line (e.g. `addr=127.0.0.1:7400`).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next().unwrap_or(rest).trim_matches('"'))
+}
+
+/// The `hotline` binary: `$HOTLINE_BIN`, else the one beside the running executable (or one
+/// directory up, for test executables in `deps/`).
+pub fn hotline_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("HOTLINE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let bin = d.join("hotline");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent();
+    }
+    bail!("the hotline binary was not found next to {}; build it with `cargo build -p hotline-cli` or set HOTLINE_BIN", exe.display())
+}

@@ -1,0 +1,435 @@
+//! Scoring and the after-action report: terminal table, JSON, self-contained HTML.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use hotline_proto::{ParticipantId, Role, Roster};
+
+use crate::deploy::Deployment;
+use crate::scenario::{Inject, Scenario};
+
+/// One objective's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectiveResult {
+    /// As in the scenario.
+    pub name: String,
+    /// Whether it holds.
+    pub met: bool,
+    /// Recipients in scope.
+    pub in_scope: usize,
+    /// Recipients that fell short, with why.
+    pub failed: Vec<String>,
+}
+
+/// One invariant's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Invariant {
+    /// What must hold.
+    pub name: String,
+    /// Whether it does.
+    pub held: bool,
+    /// Figures.
+    pub detail: String,
+}
+
+/// One participant's outcome for one inject.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cell {
+    /// Addressed by the inject.
+    pub addressed: bool,
+    /// Scenario seconds from send to the recipient holding it.
+    pub delivered_s: Option<f64>,
+    /// Scenario seconds from send to the sender holding the acknowledgement.
+    pub acknowledged_s: Option<f64>,
+    /// Officer who acknowledged.
+    pub officer: Option<String>,
+    /// The respond-by passed unacknowledged.
+    pub overdue: bool,
+}
+
+/// One participant's row.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParticipantRow {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Per inject, in scenario order.
+    pub cells: Vec<Cell>,
+    /// Every objective that covers this participant holds for it.
+    pub objectives_met: bool,
+}
+
+/// One inject's summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct InjectRow {
+    /// Name.
+    pub name: String,
+    /// Message id.
+    pub id: Option<String>,
+    /// Sender.
+    pub from: String,
+    /// Subject.
+    pub subject: String,
+    /// Precedence.
+    pub precedence: String,
+    /// Scenario time it was sent.
+    pub at_s: f64,
+    /// State at the end, as the sender's node shows it.
+    pub state: String,
+    /// Recipients.
+    pub recipients: usize,
+    /// Delivered count.
+    pub delivered: usize,
+    /// Acknowledged count.
+    pub acknowledged: usize,
+}
+
+/// The after-action report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario description.
+    pub description: String,
+    /// Impairment seed.
+    pub seed: u64,
+    /// Scenario seconds per wall-clock second.
+    pub time_compression: f64,
+    /// Wall-clock start, ms since the epoch.
+    pub started_at_ms: u64,
+    /// Wall-clock duration, s.
+    pub wall_s: f64,
+    /// Participants with a node in the drill.
+    pub participants: Vec<ParticipantRow>,
+    /// Injects.
+    pub injects: Vec<InjectRow>,
+    /// Messages (injects) a relay accepted.
+    pub messages_accepted: usize,
+    /// Accepted messages missing from a recipient's inbox at the end.
+    pub messages_lost: usize,
+    /// Messages shown to an operator more than once.
+    pub duplicates_shown: usize,
+    /// Exercise messages shown as actual.
+    pub exercise_shown_as_actual: usize,
+    /// Receipts whose signatures were checked / found invalid.
+    pub receipts_checked: usize,
+    /// Invalid receipts.
+    pub receipts_invalid: usize,
+    /// Faults applied, in order.
+    pub faults: Vec<Value>,
+    /// Link impairment counters.
+    pub proxies: BTreeMap<String, crate::proxy::ProxyStats>,
+    /// Objectives.
+    pub objectives: Vec<ObjectiveResult>,
+    /// Global invariants.
+    pub invariants: Vec<Invariant>,
+    /// Every objective and invariant holds.
+    pub passed: bool,
+    /// Where the files are.
+    pub directory: PathBuf,
+}
+
+/// Store checks made after the processes stopped.
+pub struct StoreChecks {
+    /// Journal (name, entries or error).
+    pub journals: Vec<(String, Result<u64, String>)>,
+    /// Receipts checked, invalid.
+    pub receipts: (usize, usize),
+}
+
+/// Verifies every journal and every received receipt's signature against the roster.
+pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
+    let mut journals = Vec::new();
+    let relay_db = dep.relay_data.join("relay.db");
+    journals.push(("relay".to_owned(), verify_db(&relay_db)));
+    let signed_roster = hotline_config::roster_file::read_verified_roster(&dep.dir.join("roster.signed"), &dep.roster_key)?;
+    let (mut checked, mut invalid) = (0, 0);
+    for (id, n) in &dep.nodes {
+        let db = n.data_dir.join("node.db");
+        journals.push((id.clone(), verify_db(&db)));
+        match hotline_node::store::NodeStore::open(&n.data_dir) {
+            Ok(store) => {
+                for r in store.receipts_in().unwrap_or_default() {
+                    checked += 1;
+                    if signed_roster.verify_receipt(&r).is_err() {
+                        invalid += 1;
+                    }
+                }
+            }
+            Err(e) => journals.push((format!("{id} receipts"), Err(e.to_string()))),
+        }
+    }
+    Ok(StoreChecks { journals, receipts: (checked, invalid) })
+}
+
+fn verify_db(path: &Path) -> Result<u64, String> {
+    let conn = hotline_store::open(path, false).map_err(|e| e.to_string())?;
+    hotline_store::verify_journal(&conn).map(|r| r.entries).map_err(|e| e.to_string())
+}
+
+/// Overdue hook runs per sender: (message id, recipient) pairs.
+pub fn read_hooks(dep: &Deployment) -> HashMap<String, Vec<(String, String)>> {
+    let mut out = HashMap::new();
+    for (id, n) in &dep.nodes {
+        let text = std::fs::read_to_string(&n.overdue_log).unwrap_or_default();
+        let mut runs = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let mid = v["id"].as_str().unwrap_or("").to_owned();
+            for r in v["recipients"].as_array().cloned().unwrap_or_default() {
+                runs.push((mid.clone(), r.as_str().unwrap_or("").to_owned()));
+            }
+        }
+        out.insert(id.clone(), runs);
+    }
+    out
+}
+
+/// Everything `score` needs.
+pub struct Inputs<'a> {
+    pub(crate) scenario: &'a Scenario,
+    pub(crate) seed: u64,
+    pub(crate) dir: &'a Path,
+    pub(crate) started_at_ms: u64,
+    pub(crate) wall_s: f64,
+    pub(crate) participants: &'a [String],
+    pub(crate) roster: &'a Roster,
+    pub(crate) injects: Vec<(Inject, Option<String>, Option<u64>)>,
+    pub(crate) sent_views: Vec<Value>,
+    pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
+    pub(crate) shown: HashMap<(String, String), u32>,
+    pub(crate) hooks: HashMap<String, Vec<(String, String)>>,
+    pub(crate) faults: Vec<Value>,
+    pub(crate) proxies: BTreeMap<String, crate::proxy::ProxyStats>,
+    pub(crate) checks: StoreChecks,
+    pub(crate) relay_exit: Option<i32>,
+}
+
+/// Scores a finished drill.
+pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
+    let sc = i.scenario;
+    let comp = sc.time_compression;
+    let scen_s = |ms: u64, from: u64| (ms.saturating_sub(from)) as f64 / 1000.0 * comp;
+    // Recipient inbox entries by (participant, id).
+    let mut inbox: HashMap<(String, String), &Value> = HashMap::new();
+    let mut inbox_dups = 0;
+    let mut as_actual = 0;
+    for (p, items) in &i.inboxes {
+        for m in items {
+            let id = m["id"].as_str().unwrap_or("").to_owned();
+            if inbox.insert((p.clone(), id), m).is_some() {
+                inbox_dups += 1;
+            }
+            if m["status"] != json!("exercise") || m["exercise_or_test"] != json!(true) {
+                as_actual += 1;
+            }
+        }
+    }
+    let mut rows: Vec<ParticipantRow> = i
+        .participants
+        .iter()
+        .map(|p| {
+            let entry = ParticipantId::new(p).ok().and_then(|id| i.roster.participant(&id).cloned());
+            ParticipantRow {
+                id: p.clone(),
+                name: entry.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+                role: entry.map(|e| match e.role { Role::Member => "member", Role::Observer => "observer", _ => "secretariat" }.to_owned()).unwrap_or_default(),
+                cells: Vec::new(),
+                objectives_met: true,
+            }
+        })
+        .collect();
+    let mut inject_rows = Vec::new();
+    let mut accepted = 0;
+    let mut lost = 0;
+    for (k, (inj, id, sent_at)) in i.injects.iter().enumerate() {
+        let view = &i.sent_views[k];
+        let sent_ms = view["created_at_ms"].as_u64().or(*sent_at).unwrap_or(0);
+        let state = view["state"].as_str().unwrap_or("not sent").to_owned();
+        let matrix: HashMap<String, &Value> = view["recipients"]
+            .as_array()
+            .map(|a| a.iter().map(|r| (r["recipient"].as_str().unwrap_or("").to_owned(), r)).collect())
+            .unwrap_or_default();
+        let was_accepted = view["accepted_at_ms"].is_u64();
+        if was_accepted {
+            accepted += 1;
+            for r in matrix.keys() {
+                if i.participants.contains(r) && !inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default())) {
+                    lost += 1;
+                }
+            }
+        }
+        for row in &mut rows {
+            let m = matrix.get(&row.id);
+            let got = inbox.get(&(row.id.clone(), id.clone().unwrap_or_default()));
+            row.cells.push(Cell {
+                addressed: m.is_some(),
+                delivered_s: got.and_then(|g| g["received_at_ms"].as_u64()).map(|t| scen_s(t, sent_ms)),
+                acknowledged_s: m.and_then(|r| r["acked_at_ms"].as_u64()).map(|t| scen_s(t, sent_ms)),
+                officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
+                overdue: m.is_some_and(|r| r["overdue_at_ms"].is_u64()),
+            });
+        }
+        inject_rows.push(InjectRow {
+            name: inj.name.clone(),
+            id: id.clone(),
+            from: inj.from.clone(),
+            subject: inj.subject.clone(),
+            precedence: inj.precedence.clone(),
+            at_s: sent_at.map(|t| scen_s(t, i.started_at_ms)).unwrap_or(inj.at_s),
+            state,
+            recipients: matrix.len(),
+            delivered: view["delivered"].as_u64().unwrap_or(0) as usize,
+            acknowledged: view["acknowledged"].as_u64().unwrap_or(0) as usize,
+        });
+    }
+    // Objectives.
+    let mut objectives = Vec::new();
+    for o in &sc.objectives {
+        let k = sc.injects.iter().position(|x| x.name == o.inject).unwrap_or(0);
+        let (_, id, _) = &i.injects[k];
+        let id = id.clone().unwrap_or_default();
+        let group: Option<Vec<String>> = o.group.as_ref().map(|g| {
+            i.roster.group(g).map(|g| g.members.iter().map(|m| m.to_string()).collect()).unwrap_or_default()
+        });
+        let mut failed = Vec::new();
+        let mut in_scope = 0;
+        for (r_idx, row) in rows.iter_mut().enumerate() {
+            let _ = r_idx;
+            let cell = &row.cells[k];
+            let named = o.participants.is_empty() || o.participants.contains(&row.id);
+            let grouped = group.as_ref().is_none_or(|g| g.contains(&row.id));
+            if !cell.addressed || !named || !grouped || o.except.contains(&row.id) {
+                continue;
+            }
+            in_scope += 1;
+            let limit = o.within_s.unwrap_or(f64::INFINITY);
+            let why = match o.expect.as_str() {
+                "delivered" => match cell.delivered_s {
+                    Some(t) if t <= limit => None,
+                    Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
+                    None => Some(format!("{} never held it", row.id)),
+                },
+                "acknowledged" => match cell.acknowledged_s {
+                    Some(t) if t <= limit => None,
+                    Some(t) => Some(format!("{} acknowledged after {t:.1}s", row.id)),
+                    None => Some(format!("{} never acknowledged", row.id)),
+                },
+                _ => {
+                    let sender = &sc.injects[k].from;
+                    let hook = i.hooks.get(sender).is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id));
+                    if cell.overdue && cell.acknowledged_s.is_none() && hook {
+                        None
+                    } else {
+                        Some(format!("{}: overdue {} acknowledged {} escalation hook {}", row.id, cell.overdue, cell.acknowledged_s.is_some(), hook))
+                    }
+                }
+            };
+            if let Some(w) = why {
+                row.objectives_met = false;
+                failed.push(w);
+            }
+        }
+        objectives.push(ObjectiveResult { name: o.name.clone(), met: failed.is_empty() && in_scope > 0, in_scope, failed });
+    }
+    let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
+    let (checked, invalid) = i.checks.receipts;
+    let journal_failures: Vec<String> =
+        i.checks.journals.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+    let journal_entries: u64 = i.checks.journals.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
+    let invariants = vec![
+        Invariant { name: "zero accepted messages lost".into(), held: lost == 0, detail: format!("{lost} missing of {accepted} accepted messages' deliveries") },
+        Invariant { name: "zero duplicates shown to any operator".into(), held: duplicates == 0, detail: format!("{duplicates} duplicates") },
+        Invariant { name: "no exercise message shown as actual".into(), held: as_actual == 0, detail: format!("{as_actual} shown as actual") },
+        Invariant { name: "every receipt signature valid".into(), held: invalid == 0 && checked > 0, detail: format!("{checked} receipts checked, {invalid} invalid") },
+        Invariant { name: "audit journals verify".into(), held: journal_failures.is_empty(), detail: if journal_failures.is_empty() { format!("{} journals, {journal_entries} entries", i.checks.journals.len()) } else { journal_failures.join("; ") } },
+        Invariant { name: "every inject accepted".into(), held: accepted == sc.injects.len(), detail: format!("{accepted} of {}", sc.injects.len()) },
+        Invariant { name: "relay shut down cleanly".into(), held: i.relay_exit == Some(0), detail: format!("exit code {:?}", i.relay_exit) },
+    ];
+    let passed = objectives.iter().all(|o| o.met) && invariants.iter().all(|x| x.held);
+    Ok(Report {
+        scenario: sc.name.clone(),
+        description: sc.description.clone(),
+        seed: i.seed,
+        time_compression: comp,
+        started_at_ms: i.started_at_ms,
+        wall_s: i.wall_s,
+        participants: rows,
+        injects: inject_rows,
+        messages_accepted: accepted,
+        messages_lost: lost,
+        duplicates_shown: duplicates,
+        exercise_shown_as_actual: as_actual,
+        receipts_checked: checked,
+        receipts_invalid: invalid,
+        faults: i.faults,
+        proxies: i.proxies,
+        objectives,
+        invariants,
+        passed,
+        directory: i.dir.to_owned(),
+    })
+}
+
+fn fmt_s(v: Option<f64>) -> String {
+    v.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into())
+}
+
+/// The terminal summary.
+pub fn summary(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "\nAfter-action summary: {} (time compression {}x, seed {}, {:.1} s wall clock)", r.scenario, r.time_compression, r.seed, r.wall_s);
+    let _ = write!(o, "{:<7} {:<11}", "ID", "ROLE");
+    for inj in &r.injects {
+        let _ = write!(o, " | {:<23}", format!("{} dlv/ack", truncate(&inj.name, 13)));
+    }
+    let _ = writeln!(o, " | OBJ");
+    for p in &r.participants {
+        let _ = write!(o, "{:<7} {:<11}", p.id, p.role);
+        for c in &p.cells {
+            let cell = if !c.addressed {
+                "·".to_owned()
+            } else {
+                format!("{} / {}{}", fmt_s(c.delivered_s), fmt_s(c.acknowledged_s), if c.overdue { " OVERDUE" } else { "" })
+            };
+            let _ = write!(o, " | {cell:<23}");
+        }
+        let _ = writeln!(o, " | {}", if p.objectives_met { "met" } else { "NOT MET" });
+    }
+    let _ = writeln!(o, "\nInjects:");
+    for i in &r.injects {
+        let _ = writeln!(o, "  {:<14} {:<9} from {:<5} {:<13} delivered {}/{} acknowledged {}/{}  {}", i.name, i.precedence, i.from, i.state, i.delivered, i.recipients, i.acknowledged, i.recipients, i.subject);
+    }
+    let _ = writeln!(o, "\nObjectives:");
+    for ob in &r.objectives {
+        let _ = writeln!(o, "  [{}] {} ({} in scope)", if ob.met { "MET" } else { "NOT MET" }, ob.name, ob.in_scope);
+        for f in ob.failed.iter().take(10) {
+            let _ = writeln!(o, "        {f}");
+        }
+    }
+    let _ = writeln!(o, "\nInvariants:");
+    for x in &r.invariants {
+        let _ = writeln!(o, "  [{}] {}: {}", if x.held { "OK" } else { "FAILED" }, x.name, x.detail);
+    }
+    let _ = writeln!(o, "\nmessages accepted {}, lost {}, duplicates shown {}", r.messages_accepted, r.messages_lost, r.duplicates_shown);
+    let _ = writeln!(o, "RESULT: {}", if r.passed { "PASSED" } else { "FAILED" });
+    o
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Writes `report.json` and `report.html` into `dir`.
+pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(dir.join("report.html"), crate::html::render(r))?;
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! The drill driver: starts the relay and the nodes as processes, plays the timeline
+//! (injects, scripted operators, faults) in wall-clock time, then scores the outcome.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use hotline_node::client::ApiClient;
+
+use crate::deploy::Deployment;
+use crate::process::{field, Proc};
+use crate::proxy::{Impairment, Proxy};
+use crate::report::{self, Report};
+use crate::scenario::{Fault, Scenario};
+
+/// How long a process has to start (log its readiness line).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often inboxes are swept for messages whose arrival event was missed (e.g. during a
+/// node restart) and objectives are re-checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Paging interval given to the drill's nodes (re-run the message hook for unacknowledged
+/// FLASH / IMMEDIATE traffic).
+const DRILL_PAGING_MS: u64 = 10_000;
+/// Buffered events from all nodes' event streams.
+const EVENTS_BUFFER: usize = 65_536;
+
+/// How to run a drill.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The `hotline` binary to start.
+    pub bin: PathBuf,
+    /// Where to keep the deployment, logs and reports (default: a new directory in /tmp).
+    pub out_dir: Option<PathBuf>,
+    /// Impairment seed (default: the scenario's, else random).
+    pub seed: Option<u64>,
+    /// Multiply the scenario's time compression (e.g. 2 runs it twice as fast).
+    pub speedup: f64,
+    /// Print a live progress line on standard error.
+    pub progress: bool,
+}
+
+struct Inject {
+    id: Option<String>,
+    sent_at_ms: Option<u64>,
+}
+
+enum Action {
+    Inject(usize),
+    KillRelay,
+    StartRelay,
+    KillNode(String),
+    StopNode(String),
+    StartNode(String),
+}
+
+/// Runs `scenario` and returns its report (also written as JSON and HTML).
+pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Report> {
+    scenario.time_compression *= opts.speedup.max(0.01);
+    let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
+    let dir = match &opts.out_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("hotline-exercise-{}-{}", scenario.name, crate::now_ms())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("exercise {}: {}", scenario.name, scenario.description);
+    eprintln!("  directory {}", dir.display());
+    eprintln!("  seed {seed} (rerun exactly with --seed {seed}); time compression {}x", scenario.time_compression);
+
+    let mut dep = Deployment::create(&dir, crate::scenario::CICA_ROSTER)?;
+    let participants: Vec<String> = if scenario.participants.is_empty() {
+        dep.roster.participants.iter().map(|p| p.id.to_string()).collect()
+    } else {
+        scenario.participants.clone()
+    };
+    for p in &participants {
+        if dep.roster.participant(&hotline_proto::ParticipantId::new(p)?).is_none() {
+            bail!("scenario participant {p} is not on the roster");
+        }
+    }
+
+    // Relay first: nodes need its address.
+    let relay_cfg = dep.relay_config.display().to_string();
+    let mut relay = start_relay(&opts, &dir, &relay_cfg, 0).await?;
+
+    let mut proxies = BTreeMap::new();
+    for (i, f) in scenario.faults.iter().enumerate() {
+        if let Fault::Impair { participant, loss, delay_ms, jitter_ms, duplicate } = f {
+            let imp = Impairment { loss: *loss, delay_ms: *delay_ms, jitter_ms: *jitter_ms, duplicate: *duplicate };
+            let proxy = Proxy::start(dep.relay_addr, imp, seed.wrapping_add(i as u64)).await?;
+            eprintln!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
+            proxies.insert(participant.clone(), proxy);
+        }
+    }
+    for p in &participants {
+        let relay_addr = proxies.get(p).map(|x| x.listen).unwrap_or(dep.relay_addr);
+        dep.add_node(p, relay_addr, DRILL_PAGING_MS)?;
+    }
+
+    // Nodes, all at once, then wait for each to reach the relay.
+    let mut nodes: BTreeMap<String, Proc> = BTreeMap::new();
+    for p in &participants {
+        nodes.insert(p.clone(), spawn_node(&opts, &dep, p, 0)?);
+    }
+    for (p, proc_) in nodes.iter_mut() {
+        proc_.wait_log("relay connected", START_TIMEOUT).await.with_context(|| format!("node {p} did not connect"))?;
+    }
+    eprintln!("  relay and {} nodes up", nodes.len());
+
+    let clients: BTreeMap<String, ApiClient> =
+        dep.nodes.iter().map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token))).collect();
+
+    // One event-stream follower per node, reconnecting across restarts.
+    let (ev_tx, mut ev_rx) = mpsc::channel::<(String, Value)>(EVENTS_BUFFER);
+    let stop = Arc::new(AtomicBool::new(false));
+    for (id, c) in &clients {
+        let (id, c, tx, stop) = (id.clone(), c.clone(), ev_tx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                let _ = c.watch(|ev| {
+                    let _ = tx.blocking_send((id.clone(), ev));
+                    !stop.load(Relaxed)
+                });
+                // The node is down (restart or offline fault): try again shortly.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+    drop(ev_tx);
+
+    // The timeline, in wall-clock offsets.
+    let mut timeline: Vec<(Duration, Action)> = Vec::new();
+    for (i, inj) in scenario.injects.iter().enumerate() {
+        timeline.push((scenario.wall(inj.at_s), Action::Inject(i)));
+    }
+    for f in &scenario.faults {
+        match f {
+            Fault::KillRelay { at_s, restart_after_s } => {
+                timeline.push((scenario.wall(*at_s), Action::KillRelay));
+                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
+            }
+            Fault::KillNode { participant, at_s, restart_after_s } => {
+                timeline.push((scenario.wall(*at_s), Action::KillNode(participant.clone())));
+                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartNode(participant.clone())));
+            }
+            Fault::Offline { participant, from_s, to_s } => {
+                timeline.push((scenario.wall(*from_s), Action::StopNode(participant.clone())));
+                timeline.push((scenario.wall(*to_s), Action::StartNode(participant.clone())));
+            }
+            Fault::Impair { .. } => {}
+        }
+    }
+    timeline.sort_by_key(|(t, _)| *t);
+    let mut timeline: std::collections::VecDeque<_> = timeline.into();
+
+    let start = Instant::now();
+    let started_at_ms = crate::now_ms();
+    let end = scenario.wall(scenario.end_s);
+    let mut injects: Vec<Inject> = scenario.injects.iter().map(|_| Inject { id: None, sent_at_ms: None }).collect();
+    let mut pending_injects: Vec<usize> = Vec::new();
+    // Scripted acknowledgements: (due, participant, message id).
+    let mut acks_due: Vec<(Instant, String, String)> = Vec::new();
+    let mut acks_scheduled: HashSet<(String, String)> = HashSet::new();
+    let mut shown: HashMap<(String, String), u32> = HashMap::new();
+    let mut restarts: HashMap<String, u32> = HashMap::new();
+    let mut relay_restarts = 0u32;
+    let mut down: HashSet<String> = HashSet::new();
+    let mut fault_log: Vec<Value> = Vec::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut last_progress = String::new();
+    let mut objectives_met = false;
+
+    loop {
+        let now = start.elapsed();
+        // Due timeline actions.
+        while timeline.front().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, action)) = timeline.pop_front() else { break };
+            let at_s = now.as_secs_f64() * scenario.time_compression;
+            match action {
+                Action::Inject(i) => pending_injects.push(i),
+                Action::KillRelay => {
+                    relay.kill9();
+                    fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
+                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
+                }
+                Action::StartRelay => {
+                    relay_restarts += 1;
+                    relay = start_relay(&opts, &dir, &relay_cfg, relay_restarts).await?;
+                    fault_log.push(json!({"at_s": at_s, "fault": "relay restarted"}));
+                    eprintln!("\n  [{at_s:>7.1}s] relay restarted");
+                }
+                Action::KillNode(p) => {
+                    if let Some(n) = nodes.get_mut(&p) {
+                        n.kill9();
+                    }
+                    down.insert(p.clone());
+                    fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} killed (SIGKILL)")}));
+                    eprintln!("\n  [{at_s:>7.1}s] node {p} killed with SIGKILL");
+                }
+                Action::StopNode(p) => {
+                    if let Some(n) = nodes.get_mut(&p) {
+                        n.terminate(Duration::from_secs(5)).await;
+                    }
+                    down.insert(p.clone());
+                    fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} offline")}));
+                    eprintln!("\n  [{at_s:>7.1}s] node {p} goes offline");
+                }
+                Action::StartNode(p) => {
+                    let r = restarts.entry(p.clone()).or_insert(0);
+                    *r += 1;
+                    let proc_ = spawn_node(&opts, &dep, &p, *r)?;
+                    nodes.insert(p.clone(), proc_);
+                    down.remove(&p);
+                    fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} back")}));
+                    eprintln!("\n  [{at_s:>7.1}s] node {p} back");
+                }
+            }
+        }
+        // Injects (retried while the sender's node is down).
+        let mut still = Vec::new();
+        for i in pending_injects.drain(..) {
+            let inj = &scenario.injects[i];
+            if down.contains(&inj.from) {
+                still.push(i);
+                continue;
+            }
+            let mut body = json!({
+                "to": inj.to, "group": inj.group, "all_members": inj.all_members, "everyone": inj.everyone,
+                "kind": inj.kind, "precedence": inj.precedence.to_uppercase(), "status": "exercise",
+                "category": inj.category, "subject": inj.subject, "body": inj.body,
+            });
+            if let Some(w) = inj.respond_within_s {
+                body["respond_within_ms"] = json!(scenario.wall(w).as_millis() as u64);
+            }
+            if let Some(r) = &inj.references {
+                let idx = scenario.injects.iter().position(|x| &x.name == r).unwrap_or(i);
+                body["references"] = json!(injects[idx].id.iter().collect::<Vec<_>>());
+            }
+            let Some(client) = clients.get(&inj.from) else { bail!("inject {} from {}: no such node", inj.name, inj.from) };
+            let c = client.clone();
+            let res = tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await?;
+            match res {
+                Ok(v) => {
+                    injects[i].id = v["id"].as_str().map(str::to_owned);
+                    injects[i].sent_at_ms = Some(crate::now_ms());
+                    eprintln!("\n  [{:>7.1}s] inject {:?} sent by {} ({})", now.as_secs_f64() * scenario.time_compression, inj.name, inj.from, injects[i].id.as_deref().unwrap_or("?"));
+                }
+                Err(e) => {
+                    eprintln!("\n  inject {:?} from {} failed: {e}; retrying", inj.name, inj.from);
+                    still.push(i);
+                }
+            }
+        }
+        pending_injects = still;
+        // Scripted acknowledgements that are due.
+        let instant = Instant::now();
+        let mut later = Vec::new();
+        for (due, p, id) in acks_due.drain(..) {
+            if due > instant || down.contains(&p) {
+                later.push((due, p, id));
+                continue;
+            }
+            let Some(c) = clients.get(&p).cloned() else { continue };
+            let (p2, id2) = (p.clone(), id.clone());
+            let res = tokio::task::spawn_blocking(move || c.post(&format!("/v1/messages/{id2}/ack"), &json!({"officer": format!("Duty officer {p2}"), "note": "exercise acknowledgement"}))).await?;
+            match res {
+                Ok(_) => {}
+                Err(hotline_node::client::ClientError::Api { status: 409, .. }) => {}
+                Err(_) => later.push((instant + Duration::from_millis(200), p, id)),
+            }
+        }
+        acks_due = later;
+
+        let finished_timeline = timeline.is_empty() && pending_injects.is_empty();
+        if now >= end || (finished_timeline && objectives_met) {
+            break;
+        }
+        let line = progress_line(&scenario, now, &injects, &shown, &down, nodes.len());
+        if opts.progress && line != last_progress {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+            last_progress = line;
+        }
+
+        let next_action = timeline.front().map(|(t, _)| *t).unwrap_or(end);
+        let wake = tokio::time::Instant::from_std(start + next_action.min(end));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            Some((p, ev)) = ev_rx.recv() => {
+                if ev["type"] == "message_received" && ev["repage"] != json!(true) {
+                    if let Some(id) = ev["id"].as_str() {
+                        *shown.entry((p.clone(), id.to_owned())).or_insert(0) += 1;
+                        schedule_ack(&scenario, &p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() {
+                    objectives_met = all_met(&scenario, &injects, &clients).await;
+                }
+                // Catch arrivals whose event was missed while a node restarted.
+                for (p, c) in &clients {
+                    if down.contains(p) { continue; }
+                    let c = c.clone();
+                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await else { continue };
+                    for m in items.as_array().cloned().unwrap_or_default() {
+                        if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
+                            schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if opts.progress {
+        eprintln!();
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+
+    // Final picture, from the nodes' own records.
+    let mut sent_views = Vec::new();
+    for (i, inj) in scenario.injects.iter().enumerate() {
+        let v = match (&injects[i].id, clients.get(&inj.from)) {
+            (Some(id), Some(c)) => {
+                let (c, id) = (c.clone(), id.clone());
+                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await?.unwrap_or(Value::Null)
+            }
+            _ => Value::Null,
+        };
+        sent_views.push(v);
+    }
+    let mut inboxes = BTreeMap::new();
+    for (p, c) in &clients {
+        let c = c.clone();
+        let v = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await?.unwrap_or(Value::Array(vec![]));
+        inboxes.insert(p.clone(), v.as_array().cloned().unwrap_or_default());
+    }
+    let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
+        let mut m = BTreeMap::new();
+        for (p, x) in &proxies {
+            m.insert(p.clone(), x.stats().await);
+        }
+        m
+    };
+
+    // Stop everything, then check the stores at rest.
+    stop.store(true, Relaxed);
+    for (_, n) in nodes.iter_mut() {
+        n.terminate(Duration::from_secs(5)).await;
+    }
+    let relay_exit = relay.terminate(Duration::from_secs(5)).await;
+    let checks = report::check_stores(&dep)?;
+
+    let report = report::score(report::Inputs {
+        scenario: &scenario,
+        seed,
+        dir: &dir,
+        started_at_ms,
+        wall_s,
+        participants: &participants,
+        roster: &dep.roster,
+        injects: scenario.injects.iter().zip(&injects).map(|(s, i)| (s.clone(), i.id.clone(), i.sent_at_ms)).collect(),
+        sent_views,
+        inboxes,
+        shown,
+        hooks: report::read_hooks(&dep),
+        faults: fault_log,
+        proxies: proxy_stats,
+        checks,
+        relay_exit,
+    })?;
+    report::write(&report, &dir)?;
+    Ok(report)
+}
+
+fn schedule_ack(scenario: &Scenario, p: &str, id: &str, now: Instant, due: &mut Vec<(Instant, String, String)>, scheduled: &mut HashSet<(String, String)>) {
+    let b = scenario.behaviour(p);
+    if b.never_ack {
+        return;
+    }
+    let Some(after) = b.ack_after_s else { return };
+    if scheduled.insert((p.to_owned(), id.to_owned())) {
+        due.push((now + scenario.wall(after), p.to_owned(), id.to_owned()));
+    }
+}
+
+async fn all_met(scenario: &Scenario, injects: &[Inject], clients: &BTreeMap<String, ApiClient>) -> bool {
+    // Cheap test first: every inject sent.
+    if injects.iter().any(|i| i.id.is_none()) {
+        return false;
+    }
+    for o in &scenario.objectives {
+        let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else { return false };
+        let (Some(id), Some(c)) = (&injects[idx].id, clients.get(&scenario.injects[idx].from)) else { return false };
+        let (c, id) = (c.clone(), id.clone());
+        let Ok(Ok(v)) = tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await else { return false };
+        let rows = v["recipients"].as_array().cloned().unwrap_or_default();
+        let done = |r: &Value| match o.expect.as_str() {
+            "delivered" => r["delivered_at_ms"].is_u64(),
+            "acknowledged" => r["acked_at_ms"].is_u64(),
+            _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
+        };
+        if rows.is_empty() || !rows.iter().all(done) {
+            return false;
+        }
+    }
+    true
+}
+
+fn progress_line(scenario: &Scenario, now: Duration, injects: &[Inject], shown: &HashMap<(String, String), u32>, down: &HashSet<String>, nodes: usize) -> String {
+    let t = now.as_secs_f64() * scenario.time_compression;
+    let sent = injects.iter().filter(|i| i.id.is_some()).count();
+    format!(
+        "  scenario t={:>5.0}s ({:02}:{:02})  injects {sent}/{}  messages shown {}  nodes up {}/{nodes}   ",
+        t,
+        (t / 60.0) as u64,
+        (t % 60.0) as u64,
+        injects.len(),
+        shown.len(),
+        nodes - down.len(),
+    )
+}
+
+async fn start_relay(opts: &RunOptions, dir: &std::path::Path, config: &str, n: u32) -> anyhow::Result<Proc> {
+    let mut relay = Proc::spawn(&opts.bin, &["relay", "--config", config], dir, &format!("relay-{n}.log"))?;
+    let line = relay.wait_log("relay listening", START_TIMEOUT).await.context("relay did not start")?;
+    if field(&line, "addr").is_none() {
+        bail!("relay did not log its address: {line}");
+    }
+    Ok(relay)
+}
+
+fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::Result<Proc> {
+    let setup = dep.nodes.get(p).with_context(|| format!("no node set up for {p}"))?;
+    let cfg = setup.config.display().to_string();
+    Proc::spawn(&opts.bin, &["node", "--config", &cfg], &dep.dir, &format!("node-{p}-{n}.log"))
+}
