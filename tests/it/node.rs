@@ -539,6 +539,40 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     assert_eq!(v["participant"], "KAZ");
     assert_eq!(v["outbox"], 0, "the refused send stored nothing: {v}");
 
+    // Without a token nothing else is even looked at, not even a malformed body.
+    let (status, _) = http(kaz.api, "POST", "/v1/messages", None, "{not json")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    // With one, a bad body gets the API's own error shape.
+    let (status, body) = http(kaz.api, "POST", "/v1/messages", Some(&token), "{not json")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["code"], "bad_request", "{v}");
+    let (status, body) = http(
+        kaz.api,
+        "POST",
+        "/v1/messages",
+        Some(&token),
+        r#"{"to":["KGZ"],"subject":"x","colour":"red"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("colour"), "{body}");
+    let huge = format!(
+        r#"{{"to":["KGZ"],"subject":"x","body":"{}"}}"#,
+        "x".repeat(200 * 1024)
+    );
+    let (status, body) = http(kaz.api, "POST", "/v1/messages", Some(&token), &huge)
+        .await
+        .unwrap();
+    assert_eq!(status, 413, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["code"], "too_large", "{v}");
+
     let wrong = net.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     let api = kaz.api.to_string();
@@ -577,6 +611,26 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
     assert!(!out.status.success(), "{out:?}");
     assert!(
         out.stderr.contains("unknown") && out.stderr.contains("XYZ"),
+        "{}",
+        out.stderr
+    );
+
+    // A typo in an option the node checks is named in the answer, not "request failed".
+    let out = kaz
+        .cli(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "x",
+            "--precedence",
+            "URGENT",
+        ])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("URGENT") && out.stderr.contains("bad_request"),
         "{}",
         out.stderr
     );
@@ -871,4 +925,309 @@ fn the_example_configurations_parse_with_and_without_their_optional_lines() {
             && h.on_unreachable.is_some()
             && h.on_roster_changed.is_some()
     );
+}
+
+/// KAZ and KGZ (members) and UN (an observer), with extra relay.toml lines.
+fn with_observer(relay_toml: &str) -> Net {
+    Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("UN", Role::Observer),
+        ],
+        &[],
+        relay_toml,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_observer_policy_decides_what_an_observer_may_send() {
+    // A relay that lets observers address anyone: the observer's node must not refuse
+    // locally what the relay allows.
+    let net = with_observer("[policy]\nobservers_may_address_anyone = true\n");
+    let relay = net.relay().await;
+    net.node_config("UN", relay.local_addr());
+    net.node_config("KAZ", relay.local_addr());
+    let mut un = net.start_node("UN").await.unwrap();
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    un.connected().await.unwrap();
+    kaz.connected().await.unwrap();
+    let id = id_of(
+        &un.cli_json(&["send", "--to", "KAZ", "--subject", "Offer of assistance"])
+            .await
+            .unwrap(),
+    );
+    kaz.proc
+        .wait_line(&["message received", &msg(&id), "from=UN"])
+        .await
+        .unwrap();
+    relay.shutdown().await;
+
+    // Under the default policy the relay refuses it, and the sender's status says why.
+    let net = with_observer("");
+    let relay = net.relay().await;
+    net.node_config("UN", relay.local_addr());
+    let mut un = net.start_node("UN").await.unwrap();
+    un.connected().await.unwrap();
+    let out = un
+        .cli(&[
+            "send",
+            "--to",
+            "KAZ",
+            "--subject",
+            "Offer of assistance",
+            "--json",
+        ])
+        .await
+        .unwrap();
+    let id = id_of(&out.json().unwrap());
+    let line = un
+        .proc
+        .wait_line(&["relay refused a message", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(line.contains("retrying=false"), "{line}");
+    let st = un.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "rejected", "{st}");
+    assert_eq!(st["rejected"]["code"], "PolicyDenied", "{st}");
+    assert_eq!(un.cli_json(&["node-status"]).await.unwrap()["outbox"], 0);
+    // Writing to the Secretariat is always allowed.
+    let sent = un
+        .cli_json(&["send", "--to", "SEC", "--subject", "Question"])
+        .await
+        .unwrap();
+    un.proc
+        .wait_line(&["accepted", &msg(&id_of(&sent))])
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_deliver_once_and_the_loss_of_one_loses_nothing() {
+    let net = net();
+    let relay_a = net.relay().await;
+    // A second relay with its own store and the same certificate and roster.
+    let text = std::fs::read_to_string(&net.relay_config).unwrap();
+    let second = net.path().join("relay-2.toml");
+    std::fs::write(&second, text.replace("relay-data", "relay-data-2")).unwrap();
+    let relay_b = hotline_relay::Relay::spawn(hotline_relay::RelayConfig::load(&second).unwrap())
+        .await
+        .unwrap();
+    let both = NodeSetup {
+        relays: vec![relay_a.local_addr(), relay_b.local_addr()],
+        ..NodeSetup::default()
+    };
+    net.node_config_with("KAZ", &both);
+    net.node_config_with("KGZ", &both);
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.proc
+        .wait_lines_from(0, &["relay connected"], 2)
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_lines_from(0, &["relay connected"], 2)
+        .await
+        .unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+
+    let first = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "through both"])
+            .await
+            .unwrap(),
+    );
+    kaz.proc
+        .wait_line(&["accepted", "relay=0", &msg(&first)])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["accepted", "relay=1", &msg(&first)])
+        .await
+        .unwrap();
+    // One delivered receipt comes back through each relay: both delivered it to KGZ.
+    for _ in 0..2 {
+        kaz_events
+            .wait_for("delivered", |e| {
+                e["type"] == "delivered" && e["id"] == first.as_str()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        kgz.proc.count_lines(&["message received", &msg(&first)]),
+        1,
+        "shown once: {}",
+        kgz.proc.log()
+    );
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), 1, "{inbox}");
+
+    // Relay A goes away; everything still flows through relay B.
+    relay_a.shutdown().await;
+    kaz.proc
+        .wait_line(&["relay link lost", "relay=0"])
+        .await
+        .unwrap();
+    let second_id = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "through the survivor"])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&second_id)])
+        .await
+        .unwrap();
+    kgz.cli_json(&["ack", &second_id, "--officer", "Night watch"])
+        .await
+        .unwrap();
+    kaz_events
+        .wait_for("acknowledged", |e| {
+            e["type"] == "acknowledged" && e["id"] == second_id.as_str()
+        })
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &second_id]).await.unwrap();
+    assert_eq!(st["state"], "acknowledged", "{st}");
+    let ns = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(ns["relays_connected"], 1, "{ns}");
+    assert_eq!(
+        ns["outbox"], 1,
+        "the message waits for relay A, which never took it: {ns}"
+    );
+    relay_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_flash_message_pages_again_until_acknowledged() {
+    let net = net();
+    let relay = net.relay().await;
+    let pages = net.path().join("pages.jsonl");
+    net.node_config_with(
+        "KGZ",
+        &NodeSetup {
+            hooks: Some(format!(
+                "on_message = [\"sh\", \"-c\", \"cat >> '{}'\"]\npaging_interval_ms = 300",
+                pages.display()
+            )),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+
+    let send = |subject: &'static str, precedence: &'static str| {
+        let kaz = &kaz;
+        async move {
+            id_of(
+                &kaz.cli_json(&[
+                    "send",
+                    "--to",
+                    "KGZ",
+                    "--precedence",
+                    precedence,
+                    "--subject",
+                    subject,
+                ])
+                .await
+                .unwrap(),
+            )
+        }
+    };
+    let flash = send("Incident at the border", "FLASH").await;
+    let routine = send("Weekly report", "ROUTINE").await;
+    kgz.proc
+        .wait_line(&["urgent message received", &msg(&flash)])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_lines_from(0, &["paging again", &msg(&flash)], 2)
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_lines_from(0, &["hook ran", "on_message"], 4)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&pages).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let of = |id: &str, repage: bool| {
+        events
+            .iter()
+            .filter(|e| e["id"] == id && e["repage"] == repage)
+            .count()
+    };
+    assert!(
+        events.iter().all(|e| e["type"] == "message_received"),
+        "{text}"
+    );
+    assert_eq!(of(&flash, false), 1, "{text}");
+    assert!(of(&flash, true) >= 2, "{text}");
+    assert_eq!(of(&routine, false), 1, "{text}");
+    assert_eq!(
+        of(&routine, true),
+        0,
+        "routine traffic is not re-paged: {text}"
+    );
+
+    kgz.cli_json(&["ack", &flash, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    // Every line logged before the acknowledgement is in by the time its own line is.
+    kgz.proc
+        .wait_line(&["acknowledged", &msg(&flash), "officer=Duty officer"])
+        .await
+        .unwrap();
+    let paged = kgz.proc.count_lines(&["paging again", &msg(&flash)]);
+    // Another FLASH message pages twice more: time enough for the first to have paged again
+    // if the acknowledgement had not stopped it.
+    let after = kgz.proc.log_len();
+    let flash2 = send("Second incident", "FLASH").await;
+    kgz.proc
+        .wait_lines_from(after, &["paging again", &msg(&flash2)], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        kgz.proc.count_lines(&["paging again", &msg(&flash)]),
+        paged,
+        "{}",
+        kgz.proc.log()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_relay_runs_the_unreachable_hook() {
+    let net = net();
+    let out = net.path().join("unreachable.json");
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            hooks: Some(format!(
+                "on_unreachable = [\"sh\", \"-c\", \"cat > '{}'\"]\nunreachable_after_ms = 300",
+                out.display()
+            )),
+            ..NodeSetup::relay(free_udp_addr())
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["ERROR", "no relay reachable"])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["hook ran", "on_unreachable"])
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ev: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(ev["type"], "unreachable", "{ev}");
+    assert!(ev["for_ms"].as_u64().unwrap() >= 300, "{ev}");
 }

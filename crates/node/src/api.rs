@@ -7,8 +7,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -81,6 +83,44 @@ fn authorise(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Every route is behind the token: a request without it is refused before anything else
+/// (its body included) is looked at.
+async fn require_token(
+    State(state): State<St>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorise(&state, req.headers())?;
+    Ok(next.run(req).await)
+}
+
+/// A JSON request body whose refusal (malformed, unknown field, bad value, too large) is an
+/// [`ApiError`] in the API's own shape, naming what is wrong, rather than axum's plain text.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body over {API_BODY_BYTES_MAX} bytes"),
+        );
+    }
+    // 400 for every other refusal (axum answers 415 / 422 for some): the body is wrong.
+    bad("bad_request", e.body_text())
+}
+
 /// Serves the API until shutdown.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
@@ -95,6 +135,7 @@ pub(crate) async fn serve(
         .route("/v1/inbox", get(inbox))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let stop = async move {
         let _ = shutdown.wait_for(|v| *v).await;
@@ -181,10 +222,8 @@ fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
 
 async fn send(
     State(state): State<St>,
-    headers: HeaderMap,
-    Json(req): Json<SendRequest>,
+    Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorise(&state, &headers)?;
     let now = now_ms();
     let respond_by_ms = match (req.respond_by_ms, req.respond_within_ms) {
         (Some(_), Some(_)) => {
@@ -245,18 +284,24 @@ async fn send(
         subject: draft.subject.clone(),
         body: String::new(),
     };
-    // The relay answers the observer reply rule from its store; here we let it through.
-    let expected = routing::resolve(&roster, &routing::Policy::default(), &probe, |_| true)
-        .map_err(|e| {
-            let code = match e {
-                routing::RouteError::UnknownRecipient(_) => "unknown_recipient",
-                routing::RouteError::UnknownGroup(_) => "unknown_group",
-                routing::RouteError::NoRecipients => "no_recipients",
-                routing::RouteError::PolicyDenied { .. } => "policy_denied",
-                _ => "bad_audience",
-            };
-            bad(code, e.to_string())
-        })?;
+    // The observer policy is the relay's to apply: its configuration may let observers
+    // address anyone, and it answers the reply rule from its store. A local check with the
+    // default policy would refuse here what the relay allows, so this one checks only what
+    // the roster decides (unknown recipients and groups, an empty audience); a policy
+    // refusal comes back from the relay and shows as state `rejected` (`PolicyDenied`).
+    let local = routing::Policy {
+        observers_may_address_anyone: true,
+    };
+    let expected = routing::resolve(&roster, &local, &probe, |_| true).map_err(|e| {
+        let code = match e {
+            routing::RouteError::UnknownRecipient(_) => "unknown_recipient",
+            routing::RouteError::UnknownGroup(_) => "unknown_group",
+            routing::RouteError::NoRecipients => "no_recipients",
+            routing::RouteError::PolicyDenied { .. } => "policy_denied",
+            _ => "bad_audience",
+        };
+        bad(code, e.to_string())
+    })?;
     let relays = state.config.relays.len();
     let result = state
         .store()
@@ -392,10 +437,8 @@ struct ListQuery {
 
 async fn inbox(
     State(state): State<St>,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
-    authorise(&state, &headers)?;
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let items = state.store().inbox(limit).map_err(store_error)?;
     Ok(Json(items.into_iter().map(inbox_item).collect()))
@@ -403,10 +446,8 @@ async fn inbox(
 
 async fn sent_list(
     State(state): State<St>,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    authorise(&state, &headers)?;
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let store = state.store();
     let ids = store.sent_ids(limit).map_err(store_error)?;
@@ -420,12 +461,7 @@ async fn sent_list(
     Ok(Json(out))
 }
 
-async fn show(
-    State(state): State<St>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorise(&state, &headers)?;
+async fn show(State(state): State<St>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
@@ -456,11 +492,9 @@ struct AckRequest {
 
 async fn ack(
     State(state): State<St>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Json(req): Json<AckRequest>,
+    Body(req): Body<AckRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    authorise(&state, &headers)?;
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
@@ -500,8 +534,7 @@ async fn ack(
     }
 }
 
-async fn status(State(state): State<St>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorise(&state, &headers)?;
+async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
     let outbox = state.store().outbox_len().map_err(store_error)?;
     let relays: Vec<Value> = state
         .config
@@ -521,9 +554,7 @@ async fn status(State(state): State<St>, headers: HeaderMap) -> Result<Json<Valu
 
 async fn events(
     State(state): State<St>,
-    headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    authorise(&state, &headers)?;
     let rx = state.events.subscribe();
     let shutdown = state.shutdown.clone();
     let stream =
