@@ -1326,3 +1326,291 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("entry 4"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Delivery details: redelivery, the delivery window, receipts across senders
+// ---------------------------------------------------------------------------------------
+
+/// Sends a Ping and returns every frame that arrived before its Pong: a barrier that
+/// proves what the relay has (not) sent so far.
+async fn until_pong(c: &mut Client, nonce: u64) -> Vec<RelayToNode> {
+    c.send(&NodeToRelay::Ping(nonce)).await.unwrap();
+    let ((), before) = c
+        .until(|f| matches!(f, RelayToNode::Pong(n) if *n == nonce).then_some(()))
+        .await
+        .unwrap();
+    before
+}
+
+#[tokio::test]
+async fn unreceipted_messages_are_redelivered_on_reconnect() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let m1 = kaz.send_to("KGZ", "one").await.unwrap();
+    let m2 = kaz.send_to("KGZ", "two").await.unwrap();
+    assert_eq!(kgz.next_deliver().await.unwrap().0, m1);
+    assert_eq!(kgz.next_deliver().await.unwrap().0, m2);
+    // Only the first is receipted before the node goes away.
+    kgz.receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&m1))
+        .await
+        .unwrap();
+    kgz.close();
+
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (again, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(
+        again, m2,
+        "at-least-once: the unreceipted message comes again"
+    );
+    let before = until_pong(&mut kgz, 1).await;
+    assert!(
+        !before.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+        "the receipted message is not redelivered: {before:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn delivery_pauses_at_the_window_until_receipts_arrive() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\ndelivery_window = 3\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..7 {
+        sent.push(kaz.send_to("KGZ", &format!("m{i}")).await.unwrap());
+    }
+
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut got = Vec::new();
+    // Deliveries released by a receipt may overtake its ReceiptStored: keep them.
+    let mut early = std::collections::VecDeque::new();
+    for round in 0..3 {
+        let expect = (sent.len() - got.len()).min(3);
+        let mut batch = Vec::new();
+        for _ in 0..expect {
+            match early.pop_front() {
+                Some(d) => batch.push(d),
+                None => batch.push(kgz.next_deliver().await.unwrap().0),
+            }
+        }
+        assert!(early.is_empty(), "round {round}: {} early", early.len());
+        let extra = until_pong(&mut kgz, round).await;
+        assert!(
+            !extra.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+            "round {round}: more than the window in flight: {extra:?}"
+        );
+        let d = kgz
+            .receipt(ReceiptKind::Delivered, &batch)
+            .await
+            .unwrap()
+            .digest();
+        let ((), before) = kgz
+            .until(|f| matches!(f, RelayToNode::ReceiptStored(x) if *x == d).then_some(()))
+            .await
+            .unwrap();
+        early.extend(before.into_iter().filter_map(|f| match f {
+            RelayToNode::Deliver(s) => Some(s),
+            _ => None,
+        }));
+        got.extend(batch);
+    }
+    assert_eq!(got, sent);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn receipts_reach_every_sender_they_name_once() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let from_kaz = kaz.send_to("KGZ", "from KAZ").await.unwrap();
+    let from_tjk = tjk.send_to("KGZ", "from TJK").await.unwrap();
+    let mut got = vec![
+        kgz.next_deliver().await.unwrap().0,
+        kgz.next_deliver().await.unwrap().0,
+    ];
+    got.sort_by_key(|s| s.decode_unverified().unwrap().sender);
+    assert_eq!(got, vec![from_kaz, from_tjk]);
+
+    // One cumulative receipt covering both senders' messages, sent twice.
+    let r = kgz
+        .receipt_stored(ReceiptKind::Delivered, &got)
+        .await
+        .unwrap();
+    let d = r.digest();
+    kgz.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
+    kgz.until(|f| matches!(f, RelayToNode::ReceiptStored(x) if *x == d).then_some(()))
+        .await
+        .unwrap();
+    // A receipt naming a message this relay never held (sent through another relay) is
+    // still stored and forwarded to the sender it names.
+    let elsewhere = Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: pid("KGZ"),
+        kind: ReceiptKind::Delivered,
+        created_at_ms: now_ms(),
+        items: vec![hotline_proto::ReceiptItem {
+            id: MessageId::random(),
+            sender: pid("KAZ"),
+            digest: hotline_proto::Digest([9; 32]),
+        }],
+    };
+    let elsewhere = Signed::sign(&elsewhere, &net.key("KGZ")).unwrap();
+    let e = elsewhere.digest();
+    kgz.send(&NodeToRelay::Receipt(elsewhere.clone()))
+        .await
+        .unwrap();
+    kgz.until(|f| matches!(f, RelayToNode::ReceiptStored(x) if *x == e).then_some(()))
+        .await
+        .unwrap();
+
+    for (who, c) in [("KAZ", &mut kaz), ("TJK", &mut tjk)] {
+        let (fwd, _) = c
+            .until(|f| match f {
+                RelayToNode::Receipt(s) => Some(s.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(fwd, r, "{who} gets the cumulative receipt unchanged");
+    }
+    // KAZ's next forwarded receipt is the one for the foreign message, not a duplicate.
+    let (next, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(next, elsewhere);
+    // TJK is named only by the first.
+    let before = until_pong(&mut tjk, 1).await;
+    assert!(
+        !before.iter().any(|f| matches!(f, RelayToNode::Receipt(_))),
+        "{before:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn welcome_carries_the_roster_only_to_nodes_that_lack_it() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    let roster = kaz
+        .session
+        .welcome
+        .roster
+        .clone()
+        .expect("a node holding none gets it");
+    let v = hotline_proto::verify_roster(&roster, &PublicKey::of(&net.roster_key)).unwrap();
+    assert_eq!(v.version, 1);
+    let now = kaz.session.welcome.relay_time_ms;
+    assert!(now.abs_diff(now_ms()) < 60_000, "relay clock {now}");
+
+    let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let s = hotline_net::authenticate(
+        conn,
+        &pid("KGZ"),
+        &net.key("KGZ"),
+        1,
+        now_ms(),
+        EVENT_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.welcome.roster.is_none(),
+        "a node holding version 1 gets none"
+    );
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection-level limits
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_busy() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nconnections_max = 2\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let code = refusal_code(net.client(addr, "TJK").await);
+    assert_eq!(code.unwrap(), ErrorCode::Busy);
+    assert_flows(&mut kaz, &mut kgz, "at the connection limit")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nwrite_timeout_ms = 300\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let kgz = net.client(addr, "KGZ").await.unwrap();
+
+    // KGZ never reads; far more than QUIC's receive windows is sent to it.
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let mut env = tjk.envelope(to(&["KGZ"]), &format!("big {i}"));
+        env.body = body.clone();
+        ids.push(env.id);
+        let s = tjk.sign(&env);
+        tjk.submit(&s).await.unwrap();
+    }
+    for a in tjk.answers(&ids).await.unwrap() {
+        a.unwrap();
+    }
+    assert_eq!(kgz.closed_code().await.unwrap(), ErrorCode::SlowConsumer);
+
+    // Nothing was lost: a reading KGZ gets all of it.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    for id in &ids {
+        let (got, _) = kgz.next_deliver().await.unwrap();
+        assert_eq!(got.decode_unverified().unwrap().id, *id);
+    }
+    assert_flows(&mut kaz, &mut kgz, "after the slow consumer")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
