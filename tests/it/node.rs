@@ -573,6 +573,13 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(v["code"], "too_large", "{v}");
 
+    let (status, _) = http(kaz.api, "GET", "/v1/nothing", None, "").await.unwrap();
+    assert_eq!(status, 401, "even unknown paths need the token");
+    let (status, _) = http(kaz.api, "GET", "/v1/nothing", Some(&token), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+
     let wrong = net.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     let api = kaz.api.to_string();
