@@ -78,9 +78,11 @@ impl Deployment {
         let roster_signing = keyfile::generate();
         let roster_key = PublicKey::of(&roster_signing);
         let roster = draft.to_roster(crate::now_ms())?;
-        let signed = Signed::sign(&roster, &roster_signing).map_err(|e| anyhow::anyhow!("signing the roster: {e}"))?;
+        let signed = Signed::sign(&roster, &roster_signing)
+            .map_err(|e| anyhow::anyhow!("signing the roster: {e}"))?;
         write_signed_roster(&dir.join("roster.signed"), &signed)?;
-        let fingerprint = hotline_net::tls::write_self_signed(&dir.join("relay.crt"), &dir.join("relay.key"))?;
+        let fingerprint =
+            hotline_net::tls::write_self_signed(&dir.join("relay.crt"), &dir.join("relay.key"))?;
         let relay_addr = free_udp()?;
         let relay_config = dir.join("relay.toml");
         std::fs::write(
@@ -102,7 +104,12 @@ impl Deployment {
     }
 
     /// Writes a node configuration for `id`, connecting to `relay` (the relay, or a proxy).
-    pub fn add_node(&mut self, id: &str, relay: SocketAddr, paging_interval_ms: u64) -> anyhow::Result<()> {
+    pub fn add_node(
+        &mut self,
+        id: &str,
+        relay: SocketAddr,
+        paging_interval_ms: u64,
+    ) -> anyhow::Result<()> {
         let api = free_tcp()?;
         let token = hex::encode(rand::random::<[u8; 16]>());
         let token_file = self.dir.join(format!("{id}.token"));
@@ -125,7 +132,15 @@ impl Deployment {
         .with_context(|| format!("writing {}", config.display()))?;
         self.nodes.insert(
             id.to_owned(),
-            NodeSetup { id: id.to_owned(), config, api, token, data_dir: self.dir.join(format!("node-{id}")), overdue_log, page_log },
+            NodeSetup {
+                id: id.to_owned(),
+                config,
+                api,
+                token,
+                data_dir: self.dir.join(format!("node-{id}")),
+                overdue_log,
+                page_log,
+            },
         );
         Ok(())
     }

@@ -5,13 +5,20 @@ use std::fmt::Write as _;
 use crate::report::Report;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Renders the report.
 pub(crate) fn render(r: &Report) -> String {
     let mut h = String::with_capacity(64 * 1024);
-    let verdict = if r.passed { ("PASSED", "#1b7f3b") } else { ("FAILED", "#b3261e") };
+    let verdict = if r.passed {
+        ("PASSED", "#1b7f3b")
+    } else {
+        ("FAILED", "#b3261e")
+    };
     let _ = write!(
         h,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CICA Hotline after-action report: {name}</title>
@@ -41,11 +48,26 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     // Objectives and invariants.
     h.push_str("<h2>Objectives</h2><table><tr><th>Objective</th><th>Result</th><th>In scope</th><th>Shortfalls</th></tr>");
     for o in &r.objectives {
-        let _ = write!(h, "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", if o.met { "ok" } else { "bad" }, esc(&o.name), if o.met { "met" } else { "NOT MET" }, o.in_scope, esc(&o.failed.join("; ")));
+        let _ = write!(
+            h,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if o.met { "ok" } else { "bad" },
+            esc(&o.name),
+            if o.met { "met" } else { "NOT MET" },
+            o.in_scope,
+            esc(&o.failed.join("; "))
+        );
     }
     h.push_str("</table><h2>Invariants</h2><table><tr><th>Invariant</th><th>Result</th><th>Detail</th></tr>");
     for x in &r.invariants {
-        let _ = write!(h, "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>", if x.held { "ok" } else { "bad" }, esc(&x.name), if x.held { "held" } else { "FAILED" }, esc(&x.detail));
+        let _ = write!(
+            h,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if x.held { "ok" } else { "bad" },
+            esc(&x.name),
+            if x.held { "held" } else { "FAILED" },
+            esc(&x.detail)
+        );
     }
     h.push_str("</table>");
 
@@ -53,10 +75,15 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let t_max = r
         .participants
         .iter()
-        .flat_map(|p| p.cells.iter().enumerate().flat_map(|(k, c)| {
-            let at = r.injects.get(k).map(|i| i.at_s).unwrap_or(0.0);
-            [c.delivered_s.map(|d| at + d), c.acknowledged_s.map(|a| at + a)]
-        }))
+        .flat_map(|p| {
+            p.cells.iter().enumerate().flat_map(|(k, c)| {
+                let at = r.injects.get(k).map(|i| i.at_s).unwrap_or(0.0);
+                [
+                    c.delivered_s.map(|d| at + d),
+                    c.acknowledged_s.map(|a| at + a),
+                ]
+            })
+        })
         .flatten()
         .chain(r.injects.iter().map(|i| i.at_s))
         .chain(r.faults.iter().filter_map(|f| f["at_s"].as_f64()))
@@ -66,7 +93,9 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let height = 40.0 + row_h * r.participants.len() as f64;
     let x = |t: f64| left + t / t_max * width;
     let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
-    let colours = ["#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457"];
+    let colours = [
+        "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
+    ];
     for k in 0..=10 {
         let t = t_max * k as f64 / 10.0;
         let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#eee\"/><text x=\"{0}\" y=\"12\" text-anchor=\"middle\">{2:.0}</text>", x(t), height, t);
@@ -78,7 +107,13 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     for (k, inj) in r.injects.iter().enumerate() {
         let c = colours[k % colours.len()];
-        let _ = write!(h, "<text x=\"{}\" y=\"30\" fill=\"{c}\">▲<title>{} sent by {}</title></text>", x(inj.at_s) - 4.0, esc(&inj.name), esc(&inj.from));
+        let _ = write!(
+            h,
+            "<text x=\"{}\" y=\"30\" fill=\"{c}\">▲<title>{} sent by {}</title></text>",
+            x(inj.at_s) - 4.0,
+            esc(&inj.name),
+            esc(&inj.from)
+        );
     }
     for (row, p) in r.participants.iter().enumerate() {
         let y = 44.0 + row_h * row as f64;
@@ -105,18 +140,33 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     // Participant × inject matrix.
     h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged, scenario seconds after the inject. Green: acknowledged; yellow: delivered, not acknowledged; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
     for inj in &r.injects {
-        let _ = write!(h, "<th>{}<br><span class=\"muted\">{} · {}</span></th>", esc(&inj.name), esc(&inj.precedence), esc(&inj.from));
+        let _ = write!(
+            h,
+            "<th>{}<br><span class=\"muted\">{} · {}</span></th>",
+            esc(&inj.name),
+            esc(&inj.precedence),
+            esc(&inj.from)
+        );
     }
     h.push_str("<th>Objectives</th></tr>");
     for p in &r.participants {
-        let _ = write!(h, "<tr><td>{} <span class=\"muted\">{}</span></td><td>{}</td>", esc(&p.id), esc(&p.name), esc(&p.role));
+        let _ = write!(
+            h,
+            "<tr><td>{} <span class=\"muted\">{}</span></td><td>{}</td>",
+            esc(&p.id),
+            esc(&p.name),
+            esc(&p.role)
+        );
         for c in &p.cells {
             let (class, text) = if !c.addressed {
                 ("na", "—".to_owned())
             } else if c.overdue && c.acknowledged_s.is_none() {
                 ("bad", format!("{} / OVERDUE", fmt(c.delivered_s)))
             } else if c.acknowledged_s.is_some() {
-                ("ok", format!("{} / {}", fmt(c.delivered_s), fmt(c.acknowledged_s)))
+                (
+                    "ok",
+                    format!("{} / {}", fmt(c.delivered_s), fmt(c.acknowledged_s)),
+                )
             } else if c.delivered_s.is_some() {
                 ("late", format!("{} / —", fmt(c.delivered_s)))
             } else {
@@ -124,7 +174,12 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             };
             let _ = write!(h, "<td class=\"{class}\">{}</td>", esc(&text));
         }
-        let _ = write!(h, "<td class=\"{}\">{}</td></tr>", if p.objectives_met { "ok" } else { "bad" }, if p.objectives_met { "met" } else { "not met" });
+        let _ = write!(
+            h,
+            "<td class=\"{}\">{}</td></tr>",
+            if p.objectives_met { "ok" } else { "bad" },
+            if p.objectives_met { "met" } else { "not met" }
+        );
     }
     h.push_str("</table><h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
     for i in &r.injects {
@@ -132,10 +187,22 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     h.push_str("</table><h2>Faults</h2><ul>");
     for f in &r.faults {
-        let _ = write!(h, "<li>t={:.0}s: {}</li>", f["at_s"].as_f64().unwrap_or(0.0), esc(f["fault"].as_str().unwrap_or("")));
+        let _ = write!(
+            h,
+            "<li>t={:.0}s: {}</li>",
+            f["at_s"].as_f64().unwrap_or(0.0),
+            esc(f["fault"].as_str().unwrap_or(""))
+        );
     }
     for (p, s) in &r.proxies {
-        let _ = write!(h, "<li>{} link impaired: {} datagrams, {} dropped, {} duplicated</li>", esc(p), s.datagrams, s.dropped, s.duplicated);
+        let _ = write!(
+            h,
+            "<li>{} link impaired: {} datagrams, {} dropped, {} duplicated</li>",
+            esc(p),
+            s.datagrams,
+            s.dropped,
+            s.duplicated
+        );
     }
     h.push_str("</ul><p class=\"muted\">Generated by the CICA Hotline exercise harness. All traffic in this drill carried status EXERCISE.</p></body></html>\n");
     h

@@ -31,7 +31,10 @@ impl Proc {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", std::env::var("HOTLINE_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HOTLINE_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("HOTLINE_NODE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -41,7 +44,10 @@ impl Proc {
         let stderr = child.stderr.take().context("child standard error")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = tokio::sync::watch::channel(0usize);
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let l = lines.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
@@ -55,7 +61,12 @@ impl Proc {
                 tx.send_replace(n);
             }
         });
-        Ok(Self { child, lines, seen, log_path })
+        Ok(Self {
+            child,
+            lines,
+            seen,
+            log_path,
+        })
     }
 
     /// The process id.
@@ -71,7 +82,10 @@ impl Proc {
 
     /// Sends a signal by name (`TERM`, `HUP`…).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status()?;
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
         if !st.success() {
             bail!("kill -{sig} {} failed", self.child.id());
         }
@@ -121,17 +135,36 @@ impl Proc {
     }
 
     /// Waits until a log line after the first `skip` contains `needle`; returns it.
-    pub async fn wait_log_from(&mut self, skip: usize, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+    pub async fn wait_log_from(
+        &mut self,
+        skip: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let lines = self.lines.clone();
         let find = |_: &usize| lock(&lines).iter().skip(skip).any(|l| l.contains(needle));
-        let r = tokio::time::timeout(timeout, self.seen.wait_for(find)).await.map(|r| r.map(|_| ()));
+        let r = tokio::time::timeout(timeout, self.seen.wait_for(find))
+            .await
+            .map(|r| r.map(|_| ()));
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => bail!("process ended before logging {needle:?}; log {}:\n{}", self.log_path.display(), tail(&self.log())),
-            Err(_) => bail!("no {needle:?} in the log within {timeout:?}; log {}:\n{}", self.log_path.display(), tail(&self.log())),
+            Ok(Err(_)) => bail!(
+                "process ended before logging {needle:?}; log {}:\n{}",
+                self.log_path.display(),
+                tail(&self.log())
+            ),
+            Err(_) => bail!(
+                "no {needle:?} in the log within {timeout:?}; log {}:\n{}",
+                self.log_path.display(),
+                tail(&self.log())
+            ),
         }
         let v = lock(&self.lines);
-        Ok(v.iter().skip(skip).find(|l| l.contains(needle)).cloned().unwrap_or_default())
+        Ok(v.iter()
+            .skip(skip)
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Waits until any log line contains `needle`.
@@ -155,7 +188,12 @@ impl Drop for Proc {
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!("{key}="))? + key.len() + 1;
     let rest = &line[start..];
-    Some(rest.split_whitespace().next().unwrap_or(rest).trim_matches('"'))
+    Some(
+        rest.split_whitespace()
+            .next()
+            .unwrap_or(rest)
+            .trim_matches('"'),
+    )
 }
 
 /// The `hotline` binary: `$HOTLINE_BIN`, else the one beside the running executable (or one

@@ -71,7 +71,11 @@ impl Proxy {
                 }
             }
         });
-        Ok(Self { listen, stats, task })
+        Ok(Self {
+            listen,
+            stats,
+            task,
+        })
     }
 
     /// Counters so far.
@@ -98,8 +102,18 @@ async fn forward(
         let mut r = rng.lock().await;
         let drop = r.gen_bool(imp.loss.clamp(0.0, 1.0));
         let dup = r.gen_bool(imp.duplicate.clamp(0.0, 1.0));
-        let d1 = imp.delay_ms + if imp.jitter_ms > 0 { r.gen_range(0..=imp.jitter_ms) } else { 0 };
-        let d2 = imp.delay_ms + if imp.jitter_ms > 0 { r.gen_range(0..=imp.jitter_ms) } else { 0 };
+        let d1 = imp.delay_ms
+            + if imp.jitter_ms > 0 {
+                r.gen_range(0..=imp.jitter_ms)
+            } else {
+                0
+            };
+        let d2 = imp.delay_ms
+            + if imp.jitter_ms > 0 {
+                r.gen_range(0..=imp.jitter_ms)
+            } else {
+                0
+            };
         (drop, dup, [d1, d2])
     };
     {

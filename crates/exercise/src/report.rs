@@ -149,7 +149,10 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     let mut journals = Vec::new();
     let relay_db = dep.relay_data.join("relay.db");
     journals.push(("relay".to_owned(), verify_db(&relay_db)));
-    let signed_roster = hotline_config::roster_file::read_verified_roster(&dep.dir.join("roster.signed"), &dep.roster_key)?;
+    let signed_roster = hotline_config::roster_file::read_verified_roster(
+        &dep.dir.join("roster.signed"),
+        &dep.roster_key,
+    )?;
     let (mut checked, mut invalid) = (0, 0);
     for (id, n) in &dep.nodes {
         let db = n.data_dir.join("node.db");
@@ -166,12 +169,17 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
             Err(e) => journals.push((format!("{id} receipts"), Err(e.to_string()))),
         }
     }
-    Ok(StoreChecks { journals, receipts: (checked, invalid) })
+    Ok(StoreChecks {
+        journals,
+        receipts: (checked, invalid),
+    })
 }
 
 fn verify_db(path: &Path) -> Result<u64, String> {
     let conn = hotline_store::open(path, false).map_err(|e| e.to_string())?;
-    hotline_store::verify_journal(&conn).map(|r| r.entries).map_err(|e| e.to_string())
+    hotline_store::verify_journal(&conn)
+        .map(|r| r.entries)
+        .map_err(|e| e.to_string())
 }
 
 /// Overdue hook runs per sender: (message id, recipient) pairs.
@@ -181,7 +189,9 @@ pub fn read_hooks(dep: &Deployment) -> HashMap<String, Vec<(String, String)>> {
         let text = std::fs::read_to_string(&n.overdue_log).unwrap_or_default();
         let mut runs = Vec::new();
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             let mid = v["id"].as_str().unwrap_or("").to_owned();
             for r in v["recipients"].as_array().cloned().unwrap_or_default() {
                 runs.push((mid.clone(), r.as_str().unwrap_or("").to_owned()));
@@ -236,11 +246,22 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         .participants
         .iter()
         .map(|p| {
-            let entry = ParticipantId::new(p).ok().and_then(|id| i.roster.participant(&id).cloned());
+            let entry = ParticipantId::new(p)
+                .ok()
+                .and_then(|id| i.roster.participant(&id).cloned());
             ParticipantRow {
                 id: p.clone(),
                 name: entry.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
-                role: entry.map(|e| match e.role { Role::Member => "member", Role::Observer => "observer", _ => "secretariat" }.to_owned()).unwrap_or_default(),
+                role: entry
+                    .map(|e| {
+                        match e.role {
+                            Role::Member => "member",
+                            Role::Observer => "observer",
+                            _ => "secretariat",
+                        }
+                        .to_owned()
+                    })
+                    .unwrap_or_default(),
                 cells: Vec::new(),
                 objectives_met: true,
             }
@@ -255,13 +276,19 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         let state = view["state"].as_str().unwrap_or("not sent").to_owned();
         let matrix: HashMap<String, &Value> = view["recipients"]
             .as_array()
-            .map(|a| a.iter().map(|r| (r["recipient"].as_str().unwrap_or("").to_owned(), r)).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|r| (r["recipient"].as_str().unwrap_or("").to_owned(), r))
+                    .collect()
+            })
             .unwrap_or_default();
         let was_accepted = view["accepted_at_ms"].is_u64();
         if was_accepted {
             accepted += 1;
             for r in matrix.keys() {
-                if i.participants.contains(r) && !inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default())) {
+                if i.participants.contains(r)
+                    && !inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
+                {
                     lost += 1;
                 }
             }
@@ -271,8 +298,12 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             let got = inbox.get(&(row.id.clone(), id.clone().unwrap_or_default()));
             row.cells.push(Cell {
                 addressed: m.is_some(),
-                delivered_s: got.and_then(|g| g["received_at_ms"].as_u64()).map(|t| scen_s(t, sent_ms)),
-                acknowledged_s: m.and_then(|r| r["acked_at_ms"].as_u64()).map(|t| scen_s(t, sent_ms)),
+                delivered_s: got
+                    .and_then(|g| g["received_at_ms"].as_u64())
+                    .map(|t| scen_s(t, sent_ms)),
+                acknowledged_s: m
+                    .and_then(|r| r["acked_at_ms"].as_u64())
+                    .map(|t| scen_s(t, sent_ms)),
                 officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
                 overdue: m.is_some_and(|r| r["overdue_at_ms"].is_u64()),
             });
@@ -283,7 +314,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             from: inj.from.clone(),
             subject: inj.subject.clone(),
             precedence: inj.precedence.clone(),
-            at_s: sent_at.map(|t| scen_s(t, i.started_at_ms)).unwrap_or(inj.at_s),
+            at_s: sent_at
+                .map(|t| scen_s(t, i.started_at_ms))
+                .unwrap_or(inj.at_s),
             state,
             recipients: matrix.len(),
             delivered: view["delivered"].as_u64().unwrap_or(0) as usize,
@@ -293,11 +326,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     // Objectives.
     let mut objectives = Vec::new();
     for o in &sc.objectives {
-        let k = sc.injects.iter().position(|x| x.name == o.inject).unwrap_or(0);
+        let k = sc
+            .injects
+            .iter()
+            .position(|x| x.name == o.inject)
+            .unwrap_or(0);
         let (_, id, _) = &i.injects[k];
         let id = id.clone().unwrap_or_default();
         let group: Option<Vec<String>> = o.group.as_ref().map(|g| {
-            i.roster.group(g).map(|g| g.members.iter().map(|m| m.to_string()).collect()).unwrap_or_default()
+            i.roster
+                .group(g)
+                .map(|g| g.members.iter().map(|m| m.to_string()).collect())
+                .unwrap_or_default()
         });
         let mut failed = Vec::new();
         let mut in_scope = 0;
@@ -324,11 +364,20 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 },
                 _ => {
                     let sender = &sc.injects[k].from;
-                    let hook = i.hooks.get(sender).is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id));
+                    let hook = i
+                        .hooks
+                        .get(sender)
+                        .is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id));
                     if cell.overdue && cell.acknowledged_s.is_none() && hook {
                         None
                     } else {
-                        Some(format!("{}: overdue {} acknowledged {} escalation hook {}", row.id, cell.overdue, cell.acknowledged_s.is_some(), hook))
+                        Some(format!(
+                            "{}: overdue {} acknowledged {} escalation hook {}",
+                            row.id,
+                            cell.overdue,
+                            cell.acknowledged_s.is_some(),
+                            hook
+                        ))
                     }
                 }
             };
@@ -337,21 +386,70 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 failed.push(w);
             }
         }
-        objectives.push(ObjectiveResult { name: o.name.clone(), met: failed.is_empty() && in_scope > 0, in_scope, failed });
+        objectives.push(ObjectiveResult {
+            name: o.name.clone(),
+            met: failed.is_empty() && in_scope > 0,
+            in_scope,
+            failed,
+        });
     }
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
     let (checked, invalid) = i.checks.receipts;
-    let journal_failures: Vec<String> =
-        i.checks.journals.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
-    let journal_entries: u64 = i.checks.journals.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
+    let journal_failures: Vec<String> = i
+        .checks
+        .journals
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
+    let journal_entries: u64 = i
+        .checks
+        .journals
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .sum();
     let invariants = vec![
-        Invariant { name: "zero accepted messages lost".into(), held: lost == 0, detail: format!("{lost} missing of {accepted} accepted messages' deliveries") },
-        Invariant { name: "zero duplicates shown to any operator".into(), held: duplicates == 0, detail: format!("{duplicates} duplicates") },
-        Invariant { name: "no exercise message shown as actual".into(), held: as_actual == 0, detail: format!("{as_actual} shown as actual") },
-        Invariant { name: "every receipt signature valid".into(), held: invalid == 0 && checked > 0, detail: format!("{checked} receipts checked, {invalid} invalid") },
-        Invariant { name: "audit journals verify".into(), held: journal_failures.is_empty(), detail: if journal_failures.is_empty() { format!("{} journals, {journal_entries} entries", i.checks.journals.len()) } else { journal_failures.join("; ") } },
-        Invariant { name: "every inject accepted".into(), held: accepted == sc.injects.len(), detail: format!("{accepted} of {}", sc.injects.len()) },
-        Invariant { name: "relay shut down cleanly".into(), held: i.relay_exit == Some(0), detail: format!("exit code {:?}", i.relay_exit) },
+        Invariant {
+            name: "zero accepted messages lost".into(),
+            held: lost == 0,
+            detail: format!("{lost} missing of {accepted} accepted messages' deliveries"),
+        },
+        Invariant {
+            name: "zero duplicates shown to any operator".into(),
+            held: duplicates == 0,
+            detail: format!("{duplicates} duplicates"),
+        },
+        Invariant {
+            name: "no exercise message shown as actual".into(),
+            held: as_actual == 0,
+            detail: format!("{as_actual} shown as actual"),
+        },
+        Invariant {
+            name: "every receipt signature valid".into(),
+            held: invalid == 0 && checked > 0,
+            detail: format!("{checked} receipts checked, {invalid} invalid"),
+        },
+        Invariant {
+            name: "audit journals verify".into(),
+            held: journal_failures.is_empty(),
+            detail: if journal_failures.is_empty() {
+                format!(
+                    "{} journals, {journal_entries} entries",
+                    i.checks.journals.len()
+                )
+            } else {
+                journal_failures.join("; ")
+            },
+        },
+        Invariant {
+            name: "every inject accepted".into(),
+            held: accepted == sc.injects.len(),
+            detail: format!("{accepted} of {}", sc.injects.len()),
+        },
+        Invariant {
+            name: "relay shut down cleanly".into(),
+            held: i.relay_exit == Some(0),
+            detail: format!("exit code {:?}", i.relay_exit),
+        },
     ];
     let passed = objectives.iter().all(|o| o.met) && invariants.iter().all(|x| x.held);
     Ok(Report {
@@ -379,16 +477,31 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
 }
 
 fn fmt_s(v: Option<f64>) -> String {
-    v.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into())
+    v.map(|t| {
+        if t < 10.0 {
+            format!("{t:.2}s")
+        } else {
+            format!("{t:.0}s")
+        }
+    })
+    .unwrap_or_else(|| "-".into())
 }
 
 /// The terminal summary.
 pub fn summary(r: &Report) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "\nAfter-action summary: {} (time compression {}x, seed {}, {:.1} s wall clock)", r.scenario, r.time_compression, r.seed, r.wall_s);
+    let _ = writeln!(
+        o,
+        "\nAfter-action summary: {} (time compression {}x, seed {}, {:.1} s wall clock)",
+        r.scenario, r.time_compression, r.seed, r.wall_s
+    );
     let _ = write!(o, "{:<7} {:<11}", "ID", "ROLE");
     for inj in &r.injects {
-        let _ = write!(o, " | {:<23}", format!("{} dlv/ack", truncate(&inj.name, 13)));
+        let _ = write!(
+            o,
+            " | {:<23}",
+            format!("{} dlv/ack", truncate(&inj.name, 13))
+        );
     }
     let _ = writeln!(o, " | OBJ");
     for p in &r.participants {
@@ -397,7 +510,12 @@ pub fn summary(r: &Report) -> String {
             let cell = if !c.addressed {
                 "·".to_owned()
             } else {
-                format!("{} / {}{}", fmt_s(c.delivered_s), fmt_s(c.acknowledged_s), if c.overdue { " OVERDUE" } else { "" })
+                format!(
+                    "{} / {}{}",
+                    fmt_s(c.delivered_s),
+                    fmt_s(c.acknowledged_s),
+                    if c.overdue { " OVERDUE" } else { "" }
+                )
             };
             let _ = write!(o, " | {cell:<23}");
         }
@@ -405,20 +523,48 @@ pub fn summary(r: &Report) -> String {
     }
     let _ = writeln!(o, "\nInjects:");
     for i in &r.injects {
-        let _ = writeln!(o, "  {:<14} {:<9} from {:<5} {:<13} delivered {}/{} acknowledged {}/{}  {}", i.name, i.precedence, i.from, i.state, i.delivered, i.recipients, i.acknowledged, i.recipients, i.subject);
+        let _ = writeln!(
+            o,
+            "  {:<14} {:<9} from {:<5} {:<13} delivered {}/{} acknowledged {}/{}  {}",
+            i.name,
+            i.precedence,
+            i.from,
+            i.state,
+            i.delivered,
+            i.recipients,
+            i.acknowledged,
+            i.recipients,
+            i.subject
+        );
     }
     let _ = writeln!(o, "\nObjectives:");
     for ob in &r.objectives {
-        let _ = writeln!(o, "  [{}] {} ({} in scope)", if ob.met { "MET" } else { "NOT MET" }, ob.name, ob.in_scope);
+        let _ = writeln!(
+            o,
+            "  [{}] {} ({} in scope)",
+            if ob.met { "MET" } else { "NOT MET" },
+            ob.name,
+            ob.in_scope
+        );
         for f in ob.failed.iter().take(10) {
             let _ = writeln!(o, "        {f}");
         }
     }
     let _ = writeln!(o, "\nInvariants:");
     for x in &r.invariants {
-        let _ = writeln!(o, "  [{}] {}: {}", if x.held { "OK" } else { "FAILED" }, x.name, x.detail);
+        let _ = writeln!(
+            o,
+            "  [{}] {}: {}",
+            if x.held { "OK" } else { "FAILED" },
+            x.name,
+            x.detail
+        );
     }
-    let _ = writeln!(o, "\nmessages accepted {}, lost {}, duplicates shown {}", r.messages_accepted, r.messages_lost, r.duplicates_shown);
+    let _ = writeln!(
+        o,
+        "\nmessages accepted {}, lost {}, duplicates shown {}",
+        r.messages_accepted, r.messages_lost, r.duplicates_shown
+    );
     let _ = writeln!(o, "RESULT: {}", if r.passed { "PASSED" } else { "FAILED" });
     o
 }

@@ -66,21 +66,36 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let dir = match &opts.out_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("hotline-exercise-{}-{}", scenario.name, crate::now_ms())),
+        None => std::env::temp_dir().join(format!(
+            "hotline-exercise-{}-{}",
+            scenario.name,
+            crate::now_ms()
+        )),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     eprintln!("exercise {}: {}", scenario.name, scenario.description);
     eprintln!("  directory {}", dir.display());
-    eprintln!("  seed {seed} (rerun exactly with --seed {seed}); time compression {}x", scenario.time_compression);
+    eprintln!(
+        "  seed {seed} (rerun exactly with --seed {seed}); time compression {}x",
+        scenario.time_compression
+    );
 
     let mut dep = Deployment::create(&dir, crate::scenario::CICA_ROSTER)?;
     let participants: Vec<String> = if scenario.participants.is_empty() {
-        dep.roster.participants.iter().map(|p| p.id.to_string()).collect()
+        dep.roster
+            .participants
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
     } else {
         scenario.participants.clone()
     };
     for p in &participants {
-        if dep.roster.participant(&hotline_proto::ParticipantId::new(p)?).is_none() {
+        if dep
+            .roster
+            .participant(&hotline_proto::ParticipantId::new(p)?)
+            .is_none()
+        {
             bail!("scenario participant {p} is not on the roster");
         }
     }
@@ -91,8 +106,20 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
 
     let mut proxies = BTreeMap::new();
     for (i, f) in scenario.faults.iter().enumerate() {
-        if let Fault::Impair { participant, loss, delay_ms, jitter_ms, duplicate } = f {
-            let imp = Impairment { loss: *loss, delay_ms: *delay_ms, jitter_ms: *jitter_ms, duplicate: *duplicate };
+        if let Fault::Impair {
+            participant,
+            loss,
+            delay_ms,
+            jitter_ms,
+            duplicate,
+        } = f
+        {
+            let imp = Impairment {
+                loss: *loss,
+                delay_ms: *delay_ms,
+                jitter_ms: *jitter_ms,
+                duplicate: *duplicate,
+            };
             let proxy = Proxy::start(dep.relay_addr, imp, seed.wrapping_add(i as u64)).await?;
             eprintln!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
             proxies.insert(participant.clone(), proxy);
@@ -109,12 +136,18 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         nodes.insert(p.clone(), spawn_node(&opts, &dep, p, 0)?);
     }
     for (p, proc_) in nodes.iter_mut() {
-        proc_.wait_log("relay connected", START_TIMEOUT).await.with_context(|| format!("node {p} did not connect"))?;
+        proc_
+            .wait_log("relay connected", START_TIMEOUT)
+            .await
+            .with_context(|| format!("node {p} did not connect"))?;
     }
     eprintln!("  relay and {} nodes up", nodes.len());
 
-    let clients: BTreeMap<String, ApiClient> =
-        dep.nodes.iter().map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token))).collect();
+    let clients: BTreeMap<String, ApiClient> = dep
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
+        .collect();
 
     // One event-stream follower per node, reconnecting across restarts.
     let (ev_tx, mut ev_rx) = mpsc::channel::<(String, Value)>(EVENTS_BUFFER);
@@ -141,16 +174,33 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     for f in &scenario.faults {
         match f {
-            Fault::KillRelay { at_s, restart_after_s } => {
+            Fault::KillRelay {
+                at_s,
+                restart_after_s,
+            } => {
                 timeline.push((scenario.wall(*at_s), Action::KillRelay));
                 timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
             }
-            Fault::KillNode { participant, at_s, restart_after_s } => {
+            Fault::KillNode {
+                participant,
+                at_s,
+                restart_after_s,
+            } => {
                 timeline.push((scenario.wall(*at_s), Action::KillNode(participant.clone())));
-                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartNode(participant.clone())));
+                timeline.push((
+                    scenario.wall(at_s + restart_after_s),
+                    Action::StartNode(participant.clone()),
+                ));
             }
-            Fault::Offline { participant, from_s, to_s } => {
-                timeline.push((scenario.wall(*from_s), Action::StopNode(participant.clone())));
+            Fault::Offline {
+                participant,
+                from_s,
+                to_s,
+            } => {
+                timeline.push((
+                    scenario.wall(*from_s),
+                    Action::StopNode(participant.clone()),
+                ));
                 timeline.push((scenario.wall(*to_s), Action::StartNode(participant.clone())));
             }
             Fault::Impair { .. } => {}
@@ -162,7 +212,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let start = Instant::now();
     let started_at_ms = crate::now_ms();
     let end = scenario.wall(scenario.end_s);
-    let mut injects: Vec<Inject> = scenario.injects.iter().map(|_| Inject { id: None, sent_at_ms: None }).collect();
+    let mut injects: Vec<Inject> = scenario
+        .injects
+        .iter()
+        .map(|_| Inject {
+            id: None,
+            sent_at_ms: None,
+        })
+        .collect();
     let mut pending_injects: Vec<usize> = Vec::new();
     // Scripted acknowledgements: (due, participant, message id).
     let mut acks_due: Vec<(Instant, String, String)> = Vec::new();
@@ -174,13 +231,16 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut fault_log: Vec<Value> = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut last_progress = String::new();
+    let mut last_progress_at = Instant::now();
     let mut objectives_met = false;
 
     loop {
         let now = start.elapsed();
         // Due timeline actions.
         while timeline.front().is_some_and(|(t, _)| *t <= now) {
-            let Some((_, action)) = timeline.pop_front() else { break };
+            let Some((_, action)) = timeline.pop_front() else {
+                break;
+            };
             let at_s = now.as_secs_f64() * scenario.time_compression;
             match action {
                 Action::Inject(i) => pending_injects.push(i),
@@ -200,7 +260,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         n.kill9();
                     }
                     down.insert(p.clone());
-                    fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} killed (SIGKILL)")}));
+                    fault_log
+                        .push(json!({"at_s": at_s, "fault": format!("node {p} killed (SIGKILL)")}));
                     eprintln!("\n  [{at_s:>7.1}s] node {p} killed with SIGKILL");
                 }
                 Action::StopNode(p) => {
@@ -239,20 +300,35 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 body["respond_within_ms"] = json!(scenario.wall(w).as_millis() as u64);
             }
             if let Some(r) = &inj.references {
-                let idx = scenario.injects.iter().position(|x| &x.name == r).unwrap_or(i);
+                let idx = scenario
+                    .injects
+                    .iter()
+                    .position(|x| &x.name == r)
+                    .unwrap_or(i);
                 body["references"] = json!(injects[idx].id.iter().collect::<Vec<_>>());
             }
-            let Some(client) = clients.get(&inj.from) else { bail!("inject {} from {}: no such node", inj.name, inj.from) };
+            let Some(client) = clients.get(&inj.from) else {
+                bail!("inject {} from {}: no such node", inj.name, inj.from)
+            };
             let c = client.clone();
             let res = tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await?;
             match res {
                 Ok(v) => {
                     injects[i].id = v["id"].as_str().map(str::to_owned);
                     injects[i].sent_at_ms = Some(crate::now_ms());
-                    eprintln!("\n  [{:>7.1}s] inject {:?} sent by {} ({})", now.as_secs_f64() * scenario.time_compression, inj.name, inj.from, injects[i].id.as_deref().unwrap_or("?"));
+                    eprintln!(
+                        "\n  [{:>7.1}s] inject {:?} sent by {} ({})",
+                        now.as_secs_f64() * scenario.time_compression,
+                        inj.name,
+                        inj.from,
+                        injects[i].id.as_deref().unwrap_or("?")
+                    );
                 }
                 Err(e) => {
-                    eprintln!("\n  inject {:?} from {} failed: {e}; retrying", inj.name, inj.from);
+                    eprintln!(
+                        "\n  inject {:?} from {} failed: {e}; retrying",
+                        inj.name, inj.from
+                    );
                     still.push(i);
                 }
             }
@@ -266,7 +342,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 later.push((due, p, id));
                 continue;
             }
-            let Some(c) = clients.get(&p).cloned() else { continue };
+            let Some(c) = clients.get(&p).cloned() else {
+                continue;
+            };
             let (p2, id2) = (p.clone(), id.clone());
             let res = tokio::task::spawn_blocking(move || c.post(&format!("/v1/messages/{id2}/ack"), &json!({"officer": format!("Duty officer {p2}"), "note": "exercise acknowledgement"}))).await?;
             match res {
@@ -282,10 +360,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             break;
         }
         let line = progress_line(&scenario, now, &injects, &shown, &down, nodes.len());
-        if opts.progress && line != last_progress {
-            eprint!("\r{line}");
+        // One progress line a second at most: rewritten in place on a terminal, appended in a log.
+        if opts.progress
+            && line != last_progress
+            && last_progress_at.elapsed() >= Duration::from_secs(1)
+        {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
             let _ = std::io::stderr().flush();
             last_progress = line;
+            last_progress_at = Instant::now();
         }
 
         let next_action = timeline.front().map(|(t, _)| *t).unwrap_or(end);
@@ -329,7 +416,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         let v = match (&injects[i].id, clients.get(&inj.from)) {
             (Some(id), Some(c)) => {
                 let (c, id) = (c.clone(), id.clone());
-                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await?.unwrap_or(Value::Null)
+                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
+                    .await?
+                    .unwrap_or(Value::Null)
             }
             _ => Value::Null,
         };
@@ -338,7 +427,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut inboxes = BTreeMap::new();
     for (p, c) in &clients {
         let c = c.clone();
-        let v = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await?.unwrap_or(Value::Array(vec![]));
+        let v = tokio::task::spawn_blocking(move || c.get("/v1/inbox"))
+            .await?
+            .unwrap_or(Value::Array(vec![]));
         inboxes.insert(p.clone(), v.as_array().cloned().unwrap_or_default());
     }
     let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
@@ -365,7 +456,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         wall_s,
         participants: &participants,
         roster: &dep.roster,
-        injects: scenario.injects.iter().zip(&injects).map(|(s, i)| (s.clone(), i.id.clone(), i.sent_at_ms)).collect(),
+        injects: scenario
+            .injects
+            .iter()
+            .zip(&injects)
+            .map(|(s, i)| (s.clone(), i.id.clone(), i.sent_at_ms))
+            .collect(),
         sent_views,
         inboxes,
         shown,
@@ -379,7 +475,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     Ok(report)
 }
 
-fn schedule_ack(scenario: &Scenario, p: &str, id: &str, now: Instant, due: &mut Vec<(Instant, String, String)>, scheduled: &mut HashSet<(String, String)>) {
+fn schedule_ack(
+    scenario: &Scenario,
+    p: &str,
+    id: &str,
+    now: Instant,
+    due: &mut Vec<(Instant, String, String)>,
+    scheduled: &mut HashSet<(String, String)>,
+) {
     let b = scenario.behaviour(p);
     if b.never_ack {
         return;
@@ -390,16 +493,29 @@ fn schedule_ack(scenario: &Scenario, p: &str, id: &str, now: Instant, due: &mut 
     }
 }
 
-async fn all_met(scenario: &Scenario, injects: &[Inject], clients: &BTreeMap<String, ApiClient>) -> bool {
+async fn all_met(
+    scenario: &Scenario,
+    injects: &[Inject],
+    clients: &BTreeMap<String, ApiClient>,
+) -> bool {
     // Cheap test first: every inject sent.
     if injects.iter().any(|i| i.id.is_none()) {
         return false;
     }
     for o in &scenario.objectives {
-        let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else { return false };
-        let (Some(id), Some(c)) = (&injects[idx].id, clients.get(&scenario.injects[idx].from)) else { return false };
+        let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
+            return false;
+        };
+        let (Some(id), Some(c)) = (&injects[idx].id, clients.get(&scenario.injects[idx].from))
+        else {
+            return false;
+        };
         let (c, id) = (c.clone(), id.clone());
-        let Ok(Ok(v)) = tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await else { return false };
+        let Ok(Ok(v)) =
+            tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await
+        else {
+            return false;
+        };
         let rows = v["recipients"].as_array().cloned().unwrap_or_default();
         let done = |r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
@@ -413,7 +529,14 @@ async fn all_met(scenario: &Scenario, injects: &[Inject], clients: &BTreeMap<Str
     true
 }
 
-fn progress_line(scenario: &Scenario, now: Duration, injects: &[Inject], shown: &HashMap<(String, String), u32>, down: &HashSet<String>, nodes: usize) -> String {
+fn progress_line(
+    scenario: &Scenario,
+    now: Duration,
+    injects: &[Inject],
+    shown: &HashMap<(String, String), u32>,
+    down: &HashSet<String>,
+    nodes: usize,
+) -> String {
     let t = now.as_secs_f64() * scenario.time_compression;
     let sent = injects.iter().filter(|i| i.id.is_some()).count();
     format!(
@@ -427,9 +550,22 @@ fn progress_line(scenario: &Scenario, now: Duration, injects: &[Inject], shown: 
     )
 }
 
-async fn start_relay(opts: &RunOptions, dir: &std::path::Path, config: &str, n: u32) -> anyhow::Result<Proc> {
-    let mut relay = Proc::spawn(&opts.bin, &["relay", "--config", config], dir, &format!("relay-{n}.log"))?;
-    let line = relay.wait_log("relay listening", START_TIMEOUT).await.context("relay did not start")?;
+async fn start_relay(
+    opts: &RunOptions,
+    dir: &std::path::Path,
+    config: &str,
+    n: u32,
+) -> anyhow::Result<Proc> {
+    let mut relay = Proc::spawn(
+        &opts.bin,
+        &["relay", "--config", config],
+        dir,
+        &format!("relay-{n}.log"),
+    )?;
+    let line = relay
+        .wait_log("relay listening", START_TIMEOUT)
+        .await
+        .context("relay did not start")?;
     if field(&line, "addr").is_none() {
         bail!("relay did not log its address: {line}");
     }
@@ -437,7 +573,15 @@ async fn start_relay(opts: &RunOptions, dir: &std::path::Path, config: &str, n: 
 }
 
 fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::Result<Proc> {
-    let setup = dep.nodes.get(p).with_context(|| format!("no node set up for {p}"))?;
+    let setup = dep
+        .nodes
+        .get(p)
+        .with_context(|| format!("no node set up for {p}"))?;
     let cfg = setup.config.display().to_string();
-    Proc::spawn(&opts.bin, &["node", "--config", &cfg], &dep.dir, &format!("node-{p}-{n}.log"))
+    Proc::spawn(
+        &opts.bin,
+        &["node", "--config", &cfg],
+        &dep.dir,
+        &format!("node-{p}-{n}.log"),
+    )
 }

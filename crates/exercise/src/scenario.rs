@@ -194,7 +194,11 @@ impl Scenario {
         }
         for o in &s.objectives {
             if !names.contains(&o.inject.as_str()) {
-                bail!("scenario {origin}: objective {:?} names unknown inject {:?}", o.name, o.inject);
+                bail!(
+                    "scenario {origin}: objective {:?} names unknown inject {:?}",
+                    o.name,
+                    o.inject
+                );
             }
             if !["delivered", "acknowledged", "overdue_escalated"].contains(&o.expect.as_str()) {
                 bail!("scenario {origin}: objective {:?}: expect must be delivered, acknowledged or overdue_escalated", o.name);
@@ -214,15 +218,27 @@ impl Scenario {
             .get(id)
             .or_else(|| self.behaviour.get("default"))
             .cloned()
-            .unwrap_or(Behaviour { ack_after_s: Some(2.0), never_ack: false })
+            .unwrap_or(Behaviour {
+                ack_after_s: Some(2.0),
+                never_ack: false,
+            })
     }
 }
 
 /// Scenarios shipped with the binary.
 pub const BUILTIN: [(&str, &str); 3] = [
-    ("regional-drill", include_str!("../../../config/exercises/regional-drill.toml")),
-    ("comm-check", include_str!("../../../config/exercises/comm-check.toml")),
-    ("silent-member", include_str!("../../../config/exercises/silent-member.toml")),
+    (
+        "regional-drill",
+        include_str!("../../../config/exercises/regional-drill.toml"),
+    ),
+    (
+        "comm-check",
+        include_str!("../../../config/exercises/comm-check.toml"),
+    ),
+    (
+        "silent-member",
+        include_str!("../../../config/exercises/silent-member.toml"),
+    ),
 ];
 
 /// The CICA roster template shipped with the binary.

@@ -100,6 +100,24 @@ impl RelayIdentity {
         Fingerprint::of(self.certs.first().map(|c| c.as_ref()).unwrap_or_default())
     }
 
+    /// The QUIC stateless-reset key, derived from the private key so that it is the same after
+    /// a restart (and differs between relays).
+    pub fn reset_key(&self) -> ring::hmac::Key {
+        let mut h = Sha256::new();
+        h.update(b"cica-hotline/1 stateless reset\0");
+        h.update(self.key.secret_der());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize())
+    }
+
+    /// The key of the relay's connection-id generator, stable across restarts.
+    pub fn cid_key(&self) -> u64 {
+        let mut h = Sha256::new();
+        h.update(b"cica-hotline/1 connection ids\0");
+        h.update(self.key.secret_der());
+        let d = h.finalize();
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+
     /// A rustls server configuration: TLS 1.3 only, ALPN `cica-hotline/1`, no client certs.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, NetError> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())

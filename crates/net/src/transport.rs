@@ -61,7 +61,20 @@ pub fn server_endpoint(
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(limits.transport_config()?));
-    quinn::Endpoint::server(cfg, addr).map_err(NetError::Endpoint)
+    // A stateless-reset key that survives restarts: a relay that crashed and came back
+    // answers packets of connections it no longer knows with a reset that the node accepts,
+    // so the node reconnects at once instead of waiting out the idle timeout.
+    // Connection ids must also stay recognisable across the restart: quinn only resets
+    // packets whose connection id its generator validates, so that key is stable too.
+    let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.reset_key()));
+    let cid_key = identity.cid_key();
+    endpoint_cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(addr).map_err(NetError::Endpoint)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| NetError::Endpoint(std::io::Error::other("no async runtime")))?;
+    quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(NetError::Endpoint)
 }
 
 /// A client endpoint that trusts only the pinned relay certificates.
