@@ -7,7 +7,7 @@ use hotline_net::NetError;
 use hotline_proto::frame::{ErrorCode, Hello, NodeToRelay, RejectCode, RelayToNode, Subject};
 use hotline_proto::{
     Audience, AuthProof, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptKind, Role,
-    Signed, SigningKey,
+    Signature, Signed, SignedPayload, SigningKey,
 };
 
 fn two() -> Net {
@@ -451,7 +451,7 @@ async fn misattributed_and_forged_receipts_are_rejected() {
     let m = kaz.send_to("KGZ", "receipt me").await.unwrap();
     let (got, _) = kgz.next_deliver().await.unwrap();
 
-    let receipt = |recipient: &str, key: &str| {
+    let receipt_naming = |recipient: &str, key: &str, sender: &str| {
         let r = Receipt {
             version: hotline_proto::PROTOCOL_VERSION,
             recipient: pid(recipient),
@@ -459,12 +459,13 @@ async fn misattributed_and_forged_receipts_are_rejected() {
             created_at_ms: now_ms(),
             items: vec![hotline_proto::ReceiptItem {
                 id: m.decode_unverified().unwrap().id,
-                sender: pid("KAZ"),
+                sender: pid(sender),
                 digest: m.digest(),
             }],
         };
         Signed::sign(&r, &net.key(key)).unwrap()
     };
+    let receipt = |recipient: &str, key: &str| receipt_naming(recipient, key, "KAZ");
     async fn refused(c: &mut Client, r: &Signed<Receipt>) -> RejectCode {
         let d = r.digest();
         c.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
@@ -492,6 +493,12 @@ async fn misattributed_and_forged_receipts_are_rejected() {
         refused(&mut tjk, &receipt("TJK", "TJK")).await,
         RejectCode::UnknownMessage
     );
+    // The right message and digest, but another sender: it would be forwarded to TJK, who
+    // has no business learning about KAZ's message (7.5, step 5).
+    assert_eq!(
+        refused(&mut kgz, &receipt_naming("KGZ", "KGZ", "TJK")).await,
+        RejectCode::UnknownMessage
+    );
     // A forged signature.
     let good = receipt("KGZ", "KGZ");
     let mut sig = good.signature();
@@ -515,6 +522,11 @@ async fn misattributed_and_forged_receipts_are_rejected() {
     assert!(
         !skipped.iter().any(|f| matches!(f, RelayToNode::Receipt(_))),
         "{skipped:?}"
+    );
+    let before = until_pong(&mut tjk, 7).await;
+    assert!(
+        !before.iter().any(|f| matches!(f, RelayToNode::Receipt(_))),
+        "TJK was sent a receipt for a message it did not send: {before:?}"
     );
     relay.shutdown().await;
 }
@@ -1612,5 +1624,96 @@ async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     assert_flows(&mut kaz, &mut kgz, "after the slow consumer")
         .await
         .unwrap();
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Submissions that do not decode, or speak another version
+// ---------------------------------------------------------------------------------------
+
+/// Signs arbitrary bytes as a `T` (bypassing the field checks `Signed::sign` applies).
+fn sign_raw<T: SignedPayload>(bytes: Vec<u8>, key: &SigningKey) -> Signed<T> {
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&[T::DOMAIN, &bytes[..]].concat());
+    Signed::from_parts(bytes, PublicKey::of(key), Signature(sig.to_bytes()))
+}
+
+#[tokio::test]
+async fn undecodable_and_other_version_submissions_are_refused_by_name() {
+    let net = cica("");
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let key = net.key("TJK");
+
+    // Version 2: refused as such, by message id.
+    let mut env = tjk.envelope(to(&["KGZ"]), "from the future protocol");
+    env.version = 2;
+    let bytes = hotline_proto::codec::encode(&env, usize::MAX).unwrap();
+    tjk.submit(&sign_raw(bytes, &key)).await.unwrap();
+    assert_eq!(
+        tjk.rejected(env.id).await.unwrap(),
+        RejectCode::UnsupportedVersion
+    );
+
+    // Truncated: Malformed, still named by the id at bytes 2..18.
+    let env = tjk.envelope(to(&["KGZ"]), "cut short");
+    let bytes = tjk.sign(&env).bytes()[..40].to_vec();
+    tjk.submit(&sign_raw(bytes, &key)).await.unwrap();
+    let r = tjk.answer(env.id).await.unwrap().unwrap_err();
+    assert_eq!(r.code, RejectCode::Malformed);
+    assert_eq!(r.subject, Subject::Message(env.id));
+
+    // Too short to name a message: the subject is the frame.
+    tjk.submit(&sign_raw(vec![1, 0, 7, 7], &key)).await.unwrap();
+    let (code, _) = tjk
+        .until(|f| match f {
+            RelayToNode::Rejected(x) if x.subject == Subject::Frame => Some(x.code),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(code, RejectCode::Malformed);
+
+    // A body over the protocol limit (not just the relay's).
+    let mut env = tjk.envelope(to(&["KGZ"]), "huge");
+    env.body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX + 1);
+    let bytes = hotline_proto::codec::encode(&env, usize::MAX).unwrap();
+    tjk.submit(&sign_raw(bytes, &key)).await.unwrap();
+    assert_eq!(tjk.rejected(env.id).await.unwrap(), RejectCode::TooLarge);
+    assert_flows(&mut kaz, &mut kgz, "after undecodable submissions")
+        .await
+        .unwrap();
+
+    // None of them used up a sequence number.
+    let mut tjk2 = net.client(addr, "TJK").await.unwrap();
+    assert_eq!(tjk2.seq, 0, "refusals leave no trace");
+    assert_flows(&mut tjk2, &mut kgz, "TJK behaves")
+        .await
+        .unwrap();
+
+    // An authentication proof of version 2 closes with UnsupportedVersion.
+    let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+    let proof = AuthProof {
+        version: 2,
+        participant: pid("UZB"),
+        channel_binding: hotline_net::channel_binding(&conn).unwrap(),
+        created_at_ms: now_ms(),
+    };
+    let bytes = hotline_proto::codec::encode(&proof, usize::MAX).unwrap();
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    let mut w = hotline_net::FrameWriter::new(send);
+    w.write(&NodeToRelay::Hello(Hello {
+        auth: sign_raw(bytes, &net.key("UZB")),
+        roster_version: 0,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        close_code(&conn).await.unwrap(),
+        ErrorCode::UnsupportedVersion
+    );
     relay.shutdown().await;
 }

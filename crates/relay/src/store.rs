@@ -582,22 +582,23 @@ fn store_receipt(
     if exists {
         return Ok(RelayToNode::ReceiptStored(digest));
     }
-    // Items naming a message we hold must name its exact content and a real recipient.
+    // Items naming a message we hold must name its sender, its exact content and a real
+    // recipient: otherwise the receipt would be forwarded to a "sender" that never sent it.
     for item in &receipt.items {
-        let held: Option<(Vec<u8>, String)> = tx
-            .prepare_cached("SELECT digest, recipients FROM messages WHERE id = ?1")?
-            .query_row([&item.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        let held: Option<(String, Vec<u8>, String)> = tx
+            .prepare_cached("SELECT sender, digest, recipients FROM messages WHERE id = ?1")?
+            .query_row([&item.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((d, recipients)) = held {
+        if let Some((sender, d, recipients)) = held {
             let addressed = recipients
                 .split(',')
                 .any(|r| r == receipt.recipient.as_str());
-            if d[..] != item.digest.0[..] || !addressed {
+            if sender != item.sender.as_str() || d[..] != item.digest.0[..] || !addressed {
                 return Ok(reject(
                     Subject::Receipt(digest),
                     RejectCode::UnknownMessage,
                     format!(
-                        "receipt names message {} with a different digest or recipient",
+                        "receipt names message {} with a different sender, digest or recipient",
                         item.id
                     ),
                 ));
