@@ -39,20 +39,44 @@ pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ExerciseCommand::Run { scenario, seed, out, speedup, json } => {
+        ExerciseCommand::Run {
+            scenario,
+            seed,
+            out,
+            speedup,
+            json,
+        } => {
             let sc = hotline_exercise::load(&scenario)?;
             let bin = std::env::current_exe().context("locating the hotline binary")?;
-            let opts = hotline_exercise::RunOptions { bin, out_dir: out, seed, speedup, progress: !json };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let opts = hotline_exercise::RunOptions {
+                bin,
+                out_dir: out,
+                seed,
+                speedup,
+                progress: !json,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let report = rt.block_on(hotline_exercise::run(sc, opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", hotline_exercise::report::summary(&report));
-                println!("JSON report: {}", report.directory.join("report.json").display());
-                println!("HTML report: {}", report.directory.join("report.html").display());
+                println!(
+                    "JSON report: {}",
+                    report.directory.join("report.json").display()
+                );
+                println!(
+                    "HTML report: {}",
+                    report.directory.join("report.html").display()
+                );
             }
-            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

@@ -42,10 +42,14 @@ impl ApiArgs {
                         .context("no node configuration found: give --node-config FILE (or --api and --token-file)")?,
                 };
                 let c = hotline_node::NodeConfig::load(&path)?;
-                (self.api.clone().unwrap_or_else(|| c.api_listen.to_string()), self.token_file.clone().unwrap_or(c.token_file))
+                (
+                    self.api.clone().unwrap_or_else(|| c.api_listen.to_string()),
+                    self.token_file.clone().unwrap_or(c.token_file),
+                )
             }
         };
-        let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading the API token {}", token_file.display()))?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading the API token {}", token_file.display()))?;
         Ok(ApiClient::new(&addr, &token))
     }
 }
@@ -113,7 +117,9 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
             s
         }
         (Some(b), _) => b.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => String::new(),
     };
     let req = json!({
@@ -126,7 +132,10 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
     print(a.api.json, &v, |v| {
         let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
         let note = v["note"].as_str().unwrap_or("");
-        format!("{}\nqueued for {n} recipient(s); {note}", v["id"].as_str().unwrap_or("?"))
+        format!(
+            "{}\nqueued for {n} recipient(s); {note}",
+            v["id"].as_str().unwrap_or("?")
+        )
     })
 }
 
@@ -161,9 +170,18 @@ pub(crate) struct InboxArgs {
 
 pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.get("/v1/inbox")?;
-    let items: Vec<Value> = v.as_array().cloned().unwrap_or_default().into_iter().filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false)).collect();
+    let items: Vec<Value> = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false))
+        .collect();
     print(a.api.json, &Value::Array(items.clone()), |_| {
-        let mut out = format!("{:<32}  {:<6}  {:<9}  {:<13}  {:<4}  SUBJECT", "ID", "FROM", "PREC", "RECEIVED", "ACK");
+        let mut out = format!(
+            "{:<32}  {:<6}  {:<9}  {:<13}  {:<4}  SUBJECT",
+            "ID", "FROM", "PREC", "RECEIVED", "ACK"
+        );
         for m in &items {
             out.push_str(&format!(
                 "\n{:<32}  {:<6}  {:<9}  {:<13}  {:<4}  {}{}",
@@ -171,7 +189,11 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
                 m["from"].as_str().unwrap_or(""),
                 m["precedence"].as_str().unwrap_or(""),
                 ts(&m["received_at_ms"]),
-                if m["acknowledged"] == json!(true) { "yes" } else { "NO" },
+                if m["acknowledged"] == json!(true) {
+                    "yes"
+                } else {
+                    "NO"
+                },
                 banner(m),
                 m["subject"].as_str().unwrap_or(""),
             ));
@@ -212,7 +234,11 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
         if m["direction"] == json!("sent") {
             out.push_str(&format!("\n\n{}", matrix_text(m)));
         } else if m["acknowledged"] == json!(true) {
-            out.push_str(&format!("\n\nacknowledged by {} at {}", m["officer"].as_str().unwrap_or(""), ts(&m["acknowledged_at_ms"])));
+            out.push_str(&format!(
+                "\n\nacknowledged by {} at {}",
+                m["officer"].as_str().unwrap_or(""),
+                ts(&m["acknowledged_at_ms"])
+            ));
         } else {
             out.push_str("\n\nNOT ACKNOWLEDGED");
         }
@@ -233,7 +259,11 @@ fn matrix_text(m: &Value) -> String {
             r["recipient"].as_str().unwrap_or(""),
             ts(&r["delivered_at_ms"]),
             ts(&r["acked_at_ms"]),
-            if r["overdue_at_ms"].is_u64() && !r["acked_at_ms"].is_u64() { "OVERDUE" } else { "" },
+            if r["overdue_at_ms"].is_u64() && !r["acked_at_ms"].is_u64() {
+                "OVERDUE"
+            } else {
+                ""
+            },
             r["officer"].as_str().unwrap_or(""),
         ));
     }
@@ -264,8 +294,17 @@ pub(crate) struct AckArgs {
 }
 
 pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.post(&format!("/v1/messages/{}/ack", a.id), &json!({"officer": a.officer, "note": a.note}))?;
-    print(a.api.json, &v, |v| format!("acknowledged {} (receipt {})", a.id, v["receipt"].as_str().unwrap_or("")))
+    let v = a.api.client()?.post(
+        &format!("/v1/messages/{}/ack", a.id),
+        &json!({"officer": a.officer, "note": a.note}),
+    )?;
+    print(a.api.json, &v, |v| {
+        format!(
+            "acknowledged {} (receipt {})",
+            a.id,
+            v["receipt"].as_str().unwrap_or("")
+        )
+    })
 }
 
 /// `hotline node-status` / `hotline sent` / `hotline watch`.
@@ -292,7 +331,10 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
 pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.get("/v1/messages")?;
     print(a.api.json, &v, |v| {
-        let mut out = format!("{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT", "ID", "STATE", "DLVD", "ACKD");
+        let mut out = format!(
+            "{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT",
+            "ID", "STATE", "DLVD", "ACKD"
+        );
         for m in v.as_array().cloned().unwrap_or_default() {
             out.push_str(&format!(
                 "\n{:<32}  {:<12}  {:>5}  {:>5}  {}{}",
