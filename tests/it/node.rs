@@ -817,7 +817,8 @@ async fn a_roster_signed_by_another_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
-    // The control for the test above: the same path installs a validly signed roster.
+    // The control for the test above: the same paths install a validly signed roster, at
+    // connection (welcome) and while connected (the relay reloads its roster).
     let mut net = net();
     std::fs::copy(
         net.path().join("roster.signed"),
@@ -826,10 +827,15 @@ async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
     .unwrap();
     net.update_roster(|r| r.participants[1].name = "Republic of Kazakhstan".into());
     let relay = net.relay().await;
+    let events = net.path().join("roster-events.jsonl");
     net.node_config_with(
         "KAZ",
         &NodeSetup {
             roster: Some("roster-v1.signed".into()),
+            hooks: Some(format!(
+                "on_roster_changed = [\"sh\", \"-c\", \"cat >> '{}'\"]",
+                events.display()
+            )),
             ..NodeSetup::relay(relay.local_addr())
         },
     );
@@ -843,6 +849,99 @@ async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
     );
     let st = kaz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(st["roster_version"], 2, "{st}");
+
+    // TJK joins in version 3: unknown until the node has that roster.
+    let out = kaz
+        .cli(&["send", "--to", "TJK", "--subject", "welcome"])
+        .await
+        .unwrap();
+    assert!(out.stderr.contains("unknown"), "{out:?}");
+    let tjk = SigningKey::from_bytes(&[0x77; 32]);
+    net.update_roster(|r| {
+        r.participants.push(hotline_proto::Participant {
+            id: pid("TJK"),
+            name: "Republic of Tajikistan".into(),
+            role: Role::Member,
+            keys: vec![PublicKey::of(&tjk)],
+            revoked: false,
+        })
+    });
+    assert_eq!(relay.reload_roster().unwrap(), 3);
+    let line = kaz
+        .proc
+        .wait_line(&["roster installed", "version=3"])
+        .await
+        .unwrap();
+    assert!(line.contains("previous=2"), "{line}");
+    let sent = kaz
+        .cli_json(&["send", "--to", "TJK", "--subject", "welcome"])
+        .await
+        .unwrap();
+    assert_eq!(sent["recipients"], json!(["TJK"]), "{sent}");
+
+    kaz.proc
+        .wait_lines_from(0, &["hook ran", "on_roster_changed"], 2)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&events).unwrap();
+    let versions: BTreeSet<u64> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+            assert_eq!(v["type"], "roster_changed", "{v}");
+            v["version"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(versions, BTreeSet::from([2, 3]), "{text}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
+    let net = net();
+    // A fixed address, so that the relay comes back where the nodes look for it.
+    let addr = free_udp_addr();
+    net.set_relay_listen(addr);
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz) = two_nodes(&net, addr).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let id = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "Please confirm"])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+
+    relay.shutdown().await;
+    kgz.proc.wait_log("relay link lost").await.unwrap();
+    let ack = kgz
+        .cli_json(&["ack", &id, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    assert_eq!(ack["relays_connected"], 0, "{ack}");
+    // The signed receipt waits in KGZ's store, through a crash.
+    kgz.proc.kill9();
+    drop(kgz);
+
+    let relay = net.relay().await;
+    assert_eq!(relay.local_addr(), addr);
+    let _kgz = net.start_node("KGZ").await.unwrap();
+    let ev = kaz_events
+        .wait_for("acknowledged", |e| {
+            e["type"] == "acknowledged" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["officer"], "Duty officer");
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "acknowledged", "{st}");
     relay.shutdown().await;
 }
 
