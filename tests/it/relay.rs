@@ -948,6 +948,12 @@ async fn submissions_over_the_rate_are_rate_limited() {
         .map(|a| a.map(|_| ()).map_err(|r| r.code))
         .collect();
     assert_eq!(codes, vec![Ok(()), Ok(()), Err(RejectCode::RateLimited)]);
+    // Reconnecting does not refill the bucket: the limit belongs to the participant.
+    tjk.close();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let env = tjk.envelope(to(&["KGZ"]), "after reconnecting");
+    let r = tjk.submit_wait(&tjk.sign(&env)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::RateLimited);
     // The limit is per participant: KAZ (with its own burst) still gets through.
     assert_flows(&mut kaz, &mut kgz, "while TJK is limited")
         .await

@@ -223,6 +223,7 @@ impl Relay {
             metrics,
             readers,
             writer: cmd_tx,
+            rates: Default::default(),
         });
         let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_thread));
         Ok(RelayHandle {

@@ -1,8 +1,8 @@
 //! One task per connection: handshake, then a loop that reads frames, answers them, and
 //! delivers the participant's queues.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,22 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) readers: Arc<Readers>,
     pub(crate) writer: mpsc::Sender<Command>,
+    /// Submission token buckets by participant, so reconnecting does not refill one. At
+    /// most one entry per roster participant (only authenticated sessions add one).
+    pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
+}
+
+impl Shared {
+    /// Takes one submission token from `who`'s bucket; false when it is empty.
+    fn take_token(&self, who: &ParticipantId) -> bool {
+        let l = &self.config.limits;
+        // Nothing panics while holding this lock; recover the map if something did.
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        rates
+            .entry(who.clone())
+            .or_insert_with(|| Rate::new(l.rate_per_sec, l.rate_burst))
+            .take()
+    }
 }
 
 /// Why a session ended; becomes the QUIC close code.
@@ -127,7 +143,7 @@ fn subject_of(s: &Signed<Envelope>) -> Subject {
 }
 
 /// Token bucket for one participant's submissions.
-struct Rate {
+pub(crate) struct Rate {
     per_sec: f64,
     burst: f64,
     tokens: f64,
@@ -329,10 +345,6 @@ async fn session(
         rcpt_cursor: 0,
         in_flight_deliveries: HashSet::new(),
         pending_answers: 0,
-        rate: Rate::new(
-            shared.config.limits.rate_per_sec,
-            shared.config.limits.rate_burst,
-        ),
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
     };
     let result = s.run(reader, welcome, wake, shutdown).await;
@@ -356,7 +368,6 @@ struct Session {
     in_flight_deliveries: HashSet<MessageId>,
     /// Submissions and receipts handed to the writer and not yet answered.
     pending_answers: usize,
-    rate: Rate,
     write_timeout: Duration,
 }
 
@@ -452,7 +463,7 @@ impl Session {
             NodeToRelay::Ping(n) => self.write(&RelayToNode::Pong(n)).await,
             NodeToRelay::Submit(signed) => {
                 let subject = subject_of(&signed);
-                if !self.rate.take() {
+                if !self.shared.take_token(&self.me) {
                     return self
                         .refuse(
                             subject,
