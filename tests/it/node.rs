@@ -1288,7 +1288,7 @@ async fn an_unacknowledged_flash_message_pages_again_until_acknowledged() {
         .unwrap();
     // Every line logged before the acknowledgement is in by the time its own line is.
     kgz.proc
-        .wait_line(&["acknowledged", &msg(&flash), "officer=Duty officer"])
+        .wait_line(&["acknowledged", &msg(&flash), "officer=\"Duty officer\""])
         .await
         .unwrap();
     let paged = kgz.proc.count_lines(&["paging again", &msg(&flash)]);
@@ -1336,4 +1336,45 @@ async fn no_reachable_relay_runs_the_unreachable_hook() {
     let ev: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
     assert_eq!(ev["type"], "unreachable", "{ev}");
     assert!(ev["for_ms"].as_u64().unwrap() >= 300, "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_from_other_participants_cannot_forge_log_lines() {
+    // Subjects and officers' names come from other participants; the human-readable log
+    // must show them quoted, never as lines of their own.
+    let net = net();
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let forged = "FORGED  INFO acknowledged msg=00000000000000000000000000000000 by=KGZ";
+    let subject = format!("Routine report\n{forged}");
+    let id = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", &subject])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    let officer = format!("Duty officer\n{forged}");
+    kgz.cli_json(&["ack", &id, "--officer", &officer])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
+        .await
+        .unwrap();
+    // The API keeps the text as it was signed.
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["subject"], subject.as_str());
+    assert_eq!(st["recipients"][0]["officer"], officer.as_str());
+    for node in [&kaz, &kgz] {
+        let log = node.proc.log();
+        assert!(
+            !log.lines().any(|l| l.starts_with("FORGED")),
+            "{}:\n{log}",
+            node.id
+        );
+    }
+    relay.shutdown().await;
 }

@@ -522,7 +522,7 @@ async fn ack(
         )),
         Ok(AckOutcome::Acked(r)) => {
             state.wake_links();
-            info!(msg = %id, officer = %req.officer, "acknowledged");
+            info!(msg = %id, officer = ?req.officer, "acknowledged");
             state.emit(crate::events::Event::AckSent {
                 id,
                 officer: req.officer.clone(),

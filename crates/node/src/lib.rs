@@ -307,7 +307,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
                         .map(|r| r.as_str())
                         .collect::<Vec<_>>()
                         .join(",");
-                    warn!(msg = %id, %subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
+                    warn!(msg = %id, subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
                     let ev = Event::Overdue {
                         id,
                         subject,

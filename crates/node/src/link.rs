@@ -266,7 +266,7 @@ impl Link<'_> {
                         {
                             error!(error = %e, msg = %id, "cannot record refusal");
                         }
-                        warn!(relay = self.idx, msg = %id, code = ?r.code, detail = %r.detail, retrying = again, "relay refused a message");
+                        warn!(relay = self.idx, msg = %id, code = ?r.code, detail = ?r.detail, retrying = again, "relay refused a message");
                         self.state.emit(Event::Rejected {
                             id,
                             relay: self.idx,
@@ -276,11 +276,11 @@ impl Link<'_> {
                         });
                     }
                     Subject::Receipt(d) => {
-                        error!(relay = self.idx, receipt = %d, code = ?r.code, detail = %r.detail, "relay refused a receipt; dropping it for this relay");
+                        error!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt; dropping it for this relay");
                         let _ = self.state.store().receipt_stored(self.idx, &d);
                     }
                     _ => {
-                        warn!(relay = self.idx, code = ?r.code, detail = %r.detail, "relay refused a frame")
+                        warn!(relay = self.idx, code = ?r.code, detail = ?r.detail, "relay refused a frame")
                     }
                 },
                 RelayToNode::ReceiptStored(d) => {
@@ -343,10 +343,12 @@ impl Link<'_> {
         for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
                 (Ok(env), Stored::New) => {
+                    // The subject is the sender's text: Debug-quoted so that a line break in
+                    // it cannot forge a log line.
                     if matches!(env.precedence, Precedence::Flash | Precedence::Immediate) {
-                        warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = %env.subject, "urgent message received");
+                        warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, "urgent message received");
                     } else {
-                        info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = %env.subject, "message received");
+                        info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, "message received");
                     }
                     let ev = received_event(env, false);
                     self.state.hooks.fire(
@@ -401,7 +403,9 @@ impl Link<'_> {
             for item in r.items.iter().filter(|i| i.sender == self.state.me) {
                 let ev = match &r.kind {
                     hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
-                        info!(msg = %item.id, by = %r.recipient, %officer, "acknowledged");
+                        // Debug-quoted: the officer's name is another participant's text and may hold
+                        // line breaks that would forge log lines.
+                        info!(msg = %item.id, by = %r.recipient, officer = ?officer, "acknowledged");
                         Event::Acknowledged {
                             id: item.id,
                             by: r.recipient.clone(),

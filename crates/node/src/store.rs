@@ -216,6 +216,11 @@ impl NodeStore {
         hotline_store::quick_check(&conn, &path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
+        // A damaged journal is refused at start-up, naming the file, rather than extended.
+        hotline_store::verify_journal(&conn).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         let journal = Journal::load(&conn)?;
         Ok(Self {
             conn,
