@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod faults;
 mod node;
 mod relay;
 mod relay_process;

@@ -48,16 +48,31 @@ async fn accepted_message_survives_kill_9_and_is_delivered_once() {
     );
     drop(kaz);
 
-    let (_relay, addr) = start(&net, "relay-2.log").await;
+    let (mut relay, addr) = start(&net, "relay-2.log").await;
     let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let (got, _) = kgz.next_deliver().await.unwrap();
     assert_eq!(got, m1, "the accepted message survived the crash");
-    kgz.receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&got))
+    let receipt = kgz
+        .receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&got))
         .await
         .unwrap();
 
-    // The relay still knows KAZ's sequence number and the original acceptance.
+    // A second crash, right after the receipt was stored: it is still forwarded.
+    relay.kill9();
+    drop(kgz);
+    let (_relay, addr) = start(&net, "relay-3.log").await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let (fwd, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fwd, receipt, "the stored receipt survived the crash");
+
+    // The relay still knows KAZ's sequence number and the original acceptance.
     assert_eq!(kaz.seq, env.seq.0, "Welcome.last_seq survived the crash");
     let again = kaz.submit_wait(&m1).await.unwrap().unwrap();
     assert_eq!(

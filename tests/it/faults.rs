@@ -1,0 +1,422 @@
+//! The fault suite with real processes: the relay killed with SIGKILL over and over during a
+//! stream of sends, a full disk under the relay's store, and a store damaged while stopped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hotline_e2e::*;
+use hotline_exercise::deploy::Deployment;
+use hotline_exercise::process::{hotline_bin as bin, Proc as XProc};
+use hotline_node::client::ApiClient;
+use hotline_proto::{Audience, RejectCode, Role};
+use serde_json::{json, Value};
+
+const TEMPLATE: &str = r#"
+network = "FAULTS"
+version = 1
+[[participants]]
+id = "SEC"
+name = "Secretariat"
+role = "secretariat"
+[[participants]]
+id = "KAZ"
+name = "Kazakhstan"
+role = "member"
+[[participants]]
+id = "KGZ"
+name = "Kyrgyzstan"
+role = "member"
+[[participants]]
+id = "TJK"
+name = "Tajikistan"
+role = "member"
+[[participants]]
+id = "UZB"
+name = "Uzbekistan"
+role = "member"
+"#;
+
+const NODES: [&str; 4] = ["KAZ", "KGZ", "TJK", "UZB"];
+const SENDERS: [&str; 3] = ["KAZ", "KGZ", "TJK"];
+const START: Duration = Duration::from_secs(30);
+
+/// Seed for a randomised fault test: `HOTLINE_FAULT_SEED` or a fresh one, printed.
+fn seed() -> u64 {
+    let s = std::env::var("HOTLINE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("fault seed {s} (rerun with HOTLINE_FAULT_SEED={s})");
+    s
+}
+
+async fn start_relay(dep: &Deployment, n: u32) -> anyhow::Result<XProc> {
+    let cfg = dep.relay_config.display().to_string();
+    let mut p = XProc::spawn(
+        &bin()?,
+        &["relay", "--config", &cfg],
+        &dep.dir,
+        &format!("relay-{n}.log"),
+    )?;
+    p.wait_log("relay listening", START).await?;
+    Ok(p)
+}
+
+/// Follows every node's event stream; returns a channel of (participant, event).
+fn follow(clients: &BTreeMap<String, ApiClient>) -> tokio::sync::mpsc::Receiver<(String, Value)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(100_000);
+    for (id, c) in clients {
+        let (id, c, tx) = (id.clone(), c.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let _ = c.watch(|ev| tx.blocking_send((id.clone(), ev)).is_ok());
+        });
+    }
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Result<()> {
+    const SENDS: usize = 2_000;
+    const KILLS: usize = 20;
+    let seed = seed();
+    let dir = tempfile::tempdir()?;
+    let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
+    let mut relay = start_relay(&dep, 0).await?;
+    for n in NODES {
+        dep.add_node(n, dep.relay_addr, 3_600_000)?;
+    }
+    let mut nodes = BTreeMap::new();
+    for n in NODES {
+        let cfg = dep.nodes[n].config.display().to_string();
+        let mut p = XProc::spawn(
+            &bin()?,
+            &["node", "--config", &cfg],
+            &dep.dir,
+            &format!("node-{n}.log"),
+        )?;
+        p.wait_log("relay connected", START).await?;
+        nodes.insert(n.to_string(), p);
+    }
+    let clients: BTreeMap<String, ApiClient> = dep
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
+        .collect();
+    let mut events = follow(&clients);
+
+    // Senders post as fast as their nodes take it; progress drives the kills.
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
+    let done_tx = Arc::new(done_tx);
+    let mut senders = Vec::new();
+    let mut rng_seed = seed;
+    for (k, s) in SENDERS.iter().enumerate() {
+        let c = clients[*s].clone();
+        let done = done_tx.clone();
+        let s = s.to_string();
+        let share = SENDS / SENDERS.len() + usize::from(k < SENDS % SENDERS.len());
+        rng_seed = rng_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let start = rng_seed;
+        senders.push(tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String)>> {
+            let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != s).collect();
+            let mut sent = Vec::with_capacity(share);
+            for i in 0..share {
+                let to = others[(start as usize + i) % others.len()];
+                let v = c.post("/v1/messages", &json!({"to": [to], "subject": format!("{s} #{i}"), "body": "fault suite", "status": "test"}))?;
+                sent.push((v["id"].as_str().context("id")?.to_owned(), to.to_owned()));
+                done.send_modify(|n| *n += 1);
+            }
+            Ok(sent)
+        }));
+    }
+    // Kill the relay every SENDS / (KILLS + 1) sends, restarting it at once.
+    let mut kills = 0;
+    for k in 1..=KILLS {
+        let target = k * SENDS / (KILLS + 1);
+        tokio::time::timeout(Duration::from_secs(120), done_rx.wait_for(|n| *n >= target))
+            .await
+            .context("senders stalled")??;
+        relay.kill9();
+        kills += 1;
+        relay = start_relay(&dep, k as u32).await?;
+    }
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for s in senders {
+        for (id, to) in s.await?? {
+            expected.insert(id, to);
+        }
+    }
+    assert_eq!(expected.len(), SENDS);
+
+    // Wait for every recipient to show every message.
+    let mut shown: HashMap<(String, String), u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while shown.len() < SENDS {
+        let (p, ev) = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .with_context(|| {
+                format!(
+                    "only {} of {SENDS} messages shown after the kills",
+                    shown.len()
+                )
+            })?
+            .context("event streams ended")?;
+        if ev["type"] == "message_received" {
+            *shown
+                .entry((p, ev["id"].as_str().unwrap_or("").to_owned()))
+                .or_insert(0) += 1;
+        }
+    }
+    // Every message accepted by a relay, and in its recipient's inbox exactly once.
+    let mut accepted = 0;
+    for s in SENDERS {
+        let c = clients[s].clone();
+        let list = tokio::task::spawn_blocking(move || c.get("/v1/messages?limit=1000")).await??;
+        for m in list.as_array().context("sent list")? {
+            assert_ne!(m["state"], json!("queued"), "{m}");
+            assert_ne!(m["state"], json!("rejected"), "{m}");
+            accepted += 1;
+        }
+    }
+    assert_eq!(
+        accepted, SENDS,
+        "every send was accepted once the relay was back"
+    );
+    for n in NODES {
+        let c = clients[n].clone();
+        let inbox = tokio::task::spawn_blocking(move || c.get("/v1/inbox?limit=1000")).await??;
+        let ids: Vec<String> = inbox
+            .as_array()
+            .context("inbox")?
+            .iter()
+            .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{n}: a message is in the inbox twice"
+        );
+        let want: HashSet<&String> = expected
+            .iter()
+            .filter(|(_, to)| *to == n)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            unique, want,
+            "{n}: inbox differs from what was addressed to it"
+        );
+    }
+    let dups: Vec<_> = shown.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dups.is_empty(), "shown more than once: {dups:?}");
+    println!("relay SIGKILLed {kills} times during {SENDS} sends: {accepted} accepted, {} shown exactly once, 0 lost", shown.len());
+    drop(nodes);
+    Ok(())
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let chunk = vec![0u8; 4096];
+    // Write until the file system refuses: the disk is then full.
+    while f.write_all(&chunk).and_then(|_| f.sync_data()).is_ok() {}
+    path
+}
+
+#[tokio::test]
+async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(());
+    }
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let data = net.path().join("relay-data");
+    std::fs::create_dir_all(&data)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(());
+    }
+    let _mount = Mount(data.clone());
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await?;
+    let before = kaz.send_to("KGZ", "before the disk filled").await?;
+
+    let filler = fill(&data);
+    let mut accepted = vec![before];
+    let mut refused = 0;
+    for i in 0..200 {
+        let env = kaz.envelope(
+            Audience::Participants(vec![pid("KGZ")]),
+            &format!("while full {i}"),
+        );
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await?;
+        match kaz.answer(env.id).await? {
+            Ok(_) => accepted.push(s),
+            Err(r) => {
+                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                refused += 1;
+                if refused >= 5 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        refused >= 5,
+        "a full disk must refuse new messages ({} accepted)",
+        accepted.len()
+    );
+
+    // Space returns: new messages are accepted again, and nothing accepted was lost.
+    std::fs::remove_file(&filler)?;
+    let after = kaz.send_to("KGZ", "after space returned").await?;
+    accepted.push(after);
+    let mut kgz = net.client(addr, "KGZ").await?;
+    let mut got = HashSet::new();
+    while got.len() < accepted.len() {
+        let (m, _) = kgz.next_deliver().await?;
+        assert!(got.insert(m.digest()), "delivered twice");
+    }
+    let want: HashSet<_> = accepted.iter().map(|s| s.digest()).collect();
+    assert_eq!(got, want);
+    println!(
+        "disk full: {refused} refused with StorageUnavailable, {} accepted and all delivered",
+        accepted.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn stopped_relay_with_one_message(marker: &str) -> anyhow::Result<(Net, std::path::PathBuf)> {
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let cfg = net.relay_config.display().to_string();
+    let mut relay = Proc::spawn(&["relay", "--config", &cfg], net.path(), "relay-a.log")?;
+    let line = relay.wait_log("relay listening").await?;
+    let addr = addr_field(&line)?;
+    let mut kaz = net.client(addr, "KAZ").await?;
+    kaz.send_to("KGZ", marker).await?;
+    kaz.close();
+    relay.signal("TERM")?;
+    relay.wait_log("relay stopped").await?;
+    relay.kill9();
+    let db = net.path().join("relay-data").join("relay.db");
+    Ok((net, db))
+}
+
+async fn start_fails_naming(net: &Net, what: &str) -> anyhow::Result<()> {
+    let cfg = net.relay_config.display().to_string();
+    let mut relay = Proc::spawn(&["relay", "--config", &cfg], net.path(), "relay-b.log")?;
+    let line = relay
+        .wait_log("relay.db")
+        .await
+        .with_context(|| format!("{what}: start-up did not name the file"))?;
+    let (status, relay) = relay.wait_exit(EVENT_TIMEOUT).await?;
+    assert!(
+        !status.success(),
+        "{what}: the relay must not serve a damaged store"
+    );
+    assert!(
+        !relay.log().contains("relay listening"),
+        "{what}: the relay served a damaged store"
+    );
+    println!("{what}: refused at start-up: {line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_damaged_while_stopped_is_refused_at_start() -> anyhow::Result<()> {
+    // A flipped byte inside a stored message.
+    let marker = "MARKER-0123456789-DAMAGE-ME";
+    let (net, db) = stopped_relay_with_one_message(marker).await?;
+    let mut bytes = std::fs::read(&db)?;
+    let hits: Vec<usize> = bytes
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !hits.is_empty(),
+        "the message is in relay.db after a clean stop"
+    );
+    for h in &hits {
+        bytes[h + 7] ^= 0x01;
+    }
+    std::fs::write(&db, &bytes)?;
+    start_fails_naming(&net, "flipped byte in a stored message").await?;
+
+    // A truncated database file.
+    let (net, db) = stopped_relay_with_one_message("truncate me").await?;
+    let len = std::fs::metadata(&db)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)?
+        .set_len(len / 2)?;
+    start_fails_naming(&net, "truncated relay.db").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edited_journal_is_refused_at_start_and_by_audit_verify() -> anyhow::Result<()> {
+    let (net, db) = stopped_relay_with_one_message("journal edit").await?;
+    {
+        let conn = rusqlite::Connection::open(&db)?;
+        conn.execute("UPDATE journal SET at_ms = at_ms + 1 WHERE seq = 1", [])?;
+    }
+    start_fails_naming(&net, "edited journal entry").await?;
+    let out = std::process::Command::new(hotline_bin()?)
+        .args(["audit", "verify", "--data"])
+        .arg(db.parent().context("dir")?)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("entry 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
