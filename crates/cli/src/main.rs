@@ -57,6 +57,9 @@ enum Command {
     /// Check an audit journal.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Check a relay or node configuration file before starting the service.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Roster(command) => cmd::roster::run(command),
         Command::Relay(args) => cmd::relay::run(args),
         Command::Audit(command) => cmd::audit::run(command),
+        Command::Config(command) => cmd::config::run(command),
         Command::Node(args) => cmd::node::run(args),
         Command::Send(args) => cmd::operator::send(args),
         Command::Inbox(args) => cmd::operator::inbox(args),

@@ -1,0 +1,480 @@
+//! `hotline config check FILE`: validate a relay or node configuration before starting the
+//! service, and point at the line to fix.
+//!
+//! Parsing and the field rules are the services' own (`RelayConfig::parse`,
+//! `NodeConfig::parse`), so this command can never accept a file the service refuses, or the
+//! reverse. Their syntax and type errors already name line and column; for a field whose
+//! value breaks a rule they name the field, and this module finds that field's line in the
+//! text. Then it checks the files the configuration names, as far as this user can read them:
+//! a present but unusable file (a roster not signed by `roster_key`, a key file others may
+//! read, a participant missing from the roster) is an error; a missing or unreadable one is a
+//! warning, since the check often runs before the files are in place or as another user.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Subcommand, ValueEnum};
+
+use hotline_node::NodeConfig;
+use hotline_relay::RelayConfig;
+
+/// The `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Check a relay or node configuration file (exit status 1 if it is unusable).
+    ///
+    /// Which kind it is comes from its content: a node configuration has `participant`, a
+    /// relay configuration has `listen` or `cert`. Errors name the file and line. Files the
+    /// configuration names (certificate, keys, roster) are checked too when they exist.
+    Check {
+        /// The configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Check it as this kind instead of guessing from its content.
+        #[arg(long, value_enum)]
+        kind: Option<Kind>,
+        /// Fail on warnings too (a named file missing or unreadable).
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+/// Which service a configuration file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Kind {
+    /// The Secretariat's relay (`hotline relay --config`).
+    Relay,
+    /// A contact point's node (`hotline node --config`).
+    Node,
+}
+
+/// Runs a config subcommand.
+pub(crate) fn run(command: ConfigCommand) -> Result<()> {
+    match command {
+        ConfigCommand::Check { file, kind, strict } => check(&file, kind, strict),
+    }
+}
+
+fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let kind = match kind.or_else(|| guess_kind(&text)) {
+        Some(k) => k,
+        None => match (
+            RelayConfig::parse(&text, path),
+            NodeConfig::parse(&text, path),
+        ) {
+            (Ok(_), _) => Kind::Relay,
+            (_, Ok(_)) => Kind::Node,
+            (Err(r), Err(n)) => bail!(
+                "{}: neither a relay configuration (it has `listen` or `cert`) nor a node \
+                 configuration (it has `participant`); give --kind relay|node.\n\
+                 As a relay configuration: {}\nAs a node configuration: {}",
+                path.display(),
+                with_line(&r.to_string(), relay_field(&r), &text, path),
+                with_line(&n.to_string(), node_field(&n), &text, path),
+            ),
+        },
+    };
+    let mut report = Report::default();
+    let headline = match kind {
+        Kind::Relay => {
+            let config = RelayConfig::parse(&text, path).map_err(|e| {
+                anyhow::anyhow!(with_line(&e.to_string(), relay_field(&e), &text, path))
+            })?;
+            check_relay_files(&config, &text, path, &mut report);
+            "OK: relay configuration".to_owned()
+        }
+        Kind::Node => {
+            let config = NodeConfig::parse(&text, path).map_err(|e| {
+                anyhow::anyhow!(with_line(&e.to_string(), node_field(&e), &text, path))
+            })?;
+            check_node_files(&config, &text, path, &mut report);
+            format!(
+                "OK: node configuration (participant {})",
+                config.participant
+            )
+        }
+    };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !report.errors.is_empty() {
+        bail!("{}", report.errors.join("\n"));
+    }
+    if strict && !report.warnings.is_empty() {
+        bail!(
+            "{}: {} warning(s), refused because of --strict",
+            path.display(),
+            report.warnings.len()
+        );
+    }
+    println!("{headline}");
+    for note in &report.notes {
+        println!("  {note}");
+    }
+    Ok(())
+}
+
+/// What the file checks found.
+#[derive(Default)]
+struct Report {
+    /// The service would refuse to start, or would misbehave.
+    errors: Vec<String>,
+    /// Could not be checked from here (missing, unreadable by this user).
+    warnings: Vec<String>,
+    /// Facts worth seeing (fingerprint, roster version).
+    notes: Vec<String>,
+}
+
+impl Report {
+    /// Records why `file` (named by `field`) could not be checked, if it is missing or
+    /// unreadable; returns whether it can be read.
+    fn readable(&mut self, field: &str, file: &Path, hint: &str) -> bool {
+        match std::fs::File::open(file) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warnings
+                    .push(format!("{field} {}: not found{hint}", file.display()));
+                false
+            }
+            Err(e) => {
+                self.warnings.push(format!(
+                    "{field} {}: not checked ({e}); run the check as the service user",
+                    file.display()
+                ));
+                false
+            }
+        }
+    }
+}
+
+fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut Report) {
+    let init = " (create it with `hotline relay init`)";
+    let cert_ok = report.readable("cert", &config.cert, init);
+    let key_ok = report.readable("key", &config.key, init);
+    if cert_ok && key_ok {
+        match hotline_net::RelayIdentity::load(&config.cert, &config.key) {
+            Ok(id) => report.notes.push(format!(
+                "certificate fingerprint (nodes pin it): {}",
+                id.fingerprint()
+            )),
+            Err(e) => report
+                .errors
+                .push(with_line(&e.to_string(), Some("cert"), text, path)),
+        }
+    }
+    if report.readable(
+        "roster",
+        &config.roster,
+        " (sign one with `hotline roster sign`)",
+    ) {
+        match hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
+        {
+            Ok(r) => report.notes.push(format!(
+                "roster version {} with {} participants, signed by roster_key",
+                r.version,
+                r.participants.len()
+            )),
+            Err(e) => report
+                .errors
+                .push(with_line(&e.to_string(), Some("roster"), text, path)),
+        }
+    }
+    check_data_dir(&config.data_dir, text, path, report);
+    report.notes.push(format!("QUIC on {}/udp", config.listen));
+}
+
+fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut Report) {
+    let me = &config.participant;
+    let mut key = None;
+    let keygen = format!(" (the participant key, from `hotline keygen --id {me}`)");
+    if report.readable("key", &config.key, &keygen) {
+        match hotline_config::keyfile::read_secret(&config.key) {
+            Ok(k) => key = Some(hotline_proto::PublicKey::of(&k)),
+            Err(e) => report
+                .errors
+                .push(with_line(&e.to_string(), Some("key"), text, path)),
+        }
+    }
+    let hint = " (the signed roster, from the Secretariat)";
+    if report.readable("roster", &config.roster, hint) {
+        match hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
+        {
+            Err(e) => report
+                .errors
+                .push(with_line(&e.to_string(), Some("roster"), text, path)),
+            Ok(r) => match r.participant(me) {
+                None => report.errors.push(with_line(
+                    &format!(
+                        "{}: participant {me} is not on roster version {}",
+                        path.display(),
+                        r.version
+                    ),
+                    Some("participant"),
+                    text,
+                    path,
+                )),
+                Some(p) if p.revoked => report.errors.push(with_line(
+                    &format!(
+                        "{}: participant {me} is revoked in roster version {}",
+                        path.display(),
+                        r.version
+                    ),
+                    Some("participant"),
+                    text,
+                    path,
+                )),
+                Some(p) => {
+                    if let Some(k) = key.filter(|k| !p.keys.contains(k)) {
+                        report.warnings.push(format!(
+                            "key {}: public key {k} is not one of {me}'s keys in roster \
+                             version {} (relays will refuse this node until a roster \
+                             listing it arrives)",
+                            config.key.display(),
+                            r.version
+                        ));
+                    }
+                    report.notes.push(format!(
+                        "roster version {} with {} participants, signed by roster_key",
+                        r.version,
+                        r.participants.len()
+                    ));
+                }
+            },
+        }
+    }
+    check_data_dir(&config.data_dir, text, path, report);
+    if !config.token_file.exists() {
+        report.notes.push(format!(
+            "api token {} does not exist yet: the node creates it at start, so its directory \
+             must be writable by the service",
+            config.token_file.display()
+        ));
+    }
+    let hooks = &config.hooks;
+    for (name, cmd) in [
+        ("hooks.on_message", &hooks.on_message),
+        ("hooks.on_overdue", &hooks.on_overdue),
+        ("hooks.on_unreachable", &hooks.on_unreachable),
+        ("hooks.on_roster_changed", &hooks.on_roster_changed),
+    ] {
+        let Some(program) = cmd.as_ref().and_then(|c| c.first()) else {
+            continue;
+        };
+        let program = Path::new(program);
+        if program.is_absolute() && !program.exists() {
+            report.warnings.push(with_line(
+                &format!("{name}: program {} not found", program.display()),
+                Some(name),
+                text,
+                path,
+            ));
+        }
+    }
+    report.notes.push(format!(
+        "{} relay(s), local API on {}",
+        config.relays.len(),
+        config.api_listen
+    ));
+}
+
+fn check_data_dir(dir: &Path, text: &str, path: &Path, report: &mut Report) {
+    if dir.exists() && !dir.is_dir() {
+        report.errors.push(with_line(
+            &format!("data_dir {}: not a directory", dir.display()),
+            Some("data_dir"),
+            text,
+            path,
+        ));
+    } else {
+        report.notes.push(format!("store in {}", dir.display()));
+    }
+}
+
+/// The field a relay configuration error names, if it is about a field's value.
+fn relay_field(e: &hotline_relay::ConfigError) -> Option<&'static str> {
+    match e {
+        hotline_relay::ConfigError::Invalid { field, .. } => Some(field),
+        _ => None,
+    }
+}
+
+/// The field a node configuration error names, if it is about a field's value.
+fn node_field(e: &hotline_node::ConfigError) -> Option<&'static str> {
+    match e {
+        hotline_node::ConfigError::Invalid { field, .. } => Some(field),
+        _ => None,
+    }
+}
+
+/// Appends where `field` is set in `text` to `message`, when it can be found.
+fn with_line(message: &str, field: Option<&str>, text: &str, path: &Path) -> String {
+    let Some(field) = field else {
+        return message.to_owned();
+    };
+    let lines = locate(text, field);
+    match lines.as_slice() {
+        [] => message.to_owned(),
+        [n] => format!(
+            "{message}\n  --> {}:{n}: {}",
+            path.display(),
+            text.lines().nth(n - 1).unwrap_or_default().trim()
+        ),
+        many => {
+            let list: Vec<String> = many.iter().map(usize::to_string).collect();
+            format!(
+                "{message}\n  --> {}: set at lines {}",
+                path.display(),
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// Line numbers (from 1) where `field` ("name" or "table.name") is set in TOML `text`.
+///
+/// A line scanner, not a TOML parser: it only runs on text the real parser has accepted, and
+/// its answer is a hint appended to the real error. It follows `[table]` and `[[table]]`
+/// headers and matches `name = …` inside the table, or a dotted `table.name = …` outside
+/// one. For `relays.fingerprint`, which every `[[relays]]` entry sets, it keeps the entries
+/// whose value does not parse. If the field itself is not found (an inline table), it looks
+/// for its table.
+fn locate(text: &str, field: &str) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut table = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            let name = line
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default();
+            table = normalise_key(name);
+            if table == field {
+                found.push(i + 1);
+            }
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = normalise_key(key);
+        let full = if table.is_empty() {
+            key
+        } else {
+            format!("{table}.{key}")
+        };
+        if full == field {
+            if field == "relays.fingerprint" && value_parses_as_fingerprint(value) {
+                continue;
+            }
+            found.push(i + 1);
+        }
+    }
+    if found.is_empty() {
+        if let Some((parent, _)) = field.rsplit_once('.') {
+            return locate(text, parent);
+        }
+    }
+    found
+}
+
+/// `a . "b"` → `a.b`: removes spaces and quotes around dotted key parts.
+fn normalise_key(key: &str) -> String {
+    key.split('.')
+        .map(|part| part.trim().trim_matches('"').trim_matches('\''))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn value_parses_as_fingerprint(value: &str) -> bool {
+    let v = value.split('#').next().unwrap_or_default().trim();
+    v.trim_matches('"')
+        .trim_matches('\'')
+        .parse::<hotline_net::Fingerprint>()
+        .is_ok()
+}
+
+/// Guesses the kind from top-level keys and table headers; `None` if the text has marks of
+/// both or of neither.
+fn guess_kind(text: &str) -> Option<Kind> {
+    const NODE_MARKS: [&str; 4] = ["participant", "[relays]", "[api]", "[hooks]"];
+    const RELAY_MARKS: [&str; 5] = ["listen", "cert", "metrics_listen", "[limits]", "[policy]"];
+    let mut node = false;
+    let mut relay = false;
+    let mut in_table = false;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            in_table = true;
+            let name = format!(
+                "[{}]",
+                normalise_key(line.trim_start_matches('[').split(']').next().unwrap_or(""))
+            );
+            node |= NODE_MARKS.contains(&name.as_str());
+            relay |= RELAY_MARKS.contains(&name.as_str());
+            continue;
+        }
+        if in_table || line.starts_with('#') {
+            continue;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let key = normalise_key(key);
+            node |= NODE_MARKS.contains(&key.as_str());
+            relay |= RELAY_MARKS.contains(&key.as_str());
+        }
+    }
+    match (relay, node) {
+        (true, false) => Some(Kind::Relay),
+        (false, true) => Some(Kind::Node),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "participant = \"KAZ\"\nkey = \"KAZ.key\"\n\n[[relays]]\naddress = \"127.0.0.1:7400\"\nfingerprint = \"00\"\n\n[[relays]]\naddress = \"127.0.0.1:7401\"\nfingerprint = \"nothex\"\n\n[api]\ntoken_file = \"api.token\"\n";
+
+    #[test]
+    fn locate_follows_tables_and_dotted_keys() {
+        assert_eq!(locate(NODE, "key"), vec![2]);
+        assert_eq!(
+            locate(NODE, "api.listen"),
+            vec![12],
+            "falls back to the table"
+        );
+        assert_eq!(locate(NODE, "relays.fingerprint"), vec![6, 10]);
+        let good = NODE.replace("\"00\"", &format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(locate(&good, "relays.fingerprint"), vec![10]);
+        assert_eq!(
+            locate(
+                "a = 1\nlimits . \"keepalive_ms\" = 0\n",
+                "limits.keepalive_ms"
+            ),
+            vec![2]
+        );
+        assert!(locate("a = 1\n", "b").is_empty());
+    }
+
+    #[test]
+    fn kind_is_guessed_from_top_level_keys_and_tables() {
+        assert_eq!(guess_kind(NODE), Some(Kind::Node));
+        assert_eq!(
+            guess_kind("listen = \"0.0.0.0:7400\"\n[limits]\n"),
+            Some(Kind::Relay)
+        );
+        assert_eq!(
+            guess_kind("# participant = 1\ncert = \"x\"\n"),
+            Some(Kind::Relay)
+        );
+        assert_eq!(guess_kind("[hooks]\ncert = 1\n"), Some(Kind::Node));
+        assert_eq!(guess_kind("data_dir = \"x\"\n"), None);
+        assert_eq!(guess_kind("participant = 1\ncert = 1\n"), None);
+    }
+}

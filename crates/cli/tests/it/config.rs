@@ -1,0 +1,263 @@
+//! `hotline config check` through the real binary: broken files are refused with the line to
+//! fix, the shipped examples pass, and the files a configuration names are checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A valid (non-weak) ed25519 public key, used where only the syntax matters.
+const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+fn hotline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("HOTLINE_ROSTER_KEY")
+        .output()
+        .expect("the hotline binary runs")
+}
+
+fn check(file: &Path) -> Output {
+    hotline(&["config", "check", s(file)])
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// Runs `config check` on `text` and returns its standard error, asserting exit status 1.
+fn refused(dir: &Path, name: &str, text: &str) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, text).expect("write config");
+    let out = check(&file);
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 errors");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{name} should be refused; stdout: {} stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(name), "the error names the file: {stderr}");
+    stderr
+}
+
+fn relay_text() -> String {
+    format!(
+        "listen = \"127.0.0.1:7400\"\ncert = \"relay.crt\"\nkey = \"relay.key\"\n\
+         roster = \"roster.signed\"\nroster_key = \"{KEY}\"\ndata_dir = \"data\"\n\n\
+         [limits]\nconnections_max = 100\n"
+    )
+}
+
+fn node_text(fingerprint: &str) -> String {
+    format!(
+        "participant = \"KAZ\"\nkey = \"KAZ.key\"\nroster = \"roster.signed\"\n\
+         roster_key = \"{KEY}\"\ndata_dir = \"data\"\n\n[[relays]]\n\
+         address = \"127.0.0.1:7400\"\nfingerprint = \"{fingerprint}\"\n\n\
+         [api]\ntoken_file = \"api.token\"\n"
+    )
+}
+
+fn repo_config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config")
+        .join(name)
+}
+
+#[test]
+fn the_example_configurations_pass() {
+    let out = check(&repo_config("relay.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("OK: relay configuration"),
+        "config/relay.toml: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&repo_config("node.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("OK: node configuration (participant "),
+        "config/node.toml: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_minimal_relay_and_node_pass_with_warnings_for_missing_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay.toml");
+    std::fs::write(&relay, relay_text()).expect("write");
+    let out = check(&relay);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: relay configuration\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cert") && stderr.contains("relay init"),
+        "{stderr}"
+    );
+    // --strict turns the warnings into a refusal.
+    let out = hotline(&["config", "check", "--strict", s(&relay)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, node_text(&"ab".repeat(32))).expect("write");
+    let out = check(&node);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with("OK: node configuration (participant KAZ)\n"));
+}
+
+#[test]
+fn bad_toml_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Line 4 opens a string it never closes.
+    let text = relay_text().replace("roster = \"roster.signed\"", "roster = \"roster.signed");
+    let err = refused(dir.path(), "syntax.toml", &text);
+    assert!(err.contains("line 4"), "{err}");
+    // A table header that is never closed, on line 7 of a node configuration.
+    let text = node_text(&"ab".repeat(32)).replace("[[relays]]", "[[relays]");
+    let err = refused(dir.path(), "header.toml", &text);
+    assert!(err.contains("line 7"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = relay_text().replace("connections_max = 100", "connections_max = \"many\"");
+    let err = refused(dir.path(), "type.toml", &text);
+    assert!(
+        err.contains("line 9") && err.contains("connections_max"),
+        "{err}"
+    );
+    let text = node_text(&"ab".repeat(32)).replace("\"127.0.0.1:7400\"", "7400");
+    let err = refused(dir.path(), "address.toml", &text);
+    assert!(err.contains("line 8"), "{err}");
+}
+
+#[test]
+fn an_unknown_field_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = relay_text().replace("[limits]\n", "[limits]\nconnection_max = 5\n");
+    let err = refused(dir.path(), "unknown.toml", &text);
+    assert!(
+        err.contains("line 9") && err.contains("connection_max"),
+        "{err}"
+    );
+    let text = node_text(&"ab".repeat(32)).replace("data_dir", "datadir");
+    let err = refused(dir.path(), "renamed.toml", &text);
+    assert!(err.contains("datadir"), "{err}");
+}
+
+#[test]
+fn a_bad_value_names_its_field_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = relay_text().replace("connections_max = 100", "keepalive_ms = 60000");
+    let err = refused(dir.path(), "keepalive.toml", &text);
+    assert!(
+        err.contains("limits.keepalive_ms") && err.contains("keepalive.toml:9"),
+        "{err}"
+    );
+    // Two relays; the second one's fingerprint is the bad one (line 12).
+    let text = node_text(&"ab".repeat(32)).replace(
+        "\n[api]",
+        "[[relays]]\naddress = \"127.0.0.1:7401\"\nfingerprint = \"12:34\"\n\n[api]",
+    );
+    let err = refused(dir.path(), "fingerprint.toml", &text);
+    assert!(
+        err.contains("relays.fingerprint") && err.contains("fingerprint.toml:12"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_named_files_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keys = d.join("keys");
+    let ok = |args: &[&str]| {
+        let out = hotline(args);
+        assert!(out.status.success(), "hotline {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let roster_key = ok(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
+    let roster_key = roster_key.trim();
+    ok(&["keygen", "--id", "OTHER", "--out", s(&keys)]);
+    ok(&[
+        "roster",
+        "create",
+        "--from",
+        s(&repo_config("cica-roster.toml")),
+        "--keys",
+        s(&keys),
+        "--generate",
+        "--out",
+        s(&d.join("draft.toml")),
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&d.join("draft.toml")),
+        "--key",
+        s(&keys.join("ROSTER.key")),
+        "--out",
+        s(&d.join("roster.signed")),
+    ]);
+    let init = ok(&[
+        "relay",
+        "init",
+        "--cert",
+        s(&d.join("relay.crt")),
+        "--key",
+        s(&d.join("relay.key")),
+    ]);
+    let fingerprint = init
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .expect("relay init prints the fingerprint")
+        .trim()
+        .to_owned();
+    std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
+    set_mode(&d.join("KAZ.key"), 0o600);
+
+    let relay = d.join("relay.toml");
+    std::fs::write(&relay, relay_text().replace(KEY, roster_key)).expect("write");
+    let out = check(&relay);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains(&fingerprint), "{stdout}");
+    assert!(
+        stdout.contains("roster version 1 with 38 participants"),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    let node = d.join("node.toml");
+    std::fs::write(&node, node_text(&fingerprint).replace(KEY, roster_key)).expect("write");
+    let out = hotline(&["config", "check", "--strict", s(&node)]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A roster signed by a key other than the pinned roster_key is refused.
+    let other = std::fs::read_to_string(keys.join("OTHER.pub")).expect("read");
+    let text = node_text(&fingerprint).replace(KEY, other.trim());
+    let err = refused(d, "wrong-roster-key.toml", &text);
+    assert!(err.contains("roster.signed"), "{err}");
+
+    // A participant the roster does not list.
+    let text = node_text(&fingerprint)
+        .replace(KEY, roster_key)
+        .replace("\"KAZ\"", "\"XYZ\"");
+    let err = refused(d, "not-on-roster.toml", &text);
+    assert!(err.contains("XYZ is not on roster version 1"), "{err}");
+
+    // A key file others may read: the node would refuse it.
+    set_mode(&d.join("KAZ.key"), 0o644);
+    let text = node_text(&fingerprint).replace(KEY, roster_key);
+    let err = refused(d, "open-key.toml", &text);
+    assert!(err.contains("KAZ.key"), "{err}");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
