@@ -9,6 +9,7 @@
 
 pub mod deploy;
 mod html;
+pub mod live;
 pub mod process;
 pub mod proxy;
 pub mod report;
@@ -16,7 +17,7 @@ pub mod run;
 pub mod scenario;
 
 pub use report::Report;
-pub use run::{run, RunOptions};
+pub use run::{run, Live, RunOptions};
 pub use scenario::Scenario;
 
 /// Milliseconds since the Unix epoch.

@@ -215,11 +215,14 @@ pub struct Inputs<'a> {
     pub(crate) sent_views: Vec<Value>,
     pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
     pub(crate) shown: HashMap<(String, String), u32>,
-    pub(crate) hooks: HashMap<String, Vec<(String, String)>>,
+    /// Overdue hook runs, when the harness could read them (not in live mode).
+    pub(crate) hooks: Option<HashMap<String, Vec<(String, String)>>>,
     pub(crate) faults: Vec<Value>,
     pub(crate) proxies: BTreeMap<String, crate::proxy::ProxyStats>,
-    pub(crate) checks: StoreChecks,
-    pub(crate) relay_exit: Option<i32>,
+    /// Store checks, when the stores were reachable (not in live mode).
+    pub(crate) checks: Option<StoreChecks>,
+    /// The relay's exit code, when the harness ran it.
+    pub(crate) relay_exit: Option<Option<i32>>,
 }
 
 /// Scores a finished drill.
@@ -364,10 +367,13 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 },
                 _ => {
                     let sender = &sc.injects[k].from;
-                    let hook = i
-                        .hooks
-                        .get(sender)
-                        .is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id));
+                    // In live mode the hooks run on the operators' machines: overdue suffices.
+                    let hook = match &i.hooks {
+                        Some(h) => h
+                            .get(sender)
+                            .is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id)),
+                        None => true,
+                    };
                     if cell.overdue && cell.acknowledged_s.is_none() && hook {
                         None
                     } else {
@@ -394,20 +400,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         });
     }
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
-    let (checked, invalid) = i.checks.receipts;
-    let journal_failures: Vec<String> = i
-        .checks
-        .journals
-        .iter()
-        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
-        .collect();
-    let journal_entries: u64 = i
-        .checks
-        .journals
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .sum();
-    let invariants = vec![
+    let mut invariants = vec![
         Invariant {
             name: "zero accepted messages lost".into(),
             held: lost == 0,
@@ -424,33 +417,52 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             detail: format!("{as_actual} shown as actual"),
         },
         Invariant {
+            name: "every inject accepted".into(),
+            held: accepted == sc.injects.len(),
+            detail: format!("{accepted} of {}", sc.injects.len()),
+        },
+    ];
+    let (mut checked, mut invalid) = (0, 0);
+    if let Some(checks) = &i.checks {
+        (checked, invalid) = checks.receipts;
+        let journal_failures: Vec<String> = checks
+            .journals
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .collect();
+        let journal_entries: u64 = checks
+            .journals
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .sum();
+        invariants.push(Invariant {
             name: "every receipt signature valid".into(),
             held: invalid == 0 && checked > 0,
             detail: format!("{checked} receipts checked, {invalid} invalid"),
-        },
-        Invariant {
+        });
+        invariants.push(Invariant {
             name: "audit journals verify".into(),
             held: journal_failures.is_empty(),
             detail: if journal_failures.is_empty() {
                 format!(
                     "{} journals, {journal_entries} entries",
-                    i.checks.journals.len()
+                    checks.journals.len()
                 )
             } else {
                 journal_failures.join("; ")
             },
-        },
-        Invariant {
-            name: "every inject accepted".into(),
-            held: accepted == sc.injects.len(),
-            detail: format!("{accepted} of {}", sc.injects.len()),
-        },
-        Invariant {
+        });
+    }
+    if let Some(exit) = i.relay_exit {
+        invariants.push(Invariant {
             name: "relay shut down cleanly".into(),
-            held: i.relay_exit == Some(0),
-            detail: format!("exit code {:?}", i.relay_exit),
-        },
-    ];
+            held: exit == Some(0),
+            detail: match exit {
+                Some(c) => format!("exit code {c}"),
+                None => "killed after the grace period".into(),
+            },
+        });
+    }
     let passed = objectives.iter().all(|o| o.met) && invariants.iter().all(|x| x.held);
     Ok(Report {
         scenario: sc.name.clone(),

@@ -44,6 +44,37 @@ pub struct RunOptions {
     pub speedup: f64,
     /// Print a live progress line on standard error.
     pub progress: bool,
+    /// Run against an existing deployment instead of starting one (live mode).
+    pub live: Option<Live>,
+}
+
+/// An existing deployment to drill: its roster and its nodes' APIs. In live mode nothing is
+/// started or killed (faults are not injected), nobody acknowledges on the operators'
+/// behalf, every inject carries status `exercise`, and the stores are not inspected.
+#[derive(Clone)]
+pub struct Live {
+    /// The roster in force (for names, roles and groups).
+    pub roster: hotline_proto::Roster,
+    /// Node APIs by participant id.
+    pub clients: BTreeMap<String, ApiClient>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("roster", &self.roster.version)
+            .field("nodes", &self.clients.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The processes of a simulated deployment.
+struct Sim {
+    dep: Deployment,
+    relay: Proc,
+    relay_cfg: String,
+    nodes: BTreeMap<String, Proc>,
+    proxies: BTreeMap<String, Proxy>,
 }
 
 struct Inject {
@@ -80,74 +111,27 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         scenario.time_compression
     );
 
-    let mut dep = Deployment::create(&dir, crate::scenario::CICA_ROSTER)?;
-    let participants: Vec<String> = if scenario.participants.is_empty() {
-        dep.roster
-            .participants
-            .iter()
-            .map(|p| p.id.to_string())
-            .collect()
-    } else {
-        scenario.participants.clone()
+    let (mut sim, roster, clients, participants) = match opts.live.clone() {
+        Some(live) => {
+            if !scenario.faults.is_empty() {
+                eprintln!(
+                    "  live mode: the scenario's {} faults are not injected",
+                    scenario.faults.len()
+                );
+            }
+            let participants = live.clients.keys().cloned().collect::<Vec<_>>();
+            eprintln!(
+                "  live mode: {} nodes; operators acknowledge themselves",
+                participants.len()
+            );
+            (None, live.roster, live.clients, participants)
+        }
+        None => {
+            let (sim, clients, participants) = setup_sim(&scenario, &opts, &dir, seed).await?;
+            let roster = sim.dep.roster.clone();
+            (Some(sim), roster, clients, participants)
+        }
     };
-    for p in &participants {
-        if dep
-            .roster
-            .participant(&hotline_proto::ParticipantId::new(p)?)
-            .is_none()
-        {
-            bail!("scenario participant {p} is not on the roster");
-        }
-    }
-
-    // Relay first: nodes need its address.
-    let relay_cfg = dep.relay_config.display().to_string();
-    let mut relay = start_relay(&opts, &dir, &relay_cfg, 0).await?;
-
-    let mut proxies = BTreeMap::new();
-    for (i, f) in scenario.faults.iter().enumerate() {
-        if let Fault::Impair {
-            participant,
-            loss,
-            delay_ms,
-            jitter_ms,
-            duplicate,
-        } = f
-        {
-            let imp = Impairment {
-                loss: *loss,
-                delay_ms: *delay_ms,
-                jitter_ms: *jitter_ms,
-                duplicate: *duplicate,
-            };
-            let proxy = Proxy::start(dep.relay_addr, imp, seed.wrapping_add(i as u64)).await?;
-            eprintln!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
-            proxies.insert(participant.clone(), proxy);
-        }
-    }
-    for p in &participants {
-        let relay_addr = proxies.get(p).map(|x| x.listen).unwrap_or(dep.relay_addr);
-        dep.add_node(p, relay_addr, DRILL_PAGING_MS)?;
-    }
-
-    // Nodes, all at once, then wait for each to reach the relay.
-    let mut nodes: BTreeMap<String, Proc> = BTreeMap::new();
-    for p in &participants {
-        nodes.insert(p.clone(), spawn_node(&opts, &dep, p, 0)?);
-    }
-    for (p, proc_) in nodes.iter_mut() {
-        proc_
-            .wait_log("relay connected", START_TIMEOUT)
-            .await
-            .with_context(|| format!("node {p} did not connect"))?;
-    }
-    eprintln!("  relay and {} nodes up", nodes.len());
-
-    let clients: BTreeMap<String, ApiClient> = dep
-        .nodes
-        .iter()
-        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
-        .collect();
 
     // One event-stream follower per node, reconnecting across restarts.
     let (ev_tx, mut ev_rx) = mpsc::channel::<(String, Value)>(EVENTS_BUFFER);
@@ -172,7 +156,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     for (i, inj) in scenario.injects.iter().enumerate() {
         timeline.push((scenario.wall(inj.at_s), Action::Inject(i)));
     }
-    for f in &scenario.faults {
+    let faults: &[Fault] = if sim.is_some() { &scenario.faults } else { &[] };
+    for f in faults {
         match f {
             Fault::KillRelay {
                 at_s,
@@ -242,21 +227,27 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 break;
             };
             let at_s = now.as_secs_f64() * scenario.time_compression;
+            let Some(sim) = sim.as_mut() else {
+                if let Action::Inject(i) = action {
+                    pending_injects.push(i);
+                }
+                continue;
+            };
             match action {
                 Action::Inject(i) => pending_injects.push(i),
                 Action::KillRelay => {
-                    relay.kill9();
+                    sim.relay.kill9();
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
                 }
                 Action::StartRelay => {
                     relay_restarts += 1;
-                    relay = start_relay(&opts, &dir, &relay_cfg, relay_restarts).await?;
+                    sim.relay = start_relay(&opts, &dir, &sim.relay_cfg, relay_restarts).await?;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay restarted"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay restarted");
                 }
                 Action::KillNode(p) => {
-                    if let Some(n) = nodes.get_mut(&p) {
+                    if let Some(n) = sim.nodes.get_mut(&p) {
                         n.kill9();
                     }
                     down.insert(p.clone());
@@ -265,7 +256,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     eprintln!("\n  [{at_s:>7.1}s] node {p} killed with SIGKILL");
                 }
                 Action::StopNode(p) => {
-                    if let Some(n) = nodes.get_mut(&p) {
+                    if let Some(n) = sim.nodes.get_mut(&p) {
                         n.terminate(Duration::from_secs(5)).await;
                     }
                     down.insert(p.clone());
@@ -275,8 +266,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Action::StartNode(p) => {
                     let r = restarts.entry(p.clone()).or_insert(0);
                     *r += 1;
-                    let proc_ = spawn_node(&opts, &dep, &p, *r)?;
-                    nodes.insert(p.clone(), proc_);
+                    let proc_ = spawn_node(&opts, &sim.dep, &p, *r)?;
+                    sim.nodes.insert(p.clone(), proc_);
                     down.remove(&p);
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} back")}));
                     eprintln!("\n  [{at_s:>7.1}s] node {p} back");
@@ -359,7 +350,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         if now >= end || (finished_timeline && objectives_met) {
             break;
         }
-        let line = progress_line(&scenario, now, &injects, &shown, &down, nodes.len());
+        let line = progress_line(&scenario, now, &injects, &shown, &down, clients.len());
         // One progress line a second at most: rewritten in place on a terminal, appended in a log.
         if opts.progress
             && line != last_progress
@@ -383,7 +374,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 if ev["type"] == "message_received" && ev["repage"] != json!(true) {
                     if let Some(id) = ev["id"].as_str() {
                         *shown.entry((p.clone(), id.to_owned())).or_insert(0) += 1;
-                        schedule_ack(&scenario, &p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                        if sim.is_some() {
+                            schedule_ack(&scenario, &p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                        }
                     }
                 }
             }
@@ -398,7 +391,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     let Ok(Ok(items)) = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await else { continue };
                     for m in items.as_array().cloned().unwrap_or_default() {
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
-                            schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                            if sim.is_some() {
+                                schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                            }
                         }
                     }
                 }
@@ -434,7 +429,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
         let mut m = BTreeMap::new();
-        for (p, x) in &proxies {
+        for (p, x) in sim.iter().flat_map(|s| s.proxies.iter()) {
             m.insert(p.clone(), x.stats().await);
         }
         m
@@ -442,11 +437,20 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
 
     // Stop everything, then check the stores at rest.
     stop.store(true, Relaxed);
-    for (_, n) in nodes.iter_mut() {
-        n.terminate(Duration::from_secs(5)).await;
-    }
-    let relay_exit = relay.terminate(Duration::from_secs(5)).await;
-    let checks = report::check_stores(&dep)?;
+    let (checks, hooks, relay_exit) = match sim.as_mut() {
+        Some(sim) => {
+            for (_, n) in sim.nodes.iter_mut() {
+                n.terminate(Duration::from_secs(5)).await;
+            }
+            let relay_exit = sim.relay.terminate(Duration::from_secs(5)).await;
+            (
+                Some(report::check_stores(&sim.dep)?),
+                Some(report::read_hooks(&sim.dep)),
+                Some(relay_exit),
+            )
+        }
+        None => (None, None, None),
+    };
 
     let report = report::score(report::Inputs {
         scenario: &scenario,
@@ -455,7 +459,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         started_at_ms,
         wall_s,
         participants: &participants,
-        roster: &dep.roster,
+        roster: &roster,
         injects: scenario
             .injects
             .iter()
@@ -465,7 +469,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         sent_views,
         inboxes,
         shown,
-        hooks: report::read_hooks(&dep),
+        hooks,
         faults: fault_log,
         proxies: proxy_stats,
         checks,
@@ -473,6 +477,95 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     })?;
     report::write(&report, &dir)?;
     Ok(report)
+}
+
+/// Creates the deployment and starts the relay, the proxies and the nodes.
+async fn setup_sim(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    dir: &std::path::Path,
+    seed: u64,
+) -> anyhow::Result<(Sim, BTreeMap<String, ApiClient>, Vec<String>)> {
+    let mut dep = Deployment::create(dir, crate::scenario::CICA_ROSTER)?;
+    let participants: Vec<String> = if scenario.participants.is_empty() {
+        dep.roster
+            .participants
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
+    } else {
+        scenario.participants.clone()
+    };
+    for p in &participants {
+        if dep
+            .roster
+            .participant(&hotline_proto::ParticipantId::new(p)?)
+            .is_none()
+        {
+            bail!("scenario participant {p} is not on the roster");
+        }
+    }
+
+    // Relay first: nodes need its address.
+    let relay_cfg = dep.relay_config.display().to_string();
+    let relay = start_relay(opts, dir, &relay_cfg, 0).await?;
+
+    let mut proxies = BTreeMap::new();
+    for (i, f) in scenario.faults.iter().enumerate() {
+        if let Fault::Impair {
+            participant,
+            loss,
+            delay_ms,
+            jitter_ms,
+            duplicate,
+        } = f
+        {
+            let imp = Impairment {
+                loss: *loss,
+                delay_ms: *delay_ms,
+                jitter_ms: *jitter_ms,
+                duplicate: *duplicate,
+            };
+            let proxy = Proxy::start(dep.relay_addr, imp, seed.wrapping_add(i as u64)).await?;
+            eprintln!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
+            proxies.insert(participant.clone(), proxy);
+        }
+    }
+    for p in &participants {
+        let relay_addr = proxies.get(p).map(|x| x.listen).unwrap_or(dep.relay_addr);
+        dep.add_node(p, relay_addr, DRILL_PAGING_MS)?;
+    }
+
+    // Nodes, all at once, then wait for each to reach the relay.
+    let mut nodes: BTreeMap<String, Proc> = BTreeMap::new();
+    for p in &participants {
+        nodes.insert(p.clone(), spawn_node(opts, &dep, p, 0)?);
+    }
+    for (p, proc_) in nodes.iter_mut() {
+        proc_
+            .wait_log("relay connected", START_TIMEOUT)
+            .await
+            .with_context(|| format!("node {p} did not connect"))?;
+    }
+    eprintln!("  relay and {} nodes up", nodes.len());
+
+    let clients: BTreeMap<String, ApiClient> = dep
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
+        .collect();
+
+    Ok((
+        Sim {
+            dep,
+            relay,
+            relay_cfg,
+            nodes,
+            proxies,
+        },
+        clients,
+        participants,
+    ))
 }
 
 fn schedule_ack(

@@ -26,6 +26,22 @@ pub(crate) enum ExerciseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a scenario against an existing deployment through its nodes' local APIs: nothing
+    /// is started or killed, operators acknowledge themselves, every inject is marked
+    /// exercise.
+    Live {
+        /// Scenario: a built-in name or a path.
+        scenario: String,
+        /// TOML file naming the roster and each node's API address and token file.
+        #[arg(long)]
+        endpoints: PathBuf,
+        /// Directory for the reports (default: a new one in /tmp).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the JSON report on standard output instead of the summary table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the built-in scenarios.
     List,
 }
@@ -38,6 +54,25 @@ pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
                 println!("{name:<16} {}", s.description);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        ExerciseCommand::Live {
+            scenario,
+            endpoints,
+            out,
+            json,
+        } => {
+            let sc = hotline_exercise::load(&scenario)?;
+            let live = hotline_exercise::live::load(&endpoints)?;
+            let bin = std::env::current_exe().context("locating the hotline binary")?;
+            let opts = hotline_exercise::RunOptions {
+                bin,
+                out_dir: out,
+                seed: None,
+                speedup: 1.0,
+                progress: !json,
+                live: Some(live),
+            };
+            finish(sc, opts, json)
         }
         ExerciseCommand::Run {
             scenario,
@@ -54,29 +89,39 @@ pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
                 seed,
                 speedup,
                 progress: !json,
+                live: None,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(hotline_exercise::run(sc, opts))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", hotline_exercise::report::summary(&report));
-                println!(
-                    "JSON report: {}",
-                    report.directory.join("report.json").display()
-                );
-                println!(
-                    "HTML report: {}",
-                    report.directory.join("report.html").display()
-                );
-            }
-            Ok(if report.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            finish(sc, opts, json)
         }
     }
+}
+
+/// Runs the drill, prints the summary (or JSON) and the report paths; exit 0 only if passed.
+fn finish(
+    sc: hotline_exercise::Scenario,
+    opts: hotline_exercise::RunOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(hotline_exercise::run(sc, opts))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", hotline_exercise::report::summary(&report));
+        println!(
+            "JSON report: {}",
+            report.directory.join("report.json").display()
+        );
+        println!(
+            "HTML report: {}",
+            report.directory.join("report.html").display()
+        );
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -1,0 +1,79 @@
+//! Live mode: the endpoints file that names an existing deployment's nodes.
+//!
+//! ```toml
+//! roster = "/etc/hotline/roster.signed"   # the roster in force
+//! roster_key = "64 hex digits, or a .pub file"
+//!
+//! [nodes.SEC]
+//! api = "127.0.0.1:7500"
+//! token_file = "/etc/hotline/api.token"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use hotline_node::client::ApiClient;
+
+use crate::run::Live;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Endpoints {
+    roster: PathBuf,
+    roster_key: String,
+    nodes: BTreeMap<String, Endpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Endpoint {
+    api: String,
+    token_file: PathBuf,
+}
+
+/// Reads an endpoints file (paths relative to it) into a live deployment.
+pub fn load(path: &Path) -> anyhow::Result<Live> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let e: Endpoints =
+        toml::from_str(&text).with_context(|| format!("endpoints file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rel = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+    let key_spec = if e.roster_key.len() == 64 {
+        e.roster_key.clone()
+    } else {
+        rel(Path::new(&e.roster_key)).display().to_string()
+    };
+    let key = hotline_config::keyfile::resolve_public(&key_spec)?;
+    let roster = hotline_config::roster_file::read_verified_roster(&rel(&e.roster), &key)?;
+    let mut clients = BTreeMap::new();
+    for (id, n) in e.nodes {
+        let pid = hotline_proto::ParticipantId::new(&id)?;
+        if roster.participant(&pid).is_none() {
+            anyhow::bail!(
+                "{}: node {id} is not on roster version {}",
+                path.display(),
+                roster.version
+            );
+        }
+        let token = std::fs::read_to_string(rel(&n.token_file))
+            .with_context(|| format!("token of {id}"))?;
+        clients.insert(id, ApiClient::new(&n.api, &token));
+    }
+    if clients.is_empty() {
+        anyhow::bail!("{}: no [nodes.ID] entries", path.display());
+    }
+    Ok(Live {
+        roster: roster.value().clone(),
+        clients,
+    })
+}
