@@ -51,7 +51,15 @@ pub enum DecodeError {
     /// The bytes are not a valid encoding (bad UTF-8, invalid id, bad bool…).
     #[error("malformed: {0}")]
     Malformed(String),
-    /// The encoding is valid but a field breaks a protocol rule or limit.
+    /// A field is longer, or a list has more entries, than the protocol allows.
+    #[error("{field} exceeds its limit of {max}")]
+    OverLimit {
+        /// The offending field.
+        field: &'static str,
+        /// The limit (bytes for text, entries for lists).
+        max: usize,
+    },
+    /// The encoding is valid but a field breaks a protocol rule.
     #[error("invalid {field}: {reason}")]
     Invalid {
         /// The offending field.
@@ -91,6 +99,10 @@ impl From<DecodeError> for EncodeError {
         match e {
             DecodeError::Invalid { field, reason } => EncodeError::Invalid { field, reason },
             DecodeError::TooLarge { len, max } => EncodeError::TooLarge { len, max },
+            DecodeError::OverLimit { field, .. } => EncodeError::Invalid {
+                field,
+                reason: "exceeds its protocol limit",
+            },
             other => EncodeError::Encoder(other.to_string()),
         }
     }

@@ -161,6 +161,10 @@ pub struct Envelope {
     pub body: String,
 }
 
+fn over(field: &'static str, max: usize) -> DecodeError {
+    DecodeError::OverLimit { field, max }
+}
+
 fn invalid(field: &'static str, reason: &'static str) -> DecodeError {
     DecodeError::Invalid { field, reason }
 }
@@ -182,7 +186,7 @@ impl SignedPayload for Envelope {
                     return Err(invalid("audience", "empty participant list"));
                 }
                 if ids.len() > AUDIENCE_PARTICIPANTS_MAX {
-                    return Err(invalid("audience", "too many participants"));
+                    return Err(over("audience", AUDIENCE_PARTICIPANTS_MAX));
                 }
                 let mut sorted: Vec<_> = ids.iter().collect();
                 sorted.sort();
@@ -203,7 +207,7 @@ impl SignedPayload for Envelope {
             }
         }
         if self.references.len() > REFERENCES_MAX {
-            return Err(invalid("references", "too many references"));
+            return Err(over("references", REFERENCES_MAX));
         }
         if self.kind.needs_reference() && self.references.is_empty() {
             return Err(invalid(
@@ -215,15 +219,21 @@ impl SignedPayload for Envelope {
             return Err(invalid("references", "a message cannot reference itself"));
         }
         if let Some(c) = &self.category {
-            if c.is_empty() || c.len() > CATEGORY_BYTES_MAX {
-                return Err(invalid("category", "empty or longer than 64 bytes"));
+            if c.is_empty() {
+                return Err(invalid("category", "empty"));
+            }
+            if c.len() > CATEGORY_BYTES_MAX {
+                return Err(over("category", CATEGORY_BYTES_MAX));
             }
         }
-        if self.subject.is_empty() || self.subject.len() > SUBJECT_BYTES_MAX {
-            return Err(invalid("subject", "empty or longer than 256 bytes"));
+        if self.subject.is_empty() {
+            return Err(invalid("subject", "empty"));
+        }
+        if self.subject.len() > SUBJECT_BYTES_MAX {
+            return Err(over("subject", SUBJECT_BYTES_MAX));
         }
         if self.body.len() > BODY_BYTES_MAX {
-            return Err(invalid("body", "longer than 65536 bytes"));
+            return Err(over("body", BODY_BYTES_MAX));
         }
         Ok(())
     }

@@ -326,11 +326,14 @@ pub fn detail(s: impl Into<String>) -> String {
 
 /// A sans-I/O frame splitter: push bytes as they arrive, pull whole frames out.
 ///
-/// It never buffers more than one prefix plus one maximal frame, and it refuses an oversized
-/// length prefix as soon as the prefix is complete.
+/// It holds what was pushed and not yet taken; a caller that takes every complete frame after
+/// each push holds at most one read plus one partial frame. An oversized length prefix is
+/// refused as soon as the prefix is complete. Taking a frame only advances a cursor; the
+/// consumed bytes are dropped at the next push, so splitting a large read costs linear time.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
+    start: usize,
 }
 
 impl FrameBuffer {
@@ -342,6 +345,10 @@ impl FrameBuffer {
     /// Appends received bytes. Returns an error if the pending frame is oversized; the
     /// stream must then be closed.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= FRAME_PREFIX_BYTES {
             let mut prefix = [0u8; FRAME_PREFIX_BYTES];
@@ -355,22 +362,23 @@ impl FrameBuffer {
     pub fn next_frame<T: bincode::Decode<()> + FrameCheck>(
         &mut self,
     ) -> Result<Option<T>, DecodeError> {
-        if self.buf.len() < FRAME_PREFIX_BYTES {
+        let pending = &self.buf[self.start..];
+        if pending.len() < FRAME_PREFIX_BYTES {
             return Ok(None);
         }
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_BYTES]);
+        prefix.copy_from_slice(&pending[..FRAME_PREFIX_BYTES]);
         let len = frame_len(prefix)?;
-        if self.buf.len() < FRAME_PREFIX_BYTES + len {
+        if pending.len() < FRAME_PREFIX_BYTES + len {
             return Ok(None);
         }
-        let frame = decode_frame(&self.buf[FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + len]);
-        self.buf.drain(..FRAME_PREFIX_BYTES + len);
+        let frame = decode_frame(&pending[FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + len]);
+        self.start += FRAME_PREFIX_BYTES + len;
         frame.map(Some)
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }

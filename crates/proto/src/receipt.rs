@@ -71,8 +71,14 @@ impl SignedPayload for Receipt {
         if self.version != PROTOCOL_VERSION {
             return Err(invalid("version", "unsupported protocol version"));
         }
-        if self.items.is_empty() || self.items.len() > RECEIPT_ITEMS_MAX {
-            return Err(invalid("items", "must cover 1 to 512 messages"));
+        if self.items.is_empty() {
+            return Err(invalid("items", "must cover at least one message"));
+        }
+        if self.items.len() > RECEIPT_ITEMS_MAX {
+            return Err(DecodeError::OverLimit {
+                field: "items",
+                max: RECEIPT_ITEMS_MAX,
+            });
         }
         let mut ids: Vec<_> = self.items.iter().map(|i| i.id).collect();
         ids.sort();
@@ -80,11 +86,20 @@ impl SignedPayload for Receipt {
             return Err(invalid("items", "message listed twice"));
         }
         if let ReceiptKind::Acknowledged { officer, note } = &self.kind {
-            if officer.trim().is_empty() || officer.len() > OFFICER_BYTES_MAX {
-                return Err(invalid("officer", "empty or longer than 128 bytes"));
+            if officer.trim().is_empty() {
+                return Err(invalid("officer", "empty"));
+            }
+            if officer.len() > OFFICER_BYTES_MAX {
+                return Err(DecodeError::OverLimit {
+                    field: "officer",
+                    max: OFFICER_BYTES_MAX,
+                });
             }
             if note.as_ref().is_some_and(|n| n.len() > NOTE_BYTES_MAX) {
-                return Err(invalid("note", "longer than 2048 bytes"));
+                return Err(DecodeError::OverLimit {
+                    field: "note",
+                    max: NOTE_BYTES_MAX,
+                });
             }
         }
         Ok(())

@@ -172,6 +172,10 @@ impl SignedPayload for Roster {
             if !names.insert(&g.name) {
                 return Err(invalid("groups", "group listed twice"));
             }
+            let distinct: BTreeSet<_> = g.members.iter().collect();
+            if distinct.len() != g.members.len() {
+                return Err(invalid("groups", "a group lists a participant twice"));
+            }
             if g.members.is_empty() || g.members.iter().any(|m| !ids.contains(m)) {
                 return Err(invalid(
                     "groups",

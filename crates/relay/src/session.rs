@@ -113,10 +113,7 @@ pub(crate) fn check_hello(
 /// Maps a verification failure to the rejection a node sees.
 fn reject_code(e: &VerifyError) -> RejectCode {
     match e {
-        VerifyError::Decode(DecodeError::Invalid {
-            field: "body" | "subject" | "category" | "references" | "note" | "officer" | "items",
-            ..
-        })
+        VerifyError::Decode(DecodeError::OverLimit { .. })
         | VerifyError::Decode(DecodeError::TooLarge { .. }) => RejectCode::TooLarge,
         VerifyError::Decode(DecodeError::Invalid {
             field: "version", ..

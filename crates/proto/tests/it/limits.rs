@@ -32,7 +32,9 @@ fn refused(env: &Envelope) -> Option<&'static str> {
     let carried = Signed::<Envelope>::from_parts(bytes, fixtures::public(2), Signature([0; 64]));
     let on_decode = match carried.decode_unverified() {
         Ok(_) => None,
-        Err(DecodeError::Invalid { field, .. }) => Some(field),
+        Err(DecodeError::Invalid { field, .. } | DecodeError::OverLimit { field, .. }) => {
+            Some(field)
+        }
         Err(DecodeError::TooLarge { .. }) => Some("too large"),
         Err(other) => panic!("{other:?}"),
     };
@@ -190,7 +192,9 @@ fn receipt(items: usize, kind: ReceiptKind) -> Receipt {
 fn receipt_refused(r: &Receipt) -> Option<&'static str> {
     match r.check() {
         Ok(()) => None,
-        Err(DecodeError::Invalid { field, .. }) => Some(field),
+        Err(DecodeError::Invalid { field, .. } | DecodeError::OverLimit { field, .. }) => {
+            Some(field)
+        }
         Err(other) => panic!("{other:?}"),
     }
 }
