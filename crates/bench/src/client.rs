@@ -1,0 +1,256 @@
+//! Lightweight protocol clients: real QUIC, real authentication, real signatures, and a
+//! recipient's durable store reduced to what durability costs (an fsync'd append, or a
+//! SQLite commit, per batch of deliveries).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hotline_net::{Fingerprint, Session, TransportLimits};
+use hotline_proto::frame::RelayToNode;
+
+use crate::network::Peer;
+
+/// How long one connection attempt or authentication may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client QUIC endpoint (one UDP socket) trusting the relay's certificate.
+pub fn endpoint(fp: Fingerprint) -> anyhow::Result<quinn::Endpoint> {
+    Ok(hotline_net::transport::client_endpoint(
+        ([127, 0, 0, 1], 0).into(),
+        vec![fp],
+        &TransportLimits::default(),
+    )?)
+}
+
+/// Connects and authenticates as `peer`, saying it holds roster `roster_version`.
+pub async fn session(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer: &Peer,
+    roster_version: u64,
+) -> anyhow::Result<Session> {
+    let conn = hotline_net::connect(ep, addr, CONNECT_TIMEOUT).await?;
+    let s = hotline_net::authenticate(
+        conn,
+        &peer.id,
+        &peer.key,
+        roster_version,
+        hotline_relay::now_ms(),
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("authenticating as {}", peer.id))?;
+    Ok(s)
+}
+
+/// Reads frames into a channel until the stream ends or fails (the last item is the error).
+pub async fn read_frames(
+    mut reader: hotline_net::FrameReader,
+    tx: tokio::sync::mpsc::Sender<anyhow::Result<RelayToNode>>,
+) {
+    loop {
+        let item = match reader.read::<RelayToNode>().await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => break,
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        let stop = item.is_err();
+        if tx.send(item).await.is_err() || stop {
+            break;
+        }
+    }
+}
+
+/// How a lightweight client makes what it receives durable before it receipts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Append the batch to a file and `fdatasync` it.
+    Fsync,
+    /// Insert the batch into SQLite (WAL, `synchronous=FULL`, as the node's store) and
+    /// commit.
+    Sqlite,
+    /// Nothing (to see what durability costs; not a real recipient).
+    None,
+}
+
+/// A client's store.
+pub enum Store {
+    /// An append-only file.
+    File(std::fs::File),
+    /// A SQLite database.
+    Sqlite(Box<rusqlite::Connection>),
+    /// No storage.
+    None,
+}
+
+impl Store {
+    /// Opens (creating) the store at `path` (a file name; SQLite adds `.db`).
+    pub fn open(d: Durability, path: &Path) -> anyhow::Result<Self> {
+        Ok(match d {
+            Durability::Fsync => Self::File(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("{}", path.display()))?,
+            ),
+            Durability::Sqlite => {
+                let conn = hotline_store::open(&path.with_extension("db"), true)?;
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS items (id BLOB PRIMARY KEY, bytes BLOB NOT NULL)",
+                )?;
+                Self::Sqlite(Box::new(conn))
+            }
+            Durability::None => Self::None,
+        })
+    }
+
+    fn persist_now(&mut self, rows: &[([u8; 16], Vec<u8>)]) -> anyhow::Result<()> {
+        match self {
+            Self::File(f) => {
+                use std::io::Write as _;
+                let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 20).sum());
+                for (id, bytes) in rows {
+                    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    buf.extend_from_slice(id);
+                    buf.extend_from_slice(bytes);
+                }
+                f.write_all(&buf)?;
+                f.sync_data()?;
+            }
+            Self::Sqlite(c) => {
+                let tx = c.transaction()?;
+                {
+                    let mut st = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO items (id, bytes) VALUES (?1, ?2)",
+                    )?;
+                    for (id, bytes) in rows {
+                        st.execute(rusqlite::params![&id[..], bytes])?;
+                    }
+                }
+                tx.commit()?;
+            }
+            Self::None => {}
+        }
+        Ok(())
+    }
+
+    /// Makes `rows` durable on a blocking thread; gives the store back.
+    pub async fn persist(mut self, rows: Vec<([u8; 16], Vec<u8>)>) -> (Self, anyhow::Result<()>) {
+        if rows.is_empty() || matches!(self, Self::None) {
+            return (self, Ok(()));
+        }
+        match tokio::task::spawn_blocking(move || {
+            let r = self.persist_now(&rows);
+            (self, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => (Self::None, Err(anyhow::anyhow!("store task failed: {e}"))),
+        }
+    }
+}
+
+/// What a recipient did with one batch of frames.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Messages made durable for the first time, in order.
+    pub fresh: Vec<hotline_proto::MessageId>,
+    /// Deliveries of messages already held (receipted again, not stored again).
+    pub duplicates: u64,
+    /// The encoded `Receipt` frames to write.
+    pub frames: Vec<u8>,
+    /// Receipts signed.
+    pub receipts: u64,
+    /// Messages those receipts cover.
+    pub items: u64,
+    /// `ReceiptStored` answers seen.
+    pub stored: u64,
+    /// Refusals seen.
+    pub rejections: Vec<String>,
+}
+
+/// A recipient's inbox: what a node does with deliveries, minus the operator.
+pub struct Inbox {
+    peer: Peer,
+    store: Store,
+    held: std::collections::HashSet<hotline_proto::MessageId>,
+}
+
+impl Inbox {
+    /// An empty inbox for `peer` over `store`.
+    pub fn new(peer: Peer, store: Store) -> Self {
+        Self {
+            peer,
+            store,
+            held: Default::default(),
+        }
+    }
+
+    /// Stores a batch's deliveries in one durable step, then signs one cumulative delivered
+    /// receipt for them (several if the batch exceeds the receipt item limit), as the node
+    /// does. A node also verifies each message's signature: the relay already has, and this
+    /// client stands in for a node on another machine, so it does not.
+    pub async fn handle(&mut self, batch: Vec<RelayToNode>) -> anyhow::Result<Handled> {
+        use hotline_proto::frame::{encode_frame, NodeToRelay};
+        use hotline_proto::limits::RECEIPT_ITEMS_MAX;
+        use hotline_proto::{Receipt, ReceiptItem, ReceiptKind, Signed, PROTOCOL_VERSION};
+
+        let mut h = Handled::default();
+        let mut items: Vec<ReceiptItem> = Vec::new();
+        let mut in_batch = std::collections::HashSet::new();
+        let mut rows = Vec::new();
+        for f in batch {
+            match f {
+                RelayToNode::Deliver(s) => {
+                    let env = s.decode_unverified().context("undecodable delivery")?;
+                    if !in_batch.insert(env.id) {
+                        continue;
+                    }
+                    items.push(ReceiptItem {
+                        id: env.id,
+                        sender: env.sender,
+                        digest: s.digest(),
+                    });
+                    if self.held.insert(env.id) {
+                        rows.push((env.id.0, s.bytes().to_vec()));
+                        h.fresh.push(env.id);
+                    } else {
+                        h.duplicates += 1;
+                    }
+                }
+                RelayToNode::ReceiptStored(_) => h.stored += 1,
+                RelayToNode::Rejected(r) => {
+                    h.rejections.push(format!("{:?}: {}", r.code, r.detail))
+                }
+                _ => {}
+            }
+        }
+        if items.is_empty() {
+            return Ok(h);
+        }
+        let store = std::mem::replace(&mut self.store, Store::None);
+        let (store, r) = store.persist(rows).await;
+        self.store = store;
+        r?;
+        for chunk in items.chunks(RECEIPT_ITEMS_MAX) {
+            let r = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: self.peer.id.clone(),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: hotline_relay::now_ms(),
+                items: chunk.to_vec(),
+            };
+            let signed = Signed::sign(&r, &self.peer.key)?;
+            h.frames
+                .extend_from_slice(&encode_frame(&NodeToRelay::Receipt(signed))?);
+            h.receipts += 1;
+            h.items += chunk.len() as u64;
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,155 @@
+//! `hotline-bench`: benchmarks of the CICA Hotline relay.
+//!
+//! The relay is the system under test and runs as its own process (the real `hotline`
+//! binary, real durability); the load generator stands in for the nodes with lightweight
+//! protocol clients — real QUIC, real authentication, real signed messages and cumulative
+//! delivered receipts, and a durable append (or SQLite commit) per batch of deliveries.
+//!
+//! Workloads: [`fanout37`] (the Secretariat to the other 37 CICA participants), [`p2p`]
+//! (independent sender → recipient pairs), [`idle::run`] (idle connections, memory, and
+//! reconnection after a relay crash) and [`recovery::run`] (restart with a large backlog).
+//! `docs/BENCHMARKS.md` has the figures and how to reproduce them.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod idle;
+pub mod network;
+pub mod recovery;
+pub mod relay;
+pub mod stats;
+pub mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hotline_proto::{Audience, Role};
+
+use client::Durability;
+use network::{Network, SECRETARIAT};
+use relay::Relay;
+use traffic::{CompleteOn, SenderSpec, Traffic, TrafficReport};
+
+/// Settings every workload shares.
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// The `hotline` binary to run the relay with; `None` runs the relay in this process
+    /// (only for the smoke test: its CPU and memory are then not its own).
+    pub hotline: Option<PathBuf>,
+    /// Where networks, relay data and logs are written (one subdirectory per run).
+    pub dir: PathBuf,
+    /// How recipients make deliveries durable.
+    pub durability: Durability,
+    /// How long each traffic workload sends.
+    pub duration: Duration,
+    /// Message body size, bytes.
+    pub body_bytes: usize,
+    /// How long to wait for a run to finish after sending stops.
+    pub drain_timeout: Duration,
+}
+
+/// A fresh directory `base/name-N` for one run.
+pub fn run_dir(base: &Path, name: &str) -> PathBuf {
+    (1..)
+        .map(|n| base.join(format!("{name}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| base.join(name))
+}
+
+/// The relay limits the traffic workloads run with: the defaults (durability is not a
+/// limit and is never changed).
+const DEFAULT_LIMITS: &str = "";
+
+/// fanout37: the Secretariat sends to everyone (the 37 other CICA participants); each
+/// recipient stores durably and receipts cumulatively. `rate` is messages per second, or
+/// `None` for as fast as `window` unfinished messages allow (at most `max_messages`).
+pub async fn fanout37(
+    c: &Common,
+    rate: Option<f64>,
+    window: usize,
+    max_messages: usize,
+) -> anyhow::Result<TrafficReport> {
+    let name = match rate {
+        Some(r) => format!("fanout37-{r}"),
+        None => "fanout37-max".into(),
+    };
+    let net = Network::create(&run_dir(&c.dir, &name), &[], DEFAULT_LIMITS)?;
+    let relay = Relay::start(c.hotline.as_deref(), &net).await?;
+    let sec = net.peer(SECRETARIAT)?.clone();
+    let recipients: Vec<_> = net
+        .peers
+        .iter()
+        .filter(|p| p.id != sec.id)
+        .cloned()
+        .collect();
+    let t = Traffic {
+        name: "fanout37".into(),
+        senders: vec![SenderSpec {
+            peer: sec,
+            audience: Audience::Everyone,
+            fanout: recipients.len() as u32,
+        }],
+        recipients,
+        rate,
+        duration: c.duration,
+        window,
+        body_bytes: c.body_bytes,
+        durability: c.durability,
+        max_messages,
+        drain_timeout: c.drain_timeout,
+        complete_on: CompleteOn::AllReceipts,
+    };
+    let report = traffic::run(&t, &net, &relay).await;
+    relay.stop().await;
+    report
+}
+
+/// p2p: `pairs` independent senders, each writing to its own recipient (synthetic members
+/// `S001`… → `R001`… added to the CICA roster).
+pub async fn p2p(
+    c: &Common,
+    pairs: usize,
+    rate: Option<f64>,
+    window: usize,
+    max_messages: usize,
+) -> anyhow::Result<TrafficReport> {
+    let name = match rate {
+        Some(r) => format!("p2p-{r}"),
+        None => "p2p-max".into(),
+    };
+    let net = Network::create(
+        &run_dir(&c.dir, &name),
+        &[("S", pairs), ("R", pairs)],
+        DEFAULT_LIMITS,
+    )?;
+    let relay = Relay::start(c.hotline.as_deref(), &net).await?;
+    let mut senders = Vec::new();
+    let mut recipients = Vec::new();
+    for i in 1..=pairs {
+        let s = net.peer(&format!("S{i:03}"))?.clone();
+        let r = net.peer(&format!("R{i:03}"))?.clone();
+        senders.push(SenderSpec {
+            peer: s,
+            audience: Audience::Participants(vec![r.id.clone()]),
+            fanout: 1,
+        });
+        recipients.push(r);
+    }
+    debug_assert!(recipients.iter().all(|r| r.role == Role::Member));
+    let t = Traffic {
+        name: "p2p".into(),
+        senders,
+        recipients,
+        rate,
+        duration: c.duration,
+        window,
+        body_bytes: c.body_bytes,
+        durability: c.durability,
+        max_messages,
+        drain_timeout: c.drain_timeout,
+        complete_on: CompleteOn::AllReceipts,
+    };
+    let report = traffic::run(&t, &net, &relay).await;
+    relay.stop().await;
+    report
+}

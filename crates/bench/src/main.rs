@@ -1,0 +1,263 @@
+//! `hotline-bench`: runs the relay benchmarks and prints one summary line per figure set
+//! (JSON with `--json`). See `docs/BENCHMARKS.md`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use hotline_bench::client::Durability;
+use hotline_bench::idle::IdleOptions;
+use hotline_bench::recovery::RecoveryOptions;
+use hotline_bench::stats::Machine;
+use hotline_bench::Common;
+
+/// Benchmarks of the CICA Hotline relay (run the relay as a release build:
+/// `cargo build --release -p hotline-cli`).
+#[derive(Debug, Parser)]
+#[command(name = "hotline-bench", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// The `hotline` binary that runs the relay (default: the one next to this program).
+    #[arg(long, global = true)]
+    hotline: Option<PathBuf>,
+    /// Directory for networks, relay data and logs (default: a temporary directory,
+    /// removed at the end).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// How recipients make each batch of deliveries durable before receipting it.
+    #[arg(long, global = true, value_enum, default_value_t = Durability::Fsync)]
+    durability: Durability,
+    /// Seconds of load per traffic run.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Message body size, bytes.
+    #[arg(long, global = true, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Seconds to wait for a run to finish after sending stops.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    drain_timeout_s: f64,
+    /// Print JSON instead of summary lines.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// The Secretariat to the 37 other CICA participants, with signed delivered receipts.
+    Fanout37(FanoutArgs),
+    /// Independent sender → recipient pairs, at maximum rate unless --rate.
+    P2p(P2pArgs),
+    /// Idle connections: relay memory and CPU, then a crash and the reconnection.
+    Idle(IdleArgs),
+    /// A crash with a large backlog: time to ready and to drained.
+    Recovery(RecoveryArgs),
+    /// Everything: fanout37 at 500/s, 2000/s and max; p2p max; idle; recovery.
+    All,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    /// Messages per second (default: maximum).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Maximum rate: messages not yet receipted by all 37 allowed in flight.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Maximum rate: messages signed in advance.
+    #[arg(long, default_value_t = 40_000)]
+    max_messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct P2pArgs {
+    /// Sender → recipient pairs.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Messages per second over all pairs (default: maximum).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Maximum rate: unreceipted messages allowed in flight per pair.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Maximum rate: messages signed in advance over all pairs.
+    #[arg(long, default_value_t = 200_000)]
+    max_messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Totals of unauthenticated (TLS-only) connections to step through.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    steps: Vec<usize>,
+    /// Seconds to wait after connecting before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    settle_s: f64,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    cpu_window_s: f64,
+    /// Skip the crash and reconnection.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+#[derive(Debug, Args)]
+struct RecoveryArgs {
+    /// Messages queued before the kill.
+    #[arg(long, default_value_t = 100_000)]
+    queued: usize,
+    /// Members submitting them in parallel.
+    #[arg(long, default_value_t = 8)]
+    senders: usize,
+    /// Unaccepted submissions allowed per sender while loading.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let a = &cli.common;
+    let temp;
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("hotline-bench-")
+                .tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let c = Common {
+        hotline: Some(
+            a.hotline
+                .clone()
+                .unwrap_or_else(hotline_bench::relay::default_binary),
+        ),
+        dir,
+        durability: a.durability,
+        duration: secs(a.duration_s),
+        body_bytes: a.body_bytes,
+        drain_timeout: secs(a.drain_timeout_s),
+    };
+    let json = a.json;
+    let out = |line: String, value: serde_json::Value| {
+        if json {
+            println!("{value}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let fanout = |rate, window, max| {
+        let c = c.clone();
+        async move {
+            let r = hotline_bench::fanout37(&c, rate, window, max).await?;
+            anyhow::Ok((r.line(), serde_json::to_value(&r)?))
+        }
+    };
+    let p2p = |pairs, rate, window, max| {
+        let c = c.clone();
+        async move {
+            let r = hotline_bench::p2p(&c, pairs, rate, window, max).await?;
+            anyhow::Ok((r.line(), serde_json::to_value(&r)?))
+        }
+    };
+    let idle = |o: IdleOptions| {
+        let c = c.clone();
+        async move {
+            let r = hotline_bench::idle::run(&c, &o).await?;
+            anyhow::Ok((r.lines().join("\n"), serde_json::to_value(&r)?))
+        }
+    };
+    let recovery = |o: RecoveryOptions| {
+        let c = c.clone();
+        async move {
+            let r = hotline_bench::recovery::run(&c, &o).await?;
+            anyhow::Ok((r.line(), serde_json::to_value(&r)?))
+        }
+    };
+    let idle_opts = |i: &IdleArgs| IdleOptions {
+        steps: i.steps.clone(),
+        settle: secs(i.settle_s),
+        cpu_window: secs(i.cpu_window_s),
+        restart: !i.no_restart,
+        connect_timeout: Duration::from_secs(120),
+    };
+    let recovery_opts = |r: &RecoveryArgs| RecoveryOptions {
+        queued: r.queued,
+        senders: r.senders,
+        window: r.window,
+        drain_timeout: Duration::from_secs(300),
+    };
+    match &cli.workload {
+        Workload::Fanout37(f) => {
+            let (l, v) = fanout(f.rate, f.window, f.max_messages).await?;
+            out(l, v);
+        }
+        Workload::P2p(p) => {
+            let (l, v) = p2p(p.pairs, p.rate, p.window, p.max_messages).await?;
+            out(l, v);
+        }
+        Workload::Idle(i) => {
+            let (l, v) = idle(idle_opts(i)).await?;
+            out(l, v);
+        }
+        Workload::Recovery(r) => {
+            let (l, v) = recovery(recovery_opts(r)).await?;
+            out(l, v);
+        }
+        Workload::All => {
+            let m = Machine::read();
+            out(
+                format!(
+                    "machine: {} CPUs, {}, {} MiB, Linux {}",
+                    m.cpus, m.cpu_model, m.memory_mib, m.kernel
+                ),
+                serde_json::json!({ "machine": m }),
+            );
+            for rate in [Some(500.0), Some(2_000.0), None] {
+                let (l, v) = fanout(rate, 64, 40_000).await?;
+                out(l, v);
+            }
+            let (l, v) = p2p(16, None, 256, 200_000).await?;
+            out(l, v);
+            let (l, v) = idle(IdleOptions {
+                steps: vec![1_000, 5_000, 10_000],
+                settle: secs(3.0),
+                cpu_window: secs(10.0),
+                restart: true,
+                connect_timeout: Duration::from_secs(120),
+            })
+            .await?;
+            out(l, v);
+            let (l, v) = recovery(RecoveryOptions {
+                queued: 100_000,
+                senders: 8,
+                window: 512,
+                drain_timeout: Duration::from_secs(300),
+            })
+            .await?;
+            out(l, v);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! The system under test: the real `hotline relay` as a child process (so that its memory
+//! and CPU are its own, and a kill is a real kill), or in this process for the smoke test.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::network::Network;
+
+/// How long the relay may take to log that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `hotline` binary next to this executable (`target/release/hotline` when the bench is
+/// run with `cargo run --release`).
+pub fn default_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("hotline")))
+        .unwrap_or_else(|| PathBuf::from("hotline"))
+}
+
+type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// A `hotline relay --config …` child process.
+pub struct RelayProc {
+    child: Child,
+    /// When the process was started.
+    pub started: Instant,
+    /// When it logged `relay listening`.
+    pub listening_at: Instant,
+    /// The QUIC address it bound.
+    pub addr: SocketAddr,
+    /// Its metrics address.
+    pub metrics: Option<SocketAddr>,
+    lines: Lines,
+    seen: tokio::sync::watch::Receiver<usize>,
+}
+
+fn field_addr(line: &str) -> Option<SocketAddr> {
+    line.split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl RelayProc {
+    /// Starts the relay of `net` with `binary`, appending its log to `log`, and waits until
+    /// it listens.
+    pub async fn start(binary: &Path, net: &Network, log: &Path) -> anyhow::Result<Self> {
+        if !binary.exists() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p hotline-cli`, or pass --hotline PATH",
+                binary.display()
+            );
+        }
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .args(["relay", "--config"])
+            .arg(&net.config)
+            .current_dir(&net.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("relay stderr")?;
+        let lines: Lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = tokio::sync::watch::channel(0usize);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("{}", log.display()))?;
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let at = Instant::now();
+                    let _ = writeln!(file, "{line}");
+                    let n = {
+                        let mut v = lines.lock().unwrap_or_else(|p| p.into_inner());
+                        v.push((at, line));
+                        v.len()
+                    };
+                    tx.send_replace(n);
+                }
+            });
+        }
+        let mut me = Self {
+            child,
+            started,
+            listening_at: started,
+            addr: ([127, 0, 0, 1], 0).into(),
+            metrics: None,
+            lines,
+            seen,
+        };
+        let (at, line) = me.wait_line("relay listening", START_TIMEOUT).await?;
+        me.listening_at = at;
+        me.addr = field_addr(&line).with_context(|| format!("no addr= in {line:?}"))?;
+        // The metrics line follows at once (the CLI logs it after spawning the relay).
+        if let Ok((_, m)) = me.wait_line("metrics on", Duration::from_secs(5)).await {
+            me.metrics = field_addr(&m);
+        }
+        Ok(me)
+    }
+
+    /// Waits until a log line contains `needle`; its time of arrival and text.
+    pub async fn wait_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Instant, String)> {
+        let find = |lines: &Lines| {
+            lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+                .cloned()
+        };
+        let lines = self.lines.clone();
+        let r = tokio::time::timeout(timeout, self.seen.wait_for(|_| find(&lines).is_some()))
+            .await
+            .map(|r| r.map(|_| ()));
+        match r {
+            Ok(Ok(_)) => find(&self.lines).context("line vanished"),
+            Ok(Err(_)) => bail!(
+                "relay exited before logging {needle:?}:\n{}",
+                self.log_tail()
+            ),
+            Err(_) => bail!(
+                "relay did not log {needle:?} within {timeout:?}:\n{}",
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// The last lines of the log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let v = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let from = v.len().saturating_sub(20);
+        v[from..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Log lines containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for the exit (at most `timeout`, then SIGKILL).
+    pub async fn terminate(mut self, timeout: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The relay under test, wherever it runs.
+pub enum Relay {
+    /// A child process of the real binary (every measurement).
+    Process(RelayProc),
+    /// In this process (the smoke test, which must not depend on a release build).
+    InProcess(Box<hotline_relay::RelayHandle>),
+}
+
+impl Relay {
+    /// Starts the relay for `net`: a process of `binary` if given, else in this process.
+    pub async fn start(binary: Option<&Path>, net: &Network) -> anyhow::Result<Self> {
+        match binary {
+            Some(b) => Ok(Self::Process(
+                RelayProc::start(b, net, &net.dir.join("relay.log")).await?,
+            )),
+            None => {
+                let config = hotline_relay::RelayConfig::load(&net.config)?;
+                Ok(Self::InProcess(Box::new(
+                    hotline_relay::Relay::spawn(config).await?,
+                )))
+            }
+        }
+    }
+
+    /// The QUIC address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Process(p) => p.addr,
+            Self::InProcess(h) => h.local_addr(),
+        }
+    }
+
+    /// The metrics address.
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Process(p) => p.metrics,
+            Self::InProcess(h) => h.metrics_addr(),
+        }
+    }
+
+    /// The relay's process id when it runs as its own process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Process(p) => Some(p.pid()),
+            Self::InProcess(_) => None,
+        }
+    }
+
+    /// Stops the relay cleanly.
+    pub async fn stop(self) {
+        match self {
+            Self::Process(p) => p.terminate(Duration::from_secs(10)).await,
+            Self::InProcess(h) => h.shutdown().await,
+        }
+    }
+}
+
+/// Reads the relay's Prometheus metrics (blocking HTTP on a helper thread); `None` if they
+/// cannot be read.
+pub async fn scrape(metrics: Option<SocketAddr>) -> Option<Metrics> {
+    let addr = metrics?;
+    tokio::task::spawn_blocking(move || {
+        let text = ureq::get(&format!("http://{addr}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        Some(Metrics::parse(&text))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The relay metrics the benchmark reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Metrics {
+    /// Transactions committed.
+    pub commits: f64,
+    /// Items (submissions, receipts) in them.
+    pub commit_items: f64,
+    /// Messages accepted.
+    pub accepted: f64,
+    /// Messages written to nodes.
+    pub deliveries: f64,
+    /// Receipts stored.
+    pub receipts_stored: f64,
+    /// Messages queued, all recipients together.
+    pub queued: f64,
+    /// Open connections.
+    pub connections: f64,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let mut m = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut it = line.rsplitn(2, ' ');
+            let (Some(v), Some(name)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(v) = v.parse::<f64>() else { continue };
+            match name {
+                "hotline_relay_commit_batch_size_count" => m.commits = v,
+                "hotline_relay_commit_batch_size_sum" => m.commit_items = v,
+                "hotline_relay_messages_accepted_total" => m.accepted = v,
+                "hotline_relay_deliveries_total" => m.deliveries = v,
+                "hotline_relay_receipts_stored_total" => m.receipts_stored = v,
+                "hotline_relay_connections" => m.connections = v,
+                n if n.starts_with("hotline_relay_queue_depth") => m.queued += v,
+                _ => {}
+            }
+        }
+        m
+    }
+}

@@ -1,0 +1,176 @@
+//! Figures: latency percentiles, and what `/proc` says about a process and the machine.
+
+use serde::Serialize;
+
+/// Percentiles of a set of latencies, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// How many samples.
+    pub n: usize,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    /// The percentiles of `samples` (nearest rank; sorts in place).
+    pub fn of(samples: &mut [u64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[i - 1]
+        };
+        Self {
+            n: samples.len(),
+            p50_us: rank(0.50),
+            p99_us: rank(0.99),
+            max_us: samples[samples.len() - 1],
+        }
+    }
+
+    /// `p50/p99/max` in milliseconds, for summary lines.
+    pub fn ms(&self) -> String {
+        if self.n == 0 {
+            return "-".into();
+        }
+        format!(
+            "{:.2}/{:.2}/{:.2}",
+            self.p50_us as f64 / 1e3,
+            self.p99_us as f64 / 1e3,
+            self.max_us as f64 / 1e3
+        )
+    }
+}
+
+/// Resident memory of a process, KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU time a process has used (user + system, all threads), seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Clock ticks per second for `/proc` times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The 1-minute load average.
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU use of a process between two points, as a percentage of one core.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMeter {
+    pid: u32,
+    start: Option<f64>,
+    at: std::time::Instant,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pid`.
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            start: cpu_secs(pid),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Percentage of one core used since `start` (100 = one core busy).
+    pub fn percent(&self) -> Option<f64> {
+        let now = cpu_secs(self.pid)?;
+        let wall = self.at.elapsed().as_secs_f64();
+        Some((now - self.start?) / wall * 100.0)
+    }
+}
+
+/// The machine, for the report: cores, CPU model, memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// Online CPUs.
+    pub cpus: usize,
+    /// `model name` from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// `MemTotal`, MiB.
+    pub memory_mib: u64,
+    /// The kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads the machine's description.
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model: cpuinfo
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            memory_mib: meminfo
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|kib| kib / 1024)
+                .unwrap_or(0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let p = Percentiles::of(&mut v);
+        assert_eq!((p.n, p.p50_us, p.p99_us, p.max_us), (100, 50, 99, 100));
+        assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+}

@@ -1,0 +1,893 @@
+//! Message traffic through the relay: senders submit pre-signed messages (at a fixed rate, or
+//! as fast as a window of unfinished messages allows); recipients store each batch of
+//! deliveries durably and answer with one signed cumulative delivered receipt; senders
+//! collect the forwarded receipts and tell the relay they hold them, as a node does.
+//!
+//! Every message id carries its index (`run tag ‖ index`), so any party can find the send
+//! time of a message it sees without decoding more than the id.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hotline_net::Session;
+use hotline_proto::frame::{self, NodeToRelay, RelayToNode, Subject};
+use hotline_proto::limits::RECEIPT_ITEMS_MAX;
+use hotline_proto::{
+    Audience, Envelope, Kind, MessageId, Precedence, Seq, Signed, Status, PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::client::{self, Durability, Inbox, Store};
+use crate::network::{Network, Peer};
+use crate::relay::{self, Relay};
+use crate::stats::{self, CpuMeter, Percentiles};
+
+/// Frames one client drains from its reader before handling them as one batch.
+const BATCH_FRAMES_MAX: usize = 4_096;
+/// Submissions written to the stream in one write.
+const WRITE_FRAMES_MAX: usize = 256;
+
+/// When a sender counts a message as finished (it frees a place in the window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteOn {
+    /// When the relay has accepted it (no recipient is online).
+    Accepted,
+    /// When every recipient's delivered receipt is back.
+    AllReceipts,
+}
+
+/// One sender and whom it writes to.
+#[derive(Clone)]
+pub struct SenderSpec {
+    /// Who sends.
+    pub peer: Peer,
+    /// The audience of every message.
+    pub audience: Audience,
+    /// Recipients the audience resolves to (receipts expected per message).
+    pub fanout: u32,
+}
+
+/// A traffic workload.
+#[derive(Clone)]
+pub struct Traffic {
+    /// Name in reports (`fanout37`, `p2p`…).
+    pub name: String,
+    /// The senders.
+    pub senders: Vec<SenderSpec>,
+    /// The recipients (each a connected client).
+    pub recipients: Vec<Peer>,
+    /// Offered rate, messages per second over all senders; `None`: as fast as the window
+    /// allows.
+    pub rate: Option<f64>,
+    /// How long to send.
+    pub duration: Duration,
+    /// Most unfinished messages per sender.
+    pub window: usize,
+    /// Bytes of each body.
+    pub body_bytes: usize,
+    /// How recipients (and senders, for forwarded receipts) make things durable.
+    pub durability: Durability,
+    /// Most messages signed in advance over all senders when `rate` is `None`.
+    pub max_messages: usize,
+    /// How long to wait after the last send for everything to finish.
+    pub drain_timeout: Duration,
+    /// When a message is finished.
+    pub complete_on: CompleteOn,
+}
+
+/// What one traffic run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrafficReport {
+    /// Workload name.
+    pub workload: String,
+    /// Offered messages per second (`None`: maximum).
+    pub offered_per_s: Option<f64>,
+    /// Sending time, seconds.
+    pub duration_s: f64,
+    /// Unfinished messages allowed per sender (maximum-rate runs).
+    pub window: Option<usize>,
+    /// Sending clients.
+    pub senders: usize,
+    /// Receiving clients.
+    pub recipients: usize,
+    /// Recipients per message.
+    pub fanout: u32,
+    /// Body size, bytes.
+    pub body_bytes: usize,
+    /// What "durably" means at the recipients.
+    pub recipient_durability: Durability,
+    /// Messages signed for the run.
+    pub planned: u64,
+    /// Messages written to the relay.
+    pub sent: u64,
+    /// `Accepted` answers.
+    pub accepted: u64,
+    /// `Rejected` answers.
+    pub rejected: u64,
+    /// Distinct messages made durable by recipients.
+    pub deliveries: u64,
+    /// Deliveries of a message a recipient already held.
+    pub duplicate_deliveries: u64,
+    /// Delivered receipts the relay stored (`ReceiptStored`).
+    pub receipts: u64,
+    /// Mean messages per receipt.
+    pub items_per_receipt: f64,
+    /// Messages finished (accepted, or all receipts back, as the workload says).
+    pub finished: u64,
+    /// From the first send to the last event, seconds (rates are counts over this).
+    pub span_s: f64,
+    /// Accepted per second.
+    pub accepted_per_s: f64,
+    /// Durable deliveries per second.
+    pub deliveries_per_s: f64,
+    /// Stored receipts per second.
+    pub receipts_per_s: f64,
+    /// Sender's send → recipient has it durably.
+    pub e2e: Percentiles,
+    /// Sender's send → every recipient's receipt is back at the sender.
+    pub all_receipts: Percentiles,
+    /// Sender's send → `Accepted` (the relay has committed it).
+    pub accept: Percentiles,
+    /// Relay CPU over the span, percent of one core.
+    pub relay_cpu_pct: Option<f64>,
+    /// Load generator CPU over the span, percent of one core.
+    pub bench_cpu_pct: Option<f64>,
+    /// Relay resident memory at the end, MiB.
+    pub relay_rss_mib: Option<f64>,
+    /// Relay transactions committed during the run.
+    pub relay_commits: Option<f64>,
+    /// Mean items (submissions + receipts) per relay commit.
+    pub relay_items_per_commit: Option<f64>,
+    /// 1-minute load average before the run.
+    pub load_avg_before: f64,
+    /// Failures seen by clients (first few).
+    pub errors: Vec<String>,
+}
+
+impl TrafficReport {
+    /// One summary line.
+    pub fn line(&self) -> String {
+        let rate = match self.offered_per_s {
+            Some(r) => format!("rate={r}/s"),
+            None => format!("rate=max window={}", self.window.unwrap_or(0)),
+        };
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map(|v| format!("{v:.0}{unit}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        format!(
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2}{errs}",
+            name = self.workload,
+            dur = self.duration_s,
+            acc = self.accepted_per_s,
+            del = self.deliveries_per_s,
+            rc = self.receipts_per_s,
+            ipr = self.items_per_receipt,
+            e2e = self.e2e.ms(),
+            fan = self.fanout,
+            all = self.all_receipts.ms(),
+            acc_l = self.accept.ms(),
+            rcpu = opt(self.relay_cpu_pct, "%"),
+            rss = opt(self.relay_rss_mib, "MiB"),
+            cm = opt(self.relay_commits, ""),
+            ipc = self.relay_items_per_commit.unwrap_or(0.0),
+            bcpu = opt(self.bench_cpu_pct, "%"),
+            sent = self.sent,
+            accepted = self.accepted,
+            rej = self.rejected,
+            delivered = self.deliveries,
+            fin = self.finished,
+            dur_mode = self.recipient_durability,
+            load = self.load_avg_before,
+            errs = if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" | errors: {}", self.errors.join("; "))
+            },
+        )
+    }
+}
+
+/// State shared by every client of one run.
+struct Ledger {
+    t0: Instant,
+    tag: [u8; 8],
+    /// Send time of each message, ns since `t0`, plus one (0: not sent).
+    sent_ns: Vec<AtomicU64>,
+    /// Receipts back at the sender, per message.
+    back: Vec<AtomicU32>,
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    finished: AtomicU64,
+    deliveries: AtomicU64,
+    duplicates: AtomicU64,
+    receipts_stored: AtomicU64,
+    receipt_items: AtomicU64,
+    receipts_sent: AtomicU64,
+    senders_done: AtomicUsize,
+    last_event_ns: AtomicU64,
+    progress: Notify,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    fn id(&self, idx: usize) -> MessageId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.tag);
+        b[8..].copy_from_slice(&(idx as u64).to_be_bytes());
+        MessageId(b)
+    }
+
+    fn index(&self, id: &MessageId) -> Option<usize> {
+        if id.0[..8] != self.tag {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&id.0[8..]);
+        let i = u64::from_be_bytes(b) as usize;
+        (i < self.sent_ns.len()).then_some(i)
+    }
+
+    /// Microseconds from the send of message `idx` to `now_ns`.
+    fn since_sent_us(&self, idx: usize, now_ns: u64) -> Option<u64> {
+        let s = self.sent_ns[idx].load(Relaxed);
+        (s > 0).then(|| now_ns.saturating_sub(s - 1) / 1_000)
+    }
+
+    fn event(&self, now_ns: u64) {
+        self.last_event_ns.fetch_max(now_ns, Relaxed);
+    }
+
+    fn error(&self, who: &str, e: impl std::fmt::Display) {
+        let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 8 {
+            v.push(format!("{who}: {e}"));
+        }
+    }
+}
+
+/// Signs `count` messages from `spec.peer`, with indices from `first` and sequence numbers
+/// from 1, and encodes each as a `Submit` frame. Runs on all cores.
+fn sign_messages(
+    ledger: &Ledger,
+    spec: &SenderSpec,
+    first: usize,
+    count: usize,
+    body: &str,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(count.max(1));
+    let per = count.div_ceil(threads);
+    let created = hotline_relay::now_ms();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> anyhow::Result<Vec<Vec<u8>>> {
+                    let lo = t * per;
+                    let hi = ((t + 1) * per).min(count);
+                    let mut out = Vec::with_capacity(hi.saturating_sub(lo));
+                    for k in lo..hi {
+                        let env = Envelope {
+                            version: PROTOCOL_VERSION,
+                            id: ledger.id(first + k),
+                            sender: spec.peer.id.clone(),
+                            seq: Seq(k as u64 + 1),
+                            audience: spec.audience.clone(),
+                            kind: Kind::Alert,
+                            precedence: Precedence::Flash,
+                            status: Status::Test,
+                            created_at_ms: created,
+                            respond_by_ms: None,
+                            references: vec![],
+                            category: None,
+                            subject: format!("benchmark message {}", first + k),
+                            body: body.to_owned(),
+                        };
+                        let signed = Signed::sign(&env, &spec.peer.key)?;
+                        out.push(frame::encode_frame(&NodeToRelay::Submit(signed))?);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for h in handles {
+            match h.join() {
+                Ok(r) => all.extend(r?),
+                Err(_) => bail!("a signing thread panicked"),
+            }
+        }
+        Ok(all)
+    })
+}
+
+/// What a recipient measured.
+struct RecipientOut {
+    e2e_us: Vec<u64>,
+}
+
+async fn recipient(
+    peer: Peer,
+    session: Session,
+    store: Store,
+    ledger: Arc<Ledger>,
+    mut stop: watch::Receiver<bool>,
+) -> RecipientOut {
+    let Session {
+        conn,
+        reader,
+        mut writer,
+        ..
+    } = session;
+    let who = peer.id.to_string();
+    let mut inbox = Inbox::new(peer, store);
+    let (tx, mut rx) = mpsc::channel(BATCH_FRAMES_MAX);
+    let reader_task = tokio::spawn(client::read_frames(reader, tx));
+    let mut e2e_us = Vec::new();
+    'run: loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            f = rx.recv() => f,
+        };
+        let Some(first) = first else { break };
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            match f {
+                Ok(f) => batch.push(f),
+                Err(e) => {
+                    if !*stop.borrow() {
+                        ledger.error(&who, e);
+                    }
+                    break 'run;
+                }
+            }
+            if batch.len() < BATCH_FRAMES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        let h = match inbox.handle(batch).await {
+            Ok(h) => h,
+            Err(e) => {
+                ledger.error(&who, e);
+                break;
+            }
+        };
+        let now = ledger.now_ns();
+        for id in &h.fresh {
+            if let Some(us) = ledger.index(id).and_then(|i| ledger.since_sent_us(i, now)) {
+                e2e_us.push(us);
+            }
+        }
+        for r in &h.rejections {
+            ledger.error(&who, r);
+        }
+        ledger.receipts_stored.fetch_add(h.stored, Relaxed);
+        ledger.duplicates.fetch_add(h.duplicates, Relaxed);
+        if !h.fresh.is_empty() {
+            ledger.deliveries.fetch_add(h.fresh.len() as u64, Relaxed);
+            ledger.event(now);
+        }
+        ledger.receipts_sent.fetch_add(h.receipts, Relaxed);
+        ledger.receipt_items.fetch_add(h.items, Relaxed);
+        if !h.frames.is_empty() {
+            if let Err(e) = writer.write_raw(&h.frames).await {
+                ledger.error(&who, e);
+                break;
+            }
+        }
+    }
+    reader_task.abort();
+    conn.close(0u32.into(), b"benchmark done");
+    RecipientOut { e2e_us }
+}
+
+/// What a sender measured.
+#[derive(Default)]
+struct SenderOut {
+    accept_us: Vec<u64>,
+    all_back_us: Vec<u64>,
+}
+
+/// A sender's messages and pacing.
+struct SenderPlan {
+    who: String,
+    frames: Vec<Vec<u8>>,
+    first: usize,
+    fanout: u32,
+    /// Messages per second for this sender, or `None` for the window only.
+    rate: Option<f64>,
+    window: usize,
+    complete_on: CompleteOn,
+    start_at: Instant,
+    deadline: Instant,
+}
+
+/// The part of a sender its inbound task shares with its send loop.
+struct SenderState {
+    inflight: AtomicUsize,
+    room: Notify,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sender_inbound(
+    who: String,
+    plan_first: usize,
+    plan_len: usize,
+    fanout: u32,
+    complete_on: CompleteOn,
+    mut rx: mpsc::Receiver<anyhow::Result<RelayToNode>>,
+    writer: Arc<tokio::sync::Mutex<hotline_net::FrameWriter>>,
+    mut store: Store,
+    state: Arc<SenderState>,
+    ledger: Arc<Ledger>,
+    mut stop: watch::Receiver<bool>,
+) -> SenderOut {
+    let mut out = SenderOut::default();
+    let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
+    let finish = |ledger: &Ledger| {
+        state.inflight.fetch_sub(1, Relaxed);
+        state.room.notify_one();
+        ledger.finished.fetch_add(1, Relaxed);
+        ledger.progress.notify_waiters();
+    };
+    'run: loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            f = rx.recv() => f,
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_FRAMES_MAX {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let now = ledger.now_ns();
+        let mut digests = Vec::new();
+        let mut rows = Vec::new();
+        for f in batch {
+            match f {
+                Ok(RelayToNode::Accepted(a)) => {
+                    let Some(i) = ledger.index(&a.id).filter(|i| mine(*i)) else {
+                        continue;
+                    };
+                    ledger.accepted.fetch_add(1, Relaxed);
+                    if let Some(us) = ledger.since_sent_us(i, now) {
+                        out.accept_us.push(us);
+                    }
+                    if complete_on == CompleteOn::Accepted {
+                        ledger.event(now);
+                        finish(&ledger);
+                    }
+                }
+                Ok(RelayToNode::Rejected(r)) => {
+                    if let Subject::Message(id) = r.subject {
+                        if ledger.index(&id).is_some_and(mine) {
+                            ledger.rejected.fetch_add(1, Relaxed);
+                            finish(&ledger);
+                        }
+                    }
+                    ledger.error(&who, format!("rejected: {:?} {}", r.code, r.detail));
+                }
+                Ok(RelayToNode::Receipt(s)) => {
+                    digests.push(s.digest());
+                    let Ok(r) = s.decode_unverified() else {
+                        ledger.error(&who, "undecodable forwarded receipt");
+                        continue;
+                    };
+                    for item in &r.items {
+                        let Some(i) = ledger.index(&item.id).filter(|i| mine(*i)) else {
+                            continue;
+                        };
+                        let n = ledger.back[i].fetch_add(1, Relaxed) + 1;
+                        if n == fanout {
+                            if let Some(us) = ledger.since_sent_us(i, now) {
+                                out.all_back_us.push(us);
+                            }
+                            if complete_on == CompleteOn::AllReceipts {
+                                ledger.event(now);
+                                finish(&ledger);
+                            }
+                        }
+                    }
+                    let d = s.digest().0;
+                    let mut key = [0u8; 16];
+                    key.copy_from_slice(&d[..16]);
+                    rows.push((key, s.bytes().to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !*stop.borrow() {
+                        ledger.error(&who, e);
+                    }
+                    break 'run;
+                }
+            }
+        }
+        if digests.is_empty() {
+            continue;
+        }
+        // As a node: keep the forwarded receipts durably, then release them at the relay.
+        let (s, r) = store.persist(rows).await;
+        store = s;
+        if let Err(e) = r {
+            ledger.error(&who, format!("store: {e}"));
+            break;
+        }
+        let mut buf = Vec::new();
+        for chunk in digests.chunks(RECEIPT_ITEMS_MAX) {
+            match frame::encode_frame(&NodeToRelay::ReceiptsStored(chunk.to_vec())) {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(e) => {
+                    ledger.error(&who, format!("encode: {e}"));
+                    break 'run;
+                }
+            }
+        }
+        if let Err(e) = writer.lock().await.write_raw(&buf).await {
+            ledger.error(&who, e);
+            break;
+        }
+    }
+    out
+}
+
+/// Writes the plan's messages; returns how many were sent.
+async fn send_loop(
+    plan: &SenderPlan,
+    writer: &tokio::sync::Mutex<hotline_net::FrameWriter>,
+    state: &SenderState,
+    ledger: &Ledger,
+    stop: &mut watch::Receiver<bool>,
+) -> usize {
+    tokio::time::sleep_until(plan.start_at.into()).await;
+    let total = plan.frames.len();
+    let mut k = 0;
+    while k < total {
+        if Instant::now() >= plan.deadline || *stop.borrow() {
+            break;
+        }
+        let n = match plan.rate {
+            Some(r) => {
+                let due = plan.start_at + Duration::from_secs_f64(k as f64 / r);
+                if Instant::now() < due {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+                let now = Instant::now();
+                let mut n = 0;
+                while k + n < total
+                    && n < WRITE_FRAMES_MAX
+                    && plan.start_at + Duration::from_secs_f64((k + n) as f64 / r) <= now
+                {
+                    n += 1;
+                }
+                n.max(1)
+            }
+            None => {
+                let free = loop {
+                    let f = state.inflight.load(Relaxed);
+                    if f < plan.window {
+                        break plan.window - f;
+                    }
+                    tokio::select! {
+                        _ = state.room.notified() => {}
+                        _ = tokio::time::sleep_until(plan.deadline.into()) => break 0,
+                        _ = stop.changed() => break 0,
+                    }
+                };
+                if free == 0 {
+                    break;
+                }
+                free.min(WRITE_FRAMES_MAX).min(total - k)
+            }
+        };
+        let now = ledger.now_ns();
+        let mut buf = Vec::with_capacity(n * plan.frames[k].len());
+        for i in k..k + n {
+            ledger.sent_ns[plan.first + i].store(now + 1, Relaxed);
+            buf.extend_from_slice(&plan.frames[i]);
+        }
+        state.inflight.fetch_add(n, Relaxed);
+        ledger.sent.fetch_add(n as u64, Relaxed);
+        if let Err(e) = writer.lock().await.write_raw(&buf).await {
+            ledger.error(&plan.who, e);
+            return k;
+        }
+        k += n;
+    }
+    k
+}
+
+async fn sender(
+    plan: SenderPlan,
+    session: Session,
+    store: Store,
+    ledger: Arc<Ledger>,
+    stop: watch::Receiver<bool>,
+) -> SenderOut {
+    let Session {
+        conn,
+        reader,
+        writer,
+        ..
+    } = session;
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let state = Arc::new(SenderState {
+        inflight: AtomicUsize::new(0),
+        room: Notify::new(),
+    });
+    let (tx, rx) = mpsc::channel(BATCH_FRAMES_MAX);
+    let reader_task = tokio::spawn(client::read_frames(reader, tx));
+    let inbound = tokio::spawn(sender_inbound(
+        plan.who.clone(),
+        plan.first,
+        plan.frames.len(),
+        plan.fanout,
+        plan.complete_on,
+        rx,
+        writer.clone(),
+        store,
+        state.clone(),
+        ledger.clone(),
+        stop.clone(),
+    ));
+    let mut stop2 = stop.clone();
+    let _sent = send_loop(&plan, &writer, &state, &ledger, &mut stop2).await;
+    ledger.senders_done.fetch_add(1, Relaxed);
+    ledger.progress.notify_waiters();
+    let out = inbound.await.unwrap_or_default();
+    reader_task.abort();
+    conn.close(0u32.into(), b"benchmark done");
+    out
+}
+
+/// A body of `n` printable bytes.
+fn body(n: usize) -> String {
+    const TEXT: &[u8] =
+        b"CICA Hotline benchmark body: the quick brown fox jumps over the lazy dog. ";
+    (0..n).map(|i| TEXT[i % TEXT.len()] as char).collect()
+}
+
+/// Runs `t` against `relay`; clients connect fresh and leave when it is done.
+pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<TrafficReport> {
+    let load_avg_before = stats::load_avg();
+    let n_senders = t.senders.len();
+    if n_senders == 0 {
+        bail!("no senders");
+    }
+    let per_sender = match t.rate {
+        Some(r) => ((r / n_senders as f64) * t.duration.as_secs_f64()).ceil() as usize,
+        None => t.max_messages / n_senders,
+    }
+    .max(1);
+    let total = per_sender * n_senders;
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&rand::random::<[u8; 8]>());
+    let ledger = Arc::new(Ledger {
+        t0: Instant::now(),
+        tag,
+        sent_ns: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        back: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        sent: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        finished: AtomicU64::new(0),
+        deliveries: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        receipts_stored: AtomicU64::new(0),
+        receipt_items: AtomicU64::new(0),
+        receipts_sent: AtomicU64::new(0),
+        senders_done: AtomicUsize::new(0),
+        last_event_ns: AtomicU64::new(0),
+        progress: Notify::new(),
+        errors: Mutex::new(Vec::new()),
+    });
+
+    // Sign everything first, so the load generator's signing is not in the measurement.
+    let text = body(t.body_bytes);
+    let mut frames = Vec::with_capacity(n_senders);
+    for (s, spec) in t.senders.iter().enumerate() {
+        frames.push(sign_messages(
+            &ledger,
+            spec,
+            s * per_sender,
+            per_sender,
+            &text,
+        )?);
+    }
+
+    // Connect everyone (one endpoint, so one UDP socket, per client, as real nodes have).
+    let addr = relay.addr();
+    let store_dir = net.dir.join(format!("clients-{}", t.name));
+    std::fs::create_dir_all(&store_dir)?;
+    let mut endpoints = Vec::new();
+    let mut connecting = tokio::task::JoinSet::new();
+    let all: Vec<(bool, Peer)> = t
+        .recipients
+        .iter()
+        .map(|p| (false, p.clone()))
+        .chain(t.senders.iter().map(|s| (true, s.peer.clone())))
+        .collect();
+    for (i, (is_sender, peer)) in all.into_iter().enumerate() {
+        let ep = client::endpoint(net.fingerprint)?;
+        endpoints.push(ep.clone());
+        let v = net.roster_version;
+        connecting.spawn(async move {
+            let s = client::session(&ep, addr, &peer, v).await;
+            (i, is_sender, peer, s)
+        });
+    }
+    let mut sessions: Vec<Option<(bool, Peer, Session)>> = Vec::new();
+    sessions.resize_with(t.recipients.len() + n_senders, || None);
+    while let Some(r) = connecting.join_next().await {
+        let (i, is_sender, peer, s) = r?;
+        let s = s?;
+        if is_sender && s.welcome.last_seq.0 != 0 {
+            bail!(
+                "{} has sent before on this relay (last seq {}): benchmarks need a fresh relay",
+                peer.id,
+                s.welcome.last_seq
+            );
+        }
+        sessions[i] = Some((is_sender, peer, s));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let start_at = Instant::now() + Duration::from_millis(200);
+    let deadline = start_at + t.duration;
+    let mut recipients = tokio::task::JoinSet::new();
+    let mut senders = tokio::task::JoinSet::new();
+    let mut frames = frames.into_iter();
+    let mut s_idx = 0;
+    for slot in sessions {
+        let Some((is_sender, peer, session)) = slot else {
+            bail!("a client did not connect");
+        };
+        let store = Store::open(t.durability, &store_dir.join(peer.id.as_str()))?;
+        if is_sender {
+            let spec = &t.senders[s_idx];
+            let plan = SenderPlan {
+                who: peer.id.to_string(),
+                frames: frames.next().unwrap_or_default(),
+                first: s_idx * per_sender,
+                fanout: spec.fanout,
+                rate: t.rate.map(|r| r / n_senders as f64),
+                window: t.window,
+                complete_on: t.complete_on,
+                start_at,
+                deadline,
+            };
+            s_idx += 1;
+            senders.spawn(sender(
+                plan,
+                session,
+                store,
+                ledger.clone(),
+                stop_rx.clone(),
+            ));
+        } else {
+            recipients.spawn(recipient(
+                peer,
+                session,
+                store,
+                ledger.clone(),
+                stop_rx.clone(),
+            ));
+        }
+    }
+
+    let before = relay::scrape(relay.metrics()).await;
+    tokio::time::sleep_until(start_at.into()).await;
+    let relay_cpu = relay.pid().map(CpuMeter::start);
+    let bench_cpu = CpuMeter::start(std::process::id());
+    let start_ns = ledger.now_ns();
+
+    // Wait for the senders to finish sending and every message to finish, or the drain
+    // timeout after the sending deadline.
+    let give_up = deadline + t.drain_timeout;
+    loop {
+        let notified = ledger.progress.notified();
+        let done = ledger.senders_done.load(Relaxed) == n_senders
+            && ledger.finished.load(Relaxed) >= ledger.sent.load(Relaxed);
+        if done || Instant::now() >= give_up {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+    }
+    let relay_cpu_pct = relay_cpu.and_then(|m| m.percent());
+    let bench_cpu_pct = bench_cpu.percent();
+    let relay_rss_mib = relay
+        .pid()
+        .and_then(stats::rss_kib)
+        .map(|k| k as f64 / 1024.0);
+    // Let the last receipts' `ReceiptStored` answers arrive before counting them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = relay::scrape(relay.metrics()).await;
+    let _ = stop_tx.send(true);
+
+    let mut e2e = Vec::new();
+    while let Some(r) = recipients.join_next().await {
+        e2e.extend(r.context("recipient task")?.e2e_us);
+    }
+    let mut accept = Vec::new();
+    let mut all_back = Vec::new();
+    while let Some(r) = senders.join_next().await {
+        let o = r.context("sender task")?;
+        accept.extend(o.accept_us);
+        all_back.extend(o.all_back_us);
+    }
+    for ep in &endpoints {
+        ep.close(0u32.into(), b"benchmark done");
+    }
+
+    let end_ns = ledger.last_event_ns.load(Relaxed).max(start_ns + 1);
+    let span_s = (end_ns - start_ns) as f64 / 1e9;
+    let deliveries = ledger.deliveries.load(Relaxed);
+    let receipts = ledger.receipts_stored.load(Relaxed);
+    let accepted = ledger.accepted.load(Relaxed);
+    let items = ledger.receipt_items.load(Relaxed);
+    let (commits, items_per_commit) = match (before, after) {
+        (Some(b), Some(a)) if a.commits > b.commits => (
+            Some(a.commits - b.commits),
+            Some((a.commit_items - b.commit_items) / (a.commits - b.commits)),
+        ),
+        _ => (None, None),
+    };
+    let errors = ledger
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let fanout = t.senders.first().map(|s| s.fanout).unwrap_or(0);
+    Ok(TrafficReport {
+        workload: t.name.clone(),
+        offered_per_s: t.rate,
+        duration_s: t.duration.as_secs_f64(),
+        window: t.rate.is_none().then_some(t.window),
+        senders: n_senders,
+        recipients: t.recipients.len(),
+        fanout,
+        body_bytes: t.body_bytes,
+        recipient_durability: t.durability,
+        planned: total as u64,
+        sent: ledger.sent.load(Relaxed),
+        accepted,
+        rejected: ledger.rejected.load(Relaxed),
+        deliveries,
+        duplicate_deliveries: ledger.duplicates.load(Relaxed),
+        receipts,
+        items_per_receipt: items as f64 / ledger.receipts_sent.load(Relaxed).max(1) as f64,
+        finished: ledger.finished.load(Relaxed),
+        span_s,
+        accepted_per_s: accepted as f64 / span_s,
+        deliveries_per_s: deliveries as f64 / span_s,
+        receipts_per_s: receipts as f64 / span_s,
+        e2e: Percentiles::of(&mut e2e),
+        all_receipts: Percentiles::of(&mut all_back),
+        accept: Percentiles::of(&mut accept),
+        relay_cpu_pct,
+        bench_cpu_pct,
+        relay_rss_mib,
+        relay_commits: commits,
+        relay_items_per_commit: items_per_commit,
+        load_avg_before,
+        errors,
+    })
+}
