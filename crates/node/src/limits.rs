@@ -26,6 +26,9 @@ pub const PAGING_INTERVAL_MS: u64 = 300_000;
 /// How often deadlines and paging are checked.
 pub const DEADLINE_TICK_MS: u64 = 250;
 
+/// Received messages examined for re-paging in one tick; more wait for the next tick.
+pub const PAGES_PER_TICK_MAX: usize = 256;
+
 /// Outbox items sent per relay per pass (the rest follow as answers arrive).
 pub const OUTBOX_PAGE: usize = 256;
 

@@ -21,6 +21,10 @@ use hotline_store::{Journal, StoreError};
 /// File name of the node database inside the data directory.
 pub const DB_FILE: &str = "node.db";
 
+/// `paged_at_ms` of a received message that never pages (not FLASH or IMMEDIATE): later
+/// than any time, so that the paging query's index range never reaches it again.
+const NEVER_PAGES: i64 = i64::MAX;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (
@@ -62,6 +66,13 @@ CREATE TABLE IF NOT EXISTS inbox (
     paged_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox (received_at_ms);
+-- The deadline tick asks these two questions every 250 ms; without the indexes each
+-- question read every stored message (bodies included) every time.
+-- `paged_at_ms` is the last page, or NEVER_PAGES for a message that does not page.
+CREATE INDEX IF NOT EXISTS inbox_page_due ON inbox (COALESCE(paged_at_ms, received_at_ms))
+    WHERE acked_at_ms IS NULL;
+CREATE INDEX IF NOT EXISTS sent_by_respond_by ON sent (respond_by_ms, id)
+    WHERE respond_by_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS quarantine (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
@@ -427,8 +438,8 @@ impl NodeStore {
                 match checked {
                     Ok(env) => {
                         let n = tx.execute(
-                            "INSERT OR IGNORE INTO inbox (id, sender, seq, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![&env.id.0[..], env.sender.as_str(), env.seq.0, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms],
+                            "INSERT OR IGNORE INTO inbox (id, sender, seq, bytes, key, sig, received_at_ms, paged_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            params![&env.id.0[..], env.sender.as_str(), env.seq.0, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, (!env.precedence.pages()).then_some(NEVER_PAGES)],
                         )?;
                         if n > 0 {
                             j.append(tx, now_ms, "message.received", &env.id.to_string(), &encode_record(signed)?)?;
@@ -612,10 +623,11 @@ impl NodeStore {
         self.tx(|tx, j| {
             let mut found: Vec<(MessageId, String, Vec<ParticipantId>)> = Vec::new();
             {
+                // Driven by `sent_by_respond_by`: only messages with a passed deadline are
+                // looked at, and only their newly overdue rows read the message itself.
                 let mut st = tx.prepare_cached(
-                    "SELECT m.id, m.recipient, s.bytes, s.key, s.sig FROM matrix m JOIN sent s ON s.id = m.id
-                     WHERE s.respond_by_ms IS NOT NULL AND s.respond_by_ms <= ?1 AND m.acked_at_ms IS NULL AND m.overdue_at_ms IS NULL
-                     ORDER BY m.id",
+                    "SELECT m.id, m.recipient, s.bytes, s.key, s.sig FROM sent s JOIN matrix m ON m.id = s.id
+                     WHERE s.respond_by_ms IS NOT NULL AND s.respond_by_ms <= ?1 AND m.acked_at_ms IS NULL AND m.overdue_at_ms IS NULL",
                 )?;
                 let rows = st.query_map([now_ms], |r| {
                     Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), r.get::<_, String>(1)?, signed_at::<Envelope>(r, 2)?))
@@ -623,9 +635,9 @@ impl NodeStore {
                 for row in rows {
                     let (id, rcpt, signed) = row?;
                     let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
-                    match found.last_mut() {
-                        Some((last, _, v)) if *last == id => v.push(rcpt),
-                        _ => {
+                    match found.iter_mut().find(|(i, _, _)| *i == id) {
+                        Some((_, _, v)) => v.push(rcpt),
+                        None => {
                             let subject = signed.decode_unverified().map(|e| e.subject).unwrap_or_default();
                             found.push((id, subject, vec![rcpt]));
                         }
@@ -649,35 +661,40 @@ impl NodeStore {
         now_ms: u64,
         interval_ms: u64,
     ) -> Result<Vec<Envelope>, StoreError> {
-        let mut due = Vec::new();
-        {
+        // Due: unacknowledged, and last paged (or received) at least `interval_ms` ago. The
+        // expression and condition are those of the index `inbox_page_due`, so only due
+        // rows are read. A row that turns out not to page (stored before NEVER_PAGES was
+        // written at arrival) is marked so and never read again.
+        let cutoff = now_ms.saturating_sub(interval_ms);
+        let rows: Vec<(MessageId, Signed<Envelope>)> = {
             let mut st = self.conn.prepare_cached(
-                "SELECT bytes, key, sig, paged_at_ms, received_at_ms FROM inbox WHERE acked_at_ms IS NULL",
+                "SELECT id, bytes, key, sig FROM inbox
+                 WHERE acked_at_ms IS NULL AND COALESCE(paged_at_ms, received_at_ms) <= ?1 LIMIT ?2",
             )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    signed_at::<Envelope>(r, 0)?,
-                    r.get::<_, Option<u64>>(3)?,
-                    r.get::<_, u64>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (s, paged, received) = row?;
-                let Ok(env) = s.decode_unverified() else {
-                    continue;
-                };
-                if env.precedence.pages()
-                    && paged.unwrap_or(received).saturating_add(interval_ms) <= now_ms
-                {
-                    due.push(env);
-                }
-            }
-        }
-        for env in &due {
+            let rows = st.query_map(
+                params![cutoff, crate::limits::PAGES_PER_TICK_MAX as i64],
+                |r| {
+                    Ok((
+                        MessageId(blob_array::<16>(r.get(0)?, 0)?),
+                        signed_at::<Envelope>(r, 1)?,
+                    ))
+                },
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut due = Vec::new();
+        for (id, s) in rows {
+            let env = s.decode_unverified().ok().filter(|e| e.precedence.pages());
+            let next: i64 = if env.is_some() {
+                now_ms as i64
+            } else {
+                NEVER_PAGES
+            };
             self.conn.execute(
                 "UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1",
-                params![&env.id.0[..], now_ms],
+                params![&id.0[..], next],
             )?;
+            due.extend(env);
         }
         Ok(due)
     }
@@ -815,4 +832,141 @@ pub fn retryable(code: RejectCode) -> bool {
         code,
         RejectCode::RateLimited | RejectCode::QueueFull | RejectCode::StorageUnavailable
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use hotline_proto::{Audience, Kind, Precedence, Status};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const EVERY: u64 = 1_000;
+
+    fn pid(s: &str) -> ParticipantId {
+        ParticipantId::new(s).unwrap()
+    }
+
+    fn envelope(seq: u64, precedence: Precedence) -> Envelope {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: pid("KAZ"),
+            seq: Seq(seq),
+            audience: Audience::Participants(vec![pid("KGZ")]),
+            kind: Kind::Alert,
+            precedence,
+            status: Status::Actual,
+            created_at_ms: NOW,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: format!("message {seq}"),
+            body: String::new(),
+        }
+    }
+
+    fn ids(envs: &[Envelope]) -> BTreeSet<MessageId> {
+        envs.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn only_unacknowledged_flash_and_immediate_messages_page_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        let me = pid("KGZ");
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let flash = envelope(1, Precedence::Flash);
+        let immediate = envelope(2, Precedence::Immediate);
+        let routine = envelope(3, Precedence::Routine);
+        let batch: Vec<_> = [&flash, &immediate, &routine]
+            .into_iter()
+            .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
+            .collect();
+        store.store_deliveries(&me, &key, &batch, NOW).unwrap();
+
+        assert!(store.due_pages(NOW + EVERY - 1, EVERY).unwrap().is_empty());
+        let urgent = BTreeSet::from([flash.id, immediate.id]);
+        assert_eq!(ids(&store.due_pages(NOW + EVERY, EVERY).unwrap()), urgent);
+        assert!(
+            store.due_pages(NOW + EVERY, EVERY).unwrap().is_empty(),
+            "paged"
+        );
+        assert_eq!(
+            ids(&store.due_pages(NOW + 2 * EVERY, EVERY).unwrap()),
+            urgent
+        );
+
+        store
+            .acknowledge(&me, &key, &immediate.id, "Duty officer", None, 1, NOW)
+            .unwrap()
+            .unwrap();
+        let due = store.due_pages(NOW + 3 * EVERY, EVERY).unwrap();
+        assert_eq!(ids(&due), BTreeSet::from([flash.id]));
+
+        // A routine message stored without the never-pages mark (an older store) is
+        // looked at once, marked, and not returned.
+        store
+            .conn
+            .execute(
+                "UPDATE inbox SET paged_at_ms = NULL WHERE id = ?1",
+                [&routine.id.0[..]],
+            )
+            .unwrap();
+        assert!(!ids(&store.due_pages(NOW + 4 * EVERY, EVERY).unwrap()).contains(&routine.id));
+        let mark: i64 = store
+            .conn
+            .query_row(
+                "SELECT paged_at_ms FROM inbox WHERE id = ?1",
+                [&routine.id.0[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(mark, NEVER_PAGES);
+    }
+
+    #[test]
+    fn a_passed_deadline_marks_the_unacknowledged_recipients_overdue_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let me = pid("KAZ");
+        let to = [pid("KGZ"), pid("TJK")];
+        let draft = |respond_by_ms| Draft {
+            audience: Audience::Participants(to.to_vec()),
+            kind: Kind::ConsultationRequest,
+            precedence: Precedence::Priority,
+            status: Status::Actual,
+            respond_by_ms,
+            references: vec![],
+            category: None,
+            subject: "Request for clarification".into(),
+            body: String::new(),
+        };
+        let with = store
+            .compose(&me, &key, draft(Some(NOW + EVERY)), &to, 1, NOW)
+            .unwrap()
+            .unwrap();
+        store
+            .compose(&me, &key, draft(None), &to, 1, NOW)
+            .unwrap()
+            .unwrap();
+        let with = with.decode_unverified().unwrap().id;
+
+        assert!(store.mark_overdue(NOW + EVERY - 1).unwrap().is_empty());
+        let found = store.mark_overdue(NOW + EVERY).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, with);
+        assert_eq!(found[0].1, "Request for clarification");
+        assert_eq!(found[0].2, to.to_vec());
+        assert!(
+            store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty(),
+            "once"
+        );
+    }
 }
