@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Builds the Debian package with cargo-deb and checks what is in it: the file list, modes
+# and owners, control fields, conffiles, maintainer scripts, the units (identical to
+# deploy/systemd/, passing `systemd-analyze verify` and rated at most 2.0 by
+# `systemd-analyze security`), and that the packaged binary runs and accepts the packaged
+# example configurations. Exits non-zero on the first group of mismatches.
+#
+#   bash deploy/test-package.sh             # build (incremental) and check
+#   DEB=path/to/hotline.deb bash deploy/test-package.sh   # check a package built before
+#
+# Needs dpkg-deb (Debian); installs cargo-deb if it is missing. `cargo deb` builds in release
+# mode; cargo's incremental build makes a second run cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+bad() {
+    echo "FAIL: $*" >&2
+    fail=1
+}
+stop_if_failed() {
+    if [ "$fail" -ne 0 ]; then
+        echo "== package check FAILED ($1)" >&2
+        exit 1
+    fi
+}
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+arch=$(dpkg --print-architecture)
+
+if [ -z "${DEB:-}" ]; then
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "== installing cargo-deb"
+        cargo install cargo-deb --locked
+    fi
+    echo "== cargo deb -p hotline-cli"
+    # cargo-deb prints the paths of what it built on standard output: the package and,
+    # with `dbgsym = true`, the debug symbols package (.ddeb).
+    built=$(cargo deb -p hotline-cli)
+    DEB=$(grep '\.deb$' <<<"$built" | tail -n1)
+    DBGSYM=$(grep '\.ddeb$' <<<"$built" | tail -n1 || true)
+    [ -n "$DBGSYM" ] && [ -f "$DBGSYM" ] || bad "no debug symbols package (.ddeb) was built"
+fi
+[ -f "$DEB" ] || { echo "FAIL: no package at '$DEB'" >&2; exit 1; }
+echo "== checking $DEB"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+control="$work/control"
+dpkg-deb -x "$DEB" "$root"
+dpkg-deb -e "$DEB" "$control"
+
+# --- control fields (dpkg-deb -I) ----------------------------------------------------------
+field() { dpkg-deb -f "$DEB" "$1"; }
+[ "$(field Package)" = hotline ] || bad "Package is '$(field Package)', expected hotline"
+[ "$(field Version)" = "$version-1" ] || bad "Version is '$(field Version)', expected $version-1"
+[ "$(field Architecture)" = "$arch" ] || bad "Architecture is '$(field Architecture)', expected $arch"
+[ "$(field Section)" = net ] || bad "Section is '$(field Section)', expected net"
+[ "$(field Priority)" = optional ] || bad "Priority is '$(field Priority)', expected optional"
+[ -n "$(field Maintainer)" ] || bad "no Maintainer"
+depends=$(field Depends)
+for dep in adduser libc6; do
+    grep -Eq "(^|, )$dep( |,|$)" <<<"$depends" || bad "Depends '$depends' lacks $dep"
+done
+grep -q 'OPERATIONS.md' <<<"$(field Description)" || bad "Description does not point at OPERATIONS.md"
+dpkg-deb -I "$DEB" >/dev/null || bad "dpkg-deb -I cannot read the package"
+stop_if_failed "control fields"
+
+# --- file list (dpkg-deb -c) ---------------------------------------------------------------
+# Every file the package must hold: path, mode. Nothing else may be in it.
+expected="$work/expected"
+{
+    echo "./usr/bin/hotline -rwxr-xr-x"
+    echo "./usr/lib/systemd/system/hotline-relay.service -rw-r--r--"
+    echo "./usr/lib/systemd/system/hotline-node.service -rw-r--r--"
+    echo "./etc/hotline/relay.toml.example -rw-r--r--"
+    echo "./etc/hotline/node.toml.example -rw-r--r--"
+    echo "./etc/hotline/cica-roster.toml -rw-r--r--"
+    for f in config/exercises/*.toml; do
+        echo "./usr/share/hotline/exercises/$(basename "$f") -rw-r--r--"
+    done
+    for f in OPERATIONS.md PROTOCOL.md API.md README.md ARCHITECTURE.md copyright; do
+        echo "./usr/share/doc/hotline/$f -rw-r--r--"
+    done
+    echo "./usr/share/man/man1/hotline.1.gz -rw-r--r--"
+} | sort >"$expected"
+actual="$work/actual"
+# dpkg-deb -c prints: mode owner/group size date time path; keep regular files only.
+dpkg-deb -c "$DEB" | awk '$1 ~ /^-/ { print $6, $1 }' | sort >"$actual"
+if ! diff -u "$expected" "$actual"; then
+    bad "file list differs from the expected one (- expected, + in the package)"
+fi
+owners=$(dpkg-deb -c "$DEB" | awk '{ print $2 }' | sort -u)
+[ "$owners" = "root/root" ] || [ "$owners" = "0/0" ] || bad "files not all owned by root/root: $owners"
+# Stripped: the symbols are in hotline-dbgsym.
+if command -v file >/dev/null 2>&1; then
+    dpkg-deb --fsys-tarfile "$DEB" | tar -xO ./usr/bin/hotline >"$work/hotline.bin"
+    file "$work/hotline.bin" | grep -q ', stripped' || bad "usr/bin/hotline is not stripped"
+fi
+stop_if_failed "file list"
+
+# --- conffiles and maintainer scripts ------------------------------------------------------
+for f in relay.toml.example node.toml.example cica-roster.toml; do
+    grep -qx "/etc/hotline/$f" "$control/conffiles" || bad "/etc/hotline/$f is not a conffile"
+done
+for s in postinst postrm prerm; do
+    [ -x "$control/$s" ] || { bad "no executable $s"; continue; }
+    sh -n "$control/$s" || bad "$s is not valid sh"
+    if grep -q '#DEBHELPER#' "$control/$s"; then bad "$s still holds #DEBHELPER#"; fi
+done
+grep -q 'adduser --system' "$control/postinst" || bad "postinst does not create the hotline user"
+grep -q 'hotline-relay.service' "$control/postinst" || bad "postinst lacks the systemd fragment for hotline-relay"
+grep -q 'hotline-node.service' "$control/postinst" || bad "postinst lacks the systemd fragment for hotline-node"
+# Units are enabled again only if they were enabled before, restarted only if running
+# (upgrade), and never started: they must wait for the operator's configuration.
+grep -q 'was-enabled hotline-relay.service' "$control/postinst" ||
+    bad "postinst does not use the dont-enable fragment for hotline-relay"
+grep -q 'try-restart hotline-relay.service' "$control/postinst" ||
+    bad "postinst does not try-restart hotline-relay on upgrade"
+if grep -Eq 'deb-systemd-invoke (start|\$_dh_action)' "$control/postinst"; then
+    bad "postinst starts a unit; units must wait for the operator's configuration"
+fi
+grep -q 'rm -rf /var/lib/hotline-relay /var/lib/hotline-node' "$control/postrm" ||
+    bad "postrm purge does not remove the state directories"
+stop_if_failed "maintainer scripts"
+
+# --- units: as in the repository, with the paths the issue fixes ---------------------------
+for u in hotline-relay hotline-node; do
+    cmp -s "deploy/systemd/$u.service" "$root/usr/lib/systemd/system/$u.service" ||
+        bad "$u.service in the package differs from deploy/systemd/$u.service"
+done
+grep -qx 'ExecStart=/usr/bin/hotline relay --config /etc/hotline/relay.toml' \
+    "$root/usr/lib/systemd/system/hotline-relay.service" || bad "relay ExecStart"
+grep -qx 'ExecStart=/usr/bin/hotline node --config /etc/hotline/node.toml' \
+    "$root/usr/lib/systemd/system/hotline-node.service" || bad "node ExecStart"
+grep -qx 'StateDirectory=hotline-relay' "$root/usr/lib/systemd/system/hotline-relay.service" ||
+    bad "relay StateDirectory"
+grep -qx 'StateDirectory=hotline-node' "$root/usr/lib/systemd/system/hotline-node.service" ||
+    bad "node StateDirectory"
+grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$root/usr/lib/systemd/system/hotline-relay.service" ||
+    bad "relay ExecReload"
+stop_if_failed "units"
+
+# --- the binary and the examples -----------------------------------------------------------
+bin="$root/usr/bin/hotline"
+"$bin" --version | grep -qx "hotline $version" || bad "hotline --version: $("$bin" --version)"
+"$bin" config check "$root/etc/hotline/relay.toml.example" 2>/dev/null | grep -q '^OK: relay configuration' ||
+    bad "relay.toml.example does not pass hotline config check"
+"$bin" config check "$root/etc/hotline/node.toml.example" 2>/dev/null | grep -q '^OK: node configuration' ||
+    bad "node.toml.example does not pass hotline config check"
+# Under ProtectSystem=strict the services can write only their StateDirectory.
+grep -Eq '^data_dir = "/var/lib/hotline-relay"' "$root/etc/hotline/relay.toml.example" ||
+    bad "relay.toml.example: data_dir must be \"/var/lib/hotline-relay\" (the unit's StateDirectory)"
+grep -Eq '^data_dir = "/var/lib/hotline-node"' "$root/etc/hotline/node.toml.example" ||
+    bad "node.toml.example: data_dir must be \"/var/lib/hotline-node\" (the unit's StateDirectory)"
+zcat "$root/usr/share/man/man1/hotline.1.gz" | grep -q '^\.TH HOTLINE 1' || bad "man page"
+stop_if_failed "binary and examples"
+
+# --- systemd-analyze, where available ------------------------------------------------------
+if command -v systemd-analyze >/dev/null 2>&1; then
+    # verify checks that ExecStart exists, so point it at the packaged binary (in a copy of
+    # the unit) and let man(1) find the packaged man page for Documentation=.
+    units="$work/units"
+    mkdir -p "$units"
+    for u in hotline-relay hotline-node; do
+        sed "s#/usr/bin/hotline#$bin#" "$root/usr/lib/systemd/system/$u.service" >"$units/$u.service"
+        echo "== systemd-analyze verify $u.service"
+        if ! out=$(MANPATH="$root/usr/share/man:" systemd-analyze verify "$units/$u.service" 2>&1) ||
+            [ -n "$out" ]; then
+            bad "systemd-analyze verify $u.service: $out"
+        fi
+        echo "== systemd-analyze security --offline=yes $u.service"
+        out=$(systemd-analyze security --offline=yes --threshold=20 \
+            "$root/usr/lib/systemd/system/$u.service" 2>&1) || bad "$u.service exposure above 2.0"
+        grep 'Overall exposure level' <<<"$out" || bad "no exposure figure for $u.service"
+    done
+else
+    echo "== systemd-analyze not found: unit checks skipped"
+fi
+stop_if_failed "systemd-analyze"
+
+echo "== package OK: $DEB"
