@@ -92,3 +92,42 @@ impl FrameWriter {
         let _ = self.send.finish();
     }
 }
+
+/// A frame-reading task, aborted when this handle is dropped, so no reader outlives its
+/// session.
+pub struct ReaderTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ReaderTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads frames in their own task and passes them on through a bounded channel of
+/// `capacity`. A session's `select!` can then wait on the channel without ever cancelling a
+/// half-read frame, and a full channel stops the reading, which passes backpressure on to
+/// QUIC flow control. The channel closes after a clean end of stream; an error is passed on
+/// as the last item.
+pub fn spawn_reader<T>(
+    mut reader: FrameReader,
+    capacity: usize,
+) -> (tokio::sync::mpsc::Receiver<Result<T, NetError>>, ReaderTask)
+where
+    T: bincode::Decode<()> + FrameCheck + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = match reader.read::<T>().await {
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    (rx, ReaderTask(task))
+}

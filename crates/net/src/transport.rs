@@ -16,6 +16,9 @@ pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// within seconds.
 pub const KEEPALIVE_MS: u64 = 2_000;
 const _: () = assert!(KEEPALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
+/// Least time between two stateless resets the relay sends: 10,000 a second, so that every
+/// node of a large network learns of a relay restart at its next keepalive.
+pub const STATELESS_RESET_INTERVAL_US: u64 = 100;
 
 /// Transport limits for one side of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +74,12 @@ pub fn server_endpoint(
     endpoint_cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    // quinn answers at most one packet of an unknown connection with a stateless reset per
+    // interval, endpoint-wide (20 ms by default: 50 a second). After a restart, nodes beyond
+    // the first few dozen would wait out their idle timeout instead of learning at their
+    // next keepalive. The hashed connection ids above already drop garbage packets without a
+    // reset, and a reset is always smaller than the packet that caused it.
+    endpoint_cfg.min_reset_interval(Duration::from_micros(STATELESS_RESET_INTERVAL_US));
     let socket = std::net::UdpSocket::bind(addr).map_err(NetError::Endpoint)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NetError::Endpoint(std::io::Error::other("no async runtime")))?;

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use hotline_net::{FrameReader, NetError, Session};
+use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
 use hotline_proto::{Digest, MessageId, Precedence};
 
@@ -78,11 +78,27 @@ pub(crate) async fn run(
                         break;
                     }
                     Err(e) => {
-                        warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
                         state.emit(Event::RelayDown {
                             relay: idx,
                             error: e.to_string(),
                         });
+                        if matches!(
+                            e,
+                            NetError::Closed {
+                                code: ErrorCode::Superseded,
+                                ..
+                            }
+                        ) {
+                            // Another node speaks for this participant: reconnecting at once
+                            // would only push it off in turn. Wait, loudly.
+                            error!(relay = idx, %addr, "another connection authenticated as this participant; is a second node running with this key?");
+                            tokio::select! {
+                                _ = shutdown.changed() => break,
+                                _ = tokio::time::sleep(Duration::from_millis(BACKOFF_MAX_MS)) => {}
+                            }
+                        } else {
+                            warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
+                        }
                     }
                 }
             }
@@ -124,6 +140,17 @@ async fn serve(
         writer,
         welcome,
     } = session;
+    // The relay's last accepted sequence number is a floor for ours: a node restored from an
+    // old backup must not reuse numbers the relay has seen.
+    match state.store().raise_seq_floor(welcome.last_seq.0) {
+        Ok(true) => warn!(
+            relay = idx,
+            last_seq = welcome.last_seq.0,
+            "the relay has seen higher sequence numbers than this store: continuing after them"
+        ),
+        Ok(false) => {}
+        Err(e) => error!(error = %e, "cannot record the relay's sequence floor"),
+    }
     let skew = welcome.relay_time_ms as i64 - now_ms() as i64;
     if skew.abs() > 60_000 {
         warn!(
@@ -135,9 +162,7 @@ async fn serve(
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
     }
-    let (tx, mut rx) = mpsc::channel(256);
-    let reader_task = tokio::spawn(read_frames(reader, tx));
-    let _guard = AbortOnDrop(reader_task);
+    let (mut rx, _reader) = hotline_net::stream::spawn_reader::<RelayToNode>(reader, 256);
     let mut link = Link {
         state,
         idx,
@@ -430,27 +455,5 @@ impl Link<'_> {
                 .await?;
         }
         Ok(())
-    }
-}
-
-async fn read_frames(mut reader: FrameReader, tx: mpsc::Sender<Result<RelayToNode, NetError>>) {
-    loop {
-        let r = reader.read::<RelayToNode>().await;
-        let item = match r {
-            Ok(Some(f)) => Ok(f),
-            Ok(None) => break,
-            Err(e) => Err(e),
-        };
-        let stop = item.is_err();
-        if tx.send(item).await.is_err() || stop {
-            break;
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

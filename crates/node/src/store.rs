@@ -349,6 +349,27 @@ impl NodeStore {
         })
     }
 
+    /// Raises the sequence counter to at least `floor` (the relay's last accepted number for
+    /// this participant). Returns whether it moved.
+    pub fn raise_seq_floor(&mut self, floor: u64) -> Result<bool, StoreError> {
+        let last: u64 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
+                let b: Vec<u8> = r.get(0)?;
+                Ok(u64::from_le_bytes(blob_array::<8>(b, 0)?))
+            })
+            .optional()?
+            .unwrap_or(0);
+        if floor <= last {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [&floor.to_le_bytes()[..]],
+        )?;
+        Ok(true)
+    }
+
     /// Messages still to be sent through `relay`, lowest sequence number first.
     pub fn outbox(
         &self,

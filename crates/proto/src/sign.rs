@@ -58,7 +58,9 @@ impl PublicKey {
     /// The dalek key, refusing invalid encodings and weak (small-order) points.
     pub fn to_verifying_key(&self) -> Result<VerifyingKey, VerifyError> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| VerifyError::BadKey)?;
-        if key.is_weak() {
+        // Refuse non-canonical encodings (y >= p), which other implementations reject, so every
+        // implementation accepts the same rosters and signatures.
+        if key.is_weak() || key.to_edwards().compress().to_bytes() != self.0 {
             return Err(VerifyError::BadKey);
         }
         Ok(key)
@@ -347,5 +349,32 @@ impl<T> Deref for Verified<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 19 encodings with y >= p (p = 2^255 - 19) are non-canonical: none may be accepted.
+    #[test]
+    fn non_canonical_keys_are_refused() {
+        let mut decodable = 0;
+        for k in 0u8..19 {
+            // p + k, little-endian: 0xed + k, then 0xff…, top byte 0x7f.
+            let mut b = [0xffu8; 32];
+            b[0] = 0xed + k;
+            b[31] = 0x7f;
+            if VerifyingKey::from_bytes(&b).is_ok() {
+                decodable += 1;
+            }
+            assert_eq!(
+                PublicKey(b).to_verifying_key().err(),
+                Some(VerifyError::BadKey),
+                "y = p + {k}"
+            );
+        }
+        // Some of them are points dalek would otherwise accept.
+        assert!(decodable > 0);
     }
 }

@@ -379,9 +379,7 @@ impl Session {
         let limits = self.shared.config.limits.clone();
         // Frames are read by their own task so a half-read frame is never cancelled by the
         // select below; the bounded channel passes QUIC backpressure through.
-        let (in_tx, mut in_rx) = mpsc::channel::<Result<NodeToRelay, NetError>>(64);
-        let reader_task = tokio::spawn(read_frames(reader, in_tx));
-        let _abort = AbortOnDrop(reader_task);
+        let (mut in_rx, _reader) = hotline_net::stream::spawn_reader::<NodeToRelay>(reader, 64);
         let (answer_tx, mut answer_rx) =
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
@@ -676,26 +674,4 @@ impl Session {
 
 fn encode(f: &RelayToNode) -> Result<Vec<u8>, End> {
     frame::encode_frame(f).map_err(|e| End::new(ErrorCode::Internal, format!("encode: {e}")))
-}
-
-async fn read_frames(mut reader: FrameReader, tx: mpsc::Sender<Result<NodeToRelay, NetError>>) {
-    loop {
-        let r = reader.read::<NodeToRelay>().await;
-        let stop = !matches!(r, Ok(Some(_)));
-        let item = match r {
-            Ok(Some(f)) => Ok(f),
-            Ok(None) => break,
-            Err(e) => Err(e),
-        };
-        if tx.send(item).await.is_err() || stop {
-            break;
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
