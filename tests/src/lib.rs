@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -279,140 +278,63 @@ impl Client {
     }
 }
 
-/// The `hotline` binary built by cargo next to the test executable.
+/// The `hotline` binary built by cargo (see `hotline_exercise::process::hotline_bin`).
 pub fn hotline_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/it-xxxx -> target/<profile>/hotline
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("test executable location")?;
-    let bin = dir.join("hotline");
-    if !bin.exists() {
-        bail!(
-            "{} not found: run `cargo build -p hotline-cli` (cargo test --workspace builds it)",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    hotline_exercise::process::hotline_bin()
 }
 
-/// A `hotline` child process, killed when dropped. Its standard error is read line by line
-/// by a thread, kept, copied to a file, and announced on a watch channel, so tests wait on
-/// log lines as events.
-pub struct Proc {
-    pub child: Child,
-    pub log_path: PathBuf,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    seen: tokio::sync::watch::Receiver<usize>,
-}
+/// A `hotline` child process, killed when dropped: the exercise harness's process handle
+/// with the tests' event timeout.
+pub struct Proc(hotline_exercise::process::Proc);
 
 impl Proc {
+    /// Starts `hotline args…` in `dir`, logging to `dir/log_name`.
     pub fn spawn(args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
-        use std::io::{BufRead, Write};
-        let log_path = dir.join(log_name);
-        let mut child = Command::new(hotline_bin()?)
-            .args(args)
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, seen) = tokio::sync::watch::channel(0usize);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-                let n = {
-                    let mut v = l.lock().unwrap();
-                    v.push(line);
-                    v.len()
-                };
-                tx.send_replace(n);
-            }
-        });
-        Ok(Self {
-            child,
-            log_path,
-            lines,
-            seen,
-        })
+        Ok(Self(hotline_exercise::process::Proc::spawn(
+            &hotline_bin()?,
+            args,
+            dir,
+            log_name,
+        )?))
     }
 
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill9();
     }
 
-    /// Sends a signal (e.g. libc SIGTERM = 15) with the `kill` command.
+    /// Sends a signal by name (`TERM`, `HUP`…).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !st.success() {
-            bail!("kill -{sig} failed");
-        }
-        Ok(())
+        self.0.signal(sig)
     }
 
+    /// All log lines so far.
     pub fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.0.log()
     }
 
     /// Waits until a log line (after the first `skip` lines) contains `needle`.
     pub async fn wait_log_from(&mut self, skip: usize, needle: &str) -> anyhow::Result<String> {
-        let lines = self.lines.clone();
-        let find = |_: &usize| {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .skip(skip)
-                .any(|l| l.contains(needle))
-        };
-        let r = tokio::time::timeout(EVENT_TIMEOUT, self.seen.wait_for(find))
-            .await
-            .map(|r| r.map(|_| ()));
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => bail!("process ended before logging {needle:?}:\n{}", self.log()),
-            Err(_) => bail!(
-                "no {needle:?} in log within {EVENT_TIMEOUT:?}:\n{}",
-                self.log()
-            ),
-        }
-        let v = self.lines.lock().unwrap();
-        Ok(v.iter()
-            .skip(skip)
-            .find(|l| l.contains(needle))
-            .cloned()
-            .unwrap_or_default())
+        self.0.wait_log_from(skip, needle, EVENT_TIMEOUT).await
     }
 
     /// Waits until any log line contains `needle`.
     pub async fn wait_log(&mut self, needle: &str) -> anyhow::Result<String> {
-        self.wait_log_from(0, needle).await
+        self.0.wait_log(needle, EVENT_TIMEOUT).await
     }
 
     /// Lines logged so far (to wait only for later ones).
     pub fn log_len(&self) -> usize {
-        self.lines.lock().unwrap().len()
+        self.0.log_len()
     }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
+    /// Waits for the process to exit, at most `timeout`; its exit status.
+    pub async fn wait_exit(
+        self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Proc)> {
+        let (st, p) = self.0.wait_exit(timeout).await?;
+        Ok((st, Proc(p)))
     }
 }
 
@@ -629,30 +551,6 @@ pub fn addr_field(line: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("addr={a:?} in {line:?} is not a socket address"))
 }
 
-impl Proc {
-    /// Waits (without polling) for the process to exit, at most `timeout`; its exit status.
-    /// On timeout the process is killed and an error returned.
-    pub async fn wait_exit(
-        self,
-        timeout: Duration,
-    ) -> anyhow::Result<(std::process::ExitStatus, Proc)> {
-        let pid = self.child.id();
-        let mut me = self;
-        let task = tokio::task::spawn_blocking(move || {
-            let st = me.child.wait();
-            (st, me)
-        });
-        match tokio::time::timeout(timeout, task).await {
-            Ok(Ok((st, me))) => Ok((st?, me)),
-            Ok(Err(e)) => bail!("waiting for process {pid}: {e}"),
-            Err(_) => {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                bail!("process {pid} did not exit within {timeout:?}")
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers for the node suite (tests/it/node.rs): node configurations written into the
 // network directory, `hotline node` processes, the operator CLI and the event stream.
@@ -792,7 +690,7 @@ pub async fn hotline_cli(dir: &Path, args: &[&str]) -> anyhow::Result<CliOutput>
         .env_remove("HOTLINE_NODE_CONFIG")
         .env_remove("HOTLINE_API")
         .env_remove("HOTLINE_TOKEN_FILE")
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(EVENT_TIMEOUT, cmd.output())
         .await
@@ -983,38 +881,26 @@ impl Proc {
         needles: &[&str],
         n: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let lines = self.lines.clone();
-        let matching = move || -> Vec<String> {
+        let pick = |lines: &[String]| -> Vec<String> {
             lines
-                .lock()
-                .unwrap()
                 .iter()
                 .skip(skip)
                 .filter(|l| needles.iter().all(|w| l.contains(w)))
                 .cloned()
                 .collect()
         };
-        let r = tokio::time::timeout(EVENT_TIMEOUT, self.seen.wait_for(|_| matching().len() >= n))
-            .await
-            .map(|r| r.map(|_| ()));
-        match r {
-            Ok(Ok(())) => Ok(matching()),
-            Ok(Err(_)) => bail!(
-                "process ended before logging {n} line(s) with {needles:?}:\n{}",
-                self.log()
-            ),
-            Err(_) => bail!(
-                "fewer than {n} line(s) with {needles:?} in the log within {EVENT_TIMEOUT:?}:\n{}",
-                self.log()
-            ),
-        }
+        let what = format!("{n} line(s) with {needles:?}");
+        let lines = self
+            .0
+            .wait_lines(EVENT_TIMEOUT, &what, |l| pick(l).len() >= n)
+            .await?;
+        Ok(pick(&lines))
     }
 
     /// Log lines so far that contain every one of `needles`.
     pub fn count_lines(&self, needles: &[&str]) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
+        self.0
+            .lines()
             .iter()
             .filter(|l| needles.iter().all(|w| l.contains(w)))
             .count()

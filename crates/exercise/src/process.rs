@@ -119,6 +119,29 @@ impl Proc {
         }
     }
 
+    /// Waits (without polling) for the process to exit, at most `timeout`, and returns its
+    /// exit status with the handle (whose log stays readable). On timeout the process is
+    /// killed and an error returned.
+    pub async fn wait_exit(
+        self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Self)> {
+        let pid = self.child.id();
+        let mut me = self;
+        let task = tokio::task::spawn_blocking(move || {
+            let st = me.child.wait();
+            (st, me)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok((st, me))) => Ok((st?, me)),
+            Ok(Err(e)) => bail!("waiting for process {pid}: {e}"),
+            Err(_) => {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                bail!("process {pid} did not exit within {timeout:?}")
+            }
+        }
+    }
+
     /// Whether it has exited.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
@@ -134,6 +157,40 @@ impl Proc {
         lock(&self.lines).len()
     }
 
+    /// A copy of the log lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.lines).clone()
+    }
+
+    /// Waits until `done` holds for the log lines so far (re-checked at every new line), at
+    /// most `timeout`; returns a copy of the lines. `what` names the wait in errors.
+    pub async fn wait_lines(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let lines = self.lines.clone();
+        let check = |_: &usize| done(&lock(&lines));
+        let r = tokio::time::timeout(timeout, self.seen.wait_for(check))
+            .await
+            .map(|r| r.map(|_| ()));
+        match r {
+            Ok(Ok(())) => Ok(self.lines()),
+            Ok(Err(_)) if done(&self.lines()) => Ok(self.lines()),
+            Ok(Err(_)) => bail!(
+                "process ended before {what}; log {}:\n{}",
+                self.log_path.display(),
+                tail(&self.log())
+            ),
+            Err(_) => bail!(
+                "no {what} within {timeout:?}; log {}:\n{}",
+                self.log_path.display(),
+                tail(&self.log())
+            ),
+        }
+    }
+
     /// Waits until a log line after the first `skip` contains `needle`; returns it.
     pub async fn wait_log_from(
         &mut self,
@@ -141,29 +198,14 @@ impl Proc {
         needle: &str,
         timeout: Duration,
     ) -> anyhow::Result<String> {
-        let lines = self.lines.clone();
-        let find = |_: &usize| lock(&lines).iter().skip(skip).any(|l| l.contains(needle));
-        let r = tokio::time::timeout(timeout, self.seen.wait_for(find))
-            .await
-            .map(|r| r.map(|_| ()));
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => bail!(
-                "process ended before logging {needle:?}; log {}:\n{}",
-                self.log_path.display(),
-                tail(&self.log())
-            ),
-            Err(_) => bail!(
-                "no {needle:?} in the log within {timeout:?}; log {}:\n{}",
-                self.log_path.display(),
-                tail(&self.log())
-            ),
-        }
-        let v = lock(&self.lines);
-        Ok(v.iter()
+        let has = |l: &[String]| l.iter().skip(skip).any(|x| x.contains(needle));
+        let lines = self
+            .wait_lines(timeout, &format!("{needle:?} in the log"), has)
+            .await?;
+        Ok(lines
+            .into_iter()
             .skip(skip)
             .find(|l| l.contains(needle))
-            .cloned()
             .unwrap_or_default())
     }
 
