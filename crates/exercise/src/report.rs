@@ -591,3 +591,181 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.html"), crate::html::render(r))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIO: &str = r#"
+name = "t"
+end_s = 10.0
+[[injects]]
+name = "check"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "s"
+respond_within_s = 5.0
+[[objectives]]
+name = "delivered"
+inject = "check"
+expect = "delivered"
+within_s = 2.0
+[[objectives]]
+name = "acknowledged"
+inject = "check"
+expect = "acknowledged"
+within_s = 5.0
+[[objectives]]
+name = "KGZ escalated"
+inject = "check"
+expect = "overdue_escalated"
+participants = ["KGZ"]
+"#;
+
+    fn roster() -> Roster {
+        let draft = hotline_config::roster_file::Draft::parse(
+            "network = \"T\"\nversion = 1\n[[participants]]\nid = \"SEC\"\nname = \"S\"\nrole = \"secretariat\"\nkeys = [\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"]\n[[participants]]\nid = \"KAZ\"\nname = \"K\"\nrole = \"member\"\nkeys = [\"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c\"]\n[[participants]]\nid = \"KGZ\"\nname = \"G\"\nrole = \"member\"\nkeys = [\"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025\"]\n",
+            Path::new("t.toml"),
+        )
+        .expect("draft");
+        draft.to_roster(0).expect("roster")
+    }
+
+    fn row(r: &str, delivered: Option<u64>, acked: Option<u64>, overdue: Option<u64>) -> Value {
+        json!({"recipient": r, "delivered_at_ms": delivered, "acked_at_ms": acked, "overdue_at_ms": overdue})
+    }
+
+    fn inbox_item(id: &str, at: u64) -> Value {
+        json!({"id": id, "received_at_ms": at, "status": "exercise", "exercise_or_test": true})
+    }
+
+    /// Scores one inject sent at t=1000 ms to KAZ and KGZ, with the given inboxes and matrix.
+    fn score_with(
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+        hooks: Vec<(String, String)>,
+        shown: HashMap<(String, String), u32>,
+    ) -> Report {
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "delivered": 0, "acknowledged": 0});
+        score(Inputs {
+            scenario: &sc,
+            seed: 1,
+            dir: Path::new("/tmp"),
+            started_at_ms: 1000,
+            wall_s: 1.0,
+            participants: &participants,
+            roster: &roster,
+            injects: vec![(sc.injects[0].clone(), Some("m1".into()), Some(1000))],
+            sent_views: vec![view],
+            inboxes,
+            shown,
+            hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
+            faults: vec![],
+            proxies: BTreeMap::new(),
+            checks: Some(StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+            }),
+            relay_exit: Some(Some(0)),
+        })
+        .expect("scores")
+    }
+
+    fn objective<'a>(r: &'a Report, name: &str) -> &'a ObjectiveResult {
+        r.objectives
+            .iter()
+            .find(|o| o.name == name)
+            .expect("objective")
+    }
+
+    #[test]
+    fn a_clean_drill_passes() {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(3000), None),
+            row("KGZ", Some(1600), None, Some(6000)),
+        ];
+        let r = score_with(
+            inboxes,
+            matrix,
+            vec![("m1".into(), "KGZ".into())],
+            HashMap::new(),
+        );
+        assert!(objective(&r, "delivered").met);
+        // KGZ never acknowledged: that objective fails, but the escalation one holds.
+        assert!(!objective(&r, "acknowledged").met);
+        assert!(objective(&r, "KGZ escalated").met);
+        assert_eq!(r.messages_lost, 0);
+        assert!(!r.passed, "an unmet objective fails the drill");
+    }
+
+    #[test]
+    fn a_message_missing_from_an_inbox_is_lost() {
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(2000), None),
+            row("KGZ", None, None, None),
+        ];
+        let r = score_with(inboxes, matrix, vec![], HashMap::new());
+        assert_eq!(r.messages_lost, 1);
+        assert!(
+            !r.invariants
+                .iter()
+                .find(|i| i.name.contains("lost"))
+                .expect("lost invariant")
+                .held
+        );
+        assert!(!r.passed);
+    }
+
+    #[test]
+    fn duplicates_and_actual_status_are_caught() {
+        let mut actual = inbox_item("m1", 1600);
+        actual["status"] = json!("actual");
+        actual["exercise_or_test"] = json!(false);
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![actual]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(2000), None),
+            row("KGZ", Some(1600), Some(2000), None),
+        ];
+        let shown = HashMap::from([(("KAZ".to_owned(), "m1".to_owned()), 2)]);
+        let r = score_with(inboxes, matrix, vec![], shown);
+        assert_eq!(r.duplicates_shown, 1);
+        assert_eq!(r.exercise_shown_as_actual, 1);
+        assert!(!r.passed);
+    }
+
+    #[test]
+    fn late_delivery_and_missing_escalation_fail_their_objectives() {
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 4000)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1500)]),
+        ]);
+        // KGZ overdue but the sender's hook never ran for it.
+        let matrix = vec![
+            row("KAZ", Some(4000), Some(4500), None),
+            row("KGZ", Some(1500), None, Some(6000)),
+        ];
+        let r = score_with(inboxes, matrix, vec![], HashMap::new());
+        let d = objective(&r, "delivered");
+        assert!(
+            !d.met && d.failed.iter().any(|f| f.contains("KAZ")),
+            "{d:?}"
+        );
+        assert!(!objective(&r, "KGZ escalated").met);
+    }
+}
