@@ -178,7 +178,7 @@ impl Scenario {
     /// Parses a scenario, checking references between its parts.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
-        if !(s.time_compression > 0.0) {
+        if s.time_compression.is_nan() || s.time_compression <= 0.0 {
             bail!("scenario {origin}: time_compression must be positive");
         }
         let names: Vec<&str> = s.injects.iter().map(|i| i.name.as_str()).collect();
