@@ -54,12 +54,24 @@ impl TransportLimits {
     }
 }
 
-/// A relay endpoint listening on `addr`.
-pub fn server_endpoint(
-    addr: SocketAddr,
+/// A datagram socket supplied by the caller instead of a UDP socket the endpoint binds: a
+/// simulated network in deterministic tests (`crates/sim`). quinn's random-number generator
+/// is seeded with `rng_seed`, so that over a deterministic socket a run reproduces.
+#[derive(Clone, Debug)]
+pub struct AbstractSocket {
+    /// Where datagrams go and come from.
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// The async runtime quinn's tasks and timers use.
+    pub runtime: Arc<dyn quinn::Runtime>,
+    /// The seed of quinn's random-number generator (connection ids, padding, greasing).
+    pub rng_seed: [u8; 32],
+}
+
+/// The relay's endpoint and server configurations.
+fn server_configs(
     identity: &RelayIdentity,
     limits: &TransportLimits,
-) -> Result<quinn::Endpoint, NetError> {
+) -> Result<(quinn::EndpointConfig, quinn::ServerConfig), NetError> {
     let tls = identity.server_config()?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -80,10 +92,58 @@ pub fn server_endpoint(
     // next keepalive. The hashed connection ids above already drop garbage packets without a
     // reset, and a reset is always smaller than the packet that caused it.
     endpoint_cfg.min_reset_interval(Duration::from_micros(STATELESS_RESET_INTERVAL_US));
+    Ok((endpoint_cfg, cfg))
+}
+
+/// A relay endpoint listening on `addr`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &RelayIdentity,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let (endpoint_cfg, cfg) = server_configs(identity, limits)?;
     let socket = std::net::UdpSocket::bind(addr).map_err(NetError::Endpoint)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NetError::Endpoint(std::io::Error::other("no async runtime")))?;
     quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(NetError::Endpoint)
+}
+
+/// A relay endpoint on a socket the caller supplies (a simulated network), configured
+/// exactly as [`server_endpoint`] configures a bound one.
+pub fn server_endpoint_on(
+    socket: AbstractSocket,
+    identity: &RelayIdentity,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let (mut endpoint_cfg, cfg) = server_configs(identity, limits)?;
+    endpoint_cfg.rng_seed(Some(socket.rng_seed));
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_cfg,
+        Some(cfg),
+        socket.socket,
+        socket.runtime,
+    )
+    .map_err(NetError::Endpoint)
+}
+
+/// A client endpoint on a socket the caller supplies (a simulated network), trusting only
+/// the pinned relay certificates, configured as [`client_endpoint`] configures a bound one.
+pub fn client_endpoint_on(
+    socket: AbstractSocket,
+    pins: Vec<Fingerprint>,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut endpoint_cfg = quinn::EndpointConfig::default();
+    endpoint_cfg.rng_seed(Some(socket.rng_seed));
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_cfg,
+        None,
+        socket.socket,
+        socket.runtime,
+    )
+    .map_err(NetError::Endpoint)?;
+    ep.set_default_client_config(client_quinn_config(pins, limits)?);
+    Ok(ep)
 }
 
 /// A client endpoint that trusts only the pinned relay certificates.

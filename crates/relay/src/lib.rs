@@ -124,6 +124,41 @@ impl RelayHandle {
     }
 }
 
+/// How a relay is hosted, beyond its configuration. [`Relay::spawn`] uses the defaults (a
+/// UDP socket bound to `config.listen`, the store writer on its own OS thread); a
+/// deterministic network simulation (`crates/sim`) changes both.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Hosting {
+    socket: Option<hotline_net::transport::AbstractSocket>,
+    writer_on_runtime: bool,
+}
+
+impl Hosting {
+    /// Serves QUIC on `socket` instead of binding `config.listen`; the endpoint is
+    /// configured exactly as a bound one (TLS identity, transport limits, reset keys).
+    pub fn socket(mut self, socket: hotline_net::transport::AbstractSocket) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Runs the store writer as a task on the caller's runtime instead of its own OS thread.
+    /// Each commit then blocks that runtime while SQLite syncs, so this is only for a
+    /// single-threaded simulation, where it keeps commit timing out of the schedule: on
+    /// paused virtual time a commit then takes no simulated time, and a seed reproduces
+    /// the run. A production relay keeps the thread.
+    pub fn writer_on_runtime(mut self) -> Self {
+        self.writer_on_runtime = true;
+        self
+    }
+}
+
+/// Where the store writer runs (see [`Hosting::writer_on_runtime`]).
+enum WriterJoin {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
 /// The relay service.
 pub struct Relay;
 
@@ -131,6 +166,14 @@ impl Relay {
     /// Starts a relay: loads the roster, opens the store, binds the endpoint and the metrics
     /// server, and spawns the tasks. Must be called inside a tokio runtime.
     pub async fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        Self::spawn_with(config, Hosting::default()).await
+    }
+
+    /// As [`Relay::spawn`], hosted as `hosting` says.
+    pub async fn spawn_with(
+        config: RelayConfig,
+        hosting: Hosting,
+    ) -> Result<RelayHandle, RelayError> {
         let roster = load_roster(&config.roster, &config.roster_key)?;
         info!(
             version = roster.version,
@@ -158,10 +201,16 @@ impl Relay {
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");
         let (cmd_tx, cmd_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
-        let writer_thread = std::thread::Builder::new()
-            .name("hotline-store-writer".into())
-            .spawn(move || writer.run(cmd_rx))
-            .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?;
+        let writer_join = if hosting.writer_on_runtime {
+            WriterJoin::Task(tokio::spawn(writer.run_on_runtime(cmd_rx)))
+        } else {
+            WriterJoin::Thread(
+                std::thread::Builder::new()
+                    .name("hotline-store-writer".into())
+                    .spawn(move || writer.run(cmd_rx))
+                    .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?,
+            )
+        };
 
         let identity = RelayIdentity::load(&config.cert, &config.key)?;
         let transport = TransportLimits {
@@ -169,8 +218,12 @@ impl Relay {
             keepalive_ms: config.limits.keepalive_ms,
             peer_bidi_streams: 1,
         };
-        let endpoint =
-            hotline_net::transport::server_endpoint(config.listen, &identity, &transport)?;
+        let endpoint = match hosting.socket {
+            None => hotline_net::transport::server_endpoint(config.listen, &identity, &transport)?,
+            Some(socket) => {
+                hotline_net::transport::server_endpoint_on(socket, &identity, &transport)?
+            }
+        };
         let local_addr = endpoint
             .local_addr()
             .map_err(|e| RelayError::Io(format!("endpoint address: {e}")))?;
@@ -225,7 +278,7 @@ impl Relay {
             writer: cmd_tx,
             rates: Default::default(),
         });
-        let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_thread));
+        let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_join));
         Ok(RelayHandle {
             local_addr,
             metrics_addr,
@@ -245,7 +298,7 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<session::Shared>,
     mut shutdown: watch::Receiver<bool>,
-    writer_thread: std::thread::JoinHandle<()>,
+    writer: WriterJoin,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.limits.connections_max));
     let mut tasks = JoinSet::new();
@@ -295,11 +348,15 @@ async fn accept_loop(
     }
     // The last command sender goes with `shared`: the writer drains, commits and stops.
     drop(shared);
-    if tokio::task::spawn_blocking(move || writer_thread.join())
-        .await
-        .is_err()
-    {
-        error!("store writer thread panicked");
+    let writer_failed = match writer {
+        WriterJoin::Thread(t) => !matches!(
+            tokio::task::spawn_blocking(move || t.join()).await,
+            Ok(Ok(()))
+        ),
+        WriterJoin::Task(t) => t.await.is_err(),
+    };
+    if writer_failed {
+        error!("store writer panicked");
     }
     endpoint.close(
         ErrorCode::GoingAway.close_code().into(),

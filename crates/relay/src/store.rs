@@ -348,20 +348,41 @@ impl Writer {
         self.ctx.metrics.set_queue_depths(&self.depth);
     }
 
-    /// Runs until every command sender is gone, committing in groups.
+    /// Runs until every command sender is gone, committing in groups (on its own thread).
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.ctx.batch_max {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-            self.commit_batch(&mut batch);
+            self.group(first, &mut rx, &mut batch);
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// As [`Writer::run`], as a task that blocks its runtime during each commit: for a
+    /// single-threaded deterministic simulation only (`Hosting::writer_on_runtime`).
+    pub(crate) async fn run_on_runtime(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.ctx.batch_max);
+        while let Some(first) = rx.recv().await {
+            self.group(first, &mut rx, &mut batch);
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    /// Takes `first` and whatever else is already waiting (up to the batch limit), and
+    /// commits them in one transaction.
+    fn group(
+        &mut self,
+        first: Command,
+        rx: &mut mpsc::Receiver<Command>,
+        batch: &mut Vec<Command>,
+    ) {
+        batch.push(first);
+        while batch.len() < self.ctx.batch_max {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        self.commit_batch(batch);
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
