@@ -420,3 +420,137 @@ async fn an_edited_journal_is_refused_at_start_and_by_audit_verify() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothing(
+) -> anyhow::Result<()> {
+    const SENDS: usize = 600;
+    const KILLS: usize = 10;
+    let dir = tempfile::tempdir()?;
+    let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
+    let _relay = start_relay(&dep, 0).await?;
+    for n in ["KAZ", "KGZ", "UZB"] {
+        dep.add_node(n, dep.relay_addr, 3_600_000)?;
+    }
+    let spawn = |n: &str, k: usize| -> anyhow::Result<XProc> {
+        let cfg = dep.nodes[n].config.display().to_string();
+        XProc::spawn(
+            &bin()?,
+            &["node", "--config", &cfg],
+            &dep.dir,
+            &format!("node-{n}-{k}.log"),
+        )
+    };
+    let mut senders = BTreeMap::new();
+    for n in ["KAZ", "KGZ"] {
+        let mut p = spawn(n, 0)?;
+        p.wait_log("relay connected", START).await?;
+        senders.insert(n, p);
+    }
+    let mut uzb = spawn("UZB", 0)?;
+    uzb.wait_log("relay connected", START).await?;
+    let mut uzb_logs: Vec<XProc> = Vec::new();
+    let clients: BTreeMap<String, ApiClient> = dep
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
+        .collect();
+    let sender_clients: BTreeMap<String, ApiClient> = clients
+        .iter()
+        .filter(|(k, _)| k.as_str() != "UZB")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut events = follow(&sender_clients);
+
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
+    let done_tx = Arc::new(done_tx);
+    let mut tasks = Vec::new();
+    for s in ["KAZ", "KGZ"] {
+        let c = clients[s].clone();
+        let done = done_tx.clone();
+        tasks.push(tokio::task::spawn_blocking(
+            move || -> anyhow::Result<Vec<String>> {
+                let mut ids = Vec::new();
+                for i in 0..SENDS / 2 {
+                    let v = c.post(
+                        "/v1/messages",
+                        &json!({"to": ["UZB"], "subject": format!("{s} #{i}"), "status": "test"}),
+                    )?;
+                    ids.push(v["id"].as_str().context("id")?.to_owned());
+                    done.send_modify(|n| *n += 1);
+                }
+                Ok(ids)
+            },
+        ));
+    }
+    // SIGKILL the recipient while deliveries stream in, restarting it each time.
+    for k in 1..=KILLS {
+        let target = k * SENDS / (KILLS + 1);
+        tokio::time::timeout(Duration::from_secs(120), done_rx.wait_for(|n| *n >= target))
+            .await
+            .context("senders stalled")??;
+        uzb.kill9();
+        uzb_logs.push(uzb);
+        uzb = spawn("UZB", k)?;
+        uzb.wait_log("relay connected", START).await?;
+    }
+    let mut expected = HashSet::new();
+    for t in tasks {
+        expected.extend(t.await??);
+    }
+    // Every message's delivered receipt reaches its sender: the recipient held it durably.
+    let mut delivered = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while delivered.len() < SENDS {
+        let (_, ev) = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .with_context(|| format!("only {} of {SENDS} delivered receipts", delivered.len()))?
+            .context("event streams ended")?;
+        if ev["type"] == "delivered" {
+            delivered.insert(ev["id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    assert_eq!(delivered, expected);
+    let c = clients["UZB"].clone();
+    let inbox = tokio::task::spawn_blocking(move || c.get("/v1/inbox?limit=1000")).await??;
+    let ids: Vec<String> = inbox
+        .as_array()
+        .context("inbox")?
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let unique: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "a message is in the inbox twice");
+    assert_eq!(unique, expected, "the inbox holds exactly what was sent");
+    // Announced: across all the recipient's lives, each message was announced to the operator
+    // once when it arrived, or — if the node was killed between storing and announcing — at
+    // the next start, marked recovered. Never twice as new, never not at all.
+    uzb_logs.push(uzb);
+    let mut fresh: HashMap<String, u32> = HashMap::new();
+    let mut recovered: HashSet<String> = HashSet::new();
+    for p in &uzb_logs {
+        for l in p.lines().iter().filter(|l| l.contains("message received")) {
+            let Some(id) = hotline_exercise::process::field(l, "msg") else {
+                continue;
+            };
+            if l.contains("recovered=true") {
+                recovered.insert(id.to_owned());
+            } else {
+                *fresh.entry(id.to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    let twice: Vec<_> = fresh.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "announced as new more than once: {twice:?}"
+    );
+    let told: HashSet<String> = fresh
+        .keys()
+        .cloned()
+        .chain(recovered.iter().cloned())
+        .collect();
+    assert_eq!(told, expected, "every message announced");
+    println!("recipient SIGKILLed {KILLS} times while receiving {SENDS}: all held once, none announced twice as new, {} re-announced at restart as recovered", recovered.len());
+    Ok(())
+}

@@ -371,7 +371,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             Some((p, ev)) = ev_rx.recv() => {
-                if ev["type"] == "message_received" && ev["repage"] != json!(true) {
+                if ev["type"] == "message_received" && ev["repage"] != json!(true) && ev["recovered"] != json!(true) {
                     if let Some(id) = ev["id"].as_str() {
                         *shown.entry((p.clone(), id.to_owned())).or_insert(0) += 1;
                         if sim.is_some() {

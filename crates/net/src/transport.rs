@@ -19,6 +19,9 @@ const _: () = assert!(KEEPALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
 /// Least time between two stateless resets the relay sends: 10,000 a second, so that every
 /// node of a large network learns of a relay restart at its next keepalive.
 pub const STATELESS_RESET_INTERVAL_US: u64 = 100;
+/// Receive buffer of the relay's UDP socket: room for a reconnect storm's handshakes
+/// (thousands of 1,200-byte Initial packets at once).
+pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Transport limits for one side of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +106,13 @@ pub fn server_endpoint(
 ) -> Result<quinn::Endpoint, NetError> {
     let (endpoint_cfg, cfg) = server_configs(identity, limits)?;
     let socket = std::net::UdpSocket::bind(addr).map_err(NetError::Endpoint)?;
+    // Every node's packets arrive on this one socket: when thousands reconnect at once, the
+    // default receive buffer (about 200 KiB) overflows and handshakes stall on lost packets.
+    // Best effort: the kernel caps the size at `net.core.rmem_max`.
+    let udp = quinn::udp::UdpSocketState::new((&socket).into()).map_err(NetError::Endpoint)?;
+    if let Err(e) = udp.set_recv_buffer_size((&socket).into(), UDP_RECV_BUFFER_BYTES) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NetError::Endpoint(std::io::Error::other("no async runtime")))?;
     quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(NetError::Endpoint)

@@ -27,6 +27,9 @@ pub enum Event {
         respond_by_ms: Option<u64>,
         /// Whether this is a repeated page for an unacknowledged message.
         repage: bool,
+        /// Whether the message was stored before the node last stopped, unannounced: the
+        /// operator may or may not have been told of it already.
+        recovered: bool,
     },
     /// A relay accepted one of our messages.
     Accepted {

@@ -250,6 +250,20 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             config,
         });
+        // Messages stored just before the node last stopped may never have been announced.
+        let pending = state.store().unannounced()?;
+        if !pending.is_empty() {
+            warn!(
+                count = pending.len(),
+                "announcing messages stored before the node stopped"
+            );
+            for env in &pending {
+                announce(&state, env, true);
+            }
+            state
+                .store()
+                .mark_announced(&pending.iter().map(|e| e.id).collect::<Vec<_>>())?;
+        }
         let mut tasks = JoinSet::new();
 
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)
@@ -328,7 +342,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             Ok(list) => {
                 for env in list {
                     warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
-                    let ev = received_event(&env, true);
+                    let ev = received_event(&env, true, false);
                     state
                         .hooks
                         .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
@@ -357,7 +371,27 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-pub(crate) fn received_event(env: &hotline_proto::Envelope, repage: bool) -> Event {
+/// Tells the operator of a received message: log line, `/v1/events`, paging hook.
+pub(crate) fn announce(state: &NodeState, env: &hotline_proto::Envelope, recovered: bool) {
+    // The subject is the sender's text: Debug-quoted so that a line break in it cannot forge a
+    // log line.
+    if env.precedence.pages() {
+        warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, recovered, "urgent message received");
+    } else {
+        info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, recovered, "message received");
+    }
+    let ev = received_event(env, false, recovered);
+    state
+        .hooks
+        .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
+    state.emit(ev);
+}
+
+pub(crate) fn received_event(
+    env: &hotline_proto::Envelope,
+    repage: bool,
+    recovered: bool,
+) -> Event {
     Event::MessageReceived {
         id: env.id,
         from: env.sender.clone(),
@@ -367,5 +401,6 @@ pub(crate) fn received_event(env: &hotline_proto::Envelope, repage: bool) -> Eve
         subject: env.subject.clone(),
         respond_by_ms: env.respond_by_ms,
         repage,
+        recovered,
     }
 }

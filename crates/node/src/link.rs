@@ -11,14 +11,14 @@ use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
-use hotline_proto::{Digest, MessageId, Precedence};
+use hotline_proto::{Digest, MessageId};
 
 use crate::events::Event;
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
 };
 use crate::store::{retryable, Stored};
-use crate::{now_ms, received_event, NodeState};
+use crate::{now_ms, NodeState};
 
 /// How long a retryable refusal waits before the message is offered again.
 const RETRY_AFTER_MS: u64 = 2_000;
@@ -365,29 +365,25 @@ impl Link<'_> {
                 return Err(NetError::Protocol(format!("store: {e}")));
             }
         };
+        let mut announced = Vec::new();
         for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
                 (Ok(env), Stored::New) => {
-                    // The subject is the sender's text: Debug-quoted so that a line break in
-                    // it cannot forge a log line.
-                    if matches!(env.precedence, Precedence::Flash | Precedence::Immediate) {
-                        warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, "urgent message received");
-                    } else {
-                        info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, "message received");
-                    }
-                    let ev = received_event(env, false);
-                    self.state.hooks.fire(
-                        "on_message",
-                        self.state.config.hooks.on_message.as_ref(),
-                        &ev,
-                    );
-                    self.state.emit(ev);
+                    crate::announce(self.state, env, false);
+                    announced.push(env.id);
                 }
                 (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
                 (_, Stored::Quarantined(reason)) => {
                     error!(%reason, "delivered message failed verification: quarantined, not shown")
                 }
                 _ => {}
+            }
+        }
+        if !announced.is_empty() {
+            // If this is lost to a crash the messages are announced again at the next start:
+            // an operator may be told twice, never not at all.
+            if let Err(e) = self.state.store().mark_announced(&announced) {
+                error!(error = %e, "cannot record announced messages; they will be announced again at restart");
             }
         }
         if let Some(r) = receipt {

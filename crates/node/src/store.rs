@@ -73,6 +73,9 @@ CREATE INDEX IF NOT EXISTS inbox_page_due ON inbox (COALESCE(paged_at_ms, receiv
     WHERE acked_at_ms IS NULL;
 CREATE INDEX IF NOT EXISTS sent_by_respond_by ON sent (respond_by_ms, id)
     WHERE respond_by_ms IS NOT NULL;
+-- Messages stored but not yet announced to the operator (event, log, paging hook). A node
+-- killed between storing and announcing announces them at its next start.
+CREATE TABLE IF NOT EXISTS unannounced (id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS quarantine (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
@@ -349,6 +352,30 @@ impl NodeStore {
         })
     }
 
+    /// The operator has been told of these messages (event, log line, paging hook).
+    pub fn mark_announced(&mut self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.tx(|tx, _| {
+            let mut st = tx.prepare_cached("DELETE FROM unannounced WHERE id = ?1")?;
+            for id in ids {
+                st.execute([&id.0[..]])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Messages stored but never announced: the node was stopped between the two.
+    pub fn unannounced(&self) -> Result<Vec<Envelope>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT i.bytes, i.key, i.sig FROM unannounced u JOIN inbox i ON i.id = u.id ORDER BY i.received_at_ms",
+        )?;
+        let rows = st.query_map([], |r| signed_at::<Envelope>(r, 0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(decode_stored(&r?)?);
+        }
+        Ok(out)
+    }
+
     /// Raises the sequence counter to at least `floor` (the relay's last accepted number for
     /// this participant). Returns whether it moved.
     pub fn raise_seq_floor(&mut self, floor: u64) -> Result<bool, StoreError> {
@@ -464,6 +491,7 @@ impl NodeStore {
                         )?;
                         if n > 0 {
                             j.append(tx, now_ms, "message.received", &env.id.to_string(), &encode_record(signed)?)?;
+                            tx.execute("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)", [&env.id.0[..]])?;
                             out.push(Stored::New);
                         } else {
                             out.push(Stored::Duplicate);
