@@ -96,7 +96,7 @@ owners=$(dpkg-deb -c "$DEB" | awk '{ print $2 }' | sort -u)
 # Stripped: the symbols are in hotline-dbgsym.
 if command -v file >/dev/null 2>&1; then
     dpkg-deb --fsys-tarfile "$DEB" | tar -xO ./usr/bin/hotline >"$work/hotline.bin"
-    file "$work/hotline.bin" | grep -q ', stripped' || bad "usr/bin/hotline is not stripped"
+    [[ $(file "$work/hotline.bin") == *', stripped'* ]] || bad "usr/bin/hotline is not stripped"
 fi
 stop_if_failed "file list"
 
@@ -144,17 +144,21 @@ stop_if_failed "units"
 
 # --- the binary and the examples -----------------------------------------------------------
 bin="$root/usr/bin/hotline"
-"$bin" --version | grep -qx "hotline $version" || bad "hotline --version: $("$bin" --version)"
-"$bin" config check "$root/etc/hotline/relay.toml.example" 2>/dev/null | grep -q '^OK: relay configuration' ||
+# Outputs are captured before they are matched: `cmd | grep -q` would close the pipe early.
+out=$("$bin" --version) && [ "$out" = "hotline $version" ] || bad "hotline --version: $out"
+out=$("$bin" config check "$root/etc/hotline/relay.toml.example" 2>/dev/null) &&
+    grep -q '^OK: relay configuration' <<<"$out" ||
     bad "relay.toml.example does not pass hotline config check"
-"$bin" config check "$root/etc/hotline/node.toml.example" 2>/dev/null | grep -q '^OK: node configuration' ||
+out=$("$bin" config check "$root/etc/hotline/node.toml.example" 2>/dev/null) &&
+    grep -q '^OK: node configuration' <<<"$out" ||
     bad "node.toml.example does not pass hotline config check"
 # Under ProtectSystem=strict the services can write only their StateDirectory.
 grep -Eq '^data_dir = "/var/lib/hotline-relay"' "$root/etc/hotline/relay.toml.example" ||
     bad "relay.toml.example: data_dir must be \"/var/lib/hotline-relay\" (the unit's StateDirectory)"
 grep -Eq '^data_dir = "/var/lib/hotline-node"' "$root/etc/hotline/node.toml.example" ||
     bad "node.toml.example: data_dir must be \"/var/lib/hotline-node\" (the unit's StateDirectory)"
-zcat "$root/usr/share/man/man1/hotline.1.gz" | grep -q '^\.TH HOTLINE 1' || bad "man page"
+zcat "$root/usr/share/man/man1/hotline.1.gz" >"$work/hotline.1" &&
+    grep -q '^\.TH HOTLINE 1' "$work/hotline.1" || bad "man page"
 stop_if_failed "binary and examples"
 
 # --- systemd-analyze, where available ------------------------------------------------------
