@@ -180,7 +180,7 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
                 .push(with_line(&e.to_string(), Some("roster"), text, path)),
         }
     }
-    check_data_dir(&config.data_dir, text, path, report);
+    check_data_dir(Kind::Relay, &config.data_dir, text, path, report);
     report.notes.push(format!("QUIC on {}/udp", config.listen));
 }
 
@@ -243,7 +243,7 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
             },
         }
     }
-    check_data_dir(&config.data_dir, text, path, report);
+    check_data_dir(Kind::Node, &config.data_dir, text, path, report);
     if !config.token_file.exists() {
         report.notes.push(format!(
             "api token {} does not exist yet: the node creates it at start, so its directory \
@@ -278,7 +278,37 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
     ));
 }
 
-fn check_data_dir(dir: &Path, text: &str, path: &Path, report: &mut Report) {
+/// Where the packaged systemd units let each service write (`StateDirectory=`), for a
+/// configuration in [`PACKAGED_CONFIG_DIR`].
+const PACKAGED_CONFIG_DIR: &str = "/etc/hotline";
+const PACKAGED_RELAY_DATA_DIR: &str = "/var/lib/hotline-relay";
+const PACKAGED_NODE_DATA_DIR: &str = "/var/lib/hotline-node";
+
+/// The data directory the packaged unit allows, if `config` is where the package's units
+/// read it from and `data_dir` is elsewhere (the service would fail with "read-only file
+/// system" under `ProtectSystem=strict`).
+fn packaged_data_dir_mismatch(kind: Kind, config: &Path, data_dir: &Path) -> Option<&'static str> {
+    let expected = match kind {
+        Kind::Relay => PACKAGED_RELAY_DATA_DIR,
+        Kind::Node => PACKAGED_NODE_DATA_DIR,
+    };
+    let config = std::path::absolute(config).ok()?;
+    (config.parent() == Some(Path::new(PACKAGED_CONFIG_DIR)) && data_dir != Path::new(expected))
+        .then_some(expected)
+}
+
+fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut Report) {
+    if let Some(expected) = packaged_data_dir_mismatch(kind, path, dir) {
+        report.warnings.push(with_line(
+            &format!(
+                "data_dir {}: the packaged systemd unit lets the service write only {expected}",
+                dir.display()
+            ),
+            Some("data_dir"),
+            text,
+            path,
+        ));
+    }
     if dir.exists() && !dir.is_dir() {
         report.errors.push(with_line(
             &format!("data_dir {}: not a directory", dir.display()),
@@ -460,6 +490,27 @@ mod tests {
             vec![2]
         );
         assert!(locate("a = 1\n", "b").is_empty());
+    }
+
+    #[test]
+    fn a_data_dir_the_packaged_unit_cannot_write_is_noticed() {
+        let etc = Path::new("/etc/hotline/relay.toml");
+        let lib = Path::new("/var/lib/hotline-relay");
+        assert_eq!(packaged_data_dir_mismatch(Kind::Relay, etc, lib), None);
+        assert_eq!(
+            packaged_data_dir_mismatch(Kind::Relay, etc, Path::new("/var/lib/hotline/relay")),
+            Some("/var/lib/hotline-relay")
+        );
+        assert_eq!(
+            packaged_data_dir_mismatch(Kind::Node, Path::new("/etc/hotline/node.toml"), lib),
+            Some("/var/lib/hotline-node")
+        );
+        // Outside /etc/hotline the packaged units are not involved.
+        let here = Path::new("/srv/hotline/relay.toml");
+        assert_eq!(
+            packaged_data_dir_mismatch(Kind::Relay, here, Path::new("/srv/x")),
+            None
+        );
     }
 
     #[test]
