@@ -8,6 +8,31 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!`, except that a closed standard output (`hotline inbox | head`) ends the
+/// program quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// `print!` with the same closed-pipe rule as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod cmd;
 
 /// CICA Hotline: crisis communications for the Conference on Interaction and Confidence

@@ -33,7 +33,7 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             let conn = hotline_store::open(&db, false)?;
             let report = hotline_store::verify_journal(&conn)
                 .with_context(|| format!("{}: audit journal does not verify", db.display()))?;
-            println!(
+            outln!(
                 "OK: {} entries, head {}",
                 report.entries,
                 hex::encode(report.head)

@@ -108,9 +108,9 @@ fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
             report.warnings.len()
         );
     }
-    println!("{headline}");
+    outln!("{headline}");
     for note in &report.notes {
-        println!("  {note}");
+        outln!("  {note}");
     }
     Ok(())
 }

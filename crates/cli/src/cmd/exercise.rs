@@ -51,7 +51,7 @@ pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
         ExerciseCommand::List => {
             for (name, _) in hotline_exercise::scenario::BUILTIN {
                 let s = hotline_exercise::load(name)?;
-                println!("{name:<16} {}", s.description);
+                outln!("{name:<16} {}", s.description);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -107,14 +107,14 @@ fn finish(
         .build()?;
     let report = rt.block_on(hotline_exercise::run(sc, opts))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", hotline_exercise::report::summary(&report));
-        println!(
+        out!("{}", hotline_exercise::report::summary(&report));
+        outln!(
             "JSON report: {}",
             report.directory.join("report.json").display()
         );
-        println!(
+        outln!(
             "HTML report: {}",
             report.directory.join("report.html").display()
         );

@@ -39,7 +39,7 @@ pub(crate) fn run(args: KeygenArgs) -> Result<()> {
         public = %public.display(),
         "key pair written"
     );
-    println!("{}", PublicKey::of(&key));
+    outln!("{}", PublicKey::of(&key));
     Ok(())
 }
 

@@ -102,9 +102,9 @@ pub(crate) struct SendArgs {
 
 fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        outln!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        println!("{}", text(v));
+        outln!("{}", text(v));
     }
     Ok(())
 }
@@ -354,9 +354,9 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
     let client = a.api.client()?;
     client.watch(|ev| {
         if a.api.json {
-            println!("{ev}");
+            outln!("{ev}");
         } else {
-            println!("{} {}", ev["type"].as_str().unwrap_or("event"), ev);
+            outln!("{} {}", ev["type"].as_str().unwrap_or("event"), ev);
         }
         true
     })?;

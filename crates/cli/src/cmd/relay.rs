@@ -22,7 +22,7 @@ pub(crate) struct RelayArgs {
 #[derive(Debug, Subcommand)]
 enum RelayCommand {
     /// Create a self-signed certificate and key for the relay and print the fingerprint
-    /// that nodes pin (`relay_fingerprint` in node.toml).
+    /// that nodes pin (`fingerprint` under `[[relays]]` in node.toml).
     Init {
         /// Where to write the certificate (PEM).
         #[arg(long, default_value = "relay.crt")]
@@ -46,14 +46,14 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
     match (args.command, args.config) {
         (Some(RelayCommand::Init { cert, key }), _) => {
             let fp = hotline_net::tls::write_self_signed(&cert, &key)?;
-            println!("certificate: {}", cert.display());
-            println!("key:         {}", key.display());
-            println!("fingerprint: {fp}");
+            outln!("certificate: {}", cert.display());
+            outln!("key:         {}", key.display());
+            outln!("fingerprint: {fp}");
             Ok(())
         }
         (Some(RelayCommand::Fingerprint { cert, key }), _) => {
             let id = hotline_net::RelayIdentity::load(&cert, &key)?;
-            println!("{}", id.fingerprint());
+            outln!("{}", id.fingerprint());
             Ok(())
         }
         (None, Some(config)) => serve(config),

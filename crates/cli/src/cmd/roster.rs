@@ -247,7 +247,7 @@ fn create(args: CreateArgs) -> Result<()> {
         IfExists::Refuse
     };
     roster_file::write_draft(&args.out, &draft, if_exists)?;
-    println!(
+    outln!(
         "wrote {}: {} participants, {} groups, version {} ({generated} key pair(s) generated in {})",
         args.out.display(),
         draft.participants.len(),
@@ -272,7 +272,7 @@ fn add(args: AddArgs) -> Result<()> {
         })
         .with_context(|| format!("{}: cannot add {}", args.roster.display(), args.id))?;
     roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
-    println!(
+    outln!(
         "added {} ({}) to {}",
         args.id,
         role_name(role),
@@ -287,7 +287,7 @@ fn revoke(args: RevokeArgs) -> Result<()> {
         .revoke(&args.id)
         .with_context(|| format!("{}: cannot revoke {}", args.roster.display(), args.id))?;
     roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
-    println!(
+    outln!(
         "revoked {} in {}; sign and distribute a roster with a higher version for it to take \
          effect",
         args.id,
@@ -309,7 +309,7 @@ fn group(args: GroupArgs) -> Result<()> {
         })?;
     roster_file::write_draft(&args.roster, &draft, IfExists::Replace)?;
     let members: Vec<&str> = args.members.iter().map(ParticipantId::as_str).collect();
-    println!(
+    outln!(
         "group {} = {} in {}",
         args.name,
         members.join(", "),
@@ -350,14 +350,14 @@ fn sign(args: SignArgs) -> Result<()> {
         "{}: the written roster does not read back unchanged",
         args.out.display()
     );
-    println!(
+    outln!(
         "signed {}: roster version {}, {} participants, {} groups",
         args.out.display(),
         roster.version,
         roster.participants.len(),
         roster.groups.len()
     );
-    println!("roster key (pin on every node): {roster_key}");
+    outln!("roster key (pin on every node): {roster_key}");
     Ok(())
 }
 
@@ -520,7 +520,7 @@ fn print_json(
             .collect(),
     };
     let text = serde_json::to_string_pretty(&out).context("cannot format JSON")?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -532,17 +532,17 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
         }
         Provenance::Verified(k) => format!("signed by {k}, verified"),
     };
-    println!(
+    outln!(
         "{}: {} roster version {}",
         file.display(),
         draft.network,
         draft.version
     );
     if let Some(ms) = issued_at_ms {
-        println!("issued {}", format_utc(ms));
+        outln!("issued {}", format_utc(ms));
     }
-    println!("{status}");
-    println!();
+    outln!("{status}");
+    outln!();
 
     let names: Vec<String> = draft
         .participants
@@ -563,9 +563,12 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
         .unwrap_or(0)
         .max("NAME".len());
     let role_w = "secretariat".len();
-    println!(
+    outln!(
         "{:id_w$}  {:name_w$}  {:role_w$}  {:7}  KEYS",
-        "ID", "NAME", "ROLE", "REVOKED"
+        "ID",
+        "NAME",
+        "ROLE",
+        "REVOKED"
     );
     for (p, name) in draft.participants.iter().zip(&names) {
         let keys = if p.keys.is_empty() {
@@ -578,7 +581,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
                 .join(",")
         };
         // `{:width$}` pads by characters, so names with non-ASCII letters line up.
-        println!(
+        outln!(
             "{:id_w$}  {:name_w$}  {:role_w$}  {:7}  {keys}",
             p.id.as_str(),
             name,
@@ -587,7 +590,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
         );
     }
     let count = |role: Role| draft.participants.iter().filter(|p| p.role == role).count();
-    println!(
+    outln!(
         "{} participants: {} members, {} observers, {} secretariat; {} revoked",
         draft.participants.len(),
         count(Role::Member),
@@ -595,7 +598,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
         count(Role::Secretariat),
         draft.participants.iter().filter(|p| p.revoked).count()
     );
-    println!();
+    outln!();
 
     let group_w = draft
         .groups
@@ -604,18 +607,18 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
         .max()
         .unwrap_or(0)
         .max("GROUP".len());
-    println!("{:group_w$}  MEMBERS", "GROUP");
+    outln!("{:group_w$}  MEMBERS", "GROUP");
     for g in &draft.groups {
         let members: Vec<&str> = g.members.iter().map(ParticipantId::as_str).collect();
-        println!("{:group_w$}  {}", g.name, members.join(", "));
+        outln!("{:group_w$}  {}", g.name, members.join(", "));
     }
-    println!("{} groups", draft.groups.len());
+    outln!("{} groups", draft.groups.len());
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
     let pinned = roster_key(&args.roster_key)?;
     let verified = roster_file::read_verified_roster(&args.file, &pinned)?;
-    println!(
+    outln!(
         "OK: roster version {}, {} participants, signed by {}",
         verified.version,
         verified.participants.len(),
