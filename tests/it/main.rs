@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults;
+mod netns;
 mod node;
 mod relay;
 mod relay_process;

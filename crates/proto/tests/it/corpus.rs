@@ -1,8 +1,9 @@
 //! The fuzz seed corpus, `fuzz/corpus/<target>/seed-*`: generated here from the fixtures so
 //! it follows the wire format, compared like the test vectors (`HOTLINE_REGEN_VECTORS=1`
 //! rewrites it), and run through the shared harnesses so they are exercised without
-//! cargo-fuzz. Other files in those folders (what a local fuzzing run found) are run too but
-//! are not compared; `fuzz/.gitignore` keeps them out of commits.
+//! cargo-fuzz. The other files in those folders, the committed minimised corpus (`min-*`) and
+//! whatever a local fuzzing run added, are run too but not compared; `fuzz/.gitignore` keeps
+//! the latter out of commits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,7 +79,12 @@ fn generate() -> BTreeMap<&'static str, BTreeMap<String, Vec<u8>>> {
             codec::encode(&fixtures::signed_auth(), FRAME_BYTES_MAX),
         ),
     );
-    BTreeMap::from([("frame_decoder", frames), ("verify_decoded", signed)])
+    let sessions = harness::session_seeds().into_iter().collect();
+    BTreeMap::from([
+        ("frame_decoder", frames),
+        ("verify_decoded", signed),
+        ("session_frames", sessions),
+    ])
 }
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -150,13 +156,42 @@ fn frame_seeds_decode() {
         .expect("seed verifies");
 }
 
-/// Every file in the corpus folders, seeds and local finds alike, through both harnesses.
+/// Every file in the corpus folders, seeds and committed minimised corpora alike, through
+/// every harness.
 #[test]
 fn harnesses_accept_the_corpus() {
-    for target in ["frame_decoder", "verify_decoded"] {
+    for target in ["frame_decoder", "verify_decoded", "session_frames"] {
         for (_, bytes) in files(&dir(target)) {
             harness::frame_decoder(&bytes);
             harness::verify_decoded(&bytes);
+            harness::session_frames(&bytes);
         }
     }
+}
+
+/// The session seeds reach every path of the `session_frames` harness: acceptance, each
+/// kind of refusal, receipts, pings and the closing `Hello`.
+#[test]
+fn session_seeds_reach_every_path() {
+    use hotline_proto::RejectCode::*;
+    let tally: BTreeMap<String, harness::SessionTally> = harness::session_seeds()
+        .into_iter()
+        .map(|(name, bytes)| (name, harness::session_frames(&bytes)))
+        .collect();
+    let t = &tally["seed-session-kaz"];
+    assert_eq!((t.accepted, t.pongs, t.closed), (2, 1, true), "{t:?}");
+    let t = &tally["seed-session-ind"];
+    assert_eq!(
+        (t.receipts, t.refused.as_slice()),
+        (1, &[NotAuthor][..]),
+        "{t:?}"
+    );
+    let t = &tally["seed-session-un"];
+    assert_eq!(t.accepted, 1, "{t:?}");
+    assert_eq!(t.refused, [PolicyDenied, PolicyDenied], "{t:?}");
+    let t = &tally["seed-session-kaz-resign"];
+    assert_eq!((t.accepted, t.receipts), (1, 1), "{t:?}");
+    assert_eq!(t.refused, [FutureTimestamp], "{t:?}");
+    let t = &tally["seed-session-sec"];
+    assert_eq!((t.accepted, t.closed), (1, false), "{t:?}");
 }

@@ -216,6 +216,17 @@ fn encoded_carriers() -> &'static Vec<Vec<u8>> {
     })
 }
 
+/// Every sample input of the `session_frames` harness.
+fn session_streams() -> &'static Vec<Vec<u8>> {
+    static STREAMS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    STREAMS.get_or_init(|| {
+        harness::session_seeds()
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect()
+    })
+}
+
 /// An edit of a byte string: replace, insert or delete one byte.
 #[derive(Clone, Debug)]
 enum Edit {
@@ -315,6 +326,7 @@ proptest! {
         }
         harness::frame_decoder(&bytes);
         harness::verify_decoded(&bytes);
+        harness::session_frames(&bytes);
     }
 
     /// Valid frames and signed carriers with a few bytes replaced, inserted or deleted: the
@@ -325,11 +337,17 @@ proptest! {
         edits in vec(edit(), 1..6),
     ) {
         let (node, relay) = encoded_frames();
-        let all: Vec<&Vec<u8>> = node.iter().chain(relay).chain(encoded_carriers()).collect();
+        let all: Vec<&Vec<u8>> = node
+            .iter()
+            .chain(relay)
+            .chain(encoded_carriers())
+            .chain(session_streams())
+            .collect();
         let mut bytes = which.get(&all).to_vec();
         apply(&mut bytes, &edits);
         harness::frame_decoder(&bytes);
         harness::verify_decoded(&bytes);
+        harness::session_frames(&bytes);
         // The same edits behind the frame header exercise the payload decoders directly.
         if bytes.len() > FRAME_PREFIX_BYTES {
             let _ = decode_frame::<NodeToRelay>(&bytes[FRAME_PREFIX_BYTES..]);
