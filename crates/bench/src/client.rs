@@ -15,13 +15,24 @@ use crate::network::Peer;
 /// How long one connection attempt or authentication may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client QUIC endpoint (one UDP socket) trusting the relay's certificate.
+/// Receive buffer of each client UDP socket: one socket may carry a thousand connections
+/// (the idle workload), whose handshakes would overflow the default buffer.
+const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A client QUIC endpoint (one UDP socket) trusting the relay's certificate, configured as
+/// a node's (`hotline_net::transport::client_quinn_config`).
 pub fn endpoint(fp: Fingerprint) -> anyhow::Result<quinn::Endpoint> {
-    Ok(hotline_net::transport::client_endpoint(
-        ([127, 0, 0, 1], 0).into(),
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+    let udp = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = udp.set_recv_buffer_size((&socket).into(), UDP_RECV_BUFFER_BYTES);
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+    ep.set_default_client_config(hotline_net::transport::client_quinn_config(
         vec![fp],
         &TransportLimits::default(),
-    )?)
+    )?);
+    Ok(ep)
 }
 
 /// Connects and authenticates as `peer`, saying it holds roster `roster_version`.

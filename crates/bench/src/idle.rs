@@ -58,6 +58,8 @@ pub struct IdleStep {
     pub tls_only: usize,
     /// Seconds to open this step's new connections.
     pub connect_s: f64,
+    /// Failed connection attempts (retried with back-off) while opening them.
+    pub failed_attempts: u64,
     /// Relay resident memory, MiB.
     pub relay_rss_mib: f64,
     /// Relay memory per connection added since the previous step, KiB.
@@ -77,6 +79,10 @@ pub struct Restart {
     pub all_authenticated_ms: f64,
     /// Restart → every connection (both kinds) is back, ms.
     pub all_ms: f64,
+    /// Restart → each connection back, ms: median and 99th percentile.
+    pub back_p50_ms: f64,
+    /// See `back_p50_ms`.
+    pub back_p99_ms: f64,
     /// Failed connection attempts during the reconnection.
     pub failed_attempts: u64,
     /// Relay CPU during the reconnection, percent of one core.
@@ -108,13 +114,14 @@ impl IdleReport {
             .iter()
             .map(|s| {
                 format!(
-                    "idle {auth} authenticated + {raw} TLS-only: relay rss {rss:.1} MiB ({per:.1} KiB per added connection) idle cpu {cpu:.1}% | connect {c:.2}s | base rss {base:.1} MiB | load {load:.2}",
+                    "idle {auth} authenticated + {raw} TLS-only: relay rss {rss:.1} MiB ({per:.1} KiB per added connection) idle cpu {cpu:.1}% | connect {c:.2}s ({f} failed attempts) | base rss {base:.1} MiB | load {load:.2}",
                     auth = s.authenticated,
                     raw = s.tls_only,
                     rss = s.relay_rss_mib,
                     per = s.kib_per_added_connection,
                     cpu = s.relay_idle_cpu_pct,
                     c = s.connect_s,
+                    f = s.failed_attempts,
                     base = self.relay_base_rss_mib,
                     load = self.load_avg_before,
                 )
@@ -122,13 +129,15 @@ impl IdleReport {
             .collect();
         if let Some(r) = &self.restart {
             v.push(format!(
-                "idle restart (SIGKILL) with {n} connections: listening {l:.0} ms, all authenticated back {a:.0} ms, all back {all:.0} ms, relay cpu {cpu:.0}%, failed attempts {f}",
+                "idle restart (SIGKILL) with {n} connections: listening {l:.0} ms, all authenticated back {a:.0} ms, all back {all:.0} ms (p50 {p50:.0} ms, p99 {p99:.0} ms), relay cpu {cpu:.0}%, failed attempts {f}",
                 n = r.connections,
                 l = r.listening_ms,
                 a = r.all_authenticated_ms,
                 all = r.all_ms,
                 cpu = r.relay_cpu_pct,
                 f = r.failed_attempts,
+                p50 = r.back_p50_ms,
+                p99 = r.back_p99_ms,
             ));
         }
         v
@@ -147,6 +156,8 @@ struct Fleet {
     last_auth_ns: AtomicU64,
     last_raw_ns: AtomicU64,
     failures: AtomicU64,
+    /// When each connection came back after the restart, ns since `t0`.
+    back_ns: std::sync::Mutex<Vec<u64>>,
     progress: Notify,
     connecting: Semaphore,
 }
@@ -215,6 +226,11 @@ async fn hold(
             counted = epoch;
             back.fetch_add(1, Relaxed);
             last.fetch_max(now, Relaxed);
+            fleet
+                .back_ns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now);
         }
         fleet.progress.notify_waiters();
         // The session's streams stay open while it is held; nothing is read because an
@@ -285,6 +301,7 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
         last_auth_ns: AtomicU64::new(0),
         last_raw_ns: AtomicU64::new(0),
         failures: AtomicU64::new(0),
+        back_ns: std::sync::Mutex::new(Vec::new()),
         progress: Notify::new(),
         connecting: Semaphore::new(CONNECTING_MAX),
     });
@@ -309,7 +326,32 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
         .cloned()
         .collect();
     let n_auth = peers.len();
+    let pid = relay.pid();
+    let measure = || async move {
+        tokio::time::sleep(o.settle).await;
+        let cpu = CpuMeter::start(pid);
+        tokio::time::sleep(o.cpu_window).await;
+        let cpu = cpu.percent().unwrap_or(f64::NAN);
+        (stats::rss_kib(pid).unwrap_or(0) as f64, cpu)
+    };
+    let mut prev_rss = base;
+    let mut prev_n = 0usize;
+    let mut step = |n_raw: usize, connect: Duration, failed: u64, rss: f64, cpu: f64| {
+        let n = n_auth + n_raw;
+        steps.push(IdleStep {
+            authenticated: n_auth,
+            tls_only: n_raw,
+            connect_s: connect.as_secs_f64(),
+            failed_attempts: failed,
+            relay_rss_mib: rss / 1024.0,
+            kib_per_added_connection: (rss - prev_rss) / (n - prev_n).max(1) as f64,
+            relay_idle_cpu_pct: cpu,
+        });
+        prev_rss = rss;
+        prev_n = n;
+    };
     let t = Instant::now();
+    let f0 = fleet.failures.load(Relaxed);
     for p in peers {
         let ep = endpoint_for(opened, &mut endpoints)?;
         opened += 1;
@@ -325,30 +367,9 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
         f.up_auth.load(Relaxed) == n_auth
     })
     .await?;
-    let mut prev_rss = base;
-    let mut prev_n = 0usize;
-    let measure = |n_auth: usize, n_raw: usize, connect: Duration, relay: &RelayProc| {
-        let pid = relay.pid();
-        async move {
-            tokio::time::sleep(o.settle).await;
-            let cpu = CpuMeter::start(pid);
-            tokio::time::sleep(o.cpu_window).await;
-            let cpu = cpu.percent().unwrap_or(f64::NAN);
-            let rss = stats::rss_kib(pid).unwrap_or(0) as f64;
-            (n_auth, n_raw, connect, rss, cpu)
-        }
-    };
-    let (a, r, d, rss, cpu) = measure(n_auth, 0, t.elapsed(), &relay).await;
-    steps.push(IdleStep {
-        authenticated: a,
-        tls_only: r,
-        connect_s: d.as_secs_f64(),
-        relay_rss_mib: rss / 1024.0,
-        kib_per_added_connection: (rss - prev_rss) / (a + r - prev_n).max(1) as f64,
-        relay_idle_cpu_pct: cpu,
-    });
-    prev_rss = rss;
-    prev_n = a + r;
+    let (connect, failed) = (t.elapsed(), fleet.failures.load(Relaxed) - f0);
+    let (rss, cpu) = measure().await;
+    step(0, connect, failed, rss, cpu);
 
     // Then TLS-only connections, step by step.
     let mut n_raw = 0usize;
@@ -357,6 +378,7 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
             continue;
         }
         let t = Instant::now();
+        let f0 = fleet.failures.load(Relaxed);
         for _ in n_raw..target {
             let ep = endpoint_for(opened, &mut endpoints)?;
             opened += 1;
@@ -373,17 +395,9 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
             f.up_raw.load(Relaxed) == target
         })
         .await?;
-        let (a, r, d, rss, cpu) = measure(n_auth, n_raw, t.elapsed(), &relay).await;
-        steps.push(IdleStep {
-            authenticated: a,
-            tls_only: r,
-            connect_s: d.as_secs_f64(),
-            relay_rss_mib: rss / 1024.0,
-            kib_per_added_connection: (rss - prev_rss) / (a + r - prev_n).max(1) as f64,
-            relay_idle_cpu_pct: cpu,
-        });
-        prev_rss = rss;
-        prev_n = a + r;
+        let (connect, failed) = (t.elapsed(), fleet.failures.load(Relaxed) - f0);
+        let (rss, cpu) = measure().await;
+        step(n_raw, connect, failed, rss, cpu);
     }
     let bench_rss_mib = stats::rss_kib(std::process::id()).unwrap_or(0) as f64 / 1024.0;
 
@@ -404,6 +418,14 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
         .await?;
         let at = |ns: u64| fleet.t0 + Duration::from_nanos(ns);
         let ms = |t: Instant| t.saturating_duration_since(started).as_secs_f64() * 1e3;
+        let mut back_us: Vec<u64> = fleet
+            .back_ns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|ns| (ms(at(*ns)) * 1e3) as u64)
+            .collect();
+        let back = stats::Percentiles::of(&mut back_us);
         let auth_at = at(fleet.last_auth_ns.load(Relaxed));
         let raw_at = if n_raw > 0 {
             at(fleet.last_raw_ns.load(Relaxed))
@@ -415,6 +437,8 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
             listening_ms: ms(relay.listening_at),
             all_authenticated_ms: ms(auth_at),
             all_ms: ms(auth_at.max(raw_at)),
+            back_p50_ms: back.p50_us as f64 / 1e3,
+            back_p99_ms: back.p99_us as f64 / 1e3,
             failed_attempts: fleet.failures.load(Relaxed) - failures_before,
             relay_cpu_pct: cpu.percent().unwrap_or(f64::NAN),
         })
