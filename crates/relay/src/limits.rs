@@ -44,6 +44,10 @@ pub const WRITER_QUEUE_DEPTH: usize = 8_192;
 /// Rows fetched from a queue per read.
 pub const FETCH_PAGE_ROWS: usize = 512;
 
+/// Recently accepted messages whose sender, digest and recipients the store writer keeps in
+/// memory to check their receipts without reading them back (a few hundred bytes each).
+pub const HELD_CACHE_MESSAGES: usize = 32_768;
+
 /// How long shutdown waits for sessions and the writer to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 3_000;
 

@@ -282,6 +282,43 @@ fn signed_from_row<T: hotline_proto::SignedPayload>(
     Ok(Signed::from_parts(bytes, PublicKey(key), Signature(sig)))
 }
 
+/// What the writer keeps in memory about a recently accepted message, so that the
+/// receipts for it (one per recipient, within seconds) are checked without reading the
+/// message again. Messages never change once stored, so an entry cannot go stale.
+struct Held {
+    sender: ParticipantId,
+    digest: Digest,
+    /// The recipients, comma-separated, as stored.
+    recipients: String,
+    accepted_at_ms: u64,
+}
+
+/// The most recently accepted messages' [`Held`] entries, oldest evicted first.
+struct HeldCache {
+    map: HashMap<MessageId, Held>,
+    order: std::collections::VecDeque<MessageId>,
+}
+
+impl HeldCache {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, id: MessageId, held: Held) {
+        if self.map.insert(id, held).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > crate::limits::HELD_CACHE_MESSAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
 /// Per-batch view of the writer's caches: changes apply only if the batch commits.
 struct Pending {
     last_seq: HashMap<ParticipantId, u64>,
@@ -291,6 +328,7 @@ struct Pending {
     accepted: u64,
     receipts: u64,
     latencies_ms: Vec<u64>,
+    held: Vec<(MessageId, Held)>,
 }
 
 /// The writer thread's state.
@@ -300,6 +338,7 @@ pub(crate) struct Writer {
     last_seq: HashMap<ParticipantId, u64>,
     depth: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
+    held: HeldCache,
 }
 
 impl Writer {
@@ -334,6 +373,7 @@ impl Writer {
             last_seq,
             depth,
             ctx,
+            held: HeldCache::new(),
         };
         w.publish_depths();
         Ok(w)
@@ -397,6 +437,7 @@ impl Writer {
             accepted: 0,
             receipts: 0,
             latencies_ms: Vec::new(),
+            held: Vec::new(),
         };
         self.journal.begin();
         let result = (|| -> Result<(), StoreError> {
@@ -418,7 +459,14 @@ impl Writer {
                         p.replies.push((reply, answer));
                     }
                     Command::Receipt { receipt, reply } => {
-                        let answer = store_receipt(&tx, &mut self.journal, &receipt, now, &mut p)?;
+                        let answer = store_receipt(
+                            &tx,
+                            &mut self.journal,
+                            &self.held,
+                            &receipt,
+                            now,
+                            &mut p,
+                        )?;
                         p.replies.push((reply, answer));
                     }
                     Command::ReceiptsStored {
@@ -439,6 +487,9 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                for (id, h) in p.held {
+                    self.held.insert(id, h);
+                }
                 for (k, v) in p.last_seq {
                     self.last_seq.insert(k, v);
                 }
@@ -602,6 +653,15 @@ fn submit(
     )?
     .execute(params![env.sender.as_str(), new_last])?;
     p.last_seq.insert(env.sender.clone(), new_last);
+    p.held.push((
+        env.id,
+        Held {
+            sender: env.sender.clone(),
+            digest,
+            recipients: list,
+            accepted_at_ms: now,
+        },
+    ));
     let record = codec::encode(signed, usize::MAX)
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
     journal.append(tx, now, "message.accepted", &env.id.to_string(), &record)?;
@@ -636,6 +696,7 @@ fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId)
 fn store_receipt(
     tx: &Transaction<'_>,
     journal: &mut Journal,
+    cache: &HeldCache,
     receipt: &Verified<Receipt>,
     now: u64,
     p: &mut Pending,
@@ -652,16 +713,42 @@ fn store_receipt(
     }
     // Items naming a message we hold must name its sender, its exact content and a real
     // recipient: otherwise the receipt would be forwarded to a "sender" that never sent it.
+    // Recently accepted messages are checked from memory; older ones are read. Each item's
+    // acceptance time is kept for the delivery-latency metric.
+    let mut accepted_at = Vec::with_capacity(receipt.items.len());
     for item in &receipt.items {
-        let held: Option<(String, Vec<u8>, String)> = tx
-            .prepare_cached("SELECT sender, digest, recipients FROM messages WHERE id = ?1")?
-            .query_row([&item.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        if let Some((sender, d, recipients)) = held {
+        let read;
+        let held = match cache.map.get(&item.id) {
+            Some(h) => Some((
+                h.sender.as_str(),
+                &h.digest.0[..],
+                h.recipients.as_str(),
+                h.accepted_at_ms,
+            )),
+            None => {
+                read = tx
+                    .prepare_cached(
+                        "SELECT sender, digest, recipients, accepted_at_ms FROM messages WHERE id = ?1",
+                    )?
+                    .query_row([&item.id.0[..]], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, u64>(3)?,
+                        ))
+                    })
+                    .optional()?;
+                read.as_ref()
+                    .map(|(s, d, r, at)| (s.as_str(), &d[..], r.as_str(), *at))
+            }
+        };
+        accepted_at.push(held.map(|h| h.3));
+        if let Some((sender, d, recipients, _)) = held {
             let addressed = recipients
                 .split(',')
                 .any(|r| r == receipt.recipient.as_str());
-            if sender != item.sender.as_str() || d[..] != item.digest.0[..] || !addressed {
+            if sender != item.sender.as_str() || d != &item.digest.0[..] || !addressed {
                 return Ok(reject(
                     Subject::Receipt(digest),
                     RejectCode::UnknownMessage,
@@ -699,20 +786,15 @@ fn store_receipt(
         let mut acked = tx.prepare_cached(
             "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE msg_id = ?1 AND recipient = ?2",
         )?;
-        let mut accepted_at =
-            tx.prepare_cached("SELECT accepted_at_ms FROM messages WHERE id = ?1")?;
-        for item in &receipt.items {
+        for (item, at) in receipt.items.iter().zip(&accepted_at) {
             // Either kind proves the node holds the message: it leaves the queue.
             let removed = del.execute(params![me, &item.id.0[..]])?;
             if removed > 0 {
                 *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
             }
             if delivered.execute(params![&item.id.0[..], me, now])? > 0 {
-                if let Some(at) = accepted_at
-                    .query_row([&item.id.0[..]], |r| r.get::<_, u64>(0))
-                    .optional()?
-                {
-                    p.latencies_ms.push(now.saturating_sub(at));
+                if let Some(at) = at {
+                    p.latencies_ms.push(now.saturating_sub(*at));
                 }
             }
             if is_ack {
