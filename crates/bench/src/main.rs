@@ -89,7 +89,7 @@ struct P2pArgs {
     #[arg(long, default_value_t = 256)]
     window: usize,
     /// Maximum rate: messages signed in advance over all pairs.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 300_000)]
     max_messages: usize,
 }
 
@@ -238,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (l, v) = fanout(rate, 64, 40_000).await?;
                 out(l, v);
             }
-            let (l, v) = p2p(16, None, 256, 200_000).await?;
+            let (l, v) = p2p(16, None, 256, 300_000).await?;
             out(l, v);
             let (l, v) = idle(IdleOptions {
                 steps: vec![1_000, 5_000, 10_000],

@@ -67,13 +67,15 @@ pub struct RecoveryReport {
     pub relay_rss_mib: f64,
     /// 1-minute load average before the run.
     pub load_avg_before: f64,
+    /// Median fsync'd 1 KiB append before the run, ms.
+    pub fsync_probe_ms: f64,
 }
 
 impl RecoveryReport {
     /// One summary line.
     pub fn line(&self) -> String {
         format!(
-            "recovery {q} queued ({data:.0} MiB on disk, loaded at {lr:.0}/s): restart → listening {l:.0} ms, first auth {a:.0} ms, drained {d:.0} ms ({dr:.0} msgs/s, {rc} receipts) | queued after restart {qr} after drain {qd} | relay cpu {cpu:.0}% rss {rss:.1} MiB | load {load:.2}",
+            "recovery {q} queued ({data:.0} MiB on disk, loaded at {lr:.0}/s): restart → listening {l:.0} ms, first auth {a:.0} ms, drained {d:.0} ms ({dr:.0} msgs/s, {rc} receipts) | queued after restart {qr} after drain {qd} | relay cpu {cpu:.0}% rss {rss:.1} MiB | load {load:.2} fsync {fs:.2}ms",
             q = self.queued,
             data = self.data_mib,
             lr = self.load_per_s,
@@ -93,6 +95,7 @@ impl RecoveryReport {
             cpu = self.relay_cpu_pct,
             rss = self.relay_rss_mib,
             load = self.load_avg_before,
+            fs = self.fsync_probe_ms,
         )
     }
 }
@@ -116,6 +119,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
     };
     let load_avg_before = stats::load_avg();
     let net = Network::create(&run_dir(&c.dir, "recovery"), &[], "")?;
+    let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
     let log = net.dir.join("relay.log");
     let first = RelayProc::start(binary, &net, &log).await?;
     net.set_listen(first.addr)?;
@@ -272,6 +276,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
         relay_cpu_pct,
         relay_rss_mib,
         load_avg_before,
+        fsync_probe_ms,
     };
     ep.close(0u32.into(), b"benchmark done");
     relay.terminate(Duration::from_secs(10)).await;

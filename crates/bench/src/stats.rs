@@ -162,6 +162,34 @@ impl Machine {
     }
 }
 
+/// Median time of an `fdatasync`'d 1 KiB append to a file in `dir`, milliseconds, over 20
+/// tries: how fast the disk commits right now (other work on the machine changes it a lot).
+pub fn fsync_probe_ms(dir: &std::path::Path) -> f64 {
+    use std::io::Write as _;
+    let path = dir.join(".fsync-probe");
+    let run = || -> std::io::Result<Vec<u64>> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let block = [0x5Au8; 1024];
+        let mut v = Vec::with_capacity(20);
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            f.write_all(&block)?;
+            f.sync_data()?;
+            v.push(t.elapsed().as_micros() as u64);
+        }
+        Ok(v)
+    };
+    let r = run();
+    let _ = std::fs::remove_file(&path);
+    match r {
+        Ok(mut v) => Percentiles::of(&mut v).p50_us as f64 / 1e3,
+        Err(_) => f64::NAN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

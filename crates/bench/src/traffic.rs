@@ -143,6 +143,8 @@ pub struct TrafficReport {
     pub relay_items_per_commit: Option<f64>,
     /// 1-minute load average before the run.
     pub load_avg_before: f64,
+    /// Median fsync'd 1 KiB append before the run, ms (`stats::fsync_probe_ms`).
+    pub fsync_probe_ms: f64,
     /// Failures seen by clients (first few).
     pub errors: Vec<String>,
 }
@@ -159,7 +161,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2} fsync {fs:.2}ms{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -182,6 +184,7 @@ impl TrafficReport {
             fin = self.finished,
             dur_mode = self.recipient_durability,
             load = self.load_avg_before,
+            fs = self.fsync_probe_ms,
             errs = if self.errors.is_empty() {
                 String::new()
             } else {
@@ -668,6 +671,7 @@ fn body(n: usize) -> String {
 /// Runs `t` against `relay`; clients connect fresh and leave when it is done.
 pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<TrafficReport> {
     let load_avg_before = stats::load_avg();
+    let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
     let n_senders = t.senders.len();
     if n_senders == 0 {
         bail!("no senders");
@@ -888,6 +892,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_commits: commits,
         relay_items_per_commit: items_per_commit,
         load_avg_before,
+        fsync_probe_ms,
         errors,
     })
 }
