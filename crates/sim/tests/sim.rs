@@ -1,5 +1,6 @@
 //! Deterministic network simulation scenarios, each over ten seeds (`HOTLINE_SIM_SEED=N`
-//! runs seed N alone). Every run checks: each accepted message shown exactly once to the
+//! runs seed N alone; `HOTLINE_SIM_LOG=debug` or any tracing filter shows the relay's and
+//! quinn's logs, e.g. to follow one failing seed). Every run checks: each accepted message shown exactly once to the
 //! recipient's operator and its delivered receipt back at the sender; each `Accepted` the
 //! sender saw backed by the relay's store; submissions and sessions within bounds; nothing
 //! left queued. See the crate documentation for what a seed reproduces.
@@ -15,7 +16,18 @@ const SEEDS: u64 = 10;
 /// One hour, in ms.
 const HOUR_MS: i64 = 3_600_000;
 
+/// Logs to the test output if `HOTLINE_SIM_LOG` holds a tracing filter.
+fn logs() {
+    if let Ok(filter) = std::env::var("HOTLINE_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn run_all(plan: &Plan) {
+    logs();
     for seed in seeds(SEEDS) {
         let started = std::time::Instant::now();
         let outcome = match run(seed, plan) {
@@ -123,6 +135,7 @@ fn same_seed_same_run() {
         (13_000, Fault::Repair(RECIPIENT_HOST, RELAY_HOST)),
     ];
     plan.max_sessions = 3;
+    logs();
     let seed = seeds(SEEDS)[0] + 7;
     let a = run(seed, &plan).unwrap();
     let b = run(seed, &plan).unwrap();
