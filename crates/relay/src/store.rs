@@ -78,6 +78,10 @@ CREATE TABLE IF NOT EXISTS rqueue (
     UNIQUE (recipient, digest)
 );
 CREATE INDEX IF NOT EXISTS rqueue_by_recipient ON rqueue (recipient, qid);
+-- The delivery matrix: a row appears when the recipient's first receipt for the message is
+-- stored (the recipients without one are in messages.recipients and still in queue), so
+-- accepting a message writes one queue row per recipient and nothing more. Databases
+-- written before also hold rows with no delivery time yet for unreceipted recipients.
 CREATE TABLE IF NOT EXISTS matrix (
     msg_id BLOB NOT NULL,
     recipient TEXT NOT NULL,
@@ -638,10 +642,8 @@ fn submit(
     ])?;
     {
         let mut q = tx.prepare_cached("INSERT INTO queue (recipient, msg_id) VALUES (?1, ?2)")?;
-        let mut m = tx.prepare_cached("INSERT INTO matrix (msg_id, recipient) VALUES (?1, ?2)")?;
         for r in &recipients {
             q.execute(params![r.as_str(), &env.id.0[..]])?;
-            m.execute(params![&env.id.0[..], r.as_str()])?;
             *p.depth.entry(r.clone()).or_insert(0) += 1;
             p.wake.insert(r.clone());
         }
@@ -779,9 +781,11 @@ fn store_receipt(
     {
         let mut del =
             tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND msg_id = ?2")?;
+        // Changes a row only the first time this recipient receipts the message.
         let mut delivered = tx.prepare_cached(
-            "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3)
-             WHERE msg_id = ?1 AND recipient = ?2 AND delivered_at_ms IS NULL",
+            "INSERT INTO matrix (msg_id, recipient, delivered_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (msg_id, recipient) DO UPDATE SET delivered_at_ms = excluded.delivered_at_ms
+             WHERE matrix.delivered_at_ms IS NULL",
         )?;
         let mut acked = tx.prepare_cached(
             "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE msg_id = ?1 AND recipient = ?2",
@@ -792,10 +796,16 @@ fn store_receipt(
             if removed > 0 {
                 *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
             }
-            if delivered.execute(params![&item.id.0[..], me, now])? > 0 {
-                if let Some(at) = at {
-                    p.latencies_ms.push(now.saturating_sub(*at));
+            // The matrix covers the messages this relay accepted (and, above, checked this
+            // recipient was addressed by); a receipt naming another is only forwarded.
+            let Some(at) = at else {
+                if item.sender != receipt.recipient {
+                    senders.insert(item.sender.clone());
                 }
+                continue;
+            };
+            if delivered.execute(params![&item.id.0[..], me, now])? > 0 {
+                p.latencies_ms.push(now.saturating_sub(*at));
             }
             if is_ack {
                 acked.execute(params![&item.id.0[..], me, now])?;
