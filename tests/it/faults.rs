@@ -152,23 +152,28 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     }
     assert_eq!(expected.len(), SENDS);
 
-    // Wait for every recipient to show every message.
+    // Wait for every recipient to show every message, and every sender to hold an Accepted
+    // for each (an answer lost to a kill comes again when the node resubmits after the
+    // restart, so the two can finish in either order).
     let mut shown: HashMap<(String, String), u32> = HashMap::new();
+    let mut answered: HashSet<String> = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while shown.len() < SENDS {
+    while shown.len() < SENDS || answered.len() < SENDS {
         let (p, ev) = tokio::time::timeout_at(deadline, events.recv())
             .await
             .with_context(|| {
                 format!(
-                    "only {} of {SENDS} messages shown after the kills",
-                    shown.len()
+                    "after the kills only {} of {SENDS} messages shown and {} accepted",
+                    shown.len(),
+                    answered.len()
                 )
             })?
             .context("event streams ended")?;
+        let id = ev["id"].as_str().unwrap_or("").to_owned();
         if ev["type"] == "message_received" {
-            *shown
-                .entry((p, ev["id"].as_str().unwrap_or("").to_owned()))
-                .or_insert(0) += 1;
+            *shown.entry((p, id)).or_insert(0) += 1;
+        } else if ev["type"] == "accepted" {
+            answered.insert(id);
         }
     }
     // Every message accepted by a relay, and in its recipient's inbox exactly once.
