@@ -1,0 +1,548 @@
+//! What every peer run shares: the plan, the ledger of sends, acceptances and deliveries, the
+//! publisher's pacing loop (the same as `hotline-bench`'s sender), the subscribers' durable
+//! store, and the report.
+//!
+//! A message's payload starts with its index (8 bytes, big-endian) and a run tag, so a
+//! subscriber finds its send time without any other lookup, exactly as `hotline-bench` does
+//! with message ids.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+/// Most messages taken from a channel and stored as one batch (as `hotline-bench`).
+pub const BATCH_MAX: usize = 4_096;
+/// Most messages written in one go by the publisher (as `hotline-bench`).
+pub const WRITE_MAX: usize = 256;
+
+/// How a subscriber makes what it receives durable before it acknowledges it to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Append the batch to a file and `fdatasync` it (what `hotline-bench` does by default).
+    Fsync,
+    /// Nothing: acknowledge on receipt.
+    None,
+}
+
+/// One run's parameters.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Messages per second, or `None` for as fast as the window allows.
+    pub rate: Option<f64>,
+    /// Maximum rate: messages not yet durable at every subscriber (and acknowledged by the
+    /// broker) allowed in flight.
+    pub window: usize,
+    /// How long to publish.
+    pub duration: Duration,
+    /// Most messages in one run.
+    pub max_messages: usize,
+    /// Subscribers (each its own connection and durable subscription).
+    pub subscribers: usize,
+    /// Payload size, bytes.
+    pub body_bytes: usize,
+    /// What subscribers do before acknowledging.
+    pub durability: Durability,
+    /// How long to wait after publishing stops for everything to finish.
+    pub drain_timeout: Duration,
+}
+
+/// State shared by the publisher and every subscriber of one run.
+pub struct Ledger {
+    t0: Instant,
+    tag: [u8; 8],
+    subscribers: u32,
+    /// Send time of each message, ns since `t0`, plus one (0: not sent).
+    sent_ns: Vec<AtomicU64>,
+    /// Per message: subscribers that hold it durably, plus one once the broker accepted it.
+    progress: Vec<AtomicU32>,
+    /// Messages sent and not finished.
+    pub inflight: AtomicUsize,
+    /// Signalled when a message finishes.
+    pub room: Notify,
+    pub sent: AtomicU64,
+    pub accepted: AtomicU64,
+    pub finished: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub duplicates: AtomicU64,
+    last_event_ns: AtomicU64,
+    accept_us: Mutex<Vec<u64>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    pub fn new(plan: &Plan) -> Self {
+        let n = plan.max_messages;
+        let mut tag = [0u8; 8];
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        tag.copy_from_slice(&(nanos ^ u64::from(std::process::id())).to_be_bytes());
+        Self {
+            t0: Instant::now(),
+            tag,
+            subscribers: plan.subscribers as u32,
+            sent_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            progress: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            inflight: AtomicUsize::new(0),
+            room: Notify::new(),
+            sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            last_event_ns: AtomicU64::new(0),
+            accept_us: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.sent_ns.len()
+    }
+
+    /// The payload of message `idx`: index, run tag, then printable filler to `len` bytes.
+    pub fn payload(&self, idx: usize, len: usize) -> Bytes {
+        const TEXT: &[u8] =
+            b"CICA Hotline benchmark body: the quick brown fox jumps over the lazy dog. ";
+        let mut b = Vec::with_capacity(len.max(16));
+        b.extend_from_slice(&(idx as u64).to_be_bytes());
+        b.extend_from_slice(&self.tag);
+        let mut i = 0;
+        while b.len() < len {
+            b.push(TEXT[i % TEXT.len()]);
+            i += 1;
+        }
+        Bytes::from(b)
+    }
+
+    /// The index a payload carries, if it is one of this run's.
+    pub fn index_of(&self, payload: &[u8]) -> Option<usize> {
+        if payload.len() < 16 || payload[8..16] != self.tag {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&payload[..8]);
+        let i = u64::from_be_bytes(b) as usize;
+        (i < self.sent_ns.len()).then_some(i)
+    }
+
+    /// Records that message `idx` is being written now.
+    pub fn mark_sent(&self, idx: usize, now_ns: u64) {
+        self.sent_ns[idx].store(now_ns + 1, Relaxed);
+        self.inflight.fetch_add(1, Relaxed);
+        self.sent.fetch_add(1, Relaxed);
+    }
+
+    /// Microseconds from the send of `idx` to `now_ns`.
+    pub fn since_sent_us(&self, idx: usize, now_ns: u64) -> Option<u64> {
+        let s = self.sent_ns[idx].load(Relaxed);
+        (s > 0).then(|| now_ns.saturating_sub(s - 1) / 1_000)
+    }
+
+    fn event(&self, now_ns: u64) {
+        self.last_event_ns.fetch_max(now_ns, Relaxed);
+    }
+
+    fn progress(&self, idx: usize, now_ns: u64) {
+        let n = self.progress[idx].fetch_add(1, Relaxed) + 1;
+        if n == self.subscribers + 1 {
+            self.finished.fetch_add(1, Relaxed);
+            self.inflight.fetch_sub(1, Relaxed);
+            self.room.notify_one();
+            self.event(now_ns);
+        }
+    }
+
+    /// The broker acknowledged the publication of `idx`.
+    pub fn accepted(&self, idx: usize) {
+        let now = self.now_ns();
+        self.accepted.fetch_add(1, Relaxed);
+        if let Some(us) = self.since_sent_us(idx, now) {
+            self.accept_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(us);
+        }
+        self.progress(idx, now);
+    }
+
+    /// A subscriber holds `idx` durably for the first time.
+    fn delivered(&self, idx: usize, now_ns: u64) {
+        self.deliveries.fetch_add(1, Relaxed);
+        self.event(now_ns);
+        self.progress(idx, now_ns);
+    }
+
+    pub fn error(&self, who: &str, e: impl std::fmt::Display) {
+        let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 8 {
+            v.push(format!("{who}: {e}"));
+        }
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn take_accept_us(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.accept_us.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn last_event_ns(&self) -> u64 {
+        self.last_event_ns.load(Relaxed)
+    }
+}
+
+/// One subscriber's durable store and measurements.
+pub struct Recipient {
+    pub who: String,
+    file: Option<std::fs::File>,
+    held: Vec<u64>,
+    /// Send → the subscriber has it durably (the `e2e` of `hotline-bench`).
+    pub e2e_us: Vec<u64>,
+    /// Send → the client library handed it to the subscriber.
+    pub recv_us: Vec<u64>,
+}
+
+/// A message a subscriber received: its index, when, and its payload.
+pub struct Received {
+    pub idx: usize,
+    pub at_ns: u64,
+    pub payload: Bytes,
+}
+
+impl Recipient {
+    pub fn open(who: String, d: Durability, dir: &Path, capacity: usize) -> anyhow::Result<Self> {
+        let file = match d {
+            Durability::Fsync => {
+                let p = dir.join(&who);
+                Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&p)
+                        .with_context(|| format!("{}", p.display()))?,
+                )
+            }
+            Durability::None => None,
+        };
+        Ok(Self {
+            who,
+            file,
+            held: vec![0; capacity.div_ceil(64)],
+            e2e_us: Vec::new(),
+            recv_us: Vec::new(),
+        })
+    }
+
+    /// Makes a batch durable (one append and one `fdatasync`, as `hotline-bench`'s
+    /// recipients), then counts the messages not held before. The caller acknowledges the
+    /// batch to the broker afterwards.
+    pub async fn store(&mut self, ledger: &Ledger, batch: Vec<Received>) -> anyhow::Result<()> {
+        let mut fresh = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for r in batch {
+            let (w, b) = (r.idx / 64, 1u64 << (r.idx % 64));
+            if self.held[w] & b != 0 {
+                ledger.duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            self.held[w] |= b;
+            if let Some(us) = ledger.since_sent_us(r.idx, r.at_ns) {
+                self.recv_us.push(us);
+            }
+            fresh.push(r.idx);
+            rows.push(r.payload);
+        }
+        if let Some(mut f) = self.file.take() {
+            if !rows.is_empty() {
+                let (f2, res) = tokio::task::spawn_blocking(move || {
+                    let mut buf = Vec::with_capacity(rows.iter().map(|r| r.len() + 4).sum());
+                    for r in &rows {
+                        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                        buf.extend_from_slice(r);
+                    }
+                    let res = f.write_all(&buf).and_then(|_| f.sync_data());
+                    (f, res)
+                })
+                .await
+                .context("store task")?;
+                f = f2;
+                res.context("append and fdatasync")?;
+            }
+            self.file = Some(f);
+        }
+        let now = ledger.now_ns();
+        for idx in fresh {
+            if let Some(us) = ledger.since_sent_us(idx, now) {
+                self.e2e_us.push(us);
+            }
+            ledger.delivered(idx, now);
+        }
+        Ok(())
+    }
+}
+
+/// Percentiles of latencies, microseconds (nearest rank, as `hotline-bench`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub n: usize,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    pub fn of(samples: &mut [u64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[i - 1]
+        };
+        Self {
+            n: samples.len(),
+            p50_us: rank(0.50),
+            p99_us: rank(0.99),
+            max_us: samples[samples.len() - 1],
+        }
+    }
+
+    pub fn ms(&self) -> String {
+        if self.n == 0 {
+            return "-".into();
+        }
+        format!(
+            "{:.2}/{:.2}/{:.2}",
+            self.p50_us as f64 / 1e3,
+            self.p99_us as f64 / 1e3,
+            self.max_us as f64 / 1e3
+        )
+    }
+}
+
+/// What one peer run measured (field names follow `hotline-bench`'s report where they mean
+/// the same thing).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub workload: String,
+    /// `mqtt`, `jetstream` or `redis`.
+    pub system: String,
+    /// Server and version, as the script says.
+    pub label: String,
+    /// What an acknowledged publication guarantees, in a few words, as the script says.
+    pub guarantee: String,
+    /// The same at length.
+    pub note: String,
+    pub offered_per_s: Option<f64>,
+    pub duration_s: f64,
+    pub window: Option<usize>,
+    pub senders: usize,
+    pub recipients: usize,
+    pub fanout: usize,
+    pub body_bytes: usize,
+    pub recipient_durability: Durability,
+    pub sent: u64,
+    pub accepted: u64,
+    pub deliveries: u64,
+    pub duplicate_deliveries: u64,
+    pub finished: u64,
+    pub span_s: f64,
+    pub accepted_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Publish → the subscriber has it durably (same meaning as `hotline-bench`'s `e2e`).
+    pub e2e: Percentiles,
+    /// Publish → the client library handed it to the subscriber.
+    pub received: Percentiles,
+    /// Publish → the broker's acknowledgement.
+    pub accept: Percentiles,
+    pub server_cpu_pct: Option<f64>,
+    pub bench_cpu_pct: Option<f64>,
+    pub server_rss_mib: Option<f64>,
+    pub load_avg_before: f64,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    pub fn line(&self) -> String {
+        let rate = match self.offered_per_s {
+            Some(r) => format!("rate={r}/s"),
+            None => format!("rate=max window={}", self.window.unwrap_or(0)),
+        };
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map(|v| format!("{v:.0}{unit}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        format!(
+            "{label} fanout37 {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s | e2e(durable) ms p50/p99/max {e2e} | received ms {recv} | accept ms {accl} | server cpu {scpu} rss {rss} | bench cpu {bcpu} | sent {sent} accepted {accepted} delivered {delivered} dup {dup} finished {fin} | durability {d:?} | load {load:.2}{errs}",
+            label = self.label,
+            dur = self.duration_s,
+            acc = self.accepted_per_s,
+            del = self.deliveries_per_s,
+            e2e = self.e2e.ms(),
+            recv = self.received.ms(),
+            accl = self.accept.ms(),
+            scpu = opt(self.server_cpu_pct, "%"),
+            rss = opt(self.server_rss_mib, "MiB"),
+            bcpu = opt(self.bench_cpu_pct, "%"),
+            sent = self.sent,
+            accepted = self.accepted,
+            delivered = self.deliveries,
+            dup = self.duplicate_deliveries,
+            fin = self.finished,
+            d = self.recipient_durability,
+            load = self.load_avg_before,
+            errs = if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" | errors: {}", self.errors.join("; "))
+            },
+        )
+    }
+}
+
+/// A publisher of one system.
+pub trait Publish {
+    /// Writes message `idx` (the caller has marked it sent).
+    fn publish(&mut self, idx: usize) -> impl std::future::Future<Output = anyhow::Result<()>>;
+}
+
+/// Publishes message after message: at `plan.rate`, or as fast as `plan.window` unfinished
+/// messages allow, until the duration or the message cap runs out. `publish(idx)` writes one
+/// message (it marks nothing itself). Returns how many were sent.
+pub async fn publish_loop(
+    plan: &Plan,
+    ledger: &Ledger,
+    start_at: Instant,
+    publisher: &mut impl Publish,
+) -> anyhow::Result<usize> {
+    tokio::time::sleep_until(start_at.into()).await;
+    let deadline = start_at + plan.duration;
+    let total = ledger.capacity();
+    let mut k = 0;
+    while k < total && Instant::now() < deadline {
+        let n = match plan.rate {
+            Some(r) => {
+                let due = start_at + Duration::from_secs_f64(k as f64 / r);
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let now = Instant::now();
+                let mut n = 0;
+                while k + n < total
+                    && n < WRITE_MAX
+                    && start_at + Duration::from_secs_f64((k + n) as f64 / r) <= now
+                {
+                    n += 1;
+                }
+                n.max(1)
+            }
+            None => {
+                let free = loop {
+                    let room = ledger.room.notified();
+                    let f = ledger.inflight.load(Relaxed);
+                    if f < plan.window {
+                        break plan.window - f;
+                    }
+                    tokio::select! {
+                        _ = room => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => break 0,
+                    }
+                };
+                if free == 0 {
+                    break;
+                }
+                free.min(WRITE_MAX).min(total - k)
+            }
+        };
+        let now = ledger.now_ns();
+        for i in k..k + n {
+            ledger.mark_sent(i, now);
+            publisher.publish(i).await?;
+        }
+        k += n;
+    }
+    Ok(k)
+}
+
+/// Waits until every sent message is finished, or `give_up`.
+pub async fn drain(ledger: &Ledger, give_up: Instant) {
+    loop {
+        let room = ledger.room.notified();
+        if ledger.finished.load(Relaxed) >= ledger.sent.load(Relaxed) || Instant::now() >= give_up {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
+    }
+}
+
+/// CPU time of a process (user + system), seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of a process, MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The 1-minute load average.
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU use of a process between two points, percent of one core.
+pub struct CpuMeter {
+    pid: u32,
+    start: Option<f64>,
+    at: Instant,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            start: cpu_secs(pid),
+            at: Instant::now(),
+        }
+    }
+
+    pub fn percent(&self) -> Option<f64> {
+        let now = cpu_secs(self.pid)?;
+        Some((now - self.start?) / self.at.elapsed().as_secs_f64() * 100.0)
+    }
+}
