@@ -342,6 +342,7 @@ async fn session(
         rcpt_cursor: 0,
         in_flight_deliveries: HashSet::new(),
         pending_answers: 0,
+        window_full: false,
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
     };
     let result = s.run(reader, welcome, wake, shutdown).await;
@@ -365,6 +366,9 @@ struct Session {
     in_flight_deliveries: HashSet<MessageId>,
     /// Submissions and receipts handed to the writer and not yet answered.
     pending_answers: usize,
+    /// Delivery stopped at a full window with the queue possibly not exhausted: a receipt
+    /// that frees room must read on. (Otherwise the writer's wake-ups say when to read.)
+    window_full: bool,
     write_timeout: Duration,
 }
 
@@ -554,8 +558,12 @@ impl Session {
                     reply: answers.clone(),
                 })
                 .await?;
-                // Room in the delivery window may let more of the backlog go out.
-                self.pump().await
+                // Room in the delivery window may let more of the backlog go out. Only then:
+                // a query per receipt would cost as much as storing it.
+                if self.window_full {
+                    self.pump_messages().await?;
+                }
+                Ok(())
             }
             NodeToRelay::ReceiptsStored(digests) => self
                 .shared
@@ -597,12 +605,19 @@ impl Session {
 
     /// Writes queued messages (within the delivery window) and forwarded receipts.
     async fn pump(&mut self) -> Result<(), End> {
+        self.pump_messages().await?;
+        self.pump_receipts().await
+    }
+
+    /// Writes queued messages, as many as the delivery window allows.
+    async fn pump_messages(&mut self) -> Result<(), End> {
         let window = self.shared.config.limits.delivery_window;
         let page = crate::limits::FETCH_PAGE_ROWS;
         loop {
             let room = window
                 .saturating_sub(self.in_flight_deliveries.len())
                 .min(page);
+            self.window_full = room == 0;
             if room == 0 {
                 break;
             }
@@ -629,6 +644,12 @@ impl Session {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// Writes forwarded receipts queued for this participant.
+    async fn pump_receipts(&mut self) -> Result<(), End> {
+        let page = crate::limits::FETCH_PAGE_ROWS;
         loop {
             let rows = self
                 .shared
