@@ -87,6 +87,8 @@ pub struct Restart {
     pub failed_attempts: u64,
     /// Relay CPU during the reconnection, percent of one core.
     pub relay_cpu_pct: f64,
+    /// Load generator CPU during the reconnection, percent of one core.
+    pub bench_cpu_pct: f64,
 }
 
 /// What the idle workload measured.
@@ -129,12 +131,13 @@ impl IdleReport {
             .collect();
         if let Some(r) = &self.restart {
             v.push(format!(
-                "idle restart (SIGKILL) with {n} connections: listening {l:.0} ms, all authenticated back {a:.0} ms, all back {all:.0} ms (p50 {p50:.0} ms, p99 {p99:.0} ms), relay cpu {cpu:.0}%, failed attempts {f}",
+                "idle restart (SIGKILL) with {n} connections: listening {l:.0} ms, all authenticated back {a:.0} ms, all back {all:.0} ms (p50 {p50:.0} ms, p99 {p99:.0} ms), relay cpu {cpu:.0}%, bench cpu {bcpu:.0}%, failed attempts {f}",
                 n = r.connections,
                 l = r.listening_ms,
                 a = r.all_authenticated_ms,
                 all = r.all_ms,
                 cpu = r.relay_cpu_pct,
+                bcpu = r.bench_cpu_pct,
                 f = r.failed_attempts,
                 p50 = r.back_p50_ms,
                 p99 = r.back_p99_ms,
@@ -408,6 +411,7 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
         relay = RelayProc::start(binary, &net, &log).await?;
         let started = relay.started;
         let cpu = CpuMeter::start(relay.pid());
+        let bench_cpu = CpuMeter::start(std::process::id());
         let failures_before = fleet.failures.load(Relaxed);
         wait_until(
             &fleet,
@@ -441,6 +445,7 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
             back_p99_ms: back.p99_us as f64 / 1e3,
             failed_attempts: fleet.failures.load(Relaxed) - failures_before,
             relay_cpu_pct: cpu.percent().unwrap_or(f64::NAN),
+            bench_cpu_pct: bench_cpu.percent().unwrap_or(f64::NAN),
         })
     } else {
         None
