@@ -4,13 +4,15 @@
 # durability it offers, then against the CICA Hotline relay (hotline-bench), all in one run;
 # prints one table with ratios. See "Peers, side by side" in docs/BENCHMARKS.md.
 #
-#   crates/bench/peers/run.sh                 # max rate (window 64) and 500/s, 10 s each
-#   RATES=max DURATION=5 crates/bench/peers/run.sh
+#   crates/bench/peers/run.sh              # max rate (windows 64 and 1024) and 500/s, 10 s each
+#   RUNS=max64 DURATION=5 crates/bench/peers/run.sh
 #
 # Environment:
 #   DURATION   seconds of load per run (10)
-#   RATES      space-separated: "max" and/or messages per second ("max 500")
-#   WINDOW     max-rate window: messages not yet durable at all 37 (64, as hotline-bench)
+#   RUNS       space-separated runs: maxN = maximum rate with a window of N messages not yet
+#              durable at all 37 subscribers (hotline-bench: not yet receipted by all 37);
+#              a number = that many messages per second ("max64 max1024 500", the windows
+#              and rate hotline-bench's `all` uses)
 #   NO_BUILD=1 use the binaries already built
 #   NATS_FROM_DEBIAN13=0  do not fetch nats-server 2.10 from Debian 13 when the installed
 #              one is older than 2.10 (no `sync_interval: always`)
@@ -31,8 +33,9 @@ fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 DURATION=${DURATION:-10}
-RATES=${RATES:-"max 500"}
-WINDOW=${WINDOW:-64}
+RUNS=${RUNS:-"max64 max1024 500"}
+for m in $RUNS; do [[ $m =~ ^(max[0-9]+|[0-9]+(\.[0-9]+)?)$ ]] || { echo "RUNS: '$m' is neither maxN nor a rate" >&2; exit 2; }; done
+mode_args() { if [[ $1 == max* ]]; then echo "--window ${1#max}"; else echo "--rate $1"; fi; }
 NATS_FROM_DEBIAN13=${NATS_FROM_DEBIAN13:-1}
 RUN_TIMEOUT=$(( ${DURATION%.*} + 120 ))
 
@@ -142,8 +145,8 @@ start_server() { # name port cmd... ; sets SERVER_PID
 stop_server() { stop_pid "$1"; wait "$1" 2>/dev/null || true; }
 
 run_peer() { # name system label guarantee note port rate
-  local name=$1 system=$2 label=$3 guarantee=$4 note=$5 port=$6 rate=$7 args=()
-  [[ "$rate" == max ]] && args+=(--window "$WINDOW") || args+=(--rate "$rate")
+  local name=$1 system=$2 label=$3 guarantee=$4 note=$5 port=$6 rate=$7 args
+  read -ra args <<<"$(mode_args "$rate")"
   log "$label fanout37 rate=$rate (load $(cut -d' ' -f1-3 /proc/loadavg))"
   mkdir -p "$WORK/clients-$name-$rate"
   timeout "$RUN_TIMEOUT" "$PB" run "$system" --port "$port" --label "$label" --guarantee "$guarantee" --note "$note" \
@@ -246,8 +249,8 @@ redis_run() { # rate
 }
 
 ours_run() { # rate
-  local rate=$1 args=() pid rc=0
-  [[ "$rate" == max ]] && args+=(--window "$WINDOW") || args+=(--rate "$rate")
+  local rate=$1 args pid rc=0
+  read -ra args <<<"$(mode_args "$rate")"
   log "CICA Hotline relay fanout37 rate=$rate (load $(cut -d' ' -f1-3 /proc/loadavg))"
   timeout "$RUN_TIMEOUT" "$HB" --json --duration-s "$DURATION" --hotline "$TARGET/release/hotline" \
     fanout37 "${args[@]}" >"$RESULTS/hotline-$rate.json" 2>"$RESULTS/hotline-$rate.log" &
@@ -258,9 +261,13 @@ ours_run() { # rate
 
 # --- 4. Runs --------------------------------------------------------------------------------
 log "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r)"
+if git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+  dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock | wc -l)
+  log "relay built from $(git -C "$ROOT" rev-parse --short HEAD)$( (( dirty )) && echo " plus $dirty uncommitted changed files in the tree")"
+fi
 log "servers: mosquitto $MOSQ_VER, nats-server $NATS_VER${NATS_SYNC_VER:+ and $NATS_SYNC_VER}, redis-server $REDIS_VER"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-for rate in $RATES; do
+for rate in $RUNS; do
   mosquitto_run every-change "$rate"
   mosquitto_run default "$rate"
   nats_run "$NATS" "$NATS_VER" "$rate"
@@ -276,7 +283,7 @@ echo "fanout37: 1 publisher → 37 durable subscribers, ${DURATION} s per run, 1
 echo "machine: $(nproc) CPUs; load average before $LOAD_BEFORE, after $LOAD_AFTER"
 echo
 reports=()
-for rate in $RATES; do
+for rate in $RUNS; do
   for f in "$RESULTS"/*-"$rate".json; do [[ -s "$f" ]] && reports+=("$f"); done
 done
 "$PB" table "${reports[@]}"

@@ -294,6 +294,7 @@ struct Row {
     cpu: Option<f64>,
     rate: String,
     offered: Option<f64>,
+    window: Option<u64>,
     ours: bool,
     accepted_per_s: f64,
     deliveries_per_s: f64,
@@ -349,6 +350,11 @@ fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
         }),
         rate,
         offered,
+        window: if offered.is_none() {
+            v.get("window").and_then(|w| w.as_u64())
+        } else {
+            None
+        },
         ours,
         accepted_per_s: f("accepted_per_s").unwrap_or(0.0),
         deliveries_per_s: f("deliveries_per_s").unwrap_or(0.0),
@@ -382,7 +388,9 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     for r in &rows {
-        let ours = rows.iter().find(|o| o.ours && same(o.offered, r.offered));
+        let ours = rows
+            .iter()
+            .find(|o| o.ours && same(o.offered, r.offered) && o.window == r.window);
         let (ratio, p50_ratio) = match ours {
             Some(o) if o.accepted_per_s > 0.0 => (
                 format!("{:.2}", r.accepted_per_s / o.accepted_per_s),
