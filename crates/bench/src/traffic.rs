@@ -754,17 +754,24 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Open every store, and read the relay's counters, before the start is fixed: opening
+    // 38 SQLite stores takes longer than the start's margin.
+    let mut ready = Vec::with_capacity(sessions.len());
+    for slot in sessions {
+        let Some((is_sender, peer, session)) = slot else {
+            bail!("a client did not connect");
+        };
+        let store = Store::open(t.durability, &store_dir.join(peer.id.as_str()))?;
+        ready.push((is_sender, peer, session, store));
+    }
+    let before = relay::scrape(relay.metrics()).await;
     let start_at = Instant::now() + Duration::from_millis(200);
     let deadline = start_at + t.duration;
     let mut recipients = tokio::task::JoinSet::new();
     let mut senders = tokio::task::JoinSet::new();
     let mut frames = frames.into_iter();
     let mut s_idx = 0;
-    for slot in sessions {
-        let Some((is_sender, peer, session)) = slot else {
-            bail!("a client did not connect");
-        };
-        let store = Store::open(t.durability, &store_dir.join(peer.id.as_str()))?;
+    for (is_sender, peer, session, store) in ready {
         if is_sender {
             let spec = &t.senders[s_idx];
             let plan = SenderPlan {
@@ -797,11 +804,11 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         }
     }
 
-    let before = relay::scrape(relay.metrics()).await;
     tokio::time::sleep_until(start_at.into()).await;
     let relay_cpu = relay.pid().map(CpuMeter::start);
     let bench_cpu = CpuMeter::start(std::process::id());
-    let start_ns = ledger.now_ns();
+    // Rates count from the scheduled start, whenever this task got to run.
+    let start_ns = start_at.saturating_duration_since(ledger.t0).as_nanos() as u64;
 
     // Wait for the senders to finish sending and every message to finish, or the drain
     // timeout after the sending deadline.
