@@ -267,6 +267,9 @@ if git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
 fi
 log "servers: mosquitto $MOSQ_VER, nats-server $NATS_VER${NATS_SYNC_VER:+ and $NATS_SYNC_VER}, redis-server $REDIS_VER"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# What else uses the CPUs meanwhile (the machine is shared): `top` every 2 s, to top.log.
+top -b -d 2 -w 200 >"$RESULTS/top.log" 2>/dev/null &
+PIDS+=("$!")
 for rate in $RUNS; do
   mosquitto_run every-change "$rate"
   mosquitto_run default "$rate"

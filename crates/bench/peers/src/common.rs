@@ -378,6 +378,9 @@ pub struct Report {
     pub bench_cpu_pct: Option<f64>,
     pub server_rss_mib: Option<f64>,
     pub load_avg_before: f64,
+    /// Median of twenty `fdatasync`'d 1 KiB appends just before the run, ms (the disk's
+    /// state; the same probe as `hotline-bench`'s).
+    pub fsync_probe_ms: f64,
     pub errors: Vec<String>,
 }
 
@@ -392,7 +395,7 @@ impl Report {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{label} fanout37 {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s | e2e(durable) ms p50/p99/max {e2e} | received ms {recv} | accept ms {accl} | server cpu {scpu} rss {rss} | bench cpu {bcpu} | sent {sent} accepted {accepted} delivered {delivered} dup {dup} finished {fin} | durability {d:?} | load {load:.2}{errs}",
+            "{label} fanout37 {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s | e2e(durable) ms p50/p99/max {e2e} | received ms {recv} | accept ms {accl} | server cpu {scpu} rss {rss} | bench cpu {bcpu} | sent {sent} accepted {accepted} delivered {delivered} dup {dup} finished {fin} | durability {d:?} | load {load:.2} | fsync {fs:.2}ms{errs}",
             label = self.label,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -410,6 +413,7 @@ impl Report {
             fin = self.finished,
             d = self.recipient_durability,
             load = self.load_avg_before,
+            fs = self.fsync_probe_ms,
             errs = if self.errors.is_empty() {
                 String::new()
             } else {
@@ -515,6 +519,32 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// Median time of twenty `fdatasync`'d 1 KiB appends in `dir`, ms (as `hotline-bench`).
+pub fn fsync_probe_ms(dir: &Path) -> f64 {
+    let path = dir.join(".fsync-probe");
+    let run = || -> std::io::Result<Vec<u64>> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let block = [0x5Au8; 1024];
+        let mut v = Vec::with_capacity(20);
+        for _ in 0..20 {
+            let t = Instant::now();
+            f.write_all(&block)?;
+            f.sync_data()?;
+            v.push(t.elapsed().as_micros() as u64);
+        }
+        Ok(v)
+    };
+    let r = run();
+    let _ = std::fs::remove_file(&path);
+    match r {
+        Ok(mut v) => Percentiles::of(&mut v).p50_us as f64 / 1e3,
+        Err(_) => f64::NAN,
+    }
 }
 
 /// The 1-minute load average.

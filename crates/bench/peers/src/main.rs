@@ -200,6 +200,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Report> {
         }
     };
 
+    let fsync_probe_ms = common::fsync_probe_ms(&t.dir);
     let load_avg_before = common::load_avg();
     let start_at = Instant::now() + Duration::from_millis(200);
     tokio::time::sleep_until(start_at.into()).await;
@@ -260,6 +261,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Report> {
         bench_cpu_pct,
         server_rss_mib,
         load_avg_before,
+        fsync_probe_ms,
         errors: ledger.errors(),
     })
 }
@@ -292,6 +294,8 @@ struct Row {
     guarantee: String,
     note: String,
     cpu: Option<f64>,
+    load: Option<f64>,
+    fsync_ms: Option<f64>,
     rate: String,
     offered: Option<f64>,
     window: Option<u64>,
@@ -348,6 +352,8 @@ fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
         } else {
             "server_cpu_pct"
         }),
+        load: f("load_avg_before"),
+        fsync_ms: f("fsync_probe_ms"),
         rate,
         offered,
         window: if offered.is_none() {
@@ -383,9 +389,9 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
         _ => false,
     };
     println!(
-        "| system | guarantee | rate | accepted msg/s | deliveries/s | e2e p50 ms | e2e p99 ms | msg/s ÷ ours | p50 ÷ ours | server CPU |"
+        "| system | guarantee | rate | accepted msg/s | deliveries/s | e2e p50 ms | e2e p99 ms | msg/s ÷ ours | p50 ÷ ours | server CPU | load | fsync ms |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     for r in &rows {
         let ours = rows
@@ -404,7 +410,7 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
             " (unfinished†)"
         };
         println!(
-            "| {}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             r.system,
             mark,
             r.guarantee,
@@ -418,11 +424,19 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
             r.cpu
                 .map(|c| format!("{c:.0}%"))
                 .unwrap_or_else(|| "-".into()),
+            r.load
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            r.fsync_ms
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
         );
         if !notes.iter().any(|(s, _): &(String, String)| *s == r.system) {
             notes.push((r.system.clone(), r.note.clone()));
         }
     }
+    println!();
+    println!("server CPU: the broker's (or relay's) CPU over the run, % of one core. load: 1-minute load average just before the run (it counts this benchmark's own fsync-waiting threads too). fsync ms: median of twenty fdatasync'd 1 KiB appends just before the run (the disk's state).");
     println!();
     println!("Guarantees (what an accepted message and a delivery mean):");
     for (s, g) in notes {
