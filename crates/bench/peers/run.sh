@@ -27,7 +27,7 @@ set -euo pipefail
 # and its exit trap stops every server it started.
 MAX_TOTAL_S=${MAX_TOTAL_S:-1800}
 if [[ -z "${PEERS_RUN_BOUNDED:-}" ]]; then
-  exec timeout --foreground --kill-after=60 "$MAX_TOTAL_S" env PEERS_RUN_BOUNDED=1 bash "$0" "$@"
+  exec timeout --foreground --kill-after=300 "$MAX_TOTAL_S" env PEERS_RUN_BOUNDED=1 bash "$0" "$@"
 fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -149,9 +149,14 @@ run_peer() { # name system label guarantee note port rate
   read -ra args <<<"$(mode_args "$rate")"
   log "$label fanout37 rate=$rate (load $(cut -d' ' -f1-3 /proc/loadavg))"
   mkdir -p "$WORK/clients-$name-$rate"
+  # In the background and waited for, so that a signal reaches the exit trap at once.
+  local pid rc=0
   timeout "$RUN_TIMEOUT" "$PB" run "$system" --port "$port" --label "$label" --guarantee "$guarantee" --note "$note" \
     --server-pid "$SERVER_PID" --duration-s "$DURATION" --dir "$WORK/clients-$name-$rate" --json "${args[@]}" \
-    >"$RESULTS/$name-$rate.json" || log "$label at $rate failed (exit $?)"
+    >"$RESULTS/$name-$rate.json" &
+  pid=$!; PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  (( rc == 0 )) || log "$label at $rate failed (exit $rc)"
   rm -rf "$WORK/clients-$name-$rate"
 }
 
