@@ -20,13 +20,7 @@ pub use report::Report;
 pub use run::{run, Live, RunOptions};
 pub use scenario::Scenario;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use hotline_net::now_ms;
 
 /// Loads a scenario: a built-in name (`regional-drill`, `comm-check`, `silent-member`) or a
 /// path to a TOML file.

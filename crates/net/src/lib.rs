@@ -18,3 +18,12 @@ pub use error::NetError;
 pub use stream::{FrameReader, FrameWriter};
 pub use tls::{Fingerprint, RelayIdentity};
 pub use transport::TransportLimits;
+
+/// Milliseconds since the Unix epoch, from the system clock: the one wall-clock reader the
+/// relay, the node and the harness share (the protocol crate takes time as an argument).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

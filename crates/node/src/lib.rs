@@ -31,13 +31,7 @@ use events::Event;
 use hooks::HookRunner;
 use store::NodeStore;
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use hotline_net::now_ms;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]

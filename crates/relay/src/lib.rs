@@ -31,13 +31,7 @@ use hotline_proto::{PublicKey, Roster, Verified};
 
 pub use config::{ConfigError, RelayConfig};
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use hotline_net::now_ms;
 
 /// Why the relay could not start or reload.
 #[derive(Debug, thiserror::Error)]
