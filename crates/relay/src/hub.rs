@@ -1,47 +1,177 @@
-//! The registry of live, authenticated sessions: one per participant.
+//! The registry of live, authenticated sessions: one per participant, each with a mailbox.
 //!
-//! The store writer wakes a participant's session after a commit that queued something for
-//! it; a second connection for the same participant supersedes the first.
+//! After a commit, the store writer posts what it queued for a participant (the encoded
+//! frame, with its queue position) to that participant's mailbox and wakes the session, so
+//! a connected node is served from memory instead of reading back what was just written.
+//! The store stays the truth: a mailbox that overflows is emptied and flagged, and the
+//! session then reads its queue from the store (see [`Lane`]). A second connection for the
+//! same participant supersedes the first.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hotline_proto::frame::ErrorCode;
-use hotline_proto::ParticipantId;
+use hotline_proto::{MessageId, ParticipantId};
 use tokio::sync::Notify;
+
+/// Something committed for a participant: its queue position and the frame that carries it.
+#[derive(Clone, Debug)]
+pub(crate) struct Posted {
+    /// Queue position (positions only grow, per lane).
+    pub(crate) pos: i64,
+    /// The message, for the delivery window (messages lane only).
+    pub(crate) id: Option<MessageId>,
+    /// The encoded frame, shared by every recipient of the same item.
+    pub(crate) frame: Arc<[u8]>,
+}
+
+/// One kind of queued item (messages, or forwarded receipts) waiting for a session.
+///
+/// The rule that keeps delivery gap-free: a session reads its queue from the store until
+/// the store has nothing more (after registering, so everything committed later is posted
+/// here), and from then on takes items from the lane, skipping positions it already wrote.
+/// When the lane overflows it is emptied and `overflowed` set; the session clears the flag
+/// *before* reading the store again, so an item committed after that read is posted after
+/// the flag was cleared and is still in the lane.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    items: VecDeque<Posted>,
+    overflowed: bool,
+}
+
+/// What a session takes from a lane.
+pub(crate) enum Take {
+    /// Items in position order (possibly none).
+    Items(Vec<Posted>),
+    /// The lane overflowed since the last take: read the store from the session's cursor.
+    ReadStore,
+}
+
+impl Lane {
+    fn push(&mut self, p: Posted, cap: usize) {
+        if self.overflowed {
+            // Already lost some: the session reads the store, which holds this one too.
+            return;
+        }
+        if self.items.len() >= cap {
+            self.items.clear();
+            self.overflowed = true;
+            return;
+        }
+        self.items.push_back(p);
+    }
+
+    /// Takes up to `max` items positioned after `cursor`.
+    pub(crate) fn take(&mut self, cursor: i64, max: usize) -> Take {
+        if self.overflowed {
+            self.overflowed = false;
+            return Take::ReadStore;
+        }
+        while self.items.front().is_some_and(|p| p.pos <= cursor) {
+            self.items.pop_front();
+        }
+        let n = self.items.len().min(max);
+        Take::Items(self.items.drain(..n).collect())
+    }
+
+    /// Marks the lane as needing a store read (a fresh session starts this way).
+    fn reset(&mut self) {
+        self.items.clear();
+        self.overflowed = true;
+    }
+}
+
+/// A session's mailbox: the two lanes and the wake-up.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    lanes: Mutex<(Lane, Lane)>,
+    wake: Notify,
+    cap: usize,
+}
+
+/// Which lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Messages to deliver.
+    Message,
+    /// Receipts to forward to a message's sender.
+    Receipt,
+}
+
+impl Mailbox {
+    fn new(cap: usize) -> Self {
+        let mut messages = Lane::default();
+        let mut receipts = Lane::default();
+        messages.reset();
+        receipts.reset();
+        Self {
+            lanes: Mutex::new((messages, receipts)),
+            wake: Notify::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Lane, Lane)> {
+        // Nothing panics while holding this lock; recover the lanes if something did.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes from one lane (see [`Lane::take`]).
+    pub(crate) fn take(&self, kind: Kind, cursor: i64, max: usize) -> Take {
+        let mut l = self.lock();
+        match kind {
+            Kind::Message => l.0.take(cursor, max),
+            Kind::Receipt => l.1.take(cursor, max),
+        }
+    }
+
+    /// Resolves when something was posted since the last wake-up was consumed.
+    pub(crate) async fn notified(&self) {
+        self.wake.notified().await
+    }
+}
 
 struct Entry {
     conn_id: u64,
     conn: quinn::Connection,
-    wake: Arc<Notify>,
+    mailbox: Arc<Mailbox>,
 }
 
 /// Live sessions by participant.
-#[derive(Default)]
 pub(crate) struct Hub {
     sessions: Mutex<HashMap<ParticipantId, Entry>>,
+    lane_cap: usize,
 }
 
 impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ParticipantId, Entry>> {
+    /// A hub whose mailboxes hold up to `lane_cap` items per lane.
+    pub(crate) fn new(lane_cap: usize) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            lane_cap: lane_cap.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ParticipantId, Entry>> {
         // Nothing panics while holding this lock; recover the map if something did.
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a session; closes an earlier one of the same participant as superseded.
+    /// The new mailbox starts flagged, so the session's first take reads the store.
     pub(crate) fn register(
         &self,
         participant: &ParticipantId,
         conn_id: u64,
         conn: quinn::Connection,
-    ) -> Arc<Notify> {
-        let wake = Arc::new(Notify::new());
+    ) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::new(self.lane_cap));
         let old = self.lock().insert(
             participant.clone(),
             Entry {
                 conn_id,
                 conn,
-                wake: wake.clone(),
+                mailbox: mailbox.clone(),
             },
         );
         if let Some(old) = old {
@@ -51,7 +181,7 @@ impl Hub {
                 b"another connection authenticated as this participant",
             );
         }
-        wake
+        mailbox
     }
 
     /// Removes a session if it is still the registered one.
@@ -62,10 +192,29 @@ impl Hub {
         }
     }
 
-    /// Tells a participant's session that something was queued for it.
-    pub(crate) fn wake(&self, participant: &ParticipantId) {
-        if let Some(e) = self.lock().get(participant) {
-            e.wake.notify_one();
+    /// Posts committed items to their participants' mailboxes and wakes those sessions.
+    /// Items for a participant without a session are dropped: the store holds them.
+    pub(crate) fn post(&self, items: Vec<(ParticipantId, Kind, Posted)>) {
+        if items.is_empty() {
+            return;
+        }
+        let map = self.lock();
+        let mut woken: Vec<&Arc<Mailbox>> = Vec::new();
+        for (who, kind, p) in items {
+            let Some(e) = map.get(&who) else { continue };
+            {
+                let mut l = e.mailbox.lock();
+                match kind {
+                    Kind::Message => l.0.push(p, e.mailbox.cap),
+                    Kind::Receipt => l.1.push(p, e.mailbox.cap),
+                }
+            }
+            if !woken.iter().any(|m| Arc::ptr_eq(m, &e.mailbox)) {
+                woken.push(&e.mailbox);
+            }
+        }
+        for m in woken {
+            m.wake.notify_one();
         }
     }
 
@@ -74,5 +223,60 @@ impl Hub {
         let mut v: Vec<_> = self.lock().keys().cloned().collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posted(pos: i64) -> Posted {
+        Posted {
+            pos,
+            id: None,
+            frame: Arc::from(&[pos as u8][..]),
+        }
+    }
+
+    fn items(t: Take) -> Vec<i64> {
+        match t {
+            Take::Items(v) => v.iter().map(|p| p.pos).collect(),
+            Take::ReadStore => panic!("expected items"),
+        }
+    }
+
+    #[test]
+    fn a_new_lane_asks_for_a_store_read_first() {
+        let mut l = Lane::default();
+        l.reset();
+        l.push(posted(5), 8);
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        // Posted after the flag was cleared: kept.
+        l.push(posted(6), 8);
+        assert_eq!(items(l.take(0, 10)), vec![6]);
+    }
+
+    #[test]
+    fn positions_already_written_are_skipped_and_max_is_honoured() {
+        let mut l = Lane::default();
+        for p in 1..=6 {
+            l.push(posted(p), 8);
+        }
+        assert_eq!(items(l.take(3, 2)), vec![4, 5]);
+        assert_eq!(items(l.take(5, 10)), vec![6]);
+        assert_eq!(items(l.take(6, 10)), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn overflow_empties_the_lane_and_flags_a_store_read() {
+        let mut l = Lane::default();
+        for p in 1..=3 {
+            l.push(posted(p), 3);
+        }
+        l.push(posted(4), 3);
+        l.push(posted(5), 3);
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        l.push(posted(6), 3);
+        assert_eq!(items(l.take(5, 10)), vec![6]);
     }
 }

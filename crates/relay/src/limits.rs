@@ -44,6 +44,12 @@ pub const WRITER_QUEUE_DEPTH: usize = 8_192;
 /// Rows fetched from a queue per read.
 pub const FETCH_PAGE_ROWS: usize = 512;
 
+/// Committed items (per kind) held in a connected session's mailbox for it to write
+/// without reading them back; beyond this the session reads its queue from the store. The
+/// frames are shared between recipients, so this costs a message's size once, not per
+/// recipient.
+pub const MAILBOX_ITEMS: usize = DELIVERY_WINDOW;
+
 /// Recently accepted messages whose sender, digest and recipients the store writer keeps in
 /// memory to check their receipts without reading them back (a few hundred bytes each).
 pub const HELD_CACHE_MESSAGES: usize = 32_768;

@@ -19,7 +19,7 @@ use hotline_proto::{
 };
 
 use crate::config::RelayConfig;
-use crate::hub::Hub;
+use crate::hub::{Hub, Kind, Mailbox, Take};
 use crate::metrics::Metrics;
 use crate::store::{Command, Readers};
 
@@ -330,7 +330,7 @@ async fn session(
         last_seq: Seq(last_seq),
         roster: (roster.version > node_roster_version).then(|| roster.signed().clone()),
     };
-    let wake = shared.hub.register(&me, conn_id, conn.clone());
+    let mailbox = shared.hub.register(&me, conn_id, conn.clone());
     info!(peer = %me, conn = conn_id, remote = %conn.remote_address(), "authenticated");
     let mut s = Session {
         me: me.clone(),
@@ -340,12 +340,14 @@ async fn session(
         writer,
         msg_cursor: 0,
         rcpt_cursor: 0,
+        msgs_from_store: false,
+        rcpts_from_store: false,
         in_flight_deliveries: HashSet::new(),
         pending_answers: 0,
         window_full: false,
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
     };
-    let result = s.run(reader, welcome, wake, shutdown).await;
+    let result = s.run(reader, welcome, &mailbox, shutdown).await;
     shared.hub.unregister(&me, conn_id);
     info!(peer = %me, conn = conn_id, "session ended");
     result
@@ -362,6 +364,10 @@ struct Session {
     msg_cursor: i64,
     /// Queue position of the last forwarded receipt written to this node.
     rcpt_cursor: i64,
+    /// Messages are being read from the store (until it has no more), not the mailbox.
+    msgs_from_store: bool,
+    /// Forwarded receipts are being read from the store, not the mailbox.
+    rcpts_from_store: bool,
     /// Messages written and not yet receipted (bounded by the delivery window).
     in_flight_deliveries: HashSet<MessageId>,
     /// Submissions and receipts handed to the writer and not yet answered.
@@ -377,7 +383,7 @@ impl Session {
         &mut self,
         reader: FrameReader,
         welcome: Welcome,
-        wake: Arc<tokio::sync::Notify>,
+        mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
         let limits = self.shared.config.limits.clone();
@@ -390,7 +396,7 @@ impl Session {
         roster_rx.mark_unchanged();
 
         self.write(&RelayToNode::Welcome(welcome)).await?;
-        self.pump().await?;
+        self.pump(mailbox).await?;
 
         loop {
             let can_read = self.pending_answers < limits.inflight_per_connection;
@@ -433,11 +439,11 @@ impl Session {
                     match frame {
                         None => return Ok(()),
                         Some(Err(e)) => return Err(net_end(e)),
-                        Some(Ok(f)) => self.handle(f, &answer_tx).await?,
+                        Some(Ok(f)) => self.handle(f, &answer_tx, mailbox).await?,
                     }
                 }
                 // Something was queued for this participant.
-                _ = wake.notified() => self.pump().await?,
+                _ = mailbox.notified() => self.pump(mailbox).await?,
             }
         }
     }
@@ -453,6 +459,7 @@ impl Session {
         &mut self,
         f: NodeToRelay,
         answers: &mpsc::Sender<RelayToNode>,
+        mailbox: &Mailbox,
     ) -> Result<(), End> {
         match f {
             NodeToRelay::Hello(_) => Err(End::new(
@@ -561,7 +568,7 @@ impl Session {
                 // Room in the delivery window may let more of the backlog go out. Only then:
                 // a query per receipt would cost as much as storing it.
                 if self.window_full {
-                    self.pump_messages().await?;
+                    self.pump_messages(mailbox).await?;
                 }
                 Ok(())
             }
@@ -604,13 +611,14 @@ impl Session {
     }
 
     /// Writes queued messages (within the delivery window) and forwarded receipts.
-    async fn pump(&mut self) -> Result<(), End> {
-        self.pump_messages().await?;
-        self.pump_receipts().await
+    async fn pump(&mut self, mailbox: &Mailbox) -> Result<(), End> {
+        self.pump_messages(mailbox).await?;
+        self.pump_receipts(mailbox).await
     }
 
-    /// Writes queued messages, as many as the delivery window allows.
-    async fn pump_messages(&mut self) -> Result<(), End> {
+    /// Writes queued messages, as many as the delivery window allows: from the mailbox,
+    /// or from the store when the mailbox says it lost track (see `hub::Lane`).
+    async fn pump_messages(&mut self, mailbox: &Mailbox) -> Result<(), End> {
         let window = self.shared.config.limits.delivery_window;
         let page = crate::limits::FETCH_PAGE_ROWS;
         loop {
@@ -621,46 +629,95 @@ impl Session {
             if room == 0 {
                 break;
             }
-            let rows = self
-                .shared
-                .readers
-                .backlog(self.conn_id as usize, &self.me, self.msg_cursor, room)
-                .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
-            let n = rows.len();
-            let mut buf = Vec::new();
-            for (qid, id, signed) in rows {
-                self.msg_cursor = qid;
-                self.in_flight_deliveries.insert(id);
-                buf.extend_from_slice(&encode(&RelayToNode::Deliver(signed))?);
+            if self.msgs_from_store {
+                let rows = self
+                    .shared
+                    .readers
+                    .backlog(self.conn_id as usize, &self.me, self.msg_cursor, room)
+                    .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+                let n = rows.len();
+                let mut buf = Vec::new();
+                for (qid, id, signed) in rows {
+                    self.msg_cursor = qid;
+                    self.in_flight_deliveries.insert(id);
+                    buf.extend_from_slice(&encode(&RelayToNode::Deliver(signed))?);
+                }
+                self.wrote_deliveries(&buf, n).await?;
+                // The store has no more: everything committed from now on is posted.
+                self.msgs_from_store = n == room;
+                continue;
             }
-            if n > 0 {
-                self.write_raw(&buf).await?;
-                self.shared
-                    .metrics
-                    .deliveries
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            if n < room {
+            let posted = match mailbox.take(Kind::Message, self.msg_cursor, room) {
+                Take::ReadStore => {
+                    self.msgs_from_store = true;
+                    continue;
+                }
+                Take::Items(v) => v,
+            };
+            if posted.is_empty() {
                 break;
             }
+            let n = posted.len();
+            let mut buf = Vec::with_capacity(posted.iter().map(|p| p.frame.len()).sum());
+            for p in posted {
+                self.msg_cursor = p.pos;
+                if let Some(id) = p.id {
+                    self.in_flight_deliveries.insert(id);
+                }
+                buf.extend_from_slice(&p.frame);
+            }
+            self.wrote_deliveries(&buf, n).await?;
         }
         Ok(())
     }
 
-    /// Writes forwarded receipts queued for this participant.
-    async fn pump_receipts(&mut self) -> Result<(), End> {
+    async fn wrote_deliveries(&mut self, buf: &[u8], n: usize) -> Result<(), End> {
+        if n > 0 {
+            self.write_raw(buf).await?;
+            self.shared
+                .metrics
+                .deliveries
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes forwarded receipts queued for this participant, from the mailbox or the store
+    /// as for messages.
+    async fn pump_receipts(&mut self, mailbox: &Mailbox) -> Result<(), End> {
         let page = crate::limits::FETCH_PAGE_ROWS;
         loop {
-            let rows = self
-                .shared
-                .readers
-                .receipts(self.conn_id as usize, &self.me, self.rcpt_cursor, page)
-                .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
-            let n = rows.len();
             let mut buf = Vec::new();
-            for (qid, signed) in rows {
-                self.rcpt_cursor = qid;
-                buf.extend_from_slice(&encode(&RelayToNode::Receipt(signed))?);
+            let n;
+            if self.rcpts_from_store {
+                let rows = self
+                    .shared
+                    .readers
+                    .receipts(self.conn_id as usize, &self.me, self.rcpt_cursor, page)
+                    .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+                n = rows.len();
+                for (qid, signed) in rows {
+                    self.rcpt_cursor = qid;
+                    buf.extend_from_slice(&encode(&RelayToNode::Receipt(signed))?);
+                }
+                self.rcpts_from_store = n == page;
+            } else {
+                match mailbox.take(Kind::Receipt, self.rcpt_cursor, page) {
+                    Take::ReadStore => {
+                        self.rcpts_from_store = true;
+                        continue;
+                    }
+                    Take::Items(v) => {
+                        n = v.len();
+                        for p in v {
+                            self.rcpt_cursor = p.pos;
+                            buf.extend_from_slice(&p.frame);
+                        }
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
             }
             if n > 0 {
                 self.write_raw(&buf).await?;
@@ -668,9 +725,6 @@ impl Session {
                     .metrics
                     .receipts_forwarded
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            if n < page {
-                break;
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use hotline_proto::{
 };
 use hotline_store::{Journal, StoreError};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
 
 /// File name of the relay database inside the data directory.
@@ -327,7 +327,8 @@ impl HeldCache {
 struct Pending {
     last_seq: HashMap<ParticipantId, u64>,
     depth: HashMap<ParticipantId, i64>,
-    wake: BTreeSet<ParticipantId>,
+    /// What to post to sessions' mailboxes once the batch has committed.
+    posts: Vec<(ParticipantId, Kind, Posted)>,
     replies: Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>,
     accepted: u64,
     receipts: u64,
@@ -436,7 +437,7 @@ impl Writer {
         let mut p = Pending {
             last_seq: HashMap::new(),
             depth: HashMap::new(),
-            wake: BTreeSet::new(),
+            posts: Vec::new(),
             replies: Vec::with_capacity(size),
             accepted: 0,
             receipts: 0,
@@ -510,9 +511,7 @@ impl Writer {
                     // resubmits and gets the same answer.
                     let _ = reply.try_send(answer);
                 }
-                for r in &p.wake {
-                    self.ctx.hub.wake(r);
-                }
+                self.ctx.hub.post(p.posts);
             }
             Err(e) => {
                 self.journal.rollback();
@@ -640,12 +639,21 @@ fn submit(
         now,
         list
     ])?;
-    {
+    if !recipients.is_empty() {
+        let frame = shared_frame(&RelayToNode::Deliver(signed.clone()))?;
         let mut q = tx.prepare_cached("INSERT INTO queue (recipient, msg_id) VALUES (?1, ?2)")?;
         for r in &recipients {
             q.execute(params![r.as_str(), &env.id.0[..]])?;
             *p.depth.entry(r.clone()).or_insert(0) += 1;
-            p.wake.insert(r.clone());
+            p.posts.push((
+                r.clone(),
+                Kind::Message,
+                Posted {
+                    pos: tx.last_insert_rowid(),
+                    id: Some(env.id),
+                    frame: frame.clone(),
+                },
+            ));
         }
     }
     let new_last = last.max(env.seq.0);
@@ -815,12 +823,23 @@ fn store_receipt(
             }
         }
     }
-    {
+    if !senders.is_empty() {
+        let frame = shared_frame(&RelayToNode::Receipt(signed.clone()))?;
         let mut fwd =
             tx.prepare_cached("INSERT OR IGNORE INTO rqueue (recipient, digest) VALUES (?1, ?2)")?;
-        for s in &senders {
-            fwd.execute(params![s.as_str(), &digest.0[..]])?;
-            p.wake.insert(s.clone());
+        for s in senders {
+            if fwd.execute(params![s.as_str(), &digest.0[..]])? > 0 {
+                let pos = tx.last_insert_rowid();
+                p.posts.push((
+                    s,
+                    Kind::Receipt,
+                    Posted {
+                        pos,
+                        id: None,
+                        frame: frame.clone(),
+                    },
+                ));
+            }
         }
     }
     let record = codec::encode(signed, usize::MAX)
@@ -833,6 +852,13 @@ fn store_receipt(
     journal.append(tx, now, kind, &digest.to_string(), &record)?;
     p.receipts += 1;
     Ok(RelayToNode::ReceiptStored(digest))
+}
+
+/// A frame encoded once for all the sessions it is posted to.
+fn shared_frame(f: &RelayToNode) -> Result<std::sync::Arc<[u8]>, StoreError> {
+    hotline_proto::frame::encode_frame(f)
+        .map(std::sync::Arc::from)
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
 /// The stored copy of a message, for tests and tools.
