@@ -1723,3 +1723,77 @@ async fn undecodable_and_other_version_submissions_are_refused_by_name() {
     );
     relay.shutdown().await;
 }
+
+/// A connected recipient whose delivery window is full while more than its mailbox holds is
+/// committed for it: the mailbox overflows, the session falls back to reading the store, and
+/// every message still arrives exactly once, in order.
+#[tokio::test]
+async fn a_mailbox_overflow_falls_back_to_the_store_without_gaps_or_duplicates() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\ndelivery_window = 8\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay.metrics_addr().expect("metrics enabled");
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    // KGZ's session is live (its first store read is done once it answers a ping).
+    until_pong(&mut kgz, 1).await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let n = hotline_relay::limits::MAILBOX_ITEMS + 200;
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let env = kaz.envelope(to(&["KGZ"]), &format!("m{i}"));
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await.unwrap();
+        sent.push(s);
+    }
+    let ids: Vec<MessageId> = sent
+        .iter()
+        .map(|s| s.decode_unverified().unwrap().id)
+        .collect();
+    for (id, answer) in ids.iter().zip(kaz.answers(&ids).await.unwrap()) {
+        assert!(answer.is_ok(), "{id}: {answer:?}");
+    }
+    let reads_before = metric(
+        &http_get(maddr, "/metrics").await.unwrap(),
+        "hotline_relay_store_reads_total",
+    )
+    .unwrap();
+
+    // Receipt whatever arrives until everything has.
+    let mut got: Vec<Signed<Envelope>> = Vec::with_capacity(n);
+    while got.len() < n {
+        let (first, _) = kgz.next_deliver().await.unwrap();
+        let mut batch = vec![first];
+        // Take the rest of the window that is already on its way.
+        let extra = until_pong(&mut kgz, got.len() as u64 + 2).await;
+        batch.extend(extra.into_iter().filter_map(|f| match f {
+            RelayToNode::Deliver(s) => Some(s),
+            _ => None,
+        }));
+        kgz.receipt(ReceiptKind::Delivered, &batch).await.unwrap();
+        got.extend(batch);
+    }
+    let got_ids: Vec<MessageId> = got
+        .iter()
+        .map(|s| s.decode_unverified().unwrap().id)
+        .collect();
+    assert_eq!(got_ids.len(), ids.len());
+    assert!(got_ids == ids, "deliveries out of order or duplicated");
+    let reads_after = metric(
+        &http_get(maddr, "/metrics").await.unwrap(),
+        "hotline_relay_store_reads_total",
+    )
+    .unwrap();
+    assert!(
+        reads_after > reads_before,
+        "the overflow was served from the store ({reads_before} → {reads_after})"
+    );
+    relay.shutdown().await;
+}

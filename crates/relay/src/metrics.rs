@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: AtomicU64,
     pub(crate) receipts_stored: AtomicU64,
     pub(crate) receipts_forwarded: AtomicU64,
+    pub(crate) store_reads: AtomicU64,
     commit_failures: AtomicU64,
     batch: Histogram<11>,
     latency: Histogram<13>,
@@ -85,6 +86,7 @@ impl Metrics {
             deliveries: AtomicU64::new(0),
             receipts_stored: AtomicU64::new(0),
             receipts_forwarded: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
@@ -173,6 +175,13 @@ impl Metrics {
             "hotline_relay_receipts_forwarded_total",
             "Receipts written to senders' sessions.",
             self.receipts_forwarded.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_store_reads_total",
+            "Queue pages sessions read back from the store (at connect, and after their \
+             mailbox overflowed); otherwise they are served what was just committed.",
+            self.store_reads.load(Relaxed),
         );
         counter(
             &mut o,

@@ -635,6 +635,10 @@ impl Session {
                     .readers
                     .backlog(self.conn_id as usize, &self.me, self.msg_cursor, room)
                     .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+                self.shared
+                    .metrics
+                    .store_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let n = rows.len();
                 let mut buf = Vec::new();
                 for (qid, id, signed) in rows {
@@ -695,6 +699,10 @@ impl Session {
                     .readers
                     .receipts(self.conn_id as usize, &self.me, self.rcpt_cursor, page)
                     .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+                self.shared
+                    .metrics
+                    .store_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 n = rows.len();
                 for (qid, signed) in rows {
                     self.rcpt_cursor = qid;

@@ -38,9 +38,23 @@ pub const SEQ_REORDER_WINDOW: u64 = 4_096;
 /// Read connections shared by the sessions.
 const READERS: usize = 4;
 
+/// The schema version this code writes (`PRAGMA user_version`). Version 0 databases (one
+/// queue row per recipient with its own position and two indexes) are migrated at open.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
+/// never reused, so a position only grows). The queue holds one small entry per undelivered
+/// (message, recipient), keyed by (rseq, recipient): fanning a message out to 37
+/// recipients writes 37 adjacent entries (one or two pages; keyed by recipient first they
+/// touched 37 pages per message) and receipts for recent messages remove them from the
+/// same few hot pages. A recipient's backlog is a range scan from its cursor filtered by
+/// recipient, so its cost grows with everything undelivered after that cursor: entries
+/// leave as soon as they are receipted, so that is what is still owed to anyone. The
+/// delivery matrix is keyed the same way for the same reason.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
-    id BLOB PRIMARY KEY,
+    rseq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL UNIQUE,
     sender TEXT NOT NULL,
     seq INTEGER NOT NULL,
     digest BLOB NOT NULL,
@@ -56,14 +70,13 @@ CREATE TABLE IF NOT EXISTS senders (
     last_seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS queue (
-    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    rseq INTEGER NOT NULL,
     recipient TEXT NOT NULL,
-    msg_id BLOB NOT NULL,
-    UNIQUE (recipient, msg_id)
-);
-CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, qid);
+    PRIMARY KEY (rseq, recipient)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
-    digest BLOB PRIMARY KEY,
+    rseq INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest BLOB NOT NULL UNIQUE,
     recipient TEXT NOT NULL,
     is_ack INTEGER NOT NULL,
     bytes BLOB NOT NULL,
@@ -72,24 +85,92 @@ CREATE TABLE IF NOT EXISTS receipts (
     stored_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rqueue (
-    qid INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    UNIQUE (recipient, digest)
-);
-CREATE INDEX IF NOT EXISTS rqueue_by_recipient ON rqueue (recipient, qid);
+    rseq INTEGER NOT NULL,
+    PRIMARY KEY (recipient, rseq)
+) WITHOUT ROWID;
 -- The delivery matrix: a row appears when the recipient's first receipt for the message is
 -- stored (the recipients without one are in messages.recipients and still in queue), so
--- accepting a message writes one queue row per recipient and nothing more. Databases
+-- accepting a message writes one queue entry per recipient and nothing more. Databases
 -- written before also hold rows with no delivery time yet for unreceipted recipients.
 CREATE TABLE IF NOT EXISTS matrix (
-    msg_id BLOB NOT NULL,
+    rseq INTEGER NOT NULL,
     recipient TEXT NOT NULL,
     delivered_at_ms INTEGER,
     acked_at_ms INTEGER,
-    PRIMARY KEY (msg_id, recipient)
+    PRIMARY KEY (rseq, recipient)
 ) WITHOUT ROWID;
 ";
+
+/// Version 0 to 1: the same rows, renumbered; queue order is kept (old positions grew with
+/// acceptance order, as `rseq` does).
+const MIGRATE_0_TO_1: &str = "
+ALTER TABLE messages RENAME TO messages_v0;
+ALTER TABLE queue RENAME TO queue_v0;
+ALTER TABLE receipts RENAME TO receipts_v0;
+ALTER TABLE rqueue RENAME TO rqueue_v0;
+ALTER TABLE matrix RENAME TO matrix_v0;
+DROP INDEX IF EXISTS queue_by_recipient;
+DROP INDEX IF EXISTS rqueue_by_recipient;
+";
+const MIGRATE_0_TO_1_COPY: &str = "
+INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+    SELECT id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients
+    FROM messages_v0 ORDER BY rowid;
+INSERT INTO queue (recipient, rseq)
+    SELECT q.recipient, m.rseq FROM queue_v0 q JOIN messages m ON m.id = q.msg_id;
+INSERT INTO receipts (digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+    SELECT digest, recipient, is_ack, bytes, key, sig, stored_at_ms
+    FROM receipts_v0 ORDER BY rowid;
+INSERT INTO rqueue (recipient, rseq)
+    SELECT q.recipient, r.rseq FROM rqueue_v0 q JOIN receipts r ON r.digest = q.digest;
+DROP TABLE messages_v0;
+DROP TABLE queue_v0;
+DROP TABLE receipts_v0;
+INSERT INTO matrix (rseq, recipient, delivered_at_ms, acked_at_ms)
+    SELECT m.rseq, x.recipient, x.delivered_at_ms, x.acked_at_ms
+    FROM matrix_v0 x JOIN messages m ON m.id = x.msg_id;
+DROP TABLE rqueue_v0;
+DROP TABLE matrix_v0;
+";
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "schema version {version} is newer than this relay's ({SCHEMA_VERSION}); \
+                 run the newer relay or restore a backup"
+            ),
+        });
+    }
+    let tx = conn.transaction()?;
+    let old_queue: bool = tx
+        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'qid'")?
+        .exists([])?;
+    if version == 0 && old_queue {
+        tracing::info!(db = %path.display(), "migrating the relay store to schema version 1");
+        tx.execute_batch(MIGRATE_0_TO_1)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(MIGRATE_0_TO_1_COPY)?;
+    } else {
+        tx.execute_batch(SCHEMA)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// What the commit loop's wait returned.
+enum Next {
+    Command(Command),
+    /// Every sender is gone.
+    Closed,
+    /// A deferred batch is due.
+    Deadline,
+}
 
 /// Work for the writer thread.
 pub(crate) enum Command {
@@ -123,9 +204,15 @@ pub(crate) struct WriterContext {
 /// Opens (creating) the relay database, checks it, and creates the schema.
 pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
     let path = data_dir.join(DB_FILE);
-    let conn = hotline_store::open(&path, true)?;
+    let mut conn = hotline_store::open(&path, true)?;
     hotline_store::quick_check(&conn, &path)?;
-    conn.execute_batch(SCHEMA)?;
+    migrate(&mut conn, &path)?;
+    // The writer's page cache: the queue, the recent messages and the indexes stay in memory
+    // instead of being read back through the OS on every commit.
+    conn.execute_batch(&format!(
+        "PRAGMA cache_size = -{}",
+        crate::limits::WRITER_CACHE_KIB
+    ))?;
     conn.execute_batch(hotline_store::journal::SCHEMA)?;
     integrity_check(&conn, &path)?;
     Ok((path, conn))
@@ -177,6 +264,60 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
     Ok(())
 }
 
+/// Copies committed WAL pages into the database file on its own thread and connection, so
+/// the store writer's commits never wait for a checkpoint (the copy and the database
+/// fsync). The writer turns SQLite's automatic checkpoint off and nudges this thread after
+/// each commit; it checkpoints (PASSIVE: never blocks the writer or readers) at most every
+/// [`crate::limits::CHECKPOINT_INTERVAL_MS`].
+pub(crate) struct Checkpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+    join: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the thread; `writer` is the write connection, whose automatic checkpoint is
+    /// turned off.
+    pub(crate) fn spawn(path: &Path, writer: &Connection) -> Result<Self, crate::RelayError> {
+        let conn = hotline_store::open(path, false)?;
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(StoreError::from)?;
+        let (nudge, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let interval = std::time::Duration::from_millis(crate::limits::CHECKPOINT_INTERVAL_MS);
+        let join = std::thread::Builder::new()
+            .name("hotline-store-ckpt".into())
+            .spawn(move || {
+                let checkpoint = || {
+                    if let Err(e) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retried after the next commit");
+                    }
+                };
+                while rx.recv().is_ok() {
+                    checkpoint();
+                    // Let commits accumulate: one checkpoint per interval at most.
+                    std::thread::sleep(interval);
+                }
+                checkpoint();
+            })
+            .map_err(|e| crate::RelayError::Io(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Self { nudge, join })
+    }
+
+    fn nudge(&self) {
+        // Full means a checkpoint is already due.
+        let _ = self.nudge.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.nudge);
+        if self.join.join().is_err() {
+            tracing::error!("WAL checkpointer panicked");
+        }
+    }
+}
+
 /// Read-only access for sessions.
 pub(crate) struct Readers {
     conns: Vec<Mutex<Connection>>,
@@ -218,8 +359,8 @@ impl Readers {
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         self.with(key, |c| {
             let mut st = c.prepare_cached(
-                "SELECT q.qid, q.msg_id, m.bytes, m.key, m.sig FROM queue q JOIN messages m ON m.id = q.msg_id
-                 WHERE q.recipient = ?1 AND q.qid > ?2 ORDER BY q.qid LIMIT ?3",
+                "SELECT q.rseq, m.id, m.bytes, m.key, m.sig FROM queue q JOIN messages m ON m.rseq = q.rseq
+                 WHERE q.rseq > ?2 AND q.recipient = ?1 ORDER BY q.rseq LIMIT ?3",
             )?;
             let rows = st.query_map(params![recipient.as_str(), after, limit as i64], |r| {
                 let id: Vec<u8> = r.get(1)?;
@@ -242,8 +383,8 @@ impl Readers {
     ) -> Result<Vec<Queued<Receipt>>, StoreError> {
         self.with(key, |c| {
             let mut st = c.prepare_cached(
-                "SELECT q.qid, r.bytes, r.key, r.sig FROM rqueue q JOIN receipts r ON r.digest = q.digest
-                 WHERE q.recipient = ?1 AND q.qid > ?2 ORDER BY q.qid LIMIT ?3",
+                "SELECT q.rseq, r.bytes, r.key, r.sig FROM rqueue q JOIN receipts r ON r.rseq = q.rseq
+                 WHERE q.recipient = ?1 AND q.rseq > ?2 ORDER BY q.rseq LIMIT ?3",
             )?;
             let rows = st.query_map(params![sender.as_str(), after, limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, signed_from_row(r, 1)?))
@@ -295,6 +436,8 @@ struct Held {
     /// The recipients, comma-separated, as stored.
     recipients: String,
     accepted_at_ms: u64,
+    /// Its position in the recipients' queues.
+    rseq: i64,
 }
 
 /// The most recently accepted messages' [`Held`] entries, oldest evicted first.
@@ -344,6 +487,7 @@ pub(crate) struct Writer {
     depth: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
     held: HeldCache,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -379,9 +523,21 @@ impl Writer {
             depth,
             ctx,
             held: HeldCache::new(),
+            checkpointer: None,
         };
         w.publish_depths();
         Ok(w)
+    }
+
+    /// Hands checkpoints to `c` (which turned the write connection's own off).
+    pub(crate) fn with_checkpointer(mut self, c: Checkpointer) -> Self {
+        self.checkpointer = Some(c);
+        self
+    }
+
+    /// The write connection (to set up a [`Checkpointer`]).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Total messages queued, for start-up logs.
@@ -393,11 +549,44 @@ impl Writer {
         self.ctx.metrics.set_queue_depths(&self.depth);
     }
 
-    /// Runs until every command sender is gone, committing in groups (on its own thread).
+    /// Runs until every command sender is gone, committing in groups, on its own thread.
+    /// It waits by parking the thread (woken by the channel, or at a deferred commit's
+    /// deadline), so it needs no runtime timer and outlives a runtime shutdown cleanly.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
-        while let Some(first) = rx.blocking_recv() {
-            self.group(first, &mut rx, &mut batch);
+        let mut deadline: Option<std::time::Instant> = None;
+        loop {
+            let next = loop {
+                match rx.poll_recv(&mut cx) {
+                    std::task::Poll::Ready(Some(c)) => break Next::Command(c),
+                    std::task::Poll::Ready(None) => break Next::Closed,
+                    std::task::Poll::Pending => match deadline {
+                        None => std::thread::park(),
+                        Some(d) => {
+                            let now = std::time::Instant::now();
+                            if now >= d {
+                                break Next::Deadline;
+                            }
+                            std::thread::park_timeout(d - now);
+                        }
+                    },
+                }
+            };
+            let now = std::time::Instant::now();
+            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
+                break;
+            }
+        }
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
         }
         tracing::info!("store writer stopped");
     }
@@ -406,28 +595,81 @@ impl Writer {
     /// single-threaded deterministic simulation only (`Hosting::writer_on_runtime`).
     pub(crate) async fn run_on_runtime(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
-        while let Some(first) = rx.recv().await {
-            self.group(first, &mut rx, &mut batch);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => match rx.recv().await {
+                    Some(c) => Next::Command(c),
+                    None => Next::Closed,
+                },
+                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                    Ok(Some(c)) => Next::Command(c),
+                    Ok(None) => Next::Closed,
+                    Err(_) => Next::Deadline,
+                },
+            };
+            let now = tokio::time::Instant::now();
+            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
+                break;
+            }
         }
         tracing::info!("store writer stopped");
     }
 
-    /// Takes `first` and whatever else is already waiting (up to the batch limit), and
-    /// commits them in one transaction.
-    fn group(
+    /// One turn of the commit loop (both hostings), given what the wait returned.
+    ///
+    /// Group commit with priorities: a batch holding a submission (someone waits for
+    /// *accepted*, and recipients for the message) commits as soon as it is drained; a batch
+    /// of receipts only waits up to [`crate::limits::RECEIPT_COMMIT_DELAY_MS`] for more
+    /// commands, or until the batch is full. Receipts arrive one per recipient per message;
+    /// committing each on its own rewrote the same hot pages thousands of times a second.
+    /// Returns false when the channel has closed (after committing what is left).
+    fn step<I>(
         &mut self,
-        first: Command,
+        next: Next,
         rx: &mut mpsc::Receiver<Command>,
         batch: &mut Vec<Command>,
-    ) {
-        batch.push(first);
-        while batch.len() < self.ctx.batch_max {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        deadline: &mut Option<I>,
+        now: I,
+    ) -> bool
+    where
+        I: std::ops::Add<std::time::Duration, Output = I>,
+    {
+        match next {
+            Next::Deadline => {
+                self.commit_batch(batch);
+                *deadline = None;
+                true
+            }
+            Next::Closed => {
+                if !batch.is_empty() {
+                    self.commit_batch(batch);
+                }
+                false
+            }
+            Next::Command(first) => {
+                batch.push(first);
+                while batch.len() < self.ctx.batch_max {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                let urgent = batch.len() >= self.ctx.batch_max
+                    || batch.iter().any(|c| matches!(c, Command::Submit { .. }));
+                if urgent {
+                    self.commit_batch(batch);
+                    *deadline = None;
+                } else if deadline.is_none() {
+                    *deadline = Some(
+                        now + std::time::Duration::from_millis(
+                            crate::limits::RECEIPT_COMMIT_DELAY_MS,
+                        ),
+                    );
+                }
+                true
             }
         }
-        self.commit_batch(batch);
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
@@ -479,7 +721,8 @@ impl Writer {
                         digests,
                     } => {
                         let mut st = tx.prepare_cached(
-                            "DELETE FROM rqueue WHERE recipient = ?1 AND digest = ?2",
+                            "DELETE FROM rqueue WHERE recipient = ?1
+                             AND rseq = (SELECT rseq FROM receipts WHERE digest = ?2)",
                         )?;
                         for d in digests {
                             st.execute(params![participant.as_str(), &d.0[..]])?;
@@ -512,6 +755,9 @@ impl Writer {
                     let _ = reply.try_send(answer);
                 }
                 self.ctx.hub.post(p.posts);
+                if let Some(c) = &self.checkpointer {
+                    c.nudge();
+                }
             }
             Err(e) => {
                 self.journal.rollback();
@@ -639,17 +885,18 @@ fn submit(
         now,
         list
     ])?;
+    let rseq = tx.last_insert_rowid();
     if !recipients.is_empty() {
         let frame = shared_frame(&RelayToNode::Deliver(signed.clone()))?;
-        let mut q = tx.prepare_cached("INSERT INTO queue (recipient, msg_id) VALUES (?1, ?2)")?;
+        let mut q = tx.prepare_cached("INSERT INTO queue (rseq, recipient) VALUES (?1, ?2)")?;
         for r in &recipients {
-            q.execute(params![r.as_str(), &env.id.0[..]])?;
+            q.execute(params![rseq, r.as_str()])?;
             *p.depth.entry(r.clone()).or_insert(0) += 1;
             p.posts.push((
                 r.clone(),
                 Kind::Message,
                 Posted {
-                    pos: tx.last_insert_rowid(),
+                    pos: rseq,
                     id: Some(env.id),
                     frame: frame.clone(),
                 },
@@ -670,6 +917,7 @@ fn submit(
             digest,
             recipients: list,
             accepted_at_ms: now,
+            rseq,
         },
     ));
     let record = codec::encode(signed, usize::MAX)
@@ -724,7 +972,7 @@ fn store_receipt(
     // Items naming a message we hold must name its sender, its exact content and a real
     // recipient: otherwise the receipt would be forwarded to a "sender" that never sent it.
     // Recently accepted messages are checked from memory; older ones are read. Each item's
-    // acceptance time is kept for the delivery-latency metric.
+    // acceptance time is kept for the delivery-latency metric, with its queue position.
     let mut accepted_at = Vec::with_capacity(receipt.items.len());
     for item in &receipt.items {
         let read;
@@ -733,19 +981,19 @@ fn store_receipt(
                 h.sender.as_str(),
                 &h.digest.0[..],
                 h.recipients.as_str(),
-                h.accepted_at_ms,
+                (h.accepted_at_ms, h.rseq),
             )),
             None => {
                 read = tx
                     .prepare_cached(
-                        "SELECT sender, digest, recipients, accepted_at_ms FROM messages WHERE id = ?1",
+                        "SELECT sender, digest, recipients, accepted_at_ms, rseq FROM messages WHERE id = ?1",
                     )?
                     .query_row([&item.id.0[..]], |r| {
                         Ok((
                             r.get::<_, String>(0)?,
                             r.get::<_, Vec<u8>>(1)?,
                             r.get::<_, String>(2)?,
-                            r.get::<_, u64>(3)?,
+                            (r.get::<_, u64>(3)?, r.get::<_, i64>(4)?),
                         ))
                     })
                     .optional()?;
@@ -784,39 +1032,39 @@ fn store_receipt(
         &signed.signature().0[..],
         now
     ])?;
+    let receipt_rseq = tx.last_insert_rowid();
     let me = receipt.recipient.as_str();
     let mut senders = BTreeSet::new();
     {
-        let mut del =
-            tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND msg_id = ?2")?;
+        let mut del = tx.prepare_cached("DELETE FROM queue WHERE rseq = ?1 AND recipient = ?2")?;
         // Changes a row only the first time this recipient receipts the message.
         let mut delivered = tx.prepare_cached(
-            "INSERT INTO matrix (msg_id, recipient, delivered_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (msg_id, recipient) DO UPDATE SET delivered_at_ms = excluded.delivered_at_ms
+            "INSERT INTO matrix (rseq, recipient, delivered_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (rseq, recipient) DO UPDATE SET delivered_at_ms = excluded.delivered_at_ms
              WHERE matrix.delivered_at_ms IS NULL",
         )?;
         let mut acked = tx.prepare_cached(
-            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE msg_id = ?1 AND recipient = ?2",
+            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE rseq = ?1 AND recipient = ?2",
         )?;
         for (item, at) in receipt.items.iter().zip(&accepted_at) {
-            // Either kind proves the node holds the message: it leaves the queue.
-            let removed = del.execute(params![me, &item.id.0[..]])?;
-            if removed > 0 {
-                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
-            }
             // The matrix covers the messages this relay accepted (and, above, checked this
             // recipient was addressed by); a receipt naming another is only forwarded.
-            let Some(at) = at else {
+            let Some((at, rseq)) = at else {
                 if item.sender != receipt.recipient {
                     senders.insert(item.sender.clone());
                 }
                 continue;
             };
-            if delivered.execute(params![&item.id.0[..], me, now])? > 0 {
+            // Either kind proves the node holds the message: it leaves the queue.
+            let removed = del.execute(params![rseq, me])?;
+            if removed > 0 {
+                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
+            }
+            if delivered.execute(params![rseq, me, now])? > 0 {
                 p.latencies_ms.push(now.saturating_sub(*at));
             }
             if is_ack {
-                acked.execute(params![&item.id.0[..], me, now])?;
+                acked.execute(params![rseq, me, now])?;
             }
             if item.sender != receipt.recipient {
                 senders.insert(item.sender.clone());
@@ -826,15 +1074,14 @@ fn store_receipt(
     if !senders.is_empty() {
         let frame = shared_frame(&RelayToNode::Receipt(signed.clone()))?;
         let mut fwd =
-            tx.prepare_cached("INSERT OR IGNORE INTO rqueue (recipient, digest) VALUES (?1, ?2)")?;
+            tx.prepare_cached("INSERT OR IGNORE INTO rqueue (recipient, rseq) VALUES (?1, ?2)")?;
         for s in senders {
-            if fwd.execute(params![s.as_str(), &digest.0[..]])? > 0 {
-                let pos = tx.last_insert_rowid();
+            if fwd.execute(params![s.as_str(), receipt_rseq])? > 0 {
                 p.posts.push((
                     s,
                     Kind::Receipt,
                     Posted {
-                        pos,
+                        pos: receipt_rseq,
                         id: None,
                         frame: frame.clone(),
                     },
@@ -873,4 +1120,186 @@ pub fn read_message(
     )
     .optional()
     .map_err(StoreError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_proto::{
+        Audience, Kind as MsgKind, Precedence, ReceiptItem, Seq, SigningKey, Status,
+        PROTOCOL_VERSION,
+    };
+
+    /// The schema as version 0 wrote it.
+    const SCHEMA_V0: &str = "
+    CREATE TABLE messages (id BLOB PRIMARY KEY, sender TEXT NOT NULL, seq INTEGER NOT NULL,
+        digest BLOB NOT NULL, bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+        accepted_at_ms INTEGER NOT NULL, recipients TEXT NOT NULL, UNIQUE (sender, seq));
+    CREATE TABLE senders (participant TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+    CREATE TABLE queue (qid INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL,
+        msg_id BLOB NOT NULL, UNIQUE (recipient, msg_id));
+    CREATE INDEX queue_by_recipient ON queue (recipient, qid);
+    CREATE TABLE receipts (digest BLOB PRIMARY KEY, recipient TEXT NOT NULL,
+        is_ack INTEGER NOT NULL, bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL);
+    CREATE TABLE rqueue (qid INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL,
+        digest BLOB NOT NULL, UNIQUE (recipient, digest));
+    CREATE INDEX rqueue_by_recipient ON rqueue (recipient, qid);
+    CREATE TABLE matrix (msg_id BLOB NOT NULL, recipient TEXT NOT NULL,
+        delivered_at_ms INTEGER, acked_at_ms INTEGER, PRIMARY KEY (msg_id, recipient))
+        WITHOUT ROWID;
+    ";
+
+    fn pid(s: &str) -> ParticipantId {
+        ParticipantId::new(s).expect("participant id")
+    }
+
+    fn message(key: &SigningKey, n: u8) -> Signed<Envelope> {
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId([n; 16]),
+            sender: pid("KAZ"),
+            seq: Seq(n as u64),
+            audience: Audience::Participants(vec![pid("CHN"), pid("IND")]),
+            kind: MsgKind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Exercise,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: format!("message {n}"),
+            body: "body".into(),
+        };
+        Signed::sign(&env, key).expect("sign")
+    }
+
+    fn insert_v0_message(c: &Connection, s: &Signed<Envelope>, n: u8) {
+        c.execute(
+            "INSERT INTO messages VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, 1000, 'CHN,IND')",
+            params![
+                &[n; 16][..],
+                n,
+                &s.digest().0[..],
+                s.bytes(),
+                &s.key().0[..],
+                &s.signature().0[..]
+            ],
+        )
+        .expect("insert message");
+    }
+
+    #[test]
+    fn a_version_0_store_is_migrated_with_its_queues_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let chn = SigningKey::from_bytes(&[2; 32]);
+        let (m1, m2, m3) = (message(&kaz, 1), message(&kaz, 2), message(&kaz, 3));
+        // CHN holds message 1 (its receipt, queued for KAZ); both still wait for 2 and 3.
+        let receipt = Signed::sign(
+            &Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid("CHN"),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: 2_000,
+                items: vec![ReceiptItem {
+                    id: MessageId([1; 16]),
+                    sender: pid("KAZ"),
+                    digest: m1.digest(),
+                }],
+            },
+            &chn,
+        )
+        .expect("sign receipt");
+        {
+            let c = hotline_store::open(&path, true).expect("open");
+            c.execute_batch(SCHEMA_V0).expect("v0 schema");
+            c.execute_batch(hotline_store::journal::SCHEMA)
+                .expect("journal");
+            // Inserted out of id order, so that order is the insertion (acceptance) order.
+            insert_v0_message(&c, &m3, 3);
+            insert_v0_message(&c, &m1, 1);
+            insert_v0_message(&c, &m2, 2);
+            c.execute_batch(
+                "INSERT INTO queue (recipient, msg_id) VALUES ('IND', x'01010101010101010101010101010101');
+                 INSERT INTO queue (recipient, msg_id) VALUES ('IND', x'02020202020202020202020202020202');
+                 INSERT INTO queue (recipient, msg_id) VALUES ('CHN', x'02020202020202020202020202020202');
+                 INSERT INTO queue (recipient, msg_id) VALUES ('IND', x'03030303030303030303030303030303');
+                 INSERT INTO queue (recipient, msg_id) VALUES ('CHN', x'03030303030303030303030303030303');",
+            )
+            .expect("queue");
+            c.execute(
+                "INSERT INTO receipts VALUES (?1, 'CHN', 0, ?2, ?3, ?4, 2000)",
+                params![
+                    &receipt.digest().0[..],
+                    receipt.bytes(),
+                    &receipt.key().0[..],
+                    &receipt.signature().0[..]
+                ],
+            )
+            .expect("receipt");
+            c.execute_batch(
+                "INSERT INTO matrix VALUES (x'01010101010101010101010101010101', 'CHN', 2000, NULL);",
+            )
+            .expect("matrix");
+            c.execute(
+                "INSERT INTO rqueue (recipient, digest) VALUES ('KAZ', ?1)",
+                [&receipt.digest().0[..]],
+            )
+            .expect("rqueue");
+        }
+        let (_, conn) = open_db(dir.path()).expect("migrated");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let readers = Readers::open(&path).expect("readers");
+        let ids = |who: &str| -> Vec<u8> {
+            readers
+                .backlog(0, &pid(who), 0, 10)
+                .expect("backlog")
+                .iter()
+                .map(|(_, id, _)| id.0[0])
+                .collect()
+        };
+        // Acceptance order: 3 was accepted first.
+        assert_eq!(ids("IND"), vec![3, 1, 2]);
+        assert_eq!(ids("CHN"), vec![3, 2]);
+        let stored = readers.backlog(0, &pid("CHN"), 0, 10).expect("backlog");
+        assert_eq!(stored[1].2.bytes(), m2.bytes(), "bytes survive verbatim");
+        let receipts = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].1.bytes(), receipt.bytes());
+        let matrix: (i64, String, i64) = conn
+            .query_row(
+                "SELECT x.rseq, x.recipient, x.delivered_at_ms FROM matrix x
+                 JOIN messages m ON m.rseq = x.rseq WHERE m.id = x'01010101010101010101010101010101'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("matrix row kept");
+        assert_eq!((matrix.1.as_str(), matrix.2), ("CHN", 2000));
+        // Opening again is a no-op.
+        drop(conn);
+        open_db(dir.path()).expect("reopened");
+        assert_eq!(ids("IND"), vec![3, 1, 2]);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_relay_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let c = hotline_store::open(&path, true).expect("open");
+            c.execute_batch("PRAGMA user_version = 99")
+                .expect("version");
+        }
+        let err = open_db(dir.path()).expect_err("newer schema refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("relay.db") && text.contains("schema version 99"),
+            "{text}"
+        );
+    }
 }
