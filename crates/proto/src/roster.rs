@@ -196,6 +196,57 @@ impl Verified<Roster> {
         s.verify_decoded(env)
     }
 
+    /// Verifies several messages against this roster, as [`Self::verify_envelope`] does one,
+    /// checking their signatures as one batch ([`crate::sign::verify_decoded_batch`]).
+    /// Answers in the same order.
+    pub fn verify_envelopes(
+        &self,
+        items: &[&Signed<Envelope>],
+    ) -> Vec<Result<Verified<Envelope>, VerifyError>> {
+        self.verify_batch(items, |e: &Envelope| &e.sender)
+    }
+
+    /// Verifies several receipts against this roster, as [`Self::verify_envelopes`] does
+    /// messages.
+    pub fn verify_receipts(
+        &self,
+        items: &[&Signed<Receipt>],
+    ) -> Vec<Result<Verified<Receipt>, VerifyError>> {
+        self.verify_batch(items, |r: &Receipt| &r.recipient)
+    }
+
+    fn verify_batch<T: crate::SignedPayload>(
+        &self,
+        items: &[&Signed<T>],
+        author: impl Fn(&T) -> &ParticipantId,
+    ) -> Vec<Result<Verified<T>, VerifyError>> {
+        let mut out: Vec<Option<Result<Verified<T>, VerifyError>>> =
+            Vec::with_capacity(items.len());
+        let mut batch = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (i, s) in items.iter().enumerate() {
+            let checked = s
+                .decode_unverified()
+                .map_err(VerifyError::from)
+                .and_then(|v| self.authorise(author(&v), &s.key()).map(|()| v));
+            match checked {
+                Ok(v) => {
+                    batch.push((*s, v));
+                    slots.push(i);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        for (slot, r) in slots
+            .into_iter()
+            .zip(crate::sign::verify_decoded_batch(batch))
+        {
+            out[slot] = Some(r);
+        }
+        out.into_iter().flatten().collect()
+    }
+
     /// Verifies a receipt against this roster, as [`Self::verify_envelope`] does a message.
     pub fn verify_receipt(&self, s: &Signed<Receipt>) -> Result<Verified<Receipt>, VerifyError> {
         let r = s.decode_unverified()?;

@@ -61,6 +61,10 @@ pub const RECEIPT_COMMIT_DELAY_MS: u64 = 2;
 /// Shortest time between two WAL checkpoints (the WAL grows by what is committed in it).
 pub const CHECKPOINT_INTERVAL_MS: u64 = 100;
 
+/// Most frames from one connection handled together (their signatures verified as one
+/// batch).
+pub const VERIFY_BATCH_MAX: usize = 64;
+
 /// Recently accepted messages whose sender, digest and recipients the store writer keeps in
 /// memory to check their receipts without reading them back (a few hundred bytes each).
 pub const HELD_CACHE_MESSAGES: usize = 32_768;

@@ -646,3 +646,52 @@ fn malleation_adds_the_group_order() {
     expect[16] = 1;
     assert_eq!(add_le(&ff, &one), expect);
 }
+
+/// Batch verification agrees with one-by-one verification on every vector, each verified in
+/// a batch with every valid vector of its kind: the bad one is refused and the good ones
+/// around it are still accepted.
+#[test]
+fn batch_verify_agrees() {
+    fn carried<T: SignedPayload>(v: &Vector) -> Signed<T> {
+        let bytes = v.signed_bytes();
+        let payload = bytes
+            .strip_prefix(domain_of(&v.kind))
+            .expect("vectors carry their kind's domain");
+        Signed::<T>::from_parts(
+            payload.to_vec(),
+            PublicKey(v.public_key()),
+            Signature(v.signature()),
+        )
+    }
+    fn check<T: SignedPayload>(v: &Vector, companions: &[&Vector]) {
+        if carried::<T>(v).decode_unverified().is_err() {
+            assert!(!v.valid, "{}: a valid vector decodes", v.name);
+            return;
+        }
+        let mut signed: Vec<Signed<T>> = companions.iter().map(|c| carried::<T>(c)).collect();
+        signed.push(carried::<T>(v));
+        let items = signed
+            .iter()
+            .map(|s| (s, s.decode_unverified().expect("decodes")))
+            .collect::<Vec<_>>();
+        let results = hotline_proto::sign::verify_decoded_batch(items);
+        let (last, rest) = results.split_last().expect("non-empty");
+        assert_eq!(last.is_ok(), v.valid, "{}", v.name);
+        assert!(rest.iter().all(Result::is_ok), "{}: companions", v.name);
+    }
+    let file = load();
+    for v in &file.vectors {
+        let companions: Vec<&Vector> = file
+            .vectors
+            .iter()
+            .filter(|c| c.valid && c.kind == v.kind && c.name != v.name)
+            .collect();
+        match v.kind.as_str() {
+            "envelope" => check::<Envelope>(v, &companions),
+            "receipt" => check::<Receipt>(v, &companions),
+            "roster" => check::<Roster>(v, &companions),
+            "auth" => check::<AuthProof>(v, &companions),
+            other => panic!("unknown kind {other}"),
+        }
+    }
+}
