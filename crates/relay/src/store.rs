@@ -1,5 +1,5 @@
-//! The relay's durable state: messages, per-recipient queues, receipts, the delivery matrix
-//! and the audit journal, in one SQLite database (`relay.db`).
+//! The relay's durable state: messages, per-recipient queues, receipts and the audit
+//! journal, in one SQLite database (`relay.db`).
 //!
 //! One writer thread owns the write connection and groups commands into transactions (group
 //! commit): it drains up to `commit_batch_max` commands, applies them in one transaction,
@@ -49,8 +49,7 @@ const SCHEMA_VERSION: i64 = 1;
 /// touched 37 pages per message) and receipts for recent messages remove them from the
 /// same few hot pages. A recipient's backlog is a range scan from its cursor filtered by
 /// recipient, so its cost grows with everything undelivered after that cursor: entries
-/// leave as soon as they are receipted, so that is what is still owed to anyone. The
-/// delivery matrix is keyed the same way for the same reason.
+/// leave as soon as they are receipted, so that is what is still owed to anyone.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     rseq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,17 +88,9 @@ CREATE TABLE IF NOT EXISTS rqueue (
     rseq INTEGER NOT NULL,
     PRIMARY KEY (recipient, rseq)
 ) WITHOUT ROWID;
--- The delivery matrix: a row appears when the recipient's first receipt for the message is
--- stored (the recipients without one are in messages.recipients and still in queue), so
--- accepting a message writes one queue entry per recipient and nothing more. Databases
--- written before also hold rows with no delivery time yet for unreceipted recipients.
-CREATE TABLE IF NOT EXISTS matrix (
-    rseq INTEGER NOT NULL,
-    recipient TEXT NOT NULL,
-    delivered_at_ms INTEGER,
-    acked_at_ms INTEGER,
-    PRIMARY KEY (rseq, recipient)
-) WITHOUT ROWID;
+-- Who received and acknowledged what is in the receipts (kept, signed, for good); the
+-- sender's node keeps the delivery matrix. Schema 0 kept a copy here (table matrix), which
+-- cost a row write per delivery and was never read; migration drops it.
 ";
 
 /// Version 0 to 1: the same rows, renumbered; queue order is kept (old positions grew with
@@ -109,7 +100,6 @@ ALTER TABLE messages RENAME TO messages_v0;
 ALTER TABLE queue RENAME TO queue_v0;
 ALTER TABLE receipts RENAME TO receipts_v0;
 ALTER TABLE rqueue RENAME TO rqueue_v0;
-ALTER TABLE matrix RENAME TO matrix_v0;
 DROP INDEX IF EXISTS queue_by_recipient;
 DROP INDEX IF EXISTS rqueue_by_recipient;
 ";
@@ -127,11 +117,8 @@ INSERT INTO rqueue (recipient, rseq)
 DROP TABLE messages_v0;
 DROP TABLE queue_v0;
 DROP TABLE receipts_v0;
-INSERT INTO matrix (rseq, recipient, delivered_at_ms, acked_at_ms)
-    SELECT m.rseq, x.recipient, x.delivered_at_ms, x.acked_at_ms
-    FROM matrix_v0 x JOIN messages m ON m.id = x.msg_id;
 DROP TABLE rqueue_v0;
-DROP TABLE matrix_v0;
+DROP TABLE IF EXISTS matrix;
 ";
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
@@ -1039,34 +1026,20 @@ fn store_receipt(
     let mut senders = BTreeSet::new();
     {
         let mut del = tx.prepare_cached("DELETE FROM queue WHERE rseq = ?1 AND recipient = ?2")?;
-        // Changes a row only the first time this recipient receipts the message.
-        let mut delivered = tx.prepare_cached(
-            "INSERT INTO matrix (rseq, recipient, delivered_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (rseq, recipient) DO UPDATE SET delivered_at_ms = excluded.delivered_at_ms
-             WHERE matrix.delivered_at_ms IS NULL",
-        )?;
-        let mut acked = tx.prepare_cached(
-            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3) WHERE rseq = ?1 AND recipient = ?2",
-        )?;
         for (item, at) in receipt.items.iter().zip(&accepted_at) {
-            // The matrix covers the messages this relay accepted (and, above, checked this
-            // recipient was addressed by); a receipt naming another is only forwarded.
+            // A message this relay did not accept is not queued here: the receipt is only
+            // forwarded.
             let Some((at, rseq)) = at else {
                 if item.sender != receipt.recipient {
                     senders.insert(item.sender.clone());
                 }
                 continue;
             };
-            // Either kind proves the node holds the message: it leaves the queue.
-            let removed = del.execute(params![rseq, me])?;
-            if removed > 0 {
-                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= removed as i64;
-            }
-            if delivered.execute(params![rseq, me, now])? > 0 {
+            // Either kind proves the node holds the message: it leaves the queue. The
+            // first receipt to do so times the delivery.
+            if del.execute(params![rseq, me])? > 0 {
+                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= 1;
                 p.latencies_ms.push(now.saturating_sub(*at));
-            }
-            if is_ack {
-                acked.execute(params![rseq, me, now])?;
             }
             if item.sender != receipt.recipient {
                 senders.insert(item.sender.clone());
@@ -1273,15 +1246,11 @@ mod tests {
         let receipts = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].1.bytes(), receipt.bytes());
-        let matrix: (i64, String, i64) = conn
-            .query_row(
-                "SELECT x.rseq, x.recipient, x.delivered_at_ms FROM matrix x
-                 JOIN messages m ON m.rseq = x.rseq WHERE m.id = x'01010101010101010101010101010101'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .expect("matrix row kept");
-        assert_eq!((matrix.1.as_str(), matrix.2), ("CHN", 2000));
+        let matrix: bool = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'matrix'")
+            .and_then(|mut st| st.exists([]))
+            .expect("schema");
+        assert!(!matrix, "the relay's copy of the matrix is dropped");
         // Opening again is a no-op.
         drop(conn);
         open_db(dir.path()).expect("reopened");
