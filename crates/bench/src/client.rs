@@ -205,8 +205,14 @@ impl Inbox {
     /// Stores a batch's deliveries in one durable step, then signs one cumulative delivered
     /// receipt for them (several if the batch exceeds the receipt item limit), as the node
     /// does. A node also verifies each message's signature: the relay already has, and this
-    /// client stands in for a node on another machine, so it does not.
-    pub async fn handle(&mut self, batch: Vec<RelayToNode>) -> anyhow::Result<Handled> {
+    /// client stands in for a node on another machine, so it does not. `known` gives a
+    /// message's digest when the load generator already has it (see `traffic::Ledger`);
+    /// otherwise it is computed.
+    pub async fn handle(
+        &mut self,
+        batch: Vec<RelayToNode>,
+        known: impl Fn(&hotline_proto::MessageId) -> Option<hotline_proto::Digest>,
+    ) -> anyhow::Result<Handled> {
         use hotline_proto::frame::{encode_frame, NodeToRelay};
         use hotline_proto::limits::RECEIPT_ITEMS_MAX;
         use hotline_proto::{Receipt, ReceiptItem, ReceiptKind, Signed, PROTOCOL_VERSION};
@@ -225,7 +231,7 @@ impl Inbox {
                     items.push(ReceiptItem {
                         id: env.id,
                         sender: env.sender,
-                        digest: s.digest(),
+                        digest: known(&env.id).unwrap_or_else(|| s.digest()),
                     });
                     if self.held.insert(env.id) {
                         rows.push((env.id.0, s.bytes().to_vec()));

@@ -236,7 +236,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
                         break;
                     }
                 }
-                let h = inbox.handle(batch).await?;
+                let h = inbox.handle(batch, |_| None).await?;
                 if let Some(r) = h.rejections.first() {
                     bail!("refused: {r}");
                 }

@@ -125,6 +125,14 @@ impl Metrics {
         d.clone_from(depths);
     }
 
+    /// Messages queued for `p` as of the last commit (0 if none). The writer publishes
+    /// depths before it posts a commit's items to mailboxes, so a session that sees 0 here
+    /// after clearing its mailbox's flag will find anything newer in its mailbox.
+    pub(crate) fn queue_depth(&self, p: &ParticipantId) -> i64 {
+        let d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(p).copied().unwrap_or(0)
+    }
+
     /// The whole exposition.
     pub(crate) fn render(&self, connected: &[ParticipantId]) -> String {
         let mut o = String::with_capacity(8 * 1024);

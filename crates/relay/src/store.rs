@@ -736,6 +736,8 @@ impl Writer {
                 self.ctx
                     .metrics
                     .commit(size, p.accepted, p.receipts, &p.latencies_ms);
+                // Before posting: a session that finds its depth 0 skips the store read and
+                // relies on its mailbox (`Metrics::queue_depth`).
                 self.publish_depths();
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
