@@ -198,8 +198,6 @@ impl Relay {
         let writer_join = if hosting.writer_on_runtime {
             WriterJoin::Task(tokio::spawn(writer.run_on_runtime(cmd_rx)))
         } else {
-            let checkpointer = store::Checkpointer::spawn(&db_path, writer.connection())?;
-            let writer = writer.with_checkpointer(checkpointer);
             WriterJoin::Thread(
                 std::thread::Builder::new()
                     .name("hotline-store-writer".into())

@@ -50,16 +50,10 @@ pub const FETCH_PAGE_ROWS: usize = 512;
 /// recipient.
 pub const MAILBOX_ITEMS: usize = DELIVERY_WINDOW;
 
-/// Page cache of the store writer's connection, KiB.
-pub const WRITER_CACHE_KIB: u64 = 16 * 1024;
-
 /// Longest a batch of receipts (no submission in it) waits for more commands before it is
 /// committed; a submission commits at once. The sender's "all receipts back" latency pays
 /// this at most once; in exchange receipts are committed in groups.
 pub const RECEIPT_COMMIT_DELAY_MS: u64 = 2;
-
-/// Shortest time between two WAL checkpoints (the WAL grows by what is committed in it).
-pub const CHECKPOINT_INTERVAL_MS: u64 = 100;
 
 /// Most frames from one connection handled together (their signatures verified as one
 /// batch).

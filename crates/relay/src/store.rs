@@ -196,12 +196,6 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreErr
     let mut conn = hotline_store::open(&path, true)?;
     hotline_store::quick_check(&conn, &path)?;
     migrate(&mut conn, &path)?;
-    // The writer's page cache: the queue, the recent messages and the indexes stay in memory
-    // instead of being read back through the OS on every commit.
-    conn.execute_batch(&format!(
-        "PRAGMA cache_size = -{}",
-        crate::limits::WRITER_CACHE_KIB
-    ))?;
     conn.execute_batch(hotline_store::journal::SCHEMA)?;
     integrity_check(&conn, &path)?;
     Ok((path, conn))
@@ -251,60 +245,6 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         "store integrity verified"
     );
     Ok(())
-}
-
-/// Copies committed WAL pages into the database file on its own thread and connection, so
-/// the store writer's commits never wait for a checkpoint (the copy and the database
-/// fsync). The writer turns SQLite's automatic checkpoint off and nudges this thread after
-/// each commit; it checkpoints (PASSIVE: never blocks the writer or readers) at most every
-/// [`crate::limits::CHECKPOINT_INTERVAL_MS`].
-pub(crate) struct Checkpointer {
-    nudge: std::sync::mpsc::SyncSender<()>,
-    join: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    /// Starts the thread; `writer` is the write connection, whose automatic checkpoint is
-    /// turned off.
-    pub(crate) fn spawn(path: &Path, writer: &Connection) -> Result<Self, crate::RelayError> {
-        let conn = hotline_store::open(path, false)?;
-        writer
-            .execute_batch("PRAGMA wal_autocheckpoint = 0")
-            .map_err(StoreError::from)?;
-        let (nudge, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let interval = std::time::Duration::from_millis(crate::limits::CHECKPOINT_INTERVAL_MS);
-        let join = std::thread::Builder::new()
-            .name("hotline-store-ckpt".into())
-            .spawn(move || {
-                let checkpoint = || {
-                    if let Err(e) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retried after the next commit");
-                    }
-                };
-                while rx.recv().is_ok() {
-                    checkpoint();
-                    // Let commits accumulate: one checkpoint per interval at most.
-                    std::thread::sleep(interval);
-                }
-                checkpoint();
-            })
-            .map_err(|e| crate::RelayError::Io(format!("cannot start the checkpointer: {e}")))?;
-        Ok(Self { nudge, join })
-    }
-
-    fn nudge(&self) {
-        // Full means a checkpoint is already due.
-        let _ = self.nudge.try_send(());
-    }
-
-    fn stop(self) {
-        drop(self.nudge);
-        if self.join.join().is_err() {
-            tracing::error!("WAL checkpointer panicked");
-        }
-    }
 }
 
 /// Read-only access for sessions.
@@ -476,7 +416,6 @@ pub(crate) struct Writer {
     depth: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
     held: HeldCache,
-    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -512,21 +451,9 @@ impl Writer {
             depth,
             ctx,
             held: HeldCache::new(),
-            checkpointer: None,
         };
         w.publish_depths();
         Ok(w)
-    }
-
-    /// Hands checkpoints to `c` (which turned the write connection's own off).
-    pub(crate) fn with_checkpointer(mut self, c: Checkpointer) -> Self {
-        self.checkpointer = Some(c);
-        self
-    }
-
-    /// The write connection (to set up a [`Checkpointer`]).
-    pub(crate) fn connection(&self) -> &Connection {
-        &self.conn
     }
 
     /// Total messages queued, for start-up logs.
@@ -541,6 +468,9 @@ impl Writer {
     /// Runs until every command sender is gone, committing in groups, on its own thread.
     /// It waits by parking the thread (woken by the channel, or at a deferred commit's
     /// deadline), so it needs no runtime timer and outlives a runtime shutdown cleanly.
+    /// SQLite's automatic checkpoint runs in this thread between commits (a checkpointer
+    /// thread of its own was measured: no gain, and under sustained load its passive
+    /// checkpoints never completed, so the WAL grew to hundreds of megabytes).
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         struct Unpark(std::thread::Thread);
         impl std::task::Wake for Unpark {
@@ -573,9 +503,6 @@ impl Writer {
             if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
                 break;
             }
-        }
-        if let Some(c) = self.checkpointer.take() {
-            c.stop();
         }
         tracing::info!("store writer stopped");
     }
@@ -746,9 +673,6 @@ impl Writer {
                     let _ = reply.try_send(answer);
                 }
                 self.ctx.hub.post(p.posts);
-                if let Some(c) = &self.checkpointer {
-                    c.nudge();
-                }
             }
             Err(e) => {
                 self.journal.rollback();
