@@ -36,7 +36,18 @@ pub(crate) struct Posted {
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
     items: VecDeque<Posted>,
+    /// Bytes of the frames in `items` (a frame shared with other lanes counts in each).
+    bytes: usize,
     overflowed: bool,
+}
+
+/// How much a lane may hold before it overflows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LaneCap {
+    /// Items.
+    pub(crate) items: usize,
+    /// Bytes of frames.
+    pub(crate) bytes: usize,
 }
 
 /// What a session takes from a lane.
@@ -48,16 +59,18 @@ pub(crate) enum Take {
 }
 
 impl Lane {
-    fn push(&mut self, p: Posted, cap: usize) {
+    fn push(&mut self, p: Posted, cap: LaneCap) {
         if self.overflowed {
             // Already lost some: the session reads the store, which holds this one too.
             return;
         }
-        if self.items.len() >= cap {
+        if self.items.len() >= cap.items || self.bytes + p.frame.len() > cap.bytes {
             self.items.clear();
+            self.bytes = 0;
             self.overflowed = true;
             return;
         }
+        self.bytes += p.frame.len();
         self.items.push_back(p);
     }
 
@@ -67,16 +80,23 @@ impl Lane {
             self.overflowed = false;
             return Take::ReadStore;
         }
-        while self.items.front().is_some_and(|p| p.pos <= cursor) {
+        while let Some(p) = self.items.front() {
+            if p.pos > cursor {
+                break;
+            }
+            self.bytes -= p.frame.len();
             self.items.pop_front();
         }
         let n = self.items.len().min(max);
-        Take::Items(self.items.drain(..n).collect())
+        let taken: Vec<Posted> = self.items.drain(..n).collect();
+        self.bytes -= taken.iter().map(|p| p.frame.len()).sum::<usize>();
+        Take::Items(taken)
     }
 
     /// Marks the lane as needing a store read (a fresh session starts this way).
     fn reset(&mut self) {
         self.items.clear();
+        self.bytes = 0;
         self.overflowed = true;
     }
 }
@@ -86,7 +106,7 @@ impl Lane {
 pub(crate) struct Mailbox {
     lanes: Mutex<(Lane, Lane)>,
     wake: Notify,
-    cap: usize,
+    cap: LaneCap,
 }
 
 /// Which lane.
@@ -99,7 +119,7 @@ pub(crate) enum Kind {
 }
 
 impl Mailbox {
-    fn new(cap: usize) -> Self {
+    fn new(cap: LaneCap) -> Self {
         let mut messages = Lane::default();
         let mut receipts = Lane::default();
         messages.reset();
@@ -140,15 +160,15 @@ struct Entry {
 /// Live sessions by participant.
 pub(crate) struct Hub {
     sessions: Mutex<HashMap<ParticipantId, Entry>>,
-    lane_cap: usize,
+    lane_cap: LaneCap,
 }
 
 impl Hub {
-    /// A hub whose mailboxes hold up to `lane_cap` items per lane.
-    pub(crate) fn new(lane_cap: usize) -> Self {
+    /// A hub whose mailboxes hold up to `lane_cap` per lane.
+    pub(crate) fn new(lane_cap: LaneCap) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
-            lane_cap: lane_cap.max(1),
+            lane_cap,
         }
     }
 
@@ -230,6 +250,15 @@ impl Hub {
 mod tests {
     use super::*;
 
+    const CAP8: LaneCap = LaneCap {
+        items: 8,
+        bytes: 1 << 20,
+    };
+    const CAP3: LaneCap = LaneCap {
+        items: 3,
+        bytes: 1 << 20,
+    };
+
     fn posted(pos: i64) -> Posted {
         Posted {
             pos,
@@ -249,10 +278,10 @@ mod tests {
     fn a_new_lane_asks_for_a_store_read_first() {
         let mut l = Lane::default();
         l.reset();
-        l.push(posted(5), 8);
+        l.push(posted(5), CAP8);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // Posted after the flag was cleared: kept.
-        l.push(posted(6), 8);
+        l.push(posted(6), CAP8);
         assert_eq!(items(l.take(0, 10)), vec![6]);
     }
 
@@ -260,7 +289,7 @@ mod tests {
     fn positions_already_written_are_skipped_and_max_is_honoured() {
         let mut l = Lane::default();
         for p in 1..=6 {
-            l.push(posted(p), 8);
+            l.push(posted(p), CAP8);
         }
         assert_eq!(items(l.take(3, 2)), vec![4, 5]);
         assert_eq!(items(l.take(5, 10)), vec![6]);
@@ -271,12 +300,30 @@ mod tests {
     fn overflow_empties_the_lane_and_flags_a_store_read() {
         let mut l = Lane::default();
         for p in 1..=3 {
-            l.push(posted(p), 3);
+            l.push(posted(p), CAP3);
         }
-        l.push(posted(4), 3);
-        l.push(posted(5), 3);
+        l.push(posted(4), CAP3);
+        l.push(posted(5), CAP3);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
-        l.push(posted(6), 3);
+        l.push(posted(6), CAP3);
         assert_eq!(items(l.take(5, 10)), vec![6]);
+    }
+
+    #[test]
+    fn a_lane_overflows_on_bytes_as_well_as_items() {
+        let cap = LaneCap {
+            items: 100,
+            bytes: 2,
+        };
+        let mut l = Lane::default();
+        l.push(posted(1), cap);
+        l.push(posted(2), cap);
+        assert_eq!(l.bytes, 2);
+        assert_eq!(items(l.take(0, 1)), vec![1]);
+        assert_eq!(l.bytes, 1, "taking releases bytes");
+        l.push(posted(3), cap);
+        l.push(posted(4), cap);
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        assert_eq!(l.bytes, 0);
     }
 }

@@ -180,7 +180,10 @@ impl Relay {
         let readers = Arc::new(store::Readers::open(&db_path)?);
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.roster_version.store(roster.version, Relaxed);
-        let hub = Arc::new(hub::Hub::new(limits::MAILBOX_ITEMS));
+        let hub = Arc::new(hub::Hub::new(hub::LaneCap {
+            items: limits::MAILBOX_ITEMS,
+            bytes: limits::MAILBOX_BYTES,
+        }));
         let (roster_tx, roster_rx) = watch::channel(Arc::new(roster));
         let writer = store::Writer::new(
             conn,

@@ -50,6 +50,10 @@ pub const FETCH_PAGE_ROWS: usize = 512;
 /// recipient.
 pub const MAILBOX_ITEMS: usize = DELIVERY_WINDOW;
 
+/// Bytes of frames a mailbox lane holds at most (frames may be up to the frame limit, so
+/// items alone would allow a gigabyte per session).
+pub const MAILBOX_BYTES: usize = 8 * 1024 * 1024;
+
 /// Longest a batch of receipts (no submission in it) waits for more commands before it is
 /// committed; a submission commits at once. The sender's "all receipts back" latency pays
 /// this at most once; in exchange receipts are committed in groups.
