@@ -299,45 +299,14 @@ impl Recipient {
     }
 }
 
-/// Percentiles of latencies, microseconds (nearest rank, as `hotline-bench`).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Percentiles {
-    pub n: usize,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-}
+// Percentiles and what `/proc` says: the same source file as `hotline-bench`'s, so both
+// benchmarks compute their figures the same way (this crate stays outside the workspace, so
+// it includes the file rather than depending on `hotline-bench`).
+#[allow(dead_code)]
+#[path = "../../src/stats.rs"]
+mod stats;
+pub use stats::{fsync_probe_ms, load_avg, CpuMeter, Percentiles};
 
-impl Percentiles {
-    pub fn of(samples: &mut [u64]) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_unstable();
-        let rank = |q: f64| {
-            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples[i - 1]
-        };
-        Self {
-            n: samples.len(),
-            p50_us: rank(0.50),
-            p99_us: rank(0.99),
-            max_us: samples[samples.len() - 1],
-        }
-    }
-
-    pub fn ms(&self) -> String {
-        if self.n == 0 {
-            return "-".into();
-        }
-        format!(
-            "{:.2}/{:.2}/{:.2}",
-            self.p50_us as f64 / 1e3,
-            self.p99_us as f64 / 1e3,
-            self.max_us as f64 / 1e3
-        )
-    }
-}
 
 /// What one peer run measured (field names follow `hotline-bench`'s report where they mean
 /// the same thing).
@@ -498,81 +467,7 @@ pub async fn drain(ledger: &Ledger, give_up: Instant) {
     }
 }
 
-/// CPU time of a process (user + system), seconds.
-pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 /// Resident memory of a process, MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Median time of twenty `fdatasync`'d 1 KiB appends in `dir`, ms (as `hotline-bench`).
-pub fn fsync_probe_ms(dir: &Path) -> f64 {
-    let path = dir.join(".fsync-probe");
-    let run = || -> std::io::Result<Vec<u64>> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        let block = [0x5Au8; 1024];
-        let mut v = Vec::with_capacity(20);
-        for _ in 0..20 {
-            let t = Instant::now();
-            f.write_all(&block)?;
-            f.sync_data()?;
-            v.push(t.elapsed().as_micros() as u64);
-        }
-        Ok(v)
-    };
-    let r = run();
-    let _ = std::fs::remove_file(&path);
-    match r {
-        Ok(mut v) => Percentiles::of(&mut v).p50_us as f64 / 1e3,
-        Err(_) => f64::NAN,
-    }
-}
-
-/// The 1-minute load average.
-pub fn load_avg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU use of a process between two points, percent of one core.
-pub struct CpuMeter {
-    pid: u32,
-    start: Option<f64>,
-    at: Instant,
-}
-
-impl CpuMeter {
-    pub fn start(pid: u32) -> Self {
-        Self {
-            pid,
-            start: cpu_secs(pid),
-            at: Instant::now(),
-        }
-    }
-
-    pub fn percent(&self) -> Option<f64> {
-        let now = cpu_secs(self.pid)?;
-        Some((now - self.start?) / self.at.elapsed().as_secs_f64() * 100.0)
-    }
+    stats::rss_kib(pid).map(|kib| kib as f64 / 1024.0)
 }
