@@ -197,41 +197,37 @@ impl Verified<Roster> {
     }
 
     /// Verifies several messages against this roster, as [`Self::verify_envelope`] does one,
-    /// checking their signatures as one batch ([`crate::sign::verify_decoded_batch`]).
-    /// Answers in the same order.
-    pub fn verify_envelopes(
+    /// given their decoded values (a relay has decoded them already, to check who claims
+    /// to be the author), checking the signatures as one batch
+    /// ([`crate::sign::verify_decoded_batch`]). Answers in the same order.
+    pub fn verify_envelopes<'a>(
         &self,
-        items: &[&Signed<Envelope>],
+        items: impl IntoIterator<Item = (&'a Signed<Envelope>, Envelope)>,
     ) -> Vec<Result<Verified<Envelope>, VerifyError>> {
         self.verify_batch(items, |e: &Envelope| &e.sender)
     }
 
-    /// Verifies several receipts against this roster, as [`Self::verify_envelopes`] does
-    /// messages.
-    pub fn verify_receipts(
+    /// Verifies several decoded receipts against this roster, as [`Self::verify_envelopes`]
+    /// does messages.
+    pub fn verify_receipts<'a>(
         &self,
-        items: &[&Signed<Receipt>],
+        items: impl IntoIterator<Item = (&'a Signed<Receipt>, Receipt)>,
     ) -> Vec<Result<Verified<Receipt>, VerifyError>> {
         self.verify_batch(items, |r: &Receipt| &r.recipient)
     }
 
-    fn verify_batch<T: crate::SignedPayload>(
+    fn verify_batch<'a, T: crate::SignedPayload + 'a>(
         &self,
-        items: &[&Signed<T>],
+        items: impl IntoIterator<Item = (&'a Signed<T>, T)>,
         author: impl Fn(&T) -> &ParticipantId,
     ) -> Vec<Result<Verified<T>, VerifyError>> {
-        let mut out: Vec<Option<Result<Verified<T>, VerifyError>>> =
-            Vec::with_capacity(items.len());
-        let mut batch = Vec::with_capacity(items.len());
-        let mut slots = Vec::with_capacity(items.len());
-        for (i, s) in items.iter().enumerate() {
-            let checked = s
-                .decode_unverified()
-                .map_err(VerifyError::from)
-                .and_then(|v| self.authorise(author(&v), &s.key()).map(|()| v));
-            match checked {
-                Ok(v) => {
-                    batch.push((*s, v));
+        let mut out: Vec<Option<Result<Verified<T>, VerifyError>>> = Vec::new();
+        let mut batch = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (s, v)) in items.into_iter().enumerate() {
+            match self.authorise(author(&v), &s.key()) {
+                Ok(()) => {
+                    batch.push((s, v));
                     slots.push(i);
                     out.push(None);
                 }

@@ -229,10 +229,11 @@ impl Hub {
                     Kind::Receipt => l.1.push(p, e.mailbox.cap),
                 }
             }
-            if !woken.iter().any(|m| Arc::ptr_eq(m, &e.mailbox)) {
-                woken.push(&e.mailbox);
-            }
+            woken.push(&e.mailbox);
         }
+        // A commit may post thousands of items to a few hundred sessions: wake each once.
+        woken.sort_unstable_by_key(|m| Arc::as_ptr(m));
+        woken.dedup_by(|a, b| Arc::ptr_eq(a, b));
         for m in woken {
             m.wake.notify_one();
         }

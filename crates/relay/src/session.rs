@@ -52,6 +52,12 @@ impl Shared {
 /// A refusal decided before a frame reaches the store: subject, code, detail.
 type Refusal = (Subject, RejectCode, String);
 
+/// The refusal of signed bytes that do not decode: what verifying them would answer.
+fn undecodable(subject: Subject, e: DecodeError) -> Refusal {
+    let e = VerifyError::from(e);
+    (subject, reject_code(&e), e.to_string())
+}
+
 /// A frame between the checks before its signature and those after.
 enum Staged {
     /// Refused already.
@@ -503,36 +509,33 @@ impl Session {
             staged.push(match f {
                 NodeToRelay::Submit(signed) => match self.pre_submit(&signed) {
                     Err(refusal) => Staged::Refuse(refusal),
-                    Ok(()) => {
-                        envelopes.push(signed);
+                    Ok(env) => {
+                        envelopes.push((signed, env));
                         Staged::Submit
                     }
                 },
                 NodeToRelay::Receipt(signed) => match self.pre_receipt(&signed) {
                     Err(refusal) => Staged::Refuse(refusal),
-                    Ok(()) => {
-                        receipts.push(signed);
+                    Ok(receipt) => {
+                        receipts.push((signed, receipt));
                         Staged::Receipt
                     }
                 },
                 other => Staged::Other(other),
             });
         }
-        // Pass 2: roster and signatures, in batches.
+        // Pass 2: roster and signatures, in batches, over the values decoded in pass 1.
         let roster = self.shared.roster.borrow().clone();
+        let (env_signed, env_values): (Vec<_>, Vec<_>) = envelopes.into_iter().unzip();
         let mut envelopes = roster
-            .verify_envelopes(&envelopes.iter().collect::<Vec<_>>())
+            .verify_envelopes(env_signed.iter().zip(env_values))
             .into_iter()
-            .zip(envelopes.iter().map(subject_of).collect::<Vec<_>>());
+            .zip(&env_signed);
+        let (rcpt_signed, rcpt_values): (Vec<_>, Vec<_>) = receipts.into_iter().unzip();
         let mut receipts = roster
-            .verify_receipts(&receipts.iter().collect::<Vec<_>>())
+            .verify_receipts(rcpt_signed.iter().zip(rcpt_values))
             .into_iter()
-            .zip(
-                receipts
-                    .iter()
-                    .map(|r| Subject::Receipt(r.digest()))
-                    .collect::<Vec<_>>(),
-            );
+            .zip(&rcpt_signed);
         // Pass 3: in order, the checks after the signature, and the answers.
         for st in staged {
             match st {
@@ -540,9 +543,10 @@ impl Session {
                     self.refuse(subject, code, detail).await?
                 }
                 Staged::Submit => {
-                    let Some((verified, subject)) = envelopes.next() else {
+                    let Some((verified, signed)) = envelopes.next() else {
                         continue;
                     };
+                    let subject = subject_of(signed);
                     let env = match verified {
                         Ok(e) => e,
                         Err(e) => {
@@ -553,12 +557,13 @@ impl Session {
                     self.submit(env, subject, answers).await?;
                 }
                 Staged::Receipt => {
-                    let Some((verified, subject)) = receipts.next() else {
+                    let Some((verified, signed)) = receipts.next() else {
                         continue;
                     };
                     let receipt = match verified {
                         Ok(r) => r,
                         Err(e) => {
+                            let subject = Subject::Receipt(signed.digest());
                             self.refuse(subject, reject_code(&e), e.to_string()).await?;
                             continue;
                         }
@@ -585,7 +590,9 @@ impl Session {
 
     /// Rate, size and authorship of a submission, before its signature (7.3, steps 4-7): a
     /// message claiming another sender is `NotAuthor` whatever key signed it.
-    fn pre_submit(&self, signed: &Signed<Envelope>) -> Result<(), Refusal> {
+    /// Returns the decoded message for the roster and signature checks; bytes that do not
+    /// decode are refused here as they would be there.
+    fn pre_submit(&self, signed: &Signed<Envelope>) -> Result<Envelope, Refusal> {
         let subject = subject_of(signed);
         if !self.shared.take_token(&self.me) {
             return Err((
@@ -601,33 +608,38 @@ impl Session {
                 "message exceeds the frame limit".into(),
             ));
         }
-        if let Ok(claimed) = signed.decode_unverified() {
-            if claimed.sender != self.me {
-                return Err((
-                    subject,
-                    RejectCode::NotAuthor,
-                    format!("session is {}, message is from {}", self.me, claimed.sender),
-                ));
-            }
+        let claimed = signed
+            .decode_unverified()
+            .map_err(|e| undecodable(subject.clone(), e))?;
+        if claimed.sender != self.me {
+            return Err((
+                subject,
+                RejectCode::NotAuthor,
+                format!("session is {}, message is from {}", self.me, claimed.sender),
+            ));
         }
-        Ok(())
+        Ok(claimed)
     }
 
     /// Authorship of a receipt, before roster and signature (7.5, steps 2-4).
-    fn pre_receipt(&self, signed: &Signed<hotline_proto::Receipt>) -> Result<(), Refusal> {
-        if let Ok(claimed) = signed.decode_unverified() {
-            if claimed.recipient != self.me {
-                return Err((
-                    Subject::Receipt(signed.digest()),
-                    RejectCode::NotAuthor,
-                    format!(
-                        "session is {}, receipt is from {}",
-                        self.me, claimed.recipient
-                    ),
-                ));
-            }
+    fn pre_receipt(
+        &self,
+        signed: &Signed<hotline_proto::Receipt>,
+    ) -> Result<hotline_proto::Receipt, Refusal> {
+        let claimed = signed
+            .decode_unverified()
+            .map_err(|e| undecodable(Subject::Receipt(signed.digest()), e))?;
+        if claimed.recipient != self.me {
+            return Err((
+                Subject::Receipt(signed.digest()),
+                RejectCode::NotAuthor,
+                format!(
+                    "session is {}, receipt is from {}",
+                    self.me, claimed.recipient
+                ),
+            ));
         }
-        Ok(())
+        Ok(claimed)
     }
 
     /// A verified submission: its body and timestamp, then the store.
@@ -734,15 +746,8 @@ impl Session {
                 continue;
             }
             if self.msgs_from_store {
-                let rows = self
-                    .shared
-                    .readers
-                    .backlog(self.conn_id as usize, &self.me, self.msg_cursor, room)
-                    .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
-                self.shared
-                    .metrics
-                    .store_reads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let rows =
+                    self.read_store(|r, key| r.backlog(key, &self.me, self.msg_cursor, room))?;
                 let n = rows.len();
                 let mut buf = Vec::new();
                 for (qid, id, signed) in rows {
@@ -779,6 +784,19 @@ impl Session {
         Ok(())
     }
 
+    /// One page read from the store (counted in `hotline_relay_store_reads_total`).
+    fn read_store<T>(
+        &self,
+        read: impl FnOnce(&Readers, usize) -> Result<T, hotline_store::StoreError>,
+    ) -> Result<T, End> {
+        self.shared
+            .metrics
+            .store_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        read(&self.shared.readers, self.conn_id as usize)
+            .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
+    }
+
     async fn wrote_deliveries(&mut self, buf: &[u8], n: usize) -> Result<(), End> {
         if n > 0 {
             self.write_raw(buf).await?;
@@ -798,15 +816,8 @@ impl Session {
             let mut buf = Vec::new();
             let n;
             if self.rcpts_from_store {
-                let rows = self
-                    .shared
-                    .readers
-                    .receipts(self.conn_id as usize, &self.me, self.rcpt_cursor, page)
-                    .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
-                self.shared
-                    .metrics
-                    .store_reads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let rows =
+                    self.read_store(|r, key| r.receipts(key, &self.me, self.rcpt_cursor, page))?;
                 n = rows.len();
                 for (qid, signed) in rows {
                     self.rcpt_cursor = qid;

@@ -212,33 +212,35 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         detail,
     };
     let report = hotline_store::verify_journal(conn).map_err(|e| corrupt(e.to_string()))?;
-    let mut st = conn.prepare("SELECT id, digest, bytes FROM messages")?;
-    let mut rows = st.query([])?;
-    let mut n = 0u64;
-    while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        let digest: Vec<u8> = r.get(1)?;
-        let bytes: Vec<u8> = r.get(2)?;
-        if Digest::of(&[hotline_proto::sign::DOMAIN_ENVELOPE, &bytes]).0[..] != digest[..] {
-            return Err(corrupt(format!(
-                "stored message {} no longer matches its digest",
-                hex::encode(id)
-            )));
+    // Each row: a name for the error, the recorded digest, the bytes.
+    let check = |sql: &str, domain: &[u8], what: &str| -> Result<u64, StoreError> {
+        let mut st = conn.prepare(sql)?;
+        let mut rows = st.query([])?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            let name: Vec<u8> = r.get(0)?;
+            let digest: Vec<u8> = r.get(1)?;
+            let bytes: Vec<u8> = r.get(2)?;
+            if Digest::of(&[domain, &bytes]).0[..] != digest[..] {
+                return Err(corrupt(format!(
+                    "stored {what} {} no longer matches its digest",
+                    hex::encode(name)
+                )));
+            }
+            n += 1;
         }
-        n += 1;
-    }
-    let mut st = conn.prepare("SELECT digest, bytes FROM receipts")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let digest: Vec<u8> = r.get(0)?;
-        let bytes: Vec<u8> = r.get(1)?;
-        if Digest::of(&[hotline_proto::sign::DOMAIN_RECEIPT, &bytes]).0[..] != digest[..] {
-            return Err(corrupt(format!(
-                "stored receipt {} no longer matches its digest",
-                hex::encode(digest)
-            )));
-        }
-    }
+        Ok(n)
+    };
+    let n = check(
+        "SELECT id, digest, bytes FROM messages",
+        hotline_proto::sign::DOMAIN_ENVELOPE,
+        "message",
+    )?;
+    check(
+        "SELECT digest, digest, bytes FROM receipts",
+        hotline_proto::sign::DOMAIN_RECEIPT,
+        "receipt",
+    )?;
     tracing::info!(
         journal_entries = report.entries,
         messages = n,
