@@ -65,6 +65,12 @@ async fn start_relay(dep: &Deployment, n: u32) -> anyhow::Result<XProc> {
     Ok(p)
 }
 
+/// Starts `node`'s process of `dep`, logging to `log_name` (it is not waited for).
+fn spawn_node(dep: &Deployment, node: &str, log_name: &str) -> anyhow::Result<XProc> {
+    let cfg = dep.nodes[node].config.display().to_string();
+    XProc::spawn(&bin()?, &["node", "--config", &cfg], &dep.dir, log_name)
+}
+
 /// Follows every node's event stream; returns a channel of (participant, event).
 fn follow(clients: &BTreeMap<String, ApiClient>) -> tokio::sync::mpsc::Receiver<(String, Value)> {
     let (tx, rx) = tokio::sync::mpsc::channel(100_000);
@@ -90,13 +96,7 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     }
     let mut nodes = BTreeMap::new();
     for n in NODES {
-        let cfg = dep.nodes[n].config.display().to_string();
-        let mut p = XProc::spawn(
-            &bin()?,
-            &["node", "--config", &cfg],
-            &dep.dir,
-            &format!("node-{n}.log"),
-        )?;
+        let mut p = spawn_node(&dep, n, &format!("node-{n}.log"))?;
         p.wait_log("relay connected", START).await?;
         nodes.insert(n.to_string(), p);
     }
@@ -437,15 +437,7 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
     for n in ["KAZ", "KGZ", "UZB"] {
         dep.add_node(n, dep.relay_addr, 3_600_000)?;
     }
-    let spawn = |n: &str, k: usize| -> anyhow::Result<XProc> {
-        let cfg = dep.nodes[n].config.display().to_string();
-        XProc::spawn(
-            &bin()?,
-            &["node", "--config", &cfg],
-            &dep.dir,
-            &format!("node-{n}-{k}.log"),
-        )
-    };
+    let spawn = |n: &str, k: usize| spawn_node(&dep, n, &format!("node-{n}-{k}.log"));
     let mut senders = BTreeMap::new();
     for n in ["KAZ", "KGZ"] {
         let mut p = spawn(n, 0)?;

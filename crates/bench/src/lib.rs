@@ -26,7 +26,7 @@ use std::time::Duration;
 use hotline_proto::{Audience, Role};
 
 use client::Durability;
-use network::{Network, SECRETARIAT};
+use network::{Network, Peer, SECRETARIAT};
 use relay::Relay;
 use traffic::{CompleteOn, SenderSpec, Traffic, TrafficReport};
 
@@ -82,26 +82,17 @@ pub async fn fanout37(
         .filter(|p| p.id != sec.id)
         .cloned()
         .collect();
-    let t = Traffic {
-        name: "fanout37".into(),
-        senders: vec![SenderSpec {
-            peer: sec,
-            audience: Audience::Everyone,
-            fanout: recipients.len() as u32,
-        }],
-        recipients,
+    let senders = vec![SenderSpec {
+        peer: sec,
+        audience: Audience::Everyone,
+        fanout: recipients.len() as u32,
+    }];
+    let load = Load {
         rate,
-        duration: c.duration,
         window,
-        body_bytes: c.body_bytes,
-        durability: c.durability,
         max_messages,
-        drain_timeout: c.drain_timeout,
-        complete_on: CompleteOn::AllReceipts,
     };
-    let report = traffic::run(&t, &net, &relay).await;
-    relay.stop().await;
-    report
+    run_traffic(c, "fanout37", senders, recipients, load, &net, relay).await
 }
 
 /// p2p: `pairs` independent senders, each writing to its own recipient (synthetic members
@@ -136,20 +127,45 @@ pub async fn p2p(
         recipients.push(r);
     }
     debug_assert!(recipients.iter().all(|r| r.role == Role::Member));
+    let load = Load {
+        rate,
+        window,
+        max_messages,
+    };
+    run_traffic(c, "p2p", senders, recipients, load, &net, relay).await
+}
+
+/// How hard a traffic run pushes.
+struct Load {
+    rate: Option<f64>,
+    window: usize,
+    max_messages: usize,
+}
+
+/// Runs one traffic workload (complete when every receipt is back) and stops the relay.
+async fn run_traffic(
+    c: &Common,
+    name: &str,
+    senders: Vec<SenderSpec>,
+    recipients: Vec<Peer>,
+    load: Load,
+    net: &Network,
+    relay: Relay,
+) -> anyhow::Result<TrafficReport> {
     let t = Traffic {
-        name: "p2p".into(),
+        name: name.into(),
         senders,
         recipients,
-        rate,
+        rate: load.rate,
         duration: c.duration,
-        window,
+        window: load.window,
         body_bytes: c.body_bytes,
         durability: c.durability,
-        max_messages,
+        max_messages: load.max_messages,
         drain_timeout: c.drain_timeout,
         complete_on: CompleteOn::AllReceipts,
     };
-    let report = traffic::run(&t, &net, &relay).await;
+    let report = traffic::run(&t, net, &relay).await;
     relay.stop().await;
     report
 }
