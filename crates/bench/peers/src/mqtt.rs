@@ -39,6 +39,11 @@ pub async fn subscribers(
         let mut o = options(&who, t);
         o.set_manual_acks(true);
         let (client, eventloop) = AsyncClient::new(o, 65_536);
+        // Unbounded on purpose, and bounded in fact: the broker sends a subscriber at most
+        // its in-flight window of unacknowledged QoS 1 messages (`max_inflight_messages
+        // 1000` in run.sh's config), and they are acked only after `sub_store` has them. A
+        // bounded channel here could deadlock: the event loop would wait for `sub_store`,
+        // which waits for the event loop to take its acks.
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(sub_events(
