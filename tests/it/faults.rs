@@ -71,6 +71,12 @@ fn spawn_node(dep: &Deployment, node: &str, log_name: &str) -> anyhow::Result<XP
     XProc::spawn(&bin()?, &["node", "--config", &cfg], &dep.dir, log_name)
 }
 
+/// A started node's API client (its port is the one it logged).
+async fn client(dep: &Deployment, node: &str, p: &mut XProc) -> anyhow::Result<ApiClient> {
+    let addr = p.wait_api_addr(START).await?;
+    Ok(ApiClient::new(&addr, &dep.nodes[node].token))
+}
+
 /// Follows every node's event stream; returns a channel of (participant, event).
 fn follow(clients: &BTreeMap<String, ApiClient>) -> tokio::sync::mpsc::Receiver<(String, Value)> {
     let (tx, rx) = tokio::sync::mpsc::channel(100_000);
@@ -100,11 +106,10 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
         p.wait_log("relay connected", START).await?;
         nodes.insert(n.to_string(), p);
     }
-    let clients: BTreeMap<String, ApiClient> = dep
-        .nodes
-        .iter()
-        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
-        .collect();
+    let mut clients = BTreeMap::new();
+    for (n, p) in nodes.iter_mut() {
+        clients.insert(n.clone(), client(&dep, n, p).await?);
+    }
     let mut events = follow(&clients);
 
     // Senders post as fast as their nodes take it; progress drives the kills.
@@ -447,17 +452,11 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
     let mut uzb = spawn("UZB", 0)?;
     uzb.wait_log("relay connected", START).await?;
     let mut uzb_logs: Vec<XProc> = Vec::new();
-    let clients: BTreeMap<String, ApiClient> = dep
-        .nodes
-        .iter()
-        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
-        .collect();
-    let sender_clients: BTreeMap<String, ApiClient> = clients
-        .iter()
-        .filter(|(k, _)| k.as_str() != "UZB")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut events = follow(&sender_clients);
+    let mut clients = BTreeMap::new();
+    for (n, p) in senders.iter_mut() {
+        clients.insert(n.to_string(), client(&dep, n, p).await?);
+    }
+    let mut events = follow(&clients);
 
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
     let done_tx = Arc::new(done_tx);
@@ -508,7 +507,7 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
         }
     }
     assert_eq!(delivered, expected);
-    let c = clients["UZB"].clone();
+    let c = client(&dep, "UZB", &mut uzb).await?;
     let inbox = tokio::task::spawn_blocking(move || c.get("/v1/inbox?limit=1000")).await??;
     let ids: Vec<String> = inbox
         .as_array()

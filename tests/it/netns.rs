@@ -354,6 +354,7 @@ async fn lossy_link_and_partition_between_namespaces_lose_and_duplicate_nothing(
         "relay listens elsewhere: {line}"
     );
     let mut nodes = HashMap::new();
+    let mut apis = HashMap::new();
     for id in ["KAZ", "KGZ"] {
         let cfg = dep.nodes[id].config.display().to_string();
         let mut p = ns.spawn(
@@ -363,11 +364,12 @@ async fn lossy_link_and_partition_between_namespaces_lose_and_duplicate_nothing(
             &format!("node-{id}.log"),
         )?;
         p.wait_log("relay connected", START).await?;
+        apis.insert(id, p.wait_api_addr(START).await?);
         nodes.insert(id, p);
     }
     let cli = |id: &str| Cli {
         ns: &ns,
-        api: dep.nodes[id].api.to_string(),
+        api: apis[id].clone(),
         token_file: dep.dir.join(format!("{id}.token")),
     };
     let (kaz, kgz) = (cli("KAZ"), cli("KGZ"));

@@ -19,7 +19,8 @@ pub struct Proc {
     pub log_path: PathBuf,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, taking the value even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -212,6 +213,15 @@ impl Proc {
     /// Waits until any log line contains `needle`.
     pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         self.wait_log_from(0, needle, timeout).await
+    }
+
+    /// Waits for a node's "local API listening addr=…" line; returns the address. The
+    /// harness's nodes listen on a port they pick themselves, so this is how it is learnt.
+    pub async fn wait_api_addr(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let line = self.wait_log("local API listening", timeout).await?;
+        field(&line, "addr")
+            .map(str::to_owned)
+            .with_context(|| format!("no API address in the log line {line:?}"))
     }
 }
 

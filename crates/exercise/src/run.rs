@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use hotline_node::client::ApiClient;
 
 use crate::deploy::Deployment;
-use crate::process::{field, Proc};
+use crate::process::{field, lock, Proc};
 use crate::proxy::{Impairment, Proxy};
 use crate::report::{self, Report};
 use crate::scenario::{Fault, Scenario};
@@ -111,7 +111,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         scenario.time_compression
     );
 
-    let (mut sim, roster, clients, participants) = match opts.live.clone() {
+    let (mut sim, roster, mut clients, participants) = match opts.live.clone() {
         Some(live) => {
             if !scenario.faults.is_empty() {
                 eprintln!(
@@ -133,16 +133,21 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         }
     };
 
-    // One event-stream follower per node, reconnecting across restarts.
+    // One event-stream follower per node, reconnecting across restarts (a restarted node
+    // listens on a new port: the followers read its client from `watched`).
     let (ev_tx, mut ev_rx) = mpsc::channel::<(String, Value)>(EVENTS_BUFFER);
     let stop = Arc::new(AtomicBool::new(false));
-    for (id, c) in &clients {
-        let (id, c, tx, stop) = (id.clone(), c.clone(), ev_tx.clone(), stop.clone());
+    let watched = Arc::new(Mutex::new(clients.clone()));
+    for id in clients.keys() {
+        let (id, watched, tx, stop) = (id.clone(), watched.clone(), ev_tx.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Relaxed) {
-                let _ = c.watch(|ev| {
-                    let _ = tx.blocking_send((id.clone(), ev));
-                    !stop.load(Relaxed)
+                let c = lock(&watched).get(&id).cloned();
+                let _ = c.map(|c| {
+                    c.watch(|ev| {
+                        let _ = tx.blocking_send((id.clone(), ev));
+                        !stop.load(Relaxed)
+                    })
                 });
                 // The node is down (restart or offline fault): try again shortly.
                 std::thread::sleep(Duration::from_millis(100));
@@ -266,7 +271,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Action::StartNode(p) => {
                     let r = restarts.entry(p.clone()).or_insert(0);
                     *r += 1;
-                    let proc_ = spawn_node(&opts, &sim.dep, &p, *r)?;
+                    let mut proc_ = spawn_node(&opts, &sim.dep, &p, *r)?;
+                    let c = api_client(&mut proc_, &sim.dep, &p)
+                        .await
+                        .with_context(|| format!("node {p} did not restart"))?;
+                    lock(&watched).insert(p.clone(), c.clone());
+                    clients.insert(p.clone(), c);
                     sim.nodes.insert(p.clone(), proc_);
                     down.remove(&p);
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} back")}));
@@ -549,11 +559,10 @@ async fn setup_sim(
     }
     eprintln!("  relay and {} nodes up", nodes.len());
 
-    let clients: BTreeMap<String, ApiClient> = dep
-        .nodes
-        .iter()
-        .map(|(id, n)| (id.clone(), ApiClient::new(&n.api.to_string(), &n.token)))
-        .collect();
+    let mut clients = BTreeMap::new();
+    for (p, proc_) in nodes.iter_mut() {
+        clients.insert(p.clone(), api_client(proc_, &dep, p).await?);
+    }
 
     Ok((
         Sim {
@@ -663,6 +672,16 @@ async fn start_relay(
         bail!("relay did not log its address: {line}");
     }
     Ok(relay)
+}
+
+/// A started node's API client, at the address it logged ("local API listening addr=…").
+async fn api_client(proc_: &mut Proc, dep: &Deployment, p: &str) -> anyhow::Result<ApiClient> {
+    let setup = dep
+        .nodes
+        .get(p)
+        .with_context(|| format!("no node set up for {p}"))?;
+    let addr = proc_.wait_api_addr(START_TIMEOUT).await?;
+    Ok(ApiClient::new(&addr, &setup.token))
 }
 
 fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::Result<Proc> {
