@@ -14,6 +14,7 @@ pub mod limits;
 mod metrics;
 mod session;
 pub mod store;
+mod verifier;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -266,6 +267,16 @@ impl Relay {
             });
         }
 
+        // Receipts pass through the verifier on their way to the writer; it stops when the
+        // sessions have gone, and the writer when it has.
+        let (verify_tx, verify_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
+        tokio::spawn(verifier::run(
+            verify_rx,
+            roster_rx.clone(),
+            cmd_tx.clone(),
+            metrics.clone(),
+            limits::RECEIPT_VERIFY_BATCH_MAX,
+        ));
         let shared = Arc::new(session::Shared {
             config: config.clone(),
             roster: roster_rx,
@@ -273,6 +284,7 @@ impl Relay {
             metrics,
             readers,
             writer: cmd_tx,
+            verifier: verify_tx,
             rates: Default::default(),
         });
         let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_join));

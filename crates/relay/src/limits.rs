@@ -59,9 +59,13 @@ pub const MAILBOX_BYTES: usize = 8 * 1024 * 1024;
 /// this at most once; in exchange receipts are committed in groups.
 pub const RECEIPT_COMMIT_DELAY_MS: u64 = 2;
 
-/// Most frames from one connection handled together (their signatures verified as one
-/// batch).
+/// Most frames from one connection handled together (the signatures of the messages among
+/// them verified as one batch).
 pub const VERIFY_BATCH_MAX: usize = 64;
+
+/// Most receipts, from all sessions, whose signatures the verifier checks as one batch
+/// (`crate::verifier`): enough for a fan-out to the whole CICA roster and more.
+pub const RECEIPT_VERIFY_BATCH_MAX: usize = 256;
 
 /// Recently accepted messages whose sender, digest and recipients the store writer keeps in
 /// memory to check their receipts without reading them back (a few hundred bytes each).

@@ -70,6 +70,7 @@ pub(crate) struct Metrics {
     pub(crate) store_reads: AtomicU64,
     commit_failures: AtomicU64,
     batch: Histogram<11>,
+    verify_batch: Histogram<11>,
     latency: Histogram<13>,
     depths: Mutex<HashMap<ParticipantId, i64>>,
     pub(crate) roster_version: AtomicU64,
@@ -89,6 +90,7 @@ impl Metrics {
             store_reads: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
+            verify_batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
             depths: Mutex::new(HashMap::new()),
             roster_version: AtomicU64::new(0),
@@ -114,6 +116,11 @@ impl Metrics {
         for l in latencies_ms {
             self.latency.observe(*l);
         }
+    }
+
+    /// The verifier checked `n` receipt signatures as one batch.
+    pub(crate) fn receipts_verified(&self, n: usize) {
+        self.verify_batch.observe(n as u64);
     }
 
     pub(crate) fn commit_failed(&self) {
@@ -243,6 +250,12 @@ impl Metrics {
             &mut o,
             "hotline_relay_commit_batch_size",
             "Items per group commit.",
+            1.0,
+        );
+        self.verify_batch.render(
+            &mut o,
+            "hotline_relay_receipt_verify_batch_size",
+            "Receipt signatures verified as one batch (gathered from all sessions).",
             1.0,
         );
         self.latency.render(

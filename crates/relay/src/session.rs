@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) readers: Arc<Readers>,
     pub(crate) writer: mpsc::Sender<Command>,
+    /// Receipts to verify (`crate::verifier`), then store.
+    pub(crate) verifier: mpsc::Sender<crate::verifier::Unverified>,
     /// Submission token buckets by participant, so reconnecting does not refill one. At
     /// most one entry per roster participant (only authenticated sessions add one).
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
@@ -64,8 +66,8 @@ enum Staged {
     Refuse(Refusal),
     /// A submission whose signature is in the batch.
     Submit,
-    /// A receipt whose signature is in the batch.
-    Receipt,
+    /// A receipt from this session's participant, for the verifier.
+    Receipt(Signed<hotline_proto::Receipt>, hotline_proto::Receipt),
     /// Anything else, handled in turn.
     Other(NodeToRelay),
 }
@@ -132,7 +134,7 @@ pub(crate) fn check_hello(
 }
 
 /// Maps a verification failure to the rejection a node sees.
-fn reject_code(e: &VerifyError) -> RejectCode {
+pub(crate) fn reject_code(e: &VerifyError) -> RejectCode {
     match e {
         VerifyError::Decode(DecodeError::OverLimit { .. })
         | VerifyError::Decode(DecodeError::TooLarge { .. }) => RejectCode::TooLarge,
@@ -493,8 +495,9 @@ impl Session {
     }
 
     /// Handles a group of frames read together, in order. The signatures of the messages
-    /// and receipts among them are verified as one batch (about half the cost of one by
-    /// one); each frame's checks and answers are as if it had been handled alone.
+    /// among them are verified as one batch (about half the cost of one by one); receipts go
+    /// to the verifier, which batches them across sessions (`crate::verifier`). Each frame's
+    /// checks and answers are as if it had been handled alone.
     async fn handle(
         &mut self,
         frames: Vec<NodeToRelay>,
@@ -504,7 +507,6 @@ impl Session {
         // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5).
         let mut staged = Vec::with_capacity(frames.len());
         let mut envelopes = Vec::new();
-        let mut receipts = Vec::new();
         for f in frames {
             staged.push(match f {
                 NodeToRelay::Submit(signed) => match self.pre_submit(&signed) {
@@ -516,26 +518,19 @@ impl Session {
                 },
                 NodeToRelay::Receipt(signed) => match self.pre_receipt(&signed) {
                     Err(refusal) => Staged::Refuse(refusal),
-                    Ok(receipt) => {
-                        receipts.push((signed, receipt));
-                        Staged::Receipt
-                    }
+                    Ok(receipt) => Staged::Receipt(signed, receipt),
                 },
                 other => Staged::Other(other),
             });
         }
-        // Pass 2: roster and signatures, in batches, over the values decoded in pass 1.
+        // Pass 2: roster and signatures of the messages, in a batch, over the values
+        // decoded in pass 1.
         let roster = self.shared.roster.borrow().clone();
         let (env_signed, env_values): (Vec<_>, Vec<_>) = envelopes.into_iter().unzip();
         let mut envelopes = roster
             .verify_envelopes(env_signed.iter().zip(env_values))
             .into_iter()
             .zip(&env_signed);
-        let (rcpt_signed, rcpt_values): (Vec<_>, Vec<_>) = receipts.into_iter().unzip();
-        let mut receipts = roster
-            .verify_receipts(rcpt_signed.iter().zip(rcpt_values))
-            .into_iter()
-            .zip(&rcpt_signed);
         // Pass 3: in order, the checks after the signature, and the answers.
         for st in staged {
             match st {
@@ -556,26 +551,24 @@ impl Session {
                     };
                     self.submit(env, subject, answers).await?;
                 }
-                Staged::Receipt => {
-                    let Some((verified, signed)) = receipts.next() else {
-                        continue;
-                    };
-                    let receipt = match verified {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let subject = Subject::Receipt(signed.digest());
-                            self.refuse(subject, reject_code(&e), e.to_string()).await?;
-                            continue;
-                        }
-                    };
-                    for item in &receipt.items {
+                Staged::Receipt(signed, value) => {
+                    // Its signature is checked by the verifier, after this. The delivery
+                    // window opens now: a forged receipt frees a slot of this node's own
+                    // window but removes nothing from its queue (only a verified receipt
+                    // does), so what it names is delivered again at its next connection.
+                    for item in &value.items {
                         self.in_flight_deliveries.remove(&item.id);
                     }
-                    self.send_to_writer(Command::Receipt {
-                        receipt,
-                        reply: answers.clone(),
-                    })
-                    .await?;
+                    self.shared
+                        .verifier
+                        .send(crate::verifier::Unverified {
+                            signed,
+                            value,
+                            reply: answers.clone(),
+                        })
+                        .await
+                        .map_err(|_| End::new(ErrorCode::GoingAway, "relay shutting down"))?;
+                    self.pending_answers += 1;
                     // Room in the delivery window may let more of the backlog go out. Only
                     // then: a query per receipt would cost as much as storing it.
                     if self.window_full {
