@@ -78,7 +78,12 @@ pub async fn read_frames(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// Append the batch to a file and `fdatasync` it.
+    /// Append the batch to one file shared by every recipient of the load generator, durable
+    /// once an `fdatasync` begun after the append returns (group commit, `grouplog.rs`): the
+    /// 37 recipients stand for 37 machines syncing in parallel, not 37 syncs queued in this
+    /// machine's one filesystem journal with the relay's.
+    Group,
+    /// Append the batch to the recipient's own file and `fdatasync` it.
     Fsync,
     /// Insert the batch into SQLite (WAL, `synchronous=FULL`, as the node's store) and
     /// commit.
@@ -89,6 +94,8 @@ pub enum Durability {
 
 /// A client's store.
 pub enum Store {
+    /// The load generator's shared group-committed file.
+    Group(std::sync::Arc<crate::grouplog::GroupLog>),
     /// An append-only file.
     File(std::fs::File),
     /// A SQLite database.
@@ -98,9 +105,14 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens (creating) the store at `path` (a file name; SQLite adds `.db`).
+    /// Opens (creating) the store at `path` (a file name; SQLite adds `.db`; the shared
+    /// group log is `group.log` beside it).
     pub fn open(d: Durability, path: &Path) -> anyhow::Result<Self> {
         Ok(match d {
+            Durability::Group => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                Self::Group(crate::grouplog::GroupLog::shared(&dir.join("group.log"))?)
+            }
             Durability::Fsync => Self::File(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -120,16 +132,20 @@ impl Store {
     }
 
     fn persist_now(&mut self, rows: &[([u8; 16], Vec<u8>)]) -> anyhow::Result<()> {
+        let records = || {
+            let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 20).sum());
+            for (id, bytes) in rows {
+                buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                buf.extend_from_slice(id);
+                buf.extend_from_slice(bytes);
+            }
+            buf
+        };
         match self {
+            Self::Group(log) => log.append_durable(&records())?,
             Self::File(f) => {
                 use std::io::Write as _;
-                let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 20).sum());
-                for (id, bytes) in rows {
-                    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                    buf.extend_from_slice(id);
-                    buf.extend_from_slice(bytes);
-                }
-                f.write_all(&buf)?;
+                f.write_all(&records())?;
                 f.sync_data()?;
             }
             Self::Sqlite(c) => {

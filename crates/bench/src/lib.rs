@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod grouplog;
 pub mod idle;
 pub mod network;
 pub mod recovery;

@@ -28,6 +28,9 @@ pub const WRITE_MAX: usize = 256;
 pub enum Durability {
     /// Append the batch to a file and `fdatasync` it (what `hotline-bench` does by default).
     Fsync,
+    /// Append the batch to one file shared by every subscriber, group-committed (as
+    /// `hotline-bench --durability group`; `grouplog.rs`).
+    Group,
     /// Nothing: acknowledge on receipt.
     None,
 }
@@ -213,6 +216,7 @@ impl Ledger {
 pub struct Recipient {
     pub who: String,
     file: Option<std::fs::File>,
+    group: Option<std::sync::Arc<grouplog::GroupLog>>,
     held: Vec<u64>,
     /// Send → the subscriber has it durably (the `e2e` of `hotline-bench`).
     pub e2e_us: Vec<u64>,
@@ -229,6 +233,10 @@ pub struct Received {
 
 impl Recipient {
     pub fn open(who: String, d: Durability, dir: &Path, capacity: usize) -> anyhow::Result<Self> {
+        let group = match d {
+            Durability::Group => Some(grouplog::GroupLog::shared(&dir.join("group.log"))?),
+            _ => None,
+        };
         let file = match d {
             Durability::Fsync => {
                 let p = dir.join(&who);
@@ -240,11 +248,12 @@ impl Recipient {
                         .with_context(|| format!("{}", p.display()))?,
                 )
             }
-            Durability::None => None,
+            Durability::None | Durability::Group => None,
         };
         Ok(Self {
             who,
             file,
+            group,
             held: vec![0; capacity.div_ceil(64)],
             e2e_us: Vec::new(),
             recv_us: Vec::new(),
@@ -270,15 +279,24 @@ impl Recipient {
             fresh.push(r.idx);
             rows.push(r.payload);
         }
-        if let Some(mut f) = self.file.take() {
+        let records = |rows: Vec<Bytes>| {
+            let mut buf = Vec::with_capacity(rows.iter().map(|r| r.len() + 4).sum());
+            for r in &rows {
+                buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                buf.extend_from_slice(r);
+            }
+            buf
+        };
+        if let (Some(log), false) = (&self.group, rows.is_empty()) {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.append_durable(&records(rows)))
+                .await
+                .context("store task")?
+                .context("group append and fdatasync")?;
+        } else if let Some(mut f) = self.file.take() {
             if !rows.is_empty() {
                 let (f2, res) = tokio::task::spawn_blocking(move || {
-                    let mut buf = Vec::with_capacity(rows.iter().map(|r| r.len() + 4).sum());
-                    for r in &rows {
-                        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(r);
-                    }
-                    let res = f.write_all(&buf).and_then(|_| f.sync_data());
+                    let res = f.write_all(&records(rows)).and_then(|_| f.sync_data());
                     (f, res)
                 })
                 .await
@@ -305,8 +323,11 @@ impl Recipient {
 #[allow(dead_code)]
 #[path = "../../src/stats.rs"]
 mod stats;
-pub use stats::{fsync_probe_ms, load_avg, CpuMeter, Percentiles};
 
+// The shared group-committed log, the same source file as `hotline-bench`'s.
+#[path = "../../src/grouplog.rs"]
+mod grouplog;
+pub use stats::{fsync_probe_ms, load_avg, CpuMeter, Percentiles};
 
 /// What one peer run measured (field names follow `hotline-bench`'s report where they mean
 /// the same thing).
