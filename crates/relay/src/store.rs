@@ -190,40 +190,6 @@ pub(crate) struct WriterContext {
     pub(crate) batch_max: usize,
 }
 
-/// Queue entries for message `rseq`, several rows per statement: a fan-out to 37 is three
-/// statements (32 + 4 + 1 rows) instead of 37, which is most of what a statement costs
-/// here. Chunk sizes are powers of two so that only six statements are ever cached.
-fn insert_queue(
-    tx: &Transaction<'_>,
-    rseq: i64,
-    recipients: &[ParticipantId],
-) -> Result<(), StoreError> {
-    const CHUNK_MAX: usize = 32;
-    let mut rest = recipients;
-    while !rest.is_empty() {
-        let n = if rest.len() >= CHUNK_MAX {
-            CHUNK_MAX
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(n);
-        let values = (0..n)
-            .map(|i| format!("(?1, ?{})", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO queue (rseq, recipient) VALUES {values}"
-        ))?;
-        st.raw_bind_parameter(1, rseq)?;
-        for (i, r) in chunk.iter().enumerate() {
-            st.raw_bind_parameter(i + 2, r.as_str())?;
-        }
-        st.raw_execute()?;
-        rest = tail;
-    }
-    Ok(())
-}
-
 /// Opens (creating) the relay database, checks it, and creates the schema.
 pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
     let path = data_dir.join(DB_FILE);
@@ -839,8 +805,9 @@ fn submit(
     let rseq = tx.last_insert_rowid();
     if !recipients.is_empty() {
         let frame = shared_frame(&RelayToNode::Deliver(signed.clone()))?;
-        insert_queue(tx, rseq, &recipients)?;
+        let mut q = tx.prepare_cached("INSERT INTO queue (rseq, recipient) VALUES (?1, ?2)")?;
         for r in &recipients {
+            q.execute(params![rseq, r.as_str()])?;
             *p.depth.entry(r.clone()).or_insert(0) += 1;
             p.posts.push((
                 r.clone(),
@@ -1123,29 +1090,6 @@ mod tests {
             ],
         )
         .expect("insert message");
-    }
-
-    #[test]
-    fn queue_entries_are_inserted_for_every_recipient_in_chunks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_, mut conn) = open_db(dir.path()).expect("open");
-        // 37 = 32 + 4 + 1; 63 = 32 + 16 + 8 + 4 + 2 + 1; 1 and 0 as they are.
-        for (rseq, n) in [(1i64, 37usize), (2, 63), (3, 1), (4, 0), (5, 64)] {
-            let recipients: Vec<ParticipantId> = (0..n).map(|i| pid(&format!("P{i:02}"))).collect();
-            let tx = conn.transaction().expect("tx");
-            insert_queue(&tx, rseq, &recipients).expect("insert");
-            tx.commit().expect("commit");
-            let mut st = conn
-                .prepare("SELECT recipient FROM queue WHERE rseq = ?1 ORDER BY recipient")
-                .expect("select");
-            let got: Vec<String> = st
-                .query_map([rseq], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows");
-            let want: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
-            assert_eq!(got, want, "{n} recipients");
-        }
     }
 
     #[test]
