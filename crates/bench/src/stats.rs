@@ -61,7 +61,13 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU time a process has used (user + system, all threads), seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system time from a `/proc/…/stat` file (a process's, or one thread's under
+/// `task/`), seconds.
+fn stat_cpu_secs(path: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state);
     // utime and stime are fields 14 and 15.
     let rest = &s[s.rfind(')')? + 1..];
@@ -94,9 +100,9 @@ pub fn load_avg() -> f64 {
 }
 
 /// CPU use of a process between two points, as a percentage of one core.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuMeter {
-    pid: u32,
+    stat: String,
     start: Option<f64>,
     at: std::time::Instant,
 }
@@ -104,18 +110,36 @@ pub struct CpuMeter {
 impl CpuMeter {
     /// Starts measuring `pid`.
     pub fn start(pid: u32) -> Self {
+        Self::at_path(format!("/proc/{pid}/stat"))
+    }
+
+    /// Starts measuring the thread of `pid` named `comm` (e.g. `hotline-store-w`), if there
+    /// is one.
+    pub fn thread(pid: u32, comm: &str) -> Option<Self> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .map(|t| t.path())
+            .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == comm))
+            .map(|t| Self::at_path(t.join("stat").display().to_string()))
+    }
+
+    fn at_path(stat: String) -> Self {
         Self {
-            pid,
-            start: cpu_secs(pid),
+            start: stat_cpu_secs(&stat),
+            stat,
             at: std::time::Instant::now(),
         }
     }
 
+    /// CPU seconds used since `start`.
+    pub fn seconds(&self) -> Option<f64> {
+        Some(stat_cpu_secs(&self.stat)? - self.start?)
+    }
+
     /// Percentage of one core used since `start` (100 = one core busy).
     pub fn percent(&self) -> Option<f64> {
-        let now = cpu_secs(self.pid)?;
-        let wall = self.at.elapsed().as_secs_f64();
-        Some((now - self.start?) / wall * 100.0)
+        Some(self.seconds()? / self.at.elapsed().as_secs_f64() * 100.0)
     }
 }
 
@@ -200,5 +224,26 @@ mod tests {
         let p = Percentiles::of(&mut v);
         assert_eq!((p.n, p.p50_us, p.p99_us, p.max_us), (100, 50, 99, 100));
         assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+
+    #[test]
+    fn a_thread_is_metered_by_its_name() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("meter-test".into())
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                let _ = done_rx.recv();
+            })
+            .expect("spawn");
+        ready_rx.recv().expect("thread started");
+        let pid = std::process::id();
+        let m = CpuMeter::thread(pid, "meter-test").expect("the named thread is found");
+        assert!(m.seconds().is_some_and(|s| s >= 0.0));
+        assert!(CpuMeter::thread(pid, "no-such-thread").is_none());
+        assert!(CpuMeter::start(pid).seconds().is_some());
+        drop(done_tx);
+        t.join().expect("join");
     }
 }

@@ -133,6 +133,12 @@ pub struct TrafficReport {
     pub accept: Percentiles,
     /// Relay CPU over the span, percent of one core.
     pub relay_cpu_pct: Option<f64>,
+    /// The relay's CPU time over the run (from the scheduled start until every message
+    /// finished) per accepted message, µs: steadier from run to run than rates on a shared
+    /// machine.
+    pub relay_cpu_us_per_msg: Option<f64>,
+    /// The same for the relay's store writer thread alone.
+    pub writer_cpu_us_per_msg: Option<f64>,
     /// Load generator CPU over the span, percent of one core.
     pub bench_cpu_pct: Option<f64>,
     /// Relay resident memory at the end, MiB.
@@ -161,7 +167,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2} fsync {fs:.2}ms{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2} fsync {fs:.2}ms{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -173,6 +179,8 @@ impl TrafficReport {
             all = self.all_receipts.ms(),
             acc_l = self.accept.ms(),
             rcpu = opt(self.relay_cpu_pct, "%"),
+            rpm = opt(self.relay_cpu_us_per_msg, ""),
+            wpm = opt(self.writer_cpu_us_per_msg, ""),
             rss = opt(self.relay_rss_mib, "MiB"),
             cm = opt(self.relay_commits, ""),
             ipc = self.relay_items_per_commit.unwrap_or(0.0),
@@ -818,6 +826,9 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
 
     tokio::time::sleep_until(start_at.into()).await;
     let relay_cpu = relay.pid().map(CpuMeter::start);
+    let writer_cpu = relay
+        .pid()
+        .and_then(|p| CpuMeter::thread(p, "hotline-store-w"));
     let bench_cpu = CpuMeter::start(std::process::id());
     // Rates count from the scheduled start, whenever this task got to run.
     let start_ns = start_at.saturating_duration_since(ledger.t0).as_nanos() as u64;
@@ -834,7 +845,9 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
     }
-    let relay_cpu_pct = relay_cpu.and_then(|m| m.percent());
+    let relay_cpu_pct = relay_cpu.as_ref().and_then(|m| m.percent());
+    let relay_cpu_s = relay_cpu.and_then(|m| m.seconds());
+    let writer_cpu_s = writer_cpu.and_then(|m| m.seconds());
     let bench_cpu_pct = bench_cpu.percent();
     let relay_rss_mib = relay
         .pid()
@@ -906,6 +919,12 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         all_receipts: Percentiles::of(&mut all_back),
         accept: Percentiles::of(&mut accept),
         relay_cpu_pct,
+        relay_cpu_us_per_msg: relay_cpu_s
+            .filter(|_| accepted > 0)
+            .map(|s| s * 1e6 / accepted as f64),
+        writer_cpu_us_per_msg: writer_cpu_s
+            .filter(|_| accepted > 0)
+            .map(|s| s * 1e6 / accepted as f64),
         bench_cpu_pct,
         relay_rss_mib,
         relay_commits: commits,
