@@ -67,14 +67,7 @@ async fn start_relay(dep: &Deployment, n: u32) -> anyhow::Result<XProc> {
 
 /// Starts `node`'s process of `dep`, logging to `log_name` (it is not waited for).
 fn spawn_node(dep: &Deployment, node: &str, log_name: &str) -> anyhow::Result<XProc> {
-    let cfg = dep.nodes[node].config.display().to_string();
-    XProc::spawn(&bin()?, &["node", "--config", &cfg], &dep.dir, log_name)
-}
-
-/// A started node's API client (its port is the one it logged).
-async fn client(dep: &Deployment, node: &str, p: &mut XProc) -> anyhow::Result<ApiClient> {
-    let addr = p.wait_api_addr(START).await?;
-    Ok(ApiClient::new(&addr, &dep.nodes[node].token))
+    dep.spawn_node(&bin()?, node, log_name)
 }
 
 /// Follows every node's event stream; returns a channel of (participant, event).
@@ -108,7 +101,7 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     }
     let mut clients = BTreeMap::new();
     for (n, p) in nodes.iter_mut() {
-        clients.insert(n.clone(), client(&dep, n, p).await?);
+        clients.insert(n.clone(), dep.api_client(n, p, START).await?);
     }
     let mut events = follow(&clients);
 
@@ -454,7 +447,7 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
     let mut uzb_logs: Vec<XProc> = Vec::new();
     let mut clients = BTreeMap::new();
     for (n, p) in senders.iter_mut() {
-        clients.insert(n.to_string(), client(&dep, n, p).await?);
+        clients.insert(n.to_string(), dep.api_client(n, p, START).await?);
     }
     let mut events = follow(&clients);
 
@@ -507,7 +500,7 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
         }
     }
     assert_eq!(delivered, expected);
-    let c = client(&dep, "UZB", &mut uzb).await?;
+    let c = dep.api_client("UZB", &mut uzb, START).await?;
     let inbox = tokio::task::spawn_blocking(move || c.get("/v1/inbox?limit=1000")).await??;
     let ids: Vec<String> = inbox
         .as_array()

@@ -9,7 +9,10 @@ use anyhow::Context as _;
 
 use hotline_config::keyfile::{self, IfExists};
 use hotline_config::roster_file::{write_signed_roster, Draft};
+use hotline_node::client::ApiClient;
 use hotline_proto::{PublicKey, Roster, Signed};
+
+use crate::process::Proc;
 
 /// One node's files and addresses.
 #[derive(Clone, Debug)]
@@ -139,5 +142,33 @@ impl Deployment {
             },
         );
         Ok(())
+    }
+}
+
+impl Deployment {
+    fn node(&self, id: &str) -> anyhow::Result<&NodeSetup> {
+        self.nodes
+            .get(id)
+            .with_context(|| format!("no node set up for {id}"))
+    }
+
+    /// Starts node `id` as a process of the `hotline` binary `bin`, in the deployment's
+    /// directory, logging to `log_name` there (it is not waited for).
+    pub fn spawn_node(&self, bin: &Path, id: &str, log_name: &str) -> anyhow::Result<Proc> {
+        let cfg = self.node(id)?.config.display().to_string();
+        Proc::spawn(bin, &["node", "--config", &cfg], &self.dir, log_name)
+    }
+
+    /// The API client of started node `id`, at the address it logged ("local API listening
+    /// addr=…"; see [`NodeSetup::config`]), waiting up to `timeout` for that line.
+    pub async fn api_client(
+        &self,
+        id: &str,
+        node: &mut Proc,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<ApiClient> {
+        let token = &self.node(id)?.token;
+        let addr = node.wait_api_addr(timeout).await?;
+        Ok(ApiClient::new(&addr, token))
     }
 }

@@ -272,7 +272,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     let r = restarts.entry(p.clone()).or_insert(0);
                     *r += 1;
                     let mut proc_ = spawn_node(&opts, &sim.dep, &p, *r)?;
-                    let c = api_client(&mut proc_, &sim.dep, &p)
+                    let c = sim
+                        .dep
+                        .api_client(&p, &mut proc_, START_TIMEOUT)
                         .await
                         .with_context(|| format!("node {p} did not restart"))?;
                     lock(&watched).insert(p.clone(), c.clone());
@@ -561,7 +563,7 @@ async fn setup_sim(
 
     let mut clients = BTreeMap::new();
     for (p, proc_) in nodes.iter_mut() {
-        clients.insert(p.clone(), api_client(proc_, &dep, p).await?);
+        clients.insert(p.clone(), dep.api_client(p, proc_, START_TIMEOUT).await?);
     }
 
     Ok((
@@ -674,26 +676,7 @@ async fn start_relay(
     Ok(relay)
 }
 
-/// A started node's API client, at the address it logged ("local API listening addr=…").
-async fn api_client(proc_: &mut Proc, dep: &Deployment, p: &str) -> anyhow::Result<ApiClient> {
-    let setup = dep
-        .nodes
-        .get(p)
-        .with_context(|| format!("no node set up for {p}"))?;
-    let addr = proc_.wait_api_addr(START_TIMEOUT).await?;
-    Ok(ApiClient::new(&addr, &setup.token))
-}
-
+/// Starts node `p` for the `n`-th time (its log is `node-{p}-{n}.log`).
 fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::Result<Proc> {
-    let setup = dep
-        .nodes
-        .get(p)
-        .with_context(|| format!("no node set up for {p}"))?;
-    let cfg = setup.config.display().to_string();
-    Proc::spawn(
-        &opts.bin,
-        &["node", "--config", &cfg],
-        &dep.dir,
-        &format!("node-{p}-{n}.log"),
-    )
+    dep.spawn_node(&opts.bin, p, &format!("node-{p}-{n}.log"))
 }
