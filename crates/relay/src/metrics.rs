@@ -127,9 +127,20 @@ impl Metrics {
         self.commit_failures.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn set_queue_depths(&self, depths: &HashMap<ParticipantId, i64>) {
+    /// Records the queue depths of the participants given (the others keep theirs).
+    pub(crate) fn set_queue_depths<'a>(
+        &self,
+        depths: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
+    ) {
         let mut d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-        d.clone_from(depths);
+        for (p, n) in depths {
+            match d.get_mut(p) {
+                Some(v) => *v = n,
+                None => {
+                    d.insert(p.clone(), n);
+                }
+            }
+        }
     }
 
     /// Messages queued for `p` as of the last commit (0 if none). The writer publishes

@@ -559,16 +559,18 @@ impl Session {
                     for item in &value.items {
                         self.in_flight_deliveries.remove(&item.id);
                     }
-                    self.shared
-                        .verifier
-                        .send(crate::verifier::Unverified {
-                            signed,
-                            value,
-                            reply: answers.clone(),
-                        })
-                        .await
-                        .map_err(|_| End::new(ErrorCode::GoingAway, "relay shutting down"))?;
-                    self.pending_answers += 1;
+                    let u = crate::verifier::Unverified {
+                        signed,
+                        value,
+                        reply: answers.clone(),
+                    };
+                    hand_over(
+                        &self.shared.verifier,
+                        u,
+                        &mut self.pending_answers,
+                        "relay shutting down",
+                    )
+                    .await?;
                     // Room in the delivery window may let more of the backlog go out. Only
                     // then: a query per receipt would cost as much as storing it.
                     if self.window_full {
@@ -689,13 +691,13 @@ impl Session {
     }
 
     async fn send_to_writer(&mut self, cmd: Command) -> Result<(), End> {
-        self.shared
-            .writer
-            .send(cmd)
-            .await
-            .map_err(|_| End::new(ErrorCode::GoingAway, "store closed"))?;
-        self.pending_answers += 1;
-        Ok(())
+        hand_over(
+            &self.shared.writer,
+            cmd,
+            &mut self.pending_answers,
+            "store closed",
+        )
+        .await
     }
 
     async fn refuse(
@@ -861,6 +863,23 @@ impl Session {
             )),
         }
     }
+}
+
+/// Hands `item` to a stage (the store writer or the receipt verifier) that answers it on the
+/// session's answer channel, and counts that answer as pending: the channel has room for
+/// every pending answer, so the stage's `try_send` cannot fail while the session lives.
+async fn hand_over<T>(
+    stage: &mpsc::Sender<T>,
+    item: T,
+    pending_answers: &mut usize,
+    closed: &'static str,
+) -> Result<(), End> {
+    stage
+        .send(item)
+        .await
+        .map_err(|_| End::new(ErrorCode::GoingAway, closed))?;
+    *pending_answers += 1;
+    Ok(())
 }
 
 fn encode(f: &RelayToNode) -> Result<Vec<u8>, End> {

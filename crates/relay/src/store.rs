@@ -464,7 +464,9 @@ impl Writer {
     }
 
     fn publish_depths(&self) {
-        self.ctx.metrics.set_queue_depths(&self.depth);
+        self.ctx
+            .metrics
+            .set_queue_depths(self.depth.iter().map(|(p, n)| (p, *n)));
     }
 
     /// Runs until every command sender is gone, committing in groups, on its own thread.
@@ -659,15 +661,25 @@ impl Writer {
                 for (k, v) in p.last_seq {
                     self.last_seq.insert(k, v);
                 }
-                for (k, v) in p.depth {
-                    *self.depth.entry(k).or_insert(0) += v;
+                for (k, v) in &p.depth {
+                    match self.depth.get_mut(k) {
+                        Some(d) => *d += v,
+                        None => {
+                            self.depth.insert(k.clone(), *v);
+                        }
+                    }
                 }
                 self.ctx
                     .metrics
                     .commit(size, p.accepted, p.receipts, &p.latencies_ms);
                 // Before posting: a session that finds its depth 0 skips the store read and
-                // relies on its mailbox (`Metrics::queue_depth`).
-                self.publish_depths();
+                // relies on its mailbox (`Metrics::queue_depth`). Only this commit's
+                // participants changed.
+                self.ctx.metrics.set_queue_depths(
+                    p.depth
+                        .keys()
+                        .map(|k| (k, self.depth.get(k).copied().unwrap_or(0))),
+                );
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
                     // this only fails if the session has gone, which is fine: the node
