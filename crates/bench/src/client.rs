@@ -80,8 +80,7 @@ pub async fn read_frames(
 pub enum Durability {
     /// Append the batch to one file shared by every recipient of the load generator, durable
     /// once an `fdatasync` begun after the append returns (group commit, `grouplog.rs`): the
-    /// 37 recipients stand for 37 machines syncing in parallel, not 37 syncs queued in this
-    /// machine's one filesystem journal with the relay's.
+    /// 37 recipients stand for 37 machines syncing in parallel, not 37 syncs on one disk.
     Group,
     /// Append the batch to the recipient's own file and `fdatasync` it.
     Fsync,

@@ -3,10 +3,12 @@
 //! appended has returned, and one `fdatasync` covers every batch appended before it began.
 //!
 //! Why: the 37 recipients of a fan-out stand for 37 nodes on 37 machines, each syncing its
-//! own disk in parallel. On the one benchmark machine, 37 separate `fdatasync`s queue in one
-//! filesystem journal together with the relay's own commits, so they measured the load
-//! generator's disk, not the relay. Sharing the sync keeps every batch really durable
-//! before it is receipted (or acknowledged to a broker) at about the latency of one sync.
+//! own disk in parallel; on the one benchmark machine their 37 separate `fdatasync`s might
+//! queue behind each other and the relay's commits. Sharing the sync keeps every batch
+//! durable before it is receipted (or acknowledged to a broker) with one sync per group.
+//! Measured on the 2-core machine (docs/BENCHMARKS.md, third round): no difference within
+//! the run-to-run spread there (its ext4 has no journal for the syncs to queue in), so it is
+//! an option, not the default.
 //!
 //! Self-contained (std only): `crates/bench/peers` includes this file too, so the peers'
 //! subscribers make batches durable the same way.

@@ -892,6 +892,11 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let fanout = t.senders.first().map(|s| s.fanout).unwrap_or(0);
+    let per_msg = |cpu_s: Option<f64>| {
+        cpu_s
+            .filter(|_| accepted > 0)
+            .map(|s| s * 1e6 / accepted as f64)
+    };
     Ok(TrafficReport {
         workload: t.name.clone(),
         offered_per_s: t.rate,
@@ -919,12 +924,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         all_receipts: Percentiles::of(&mut all_back),
         accept: Percentiles::of(&mut accept),
         relay_cpu_pct,
-        relay_cpu_us_per_msg: relay_cpu_s
-            .filter(|_| accepted > 0)
-            .map(|s| s * 1e6 / accepted as f64),
-        writer_cpu_us_per_msg: writer_cpu_s
-            .filter(|_| accepted > 0)
-            .map(|s| s * 1e6 / accepted as f64),
+        relay_cpu_us_per_msg: per_msg(relay_cpu_s),
+        writer_cpu_us_per_msg: per_msg(writer_cpu_s),
         bench_cpu_pct,
         relay_rss_mib,
         relay_commits: commits,
