@@ -1183,12 +1183,6 @@ async fn second_connection_supersedes_the_first() {
 // Operations: metrics, health, audit journal
 // ---------------------------------------------------------------------------------------
 
-/// The value of a metric line `name value` (name including any labels).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_and_health_report_traffic() {
     let net = two();

@@ -522,6 +522,36 @@ pub async fn assert_flows(a: &mut Client, b: &mut Client, subject: &str) -> anyh
     Ok(())
 }
 
+/// The value of a metric line `name value` (name including any labels).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the relay's metric `name` (at its metrics address `addr`) satisfies `ok`,
+/// and returns its value; an error after EVENT_TIMEOUT. The relay's counters have no change
+/// notification, so this reads `/metrics` again every 20 ms: a wait on a condition with a
+/// deadline, for facts that no event or log line carries (e.g. what a second relay stored).
+pub async fn wait_metric(
+    addr: SocketAddr,
+    name: &str,
+    ok: impl Fn(f64) -> bool,
+) -> anyhow::Result<f64> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        last = metric(&http_get(addr, "/metrics").await?, name).or(last);
+        if let Some(v) = last.filter(|v| ok(*v)) {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("metric {name} at {addr}: last value {last:?} after {EVENT_TIMEOUT:?}");
+        }
+    }
+}
+
 /// Plain HTTP/1.1 GET on a TCP address; the whole response (head and body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
