@@ -650,6 +650,16 @@ impl Writer {
                     }
                 }
             }
+            // Each sender's highest number, once per batch rather than once per message,
+            // in the same transaction as the messages.
+            let mut st = tx.prepare_cached(
+                "INSERT INTO senders (participant, last_seq) VALUES (?1, ?2)
+                 ON CONFLICT (participant) DO UPDATE SET last_seq = excluded.last_seq",
+            )?;
+            for (sender, last) in &p.last_seq {
+                st.execute(params![sender.as_str(), last])?;
+            }
+            drop(st);
             tx.commit()?;
             Ok(())
         })();
@@ -763,11 +773,14 @@ fn submit(
         .or_else(|| last_seq.get(&env.sender))
         .copied()
         .unwrap_or(0);
-    let used: bool = tx
-        .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND seq = ?2")?
-        .query_row(params![env.sender.as_str(), env.seq.0], |_| Ok(()))
-        .optional()?
-        .is_some();
+    // `last` is the highest number this sender has stored, so only a number at or below it
+    // can be taken: the usual in-order submission skips the look-up.
+    let used = env.seq.0 <= last
+        && tx
+            .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND seq = ?2")?
+            .query_row(params![env.sender.as_str(), env.seq.0], |_| Ok(()))
+            .optional()?
+            .is_some();
     if used || env.seq.0.saturating_add(SEQ_REORDER_WINDOW) <= last {
         return Ok(reject(
             subject,
@@ -832,13 +845,8 @@ fn submit(
             ));
         }
     }
-    let new_last = last.max(env.seq.0);
-    tx.prepare_cached(
-        "INSERT INTO senders (participant, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (participant) DO UPDATE SET last_seq = excluded.last_seq",
-    )?
-    .execute(params![env.sender.as_str(), new_last])?;
-    p.last_seq.insert(env.sender.clone(), new_last);
+    // Written to `senders` once per sender at the end of the batch (`commit_batch`).
+    p.last_seq.insert(env.sender.clone(), last.max(env.seq.0));
     p.held.push((
         env.id,
         Held {
