@@ -1,13 +1,24 @@
 //! Frames on a QUIC stream: a reader that checks the length before allocating, a writer.
 
-use hotline_proto::frame::{self, FrameCheck, FRAME_PREFIX_BYTES};
+use hotline_proto::frame::{self, FrameBuffer, FrameCheck};
 
 use crate::NetError;
 
+/// Most bytes taken from QUIC in one read; a chunk is at most one packet's data anyway.
+const CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// A buffer grown beyond this for a large frame is given back once it is empty.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Reads length-prefixed frames from a receive stream.
+///
+/// Bytes are taken from QUIC as they arrive and split into frames by the sans-I/O
+/// [`FrameBuffer`], which refuses an oversized length prefix as soon as it is complete, so
+/// what a peer can make it hold is bounded by the frame limit and QUIC flow control.
+/// [`FrameReader::read`] is **cancel-safe**: everything read so far is kept in the reader, so a
+/// `select!` may drop a pending call at any point and call again later without losing bytes.
 pub struct FrameReader {
     recv: quinn::RecvStream,
-    buf: Vec<u8>,
+    buf: FrameBuffer,
 }
 
 impl FrameReader {
@@ -15,43 +26,74 @@ impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
         Self {
             recv,
-            buf: Vec::new(),
+            buf: FrameBuffer::new(),
         }
     }
 
     /// Reads the next frame; `Ok(None)` when the peer finished the stream cleanly between
-    /// frames. The length is checked against the frame limit before the payload is read.
-    /// Cancel-safe only between frames: do not drop a pending call mid-frame and reuse the
-    /// reader (the session loops run it in a dedicated task or await it to completion).
+    /// frames. Cancel-safe (see the type's documentation).
     pub async fn read<T: bincode::Decode<()> + FrameCheck>(
         &mut self,
     ) -> Result<Option<T>, NetError> {
-        let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-        match self.recv.read_exact(&mut prefix).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => {
-                return Err(NetError::Decode(hotline_proto::DecodeError::Truncated))
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(Some(frame));
             }
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
+            // quinn's `read_chunk` is cancel-safe: data is only taken when it is returned.
+            let chunk = self
+                .recv
+                .read_chunk(CHUNK_BYTES_MAX, true)
+                .await
+                .map_err(read_error)?;
+            if !self.pushed(chunk)? {
+                return Ok(None);
+            }
         }
-        let len = frame::frame_len(prefix)?;
-        self.buf.resize(len, 0);
-        self.recv
-            .read_exact(&mut self.buf)
-            .await
-            .map_err(|e| match e {
-                quinn::ReadExactError::FinishedEarly(_) => {
-                    NetError::Decode(hotline_proto::DecodeError::Truncated)
+    }
+
+    /// The next frame if one has already arrived, without waiting: frames buffered here,
+    /// then whatever QUIC already holds for this stream. `Ok(None)` when nothing complete
+    /// has arrived (or the stream has ended: the next [`FrameReader::read`] says so).
+    pub fn try_read<T: bincode::Decode<()> + FrameCheck>(&mut self) -> Result<Option<T>, NetError> {
+        use std::future::Future as _;
+        use std::task::{Context, Poll, Waker};
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(Some(frame));
+            }
+            // One poll with a waker that does nothing: a pending read registers no interest
+            // that matters, and the caller's next `read` registers its own waker again.
+            let mut cx = Context::from_waker(Waker::noop());
+            let polled = std::pin::pin!(self.recv.read_chunk(CHUNK_BYTES_MAX, true)).poll(&mut cx);
+            match polled {
+                Poll::Pending | Poll::Ready(Ok(None)) => return Ok(None),
+                Poll::Ready(Ok(Some(chunk))) => {
+                    self.buf.push(&chunk.bytes)?;
                 }
-                quinn::ReadExactError::ReadError(e) => read_error(e),
-            })?;
-        let value = frame::decode_frame(&self.buf)?;
-        // Keep a small buffer between frames; a large one is given back.
-        if self.buf.capacity() > 64 * 1024 {
-            self.buf = Vec::new();
+                Poll::Ready(Err(e)) => return Err(read_error(e)),
+            }
         }
-        Ok(Some(value))
+    }
+
+    /// A complete buffered frame, if any; a large emptied buffer is given back.
+    fn take<T: bincode::Decode<()> + FrameCheck>(&mut self) -> Result<Option<T>, NetError> {
+        let frame = self.buf.next_frame()?;
+        if self.buf.pending_bytes() == 0 && self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = FrameBuffer::new();
+        }
+        Ok(frame)
+    }
+
+    /// Buffers a chunk; false at a clean end of stream (nothing partial left over).
+    fn pushed(&mut self, chunk: Option<quinn::Chunk>) -> Result<bool, NetError> {
+        match chunk {
+            Some(c) => {
+                self.buf.push(&c.bytes)?;
+                Ok(true)
+            }
+            None if self.buf.pending_bytes() == 0 => Ok(false),
+            None => Err(NetError::Decode(hotline_proto::DecodeError::Truncated)),
+        }
     }
 }
 
@@ -104,9 +146,9 @@ impl Drop for ReaderTask {
 }
 
 /// Reads frames in their own task and passes them on through a bounded channel of
-/// `capacity`. A session's `select!` can then wait on the channel without ever cancelling a
-/// half-read frame, and a full channel stops the reading, which passes backpressure on to
-/// QUIC flow control. The channel closes after a clean end of stream; an error is passed on
+/// `capacity`, so that a loop can take whatever has arrived in one batch; a full channel
+/// stops the reading, which passes backpressure on to QUIC flow control. (The relay's
+/// sessions read in their `select!` directly instead: [`FrameReader::read`] is cancel-safe.) The channel closes after a clean end of stream; an error is passed on
 /// as the last item.
 pub fn spawn_reader<T>(
     mut reader: FrameReader,
@@ -130,4 +172,79 @@ where
         }
     });
     (rx, ReaderTask(task))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use hotline_proto::frame::{encode_frame, NodeToRelay};
+
+    use super::FrameReader;
+    use crate::tls::{write_self_signed, RelayIdentity};
+    use crate::transport::{client_endpoint, server_endpoint, TransportLimits};
+
+    #[tokio::test]
+    async fn a_read_cancelled_mid_frame_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("hotline-net-reader-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+        let fp = write_self_signed(&cert, &key).unwrap();
+        let identity = RelayIdentity::load(&cert, &key).unwrap();
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(local, &identity, &limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = client_endpoint(local, vec![fp], &limits).unwrap();
+
+        // The client sends three bytes of a frame, waits until told, then the rest and a
+        // second frame, and finishes the stream.
+        let (half_tx, half_rx) = tokio::sync::oneshot::channel();
+        let (rest_tx, rest_rx) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let conn = crate::connect(&client, addr, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            let first = encode_frame(&NodeToRelay::Ping(1)).unwrap();
+            let second = encode_frame(&NodeToRelay::Ping(2)).unwrap();
+            send.write_all(&first[..3]).await.unwrap();
+            half_tx.send(()).unwrap();
+            rest_rx.await.unwrap();
+            send.write_all(&first[3..]).await.unwrap();
+            send.write_all(&second).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await;
+        });
+
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (_send, recv) = conn.accept_bi().await.unwrap();
+        let mut reader = FrameReader::new(recv);
+        // Cancelled by another branch of a select…
+        tokio::select! {
+            biased;
+            r = reader.read::<NodeToRelay>() => panic!("a whole frame from three bytes: {r:?}"),
+            _ = half_rx => {}
+        }
+        // …and by a timeout, by which time the three bytes are in the reader: the frame
+        // cannot complete, so the read is dropped part-way.
+        let r =
+            tokio::time::timeout(Duration::from_millis(200), reader.read::<NodeToRelay>()).await;
+        assert!(r.is_err(), "a whole frame from three bytes: {r:?}");
+        rest_tx.send(()).unwrap();
+
+        let next = |r: Result<Option<NodeToRelay>, crate::NetError>| match r {
+            Ok(Some(NodeToRelay::Ping(n))) => Some(n),
+            Ok(None) => None,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(next(reader.read().await), Some(1));
+        assert_eq!(next(reader.read().await), Some(2));
+        assert_eq!(next(reader.read().await), None, "a clean end of stream");
+        conn.close(0u32.into(), b"done");
+        peer.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -381,4 +381,9 @@ impl FrameBuffer {
     pub fn pending_bytes(&self) -> usize {
         self.buf.len() - self.start
     }
+
+    /// Bytes of memory the buffer holds (to give a large one back once it is empty).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
 }

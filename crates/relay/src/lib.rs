@@ -1,8 +1,8 @@
 //! `hotline-relay`: the Secretariat's relay — authenticated QUIC server, durable
 //! store-and-forward, routing, receipts, metrics.
 //!
-//! Tasks: one accept loop; one task per connection ([`session`]) plus its frame-reader task;
-//! one store-writer OS thread that owns the write connection and group-commits; the metrics
+//! Tasks: one accept loop; one task per connection ([`session`]), which reads its frames
+//! itself (the reader is cancel-safe); one receipt verifier task; one store-writer OS thread that owns the write connection and group-commits; the metrics
 //! HTTP server. `Relay::spawn` starts them and returns a [`RelayHandle`]; `shutdown` stops
 //! them in order (stop accepting, tell sessions to go away, let the writer finish its batch).
 

@@ -410,9 +410,10 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
         let limits = self.shared.config.limits.clone();
-        // Frames are read by their own task so a half-read frame is never cancelled by the
-        // select below; the bounded channel passes QUIC backpressure through.
-        let (mut in_rx, _reader) = hotline_net::stream::spawn_reader::<NodeToRelay>(reader, 64);
+        // Frames are read in the select below: `FrameReader::read` is cancel-safe, so a frame
+        // half-read when another branch wins is kept for the next turn. Not reading while the
+        // answers are at their limit passes backpressure on to QUIC flow control.
+        let mut reader = reader;
         let (answer_tx, mut answer_rx) =
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
@@ -458,23 +459,23 @@ impl Session {
                     self.write_raw(&batch).await?;
                 }
                 // Frames from the node, while there is room for their answers.
-                frame = in_rx.recv(), if can_read => {
+                frame = reader.read::<NodeToRelay>(), if can_read => {
                     match frame {
-                        None => return Ok(()),
-                        Some(Err(e)) => return Err(net_end(e)),
-                        Some(Ok(f)) => {
+                        Ok(None) => return Ok(()),
+                        Err(e) => return Err(net_end(e)),
+                        Ok(Some(f)) => {
                             // Whatever else has already arrived, as far as there is room
                             // for the answers, is handled with it.
                             let room = limits.inflight_per_connection - self.pending_answers;
                             let mut frames = vec![f];
                             while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX) {
-                                match in_rx.try_recv() {
-                                    Ok(Ok(f)) => frames.push(f),
-                                    Ok(Err(e)) => {
+                                match reader.try_read::<NodeToRelay>() {
+                                    Ok(Some(f)) => frames.push(f),
+                                    Ok(None) => break,
+                                    Err(e) => {
                                         self.handle(frames, &answer_tx, mailbox).await?;
                                         return Err(net_end(e));
                                     }
-                                    Err(_) => break,
                                 }
                             }
                             self.handle(frames, &answer_tx, mailbox).await?
