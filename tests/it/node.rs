@@ -1159,9 +1159,8 @@ async fn two_relays_deliver_once_and_the_loss_of_one_loses_nothing() {
         .await
         .unwrap();
     // Both relays delivered it to KGZ: each stored a delivered receipt from KGZ (the only
-    // participant that sends any here). KAZ's events cannot show this: when KGZ stores both
-    // deliveries within one millisecond its two receipts are the same bytes, so KAZ holds
-    // one receipt and says "delivered" once.
+    // participant that sends any here). KAZ's events do not show this: KAZ says "delivered"
+    // once per recipient, however many relays forward KGZ's receipts.
     for relay in [&relay_a, &relay_b] {
         let maddr = relay
             .metrics_addr()

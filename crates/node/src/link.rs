@@ -417,27 +417,25 @@ impl Link<'_> {
                 return Err(NetError::Protocol(format!("store: {e}")));
             }
         };
-        for (r, new) in verified.iter().zip(fresh) {
-            if !new {
-                continue;
-            }
-            for item in r.items.iter().filter(|i| i.sender == self.state.me) {
+        // Told once per (message, recipient, kind): the store says which items are news.
+        for (r, news) in verified.iter().zip(fresh) {
+            for id in news.first {
                 let ev = match &r.kind {
                     hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
                         // Debug-quoted: the officer's name is another participant's text and may hold
                         // line breaks that would forge log lines.
-                        info!(msg = %item.id, by = %r.recipient, officer = ?officer, "acknowledged");
+                        info!(msg = %id, by = %r.recipient, officer = ?officer, "acknowledged");
                         Event::Acknowledged {
-                            id: item.id,
+                            id,
                             by: r.recipient.clone(),
                             officer: officer.clone(),
                             note: note.clone(),
                         }
                     }
                     _ => {
-                        debug!(msg = %item.id, by = %r.recipient, "delivered");
+                        debug!(msg = %id, by = %r.recipient, "delivered");
                         Event::Delivered {
-                            id: item.id,
+                            id,
                             by: r.recipient.clone(),
                         }
                     }

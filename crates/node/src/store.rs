@@ -163,6 +163,15 @@ pub struct InboxMessage {
     pub ack: Option<(u64, String, Option<String>)>,
 }
 
+/// What one forwarded receipt told us ([`NodeStore::store_forwarded`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Not held before (a receipt forwarded again, or through a second relay, is not).
+    pub fresh: bool,
+    /// Our messages this receipt is the first news of, from its recipient, for its kind.
+    pub first: Vec<MessageId>,
+}
+
 /// What `store_deliveries` did with one delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -624,13 +633,17 @@ impl NodeStore {
     }
 
     /// Stores receipts forwarded to us (verified by the caller) and updates the matrix.
-    /// Returns, per receipt, whether it was new.
+    /// Returns, per receipt, whether it was new and which of our messages it is the first
+    /// news of: the first delivered receipt from that recipient (or an acknowledgement, which
+    /// also marks it delivered), or the first acknowledgement. With two relays a recipient
+    /// receipts a message once through each, in two receipts unless they happen to be the
+    /// same bytes; the operator is told once.
     pub fn store_forwarded(
         &mut self,
         me: &ParticipantId,
         receipts: &[Verified<Receipt>],
         now_ms: u64,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Forwarded>, StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(receipts.len());
             for r in receipts {
@@ -640,11 +653,25 @@ impl NodeStore {
                     "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
                 )?;
-                out.push(n > 0);
+                let mut news = Forwarded { fresh: n > 0, first: Vec::new() };
                 if n == 0 {
+                    out.push(news);
                     continue;
                 }
                 for item in r.items.iter().filter(|i| &i.sender == me) {
+                    let before: Option<(Option<u64>, Option<u64>)> = tx
+                        .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
+                        .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()?;
+                    // First news: no acknowledgement yet for an acknowledgement, or not yet
+                    // delivered for a delivered receipt (no row: not addressed to them).
+                    let first = matches!(
+                        (before, r.is_ack()),
+                        (Some((_, None)), true) | (Some((None, _)), false)
+                    );
+                    if first {
+                        news.first.push(item.id);
+                    }
                     tx.execute(
                         "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
                         params![&item.id.0[..], r.recipient.as_str(), now_ms],
@@ -658,6 +685,7 @@ impl NodeStore {
                 }
                 let kind = if r.is_ack() { "receipt.acknowledged.received" } else { "receipt.delivered.received" };
                 j.append(tx, now_ms, kind, &d.to_string(), &encode_record(s)?)?;
+                out.push(news);
             }
             Ok(out)
         })
@@ -1017,5 +1045,88 @@ mod tests {
             store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty(),
             "once"
         );
+    }
+
+    #[test]
+    fn a_recipient_is_news_once_per_kind_however_many_receipts_say_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let to = [pid("KGZ"), pid("TJK")];
+        let draft = Draft {
+            audience: Audience::Participants(to.to_vec()),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "Incident at the border".into(),
+            body: String::new(),
+        };
+        let sent = store
+            .compose(&me, &SigningKey::from_bytes(&[1; 32]), draft, &to, 2, NOW)
+            .unwrap()
+            .unwrap();
+        let id = sent.decode_unverified().unwrap().id;
+        let item = ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest: sent.digest(),
+        };
+        // KGZ's receipts: through each of two relays, and at different times, so different
+        // bytes; then two acknowledgements.
+        let kgz = SigningKey::from_bytes(&[3; 32]);
+        let receipt = |at: u64, kind: ReceiptKind| {
+            let r = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid("KGZ"),
+                kind,
+                created_at_ms: at,
+                items: vec![item.clone()],
+            };
+            let signed = Signed::sign(&r, &kgz).unwrap();
+            signed.verify_with(&signed.key()).unwrap()
+        };
+        let ack = || ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: None,
+        };
+        let news = |store: &mut NodeStore, r: Verified<Receipt>| {
+            let out = store.store_forwarded(&me, &[r], NOW).unwrap();
+            assert_eq!(out.len(), 1);
+            (out[0].fresh, out[0].first.clone())
+        };
+
+        let first = receipt(NOW + 1, ReceiptKind::Delivered);
+        assert_eq!(news(&mut store, first.clone()), (true, vec![id]));
+        assert_eq!(
+            news(&mut store, first),
+            (false, vec![]),
+            "the same bytes again"
+        );
+        assert_eq!(
+            news(&mut store, receipt(NOW + 2, ReceiptKind::Delivered)),
+            (true, vec![]),
+            "another delivered receipt from KGZ is stored but is no news"
+        );
+        assert_eq!(news(&mut store, receipt(NOW + 3, ack())), (true, vec![id]));
+        assert_eq!(news(&mut store, receipt(NOW + 4, ack())), (true, vec![]));
+        assert_eq!(
+            news(&mut store, receipt(NOW + 5, ReceiptKind::Delivered)),
+            (true, vec![]),
+            "a late delivered receipt after the acknowledgement"
+        );
+        // A receipt from someone the message was not addressed to names nothing of ours.
+        let stranger = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid("MNG"),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: NOW,
+            items: vec![item.clone()],
+        };
+        let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
+        let stranger = signed.verify_with(&signed.key()).unwrap();
+        assert_eq!(news(&mut store, stranger), (true, vec![]));
     }
 }

@@ -373,7 +373,7 @@ async fn sender_session(
                                     if let Some(m) = l.record(&item.id) {
                                         m.receipt_at_sender = true;
                                     }
-                                    if fresh.first() == Some(&true) {
+                                    if fresh.first().is_some_and(|f| f.fresh) {
                                         l.event(format!("{} delivered receipt for #{}", peer.me, seq.unwrap_or(0)));
                                     }
                                 }
