@@ -147,9 +147,9 @@ impl Drop for ReaderTask {
 
 /// Reads frames in their own task and passes them on through a bounded channel of
 /// `capacity`, so that a loop can take whatever has arrived in one batch; a full channel
-/// stops the reading, which passes backpressure on to QUIC flow control. (The relay's
-/// sessions read in their `select!` directly instead: [`FrameReader::read`] is cancel-safe.) The channel closes after a clean end of stream; an error is passed on
-/// as the last item.
+/// stops the reading, which passes backpressure on to QUIC flow control. The channel closes
+/// after a clean end of stream; an error is passed on as the last item. (The relay's
+/// sessions read in their `select!` directly instead: [`FrameReader::read`] is cancel-safe.)
 pub fn spawn_reader<T>(
     mut reader: FrameReader,
     capacity: usize,
