@@ -54,15 +54,8 @@ fn seed() -> u64 {
 }
 
 async fn start_relay(dep: &Deployment, n: u32) -> anyhow::Result<XProc> {
-    let cfg = dep.relay_config.display().to_string();
-    let mut p = XProc::spawn(
-        &bin()?,
-        &["relay", "--config", &cfg],
-        &dep.dir,
-        &format!("relay-{n}.log"),
-    )?;
-    p.wait_log("relay listening", START).await?;
-    Ok(p)
+    dep.start_relay(&bin()?, &format!("relay-{n}.log"), START)
+        .await
 }
 
 /// Starts `node`'s process of `dep`, logging to `log_name` (it is not waited for).

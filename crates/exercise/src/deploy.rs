@@ -152,6 +152,27 @@ impl Deployment {
             .with_context(|| format!("no node set up for {id}"))
     }
 
+    /// Starts the relay as a process of the `hotline` binary `bin`, in the deployment's
+    /// directory, logging to `log_name` there, and waits up to `timeout` for it to log that
+    /// it listens (with its address).
+    pub async fn start_relay(
+        &self,
+        bin: &Path,
+        log_name: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Proc> {
+        let cfg = self.relay_config.display().to_string();
+        let mut relay = Proc::spawn(bin, &["relay", "--config", &cfg], &self.dir, log_name)?;
+        let line = relay
+            .wait_log("relay listening", timeout)
+            .await
+            .context("relay did not start")?;
+        if crate::process::field(&line, "addr").is_none() {
+            anyhow::bail!("relay did not log its address: {line}");
+        }
+        Ok(relay)
+    }
+
     /// Starts node `id` as a process of the `hotline` binary `bin`, in the deployment's
     /// directory, logging to `log_name` there (it is not waited for).
     pub fn spawn_node(&self, bin: &Path, id: &str, log_name: &str) -> anyhow::Result<Proc> {

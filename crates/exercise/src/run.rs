@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use hotline_node::client::ApiClient;
 
 use crate::deploy::Deployment;
-use crate::process::{field, lock, Proc};
+use crate::process::{lock, Proc};
 use crate::proxy::{Impairment, Proxy};
 use crate::report::{self, Report};
 use crate::scenario::{Fault, Scenario};
@@ -72,7 +72,6 @@ impl std::fmt::Debug for Live {
 struct Sim {
     dep: Deployment,
     relay: Proc,
-    relay_cfg: String,
     nodes: BTreeMap<String, Proc>,
     proxies: BTreeMap<String, Proxy>,
 }
@@ -247,7 +246,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::StartRelay => {
                     relay_restarts += 1;
-                    sim.relay = start_relay(&opts, &dir, &sim.relay_cfg, relay_restarts).await?;
+                    sim.relay = start_relay(&opts, &sim.dep, relay_restarts).await?;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay restarted"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay restarted");
                 }
@@ -519,8 +518,7 @@ async fn setup_sim(
     }
 
     // Relay first: nodes need its address.
-    let relay_cfg = dep.relay_config.display().to_string();
-    let relay = start_relay(opts, dir, &relay_cfg, 0).await?;
+    let relay = start_relay(opts, &dep, 0).await?;
 
     let mut proxies = BTreeMap::new();
     for (i, f) in scenario.faults.iter().enumerate() {
@@ -570,7 +568,6 @@ async fn setup_sim(
         Sim {
             dep,
             relay,
-            relay_cfg,
             nodes,
             proxies,
         },
@@ -654,26 +651,10 @@ fn progress_line(
     )
 }
 
-async fn start_relay(
-    opts: &RunOptions,
-    dir: &std::path::Path,
-    config: &str,
-    n: u32,
-) -> anyhow::Result<Proc> {
-    let mut relay = Proc::spawn(
-        &opts.bin,
-        &["relay", "--config", config],
-        dir,
-        &format!("relay-{n}.log"),
-    )?;
-    let line = relay
-        .wait_log("relay listening", START_TIMEOUT)
+/// Starts the relay for the `n`-th time (its log is `relay-{n}.log`).
+async fn start_relay(opts: &RunOptions, dep: &Deployment, n: u32) -> anyhow::Result<Proc> {
+    dep.start_relay(&opts.bin, &format!("relay-{n}.log"), START_TIMEOUT)
         .await
-        .context("relay did not start")?;
-    if field(&line, "addr").is_none() {
-        bail!("relay did not log its address: {line}");
-    }
-    Ok(relay)
 }
 
 /// Starts node `p` for the `n`-th time (its log is `node-{p}-{n}.log`).
