@@ -542,7 +542,11 @@ pub async fn wait_metric(
     let mut last = None;
     loop {
         tick.tick().await;
-        last = metric(&http_get(addr, "/metrics").await?, name).or(last);
+        // Each read is bounded by the same deadline, not by a timeout of its own.
+        let text = tokio::time::timeout_at(deadline, http_get(addr, "/metrics"))
+            .await
+            .map_err(|_| anyhow::anyhow!("metric {name} at {addr}: no answer by the deadline"))??;
+        last = metric(&text, name).or(last);
         if let Some(v) = last.filter(|v| ok(*v)) {
             return Ok(v);
         }

@@ -404,7 +404,7 @@ struct Session {
 impl Session {
     async fn run(
         &mut self,
-        reader: FrameReader,
+        mut reader: FrameReader,
         welcome: Welcome,
         mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
@@ -413,7 +413,6 @@ impl Session {
         // Frames are read in the select below: `FrameReader::read` is cancel-safe, so a frame
         // half-read when another branch wins is kept for the next turn. Not reading while the
         // answers are at their limit passes backpressure on to QUIC flow control.
-        let mut reader = reader;
         let (answer_tx, mut answer_rx) =
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
