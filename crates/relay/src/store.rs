@@ -38,9 +38,10 @@ pub const SEQ_REORDER_WINDOW: u64 = 4_096;
 /// Read connections shared by the sessions.
 const READERS: usize = 4;
 
-/// The schema version this code writes (`PRAGMA user_version`). Version 0 databases (one
-/// queue row per recipient with its own position and two indexes) are migrated at open.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes (`PRAGMA user_version`). Older stores are migrated
+/// at open: version 0 (one queue row per recipient with its own position and two indexes)
+/// and version 1 (receipts unique by digest alone).
+const SCHEMA_VERSION: i64 = 2;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
 /// never reused, so a position only grows). The queue holds one small entry per undelivered
@@ -50,6 +51,17 @@ const SCHEMA_VERSION: i64 = 1;
 /// same few hot pages. A recipient's backlog is a range scan from its cursor filtered by
 /// recipient, so its cost grows with everything undelivered after that cursor: entries
 /// leave as soon as they are receipted, so that is what is still owed to anyone.
+///
+/// Receipts are unique by (signing time, digest) rather than by digest alone: the digest
+/// decides the bytes and so the signing time, so the two keys refuse the same duplicates,
+/// but a digest is random and a signing time is not. Keyed by digest, every receipt landed
+/// on a random page of an index that only grows (receipts are kept for good), and each
+/// commit wrote one such page per receipt to the WAL (schema 1: about 15 of a commit's ~25
+/// pages at fanout37 500/s); keyed by time first, a commit's receipts land on the same
+/// one or two pages at the index's end. The receipt queue (`rqueue`, receipts to forward
+/// to their senders, removed when a sender says it holds them by digest) carries each
+/// receipt's digest, so that removal needs no index on `receipts.digest`; it holds only
+/// what is not yet forwarded, so its digest index stays small.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     rseq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,27 +87,30 @@ CREATE TABLE IF NOT EXISTS queue (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
     rseq INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest BLOB NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    digest BLOB NOT NULL,
     recipient TEXT NOT NULL,
     is_ack INTEGER NOT NULL,
     bytes BLOB NOT NULL,
     key BLOB NOT NULL,
     sig BLOB NOT NULL,
-    stored_at_ms INTEGER NOT NULL
+    stored_at_ms INTEGER NOT NULL,
+    UNIQUE (created_at_ms, digest)
 );
 CREATE TABLE IF NOT EXISTS rqueue (
     recipient TEXT NOT NULL,
     rseq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
     PRIMARY KEY (recipient, rseq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rqueue_by_digest ON rqueue (recipient, digest);
 -- Who received and acknowledged what is in the receipts (kept, signed, for good); the
 -- sender's node keeps the delivery matrix. Schema 0 kept a copy here (table matrix), which
 -- cost a row write per delivery and was never read; migration drops it.
 ";
 
-/// Version 0 to 1: the same rows, renumbered; queue order is kept (old positions grew with
-/// acceptance order, as `rseq` does).
-const MIGRATE_0_TO_1: &str = "
+/// Version 0 to 2, first step: the old tables step aside for the new ones.
+const MIGRATE_0_RENAME: &str = "
 ALTER TABLE messages RENAME TO messages_v0;
 ALTER TABLE queue RENAME TO queue_v0;
 ALTER TABLE receipts RENAME TO receipts_v0;
@@ -103,22 +118,31 @@ ALTER TABLE rqueue RENAME TO rqueue_v0;
 DROP INDEX IF EXISTS queue_by_recipient;
 DROP INDEX IF EXISTS rqueue_by_recipient;
 ";
-const MIGRATE_0_TO_1_COPY: &str = "
+/// Version 0 to 2: the same messages, renumbered; queue order is kept (old positions grew
+/// with acceptance order, as `rseq` does).
+const MIGRATE_0_MESSAGES: &str = "
 INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
     SELECT id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients
     FROM messages_v0 ORDER BY rowid;
 INSERT INTO queue (recipient, rseq)
     SELECT q.recipient, m.rseq FROM queue_v0 q JOIN messages m ON m.id = q.msg_id;
-INSERT INTO receipts (digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
-    SELECT digest, recipient, is_ack, bytes, key, sig, stored_at_ms
-    FROM receipts_v0 ORDER BY rowid;
-INSERT INTO rqueue (recipient, rseq)
-    SELECT q.recipient, r.rseq FROM rqueue_v0 q JOIN receipts r ON r.digest = q.digest;
+";
+/// Version 0 to 2, after the receipts ([`copy_receipts`]): the receipt queue, in order.
+const MIGRATE_0_RQUEUE: &str = "
+INSERT INTO rqueue (recipient, rseq, digest)
+    SELECT q.recipient, r.rseq, r.digest FROM rqueue_v0 q JOIN receipts r ON r.digest = q.digest;
 DROP TABLE messages_v0;
 DROP TABLE queue_v0;
 DROP TABLE receipts_v0;
 DROP TABLE rqueue_v0;
 DROP TABLE IF EXISTS matrix;
+";
+/// Version 1 to 2, after the receipts ([`copy_receipts`]): the receipt queue with digests.
+const MIGRATE_1_RQUEUE: &str = "
+INSERT INTO rqueue (recipient, rseq, digest)
+    SELECT q.recipient, q.rseq, r.digest FROM rqueue_v1 q JOIN receipts r ON r.rseq = q.rseq;
+DROP TABLE receipts_v1;
+DROP TABLE rqueue_v1;
 ";
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
@@ -134,19 +158,83 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         });
     }
     let tx = conn.transaction()?;
-    let old_queue: bool = tx
-        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'qid'")?
-        .exists([])?;
-    if version == 0 && old_queue {
-        tracing::info!(db = %path.display(), "migrating the relay store to schema version 1");
-        tx.execute_batch(MIGRATE_0_TO_1)?;
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])
+    };
+    if version == 0 && has("queue", "qid")? {
+        tracing::info!(db = %path.display(), "migrating the relay store from schema version 0 to {SCHEMA_VERSION}");
+        tx.execute_batch(MIGRATE_0_RENAME)?;
         tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(MIGRATE_0_TO_1_COPY)?;
+        tx.execute_batch(MIGRATE_0_MESSAGES)?;
+        copy_receipts(&tx, path, "receipts_v0")?;
+        tx.execute_batch(MIGRATE_0_RQUEUE)?;
+    } else if has("receipts", "rseq")? && !has("receipts", "created_at_ms")? {
+        tracing::info!(db = %path.display(), "migrating the relay store from schema version 1 to {SCHEMA_VERSION}");
+        tx.execute_batch(
+            "ALTER TABLE receipts RENAME TO receipts_v1; ALTER TABLE rqueue RENAME TO rqueue_v1;",
+        )?;
+        tx.execute_batch(SCHEMA)?;
+        copy_receipts(&tx, path, "receipts_v1")?;
+        tx.execute_batch(MIGRATE_1_RQUEUE)?;
     } else {
         tx.execute_batch(SCHEMA)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     tx.commit()?;
+    Ok(())
+}
+
+/// A receipt's signing time as its key in `receipts`. SQLite integers are signed, and the
+/// time is the signer's to choose, so a time past `i64::MAX` is stored as `i64::MAX` rather
+/// than failing the whole commit; the key stays exact, as the digest follows it.
+fn time_key(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Copies the receipts of an older schema's table `from` into `receipts`, in their order
+/// and at their positions (`rowid`: a version 1 `rseq`, or version 0's insertion order),
+/// reading each one's signing time from its bytes. A receipt whose bytes no longer decode
+/// is damage, refused naming the file.
+fn copy_receipts(tx: &Transaction<'_>, path: &Path, from: &str) -> Result<(), StoreError> {
+    let mut read = tx.prepare(&format!(
+        "SELECT rowid, digest, recipient, is_ack, bytes, key, sig, stored_at_ms FROM {from} ORDER BY rowid"
+    ))?;
+    let mut write = tx.prepare(
+        "INSERT INTO receipts (rseq, created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut rows = read.query([])?;
+    while let Some(r) = rows.next()? {
+        let rowid: i64 = r.get(0)?;
+        let signed: Signed<Receipt> = signed_from_row(r, 4)?;
+        let created_at_ms = time_key(
+            signed
+                .decode_unverified()
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    detail: format!("stored receipt {rowid} does not decode: {e}"),
+                })?
+                .created_at_ms,
+        );
+        write.execute(params![
+            rowid,
+            created_at_ms,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            signed.bytes(),
+            &signed.key().0[..],
+            &signed.signature().0[..],
+            r.get::<_, i64>(7)?,
+        ])?;
+    }
+    // AUTOINCREMENT never reuses a position: keep the old table's high-water mark.
+    tx.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?1), 0))
+         WHERE name = 'receipts'",
+        [from],
+    )?;
     Ok(())
 }
 
@@ -641,8 +729,7 @@ impl Writer {
                         digests,
                     } => {
                         let mut st = tx.prepare_cached(
-                            "DELETE FROM rqueue WHERE recipient = ?1
-                             AND rseq = (SELECT rseq FROM receipts WHERE digest = ?2)",
+                            "DELETE FROM rqueue WHERE recipient = ?1 AND digest = ?2",
                         )?;
                         for d in digests {
                             st.execute(params![participant.as_str(), &d.0[..]])?;
@@ -899,8 +986,11 @@ fn store_receipt(
     let signed = receipt.signed();
     let digest = signed.digest();
     let exists = tx
-        .prepare_cached("SELECT 1 FROM receipts WHERE digest = ?1")?
-        .query_row([&digest.0[..]], |_| Ok(()))
+        .prepare_cached("SELECT 1 FROM receipts WHERE created_at_ms = ?1 AND digest = ?2")?
+        .query_row(
+            params![time_key(receipt.created_at_ms), &digest.0[..]],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some();
     if exists {
@@ -957,10 +1047,11 @@ fn store_receipt(
     }
     let is_ack = matches!(receipt.kind, ReceiptKind::Acknowledged { .. });
     tx.prepare_cached(
-        "INSERT INTO receipts (digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
+        time_key(receipt.created_at_ms),
         &digest.0[..],
         receipt.recipient.as_str(),
         is_ack,
@@ -996,10 +1087,11 @@ fn store_receipt(
     }
     if !senders.is_empty() {
         let frame = shared_frame(&RelayToNode::Receipt(signed.clone()))?;
-        let mut fwd =
-            tx.prepare_cached("INSERT OR IGNORE INTO rqueue (recipient, rseq) VALUES (?1, ?2)")?;
+        let mut fwd = tx.prepare_cached(
+            "INSERT OR IGNORE INTO rqueue (recipient, rseq, digest) VALUES (?1, ?2, ?3)",
+        )?;
         for s in senders {
-            if fwd.execute(params![s.as_str(), receipt_rseq])? > 0 {
+            if fwd.execute(params![s.as_str(), receipt_rseq, &digest.0[..]])? > 0 {
                 p.posts.push((
                     s,
                     Kind::Receipt,
@@ -1203,6 +1295,163 @@ mod tests {
         drop(conn);
         open_db(dir.path()).expect("reopened");
         assert_eq!(ids("IND"), vec![3, 1, 2]);
+    }
+
+    /// The receipt tables as version 1 wrote them (the other tables are as now).
+    const SCHEMA_V1_RECEIPTS: &str = "
+    CREATE TABLE receipts (rseq INTEGER PRIMARY KEY AUTOINCREMENT, digest BLOB NOT NULL UNIQUE,
+        recipient TEXT NOT NULL, is_ack INTEGER NOT NULL, bytes BLOB NOT NULL,
+        key BLOB NOT NULL, sig BLOB NOT NULL, stored_at_ms INTEGER NOT NULL);
+    CREATE TABLE rqueue (recipient TEXT NOT NULL, rseq INTEGER NOT NULL,
+        PRIMARY KEY (recipient, rseq)) WITHOUT ROWID;
+    ";
+
+    fn receipt_from(
+        key: &SigningKey,
+        who: &str,
+        at: u64,
+        of: &Signed<Envelope>,
+    ) -> Signed<Receipt> {
+        let env = of.decode_unverified().expect("message decodes");
+        Signed::sign(
+            &Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid(who),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: at,
+                items: vec![ReceiptItem {
+                    id: env.id,
+                    sender: env.sender,
+                    digest: of.digest(),
+                }],
+            },
+            key,
+        )
+        .expect("sign receipt")
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_keeping_receipt_positions_and_the_receipt_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let (chn, ind) = (
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let m1 = message(&kaz, 1);
+        let r_chn = receipt_from(&chn, "CHN", 2_000, &m1);
+        // A signing time past SQLite's integer range is kept, capped, rather than failing.
+        let r_ind = receipt_from(&ind, "IND", u64::MAX, &m1);
+        {
+            let c = hotline_store::open(&path, true).expect("open");
+            // Version 1: today's tables but for the two receipt tables.
+            let v1: String = SCHEMA
+                .split("CREATE TABLE IF NOT EXISTS receipts")
+                .next()
+                .expect("schema text")
+                .to_owned();
+            c.execute_batch(&v1).expect("v1 schema");
+            c.execute_batch(SCHEMA_V1_RECEIPTS).expect("v1 receipts");
+            c.execute_batch(hotline_store::journal::SCHEMA)
+                .expect("journal");
+            c.execute(
+                "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                 VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'CHN,IND')",
+                params![
+                    &[1u8; 16][..],
+                    &m1.digest().0[..],
+                    m1.bytes(),
+                    &m1.key().0[..],
+                    &m1.signature().0[..]
+                ],
+            )
+            .expect("message");
+            for (rseq, r, who) in [(5, &r_chn, "CHN"), (6, &r_ind, "IND")] {
+                c.execute(
+                    "INSERT INTO receipts VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, 3000)",
+                    params![
+                        rseq,
+                        &r.digest().0[..],
+                        who,
+                        r.bytes(),
+                        &r.key().0[..],
+                        &r.signature().0[..]
+                    ],
+                )
+                .expect("receipt");
+            }
+            // Both wait to be forwarded to KAZ; position 9 was handed out and never kept.
+            c.execute_batch(
+                "INSERT INTO rqueue VALUES ('KAZ', 5); INSERT INTO rqueue VALUES ('KAZ', 6);
+                 UPDATE sqlite_sequence SET seq = 9 WHERE name = 'receipts';
+                 PRAGMA user_version = 1;",
+            )
+            .expect("rqueue");
+        }
+        let (_, conn) = open_db(dir.path()).expect("migrated");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let readers = Readers::open(&path).expect("readers");
+        let queued = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
+        let got: Vec<(i64, Vec<u8>)> = queued
+            .iter()
+            .map(|(pos, r)| (*pos, r.bytes().to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(5, r_chn.bytes().to_vec()), (6, r_ind.bytes().to_vec())],
+            "positions and order kept"
+        );
+        let keys: Vec<(i64, Vec<u8>)> = conn
+            .prepare("SELECT created_at_ms, digest FROM receipts ORDER BY rseq")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .expect("keys");
+        assert_eq!(
+            keys,
+            vec![
+                (2_000, r_chn.digest().0.to_vec()),
+                (i64::MAX, r_ind.digest().0.to_vec())
+            ]
+        );
+        let forwarding: Vec<Vec<u8>> = conn
+            .prepare("SELECT digest FROM rqueue WHERE recipient = 'KAZ' ORDER BY rseq")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .expect("rqueue");
+        assert_eq!(
+            forwarding,
+            vec![r_chn.digest().0.to_vec(), r_ind.digest().0.to_vec()],
+            "the receipt queue names each receipt's digest"
+        );
+        let next: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'receipts'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("sequence");
+        assert_eq!(
+            next, 9,
+            "a position once handed out is not handed out again"
+        );
+        // Opening again is a no-op.
+        drop(conn);
+        open_db(dir.path()).expect("reopened");
+        assert_eq!(
+            readers
+                .receipts(0, &pid("KAZ"), 0, 10)
+                .expect("receipts")
+                .len(),
+            2
+        );
     }
 
     #[test]
