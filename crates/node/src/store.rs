@@ -323,7 +323,7 @@ impl NodeStore {
             let seq = last + 1;
             let env = Envelope {
                 version: PROTOCOL_VERSION,
-                id: MessageId::random(),
+                id: MessageId::generate(now_ms),
                 sender: me.clone(),
                 seq: Seq(seq),
                 audience: draft.audience,
