@@ -180,6 +180,9 @@ impl SignedPayload for Envelope {
         if self.seq.0 == 0 {
             return Err(invalid("seq", "sequence numbers start at 1"));
         }
+        if self.seq.0 > crate::limits::SEQ_MAX {
+            return Err(invalid("seq", "sequence numbers end at 2^63 - 1"));
+        }
         match &self.audience {
             Audience::Participants(ids) => {
                 if ids.is_empty() {

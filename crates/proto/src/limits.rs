@@ -60,6 +60,11 @@ pub const ROSTER_BYTES_MAX: usize = 192 * 1024;
 /// Largest free-text detail in a rejection or error frame.
 pub const DETAIL_BYTES_MAX: usize = 512;
 
+/// The highest sequence number an envelope may carry: stores keep it as a signed 64-bit
+/// integer (SQLite's), so one above it could not be stored. Counting from 1 at a million
+/// messages a second, a sender reaches it after 290,000 years.
+pub const SEQ_MAX: u64 = i64::MAX as u64;
+
 /// How far in the future a created-at may be before it is refused as a replay or a broken
 /// clock. Old created-at values are allowed: an outbox may hold a message for days.
 pub const CLOCK_SKEW_FUTURE_MAX_MS: u64 = 5 * 60 * 1000;

@@ -12,7 +12,7 @@ use hotline_proto::limits::{
     ACCEPTED_RECIPIENTS_MAX, AUDIENCE_PARTICIPANTS_MAX, BODY_BYTES_MAX, CATEGORY_BYTES_MAX,
     DETAIL_BYTES_MAX, ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, KEYS_PER_PARTICIPANT_MAX,
     NAME_BYTES_MAX, NOTE_BYTES_MAX, OFFICER_BYTES_MAX, RECEIPT_BYTES_MAX, RECEIPT_ITEMS_MAX,
-    REFERENCES_MAX, ROSTER_GROUPS_MAX, ROSTER_PARTICIPANTS_MAX, SUBJECT_BYTES_MAX,
+    REFERENCES_MAX, ROSTER_GROUPS_MAX, ROSTER_PARTICIPANTS_MAX, SEQ_MAX, SUBJECT_BYTES_MAX,
 };
 use hotline_proto::receipt::{Receipt, ReceiptItem, ReceiptKind};
 use hotline_proto::roster::{Group, Participant, Role, Roster};
@@ -150,6 +150,10 @@ fn envelope_list_and_field_rules() {
         Some("audience")
     );
     assert_eq!(refused(&with(&|e| e.seq.0 = 0)), Some("seq"));
+    // Stores keep sequence numbers as SQLite's signed 64-bit integers.
+    assert_eq!(refused(&with(&|e| e.seq.0 = SEQ_MAX)), None);
+    assert_eq!(refused(&with(&|e| e.seq.0 = SEQ_MAX + 1)), Some("seq"));
+    assert_eq!(refused(&with(&|e| e.seq.0 = u64::MAX)), Some("seq"));
     assert_eq!(refused(&with(&|e| e.version = 2)), Some("version"));
     assert_eq!(
         refused(&with(&|e| e.respond_by_ms = Some(e.created_at_ms))),

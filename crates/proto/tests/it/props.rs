@@ -15,7 +15,7 @@ use hotline_proto::frame::{
     RelayToNode, Subject, FRAME_PREFIX_BYTES,
 };
 use hotline_proto::id::{MessageId, ParticipantId, Seq};
-use hotline_proto::limits::{ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, REFERENCES_MAX};
+use hotline_proto::limits::{ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, REFERENCES_MAX, SEQ_MAX};
 use hotline_proto::receipt::{Receipt, ReceiptItem, ReceiptKind};
 use hotline_proto::roster::Role;
 use hotline_proto::sign::{Digest, PublicKey, Signature, Signed, SignedPayload};
@@ -79,7 +79,7 @@ prop_compose! {
     fn envelope()(
         id in message_id(),
         sender in participant_id(),
-        seq in 1..=u64::MAX,
+        seq in 1..=SEQ_MAX,
         audience in audience(),
         (kind, precedence, status) in (kind(), precedence(), status()),
         created_at_ms in 0..=u64::MAX / 2,
