@@ -1204,6 +1204,16 @@ mod tests {
         .expect("insert message");
     }
 
+    /// Opens a store written by an older schema, which migrates it; checks the version.
+    fn migrated(dir: &Path) -> (Connection, Readers) {
+        let (path, conn) = open_db(dir).expect("migrated");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        (conn, Readers::open(&path).expect("readers"))
+    }
+
     #[test]
     fn a_version_0_store_is_migrated_with_its_queues_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1212,21 +1222,7 @@ mod tests {
         let chn = SigningKey::from_bytes(&[2; 32]);
         let (m1, m2, m3) = (message(&kaz, 1), message(&kaz, 2), message(&kaz, 3));
         // CHN holds message 1 (its receipt, queued for KAZ); both still wait for 2 and 3.
-        let receipt = Signed::sign(
-            &Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: pid("CHN"),
-                kind: ReceiptKind::Delivered,
-                created_at_ms: 2_000,
-                items: vec![ReceiptItem {
-                    id: MessageId([1; 16]),
-                    sender: pid("KAZ"),
-                    digest: m1.digest(),
-                }],
-            },
-            &chn,
-        )
-        .expect("sign receipt");
+        let receipt = receipt_from(&chn, "CHN", 2_000, &m1);
         {
             let c = hotline_store::open(&path, true).expect("open");
             c.execute_batch(SCHEMA_V0).expect("v0 schema");
@@ -1264,12 +1260,7 @@ mod tests {
             )
             .expect("rqueue");
         }
-        let (_, conn) = open_db(dir.path()).expect("migrated");
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
-        let readers = Readers::open(&path).expect("readers");
+        let (conn, readers) = migrated(dir.path());
         let ids = |who: &str| -> Vec<u8> {
             readers
                 .backlog(0, &pid(who), 0, 10)
@@ -1389,12 +1380,7 @@ mod tests {
             )
             .expect("rqueue");
         }
-        let (_, conn) = open_db(dir.path()).expect("migrated");
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
-        let readers = Readers::open(&path).expect("readers");
+        let (conn, readers) = migrated(dir.path());
         let queued = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
         let got: Vec<(i64, Vec<u8>)> = queued
             .iter()
