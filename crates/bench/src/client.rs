@@ -205,21 +205,78 @@ pub struct Inbox {
     peer: Peer,
     store: Store,
     held: std::collections::HashSet<hotline_proto::MessageId>,
+    /// Deliveries stored durably and not yet covered by a receipt (receipt pacing).
+    pending: Vec<hotline_proto::ReceiptItem>,
+    /// When the oldest of `pending` was stored.
+    pending_since: Option<std::time::Instant>,
+    /// How long stored deliveries may wait to share one receipt.
+    pace: Duration,
 }
 
 impl Inbox {
-    /// An empty inbox for `peer` over `store`.
+    /// An empty inbox for `peer` over `store`, receipting each durable batch at once.
     pub fn new(peer: Peer, store: Store) -> Self {
         Self {
             peer,
             store,
             held: Default::default(),
+            pending: Vec::new(),
+            pending_since: None,
+            pace: Duration::ZERO,
         }
+    }
+
+    /// Receipt pacing (an experiment; the node receipts each durable batch at once): stored
+    /// deliveries wait up to `pace` to share one cumulative receipt, so that a recipient
+    /// sends fewer, larger receipts. Zero is the node's behaviour.
+    pub fn with_pace(mut self, pace: Duration) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    /// The recipient this inbox stands for.
+    pub fn who(&self) -> &hotline_proto::ParticipantId {
+        &self.peer.id
+    }
+
+    /// When the pending deliveries are due to be receipted, if any wait.
+    pub fn due(&self) -> Option<std::time::Instant> {
+        self.pending_since.map(|t| t + self.pace)
+    }
+
+    /// Signs the pending deliveries' receipts into `h` if they are due (or `now` is past
+    /// their pace): one cumulative receipt, several if they exceed the item limit.
+    pub fn receipt_due(&mut self, h: &mut Handled, now: std::time::Instant) -> anyhow::Result<()> {
+        use hotline_proto::frame::{encode_frame, NodeToRelay};
+        use hotline_proto::limits::RECEIPT_ITEMS_MAX;
+        use hotline_proto::{Receipt, ReceiptKind, Signed, PROTOCOL_VERSION};
+
+        match self.due() {
+            Some(due) if now >= due => {}
+            _ => return Ok(()),
+        }
+        for chunk in self.pending.chunks(RECEIPT_ITEMS_MAX) {
+            let r = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: self.peer.id.clone(),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: hotline_relay::now_ms(),
+                items: chunk.to_vec(),
+            };
+            let signed = Signed::sign(&r, &self.peer.key)?;
+            h.frames
+                .extend_from_slice(&encode_frame(&NodeToRelay::Receipt(signed))?);
+            h.receipts += 1;
+            h.items += chunk.len() as u64;
+        }
+        self.pending.clear();
+        self.pending_since = None;
+        Ok(())
     }
 
     /// Stores a batch's deliveries in one durable step, then signs one cumulative delivered
     /// receipt for them (several if the batch exceeds the receipt item limit), as the node
-    /// does. A node also verifies each message's signature: the relay already has, and this
+    /// does; with a pace ([`Inbox::with_pace`]), only once the oldest waiting one is due. A node also verifies each message's signature: the relay already has, and this
     /// client stands in for a node on another machine, so it does not. `known` gives a
     /// message's digest when the load generator already has it (see `traffic::Ledger`);
     /// otherwise it is computed.
@@ -228,9 +285,7 @@ impl Inbox {
         batch: Vec<RelayToNode>,
         known: impl Fn(&hotline_proto::MessageId) -> Option<hotline_proto::Digest>,
     ) -> anyhow::Result<Handled> {
-        use hotline_proto::frame::{encode_frame, NodeToRelay};
-        use hotline_proto::limits::RECEIPT_ITEMS_MAX;
-        use hotline_proto::{Receipt, ReceiptItem, ReceiptKind, Signed, PROTOCOL_VERSION};
+        use hotline_proto::ReceiptItem;
 
         let mut h = Handled::default();
         let mut items: Vec<ReceiptItem> = Vec::new();
@@ -269,20 +324,10 @@ impl Inbox {
         let (store, r) = store.persist(rows).await;
         self.store = store;
         r?;
-        for chunk in items.chunks(RECEIPT_ITEMS_MAX) {
-            let r = Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: self.peer.id.clone(),
-                kind: ReceiptKind::Delivered,
-                created_at_ms: hotline_relay::now_ms(),
-                items: chunk.to_vec(),
-            };
-            let signed = Signed::sign(&r, &self.peer.key)?;
-            h.frames
-                .extend_from_slice(&encode_frame(&NodeToRelay::Receipt(signed))?);
-            h.receipts += 1;
-            h.items += chunk.len() as u64;
-        }
+        let now = std::time::Instant::now();
+        self.pending.extend(items);
+        self.pending_since.get_or_insert(now);
+        self.receipt_due(&mut h, now)?;
         Ok(h)
     }
 }

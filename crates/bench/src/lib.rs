@@ -47,6 +47,9 @@ pub struct Common {
     pub body_bytes: usize,
     /// How long to wait for a run to finish after sending stops.
     pub drain_timeout: Duration,
+    /// How long a recipient lets stored deliveries wait to share one delivered receipt
+    /// (zero, the default: one receipt per durable batch, as the node does).
+    pub receipt_pace: Duration,
 }
 
 /// A fresh directory `base/name-N` for one run.
@@ -162,6 +165,7 @@ async fn run_traffic(
         window: load.window,
         body_bytes: c.body_bytes,
         durability: c.durability,
+        receipt_pace: c.receipt_pace,
         max_messages: load.max_messages,
         drain_timeout: c.drain_timeout,
         complete_on: CompleteOn::AllReceipts,

@@ -36,6 +36,10 @@ struct CommonArgs {
     /// How recipients make each batch of deliveries durable before receipting it.
     #[arg(long, global = true, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
+    /// Receipt pacing, an experiment: milliseconds a recipient lets stored deliveries wait to
+    /// share one delivered receipt (0: one receipt per durable batch, as the node does).
+    #[arg(long, global = true, default_value_t = 0)]
+    receipt_pace_ms: u64,
     /// Seconds of load per traffic run.
     #[arg(long, global = true, default_value_t = 10.0)]
     duration_s: f64,
@@ -160,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         duration: secs(a.duration_s),
         body_bytes: a.body_bytes,
         drain_timeout: secs(a.drain_timeout_s),
+        receipt_pace: Duration::from_millis(a.receipt_pace_ms),
     };
     let json = a.json;
     let out = |line: String, value: serde_json::Value| {

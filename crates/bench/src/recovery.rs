@@ -147,6 +147,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
         window: o.window,
         body_bytes: c.body_bytes,
         durability: c.durability,
+        receipt_pace: Duration::ZERO,
         max_messages: o.queued,
         drain_timeout: c.drain_timeout,
         complete_on: CompleteOn::Accepted,

@@ -70,6 +70,8 @@ pub struct Traffic {
     pub body_bytes: usize,
     /// How recipients (and senders, for forwarded receipts) make things durable.
     pub durability: Durability,
+    /// How long recipients let stored deliveries wait to share one receipt (`Inbox::with_pace`).
+    pub receipt_pace: Duration,
     /// Most messages signed in advance over all senders when `rate` is `None`.
     pub max_messages: usize,
     /// How long to wait after the last send for everything to finish.
@@ -99,6 +101,8 @@ pub struct TrafficReport {
     pub body_bytes: usize,
     /// What "durably" means at the recipients.
     pub recipient_durability: Durability,
+    /// Recipients' receipt pacing, milliseconds (0: a receipt per durable batch).
+    pub receipt_pace_ms: u64,
     /// Messages signed for the run.
     pub planned: u64,
     /// Messages written to the relay.
@@ -167,7 +171,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?} | load {load:.2} fsync {fs:.2}ms{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -191,6 +195,11 @@ impl TrafficReport {
             delivered = self.deliveries,
             fin = self.finished,
             dur_mode = self.recipient_durability,
+            pace = if self.receipt_pace_ms > 0 {
+                format!(" receipt pace {} ms", self.receipt_pace_ms)
+            } else {
+                String::new()
+            },
             load = self.load_avg_before,
             fs = self.fsync_probe_ms,
             errs = if self.errors.is_empty() {
@@ -333,9 +342,8 @@ struct RecipientOut {
 }
 
 async fn recipient(
-    peer: Peer,
+    mut inbox: Inbox,
     session: Session,
-    store: Store,
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) -> RecipientOut {
@@ -345,16 +353,30 @@ async fn recipient(
         mut writer,
         ..
     } = session;
-    let who = peer.id.to_string();
-    let mut inbox = Inbox::new(peer, store);
+    let who = inbox.who().to_string();
     let (tx, mut rx) = mpsc::channel(BATCH_FRAMES_MAX);
     let reader_task = tokio::spawn(client::read_frames(reader, tx));
     let mut e2e_us = Vec::new();
     'run: loop {
+        // With receipt pacing, deliveries already stored wait for their receipt until due.
+        let due = inbox.due();
+        let wake = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
         let first = tokio::select! {
             biased;
             _ = stop.changed() => break,
             f = rx.recv() => f,
+            _ = tokio::time::sleep_until(wake), if due.is_some() => {
+                let mut h = client::Handled::default();
+                let sent = match inbox.receipt_due(&mut h, Instant::now()) {
+                    Ok(()) => send_receipts(&ledger, &mut writer, &h).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    ledger.error(&who, e);
+                    break;
+                }
+                continue;
+            }
         };
         let Some(first) = first else { break };
         let mut batch = Vec::new();
@@ -401,18 +423,28 @@ async fn recipient(
             ledger.deliveries.fetch_add(h.fresh.len() as u64, Relaxed);
             ledger.event(now);
         }
-        ledger.receipts_sent.fetch_add(h.receipts, Relaxed);
-        ledger.receipt_items.fetch_add(h.items, Relaxed);
-        if !h.frames.is_empty() {
-            if let Err(e) = writer.write_raw(&h.frames).await {
-                ledger.error(&who, e);
-                break;
-            }
+        if let Err(e) = send_receipts(&ledger, &mut writer, &h).await {
+            ledger.error(&who, e);
+            break;
         }
     }
     reader_task.abort();
     conn.close(0u32.into(), b"benchmark done");
     RecipientOut { e2e_us }
+}
+
+/// Writes the receipts a recipient signed, and counts them.
+async fn send_receipts(
+    ledger: &Ledger,
+    writer: &mut hotline_net::FrameWriter,
+    h: &client::Handled,
+) -> anyhow::Result<()> {
+    ledger.receipts_sent.fetch_add(h.receipts, Relaxed);
+    ledger.receipt_items.fetch_add(h.items, Relaxed);
+    if !h.frames.is_empty() {
+        writer.write_raw(&h.frames).await?;
+    }
+    Ok(())
 }
 
 /// What a sender measured.
@@ -815,9 +847,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
             ));
         } else {
             recipients.spawn(recipient(
-                peer,
+                Inbox::new(peer, store).with_pace(t.receipt_pace),
                 session,
-                store,
                 ledger.clone(),
                 stop_rx.clone(),
             ));
@@ -907,6 +938,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         fanout,
         body_bytes: t.body_bytes,
         recipient_durability: t.durability,
+        receipt_pace_ms: t.receipt_pace.as_millis() as u64,
         planned: total as u64,
         sent: ledger.sent.load(Relaxed),
         accepted,

@@ -8,6 +8,16 @@ use hotline_bench::Common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout37_delivers_and_receipts_everything() -> anyhow::Result<()> {
+    fanout37_at_100(Duration::ZERO).await
+}
+
+/// With receipt pacing, deliveries wait for their receipt on a timer: the last ones too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_receipts_still_cover_everything() -> anyhow::Result<()> {
+    fanout37_at_100(Duration::from_millis(30)).await
+}
+
+async fn fanout37_at_100(receipt_pace: Duration) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let c = Common {
         hotline: None,
@@ -16,6 +26,7 @@ async fn fanout37_delivers_and_receipts_everything() -> anyhow::Result<()> {
         duration: Duration::from_millis(500),
         body_bytes: 1024,
         drain_timeout: Duration::from_secs(30),
+        receipt_pace,
     };
     let r = hotline_bench::fanout37(&c, Some(100.0), 64, 0).await?;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
