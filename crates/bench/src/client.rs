@@ -226,9 +226,9 @@ impl Inbox {
         }
     }
 
-    /// Receipt pacing (an experiment; the node receipts each durable batch at once): stored
-    /// deliveries wait up to `pace` to share one cumulative receipt, so that a recipient
-    /// sends fewer, larger receipts. Zero is the node's behaviour.
+    /// Receipt pacing, as the node does it (`hotline_node::limits::RECEIPT_PACE_MS`): stored
+    /// deliveries wait up to `pace` to share one cumulative receipt, or until
+    /// `RECEIPT_PACE_ITEMS` wait. Zero receipts each durable batch at once.
     pub fn with_pace(mut self, pace: Duration) -> Self {
         self.pace = pace;
         self
@@ -251,8 +251,9 @@ impl Inbox {
         use hotline_proto::limits::RECEIPT_ITEMS_MAX;
         use hotline_proto::{Receipt, ReceiptKind, Signed, PROTOCOL_VERSION};
 
+        let full = self.pending.len() >= hotline_node::limits::RECEIPT_PACE_ITEMS;
         match self.due() {
-            Some(due) if now >= due => {}
+            Some(due) if now >= due || full => {}
             _ => return Ok(()),
         }
         for chunk in self.pending.chunks(RECEIPT_ITEMS_MAX) {

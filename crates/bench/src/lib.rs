@@ -47,8 +47,8 @@ pub struct Common {
     pub body_bytes: usize,
     /// How long to wait for a run to finish after sending stops.
     pub drain_timeout: Duration,
-    /// How long a recipient lets stored deliveries wait to share one delivered receipt
-    /// (zero, the default: one receipt per durable batch, as the node does).
+    /// How long a recipient lets stored deliveries wait to share one delivered receipt (the
+    /// node's `RECEIPT_PACE_MS` in `hotline-bench`; zero: one receipt per durable batch).
     pub receipt_pace: Duration,
 }
 

@@ -36,9 +36,9 @@ struct CommonArgs {
     /// How recipients make each batch of deliveries durable before receipting it.
     #[arg(long, global = true, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
-    /// Receipt pacing, an experiment: milliseconds a recipient lets stored deliveries wait to
-    /// share one delivered receipt (0: one receipt per durable batch, as the node does).
-    #[arg(long, global = true, default_value_t = 0)]
+    /// Milliseconds a recipient lets stored deliveries wait to share one delivered receipt;
+    /// the default is the node's (`RECEIPT_PACE_MS`); 0 receipts each durable batch at once.
+    #[arg(long, global = true, default_value_t = hotline_node::limits::RECEIPT_PACE_MS)]
     receipt_pace_ms: u64,
     /// Seconds of load per traffic run.
     #[arg(long, global = true, default_value_t = 10.0)]

@@ -216,6 +216,9 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
                 mut writer,
                 ..
             } = s;
+            // Receipts each batch at once: the drain's batches are mostly over the node's
+            // `RECEIPT_PACE_ITEMS`, which the node too receipts at once, and this loop has no
+            // timer for a paced tail.
             let mut inbox = Inbox::new(recipient, store);
             let (tx, mut rx) = mpsc::channel(4_096);
             let reader_task = tokio::spawn(client::read_frames(reader, tx));

@@ -11,11 +11,12 @@ use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
-use hotline_proto::{Digest, MessageId};
+use hotline_proto::{Digest, MessageId, ReceiptItem};
 
 use crate::events::Event;
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
+    RECEIPT_PACE_ITEMS, RECEIPT_PACE_MS,
 };
 use crate::store::{retryable, Stored};
 use crate::{now_ms, NodeState};
@@ -126,6 +127,10 @@ struct Link<'a> {
     sent: HashSet<MessageId>,
     /// Acknowledgement receipts written on this connection and not yet stored.
     receipts_sent: HashSet<Digest>,
+    /// Deliveries stored durably and not yet receipted (receipt pacing, `RECEIPT_PACE_MS`).
+    unreceipted: Vec<ReceiptItem>,
+    /// When the first of `unreceipted` must be receipted.
+    receipt_due: Option<tokio::time::Instant>,
 }
 
 async fn serve(
@@ -169,6 +174,8 @@ async fn serve(
         writer,
         sent: HashSet::new(),
         receipts_sent: HashSet::new(),
+        unreceipted: Vec::new(),
+        receipt_due: None,
     };
     let wake = state.wake[idx].clone();
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -181,10 +188,22 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let due = link.receipt_due;
+        let receipt_due = async move {
+            match due {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            // Shutdown: close cleanly.
-            _ = shutdown.changed() => return Ok(()),
+            // Shutdown: receipt what is stored, then close cleanly.
+            _ = shutdown.changed() => {
+                link.send_receipt().await?;
+                return Ok(());
+            }
+            // Stored deliveries whose receipt is due.
+            _ = receipt_due => link.send_receipt().await?,
             // Frames from the relay, batched while more are already waiting.
             f = rx.recv() => {
                 let Some(first) = f else {
@@ -353,11 +372,8 @@ impl Link<'_> {
             })
             .collect();
         let now = now_ms();
-        let result =
-            self.state
-                .store()
-                .store_deliveries(&self.state.me, &self.state.key, &checked, now);
-        let (outcomes, receipt) = match result {
+        let result = self.state.store().store_deliveries(&checked, now);
+        let (outcomes, items) = match result {
             Ok(r) => r,
             Err(e) => {
                 // Nothing stored, so nothing receipted: the relay will deliver again.
@@ -386,10 +402,43 @@ impl Link<'_> {
                 error!(error = %e, "cannot record announced messages; they will be announced again at restart");
             }
         }
-        if let Some(r) = receipt {
-            self.writer.write(&NodeToRelay::Receipt(r)).await?;
+        // Receipted together with whatever else is stored within the pace.
+        for item in items {
+            if !self.unreceipted.iter().any(|i| i.id == item.id) {
+                self.unreceipted.push(item);
+            }
+        }
+        if !self.unreceipted.is_empty() {
+            self.receipt_due.get_or_insert_with(|| {
+                tokio::time::Instant::now() + Duration::from_millis(RECEIPT_PACE_MS)
+            });
+        }
+        if self.unreceipted.len() >= RECEIPT_PACE_ITEMS {
+            self.send_receipt().await?;
         }
         Ok(())
+    }
+
+    /// Signs one cumulative delivered receipt for the stored deliveries waiting for one, and
+    /// writes it. If it cannot be signed and journaled, nothing is lost: the relay keeps
+    /// redelivering those messages until it has their receipt.
+    async fn send_receipt(&mut self) -> Result<(), NetError> {
+        self.receipt_due = None;
+        if self.unreceipted.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.unreceipted);
+        let result =
+            self.state
+                .store()
+                .delivered_receipt(&self.state.me, &self.state.key, items, now_ms());
+        match result {
+            Ok(r) => self.writer.write(&NodeToRelay::Receipt(r)).await,
+            Err(e) => {
+                error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
+                Err(NetError::Protocol(format!("store: {e}")))
+            }
+        }
     }
 
     async fn forwarded(

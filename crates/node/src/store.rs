@@ -478,15 +478,15 @@ impl NodeStore {
         })
     }
 
-    /// Stores delivered messages (verified, or quarantined with a reason) and signs one
-    /// cumulative delivered receipt covering all of them, in one transaction.
+    /// Stores delivered messages (verified, or quarantined with a reason) in one
+    /// transaction. Returns what became of each, and the items a delivered receipt must cover
+    /// ([`NodeStore::delivered_receipt`]): every message now held, new or already held, as
+    /// the relay redelivers until it has a receipt.
     pub fn store_deliveries(
         &mut self,
-        me: &ParticipantId,
-        key: &SigningKey,
         batch: &[(Signed<Envelope>, Result<Envelope, String>)],
         now_ms: u64,
-    ) -> Result<(Vec<Stored>, Option<Signed<Receipt>>), StoreError> {
+    ) -> Result<(Vec<Stored>, Vec<ReceiptItem>), StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(batch.len());
             let mut items = Vec::with_capacity(batch.len());
@@ -526,13 +526,38 @@ impl NodeStore {
                     }
                 }
             }
-            if items.is_empty() {
-                return Ok((out, None));
-            }
-            let receipt = Receipt { version: PROTOCOL_VERSION, recipient: me.clone(), kind: ReceiptKind::Delivered, created_at_ms: now_ms, items };
-            let signed = Signed::sign(&receipt, key).map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-            j.append(tx, now_ms, "receipt.delivered", &signed.digest().to_string(), &encode_record(&signed)?)?;
-            Ok((out, Some(signed)))
+            Ok((out, items))
+        })
+    }
+
+    /// Signs one cumulative delivered receipt for `items` (stored by
+    /// [`NodeStore::store_deliveries`]) and journals it.
+    pub fn delivered_receipt(
+        &mut self,
+        me: &ParticipantId,
+        key: &SigningKey,
+        items: Vec<ReceiptItem>,
+        now_ms: u64,
+    ) -> Result<Signed<Receipt>, StoreError> {
+        self.tx(|tx, j| {
+            let receipt = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: me.clone(),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: now_ms,
+                items,
+            };
+            let signed = Signed::sign(&receipt, key).map_err(|e| {
+                StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            })?;
+            j.append(
+                tx,
+                now_ms,
+                "receipt.delivered",
+                &signed.digest().to_string(),
+                &encode_record(&signed)?,
+            )?;
+            Ok(signed)
         })
     }
 
@@ -965,7 +990,7 @@ mod tests {
             .into_iter()
             .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
             .collect();
-        store.store_deliveries(&me, &key, &batch, NOW).unwrap();
+        store.store_deliveries(&batch, NOW).unwrap();
 
         assert!(store.due_pages(NOW + EVERY - 1, EVERY).unwrap().is_empty());
         let urgent = BTreeSet::from([flash.id, immediate.id]);

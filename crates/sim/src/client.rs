@@ -485,9 +485,9 @@ async fn recipient_session(
                         (s, r)
                     })
                     .collect();
-                let (outcomes, receipt) = store
+                let (outcomes, items) = store
                     .borrow_mut()
-                    .store_deliveries(&peer.me, &peer.key, &checked, peer.now_ms())
+                    .store_deliveries(&checked, peer.now_ms())
                     .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
                 {
                     let mut l = peer.ledger.borrow_mut();
@@ -508,7 +508,13 @@ async fn recipient_session(
                         l.event(format!("{} delivery #{}: {outcome:?}", peer.me, seq.unwrap_or(0)));
                     }
                 }
-                if let Some(r) = receipt {
+                // Receipted at once, batch by batch (the node paces its receipts; the
+                // simulation's clock and faults are what it studies, not the relay's load).
+                if !items.is_empty() {
+                    let r = store
+                        .borrow_mut()
+                        .delivered_receipt(&peer.me, &peer.key, items, peer.now_ms())
+                        .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
                     writer.write(&NodeToRelay::Receipt(r)).await?;
                 }
             }
