@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hotline_net::{Fingerprint, Session, TransportLimits};
+use hotline_node::limits::RECEIPT_PACE_ITEMS;
+use hotline_node::pacer::ReceiptPacer;
 use hotline_proto::frame::RelayToNode;
 
 use crate::network::Peer;
@@ -206,11 +208,7 @@ pub struct Inbox {
     store: Store,
     held: std::collections::HashSet<hotline_proto::MessageId>,
     /// Deliveries stored durably and not yet covered by a receipt (receipt pacing).
-    pending: Vec<hotline_proto::ReceiptItem>,
-    /// When the oldest of `pending` was stored.
-    pending_since: Option<std::time::Instant>,
-    /// How long stored deliveries may wait to share one receipt.
-    pace: Duration,
+    pacer: ReceiptPacer,
 }
 
 impl Inbox {
@@ -220,9 +218,7 @@ impl Inbox {
             peer,
             store,
             held: Default::default(),
-            pending: Vec::new(),
-            pending_since: None,
-            pace: Duration::ZERO,
+            pacer: ReceiptPacer::new(Duration::ZERO, RECEIPT_PACE_ITEMS),
         }
     }
 
@@ -230,7 +226,7 @@ impl Inbox {
     /// deliveries wait up to `pace` to share one cumulative receipt, or until
     /// `RECEIPT_PACE_ITEMS` wait. Zero receipts each durable batch at once.
     pub fn with_pace(mut self, pace: Duration) -> Self {
-        self.pace = pace;
+        self.pacer = ReceiptPacer::new(pace, RECEIPT_PACE_ITEMS);
         self
     }
 
@@ -241,7 +237,7 @@ impl Inbox {
 
     /// When the pending deliveries are due to be receipted, if any wait.
     pub fn due(&self) -> Option<std::time::Instant> {
-        self.pending_since.map(|t| t + self.pace)
+        self.pacer.due()
     }
 
     /// Signs the pending deliveries' receipts into `h` if they are due (or `now` is past
@@ -251,12 +247,10 @@ impl Inbox {
         use hotline_proto::limits::RECEIPT_ITEMS_MAX;
         use hotline_proto::{Receipt, ReceiptKind, Signed, PROTOCOL_VERSION};
 
-        let full = self.pending.len() >= hotline_node::limits::RECEIPT_PACE_ITEMS;
-        match self.due() {
-            Some(due) if now >= due || full => {}
-            _ => return Ok(()),
+        if !self.pacer.is_due(now) {
+            return Ok(());
         }
-        for chunk in self.pending.chunks(RECEIPT_ITEMS_MAX) {
+        for chunk in self.pacer.take().chunks(RECEIPT_ITEMS_MAX) {
             let r = Receipt {
                 version: PROTOCOL_VERSION,
                 recipient: self.peer.id.clone(),
@@ -270,8 +264,6 @@ impl Inbox {
             h.receipts += 1;
             h.items += chunk.len() as u64;
         }
-        self.pending.clear();
-        self.pending_since = None;
         Ok(())
     }
 
@@ -326,8 +318,7 @@ impl Inbox {
         self.store = store;
         r?;
         let now = std::time::Instant::now();
-        self.pending.extend(items);
-        self.pending_since.get_or_insert(now);
+        self.pacer.add(items, now);
         self.receipt_due(&mut h, now)?;
         Ok(h)
     }

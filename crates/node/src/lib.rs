@@ -14,6 +14,7 @@ pub mod events;
 pub mod hooks;
 pub mod limits;
 mod link;
+pub mod pacer;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

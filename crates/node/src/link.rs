@@ -11,13 +11,13 @@ use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
-use hotline_proto::{Digest, MessageId, ReceiptItem};
+use hotline_proto::{Digest, MessageId};
 
 use crate::events::Event;
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
-    RECEIPT_PACE_ITEMS, RECEIPT_PACE_MS,
 };
+use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Stored};
 use crate::{now_ms, NodeState};
 
@@ -127,10 +127,8 @@ struct Link<'a> {
     sent: HashSet<MessageId>,
     /// Acknowledgement receipts written on this connection and not yet stored.
     receipts_sent: HashSet<Digest>,
-    /// Deliveries stored durably and not yet receipted (receipt pacing, `RECEIPT_PACE_MS`).
-    unreceipted: Vec<ReceiptItem>,
-    /// When the first of `unreceipted` must be receipted.
-    receipt_due: Option<tokio::time::Instant>,
+    /// Deliveries stored durably and not yet receipted (receipt pacing).
+    pacer: ReceiptPacer,
 }
 
 async fn serve(
@@ -174,8 +172,7 @@ async fn serve(
         writer,
         sent: HashSet::new(),
         receipts_sent: HashSet::new(),
-        unreceipted: Vec::new(),
-        receipt_due: None,
+        pacer: ReceiptPacer::default(),
     };
     let wake = state.wake[idx].clone();
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -188,10 +185,10 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
-        let due = link.receipt_due;
+        let due = link.pacer.due();
         let receipt_due = async move {
             match due {
-                Some(t) => tokio::time::sleep_until(t).await,
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -403,17 +400,10 @@ impl Link<'_> {
             }
         }
         // Receipted together with whatever else is stored within the pace.
-        for item in items {
-            if !self.unreceipted.iter().any(|i| i.id == item.id) {
-                self.unreceipted.push(item);
-            }
-        }
-        if !self.unreceipted.is_empty() {
-            self.receipt_due.get_or_insert_with(|| {
-                tokio::time::Instant::now() + Duration::from_millis(RECEIPT_PACE_MS)
-            });
-        }
-        if self.unreceipted.len() >= RECEIPT_PACE_ITEMS {
+        if self
+            .pacer
+            .add(items, tokio::time::Instant::now().into_std())
+        {
             self.send_receipt().await?;
         }
         Ok(())
@@ -423,11 +413,10 @@ impl Link<'_> {
     /// writes it. If it cannot be signed and journaled, nothing is lost: the relay keeps
     /// redelivering those messages until it has their receipt.
     async fn send_receipt(&mut self) -> Result<(), NetError> {
-        self.receipt_due = None;
-        if self.unreceipted.is_empty() {
+        let items = self.pacer.take();
+        if items.is_empty() {
             return Ok(());
         }
-        let items = std::mem::take(&mut self.unreceipted);
         let result =
             self.state
                 .store()
