@@ -349,12 +349,23 @@ async fn id_conflict_replayed_seq_and_future_timestamp_are_rejected() {
     let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     let env = kaz.envelope(to(&["KGZ"]), "original");
-    kaz.submit_wait(&kaz.sign(&env)).await.unwrap().unwrap();
+    let first = kaz.submit_wait(&kaz.sign(&env)).await.unwrap().unwrap();
+    // The same message again: the same answer, and (below) no second delivery.
+    let again = kaz.submit_wait(&kaz.sign(&env)).await.unwrap().unwrap();
+    assert_eq!(again.accepted_at_ms, first.accepted_at_ms);
+    assert_eq!(again.recipients, first.recipients);
 
     // Same id, other content.
     let mut other = env.clone();
     other.subject = "altered".into();
     let r = kaz.submit_wait(&kaz.sign(&other)).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::IdConflict);
+
+    // A new sequence number with a taken id: no look-up runs for a number above the
+    // sender's highest, and the store's unique id refuses it all the same.
+    let mut reused = kaz.envelope(to(&["KGZ"]), "reused id");
+    reused.id = env.id;
+    let r = kaz.submit_wait(&kaz.sign(&reused)).await.unwrap();
     assert_eq!(r.unwrap_err().code, RejectCode::IdConflict);
 
     // Fresh id, the sequence number already used.

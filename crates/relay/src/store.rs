@@ -830,38 +830,23 @@ fn submit(
     let signed = env.signed();
     let digest = signed.digest();
     let subject = Subject::Message(env.id);
-    // Idempotence: the same message again gets the same answer and is not queued again.
-    let existing: Option<(Vec<u8>, String, u64)> = tx
-        .prepare_cached("SELECT digest, recipients, accepted_at_ms FROM messages WHERE id = ?1")?
-        .query_row([&env.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    if let Some((d, recipients, at)) = existing {
-        if d[..] != digest.0[..] {
-            return Ok(reject(
-                subject,
-                RejectCode::IdConflict,
-                "message id already used with different content",
-            ));
-        }
-        let recipients = recipients
-            .split(',')
-            .filter_map(|s| ParticipantId::new(s).ok())
-            .collect();
-        return Ok(RelayToNode::Accepted(Accepted {
-            id: env.id,
-            recipients,
-            accepted_at_ms: at,
-        }));
-    }
-    // Replay: a sequence number already used, or too far behind the newest.
+    // `last` is the highest number this sender has stored, so only a number at or below it
+    // can be taken: the usual in-order submission skips both look-ups below.
     let last = p
         .last_seq
         .get(&env.sender)
         .or_else(|| last_seq.get(&env.sender))
         .copied()
         .unwrap_or(0);
-    // `last` is the highest number this sender has stored, so only a number at or below it
-    // can be taken: the usual in-order submission skips the look-up.
+    // Idempotence: the same message again gets the same answer and is not queued again. A
+    // message stored before carries a number at or below `last`; a higher number with a taken
+    // id is caught by the INSERT below.
+    if env.seq.0 <= last {
+        if let Some(answer) = answer_for_stored(tx, env, &digest, &subject)? {
+            return Ok(answer);
+        }
+    }
+    // Replay: a sequence number already used, or too far behind the newest.
     let used = env.seq.0 <= last
         && tx
             .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND seq = ?2")?
@@ -899,11 +884,12 @@ fn submit(
         .map(|r| r.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    tx.prepare_cached(
-        "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
         &env.id.0[..],
         env.sender.as_str(),
         env.seq.0,
@@ -914,6 +900,15 @@ fn submit(
         now,
         list
     ])?;
+    if inserted == 0 {
+        // The id is taken: by this very message (only if `last` were behind the store), or,
+        // as it should be, by another one.
+        return Ok(
+            answer_for_stored(tx, env, &digest, &subject)?.unwrap_or_else(|| {
+                reject(subject, RejectCode::IdConflict, "message id already used")
+            }),
+        );
+    }
     let rseq = tx.last_insert_rowid();
     if !recipients.is_empty() {
         let frame = shared_frame(&RelayToNode::Deliver(signed.clone()))?;
@@ -953,6 +948,39 @@ fn submit(
         recipients,
         accepted_at_ms: now,
     }))
+}
+
+/// The answer to a message whose id is already stored: the same answer again if it is the
+/// same message, `IdConflict` if the id was used for other content; `None` if the id is free.
+fn answer_for_stored(
+    tx: &Transaction<'_>,
+    env: &Envelope,
+    digest: &Digest,
+    subject: &Subject,
+) -> Result<Option<RelayToNode>, StoreError> {
+    let existing: Option<(Vec<u8>, String, u64)> = tx
+        .prepare_cached("SELECT digest, recipients, accepted_at_ms FROM messages WHERE id = ?1")?
+        .query_row([&env.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((d, recipients, at)) = existing else {
+        return Ok(None);
+    };
+    if d[..] != digest.0[..] {
+        return Ok(Some(reject(
+            subject.clone(),
+            RejectCode::IdConflict,
+            "message id already used with different content",
+        )));
+    }
+    let recipients = recipients
+        .split(',')
+        .filter_map(|s| ParticipantId::new(s).ok())
+        .collect();
+    Ok(Some(RelayToNode::Accepted(Accepted {
+        id: env.id,
+        recipients,
+        accepted_at_ms: at,
+    })))
 }
 
 /// Whether `recipient` authored a message referenced by `env` that was addressed to
