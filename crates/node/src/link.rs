@@ -409,9 +409,10 @@ impl Link<'_> {
         Ok(())
     }
 
-    /// Signs one cumulative delivered receipt for the stored deliveries waiting for one, and
-    /// writes it. If it cannot be signed and journaled, nothing is lost: the relay keeps
-    /// redelivering those messages until it has their receipt.
+    /// Signs cumulative delivered receipts for the stored deliveries waiting for one (one
+    /// receipt unless more than a receipt may name wait), and writes them. If they cannot be
+    /// signed and journaled, nothing is lost: the relay keeps redelivering those messages
+    /// until it has their receipt.
     async fn send_receipt(&mut self) -> Result<(), NetError> {
         let items = self.pacer.take();
         if items.is_empty() {
@@ -420,9 +421,17 @@ impl Link<'_> {
         let result =
             self.state
                 .store()
-                .delivered_receipt(&self.state.me, &self.state.key, items, now_ms());
+                .delivered_receipts(&self.state.me, &self.state.key, items, now_ms());
         match result {
-            Ok(r) => self.writer.write(&NodeToRelay::Receipt(r)).await,
+            Ok(receipts) => {
+                let mut buf = Vec::new();
+                for r in receipts {
+                    buf.extend_from_slice(&hotline_proto::frame::encode_frame(
+                        &NodeToRelay::Receipt(r),
+                    )?);
+                }
+                self.writer.write_raw(&buf).await
+            }
             Err(e) => {
                 error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
                 Err(NetError::Protocol(format!("store: {e}")))

@@ -530,34 +530,43 @@ impl NodeStore {
         })
     }
 
-    /// Signs one cumulative delivered receipt for `items` (stored by
-    /// [`NodeStore::store_deliveries`]) and journals it.
-    pub fn delivered_receipt(
+    /// Signs cumulative delivered receipts for `items` (stored by
+    /// [`NodeStore::store_deliveries`]), one per `RECEIPT_ITEMS_MAX` of them, and journals
+    /// them in one transaction. Receipt pacing can hold more items than one receipt may
+    /// name (a full pace plus the batch that filled it).
+    pub fn delivered_receipts(
         &mut self,
         me: &ParticipantId,
         key: &SigningKey,
         items: Vec<ReceiptItem>,
         now_ms: u64,
-    ) -> Result<Signed<Receipt>, StoreError> {
+    ) -> Result<Vec<Signed<Receipt>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         self.tx(|tx, j| {
-            let receipt = Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: me.clone(),
-                kind: ReceiptKind::Delivered,
-                created_at_ms: now_ms,
-                items,
-            };
-            let signed = Signed::sign(&receipt, key).map_err(|e| {
-                StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-            })?;
-            j.append(
-                tx,
-                now_ms,
-                "receipt.delivered",
-                &signed.digest().to_string(),
-                &encode_record(&signed)?,
-            )?;
-            Ok(signed)
+            let mut out = Vec::new();
+            for chunk in items.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
+                let receipt = Receipt {
+                    version: PROTOCOL_VERSION,
+                    recipient: me.clone(),
+                    kind: ReceiptKind::Delivered,
+                    created_at_ms: now_ms,
+                    items: chunk.to_vec(),
+                };
+                let signed = Signed::sign(&receipt, key).map_err(|e| {
+                    StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+                })?;
+                j.append(
+                    tx,
+                    now_ms,
+                    "receipt.delivered",
+                    &signed.digest().to_string(),
+                    &encode_record(&signed)?,
+                )?;
+                out.push(signed);
+            }
+            Ok(out)
         })
     }
 
@@ -1153,5 +1162,36 @@ mod tests {
         let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
         let stranger = signed.verify_with(&signed.key()).unwrap();
         assert_eq!(news(&mut store, stranger), (true, vec![]));
+    }
+
+    #[test]
+    fn more_waiting_deliveries_than_a_receipt_holds_are_receipted_in_several() {
+        // Receipt pacing lets up to RECEIPT_PACE_ITEMS wait and then adds a whole batch
+        // (up to RECEIPT_BATCH_MAX more) before the receipt leaves.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let n = crate::limits::RECEIPT_PACE_ITEMS + crate::limits::RECEIPT_BATCH_MAX - 1;
+        let items: Vec<ReceiptItem> = (0..n)
+            .map(|i| ReceiptItem {
+                id: MessageId::generate(NOW + i as u64),
+                sender: pid("KAZ"),
+                digest: Digest([i as u8; 32]),
+            })
+            .collect();
+        let receipts = store
+            .delivered_receipts(&pid("KGZ"), &key, items.clone(), NOW)
+            .unwrap();
+        let sizes: Vec<usize> = receipts
+            .iter()
+            .map(|r| r.verify_with(&r.key()).unwrap().value().items.len())
+            .collect();
+        let max = hotline_proto::limits::RECEIPT_ITEMS_MAX;
+        assert_eq!(sizes, vec![max, n - max]);
+        let covered: Vec<ReceiptItem> = receipts
+            .iter()
+            .flat_map(|r| r.decode_unverified().unwrap().items)
+            .collect();
+        assert_eq!(covered, items, "every item once, in order");
     }
 }

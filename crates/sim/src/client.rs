@@ -510,11 +510,11 @@ async fn recipient_session(
                 }
                 // Receipted at once, batch by batch (the node paces its receipts; the
                 // simulation's clock and faults are what it studies, not the relay's load).
-                if !items.is_empty() {
-                    let r = store
-                        .borrow_mut()
-                        .delivered_receipt(&peer.me, &peer.key, items, peer.now_ms())
-                        .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+                let receipts = store
+                    .borrow_mut()
+                    .delivered_receipts(&peer.me, &peer.key, items, peer.now_ms())
+                    .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+                for r in receipts {
                     writer.write(&NodeToRelay::Receipt(r)).await?;
                 }
             }
