@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hotline_net::{Fingerprint, Session, TransportLimits};
 use hotline_node::limits::RECEIPT_PACE_ITEMS;
-use hotline_node::pacer::ReceiptPacer;
+use hotline_node::pacer::{sign_delivered, ReceiptPacer};
 use hotline_proto::frame::RelayToNode;
 
 use crate::network::Peer;
@@ -244,33 +244,31 @@ impl Inbox {
     /// their pace): one cumulative receipt, several if they exceed the item limit.
     pub fn receipt_due(&mut self, h: &mut Handled, now: std::time::Instant) -> anyhow::Result<()> {
         use hotline_proto::frame::{encode_frame, NodeToRelay};
-        use hotline_proto::limits::RECEIPT_ITEMS_MAX;
-        use hotline_proto::{Receipt, ReceiptKind, Signed, PROTOCOL_VERSION};
 
         if !self.pacer.is_due(now) {
             return Ok(());
         }
-        for chunk in self.pacer.take().chunks(RECEIPT_ITEMS_MAX) {
-            let r = Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: self.peer.id.clone(),
-                kind: ReceiptKind::Delivered,
-                created_at_ms: hotline_relay::now_ms(),
-                items: chunk.to_vec(),
-            };
-            let signed = Signed::sign(&r, &self.peer.key)?;
+        let items = self.pacer.take();
+        let receipts = sign_delivered(
+            &self.peer.id,
+            &self.peer.key,
+            &items,
+            hotline_relay::now_ms(),
+        )?;
+        h.receipts += receipts.len() as u64;
+        h.items += items.len() as u64;
+        for signed in receipts {
             h.frames
                 .extend_from_slice(&encode_frame(&NodeToRelay::Receipt(signed))?);
-            h.receipts += 1;
-            h.items += chunk.len() as u64;
         }
         Ok(())
     }
 
     /// Stores a batch's deliveries in one durable step, then signs one cumulative delivered
     /// receipt for them (several if the batch exceeds the receipt item limit), as the node
-    /// does; with a pace ([`Inbox::with_pace`]), only once the oldest waiting one is due. A node also verifies each message's signature: the relay already has, and this
-    /// client stands in for a node on another machine, so it does not. `known` gives a
+    /// does; with a pace ([`Inbox::with_pace`]), only once the oldest waiting one is due. A
+    /// node also verifies each message's signature: the relay already has, and this client
+    /// stands in for a node on another machine, so it does not. `known` gives a
     /// message's digest when the load generator already has it (see `traffic::Ledger`);
     /// otherwise it is computed.
     pub async fn handle(

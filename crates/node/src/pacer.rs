@@ -5,7 +5,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use hotline_proto::{MessageId, ReceiptItem};
+use hotline_proto::limits::RECEIPT_ITEMS_MAX;
+use hotline_proto::{
+    EncodeError, MessageId, ParticipantId, Receipt, ReceiptItem, ReceiptKind, Signed, SigningKey,
+    PROTOCOL_VERSION,
+};
 
 use crate::limits::{RECEIPT_PACE_ITEMS, RECEIPT_PACE_MS};
 
@@ -71,6 +75,29 @@ impl ReceiptPacer {
         self.ids.clear();
         std::mem::take(&mut self.items)
     }
+}
+
+/// Signs `me`'s cumulative delivered receipts for `items`, one per `RECEIPT_ITEMS_MAX` of
+/// them (a pacer may release a full pace plus the batch that filled it).
+pub fn sign_delivered(
+    me: &ParticipantId,
+    key: &SigningKey,
+    items: &[ReceiptItem],
+    now_ms: u64,
+) -> Result<Vec<Signed<Receipt>>, EncodeError> {
+    items
+        .chunks(RECEIPT_ITEMS_MAX)
+        .map(|chunk| {
+            let receipt = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: me.clone(),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: now_ms,
+                items: chunk.to_vec(),
+            };
+            Signed::sign(&receipt, key)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -544,29 +544,20 @@ impl NodeStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        let receipts = crate::pacer::sign_delivered(me, key, &items, now_ms).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
         self.tx(|tx, j| {
-            let mut out = Vec::new();
-            for chunk in items.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
-                let receipt = Receipt {
-                    version: PROTOCOL_VERSION,
-                    recipient: me.clone(),
-                    kind: ReceiptKind::Delivered,
-                    created_at_ms: now_ms,
-                    items: chunk.to_vec(),
-                };
-                let signed = Signed::sign(&receipt, key).map_err(|e| {
-                    StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-                })?;
+            for signed in &receipts {
                 j.append(
                     tx,
                     now_ms,
                     "receipt.delivered",
                     &signed.digest().to_string(),
-                    &encode_record(&signed)?,
+                    &encode_record(signed)?,
                 )?;
-                out.push(signed);
             }
-            Ok(out)
+            Ok(receipts)
         })
     }
 
