@@ -216,9 +216,9 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
                 mut writer,
                 ..
             } = s;
-            // Receipts each batch at once: the drain's batches are mostly over the node's
-            // `RECEIPT_PACE_ITEMS`, which the node too receipts at once, and this loop has no
-            // timer for a paced tail.
+            // Receipts each batch at once: this loop has no timer for a paced tail, and its
+            // batches are large anyway (233 receipts for 100,000 messages in the fifth
+            // round's runs, ~430 each, near the node's 512 that leave at once).
             let mut inbox = Inbox::new(recipient, store);
             let (tx, mut rx) = mpsc::channel(4_096);
             let reader_task = tokio::spawn(client::read_frames(reader, tx));

@@ -56,9 +56,10 @@ const SCHEMA_VERSION: i64 = 2;
 /// decides the bytes and so the signing time, so the two keys refuse the same duplicates,
 /// but a digest is random and a signing time is not. Keyed by digest, every receipt landed
 /// on a random page of an index that only grows (receipts are kept for good), and each
-/// commit wrote one such page per receipt to the WAL (schema 1: about 15 of a commit's ~25
-/// pages at fanout37 500/s); keyed by time first, a commit's receipts land on the same
-/// one or two pages at the index's end. The receipt queue (`rqueue`, receipts to forward
+/// commit wrote one such page per receipt to the WAL; keyed by time first, a commit's
+/// receipts land on the same one or two pages at the index's end (at fanout37 500/s, ~13
+/// receipts a commit: the writer's writes fell from about 210 to 120 KB per commit,
+/// docs/BENCHMARKS.md, fifth round). The receipt queue (`rqueue`, receipts to forward
 /// to their senders, removed when a sender says it holds them by digest) carries each
 /// receipt's digest, so that removal needs no index on `receipts.digest`; it holds only
 /// what is not yet forwarded, so its digest index stays small.
