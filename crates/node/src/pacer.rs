@@ -78,7 +78,8 @@ impl ReceiptPacer {
 }
 
 /// Signs `me`'s cumulative delivered receipts for `items`, one per `RECEIPT_ITEMS_MAX` of
-/// them (a pacer may release a full pace plus the batch that filled it).
+/// them (a pacer may release up to 511 waiting items plus the batch that took them past
+/// its limit).
 pub fn sign_delivered(
     me: &ParticipantId,
     key: &SigningKey,

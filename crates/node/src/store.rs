@@ -533,7 +533,7 @@ impl NodeStore {
     /// Signs cumulative delivered receipts for `items` (stored by
     /// [`NodeStore::store_deliveries`]), one per `RECEIPT_ITEMS_MAX` of them, and journals
     /// them in one transaction. Receipt pacing can hold more items than one receipt may
-    /// name (a full pace plus the batch that filled it).
+    /// name (the waiting items plus the batch that took them past the limit).
     pub fn delivered_receipts(
         &mut self,
         me: &ParticipantId,
