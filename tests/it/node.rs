@@ -572,6 +572,24 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     assert_eq!(status, 413, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(v["code"], "too_large", "{v}");
+    // A deadline the store could not keep (past 2^63 - 1 ms) is refused by name, not
+    // stored, and not an internal error.
+    let (status, body) = http(
+        kaz.api,
+        "POST",
+        "/v1/messages",
+        Some(&token),
+        &format!(
+            r#"{{"to":["KGZ"],"subject":"x","respond_by_ms":{}}}"#,
+            u64::MAX
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["code"], "invalid", "{v}");
+    assert!(body.contains("respond_by_ms"), "{body}");
 
     let (status, _) = http(kaz.api, "GET", "/v1/nothing", None, "").await.unwrap();
     assert_eq!(status, 401, "even unknown paths need the token");

@@ -183,6 +183,15 @@ impl SignedPayload for Envelope {
         if self.seq.0 > crate::limits::SEQ_MAX {
             return Err(invalid("seq", "sequence numbers end at 2^63 - 1"));
         }
+        if self.created_at_ms > crate::limits::TIME_MS_MAX {
+            return Err(invalid("created_at_ms", "times end at 2^63 - 1 ms"));
+        }
+        if self
+            .respond_by_ms
+            .is_some_and(|by| by > crate::limits::TIME_MS_MAX)
+        {
+            return Err(invalid("respond_by_ms", "times end at 2^63 - 1 ms"));
+        }
         match &self.audience {
             Audience::Participants(ids) => {
                 if ids.is_empty() {

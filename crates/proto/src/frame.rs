@@ -299,6 +299,12 @@ impl FrameCheck for RelayToNode {
                     reason: "too many",
                 })
             }
+            RelayToNode::Accepted(a) if a.accepted_at_ms > crate::limits::TIME_MS_MAX => {
+                return Err(DecodeError::Invalid {
+                    field: "accepted_at_ms",
+                    reason: "times end at 2^63 - 1 ms",
+                })
+            }
             _ => return Ok(()),
         };
         if detail.len() > DETAIL_BYTES_MAX {

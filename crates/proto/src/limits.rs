@@ -65,6 +65,13 @@ pub const DETAIL_BYTES_MAX: usize = 512;
 /// messages a second, a sender reaches it after 290,000 years.
 pub const SEQ_MAX: u64 = i64::MAX as u64;
 
+/// The latest time, in milliseconds since the Unix epoch, that an envelope (`created_at_ms`,
+/// `respond_by_ms`), a receipt (`created_at_ms`) or an `Accepted` answer (`accepted_at_ms`)
+/// may carry: stores keep times as signed 64-bit integers, as they keep sequence numbers. It
+/// falls some 292 million years from now; a value past it is bad input, refused at decode
+/// with the field named, instead of failing the transaction that would store it.
+pub const TIME_MS_MAX: u64 = i64::MAX as u64;
+
 /// How far in the future a created-at may be before it is refused as a replay or a broken
 /// clock. Old created-at values are allowed: an outbox may hold a message for days.
 pub const CLOCK_SKEW_FUTURE_MAX_MS: u64 = 5 * 60 * 1000;

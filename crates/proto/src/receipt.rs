@@ -71,6 +71,9 @@ impl SignedPayload for Receipt {
         if self.version != PROTOCOL_VERSION {
             return Err(invalid("version", "unsupported protocol version"));
         }
+        if self.created_at_ms > crate::limits::TIME_MS_MAX {
+            return Err(invalid("created_at_ms", "times end at 2^63 - 1 ms"));
+        }
         if self.items.is_empty() {
             return Err(invalid("items", "must cover at least one message"));
         }

@@ -186,9 +186,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A receipt's signing time as its key in `receipts`. SQLite integers are signed, and the
-/// time is the signer's to choose, so a time past `i64::MAX` is stored as `i64::MAX` rather
-/// than failing the whole commit; the key stays exact, as the digest follows it.
+/// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
+/// receipt's time is refused at decode past `TIME_MS_MAX` (= `i64::MAX`), but a store
+/// migrated from before that rule may hold one, so a larger time is stored as `i64::MAX`
+/// rather than failing the whole commit; the key stays exact, as the digest follows it.
 fn time_key(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
@@ -1361,8 +1362,8 @@ mod tests {
         );
         let m1 = message(&kaz, 1);
         let r_chn = receipt_from(&chn, "CHN", 2_000, &m1);
-        // A signing time past SQLite's integer range is kept, capped, rather than failing.
-        let r_ind = receipt_from(&ind, "IND", u64::MAX, &m1);
+        // The latest signing time a receipt may carry (`TIME_MS_MAX`) keeps its place.
+        let r_ind = receipt_from(&ind, "IND", hotline_proto::limits::TIME_MS_MAX, &m1);
         {
             let c = hotline_store::open(&path, true).expect("open");
             // Version 1: today's tables but for the two receipt tables.

@@ -13,6 +13,7 @@ use hotline_proto::limits::{
     DETAIL_BYTES_MAX, ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, KEYS_PER_PARTICIPANT_MAX,
     NAME_BYTES_MAX, NOTE_BYTES_MAX, OFFICER_BYTES_MAX, RECEIPT_BYTES_MAX, RECEIPT_ITEMS_MAX,
     REFERENCES_MAX, ROSTER_GROUPS_MAX, ROSTER_PARTICIPANTS_MAX, SEQ_MAX, SUBJECT_BYTES_MAX,
+    TIME_MS_MAX,
 };
 use hotline_proto::receipt::{Receipt, ReceiptItem, ReceiptKind};
 use hotline_proto::roster::{Group, Participant, Role, Roster};
@@ -154,6 +155,23 @@ fn envelope_list_and_field_rules() {
     assert_eq!(refused(&with(&|e| e.seq.0 = SEQ_MAX)), None);
     assert_eq!(refused(&with(&|e| e.seq.0 = SEQ_MAX + 1)), Some("seq"));
     assert_eq!(refused(&with(&|e| e.seq.0 = u64::MAX)), Some("seq"));
+    // Times too: a deadline past 2^63 - 1 ms could not be stored.
+    let late = |e: &mut Envelope, by: u64| {
+        e.created_at_ms = TIME_MS_MAX - 1;
+        e.respond_by_ms = Some(by);
+    };
+    assert_eq!(refused(&with(&|e| late(e, TIME_MS_MAX))), None);
+    assert_eq!(
+        refused(&with(&|e| late(e, TIME_MS_MAX + 1))),
+        Some("respond_by_ms")
+    );
+    assert_eq!(
+        refused(&with(&|e| {
+            e.created_at_ms = TIME_MS_MAX + 1;
+            e.respond_by_ms = None;
+        })),
+        Some("created_at_ms")
+    );
     assert_eq!(refused(&with(&|e| e.version = 2)), Some("version"));
     assert_eq!(
         refused(&with(&|e| e.respond_by_ms = Some(e.created_at_ms))),
@@ -227,6 +245,12 @@ fn receipt_limits() {
         receipt_refused(&receipt(0, ReceiptKind::Delivered)),
         Some("items")
     );
+    let at = |ms: u64| Receipt {
+        created_at_ms: ms,
+        ..receipt(1, ReceiptKind::Delivered)
+    };
+    assert_eq!(receipt_refused(&at(TIME_MS_MAX)), None);
+    assert_eq!(receipt_refused(&at(TIME_MS_MAX + 1)), Some("created_at_ms"));
     assert_eq!(
         receipt_refused(&receipt(1, ack(OFFICER_BYTES_MAX + 1, None))),
         Some("officer")
@@ -342,7 +366,8 @@ fn the_largest_envelope_fits_a_frame() {
         category: Some(text(CATEGORY_BYTES_MAX)),
         subject: text(SUBJECT_BYTES_MAX),
         body: text(BODY_BYTES_MAX),
-        respond_by_ms: Some(u64::MAX),
+        // The latest time a store can keep: nine bytes, as long as any u64 encodes.
+        respond_by_ms: Some(TIME_MS_MAX),
         ..to("TURKPA01", &["KAZ"])
     };
     let signed = Signed::sign(&env, &fixtures::key(2)).expect("signs");
@@ -393,6 +418,27 @@ fn frame_detail_and_recipient_limits() {
         decode_frame::<RelayToNode>(&payload),
         Err(DecodeError::Invalid {
             field: "recipients",
+            ..
+        })
+    ));
+    // A node stores the acceptance time: one past 2^63 - 1 ms is refused, not stored.
+    let at = |ms: u64| {
+        RelayToNode::Accepted(Accepted {
+            id: fixtures::mid(1),
+            recipients: numbered_ids(1),
+            accepted_at_ms: ms,
+        })
+    };
+    let frame = encode_frame(&at(TIME_MS_MAX)).expect("the latest time");
+    assert_eq!(
+        decode_frame::<RelayToNode>(&frame[4..]),
+        Ok(at(TIME_MS_MAX))
+    );
+    let payload = codec::encode(&at(TIME_MS_MAX + 1), FRAME_BYTES_MAX).expect("encodes");
+    assert!(matches!(
+        decode_frame::<RelayToNode>(&payload),
+        Err(DecodeError::Invalid {
+            field: "accepted_at_ms",
             ..
         })
     ));

@@ -15,7 +15,9 @@ use hotline_proto::frame::{
     RelayToNode, Subject, FRAME_PREFIX_BYTES,
 };
 use hotline_proto::id::{MessageId, ParticipantId, Seq};
-use hotline_proto::limits::{ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, REFERENCES_MAX, SEQ_MAX};
+use hotline_proto::limits::{
+    ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX, REFERENCES_MAX, SEQ_MAX, TIME_MS_MAX,
+};
 use hotline_proto::receipt::{Receipt, ReceiptItem, ReceiptKind};
 use hotline_proto::roster::Role;
 use hotline_proto::sign::{Digest, PublicKey, Signature, Signed, SignedPayload};
@@ -82,8 +84,8 @@ prop_compose! {
         seq in 1..=SEQ_MAX,
         audience in audience(),
         (kind, precedence, status) in (kind(), precedence(), status()),
-        created_at_ms in 0..=u64::MAX / 2,
-        respond_after_ms in proptest::option::of(1..=u64::MAX / 2),
+        created_at_ms in 0..=TIME_MS_MAX / 2,
+        respond_after_ms in proptest::option::of(1..=TIME_MS_MAX / 2),
         references in vec(message_id(), 0..=REFERENCES_MAX - 1),
         (category, subject, body) in (
             proptest::option::of("\\PC{1,16}"),
@@ -125,7 +127,7 @@ prop_compose! {
             ("[A-Za-z]\\PC{0,30}", proptest::option::of("\\PC{0,200}"))
                 .prop_map(|(officer, note)| ReceiptKind::Acknowledged { officer, note }),
         ],
-        created_at_ms in any::<u64>(),
+        created_at_ms in 0..=TIME_MS_MAX,
         items in btree_map(message_id(), (participant_id(), any::<[u8; 32]>()), 1..20),
     ) -> Receipt {
         Receipt {
