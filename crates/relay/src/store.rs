@@ -454,8 +454,10 @@ fn signed_from_row<T: hotline_proto::SignedPayload>(
 struct Held {
     sender: ParticipantId,
     digest: Digest,
-    /// The recipients, comma-separated, as stored.
-    recipients: String,
+    /// The recipients, sorted, for a binary search per receipt item (a 37-way message gets
+    /// 37 receipts naming it; scanning the stored comma-separated list for each was 3 % of
+    /// the relay at fanout37 maximum).
+    recipients: Box<[ParticipantId]>,
     accepted_at_ms: u64,
     /// Its position in the recipients' queues.
     rseq: i64,
@@ -931,12 +933,14 @@ fn submit(
     }
     // Written to `senders` once per sender at the end of the batch (`commit_batch`).
     p.last_seq.insert(env.sender.clone(), last.max(env.seq.0));
+    let mut sorted = recipients.clone();
+    sorted.sort_unstable();
     p.held.push((
         env.id,
         Held {
             sender: env.sender.clone(),
             digest,
-            recipients: list,
+            recipients: sorted.into(),
             accepted_at_ms: now,
             rseq,
         },
@@ -1037,7 +1041,7 @@ fn store_receipt(
             Some(h) => Some((
                 h.sender.as_str(),
                 &h.digest.0[..],
-                h.recipients.as_str(),
+                h.recipients.binary_search(&receipt.recipient).is_ok(),
                 (h.accepted_at_ms, h.rseq),
             )),
             None => {
@@ -1054,15 +1058,14 @@ fn store_receipt(
                         ))
                     })
                     .optional()?;
-                read.as_ref()
-                    .map(|(s, d, r, at)| (s.as_str(), &d[..], r.as_str(), *at))
+                read.as_ref().map(|(s, d, r, at)| {
+                    let addressed = r.split(',').any(|r| r == receipt.recipient.as_str());
+                    (s.as_str(), &d[..], addressed, *at)
+                })
             }
         };
         accepted_at.push(held.map(|h| h.3));
-        if let Some((sender, d, recipients, _)) = held {
-            let addressed = recipients
-                .split(',')
-                .any(|r| r == receipt.recipient.as_str());
+        if let Some((sender, d, addressed, _)) = held {
             if sender != item.sender.as_str() || d != &item.digest.0[..] || !addressed {
                 return Ok(reject(
                     Subject::Receipt(digest),
