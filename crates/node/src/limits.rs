@@ -35,14 +35,17 @@ pub const OUTBOX_PAGE: usize = 256;
 /// Deliveries stored and receipted in one transaction and one cumulative receipt.
 pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 
-/// Receipt pacing: deliveries stored durably wait up to this long to share one cumulative
-/// delivered receipt (or until [`RECEIPT_PACE_ITEMS`] wait). Every receipt costs the relay a
+/// Receipt pacing: at most one cumulative delivered receipt per this long on a relay link
+/// (or at once when [`RECEIPT_PACE_ITEMS`] wait): deliveries stored within this long of the
+/// last receipt wait for the next, a delivery stored after a quiet spell leaves at once
+/// (`crate::pacer`). Every receipt costs the relay a
 /// verification, rows, packets and a forward to the sender, so under a burst fewer, larger
 /// receipts leave it more CPU for the messages themselves. Measured with the benchmark's
 /// recipients doing the same at fanout37 500/s: 20 ms cut the relay's CPU per message by a
 /// quarter and the end-to-end latency (sender to recipient's disk) from 8 to 4.5 ms at the
 /// median, and made "all 37 receipts back" 12 ms later (docs/BENCHMARKS.md, fifth round).
-/// A lone message's receipt leaves 20 ms after it is stored; the operator never notices.
+/// Until 2026-11-30 the wait ran from the first waiting delivery, so a lone message's
+/// receipt also waited 20 ms; now it leaves as soon as the message is stored.
 /// Losing the wait to a crash loses nothing: the relay redelivers what it has no receipt
 /// for, and the node receipts a message it already holds.
 pub const RECEIPT_PACE_MS: u64 = 20;

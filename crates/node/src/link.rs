@@ -414,7 +414,7 @@ impl Link<'_> {
     /// signed and journaled, nothing is lost: the relay keeps redelivering those messages
     /// until it has their receipt.
     async fn send_receipt(&mut self) -> Result<(), NetError> {
-        let items = self.pacer.take();
+        let items = self.pacer.take(tokio::time::Instant::now().into_std());
         if items.is_empty() {
             return Ok(());
         }
