@@ -235,6 +235,69 @@ async fn a_node_that_was_stopped_receives_what_was_sent_meanwhile() {
     relay.shutdown().await;
 }
 
+/// Receipt pacing as a sender sees it: with a pace of an hour, the first delivery is
+/// receipted at once (no receipt has left yet), the next waits for the pace, and what
+/// waits is receipted when the node stops, not lost with the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_delivered_receipt_leaves_when_the_node_stops() {
+    let net = net();
+    let relay = net.relay().await;
+    net.node_config("KAZ", relay.local_addr());
+    net.node_config_with(
+        "KGZ",
+        &NodeSetup {
+            receipt_pace_ms: Some(3_600_000),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let send = |subject: &'static str| {
+        let kaz = &kaz;
+        async move {
+            id_of(
+                &kaz.cli_json(&["send", "--to", "KGZ", "--subject", subject])
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let delivered =
+        |id: String| move |e: &Value| e["type"] == "delivered" && e["id"] == id.as_str();
+
+    let first = send("First").await;
+    kaz_events
+        .wait_for("the first delivery, receipted at once", delivered(first))
+        .await
+        .unwrap();
+
+    let second = send("Second").await;
+    kgz.proc
+        .wait_line(&["message received", &msg(&second)])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &second]).await.unwrap();
+    assert_eq!(st["delivered"], 0, "its receipt waits for the pace: {st}");
+
+    let NodeProc { proc: kgz_proc, .. } = kgz;
+    kgz_proc.signal("TERM").unwrap();
+    let (status, _) = kgz_proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+    kaz_events
+        .wait_for(
+            "the second delivery, receipted as the recipient stopped",
+            delivered(second.clone()),
+        )
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &second]).await.unwrap();
+    assert_eq!(st["state"], "delivered", "{st}");
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
     let net = net();

@@ -616,6 +616,8 @@ pub struct NodeSetup {
     pub roster_key: Option<PublicKey>,
     /// The body of a `[hooks]` table, if any.
     pub hooks: Option<String>,
+    /// `receipt_pace_ms`, if set.
+    pub receipt_pace_ms: Option<u64>,
 }
 
 impl NodeSetup {
@@ -653,6 +655,9 @@ impl Net {
         let mut text = format!(
             "participant = \"{id}\"\nkey = \"{id}.key\"\nroster = \"{roster}\"\nroster_key = \"{roster_key}\"\ndata_dir = \"node-{id}\"\n"
         );
+        if let Some(ms) = setup.receipt_pace_ms {
+            text.push_str(&format!("receipt_pace_ms = {ms}\n"));
+        }
         for r in &setup.relays {
             text.push_str(&format!(
                 "\n[[relays]]\naddress = \"{r}\"\nfingerprint = \"{fp}\"\n"

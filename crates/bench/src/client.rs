@@ -248,7 +248,7 @@ impl Inbox {
         if !self.pacer.is_due(now) {
             return Ok(());
         }
-        let items = self.pacer.take(now);
+        let items = self.pacer.take();
         let receipts = sign_delivered(
             &self.peer.id,
             &self.peer.key,

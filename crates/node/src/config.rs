@@ -97,6 +97,7 @@ struct RawConfig {
     roster: PathBuf,
     roster_key: String,
     data_dir: PathBuf,
+    receipt_pace_ms: Option<u64>,
     relays: Vec<RawRelay>,
     api: RawApi,
     #[serde(default)]
@@ -116,6 +117,10 @@ pub struct NodeConfig {
     pub roster_key: PublicKey,
     /// Directory of the store (`node.db`); created if missing.
     pub data_dir: PathBuf,
+    /// Receipt pacing on each relay link, ms (default
+    /// [`limits::RECEIPT_PACE_MS`]; 0 receipts every stored batch at once; see
+    /// `crate::pacer`).
+    pub receipt_pace_ms: u64,
     /// Relays, each with its pinned certificate fingerprint; the node sends through all.
     pub relays: Vec<RelayEndpoint>,
     /// Local API address, loopback only (default `127.0.0.1:7500`).
@@ -158,6 +163,16 @@ impl NodeConfig {
         let roster_key =
             hotline_config::keyfile::resolve_public(&resolve_rel(&raw.roster_key, base))
                 .map_err(|e| invalid("roster_key", e.to_string()))?;
+        let receipt_pace_ms = raw.receipt_pace_ms.unwrap_or(limits::RECEIPT_PACE_MS);
+        if receipt_pace_ms > limits::RECEIPT_PACE_MS_MAX {
+            return Err(invalid(
+                "receipt_pace_ms",
+                format!(
+                    "at most {} ms: a sender sees a delivery that much later",
+                    limits::RECEIPT_PACE_MS_MAX
+                ),
+            ));
+        }
         if raw.relays.is_empty() {
             return Err(invalid("relays", "list at least one relay".into()));
         }
@@ -204,6 +219,7 @@ impl NodeConfig {
             roster: abs(raw.roster),
             roster_key,
             data_dir: abs(raw.data_dir),
+            receipt_pace_ms,
             relays,
             api_listen,
             token_file: abs(raw.api.token_file),
@@ -260,6 +276,20 @@ mod tests {
         assert_eq!(c.api_listen, DEFAULT_API);
         assert_eq!(c.token_file, Path::new("/etc/hotline/api.token"));
         assert_eq!(c.relays.len(), 1);
+        assert_eq!(c.receipt_pace_ms, limits::RECEIPT_PACE_MS);
+    }
+
+    #[test]
+    fn the_receipt_pace_is_bounded() {
+        let with =
+            |ms: u64| text().replace("data_dir", &format!("receipt_pace_ms = {ms}\ndata_dir"));
+        let c = NodeConfig::parse(&with(0), Path::new("n.toml")).expect("zero: no pacing");
+        assert_eq!(c.receipt_pace_ms, 0);
+        let most = limits::RECEIPT_PACE_MS_MAX;
+        let c = NodeConfig::parse(&with(most), Path::new("n.toml")).expect("an hour");
+        assert_eq!(c.receipt_pace_ms, most);
+        let e = NodeConfig::parse(&with(most + 1), Path::new("n.toml")).expect_err("too long");
+        assert!(e.to_string().contains("receipt_pace_ms"), "{e}");
     }
 
     #[test]

@@ -35,20 +35,29 @@ pub const OUTBOX_PAGE: usize = 256;
 /// Deliveries stored and receipted in one transaction and one cumulative receipt.
 pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 
-/// Receipt pacing: at most one cumulative delivered receipt per this long on a relay link
-/// (or at once when [`RECEIPT_PACE_ITEMS`] wait): deliveries stored within this long of the
-/// last receipt wait for the next, a delivery stored after a quiet spell leaves at once
-/// (`crate::pacer`). Every receipt costs the relay a
+/// Receipt pacing, the default of the configuration's `receipt_pace_ms`: stored deliveries
+/// wait up to this long after the first of them to share one cumulative delivered receipt
+/// (or until [`RECEIPT_PACE_ITEMS`] wait); a delivery stored after a quiet spell of this
+/// long leaves at once (`crate::pacer`). Every receipt costs the relay a
 /// verification, rows, packets and a forward to the sender, so under a burst fewer, larger
 /// receipts leave it more CPU for the messages themselves. Measured with the benchmark's
 /// recipients doing the same at fanout37 500/s: 20 ms cut the relay's CPU per message by a
 /// quarter and the end-to-end latency (sender to recipient's disk) from 8 to 4.5 ms at the
 /// median, and made "all 37 receipts back" 12 ms later (docs/BENCHMARKS.md, fifth round).
-/// Until 2026-11-30 the wait ran from the first waiting delivery, so a lone message's
-/// receipt also waited 20 ms; now it leaves as soon as the message is stored.
+/// A lone message's receipt leaves as soon as the message is stored (until 2026-11-30 it
+/// also waited 20 ms).
 /// Losing the wait to a crash loses nothing: the relay redelivers what it has no receipt
 /// for, and the node receipts a message it already holds.
 pub const RECEIPT_PACE_MS: u64 = 20;
+
+/// At shutdown, how long a link waits for the relay to confirm the delivered receipts it
+/// has just written before it closes the connection (closing discards what the relay has
+/// not read). Within the node's 5 s for stopping.
+pub const SHUTDOWN_RECEIPT_WAIT_MS: u64 = 2_000;
+
+/// The longest receipt pace a configuration may set (`receipt_pace_ms`): an hour. A longer
+/// pace only delays what a sender sees under traffic.
+pub const RECEIPT_PACE_MS_MAX: u64 = 60 * 60 * 1000;
 
 /// Deliveries waiting for a receipt that make it leave at once; well below the relay's
 /// delivery window (4,096 unreceipted deliveries per recipient), so pacing never stalls

@@ -166,13 +166,17 @@ async fn serve(
         state.offer_roster(r, "relay welcome");
     }
     let (mut rx, _reader) = hotline_net::stream::spawn_reader::<RelayToNode>(reader, 256);
+    let pacer = ReceiptPacer::new(
+        std::time::Duration::from_millis(state.config.receipt_pace_ms),
+        crate::limits::RECEIPT_PACE_ITEMS,
+    );
     let mut link = Link {
         state,
         idx,
         writer,
         sent: HashSet::new(),
         receipts_sent: HashSet::new(),
-        pacer: ReceiptPacer::default(),
+        pacer,
     };
     let wake = state.wake[idx].clone();
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -194,13 +198,17 @@ async fn serve(
         };
         tokio::select! {
             biased;
-            // Shutdown: receipt what is stored, then close cleanly.
+            // Shutdown: receipt what is stored, and see it stored before the connection
+            // closes (closing discards what the relay has not read yet).
             _ = shutdown.changed() => {
-                link.send_receipt().await?;
+                let sent = link.send_receipt().await?;
+                link.until_stored(&mut rx, sent).await;
                 return Ok(());
             }
             // Stored deliveries whose receipt is due.
-            _ = receipt_due => link.send_receipt().await?,
+            _ = receipt_due => {
+                link.send_receipt().await?;
+            }
             // Frames from the relay, batched while more are already waiting.
             f = rx.recv() => {
                 let Some(first) = f else {
@@ -410,13 +418,13 @@ impl Link<'_> {
     }
 
     /// Signs cumulative delivered receipts for the stored deliveries waiting for one (one
-    /// receipt unless more than a receipt may name wait), and writes them. If they cannot be
-    /// signed and journaled, nothing is lost: the relay keeps redelivering those messages
-    /// until it has their receipt.
-    async fn send_receipt(&mut self) -> Result<(), NetError> {
-        let items = self.pacer.take(tokio::time::Instant::now().into_std());
+    /// receipt unless more than a receipt may name wait), and writes them; returns their
+    /// digests. If they cannot be signed and journaled, nothing is lost: the relay keeps
+    /// redelivering those messages until it has their receipt.
+    async fn send_receipt(&mut self) -> Result<HashSet<Digest>, NetError> {
+        let items = self.pacer.take();
         if items.is_empty() {
-            return Ok(());
+            return Ok(HashSet::new());
         }
         let result =
             self.state
@@ -425,17 +433,57 @@ impl Link<'_> {
         match result {
             Ok(receipts) => {
                 let mut buf = Vec::new();
+                let mut digests = HashSet::new();
                 for r in receipts {
+                    digests.insert(r.digest());
                     buf.extend_from_slice(&hotline_proto::frame::encode_frame(
                         &NodeToRelay::Receipt(r),
                     )?);
                 }
-                self.writer.write_raw(&buf).await
+                self.writer.write_raw(&buf).await?;
+                Ok(digests)
             }
             Err(e) => {
                 error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
                 Err(NetError::Protocol(format!("store: {e}")))
             }
+        }
+    }
+
+    /// At shutdown, waits up to `SHUTDOWN_RECEIPT_WAIT_MS` for the relay's answers to the
+    /// delivered receipts just written. Other frames are dropped: a delivery not stored is
+    /// delivered again, an answer is given again when the outbox is resent. A receipt still
+    /// unanswered costs only a redelivery at the next connection.
+    async fn until_stored(
+        &self,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+        mut waiting: HashSet<Digest>,
+    ) {
+        if waiting.is_empty() {
+            return;
+        }
+        let answered = async {
+            while !waiting.is_empty() {
+                match rx.recv().await {
+                    Some(Ok(RelayToNode::ReceiptStored(d))) => {
+                        waiting.remove(&d);
+                    }
+                    Some(Ok(RelayToNode::Rejected(r))) => {
+                        if let Subject::Receipt(d) = r.subject {
+                            warn!(relay = self.idx, receipt = %d, code = ?r.code, "relay refused a delivered receipt at shutdown");
+                            waiting.remove(&d);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            waiting.len()
+        };
+        let wait = Duration::from_millis(crate::limits::SHUTDOWN_RECEIPT_WAIT_MS);
+        match tokio::time::timeout(wait, answered).await {
+            Ok(0) => debug!(relay = self.idx, "delivered receipts stored before shutdown"),
+            _ => warn!(relay = self.idx, "delivered receipts not confirmed before shutdown; the relay will deliver those messages again"),
         }
     }
 
