@@ -37,8 +37,8 @@ pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 
 /// Receipt pacing, the default of the configuration's `receipt_pace_ms`: stored deliveries
 /// wait up to this long after the first of them to share one cumulative delivered receipt
-/// (or until [`RECEIPT_PACE_ITEMS`] wait); a delivery stored after a quiet spell of this
-/// long leaves at once (`crate::pacer`). Every receipt costs the relay a
+/// (or until [`RECEIPT_PACE_ITEMS`] wait); a delivery stored after a quiet spell
+/// ([`RECEIPT_QUIET_MS`]) leaves at once (`crate::pacer`). Every receipt costs the relay a
 /// verification, rows, packets and a forward to the sender, so under a burst fewer, larger
 /// receipts leave it more CPU for the messages themselves. Measured with the benchmark's
 /// recipients doing the same at fanout37 500/s: 20 ms cut the relay's CPU per message by a
@@ -49,6 +49,13 @@ pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 /// Losing the wait to a crash loses nothing: the relay redelivers what it has no receipt
 /// for, and the node receipts a message it already holds.
 pub const RECEIPT_PACE_MS: u64 = 20;
+
+/// Receipt pacing's quiet spell: a delivery stored when nothing was stored on the link for
+/// this long (or for the pace, if longer) is receipted at once, so a lone message's sender
+/// sees it delivered without waiting for the pace. A second, not the pace itself: traffic
+/// comes in bursts with gaps of about a pace (measured, `crate::pacer`), and each burst
+/// would cost a receipt more; at most one more per second per link costs the relay little.
+pub const RECEIPT_QUIET_MS: u64 = 1_000;
 
 /// At shutdown, how long a link waits for the relay to confirm the delivered receipts it
 /// has just written before it closes the connection (closing discards what the relay has
