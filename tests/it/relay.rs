@@ -924,6 +924,81 @@ async fn body_over_the_relay_limit_is_too_large() {
     relay.shutdown().await;
 }
 
+/// A participant sending receipts faster than its budget is slowed down, not refused: the
+/// relay stops reading its connection until the bucket refills, every receipt is still
+/// stored, and the pauses are counted.
+#[tokio::test]
+async fn receipts_over_the_rate_pause_reading_and_lose_nothing() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nreceipt_rate_per_sec = 20\nreceipt_rate_burst = 2\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut delivered = Vec::new();
+    for i in 0..6 {
+        kaz.send_to("KGZ", &format!("m{i}")).await.unwrap();
+        delivered.push(kgz.next_deliver().await.unwrap().0);
+    }
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "hotline_relay_receipt_read_pauses_total"),
+        Some(0.0),
+        "{text}"
+    );
+
+    // Six receipts at once against a burst of two.
+    let mut digests = Vec::new();
+    for m in &delivered {
+        let r = kgz
+            .receipt(ReceiptKind::Delivered, std::slice::from_ref(m))
+            .await
+            .unwrap();
+        digests.push(r.digest());
+    }
+    for d in &digests {
+        let (res, _) = kgz
+            .until(|f| match f {
+                RelayToNode::ReceiptStored(x) if x == d => Some(Ok(())),
+                RelayToNode::Rejected(x) if x.subject == Subject::Receipt(*d) => {
+                    Some(Err(x.clone()))
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(res, Ok(()), "every receipt is stored, none refused");
+    }
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    let pauses = metric(&text, "hotline_relay_receipt_read_pauses_total").unwrap();
+    assert!(pauses >= 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_stored_total"),
+        Some(6.0),
+        "{text}"
+    );
+    // The sender has all six forwarded receipts.
+    for d in &digests {
+        kaz.until(|f| match f {
+            RelayToNode::Receipt(r) if r.digest() == *d => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    }
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn submissions_over_the_rate_are_rate_limited() {
     let net = Net::with_relay_toml(

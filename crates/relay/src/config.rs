@@ -60,6 +60,11 @@ pub struct Limits {
     pub rate_per_sec: u32,
     /// Burst above the sustained rate (default 100000).
     pub rate_burst: u32,
+    /// Sustained receipts per second read from one participant before reading its
+    /// connection pauses (default 1000).
+    pub receipt_rate_per_sec: u32,
+    /// Burst of receipts above that rate (default 10000).
+    pub receipt_rate_burst: u32,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
     /// Idle connection timeout, ms (default 10000).
@@ -85,6 +90,8 @@ impl Default for Limits {
             queue_depth_max: limits::QUEUE_DEPTH_MAX,
             rate_per_sec: limits::RATE_PER_SEC,
             rate_burst: limits::RATE_BURST,
+            receipt_rate_per_sec: limits::RECEIPT_RATE_PER_SEC,
+            receipt_rate_burst: limits::RECEIPT_RATE_BURST,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
             idle_timeout_ms: hotline_net::transport::IDLE_TIMEOUT_MS,
             keepalive_ms: hotline_net::transport::KEEPALIVE_MS,
@@ -225,7 +232,11 @@ impl RelayConfig {
                 return Err(invalid(field, "must be positive".into()));
             }
         }
-        if l.rate_per_sec == 0 || l.handshake_timeout_ms == 0 || l.write_timeout_ms == 0 {
+        if l.rate_per_sec == 0
+            || l.receipt_rate_per_sec == 0
+            || l.handshake_timeout_ms == 0
+            || l.write_timeout_ms == 0
+        {
             return Err(invalid(
                 "limits",
                 "rates and timeouts must be positive".into(),
@@ -302,6 +313,11 @@ mod tests {
         let text = text.replace("\"big\"", "99999999");
         let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("too big");
         assert!(e.to_string().contains("limits.frame_bytes_max"), "{e}");
+
+        // A zero receipt rate would stop reading a node for good.
+        let text = text.replace("frame_bytes_max = 99999999", "receipt_rate_per_sec = 0");
+        let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("zero rate");
+        assert!(e.to_string().contains("rates and timeouts"), "{e}");
 
         let e = RelayConfig::parse("cert = \"a\"\nbogus = 1\n", Path::new("r.toml"))
             .expect_err("unknown field");

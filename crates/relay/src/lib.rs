@@ -286,6 +286,7 @@ impl Relay {
             writer: cmd_tx,
             verifier: verify_tx,
             rates: Default::default(),
+            receipt_rates: Default::default(),
         });
         let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_join));
         Ok(RelayHandle {

@@ -22,6 +22,17 @@ pub const RATE_PER_SEC: u32 = 50_000;
 /// Burst of submissions allowed above the sustained rate.
 pub const RATE_BURST: u32 = 100_000;
 
+/// Sustained receipts per second read from one participant. Past it (and its burst) the
+/// relay does not refuse anything: it stops reading that participant's connection until
+/// the bucket has refilled, so QUIC flow control slows the node down. A node paces its
+/// delivered receipts (20 ms per relay link) and acknowledgements are typed by people, so
+/// this only bounds a runaway or hostile node: each receipt costs a signature check and a
+/// commit slot shared with everyone.
+pub const RECEIPT_RATE_PER_SEC: u32 = 1_000;
+
+/// Burst of receipts read above the sustained rate.
+pub const RECEIPT_RATE_BURST: u32 = 10_000;
+
 /// Time a new connection has to present a valid `Hello`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 

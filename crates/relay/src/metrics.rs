@@ -68,6 +68,8 @@ pub(crate) struct Metrics {
     pub(crate) receipts_stored: AtomicU64,
     pub(crate) receipts_forwarded: AtomicU64,
     pub(crate) store_reads: AtomicU64,
+    /// Times a connection's reading paused for its receipt rate.
+    pub(crate) receipt_read_pauses: AtomicU64,
     commit_failures: AtomicU64,
     batch: Histogram<11>,
     verify_batch: Histogram<11>,
@@ -88,6 +90,7 @@ impl Metrics {
             receipts_stored: AtomicU64::new(0),
             receipts_forwarded: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
+            receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
             verify_batch: Histogram::new(BATCH_BUCKETS),
@@ -208,6 +211,13 @@ impl Metrics {
             "Queue pages sessions read back from the store (at connect, and after their \
              mailbox overflowed); otherwise they are served what was just committed.",
             self.store_reads.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_receipt_read_pauses_total",
+            "Times reading a connection paused because its participant sent receipts faster \
+             than limits.receipt_rate_per_sec (and its burst) allow.",
+            self.receipt_read_pauses.load(Relaxed),
         );
         counter(
             &mut o,

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Submission token buckets by participant, so reconnecting does not refill one. At
     /// most one entry per roster participant (only authenticated sessions add one).
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Receipt token buckets by participant, likewise.
+    pub(crate) receipt_rates: Mutex<HashMap<ParticipantId, Rate>>,
 }
 
 impl Shared {
@@ -48,6 +50,17 @@ impl Shared {
             .entry(who.clone())
             .or_insert_with(|| Rate::new(l.rate_per_sec, l.rate_burst))
             .take()
+    }
+
+    /// Charges `n` receipts to `who`'s receipt bucket; how long to stop reading that
+    /// participant's frames for the bucket to be out of debt (zero if it is not in debt).
+    fn charge_receipts(&self, who: &ParticipantId, n: usize) -> Duration {
+        let l = &self.config.limits;
+        let mut rates = self.receipt_rates.lock().unwrap_or_else(|p| p.into_inner());
+        rates
+            .entry(who.clone())
+            .or_insert_with(|| Rate::new(l.receipt_rate_per_sec, l.receipt_rate_burst))
+            .charge(n)
     }
 }
 
@@ -189,6 +202,21 @@ impl Rate {
             true
         } else {
             false
+        }
+    }
+
+    /// Takes `n` tokens even if that leaves the bucket in debt, and returns how long until
+    /// the debt is paid back (zero if there is none).
+    fn charge(&mut self, n: usize) -> Duration {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.at = now;
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
         }
     }
 }
@@ -369,6 +397,8 @@ async fn session(
         pending_answers: 0,
         window_full: false,
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
+        read_paused_until: None,
+        pause_logged: false,
     };
     let result = s.run(reader, welcome, &mailbox, shutdown).await;
     shared.hub.unregister(&me, conn_id);
@@ -399,6 +429,11 @@ struct Session {
     /// that frees room must read on. (Otherwise the writer's wake-ups say when to read.)
     window_full: bool,
     write_timeout: Duration,
+    /// Reading this connection waits until then: its participant sent receipts faster than
+    /// `receipt_rate_per_sec` allows.
+    read_paused_until: Option<tokio::time::Instant>,
+    /// Whether this session has logged a pause (once per session).
+    pause_logged: bool,
 }
 
 impl Session {
@@ -422,7 +457,15 @@ impl Session {
         self.pump(mailbox).await?;
 
         loop {
-            let can_read = self.pending_answers < limits.inflight_per_connection;
+            let paused_until = self.read_paused_until;
+            let can_read =
+                self.pending_answers < limits.inflight_per_connection && paused_until.is_none();
+            let resume = async move {
+                match paused_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 // Shutdown: tell the node to come back later.
@@ -483,6 +526,8 @@ impl Session {
                 }
                 // Something was queued for this participant.
                 _ = mailbox.notified() => self.pump(mailbox).await?,
+                // The receipt bucket is out of debt: read again.
+                _ = resume => self.read_paused_until = None,
             }
         }
     }
@@ -504,6 +549,26 @@ impl Session {
         answers: &mpsc::Sender<RelayToNode>,
         mailbox: &Mailbox,
     ) -> Result<(), End> {
+        // Receipts are charged to the participant's bucket as they are read; past its
+        // burst, reading pauses (backpressure, nothing refused).
+        let receipts = frames
+            .iter()
+            .filter(|f| matches!(f, NodeToRelay::Receipt(_)))
+            .count();
+        if receipts > 0 {
+            let wait = self.shared.charge_receipts(&self.me, receipts);
+            if !wait.is_zero() {
+                self.read_paused_until = Some(tokio::time::Instant::now() + wait);
+                self.shared
+                    .metrics
+                    .receipt_read_pauses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !self.pause_logged {
+                    self.pause_logged = true;
+                    warn!(peer = %self.me, rate = self.shared.config.limits.receipt_rate_per_sec, "receipts arrive faster than receipt_rate_per_sec; reading this connection pauses (logged once per connection)");
+                }
+            }
+        }
         // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5).
         let mut staged = Vec::with_capacity(frames.len());
         let mut envelopes = Vec::new();
