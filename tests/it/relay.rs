@@ -10,15 +10,39 @@ use hotline_proto::{
     Signature, Signed, SignedPayload, SigningKey,
 };
 
+/// The Secretariat and two members.
+const TWO: &[(&str, Role)] = &[
+    ("SEC", Role::Secretariat),
+    ("KAZ", Role::Member),
+    ("KGZ", Role::Member),
+];
+
 fn two() -> Net {
-    Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    )
+    Net::new(TWO, &[])
+}
+
+/// A relay for `net`, its metrics address, and KAZ and KGZ connected to it.
+async fn with_metrics(
+    net: &Net,
+) -> (
+    hotline_relay::RelayHandle,
+    std::net::SocketAddr,
+    Client,
+    Client,
+) {
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    let kgz = net.client(addr, "KGZ").await.unwrap();
+    (relay, maddr, kaz, kgz)
+}
+
+/// [`two`] with `extra` appended to the relay's configuration.
+fn two_with(extra: &str) -> Net {
+    Net::with_relay_toml(TWO, &[], extra)
 }
 
 #[tokio::test]
@@ -617,15 +641,7 @@ async fn wrong_alpn_fails_in_the_tls_handshake() {
 
 #[tokio::test]
 async fn silent_connection_is_closed_with_auth_timeout() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\nhandshake_timeout_ms = 300\n",
-    );
+    let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
@@ -929,22 +945,8 @@ async fn body_over_the_relay_limit_is_too_large() {
 /// stored, and the pauses are counted.
 #[tokio::test]
 async fn receipts_over_the_rate_pause_reading_and_lose_nothing() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\nreceipt_rate_per_sec = 20\nreceipt_rate_burst = 2\n",
-    );
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let maddr = relay
-        .metrics_addr()
-        .expect("metrics enabled in the test config");
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let net = two_with("[limits]\nreceipt_rate_per_sec = 20\nreceipt_rate_burst = 2\n");
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
     let mut delivered = Vec::new();
     for i in 0..6 {
         kaz.send_to("KGZ", &format!("m{i}")).await.unwrap();
@@ -1272,13 +1274,7 @@ async fn second_connection_supersedes_the_first() {
 #[tokio::test]
 async fn metrics_and_health_report_traffic() {
     let net = two();
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let maddr = relay
-        .metrics_addr()
-        .expect("metrics enabled in the test config");
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
     for i in 0..3 {
         assert_flows(&mut kaz, &mut kgz, &format!("m{i}"))
             .await
@@ -1473,15 +1469,7 @@ async fn unreceipted_messages_are_redelivered_on_reconnect() {
 
 #[tokio::test]
 async fn delivery_pauses_at_the_window_until_receipts_arrive() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\ndelivery_window = 3\n",
-    );
+    let net = two_with("[limits]\ndelivery_window = 3\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
@@ -1809,15 +1797,7 @@ async fn undecodable_and_other_version_submissions_are_refused_by_name() {
 /// every message still arrives exactly once, in order.
 #[tokio::test]
 async fn a_mailbox_overflow_falls_back_to_the_store_without_gaps_or_duplicates() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\ndelivery_window = 8\n",
-    );
+    let net = two_with("[limits]\ndelivery_window = 8\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let maddr = relay.metrics_addr().expect("metrics enabled");
