@@ -155,6 +155,9 @@ pub struct TrafficReport {
     pub load_avg_before: f64,
     /// Median fsync'd 1 KiB append before the run, ms (`stats::fsync_probe_ms`).
     pub fsync_probe_ms: f64,
+    /// Median decode-and-verify of one signed 1 KiB message before the run, µs
+    /// (`stats::verify_probe_us`).
+    pub verify_probe_us: f64,
     /// Failures seen by clients (first few).
     pub errors: Vec<String>,
 }
@@ -171,7 +174,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -202,6 +205,7 @@ impl TrafficReport {
             },
             load = self.load_avg_before,
             fs = self.fsync_probe_ms,
+            vp = self.verify_probe_us,
             errs = if self.errors.is_empty() {
                 String::new()
             } else {
@@ -723,6 +727,7 @@ fn body(n: usize) -> String {
 pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<TrafficReport> {
     let load_avg_before = stats::load_avg();
     let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
+    let verify_probe_us = stats::verify_probe_us();
     let n_senders = t.senders.len();
     if n_senders == 0 {
         bail!("no senders");
@@ -964,6 +969,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_items_per_commit: items_per_commit,
         load_avg_before,
         fsync_probe_ms,
+        verify_probe_us,
         errors,
     })
 }
