@@ -10,7 +10,7 @@
 //! spell.
 //!
 //! Measured with the benchmark (fanout37, windows of 64 and 1,024 messages), two shorter
-//! quiet spells sent 40-50 % more receipts than pacing alone: "no receipt for a pace", and
+//! quiet spells sent 40-90 % more receipts than pacing alone: "no receipt for a pace", and
 //! "nothing stored for a pace". Window-bound fan-out delivers in bursts with gaps of a pace
 //! or more between them, so each burst left one receipt at once and one a pace later.
 
