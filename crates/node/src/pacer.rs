@@ -23,7 +23,7 @@ use hotline_proto::{
     PROTOCOL_VERSION,
 };
 
-use crate::limits::{RECEIPT_PACE_ITEMS, RECEIPT_PACE_MS, RECEIPT_QUIET_MS};
+use crate::limits::RECEIPT_QUIET_MS;
 
 /// Deliveries stored durably and not yet receipted.
 #[derive(Debug)]
@@ -37,14 +37,6 @@ pub struct ReceiptPacer {
     /// Nothing stored for this long: the next delivery is receipted at once.
     quiet: Duration,
     max_items: usize,
-}
-
-impl Default for ReceiptPacer {
-    /// The node's default pacing: 20 ms, at once when 512 wait (a configuration may set
-    /// another pace, `receipt_pace_ms`).
-    fn default() -> Self {
-        Self::new(Duration::from_millis(RECEIPT_PACE_MS), RECEIPT_PACE_ITEMS)
-    }
 }
 
 impl ReceiptPacer {
