@@ -454,7 +454,8 @@ fn signed_from_row<T: hotline_proto::SignedPayload>(
 struct Held {
     sender: ParticipantId,
     digest: Digest,
-    /// The recipients, sorted, for a binary search per receipt item (a 37-way message gets
+    /// The recipients, sorted (as `routing::resolve` returns them), for a binary search per
+    /// receipt item (a 37-way message gets
     /// 37 receipts naming it; scanning the stored comma-separated list for each was 3 % of
     /// the relay at fanout37 maximum).
     recipients: Box<[ParticipantId]>,
@@ -933,14 +934,13 @@ fn submit(
     }
     // Written to `senders` once per sender at the end of the batch (`commit_batch`).
     p.last_seq.insert(env.sender.clone(), last.max(env.seq.0));
-    let mut sorted = recipients.clone();
-    sorted.sort_unstable();
     p.held.push((
         env.id,
         Held {
             sender: env.sender.clone(),
             digest,
-            recipients: sorted.into(),
+            // `routing::resolve` returns them sorted.
+            recipients: recipients.as_slice().into(),
             accepted_at_ms: now,
             rseq,
         },
@@ -989,6 +989,12 @@ fn answer_for_stored(
     })))
 }
 
+/// Whether a message's stored recipient list (`messages.recipients`, comma-separated)
+/// names `who`.
+fn lists(stored: &str, who: &ParticipantId) -> bool {
+    stored.split(',').any(|r| r == who.as_str())
+}
+
 /// Whether `recipient` authored a message referenced by `env` that was addressed to
 /// `env`'s sender: the condition for an observer's reply.
 fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId) -> bool {
@@ -1003,8 +1009,7 @@ fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId)
             .ok()
             .flatten()
             .is_some_and(|(sender, recipients)| {
-                sender == recipient.as_str()
-                    && recipients.split(',').any(|r| r == env.sender.as_str())
+                sender == recipient.as_str() && lists(&recipients, &env.sender)
             })
     })
 }
@@ -1058,10 +1063,8 @@ fn store_receipt(
                         ))
                     })
                     .optional()?;
-                read.as_ref().map(|(s, d, r, at)| {
-                    let addressed = r.split(',').any(|r| r == receipt.recipient.as_str());
-                    (s.as_str(), &d[..], addressed, *at)
-                })
+                read.as_ref()
+                    .map(|(s, d, r, at)| (s.as_str(), &d[..], lists(r, &receipt.recipient), *at))
             }
         };
         accepted_at.push(held.map(|h| h.3));
