@@ -212,22 +212,18 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// An empty inbox for `peer` over `store`, receipting each durable batch at once.
-    pub fn new(peer: Peer, store: Store) -> Self {
+    /// An empty inbox for `peer` over `store`, pacing its receipts as the node does
+    /// (`hotline_node::pacer`, with `pace` for the node's `receipt_pace_ms`): stored deliveries
+    /// wait up to `pace` after the first of them to share one cumulative receipt, none after
+    /// a quiet second or once `RECEIPT_PACE_ITEMS` wait. Zero receipts each durable batch at
+    /// once.
+    pub fn new(peer: Peer, store: Store, pace: Duration) -> Self {
         Self {
             peer,
             store,
             held: Default::default(),
-            pacer: ReceiptPacer::new(Duration::ZERO, RECEIPT_PACE_ITEMS),
+            pacer: ReceiptPacer::new(pace, RECEIPT_PACE_ITEMS),
         }
-    }
-
-    /// Receipt pacing, as the node does it (`hotline_node::limits::RECEIPT_PACE_MS`): stored
-    /// deliveries wait up to `pace` to share one cumulative receipt, or until
-    /// `RECEIPT_PACE_ITEMS` wait. Zero receipts each durable batch at once.
-    pub fn with_pace(mut self, pace: Duration) -> Self {
-        self.pacer = ReceiptPacer::new(pace, RECEIPT_PACE_ITEMS);
-        self
     }
 
     /// The recipient this inbox stands for.
@@ -266,7 +262,7 @@ impl Inbox {
 
     /// Stores a batch's deliveries in one durable step, then signs one cumulative delivered
     /// receipt for them (several if the batch exceeds the receipt item limit), as the node
-    /// does; with a pace ([`Inbox::with_pace`]), only once the oldest waiting one is due. A
+    /// does; with a pace ([`Inbox::new`]), only once the oldest waiting one is due. A
     /// node also verifies each message's signature: the relay already has, and this client
     /// stands in for a node on another machine, so it does not. `known` gives a
     /// message's digest when the load generator already has it (see `traffic::Ledger`);

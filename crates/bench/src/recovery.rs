@@ -219,7 +219,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
             // Receipts each batch at once: this loop has no timer for a paced tail, and its
             // batches are large anyway (233 receipts for 100,000 messages in the fifth
             // round's runs, ~430 each, near the node's 512 that leave at once).
-            let mut inbox = Inbox::new(recipient, store);
+            let mut inbox = Inbox::new(recipient, store, Duration::ZERO);
             let (tx, mut rx) = mpsc::channel(4_096);
             let reader_task = tokio::spawn(client::read_frames(reader, tx));
             let (mut delivered, mut receipts, mut stored) = (0u64, 0u64, 0u64);

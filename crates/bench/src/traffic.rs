@@ -70,7 +70,7 @@ pub struct Traffic {
     pub body_bytes: usize,
     /// How recipients (and senders, for forwarded receipts) make things durable.
     pub durability: Durability,
-    /// How long recipients let stored deliveries wait to share one receipt (`Inbox::with_pace`).
+    /// How long recipients let stored deliveries wait to share one receipt (`Inbox::new`).
     pub receipt_pace: Duration,
     /// Most messages signed in advance over all senders when `rate` is `None`.
     pub max_messages: usize,
@@ -852,7 +852,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
             ));
         } else {
             recipients.spawn(recipient(
-                Inbox::new(peer, store).with_pace(t.receipt_pace),
+                Inbox::new(peer, store, t.receipt_pace),
                 session,
                 ledger.clone(),
                 stop_rx.clone(),

@@ -480,7 +480,7 @@ impl NodeStore {
 
     /// Stores delivered messages (verified, or quarantined with a reason) in one
     /// transaction. Returns what became of each, and the items a delivered receipt must cover
-    /// ([`NodeStore::delivered_receipt`]): every message now held, new or already held, as
+    /// ([`NodeStore::delivered_receipts`]): every message now held, new or already held, as
     /// the relay redelivers until it has a receipt.
     pub fn store_deliveries(
         &mut self,
