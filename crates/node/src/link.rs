@@ -183,19 +183,9 @@ async fn serve(
     let mut retry_ids: Vec<MessageId> = Vec::new();
     link.pump().await?;
     loop {
-        let retry = async {
-            match retry_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let due = link.pacer.due();
-        let receipt_due = async move {
-            match due {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        // Timers as select preconditions: a branch whose time is not set is not polled.
+        let now = tokio::time::Instant::now();
+        let receipt_due = link.pacer.due().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             // Shutdown: receipt what is stored, and see it stored before the connection
@@ -206,7 +196,7 @@ async fn serve(
                 return Ok(());
             }
             // Stored deliveries whose receipt is due.
-            _ = receipt_due => {
+            _ = tokio::time::sleep_until(receipt_due.unwrap_or(now)), if receipt_due.is_some() => {
                 link.send_receipt().await?;
             }
             // Frames from the relay, batched while more are already waiting.
@@ -230,7 +220,7 @@ async fn serve(
             // Something new to send (composed message or acknowledgement).
             _ = wake.notified() => link.pump().await?,
             // Retryable refusals: offer those messages again.
-            _ = retry => {
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(now)), if retry_at.is_some() => {
                 retry_at = None;
                 for id in retry_ids.drain(..) {
                     link.sent.remove(&id);

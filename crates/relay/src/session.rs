@@ -460,12 +460,6 @@ impl Session {
             let paused_until = self.read_paused_until;
             let can_read =
                 self.pending_answers < limits.inflight_per_connection && paused_until.is_none();
-            let resume = async move {
-                match paused_until {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 // Shutdown: tell the node to come back later.
@@ -527,7 +521,9 @@ impl Session {
                 // Something was queued for this participant.
                 _ = mailbox.notified() => self.pump(mailbox).await?,
                 // The receipt bucket is out of debt: read again.
-                _ = resume => self.read_paused_until = None,
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                    self.read_paused_until = None;
+                }
             }
         }
     }
