@@ -54,7 +54,9 @@ pub const RECEIPT_PACE_MS: u64 = 20;
 /// this long (or for the pace, if longer) is receipted at once, so a lone message's sender
 /// sees it delivered without waiting for the pace. A second, not the pace itself: traffic
 /// comes in bursts with gaps of about a pace (measured, `crate::pacer`), and each burst
-/// would cost a receipt more; at most one more per second per link costs the relay little.
+/// would cost a receipt more. A second allows at most one more receipt per second per link;
+/// in the benchmark's A/B runs the receipt counts stayed those of pacing alone
+/// (docs/BENCHMARKS.md, sixth round).
 pub const RECEIPT_QUIET_MS: u64 = 1_000;
 
 /// At shutdown, how long a link waits for the relay to confirm the delivered receipts it
