@@ -29,9 +29,17 @@ pub enum IdError {
 ///
 /// Always 2 to 8 characters of `A-Z0-9`, starting with a letter; a value of this type has
 /// been checked, whether it came from a string, a file or the wire.
+///
+/// Held inline (the code's bytes, padded with zeros), not as a `String`: the relay's store
+/// writer copies a 37-way message's recipients several times per message (its queue
+/// entries, its mailbox posts, the receipt check) and looks one up per receipt item, and as
+/// heap strings those copies were allocations and the look-ups pointer chases (malloc and
+/// the recipient search were 12 % of the writer's samples at fanout37 maximum,
+/// docs/BENCHMARKS.md, seventh round). Zero never occurs in a code and sorts below every
+/// character that does, so comparing the padded bytes orders ids as their strings.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ParticipantId(String);
+pub struct ParticipantId([u8; PARTICIPANT_ID_BYTES_MAX]);
 
 impl ParticipantId {
     /// Checks and wraps a participant code.
@@ -44,12 +52,16 @@ impl ParticipantId {
         if !first_ok || !chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
             return Err(IdError::Charset(code.to_owned()));
         }
-        Ok(Self(code.to_owned()))
+        let mut bytes = [0u8; PARTICIPANT_ID_BYTES_MAX];
+        bytes[..code.len()].copy_from_slice(code.as_bytes());
+        Ok(Self(bytes))
     }
 
     /// The code as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        let len = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
+        // Only ASCII was ever stored (`new` is the only constructor), so this cannot fail.
+        std::str::from_utf8(&self.0[..len]).unwrap_or_default()
     }
 }
 
@@ -69,25 +81,25 @@ impl TryFrom<String> for ParticipantId {
 
 impl From<ParticipantId> for String {
     fn from(id: ParticipantId) -> String {
-        id.0
+        id.as_str().to_owned()
     }
 }
 
 impl fmt::Display for ParticipantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for ParticipantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ParticipantId({})", self.0)
+        write!(f, "ParticipantId({})", self.as_str())
     }
 }
 
 impl bincode::Encode for ParticipantId {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
-        self.0.encode(encoder)
+        self.as_str().encode(encoder)
     }
 }
 
@@ -208,6 +220,33 @@ mod tests {
         }
         for bad in ["", "K", "kaz", "1AB", "TOOLONGID", "KA Z", "КАЗ", "K-Z"] {
             assert!(ParticipantId::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn participant_ids_keep_their_text_order_and_wire_form() {
+        let codes = ["A1", "AB", "ABC", "ABCDEFGH", "ABD", "B", "KAZ", "UN", "Z9"];
+        let mut ids: Vec<ParticipantId> = codes
+            .iter()
+            .filter_map(|c| ParticipantId::new(c).ok())
+            .collect();
+        ids.reverse();
+        ids.sort();
+        let texts: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+        let mut expected: Vec<&str> = codes.iter().copied().filter(|c| c.len() >= 2).collect();
+        expected.sort();
+        assert_eq!(texts, expected, "ids sort as their codes do");
+        for code in ["UN", "ABCDEFGH", "SEC"] {
+            let id = ParticipantId::new(code).expect("valid");
+            assert_eq!(id.to_string(), code);
+            assert_eq!(String::from(id.clone()), code);
+            let cfg = bincode::config::standard();
+            let as_id = bincode::encode_to_vec(&id, cfg).expect("encodes");
+            let as_text = bincode::encode_to_vec(code.to_owned(), cfg).expect("encodes");
+            assert_eq!(as_id, as_text, "on the wire an id is its code as a string");
+            let (back, _): (ParticipantId, usize) =
+                bincode::decode_from_slice(&as_id, cfg).expect("decodes");
+            assert_eq!(back, id);
         }
     }
 
