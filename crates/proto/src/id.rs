@@ -34,7 +34,7 @@ pub enum IdError {
 /// writer copies a 37-way message's recipients several times per message (its queue
 /// entries, its mailbox posts, the receipt check) and looks one up per receipt item, and as
 /// heap strings those copies were allocations and the look-ups pointer chases (malloc and
-/// the recipient search were 12 % of the writer's samples at fanout37 maximum,
+/// the recipient search were 12 % of the relay's samples at fanout37 maximum,
 /// docs/BENCHMARKS.md, seventh round). Zero never occurs in a code and sorts below every
 /// character that does, so comparing the padded bytes orders ids as their strings.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
