@@ -1857,3 +1857,54 @@ async fn a_mailbox_overflow_falls_back_to_the_store_without_gaps_or_duplicates()
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn receipts_out_of_order_survive_relay_restarts() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 1..=4 {
+        sent.push(kaz.send_to("KGZ", &format!("m{i}")).await.unwrap());
+    }
+    for m in &sent {
+        assert_eq!(&kgz.next_deliver().await.unwrap().0, m);
+    }
+    // The second and the fourth are receipted, ahead of the first.
+    kgz.receipt_stored(ReceiptKind::Delivered, &[sent[1].clone(), sent[3].clone()])
+        .await
+        .unwrap();
+    kaz.close();
+    kgz.close();
+    relay.shutdown().await;
+
+    // What a restarted relay still owes KGZ: exactly the unreceipted, in order.
+    async fn owed(net: &Net, expected: &[Signed<Envelope>], receipt: &[Signed<Envelope>]) {
+        let relay = net.relay().await;
+        let mut kgz = net.client(relay.local_addr(), "KGZ").await.unwrap();
+        for m in expected {
+            assert_eq!(&kgz.next_deliver().await.unwrap().0, m);
+        }
+        let before = until_pong(&mut kgz, 7).await;
+        assert!(
+            !before.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+            "nothing receipted comes again: {before:?}"
+        );
+        if !receipt.is_empty() {
+            kgz.receipt_stored(ReceiptKind::Delivered, receipt)
+                .await
+                .unwrap();
+        }
+        kgz.close();
+        relay.shutdown().await;
+    }
+    owed(&net, &[sent[0].clone(), sent[2].clone()], &sent[..1]).await;
+    owed(&net, &sent[2..3], &sent[2..3]).await;
+    owed(&net, &[], &[]).await;
+
+    let conn = rusqlite::Connection::open(net.path().join("relay-data").join("relay.db")).unwrap();
+    let kgz = ParticipantId::new("KGZ").unwrap();
+    assert_eq!(hotline_relay::store::queued_for(&conn, &kgz).unwrap(), 0);
+}

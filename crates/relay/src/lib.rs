@@ -12,6 +12,7 @@ pub mod config;
 mod hub;
 pub mod limits;
 mod metrics;
+mod queue;
 mod session;
 pub mod store;
 mod verifier;
@@ -178,7 +179,8 @@ impl Relay {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| RelayError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let (db_path, conn) = store::open_db(&config.data_dir)?;
-        let readers = Arc::new(store::Readers::open(&db_path)?);
+        let queues = Arc::new(std::sync::Mutex::new(queue::QueueIndex::default()));
+        let readers = Arc::new(store::Readers::open(&db_path, queues.clone())?);
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.roster_version.store(roster.version, Relaxed);
         let hub = Arc::new(hub::Hub::new(hub::LaneCap {
@@ -195,6 +197,7 @@ impl Relay {
                 metrics: metrics.clone(),
                 queue_depth_max: config.limits.queue_depth_max,
                 batch_max: config.limits.commit_batch_max,
+                queues,
             },
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");

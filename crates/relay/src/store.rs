@@ -9,7 +9,7 @@
 //! Sessions read queues through a small pool of read connections (WAL: readers never block
 //! the writer).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +26,7 @@ use hotline_store::{Journal, StoreError};
 
 use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
+use crate::queue::QueueIndex;
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -39,18 +40,24 @@ pub const SEQ_REORDER_WINDOW: u64 = 4_096;
 const READERS: usize = 4;
 
 /// The schema version this code writes (`PRAGMA user_version`). Older stores are migrated
-/// at open: version 0 (one queue row per recipient with its own position and two indexes)
-/// and version 1 (receipts unique by digest alone).
-const SCHEMA_VERSION: i64 = 2;
+/// at open: version 0 (one queue row per recipient with its own position and two indexes),
+/// version 1 (receipts unique by digest alone) and version 2 (a queue row per undelivered
+/// message and recipient).
+const SCHEMA_VERSION: i64 = 3;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
-/// never reused, so a position only grows). The queue holds one small entry per undelivered
-/// (message, recipient), keyed by (rseq, recipient): fanning a message out to 37
-/// recipients writes 37 adjacent entries (one or two pages; keyed by recipient first they
-/// touched 37 pages per message) and receipts for recent messages remove them from the
-/// same few hot pages. A recipient's backlog is a range scan from its cursor filtered by
-/// recipient, so its cost grows with everything undelivered after that cursor: entries
-/// leave as soon as they are receipted, so that is what is still owed to anyone.
+/// never reused, so a position only grows).
+///
+/// There is no row per queued (message, recipient): what a recipient is owed is the
+/// messages that list it (`messages.recipients`) after its **cursor** (`cursors`: every
+/// message addressed to it at or below that position is receipted), less the positions it
+/// receipted **ahead** of the cursor, out of order (`ahead`, normally empty). The writer keeps
+/// those queues in memory ([`QueueIndex`]), rebuilt at open by reading the messages after
+/// the lowest cursor ([`load_queues`]). So accepting a 37-way message writes no queue rows,
+/// and a cumulative receipt that names a recipient's next messages in order moves its cursor
+/// with one row write, where schema 2 inserted and then deleted 37 queue rows per message
+/// (docs/BENCHMARKS.md, seventh round). A recipient gets a cursor row with the first message
+/// addressed to it, just below that message, so the messages before it are never read for it.
 ///
 /// Receipts are unique by (signing time, digest) rather than by digest alone: the digest
 /// decides the bytes and so the signing time, so the two keys refuse the same duplicates,
@@ -81,11 +88,6 @@ CREATE TABLE IF NOT EXISTS senders (
     participant TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS queue (
-    rseq INTEGER NOT NULL,
-    recipient TEXT NOT NULL,
-    PRIMARY KEY (rseq, recipient)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
     rseq INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at_ms INTEGER NOT NULL,
@@ -105,6 +107,15 @@ CREATE TABLE IF NOT EXISTS rqueue (
     PRIMARY KEY (recipient, rseq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rqueue_by_digest ON rqueue (recipient, digest);
+CREATE TABLE IF NOT EXISTS cursors (
+    recipient TEXT PRIMARY KEY,
+    rseq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ahead (
+    recipient TEXT NOT NULL,
+    rseq INTEGER NOT NULL,
+    PRIMARY KEY (recipient, rseq)
+) WITHOUT ROWID;
 -- Who received and acknowledged what is in the receipts (kept, signed, for good); the
 -- sender's node keeps the delivery matrix. Schema 0 kept a copy here (table matrix), which
 -- cost a row write per delivery and was never read; migration drops it.
@@ -119,6 +130,15 @@ ALTER TABLE rqueue RENAME TO rqueue_v0;
 DROP INDEX IF EXISTS queue_by_recipient;
 DROP INDEX IF EXISTS rqueue_by_recipient;
 ";
+/// The queue table of schemas 1 and 2: one row per undelivered (message, recipient).
+const QUEUE_V2: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    rseq INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    PRIMARY KEY (rseq, recipient)
+) WITHOUT ROWID;
+";
+
 /// Version 0 to 2: the same messages, renumbered; queue order is kept (old positions grew
 /// with acceptance order, as `rseq` does).
 const MIGRATE_0_MESSAGES: &str = "
@@ -167,6 +187,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tracing::info!(db = %path.display(), "migrating the relay store from schema version 0 to {SCHEMA_VERSION}");
         tx.execute_batch(MIGRATE_0_RENAME)?;
         tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(QUEUE_V2)?;
         tx.execute_batch(MIGRATE_0_MESSAGES)?;
         copy_receipts(&tx, path, "receipts_v0")?;
         tx.execute_batch(MIGRATE_0_RQUEUE)?;
@@ -181,9 +202,156 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     } else {
         tx.execute_batch(SCHEMA)?;
     }
+    let queue_rows = tx
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'")?
+        .exists([])?;
+    if queue_rows {
+        tracing::info!(db = %path.display(), "migrating the relay's queues to per-recipient cursors (schema 3)");
+        queue_rows_to_cursors(&tx, path)?;
+    }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     tx.commit()?;
     Ok(())
+}
+
+/// Version 2 to 3: the queue rows become cursors. A recipient's cursor goes just below its
+/// oldest queued message, or to the newest message if none is queued for it; the messages
+/// addressed to it between its cursor and the newest that are not queued for it were
+/// receipted out of order, and are kept in `ahead`. Reads every message's recipient list
+/// once.
+fn queue_rows_to_cursors(tx: &Transaction<'_>, path: &Path) -> Result<(), StoreError> {
+    let mut queued: HashMap<String, BTreeSet<i64>> = HashMap::new();
+    {
+        let mut st = tx.prepare("SELECT recipient, rseq FROM queue")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            queued.entry(r.get(0)?).or_default().insert(r.get(1)?);
+        }
+    }
+    let newest: i64 = tx.query_row("SELECT COALESCE(MAX(rseq), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
+    let mut cursors: HashMap<String, i64> = HashMap::new();
+    {
+        let mut ahead =
+            tx.prepare("INSERT OR IGNORE INTO ahead (recipient, rseq) VALUES (?1, ?2)")?;
+        let mut st = tx.prepare("SELECT rseq, recipients FROM messages ORDER BY rseq")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let rseq: i64 = r.get(0)?;
+            let list: String = r.get(1)?;
+            for who in list.split(',').filter(|w| !w.is_empty()) {
+                let mine = queued.get(who);
+                let cursor = *cursors
+                    .entry(who.to_owned())
+                    .or_insert_with(|| mine.and_then(|q| q.first()).map_or(newest, |f| f - 1));
+                if rseq > cursor && !mine.is_some_and(|q| q.contains(&rseq)) {
+                    ahead.execute(params![who, rseq])?;
+                }
+            }
+        }
+    }
+    // Queue rows for a message that lists no such recipient cannot come from this relay.
+    for (who, q) in &queued {
+        if !cursors.contains_key(who) {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "{} queue entries for {who} name messages not addressed to it",
+                    q.len()
+                ),
+            });
+        }
+    }
+    let mut st = tx.prepare("INSERT INTO cursors (recipient, rseq) VALUES (?1, ?2)")?;
+    for (who, c) in &cursors {
+        st.execute(params![who, c])?;
+    }
+    drop(st);
+    tx.execute_batch("DROP TABLE queue;")?;
+    Ok(())
+}
+
+/// The queues as the store holds them: what [`load_queues`] reads.
+pub(crate) struct LoadedQueues {
+    /// Each recipient's unreceipted messages.
+    pub(crate) index: QueueIndex,
+    /// Each recipient's cursor.
+    pub(crate) cursors: HashMap<ParticipantId, i64>,
+    /// Recipients with positions receipted ahead of their cursors.
+    pub(crate) ahead: HashSet<ParticipantId>,
+    /// The newest message's position (0 if none).
+    pub(crate) newest: i64,
+}
+
+/// Rebuilds every recipient's queue from its cursor, its positions receipted ahead, and the
+/// messages after the lowest cursor (the messages before it are not read). Read-only.
+pub(crate) fn load_queues(conn: &Connection) -> Result<LoadedQueues, StoreError> {
+    let mut cursors = HashMap::new();
+    {
+        let mut st = conn.prepare("SELECT recipient, rseq FROM cursors")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let who: String = r.get(0)?;
+            match ParticipantId::new(&who) {
+                Ok(p) => {
+                    cursors.insert(p, r.get::<_, i64>(1)?);
+                }
+                Err(e) => {
+                    tracing::warn!(recipient = %who, error = %e, "cursor for an invalid participant id ignored")
+                }
+            }
+        }
+    }
+    let mut receipted = HashSet::new();
+    let mut ahead = HashSet::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT a.recipient, a.rseq FROM ahead a JOIN cursors c ON c.recipient = a.recipient
+             WHERE a.rseq > c.rseq",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Ok(p) = ParticipantId::new(&r.get::<_, String>(0)?) {
+                receipted.insert((p.clone(), r.get::<_, i64>(1)?));
+                ahead.insert(p);
+            }
+        }
+    }
+    let newest: i64 = conn.query_row("SELECT COALESCE(MAX(rseq), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
+    let mut index = QueueIndex::default();
+    let from = cursors.values().copied().min().unwrap_or(newest);
+    let mut st =
+        conn.prepare("SELECT rseq, recipients FROM messages WHERE rseq > ?1 ORDER BY rseq")?;
+    let mut rows = st.query([from])?;
+    while let Some(r) = rows.next()? {
+        let rseq: i64 = r.get(0)?;
+        let list: String = r.get(1)?;
+        for who in list.split(',').filter(|w| !w.is_empty()) {
+            let Ok(p) = ParticipantId::new(who) else {
+                continue;
+            };
+            // Every recipient gets its cursor with its first message (in the same commit).
+            let cursor = cursors.get(&p).copied().unwrap_or(0);
+            if rseq > cursor && !receipted.contains(&(p.clone(), rseq)) {
+                index.push(&p, rseq);
+            }
+        }
+    }
+    Ok(LoadedQueues {
+        index,
+        cursors,
+        ahead,
+        newest,
+    })
+}
+
+/// Messages queued at the relay for `recipient`, from its store (for tools and tests that
+/// inspect a stopped relay's data).
+pub fn queued_for(conn: &Connection, recipient: &ParticipantId) -> Result<usize, StoreError> {
+    Ok(load_queues(conn)?.index.len(recipient))
 }
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
@@ -278,6 +446,8 @@ pub(crate) struct WriterContext {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) queue_depth_max: u64,
     pub(crate) batch_max: usize,
+    /// The queues, shared with the readers; the writer is their only writer.
+    pub(crate) queues: Arc<Mutex<QueueIndex>>,
 }
 
 /// Opens (creating) the relay database, checks it, and creates the schema.
@@ -342,6 +512,8 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
 /// Read-only access for sessions.
 pub(crate) struct Readers {
     conns: Vec<Mutex<Connection>>,
+    /// Which messages each recipient is owed (the writer's, read under its lock).
+    queues: Arc<Mutex<QueueIndex>>,
 }
 
 /// A queued item: queue position and the item as signed.
@@ -351,12 +523,12 @@ pub(crate) type Queued<T> = (i64, Signed<T>);
 pub(crate) type QueuedMessage = (i64, MessageId, Signed<Envelope>);
 
 impl Readers {
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path, queues: Arc<Mutex<QueueIndex>>) -> Result<Self, StoreError> {
         let mut conns = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             conns.push(Mutex::new(hotline_store::open(path, false)?));
         }
-        Ok(Self { conns })
+        Ok(Self { conns, queues })
     }
 
     fn with<R>(
@@ -378,19 +550,34 @@ impl Readers {
         after: i64,
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
+        // Positions committed and not yet receipted; the lock is not held while reading.
+        let positions = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .after(recipient, after, limit);
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
         self.with(key, |c| {
-            let mut st = c.prepare_cached(
-                "SELECT q.rseq, m.id, m.bytes, m.key, m.sig FROM queue q JOIN messages m ON m.rseq = q.rseq
-                 WHERE q.rseq > ?2 AND q.recipient = ?1 ORDER BY q.rseq LIMIT ?3",
-            )?;
-            let rows = st.query_map(params![recipient.as_str(), after, limit as i64], |r| {
-                let id: Vec<u8> = r.get(1)?;
-                let id: [u8; 16] = id.try_into().map_err(|_| {
-                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, "stored message id has the wrong length".into())
-                })?;
-                Ok((r.get::<_, i64>(0)?, MessageId(id), signed_from_row(r, 2)?))
-            })?;
-            rows.collect()
+            let mut st =
+                c.prepare_cached("SELECT id, bytes, key, sig FROM messages WHERE rseq = ?1")?;
+            positions
+                .into_iter()
+                .map(|rseq| {
+                    st.query_row([rseq], |r| {
+                        let id: Vec<u8> = r.get(0)?;
+                        let id: [u8; 16] = id.try_into().map_err(|_| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                0,
+                                rusqlite::types::Type::Blob,
+                                "stored message id has the wrong length".into(),
+                            )
+                        })?;
+                        Ok((rseq, MessageId(id), signed_from_row(r, 1)?))
+                    })
+                })
+                .collect()
         })
     }
 
@@ -490,10 +677,24 @@ impl HeldCache {
     }
 }
 
+/// Messages a batch queued for one recipient.
+struct Added {
+    /// The first one's position.
+    first: i64,
+    count: usize,
+}
+
 /// Per-batch view of the writer's caches: changes apply only if the batch commits.
 struct Pending {
     last_seq: HashMap<ParticipantId, u64>,
-    depth: HashMap<ParticipantId, i64>,
+    /// Messages this batch queued, by recipient (added to the index after the commit).
+    queued: HashMap<ParticipantId, Added>,
+    /// Positions this batch's receipts took out of the index (put back if it fails).
+    removed: Vec<(ParticipantId, i64)>,
+    /// Cursors this batch moved or created.
+    cursors: HashMap<ParticipantId, i64>,
+    /// The newest message position, this batch's included.
+    newest: i64,
     /// What to post to sessions' mailboxes once the batch has committed.
     posts: Vec<(ParticipantId, Kind, Posted)>,
     replies: Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>,
@@ -508,7 +709,12 @@ pub(crate) struct Writer {
     conn: Connection,
     journal: Journal,
     last_seq: HashMap<ParticipantId, u64>,
-    depth: HashMap<ParticipantId, i64>,
+    /// Each recipient's cursor, as committed.
+    cursors: HashMap<ParticipantId, i64>,
+    /// Recipients that may have rows in `ahead` (a hint: a spare one costs a statement).
+    ahead: HashSet<ParticipantId>,
+    /// The newest committed message position.
+    newest: i64,
     ctx: WriterContext,
     held: HeldCache,
 }
@@ -527,23 +733,20 @@ impl Writer {
                 }
             }
         }
-        let mut depth = HashMap::new();
-        {
-            let mut st =
-                conn.prepare("SELECT recipient, COUNT(*) FROM queue GROUP BY recipient")?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (p, n) = row?;
-                if let Ok(p) = ParticipantId::new(&p) {
-                    depth.insert(p, n);
-                }
-            }
-        }
+        // Positions receipted ahead that a cursor has since passed are of no more use.
+        conn.execute(
+            "DELETE FROM ahead WHERE rseq <= (SELECT c.rseq FROM cursors c WHERE c.recipient = ahead.recipient)",
+            [],
+        )?;
+        let loaded = load_queues(&conn)?;
+        *ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
         let w = Self {
             conn,
             journal,
             last_seq,
-            depth,
+            cursors: loaded.cursors,
+            ahead: loaded.ahead,
+            newest: loaded.newest,
             ctx,
             held: HeldCache::new(),
         };
@@ -552,14 +755,19 @@ impl Writer {
     }
 
     /// Total messages queued, for start-up logs.
-    pub(crate) fn queued_total(&self) -> i64 {
-        self.depth.values().sum()
+    pub(crate) fn queued_total(&self) -> usize {
+        self.ctx
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .total()
     }
 
     fn publish_depths(&self) {
+        let ix = self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         self.ctx
             .metrics
-            .set_queue_depths(self.depth.iter().map(|(p, n)| (p, *n)));
+            .set_queue_depths(ix.depths().map(|(p, n)| (p, n as i64)));
     }
 
     /// Runs until every command sender is gone, committing in groups, on its own thread.
@@ -691,7 +899,10 @@ impl Writer {
         let roster = self.ctx.roster.borrow().clone();
         let mut p = Pending {
             last_seq: HashMap::new(),
-            depth: HashMap::new(),
+            queued: HashMap::new(),
+            removed: Vec::new(),
+            cursors: HashMap::new(),
+            newest: self.newest,
             posts: Vec::new(),
             replies: Vec::with_capacity(size),
             accepted: 0,
@@ -709,7 +920,7 @@ impl Writer {
                             &tx,
                             &mut self.journal,
                             &self.last_seq,
-                            &self.depth,
+                            &self.cursors,
                             &self.ctx,
                             &roster,
                             &env,
@@ -723,6 +934,11 @@ impl Writer {
                             &tx,
                             &mut self.journal,
                             &self.held,
+                            Queues {
+                                index: &self.ctx.queues,
+                                cursors: &self.cursors,
+                                ahead: &mut self.ahead,
+                            },
                             &receipt,
                             now,
                             &mut p,
@@ -752,6 +968,15 @@ impl Writer {
                 st.execute(params![sender.as_str(), last])?;
             }
             drop(st);
+            // Each moved cursor once per batch, likewise.
+            let mut st = tx.prepare_cached(
+                "INSERT INTO cursors (recipient, rseq) VALUES (?1, ?2)
+                 ON CONFLICT (recipient) DO UPDATE SET rseq = excluded.rseq",
+            )?;
+            for (recipient, rseq) in &p.cursors {
+                st.execute(params![recipient.as_str(), rseq])?;
+            }
+            drop(st);
             tx.commit()?;
             Ok(())
         })();
@@ -763,25 +988,31 @@ impl Writer {
                 for (k, v) in p.last_seq {
                     self.last_seq.insert(k, v);
                 }
-                for (k, v) in &p.depth {
-                    match self.depth.get_mut(k) {
-                        Some(d) => *d += v,
-                        None => {
-                            self.depth.insert(k.clone(), *v);
-                        }
-                    }
-                }
+                self.cursors.extend(p.cursors);
+                self.newest = p.newest;
                 self.ctx
                     .metrics
                     .commit(size, p.accepted, p.receipts, &p.latencies_ms);
-                // Before posting: a session that finds its depth 0 skips the store read and
-                // relies on its mailbox (`Metrics::queue_depth`). Only this commit's
-                // participants changed.
-                self.ctx.metrics.set_queue_depths(
-                    p.depth
+                // The committed messages join their recipients' queues, and then the depths
+                // are published, before posting: a session that finds its depth 0 skips the
+                // store read and relies on its mailbox (`Metrics::queue_depth`). Only this
+                // commit's recipients changed.
+                {
+                    let mut ix = self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    for (r, kind, posted) in &p.posts {
+                        if *kind == Kind::Message {
+                            ix.push(r, posted.pos);
+                        }
+                    }
+                    let touched: HashSet<&ParticipantId> = p
+                        .queued
                         .keys()
-                        .map(|k| (k, self.depth.get(k).copied().unwrap_or(0))),
-                );
+                        .chain(p.removed.iter().map(|(r, _)| r))
+                        .collect();
+                    self.ctx
+                        .metrics
+                        .set_queue_depths(touched.into_iter().map(|r| (r, ix.len(r) as i64)));
+                }
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
                     // this only fails if the session has gone, which is fine: the node
@@ -792,6 +1023,12 @@ impl Writer {
             }
             Err(e) => {
                 self.journal.rollback();
+                // What this batch's receipts took out of the queues is still owed.
+                let mut ix = self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+                for (r, rseq) in &p.removed {
+                    ix.push(r, *rseq);
+                }
+                drop(ix);
                 tracing::error!(error = %e, batch = size, "commit failed: refusing the whole batch");
                 self.ctx.metrics.commit_failed();
                 for (reply, answer) in p.replies {
@@ -825,7 +1062,7 @@ fn submit(
     tx: &Transaction<'_>,
     journal: &mut Journal,
     last_seq: &HashMap<ParticipantId, u64>,
-    depth: &HashMap<ParticipantId, i64>,
+    cursors: &HashMap<ParticipantId, i64>,
     ctx: &WriterContext,
     roster: &Verified<Roster>,
     env: &Verified<Envelope>,
@@ -874,14 +1111,17 @@ fn submit(
         Ok(r) => r,
         Err(e) => return Ok(reject(subject, e.reject_code(), e.to_string())),
     };
-    for r in &recipients {
-        let d = depth.get(r).copied().unwrap_or(0) + p.depth.get(r).copied().unwrap_or(0);
-        if d >= ctx.queue_depth_max as i64 {
-            return Ok(reject(
-                subject,
-                RejectCode::QueueFull,
-                format!("queue for {r} is full ({d} messages)"),
-            ));
+    {
+        let ix = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for r in &recipients {
+            let d = ix.len(r) + p.queued.get(r).map_or(0, |a| a.count);
+            if d as u64 >= ctx.queue_depth_max {
+                return Ok(reject(
+                    subject,
+                    RejectCode::QueueFull,
+                    format!("queue for {r} is full ({d} messages)"),
+                ));
+            }
         }
     }
     let list = recipients
@@ -915,12 +1155,26 @@ fn submit(
         );
     }
     let rseq = tx.last_insert_rowid();
+    p.newest = rseq;
     if !recipients.is_empty() {
         let frame = shared_frame(&RelayToNode::Deliver(signed.clone()))?;
-        let mut q = tx.prepare_cached("INSERT INTO queue (rseq, recipient) VALUES (?1, ?2)")?;
         for r in &recipients {
-            q.execute(params![rseq, r.as_str()])?;
-            *p.depth.entry(r.clone()).or_insert(0) += 1;
+            // The first message ever addressed to `r`: its cursor starts just below it.
+            if !cursors.contains_key(r) && !p.cursors.contains_key(r) {
+                p.cursors.insert(r.clone(), rseq - 1);
+            }
+            match p.queued.get_mut(r) {
+                Some(a) => a.count += 1,
+                None => {
+                    p.queued.insert(
+                        r.clone(),
+                        Added {
+                            first: rseq,
+                            count: 1,
+                        },
+                    );
+                }
+            }
             p.posts.push((
                 r.clone(),
                 Kind::Message,
@@ -1014,10 +1268,18 @@ fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId)
     })
 }
 
+/// The writer's queue state that storing a receipt changes.
+struct Queues<'a> {
+    index: &'a Mutex<QueueIndex>,
+    cursors: &'a HashMap<ParticipantId, i64>,
+    ahead: &'a mut HashSet<ParticipantId>,
+}
+
 fn store_receipt(
     tx: &Transaction<'_>,
     journal: &mut Journal,
     cache: &HeldCache,
+    queues: Queues<'_>,
     receipt: &Verified<Receipt>,
     now: u64,
     p: &mut Pending,
@@ -1097,29 +1359,65 @@ fn store_receipt(
         now
     ])?;
     let receipt_rseq = tx.last_insert_rowid();
-    let me = receipt.recipient.as_str();
+    let me = &receipt.recipient;
     let mut senders = BTreeSet::new();
-    {
-        let mut del = tx.prepare_cached("DELETE FROM queue WHERE rseq = ?1 AND recipient = ?2")?;
+    let mut removed = Vec::new();
+    let cursor = {
+        let mut ix = queues.index.lock().unwrap_or_else(|p| p.into_inner());
         for (item, at) in receipt.items.iter().zip(&accepted_at) {
+            if item.sender != *me {
+                senders.insert(item.sender.clone());
+            }
             // A message this relay did not accept is not queued here: the receipt is only
             // forwarded.
             let Some((at, rseq)) = at else {
-                if item.sender != receipt.recipient {
-                    senders.insert(item.sender.clone());
-                }
                 continue;
             };
             // Either kind proves the node holds the message: it leaves the queue. The
             // first receipt to do so times the delivery.
-            if del.execute(params![rseq, me])? > 0 {
-                *p.depth.entry(receipt.recipient.clone()).or_insert(0) -= 1;
+            if ix.remove(me, *rseq) {
+                removed.push(*rseq);
                 p.latencies_ms.push(now.saturating_sub(*at));
             }
-            if item.sender != receipt.recipient {
-                senders.insert(item.sender.clone());
+        }
+        // The cursor goes just below the oldest message still owed to `me` (committed, or
+        // queued by this batch), or to the newest message if none is.
+        let floor = ix
+            .first(me)
+            .into_iter()
+            .chain(p.queued.get(me).map(|a| a.first))
+            .min();
+        floor.map_or(p.newest, |f| f - 1)
+    };
+    if !removed.is_empty() {
+        let current = p
+            .cursors
+            .get(me)
+            .or_else(|| queues.cursors.get(me))
+            .copied()
+            .unwrap_or(0);
+        if cursor > current {
+            p.cursors.insert(me.clone(), cursor);
+            if queues.ahead.contains(me) {
+                tx.prepare_cached("DELETE FROM ahead WHERE recipient = ?1 AND rseq <= ?2")?
+                    .execute(params![me.as_str(), cursor])?;
+                let left = tx
+                    .prepare_cached("SELECT 1 FROM ahead WHERE recipient = ?1 LIMIT 1")?
+                    .exists([me.as_str()])?;
+                if !left {
+                    queues.ahead.remove(me);
+                }
             }
         }
+        // Receipted ahead of the cursor, out of order: kept, so that a restart does not
+        // deliver them again.
+        for rseq in removed.iter().filter(|r| **r > cursor) {
+            tx.prepare_cached("INSERT OR IGNORE INTO ahead (recipient, rseq) VALUES (?1, ?2)")?
+                .execute(params![me.as_str(), rseq])?;
+            queues.ahead.insert(me.clone());
+        }
+        p.removed
+            .extend(removed.into_iter().map(|r| (me.clone(), r)));
     }
     if !senders.is_empty() {
         let frame = shared_frame(&RelayToNode::Receipt(signed.clone()))?;
@@ -1247,7 +1545,9 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
-        (conn, Readers::open(&path).expect("readers"))
+        let queues = load_queues(&conn).expect("queues").index;
+        let readers = Readers::open(&path, Arc::new(Mutex::new(queues))).expect("readers");
+        (conn, readers)
     }
 
     #[test]
@@ -1379,6 +1679,7 @@ mod tests {
                 .expect("schema text")
                 .to_owned();
             c.execute_batch(&v1).expect("v1 schema");
+            c.execute_batch(QUEUE_V2).expect("v1 queue");
             c.execute_batch(SCHEMA_V1_RECEIPTS).expect("v1 receipts");
             c.execute_batch(hotline_store::journal::SCHEMA)
                 .expect("journal");
@@ -1474,6 +1775,94 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_version_2_store_gets_cursors_for_its_queue_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        {
+            let c = hotline_store::open(&path, true).expect("open");
+            let v2 = SCHEMA
+                .split("CREATE TABLE IF NOT EXISTS cursors")
+                .next()
+                .expect("schema text");
+            c.execute_batch(v2).expect("v2 schema");
+            c.execute_batch(QUEUE_V2).expect("v2 queue");
+            c.execute_batch(hotline_store::journal::SCHEMA)
+                .expect("journal");
+            for n in 1..=5u8 {
+                let m = message(&kaz, n);
+                let to = if n == 5 { "IND" } else { "CHN,IND" };
+                c.execute(
+                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                     VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, 1000, ?7)",
+                    params![
+                        &[n; 16][..],
+                        n,
+                        &m.digest().0[..],
+                        m.bytes(),
+                        &m.key().0[..],
+                        &m.signature().0[..],
+                        to
+                    ],
+                )
+                .expect("message");
+            }
+            // CHN has receipted everything; IND messages 1 and 3 (3 out of order).
+            c.execute_batch(
+                "INSERT INTO queue VALUES (2, 'IND'); INSERT INTO queue VALUES (4, 'IND');
+                 INSERT INTO queue VALUES (5, 'IND'); PRAGMA user_version = 2;",
+            )
+            .expect("queue");
+        }
+        let (conn, readers) = migrated(dir.path());
+        let ids = |readers: &Readers, who: &str| -> Vec<(i64, u8)> {
+            readers
+                .backlog(0, &pid(who), 0, 10)
+                .expect("backlog")
+                .iter()
+                .map(|(pos, id, _)| (*pos, id.0[0]))
+                .collect()
+        };
+        assert_eq!(ids(&readers, "IND"), vec![(2, 2), (4, 4), (5, 5)]);
+        assert_eq!(ids(&readers, "CHN"), vec![]);
+        let after_2: Vec<i64> = readers
+            .backlog(0, &pid("IND"), 2, 1)
+            .expect("backlog")
+            .iter()
+            .map(|(pos, _, _)| *pos)
+            .collect();
+        assert_eq!(after_2, vec![4], "after a position, up to the limit");
+        let rows = |sql: &str| -> Vec<(String, i64)> {
+            conn.prepare(sql)
+                .and_then(|mut st| {
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .expect("rows")
+        };
+        assert_eq!(
+            rows("SELECT recipient, rseq FROM cursors ORDER BY recipient"),
+            vec![("CHN".to_string(), 5), ("IND".to_string(), 1)],
+            "below the oldest queued, or at the newest message"
+        );
+        assert_eq!(
+            rows("SELECT recipient, rseq FROM ahead"),
+            vec![("IND".to_string(), 3)],
+            "receipted out of order"
+        );
+        let queue_left: bool = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'queue'")
+            .and_then(|mut st| st.exists([]))
+            .expect("schema");
+        assert!(!queue_left, "the queue rows are gone");
+        assert_eq!(queued_for(&conn, &pid("IND")).expect("queued"), 3);
+        // Opening again is a no-op.
+        drop((conn, readers));
+        let (_conn, readers) = migrated(dir.path());
+        assert_eq!(ids(&readers, "IND"), vec![(2, 2), (4, 4), (5, 5)]);
     }
 
     #[test]

@@ -311,11 +311,8 @@ fn relay_facts(fixture: &Fixture, ledger: &Ledger) -> anyhow::Result<RelayFacts>
             }
         }
     }
-    let queued_for_recipient: u64 = conn.query_row(
-        "SELECT COUNT(*) FROM queue WHERE recipient = ?1",
-        [RECIPIENT],
-        |r| r.get(0),
-    )?;
+    let queued_for_recipient =
+        hotline_relay::store::queued_for(&conn, &ParticipantId::new(RECIPIENT)?)? as u64;
     let journal = hotline_store::verify_journal(&conn)?;
     Ok(RelayFacts {
         stored_seqs,
