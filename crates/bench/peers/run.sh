@@ -10,7 +10,8 @@
 # Environment:
 #   DURATION   seconds of load per run (10)
 #   RUNS       space-separated runs: maxN = maximum rate with a window of N messages not yet
-#              durable at all 37 subscribers (hotline-bench: not yet receipted by all 37);
+#              durable at all 37 subscribers (hotline-bench runs twice: window until all 37
+#              receipts are back, and until durable at all 37 as for the peers);
 #              a number = that many messages per second ("max64 max1024 500", the windows
 #              and rate hotline-bench's `all` uses)
 #   NO_BUILD=1 use the binaries already built
@@ -253,15 +254,19 @@ redis_run() { # rate
   stop_server "$pid"
 }
 
-ours_run() { # rate
-  local rate=$1 args pid rc=0
+# Ours. At maximum rate, twice: with the window closed when all 37 signed receipts are back at
+# the sender (hotline-bench's default, one hop more than the peers' window), and closed when
+# the message is accepted and durable at all 37 (`--window-until durable`, the peers' rule).
+ours_run() { # rate [receipts|durable]
+  local rate=$1 until=${2:-receipts} args pid rc=0 name=hotline
   read -ra args <<<"$(mode_args "$rate")"
-  log "CICA Hotline relay fanout37 rate=$rate (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  [[ $until == durable ]] && name=hotline-like-peers
+  log "CICA Hotline relay fanout37 rate=$rate window until $until (load $(cut -d' ' -f1-3 /proc/loadavg))"
   timeout "$RUN_TIMEOUT" "$HB" --json --duration-s "$DURATION" --hotline "$TARGET/release/hotline" \
-    fanout37 "${args[@]}" >"$RESULTS/hotline-$rate.json" 2>"$RESULTS/hotline-$rate.log" &
+    --window-until "$until" fanout37 "${args[@]}" >"$RESULTS/$name-$rate.json" 2>"$RESULTS/$name-$rate.log" &
   pid=$!; PIDS+=("$pid")
   wait "$pid" || rc=$?
-  (( rc == 0 )) || log "hotline-bench at $rate failed (exit $rc): $(tail -3 "$RESULTS/hotline-$rate.log")"
+  (( rc == 0 )) || log "hotline-bench at $rate failed (exit $rc): $(tail -3 "$RESULTS/$name-$rate.log")"
 }
 
 # --- 4. Runs --------------------------------------------------------------------------------
@@ -282,6 +287,7 @@ for rate in $RUNS; do
   [[ -n "$NATS_SYNC" && "$NATS_SYNC" != "$NATS" ]] && nats_run "$NATS_SYNC" "$NATS_SYNC_VER" "$rate"
   redis_run "$rate"
   ours_run "$rate"
+  [[ $rate == max* ]] && ours_run "$rate" durable
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

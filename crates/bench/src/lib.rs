@@ -50,6 +50,9 @@ pub struct Common {
     /// How long a recipient lets stored deliveries wait to share one delivered receipt (the
     /// node's `RECEIPT_PACE_MS` in `hotline-bench`; zero: one receipt per durable batch).
     pub receipt_pace: Duration,
+    /// When a fan-out or pairs message stops counting against the window: all receipts back
+    /// at the sender, or durable at every recipient (as `peers-bench` counts).
+    pub window_until: CompleteOn,
 }
 
 /// A fresh directory `base/name-N` for one run.
@@ -168,7 +171,7 @@ async fn run_traffic(
         receipt_pace: c.receipt_pace,
         max_messages: load.max_messages,
         drain_timeout: c.drain_timeout,
-        complete_on: CompleteOn::AllReceipts,
+        complete_on: c.window_until,
     };
     let report = traffic::run(&t, net, &relay).await;
     relay.stop().await;

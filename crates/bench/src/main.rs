@@ -11,6 +11,7 @@ use hotline_bench::client::Durability;
 use hotline_bench::idle::IdleOptions;
 use hotline_bench::recovery::RecoveryOptions;
 use hotline_bench::stats::Machine;
+use hotline_bench::traffic::CompleteOn;
 use hotline_bench::Common;
 
 /// Benchmarks of the CICA Hotline relay (run the relay as a release build:
@@ -40,6 +41,11 @@ struct CommonArgs {
     /// the default is the node's (`RECEIPT_PACE_MS`); 0 receipts each durable batch at once.
     #[arg(long, global = true, default_value_t = hotline_node::limits::RECEIPT_PACE_MS)]
     receipt_pace_ms: u64,
+    /// Maximum-rate runs: when a message stops counting against the window. `durable` is
+    /// the point at which `peers-bench` counts a broker's message finished (accepted, and
+    /// durable at every recipient); the receipts still flow and are still timed.
+    #[arg(long, global = true, value_enum, default_value_t = CompleteOn::AllReceipts)]
+    window_until: CompleteOn,
     /// Seconds of load per traffic run.
     #[arg(long, global = true, default_value_t = 10.0)]
     duration_s: f64,
@@ -165,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         body_bytes: a.body_bytes,
         drain_timeout: secs(a.drain_timeout_s),
         receipt_pace: Duration::from_millis(a.receipt_pace_ms),
+        window_until: a.window_until,
     };
     let json = a.json;
     let out = |line: String, value: serde_json::Value| {

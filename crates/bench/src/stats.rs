@@ -1,4 +1,7 @@
 //! Figures: latency percentiles, and what `/proc` says about a process and the machine.
+//!
+//! Shared with `peers-bench` (`crates/bench/peers`, by path), so it uses nothing of this
+//! workspace: the CPU probe, which signs and verifies, is in `traffic.rs`.
 
 use serde::Serialize;
 
@@ -184,56 +187,6 @@ impl Machine {
                 .to_owned(),
         }
     }
-}
-
-/// Median time to decode and verify (strict ed25519) one signed message with a 1 KiB body,
-/// microseconds, over 9 rounds of 32: how fast a CPU is right now. This machine's speed
-/// moved by a third within minutes (docs/BENCHMARKS.md, sixth round); the project's
-/// reference for a quiet machine is about 34 µs.
-pub fn verify_probe_us() -> f64 {
-    use hotline_proto::{
-        Audience, Envelope, Kind, MessageId, ParticipantId, Precedence, PublicKey, Seq, Signed,
-        SigningKey, Status, PROTOCOL_VERSION,
-    };
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let Ok(sender) = ParticipantId::new("PROBE") else {
-        return f64::NAN;
-    };
-    let Ok(to) = ParticipantId::new("OTHER") else {
-        return f64::NAN;
-    };
-    let env = Envelope {
-        version: PROTOCOL_VERSION,
-        id: MessageId([7; 16]),
-        sender,
-        seq: Seq(1),
-        audience: Audience::Participants(vec![to]),
-        kind: Kind::Alert,
-        precedence: Precedence::Routine,
-        status: Status::Test,
-        created_at_ms: 1,
-        respond_by_ms: None,
-        references: vec![],
-        category: None,
-        subject: "probe".into(),
-        body: "x".repeat(1024),
-    };
-    let Ok(signed) = Signed::sign(&env, &key) else {
-        return f64::NAN;
-    };
-    let public = PublicKey::of(&key);
-    let mut rounds = Vec::with_capacity(9);
-    for _ in 0..9 {
-        let t = std::time::Instant::now();
-        for _ in 0..32 {
-            if signed.verify_with(&public).is_err() {
-                return f64::NAN;
-            }
-        }
-        rounds.push(t.elapsed().as_nanos() as u64 / 32);
-    }
-    rounds.sort_unstable();
-    rounds[rounds.len() / 2] as f64 / 1e3
 }
 
 /// Median time of an `fdatasync`'d 1 KiB append to a file in `dir`, milliseconds, over 20

@@ -31,12 +31,21 @@ const BATCH_FRAMES_MAX: usize = 4_096;
 const WRITE_FRAMES_MAX: usize = 256;
 
 /// When a sender counts a message as finished (it frees a place in the window).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CompleteOn {
     /// When the relay has accepted it (no recipient is online).
+    #[value(skip)]
     Accepted,
-    /// When every recipient's delivered receipt is back.
+    /// When every recipient's delivered receipt is back at the sender (the default: what a
+    /// sender's operator waits for).
+    #[value(name = "receipts")]
     AllReceipts,
+    /// When the relay has accepted it and every recipient holds it durably: the point at
+    /// which `peers-bench` counts a broker's message finished, for a like-for-like window.
+    /// The receipts still flow, and their latency is still measured.
+    #[value(name = "durable")]
+    AllDurable,
 }
 
 /// One sender and whom it writes to.
@@ -91,6 +100,8 @@ pub struct TrafficReport {
     pub duration_s: f64,
     /// Unfinished messages allowed per sender (maximum-rate runs).
     pub window: Option<usize>,
+    /// When a message stops counting against the window.
+    pub window_until: CompleteOn,
     /// Sending clients.
     pub senders: usize,
     /// Receiving clients.
@@ -167,7 +178,15 @@ impl TrafficReport {
     pub fn line(&self) -> String {
         let rate = match self.offered_per_s {
             Some(r) => format!("rate={r}/s"),
-            None => format!("rate=max window={}", self.window.unwrap_or(0)),
+            None => format!(
+                "rate=max window={}{}",
+                self.window.unwrap_or(0),
+                if self.window_until == CompleteOn::AllDurable {
+                    " (until durable at all)"
+                } else {
+                    ""
+                }
+            ),
         };
         let opt = |v: Option<f64>, unit: &str| {
             v.map(|v| format!("{v:.0}{unit}"))
@@ -223,6 +242,15 @@ struct Ledger {
     sent_ns: Vec<AtomicU64>,
     /// Receipts back at the sender, per message.
     back: Vec<AtomicU32>,
+    /// Per message: recipients that hold it durably, plus one once the relay accepted it
+    /// (counted only for [`CompleteOn::AllDurable`]).
+    durable: Vec<AtomicU32>,
+    /// Messages per sender: message `i` is sender `i / per_sender`'s.
+    per_sender: usize,
+    /// Each sender's window, by sender number.
+    windows: Vec<Arc<SenderState>>,
+    /// When a message is finished.
+    complete_on: CompleteOn,
     /// Each message's digest, set when it is signed. The 37 simulated recipients share
     /// this machine's cores with the relay; each real node would hash a delivery once, so
     /// they take it from here instead of hashing the same bytes 37 times.
@@ -272,6 +300,31 @@ impl Ledger {
 
     fn event(&self, now_ns: u64) {
         self.last_event_ns.fetch_max(now_ns, Relaxed);
+    }
+
+    /// Message `idx` is finished: its place in its sender's window is free.
+    fn finish(&self, idx: usize) {
+        if let Some(w) = self.windows.get(idx / self.per_sender) {
+            w.inflight.fetch_sub(1, Relaxed);
+            w.room.notify_one();
+        }
+        self.finished.fetch_add(1, Relaxed);
+        self.progress.notify_waiters();
+    }
+
+    /// For [`CompleteOn::AllDurable`]: the relay accepted message `idx`, or one more
+    /// recipient holds it durably; finishes it when that is everyone.
+    fn durable_step(&self, idx: usize, now_ns: u64) {
+        if self.complete_on != CompleteOn::AllDurable {
+            return;
+        }
+        let Some(w) = self.windows.get(idx / self.per_sender) else {
+            return;
+        };
+        if self.durable[idx].fetch_add(1, Relaxed) + 1 == w.fanout + 1 {
+            self.event(now_ns);
+            self.finish(idx);
+        }
     }
 
     fn error(&self, who: &str, e: impl std::fmt::Display) {
@@ -414,9 +467,13 @@ async fn recipient(
         };
         let now = ledger.now_ns();
         for id in &h.fresh {
-            if let Some(us) = ledger.index(id).and_then(|i| ledger.since_sent_us(i, now)) {
+            let Some(i) = ledger.index(id) else {
+                continue;
+            };
+            if let Some(us) = ledger.since_sent_us(i, now) {
                 e2e_us.push(us);
             }
+            ledger.durable_step(i, now);
         }
         for r in &h.rejections {
             ledger.error(&who, r);
@@ -472,10 +529,13 @@ struct SenderPlan {
     deadline: Instant,
 }
 
-/// The part of a sender its inbound task shares with its send loop.
+/// A sender's window, shared by its send loop, its inbound task and (for
+/// [`CompleteOn::AllDurable`]) the recipients.
 struct SenderState {
     inflight: AtomicUsize,
     room: Notify,
+    /// Recipients per message.
+    fanout: u32,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -488,18 +548,11 @@ async fn sender_inbound(
     mut rx: mpsc::Receiver<anyhow::Result<RelayToNode>>,
     writer: Arc<tokio::sync::Mutex<hotline_net::FrameWriter>>,
     mut store: Store,
-    state: Arc<SenderState>,
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) -> SenderOut {
     let mut out = SenderOut::default();
     let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
-    let finish = |ledger: &Ledger| {
-        state.inflight.fetch_sub(1, Relaxed);
-        state.room.notify_one();
-        ledger.finished.fetch_add(1, Relaxed);
-        ledger.progress.notify_waiters();
-    };
     'run: loop {
         let first = tokio::select! {
             biased;
@@ -529,14 +582,15 @@ async fn sender_inbound(
                     }
                     if complete_on == CompleteOn::Accepted {
                         ledger.event(now);
-                        finish(&ledger);
+                        ledger.finish(i);
                     }
+                    ledger.durable_step(i, now);
                 }
                 Ok(RelayToNode::Rejected(r)) => {
                     if let Subject::Message(id) = r.subject {
-                        if ledger.index(&id).is_some_and(mine) {
+                        if let Some(i) = ledger.index(&id).filter(|i| mine(*i)) {
                             ledger.rejected.fetch_add(1, Relaxed);
-                            finish(&ledger);
+                            ledger.finish(i);
                         }
                     }
                     ledger.error(&who, format!("rejected: {:?} {}", r.code, r.detail));
@@ -558,7 +612,7 @@ async fn sender_inbound(
                             }
                             if complete_on == CompleteOn::AllReceipts {
                                 ledger.event(now);
-                                finish(&ledger);
+                                ledger.finish(i);
                             }
                         }
                     }
@@ -687,10 +741,13 @@ async fn sender(
         ..
     } = session;
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    let state = Arc::new(SenderState {
-        inflight: AtomicUsize::new(0),
-        room: Notify::new(),
-    });
+    let state = match ledger.windows.get(plan.first / ledger.per_sender) {
+        Some(w) => w.clone(),
+        None => {
+            ledger.error(&plan.who, "no window for this sender");
+            return SenderOut::default();
+        }
+    };
     let (tx, rx) = mpsc::channel(BATCH_FRAMES_MAX);
     let reader_task = tokio::spawn(client::read_frames(reader, tx));
     let inbound = tokio::spawn(sender_inbound(
@@ -702,7 +759,6 @@ async fn sender(
         rx,
         writer.clone(),
         store,
-        state.clone(),
         ledger.clone(),
         stop.clone(),
     ));
@@ -727,7 +783,7 @@ fn body(n: usize) -> String {
 pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<TrafficReport> {
     let load_avg_before = stats::load_avg();
     let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
-    let verify_probe_us = stats::verify_probe_us();
+    let verify_probe_us = verify_probe_us();
     let n_senders = t.senders.len();
     if n_senders == 0 {
         bail!("no senders");
@@ -746,6 +802,20 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         sent_ns: (0..total).map(|_| AtomicU64::new(0)).collect(),
         digests: (0..total).map(|_| std::sync::OnceLock::new()).collect(),
         back: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        durable: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        per_sender,
+        windows: t
+            .senders
+            .iter()
+            .map(|s| {
+                Arc::new(SenderState {
+                    inflight: AtomicUsize::new(0),
+                    room: Notify::new(),
+                    fanout: s.fanout,
+                })
+            })
+            .collect(),
+        complete_on: t.complete_on,
         sent: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
@@ -938,6 +1008,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         offered_per_s: t.rate,
         duration_s: t.duration.as_secs_f64(),
         window: t.rate.is_none().then_some(t.window),
+        window_until: t.complete_on,
         senders: n_senders,
         recipients: t.recipients.len(),
         fanout,
@@ -972,4 +1043,54 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         verify_probe_us,
         errors,
     })
+}
+
+/// Median time to decode and verify (strict ed25519) one signed message with a 1 KiB body,
+/// microseconds, over 9 rounds of 32: how fast a CPU is right now. This machine's speed
+/// moved by a third within minutes (docs/BENCHMARKS.md, sixth round); the project's
+/// reference for a quiet machine is about 34 µs.
+pub fn verify_probe_us() -> f64 {
+    use hotline_proto::{
+        Audience, Envelope, Kind, MessageId, ParticipantId, Precedence, PublicKey, Seq, Signed,
+        SigningKey, Status, PROTOCOL_VERSION,
+    };
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let Ok(sender) = ParticipantId::new("PROBE") else {
+        return f64::NAN;
+    };
+    let Ok(to) = ParticipantId::new("OTHER") else {
+        return f64::NAN;
+    };
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId([7; 16]),
+        sender,
+        seq: Seq(1),
+        audience: Audience::Participants(vec![to]),
+        kind: Kind::Alert,
+        precedence: Precedence::Routine,
+        status: Status::Test,
+        created_at_ms: 1,
+        respond_by_ms: None,
+        references: vec![],
+        category: None,
+        subject: "probe".into(),
+        body: "x".repeat(1024),
+    };
+    let Ok(signed) = Signed::sign(&env, &key) else {
+        return f64::NAN;
+    };
+    let public = PublicKey::of(&key);
+    let mut rounds = Vec::with_capacity(9);
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        for _ in 0..32 {
+            if signed.verify_with(&public).is_err() {
+                return f64::NAN;
+            }
+        }
+        rounds.push(t.elapsed().as_nanos() as u64 / 32);
+    }
+    rounds.sort_unstable();
+    rounds[rounds.len() / 2] as f64 / 1e3
 }

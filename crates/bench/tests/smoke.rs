@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use hotline_bench::client::Durability;
+use hotline_bench::traffic::CompleteOn;
 use hotline_bench::Common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,17 +18,39 @@ async fn paced_receipts_still_cover_everything() -> anyhow::Result<()> {
     fanout37_at_100(Duration::from_millis(30)).await
 }
 
-async fn fanout37_at_100(receipt_pace: Duration) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let c = Common {
+fn common(dir: &std::path::Path, receipt_pace: Duration, window_until: CompleteOn) -> Common {
+    Common {
         hotline: None,
-        dir: dir.path().to_owned(),
+        dir: dir.to_owned(),
         durability: Durability::Fsync,
         duration: Duration::from_millis(500),
         body_bytes: 1024,
         drain_timeout: Duration::from_secs(30),
         receipt_pace,
-    };
+        window_until,
+    }
+}
+
+/// At maximum rate with the window closed at "durable at every recipient" (as the peers
+/// are counted), every message is finished by that rule, and the receipts still all come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_until_durable_finishes_every_message() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let c = common(dir.path(), Duration::ZERO, CompleteOn::AllDurable);
+    let r = hotline_bench::fanout37(&c, None, 8, 40).await?;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.window_until, CompleteOn::AllDurable);
+    assert!(r.sent > 0, "{}", r.line());
+    assert_eq!(r.accepted, r.sent, "{}", r.line());
+    assert_eq!(r.deliveries, r.sent * 37, "{}", r.line());
+    assert_eq!(r.finished, r.sent, "{}", r.line());
+    assert!(r.line().contains("until durable at all"), "{}", r.line());
+    Ok(())
+}
+
+async fn fanout37_at_100(receipt_pace: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let c = common(dir.path(), receipt_pace, CompleteOn::AllReceipts);
     let r = hotline_bench::fanout37(&c, Some(100.0), 64, 0).await?;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.sent, 50, "{}", r.line());

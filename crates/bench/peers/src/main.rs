@@ -300,6 +300,9 @@ struct Row {
     offered: Option<f64>,
     window: Option<u64>,
     ours: bool,
+    /// Ours, maximum rate: the window closes at durability at all 37, as the peers' do
+    /// (`hotline-bench --window-until durable`), rather than at all 37 receipts back.
+    like_peers: bool,
     accepted_per_s: f64,
     deliveries_per_s: f64,
     p50_ms: f64,
@@ -308,7 +311,7 @@ struct Row {
 }
 
 const OURS_GUARANTEE: &str = "fsync before accept; signed receipts";
-const OURS_NOTE: &str = "Accepted = committed to the relay's SQLite store (WAL, synchronous=FULL, group commit). Each message is ed25519-signed by the sender and verified by the relay; each recipient makes its batch durable (fdatasync), then signs a cumulative delivered receipt that the relay stores and forwards to the sender, who stores it. The window counts messages until all 37 receipts are back at the sender.";
+const OURS_NOTE: &str = "Accepted = committed to the relay's SQLite store (WAL, synchronous=FULL, group commit). Each message is ed25519-signed by the sender and verified by the relay; each recipient makes its batch durable (fdatasync), then signs a cumulative delivered receipt that the relay stores and forwards to the sender, who stores it. At maximum rate the window counts a message until all 37 receipts are back at the sender (one more hop than a peer's window), or, in the rows marked \"window as peers\", until it is accepted and durable at all 37, the peers' rule; the receipts flow all the same. Ratios compare with the latter when it was run.";
 
 fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
     let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
@@ -323,10 +326,15 @@ fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
             v.get("window").and_then(|w| w.as_u64()).unwrap_or(0)
         ),
     };
+    let like_peers = ours
+        && offered.is_none()
+        && v.get("window_until").and_then(|w| w.as_str()) == Some("all_durable");
     let sent = f("sent").unwrap_or(0.0);
     let finished = f("finished").unwrap_or(0.0);
     Ok(Row {
-        system: if ours {
+        system: if like_peers {
+            "CICA Hotline relay (window as peers)".into()
+        } else if ours {
             "CICA Hotline relay".into()
         } else {
             v.get("label")
@@ -362,6 +370,7 @@ fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
             None
         },
         ours,
+        like_peers,
         accepted_per_s: f("accepted_per_s").unwrap_or(0.0),
         deliveries_per_s: f("deliveries_per_s").unwrap_or(0.0),
         p50_ms: ms("p50_us"),
@@ -394,9 +403,14 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     for r in &rows {
-        let ours = rows
-            .iter()
-            .find(|o| o.ours && same(o.offered, r.offered) && o.window == r.window);
+        // Against our run with the same window or rate, closed by the same rule if it ran.
+        let ours = {
+            let mut same_run = rows
+                .iter()
+                .filter(|o| o.ours && same(o.offered, r.offered) && o.window == r.window);
+            let first = same_run.clone().next();
+            same_run.find(|o| o.like_peers).or(first)
+        };
         let (ratio, p50_ratio) = match ours {
             Some(o) if o.accepted_per_s > 0.0 => (
                 format!("{:.2}", r.accepted_per_s / o.accepted_per_s),
