@@ -139,6 +139,14 @@ pub fn decode<T: bincode::Decode<()>>(bytes: &[u8], max: usize) -> Result<T, Dec
     Ok(value)
 }
 
+/// Decodes one value from the start of `bytes` and ignores what follows: for reading the
+/// leading fields of a longer encoding (see [`crate::Envelope::head`]).
+pub fn decode_prefix<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    bincode::decode_from_slice(bytes, CONFIG)
+        .map(|(value, _)| value)
+        .map_err(map_decode_error)
+}
+
 fn map_decode_error(e: bincode::error::DecodeError) -> DecodeError {
     use bincode::error::DecodeError as B;
     match e {

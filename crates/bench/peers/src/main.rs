@@ -445,7 +445,7 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
                 .map(|c| format!("{c:.2}"))
                 .unwrap_or_else(|| "-".into()),
         );
-        if !notes.iter().any(|(s, _): &(String, String)| *s == r.system) {
+        if !notes.iter().any(|(_, n): &(String, String)| *n == r.note) {
             notes.push((r.system.clone(), r.note.clone()));
         }
     }
