@@ -978,25 +978,20 @@ impl Writer {
                     }
                 }
             }
-            // Each sender's highest number, once per batch rather than once per message,
-            // in the same transaction as the messages.
-            let mut st = tx.prepare_cached(
+            // Each sender's highest number, and each moved cursor, once per batch rather
+            // than once per message, in the same transaction as the messages.
+            upsert_each(
+                &tx,
                 "INSERT INTO senders (participant, last_seq) VALUES (?1, ?2)
                  ON CONFLICT (participant) DO UPDATE SET last_seq = excluded.last_seq",
+                &p.last_seq,
             )?;
-            for (sender, last) in &p.last_seq {
-                st.execute(params![sender.as_str(), last])?;
-            }
-            drop(st);
-            // Each moved cursor once per batch, likewise.
-            let mut st = tx.prepare_cached(
+            upsert_each(
+                &tx,
                 "INSERT INTO cursors (recipient, rseq) VALUES (?1, ?2)
                  ON CONFLICT (recipient) DO UPDATE SET rseq = excluded.rseq",
+                &p.cursors,
             )?;
-            for (recipient, rseq) in &p.cursors {
-                st.execute(params![recipient.as_str(), rseq])?;
-            }
-            drop(st);
             tx.commit()?;
             Ok(())
         })();
@@ -1067,6 +1062,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// Runs `sql` (an upsert taking a participant and a value) for each entry of `rows`.
+fn upsert_each<V: rusqlite::ToSql>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    rows: &HashMap<ParticipantId, V>,
+) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(sql)?;
+    for (who, value) in rows {
+        st.execute(params![who.as_str(), value])?;
+    }
+    Ok(())
 }
 
 fn reject(subject: Subject, code: RejectCode, detail: impl Into<String>) -> RelayToNode {
