@@ -44,24 +44,36 @@ impl Shared {
     /// Takes one submission token from `who`'s bucket; false when it is empty.
     fn take_token(&self, who: &ParticipantId) -> bool {
         let l = &self.config.limits;
-        // Nothing panics while holding this lock; recover the map if something did.
-        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        rates
-            .entry(who.clone())
-            .or_insert_with(|| Rate::new(l.rate_per_sec, l.rate_burst))
-            .take()
+        bucket(&self.rates, who, l.rate_per_sec, l.rate_burst, Rate::take)
     }
 
     /// Charges `n` receipts to `who`'s receipt bucket; how long to stop reading that
     /// participant's frames for the bucket to be out of debt (zero if it is not in debt).
     fn charge_receipts(&self, who: &ParticipantId, n: usize) -> Duration {
         let l = &self.config.limits;
-        let mut rates = self.receipt_rates.lock().unwrap_or_else(|p| p.into_inner());
-        rates
-            .entry(who.clone())
-            .or_insert_with(|| Rate::new(l.receipt_rate_per_sec, l.receipt_rate_burst))
-            .charge(n)
+        bucket(
+            &self.receipt_rates,
+            who,
+            l.receipt_rate_per_sec,
+            l.receipt_rate_burst,
+            |r| r.charge(n),
+        )
     }
+}
+
+/// Runs `f` on `who`'s bucket in `rates`, making it (full) on first use.
+fn bucket<R>(
+    rates: &Mutex<HashMap<ParticipantId, Rate>>,
+    who: &ParticipantId,
+    per_sec: u32,
+    burst: u32,
+    f: impl FnOnce(&mut Rate) -> R,
+) -> R {
+    // Nothing panics while holding this lock; recover the map if something did.
+    let mut rates = rates.lock().unwrap_or_else(|p| p.into_inner());
+    f(rates
+        .entry(who.clone())
+        .or_insert_with(|| Rate::new(per_sec, burst)))
 }
 
 /// A refusal decided before a frame reaches the store: subject, code, detail.
@@ -175,7 +187,7 @@ fn subject_of(s: &Signed<Envelope>) -> Subject {
     }
 }
 
-/// Token bucket for one participant's submissions.
+/// Token bucket for one participant's submissions, or its receipts.
 pub(crate) struct Rate {
     per_sec: f64,
     burst: f64,
@@ -192,11 +204,16 @@ impl Rate {
             at: Instant::now(),
         }
     }
-    fn take(&mut self) -> bool {
+    /// Adds what has accrued since the last use, up to the burst.
+    fn refill(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
             .min(self.burst);
         self.at = now;
+    }
+
+    fn take(&mut self) -> bool {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -208,10 +225,7 @@ impl Rate {
     /// Takes `n` tokens even if that leaves the bucket in debt, and returns how long until
     /// the debt is paid back (zero if there is none).
     fn charge(&mut self, n: usize) -> Duration {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
-            .min(self.burst);
-        self.at = now;
+        self.refill();
         self.tokens -= n as f64;
         if self.tokens >= 0.0 {
             Duration::ZERO
