@@ -7,7 +7,6 @@
 //! its input exactly (no trailing bytes), which makes every accepted encoding canonical.
 
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
-use bincode::de::read::Reader;
 use bincode::de::Decoder;
 
 use crate::limits::FRAME_BYTES_MAX;
@@ -162,11 +161,13 @@ fn map_decode_error(e: bincode::error::DecodeError) -> DecodeError {
     }
 }
 
-/// Decodes a string whose length is checked against `max` before anything is allocated.
-pub(crate) fn decode_bounded_string<D: Decoder>(
+/// Reads a string's length and checks it against `max` (claiming that many bytes) before
+/// anything is read or allocated; the caller then reads the bytes (a participant id, into a
+/// buffer on the stack).
+pub(crate) fn decode_bounded_len<D: Decoder>(
     decoder: &mut D,
     max: usize,
-) -> Result<String, bincode::error::DecodeError> {
+) -> Result<usize, bincode::error::DecodeError> {
     let len = <u64 as bincode::Decode<D::Context>>::decode(decoder)?;
     let len = usize::try_from(len).map_err(|_| bincode::error::DecodeError::LimitExceeded)?;
     if len > max {
@@ -175,11 +176,7 @@ pub(crate) fn decode_bounded_string<D: Decoder>(
         )));
     }
     decoder.claim_bytes_read(len)?;
-    let mut buf = vec![0u8; len];
-    decoder.reader().read(&mut buf)?;
-    String::from_utf8(buf).map_err(|e| bincode::error::DecodeError::Utf8 {
-        inner: e.utf8_error(),
-    })
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use bincode::de::read::Reader;
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,7 @@ pub enum IdError {
 ///
 /// Held inline (the code's bytes, padded with zeros), not as a `String`: the relay's store
 /// writer copies a 37-way message's recipients several times per message (its queue
-/// entries, its mailbox posts, the receipt check) and looks one up per receipt item, and as
+/// bookkeeping, its mailbox posts, the receipt check) and looks one up per receipt item, and as
 /// heap strings those copies were allocations and the look-ups pointer chases (malloc and
 /// the recipient search were 12 % of the relay's samples at fanout37 maximum,
 /// docs/BENCHMARKS.md, seventh round). Zero never occurs in a code and sorts below every
@@ -107,9 +108,17 @@ impl<Context> bincode::Decode<Context> for ParticipantId {
     fn decode<D: Decoder<Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
-        // Refuse an over-long id before the string is allocated: peek at the length.
-        let s = crate::codec::decode_bounded_string(decoder, PARTICIPANT_ID_BYTES_MAX)?;
-        ParticipantId::new(&s)
+        // Refuse an over-long id before reading it; the bytes go to the stack, as the id
+        // is held inline.
+        let len = crate::codec::decode_bounded_len(decoder, PARTICIPANT_ID_BYTES_MAX)?;
+        let mut buf = [0u8; PARTICIPANT_ID_BYTES_MAX];
+        let code = buf
+            .get_mut(..len)
+            .ok_or(bincode::error::DecodeError::LimitExceeded)?;
+        decoder.reader().read(code)?;
+        let code = std::str::from_utf8(code)
+            .map_err(|inner| bincode::error::DecodeError::Utf8 { inner })?;
+        ParticipantId::new(code)
             .map_err(|_| bincode::error::DecodeError::OtherString("invalid participant id".into()))
     }
 }
