@@ -520,11 +520,9 @@ struct SenderPlan {
     who: String,
     frames: Vec<Vec<u8>>,
     first: usize,
-    fanout: u32,
     /// Messages per second for this sender, or `None` for the window only.
     rate: Option<f64>,
     window: usize,
-    complete_on: CompleteOn,
     start_at: Instant,
     deadline: Instant,
 }
@@ -543,14 +541,14 @@ async fn sender_inbound(
     who: String,
     plan_first: usize,
     plan_len: usize,
-    fanout: u32,
-    complete_on: CompleteOn,
+    state: Arc<SenderState>,
     mut rx: mpsc::Receiver<anyhow::Result<RelayToNode>>,
     writer: Arc<tokio::sync::Mutex<hotline_net::FrameWriter>>,
     mut store: Store,
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) -> SenderOut {
+    let (fanout, complete_on) = (state.fanout, ledger.complete_on);
     let mut out = SenderOut::default();
     let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
     'run: loop {
@@ -754,8 +752,7 @@ async fn sender(
         plan.who.clone(),
         plan.first,
         plan.frames.len(),
-        plan.fanout,
-        plan.complete_on,
+        state.clone(),
         rx,
         writer.clone(),
         store,
@@ -900,15 +897,12 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let mut s_idx = 0;
     for (is_sender, peer, session, store) in ready {
         if is_sender {
-            let spec = &t.senders[s_idx];
             let plan = SenderPlan {
                 who: peer.id.to_string(),
                 frames: frames.next().unwrap_or_default(),
                 first: s_idx * per_sender,
-                fanout: spec.fanout,
                 rate: t.rate.map(|r| r / n_senders as f64),
                 window: t.window,
-                complete_on: t.complete_on,
                 start_at,
                 deadline,
             };

@@ -404,13 +404,10 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     for r in &rows {
         // Against our run with the same window or rate, closed by the same rule if it ran.
-        let ours = {
-            let mut same_run = rows
-                .iter()
-                .filter(|o| o.ours && same(o.offered, r.offered) && o.window == r.window);
-            let first = same_run.clone().next();
-            same_run.find(|o| o.like_peers).or(first)
-        };
+        let ours = rows
+            .iter()
+            .filter(|o| o.ours && same(o.offered, r.offered) && o.window == r.window)
+            .min_by_key(|o| !o.like_peers);
         let (ratio, p50_ratio) = match ours {
             Some(o) if o.accepted_per_s > 0.0 => (
                 format!("{:.2}", r.accepted_per_s / o.accepted_per_s),
