@@ -21,7 +21,16 @@ fn two() -> Net {
     Net::new(TWO, &[])
 }
 
-/// A relay for `net`, its metrics address, and KAZ and KGZ connected to it.
+/// A relay for `net`, and KAZ and KGZ connected to it.
+async fn relay_kaz_kgz(net: &Net) -> (hotline_relay::RelayHandle, Client, Client) {
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    let kgz = net.client(addr, "KGZ").await.unwrap();
+    (relay, kaz, kgz)
+}
+
+/// [`relay_kaz_kgz`], with the relay's metrics address.
 async fn with_metrics(
     net: &Net,
 ) -> (
@@ -30,13 +39,10 @@ async fn with_metrics(
     Client,
     Client,
 ) {
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
+    let (relay, kaz, kgz) = relay_kaz_kgz(net).await;
     let maddr = relay
         .metrics_addr()
         .expect("metrics enabled in the test config");
-    let kaz = net.client(addr, "KAZ").await.unwrap();
-    let kgz = net.client(addr, "KGZ").await.unwrap();
     (relay, maddr, kaz, kgz)
 }
 
@@ -48,10 +54,7 @@ fn two_with(extra: &str) -> Net {
 #[tokio::test]
 async fn message_and_receipts_flow_between_two_clients() {
     let net = two();
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
 
     let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "test");
     let signed = kaz.sign(&env);
@@ -331,10 +334,8 @@ async fn backlog_is_delivered_in_per_sender_order() {
 #[tokio::test]
 async fn duplicate_submit_is_answered_again_and_delivered_once() {
     let net = two();
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     let env = kaz.envelope(to(&["KGZ"]), "once");
     let m1 = kaz.sign(&env);
@@ -367,10 +368,7 @@ async fn duplicate_submit_is_answered_again_and_delivered_once() {
 #[tokio::test]
 async fn id_conflict_replayed_seq_and_future_timestamp_are_rejected() {
     let net = two();
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
 
     let env = kaz.envelope(to(&["KGZ"]), "original");
     let first = kaz.submit_wait(&kaz.sign(&env)).await.unwrap().unwrap();
@@ -423,10 +421,8 @@ async fn id_conflict_replayed_seq_and_future_timestamp_are_rejected() {
 #[tokio::test]
 async fn forged_and_misattributed_messages_are_rejected() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
     assert_flows(&mut kaz, &mut kgz, "before").await.unwrap();
 
@@ -478,10 +474,8 @@ async fn forged_and_misattributed_messages_are_rejected() {
 #[tokio::test]
 async fn misattributed_and_forged_receipts_are_rejected() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
     let m = kaz.send_to("KGZ", "receipt me").await.unwrap();
     let (got, _) = kgz.next_deliver().await.unwrap();
@@ -576,10 +570,8 @@ async fn unknown_and_revoked_participants_are_refused() {
         .unwrap()
         .revoked = true;
     net.write_roster();
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     let stranger = SigningKey::from_bytes(&[0x5A; 32]);
     let code = refusal_code(Client::connect(addr, net.fingerprint, "ZZZ", stranger).await);
@@ -611,10 +603,8 @@ async fn unknown_and_revoked_participants_are_refused() {
 #[tokio::test]
 async fn wrong_alpn_fails_in_the_tls_handshake() {
     let net = two();
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     let mut tls = hotline_net::tls::client_config(vec![net.fingerprint]).unwrap();
     tls.alpn_protocols = vec![b"h3".to_vec()];
@@ -642,10 +632,8 @@ async fn wrong_alpn_fails_in_the_tls_handshake() {
 #[tokio::test]
 async fn silent_connection_is_closed_with_auth_timeout() {
     let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     // A stream opened but nothing sent on it (so the relay does not even see the stream).
     let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
@@ -692,10 +680,8 @@ async fn hello_with_binding(
 #[tokio::test]
 async fn auth_proof_bound_to_another_session_is_refused() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let tjk = net.key("TJK");
 
     // A made-up binding.
@@ -733,10 +719,8 @@ async fn auth_proof_bound_to_another_session_is_refused() {
 #[tokio::test]
 async fn frames_out_of_order_are_protocol_violations() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     // A first frame that is not Hello.
     let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
@@ -784,10 +768,8 @@ async fn frames_out_of_order_are_protocol_violations() {
 #[tokio::test]
 async fn oversized_frame_closes_the_connection() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     let mut tjk = net.client(addr, "TJK").await.unwrap();
     tjk.session
@@ -817,10 +799,8 @@ async fn oversized_frame_closes_the_connection() {
 #[tokio::test]
 async fn garbage_frame_closes_the_connection() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
 
     for seed in [1u64, 2, 3] {
         let mut tjk = net.client(addr, "TJK").await.unwrap();
@@ -843,10 +823,8 @@ async fn garbage_frame_closes_the_connection() {
 #[tokio::test]
 async fn routing_failures_and_the_observer_policy() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut un = net.client(addr, "UN").await.unwrap();
     let mut sec = net.client(addr, "SEC").await.unwrap();
 
@@ -920,10 +898,8 @@ async fn body_over_the_relay_limit_is_too_large() {
         &[],
         "[limits]\nbody_bytes_max = 100\n",
     );
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
 
     let mut env = tjk.envelope(to(&["KGZ"]), "long");
@@ -969,16 +945,7 @@ async fn receipts_over_the_rate_pause_reading_and_lose_nothing() {
         digests.push(r.digest());
     }
     for d in &digests {
-        let (res, _) = kgz
-            .until(|f| match f {
-                RelayToNode::ReceiptStored(x) if x == d => Some(Ok(())),
-                RelayToNode::Rejected(x) if x.subject == Subject::Receipt(*d) => {
-                    Some(Err(x.clone()))
-                }
-                _ => None,
-            })
-            .await
-            .unwrap();
+        let res = kgz.receipt_answer(*d).await.unwrap();
         assert_eq!(res, Ok(()), "every receipt is stored, none refused");
     }
     let text = http_get(maddr, "/metrics").await.unwrap();
@@ -1013,10 +980,8 @@ async fn submissions_over_the_rate_are_rate_limited() {
         &[],
         "[limits]\nrate_per_sec = 1\nrate_burst = 2\n",
     );
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
 
     // Three at once: the burst covers two.
@@ -1062,10 +1027,8 @@ async fn full_queue_refuses_more_for_that_recipient() {
         &[],
         "[limits]\nqueue_depth_max = 2\n",
     );
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
 
     // UZB is offline: two fit, the third does not.
@@ -1162,10 +1125,8 @@ async fn audiences_resolve_against_the_roster() {
 #[tokio::test]
 async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let mut net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let tjk = net.client(addr, "TJK").await.unwrap();
 
     net.update_roster(|r| {
@@ -1327,10 +1288,7 @@ async fn metrics_and_health_report_traffic() {
 #[tokio::test]
 async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     let net = two();
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let mut messages = Vec::new();
     for i in 0..3 {
         messages.push(kaz.send_to("KGZ", &format!("m{i}")).await.unwrap());
@@ -1439,10 +1397,8 @@ async fn until_pong(c: &mut Client, nonce: u64) -> Vec<RelayToNode> {
 #[tokio::test]
 async fn unreceipted_messages_are_redelivered_on_reconnect() {
     let net = two();
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let m1 = kaz.send_to("KGZ", "one").await.unwrap();
     let m2 = kaz.send_to("KGZ", "two").await.unwrap();
     assert_eq!(kgz.next_deliver().await.unwrap().0, m1);
@@ -1644,10 +1600,8 @@ async fn connections_over_the_limit_are_refused_busy() {
         &[],
         "[limits]\nconnections_max = 2\n",
     );
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let code = refusal_code(net.client(addr, "TJK").await);
     assert_eq!(code.unwrap(), ErrorCode::Busy);
     assert_flows(&mut kaz, &mut kgz, "at the connection limit")
@@ -1715,10 +1669,8 @@ fn sign_raw<T: SignedPayload>(bytes: Vec<u8>, key: &SigningKey) -> Signed<T> {
 #[tokio::test]
 async fn undecodable_and_other_version_submissions_are_refused_by_name() {
     let net = cica("");
-    let relay = net.relay().await;
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
     let key = net.key("TJK");
 
@@ -1861,10 +1813,7 @@ async fn a_mailbox_overflow_falls_back_to_the_store_without_gaps_or_duplicates()
 #[tokio::test]
 async fn receipts_out_of_order_survive_relay_restarts() {
     let net = two();
-    let relay = net.relay().await;
-    let addr = relay.local_addr();
-    let mut kaz = net.client(addr, "KAZ").await.unwrap();
-    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let mut sent = Vec::new();
     for i in 1..=4 {
         sent.push(kaz.send_to("KGZ", &format!("m{i}")).await.unwrap());

@@ -442,7 +442,17 @@ impl Client {
         messages: &[Signed<Envelope>],
     ) -> anyhow::Result<Signed<Receipt>> {
         let r = self.receipt(kind, messages).await?;
-        let d = r.digest();
+        if let Err(x) = self.receipt_answer(r.digest()).await? {
+            bail!("{}: receipt rejected: {x:?}", self.id);
+        }
+        Ok(r)
+    }
+
+    /// Waits for the relay's answer to the receipt with digest `d`: stored, or refused.
+    pub async fn receipt_answer(
+        &mut self,
+        d: hotline_proto::Digest,
+    ) -> anyhow::Result<Result<(), Rejected>> {
         let (res, _) = self
             .until(|f| match f {
                 RelayToNode::ReceiptStored(x) if *x == d => Some(Ok(())),
@@ -452,10 +462,7 @@ impl Client {
                 _ => None,
             })
             .await?;
-        if let Err(x) = res {
-            bail!("{}: receipt rejected: {x:?}", self.id);
-        }
-        Ok(r)
+        Ok(res)
     }
 
     /// Waits until the relay closes this connection; the hotline close code.
