@@ -662,9 +662,8 @@ struct Held {
     sender: ParticipantId,
     digest: Digest,
     /// The recipients, sorted (as `routing::resolve` returns them), for a binary search per
-    /// receipt item (a 37-way message gets
-    /// 37 receipts naming it; scanning the stored comma-separated list for each was 3 % of
-    /// the relay at fanout37 maximum).
+    /// receipt item (a 37-way message gets 37 receipts naming it; scanning the stored
+    /// comma-separated list for each was 3 % of the relay at fanout37 maximum).
     recipients: Box<[ParticipantId]>,
     accepted_at_ms: u64,
     /// Its position in the recipients' queues.
