@@ -1350,6 +1350,26 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
             "receipt.acknowledged"
         ]
     );
+    // Each entry commits to its record's exact bytes: the digest, then the key and
+    // signature (the bytes themselves are in `messages` and `receipts`).
+    let payloads: Vec<Vec<u8>> = conn
+        .prepare("SELECT payload FROM journal ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut records: Vec<_> = messages
+        .iter()
+        .map(|m| (m.digest(), m.key(), m.signature()))
+        .collect();
+    records.push((d, delivered.key(), delivered.signature()));
+    for (payload, (digest, key, sig)) in payloads.iter().zip(&records) {
+        assert_eq!(payload.len(), 128);
+        assert_eq!(&payload[..32], &digest.0[..]);
+        assert_eq!(&payload[32..64], &key.0[..]);
+        assert_eq!(&payload[64..], &sig.0[..]);
+    }
 
     let ok = std::process::Command::new(hotline_bin().unwrap())
         .args(["audit", "verify", "--data"])
