@@ -738,6 +738,7 @@ impl Session {
                 .await;
         }
         self.send_to_writer(Command::Submit {
+            digest: env.signed().digest(),
             env,
             reply: answers.clone(),
         })

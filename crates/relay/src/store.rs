@@ -424,11 +424,16 @@ pub(crate) enum Command {
     /// A verified message from its authenticated author.
     Submit {
         env: Verified<Envelope>,
+        /// Its digest, computed by the session: hashing is parallel there, and the writer
+        /// is one thread.
+        digest: Digest,
         reply: mpsc::Sender<RelayToNode>,
     },
     /// A verified receipt from its authenticated recipient.
     Receipt {
         receipt: Verified<Receipt>,
+        /// Its digest, computed by the verifier (as `Submit::digest`).
+        digest: Digest,
         reply: mpsc::Sender<RelayToNode>,
     },
     /// A sender holds these forwarded receipts; drop them from its receipt queue.
@@ -934,7 +939,7 @@ impl Writer {
             let tx = self.conn.transaction()?;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Submit { env, reply } => {
+                    Command::Submit { env, digest, reply } => {
                         let answer = submit(
                             &tx,
                             &mut self.journal,
@@ -942,13 +947,17 @@ impl Writer {
                             &self.cursors,
                             &self.ctx,
                             &roster,
-                            &env,
+                            (&env, digest),
                             now,
                             &mut p,
                         )?;
                         p.replies.push((reply, answer));
                     }
-                    Command::Receipt { receipt, reply } => {
+                    Command::Receipt {
+                        receipt,
+                        digest,
+                        reply,
+                    } => {
                         let answer = store_receipt(
                             &tx,
                             &mut self.journal,
@@ -958,7 +967,7 @@ impl Writer {
                                 cursors: &self.cursors,
                                 ahead: &mut self.ahead,
                             },
-                            &receipt,
+                            (&receipt, digest),
                             now,
                             &mut p,
                         )?;
@@ -1092,12 +1101,11 @@ fn submit(
     cursors: &HashMap<ParticipantId, i64>,
     ctx: &WriterContext,
     roster: &Verified<Roster>,
-    env: &Verified<Envelope>,
+    (env, digest): (&Verified<Envelope>, Digest),
     now: u64,
     p: &mut Pending,
 ) -> Result<RelayToNode, StoreError> {
     let signed = env.signed();
-    let digest = signed.digest();
     let subject = Subject::Message(env.id);
     // `last` is the highest number this sender has stored, so only a number at or below it
     // can be taken: the usual in-order submission skips both look-ups below.
@@ -1311,12 +1319,11 @@ fn store_receipt(
     journal: &mut Journal,
     cache: &HeldCache,
     queues: Queues<'_>,
-    receipt: &Verified<Receipt>,
+    (receipt, digest): (&Verified<Receipt>, Digest),
     now: u64,
     p: &mut Pending,
 ) -> Result<RelayToNode, StoreError> {
     let signed = receipt.signed();
-    let digest = signed.digest();
     let exists = tx
         .prepare_cached("SELECT 1 FROM receipts WHERE created_at_ms = ?1 AND digest = ?2")?
         .query_row(

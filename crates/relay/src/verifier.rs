@@ -74,7 +74,11 @@ pub(crate) async fn run(
             match result {
                 Ok(receipt) => {
                     if writer
-                        .send(Command::Receipt { receipt, reply })
+                        .send(Command::Receipt {
+                            digest: s.digest(),
+                            receipt,
+                            reply,
+                        })
                         .await
                         .is_err()
                     {
