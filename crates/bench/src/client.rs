@@ -81,10 +81,12 @@ pub async fn read_frames(
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Append the batch to one file shared by every recipient of the load generator, durable
-    /// once an `fdatasync` begun after the append returns (group commit, `grouplog.rs`): the
-    /// 37 recipients stand for 37 machines syncing in parallel, not 37 syncs on one disk.
+    /// once an `fdatasync` begun after the append returns (group commit by one thread,
+    /// `grouplog.rs`): the 37 recipients stand for 37 machines syncing in parallel, not 37
+    /// syncs on one disk. The default.
     Group,
-    /// Append the batch to the recipient's own file and `fdatasync` it.
+    /// Append the batch to the recipient's own file and `fdatasync` it, on a blocking thread
+    /// (the default before the eighth round).
     Fsync,
     /// Insert the batch into SQLite (WAL, `synchronous=FULL`, as the node's store) and
     /// commit.
@@ -132,21 +134,12 @@ impl Store {
         })
     }
 
+    /// Blocking: the file and SQLite stores.
     fn persist_now(&mut self, rows: &[([u8; 16], Vec<u8>)]) -> anyhow::Result<()> {
-        let records = || {
-            let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 20).sum());
-            for (id, bytes) in rows {
-                buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                buf.extend_from_slice(id);
-                buf.extend_from_slice(bytes);
-            }
-            buf
-        };
         match self {
-            Self::Group(log) => log.append_durable(&records())?,
             Self::File(f) => {
                 use std::io::Write as _;
-                f.write_all(&records())?;
+                f.write_all(&records(rows))?;
                 f.sync_data()?;
             }
             Self::Sqlite(c) => {
@@ -161,15 +154,20 @@ impl Store {
                 }
                 tx.commit()?;
             }
-            Self::None => {}
+            Self::Group(_) | Self::None => {}
         }
         Ok(())
     }
 
-    /// Makes `rows` durable on a blocking thread; gives the store back.
+    /// Makes `rows` durable (a file or SQLite on a blocking thread, the group log on its
+    /// own thread); gives the store back.
     pub async fn persist(mut self, rows: Vec<([u8; 16], Vec<u8>)>) -> (Self, anyhow::Result<()>) {
         if rows.is_empty() || matches!(self, Self::None) {
             return (self, Ok(()));
+        }
+        if let Self::Group(log) = &self {
+            let r = log.append_durable(records(&rows)).await;
+            return (self, r.context("group log"));
         }
         match tokio::task::spawn_blocking(move || {
             let r = self.persist_now(&rows);
@@ -181,6 +179,17 @@ impl Store {
             Err(e) => (Self::None, Err(anyhow::anyhow!("store task failed: {e}"))),
         }
     }
+}
+
+/// A batch as appended: per row, its length, id and bytes.
+fn records(rows: &[([u8; 16], Vec<u8>)]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 20).sum());
+    for (id, bytes) in rows {
+        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        buf.extend_from_slice(id);
+        buf.extend_from_slice(bytes);
+    }
+    buf
 }
 
 /// What a recipient did with one batch of frames.

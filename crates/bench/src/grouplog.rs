@@ -3,47 +3,40 @@
 //! appended has returned, and one `fdatasync` covers every batch appended before it began.
 //!
 //! Why: the 37 recipients of a fan-out stand for 37 nodes on 37 machines, each syncing its
-//! own disk in parallel; on the one benchmark machine their 37 separate `fdatasync`s might
-//! queue behind each other and the relay's commits. Sharing the sync keeps every batch
-//! durable before it is receipted (or acknowledged to a broker) with one sync per group.
-//! Measured on the 2-core machine (docs/BENCHMARKS.md, third round): no difference within
-//! the run-to-run spread there (its ext4 has no journal for the syncs to queue in), so it is
-//! an option, not the default.
+//! own disk in parallel. On the one benchmark machine, 37 separate files each synced on its
+//! own blocking thread put 37 `fdatasync`s a message into the disk queue the relay's commits
+//! wait in, and two thread hand-offs per recipient and batch on the relay's two cores.
 //!
-//! Self-contained (std only): `crates/bench/peers` includes this file too, so the peers'
-//! subscribers make batches durable the same way.
+//! How: one thread owns the file. Callers hand it their batch and wait (asynchronously) for
+//! the answer; the thread takes every batch waiting, appends them in order, syncs once, and
+//! answers them all, while the next group gathers. A failed write or sync fails that group
+//! and every later one (nothing appended after a failed sync can be trusted durable).
+//!
+//! Self-contained (std and tokio's oneshot): `crates/bench/peers` includes this file too, so
+//! the peers' subscribers make batches durable the same way.
 
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
+
+use tokio::sync::oneshot;
+
+/// A batch and where its answer goes.
+struct Job {
+    buf: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
 
 /// A shared, group-committed append-only file.
 pub struct GroupLog {
-    file: std::fs::File,
-    state: Mutex<State>,
-    synced: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    /// Batches appended so far.
-    appended: u64,
-    /// Batches covered by a completed sync.
-    synced: u64,
-    /// A sync is running (its caller will wake the others).
-    syncing: bool,
-    /// A sync failed: nothing appended since is durable, so every later call fails.
-    failed: Option<String>,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    jobs: mpsc::Sender<Job>,
 }
 
 impl GroupLog {
     /// The log at `path`, shared by every caller in this process that names the same path
-    /// (created on first use).
+    /// (created, with its syncing thread, on first use; the thread ends with the last
+    /// handle).
     pub fn shared(path: &Path) -> io::Result<Arc<Self>> {
         static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<GroupLog>>>> = OnceLock::new();
         let mut open = OPEN
@@ -58,60 +51,51 @@ impl GroupLog {
             .append(true)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let log = Arc::new(Self {
-            file,
-            state: Mutex::new(State::default()),
-            synced: Condvar::new(),
-        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("group-log".into())
+            .spawn(move || run(file, rx))?;
+        let log = Arc::new(Self { jobs: tx });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(path.to_owned(), Arc::downgrade(&log));
         Ok(log)
     }
 
-    /// Appends `buf` and returns once it is durable (blocking: call it from a blocking
-    /// thread). Either this caller runs the sync, covering every batch appended so far, or it
-    /// waits for the sync that covers its own.
-    pub fn append_durable(&self, buf: &[u8]) -> io::Result<()> {
-        let mine = {
-            let mut st = lock(&self.state);
-            if let Some(e) = &st.failed {
-                return Err(io::Error::other(e.clone()));
-            }
-            (&self.file).write_all(buf)?;
-            st.appended += 1;
-            st.appended
-        };
-        let mut st = lock(&self.state);
-        loop {
-            if st.synced >= mine {
-                return Ok(());
-            }
-            if let Some(e) = &st.failed {
-                return Err(io::Error::other(e.clone()));
-            }
-            if st.syncing {
-                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            st.syncing = true;
-            let upto = st.appended;
-            drop(st);
-            let r = self.file.sync_data();
-            st = lock(&self.state);
-            st.syncing = false;
-            match r {
-                Ok(()) => st.synced = upto,
-                Err(e) => st.failed = Some(format!("fdatasync: {e}")),
-            }
-            self.synced.notify_all();
+    /// Appends `buf` and returns once an `fdatasync` begun after the append has returned.
+    pub async fn append_durable(&self, buf: Vec<u8>) -> io::Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { buf, done })
+            .map_err(|_| io::Error::other("group log thread gone"))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("group log thread gone")),
         }
     }
+}
 
-    /// Batches appended, and batches covered by a completed sync.
-    #[cfg(test)]
-    fn counts(&self) -> (u64, u64) {
-        let st = lock(&self.state);
-        (st.appended, st.synced)
+/// The syncing thread: one group per turn, until every handle has gone.
+fn run(mut file: std::fs::File, rx: mpsc::Receiver<Job>) {
+    let mut failed: Option<String> = None;
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        group.extend(rx.try_iter());
+        if failed.is_none() {
+            let r = group
+                .iter()
+                .try_for_each(|j| file.write_all(&j.buf))
+                .map_err(|e| format!("append: {e}"))
+                .and_then(|()| file.sync_data().map_err(|e| format!("fdatasync: {e}")));
+            failed = r.err();
+        }
+        for j in group.drain(..) {
+            let _ = j.done.send(match &failed {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            });
+        }
     }
 }
 
@@ -119,27 +103,28 @@ impl GroupLog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_batch_is_appended_whole_and_covered_by_a_sync() {
-        // std only (the peers workspace includes this file without dev-dependencies).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_batch_is_appended_whole_and_covered_by_a_sync() {
+        // No dev-dependencies (the peers workspace includes this file without them).
         let path = std::env::temp_dir().join(format!("grouplog-test-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let log = GroupLog::shared(&path).expect("open");
         assert!(Arc::ptr_eq(&log, &GroupLog::shared(&path).expect("again")));
-        let threads: Vec<_> = (0..8u8)
+        let tasks: Vec<_> = (0..8u8)
             .map(|t| {
                 let log = log.clone();
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     for i in 0..50u8 {
-                        log.append_durable(&[t, i, 0xAA, 0xBB]).expect("durable");
+                        log.append_durable(vec![t, i, 0xAA, 0xBB])
+                            .await
+                            .expect("durable");
                     }
                 })
             })
             .collect();
-        for t in threads {
-            t.join().expect("thread");
+        for t in tasks {
+            t.await.expect("task");
         }
-        assert_eq!(log.counts(), (400, 400));
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(bytes.len(), 400 * 4);
         let mut seen = std::collections::HashSet::new();

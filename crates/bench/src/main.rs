@@ -34,8 +34,9 @@ struct CommonArgs {
     /// removed at the end).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
-    /// How recipients make each batch of deliveries durable before receipting it.
-    #[arg(long, global = true, value_enum, default_value_t = Durability::Fsync)]
+    /// How recipients make each batch of deliveries durable before receipting it (the
+    /// default, `group`, since the eighth round; `fsync` before).
+    #[arg(long, global = true, value_enum, default_value_t = Durability::Group)]
     durability: Durability,
     /// Milliseconds a recipient lets stored deliveries wait to share one delivered receipt;
     /// the default is the node's (`RECEIPT_PACE_MS`); 0 receipts each durable batch at once.

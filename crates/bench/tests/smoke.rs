@@ -7,22 +7,29 @@ use hotline_bench::client::Durability;
 use hotline_bench::traffic::CompleteOn;
 use hotline_bench::Common;
 
+/// The default recipients: one group-committed log for all 37.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout37_delivers_and_receipts_everything() -> anyhow::Result<()> {
-    fanout37_at_100(Duration::ZERO).await
+    fanout37_at_100(Duration::ZERO, Durability::Group).await
 }
 
 /// With receipt pacing, deliveries wait for their receipt on a timer: the last ones too.
+/// (Recipients with a file each, synced on their own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_receipts_still_cover_everything() -> anyhow::Result<()> {
-    fanout37_at_100(Duration::from_millis(30)).await
+    fanout37_at_100(Duration::from_millis(30), Durability::Fsync).await
 }
 
-fn common(dir: &std::path::Path, receipt_pace: Duration, window_until: CompleteOn) -> Common {
+fn common(
+    dir: &std::path::Path,
+    receipt_pace: Duration,
+    window_until: CompleteOn,
+    durability: Durability,
+) -> Common {
     Common {
         hotline: None,
         dir: dir.to_owned(),
-        durability: Durability::Fsync,
+        durability,
         duration: Duration::from_millis(500),
         body_bytes: 1024,
         drain_timeout: Duration::from_secs(30),
@@ -36,7 +43,12 @@ fn common(dir: &std::path::Path, receipt_pace: Duration, window_until: CompleteO
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_until_durable_finishes_every_message() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let c = common(dir.path(), Duration::ZERO, CompleteOn::AllDurable);
+    let c = common(
+        dir.path(),
+        Duration::ZERO,
+        CompleteOn::AllDurable,
+        Durability::Group,
+    );
     let r = hotline_bench::fanout37(&c, None, 8, 40).await?;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.window_until, CompleteOn::AllDurable);
@@ -48,9 +60,14 @@ async fn a_window_until_durable_finishes_every_message() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fanout37_at_100(receipt_pace: Duration) -> anyhow::Result<()> {
+async fn fanout37_at_100(receipt_pace: Duration, durability: Durability) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let c = common(dir.path(), receipt_pace, CompleteOn::AllReceipts);
+    let c = common(
+        dir.path(),
+        receipt_pace,
+        CompleteOn::AllReceipts,
+        durability,
+    );
     let r = hotline_bench::fanout37(&c, Some(100.0), 64, 0).await?;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.sent, 50, "{}", r.line());

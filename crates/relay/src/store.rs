@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use hotline_proto::frame::{Accepted, RejectCode, Rejected, RelayToNode, Subject};
 use hotline_proto::routing::{self, Policy};
 use hotline_proto::{
-    Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptKind, Roster,
-    Signature, Signed, Verified,
+    Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptKind, Roster, Signature,
+    Signed, Verified,
 };
 use hotline_store::{Journal, StoreError};
 
@@ -1502,7 +1502,10 @@ fn store_receipt(
 /// message in the journal doubled what the writer wrote and hashed per message: p2p at
 /// maximum, 16,036 msg/s with the copy against 17,990 without (docs/BENCHMARKS.md, eighth
 /// round).
-fn journal_record<T: hotline_proto::SignedPayload>(signed: &Signed<T>, digest: &Digest) -> [u8; 128] {
+fn journal_record<T: hotline_proto::SignedPayload>(
+    signed: &Signed<T>,
+    digest: &Digest,
+) -> [u8; 128] {
     let mut record = [0u8; 128];
     record[..32].copy_from_slice(&digest.0);
     record[32..64].copy_from_slice(&signed.key().0);

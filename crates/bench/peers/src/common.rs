@@ -26,10 +26,11 @@ pub const WRITE_MAX: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// Append the batch to a file and `fdatasync` it (what `hotline-bench` does by default).
+    /// Append the batch to the subscriber's own file and `fdatasync` it (as
+    /// `hotline-bench --durability fsync`).
     Fsync,
-    /// Append the batch to one file shared by every subscriber, group-committed (as
-    /// `hotline-bench --durability group`; `grouplog.rs`).
+    /// Append the batch to one file shared by every subscriber, group-committed by one
+    /// thread (the default, as `hotline-bench`'s; `grouplog.rs`).
     Group,
     /// Nothing: acknowledge on receipt.
     None,
@@ -288,10 +289,8 @@ impl Recipient {
             buf
         };
         if let (Some(log), false) = (&self.group, rows.is_empty()) {
-            let log = log.clone();
-            tokio::task::spawn_blocking(move || log.append_durable(&records(rows)))
+            log.append_durable(records(rows))
                 .await
-                .context("store task")?
                 .context("group append and fdatasync")?;
         } else if let Some(mut f) = self.file.take() {
             if !rows.is_empty() {
