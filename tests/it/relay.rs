@@ -1333,13 +1333,14 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     let report = hotline_store::verify_journal(&conn).unwrap();
     assert_eq!(report.entries, 3 + 2, "3 messages and 2 receipts");
-    let kinds: Vec<String> = conn
-        .prepare("SELECT kind FROM journal ORDER BY seq")
+    let entries: Vec<(String, Vec<u8>)> = conn
+        .prepare("SELECT kind, payload FROM journal ORDER BY seq")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         kinds,
         [
@@ -1352,19 +1353,13 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     );
     // Each entry commits to its record's exact bytes: the digest, then the key and
     // signature (the bytes themselves are in `messages` and `receipts`).
-    let payloads: Vec<Vec<u8>> = conn
-        .prepare("SELECT payload FROM journal ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let payloads = entries.iter().map(|(_, p)| p);
     let mut records: Vec<_> = messages
         .iter()
         .map(|m| (m.digest(), m.key(), m.signature()))
         .collect();
     records.push((d, delivered.key(), delivered.signature()));
-    for (payload, (digest, key, sig)) in payloads.iter().zip(&records) {
+    for (payload, (digest, key, sig)) in payloads.zip(&records) {
         assert_eq!(payload.len(), 128);
         assert_eq!(&payload[..32], &digest.0[..]);
         assert_eq!(&payload[32..64], &key.0[..]);
