@@ -128,6 +128,14 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes already encoded frames held in shared buffers (e.g. one message's delivery
+    /// frame, shared by all its recipients' sessions): QUIC keeps the buffers instead of
+    /// copying them into its own.
+    pub async fn write_chunks(&mut self, chunks: &mut [bytes::Bytes]) -> Result<(), NetError> {
+        self.send.write_all_chunks(chunks).await?;
+        Ok(())
+    }
+
     /// Finishes the stream (no more frames).
     pub fn finish(&mut self) {
         // Finishing an already closed stream is harmless.

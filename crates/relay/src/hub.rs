@@ -22,7 +22,7 @@ pub(crate) struct Posted {
     /// The message, for the delivery window (messages lane only).
     pub(crate) id: Option<MessageId>,
     /// The encoded frame, shared by every recipient of the same item.
-    pub(crate) frame: Arc<[u8]>,
+    pub(crate) frame: bytes::Bytes,
 }
 
 /// One kind of queued item (messages, or forwarded receipts) waiting for a session.
@@ -264,7 +264,7 @@ mod tests {
         Posted {
             pos,
             id: None,
-            frame: Arc::from(&[pos as u8][..]),
+            frame: bytes::Bytes::from(vec![pos as u8]),
         }
     }
 

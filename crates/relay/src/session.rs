@@ -826,7 +826,10 @@ impl Session {
                     self.in_flight_deliveries.insert(id);
                     buf.extend_from_slice(&encode(&RelayToNode::Deliver(signed))?);
                 }
-                self.wrote_deliveries(&buf, n).await?;
+                if n > 0 {
+                    self.write_raw(&buf).await?;
+                    self.count_deliveries(n);
+                }
                 // The store has no more: everything committed from now on is posted.
                 self.msgs_from_store = n == room;
                 continue;
@@ -842,15 +845,16 @@ impl Session {
                 break;
             }
             let n = posted.len();
-            let mut buf = Vec::with_capacity(posted.iter().map(|p| p.frame.len()).sum());
+            let mut frames = Vec::with_capacity(n);
             for p in posted {
                 self.msg_cursor = p.pos;
                 if let Some(id) = p.id {
                     self.in_flight_deliveries.insert(id);
                 }
-                buf.extend_from_slice(&p.frame);
+                frames.push(p.frame);
             }
-            self.wrote_deliveries(&buf, n).await?;
+            self.write_shared(&mut frames).await?;
+            self.count_deliveries(n);
         }
         Ok(())
     }
@@ -868,15 +872,11 @@ impl Session {
             .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
     }
 
-    async fn wrote_deliveries(&mut self, buf: &[u8], n: usize) -> Result<(), End> {
-        if n > 0 {
-            self.write_raw(buf).await?;
-            self.shared
-                .metrics
-                .deliveries
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
+    fn count_deliveries(&self, n: usize) {
+        self.shared
+            .metrics
+            .deliveries
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes forwarded receipts queued for this participant, from the mailbox or the store
@@ -930,14 +930,30 @@ impl Session {
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
-        match tokio::time::timeout(self.write_timeout, self.writer.write_raw(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(net_end(e)),
-            Err(_) => Err(End::new(
-                ErrorCode::SlowConsumer,
-                "node did not read in time",
-            )),
-        }
+        let written = tokio::time::timeout(self.write_timeout, self.writer.write_raw(bytes)).await;
+        write_outcome(written)
+    }
+
+    /// As [`Session::write_raw`], for frames in shared buffers (posted items).
+    async fn write_shared(&mut self, frames: &mut [bytes::Bytes]) -> Result<(), End> {
+        let written =
+            tokio::time::timeout(self.write_timeout, self.writer.write_chunks(frames)).await;
+        write_outcome(written)
+    }
+}
+
+/// A write's outcome, with the write timeout: a node that does not read in time is a slow
+/// consumer.
+fn write_outcome(
+    r: Result<Result<(), hotline_net::NetError>, tokio::time::error::Elapsed>,
+) -> Result<(), End> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(net_end(e)),
+        Err(_) => Err(End::new(
+            ErrorCode::SlowConsumer,
+            "node did not read in time",
+        )),
     }
 }
 

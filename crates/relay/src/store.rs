@@ -1514,9 +1514,9 @@ fn journal_record<T: hotline_proto::SignedPayload>(
 }
 
 /// A frame encoded once for all the sessions it is posted to.
-fn shared_frame(f: &RelayToNode) -> Result<std::sync::Arc<[u8]>, StoreError> {
+fn shared_frame(f: &RelayToNode) -> Result<bytes::Bytes, StoreError> {
     hotline_proto::frame::encode_frame(f)
-        .map(std::sync::Arc::from)
+        .map(bytes::Bytes::from)
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
