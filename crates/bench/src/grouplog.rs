@@ -103,8 +103,10 @@ fn run(mut file: std::fs::File, rx: mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
 
+    /// Concurrent callers: each batch lands once and whole, and each call is answered
+    /// (the thread answers a group only after its `fdatasync` returned).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_batch_is_appended_whole_and_covered_by_a_sync() {
+    async fn every_batch_is_appended_whole_once_and_answered() {
         // No dev-dependencies (the peers workspace includes this file without them).
         let path = std::env::temp_dir().join(format!("grouplog-test-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
