@@ -1372,7 +1372,49 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("5 entries"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("5 entries"), "{stdout}");
+    assert!(
+        stdout.contains("5 stored messages and receipts match their entries"),
+        "{stdout}"
+    );
+    let audit = || {
+        let out = std::process::Command::new(hotline_bin().unwrap())
+            .args(["audit", "verify", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a tampered store verified: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // The first message's row given the second's bytes and digest: every row still hashes
+    // to its digest, so only the journal can tell.
+    let swap = "UPDATE messages SET bytes = (SELECT bytes FROM messages WHERE rseq = ?2),
+                digest = (SELECT digest FROM messages WHERE rseq = ?2) WHERE rseq = ?1";
+    let first: (Vec<u8>, Vec<u8>) = conn
+        .query_row(
+            "SELECT bytes, digest FROM messages WHERE rseq = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    conn.execute(swap, [1, 2]).unwrap();
+    let stderr = audit();
+    assert!(stderr.contains("differs from journal entry 1"), "{stderr}");
+    conn.execute(
+        "UPDATE messages SET bytes = ?1, digest = ?2 WHERE rseq = 1",
+        rusqlite::params![first.0, first.1],
+    )
+    .unwrap();
+    // A stored receipt removed: its journal entry names what is no longer there.
+    conn.execute("DELETE FROM receipts WHERE is_ack = 1", [])
+        .unwrap();
+    let stderr = audit();
+    assert!(
+        stderr.contains("journal entry 5 (receipt.acknowledged)") && stderr.contains("not stored"),
+        "{stderr}"
+    );
 
     conn.execute("UPDATE journal SET payload = x'00' WHERE seq = 4", [])
         .unwrap();
@@ -1381,16 +1423,7 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
         other => panic!("expected the chain to break at entry 4, got {other:?}"),
     }
     drop(conn);
-    let out = std::process::Command::new(hotline_bin().unwrap())
-        .args(["audit", "verify", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a tampered journal verified: {out:?}"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = audit();
     assert!(stderr.contains("entry 4"), "{stderr}");
 }
 

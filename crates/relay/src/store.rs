@@ -514,6 +514,97 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
     Ok(())
 }
 
+/// What `hotline audit verify` checks in a relay store beyond the journal's chain: every
+/// journaled message and receipt matches a stored row (its digest, key and signature; an
+/// entry written before the journal held only those holds the whole signed record, and is
+/// checked the same way), and every stored message and receipt is journaled. With the chain,
+/// and start-up's check that each row still hashes to its digest ([`integrity_check`]), the
+/// stored bytes are then exactly the ones the journal committed to. Returns how many
+/// records were matched. Reads every message's and receipt's record into memory: an
+/// offline check, not run at start-up.
+pub fn verify_journaled_records(conn: &Connection, path: &Path) -> Result<u64, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let rows = |sql: &str| -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let mut st = conn.prepare(sql)?;
+        let mut rows = st.query([])?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let name: Vec<u8> = r.get(0)?;
+            let mut record: Vec<u8> = r.get(1)?;
+            record.extend_from_slice(&r.get::<_, Vec<u8>>(2)?);
+            record.extend_from_slice(&r.get::<_, Vec<u8>>(3)?);
+            out.insert(name, record);
+        }
+        Ok(out)
+    };
+    let mut messages = rows("SELECT id, digest, key, sig FROM messages")?;
+    let mut receipts = rows("SELECT digest, digest, key, sig FROM receipts")?;
+    let mut st = conn.prepare(
+        "SELECT seq, kind, subject, payload FROM journal
+         WHERE kind IN ('message.accepted', 'receipt.delivered', 'receipt.acknowledged')
+         ORDER BY seq",
+    )?;
+    let mut entries = st.query([])?;
+    let mut matched = 0u64;
+    while let Some(r) = entries.next()? {
+        let seq: i64 = r.get(0)?;
+        let kind: String = r.get(1)?;
+        let subject: String = r.get(2)?;
+        let payload: Vec<u8> = r.get(3)?;
+        let is_message = kind == "message.accepted";
+        let name = hex::decode(&subject)
+            .map_err(|_| corrupt(format!("journal entry {seq} ({kind}) names {subject:?}")))?;
+        let table = if is_message {
+            &mut messages
+        } else {
+            &mut receipts
+        };
+        let Some(stored) = table.remove(&name) else {
+            return Err(corrupt(format!(
+                "journal entry {seq} ({kind}) names {subject}, which is not stored"
+            )));
+        };
+        let journaled = if payload.len() == 128 {
+            payload
+        } else {
+            // The whole signed record, as journaled before.
+            let old = |e: hotline_proto::codec::DecodeError| {
+                corrupt(format!("journal entry {seq} ({kind}) does not decode: {e}"))
+            };
+            if is_message {
+                let s: Signed<Envelope> =
+                    hotline_proto::codec::decode(&payload, usize::MAX).map_err(old)?;
+                journal_record(&s, &s.digest()).to_vec()
+            } else {
+                let s: Signed<Receipt> =
+                    hotline_proto::codec::decode(&payload, usize::MAX).map_err(old)?;
+                journal_record(&s, &s.digest()).to_vec()
+            }
+        };
+        if journaled != stored {
+            return Err(corrupt(format!(
+                "stored {} {subject} differs from journal entry {seq}",
+                if is_message { "message" } else { "receipt" }
+            )));
+        }
+        matched += 1;
+    }
+    let unjournaled = |what: &str, left: &HashMap<Vec<u8>, Vec<u8>>| match left.keys().next() {
+        Some(name) => Err(corrupt(format!(
+            "stored {what} {} has no journal entry ({} in all)",
+            hex::encode(name),
+            left.len()
+        ))),
+        None => Ok(()),
+    };
+    unjournaled("message", &messages)?;
+    unjournaled("receipt", &receipts)?;
+    Ok(matched)
+}
+
 /// Read-only access for sessions.
 pub(crate) struct Readers {
     conns: Vec<Mutex<Connection>>,
@@ -1939,6 +2030,76 @@ mod tests {
         drop((conn, readers));
         let (_conn, readers) = migrated(dir.path());
         assert_eq!(ids(&readers, "IND"), vec![(2, 2), (4, 4), (5, 5)]);
+    }
+
+    /// A message journaled the old way (the whole signed record) and one the new way
+    /// (digest, key, signature) both match their rows; a row whose key no longer matches
+    /// its old-style entry, and a row journaled nowhere, are named.
+    #[test]
+    fn journaled_records_of_either_form_match_their_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, c) = open_db(dir.path()).expect("open");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (old, new) = (message(&key, 1), message(&key, 2));
+        let mut journal = Journal::load(&c).expect("journal");
+        for (rseq, s) in [(1i64, &old), (2, &new)] {
+            let env = s.decode_unverified().expect("decodes");
+            c.execute(
+                "INSERT INTO messages (rseq, id, sender, seq, digest, bytes, key, sig,
+                 accepted_at_ms, recipients) VALUES (?1, ?2, 'KAZ', ?1, ?3, ?4, ?5, ?6, 1000, 'CHN')",
+                params![
+                    rseq,
+                    &env.id.0[..],
+                    &s.digest().0[..],
+                    s.bytes(),
+                    &s.key().0[..],
+                    &s.signature().0[..]
+                ],
+            )
+            .expect("message row");
+            let payload = if rseq == 1 {
+                hotline_proto::codec::encode(s, usize::MAX).expect("encodes")
+            } else {
+                journal_record(s, &s.digest()).to_vec()
+            };
+            journal
+                .append(&c, 1000, "message.accepted", &env.id.to_string(), &payload)
+                .expect("journaled");
+        }
+        assert_eq!(verify_journaled_records(&c, &path).expect("match"), 2);
+
+        c.execute("UPDATE messages SET key = zeroblob(32) WHERE rseq = 1", [])
+            .expect("tamper");
+        let err = verify_journaled_records(&c, &path).expect_err("key changed");
+        assert!(
+            err.to_string().contains("differs from journal entry 1"),
+            "{err}"
+        );
+        c.execute(
+            "UPDATE messages SET key = ?1 WHERE rseq = 1",
+            params![&old.key().0[..]],
+        )
+        .expect("restore");
+
+        let extra = message(&key, 3);
+        c.execute(
+            "INSERT INTO messages (rseq, id, sender, seq, digest, bytes, key, sig,
+             accepted_at_ms, recipients) VALUES (3, ?1, 'KAZ', 3, ?2, ?3, ?4, ?5, 1000, 'CHN')",
+            params![
+                &[3u8; 16][..],
+                &extra.digest().0[..],
+                extra.bytes(),
+                &extra.key().0[..],
+                &extra.signature().0[..]
+            ],
+        )
+        .expect("unjournaled row");
+        let err = verify_journaled_records(&c, &path).expect_err("unjournaled");
+        assert!(
+            err.to_string()
+                .contains("stored message 03030303030303030303030303030303 has no journal entry"),
+            "{err}"
+        );
     }
 
     #[test]

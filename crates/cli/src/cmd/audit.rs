@@ -7,7 +7,9 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Recompute the journal's hash chain; name the first broken entry.
+    /// Recompute the journal's hash chain and name the first broken entry; on a relay store,
+    /// also check that every journaled message and receipt matches its stored row and every
+    /// stored one is journaled.
     Verify {
         /// The data directory (holding relay.db or node.db), or the database file itself.
         #[arg(long)]
@@ -33,8 +35,21 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             let conn = hotline_store::open(&db, false)?;
             let report = hotline_store::verify_journal(&conn)
                 .with_context(|| format!("{}: audit journal does not verify", db.display()))?;
+            let is_relay: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')",
+                [],
+                |r| r.get(0),
+            )?;
+            let records = if is_relay {
+                let n = hotline_relay::store::verify_journaled_records(&conn, &db).with_context(
+                    || format!("{}: stored records and journal differ", db.display()),
+                )?;
+                format!("; {n} stored messages and receipts match their entries")
+            } else {
+                String::new()
+            };
             outln!(
-                "OK: {} entries, head {}",
+                "OK: {} entries, head {}{records}",
                 report.entries,
                 hex::encode(report.head)
             );
