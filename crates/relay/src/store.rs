@@ -2041,8 +2041,9 @@ mod tests {
         let (path, c) = open_db(dir.path()).expect("open");
         let key = SigningKey::from_bytes(&[7; 32]);
         let (old, new) = (message(&key, 1), message(&key, 2));
-        let mut journal = Journal::load(&c).expect("journal");
-        for (rseq, s) in [(1i64, &old), (2, &new)] {
+        // A message row as the writer stores it (the columns `verify_journaled_records`
+        // reads, and what the schema requires).
+        let insert = |rseq: i64, s: &Signed<Envelope>| {
             let env = s.decode_unverified().expect("decodes");
             c.execute(
                 "INSERT INTO messages (rseq, id, sender, seq, digest, bytes, key, sig,
@@ -2057,13 +2058,18 @@ mod tests {
                 ],
             )
             .expect("message row");
+            env.id
+        };
+        let mut journal = Journal::load(&c).expect("journal");
+        for (rseq, s) in [(1i64, &old), (2, &new)] {
+            let id = insert(rseq, s);
             let payload = if rseq == 1 {
                 hotline_proto::codec::encode(s, usize::MAX).expect("encodes")
             } else {
                 journal_record(s, &s.digest()).to_vec()
             };
             journal
-                .append(&c, 1000, "message.accepted", &env.id.to_string(), &payload)
+                .append(&c, 1000, "message.accepted", &id.to_string(), &payload)
                 .expect("journaled");
         }
         assert_eq!(verify_journaled_records(&c, &path).expect("match"), 2);
@@ -2081,19 +2087,7 @@ mod tests {
         )
         .expect("restore");
 
-        let extra = message(&key, 3);
-        c.execute(
-            "INSERT INTO messages (rseq, id, sender, seq, digest, bytes, key, sig,
-             accepted_at_ms, recipients) VALUES (3, ?1, 'KAZ', 3, ?2, ?3, ?4, ?5, 1000, 'CHN')",
-            params![
-                &[3u8; 16][..],
-                &extra.digest().0[..],
-                extra.bytes(),
-                &extra.key().0[..],
-                &extra.signature().0[..]
-            ],
-        )
-        .expect("unjournaled row");
+        insert(3, &message(&key, 3));
         let err = verify_journaled_records(&c, &path).expect_err("unjournaled");
         assert!(
             err.to_string()
