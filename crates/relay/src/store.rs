@@ -532,11 +532,8 @@ pub fn verify_journaled_records(conn: &Connection, path: &Path) -> Result<u64, S
         let mut rows = st.query([])?;
         let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
-            let name: Vec<u8> = r.get(0)?;
-            let mut record: Vec<u8> = r.get(1)?;
-            record.extend_from_slice(&r.get::<_, Vec<u8>>(2)?);
-            record.extend_from_slice(&r.get::<_, Vec<u8>>(3)?);
-            out.insert(name, record);
+            let part = |i| r.get::<_, Vec<u8>>(i);
+            out.insert(part(0)?, record_of(&part(1)?, &part(2)?, &part(3)?));
         }
         Ok(out)
     };
@@ -567,23 +564,14 @@ pub fn verify_journaled_records(conn: &Connection, path: &Path) -> Result<u64, S
                 "journal entry {seq} ({kind}) names {subject}, which is not stored"
             )));
         };
-        let journaled = if payload.len() == 128 {
-            payload
+        let journaled = if payload.len() == JOURNAL_RECORD_BYTES {
+            Ok(payload)
+        } else if is_message {
+            whole_record::<Envelope>(&payload)
         } else {
-            // The whole signed record, as journaled before.
-            let old = |e: hotline_proto::codec::DecodeError| {
-                corrupt(format!("journal entry {seq} ({kind}) does not decode: {e}"))
-            };
-            if is_message {
-                let s: Signed<Envelope> =
-                    hotline_proto::codec::decode(&payload, usize::MAX).map_err(old)?;
-                journal_record(&s, &s.digest()).to_vec()
-            } else {
-                let s: Signed<Receipt> =
-                    hotline_proto::codec::decode(&payload, usize::MAX).map_err(old)?;
-                journal_record(&s, &s.digest()).to_vec()
-            }
-        };
+            whole_record::<Receipt>(&payload)
+        }
+        .map_err(|e| corrupt(format!("journal entry {seq} ({kind}) does not decode: {e}")))?;
         if journaled != stored {
             return Err(corrupt(format!(
                 "stored {} {subject} differs from journal entry {seq}",
@@ -1584,7 +1572,7 @@ fn store_receipt(
 }
 
 /// The journal payload of a stored message or receipt: its digest, then the key and
-/// signature it was signed with, 128 bytes. (Relays before this one journaled the whole
+/// signature it was signed with ([`JOURNAL_RECORD_BYTES`]). (Relays before this one journaled the whole
 /// signed record; the chain holds either, as the payload is opaque to it.)
 ///
 /// The signed bytes themselves are in `messages` or `receipts`, which keep them for good,
@@ -1593,15 +1581,25 @@ fn store_receipt(
 /// message in the journal doubled what the writer wrote and hashed per message: p2p at
 /// maximum, 16,036 msg/s with the copy against 17,990 without (docs/BENCHMARKS.md, eighth
 /// round).
-fn journal_record<T: hotline_proto::SignedPayload>(
-    signed: &Signed<T>,
-    digest: &Digest,
-) -> [u8; 128] {
-    let mut record = [0u8; 128];
-    record[..32].copy_from_slice(&digest.0);
-    record[32..64].copy_from_slice(&signed.key().0);
-    record[64..].copy_from_slice(&signed.signature().0);
-    record
+fn journal_record<T: hotline_proto::SignedPayload>(signed: &Signed<T>, digest: &Digest) -> Vec<u8> {
+    record_of(&digest.0, &signed.key().0, &signed.signature().0)
+}
+
+/// A journal record's size: digest, key, signature.
+const JOURNAL_RECORD_BYTES: usize = 32 + 32 + 64;
+
+/// A journal record from its parts (the one place that knows their order).
+fn record_of(digest: &[u8], key: &[u8], sig: &[u8]) -> Vec<u8> {
+    [digest, key, sig].concat()
+}
+
+/// The journal record of an entry that holds the whole signed record, as relays before this
+/// one wrote it.
+fn whole_record<T: hotline_proto::SignedPayload>(
+    payload: &[u8],
+) -> Result<Vec<u8>, hotline_proto::codec::DecodeError> {
+    let s: Signed<T> = hotline_proto::codec::decode(payload, usize::MAX)?;
+    Ok(journal_record(&s, &s.digest()))
 }
 
 /// A frame encoded once for all the sessions it is posted to.
@@ -2066,7 +2064,7 @@ mod tests {
             let payload = if rseq == 1 {
                 hotline_proto::codec::encode(s, usize::MAX).expect("encodes")
             } else {
-                journal_record(s, &s.digest()).to_vec()
+                journal_record(s, &s.digest())
             };
             journal
                 .append(&c, 1000, "message.accepted", &id.to_string(), &payload)
