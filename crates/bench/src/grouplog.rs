@@ -30,6 +30,10 @@ struct Job {
 
 /// A shared, group-committed append-only file.
 pub struct GroupLog {
+    /// Batches for the syncing thread. Unbounded, but each caller waits for its answer before
+    /// it sends again, so it holds at most one batch per recipient of the run (37 in a
+    /// fan-out; a batch is at most 4,096 deliveries, `traffic::BATCH_FRAMES_MAX` and the
+    /// peers' `BATCH_MAX`).
     jobs: mpsc::Sender<Job>,
 }
 
