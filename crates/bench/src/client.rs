@@ -80,10 +80,10 @@ pub async fn read_frames(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// Append the batch to one file shared by every recipient of the load generator, durable
-    /// once an `fdatasync` begun after the append returns (group commit by one thread,
-    /// `grouplog.rs`): the 37 recipients stand for 37 machines syncing in parallel, not 37
-    /// syncs on one disk. The default.
+    /// Write the batch to one log shared by every recipient of the load generator (a ring
+    /// of blocks allocated when it is created), durable once an `fdatasync` begun after the
+    /// write returns (group commit by one thread, `grouplog.rs`): the 37 recipients stand
+    /// for 37 machines syncing in parallel, not 37 syncs on one disk. The default.
     Group,
     /// Append the batch to the recipient's own file and `fdatasync` it, on a blocking thread
     /// (the default before the eighth round).

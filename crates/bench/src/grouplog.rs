@@ -1,6 +1,6 @@
-//! One durable append-only file shared by every simulated recipient of a load generator,
-//! with group commit: a batch is durable once an `fdatasync` that began after it was
-//! appended has returned, and one `fdatasync` covers every batch appended before it began.
+//! One durable log shared by every simulated recipient of a load generator, with group
+//! commit: a batch is durable once an `fdatasync` that began after it was written has
+//! returned, and one `fdatasync` covers every batch written before it began.
 //!
 //! Why: the 37 recipients of a fan-out stand for 37 nodes on 37 machines, each syncing its
 //! own disk in parallel. On the one benchmark machine, 37 separate files each synced on its
@@ -8,9 +8,15 @@
 //! wait in, and two thread hand-offs per recipient and batch on the relay's two cores.
 //!
 //! How: one thread owns the file. Callers hand it their batch and wait (asynchronously) for
-//! the answer; the thread takes every batch waiting, appends them in order, syncs once, and
+//! the answer; the thread takes every batch waiting, writes them in order, syncs once, and
 //! answers them all, while the next group gathers. A failed write or sync fails that group
-//! and every later one (nothing appended after a failed sync can be trusted durable).
+//! and every later one (nothing written after a failed sync can be trusted durable).
+//!
+//! The file is a ring of blocks written (zeros) and synced when it is created ([`Ring`]), as
+//! a database's write-ahead log is reused after a checkpoint: a batch overwrites blocks the
+//! file already has, so its sync need not commit the file system's journal (from the ninth
+//! round; before, the file only grew). Nothing reads the log back; it stands for the node's
+//! store, whose cost it models.
 //!
 //! Self-contained (std and tokio's oneshot): `crates/bench/peers` includes this file too, so
 //! the peers' subscribers make batches durable the same way.
@@ -50,22 +56,19 @@ impl GroupLog {
         if let Some(log) = open.get(path).and_then(Weak::upgrade) {
             return Ok(log);
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let ring = Ring::create(path, RING_BYTES)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("group-log".into())
-            .spawn(move || run(file, rx))?;
+            .spawn(move || run(ring, rx))?;
         let log = Arc::new(Self { jobs: tx });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(path.to_owned(), Arc::downgrade(&log));
         Ok(log)
     }
 
-    /// Appends `buf` and returns once an `fdatasync` begun after the append has returned.
+    /// Writes `buf` and returns once an `fdatasync` begun after the write has returned.
     pub async fn append_durable(&self, buf: Vec<u8>) -> io::Result<()> {
         let (done, answer) = oneshot::channel();
         self.jobs
@@ -79,8 +82,77 @@ impl GroupLog {
     }
 }
 
+/// The size of the log file: written in full (zeros) and synced when it is created, then
+/// overwritten in a ring. 32 MiB is thousands of groups at the largest batches a recipient
+/// makes (4,096 deliveries of about 1.1 KiB).
+pub const RING_BYTES: u64 = 32 << 20;
+
+/// The file as a ring of already-allocated blocks. A write is an overwrite inside the file,
+/// so the `fdatasync` that covers it writes data blocks and flushes the disk, and never has
+/// to commit the file system's journal for a new size or new extents (as a database's
+/// write-ahead log, recycled after a checkpoint, does). Measured on this machine's ext4,
+/// 37 KiB then `fdatasync`, back to back: about 240 µs overwriting against 340 µs
+/// appending. No byte is overwritten before a sync has covered it ([`Ring::write`]).
+struct Ring {
+    file: std::fs::File,
+    size: u64,
+    /// Where the next byte goes.
+    at: u64,
+    /// Bytes written since the last sync.
+    unsynced: u64,
+}
+
+impl Ring {
+    /// Creates (or recreates) the file at `path`, `size` bytes of zeros, synced.
+    fn create(path: &Path, size: u64) -> io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        Ok(Self {
+            file,
+            size,
+            at: 0,
+            unsynced: 0,
+        })
+    }
+
+    /// Writes `buf` at the ring's position, syncing first whenever the bytes not yet synced
+    /// would otherwise wrap onto themselves (only a group larger than the ring does that).
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        while !buf.is_empty() {
+            if self.unsynced == self.size {
+                self.sync()?;
+            }
+            let room = (self.size - self.at).min(self.size - self.unsynced);
+            let n = room.min(buf.len() as u64) as usize;
+            self.file.write_all_at(&buf[..n], self.at)?;
+            self.at = (self.at + n as u64) % self.size;
+            self.unsynced += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.unsynced = 0;
+        Ok(())
+    }
+}
+
 /// The syncing thread: one group per turn, until every handle has gone.
-fn run(mut file: std::fs::File, rx: mpsc::Receiver<Job>) {
+fn run(mut ring: Ring, rx: mpsc::Receiver<Job>) {
     let mut failed: Option<String> = None;
     let mut group = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -89,9 +161,9 @@ fn run(mut file: std::fs::File, rx: mpsc::Receiver<Job>) {
         if failed.is_none() {
             let r = group
                 .iter()
-                .try_for_each(|j| file.write_all(&j.buf))
-                .map_err(|e| format!("append: {e}"))
-                .and_then(|()| file.sync_data().map_err(|e| format!("fdatasync: {e}")));
+                .try_for_each(|j| ring.write(&j.buf))
+                .map_err(|e| format!("write: {e}"))
+                .and_then(|()| ring.sync().map_err(|e| format!("fdatasync: {e}")));
             failed = r.err();
         }
         for j in group.drain(..) {
@@ -110,7 +182,7 @@ mod tests {
     /// Concurrent callers: each batch lands once and whole, and each call is answered
     /// (the thread answers a group only after its `fdatasync` returned).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_batch_is_appended_whole_once_and_answered() {
+    async fn every_batch_is_written_whole_once_and_answered() {
         // No dev-dependencies (the peers workspace includes this file without them).
         let path = std::env::temp_dir().join(format!("grouplog-test-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -132,12 +204,37 @@ mod tests {
             t.await.expect("task");
         }
         let bytes = std::fs::read(&path).expect("read");
-        assert_eq!(bytes.len(), 400 * 4);
+        assert_eq!(bytes.len() as u64, RING_BYTES, "the ring keeps its size");
+        assert!(
+            bytes[400 * 4..].iter().all(|b| *b == 0),
+            "nothing past the batches"
+        );
+        let bytes = &bytes[..400 * 4];
         let mut seen = std::collections::HashSet::new();
         for rec in bytes.chunks(4) {
             assert_eq!(&rec[2..], &[0xAA, 0xBB], "batches are not interleaved");
             assert!(seen.insert((rec[0], rec[1])), "each batch once");
         }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The ring wraps, and syncs before it would overwrite bytes no sync has covered.
+    #[test]
+    fn the_ring_wraps_and_never_overwrites_unsynced_bytes() {
+        let path = std::env::temp_dir().join(format!("grouplog-ring-{}", std::process::id()));
+        let mut ring = Ring::create(&path, 8).expect("create");
+        assert_eq!(std::fs::read(&path).expect("read"), [0u8; 8]);
+        ring.write(b"abcde").expect("write");
+        ring.sync().expect("sync");
+        ring.write(b"fghij").expect("write"); // wraps after "fgh"; 5 unsynced
+        assert_eq!(ring.unsynced, 5);
+        assert_eq!(&std::fs::read(&path).expect("read")[..], b"ijcdefgh");
+        // Eight unsynced bytes fill the ring: the ninth waits for a sync.
+        ring.write(b"klm").expect("write");
+        assert_eq!(ring.unsynced, 8);
+        ring.write(b"n").expect("write");
+        assert_eq!(ring.unsynced, 1, "a sync came before the overwrite");
+        assert_eq!(&std::fs::read(&path).expect("read")[..], b"ijklmngh");
         let _ = std::fs::remove_file(&path);
     }
 }

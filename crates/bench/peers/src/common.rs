@@ -29,8 +29,8 @@ pub enum Durability {
     /// Append the batch to the subscriber's own file and `fdatasync` it (as
     /// `hotline-bench --durability fsync`).
     Fsync,
-    /// Append the batch to one file shared by every subscriber, group-committed by one
-    /// thread (the default, as `hotline-bench`'s; `grouplog.rs`).
+    /// Write the batch to one log shared by every subscriber (a ring of allocated blocks),
+    /// group-committed by one thread (the default, as `hotline-bench`'s; `grouplog.rs`).
     Group,
     /// Nothing: acknowledge on receipt.
     None,
