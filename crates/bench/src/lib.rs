@@ -7,12 +7,14 @@
 //!
 //! Workloads: [`fanout37`] (the Secretariat to the other 37 CICA participants), [`p2p`]
 //! (independent sender → recipient pairs), [`idle::run`] (idle connections, memory, and
-//! reconnection after a relay crash) and [`recovery::run`] (restart with a large backlog).
+//! reconnection after a relay crash) and [`recovery::run`] (restart with a large backlog);
+//! [`floor::run`] measures what the disk alone allows a durable fan-out.
 //! `docs/BENCHMARKS.md` has the figures and how to reproduce them.
 
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod floor;
 pub mod grouplog;
 pub mod idle;
 pub mod network;

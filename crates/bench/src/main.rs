@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use hotline_bench::client::Durability;
+use hotline_bench::floor::FloorOptions;
 use hotline_bench::idle::IdleOptions;
 use hotline_bench::recovery::RecoveryOptions;
 use hotline_bench::stats::Machine;
@@ -71,8 +72,11 @@ enum Workload {
     Idle(IdleArgs),
     /// A crash with a large backlog: time to ready and to drained.
     Recovery(RecoveryArgs),
-    /// Everything: fanout37 at 500/s, 2000/s and max (windows 64 and 1024); p2p max; idle;
-    /// recovery.
+    /// The disk's floor under a durable fan-out: a commit-shaped write and sync, then the 37
+    /// recipients' write and sync, paced; no relay, network or cryptography.
+    Floor(FloorArgs),
+    /// Everything: the floor at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
+    /// 1024); p2p max; idle; recovery.
     All,
 }
 
@@ -105,6 +109,16 @@ struct P2pArgs {
     /// Maximum rate: messages signed in advance over all pairs.
     #[arg(long, default_value_t = 300_000)]
     max_messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct FloorArgs {
+    /// Messages per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Messages.
+    #[arg(long, default_value_t = 1_000)]
+    count: usize,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +225,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::Ok((r.line(), serde_json::to_value(&r)?))
         }
     };
+    let floor = |rate, count| {
+        let o = FloorOptions {
+            rate,
+            count,
+            fanout: 37,
+            body_bytes: c.body_bytes,
+        };
+        let dir = c.dir.clone();
+        async move {
+            let r = hotline_bench::floor::run(&dir, &o).await?;
+            anyhow::Ok((r.line(), serde_json::to_value(&r)?))
+        }
+    };
     let idle_opts = |i: &IdleArgs| IdleOptions {
         steps: i.steps.clone(),
         settle: secs(i.settle_s),
@@ -233,6 +260,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (l, v) = p2p(p.pairs, p.rate, p.window, p.max_messages).await?;
             out(l, v);
         }
+        Workload::Floor(f) => {
+            let (l, v) = floor(f.rate, f.count).await?;
+            out(l, v);
+        }
         Workload::Idle(i) => {
             let (l, v) = idle(idle_opts(i)).await?;
             out(l, v);
@@ -250,6 +281,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 serde_json::json!({ "machine": m }),
             );
+            let (l, v) = floor(500.0, 1_000).await?;
+            out(l, v);
             for (rate, window) in [
                 (Some(500.0), 0),
                 (Some(2_000.0), 0),

@@ -1,0 +1,159 @@
+//! The disk's floor under a durable fan-out: what a message's two durable steps cost on this
+//! machine's disk alone, with no relay, no network and no cryptography.
+//!
+//! A message reaches a recipient durably only after two syncs, one after the other: the
+//! relay's commit (it answers and forwards nothing before its transaction is on disk), and
+//! then the recipient's. This probe does exactly those two writes, paced as a fixed-rate
+//! fan-out run sends:
+//!
+//! - a commit-shaped write, [`COMMIT_FRAMES`] write-ahead-log frames of a 4 KiB page, then a
+//!   sync (what the relay's SQLite writes for one message and a few receipts at 500/s);
+//! - a group-shaped write, the 37 recipients' records of one message in the group log, then a
+//!   sync (the recipients' best case: all 37 in one group).
+//!
+//! Both files are rings of blocks written when they are created ([`Ring`]), as SQLite reuses
+//! its write-ahead log and as the group log does. Both syncs are `fdatasync`: SQLite calls
+//! `fsync`, which measured the same on this disk (docs/BENCHMARKS.md, eighth and ninth
+//! rounds). No end-to-end latency measured by [`crate::fanout37`] can be below this floor,
+//! at the same rate, on the same disk.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::grouplog::Ring;
+use crate::stats::Percentiles;
+
+/// Write-ahead-log frames per relay commit at fanout37 500/s (a 4 KiB page and a 24-byte
+/// frame header each; the seventh round's trace of the relay's writes).
+pub const COMMIT_FRAMES: usize = 11;
+/// A WAL frame: its header and a 4 KiB page.
+const FRAME_BYTES: usize = 24 + 4096;
+/// What a delivery of a message with an empty body takes in the group log: the signed
+/// envelope's 107 bytes of fields and signature beyond the body (1,131 bytes for a 1 KiB
+/// body), and the log record's length and id (20 bytes).
+const RECORD_OVERHEAD: usize = 107 + 20;
+/// The size of each ring.
+const RING_BYTES: u64 = 8 << 20;
+
+/// What to probe.
+#[derive(Clone, Debug)]
+pub struct FloorOptions {
+    /// Messages per second.
+    pub rate: f64,
+    /// Messages.
+    pub count: usize,
+    /// Recipients of each message.
+    pub fanout: usize,
+    /// Message body size, bytes.
+    pub body_bytes: usize,
+}
+
+/// What the probe measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorReport {
+    /// Messages per second.
+    pub rate_per_s: f64,
+    /// Bytes of each commit-shaped write.
+    pub commit_bytes: usize,
+    /// Bytes of each group-shaped write.
+    pub group_bytes: usize,
+    /// Both steps, one after the other: the floor.
+    pub both: Percentiles,
+    /// The commit-shaped write and its sync.
+    pub commit: Percentiles,
+    /// The group-shaped write and its sync.
+    pub group: Percentiles,
+}
+
+impl FloorReport {
+    /// One summary line.
+    pub fn line(&self) -> String {
+        format!(
+            "floor rate={}/s: commit then recipients' sync ms p50/p99/max {} | commit ({} B) {} | recipients ({} B) {} | n {}",
+            self.rate_per_s,
+            self.both.ms(),
+            self.commit_bytes,
+            self.commit.ms(),
+            self.group_bytes,
+            self.group.ms(),
+            self.both.n,
+        )
+    }
+}
+
+/// Runs the probe in `dir` (on a blocking thread; the files are removed after).
+pub async fn run(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
+    anyhow::ensure!(
+        o.rate > 0.0 && o.rate.is_finite(),
+        "the floor probe needs a positive rate"
+    );
+    let dir = dir.to_owned();
+    let o = o.clone();
+    tokio::task::spawn_blocking(move || probe(&dir, &o)).await?
+}
+
+fn probe(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
+    std::fs::create_dir_all(dir)?;
+    let (commit_path, group_path) = (dir.join("floor-commit"), dir.join("floor-group"));
+    let result = (|| {
+        let mut commit = Ring::create(&commit_path, RING_BYTES)?;
+        let mut group = Ring::create(&group_path, RING_BYTES)?;
+        let commit_buf = vec![0xC0; COMMIT_FRAMES * FRAME_BYTES];
+        let group_buf = vec![0x6E; o.fanout * (o.body_bytes + RECORD_OVERHEAD)];
+        let period = Duration::from_secs_f64(1.0 / o.rate);
+        let (mut both, mut c, mut g) = (Vec::new(), Vec::new(), Vec::new());
+        let mut due = Instant::now();
+        for _ in 0..o.count {
+            due += period;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let t0 = Instant::now();
+            commit.write(&commit_buf)?;
+            commit.sync()?;
+            let t1 = Instant::now();
+            group.write(&group_buf)?;
+            group.sync()?;
+            let t2 = Instant::now();
+            both.push((t2 - t0).as_micros() as u64);
+            c.push((t1 - t0).as_micros() as u64);
+            g.push((t2 - t1).as_micros() as u64);
+        }
+        anyhow::Ok(FloorReport {
+            rate_per_s: o.rate,
+            commit_bytes: commit_buf.len(),
+            group_bytes: group_buf.len(),
+            both: Percentiles::of(&mut both),
+            commit: Percentiles::of(&mut c),
+            group: Percentiles::of(&mut g),
+        })
+    })();
+    let _ = std::fs::remove_file(&commit_path);
+    let _ = std::fs::remove_file(&group_path);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_floor_times_every_message_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = FloorOptions {
+            rate: 1_000.0,
+            count: 20,
+            fanout: 3,
+            body_bytes: 100,
+        };
+        let r = run(dir.path(), &o).await.expect("probe");
+        assert_eq!((r.both.n, r.commit.n, r.group.n), (20, 20, 20));
+        assert_eq!(r.group_bytes, 3 * (100 + RECORD_OVERHEAD));
+        assert!(r.both.p50_us >= r.commit.p50_us.max(r.group.p50_us));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        let bad = FloorOptions { rate: 0.0, ..o };
+        assert!(run(dir.path(), &bad).await.is_err());
+    }
+}
