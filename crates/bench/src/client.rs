@@ -160,17 +160,21 @@ impl Store {
     }
 
     /// Makes `rows` durable (a file or SQLite on a blocking thread, the group log on its
-    /// own thread); gives the store back.
-    pub async fn persist(mut self, rows: Vec<([u8; 16], Vec<u8>)>) -> (Self, anyhow::Result<()>) {
+    /// own thread); gives the store back, and the instant the batch became durable (its
+    /// sync or commit returned; now, for no rows or no durability).
+    pub async fn persist(
+        mut self,
+        rows: Vec<([u8; 16], Vec<u8>)>,
+    ) -> (Self, anyhow::Result<std::time::Instant>) {
         if rows.is_empty() || matches!(self, Self::None) {
-            return (self, Ok(()));
+            return (self, Ok(std::time::Instant::now()));
         }
         if let Self::Group(log) = &self {
             let r = log.append_durable(records(&rows)).await;
             return (self, r.context("group log"));
         }
         match tokio::task::spawn_blocking(move || {
-            let r = self.persist_now(&rows);
+            let r = self.persist_now(&rows).map(|()| std::time::Instant::now());
             (self, r)
         })
         .await
@@ -209,6 +213,8 @@ pub struct Handled {
     pub stored: u64,
     /// Refusals seen.
     pub rejections: Vec<String>,
+    /// When `fresh` became durable (the sync or commit returned).
+    pub durable_at: Option<std::time::Instant>,
 }
 
 /// A recipient's inbox: what a node does with deliveries, minus the operator.
@@ -321,9 +327,13 @@ impl Inbox {
             return Ok(h);
         }
         let store = std::mem::replace(&mut self.store, Store::None);
+        let stored_any = !rows.is_empty();
         let (store, r) = store.persist(rows).await;
         self.store = store;
-        r?;
+        let durable_at = r?;
+        if stored_any {
+            h.durable_at = Some(durable_at);
+        }
         let now = std::time::Instant::now();
         self.pacer.add(items, now);
         self.receipt_due(&mut h, now)?;

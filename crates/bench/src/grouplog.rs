@@ -25,13 +25,15 @@ use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 /// A batch and where its answer goes.
 struct Job {
     buf: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+    /// The instant the covering sync returned, or why it failed.
+    done: oneshot::Sender<Result<Instant, String>>,
 }
 
 /// A shared, group-committed append-only file.
@@ -68,14 +70,16 @@ impl GroupLog {
         Ok(log)
     }
 
-    /// Writes `buf` and returns once an `fdatasync` begun after the write has returned.
-    pub async fn append_durable(&self, buf: Vec<u8>) -> io::Result<()> {
+    /// Writes `buf` and returns once an `fdatasync` begun after the write has returned,
+    /// with the instant it returned (taken by the syncing thread, so that a caller's own
+    /// wake-up afterwards is not counted as part of making the batch durable).
+    pub async fn append_durable(&self, buf: Vec<u8>) -> io::Result<Instant> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(Job { buf, done })
             .map_err(|_| io::Error::other("group log thread gone"))?;
         match answer.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(at)) => Ok(at),
             Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => Err(io::Error::other("group log thread gone")),
         }
@@ -167,9 +171,10 @@ fn run(mut ring: Ring, rx: mpsc::Receiver<Job>) {
                 .and_then(|()| ring.sync().map_err(|e| format!("fdatasync: {e}")));
             failed = r.err();
         }
+        let synced = Instant::now();
         for j in group.drain(..) {
             let _ = j.done.send(match &failed {
-                None => Ok(()),
+                None => Ok(synced),
                 Some(e) => Err(e.clone()),
             });
         }
@@ -194,9 +199,12 @@ mod tests {
                 let log = log.clone();
                 tokio::spawn(async move {
                     for i in 0..50u8 {
-                        log.append_durable(vec![t, i, 0xAA, 0xBB])
+                        let asked = Instant::now();
+                        let synced = log
+                            .append_durable(vec![t, i, 0xAA, 0xBB])
                             .await
                             .expect("durable");
+                        assert!(synced >= asked && synced <= Instant::now());
                     }
                 })
             })

@@ -275,6 +275,11 @@ impl Ledger {
         self.t0.elapsed().as_nanos() as u64
     }
 
+    /// `at` on the ledger's clock.
+    fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.t0).as_nanos() as u64
+    }
+
     fn id(&self, idx: usize) -> MessageId {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.tag);
@@ -466,14 +471,17 @@ async fn recipient(
             }
         };
         let now = ledger.now_ns();
+        // End to end is to the instant the recipient's sync returned, not to this task's
+        // wake-up after it.
+        let durable = h.durable_at.map_or(now, |t| ledger.ns_at(t));
         for id in &h.fresh {
             let Some(i) = ledger.index(id) else {
                 continue;
             };
-            if let Some(us) = ledger.since_sent_us(i, now) {
+            if let Some(us) = ledger.since_sent_us(i, durable) {
                 e2e_us.push(us);
             }
-            ledger.durable_step(i, now);
+            ledger.durable_step(i, durable);
         }
         for r in &h.rejections {
             ledger.error(&who, r);

@@ -113,6 +113,11 @@ impl Ledger {
         self.t0.elapsed().as_nanos() as u64
     }
 
+    /// `at` on the ledger's clock.
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.t0).as_nanos() as u64
+    }
+
     pub fn capacity(&self) -> usize {
         self.sent_ns.len()
     }
@@ -288,24 +293,32 @@ impl Recipient {
             }
             buf
         };
+        // End to end is to the instant the sync returned (taken where it returned), not to
+        // this task's wake-up after it; as `hotline-bench`.
+        let mut durable_at = None;
         if let (Some(log), false) = (&self.group, rows.is_empty()) {
-            log.append_durable(records(rows))
-                .await
-                .context("group append and fdatasync")?;
+            durable_at = Some(
+                log.append_durable(records(rows))
+                    .await
+                    .context("group write and fdatasync")?,
+            );
         } else if let Some(mut f) = self.file.take() {
             if !rows.is_empty() {
                 let (f2, res) = tokio::task::spawn_blocking(move || {
-                    let res = f.write_all(&records(rows)).and_then(|_| f.sync_data());
+                    let res = f
+                        .write_all(&records(rows))
+                        .and_then(|_| f.sync_data())
+                        .map(|()| Instant::now());
                     (f, res)
                 })
                 .await
                 .context("store task")?;
                 f = f2;
-                res.context("append and fdatasync")?;
+                durable_at = Some(res.context("append and fdatasync")?);
             }
             self.file = Some(f);
         }
-        let now = ledger.now_ns();
+        let now = durable_at.map_or_else(|| ledger.now_ns(), |t| ledger.ns_at(t));
         for idx in fresh {
             if let Some(us) = ledger.since_sent_us(idx, now) {
                 self.e2e_us.push(us);
