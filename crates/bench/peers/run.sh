@@ -293,7 +293,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 5. Table -------------------------------------------------------------------------------
 echo
-echo "fanout37: 1 publisher → 37 durable subscribers, ${DURATION} s per run, 1 KiB payloads; subscribers make each batch durable before acknowledging (one log shared by all 37, appended and fdatasync'd by one thread: group commit, as 37 machines syncing in parallel)"
+echo "fanout37: 1 publisher → 37 durable subscribers, ${DURATION} s per run, 1 KiB payloads; subscribers make each batch durable before acknowledging (one log shared by all 37, a ring of allocated blocks written and fdatasync'd by one thread: group commit, as 37 machines syncing in parallel)"
 echo "machine: $(nproc) CPUs; load average before $LOAD_BEFORE, after $LOAD_AFTER"
 echo
 reports=()
