@@ -14,9 +14,9 @@
 //!
 //! The file is a ring of blocks written (zeros) and synced when it is created ([`Ring`]), as
 //! a database's write-ahead log is reused after a checkpoint: a batch overwrites blocks the
-//! file already has, so its sync need not commit the file system's journal (from the ninth
-//! round; before, the file only grew). Nothing reads the log back; it stands for the node's
-//! store, whose cost it models.
+//! file already has, so its sync need not also write the file's metadata (a new size, new
+//! extents). From the ninth round; before, the file only grew. Nothing reads the log back;
+//! it stands for the node's store, whose cost it models.
 //!
 //! Self-contained (std and tokio's oneshot): `crates/bench/peers` includes this file too, so
 //! the peers' subscribers make batches durable the same way.
@@ -36,7 +36,7 @@ struct Job {
     done: oneshot::Sender<Result<Instant, String>>,
 }
 
-/// A shared, group-committed append-only file.
+/// A shared, group-committed log.
 pub struct GroupLog {
     /// Batches for the syncing thread. Unbounded, but each caller waits for its answer before
     /// it sends again, so it holds at most one batch per recipient of the run (37 in a
@@ -93,10 +93,11 @@ pub const RING_BYTES: u64 = 32 << 20;
 
 /// The file as a ring of already-allocated blocks. A write is an overwrite inside the file,
 /// so the `fdatasync` that covers it writes data blocks and flushes the disk, and never has
-/// to commit the file system's journal for a new size or new extents (as a database's
-/// write-ahead log, recycled after a checkpoint, does). Measured on this machine's ext4,
-/// 37 KiB then `fdatasync`, back to back: about 240 µs overwriting against 340 µs
-/// appending. No byte is overwritten before a sync has covered it ([`Ring::write`]).
+/// to write the file's inode for a new size or new extents as well (this machine's ext4 runs
+/// without a journal, so that is one more synchronous write), as a database's write-ahead
+/// log, recycled after a checkpoint, does not. Measured here, 37 KiB then `fdatasync`, back
+/// to back: 166–171 µs overwriting against 238–285 µs appending. No byte is overwritten
+/// before a sync has covered it ([`Ring::write`]).
 pub struct Ring {
     file: std::fs::File,
     size: u64,
