@@ -202,9 +202,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     } else {
         tx.execute_batch(SCHEMA)?;
     }
-    let queue_rows = tx
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'")?
-        .exists([])?;
+    let queue_rows = table_exists(&tx, "queue")?;
     if queue_rows {
         tracing::info!(db = %path.display(), "migrating the relay's queues to per-recipient cursors (schema 3)");
         queue_rows_to_cursors(&tx, path)?;
@@ -512,6 +510,19 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         "store integrity verified"
     );
     Ok(())
+}
+
+/// Whether the database has a table called `name`.
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists([name])
+}
+
+/// Whether an open database is a relay's store (it has the relay's `messages` table; a
+/// node's store has none), so that `hotline audit verify` knows to run
+/// [`verify_journaled_records`] on it.
+pub fn is_relay_store(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(table_exists(conn, "messages")?)
 }
 
 /// What `hotline audit verify` checks in a relay store beyond the journal's chain: every
@@ -1572,8 +1583,9 @@ fn store_receipt(
 }
 
 /// The journal payload of a stored message or receipt: its digest, then the key and
-/// signature it was signed with ([`JOURNAL_RECORD_BYTES`]). (Relays before this one journaled the whole
-/// signed record; the chain holds either, as the payload is opaque to it.)
+/// signature it was signed with ([`JOURNAL_RECORD_BYTES`]). (Relays before this one
+/// journaled the whole signed record; the chain holds either, as the payload is opaque to
+/// it.)
 ///
 /// The signed bytes themselves are in `messages` or `receipts`, which keep them for good,
 /// and start-up checks that every row still hashes to its digest (`integrity_check`); the
@@ -1765,10 +1777,7 @@ mod tests {
         let receipts = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].1.bytes(), receipt.bytes());
-        let matrix: bool = conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'matrix'")
-            .and_then(|mut st| st.exists([]))
-            .expect("schema");
+        let matrix = table_exists(&conn, "matrix").expect("schema");
         assert!(!matrix, "the relay's copy of the matrix is dropped");
         // Opening again is a no-op.
         drop(conn);
@@ -2018,10 +2027,7 @@ mod tests {
             ],
             "receipted out of order"
         );
-        let queue_left: bool = conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'queue'")
-            .and_then(|mut st| st.exists([]))
-            .expect("schema");
+        let queue_left = table_exists(&conn, "queue").expect("schema");
         assert!(!queue_left, "the queue rows are gone");
         assert_eq!(queued_for(&conn, &pid("IND")).expect("queued"), 3);
         // Opening again is a no-op.

@@ -35,12 +35,7 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             let conn = hotline_store::open(&db, false)?;
             let report = hotline_store::verify_journal(&conn)
                 .with_context(|| format!("{}: audit journal does not verify", db.display()))?;
-            let is_relay: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')",
-                [],
-                |r| r.get(0),
-            )?;
-            let records = if is_relay {
+            let records = if hotline_relay::store::is_relay_store(&conn)? {
                 let n = hotline_relay::store::verify_journaled_records(&conn, &db).with_context(
                     || format!("{}: stored records and journal differ", db.display()),
                 )?;
