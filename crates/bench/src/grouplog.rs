@@ -87,8 +87,10 @@ impl GroupLog {
 }
 
 /// The size of the log file: written in full (zeros) and synced when it is created, then
-/// overwritten in a ring. 32 MiB is thousands of groups at the largest batches a recipient
-/// makes (4,096 deliveries of about 1.1 KiB).
+/// overwritten in a ring. 32 MiB holds about seven of the largest batch a recipient makes
+/// (4,096 deliveries of about 1.15 KiB) and thousands of the groups seen at 500/s (about
+/// nine batches of one or two deliveries); a group larger than the ring is synced in parts
+/// before it wraps ([`Ring::write`]).
 pub const RING_BYTES: u64 = 32 << 20;
 
 /// The file as a ring of already-allocated blocks. A write is an overwrite inside the file,
