@@ -27,6 +27,9 @@ use crate::stats::{self, CpuMeter, Percentiles};
 
 /// Frames one client drains from its reader before handling them as one batch.
 const BATCH_FRAMES_MAX: usize = 4_096;
+/// Batches of forwarded receipts a sender may have read and not yet kept; past it, it stops
+/// reading until one is kept.
+const KEPT_BATCHES_MAX: usize = 16;
 /// Submissions written to the stream in one write.
 const WRITE_FRAMES_MAX: usize = 256;
 
@@ -556,9 +559,8 @@ async fn sender_inbound(
     plan_first: usize,
     plan_len: usize,
     state: Arc<SenderState>,
-    mut rx: mpsc::Receiver<anyhow::Result<RelayToNode>>,
-    writer: Arc<tokio::sync::Mutex<hotline_net::FrameWriter>>,
-    mut store: Store,
+    mut reader: hotline_net::FrameReader,
+    keep: mpsc::Sender<Kept>,
     ledger: Arc<Ledger>,
     mut stop: watch::Receiver<bool>,
 ) -> SenderOut {
@@ -566,17 +568,32 @@ async fn sender_inbound(
     let mut out = SenderOut::default();
     let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
     'run: loop {
+        // Read here, as in `recipient`: no reader task in between.
         let first = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            f = rx.recv() => f,
+            f = reader.read::<RelayToNode>() => f,
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
+        let mut batch = match first {
+            Ok(Some(f)) => vec![f],
+            Ok(None) => break,
+            Err(e) => {
+                if !*stop.borrow() {
+                    ledger.error(&who, e);
+                }
+                break;
+            }
+        };
         while batch.len() < BATCH_FRAMES_MAX {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+            match reader.try_read::<RelayToNode>() {
+                Ok(Some(f)) => batch.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    if !*stop.borrow() {
+                        ledger.error(&who, e);
+                    }
+                    break 'run;
+                }
             }
         }
         let now = ledger.now_ns();
@@ -584,7 +601,7 @@ async fn sender_inbound(
         let mut rows = Vec::new();
         for f in batch {
             match f {
-                Ok(RelayToNode::Accepted(a)) => {
+                RelayToNode::Accepted(a) => {
                     let Some(i) = ledger.index(&a.id).filter(|i| mine(*i)) else {
                         continue;
                     };
@@ -598,7 +615,7 @@ async fn sender_inbound(
                     }
                     ledger.durable_step(i, now);
                 }
-                Ok(RelayToNode::Rejected(r)) => {
+                RelayToNode::Rejected(r) => {
                     if let Subject::Message(id) = r.subject {
                         if let Some(i) = ledger.index(&id).filter(|i| mine(*i)) {
                             ledger.rejected.fetch_add(1, Relaxed);
@@ -607,7 +624,7 @@ async fn sender_inbound(
                     }
                     ledger.error(&who, format!("rejected: {:?} {}", r.code, r.detail));
                 }
-                Ok(RelayToNode::Receipt(s)) => {
+                RelayToNode::Receipt(s) => {
                     digests.push(s.digest());
                     let Ok(r) = s.decode_unverified() else {
                         ledger.error(&who, "undecodable forwarded receipt");
@@ -633,24 +650,42 @@ async fn sender_inbound(
                     key.copy_from_slice(&d[..16]);
                     rows.push((key, s.bytes().to_vec()));
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if !*stop.borrow() {
-                        ledger.error(&who, e);
-                    }
-                    break 'run;
-                }
+                _ => {}
             }
         }
         if digests.is_empty() {
             continue;
         }
-        // As a node: keep the forwarded receipts durably, then release them at the relay.
+        // Kept by their own task, so that reading on (the next `Accepted`, timed when read
+        // here) does not wait for their sync.
+        if keep.send(Kept { rows, digests }).await.is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Forwarded receipts read by a sender, for [`keep_receipts`].
+struct Kept {
+    rows: Vec<([u8; 16], Vec<u8>)>,
+    digests: Vec<hotline_proto::Digest>,
+}
+
+/// As a node: keeps each batch of forwarded receipts durably, then tells the relay it holds
+/// them (`ReceiptsStored`), in the order they were read.
+async fn keep_receipts(
+    who: String,
+    mut rx: mpsc::Receiver<Kept>,
+    writer: Arc<tokio::sync::Mutex<hotline_net::FrameWriter>>,
+    mut store: Store,
+    ledger: Arc<Ledger>,
+) {
+    while let Some(Kept { rows, digests }) = rx.recv().await {
         let (s, r) = store.persist(rows).await;
         store = s;
         if let Err(e) = r {
             ledger.error(&who, format!("store: {e}"));
-            break;
+            return;
         }
         let mut buf = Vec::new();
         for chunk in digests.chunks(RECEIPT_ITEMS_MAX) {
@@ -658,16 +693,15 @@ async fn sender_inbound(
                 Ok(b) => buf.extend_from_slice(&b),
                 Err(e) => {
                     ledger.error(&who, format!("encode: {e}"));
-                    break 'run;
+                    return;
                 }
             }
         }
         if let Err(e) = writer.lock().await.write_raw(&buf).await {
             ledger.error(&who, e);
-            break;
+            return;
         }
     }
-    out
 }
 
 /// Writes the plan's messages; returns how many were sent.
@@ -760,16 +794,21 @@ async fn sender(
             return SenderOut::default();
         }
     };
-    let (tx, rx) = mpsc::channel(BATCH_FRAMES_MAX);
-    let reader_task = tokio::spawn(client::read_frames(reader, tx));
+    let (keep_tx, keep_rx) = mpsc::channel(KEPT_BATCHES_MAX);
+    let keeper = tokio::spawn(keep_receipts(
+        plan.who.clone(),
+        keep_rx,
+        writer.clone(),
+        store,
+        ledger.clone(),
+    ));
     let inbound = tokio::spawn(sender_inbound(
         plan.who.clone(),
         plan.first,
         plan.frames.len(),
         state.clone(),
-        rx,
-        writer.clone(),
-        store,
+        reader,
+        keep_tx,
         ledger.clone(),
         stop.clone(),
     ));
@@ -778,7 +817,8 @@ async fn sender(
     ledger.senders_done.fetch_add(1, Relaxed);
     ledger.progress.notify_waiters();
     let out = inbound.await.unwrap_or_default();
-    reader_task.abort();
+    // Its channel closed with `sender_inbound`: it finishes what it holds.
+    let _ = keeper.await;
     conn.close(0u32.into(), b"benchmark done");
     out
 }
