@@ -1276,6 +1276,14 @@ async fn metrics_and_health_report_traffic() {
         ),
         Some(1.0)
     );
+    // Commits are timed, in seconds: the three messages' commits at least (a scrape may
+    // fall between the two observations of a commit that is still finishing, so the count
+    // is not compared with the batch histogram's), each more than nothing (a commit syncs)
+    // and far less than a second here.
+    let commits = metric(&text, "hotline_relay_commit_duration_seconds_count").unwrap();
+    assert!(commits >= 3.0, "{text}");
+    let total = metric(&text, "hotline_relay_commit_duration_seconds_sum").unwrap();
+    assert!(total > 0.0 && total / commits < 1.0, "{text}");
 
     let health = http_get(maddr, "/health").await.unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");

@@ -284,6 +284,8 @@ pub struct Metrics {
     pub commits: f64,
     /// Items (submissions, receipts) in them.
     pub commit_items: f64,
+    /// Seconds they took, together (`hotline_relay_commit_duration_seconds`).
+    pub commit_seconds: f64,
     /// Messages accepted.
     pub accepted: f64,
     /// Messages written to nodes.
@@ -308,6 +310,7 @@ impl Metrics {
             match name {
                 "hotline_relay_commit_batch_size_count" => m.commits = v,
                 "hotline_relay_commit_batch_size_sum" => m.commit_items = v,
+                "hotline_relay_commit_duration_seconds_sum" => m.commit_seconds = v,
                 "hotline_relay_messages_accepted_total" => m.accepted = v,
                 "hotline_relay_deliveries_total" => m.deliveries = v,
                 "hotline_relay_receipts_stored_total" => m.receipts_stored = v,

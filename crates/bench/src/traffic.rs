@@ -165,6 +165,9 @@ pub struct TrafficReport {
     pub relay_commits: Option<f64>,
     /// Mean items (submissions + receipts) per relay commit.
     pub relay_items_per_commit: Option<f64>,
+    /// Mean time the relay's writer spent on one commit (statements, commit, sync, any
+    /// checkpoint), ms.
+    pub relay_commit_ms_mean: Option<f64>,
     /// 1-minute load average before the run.
     pub load_avg_before: f64,
     /// Median fsync'd 1 KiB append before the run, ms (`stats::fsync_probe_ms`).
@@ -196,7 +199,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -213,6 +216,9 @@ impl TrafficReport {
             rss = opt(self.relay_rss_mib, "MiB"),
             cm = opt(self.relay_commits, ""),
             ipc = self.relay_items_per_commit.unwrap_or(0.0),
+            cms = self
+                .relay_commit_ms_mean
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             bcpu = opt(self.bench_cpu_pct, "%"),
             sent = self.sent,
             accepted = self.accepted,
@@ -1033,12 +1039,16 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let receipts = ledger.receipts_stored.load(Relaxed);
     let accepted = ledger.accepted.load(Relaxed);
     let items = ledger.receipt_items.load(Relaxed);
-    let (commits, items_per_commit) = match (before, after) {
-        (Some(b), Some(a)) if a.commits > b.commits => (
-            Some(a.commits - b.commits),
-            Some((a.commit_items - b.commit_items) / (a.commits - b.commits)),
-        ),
-        _ => (None, None),
+    let (commits, items_per_commit, commit_ms_mean) = match (before, after) {
+        (Some(b), Some(a)) if a.commits > b.commits => {
+            let n = a.commits - b.commits;
+            (
+                Some(n),
+                Some((a.commit_items - b.commit_items) / n),
+                Some((a.commit_seconds - b.commit_seconds) * 1e3 / n),
+            )
+        }
+        _ => (None, None, None),
     };
     let errors = ledger
         .errors
@@ -1086,6 +1096,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_rss_mib,
         relay_commits: commits,
         relay_items_per_commit: items_per_commit,
+        relay_commit_ms_mean: commit_ms_mean,
         load_avg_before,
         fsync_probe_ms,
         verify_probe_us,

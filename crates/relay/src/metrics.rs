@@ -14,6 +14,11 @@ const LATENCY_BUCKETS_MS: [u64; 13] = [
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 300_000,
 ];
 const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/// Commit durations, in microseconds: a healthy disk commits in a fraction of a millisecond
+/// (docs/BENCHMARKS.md); tens of milliseconds is a disk in trouble.
+const COMMIT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
 /// Reject codes are counted in an array indexed by tag; room for the codes defined so far.
 const REJECT_CODES: usize = 18;
 const ERROR_CODES: usize = 14;
@@ -72,6 +77,7 @@ pub(crate) struct Metrics {
     pub(crate) receipt_read_pauses: AtomicU64,
     commit_failures: AtomicU64,
     batch: Histogram<11>,
+    commit_us: Histogram<12>,
     verify_batch: Histogram<11>,
     latency: Histogram<13>,
     depths: Mutex<HashMap<ParticipantId, i64>>,
@@ -93,6 +99,7 @@ impl Metrics {
             receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
+            commit_us: Histogram::new(COMMIT_BUCKETS_US),
             verify_batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
             depths: Mutex::new(HashMap::new()),
@@ -112,8 +119,18 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn commit(&self, size: usize, accepted: u64, receipts: u64, latencies_ms: &[u64]) {
+    /// A group commit of `size` items succeeded after `took` (statements, commit, sync).
+    pub(crate) fn commit(
+        &self,
+        size: usize,
+        took: std::time::Duration,
+        accepted: u64,
+        receipts: u64,
+        latencies_ms: &[u64],
+    ) {
         self.batch.observe(size as u64);
+        self.commit_us
+            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         self.accepted.fetch_add(accepted, Relaxed);
         self.receipts_stored.fetch_add(receipts, Relaxed);
         for l in latencies_ms {
@@ -272,6 +289,12 @@ impl Metrics {
             "hotline_relay_commit_batch_size",
             "Items per group commit.",
             1.0,
+        );
+        self.commit_us.render(
+            &mut o,
+            "hotline_relay_commit_duration_seconds",
+            "Time the store writer spent on one successful group commit: its statements, the commit with its sync, and any WAL checkpoint SQLite ran with it. Every accepted message waits for one.",
+            0.000_001,
         );
         self.verify_batch.render(
             &mut o,

@@ -1008,6 +1008,7 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
+        let started = std::time::Instant::now();
         let now = crate::now_ms();
         let size = batch.len();
         let roster = self.ctx.roster.borrow().clone();
@@ -1103,9 +1104,13 @@ impl Writer {
                 }
                 self.cursors.extend(p.cursors);
                 self.newest = p.newest;
-                self.ctx
-                    .metrics
-                    .commit(size, p.accepted, p.receipts, &p.latencies_ms);
+                self.ctx.metrics.commit(
+                    size,
+                    started.elapsed(),
+                    p.accepted,
+                    p.receipts,
+                    &p.latencies_ms,
+                );
                 // The committed messages join their recipients' queues, and then the depths
                 // are published, before posting: a session that finds its depth 0 skips the
                 // store read and relies on its mailbox (`Metrics::queue_depth`). Only this
