@@ -823,8 +823,16 @@ async fn sender(
     ledger.senders_done.fetch_add(1, Relaxed);
     ledger.progress.notify_waiters();
     let out = inbound.await.unwrap_or_default();
-    // Its channel closed with `sender_inbound`: it finishes what it holds.
-    let _ = keeper.await;
+    // Its channel closed with `sender_inbound`: it finishes what it holds, unless a write
+    // to the relay no longer completes.
+    let mut keeper = keeper;
+    if tokio::time::timeout(client::CONNECT_TIMEOUT, &mut keeper)
+        .await
+        .is_err()
+    {
+        keeper.abort();
+        ledger.error(&plan.who, "forwarded receipts still unkept at the end");
+    }
     conn.close(0u32.into(), b"benchmark done");
     out
 }
