@@ -426,7 +426,7 @@ async fn recipient(
     } = session;
     let who = inbox.who().to_string();
     let mut e2e_us = Vec::new();
-    'run: loop {
+    loop {
         // With receipt pacing, deliveries already stored wait for their receipt until due.
         let due = inbox.due();
         let wake = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
@@ -450,29 +450,9 @@ async fn recipient(
                 continue;
             }
         };
-        let mut batch = match first {
-            Ok(Some(f)) => vec![f],
-            Ok(None) => break,
-            Err(e) => {
-                if !*stop.borrow() {
-                    ledger.error(&who, e);
-                }
-                break;
-            }
+        let Some(batch) = gather(first, &mut reader, &ledger, &who, &stop) else {
+            break;
         };
-        // Whatever else has already arrived is handled with it.
-        while batch.len() < BATCH_FRAMES_MAX {
-            match reader.try_read::<RelayToNode>() {
-                Ok(Some(f)) => batch.push(f),
-                Ok(None) => break,
-                Err(e) => {
-                    if !*stop.borrow() {
-                        ledger.error(&who, e);
-                    }
-                    break 'run;
-                }
-            }
-        }
         let known = |id: &MessageId| {
             ledger
                 .index(id)
@@ -515,6 +495,42 @@ async fn recipient(
     }
     conn.close(0u32.into(), b"benchmark done");
     RecipientOut { e2e_us }
+}
+
+/// The frame a client's `read` returned, with whatever else has already arrived (up to
+/// [`BATCH_FRAMES_MAX`]), to handle as one batch; `None` when the stream has ended or failed
+/// (a failure is recorded, unless the run is stopping and closing connections).
+fn gather(
+    first: Result<Option<RelayToNode>, hotline_net::NetError>,
+    reader: &mut hotline_net::FrameReader,
+    ledger: &Ledger,
+    who: &str,
+    stop: &watch::Receiver<bool>,
+) -> Option<Vec<RelayToNode>> {
+    let failed = |e: hotline_net::NetError| {
+        if !*stop.borrow() {
+            ledger.error(who, e);
+        }
+    };
+    let mut batch = match first {
+        Ok(Some(f)) => vec![f],
+        Ok(None) => return None,
+        Err(e) => {
+            failed(e);
+            return None;
+        }
+    };
+    while batch.len() < BATCH_FRAMES_MAX {
+        match reader.try_read::<RelayToNode>() {
+            Ok(Some(f)) => batch.push(f),
+            Ok(None) => break,
+            Err(e) => {
+                failed(e);
+                return None;
+            }
+        }
+    }
+    Some(batch)
 }
 
 /// Writes the receipts a recipient signed, and counts them.
@@ -573,35 +589,16 @@ async fn sender_inbound(
     let (fanout, complete_on) = (state.fanout, ledger.complete_on);
     let mut out = SenderOut::default();
     let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
-    'run: loop {
+    loop {
         // Read here, as in `recipient`: no reader task in between.
         let first = tokio::select! {
             biased;
             _ = stop.changed() => break,
             f = reader.read::<RelayToNode>() => f,
         };
-        let mut batch = match first {
-            Ok(Some(f)) => vec![f],
-            Ok(None) => break,
-            Err(e) => {
-                if !*stop.borrow() {
-                    ledger.error(&who, e);
-                }
-                break;
-            }
+        let Some(batch) = gather(first, &mut reader, &ledger, &who, &stop) else {
+            break;
         };
-        while batch.len() < BATCH_FRAMES_MAX {
-            match reader.try_read::<RelayToNode>() {
-                Ok(Some(f)) => batch.push(f),
-                Ok(None) => break,
-                Err(e) => {
-                    if !*stop.borrow() {
-                        ledger.error(&who, e);
-                    }
-                    break 'run;
-                }
-            }
-        }
         let now = ledger.now_ns();
         let mut digests = Vec::new();
         let mut rows = Vec::new();
