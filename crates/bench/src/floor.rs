@@ -25,8 +25,10 @@ use serde::Serialize;
 use crate::grouplog::Ring;
 use crate::stats::Percentiles;
 
-/// Write-ahead-log frames per relay commit at fanout37 500/s (a 4 KiB page and a 24-byte
-/// frame header each; the seventh round's trace of the relay's writes).
+/// Write-ahead-log frames of a relay commit holding one message and nothing else (a 4 KiB
+/// page and a 24-byte frame header each; the seventh round's trace of a message at 2/s). At
+/// fanout37 500/s the relay's commits also carry the receipts that were waiting, about 21
+/// frames (docs/BENCHMARKS.md, tenth round); the floor counts only the message's own.
 pub const COMMIT_FRAMES: usize = 11;
 /// A WAL frame: its header and a 4 KiB page.
 const FRAME_BYTES: usize = 24 + 4096;
