@@ -49,16 +49,28 @@ impl<const N: usize> Histogram<N> {
         };
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
+    /// Writes the histogram in Prometheus' text format, each bound and the sum divided by
+    /// `per_unit` (1,000,000 for microseconds shown as seconds). Dividing, rather than
+    /// multiplying by 0.000001, gives the double nearest the decimal bound, which prints as
+    /// written (`0.0001`, not `0.00009999999999999999`).
+    fn render(&self, out: &mut String, name: &str, help: &str, per_unit: f64) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cum = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cum += c.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cum}", *b as f64 * scale);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cum}",
+                *b as f64 / per_unit
+            );
         }
         cum += self.inf.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Relaxed) as f64 * scale);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Relaxed) as f64 / per_unit
+        );
         let _ = writeln!(out, "{name}_count {cum}");
     }
 }
@@ -295,7 +307,7 @@ impl Metrics {
             &mut o,
             "hotline_relay_commit_duration_seconds",
             "Time the store writer spent on one successful group commit: its statements, the commit with its sync, and any WAL checkpoint SQLite ran with it. Every accepted message waits for one.",
-            0.000_001,
+            1_000_000.0,
         );
         self.verify_batch.render(
             &mut o,
@@ -307,7 +319,7 @@ impl Metrics {
             &mut o,
             "hotline_relay_delivery_latency_seconds",
             "Time from acceptance to the recipient's delivered receipt being stored.",
-            0.001,
+            1_000.0,
         );
         o
     }
@@ -388,4 +400,34 @@ pub(crate) async fn serve(
 /// Binds the metrics listener (loopback only; checked by the config).
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bucket bound is printed as the decimal it stands for: Prometheus matches `le`
+    /// labels as strings, and `0.00009999999999999999` is not `0.0001`.
+    #[test]
+    fn bucket_bounds_print_as_decimals() {
+        let mut out = String::new();
+        let h = Histogram::new(COMMIT_BUCKETS_US);
+        h.observe(250);
+        h.render(&mut out, "c", "help", 1_000_000.0);
+        let h = Histogram::new(LATENCY_BUCKETS_MS);
+        h.render(&mut out, "l", "help", 1_000.0);
+        let les: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+                "0.1", "0.25", "1", "+Inf", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05",
+                "0.1", "0.25", "0.5", "1", "5", "30", "300", "+Inf",
+            ]
+        );
+        assert!(out.contains("c_sum 0.00025\n"), "{out}");
+    }
 }
