@@ -1293,6 +1293,41 @@ async fn metrics_and_health_report_traffic() {
     relay.shutdown().await;
 }
 
+/// A relay whose writer is idle between commits copies its write-ahead log into the
+/// database in the background (`crates/relay/src/checkpoint.rs`), not inside a commit: the
+/// rounds are timed and counted, none fails, and traffic flows on.
+#[tokio::test]
+async fn the_write_ahead_log_is_checkpointed_in_the_background() {
+    let net = two();
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
+    // One message at a time, each accepted, delivered and receipted before the next: at
+    // least 24 commits (`CHECKPOINT_EVERY_COMMITS`), with the writer waiting in between.
+    for i in 0..24 {
+        assert_flows(&mut kaz, &mut kgz, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    wait_metric(
+        maddr,
+        "hotline_relay_checkpoint_duration_seconds_count",
+        |n| n >= 1.0,
+    )
+    .await
+    .unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "hotline_relay_checkpoint_failures_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "hotline_relay_wal_frames").is_some_and(|f| f > 0.0),
+        "{text}"
+    );
+    assert_flows(&mut kaz, &mut kgz, "after").await.unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     let net = two();

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 pub mod config;
 mod hub;
 pub mod limits;
@@ -205,10 +206,21 @@ impl Relay {
         let writer_join = if hosting.writer_on_runtime {
             WriterJoin::Task(tokio::spawn(writer.run_on_runtime(cmd_rx)))
         } else {
+            let checkpointer = match checkpoint::Checkpointer::start(
+                &db_path,
+                metrics.clone(),
+                None,
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(error = %e, "no background WAL checkpoints; the store writer runs SQLite's automatic checkpoint in its commits");
+                    None
+                }
+            };
             WriterJoin::Thread(
                 std::thread::Builder::new()
                     .name("hotline-store-writer".into())
-                    .spawn(move || writer.run(cmd_rx))
+                    .spawn(move || writer.run(cmd_rx, checkpointer))
                     .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?,
             )
         };

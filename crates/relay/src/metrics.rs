@@ -89,8 +89,12 @@ pub(crate) struct Metrics {
     /// Times a connection's reading paused for its receipt rate.
     pub(crate) receipt_read_pauses: AtomicU64,
     commit_failures: AtomicU64,
+    checkpoint_failures: AtomicU64,
+    /// Pages in the write-ahead log when the last background checkpoint began.
+    wal_frames: AtomicU64,
     batch: Histogram<11>,
     commit_us: Histogram<12>,
+    checkpoint_us: Histogram<12>,
     verify_batch: Histogram<11>,
     latency: Histogram<13>,
     depths: Mutex<HashMap<ParticipantId, i64>>,
@@ -111,8 +115,11 @@ impl Metrics {
             store_reads: AtomicU64::new(0),
             receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
+            checkpoint_failures: AtomicU64::new(0),
+            wal_frames: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
             commit_us: Histogram::new(COMMIT_BUCKETS_US),
+            checkpoint_us: Histogram::new(COMMIT_BUCKETS_US),
             verify_batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
             depths: Mutex::new(HashMap::new()),
@@ -154,6 +161,19 @@ impl Metrics {
     /// The verifier checked `n` receipt signatures as one batch.
     pub(crate) fn receipts_verified(&self, n: usize) {
         self.verify_batch.observe(n as u64);
+    }
+
+    /// A round of background checkpoints ended after `took`; the log held `log_frames` pages
+    /// when its last checkpoint began.
+    pub(crate) fn checkpointed(&self, took: std::time::Duration, log_frames: i64) {
+        self.checkpoint_us
+            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.wal_frames
+            .store(u64::try_from(log_frames).unwrap_or(0), Relaxed);
+    }
+
+    pub(crate) fn checkpoint_failed(&self) {
+        self.checkpoint_failures.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn commit_failed(&self) {
@@ -255,6 +275,20 @@ impl Metrics {
             "Group commits that failed (every item refused).",
             self.commit_failures.load(Relaxed),
         );
+        counter(
+            &mut o,
+            "hotline_relay_checkpoint_failures_total",
+            "Background WAL checkpoints that failed (the store writer's own automatic \
+             checkpoint then keeps the log bounded).",
+            self.checkpoint_failures.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "hotline_relay_wal_frames",
+            "Pages (4 KiB) in the store's write-ahead log when the last background checkpoint \
+             began; it starts over from zero after a checkpoint that copied every page.",
+            self.wal_frames.load(Relaxed),
+        );
         gauge(
             &mut o,
             "hotline_relay_roster_version",
@@ -307,6 +341,12 @@ impl Metrics {
             &mut o,
             "hotline_relay_commit_duration_seconds",
             "Time the store writer spent on one successful group commit: its statements, the commit with its sync, and any WAL checkpoint SQLite ran with it. Every accepted message waits for one.",
+            1_000_000.0,
+        );
+        self.checkpoint_us.render(
+            &mut o,
+            "hotline_relay_checkpoint_duration_seconds",
+            "Time one round of background WAL checkpoints took (copying committed pages into the database file and syncing it), off the store writer's path.",
             1_000_000.0,
         );
         self.verify_batch.render(

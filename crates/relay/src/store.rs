@@ -24,6 +24,7 @@ use hotline_proto::{
 };
 use hotline_store::{Journal, StoreError};
 
+use crate::checkpoint::Checkpointer;
 use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
 use crate::queue::QueueIndex;
@@ -831,6 +832,9 @@ pub(crate) struct Writer {
     newest: i64,
     ctx: WriterContext,
     held: HeldCache,
+    /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
+    /// checkpoint runs in this writer's commits at its default 1,000 pages).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -863,6 +867,7 @@ impl Writer {
             newest: loaded.newest,
             ctx,
             held: HeldCache::new(),
+            checkpointer: None,
         };
         w.publish_depths();
         Ok(w)
@@ -887,10 +892,26 @@ impl Writer {
     /// Runs until every command sender is gone, committing in groups, on its own thread.
     /// It waits by parking the thread (woken by the channel, or at a deferred commit's
     /// deadline), so it needs no runtime timer and outlives a runtime shutdown cleanly.
-    /// SQLite's automatic checkpoint runs in this thread between commits (a checkpointer
-    /// thread of its own was measured: no gain, and under sustained load its passive
-    /// checkpoints never completed, so the WAL grew to hundreds of megabytes).
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    ///
+    /// With a `checkpointer`, each time it is about to wait it lets that thread know, so
+    /// that WAL checkpoints run while it is idle rather than inside its commits, and its own
+    /// automatic checkpoint is raised to the fallback for sustained load
+    /// ([`crate::checkpoint`]).
+    pub(crate) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        checkpointer: Option<Checkpointer>,
+    ) {
+        if checkpointer.is_some() {
+            let raised = self.conn.execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {}",
+                crate::checkpoint::INLINE_CHECKPOINT_FRAMES
+            ));
+            if let Err(e) = raised {
+                tracing::warn!(error = %e, "cannot raise the writer's automatic checkpoint; it keeps SQLite's default");
+            }
+            self.checkpointer = checkpointer;
+        }
         struct Unpark(std::thread::Thread);
         impl std::task::Wake for Unpark {
             fn wake(self: Arc<Self>) {
@@ -906,16 +927,19 @@ impl Writer {
                 match rx.poll_recv(&mut cx) {
                     std::task::Poll::Ready(Some(c)) => break Next::Command(c),
                     std::task::Poll::Ready(None) => break Next::Closed,
-                    std::task::Poll::Pending => match deadline {
-                        None => std::thread::park(),
-                        Some(d) => {
-                            let now = std::time::Instant::now();
-                            if now >= d {
-                                break Next::Deadline;
-                            }
-                            std::thread::park_timeout(d - now);
+                    std::task::Poll::Pending => {
+                        let now = std::time::Instant::now();
+                        if deadline.is_some_and(|d| now >= d) {
+                            break Next::Deadline;
                         }
-                    },
+                        if let Some(c) = &mut self.checkpointer {
+                            c.idle();
+                        }
+                        match deadline {
+                            None => std::thread::park(),
+                            Some(d) => std::thread::park_timeout(d - now),
+                        }
+                    }
                 }
             };
             let now = std::time::Instant::now();
@@ -923,6 +947,8 @@ impl Writer {
                 break;
             }
         }
+        // Stops the checkpoint thread (after the checkpoint it may be running).
+        drop(self.checkpointer.take());
         tracing::info!("store writer stopped");
     }
 
@@ -1104,6 +1130,9 @@ impl Writer {
                 }
                 self.cursors.extend(p.cursors);
                 self.newest = p.newest;
+                if let Some(c) = &mut self.checkpointer {
+                    c.committed();
+                }
                 self.ctx.metrics.commit(
                     size,
                     started.elapsed(),
