@@ -178,8 +178,9 @@ fn run(
 
 /// Passive checkpoints until the log stops growing, or [`CHECKPOINT_RUNS_MAX`].
 fn round(conn: &Connection) -> Result<Round, rusqlite::Error> {
-    let mut last: Option<Round> = None;
-    for runs in 1..=CHECKPOINT_RUNS_MAX {
+    let mut runs = 0;
+    let mut previous = None;
+    loop {
         let (busy, log_frames, copied_frames) =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((
@@ -188,52 +189,54 @@ fn round(conn: &Connection) -> Result<Round, rusqlite::Error> {
                     r.get::<_, i64>(2)?,
                 ))
             })?;
-        let r = Round {
-            runs,
-            log_frames,
-            copied_frames,
-            busy: busy != 0,
-        };
-        if last.is_some_and(|l| l.log_frames == log_frames) {
-            return Ok(r);
+        runs += 1;
+        if previous == Some(log_frames) || runs >= CHECKPOINT_RUNS_MAX {
+            return Ok(Round {
+                runs,
+                log_frames,
+                copied_frames,
+                busy: busy != 0,
+            });
         }
-        last = Some(r);
+        previous = Some(log_frames);
     }
-    Ok(last.unwrap_or(Round {
-        runs: 0,
-        log_frames: 0,
-        copied_frames: 0,
-        busy: false,
-    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
-    fn table(conn: &Connection) {
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, b BLOB)")
-            .expect("sqlite");
+    /// A fresh database with one table, and its writer's connection.
+    fn db() -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let writer = hotline_store::open(&path, true).expect("open");
+        writer
+            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+            .expect("table");
+        (dir, path, writer)
     }
 
     /// Commits `n` rows of 4 KiB, one per transaction, as the writer's commits append pages.
     fn commit_rows(conn: &Connection, n: usize) {
         for _ in 0..n {
             conn.execute("INSERT INTO t (b) VALUES (zeroblob(4096))", [])
-                .expect("sqlite");
+                .expect("insert");
         }
     }
 
     /// Pages in the log now, as a passive checkpoint on a third connection reports them.
     fn log_frames(path: &Path) -> i64 {
-        let c = hotline_store::open(path, false).expect("sqlite");
+        let c = hotline_store::open(path, false).expect("open");
         c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-            .expect("sqlite")
+            .expect("checkpoint")
     }
 
     /// The writer asks only after [`CHECKPOINT_EVERY_COMMITS`] commits, and counts again
-    /// from zero once it has asked (a request pending is not repeated).
+    /// from zero once it has asked (a request pending is not repeated); with the thread
+    /// gone, asking neither blocks nor panics.
     #[test]
     fn the_writer_asks_every_so_many_commits() {
         let (kick, kicked) = mpsc::sync_channel(1);
@@ -259,24 +262,25 @@ mod tests {
         ck.idle();
         assert!(kicked.try_recv().is_ok());
         assert!(kicked.try_recv().is_err(), "one request, not two");
+        drop(kicked);
+        for _ in 0..CHECKPOINT_EVERY_COMMITS {
+            ck.committed();
+        }
+        ck.idle();
     }
 
     /// A round leaves every page copied, so that the writer's next commit starts the log
-    /// over instead of appending to it.
+    /// over instead of appending to it; the thread stops when the handle is dropped.
     #[test]
     fn an_idle_writer_gets_its_log_copied_and_started_over() {
-        let dir = tempfile::tempdir().expect("sqlite");
-        let path = dir.path().join("db");
-        let writer = hotline_store::open(&path, true).expect("sqlite");
+        let (_dir, path, writer) = db();
         writer
             .execute_batch(&format!(
                 "PRAGMA wal_autocheckpoint = {INLINE_CHECKPOINT_FRAMES}"
             ))
-            .expect("sqlite");
-        table(&writer);
+            .expect("pragma");
         let (tx, rounds) = mpsc::channel();
-        let mut ck =
-            Checkpointer::start(&path, Arc::new(Metrics::new()), Some(tx)).expect("sqlite");
+        let mut ck = Checkpointer::start(&path, Arc::new(Metrics::new()), Some(tx)).expect("start");
 
         commit_rows(&writer, 100);
         for _ in 0..CHECKPOINT_EVERY_COMMITS {
@@ -301,41 +305,22 @@ mod tests {
             "the next commit started the log over: {after} pages"
         );
         drop(ck);
-        assert_eq!(
-            writer
-                .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                .expect("sqlite"),
-            101
-        );
+        let rows: i64 = writer
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 101);
     }
 
-    /// A round copies what was committed while it ran, with another passive checkpoint.
+    /// A round stops when a run finds the log no longer growing (here the second, as
+    /// nothing is committed meanwhile), with every page copied.
     #[test]
-    fn a_round_runs_until_the_log_stops_growing() {
-        let dir = tempfile::tempdir().expect("sqlite");
-        let path = dir.path().join("db");
-        let writer = hotline_store::open(&path, true).expect("sqlite");
-        table(&writer);
+    fn a_round_stops_when_the_log_stops_growing() {
+        let (_dir, path, writer) = db();
         commit_rows(&writer, 10);
-        let conn = hotline_store::open(&path, false).expect("sqlite");
-        let r = round(&conn).expect("sqlite");
-        assert_eq!(r.runs, 2, "the second run saw no new pages: {r:?}");
-        assert_eq!(r.copied_frames, r.log_frames);
-    }
-
-    /// The writer's handle stops the thread when dropped, and asking after the thread has
-    /// gone neither blocks nor panics.
-    #[test]
-    fn dropping_the_handle_stops_the_thread() {
-        let dir = tempfile::tempdir().expect("sqlite");
-        let path = dir.path().join("db");
-        let writer = hotline_store::open(&path, true).expect("sqlite");
-        table(&writer);
-        let mut ck = Checkpointer::start(&path, Arc::new(Metrics::new()), None).expect("sqlite");
-        for _ in 0..3 * CHECKPOINT_EVERY_COMMITS {
-            ck.committed();
-            ck.idle();
-        }
-        drop(ck);
+        let conn = hotline_store::open(&path, false).expect("open");
+        let r = round(&conn).expect("round");
+        assert_eq!(r.runs, 2, "{r:?}");
+        assert!(r.log_frames >= 10, "{r:?}");
+        assert_eq!(r.copied_frames, r.log_frames, "{r:?}");
     }
 }
