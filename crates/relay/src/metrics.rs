@@ -49,6 +49,11 @@ impl<const N: usize> Histogram<N> {
         };
     }
 
+    /// Observes a duration, in microseconds (a histogram whose bounds are microseconds).
+    fn observe_us(&self, took: std::time::Duration) {
+        self.observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
     /// Writes the histogram in Prometheus' text format, each bound and the sum divided by
     /// `per_unit` (1,000,000 for microseconds shown as seconds). Dividing, rather than
     /// multiplying by 0.000001, gives the double nearest the decimal bound, which prints as
@@ -149,8 +154,7 @@ impl Metrics {
         latencies_ms: &[u64],
     ) {
         self.batch.observe(size as u64);
-        self.commit_us
-            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.commit_us.observe_us(took);
         self.accepted.fetch_add(accepted, Relaxed);
         self.receipts_stored.fetch_add(receipts, Relaxed);
         for l in latencies_ms {
@@ -166,8 +170,7 @@ impl Metrics {
     /// A round of background checkpoints ended after `took`; the log held `log_frames` pages
     /// when its last checkpoint began.
     pub(crate) fn checkpointed(&self, took: std::time::Duration, log_frames: i64) {
-        self.checkpoint_us
-            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.checkpoint_us.observe_us(took);
         self.wal_frames
             .store(u64::try_from(log_frames).unwrap_or(0), Relaxed);
     }
