@@ -20,7 +20,7 @@ use hotline_proto::{
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::client::{self, Durability, Inbox, Store};
+use crate::client::{self, Durability, Inbox, Records, Store};
 use crate::network::{Network, Peer};
 use crate::relay::{self, Relay};
 use crate::stats::{self, CpuMeter, Percentiles};
@@ -454,10 +454,8 @@ async fn recipient(
             break;
         };
         let known = |id: &MessageId| {
-            ledger
-                .index(id)
-                .and_then(|i| ledger.digests.get(i))
-                .and_then(|d| d.get().copied())
+            let i = ledger.index(id)?;
+            Some((i, ledger.digests.get(i)?.get().copied()?))
         };
         let h = match inbox.handle(batch, known).await {
             Ok(h) => h,
@@ -601,7 +599,7 @@ async fn sender_inbound(
         };
         let now = ledger.now_ns();
         let mut digests = Vec::new();
-        let mut rows = Vec::new();
+        let mut rows = Records::default();
         for f in batch {
             match f {
                 RelayToNode::Accepted(a) => {
@@ -628,7 +626,8 @@ async fn sender_inbound(
                     ledger.error(&who, format!("rejected: {:?} {}", r.code, r.detail));
                 }
                 RelayToNode::Receipt(s) => {
-                    digests.push(s.digest());
+                    let digest = s.digest();
+                    digests.push(digest);
                     let Ok(r) = s.decode_unverified() else {
                         ledger.error(&who, "undecodable forwarded receipt");
                         continue;
@@ -648,10 +647,9 @@ async fn sender_inbound(
                             }
                         }
                     }
-                    let d = s.digest().0;
                     let mut key = [0u8; 16];
-                    key.copy_from_slice(&d[..16]);
-                    rows.push((key, s.bytes().to_vec()));
+                    key.copy_from_slice(&digest.0[..16]);
+                    rows.push(&key, s.bytes());
                 }
                 _ => {}
             }
@@ -670,7 +668,7 @@ async fn sender_inbound(
 
 /// Forwarded receipts read by a sender, for [`keep_receipts`].
 struct Kept {
-    rows: Vec<([u8; 16], Vec<u8>)>,
+    rows: Records,
     digests: Vec<hotline_proto::Digest>,
 }
 
