@@ -21,6 +21,28 @@ use std::collections::{HashMap, VecDeque};
 
 use hotline_proto::ParticipantId;
 
+/// One recipient's queue ([`QueueIndex::queue`]).
+pub(crate) struct Queue<'a>(&'a mut VecDeque<i64>);
+
+impl Queue<'_> {
+    /// Removes `rseq`; whether it was there.
+    pub(crate) fn remove(&mut self, rseq: i64) -> bool {
+        let q = &mut *self.0;
+        // Receipts name messages in order, so the usual case is the front.
+        if q.front() == Some(&rseq) {
+            q.pop_front();
+            return true;
+        }
+        match q.binary_search(&rseq) {
+            Ok(i) => {
+                q.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Each recipient's unreceipted positions, ascending.
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
@@ -45,23 +67,10 @@ impl QueueIndex {
         }
     }
 
-    /// Removes `rseq` from `recipient`'s queue; whether it was there.
-    pub(crate) fn remove(&mut self, recipient: &ParticipantId, rseq: i64) -> bool {
-        let Some(q) = self.queues.get_mut(recipient) else {
-            return false;
-        };
-        // Receipts name messages in order, so the usual case is the front.
-        if q.front() == Some(&rseq) {
-            q.pop_front();
-            return true;
-        }
-        match q.binary_search(&rseq) {
-            Ok(i) => {
-                q.remove(i);
-                true
-            }
-            Err(_) => false,
-        }
+    /// `recipient`'s queue, looked up once for several removals (a cumulative receipt names
+    /// up to 512 messages).
+    pub(crate) fn queue(&mut self, recipient: &ParticipantId) -> Option<Queue<'_>> {
+        self.queues.get_mut(recipient).map(Queue)
     }
 
     /// The oldest position queued for `recipient`.
@@ -126,11 +135,12 @@ mod tests {
         for r in 1..=5 {
             ix.push(&kaz, r);
         }
-        assert!(ix.remove(&kaz, 1), "the front");
-        assert!(ix.remove(&kaz, 4), "from the middle");
-        assert!(!ix.remove(&kaz, 4), "only once");
-        assert!(!ix.remove(&kaz, 9), "never queued");
-        assert!(!ix.remove(&pid("CHN"), 2), "another recipient's");
+        let mut q = ix.queue(&kaz).expect("KAZ has a queue");
+        assert!(q.remove(1), "the front");
+        assert!(q.remove(4), "from the middle");
+        assert!(!q.remove(4), "only once");
+        assert!(!q.remove(9), "never queued");
+        assert!(ix.queue(&pid("CHN")).is_none(), "another recipient's");
         assert_eq!(ix.after(&kaz, 0, 10), [2, 3, 5]);
         assert_eq!(ix.first(&kaz), Some(2));
     }

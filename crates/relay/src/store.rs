@@ -1526,22 +1526,26 @@ fn store_receipt(
     let mut removed = Vec::new();
     let cursor = {
         let mut ix = queues.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = ix.queue(me);
         for (item, at) in receipt.items.iter().zip(&accepted_at) {
-            if item.sender != *me {
+            // Cloned only the first time: a fan-out's receipt names one sender hundreds of
+            // times.
+            if item.sender != *me && !senders.contains(&item.sender) {
                 senders.insert(item.sender.clone());
             }
             // A message this relay did not accept is not queued here: the receipt is only
             // forwarded.
-            let Some((at, rseq)) = at else {
+            let (Some((at, rseq)), Some(q)) = (at, &mut queue) else {
                 continue;
             };
             // Either kind proves the node holds the message: it leaves the queue. The
             // first receipt to do so times the delivery.
-            if ix.remove(me, *rseq) {
+            if q.remove(*rseq) {
                 removed.push(*rseq);
                 p.latencies_ms.push(now.saturating_sub(*at));
             }
         }
+        drop(queue);
         // The cursor goes just below the oldest message still owed to `me` (committed, or
         // queued by this batch), or to the newest message if none is.
         let floor = ix
