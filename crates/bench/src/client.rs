@@ -304,13 +304,13 @@ impl Inbox {
     /// does; with a pace ([`Inbox::new`]), only once the oldest waiting one is due. A
     /// node also verifies each message's signature: the relay already has, and this client
     /// stands in for a node on another machine, so it does not. `known` gives a message's
-    /// number in the run and its digest when the load generator has them (see
-    /// `traffic::Ledger`); otherwise the digest is computed and the message remembered by
-    /// its id.
+    /// number in the run where the load generator numbers it (it is then remembered by
+    /// number, otherwise by id), and its digest where the generator already has it
+    /// (otherwise it is computed); see `traffic::Ledger`.
     pub async fn handle(
         &mut self,
         batch: Vec<RelayToNode>,
-        known: impl Fn(&hotline_proto::MessageId) -> Option<(usize, hotline_proto::Digest)>,
+        known: impl Fn(&hotline_proto::MessageId) -> Option<(usize, Option<hotline_proto::Digest>)>,
     ) -> anyhow::Result<Handled> {
         use hotline_proto::ReceiptItem;
 
@@ -330,8 +330,9 @@ impl Inbox {
                         hotline_proto::Envelope::head(s.bytes()).context("undecodable delivery")?;
                     let (fresh, digest) = match known(&id) {
                         Some((n, digest)) => (self.held.insert_numbered(n), digest),
-                        None => (self.held.insert(id), s.digest()),
+                        None => (self.held.insert(id), None),
                     };
+                    let digest = digest.unwrap_or_else(|| s.digest());
                     if fresh {
                         rows.push(&id.0, s.bytes());
                         h.fresh.push(id);
@@ -479,9 +480,7 @@ mod tests {
     #[tokio::test]
     async fn repeated_deliveries_are_stored_once_and_receipted_once_a_batch() {
         for numbered in [false, true] {
-            let known = |m: &MessageId| {
-                numbered.then(|| (usize::from(m.0[0]), hotline_proto::Digest([0; 32])))
-            };
+            let known = |m: &MessageId| numbered.then(|| (usize::from(m.0[0]), None));
             let mut inbox = inbox();
             let h = inbox
                 .handle(vec![delivery(1), delivery(2), delivery(1)], known)
