@@ -1545,7 +1545,6 @@ fn store_receipt(
                 p.latencies_ms.push(now.saturating_sub(*at));
             }
         }
-        drop(queue);
         // The cursor goes just below the oldest message still owed to `me` (committed, or
         // queued by this batch), or to the newest message if none is.
         let floor = ix
