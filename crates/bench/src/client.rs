@@ -407,8 +407,7 @@ impl Held {
 mod tests {
     use super::*;
     use hotline_proto::{
-        Audience, Envelope, Kind, MessageId, ParticipantId, Precedence, Role, Seq, Signed,
-        SigningKey, Status, PROTOCOL_VERSION,
+        Audience, Envelope, MessageId, ParticipantId, Role, Seq, Signed, SigningKey,
     };
 
     fn id(n: u8) -> ParticipantId {
@@ -418,20 +417,13 @@ mod tests {
     /// A delivery of message `n` from `P001` to `P002`.
     fn delivery(n: u8) -> RelayToNode {
         let env = Envelope {
-            version: PROTOCOL_VERSION,
-            id: MessageId([n; 16]),
-            sender: id(1),
             seq: Seq(u64::from(n)),
-            audience: Audience::Participants(vec![id(2)]),
-            kind: Kind::Alert,
-            precedence: Precedence::Routine,
-            status: Status::Test,
-            created_at_ms: 1,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: "s".into(),
-            body: "b".repeat(usize::from(n)),
+            ..crate::traffic::alert(
+                MessageId([n; 16]),
+                id(1),
+                Audience::Participants(vec![id(2)]),
+                "b".repeat(usize::from(n)),
+            )
         };
         let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
         RelayToNode::Deliver(signed)
