@@ -78,30 +78,53 @@ pub async fn fanout37(
     window: usize,
     max_messages: usize,
 ) -> anyhow::Result<TrafficReport> {
-    let name = match rate {
-        Some(r) => format!("fanout37-{r}"),
-        None => "fanout37-max".into(),
-    };
-    let net = Network::create(&run_dir(&c.dir, &name), &[], DEFAULT_LIMITS)?;
-    let relay = Relay::start(c.hotline.as_deref(), &net).await?;
-    let sec = net.peer(SECRETARIAT)?.clone();
-    let recipients: Vec<_> = net
-        .peers
-        .iter()
-        .filter(|p| p.id != sec.id)
-        .cloned()
-        .collect();
-    let senders = vec![SenderSpec {
-        peer: sec,
-        audience: Audience::Everyone,
-        fanout: recipients.len() as u32,
-    }];
     let load = Load {
         rate,
         window,
         max_messages,
     };
-    run_traffic(c, "fanout37", senders, recipients, load, &net, relay).await
+    fanout(c, None, load).await
+}
+
+/// fanout37 with the Secretariat's messages addressed to only the first `recipients` of the
+/// other participants (in roster order; `None` or 37 or more: everyone), the others not
+/// connected: how a message's time grows with its fan-out. Named `fanoutN` in reports.
+pub async fn fanout(
+    c: &Common,
+    recipients: Option<usize>,
+    load: Load,
+) -> anyhow::Result<TrafficReport> {
+    let run = format!(
+        "fanout{}-{}",
+        recipients.map_or("37".into(), |n| n.to_string()),
+        load.rate.map_or("max".into(), |r| r.to_string())
+    );
+    let net = Network::create(&run_dir(&c.dir, &run), &[], DEFAULT_LIMITS)?;
+    let sec = net.peer(SECRETARIAT)?.clone();
+    let mut to: Vec<_> = net
+        .peers
+        .iter()
+        .filter(|p| p.id != sec.id)
+        .cloned()
+        .collect();
+    let everyone = recipients.is_none_or(|n| n >= to.len());
+    if let Some(n) = recipients {
+        anyhow::ensure!(n > 0, "a fan-out needs at least one recipient");
+        to.truncate(n);
+    }
+    let audience = if everyone {
+        Audience::Everyone
+    } else {
+        Audience::Participants(to.iter().map(|p| p.id.clone()).collect())
+    };
+    let name = format!("fanout{}", to.len());
+    let relay = Relay::start(c.hotline.as_deref(), &net).await?;
+    let senders = vec![SenderSpec {
+        peer: sec,
+        audience,
+        fanout: to.len() as u32,
+    }];
+    run_traffic(c, &name, senders, to, load, &net, relay).await
 }
 
 /// p2p: `pairs` independent senders, each writing to its own recipient (synthetic members
@@ -145,10 +168,14 @@ pub async fn p2p(
 }
 
 /// How hard a traffic run pushes.
-struct Load {
-    rate: Option<f64>,
-    window: usize,
-    max_messages: usize,
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Messages per second, or `None` for as fast as the window allows.
+    pub rate: Option<f64>,
+    /// At maximum rate, unfinished messages allowed at once.
+    pub window: usize,
+    /// At maximum rate, messages signed in advance.
+    pub max_messages: usize,
 }
 
 /// Runs one traffic workload (complete when every receipt is back) and stops the relay.

@@ -93,6 +93,10 @@ struct FanoutArgs {
     /// duration ends is shorter; its rates stay right).
     #[arg(long, default_value_t = 80_000)]
     max_messages: usize,
+    /// Address each message to only the first N of the 37 (in roster order) instead of
+    /// everyone, to see how a message's time grows with its fan-out (reported as `fanoutN`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=37))]
+    recipients: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -253,8 +257,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match &cli.workload {
         Workload::Fanout37(f) => {
-            let (l, v) = fanout(f.rate, f.window, f.max_messages).await?;
-            out(l, v);
+            let load = hotline_bench::Load {
+                rate: f.rate,
+                window: f.window,
+                max_messages: f.max_messages,
+            };
+            let r = hotline_bench::fanout(&c, f.recipients.map(usize::from), load).await?;
+            out(r.line(), serde_json::to_value(&r)?);
         }
         Workload::P2p(p) => {
             let (l, v) = p2p(p.pairs, p.rate, p.window, p.max_messages).await?;

@@ -84,3 +84,35 @@ async fn fanout37_at_100(receipt_pace: Duration, durability: Durability) -> anyh
     assert!(r.receipts > 0 && r.receipts_per_s > 0.0, "{}", r.line());
     Ok(())
 }
+
+/// A smaller fan-out (`--recipients 3`): only those three are addressed and connected, and
+/// each message is delivered and receipted three times, not 37.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_fan_out_reaches_only_its_recipients() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let c = common(
+        dir.path(),
+        Duration::ZERO,
+        CompleteOn::AllReceipts,
+        Durability::Group,
+    );
+    let load = hotline_bench::Load {
+        rate: Some(100.0),
+        window: 64,
+        max_messages: 0,
+    };
+    let r = hotline_bench::fanout(&c, Some(3), load).await?;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        (r.workload.as_str(), r.recipients),
+        ("fanout3", 3),
+        "{}",
+        r.line()
+    );
+    assert_eq!(r.sent, 50, "{}", r.line());
+    assert_eq!(r.accepted, r.sent, "{}", r.line());
+    assert_eq!(r.deliveries, r.sent * 3, "{}", r.line());
+    assert_eq!(r.finished, r.sent, "all 3 receipts back: {}", r.line());
+    assert_eq!(r.all_receipts.n as u64, r.sent);
+    Ok(())
+}
