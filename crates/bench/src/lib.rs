@@ -94,6 +94,7 @@ pub async fn fanout(
     recipients: Option<usize>,
     load: Load,
 ) -> anyhow::Result<TrafficReport> {
+    anyhow::ensure!(recipients != Some(0), "a fan-out needs at least one recipient");
     let run = format!(
         "fanout{}-{}",
         recipients.map_or("37".into(), |n| n.to_string()),
@@ -109,7 +110,6 @@ pub async fn fanout(
         .collect();
     let everyone = recipients.is_none_or(|n| n >= to.len());
     if let Some(n) = recipients {
-        anyhow::ensure!(n > 0, "a fan-out needs at least one recipient");
         to.truncate(n);
     }
     let audience = if everyone {
