@@ -94,7 +94,10 @@ pub async fn fanout(
     recipients: Option<usize>,
     load: Load,
 ) -> anyhow::Result<TrafficReport> {
-    anyhow::ensure!(recipients != Some(0), "a fan-out needs at least one recipient");
+    anyhow::ensure!(
+        recipients != Some(0),
+        "a fan-out needs at least one recipient"
+    );
     let run = format!(
         "fanout{}-{}",
         recipients.map_or("37".into(), |n| n.to_string()),
