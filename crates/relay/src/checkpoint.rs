@@ -21,8 +21,9 @@
 //! megabytes). There, SQLite's automatic checkpoint still runs in the writer's commit, raised
 //! to [`INLINE_CHECKPOINT_FRAMES`] pages (a log file of 14–19 MiB at the benchmark's maximum
 //! rates, 5 MiB before): at maximum rate a commit takes milliseconds anyway, and a
-//! checkpoint the writer runs itself always lets the log start over. If this thread cannot start, or its checkpoints fail, that
-//! automatic checkpoint is what keeps the log bounded; a failure is counted and logged.
+//! checkpoint the writer runs itself always lets the log start over. If this thread cannot
+//! start, or its checkpoints fail, that automatic checkpoint is what keeps the log bounded;
+//! a failure is counted and logged.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
