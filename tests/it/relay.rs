@@ -1284,6 +1284,34 @@ async fn metrics_and_health_report_traffic() {
     assert!(commits >= 3.0, "{text}");
     let total = metric(&text, "hotline_relay_commit_duration_seconds_sum").unwrap();
     assert!(total > 0.0 && total / commits < 1.0, "{text}");
+    // A message's stages: each accepted submission was checked and waited for the writer
+    // once (the forged one never reached it), and each was written to KGZ's stream from
+    // memory once. The fan-out is observed just after the write, so it is waited for.
+    for stage in [
+        "hotline_relay_submit_check_seconds",
+        "hotline_relay_writer_wait_seconds",
+    ] {
+        assert_eq!(
+            metric(&text, &format!("{stage}_count")),
+            Some(3.0),
+            "{text}"
+        );
+        let sum = metric(&text, &format!("{stage}_sum")).unwrap();
+        assert!((0.0..3.0).contains(&sum), "{stage}: {text}");
+    }
+    // The check includes a signature verification: more than nothing.
+    assert!(metric(&text, "hotline_relay_submit_check_seconds_sum").unwrap() > 0.0);
+    wait_metric(maddr, "hotline_relay_fanout_seconds_count", |n| n >= 3.0)
+        .await
+        .unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "hotline_relay_fanout_seconds_count"),
+        Some(3.0),
+        "{text}"
+    );
+    let fanout = metric(&text, "hotline_relay_fanout_seconds_sum").unwrap();
+    assert!((0.0..3.0).contains(&fanout), "{text}");
 
     let health = http_get(maddr, "/health").await.unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");

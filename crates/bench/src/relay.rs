@@ -296,6 +296,36 @@ pub struct Metrics {
     pub queued: f64,
     /// Open connections.
     pub connections: f64,
+    /// A message's stages in the relay, as (sum of seconds, observations): read to hand-off
+    /// to the writer (`hotline_relay_submit_check_seconds`), the wait for the writer
+    /// (`hotline_relay_writer_wait_seconds`), commit to a recipient's stream
+    /// (`hotline_relay_fanout_seconds`).
+    pub submit_check: (f64, f64),
+    /// See `submit_check`.
+    pub writer_wait: (f64, f64),
+    /// See `submit_check`.
+    pub fanout: (f64, f64),
+}
+
+impl Metrics {
+    /// The mean of each stage between `before` and `self`, in µs: check, writer wait, commit
+    /// (of any commit, with or without a submission), fan-out. `None` for a stage with no
+    /// observation in between.
+    pub fn stage_means_us(&self, before: &Self) -> [Option<f64>; 4] {
+        let mean = |a: (f64, f64), b: (f64, f64)| {
+            let n = a.1 - b.1;
+            (n > 0.0).then(|| (a.0 - b.0) * 1e6 / n)
+        };
+        [
+            mean(self.submit_check, before.submit_check),
+            mean(self.writer_wait, before.writer_wait),
+            mean(
+                (self.commit_seconds, self.commits),
+                (before.commit_seconds, before.commits),
+            ),
+            mean(self.fanout, before.fanout),
+        ]
+    }
 }
 
 impl Metrics {
@@ -315,6 +345,12 @@ impl Metrics {
                 "hotline_relay_deliveries_total" => m.deliveries = v,
                 "hotline_relay_receipts_stored_total" => m.receipts_stored = v,
                 "hotline_relay_connections" => m.connections = v,
+                "hotline_relay_submit_check_seconds_sum" => m.submit_check.0 = v,
+                "hotline_relay_submit_check_seconds_count" => m.submit_check.1 = v,
+                "hotline_relay_writer_wait_seconds_sum" => m.writer_wait.0 = v,
+                "hotline_relay_writer_wait_seconds_count" => m.writer_wait.1 = v,
+                "hotline_relay_fanout_seconds_sum" => m.fanout.0 = v,
+                "hotline_relay_fanout_seconds_count" => m.fanout.1 = v,
                 n if n.starts_with("hotline_relay_queue_depth") => m.queued += v,
                 _ => {}
             }

@@ -168,6 +168,10 @@ pub struct TrafficReport {
     /// Mean time the relay's writer spent on one commit (statements, commit, sync, any
     /// checkpoint), ms.
     pub relay_commit_ms_mean: Option<f64>,
+    /// Mean time of a message's stages in the relay, µs, from its metrics: read to hand-off
+    /// to the writer (the checks and signature), the wait for the writer, a commit, commit
+    /// to a recipient's stream (`relay::Metrics::stage_means_us`).
+    pub relay_stages_us: Option<[Option<f64>; 4]>,
     /// 1-minute load average before the run.
     pub load_avg_before: f64,
     /// Median fsync'd 1 KiB append before the run, ms (`stats::fsync_probe_ms`).
@@ -199,7 +203,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -219,6 +223,10 @@ impl TrafficReport {
             cms = self
                 .relay_commit_ms_mean
                 .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            stages = self.relay_stages_us.map_or_else(
+                || "-".into(),
+                |st| st.map(|v| opt(v, "")).join("/")
+            ),
             bcpu = opt(self.bench_cpu_pct, "%"),
             sent = self.sent,
             accepted = self.accepted,
@@ -1096,6 +1104,10 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_commits: commits,
         relay_items_per_commit: items_per_commit,
         relay_commit_ms_mean: commit_ms_mean,
+        relay_stages_us: match (&before, &after) {
+            (Some(b), Some(a)) => Some(a.stage_means_us(b)),
+            _ => None,
+        },
         load_avg_before,
         fsync_probe_ms,
         verify_probe_us,

@@ -23,6 +23,9 @@ pub(crate) struct Posted {
     pub(crate) id: Option<MessageId>,
     /// The encoded frame, shared by every recipient of the same item.
     pub(crate) frame: bytes::Bytes,
+    /// When the commit that stored it returned (set by [`Hub::post`]), for
+    /// `hotline_relay_fanout_seconds`.
+    pub(crate) committed: Option<std::time::Instant>,
 }
 
 /// One kind of queued item (messages, or forwarded receipts) waiting for a session.
@@ -214,14 +217,19 @@ impl Hub {
 
     /// Posts committed items to their participants' mailboxes and wakes those sessions.
     /// Items for a participant without a session are dropped: the store holds them.
-    pub(crate) fn post(&self, items: Vec<(ParticipantId, Kind, Posted)>) {
+    pub(crate) fn post(
+        &self,
+        items: Vec<(ParticipantId, Kind, Posted)>,
+        committed: std::time::Instant,
+    ) {
         if items.is_empty() {
             return;
         }
         let map = self.lock();
         let mut woken: Vec<&Arc<Mailbox>> = Vec::new();
-        for (who, kind, p) in items {
+        for (who, kind, mut p) in items {
             let Some(e) = map.get(&who) else { continue };
+            p.committed = Some(committed);
             {
                 let mut l = e.mailbox.lock();
                 match kind {
@@ -265,6 +273,7 @@ mod tests {
             pos,
             id: None,
             frame: bytes::Bytes::from(vec![pos as u8]),
+            committed: None,
         }
     }
 

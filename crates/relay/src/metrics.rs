@@ -20,6 +20,12 @@ const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 const COMMIT_BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
+/// The stages of a message's way through the relay, in microseconds: on the benchmark
+/// machine at 500 messages a second each took tens to a few hundred microseconds
+/// (docs/BENCHMARKS.md); milliseconds is a relay that is short of CPU or waiting on its disk.
+const STAGE_BUCKETS_US: [u64; 13] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
 /// Reject codes are counted in an array indexed by tag; room for the codes defined so far.
 const REJECT_CODES: usize = 18;
 const ERROR_CODES: usize = 14;
@@ -102,6 +108,9 @@ pub(crate) struct Metrics {
     checkpoint_us: Histogram<12>,
     verify_batch: Histogram<11>,
     latency: Histogram<13>,
+    submit_check_us: Histogram<13>,
+    writer_wait_us: Histogram<13>,
+    fanout_us: Histogram<13>,
     depths: Mutex<HashMap<ParticipantId, i64>>,
     pub(crate) roster_version: AtomicU64,
 }
@@ -127,6 +136,9 @@ impl Metrics {
             checkpoint_us: Histogram::new(COMMIT_BUCKETS_US),
             verify_batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
+            submit_check_us: Histogram::new(STAGE_BUCKETS_US),
+            writer_wait_us: Histogram::new(STAGE_BUCKETS_US),
+            fanout_us: Histogram::new(STAGE_BUCKETS_US),
             depths: Mutex::new(HashMap::new()),
             roster_version: AtomicU64::new(0),
         }
@@ -160,6 +172,24 @@ impl Metrics {
         for l in latencies_ms {
             self.latency.observe(*l);
         }
+    }
+
+    /// A submission's first two stages, seen by the store writer as it begins the commit
+    /// that holds it: `checked` from its frame's reading to its hand-off to the writer (the
+    /// checks, with the signature), `waited` from the hand-off to the commit's start.
+    pub(crate) fn submission_staged(
+        &self,
+        checked: std::time::Duration,
+        waited: std::time::Duration,
+    ) {
+        self.submit_check_us.observe_us(checked);
+        self.writer_wait_us.observe_us(waited);
+    }
+
+    /// A message was written into a connected recipient's stream `took` after the commit
+    /// that stored it returned.
+    pub(crate) fn fanned_out(&self, took: std::time::Duration) {
+        self.fanout_us.observe_us(took);
     }
 
     /// The verifier checked `n` receipt signatures as one batch.
@@ -363,6 +393,26 @@ impl Metrics {
             "hotline_relay_delivery_latency_seconds",
             "Time from acceptance to the recipient's delivered receipt being stored.",
             1_000.0,
+        );
+        // A message's way through the relay, stage by stage: check, wait for the writer,
+        // commit (hotline_relay_commit_duration_seconds), fan-out.
+        self.submit_check_us.render(
+            &mut o,
+            "hotline_relay_submit_check_seconds",
+            "Time from reading a submission to handing it to the store writer: decoding, the roster, policy and signature checks (one batch for the frames read together).",
+            1_000_000.0,
+        );
+        self.writer_wait_us.render(
+            &mut o,
+            "hotline_relay_writer_wait_seconds",
+            "Time a checked submission waited for the store writer: from its hand-off to the start of the group commit that holds it (the writer's wake-up, or a commit in progress). Growing waits mean the writer is the bottleneck.",
+            1_000_000.0,
+        );
+        self.fanout_us.render(
+            &mut o,
+            "hotline_relay_fanout_seconds",
+            "Time from the commit that stored a message to its write into a connected recipient's stream, one observation per recipient (recipients served from memory; a backlog read back from the store is not counted). Growing times mean the relay is short of CPU for its sessions.",
+            1_000_000.0,
         );
         o
     }

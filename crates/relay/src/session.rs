@@ -559,6 +559,8 @@ impl Session {
         answers: &mpsc::Sender<RelayToNode>,
         mailbox: &Mailbox,
     ) -> Result<(), End> {
+        // The start of the submissions' first stage (`hotline_relay_submit_check_seconds`).
+        let read_at = std::time::Instant::now();
         // Receipts are charged to the participant's bucket as they are read; past its
         // burst, reading pauses (backpressure, nothing refused).
         let receipts = frames
@@ -624,7 +626,7 @@ impl Session {
                             continue;
                         }
                     };
-                    self.submit(env, subject, answers).await?;
+                    self.submit(env, subject, answers, read_at).await?;
                 }
                 Staged::Receipt(signed, value) => {
                     // Its signature is checked by the verifier, after this. The delivery
@@ -718,6 +720,7 @@ impl Session {
         env: Verified<Envelope>,
         subject: Subject,
         answers: &mpsc::Sender<RelayToNode>,
+        read_at: std::time::Instant,
     ) -> Result<(), End> {
         if env.body.len() > self.shared.config.limits.body_bytes_max {
             return self
@@ -741,6 +744,8 @@ impl Session {
             digest: env.signed().digest(),
             env,
             reply: answers.clone(),
+            read_at,
+            handed_at: std::time::Instant::now(),
         })
         .await
     }
@@ -846,15 +851,23 @@ impl Session {
             }
             let n = posted.len();
             let mut frames = Vec::with_capacity(n);
+            let mut committed = Vec::with_capacity(n);
             for p in posted {
                 self.msg_cursor = p.pos;
                 if let Some(id) = p.id {
                     self.in_flight_deliveries.insert(id);
                 }
+                committed.extend(p.committed);
                 frames.push(p.frame);
             }
             self.write_shared(&mut frames).await?;
             self.count_deliveries(n);
+            let written = std::time::Instant::now();
+            for c in committed {
+                self.shared
+                    .metrics
+                    .fanned_out(written.saturating_duration_since(c));
+            }
         }
         Ok(())
     }

@@ -427,6 +427,10 @@ pub(crate) enum Command {
         /// is one thread.
         digest: Digest,
         reply: mpsc::Sender<RelayToNode>,
+        /// When its session read its frame, and when it handed it over (the first two
+        /// stages of `hotline_relay_*_seconds`, observed when its commit begins).
+        read_at: std::time::Instant,
+        handed_at: std::time::Instant,
     },
     /// A verified receipt from its authenticated recipient.
     Receipt {
@@ -1052,11 +1056,21 @@ impl Writer {
             held: Vec::new(),
         };
         self.journal.begin();
-        let result = (|| -> Result<(), StoreError> {
+        let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Submit { env, digest, reply } => {
+                    Command::Submit {
+                        env,
+                        digest,
+                        reply,
+                        read_at,
+                        handed_at,
+                    } => {
+                        self.ctx.metrics.submission_staged(
+                            handed_at.saturating_duration_since(read_at),
+                            started.saturating_duration_since(handed_at),
+                        );
                         let answer = submit(
                             &tx,
                             &mut self.journal,
@@ -1118,10 +1132,10 @@ impl Writer {
                 &p.cursors,
             )?;
             tx.commit()?;
-            Ok(())
+            Ok(std::time::Instant::now())
         })();
         match result {
-            Ok(()) => {
+            Ok(committed) => {
                 for (id, h) in p.held {
                     self.held.insert(id, h);
                 }
@@ -1166,7 +1180,7 @@ impl Writer {
                     // resubmits and gets the same answer.
                     let _ = reply.try_send(answer);
                 }
-                self.ctx.hub.post(p.posts);
+                self.ctx.hub.post(p.posts, committed);
             }
             Err(e) => {
                 self.journal.rollback();
@@ -1341,6 +1355,7 @@ fn submit(
                     pos: rseq,
                     id: Some(env.id),
                     frame: frame.clone(),
+                    committed: None,
                 },
             ));
         }
@@ -1598,6 +1613,7 @@ fn store_receipt(
                         pos: receipt_rseq,
                         id: None,
                         frame: frame.clone(),
+                        committed: None,
                     },
                 ));
             }
