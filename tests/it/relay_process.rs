@@ -209,3 +209,62 @@ async fn sighup_reloads_the_roster() {
         .unwrap();
     assert_eq!(update.decode_unverified().unwrap().version, 2);
 }
+
+/// The nice value of a task (`/proc/PID/stat` or `/proc/PID/task/TID/stat`): the 19th
+/// field, counted after the command name in parentheses (which may hold spaces).
+fn nice_of(stat_path: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(stat_path).expect("stat readable");
+    let after = stat.rsplit_once(')').expect("stat has a command name").1;
+    // Fields from the 3rd (state) on: the 19th is at index 16.
+    after
+        .split_whitespace()
+        .nth(16)
+        .expect("stat has a nice field")
+        .parse()
+        .expect("nice is a number")
+}
+
+/// The store writer, which every message waits for, runs 10 nice values above the rest of
+/// the relay where the system allows it (here, if this test process may raise a thread's
+/// priority, the relay may too), and otherwise keeps the relay's and says why.
+#[tokio::test]
+async fn the_store_writer_runs_at_a_raised_priority_where_allowed() {
+    // Whether raising a priority is allowed: try it on a thread of this test's own.
+    let allowed = std::thread::spawn(|| {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let nice = getpriority_process(me).expect("getpriority");
+        nice > -20 && setpriority_process(me, nice - 1).is_ok()
+    })
+    .join()
+    .expect("probe thread");
+
+    let net = net();
+    let (mut relay, _addr) = start(&net, "relay.log").await;
+    let line = if allowed {
+        relay.wait_log("store writer priority raised").await
+    } else {
+        relay
+            .wait_log("store writer keeps the relay's priority")
+            .await
+    }
+    .expect("the writer says what priority it runs at");
+
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", relay.pid()));
+    let writer = std::fs::read_dir(proc_dir.join("task"))
+        .expect("task list")
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == "hotline-store-w")
+        })
+        .expect("the relay has a store writer thread");
+    let process_nice = nice_of(&proc_dir.join("stat"));
+    let writer_nice = nice_of(&writer.path().join("stat"));
+    let expected = if allowed {
+        (process_nice - 10).max(-20)
+    } else {
+        process_nice
+    };
+    assert_eq!(writer_nice, expected, "allowed {allowed}: {line}");
+}
