@@ -298,11 +298,6 @@ impl Proc {
         )?))
     }
 
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.0.pid()
-    }
-
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
         self.0.kill9();

@@ -446,41 +446,6 @@ pub(crate) enum Command {
     },
 }
 
-/// How far the store writer's thread raises its scheduling priority above the rest of the
-/// relay, in nice values ([`raise_priority`]).
-pub(crate) const WRITER_NICE_BOOST: i32 = 10;
-
-/// Raises the calling thread (the store writer's) [`WRITER_NICE_BOOST`] nice values above the
-/// relay's, where the system allows it (root, `CAP_SYS_NICE`, or an `RLIMIT_NICE` such as the
-/// packaged unit's `LimitNICE=-10`); elsewhere it keeps the relay's priority, and says so once.
-///
-/// Why: every message waits for this one thread, and at moderate load it parks between
-/// commits. When the sessions keep both CPUs busy (a fan-out, a burst of receipts), a woken
-/// writer at the sessions' priority waited for a CPU: at 500 messages a second to 37
-/// recipients on the benchmark machine, 10 % of messages waited more than 0.1 ms for it and
-/// 1 % more than 0.5 ms (`hotline_relay_writer_wait_seconds`). Raised, its mean wait fell
-/// from 33–42 to 20–26 µs and the end-to-end p99 by about 0.2 ms (docs/BENCHMARKS.md,
-/// thirteenth round). It spends about a quarter of a CPU at the relay's maximum rate, so
-/// the sessions keep the rest.
-fn raise_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let me = Some(rustix::thread::gettid());
-        let raised = getpriority_process(me).and_then(|nice| {
-            let want = (nice - WRITER_NICE_BOOST).max(-20);
-            setpriority_process(me, want).map(|()| (nice, want))
-        });
-        match raised {
-            Ok((from, to)) => tracing::info!(from, to, "store writer priority raised (nice)"),
-            Err(e) => tracing::info!(
-                error = %e,
-                "store writer keeps the relay's priority (raising it needs root, CAP_SYS_NICE or LimitNICE=-10); under CPU contention messages may wait longer for their commit"
-            ),
-        }
-    }
-}
-
 /// What the writer needs besides commands.
 pub(crate) struct WriterContext {
     pub(crate) roster: tokio::sync::watch::Receiver<Arc<Verified<Roster>>>,
@@ -957,7 +922,6 @@ impl Writer {
                 self.0.unpark();
             }
         }
-        raise_priority();
         let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = std::task::Context::from_waker(&waker);
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
