@@ -66,9 +66,9 @@ pub const MAILBOX_ITEMS: usize = DELIVERY_WINDOW;
 /// items alone would allow a gigabyte per session).
 pub const MAILBOX_BYTES: usize = 8 * 1024 * 1024;
 
-/// Longest a batch of receipts (no submission in it) waits for more commands before it is
-/// committed; a submission commits at once. The sender's "all receipts back" latency pays
-/// this at most once; in exchange receipts are committed in groups.
+/// Longest receipts wait for more commands before they are committed; a submission commits
+/// at once, in a commit of its own (`store::plan`). The sender's "all receipts back"
+/// latency pays this at most once; in exchange receipts are committed in groups.
 pub const RECEIPT_COMMIT_DELAY_MS: u64 = 2;
 
 /// Most frames from one connection handled together (the signatures of the messages among
