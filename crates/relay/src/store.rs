@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS messages (
     recipients TEXT NOT NULL,
     UNIQUE (sender, seq)
 );
+-- A floor under each sender's highest accepted sequence number, which is otherwise its
+-- messages' highest seq (SENDER_LAST_SEQ).
 CREATE TABLE IF NOT EXISTS senders (
     participant TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -121,6 +123,23 @@ CREATE TABLE IF NOT EXISTS ahead (
 -- sender's node keeps the delivery matrix. Schema 0 kept a copy here (table matrix), which
 -- cost a row write per delivery and was never read; migration drops it.
 ";
+
+/// A sender's highest accepted sequence number (`?1`: the sender): the replay floor, and
+/// `Welcome.last_seq`. Messages are kept for good, so the highest `seq` of its messages is
+/// the answer, found in the `(sender, seq)` index. The `senders` table is a floor under it:
+/// relays before the thirteenth round of benchmarks wrote it in every commit holding a
+/// submission (one page of a message's eight or nine, docs/BENCHMARKS.md), and anything that
+/// ever deletes messages must write there the highest number it deletes.
+const SENDER_LAST_SEQ: &str = "SELECT MAX(v) FROM (
+    SELECT last_seq AS v FROM senders WHERE participant = ?1
+    UNION ALL SELECT MAX(seq) FROM messages WHERE sender = ?1)";
+
+/// Every sender's highest accepted sequence number, as [`SENDER_LAST_SEQ`], for the writer at
+/// open (one pass over the `(sender, seq)` index).
+const SENDERS_LAST_SEQ: &str = "SELECT participant, MAX(v) FROM (
+    SELECT participant, last_seq AS v FROM senders
+    UNION ALL SELECT sender, MAX(seq) FROM messages GROUP BY sender)
+    GROUP BY participant";
 
 /// Version 0 to 2, first step: the old tables step aside for the new ones.
 const MIGRATE_0_RENAME: &str = "
@@ -759,9 +778,8 @@ impl Readers {
         participant: &ParticipantId,
     ) -> Result<u64, StoreError> {
         self.with(key, |c| {
-            c.prepare_cached("SELECT last_seq FROM senders WHERE participant = ?1")?
-                .query_row([participant.as_str()], |r| r.get(0))
-                .optional()
+            c.prepare_cached(SENDER_LAST_SEQ)?
+                .query_row([participant.as_str()], |r| r.get::<_, Option<u64>>(0))
                 .map(|v| v.unwrap_or(0))
         })
     }
@@ -877,7 +895,7 @@ impl Writer {
         let journal = Journal::load(&conn)?;
         let mut last_seq = HashMap::new();
         {
-            let mut st = conn.prepare("SELECT participant, last_seq FROM senders")?;
+            let mut st = conn.prepare(SENDERS_LAST_SEQ)?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
             for row in rows {
                 let (p, s) = row?;
@@ -1160,14 +1178,9 @@ impl Writer {
                     }
                 }
             }
-            // Each sender's highest number, and each moved cursor, once per batch rather
-            // than once per message, in the same transaction as the messages.
-            upsert_each(
-                &tx,
-                "INSERT INTO senders (participant, last_seq) VALUES (?1, ?2)
-                 ON CONFLICT (participant) DO UPDATE SET last_seq = excluded.last_seq",
-                &p.last_seq,
-            )?;
+            // Each moved cursor, once per batch rather than once per message, in the same
+            // transaction as the receipts. (A sender's highest number is its messages' own,
+            // `SENDER_LAST_SEQ`.)
             upsert_each(
                 &tx,
                 "INSERT INTO cursors (recipient, rseq) VALUES (?1, ?2)
@@ -1403,7 +1416,7 @@ fn submit(
             ));
         }
     }
-    // Written to `senders` once per sender at the end of the batch (`commit_batch`).
+    // Durable as the message's own `seq` (`SENDER_LAST_SEQ`); the map serves this batch.
     p.last_seq.insert(env.sender.clone(), last.max(env.seq.0));
     p.held.push((
         env.id,
@@ -1784,6 +1797,47 @@ mod tests {
         // Nothing to commit is never committed.
         assert_eq!(plan_of(1, 0, true), (true, false));
         assert_eq!(plan_of(0, 0, true), (false, false));
+    }
+
+    /// A sender's last sequence number is its messages' highest, or the `senders` floor
+    /// where that is higher (a relay before the thirteenth round wrote the table in every
+    /// commit; a deletion of messages must write it); 0 for a sender never seen. The writer's
+    /// map, loaded at open, and the readers' query agree.
+    #[test]
+    fn a_senders_last_seq_is_its_messages_highest_or_the_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, conn) = open_db(dir.path()).expect("store");
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        for n in [3u8, 7, 5] {
+            let m = message(&kaz, n);
+            conn.execute(
+                "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                 VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, 1000, 'CHN,IND')",
+                params![&[n; 16][..], n, &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+            )
+            .expect("message");
+        }
+        // CHN's floor is above any message of its (it has none); KAZ's below its messages.
+        conn.execute_batch(
+            "INSERT INTO senders VALUES ('CHN', 12); INSERT INTO senders VALUES ('KAZ', 4);",
+        )
+        .expect("floors");
+        let queues = load_queues(&conn).expect("queues").index;
+        let readers = Readers::open(&path, Arc::new(Mutex::new(queues))).expect("readers");
+        let read = |who: &str| readers.last_seq(0, &pid(who)).expect("last_seq");
+        assert_eq!((read("KAZ"), read("CHN"), read("IND")), (7, 12, 0));
+
+        let loaded: HashMap<String, u64> = conn
+            .prepare(SENDERS_LAST_SEQ)
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            loaded,
+            HashMap::from([("KAZ".to_owned(), 7), ("CHN".to_owned(), 12)])
+        );
     }
 
     fn message(key: &SigningKey, n: u8) -> Signed<Envelope> {
