@@ -278,7 +278,7 @@ pub async fn scrape(metrics: Option<SocketAddr>) -> Option<Metrics> {
 }
 
 /// The relay metrics the benchmark reads.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Metrics {
     /// Transactions committed.
     pub commits: f64,
@@ -305,7 +305,19 @@ pub struct Metrics {
     pub writer_wait: (f64, f64),
     /// See `submit_check`.
     pub fanout: (f64, f64),
+    /// The cumulative histogram buckets of the stages, in [`STAGES`] order: (upper bound in
+    /// seconds, observations at or below it), as scraped.
+    pub stage_buckets: [Vec<(f64, f64)>; 4],
 }
+
+/// The histograms of a message's stages in the relay, in the order the benchmark reports
+/// them: check, writer wait, commit, fan-out.
+const STAGES: [&str; 4] = [
+    "hotline_relay_submit_check_seconds",
+    "hotline_relay_writer_wait_seconds",
+    "hotline_relay_commit_duration_seconds",
+    "hotline_relay_fanout_seconds",
+];
 
 impl Metrics {
     /// The mean of each stage between `before` and `self`, in µs: check, writer wait, commit
@@ -329,6 +341,30 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Each stage's `q` quantile between `before` and `self`, in µs, as the upper bound of
+    /// the histogram bucket it falls in (the relay's stage buckets: 10, 25, 50, 100, 250,
+    /// 500 µs, 1 ms and up; the commit's from 100 µs; infinite past the last), so a tail is
+    /// bounded from above, not estimated. `None` for a stage with no observation in between.
+    pub fn stage_quantiles_us(&self, before: &Self, q: f64) -> [Option<f64>; 4] {
+        std::array::from_fn(|i| {
+            let (after, before) = (&self.stage_buckets[i], &before.stage_buckets[i]);
+            let count = |b: &[(f64, f64)], le: f64| {
+                b.iter().find(|(l, _)| *l == le).map_or(0.0, |(_, n)| *n)
+            };
+            let total = after.last().map_or(0.0, |(le, n)| n - count(before, *le));
+            if total <= 0.0 {
+                return None;
+            }
+            // The rank of the quantile's observation (0.99 of 1,000 is the 990th), so that
+            // rounding in `q * total` cannot move it to the next bucket.
+            let rank = (q * total - 1e-9).ceil();
+            after
+                .iter()
+                .find(|(le, n)| n - count(before, *le) >= rank)
+                .map(|(le, _)| le * 1e6)
+        })
+    }
+
     fn parse(text: &str) -> Self {
         let mut m = Self::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -337,6 +373,24 @@ impl Metrics {
                 continue;
             };
             let Ok(v) = v.parse::<f64>() else { continue };
+            if let Some((stage, le)) = STAGES.iter().enumerate().find_map(|(i, stage)| {
+                let le = name
+                    .strip_prefix(stage)?
+                    .strip_prefix("_bucket{le=\"")?
+                    .strip_suffix("\"}")?;
+                Some((i, le))
+            }) {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    match le.parse::<f64>() {
+                        Ok(le) => le,
+                        Err(_) => continue,
+                    }
+                };
+                m.stage_buckets[stage].push((le, v));
+                continue;
+            }
             match name {
                 "hotline_relay_commit_batch_size_count" => m.commits = v,
                 "hotline_relay_commit_batch_size_sum" => m.commit_items = v,
@@ -356,5 +410,38 @@ impl Metrics {
             }
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(wait: [u64; 4]) -> Metrics {
+        let mut text = String::from("# HELP hotline_relay_writer_wait_seconds …\n");
+        for (le, n) in ["0.00005", "0.0005", "0.001", "+Inf"].iter().zip(wait) {
+            text += &format!("hotline_relay_writer_wait_seconds_bucket{{le=\"{le}\"}} {n}\n");
+        }
+        text += &format!("hotline_relay_writer_wait_seconds_count {}\n", wait[3]);
+        Metrics::parse(&text)
+    }
+
+    /// The quantile is the bound of the bucket it falls in, counted between two scrapes.
+    #[test]
+    fn stage_quantiles_come_from_the_buckets_between_two_scrapes() {
+        let before = snapshot([500, 500, 500, 500]);
+        // 1,000 waits between the scrapes: 900 up to 50 µs, 90 more up to 0.5 ms, 9 more up
+        // to 1 ms, one beyond.
+        let after = snapshot([1400, 1490, 1499, 1500]);
+        assert_eq!(after.stage_buckets[1].len(), 4);
+        let q = |q| after.stage_quantiles_us(&before, q)[1];
+        assert_eq!(q(0.5), Some(50.0));
+        assert_eq!(q(0.9), Some(50.0));
+        assert_eq!(q(0.99), Some(500.0));
+        assert_eq!(q(0.999), Some(1000.0));
+        assert_eq!(q(1.0), Some(f64::INFINITY));
+        // No check, commit or fan-out was scraped, and no wait between equal scrapes.
+        assert_eq!(after.stage_quantiles_us(&before, 0.99)[0], None);
+        assert_eq!(after.stage_quantiles_us(&after, 0.99)[1], None);
     }
 }

@@ -172,6 +172,10 @@ pub struct TrafficReport {
     /// to the writer (the checks and signature), the wait for the writer, a commit, commit
     /// to a recipient's stream (`relay::Metrics::stage_means_us`).
     pub relay_stages_us: Option<[Option<f64>; 4]>,
+    /// The same stages' 99th percentiles, µs, each as the upper bound of the relay's
+    /// histogram bucket it falls in (`relay::Metrics::stage_quantiles_us`): where the
+    /// end-to-end tail comes from.
+    pub relay_stages_p99_us: Option<[Option<f64>; 4]>,
     /// 1-minute load average before the run.
     pub load_avg_before: f64,
     /// Median fsync'd 1 KiB append before the run, ms (`stats::fsync_probe_ms`).
@@ -203,7 +207,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -224,6 +228,10 @@ impl TrafficReport {
                 .relay_commit_ms_mean
                 .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             stages = self.relay_stages_us.map_or_else(
+                || "-".into(),
+                |st| st.map(|v| opt(v, "")).join("/")
+            ),
+            stages99 = self.relay_stages_p99_us.map_or_else(
                 || "-".into(),
                 |st| st.map(|v| opt(v, "")).join("/")
             ),
@@ -1051,6 +1059,10 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         (Some(b), Some(a)) => Some(a.stage_means_us(b)),
         _ => None,
     };
+    let stages_p99 = match (&before, &after) {
+        (Some(b), Some(a)) => Some(a.stage_quantiles_us(b, 0.99)),
+        _ => None,
+    };
     let (commits, items_per_commit) = match (before, after) {
         (Some(b), Some(a)) if a.commits > b.commits => {
             let n = a.commits - b.commits;
@@ -1107,6 +1119,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_items_per_commit: items_per_commit,
         relay_commit_ms_mean: commit_ms_mean,
         relay_stages_us: stages,
+        relay_stages_p99_us: stages_p99,
         load_avg_before,
         fsync_probe_ms,
         verify_probe_us,
