@@ -284,8 +284,6 @@ pub struct Metrics {
     pub commits: f64,
     /// Items (submissions, receipts) in them.
     pub commit_items: f64,
-    /// Seconds they took, together (`hotline_relay_commit_duration_seconds`).
-    pub commit_seconds: f64,
     /// Messages accepted.
     pub accepted: f64,
     /// Messages written to nodes.
@@ -296,22 +294,18 @@ pub struct Metrics {
     pub queued: f64,
     /// Open connections.
     pub connections: f64,
-    /// A message's stages in the relay, as (sum of seconds, observations): read to hand-off
-    /// to the writer (`hotline_relay_submit_check_seconds`), the wait for the writer
-    /// (`hotline_relay_writer_wait_seconds`), commit to a recipient's stream
-    /// (`hotline_relay_fanout_seconds`).
-    pub submit_check: (f64, f64),
-    /// See `submit_check`.
-    pub writer_wait: (f64, f64),
-    /// See `submit_check`.
-    pub fanout: (f64, f64),
-    /// The cumulative histogram buckets of the stages, in [`STAGES`] order: (upper bound in
-    /// seconds, observations at or below it), as scraped.
+    /// A message's stages in the relay, in [`STAGES`] order, each as (sum of seconds,
+    /// observations).
+    pub stage_sums: [(f64, f64); 4],
+    /// The same stages' cumulative histogram buckets: (upper bound in seconds, observations
+    /// at or below it), as scraped.
     pub stage_buckets: [Vec<(f64, f64)>; 4],
 }
 
 /// The histograms of a message's stages in the relay, in the order the benchmark reports
-/// them: check, writer wait, commit, fan-out.
+/// them: read to hand-off to the writer (the checks and signature), the wait for the writer,
+/// a commit (of any commit, with or without a submission; observed with each commit's batch
+/// size, so its count is `commits`), commit to a recipient's stream.
 const STAGES: [&str; 4] = [
     "hotline_relay_submit_check_seconds",
     "hotline_relay_writer_wait_seconds",
@@ -320,27 +314,16 @@ const STAGES: [&str; 4] = [
 ];
 
 impl Metrics {
-    /// The mean of each stage between `before` and `self`, in µs: check, writer wait, commit
-    /// (of any commit, with or without a submission), fan-out. `None` for a stage with no
-    /// observation in between.
+    /// The mean of each stage ([`STAGES`]) between `before` and `self`, in µs. `None` for a
+    /// stage with no observation in between.
     pub fn stage_means_us(&self, before: &Self) -> [Option<f64>; 4] {
-        let mean = |a: (f64, f64), b: (f64, f64)| {
+        std::array::from_fn(|i| {
+            let (a, b) = (self.stage_sums[i], before.stage_sums[i]);
             let n = a.1 - b.1;
             (n > 0.0).then(|| (a.0 - b.0) * 1e6 / n)
-        };
-        [
-            mean(self.submit_check, before.submit_check),
-            mean(self.writer_wait, before.writer_wait),
-            mean(
-                (self.commit_seconds, self.commits),
-                (before.commit_seconds, before.commits),
-            ),
-            mean(self.fanout, before.fanout),
-        ]
+        })
     }
-}
 
-impl Metrics {
     /// Each stage's `q` quantile between `before` and `self`, in µs, as the upper bound of
     /// the histogram bucket it falls in (the relay's stage buckets: 10, 25, 50, 100, 250,
     /// 500 µs, 1 ms and up; the commit's from 100 µs; infinite past the last), so a tail is
@@ -373,38 +356,38 @@ impl Metrics {
                 continue;
             };
             let Ok(v) = v.parse::<f64>() else { continue };
-            if let Some((stage, le)) = STAGES.iter().enumerate().find_map(|(i, stage)| {
-                let le = name
-                    .strip_prefix(stage)?
-                    .strip_prefix("_bucket{le=\"")?
-                    .strip_suffix("\"}")?;
-                Some((i, le))
-            }) {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    match le.parse::<f64>() {
-                        Ok(le) => le,
-                        Err(_) => continue,
+            if let Some((i, rest)) = STAGES
+                .iter()
+                .enumerate()
+                .find_map(|(i, stage)| Some((i, name.strip_prefix(stage)?)))
+            {
+                match rest {
+                    "_sum" => m.stage_sums[i].0 = v,
+                    "_count" => m.stage_sums[i].1 = v,
+                    _ => {
+                        let le = rest
+                            .strip_prefix("_bucket{le=\"")
+                            .and_then(|r| r.strip_suffix("\"}"));
+                        let le = match le {
+                            Some("+Inf") => f64::INFINITY,
+                            Some(le) => match le.parse::<f64>() {
+                                Ok(le) => le,
+                                Err(_) => continue,
+                            },
+                            None => continue,
+                        };
+                        m.stage_buckets[i].push((le, v));
                     }
-                };
-                m.stage_buckets[stage].push((le, v));
+                }
                 continue;
             }
             match name {
                 "hotline_relay_commit_batch_size_count" => m.commits = v,
                 "hotline_relay_commit_batch_size_sum" => m.commit_items = v,
-                "hotline_relay_commit_duration_seconds_sum" => m.commit_seconds = v,
                 "hotline_relay_messages_accepted_total" => m.accepted = v,
                 "hotline_relay_deliveries_total" => m.deliveries = v,
                 "hotline_relay_receipts_stored_total" => m.receipts_stored = v,
                 "hotline_relay_connections" => m.connections = v,
-                "hotline_relay_submit_check_seconds_sum" => m.submit_check.0 = v,
-                "hotline_relay_submit_check_seconds_count" => m.submit_check.1 = v,
-                "hotline_relay_writer_wait_seconds_sum" => m.writer_wait.0 = v,
-                "hotline_relay_writer_wait_seconds_count" => m.writer_wait.1 = v,
-                "hotline_relay_fanout_seconds_sum" => m.fanout.0 = v,
-                "hotline_relay_fanout_seconds_count" => m.fanout.1 = v,
                 n if n.starts_with("hotline_relay_queue_depth") => m.queued += v,
                 _ => {}
             }

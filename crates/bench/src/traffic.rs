@@ -206,6 +206,9 @@ impl TrafficReport {
             v.map(|v| format!("{v:.0}{unit}"))
                 .unwrap_or_else(|| "-".into())
         };
+        let per_stage = |st: Option<[Option<f64>; 4]>| {
+            st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
+        };
         format!(
             "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
             name = self.workload,
@@ -227,14 +230,8 @@ impl TrafficReport {
             cms = self
                 .relay_commit_ms_mean
                 .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-            stages = self.relay_stages_us.map_or_else(
-                || "-".into(),
-                |st| st.map(|v| opt(v, "")).join("/")
-            ),
-            stages99 = self.relay_stages_p99_us.map_or_else(
-                || "-".into(),
-                |st| st.map(|v| opt(v, "")).join("/")
-            ),
+            stages = per_stage(self.relay_stages_us),
+            stages99 = per_stage(self.relay_stages_p99_us),
             bcpu = opt(self.bench_cpu_pct, "%"),
             sent = self.sent,
             accepted = self.accepted,
@@ -1055,13 +1052,12 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let accepted = ledger.accepted.load(Relaxed);
     let items = ledger.receipt_items.load(Relaxed);
     // Each stage's mean over the run; the commit's is also reported in ms.
-    let stages = match (&before, &after) {
-        (Some(b), Some(a)) => Some(a.stage_means_us(b)),
-        _ => None,
-    };
-    let stages_p99 = match (&before, &after) {
-        (Some(b), Some(a)) => Some(a.stage_quantiles_us(b, 0.99)),
-        _ => None,
+    let (stages, stages_p99) = match (&before, &after) {
+        (Some(b), Some(a)) => (
+            Some(a.stage_means_us(b)),
+            Some(a.stage_quantiles_us(b, 0.99)),
+        ),
+        _ => (None, None),
     };
     let (commits, items_per_commit) = match (before, after) {
         (Some(b), Some(a)) if a.commits > b.commits => {
