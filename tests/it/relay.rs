@@ -260,19 +260,30 @@ async fn receipt_for_a_disconnected_sender_waits_for_its_reconnect() {
         )
         .await
         .unwrap();
+    // A message for KAZ too, whose receipt serves as the barrier below.
+    kgz.send_to("KAZ", "reply").await.unwrap();
 
     // Both receipts wait for KAZ, in the order they were stored.
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let mut fwd = Vec::new();
-    while fwd.len() < 2 {
-        let (r, _) = kaz
+    let mut reply = None;
+    while fwd.len() < 2 || reply.is_none() {
+        enum Got {
+            Receipt(Signed<Receipt>),
+            Message(Signed<Envelope>),
+        }
+        let (got, _) = kaz
             .until(|f| match f {
-                RelayToNode::Receipt(s) => Some(s.clone()),
+                RelayToNode::Receipt(s) => Some(Got::Receipt(s.clone())),
+                RelayToNode::Deliver(m) => Some(Got::Message(m.clone())),
                 _ => None,
             })
             .await
             .unwrap();
-        fwd.push(r);
+        match got {
+            Got::Receipt(r) => fwd.push(r),
+            Got::Message(m) => reply = Some(m),
+        }
     }
     assert_eq!(fwd, vec![delivered.clone(), ack.clone()]);
 
@@ -280,8 +291,13 @@ async fn receipt_for_a_disconnected_sender_waits_for_its_reconnect() {
     kaz.send(&NodeToRelay::ReceiptsStored(vec![delivered.digest()]))
         .await
         .unwrap();
-    // A round trip through the store writer orders the confirmation before what follows.
-    kaz.send_to("KGZ", "sync").await.unwrap();
+    // The barrier: the relay commits receipts and confirmations in arrival order, in the
+    // same commit or later ones (submissions commit apart, so an *accepted* would not do).
+    // So once this receipt, sent after the confirmation, is stored, so is the confirmation.
+    let reply = reply.expect("loop ends with the reply");
+    kaz.receipt_stored(ReceiptKind::Delivered, &[reply])
+        .await
+        .unwrap();
     kaz.close();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let (again, _) = kaz
