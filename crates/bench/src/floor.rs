@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::grouplog::Ring;
-use crate::stats::Percentiles;
+use crate::stats::{self, Percentiles};
 
 /// Write-ahead-log frames of a relay commit holding one message and nothing else (a 4 KiB
 /// page and a 24-byte frame header each; the seventh round's trace of a message at 2/s). At
@@ -67,13 +67,16 @@ pub struct FloorReport {
     pub commit: Percentiles,
     /// The group-shaped write and its sync.
     pub group: Percentiles,
+    /// The guest's halt-polling limit, ns (`stats::guest_halt_poll_ns`): each sync's
+    /// completion wakes this thread.
+    pub guest_halt_poll_ns: Option<u64>,
 }
 
 impl FloorReport {
     /// One summary line.
     pub fn line(&self) -> String {
         format!(
-            "floor rate={}/s: commit then recipients' sync ms p50/p99/max {} | commit ({} B) {} | recipients ({} B) {} | n {}",
+            "floor rate={}/s: commit then recipients' sync ms p50/p99/max {} | commit ({} B) {} | recipients ({} B) {} | n {}{}",
             self.rate_per_s,
             self.both.ms(),
             self.commit_bytes,
@@ -81,6 +84,7 @@ impl FloorReport {
             self.group_bytes,
             self.group.ms(),
             self.both.n,
+            stats::halt_poll_label(self.guest_halt_poll_ns),
         )
     }
 }
@@ -130,6 +134,7 @@ fn probe(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
             both: Percentiles::of(&mut both),
             commit: Percentiles::of(&mut c),
             group: Percentiles::of(&mut g),
+            guest_halt_poll_ns: stats::guest_halt_poll_ns(),
         })
     })();
     let _ = std::fs::remove_file(&commit_path);

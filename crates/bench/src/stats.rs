@@ -189,6 +189,32 @@ impl Machine {
     }
 }
 
+/// The guest's halt-polling limit in nanoseconds, where the machine is a KVM guest idling
+/// with `cpuidle-haltpoll`; `None` elsewhere (the setting does not apply).
+///
+/// With 0, an idle vCPU halts at once, and a thread woken onto it (a hand-off between
+/// threads, or an I/O completion) waits for the host to run the vCPU again: about 25 µs more
+/// per wake-up on the benchmark machine, several times on a message's way
+/// (docs/BENCHMARKS.md, fifteenth round). Printed with each run so that runs compare.
+pub fn guest_halt_poll_ns() -> Option<u64> {
+    let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok()?;
+    if driver.trim() != "haltpoll" {
+        return None;
+    }
+    std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `guest_halt_poll_ns` for a summary line: ` halt-poll 200us`, or nothing where it does not
+/// apply.
+pub fn halt_poll_label(ns: Option<u64>) -> String {
+    ns.map(|ns| format!(" halt-poll {}us", ns / 1000))
+        .unwrap_or_default()
+}
+
 /// Median time of an `fdatasync`'d 1 KiB append to a file in `dir`, milliseconds, over 20
 /// tries: how fast the disk commits right now (other work on the machine changes it a lot).
 pub fn fsync_probe_ms(dir: &std::path::Path) -> f64 {
@@ -227,6 +253,13 @@ mod tests {
         let p = Percentiles::of(&mut v);
         assert_eq!((p.n, p.p50_us, p.p99_us, p.max_us), (100, 50, 99, 100));
         assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+
+    #[test]
+    fn halt_polling_is_printed_only_where_it_applies() {
+        assert_eq!(halt_poll_label(Some(200_000)), " halt-poll 200us");
+        assert_eq!(halt_poll_label(Some(0)), " halt-poll 0us");
+        assert_eq!(halt_poll_label(None), "");
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct TrafficReport {
     /// Median decode-and-verify of one signed 1 KiB message before the run, µs
     /// (`stats::verify_probe_us`).
     pub verify_probe_us: f64,
+    /// The guest's halt-polling limit before the run, ns (`stats::guest_halt_poll_ns`).
+    pub guest_halt_poll_ns: Option<u64>,
     /// Failures seen by clients (first few).
     pub errors: Vec<String>,
 }
@@ -210,7 +212,7 @@ impl TrafficReport {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -247,6 +249,7 @@ impl TrafficReport {
             load = self.load_avg_before,
             fs = self.fsync_probe_ms,
             vp = self.verify_probe_us,
+            hp = stats::halt_poll_label(self.guest_halt_poll_ns),
             errs = if self.errors.is_empty() {
                 String::new()
             } else {
@@ -853,6 +856,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let load_avg_before = stats::load_avg();
     let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
     let verify_probe_us = verify_probe_us();
+    let guest_halt_poll_ns = stats::guest_halt_poll_ns();
     let n_senders = t.senders.len();
     if n_senders == 0 {
         bail!("no senders");
@@ -1119,6 +1123,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         load_avg_before,
         fsync_probe_ms,
         verify_probe_us,
+        guest_halt_poll_ns,
         errors,
     })
 }

@@ -339,7 +339,9 @@ mod stats;
 // The shared group-committed log, the same source file as `hotline-bench`'s.
 #[path = "../../src/grouplog.rs"]
 mod grouplog;
-pub use stats::{fsync_probe_ms, load_avg, CpuMeter, Percentiles};
+pub use stats::{
+    fsync_probe_ms, guest_halt_poll_ns, halt_poll_label, load_avg, CpuMeter, Percentiles,
+};
 
 /// What one peer run measured (field names follow `hotline-bench`'s report where they mean
 /// the same thing).
@@ -383,6 +385,9 @@ pub struct Report {
     /// Median of twenty `fdatasync`'d 1 KiB appends just before the run, ms (the disk's
     /// state; the same probe as `hotline-bench`'s).
     pub fsync_probe_ms: f64,
+    /// The guest's halt-polling limit before the run, ns (`stats::guest_halt_poll_ns`; the
+    /// same as `hotline-bench`'s).
+    pub guest_halt_poll_ns: Option<u64>,
     pub errors: Vec<String>,
 }
 
@@ -397,7 +402,7 @@ impl Report {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "{label} fanout37 {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s | e2e(durable) ms p50/p99/max {e2e} | received ms {recv} | accept ms {accl} | server cpu {scpu} rss {rss} | bench cpu {bcpu} | sent {sent} accepted {accepted} delivered {delivered} dup {dup} finished {fin} | durability {d:?} | load {load:.2} | fsync {fs:.2}ms{errs}",
+            "{label} fanout37 {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s | e2e(durable) ms p50/p99/max {e2e} | received ms {recv} | accept ms {accl} | server cpu {scpu} rss {rss} | bench cpu {bcpu} | sent {sent} accepted {accepted} delivered {delivered} dup {dup} finished {fin} | durability {d:?} | load {load:.2} | fsync {fs:.2}ms{hp}{errs}",
             label = self.label,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -416,6 +421,7 @@ impl Report {
             d = self.recipient_durability,
             load = self.load_avg_before,
             fs = self.fsync_probe_ms,
+            hp = halt_poll_label(self.guest_halt_poll_ns),
             errs = if self.errors.is_empty() {
                 String::new()
             } else {

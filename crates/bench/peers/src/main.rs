@@ -203,6 +203,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Report> {
 
     let fsync_probe_ms = common::fsync_probe_ms(&t.dir);
     let load_avg_before = common::load_avg();
+    let guest_halt_poll_ns = common::guest_halt_poll_ns();
     let start_at = Instant::now() + Duration::from_millis(200);
     tokio::time::sleep_until(start_at.into()).await;
     let server_cpu = a.server_pid.map(CpuMeter::start);
@@ -263,6 +264,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Report> {
         server_rss_mib,
         load_avg_before,
         fsync_probe_ms,
+        guest_halt_poll_ns,
         errors: ledger.errors(),
     })
 }
@@ -297,6 +299,7 @@ struct Row {
     cpu: Option<f64>,
     load: Option<f64>,
     fsync_ms: Option<f64>,
+    halt_poll_us: Option<f64>,
     rate: String,
     offered: Option<f64>,
     window: Option<u64>,
@@ -363,6 +366,7 @@ fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
         }),
         load: f("load_avg_before"),
         fsync_ms: f("fsync_probe_ms"),
+        halt_poll_us: f("guest_halt_poll_ns").map(|ns| ns / 1e3),
         rate,
         offered,
         window: if offered.is_none() {
@@ -399,9 +403,9 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
         _ => false,
     };
     println!(
-        "| system | guarantee | rate | accepted msg/s | deliveries/s | e2e p50 ms | e2e p99 ms | msg/s ÷ ours | p50 ÷ ours | server CPU | load | fsync ms |"
+        "| system | guarantee | rate | accepted msg/s | deliveries/s | e2e p50 ms | e2e p99 ms | msg/s ÷ ours | p50 ÷ ours | server CPU | load | fsync ms | halt-poll µs |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     for r in &rows {
         // Against our run with the same window or rate, closed by the same rule if it ran.
@@ -422,7 +426,7 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
             " (unfinished†)"
         };
         println!(
-            "| {}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
             r.system,
             mark,
             r.guarantee,
@@ -442,13 +446,16 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
             r.fsync_ms
                 .map(|c| format!("{c:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            r.halt_poll_us
+                .map(|c| format!("{c:.0}"))
+                .unwrap_or_else(|| "-".into()),
         );
         if !notes.iter().any(|(_, n): &(String, String)| *n == r.note) {
             notes.push((r.system.clone(), r.note.clone()));
         }
     }
     println!();
-    println!("server CPU: the broker's (or relay's) CPU over the run, % of one core. load: 1-minute load average just before the run (it counts this benchmark's own fsync-waiting threads too). fsync ms: median of twenty fdatasync'd 1 KiB appends just before the run (the disk's state).");
+    println!("server CPU: the broker's (or relay's) CPU over the run, % of one core. load: 1-minute load average just before the run (it counts this benchmark's own fsync-waiting threads too). fsync ms: median of twenty fdatasync'd 1 KiB appends just before the run (the disk's state). halt-poll µs: the guest's cpuidle-haltpoll limit (guest_halt_poll_ns) during the run; 0 means an idle vCPU halts at once, and every wake-up onto it waits for the host (\"-\": not a haltpoll guest).");
     println!();
     println!("Guarantees (what an accepted message and a delivery mean):");
     for (s, g) in notes {
