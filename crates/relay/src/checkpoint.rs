@@ -97,7 +97,7 @@ impl Checkpointer {
         let (kick, kicked) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("hotline-checkpoint".into())
-            .spawn(move || run(conn, kicked, metrics, rounds))
+            .spawn(move || run(move || round(&conn), kicked, metrics, rounds))
             .map_err(StartError::Thread)?;
         Ok(Self {
             kick: Some(kick),
@@ -137,9 +137,10 @@ impl Drop for Checkpointer {
     }
 }
 
-/// The thread: one round per request, until the writer's handle is dropped.
+/// The thread: one round per request, until the writer's handle is dropped. `checkpoint`
+/// runs a round ([`round`] on the thread's own connection; tests pass failures).
 fn run(
-    conn: Connection,
+    mut checkpoint: impl FnMut() -> Result<Round, rusqlite::Error>,
     kicked: Receiver<()>,
     metrics: Arc<Metrics>,
     rounds: Option<mpsc::Sender<Round>>,
@@ -147,7 +148,7 @@ fn run(
     let mut failing = false;
     while kicked.recv().is_ok() {
         let started = Instant::now();
-        match round(&conn) {
+        match checkpoint() {
             Ok(r) => {
                 metrics.checkpointed(started.elapsed(), r.log_frames);
                 debug!(
@@ -309,6 +310,54 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .expect("count");
         assert_eq!(rows, 101);
+    }
+
+    /// A failed round is counted and does not stop the thread: the next request runs a round
+    /// again, and one that works is reported as before.
+    #[test]
+    fn a_failed_round_is_counted_and_the_next_one_runs() {
+        let metrics = Arc::new(Metrics::new());
+        let (kick, kicked) = mpsc::sync_channel(1);
+        let (tx, rounds) = mpsc::channel();
+        let full = || {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("database or disk is full".into()),
+            )
+        };
+        let works = Round {
+            runs: 1,
+            log_frames: 7,
+            copied_frames: 7,
+            busy: false,
+        };
+        // Taken from the end: two failures, then one that works.
+        let mut outcomes = vec![Ok(works), Err(full()), Err(full())];
+        let m = metrics.clone();
+        let thread = std::thread::spawn(move || {
+            run(
+                move || outcomes.pop().expect("no more rounds than requests"),
+                kicked,
+                m,
+                Some(tx),
+            )
+        });
+        for _ in 0..3 {
+            kick.send(()).expect("the thread is running");
+        }
+        let r = rounds
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the third round, which works, is reported");
+        assert_eq!(r, works);
+        let text = metrics.render(&[]);
+        assert!(
+            text.lines()
+                .any(|l| l == "hotline_relay_checkpoint_failures_total 2"),
+            "two failures in the metrics:\n{text}"
+        );
+        assert!(rounds.try_recv().is_err(), "failed rounds report nothing");
+        drop(kick);
+        thread.join().expect("the thread ends when its handle goes");
     }
 
     /// A round stops when a run finds the log no longer growing (here the second, as
