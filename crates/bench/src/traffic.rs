@@ -585,11 +585,11 @@ struct SenderState {
     fanout: u32,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Reads what the relay sends a sender: the answers to its messages (of the ledger's
+/// indices `mine`) and the receipts forwarded to it, which go to [`keep_receipts`].
 async fn sender_inbound(
     who: String,
-    plan_first: usize,
-    plan_len: usize,
+    mine: std::ops::Range<usize>,
     state: Arc<SenderState>,
     mut reader: hotline_net::FrameReader,
     keep: mpsc::Sender<Kept>,
@@ -598,7 +598,7 @@ async fn sender_inbound(
 ) -> SenderOut {
     let (fanout, complete_on) = (state.fanout, ledger.complete_on);
     let mut out = SenderOut::default();
-    let mine = |i: usize| (plan_first..plan_first + plan_len).contains(&i);
+    let mine = |i: usize| mine.contains(&i);
     loop {
         // Read here, as in `recipient`: no reader task in between.
         let first = tokio::select! {
@@ -817,8 +817,7 @@ async fn sender(
     ));
     let inbound = tokio::spawn(sender_inbound(
         plan.who.clone(),
-        plan.first,
-        plan.frames.len(),
+        plan.first..plan.first + plan.frames.len(),
         state.clone(),
         reader,
         keep_tx,
