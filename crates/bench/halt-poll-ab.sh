@@ -39,6 +39,8 @@ restore() {
     echo "$was_shrink" > "$params/guest_halt_poll_allow_shrink"
 }
 trap restore EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if [ -n "$SHRINK" ]; then
     echo "$SHRINK" > "$params/guest_halt_poll_allow_shrink"
 fi
