@@ -267,11 +267,11 @@ async fn receipt_for_a_disconnected_sender_waits_for_its_reconnect() {
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let mut fwd = Vec::new();
     let mut reply = None;
+    enum Got {
+        Receipt(Signed<Receipt>),
+        Message(Signed<Envelope>),
+    }
     while fwd.len() < 2 || reply.is_none() {
-        enum Got {
-            Receipt(Signed<Receipt>),
-            Message(Signed<Envelope>),
-        }
         let (got, _) = kaz
             .until(|f| match f {
                 RelayToNode::Receipt(s) => Some(Got::Receipt(s.clone())),

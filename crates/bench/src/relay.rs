@@ -365,18 +365,14 @@ impl Metrics {
                     "_sum" => m.stage_sums[i].0 = v,
                     "_count" => m.stage_sums[i].1 = v,
                     _ => {
+                        // Rust parses Prometheus's `le="+Inf"` as infinity, as it should.
                         let le = rest
                             .strip_prefix("_bucket{le=\"")
-                            .and_then(|r| r.strip_suffix("\"}"));
-                        let le = match le {
-                            Some("+Inf") => f64::INFINITY,
-                            Some(le) => match le.parse::<f64>() {
-                                Ok(le) => le,
-                                Err(_) => continue,
-                            },
-                            None => continue,
-                        };
-                        m.stage_buckets[i].push((le, v));
+                            .and_then(|r| r.strip_suffix("\"}"))
+                            .and_then(|le| le.parse::<f64>().ok());
+                        if let Some(le) = le {
+                            m.stage_buckets[i].push((le, v));
+                        }
                     }
                 }
                 continue;

@@ -406,6 +406,10 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
         "| system | guarantee | rate | accepted msg/s | deliveries/s | e2e p50 ms | e2e p99 ms | msg/s ÷ ours | p50 ÷ ours | server CPU | load | fsync ms | halt-poll µs |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // An optional figure with `prec` decimals, or "-" when the report had none.
+    let cell = |v: Option<f64>, prec: usize, unit: &str| {
+        v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}{unit}"))
+    };
     let mut notes = Vec::new();
     for r in &rows {
         // Against our run with the same window or rate, closed by the same rule if it ran.
@@ -437,18 +441,10 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
             r.p99_ms,
             ratio,
             p50_ratio,
-            r.cpu
-                .map(|c| format!("{c:.0}%"))
-                .unwrap_or_else(|| "-".into()),
-            r.load
-                .map(|c| format!("{c:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            r.fsync_ms
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or_else(|| "-".into()),
-            r.halt_poll_us
-                .map(|c| format!("{c:.0}"))
-                .unwrap_or_else(|| "-".into()),
+            cell(r.cpu, 0, "%"),
+            cell(r.load, 1, ""),
+            cell(r.fsync_ms, 2, ""),
+            cell(r.halt_poll_us, 0, ""),
         );
         if !notes.iter().any(|(_, n): &(String, String)| *n == r.note) {
             notes.push((r.system.clone(), r.note.clone()));
