@@ -13,12 +13,15 @@
 # Needs root (it writes /sys/module/haltpoll/parameters/); it puts back the settings it
 # found when it exits, however it exits. ON is the polling limit of the second run of each
 # pair in nanoseconds (200000); SHRINK=N keeps the governor from halving the polling window
-# after each idle spell longer than the limit (the kernel's default, Y, does).
+# after each idle spell longer than the limit (the kernel's default, Y, does). RUN_TIMEOUT
+# bounds each benchmark run in seconds (600; `all` needs more); a run that hits it prints
+# nothing and the pairs go on.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 BENCH=${BENCH:-target/release/hotline-bench}
 ON=${ON:-200000}
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 SHRINK=${SHRINK:-}
 params=/sys/module/haltpoll/parameters
 pairs=${1:?usage: halt-poll-ab.sh PAIRS WORKLOAD [ARGS...]}
@@ -48,7 +51,7 @@ fi
 for _ in $(seq 1 "$pairs"); do
     for ns in 0 "$ON"; do
         echo "$ns" > "$params/guest_halt_poll_ns"
-        line=$("$BENCH" "$@" 2>&1 | grep -E '^(fanout|p2p|floor)' | tail -n 1 || true)
+        line=$(timeout --kill-after=30 "$RUN_TIMEOUT" "$BENCH" "$@" 2>&1 | grep -E '^(fanout|p2p|floor)' | tail -n 1 || true)
         # The figures worth comparing; the full line is one run away.
         brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|(sync|commit \([0-9]+ B\)|recipients \([0-9]+ B\)) (ms p50/p99/max )?[0-9./]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
         echo "$(date -u +%T) halt-poll ${ns}ns: ${brief:-$line}"
