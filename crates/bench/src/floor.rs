@@ -67,8 +67,8 @@ pub struct FloorReport {
     pub commit: Percentiles,
     /// The group-shaped write and its sync.
     pub group: Percentiles,
-    /// The guest's halt-polling limit, ns (`stats::guest_halt_poll_ns`): each sync's
-    /// completion wakes this thread.
+    /// The guest's halt-polling limit before the probe, ns (`stats::guest_halt_poll_ns`, as
+    /// the traffic runs read it): each sync's completion wakes the probing thread.
     pub guest_halt_poll_ns: Option<u64>,
 }
 
@@ -103,6 +103,7 @@ pub async fn run(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
 fn probe(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
     std::fs::create_dir_all(dir)?;
     let (commit_path, group_path) = (dir.join("floor-commit"), dir.join("floor-group"));
+    let guest_halt_poll_ns = stats::guest_halt_poll_ns();
     let result = (|| {
         let mut commit = Ring::create(&commit_path, RING_BYTES)?;
         let mut group = Ring::create(&group_path, RING_BYTES)?;
@@ -134,7 +135,7 @@ fn probe(dir: &Path, o: &FloorOptions) -> anyhow::Result<FloorReport> {
             both: Percentiles::of(&mut both),
             commit: Percentiles::of(&mut c),
             group: Percentiles::of(&mut g),
-            guest_halt_poll_ns: stats::guest_halt_poll_ns(),
+            guest_halt_poll_ns,
         })
     })();
     let _ = std::fs::remove_file(&commit_path);
