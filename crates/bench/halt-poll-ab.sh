@@ -3,7 +3,7 @@
 # prints each run's headline figures. On a KVM guest idling with `cpuidle-haltpoll` (the
 # benchmark machine, a Firecracker guest booted with `haltpoll.guest_halt_poll_ns=0`), an
 # idle vCPU halts at once, and every thread woken onto it waits for the host to run the vCPU
-# again. See docs/BENCHMARKS.md, fifteenth round, and docs/OPERATIONS.md, "Latency on
+# again. See docs/BENCHMARKS-ROUNDS.md, fifteenth round, and docs/OPERATIONS.md, "Latency on
 # virtual machines".
 #
 #   cargo build --release -p hotline-cli -p hotline-bench

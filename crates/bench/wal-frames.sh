@@ -3,7 +3,7 @@
 # traces the relay's store writer thread for one second (`strace` of its `pwrite64` and
 # `fsync` calls), and prints, for message commits and for receipt commits, the WAL frames a
 # commit writes, by table or index (page numbers from each frame's 24-byte header, mapped
-# with SQLite's `dbstat` on the run's database). See docs/BENCHMARKS.md, thirteenth round.
+# with SQLite's `dbstat` on the run's database). See docs/BENCHMARKS-ROUNDS.md, thirteenth round.
 #
 #   cargo build --release -p hotline-cli -p hotline-bench
 #   crates/bench/wal-frames.sh                   # target/release/hotline, 500/s

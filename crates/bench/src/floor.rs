@@ -13,7 +13,7 @@
 //!
 //! Both files are rings of blocks written when they are created ([`Ring`]), as SQLite reuses
 //! its write-ahead log and as the group log does. Both syncs are `fdatasync`: SQLite calls
-//! `fsync`, which measured the same on this disk (docs/BENCHMARKS.md, eighth and ninth
+//! `fsync`, which measured the same on this disk (docs/BENCHMARKS-ROUNDS.md, eighth and ninth
 //! rounds). No end-to-end latency measured by [`crate::fanout37`] can be below this floor,
 //! at the same rate, on the same disk.
 
@@ -28,7 +28,7 @@ use crate::stats::{self, Percentiles};
 /// Write-ahead-log frames of a relay commit holding one message and nothing else (a 4 KiB
 /// page and a 24-byte frame header each; the seventh round's trace of a message at 2/s). At
 /// fanout37 500/s the relay's commits also carry the receipts that were waiting, about 21
-/// frames (docs/BENCHMARKS.md, tenth round); the floor counts only the message's own.
+/// frames (docs/BENCHMARKS-ROUNDS.md, tenth round); the floor counts only the message's own.
 pub const COMMIT_FRAMES: usize = 11;
 /// A WAL frame: its header and a 4 KiB page.
 const FRAME_BYTES: usize = 24 + 4096;

@@ -195,7 +195,7 @@ impl Machine {
 /// With 0, an idle vCPU halts at once, and a thread woken onto it (a hand-off between
 /// threads, or an I/O completion) waits for the host to run the vCPU again: about 25 µs more
 /// per wake-up on the benchmark machine, several times on a message's way
-/// (docs/BENCHMARKS.md, fifteenth round). Printed with each run so that runs compare.
+/// (docs/BENCHMARKS-ROUNDS.md, fifteenth round). Printed with each run so that runs compare.
 pub fn guest_halt_poll_ns() -> Option<u64> {
     let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok()?;
     if driver.trim() != "haltpoll" {

@@ -1156,7 +1156,7 @@ pub(crate) fn alert(
 
 /// Median time to decode and verify (strict ed25519) one signed message with a 1 KiB body,
 /// microseconds, over 9 rounds of 32: how fast a CPU is right now. This machine's speed
-/// moved by a third within minutes (docs/BENCHMARKS.md, sixth round); the project's
+/// moved by a third within minutes (docs/BENCHMARKS-ROUNDS.md, sixth round); the project's
 /// reference for a quiet machine is about 34 µs.
 pub fn verify_probe_us() -> f64 {
     use hotline_proto::{Audience, MessageId, ParticipantId, PublicKey, Signed, SigningKey};

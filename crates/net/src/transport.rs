@@ -31,7 +31,7 @@ pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// connections, so the default cost the relay one incoming acknowledgement, with its wake-up,
 /// decryption and bookkeeping, per two deliveries. Measured at fanout37 500/s, six pairs:
 /// end-to-end p50 3.54–4.95 ms before, 2.58–4.01 ms after, 12 datagrams fewer a message
-/// (docs/BENCHMARKS.md, ninth round). Loss is still noticed within the delay timer.
+/// (docs/BENCHMARKS-ROUNDS.md, ninth round). Loss is still noticed within the delay timer.
 pub const ACK_ELICITING_THRESHOLD: u32 = 10;
 
 /// Transport limits for one side of a connection.

@@ -43,7 +43,7 @@ pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 /// receipts leave it more CPU for the messages themselves. Measured with the benchmark's
 /// recipients doing the same at fanout37 500/s: 20 ms cut the relay's CPU per message by a
 /// quarter and the end-to-end latency (sender to recipient's disk) from 8 to 4.5 ms at the
-/// median, and made "all 37 receipts back" 12 ms later (docs/BENCHMARKS.md, fifth round).
+/// median, and made "all 37 receipts back" 12 ms later (docs/BENCHMARKS-ROUNDS.md, fifth round).
 /// A lone message's receipt leaves as soon as the message is stored (until 2026-11-30 it
 /// also waited 20 ms).
 /// Losing the wait to a crash loses nothing: the relay redelivers what it has no receipt
@@ -56,7 +56,7 @@ pub const RECEIPT_PACE_MS: u64 = 20;
 /// comes in bursts with gaps of about a pace (measured, `crate::pacer`), and each burst
 /// would cost a receipt more. A second allows at most one more receipt per second per link;
 /// in the benchmark's A/B runs the receipt counts stayed those of pacing alone
-/// (docs/BENCHMARKS.md, sixth round).
+/// (docs/BENCHMARKS-ROUNDS.md, sixth round).
 pub const RECEIPT_QUIET_MS: u64 = 1_000;
 
 /// At shutdown, how long a link waits for the relay to confirm the delivered receipts it

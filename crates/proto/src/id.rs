@@ -36,7 +36,7 @@ pub enum IdError {
 /// bookkeeping, its mailbox posts, the receipt check) and looks one up per receipt item, and as
 /// heap strings those copies were allocations and the look-ups pointer chases (malloc and
 /// the recipient search were 12 % of the relay's samples at fanout37 maximum,
-/// docs/BENCHMARKS.md, seventh round). Zero never occurs in a code and sorts below every
+/// docs/BENCHMARKS-ROUNDS.md, seventh round). Zero never occurs in a code and sorts below every
 /// character that does, so comparing the padded bytes orders ids as their strings.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -136,7 +136,7 @@ impl MessageId {
     /// so the stores that index them by id (the relay's and the sender's) add each new one at
     /// the end of the index instead of on a random page of it: with fully random ids every
     /// message dirtied one more page per commit, and the relay spent about a fifth more CPU
-    /// per message at maximum rate (docs/BENCHMARKS.md, fifth round). 80 random bits keep ids
+    /// per message at maximum rate (docs/BENCHMARKS-ROUNDS.md, fifth round). 80 random bits keep ids
     /// unguessable and collisions out of reach within a millisecond.
     pub fn generate(now_ms: u64) -> Self {
         let mut b = [0u8; 16];

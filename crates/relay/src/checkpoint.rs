@@ -5,7 +5,7 @@
 //! start over. SQLite runs its automatic checkpoint inside the commit that takes the log past
 //! 1,000 pages. At 500 messages a second that was one commit in about fifty, and it took 1–2.5
 //! ms instead of 0.25: the messages of that commit, and every one that arrived while it ran,
-//! waited for it. It was the end-to-end p99 (docs/BENCHMARKS.md, eleventh round).
+//! waited for it. It was the end-to-end p99 (docs/BENCHMARKS-ROUNDS.md, eleventh round).
 //!
 //! **How.** A thread of its own, with its own connection, runs *passive* checkpoints, which
 //! never block the writer. The writer asks for one ([`Checkpointer::idle`]) when it is about

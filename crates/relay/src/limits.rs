@@ -28,7 +28,7 @@ pub const RATE_BURST: u32 = 100_000;
 /// delivered receipts (20 ms per relay link) and acknowledgements are typed by people, so
 /// this only bounds a runaway or hostile node: each receipt costs a signature check and a
 /// commit slot shared with everyone. The benchmark's recipients with pacing off sent 110
-/// receipts a second each at fanout37 500/s (docs/BENCHMARKS.md, sixth round).
+/// receipts a second each at fanout37 500/s (docs/BENCHMARKS-ROUNDS.md, sixth round).
 pub const RECEIPT_RATE_PER_SEC: u32 = 1_000;
 
 /// Burst of receipts read above the sustained rate.

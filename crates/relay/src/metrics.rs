@@ -15,7 +15,7 @@ const LATENCY_BUCKETS_MS: [u64; 13] = [
 ];
 const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 /// Commit durations, in microseconds: on the benchmark machine a commit took 0.28–0.35 ms
-/// on average at 500 messages a second and 1–4 ms at maximum rate (docs/BENCHMARKS.md,
+/// on average at 500 messages a second and 1–4 ms at maximum rate (docs/BENCHMARKS-ROUNDS.md,
 /// tenth round); tens of milliseconds is a disk in trouble.
 const COMMIT_BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,

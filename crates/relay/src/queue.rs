@@ -7,7 +7,7 @@
 //! with the messages' recipient lists, that is enough to rebuild this index when the relay
 //! starts (`store::Writer::new`). Accepting a 37-way message then writes no queue rows, and a
 //! cumulative receipt moves one cursor instead of deleting a row per message it names
-//! (docs/BENCHMARKS.md, seventh round).
+//! (docs/BENCHMARKS-ROUNDS.md, seventh round).
 //!
 //! The store writer is this index's only writer. It adds a message's positions only after
 //! the commit that holds the message (so a session never delivers what is not durable), and

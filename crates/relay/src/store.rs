@@ -57,7 +57,7 @@ const SCHEMA_VERSION: i64 = 3;
 /// the lowest cursor ([`load_queues`]). So accepting a 37-way message writes no queue rows,
 /// and a cumulative receipt that names a recipient's next messages in order moves its cursor
 /// with one row write, where schema 2 inserted and then deleted 37 queue rows per message
-/// (docs/BENCHMARKS.md, seventh round). A recipient gets a cursor row with the first message
+/// (docs/BENCHMARKS-ROUNDS.md, seventh round). A recipient gets a cursor row with the first message
 /// addressed to it, just below that message, so the messages before it are never read for it.
 ///
 /// Receipts are unique by (signing time, digest) rather than by digest alone: the digest
@@ -67,7 +67,7 @@ const SCHEMA_VERSION: i64 = 3;
 /// commit wrote one such page per receipt to the WAL; keyed by time first, a commit's
 /// receipts land on the same one or two pages at the index's end (at fanout37 500/s, ~13
 /// receipts a commit: the writer's writes fell from about 210 to 120 KB per commit,
-/// docs/BENCHMARKS.md, fifth round). The receipt queue (`rqueue`, receipts to forward
+/// docs/BENCHMARKS-ROUNDS.md, fifth round). The receipt queue (`rqueue`, receipts to forward
 /// to their senders, removed when a sender says it holds them by digest) carries each
 /// receipt's digest, so that removal needs no index on `receipts.digest`; it holds only
 /// what is not yet forwarded, so its digest index stays small.
@@ -128,8 +128,9 @@ CREATE TABLE IF NOT EXISTS ahead (
 /// `Welcome.last_seq`. Messages are kept for good, so the highest `seq` of its messages is
 /// the answer, found in the `(sender, seq)` index. The `senders` table is a floor under it:
 /// relays before the thirteenth round of benchmarks wrote it in every commit holding a
-/// submission (one page of a message's eight or nine, docs/BENCHMARKS.md), and anything that
-/// ever deletes messages must write there the highest number it deletes.
+/// submission (one page of a message's eight or nine, docs/BENCHMARKS-ROUNDS.md, thirteenth
+/// round), and anything that ever deletes messages must write there the highest number it
+/// deletes.
 const SENDER_LAST_SEQ: &str = "SELECT MAX(v) FROM (
     SELECT last_seq AS v FROM senders WHERE participant = ?1
     UNION ALL SELECT MAX(seq) FROM messages WHERE sender = ?1)";
@@ -482,8 +483,8 @@ struct Plan {
 ///   about 3.6 receipts a commit, whose rows and index entries roughly doubled the pages the
 ///   commit wrote and synced (17 WAL frames a commit on average, against 8–9 for a
 ///   message's commit alone). Committed apart, the end-to-end p99 fell by about 0.25 ms and
-///   *accepted* came about 0.07 ms sooner (docs/BENCHMARKS.md), for about 7 % more relay
-///   CPU a message (more, smaller commits).
+///   *accepted* came about 0.07 ms sooner (docs/BENCHMARKS-ROUNDS.md, thirteenth round), for
+///   about 7 % more relay CPU a message (more, smaller commits).
 /// - **The rest waits for company**, up to [`crate::limits::RECEIPT_COMMIT_DELAY_MS`] after
 ///   the first of them arrived (`due`), or until the batch is full. Receipts arrive one per
 ///   recipient per message; committing each on its own rewrote the same hot pages thousands
@@ -1700,7 +1701,7 @@ fn store_receipt(
 /// and start-up checks that every row still hashes to its digest (`integrity_check`); the
 /// digest in the chain commits the journal to those exact bytes. A second copy of each
 /// message in the journal doubled what the writer wrote and hashed per message: p2p at
-/// maximum, 16,036 msg/s with the copy against 17,990 without (docs/BENCHMARKS.md, eighth
+/// maximum, 16,036 msg/s with the copy against 17,990 without (docs/BENCHMARKS-ROUNDS.md, eighth
 /// round).
 fn journal_record<T: hotline_proto::SignedPayload>(signed: &Signed<T>, digest: &Digest) -> Vec<u8> {
     record_of(&digest.0, &signed.key().0, &signed.signature().0)
