@@ -247,6 +247,16 @@ pub fn resolve_public(spec: &str) -> Result<PublicKey, KeyFileError> {
     read_public(Path::new(spec))
 }
 
+/// [`resolve_public`] for a key named in a file: a path that is not absolute is taken
+/// relative to `base`, the directory of the file that names it.
+pub fn resolve_public_in(spec: &str, base: &Path) -> Result<PublicKey, KeyFileError> {
+    let trimmed = spec.trim();
+    if trimmed.len() == KEY_HEX_CHARS && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return resolve_public(spec);
+    }
+    read_public(&base.join(spec))
+}
+
 fn read_key_file(path: &Path, f: File) -> Result<Vec<u8>, KeyFileError> {
     atomic_file::read_bounded(f, KEY_FILE_BYTES_MAX).map_err(|e| match e {
         ReadError::Io(source) => KeyFileError::Io {

@@ -5,6 +5,8 @@
 //!   digits, mode 0600) and public key files (64 hexadecimal digits).
 //! - [`roster_file`]: the human-editable TOML roster draft (the unsigned roster), and the
 //!   signed roster file (the canonical encoding of `Signed<Roster>`).
+//! - [`text_file`]: bounded reads of the other text files (service configurations, API
+//!   tokens, scenarios, message bodies), and the relay's and node's [`ConfigError`].
 //!
 //! Every error names the file it is about. Every file is size-checked before it is read.
 
@@ -14,6 +16,8 @@ mod atomic_file;
 pub mod keyfile;
 pub mod limits;
 pub mod roster_file;
+pub mod text_file;
 
 pub use keyfile::{IfExists, KeyFileError};
 pub use roster_file::{Draft, DraftError, DraftGroup, DraftParticipant, RosterFileError};
+pub use text_file::{ConfigError, TextFileError};

@@ -14,6 +14,13 @@ pub const SIGNED_ROSTER_FILE_BYTES_MAX: usize = ROSTER_BYTES_MAX + 4096;
 /// keys and a 128-byte name each, 64 groups of 256 members) is well under this.
 pub const DRAFT_FILE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Largest service configuration read (a relay's or a node's configuration, an exercise
+/// scenario, an exercise's endpoints file): each is a page or two of TOML.
+pub const CONFIG_FILE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest API token file read: one line of hexadecimal digits (the node writes 64).
+pub const TOKEN_FILE_BYTES_MAX: usize = 4096;
+
 /// Permission bits of a secret key file on Unix: owner read and write only.
 pub const SECRET_KEY_FILE_MODE: u32 = 0o600;
 

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use hotline_config::limits::{CONFIG_FILE_BYTES_MAX, TOKEN_FILE_BYTES_MAX};
+use hotline_config::text_file;
 use hotline_node::client::ApiClient;
 
 use crate::run::Live;
@@ -36,8 +38,7 @@ struct Endpoint {
 
 /// Reads an endpoints file (paths relative to it) into a live deployment.
 pub fn load(path: &Path) -> anyhow::Result<Live> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = text_file::read(path, CONFIG_FILE_BYTES_MAX)?;
     let e: Endpoints =
         toml::from_str(&text).with_context(|| format!("endpoints file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -48,12 +49,7 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
             base.join(p)
         }
     };
-    let key_spec = if e.roster_key.len() == 64 {
-        e.roster_key.clone()
-    } else {
-        rel(Path::new(&e.roster_key)).display().to_string()
-    };
-    let key = hotline_config::keyfile::resolve_public(&key_spec)?;
+    let key = hotline_config::keyfile::resolve_public_in(&e.roster_key, base)?;
     let roster = hotline_config::roster_file::read_verified_roster(&rel(&e.roster), &key)?;
     let mut clients = BTreeMap::new();
     for (id, n) in e.nodes {
@@ -65,7 +61,7 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
                 roster.version
             );
         }
-        let token = std::fs::read_to_string(rel(&n.token_file))
+        let token = text_file::read(&rel(&n.token_file), TOKEN_FILE_BYTES_MAX)
             .with_context(|| format!("token of {id}"))?;
         clients.insert(id, ApiClient::new(&n.api, &token));
     }

@@ -9,39 +9,10 @@ use serde::Deserialize;
 use hotline_net::Fingerprint;
 use hotline_proto::{ParticipantId, PublicKey};
 
-use crate::limits;
+use hotline_config::text_file;
+pub use hotline_config::ConfigError;
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Not valid TOML, a missing or unknown field, or a wrong type (names line and column).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A field has a value the node cannot use.
-    #[error("{path}: field `{field}`: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+use crate::limits;
 
 /// One relay the node connects to.
 #[derive(Clone, Debug, Deserialize)]
@@ -138,19 +109,12 @@ pub const DEFAULT_API: SocketAddr =
 impl NodeConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&text_file::read_config(path)?, path)
     }
 
     /// Parses configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig = text_file::parse_toml(text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let invalid = |field, reason: String| ConfigError::Invalid {
@@ -160,9 +124,8 @@ impl NodeConfig {
         };
         let participant = ParticipantId::new(&raw.participant)
             .map_err(|e| invalid("participant", e.to_string()))?;
-        let roster_key =
-            hotline_config::keyfile::resolve_public(&resolve_rel(&raw.roster_key, base))
-                .map_err(|e| invalid("roster_key", e.to_string()))?;
+        let roster_key = hotline_config::keyfile::resolve_public_in(&raw.roster_key, base)
+            .map_err(|e| invalid("roster_key", e.to_string()))?;
         let receipt_pace_ms = raw.receipt_pace_ms.unwrap_or(limits::RECEIPT_PACE_MS);
         if receipt_pace_ms > limits::RECEIPT_PACE_MS_MAX {
             return Err(invalid(
@@ -248,14 +211,6 @@ impl NodeConfig {
 }
 
 /// A key given as hex stays as is; a relative path is made relative to the config file.
-fn resolve_rel(spec: &str, base: &Path) -> String {
-    if spec.len() == 64 && spec.chars().all(|c| c.is_ascii_hexdigit()) {
-        spec.to_owned()
-    } else {
-        base.join(spec).display().to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,7 +178,7 @@ fn load_start_roster(
 
 /// Reads the API token file, creating it (mode 0600, random) if missing.
 pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
-    match std::fs::read_to_string(path) {
+    match hotline_config::text_file::read(path, hotline_config::limits::TOKEN_FILE_BYTES_MAX) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => {
             return Err(NodeError::Io(format!(
@@ -186,8 +186,8 @@ pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
                 path.display()
             )))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(NodeError::Io(format!("{}: {e}", path.display()))),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(NodeError::Io(e.to_string())),
     }
     let mut b = [0u8; limits::API_TOKEN_BYTES];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);

@@ -10,39 +10,10 @@ use serde::Deserialize;
 use hotline_proto::routing::Policy;
 use hotline_proto::PublicKey;
 
-use crate::limits;
+use hotline_config::text_file;
+pub use hotline_config::ConfigError;
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has a bad field (the message names line and column).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A field has a value the relay cannot use.
-    #[error("{path}: field `{field}`: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+use crate::limits;
 
 /// The `[limits]` table.
 #[derive(Clone, Debug, Deserialize)]
@@ -161,19 +132,12 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9400";
 impl RelayConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&text_file::read_config(path)?, path)
     }
 
     /// Parses configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig = text_file::parse_toml(text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let invalid = |field, reason: String| ConfigError::Invalid {
@@ -181,8 +145,8 @@ impl RelayConfig {
             field,
             reason,
         };
-        let roster_key =
-            parse_key(&raw.roster_key, base).map_err(|reason| invalid("roster_key", reason))?;
+        let roster_key = hotline_config::keyfile::resolve_public_in(&raw.roster_key, base)
+            .map_err(|e| invalid("roster_key", e.to_string()))?;
         let metrics_listen = match raw.metrics_listen.as_deref() {
             None => Some(
                 DEFAULT_METRICS
@@ -261,23 +225,6 @@ impl RelayConfig {
             },
         })
     }
-}
-
-/// A public key given as 64 hex digits or as a path to a `.pub` file holding them.
-pub fn parse_key(s: &str, base: &Path) -> Result<PublicKey, String> {
-    if let Ok(k) = s.parse::<PublicKey>() {
-        return Ok(k);
-    }
-    let p = base.join(s);
-    let text = std::fs::read_to_string(&p).map_err(|e| {
-        format!(
-            "neither 64 hex digits nor a readable key file ({}: {e})",
-            p.display()
-        )
-    })?;
-    text.trim()
-        .parse::<PublicKey>()
-        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 
 use hotline_node::NodeConfig;
@@ -56,7 +56,7 @@ pub(crate) fn run(command: ConfigCommand) -> Result<()> {
 }
 
 fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let text = hotline_config::text_file::read_config(path)?;
     let kind = match kind.or_else(|| guess_kind(&text)) {
         Some(k) => k,
         None => match (
@@ -70,24 +70,22 @@ fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
                  configuration (it has `participant`); give --kind relay|node.\n\
                  As a relay configuration: {}\nAs a node configuration: {}",
                 path.display(),
-                with_line(&r.to_string(), relay_field(&r), &text, path),
-                with_line(&n.to_string(), node_field(&n), &text, path),
+                with_line(&r.to_string(), r.field(), &text, path),
+                with_line(&n.to_string(), n.field(), &text, path),
             ),
         },
     };
     let mut report = Report::default();
     let headline = match kind {
         Kind::Relay => {
-            let config = RelayConfig::parse(&text, path).map_err(|e| {
-                anyhow::anyhow!(with_line(&e.to_string(), relay_field(&e), &text, path))
-            })?;
+            let config = RelayConfig::parse(&text, path)
+                .map_err(|e| anyhow::anyhow!(with_line(&e.to_string(), e.field(), &text, path)))?;
             check_relay_files(&config, &text, path, &mut report);
             "OK: relay configuration".to_owned()
         }
         Kind::Node => {
-            let config = NodeConfig::parse(&text, path).map_err(|e| {
-                anyhow::anyhow!(with_line(&e.to_string(), node_field(&e), &text, path))
-            })?;
+            let config = NodeConfig::parse(&text, path)
+                .map_err(|e| anyhow::anyhow!(with_line(&e.to_string(), e.field(), &text, path)))?;
             check_node_files(&config, &text, path, &mut report);
             format!(
                 "OK: node configuration (participant {})",
@@ -318,22 +316,6 @@ fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut 
         ));
     } else {
         report.notes.push(format!("store in {}", dir.display()));
-    }
-}
-
-/// The field a relay configuration error names, if it is about a field's value.
-fn relay_field(e: &hotline_relay::ConfigError) -> Option<&'static str> {
-    match e {
-        hotline_relay::ConfigError::Invalid { field, .. } => Some(field),
-        _ => None,
-    }
-}
-
-/// The field a node configuration error names, if it is about a field's value.
-fn node_field(e: &hotline_node::ConfigError) -> Option<&'static str> {
-    match e {
-        hotline_node::ConfigError::Invalid { field, .. } => Some(field),
-        _ => None,
     }
 }
 

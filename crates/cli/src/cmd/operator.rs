@@ -8,7 +8,10 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::{json, Value};
 
+use hotline_config::limits::TOKEN_FILE_BYTES_MAX;
+use hotline_config::text_file;
 use hotline_node::client::ApiClient;
+use hotline_proto::limits::BODY_BYTES_MAX;
 
 /// Where the node's API is: from its configuration file, or given directly.
 #[derive(Debug, Args, Clone)]
@@ -48,8 +51,8 @@ impl ApiArgs {
                 )
             }
         };
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("reading the API token {}", token_file.display()))?;
+        let token =
+            text_file::read(&token_file, TOKEN_FILE_BYTES_MAX).context("reading the API token")?;
         Ok(ApiClient::new(&addr, &token))
     }
 }
@@ -110,16 +113,22 @@ fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> anyh
 }
 
 pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
+    // Read no more than a body may hold, so that an endless input is refused rather than
+    // held in memory; the node checks the body again.
     let body = match (&a.body, &a.body_file) {
         (Some(b), _) if b == "-" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s)?;
+            std::io::stdin()
+                .take(BODY_BYTES_MAX as u64 + 1)
+                .read_to_string(&mut s)
+                .context("reading the body from standard input")?;
+            if s.len() > BODY_BYTES_MAX {
+                bail!("the body on standard input is larger than {BODY_BYTES_MAX} bytes, the most a message may carry");
+            }
             s
         }
         (Some(b), _) => b.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
+        (None, Some(f)) => text_file::read(f, BODY_BYTES_MAX).context("reading the body")?,
         (None, None) => String::new(),
     };
     let req = json!({

@@ -1,0 +1,95 @@
+//! Every file a command is pointed at is read with a limit: an endless one (`/dev/zero`) is
+//! refused with an error naming it, promptly, instead of being read until memory runs out.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long one command may take before the test calls it hung (it reads at most 1 MiB).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `hotline ARGS` with `stdin` piped from `input` (if any) and returns its exit code and
+/// standard error, killing it and failing if it has not exited by [`DEADLINE`].
+fn run(args: &[&str], input: Option<&'static [u8]>) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hotline binary runs");
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Endless input: write until the command stops reading (a broken pipe ends it).
+        std::thread::spawn(move || while stdin.write_all(bytes).is_ok() {});
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(out) => {
+            let out = out.expect("wait");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.code(), stderr)
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("hotline {args:?} still running after {DEADLINE:?}: it reads without a limit");
+        }
+    }
+}
+
+fn refused(args: &[&str], input: Option<&'static [u8]>, names: &str) {
+    let (code, stderr) = run(args, input);
+    assert_eq!(code, Some(1), "hotline {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(names),
+        "hotline {args:?} names {names}: {stderr}"
+    );
+    assert!(
+        stderr.contains("allowed") || stderr.contains("larger than"),
+        "hotline {args:?} says the input is too large: {stderr}"
+    );
+}
+
+#[test]
+fn service_configurations_are_read_with_a_limit() {
+    for args in [
+        ["relay", "--config", "/dev/zero"],
+        ["node", "--config", "/dev/zero"],
+        ["config", "check", "/dev/zero"],
+    ] {
+        refused(&args, None, "/dev/zero");
+    }
+}
+
+#[test]
+fn scenarios_and_message_bodies_are_read_with_a_limit() {
+    refused(&["exercise", "run", "/dev/zero"], None, "/dev/zero");
+    refused(
+        &[
+            "send",
+            "--to",
+            "KAZ",
+            "--subject",
+            "s",
+            "--body-file",
+            "/dev/zero",
+        ],
+        None,
+        "/dev/zero",
+    );
+    refused(
+        &["send", "--to", "KAZ", "--subject", "s", "--body", "-"],
+        Some(&[b'a'; 4096]),
+        "standard input",
+    );
+}

@@ -1,0 +1,174 @@
+//! Bounded reads of the small text files a command is pointed at, and what the relay's and
+//! the node's configuration files share.
+//!
+//! Every such file is read with a limit: a path that names something endless
+//! (`/dev/zero`) or far too large (a disk image given by mistake) is refused after `max`
+//! bytes with an error that says so, instead of being read until memory runs out.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::atomic_file::{self, ReadError};
+use crate::limits::CONFIG_FILE_BYTES_MAX;
+
+/// Why a text file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextFileError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is longer than a file of its kind may be.
+    #[error("{path}: {len} bytes or more, more than the {max} allowed")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Bytes found (at least).
+        len: u64,
+        /// Bytes allowed.
+        max: usize,
+    },
+    /// The file is not UTF-8 text.
+    #[error("{path}: not UTF-8 text")]
+    NotText {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl TextFileError {
+    /// Whether the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads the UTF-8 text file at `path`, refusing one longer than `max` bytes.
+pub fn read(path: &Path, max: usize) -> Result<String, TextFileError> {
+    let io = |source| TextFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let bytes = atomic_file::read_bounded(f, max).map_err(|e| match e {
+        ReadError::Io(source) => io(source),
+        ReadError::TooLarge { len } => TextFileError::TooLarge {
+            path: path.to_owned(),
+            len,
+            max,
+        },
+    })?;
+    String::from_utf8(bytes).map_err(|_| TextFileError::NotText {
+        path: path.to_owned(),
+    })
+}
+
+/// Why a relay's or a node's configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read (see [`TextFileError`]).
+    #[error(transparent)]
+    Read(#[from] TextFileError),
+    /// Not valid TOML, a missing or unknown field, or a wrong type (names line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value the service cannot use.
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The field the error is about, when it is about a field's value.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most).
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    Ok(read(path, CONFIG_FILE_BYTES_MAX)?)
+}
+
+/// Parses configuration text as TOML into `T`; `path` names it in errors.
+pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_file_is_refused_at_the_limit() {
+        let e = read(Path::new("/dev/zero"), 1024).expect_err("endless");
+        assert!(
+            matches!(
+                e,
+                TextFileError::TooLarge {
+                    len: 1025,
+                    max: 1024,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("/dev/zero"), "{e}");
+    }
+
+    #[test]
+    fn text_is_read_whole_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "x = 1\n").expect("write");
+        assert_eq!(read(&p, 6).expect("at the limit"), "x = 1\n");
+        assert!(matches!(
+            read(&p, 5),
+            Err(TextFileError::TooLarge { len: 6, .. })
+        ));
+        std::fs::write(&p, [0xff, 0xfe]).expect("write");
+        assert!(matches!(read(&p, 10), Err(TextFileError::NotText { .. })));
+        let missing = read(&dir.path().join("none"), 10).expect_err("missing");
+        assert!(missing.is_not_found(), "{missing:?}");
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_the_field() {
+        let p = Path::new("relay.toml");
+        let e = parse_toml::<std::collections::HashMap<String, u32>>("n = \"x\"", p)
+            .expect_err("wrong type");
+        assert!(e.to_string().starts_with("relay.toml: "), "{e}");
+        assert_eq!(e.field(), None);
+        let e = ConfigError::Invalid {
+            path: p.to_owned(),
+            field: "n",
+            reason: "too small".into(),
+        };
+        assert_eq!(e.field(), Some("n"));
+        assert_eq!(e.to_string(), "relay.toml: field `n`: too small");
+    }
+}
