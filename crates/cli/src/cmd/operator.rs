@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use hotline_config::limits::TOKEN_FILE_BYTES_MAX;
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
-use hotline_proto::limits::BODY_BYTES_MAX;
+use hotline_node::limits::API_BODY_BYTES_MAX;
 
 /// Where the node's API is: from its configuration file, or given directly.
 #[derive(Debug, Args, Clone)]
@@ -113,22 +113,23 @@ fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> anyh
 }
 
 pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
-    // Read no more than a body may hold, so that an endless input is refused rather than
-    // held in memory; the node checks the body again.
+    // Read no more than the node's API takes in one request, so that an endless input is
+    // refused rather than held in memory. The body's own limit is the node's to enforce
+    // (it answers 413 `too_large`), so that there is one rule and one message for it.
     let body = match (&a.body, &a.body_file) {
         (Some(b), _) if b == "-" => {
             let mut s = String::new();
             std::io::stdin()
-                .take(BODY_BYTES_MAX as u64 + 1)
+                .take(API_BODY_BYTES_MAX as u64 + 1)
                 .read_to_string(&mut s)
                 .context("reading the body from standard input")?;
-            if s.len() > BODY_BYTES_MAX {
-                bail!("the body on standard input is larger than {BODY_BYTES_MAX} bytes, the most a message may carry");
+            if s.len() > API_BODY_BYTES_MAX {
+                bail!("the body on standard input is larger than {API_BODY_BYTES_MAX} bytes, more than the node accepts in a request");
             }
             s
         }
         (Some(b), _) => b.clone(),
-        (None, Some(f)) => text_file::read(f, BODY_BYTES_MAX).context("reading the body")?,
+        (None, Some(f)) => text_file::read(f, API_BODY_BYTES_MAX).context("reading the body")?,
         (None, None) => String::new(),
     };
     let req = json!({
