@@ -146,6 +146,80 @@ impl CpuMeter {
     }
 }
 
+/// Voluntary context switches of a process's threads between two points: each is a thread
+/// going to sleep (on a lock, a channel, I/O, the network), and most are followed by a
+/// wake-up. On a virtual machine whose idle vCPUs halt, each wake-up onto an idle vCPU
+/// costs tens of microseconds (BENCHMARKS-ROUNDS.md, fifteenth round). A change that adds
+/// or removes a hand-off on a message's way shows in the count a message, which moves less
+/// with the host's speed than the timings do (it still moves: a slower host batches more).
+#[derive(Clone, Debug)]
+pub struct SwitchMeter {
+    pid: u32,
+    /// Only threads with this name (`comm`), or all.
+    comm: Option<String>,
+    /// Each thread's count at the start, by thread id.
+    start: std::collections::HashMap<u32, u64>,
+}
+
+impl SwitchMeter {
+    /// Starts counting for every thread of `pid`, or (with `comm`) the threads so named.
+    pub fn start(pid: u32, comm: Option<&str>) -> Self {
+        let comm = comm.map(str::to_owned);
+        Self {
+            start: voluntary_switches(pid, comm.as_deref()),
+            pid,
+            comm,
+        }
+    }
+
+    /// Switches since `start`: for each thread alive now, its count less its count at the
+    /// start (a thread started since counts in full; one that has ended is not counted).
+    /// `None` if the process has gone, or has no thread of that name.
+    pub fn count(&self) -> Option<u64> {
+        let now = voluntary_switches(self.pid, self.comm.as_deref());
+        if now.is_empty() {
+            return None;
+        }
+        Some(
+            now.iter()
+                .map(|(tid, n)| n.saturating_sub(self.start.get(tid).copied().unwrap_or(0)))
+                .sum(),
+        )
+    }
+}
+
+/// `voluntary_ctxt_switches` of each thread of `pid` (those named `comm`, if given), by
+/// thread id.
+fn voluntary_switches(pid: u32, comm: Option<&str>) -> std::collections::HashMap<u32, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            if let Some(c) = comm {
+                let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                if name.trim_end() != c {
+                    return None;
+                }
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            Some((tid, parse_voluntary_switches(&status)?))
+        })
+        .collect()
+}
+
+/// The `voluntary_ctxt_switches:` field of a `/proc/…/status` text.
+fn parse_voluntary_switches(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The machine, for the report: cores, CPU model, memory.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -260,6 +334,44 @@ mod tests {
         assert_eq!(halt_poll_label(Some(200_000)), " halt-poll 200us");
         assert_eq!(halt_poll_label(Some(0)), " halt-poll 0us");
         assert_eq!(halt_poll_label(None), "");
+    }
+
+    #[test]
+    fn voluntary_switches_are_read_from_a_status_text() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n";
+        assert_eq!(parse_voluntary_switches(status), Some(1234));
+        assert_eq!(parse_voluntary_switches("Name:\tx\n"), None);
+    }
+
+    /// A thread that waits on a channel 200 times, answered each time by this one, is seen
+    /// to sleep; a name no thread has counts nothing.
+    #[test]
+    fn a_named_threads_sleeps_are_counted() {
+        let (ask_tx, ask_rx) = std::sync::mpsc::channel::<()>();
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let t = std::thread::Builder::new()
+            .name("switch-test".into())
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                while ask_rx.recv().is_ok() {
+                    let _ = answer_tx.send(());
+                }
+            })
+            .expect("spawn");
+        ready_rx.recv().expect("thread started");
+        let pid = std::process::id();
+        let named = SwitchMeter::start(pid, Some("switch-test"));
+        let nobody = SwitchMeter::start(pid, Some("no-such-thread"));
+        for _ in 0..200 {
+            ask_tx.send(()).expect("ask");
+            answer_rx.recv().expect("answer");
+        }
+        assert!(named.count().is_some_and(|n| n >= 1), "{:?}", named.count());
+        assert_eq!(nobody.count(), None, "no thread of that name");
+        assert!(SwitchMeter::start(pid, None).count().is_some());
+        drop(ask_tx);
+        t.join().expect("join");
     }
 
     #[test]

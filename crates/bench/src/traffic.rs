@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::client::{self, Durability, Inbox, Records, Store};
 use crate::network::{Network, Peer};
 use crate::relay::{self, Relay};
-use crate::stats::{self, CpuMeter, Percentiles};
+use crate::stats::{self, CpuMeter, Percentiles, SwitchMeter};
 
 /// Frames one client drains from its reader before handling them as one batch.
 const BATCH_FRAMES_MAX: usize = 4_096;
@@ -157,6 +157,11 @@ pub struct TrafficReport {
     pub relay_cpu_us_per_msg: Option<f64>,
     /// The same for the relay's store writer thread alone.
     pub writer_cpu_us_per_msg: Option<f64>,
+    /// The relay's voluntary context switches (each a thread going to sleep, most followed
+    /// by a wake-up) during the run, per accepted message ([`stats::SwitchMeter`]).
+    pub relay_sleeps_per_msg: Option<f64>,
+    /// The same for the relay's store writer thread alone.
+    pub writer_sleeps_per_msg: Option<f64>,
     /// Load generator CPU over the span, percent of one core.
     pub bench_cpu_pct: Option<f64>,
     /// Relay resident memory at the end, MiB.
@@ -208,11 +213,12 @@ impl TrafficReport {
             v.map(|v| format!("{v:.0}{unit}"))
                 .unwrap_or_else(|| "-".into())
         };
+        let opt1 = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
         let per_stage = |st: Option<[Option<f64>; 4]>| {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -226,6 +232,8 @@ impl TrafficReport {
             rcpu = opt(self.relay_cpu_pct, "%"),
             rpm = opt(self.relay_cpu_us_per_msg, ""),
             wpm = opt(self.writer_cpu_us_per_msg, ""),
+            rsl = opt1(self.relay_sleeps_per_msg),
+            wsl = opt1(self.writer_sleeps_per_msg),
             rss = opt(self.relay_rss_mib, "MiB"),
             cm = opt(self.relay_commits, ""),
             ipc = self.relay_items_per_commit.unwrap_or(0.0),
@@ -1004,6 +1012,10 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let writer_cpu = relay
         .pid()
         .and_then(|p| CpuMeter::thread(p, "hotline-store-w"));
+    let relay_sleeps = relay.pid().map(|p| SwitchMeter::start(p, None));
+    let writer_sleeps = relay
+        .pid()
+        .map(|p| SwitchMeter::start(p, Some("hotline-store-w")));
     let bench_cpu = CpuMeter::start(std::process::id());
     // Rates count from the scheduled start, whenever this task got to run.
     let start_ns = start_at.saturating_duration_since(ledger.t0).as_nanos() as u64;
@@ -1023,6 +1035,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let relay_cpu_pct = relay_cpu.as_ref().and_then(|m| m.percent());
     let relay_cpu_s = relay_cpu.and_then(|m| m.seconds());
     let writer_cpu_s = writer_cpu.and_then(|m| m.seconds());
+    let relay_sleeps = relay_sleeps.and_then(|m| m.count());
+    let writer_sleeps = writer_sleeps.and_then(|m| m.count());
     let bench_cpu_pct = bench_cpu.percent();
     let relay_rss_mib = relay
         .pid()
@@ -1112,6 +1126,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_cpu_pct,
         relay_cpu_us_per_msg: per_msg(relay_cpu_s),
         writer_cpu_us_per_msg: per_msg(writer_cpu_s),
+        relay_sleeps_per_msg: relay_sleeps.map(|n| n as f64 / accepted.max(1) as f64),
+        writer_sleeps_per_msg: writer_sleeps.map(|n| n as f64 / accepted.max(1) as f64),
         bench_cpu_pct,
         relay_rss_mib,
         relay_commits: commits,
