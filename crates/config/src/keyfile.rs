@@ -229,8 +229,15 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyFileError> {
 
 /// A public key given either as 64 hexadecimal digits or as the path of a public key file.
 ///
-/// Used wherever an operator pins a key on the command line or in a config file.
+/// Used wherever an operator pins a key on the command line; a path is taken as given
+/// (relative to the working directory).
 pub fn resolve_public(spec: &str) -> Result<PublicKey, KeyFileError> {
+    resolve_public_in(spec, Path::new(""))
+}
+
+/// [`resolve_public`] for a key named in a file: a path that is not absolute is taken
+/// relative to `base`, the directory of the file that names it.
+pub fn resolve_public_in(spec: &str, base: &Path) -> Result<PublicKey, KeyFileError> {
     let trimmed = spec.trim();
     if trimmed.len() == KEY_HEX_CHARS && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
         let mut key = [0u8; 32];
@@ -244,16 +251,7 @@ pub fn resolve_public(spec: &str) -> Result<PublicKey, KeyFileError> {
         })?;
         return Ok(key);
     }
-    read_public(Path::new(spec))
-}
-
-/// [`resolve_public`] for a key named in a file: a path that is not absolute is taken
-/// relative to `base`, the directory of the file that names it.
-pub fn resolve_public_in(spec: &str, base: &Path) -> Result<PublicKey, KeyFileError> {
-    let trimmed = spec.trim();
-    if trimmed.len() == KEY_HEX_CHARS && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return resolve_public(spec);
-    }
+    // `Path::new("").join(spec)` is `spec`; an absolute `spec` replaces `base`.
     read_public(&base.join(spec))
 }
 
@@ -312,6 +310,25 @@ mod tests {
         assert_eq!(
             resolve_public(pk.to_str().expect("utf-8 path")).expect("path"),
             PublicKey::of(&key)
+        );
+        // Named in a file: relative to that file's directory; absolute and hex as given.
+        let name = pk.file_name().and_then(|n| n.to_str()).expect("name");
+        assert_eq!(
+            resolve_public_in(name, dir.path()).expect("relative"),
+            PublicKey::of(&key)
+        );
+        let elsewhere = Path::new("/nonexistent-base");
+        assert_eq!(
+            resolve_public_in(pk.to_str().expect("utf-8 path"), elsewhere).expect("absolute"),
+            PublicKey::of(&key)
+        );
+        assert_eq!(
+            resolve_public_in(&hex, elsewhere).expect("hex"),
+            PublicKey::of(&key)
+        );
+        assert!(
+            resolve_public_in(name, elsewhere).is_err(),
+            "not found there"
         );
     }
 
