@@ -162,7 +162,7 @@ impl Ring {
 /// Small batches gathered into one write up to this many bytes; a larger batch is written
 /// as it is. At window 1,024 a recipient's batch is often larger (up to about 1.2 MB) and is
 /// not copied; at window 64 (up to about 74 KB) it is, one `memcpy` of each delivery's
-/// bytes, about 155 MB/s at that rate (its cost there was not measured).
+/// bytes, about 155 MB/s at that rate (three A/B pairs resolved no cost, sixteenth round).
 const GATHER_BYTES: usize = 256 << 10;
 
 /// Writes a group's batches in order, the small ones copied into `gathered` and written
