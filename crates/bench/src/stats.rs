@@ -54,12 +54,38 @@ impl Percentiles {
 /// Resident memory of a process, KiB (`VmRSS` in `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+    status_field(&s, "VmRSS")
+}
+
+/// The number in a `/proc/…/status` field (`Name:\t1234 kB` gives 1234).
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()
+}
+
+/// The `/proc/PID/task/TID` directories of `pid`'s threads (those named `comm`, if given),
+/// with their thread ids.
+fn threads(pid: u32, comm: Option<&str>) -> impl Iterator<Item = (u32, std::path::PathBuf)> + '_ {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let path = t.path();
+            if let Some(c) = comm {
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                if name.trim_end() != c {
+                    return None;
+                }
+            }
+            Some((tid, path))
+        })
 }
 
 /// CPU time a process has used (user + system, all threads), seconds.
@@ -119,12 +145,9 @@ impl CpuMeter {
     /// Starts measuring the thread of `pid` named `comm` (e.g. `hotline-store-w`), if there
     /// is one.
     pub fn thread(pid: u32, comm: &str) -> Option<Self> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .ok()?
-            .flatten()
-            .map(|t| t.path())
-            .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == comm))
-            .map(|t| Self::at_path(t.join("stat").display().to_string()))
+        threads(pid, Some(comm))
+            .next()
+            .map(|(_, t)| Self::at_path(t.join("stat").display().to_string()))
     }
 
     fn at_path(stat: String) -> Self {
@@ -191,33 +214,12 @@ impl SwitchMeter {
 /// `voluntary_ctxt_switches` of each thread of `pid` (those named `comm`, if given), by
 /// thread id.
 fn voluntary_switches(pid: u32, comm: Option<&str>) -> std::collections::HashMap<u32, u64> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Default::default();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| {
-            let tid = t.file_name().to_str()?.parse().ok()?;
-            if let Some(c) = comm {
-                let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
-                if name.trim_end() != c {
-                    return None;
-                }
-            }
-            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-            Some((tid, parse_voluntary_switches(&status)?))
+    threads(pid, comm)
+        .filter_map(|(tid, t)| {
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            Some((tid, status_field(&status, "voluntary_ctxt_switches")?))
         })
         .collect()
-}
-
-/// The `voluntary_ctxt_switches:` field of a `/proc/…/status` text.
-fn parse_voluntary_switches(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The machine, for the report: cores, CPU model, memory.
@@ -339,8 +341,9 @@ mod tests {
     #[test]
     fn voluntary_switches_are_read_from_a_status_text() {
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n";
-        assert_eq!(parse_voluntary_switches(status), Some(1234));
-        assert_eq!(parse_voluntary_switches("Name:\tx\n"), None);
+        assert_eq!(status_field(status, "voluntary_ctxt_switches"), Some(1234));
+        assert_eq!(status_field("Name:\tx\n", "voluntary_ctxt_switches"), None);
+        assert_eq!(status_field("VmRSS:\t   20480 kB\n", "VmRSS"), Some(20480));
     }
 
     /// A thread that waits on a channel 200 times, answered each time by this one, is seen
