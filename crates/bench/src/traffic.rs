@@ -1090,11 +1090,10 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let fanout = t.senders.first().map(|s| s.fanout).unwrap_or(0);
-    let per_msg = |cpu_s: Option<f64>| {
-        cpu_s
-            .filter(|_| accepted > 0)
-            .map(|s| s * 1e6 / accepted as f64)
-    };
+    // A run's total, per accepted message (none if nothing was accepted).
+    let per_accepted =
+        |total: Option<f64>| total.filter(|_| accepted > 0).map(|t| t / accepted as f64);
+    let per_msg = |cpu_s: Option<f64>| per_accepted(cpu_s.map(|s| s * 1e6));
     Ok(TrafficReport {
         workload: t.name.clone(),
         offered_per_s: t.rate,
@@ -1126,8 +1125,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_cpu_pct,
         relay_cpu_us_per_msg: per_msg(relay_cpu_s),
         writer_cpu_us_per_msg: per_msg(writer_cpu_s),
-        relay_sleeps_per_msg: relay_sleeps.map(|n| n as f64 / accepted.max(1) as f64),
-        writer_sleeps_per_msg: writer_sleeps.map(|n| n as f64 / accepted.max(1) as f64),
+        relay_sleeps_per_msg: per_accepted(relay_sleeps.map(|n| n as f64)),
+        writer_sleeps_per_msg: per_accepted(writer_sleeps.map(|n| n as f64)),
         bench_cpu_pct,
         relay_rss_mib,
         relay_commits: commits,
