@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use crate::atomic_file::{self, ReadError};
-use crate::limits::CONFIG_FILE_BYTES_MAX;
+use crate::limits::{CONFIG_FILE_BYTES_MAX, TOKEN_FILE_BYTES_MAX};
 
 /// Why a text file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,14 @@ impl ConfigError {
     }
 }
 
-/// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most).
+/// Reads a node's API token file ([`TOKEN_FILE_BYTES_MAX`] at most), without the line end
+/// or any surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<String, TextFileError> {
+    Ok(read(path, TOKEN_FILE_BYTES_MAX)?.trim().to_owned())
+}
+
+/// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most): a relay's or a
+/// node's, an exercise scenario, an exercise's endpoints file.
 pub fn read_config(path: &Path) -> Result<String, ConfigError> {
     Ok(read(path, CONFIG_FILE_BYTES_MAX)?)
 }
@@ -152,6 +159,9 @@ mod tests {
         ));
         std::fs::write(&p, [0xff, 0xfe]).expect("write");
         assert!(matches!(read(&p, 10), Err(TextFileError::NotText { .. })));
+        let token = dir.path().join("api.token");
+        std::fs::write(&token, "  ab12\n").expect("write");
+        assert_eq!(read_token(&token).expect("token"), "ab12", "trimmed");
         let missing = read(&dir.path().join("none"), 10).expect_err("missing");
         assert!(missing.is_not_found(), "{missing:?}");
     }

@@ -28,15 +28,13 @@ pub fn load(name_or_path: &str) -> anyhow::Result<Scenario> {
     if let Some((_, text)) = scenario::BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
         return Scenario::parse(text, name_or_path);
     }
-    let text = hotline_config::text_file::read(
-        std::path::Path::new(name_or_path),
-        hotline_config::limits::CONFIG_FILE_BYTES_MAX,
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "scenario {e} (built-in scenarios: regional-drill, comm-check, silent-member)"
-        )
-    })?;
+    let text = hotline_config::text_file::read_config(std::path::Path::new(name_or_path)).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "scenario {e} (built-in scenarios: regional-drill, comm-check, silent-member)"
+            )
+        },
+    )?;
     Scenario::parse(&text, name_or_path)
 }
 

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use hotline_config::limits::{CONFIG_FILE_BYTES_MAX, TOKEN_FILE_BYTES_MAX};
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
 
@@ -38,7 +37,7 @@ struct Endpoint {
 
 /// Reads an endpoints file (paths relative to it) into a live deployment.
 pub fn load(path: &Path) -> anyhow::Result<Live> {
-    let text = text_file::read(path, CONFIG_FILE_BYTES_MAX)?;
+    let text = text_file::read_config(path)?;
     let e: Endpoints =
         toml::from_str(&text).with_context(|| format!("endpoints file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -61,8 +60,8 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
                 roster.version
             );
         }
-        let token = text_file::read(&rel(&n.token_file), TOKEN_FILE_BYTES_MAX)
-            .with_context(|| format!("token of {id}"))?;
+        let token =
+            text_file::read_token(&rel(&n.token_file)).with_context(|| format!("token of {id}"))?;
         clients.insert(id, ApiClient::new(&n.api, &token));
     }
     if clients.is_empty() {

@@ -178,8 +178,8 @@ fn load_start_roster(
 
 /// Reads the API token file, creating it (mode 0600, random) if missing.
 pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
-    match hotline_config::text_file::read(path, hotline_config::limits::TOKEN_FILE_BYTES_MAX) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+    match hotline_config::text_file::read_token(path) {
+        Ok(t) if !t.is_empty() => return Ok(t),
         Ok(_) => {
             return Err(NodeError::Io(format!(
                 "{}: empty API token file",

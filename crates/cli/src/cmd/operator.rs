@@ -8,7 +8,6 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::{json, Value};
 
-use hotline_config::limits::TOKEN_FILE_BYTES_MAX;
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
 use hotline_node::limits::API_BODY_BYTES_MAX;
@@ -51,8 +50,7 @@ impl ApiArgs {
                 )
             }
         };
-        let token =
-            text_file::read(&token_file, TOKEN_FILE_BYTES_MAX).context("reading the API token")?;
+        let token = text_file::read_token(&token_file).context("reading the API token")?;
         Ok(ApiClient::new(&addr, &token))
     }
 }
