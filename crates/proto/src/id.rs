@@ -136,8 +136,8 @@ impl MessageId {
     /// so the stores that index them by id (the relay's and the sender's) add each new one at
     /// the end of the index instead of on a random page of it: with fully random ids every
     /// message dirtied one more page per commit, and the relay spent about a fifth more CPU
-    /// per message at maximum rate (docs/BENCHMARKS-ROUNDS.md, fifth round). 80 random bits keep ids
-    /// unguessable and collisions out of reach within a millisecond.
+    /// per message at maximum rate (docs/BENCHMARKS-ROUNDS.md, fifth round). 80 random bits
+    /// keep ids unguessable and collisions out of reach within a millisecond.
     pub fn generate(now_ms: u64) -> Self {
         let mut b = [0u8; 16];
         b[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
