@@ -320,6 +320,147 @@ async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()
     Ok(())
 }
 
+/// A full disk under a node's store. A delivery it cannot store is neither shown nor
+/// receipted, and the node says why; it keeps running and answering its API (a message
+/// composed meanwhile is refused as `disk full`); it does not hammer the relay with
+/// reconnections while the disk stays full; and once space returns, the relay's
+/// redelivery lands every message exactly once and the sender sees each delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches_up(
+) -> anyhow::Result<()> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(());
+    }
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    net.node_config("KAZ", addr);
+    net.node_config("KGZ", addr);
+    let data = net.path().join("node-KGZ");
+    std::fs::create_dir_all(&data)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(());
+    }
+    let _mount = Mount(data.clone());
+    let mut kaz = net.start_node("KAZ").await?;
+    let mut kgz = net.start_node("KGZ").await?;
+    kaz.connected().await?;
+    kgz.connected().await?;
+    let mut kaz_events = kaz.events().await?;
+
+    let filler = fill(&data);
+    let from = kgz.proc.log_len();
+    const NOT_STORED: &str = "cannot store delivered messages";
+    // Until one cannot be stored: the store's files may have room for a few first.
+    let mut sent = Vec::new();
+    let mut refused_at = None;
+    for i in 0..50 {
+        let answer = kaz
+            .cli_json(&[
+                "send",
+                "--to",
+                "KGZ",
+                "--subject",
+                &format!("while full {i}"),
+            ])
+            .await?;
+        let id = answer["id"].as_str().context("an id")?.to_owned();
+        let line = kgz
+            .proc
+            .wait_any_line_from(from, &[&["message received", &id], &[NOT_STORED]])
+            .await?;
+        sent.push(id);
+        if line.contains(NOT_STORED) {
+            assert!(line.contains("disk full"), "the reason is given: {line}");
+            refused_at = Some(std::time::Instant::now());
+            break;
+        }
+    }
+    let refused_at = refused_at.context("KGZ's full disk never refused a delivery")?;
+    let last = sent.last().context("sent")?.clone();
+
+    // The node is up and says so; what it cannot write, it refuses by name.
+    let composed = kgz
+        .cli(&[
+            "send",
+            "--to",
+            "KAZ",
+            "--subject",
+            "composed on a full disk",
+        ])
+        .await?;
+    if composed.status.success() {
+        println!("KGZ's store still had room for a composed message");
+    } else {
+        assert!(
+            composed.stderr.contains("disk full"),
+            "a composed message is refused as disk full: {composed:?}"
+        );
+    }
+    let st = kaz.cli_json(&["status", &last]).await?;
+    assert_eq!(st["delivered"], 0, "not stored, so not receipted: {st}");
+    assert_eq!(
+        kgz.proc.count_lines(&["message received", &last]),
+        0,
+        "not stored, so not shown"
+    );
+
+    // While the disk stays full, the node retries with back-off, not in a loop. Wait for
+    // a few of its reconnections, then count them against the time they took.
+    let lost = "relay link lost";
+    kgz.proc.wait_lines_from(from, &[lost], 3).await?;
+    let elapsed = refused_at.elapsed();
+    let reconnections = kgz.proc.count_lines(&[lost]);
+    assert!(
+        (reconnections as f64) < 2.0 + elapsed.as_secs_f64() * 10.0,
+        "{reconnections} reconnections in {elapsed:?}: the node must back off"
+    );
+
+    // Space returns: every message lands once, and the sender sees each delivered.
+    std::fs::remove_file(&filler)?;
+    for id in &sent {
+        kgz.proc
+            .wait_line_from(from, &["message received", id])
+            .await?;
+        kaz_events
+            .wait_for("delivered", |e| {
+                e["type"] == "delivered" && e["id"] == id.as_str()
+            })
+            .await?;
+    }
+    let inbox = kgz.cli_json(&["inbox"]).await?;
+    let mut ids: Vec<&str> = inbox
+        .as_array()
+        .context("inbox")?
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<&str> = sent.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "each message once in the inbox");
+    println!(
+        "node disk full: message {} was the first not stored; {reconnections} reconnections in {elapsed:?} while full; all {} then delivered once",
+        sent.len(),
+        sent.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
 async fn stopped_relay_with_one_message(marker: &str) -> anyhow::Result<(Net, std::path::PathBuf)> {
     let net = Net::new(
         &[

@@ -914,6 +914,22 @@ impl Proc {
             .map(|mut v| v.remove(0))
     }
 
+    /// Waits until a log line (after the first `skip`) contains every needle of one of
+    /// `alternatives`; returns the first such line.
+    pub async fn wait_any_line_from(
+        &mut self,
+        skip: usize,
+        alternatives: &[&[&str]],
+    ) -> anyhow::Result<String> {
+        let fits = |l: &String| alternatives.iter().any(|a| a.iter().all(|w| l.contains(w)));
+        let what = format!("a line with all of one of {alternatives:?}");
+        let lines = self
+            .0
+            .wait_lines(EVENT_TIMEOUT, &what, |l| l.iter().skip(skip).any(fits))
+            .await?;
+        Ok(lines.into_iter().skip(skip).find(fits).unwrap_or_default())
+    }
+
     /// Waits until a log line contains every one of `needles`.
     pub async fn wait_line(&mut self, needles: &[&str]) -> anyhow::Result<String> {
         self.wait_line_from(0, needles).await

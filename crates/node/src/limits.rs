@@ -8,6 +8,12 @@ pub const BACKOFF_MIN_MS: u64 = 200;
 /// Reconnect delays double up to this cap (plus up to 50 % jitter).
 pub const BACKOFF_MAX_MS: u64 = 10_000;
 const _: () = assert!(BACKOFF_MIN_MS < BACKOFF_MAX_MS);
+/// A link lost after working this long is remade at once. One lost sooner is remade after a
+/// pause that starts at `BACKOFF_MIN_MS` and doubles up to `BACKOFF_MAX_MS` with each such
+/// loss in a row (plus up to 50 % jitter). Otherwise a link that fails as soon as it is made
+/// (this node's disk is full, so each delivery fails to store) would be remade hundreds of
+/// times a second.
+pub const HEALTHY_LINK_MS: u64 = 10_000;
 
 /// Time allowed for the QUIC handshake plus authentication.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;

@@ -1,5 +1,5 @@
-//! One task per relay: connect (capped exponential back-off with jitter), authenticate,
-//! then send the outbox and pending receipts, and take deliveries, answers and receipts.
+//! One task per relay: connect (capped exponential back-off with jitter, also after a link
+//! that failed soon after it was made), authenticate, then send the outbox and pending receipts, and take deliveries, answers and receipts.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,7 +15,8 @@ use hotline_proto::{Digest, MessageId};
 
 use crate::events::Event;
 use crate::limits::{
-    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
+    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS, OUTBOX_PAGE,
+    RECEIPT_BATCH_MAX,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Stored};
@@ -31,7 +32,10 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let addr = state.config.relays[idx].address;
+    // The pause before the next attempt after a failed connection, and after a link lost
+    // within `HEALTHY_LINK_MS` of being made.
     let mut backoff = BACKOFF_MIN_MS;
+    let mut short_pause = BACKOFF_MIN_MS;
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
@@ -63,6 +67,7 @@ pub(crate) async fn run(
             Ok(session) => {
                 backoff = BACKOFF_MIN_MS;
                 failures = 0;
+                let up_since = tokio::time::Instant::now();
                 state.connected[idx].store(true, Relaxed);
                 info!(relay = idx, %addr, "relay connected");
                 state.emit(Event::RelayUp {
@@ -97,8 +102,22 @@ pub(crate) async fn run(
                                 _ = shutdown.changed() => break,
                                 _ = tokio::time::sleep(Duration::from_millis(BACKOFF_MAX_MS)) => {}
                             }
-                        } else {
+                        } else if up_since.elapsed() >= Duration::from_millis(HEALTHY_LINK_MS) {
+                            // A link that worked for a while: remake it at once.
+                            short_pause = BACKOFF_MIN_MS;
                             warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
+                        } else {
+                            // A link lost soon after it was made (this node's disk is full,
+                            // so every delivery fails to store; the relay closes it at once)
+                            // would otherwise be remade in a loop: pause, longer each time
+                            // until a link lasts.
+                            let wait = short_pause + rand::random::<u64>() % (short_pause / 2 + 1);
+                            warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "relay link lost soon after it was made; reconnecting after a pause");
+                            tokio::select! {
+                                _ = shutdown.changed() => break,
+                                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                            }
+                            short_pause = (short_pause * 2).min(BACKOFF_MAX_MS);
                         }
                     }
                 }
