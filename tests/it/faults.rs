@@ -435,12 +435,8 @@ async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches
         kgz.proc
             .wait_line_from(from, &["message received", id])
             .await?;
-        kaz_events
-            .wait_for("delivered", |e| {
-                e["type"] == "delivered" && e["id"] == id.as_str()
-            })
-            .await?;
     }
+    kaz_events.wait_for_each("delivered", &sent).await?;
     let inbox = kgz.cli_json(&["inbox"]).await?;
     let mut ids: Vec<&str> = inbox
         .as_array()
@@ -456,6 +452,216 @@ async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches
         "node disk full: message {} was the first not stored; {reconnections} reconnections in {elapsed:?} while full; all {} then delivered once",
         sent.len(),
         sent.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// An acknowledgement the relay refuses because its disk is full is offered again, not
+/// dropped: once space returns, the sender sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow::Result<()> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(());
+    }
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let data = net.path().join("relay-data");
+    std::fs::create_dir_all(&data)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(());
+    }
+    let _mount = Mount(data.clone());
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    net.node_config("KAZ", addr);
+    net.node_config("KGZ", addr);
+    let mut kaz = net.start_node("KAZ").await?;
+    let mut kgz = net.start_node("KGZ").await?;
+    kaz.connected().await?;
+    kgz.connected().await?;
+    let mut kaz_events = kaz.events().await?;
+
+    // Messages to acknowledge, delivered while the disk has room.
+    const MESSAGES: usize = 20;
+    let mut ids = Vec::new();
+    for i in 0..MESSAGES {
+        let sent = kaz
+            .cli_json(&[
+                "send",
+                "--to",
+                "KGZ",
+                "--subject",
+                &format!("to acknowledge {i}"),
+            ])
+            .await?;
+        ids.push(sent["id"].as_str().context("an id")?.to_owned());
+    }
+    for id in &ids {
+        kaz_events
+            .wait_for("delivered", |e| {
+                e["type"] == "delivered" && e["id"] == id.as_str()
+            })
+            .await?;
+    }
+
+    // Acknowledge one at a time on a full disk until the relay refuses one.
+    let filler = fill(&data);
+    let from = kgz.proc.log_len();
+    const REFUSED: &str = "relay refused a receipt";
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for id in &ids {
+        kgz.cli_json(&["ack", id, "--officer", "Duty officer"])
+            .await?;
+        acked.push(id.clone());
+        // Either the sender sees it (the relay had room) or KGZ logs the refusal.
+        tokio::select! {
+            seen = kaz_events.wait_for("acknowledged", |e| {
+                e["type"] == "acknowledged" && e["id"] == id.as_str()
+            }) => { seen?; }
+            line = kgz.proc.wait_log_from(from, REFUSED) => {
+                refusal = Some(line?);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.context("the full relay never refused an acknowledgement")?;
+    assert!(refusal.contains("StorageUnavailable"), "{refusal}");
+
+    // Space returns: the refused acknowledgement reaches the sender (the others were seen
+    // above), and the sender's records show every one.
+    std::fs::remove_file(&filler)?;
+    let last = acked.last().context("acked")?;
+    kaz_events
+        .wait_for("acknowledged", |e| {
+            e["type"] == "acknowledged" && e["id"] == last.as_str()
+        })
+        .await?;
+    for id in &acked {
+        let st = kaz.cli_json(&["status", id]).await?;
+        assert_eq!(st["acknowledged"], 1, "{st}");
+    }
+    println!(
+        "relay disk full: acknowledgement {} of {} refused, then offered again and seen by the sender",
+        acked.len(),
+        ids.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// A delivered receipt the relay refuses because its disk is full is offered again on the
+/// same connection: once space returns, the sender sees its messages delivered without
+/// waiting for the recipient to reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_receipt_refused_by_a_full_relay_is_offered_again() -> anyhow::Result<()> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(());
+    }
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let data = net.path().join("relay-data");
+    std::fs::create_dir_all(&data)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(());
+    }
+    let _mount = Mount(data.clone());
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    net.node_config("KAZ", addr);
+    net.node_config("KGZ", addr);
+    let mut kaz = net.start_node("KAZ").await?;
+    kaz.connected().await?;
+    let mut kaz_events = kaz.events().await?;
+
+    // KGZ is away: messages wait for it at the relay.
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        let sent = kaz
+            .cli_json(&[
+                "send",
+                "--to",
+                "KGZ",
+                "--subject",
+                &format!("while away {i}"),
+            ])
+            .await?;
+        let id = sent["id"].as_str().context("an id")?.to_owned();
+        kaz.proc.wait_line(&["accepted", &id]).await?;
+        queued.push(id);
+    }
+    // Fill the relay's disk until it refuses a message: its store has no room left.
+    let filler = fill(&data);
+    let from = kaz.proc.log_len();
+    let mut refused = false;
+    for i in 0..50 {
+        let sent = kaz
+            .cli_json(&[
+                "send",
+                "--to",
+                "KGZ",
+                "--subject",
+                &format!("on a full relay {i}"),
+            ])
+            .await?;
+        let id = sent["id"].as_str().context("an id")?.to_owned();
+        let line = kaz
+            .proc
+            .wait_any_line_from(
+                from,
+                &[&["accepted", &id], &["relay refused a message", &id]],
+            )
+            .await?;
+        if line.contains("refused") {
+            refused = true;
+            break;
+        }
+        queued.push(id);
+    }
+    assert!(refused, "the full relay never refused a message");
+
+    // KGZ comes back: it stores what waited and receipts it; the relay cannot store that.
+    net.node_config("KGZ", addr);
+    let mut kgz = net.start_node("KGZ").await?;
+    let line = kgz.proc.wait_log("relay refused a receipt").await?;
+    assert!(line.contains("StorageUnavailable"), "{line}");
+
+    // Space returns: the sender sees each delivered, over KGZ's same connection.
+    std::fs::remove_file(&filler)?;
+    kaz_events.wait_for_each("delivered", &queued).await?;
+    assert_eq!(
+        kgz.proc.count_lines(&["relay connected"]),
+        1,
+        "one connection"
+    );
+    println!(
+        "relay disk full: a delivered receipt for {} messages refused, then offered again",
+        queued.len()
     );
     relay.shutdown().await;
     Ok(())

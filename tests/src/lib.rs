@@ -902,6 +902,24 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Waits (at most EVENT_TIMEOUT for each) until an event of type `kind` has been seen
+    /// for every message in `ids`, in whatever order they come.
+    pub async fn wait_for_each(&mut self, kind: &str, ids: &[String]) -> anyhow::Result<()> {
+        let mut waiting: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        while !waiting.is_empty() {
+            let e = self
+                .wait_for(kind, |e| {
+                    e["type"] == kind && e["id"].as_str().is_some_and(|id| waiting.contains(id))
+                })
+                .await
+                .with_context(|| format!("{kind} events still awaited for {waiting:?}"))?;
+            waiting.remove(e["id"].as_str().unwrap_or_default());
+        }
+        Ok(())
+    }
+}
+
 impl Proc {
     /// Waits until a log line (after the first `skip`) contains every one of `needles`.
     pub async fn wait_line_from(

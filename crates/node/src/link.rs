@@ -1,7 +1,7 @@
 //! One task per relay: connect (capped exponential back-off with jitter, also after a link
 //! that failed soon after it was made), authenticate, then send the outbox and pending receipts, and take deliveries, answers and receipts.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,13 @@ use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Stored};
 use crate::{now_ms, NodeState};
 
-/// How long a retryable refusal waits before the message is offered again.
+/// How long a retryable refusal waits before the message or receipt is offered again.
 const RETRY_AFTER_MS: u64 = 2_000;
+
+/// Delivered receipts a link keeps, written and not yet answered, to write again if the
+/// relay refuses them for a reason that passes. The relay answers each at once, so this is
+/// reached only if it stops answering.
+const DELIVERED_UNANSWERED_MAX: usize = 1_024;
 
 pub(crate) async fn run(
     state: Arc<NodeState>,
@@ -138,6 +143,21 @@ async fn connect(
     hotline_net::authenticate(conn, &state.me, &state.key, version, now_ms(), timeout).await
 }
 
+/// What a batch of frames leaves to offer again after `RETRY_AFTER_MS`: what the relay
+/// refused for a reason that passes (`store::retryable`).
+#[derive(Debug, Default)]
+struct Retries {
+    messages: Vec<MessageId>,
+    /// Receipts by digest; only acknowledgements are kept to be offered again.
+    receipts: Vec<Digest>,
+}
+
+impl Retries {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.receipts.is_empty()
+    }
+}
+
 struct Link<'a> {
     state: &'a NodeState,
     idx: usize,
@@ -146,6 +166,11 @@ struct Link<'a> {
     sent: HashSet<MessageId>,
     /// Acknowledgement receipts written on this connection and not yet stored.
     receipts_sent: HashSet<Digest>,
+    /// Delivered receipts written on this connection and not yet answered, kept to be
+    /// written again if the relay refuses one for a reason that passes (at most
+    /// `DELIVERED_UNANSWERED_MAX`; past that, one refused waits for the next connection,
+    /// when the relay delivers those messages again).
+    delivered_sent: HashMap<Digest, hotline_proto::Signed<hotline_proto::Receipt>>,
     /// Deliveries stored durably and not yet receipted (receipt pacing).
     pacer: ReceiptPacer,
 }
@@ -195,11 +220,13 @@ async fn serve(
         writer,
         sent: HashSet::new(),
         receipts_sent: HashSet::new(),
+        delivered_sent: HashMap::new(),
         pacer,
     };
     let wake = state.wake[idx].clone();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
+    let mut retry_receipts: Vec<Digest> = Vec::new();
     link.pump().await?;
     loop {
         // Timers as select preconditions: a branch whose time is not set is not polled.
@@ -232,17 +259,23 @@ async fn serve(
                 }
                 let retries = link.handle(batch).await?;
                 if !retries.is_empty() {
-                    retry_ids.extend(retries);
+                    retry_ids.extend(retries.messages);
+                    retry_receipts.extend(retries.receipts);
                     retry_at.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(RETRY_AFTER_MS));
                 }
             }
             // Something new to send (composed message or acknowledgement).
             _ = wake.notified() => link.pump().await?,
-            // Retryable refusals: offer those messages again.
+            // Retryable refusals: offer those messages and acknowledgements again.
             _ = tokio::time::sleep_until(retry_at.unwrap_or(now)), if retry_at.is_some() => {
                 retry_at = None;
                 for id in retry_ids.drain(..) {
                     link.sent.remove(&id);
+                }
+                let again = std::mem::take(&mut retry_receipts);
+                link.resend_delivered(&again).await?;
+                for d in &again {
+                    link.receipts_sent.remove(d);
                 }
                 link.pump().await?;
             }
@@ -283,12 +316,9 @@ impl Link<'_> {
         Ok(())
     }
 
-    /// Handles a batch of frames; returns messages refused for a retryable reason.
-    async fn handle(
-        &mut self,
-        mut batch: VecDeque<RelayToNode>,
-    ) -> Result<Vec<MessageId>, NetError> {
-        let mut retries = Vec::new();
+    /// Handles a batch of frames; returns what was refused for a retryable reason.
+    async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Retries, NetError> {
+        let mut retries = Retries::default();
         let mut deliveries = Vec::new();
         let mut receipts = Vec::new();
         let mut pump = false;
@@ -313,7 +343,7 @@ impl Link<'_> {
                     Subject::Message(id) => {
                         let again = retryable(r.code);
                         if again {
-                            retries.push(id);
+                            retries.messages.push(id);
                         } else {
                             self.sent.remove(&id);
                         }
@@ -333,9 +363,19 @@ impl Link<'_> {
                             retrying: again,
                         });
                     }
+                    Subject::Receipt(d) if retryable(r.code) => {
+                        // Offered again after the pause: an acknowledgement from the
+                        // store, where it stays pending; a delivered receipt as it was
+                        // written.
+                        warn!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt for now; offering it again");
+                        retries.receipts.push(d);
+                    }
                     Subject::Receipt(d) => {
+                        self.delivered_sent.remove(&d);
                         error!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt; dropping it for this relay");
-                        let _ = self.state.store().receipt_stored(self.idx, &d);
+                        if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
+                            error!(error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
+                        }
                     }
                     _ => {
                         warn!(relay = self.idx, code = ?r.code, detail = ?r.detail, "relay refused a frame")
@@ -343,6 +383,7 @@ impl Link<'_> {
                 },
                 RelayToNode::ReceiptStored(d) => {
                     self.receipts_sent.remove(&d);
+                    self.delivered_sent.remove(&d);
                     if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
                         error!(error = %e, "cannot record a stored receipt");
                     }
@@ -444,10 +485,14 @@ impl Link<'_> {
                 let mut buf = Vec::new();
                 let mut digests = HashSet::new();
                 for r in receipts {
-                    digests.insert(r.digest());
+                    let d = r.digest();
+                    digests.insert(d);
                     buf.extend_from_slice(&hotline_proto::frame::encode_frame(
-                        &NodeToRelay::Receipt(r),
+                        &NodeToRelay::Receipt(r.clone()),
                     )?);
+                    if self.delivered_sent.len() < DELIVERED_UNANSWERED_MAX {
+                        self.delivered_sent.insert(d, r);
+                    }
                 }
                 self.writer.write_raw(&buf).await?;
                 Ok(digests)
@@ -457,6 +502,23 @@ impl Link<'_> {
                 Err(NetError::Protocol(format!("store: {e}")))
             }
         }
+    }
+
+    /// Writes again the delivered receipts among `digests` (refused for a reason that
+    /// passes); the others are acknowledgements, which `pump` offers from the store.
+    async fn resend_delivered(&mut self, digests: &[Digest]) -> Result<(), NetError> {
+        let mut buf = Vec::new();
+        for d in digests {
+            if let Some(r) = self.delivered_sent.get(d) {
+                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(
+                    r.clone(),
+                ))?);
+            }
+        }
+        if !buf.is_empty() {
+            self.writer.write_raw(&buf).await?;
+        }
+        Ok(())
     }
 
     /// At shutdown, waits up to `SHUTDOWN_RECEIPT_WAIT_MS` for the relay's answers to the
