@@ -667,6 +667,105 @@ async fn a_delivered_receipt_refused_by_a_full_relay_is_offered_again() -> anyho
     Ok(())
 }
 
+/// The time of day, in seconds, at the start of a log line (`2026-12-01T15:57:32.503913Z`,
+/// as the binaries log, in UTC).
+fn logged_at(line: &str) -> anyhow::Result<f64> {
+    let clock = line
+        .split_whitespace()
+        .next()
+        .and_then(|stamp| stamp.split_once('T'))
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .with_context(|| format!("no time in {line:?}"))?;
+    let mut seconds = 0.0;
+    for part in clock.split(':') {
+        seconds = seconds * 60.0 + part.parse::<f64>().with_context(|| format!("{line:?}"))?;
+    }
+    Ok(seconds)
+}
+
+/// Seconds from the first log line's time to the second's (across midnight too).
+fn logged_between(first: &str, second: &str) -> anyhow::Result<f64> {
+    Ok((logged_at(second)? - logged_at(first)?).rem_euclid(86_400.0))
+}
+
+/// A node whose disk fills while a message waits in its outbox: when the relay accepts it,
+/// the node cannot record that. It asks again after a pause, not in a loop, says nothing
+/// was recorded, and records the acceptance once space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptance_a_full_node_cannot_record_is_asked_for_again_after_a_pause(
+) -> anyhow::Result<()> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(());
+    }
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    // A fixed address, so that the relay comes back where KAZ looks for it.
+    let addr = free_udp_addr();
+    net.set_relay_listen(addr);
+    net.node_config("KAZ", addr);
+    let data = net.path().join("node-KAZ");
+    std::fs::create_dir_all(&data)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(());
+    }
+    let _mount = Mount(data.clone());
+    let relay = net.relay().await;
+    let mut kaz = net.start_node("KAZ").await?;
+    kaz.connected().await?;
+    relay.shutdown().await;
+    kaz.proc.wait_log("relay link lost").await?;
+
+    // Composed while the relay is away, then the disk fills.
+    let sent = kaz
+        .cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "composed before the disk filled",
+        ])
+        .await?;
+    let id = sent["id"].as_str().context("an id")?.to_owned();
+    let filler = fill(&data);
+
+    let relay = net.relay().await;
+    const NOT_RECORDED: &str = "cannot record acceptance";
+    let lines = kaz.proc.wait_lines_from(0, &[NOT_RECORDED, &id], 2).await?;
+    let gap = logged_between(&lines[0], &lines[1])?;
+    assert!(
+        gap >= 1.5,
+        "asked again after {gap} s, not after a pause: {lines:?}"
+    );
+    assert_eq!(
+        kaz.proc.count_lines(&["INFO accepted", &id]),
+        0,
+        "not recorded, so not reported accepted"
+    );
+    let st = kaz.cli_json(&["status", &id]).await?;
+    assert_eq!(st["state"], "queued", "{st}");
+
+    // Space returns: the next answer is recorded.
+    std::fs::remove_file(&filler)?;
+    kaz.proc.wait_line(&["INFO accepted", &id]).await?;
+    let st = kaz.cli_json(&["status", &id]).await?;
+    assert_eq!(st["state"], "accepted", "{st}");
+    println!("node disk full: the acceptance asked for again after {gap:.2} s, recorded once space returned");
+    relay.shutdown().await;
+    Ok(())
+}
+
 async fn stopped_relay_with_one_message(marker: &str) -> anyhow::Result<(Net, std::path::PathBuf)> {
     let net = Net::new(
         &[

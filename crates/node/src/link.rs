@@ -327,10 +327,14 @@ impl Link<'_> {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
                 RelayToNode::Accepted(a) => {
-                    self.sent.remove(&a.id);
                     if let Err(e) = self.state.store().accepted(self.idx, &a, now_ms()) {
-                        error!(error = %e, msg = %a.id, "cannot record acceptance");
+                        // Not recorded, so still in the outbox: offered again after the
+                        // pause (the relay, which holds it, answers the same), not at once.
+                        error!(error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                        retries.messages.push(a.id);
+                        continue;
                     }
+                    self.sent.remove(&a.id);
                     info!(relay = self.idx, msg = %a.id, recipients = a.recipients.len(), "accepted");
                     self.state.emit(Event::Accepted {
                         id: a.id,
@@ -342,17 +346,18 @@ impl Link<'_> {
                 RelayToNode::Rejected(r) => match r.subject {
                     Subject::Message(id) => {
                         let again = retryable(r.code);
-                        if again {
+                        let recorded =
+                            self.state
+                                .store()
+                                .rejected(self.idx, &id, r.code, &r.detail, now_ms());
+                        if let Err(e) = &recorded {
+                            // As for an acceptance: asked again after the pause.
+                            error!(error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
+                        }
+                        if again || recorded.is_err() {
                             retries.messages.push(id);
                         } else {
                             self.sent.remove(&id);
-                        }
-                        if let Err(e) =
-                            self.state
-                                .store()
-                                .rejected(self.idx, &id, r.code, &r.detail, now_ms())
-                        {
-                            error!(error = %e, msg = %id, "cannot record refusal");
                         }
                         warn!(relay = self.idx, msg = %id, code = ?r.code, detail = ?r.detail, retrying = again, "relay refused a message");
                         self.state.emit(Event::Rejected {
