@@ -1992,3 +1992,43 @@ async fn receipts_out_of_order_survive_relay_restarts() {
     let kgz = ParticipantId::new("KGZ").unwrap();
     assert_eq!(hotline_relay::store::queued_for(&conn, &kgz).unwrap(), 0);
 }
+
+/// A relay whose store writer dies (a bug: here a panic injected after two commits) stops,
+/// rather than go on accepting connections it can no longer serve: it says why, closes its
+/// sessions, and its handle reports the fault, so that `hotline relay` exits with an error
+/// and its supervisor restarts it. What it accepted before is kept.
+#[tokio::test]
+async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
+    let net = two();
+    let relay = hotline_relay::Relay::spawn_with(
+        net.config(),
+        hotline_relay::Hosting::default().fail_writer_after(2),
+    )
+    .await
+    .unwrap();
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let first = kaz.send_to("KGZ", "first").await.unwrap();
+    let second = kaz
+        .send_to("KGZ", "second: the writer dies after this commit")
+        .await
+        .unwrap();
+
+    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
+        .await
+        .expect("the relay reports that it stopped");
+    assert!(reason.contains("store writer"), "{reason}");
+    let code = kaz.closed_code().await.unwrap();
+    assert_eq!(code, ErrorCode::GoingAway);
+    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
+        .await
+        .expect("a relay that stopped on its own still shuts down");
+
+    // Restarted on the same store, it has both messages for KGZ.
+    let relay = net.relay().await;
+    let mut kgz = net.client(relay.local_addr(), "KGZ").await.unwrap();
+    let (a, _) = kgz.next_deliver().await.unwrap();
+    let (b, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!([a.digest(), b.digest()], [first.digest(), second.digest()]);
+    relay.shutdown().await;
+}

@@ -78,6 +78,8 @@ pub struct RelayHandle {
     roster: watch::Sender<Arc<Verified<Roster>>>,
     config: RelayConfig,
     main: tokio::task::JoinHandle<()>,
+    /// Why the relay stopped on its own, once it has.
+    fault: watch::Receiver<Option<String>>,
 }
 
 impl RelayHandle {
@@ -111,6 +113,24 @@ impl RelayHandle {
         Ok(v)
     }
 
+    /// Returns, with the reason, if the relay stops on its own: its store writer has ended
+    /// (a panic: a bug), so it can no longer store anything. It then closes its sessions
+    /// and endpoint as at a shutdown; the caller should still call [`RelayHandle::shutdown`]
+    /// and then exit with an error, so that a supervisor restarts it. Never returns
+    /// otherwise.
+    pub async fn failed(&self) -> String {
+        let mut fault = self.fault.clone();
+        let reason = match fault.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The relay stopped without a fault.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting, closes sessions with `GoingAway`, lets the writer finish its batch,
     /// and returns when everything has stopped.
     pub async fn shutdown(self) {
@@ -129,6 +149,7 @@ impl RelayHandle {
 pub struct Hosting {
     socket: Option<hotline_net::transport::AbstractSocket>,
     writer_on_runtime: bool,
+    fail_writer_after: Option<u64>,
 }
 
 impl Hosting {
@@ -148,6 +169,21 @@ impl Hosting {
         self.writer_on_runtime = true;
         self
     }
+
+    /// For tests of what a relay does when its store writer dies: the writer panics once it
+    /// has committed `commits` batches (and answered them). Never in production.
+    #[doc(hidden)]
+    pub fn fail_writer_after(mut self, commits: u64) -> Self {
+        self.fail_writer_after = Some(commits);
+        self
+    }
+}
+
+/// The store writer, as the accept loop watches it.
+struct Writer {
+    join: WriterJoin,
+    /// Resolves when the writer has ended.
+    gone: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Where the store writer runs (see [`Hosting::writer_on_runtime`]).
@@ -199,12 +235,18 @@ impl Relay {
                 queue_depth_max: config.limits.queue_depth_max,
                 batch_max: config.limits.commit_batch_max,
                 queues,
+                fail_after_commits: hosting.fail_writer_after,
             },
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");
         let (cmd_tx, cmd_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
+        // Dropped when the writer ends, however it ends (a panic unwinds through it).
+        let (writer_gone_tx, writer_gone) = tokio::sync::oneshot::channel::<()>();
         let writer_join = if hosting.writer_on_runtime {
-            WriterJoin::Task(tokio::spawn(writer.run_on_runtime(cmd_rx)))
+            WriterJoin::Task(tokio::spawn(async move {
+                let _gone = writer_gone_tx;
+                writer.run_on_runtime(cmd_rx).await
+            }))
         } else {
             let checkpointer = match checkpoint::Checkpointer::start(
                 &db_path,
@@ -220,7 +262,10 @@ impl Relay {
             WriterJoin::Thread(
                 std::thread::Builder::new()
                     .name("hotline-store-writer".into())
-                    .spawn(move || writer.run(cmd_rx, checkpointer))
+                    .spawn(move || {
+                        let _gone = writer_gone_tx;
+                        writer.run(cmd_rx, checkpointer)
+                    })
                     .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?,
             )
         };
@@ -303,7 +348,17 @@ impl Relay {
             rates: Default::default(),
             receipt_rates: Default::default(),
         });
-        let main = tokio::spawn(accept_loop(endpoint, shared, shutdown_rx, writer_join));
+        let (fault_tx, fault) = watch::channel(None);
+        let main = tokio::spawn(accept_loop(
+            endpoint,
+            shared,
+            shutdown_rx,
+            Writer {
+                join: writer_join,
+                gone: writer_gone,
+            },
+            fault_tx,
+        ));
         Ok(RelayHandle {
             local_addr,
             metrics_addr,
@@ -311,6 +366,7 @@ impl Relay {
             roster: roster_tx,
             config,
             main,
+            fault,
         })
     }
 }
@@ -323,7 +379,8 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<session::Shared>,
     mut shutdown: watch::Receiver<bool>,
-    writer: WriterJoin,
+    mut writer: Writer,
+    fault: watch::Sender<Option<String>>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.limits.connections_max));
     let mut tasks = JoinSet::new();
@@ -332,6 +389,13 @@ async fn accept_loop(
         tokio::select! {
             biased;
             _ = wait_true(&mut shutdown) => break,
+            // Without its writer the relay can store nothing: stop, so that it is restarted,
+            // rather than accept connections it cannot serve.
+            _ = &mut writer.gone => {
+                error!("the store writer has stopped: this relay can store nothing more; stopping it");
+                fault.send_replace(Some("the store writer stopped".into()));
+                break;
+            }
             // Reap finished sessions so the set does not grow.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             incoming = endpoint.accept() => {
@@ -373,7 +437,7 @@ async fn accept_loop(
     }
     // The last command sender goes with `shared`: the writer drains, commits and stops.
     drop(shared);
-    let writer_failed = match writer {
+    let writer_failed = match writer.join {
         WriterJoin::Thread(t) => !matches!(
             tokio::task::spawn_blocking(move || t.join()).await,
             Ok(Ok(()))

@@ -507,6 +507,9 @@ pub(crate) struct WriterContext {
     pub(crate) batch_max: usize,
     /// The queues, shared with the readers; the writer is their only writer.
     pub(crate) queues: Arc<Mutex<QueueIndex>>,
+    /// For tests only ([`crate::Hosting::fail_writer_after`]): the writer panics once it has
+    /// committed this many batches.
+    pub(crate) fail_after_commits: Option<u64>,
 }
 
 /// Opens (creating) the relay database, checks it, and creates the schema.
@@ -889,6 +892,8 @@ pub(crate) struct Writer {
     /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
     /// checkpoint runs in this writer's commits at its default 1,000 pages).
     checkpointer: Option<Checkpointer>,
+    /// Batches committed.
+    commits: u64,
 }
 
 impl Writer {
@@ -922,6 +927,7 @@ impl Writer {
             ctx,
             held: HeldCache::new(),
             checkpointer: None,
+            commits: 0,
         };
         w.publish_depths();
         Ok(w)
@@ -1238,6 +1244,14 @@ impl Writer {
                     let _ = reply.try_send(answer);
                 }
                 self.ctx.hub.post(p.posts, committed);
+                self.commits += 1;
+                if self
+                    .ctx
+                    .fail_after_commits
+                    .is_some_and(|n| self.commits >= n)
+                {
+                    panic!("store writer failure injected by a test (Hosting::fail_writer_after)");
+                }
             }
             Err(e) => {
                 self.journal.rollback();

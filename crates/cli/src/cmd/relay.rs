@@ -72,22 +72,27 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         if let Some(m) = handle.metrics_addr() {
             tracing::info!(addr = %m, "metrics on http://{m}/metrics, health on http://{m}/health");
         }
-        wait_for_signals(&handle).await?;
+        let stopped = wait_for_signals(&handle).await;
         handle.shutdown().await;
-        Ok(())
+        match stopped? {
+            None => Ok(()),
+            Some(reason) => anyhow::bail!("the relay stopped on its own: {reason}"),
+        }
     })
 }
 
-/// Waits for SIGTERM or SIGINT (shutdown); reloads the roster on SIGHUP.
-async fn wait_for_signals(handle: &hotline_relay::RelayHandle) -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT (shutdown; `None`) or for the relay to stop on its own (its
+/// reason); reloads the roster on SIGHUP.
+async fn wait_for_signals(handle: &hotline_relay::RelayHandle) -> anyhow::Result<Option<String>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()) }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(None) }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(None) }
+            reason = handle.failed() => return Ok(Some(reason)),
             _ = hup.recv() => match handle.reload_roster() {
                 Ok(v) => tracing::info!(version = v, "SIGHUP: roster reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: roster not reloaded; the previous one stays in force"),
