@@ -863,6 +863,115 @@ async fn an_edited_journal_is_refused_at_start_and_by_audit_verify() -> anyhow::
     Ok(())
 }
 
+/// A node's store edited while the node is stopped: a stored row that no longer matches
+/// what the journal recorded for it (here a received message's text) is refused at start,
+/// naming the file, rather than shown to an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_store_whose_rows_differ_from_its_journal_is_refused_at_start() -> anyhow::Result<()>
+{
+    let net = Net::new(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    net.node_config("KAZ", addr);
+    net.node_config("KGZ", addr);
+    let mut kaz = net.start_node("KAZ").await?;
+    let mut kgz = net.start_node("KGZ").await?;
+    kaz.connected().await?;
+    kgz.connected().await?;
+    let marker = "Exercise STEPPE-24 starts at 06:00Z";
+    let sent = kaz
+        .cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "notice",
+            "--body",
+            marker,
+        ])
+        .await?;
+    let id = sent["id"].as_str().context("an id")?.to_owned();
+    kgz.proc.wait_line(&["message received", &id]).await?;
+    kgz.proc.signal("TERM")?;
+    kgz.proc.wait_log("node stopped").await?;
+    let (status, _) = kgz.proc.wait_exit(EVENT_TIMEOUT).await?;
+    assert!(status.success(), "{status}");
+
+    let audit = |dir: &Path| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(hotline_bin()?)
+            .args(["audit", "verify", "--data"])
+            .arg(dir)
+            .output()?)
+    };
+    let data = net.path().join("node-KGZ");
+    let out = audit(&data)?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("are records of its entries"),
+        "{said}"
+    );
+
+    // 06:00Z becomes 16:00Z in the stored message, and only there (not in the journal).
+    let db = data.join("node.db");
+    {
+        let conn = rusqlite::Connection::open(&db)?;
+        let raw = hex_id(&id)?;
+        let mut bytes: Vec<u8> =
+            conn.query_row("SELECT bytes FROM inbox WHERE id = ?1", [&raw], |r| {
+                r.get(0)
+            })?;
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .context("the body is in the stored bytes")?;
+        bytes[at + marker.find("06:00").context("marker")?] = b'1';
+        conn.execute(
+            "UPDATE inbox SET bytes = ?1 WHERE id = ?2",
+            rusqlite::params![bytes, raw],
+        )?;
+    }
+    let cfg = net.path().join("KGZ.toml");
+    let mut node = Proc::spawn(
+        &["node", "--config", cfg.to_str().context("utf-8")?],
+        net.path(),
+        "node-KGZ-tampered.log",
+    )?;
+    let line = node.wait_log("node.db").await?;
+    let (status, node) = node.wait_exit(EVENT_TIMEOUT).await?;
+    assert!(
+        !status.success(),
+        "a node must not serve an edited store: {line}"
+    );
+    assert!(
+        !node.log().contains("local API listening"),
+        "the node served an edited store"
+    );
+    let out = audit(&data)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("inbox row"),
+        "{said}"
+    );
+    println!("edited node store refused at start-up: {line}");
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// A message id as the node stores it, from its hex form.
+fn hex_id(id: &str) -> anyhow::Result<Vec<u8>> {
+    (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(id.get(i..i + 2).context("hex")?, 16).context("hex"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothing(
 ) -> anyhow::Result<()> {

@@ -231,6 +231,78 @@ fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
+/// The tables holding signed records, each with its key column and the kinds of journal
+/// entry that hold a row's whole record under that key (hex) as their subject.
+const RECORDED: [(&str, &str, &[&str]); 5] = [
+    ("sent", "id", &["message.sent"]),
+    ("inbox", "id", &["message.received"]),
+    ("quarantine", "digest", &["message.quarantined"]),
+    ("receipts_out", "digest", &["receipt.acknowledged"]),
+    (
+        "receipts_in",
+        "digest",
+        &[
+            "receipt.acknowledged.received",
+            "receipt.delivered.received",
+        ],
+    ),
+];
+
+/// Checks that every stored message and receipt (sent, received, quarantined, signed here
+/// or received) is, byte for byte, a record its journal holds: an entry of its kind, under
+/// its id or digest. With the journal's chain, checked before, the signed bytes an operator
+/// is shown are then those the journal committed to; a row edited, swapped or added outside
+/// the node is refused, naming the file. Returns how many rows were checked. It reads every
+/// journal entry once and keeps a digest of each record, at start-up and in `hotline audit
+/// verify`.
+pub fn verify_records(conn: &Connection, path: &Path) -> Result<u64, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let check = || -> Result<Result<u64, String>, StoreError> {
+        let mut journaled = std::collections::HashSet::new();
+        let mut st = conn.prepare("SELECT kind, subject, payload FROM journal")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let kind: String = r.get(0)?;
+            if RECORDED
+                .iter()
+                .any(|(_, _, kinds)| kinds.contains(&kind.as_str()))
+            {
+                let payload: Vec<u8> = r.get(2)?;
+                journaled.insert((kind, r.get::<_, String>(1)?, Digest::of(&[&payload])));
+            }
+        }
+        let mut n = 0u64;
+        for (table, key_column, kinds) in RECORDED {
+            let mut st = conn.prepare(&format!(
+                "SELECT {key_column}, bytes, key, sig FROM {table}"
+            ))?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let subject = hex::encode(r.get::<_, Vec<u8>>(0)?);
+                let signed: Signed<Envelope> = signed_at(r, 1)?;
+                let record = Digest::of(&[&encode_record(&signed)?]);
+                let held =
+                    |kind: &&str| journaled.contains(&(kind.to_string(), subject.clone(), record));
+                if !kinds.iter().any(held) {
+                    return Ok(Err(format!(
+                        "{table} row {subject} is not the record its journal holds"
+                    )));
+                }
+                n += 1;
+            }
+        }
+        Ok(Ok(n))
+    };
+    match check() {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(detail)) => Err(corrupt(detail)),
+        Err(e) => Err(corrupt(format!("reading its records: {e}"))),
+    }
+}
+
 impl NodeStore {
     /// Opens (creating) `node.db` in `data_dir`, refusing a damaged file by name.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -239,11 +311,17 @@ impl NodeStore {
         hotline_store::quick_check(&conn, &path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
-        // A damaged journal is refused at start-up, naming the file, rather than extended.
+        // A damaged journal is refused at start-up, naming the file, rather than extended;
+        // so is a stored message or receipt that is not the record its journal holds.
         hotline_store::verify_journal(&conn).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
         })?;
+        let records = verify_records(&conn, &path)?;
+        tracing::debug!(
+            records,
+            "stored messages and receipts match their journal entries"
+        );
         let journal = Journal::load(&conn)?;
         Ok(Self {
             conn,
@@ -974,6 +1052,109 @@ mod tests {
 
     fn ids(envs: &[Envelope]) -> BTreeSet<MessageId> {
         envs.iter().map(|e| e.id).collect()
+    }
+
+    /// A store with a row in each table of signed records; the store's directory.
+    fn store_with_every_record() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KGZ");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let draft = Draft {
+            audience: Audience::Participants(vec![pid("KAZ")]),
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "sent".into(),
+            body: String::new(),
+        };
+        let sent = store
+            .compose(&me, &key, draft, &[pid("KAZ")], 1, NOW)
+            .unwrap()
+            .unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let received = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = received.decode_unverified().unwrap();
+        let odd = Signed::sign(&envelope(2, Precedence::Routine), &kaz).unwrap();
+        store
+            .store_deliveries(
+                &[(received, Ok(env.clone())), (odd, Err("a test".into()))],
+                NOW,
+            )
+            .unwrap();
+        store
+            .acknowledge(&me, &key, &env.id, "Duty officer", None, 1, NOW)
+            .unwrap()
+            .unwrap();
+        let receipt = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid("KAZ"),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: NOW,
+            items: vec![ReceiptItem {
+                id: sent.decode_unverified().unwrap().id,
+                sender: me.clone(),
+                digest: sent.digest(),
+            }],
+        };
+        let signed = Signed::sign(&receipt, &kaz).unwrap();
+        let verified = signed.verify_with(&signed.key()).unwrap();
+        store.store_forwarded(&me, &[verified], NOW).unwrap();
+        dir
+    }
+
+    #[test]
+    fn every_stored_record_must_be_one_its_journal_holds() {
+        let dir = store_with_every_record();
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            verify_records(&conn, &path).unwrap(),
+            5,
+            "one row in each table"
+        );
+        drop(conn);
+        for (table, _, _) in RECORDED {
+            let dir = store_with_every_record();
+            let path = dir.path().join(DB_FILE);
+            let conn = Connection::open(&path).unwrap();
+            // One byte of the signed bytes changed, or the signature swapped.
+            conn.execute(
+                &format!("UPDATE {table} SET bytes = CAST(bytes || x'00' AS BLOB)"),
+                [],
+            )
+            .unwrap();
+            let err = verify_records(&conn, &path).unwrap_err().to_string();
+            assert!(
+                err.contains(table) && err.contains("node.db"),
+                "{table}: {err}"
+            );
+            conn.execute(
+                &format!("UPDATE {table} SET bytes = substr(bytes, 1, length(bytes) - 1)"),
+                [],
+            )
+            .unwrap();
+            verify_records(&conn, &path).unwrap();
+            conn.execute(&format!("UPDATE {table} SET sig = zeroblob(64)"), [])
+                .unwrap();
+            let err = verify_records(&conn, &path).unwrap_err().to_string();
+            assert!(err.contains(table), "{table}: {err}");
+        }
+        // Opening refuses it too, by name, although the journal's chain is intact.
+        let dir = store_with_every_record();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute("UPDATE inbox SET bytes = CAST(bytes || x'00' AS BLOB)", [])
+            .unwrap();
+        hotline_store::verify_journal(&conn).unwrap();
+        drop(conn);
+        let err = NodeStore::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("node.db") && err.contains("inbox"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Recompute the journal's hash chain and name the first broken entry; on a relay store,
-    /// also check that every journaled message and receipt matches its stored row and every
-    /// stored one is journaled.
+    /// Recompute the journal's hash chain and name the first broken entry; also check, on a
+    /// relay store, that every journaled message and receipt matches its stored row and every
+    /// stored one is journaled, and on a node store, that every stored message and receipt
+    /// is a record its journal holds.
     Verify {
         /// The data directory (holding relay.db or node.db), or the database file itself.
         #[arg(long)]
@@ -41,7 +42,10 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 )?;
                 format!("; {n} stored messages and receipts match their entries")
             } else {
-                String::new()
+                let n = hotline_node::store::verify_records(&conn, &db).with_context(|| {
+                    format!("{}: stored records and journal differ", db.display())
+                })?;
+                format!("; {n} stored messages and receipts are records of its entries")
             };
             outln!(
                 "OK: {} entries, head {}{records}",
