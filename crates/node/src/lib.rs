@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod limits;
 mod link;
 pub mod pacer;
+mod recurring;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -301,50 +302,63 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
     let started = now_ms();
     let mut last_connected = started;
     let mut unreachable_fired = false;
+    // Each runs every tick: a store that cannot be written (a full disk) would otherwise
+    // log the same error four times a second.
+    let mut deadline_check = recurring::Recurring::new("deadline check");
+    let mut paging_check = recurring::Recurring::new("paging check");
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
         }
         let now = now_ms();
-        let overdue = state.store().mark_overdue(now);
-        match overdue {
+        let overdue = match state.store().mark_overdue(now) {
             Ok(list) => {
-                for (id, subject, recipients) in list {
-                    let ids = recipients
-                        .iter()
-                        .map(|r| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    warn!(msg = %id, subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
-                    let ev = Event::Overdue {
-                        id,
-                        subject,
-                        recipients,
-                    };
-                    state
-                        .hooks
-                        .fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
-                    state.emit(ev);
-                }
+                deadline_check.succeeded();
+                list
             }
-            Err(e) => error!(error = %e, "deadline check failed"),
+            Err(e) => {
+                deadline_check.failed(&e);
+                Vec::new()
+            }
+        };
+        for (id, subject, recipients) in overdue {
+            let ids = recipients
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            warn!(msg = %id, subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
+            let ev = Event::Overdue {
+                id,
+                subject,
+                recipients,
+            };
+            state
+                .hooks
+                .fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
+            state.emit(ev);
         }
-        let pages = state
+        let pages = match state
             .store()
-            .due_pages(now, state.config.paging_interval_ms());
-        match pages {
+            .due_pages(now, state.config.paging_interval_ms())
+        {
             Ok(list) => {
-                for env in list {
-                    warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
-                    let ev = received_event(&env, true, false);
-                    state
-                        .hooks
-                        .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
-                    state.emit(ev);
-                }
+                paging_check.succeeded();
+                list
             }
-            Err(e) => error!(error = %e, "paging check failed"),
+            Err(e) => {
+                paging_check.failed(&e);
+                Vec::new()
+            }
+        };
+        for env in pages {
+            warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
+            let ev = received_event(&env, true, false);
+            state
+                .hooks
+                .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
+            state.emit(ev);
         }
         if state.relays_connected() > 0 {
             last_connected = now;
