@@ -1,5 +1,6 @@
 //! One task per relay: connect (capped exponential back-off with jitter, also after a link
-//! that failed soon after it was made), authenticate, then send the outbox and pending receipts, and take deliveries, answers and receipts.
+//! that failed soon after it was made), authenticate, then send the outbox and pending
+//! receipts, and take deliveries, answers and receipts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -148,7 +149,8 @@ async fn connect(
 #[derive(Debug, Default)]
 struct Retries {
     messages: Vec<MessageId>,
-    /// Receipts by digest; only acknowledgements are kept to be offered again.
+    /// Receipts by digest: acknowledgements (offered again from the store) and delivered
+    /// receipts (written again from `Link::delivered_sent`).
     receipts: Vec<Digest>,
 }
 

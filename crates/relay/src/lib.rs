@@ -2,9 +2,12 @@
 //! store-and-forward, routing, receipts, metrics.
 //!
 //! Tasks: one accept loop; one task per connection ([`session`]), which reads its frames
-//! itself (the reader is cancel-safe); one receipt verifier task; one store-writer OS thread that owns the write connection and group-commits; the metrics
-//! HTTP server. `Relay::spawn` starts them and returns a [`RelayHandle`]; `shutdown` stops
-//! them in order (stop accepting, tell sessions to go away, let the writer finish its batch).
+//! itself (the reader is cancel-safe); one receipt verifier task; one store-writer OS
+//! thread that owns the write connection and group-commits; the metrics HTTP server.
+//! `Relay::spawn` starts them and returns a [`RelayHandle`]; `shutdown` stops them in order
+//! (stop accepting, tell sessions to go away, let the writer finish its batch). If the
+//! writer ends on its own, the accept loop stops the relay the same way
+//! ([`RelayHandle::failed`]).
 
 #![warn(missing_docs)]
 
