@@ -11,7 +11,7 @@ use hotline_e2e::*;
 use hotline_exercise::deploy::Deployment;
 use hotline_exercise::process::{hotline_bin as bin, Proc as XProc};
 use hotline_node::client::ApiClient;
-use hotline_proto::{Audience, RejectCode, Role};
+use hotline_proto::{Audience, RejectCode};
 use serde_json::{json, Value};
 
 const TEMPLATE: &str = r#"
@@ -225,6 +225,27 @@ impl Drop for Mount {
     }
 }
 
+/// Mounts a 2 MiB tmpfs of its own at `dir` in the network's directory, to fill; its path,
+/// with the guard that unmounts it. None, having said why, where this machine cannot (the
+/// test then skips).
+fn small_disk(net: &Net, dir: &str) -> anyhow::Result<Option<(Mount, std::path::PathBuf)>> {
+    if !is_root() {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return Ok(None);
+    }
+    let path = net.path().join(dir);
+    std::fs::create_dir_all(&path)?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&path)
+        .status()?;
+    if !st.success() {
+        println!("SKIPPED: cannot mount tmpfs here");
+        return Ok(None);
+    }
+    Ok(Some((Mount(path.clone()), path)))
+}
+
 fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
@@ -245,29 +266,10 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
+    let net = Net::sec_kaz_kgz();
+    let Some((_mount, data)) = small_disk(&net, "relay-data")? else {
         return Ok(());
-    }
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
-    let data = net.path().join("relay-data");
-    std::fs::create_dir_all(&data)?;
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&data)
-        .status()?;
-    if !st.success() {
-        println!("SKIPPED: cannot mount tmpfs here");
-        return Ok(());
-    }
-    let _mount = Mount(data.clone());
+    };
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await?;
@@ -328,33 +330,14 @@ async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches_up(
 ) -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
-        return Ok(());
-    }
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
+    let net = Net::sec_kaz_kgz();
     let relay = net.relay().await;
     let addr = relay.local_addr();
     net.node_config("KAZ", addr);
     net.node_config("KGZ", addr);
-    let data = net.path().join("node-KGZ");
-    std::fs::create_dir_all(&data)?;
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&data)
-        .status()?;
-    if !st.success() {
-        println!("SKIPPED: cannot mount tmpfs here");
+    let Some((_mount, data)) = small_disk(&net, "node-KGZ")? else {
         return Ok(());
-    }
-    let _mount = Mount(data.clone());
+    };
     let mut kaz = net.start_node("KAZ").await?;
     let mut kgz = net.start_node("KGZ").await?;
     kaz.connected().await?;
@@ -368,16 +351,7 @@ async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches
     let mut sent = Vec::new();
     let mut refused_at = None;
     for i in 0..50 {
-        let answer = kaz
-            .cli_json(&[
-                "send",
-                "--to",
-                "KGZ",
-                "--subject",
-                &format!("while full {i}"),
-            ])
-            .await?;
-        let id = answer["id"].as_str().context("an id")?.to_owned();
+        let id = kaz.send("KGZ", &format!("while full {i}"), &[]).await?;
         let line = kgz
             .proc
             .wait_any_line_from(from, &[&["message received", &id], &[NOT_STORED]])
@@ -461,53 +435,20 @@ async fn a_node_with_a_full_disk_receipts_nothing_it_could_not_store_and_catches
 /// dropped: once space returns, the sender sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
+    let net = Net::sec_kaz_kgz();
+    let Some((_mount, data)) = small_disk(&net, "relay-data")? else {
         return Ok(());
-    }
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
-    let data = net.path().join("relay-data");
-    std::fs::create_dir_all(&data)?;
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&data)
-        .status()?;
-    if !st.success() {
-        println!("SKIPPED: cannot mount tmpfs here");
-        return Ok(());
-    }
-    let _mount = Mount(data.clone());
+    };
     let relay = net.relay().await;
     let addr = relay.local_addr();
-    net.node_config("KAZ", addr);
-    net.node_config("KGZ", addr);
-    let mut kaz = net.start_node("KAZ").await?;
-    let mut kgz = net.start_node("KGZ").await?;
-    kaz.connected().await?;
-    kgz.connected().await?;
+    let (kaz, mut kgz) = net.two_nodes(addr).await?;
     let mut kaz_events = kaz.events().await?;
 
     // Messages to acknowledge, delivered while the disk has room.
     const MESSAGES: usize = 20;
     let mut ids = Vec::new();
     for i in 0..MESSAGES {
-        let sent = kaz
-            .cli_json(&[
-                "send",
-                "--to",
-                "KGZ",
-                "--subject",
-                &format!("to acknowledge {i}"),
-            ])
-            .await?;
-        ids.push(sent["id"].as_str().context("an id")?.to_owned());
+        ids.push(kaz.send("KGZ", &format!("to acknowledge {i}"), &[]).await?);
     }
     for id in &ids {
         kaz_events
@@ -568,29 +509,10 @@ async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow
 /// waiting for the recipient to reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_receipt_refused_by_a_full_relay_is_offered_again() -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
+    let net = Net::sec_kaz_kgz();
+    let Some((_mount, data)) = small_disk(&net, "relay-data")? else {
         return Ok(());
-    }
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
-    let data = net.path().join("relay-data");
-    std::fs::create_dir_all(&data)?;
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&data)
-        .status()?;
-    if !st.success() {
-        println!("SKIPPED: cannot mount tmpfs here");
-        return Ok(());
-    }
-    let _mount = Mount(data.clone());
+    };
     let relay = net.relay().await;
     let addr = relay.local_addr();
     net.node_config("KAZ", addr);
@@ -602,16 +524,7 @@ async fn a_delivered_receipt_refused_by_a_full_relay_is_offered_again() -> anyho
     // KGZ is away: messages wait for it at the relay.
     let mut queued = Vec::new();
     for i in 0..5 {
-        let sent = kaz
-            .cli_json(&[
-                "send",
-                "--to",
-                "KGZ",
-                "--subject",
-                &format!("while away {i}"),
-            ])
-            .await?;
-        let id = sent["id"].as_str().context("an id")?.to_owned();
+        let id = kaz.send("KGZ", &format!("while away {i}"), &[]).await?;
         kaz.proc.wait_line(&["accepted", &id]).await?;
         queued.push(id);
     }
@@ -620,16 +533,9 @@ async fn a_delivered_receipt_refused_by_a_full_relay_is_offered_again() -> anyho
     let from = kaz.proc.log_len();
     let mut refused = false;
     for i in 0..50 {
-        let sent = kaz
-            .cli_json(&[
-                "send",
-                "--to",
-                "KGZ",
-                "--subject",
-                &format!("on a full relay {i}"),
-            ])
+        let id = kaz
+            .send("KGZ", &format!("on a full relay {i}"), &[])
             .await?;
-        let id = sent["id"].as_str().context("an id")?.to_owned();
         let line = kaz
             .proc
             .wait_any_line_from(
@@ -694,33 +600,14 @@ fn logged_between(first: &str, second: &str) -> anyhow::Result<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acceptance_a_full_node_cannot_record_is_asked_for_again_after_a_pause(
 ) -> anyhow::Result<()> {
-    if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
-        return Ok(());
-    }
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
+    let net = Net::sec_kaz_kgz();
     // A fixed address, so that the relay comes back where KAZ looks for it.
     let addr = free_udp_addr();
     net.set_relay_listen(addr);
     net.node_config("KAZ", addr);
-    let data = net.path().join("node-KAZ");
-    std::fs::create_dir_all(&data)?;
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&data)
-        .status()?;
-    if !st.success() {
-        println!("SKIPPED: cannot mount tmpfs here");
+    let Some((_mount, data)) = small_disk(&net, "node-KAZ")? else {
         return Ok(());
-    }
-    let _mount = Mount(data.clone());
+    };
     let relay = net.relay().await;
     let mut kaz = net.start_node("KAZ").await?;
     kaz.connected().await?;
@@ -728,16 +615,9 @@ async fn an_acceptance_a_full_node_cannot_record_is_asked_for_again_after_a_paus
     kaz.proc.wait_log("relay link lost").await?;
 
     // Composed while the relay is away, then the disk fills.
-    let sent = kaz
-        .cli_json(&[
-            "send",
-            "--to",
-            "KGZ",
-            "--subject",
-            "composed before the disk filled",
-        ])
+    let id = kaz
+        .send("KGZ", "composed before the disk filled", &[])
         .await?;
-    let id = sent["id"].as_str().context("an id")?.to_owned();
     let filler = fill(&data);
 
     let relay = net.relay().await;
@@ -767,14 +647,7 @@ async fn an_acceptance_a_full_node_cannot_record_is_asked_for_again_after_a_paus
 }
 
 async fn stopped_relay_with_one_message(marker: &str) -> anyhow::Result<(Net, std::path::PathBuf)> {
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
+    let net = Net::sec_kaz_kgz();
     let cfg = net.relay_config.display().to_string();
     let mut relay = Proc::spawn(&["relay", "--config", &cfg], net.path(), "relay-a.log")?;
     let line = relay.wait_log("relay listening").await?;
@@ -869,35 +742,12 @@ async fn an_edited_journal_is_refused_at_start_and_by_audit_verify() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_store_whose_rows_differ_from_its_journal_is_refused_at_start() -> anyhow::Result<()>
 {
-    let net = Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    );
+    let net = Net::sec_kaz_kgz();
     let relay = net.relay().await;
     let addr = relay.local_addr();
-    net.node_config("KAZ", addr);
-    net.node_config("KGZ", addr);
-    let mut kaz = net.start_node("KAZ").await?;
-    let mut kgz = net.start_node("KGZ").await?;
-    kaz.connected().await?;
-    kgz.connected().await?;
+    let (kaz, mut kgz) = net.two_nodes(addr).await?;
     let marker = "Exercise STEPPE-24 starts at 06:00Z";
-    let sent = kaz
-        .cli_json(&[
-            "send",
-            "--to",
-            "KGZ",
-            "--subject",
-            "notice",
-            "--body",
-            marker,
-        ])
-        .await?;
-    let id = sent["id"].as_str().context("an id")?.to_owned();
+    let id = kaz.send("KGZ", "notice", &["--body", marker]).await?;
     kgz.proc.wait_line(&["message received", &id]).await?;
     kgz.proc.signal("TERM")?;
     kgz.proc.wait_log("node stopped").await?;

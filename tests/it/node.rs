@@ -10,14 +10,7 @@ use hotline_proto::{PublicKey, Role, Signed, SigningKey};
 use serde_json::{json, Value};
 
 fn net() -> Net {
-    Net::new(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-    )
+    Net::sec_kaz_kgz()
 }
 
 /// The message id in a `hotline send --json` answer.
@@ -42,22 +35,11 @@ fn msg_field(line: &str) -> String {
         .to_owned()
 }
 
-/// Starts KAZ and KGZ against `relay` and waits until both are connected.
-async fn two_nodes(net: &Net, relay: std::net::SocketAddr) -> anyhow::Result<(NodeProc, NodeProc)> {
-    net.node_config("KAZ", relay);
-    net.node_config("KGZ", relay);
-    let mut kaz = net.start_node("KAZ").await?;
-    let mut kgz = net.start_node("KGZ").await?;
-    kaz.connected().await?;
-    kgz.connected().await?;
-    Ok((kaz, kgz))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
     let net = net();
     let relay = net.relay().await;
-    let (mut kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
 
     let before = now_ms();
@@ -180,7 +162,7 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
 async fn a_node_that_was_stopped_receives_what_was_sent_meanwhile() {
     let net = net();
     let relay = net.relay().await;
-    let (mut kaz, kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let (mut kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
 
     // An operator's `hotline watch` is following KGZ's events while it is stopped: the
@@ -461,7 +443,7 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
 async fn an_exercise_message_is_marked_as_such() {
     let net = net();
     let relay = net.relay().await;
-    let (kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
 
     let drill = id_of(
         &kaz.cli_json(&[
@@ -984,7 +966,7 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
     let addr = free_udp_addr();
     net.set_relay_listen(addr);
     let relay = net.relay().await;
-    let (mut kaz, mut kgz) = two_nodes(&net, addr).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(addr).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
     let id = id_of(
         &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "Please confirm"])
@@ -1433,7 +1415,7 @@ async fn text_from_other_participants_cannot_forge_log_lines() {
     // must show them quoted, never as lines of their own.
     let net = net();
     let relay = net.relay().await;
-    let (mut kaz, mut kgz) = two_nodes(&net, relay.local_addr()).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let forged = "FORGED  INFO acknowledged msg=00000000000000000000000000000000 by=KGZ";
     let subject = format!("Routine report\n{forged}");
     let id = id_of(

@@ -42,6 +42,18 @@ pub struct Net {
 
 impl Net {
     /// A network with the given participants (id, role) and groups, roster version 1.
+    /// The Secretariat and two members, KAZ and KGZ, no groups.
+    pub fn sec_kaz_kgz() -> Self {
+        Self::new(
+            &[
+                ("SEC", Role::Secretariat),
+                ("KAZ", Role::Member),
+                ("KGZ", Role::Member),
+            ],
+            &[],
+        )
+    }
+
     pub fn new(participants: &[(&str, Role)], groups: &[(&str, &[&str])]) -> Self {
         Self::with_relay_toml(participants, groups, "")
     }
@@ -701,6 +713,18 @@ impl Net {
     pub async fn start_node(&self, id: &str) -> anyhow::Result<NodeProc> {
         NodeProc::start(self.path(), id).await
     }
+
+    /// Writes KAZ's and KGZ's configurations for one relay at `relay`, starts both nodes
+    /// and waits until both are connected.
+    pub async fn two_nodes(&self, relay: SocketAddr) -> anyhow::Result<(NodeProc, NodeProc)> {
+        self.node_config("KAZ", relay);
+        self.node_config("KGZ", relay);
+        let mut kaz = self.start_node("KAZ").await?;
+        let mut kgz = self.start_node("KGZ").await?;
+        kaz.connected().await?;
+        kgz.connected().await?;
+        Ok((kaz, kgz))
+    }
 }
 
 /// What a `hotline` command printed, and how it ended.
@@ -805,6 +829,18 @@ impl NodeProc {
             .await?
             .json()
             .with_context(|| format!("{}: hotline {args:?}", self.id))
+    }
+
+    /// `hotline send --to TO --subject SUBJECT [extra…]` through this node; the new
+    /// message's id.
+    pub async fn send(&self, to: &str, subject: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["send", "--to", to, "--subject", subject];
+        args.extend_from_slice(extra);
+        let sent = self.cli_json(&args).await?;
+        Ok(sent["id"]
+            .as_str()
+            .with_context(|| format!("no id in {sent}"))?
+            .to_owned())
     }
 
     /// The API bearer token the node created.
