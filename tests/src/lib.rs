@@ -41,7 +41,6 @@ pub struct Net {
 }
 
 impl Net {
-    /// A network with the given participants (id, role) and groups, roster version 1.
     /// The Secretariat and two members, KAZ and KGZ, no groups.
     pub fn sec_kaz_kgz() -> Self {
         Self::new(
@@ -54,6 +53,7 @@ impl Net {
         )
     }
 
+    /// A network with the given participants (id, role) and groups, roster version 1.
     pub fn new(participants: &[(&str, Role)], groups: &[(&str, &[&str])]) -> Self {
         Self::with_relay_toml(participants, groups, "")
     }
