@@ -1449,3 +1449,139 @@ async fn text_from_other_participants_cannot_forge_log_lines() {
     }
     relay.shutdown().await;
 }
+
+/// A relay that forges: the node, not the relay, is the last check. An impostor relay (it
+/// holds the relay's certificate, as a compromised relay would) delivers to KGZ a message
+/// whose bytes were altered after KAZ signed them, one signed by a key not on the roster
+/// for KAZ, and a genuine one twice. KGZ shows the genuine one once and neither forgery,
+/// logs the forgeries as quarantined, and still receipts all three (the forgeries by
+/// digest), so that an honest relay would stop redelivering them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shows_nothing_a_forging_relay_delivers() {
+    use hotline_proto::frame::{NodeToRelay, RelayToNode, Welcome};
+    use hotline_proto::{Audience, Envelope, Kind, MessageId, Precedence, Seq, Status};
+
+    let net = net();
+    let config = net.config();
+    let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key).unwrap();
+    let impostor = hotline_net::transport::server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &hotline_net::TransportLimits::default(),
+    )
+    .unwrap();
+    let addr = impostor.local_addr().unwrap();
+    net.node_config("KGZ", addr);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+
+    let conn = tokio::time::timeout(EVENT_TIMEOUT, async {
+        impostor.accept().await.expect("a connection").await
+    })
+    .await
+    .expect("KGZ connects")
+    .unwrap();
+    let (send, recv) = conn.accept_bi().await.unwrap();
+    let mut reader = hotline_net::FrameReader::new(recv);
+    let mut writer = hotline_net::FrameWriter::new(send);
+    let hello: Option<NodeToRelay> = reader.read().await.unwrap();
+    assert!(matches!(hello, Some(NodeToRelay::Hello(_))), "{hello:?}");
+    writer
+        .write(&RelayToNode::Welcome(Welcome {
+            relay_time_ms: now_ms(),
+            last_seq: Seq(0),
+            roster: None,
+        }))
+        .await
+        .unwrap();
+
+    let envelope = |seq: u64, subject: &str| Envelope {
+        version: hotline_proto::PROTOCOL_VERSION,
+        id: MessageId::random(),
+        sender: pid("KAZ"),
+        seq: Seq(seq),
+        audience: Audience::Participants(vec![pid("KGZ")]),
+        kind: Kind::Alert,
+        precedence: Precedence::Flash,
+        status: Status::Actual,
+        created_at_ms: now_ms(),
+        respond_by_ms: None,
+        references: vec![],
+        category: None,
+        subject: subject.into(),
+        body: "Exercise STEPPE-24 from 06:00Z.".into(),
+    };
+    let kaz = net.key("KAZ");
+    let genuine = Signed::sign(&envelope(1, "genuine"), &kaz).unwrap();
+    // KAZ's signature over bytes that then say 16:00Z.
+    let signed = Signed::sign(&envelope(2, "altered"), &kaz).unwrap();
+    let mut bytes = signed.bytes().to_vec();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"06:00")
+        .expect("the body is in the bytes");
+    bytes[at] = b'1';
+    let altered = Signed::<Envelope>::from_parts(bytes, signed.key(), signed.signature());
+    let stranger = Signed::sign(
+        &envelope(3, "unlisted key"),
+        &SigningKey::from_bytes(&[9; 32]),
+    )
+    .unwrap();
+    let mut frames = Vec::new();
+    for s in [&genuine, &altered, &stranger, &genuine] {
+        frames
+            .extend(hotline_proto::frame::encode_frame(&RelayToNode::Deliver(s.clone())).unwrap());
+    }
+    writer.write_raw(&frames).await.unwrap();
+
+    // KGZ's receipts, until every delivery is named.
+    let mut named = std::collections::HashSet::new();
+    let want: std::collections::HashSet<_> = [&genuine, &altered, &stranger]
+        .iter()
+        .map(|s| s.digest())
+        .collect();
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while !want.is_subset(&named) {
+            match reader.read::<NodeToRelay>().await.unwrap() {
+                Some(NodeToRelay::Receipt(r)) => {
+                    let r = r.decode_unverified().unwrap();
+                    assert_eq!(r.kind, hotline_proto::ReceiptKind::Delivered);
+                    named.extend(r.items.iter().map(|i| i.digest));
+                }
+                Some(_) => {}
+                None => panic!("KGZ closed its stream"),
+            }
+        }
+    })
+    .await
+    .expect("KGZ receipts every delivery, forgeries by digest");
+
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let subjects: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, vec!["genuine"], "{inbox}");
+    kgz.proc
+        .wait_line(&["urgent message received", "genuine"])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_lines_from(0, &["quarantined, not shown"], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        kgz.proc.count_lines(&["urgent message received"]),
+        1,
+        "told once, of the genuine one only"
+    );
+    assert_eq!(kgz.proc.count_lines(&["message received"]), 1);
+    assert_eq!(
+        kgz.proc.count_lines(&["quarantined, not shown"]),
+        2,
+        "{}",
+        kgz.proc.log()
+    );
+    conn.close(0u32.into(), b"test done");
+}
