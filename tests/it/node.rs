@@ -1458,41 +1458,11 @@ async fn text_from_other_participants_cannot_forge_log_lines() {
 /// digest), so that an honest relay would stop redelivering them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shows_nothing_a_forging_relay_delivers() {
-    use hotline_proto::frame::{NodeToRelay, RelayToNode, Welcome};
+    use hotline_proto::frame::{NodeToRelay, RelayToNode};
     use hotline_proto::{Audience, Envelope, Kind, MessageId, Precedence, Seq, Status};
 
     let net = net();
-    let config = net.config();
-    let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key).unwrap();
-    let impostor = hotline_net::transport::server_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        &identity,
-        &hotline_net::TransportLimits::default(),
-    )
-    .unwrap();
-    let addr = impostor.local_addr().unwrap();
-    net.node_config("KGZ", addr);
-    let mut kgz = net.start_node("KGZ").await.unwrap();
-
-    let conn = tokio::time::timeout(EVENT_TIMEOUT, async {
-        impostor.accept().await.expect("a connection").await
-    })
-    .await
-    .expect("KGZ connects")
-    .unwrap();
-    let (send, recv) = conn.accept_bi().await.unwrap();
-    let mut reader = hotline_net::FrameReader::new(recv);
-    let mut writer = hotline_net::FrameWriter::new(send);
-    let hello: Option<NodeToRelay> = reader.read().await.unwrap();
-    assert!(matches!(hello, Some(NodeToRelay::Hello(_))), "{hello:?}");
-    writer
-        .write(&RelayToNode::Welcome(Welcome {
-            relay_time_ms: now_ms(),
-            last_seq: Seq(0),
-            roster: None,
-        }))
-        .await
-        .unwrap();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
 
     let envelope = |seq: u64, subject: &str| Envelope {
         version: hotline_proto::PROTOCOL_VERSION,
@@ -1526,12 +1496,10 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         &SigningKey::from_bytes(&[9; 32]),
     )
     .unwrap();
-    let mut frames = Vec::new();
-    for s in [&genuine, &altered, &stranger, &genuine] {
-        frames
-            .extend(hotline_proto::frame::encode_frame(&RelayToNode::Deliver(s.clone())).unwrap());
-    }
-    writer.write_raw(&frames).await.unwrap();
+    relay
+        .send(&[&genuine, &altered, &stranger, &genuine].map(|s| RelayToNode::Deliver(s.clone())))
+        .await
+        .unwrap();
 
     // KGZ's receipts, until every delivery is named.
     let mut named = std::collections::HashSet::new();
@@ -1539,21 +1507,13 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         .iter()
         .map(|s| s.digest())
         .collect();
-    tokio::time::timeout(EVENT_TIMEOUT, async {
-        while !want.is_subset(&named) {
-            match reader.read::<NodeToRelay>().await.unwrap() {
-                Some(NodeToRelay::Receipt(r)) => {
-                    let r = r.decode_unverified().unwrap();
-                    assert_eq!(r.kind, hotline_proto::ReceiptKind::Delivered);
-                    named.extend(r.items.iter().map(|i| i.digest));
-                }
-                Some(_) => {}
-                None => panic!("KGZ closed its stream"),
-            }
+    while !want.is_subset(&named) {
+        if let NodeToRelay::Receipt(r) = relay.next().await.unwrap() {
+            let r = r.decode_unverified().unwrap();
+            assert_eq!(r.kind, hotline_proto::ReceiptKind::Delivered);
+            named.extend(r.items.iter().map(|i| i.digest));
         }
-    })
-    .await
-    .expect("KGZ receipts every delivery, forgeries by digest");
+    }
 
     let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
     let subjects: Vec<&str> = inbox
@@ -1583,5 +1543,110 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         "{}",
         kgz.proc.log()
     );
-    conn.close(0u32.into(), b"test done");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
+/// A relay that forges receipts: the sender's node checks every receipt itself, so an
+/// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
+/// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a
+/// key not on the roster and an acknowledgement from KGZ whose bytes were altered after
+/// signing: KAZ records neither (status delivered 0, acknowledged 0). Then KGZ's genuine
+/// delivered receipt: delivered 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+    use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    assert_eq!(env.id.to_string(), id);
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+
+    let receipt = |kind: ReceiptKind| Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: pid("KGZ"),
+        kind,
+        created_at_ms: now_ms(),
+        items: vec![ReceiptItem {
+            id: env.id,
+            sender: pid("KAZ"),
+            digest: submitted.digest(),
+        }],
+    };
+    let unlisted = Signed::sign(
+        &receipt(ReceiptKind::Delivered),
+        &SigningKey::from_bytes(&[9; 32]),
+    )
+    .unwrap();
+    let ack = Signed::sign(
+        &receipt(ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: Some("ok".into()),
+        }),
+        &net.key("KGZ"),
+    )
+    .unwrap();
+    let mut bytes = ack.bytes().to_vec();
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"ok")
+        .expect("the note is in the bytes");
+    bytes[at] = b'n';
+    let altered = Signed::from_parts(bytes, ack.key(), ack.signature());
+    relay
+        .send(&[
+            RelayToNode::Receipt(unlisted),
+            RelayToNode::Receipt(altered),
+        ])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_lines_from(0, &["forwarded receipt failed verification"], 2)
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(
+        (st["delivered"].as_u64(), st["acknowledged"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+
+    let genuine = Signed::sign(&receipt(ReceiptKind::Delivered), &net.key("KGZ")).unwrap();
+    relay.send(&[RelayToNode::Receipt(genuine)]).await.unwrap();
+    let ev = events
+        .wait_for("delivered", |e| e["type"] == "delivered")
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["id"].as_str(), ev["by"].as_str()),
+        (Some(id.as_str()), Some("KGZ"))
+    );
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(
+        (st["delivered"].as_u64(), st["acknowledged"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+    assert!(
+        !events.seen.iter().any(|e| e["type"] == "acknowledged"),
+        "{:?}",
+        events.seen
+    );
+    relay.conn.close(0u32.into(), b"test done");
 }

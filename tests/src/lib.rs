@@ -1022,3 +1022,86 @@ impl Proc {
             .count()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A relay impostor, for what a node does when its relay misbehaves.
+// ---------------------------------------------------------------------------------------
+
+/// A hand-driven relay holding the network's relay certificate (as a compromised relay
+/// would), with one node connected and greeted: the test reads the node's frames and writes
+/// whatever it likes.
+pub struct Impostor {
+    _endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub reader: hotline_net::FrameReader,
+    pub writer: hotline_net::FrameWriter,
+}
+
+impl Net {
+    /// Starts node `id` against an impostor relay, which answers its `Hello` with a
+    /// `Welcome` (no roster, `last_seq` 0); both, the node once connected.
+    pub async fn node_with_impostor(&self, id: &str) -> anyhow::Result<(Impostor, NodeProc)> {
+        let config = self.config();
+        let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key)?;
+        let endpoint = hotline_net::transport::server_endpoint(
+            "127.0.0.1:0".parse()?,
+            &identity,
+            &TransportLimits::default(),
+        )?;
+        self.node_config(id, endpoint.local_addr()?);
+        let node = self.start_node(id).await?;
+        let conn = tokio::time::timeout(EVENT_TIMEOUT, async {
+            endpoint
+                .accept()
+                .await
+                .context("no connection")?
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .context("the node did not connect")??;
+        let (send, recv) = conn.accept_bi().await?;
+        let mut reader = hotline_net::FrameReader::new(recv);
+        let mut writer = hotline_net::FrameWriter::new(send);
+        match reader.read::<NodeToRelay>().await? {
+            Some(NodeToRelay::Hello(_)) => {}
+            other => bail!("expected a Hello, got {other:?}"),
+        }
+        writer
+            .write(&RelayToNode::Welcome(hotline_proto::frame::Welcome {
+                relay_time_ms: now_ms(),
+                last_seq: Seq(0),
+                roster: None,
+            }))
+            .await?;
+        Ok((
+            Impostor {
+                _endpoint: endpoint,
+                conn,
+                reader,
+                writer,
+            },
+            node,
+        ))
+    }
+}
+
+impl Impostor {
+    /// The node's next frame (at most EVENT_TIMEOUT).
+    pub async fn next(&mut self) -> anyhow::Result<NodeToRelay> {
+        tokio::time::timeout(EVENT_TIMEOUT, self.reader.read::<NodeToRelay>())
+            .await
+            .context("no frame from the node")??
+            .context("the node closed its stream")
+    }
+
+    /// Writes frames in one write.
+    pub async fn send(&mut self, frames: &[RelayToNode]) -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        for f in frames {
+            buf.extend(hotline_proto::frame::encode_frame(f)?);
+        }
+        self.writer.write_raw(&buf).await?;
+        Ok(())
+    }
+}
