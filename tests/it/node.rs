@@ -1551,7 +1551,8 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a
 /// key not on the roster and an acknowledgement from KGZ whose bytes were altered after
 /// signing: KAZ records neither (status delivered 0, acknowledged 0). Then KGZ's genuine
-/// delivered receipt: delivered 1.
+/// delivered receipt: delivered 1. An `Accepted` for a message KAZ never sent is ignored,
+/// and one repeated is told once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
@@ -1568,12 +1569,21 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     };
     let env = submitted.decode_unverified().unwrap();
     assert_eq!(env.id.to_string(), id);
-    relay
-        .send(&[RelayToNode::Accepted(Accepted {
-            id: env.id,
+    // An answer for a message KAZ never sent is ignored; then the real one, twice.
+    let stray = hotline_proto::MessageId::random();
+    let accepted = |id| {
+        RelayToNode::Accepted(Accepted {
+            id,
             recipients: vec![pid("KGZ")],
             accepted_at_ms: now_ms(),
-        })])
+        })
+    };
+    relay
+        .send(&[accepted(stray), accepted(env.id), accepted(env.id)])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["never sent; ignored", &stray.to_string()])
         .await
         .unwrap();
     kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
@@ -1647,6 +1657,17 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
         !events.seen.iter().any(|e| e["type"] == "acknowledged"),
         "{:?}",
         events.seen
+    );
+    let accepted: Vec<_> = events
+        .seen
+        .iter()
+        .filter(|e| e["type"] == "accepted")
+        .map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(
+        accepted,
+        vec![Some(id.as_str())],
+        "told once, of its own message"
     );
     relay.conn.close(0u32.into(), b"test done");
 }

@@ -20,7 +20,7 @@ use crate::limits::{
     RECEIPT_BATCH_MAX,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Stored};
+use crate::store::{retryable, Answered, Stored};
 use crate::{now_ms, NodeState};
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
@@ -329,12 +329,25 @@ impl Link<'_> {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
                 RelayToNode::Accepted(a) => {
-                    if let Err(e) = self.state.store().accepted(self.idx, &a, now_ms()) {
-                        // Not recorded, so still in the outbox: offered again after the
-                        // pause (the relay, which holds it, answers the same), not at once.
-                        error!(error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
-                        retries.messages.push(a.id);
-                        continue;
+                    match self.state.store().accepted(self.idx, &a, now_ms()) {
+                        Err(e) => {
+                            // Not recorded, so still in the outbox: offered again after the
+                            // pause (the relay, which holds it, answers the same), not at once.
+                            error!(error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                            retries.messages.push(a.id);
+                            continue;
+                        }
+                        Ok(Answered::Unknown) => {
+                            warn!(relay = self.idx, msg = %a.id, "relay answered accepted for a message this node never sent; ignored");
+                            continue;
+                        }
+                        Ok(Answered::Again) => {
+                            self.sent.remove(&a.id);
+                            debug!(relay = self.idx, msg = %a.id, "accepted again (a resubmission's answer)");
+                            pump = true;
+                            continue;
+                        }
+                        Ok(Answered::New) => {}
                     }
                     self.sent.remove(&a.id);
                     info!(relay = self.idx, msg = %a.id, recipients = a.recipients.len(), "accepted");

@@ -18,6 +18,17 @@ use hotline_proto::{
 };
 use hotline_store::{Journal, StoreError};
 
+/// What an answer from a relay was to this node's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// The first such answer from that relay: recorded.
+    New,
+    /// That relay had answered it before (a resubmission's answer): nothing changed.
+    Again,
+    /// This node never sent that message: ignored.
+    Unknown,
+}
+
 /// File name of the node database inside the data directory.
 pub const DB_FILE: &str = "node.db";
 
@@ -508,8 +519,18 @@ impl NodeStore {
 
     /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
     /// becomes the matrix.
-    pub fn accepted(&mut self, relay: usize, a: &Accepted, now_ms: u64) -> Result<(), StoreError> {
+    pub fn accepted(
+        &mut self,
+        relay: usize,
+        a: &Accepted,
+        now_ms: u64,
+    ) -> Result<Answered, StoreError> {
         self.tx(|tx, j| {
+            let known: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM sent WHERE id = ?1)", [&a.id.0[..]], |r| r.get(0))?;
+            if !known {
+                return Ok(Answered::Unknown);
+            }
             let n = tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &a.id.0[..]])?;
             let first = tx.execute(
                 "UPDATE sent SET accepted_at_ms = ?2, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1 AND accepted_at_ms IS NULL",
@@ -525,8 +546,7 @@ impl NodeStore {
                 }
                 j.append(tx, now_ms, "message.accepted", &a.id.to_string(), list.join(",").as_bytes())?;
             }
-            let _ = n;
-            Ok(())
+            Ok(if n > 0 { Answered::New } else { Answered::Again })
         })
     }
 
