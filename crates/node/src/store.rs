@@ -21,7 +21,7 @@ use hotline_store::{Journal, StoreError};
 /// What an answer from a relay was to this node's records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answered {
-    /// The first such answer from that relay: recorded.
+    /// The first such answer from that relay (or the message's first acceptance): recorded.
     New,
     /// That relay had answered it before (a resubmission's answer): nothing changed.
     Again,
@@ -546,7 +546,7 @@ impl NodeStore {
                 }
                 j.append(tx, now_ms, "message.accepted", &a.id.to_string(), list.join(",").as_bytes())?;
             }
-            Ok(if n > 0 { Answered::New } else { Answered::Again })
+            Ok(if n > 0 || first > 0 { Answered::New } else { Answered::Again })
         })
     }
 
