@@ -1671,3 +1671,40 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     );
     relay.conn.close(0u32.into(), b"test done");
 }
+
+/// A relay that sends what is not a frame: the node ends that link with an error that says
+/// so, keeps running, and tries again after a pause, not in a loop. The impostor first
+/// announces a frame larger than the protocol allows, then, on the node's next connection,
+/// sends a well-framed payload that does not decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_survives_a_relay_that_sends_garbage() {
+    let net = net();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
+    let too_large = (hotline_proto::limits::FRAME_BYTES_MAX as u32 + 1).to_le_bytes();
+    relay.writer.write_raw(&too_large).await.unwrap();
+    let first = kgz
+        .proc
+        .wait_line(&["relay link lost soon after it was made"])
+        .await
+        .unwrap();
+
+    // The node comes back after its pause, to the same impostor.
+    let mut relay = relay.next_connection().await.unwrap();
+    let mut garbage = 16u32.to_le_bytes().to_vec();
+    garbage.extend([0xFF; 16]);
+    relay.writer.write_raw(&garbage).await.unwrap();
+    let lines = kgz
+        .proc
+        .wait_lines_from(0, &["relay link lost soon after it was made"], 2)
+        .await
+        .unwrap();
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(
+        status["participant"], "KGZ",
+        "the node still answers: {status}"
+    );
+    assert!(first.contains("exceeds the limit"), "{first}");
+    assert!(lines[1].contains("decode"), "{}", lines[1]);
+    println!("first: {first}\nsecond: {}", lines[1]);
+    relay.conn.close(0u32.into(), b"test done");
+}

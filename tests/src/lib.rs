@@ -1031,7 +1031,7 @@ impl Proc {
 /// would), with one node connected and greeted: the test reads the node's frames and writes
 /// whatever it likes.
 pub struct Impostor {
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     pub conn: quinn::Connection,
     pub reader: hotline_net::FrameReader,
     pub writer: hotline_net::FrameWriter,
@@ -1050,6 +1050,13 @@ impl Net {
         )?;
         self.node_config(id, endpoint.local_addr()?);
         let node = self.start_node(id).await?;
+        Ok((Impostor::greet(endpoint).await?, node))
+    }
+}
+
+impl Impostor {
+    /// Accepts the next connection on `endpoint` and answers its `Hello` with a `Welcome`.
+    async fn greet(endpoint: quinn::Endpoint) -> anyhow::Result<Self> {
         let conn = tokio::time::timeout(EVENT_TIMEOUT, async {
             endpoint
                 .accept()
@@ -1074,19 +1081,19 @@ impl Net {
                 roster: None,
             }))
             .await?;
-        Ok((
-            Impostor {
-                _endpoint: endpoint,
-                conn,
-                reader,
-                writer,
-            },
-            node,
-        ))
+        Ok(Self {
+            endpoint,
+            conn,
+            reader,
+            writer,
+        })
     }
-}
 
-impl Impostor {
+    /// Waits for the node's next connection (once this one has ended) and greets it.
+    pub async fn next_connection(self) -> anyhow::Result<Self> {
+        Self::greet(self.endpoint).await
+    }
+
     /// The node's next frame (at most EVENT_TIMEOUT).
     pub async fn next(&mut self) -> anyhow::Result<NodeToRelay> {
         tokio::time::timeout(EVENT_TIMEOUT, self.reader.read::<NodeToRelay>())
