@@ -148,23 +148,31 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     // restart, so the two can finish in either order).
     let mut shown: HashMap<(String, String), u32> = HashMap::new();
     let mut answered: HashSet<String> = HashSet::new();
+    // A stream that fell behind (`lagged`: the node dropped events for a slow subscriber,
+    // as it does by design) can no longer say when everything is done; the records, checked
+    // below, still must.
+    let mut lagged = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while shown.len() < SENDS || answered.len() < SENDS {
-        let (p, ev) = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .with_context(|| {
-                format!(
-                    "after the kills only {} of {SENDS} messages shown and {} accepted",
-                    shown.len(),
-                    answered.len()
-                )
-            })?
-            .context("event streams ended")?;
+        let next = tokio::time::timeout_at(deadline, events.recv()).await;
+        let Ok(next) = next else {
+            anyhow::ensure!(
+                !lagged.is_empty(),
+                "after the kills only {} of {SENDS} messages shown and {} accepted",
+                shown.len(),
+                answered.len()
+            );
+            break;
+        };
+        let (p, ev) = next.context("event streams ended")?;
         let id = ev["id"].as_str().unwrap_or("").to_owned();
         if ev["type"] == "message_received" {
             *shown.entry((p, id)).or_insert(0) += 1;
         } else if ev["type"] == "accepted" {
             answered.insert(id);
+        } else if ev["type"] == "lagged" {
+            println!("{p}'s event stream fell behind: {ev}");
+            lagged.push(p);
         }
     }
     // Every message accepted by a relay, and in its recipient's inbox exactly once.
