@@ -40,8 +40,8 @@ pub(crate) async fn run(
     let addr = state.config.relays[idx].address;
     // The pause before the next attempt after a failed connection, and after a link lost
     // within `HEALTHY_LINK_MS` of being made.
-    let mut backoff = BACKOFF_MIN_MS;
-    let mut short_pause = BACKOFF_MIN_MS;
+    let mut backoff = Backoff::new();
+    let mut short_pause = Backoff::new();
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
@@ -63,15 +63,12 @@ pub(crate) async fn run(
                 if matches!(e, NetError::Tls(_)) || e.to_string().contains("pinned") {
                     error!(relay = idx, %addr, "relay certificate does not match the pinned fingerprint: refusing it");
                 }
-                let jitter = rand::random::<u64>() % (backoff / 2 + 1);
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(backoff + jitter)) => {}
+                if !pause(&mut shutdown, backoff.next()).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX_MS);
             }
             Ok(session) => {
-                backoff = BACKOFF_MIN_MS;
+                backoff.reset();
                 failures = 0;
                 let up_since = tokio::time::Instant::now();
                 state.connected[idx].store(true, Relaxed);
@@ -104,26 +101,23 @@ pub(crate) async fn run(
                             // Another node speaks for this participant: reconnecting at once
                             // would only push it off in turn. Wait, loudly.
                             error!(relay = idx, %addr, "another connection authenticated as this participant; is a second node running with this key?");
-                            tokio::select! {
-                                _ = shutdown.changed() => break,
-                                _ = tokio::time::sleep(Duration::from_millis(BACKOFF_MAX_MS)) => {}
+                            if !pause(&mut shutdown, BACKOFF_MAX_MS).await {
+                                break;
                             }
                         } else if up_since.elapsed() >= Duration::from_millis(HEALTHY_LINK_MS) {
                             // A link that worked for a while: remake it at once.
-                            short_pause = BACKOFF_MIN_MS;
+                            short_pause.reset();
                             warn!(relay = idx, %addr, error = %e, "relay link lost; reconnecting");
                         } else {
                             // A link lost soon after it was made (this node's disk is full,
                             // so every delivery fails to store; the relay closes it at once)
                             // would otherwise be remade in a loop: pause, longer each time
                             // until a link lasts.
-                            let wait = short_pause + rand::random::<u64>() % (short_pause / 2 + 1);
+                            let wait = short_pause.next();
                             warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "relay link lost soon after it was made; reconnecting after a pause");
-                            tokio::select! {
-                                _ = shutdown.changed() => break,
-                                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                            if !pause(&mut shutdown, wait).await {
+                                break;
                             }
-                            short_pause = (short_pause * 2).min(BACKOFF_MAX_MS);
                         }
                     }
                 }
@@ -131,6 +125,35 @@ pub(crate) async fn run(
         }
     }
     state.connected[idx].store(false, Relaxed);
+}
+
+/// A capped exponential back-off: `BACKOFF_MIN_MS`, doubling up to `BACKOFF_MAX_MS`, each
+/// pause plus up to half again of jitter.
+struct Backoff(u64);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(BACKOFF_MIN_MS)
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN_MS;
+    }
+
+    /// The next pause in milliseconds, jitter included; the one after is twice as long.
+    fn next(&mut self) -> u64 {
+        let wait = self.0 + rand::random::<u64>() % (self.0 / 2 + 1);
+        self.0 = (self.0 * 2).min(BACKOFF_MAX_MS);
+        wait
+    }
+}
+
+/// Waits `ms` milliseconds; false if the node is shutting down meanwhile.
+async fn pause(shutdown: &mut watch::Receiver<bool>, ms: u64) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+    }
 }
 
 async fn connect(
@@ -635,5 +658,27 @@ impl Link<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backoff_doubles_to_its_cap_with_at_most_half_again_of_jitter() {
+        let mut b = Backoff::new();
+        let mut base = BACKOFF_MIN_MS;
+        for _ in 0..12 {
+            let wait = b.next();
+            assert!(
+                (base..=base + base / 2).contains(&wait),
+                "{wait} from {base}"
+            );
+            base = (base * 2).min(BACKOFF_MAX_MS);
+        }
+        assert_eq!(base, BACKOFF_MAX_MS, "capped");
+        b.reset();
+        assert!(b.next() <= BACKOFF_MIN_MS + BACKOFF_MIN_MS / 2);
     }
 }
