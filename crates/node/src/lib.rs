@@ -312,16 +312,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             _ = every.tick() => {}
         }
         let now = now_ms();
-        let overdue = match state.store().mark_overdue(now) {
-            Ok(list) => {
-                deadline_check.succeeded();
-                list
-            }
-            Err(e) => {
-                deadline_check.failed(&e);
-                Vec::new()
-            }
-        };
+        let overdue = deadline_check.take(state.store().mark_overdue(now));
         for (id, subject, recipients) in overdue {
             let ids = recipients
                 .iter()
@@ -339,19 +330,11 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
                 .fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
             state.emit(ev);
         }
-        let pages = match state
-            .store()
-            .due_pages(now, state.config.paging_interval_ms())
-        {
-            Ok(list) => {
-                paging_check.succeeded();
-                list
-            }
-            Err(e) => {
-                paging_check.failed(&e);
-                Vec::new()
-            }
-        };
+        let pages = paging_check.take(
+            state
+                .store()
+                .due_pages(now, state.config.paging_interval_ms()),
+        );
         for env in pages {
             warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
             let ev = received_event(&env, true, false);

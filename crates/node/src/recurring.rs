@@ -28,6 +28,21 @@ impl Recurring {
         first
     }
 
+    /// What a run of the check returned, logged as above; on a failure, nothing (the
+    /// default) to act on.
+    pub(crate) fn take<T: Default, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> T {
+        match r {
+            Ok(v) => {
+                self.succeeded();
+                v
+            }
+            Err(e) => {
+                self.failed(&e);
+                T::default()
+            }
+        }
+    }
+
     /// Records a success; true if it ended a run of failures (logged).
     pub(crate) fn succeeded(&mut self) -> bool {
         let recovered = self.failures > 0;
@@ -57,5 +72,13 @@ mod tests {
         assert!(c.succeeded(), "the end of the run is told");
         assert!(!c.succeeded());
         assert!(c.failed(&"disk full"), "a new run is an error again");
+    }
+
+    #[test]
+    fn take_gives_the_value_or_nothing_to_act_on() {
+        let mut c = Recurring::new("paging check");
+        assert_eq!(c.take::<Vec<u8>, _>(Err("disk full")), Vec::<u8>::new());
+        assert_eq!(c.take::<_, String>(Ok(vec![1u8])), vec![1]);
+        assert!(!c.succeeded(), "the Ok above ended the run");
     }
 }
