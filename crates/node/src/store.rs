@@ -264,25 +264,31 @@ const RECORDED: [(&str, &str, &[&str]); 5] = [
 /// its id or digest. With the journal's chain, checked before, the signed bytes an operator
 /// is shown are then those the journal committed to; a row edited, swapped or added outside
 /// the node is refused, naming the file. Returns how many rows were checked. It reads every
-/// journal entry once and keeps a digest of each record, at start-up and in `hotline audit
-/// verify`.
+/// journal entry once and keeps one digest of each recorded entry, at start-up and in
+/// `hotline audit verify`.
 pub fn verify_records(conn: &Connection, path: &Path) -> Result<u64, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_owned(),
         detail,
     };
-    let check = || -> Result<Result<u64, String>, StoreError> {
+    // One digest names an entry: its kind, its subject and its record (neither a kind nor
+    // a hex subject holds a NUL, so the parts cannot run into each other).
+    let entry = |kind: &str, subject: &str, record: &[u8]| {
+        Digest::of(&[kind.as_bytes(), b"\0", subject.as_bytes(), b"\0", record])
+    };
+    type ReadFailure = Box<dyn std::error::Error + Send + Sync>;
+    let check = || -> Result<Result<u64, String>, ReadFailure> {
         let mut journaled = std::collections::HashSet::new();
         let mut st = conn.prepare("SELECT kind, subject, payload FROM journal")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let kind: String = r.get(0)?;
-            if RECORDED
-                .iter()
-                .any(|(_, _, kinds)| kinds.contains(&kind.as_str()))
-            {
-                let payload: Vec<u8> = r.get(2)?;
-                journaled.insert((kind, r.get::<_, String>(1)?, Digest::of(&[&payload])));
+            let kind = r.get_ref(0)?.as_str()?;
+            if RECORDED.iter().any(|(_, _, kinds)| kinds.contains(&kind)) {
+                journaled.insert(entry(
+                    kind,
+                    r.get_ref(1)?.as_str()?,
+                    r.get_ref(2)?.as_blob()?,
+                ));
             }
         }
         let mut n = 0u64;
@@ -292,11 +298,10 @@ pub fn verify_records(conn: &Connection, path: &Path) -> Result<u64, StoreError>
             ))?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
-                let subject = hex::encode(r.get::<_, Vec<u8>>(0)?);
+                let subject = hex::encode(r.get_ref(0)?.as_blob()?);
                 let signed: Signed<Envelope> = signed_at(r, 1)?;
-                let record = Digest::of(&[&encode_record(&signed)?]);
-                let held =
-                    |kind: &&str| journaled.contains(&(kind.to_string(), subject.clone(), record));
+                let record = encode_record(&signed)?;
+                let held = |kind: &&str| journaled.contains(&entry(kind, &subject, &record));
                 if !kinds.iter().any(held) {
                     return Ok(Err(format!(
                         "{table} row {subject} is not the record its journal holds"
