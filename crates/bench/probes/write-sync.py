@@ -11,8 +11,8 @@ batches of one delivery); `sync` is the relay's SQLite commit (a 24-byte frame h
 4 KiB page a frame, then the sync SQLite calls, `fsync`, against `fdatasync`). Both write
 into a file written in full when it is created, so every write overwrites blocks the file
 has, as SQLite's reused WAL and the group log do. Prints p50, mean, p90 and p99 in
-microseconds for each way (and the write phase's p50); PAIRS (1500) alternating pairs, 2 ms apart. The file goes in
-DIR (/var/tmp) and is removed at the end.
+microseconds for each way (and the write phase's p50); PAIRS (1500) alternating pairs, 2 ms
+apart. The file goes in DIR (/var/tmp) and is removed at the end.
 """
 import os
 import statistics

@@ -892,7 +892,7 @@ pub(crate) struct Writer {
     /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
     /// checkpoint runs in this writer's commits at its default 1,000 pages).
     checkpointer: Option<Checkpointer>,
-    /// Batches committed.
+    /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
 }
 
@@ -1244,13 +1244,13 @@ impl Writer {
                     let _ = reply.try_send(answer);
                 }
                 self.ctx.hub.post(p.posts, committed);
-                self.commits += 1;
-                if self
-                    .ctx
-                    .fail_after_commits
-                    .is_some_and(|n| self.commits >= n)
-                {
-                    panic!("store writer failure injected by a test (Hosting::fail_writer_after)");
+                if let Some(n) = self.ctx.fail_after_commits {
+                    self.commits += 1;
+                    if self.commits >= n {
+                        panic!(
+                            "store writer failure injected by a test (Hosting::fail_writer_after)"
+                        );
+                    }
                 }
             }
             Err(e) => {
