@@ -10,8 +10,16 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use crate::tls::{client_config, Fingerprint, RelayIdentity};
 use crate::NetError;
 
-/// Default: a link silent for this long is dead (keepalives keep a live one busy).
-pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Default: a link silent for this long is dead: three keep-alive intervals (keep-alives
+/// keep a live one busy). It also bounds how long a node takes to notice that the relay
+/// restarted, when none of its packets draws the new process's stateless reset sooner: while
+/// the relay was down the node's retransmissions backed off, up to seconds apart, and on a
+/// lossy link a reset can itself be lost. It was 10 s until the eighteenth benchmark round
+/// (docs/BENCHMARKS-ROUNDS.md): after a SIGKILL, 10,255 idle connections were all back in
+/// 15.6–16.8 s, against 11.2–11.9 s with 6 s, and a node behind the regional drill's
+/// 20 %-loss link took up to 6.5 s to notice that the relay was back (5.6 s with 6 s).
+/// A live link is closed only if everything its peer sends for 6 s is lost.
+pub const IDLE_TIMEOUT_MS: u64 = 6_000;
 /// Default: how often an idle connection sends a keepalive, so a dead link is noticed
 /// within seconds.
 pub const KEEPALIVE_MS: u64 = 2_000;
@@ -33,6 +41,16 @@ pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// end-to-end p50 3.54–4.95 ms before, 2.58–4.01 ms after, 12 datagrams fewer a message
 /// (docs/BENCHMARKS-ROUNDS.md, ninth round). Loss is still noticed within the delay timer.
 pub const ACK_ELICITING_THRESHOLD: u32 = 10;
+
+/// The round-trip time a connection assumes until it has measured one. A handshake packet
+/// not answered within three times this is sent again, and the wait doubles with each loss,
+/// so QUIC's default, 333 ms, costs a second for each lost flight of a handshake. 100 ms is
+/// Chromium's QUIC default. Behind the regional drill's 20 %-loss link, a node's reconnection
+/// after the relay's restart took 0.94 s on average (at most 3.14 s) with 333 ms, 0.54–0.60 s
+/// (at most 1.23–1.60 s) with 100 ms: twenty drills each (eighteenth round). On a longer path
+/// (a geostationary satellite hop, 600 ms) it costs a spurious copy or two of the client's
+/// first 1,200-byte packet before the measured round trip takes over.
+pub const INITIAL_RTT_MS: u64 = 100;
 
 /// Transport limits for one side of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +80,7 @@ impl TransportLimits {
             .map_err(|_| NetError::Tls("idle timeout out of range".into()))?;
         t.max_idle_timeout(Some(idle));
         t.keep_alive_interval(Some(Duration::from_millis(self.keepalive_ms)));
+        t.initial_rtt(Duration::from_millis(INITIAL_RTT_MS));
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.peer_bidi_streams));
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
         let mut ack = quinn::AckFrequencyConfig::default();

@@ -38,7 +38,7 @@ pub struct Limits {
     pub receipt_rate_burst: u32,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
-    /// Idle connection timeout, ms (default 10000).
+    /// Idle connection timeout, ms (default 6000: three keepalive intervals).
     pub idle_timeout_ms: u64,
     /// Keepalive interval, ms (default 2000).
     pub keepalive_ms: u64,
