@@ -1708,3 +1708,33 @@ async fn a_node_survives_a_relay_that_sends_garbage() {
     println!("first: {first}\nsecond: {}", lines[1]);
     relay.conn.close(0u32.into(), b"test done");
 }
+
+/// A link that hears nothing from its relay (here the relay's packets stop reaching the
+/// node, while the node's still reach the relay) is probed with `Ping` frames: each is a
+/// fresh packet, which a relay that restarted would answer at once with a stateless reset,
+/// where QUIC's own retransmissions back off to seconds apart. The QUIC idle timeout then
+/// ends the link, and the node says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pings_a_relay_it_no_longer_hears() {
+    let net = net();
+    let (mut relay, mut kgz, link) = net
+        .node_with_impostor_behind_deaf_link("KGZ")
+        .await
+        .unwrap();
+    kgz.proc.wait_line(&["relay connected"]).await.unwrap();
+    link.go_deaf();
+    kgz.proc
+        .wait_line(&["nothing heard from the relay; pinging it"])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let f = relay.next().await.unwrap();
+        assert!(
+            matches!(f, hotline_proto::frame::NodeToRelay::Ping(_)),
+            "{f:?}"
+        );
+    }
+    let lost = kgz.proc.wait_line(&["relay link lost"]).await.unwrap();
+    assert!(lost.contains("timed out"), "{lost}");
+    relay.conn.close(0u32.into(), b"test done");
+}

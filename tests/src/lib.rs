@@ -1041,16 +1041,84 @@ impl Net {
     /// Starts node `id` against an impostor relay, which answers its `Hello` with a
     /// `Welcome` (no roster, `last_seq` 0); both, the node once connected.
     pub async fn node_with_impostor(&self, id: &str) -> anyhow::Result<(Impostor, NodeProc)> {
-        let config = self.config();
-        let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key)?;
-        let endpoint = hotline_net::transport::server_endpoint(
-            "127.0.0.1:0".parse()?,
-            &identity,
-            &TransportLimits::default(),
-        )?;
+        let endpoint = self.impostor_endpoint()?;
         self.node_config(id, endpoint.local_addr()?);
         let node = self.start_node(id).await?;
         Ok((Impostor::greet(endpoint).await?, node))
+    }
+
+    /// As `node_with_impostor`, with the node's packets passing through a `DeafLink`.
+    pub async fn node_with_impostor_behind_deaf_link(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<(Impostor, NodeProc, DeafLink)> {
+        let endpoint = self.impostor_endpoint()?;
+        let link = DeafLink::start(endpoint.local_addr()?).await?;
+        self.node_config(id, link.listen);
+        let node = self.start_node(id).await?;
+        Ok((Impostor::greet(endpoint).await?, node, link))
+    }
+
+    fn impostor_endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
+        let config = self.config();
+        let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key)?;
+        Ok(hotline_net::transport::server_endpoint(
+            "127.0.0.1:0".parse()?,
+            &identity,
+            &TransportLimits::default(),
+        )?)
+    }
+}
+
+/// A UDP forwarder between one node and its relay that can stop passing the relay's
+/// datagrams to the node, while the node's still reach the relay: a link gone deaf one way.
+pub struct DeafLink {
+    /// Where the node sends.
+    pub listen: SocketAddr,
+    deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeafLink {
+    async fn start(relay: SocketAddr) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        back.connect(relay).await?;
+        let listen = front.local_addr()?;
+        let deaf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = deaf.clone();
+        let task = tokio::spawn(async move {
+            let mut node: Option<SocketAddr> = None;
+            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { break };
+                        node = Some(from);
+                        let _ = back.send(&a[..n]).await;
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { break };
+                        if let (Some(to), false) = (node, d.load(Relaxed)) {
+                            let _ = front.send_to(&b[..n], to).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { listen, deaf, task })
+    }
+
+    /// From now on, the relay's datagrams no longer reach the node.
+    pub fn go_deaf(&self) {
+        self.deaf.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for DeafLink {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -17,7 +17,7 @@ use hotline_proto::{Digest, MessageId};
 use crate::events::Event;
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS, OUTBOX_PAGE,
-    RECEIPT_BATCH_MAX,
+    RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Stored};
@@ -167,6 +167,54 @@ async fn connect(
     hotline_net::authenticate(conn, &state.me, &state.key, version, now_ms(), timeout).await
 }
 
+/// Whether a link has heard from its relay lately, from the connection's count of datagrams
+/// received, sampled every `SILENT_PING_MS` (`SILENT_LINK_MS` says why).
+#[derive(Debug)]
+struct Silence {
+    /// The count at the last sample that saw it change.
+    seen: u64,
+    /// When that sample was taken.
+    since: std::time::Instant,
+    /// Whether the link is in a silence long enough to ping.
+    pinging: bool,
+}
+
+/// What one sample of a link's received datagrams says.
+#[derive(Debug, PartialEq, Eq)]
+enum Hearing {
+    /// Something arrived since the last sample, or the silence is still short;
+    /// `after_ms` is the length of a silence this ends, if it was long enough to ping.
+    Heard { after_ms: Option<u64> },
+    /// Nothing for `ms` (at least `SILENT_LINK_MS`): ping. `first` for the first ping of
+    /// this silence.
+    Silent { ms: u64, first: bool },
+}
+
+impl Silence {
+    fn new(seen: u64, now: std::time::Instant) -> Self {
+        Self {
+            seen,
+            since: now,
+            pinging: false,
+        }
+    }
+
+    fn observe(&mut self, seen: u64, now: std::time::Instant) -> Hearing {
+        let ms = now.saturating_duration_since(self.since).as_millis() as u64;
+        if seen != self.seen {
+            self.seen = seen;
+            self.since = now;
+            let after_ms = std::mem::take(&mut self.pinging).then_some(ms);
+            return Hearing::Heard { after_ms };
+        }
+        if ms < SILENT_LINK_MS {
+            return Hearing::Heard { after_ms: None };
+        }
+        let first = !std::mem::replace(&mut self.pinging, true);
+        Hearing::Silent { ms, first }
+    }
+}
+
 /// What a batch of frames leaves to offer again after `RETRY_AFTER_MS`: what the relay
 /// refused for a reason that passes (`store::retryable`).
 #[derive(Debug, Default)]
@@ -249,6 +297,10 @@ async fn serve(
         pacer,
     };
     let wake = state.wake[idx].clone();
+    let datagrams_in = || conn.stats().udp_rx.datagrams;
+    let mut silence = Silence::new(datagrams_in(), std::time::Instant::now());
+    let mut silence_check = tokio::time::Instant::now() + Duration::from_millis(SILENT_PING_MS);
+    let mut pings = 0u64;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
     let mut retry_receipts: Vec<Digest> = Vec::new();
@@ -291,6 +343,25 @@ async fn serve(
             }
             // Something new to send (composed message or acknowledgement).
             _ = wake.notified() => link.pump().await?,
+            // A link that has heard nothing lately: ping the relay (see `SILENT_LINK_MS`).
+            _ = tokio::time::sleep_until(silence_check) => {
+                silence_check = tokio::time::Instant::now() + Duration::from_millis(SILENT_PING_MS);
+                match silence.observe(datagrams_in(), std::time::Instant::now()) {
+                    Hearing::Heard { after_ms: Some(ms) } => {
+                        info!(relay = idx, silent_ms = ms, "relay heard again after a silence");
+                    }
+                    Hearing::Heard { after_ms: None } => {}
+                    Hearing::Silent { ms, first } => {
+                        if first {
+                            info!(relay = idx, silent_ms = ms, "nothing heard from the relay; pinging it until it answers or the link times out");
+                        } else {
+                            debug!(relay = idx, silent_ms = ms, "relay still silent; pinging it");
+                        }
+                        pings += 1;
+                        link.writer.write(&NodeToRelay::Ping(pings)).await?;
+                    }
+                }
+            }
             // Retryable refusals: offer those messages and acknowledgements again.
             _ = tokio::time::sleep_until(retry_at.unwrap_or(now)), if retry_at.is_some() => {
                 retry_at = None;
@@ -680,5 +751,42 @@ mod tests {
         assert_eq!(base, BACKOFF_MAX_MS, "capped");
         b.reset();
         assert!(b.next() <= BACKOFF_MIN_MS + BACKOFF_MIN_MS / 2);
+    }
+
+    #[test]
+    fn a_link_pings_after_a_silence_and_says_when_it_ends() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Silence::new(7, t0);
+        let heard = Hearing::Heard { after_ms: None };
+        // Packets keep arriving: never silent, however long the link lives.
+        assert_eq!(s.observe(8, at(SILENT_LINK_MS)), heard);
+        assert_eq!(s.observe(9, at(2 * SILENT_LINK_MS)), heard);
+        // Nothing since: quiet until SILENT_LINK_MS has passed, then a ping each sample.
+        assert_eq!(s.observe(9, at(3 * SILENT_LINK_MS - 1)), heard);
+        let ms = SILENT_LINK_MS;
+        assert_eq!(
+            s.observe(9, at(3 * SILENT_LINK_MS)),
+            Hearing::Silent { ms, first: true }
+        );
+        let ms = SILENT_LINK_MS + SILENT_PING_MS;
+        assert_eq!(
+            s.observe(9, at(3 * SILENT_LINK_MS + SILENT_PING_MS)),
+            Hearing::Silent { ms, first: false }
+        );
+        // A packet ends the silence, once; the next silence pings afresh.
+        let ms = SILENT_LINK_MS + 2 * SILENT_PING_MS;
+        assert_eq!(
+            s.observe(10, at(3 * SILENT_LINK_MS + 2 * SILENT_PING_MS)),
+            Hearing::Heard { after_ms: Some(ms) }
+        );
+        assert_eq!(s.observe(11, at(4 * SILENT_LINK_MS)), heard);
+        assert_eq!(
+            s.observe(11, at(5 * SILENT_LINK_MS)),
+            Hearing::Silent {
+                ms: SILENT_LINK_MS,
+                first: true
+            }
+        );
     }
 }
