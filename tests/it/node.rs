@@ -309,12 +309,19 @@ async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
     }
     let st = kaz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(st["outbox"], 5, "{st}");
+    let link = &st["relays"][0];
+    assert_eq!(
+        (&link["connected"], &link["rtt_ms"], &link["packets_sent"]),
+        (&json!(false), &json!(null), &json!(null)),
+        "{st}"
+    );
     kaz.proc.kill9();
     drop(kaz);
 
     let relay = net.relay().await;
     assert_eq!(relay.local_addr(), relay_addr);
     let mut kgz = net.start_node("KGZ").await.unwrap();
+    let started_ms = now_ms();
     let mut kaz = net.start_node("KAZ").await.unwrap();
     let starting = kaz.proc.wait_log("node starting").await.unwrap();
     assert!(
@@ -371,6 +378,22 @@ async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
     assert_eq!(kgz.proc.count_lines(&["message received"]), 6);
     let st = kaz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(st["outbox"], 0, "{st}");
+    // The link's figures, from its QUIC connection: made after the node started, a round
+    // trip measured, packets sent (six messages and their receipts at least).
+    let link = &st["relays"][0];
+    assert_eq!(link["connected"], true, "{st}");
+    assert!(
+        link["connected_since_ms"].as_u64().unwrap() >= started_ms,
+        "{st}"
+    );
+    assert!(link["rtt_ms"].as_f64().unwrap() > 0.0, "{st}");
+    assert!(link["packets_sent"].as_u64().unwrap() >= 6, "{st}");
+    assert!(link["packets_lost"].as_u64().is_some(), "{st}");
+    let text = kaz.cli(&["node-status"]).await.unwrap().stdout;
+    assert!(
+        text.contains(&format!("relay 0 {relay_addr}  up since")) && text.contains(" ms  lost "),
+        "{text}"
+    );
     relay.shutdown().await;
 }
 

@@ -18,7 +18,6 @@ pub mod pacer;
 mod recurring;
 pub mod store;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +58,14 @@ pub enum NodeError {
     Io(String),
 }
 
+/// A relay link that is up.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkUp {
+    pub(crate) conn: quinn::Connection,
+    /// When it was made, ms since the Unix epoch.
+    pub(crate) since_ms: u64,
+}
+
 /// State shared by the node's tasks.
 pub(crate) struct NodeState {
     pub(crate) config: NodeConfig,
@@ -69,7 +76,9 @@ pub(crate) struct NodeState {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
     pub(crate) wake: Vec<Arc<Notify>>,
-    pub(crate) connected: Vec<AtomicBool>,
+    /// Each relay's link while it is up (`None` while down): whether it is, and its
+    /// connection's figures for the status API.
+    links: Vec<Mutex<Option<LinkUp>>>,
     pub(crate) token: String,
     /// Becomes true when the node stops (for tasks the API spawns, like event streams).
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -93,7 +102,22 @@ impl NodeState {
     }
 
     pub(crate) fn relays_connected(&self) -> usize {
-        self.connected.iter().filter(|c| c.load(Relaxed)).count()
+        (0..self.links.len())
+            .filter(|&i| self.link(i).is_some())
+            .count()
+    }
+
+    /// Relay `idx`'s link, if it is up.
+    pub(crate) fn link(&self, idx: usize) -> Option<LinkUp> {
+        self.links[idx]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records relay `idx`'s link as up (`Some`) or down.
+    pub(crate) fn set_link(&self, idx: usize, up: Option<LinkUp>) {
+        *self.links[idx].lock().unwrap_or_else(|p| p.into_inner()) = up;
     }
 
     /// Installs a roster from a relay if it is signed by the pinned key and newer.
@@ -241,7 +265,7 @@ impl Node {
             roster: roster_tx,
             events,
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
-            connected: (0..relays).map(|_| AtomicBool::new(false)).collect(),
+            links: (0..relays).map(|_| Mutex::new(None)).collect(),
             token,
             shutdown: shutdown_rx.clone(),
             config,

@@ -3,7 +3,6 @@
 //! receipts, and take deliveries, answers and receipts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +70,13 @@ pub(crate) async fn run(
                 backoff.reset();
                 failures = 0;
                 let up_since = tokio::time::Instant::now();
-                state.connected[idx].store(true, Relaxed);
+                state.set_link(
+                    idx,
+                    Some(crate::LinkUp {
+                        conn: session.conn.clone(),
+                        since_ms: now_ms(),
+                    }),
+                );
                 info!(relay = idx, %addr, "relay connected");
                 state.emit(Event::RelayUp {
                     relay: idx,
@@ -79,7 +84,7 @@ pub(crate) async fn run(
                 });
                 let conn = session.conn.clone();
                 let r = serve(&state, idx, session, &mut shutdown).await;
-                state.connected[idx].store(false, Relaxed);
+                state.set_link(idx, None);
                 match r {
                     Ok(()) => {
                         conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
@@ -124,7 +129,7 @@ pub(crate) async fn run(
             }
         }
     }
-    state.connected[idx].store(false, Relaxed);
+    state.set_link(idx, None);
 }
 
 /// A capped exponential back-off: `BACKOFF_MIN_MS`, doubling up to `BACKOFF_MAX_MS`, each

@@ -325,15 +325,46 @@ pub(crate) struct PlainArgs {
 pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.get("/v1/status")?;
     print(a.api.json, &v, |v| {
-        format!(
+        let relays = v["relays"].as_array().cloned().unwrap_or_default();
+        let mut out = format!(
             "participant {}  roster v{}  relays connected {}/{}  outbox {}",
             v["participant"].as_str().unwrap_or(""),
             v["roster_version"],
             v["relays_connected"],
-            v["relays"].as_array().map(|r| r.len()).unwrap_or(0),
+            relays.len(),
             v["outbox"]
-        )
+        );
+        for (i, r) in relays.iter().enumerate() {
+            out.push_str(&format!(
+                "\nrelay {i} {}  {}",
+                r["address"].as_str().unwrap_or(""),
+                link_text(r)
+            ));
+        }
+        out
     })
+}
+
+/// How one relay's link fares, from its `/v1/status` entry: `up since 19:00:01.000Z  rtt 41.2
+/// ms  lost 12 of 1234 packets (1.0 %)`, or `down`.
+fn link_text(r: &Value) -> String {
+    if r["connected"] != true {
+        return "down".into();
+    }
+    let (sent, lost) = (
+        r["packets_sent"].as_u64().unwrap_or(0),
+        r["packets_lost"].as_u64().unwrap_or(0),
+    );
+    let share = if sent == 0 {
+        0.0
+    } else {
+        100.0 * lost as f64 / sent as f64
+    };
+    format!(
+        "up since {}  rtt {} ms  lost {lost} of {sent} packets ({share:.1} %)",
+        ts(&r["connected_since_ms"]),
+        r["rtt_ms"]
+    )
 }
 
 pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
@@ -369,4 +400,24 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
         true
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_link_is_told_down_or_with_its_round_trip_and_losses() {
+        assert_eq!(link_text(&json!({"connected": false})), "down");
+        let up = json!({"connected": true, "connected_since_ms": 3_723_004u64, "rtt_ms": 41.2,
+            "packets_sent": 1234, "packets_lost": 12});
+        assert_eq!(
+            link_text(&up),
+            "up since 01:02:03.004Z  rtt 41.2 ms  lost 12 of 1234 packets (1.0 %)"
+        );
+        let fresh = json!({"connected": true, "connected_since_ms": 0, "rtt_ms": 0.3,
+            "packets_sent": 0, "packets_lost": 0});
+        assert!(link_text(&fresh).ends_with("lost 0 of 0 packets (0.0 %)"));
+    }
 }
