@@ -1292,6 +1292,28 @@ async fn metrics_and_health_report_traffic() {
         ),
         Some(1.0)
     );
+    // Each session's link: a round trip measured (loopback: far under a second), packets
+    // sent to KGZ (three deliveries at least), none lost on loopback.
+    let rtt = metric(
+        &text,
+        "hotline_relay_participant_rtt_seconds{participant=\"KGZ\"}",
+    )
+    .unwrap();
+    assert!(rtt > 0.0 && rtt < 1.0, "{text}");
+    let sent = metric(
+        &text,
+        "hotline_relay_participant_packets_sent_total{participant=\"KGZ\"}",
+    )
+    .unwrap();
+    assert!(sent >= 3.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "hotline_relay_participant_packets_lost_total{participant=\"KAZ\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
     // Commits are timed, in seconds: the three messages' commits at least (a scrape may
     // fall between the two observations of a commit that is still finishing, so the count
     // is not compared with the batch histogram's), each more than nothing (a commit syncs)

@@ -253,6 +253,18 @@ impl Hub {
         v.sort();
         v
     }
+
+    /// Participants with a live session and each one's connection, in participant order
+    /// (for the metrics; the connections' figures are read after the lock is released).
+    pub(crate) fn sessions(&self) -> Vec<(ParticipantId, quinn::Connection)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(p, e)| (p.clone(), e.conn.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ impl Metrics {
     }
 
     /// The whole exposition.
-    pub(crate) fn render(&self, connected: &[ParticipantId]) -> String {
+    pub(crate) fn render(&self, sessions: &[(ParticipantId, quinn::Connection)]) -> String {
         let mut o = String::with_capacity(8 * 1024);
         let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -256,7 +256,7 @@ impl Metrics {
             &mut o,
             "hotline_relay_sessions",
             "Authenticated sessions.",
-            connected.len() as u64,
+            sessions.len() as u64,
         );
         counter(
             &mut o,
@@ -358,10 +358,40 @@ impl Metrics {
             }
         }
         let _ = writeln!(o, "# HELP hotline_relay_participant_connected Whether a participant has a live session.\n# TYPE hotline_relay_participant_connected gauge");
-        for p in connected {
+        for (p, _) in sessions {
             let _ = writeln!(
                 o,
                 "hotline_relay_participant_connected{{participant=\"{p}\"}} 1"
+            );
+        }
+        // Each session's link, from QUIC's own figures for its connection: a member behind a
+        // poor link receives late, and these say so.
+        let links: Vec<_> = sessions
+            .iter()
+            .map(|(p, c)| (p, c.rtt(), c.stats().path))
+            .collect();
+        let _ = writeln!(o, "# HELP hotline_relay_participant_rtt_seconds Smoothed round-trip time of a participant's session's connection.\n# TYPE hotline_relay_participant_rtt_seconds gauge");
+        for (p, rtt, _) in &links {
+            let _ = writeln!(
+                o,
+                "hotline_relay_participant_rtt_seconds{{participant=\"{p}\"}} {}",
+                rtt.as_secs_f64()
+            );
+        }
+        let _ = writeln!(o, "# HELP hotline_relay_participant_packets_sent_total QUIC packets sent to a participant since its session's connection was made (starts again with each connection).\n# TYPE hotline_relay_participant_packets_sent_total counter");
+        for (p, _, path) in &links {
+            let _ = writeln!(
+                o,
+                "hotline_relay_participant_packets_sent_total{{participant=\"{p}\"}} {}",
+                path.sent_packets
+            );
+        }
+        let _ = writeln!(o, "# HELP hotline_relay_participant_packets_lost_total QUIC packets to a participant declared lost since its session's connection was made (starts again with each connection).\n# TYPE hotline_relay_participant_packets_lost_total counter");
+        for (p, _, path) in &links {
+            let _ = writeln!(
+                o,
+                "hotline_relay_participant_packets_lost_total{{participant=\"{p}\"}} {}",
+                path.lost_packets
             );
         }
         self.batch.render(
@@ -456,7 +486,7 @@ pub(crate) async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let body = m.render(&h.connected());
+                let body = m.render(&h.sessions());
                 async move {
                     (
                         [(
