@@ -102,8 +102,9 @@ impl NodeState {
     }
 
     pub(crate) fn relays_connected(&self) -> usize {
-        (0..self.links.len())
-            .filter(|&i| self.link(i).is_some())
+        self.links
+            .iter()
+            .filter(|l| l.lock().unwrap_or_else(|p| p.into_inner()).is_some())
             .count()
     }
 
