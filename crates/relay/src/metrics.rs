@@ -357,43 +357,49 @@ impl Metrics {
                 let _ = writeln!(o, "hotline_relay_queue_depth{{participant=\"{p}\"}} {n}");
             }
         }
-        let _ = writeln!(o, "# HELP hotline_relay_participant_connected Whether a participant has a live session.\n# TYPE hotline_relay_participant_connected gauge");
-        for (p, _) in sessions {
-            let _ = writeln!(
-                o,
-                "hotline_relay_participant_connected{{participant=\"{p}\"}} 1"
-            );
-        }
+        // One series per live session, in participant order.
+        let per_participant =
+            |o: &mut String, name: &str, kind: &str, help: &str, values: &[String]| {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for ((p, _), v) in sessions.iter().zip(values) {
+                    let _ = writeln!(o, "{name}{{participant=\"{p}\"}} {v}");
+                }
+            };
+        let ones = vec!["1".to_string(); sessions.len()];
+        per_participant(
+            &mut o,
+            "hotline_relay_participant_connected",
+            "gauge",
+            "Whether a participant has a live session.",
+            &ones,
+        );
         // Each session's link, from QUIC's own figures for its connection: a member behind a
         // poor link receives late, and these say so.
-        let links: Vec<_> = sessions
-            .iter()
-            .map(|(p, c)| (p, c.rtt(), c.stats().path))
-            .collect();
-        let _ = writeln!(o, "# HELP hotline_relay_participant_rtt_seconds Smoothed round-trip time of a participant's session's connection.\n# TYPE hotline_relay_participant_rtt_seconds gauge");
-        for (p, rtt, _) in &links {
-            let _ = writeln!(
-                o,
-                "hotline_relay_participant_rtt_seconds{{participant=\"{p}\"}} {}",
-                rtt.as_secs_f64()
-            );
-        }
-        let _ = writeln!(o, "# HELP hotline_relay_participant_packets_sent_total QUIC packets sent to a participant since its session's connection was made (starts again with each connection).\n# TYPE hotline_relay_participant_packets_sent_total counter");
-        for (p, _, path) in &links {
-            let _ = writeln!(
-                o,
-                "hotline_relay_participant_packets_sent_total{{participant=\"{p}\"}} {}",
-                path.sent_packets
-            );
-        }
-        let _ = writeln!(o, "# HELP hotline_relay_participant_packets_lost_total QUIC packets to a participant declared lost since its session's connection was made (starts again with each connection).\n# TYPE hotline_relay_participant_packets_lost_total counter");
-        for (p, _, path) in &links {
-            let _ = writeln!(
-                o,
-                "hotline_relay_participant_packets_lost_total{{participant=\"{p}\"}} {}",
-                path.lost_packets
-            );
-        }
+        let paths: Vec<_> = sessions.iter().map(|(_, c)| c.stats().path).collect();
+        per_participant(
+            &mut o,
+            "hotline_relay_participant_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time of a participant's session's connection.",
+            &sessions
+                .iter()
+                .map(|(_, c)| c.rtt().as_secs_f64().to_string())
+                .collect::<Vec<_>>(),
+        );
+        per_participant(
+            &mut o,
+            "hotline_relay_participant_packets_sent_total",
+            "counter",
+            "QUIC packets sent to a participant since its session's connection was made (starts again with each connection).",
+            &paths.iter().map(|p| p.sent_packets.to_string()).collect::<Vec<_>>(),
+        );
+        per_participant(
+            &mut o,
+            "hotline_relay_participant_packets_lost_total",
+            "counter",
+            "QUIC packets to a participant declared lost since its session's connection was made (starts again with each connection).",
+            &paths.iter().map(|p| p.lost_packets.to_string()).collect::<Vec<_>>(),
+        );
         self.batch.render(
             &mut o,
             "hotline_relay_commit_batch_size",
