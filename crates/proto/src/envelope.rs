@@ -137,7 +137,8 @@ pub struct Envelope {
     pub id: MessageId,
     /// The author.
     pub sender: ParticipantId,
-    /// The author's sequence number, strictly increasing per sender.
+    /// The author's sequence number: each new message takes the next (see [`Seq`] for the
+    /// relay's reorder window).
     pub seq: Seq,
     /// Who it is for.
     pub audience: Audience,
@@ -218,8 +219,11 @@ impl SignedPayload for Envelope {
                 }
             }
             Audience::Group(name) => {
-                if name.is_empty() || name.len() > NAME_BYTES_MAX {
-                    return Err(invalid("audience", "group name empty or too long"));
+                if name.is_empty() {
+                    return Err(invalid("audience", "empty group name"));
+                }
+                if name.len() > NAME_BYTES_MAX {
+                    return Err(over("audience", NAME_BYTES_MAX));
                 }
             }
             Audience::AllMembers | Audience::Everyone => {}

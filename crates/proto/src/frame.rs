@@ -107,7 +107,8 @@ pub enum RejectCode {
     NoRecipients,
     /// Tag 9: the body or another field is over its limit.
     TooLarge,
-    /// Tag 10: the sequence number does not exceed the last one accepted from this sender.
+    /// Tag 10: an accepted message of this sender already has this sequence number, or it
+    /// is 4096 or more below the highest accepted from this sender (PROTOCOL.md section 8).
     ReplayedSeq,
     /// Tag 11: created-at is too far in the future.
     FutureTimestamp,
@@ -119,7 +120,9 @@ pub enum RejectCode {
     RateLimited,
     /// Tag 15: the relay cannot store right now (e.g. disk full); retry later.
     StorageUnavailable,
-    /// Tag 16: the receipt names a message the relay does not hold for this recipient.
+    /// Tag 16: a receipt item contradicts a message the relay holds: another sender or
+    /// digest, or the receipt's recipient was not one of its recipients. (A receipt naming
+    /// a message the relay does not hold is stored and forwarded, PROTOCOL.md 7.5.)
     UnknownMessage,
     /// Tag 17: the protocol version is not supported.
     UnsupportedVersion,

@@ -192,8 +192,10 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
-/// A per-sender sequence number: each participant numbers its messages 1, 2, 3…; the relay
-/// refuses a number that does not exceed the last one it accepted from that sender.
+/// A per-sender sequence number: each participant numbers its messages 1, 2, 3…. The relay
+/// refuses a number it has already accepted from that sender, or one 4096 or more below the
+/// highest it has accepted (the reorder window, PROTOCOL.md section 8), so a message retried
+/// after later ones is still accepted.
 #[derive(
     Clone,
     Copy,

@@ -103,6 +103,32 @@ fn envelope_text_limits() {
         )),
         Some("audience")
     );
+    // Over its limit, a group name is `OverLimit` (the relay answers `TooLarge`); empty, it
+    // is `Invalid` (`Malformed`).
+    let decoded = |name: String| {
+        let env = with(&|e| e.audience = Audience::Group(name.clone()));
+        let bytes = codec::encode(&env, FRAME_BYTES_MAX).expect("encodes without checks");
+        Signed::<Envelope>::from_parts(bytes, fixtures::public(2), Signature([0; 64]))
+            .decode_unverified()
+    };
+    assert!(
+        matches!(
+            decoded(text(NAME_BYTES_MAX + 1)),
+            Err(DecodeError::OverLimit {
+                field: "audience",
+                max: NAME_BYTES_MAX
+            })
+        ),
+        "{:?}",
+        decoded(text(NAME_BYTES_MAX + 1))
+    );
+    assert!(matches!(
+        decoded(String::new()),
+        Err(DecodeError::Invalid {
+            field: "audience",
+            ..
+        })
+    ));
 }
 
 #[test]
