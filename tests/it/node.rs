@@ -1573,8 +1573,9 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
 /// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a
 /// key not on the roster and an acknowledgement from KGZ whose bytes were altered after
-/// signing: KAZ records neither (status delivered 0, acknowledged 0). Then KGZ's genuine
-/// delivered receipt: delivered 1. An `Accepted` for a message KAZ never sent is ignored,
+/// signing: KAZ records neither (status delivered 0, acknowledged 0), nor a receipt KGZ did
+/// sign that names other content under the message's id. Then KGZ's genuine delivered
+/// receipt: delivered 1. An `Accepted` for a message KAZ never sent is ignored,
 /// and one repeated is told once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
@@ -1660,6 +1661,19 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
         "{st}"
     );
 
+    // KGZ's own signature over a receipt of other content under KAZ's id (what KGZ would
+    // send for an altered copy it quarantined): not recorded either.
+    let mut other = receipt(ReceiptKind::Delivered);
+    other.items[0].digest = hotline_proto::Digest([7; 32]);
+    let other = Signed::sign(&other, &net.key("KGZ")).unwrap();
+    relay.send(&[RelayToNode::Receipt(other)]).await.unwrap();
+    kaz.proc
+        .wait_line(&["content other than what this node sent", &id])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(0), "{st}");
+
     let genuine = Signed::sign(&receipt(ReceiptKind::Delivered), &net.key("KGZ")).unwrap();
     relay.send(&[RelayToNode::Receipt(genuine)]).await.unwrap();
     let ev = events
@@ -1696,7 +1710,8 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
 }
 
 /// A relay that sends what is not a frame: the node ends that link with an error that says
-/// so, keeps running, and tries again after a pause, not in a loop. The impostor first
+/// so (in its log, and to the relay as the close code: `FrameTooLarge`, then
+/// `ProtocolViolation`), keeps running, and tries again after a pause, not in a loop. The impostor first
 /// announces a frame larger than the protocol allows, then, on the node's next connection,
 /// sends a well-framed payload that does not decode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1710,6 +1725,11 @@ async fn a_node_survives_a_relay_that_sends_garbage() {
         .wait_line(&["relay link lost soon after it was made"])
         .await
         .unwrap();
+    // The node says why when it ends the link (PROTOCOL.md, section 5).
+    assert_eq!(
+        close_code(&relay.conn).await.unwrap(),
+        hotline_proto::frame::ErrorCode::FrameTooLarge
+    );
 
     // The node comes back after its pause, to the same impostor.
     let mut relay = relay.next_connection().await.unwrap();
@@ -1721,6 +1741,10 @@ async fn a_node_survives_a_relay_that_sends_garbage() {
         .wait_lines_from(0, &["relay link lost soon after it was made"], 2)
         .await
         .unwrap();
+    assert_eq!(
+        close_code(&relay.conn).await.unwrap(),
+        hotline_proto::frame::ErrorCode::ProtocolViolation
+    );
     let status = kgz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(
         status["participant"], "KGZ",

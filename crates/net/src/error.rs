@@ -53,9 +53,26 @@ pub enum NetError {
     /// The peer broke the protocol (e.g. an unexpected first frame).
     #[error("protocol: {0}")]
     Protocol(String),
+    /// This side cannot go on with the connection (its store failed); the peer did nothing
+    /// wrong.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl NetError {
+    /// The code to close the connection with when this error ends it: `FrameTooLarge` for a
+    /// frame over the limit, `ProtocolViolation` for anything else the peer sent or did
+    /// wrong, `Internal` for this side's own failure, and `Normal` when the connection has
+    /// already ended (closing it again changes nothing).
+    pub fn close_code(&self) -> ErrorCode {
+        match self {
+            NetError::Decode(DecodeError::TooLarge { .. }) => ErrorCode::FrameTooLarge,
+            NetError::Closed { .. } | NetError::Connection(_) => ErrorCode::Normal,
+            NetError::Local(_) => ErrorCode::Internal,
+            _ => ErrorCode::ProtocolViolation,
+        }
+    }
+
     /// Maps a connection error to `Closed` when the peer gave a hotline code.
     pub fn from_connection(e: quinn::ConnectionError) -> Self {
         if let quinn::ConnectionError::ApplicationClosed(close) = &e {

@@ -92,6 +92,12 @@ pub(crate) async fn run(
                         break;
                     }
                     Err(e) => {
+                        // Say why to the relay: a frame it sent that this node could not
+                        // take, or this node's own failure (a no-op if the link has ended).
+                        conn.close(
+                            e.close_code().close_code().into(),
+                            hotline_proto::frame::detail(e.to_string()).as_bytes(),
+                        );
                         state.emit(Event::RelayDown {
                             relay: idx,
                             error: e.to_string(),
@@ -394,8 +400,8 @@ impl Link<'_> {
                 store.pending_receipts(self.idx),
             )
         };
-        let outbox = outbox.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
-        let receipts = receipts.map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+        let outbox = outbox.map_err(|e| NetError::Local(format!("store: {e}")))?;
+        let receipts = receipts.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let mut buf = Vec::new();
         for (id, signed) in outbox {
             if self.sent.insert(id) {
@@ -552,7 +558,7 @@ impl Link<'_> {
             Err(e) => {
                 // Nothing stored, so nothing receipted: the relay will deliver again.
                 error!(error = %e, "cannot store delivered messages; they will be redelivered");
-                return Err(NetError::Protocol(format!("store: {e}")));
+                return Err(NetError::Local(format!("store: {e}")));
             }
         };
         let mut announced = Vec::new();
@@ -618,7 +624,7 @@ impl Link<'_> {
             }
             Err(e) => {
                 error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
-                Err(NetError::Protocol(format!("store: {e}")))
+                Err(NetError::Local(format!("store: {e}")))
             }
         }
     }
@@ -699,11 +705,14 @@ impl Link<'_> {
             Ok(f) => f,
             Err(e) => {
                 error!(error = %e, "cannot store receipts; the relay will forward them again");
-                return Err(NetError::Protocol(format!("store: {e}")));
+                return Err(NetError::Local(format!("store: {e}")));
             }
         };
         // Told once per (message, recipient, kind): the store says which items are news.
         for (r, news) in verified.iter().zip(fresh) {
+            for id in &news.mismatched {
+                error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");
+            }
             for id in news.first {
                 let ev = match &r.kind {
                     hotline_proto::ReceiptKind::Acknowledged { officer, note } => {

@@ -181,6 +181,9 @@ pub struct Forwarded {
     pub fresh: bool,
     /// Our messages this receipt is the first news of, from its recipient, for its kind.
     pub first: Vec<MessageId>,
+    /// Our messages this receipt names with a digest other than theirs: what its recipient
+    /// holds (and receipted) is not what this node sent, so nothing is recorded for them.
+    pub mismatched: Vec<MessageId>,
 }
 
 /// What `store_deliveries` did with one delivered message.
@@ -781,12 +784,29 @@ impl NodeStore {
                     "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
                 )?;
-                let mut news = Forwarded { fresh: n > 0, first: Vec::new() };
+                let mut news = Forwarded { fresh: n > 0, first: Vec::new(), mismatched: Vec::new() };
                 if n == 0 {
                     out.push(news);
                     continue;
                 }
                 for item in r.items.iter().filter(|i| &i.sender == me) {
+                    // The item must name the bytes this node signed: a recipient that was
+                    // handed altered content under this id (and quarantined it) receipts
+                    // that content's digest, and must not be counted as having ours.
+                    let sent: Option<Vec<u8>> = tx
+                        .prepare_cached("SELECT bytes FROM sent WHERE id = ?1")?
+                        .query_row([&item.id.0[..]], |row| row.get(0))
+                        .optional()?;
+                    match sent {
+                        Some(bytes) if Digest::of(&[<Envelope as hotline_proto::SignedPayload>::DOMAIN, &bytes]) == item.digest => {}
+                        Some(_) => {
+                            news.mismatched.push(item.id);
+                            continue;
+                        }
+                        // Not ours (a receipt naming an id this node never sent): no
+                        // matrix row to update below.
+                        None => continue,
+                    }
                     let before: Option<(Option<u64>, Option<u64>)> = tx
                         .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
                         .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -1359,6 +1379,96 @@ mod tests {
         let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
         let stranger = signed.verify_with(&signed.key()).unwrap();
         assert_eq!(news(&mut store, stranger), (true, vec![]));
+    }
+
+    #[test]
+    fn a_receipt_naming_other_content_under_our_id_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let draft = Draft {
+            audience: Audience::Participants(vec![pid("KGZ")]),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "Incident at the border".into(),
+            body: String::new(),
+        };
+        let sent = store
+            .compose(
+                &me,
+                &SigningKey::from_bytes(&[1; 32]),
+                draft,
+                &[pid("KGZ")],
+                1,
+                NOW,
+            )
+            .unwrap()
+            .unwrap();
+        let id = sent.decode_unverified().unwrap().id;
+        let kgz = SigningKey::from_bytes(&[3; 32]);
+        let receipt = |digest: Digest, kind: ReceiptKind| {
+            let r = Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid("KGZ"),
+                kind,
+                created_at_ms: NOW,
+                items: vec![ReceiptItem {
+                    id,
+                    sender: me.clone(),
+                    digest,
+                }],
+            };
+            let signed = Signed::sign(&r, &kgz).unwrap();
+            signed.verify_with(&signed.key()).unwrap()
+        };
+        let ack = ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: None,
+        };
+        // KGZ, genuinely, receipts content that is not what KAZ signed (a relay altered it
+        // and KGZ quarantined it): stored as received, recorded as nothing.
+        let other = Digest([7; 32]);
+        for kind in [ReceiptKind::Delivered, ack.clone()] {
+            let out = store
+                .store_forwarded(&me, &[receipt(other, kind)], NOW)
+                .unwrap();
+            assert_eq!(
+                out[0],
+                Forwarded {
+                    fresh: true,
+                    first: vec![],
+                    mismatched: vec![id]
+                }
+            );
+        }
+        let row = |store: &NodeStore| -> (Option<u64>, Option<u64>) {
+            store
+                .conn
+                .query_row(
+                    "SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1",
+                    [&id.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        assert_eq!(row(&store), (None, None));
+        // The receipt of what KAZ sent is news.
+        let out = store
+            .store_forwarded(&me, &[receipt(sent.digest(), ack)], NOW + 1)
+            .unwrap();
+        assert_eq!(
+            out[0],
+            Forwarded {
+                fresh: true,
+                first: vec![id],
+                mismatched: vec![]
+            }
+        );
+        assert_eq!(row(&store), (Some(NOW + 1), Some(NOW + 1)));
     }
 
     #[test]

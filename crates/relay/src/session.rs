@@ -360,16 +360,7 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
 }
 
 fn net_end(e: NetError) -> End {
-    match e {
-        NetError::Decode(DecodeError::TooLarge { .. }) => {
-            End::new(ErrorCode::FrameTooLarge, e.to_string())
-        }
-        NetError::Decode(_) => End::new(ErrorCode::ProtocolViolation, e.to_string()),
-        NetError::Closed { .. } | NetError::Connection(_) => {
-            End::new(ErrorCode::Normal, e.to_string())
-        }
-        other => End::new(ErrorCode::ProtocolViolation, other.to_string()),
-    }
+    End::new(e.close_code(), e.to_string())
 }
 
 async fn session(

@@ -303,7 +303,7 @@ async fn sender_session(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
     let mut check = tokio::time::interval(Duration::from_millis(SETTLED_CHECK_MS));
-    let store_err = |e: hotline_store::StoreError| NetError::Protocol(format!("store: {e}"));
+    let store_err = |e: hotline_store::StoreError| NetError::Local(format!("store: {e}"));
     pump(peer, store, &mut writer, &mut written).await?;
     loop {
         let retry = async {
@@ -413,7 +413,7 @@ async fn pump(
     let outbox = store
         .borrow()
         .outbox(0, hotline_node::limits::OUTBOX_PAGE + written.len())
-        .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+        .map_err(|e| NetError::Local(format!("store: {e}")))?;
     let mut buf = Vec::new();
     for (id, signed) in outbox {
         if written.insert(id) {
@@ -488,7 +488,7 @@ async fn recipient_session(
                 let (outcomes, items) = store
                     .borrow_mut()
                     .store_deliveries(&checked, peer.now_ms())
-                    .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+                    .map_err(|e| NetError::Local(format!("store: {e}")))?;
                 {
                     let mut l = peer.ledger.borrow_mut();
                     for ((s, _), outcome) in checked.iter().zip(&outcomes) {
@@ -513,7 +513,7 @@ async fn recipient_session(
                 let receipts = store
                     .borrow_mut()
                     .delivered_receipts(&peer.me, &peer.key, items, peer.now_ms())
-                    .map_err(|e| NetError::Protocol(format!("store: {e}")))?;
+                    .map_err(|e| NetError::Local(format!("store: {e}")))?;
                 for r in receipts {
                     writer.write(&NodeToRelay::Receipt(r)).await?;
                 }
