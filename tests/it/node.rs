@@ -1476,9 +1476,10 @@ async fn text_from_other_participants_cannot_forge_log_lines() {
 /// A relay that forges: the node, not the relay, is the last check. An impostor relay (it
 /// holds the relay's certificate, as a compromised relay would) delivers to KGZ a message
 /// whose bytes were altered after KAZ signed them, one signed by a key not on the roster
-/// for KAZ, and a genuine one twice. KGZ shows the genuine one once and neither forgery,
-/// logs the forgeries as quarantined, and still receipts all three (the forgeries by
-/// digest), so that an honest relay would stop redelivering them.
+/// for KAZ, a genuine one addressed to SEC alone, and a genuine one for KGZ twice. KGZ shows
+/// the genuine one for it once and none of the others, logs those as quarantined, and still
+/// receipts all four (the forgeries by digest), so that an honest relay would stop
+/// redelivering them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shows_nothing_a_forging_relay_delivers() {
     use hotline_proto::frame::{NodeToRelay, RelayToNode};
@@ -1519,14 +1520,21 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         &SigningKey::from_bytes(&[9; 32]),
     )
     .unwrap();
+    // KAZ's genuine message to SEC alone, delivered to KGZ.
+    let mut to_sec = envelope(4, "misdirected");
+    to_sec.audience = Audience::Participants(vec![pid("SEC")]);
+    let misdirected = Signed::sign(&to_sec, &kaz).unwrap();
     relay
-        .send(&[&genuine, &altered, &stranger, &genuine].map(|s| RelayToNode::Deliver(s.clone())))
+        .send(
+            &[&genuine, &altered, &stranger, &misdirected, &genuine]
+                .map(|s| RelayToNode::Deliver(s.clone())),
+        )
         .await
         .unwrap();
 
     // KGZ's receipts, until every delivery is named.
     let mut named = std::collections::HashSet::new();
-    let want: std::collections::HashSet<_> = [&genuine, &altered, &stranger]
+    let want: std::collections::HashSet<_> = [&genuine, &altered, &stranger, &misdirected]
         .iter()
         .map(|s| s.digest())
         .collect();
@@ -1551,7 +1559,11 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         .await
         .unwrap();
     kgz.proc
-        .wait_lines_from(0, &["quarantined, not shown"], 2)
+        .wait_lines_from(0, &["quarantined, not shown"], 3)
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["quarantined, not shown", "not addressed to KGZ"])
         .await
         .unwrap();
     assert_eq!(
@@ -1562,7 +1574,7 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
     assert_eq!(kgz.proc.count_lines(&["message received"]), 1);
     assert_eq!(
         kgz.proc.count_lines(&["quarantined, not shown"]),
-        2,
+        3,
         "{}",
         kgz.proc.log()
     );

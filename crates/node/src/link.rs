@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
-use hotline_proto::{Digest, MessageId};
+use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
 use crate::events::Event;
 use crate::limits::{
@@ -541,13 +541,15 @@ impl Link<'_> {
         batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>,
     ) -> Result<(), NetError> {
         let roster = self.state.roster.borrow().clone();
+        let me = &self.state.me;
         let checked: Vec<_> = batch
             .into_iter()
             .map(|s| {
                 let r = roster
                     .verify_envelope(&s)
                     .map(|v| v.into_parts().0)
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|env| addressed_to(env, me));
                 (s, r)
             })
             .collect();
@@ -570,7 +572,7 @@ impl Link<'_> {
                 }
                 (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
                 (_, Stored::Quarantined(reason)) => {
-                    error!(%reason, "delivered message failed verification: quarantined, not shown")
+                    error!(%reason, "delivered message quarantined, not shown")
                 }
                 _ => {}
             }
@@ -743,6 +745,20 @@ impl Link<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A verified message, unless its audience is a list of participants that does not name
+/// `me` (PROTOCOL.md 7.1): a relay delivered it to the wrong node, and its operator must not
+/// take it as addressed to them. A group or "all" audience is not checked: resolving it needs
+/// this node's roster, and one older than the relay's would hide a genuine message.
+fn addressed_to(env: Envelope, me: &ParticipantId) -> Result<Envelope, String> {
+    match &env.audience {
+        hotline_proto::Audience::Participants(ids) if !ids.contains(me) => Err(format!(
+            "not addressed to {me}: its audience names {} other participant(s)",
+            ids.len()
+        )),
+        _ => Ok(env),
     }
 }
 
