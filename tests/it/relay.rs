@@ -1359,6 +1359,42 @@ async fn metrics_and_health_report_traffic() {
     relay.shutdown().await;
 }
 
+/// The receipts a relay holds for a sender until it says it has stored them
+/// (`ReceiptsStored`) are counted per sender (`hotline_relay_forward_queue_depth`): one per
+/// receipt KGZ sends for KAZ's messages, one less for each KAZ confirms, and after a
+/// restart the count comes from the store.
+#[tokio::test]
+async fn forwarded_receipts_are_counted_until_the_sender_has_stored_them() {
+    let net = two();
+    let depth = "hotline_relay_forward_queue_depth{participant=\"KAZ\"}";
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
+    let mut receipts = Vec::new();
+    for i in 0..2 {
+        kaz.send_to("KGZ", &format!("m{i}")).await.unwrap();
+        let (m, _) = kgz.next_deliver().await.unwrap();
+        receipts.push(
+            kgz.receipt_stored(ReceiptKind::Delivered, &[m])
+                .await
+                .unwrap(),
+        );
+    }
+    wait_metric(maddr, depth, |n| n == 2.0).await.unwrap();
+    // (A node names only receipts it holds; the relay does not check that, so the test
+    // names the first without reading it from KAZ's stream.)
+    let first = receipts[0].digest();
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![first]))
+        .await
+        .unwrap();
+    wait_metric(maddr, depth, |n| n == 1.0).await.unwrap();
+    drop((kaz, kgz));
+    relay.shutdown().await;
+
+    let (relay, maddr, _kaz, _kgz) = with_metrics(&net).await;
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, depth), Some(1.0), "{text}");
+    relay.shutdown().await;
+}
+
 /// A relay whose writer is idle between commits copies its write-ahead log into the
 /// database in the background (`crates/relay/src/checkpoint.rs`), not inside a commit: the
 /// rounds are timed and counted, none fails, and traffic flows on.

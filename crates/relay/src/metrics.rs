@@ -112,7 +112,24 @@ pub(crate) struct Metrics {
     writer_wait_us: Histogram<13>,
     fanout_us: Histogram<13>,
     depths: Mutex<HashMap<ParticipantId, i64>>,
+    forward_depths: Mutex<HashMap<ParticipantId, i64>>,
     pub(crate) roster_version: AtomicU64,
+}
+
+/// Sets each participant's value in `map`, cloning an id only the first time it is seen.
+fn set_each<'a>(
+    map: &Mutex<HashMap<ParticipantId, i64>>,
+    values: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
+) {
+    let mut d = map.lock().unwrap_or_else(|p| p.into_inner());
+    for (p, n) in values {
+        match d.get_mut(p) {
+            Some(v) => *v = n,
+            None => {
+                d.insert(p.clone(), n);
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -140,6 +157,7 @@ impl Metrics {
             writer_wait_us: Histogram::new(STAGE_BUCKETS_US),
             fanout_us: Histogram::new(STAGE_BUCKETS_US),
             depths: Mutex::new(HashMap::new()),
+            forward_depths: Mutex::new(HashMap::new()),
             roster_version: AtomicU64::new(0),
         }
     }
@@ -218,15 +236,16 @@ impl Metrics {
         &self,
         depths: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
     ) {
-        let mut d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, n) in depths {
-            match d.get_mut(p) {
-                Some(v) => *v = n,
-                None => {
-                    d.insert(p.clone(), n);
-                }
-            }
-        }
+        set_each(&self.depths, depths);
+    }
+
+    /// Records how many receipts wait to be forwarded to each participant given (the others
+    /// keep theirs).
+    pub(crate) fn set_forward_depths<'a>(
+        &self,
+        depths: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
+    ) {
+        set_each(&self.forward_depths, depths);
     }
 
     /// Messages queued for `p` as of the last commit (0 if none). The writer publishes
@@ -348,13 +367,24 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let _ = writeln!(o, "# HELP hotline_relay_queue_depth Messages queued for a recipient.\n# TYPE hotline_relay_queue_depth gauge");
-        {
-            let d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, help, depths) in [
+            (
+                "hotline_relay_queue_depth",
+                "Messages queued for a recipient.",
+                &self.depths,
+            ),
+            (
+                "hotline_relay_forward_queue_depth",
+                "Receipts held for a sender until it confirms it has stored them (ReceiptsStored).",
+                &self.forward_depths,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let d = depths.lock().unwrap_or_else(|p| p.into_inner());
             let mut v: Vec<_> = d.iter().collect();
             v.sort();
             for (p, n) in v {
-                let _ = writeln!(o, "hotline_relay_queue_depth{{participant=\"{p}\"}} {n}");
+                let _ = writeln!(o, "{name}{{participant=\"{p}\"}} {n}");
             }
         }
         // One series per live session, in participant order.

@@ -870,6 +870,8 @@ struct Pending {
     /// What to post to sessions' mailboxes once the batch has committed.
     posts: Vec<(ParticipantId, Kind, Posted)>,
     replies: Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>,
+    /// Forwarded receipts this batch's `ReceiptsStored` took out of `rqueue`, by sender.
+    unforwarded: HashMap<ParticipantId, i64>,
     accepted: u64,
     receipts: u64,
     latencies_ms: Vec<u64>,
@@ -885,6 +887,9 @@ pub(crate) struct Writer {
     cursors: HashMap<ParticipantId, i64>,
     /// Recipients that may have rows in `ahead` (a hint: a spare one costs a statement).
     ahead: HashSet<ParticipantId>,
+    /// Receipts in `rqueue` for each sender, as committed (the metric
+    /// `hotline_relay_forward_queue_depth`).
+    forward: HashMap<ParticipantId, i64>,
     /// The newest committed message position.
     newest: i64,
     ctx: WriterContext,
@@ -917,12 +922,27 @@ impl Writer {
         )?;
         let loaded = load_queues(&conn)?;
         *ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
+        let mut forward = HashMap::new();
+        {
+            let mut st =
+                conn.prepare("SELECT recipient, count(*) FROM rqueue GROUP BY recipient")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (p, n) = row?;
+                if let Ok(p) = ParticipantId::new(&p) {
+                    forward.insert(p, n);
+                }
+            }
+        }
+        ctx.metrics
+            .set_forward_depths(forward.iter().map(|(p, n)| (p, *n)));
         let w = Self {
             conn,
             journal,
             last_seq,
             cursors: loaded.cursors,
             ahead: loaded.ahead,
+            forward,
             newest: loaded.newest,
             ctx,
             held: HeldCache::new(),
@@ -940,6 +960,42 @@ impl Writer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .total()
+    }
+
+    /// Applies a committed batch's forwarded receipts (queued in `posts`, taken out by
+    /// `unforwarded`) to the per-sender counts, and publishes the changed ones.
+    fn count_forwards(
+        &mut self,
+        posts: &[(ParticipantId, Kind, Posted)],
+        unforwarded: &HashMap<ParticipantId, i64>,
+    ) {
+        let mut touched: HashSet<&ParticipantId> = HashSet::new();
+        for (r, kind, _) in posts {
+            if *kind != Kind::Receipt {
+                continue;
+            }
+            match self.forward.get_mut(r) {
+                Some(n) => *n += 1,
+                None => {
+                    self.forward.insert(r.clone(), 1);
+                }
+            }
+            touched.insert(r);
+        }
+        for (r, n) in unforwarded {
+            if let Some(v) = self.forward.get_mut(r) {
+                *v = (*v - n).max(0);
+            }
+            touched.insert(r);
+        }
+        if !touched.is_empty() {
+            let forward = &self.forward;
+            self.ctx.metrics.set_forward_depths(
+                touched
+                    .into_iter()
+                    .map(|r| (r, forward.get(r).copied().unwrap_or(0))),
+            );
+        }
     }
 
     fn publish_depths(&self) {
@@ -1118,6 +1174,7 @@ impl Writer {
             newest: self.newest,
             posts: Vec::new(),
             replies: Vec::with_capacity(size),
+            unforwarded: HashMap::new(),
             accepted: 0,
             receipts: 0,
             latencies_ms: Vec::new(),
@@ -1179,8 +1236,12 @@ impl Writer {
                         let mut st = tx.prepare_cached(
                             "DELETE FROM rqueue WHERE recipient = ?1 AND digest = ?2",
                         )?;
+                        let mut n = 0;
                         for d in digests {
-                            st.execute(params![participant.as_str(), &d.0[..]])?;
+                            n += st.execute(params![participant.as_str(), &d.0[..]])? as i64;
+                        }
+                        if n > 0 {
+                            *p.unforwarded.entry(participant).or_default() += n;
                         }
                     }
                 }
@@ -1237,6 +1298,7 @@ impl Writer {
                         .metrics
                         .set_queue_depths(touched.into_iter().map(|r| (r, ix.len(r) as i64)));
                 }
+                self.count_forwards(&p.posts, &p.unforwarded);
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
                     // this only fails if the session has gone, which is fine: the node
