@@ -1298,12 +1298,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_recipient_is_news_once_per_kind_however_many_receipts_say_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let me = pid("KAZ");
-        let to = [pid("KGZ"), pid("TJK")];
+    /// A FLASH alert from `me` to `to`, composed in `store` for one relay.
+    fn flash_alert(
+        store: &mut NodeStore,
+        me: &ParticipantId,
+        to: &[ParticipantId],
+    ) -> Signed<Envelope> {
         let draft = Draft {
             audience: Audience::Participants(to.to_vec()),
             kind: Kind::Alert,
@@ -1315,10 +1315,18 @@ mod tests {
             subject: "Incident at the border".into(),
             body: String::new(),
         };
-        let sent = store
-            .compose(&me, &SigningKey::from_bytes(&[1; 32]), draft, &to, 2, NOW)
+        store
+            .compose(me, &SigningKey::from_bytes(&[1; 32]), draft, to, 1, NOW)
             .unwrap()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_recipient_is_news_once_per_kind_however_many_receipts_say_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
         let id = sent.decode_unverified().unwrap().id;
         let item = ReceiptItem {
             id,
@@ -1386,28 +1394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = NodeStore::open(dir.path()).unwrap();
         let me = pid("KAZ");
-        let draft = Draft {
-            audience: Audience::Participants(vec![pid("KGZ")]),
-            kind: Kind::Alert,
-            precedence: Precedence::Flash,
-            status: Status::Actual,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: "Incident at the border".into(),
-            body: String::new(),
-        };
-        let sent = store
-            .compose(
-                &me,
-                &SigningKey::from_bytes(&[1; 32]),
-                draft,
-                &[pid("KGZ")],
-                1,
-                NOW,
-            )
-            .unwrap()
-            .unwrap();
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ")]);
         let id = sent.decode_unverified().unwrap().id;
         let kgz = SigningKey::from_bytes(&[3; 32]);
         let receipt = |digest: Digest, kind: ReceiptKind| {
