@@ -1298,6 +1298,19 @@ mod tests {
         );
     }
 
+    /// KGZ's receipt of one item, signed at `at`, verified.
+    fn kgz_receipt(at: u64, kind: ReceiptKind, item: ReceiptItem) -> Verified<Receipt> {
+        let r = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid("KGZ"),
+            kind,
+            created_at_ms: at,
+            items: vec![item],
+        };
+        let signed = Signed::sign(&r, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        signed.verify_with(&signed.key()).unwrap()
+    }
+
     /// A FLASH alert from `me` to `to`, composed in `store` for one relay.
     fn flash_alert(
         store: &mut NodeStore,
@@ -1335,18 +1348,7 @@ mod tests {
         };
         // KGZ's receipts: through each of two relays, and at different times, so different
         // bytes; then two acknowledgements.
-        let kgz = SigningKey::from_bytes(&[3; 32]);
-        let receipt = |at: u64, kind: ReceiptKind| {
-            let r = Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: pid("KGZ"),
-                kind,
-                created_at_ms: at,
-                items: vec![item.clone()],
-            };
-            let signed = Signed::sign(&r, &kgz).unwrap();
-            signed.verify_with(&signed.key()).unwrap()
-        };
+        let receipt = |at: u64, kind: ReceiptKind| kgz_receipt(at, kind, item.clone());
         let ack = || ReceiptKind::Acknowledged {
             officer: "Duty officer".into(),
             note: None,
@@ -1396,21 +1398,13 @@ mod tests {
         let me = pid("KAZ");
         let sent = flash_alert(&mut store, &me, &[pid("KGZ")]);
         let id = sent.decode_unverified().unwrap().id;
-        let kgz = SigningKey::from_bytes(&[3; 32]);
         let receipt = |digest: Digest, kind: ReceiptKind| {
-            let r = Receipt {
-                version: PROTOCOL_VERSION,
-                recipient: pid("KGZ"),
-                kind,
-                created_at_ms: NOW,
-                items: vec![ReceiptItem {
-                    id,
-                    sender: me.clone(),
-                    digest,
-                }],
+            let item = ReceiptItem {
+                id,
+                sender: me.clone(),
+                digest,
             };
-            let signed = Signed::sign(&r, &kgz).unwrap();
-            signed.verify_with(&signed.key()).unwrap()
+            kgz_receipt(NOW, kind, item)
         };
         let ack = ReceiptKind::Acknowledged {
             officer: "Duty officer".into(),
