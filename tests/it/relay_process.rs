@@ -209,3 +209,40 @@ async fn sighup_reloads_the_roster() {
         .unwrap();
     assert_eq!(update.decode_unverified().unwrap().version, 2);
 }
+
+/// A node that ends its connection with an error code (it refused a frame from the relay,
+/// or its own store failed) is a warning in the relay's log, with the node's code and
+/// reason; a node that closes normally is not.
+#[tokio::test]
+async fn a_node_closing_with_an_error_is_a_warning_in_the_relay_log() {
+    let net = net();
+    let (mut relay, addr) = start(&net, "relay.log").await;
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    kaz.session.conn.close(
+        ErrorCode::Internal.close_code().into(),
+        b"store: database or disk is full",
+    );
+    let line = relay
+        .wait_log("the node closed the connection with an error")
+        .await
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains("Internal") && line.contains("disk is full"),
+        "{line}"
+    );
+
+    let kgz = net.client(addr, "KGZ").await.unwrap();
+    let before = relay.log_len();
+    kgz.close();
+    relay.wait_log_from(before, "session ended").await.unwrap();
+    relay.signal("TERM").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}: {}", relay.log());
+    let log = relay.log();
+    assert_eq!(
+        log.matches("the node closed the connection with an error")
+            .count(),
+        1,
+        "{log}"
+    );
+}

@@ -97,12 +97,15 @@ enum Staged {
     Other(NodeToRelay),
 }
 
-/// Why a session ended; becomes the QUIC close code.
-struct End(ErrorCode, String);
+/// Why a session ended; becomes the QUIC close code. The third field is the code the node
+/// itself closed the connection with, when that was not `Normal`: a node that refused a
+/// frame from this relay (`ProtocolViolation`, `FrameTooLarge`) or failed (`Internal`, its
+/// store cannot record what arrives) is worth a warning here.
+struct End(ErrorCode, String, Option<ErrorCode>);
 
 impl End {
     fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self(code, detail.into())
+        Self(code, detail.into(), None)
     }
 }
 
@@ -272,7 +275,9 @@ pub(crate) async fn run(
     match result {
         Ok(()) => {}
         Err(end) => {
-            if matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway) {
+            if let Some(code) = end.2 {
+                warn!(conn = conn_id, %remote, node_code = ?code, detail = %end.1, "the node closed the connection with an error");
+            } else if matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway) {
                 debug!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
             } else {
                 warn!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
@@ -347,7 +352,7 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
                     detail: frame::detail(detail.clone()),
                 }))
                 .await;
-            return Err(End(code, detail));
+            return Err(End::new(code, detail));
         }
     };
     Ok(Authenticated {
@@ -360,7 +365,11 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
 }
 
 fn net_end(e: NetError) -> End {
-    End::new(e.close_code(), e.to_string())
+    let by_node = match &e {
+        NetError::Closed { code, .. } if *code != ErrorCode::Normal => Some(*code),
+        _ => None,
+    };
+    End(e.close_code(), e.to_string(), by_node)
 }
 
 async fn session(
