@@ -1581,6 +1581,114 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A delivery from a participant this node's roster does not list yet is quarantined, and
+/// the operator can see it (`hotline inbox --quarantined`, its claim marked unverified);
+/// once the roster that lists the sender is installed, the node checks the quarantine again
+/// and shows the message, announced as received. One held for another reason (a bad
+/// signature) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
+    use hotline_proto::frame::RelayToNode;
+    use hotline_proto::{Audience, Envelope, Kind, MessageId, Precedence, Seq, Status};
+
+    let net = net();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
+    let mut events = kgz.events().await.unwrap();
+    let tjk = SigningKey::from_bytes(&[0x7A; 32]);
+    let envelope = |subject: &str| Envelope {
+        version: hotline_proto::PROTOCOL_VERSION,
+        id: MessageId::random(),
+        sender: pid("TJK"),
+        seq: Seq(1),
+        audience: Audience::Participants(vec![pid("KGZ")]),
+        kind: Kind::Alert,
+        precedence: Precedence::Flash,
+        status: Status::Actual,
+        created_at_ms: now_ms(),
+        respond_by_ms: None,
+        references: vec![],
+        category: None,
+        subject: subject.into(),
+        body: "Flooding on the Vakhsh.".into(),
+    };
+    let early = Signed::sign(&envelope("from a new member"), &tjk).unwrap();
+    let early_id = early.decode_unverified().unwrap().id;
+    let forged = Signed::sign(&envelope("forged"), &SigningKey::from_bytes(&[9; 32])).unwrap();
+    relay
+        .send(&[
+            RelayToNode::Deliver(early.clone()),
+            RelayToNode::Deliver(forged),
+        ])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_lines_from(0, &["quarantined, not shown"], 2)
+        .await
+        .unwrap();
+    let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
+    let held = held.as_array().unwrap();
+    assert_eq!(held.len(), 2, "{held:?}");
+    let claim = held
+        .iter()
+        .find(|q| q["digest"] == early.digest().to_string().as_str())
+        .expect("the early message is held");
+    assert_eq!(claim["unverified_claim"]["from"], "TJK", "{claim}");
+    assert_eq!(
+        claim["unverified_claim"]["subject"], "from a new member",
+        "{claim}"
+    );
+    assert!(claim["reason"].as_str().unwrap().contains("TJK"), "{claim}");
+    let text = kgz.cli(&["inbox", "--quarantined"]).await.unwrap();
+    assert!(text.stdout.contains("UNVERIFIED"), "{}", text.stdout);
+    assert!(kgz
+        .cli_json(&["inbox"])
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Roster version 2 lists TJK.
+    let mut roster = net.roster.clone();
+    roster.version = 2;
+    roster.participants.push(hotline_proto::Participant {
+        id: pid("TJK"),
+        name: "Tajikistan".into(),
+        role: Role::Member,
+        keys: vec![PublicKey::of(&tjk)],
+        revoked: false,
+    });
+    let signed = Signed::sign(&roster, &net.roster_key).unwrap();
+    relay
+        .send(&[RelayToNode::RosterUpdate(signed)])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["released from quarantine", &early_id.to_string()])
+        .await
+        .unwrap();
+    let ev = events
+        .wait_for("the released message", |e| {
+            e["type"] == "message_received" && e["id"] == early_id.to_string().as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["from"], "TJK", "{ev}");
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let subjects: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, vec!["from a new member"], "{inbox}");
+    let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
+    let held = held.as_array().unwrap();
+    assert_eq!(held.len(), 1, "the forgery stays: {held:?}");
+    assert_eq!(held[0]["unverified_claim"]["subject"], "forged");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A relay that forges receipts: the sender's node checks every receipt itself, so an
 /// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a

@@ -133,6 +133,7 @@ pub(crate) async fn serve(
         .route("/v1/messages/{id}", get(show))
         .route("/v1/messages/{id}/ack", post(ack))
         .route("/v1/inbox", get(inbox))
+        .route("/v1/quarantine", get(quarantine))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -442,6 +443,39 @@ async fn inbox(
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let items = state.store().inbox(limit).map_err(store_error)?;
     Ok(Json(items.into_iter().map(inbox_item).collect()))
+}
+
+/// Deliveries held in quarantine, newest first: each one's digest, when it arrived, why it
+/// is held, and what its bytes claim (sender, id, subject…) if they decode. The claim is
+/// **unverified** (that is why it is held) and must not be shown as a message.
+async fn quarantine(
+    State(state): State<St>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
+    let held = state.store().quarantined(limit).map_err(store_error)?;
+    Ok(Json(
+        held.into_iter()
+            .map(|h| {
+                let claimed = h.signed.decode_unverified().ok().map(|e| {
+                    json!({
+                        "id": e.id,
+                        "from": e.sender,
+                        "precedence": e.precedence,
+                        "status": e.status,
+                        "subject": e.subject,
+                        "created_at_ms": e.created_at_ms,
+                    })
+                });
+                json!({
+                    "digest": h.digest.to_string(),
+                    "received_at_ms": h.received_at_ms,
+                    "reason": h.reason,
+                    "unverified_claim": claimed,
+                })
+            })
+            .collect(),
+    ))
 }
 
 async fn sent_list(

@@ -122,6 +122,54 @@ impl NodeState {
     }
 
     /// Installs a roster from a relay if it is signed by the pinned key and newer.
+    /// Checks the newest quarantined deliveries (`QUARANTINE_RECHECK_MAX`) against the
+    /// roster now in force, and moves those that pass every check into the inbox, announced
+    /// as received: a delivery held because its sender's key was not on this node's older
+    /// roster is shown once the roster that lists the key is installed. Those held for any
+    /// other reason (a bad signature, a revoked key, an audience without this node) fail
+    /// again and stay.
+    pub(crate) fn recheck_quarantine(&self) {
+        let held = match self.store().quarantined(limits::QUARANTINE_RECHECK_MAX) {
+            Ok(h) => h,
+            Err(e) => {
+                error!(error = %e, "cannot read the quarantine to check it against the roster");
+                return;
+            }
+        };
+        if held.is_empty() {
+            return;
+        }
+        let roster = self.roster.borrow().clone();
+        let passed: Vec<_> = held
+            .into_iter()
+            .filter_map(|q| {
+                let env = roster.verify_envelope(&q.signed).ok()?.into_parts().0;
+                let env = link::addressed_to(env, &self.me).ok()?;
+                Some((q.digest, env))
+            })
+            .collect();
+        if passed.is_empty() {
+            return;
+        }
+        let released = match self.store().release(&passed, now_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot move quarantined messages that now verify into the inbox; checked again at the next roster or start");
+                return;
+            }
+        };
+        for env in &released {
+            info!(msg = %env.id, from = %env.sender, roster = roster.version, "released from quarantine: the message verifies against the roster now in force");
+            announce(self, env, false);
+        }
+        if !released.is_empty() {
+            let ids: Vec<_> = released.iter().map(|e| e.id).collect();
+            if let Err(e) = self.store().mark_announced(&ids) {
+                error!(error = %e, "cannot record announced messages; they will be announced again at restart");
+            }
+        }
+    }
+
     pub(crate) fn offer_roster(&self, signed: &hotline_proto::Signed<Roster>, from: &str) {
         let verified = match hotline_proto::verify_roster(signed, &self.config.roster_key) {
             Ok(v) => v,
@@ -141,6 +189,7 @@ impl NodeState {
         }
         self.roster.send_replace(Arc::new(verified));
         info!(version = v, previous = current, "roster installed");
+        self.recheck_quarantine();
         let ev = Event::RosterChanged { version: v };
         self.hooks.fire(
             "on_roster_changed",
@@ -285,6 +334,9 @@ impl Node {
                 .store()
                 .mark_announced(&pending.iter().map(|e| e.id).collect::<Vec<_>>())?;
         }
+        // A roster installed just before the node last stopped may not have been checked
+        // against the quarantine yet.
+        state.recheck_quarantine();
         let mut tasks = JoinSet::new();
 
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)

@@ -94,6 +94,12 @@ pub const RECEIPT_PACE_MS_MAX: u64 = 60 * 60 * 1000;
 /// delivery.
 pub const RECEIPT_PACE_ITEMS: usize = 512;
 
+/// Quarantined deliveries checked again when a newer roster is installed (and at start):
+/// the newest this many. A delivery is quarantined when its sender's key is not on this
+/// node's roster, among other reasons; a newer roster may hold the key. Each check is a
+/// signature verification (about 35 µs), done while the store is not locked.
+pub const QUARANTINE_RECHECK_MAX: usize = 1_000;
+
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 

@@ -752,7 +752,7 @@ impl Link<'_> {
 /// `me` (PROTOCOL.md 7.1): a relay delivered it to the wrong node, and its operator must not
 /// take it as addressed to them. A group or "all" audience is not checked: resolving it needs
 /// this node's roster, and one older than the relay's would hide a genuine message.
-fn addressed_to(env: Envelope, me: &ParticipantId) -> Result<Envelope, String> {
+pub(crate) fn addressed_to(env: Envelope, me: &ParticipantId) -> Result<Envelope, String> {
     match &env.audience {
         hotline_proto::Audience::Participants(ids) if !ids.contains(me) => Err(format!(
             "not addressed to {me}: its audience names {} other participant(s)",

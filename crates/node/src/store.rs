@@ -186,6 +186,19 @@ pub struct Forwarded {
     pub mismatched: Vec<MessageId>,
 }
 
+/// A delivery held in quarantine: it failed a check when it arrived, so it is not shown.
+#[derive(Clone, Debug)]
+pub struct Quarantined {
+    /// Its digest (the quarantine's key, and what this node's delivered receipt named).
+    pub digest: Digest,
+    /// The bytes as delivered, with the key and signature they came with.
+    pub signed: Signed<Envelope>,
+    /// Why it was held.
+    pub reason: String,
+    /// When it arrived.
+    pub received_at_ms: u64,
+}
+
 /// What `store_deliveries` did with one delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -243,6 +256,45 @@ fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, St
 fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
     codec::encode(s, usize::MAX)
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+/// Stores a verified message in the inbox, journaled, to be announced; false if a message
+/// with its id is already there. `received_at_ms`: when this node first held it durably.
+fn receive(
+    tx: &rusqlite::Transaction<'_>,
+    j: &mut Journal,
+    signed: &Signed<Envelope>,
+    env: &Envelope,
+    received_at_ms: u64,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO inbox (id, sender, seq, bytes, key, sig, received_at_ms, paged_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            &env.id.0[..],
+            env.sender.as_str(),
+            env.seq.0,
+            signed.bytes(),
+            &signed.key().0[..],
+            &signed.signature().0[..],
+            received_at_ms,
+            (!env.precedence.pages()).then_some(NEVER_PAGES)
+        ])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    j.append(
+        tx,
+        now_ms,
+        "message.received",
+        &env.id.to_string(),
+        &encode_record(signed)?,
+    )?;
+    tx.prepare_cached("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)")?
+        .execute([&env.id.0[..]])?;
+    Ok(true)
 }
 
 /// The tables holding signed records, each with its key column and the kinds of journal
@@ -600,13 +652,7 @@ impl NodeStore {
                 let digest = signed.digest();
                 match checked {
                     Ok(env) => {
-                        let n = tx.execute(
-                            "INSERT OR IGNORE INTO inbox (id, sender, seq, bytes, key, sig, received_at_ms, paged_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                            params![&env.id.0[..], env.sender.as_str(), env.seq.0, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, (!env.precedence.pages()).then_some(NEVER_PAGES)],
-                        )?;
-                        if n > 0 {
-                            j.append(tx, now_ms, "message.received", &env.id.to_string(), &encode_record(signed)?)?;
-                            tx.execute("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)", [&env.id.0[..]])?;
+                        if receive(tx, j, signed, env, now_ms, now_ms)? {
                             out.push(Stored::New);
                         } else {
                             out.push(Stored::Duplicate);
@@ -633,6 +679,67 @@ impl NodeStore {
                 }
             }
             Ok((out, items))
+        })
+    }
+
+    /// The quarantine, newest first, at most `limit`.
+    pub fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(Quarantined {
+                digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
+                signed: signed_at::<Envelope>(r, 1)?,
+                reason: r.get(4)?,
+                received_at_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves quarantined deliveries that have since passed every check (`passed`: their
+    /// digests and verified envelopes; a newer roster now holds their sender's key) into the
+    /// inbox, as received when they arrived, to be announced. A row whose id the inbox
+    /// already holds stays quarantined, unless the inbox holds those very bytes (a copy
+    /// delivered again after the roster changed), when it is only removed. Returns the
+    /// messages moved.
+    pub fn release(
+        &mut self,
+        passed: &[(Digest, Envelope)],
+        now_ms: u64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.tx(|tx, j| {
+            let mut out = Vec::new();
+            for (digest, env) in passed {
+                let held = tx
+                    .prepare_cached(
+                        "SELECT bytes, key, sig, received_at_ms FROM quarantine WHERE digest = ?1",
+                    )?
+                    .query_row([&digest.0[..]], |r| {
+                        Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
+                    })
+                    .optional()?;
+                let Some((signed, received_at)) = held else {
+                    continue;
+                };
+                if signed.digest() != *digest {
+                    continue;
+                }
+                if receive(tx, j, &signed, env, received_at, now_ms)? {
+                    out.push(env.clone());
+                } else {
+                    let same: bool = tx
+                        .prepare_cached("SELECT bytes = ?2 FROM inbox WHERE id = ?1")?
+                        .query_row(params![&env.id.0[..], signed.bytes()], |r| r.get(0))?;
+                    if !same {
+                        continue;
+                    }
+                }
+                tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
+                    .execute([&digest.0[..]])?;
+            }
+            Ok(out)
         })
     }
 
@@ -1450,6 +1557,70 @@ mod tests {
             }
         );
         assert_eq!(row(&store), (Some(NOW + 1), Some(NOW + 1)));
+    }
+
+    #[test]
+    fn quarantined_deliveries_that_now_pass_move_to_the_inbox_as_received_when_they_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let held = |e: &Envelope| {
+            (
+                Signed::sign(e, &kaz).unwrap(),
+                Err("unknown key".to_string()),
+            )
+        };
+        let (a, b, c) = (
+            envelope(1, Precedence::Flash),
+            envelope(2, Precedence::Routine),
+            envelope(3, Precedence::Routine),
+        );
+        // `b` is also in the inbox already, as these bytes; `c`'s id is there with others.
+        let mut c_other = c.clone();
+        c_other.subject = "another text under the same id".into();
+        let batch = [held(&a), held(&b), held(&c)];
+        store.store_deliveries(&batch, NOW).unwrap();
+        let inbox_copies = [
+            (batch[1].0.clone(), Ok(b.clone())),
+            (Signed::sign(&c_other, &kaz).unwrap(), Ok(c_other.clone())),
+        ];
+        store.store_deliveries(&inbox_copies, NOW + 5).unwrap();
+        assert_eq!(store.quarantined(10).unwrap().len(), 3);
+
+        let passed: Vec<_> = batch
+            .iter()
+            .zip([&a, &b, &c])
+            .map(|((s, _), e)| (s.digest(), e.clone()))
+            .collect();
+        let released = store.release(&passed, NOW + 10).unwrap();
+        assert_eq!(
+            ids(&released),
+            ids(std::slice::from_ref(&a)),
+            "only the one not in the inbox"
+        );
+        let left: Vec<_> = store
+            .quarantined(10)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.digest)
+            .collect();
+        assert_eq!(
+            left,
+            vec![batch[2].0.digest()],
+            "other bytes under an id the inbox holds stay"
+        );
+        let shown = store.inbox_message(&a.id).unwrap().unwrap();
+        assert_eq!(shown.received_at_ms, NOW, "received when it arrived");
+        assert_eq!(
+            ids(&store.unannounced().unwrap()),
+            ids(&[a.clone(), b.clone(), c_other.clone()])
+        );
+        // Released again: nothing (the row has gone).
+        assert!(store.release(&passed, NOW + 20).unwrap().is_empty());
+        // The journal holds every stored record.
+        drop(store);
+        let path = dir.path().join(DB_FILE);
+        verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
     }
 
     #[test]

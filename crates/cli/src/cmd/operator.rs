@@ -147,6 +147,30 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Another participant's text (`v`, a JSON string) made safe to print on a terminal: control
+/// characters, which could move the cursor, recolour or overwrite what is already on the
+/// screen, and the bidirectional-override characters, which reorder what follows them, are
+/// shown escaped (`\u{1b}`). With `lines`, line breaks and tabs are kept (a body).
+fn shown(v: &Value, lines: bool) -> String {
+    let s = v.as_str().unwrap_or("");
+    let unsafe_char = |c: char| {
+        !(lines && (c == '\n' || c == '\t'))
+            && (c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn ts(v: &Value) -> String {
     match v.as_u64() {
         None => "-".into(),
@@ -172,11 +196,18 @@ pub(crate) struct InboxArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// Only unacknowledged messages.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "quarantined")]
     unacknowledged: bool,
+    /// Instead of messages, the deliveries held in quarantine (they failed verification or
+    /// were not addressed to this node, and are never shown as messages), with why.
+    #[arg(long)]
+    quarantined: bool,
 }
 
 pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
+    if a.quarantined {
+        return quarantine(&a.api);
+    }
     let v = a.api.client()?.get("/v1/inbox")?;
     let items: Vec<Value> = v
         .as_array()
@@ -203,7 +234,7 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
                     "NO"
                 },
                 banner(m),
-                m["subject"].as_str().unwrap_or(""),
+                shown(&m["subject"], false),
             ));
         }
         if items.is_empty() {
@@ -211,6 +242,43 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         }
         out
     })
+}
+
+/// `hotline inbox --quarantined`.
+fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
+    let v = api.client()?.get("/v1/quarantine")?;
+    let items = v.as_array().cloned().unwrap_or_default();
+    print(api.json, &v, |_| {
+        let mut out = format!(
+            "{:<13}  {:<16}  {:<6}  {:<32}  REASON (the sender and subject are the bytes' claim, UNVERIFIED)",
+            "RECEIVED", "DIGEST", "FROM?", "SUBJECT?"
+        );
+        for q in &items {
+            let claim = &q["unverified_claim"];
+            out.push_str(&format!(
+                "\n{:<13}  {:<16}  {:<6}  {:<32}  {}",
+                ts(&q["received_at_ms"]),
+                q["digest"].as_str().unwrap_or("").get(..16).unwrap_or(""),
+                claim["from"].as_str().unwrap_or("?"),
+                clip(&shown(&claim["subject"], false), 32),
+                shown(&q["reason"], false),
+            ));
+        }
+        if items.is_empty() {
+            out.push_str("\n(nothing quarantined)");
+        }
+        out
+    })
+}
+
+/// `s`, cut to at most `max` characters (an ellipsis marks a cut).
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut c: String = s.chars().take(max - 1).collect();
+    c.push('…');
+    c
 }
 
 /// `hotline show ID` / `hotline status ID`.
@@ -236,15 +304,15 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
             m["status"].as_str().unwrap_or(""),
             ts(&m["created_at_ms"]),
             ts(&m["respond_by_ms"]),
-            m["subject"].as_str().unwrap_or(""),
-            m["body"].as_str().unwrap_or(""),
+            shown(&m["subject"], false),
+            shown(&m["body"], true),
         );
         if m["direction"] == json!("sent") {
             out.push_str(&format!("\n\n{}", matrix_text(m)));
         } else if m["acknowledged"] == json!(true) {
             out.push_str(&format!(
                 "\n\nacknowledged by {} at {}",
-                m["officer"].as_str().unwrap_or(""),
+                shown(&m["officer"], false),
                 ts(&m["acknowledged_at_ms"])
             ));
         } else {
@@ -272,7 +340,7 @@ fn matrix_text(m: &Value) -> String {
             } else {
                 ""
             },
-            r["officer"].as_str().unwrap_or(""),
+            shown(&r["officer"], false),
         ));
     }
     out
@@ -382,7 +450,7 @@ pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
                 format!("{}/{}", m["delivered"], m["total"]),
                 format!("{}/{}", m["acknowledged"], m["total"]),
                 banner(&m),
-                m["subject"].as_str().unwrap_or("")
+                shown(&m["subject"], false)
             ));
         }
         out
@@ -406,6 +474,26 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn another_participants_text_cannot_drive_the_terminal() {
+        // Cursor up and erase the line, then a right-to-left override.
+        let subject = json!("Border\u{1b}[1A\u{1b}[2K from SEC\u{202e}lamron");
+        assert_eq!(
+            shown(&subject, false),
+            "Border\\u{1b}[1A\\u{1b}[2K from SEC\\u{202e}lamron"
+        );
+        assert_eq!(shown(&json!("two\nlines\r"), false), "two\\u{a}lines\\u{d}");
+        assert_eq!(
+            shown(&json!("two\nlines\tok\r"), true),
+            "two\nlines\tok\\u{d}"
+        );
+        assert_eq!(
+            shown(&json!("Incident at the border"), false),
+            "Incident at the border"
+        );
+        assert_eq!(clip("Incident at the border", 9), "Incident…");
+    }
 
     #[test]
     fn a_link_is_told_down_or_with_its_round_trip_and_losses() {
