@@ -1640,6 +1640,8 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     assert!(claim["reason"].as_str().unwrap().contains("TJK"), "{claim}");
     let text = kgz.cli(&["inbox", "--quarantined"]).await.unwrap();
     assert!(text.stdout.contains("UNVERIFIED"), "{}", text.stdout);
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(status["quarantined"], 2, "{status}");
     assert!(kgz
         .cli_json(&["inbox"])
         .await
@@ -1685,6 +1687,11 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
     let held = held.as_array().unwrap();
     assert_eq!(held.len(), 1, "the forgery stays: {held:?}");
+    let status = kgz.cli(&["node-status"]).await.unwrap().stdout;
+    assert!(
+        status.contains("quarantined 1 (hotline inbox --quarantined)"),
+        "{status}"
+    );
     assert_eq!(held[0]["unverified_claim"]["subject"], "forged");
     relay.conn.close(0u32.into(), b"test done");
 }

@@ -569,7 +569,13 @@ async fn ack(
 }
 
 async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
-    let outbox = state.store().outbox_len().map_err(store_error)?;
+    let (outbox, quarantined) = {
+        let store = state.store();
+        (
+            store.outbox_len().map_err(store_error)?,
+            store.quarantine_len().map_err(store_error)?,
+        )
+    };
     let relays: Vec<Value> = state
         .config
         .relays
@@ -583,6 +589,7 @@ async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
         "relays": relays,
         "relays_connected": state.relays_connected(),
         "outbox": outbox,
+        "quarantined": quarantined,
     })))
 }
 

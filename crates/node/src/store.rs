@@ -577,6 +577,13 @@ impl NodeStore {
             .query_row("SELECT COUNT(DISTINCT id) FROM outbox", [], |r| r.get(0))?)
     }
 
+    /// Deliveries held in quarantine.
+    pub fn quarantine_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?)
+    }
+
     /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
     /// becomes the matrix.
     pub fn accepted(

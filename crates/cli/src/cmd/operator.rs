@@ -395,13 +395,17 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
     print(a.api.json, &v, |v| {
         let relays = v["relays"].as_array().cloned().unwrap_or_default();
         let mut out = format!(
-            "participant {}  roster v{}  relays connected {}/{}  outbox {}",
+            "participant {}  roster v{}  relays connected {}/{}  outbox {}  quarantined {}",
             v["participant"].as_str().unwrap_or(""),
             v["roster_version"],
             v["relays_connected"],
             relays.len(),
-            v["outbox"]
+            v["outbox"],
+            v["quarantined"]
         );
+        if v["quarantined"].as_u64().is_some_and(|n| n > 0) {
+            out.push_str(" (hotline inbox --quarantined)");
+        }
         for (i, r) in relays.iter().enumerate() {
             out.push_str(&format!(
                 "\nrelay {i} {}  {}",
