@@ -121,7 +121,6 @@ impl NodeState {
         *self.links[idx].lock().unwrap_or_else(|p| p.into_inner()) = up;
     }
 
-    /// Installs a roster from a relay if it is signed by the pinned key and newer.
     /// Checks the newest quarantined deliveries (`QUARANTINE_RECHECK_MAX`) against the
     /// roster now in force, and moves those that pass every check into the inbox, announced
     /// as received: a delivery held because its sender's key was not on this node's older
@@ -170,6 +169,8 @@ impl NodeState {
         }
     }
 
+    /// Installs a roster from a relay if it is signed by the pinned key and newer, then checks
+    /// the quarantine against it.
     pub(crate) fn offer_roster(&self, signed: &hotline_proto::Signed<Roster>, from: &str) {
         let verified = match hotline_proto::verify_roster(signed, &self.config.roster_key) {
             Ok(v) => v,
