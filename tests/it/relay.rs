@@ -1395,6 +1395,98 @@ async fn forwarded_receipts_are_counted_until_the_sender_has_stored_them() {
     relay.shutdown().await;
 }
 
+/// The Secretariat's network-wide picture (`hotline relay report`), read from a running
+/// relay's store: KAZ's alert to KGZ and SEC, with a deadline already past; KGZ's node
+/// receipts it and its duty officer acknowledges; SEC never connects. The report shows 1 of
+/// 2 delivered and acknowledged (by whom), SEC overdue, and nothing of a message outside
+/// the period.
+#[tokio::test]
+async fn the_relay_report_shows_who_holds_and_who_acknowledged_each_message() {
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let mut env = kaz.envelope(
+        Audience::Participants(vec![pid("KGZ"), pid("SEC")]),
+        "Incident",
+    );
+    env.respond_by_ms = Some(env.created_at_ms + 1);
+    let sent = kaz.sign(&env);
+    kaz.submit_wait(&sent).await.unwrap().unwrap();
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    kgz.receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&got))
+        .await
+        .unwrap();
+    let ack = ReceiptKind::Acknowledged {
+        officer: "Duty officer Aliyeva".into(),
+        note: None,
+    };
+    kgz.receipt_stored(ack, &[got]).await.unwrap();
+
+    let config = net.relay_config.to_str().unwrap();
+    let out = hotline_cli(net.path(), &["relay", "report", "-c", config, "--json"])
+        .await
+        .unwrap();
+    let all = out.json().unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let m = &all[0];
+    assert_eq!(m["id"], env.id.to_string().as_str());
+    assert_eq!(
+        (
+            &m["total"],
+            &m["delivered"],
+            &m["acknowledged"],
+            &m["overdue"]
+        ),
+        (&json(2), &json(1), &json(1), &json(1)),
+        "{m}"
+    );
+    let rows = m["recipients"].as_array().unwrap();
+    let row = |who: &str| rows.iter().find(|r| r["recipient"] == who).unwrap();
+    assert_eq!(row("KGZ")["officer"], "Duty officer Aliyeva");
+    assert!(row("KGZ")["acked_at_ms"].as_u64().unwrap() >= env.created_at_ms);
+    assert_eq!(row("KGZ")["overdue"], false);
+    assert!(row("SEC")["delivered_at_ms"].is_null());
+    assert_eq!(row("SEC")["overdue"], true);
+
+    let one = hotline_cli(
+        net.path(),
+        &["relay", "report", "-c", config, "--id", &env.id.to_string()],
+    )
+    .await
+    .unwrap();
+    assert!(one.status.success(), "{}", one.stderr);
+    assert!(
+        one.stdout
+            .contains("delivered 1/2  acknowledged 1/2  overdue 1"),
+        "{}",
+        one.stdout
+    );
+    assert!(
+        one.stdout.contains("Duty officer Aliyeva"),
+        "{}",
+        one.stdout
+    );
+    assert!(one.stdout.contains("OVERDUE"), "{}", one.stdout);
+    // A period that ends before the message: nothing.
+    let none = hotline_cli(
+        net.path(),
+        &["relay", "report", "-c", config, "--hours", "0", "--json"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        none.json().unwrap(),
+        serde_json::json!([]),
+        "{}",
+        none.stdout
+    );
+    relay.shutdown().await;
+}
+
+fn json(n: u64) -> serde_json::Value {
+    serde_json::json!(n)
+}
+
 /// A relay whose writer is idle between commits copies its write-ahead log into the
 /// database in the background (`crates/relay/src/checkpoint.rs`), not inside a commit: the
 /// rounds are timed and counted, none fails, and traffic flows on.

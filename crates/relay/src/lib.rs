@@ -17,6 +17,7 @@ mod hub;
 pub mod limits;
 mod metrics;
 mod queue;
+pub mod report;
 mod session;
 pub mod store;
 mod verifier;

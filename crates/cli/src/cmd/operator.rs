@@ -151,7 +151,7 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
 /// characters, which could move the cursor, recolour or overwrite what is already on the
 /// screen, and the bidirectional-override characters, which reorder what follows them, are
 /// shown escaped (`\u{1b}`). With `lines`, line breaks and tabs are kept (a body).
-fn shown(v: &Value, lines: bool) -> String {
+pub(crate) fn shown(v: &Value, lines: bool) -> String {
     let s = v.as_str().unwrap_or("");
     let unsafe_char = |c: char| {
         !(lines && (c == '\n' || c == '\t'))
@@ -171,7 +171,7 @@ fn shown(v: &Value, lines: bool) -> String {
         .collect()
 }
 
-fn ts(v: &Value) -> String {
+pub(crate) fn ts(v: &Value) -> String {
     match v.as_u64() {
         None => "-".into(),
         Some(ms) => {
@@ -182,7 +182,7 @@ fn ts(v: &Value) -> String {
     }
 }
 
-fn banner(v: &Value) -> &'static str {
+pub(crate) fn banner(v: &Value) -> &'static str {
     match v["status"].as_str() {
         Some("exercise") => "[EXERCISE] ",
         Some("test") => "[TEST] ",
@@ -272,7 +272,7 @@ fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
 }
 
 /// `s`, cut to at most `max` characters (an ellipsis marks a cut).
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }

@@ -31,6 +31,28 @@ enum RelayCommand {
         #[arg(long, default_value = "relay.key")]
         key: PathBuf,
     },
+    /// The network-wide picture from the relay's store: each message accepted in the period,
+    /// newest first, with how many of its recipients hold it, how many acknowledged it, and
+    /// how many are overdue; with `--id`, one message recipient by recipient. Times are the
+    /// recipients' signed receipts' (their clocks). Reads only; safe beside a running relay
+    /// (run it as the relay's user, which can read its data directory).
+    Report {
+        /// The relay configuration file (its `data_dir` holds the store).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The period: messages accepted in the last this many hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        /// At most this many messages, the newest.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One message, recipient by recipient.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the fingerprint of an existing certificate.
     Fingerprint {
         /// The certificate (PEM).
@@ -56,6 +78,16 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
             outln!("{}", id.fingerprint());
             Ok(())
         }
+        (
+            Some(RelayCommand::Report {
+                config,
+                hours,
+                limit,
+                id,
+                json,
+            }),
+            _,
+        ) => report(&config, hours, limit, id.as_deref(), json),
         (None, Some(config)) => serve(config),
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
     }
@@ -79,6 +111,105 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             Some(reason) => anyhow::bail!("the relay stopped on its own: {reason}"),
         }
     })
+}
+
+/// `hotline relay report`.
+fn report(
+    config: &std::path::Path,
+    hours: u64,
+    limit: usize,
+    id: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use super::operator::{banner, clip, shown, ts};
+    use serde_json::{json, Value};
+
+    let config = RelayConfig::load(config)?;
+    let db = config.data_dir.join(hotline_relay::store::DB_FILE);
+    if !db.exists() {
+        anyhow::bail!("{}: no relay store here (has the relay run?)", db.display());
+    }
+    let conn = hotline_store::open(&db, false)?;
+    if !hotline_relay::store::is_relay_store(&conn)? {
+        anyhow::bail!("{}: not a relay store", db.display());
+    }
+    let now = hotline_relay::now_ms();
+    let since = now.saturating_sub(hours.saturating_mul(3_600_000));
+    let tracked = hotline_relay::report::track(&conn, since, limit)
+        .with_context(|| format!("reading {}", db.display()))?;
+    let view = |t: &hotline_relay::report::Tracked| {
+        let e = &t.envelope;
+        let overdue: Vec<_> = t.overdue(now).map(|r| r.recipient.clone()).collect();
+        json!({
+            "id": e.id, "from": e.sender, "kind": e.kind, "precedence": e.precedence,
+            "status": e.status, "subject": e.subject, "created_at_ms": e.created_at_ms,
+            "accepted_at_ms": t.accepted_at_ms, "respond_by_ms": e.respond_by_ms,
+            "total": t.recipients.len(),
+            "delivered": t.recipients.iter().filter(|r| r.delivered_at_ms.is_some()).count(),
+            "acknowledged": t.recipients.iter().filter(|r| r.acked_at_ms.is_some()).count(),
+            "overdue": overdue.len(),
+            "recipients": t.recipients.iter().map(|r| json!({
+                "recipient": r.recipient, "delivered_at_ms": r.delivered_at_ms,
+                "acked_at_ms": r.acked_at_ms, "officer": r.officer,
+                "overdue": overdue.contains(&r.recipient),
+            })).collect::<Vec<_>>(),
+        })
+    };
+    if let Some(id) = id {
+        let m = tracked
+            .iter()
+            .find(|t| t.envelope.id.to_string() == id)
+            .with_context(|| format!("no message {id} accepted in the last {hours} h (--hours)"))?;
+        let v = view(m);
+        if json_out {
+            outln!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let mut out = format!(
+            "{}message {} from {}  {}  accepted {}  respond by {}\nsubject: {}\ndelivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
+            banner(&v), id, v["from"].as_str().unwrap_or(""), v["precedence"].as_str().unwrap_or(""),
+            ts(&v["accepted_at_ms"]), ts(&v["respond_by_ms"]), shown(&v["subject"], false),
+            v["delivered"], v["total"], v["acknowledged"], v["total"], v["overdue"],
+            "TO", "DELIVERED", "ACKNOWLEDGED", "OVERDUE"
+        );
+        for r in v["recipients"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n{:<8}  {:<13}  {:<13}  {:<8}  {}",
+                r["recipient"].as_str().unwrap_or(""),
+                ts(&r["delivered_at_ms"]),
+                ts(&r["acked_at_ms"]),
+                if r["overdue"] == true { "OVERDUE" } else { "" },
+                shown(&r["officer"], false),
+            ));
+        }
+        outln!("{out}");
+        return Ok(());
+    }
+    let all: Vec<Value> = tracked.iter().map(view).collect();
+    if json_out {
+        outln!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    let mut out = format!(
+        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  SUBJECT",
+        all.len(), "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "OVERDUE"
+    );
+    for v in &all {
+        out.push_str(&format!(
+            "\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {}{}",
+            v["id"].as_str().unwrap_or(""),
+            v["from"].as_str().unwrap_or(""),
+            v["precedence"].as_str().unwrap_or(""),
+            ts(&v["accepted_at_ms"]),
+            format!("{}/{}", v["delivered"], v["total"]),
+            format!("{}/{}", v["acknowledged"], v["total"]),
+            v["overdue"],
+            banner(v),
+            clip(&shown(&v["subject"], false), 60),
+        ));
+    }
+    outln!("{out}");
+    Ok(())
 }
 
 /// Waits for SIGTERM or SIGINT (shutdown; `None`) or for the relay to stop on its own (its

@@ -1,0 +1,154 @@
+//! The Secretariat's network-wide picture (`hotline relay report`): for each message the
+//! relay accepted in a period, who it went to and, for each recipient, when that
+//! recipient's node said it held the message and when a person there acknowledged it.
+//!
+//! Read from the relay's own store, which keeps every accepted message and every signed
+//! receipt for good: nothing here is a copy that could disagree with the signed record.
+//! Reads only (the store's schema is `store.rs`'s); safe beside a running relay (WAL).
+//!
+//! The times are the recipients' signing times (`Receipt.created_at_ms`, their clocks):
+//! what each recipient signed, and so can be held to. A receipt names its messages inside
+//! its signed bytes, so the report decodes the receipts stored since the oldest message of
+//! the period; it reads the newest messages and receipts first and stops at the period's
+//! start, so its cost follows the period, not the store's size.
+
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+
+use hotline_proto::{
+    codec, Envelope, MessageId, ParticipantId, Receipt, ReceiptKind, SignedPayload,
+};
+use hotline_store::StoreError;
+
+/// Receipts stored up to this long before the period's first message are read too: the
+/// relay's clock may have stepped back, and a receipt is never stored before its message.
+const CLOCK_STEP_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+/// One recipient of a message, as its receipts tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientState {
+    /// The recipient.
+    pub recipient: ParticipantId,
+    /// When it signed its first receipt naming the message (delivered, or an acknowledgement,
+    /// which implies it), its clock.
+    pub delivered_at_ms: Option<u64>,
+    /// When it signed its first acknowledgement of the message, its clock.
+    pub acked_at_ms: Option<u64>,
+    /// Who acknowledged it, as signed.
+    pub officer: Option<String>,
+}
+
+/// One accepted message and where it stands.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    /// The message (decoded from the stored bytes, which the relay verified when it accepted
+    /// them and checks at every start).
+    pub envelope: Envelope,
+    /// When the relay accepted it, the relay's clock.
+    pub accepted_at_ms: u64,
+    /// Its recipients, as routed when it was accepted, in that order.
+    pub recipients: Vec<RecipientState>,
+}
+
+impl Tracked {
+    /// Recipients whose acknowledgement is due (`respond_by_ms` has passed at `now_ms`) and
+    /// missing.
+    pub fn overdue(&self, now_ms: u64) -> impl Iterator<Item = &RecipientState> {
+        let due = self.envelope.respond_by_ms.is_some_and(|by| by <= now_ms);
+        self.recipients
+            .iter()
+            .filter(move |r| due && r.acked_at_ms.is_none())
+    }
+}
+
+fn undecodable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
+        format!("a stored {what} does not decode: {e}").into(),
+    ))
+}
+
+/// The messages accepted at or after `since_ms` (at most `limit`, the newest), newest
+/// first, each with its recipients' delivered and acknowledged times.
+pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Tracked>, StoreError> {
+    let mut out: Vec<Tracked> = Vec::new();
+    {
+        let mut st = conn
+            .prepare("SELECT bytes, recipients, accepted_at_ms FROM messages ORDER BY rseq DESC")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if out.len() >= limit {
+                break;
+            }
+            let accepted_at_ms: u64 = r.get(2)?;
+            if accepted_at_ms < since_ms {
+                break;
+            }
+            let bytes: Vec<u8> = r.get(0)?;
+            let envelope: Envelope = codec::decode(&bytes, Envelope::BYTES_MAX)
+                .map_err(|e| undecodable("message", e))?;
+            let listed: String = r.get(1)?;
+            let recipients = listed
+                .split(',')
+                .filter_map(|p| ParticipantId::new(p).ok())
+                .map(|recipient| RecipientState {
+                    recipient,
+                    delivered_at_ms: None,
+                    acked_at_ms: None,
+                    officer: None,
+                })
+                .collect();
+            out.push(Tracked {
+                envelope,
+                accepted_at_ms,
+                recipients,
+            });
+        }
+    }
+    let Some(oldest) = out.iter().map(|t| t.accepted_at_ms).min() else {
+        return Ok(out);
+    };
+    let index: HashMap<MessageId, usize> = out
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.envelope.id, i))
+        .collect();
+    let mut st = conn.prepare("SELECT bytes, stored_at_ms FROM receipts ORDER BY rseq DESC")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let stored_at_ms: u64 = r.get(1)?;
+        if stored_at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < oldest {
+            break;
+        }
+        let bytes: Vec<u8> = r.get(0)?;
+        let receipt: Receipt =
+            codec::decode(&bytes, Receipt::BYTES_MAX).map_err(|e| undecodable("receipt", e))?;
+        let officer = match &receipt.kind {
+            ReceiptKind::Acknowledged { officer, .. } => Some(officer),
+            _ => None,
+        };
+        for item in &receipt.items {
+            let Some(&i) = index.get(&item.id) else {
+                continue;
+            };
+            let Some(state) = out[i]
+                .recipients
+                .iter_mut()
+                .find(|s| s.recipient == receipt.recipient)
+            else {
+                continue;
+            };
+            let at = receipt.created_at_ms;
+            state.delivered_at_ms = Some(state.delivered_at_ms.map_or(at, |d| d.min(at)));
+            if let Some(officer) = officer {
+                // Receipts are read newest first: the earliest acknowledgement is the last
+                // one met, and its officer is the one kept.
+                if state.acked_at_ms.is_none_or(|a| at <= a) {
+                    state.acked_at_ms = Some(at);
+                    state.officer = Some(officer.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
