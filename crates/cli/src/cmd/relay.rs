@@ -203,7 +203,7 @@ fn report(
             ts(&v["accepted_at_ms"]),
             format!("{}/{}", v["delivered"], v["total"]),
             format!("{}/{}", v["acknowledged"], v["total"]),
-            v["overdue"],
+            v["overdue"].as_u64().unwrap_or(0),
             banner(v),
             clip(&shown(&v["subject"], false), 60),
         ));
