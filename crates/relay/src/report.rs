@@ -152,3 +152,133 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_proto::{
+        Audience, Kind, Precedence, ReceiptItem, Seq, Signed, SigningKey, Status, PROTOCOL_VERSION,
+    };
+    use rusqlite::params;
+
+    fn pid(s: &str) -> ParticipantId {
+        ParticipantId::new(s).expect("a valid id")
+    }
+
+    /// Stores a message accepted at `at` (as the writer would), returning its id.
+    fn message(conn: &Connection, seq: u64, at: u64) -> MessageId {
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: pid("KAZ"),
+            seq: Seq(seq),
+            audience: Audience::Participants(vec![pid("KGZ"), pid("SEC")]),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            created_at_ms: at,
+            respond_by_ms: Some(at + 1_000),
+            references: vec![],
+            category: None,
+            subject: format!("message {seq}"),
+            body: String::new(),
+        };
+        let s = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("signs");
+        conn.execute(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, ?7, 'KGZ,SEC')",
+            params![&env.id.0[..], seq, &s.digest().0[..], s.bytes(), &s.key().0[..], &s.signature().0[..], at],
+        )
+        .expect("stored");
+        env.id
+    }
+
+    /// Stores `who`'s receipt of `ids`, signed at `signed_at`, stored at `stored_at`.
+    fn receipt(
+        conn: &Connection,
+        who: &str,
+        kind: ReceiptKind,
+        ids: &[MessageId],
+        signed_at: u64,
+        stored_at: u64,
+    ) {
+        let r = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid(who),
+            kind,
+            created_at_ms: signed_at,
+            items: ids
+                .iter()
+                .map(|id| ReceiptItem {
+                    id: *id,
+                    sender: pid("KAZ"),
+                    digest: hotline_proto::Digest([0; 32]),
+                })
+                .collect(),
+        };
+        let s = Signed::sign(&r, &SigningKey::from_bytes(&[2; 32])).expect("signs");
+        conn.execute(
+            "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
+            params![signed_at as i64, &s.digest().0[..], who, s.bytes(), &s.key().0[..], &s.signature().0[..], stored_at],
+        )
+        .expect("stored");
+    }
+
+    fn ack(officer: &str) -> ReceiptKind {
+        ReceiptKind::Acknowledged {
+            officer: officer.into(),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn each_recipient_is_told_by_its_earliest_signed_receipts() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (_, conn) = crate::store::open_db(dir.path()).expect("opens");
+        const T: u64 = 1_800_000_000_000;
+        let old = message(&conn, 1, T - 10_000);
+        let a = message(&conn, 2, T);
+        let b = message(&conn, 3, T + 10);
+        receipt(
+            &conn,
+            "KGZ",
+            ReceiptKind::Delivered,
+            &[a, b],
+            T + 50,
+            T + 60,
+        );
+        // Two acknowledgements of `a`, the later-signed one stored first.
+        receipt(&conn, "KGZ", ack("Second officer"), &[a], T + 300, T + 310);
+        receipt(&conn, "KGZ", ack("First officer"), &[a], T + 200, T + 320);
+        // Not a recipient of `a`, and a message outside the period: neither counts.
+        receipt(&conn, "TJK", ack("Stranger"), &[a, old], T + 400, T + 410);
+
+        let report = track(&conn, T - 1, 100).expect("reads");
+        let ids: Vec<_> = report.iter().map(|t| t.envelope.id).collect();
+        assert_eq!(ids, vec![b, a], "the period's messages, newest first");
+        let kgz = |t: &Tracked| t.recipients[0].clone();
+        assert_eq!(
+            kgz(&report[1]),
+            RecipientState {
+                recipient: pid("KGZ"),
+                delivered_at_ms: Some(T + 50),
+                acked_at_ms: Some(T + 200),
+                officer: Some("First officer".into()),
+            }
+        );
+        assert_eq!(kgz(&report[0]).acked_at_ms, None);
+        assert_eq!(report[1].recipients.len(), 2);
+        assert_eq!(
+            report[1].recipients[1].delivered_at_ms, None,
+            "SEC has nothing"
+        );
+        let overdue: Vec<_> = report[1]
+            .overdue(T + 1_000)
+            .map(|r| r.recipient.as_str())
+            .collect();
+        assert_eq!(overdue, ["SEC"]);
+        assert_eq!(report[1].overdue(T + 999).count(), 0, "not yet due");
+        assert_eq!(track(&conn, T - 1, 1).expect("reads").len(), 1, "the limit");
+    }
+}
