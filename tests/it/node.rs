@@ -1473,25 +1473,13 @@ async fn text_from_other_participants_cannot_forge_log_lines() {
     relay.shutdown().await;
 }
 
-/// A relay that forges: the node, not the relay, is the last check. An impostor relay (it
-/// holds the relay's certificate, as a compromised relay would) delivers to KGZ a message
-/// whose bytes were altered after KAZ signed them, one signed by a key not on the roster
-/// for KAZ, a genuine one addressed to SEC alone, and a genuine one for KGZ twice. KGZ shows
-/// the genuine one for it once and none of the others, logs those as quarantined, and still
-/// receipts all four (the forgeries by digest), so that an honest relay would stop
-/// redelivering them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_shows_nothing_a_forging_relay_delivers() {
-    use hotline_proto::frame::{NodeToRelay, RelayToNode};
-    use hotline_proto::{Audience, Envelope, Kind, MessageId, Precedence, Seq, Status};
-
-    let net = net();
-    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
-
-    let envelope = |seq: u64, subject: &str| Envelope {
+/// A FLASH alert from `sender` to KGZ alone, for an impostor relay to deliver.
+fn flash_to_kgz(sender: &str, seq: u64, subject: &str, body: &str) -> hotline_proto::Envelope {
+    use hotline_proto::{Audience, Kind, MessageId, Precedence, Seq, Status};
+    hotline_proto::Envelope {
         version: hotline_proto::PROTOCOL_VERSION,
         id: MessageId::random(),
-        sender: pid("KAZ"),
+        sender: pid(sender),
         seq: Seq(seq),
         audience: Audience::Participants(vec![pid("KGZ")]),
         kind: Kind::Alert,
@@ -1502,7 +1490,27 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
         references: vec![],
         category: None,
         subject: subject.into(),
-        body: "Exercise STEPPE-24 from 06:00Z.".into(),
+        body: body.into(),
+    }
+}
+
+/// A relay that forges: the node, not the relay, is the last check. An impostor relay (it
+/// holds the relay's certificate, as a compromised relay would) delivers to KGZ a message
+/// whose bytes were altered after KAZ signed them, one signed by a key not on the roster
+/// for KAZ, a genuine one addressed to SEC alone, and a genuine one for KGZ twice. KGZ shows
+/// the genuine one for it once and none of the others, logs those as quarantined, and still
+/// receipts all four (the forgeries by digest), so that an honest relay would stop
+/// redelivering them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shows_nothing_a_forging_relay_delivers() {
+    use hotline_proto::frame::{NodeToRelay, RelayToNode};
+    use hotline_proto::{Audience, Envelope};
+
+    let net = net();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
+
+    let envelope = |seq: u64, subject: &str| {
+        flash_to_kgz("KAZ", seq, subject, "Exercise STEPPE-24 from 06:00Z.")
     };
     let kaz = net.key("KAZ");
     let genuine = Signed::sign(&envelope(1, "genuine"), &kaz).unwrap();
@@ -1589,28 +1597,12 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     use hotline_proto::frame::RelayToNode;
-    use hotline_proto::{Audience, Envelope, Kind, MessageId, Precedence, Seq, Status};
 
     let net = net();
     let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
     let mut events = kgz.events().await.unwrap();
     let tjk = SigningKey::from_bytes(&[0x7A; 32]);
-    let envelope = |subject: &str| Envelope {
-        version: hotline_proto::PROTOCOL_VERSION,
-        id: MessageId::random(),
-        sender: pid("TJK"),
-        seq: Seq(1),
-        audience: Audience::Participants(vec![pid("KGZ")]),
-        kind: Kind::Alert,
-        precedence: Precedence::Flash,
-        status: Status::Actual,
-        created_at_ms: now_ms(),
-        respond_by_ms: None,
-        references: vec![],
-        category: None,
-        subject: subject.into(),
-        body: "Flooding on the Vakhsh.".into(),
-    };
+    let envelope = |subject: &str| flash_to_kgz("TJK", 1, subject, "Flooding on the Vakhsh.");
     let early = Signed::sign(&envelope("from a new member"), &tjk).unwrap();
     let early_id = early.decode_unverified().unwrap().id;
     let forged = Signed::sign(&envelope("forged"), &SigningKey::from_bytes(&[9; 32])).unwrap();
