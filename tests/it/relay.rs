@@ -1420,6 +1420,9 @@ async fn the_relay_report_shows_who_holds_and_who_acknowledged_each_message() {
         note: None,
     };
     kgz.receipt_stored(ack, &[got]).await.unwrap();
+    // A later message without a deadline: listed, never overdue.
+    let plain = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "Notice");
+    kaz.submit_wait(&kaz.sign(&plain)).await.unwrap().unwrap();
 
     let config = net.relay_config.to_str().unwrap();
     let out = hotline_cli(net.path(), &["relay", "report", "-c", config, "--json"])
@@ -1427,8 +1430,10 @@ async fn the_relay_report_shows_who_holds_and_who_acknowledged_each_message() {
         .unwrap();
     let all = out.json().unwrap();
     let all = all.as_array().unwrap();
-    assert_eq!(all.len(), 1, "{all:?}");
-    let m = &all[0];
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0]["id"], plain.id.to_string().as_str(), "newest first");
+    assert_eq!(all[0]["overdue"], 0);
+    let m = &all[1];
     assert_eq!(m["id"], env.id.to_string().as_str());
     assert_eq!(
         (
@@ -1467,6 +1472,20 @@ async fn the_relay_report_shows_who_holds_and_who_acknowledged_each_message() {
         one.stdout
     );
     assert!(one.stdout.contains("OVERDUE"), "{}", one.stdout);
+    let overdue = hotline_cli(
+        net.path(),
+        &["relay", "report", "-c", config, "--overdue", "--json"],
+    )
+    .await
+    .unwrap();
+    let overdue = overdue.json().unwrap();
+    let ids: Vec<_> = overdue
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![serde_json::json!(env.id.to_string())]);
     // A period that ends before the message: nothing.
     let none = hotline_cli(
         net.path(),

@@ -47,8 +47,12 @@ enum RelayCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         /// One message, recipient by recipient.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "overdue")]
         id: Option<String>,
+        /// Only messages with a recipient whose acknowledgement is overdue (for a script
+        /// that pages the Secretariat's duty officer).
+        #[arg(long)]
+        overdue: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -84,10 +88,11 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
                 hours,
                 limit,
                 id,
+                overdue,
                 json,
             }),
             _,
-        ) => report(&config, hours, limit, id.as_deref(), json),
+        ) => report(&config, hours, limit, id.as_deref(), overdue, json),
         (None, Some(config)) => serve(config),
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
     }
@@ -119,6 +124,7 @@ fn report(
     hours: u64,
     limit: usize,
     id: Option<&str>,
+    overdue_only: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
     use super::operator::{banner, clip, shown, ts};
@@ -185,7 +191,11 @@ fn report(
         outln!("{out}");
         return Ok(());
     }
-    let all: Vec<Value> = tracked.iter().map(view).collect();
+    let all: Vec<Value> = tracked
+        .iter()
+        .filter(|t| !overdue_only || t.overdue(now).next().is_some())
+        .map(view)
+        .collect();
     if json_out {
         outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
