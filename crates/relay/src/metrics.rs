@@ -116,22 +116,6 @@ pub(crate) struct Metrics {
     pub(crate) roster_version: AtomicU64,
 }
 
-/// Sets each participant's value in `map`, cloning an id only the first time it is seen.
-fn set_each<'a>(
-    map: &Mutex<HashMap<ParticipantId, i64>>,
-    values: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
-) {
-    let mut d = map.lock().unwrap_or_else(|p| p.into_inner());
-    for (p, n) in values {
-        match d.get_mut(p) {
-            Some(v) => *v = n,
-            None => {
-                d.insert(p.clone(), n);
-            }
-        }
-    }
-}
-
 impl Metrics {
     pub(crate) fn new() -> Self {
         Self {
@@ -236,16 +220,33 @@ impl Metrics {
         &self,
         depths: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
     ) {
-        set_each(&self.depths, depths);
+        let mut d = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, n) in depths {
+            match d.get_mut(p) {
+                Some(v) => *v = n,
+                None => {
+                    d.insert(p.clone(), n);
+                }
+            }
+        }
     }
 
-    /// Records how many receipts wait to be forwarded to each participant given (the others
-    /// keep theirs).
-    pub(crate) fn set_forward_depths<'a>(
-        &self,
-        depths: impl IntoIterator<Item = (&'a ParticipantId, i64)>,
-    ) {
-        set_each(&self.forward_depths, depths);
+    /// Adds a committed batch's changes to how many receipts are held for each sender
+    /// (the store writer is the only caller: at open, the counts; after each commit, what
+    /// it queued less what senders confirmed).
+    pub(crate) fn add_forward_depths(&self, deltas: &HashMap<ParticipantId, i64>) {
+        let mut d = self
+            .forward_depths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (p, n) in deltas {
+            match d.get_mut(p) {
+                Some(v) => *v = (*v + n).max(0),
+                None => {
+                    d.insert(p.clone(), (*n).max(0));
+                }
+            }
+        }
     }
 
     /// Messages queued for `p` as of the last commit (0 if none). The writer publishes

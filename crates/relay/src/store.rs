@@ -870,8 +870,9 @@ struct Pending {
     /// What to post to sessions' mailboxes once the batch has committed.
     posts: Vec<(ParticipantId, Kind, Posted)>,
     replies: Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>,
-    /// Forwarded receipts this batch's `ReceiptsStored` took out of `rqueue`, by sender.
-    unforwarded: HashMap<ParticipantId, i64>,
+    /// How this batch changes each sender's row count in `rqueue` (receipts queued for it,
+    /// less those its `ReceiptsStored` took out): `hotline_relay_forward_queue_depth`.
+    forward_delta: HashMap<ParticipantId, i64>,
     accepted: u64,
     receipts: u64,
     latencies_ms: Vec<u64>,
@@ -887,9 +888,6 @@ pub(crate) struct Writer {
     cursors: HashMap<ParticipantId, i64>,
     /// Recipients that may have rows in `ahead` (a hint: a spare one costs a statement).
     ahead: HashSet<ParticipantId>,
-    /// Receipts in `rqueue` for each sender, as committed (the metric
-    /// `hotline_relay_forward_queue_depth`).
-    forward: HashMap<ParticipantId, i64>,
     /// The newest committed message position.
     newest: i64,
     ctx: WriterContext,
@@ -922,27 +920,25 @@ impl Writer {
         )?;
         let loaded = load_queues(&conn)?;
         *ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
-        let mut forward = HashMap::new();
         {
             let mut st =
                 conn.prepare("SELECT recipient, count(*) FROM rqueue GROUP BY recipient")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut counts = HashMap::new();
             for row in rows {
                 let (p, n) = row?;
                 if let Ok(p) = ParticipantId::new(&p) {
-                    forward.insert(p, n);
+                    counts.insert(p, n);
                 }
             }
+            ctx.metrics.add_forward_depths(&counts);
         }
-        ctx.metrics
-            .set_forward_depths(forward.iter().map(|(p, n)| (p, *n)));
         let w = Self {
             conn,
             journal,
             last_seq,
             cursors: loaded.cursors,
             ahead: loaded.ahead,
-            forward,
             newest: loaded.newest,
             ctx,
             held: HeldCache::new(),
@@ -960,42 +956,6 @@ impl Writer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .total()
-    }
-
-    /// Applies a committed batch's forwarded receipts (queued in `posts`, taken out by
-    /// `unforwarded`) to the per-sender counts, and publishes the changed ones.
-    fn count_forwards(
-        &mut self,
-        posts: &[(ParticipantId, Kind, Posted)],
-        unforwarded: &HashMap<ParticipantId, i64>,
-    ) {
-        let mut touched: HashSet<&ParticipantId> = HashSet::new();
-        for (r, kind, _) in posts {
-            if *kind != Kind::Receipt {
-                continue;
-            }
-            match self.forward.get_mut(r) {
-                Some(n) => *n += 1,
-                None => {
-                    self.forward.insert(r.clone(), 1);
-                }
-            }
-            touched.insert(r);
-        }
-        for (r, n) in unforwarded {
-            if let Some(v) = self.forward.get_mut(r) {
-                *v = (*v - n).max(0);
-            }
-            touched.insert(r);
-        }
-        if !touched.is_empty() {
-            let forward = &self.forward;
-            self.ctx.metrics.set_forward_depths(
-                touched
-                    .into_iter()
-                    .map(|r| (r, forward.get(r).copied().unwrap_or(0))),
-            );
-        }
     }
 
     fn publish_depths(&self) {
@@ -1174,7 +1134,7 @@ impl Writer {
             newest: self.newest,
             posts: Vec::new(),
             replies: Vec::with_capacity(size),
-            unforwarded: HashMap::new(),
+            forward_delta: HashMap::new(),
             accepted: 0,
             receipts: 0,
             latencies_ms: Vec::new(),
@@ -1241,7 +1201,7 @@ impl Writer {
                             n += st.execute(params![participant.as_str(), &d.0[..]])? as i64;
                         }
                         if n > 0 {
-                            *p.unforwarded.entry(participant).or_default() += n;
+                            *p.forward_delta.entry(participant).or_default() -= n;
                         }
                     }
                 }
@@ -1298,7 +1258,9 @@ impl Writer {
                         .metrics
                         .set_queue_depths(touched.into_iter().map(|r| (r, ix.len(r) as i64)));
                 }
-                self.count_forwards(&p.posts, &p.unforwarded);
+                if !p.forward_delta.is_empty() {
+                    self.ctx.metrics.add_forward_depths(&p.forward_delta);
+                }
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
                     // this only fails if the session has gone, which is fine: the node
@@ -1739,6 +1701,12 @@ fn store_receipt(
         )?;
         for s in senders {
             if fwd.execute(params![s.as_str(), receipt_rseq, &digest.0[..]])? > 0 {
+                match p.forward_delta.get_mut(&s) {
+                    Some(n) => *n += 1,
+                    None => {
+                        p.forward_delta.insert(s.clone(), 1);
+                    }
+                }
                 p.posts.push((
                     s,
                     Kind::Receipt,
