@@ -247,11 +247,9 @@ impl Hub {
         }
     }
 
-    /// Participants with a live session.
-    pub(crate) fn connected(&self) -> Vec<ParticipantId> {
-        let mut v: Vec<_> = self.lock().keys().cloned().collect();
-        v.sort();
-        v
+    /// How many participants have a live session.
+    pub(crate) fn session_count(&self) -> usize {
+        self.lock().len()
     }
 
     /// Participants with a live session and each one's connection, in participant order

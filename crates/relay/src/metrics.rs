@@ -538,7 +538,7 @@ pub(crate) async fn serve(
         .route(
             "/health",
             get(move || {
-                let sessions = hub.connected().len();
+                let sessions = hub.session_count();
                 let roster = metrics.roster_version.load(Relaxed);
                 async move {
                     axum::Json(serde_json::json!({
