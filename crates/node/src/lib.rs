@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use hotline_proto::{ParticipantId, Roster, SigningKey, Verified};
+use hotline_proto::{Envelope, ParticipantId, Roster, SigningKey, Verified};
 
 pub use config::{ConfigError, NodeConfig};
 use events::Event;
@@ -142,8 +142,7 @@ impl NodeState {
         let passed: Vec<_> = held
             .into_iter()
             .filter_map(|q| {
-                let env = roster.verify_envelope(&q.signed).ok()?.into_parts().0;
-                let env = link::addressed_to(env, &self.me).ok()?;
+                let env = link::check_delivery(&roster, &q.signed, &self.me).ok()?;
                 Some((q.digest, env))
             })
             .collect();
@@ -159,13 +158,26 @@ impl NodeState {
         };
         for env in &released {
             info!(msg = %env.id, from = %env.sender, roster = roster.version, "released from quarantine: the message verifies against the roster now in force");
-            announce(self, env, false);
         }
-        if !released.is_empty() {
-            let ids: Vec<_> = released.iter().map(|e| e.id).collect();
-            if let Err(e) = self.store().mark_announced(&ids) {
-                error!(error = %e, "cannot record announced messages; they will be announced again at restart");
-            }
+        self.announce_stored(&released);
+    }
+
+    /// Announces messages just stored in the inbox (log, event, `on_message` hook) and
+    /// records them as announced. If that record is lost to a crash they are announced
+    /// again at the next start: an operator may be told twice, never not at all.
+    pub(crate) fn announce_stored<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) {
+        let ids: Vec<_> = envs
+            .into_iter()
+            .map(|env| {
+                announce(self, env, false);
+                env.id
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().mark_announced(&ids) {
+            error!(error = %e, "cannot record announced messages; they will be announced again at restart");
         }
     }
 

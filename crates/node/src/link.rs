@@ -541,15 +541,10 @@ impl Link<'_> {
         batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>,
     ) -> Result<(), NetError> {
         let roster = self.state.roster.borrow().clone();
-        let me = &self.state.me;
         let checked: Vec<_> = batch
             .into_iter()
             .map(|s| {
-                let r = roster
-                    .verify_envelope(&s)
-                    .map(|v| v.into_parts().0)
-                    .map_err(|e| e.to_string())
-                    .and_then(|env| addressed_to(env, me));
+                let r = check_delivery(&roster, &s, &self.state.me);
                 (s, r)
             })
             .collect();
@@ -563,13 +558,10 @@ impl Link<'_> {
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
-        let mut announced = Vec::new();
+        let mut new = Vec::new();
         for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
-                (Ok(env), Stored::New) => {
-                    crate::announce(self.state, env, false);
-                    announced.push(env.id);
-                }
+                (Ok(env), Stored::New) => new.push(env),
                 (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
                 (_, Stored::Quarantined(reason)) => {
                     error!(%reason, "delivered message quarantined, not shown")
@@ -577,13 +569,7 @@ impl Link<'_> {
                 _ => {}
             }
         }
-        if !announced.is_empty() {
-            // If this is lost to a crash the messages are announced again at the next start:
-            // an operator may be told twice, never not at all.
-            if let Err(e) = self.state.store().mark_announced(&announced) {
-                error!(error = %e, "cannot record announced messages; they will be announced again at restart");
-            }
-        }
+        self.state.announce_stored(new);
         // Receipted together with whatever else is stored within the pace.
         if self
             .pacer
@@ -748,11 +734,22 @@ impl Link<'_> {
     }
 }
 
-/// A verified message, unless its audience is a list of participants that does not name
-/// `me` (PROTOCOL.md 7.1): a relay delivered it to the wrong node, and its operator must not
-/// take it as addressed to them. A group or "all" audience is not checked: resolving it needs
-/// this node's roster, and one older than the relay's would hide a genuine message.
-pub(crate) fn addressed_to(env: Envelope, me: &ParticipantId) -> Result<Envelope, String> {
+/// What a delivered message must pass to be shown (PROTOCOL.md 7.1), for a delivery and for
+/// a quarantined one checked again: its signature against `roster`, then its audience. A
+/// list of participants must name `me`: otherwise a relay delivered it to the wrong node,
+/// and its operator must not take it as addressed to them. A group or "all" audience is not
+/// checked: resolving it needs this node's roster, and one older than the relay's would
+/// hide a genuine message. The error is the quarantine's reason.
+pub(crate) fn check_delivery(
+    roster: &hotline_proto::Verified<hotline_proto::Roster>,
+    signed: &hotline_proto::Signed<Envelope>,
+    me: &ParticipantId,
+) -> Result<Envelope, String> {
+    let env = roster
+        .verify_envelope(signed)
+        .map_err(|e| e.to_string())?
+        .into_parts()
+        .0;
     match &env.audience {
         hotline_proto::Audience::Participants(ids) if !ids.contains(me) => Err(format!(
             "not addressed to {me}: its audience names {} other participant(s)",
