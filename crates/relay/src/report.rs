@@ -55,10 +55,14 @@ impl Tracked {
     /// Recipients whose acknowledgement is due (`respond_by_ms` has passed at `now_ms`) and
     /// missing.
     pub fn overdue(&self, now_ms: u64) -> impl Iterator<Item = &RecipientState> {
-        let due = self.envelope.respond_by_ms.is_some_and(|by| by <= now_ms);
         self.recipients
             .iter()
-            .filter(move |r| due && r.acked_at_ms.is_none())
+            .filter(move |r| self.is_overdue(r, now_ms))
+    }
+
+    /// Whether `r`'s acknowledgement is due at `now_ms` and missing.
+    pub fn is_overdue(&self, r: &RecipientState, now_ms: u64) -> bool {
+        r.acked_at_ms.is_none() && self.envelope.respond_by_ms.is_some_and(|by| by <= now_ms)
     }
 }
 

@@ -323,23 +323,31 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
 }
 
 fn matrix_text(m: &Value) -> String {
-    let mut out = format!(
-        "state: {}  delivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
+    format!(
+        "state: {}  {}",
         m["state"].as_str().unwrap_or(""),
+        recipients_text(m, |r| r["overdue_at_ms"].is_u64()
+            && !r["acked_at_ms"].is_u64())
+    )
+}
+
+/// A message's counts and its table of recipients (`recipients`: `recipient`,
+/// `delivered_at_ms`, `acked_at_ms`, `officer`), as the sender's node (`hotline status`) and
+/// the relay (`hotline relay report --id`) both show them; `overdue` tells a row's state.
+pub(crate) fn recipients_text(m: &Value, overdue: impl Fn(&Value) -> bool) -> String {
+    let mut out =
+        format!(
+        "delivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
         m["delivered"], m["total"], m["acknowledged"], m["total"], m["overdue"],
         "TO", "DELIVERED", "ACKNOWLEDGED", "OVERDUE"
     );
-    for r in m["recipients"].as_array().cloned().unwrap_or_default() {
+    for r in m["recipients"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\n{:<8}  {:<13}  {:<13}  {:<8}  {}",
             r["recipient"].as_str().unwrap_or(""),
             ts(&r["delivered_at_ms"]),
             ts(&r["acked_at_ms"]),
-            if r["overdue_at_ms"].is_u64() && !r["acked_at_ms"].is_u64() {
-                "OVERDUE"
-            } else {
-                ""
-            },
+            if overdue(r) { "OVERDUE" } else { "" },
             shown(&r["officer"], false),
         ));
     }

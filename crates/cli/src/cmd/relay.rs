@@ -127,7 +127,7 @@ fn report(
     overdue_only: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    use super::operator::{banner, clip, shown, ts};
+    use super::operator::{banner, clip, recipients_text, shown, ts};
     use serde_json::{json, Value};
 
     let config = RelayConfig::load(config)?;
@@ -145,7 +145,6 @@ fn report(
         .with_context(|| format!("reading {}", db.display()))?;
     let view = |t: &hotline_relay::report::Tracked| {
         let e = &t.envelope;
-        let overdue: Vec<_> = t.overdue(now).map(|r| r.recipient.clone()).collect();
         json!({
             "id": e.id, "from": e.sender, "kind": e.kind, "precedence": e.precedence,
             "status": e.status, "subject": e.subject, "created_at_ms": e.created_at_ms,
@@ -153,11 +152,11 @@ fn report(
             "total": t.recipients.len(),
             "delivered": t.recipients.iter().filter(|r| r.delivered_at_ms.is_some()).count(),
             "acknowledged": t.recipients.iter().filter(|r| r.acked_at_ms.is_some()).count(),
-            "overdue": overdue.len(),
+            "overdue": t.overdue(now).count(),
             "recipients": t.recipients.iter().map(|r| json!({
                 "recipient": r.recipient, "delivered_at_ms": r.delivered_at_ms,
                 "acked_at_ms": r.acked_at_ms, "officer": r.officer,
-                "overdue": overdue.contains(&r.recipient),
+                "overdue": t.is_overdue(r, now),
             })).collect::<Vec<_>>(),
         })
     };
@@ -171,24 +170,17 @@ fn report(
             outln!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
-        let mut out = format!(
-            "{}message {} from {}  {}  accepted {}  respond by {}\nsubject: {}\ndelivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
-            banner(&v), id, v["from"].as_str().unwrap_or(""), v["precedence"].as_str().unwrap_or(""),
-            ts(&v["accepted_at_ms"]), ts(&v["respond_by_ms"]), shown(&v["subject"], false),
-            v["delivered"], v["total"], v["acknowledged"], v["total"], v["overdue"],
-            "TO", "DELIVERED", "ACKNOWLEDGED", "OVERDUE"
+        outln!(
+            "{}message {} from {}  {}  accepted {}  respond by {}\nsubject: {}\n{}",
+            banner(&v),
+            id,
+            v["from"].as_str().unwrap_or(""),
+            v["precedence"].as_str().unwrap_or(""),
+            ts(&v["accepted_at_ms"]),
+            ts(&v["respond_by_ms"]),
+            shown(&v["subject"], false),
+            recipients_text(&v, |r| r["overdue"] == true)
         );
-        for r in v["recipients"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "\n{:<8}  {:<13}  {:<13}  {:<8}  {}",
-                r["recipient"].as_str().unwrap_or(""),
-                ts(&r["delivered_at_ms"]),
-                ts(&r["acked_at_ms"]),
-                if r["overdue"] == true { "OVERDUE" } else { "" },
-                shown(&r["officer"], false),
-            ));
-        }
-        outln!("{out}");
         return Ok(());
     }
     let all: Vec<Value> = tracked
