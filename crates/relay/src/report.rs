@@ -84,33 +84,59 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
             if out.len() >= limit {
                 break;
             }
-            let accepted_at_ms: u64 = r.get(2)?;
-            if accepted_at_ms < since_ms {
+            let t = tracked(r)?;
+            if t.accepted_at_ms < since_ms {
                 break;
             }
-            let bytes: Vec<u8> = r.get(0)?;
-            let envelope: Envelope = codec::decode(&bytes, Envelope::BYTES_MAX)
-                .map_err(|e| undecodable("message", e))?;
-            let listed: String = r.get(1)?;
-            let recipients = listed
-                .split(',')
-                .filter_map(|p| ParticipantId::new(p).ok())
-                .map(|recipient| RecipientState {
-                    recipient,
-                    delivered_at_ms: None,
-                    acked_at_ms: None,
-                    officer: None,
-                })
-                .collect();
-            out.push(Tracked {
-                envelope,
-                accepted_at_ms,
-                recipients,
-            });
+            out.push(t);
         }
     }
+    add_receipts(conn, &mut out)?;
+    Ok(out)
+}
+
+/// One message, by id (`None` if the relay never accepted it), with its recipients'
+/// delivered and acknowledged times.
+pub fn track_one(conn: &Connection, id: &MessageId) -> Result<Option<Tracked>, StoreError> {
+    let one = conn
+        .prepare("SELECT bytes, recipients, accepted_at_ms FROM messages WHERE id = ?1")?
+        .query([&id.0[..]])?
+        .next()?
+        .map(tracked)
+        .transpose()?;
+    let mut out: Vec<Tracked> = one.into_iter().collect();
+    add_receipts(conn, &mut out)?;
+    Ok(out.pop())
+}
+
+/// A message row (`bytes, recipients, accepted_at_ms`), nobody's receipt read yet.
+fn tracked(r: &rusqlite::Row<'_>) -> Result<Tracked, StoreError> {
+    let bytes: Vec<u8> = r.get(0)?;
+    let envelope: Envelope =
+        codec::decode(&bytes, Envelope::BYTES_MAX).map_err(|e| undecodable("message", e))?;
+    let listed: String = r.get(1)?;
+    let recipients = listed
+        .split(',')
+        .filter_map(|p| ParticipantId::new(p).ok())
+        .map(|recipient| RecipientState {
+            recipient,
+            delivered_at_ms: None,
+            acked_at_ms: None,
+            officer: None,
+        })
+        .collect();
+    Ok(Tracked {
+        envelope,
+        accepted_at_ms: r.get(2)?,
+        recipients,
+    })
+}
+
+/// Fills in `out`'s recipients from the receipts stored since the oldest of them was
+/// accepted (newest first, stopping there).
+fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError> {
     let Some(oldest) = out.iter().map(|t| t.accepted_at_ms).min() else {
-        return Ok(out);
+        return Ok(());
     };
     let index: HashMap<MessageId, usize> = out
         .iter()
@@ -154,7 +180,7 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -284,5 +310,13 @@ mod tests {
         assert_eq!(overdue, ["SEC"]);
         assert_eq!(report[1].overdue(T + 999).count(), 0, "not yet due");
         assert_eq!(track(&conn, T - 1, 1).expect("reads").len(), 1, "the limit");
+        let one = track_one(&conn, &a).expect("reads").expect("held");
+        assert_eq!(
+            one.recipients, report[1].recipients,
+            "by id, the same picture"
+        );
+        assert!(track_one(&conn, &MessageId::random())
+            .expect("reads")
+            .is_none());
     }
 }

@@ -141,8 +141,6 @@ fn report(
     }
     let now = hotline_relay::now_ms();
     let since = now.saturating_sub(hours.saturating_mul(3_600_000));
-    let tracked = hotline_relay::report::track(&conn, since, limit)
-        .with_context(|| format!("reading {}", db.display()))?;
     let view = |t: &hotline_relay::report::Tracked| {
         let e = &t.envelope;
         json!({
@@ -160,12 +158,15 @@ fn report(
             })).collect::<Vec<_>>(),
         })
     };
+    let reading = || format!("reading {}", db.display());
     if let Some(id) = id {
-        let m = tracked
-            .iter()
-            .find(|t| t.envelope.id.to_string() == id)
-            .with_context(|| format!("no message {id} accepted in the last {hours} h (--hours)"))?;
-        let v = view(m);
+        let not_found = || format!("no message {id} accepted in the last {hours} h (--hours)");
+        let id: hotline_proto::MessageId = id.parse().ok().with_context(not_found)?;
+        let m = hotline_relay::report::track_one(&conn, &id)
+            .with_context(reading)?
+            .filter(|t| t.accepted_at_ms >= since)
+            .with_context(not_found)?;
+        let v = view(&m);
         if json_out {
             outln!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
@@ -183,6 +184,7 @@ fn report(
         );
         return Ok(());
     }
+    let tracked = hotline_relay::report::track(&conn, since, limit).with_context(reading)?;
     let all: Vec<Value> = tracked
         .iter()
         .filter(|t| !overdue_only || t.overdue(now).next().is_some())
