@@ -7,6 +7,7 @@
 //! so a crash can never reuse a number; a delivered receipt is signed only for messages
 //! whose storing transaction is the one that records the receipt.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -891,6 +892,7 @@ impl NodeStore {
     ) -> Result<Vec<Forwarded>, StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(receipts.len());
+            let mut sent_digests: HashMap<MessageId, Option<Digest>> = HashMap::new();
             for r in receipts {
                 let s = r.signed();
                 let d = s.digest();
@@ -907,12 +909,22 @@ impl NodeStore {
                     // The item must name the bytes this node signed: a recipient that was
                     // handed altered content under this id (and quarantined it) receipts
                     // that content's digest, and must not be counted as having ours.
-                    let sent: Option<Vec<u8>> = tx
-                        .prepare_cached("SELECT bytes FROM sent WHERE id = ?1")?
-                        .query_row([&item.id.0[..]], |row| row.get(0))
-                        .optional()?;
+                    // Read and hashed once per message in a batch: a fan-out's receipts from
+                    // every recipient name the same message.
+                    let sent = match sent_digests.get(&item.id) {
+                        Some(d) => *d,
+                        None => {
+                            let d = tx
+                                .prepare_cached("SELECT bytes, key, sig FROM sent WHERE id = ?1")?
+                                .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
+                                .optional()?
+                                .map(|s| s.digest());
+                            sent_digests.insert(item.id, d);
+                            d
+                        }
+                    };
                     match sent {
-                        Some(bytes) if Digest::of(&[<Envelope as hotline_proto::SignedPayload>::DOMAIN, &bytes]) == item.digest => {}
+                        Some(d) if d == item.digest => {}
                         Some(_) => {
                             news.mismatched.push(item.id);
                             continue;
