@@ -260,7 +260,7 @@ fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
                 ts(&q["received_at_ms"]),
                 q["digest"].as_str().unwrap_or("").get(..16).unwrap_or(""),
                 claim["from"].as_str().unwrap_or("?"),
-                clip(&shown(&claim["subject"], false), 32),
+                super::roster::shorten(&shown(&claim["subject"], false), 32),
                 shown(&q["reason"], false),
             ));
         }
@@ -269,16 +269,6 @@ fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
         }
         out
     })
-}
-
-/// `s`, cut to at most `max` characters (an ellipsis marks a cut).
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut c: String = s.chars().take(max - 1).collect();
-    c.push('…');
-    c
 }
 
 /// `hotline show ID` / `hotline status ID`.
@@ -504,7 +494,10 @@ mod tests {
             shown(&json!("Incident at the border"), false),
             "Incident at the border"
         );
-        assert_eq!(clip("Incident at the border", 9), "Incident…");
+        assert_eq!(
+            super::super::roster::shorten("Incident at the border", 9),
+            "Incident…"
+        );
     }
 
     #[test]

@@ -127,7 +127,8 @@ fn report(
     overdue_only: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    use super::operator::{banner, clip, recipients_text, shown, ts};
+    use super::operator::{banner, recipients_text, shown, ts};
+    use super::roster::shorten;
     use serde_json::{json, Value};
 
     let config = RelayConfig::load(config)?;
@@ -209,7 +210,7 @@ fn report(
             format!("{}/{}", v["acknowledged"], v["total"]),
             v["overdue"].as_u64().unwrap_or(0),
             banner(v),
-            clip(&shown(&v["subject"], false), 60),
+            shorten(&shown(&v["subject"], false), 60),
         ));
     }
     outln!("{out}");

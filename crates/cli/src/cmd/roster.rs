@@ -643,7 +643,7 @@ fn now_ms() -> Result<u64> {
 }
 
 /// `s` cut to `max` characters, with an ellipsis if cut.
-fn shorten(s: &str, max: usize) -> String {
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }
