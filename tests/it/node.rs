@@ -1688,6 +1688,113 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// The quarantine is bounded (`quarantine_max_bytes`): once full, a delivery failing its
+/// checks is neither stored nor receipted, so the relay keeps it; the operator sees the
+/// quarantine full, discards what is held (`hotline discard`, by the digest's start), and the
+/// next delivery of the refused one is held and receipted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
+    use hotline_proto::frame::{NodeToRelay, RelayToNode};
+
+    let net = net();
+    let setup = NodeSetup {
+        quarantine_max_bytes: Some(1),
+        ..NodeSetup::default()
+    };
+    let (mut relay, mut kgz) = net.node_with_impostor_setup("KGZ", setup).await.unwrap();
+    let forger = SigningKey::from_bytes(&[9; 32]);
+    let forged =
+        |subject: &str| Signed::sign(&flash_to_kgz("KAZ", 1, subject, "Forged."), &forger).unwrap();
+    let (first, second) = (forged("first forgery"), forged("second forgery"));
+    relay
+        .send(&[RelayToNode::Deliver(first.clone())])
+        .await
+        .unwrap();
+    let receipted = |r: &NodeToRelay| match r {
+        NodeToRelay::Receipt(r) => r
+            .decode_unverified()
+            .unwrap()
+            .items
+            .iter()
+            .map(|i| i.digest)
+            .collect(),
+        _ => Vec::new(),
+    };
+    assert_eq!(
+        receipted(&relay.next().await.unwrap()),
+        vec![first.digest()]
+    );
+    relay
+        .send(&[RelayToNode::Deliver(second.clone())])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["quarantine full", "refused=1"])
+        .await
+        .unwrap();
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(status["quarantined"], 1, "{status}");
+    assert_eq!(status["quarantine_full"], true, "{status}");
+    let text = kgz.cli(&["node-status"]).await.unwrap().stdout;
+    assert!(text.contains("quarantined 1 FULL"), "{text}");
+
+    let unknown = kgz
+        .cli(&["discard", "abcdef", "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        unknown
+            .stderr
+            .contains("no quarantined delivery's digest starts with abcdef"),
+        "{}",
+        unknown.stderr
+    );
+    let prefix = first.digest().to_string()[..16].to_owned();
+    let done = kgz
+        .cli_json(&["discard", &prefix, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    assert_eq!(
+        done["digest"],
+        first.digest().to_string().as_str(),
+        "{done}"
+    );
+    kgz.proc
+        .wait_line(&["quarantined delivery discarded", "Duty officer"])
+        .await
+        .unwrap();
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(
+        (&status["quarantined"], &status["quarantine_full"]),
+        (&0.into(), &false.into()),
+        "{status}"
+    );
+
+    // The relay delivers the refused one again: held now, and receipted. Every receipt
+    // until then named the first forgery only.
+    relay
+        .send(&[RelayToNode::Deliver(second.clone())])
+        .await
+        .unwrap();
+    loop {
+        let named = receipted(&relay.next().await.unwrap());
+        if named.contains(&second.digest()) {
+            break;
+        }
+        assert!(named.iter().all(|d| *d == first.digest()), "{named:?}");
+    }
+    let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
+    let subjects: Vec<&serde_json::Value> = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| &q["unverified_claim"]["subject"])
+        .collect();
+    assert_eq!(subjects, vec!["second forgery"], "{held}");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A relay that forges receipts: the sender's node checks every receipt itself, so an
 /// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a

@@ -637,6 +637,8 @@ pub struct NodeSetup {
     pub hooks: Option<String>,
     /// `receipt_pace_ms`, if set.
     pub receipt_pace_ms: Option<u64>,
+    /// `quarantine_max_bytes`, if set.
+    pub quarantine_max_bytes: Option<u64>,
 }
 
 impl NodeSetup {
@@ -676,6 +678,9 @@ impl Net {
         );
         if let Some(ms) = setup.receipt_pace_ms {
             text.push_str(&format!("receipt_pace_ms = {ms}\n"));
+        }
+        if let Some(n) = setup.quarantine_max_bytes {
+            text.push_str(&format!("quarantine_max_bytes = {n}\n"));
         }
         for r in &setup.relays {
             text.push_str(&format!(
@@ -1041,8 +1046,22 @@ impl Net {
     /// Starts node `id` against an impostor relay, which answers its `Hello` with a
     /// `Welcome` (no roster, `last_seq` 0); both, the node once connected.
     pub async fn node_with_impostor(&self, id: &str) -> anyhow::Result<(Impostor, NodeProc)> {
+        self.node_with_impostor_setup(id, NodeSetup::default())
+            .await
+    }
+
+    /// As `node_with_impostor`, the node's configuration otherwise as `setup` says.
+    pub async fn node_with_impostor_setup(
+        &self,
+        id: &str,
+        setup: NodeSetup,
+    ) -> anyhow::Result<(Impostor, NodeProc)> {
         let endpoint = self.impostor_endpoint()?;
-        self.node_config(id, endpoint.local_addr()?);
+        let setup = NodeSetup {
+            relays: vec![endpoint.local_addr()?],
+            ..setup
+        };
+        self.node_config_with(id, &setup);
         let node = self.start_node(id).await?;
         Ok((Impostor::greet(endpoint).await?, node))
     }

@@ -70,6 +70,8 @@ enum Command {
     Status(cmd::operator::ShowArgs),
     /// Acknowledge a received message.
     Ack(cmd::operator::AckArgs),
+    /// Discard a quarantined delivery (listed by `hotline inbox --quarantined`).
+    Discard(cmd::operator::DiscardArgs),
     /// List sent messages with their state.
     Sent(cmd::operator::PlainArgs),
     /// The node's own state: roster, relays, outbox.
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::operator::show(args),
         Command::Status(args) => cmd::operator::status(args),
         Command::Ack(args) => cmd::operator::ack(args),
+        Command::Discard(args) => cmd::operator::discard(args),
         Command::Sent(args) => cmd::operator::sent(args),
         Command::NodeStatus(args) => cmd::operator::node_status(args),
         Command::Watch(args) => cmd::operator::watch(args),

@@ -134,6 +134,7 @@ pub(crate) async fn serve(
         .route("/v1/messages/{id}/ack", post(ack))
         .route("/v1/inbox", get(inbox))
         .route("/v1/quarantine", get(quarantine))
+        .route("/v1/quarantine/{digest}/discard", post(discard))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -478,6 +479,52 @@ async fn quarantine(
     ))
 }
 
+/// `POST /v1/quarantine/{digest}/discard` body: the officer who decided.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscardRequest {
+    officer: String,
+}
+
+/// Discards one quarantined delivery (the quarantine is full, or its content was looked at
+/// and is not wanted), journaled with the officer's name. A genuine message held only because
+/// this node's roster did not list its sender yet is gone with it: the relay dropped it
+/// when this node receipted it.
+async fn discard(
+    State(state): State<St>,
+    Path(digest): Path<String>,
+    Body(req): Body<DiscardRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = hex::decode(&digest)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| bad("bad_digest", format!("{digest:?} is not 64 hex digits")))?;
+    let officer = req.officer.trim();
+    if officer.is_empty() || officer.len() > hotline_proto::limits::OFFICER_BYTES_MAX {
+        return Err(bad(
+            "invalid",
+            format!(
+                "officer: 1 to {} bytes",
+                hotline_proto::limits::OFFICER_BYTES_MAX
+            ),
+        ));
+    }
+    let d = hotline_proto::Digest(bytes);
+    let found = state
+        .store()
+        .discard_quarantined(&d, officer, now_ms())
+        .map_err(store_error)?;
+    if !found {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("nothing quarantined under {d}"),
+        ));
+    }
+    warn!(digest = %d, officer, "quarantined delivery discarded");
+    Ok(Json(json!({"digest": d.to_string(), "discarded": true})))
+}
+
 async fn sent_list(
     State(state): State<St>,
     Query(q): Query<ListQuery>,
@@ -569,11 +616,11 @@ async fn ack(
 }
 
 async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
-    let (outbox, quarantined) = {
+    let (outbox, (quarantine, quarantine_full)) = {
         let store = state.store();
         (
             store.outbox_len().map_err(store_error)?,
-            store.quarantine_len().map_err(store_error)?,
+            store.quarantine_size(),
         )
     };
     let relays: Vec<Value> = state
@@ -589,7 +636,9 @@ async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
         "relays": relays,
         "relays_connected": state.relays_connected(),
         "outbox": outbox,
-        "quarantined": quarantined,
+        "quarantined": quarantine.held,
+        "quarantine_bytes": quarantine.bytes,
+        "quarantine_full": quarantine_full,
     })))
 }
 

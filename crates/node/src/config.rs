@@ -69,6 +69,7 @@ struct RawConfig {
     roster_key: String,
     data_dir: PathBuf,
     receipt_pace_ms: Option<u64>,
+    quarantine_max_bytes: Option<u64>,
     relays: Vec<RawRelay>,
     api: RawApi,
     #[serde(default)]
@@ -92,6 +93,10 @@ pub struct NodeConfig {
     /// [`limits::RECEIPT_PACE_MS`]; 0 receipts every stored batch at once; see
     /// `crate::pacer`).
     pub receipt_pace_ms: u64,
+    /// The most the quarantine may hold, in envelope bytes (default
+    /// [`limits::QUARANTINE_MAX_BYTES`]); past it a delivery failing its checks is refused
+    /// and stays with the relay. 0 holds nothing.
+    pub quarantine_max_bytes: u64,
     /// Relays, each with its pinned certificate fingerprint; the node sends through all.
     pub relays: Vec<RelayEndpoint>,
     /// Local API address, loopback only (default `127.0.0.1:7500`).
@@ -136,6 +141,9 @@ impl NodeConfig {
                 ),
             ));
         }
+        let quarantine_max_bytes = raw
+            .quarantine_max_bytes
+            .unwrap_or(limits::QUARANTINE_MAX_BYTES);
         if raw.relays.is_empty() {
             return Err(invalid("relays", "list at least one relay".into()));
         }
@@ -183,6 +191,7 @@ impl NodeConfig {
             roster_key,
             data_dir: abs(raw.data_dir),
             receipt_pace_ms,
+            quarantine_max_bytes,
             relays,
             api_listen,
             token_file: abs(raw.api.token_file),
@@ -232,6 +241,13 @@ mod tests {
         assert_eq!(c.token_file, Path::new("/etc/hotline/api.token"));
         assert_eq!(c.relays.len(), 1);
         assert_eq!(c.receipt_pace_ms, limits::RECEIPT_PACE_MS);
+        assert_eq!(c.quarantine_max_bytes, limits::QUARANTINE_MAX_BYTES);
+        let set = text().replace("data_dir", "quarantine_max_bytes = 0\ndata_dir");
+        let c = NodeConfig::parse(&set, Path::new("n.toml")).expect("zero: hold nothing");
+        assert_eq!(c.quarantine_max_bytes, 0);
+        let bad = text().replace("data_dir", "quarantine_max_bytes = -1\ndata_dir");
+        let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err("negative");
+        assert!(e.to_string().contains("quarantine_max_bytes"), "{e}");
     }
 
     #[test]

@@ -299,7 +299,8 @@ impl Node {
         let key = hotline_config::keyfile::read_secret(&config.key)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
-        let store = NodeStore::open(&config.data_dir)?;
+        let mut store = NodeStore::open(&config.data_dir)?;
+        store.set_quarantine_max_bytes(config.quarantine_max_bytes);
         let roster = load_start_roster(&config, &store)?;
         let me = config.participant.clone();
         match roster.participant(&me) {

@@ -100,6 +100,14 @@ pub const RECEIPT_PACE_ITEMS: usize = 512;
 /// signature verification (about 35 µs), done while the store is not locked.
 pub const QUARANTINE_RECHECK_MAX: usize = 1_000;
 
+/// The default of the configuration's `quarantine_max_bytes`: the most the quarantine may
+/// hold, in envelope bytes (64 MiB: about 800 envelopes of the largest size, tens of
+/// thousands of ordinary ones). Only a relay delivering forged or altered bytes, or a roster
+/// lagging the relay's, puts anything there; without a limit a hostile relay could fill the
+/// node's disk. Past it, a delivery failing its checks is refused: not stored, not
+/// receipted, so it stays with the relay (`store::Stored::Refused`).
+pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 

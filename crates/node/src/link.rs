@@ -559,6 +559,7 @@ impl Link<'_> {
             }
         };
         let mut new = Vec::new();
+        let mut refused = 0usize;
         for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
                 (Ok(env), Stored::New) => new.push(env),
@@ -566,8 +567,19 @@ impl Link<'_> {
                 (_, Stored::Quarantined(reason)) => {
                     error!(%reason, "delivered message quarantined, not shown")
                 }
+                (_, Stored::Refused(_)) => refused += 1,
                 _ => {}
             }
+        }
+        if refused > 0 {
+            // One line a batch: a relay delivering forgeries sends them by the thousand.
+            let (size, _) = self.state.store().quarantine_size();
+            error!(
+                refused,
+                held = size.held,
+                bytes = size.bytes,
+                "quarantine full: deliveries that failed their checks were neither stored nor receipted, so the relay keeps them; look at them with `hotline inbox --quarantined` and discard with `hotline discard`"
+            );
         }
         self.state.announce_stored(new);
         // Receipted together with whatever else is stored within the pace.

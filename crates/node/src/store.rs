@@ -209,6 +209,10 @@ pub enum Stored {
     Duplicate,
     /// Failed verification: kept in quarantine, not shown.
     Quarantined(String),
+    /// Failed verification, and the quarantine is full (`quarantine_max_bytes`): not stored
+    /// and not receipted, so the relay keeps it and delivers it again at the next
+    /// connection. The reason is the check it failed.
+    Refused(String),
 }
 
 /// Outcome of an acknowledgement request.
@@ -227,6 +231,20 @@ pub struct NodeStore {
     conn: Connection,
     journal: Journal,
     path: PathBuf,
+    /// What the quarantine holds now, kept with every change so that a delivery to hold is
+    /// checked against the limit without reading the table.
+    quarantine: QuarantineSize,
+    /// The most the quarantine may hold, in envelope bytes (`quarantine_max_bytes`).
+    quarantine_max_bytes: u64,
+}
+
+/// How much the quarantine holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineSize {
+    /// Deliveries held.
+    pub held: u64,
+    /// Their envelopes' bytes, together.
+    pub bytes: u64,
 }
 
 fn blob_array<const N: usize>(v: Vec<u8>, col: usize) -> rusqlite::Result<[u8; N]> {
@@ -296,6 +314,20 @@ fn receive(
     tx.prepare_cached("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)")?
         .execute([&env.id.0[..]])?;
     Ok(true)
+}
+
+/// What the quarantine table holds, counted.
+fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM quarantine",
+        [],
+        |r| {
+            Ok(QuarantineSize {
+                held: r.get(0)?,
+                bytes: r.get(1)?,
+            })
+        },
+    )?)
 }
 
 /// The tables holding signed records, each with its key column and the kinds of journal
@@ -395,11 +427,21 @@ impl NodeStore {
             "stored messages and receipts match their journal entries"
         );
         let journal = Journal::load(&conn)?;
+        let quarantine = quarantine_size(&conn)?;
         Ok(Self {
             conn,
             journal,
             path,
+            quarantine,
+            quarantine_max_bytes: crate::limits::QUARANTINE_MAX_BYTES,
         })
+    }
+
+    /// Sets the most the quarantine may hold, in envelope bytes (the configuration's
+    /// `quarantine_max_bytes`; [`crate::limits::QUARANTINE_MAX_BYTES`] until set). What it
+    /// holds beyond a lowered limit stays; only new deliveries are refused.
+    pub fn set_quarantine_max_bytes(&mut self, max: u64) {
+        self.quarantine_max_bytes = max;
     }
 
     /// The database file.
@@ -578,11 +620,13 @@ impl NodeStore {
             .query_row("SELECT COUNT(DISTINCT id) FROM outbox", [], |r| r.get(0))?)
     }
 
-    /// Deliveries held in quarantine.
-    pub fn quarantine_len(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?)
+    /// What the quarantine holds, and whether it is full: a delivery failing its checks now
+    /// would be refused (not stored, not receipted) rather than held.
+    pub fn quarantine_size(&self) -> (QuarantineSize, bool) {
+        (
+            self.quarantine,
+            self.quarantine.bytes >= self.quarantine_max_bytes,
+        )
     }
 
     /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
@@ -653,7 +697,9 @@ impl NodeStore {
         batch: &[(Signed<Envelope>, Result<Envelope, String>)],
         now_ms: u64,
     ) -> Result<(Vec<Stored>, Vec<ReceiptItem>), StoreError> {
-        self.tx(|tx, j| {
+        let max_bytes = self.quarantine_max_bytes;
+        let mut size = self.quarantine;
+        let (out, items) = self.tx(|tx, j| {
             let mut out = Vec::with_capacity(batch.len());
             let mut items = Vec::with_capacity(batch.len());
             for (signed, checked) in batch {
@@ -670,11 +716,24 @@ impl NodeStore {
                         }
                     }
                     Err(reason) => {
-                        tx.execute(
-                            "INSERT OR IGNORE INTO quarantine (digest, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![&digest.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..], reason, now_ms],
-                        )?;
-                        j.append(tx, now_ms, "message.quarantined", &digest.to_string(), &encode_record(signed)?)?;
+                        let held: bool = tx
+                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1)")?
+                            .query_row([&digest.0[..]], |r| r.get(0))?;
+                        if !held {
+                            // A hostile relay could otherwise fill the disk with forgeries.
+                            // What is refused stays with the relay, not lost.
+                            if size.bytes >= max_bytes {
+                                out.push(Stored::Refused(reason.clone()));
+                                continue;
+                            }
+                            tx.execute(
+                                "INSERT INTO quarantine (digest, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                params![&digest.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..], reason, now_ms],
+                            )?;
+                            j.append(tx, now_ms, "message.quarantined", &digest.to_string(), &encode_record(signed)?)?;
+                            size.held += 1;
+                            size.bytes += signed.bytes().len() as u64;
+                        }
                         out.push(Stored::Quarantined(reason.clone()));
                         // The relay keeps redelivering until it has a receipt; a quarantined
                         // message is held durably here, so it is receipted too (by digest).
@@ -687,7 +746,9 @@ impl NodeStore {
                 }
             }
             Ok((out, items))
-        })
+        })?;
+        self.quarantine = size;
+        Ok((out, items))
     }
 
     /// The quarantine, newest first, at most `limit`.
@@ -717,7 +778,7 @@ impl NodeStore {
         passed: &[(Digest, Envelope)],
         now_ms: u64,
     ) -> Result<Vec<Envelope>, StoreError> {
-        self.tx(|tx, j| {
+        let out = self.tx(|tx, j| {
             let mut out = Vec::new();
             for (digest, env) in passed {
                 let held = tx
@@ -748,7 +809,49 @@ impl NodeStore {
                     .execute([&digest.0[..]])?;
             }
             Ok(out)
-        })
+        })?;
+        self.quarantine = quarantine_size(&self.conn)?;
+        Ok(out)
+    }
+
+    /// Discards one quarantined delivery, at the operator's word (`DELETE
+    /// /v1/quarantine/{digest}`, `hotline discard`), journaled with who asked and the bytes
+    /// discarded. It was receipted when it was held, so the relay no longer has it: if it
+    /// was genuine (its sender was not yet on this node's roster), it is gone from this node.
+    /// Returns whether the quarantine held it.
+    pub fn discard_quarantined(
+        &mut self,
+        digest: &Digest,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let found = self.tx(|tx, j| {
+            let held = tx
+                .prepare_cached("SELECT bytes, key, sig, reason FROM quarantine WHERE digest = ?1")?
+                .query_row([&digest.0[..]], |r| {
+                    Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, String>(3)?))
+                })
+                .optional()?;
+            let Some((signed, reason)) = held else {
+                return Ok(false);
+            };
+            tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
+                .execute([&digest.0[..]])?;
+            let mut record = format!("by {by}; held because: {reason}\n").into_bytes();
+            record.extend_from_slice(&encode_record(&signed)?);
+            j.append(
+                tx,
+                now_ms,
+                "message.quarantine_discarded",
+                &digest.to_string(),
+                &record,
+            )?;
+            Ok(true)
+        })?;
+        if found {
+            self.quarantine = quarantine_size(&self.conn)?;
+        }
+        Ok(found)
     }
 
     /// Signs cumulative delivered receipts for `items` (stored by
@@ -1637,6 +1740,74 @@ mod tests {
         // Released again: nothing (the row has gone).
         assert!(store.release(&passed, NOW + 20).unwrap().is_empty());
         // The journal holds every stored record.
+        drop(store);
+        let path = dir.path().join(DB_FILE);
+        verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
+    }
+
+    #[test]
+    fn a_full_quarantine_refuses_what_fails_its_checks_until_the_operator_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let forged = |n: u64| {
+            let s = Signed::sign(&envelope(n, Precedence::Routine), &kaz).unwrap();
+            (s, Err("unknown key".to_string()))
+        };
+        let (a, b, c) = (forged(1), forged(2), forged(3));
+        // Room for `a` only: the limit is checked before each one is held.
+        store.set_quarantine_max_bytes(a.0.bytes().len() as u64);
+        let (out, items) = store
+            .store_deliveries(&[a.clone(), b.clone()], NOW)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Stored::Quarantined("unknown key".into()),
+                Stored::Refused("unknown key".into())
+            ]
+        );
+        assert_eq!(items.len(), 1, "what is refused is not receipted");
+        assert_eq!(items[0].digest, a.0.digest());
+        let (size, full) = store.quarantine_size();
+        assert_eq!(
+            (size.held, size.bytes, full),
+            (1, a.0.bytes().len() as u64, true)
+        );
+        // `a` delivered again while full: still held, so receipted again.
+        let (out, items) = store
+            .store_deliveries(&[a.clone(), c.clone()], NOW + 1)
+            .unwrap();
+        assert_eq!(out[0], Stored::Quarantined("unknown key".into()));
+        assert!(matches!(out[1], Stored::Refused(_)));
+        assert_eq!(items.len(), 1);
+        assert_eq!(store.quarantine_size().0.held, 1, "counted once");
+
+        assert!(!store
+            .discard_quarantined(&b.0.digest(), "Duty officer", NOW + 2)
+            .unwrap());
+        assert!(store
+            .discard_quarantined(&a.0.digest(), "Duty officer", NOW + 2)
+            .unwrap());
+        assert_eq!(store.quarantine_size(), (QuarantineSize::default(), false));
+        let (out, _) = store
+            .store_deliveries(std::slice::from_ref(&b), NOW + 3)
+            .unwrap();
+        assert_eq!(out, vec![Stored::Quarantined("unknown key".into())]);
+        // A reopened store counts what its table holds.
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.quarantine_size().0.held, 1);
+        assert_eq!(store.quarantine_size().0.bytes, b.0.bytes().len() as u64);
+        let discarded: Vec<String> = store
+            .conn
+            .prepare("SELECT subject FROM journal WHERE kind = 'message.quarantine_discarded'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(discarded, vec![a.0.digest().to_string()]);
         drop(store);
         let path = dir.path().join(DB_FILE);
         verify_records(&Connection::open(&path).unwrap(), &path).unwrap();

@@ -381,6 +381,55 @@ pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `hotline discard`.
+#[derive(Debug, Args)]
+pub(crate) struct DiscardArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The quarantined delivery's digest, or the start of it as `hotline inbox
+    /// --quarantined` shows it (found among the newest 1,000 held).
+    digest: String,
+    /// Who decided to discard it (name or duty position); journaled.
+    #[arg(long)]
+    officer: String,
+}
+
+/// `hotline discard DIGEST --officer NAME`: removes one delivery from the quarantine.
+pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
+    let client = a.api.client()?;
+    let prefix = a.digest.to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "{:?} is not a digest: hex digits, as `hotline inbox --quarantined` shows",
+            a.digest
+        );
+    }
+    let digest = if prefix.len() == 64 {
+        prefix
+    } else {
+        let held = client.get("/v1/quarantine")?;
+        let matching: Vec<&str> = held
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|q| q["digest"].as_str())
+            .filter(|d| d.starts_with(&prefix))
+            .collect();
+        match matching[..] {
+            [one] => one.to_owned(),
+            [] => anyhow::bail!("no quarantined delivery's digest starts with {prefix} (among the newest 1,000; give all 64 digits for an older one)"),
+            _ => anyhow::bail!("{} quarantined deliveries' digests start with {prefix}: give more digits", matching.len()),
+        }
+    };
+    let v = client.post(
+        &format!("/v1/quarantine/{digest}/discard"),
+        &json!({"officer": a.officer}),
+    )?;
+    print(a.api.json, &v, |_| {
+        format!("discarded quarantined delivery {digest}")
+    })
+}
+
 /// `hotline node-status` / `hotline sent` / `hotline watch`.
 #[derive(Debug, Args)]
 pub(crate) struct PlainArgs {
@@ -401,7 +450,9 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
             v["outbox"],
             v["quarantined"]
         );
-        if v["quarantined"].as_u64().is_some_and(|n| n > 0) {
+        if v["quarantine_full"].as_bool() == Some(true) {
+            out.push_str(" FULL: deliveries failing their checks stay with the relay (hotline inbox --quarantined, hotline discard)");
+        } else if v["quarantined"].as_u64().is_some_and(|n| n > 0) {
             out.push_str(" (hotline inbox --quarantined)");
         }
         for (i, r) in relays.iter().enumerate() {
