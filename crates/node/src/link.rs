@@ -710,6 +710,9 @@ impl Link<'_> {
         };
         // Told once per (message, recipient, kind): the store says which items are news.
         for (r, news) in verified.iter().zip(fresh) {
+            if news.unrelated {
+                warn!(by = %r.recipient, "a forwarded receipt names no message this node sent: not kept");
+            }
             for id in &news.mismatched {
                 error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");
             }

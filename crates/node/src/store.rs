@@ -185,6 +185,9 @@ pub struct Forwarded {
     /// Our messages this receipt names with a digest other than theirs: what its recipient
     /// holds (and receipted) is not what this node sent, so nothing is recorded for them.
     pub mismatched: Vec<MessageId>,
+    /// It names no message this node sent, so it was not kept: a relay forwards a receipt
+    /// only to the senders it names, and one forwarding others' could fill this disk.
+    pub unrelated: bool,
 }
 
 /// A delivery held in quarantine: it failed a check when it arrived, so it is not shown.
@@ -999,21 +1002,14 @@ impl NodeStore {
             for r in receipts {
                 let s = r.signed();
                 let d = s.digest();
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
-                )?;
-                let mut news = Forwarded { fresh: n > 0, first: Vec::new(), mismatched: Vec::new() };
-                if n == 0 {
-                    out.push(news);
-                    continue;
-                }
+                let mut news = Forwarded { fresh: false, first: Vec::new(), mismatched: Vec::new(), unrelated: false };
+                // The items naming messages this node sent, each checked against the bytes it
+                // signed: a recipient that was handed altered content under an id (and
+                // quarantined it) receipts that content's digest, and must not be counted as
+                // having ours. Each message is read and hashed once per batch: a fan-out's
+                // receipts from every recipient name the same one.
+                let mut ours = Vec::new();
                 for item in r.items.iter().filter(|i| &i.sender == me) {
-                    // The item must name the bytes this node signed: a recipient that was
-                    // handed altered content under this id (and quarantined it) receipts
-                    // that content's digest, and must not be counted as having ours.
-                    // Read and hashed once per message in a batch: a fan-out's receipts from
-                    // every recipient name the same message.
                     let sent = match sent_digests.get(&item.id) {
                         Some(d) => *d,
                         None => {
@@ -1027,15 +1023,27 @@ impl NodeStore {
                         }
                     };
                     match sent {
-                        Some(d) if d == item.digest => {}
-                        Some(_) => {
-                            news.mismatched.push(item.id);
-                            continue;
-                        }
-                        // Not ours (a receipt naming an id this node never sent): no
-                        // matrix row to update below.
-                        None => continue,
+                        Some(d) if d == item.digest => ours.push(item),
+                        Some(_) => news.mismatched.push(item.id),
+                        None => {}
                     }
+                }
+                if ours.is_empty() && news.mismatched.is_empty() {
+                    news.unrelated = true;
+                    out.push(news);
+                    continue;
+                }
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
+                )?;
+                news.fresh = n > 0;
+                if n == 0 {
+                    news.mismatched.clear();
+                    out.push(news);
+                    continue;
+                }
+                for item in ours {
                     let before: Option<(Option<u64>, Option<u64>)> = tx
                         .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
                         .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -1651,7 +1659,8 @@ mod tests {
                 Forwarded {
                     fresh: true,
                     first: vec![],
-                    mismatched: vec![id]
+                    mismatched: vec![id],
+                    unrelated: false,
                 }
             );
         }
@@ -1675,10 +1684,44 @@ mod tests {
             Forwarded {
                 fresh: true,
                 first: vec![id],
-                mismatched: vec![]
+                mismatched: vec![],
+                unrelated: false,
             }
         );
         assert_eq!(row(&store), (Some(NOW + 1), Some(NOW + 1)));
+        // A genuine receipt naming only messages this node never sent (others', or ids
+        // it does not hold) is not kept: a relay forwarding the network's receipts here
+        // would otherwise fill the disk.
+        let held = store.receipts_in().unwrap().len();
+        let others = ReceiptItem {
+            id: MessageId([0xEE; 16]),
+            sender: me.clone(),
+            digest: other,
+        };
+        let theirs = ReceiptItem {
+            id,
+            sender: pid("TKM"),
+            digest: sent.digest(),
+        };
+        for item in [others, theirs] {
+            let out = store
+                .store_forwarded(
+                    &me,
+                    &[kgz_receipt(NOW + 2, ReceiptKind::Delivered, item)],
+                    NOW + 2,
+                )
+                .unwrap();
+            assert_eq!(
+                out[0],
+                Forwarded {
+                    fresh: false,
+                    first: vec![],
+                    mismatched: vec![],
+                    unrelated: true,
+                }
+            );
+        }
+        assert_eq!(store.receipts_in().unwrap().len(), held);
     }
 
     #[test]
