@@ -750,26 +750,48 @@ impl Link<'_> {
 }
 
 /// What a delivered message must pass to be shown (PROTOCOL.md 7.1), for a delivery and for
-/// a quarantined one checked again: its signature against `roster`, then its audience. A
-/// list of participants must name `me`: otherwise a relay delivered it to the wrong node,
-/// and its operator must not take it as addressed to them. A group or "all" audience is not
-/// checked: resolving it needs this node's roster, and one older than the relay's would
-/// hide a genuine message. The error is the quarantine's reason.
+/// a quarantined one checked again: its signature against `roster`, then its audience, which
+/// must include `me`: otherwise a relay delivered it to the wrong node, and its operator must
+/// not take it as addressed to them. A list of participants must name `me`; a group must
+/// list `me` on `roster`; "all members" needs `me` to be a member there; "everyone" holds
+/// everyone. A roster older than the relay's (a group `me` joined since) only delays such a
+/// message: it is quarantined, checked again when the newer roster arrives, and shown then
+/// ([`crate::NodeState::recheck_quarantine`]). The error is the quarantine's reason.
 pub(crate) fn check_delivery(
     roster: &hotline_proto::Verified<hotline_proto::Roster>,
     signed: &hotline_proto::Signed<Envelope>,
     me: &ParticipantId,
 ) -> Result<Envelope, String> {
+    use hotline_proto::Audience;
     let env = roster
         .verify_envelope(signed)
         .map_err(|e| e.to_string())?
         .into_parts()
         .0;
+    let v = roster.version;
     match &env.audience {
-        hotline_proto::Audience::Participants(ids) if !ids.contains(me) => Err(format!(
+        Audience::Participants(ids) if !ids.contains(me) => Err(format!(
             "not addressed to {me}: its audience names {} other participant(s)",
             ids.len()
         )),
+        Audience::Group(name) => match roster.group(name) {
+            Some(g) if g.members.contains(me) => Ok(env),
+            Some(_) => Err(format!(
+                "not addressed to {me}: group {name:?} does not list {me} on roster version {v}"
+            )),
+            None => Err(format!(
+                "not addressed to {me}: roster version {v} has no group {name:?}"
+            )),
+        },
+        Audience::AllMembers
+            if roster
+                .participant(me)
+                .is_none_or(|p| p.role != hotline_proto::Role::Member) =>
+        {
+            Err(format!(
+                "not addressed to {me}: addressed to all members, and {me} is not a member on roster version {v}"
+            ))
+        }
         _ => Ok(env),
     }
 }
@@ -777,6 +799,79 @@ pub(crate) fn check_delivery(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_must_be_addressed_to_this_node_by_the_roster_it_holds() {
+        use hotline_proto::{
+            Audience, Group, Kind, MessageId, Participant, Precedence, PublicKey, Role, Roster,
+            Seq, Signed, SigningKey, Status,
+        };
+        let pid = |s: &str| ParticipantId::new(s).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let member = |id: &str, role: Role, key: &SigningKey| Participant {
+            id: pid(id),
+            name: id.into(),
+            role,
+            keys: vec![PublicKey::of(key)],
+            revoked: false,
+        };
+        let (kgz, un) = (
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        );
+        let roster_key = SigningKey::from_bytes(&[3; 32]);
+        let roster = Roster {
+            protocol_version: hotline_proto::PROTOCOL_VERSION,
+            version: 7,
+            issued_at_ms: 1,
+            network: "CICA".into(),
+            participants: vec![
+                member("KAZ", Role::Member, &kaz),
+                member("KGZ", Role::Member, &kgz),
+                member("UN", Role::Observer, &un),
+                member("SEC", Role::Secretariat, &roster_key),
+            ],
+            groups: vec![Group {
+                name: "coordinators".into(),
+                members: vec![pid("KAZ"), pid("UN")],
+            }],
+        };
+        let roster = Signed::sign(&roster, &roster_key)
+            .unwrap()
+            .verify_with(&PublicKey::of(&roster_key))
+            .unwrap();
+        let check = |audience: Audience, me: &str| {
+            let env = Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: pid("KAZ"),
+                seq: Seq(1),
+                audience,
+                kind: Kind::Alert,
+                precedence: Precedence::Flash,
+                status: Status::Exercise,
+                created_at_ms: 1,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: "s".into(),
+                body: String::new(),
+            };
+            check_delivery(&roster, &Signed::sign(&env, &kaz).unwrap(), &pid(me))
+        };
+        let group = |name: &str| Audience::Group(name.into());
+        assert!(check(group("coordinators"), "UN").is_ok());
+        let e = check(group("coordinators"), "KGZ").unwrap_err();
+        assert!(e.contains("does not list KGZ on roster version 7"), "{e}");
+        let e = check(group("nobody"), "KGZ").unwrap_err();
+        assert!(e.contains("no group \"nobody\""), "{e}");
+        assert!(check(Audience::AllMembers, "KGZ").is_ok());
+        let e = check(Audience::AllMembers, "UN").unwrap_err();
+        assert!(e.contains("UN is not a member"), "{e}");
+        assert!(check(Audience::Everyone, "UN").is_ok());
+        assert!(check(Audience::Participants(vec![pid("KGZ")]), "KGZ").is_ok());
+        assert!(check(Audience::Participants(vec![pid("KGZ")]), "UN").is_err());
+    }
 
     #[test]
     fn a_backoff_doubles_to_its_cap_with_at_most_half_again_of_jitter() {
