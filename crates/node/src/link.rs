@@ -798,6 +798,8 @@ pub(crate) fn check_delivery(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
