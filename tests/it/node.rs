@@ -1606,20 +1606,30 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     let early = Signed::sign(&envelope("from a new member"), &tjk).unwrap();
     let early_id = early.decode_unverified().unwrap().id;
     let forged = Signed::sign(&envelope("forged"), &SigningKey::from_bytes(&[9; 32])).unwrap();
+    // KAZ's genuine message to a group that roster version 1 does not have.
+    let mut to_group = flash_to_kgz("KAZ", 1, "to the border group", "Water levels.");
+    to_group.audience = hotline_proto::Audience::Group("border".into());
+    let to_group = Signed::sign(&to_group, &net.key("KAZ")).unwrap();
+    let group_id = to_group.decode_unverified().unwrap().id;
     relay
         .send(&[
             RelayToNode::Deliver(early.clone()),
             RelayToNode::Deliver(forged),
+            RelayToNode::Deliver(to_group),
         ])
         .await
         .unwrap();
     kgz.proc
-        .wait_lines_from(0, &["quarantined, not shown"], 2)
+        .wait_lines_from(0, &["quarantined, not shown"], 3)
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["quarantined, not shown", "has no group", "border"])
         .await
         .unwrap();
     let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
     let held = held.as_array().unwrap();
-    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held.len(), 3, "{held:?}");
     let claim = held
         .iter()
         .find(|q| q["digest"] == early.digest().to_string().as_str())
@@ -1633,7 +1643,7 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     let text = kgz.cli(&["inbox", "--quarantined"]).await.unwrap();
     assert!(text.stdout.contains("UNVERIFIED"), "{}", text.stdout);
     let status = kgz.cli_json(&["node-status"]).await.unwrap();
-    assert_eq!(status["quarantined"], 2, "{status}");
+    assert_eq!(status["quarantined"], 3, "{status}");
     assert!(kgz
         .cli_json(&["inbox"])
         .await
@@ -1652,15 +1662,21 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
         keys: vec![PublicKey::of(&tjk)],
         revoked: false,
     });
+    roster.groups.push(hotline_proto::Group {
+        name: "border".into(),
+        members: vec![pid("KAZ"), pid("KGZ")],
+    });
     let signed = Signed::sign(&roster, &net.roster_key).unwrap();
     relay
         .send(&[RelayToNode::RosterUpdate(signed)])
         .await
         .unwrap();
-    kgz.proc
-        .wait_line(&["released from quarantine", &early_id.to_string()])
-        .await
-        .unwrap();
+    for id in [early_id, group_id] {
+        kgz.proc
+            .wait_line(&["released from quarantine", &id.to_string()])
+            .await
+            .unwrap();
+    }
     let ev = events
         .wait_for("the released message", |e| {
             e["type"] == "message_received" && e["id"] == early_id.to_string().as_str()
@@ -1675,7 +1691,13 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
         .iter()
         .filter_map(|m| m["subject"].as_str())
         .collect();
-    assert_eq!(subjects, vec!["from a new member"], "{inbox}");
+    assert_eq!(
+        subjects.iter().collect::<BTreeSet<_>>(),
+        ["from a new member", "to the border group"]
+            .iter()
+            .collect(),
+        "{inbox}"
+    );
     let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
     let held = held.as_array().unwrap();
     assert_eq!(held.len(), 1, "the forgery stays: {held:?}");
