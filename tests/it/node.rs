@@ -1590,9 +1590,10 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
 }
 
 /// A delivery from a participant this node's roster does not list yet is quarantined, and
-/// the operator can see it (`hotline inbox --quarantined`, its claim marked unverified);
-/// once the roster that lists the sender is installed, the node checks the quarantine again
-/// and shows the message, announced as received. One held for another reason (a bad
+/// the operator can see it (`hotline inbox --quarantined`, its claim marked unverified); so
+/// is a genuine one to a group the roster does not have yet. Once the roster that lists the
+/// sender and the group (with this node in it) is installed, the node checks the quarantine
+/// again and shows both, announced as received. One held for another reason (a bad
 /// signature) stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
