@@ -466,7 +466,7 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
 async fn an_exercise_message_is_marked_as_such() {
     let net = net();
     let relay = net.relay().await;
-    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
 
     let drill = id_of(
         &kaz.cli_json(&[
@@ -529,6 +529,42 @@ async fn an_exercise_message_is_marked_as_such() {
     assert!(!line(&real).contains("[EXERCISE]"), "{}", text.stdout);
     let shown = kgz.cli(&["show", &drill]).await.unwrap();
     assert!(shown.stdout.starts_with("[EXERCISE]"), "{}", shown.stdout);
+
+    // KGZ's reply to the drill is exercise traffic too, to KAZ alone, referencing it.
+    let answer = id_of(
+        &kgz.cli_json(&["reply", &drill, "--body", "No activity observed."])
+            .await
+            .unwrap(),
+    );
+    kaz.proc
+        .wait_line(&["message received", &msg(&answer), "status=Exercise"])
+        .await
+        .unwrap();
+    let got = kaz.cli_json(&["show", &answer]).await.unwrap();
+    assert_eq!(got["from"], "KGZ", "{got}");
+    assert_eq!(got["kind"], "reply", "{got}");
+    assert_eq!(got["status"], "exercise", "{got}");
+    assert_eq!(got["precedence"], d["precedence"], "{got}");
+    assert_eq!(got["references"], json!([drill]), "{got}");
+    assert_eq!(got["subject"], "Re: Drill: border incident", "{got}");
+    assert_eq!(got["body"], "No activity observed.", "{got}");
+    let sent = kgz.cli_json(&["show", &answer]).await.unwrap();
+    assert_eq!(
+        sent["audience"],
+        json!({"type": "participants", "to": ["KAZ"]}),
+        "{sent}"
+    );
+    // A message this node sent is not answered with `reply`.
+    let own = kgz
+        .cli(&["reply", &answer, "--body", "again"])
+        .await
+        .unwrap();
+    assert!(!own.status.success());
+    assert!(
+        own.stderr.contains("a message this node sent"),
+        "{}",
+        own.stderr
+    );
     relay.shutdown().await;
 }
 

@@ -70,6 +70,9 @@ enum Command {
     Status(cmd::operator::ShowArgs),
     /// Acknowledge a received message.
     Ack(cmd::operator::AckArgs),
+    /// Reply to a received message: to its sender, referencing it, as exercise or test
+    /// traffic if it was.
+    Reply(cmd::operator::ReplyArgs),
     /// Discard a quarantined delivery (listed by `hotline inbox --quarantined`).
     Discard(cmd::operator::DiscardArgs),
     /// List sent messages with their state.
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::operator::show(args),
         Command::Status(args) => cmd::operator::status(args),
         Command::Ack(args) => cmd::operator::ack(args),
+        Command::Reply(args) => cmd::operator::reply(args),
         Command::Discard(args) => cmd::operator::discard(args),
         Command::Sent(args) => cmd::operator::sent(args),
         Command::NodeStatus(args) => cmd::operator::node_status(args),

@@ -1,5 +1,5 @@
-//! Operator commands on a running node's local API: send, inbox, show, ack, status, sent,
-//! watch. Each takes `--json` for scripts.
+//! Operator commands on a running node's local API: send, reply, inbox, show, ack, discard,
+//! status, sent, node-status, watch. Each takes `--json` for scripts.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -111,11 +111,24 @@ fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) -> anyh
 }
 
 pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
+    let body = read_body(a.body.as_deref(), a.body_file.as_deref())?;
+    let req = json!({
+        "to": a.to, "group": a.group, "all_members": a.all_members, "everyone": a.everyone,
+        "kind": a.kind, "precedence": a.precedence.to_uppercase(), "status": a.status,
+        "category": a.category, "respond_within_ms": a.respond_within.map(|s| s * 1000),
+        "references": a.references, "subject": a.subject, "body": body,
+    });
+    submit(&a.api, &req)
+}
+
+/// The body of a message to send: `--body TEXT`, `--body -` (standard input) or
+/// `--body-file FILE`, or empty.
+fn read_body(body: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
     // Read no more than the node's API takes in one request, so that an endless input is
     // refused rather than held in memory. The body's own limit is the node's to enforce
     // (it answers 413 `too_large`), so that there is one rule and one message for it.
-    let body = match (&a.body, &a.body_file) {
-        (Some(b), _) if b == "-" => {
+    Ok(match (body, file) {
+        (Some("-"), _) => {
             let mut s = String::new();
             std::io::stdin()
                 .take(API_BODY_BYTES_MAX as u64 + 1)
@@ -126,18 +139,16 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
             }
             s
         }
-        (Some(b), _) => b.clone(),
+        (Some(b), _) => b.to_owned(),
         (None, Some(f)) => text_file::read(f, API_BODY_BYTES_MAX).context("reading the body")?,
         (None, None) => String::new(),
-    };
-    let req = json!({
-        "to": a.to, "group": a.group, "all_members": a.all_members, "everyone": a.everyone,
-        "kind": a.kind, "precedence": a.precedence.to_uppercase(), "status": a.status,
-        "category": a.category, "respond_within_ms": a.respond_within.map(|s| s * 1000),
-        "references": a.references, "subject": a.subject, "body": body,
-    });
-    let v = a.api.client()?.post("/v1/messages", &req)?;
-    print(a.api.json, &v, |v| {
+    })
+}
+
+/// Posts a message (`POST /v1/messages`) and prints the node's answer.
+fn submit(api: &ApiArgs, req: &Value) -> anyhow::Result<()> {
+    let v = api.client()?.post("/v1/messages", req)?;
+    print(api.json, &v, |v| {
         let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
         let note = v["note"].as_str().unwrap_or("");
         format!(
@@ -145,6 +156,79 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
             v["id"].as_str().unwrap_or("?")
         )
     })
+}
+
+/// `hotline reply`.
+#[derive(Debug, Args)]
+pub(crate) struct ReplyArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The received message to answer.
+    id: String,
+    /// FLASH, IMMEDIATE, PRIORITY or ROUTINE (default: the message's own).
+    #[arg(long)]
+    precedence: Option<String>,
+    /// Subject line (default: "Re: " and the message's subject).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Require acknowledgement within this many seconds.
+    #[arg(long)]
+    respond_within: Option<u64>,
+    /// Body text; `-` reads standard input.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// Read the body from a file.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+}
+
+/// `hotline reply ID`: answers a received message, to its sender alone: kind `reply`,
+/// referencing it (which lets an observer answer a member who wrote to it), with the
+/// message's category and status (a reply to exercise or test traffic is exercise or test
+/// traffic too; not an option, so that a drill's answer is never sent as real) and, unless
+/// given, its precedence and its subject after "Re: ".
+pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
+    let body = read_body(a.body.as_deref(), a.body_file.as_deref())?;
+    let m = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    if m["direction"] != "received" {
+        bail!("{} is a message this node sent, not one it received: to follow it up, use `hotline send --references {}`", a.id, a.id);
+    }
+    let field = |k: &str| {
+        m[k].as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the node's answer has no {k}: {m}"))
+    };
+    let subject = match a.subject {
+        Some(s) => s,
+        None => reply_subject(&field("subject")?),
+    };
+    let req = json!({
+        "to": [field("from")?], "kind": "reply",
+        "precedence": a.precedence.map(|p| p.to_uppercase()).unwrap_or(field("precedence")?),
+        "status": field("status")?, "category": m["category"],
+        "respond_within_ms": a.respond_within.map(|s| s * 1000),
+        "references": [a.id], "subject": subject, "body": body,
+    });
+    submit(&a.api, &req)
+}
+
+/// "Re: " and `subject` (once: a reply to a reply keeps one), cut at a character boundary to
+/// the protocol's limit.
+fn reply_subject(subject: &str) -> String {
+    let mut s = if subject.starts_with("Re: ") {
+        subject.to_owned()
+    } else {
+        format!("Re: {subject}")
+    };
+    let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
 }
 
 /// Another participant's text (`v`, a JSON string) made safe to print on a terminal: control
@@ -527,6 +611,18 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_reply_subject_says_re_once_and_fits_the_protocol() {
+        assert_eq!(reply_subject("Border incident"), "Re: Border incident");
+        assert_eq!(reply_subject("Re: Border incident"), "Re: Border incident");
+        let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
+        // Two-byte characters: the cut falls inside one and moves back to its start.
+        let long = "é".repeat(max / 2);
+        let s = reply_subject(&long);
+        assert!(s.len() <= max && s.len() >= max - 1, "{}", s.len());
+        assert!(s.starts_with("Re: é"));
+    }
 
     #[test]
     fn another_participants_text_cannot_drive_the_terminal() {
