@@ -521,7 +521,7 @@ async fn discard(
             format!("nothing quarantined under {d}"),
         ));
     }
-    warn!(digest = %d, officer, "quarantined delivery discarded");
+    warn!(digest = %d, officer = ?officer, "quarantined delivery discarded");
     Ok(Json(json!({"digest": d.to_string(), "discarded": true})))
 }
 

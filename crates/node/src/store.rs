@@ -817,9 +817,9 @@ impl NodeStore {
         Ok(out)
     }
 
-    /// Discards one quarantined delivery, at the operator's word (`DELETE
-    /// /v1/quarantine/{digest}`, `hotline discard`), journaled with who asked and the bytes
-    /// discarded. It was receipted when it was held, so the relay no longer has it: if it
+    /// Discards one quarantined delivery, at the operator's word (`POST
+    /// /v1/quarantine/{digest}/discard`, `hotline discard`), journaled with who asked, why it
+    /// was held and the bytes discarded. It was receipted when it was held, so the relay no longer has it: if it
     /// was genuine (its sender was not yet on this node's roster), it is gone from this node.
     /// Returns whether the quarantine held it.
     pub fn discard_quarantined(
