@@ -1851,6 +1851,14 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
         .map(|q| &q["unverified_claim"]["subject"])
         .collect();
     assert_eq!(subjects, vec!["second forgery"], "{held}");
+    // Emptied at once.
+    let done = kgz
+        .cli_json(&["discard", "--all", "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    assert_eq!(done["discarded"], 1, "{done}");
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(status["quarantined"], 0, "{status}");
     relay.conn.close(0u32.into(), b"test done");
 }
 

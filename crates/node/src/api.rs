@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
-use crate::limits::{API_BODY_BYTES_MAX, API_LIST_MAX};
+use crate::limits::{API_BODY_BYTES_MAX, API_LIST_MAX, QUARANTINE_DISCARD_BATCH};
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState};
 
@@ -135,6 +135,7 @@ pub(crate) async fn serve(
         .route("/v1/inbox", get(inbox))
         .route("/v1/quarantine", get(quarantine))
         .route("/v1/quarantine/{digest}/discard", post(discard))
+        .route("/v1/quarantine/discard-all", post(discard_all))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -479,11 +480,24 @@ async fn quarantine(
     ))
 }
 
-/// `POST /v1/quarantine/{digest}/discard` body: the officer who decided.
+/// `POST /v1/quarantine/{digest}/discard` and `POST /v1/quarantine/discard-all` body: the
+/// officer who decided.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DiscardRequest {
     officer: String,
+}
+
+impl DiscardRequest {
+    /// The officer's name, trimmed, or a 400 `invalid`.
+    fn officer(&self) -> Result<&str, ApiError> {
+        let officer = self.officer.trim();
+        let max = hotline_proto::limits::OFFICER_BYTES_MAX;
+        if officer.is_empty() || officer.len() > max {
+            return Err(bad("invalid", format!("officer: 1 to {max} bytes")));
+        }
+        Ok(officer)
+    }
 }
 
 /// Discards one quarantined delivery (the quarantine is full, or its content was looked at
@@ -499,22 +513,13 @@ async fn discard(
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| bad("bad_digest", format!("{digest:?} is not 64 hex digits")))?;
-    let officer = req.officer.trim();
-    if officer.is_empty() || officer.len() > hotline_proto::limits::OFFICER_BYTES_MAX {
-        return Err(bad(
-            "invalid",
-            format!(
-                "officer: 1 to {} bytes",
-                hotline_proto::limits::OFFICER_BYTES_MAX
-            ),
-        ));
-    }
+    let officer = req.officer()?;
     let d = hotline_proto::Digest(bytes);
-    let found = state
+    let n = state
         .store()
-        .discard_quarantined(&d, officer, now_ms())
+        .discard_quarantined(Some(&d), officer, now_ms(), 1)
         .map_err(store_error)?;
-    if !found {
+    if n == 0 {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -522,7 +527,34 @@ async fn discard(
         ));
     }
     warn!(digest = %d, officer = ?officer, "quarantined delivery discarded");
-    Ok(Json(json!({"digest": d.to_string(), "discarded": true})))
+    Ok(Json(json!({"discarded": 1, "digest": d.to_string()})))
+}
+
+/// Discards what the quarantine holds when asked, oldest first, `QUARANTINE_DISCARD_BATCH`
+/// at a time so that deliveries are stored in between; what arrives meanwhile stays (a relay
+/// delivering forgeries would otherwise keep the request going). Answers how many were
+/// discarded.
+async fn discard_all(
+    State(state): State<St>,
+    Body(req): Body<DiscardRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let officer = req.officer()?;
+    let held = state.store().quarantine_size().0.held;
+    let mut total = 0u64;
+    while total < held {
+        let batch = QUARANTINE_DISCARD_BATCH.min((held - total) as usize);
+        let n = state
+            .store()
+            .discard_quarantined(None, officer, now_ms(), batch)
+            .map_err(store_error)?;
+        total += n;
+        if n == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    warn!(discarded = total, officer = ?officer, "quarantine emptied");
+    Ok(Json(json!({"discarded": total})))
 }
 
 async fn sent_list(

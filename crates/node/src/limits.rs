@@ -108,6 +108,10 @@ pub const QUARANTINE_RECHECK_MAX: usize = 1_000;
 /// receipted, so it stays with the relay (`store::Stored::Refused`).
 pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Quarantined deliveries discarded in one transaction when an officer empties the
+/// quarantine (`hotline discard --all`); the store is free for deliveries in between.
+pub const QUARANTINE_DISCARD_BATCH: usize = 1_000;
+
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 

@@ -817,44 +817,43 @@ impl NodeStore {
         Ok(out)
     }
 
-    /// Discards one quarantined delivery, at the operator's word (`POST
-    /// /v1/quarantine/{digest}/discard`, `hotline discard`), journaled with who asked, why it
-    /// was held and the bytes discarded. It was receipted when it was held, so the relay no longer has it: if it
-    /// was genuine (its sender was not yet on this node's roster), it is gone from this node.
-    /// Returns whether the quarantine held it.
+    /// Discards quarantined deliveries at an officer's word (`hotline discard`): the one held
+    /// under `which`'s digest, or with `None` the oldest `max` held. Each is journaled
+    /// (`message.quarantine_discarded`, under its digest: who decided and why it was held;
+    /// its bytes are in its `message.quarantined` entry). It was receipted when it was held,
+    /// so the relay no longer has it: if it was genuine (its sender was not yet on this
+    /// node's roster), it is gone from this node. Returns how many were discarded.
     pub fn discard_quarantined(
         &mut self,
-        digest: &Digest,
+        which: Option<&Digest>,
         by: &str,
         now_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let found = self.tx(|tx, j| {
-            let held = tx
-                .prepare_cached("SELECT bytes, key, sig, reason FROM quarantine WHERE digest = ?1")?
-                .query_row([&digest.0[..]], |r| {
-                    Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, String>(3)?))
-                })
-                .optional()?;
-            let Some((signed, reason)) = held else {
-                return Ok(false);
+        max: usize,
+    ) -> Result<u64, StoreError> {
+        let (n, bytes) = self.tx(|tx, j| {
+            let rows: Vec<(Vec<u8>, String, u64)> = match which {
+                Some(d) => tx
+                    .prepare_cached("SELECT digest, reason, LENGTH(bytes) FROM quarantine WHERE digest = ?1")?
+                    .query_map([&d.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?,
+                None => tx
+                    .prepare_cached("SELECT digest, reason, LENGTH(bytes) FROM quarantine ORDER BY received_at_ms, rowid LIMIT ?1")?
+                    .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?,
             };
-            tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
-                .execute([&digest.0[..]])?;
-            let mut record = format!("by {by}; held because: {reason}\n").into_bytes();
-            record.extend_from_slice(&encode_record(&signed)?);
-            j.append(
-                tx,
-                now_ms,
-                "message.quarantine_discarded",
-                &digest.to_string(),
-                &record,
-            )?;
-            Ok(true)
+            let mut bytes = 0u64;
+            for (digest, reason, len) in &rows {
+                tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
+                    .execute([digest])?;
+                let record = format!("by {by}; held because: {reason}");
+                j.append(tx, now_ms, "message.quarantine_discarded", &hex::encode(digest), record.as_bytes())?;
+                bytes += len;
+            }
+            Ok((rows.len() as u64, bytes))
         })?;
-        if found {
-            self.quarantine = quarantine_size(&self.conn)?;
-        }
-        Ok(found)
+        self.quarantine.held = self.quarantine.held.saturating_sub(n);
+        self.quarantine.bytes = self.quarantine.bytes.saturating_sub(bytes);
+        Ok(n)
     }
 
     /// Signs cumulative delivered receipts for `items` (stored by
@@ -1826,15 +1825,27 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(store.quarantine_size().0.held, 1, "counted once");
 
-        assert!(!store
-            .discard_quarantined(&b.0.digest(), "Duty officer", NOW + 2)
-            .unwrap());
-        assert!(store
-            .discard_quarantined(&a.0.digest(), "Duty officer", NOW + 2)
-            .unwrap());
+        let discard = |store: &mut NodeStore, d: Option<&Digest>, max| {
+            store
+                .discard_quarantined(d, "Duty officer", NOW + 2, max)
+                .unwrap()
+        };
+        assert_eq!(discard(&mut store, Some(&b.0.digest()), 1), 0, "not held");
+        assert_eq!(discard(&mut store, Some(&a.0.digest()), 1), 1);
+        assert_eq!(store.quarantine_size(), (QuarantineSize::default(), false));
+        // Room again: `b` and `c` are held; all are discarded, the oldest first, two a call.
+        store.set_quarantine_max_bytes(u64::MAX);
+        let (out, _) = store
+            .store_deliveries(&[b.clone(), c.clone(), a.clone()], NOW + 3)
+            .unwrap();
+        assert_eq!(out, vec![Stored::Quarantined("unknown key".into()); 3]);
+        assert_eq!(discard(&mut store, None, 2), 2);
+        assert_eq!(store.quarantine_size().0.held, 1);
+        assert_eq!(discard(&mut store, None, 2), 1);
+        assert_eq!(discard(&mut store, None, 2), 0);
         assert_eq!(store.quarantine_size(), (QuarantineSize::default(), false));
         let (out, _) = store
-            .store_deliveries(std::slice::from_ref(&b), NOW + 3)
+            .store_deliveries(std::slice::from_ref(&b), NOW + 4)
             .unwrap();
         assert_eq!(out, vec![Stored::Quarantined("unknown key".into())]);
         // A reopened store counts what its table holds.
@@ -1850,7 +1861,8 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(discarded, vec![a.0.digest().to_string()]);
+        let order = [&a, &b, &c, &a].map(|x| x.0.digest().to_string());
+        assert_eq!(discarded, order, "journaled one by one, the oldest first");
         drop(store);
         let path = dir.path().join(DB_FILE);
         verify_records(&Connection::open(&path).unwrap(), &path).unwrap();

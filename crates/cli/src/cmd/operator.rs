@@ -472,21 +472,28 @@ pub(crate) struct DiscardArgs {
     api: ApiArgs,
     /// The quarantined delivery's digest, or the start of it as `hotline inbox
     /// --quarantined` shows it (found among the newest 1,000 held).
-    digest: String,
+    #[arg(required_unless_present = "all")]
+    digest: Option<String>,
+    /// Every delivery the quarantine holds now (each journaled).
+    #[arg(long, conflicts_with = "digest")]
+    all: bool,
     /// Who decided to discard it (name or duty position); journaled.
     #[arg(long)]
     officer: String,
 }
 
-/// `hotline discard DIGEST --officer NAME`: removes one delivery from the quarantine.
+/// `hotline discard DIGEST|--all --officer NAME`: removes deliveries from the quarantine.
 pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
     let client = a.api.client()?;
-    let prefix = a.digest.to_ascii_lowercase();
+    let Some(given) = &a.digest else {
+        let v = client.post("/v1/quarantine/discard-all", &json!({"officer": a.officer}))?;
+        return print(a.api.json, &v, |v| {
+            format!("discarded {} quarantined deliveries", v["discarded"])
+        });
+    };
+    let prefix = given.to_ascii_lowercase();
     if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-        anyhow::bail!(
-            "{:?} is not a digest: hex digits, as `hotline inbox --quarantined` shows",
-            a.digest
-        );
+        bail!("{given:?} is not a digest: hex digits, as `hotline inbox --quarantined` shows");
     }
     let digest = if prefix.len() == 64 {
         prefix
@@ -501,8 +508,8 @@ pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
             .collect();
         match matching[..] {
             [one] => one.to_owned(),
-            [] => anyhow::bail!("no quarantined delivery's digest starts with {prefix} (among the newest 1,000; give all 64 digits for an older one)"),
-            _ => anyhow::bail!("{} quarantined deliveries' digests start with {prefix}: give more digits", matching.len()),
+            [] => bail!("no quarantined delivery's digest starts with {prefix} (among the newest 1,000; give all 64 digits for an older one)"),
+            _ => bail!("{} quarantined deliveries' digests start with {prefix}: give more digits", matching.len()),
         }
     };
     let v = client.post(
