@@ -548,6 +548,8 @@ async fn an_exercise_message_is_marked_as_such() {
     assert_eq!(got["references"], json!([drill]), "{got}");
     assert_eq!(got["subject"], "Re: Drill: border incident", "{got}");
     assert_eq!(got["body"], "No activity observed.", "{got}");
+    let text = kaz.cli(&["show", &answer]).await.unwrap().stdout;
+    assert!(text.contains(&format!("references: {drill}")), "{text}");
     let sent = kgz.cli_json(&["show", &answer]).await.unwrap();
     assert_eq!(
         sent["audience"],

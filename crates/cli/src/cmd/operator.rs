@@ -367,8 +367,22 @@ pub(crate) struct ShowArgs {
 pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
     print(a.api.json, &v, |m| {
+        // What the message answers, updates or cancels, and its category, when it has them.
+        let mut context = String::new();
+        let references: Vec<&str> = m["references"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !references.is_empty() {
+            context.push_str(&format!("\nreferences: {}", references.join(", ")));
+        }
+        if m["category"].is_string() {
+            context.push_str(&format!("\ncategory: {}", shown(&m["category"], false)));
+        }
         let mut out = format!(
-            "{}{} message {}\nfrom: {}  kind: {}  precedence: {}  status: {}\ncreated: {}  respond by: {}\nsubject: {}\n\n{}",
+            "{}{} message {}\nfrom: {}  kind: {}  precedence: {}  status: {}\ncreated: {}  respond by: {}{context}\nsubject: {}\n\n{}",
             banner(m),
             m["direction"].as_str().unwrap_or(""),
             m["id"].as_str().unwrap_or(""),
