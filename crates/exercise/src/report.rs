@@ -142,6 +142,10 @@ pub struct StoreChecks {
     pub journals: Vec<(String, Result<u64, String>)>,
     /// Receipts checked, invalid.
     pub receipts: (usize, usize),
+    /// Nodes holding deliveries in quarantine at the end, with how many: with an honest relay
+    /// and every node on the drill's roster, a genuine message addressed to a node never
+    /// fails its checks there.
+    pub quarantined: Vec<(String, u64)>,
 }
 
 /// Verifies every journal and every received receipt's signature against the roster.
@@ -154,6 +158,7 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
         &dep.roster_key,
     )?;
     let (mut checked, mut invalid) = (0, 0);
+    let mut quarantined = Vec::new();
     for (id, n) in &dep.nodes {
         let db = n.data_dir.join("node.db");
         journals.push((id.clone(), verify_db(&db)));
@@ -165,6 +170,10 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
                         invalid += 1;
                     }
                 }
+                let held = store.quarantine_size().0.held;
+                if held > 0 {
+                    quarantined.push((id.clone(), held));
+                }
             }
             Err(e) => journals.push((format!("{id} receipts"), Err(e.to_string()))),
         }
@@ -172,6 +181,7 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     Ok(StoreChecks {
         journals,
         receipts: (checked, invalid),
+        quarantined,
     })
 }
 
@@ -440,6 +450,24 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             held: invalid == 0 && checked > 0,
             detail: format!("{checked} receipts checked, {invalid} invalid"),
         });
+        let held: u64 = checks.quarantined.iter().map(|(_, n)| n).sum();
+        invariants.push(Invariant {
+            name: "nothing quarantined".into(),
+            held: held == 0,
+            detail: if held == 0 {
+                "no node holds a delivery that failed its checks".into()
+            } else {
+                let nodes: Vec<String> = checks
+                    .quarantined
+                    .iter()
+                    .map(|(id, n)| format!("{id} {n}"))
+                    .collect();
+                format!(
+                    "{held} held: {} (hotline inbox --quarantined)",
+                    nodes.join(", ")
+                )
+            },
+        });
         invariants.push(Invariant {
             name: "audit journals verify".into(),
             held: journal_failures.is_empty(),
@@ -647,6 +675,21 @@ participants = ["KGZ"]
         hooks: Vec<(String, String)>,
         shown: HashMap<(String, String), u32>,
     ) -> Report {
+        let checks = StoreChecks {
+            journals: vec![("relay".into(), Ok(3))],
+            receipts: (3, 0),
+            quarantined: vec![],
+        };
+        score_with_checks(inboxes, matrix, hooks, shown, checks)
+    }
+
+    fn score_with_checks(
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+        hooks: Vec<(String, String)>,
+        shown: HashMap<(String, String), u32>,
+        checks: StoreChecks,
+    ) -> Report {
         let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
         let roster = roster();
         let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
@@ -666,10 +709,7 @@ participants = ["KGZ"]
             hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
             faults: vec![],
             proxies: BTreeMap::new(),
-            checks: Some(StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-            }),
+            checks: Some(checks),
             relay_exit: Some(Some(0)),
         })
         .expect("scores")
@@ -705,6 +745,32 @@ participants = ["KGZ"]
         assert!(objective(&r, "KGZ escalated").met);
         assert_eq!(r.messages_lost, 0);
         assert!(!r.passed, "an unmet objective fails the drill");
+    }
+
+    #[test]
+    fn a_delivery_held_in_quarantine_fails_the_drill() {
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(2000), None),
+            row("KGZ", Some(1600), Some(2000), None),
+        ];
+        let checks = StoreChecks {
+            journals: vec![("relay".into(), Ok(3))],
+            receipts: (3, 0),
+            quarantined: vec![("KGZ".into(), 2)],
+        };
+        let r = score_with_checks(inboxes, matrix, vec![], HashMap::new(), checks);
+        let q = r
+            .invariants
+            .iter()
+            .find(|i| i.name == "nothing quarantined")
+            .expect("quarantine invariant");
+        assert!(!q.held);
+        assert!(q.detail.contains("KGZ 2"), "{}", q.detail);
+        assert!(!r.passed);
     }
 
     #[test]
