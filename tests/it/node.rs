@@ -766,6 +766,22 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
         out.stderr
     );
 
+    // A respond-by beyond the protocol's times is refused by name, not a crash.
+    let out = kaz
+        .cli(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--subject",
+            "x",
+            "--respond-within",
+            &u64::MAX.to_string(),
+        ])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("respond_by_ms"), "{}", out.stderr);
+
     let limit = hotline_proto::limits::BODY_BYTES_MAX;
     assert_eq!(limit, 64 * 1024);
     let big = net.path().join("big.txt");

@@ -115,7 +115,7 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
     let req = json!({
         "to": a.to, "group": a.group, "all_members": a.all_members, "everyone": a.everyone,
         "kind": a.kind, "precedence": a.precedence.to_uppercase(), "status": a.status,
-        "category": a.category, "respond_within_ms": a.respond_within.map(|s| s * 1000),
+        "category": a.category, "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
         "references": a.references, "subject": a.subject, "body": body,
     });
     submit(&a.api, &req)
@@ -206,8 +206,8 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
         "to": [field("from")?], "kind": "reply",
         "precedence": a.precedence.map(|p| p.to_uppercase()).unwrap_or(field("precedence")?),
         "status": field("status")?, "category": m["category"],
-        "respond_within_ms": a.respond_within.map(|s| s * 1000),
-        "references": [a.id], "subject": subject, "body": body,
+        "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
+        "references": [field("id")?], "subject": subject, "body": body,
     });
     submit(&a.api, &req)
 }
