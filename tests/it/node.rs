@@ -550,6 +550,15 @@ async fn an_exercise_message_is_marked_as_such() {
     assert_eq!(got["body"], "No activity observed.", "{got}");
     let text = kaz.cli(&["show", &answer]).await.unwrap().stdout;
     assert!(text.contains(&format!("references: {drill}")), "{text}");
+    // KAZ's view of its drill message lists the answer.
+    let st = kaz.cli_json(&["status", &drill]).await.unwrap();
+    assert_eq!(st["answers"].as_array().map(Vec::len), Some(1), "{st}");
+    assert_eq!(st["answers"][0]["id"], answer.as_str(), "{st}");
+    assert_eq!(st["answers"][0]["from"], "KGZ", "{st}");
+    assert_eq!(st["answers"][0]["kind"], "reply", "{st}");
+    let text = kaz.cli(&["status", &drill]).await.unwrap().stdout;
+    assert!(text.contains("answers 1"), "{text}");
+    assert!(text.contains(&answer), "{text}");
     let sent = kgz.cli_json(&["show", &answer]).await.unwrap();
     assert_eq!(
         sent["audience"],

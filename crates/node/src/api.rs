@@ -430,6 +430,7 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
         "acknowledged": acked,
         "overdue": overdue,
         "recipients": s.matrix,
+        "answers": s.answers,
     })
 }
 

@@ -88,6 +88,14 @@ CREATE INDEX IF NOT EXISTS sent_by_respond_by ON sent (respond_by_ms, id)
 -- Messages stored but not yet announced to the operator (event, log, paging hook). A node
 -- killed between storing and announcing announces them at its next start.
 CREATE TABLE IF NOT EXISTS unannounced (id BLOB PRIMARY KEY);
+-- Received messages that reference a message this node sent (a reply, an update): derived
+-- from the inbox, filled as messages are stored (and from the inbox the first time a store
+-- opens with this table), read for a sent message's view.
+CREATE TABLE IF NOT EXISTS answers (
+    ref BLOB NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (ref, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
@@ -162,6 +170,23 @@ pub struct SentMessage {
     pub rejected: Option<(String, String)>,
     /// Per recipient.
     pub matrix: Vec<MatrixRow>,
+    /// Received messages that reference it, oldest first.
+    pub answers: Vec<Answer>,
+}
+
+/// A received message that references one this node sent (a reply, an update).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Answer {
+    /// Its id.
+    pub id: MessageId,
+    /// Its sender.
+    pub from: ParticipantId,
+    /// Its kind.
+    pub kind: hotline_proto::Kind,
+    /// Its subject.
+    pub subject: String,
+    /// When this node stored it.
+    pub received_at_ms: u64,
 }
 
 /// A received message with its acknowledgement state.
@@ -316,7 +341,35 @@ fn receive(
     )?;
     tx.prepare_cached("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)")?
         .execute([&env.id.0[..]])?;
+    index_answer(tx, env)?;
     Ok(true)
+}
+
+/// Records `env` (received) as an answer to each message this node sent that it references.
+fn index_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError> {
+    for r in &env.references {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO answers (ref, id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sent WHERE id = ?1)",
+        )?
+        .execute(params![&r.0[..], &env.id.0[..]])?;
+    }
+    Ok(())
+}
+
+/// Fills the `answers` table from the whole inbox, once, in a store made before the table
+/// existed.
+fn index_inbox_answers(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut st = tx.prepare("SELECT bytes, key, sig FROM inbox")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let signed: Signed<Envelope> = signed_at(r, 0)?;
+            index_answer(&tx, &decode_stored(&signed)?)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// What the quarantine table holds, counted.
@@ -416,6 +469,11 @@ impl NodeStore {
         let path = data_dir.join(DB_FILE);
         let conn = hotline_store::open(&path, true)?;
         hotline_store::quick_check(&conn, &path)?;
+        let answers_indexed: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'answers')",
+            [],
+            |r| r.get(0),
+        )?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
         // A damaged journal is refused at start-up, naming the file, rather than extended;
@@ -429,6 +487,9 @@ impl NodeStore {
             records,
             "stored messages and receipts match their journal entries"
         );
+        if !answers_indexed {
+            index_inbox_answers(&conn)?;
+        }
         let journal = Journal::load(&conn)?;
         let quarantine = quarantine_size(&conn)?;
         Ok(Self {
@@ -1258,11 +1319,31 @@ impl NodeStore {
             })
         })?;
         let matrix = rows.collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT i.bytes, i.key, i.sig, i.received_at_ms FROM answers a JOIN inbox i ON i.id = a.id WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid",
+        )?;
+        let held = st
+            .query_map([&id.0[..]], |r| {
+                Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut answers = Vec::with_capacity(held.len());
+        for (signed, received_at_ms) in held {
+            let e = decode_stored(&signed)?;
+            answers.push(Answer {
+                id: e.id,
+                from: e.sender,
+                kind: e.kind,
+                subject: e.subject,
+                received_at_ms,
+            });
+        }
         Ok(Some(SentMessage {
             envelope: decode_stored(&s)?,
             accepted_at_ms: accepted,
             rejected: code.map(|c| (c, detail.unwrap_or_default())),
             matrix,
+            answers,
         }))
     }
 
@@ -1568,6 +1649,43 @@ mod tests {
             .compose(me, &SigningKey::from_bytes(&[1; 32]), draft, to, 1, NOW)
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn received_messages_referencing_a_sent_one_are_its_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KGZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KAZ")]);
+        let sent_id = sent.decode_unverified().unwrap().id;
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let mut reply = envelope(1, Precedence::Flash);
+        reply.kind = Kind::Reply;
+        reply.references = vec![sent_id];
+        reply.subject = "Re: Incident at the border".into();
+        let mut unrelated = envelope(2, Precedence::Routine);
+        unrelated.references = vec![MessageId([0xAB; 16])];
+        let plain = envelope(3, Precedence::Routine);
+        let batch: Vec<_> = [&reply, &unrelated, &plain]
+            .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
+            .into();
+        store.store_deliveries(&batch, NOW + 1).unwrap();
+        let answers = |store: &NodeStore| -> Vec<(MessageId, Kind, u64)> {
+            store
+                .sent_message(&sent_id)
+                .unwrap()
+                .unwrap()
+                .answers
+                .into_iter()
+                .map(|a| (a.id, a.kind, a.received_at_ms))
+                .collect()
+        };
+        assert_eq!(answers(&store), vec![(reply.id, Kind::Reply, NOW + 1)]);
+        // A store made before the table existed fills it from its inbox when opened.
+        store.conn.execute_batch("DROP TABLE answers").unwrap();
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(answers(&store), vec![(reply.id, Kind::Reply, NOW + 1)]);
     }
 
     #[test]

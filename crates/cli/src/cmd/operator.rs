@@ -411,12 +411,35 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
 }
 
 fn matrix_text(m: &Value) -> String {
-    format!(
+    let mut out = format!(
         "state: {}  {}",
         m["state"].as_str().unwrap_or(""),
         recipients_text(m, |r| r["overdue_at_ms"].is_u64()
             && !r["acked_at_ms"].is_u64())
-    )
+    );
+    // Received messages that reference this one: the replies, updates and cancellations.
+    let answers = m["answers"].as_array().cloned().unwrap_or_default();
+    if !answers.is_empty() {
+        out.push_str(&format!(
+            "\n\nanswers {}\n{:<8}  {:<13}  {:<20}  {:<32}  SUBJECT",
+            answers.len(),
+            "FROM",
+            "RECEIVED",
+            "KIND",
+            "ID"
+        ));
+        for a in &answers {
+            out.push_str(&format!(
+                "\n{:<8}  {:<13}  {:<20}  {:<32}  {}",
+                a["from"].as_str().unwrap_or(""),
+                ts(&a["received_at_ms"]),
+                a["kind"].as_str().unwrap_or(""),
+                a["id"].as_str().unwrap_or(""),
+                super::roster::shorten(&shown(&a["subject"], false), 48),
+            ));
+        }
+    }
+    out
 }
 
 /// A message's counts and its table of recipients (`recipients`: `recipient`,
