@@ -45,6 +45,9 @@ pub struct Cell {
     pub delivered_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the acknowledgement.
     pub acknowledged_s: Option<f64>,
+    /// Scenario seconds from send to the sender holding the recipient's first answer (a
+    /// message of its referencing the inject).
+    pub answered_s: Option<f64>,
     /// Officer who acknowledged.
     pub officer: Option<String>,
     /// The respond-by passed unacknowledged.
@@ -306,9 +309,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 }
             }
         }
+        let answers = view["answers"].as_array().cloned().unwrap_or_default();
         for row in &mut rows {
             let m = matrix.get(&row.id);
             let got = inbox.get(&(row.id.clone(), id.clone().unwrap_or_default()));
+            let answered_at = answers
+                .iter()
+                .filter(|a| a["from"] == row.id.as_str())
+                .filter_map(|a| a["received_at_ms"].as_u64())
+                .min();
             row.cells.push(Cell {
                 addressed: m.is_some(),
                 delivered_s: got
@@ -317,6 +326,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 acknowledged_s: m
                     .and_then(|r| r["acked_at_ms"].as_u64())
                     .map(|t| scen_s(t, sent_ms)),
+                answered_s: answered_at.map(|t| scen_s(t, sent_ms)),
                 officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
                 overdue: m.is_some_and(|r| r["overdue_at_ms"].is_u64()),
             });
@@ -374,6 +384,11 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} acknowledged after {t:.1}s", row.id)),
                     None => Some(format!("{} never acknowledged", row.id)),
+                },
+                "answered" => match cell.answered_s {
+                    Some(t) if t <= limit => None,
+                    Some(t) => Some(format!("{} answered after {t:.1}s", row.id)),
+                    None => Some(format!("{} never answered", row.id)),
                 },
                 _ => {
                     let sender = &sc.injects[k].from;
@@ -649,6 +664,11 @@ name = "KGZ escalated"
 inject = "check"
 expect = "overdue_escalated"
 participants = ["KGZ"]
+[[objectives]]
+name = "answered"
+inject = "check"
+expect = "answered"
+within_s = 3.0
 "#;
 
     fn roster() -> Roster {
@@ -693,7 +713,9 @@ participants = ["KGZ"]
         let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
         let roster = roster();
         let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
-        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "delivered": 0, "acknowledged": 0});
+        // KAZ answered twice (the first counts); KGZ did not.
+        let answers = json!([{"from": "KAZ", "received_at_ms": 9000}, {"from": "KAZ", "received_at_ms": 2500}]);
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "answers": answers, "delivered": 0, "acknowledged": 0});
         score(Inputs {
             scenario: &sc,
             seed: 1,
@@ -743,6 +765,11 @@ participants = ["KGZ"]
         // KGZ never acknowledged: that objective fails, but the escalation one holds.
         assert!(!objective(&r, "acknowledged").met);
         assert!(objective(&r, "KGZ escalated").met);
+        let answered = objective(&r, "answered");
+        assert!(!answered.met);
+        assert_eq!(answered.failed, vec!["KGZ never answered".to_owned()]);
+        let kaz = r.participants.iter().find(|p| p.id == "KAZ").expect("KAZ");
+        assert_eq!(kaz.cells[0].answered_s, Some(1.5), "the first answer");
         assert_eq!(r.messages_lost, 0);
         assert!(!r.passed, "an unmet objective fails the drill");
     }

@@ -213,6 +213,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     // Scripted acknowledgements: (due, participant, message id).
     let mut acks_due: Vec<(Instant, String, String)> = Vec::new();
     let mut acks_scheduled: HashSet<(String, String)> = HashSet::new();
+    // Scripted answers: (due, participant, the reply to post).
+    let mut replies_due: Vec<(Instant, String, Value)> = Vec::new();
+    let mut replies_scheduled: HashSet<(String, String)> = HashSet::new();
     let mut shown: HashMap<(String, String), u32> = HashMap::new();
     let mut restarts: HashMap<String, u32> = HashMap::new();
     let mut relay_restarts = 0u32;
@@ -356,6 +359,23 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
         }
         acks_due = later;
+        // Scripted answers that are due.
+        let mut later = Vec::new();
+        for (due, p, reply) in replies_due.drain(..) {
+            if due > instant || down.contains(&p) {
+                later.push((due, p, reply));
+                continue;
+            }
+            let Some(c) = clients.get(&p).cloned() else {
+                continue;
+            };
+            let body = reply.clone();
+            match tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await? {
+                Ok(_) => {}
+                Err(_) => later.push((instant + Duration::from_millis(200), p, reply)),
+            }
+        }
+        replies_due = later;
 
         let finished_timeline = timeline.is_empty() && pending_injects.is_empty();
         if now >= end || (finished_timeline && objectives_met) {
@@ -387,12 +407,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         *shown.entry((p.clone(), id.to_owned())).or_insert(0) += 1;
                         if sim.is_some() {
                             schedule_ack(&scenario, &p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
+                            schedule_reply(&scenario, &p, &ev, Instant::now(), &mut replies_due, &mut replies_scheduled);
                         }
                     }
                 }
             }
             _ = sweep.tick() => {
-                if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() {
+                if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
                     objectives_met = all_met(&scenario, &injects, &clients).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
@@ -401,11 +422,11 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     let c = c.clone();
                     let Ok(Ok(items)) = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await else { continue };
                     for m in items.as_array().cloned().unwrap_or_default() {
+                        if sim.is_none() { continue; }
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
-                            if sim.is_some() {
-                                schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
-                            }
+                            schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
                         }
+                        schedule_reply(&scenario, p, &m, Instant::now(), &mut replies_due, &mut replies_scheduled);
                     }
                 }
             }
@@ -594,6 +615,32 @@ fn schedule_ack(
     }
 }
 
+/// Schedules `p`'s scripted answer to `m` (a received message as events and the inbox show
+/// it: `id`, `from`, `kind`, `precedence`, `subject`), if `m` is a consultation request and
+/// `p`'s behaviour answers them.
+fn schedule_reply(
+    scenario: &Scenario,
+    p: &str,
+    m: &Value,
+    now: Instant,
+    due: &mut Vec<(Instant, String, Value)>,
+    scheduled: &mut HashSet<(String, String)>,
+) {
+    let Some(after) = scenario.behaviour(p).reply_after_s else {
+        return;
+    };
+    let Some(id) = m["id"].as_str() else { return };
+    if m["kind"] != "consultation_request" || !scheduled.insert((p.to_owned(), id.to_owned())) {
+        return;
+    }
+    let subject = hotline_proto::envelope::reply_subject(m["subject"].as_str().unwrap_or(""));
+    let reply = json!({
+        "to": [m["from"]], "kind": "reply", "precedence": m["precedence"], "status": "exercise",
+        "references": [id], "subject": subject, "body": format!("Exercise answer from {p}."),
+    });
+    due.push((now + scenario.wall(after), p.to_owned(), reply));
+}
+
 async fn all_met(
     scenario: &Scenario,
     injects: &[Inject],
@@ -618,9 +665,11 @@ async fn all_met(
             return false;
         };
         let rows = v["recipients"].as_array().cloned().unwrap_or_default();
+        let answers = v["answers"].as_array().cloned().unwrap_or_default();
         let done = |r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
             "acknowledged" => r["acked_at_ms"].is_u64(),
+            "answered" => answers.iter().any(|a| a["from"] == r["recipient"]),
             _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
         };
         if rows.is_empty() || !rows.iter().all(done) {

@@ -101,6 +101,9 @@ pub struct Behaviour {
     /// Never acknowledge anything.
     #[serde(default)]
     pub never_ack: bool,
+    /// Answer each received consultation request this many scenario seconds after it
+    /// arrives: a reply to its sender, referencing it, as `hotline reply` sends one.
+    pub reply_after_s: Option<f64>,
 }
 
 /// A fault.
@@ -159,10 +162,11 @@ pub struct Objective {
     pub name: String,
     /// The inject it scores.
     pub inject: String,
-    /// `delivered`, `acknowledged` or `overdue_escalated` (the sender's overdue hook ran for
-    /// every recipient in scope that did not acknowledge).
+    /// `delivered`, `acknowledged`, `answered` (the recipient's reply, or any message of its
+    /// referencing the inject, reached the sender) or `overdue_escalated` (the sender's
+    /// overdue hook ran for every recipient in scope that did not acknowledge).
     pub expect: String,
-    /// Within this many scenario seconds of the inject (for delivered / acknowledged).
+    /// Within this many scenario seconds of the inject (for delivered / acknowledged / answered).
     pub within_s: Option<f64>,
     /// Restrict to these recipients (default: all recipients of the inject).
     #[serde(default)]
@@ -200,8 +204,10 @@ impl Scenario {
                     o.inject
                 );
             }
-            if !["delivered", "acknowledged", "overdue_escalated"].contains(&o.expect.as_str()) {
-                bail!("scenario {origin}: objective {:?}: expect must be delivered, acknowledged or overdue_escalated", o.name);
+            if !["delivered", "acknowledged", "answered", "overdue_escalated"]
+                .contains(&o.expect.as_str())
+            {
+                bail!("scenario {origin}: objective {:?}: expect must be delivered, acknowledged, answered or overdue_escalated", o.name);
             }
         }
         Ok(s)
@@ -221,6 +227,7 @@ impl Scenario {
             .unwrap_or(Behaviour {
                 ack_after_s: Some(2.0),
                 never_ack: false,
+                reply_after_s: None,
             })
     }
 }

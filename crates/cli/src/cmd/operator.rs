@@ -200,7 +200,7 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
     };
     let subject = match a.subject {
         Some(s) => s,
-        None => reply_subject(&field("subject")?),
+        None => hotline_proto::envelope::reply_subject(&field("subject")?),
     };
     let req = json!({
         "to": [field("from")?], "kind": "reply",
@@ -210,25 +210,6 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
         "references": [field("id")?], "subject": subject, "body": body,
     });
     submit(&a.api, &req)
-}
-
-/// "Re: " and `subject` (once: a reply to a reply keeps one), cut at a character boundary to
-/// the protocol's limit.
-fn reply_subject(subject: &str) -> String {
-    let mut s = if subject.starts_with("Re: ") {
-        subject.to_owned()
-    } else {
-        format!("Re: {subject}")
-    };
-    let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
-    if s.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|&i| s.is_char_boundary(i))
-            .unwrap_or(0);
-        s.truncate(cut);
-    }
-    s
 }
 
 /// Another participant's text (`v`, a JSON string) made safe to print on a terminal: control
@@ -655,18 +636,6 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_reply_subject_says_re_once_and_fits_the_protocol() {
-        assert_eq!(reply_subject("Border incident"), "Re: Border incident");
-        assert_eq!(reply_subject("Re: Border incident"), "Re: Border incident");
-        let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
-        // Two-byte characters: the cut falls inside one and moves back to its start.
-        let long = "é".repeat(max / 2);
-        let s = reply_subject(&long);
-        assert!(s.len() <= max && s.len() >= max - 1, "{}", s.len());
-        assert!(s.starts_with("Re: é"));
-    }
 
     #[test]
     fn another_participants_text_cannot_drive_the_terminal() {
