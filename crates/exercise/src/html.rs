@@ -130,6 +130,9 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             if let Some(a) = c.acknowledged_s {
                 let _ = write!(h, "<rect x=\"{}\" y=\"{}\" width=\"7\" height=\"7\" fill=\"{col}\"><title>{} acknowledged {} at +{a:.1}s</title></rect>", x(at + a) - 3.5, y - 3.5, esc(&p.id), esc(&r.injects[k].name));
             }
+            if let Some(a) = c.answered_s {
+                let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"{col}\">↩<title>{} answered {} at +{a:.1}s</title></text>", x(at + a) - 4.0, y + 4.0, esc(&p.id), esc(&r.injects[k].name));
+            }
             if c.overdue && c.acknowledged_s.is_none() {
                 let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"#d32f2f\">✕<title>{} overdue on {}</title></text>", x(t_max * 0.98), y + 4.0, esc(&p.id), esc(&r.injects[k].name));
             }
@@ -138,7 +141,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     h.push_str("</svg>");
 
     // Participant × inject matrix.
-    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged, scenario seconds after the inject. Green: acknowledged; yellow: delivered, not acknowledged; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
+    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged (· answered), scenario seconds after the inject. Green: acknowledged; yellow: delivered, not acknowledged; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
     for inj in &r.injects {
         let _ = write!(
             h,
@@ -171,6 +174,10 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
                 ("late", format!("{} / —", fmt(c.delivered_s)))
             } else {
                 ("bad", "not delivered".to_owned())
+            };
+            let text = match c.answered_s {
+                Some(a) => format!("{text} · answered {}", fmt(Some(a))),
+                None => text,
             };
             let _ = write!(h, "<td class=\"{class}\">{}</td>", esc(&text));
         }
