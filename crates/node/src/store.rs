@@ -203,7 +203,10 @@ pub struct InboxMessage {
 /// What one forwarded receipt told us ([`NodeStore::store_forwarded`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forwarded {
-    /// Not held before (a receipt forwarded again, or through a second relay, is not).
+    /// Kept now: it tells something new (the first delivered receipt or acknowledgement from
+    /// its recipient for one of our messages, or a mismatch) and was not held before. A
+    /// receipt forwarded again, or one telling nothing new (such as a second relay's copy),
+    /// is not kept.
     pub fresh: bool,
     /// Our messages this receipt is the first news of, from its recipient, for its kind.
     pub first: Vec<MessageId>,
@@ -1044,12 +1047,12 @@ impl NodeStore {
         Ok(())
     }
 
-    /// Stores receipts forwarded to us (verified by the caller) and updates the matrix.
-    /// Returns, per receipt, whether it was new and which of our messages it is the first
-    /// news of: the first delivered receipt from that recipient (or an acknowledgement, which
-    /// also marks it delivered), or the first acknowledgement. With two relays a recipient
-    /// receipts a message once through each, in two receipts unless they happen to be the
-    /// same bytes; the operator is told once.
+    /// Stores receipts forwarded to us (verified by the caller) that tell something new, and
+    /// updates the matrix. Returns, per receipt, whether it was kept and which of our messages
+    /// it is the first news of: the first delivered receipt from that recipient (or an
+    /// acknowledgement, which also marks it delivered), or the first acknowledgement. With two
+    /// relays a recipient receipts a message once through each, in two receipts unless they
+    /// happen to be the same bytes; the operator is told once, and the second is not kept.
     pub fn store_forwarded(
         &mut self,
         me: &ParticipantId,
@@ -1093,38 +1096,45 @@ impl NodeStore {
                     out.push(news);
                     continue;
                 }
+                // First news: no acknowledgement yet for an acknowledgement, or not yet
+                // delivered for a delivered receipt (no row: not addressed to them).
+                for item in &ours {
+                    let before: Option<(Option<u64>, Option<u64>)> = tx
+                        .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
+                        .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()?;
+                    if matches!((before, r.is_ack()), (Some((_, None)), true) | (Some((None, _)), false)) {
+                        news.first.push(item.id);
+                    }
+                }
+                // A receipt that tells nothing new is not kept: the first delivered receipt
+                // and the first acknowledgement from each recipient are the record, and a
+                // participant signing receipts without end could otherwise fill this disk
+                // (PROTOCOL.md 12.1 item 2). A second relay's copy is such a receipt.
+                if news.first.is_empty() && news.mismatched.is_empty() {
+                    out.push(news);
+                    continue;
+                }
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
                 )?;
                 news.fresh = n > 0;
                 if n == 0 {
+                    news.first.clear();
                     news.mismatched.clear();
                     out.push(news);
                     continue;
                 }
-                for item in ours {
-                    let before: Option<(Option<u64>, Option<u64>)> = tx
-                        .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
-                        .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()?;
-                    // First news: no acknowledgement yet for an acknowledgement, or not yet
-                    // delivered for a delivered receipt (no row: not addressed to them).
-                    let first = matches!(
-                        (before, r.is_ack()),
-                        (Some((_, None)), true) | (Some((None, _)), false)
-                    );
-                    if first {
-                        news.first.push(item.id);
-                    }
+                for id in &news.first {
                     tx.execute(
                         "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
-                        params![&item.id.0[..], r.recipient.as_str(), now_ms],
+                        params![&id.0[..], r.recipient.as_str(), now_ms],
                     )?;
                     if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
                         tx.execute(
                             "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
-                            params![&item.id.0[..], r.recipient.as_str(), now_ms, officer, note],
+                            params![&id.0[..], r.recipient.as_str(), now_ms, officer, note],
                         )?;
                     }
                 }
@@ -1722,14 +1732,14 @@ mod tests {
         );
         assert_eq!(
             news(&mut store, receipt(NOW + 2, ReceiptKind::Delivered)),
-            (true, vec![]),
-            "another delivered receipt from KGZ is stored but is no news"
+            (false, vec![]),
+            "another delivered receipt from KGZ is no news, and not kept"
         );
         assert_eq!(news(&mut store, receipt(NOW + 3, ack())), (true, vec![id]));
-        assert_eq!(news(&mut store, receipt(NOW + 4, ack())), (true, vec![]));
+        assert_eq!(news(&mut store, receipt(NOW + 4, ack())), (false, vec![]));
         assert_eq!(
             news(&mut store, receipt(NOW + 5, ReceiptKind::Delivered)),
-            (true, vec![]),
+            (false, vec![]),
             "a late delivered receipt after the acknowledgement"
         );
         // A receipt from someone the message was not addressed to names nothing of ours.
@@ -1742,7 +1752,19 @@ mod tests {
         };
         let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
         let stranger = signed.verify_with(&signed.key()).unwrap();
-        assert_eq!(news(&mut store, stranger), (true, vec![]));
+        assert_eq!(news(&mut store, stranger), (false, vec![]));
+        // What is kept is the record: KGZ's first delivered receipt and first acknowledgement.
+        let kept: Vec<u64> = store
+            .receipts_in()
+            .unwrap()
+            .iter()
+            .map(|r| r.decode_unverified().unwrap().created_at_ms)
+            .collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(
+            kept.contains(&(NOW + 1)) && kept.contains(&(NOW + 3)),
+            "{kept:?}"
+        );
     }
 
     #[test]
