@@ -372,6 +372,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             let body = reply.clone();
             match tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await? {
                 Ok(_) => {}
+                // Refused for good (the node found the reply invalid): said, not retried.
+                Err(
+                    e @ hotline_node::client::ClientError::Api {
+                        status: 400..=499, ..
+                    },
+                ) => {
+                    eprintln!("\n  {p}'s scripted answer was refused: {e}");
+                }
                 Err(_) => later.push((instant + Duration::from_millis(200), p, reply)),
             }
         }
