@@ -213,8 +213,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     // Scripted acknowledgements: (due, participant, message id).
     let mut acks_due: Vec<(Instant, String, String)> = Vec::new();
     let mut acks_scheduled: HashSet<(String, String)> = HashSet::new();
-    // Scripted answers: (due, participant, the reply to post).
-    let mut replies_due: Vec<(Instant, String, Value)> = Vec::new();
+    // Scripted answers: (due, participant, message id).
+    let mut replies_due: Vec<(Instant, String, String)> = Vec::new();
     let mut replies_scheduled: HashSet<(String, String)> = HashSet::new();
     let mut shown: HashMap<(String, String), u32> = HashMap::new();
     let mut restarts: HashMap<String, u32> = HashMap::new();
@@ -361,16 +361,17 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         acks_due = later;
         // Scripted answers that are due.
         let mut later = Vec::new();
-        for (due, p, reply) in replies_due.drain(..) {
+        for (due, p, id) in replies_due.drain(..) {
             if due > instant || down.contains(&p) {
-                later.push((due, p, reply));
+                later.push((due, p, id));
                 continue;
             }
             let Some(c) = clients.get(&p).cloned() else {
                 continue;
             };
-            let body = reply.clone();
-            match tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await? {
+            let path = format!("/v1/messages/{id}/reply");
+            let body = json!({"body": format!("Exercise answer from {p}.")});
+            match tokio::task::spawn_blocking(move || c.post(&path, &body)).await? {
                 Ok(_) => {}
                 // Refused for good (the node found the reply invalid): said, not retried.
                 Err(
@@ -380,7 +381,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 ) => {
                     eprintln!("\n  {p}'s scripted answer was refused: {e}");
                 }
-                Err(_) => later.push((instant + Duration::from_millis(200), p, reply)),
+                Err(_) => later.push((instant + Duration::from_millis(200), p, id)),
             }
         }
         replies_due = later;
@@ -624,29 +625,23 @@ fn schedule_ack(
 }
 
 /// Schedules `p`'s scripted answer to `m` (a received message as events and the inbox show
-/// it: `id`, `from`, `kind`, `precedence`, `subject`), if `m` is a consultation request and
-/// `p`'s behaviour answers them.
+/// it, with its `id` and `kind`), if `m` is a consultation request and `p`'s behaviour
+/// answers them. The node composes the reply (`POST /v1/messages/{id}/reply`).
 fn schedule_reply(
     scenario: &Scenario,
     p: &str,
     m: &Value,
     now: Instant,
-    due: &mut Vec<(Instant, String, Value)>,
+    due: &mut Vec<(Instant, String, String)>,
     scheduled: &mut HashSet<(String, String)>,
 ) {
     let Some(after) = scenario.behaviour(p).reply_after_s else {
         return;
     };
     let Some(id) = m["id"].as_str() else { return };
-    if m["kind"] != "consultation_request" || !scheduled.insert((p.to_owned(), id.to_owned())) {
-        return;
+    if m["kind"] == "consultation_request" && scheduled.insert((p.to_owned(), id.to_owned())) {
+        due.push((now + scenario.wall(after), p.to_owned(), id.to_owned()));
     }
-    let subject = hotline_proto::envelope::reply_subject(m["subject"].as_str().unwrap_or(""));
-    let reply = json!({
-        "to": [m["from"]], "kind": "reply", "precedence": m["precedence"], "status": "exercise",
-        "references": [id], "subject": subject, "body": format!("Exercise answer from {p}."),
-    });
-    due.push((now + scenario.wall(after), p.to_owned(), reply));
 }
 
 async fn all_met(

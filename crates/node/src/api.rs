@@ -132,6 +132,7 @@ pub(crate) async fn serve(
         .route("/v1/messages", post(send).get(sent_list))
         .route("/v1/messages/{id}", get(show))
         .route("/v1/messages/{id}/ack", post(ack))
+        .route("/v1/messages/{id}/reply", post(reply))
         .route("/v1/inbox", get(inbox))
         .route("/v1/quarantine", get(quarantine))
         .route("/v1/quarantine/{digest}/discard", post(discard))
@@ -596,6 +597,93 @@ async fn show(State(state): State<St>, Path(id): Path<String>) -> Result<Json<Va
     ))
 }
 
+/// `POST /v1/messages/{id}/reply` body: what differs from the message answered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyRequest {
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// Subject (default: "Re: " and the message's subject).
+    pub subject: Option<String>,
+    /// Precedence (default: the message's).
+    pub precedence: Option<Precedence>,
+    /// Respond-by, ms since the epoch.
+    pub respond_by_ms: Option<u64>,
+    /// Respond within this many ms from now (alternative to `respond_by_ms`).
+    pub respond_within_ms: Option<u64>,
+}
+
+/// Answers a received message: a new message to its sender alone, kind `reply`, referencing
+/// it (which lets an observer answer a member who wrote to it), with its category and its
+/// status (a reply to exercise or test traffic is exercise or test traffic too, not a
+/// choice, so that a drill's answer is never sent as real), and unless given its precedence
+/// and its subject after "Re: ". Otherwise as `POST /v1/messages`.
+async fn reply(
+    State(state): State<St>,
+    Path(id): Path<String>,
+    Body(req): Body<ReplyRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id: MessageId = id
+        .parse()
+        .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let (received, sent) = {
+        let store = state.store();
+        let received = store.inbox_message(&id).map_err(store_error)?;
+        let sent = received.is_none() && store.sent_message(&id).map_err(store_error)?.is_some();
+        (received, sent)
+    };
+    let Some(m) = received else {
+        if sent {
+            return Err(bad(
+                "not_received",
+                format!("{id} is a message this node sent, not one it received: follow it up with a new message referencing it"),
+            ));
+        }
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no received message {id}"),
+        ));
+    };
+    let e = m.envelope;
+    let send_req = SendRequest {
+        to: vec![e.sender.to_string()],
+        group: None,
+        all_members: false,
+        everyone: false,
+        kind: Some(Kind::Reply),
+        precedence: Some(req.precedence.unwrap_or(e.precedence)),
+        status: Some(e.status),
+        category: e.category,
+        respond_by_ms: req.respond_by_ms,
+        respond_within_ms: req.respond_within_ms,
+        references: vec![id.to_string()],
+        subject: req.subject.unwrap_or_else(|| reply_subject(&e.subject)),
+        body: req.body,
+    };
+    send(State(state), Body(send_req)).await
+}
+
+/// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
+/// to a reply keeps one), cut at a character boundary to `SUBJECT_BYTES_MAX`.
+fn reply_subject(subject: &str) -> String {
+    let mut s = if subject.starts_with("Re: ") {
+        subject.to_owned()
+    } else {
+        format!("Re: {subject}")
+    };
+    let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
 /// `POST /v1/messages/{id}/ack` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -712,4 +800,21 @@ async fn events(
             Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
         });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_subject_says_re_once_and_fits_the_protocol() {
+        assert_eq!(reply_subject("Border incident"), "Re: Border incident");
+        assert_eq!(reply_subject("Re: Border incident"), "Re: Border incident");
+        let max = hotline_proto::limits::SUBJECT_BYTES_MAX;
+        // Two-byte characters: the cut falls inside one and moves back to its start.
+        let long = "é".repeat(max / 2);
+        let s = reply_subject(&long);
+        assert!(s.len() <= max && s.len() >= max - 1, "{}", s.len());
+        assert!(s.starts_with("Re: é"));
+    }
 }

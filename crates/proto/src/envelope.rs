@@ -162,25 +162,6 @@ pub struct Envelope {
     pub body: String,
 }
 
-/// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
-/// to a reply keeps one), cut at a character boundary to `SUBJECT_BYTES_MAX`.
-pub fn reply_subject(subject: &str) -> String {
-    let mut s = if subject.starts_with("Re: ") {
-        subject.to_owned()
-    } else {
-        format!("Re: {subject}")
-    };
-    let max = crate::limits::SUBJECT_BYTES_MAX;
-    if s.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|&i| s.is_char_boundary(i))
-            .unwrap_or(0);
-        s.truncate(cut);
-    }
-    s
-}
-
 impl Envelope {
     /// The version, id and author of encoded envelope bytes, read from their start without
     /// decoding the rest (they are the first fields of the canonical encoding). Unverified:
@@ -289,18 +270,6 @@ impl SignedPayload for Envelope {
 mod tests {
     use super::*;
     use crate::{Signed, SigningKey};
-
-    #[test]
-    fn a_reply_subject_says_re_once_and_fits_the_protocol() {
-        assert_eq!(reply_subject("Border incident"), "Re: Border incident");
-        assert_eq!(reply_subject("Re: Border incident"), "Re: Border incident");
-        let max = crate::limits::SUBJECT_BYTES_MAX;
-        // Two-byte characters: the cut falls inside one and moves back to its start.
-        let long = "é".repeat(max / 2);
-        let s = reply_subject(&long);
-        assert!(s.len() <= max && s.len() >= max - 1, "{}", s.len());
-        assert!(s.starts_with("Re: é"));
-    }
 
     #[test]
     fn the_head_of_signed_bytes_is_their_version_id_and_author() {

@@ -118,7 +118,8 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
         "category": a.category, "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
         "references": a.references, "subject": a.subject, "body": body,
     });
-    submit(&a.api, &req)
+    let v = a.api.client()?.post("/v1/messages", &req)?;
+    print(a.api.json, &v, submitted_text)
 }
 
 /// The body of a message to send: `--body TEXT`, `--body -` (standard input) or
@@ -145,17 +146,14 @@ fn read_body(body: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Resu
     })
 }
 
-/// Posts a message (`POST /v1/messages`) and prints the node's answer.
-fn submit(api: &ApiArgs, req: &Value) -> anyhow::Result<()> {
-    let v = api.client()?.post("/v1/messages", req)?;
-    print(api.json, &v, |v| {
-        let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
-        let note = v["note"].as_str().unwrap_or("");
-        format!(
-            "{}\nqueued for {n} recipient(s); {note}",
-            v["id"].as_str().unwrap_or("?")
-        )
-    })
+/// The node's answer to a message submitted, as text.
+fn submitted_text(v: &Value) -> String {
+    let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
+    let note = v["note"].as_str().unwrap_or("");
+    format!(
+        "{}\nqueued for {n} recipient(s); {note}",
+        v["id"].as_str().unwrap_or("?")
+    )
 }
 
 /// `hotline reply`.
@@ -182,34 +180,21 @@ pub(crate) struct ReplyArgs {
     body_file: Option<PathBuf>,
 }
 
-/// `hotline reply ID`: answers a received message, to its sender alone: kind `reply`,
-/// referencing it (which lets an observer answer a member who wrote to it), with the
-/// message's category and status (a reply to exercise or test traffic is exercise or test
-/// traffic too; not an option, so that a drill's answer is never sent as real) and, unless
-/// given, its precedence and its subject after "Re: ".
+/// `hotline reply ID`: answers a received message (`POST /v1/messages/{id}/reply`): to its
+/// sender alone, kind `reply`, referencing it, with its category and status, and unless
+/// given its precedence and "Re: " subject.
 pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
     let body = read_body(a.body.as_deref(), a.body_file.as_deref())?;
-    let m = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
-    if m["direction"] != "received" {
-        bail!("{} is a message this node sent, not one it received: to follow it up, use `hotline send --references {}`", a.id, a.id);
-    }
-    let field = |k: &str| {
-        m[k].as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("the node's answer has no {k}: {m}"))
-    };
-    let subject = match a.subject {
-        Some(s) => s,
-        None => hotline_proto::envelope::reply_subject(&field("subject")?),
-    };
     let req = json!({
-        "to": [field("from")?], "kind": "reply",
-        "precedence": a.precedence.map(|p| p.to_uppercase()).unwrap_or(field("precedence")?),
-        "status": field("status")?, "category": m["category"],
+        "body": body, "subject": a.subject,
+        "precedence": a.precedence.map(|p| p.to_uppercase()),
         "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
-        "references": [field("id")?], "subject": subject, "body": body,
     });
-    submit(&a.api, &req)
+    let v = a
+        .api
+        .client()?
+        .post(&format!("/v1/messages/{}/reply", a.id), &req)?;
+    print(a.api.json, &v, submitted_text)
 }
 
 /// Another participant's text (`v`, a JSON string) made safe to print on a terminal: control
