@@ -576,6 +576,14 @@ async fn an_exercise_message_is_marked_as_such() {
         "{}",
         own.stderr
     );
+    let none = "0".repeat(32);
+    let unknown = kgz.cli(&["reply", &none, "--body", "?"]).await.unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        unknown.stderr.contains("no received message"),
+        "{}",
+        unknown.stderr
+    );
     relay.shutdown().await;
 }
 
