@@ -531,6 +531,7 @@ async fn an_exercise_message_is_marked_as_such() {
     assert!(shown.stdout.starts_with("[EXERCISE]"), "{}", shown.stdout);
 
     // KGZ's reply to the drill is exercise traffic too, to KAZ alone, referencing it.
+    let mut kaz_events = kaz.events().await.unwrap();
     let answer = id_of(
         &kgz.cli_json(&["reply", &drill, "--body", "No activity observed."])
             .await
@@ -540,6 +541,13 @@ async fn an_exercise_message_is_marked_as_such() {
         .wait_line(&["message received", &msg(&answer), "status=Exercise"])
         .await
         .unwrap();
+    let ev = kaz_events
+        .wait_for("the answer", |e| {
+            e["type"] == "message_received" && e["id"] == answer.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["references"], json!([drill]), "{ev}");
     let got = kaz.cli_json(&["show", &answer]).await.unwrap();
     assert_eq!(got["from"], "KGZ", "{got}");
     assert_eq!(got["kind"], "reply", "{got}");

@@ -25,6 +25,8 @@ pub enum Event {
         subject: String,
         /// Respond-by, if any.
         respond_by_ms: Option<u64>,
+        /// The messages it answers, updates or cancels (a reply's: the message replied to).
+        references: Vec<MessageId>,
         /// Whether this is a repeated page for an unacknowledged message.
         repage: bool,
         /// Whether the message was stored before the node last stopped, unannounced: the

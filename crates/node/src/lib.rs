@@ -483,6 +483,7 @@ pub(crate) fn received_event(
         status: env.status,
         subject: env.subject.clone(),
         respond_by_ms: env.respond_by_ms,
+        references: env.references.clone(),
         repage,
         recovered,
     }
