@@ -466,7 +466,7 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
 async fn an_exercise_message_is_marked_as_such() {
     let net = net();
     let relay = net.relay().await;
-    let (mut kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
 
     let drill = id_of(
         &kaz.cli_json(&[
@@ -530,17 +530,45 @@ async fn an_exercise_message_is_marked_as_such() {
     let shown = kgz.cli(&["show", &drill]).await.unwrap();
     assert!(shown.stdout.starts_with("[EXERCISE]"), "{}", shown.stdout);
 
-    // KGZ's reply to the drill is exercise traffic too, to KAZ alone, referencing it.
+    relay.shutdown().await;
+}
+
+/// `hotline reply` answers a received message: to its sender alone, kind `reply`,
+/// referencing it, with its status (a drill's answer is exercise traffic) and precedence and
+/// a `Re: ` subject; the sender is told (`message_received` with `references`) and lists it
+/// among the message's answers. A message the node sent, or none, is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_answers() {
+    let net = net();
+    let relay = net.relay().await;
+    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let drill = id_of(
+        &kaz.cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--status",
+            "exercise",
+            "--kind",
+            "consultation_request",
+            "--precedence",
+            "IMMEDIATE",
+            "--subject",
+            "Drill: request for clarification",
+        ])
+        .await
+        .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&drill)])
+        .await
+        .unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
     let answer = id_of(
         &kgz.cli_json(&["reply", &drill, "--body", "No activity observed."])
             .await
             .unwrap(),
     );
-    kaz.proc
-        .wait_line(&["message received", &msg(&answer), "status=Exercise"])
-        .await
-        .unwrap();
     let ev = kaz_events
         .wait_for("the answer", |e| {
             e["type"] == "message_received" && e["id"] == answer.as_str()
@@ -552,9 +580,12 @@ async fn an_exercise_message_is_marked_as_such() {
     assert_eq!(got["from"], "KGZ", "{got}");
     assert_eq!(got["kind"], "reply", "{got}");
     assert_eq!(got["status"], "exercise", "{got}");
-    assert_eq!(got["precedence"], d["precedence"], "{got}");
+    assert_eq!(got["precedence"], "IMMEDIATE", "{got}");
     assert_eq!(got["references"], json!([drill]), "{got}");
-    assert_eq!(got["subject"], "Re: Drill: border incident", "{got}");
+    assert_eq!(
+        got["subject"], "Re: Drill: request for clarification",
+        "{got}"
+    );
     assert_eq!(got["body"], "No activity observed.", "{got}");
     let text = kaz.cli(&["show", &answer]).await.unwrap().stdout;
     assert!(text.contains(&format!("references: {drill}")), "{text}");
