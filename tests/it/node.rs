@@ -536,7 +536,8 @@ async fn an_exercise_message_is_marked_as_such() {
 /// `hotline reply` answers a received message: to its sender alone, kind `reply`,
 /// referencing it, with its status (a drill's answer is exercise traffic) and precedence and
 /// a `Re: ` subject; the sender is told (`message_received` with `references`) and lists it
-/// among the message's answers. A message the node sent, or none, is refused by name.
+/// among the message's answers, as does the relay's report. A message the node sent, or
+/// none, is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_answers() {
     let net = net();
@@ -595,9 +596,27 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
     assert_eq!(st["answers"][0]["id"], answer.as_str(), "{st}");
     assert_eq!(st["answers"][0]["from"], "KGZ", "{st}");
     assert_eq!(st["answers"][0]["kind"], "reply", "{st}");
+    assert_eq!(st["answered"], 1, "{st}");
+    assert!(st["recipients"][0]["answered_at_ms"].is_u64(), "{st}");
     let text = kaz.cli(&["status", &drill]).await.unwrap().stdout;
+    assert!(text.contains("answered 1/1"), "{text}");
     assert!(text.contains("answers 1"), "{text}");
     assert!(text.contains(&answer), "{text}");
+    // The Secretariat sees it too, from the relay's store.
+    let config = net.relay_config.to_str().unwrap();
+    let out = hotline_cli(
+        net.path(),
+        &["relay", "report", "-c", config, "--id", &drill, "--json"],
+    )
+    .await
+    .unwrap();
+    let report = out.json().unwrap();
+    assert_eq!(report["answered"], 1, "{report}");
+    assert_eq!(report["recipients"][0]["recipient"], "KGZ", "{report}");
+    assert!(
+        report["recipients"][0]["answered_at_ms"].is_u64(),
+        "{report}"
+    );
     let sent = kgz.cli_json(&["show", &answer]).await.unwrap();
     assert_eq!(
         sent["audience"],

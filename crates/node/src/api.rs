@@ -381,6 +381,27 @@ fn inbox_item(m: InboxMessage) -> InboxItem {
 
 fn sent_view(s: SentMessage, now: u64) -> Value {
     let e = &s.envelope;
+    // Each recipient's first answer, when this node stored it.
+    let mut answered_at: std::collections::HashMap<&ParticipantId, u64> =
+        std::collections::HashMap::new();
+    for a in &s.answers {
+        let at = answered_at.entry(&a.from).or_insert(a.received_at_ms);
+        *at = (*at).min(a.received_at_ms);
+    }
+    let recipients: Vec<Value> = s
+        .matrix
+        .iter()
+        .map(|r| {
+            let mut v = json!(r);
+            v["answered_at_ms"] = json!(answered_at.get(&r.recipient));
+            v
+        })
+        .collect();
+    let answered = s
+        .matrix
+        .iter()
+        .filter(|r| answered_at.contains_key(&r.recipient))
+        .count();
     let total = s.matrix.len();
     let delivered = s
         .matrix
@@ -430,7 +451,8 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
         "delivered": delivered,
         "acknowledged": acked,
         "overdue": overdue,
-        "recipients": s.matrix,
+        "answered": answered,
+        "recipients": recipients,
         "answers": s.answers,
     })
 }

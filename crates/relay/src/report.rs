@@ -37,6 +37,9 @@ pub struct RecipientState {
     pub acked_at_ms: Option<u64>,
     /// Who acknowledged it, as signed.
     pub officer: Option<String>,
+    /// When it signed its first message referencing this one (a reply, an update) that
+    /// this relay accepted, its clock.
+    pub answered_at_ms: Option<u64>,
 }
 
 /// One accepted message and where it stands.
@@ -92,6 +95,7 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
         }
     }
     add_receipts(conn, &mut out)?;
+    add_answers(conn, &mut out)?;
     Ok(out)
 }
 
@@ -106,6 +110,7 @@ pub fn track_one(conn: &Connection, id: &MessageId) -> Result<Option<Tracked>, S
         .transpose()?;
     let mut out: Vec<Tracked> = one.into_iter().collect();
     add_receipts(conn, &mut out)?;
+    add_answers(conn, &mut out)?;
     Ok(out.pop())
 }
 
@@ -123,6 +128,7 @@ fn tracked(r: &rusqlite::Row<'_>) -> Result<Tracked, StoreError> {
             delivered_at_ms: None,
             acked_at_ms: None,
             officer: None,
+            answered_at_ms: None,
         })
         .collect();
     Ok(Tracked {
@@ -183,6 +189,44 @@ fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError
     Ok(())
 }
 
+/// Fills in when `out`'s recipients answered: the messages accepted since the oldest of them
+/// (newest first, stopping there) that reference one of them, from one of its recipients.
+fn add_answers(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError> {
+    let Some(oldest) = out.iter().map(|t| t.accepted_at_ms).min() else {
+        return Ok(());
+    };
+    let index: HashMap<MessageId, usize> = out
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.envelope.id, i))
+        .collect();
+    let mut st = conn.prepare("SELECT bytes, accepted_at_ms FROM messages ORDER BY rseq DESC")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let accepted_at_ms: u64 = r.get(1)?;
+        if accepted_at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < oldest {
+            break;
+        }
+        let bytes: Vec<u8> = r.get(0)?;
+        let answer: Envelope =
+            codec::decode(&bytes, Envelope::BYTES_MAX).map_err(|e| undecodable("message", e))?;
+        for referenced in &answer.references {
+            let Some(&i) = index.get(referenced) else {
+                continue;
+            };
+            if let Some(state) = out[i]
+                .recipients
+                .iter_mut()
+                .find(|s| s.recipient == answer.sender)
+            {
+                let at = answer.created_at_ms;
+                state.answered_at_ms = Some(state.answered_at_ms.map_or(at, |a| a.min(at)));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,12 +239,25 @@ mod tests {
         ParticipantId::new(s).expect("a valid id")
     }
 
-    /// Stores a message accepted at `at` (as the writer would), returning its id.
+    /// Stores KAZ's message to KGZ and SEC accepted at `at` (as the writer would), returning
+    /// its id.
     fn message(conn: &Connection, seq: u64, at: u64) -> MessageId {
+        stored(conn, "KAZ", seq, at, vec![], "KGZ,SEC")
+    }
+
+    /// Stores `sender`'s message referencing `references`, created and accepted at `at`.
+    fn stored(
+        conn: &Connection,
+        sender: &str,
+        seq: u64,
+        at: u64,
+        references: Vec<MessageId>,
+        recipients: &str,
+    ) -> MessageId {
         let env = Envelope {
             version: PROTOCOL_VERSION,
             id: MessageId::random(),
-            sender: pid("KAZ"),
+            sender: pid(sender),
             seq: Seq(seq),
             audience: Audience::Participants(vec![pid("KGZ"), pid("SEC")]),
             kind: Kind::Alert,
@@ -208,7 +265,7 @@ mod tests {
             status: Status::Actual,
             created_at_ms: at,
             respond_by_ms: Some(at + 1_000),
-            references: vec![],
+            references,
             category: None,
             subject: format!("message {seq}"),
             body: String::new(),
@@ -216,8 +273,8 @@ mod tests {
         let s = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("signs");
         conn.execute(
             "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-             VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, ?7, 'KGZ,SEC')",
-            params![&env.id.0[..], seq, &s.digest().0[..], s.bytes(), &s.key().0[..], &s.signature().0[..], at],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![&env.id.0[..], sender, seq, &s.digest().0[..], s.bytes(), &s.key().0[..], &s.signature().0[..], at, recipients],
         )
         .expect("stored");
         env.id
@@ -295,6 +352,7 @@ mod tests {
                 delivered_at_ms: Some(T + 50),
                 acked_at_ms: Some(T + 200),
                 officer: Some("First officer".into()),
+                answered_at_ms: None,
             }
         );
         assert_eq!(kgz(&report[0]).acked_at_ms, None);
@@ -318,5 +376,27 @@ mod tests {
         assert!(track_one(&conn, &MessageId::random())
             .expect("reads")
             .is_none());
+    }
+
+    #[test]
+    fn a_recipient_answered_when_it_signed_its_first_message_referencing_one() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (_, conn) = crate::store::open_db(dir.path()).expect("opens");
+        const T: u64 = 1_800_000_000_000;
+        let a = message(&conn, 1, T);
+        // KGZ answers twice; TJK, not a recipient, answers too; SEC does not.
+        stored(&conn, "KGZ", 1, T + 600, vec![a], "KAZ");
+        stored(&conn, "KGZ", 2, T + 500, vec![a], "KAZ");
+        stored(&conn, "TJK", 1, T + 700, vec![a], "KAZ");
+        let one = track_one(&conn, &a).expect("reads").expect("held");
+        let answered: Vec<_> = one
+            .recipients
+            .iter()
+            .map(|r| (r.recipient.as_str(), r.answered_at_ms))
+            .collect();
+        assert_eq!(answered, vec![("KGZ", Some(T + 500)), ("SEC", None)]);
+        let all = track(&conn, T - 1, 100).expect("reads");
+        let a_row = all.iter().find(|t| t.envelope.id == a).expect("a");
+        assert_eq!(a_row.recipients, one.recipients, "the same by period");
     }
 }

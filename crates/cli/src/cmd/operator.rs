@@ -409,21 +409,28 @@ fn matrix_text(m: &Value) -> String {
 }
 
 /// A message's counts and its table of recipients (`recipients`: `recipient`,
-/// `delivered_at_ms`, `acked_at_ms`, `officer`), as the sender's node (`hotline status`) and
-/// the relay (`hotline relay report --id`) both show them; `overdue` tells a row's state.
+/// `delivered_at_ms`, `acked_at_ms`, `answered_at_ms`, `officer`), as the sender's node
+/// (`hotline status`) and the relay (`hotline relay report --id`) both show them; `overdue`
+/// tells a row's state. Answers are counted for a consultation request, or once there is one.
 pub(crate) fn recipients_text(m: &Value, overdue: impl Fn(&Value) -> bool) -> String {
+    let answered = if m["kind"] == "consultation_request" || m["answered"].as_u64() > Some(0) {
+        format!("  answered {}/{}", m["answered"], m["total"])
+    } else {
+        String::new()
+    };
     let mut out =
         format!(
-        "delivered {}/{}  acknowledged {}/{}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<8}  OFFICER",
+        "delivered {}/{}  acknowledged {}/{}{answered}  overdue {}\n{:<8}  {:<13}  {:<13}  {:<13}  {:<8}  OFFICER",
         m["delivered"], m["total"], m["acknowledged"], m["total"], m["overdue"],
-        "TO", "DELIVERED", "ACKNOWLEDGED", "OVERDUE"
+        "TO", "DELIVERED", "ACKNOWLEDGED", "ANSWERED", "OVERDUE"
     );
     for r in m["recipients"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "\n{:<8}  {:<13}  {:<13}  {:<8}  {}",
+            "\n{:<8}  {:<13}  {:<13}  {:<13}  {:<8}  {}",
             r["recipient"].as_str().unwrap_or(""),
             ts(&r["delivered_at_ms"]),
             ts(&r["acked_at_ms"]),
+            ts(&r["answered_at_ms"]),
             if overdue(r) { "OVERDUE" } else { "" },
             shown(&r["officer"], false),
         ));

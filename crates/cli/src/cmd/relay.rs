@@ -152,10 +152,11 @@ fn report(
             "delivered": t.recipients.iter().filter(|r| r.delivered_at_ms.is_some()).count(),
             "acknowledged": t.recipients.iter().filter(|r| r.acked_at_ms.is_some()).count(),
             "overdue": t.overdue(now).count(),
+            "answered": t.recipients.iter().filter(|r| r.answered_at_ms.is_some()).count(),
             "recipients": t.recipients.iter().map(|r| json!({
                 "recipient": r.recipient, "delivered_at_ms": r.delivered_at_ms,
                 "acked_at_ms": r.acked_at_ms, "officer": r.officer,
-                "overdue": t.is_overdue(r, now),
+                "answered_at_ms": r.answered_at_ms, "overdue": t.is_overdue(r, now),
             })).collect::<Vec<_>>(),
         })
     };
@@ -196,18 +197,24 @@ fn report(
         return Ok(());
     }
     let mut out = format!(
-        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  SUBJECT",
-        all.len(), "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "OVERDUE"
+        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",
+        all.len(), "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "ANSD", "OVERDUE"
     );
     for v in &all {
         out.push_str(&format!(
-            "\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {}{}",
+            "\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {:>7}  {}{}",
             v["id"].as_str().unwrap_or(""),
             v["from"].as_str().unwrap_or(""),
             v["precedence"].as_str().unwrap_or(""),
             ts(&v["accepted_at_ms"]),
             format!("{}/{}", v["delivered"], v["total"]),
             format!("{}/{}", v["acknowledged"], v["total"]),
+            // Answers are counted for a consultation request, or once there is one.
+            if v["kind"] == "consultation_request" || v["answered"].as_u64() > Some(0) {
+                format!("{}/{}", v["answered"], v["total"])
+            } else {
+                String::new()
+            },
             v["overdue"].as_u64().unwrap_or(0),
             banner(v),
             shorten(&shown(&v["subject"], false), 60),
