@@ -602,6 +602,11 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
     assert!(text.contains("answered 1/1"), "{text}");
     assert!(text.contains("answers 1"), "{text}");
     assert!(text.contains(&answer), "{text}");
+    // KGZ's view of the message it answered says so.
+    let here = kgz.cli_json(&["show", &drill]).await.unwrap();
+    assert!(here["answered_at_ms"].is_u64(), "{here}");
+    let text = kgz.cli(&["show", &drill]).await.unwrap().stdout;
+    assert!(text.contains("answered from here at"), "{text}");
     // The Secretariat sees it too, from the relay's store.
     let config = net.relay_config.to_str().unwrap();
     let out = hotline_cli(

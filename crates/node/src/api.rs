@@ -354,6 +354,7 @@ struct InboxItem {
     acknowledged_at_ms: Option<u64>,
     officer: Option<String>,
     note: Option<String>,
+    answered_at_ms: Option<u64>,
 }
 
 fn inbox_item(m: InboxMessage) -> InboxItem {
@@ -376,6 +377,7 @@ fn inbox_item(m: InboxMessage) -> InboxItem {
         acknowledged_at_ms: m.ack.as_ref().map(|a| a.0),
         officer: m.ack.as_ref().map(|a| a.1.clone()),
         note: m.ack.and_then(|a| a.2),
+        answered_at_ms: m.answered_at_ms,
     }
 }
 

@@ -88,9 +88,11 @@ CREATE INDEX IF NOT EXISTS sent_by_respond_by ON sent (respond_by_ms, id)
 -- Messages stored but not yet announced to the operator (event, log, paging hook). A node
 -- killed between storing and announcing announces them at its next start.
 CREATE TABLE IF NOT EXISTS unannounced (id BLOB PRIMARY KEY);
--- Received messages that reference a message this node sent (a reply, an update): derived
--- from the inbox, filled as messages are stored (and from the inbox the first time a store
--- opens with this table), read for a sent message's view.
+-- Answers: message `id` references message `ref`, one received and the other sent (a
+-- reply received to one of ours, or one of ours to a message received; message ids are
+-- unique across both). Derived from the inbox and the sent messages: filled as messages
+-- are stored and sent (and from both the first time a store opens with this table), read
+-- for a sent message's answers and a received message's answers from here.
 CREATE TABLE IF NOT EXISTS answers (
     ref BLOB NOT NULL,
     id BLOB NOT NULL,
@@ -198,6 +200,8 @@ pub struct InboxMessage {
     pub received_at_ms: u64,
     /// When it was acknowledged here, by whom, with what note.
     pub ack: Option<(u64, String, Option<String>)>,
+    /// When this node first answered it (sent a message referencing it), its clock.
+    pub answered_at_ms: Option<u64>,
 }
 
 /// What one forwarded receipt told us ([`NodeStore::store_forwarded`]).
@@ -359,16 +363,33 @@ fn index_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Fills the `answers` table from the whole inbox, once, in a store made before the table
-/// existed.
-fn index_inbox_answers(conn: &Connection) -> Result<(), StoreError> {
+/// Records `env` (sent) as this node's answer to each received message it references.
+fn index_own_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError> {
+    for r in &env.references {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO answers (ref, id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM inbox WHERE id = ?1)",
+        )?
+        .execute(params![&r.0[..], &env.id.0[..]])?;
+    }
+    Ok(())
+}
+
+/// Fills the `answers` table from the whole inbox and every sent message, once, in a store
+/// made before the table existed.
+fn index_stored_answers(conn: &Connection) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
-    {
-        let mut st = tx.prepare("SELECT bytes, key, sig FROM inbox")?;
+    for (table, index) in [
+        (
+            "inbox",
+            index_answer as fn(&Connection, &Envelope) -> Result<(), StoreError>,
+        ),
+        ("sent", index_own_answer),
+    ] {
+        let mut st = tx.prepare(&format!("SELECT bytes, key, sig FROM {table}"))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let signed: Signed<Envelope> = signed_at(r, 0)?;
-            index_answer(&tx, &decode_stored(&signed)?)?;
+            index(&tx, &decode_stored(&signed)?)?;
         }
     }
     tx.commit()?;
@@ -491,7 +512,7 @@ impl NodeStore {
             "stored messages and receipts match their journal entries"
         );
         if !answers_indexed {
-            index_inbox_answers(&conn)?;
+            index_stored_answers(&conn)?;
         }
         let journal = Journal::load(&conn)?;
         let quarantine = quarantine_size(&conn)?;
@@ -616,6 +637,7 @@ impl NodeStore {
                 tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&env.id.0[..], r.as_str()])?;
             }
             j.append(tx, now_ms, "message.sent", &env.id.to_string(), &encode_record(&signed)?)?;
+            index_own_answer(tx, &env)?;
             Ok(Ok(signed))
         })
     }
@@ -1234,7 +1256,7 @@ impl NodeStore {
     /// Received messages, newest first.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
+            "SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note, (SELECT MIN(s.created_at_ms) FROM answers a JOIN sent s ON s.id = a.id WHERE a.ref = inbox.id) FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let rows = st.query_map([limit as i64], Self::inbox_row)?;
         let mut out = Vec::new();
@@ -1277,6 +1299,7 @@ impl NodeStore {
                 envelope: placeholder,
                 received_at_ms: r.get(3)?,
                 ack: acked.map(|a| (a, officer.unwrap_or_default(), note)),
+                answered_at_ms: r.get(7)?,
             },
         ))
     }
@@ -1285,7 +1308,7 @@ impl NodeStore {
     pub fn inbox_message(&self, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
         let row = self
             .conn
-            .query_row("SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note FROM inbox WHERE id = ?1", [&id.0[..]], Self::inbox_row)
+            .query_row("SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note, (SELECT MIN(s.created_at_ms) FROM answers a JOIN sent s ON s.id = a.id WHERE a.ref = inbox.id) FROM inbox WHERE id = ?1", [&id.0[..]], Self::inbox_row)
             .optional()?;
         match row {
             None => Ok(None),
@@ -1691,11 +1714,50 @@ mod tests {
                 .collect()
         };
         assert_eq!(answers(&store), vec![(reply.id, Kind::Reply, NOW + 1)]);
-        // A store made before the table existed fills it from its inbox when opened.
+        // This node answers `plain` (received): that message shows it was answered here.
+        let draft = Draft {
+            audience: Audience::Participants(vec![pid("KAZ")]),
+            kind: Kind::Reply,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![plain.id],
+            category: None,
+            subject: "Re: message 3".into(),
+            body: String::new(),
+        };
+        store
+            .compose(
+                &me,
+                &SigningKey::from_bytes(&[1; 32]),
+                draft,
+                &[pid("KAZ")],
+                1,
+                NOW + 2,
+            )
+            .unwrap()
+            .unwrap();
+        let answered_here = |store: &NodeStore, id: &MessageId| {
+            store.inbox_message(id).unwrap().unwrap().answered_at_ms
+        };
+        assert_eq!(answered_here(&store, &plain.id), Some(NOW + 2));
+        assert_eq!(answered_here(&store, &reply.id), None);
+        assert_eq!(
+            store
+                .inbox(10)
+                .unwrap()
+                .iter()
+                .filter(|m| m.answered_at_ms.is_some())
+                .count(),
+            1
+        );
+        // A store made before the table existed fills it from its inbox and its sent
+        // messages when opened.
         store.conn.execute_batch("DROP TABLE answers").unwrap();
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(answers(&store), vec![(reply.id, Kind::Reply, NOW + 1)]);
+        assert_eq!(answered_here(&store, &plain.id), Some(NOW + 2));
     }
 
     #[test]

@@ -372,6 +372,12 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
         } else {
             out.push_str("\n\nNOT ACKNOWLEDGED");
         }
+        if m["answered_at_ms"].is_u64() {
+            out.push_str(&format!(
+                "\nanswered from here at {}",
+                ts(&m["answered_at_ms"])
+            ));
+        }
         out
     })
 }
