@@ -138,9 +138,17 @@ fn tracked(r: &rusqlite::Row<'_>) -> Result<Tracked, StoreError> {
     })
 }
 
-/// Fills in `out`'s recipients from the receipts stored since the oldest of them was
-/// accepted (newest first, stopping there).
-fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError> {
+/// Reads the records of `sql` (`bytes, at_ms`, newest first) back to the oldest acceptance
+/// among `out` (less `CLOCK_STEP_MARGIN_MS`), decoding each as `T` (`what` names it in an
+/// error) and handing it to `each` with `out` and the position of each of `out`'s messages
+/// by id.
+fn scan_back<T: SignedPayload>(
+    conn: &Connection,
+    out: &mut [Tracked],
+    sql: &str,
+    what: &str,
+    mut each: impl FnMut(T, &HashMap<MessageId, usize>, &mut [Tracked]),
+) -> Result<(), StoreError> {
     let Some(oldest) = out.iter().map(|t| t.accepted_at_ms).min() else {
         return Ok(());
     };
@@ -149,16 +157,25 @@ fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError
         .enumerate()
         .map(|(i, t)| (t.envelope.id, i))
         .collect();
-    let mut st = conn.prepare("SELECT bytes, stored_at_ms FROM receipts ORDER BY rseq DESC")?;
+    let mut st = conn.prepare(sql)?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        let stored_at_ms: u64 = r.get(1)?;
-        if stored_at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < oldest {
+        let at_ms: u64 = r.get(1)?;
+        if at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < oldest {
             break;
         }
         let bytes: Vec<u8> = r.get(0)?;
-        let receipt: Receipt =
-            codec::decode(&bytes, Receipt::BYTES_MAX).map_err(|e| undecodable("receipt", e))?;
+        let record: T = codec::decode(&bytes, T::BYTES_MAX).map_err(|e| undecodable(what, e))?;
+        each(record, &index, out);
+    }
+    Ok(())
+}
+
+/// Fills in `out`'s recipients from the receipts stored since the oldest of them was
+/// accepted (newest first, stopping there).
+fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError> {
+    let sql = "SELECT bytes, stored_at_ms FROM receipts ORDER BY rseq DESC";
+    scan_back(conn, out, sql, "receipt", |receipt: Receipt, index, out| {
         let officer = match &receipt.kind {
             ReceiptKind::Acknowledged { officer, .. } => Some(officer),
             _ => None,
@@ -185,31 +202,14 @@ fn add_receipts(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError
                 }
             }
         }
-    }
-    Ok(())
+    })
 }
 
 /// Fills in when `out`'s recipients answered: the messages accepted since the oldest of them
 /// (newest first, stopping there) that reference one of them, from one of its recipients.
 fn add_answers(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError> {
-    let Some(oldest) = out.iter().map(|t| t.accepted_at_ms).min() else {
-        return Ok(());
-    };
-    let index: HashMap<MessageId, usize> = out
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.envelope.id, i))
-        .collect();
-    let mut st = conn.prepare("SELECT bytes, accepted_at_ms FROM messages ORDER BY rseq DESC")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let accepted_at_ms: u64 = r.get(1)?;
-        if accepted_at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < oldest {
-            break;
-        }
-        let bytes: Vec<u8> = r.get(0)?;
-        let answer: Envelope =
-            codec::decode(&bytes, Envelope::BYTES_MAX).map_err(|e| undecodable("message", e))?;
+    let sql = "SELECT bytes, accepted_at_ms FROM messages ORDER BY rseq DESC";
+    scan_back(conn, out, sql, "message", |answer: Envelope, index, out| {
         for referenced in &answer.references {
             let Some(&i) = index.get(referenced) else {
                 continue;
@@ -223,8 +223,7 @@ fn add_answers(conn: &Connection, out: &mut [Tracked]) -> Result<(), StoreError>
                 state.answered_at_ms = Some(state.answered_at_ms.map_or(at, |a| a.min(at)));
             }
         }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
