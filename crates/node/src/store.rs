@@ -348,27 +348,17 @@ fn receive(
     )?;
     tx.prepare_cached("INSERT OR IGNORE INTO unannounced (id) VALUES (?1)")?
         .execute([&env.id.0[..]])?;
-    index_answer(tx, env)?;
+    index_answer(tx, env, "sent")?;
     Ok(true)
 }
 
-/// Records `env` (received) as an answer to each message this node sent that it references.
-fn index_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError> {
+/// Records `env` as an answer to each message it references that `other` holds: `"sent"`
+/// for a received message (an answer to one of ours), `"inbox"` for one this node sent.
+fn index_answer(conn: &Connection, env: &Envelope, other: &str) -> Result<(), StoreError> {
     for r in &env.references {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO answers (ref, id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sent WHERE id = ?1)",
-        )?
-        .execute(params![&r.0[..], &env.id.0[..]])?;
-    }
-    Ok(())
-}
-
-/// Records `env` (sent) as this node's answer to each received message it references.
-fn index_own_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError> {
-    for r in &env.references {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO answers (ref, id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM inbox WHERE id = ?1)",
-        )?
+        conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO answers (ref, id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM {other} WHERE id = ?1)"
+        ))?
         .execute(params![&r.0[..], &env.id.0[..]])?;
     }
     Ok(())
@@ -378,18 +368,12 @@ fn index_own_answer(conn: &Connection, env: &Envelope) -> Result<(), StoreError>
 /// made before the table existed.
 fn index_stored_answers(conn: &Connection) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
-    for (table, index) in [
-        (
-            "inbox",
-            index_answer as fn(&Connection, &Envelope) -> Result<(), StoreError>,
-        ),
-        ("sent", index_own_answer),
-    ] {
+    for (table, other) in [("inbox", "sent"), ("sent", "inbox")] {
         let mut st = tx.prepare(&format!("SELECT bytes, key, sig FROM {table}"))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let signed: Signed<Envelope> = signed_at(r, 0)?;
-            index(&tx, &decode_stored(&signed)?)?;
+            index_answer(&tx, &decode_stored(&signed)?, other)?;
         }
     }
     tx.commit()?;
@@ -637,7 +621,7 @@ impl NodeStore {
                 tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&env.id.0[..], r.as_str()])?;
             }
             j.append(tx, now_ms, "message.sent", &env.id.to_string(), &encode_record(&signed)?)?;
-            index_own_answer(tx, &env)?;
+            index_answer(tx, &env, "inbox")?;
             Ok(Ok(signed))
         })
     }
