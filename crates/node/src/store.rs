@@ -851,8 +851,9 @@ impl NodeStore {
         passed: &[(Digest, Envelope)],
         now_ms: u64,
     ) -> Result<Vec<Envelope>, StoreError> {
-        let out = self.tx(|tx, j| {
+        let (out, removed) = self.tx(|tx, j| {
             let mut out = Vec::new();
+            let mut removed = QuarantineSize::default();
             for (digest, env) in passed {
                 let held = tx
                     .prepare_cached(
@@ -880,10 +881,13 @@ impl NodeStore {
                 }
                 tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
                     .execute([&digest.0[..]])?;
+                removed.held += 1;
+                removed.bytes += signed.bytes().len() as u64;
             }
-            Ok(out)
+            Ok((out, removed))
         })?;
-        self.quarantine = quarantine_size(&self.conn)?;
+        self.quarantine.held = self.quarantine.held.saturating_sub(removed.held);
+        self.quarantine.bytes = self.quarantine.bytes.saturating_sub(removed.bytes);
         Ok(out)
     }
 
