@@ -1853,6 +1853,138 @@ async fn receipts_reach_every_sender_they_name_once() {
     relay.shutdown().await;
 }
 
+/// `c`'s signed receipt of `kind` for `messages`, signed at `at` (so that two receipts
+/// for the same messages differ), sent and answered.
+async fn receipt_at(
+    c: &mut Client,
+    kind: ReceiptKind,
+    messages: &[hotline_proto::ReceiptItem],
+    at: u64,
+) -> Signed<Receipt> {
+    let r = Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: c.id.clone(),
+        kind,
+        created_at_ms: at,
+        items: messages.to_vec(),
+    };
+    let r = Signed::sign(&r, &c.key).unwrap();
+    c.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
+    assert_eq!(c.receipt_answer(r.digest()).await.unwrap(), Ok(()));
+    r
+}
+
+/// A receipt is kept and forwarded only when it tells something new: the first receipt from
+/// a recipient for a message, and its first acknowledgement. Another delivered receipt or
+/// acknowledgement for the same message is answered as stored (the node stops sending it)
+/// but neither kept nor forwarded, also after a restart. Receipts for messages the relay
+/// does not hold are forwarded while the sender's forward queue is below
+/// `forward_foreign_max`. Without these rules a participant could fill the relay's disk and
+/// another's forward queue with signed receipts, within its receipt rate.
+#[tokio::test]
+async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwarded() {
+    let net = two_with("[limits]\nforward_foreign_max = 1\n");
+    let depth = "hotline_relay_forward_queue_depth{participant=\"KAZ\"}";
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
+    let m = kaz.send_to("KGZ", "one").await.unwrap();
+    let (got, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(got, m);
+    let env = m.decode_unverified().unwrap();
+    let item = hotline_proto::ReceiptItem {
+        id: env.id,
+        sender: env.sender,
+        digest: m.digest(),
+    };
+    let ack = |n: &str| ReceiptKind::Acknowledged {
+        officer: n.into(),
+        note: None,
+    };
+    let t = now_ms();
+    let items = std::slice::from_ref(&item);
+    let d1 = receipt_at(&mut kgz, ReceiptKind::Delivered, items, t).await;
+    let d2 = receipt_at(&mut kgz, ReceiptKind::Delivered, items, t + 1).await;
+    let a1 = receipt_at(&mut kgz, ack("Ivanova"), items, t + 2).await;
+    receipt_at(&mut kgz, ack("Petrov"), items, t + 3).await;
+    receipt_at(&mut kgz, ReceiptKind::Delivered, items, t + 4).await;
+    assert_ne!(d1.digest(), d2.digest());
+    // The counters and the forward queue are updated before the answers are sent.
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_stored_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_redundant_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, depth), Some(2.0), "{text}");
+    for want in [&d1, &a1] {
+        let (fwd, _) = kaz
+            .until(|f| match f {
+                RelayToNode::Receipt(s) => Some(s.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(&fwd, want);
+    }
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![d1.digest(), a1.digest()]))
+        .await
+        .unwrap();
+    wait_metric(maddr, depth, |n| n == 0.0).await.unwrap();
+
+    // Messages the relay never held: the first receipt is forwarded, the second waits on
+    // a full queue and is not.
+    let foreign = |n: u8| hotline_proto::ReceiptItem {
+        id: MessageId::random(),
+        sender: pid("KAZ"),
+        digest: hotline_proto::Digest([n; 32]),
+    };
+    let f1 = receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(1)], t + 5).await;
+    receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(2)], t + 6).await;
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, depth), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_stored_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_unforwarded_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let (fwd, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fwd, f1);
+    drop((kaz, kgz));
+    relay.shutdown().await;
+
+    // Who acknowledged what is in the store: after a restart a third acknowledgement is
+    // still not news.
+    let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
+    receipt_at(&mut kgz, ack("Sidorov"), items, t + 7).await;
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_stored_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "hotline_relay_receipts_redundant_total"),
+        Some(1.0),
+        "{text}"
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn welcome_carries_the_roster_only_to_nodes_that_lack_it() {
     let net = two();

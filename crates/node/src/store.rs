@@ -1120,7 +1120,7 @@ impl NodeStore {
                 // A receipt that tells nothing new is not kept: the first delivered receipt
                 // and the first acknowledgement from each recipient are the record, and a
                 // participant signing receipts without end could otherwise fill this disk
-                // (PROTOCOL.md 12.1 item 2). A second relay's copy is such a receipt.
+                // (PROTOCOL.md 7.5, 12.2). A second relay's copy is such a receipt.
                 if news.first.is_empty() && news.mismatched.is_empty() {
                     out.push(news);
                     continue;

@@ -36,6 +36,10 @@ pub struct Limits {
     pub receipt_rate_per_sec: u32,
     /// Burst of receipts above that rate (default 10000).
     pub receipt_rate_burst: u32,
+    /// Receipts naming only messages this relay does not hold (accepted by another relay)
+    /// are forwarded to a sender while fewer than this many receipts wait for it (default
+    /// 10000).
+    pub forward_foreign_max: u64,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
     /// Idle connection timeout, ms (default 6000: three keepalive intervals).
@@ -63,6 +67,7 @@ impl Default for Limits {
             rate_burst: limits::RATE_BURST,
             receipt_rate_per_sec: limits::RECEIPT_RATE_PER_SEC,
             receipt_rate_burst: limits::RECEIPT_RATE_BURST,
+            forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
             idle_timeout_ms: hotline_net::transport::IDLE_TIMEOUT_MS,
             keepalive_ms: hotline_net::transport::KEEPALIVE_MS,

@@ -34,6 +34,16 @@ pub const RECEIPT_RATE_PER_SEC: u32 = 1_000;
 /// Burst of receipts read above the sustained rate.
 pub const RECEIPT_RATE_BURST: u32 = 10_000;
 
+/// Receipts waiting to be forwarded to one sender past which a receipt naming only
+/// messages this relay does not hold is no longer forwarded to it. The relay cannot check
+/// such a receipt (the message was accepted by another relay, or never existed), so a
+/// participant could otherwise queue them for another without end, within its receipt
+/// rate. Receipts naming messages held here are kept only when they tell something new,
+/// so they need no such limit: at most two per message and recipient. A node sends its
+/// acknowledgements through every relay, so the sender still gets one through a relay
+/// that holds the message.
+pub const FORWARD_FOREIGN_MAX: u64 = 10_000;
+
 /// Time a new connection has to present a valid `Hello`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 

@@ -96,6 +96,8 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: AtomicU64,
     pub(crate) receipts_stored: AtomicU64,
     pub(crate) receipts_forwarded: AtomicU64,
+    receipts_redundant: AtomicU64,
+    receipts_unforwarded: AtomicU64,
     pub(crate) store_reads: AtomicU64,
     /// Times a connection's reading paused for its receipt rate.
     pub(crate) receipt_read_pauses: AtomicU64,
@@ -127,6 +129,8 @@ impl Metrics {
             deliveries: AtomicU64::new(0),
             receipts_stored: AtomicU64::new(0),
             receipts_forwarded: AtomicU64::new(0),
+            receipts_redundant: AtomicU64::new(0),
+            receipts_unforwarded: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
             receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
@@ -209,6 +213,13 @@ impl Metrics {
 
     pub(crate) fn checkpoint_failed(&self) {
         self.checkpoint_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A commit answered `redundant` valid receipts as stored without keeping them, and
+    /// refused `unforwarded` forwards to senders whose queue was at `forward_foreign_max`.
+    pub(crate) fn receipts_not_kept(&self, redundant: u64, unforwarded: u64) {
+        self.receipts_redundant.fetch_add(redundant, Relaxed);
+        self.receipts_unforwarded.fetch_add(unforwarded, Relaxed);
     }
 
     pub(crate) fn commit_failed(&self) {
@@ -307,6 +318,18 @@ impl Metrics {
             "hotline_relay_receipts_forwarded_total",
             "Receipts written to senders' sessions.",
             self.receipts_forwarded.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_receipts_redundant_total",
+            "Valid receipts answered as stored but not kept or forwarded: every message they name already had that recipient's receipt (or acknowledgement) here.",
+            self.receipts_redundant.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_receipts_unforwarded_total",
+            "Receipts for messages this relay does not hold not forwarded to a sender whose forward queue was at limits.forward_foreign_max.",
+            self.receipts_unforwarded.load(Relaxed),
         );
         counter(
             &mut o,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use hotline_proto::frame::{Accepted, RejectCode, Rejected, RelayToNode, Subject};
 use hotline_proto::routing::{self, Policy};
@@ -113,6 +114,14 @@ CREATE INDEX IF NOT EXISTS rqueue_by_digest ON rqueue (recipient, digest);
 CREATE TABLE IF NOT EXISTS cursors (
     recipient TEXT PRIMARY KEY,
     rseq INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Who acknowledged which message (by its position) through this relay: an acknowledgement
+-- is kept and forwarded only if it is the first from that recipient for one of the messages
+-- it names (PROTOCOL.md 7.5). Stores from relays before it start with it empty.
+CREATE TABLE IF NOT EXISTS acks (
+    recipient TEXT NOT NULL,
+    rseq INTEGER NOT NULL,
+    PRIMARY KEY (recipient, rseq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ahead (
     recipient TEXT NOT NULL,
@@ -504,6 +513,9 @@ pub(crate) struct WriterContext {
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) queue_depth_max: u64,
+    /// Receipts naming only messages not held here are forwarded to a sender while its
+    /// forward queue holds fewer than this (`limits.forward_foreign_max`).
+    pub(crate) forward_foreign_max: u64,
     pub(crate) batch_max: usize,
     /// The queues, shared with the readers; the writer is their only writer.
     pub(crate) queues: Arc<Mutex<QueueIndex>>,
@@ -875,6 +887,10 @@ struct Pending {
     forward_delta: HashMap<ParticipantId, i64>,
     accepted: u64,
     receipts: u64,
+    /// Valid receipts answered as stored but not kept: they told nothing new.
+    redundant: u64,
+    /// Forwards of receipts for messages not held here refused for a full forward queue.
+    unforwarded: u64,
     latencies_ms: Vec<u64>,
     held: Vec<(MessageId, Held)>,
 }
@@ -890,6 +906,8 @@ pub(crate) struct Writer {
     ahead: HashSet<ParticipantId>,
     /// The newest committed message position.
     newest: i64,
+    /// Each sender's row count in `rqueue`, as committed.
+    forward_depths: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
     held: HeldCache,
     /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
@@ -897,7 +915,13 @@ pub(crate) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
+    /// Refused forwards not yet in a warning, and when the last warning was logged: one
+    /// warning at most every [`UNFORWARDED_WARN_EVERY`], however fast they come.
+    unforwarded: (u64, Option<std::time::Instant>),
 }
+
+/// The least time between two warnings about refused forwards.
+const UNFORWARDED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
     pub(crate) fn new(conn: Connection, ctx: WriterContext) -> Result<Self, StoreError> {
@@ -920,7 +944,7 @@ impl Writer {
         )?;
         let loaded = load_queues(&conn)?;
         *ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
-        {
+        let forward_depths = {
             let mut st =
                 conn.prepare("SELECT recipient, count(*) FROM rqueue GROUP BY recipient")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -932,7 +956,8 @@ impl Writer {
                 }
             }
             ctx.metrics.add_forward_depths(&counts);
-        }
+            counts
+        };
         let w = Self {
             conn,
             journal,
@@ -940,10 +965,12 @@ impl Writer {
             cursors: loaded.cursors,
             ahead: loaded.ahead,
             newest: loaded.newest,
+            forward_depths,
             ctx,
             held: HeldCache::new(),
             checkpointer: None,
             commits: 0,
+            unforwarded: (0, None),
         };
         w.publish_depths();
         Ok(w)
@@ -1121,6 +1148,23 @@ impl Writer {
         }
     }
 
+    /// Logs refused forwards of receipts for messages not held here, at most once every
+    /// [`UNFORWARDED_WARN_EVERY`] (the metric counts each).
+    fn warn_unforwarded(&mut self, n: u64) {
+        let (count, last) = &mut self.unforwarded;
+        *count += n;
+        if last.is_some_and(|t| t.elapsed() < UNFORWARDED_WARN_EVERY) {
+            return;
+        }
+        warn!(
+            refused = *count,
+            limit = self.ctx.forward_foreign_max,
+            "receipts naming messages this relay does not hold were not forwarded: their senders' forward queues are at forward_foreign_max (a participant may be signing receipts for messages it never received; hotline_relay_forward_queue_depth shows whose queue)"
+        );
+        *count = 0;
+        *last = Some(std::time::Instant::now());
+    }
+
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
         let started = std::time::Instant::now();
         let now = crate::now_ms();
@@ -1137,6 +1181,8 @@ impl Writer {
             forward_delta: HashMap::new(),
             accepted: 0,
             receipts: 0,
+            redundant: 0,
+            unforwarded: 0,
             latencies_ms: Vec::new(),
             held: Vec::new(),
         };
@@ -1182,6 +1228,8 @@ impl Writer {
                                 index: &self.ctx.queues,
                                 cursors: &self.cursors,
                                 ahead: &mut self.ahead,
+                                forward_depths: &self.forward_depths,
+                                forward_foreign_max: self.ctx.forward_foreign_max,
                             },
                             (&receipt, digest),
                             now,
@@ -1260,6 +1308,18 @@ impl Writer {
                 }
                 if !p.forward_delta.is_empty() {
                     self.ctx.metrics.add_forward_depths(&p.forward_delta);
+                    for (s, n) in &p.forward_delta {
+                        let d = self.forward_depths.entry(s.clone()).or_default();
+                        *d = (*d + n).max(0);
+                    }
+                }
+                if p.redundant + p.unforwarded > 0 {
+                    self.ctx
+                        .metrics
+                        .receipts_not_kept(p.redundant, p.unforwarded);
+                    if p.unforwarded > 0 {
+                        self.warn_unforwarded(p.unforwarded);
+                    }
                 }
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
@@ -1546,6 +1606,10 @@ struct Queues<'a> {
     index: &'a Mutex<QueueIndex>,
     cursors: &'a HashMap<ParticipantId, i64>,
     ahead: &'a mut HashSet<ParticipantId>,
+    /// Each sender's forward queue depth, as committed (this batch's changes are in
+    /// `Pending::forward_delta`).
+    forward_depths: &'a HashMap<ParticipantId, i64>,
+    forward_foreign_max: u64,
 }
 
 fn store_receipt(
@@ -1616,6 +1680,85 @@ fn store_receipt(
         }
     }
     let is_ack = matches!(receipt.kind, ReceiptKind::Acknowledged { .. });
+    let me = &receipt.recipient;
+    // What the receipt tells this relay, item by item. An item naming a message held here
+    // is news if it is the first receipt of either kind from `me` for it (it leaves `me`'s
+    // queue, below) or its first acknowledgement (`acks`). An item naming a message not
+    // held here ("foreign": accepted by another relay only) cannot be checked, and is
+    // forwarded only while its sender's forward queue is below `forward_foreign_max`.
+    let mut news = false;
+    let mut senders = BTreeSet::new();
+    let mut foreign = BTreeSet::new();
+    let mut first_acks = Vec::new();
+    if is_ack {
+        let mut ack =
+            tx.prepare_cached("INSERT OR IGNORE INTO acks (recipient, rseq) VALUES (?1, ?2)")?;
+        for (_, rseq) in accepted_at.iter().flatten() {
+            {
+                first_acks.push(ack.execute(params![me.as_str(), rseq])? > 0);
+            }
+        }
+    }
+    let mut first_acks = first_acks.into_iter();
+    let mut removed = Vec::new();
+    let cursor = {
+        let mut ix = queues.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = ix.queue(me);
+        for (item, at) in receipt.items.iter().zip(&accepted_at) {
+            let Some((at, rseq)) = at else {
+                // Cloned only the first time: a receipt may name one sender hundreds of
+                // times.
+                if item.sender != *me && !foreign.contains(&item.sender) {
+                    foreign.insert(item.sender.clone());
+                }
+                continue;
+            };
+            // Either kind proves the node holds the message: it leaves the queue. The
+            // first receipt to do so times the delivery.
+            let mut fresh = first_acks.next().unwrap_or(false);
+            if let Some(q) = &mut queue {
+                if q.remove(*rseq) {
+                    removed.push(*rseq);
+                    p.latencies_ms.push(now.saturating_sub(*at));
+                    fresh = true;
+                }
+            }
+            news |= fresh;
+            if fresh && item.sender != *me && !senders.contains(&item.sender) {
+                senders.insert(item.sender.clone());
+            }
+        }
+        // The cursor goes just below the oldest message still owed to `me` (committed, or
+        // queued by this batch), or to the newest message if none is.
+        let floor = ix
+            .first(me)
+            .into_iter()
+            .chain(p.queued.get(me).map(|a| a.first))
+            .min();
+        floor.map_or(p.newest, |f| f - 1)
+    };
+    for s in foreign {
+        if senders.contains(&s) {
+            continue;
+        }
+        let depth = queues.forward_depths.get(&s).copied().unwrap_or(0)
+            + p.forward_delta.get(&s).copied().unwrap_or(0);
+        if depth < queues.forward_foreign_max as i64 {
+            senders.insert(s);
+        } else {
+            p.unforwarded += 1;
+            debug!(recipient = %me, sender = %s, receipt = %digest, "receipt for a message not held here not forwarded: the sender's forward queue is at forward_foreign_max");
+        }
+    }
+    if !news && senders.is_empty() {
+        // Everything it says is already held here, in an earlier receipt (or, for a foreign
+        // message, the sender's queue is full): answered as stored, neither kept nor
+        // forwarded. A node sends such receipts after a redelivery, and a hostile one could
+        // send them without end.
+        p.redundant += 1;
+        debug!(recipient = %me, receipt = %digest, "receipt tells nothing new; not kept");
+        return Ok(RelayToNode::ReceiptStored(digest));
+    }
     tx.prepare_cached(
         "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1631,39 +1774,6 @@ fn store_receipt(
         now
     ])?;
     let receipt_rseq = tx.last_insert_rowid();
-    let me = &receipt.recipient;
-    let mut senders = BTreeSet::new();
-    let mut removed = Vec::new();
-    let cursor = {
-        let mut ix = queues.index.lock().unwrap_or_else(|p| p.into_inner());
-        let mut queue = ix.queue(me);
-        for (item, at) in receipt.items.iter().zip(&accepted_at) {
-            // Cloned only the first time: a fan-out's receipt names one sender hundreds of
-            // times.
-            if item.sender != *me && !senders.contains(&item.sender) {
-                senders.insert(item.sender.clone());
-            }
-            // A message this relay did not accept is not queued here: the receipt is only
-            // forwarded.
-            let (Some((at, rseq)), Some(q)) = (at, &mut queue) else {
-                continue;
-            };
-            // Either kind proves the node holds the message: it leaves the queue. The
-            // first receipt to do so times the delivery.
-            if q.remove(*rseq) {
-                removed.push(*rseq);
-                p.latencies_ms.push(now.saturating_sub(*at));
-            }
-        }
-        // The cursor goes just below the oldest message still owed to `me` (committed, or
-        // queued by this batch), or to the newest message if none is.
-        let floor = ix
-            .first(me)
-            .into_iter()
-            .chain(p.queued.get(me).map(|a| a.first))
-            .min();
-        floor.map_or(p.newest, |f| f - 1)
-    };
     if !removed.is_empty() {
         let current = p
             .cursors
