@@ -438,6 +438,15 @@ impl Client {
         Ok(s)
     }
 
+    /// The next forwarded `Receipt`, and the frames skipped before it.
+    pub async fn next_receipt(&mut self) -> anyhow::Result<(Signed<Receipt>, Vec<RelayToNode>)> {
+        self.until(|f| match f {
+            RelayToNode::Receipt(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// The next `Deliver`, and the frames skipped before it.
     pub async fn next_deliver(&mut self) -> anyhow::Result<(Signed<Envelope>, Vec<RelayToNode>)> {
         self.until(|f| match f {

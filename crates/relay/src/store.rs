@@ -1737,6 +1737,7 @@ fn store_receipt(
             .min();
         floor.map_or(p.newest, |f| f - 1)
     };
+    let mut refused = false;
     for s in foreign {
         if senders.contains(&s) {
             continue;
@@ -1747,6 +1748,7 @@ fn store_receipt(
             senders.insert(s);
         } else {
             p.unforwarded += 1;
+            refused = true;
             debug!(recipient = %me, sender = %s, receipt = %digest, "receipt for a message not held here not forwarded: the sender's forward queue is at forward_foreign_max");
         }
     }
@@ -1755,8 +1757,10 @@ fn store_receipt(
         // message, the sender's queue is full): answered as stored, neither kept nor
         // forwarded. A node sends such receipts after a redelivery, and a hostile one could
         // send them without end.
-        p.redundant += 1;
-        debug!(recipient = %me, receipt = %digest, "receipt tells nothing new; not kept");
+        if !refused {
+            p.redundant += 1;
+            debug!(recipient = %me, receipt = %digest, "receipt tells nothing new; not kept");
+        }
         return Ok(RelayToNode::ReceiptStored(digest));
     }
     tx.prepare_cached(
