@@ -1918,6 +1918,60 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     relay.shutdown().await;
 }
 
+/// Anyone who can reach the relay can complete a TLS handshake and then never
+/// authenticate. Such connections are limited per address and in all, so that they cannot
+/// keep nodes out; past half the limit, a new connection must first prove its address (QUIC
+/// Retry, which the client answers on its own). 127.0.0.x stand in for other machines.
+#[tokio::test]
+async fn connections_that_do_not_authenticate_are_limited_per_address_and_in_all() {
+    let net = two_with("[limits]\nhandshakes_per_ip_max = 2\nhandshakes_max = 6\n");
+    let relay = net.relay().await;
+    let (addr, fp) = (relay.local_addr(), net.fingerprint);
+    let maddr = relay.metrics_addr().unwrap();
+    let pending = "hotline_relay_handshakes_pending";
+    let by_address = "hotline_relay_handshakes_refused_total{reason=\"address\"}";
+    let validations = "hotline_relay_address_validations_total";
+
+    // Two connections from 127.0.0.1 that never authenticate; a third is refused at once.
+    let (_e1, c1) = raw_connect(addr, fp).await.unwrap();
+    let (_e2, _c2) = raw_connect(addr, fp).await.unwrap();
+    wait_metric(maddr, pending, |n| n == 2.0).await.unwrap();
+    let third = raw_connect(addr, fp).await;
+    let err = third.expect_err("the third connection from one address is refused");
+    assert!(
+        format!("{err:#}").contains("refused"),
+        "a refusal says so: {err:#}"
+    );
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, by_address), Some(1.0), "{text}");
+    assert_eq!(metric(&text, validations), Some(0.0), "{text}");
+
+    // A node on another address is not affected, and its place is free once it has
+    // authenticated.
+    let mut kaz = Client::connect_from([127, 0, 0, 2], addr, fp, "KAZ", net.key("KAZ"))
+        .await
+        .unwrap();
+    wait_metric(maddr, pending, |n| n == 2.0).await.unwrap();
+    // A third silent connection, elsewhere: half of the limit is in progress, so the next
+    // node proves its address first, then gets in.
+    let (_e3, _c3) = raw_connect_from([127, 0, 0, 3], addr, fp).await.unwrap();
+    wait_metric(maddr, pending, |n| n == 3.0).await.unwrap();
+    let mut kgz = Client::connect_from([127, 0, 0, 4], addr, fp, "KGZ", net.key("KGZ"))
+        .await
+        .unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, validations), Some(1.0), "{text}");
+    assert_flows(&mut kaz, &mut kgz, "through the limits")
+        .await
+        .unwrap();
+
+    // One of 127.0.0.1's connections ends: that address may connect again.
+    c1.close(0u32.into(), b"done");
+    wait_metric(maddr, pending, |n| n == 2.0).await.unwrap();
+    raw_connect(addr, fp).await.unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn welcome_carries_the_roster_only_to_nodes_that_lack_it() {
     let net = two();

@@ -160,12 +160,14 @@ impl Net {
 
 /// A client QUIC endpoint trusting `fp`.
 pub fn endpoint(fp: Fingerprint) -> quinn::Endpoint {
-    hotline_net::transport::client_endpoint(
-        ([127, 0, 0, 1], 0).into(),
-        vec![fp],
-        &TransportLimits::default(),
-    )
-    .unwrap()
+    endpoint_on([127, 0, 0, 1], fp)
+}
+
+/// A client QUIC endpoint on the loopback address `ip` (any of 127.0.0.0/8: a test's
+/// stand-in for another machine), trusting `fp`.
+pub fn endpoint_on(ip: [u8; 4], fp: Fingerprint) -> quinn::Endpoint {
+    hotline_net::transport::client_endpoint((ip, 0).into(), vec![fp], &TransportLimits::default())
+        .unwrap()
 }
 
 /// A protocol-level client: what a node does, without the node's storage.
@@ -184,7 +186,18 @@ impl Client {
         id: &str,
         key: SigningKey,
     ) -> anyhow::Result<Self> {
-        let ep = endpoint(fp);
+        Self::connect_from([127, 0, 0, 1], addr, fp, id, key).await
+    }
+
+    /// [`Client::connect`] from the loopback address `ip`.
+    pub async fn connect_from(
+        ip: [u8; 4],
+        addr: SocketAddr,
+        fp: Fingerprint,
+        id: &str,
+        key: SigningKey,
+    ) -> anyhow::Result<Self> {
+        let ep = endpoint_on(ip, fp);
         let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT).await?;
         let session =
             hotline_net::authenticate(conn, &pid(id), &key, 0, now_ms(), EVENT_TIMEOUT).await?;
@@ -527,7 +540,16 @@ pub async fn raw_connect(
     addr: SocketAddr,
     fp: Fingerprint,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let ep = endpoint(fp);
+    raw_connect_from([127, 0, 0, 1], addr, fp).await
+}
+
+/// [`raw_connect`] from the loopback address `ip`.
+pub async fn raw_connect_from(
+    ip: [u8; 4],
+    addr: SocketAddr,
+    fp: Fingerprint,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let ep = endpoint_on(ip, fp);
     let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT).await?;
     Ok((ep, conn))
 }

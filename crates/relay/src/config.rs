@@ -42,6 +42,12 @@ pub struct Limits {
     pub forward_foreign_max: u64,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
+    /// Connections admitted and not yet authenticated, in all, before new ones are refused;
+    /// from half of it on, a new connection must first prove its address (default 1024).
+    pub handshakes_max: usize,
+    /// Connections not yet authenticated from one address (an IPv6 /64) before new ones
+    /// from it are refused; 0: no limit (default 64).
+    pub handshakes_per_ip_max: usize,
     /// Idle connection timeout, ms (default 6000: three keepalive intervals).
     pub idle_timeout_ms: u64,
     /// Keepalive interval, ms (default 2000).
@@ -69,6 +75,8 @@ impl Default for Limits {
             receipt_rate_burst: limits::RECEIPT_RATE_BURST,
             forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
+            handshakes_max: limits::HANDSHAKES_MAX,
+            handshakes_per_ip_max: limits::HANDSHAKES_PER_IP_MAX,
             idle_timeout_ms: hotline_net::transport::IDLE_TIMEOUT_MS,
             keepalive_ms: hotline_net::transport::KEEPALIVE_MS,
             inflight_per_connection: limits::INFLIGHT_PER_CONNECTION,
@@ -205,6 +213,7 @@ impl RelayConfig {
                 u64::from(l.receipt_rate_per_sec),
             ),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.handshakes_max", l.handshakes_max as u64),
             ("limits.write_timeout_ms", l.write_timeout_ms),
         ] {
             if v == 0 {

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 mod checkpoint;
 pub mod config;
 mod hub;
@@ -20,6 +21,7 @@ mod queue;
 pub mod report;
 mod session;
 pub mod store;
+mod throttle;
 mod verifier;
 
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use hotline_net::{RelayIdentity, TransportLimits};
 use hotline_proto::frame::ErrorCode;
@@ -388,6 +390,14 @@ async fn accept_loop(
     fault: watch::Sender<Option<String>>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.limits.connections_max));
+    let admission = admission::Admission::new(
+        shared.config.limits.handshakes_max,
+        shared.config.limits.handshakes_per_ip_max,
+        shared.metrics.clone(),
+    );
+    // Refusals are logged at most once every 10 s each, with their count.
+    let mut refused = throttle::Throttle::new(Duration::from_secs(10));
+    let mut busy = throttle::Throttle::new(Duration::from_secs(10));
     let mut tasks = JoinSet::new();
     let mut next_id = 0u64;
     loop {
@@ -405,6 +415,31 @@ async fn accept_loop(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                // A connection that already answered a Retry cannot be asked again.
+                let validated = incoming.remote_address_validated() || !incoming.may_retry();
+                let ticket = match admission.decide(remote.ip(), validated) {
+                    Ok(t) => t,
+                    Err(admission::NotNow::Validate) => {
+                        shared.metrics.address_validations.fetch_add(1, Relaxed);
+                        if let Err(e) = incoming.retry() {
+                            debug!(%remote, error = %e, "cannot ask for address validation; connection ignored");
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        let (reason, counter) = match why {
+                            admission::NotNow::Address => ("address", &shared.metrics.handshakes_refused_address),
+                            _ => ("total", &shared.metrics.handshakes_refused_total),
+                        };
+                        counter.fetch_add(1, Relaxed);
+                        incoming.refuse();
+                        if let Some(n) = refused.tick(1, std::time::Instant::now()) {
+                            warn!(refused = n, last = %remote, reason, per_ip_max = shared.config.limits.handshakes_per_ip_max, max = shared.config.limits.handshakes_max, "connections refused before their handshake: too many not yet authenticated (hotline_relay_handshakes_refused_total)");
+                        }
+                        continue;
+                    }
+                };
                 next_id += 1;
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -412,17 +447,20 @@ async fn accept_loop(
                         let sd = shutdown.clone();
                         let id = next_id;
                         tasks.spawn(async move {
-                            session::run(incoming, shared, id, sd).await;
+                            session::run(incoming, shared, id, sd, ticket).await;
                             drop(permit);
                         });
                     }
                     Err(_) => {
-                        warn!(limit = shared.config.limits.connections_max, "connection limit reached: refusing");
+                        if let Some(n) = busy.tick(1, std::time::Instant::now()) {
+                            warn!(refused = n, limit = shared.config.limits.connections_max, "connection limit reached: refusing");
+                        }
                         shared.metrics.closed(ErrorCode::Busy);
                         tasks.spawn(async move {
                             if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), incoming).await {
                                 c.close(ErrorCode::Busy.close_code().into(), b"relay at its connection limit");
                             }
+                            drop(ticket);
                         });
                     }
                 }

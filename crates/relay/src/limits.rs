@@ -47,6 +47,17 @@ pub const FORWARD_FOREIGN_MAX: u64 = 10_000;
 /// Time a new connection has to present a valid `Hello`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
+/// Connections admitted and not yet authenticated, in all, before new ones are refused
+/// (`crate::admission`); from half of it on, a connection from an unproven address is
+/// asked to prove it first (QUIC Retry). A node's handshake and authentication take a few
+/// round trips, so CICA's nodes reconnecting at once after a relay restart hold a few dozen.
+pub const HANDSHAKES_MAX: usize = 1_024;
+
+/// Connections not yet authenticated from one address (an IPv6 /64) before new ones from
+/// it are refused. Above the 38 CICA nodes, so that a whole network on one machine (the
+/// exercise harness) reconnects at once.
+pub const HANDSHAKES_PER_IP_MAX: usize = 64;
+
 /// Submissions and receipts from one connection awaiting commit before the relay stops
 /// reading from it (backpressure through QUIC flow control).
 pub const INFLIGHT_PER_CONNECTION: usize = 2_048;

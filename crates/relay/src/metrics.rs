@@ -99,6 +99,14 @@ pub(crate) struct Metrics {
     receipts_redundant: AtomicU64,
     receipts_unforwarded: AtomicU64,
     pub(crate) store_reads: AtomicU64,
+    /// Connections admitted and not yet authenticated (`crate::admission`).
+    pub(crate) handshakes_pending: AtomicU64,
+    /// Connections refused before their handshake: too many in progress from their address,
+    /// or in all.
+    pub(crate) handshakes_refused_address: AtomicU64,
+    pub(crate) handshakes_refused_total: AtomicU64,
+    /// Connections asked to prove their address (QUIC Retry).
+    pub(crate) address_validations: AtomicU64,
     /// Times a connection's reading paused for its receipt rate.
     pub(crate) receipt_read_pauses: AtomicU64,
     commit_failures: AtomicU64,
@@ -132,6 +140,10 @@ impl Metrics {
             receipts_redundant: AtomicU64::new(0),
             receipts_unforwarded: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
+            handshakes_pending: AtomicU64::new(0),
+            handshakes_refused_address: AtomicU64::new(0),
+            handshakes_refused_total: AtomicU64::new(0),
+            address_validations: AtomicU64::new(0),
             receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
@@ -294,6 +306,24 @@ impl Metrics {
             "hotline_relay_connections_total",
             "Connections accepted since start.",
             self.connections_total.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "hotline_relay_handshakes_pending",
+            "Connections admitted that have not yet authenticated (limits.handshakes_max).",
+            self.handshakes_pending.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP hotline_relay_handshakes_refused_total Connections refused before their handshake: too many in progress from one address (limits.handshakes_per_ip_max) or in all (limits.handshakes_max).\n# TYPE hotline_relay_handshakes_refused_total counter\nhotline_relay_handshakes_refused_total{{reason=\"address\"}} {}\nhotline_relay_handshakes_refused_total{{reason=\"total\"}} {}",
+            self.handshakes_refused_address.load(Relaxed),
+            self.handshakes_refused_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "hotline_relay_address_validations_total",
+            "Connections asked to prove their source address (QUIC Retry) because half of limits.handshakes_max were in progress.",
+            self.address_validations.load(Relaxed),
         );
         counter(
             &mut o,

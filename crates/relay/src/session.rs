@@ -244,6 +244,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     conn_id: u64,
     mut shutdown: watch::Receiver<bool>,
+    ticket: crate::admission::Ticket,
 ) {
     let limits = &shared.config.limits;
     let deadline = Duration::from_millis(limits.handshake_timeout_ms);
@@ -267,7 +268,7 @@ pub(crate) async fn run(
         .connections_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let remote = conn.remote_address();
-    let result = session(&conn, &shared, conn_id, &mut shutdown).await;
+    let result = session(&conn, &shared, conn_id, &mut shutdown, ticket).await;
     shared
         .metrics
         .connections
@@ -377,6 +378,7 @@ async fn session(
     shared: &Arc<Shared>,
     conn_id: u64,
     shutdown: &mut watch::Receiver<bool>,
+    ticket: crate::admission::Ticket,
 ) -> Result<(), End> {
     let Authenticated {
         who: me,
@@ -385,6 +387,8 @@ async fn session(
         reader,
         writer,
     } = handshake(conn, shared).await?;
+    // Authenticated: its place among the handshakes is free for another.
+    drop(ticket);
     let last_seq = shared
         .readers
         .last_seq(conn_id as usize, &me)

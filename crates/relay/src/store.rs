@@ -29,6 +29,7 @@ use crate::checkpoint::Checkpointer;
 use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
 use crate::queue::QueueIndex;
+use crate::throttle::Throttle;
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -915,13 +916,9 @@ pub(crate) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
-    /// Refused forwards not yet in a warning, and when the last warning was logged: one
-    /// warning at most every [`UNFORWARDED_WARN_EVERY`], however fast they come.
-    unforwarded: (u64, Option<std::time::Instant>),
+    /// Warnings about refused forwards: one at most every 10 s, however fast they come.
+    unforwarded: Throttle,
 }
-
-/// The least time between two warnings about refused forwards.
-const UNFORWARDED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
     pub(crate) fn new(conn: Connection, ctx: WriterContext) -> Result<Self, StoreError> {
@@ -970,7 +967,7 @@ impl Writer {
             held: HeldCache::new(),
             checkpointer: None,
             commits: 0,
-            unforwarded: (0, None),
+            unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
         };
         w.publish_depths();
         Ok(w)
@@ -1148,21 +1145,17 @@ impl Writer {
         }
     }
 
-    /// Logs refused forwards of receipts for messages not held here, at most once every
-    /// [`UNFORWARDED_WARN_EVERY`] (the metric counts each).
+    /// Logs refused forwards of receipts for messages not held here, throttled (the metric
+    /// counts each).
     fn warn_unforwarded(&mut self, n: u64) {
-        let (count, last) = &mut self.unforwarded;
-        *count += n;
-        if last.is_some_and(|t| t.elapsed() < UNFORWARDED_WARN_EVERY) {
+        let Some(refused) = self.unforwarded.tick(n, std::time::Instant::now()) else {
             return;
-        }
+        };
         warn!(
-            refused = *count,
+            refused,
             limit = self.ctx.forward_foreign_max,
             "receipts naming messages this relay does not hold were not forwarded: their senders' forward queues are at forward_foreign_max (a participant may be signing receipts for messages it never received; hotline_relay_forward_queue_depth shows whose queue)"
         );
-        *count = 0;
-        *last = Some(std::time::Instant::now());
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
