@@ -246,3 +246,39 @@ async fn a_node_closing_with_an_error_is_a_warning_in_the_relay_log() {
         "{log}"
     );
 }
+
+/// Anyone who can reach the relay can fail to log in, as often as they like: the relay
+/// warns about such connections with a count, one line at most every 10 s, rather than a
+/// line each (the metrics count each).
+#[tokio::test]
+async fn failed_log_ins_are_one_warning_with_a_count_not_a_line_each() {
+    let net = net();
+    let (mut relay, addr) = start(&net, "relay.log").await;
+    let stranger = hotline_proto::SigningKey::from_bytes(&[0x5A; 32]);
+    for _ in 0..5 {
+        let code =
+            refusal_code(Client::connect(addr, net.fingerprint, "ZZZ", stranger.clone()).await);
+        assert_eq!(code.unwrap(), ErrorCode::UnknownParticipant);
+    }
+    // A node still logs in, and its session's end is logged as before.
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    let before = relay.log_len();
+    kaz.close();
+    relay.wait_log_from(before, "session ended").await.unwrap();
+    relay.signal("TERM").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}: {}", relay.log());
+    let log = relay.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connections closed before logging in"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("WARN")
+            && warned[0].contains("UnknownParticipant")
+            && warned[0].contains("closed=1"),
+        "{}",
+        warned[0]
+    );
+}

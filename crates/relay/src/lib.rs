@@ -354,6 +354,7 @@ impl Relay {
             verifier: verify_tx,
             rates: Default::default(),
             receipt_rates: Default::default(),
+            before_login: std::sync::Mutex::new(throttle::Throttle::new(Duration::from_secs(10))),
         });
         let (fault_tx, fault) = watch::channel(None);
         let main = tokio::spawn(accept_loop(

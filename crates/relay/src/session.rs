@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Receipt token buckets by participant, likewise.
     pub(crate) receipt_rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Warnings about connections that ended before logging in: anyone can cause them, so
+    /// one line at most every 10 s, with the count.
+    pub(crate) before_login: Mutex<crate::throttle::Throttle>,
 }
 
 impl Shared {
@@ -268,7 +271,16 @@ pub(crate) async fn run(
         .connections_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let remote = conn.remote_address();
-    let result = session(&conn, &shared, conn_id, &mut shutdown, ticket).await;
+    let mut authenticated = false;
+    let result = session(
+        &conn,
+        &shared,
+        conn_id,
+        &mut shutdown,
+        ticket,
+        &mut authenticated,
+    )
+    .await;
     shared
         .metrics
         .connections
@@ -276,10 +288,27 @@ pub(crate) async fn run(
     match result {
         Ok(()) => {}
         Err(end) => {
-            if let Some(code) = end.2 {
-                warn!(conn = conn_id, %remote, node_code = ?code, detail = %end.1, "the node closed the connection with an error");
-            } else if matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway) {
+            let quiet =
+                end.2.is_none() && matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway);
+            if quiet {
                 debug!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
+            } else if !authenticated {
+                // Anyone can cause these, as often as they like.
+                let due = shared
+                    .before_login
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .tick(1, Instant::now());
+                match due {
+                    Some(n) => {
+                        warn!(closed = n, last = %remote, code = ?end.0, node_code = ?end.2, detail = %end.1, "connections closed before logging in (a count since the last such line, at most one a 10 s: the metric hotline_relay_connections_closed_total has each)")
+                    }
+                    None => {
+                        debug!(conn = conn_id, %remote, code = ?end.0, node_code = ?end.2, detail = %end.1, "connection closed before logging in")
+                    }
+                }
+            } else if let Some(code) = end.2 {
+                warn!(conn = conn_id, %remote, node_code = ?code, detail = %end.1, "the node closed the connection with an error");
             } else {
                 warn!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
             }
@@ -379,6 +408,7 @@ async fn session(
     conn_id: u64,
     shutdown: &mut watch::Receiver<bool>,
     ticket: crate::admission::Ticket,
+    authenticated: &mut bool,
 ) -> Result<(), End> {
     let Authenticated {
         who: me,
@@ -389,6 +419,7 @@ async fn session(
     } = handshake(conn, shared).await?;
     // Authenticated: its place among the handshakes is free for another.
     drop(ticket);
+    *authenticated = true;
     let last_seq = shared
         .readers
         .last_seq(conn_id as usize, &me)
