@@ -65,9 +65,11 @@ pub fn run_dir(base: &Path, name: &str) -> PathBuf {
         .unwrap_or_else(|| base.join(name))
 }
 
-/// The relay limits the traffic workloads run with: the defaults (durability is not a
-/// limit and is never changed).
-const DEFAULT_LIMITS: &str = "";
+/// The relay limits the traffic and recovery workloads run with: the defaults, but for the
+/// submission rate per participant (100 a second, burst 10,000 by default), which bounds a
+/// runaway node and which the generator's senders exceed on purpose. Durability is not a
+/// limit and is never changed.
+pub(crate) const DEFAULT_LIMITS: &str = "rate_per_sec = 1000000\nrate_burst = 1000000\n";
 
 /// fanout37: the Secretariat sends to everyone (the 37 other CICA participants); each
 /// recipient stores durably and receipts cumulatively. `rate` is messages per second, or

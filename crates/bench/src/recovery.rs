@@ -118,7 +118,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
         bail!("the recovery workload kills the relay process: give the hotline binary");
     };
     let load_avg_before = stats::load_avg();
-    let net = Network::create(&run_dir(&c.dir, "recovery"), &[], "")?;
+    let net = Network::create(&run_dir(&c.dir, "recovery"), &[], crate::DEFAULT_LIMITS)?;
     let fsync_probe_ms = stats::fsync_probe_ms(&net.dir);
     let log = net.dir.join("relay.log");
     let first = RelayProc::start(binary, &net, &log).await?;

@@ -27,9 +27,9 @@ pub struct Limits {
     pub body_bytes_max: usize,
     /// Messages queued per recipient before refusing more (default 1000000).
     pub queue_depth_max: u64,
-    /// Sustained submissions per second per participant (default 50000).
+    /// Sustained submissions per second per participant (default 100).
     pub rate_per_sec: u32,
-    /// Burst above the sustained rate (default 100000).
+    /// Burst above the sustained rate (default 10000).
     pub rate_burst: u32,
     /// Sustained receipts per second read from one participant before reading its
     /// connection pauses (default 1000).
