@@ -1165,6 +1165,55 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
     relay.shutdown().await;
 }
 
+/// A relay refuses submissions past a participant's rate (`RateLimited`, a refusal that
+/// passes): the node offers each refused message again after a pause, so a burst past the
+/// limit loses nothing and arrives in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
+    );
+    let relay = net.relay().await;
+    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let mut kgz_events = kgz.events().await.unwrap();
+    let token = kaz.token();
+    // Four at once, through the API: one token, refilled at one a second.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let (status, body) = http(
+            kaz.api,
+            "POST",
+            "/v1/messages",
+            Some(&token),
+            &format!(r#"{{"to":["KGZ"],"subject":"burst {n}"}}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{body}");
+        ids.push(id_of(&serde_json::from_str(&body).unwrap()));
+    }
+    let refused = kaz_events
+        .wait_for("rejected", |e| e["type"] == "rejected")
+        .await
+        .unwrap();
+    assert_eq!(refused["code"], "RateLimited", "{refused}");
+    assert_eq!(refused["retrying"], true, "{refused}");
+    kgz_events
+        .wait_for_each("message_received", &ids)
+        .await
+        .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), 4, "{inbox}");
+    relay.shutdown().await;
+}
+
 /// The example with every commented-out option (`# name = value`, `# [table]`) switched on.
 fn uncommented(text: &str) -> String {
     text.lines()
