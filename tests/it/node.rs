@@ -1180,7 +1180,7 @@ async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
         "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
     );
     let relay = net.relay().await;
-    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
     let mut kgz_events = kgz.events().await.unwrap();
     let token = kaz.token();
