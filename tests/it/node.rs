@@ -968,6 +968,15 @@ async fn a_relay_with_the_wrong_certificate_is_refused() {
     let st = kaz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(st["relays_connected"], 0, "{st}");
     assert_eq!(st["outbox"], 1, "{st}");
+    // The status says why, without the log.
+    let link = &st["relays"][0];
+    assert_eq!(link["connected"], false, "{st}");
+    assert!(link["down_since_ms"].as_u64().is_some(), "{st}");
+    assert!(link["failed_attempts"].as_u64().unwrap() >= 3, "{st}");
+    assert!(
+        link["last_error"].as_str().unwrap().contains("pinned"),
+        "{st}"
+    );
     let shown = kaz.cli_json(&["status", &id_of(&sent)]).await.unwrap();
     assert_eq!(shown["state"], "queued", "{shown}");
     assert_eq!(

@@ -790,15 +790,21 @@ async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
 /// One relay's entry in `/v1/status`: whether its link is up and, while it is, how the link
 /// fares (QUIC's own figures for the connection: its smoothed round-trip time, and the
 /// packets it has sent and declared lost since it was made).
-fn relay_status(address: &str, link: Option<crate::LinkUp>) -> Value {
-    let Some(up) = link else {
-        return json!({"address": address, "connected": false, "connected_since_ms": null,
-            "rtt_ms": null, "packets_sent": null, "packets_lost": null});
-    };
-    let path = up.conn.stats().path;
-    let rtt_ms = (up.conn.rtt().as_micros() as f64 / 100.0).round() / 10.0;
-    json!({"address": address, "connected": true, "connected_since_ms": up.since_ms,
-        "rtt_ms": rtt_ms, "packets_sent": path.sent_packets, "packets_lost": path.lost_packets})
+fn relay_status(address: &str, link: crate::Link) -> Value {
+    match link {
+        crate::Link::Down(d) => json!({"address": address, "connected": false,
+            "connected_since_ms": null, "rtt_ms": null, "packets_sent": null,
+            "packets_lost": null, "down_since_ms": d.since_ms, "last_error": d.error,
+            "failed_attempts": d.failed_attempts}),
+        crate::Link::Up(up) => {
+            let path = up.conn.stats().path;
+            let rtt_ms = (up.conn.rtt().as_micros() as f64 / 100.0).round() / 10.0;
+            json!({"address": address, "connected": true, "connected_since_ms": up.since_ms,
+                "rtt_ms": rtt_ms, "packets_sent": path.sent_packets,
+                "packets_lost": path.lost_packets, "down_since_ms": null, "last_error": null,
+                "failed_attempts": 0})
+        }
+    }
 }
 
 async fn events(

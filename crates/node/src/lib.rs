@@ -66,6 +66,26 @@ pub(crate) struct LinkUp {
     pub(crate) since_ms: u64,
 }
 
+/// Why a relay link is down, for the status API: an operator asking why a relay is not
+/// connected should not have to read the log.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LinkDown {
+    /// Since the first failed attempt or the loss of the link, ms since the Unix epoch
+    /// (`None` before the first attempt has ended).
+    pub(crate) since_ms: Option<u64>,
+    /// The last attempt's failure, or why the link was lost.
+    pub(crate) error: Option<String>,
+    /// Attempts that failed since the link was last up.
+    pub(crate) failed_attempts: u32,
+}
+
+/// A relay link's state.
+#[derive(Clone, Debug)]
+pub(crate) enum Link {
+    Up(LinkUp),
+    Down(LinkDown),
+}
+
 /// State shared by the node's tasks.
 pub(crate) struct NodeState {
     pub(crate) config: NodeConfig,
@@ -76,9 +96,9 @@ pub(crate) struct NodeState {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
     pub(crate) wake: Vec<Arc<Notify>>,
-    /// Each relay's link while it is up (`None` while down): whether it is, and its
-    /// connection's figures for the status API.
-    links: Vec<Mutex<Option<LinkUp>>>,
+    /// Each relay's link: up, with its connection's figures for the status API, or down,
+    /// and why.
+    links: Vec<Mutex<Link>>,
     pub(crate) token: String,
     /// Becomes true when the node stops (for tasks the API spawns, like event streams).
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -102,23 +122,36 @@ impl NodeState {
     }
 
     pub(crate) fn relays_connected(&self) -> usize {
-        self.links
-            .iter()
-            .filter(|l| l.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+        (0..self.links.len())
+            .filter(|i| matches!(self.link(*i), Link::Up(_)))
             .count()
     }
 
-    /// Relay `idx`'s link, if it is up.
-    pub(crate) fn link(&self, idx: usize) -> Option<LinkUp> {
+    /// Relay `idx`'s link.
+    pub(crate) fn link(&self, idx: usize) -> Link {
         self.links[idx]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Records relay `idx`'s link as up (`Some`) or down.
-    pub(crate) fn set_link(&self, idx: usize, up: Option<LinkUp>) {
-        *self.links[idx].lock().unwrap_or_else(|p| p.into_inner()) = up;
+    /// Records relay `idx`'s link as up.
+    pub(crate) fn link_up(&self, idx: usize, up: LinkUp) {
+        *self.links[idx].lock().unwrap_or_else(|p| p.into_inner()) = Link::Up(up);
+    }
+
+    /// Records relay `idx`'s link as down because of `error`: an attempt that failed
+    /// (`failed`), or a link lost. The time it went down is kept across further failures.
+    pub(crate) fn link_down(&self, idx: usize, error: String, failed: bool) {
+        let mut l = self.links[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let mut down = match &*l {
+            Link::Down(d) => d.clone(),
+            Link::Up(_) => LinkDown::default(),
+        };
+        down.since_ms.get_or_insert_with(now_ms);
+        down.error = Some(error);
+        down.failed_attempts += u32::from(failed);
+        *l = Link::Down(down);
     }
 
     /// Checks the newest quarantined deliveries (`QUARANTINE_RECHECK_MAX`) against the
@@ -329,7 +362,9 @@ impl Node {
             roster: roster_tx,
             events,
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
-            links: (0..relays).map(|_| Mutex::new(None)).collect(),
+            links: (0..relays)
+                .map(|_| Mutex::new(Link::Down(LinkDown::default())))
+                .collect(),
             token,
             shutdown: shutdown_rx.clone(),
             config,

@@ -53,6 +53,7 @@ pub(crate) async fn run(
         match attempt {
             Err(e) => {
                 failures += 1;
+                state.link_down(idx, e.to_string(), true);
                 // The first failure is worth a warning; repeats are noise until recovery.
                 if failures == 1 {
                     warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
@@ -70,12 +71,12 @@ pub(crate) async fn run(
                 backoff.reset();
                 failures = 0;
                 let up_since = tokio::time::Instant::now();
-                state.set_link(
+                state.link_up(
                     idx,
-                    Some(crate::LinkUp {
+                    crate::LinkUp {
                         conn: session.conn.clone(),
                         since_ms: now_ms(),
-                    }),
+                    },
                 );
                 info!(relay = idx, %addr, "relay connected");
                 state.emit(Event::RelayUp {
@@ -84,7 +85,11 @@ pub(crate) async fn run(
                 });
                 let conn = session.conn.clone();
                 let r = serve(&state, idx, session, &mut shutdown).await;
-                state.set_link(idx, None);
+                let why = match &r {
+                    Ok(()) => "the node is stopping".to_owned(),
+                    Err(e) => format!("link lost: {e}"),
+                };
+                state.link_down(idx, why, false);
                 match r {
                     Ok(()) => {
                         conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
@@ -135,7 +140,7 @@ pub(crate) async fn run(
             }
         }
     }
-    state.set_link(idx, None);
+    state.link_down(idx, "the node is stopping".into(), false);
 }
 
 /// A capped exponential back-off: `BACKOFF_MIN_MS`, doubling up to `BACKOFF_MAX_MS`, each

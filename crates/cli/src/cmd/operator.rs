@@ -574,10 +574,23 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
 }
 
 /// How one relay's link fares, from its `/v1/status` entry: `up since 19:00:01.000Z  rtt 41.2
-/// ms  lost 12 of 1234 packets (1.0 %)`, or `down`.
+/// ms  lost 12 of 1234 packets (1.0 %)`, or `down since 19:00:01.000Z (3 failed attempts):
+/// why`, or `down (connecting)` before the first attempt has ended.
 fn link_text(r: &Value) -> String {
     if r["connected"] != true {
-        return "down".into();
+        if r["down_since_ms"].is_null() {
+            return "down (connecting)".into();
+        }
+        let attempts = match r["failed_attempts"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            1 => " (1 failed attempt)".into(),
+            n => format!(" ({n} failed attempts)"),
+        };
+        return format!(
+            "down since {}{attempts}: {}",
+            ts(&r["down_since_ms"]),
+            r["last_error"].as_str().unwrap_or("reason unknown")
+        );
     }
     let (sent, lost) = (
         r["packets_sent"].as_u64().unwrap_or(0),
@@ -660,7 +673,22 @@ mod tests {
 
     #[test]
     fn a_link_is_told_down_or_with_its_round_trip_and_losses() {
-        assert_eq!(link_text(&json!({"connected": false})), "down");
+        assert_eq!(
+            link_text(&json!({"connected": false, "down_since_ms": null})),
+            "down (connecting)"
+        );
+        let refused = json!({"connected": false, "down_since_ms": 3_723_004u64,
+            "last_error": "connection refused", "failed_attempts": 3});
+        assert_eq!(
+            link_text(&refused),
+            "down since 01:02:03.004Z (3 failed attempts): connection refused"
+        );
+        let lost = json!({"connected": false, "down_since_ms": 3_723_004u64,
+            "last_error": "link lost: timed out", "failed_attempts": 0});
+        assert_eq!(
+            link_text(&lost),
+            "down since 01:02:03.004Z: link lost: timed out"
+        );
         let up = json!({"connected": true, "connected_since_ms": 3_723_004u64, "rtt_ms": 41.2,
             "packets_sent": 1234, "packets_lost": 12});
         assert_eq!(
