@@ -282,3 +282,41 @@ async fn failed_log_ins_are_one_warning_with_a_count_not_a_line_each() {
         warned[0]
     );
 }
+
+/// A node sending past its rate is refused as fast as it sends: the relay logs its
+/// refusals once at most every 10 s a session, with a count (the node logs each refusal it
+/// gets, and the metrics count each).
+#[tokio::test]
+async fn refusals_are_one_log_line_a_session_and_interval_with_a_count() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
+    );
+    let (mut relay, addr) = start(&net, "relay.log").await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut codes = Vec::new();
+    for n in 0..5 {
+        let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), &format!("m{n}"));
+        let r = kaz.submit_wait(&kaz.sign(&env)).await.unwrap();
+        codes.push(r.err().map(|r| r.code));
+    }
+    let refused = codes.iter().filter(|c| c.is_some()).count();
+    assert!(refused >= 3, "{codes:?}");
+    kaz.close();
+    relay.signal("TERM").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}: {}", relay.log());
+    let log = relay.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" rejected")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("rejected=1") && lines[0].contains("RateLimited"),
+        "{}",
+        lines[0]
+    );
+}

@@ -448,6 +448,7 @@ async fn session(
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
         read_paused_until: None,
         pause_logged: false,
+        rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
     };
     let result = s.run(reader, welcome, &mailbox, shutdown).await;
     shared.hub.unregister(&me, conn_id);
@@ -483,6 +484,10 @@ struct Session {
     read_paused_until: Option<tokio::time::Instant>,
     /// Whether this session has logged a pause (once per session).
     pause_logged: bool,
+    /// Refusals are logged at most once every 10 s a session, with the count since the
+    /// last line: a runaway node past its rate is refused as fast as it sends. The node logs
+    /// each refusal it gets, and the metrics count each.
+    rejections: crate::throttle::Throttle,
 }
 
 impl Session {
@@ -577,10 +582,17 @@ impl Session {
         }
     }
 
-    fn count_answer(&self, a: &RelayToNode) {
+    fn count_answer(&mut self, a: &RelayToNode) {
         if let RelayToNode::Rejected(r) = a {
             self.shared.metrics.rejected(r.code);
-            info!(peer = %self.me, code = ?r.code, subject = ?r.subject, detail = %r.detail, "rejected");
+            match self.rejections.tick(1, Instant::now()) {
+                Some(n) => {
+                    info!(peer = %self.me, rejected = n, code = ?r.code, subject = ?r.subject, detail = %r.detail, "rejected (a count since this session's last such line, at most one a 10 s; the last one's reason)")
+                }
+                None => {
+                    debug!(peer = %self.me, code = ?r.code, subject = ?r.subject, detail = %r.detail, "rejected")
+                }
+            }
         }
     }
 
