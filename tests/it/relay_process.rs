@@ -297,7 +297,7 @@ async fn refusals_are_one_log_line_a_session_and_interval_with_a_count() {
         &[],
         "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
     );
-    let (mut relay, addr) = start(&net, "relay.log").await;
+    let (relay, addr) = start(&net, "relay.log").await;
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let mut codes = Vec::new();
     for n in 0..5 {
