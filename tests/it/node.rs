@@ -1179,15 +1179,7 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
 /// limit loses nothing and arrives in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
-    );
+    let net = Net::sec_kaz_kgz_with("[limits]\nrate_per_sec = 1\nrate_burst = 1\n");
     let relay = net.relay().await;
     let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();

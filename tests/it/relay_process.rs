@@ -288,15 +288,7 @@ async fn failed_log_ins_are_one_warning_with_a_count_not_a_line_each() {
 /// gets, and the metrics count each).
 #[tokio::test]
 async fn refusals_are_one_log_line_a_session_and_interval_with_a_count() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\nrate_per_sec = 1\nrate_burst = 1\n",
-    );
+    let net = Net::sec_kaz_kgz_with("[limits]\nrate_per_sec = 1\nrate_burst = 1\n");
     let (relay, addr) = start(&net, "relay.log").await;
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let mut codes = Vec::new();

@@ -43,13 +43,19 @@ pub struct Net {
 impl Net {
     /// The Secretariat and two members, KAZ and KGZ, no groups.
     pub fn sec_kaz_kgz() -> Self {
-        Self::new(
+        Self::sec_kaz_kgz_with("")
+    }
+
+    /// As `sec_kaz_kgz`, with extra lines appended to relay.toml (e.g. a `[limits]` table).
+    pub fn sec_kaz_kgz_with(relay_toml: &str) -> Self {
+        Self::with_relay_toml(
             &[
                 ("SEC", Role::Secretariat),
                 ("KAZ", Role::Member),
                 ("KGZ", Role::Member),
             ],
             &[],
+            relay_toml,
         )
     }
 
