@@ -1687,9 +1687,7 @@ fn store_receipt(
         let mut ack =
             tx.prepare_cached("INSERT OR IGNORE INTO acks (recipient, rseq) VALUES (?1, ?2)")?;
         for (_, rseq) in accepted_at.iter().flatten() {
-            {
-                first_acks.push(ack.execute(params![me.as_str(), rseq])? > 0);
-            }
+            first_acks.push(ack.execute(params![me.as_str(), rseq])? > 0);
         }
     }
     let mut first_acks = first_acks.into_iter();
