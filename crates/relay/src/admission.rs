@@ -203,6 +203,45 @@ mod tests {
         assert_eq!(g.decide(ip("192.0.2.5"), true), Ok(()));
     }
 
+    proptest::proptest! {
+        /// Whatever connections arrive and end, from whichever addresses, proven or not:
+        /// the count is the admitted connections not yet released, never more than the
+        /// limits allow, and a refusal or a Retry is given only at a limit.
+        #[test]
+        fn the_count_is_what_was_admitted_and_never_past_a_limit(
+            max in 1usize..8,
+            per_ip_max in 0usize..4,
+            steps in proptest::collection::vec((0u8..4, proptest::bool::ANY, proptest::bool::ANY), 0..64),
+        ) {
+            let mut g = Gate::new(max, per_ip_max);
+            let mut held: Vec<IpAddr> = Vec::new();
+            for (host, validated, arrive) in steps {
+                let ip = IpAddr::from([192, 0, 2, host]);
+                if arrive || held.is_empty() {
+                    let from_ip = held.iter().filter(|h| **h == ip).count();
+                    match g.decide(ip, validated) {
+                        Ok(()) => held.push(ip),
+                        Err(NotNow::Validate) => {
+                            proptest::prop_assert!(!validated && held.len() >= max / 2)
+                        }
+                        Err(NotNow::Total) => proptest::prop_assert_eq!(held.len(), max),
+                        Err(NotNow::Address) => {
+                            proptest::prop_assert!(per_ip_max > 0 && from_ip == per_ip_max)
+                        }
+                    }
+                } else {
+                    let gone = held.swap_remove(usize::from(host) % held.len());
+                    g.release(gone);
+                }
+                proptest::prop_assert_eq!(g.pending(), held.len());
+                proptest::prop_assert!(held.len() <= max);
+                if per_ip_max > 0 {
+                    proptest::prop_assert!(held.iter().all(|h| held.iter().filter(|x| *x == h).count() <= per_ip_max));
+                }
+            }
+        }
+    }
+
     #[test]
     fn releasing_an_address_never_admitted_changes_nothing() {
         let mut g = Gate::new(4, 0);
