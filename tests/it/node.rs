@@ -1978,8 +1978,14 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
         "{status}"
     );
 
-    // The relay delivers the refused one again: held now, and receipted. Every receipt
-    // until then named the first forgery only.
+    // The quarantine has room again: the node connects anew, as a relay delivers what is
+    // not receipted only on a new connection. It delivers the refused one again: held now,
+    // and receipted. Every receipt until then named the first forgery only.
+    kgz.proc
+        .wait_line(&["the quarantine has room again", "refused=1"])
+        .await
+        .unwrap();
+    let mut relay = relay.next_connection().await.unwrap();
     relay
         .send(&[RelayToNode::Deliver(second.clone())])
         .await

@@ -553,6 +553,7 @@ async fn discard(
         ));
     }
     warn!(digest = %d, officer = ?officer, "quarantined delivery discarded");
+    state.quarantine_room.send_modify(|n| *n += 1);
     Ok(Json(json!({"discarded": 1, "digest": d.to_string()})))
 }
 
@@ -580,6 +581,7 @@ async fn discard_all(
         tokio::task::yield_now().await;
     }
     warn!(discarded = total, officer = ?officer, "quarantine emptied");
+    state.quarantine_room.send_modify(|n| *n += 1);
     Ok(Json(json!({"discarded": total})))
 }
 

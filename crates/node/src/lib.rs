@@ -96,6 +96,10 @@ pub(crate) struct NodeState {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
     pub(crate) wake: Vec<Arc<Notify>>,
+    /// Bumped when an officer discards quarantined deliveries: a link on which deliveries
+    /// were refused for a full quarantine reconnects, so that the relay delivers them again
+    /// (it redelivers only on a new connection).
+    pub(crate) quarantine_room: watch::Sender<u64>,
     /// Each relay's link: up, with its connection's figures for the status API, or down,
     /// and why.
     links: Vec<Mutex<Link>>,
@@ -362,6 +366,7 @@ impl Node {
             roster: roster_tx,
             events,
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
+            quarantine_room: watch::channel(0).0,
             links: (0..relays)
                 .map(|_| Mutex::new(Link::Down(LinkDown::default())))
                 .collect(),

@@ -86,12 +86,21 @@ pub(crate) async fn run(
                 let conn = session.conn.clone();
                 let r = serve(&state, idx, session, &mut shutdown).await;
                 let why = match &r {
-                    Ok(()) => "the node is stopping".to_owned(),
+                    Ok(Served::Shutdown) => "the node is stopping".to_owned(),
+                    Ok(Served::Redeliver) => {
+                        "connecting anew for deliveries the full quarantine refused".to_owned()
+                    }
                     Err(e) => format!("link lost: {e}"),
                 };
                 state.link_down(idx, why, false);
                 match r {
-                    Ok(()) => {
+                    Ok(Served::Redeliver) => {
+                        conn.close(
+                            ErrorCode::Normal.close_code().into(),
+                            b"connecting anew to be delivered what was refused",
+                        );
+                    }
+                    Ok(Served::Shutdown) => {
                         conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
                         endpoint.wait_idle().await;
                         break;
@@ -262,6 +271,18 @@ struct Link<'a> {
     delivered_sent: HashMap<Digest, hotline_proto::Signed<hotline_proto::Receipt>>,
     /// Deliveries stored durably and not yet receipted (receipt pacing).
     pacer: ReceiptPacer,
+    /// Deliveries refused on this connection for a full quarantine: the relay keeps them
+    /// and delivers them again only on a new connection.
+    refused: usize,
+}
+
+/// How a link ended without a failure.
+enum Served {
+    /// The node is stopping.
+    Shutdown,
+    /// The quarantine has room for deliveries refused on this link: connect again, so that
+    /// the relay delivers them again.
+    Redeliver,
 }
 
 async fn serve(
@@ -269,7 +290,7 @@ async fn serve(
     idx: usize,
     session: Session,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), NetError> {
+) -> Result<Served, NetError> {
     let Session {
         conn,
         reader,
@@ -311,7 +332,10 @@ async fn serve(
         receipts_sent: HashSet::new(),
         delivered_sent: HashMap::new(),
         pacer,
+        refused: 0,
     };
+    let mut room = state.quarantine_room.subscribe();
+    room.mark_unchanged();
     let wake = state.wake[idx].clone();
     let datagrams_in = || conn.stats().udp_rx.datagrams;
     let mut silence = Silence::new(datagrams_in(), std::time::Instant::now());
@@ -332,7 +356,16 @@ async fn serve(
             _ = shutdown.changed() => {
                 let sent = link.send_receipt().await?;
                 link.until_stored(&mut rx, sent).await;
-                return Ok(());
+                return Ok(Served::Shutdown);
+            }
+            // An officer discarded quarantined deliveries after some were refused here.
+            _ = room.changed(), if link.refused > 0 => {
+                if !state.store().quarantine_size().1 {
+                    info!(relay = idx, refused = link.refused, "the quarantine has room again: connecting anew so that the relay delivers what it refused");
+                    let sent = link.send_receipt().await?;
+                    link.until_stored(&mut rx, sent).await;
+                    return Ok(Served::Redeliver);
+                }
             }
             // Stored deliveries whose receipt is due.
             _ = tokio::time::sleep_until(receipt_due.unwrap_or(now)), if receipt_due.is_some() => {
@@ -577,6 +610,7 @@ impl Link<'_> {
             }
         }
         if refused > 0 {
+            self.refused += refused;
             // One line a batch: a relay delivering forgeries sends them by the thousand.
             let (size, _) = self.state.store().quarantine_size();
             error!(
