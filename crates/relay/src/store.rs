@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS cursors (
 ) WITHOUT ROWID;
 -- Who acknowledged which message (by its position) through this relay: an acknowledgement
 -- is kept and forwarded only if it is the first from that recipient for one of the messages
--- it names (PROTOCOL.md 7.5). Stores from relays before it start with it empty.
+-- it names (PROTOCOL.md 7.5). Filled from the stored acknowledgements when a store from a
+-- relay before it is opened (`fill_acks`).
 CREATE TABLE IF NOT EXISTS acks (
     recipient TEXT NOT NULL,
     rseq INTEGER NOT NULL,
@@ -210,6 +211,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         });
     }
     let tx = conn.transaction()?;
+    let had_acks = table_exists(&tx, "acks")?;
     let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
         tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
             .exists([table, column])
@@ -238,8 +240,48 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tracing::info!(db = %path.display(), "migrating the relay's queues to per-recipient cursors (schema 3)");
         queue_rows_to_cursors(&tx, path)?;
     }
+    if !had_acks {
+        fill_acks(&tx, path)?;
+    }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Fills `acks` (new in schema 3's later relays) from the acknowledgements the store holds,
+/// so that one of them sent again is not taken for news (PROTOCOL.md 7.5). Reads each
+/// stored acknowledgement once, at the first start of such a relay on an older store.
+fn fill_acks(tx: &Transaction<'_>, path: &Path) -> Result<(), StoreError> {
+    let mut read =
+        tx.prepare("SELECT rseq, recipient, bytes, key, sig FROM receipts WHERE is_ack = 1")?;
+    let mut write = tx.prepare(
+        "INSERT OR IGNORE INTO acks (recipient, rseq)
+         SELECT ?1, rseq FROM messages WHERE id = ?2 AND sender = ?3 AND digest = ?4",
+    )?;
+    let mut rows = read.query([])?;
+    let mut recorded = 0;
+    while let Some(r) = rows.next()? {
+        let rseq: i64 = r.get(0)?;
+        let who: String = r.get(1)?;
+        let signed: Signed<Receipt> = signed_from_row(r, 2)?;
+        let receipt = signed
+            .decode_unverified()
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("stored receipt {rseq} does not decode: {e}"),
+            })?;
+        for item in &receipt.items {
+            recorded += write.execute(params![
+                who,
+                &item.id.0[..],
+                item.sender.as_str(),
+                &item.digest.0[..]
+            ])?;
+        }
+    }
+    if recorded > 0 {
+        tracing::info!(db = %path.display(), acknowledged = recorded, "recorded who acknowledged which message, from the stored acknowledgements");
+    }
     Ok(())
 }
 
@@ -2123,12 +2165,22 @@ mod tests {
         at: u64,
         of: &Signed<Envelope>,
     ) -> Signed<Receipt> {
+        receipt_of(ReceiptKind::Delivered, key, who, at, of)
+    }
+
+    fn receipt_of(
+        kind: ReceiptKind,
+        key: &SigningKey,
+        who: &str,
+        at: u64,
+        of: &Signed<Envelope>,
+    ) -> Signed<Receipt> {
         let env = of.decode_unverified().expect("message decodes");
         Signed::sign(
             &Receipt {
                 version: PROTOCOL_VERSION,
                 recipient: pid(who),
-                kind: ReceiptKind::Delivered,
+                kind,
                 created_at_ms: at,
                 items: vec![ReceiptItem {
                     id: env.id,
@@ -2139,6 +2191,72 @@ mod tests {
             key,
         )
         .expect("sign receipt")
+    }
+
+    /// A store from a relay before `acks` gets it filled from its acknowledgements, so that
+    /// one of them sent again is not news; delivered receipts and other messages add nothing.
+    #[test]
+    fn a_store_without_acks_gets_them_from_its_acknowledgements() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let (chn, ind) = (
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let (m1, m2) = (message(&kaz, 1), message(&kaz, 2));
+        let ack = ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: None,
+        };
+        {
+            let (_, c) = open_db(dir.path()).expect("open");
+            for (n, m) in [(1u8, &m1), (2, &m2)] {
+                c.execute(
+                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                     VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, 1000, 'CHN,IND')",
+                    params![&[n; 16][..], n, &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+                )
+                .expect("message");
+            }
+            let receipts = [
+                (receipt_of(ack.clone(), &chn, "CHN", 2_000, &m1), "CHN", 1),
+                (receipt_from(&ind, "IND", 2_001, &m1), "IND", 0),
+                (receipt_of(ack.clone(), &ind, "IND", 2_002, &m2), "IND", 1),
+            ];
+            for (r, who, is_ack) in &receipts {
+                c.execute(
+                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 3000)",
+                    params![
+                        r.decode_unverified().expect("decodes").created_at_ms,
+                        &r.digest().0[..],
+                        who,
+                        is_ack,
+                        r.bytes(),
+                        &r.key().0[..],
+                        &r.signature().0[..]
+                    ],
+                )
+                .expect("receipt");
+            }
+            c.execute_batch("DROP TABLE acks").expect("as before acks");
+        }
+        let (_, c) = open_db(dir.path()).expect("reopen");
+        let acks: Vec<(String, i64)> = c
+            .prepare("SELECT recipient, m.seq FROM acks a JOIN messages m ON m.rseq = a.rseq ORDER BY 1, 2")
+            .expect("acks")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("read");
+        assert_eq!(acks, vec![("CHN".to_owned(), 1), ("IND".to_owned(), 2)]);
+        // Opened again, nothing changes.
+        drop(c);
+        let (_, c) = open_db(dir.path()).expect("third open");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM acks", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 2);
     }
 
     #[test]
