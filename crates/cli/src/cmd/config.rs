@@ -179,7 +179,34 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
         }
     }
     check_data_dir(Kind::Relay, &config.data_dir, text, path, report);
+    for (field, warning) in relay_limit_warnings(&config.limits) {
+        report
+            .warnings
+            .push(with_line(&warning, Some(field), text, path));
+    }
     report.notes.push(format!("QUIC on {}/udp", config.listen));
+}
+
+/// Limits that parse but leave the relay open to what they are there to bound: each with
+/// the field to point at.
+fn relay_limit_warnings(l: &hotline_relay::config::Limits) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if l.handshakes_per_ip_max == 0 {
+        out.push((
+            "limits.handshakes_per_ip_max",
+            "limits.handshakes_per_ip_max = 0: one address may hold every place among the connections not yet logged in, and keep nodes out (0 is meant for benchmarks)".to_owned(),
+        ));
+    }
+    if l.handshakes_max >= l.connections_max {
+        out.push((
+            "limits.handshakes_max",
+            format!(
+                "limits.handshakes_max ({}) is not below connections_max ({}): connections that never log in may take every connection slot",
+                l.handshakes_max, l.connections_max
+            ),
+        ));
+    }
+    out
 }
 
 fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut Report) {
@@ -492,6 +519,25 @@ mod tests {
         assert_eq!(
             packaged_data_dir_mismatch(Kind::Relay, here, Path::new("/srv/x")),
             None
+        );
+    }
+
+    #[test]
+    fn limits_that_leave_the_relay_open_are_warned_about() {
+        let defaults = hotline_relay::config::Limits::default();
+        assert!(relay_limit_warnings(&defaults).is_empty());
+        let open = hotline_relay::config::Limits {
+            handshakes_per_ip_max: 0,
+            handshakes_max: defaults.connections_max,
+            ..defaults
+        };
+        let fields: Vec<&str> = relay_limit_warnings(&open)
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        assert_eq!(
+            fields,
+            vec!["limits.handshakes_per_ip_max", "limits.handshakes_max"]
         );
     }
 
