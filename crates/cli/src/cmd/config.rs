@@ -197,15 +197,6 @@ fn relay_limit_warnings(l: &hotline_relay::config::Limits) -> Vec<(&'static str,
             "limits.handshakes_per_ip_max = 0: one address may hold every place among the connections not yet logged in, and keep nodes out (0 is meant for benchmarks)".to_owned(),
         ));
     }
-    if l.handshakes_max >= l.connections_max {
-        out.push((
-            "limits.handshakes_max",
-            format!(
-                "limits.handshakes_max ({}) is not below connections_max ({}): connections that never log in may take every connection slot",
-                l.handshakes_max, l.connections_max
-            ),
-        ));
-    }
     out
 }
 
@@ -526,19 +517,21 @@ mod tests {
     fn limits_that_leave_the_relay_open_are_warned_about() {
         let defaults = hotline_relay::config::Limits::default();
         assert!(relay_limit_warnings(&defaults).is_empty());
+        // A small relay's own connection limit is not a reason to warn.
+        let small = hotline_relay::config::Limits {
+            connections_max: 100,
+            ..defaults.clone()
+        };
+        assert!(relay_limit_warnings(&small).is_empty());
         let open = hotline_relay::config::Limits {
             handshakes_per_ip_max: 0,
-            handshakes_max: defaults.connections_max,
             ..defaults
         };
         let fields: Vec<&str> = relay_limit_warnings(&open)
             .into_iter()
             .map(|w| w.0)
             .collect();
-        assert_eq!(
-            fields,
-            vec!["limits.handshakes_per_ip_max", "limits.handshakes_max"]
-        );
+        assert_eq!(fields, vec!["limits.handshakes_per_ip_max"]);
     }
 
     #[test]
