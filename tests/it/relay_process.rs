@@ -31,6 +31,14 @@ async fn start(net: &Net, log: &str) -> (Proc, SocketAddr) {
     (p, addr)
 }
 
+/// Stops the relay with SIGTERM, checks that it exits cleanly, and returns its whole log.
+async fn stopped(relay: Proc) -> String {
+    relay.signal("TERM").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}: {}", relay.log());
+    relay.log()
+}
+
 #[tokio::test]
 async fn accepted_message_survives_kill_9_and_is_delivered_once() {
     let net = net();
@@ -235,10 +243,7 @@ async fn a_node_closing_with_an_error_is_a_warning_in_the_relay_log() {
     let before = relay.log_len();
     kgz.close();
     relay.wait_log_from(before, "session ended").await.unwrap();
-    relay.signal("TERM").unwrap();
-    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
-    assert!(status.success(), "{status}: {}", relay.log());
-    let log = relay.log();
+    let log = stopped(relay).await;
     assert_eq!(
         log.matches("the node closed the connection with an error")
             .count(),
@@ -265,10 +270,7 @@ async fn failed_log_ins_are_one_warning_with_a_count_not_a_line_each() {
     let before = relay.log_len();
     kaz.close();
     relay.wait_log_from(before, "session ended").await.unwrap();
-    relay.signal("TERM").unwrap();
-    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
-    assert!(status.success(), "{status}: {}", relay.log());
-    let log = relay.log();
+    let log = stopped(relay).await;
     let warned: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("connections closed before logging in"))
@@ -300,10 +302,7 @@ async fn refusals_are_one_log_line_a_session_and_interval_with_a_count() {
     let refused = codes.iter().filter(|c| c.is_some()).count();
     assert!(refused >= 3, "{codes:?}");
     kaz.close();
-    relay.signal("TERM").unwrap();
-    let (status, relay) = relay.wait_exit(Duration::from_secs(5)).await.unwrap();
-    assert!(status.success(), "{status}: {}", relay.log());
-    let log = relay.log();
+    let log = stopped(relay).await;
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(" rejected")).collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
