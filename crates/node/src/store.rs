@@ -302,6 +302,43 @@ fn signed_at<T: hotline_proto::SignedPayload>(
     Ok(Signed::from_parts(bytes, PublicKey(key), Signature(sig)))
 }
 
+/// The columns [`InboxRow::read`] reads, in its order: the signed envelope, when it came,
+/// its acknowledgement, and when the first answer to it was created.
+const INBOX_COLUMNS: &str = "bytes, key, sig, received_at_ms, acked_at_ms, officer, note, \
+     (SELECT MIN(s.created_at_ms) FROM answers a JOIN sent s ON s.id = a.id WHERE a.ref = inbox.id)";
+
+/// One row of [`INBOX_COLUMNS`], before its envelope is decoded (decoding is a
+/// [`StoreError`], which a row mapper cannot return).
+struct InboxRow {
+    signed: Signed<Envelope>,
+    received_at_ms: u64,
+    ack: Option<(u64, String, Option<String>)>,
+    answered_at_ms: Option<u64>,
+}
+
+impl InboxRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let acked: Option<u64> = r.get(4)?;
+        let officer: Option<String> = r.get(5)?;
+        let note: Option<String> = r.get(6)?;
+        Ok(Self {
+            signed: signed_at(r, 0)?,
+            received_at_ms: r.get(3)?,
+            ack: acked.map(|a| (a, officer.unwrap_or_default(), note)),
+            answered_at_ms: r.get(7)?,
+        })
+    }
+
+    fn into_message(self) -> Result<InboxMessage, StoreError> {
+        Ok(InboxMessage {
+            envelope: decode_stored(&self.signed)?,
+            received_at_ms: self.received_at_ms,
+            ack: self.ack,
+            answered_at_ms: self.answered_at_ms,
+        })
+    }
+}
+
 fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, StoreError> {
     s.decode_unverified()
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
@@ -1243,68 +1280,28 @@ impl NodeStore {
 
     /// Received messages, newest first.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note, (SELECT MIN(s.created_at_ms) FROM answers a JOIN sent s ON s.id = a.id WHERE a.ref = inbox.id) FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit as i64], Self::inbox_row)?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], InboxRow::read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (s, m) = row?;
-            out.push(InboxMessage {
-                envelope: decode_stored(&s)?,
-                ..m
-            });
+            out.push(row?.into_message()?);
         }
         Ok(out)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Signed<Envelope>, InboxMessage)> {
-        let s = signed_at::<Envelope>(r, 0)?;
-        let acked: Option<u64> = r.get(4)?;
-        let officer: Option<String> = r.get(5)?;
-        let note: Option<String> = r.get(6)?;
-        let placeholder = Envelope {
-            version: 0,
-            id: MessageId([0; 16]),
-            sender: ParticipantId::new("XX")
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-            seq: Seq(0),
-            audience: hotline_proto::Audience::Everyone,
-            kind: hotline_proto::Kind::Notice,
-            precedence: hotline_proto::Precedence::Routine,
-            status: hotline_proto::Status::Test,
-            created_at_ms: 0,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: String::new(),
-            body: String::new(),
-        };
-        Ok((
-            s,
-            InboxMessage {
-                envelope: placeholder,
-                received_at_ms: r.get(3)?,
-                ack: acked.map(|a| (a, officer.unwrap_or_default(), note)),
-                answered_at_ms: r.get(7)?,
-            },
-        ))
-    }
-
     /// One received message.
     pub fn inbox_message(&self, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
-        let row = self
-            .conn
-            .query_row("SELECT bytes, key, sig, received_at_ms, acked_at_ms, officer, note, (SELECT MIN(s.created_at_ms) FROM answers a JOIN sent s ON s.id = a.id WHERE a.ref = inbox.id) FROM inbox WHERE id = ?1", [&id.0[..]], Self::inbox_row)
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((s, m)) => Ok(Some(InboxMessage {
-                envelope: decode_stored(&s)?,
-                ..m
-            })),
-        }
+        self.conn
+            .query_row(
+                &format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?1"),
+                [&id.0[..]],
+                InboxRow::read,
+            )
+            .optional()?
+            .map(InboxRow::into_message)
+            .transpose()
     }
 
     /// One sent message with its matrix.
