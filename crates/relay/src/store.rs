@@ -45,8 +45,11 @@ const READERS: usize = 4;
 /// The schema version this code writes (`PRAGMA user_version`). Older stores are migrated
 /// at open: version 0 (one queue row per recipient with its own position and two indexes),
 /// version 1 (receipts unique by digest alone) and version 2 (a queue row per undelivered
-/// message and recipient).
-const SCHEMA_VERSION: i64 = 3;
+/// message and recipient). Version 4 is version 3 with `acks` kept by every writer: a
+/// version 3 relay from before `acks` could open a store that has it and store
+/// acknowledgements without recording them, so each would count as news once more; from
+/// version 4 such a relay refuses the store, and the move from 3 fills `acks` again.
+const SCHEMA_VERSION: i64 = 4;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
 /// never reused, so a position only grows).
@@ -211,7 +214,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         });
     }
     let tx = conn.transaction()?;
-    let had_acks = table_exists(&tx, "acks")?;
     let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
         tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
             .exists([table, column])
@@ -240,7 +242,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tracing::info!(db = %path.display(), "migrating the relay's queues to per-recipient cursors (schema 3)");
         queue_rows_to_cursors(&tx, path)?;
     }
-    if !had_acks {
+    if version < 4 {
         fill_acks(&tx, path)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
@@ -248,9 +250,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Fills `acks` (new in schema 3's later relays) from the acknowledgements the store holds,
-/// so that one of them sent again is not taken for news (PROTOCOL.md 7.5). Reads each
-/// stored acknowledgement once, at the first start of such a relay on an older store.
+/// Fills `acks` from the acknowledgements the store holds, so that one of them sent again is
+/// not taken for news (PROTOCOL.md 7.5). Reads each stored acknowledgement once, at the
+/// first start on a store before schema 4 (which had no `acks`, or one that a relay from
+/// before it may have left behind). Adds only what is missing.
 fn fill_acks(tx: &Transaction<'_>, path: &Path) -> Result<(), StoreError> {
     let mut read =
         tx.prepare("SELECT rseq, recipient, bytes, key, sig FROM receipts WHERE is_ack = 1")?;
@@ -2197,6 +2200,12 @@ mod tests {
     /// one of them sent again is not news; delivered receipts and other messages add nothing.
     #[test]
     fn a_store_without_acks_gets_them_from_its_acknowledgements() {
+        for without_table in [true, false] {
+            a_store_without_acks_gets_them(without_table);
+        }
+    }
+
+    fn a_store_without_acks_gets_them(without_table: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         let kaz = SigningKey::from_bytes(&[1; 32]);
         let (chn, ind) = (
@@ -2239,7 +2248,12 @@ mod tests {
                 )
                 .expect("receipt");
             }
-            c.execute_batch("DROP TABLE acks").expect("as before acks");
+            // Last opened by a schema 3 relay from before `acks`: an empty table, or none.
+            c.execute_batch("DELETE FROM acks; PRAGMA user_version = 3")
+                .expect("as before acks");
+            if without_table {
+                c.execute_batch("DROP TABLE acks").expect("no table");
+            }
         }
         let (_, c) = open_db(dir.path()).expect("reopen");
         let acks: Vec<(String, i64)> = c
@@ -2249,7 +2263,11 @@ mod tests {
             .expect("rows")
             .collect::<rusqlite::Result<_>>()
             .expect("read");
-        assert_eq!(acks, vec![("CHN".to_owned(), 1), ("IND".to_owned(), 2)]);
+        assert_eq!(
+            acks,
+            vec![("CHN".to_owned(), 1), ("IND".to_owned(), 2)],
+            "without the table: {without_table}"
+        );
         // Opened again, nothing changes.
         drop(c);
         let (_, c) = open_db(dir.path()).expect("third open");
