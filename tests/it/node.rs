@@ -2232,3 +2232,118 @@ async fn a_node_pings_a_relay_it_no_longer_hears() {
     assert!(lost.contains("timed out"), "{lost}");
     relay.conn.close(0u32.into(), b"test done");
 }
+
+/// Stops a node with SIGTERM and waits for a clean exit.
+async fn stop_node(node: NodeProc) {
+    node.proc.signal("TERM").unwrap();
+    let (status, proc) = node.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(status.success(), "{status}: {}", proc.log());
+}
+
+/// Copies the files of a (stopped) node's data directory: OPERATIONS.md 6.3's offline backup.
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+}
+
+/// A node restored from a backup has a sequence counter behind what the relay has seen.
+/// A message composed before it reaches the relay reuses a number the relay has accepted
+/// (`ReplayedSeq`): the node signs it again, under the same id, with the next unused number,
+/// and it arrives. Messages composed once connected take numbers after the relay's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_arrives() {
+    let net = net();
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let first = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
+    kaz.proc
+        .wait_line(&["accepted", &msg(&first)])
+        .await
+        .unwrap();
+    stop_node(kaz).await;
+    let data = net.path().join("node-KAZ");
+    let backup = net.path().join("backup-KAZ");
+    copy_files(&data, &backup);
+
+    // Two messages the backup does not hold.
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    let mut lost = Vec::new();
+    for subject in ["After the backup 1", "After the backup 2"] {
+        let id = kaz.send("KGZ", subject, &[]).await.unwrap();
+        kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+        lost.push(id);
+    }
+    stop_node(kaz).await;
+    relay.shutdown().await;
+
+    // The disk is lost; the node is restored and composes while the relay is away.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_files(&backup, &data);
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let queued = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "After the restore"])
+        .await
+        .unwrap();
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let queued = id_of(&queued);
+    let shown = kaz.cli_json(&["show", &queued]).await.unwrap();
+    assert_eq!(shown["seq"], 2, "the restored counter reuses 2: {shown}");
+
+    let relay = net.relay().await;
+    kaz.connected().await.unwrap();
+    let line = kaz
+        .proc
+        .wait_line(&["signed the message again", &msg(&queued)])
+        .await
+        .unwrap();
+    assert!(
+        line.contains("refused_seq=2") && line.contains("seq=4"),
+        "{line}"
+    );
+    kaz.proc
+        .wait_line(&["accepted", &msg(&queued)])
+        .await
+        .unwrap();
+    let after = kaz.send("KGZ", "Once connected", &[]).await.unwrap();
+    kaz.proc
+        .wait_line(&["accepted", &msg(&after)])
+        .await
+        .unwrap();
+    for (id, seq) in [(&queued, 4), (&after, 5)] {
+        let shown = kaz.cli_json(&["show", id]).await.unwrap();
+        assert_eq!(shown["seq"], seq, "{shown}");
+        assert!(shown["rejected"].is_null(), "{shown}");
+    }
+
+    let mut all = vec![first.clone()];
+    all.extend(lost.iter().cloned());
+    all.extend([queued.clone(), after.clone()]);
+    for id in &all {
+        kgz.proc
+            .wait_line(&["message received", &msg(id)])
+            .await
+            .unwrap();
+    }
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let mut ids: Vec<String> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    all.sort();
+    assert_eq!(ids, all, "each message once: {inbox}");
+    assert_eq!(
+        kaz.proc.count_lines(&["relay refused a message"]),
+        0,
+        "no refusal stood"
+    );
+    relay.shutdown().await;
+}

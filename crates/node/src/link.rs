@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
-use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
+use hotline_proto::frame::{ErrorCode, NodeToRelay, RejectCode, RelayToNode, Subject};
 use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
 use crate::events::Event;
@@ -19,7 +19,7 @@ use crate::limits::{
     RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Answered, Stored};
+use crate::store::{retryable, Answered, Resequenced, Stored};
 use crate::{now_ms, NodeState};
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
@@ -260,8 +260,12 @@ struct Link<'a> {
     state: &'a NodeState,
     idx: usize,
     writer: hotline_net::FrameWriter,
-    /// Messages written on this connection and not yet answered.
-    sent: HashSet<MessageId>,
+    /// Messages written on this connection and not yet answered, with the sequence number
+    /// each was written with.
+    sent: HashMap<MessageId, u64>,
+    /// The highest sequence number the relay had accepted from this node when the
+    /// connection began (`Welcome.last_seq`).
+    floor: u64,
     /// Acknowledgement receipts written on this connection and not yet stored.
     receipts_sent: HashSet<Digest>,
     /// Delivered receipts written on this connection and not yet answered, kept to be
@@ -328,7 +332,8 @@ async fn serve(
         state,
         idx,
         writer,
-        sent: HashSet::new(),
+        sent: HashMap::new(),
+        floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
         delivered_sent: HashMap::new(),
         pacer,
@@ -441,10 +446,10 @@ impl Link<'_> {
         let outbox = outbox.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let receipts = receipts.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let mut buf = Vec::new();
-        for (id, signed) in outbox {
-            if self.sent.insert(id) {
+        for m in outbox {
+            if self.sent.insert(m.id, m.seq).is_none() {
                 buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
-                    signed,
+                    m.signed,
                 ))?);
             }
         }
@@ -459,6 +464,50 @@ impl Link<'_> {
             self.writer.write_raw(&buf).await?;
         }
         Ok(())
+    }
+
+    /// The relay refused message `id` because it holds another message of ours with the
+    /// number `id` was written with (`ReplayedSeq`). Has the store sign it again with an
+    /// unused number if that is right ([`crate::store::NodeStore::resequence`]: a store restored from a
+    /// backup), and makes it due to be written again. Returns false if the refusal stands,
+    /// to be handled as any final refusal.
+    fn resequenced(&mut self, id: &MessageId) -> bool {
+        let Some(&seq) = self.sent.get(id) else {
+            return false;
+        };
+        let result = self
+            .state
+            .store()
+            .resequence(id, seq, self.floor, &self.state.key, now_ms());
+        let fresh = match result {
+            Ok(Resequenced::Final) => return false,
+            Err(e) => {
+                error!(error = %e, msg = %id, "cannot sign again a message refused for its sequence number");
+                return false;
+            }
+            Ok(Resequenced::AlreadyFresh) => {
+                debug!(relay = self.idx, msg = %id, "refused with a number it no longer has; offering it again");
+                self.sent.remove(id);
+                return true;
+            }
+            Ok(Resequenced::Signed(fresh)) => fresh,
+        };
+        self.sent.remove(id);
+        warn!(
+            relay = self.idx,
+            msg = %id,
+            refused_seq = seq,
+            seq = fresh,
+            "the relay holds another message of ours with this sequence number (was this node's store restored from a backup?): signed the message again with the next unused number, offering it again"
+        );
+        self.state.emit(Event::Rejected {
+            id: *id,
+            relay: self.idx,
+            code: format!("{:?}", RejectCode::ReplayedSeq),
+            detail: format!("sequence number {seq} already used; signed again with {fresh}"),
+            retrying: true,
+        });
+        true
     }
 
     /// Handles a batch of frames; returns what was refused for a retryable reason.
@@ -502,6 +551,11 @@ impl Link<'_> {
                     pump = true;
                 }
                 RelayToNode::Rejected(r) => match r.subject {
+                    Subject::Message(id)
+                        if r.code == RejectCode::ReplayedSeq && self.resequenced(&id) =>
+                    {
+                        pump = true;
+                    }
                     Subject::Message(id) => {
                         let again = retryable(r.code);
                         let recorded =

@@ -302,6 +302,48 @@ fn signed_at<T: hotline_proto::SignedPayload>(
     Ok(Signed::from_parts(bytes, PublicKey(key), Signature(sig)))
 }
 
+/// The last sequence number this node has used (or learnt a relay has seen), 0 if none.
+fn current_seq(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
+            let b: Vec<u8> = r.get(0)?;
+            Ok(u64::from_le_bytes(blob_array::<8>(b, 0)?))
+        })
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn set_seq(conn: &Connection, seq: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [&seq.to_le_bytes()[..]],
+    )?;
+    Ok(())
+}
+
+/// A message in a relay's outbox, as it is to be sent.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its sequence number (in `signed`).
+    pub seq: u64,
+    /// The signed message.
+    pub signed: Signed<Envelope>,
+}
+
+/// What [`NodeStore::resequence`] did with a message refused for its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resequenced {
+    /// Signed again with this number: offer it again.
+    Signed(u64),
+    /// Signed again already, since the refused bytes were sent: offer it again as it is.
+    AlreadyFresh,
+    /// Left as it is: the refusal is final for this relay (another relay accepted the
+    /// message, or the refused number was not one a restore could explain).
+    Final,
+}
+
 /// The columns [`InboxRow::read`] reads, in its order: the signed envelope, when it came,
 /// its acknowledgement, and when the first answer to it was created.
 const INBOX_COLUMNS: &str = "bytes, key, sig, received_at_ms, acked_at_ms, officer, note, \
@@ -614,14 +656,7 @@ impl NodeStore {
         now_ms: u64,
     ) -> Result<Result<Signed<Envelope>, hotline_proto::EncodeError>, StoreError> {
         self.tx(|tx, j| {
-            let last: u64 = tx
-                .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
-                    let b: Vec<u8> = r.get(0)?;
-                    Ok(u64::from_le_bytes(blob_array::<8>(b, 0)?))
-                })
-                .optional()?
-                .unwrap_or(0);
-            let seq = last + 1;
+            let seq = current_seq(tx)? + 1;
             let env = Envelope {
                 version: PROTOCOL_VERSION,
                 id: MessageId::generate(now_ms),
@@ -643,10 +678,7 @@ impl NodeStore {
                 // Nothing was written: the transaction is dropped.
                 Err(e) => return Ok(Err(e)),
             };
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [&seq.to_le_bytes()[..]],
-            )?;
+            set_seq(tx, seq)?;
             tx.execute(
                 "INSERT INTO sent (id, seq, bytes, key, sig, created_at_ms, respond_by_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![&env.id.0[..], seq, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, env.respond_by_ms],
@@ -690,37 +722,89 @@ impl NodeStore {
     /// Raises the sequence counter to at least `floor` (the relay's last accepted number for
     /// this participant). Returns whether it moved.
     pub fn raise_seq_floor(&mut self, floor: u64) -> Result<bool, StoreError> {
-        let last: u64 = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
-                let b: Vec<u8> = r.get(0)?;
-                Ok(u64::from_le_bytes(blob_array::<8>(b, 0)?))
-            })
-            .optional()?
-            .unwrap_or(0);
-        if floor <= last {
+        if floor <= current_seq(&self.conn)? {
             return Ok(false);
         }
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [&floor.to_le_bytes()[..]],
-        )?;
+        set_seq(&self.conn, floor)?;
         Ok(true)
     }
 
     /// Messages still to be sent through `relay`, lowest sequence number first.
-    pub fn outbox(
-        &self,
-        relay: usize,
-        limit: usize,
-    ) -> Result<Vec<(MessageId, Signed<Envelope>)>, StoreError> {
+    pub fn outbox(&self, relay: usize, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT s.id, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 ORDER BY o.seq LIMIT ?2",
+            "SELECT s.id, s.seq, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 ORDER BY o.seq LIMIT ?2",
         )?;
         let rows = st.query_map(params![relay as i64, limit as i64], |r| {
-            Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), signed_at(r, 1)?))
+            Ok(Outgoing {
+                id: MessageId(blob_array::<16>(r.get(0)?, 0)?),
+                seq: r.get(1)?,
+                signed: signed_at(r, 2)?,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A relay refused message `id`, sent with sequence number `refused_seq`, because it
+    /// has accepted another message of ours with that number (`ReplayedSeq`). That happens
+    /// to an honest node only when its store went back in time (restored from a backup) and
+    /// it signed new messages before a relay told it its last number (`Welcome.last_seq`,
+    /// `floor` here). No relay holds this id (the relay checks ids before numbers, and an
+    /// id it holds is answered `Accepted`), so the message is signed again under the same
+    /// id, with the same content and creation time and the next unused number, and stays in
+    /// every outbox it is in. It is signed again only if no relay has accepted it, the
+    /// refused number is at or below `floor` (so a relay that keeps refusing cannot make the
+    /// node count up without end), and those are still the bytes stored (another relay's
+    /// refusal may have had it signed again already: then it is only offered again).
+    pub fn resequence(
+        &mut self,
+        id: &MessageId,
+        refused_seq: u64,
+        floor: u64,
+        key: &SigningKey,
+        now_ms: u64,
+    ) -> Result<Resequenced, StoreError> {
+        self.tx(|tx, j| {
+            let row = tx
+                .query_row(
+                    "SELECT seq, accepted_at_ms IS NOT NULL, bytes, key, sig FROM sent WHERE id = ?1",
+                    [&id.0[..]],
+                    |r| Ok((r.get::<_, u64>(0)?, r.get::<_, bool>(1)?, signed_at::<Envelope>(r, 2)?)),
+                )
+                .optional()?;
+            let Some((seq, accepted, signed)) = row else {
+                return Ok(Resequenced::Final);
+            };
+            if accepted {
+                return Ok(Resequenced::Final);
+            }
+            if seq != refused_seq {
+                return Ok(Resequenced::AlreadyFresh);
+            }
+            if refused_seq > floor {
+                return Ok(Resequenced::Final);
+            }
+            let mut env = decode_stored(&signed)?;
+            let last = current_seq(tx)?;
+            let fresh = last.max(floor) + 1;
+            env.seq = Seq(fresh);
+            let signed = Signed::sign(&env, key)
+                .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            set_seq(tx, fresh)?;
+            tx.execute(
+                "UPDATE sent SET seq = ?2, bytes = ?3, key = ?4, sig = ?5, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1",
+                params![&id.0[..], fresh, signed.bytes(), &signed.key().0[..], &signed.signature().0[..]],
+            )?;
+            tx.execute("UPDATE outbox SET seq = ?2 WHERE id = ?1", params![&id.0[..], fresh])?;
+            j.append(
+                tx,
+                now_ms,
+                "message.resequenced",
+                &id.to_string(),
+                format!("{refused_seq} -> {fresh}: a relay had accepted another message with {refused_seq}").as_bytes(),
+            )?;
+            j.append(tx, now_ms, "message.sent", &id.to_string(), &encode_record(&signed)?)?;
+            Ok(Resequenced::Signed(fresh))
+        })
     }
 
     /// Messages waiting for any relay.
@@ -1667,6 +1751,70 @@ mod tests {
             .compose(me, &SigningKey::from_bytes(&[1; 32]), draft, to, 1, NOW)
             .unwrap()
             .unwrap()
+    }
+
+    /// A store restored from a backup: its counter is behind what the relay has seen. A
+    /// message it signed before a relay said so is signed again, once, with an unused
+    /// number; the record stays one the journal holds.
+    #[test]
+    fn a_message_refused_for_a_number_used_before_a_restore_is_signed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ")]);
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let accepted = flash_alert(&mut store, &me, &to);
+        let stale = flash_alert(&mut store, &me, &to);
+        let before = stale.decode_unverified().unwrap();
+        assert_eq!(before.seq, Seq(2));
+        let a = Accepted {
+            id: accepted.decode_unverified().unwrap().id,
+            recipients: to.to_vec(),
+            accepted_at_ms: NOW,
+        };
+        store.accepted(0, &a, NOW).unwrap();
+        // The relay had accepted up to 5 from this participant before the restore.
+        let floor = 5;
+        // A number above what the relay had seen is not one a restore explains.
+        assert_eq!(
+            store.resequence(&before.id, 2, 1, &key, NOW).unwrap(),
+            Resequenced::Final
+        );
+        // An accepted message stays as it was accepted.
+        assert_eq!(
+            store.resequence(&a.id, 1, floor, &key, NOW).unwrap(),
+            Resequenced::Final
+        );
+        assert_eq!(
+            store
+                .resequence(&before.id, 2, floor, &key, NOW + 1)
+                .unwrap(),
+            Resequenced::Signed(6)
+        );
+        // A second relay's refusal of the same old bytes: it is only offered again.
+        assert_eq!(
+            store
+                .resequence(&before.id, 2, floor, &key, NOW + 2)
+                .unwrap(),
+            Resequenced::AlreadyFresh
+        );
+        let out = store.outbox(0, 10).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].id, out[0].seq), (before.id, 6));
+        let after = out[0].signed.verify_with(&PublicKey::of(&key)).unwrap();
+        assert_eq!(
+            Envelope {
+                seq: Seq(2),
+                ..(*after).clone()
+            },
+            before,
+            "only the number changed"
+        );
+        // The next message takes the number after it.
+        let next = flash_alert(&mut store, &me, &to);
+        assert_eq!(next.decode_unverified().unwrap().seq, Seq(7));
+        // Reopened, every stored record is one its journal holds.
+        drop(store);
+        NodeStore::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -415,7 +415,8 @@ async fn pump(
         .outbox(0, hotline_node::limits::OUTBOX_PAGE + written.len())
         .map_err(|e| NetError::Local(format!("store: {e}")))?;
     let mut buf = Vec::new();
-    for (id, signed) in outbox {
+    for m in outbox {
+        let (id, signed) = (m.id, m.signed);
         if written.insert(id) {
             let mut l = peer.ledger.borrow_mut();
             let seq = l.seq(&id);
