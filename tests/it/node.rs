@@ -2347,3 +2347,78 @@ async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_a
     );
     relay.shutdown().await;
 }
+
+/// A relay restored from a backup has lost the messages it accepted since. The sender's
+/// node sees it in the relay's `Welcome.last_seq` and submits them again, so a recipient
+/// that had not fetched them still gets them, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
+    let net = net();
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let first = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&first)])
+        .await
+        .unwrap();
+    // KGZ is away until after the relay's disk is lost.
+    stop_node(kgz).await;
+    relay.shutdown().await;
+    let data = net.path().join("relay-data");
+    let backup = net.path().join("backup-relay");
+    copy_files(&data, &backup);
+
+    let relay = net.relay().await;
+    kaz.proc
+        .wait_lines_from(0, &["relay connected"], 2)
+        .await
+        .unwrap();
+    let mut lost = Vec::new();
+    for subject in ["After the backup 1", "After the backup 2"] {
+        let id = kaz.send("KGZ", subject, &[]).await.unwrap();
+        kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+        lost.push(id);
+    }
+    relay.shutdown().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_files(&backup, &data);
+
+    let relay = net.relay().await;
+    let line = kaz
+        .proc
+        .wait_line(&["no longer has messages it accepted"])
+        .await
+        .unwrap();
+    assert!(
+        line.contains("last_seq=1") && line.contains("accepted=3") && line.contains("messages=2"),
+        "{line}"
+    );
+    for id in &lost {
+        kaz.proc
+            .wait_lines_from(0, &["accepted", &msg(id)], 2)
+            .await
+            .unwrap();
+    }
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    for id in &lost {
+        kgz.proc
+            .wait_line(&["message received", &msg(id)])
+            .await
+            .unwrap();
+    }
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let mut ids: Vec<String> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut all = vec![first];
+    all.extend(lost);
+    all.sort();
+    assert_eq!(ids, all, "each message once: {inbox}");
+    relay.shutdown().await;
+}

@@ -312,6 +312,21 @@ async fn serve(
         Ok(false) => {}
         Err(e) => error!(error = %e, "cannot record the relay's sequence floor"),
     }
+    // A relay restored from a backup has lost what it accepted since: send it again.
+    match state
+        .store()
+        .offer_lost(idx, welcome.last_seq.0, now_ms())
+    {
+        Ok((0, _)) => {}
+        Ok((n, accepted)) => warn!(
+            relay = idx,
+            last_seq = welcome.last_seq.0,
+            accepted,
+            messages = n,
+            "the relay no longer has messages it accepted from this node (was its store restored from a backup?): submitting them again"
+        ),
+        Err(e) => error!(error = %e, "cannot look for messages the relay lost"),
+    }
     let skew = welcome.relay_time_ms as i64 - now_ms() as i64;
     if skew.abs() > 60_000 {
         warn!(

@@ -119,6 +119,13 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
+-- Per relay (its index in the configuration, as in `outbox`), the highest sequence number
+-- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
+-- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
+CREATE TABLE IF NOT EXISTS relay_seq (
+    relay INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 ";
 
 /// What the operator asks to send; the store adds id, sequence number, sender and time.
@@ -729,6 +736,48 @@ impl NodeStore {
         Ok(true)
     }
 
+    /// Relay `relay` says the highest number it has accepted from this node is `last_seq`
+    /// (`Welcome.last_seq`), but it has answered `Accepted` for higher ones: it lost them,
+    /// its store restored from a backup. Every message numbered above `last_seq` and up to
+    /// the highest it accepted, accepted by some relay and not already waiting for this one,
+    /// goes back into its outbox, to be submitted again: to the relay they are new (ids it
+    /// does not hold, numbers above its last), and recipients that already hold them keep
+    /// their copy (nodes dedup by id). The relay's recorded highest becomes `last_seq`, and
+    /// rises again with its acceptances. Returns how many were put back, and the highest
+    /// number the relay had accepted. (A message the relay accepted after the backup with a number
+    /// at or below `last_seq`, a retry inside the reorder window, is not seen; PROTOCOL.md 8.)
+    pub fn offer_lost(
+        &mut self,
+        relay: usize,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Result<(usize, u64), StoreError> {
+        self.tx(|tx, j| {
+            let accepted: u64 = tx
+                .query_row("SELECT seq FROM relay_seq WHERE relay = ?1", [relay as i64], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if accepted <= last_seq {
+                return Ok((0, accepted));
+            }
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO outbox (relay, id, seq) SELECT ?1, id, seq FROM sent WHERE seq > ?2 AND seq <= ?3 AND accepted_at_ms IS NOT NULL",
+                params![relay as i64, last_seq, accepted],
+            )?;
+            // Raised again as the relay accepts them; one it refuses for good is then not
+            // offered again at every connection.
+            tx.execute("UPDATE relay_seq SET seq = ?2 WHERE relay = ?1", params![relay as i64, last_seq])?;
+            j.append(
+                tx,
+                now_ms,
+                "relay.lost_messages",
+                &relay.to_string(),
+                format!("last_seq {last_seq}, had accepted up to {accepted}: {n} offered again").as_bytes(),
+            )?;
+            Ok((n, accepted))
+        })
+    }
+
     /// Messages still to be sent through `relay`, lowest sequence number first.
     pub fn outbox(&self, relay: usize, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
         let mut st = self.conn.prepare_cached(
@@ -832,12 +881,17 @@ impl NodeStore {
         now_ms: u64,
     ) -> Result<Answered, StoreError> {
         self.tx(|tx, j| {
-            let known: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM sent WHERE id = ?1)", [&a.id.0[..]], |r| r.get(0))?;
-            if !known {
+            let seq: Option<u64> = tx
+                .query_row("SELECT seq FROM sent WHERE id = ?1", [&a.id.0[..]], |r| r.get(0))
+                .optional()?;
+            let Some(seq) = seq else {
                 return Ok(Answered::Unknown);
-            }
+            };
             let n = tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &a.id.0[..]])?;
+            tx.prepare_cached(
+                "INSERT INTO relay_seq (relay, seq) VALUES (?1, ?2) ON CONFLICT (relay) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            )?
+            .execute(params![relay as i64, seq])?;
             let first = tx.execute(
                 "UPDATE sent SET accepted_at_ms = ?2, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1 AND accepted_at_ms IS NULL",
                 params![&a.id.0[..], a.accepted_at_ms],
@@ -1815,6 +1869,53 @@ mod tests {
         // Reopened, every stored record is one its journal holds.
         drop(store);
         NodeStore::open(dir.path()).unwrap();
+    }
+
+    /// A relay restored from a backup says a lower last number than it had accepted: what
+    /// it accepted above that number goes back into its outbox, once.
+    #[test]
+    fn messages_a_relay_lost_go_back_into_its_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ")]);
+        let ids: Vec<MessageId> = (0..3)
+            .map(|_| {
+                flash_alert(&mut store, &me, &to)
+                    .decode_unverified()
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        for id in [ids[0], ids[2]] {
+            let a = Accepted {
+                id,
+                recipients: to.to_vec(),
+                accepted_at_ms: NOW,
+            };
+            assert_eq!(store.accepted(0, &a, NOW).unwrap(), Answered::New);
+        }
+        store
+            .rejected(0, &ids[1], RejectCode::PolicyDenied, "no", NOW)
+            .unwrap();
+        assert!(store.outbox(0, 10).unwrap().is_empty());
+        // The relay has everything it accepted.
+        assert_eq!(store.offer_lost(0, 3, NOW).unwrap(), (0, 3));
+        // Restored to before the second and third: only the accepted third comes back.
+        assert_eq!(store.offer_lost(0, 1, NOW).unwrap(), (1, 3));
+        let out: Vec<_> = store.outbox(0, 10).unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(out, vec![ids[2]]);
+        // Not again at the next connection, whatever the relay does with it.
+        assert_eq!(store.offer_lost(0, 1, NOW).unwrap(), (0, 1));
+        let a = Accepted {
+            id: ids[2],
+            recipients: to.to_vec(),
+            accepted_at_ms: NOW + 5,
+        };
+        assert_eq!(store.accepted(0, &a, NOW + 5).unwrap(), Answered::New);
+        assert!(store.outbox(0, 10).unwrap().is_empty());
+        assert_eq!(store.offer_lost(0, 3, NOW).unwrap(), (0, 3));
+        // Another relay's record is its own.
+        assert_eq!(store.offer_lost(1, 0, NOW).unwrap(), (0, 0));
     }
 
     #[test]
