@@ -483,9 +483,9 @@ impl Link<'_> {
 
     /// The relay refused message `id` because it holds another message of ours with the
     /// number `id` was written with (`ReplayedSeq`). Has the store sign it again with an
-    /// unused number if that is right ([`crate::store::NodeStore::resequence`]: a store restored from a
-    /// backup), and makes it due to be written again. Returns false if the refusal stands,
-    /// to be handled as any final refusal.
+    /// unused number if that is right (a store restored from a backup:
+    /// [`crate::store::NodeStore::resequence`]), and makes it due to be written again.
+    /// Returns false if the refusal stands, to be handled as any final refusal.
     fn resequenced(&mut self, id: &MessageId) -> bool {
         let Some(&seq) = self.sent.get(id) else {
             return false;
