@@ -87,6 +87,8 @@ enum Command {
     /// Check an audit journal.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Copy a relay's or a node's store while it runs: consistent, checked, mode 0600.
+    Backup(cmd::backup::BackupArgs),
     /// Check a relay or node configuration file before starting the service.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Roster(command) => cmd::roster::run(command),
         Command::Relay(args) => cmd::relay::run(args),
         Command::Audit(command) => cmd::audit::run(command),
+        Command::Backup(args) => cmd::backup::run(args),
         Command::Config(command) => cmd::config::run(command),
         Command::Node(args) => cmd::node::run(args),
         Command::Send(args) => cmd::operator::send(args),

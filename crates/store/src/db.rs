@@ -35,6 +35,14 @@ pub enum StoreError {
     /// Any other SQLite failure.
     #[error("storage: {0}")]
     Sqlite(rusqlite::Error),
+    /// A file beside the database (a backup's) could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The audit journal's hash chain is broken.
     #[error("audit journal broken at entry {seq}: {reason}")]
     JournalBroken {
@@ -84,6 +92,71 @@ pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
         .map_err(wrap)?;
     Ok(conn)
+}
+
+/// What [`backup`] wrote.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// The copy's size in bytes.
+    pub bytes: u64,
+    /// Its audit journal, checked in the copy.
+    pub journal: crate::JournalReport,
+}
+
+/// Writes a consistent copy of the database at `src` to `out`, which must not exist, while
+/// the service using it keeps running. The copy is SQLite's `VACUUM INTO`: one read
+/// transaction over the database and its write-ahead log, so it holds every transaction
+/// committed before that moment and none after, and never blocks the service's writer. The
+/// file is created with mode 0600 (a store holds every message), synced with its directory,
+/// then opened read-only and checked (`quick_check`, the journal's chain) before this
+/// returns. A copy that fails is removed.
+pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    let target = out.to_str().ok_or_else(|| StoreError::Io {
+        path: out.to_owned(),
+        source: std::io::Error::other("the path is not UTF-8"),
+    })?;
+    let conn = open(src, false)?;
+    // SQLite writes into an empty file it finds; creating it first sets its mode and refuses
+    // one that exists.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(io(out))?;
+    let written = (|| {
+        conn.execute("VACUUM INTO ?1", [target])?;
+        let file = std::fs::File::open(out).map_err(io(out))?;
+        file.sync_all().map_err(io(out))?;
+        let bytes = file.metadata().map_err(io(out))?.len();
+        let dir = out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        let copy = Connection::open_with_flags(
+            out,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: out.to_owned(),
+            source,
+        })?;
+        quick_check(&copy, out)?;
+        let journal = crate::verify_journal(&copy)?;
+        Ok(Backup { bytes, journal })
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    written
 }
 
 /// Runs `PRAGMA quick_check` and reports damage naming the file.

@@ -269,3 +269,49 @@ mod tests {
         assert_eq!(Journal::load(&conn).expect("load").len(), 1);
     }
 }
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    /// A backup taken while a connection holds uncheckpointed commits has all of them, is
+    /// private to its owner, and never replaces a file.
+    #[test]
+    fn a_backup_holds_every_commit_and_refuses_to_overwrite() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("live.db");
+        let mut conn = crate::open(&src, true).expect("open");
+        conn.execute_batch(SCHEMA).expect("schema");
+        // Commits stay in the WAL: the copy must read them from there.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .expect("no checkpoints");
+        let mut j = Journal::load(&conn).expect("load");
+        for i in 0..3u64 {
+            let tx = conn.transaction().expect("tx");
+            j.append(&tx, 1000 + i, "message.accepted", &format!("m{i}"), b"x")
+                .expect("append");
+            tx.commit().expect("commit");
+        }
+        let live = verify(&conn).expect("verifies");
+
+        let out = dir.path().join("copy.db");
+        let b = crate::backup(&src, &out).expect("backup");
+        assert_eq!(b.journal, live);
+        assert_eq!(b.bytes, std::fs::metadata(&out).expect("copy").len());
+        let mode = std::fs::metadata(&out).expect("copy").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let copy = rusqlite::Connection::open(&out).expect("opens");
+        assert_eq!(verify(&copy).expect("verifies").entries, 3);
+
+        match crate::backup(&src, &out) {
+            Err(StoreError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+            }
+            other => panic!("expected the existing file refused, got {other:?}"),
+        }
+        assert_eq!(verify(&copy).expect("still there").entries, 3);
+        assert!(crate::backup(&dir.path().join("missing.db"), &dir.path().join("m.db")).is_err());
+        assert!(!dir.path().join("m.db").exists(), "nothing left behind");
+    }
+}

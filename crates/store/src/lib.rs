@@ -11,5 +11,5 @@
 pub mod db;
 pub mod journal;
 
-pub use db::{open, quick_check, StoreError};
+pub use db::{backup, open, quick_check, Backup, StoreError};
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};

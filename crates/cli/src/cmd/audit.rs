@@ -21,18 +21,23 @@ pub(crate) enum AuditCommand {
 /// Database files that hold a journal, in the order they are looked for.
 const DB_FILES: [&str; 2] = ["relay.db", "node.db"];
 
+/// The store named by `--data`: `relay.db` or `node.db` in a data directory, or the file
+/// itself.
+pub(crate) fn store_file(data: PathBuf) -> anyhow::Result<PathBuf> {
+    if !data.is_dir() {
+        return Ok(data);
+    }
+    DB_FILES
+        .iter()
+        .map(|f| data.join(f))
+        .find(|p| p.exists())
+        .with_context(|| format!("{}: no relay.db or node.db here", data.display()))
+}
+
 pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify { data } => {
-            let db = if data.is_dir() {
-                DB_FILES
-                    .iter()
-                    .map(|f| data.join(f))
-                    .find(|p| p.exists())
-                    .with_context(|| format!("{}: no relay.db or node.db here", data.display()))?
-            } else {
-                data
-            };
+            let db = store_file(data)?;
             let conn = hotline_store::open(&db, false)?;
             let report = hotline_store::verify_journal(&conn)
                 .with_context(|| format!("{}: audit journal does not verify", db.display()))?;

@@ -2,6 +2,7 @@
 //! returns `anyhow::Result<()>`; `main` prints the error and sets the exit code.
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod config;
 pub(crate) mod exercise;
 pub(crate) mod keys;
