@@ -22,7 +22,7 @@ pub use scenario::Scenario;
 
 pub use hotline_net::now_ms;
 
-/// Loads a scenario: a built-in name (`regional-drill`, `comm-check`, `silent-member`) or a
+/// Loads a scenario: a built-in name (`regional-drill`, `comm-check`, `silent-member`, `relay-restore`) or a
 /// path to a TOML file.
 pub fn load(name_or_path: &str) -> anyhow::Result<Scenario> {
     if let Some((_, text)) = scenario::BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
@@ -31,7 +31,7 @@ pub fn load(name_or_path: &str) -> anyhow::Result<Scenario> {
     let text = hotline_config::text_file::read_config(std::path::Path::new(name_or_path)).map_err(
         |e| {
             anyhow::anyhow!(
-                "scenario {e} (built-in scenarios: regional-drill, comm-check, silent-member)"
+                "scenario {e} (built-in scenarios: regional-drill, comm-check, silent-member, relay-restore)"
             )
         },
     )?;
@@ -46,5 +46,24 @@ mod tests {
             let s = crate::load(name).expect(name);
             assert!(!s.objectives.is_empty(), "{name} has objectives");
         }
+    }
+
+    /// A restore needs its backup taken first.
+    #[test]
+    fn a_restore_before_its_backup_is_refused() {
+        let text = crate::scenario::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == "relay-restore")
+            .expect("built in")
+            .1;
+        let late = text.replace("backup_at_s = 60.0", "backup_at_s = 240.0");
+        assert_ne!(late, text);
+        let e = crate::scenario::Scenario::parse(&late, "late.toml")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("backup_at_s (240) must come before at_s (240)"),
+            "{e}"
+        );
     }
 }

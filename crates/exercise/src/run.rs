@@ -85,6 +85,8 @@ enum Action {
     Inject(usize),
     KillRelay,
     StartRelay,
+    BackupRelay,
+    RestoreRelay,
     KillNode(String),
     StopNode(String),
     StartNode(String),
@@ -170,6 +172,15 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 timeline.push((scenario.wall(*at_s), Action::KillRelay));
                 timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
             }
+            Fault::RestoreRelay {
+                backup_at_s,
+                at_s,
+                restart_after_s,
+            } => {
+                timeline.push((scenario.wall(*backup_at_s), Action::BackupRelay));
+                timeline.push((scenario.wall(*at_s), Action::RestoreRelay));
+                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
+            }
             Fault::KillNode {
                 participant,
                 at_s,
@@ -246,6 +257,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     sim.relay.kill9();
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
+                }
+                Action::BackupRelay => {
+                    let line = backup_relay(&opts, &sim.dep).await?;
+                    fault_log.push(
+                        json!({"at_s": at_s, "fault": format!("relay store backed up ({line})")}),
+                    );
+                    eprintln!("\n  [{at_s:>7.1}s] relay store backed up while it runs");
+                }
+                Action::RestoreRelay => {
+                    sim.relay.kill9();
+                    restore_relay(&sim.dep)?;
+                    fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL), its store replaced by the backup"}));
+                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its store replaced by the backup");
                 }
                 Action::StartRelay => {
                     relay_restarts += 1;
@@ -707,6 +731,54 @@ fn progress_line(
 async fn start_relay(opts: &RunOptions, dep: &Deployment, n: u32) -> anyhow::Result<Proc> {
     dep.start_relay(&opts.bin, &format!("relay-{n}.log"), START_TIMEOUT)
         .await
+}
+
+/// Where a `restore_relay` fault keeps its backup, in the drill's directory.
+const RELAY_BACKUP: &str = "relay-backup.db";
+
+/// `hotline backup` of the relay's store beside the running relay, as an operator runs it;
+/// its line of output.
+async fn backup_relay(opts: &RunOptions, dep: &Deployment) -> anyhow::Result<String> {
+    let out = dep.dir.join(RELAY_BACKUP);
+    let run = tokio::process::Command::new(&opts.bin)
+        .arg("backup")
+        .arg("--data")
+        .arg(&dep.relay_data)
+        .arg("--out")
+        .arg(&out)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let done = tokio::time::timeout(START_TIMEOUT, run)
+        .await
+        .context("hotline backup did not finish in time")?
+        .context("running hotline backup")?;
+    if !done.status.success() {
+        anyhow::bail!(
+            "hotline backup failed ({}): {}",
+            done.status,
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&done.stdout).trim().to_owned())
+}
+
+/// Puts the backup in place of the (killed) relay's store: the store and its WAL go, as
+/// with a lost disk.
+fn restore_relay(dep: &Deployment) -> anyhow::Result<()> {
+    let db = dep.relay_data.join("relay.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let f = PathBuf::from(format!("{}{suffix}", db.display()));
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+        }
+    }
+    std::fs::copy(dep.dir.join(RELAY_BACKUP), &db)
+        .with_context(|| format!("restoring the backup to {}", db.display()))?;
+    Ok(())
 }
 
 /// Starts node `p` for the `n`-th time (its log is `node-{p}-{n}.log`).

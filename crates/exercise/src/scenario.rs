@@ -117,6 +117,18 @@ pub enum Fault {
         /// Restart delay.
         restart_after_s: f64,
     },
+    /// Back the relay's store up at `backup_at_s` while it runs (`hotline backup`); at
+    /// `at_s` SIGKILL the relay and put that backup in place of its store (its disk was
+    /// lost); restart it `restart_after_s` later. What it accepted in between is gone from
+    /// it, and must come back from the senders' nodes.
+    RestoreRelay {
+        /// When the backup is taken.
+        backup_at_s: f64,
+        /// When the relay is killed and its store replaced.
+        at_s: f64,
+        /// Restart delay.
+        restart_after_s: f64,
+    },
     /// SIGKILL a node at `at_s`, restart it `restart_after_s` later.
     KillNode {
         /// Which.
@@ -196,6 +208,16 @@ impl Scenario {
                 }
             }
         }
+        for f in &s.faults {
+            if let Fault::RestoreRelay {
+                backup_at_s, at_s, ..
+            } = f
+            {
+                if backup_at_s >= at_s {
+                    bail!("scenario {origin}: restore_relay: backup_at_s ({backup_at_s}) must come before at_s ({at_s})");
+                }
+            }
+        }
         for o in &s.objectives {
             if !names.contains(&o.inject.as_str()) {
                 bail!(
@@ -233,7 +255,7 @@ impl Scenario {
 }
 
 /// Scenarios shipped with the binary.
-pub const BUILTIN: [(&str, &str); 3] = [
+pub const BUILTIN: [(&str, &str); 4] = [
     (
         "regional-drill",
         include_str!("../../../config/exercises/regional-drill.toml"),
@@ -245,6 +267,10 @@ pub const BUILTIN: [(&str, &str); 3] = [
     (
         "silent-member",
         include_str!("../../../config/exercises/silent-member.toml"),
+    ),
+    (
+        "relay-restore",
+        include_str!("../../../config/exercises/relay-restore.toml"),
     ),
 ];
 

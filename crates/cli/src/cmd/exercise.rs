@@ -10,7 +10,7 @@ use clap::Subcommand;
 pub(crate) enum ExerciseCommand {
     /// Run a scenario: a built-in name or a TOML file (default: regional-drill).
     Run {
-        /// Scenario: `regional-drill`, `comm-check`, `silent-member`, or a path.
+        /// Scenario: `regional-drill`, `comm-check`, `silent-member`, `relay-restore`, or a path.
         #[arg(default_value = "regional-drill")]
         scenario: String,
         /// Seed for link impairments, for an exact rerun (printed by every run).
