@@ -338,6 +338,13 @@ impl Node {
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let mut store = NodeStore::open(&config.data_dir)?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
+        store.set_relay_names(
+            config
+                .relays
+                .iter()
+                .map(|r| r.fingerprint.to_string())
+                .collect(),
+        );
         let roster = load_start_roster(&config, &store)?;
         let me = config.participant.clone();
         match roster.participant(&me) {

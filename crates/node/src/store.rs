@@ -119,11 +119,11 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
--- Per relay (its index in the configuration, as in `outbox`), the highest sequence number
+-- Per relay (its pinned fingerprint, `NodeStore::set_relay_names`), the highest sequence number
 -- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
 -- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 CREATE TABLE IF NOT EXISTS relay_seq (
-    relay INTEGER PRIMARY KEY,
+    relay TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
 ";
@@ -278,6 +278,9 @@ pub struct NodeStore {
     quarantine: QuarantineSize,
     /// The most the quarantine may hold, in envelope bytes (`quarantine_max_bytes`).
     quarantine_max_bytes: u64,
+    /// What names each configured relay in `relay_seq` (its pinned certificate's
+    /// fingerprint), by configuration index; `#N` for an index not named.
+    relay_names: Vec<String>,
 }
 
 /// How much the quarantine holds.
@@ -592,7 +595,23 @@ impl NodeStore {
             path,
             quarantine,
             quarantine_max_bytes: crate::limits::QUARANTINE_MAX_BYTES,
+            relay_names: Vec::new(),
         })
+    }
+
+    /// Names the configured relays, by index, for the record of what each has accepted
+    /// (`relay_seq`): their pinned certificates' fingerprints, which stay with a relay when
+    /// the configuration lists its relays in another order, and change when a relay is
+    /// replaced by a new one (which has accepted nothing).
+    pub fn set_relay_names(&mut self, names: Vec<String>) {
+        self.relay_names = names;
+    }
+
+    fn relay_name(&self, relay: usize) -> String {
+        self.relay_names
+            .get(relay)
+            .cloned()
+            .unwrap_or_else(|| format!("#{relay}"))
     }
 
     /// Sets the most the quarantine may hold, in envelope bytes (the configuration's
@@ -752,9 +771,10 @@ impl NodeStore {
         last_seq: u64,
         now_ms: u64,
     ) -> Result<(usize, u64), StoreError> {
+        let name = self.relay_name(relay);
         self.tx(|tx, j| {
             let accepted: u64 = tx
-                .query_row("SELECT seq FROM relay_seq WHERE relay = ?1", [relay as i64], |r| r.get(0))
+                .query_row("SELECT seq FROM relay_seq WHERE relay = ?1", [&name], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
             if accepted <= last_seq {
@@ -766,12 +786,12 @@ impl NodeStore {
             )?;
             // Raised again as the relay accepts them; one it refuses for good is then not
             // offered again at every connection.
-            tx.execute("UPDATE relay_seq SET seq = ?2 WHERE relay = ?1", params![relay as i64, last_seq])?;
+            tx.execute("UPDATE relay_seq SET seq = ?2 WHERE relay = ?1", params![name, last_seq])?;
             j.append(
                 tx,
                 now_ms,
                 "relay.lost_messages",
-                &relay.to_string(),
+                &name,
                 format!("last_seq {last_seq}, had accepted up to {accepted}: {n} offered again").as_bytes(),
             )?;
             Ok((n, accepted))
@@ -880,6 +900,7 @@ impl NodeStore {
         a: &Accepted,
         now_ms: u64,
     ) -> Result<Answered, StoreError> {
+        let name = self.relay_name(relay);
         self.tx(|tx, j| {
             let seq: Option<u64> = tx
                 .query_row("SELECT seq FROM sent WHERE id = ?1", [&a.id.0[..]], |r| r.get(0))
@@ -891,7 +912,7 @@ impl NodeStore {
             tx.prepare_cached(
                 "INSERT INTO relay_seq (relay, seq) VALUES (?1, ?2) ON CONFLICT (relay) DO UPDATE SET seq = MAX(seq, excluded.seq)",
             )?
-            .execute(params![relay as i64, seq])?;
+            .execute(params![name, seq])?;
             let first = tx.execute(
                 "UPDATE sent SET accepted_at_ms = ?2, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1 AND accepted_at_ms IS NULL",
                 params![&a.id.0[..], a.accepted_at_ms],
