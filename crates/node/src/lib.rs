@@ -342,7 +342,7 @@ impl Node {
             config
                 .relays
                 .iter()
-                .map(|r| r.fingerprint.to_string())
+                .map(|r| format!("{}@{}", r.fingerprint, r.address))
                 .collect(),
         );
         let roster = load_start_roster(&config, &store)?;

@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
--- Per relay (its pinned fingerprint, `NodeStore::set_relay_names`), the highest sequence number
+-- Per relay (`FINGERPRINT@ADDRESS`, `NodeStore::set_relay_names`), the highest sequence number
 -- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
 -- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 CREATE TABLE IF NOT EXISTS relay_seq (
@@ -279,7 +279,7 @@ pub struct NodeStore {
     /// The most the quarantine may hold, in envelope bytes (`quarantine_max_bytes`).
     quarantine_max_bytes: u64,
     /// What names each configured relay in `relay_seq` (its pinned certificate's
-    /// fingerprint), by configuration index; `#N` for an index not named.
+    /// fingerprint and its address), by configuration index; `#N` for an index not named.
     relay_names: Vec<String>,
 }
 
@@ -600,9 +600,11 @@ impl NodeStore {
     }
 
     /// Names the configured relays, by index, for the record of what each has accepted
-    /// (`relay_seq`): their pinned certificates' fingerprints, which stay with a relay when
-    /// the configuration lists its relays in another order, and change when a relay is
-    /// replaced by a new one (which has accepted nothing).
+    /// (`relay_seq`): `FINGERPRINT@ADDRESS`, which stays with a relay when the configuration
+    /// lists its relays in another order, and changes when a relay is replaced by a new one
+    /// (which has accepted nothing). The address tells apart relays that share a
+    /// certificate; a relay that moves starts a new record (its losses before the move are
+    /// then not noticed).
     pub fn set_relay_names(&mut self, names: Vec<String>) {
         self.relay_names = names;
     }
