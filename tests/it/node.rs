@@ -2425,3 +2425,63 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
     assert_eq!(ids, all, "each message once: {inbox}");
     relay.shutdown().await;
 }
+
+/// A relay restored from a backup also loses the acknowledgements it held for a sender
+/// that was away. The sender submits its lost message again, the relay delivers it again,
+/// and the recipient, which acknowledged it, offers its acknowledgement again: the sender
+/// learns of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
+    let net = net();
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    let relay = net.relay().await;
+    let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let backup = hotline_cli(
+        net.path(),
+        &["backup", "--data", "relay-data", "--out", "relay-backup.db"],
+    )
+    .await
+    .unwrap();
+    assert!(backup.status.success(), "{backup:?}");
+    let id = kaz.send("KGZ", "After the backup", &[]).await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    // KAZ goes away; KGZ acknowledges; the relay stores the acknowledgement for KAZ.
+    stop_node(kaz).await;
+    kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    let maddr = relay.metrics_addr().expect("metrics");
+    wait_metric(maddr, "hotline_relay_receipts_stored_total", |n| n >= 2.0)
+        .await
+        .unwrap();
+    relay.shutdown().await;
+    let data = net.path().join("relay-data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(net.path().join("relay-backup.db"), data.join("relay.db")).unwrap();
+
+    let relay = net.relay().await;
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["no longer has messages it accepted"])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&[
+            "offering it their acknowledgements again",
+            "acknowledgements=1",
+        ])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["acknowledged"], 1, "{st}");
+    relay.shutdown().await;
+}

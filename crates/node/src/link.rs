@@ -666,11 +666,15 @@ impl Link<'_> {
             }
         };
         let mut new = Vec::new();
+        let mut again = Vec::new();
         let mut refused = 0usize;
         for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
                 (Ok(env), Stored::New) => new.push(env),
-                (Ok(env), Stored::Duplicate) => debug!(msg = %env.id, "duplicate delivery dropped"),
+                (Ok(env), Stored::Duplicate) => {
+                    debug!(msg = %env.id, "duplicate delivery dropped");
+                    again.push(env.id);
+                }
                 (_, Stored::Quarantined(reason)) => {
                     error!(%reason, "delivered message quarantined, not shown")
                 }
@@ -690,6 +694,19 @@ impl Link<'_> {
             );
         }
         self.state.announce_stored(new);
+        if !again.is_empty() {
+            let reoffered = self.state.store().reoffer_acks(self.idx, &again);
+            match reoffered {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(relay = self.idx, acknowledgements = n, "the relay delivered again messages acknowledged here: offering it their acknowledgements again");
+                    self.pump().await?;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot queue acknowledgements again for messages delivered again")
+                }
+            }
+        }
         // Receipted together with whatever else is stored within the pace.
         if self
             .pacer

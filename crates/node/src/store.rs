@@ -122,6 +122,14 @@ CREATE TABLE IF NOT EXISTS receipts_in (
 -- Per relay (`FINGERPRINT@ADDRESS`, `NodeStore::set_relay_names`), the highest sequence number
 -- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
 -- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
+-- The acknowledgement this node signed for received message `id` (a row of receipts_out),
+-- to offer it again to a relay that delivers the message again (`NodeStore::reoffer_acks`).
+-- Filled as messages are acknowledged, and from receipts_out the first time a store opens
+-- with this table.
+CREATE TABLE IF NOT EXISTS acks_out (
+    id BLOB PRIMARY KEY,
+    digest BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS relay_seq (
     relay TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -469,6 +477,27 @@ fn index_stored_answers(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Fills `acks_out` from the acknowledgements the store holds (a store from before it).
+fn index_stored_acks(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_out")?;
+        let mut add = tx.prepare("INSERT OR IGNORE INTO acks_out (id, digest) VALUES (?1, ?2)")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let signed: Signed<Receipt> = signed_at(r, 0)?;
+            let receipt = decode_stored(&signed)?;
+            if matches!(receipt.kind, ReceiptKind::Acknowledged { .. }) {
+                for item in &receipt.items {
+                    add.execute(params![&item.id.0[..], &signed.digest().0[..]])?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// What the quarantine table holds, counted.
 fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
     Ok(conn.query_row(
@@ -566,11 +595,15 @@ impl NodeStore {
         let path = data_dir.join(DB_FILE);
         let conn = hotline_store::open(&path, true)?;
         hotline_store::quick_check(&conn, &path)?;
-        let answers_indexed: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'answers')",
-            [],
-            |r| r.get(0),
-        )?;
+        let has_table = |name: &str| -> Result<bool, StoreError> {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                [name],
+                |r| r.get(0),
+            )?)
+        };
+        let answers_indexed = has_table("answers")?;
+        let acks_indexed = has_table("acks_out")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
         // A damaged journal is refused at start-up, naming the file, rather than extended;
@@ -586,6 +619,9 @@ impl NodeStore {
         );
         if !answers_indexed {
             index_stored_answers(&conn)?;
+        }
+        if !acks_indexed {
+            index_stored_acks(&conn)?;
         }
         let journal = Journal::load(&conn)?;
         let quarantine = quarantine_size(&conn)?;
@@ -1226,6 +1262,10 @@ impl NodeStore {
                     params![relay as i64, &d.0[..]],
                 )?;
             }
+            tx.execute(
+                "INSERT OR IGNORE INTO acks_out (id, digest) VALUES (?1, ?2)",
+                params![&id.0[..], &d.0[..]],
+            )?;
             j.append(
                 tx,
                 now_ms,
@@ -1234,6 +1274,43 @@ impl NodeStore {
                 &encode_record(&signed)?,
             )?;
             Ok(Ok(AckOutcome::Acked(signed)))
+        })
+    }
+
+    /// Relay `relay` delivered again these received messages (duplicates here). A relay
+    /// delivers a message again when it has no delivered receipt for it: the receipt was
+    /// lost on the way, or the relay lost it, its store restored from a backup, and with it
+    /// perhaps this node's acknowledgement, which the sender may not have had yet. So the
+    /// acknowledgements of those this node has acknowledged go back into that relay's queue
+    /// of receipts to send; a relay that holds one already answers it as stored and drops it
+    /// (PROTOCOL.md 7.5). Returns how many were queued again.
+    pub fn reoffer_acks(&mut self, relay: usize, ids: &[MessageId]) -> Result<usize, StoreError> {
+        let mut digests = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT digest FROM acks_out WHERE id = ?1")?;
+            for id in ids {
+                if let Some(d) = st
+                    .query_row([&id.0[..]], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()?
+                {
+                    digests.push(d);
+                }
+            }
+        }
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        self.tx(|tx, _| {
+            let mut n = 0;
+            for d in &digests {
+                n += tx.execute(
+                    "INSERT OR IGNORE INTO receipts_pending (relay, digest) VALUES (?1, ?2)",
+                    params![relay as i64, d],
+                )?;
+            }
+            Ok(n)
         })
     }
 
@@ -1939,6 +2016,50 @@ mod tests {
         assert_eq!(store.offer_lost(0, 3, NOW).unwrap(), (0, 3));
         // Another relay's record is its own.
         assert_eq!(store.offer_lost(1, 0, NOW).unwrap(), (0, 0));
+    }
+
+    /// A message delivered again after this node acknowledged it: its acknowledgement goes
+    /// back into that relay's queue, once; also in a store from before `acks_out`.
+    #[test]
+    fn a_message_delivered_again_has_its_acknowledgement_offered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, key) = (pid("KGZ"), SigningKey::from_bytes(&[3; 32]));
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let [acked, other] = [1, 2].map(|seq| {
+            let s = Signed::sign(&envelope(seq, Precedence::Routine), &kaz).unwrap();
+            let env = s.decode_unverified().unwrap();
+            (s, env)
+        });
+        let batch = [acked.clone(), other.clone()].map(|(s, e)| (s, Ok(e)));
+        store.store_deliveries(&batch, NOW).unwrap();
+        let ack = match store
+            .acknowledge(&me, &key, &acked.1.id, "Duty officer", None, 2, NOW)
+            .unwrap()
+            .unwrap()
+        {
+            AckOutcome::Acked(s) => s,
+            other => panic!("{other:?}"),
+        };
+        for relay in [0, 1] {
+            store.receipt_stored(relay, &ack.digest()).unwrap();
+        }
+        let ids = [acked.1.id, other.1.id];
+        assert_eq!(store.reoffer_acks(0, &ids).unwrap(), 1);
+        assert_eq!(store.pending_receipts(0).unwrap(), vec![ack.clone()]);
+        assert!(
+            store.pending_receipts(1).unwrap().is_empty(),
+            "that relay only"
+        );
+        assert_eq!(store.reoffer_acks(0, &ids).unwrap(), 0, "already queued");
+
+        // A store from before the table learns it from its acknowledgements.
+        store.receipt_stored(0, &ack.digest()).unwrap();
+        store.conn.execute_batch("DROP TABLE acks_out").unwrap();
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.reoffer_acks(1, &ids).unwrap(), 1);
+        assert_eq!(store.pending_receipts(1).unwrap(), vec![ack]);
     }
 
     #[test]
