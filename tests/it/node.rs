@@ -2485,3 +2485,58 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
     assert_eq!(st["acknowledged"], 1, "{st}");
     relay.shutdown().await;
 }
+
+/// `hotline backup --out-dir DIR --keep N`, as an hourly timer runs it: a copy named after
+/// the store and the time, and only the newest N such copies left; other files stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_directory_keeps_the_newest_copies() {
+    let net = net();
+    let relay = net.relay().await;
+    let dir = net.path().join("backups");
+    std::fs::create_dir(&dir).unwrap();
+    let older = ["relay-20200101T000000Z.db", "relay-20200101T010000Z.db"];
+    for n in older.iter().chain(&["relay-pre-upgrade.db"]) {
+        std::fs::write(dir.join(n), b"an older copy").unwrap();
+    }
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "backup",
+            "--data",
+            "relay-data",
+            "--out-dir",
+            "backups",
+            "--keep",
+            "2",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("removed 1 older relay backup(s), keeping the newest 2"),
+        "{out:?}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], older[1], "{names:?}");
+    assert_eq!(names[2], "relay-pre-upgrade.db", "{names:?}");
+    let new = &names[1];
+    assert!(
+        new.starts_with("relay-2") && new.ends_with("Z.db"),
+        "{names:?}"
+    );
+    let verified = hotline_cli(
+        net.path(),
+        &["audit", "verify", "--data", &format!("backups/{new}")],
+    )
+    .await
+    .unwrap();
+    assert!(verified.stdout.starts_with("OK:"), "{verified:?}");
+    relay.shutdown().await;
+}

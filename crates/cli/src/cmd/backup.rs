@@ -1,33 +1,151 @@
 //! `hotline backup`: a consistent copy of a relay's or a node's store while it runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
 
-/// `hotline backup --data DIR --out FILE`.
+/// `hotline backup --data DIR (--out FILE | --out-dir DIR [--keep N])`.
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
     /// The data directory (holding relay.db or node.db), or the database file itself.
     #[arg(long)]
     data: PathBuf,
     /// Where to write the copy: a new file (an existing one is never replaced), mode 0600.
+    #[arg(long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
+    out: Option<PathBuf>,
+    /// Or a directory for the copy, named after the store and the time:
+    /// `relay-20250101T030000Z.db` (or `node-…`).
     #[arg(long)]
-    out: PathBuf,
+    out_dir: Option<PathBuf>,
+    /// With `--out-dir`: once the copy is written and checked, keep only the newest N
+    /// copies of this store there (named as above), removing older ones.
+    #[arg(long, requires = "out_dir", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
 }
 
 pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
     let db = super::audit::store_file(args.data)?;
-    let b = hotline_store::backup(&db, &args.out)
-        .with_context(|| format!("backing up {} to {}", db.display(), args.out.display()))?;
-    tracing::info!(db = %db.display(), out = %args.out.display(), bytes = b.bytes, entries = b.journal.entries, "backup written");
+    let store = db
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("store")
+        .to_owned();
+    let out = match (&args.out, &args.out_dir) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) => dir.join(copy_name(&store, hotline_node::now_ms())),
+        (None, None) => anyhow::bail!("give --out FILE or --out-dir DIR"),
+    };
+    let b = hotline_store::backup(&db, &out)
+        .with_context(|| format!("backing up {} to {}", db.display(), out.display()))?;
+    tracing::info!(db = %db.display(), out = %out.display(), bytes = b.bytes, entries = b.journal.entries, "backup written");
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
-        args.out.display(),
+        out.display(),
         db.display(),
         b.bytes,
         b.journal.entries,
         hex::encode(b.journal.head)
     );
+    if let (Some(dir), Some(keep)) = (&args.out_dir, args.keep) {
+        let removed = prune(dir, &store, keep as usize)?;
+        if !removed.is_empty() {
+            tracing::info!(dir = %dir.display(), removed = removed.len(), keep, "older backups removed");
+            outln!(
+                "removed {} older {store} backup(s), keeping the newest {keep}",
+                removed.len()
+            );
+        }
+    }
     Ok(())
+}
+
+/// `STORE-YYYYMMDDTHHMMSSZ.db` for a copy of store `STORE` (`relay`, `node`) at `ms`.
+fn copy_name(store: &str, ms: u64) -> String {
+    let stamp: String = super::roster::format_utc(ms)
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    format!("{store}-{stamp}.db")
+}
+
+/// Whether `name` is a name [`copy_name`] gives for `store`.
+fn is_copy_of(name: &str, store: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(store)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".db"))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// Of the file names in a directory, the copies of `store` to remove so that the newest
+/// `keep` remain (their names sort by time).
+fn to_remove(names: &[String], store: &str, keep: usize) -> Vec<String> {
+    let mut copies: Vec<&String> = names.iter().filter(|n| is_copy_of(n, store)).collect();
+    copies.sort();
+    let excess = copies.len().saturating_sub(keep);
+    copies[..excess].iter().map(|n| (*n).clone()).collect()
+}
+
+/// Removes the copies of `store` in `dir` beyond the newest `keep`; returns their names.
+fn prune(dir: &Path, store: &str, keep: usize) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            if let Some(n) = e.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    let old = to_remove(&names, store, keep);
+    for n in &old {
+        let p = dir.join(n);
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_named_by_store_and_time_and_pruned_oldest_first() {
+        // 2025-01-01T03:00:00Z
+        let name = copy_name("relay", 1_735_700_400_000);
+        assert_eq!(name, "relay-20250101T030000Z.db");
+        assert!(is_copy_of(&name, "relay"));
+        assert!(!is_copy_of(&name, "node"));
+        for other in [
+            "relay-pre-upgrade.db",
+            "relay-20250101T030000Z.db-wal",
+            "relay-2025010XT030000Z.db",
+            "relay.db",
+        ] {
+            assert!(!is_copy_of(other, "relay"), "{other}");
+        }
+        let names: Vec<String> = [
+            "relay-20250101T050000Z.db",
+            "node-20250101T010000Z.db",
+            "relay-20250101T030000Z.db",
+            "relay-pre-upgrade.db",
+            "relay-20250101T040000Z.db",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            to_remove(&names, "relay", 2),
+            vec!["relay-20250101T030000Z.db".to_owned()]
+        );
+        assert!(to_remove(&names, "relay", 3).is_empty());
+        assert!(to_remove(&names, "node", 1).is_empty());
+    }
 }

@@ -653,7 +653,7 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
 }
 
 /// `ms` since the Unix epoch as an ISO 8601 UTC timestamp, to the second.
-fn format_utc(ms: u64) -> String {
+pub(crate) fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
