@@ -2540,3 +2540,25 @@ async fn a_backup_directory_keeps_the_newest_copies() {
     assert!(verified.stdout.starts_with("OK:"), "{verified:?}");
     relay.shutdown().await;
 }
+
+/// A second node started on the data directory of a running node is refused at once; the
+/// first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_store_is_refused() {
+    let net = net();
+    let relay = net.relay().await;
+    let (kaz, _kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let config = kaz.config.to_str().unwrap().to_owned();
+    let second = Proc::spawn(&["node", "--config", &config], net.path(), "node-KAZ-2.log").unwrap();
+    let (status, second) = second.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(!status.success(), "{status}: {}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains("node-KAZ/LOCK is locked by another process"),
+        "{log}"
+    );
+    assert!(!log.contains("local API listening"), "{log}");
+    let id = kaz.send("KGZ", "still running", &[]).await.unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    relay.shutdown().await;
+}

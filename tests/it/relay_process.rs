@@ -311,3 +311,29 @@ async fn refusals_are_one_log_line_a_session_and_interval_with_a_count() {
         lines[0]
     );
 }
+
+/// A second relay started on a data directory that a running relay holds is refused at
+/// once, naming the lock, and the first one goes on serving; once the first has stopped,
+/// a relay starts there again.
+#[tokio::test]
+async fn a_second_relay_on_the_same_store_is_refused() {
+    let net = net();
+    let (relay, addr) = start(&net, "relay-1.log").await;
+    let config = net.relay_config.to_str().unwrap();
+    let second = Proc::spawn(&["relay", "--config", config], net.path(), "relay-2.log").unwrap();
+    let (status, second) = second.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(!status.success(), "{status}: {}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains("relay-data/LOCK is locked by another process"),
+        "{log}"
+    );
+    assert!(!log.contains("relay listening"), "{log}");
+
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    kaz.send_to("KGZ", "still served").await.unwrap();
+    kaz.close();
+    stopped(relay).await;
+    let (relay, _) = start(&net, "relay-3.log").await;
+    stopped(relay).await;
+}

@@ -15,9 +15,15 @@ pub struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     seen: tokio::sync::watch::Receiver<usize>,
+    /// Told when the reader has read standard error to its end.
+    read_all: std::sync::mpsc::Receiver<()>,
     /// Where its standard error is copied.
     pub log_path: PathBuf,
 }
+
+/// How long [`Proc::wait_exit`] waits, after the exit, for the last lines of standard
+/// error: the pipe ends at once unless a process the child started still holds it.
+const LAST_LINES_WAIT: Duration = Duration::from_secs(2);
 
 /// Locks `m`, taking the value even if a holder panicked.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -50,7 +56,9 @@ impl Proc {
             .append(true)
             .open(&log_path)?;
         let l = lines.clone();
+        let (done, read_all) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let _done = done;
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(file, "{line}");
@@ -66,6 +74,7 @@ impl Proc {
             child,
             lines,
             seen,
+            read_all,
             log_path,
         })
     }
@@ -121,7 +130,8 @@ impl Proc {
     }
 
     /// Waits (without polling) for the process to exit, at most `timeout`, and returns its
-    /// exit status with the handle (whose log stays readable). On timeout the process is
+    /// exit status with the handle, whose log then holds every line it wrote (waiting up to
+    /// `LAST_LINES_WAIT` for the pipe's end). On timeout the process is
     /// killed and an error returned.
     pub async fn wait_exit(
         self,
@@ -131,6 +141,9 @@ impl Proc {
         let mut me = self;
         let task = tokio::task::spawn_blocking(move || {
             let st = me.child.wait();
+            // Its last lines may still be in the pipe: the log is whole once the reader
+            // has reached its end (the sender drops; nothing is ever sent).
+            let _ = me.read_all.recv_timeout(LAST_LINES_WAIT);
             (st, me)
         });
         match tokio::time::timeout(timeout, task).await {

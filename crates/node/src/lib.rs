@@ -89,6 +89,8 @@ pub(crate) enum Link {
 /// State shared by the node's tasks.
 pub(crate) struct NodeState {
     pub(crate) config: NodeConfig,
+    /// This node's claim on its data directory (no second node may run on it).
+    _claim: hotline_store::DirLock,
     pub(crate) me: ParticipantId,
     pub(crate) key: SigningKey,
     store: Mutex<NodeStore>,
@@ -336,6 +338,7 @@ impl Node {
         let key = hotline_config::keyfile::read_secret(&config.key)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        let claim = hotline_store::lock_dir(&config.data_dir)?;
         let mut store = NodeStore::open(&config.data_dir)?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
         store.set_relay_names(
@@ -380,6 +383,7 @@ impl Node {
             token,
             shutdown: shutdown_rx.clone(),
             config,
+            _claim: claim,
         });
         // Messages stored just before the node last stopped may never have been announced.
         let pending = state.store().unannounced()?;

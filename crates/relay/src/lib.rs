@@ -221,6 +221,8 @@ impl Relay {
         );
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| RelayError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        // Held by the store writer, and so released when it ends.
+        let claim = hotline_store::lock_dir(&config.data_dir)?;
         let (db_path, conn) = store::open_db(&config.data_dir)?;
         let queues = Arc::new(std::sync::Mutex::new(queue::QueueIndex::default()));
         let readers = Arc::new(store::Readers::open(&db_path, queues.clone())?);
@@ -252,6 +254,7 @@ impl Relay {
         let writer_join = if hosting.writer_on_runtime {
             WriterJoin::Task(tokio::spawn(async move {
                 let _gone = writer_gone_tx;
+                let _claim = claim;
                 writer.run_on_runtime(cmd_rx).await
             }))
         } else {
@@ -271,6 +274,7 @@ impl Relay {
                     .name("hotline-store-writer".into())
                     .spawn(move || {
                         let _gone = writer_gone_tx;
+                        let _claim = claim;
                         writer.run(cmd_rx, checkpointer)
                     })
                     .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?,

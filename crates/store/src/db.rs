@@ -35,6 +35,14 @@ pub enum StoreError {
     /// Any other SQLite failure.
     #[error("storage: {0}")]
     Sqlite(rusqlite::Error),
+    /// Another process holds the data directory (a relay or node already runs on it).
+    #[error(
+        "{path} is locked by another process: a relay or node already runs on this data directory"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A file beside the database (a backup's) could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -92,6 +100,39 @@ pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
         .map_err(wrap)?;
     Ok(conn)
+}
+
+/// The lock file [`lock_dir`] holds in a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive claim on a data directory, held by the one service that writes its store:
+/// a second relay or node started on the same directory is refused at once, naming it,
+/// rather than both writing one store (each keeps state in memory that the other's writes
+/// would contradict). Tools that only read, or copy (`hotline backup`, `audit verify`,
+/// `relay report`), take no claim. Released when dropped, and by the kernel when the process
+/// ends, however it ends; the (empty) file stays.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Claims `dir` ([`DirLock`]): an advisory `flock` on `dir/LOCK`, created if missing.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }),
+    }
 }
 
 /// What [`backup`] wrote.
@@ -190,5 +231,23 @@ fn corrupt_or(path: &Path, e: rusqlite::Error) -> StoreError {
             path: path.to_owned(),
             source: e,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One claim on a directory at a time; the next once it is dropped.
+    #[test]
+    fn a_data_directory_is_claimed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock_dir(dir.path()).expect("first claim");
+        match lock_dir(dir.path()) {
+            Err(StoreError::Locked { path }) => assert_eq!(path, dir.path().join(LOCK_FILE)),
+            other => panic!("expected the second claim refused, got {other:?}"),
+        }
+        drop(first);
+        lock_dir(dir.path()).expect("claimed again");
     }
 }

@@ -11,5 +11,5 @@
 pub mod db;
 pub mod journal;
 
-pub use db::{backup, open, quick_check, Backup, StoreError};
+pub use db::{backup, lock_dir, open, quick_check, Backup, DirLock, StoreError, LOCK_FILE};
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};
