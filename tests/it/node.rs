@@ -2562,3 +2562,81 @@ async fn a_second_node_on_the_same_store_is_refused() {
     assert_eq!(id.len(), 32, "{id}");
     relay.shutdown().await;
 }
+
+/// A node restored from a backup no longer holds what it received since; the relay does,
+/// and `hotline relay redeliver` (run while the relay is stopped, refused while it runs)
+/// makes it deliver those messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
+    let net = net();
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    let relay = net.relay().await;
+    let (kaz, kgz) = net.two_nodes(relay_addr).await.unwrap();
+    stop_node(kgz).await;
+    let data = net.path().join("node-KGZ");
+    let backup = net.path().join("backup-KGZ");
+    copy_files(&data, &backup);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let mut ids = Vec::new();
+    for subject in ["After the backup 1", "After the backup 2"] {
+        let id = kaz.send("KGZ", subject, &[]).await.unwrap();
+        kgz.proc
+            .wait_line(&["message received", &msg(&id)])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    kgz.cli_json(&["ack", &ids[0], "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    // KGZ's disk is lost; it comes back on the backup, without those messages.
+    stop_node(kgz).await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_files(&backup, &data);
+
+    let config = net.relay_config.to_str().unwrap().to_owned();
+    let args = [
+        "relay",
+        "redeliver",
+        "--config",
+        config.as_str(),
+        "--to",
+        "KGZ",
+        "--since",
+        "2020-01-01T00:00:00Z",
+    ];
+    let running = hotline_cli(net.path(), &args).await.unwrap();
+    assert!(!running.status.success(), "{running:?}");
+    assert!(
+        running.stderr.contains("the relay is running"),
+        "{running:?}"
+    );
+    relay.shutdown().await;
+    let done = hotline_cli(net.path(), &args).await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        done.stdout.starts_with("OK: 2 message(s) addressed to KGZ"),
+        "{done:?}"
+    );
+
+    let relay = net.relay().await;
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    for id in &ids {
+        kgz.proc
+            .wait_line(&["message received", &msg(id)])
+            .await
+            .unwrap();
+    }
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    let mut got: Vec<String> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "{inbox}");
+    relay.shutdown().await;
+}

@@ -428,6 +428,100 @@ pub fn queued_for(conn: &Connection, recipient: &ParticipantId) -> Result<usize,
     Ok(load_queues(conn)?.index.len(recipient))
 }
 
+/// What [`redeliver_since`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewound {
+    /// Messages addressed to the recipient that it is now owed (those it was owed already
+    /// included).
+    pub messages: u64,
+    /// Its cursor before, and after.
+    pub cursor_was: i64,
+    /// The new cursor.
+    pub cursor: i64,
+}
+
+/// Makes a stopped relay deliver again to `recipient`, at its next connection, every
+/// message addressed to it that the relay accepted at or after `since_ms` (the relay's
+/// clock), although the recipient receipted them: for a node restored from a backup, which
+/// no longer holds what it received since. Its cursor moves back to just before the first
+/// such message and its positions receipted ahead of the cursor are forgotten, in one
+/// transaction journaled as `queue.rewound`. The node keeps a copy it still holds (nodes
+/// dedup by id), stores the others as new, and receipts them all again. The caller must
+/// hold the data directory's claim (`hotline_store::lock_dir`): a running relay keeps its
+/// queues in memory. Messages are kept for good, so every one since `since_ms` is there.
+pub fn redeliver_since(
+    data_dir: &Path,
+    recipient: &ParticipantId,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<Rewound, StoreError> {
+    let (_, mut conn) = open_db(data_dir)?;
+    let mut journal = Journal::load(&conn)?;
+    journal.begin();
+    let result = (|| {
+        let tx = conn.transaction()?;
+        let who = recipient.as_str();
+        let first: Option<i64> = tx.query_row(
+            "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
+            [time_key(since_ms)],
+            |r| r.get(0),
+        )?;
+        let cursor: Option<i64> = tx
+            .query_row(
+                "SELECT rseq FROM cursors WHERE recipient = ?1",
+                [who],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let (Some(first), Some(cursor_was)) = (first, cursor) else {
+            // Nothing accepted since then, or nothing ever addressed to it.
+            return Ok(Rewound {
+                messages: 0,
+                cursor_was: cursor.unwrap_or(0),
+                cursor: cursor.unwrap_or(0),
+            });
+        };
+        let cursor = cursor_was.min(first - 1);
+        tx.execute(
+            "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
+            params![who, cursor],
+        )?;
+        tx.execute(
+            "DELETE FROM ahead WHERE recipient = ?1 AND rseq > ?2",
+            params![who, cursor],
+        )?;
+        let mut messages = 0u64;
+        {
+            let mut st = tx.prepare("SELECT recipients FROM messages WHERE rseq > ?1")?;
+            let mut rows = st.query([cursor])?;
+            while let Some(r) = rows.next()? {
+                let list: String = r.get(0)?;
+                if list.split(',').any(|w| w == who) {
+                    messages += 1;
+                }
+            }
+        }
+        journal.append(
+            &tx,
+            now_ms,
+            "queue.rewound",
+            who,
+            format!("since {since_ms}: cursor {cursor_was} -> {cursor}, {messages} owed")
+                .as_bytes(),
+        )?;
+        tx.commit()?;
+        Ok(Rewound {
+            messages,
+            cursor_was,
+            cursor,
+        })
+    })();
+    if result.is_err() {
+        journal.rollback();
+    }
+    result
+}
+
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
 /// receipt's time is refused at decode past `TIME_MS_MAX` (= `i64::MAX`), but a store
 /// migrated from before that rule may hold one, so a larger time is stored as `i64::MAX`
@@ -2275,6 +2369,74 @@ mod tests {
             .query_row("SELECT count(*) FROM acks", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 2);
+    }
+
+    /// A stopped relay's queue for one recipient moved back to a time: what it was
+    /// delivered since then is owed again, and nobody else's queue changes.
+    #[test]
+    fn a_recipient_is_owed_again_what_was_accepted_since_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        {
+            let (_, c) = open_db(dir.path()).expect("open");
+            for n in 1u8..=3 {
+                let m = message(&kaz, n);
+                c.execute(
+                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                     VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, ?7, 'CHN,IND')",
+                    params![&[n; 16][..], n, &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..], i64::from(n) * 1000],
+                )
+                .expect("message");
+            }
+            // CHN receipted 1, and 3 out of order; IND everything.
+            c.execute_batch(
+                "INSERT INTO cursors VALUES ('CHN', 1), ('IND', 3); INSERT INTO ahead VALUES ('CHN', 3);",
+            )
+            .expect("queues");
+            assert_eq!(queued_for(&c, &pid("CHN")).expect("queue"), 1);
+        }
+        let chn = pid("CHN");
+        assert_eq!(
+            redeliver_since(dir.path(), &chn, 2_000, 10_000).expect("rewind"),
+            Rewound {
+                messages: 2,
+                cursor_was: 1,
+                cursor: 1
+            }
+        );
+        assert_eq!(
+            redeliver_since(dir.path(), &pid("IND"), 1_500, 10_000).expect("rewind"),
+            Rewound {
+                messages: 2,
+                cursor_was: 3,
+                cursor: 1
+            }
+        );
+        let (_, c) = open_db(dir.path()).expect("reopen");
+        assert_eq!(queued_for(&c, &chn).expect("queue"), 2);
+        assert_eq!(queued_for(&c, &pid("IND")).expect("queue"), 2);
+        let rewound: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM journal WHERE kind = 'queue.rewound'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("journal");
+        assert_eq!(rewound, 2);
+        drop(c);
+        // Nothing accepted since then, or a participant never addressed: nothing changes.
+        assert_eq!(
+            redeliver_since(dir.path(), &chn, 5_000, 10_000)
+                .expect("rewind")
+                .messages,
+            0
+        );
+        assert_eq!(
+            redeliver_since(dir.path(), &pid("TJK"), 0, 10_000)
+                .expect("rewind")
+                .messages,
+            0
+        );
     }
 
     #[test]

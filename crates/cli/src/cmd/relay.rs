@@ -57,6 +57,22 @@ enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// For a node restored from a backup: make the (stopped) relay deliver again to it every
+    /// message addressed to it that the relay accepted since a time (take the backup's
+    /// time, or earlier), at its next connection. The node keeps what it still holds and
+    /// stores the rest as new. Refused while the relay runs.
+    Redeliver {
+        /// The relay configuration file (its `data_dir` holds the store).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The participant whose node was restored.
+        #[arg(long)]
+        to: String,
+        /// Messages accepted at or after this time, UTC (`2025-01-01T03:00:00Z`), by the
+        /// relay's clock.
+        #[arg(long)]
+        since: String,
+    },
     /// Print the fingerprint of an existing certificate.
     Fingerprint {
         /// The certificate (PEM).
@@ -93,6 +109,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
             }),
             _,
         ) => report(&config, hours, limit, id.as_deref(), overdue, json),
+        (Some(RelayCommand::Redeliver { config, to, since }), _) => redeliver(&config, &to, &since),
         (None, Some(config)) => serve(config),
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
     }
@@ -116,6 +133,43 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             Some(reason) => anyhow::bail!("the relay stopped on its own: {reason}"),
         }
     })
+}
+
+/// `hotline relay redeliver`.
+fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<()> {
+    let config = RelayConfig::load(config)?;
+    let to =
+        hotline_proto::ParticipantId::new(to).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+    let since_ms = super::roster::parse_utc(since).context("--since")?;
+    if !config.data_dir.join(hotline_relay::store::DB_FILE).exists() {
+        anyhow::bail!(
+            "{}: no relay store here (has the relay run?)",
+            config.data_dir.display()
+        );
+    }
+    let _claim = match hotline_store::lock_dir(&config.data_dir) {
+        Err(hotline_store::StoreError::Locked { path }) => anyhow::bail!(
+            "the relay is running ({} is locked): stop it first (systemctl stop hotline-relay), then start it again after this",
+            path.display()
+        ),
+        other => other?,
+    };
+    let r = hotline_relay::store::redeliver_since(
+        &config.data_dir,
+        &to,
+        since_ms,
+        hotline_node::now_ms(),
+    )?;
+    tracing::info!(participant = %to, since_ms, messages = r.messages, cursor_was = r.cursor_was, cursor = r.cursor, "queue moved back");
+    if r.messages == 0 {
+        outln!("nothing to deliver again: no message addressed to {to} was accepted since {since}");
+    } else {
+        outln!(
+            "OK: {} message(s) addressed to {to} will be delivered to it again at its next connection (start the relay)",
+            r.messages
+        );
+    }
+    Ok(())
 }
 
 /// `hotline relay report`.

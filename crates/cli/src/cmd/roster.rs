@@ -666,6 +666,51 @@ pub(crate) fn format_utc(ms: u64) -> String {
     )
 }
 
+/// An ISO 8601 UTC timestamp to the second (`2025-01-01T03:00:00Z`, as [`format_utc`]
+/// writes) as milliseconds since the Unix epoch.
+pub(crate) fn parse_utc(s: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("{s:?}: expected a UTC time such as 2025-01-01T03:00:00Z");
+    let b = s.as_bytes();
+    if b.len() != 20
+        || [4, 7].iter().any(|&i| b[i] != b'-')
+        || b[10] != b'T'
+        || [13, 16].iter().any(|&i| b[i] != b':')
+        || b[19] != b'Z'
+    {
+        return Err(bad());
+    }
+    let num = |from: usize, to: usize| -> anyhow::Result<u64> {
+        let part = &s[from..to];
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse().map_err(|_| bad())
+    };
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hh, mm, ss) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if y < 1970 || !(1..=12).contains(&m) || d == 0 || hh > 23 || mm > 59 || ss > 59 {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, m, d);
+    // A day past the month's end (31 April) comes back as another date.
+    if civil_from_days(days) != (y, m, d) {
+        return Err(bad());
+    }
+    Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date from 1970 on (Howard Hinnant's
+/// `days_from_civil`, the inverse of [`civil_from_days`]).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`, for non-negative day counts).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -684,6 +729,24 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_parse_back() {
+        for ms in [0, 951_782_400_000, 1_735_700_400_000, 4_102_444_799_000] {
+            assert_eq!(parse_utc(&format_utc(ms)).expect("parses"), ms, "{ms}");
+        }
+        for bad in [
+            "2025-01-01 03:00:00Z",
+            "2025-01-01T03:00:00",
+            "2025-04-31T00:00:00Z",
+            "2025-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2025-01-01T24:00:00Z",
+            "2025-+1-01T00:00:00Z",
+        ] {
+            assert!(parse_utc(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn utc_formatting() {
