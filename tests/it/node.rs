@@ -2240,6 +2240,28 @@ async fn stop_node(node: NodeProc) {
     assert!(status.success(), "{status}: {}", proc.log());
 }
 
+/// Waits until this `node` process has logged each of `arriving` as received, then checks
+/// that its inbox holds exactly those and `held` (received before), each once.
+async fn inbox_holds_exactly(node: &mut NodeProc, arriving: &[String], held: &[String]) {
+    for id in arriving {
+        node.proc
+            .wait_line(&["message received", &msg(id)])
+            .await
+            .unwrap();
+    }
+    let inbox = node.cli_json(&["inbox"]).await.unwrap();
+    let mut got: Vec<String> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want = [arriving, held].concat();
+    want.sort();
+    assert_eq!(got, want, "each message once: {inbox}");
+}
+
 /// Copies the files of a (stopped) node's data directory: OPERATIONS.md 6.3's offline backup.
 fn copy_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -2324,22 +2346,7 @@ async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_a
     let mut all = vec![first.clone()];
     all.extend(lost.iter().cloned());
     all.extend([queued.clone(), after.clone()]);
-    for id in &all {
-        kgz.proc
-            .wait_line(&["message received", &msg(id)])
-            .await
-            .unwrap();
-    }
-    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
-    let mut ids: Vec<String> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    all.sort();
-    assert_eq!(ids, all, "each message once: {inbox}");
+    inbox_holds_exactly(&mut kgz, &all, &[]).await;
     assert_eq!(
         kaz.proc.count_lines(&["relay refused a message"]),
         0,
@@ -2405,24 +2412,7 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
             .unwrap();
     }
     let mut kgz = net.start_node("KGZ").await.unwrap();
-    for id in &lost {
-        kgz.proc
-            .wait_line(&["message received", &msg(id)])
-            .await
-            .unwrap();
-    }
-    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
-    let mut ids: Vec<String> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    let mut all = vec![first];
-    all.extend(lost);
-    all.sort();
-    assert_eq!(ids, all, "each message once: {inbox}");
+    inbox_holds_exactly(&mut kgz, &lost, &[first]).await;
     relay.shutdown().await;
 }
 
@@ -2622,21 +2612,6 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
 
     let relay = net.relay().await;
     let mut kgz = net.start_node("KGZ").await.unwrap();
-    for id in &ids {
-        kgz.proc
-            .wait_line(&["message received", &msg(id)])
-            .await
-            .unwrap();
-    }
-    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
-    let mut got: Vec<String> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    got.sort();
-    ids.sort();
-    assert_eq!(got, ids, "{inbox}");
+    inbox_holds_exactly(&mut kgz, &ids, &[]).await;
     relay.shutdown().await;
 }
