@@ -2271,16 +2271,45 @@ fn copy_files(from: &Path, to: &Path) {
     }
 }
 
+/// A network whose relay listens on an address fixed in advance, so that it restarts
+/// where the nodes' configurations say.
+async fn relay_on_a_fixed_address() -> (Net, hotline_relay::RelayHandle, std::net::SocketAddr) {
+    let net = net();
+    let relay_addr = free_udp_addr();
+    net.set_relay_listen(relay_addr);
+    let relay = net.relay().await;
+    (net, relay, relay_addr)
+}
+
+/// The Secretariat's backup of the running relay (`hotline backup`), as relay-backup.db.
+async fn back_up_the_relay(net: &Net) {
+    let backup = hotline_cli(
+        net.path(),
+        &["backup", "--data", "relay-data", "--out", "relay-backup.db"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        backup.status.success() && backup.stdout.starts_with("OK: relay-backup.db written"),
+        "{backup:?}"
+    );
+}
+
+/// The (stopped) relay's disk is lost: its store becomes relay-backup.db.
+fn restore_the_relay(net: &Net) {
+    let data = net.path().join("relay-data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(net.path().join("relay-backup.db"), data.join("relay.db")).unwrap();
+}
+
 /// A node restored from a backup has a sequence counter behind what the relay has seen.
 /// A message composed before it reaches the relay reuses a number the relay has accepted
 /// (`ReplayedSeq`): the node signs it again, under the same id, with the next unused number,
 /// and it arrives. Messages composed once connected take numbers after the relay's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_arrives() {
-    let net = net();
-    let relay_addr = free_udp_addr();
-    net.set_relay_listen(relay_addr);
-    let relay = net.relay().await;
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let first = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
     kaz.proc
@@ -2360,10 +2389,7 @@ async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_a
 /// that had not fetched them still gets them, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
-    let net = net();
-    let relay_addr = free_udp_addr();
-    net.set_relay_listen(relay_addr);
-    let relay = net.relay().await;
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let first = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
     kgz.proc
@@ -2373,16 +2399,7 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
     // KGZ is away until after the relay's disk is lost.
     stop_node(kgz).await;
     // The Secretariat's hourly backup, taken while the relay runs.
-    let backup = hotline_cli(
-        net.path(),
-        &["backup", "--data", "relay-data", "--out", "relay-backup.db"],
-    )
-    .await
-    .unwrap();
-    assert!(
-        backup.status.success() && backup.stdout.starts_with("OK: relay-backup.db written"),
-        "{backup:?}"
-    );
+    back_up_the_relay(&net).await;
     let mut lost = Vec::new();
     for subject in ["After the backup 1", "After the backup 2"] {
         let id = kaz.send("KGZ", subject, &[]).await.unwrap();
@@ -2390,10 +2407,7 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
         lost.push(id);
     }
     relay.shutdown().await;
-    let data = net.path().join("relay-data");
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    std::fs::copy(net.path().join("relay-backup.db"), data.join("relay.db")).unwrap();
+    restore_the_relay(&net);
 
     let relay = net.relay().await;
     let line = kaz
@@ -2422,18 +2436,9 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
 /// learns of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
-    let net = net();
-    let relay_addr = free_udp_addr();
-    net.set_relay_listen(relay_addr);
-    let relay = net.relay().await;
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
-    let backup = hotline_cli(
-        net.path(),
-        &["backup", "--data", "relay-data", "--out", "relay-backup.db"],
-    )
-    .await
-    .unwrap();
-    assert!(backup.status.success(), "{backup:?}");
+    back_up_the_relay(&net).await;
     let id = kaz.send("KGZ", "After the backup", &[]).await.unwrap();
     kgz.proc
         .wait_line(&["message received", &msg(&id)])
@@ -2449,10 +2454,7 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
         .await
         .unwrap();
     relay.shutdown().await;
-    let data = net.path().join("relay-data");
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    std::fs::copy(net.path().join("relay-backup.db"), data.join("relay.db")).unwrap();
+    restore_the_relay(&net);
 
     let relay = net.relay().await;
     let mut kaz = net.start_node("KAZ").await.unwrap();
@@ -2558,10 +2560,7 @@ async fn a_second_node_on_the_same_store_is_refused() {
 /// makes it deliver those messages again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
-    let net = net();
-    let relay_addr = free_udp_addr();
-    net.set_relay_listen(relay_addr);
-    let relay = net.relay().await;
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (kaz, kgz) = net.two_nodes(relay_addr).await.unwrap();
     stop_node(kgz).await;
     let data = net.path().join("node-KGZ");
