@@ -22,13 +22,15 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let mut signals = super::Signals::catch()?;
         let handle = Node::spawn(config).await?;
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = signals.int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+                // The node has nothing to reload; a hang-up must not end it.
+                _ = signals.hup.recv() => tracing::info!("SIGHUP ignored: the node has nothing to reload"),
+            }
         }
         handle.shutdown().await;
         Ok(())

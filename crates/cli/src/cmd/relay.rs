@@ -122,11 +122,12 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let mut signals = super::Signals::catch()?;
         let handle = Relay::spawn(config).await?;
         if let Some(m) = handle.metrics_addr() {
             tracing::info!(addr = %m, "metrics on http://{m}/metrics, health on http://{m}/health");
         }
-        let stopped = wait_for_signals(&handle).await;
+        let stopped = wait_for_signals(&handle, &mut signals).await;
         handle.shutdown().await;
         match stopped? {
             None => Ok(()),
@@ -280,17 +281,16 @@ fn report(
 
 /// Waits for SIGTERM or SIGINT (shutdown; `None`) or for the relay to stop on its own (its
 /// reason); reloads the roster on SIGHUP.
-async fn wait_for_signals(handle: &hotline_relay::RelayHandle) -> anyhow::Result<Option<String>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+async fn wait_for_signals(
+    handle: &hotline_relay::RelayHandle,
+    signals: &mut super::Signals,
+) -> anyhow::Result<Option<String>> {
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(None) }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(None) }
+            _ = signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(None) }
+            _ = signals.int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(None) }
             reason = handle.failed() => return Ok(Some(reason)),
-            _ = hup.recv() => match handle.reload_roster() {
+            _ = signals.hup.recv() => match handle.reload_roster() {
                 Ok(v) => tracing::info!(version = v, "SIGHUP: roster reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: roster not reloaded; the previous one stays in force"),
             },
