@@ -2348,6 +2348,15 @@ async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_a
 
     let relay = net.relay().await;
     kaz.connected().await.unwrap();
+    // The operator is told, and where to get back what the node received since.
+    kaz.proc
+        .wait_line(&[
+            "the relay has seen higher sequence numbers than this store",
+            "last_seq=3",
+            "hotline relay redeliver",
+        ])
+        .await
+        .unwrap();
     let line = kaz
         .proc
         .wait_line(&["signed the message again", &msg(&queued)])

@@ -307,7 +307,7 @@ async fn serve(
         Ok(true) => warn!(
             relay = idx,
             last_seq = welcome.last_seq.0,
-            "the relay has seen higher sequence numbers than this store: continuing after them"
+            "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
         ),
         Ok(false) => {}
         Err(e) => error!(error = %e, "cannot record the relay's sequence floor"),
