@@ -432,7 +432,8 @@ pub fn queued_for(conn: &Connection, recipient: &ParticipantId) -> Result<usize,
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewound {
     /// Messages addressed to the recipient that it is now owed (those it was owed already
-    /// included).
+    /// included); 0 when nothing was accepted since then, or nothing ever addressed to it,
+    /// and nothing was changed.
     pub messages: u64,
     /// Its cursor before, and after.
     pub cursor_was: i64,
@@ -456,70 +457,54 @@ pub fn redeliver_since(
     now_ms: u64,
 ) -> Result<Rewound, StoreError> {
     let (_, mut conn) = open_db(data_dir)?;
+    // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
-    journal.begin();
-    let result = (|| {
-        let tx = conn.transaction()?;
-        let who = recipient.as_str();
-        let first: Option<i64> = tx.query_row(
-            "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
-            [time_key(since_ms)],
+    let tx = conn.transaction()?;
+    let who = recipient.as_str();
+    let first: Option<i64> = tx.query_row(
+        "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
+        [time_key(since_ms)],
+        |r| r.get(0),
+    )?;
+    let cursor: Option<i64> = tx
+        .query_row(
+            "SELECT rseq FROM cursors WHERE recipient = ?1",
+            [who],
             |r| r.get(0),
-        )?;
-        let cursor: Option<i64> = tx
-            .query_row(
-                "SELECT rseq FROM cursors WHERE recipient = ?1",
-                [who],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let (Some(first), Some(cursor_was)) = (first, cursor) else {
-            // Nothing accepted since then, or nothing ever addressed to it.
-            return Ok(Rewound {
-                messages: 0,
-                cursor_was: cursor.unwrap_or(0),
-                cursor: cursor.unwrap_or(0),
-            });
-        };
-        let cursor = cursor_was.min(first - 1);
-        tx.execute(
-            "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
-            params![who, cursor],
-        )?;
-        tx.execute(
-            "DELETE FROM ahead WHERE recipient = ?1 AND rseq > ?2",
-            params![who, cursor],
-        )?;
-        let mut messages = 0u64;
-        {
-            let mut st = tx.prepare("SELECT recipients FROM messages WHERE rseq > ?1")?;
-            let mut rows = st.query([cursor])?;
-            while let Some(r) = rows.next()? {
-                let list: String = r.get(0)?;
-                if list.split(',').any(|w| w == who) {
-                    messages += 1;
-                }
-            }
-        }
-        journal.append(
-            &tx,
-            now_ms,
-            "queue.rewound",
-            who,
-            format!("since {since_ms}: cursor {cursor_was} -> {cursor}, {messages} owed")
-                .as_bytes(),
-        )?;
-        tx.commit()?;
-        Ok(Rewound {
-            messages,
-            cursor_was,
-            cursor,
-        })
-    })();
-    if result.is_err() {
-        journal.rollback();
-    }
-    result
+        )
+        .optional()?;
+    let (Some(first), Some(cursor_was)) = (first, cursor) else {
+        // Nothing accepted since then, or nothing ever addressed to it.
+        return Ok(Rewound {
+            messages: 0,
+            cursor_was: cursor.unwrap_or(0),
+            cursor: cursor.unwrap_or(0),
+        });
+    };
+    let cursor = cursor_was.min(first - 1);
+    tx.execute(
+        "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
+        params![who, cursor],
+    )?;
+    tx.execute(
+        "DELETE FROM ahead WHERE recipient = ?1 AND rseq > ?2",
+        params![who, cursor],
+    )?;
+    // What the relay will owe it at its next start, counted as that start rebuilds it.
+    let messages = queued_for(&tx, recipient)? as u64;
+    journal.append(
+        &tx,
+        now_ms,
+        "queue.rewound",
+        who,
+        format!("since {since_ms}: cursor {cursor_was} -> {cursor}, {messages} owed").as_bytes(),
+    )?;
+    tx.commit()?;
+    Ok(Rewound {
+        messages,
+        cursor_was,
+        cursor,
+    })
 }
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
