@@ -2550,15 +2550,14 @@ async fn a_second_node_on_the_same_store_is_refused() {
     let relay = net.relay().await;
     let (kaz, _kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let config = kaz.config.to_str().unwrap().to_owned();
-    let second = Proc::spawn(&["node", "--config", &config], net.path(), "node-KAZ-2.log").unwrap();
-    let (status, second) = second.wait_exit(EVENT_TIMEOUT).await.unwrap();
-    assert!(!status.success(), "{status}: {}", second.log());
-    let log = second.log();
-    assert!(
-        log.contains("node-KAZ/LOCK is locked by another process"),
-        "{log}"
-    );
-    assert!(!log.contains("local API listening"), "{log}");
+    refused_for_its_lock(
+        &["node", "--config", &config],
+        net.path(),
+        "node-KAZ-2.log",
+        "node-KAZ/LOCK",
+        "local API listening",
+    )
+    .await;
     let id = kaz.send("KGZ", "still running", &[]).await.unwrap();
     assert_eq!(id.len(), 32, "{id}");
     relay.shutdown().await;

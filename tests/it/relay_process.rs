@@ -320,15 +320,14 @@ async fn a_second_relay_on_the_same_store_is_refused() {
     let net = net();
     let (relay, addr) = start(&net, "relay-1.log").await;
     let config = net.relay_config.to_str().unwrap();
-    let second = Proc::spawn(&["relay", "--config", config], net.path(), "relay-2.log").unwrap();
-    let (status, second) = second.wait_exit(Duration::from_secs(10)).await.unwrap();
-    assert!(!status.success(), "{status}: {}", second.log());
-    let log = second.log();
-    assert!(
-        log.contains("relay-data/LOCK is locked by another process"),
-        "{log}"
-    );
-    assert!(!log.contains("relay listening"), "{log}");
+    refused_for_its_lock(
+        &["relay", "--config", config],
+        net.path(),
+        "relay-2.log",
+        "relay-data/LOCK",
+        "relay listening",
+    )
+    .await;
 
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     kaz.send_to("KGZ", "still served").await.unwrap();

@@ -793,6 +793,27 @@ impl CliOutput {
     }
 }
 
+/// Starts `hotline ARGS` in `dir` (log `log_name`) on a data directory another process
+/// holds, and checks that it is refused at start: it exits with a failure, its log names
+/// `lock` as locked by another process, and it never logged `ready`.
+pub async fn refused_for_its_lock(
+    args: &[&str],
+    dir: &Path,
+    log_name: &str,
+    lock: &str,
+    ready: &str,
+) {
+    let second = Proc::spawn(args, dir, log_name).unwrap();
+    let (status, second) = second.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(!status.success(), "{status}: {}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains(&format!("{lock} is locked by another process")),
+        "{log}"
+    );
+    assert!(!log.contains(ready), "{log}");
+}
+
 /// Runs the `hotline` binary to completion in `dir` (at most EVENT_TIMEOUT).
 pub async fn hotline_cli(dir: &Path, args: &[&str]) -> anyhow::Result<CliOutput> {
     let mut cmd = tokio::process::Command::new(hotline_bin()?);
