@@ -566,12 +566,12 @@ impl Link<'_> {
                     pump = true;
                 }
                 RelayToNode::Rejected(r) => match r.subject {
-                    Subject::Message(id)
-                        if r.code == RejectCode::ReplayedSeq && self.resequenced(&id) =>
-                    {
-                        pump = true;
-                    }
                     Subject::Message(id) => {
+                        // Signed again with an unused number (a restored store): sent anew.
+                        if r.code == RejectCode::ReplayedSeq && self.resequenced(&id) {
+                            pump = true;
+                            continue;
+                        }
                         let again = retryable(r.code);
                         let recorded =
                             self.state
