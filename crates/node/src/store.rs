@@ -810,14 +810,19 @@ impl NodeStore {
         now_ms: u64,
     ) -> Result<(usize, u64), StoreError> {
         let name = self.relay_name(relay);
+        // Read first: at almost every connection there is nothing to do, and no
+        // transaction is needed to find that out.
+        let accepted: u64 = self
+            .conn
+            .query_row("SELECT seq FROM relay_seq WHERE relay = ?1", [&name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        if accepted <= last_seq {
+            return Ok((0, accepted));
+        }
         self.tx(|tx, j| {
-            let accepted: u64 = tx
-                .query_row("SELECT seq FROM relay_seq WHERE relay = ?1", [&name], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
-            if accepted <= last_seq {
-                return Ok((0, accepted));
-            }
             let n = tx.execute(
                 "INSERT OR IGNORE INTO outbox (relay, id, seq) SELECT ?1, id, seq FROM sent WHERE seq > ?2 AND seq <= ?3 AND accepted_at_ms IS NOT NULL",
                 params![relay as i64, last_seq, accepted],
