@@ -652,78 +652,31 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
     out
 }
 
-/// `ms` since the Unix epoch as an ISO 8601 UTC timestamp, to the second.
+/// `ms` since the Unix epoch as an RFC 3339 UTC timestamp, to the second
+/// (`2025-01-01T03:00:00Z`).
 pub(crate) fn format_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
 }
 
-/// An ISO 8601 UTC timestamp to the second (`2025-01-01T03:00:00Z`, as [`format_utc`]
-/// writes) as milliseconds since the Unix epoch.
+/// An RFC 3339 time (`2025-01-01T03:00:00Z`, or with an offset) as milliseconds since the
+/// Unix epoch; refused before 1970. The date and time are joined by `T`, as `format_utc`
+/// writes them (the parser would also take a space, which a shell splits).
 pub(crate) fn parse_utc(s: &str) -> anyhow::Result<u64> {
-    let bad = || anyhow::anyhow!("{s:?}: expected a UTC time such as 2025-01-01T03:00:00Z");
-    let b = s.as_bytes();
-    if b.len() != 20
-        || [4, 7].iter().any(|&i| b[i] != b'-')
-        || b[10] != b'T'
-        || [13, 16].iter().any(|&i| b[i] != b':')
-        || b[19] != b'Z'
-    {
-        return Err(bad());
+    let expected = || format!("{s:?}: expected a time such as 2025-01-01T03:00:00Z");
+    if s.as_bytes().get(10) != Some(&b'T') {
+        anyhow::bail!(expected());
     }
-    let num = |from: usize, to: usize| -> anyhow::Result<u64> {
-        let part = &s[from..to];
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        part.parse().map_err(|_| bad())
-    };
-    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hh, mm, ss) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if y < 1970 || !(1..=12).contains(&m) || d == 0 || hh > 23 || mm > 59 || ss > 59 {
-        return Err(bad());
-    }
-    let days = days_from_civil(y, m, d);
-    // A day past the month's end (31 April) comes back as another date.
-    if civil_from_days(days) != (y, m, d) {
-        return Err(bad());
-    }
-    Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1000)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date from 1970 on (Howard Hinnant's
-/// `days_from_civil`, the inverse of [`civil_from_days`]).
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| anyhow::anyhow!("{} ({e})", expected()))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| anyhow::anyhow!("{s:?}: before 1970"))
 }
 
 #[cfg(test)]
