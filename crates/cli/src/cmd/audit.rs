@@ -24,7 +24,16 @@ const DB_FILES: [&str; 2] = ["relay.db", "node.db"];
 /// The store named by `--data`: `relay.db` or `node.db` in a data directory, or the file
 /// itself.
 pub(crate) fn store_file(data: PathBuf) -> anyhow::Result<PathBuf> {
-    if !data.is_dir() {
+    let meta = match std::fs::metadata(&data) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "{}: no such data directory or store file (a relay's is /var/lib/hotline-relay, a \
+             node's /var/lib/hotline-node)",
+            data.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("{}", data.display())),
+    };
+    if !meta.is_dir() {
         return Ok(data);
     }
     DB_FILES
@@ -59,5 +68,35 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_found_in_its_directory_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("hotline-relay");
+        let err = store_file(missing.clone()).expect_err("a missing directory");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: no such data directory", missing.display())),
+            "{err:#}"
+        );
+        let err = store_file(dir.path().to_owned()).expect_err("no store in it");
+        assert!(
+            err.to_string().ends_with("no relay.db or node.db here"),
+            "{err:#}"
+        );
+        std::fs::write(dir.path().join("node.db"), b"").expect("write");
+        assert_eq!(
+            store_file(dir.path().to_owned()).expect("found"),
+            dir.path().join("node.db")
+        );
+        let file = dir.path().join("copy.db");
+        std::fs::write(&file, b"").expect("write");
+        assert_eq!(store_file(file.clone()).expect("a file as itself"), file);
     }
 }
