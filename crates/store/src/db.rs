@@ -152,6 +152,11 @@ pub struct Backup {
 /// then opened read-only and checked (`quick_check`, the journal's chain) before this
 /// returns. A copy that fails is removed.
 pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
+    copy_into(&open(src, false)?, out)
+}
+
+/// [`backup`]'s copy from an open connection.
+fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -161,7 +166,6 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
         path: out.to_owned(),
         source: std::io::Error::other("the path is not UTF-8"),
     })?;
-    let conn = open(src, false)?;
     // SQLite writes into an empty file it finds; creating it first sets its mode and refuses
     // one that exists.
     std::fs::OpenOptions::new()
@@ -175,21 +179,8 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
         let file = std::fs::File::open(out).map_err(io(out))?;
         file.sync_all().map_err(io(out))?;
         let bytes = file.metadata().map_err(io(out))?.len();
-        let dir = out
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        let copy = Connection::open_with_flags(
-            out,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Open {
-            path: out.to_owned(),
-            source,
-        })?;
+        sync_dir(out.parent().unwrap_or(Path::new(".")))?;
+        let copy = open_read_only(out)?;
         quick_check(&copy, out)?;
         let journal = crate::verify_journal(&copy)?;
         Ok(Backup { bytes, journal })
@@ -198,6 +189,108 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
         let _ = std::fs::remove_file(out);
     }
     written
+}
+
+/// Opens the database at `path` read-only, changing nothing in it (not its journal mode).
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| corrupt_or(path, e))
+}
+
+/// Syncs directory `dir` (`""`, a bare file name's parent, is the current one), so that the
+/// names created or renamed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The store now in place, and what was checked in it.
+    pub store: Backup,
+    /// The files of the store it replaced, renamed in the same directory (none if there was
+    /// none, as after a lost disk).
+    pub set_aside: Vec<PathBuf>,
+}
+
+/// Puts the store copy `copy` (a file `hotline backup` wrote) in place of `dir/name`, for a
+/// service that is stopped: the claim on `dir` ([`lock_dir`]) is held throughout, so this is
+/// refused while a relay or node runs there. The copy is read through a read-only connection
+/// (so the backup itself is never changed, nor its `-wal` ignored) into a new file in `dir`
+/// (`VACUUM INTO`, mode 0600, synced, checked as [`backup`] checks), given the owner of `dir`
+/// (the service's account, when an administrator runs this as root). Only then are the
+/// current store's files (`name`, `name-wal`, `name-shm`) renamed to `aside` (and `aside-wal`,
+/// `aside-shm`, which SQLite opens together), never deleted, and the new file renamed to
+/// `name`; the directory is synced. A copy that fails its check leaves the store as it was.
+pub fn restore(copy: &Path, dir: &Path, name: &str, aside: &str) -> Result<Restored, StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    let _claim = lock_dir(dir)?;
+    let source = open_read_only(copy)?;
+    let incoming = dir.join(format!(".{name}.restoring"));
+    // Left by a restore that died before its rename: ours, since we hold the claim.
+    match std::fs::remove_file(&incoming) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&incoming)(e)),
+    }
+    let store = copy_into(&source, &incoming)?;
+    drop(source);
+    // (from, to) of each file of the current store renamed so far, to undo on a failure:
+    // a store must never be left with a `-wal` that is not its own.
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let placed = (|| {
+        let owner = std::fs::metadata(dir).map_err(io(dir))?;
+        std::os::unix::fs::chown(&incoming, Some(owner.uid()), Some(owner.gid()))
+            .map_err(io(&incoming))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let from = dir.join(format!("{name}{suffix}"));
+            if !from.exists() {
+                continue;
+            }
+            let to = dir.join(format!("{aside}{suffix}"));
+            if to.exists() {
+                return Err(io(&to)(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a store set aside before has this name",
+                )));
+            }
+            std::fs::rename(&from, &to).map_err(io(&from))?;
+            moved.push((from, to));
+        }
+        let target = dir.join(name);
+        std::fs::rename(&incoming, &target).map_err(io(&target))?;
+        sync_dir(dir)
+    })();
+    match placed {
+        Ok(()) => Ok(Restored {
+            store,
+            set_aside: moved.into_iter().map(|(_, to)| to).collect(),
+        }),
+        Err(e) => {
+            for (from, to) in moved.iter().rev() {
+                let _ = std::fs::rename(to, from);
+            }
+            let _ = std::fs::remove_file(&incoming);
+            Err(e)
+        }
+    }
 }
 
 /// Runs `PRAGMA quick_check` and reports damage naming the file.

@@ -55,6 +55,9 @@ pub struct JournalReport {
     pub entries: u64,
     /// Hash of the last entry (zeros if empty), to be recorded elsewhere.
     pub head: [u8; 32],
+    /// When the last entry was written, in milliseconds since the Unix epoch (0 if empty):
+    /// a store copied later holds nothing after it.
+    pub last_at_ms: u64,
 }
 
 fn chain_hash(
@@ -165,6 +168,7 @@ pub fn verify(conn: &Connection) -> Result<JournalReport, StoreError> {
     let mut rows = stmt.query([])?;
     let mut prev = [0u8; 32];
     let mut expected = 1u64;
+    let mut last_at_ms = 0;
     while let Some(r) = rows.next()? {
         let seq: u64 = r.get(0)?;
         if seq != expected {
@@ -188,11 +192,13 @@ pub fn verify(conn: &Connection) -> Result<JournalReport, StoreError> {
             });
         }
         prev = hash;
+        last_at_ms = at_ms;
         expected += 1;
     }
     Ok(JournalReport {
         entries: expected - 1,
         head: prev,
+        last_at_ms,
     })
 }
 
@@ -313,5 +319,101 @@ mod backup_tests {
         assert_eq!(verify(&copy).expect("still there").entries, 3);
         assert!(crate::backup(&dir.path().join("missing.db"), &dir.path().join("m.db")).is_err());
         assert!(!dir.path().join("m.db").exists(), "nothing left behind");
+    }
+
+    /// A store with `n` journal entries, in `dir/relay.db`; the connection is returned open,
+    /// its commits in the WAL.
+    fn live_store(dir: &std::path::Path, n: u64) -> (Connection, Journal) {
+        let mut conn = crate::open(&dir.join("relay.db"), true).expect("open");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .expect("no checkpoints");
+        let mut j = Journal::load(&conn).expect("load");
+        append(&mut conn, &mut j, n);
+        (conn, j)
+    }
+
+    fn append(conn: &mut Connection, j: &mut Journal, n: u64) {
+        for _ in 0..n {
+            let tx = conn.transaction().expect("tx");
+            j.append(&tx, 1000 + j.len(), "message.accepted", "m", b"x")
+                .expect("append");
+            tx.commit().expect("commit");
+        }
+    }
+
+    /// A restore checks the copy, never changes it, puts it in place of the store and sets
+    /// the store it replaces aside whole (with its WAL, still readable); it is refused while
+    /// the directory is claimed, and a copy that fails its check, or a name already taken,
+    /// leaves the store as it was.
+    #[test]
+    fn a_restore_replaces_the_store_and_keeps_the_one_it_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let (mut conn, mut j) = live_store(&data, 3);
+        let copy = dir.path().join("copy.db");
+        let backed_up = crate::backup(&data.join("relay.db"), &copy).expect("backup");
+        append(&mut conn, &mut j, 2);
+        // The service is killed: its WAL stays.
+        std::mem::forget(conn);
+        assert!(data.join("relay.db-wal").exists());
+        let copy_bytes = std::fs::read(&copy).expect("copy");
+
+        let claim = crate::lock_dir(&data).expect("the service's claim");
+        match crate::restore(&copy, &data, "relay.db", "relay-aside.db") {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("expected the restore refused while claimed, got {other:?}"),
+        }
+        drop(claim);
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 8192]).expect("garbage");
+        assert!(crate::restore(&garbage, &data, "relay.db", "relay-aside.db").is_err());
+        assert!(!data.join("relay-aside.db").exists());
+        assert!(
+            !data.join(".relay.db.restoring").exists(),
+            "nothing left behind"
+        );
+
+        let r = crate::restore(&copy, &data, "relay.db", "relay-aside.db").expect("restore");
+        assert_eq!(r.store.journal, backed_up.journal);
+        assert_eq!(
+            std::fs::read(&copy).expect("copy"),
+            copy_bytes,
+            "the copy unchanged"
+        );
+        let restored = crate::open_read_only(&data.join("relay.db")).expect("restored");
+        assert_eq!(verify(&restored).expect("verifies").entries, 3);
+        assert!(r.set_aside.contains(&data.join("relay-aside.db")));
+        assert!(r.set_aside.contains(&data.join("relay-aside.db-wal")));
+        assert!(
+            !data.join("relay.db-wal").exists(),
+            "no stale WAL beside the restored store"
+        );
+        let aside = crate::open(&data.join("relay-aside.db"), false).expect("set aside");
+        assert_eq!(
+            verify(&aside).expect("verifies").entries,
+            5,
+            "the WAL came along"
+        );
+        drop(aside);
+
+        // A second restore under a name already used for a WAL: the store is renamed, the
+        // WAL is not, and the renaming is undone.
+        let mut conn = crate::open(&data.join("relay.db"), false).expect("reopen");
+        let mut j = Journal::load(&conn).expect("load");
+        append(&mut conn, &mut j, 1);
+        std::mem::forget(conn);
+        std::fs::write(data.join("relay-aside2.db-wal"), b"taken").expect("taken");
+        match crate::restore(&copy, &data, "relay.db", "relay-aside2.db") {
+            Err(StoreError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+            }
+            other => panic!("expected the taken name refused, got {other:?}"),
+        }
+        assert!(!data.join("relay-aside2.db").exists());
+        let kept = crate::open(&data.join("relay.db"), false).expect("kept");
+        assert_eq!(verify(&kept).expect("verifies").entries, 4);
     }
 }

@@ -11,5 +11,8 @@
 pub mod db;
 pub mod journal;
 
-pub use db::{backup, lock_dir, open, quick_check, Backup, DirLock, StoreError, LOCK_FILE};
+pub use db::{
+    backup, lock_dir, open, open_read_only, quick_check, restore, Backup, DirLock, Restored,
+    StoreError, LOCK_FILE,
+};
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};
