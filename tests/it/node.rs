@@ -2295,12 +2295,31 @@ async fn back_up_the_relay(net: &Net) {
     );
 }
 
-/// The (stopped) relay's disk is lost: its store becomes relay-backup.db.
-fn restore_the_relay(net: &Net) {
+/// The (stopped) relay's disk is lost: a new one gets relay-backup.db (`hotline restore`).
+async fn restore_the_relay(net: &Net) {
     let data = net.path().join("relay-data");
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::create_dir(&data).unwrap();
-    std::fs::copy(net.path().join("relay-backup.db"), data.join("relay.db")).unwrap();
+    let restore = hotline_cli(
+        net.path(),
+        &[
+            "restore",
+            "--from",
+            "relay-backup.db",
+            "--data",
+            "relay-data",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        restore.status.success()
+            && restore
+                .stdout
+                .starts_with("OK: relay-data/relay.db restored from")
+            && restore.stdout.contains("there was no store to replace"),
+        "{restore:?}"
+    );
 }
 
 /// A node restored from a backup has a sequence counter behind what the relay has seen.
@@ -2416,7 +2435,7 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
         lost.push(id);
     }
     relay.shutdown().await;
-    restore_the_relay(&net);
+    restore_the_relay(&net).await;
 
     let relay = net.relay().await;
     let line = kaz
@@ -2436,6 +2455,69 @@ async fn messages_a_restored_relay_lost_are_submitted_again_by_their_sender() {
     }
     let mut kgz = net.start_node("KGZ").await.unwrap();
     inbox_holds_exactly(&mut kgz, &lost, &[first]).await;
+    relay.shutdown().await;
+}
+
+/// `hotline restore` refuses to run beside the service and to put a node's copy in a
+/// relay's directory; on the stopped relay it keeps the store it replaces, and the relay
+/// starts on the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hotline_restore_is_refused_beside_the_service_and_keeps_the_store_it_replaces() {
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
+    let (mut kaz, _kgz) = net.two_nodes(relay_addr).await.unwrap();
+    back_up_the_relay(&net).await;
+    let node_copy = hotline_cli(
+        net.path(),
+        &["backup", "--data", "node-KAZ", "--out", "kaz-backup.db"],
+    )
+    .await
+    .unwrap();
+    assert!(node_copy.status.success(), "{node_copy:?}");
+    let args = [
+        "restore",
+        "--from",
+        "relay-backup.db",
+        "--data",
+        "relay-data",
+    ];
+    let running = hotline_cli(net.path(), &args).await.unwrap();
+    assert!(
+        !running.status.success() && running.stderr.contains("is locked by another process"),
+        "{running:?}"
+    );
+    relay.shutdown().await;
+
+    let wrong = ["restore", "--from", "kaz-backup.db", "--data", "relay-data"];
+    let wrong = hotline_cli(net.path(), &wrong).await.unwrap();
+    assert!(
+        !wrong.status.success()
+            && wrong
+                .stderr
+                .contains("kaz-backup.db is a node store, but relay-data holds relay.db"),
+        "{wrong:?}"
+    );
+    let done = hotline_cli(net.path(), &args).await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    let aside = done
+        .stdout
+        .split("kept as ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("nothing set aside in {done:?}"))
+        .to_owned();
+    assert!(aside.starts_with("relay-data/relay-replaced-"), "{aside}");
+    let check = hotline_cli(net.path(), &["audit", "verify", "--data", &aside])
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "the replaced store is whole: {check:?}"
+    );
+
+    let relay = net.relay().await;
+    kaz.connected().await.unwrap();
+    let id = kaz.send("KGZ", "On the restored relay", &[]).await.unwrap();
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
     relay.shutdown().await;
 }
 
@@ -2463,7 +2545,7 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
         .await
         .unwrap();
     relay.shutdown().await;
-    restore_the_relay(&net);
+    restore_the_relay(&net).await;
 
     let relay = net.relay().await;
     let mut kaz = net.start_node("KAZ").await.unwrap();
@@ -2569,12 +2651,15 @@ async fn a_second_node_on_the_same_store_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
-    let (kaz, kgz) = net.two_nodes(relay_addr).await.unwrap();
-    stop_node(kgz).await;
+    let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let data = net.path().join("node-KGZ");
-    let backup = net.path().join("backup-KGZ");
-    copy_files(&data, &backup);
-    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let backup = hotline_cli(
+        net.path(),
+        &["backup", "--data", "node-KGZ", "--out", "kgz-backup.db"],
+    )
+    .await
+    .unwrap();
+    assert!(backup.status.success(), "{backup:?}");
     let mut ids = Vec::new();
     for subject in ["After the backup 1", "After the backup 2"] {
         let id = kaz.send("KGZ", subject, &[]).await.unwrap();
@@ -2588,9 +2673,31 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
         .await
         .unwrap();
     // KGZ's disk is lost; it comes back on the backup, without those messages.
+    let restore = ["restore", "--from", "kgz-backup.db", "--data", "node-KGZ"];
+    let running = hotline_cli(net.path(), &restore).await.unwrap();
+    assert!(
+        !running.status.success() && running.stderr.contains("is locked by another process"),
+        "{running:?}"
+    );
     stop_node(kgz).await;
     std::fs::remove_dir_all(&data).unwrap();
-    copy_files(&backup, &data);
+    std::fs::create_dir(&data).unwrap();
+    let restored = hotline_cli(net.path(), &restore).await.unwrap();
+    assert!(
+        restored.status.success()
+            && restored
+                .stdout
+                .starts_with("OK: node-KGZ/node.db restored from kgz-backup.db"),
+        "{restored:?}"
+    );
+    // It says from when the relay should deliver again; that time is enough.
+    let since = restored
+        .stdout
+        .split("--since ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no --since in {restored:?}"))
+        .to_owned();
 
     let config = net.relay_config.to_str().unwrap().to_owned();
     let args = [
@@ -2601,7 +2708,7 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
         "--to",
         "KGZ",
         "--since",
-        "2020-01-01T00:00:00Z",
+        since.as_str(),
     ];
     let running = hotline_cli(net.path(), &args).await.unwrap();
     assert!(!running.status.success(), "{running:?}");

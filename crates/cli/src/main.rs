@@ -89,6 +89,9 @@ enum Command {
     Audit(cmd::audit::AuditCommand),
     /// Copy a relay's or a node's store while it runs: consistent, checked, mode 0600.
     Backup(cmd::backup::BackupArgs),
+    /// Put a backup in place of a stopped relay's or node's store: checked, the replaced one
+    /// kept beside it.
+    Restore(cmd::backup::RestoreArgs),
     /// Check a relay or node configuration file before starting the service.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Relay(args) => cmd::relay::run(args),
         Command::Audit(command) => cmd::audit::run(command),
         Command::Backup(args) => cmd::backup::run(args),
+        Command::Restore(args) => cmd::backup::restore(args),
         Command::Config(command) => cmd::config::run(command),
         Command::Node(args) => cmd::node::run(args),
         Command::Send(args) => cmd::operator::send(args),

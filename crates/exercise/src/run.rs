@@ -267,8 +267,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::RestoreRelay => {
                     sim.relay.kill9();
-                    restore_relay(&sim.dep)?;
-                    fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL), its store replaced by the backup"}));
+                    let out = restore_relay(&opts, &sim.dep).await?;
+                    let line = out.lines().next().unwrap_or_default();
+                    fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its store replaced by the backup");
                 }
                 Action::StartRelay => {
@@ -739,46 +740,65 @@ const RELAY_BACKUP: &str = "relay-backup.db";
 /// `hotline backup` of the relay's store beside the running relay, as an operator runs it;
 /// its line of output.
 async fn backup_relay(opts: &RunOptions, dep: &Deployment) -> anyhow::Result<String> {
+    let data = dep.relay_data.as_os_str();
     let out = dep.dir.join(RELAY_BACKUP);
+    hotline_tool(
+        opts,
+        &[
+            "backup".as_ref(),
+            "--data".as_ref(),
+            data,
+            "--out".as_ref(),
+            out.as_os_str(),
+        ],
+    )
+    .await
+}
+
+/// The (killed) relay's disk is lost: a new, empty data directory gets the backup, with
+/// `hotline restore` as an operator runs it; its output.
+async fn restore_relay(opts: &RunOptions, dep: &Deployment) -> anyhow::Result<String> {
+    let data = &dep.relay_data;
+    std::fs::remove_dir_all(data).with_context(|| format!("removing {}", data.display()))?;
+    std::fs::create_dir(data).with_context(|| format!("making {}", data.display()))?;
+    let from = dep.dir.join(RELAY_BACKUP);
+    hotline_tool(
+        opts,
+        &[
+            "restore".as_ref(),
+            "--from".as_ref(),
+            from.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ],
+    )
+    .await
+}
+
+/// Runs `hotline ARGS` to completion (within [`START_TIMEOUT`]); its standard output, or
+/// an error with its standard error.
+async fn hotline_tool(opts: &RunOptions, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let name = args
+        .first()
+        .map_or_else(String::new, |a| a.to_string_lossy().into_owned());
     let run = tokio::process::Command::new(&opts.bin)
-        .arg("backup")
-        .arg("--data")
-        .arg(&dep.relay_data)
-        .arg("--out")
-        .arg(&out)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
     let done = tokio::time::timeout(START_TIMEOUT, run)
         .await
-        .context("hotline backup did not finish in time")?
-        .context("running hotline backup")?;
+        .with_context(|| format!("hotline {name} did not finish in time"))?
+        .with_context(|| format!("running hotline {name}"))?;
     if !done.status.success() {
         anyhow::bail!(
-            "hotline backup failed ({}): {}",
+            "hotline {name} failed ({}): {}",
             done.status,
             String::from_utf8_lossy(&done.stderr).trim()
         );
     }
     Ok(String::from_utf8_lossy(&done.stdout).trim().to_owned())
-}
-
-/// Puts the backup in place of the (killed) relay's store: the store and its WAL go, as
-/// with a lost disk.
-fn restore_relay(dep: &Deployment) -> anyhow::Result<()> {
-    let db = dep.relay_data.join("relay.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let f = PathBuf::from(format!("{}{suffix}", db.display()));
-        match std::fs::remove_file(&f) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
-        }
-    }
-    std::fs::copy(dep.dir.join(RELAY_BACKUP), &db)
-        .with_context(|| format!("restoring the backup to {}", db.display()))?;
-    Ok(())
 }
 
 /// Starts node `p` for the `n`-th time (its log is `node-{p}-{n}.log`).

@@ -234,8 +234,16 @@ pub struct Restored {
 /// (the service's account, when an administrator runs this as root). Only then are the
 /// current store's files (`name`, `name-wal`, `name-shm`) renamed to `aside` (and `aside-wal`,
 /// `aside-shm`, which SQLite opens together), never deleted, and the new file renamed to
-/// `name`; the directory is synced. A copy that fails its check leaves the store as it was.
-pub fn restore(copy: &Path, dir: &Path, name: &str, aside: &str) -> Result<Restored, StoreError> {
+/// `name`; the directory is synced. `check` runs on the new file (read-only) before anything
+/// is renamed, for what this crate cannot check (a relay's or node's records against their
+/// journal). A copy that fails a check leaves the store as it was.
+pub fn restore(
+    copy: &Path,
+    dir: &Path,
+    name: &str,
+    aside: &str,
+    check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
+) -> Result<Restored, StoreError> {
     use std::os::unix::fs::MetadataExt as _;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -256,6 +264,7 @@ pub fn restore(copy: &Path, dir: &Path, name: &str, aside: &str) -> Result<Resto
     // a store must never be left with a `-wal` that is not its own.
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let placed = (|| {
+        check(&open_read_only(&incoming)?, &incoming)?;
         let owner = std::fs::metadata(dir).map_err(io(dir))?;
         std::os::unix::fs::chown(&incoming, Some(owner.uid()), Some(owner.gid()))
             .map_err(io(&incoming))?;

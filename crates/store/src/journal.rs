@@ -361,7 +361,7 @@ mod backup_tests {
         let copy_bytes = std::fs::read(&copy).expect("copy");
 
         let claim = crate::lock_dir(&data).expect("the service's claim");
-        match crate::restore(&copy, &data, "relay.db", "relay-aside.db") {
+        match crate::restore(&copy, &data, "relay.db", "relay-aside.db", |_, _| Ok(())) {
             Err(StoreError::Locked { .. }) => {}
             other => panic!("expected the restore refused while claimed, got {other:?}"),
         }
@@ -369,14 +369,29 @@ mod backup_tests {
 
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).expect("garbage");
-        assert!(crate::restore(&garbage, &data, "relay.db", "relay-aside.db").is_err());
+        assert!(
+            crate::restore(&garbage, &data, "relay.db", "relay-aside.db", |_, _| Ok(())).is_err()
+        );
         assert!(!data.join("relay-aside.db").exists());
         assert!(
             !data.join(".relay.db.restoring").exists(),
             "nothing left behind"
         );
+        let refused = |_: &Connection, path: &std::path::Path| {
+            Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: "records differ".into(),
+            })
+        };
+        match crate::restore(&copy, &data, "relay.db", "relay-aside.db", refused) {
+            Err(StoreError::Corrupt { detail, .. }) => assert_eq!(detail, "records differ"),
+            other => panic!("expected the check's refusal, got {other:?}"),
+        }
+        assert!(!data.join("relay-aside.db").exists());
+        assert!(!data.join(".relay.db.restoring").exists(), "left behind");
 
-        let r = crate::restore(&copy, &data, "relay.db", "relay-aside.db").expect("restore");
+        let r = crate::restore(&copy, &data, "relay.db", "relay-aside.db", |_, _| Ok(()))
+            .expect("restore");
         assert_eq!(r.store.journal, backed_up.journal);
         assert_eq!(
             std::fs::read(&copy).expect("copy"),
@@ -406,7 +421,7 @@ mod backup_tests {
         append(&mut conn, &mut j, 1);
         std::mem::forget(conn);
         std::fs::write(data.join("relay-aside2.db-wal"), b"taken").expect("taken");
-        match crate::restore(&copy, &data, "relay.db", "relay-aside2.db") {
+        match crate::restore(&copy, &data, "relay.db", "relay-aside2.db", |_, _| Ok(())) {
             Err(StoreError::Io { source, .. }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
             }

@@ -1,4 +1,5 @@
-//! `hotline backup`: a consistent copy of a relay's or a node's store while it runs.
+//! `hotline backup`: a consistent copy of a relay's or a node's store while it runs; and
+//! `hotline restore`: such a copy put back in place of a stopped service's store.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,113 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
                 removed.len()
             );
         }
+    }
+    Ok(())
+}
+
+/// `hotline restore --from COPY --data DIR`.
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The copy to restore (a file `hotline backup` wrote); it is only read.
+    #[arg(long)]
+    from: PathBuf,
+    /// The stopped service's data directory (`/var/lib/hotline-relay` or
+    /// `/var/lib/hotline-node`); it must exist.
+    #[arg(long)]
+    data: PathBuf,
+}
+
+/// Puts a backup in place of the store in a data directory, the service stopped. The
+/// copy's kind (relay or node) names the store file; a directory holding the other kind's
+/// store is refused. The replaced store is renamed `STORE-replaced-TIME.db` beside it, with
+/// its WAL, and never deleted: after a crash, not a lost disk, it may hold what the backup
+/// lacks.
+pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let RestoreArgs { from, data } = args;
+    if !data.is_dir() {
+        anyhow::bail!(
+            "{}: no such directory; make it as the service's account first (install -d -o \
+             hotline -g hotline -m 0700 {})",
+            data.display(),
+            data.display()
+        );
+    }
+    let is_relay = {
+        let conn = hotline_store::open_read_only(&from)
+            .with_context(|| format!("{}: cannot read the copy", from.display()))?;
+        if hotline_relay::store::is_relay_store(&conn)? {
+            true
+        } else if conn
+            .prepare("SELECT 1 FROM inbox LIMIT 0")
+            .and_then(|_| conn.prepare("SELECT 1 FROM journal LIMIT 0"))
+            .is_ok()
+        {
+            false
+        } else {
+            anyhow::bail!("{}: neither a relay's nor a node's store", from.display());
+        }
+    };
+    let (name, other, kind) = if is_relay {
+        (
+            hotline_relay::store::DB_FILE,
+            hotline_node::store::DB_FILE,
+            "relay",
+        )
+    } else {
+        (
+            hotline_node::store::DB_FILE,
+            hotline_relay::store::DB_FILE,
+            "node",
+        )
+    };
+    if data.join(other).exists() {
+        anyhow::bail!(
+            "{} is a {kind} store, but {} holds {other}: is this the right data directory?",
+            from.display(),
+            data.display()
+        );
+    }
+    let stem = name.trim_end_matches(".db");
+    let aside = copy_name(&format!("{stem}-replaced"), hotline_node::now_ms());
+    let r = hotline_store::restore(&from, &data, name, &aside, |conn, path| {
+        if is_relay {
+            hotline_relay::store::verify_journaled_records(conn, path).map(drop)
+        } else {
+            hotline_node::store::verify_records(conn, path).map(drop)
+        }
+    })
+    .with_context(|| format!("restoring {} to {}", from.display(), data.display()))?;
+    let db = data.join(name);
+    let newest = super::roster::format_utc(r.store.journal.last_at_ms);
+    tracing::info!(db = %db.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
+    outln!(
+        "OK: {} restored from {}: {} bytes, checked; journal {} entries, head {}, newest entry \
+         {newest}",
+        db.display(),
+        from.display(),
+        r.store.bytes,
+        r.store.journal.entries,
+        hex::encode(r.store.journal.head)
+    );
+    match r.set_aside.first() {
+        Some(old) => outln!(
+            "the store it replaced is kept as {} (with its WAL): remove it once the {kind} runs \
+             well",
+            old.display()
+        ),
+        None => outln!("there was no store to replace"),
+    }
+    if is_relay {
+        outln!(
+            "next: start the relay; each node submits again what the relay accepted from it \
+             after the backup (OPERATIONS.md 6.5)"
+        );
+    } else {
+        outln!(
+            "next: start the node. What it received after {newest} is not in the copy: with the \
+             relay stopped, `hotline relay redeliver --config relay.toml --to ID --since \
+             {newest}` has the relay deliver it again (OPERATIONS.md 6.5)"
+        );
     }
     Ok(())
 }
