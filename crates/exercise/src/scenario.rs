@@ -118,8 +118,8 @@ pub enum Fault {
         restart_after_s: f64,
     },
     /// Back the relay's store up at `backup_at_s` while it runs (`hotline backup`); at
-    /// `at_s` SIGKILL the relay and put that backup in place of its store (its disk was
-    /// lost); restart it `restart_after_s` later. What it accepted in between is gone from
+    /// `at_s` SIGKILL the relay, empty its data directory (its disk was lost) and put that
+    /// backup there (`hotline restore`); restart it `restart_after_s` later. What it accepted in between is gone from
     /// it, and must come back from the senders' nodes.
     RestoreRelay {
         /// When the backup is taken.
