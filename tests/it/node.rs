@@ -2283,14 +2283,16 @@ async fn relay_on_a_fixed_address() -> (Net, hotline_relay::RelayHandle, std::ne
 
 /// The Secretariat's backup of the running relay (`hotline backup`), as relay-backup.db.
 async fn back_up_the_relay(net: &Net) {
-    let backup = hotline_cli(
-        net.path(),
-        &["backup", "--data", "relay-data", "--out", "relay-backup.db"],
-    )
-    .await
-    .unwrap();
+    back_up(net, "relay-data", "relay-backup.db").await;
+}
+
+/// `hotline backup --data DATA --out OUT`, beside the service, in the network's directory.
+async fn back_up(net: &Net, data: &str, out: &str) {
+    let backup = hotline_cli(net.path(), &["backup", "--data", data, "--out", out])
+        .await
+        .unwrap();
     assert!(
-        backup.status.success() && backup.stdout.starts_with("OK: relay-backup.db written"),
+        backup.status.success() && backup.stdout.starts_with(&format!("OK: {out} written")),
         "{backup:?}"
     );
 }
@@ -2466,13 +2468,7 @@ async fn hotline_restore_is_refused_beside_the_service_and_keeps_the_store_it_re
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (mut kaz, _kgz) = net.two_nodes(relay_addr).await.unwrap();
     back_up_the_relay(&net).await;
-    let node_copy = hotline_cli(
-        net.path(),
-        &["backup", "--data", "node-KAZ", "--out", "kaz-backup.db"],
-    )
-    .await
-    .unwrap();
-    assert!(node_copy.status.success(), "{node_copy:?}");
+    back_up(&net, "node-KAZ", "kaz-backup.db").await;
     let args = [
         "restore",
         "--from",
@@ -2653,13 +2649,7 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let data = net.path().join("node-KGZ");
-    let backup = hotline_cli(
-        net.path(),
-        &["backup", "--data", "node-KGZ", "--out", "kgz-backup.db"],
-    )
-    .await
-    .unwrap();
-    assert!(backup.status.success(), "{backup:?}");
+    back_up(&net, "node-KGZ", "kgz-backup.db").await;
     let mut ids = Vec::new();
     for subject in ["After the backup 1", "After the backup 2"] {
         let id = kaz.send("KGZ", subject, &[]).await.unwrap();
