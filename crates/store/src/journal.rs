@@ -342,6 +342,32 @@ mod backup_tests {
         }
     }
 
+    /// Run as root (an administrator's `sudo hotline restore`), a restore gives the store
+    /// the data directory's owner, so that the service's account can open it.
+    #[test]
+    fn a_restore_gives_the_store_the_directory_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let (conn, _) = live_store(&data, 1);
+        drop(conn);
+        let copy = dir.path().join("copy.db");
+        crate::backup(&data.join("relay.db"), &copy).expect("backup");
+        std::fs::remove_file(data.join("relay.db")).expect("the disk is lost");
+        if std::fs::metadata(&copy).expect("copy").uid() != 0 {
+            println!("SKIPPED: giving a file to another owner needs root");
+            return;
+        }
+        // The service's account: any uid but root's.
+        std::os::unix::fs::chown(&data, Some(65_534), Some(65_534)).expect("chown");
+        let r =
+            crate::restore(&copy, &data, "relay.db", "aside.db", |_, _| Ok(())).expect("restore");
+        assert!(r.set_aside.is_empty());
+        let meta = std::fs::metadata(data.join("relay.db")).expect("restored");
+        assert_eq!((meta.uid(), meta.gid()), (65_534, 65_534));
+    }
+
     /// A restore checks the copy, never changes it, puts it in place of the store and sets
     /// the store it replaces aside whole (with its WAL, still readable); it is refused while
     /// the directory is claimed, and a copy that fails its check, or a name already taken,
