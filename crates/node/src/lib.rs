@@ -345,7 +345,7 @@ impl Node {
             config
                 .relays
                 .iter()
-                .map(|r| format!("{}@{}", r.fingerprint, r.address))
+                .map(|r| r.fingerprint.to_string())
                 .collect(),
         );
         let roster = load_start_roster(&config, &store)?;

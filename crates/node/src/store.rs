@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
--- Per relay (`FINGERPRINT@ADDRESS`, `NodeStore::set_relay_names`), the highest sequence number
+-- Per relay (its certificate's fingerprint, `NodeStore::set_relay_names`), the highest sequence number
 -- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
 -- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 -- The acknowledgement this node signed for received message `id` (a row of receipts_out),
@@ -135,6 +135,23 @@ CREATE TABLE IF NOT EXISTS relay_seq (
     seq INTEGER NOT NULL
 );
 ";
+
+/// Names `relay_seq`'s records by fingerprint alone: the first stores to have the table
+/// (from `d215f77`) named them `FINGERPRINT@ADDRESS`. Each fingerprint keeps the highest
+/// number any of its addresses recorded.
+fn rename_relay_records(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "INSERT INTO relay_seq (relay, seq)
+             SELECT substr(relay, 1, instr(relay, '@') - 1), MAX(seq) FROM relay_seq
+             WHERE instr(relay, '@') > 0 GROUP BY 1
+             ON CONFLICT (relay) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        [],
+    )?;
+    tx.execute("DELETE FROM relay_seq WHERE instr(relay, '@') > 0", [])?;
+    tx.commit()?;
+    Ok(())
+}
 
 /// What the operator asks to send; the store adds id, sequence number, sender and time.
 #[derive(Clone, Debug)]
@@ -623,6 +640,7 @@ impl NodeStore {
         if !acks_indexed {
             index_stored_acks(&conn)?;
         }
+        rename_relay_records(&conn)?;
         let journal = Journal::load(&conn)?;
         let quarantine = quarantine_size(&conn)?;
         Ok(Self {
@@ -636,11 +654,13 @@ impl NodeStore {
     }
 
     /// Names the configured relays, by index, for the record of what each has accepted
-    /// (`relay_seq`): `FINGERPRINT@ADDRESS`, which stays with a relay when the configuration
-    /// lists its relays in another order, and changes when a relay is replaced by a new one
-    /// (which has accepted nothing). The address tells apart relays that share a
-    /// certificate; a relay that moves starts a new record (its losses before the move are
-    /// then not noticed).
+    /// (`relay_seq`): the fingerprint of its pinned certificate, which stays with a relay
+    /// when the configuration lists its relays in another order, and when the relay moves
+    /// to another address (a Secretariat that lost its machine restores the relay's store,
+    /// key and certificate on a new one, and its losses are still noticed); it changes
+    /// when a relay is replaced by a new one, which has accepted nothing. Relays that share
+    /// a certificate share a record: one that has accepted less than another is then sent
+    /// what it lacks ([`Self::offer_lost`]), which makes it whole and ends there.
     pub fn set_relay_names(&mut self, names: Vec<String>) {
         self.relay_names = names;
     }
@@ -2021,6 +2041,42 @@ mod tests {
         assert_eq!(store.offer_lost(0, 3, NOW).unwrap(), (0, 3));
         // Another relay's record is its own.
         assert_eq!(store.offer_lost(1, 0, NOW).unwrap(), (0, 0));
+    }
+
+    /// The records of a store that named relays `FINGERPRINT@ADDRESS` are named by
+    /// fingerprint at open, each with the highest number of any of its addresses.
+    #[test]
+    fn relay_records_named_with_an_address_are_renamed_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(dir.path()).unwrap();
+        for (relay, seq) in [
+            ("AA@10.0.0.1:7400", 5),
+            ("AA@10.0.0.2:7400", 9),
+            ("BB@10.0.0.1:7401", 2),
+            ("CC", 4),
+            ("AA", 7),
+        ] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO relay_seq (relay, seq) VALUES (?1, ?2)",
+                    params![relay, seq],
+                )
+                .unwrap();
+        }
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        let mut stmt = store
+            .conn
+            .prepare("SELECT relay, seq FROM relay_seq ORDER BY relay")
+            .unwrap();
+        let rows: Vec<(String, u64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [("AA", 9), ("BB", 2), ("CC", 4)].map(|(r, s)| (r.to_owned(), s));
+        assert_eq!(rows, want);
     }
 
     /// A message delivered again after this node acknowledged it: its acknowledgement goes
