@@ -2319,7 +2319,8 @@ async fn restore_the_relay(net: &Net) {
             && restore
                 .stdout
                 .starts_with("OK: relay-data/relay.db restored from")
-            && restore.stdout.contains("there was no store to replace"),
+            && restore.stdout.contains("there was no store to replace")
+            && restore.stdout.contains("will be delivered again"),
         "{restore:?}"
     );
 }
@@ -2584,6 +2585,60 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
         .unwrap();
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["acknowledged"], 1, "{st}");
+    relay.shutdown().await;
+}
+
+/// The acknowledgement of a message delivered before the backup, made after it while its
+/// sender was away, is lost with the relay's store, and the message is not submitted again.
+/// `hotline restore` has the relay deliver again what it accepted in the day before the
+/// backup; the recipient offers its acknowledgement again, and the sender learns of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_made_after_the_backup_of_an_older_message_reaches_the_sender() {
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
+    let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let id = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    stop_node(kaz).await;
+    let maddr = relay.metrics_addr().expect("metrics");
+    // KGZ's delivered receipt is in the backup; its acknowledgement, after it, is not.
+    wait_metric(maddr, "hotline_relay_receipts_stored_total", |n| n >= 1.0)
+        .await
+        .unwrap();
+    back_up_the_relay(&net).await;
+    kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    wait_metric(maddr, "hotline_relay_receipts_stored_total", |n| n >= 2.0)
+        .await
+        .unwrap();
+    relay.shutdown().await;
+    restore_the_relay(&net).await;
+
+    let relay = net.relay().await;
+    kgz.proc
+        .wait_line(&[
+            "offering it their acknowledgements again",
+            "acknowledgements=1",
+        ])
+        .await
+        .unwrap();
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["acknowledged"], 1, "{st}");
+    assert_eq!(
+        kaz.proc
+            .count_lines(&["no longer has messages it accepted"]),
+        0,
+        "not through the sender's resubmission"
+    );
+    inbox_holds_exactly(&mut kgz, &[], &[id]).await;
     relay.shutdown().await;
 }
 

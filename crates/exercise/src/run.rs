@@ -270,7 +270,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     let out = restore_relay(&opts, &sim.dep).await?;
                     let line = out.lines().next().unwrap_or_default();
                     fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
-                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its store replaced by the backup");
+                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its disk lost, the backup restored");
                 }
                 Action::StartRelay => {
                     relay_restarts += 1;

@@ -456,55 +456,110 @@ pub fn redeliver_since(
     since_ms: u64,
     now_ms: u64,
 ) -> Result<Rewound, StoreError> {
+    let rewound = rewind(data_dir, Some(recipient), since_ms, now_ms)?;
+    Ok(rewound.into_iter().next().map_or(
+        Rewound {
+            messages: 0,
+            cursor_was: 0,
+            cursor: 0,
+        },
+        |(_, r)| r,
+    ))
+}
+
+/// [`redeliver_since`] for every recipient the relay has a queue for, in one transaction:
+/// for a relay restored from a backup, so that each node is delivered again what was
+/// accepted since `since_ms` and offers again the acknowledgements of it that the relay
+/// lost (a node that receives a message it acknowledged offers that acknowledgement again).
+/// Nodes dedup by id and show nothing twice. Returns each recipient's [`Rewound`], by id.
+pub fn redeliver_all_since(
+    data_dir: &Path,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<Vec<(ParticipantId, Rewound)>, StoreError> {
+    rewind(data_dir, None, since_ms, now_ms)
+}
+
+/// Moves back the cursor of `only`, or of every recipient with one, as
+/// [`redeliver_since`] says.
+fn rewind(
+    data_dir: &Path,
+    only: Option<&ParticipantId>,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<Vec<(ParticipantId, Rewound)>, StoreError> {
     let (_, mut conn) = open_db(data_dir)?;
     // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
-    let who = recipient.as_str();
     let first: Option<i64> = tx.query_row(
         "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
         [time_key(since_ms)],
         |r| r.get(0),
     )?;
-    let cursor: Option<i64> = tx
-        .query_row(
-            "SELECT rseq FROM cursors WHERE recipient = ?1",
-            [who],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let (Some(first), Some(cursor_was)) = (first, cursor) else {
-        // Nothing accepted since then, or nothing ever addressed to it.
-        return Ok(Rewound {
-            messages: 0,
-            cursor_was: cursor.unwrap_or(0),
-            cursor: cursor.unwrap_or(0),
-        });
+    let mut cursors: Vec<(ParticipantId, i64)> = Vec::new();
+    {
+        let mut st = tx.prepare(
+            "SELECT recipient, rseq FROM cursors WHERE ?1 IS NULL OR recipient = ?1
+             ORDER BY recipient",
+        )?;
+        let mut rows = st.query([only.map(ParticipantId::as_str)])?;
+        while let Some(r) = rows.next()? {
+            // An invalid id has no queue (`load_queues` ignores it), so nothing to rewind.
+            if let Ok(who) = ParticipantId::new(&r.get::<_, String>(0)?) {
+                cursors.push((who, r.get(1)?));
+            }
+        }
+    }
+    let Some(first) = first else {
+        // Nothing accepted since then: nothing changes.
+        return Ok(cursors
+            .into_iter()
+            .map(|(who, c)| {
+                let same = Rewound {
+                    messages: 0,
+                    cursor_was: c,
+                    cursor: c,
+                };
+                (who, same)
+            })
+            .collect());
     };
-    let cursor = cursor_was.min(first - 1);
-    tx.execute(
-        "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
-        params![who, cursor],
-    )?;
-    tx.execute(
-        "DELETE FROM ahead WHERE recipient = ?1 AND rseq > ?2",
-        params![who, cursor],
-    )?;
-    // What the relay will owe it at its next start, counted as that start rebuilds it.
-    let messages = queued_for(&tx, recipient)? as u64;
-    journal.append(
-        &tx,
-        now_ms,
-        "queue.rewound",
-        who,
-        format!("since {since_ms}: cursor {cursor_was} -> {cursor}, {messages} owed").as_bytes(),
-    )?;
+    let mut moved = Vec::with_capacity(cursors.len());
+    for (who, cursor_was) in cursors {
+        let cursor = cursor_was.min(first - 1);
+        tx.execute(
+            "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
+            params![who.as_str(), cursor],
+        )?;
+        tx.execute(
+            "DELETE FROM ahead WHERE recipient = ?1 AND rseq > ?2",
+            params![who.as_str(), cursor],
+        )?;
+        moved.push((who, cursor_was, cursor));
+    }
+    // What the relay will owe each at its next start, counted as that start rebuilds it.
+    let queues = load_queues(&tx)?;
+    let mut rewound = Vec::with_capacity(moved.len());
+    for (who, cursor_was, cursor) in moved {
+        let messages = queues.index.len(&who) as u64;
+        journal.append(
+            &tx,
+            now_ms,
+            "queue.rewound",
+            who.as_str(),
+            format!("since {since_ms}: cursor {cursor_was} -> {cursor}, {messages} owed")
+                .as_bytes(),
+        )?;
+        let r = Rewound {
+            messages,
+            cursor_was,
+            cursor,
+        };
+        rewound.push((who, r));
+    }
     tx.commit()?;
-    Ok(Rewound {
-        messages,
-        cursor_was,
-        cursor,
-    })
+    Ok(rewound)
 }
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
@@ -2356,28 +2411,66 @@ mod tests {
         assert_eq!(n, 2);
     }
 
+    /// Messages 1, 2, 3 from KAZ to CHN and IND, accepted at 1, 2 and 3 s; CHN has
+    /// receipted 1, and 3 out of order; IND everything.
+    fn three_messages_for_two(dir: &Path) {
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let (_, c) = open_db(dir).expect("open");
+        for n in 1u8..=3 {
+            let m = message(&kaz, n);
+            c.execute(
+                "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                 VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, ?7, 'CHN,IND')",
+                params![&[n; 16][..], n, &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..], i64::from(n) * 1000],
+            )
+            .expect("message");
+        }
+        c.execute_batch(
+            "INSERT INTO cursors VALUES ('CHN', 1), ('IND', 3); INSERT INTO ahead VALUES ('CHN', 3);",
+        )
+        .expect("queues");
+    }
+
+    /// A restored relay's queues, all moved back to a time at once, in one journaled
+    /// transaction; nothing accepted since then changes nothing.
+    #[test]
+    fn every_recipient_is_owed_again_what_was_accepted_since_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_messages_for_two(dir.path());
+        let unchanged = redeliver_all_since(dir.path(), 5_000, 10_000).expect("rewind");
+        assert!(unchanged
+            .iter()
+            .all(|(_, r)| r.messages == 0 && r.cursor == r.cursor_was));
+        let all = redeliver_all_since(dir.path(), 1_500, 10_000).expect("rewind");
+        let owed = |messages, cursor_was| Rewound {
+            messages,
+            cursor_was,
+            cursor: 1,
+        };
+        assert_eq!(
+            all,
+            vec![(pid("CHN"), owed(2, 1)), (pid("IND"), owed(2, 3))]
+        );
+        let (_, c) = open_db(dir.path()).expect("reopen");
+        assert_eq!(queued_for(&c, &pid("IND")).expect("queue"), 2);
+        let rewound: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM journal WHERE kind = 'queue.rewound'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("journal");
+        assert_eq!(rewound, 2);
+    }
+
     /// A stopped relay's queue for one recipient moved back to a time: what it was
     /// delivered since then is owed again, and nobody else's queue changes.
     #[test]
     fn a_recipient_is_owed_again_what_was_accepted_since_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kaz = SigningKey::from_bytes(&[1; 32]);
+        three_messages_for_two(dir.path());
         {
             let (_, c) = open_db(dir.path()).expect("open");
-            for n in 1u8..=3 {
-                let m = message(&kaz, n);
-                c.execute(
-                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-                     VALUES (?1, 'KAZ', ?2, ?3, ?4, ?5, ?6, ?7, 'CHN,IND')",
-                    params![&[n; 16][..], n, &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..], i64::from(n) * 1000],
-                )
-                .expect("message");
-            }
-            // CHN receipted 1, and 3 out of order; IND everything.
-            c.execute_batch(
-                "INSERT INTO cursors VALUES ('CHN', 1), ('IND', 3); INSERT INTO ahead VALUES ('CHN', 3);",
-            )
-            .expect("queues");
             assert_eq!(queued_for(&c, &pid("CHN")).expect("queue"), 1);
         }
         let chn = pid("CHN");

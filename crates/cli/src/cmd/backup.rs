@@ -71,6 +71,11 @@ pub(crate) struct RestoreArgs {
     /// `/var/lib/hotline-node`); it must exist.
     #[arg(long)]
     data: PathBuf,
+    /// For a relay's store: deliver again to every recipient what the relay accepted in
+    /// this many hours before the copy's newest entry, so that acknowledgements made after
+    /// the backup come back (0: none).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(0..=8760))]
+    redeliver_hours: u64,
 }
 
 /// Puts a backup in place of the store in a data directory, the service stopped. The
@@ -79,7 +84,11 @@ pub(crate) struct RestoreArgs {
 /// its WAL, and never deleted: after a crash, not a lost disk, it may hold what the backup
 /// lacks.
 pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let RestoreArgs { from, data } = args;
+    let RestoreArgs {
+        from,
+        data,
+        redeliver_hours,
+    } = args;
     if !data.is_dir() {
         anyhow::bail!(
             "{}: no such directory; make it as the service's account first (install -d -o \
@@ -154,6 +163,9 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         None => outln!("there was no store to replace"),
     }
     if is_relay {
+        if redeliver_hours > 0 {
+            redeliver_to_all(&data, r.store.journal.last_at_ms, redeliver_hours)?;
+        }
         outln!(
             "next: start the relay; each node submits again what the relay accepted from it \
              after the backup (OPERATIONS.md 6.5)"
@@ -165,6 +177,33 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
              {newest}` has the relay deliver it again (OPERATIONS.md 6.5)"
         );
     }
+    Ok(())
+}
+
+/// Has the restored relay deliver again to every recipient what it accepted in the `hours`
+/// before `newest_ms` (the copy's newest journal entry, at most the backup's time). An
+/// acknowledgement made after the backup, of a message delivered before it, was lost with
+/// the relay's store if its sender had not fetched it; the recipient's node offers it again
+/// when the message arrives again. Nodes dedup by id and show nothing twice.
+fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<()> {
+    let since_ms = newest_ms.saturating_sub(hours.saturating_mul(3_600_000));
+    let _claim = hotline_store::lock_dir(data)?;
+    let rewound = hotline_relay::store::redeliver_all_since(data, since_ms, hotline_node::now_ms())
+        .context("moving the recipients' queues back")?;
+    let owed: u64 = rewound.iter().map(|(_, r)| r.messages).sum();
+    let recipients = rewound.iter().filter(|(_, r)| r.messages > 0).count();
+    tracing::info!(
+        since_ms,
+        recipients,
+        deliveries = owed,
+        "queues moved back after a restore"
+    );
+    outln!(
+        "messages accepted since {} ({hours} h before that entry) will be delivered again: {owed} \
+         deliveries to {recipients} recipient(s), so that the acknowledgements made after the \
+         backup come back; nodes show nothing twice (--redeliver-hours 0: none)",
+        super::roster::format_utc(since_ms)
+    );
     Ok(())
 }
 
