@@ -156,9 +156,13 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     );
     match r.set_aside.first() {
         Some(old) => outln!(
-            "the store it replaced is kept as {} (with its WAL): remove it once the {kind} runs \
-             well",
-            old.display()
+            "the store it replaced is kept as {}{}: remove it once the {kind} runs well",
+            old.display(),
+            if r.set_aside.len() > 1 {
+                " (with its WAL)"
+            } else {
+                ""
+            }
         ),
         None => outln!("there was no store to replace"),
     }
