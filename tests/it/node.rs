@@ -2521,7 +2521,7 @@ async fn hotline_restore_is_refused_beside_the_service_and_keeps_the_store_it_re
         .stdout
         .split("kept as ")
         .nth(1)
-        .and_then(|rest| rest.split(' ').next())
+        .and_then(|rest| rest.split([' ', ';']).next())
         .unwrap_or_else(|| panic!("nothing set aside in {done:?}"))
         .to_owned();
     assert!(aside.starts_with("relay-data/relay-replaced-"), "{aside}");

@@ -156,7 +156,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     );
     match r.set_aside.first() {
         Some(old) => outln!(
-            "the store it replaced is kept as {}{}: remove it once the {kind} runs well",
+            "the store it replaced is kept as {}{}; remove it once the {kind} runs well",
             old.display(),
             if r.set_aside.len() > 1 {
                 " (with its WAL)"
