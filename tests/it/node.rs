@@ -2540,6 +2540,27 @@ async fn hotline_restore_is_refused_beside_the_service_and_keeps_the_store_it_re
     relay.shutdown().await;
 }
 
+/// `node` logs that it offers again its acknowledgement of one message delivered again.
+async fn offers_its_acknowledgement_again(node: &mut NodeProc) {
+    node.proc
+        .wait_line(&[
+            "offering it their acknowledgements again",
+            "acknowledgements=1",
+        ])
+        .await
+        .unwrap();
+}
+
+/// The sender `kaz` learns that KGZ acknowledged `id`, and shows it.
+async fn acknowledged_by_kgz(kaz: &mut NodeProc, id: &str) {
+    kaz.proc
+        .wait_line(&["acknowledged", &msg(id), "by=KGZ"])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", id]).await.unwrap();
+    assert_eq!(st["acknowledged"], 1, "{st}");
+}
+
 /// A relay restored from a backup also loses the acknowledgements it held for a sender
 /// that was away. The sender submits its lost message again, the relay delivers it again,
 /// and the recipient, which acknowledged it, offers its acknowledgement again: the sender
@@ -2572,19 +2593,8 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
         .wait_line(&["no longer has messages it accepted"])
         .await
         .unwrap();
-    kgz.proc
-        .wait_line(&[
-            "offering it their acknowledgements again",
-            "acknowledgements=1",
-        ])
-        .await
-        .unwrap();
-    kaz.proc
-        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
-        .await
-        .unwrap();
-    let st = kaz.cli_json(&["status", &id]).await.unwrap();
-    assert_eq!(st["acknowledged"], 1, "{st}");
+    offers_its_acknowledgement_again(&mut kgz).await;
+    acknowledged_by_kgz(&mut kaz, &id).await;
     relay.shutdown().await;
 }
 
@@ -2618,20 +2628,9 @@ async fn an_acknowledgement_made_after_the_backup_of_an_older_message_reaches_th
     restore_the_relay(&net).await;
 
     let relay = net.relay().await;
-    kgz.proc
-        .wait_line(&[
-            "offering it their acknowledgements again",
-            "acknowledgements=1",
-        ])
-        .await
-        .unwrap();
+    offers_its_acknowledgement_again(&mut kgz).await;
     let mut kaz = net.start_node("KAZ").await.unwrap();
-    kaz.proc
-        .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
-        .await
-        .unwrap();
-    let st = kaz.cli_json(&["status", &id]).await.unwrap();
-    assert_eq!(st["acknowledged"], 1, "{st}");
+    acknowledged_by_kgz(&mut kaz, &id).await;
     assert_eq!(
         kaz.proc
             .count_lines(&["no longer has messages it accepted"]),

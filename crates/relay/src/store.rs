@@ -2411,6 +2411,16 @@ mod tests {
         assert_eq!(n, 2);
     }
 
+    /// How many journal entries of `kind` the store holds.
+    fn journaled(c: &Connection, kind: &str) -> i64 {
+        c.query_row(
+            "SELECT COUNT(*) FROM journal WHERE kind = ?1",
+            [kind],
+            |r| r.get(0),
+        )
+        .expect("journal")
+    }
+
     /// Messages 1, 2, 3 from KAZ to CHN and IND, accepted at 1, 2 and 3 s; CHN has
     /// receipted 1, and 3 out of order; IND everything.
     fn three_messages_for_two(dir: &Path) {
@@ -2453,14 +2463,7 @@ mod tests {
         );
         let (_, c) = open_db(dir.path()).expect("reopen");
         assert_eq!(queued_for(&c, &pid("IND")).expect("queue"), 2);
-        let rewound: i64 = c
-            .query_row(
-                "SELECT COUNT(*) FROM journal WHERE kind = 'queue.rewound'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("journal");
-        assert_eq!(rewound, 2);
+        assert_eq!(journaled(&c, "queue.rewound"), 2);
     }
 
     /// A stopped relay's queue for one recipient moved back to a time: what it was
@@ -2493,14 +2496,7 @@ mod tests {
         let (_, c) = open_db(dir.path()).expect("reopen");
         assert_eq!(queued_for(&c, &chn).expect("queue"), 2);
         assert_eq!(queued_for(&c, &pid("IND")).expect("queue"), 2);
-        let rewound: i64 = c
-            .query_row(
-                "SELECT COUNT(*) FROM journal WHERE kind = 'queue.rewound'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("journal");
-        assert_eq!(rewound, 2);
+        assert_eq!(journaled(&c, "queue.rewound"), 2);
         drop(c);
         // Nothing accepted since then, or a participant never addressed: nothing changes.
         assert_eq!(
