@@ -217,13 +217,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// What [`restore`] did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Restored {
     /// The store now in place, and what was checked in it.
     pub store: Backup,
     /// The files of the store it replaced, renamed in the same directory (none if there was
     /// none, as after a lost disk).
     pub set_aside: Vec<PathBuf>,
+    /// The claim on the data directory, still held: work the caller does on the restored
+    /// store (a relay's queues moved back) happens before any service can start there.
+    pub claim: DirLock,
 }
 
 /// Puts the store copy `copy` (a file `hotline backup` wrote) in place of `dir/name`, for a
@@ -249,7 +252,7 @@ pub fn restore(
         let path = path.to_owned();
         move |source| StoreError::Io { path, source }
     };
-    let _claim = lock_dir(dir)?;
+    let claim = lock_dir(dir)?;
     let source = open_read_only(copy)?;
     let incoming = dir.join(format!(".{name}.restoring"));
     // Left by a restore that died before its rename: ours, since we hold the claim.
@@ -291,6 +294,7 @@ pub fn restore(
         Ok(()) => Ok(Restored {
             store,
             set_aside: moved.into_iter().map(|(_, to)| to).collect(),
+            claim,
         }),
         Err(e) => {
             for (from, to) in moved.iter().rev() {

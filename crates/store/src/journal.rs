@@ -439,6 +439,8 @@ mod backup_tests {
             "the WAL came along"
         );
         drop(aside);
+        // The first restore's claim ends with it.
+        drop(r);
 
         // A second restore under a name already used for a WAL: the store is renamed, the
         // WAL is not, and the renaming is undone.

@@ -168,6 +168,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     if is_relay {
         if redeliver_hours > 0 {
+            // Under the restore's claim, still held: no relay starts before this is done.
             redeliver_to_all(&data, r.store.journal.last_at_ms, redeliver_hours)?;
         }
         outln!(
@@ -188,10 +189,10 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 /// before `newest_ms` (the copy's newest journal entry, at most the backup's time). An
 /// acknowledgement made after the backup, of a message delivered before it, was lost with
 /// the relay's store if its sender had not fetched it; the recipient's node offers it again
-/// when the message arrives again. Nodes dedup by id and show nothing twice.
+/// when the message arrives again. Nodes dedup by id and show nothing twice. The caller
+/// holds the data directory's claim.
 fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<()> {
     let since_ms = newest_ms.saturating_sub(hours.saturating_mul(3_600_000));
-    let _claim = hotline_store::lock_dir(data)?;
     let rewound = hotline_relay::store::redeliver_all_since(data, since_ms, hotline_node::now_ms())
         .context("moving the recipients' queues back")?;
     let owed: u64 = rewound.iter().map(|(_, r)| r.messages).sum();
