@@ -138,8 +138,16 @@ CREATE TABLE IF NOT EXISTS relay_seq (
 
 /// Names `relay_seq`'s records by fingerprint alone: the first stores to have the table
 /// (from `d215f77`) named them `FINGERPRINT@ADDRESS`. Each fingerprint keeps the highest
-/// number any of its addresses recorded.
+/// number any of its addresses recorded. A read at every start; a write only once.
 fn rename_relay_records(conn: &Connection) -> Result<(), StoreError> {
+    let named_with_address: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM relay_seq WHERE instr(relay, '@') > 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !named_with_address {
+        return Ok(());
+    }
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO relay_seq (relay, seq)
