@@ -119,8 +119,8 @@ pub enum Fault {
     },
     /// Back the relay's store up at `backup_at_s` while it runs (`hotline backup`); at
     /// `at_s` SIGKILL the relay, empty its data directory (its disk was lost) and put that
-    /// backup there (`hotline restore`); restart it `restart_after_s` later. What it accepted in between is gone from
-    /// it, and must come back from the senders' nodes.
+    /// backup there (`hotline restore`); restart it `restart_after_s` later. What it
+    /// accepted in between is gone from it, and must come back from the senders' nodes.
     RestoreRelay {
         /// When the backup is taken.
         backup_at_s: f64,
