@@ -185,13 +185,11 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     # the unit) and let man(1) find the packaged man page for Documentation=.
     units="$work/units"
     mkdir -p "$units"
-    # The backup template is checked as its instance `relay` (the timer needs its service).
+    # The backup template is checked as its instance `relay`; the timer comes after the
+    # service, which its verification needs.
     for u in hotline-relay.service hotline-node.service hotline-backup@relay.service \
         hotline-backup@relay.timer; do
         sed "s#/usr/bin/hotline#$bin#" "$root/usr/lib/systemd/system/${u/@relay/@}" >"$units/$u"
-    done
-    for u in hotline-relay.service hotline-node.service hotline-backup@relay.service \
-        hotline-backup@relay.timer; do
         echo "== systemd-analyze verify $u"
         if ! out=$(MANPATH="$root/usr/share/man:" systemd-analyze verify "$units/$u" 2>&1) ||
             [ -n "$out" ]; then
