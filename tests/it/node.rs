@@ -2717,6 +2717,60 @@ async fn a_second_node_on_the_same_store_is_refused() {
     relay.shutdown().await;
 }
 
+/// A node's store is its participant's: KAZ's backup is refused by `hotline restore` in
+/// KGZ's data directory, and a node started as KGZ on KAZ's store (put there by hand)
+/// refuses to start, naming both, rather than show KAZ's messages to KGZ's officers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_another_members_store() {
+    let net = net();
+    let relay = net.relay().await;
+    let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let id = kaz.send("KGZ", "For KGZ only", &[]).await.unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    back_up(&net, "node-KAZ", "kaz-backup.db").await;
+    stop_node(kgz).await;
+
+    let restore = ["restore", "--from", "kaz-backup.db", "--data", "node-KGZ"];
+    let refused = hotline_cli(net.path(), &restore).await.unwrap();
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains(
+                "kaz-backup.db is KAZ's node store, but node-KGZ holds KGZ's: is this the right \
+                 backup"
+            ),
+        "{refused:?}"
+    );
+    let check = hotline_cli(net.path(), &["audit", "verify", "--data", "node-KGZ"])
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "KGZ's store is as it was: {check:?}"
+    );
+
+    let data = net.path().join("node-KGZ");
+    for f in ["node.db", "node.db-wal", "node.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::copy(net.path().join("kaz-backup.db"), data.join("node.db")).unwrap();
+    let config = net.path().join("KGZ.toml");
+    let node = Proc::spawn(
+        &["node", "--config", config.to_str().unwrap()],
+        net.path(),
+        "node-KGZ-on-KAZ.log",
+    )
+    .unwrap();
+    let (status, node) = node.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    let log = node.log();
+    assert!(!status.success(), "{status}: {log}");
+    assert!(
+        log.contains("node-KGZ/node.db is the store of KAZ, but this is KGZ"),
+        "{log}"
+    );
+    assert!(!log.contains("local API listening"), "{log}");
+    relay.shutdown().await;
+}
+
 /// A node restored from a backup no longer holds what it received since; the relay does,
 /// and `hotline relay redeliver` (run while the relay is stopped, refused while it runs)
 /// makes it deliver those messages again.
@@ -2753,7 +2807,7 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
         restored.status.success()
             && restored
                 .stdout
-                .starts_with("OK: node-KGZ/node.db restored from kgz-backup.db"),
+                .starts_with("OK: node-KGZ/node.db (KGZ's) restored from kgz-backup.db"),
         "{restored:?}"
     );
     // It says from when the relay should deliver again; that time is enough.

@@ -340,6 +340,7 @@ impl Node {
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let claim = hotline_store::lock_dir(&config.data_dir)?;
         let mut store = NodeStore::open(&config.data_dir)?;
+        store.claim_participant(&config.participant, now_ms())?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
         store.set_relay_names(
             config

@@ -161,6 +161,48 @@ fn rename_relay_records(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whose store this is: the participant recorded in `meta` at its first start since the
+/// record exists, or, in a store from before it, the author of the first message it signed,
+/// else of a receipt it signed. `None` for a store that has recorded, sent and receipted
+/// nothing. It only reads, so it serves a backup opened read-only too (`hotline restore`).
+pub fn store_participant(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Option<ParticipantId>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let recorded: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'participant'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(v) = recorded {
+        return String::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| corrupt("its participant record is not a participant id".into()));
+    }
+    let first = |sql: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(conn.query_row(sql, [], |r| r.get(0)).optional()?)
+    };
+    if let Some(bytes) = first("SELECT bytes FROM sent ORDER BY seq LIMIT 1")? {
+        return codec::decode::<Envelope>(&bytes, bytes.len())
+            .map(|e| Some(e.sender))
+            .map_err(|e| corrupt(format!("its first sent message does not decode: {e}")));
+    }
+    if let Some(bytes) = first("SELECT bytes FROM receipts_out LIMIT 1")? {
+        return codec::decode::<Receipt>(&bytes, bytes.len())
+            .map(|r| Some(r.recipient))
+            .map_err(|e| corrupt(format!("a receipt it signed does not decode: {e}")));
+    }
+    Ok(None)
+}
+
 /// What the operator asks to send; the store adds id, sequence number, sender and time.
 #[derive(Clone, Debug)]
 pub struct Draft {
@@ -658,6 +700,41 @@ impl NodeStore {
             quarantine,
             quarantine_max_bytes: crate::limits::QUARANTINE_MAX_BYTES,
             relay_names: Vec::new(),
+        })
+    }
+
+    /// Records that this is `me`'s store, or refuses it as another participant's
+    /// ([`StoreError::OtherParticipant`], by [`store_participant`]): a node started as KGZ on
+    /// KAZ's store (a backup restored into the wrong directory) would show KAZ's messages to
+    /// KGZ's officers, and submit KAZ's signed messages as its own. Called at every start,
+    /// before anything is served; it writes (journaled `store.participant`) only the first
+    /// time. A participant's key may change with the roster; its id does not.
+    pub fn claim_participant(&mut self, me: &ParticipantId, now_ms: u64) -> Result<(), StoreError> {
+        match store_participant(&self.conn, &self.path)? {
+            Some(holder) if holder != *me => {
+                return Err(StoreError::OtherParticipant {
+                    path: self.path.clone(),
+                    holder: holder.to_string(),
+                    configured: me.to_string(),
+                })
+            }
+            _ => {}
+        }
+        let recorded: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'participant')",
+            [],
+            |r| r.get(0),
+        )?;
+        if recorded {
+            return Ok(());
+        }
+        self.tx(|tx, j| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('participant', ?1)",
+                [me.as_str().as_bytes()],
+            )?;
+            j.append(tx, now_ms, "store.participant", me.as_str(), &[])?;
+            Ok(())
         })
     }
 
@@ -2546,5 +2623,85 @@ mod tests {
             .flat_map(|r| r.decode_unverified().unwrap().items)
             .collect();
         assert_eq!(covered, items, "every item once, in order");
+    }
+
+    fn claimed(store: &NodeStore) -> Vec<String> {
+        store
+            .conn
+            .prepare("SELECT subject FROM journal WHERE kind = 'store.participant'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_is_its_first_participants_and_refused_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store_participant(&store.conn, &store.path).unwrap(), None);
+        store.claim_participant(&pid("KGZ"), NOW).unwrap();
+        store.claim_participant(&pid("KGZ"), NOW + 1).unwrap();
+        assert_eq!(claimed(&store), ["KGZ"], "recorded once, journaled");
+        let err = store.claim_participant(&pid("KAZ"), NOW + 2).unwrap_err();
+        match &err {
+            StoreError::OtherParticipant {
+                holder, configured, ..
+            } => assert_eq!((holder.as_str(), configured.as_str()), ("KGZ", "KAZ")),
+            other => panic!("{other:?}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains("node.db") && text.contains("KGZ"), "{text}");
+        // Reopened, it is still KGZ's; the refusal changed nothing.
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert!(store.claim_participant(&pid("KAZ"), NOW + 3).is_err());
+        assert_eq!(claimed(&store), ["KGZ"]);
+        let path = dir.path().join(DB_FILE);
+        verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_before_the_record_is_known_by_what_it_signed() {
+        // KGZ sent a message (and acknowledged one): never claimed, it is KGZ's.
+        let dir = store_with_every_record();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store_participant(&store.conn, &store.path).unwrap(),
+            Some(pid("KGZ"))
+        );
+        assert!(matches!(
+            store.claim_participant(&pid("KAZ"), NOW),
+            Err(StoreError::OtherParticipant { .. })
+        ));
+        assert!(claimed(&store).is_empty(), "a refusal records nothing");
+        store.claim_participant(&pid("KGZ"), NOW).unwrap();
+        assert_eq!(claimed(&store), ["KGZ"]);
+
+        // One that only acknowledged: known by its receipt.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let received = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = received.decode_unverified().unwrap();
+        store
+            .store_deliveries(&[(received, Ok(env.clone()))], NOW)
+            .unwrap();
+        assert_eq!(
+            store_participant(&store.conn, &store.path).unwrap(),
+            None,
+            "a received message does not say whose store it is"
+        );
+        let key = SigningKey::from_bytes(&[3; 32]);
+        store
+            .acknowledge(&pid("KGZ"), &key, &env.id, "Duty officer", None, 1, NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store_participant(&store.conn, &store.path).unwrap(),
+            Some(pid("KGZ"))
+        );
+        assert!(store.claim_participant(&pid("TJK"), NOW).is_err());
     }
 }

@@ -59,6 +59,21 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The store belongs to another participant: a node's data directory holding another
+    /// node's store (a backup restored into the wrong directory, a directory copied to the
+    /// wrong machine). Serving it would show one member's messages to another.
+    #[error(
+        "{path} is the store of {holder}, but this is {configured}: is this the right data \
+         directory, and the right backup?"
+    )]
+    OtherParticipant {
+        /// The file.
+        path: PathBuf,
+        /// Whose store it is.
+        holder: String,
+        /// Who the node was configured as.
+        configured: String,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -97,17 +97,18 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let is_relay = {
+    // For a node's copy, whose store it is (hotline_node::store::store_participant).
+    let (is_relay, holder) = {
         let conn = hotline_store::open_read_only(&from)
             .with_context(|| format!("{}: cannot read the copy", from.display()))?;
         if hotline_relay::store::is_relay_store(&conn)? {
-            true
+            (true, None)
         } else if conn
             .prepare("SELECT 1 FROM inbox LIMIT 0")
             .and_then(|_| conn.prepare("SELECT 1 FROM journal LIMIT 0"))
             .is_ok()
         {
-            false
+            (false, hotline_node::store::store_participant(&conn, &from)?)
         } else {
             anyhow::bail!("{}: neither a relay's nor a node's store", from.display());
         }
@@ -132,6 +133,23 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
+    let current = data.join(name);
+    if let (Some(holder), true) = (&holder, current.exists()) {
+        // A node's copy put in another node's directory would show one member's messages
+        // to another; the node refuses such a store at start, and this refuses it now.
+        let conn = hotline_store::open_read_only(&current)
+            .with_context(|| format!("{}: cannot read the current store", current.display()))?;
+        if let Some(held) = hotline_node::store::store_participant(&conn, &current)? {
+            if held != *holder {
+                anyhow::bail!(
+                    "{} is {holder}'s node store, but {} holds {held}'s: is this the right \
+                     backup, and the right data directory?",
+                    from.display(),
+                    data.display()
+                );
+            }
+        }
+    }
     let stem = name.trim_end_matches(".db");
     let aside = copy_name(&format!("{stem}-replaced"), hotline_node::now_ms());
     let r = hotline_store::restore(&from, &data, name, &aside, |conn, path| {
@@ -142,13 +160,13 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     })
     .with_context(|| format!("restoring {} to {}", from.display(), data.display()))?;
-    let db = data.join(name);
     let newest = super::roster::format_utc(r.store.journal.last_at_ms);
-    tracing::info!(db = %db.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
+    tracing::info!(db = %current.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
+    let whose = holder.map(|h| format!(" ({h}'s)")).unwrap_or_default();
     outln!(
-        "OK: {} restored from {}: {} bytes, checked; journal {} entries, head {}, newest entry \
-         {newest}",
-        db.display(),
+        "OK: {}{whose} restored from {}: {} bytes, checked; journal {} entries, head {}, \
+         newest entry {newest}",
+        current.display(),
         from.display(),
         r.store.bytes,
         r.store.journal.entries,
