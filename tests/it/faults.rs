@@ -330,6 +330,58 @@ async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()
     Ok(())
 }
 
+/// A statement failing inside a commit (an insert, not the commit itself: a full disk while
+/// SQLite spills pages, a read error) refuses the whole batch with `StorageUnavailable`,
+/// the failing command included, so no node waits for an answer that never comes; and what
+/// the failed receipt took out of its recipient's queue is owed again, so the receipt
+/// offered again is stored and forwarded to the message's sender. The failure is a trigger
+/// added to the running relay's store, which its writer's statements pick up.
+#[tokio::test]
+async fn a_statement_failing_inside_a_commit_is_answered_and_loses_nothing() -> anyhow::Result<()> {
+    let net = Net::sec_kaz_kgz();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await?;
+    let mut kgz = net.client(addr, "KGZ").await?;
+    let m = kaz.send_to("KGZ", "to be receipted").await?;
+    let (got, _) = kgz.next_deliver().await?;
+    assert_eq!(got.digest(), m.digest());
+
+    let db = rusqlite::Connection::open(net.path().join("relay-data/relay.db"))?;
+    db.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON receipts
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )?;
+    let r = kgz
+        .receipt(
+            hotline_proto::ReceiptKind::Delivered,
+            std::slice::from_ref(&m),
+        )
+        .await?;
+    let refused = kgz
+        .receipt_answer(r.digest())
+        .await?
+        .expect_err("a receipt whose insert failed is refused");
+    assert_eq!(refused.code, RejectCode::StorageUnavailable, "{refused:?}");
+
+    db.execute_batch("DROP TRIGGER injected")?;
+    kgz.receipt_stored(
+        hotline_proto::ReceiptKind::Delivered,
+        std::slice::from_ref(&m),
+    )
+    .await?;
+    let (forwarded, _) = kaz.next_receipt().await?;
+    let items = forwarded.decode_unverified()?.items;
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].digest,
+        m.digest(),
+        "the sender learns of the delivery"
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
 /// A full disk under a node's store. A delivery it cannot store is neither shown nor
 /// receipted, and the node says why; it keeps running and answering its API (a message
 /// composed meanwhile is refused as `disk full`); it does not hammer the relay with

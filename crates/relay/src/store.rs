@@ -1359,9 +1359,13 @@ impl Writer {
             held: Vec::new(),
         };
         self.journal.begin();
+        // A statement that fails ends the transaction with the rest of the batch not run:
+        // the failing command and those after it are answered with the rest (below), so
+        // that no session waits for an answer that never comes.
+        let mut commands = batch.drain(..);
         let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
-            for cmd in batch.drain(..) {
+            for cmd in commands.by_ref() {
                 match cmd {
                     Command::Submit {
                         env,
@@ -1384,8 +1388,15 @@ impl Writer {
                             (&env, digest),
                             now,
                             &mut p,
-                        )?;
-                        p.replies.push((reply, answer));
+                        );
+                        match answer {
+                            Ok(answer) => p.replies.push((reply, answer)),
+                            Err(e) => {
+                                p.replies
+                                    .push((reply, unanswered(Subject::Message(env.id))));
+                                return Err(e);
+                            }
+                        }
                     }
                     Command::Receipt {
                         receipt,
@@ -1406,8 +1417,15 @@ impl Writer {
                             (&receipt, digest),
                             now,
                             &mut p,
-                        )?;
-                        p.replies.push((reply, answer));
+                        );
+                        match answer {
+                            Ok(answer) => p.replies.push((reply, answer)),
+                            Err(e) => {
+                                p.replies
+                                    .push((reply, unanswered(Subject::Receipt(digest))));
+                                return Err(e);
+                            }
+                        }
                     }
                     Command::ReceiptsStored {
                         participant,
@@ -1510,6 +1528,21 @@ impl Writer {
                 }
             }
             Err(e) => {
+                for cmd in commands {
+                    match cmd {
+                        Command::Submit { env, reply, .. } => {
+                            p.replies
+                                .push((reply, unanswered(Subject::Message(env.id))));
+                        }
+                        Command::Receipt { digest, reply, .. } => {
+                            p.replies
+                                .push((reply, unanswered(Subject::Receipt(digest))));
+                        }
+                        // No answer is owed: its receipts stay queued, and are forwarded
+                        // again.
+                        Command::ReceiptsStored { .. } => {}
+                    }
+                }
                 self.journal.rollback();
                 // What this batch's receipts took out of the queues is still owed.
                 let mut ix = self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -1535,6 +1568,12 @@ impl Writer {
             }
         }
     }
+}
+
+/// The answer of a command its batch's failed commit did not run (or stopped at): refused
+/// with the rest of the batch.
+fn unanswered(subject: Subject) -> RelayToNode {
+    reject(subject, RejectCode::StorageUnavailable, "")
 }
 
 /// Runs `sql` (an upsert taking a participant and a value) for each entry of `rows`.
@@ -1889,6 +1928,8 @@ fn store_receipt(
             if let Some(q) = &mut queue {
                 if q.remove(*rseq) {
                     removed.push(*rseq);
+                    // Put back if the batch's commit fails, whatever fails after this.
+                    p.removed.push((me.clone(), *rseq));
                     p.latencies_ms.push(now.saturating_sub(*at));
                     fresh = true;
                 }
@@ -1975,8 +2016,6 @@ fn store_receipt(
                 .execute(params![me.as_str(), rseq])?;
             queues.ahead.insert(me.clone());
         }
-        p.removed
-            .extend(removed.into_iter().map(|r| (me.clone(), r)));
     }
     if !senders.is_empty() {
         let frame = shared_frame(&RelayToNode::Receipt(signed.clone()))?;
