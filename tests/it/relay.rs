@@ -645,6 +645,45 @@ async fn silent_connection_is_closed_with_auth_timeout() {
     relay.shutdown().await;
 }
 
+/// A client that reads nothing the relay sends (a stream receive window of 0, kept alive by
+/// pings) and whose `Hello` is refused: the relay's `Error` frame can never leave, and the
+/// handshake deadline still closes the connection, so it does not hold a handshake slot
+/// (and a connection) for good.
+#[tokio::test]
+async fn a_refused_hello_whose_error_cannot_be_sent_is_closed_at_the_deadline() {
+    let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let addr = relay.local_addr();
+
+    let mut cfg = hotline_net::transport::client_quinn_config(
+        vec![net.fingerprint],
+        &hotline_net::transport::TransportLimits::default(),
+    )
+    .unwrap();
+    let mut deaf = quinn::TransportConfig::default();
+    deaf.stream_receive_window(quinn::VarInt::from_u32(0));
+    deaf.keep_alive_interval(Some(std::time::Duration::from_millis(50)));
+    cfg.transport_config(Arc::new(deaf));
+    let mut ep = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    ep.set_default_client_config(cfg);
+    let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT)
+        .await
+        .unwrap();
+    // KAZ's name, signed with a key that is not KAZ's: refused (PROTOCOL.md 6.4, rule 7).
+    let code = hello_with_binding(
+        &conn,
+        "KAZ",
+        &SigningKey::from_bytes(&[9; 32]),
+        hotline_net::channel_binding(&conn).unwrap(),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Revoked);
+    assert_flows(&mut kaz, &mut kgz, "after a deaf client")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 /// Sends a `Hello` whose proof names `binding` on `conn` and returns the close code.
 async fn hello_with_binding(
     conn: &quinn::Connection,

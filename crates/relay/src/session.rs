@@ -341,7 +341,8 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
     }
     let binding = hotline_net::channel_binding(conn)
         .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
-    let deadline = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(shared.config.limits.handshake_timeout_ms);
     let first = async {
         let (send, recv) = conn
             .accept_bi()
@@ -362,7 +363,7 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
             Err(e) => Err(net_end(e)),
         }
     };
-    let (hello, reader, mut writer) = match tokio::time::timeout(deadline, first).await {
+    let (hello, reader, mut writer) = match tokio::time::timeout_at(deadline, first).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(End::new(
@@ -375,13 +376,13 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
     let who = match check_hello(&roster, &hello, &binding) {
         Ok(p) => p,
         Err((code, detail)) => {
-            // Best effort: the close code says the same.
-            let _ = writer
-                .write(&RelayToNode::Error(ErrorFrame {
-                    code,
-                    detail: frame::detail(detail.clone()),
-                }))
-                .await;
+            // Best effort, within the handshake's deadline (a peer that reads nothing
+            // must not hold its handshake slot): the close code says the same.
+            let error = RelayToNode::Error(ErrorFrame {
+                code,
+                detail: frame::detail(detail.clone()),
+            });
+            let _ = tokio::time::timeout_at(deadline, writer.write(&error)).await;
             return Err(End::new(code, detail));
         }
     };
