@@ -2686,6 +2686,8 @@ async fn a_backup_directory_keeps_the_newest_copies() {
         new.starts_with("relay-2") && new.ends_with("Z.db"),
         "{names:?}"
     );
+    let copy = dir.join(new);
+    let before = std::fs::read(&copy).unwrap();
     let verified = hotline_cli(
         net.path(),
         &["audit", "verify", "--data", &format!("backups/{new}")],
@@ -2693,6 +2695,9 @@ async fn a_backup_directory_keeps_the_newest_copies() {
     .await
     .unwrap();
     assert!(verified.stdout.starts_with("OK:"), "{verified:?}");
+    // Checking a backup changes nothing in it, not even its journal mode.
+    assert!(std::fs::read(&copy).unwrap() == before, "the copy changed");
+    assert!(!dir.join(format!("{new}-wal")).exists());
     relay.shutdown().await;
 }
 

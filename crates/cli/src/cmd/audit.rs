@@ -47,7 +47,10 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify { data } => {
             let db = store_file(data)?;
-            let conn = hotline_store::open(&db, false)?;
+            // Read-only: checking a store (or the only backup) never changes it, not even
+            // its journal mode; the service's WAL beside it is read.
+            let conn = hotline_store::open_read_only(&db)?;
+            hotline_store::quick_check(&conn, &db)?;
             let report = hotline_store::verify_journal(&conn)
                 .with_context(|| format!("{}: audit journal does not verify", db.display()))?;
             let records = if hotline_relay::store::is_relay_store(&conn)? {
