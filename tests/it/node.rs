@@ -2777,10 +2777,22 @@ async fn a_node_refuses_another_members_store() {
 }
 
 /// A node restored from a backup no longer holds what it received since; the relay does,
-/// and `hotline relay redeliver` (run while the relay is stopped, refused while it runs)
-/// makes it deliver those messages again.
+/// and `hotline relay redeliver`, run on the stopped relay, makes it deliver those messages
+/// again at its next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
+    a_restored_node_gets_back_what_it_received(false).await;
+}
+
+/// As above, on the running relay (through its control socket): it closes the restored
+/// node's link, and the node, connecting again, is delivered those messages; nothing else
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_delivers_again_to_a_restored_node() {
+    a_restored_node_gets_back_what_it_received(true).await;
+}
+
+async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
     let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let data = net.path().join("node-KGZ");
@@ -2835,22 +2847,34 @@ async fn a_restored_node_gets_back_what_it_received_since_its_backup() {
         "--since",
         since.as_str(),
     ];
-    let running = hotline_cli(net.path(), &args).await.unwrap();
-    assert!(!running.status.success(), "{running:?}");
-    assert!(
-        running.stderr.contains("the relay is running"),
-        "{running:?}"
-    );
-    relay.shutdown().await;
-    let done = hotline_cli(net.path(), &args).await.unwrap();
-    assert!(done.status.success(), "{done:?}");
-    assert!(
-        done.stdout.starts_with("OK: 2 message(s) addressed to KGZ"),
-        "{done:?}"
-    );
-
-    let relay = net.relay().await;
-    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let (relay, mut kgz) = if relay_running {
+        let mut kgz = net.start_node("KGZ").await.unwrap();
+        kgz.connected().await.unwrap();
+        let done = hotline_cli(net.path(), &args).await.unwrap();
+        assert!(
+            done.status.success()
+                && done
+                    .stdout
+                    .starts_with("OK: 2 message(s) addressed to KGZ are being delivered"),
+            "{done:?}"
+        );
+        (relay, kgz)
+    } else {
+        relay.shutdown().await;
+        let done = hotline_cli(net.path(), &args).await.unwrap();
+        assert!(
+            done.status.success() && done.stdout.starts_with("OK: 2 message(s) addressed to KGZ"),
+            "{done:?}"
+        );
+        let relay = net.relay().await;
+        (relay, net.start_node("KGZ").await.unwrap())
+    };
     inbox_holds_exactly(&mut kgz, &ids, &[]).await;
+    if relay_running {
+        // KAZ's link was not touched: it still sends.
+        let id = kaz.send("KGZ", "After the redelivery", &[]).await.unwrap();
+        inbox_holds_exactly(&mut kgz, &[id], &ids).await;
+        assert_eq!(kaz.proc.count_lines(&["relay link lost"]), 0);
+    }
     relay.shutdown().await;
 }

@@ -645,6 +645,66 @@ async fn silent_connection_is_closed_with_auth_timeout() {
     relay.shutdown().await;
 }
 
+/// The running relay's control socket: only its owner may use it, it refuses what is not a
+/// request with a reason (changing nothing, and going on serving), and it is gone once the
+/// relay has stopped.
+#[tokio::test]
+async fn the_control_socket_is_private_refuses_bad_requests_and_goes_with_the_relay() {
+    use hotline_relay::admin::{ask, Answer, Request, SOCKET_FILE};
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let data = net.path().join("relay-data");
+    let path = data.join(SOCKET_FILE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let sock = path.clone();
+    let raw = move |line: &[u8]| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(line).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(&s).read_line(&mut answer).unwrap();
+        answer
+    };
+    let (garbage, long) =
+        tokio::task::spawn_blocking(move || (raw(b"drop everything\n"), raw(&[b'x'; 5000])))
+            .await
+            .unwrap();
+    assert!(
+        garbage.starts_with(r#"{"answer":"refused","error":"not a request"#),
+        "{garbage}"
+    );
+    assert!(
+        long.contains("a request is one line of at most 4096 bytes"),
+        "{long}"
+    );
+    let data2 = data.clone();
+    let bad_id = tokio::task::spawn_blocking(move || {
+        ask(
+            &data2,
+            &Request::Redeliver {
+                to: Some("not an id!".into()),
+                since_ms: 0,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(&bad_id, Answer::Refused { error } if error.starts_with("to: ")),
+        "{bad_id:?}"
+    );
+    assert_flows(&mut kaz, &mut kgz, "after bad control requests")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+    assert!(!path.exists(), "the socket is removed at shutdown");
+}
+
 /// A client that reads nothing the relay sends (a stream receive window of 0, kept alive by
 /// pings) and whose `Hello` is refused: the relay's `Error` frame can never leave, and the
 /// handshake deadline still closes the connection, so it does not hold a handshake slot

@@ -207,6 +207,14 @@ impl Hub {
         mailbox
     }
 
+    /// Closes `participant`'s session, if one is registered (code `Normal`, with `reason`):
+    /// its node connects again, and its new session delivers from the start of its queue.
+    pub(crate) fn close(&self, participant: &ParticipantId, reason: &[u8]) {
+        if let Some(e) = self.lock().get(participant) {
+            e.conn.close(ErrorCode::Normal.close_code().into(), reason);
+        }
+    }
+
     /// Removes a session if it is still the registered one.
     pub(crate) fn unregister(&self, participant: &ParticipantId, conn_id: u64) {
         let mut map = self.lock();

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod admission;
 mod checkpoint;
 pub mod config;
@@ -287,6 +288,7 @@ impl Relay {
             keepalive_ms: config.limits.keepalive_ms,
             peer_bidi_streams: 1,
         };
+        let simulated = hosting.socket.is_some();
         let endpoint = match hosting.socket {
             None => hotline_net::transport::server_endpoint(config.listen, &identity, &transport)?,
             Some(socket) => {
@@ -299,6 +301,23 @@ impl Relay {
         info!(addr = %local_addr, fingerprint = %identity.fingerprint(), "relay listening");
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // The control socket (not in a simulation, whose sockets are not the host's).
+        if !simulated {
+            let path = config.data_dir.join(admin::SOCKET_FILE);
+            match admin::bind(&path) {
+                Ok(listener) => {
+                    tokio::spawn(admin::serve(
+                        listener,
+                        path,
+                        cmd_tx.downgrade(),
+                        shutdown_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "no control socket: `hotline relay redeliver` will need this relay stopped");
+                }
+            }
+        }
         let metrics_addr = match config.metrics_listen {
             None => None,
             Some(addr) => {

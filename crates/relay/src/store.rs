@@ -428,6 +428,9 @@ pub fn queued_for(conn: &Connection, recipient: &ParticipantId) -> Result<usize,
     Ok(load_queues(conn)?.index.len(recipient))
 }
 
+/// Each recipient's [`Rewound`], by id: what [`redeliver_all_since`] did.
+pub type RewoundAll = Vec<(ParticipantId, Rewound)>;
+
 /// What [`redeliver_since`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewound {
@@ -476,7 +479,7 @@ pub fn redeliver_all_since(
     data_dir: &Path,
     since_ms: u64,
     now_ms: u64,
-) -> Result<Vec<(ParticipantId, Rewound)>, StoreError> {
+) -> Result<RewoundAll, StoreError> {
     rewind(data_dir, None, since_ms, now_ms)
 }
 
@@ -487,11 +490,25 @@ fn rewind(
     only: Option<&ParticipantId>,
     since_ms: u64,
     now_ms: u64,
-) -> Result<Vec<(ParticipantId, Rewound)>, StoreError> {
+) -> Result<RewoundAll, StoreError> {
     let (_, mut conn) = open_db(data_dir)?;
     // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
+    let (rewound, _) = rewind_in(&tx, &mut journal, only, since_ms, now_ms)?;
+    tx.commit()?;
+    Ok(rewound)
+}
+
+/// [`rewind`]'s work in transaction `tx` (the caller commits it): what each recipient is
+/// now owed and, if any cursor moved, the queues as the store now holds them.
+fn rewind_in(
+    tx: &Transaction<'_>,
+    journal: &mut Journal,
+    only: Option<&ParticipantId>,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<(RewoundAll, Option<LoadedQueues>), StoreError> {
     let first: Option<i64> = tx.query_row(
         "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
         [time_key(since_ms)],
@@ -513,7 +530,7 @@ fn rewind(
     }
     let Some(first) = first else {
         // Nothing accepted since then: nothing changes.
-        return Ok(cursors
+        let same = cursors
             .into_iter()
             .map(|(who, c)| {
                 let same = Rewound {
@@ -523,7 +540,8 @@ fn rewind(
                 };
                 (who, same)
             })
-            .collect());
+            .collect();
+        return Ok((same, None));
     };
     let mut moved = Vec::with_capacity(cursors.len());
     for (who, cursor_was) in cursors {
@@ -539,12 +557,12 @@ fn rewind(
         moved.push((who, cursor_was, cursor));
     }
     // What the relay will owe each at its next start, counted as that start rebuilds it.
-    let queues = load_queues(&tx)?;
+    let queues = load_queues(tx)?;
     let mut rewound = Vec::with_capacity(moved.len());
     for (who, cursor_was, cursor) in moved {
         let messages = queues.index.len(&who) as u64;
         journal.append(
-            &tx,
+            tx,
             now_ms,
             "queue.rewound",
             who.as_str(),
@@ -558,8 +576,7 @@ fn rewind(
         };
         rewound.push((who, r));
     }
-    tx.commit()?;
-    Ok(rewound)
+    Ok((rewound, Some(queues)))
 }
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
@@ -653,6 +670,22 @@ pub(crate) enum Command {
         participant: ParticipantId,
         digests: Vec<Digest>,
     },
+    /// Deliver again to `only` (or to every recipient) what was accepted since `since_ms`
+    /// ([`redeliver_since`], on the running relay: `hotline relay redeliver`). Committed in
+    /// a transaction of its own, after what came before it.
+    Rewind {
+        only: Option<ParticipantId>,
+        since_ms: u64,
+        reply: tokio::sync::oneshot::Sender<Result<RewoundAll, String>>,
+    },
+}
+
+/// The answer of a [`Command::Rewind`] that reached a batch's commit, which never runs one
+/// (`Writer::step` takes them out first).
+fn rewind_not_here(cmd: Command) {
+    if let Command::Rewind { reply, .. } = cmd {
+        let _ = reply.send(Err("internal: a rewind reached a batch".into()));
+    }
 }
 
 /// What the writer commits now of a batch it has just drained ([`plan`]).
@@ -1290,6 +1323,28 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+                let rewinds: Vec<Command> = batch
+                    .extract_if(.., |c| matches!(c, Command::Rewind { .. }))
+                    .collect();
+                if !rewinds.is_empty() {
+                    // An operator's rewind, rare: what came with it commits first, all of
+                    // it, and then each rewind in a transaction of its own.
+                    if !batch.is_empty() {
+                        self.commit_batch(batch);
+                    }
+                    *deadline = None;
+                    for r in rewinds {
+                        if let Command::Rewind {
+                            only,
+                            since_ms,
+                            reply,
+                        } = r
+                        {
+                            let _ = reply.send(self.rewind(only.as_ref(), since_ms));
+                        }
+                    }
+                    return true;
+                }
                 let is_submission = |c: &Command| matches!(c, Command::Submit { .. });
                 let submissions = batch.iter().filter(|c| is_submission(c)).count();
                 let Plan {
@@ -1322,6 +1377,49 @@ impl Writer {
                 true
             }
         }
+    }
+
+    /// [`Command::Rewind`]: moves the cursors back in one transaction (journaled
+    /// `queue.rewound`), installs the queues as the store then holds them (the writer is
+    /// between batches, so they are the in-memory queues plus what was moved back), and
+    /// closes the sessions of the recipients whose queues grew: their nodes connect again,
+    /// and a new session delivers from the start of its queue.
+    fn rewind(
+        &mut self,
+        only: Option<&ParticipantId>,
+        since_ms: u64,
+    ) -> Result<RewoundAll, String> {
+        self.journal.begin();
+        let done = (|| {
+            let tx = self.conn.transaction()?;
+            let r = rewind_in(&tx, &mut self.journal, only, since_ms, crate::now_ms())?;
+            tx.commit()?;
+            Ok::<_, StoreError>(r)
+        })();
+        let (rewound, loaded) = match done {
+            Ok(r) => r,
+            Err(e) => {
+                self.journal.rollback();
+                tracing::error!(error = %e, "moving queues back failed; nothing changed");
+                return Err(format!("relay storage: {e}"));
+            }
+        };
+        if let Some(loaded) = loaded {
+            self.cursors = loaded.cursors;
+            self.ahead = loaded.ahead;
+            *self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
+            self.publish_depths();
+        }
+        for (who, r) in &rewound {
+            if r.cursor < r.cursor_was {
+                tracing::info!(recipient = %who, since_ms, cursor_was = r.cursor_was, cursor = r.cursor, owed = r.messages, "queue moved back");
+                self.ctx.hub.close(
+                    who,
+                    b"the relay moved this participant's queue back: connect again to be delivered again",
+                );
+            }
+        }
+        Ok(rewound)
     }
 
     /// Logs refused forwards of receipts for messages not held here, throttled (the metric
@@ -1442,6 +1540,7 @@ impl Writer {
                             *p.forward_delta.entry(participant).or_default() -= n;
                         }
                     }
+                    rewind @ Command::Rewind { .. } => rewind_not_here(rewind),
                 }
             }
             // Each moved cursor, once per batch rather than once per message, in the same
@@ -1541,6 +1640,7 @@ impl Writer {
                         // No answer is owed: its receipts stay queued, and are forwarded
                         // again.
                         Command::ReceiptsStored { .. } => {}
+                        rewind @ Command::Rewind { .. } => rewind_not_here(rewind),
                     }
                 }
                 self.journal.rollback();

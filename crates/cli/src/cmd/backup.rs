@@ -195,8 +195,8 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         );
     } else {
         outln!(
-            "next: start the node. What it received after {newest} is not in the copy: with the \
-             relay stopped, `hotline relay redeliver --config relay.toml --to ID --since \
+            "next: start the node. What it received after {newest} is not in the copy: on the \
+             relay's machine, `hotline relay redeliver --config relay.toml --to ID --since \
              {newest}` has the relay deliver it again (OPERATIONS.md 6.5)"
         );
     }

@@ -57,10 +57,13 @@ enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
-    /// For a node restored from a backup: make the (stopped) relay deliver again to it every
-    /// message addressed to it that the relay accepted since a time (take the backup's
-    /// time, or earlier), at its next connection. The node keeps what it still holds and
-    /// stores the rest as new. Refused while the relay runs.
+    /// For a node restored from a backup: make the relay deliver again to it every message
+    /// addressed to it that the relay accepted since a time (take the backup's time, or
+    /// earlier). The node keeps what it still holds and stores the rest as new. A running
+    /// relay is asked through its control socket (`admin.sock` in its data directory; run
+    /// this as the service's account or root) and closes the node's link, so that it
+    /// connects again and is delivered again; a stopped relay's store is changed directly,
+    /// for its next start.
     Redeliver {
         /// The relay configuration file (its `data_dir` holds the store).
         #[arg(long, short)]
@@ -149,10 +152,9 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
         );
     }
     let _claim = match hotline_store::lock_dir(&config.data_dir) {
-        Err(hotline_store::StoreError::Locked { path }) => anyhow::bail!(
-            "the relay is running ({} is locked): stop it first (systemctl stop hotline-relay), then start it again after this",
-            path.display()
-        ),
+        Err(hotline_store::StoreError::Locked { .. }) => {
+            return redeliver_running(&config.data_dir, &to, since, since_ms)
+        }
         other => other?,
     };
     let r = hotline_relay::store::redeliver_since(
@@ -168,6 +170,44 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
         outln!(
             "OK: {} message(s) addressed to {to} will be delivered to it again at its next connection (start the relay)",
             r.messages
+        );
+    }
+    Ok(())
+}
+
+/// `hotline relay redeliver` on a running relay: asked through its control socket.
+fn redeliver_running(
+    data_dir: &std::path::Path,
+    to: &hotline_proto::ParticipantId,
+    since: &str,
+    since_ms: u64,
+) -> anyhow::Result<()> {
+    use hotline_relay::admin::{ask, Answer, Request};
+    let request = Request::Redeliver {
+        to: Some(to.to_string()),
+        since_ms,
+    };
+    let answer = ask(data_dir, &request).context(
+        "the relay is running (its data directory is locked) but its control socket does not \
+         answer; run this as the service's account or root (sudo -u hotline …), or stop the \
+         relay first",
+    )?;
+    let rewound = match answer {
+        Answer::Redelivered { rewound } => rewound,
+        Answer::Refused { error } => anyhow::bail!("the relay refused: {error}"),
+    };
+    let messages: u64 = rewound
+        .iter()
+        .filter(|r| r.recipient == to.as_str())
+        .map(|r| r.messages)
+        .sum();
+    tracing::info!(participant = %to, since_ms, messages, "queue moved back by the running relay");
+    if messages == 0 {
+        outln!("nothing to deliver again: no message addressed to {to} was accepted since {since}");
+    } else {
+        outln!(
+            "OK: {messages} message(s) addressed to {to} are being delivered to it again (the \
+             relay closed its link, if it had one; its node connects again)"
         );
     }
     Ok(())

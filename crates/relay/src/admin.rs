@@ -1,0 +1,266 @@
+//! The running relay's control socket, `admin.sock` in its data directory: what an operator
+//! asks of a running relay that changes its queues. Today that is one thing, delivering
+//! again what was accepted since a time (`hotline relay redeliver`, after a node was
+//! restored from a backup), which before needed the relay stopped, and so every member's
+//! link down, for one member's restore.
+//!
+//! A Unix socket, mode 0600, in the data directory (0700, the service's): only the service's
+//! account and root can connect, so it needs no token, and nothing reaches it from the
+//! network. One request a connection, one JSON line each way; the request is bounded in size
+//! and time, and connections are served one at a time. The store writer does the work
+//! ([`crate::store::Command::Rewind`]); this task holds only a weak handle on its channel,
+//! so it never keeps the writer from stopping at shutdown.
+
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use hotline_proto::ParticipantId;
+
+use crate::store::{Command, Rewound};
+
+/// The socket's file name in the data directory.
+pub const SOCKET_FILE: &str = "admin.sock";
+/// The most a request line may hold.
+const REQUEST_BYTES_MAX: u64 = 4096;
+/// How long a connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may take: the writer finishes its batch, then moves the queues back
+/// and reloads them (about 0.3 s for 100,000 queued messages on the benchmark machine).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What an operator asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Deliver again to `to` (every recipient if `None`) each message addressed to it that
+    /// the relay accepted at or after `since_ms` ([`crate::store::redeliver_since`]).
+    Redeliver {
+        /// The participant.
+        to: Option<String>,
+        /// Milliseconds since the Unix epoch, by the relay's clock.
+        since_ms: u64,
+    },
+}
+
+/// What the relay answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// The queues moved back: what each recipient is now owed. The sessions of those whose
+    /// queues grew were closed; their nodes connect again and are delivered again.
+    Redelivered {
+        /// By recipient.
+        rewound: Vec<RewoundQueue>,
+    },
+    /// Refused, and why; nothing changed.
+    Refused {
+        /// Why.
+        error: String,
+    },
+}
+
+/// One recipient's queue after a redelivery ([`Rewound`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewoundQueue {
+    /// The participant.
+    pub recipient: String,
+    /// Messages it is now owed.
+    pub messages: u64,
+    /// Its cursor before.
+    pub cursor_was: i64,
+    /// Its cursor now.
+    pub cursor: i64,
+}
+
+/// Binds the socket at `path`, replacing a file left there by a relay that did not stop
+/// cleanly (the caller holds the data directory's claim, so no other relay uses it), mode
+/// 0600.
+pub(crate) fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests on `listener` until `shutdown`, then removes the socket file.
+pub(crate) async fn serve(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    writer: mpsc::WeakSender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if let Err(e) = answer(stream, &writer).await {
+                        warn!(error = %e, "admin socket: a request was not answered");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "admin socket: accept failed; no more requests are taken");
+                    break;
+                }
+            },
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Reads one request from `stream`, has it done, writes the answer.
+async fn answer(
+    stream: tokio::net::UnixStream,
+    writer: &mpsc::WeakSender<Command>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut limited = tokio::io::BufReader::new(read.take(REQUEST_BYTES_MAX));
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await;
+    let answer = match read {
+        Err(_) => Answer::Refused {
+            error: format!("no request within {} s", REQUEST_TIMEOUT.as_secs()),
+        },
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if !line.ends_with(b"\n") => Answer::Refused {
+            error: format!("a request is one line of at most {REQUEST_BYTES_MAX} bytes"),
+        },
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Err(e) => Answer::Refused {
+                error: format!("not a request: {e}"),
+            },
+            Ok(request) => handle(request, writer).await,
+        },
+    };
+    let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read"))?
+}
+
+async fn handle(request: Request, writer: &mpsc::WeakSender<Command>) -> Answer {
+    let refused = |error: String| Answer::Refused { error };
+    let Request::Redeliver { to, since_ms } = request;
+    let only = match to.as_deref().map(ParticipantId::new).transpose() {
+        Ok(only) => only,
+        Err(e) => return refused(format!("to: {e}")),
+    };
+    info!(to = ?to, since_ms, "admin socket: deliver again requested");
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::Rewind {
+        only,
+        since_ms,
+        reply,
+    };
+    // Upgraded only to send: the writer stops once every strong sender is gone.
+    let Some(tx) = writer.upgrade() else {
+        return refused("the relay is stopping".into());
+    };
+    if tx.send(cmd).await.is_err() {
+        return refused("the relay is stopping".into());
+    }
+    drop(tx);
+    match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        Err(_) => refused(format!(
+            "the store writer did not answer within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        )),
+        Ok(Err(_)) => refused("the store writer stopped".into()),
+        Ok(Ok(Err(e))) => refused(e),
+        Ok(Ok(Ok(rewound))) => Answer::Redelivered {
+            rewound: rewound
+                .into_iter()
+                .map(|(who, r): (ParticipantId, Rewound)| RewoundQueue {
+                    recipient: who.to_string(),
+                    messages: r.messages,
+                    cursor_was: r.cursor_was,
+                    cursor: r.cursor,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Why [`ask`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// Nothing listens on the socket (the relay is not running, or runs without it).
+    #[error("{path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The exchange failed, or the answer was not one.
+    #[error("{path}: {detail}")]
+    Exchange {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Asks the relay whose data directory is `data_dir` (a blocking call, for the CLI).
+pub fn ask(data_dir: &Path, request: &Request) -> Result<Answer, AskError> {
+    let path = data_dir.join(SOCKET_FILE);
+    let exchange = |detail: String| AskError::Exchange {
+        path: path.clone(),
+        detail,
+    };
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| AskError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT + REQUEST_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
+        .map_err(|e| exchange(e.to_string()))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| exchange(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| exchange(format!("sending the request: {e}")))?;
+    let mut answer = Vec::new();
+    std::io::BufReader::new(std::io::Read::take(&stream, 1 << 20))
+        .read_until(b'\n', &mut answer)
+        .map_err(|e| exchange(format!("reading the answer: {e}")))?;
+    serde_json::from_slice(&answer).map_err(|e| exchange(format!("not an answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_answers_are_one_json_line_each() {
+        let r = Request::Redeliver {
+            to: Some("KGZ".into()),
+            since_ms: 5,
+        };
+        let text = serde_json::to_string(&r).expect("encode");
+        assert_eq!(text, r#"{"op":"redeliver","to":"KGZ","since_ms":5}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).expect("decode"), r);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"drop_all"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"redeliver","since_ms":1,"x":1}"#).is_err()
+        );
+        let a = Answer::Refused { error: "no".into() };
+        let text = serde_json::to_string(&a).expect("encode");
+        assert_eq!(text, r#"{"answer":"refused","error":"no"}"#);
+    }
+}
