@@ -2203,6 +2203,43 @@ async fn a_node_survives_a_relay_that_sends_garbage() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A relay whose `Welcome` names a last sequence number above the highest an envelope may
+/// carry cannot leave the node unable to send: the node ends that link as a protocol
+/// violation, keeps its counter, and at its next connection sends its next message with
+/// number 1. (Taken as a floor, the number made every later send overflow, for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_naming_a_sequence_number_past_the_highest_cannot_stop_a_node_sending() {
+    use hotline_proto::frame::{ErrorCode, NodeToRelay, Welcome};
+    let net = net();
+    let welcome = Welcome {
+        last_seq: hotline_proto::Seq(u64::MAX),
+        ..Impostor::welcome()
+    };
+    let (relay, mut kaz) = net
+        .node_with_impostor_welcoming("KAZ", NodeSetup::default(), welcome)
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["above the highest an envelope may carry"])
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&relay.conn).await.unwrap(),
+        ErrorCode::ProtocolViolation
+    );
+    // Back after its pause, to a relay that welcomes it as usual.
+    let mut relay = relay.next_connection().await.unwrap();
+    let id = kaz.send("KGZ", "Still sending", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    assert_eq!((env.id.to_string(), env.seq.0), (id, 1));
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A link that hears nothing from its relay (here the relay's packets stop reaching the
 /// node, while the node's still reach the relay) is probed with `Ping` frames: each is a
 /// fresh packet, which a relay that restarted would answer at once with a stateless reset,

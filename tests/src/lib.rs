@@ -1114,6 +1114,17 @@ impl Net {
         id: &str,
         setup: NodeSetup,
     ) -> anyhow::Result<(Impostor, NodeProc)> {
+        self.node_with_impostor_welcoming(id, setup, Impostor::welcome())
+            .await
+    }
+
+    /// As `node_with_impostor_setup`, the node's `Hello` answered with `welcome`.
+    pub async fn node_with_impostor_welcoming(
+        &self,
+        id: &str,
+        setup: NodeSetup,
+        welcome: hotline_proto::frame::Welcome,
+    ) -> anyhow::Result<(Impostor, NodeProc)> {
         let endpoint = self.impostor_endpoint()?;
         let setup = NodeSetup {
             relays: vec![endpoint.local_addr()?],
@@ -1121,7 +1132,7 @@ impl Net {
         };
         self.node_config_with(id, &setup);
         let node = self.start_node(id).await?;
-        Ok((Impostor::greet(endpoint).await?, node))
+        Ok((Impostor::greet(endpoint, welcome).await?, node))
     }
 
     /// As `node_with_impostor`, with the node's packets passing through a `DeafLink`.
@@ -1133,7 +1144,11 @@ impl Net {
         let link = DeafLink::start(endpoint.local_addr()?).await?;
         self.node_config(id, link.listen);
         let node = self.start_node(id).await?;
-        Ok((Impostor::greet(endpoint).await?, node, link))
+        Ok((
+            Impostor::greet(endpoint, Impostor::welcome()).await?,
+            node,
+            link,
+        ))
     }
 
     fn impostor_endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
@@ -1200,8 +1215,21 @@ impl Drop for DeafLink {
 }
 
 impl Impostor {
-    /// Accepts the next connection on `endpoint` and answers its `Hello` with a `Welcome`.
-    async fn greet(endpoint: quinn::Endpoint) -> anyhow::Result<Self> {
+    /// The `Welcome` an impostor answers with unless told otherwise: its clock, no roster,
+    /// `last_seq` 0.
+    pub fn welcome() -> hotline_proto::frame::Welcome {
+        hotline_proto::frame::Welcome {
+            relay_time_ms: now_ms(),
+            last_seq: Seq(0),
+            roster: None,
+        }
+    }
+
+    /// Accepts the next connection on `endpoint` and answers its `Hello` with `welcome`.
+    async fn greet(
+        endpoint: quinn::Endpoint,
+        welcome: hotline_proto::frame::Welcome,
+    ) -> anyhow::Result<Self> {
         let conn = tokio::time::timeout(EVENT_TIMEOUT, async {
             endpoint
                 .accept()
@@ -1219,13 +1247,7 @@ impl Impostor {
             Some(NodeToRelay::Hello(_)) => {}
             other => bail!("expected a Hello, got {other:?}"),
         }
-        writer
-            .write(&RelayToNode::Welcome(hotline_proto::frame::Welcome {
-                relay_time_ms: now_ms(),
-                last_seq: Seq(0),
-                roster: None,
-            }))
-            .await?;
+        writer.write(&RelayToNode::Welcome(welcome)).await?;
         Ok(Self {
             endpoint,
             conn,
@@ -1236,7 +1258,7 @@ impl Impostor {
 
     /// Waits for the node's next connection (once this one has ended) and greets it.
     pub async fn next_connection(self) -> anyhow::Result<Self> {
-        Self::greet(self.endpoint).await
+        Self::greet(self.endpoint, Self::welcome()).await
     }
 
     /// The node's next frame (at most EVENT_TIMEOUT).

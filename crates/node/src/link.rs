@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use hotline_net::{NetError, Session};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RejectCode, RelayToNode, Subject};
+use hotline_proto::limits::SEQ_MAX;
 use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
 use crate::events::Event;
@@ -301,6 +302,20 @@ async fn serve(
         writer,
         welcome,
     } = session;
+    // A number above the highest an envelope may carry is no relay's record: a hostile or
+    // broken relay's. Taken as a floor it would leave this node no number to sign with, on
+    // every link and after restarts, so it ends the link as any bad frame does.
+    if welcome.last_seq.0 > SEQ_MAX {
+        error!(
+            relay = idx,
+            last_seq = welcome.last_seq.0,
+            "the relay's welcome names a last sequence number above the highest an envelope may carry (2^63 - 1): a protocol violation; ending the link, this node's counter unchanged"
+        );
+        return Err(NetError::Protocol(format!(
+            "Welcome.last_seq {} is above the highest sequence number, {SEQ_MAX}",
+            welcome.last_seq.0
+        )));
+    }
     // The relay's last accepted sequence number is a floor for ours: a node restored from an
     // old backup must not reuse numbers the relay has seen.
     match state.store().raise_seq_floor(welcome.last_seq.0) {

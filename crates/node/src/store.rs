@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use hotline_proto::frame::{Accepted, RejectCode};
+use hotline_proto::limits::SEQ_MAX;
 use hotline_proto::{
     codec, Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptItem,
     ReceiptKind, Roster, Seq, Signature, Signed, SigningKey, Verified, PROTOCOL_VERSION,
@@ -396,6 +397,15 @@ fn current_seq(conn: &Connection) -> Result<u64, StoreError> {
         })
         .optional()?
         .unwrap_or(0))
+}
+
+/// The number after `last`: `SeqExhausted` if none may follow it (an envelope carries at
+/// most `SEQ_MAX`), rather than a number no envelope may carry, or an overflow.
+fn next_seq(last: u64) -> Result<u64, StoreError> {
+    match last.checked_add(1) {
+        Some(next) if next <= SEQ_MAX => Ok(next),
+        _ => Err(StoreError::SeqExhausted { last }),
+    }
 }
 
 fn set_seq(conn: &Connection, seq: u64) -> Result<(), StoreError> {
@@ -814,7 +824,8 @@ impl NodeStore {
     }
 
     /// Takes the next sequence number, signs, and stores the message with an outbox entry
-    /// per relay and its expected recipients, all in one transaction.
+    /// per relay and its expected recipients, all in one transaction. A counter at `SEQ_MAX`
+    /// has no next number: `SeqExhausted`, and nothing is stored.
     pub fn compose(
         &mut self,
         me: &ParticipantId,
@@ -825,7 +836,7 @@ impl NodeStore {
         now_ms: u64,
     ) -> Result<Result<Signed<Envelope>, hotline_proto::EncodeError>, StoreError> {
         self.tx(|tx, j| {
-            let seq = current_seq(tx)? + 1;
+            let seq = next_seq(current_seq(tx)?)?;
             let env = Envelope {
                 version: PROTOCOL_VERSION,
                 id: MessageId::generate(now_ms),
@@ -889,8 +900,13 @@ impl NodeStore {
     }
 
     /// Raises the sequence counter to at least `floor` (the relay's last accepted number for
-    /// this participant). Returns whether it moved.
+    /// this participant). Returns whether it moved. A floor above `SEQ_MAX`, which no relay
+    /// can have accepted, is refused (`SeqExhausted`) and changes nothing: taken, it would
+    /// leave this node no number to sign with.
     pub fn raise_seq_floor(&mut self, floor: u64) -> Result<bool, StoreError> {
+        if floor > SEQ_MAX {
+            return Err(StoreError::SeqExhausted { last: floor });
+        }
         if floor <= current_seq(&self.conn)? {
             return Ok(false);
         }
@@ -971,7 +987,9 @@ impl NodeStore {
     /// every outbox it is in. It is signed again only if no relay has accepted it, the
     /// refused number is at or below `floor` (so a relay that keeps refusing cannot make the
     /// node count up without end), and those are still the bytes stored (another relay's
-    /// refusal may have had it signed again already: then it is only offered again).
+    /// refusal may have had it signed again already: then it is only offered again). If no
+    /// number may follow the counter and `floor` (`SEQ_MAX`), `SeqExhausted`, and nothing
+    /// changes.
     pub fn resequence(
         &mut self,
         id: &MessageId,
@@ -1002,7 +1020,7 @@ impl NodeStore {
             }
             let mut env = decode_stored(&signed)?;
             let last = current_seq(tx)?;
-            let fresh = last.max(floor) + 1;
+            let fresh = next_seq(last.max(floor))?;
             env.seq = Seq(fresh);
             let signed = Signed::sign(&env, key)
                 .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
@@ -2079,6 +2097,66 @@ mod tests {
         // Reopened, every stored record is one its journal holds.
         drop(store);
         NodeStore::open(dir.path()).unwrap();
+    }
+
+    /// A floor above the highest number an envelope may carry is refused and changes
+    /// nothing; a counter at that number (or past it, in a store written before floors were
+    /// checked) composes and signs again nothing, with an error that says so, not an
+    /// overflow.
+    #[test]
+    fn a_counter_at_the_highest_sequence_number_signs_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ")]);
+        let key = SigningKey::from_bytes(&[1; 32]);
+        fn exhausted<T: std::fmt::Debug>(r: Result<T, StoreError>) -> u64 {
+            match r {
+                Err(StoreError::SeqExhausted { last }) => last,
+                other => panic!("not SeqExhausted: {other:?}"),
+            }
+        }
+        for floor in [SEQ_MAX + 1, u64::MAX] {
+            assert_eq!(exhausted(store.raise_seq_floor(floor)), floor);
+            assert_eq!(
+                current_seq(&store.conn).unwrap(),
+                0,
+                "floor {floor} not taken"
+            );
+        }
+        assert!(store.raise_seq_floor(SEQ_MAX - 1).unwrap());
+        let last = flash_alert(&mut store, &me, &to);
+        let last = last.decode_unverified().unwrap();
+        assert_eq!(last.seq, Seq(SEQ_MAX));
+        let compose = |store: &mut NodeStore| {
+            let draft = Draft {
+                audience: Audience::Participants(to.to_vec()),
+                kind: Kind::Alert,
+                precedence: Precedence::Flash,
+                status: Status::Actual,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: "One too many".into(),
+                body: String::new(),
+            };
+            store.compose(&me, &key, draft, &to, 1, NOW).map(|_| ())
+        };
+        assert_eq!(exhausted(compose(&mut store)), SEQ_MAX);
+        assert_eq!(store.outbox_len().unwrap(), 1, "nothing stored");
+        // Refused for its number: no number is left to sign it again with.
+        assert_eq!(
+            exhausted(store.resequence(&last.id, SEQ_MAX, SEQ_MAX, &key, NOW)),
+            SEQ_MAX
+        );
+        let out = store.outbox(0, 10).unwrap();
+        assert_eq!((out[0].id, out[0].seq), (last.id, SEQ_MAX), "unchanged");
+        // A counter written past it before floors were checked: an error, not an overflow.
+        set_seq(&store.conn, u64::MAX).unwrap();
+        assert_eq!(exhausted(compose(&mut store)), u64::MAX);
+        assert_eq!(
+            exhausted(store.resequence(&last.id, SEQ_MAX, SEQ_MAX, &key, NOW)),
+            u64::MAX
+        );
     }
 
     /// A relay restored from a backup says a lower last number than it had accepted: what

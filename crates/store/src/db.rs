@@ -74,6 +74,17 @@ pub enum StoreError {
         /// Who the node was configured as.
         configured: String,
     },
+    /// No sequence number may follow `last`: an envelope carries at most 2^63 - 1 (the
+    /// largest integer SQLite keeps). A node's counter at that number signs nothing more,
+    /// and a floor above it (a relay's `Welcome.last_seq`) is refused.
+    #[error(
+        "no sequence number may follow {last}: an envelope carries at most 2^63 - 1, so nothing \
+         more can be signed under this counter"
+    )]
+    SeqExhausted {
+        /// The last number, which nothing may follow.
+        last: u64,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {
