@@ -33,6 +33,10 @@ const _: () = assert!(SILENT_LINK_MS < hotline_net::transport::IDLE_TIMEOUT_MS);
 /// Time allowed for the QUIC handshake plus authentication.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// A relay clock (`Welcome.relay_time_ms`) further than this from the node's is logged at
+/// warn: receipts and deadlines carry both sides' times.
+pub const CLOCK_SKEW_WARN_MS: u64 = 60_000;
+
 /// Default hook timeout: a hook still running after this is killed.
 pub const HOOK_TIMEOUT_MS: u64 = 10_000;
 /// Hooks running at once; more are dropped with a warning rather than queued without end.

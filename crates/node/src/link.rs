@@ -16,8 +16,8 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
 use crate::events::Event;
 use crate::limits::{
-    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS, OUTBOX_PAGE,
-    RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS,
+    OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Resequenced, Stored};
@@ -241,6 +241,14 @@ impl Silence {
     }
 }
 
+/// How far the relay's clock (`Welcome.relay_time_ms`) is ahead of this node's (negative:
+/// behind), if by more than `CLOCK_SKEW_WARN_MS`. The relay may send any `u64`: the
+/// difference is taken in `i128`, where no two such times overflow.
+fn clock_skew_ms(relay_time_ms: u64, now_ms: u64) -> Option<i128> {
+    let skew = i128::from(relay_time_ms) - i128::from(now_ms);
+    (skew.unsigned_abs() > u128::from(CLOCK_SKEW_WARN_MS)).then_some(skew)
+}
+
 /// What a batch of frames leaves to offer again after `RETRY_AFTER_MS`: what the relay
 /// refused for a reason that passes (`store::retryable`).
 #[derive(Debug, Default)]
@@ -342,8 +350,7 @@ async fn serve(
         ),
         Err(e) => error!(error = %e, "cannot look for messages the relay lost"),
     }
-    let skew = welcome.relay_time_ms as i64 - now_ms() as i64;
-    if skew.abs() > 60_000 {
+    if let Some(skew) = clock_skew_ms(welcome.relay_time_ms, now_ms()) {
         warn!(
             relay = idx,
             skew_ms = skew,
@@ -1030,6 +1037,28 @@ mod tests {
         assert_eq!(base, BACKOFF_MAX_MS, "capped");
         b.reset();
         assert!(b.next() <= BACKOFF_MIN_MS + BACKOFF_MIN_MS / 2);
+    }
+
+    #[test]
+    fn a_clock_skew_is_measured_whatever_time_the_relay_sends() {
+        let now = 1_800_000_000_000u64;
+        let warn = CLOCK_SKEW_WARN_MS;
+        assert_eq!(clock_skew_ms(now + warn, now), None);
+        assert_eq!(clock_skew_ms(now - warn, now), None);
+        assert_eq!(
+            clock_skew_ms(now + warn + 1, now),
+            Some(i128::from(warn) + 1)
+        );
+        assert_eq!(
+            clock_skew_ms(now - warn - 1, now),
+            Some(-i128::from(warn) - 1)
+        );
+        // Times no clock shows: told as they are, not an overflow (which ended the link
+        // task for good) nor a wrapped number.
+        let far = |t: u64| Some(i128::from(t) - i128::from(now));
+        assert_eq!(clock_skew_ms(1 << 63, now), far(1 << 63));
+        assert_eq!(clock_skew_ms(u64::MAX, now), far(u64::MAX));
+        assert_eq!(clock_skew_ms(0, u64::MAX), Some(-i128::from(u64::MAX)));
     }
 
     #[test]
