@@ -230,16 +230,33 @@ impl NodeState {
                 return;
             }
         };
-        let current = self.roster.borrow().version;
-        if verified.version <= current {
-            return;
-        }
         let v = verified.version;
-        if let Err(e) = self.store().save_roster(&verified, now_ms()) {
-            error!(error = %e, "cannot store the new roster; keeping the current one");
-            return;
-        }
-        self.roster.send_replace(Arc::new(verified));
+        // One lock across the comparison, the save and the replacement: two links offering
+        // versions 6 and 7 at once must not leave 6 installed after 7.
+        let current = {
+            let mut store = self.store();
+            let current = self.roster.borrow().version;
+            if v <= current {
+                return;
+            }
+            match store.save_roster(&verified, now_ms()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        version = v,
+                        current,
+                        "the store holds a roster as new as this one; keeping the current one"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot store the new roster; keeping the current one");
+                    return;
+                }
+            }
+            self.roster.send_replace(Arc::new(verified));
+            current
+        };
         info!(version = v, previous = current, "roster installed");
         self.recheck_quarantine();
         let ev = Event::RosterChanged { version: v };

@@ -416,6 +416,16 @@ fn set_seq(conn: &Connection, seq: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The roster stored last (`NodeStore::save_roster`), if any that decodes.
+fn stored_roster(conn: &Connection) -> Result<Option<Signed<Roster>>, StoreError> {
+    let v: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(v.and_then(|b| codec::decode(&b, hotline_proto::limits::ROSTER_BYTES_MAX + 4096).ok()))
+}
+
 /// A message in a relay's outbox, as it is to be sent.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -799,27 +809,27 @@ impl NodeStore {
 
     /// The newest roster this node has installed, if any.
     pub fn roster(&self) -> Result<Option<Signed<Roster>>, StoreError> {
-        let v: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(v.and_then(|b| codec::decode(&b, hotline_proto::limits::ROSTER_BYTES_MAX + 4096).ok()))
+        stored_roster(&self.conn)
     }
 
-    /// Installs a (verified, newer) roster.
+    /// Installs a verified roster if it is newer than the one stored; returns whether it
+    /// did. One not newer (two links offering rosters at once, the older one second) is not
+    /// written: a roster never rolls back.
     pub fn save_roster(
         &mut self,
         roster: &Verified<Roster>,
         now_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let bytes = encode_record(roster.signed())?;
         let version = roster.version;
         self.tx(|tx, j| {
+            let stored = stored_roster(tx)?.and_then(|s| s.decode_unverified().ok());
+            if stored.is_some_and(|r| r.version >= version) {
+                return Ok(false);
+            }
             tx.execute("INSERT INTO meta (key, value) VALUES ('roster', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [&bytes])?;
             j.append(tx, now_ms, "roster.installed", &version.to_string(), &bytes)?;
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -2097,6 +2107,49 @@ mod tests {
         // Reopened, every stored record is one its journal holds.
         drop(store);
         NodeStore::open(dir.path()).unwrap();
+    }
+
+    /// Two links offering rosters at once may save the older one second: it is not
+    /// written, so the stored roster never goes back a version.
+    #[test]
+    fn a_stored_roster_is_never_replaced_by_an_older_or_the_same_version() {
+        use hotline_proto::{Participant, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let roster = |version: u64| {
+            let r = Roster {
+                protocol_version: PROTOCOL_VERSION,
+                version,
+                issued_at_ms: NOW + version,
+                network: "CICA".into(),
+                participants: vec![Participant {
+                    id: pid("SEC"),
+                    name: "Secretariat".into(),
+                    role: Role::Secretariat,
+                    keys: vec![PublicKey::of(&key)],
+                    revoked: false,
+                }],
+                groups: vec![],
+            };
+            Signed::sign(&r, &key)
+                .unwrap()
+                .verify_with(&PublicKey::of(&key))
+                .unwrap()
+        };
+        let stored = |store: &NodeStore| {
+            let r = store.roster().unwrap().unwrap();
+            r.decode_unverified().unwrap().version
+        };
+        assert!(store.save_roster(&roster(7), NOW).unwrap());
+        assert!(!store.save_roster(&roster(6), NOW).unwrap(), "older");
+        assert!(!store.save_roster(&roster(7), NOW).unwrap(), "the same");
+        assert_eq!(stored(&store), 7);
+        assert!(store.save_roster(&roster(8), NOW).unwrap());
+        assert_eq!(stored(&store), 8);
+        // Reopened, the journal (which records only what was installed) still verifies.
+        drop(store);
+        assert_eq!(stored(&NodeStore::open(dir.path()).unwrap()), 8);
     }
 
     /// A floor above the highest number an envelope may carry is refused and changes
