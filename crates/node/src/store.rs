@@ -1610,7 +1610,10 @@ impl NodeStore {
         })
     }
 
-    /// Unacknowledged urgent received messages due for another page; marks them paged.
+    /// Unacknowledged urgent received messages due for another page; marks them paged, all
+    /// in one transaction (no journal entry: paging is not a record), so that a tick costs
+    /// one commit however many are due, and a failure marks none of those it does not
+    /// return.
     pub fn due_pages(
         &mut self,
         now_ms: u64,
@@ -1621,8 +1624,9 @@ impl NodeStore {
         // rows are read. A row that turns out not to page (stored before NEVER_PAGES was
         // written at arrival) is marked so and never read again.
         let cutoff = now_ms.saturating_sub(interval_ms);
+        let tx = self.conn.transaction()?;
         let rows: Vec<(MessageId, Signed<Envelope>)> = {
-            let mut st = self.conn.prepare_cached(
+            let mut st = tx.prepare_cached(
                 "SELECT id, bytes, key, sig FROM inbox
                  WHERE acked_at_ms IS NULL AND COALESCE(paged_at_ms, received_at_ms) <= ?1 LIMIT ?2",
             )?;
@@ -1637,20 +1641,26 @@ impl NodeStore {
             )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let mut due = Vec::new();
-        for (id, s) in rows {
-            let env = s.decode_unverified().ok().filter(|e| e.precedence.pages());
-            let next: i64 = if env.is_some() {
-                now_ms as i64
-            } else {
-                NEVER_PAGES
-            };
-            self.conn.execute(
-                "UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1",
-                params![&id.0[..], next],
-            )?;
-            due.extend(env);
+        if rows.is_empty() {
+            // Nothing to mark (almost every tick): the transaction, which only read, ends
+            // as it is dropped.
+            return Ok(Vec::new());
         }
+        let mut due = Vec::new();
+        {
+            let mut mark = tx.prepare_cached("UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1")?;
+            for (id, s) in rows {
+                let env = s.decode_unverified().ok().filter(|e| e.precedence.pages());
+                let next: i64 = if env.is_some() {
+                    now_ms as i64
+                } else {
+                    NEVER_PAGES
+                };
+                mark.execute(params![&id.0[..], next])?;
+                due.extend(env);
+            }
+        }
+        tx.commit()?;
         Ok(due)
     }
 
@@ -1967,6 +1977,61 @@ mod tests {
             )
             .unwrap();
         assert_eq!(mark, NEVER_PAGES);
+    }
+
+    /// More due pages than a tick takes: each tick marks all it returns, in one
+    /// transaction, so the next tick takes the rest and then none; a tick that fails to mark
+    /// one marks none, and the next tick pages them all.
+    #[test]
+    fn due_pages_are_marked_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        let tick = crate::limits::PAGES_PER_TICK_MAX;
+        let envs: Vec<_> = (1..=tick as u64 + 44)
+            .map(|seq| envelope(seq, Precedence::Flash))
+            .collect();
+        for (i, chunk) in envs.chunks(100).enumerate() {
+            let batch: Vec<_> = chunk
+                .iter()
+                .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
+                .collect();
+            store.store_deliveries(&batch, NOW + i as u64).unwrap();
+        }
+        let all = ids(&envs);
+        let at = NOW + 10 + EVERY;
+        let first = store.due_pages(at, EVERY).unwrap();
+        let rest = store.due_pages(at, EVERY).unwrap();
+        assert_eq!((first.len(), rest.len()), (tick, 44));
+        assert_eq!(&ids(&first) | &ids(&rest), all);
+        assert!(store.due_pages(at, EVERY).unwrap().is_empty(), "all marked");
+
+        // A tick whose marking fails (here, at its hundredth message) marks none.
+        store
+            .conn
+            .execute_batch(
+                "CREATE TEMP TABLE marked (n INTEGER NOT NULL);
+                 INSERT INTO marked VALUES (0);
+                 CREATE TEMP TRIGGER page_fails BEFORE UPDATE OF paged_at_ms ON main.inbox
+                 BEGIN
+                     UPDATE marked SET n = n + 1;
+                     SELECT RAISE(ABORT, 'injected failure') WHERE (SELECT n FROM marked) >= 100;
+                 END;",
+            )
+            .unwrap();
+        let later = at + EVERY;
+        assert!(store.due_pages(later, EVERY).is_err());
+        store
+            .conn
+            .execute_batch("DROP TRIGGER temp.page_fails")
+            .unwrap();
+        let again = store.due_pages(later, EVERY).unwrap();
+        let again_rest = store.due_pages(later, EVERY).unwrap();
+        assert_eq!(
+            (again.len(), again_rest.len()),
+            (tick, 44),
+            "none were marked by the tick that failed"
+        );
     }
 
     #[test]
