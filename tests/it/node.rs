@@ -776,6 +776,26 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(v["code"], "invalid", "{v}");
     assert!(body.contains("respond_by_ms"), "{body}");
+    // So does a bad query string, on every list (`hotline inbox` shows the error's text).
+    for path in [
+        "/v1/inbox?limit=abc",
+        "/v1/messages?limit=-1",
+        "/v1/quarantine?limit=1.5",
+    ] {
+        let (status, body) = http(kaz.api, "GET", path, Some(&token), "").await.unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}"));
+        assert_eq!(v["code"], "bad_request", "{path}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("limit")),
+            "{path}: {v}"
+        );
+    }
+    let (status, body) = http(kaz.api, "GET", "/v1/inbox?limit=5", Some(&token), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
 
     let (status, _) = http(kaz.api, "GET", "/v1/nothing", None, "").await.unwrap();
     assert_eq!(status, 401, "even unknown paths need the token");

@@ -8,7 +8,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -105,6 +106,26 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+/// A query string (`?limit=N`) whose refusal (`limit=abc`, `limit=-1`) is an [`ApiError`]
+/// in the API's own shape, `bad_request` naming what is wrong, as [`Body`] does for bodies,
+/// rather than axum's plain text.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => {
+                let why = e.body_text();
+                warn!(path = %parts.uri.path(), error = ?why, "local API: bad query string");
+                Err(bad("bad_request", why))
+            }
         }
     }
 }
@@ -466,7 +487,7 @@ struct ListQuery {
 
 async fn inbox(
     State(state): State<St>,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let items = state.store().inbox(limit).map_err(store_error)?;
@@ -478,7 +499,7 @@ async fn inbox(
 /// **unverified** (that is why it is held) and must not be shown as a message.
 async fn quarantine(
     State(state): State<St>,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let held = state.store().quarantined(limit).map_err(store_error)?;
@@ -587,7 +608,7 @@ async fn discard_all(
 
 async fn sent_list(
     State(state): State<St>,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let store = state.store();
