@@ -105,6 +105,11 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         )),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Absolute from here on: the relay and the nodes run with the directory as their working
+    // directory, and are given paths in it (their configurations), which a relative `--out`
+    // would name twice over (`out/out/relay.toml`).
+    let dir = std::path::absolute(&dir)
+        .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
     eprintln!("exercise {}: {}", scenario.name, scenario.description);
     eprintln!("  directory {}", dir.display());
     eprintln!(

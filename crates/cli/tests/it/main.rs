@@ -2,4 +2,5 @@
 
 mod config;
 mod endless;
+mod exercise;
 mod roster;

@@ -1,0 +1,83 @@
+//! `hotline exercise run` as an operator types it, from a directory of their own.
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long the drill below may take (it passes in about 2 s; 20 s is its scenario's end).
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A two-node drill that ends as soon as its one inject is acknowledged.
+const SCENARIO: &str = r#"
+name = "tiny"
+description = "one message, acknowledged"
+end_s = 20.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 0.2
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[objectives]]
+name = "acknowledged"
+inject = "hello"
+expect = "acknowledged"
+"#;
+
+/// Runs `hotline ARGS` in `cwd`; its exit code, standard output and standard error, failing
+/// if it has not exited by [`DEADLINE`].
+fn run_in(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hotline binary runs");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(out) => {
+            let out = out.expect("wait");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("hotline {args:?} still running after {DEADLINE:?}");
+        }
+    }
+}
+
+/// `--out DIR` relative to the working directory: the relay and nodes, which run inside DIR,
+/// must still find their configurations there.
+#[test]
+fn a_drill_runs_with_a_relative_out_directory() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::write(cwd.path().join("tiny.toml"), SCENARIO).expect("scenario");
+    let (code, stdout, stderr) = run_in(
+        cwd.path(),
+        &["exercise", "run", "tiny.toml", "--out", "drill", "--json"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["passed"], true, "{report}");
+    let dir = cwd.path().join("drill");
+    assert!(dir.join("report.json").is_file(), "{stderr}");
+    assert!(dir.join("relay.toml").is_file(), "{stderr}");
+    assert!(
+        !dir.join("drill").exists(),
+        "nothing is written under drill/drill"
+    );
+}
