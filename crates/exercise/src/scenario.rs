@@ -1,12 +1,27 @@
 //! Scenario files (TOML): participants, injects, operator behaviour, faults, objectives.
 //!
 //! Times are in *scenario* seconds; the harness divides them by `time_compression` to get
-//! wall-clock seconds (a 48-hour respond-by with compression 3600 runs as 48 s).
+//! wall-clock seconds (a 48-hour respond-by with compression 3600 runs as 48 s). Every time
+//! (each `*_s` field) is a finite number from 0 to [`SCENARIO_S_MAX`] (366 days), and
+//! `time_compression` a finite number of at least [`TIME_COMPRESSION_MIN`]; `parse` refuses
+//! anything else, naming the field.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
+
+/// The latest scenario time, in scenario seconds (366 days): longer than any drill, and small
+/// enough that every time, divided by the smallest compression, is a wall-clock duration the
+/// harness can wait for. A larger time is a typing error (`1e20`, `inf`), refused by `parse`.
+pub const SCENARIO_S_MAX: f64 = 366.0 * 24.0 * 3600.0;
+
+/// The smallest `time_compression`: a scenario second lasts at most 1,000 wall-clock seconds.
+pub const TIME_COMPRESSION_MIN: f64 = 0.001;
+
+/// What [`Scenario::wall`] answers for a time that is no wall-clock duration (a scenario
+/// built without `parse`, or slowed down past its bounds): ten years, i.e. never.
+const WALL_NEVER: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// A drill.
 #[derive(Clone, Debug, Deserialize)]
@@ -17,7 +32,7 @@ pub struct Scenario {
     /// What the drill exercises.
     #[serde(default)]
     pub description: String,
-    /// Scenario seconds per wall-clock second (default 1).
+    /// Scenario seconds per wall-clock second (default 1; at least [`TIME_COMPRESSION_MIN`]).
     #[serde(default = "one")]
     pub time_compression: f64,
     /// Scenario time at which the drill ends at the latest, if objectives are still open.
@@ -194,9 +209,13 @@ impl Scenario {
     /// Parses a scenario, checking references between its parts.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
-        if s.time_compression.is_nan() || s.time_compression <= 0.0 {
-            bail!("scenario {origin}: time_compression must be positive");
+        if !(s.time_compression.is_finite() && s.time_compression >= TIME_COMPRESSION_MIN) {
+            bail!(
+                "scenario {origin}: time_compression must be a finite number of at least {TIME_COMPRESSION_MIN} (got {})",
+                s.time_compression
+            );
         }
+        s.check_times(origin)?;
         let names: Vec<&str> = s.injects.iter().map(|i| i.name.as_str()).collect();
         for (i, inj) in s.injects.iter().enumerate() {
             if names[..i].contains(&inj.name.as_str()) {
@@ -235,9 +254,78 @@ impl Scenario {
         Ok(s)
     }
 
-    /// Wall-clock seconds for `scenario_s`.
+    /// Checks that every time is a finite number of scenario seconds from 0 to
+    /// [`SCENARIO_S_MAX`]; the error names the first that is not.
+    fn check_times(&self, origin: &str) -> anyhow::Result<()> {
+        let check = |field: &str, v: f64| -> anyhow::Result<()> {
+            if v.is_finite() && (0.0..=SCENARIO_S_MAX).contains(&v) {
+                Ok(())
+            } else {
+                bail!("scenario {origin}: {field} must be a finite number of seconds from 0 to {SCENARIO_S_MAX} (got {v})")
+            }
+        };
+        check("end_s", self.end_s)?;
+        for inj in &self.injects {
+            let field = |f: &str| format!("inject {:?}: {f}", inj.name);
+            check(&field("at_s"), inj.at_s)?;
+            if let Some(w) = inj.respond_within_s {
+                check(&field("respond_within_s"), w)?;
+            }
+        }
+        for (who, b) in &self.behaviour {
+            if let Some(a) = b.ack_after_s {
+                check(&format!("behaviour.{who}.ack_after_s"), a)?;
+            }
+            if let Some(r) = b.reply_after_s {
+                check(&format!("behaviour.{who}.reply_after_s"), r)?;
+            }
+        }
+        for (n, f) in self.faults.iter().enumerate() {
+            let field = |f: &str| format!("fault {}: {f}", n + 1);
+            match f {
+                Fault::KillRelay {
+                    at_s,
+                    restart_after_s,
+                }
+                | Fault::KillNode {
+                    at_s,
+                    restart_after_s,
+                    ..
+                } => {
+                    check(&field("at_s"), *at_s)?;
+                    check(&field("restart_after_s"), *restart_after_s)?;
+                }
+                Fault::RestoreRelay {
+                    backup_at_s,
+                    at_s,
+                    restart_after_s,
+                } => {
+                    check(&field("backup_at_s"), *backup_at_s)?;
+                    check(&field("at_s"), *at_s)?;
+                    check(&field("restart_after_s"), *restart_after_s)?;
+                }
+                Fault::Offline { from_s, to_s, .. } => {
+                    check(&field("from_s"), *from_s)?;
+                    check(&field("to_s"), *to_s)?;
+                }
+                Fault::Impair { .. } => {}
+            }
+        }
+        for o in &self.objectives {
+            if let Some(w) = o.within_s {
+                check(&format!("objective {:?}: within_s", o.name), w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wall-clock duration of `scenario_s` (0 for a negative time), at most [`WALL_NEVER`].
+    /// `parse` bounds the times and the compression, so that cap is only reached by a time
+    /// out of bounds set by hand, or a drill slowed down past them: it waits "for ever"
+    /// rather than panic here or where the duration is added to an instant.
     pub fn wall(&self, scenario_s: f64) -> std::time::Duration {
-        std::time::Duration::from_secs_f64((scenario_s / self.time_compression).max(0.0))
+        std::time::Duration::try_from_secs_f64((scenario_s / self.time_compression).max(0.0))
+            .map_or(WALL_NEVER, |d| d.min(WALL_NEVER))
     }
 
     /// The behaviour of `id`: its own entry, else `default`, else acknowledge after 2 s.
@@ -276,3 +364,132 @@ pub const BUILTIN: [(&str, &str); 4] = [
 
 /// The CICA roster template shipped with the binary.
 pub const CICA_ROSTER: &str = include_str!("../../../config/cica-roster.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scenario with every kind of time, each written as a placeholder `@field@`.
+    const TIMED: &str = r#"
+name = "t"
+time_compression = @time_compression@
+end_s = @end_s@
+[behaviour.KAZ]
+ack_after_s = @ack_after_s@
+reply_after_s = @reply_after_s@
+[[injects]]
+name = "a"
+at_s = @at_s@
+from = "SEC"
+to = ["KAZ"]
+subject = "s"
+respond_within_s = @respond_within_s@
+[[faults]]
+kind = "kill_relay"
+at_s = @kill_at_s@
+restart_after_s = @restart_after_s@
+[[faults]]
+kind = "restore_relay"
+backup_at_s = @backup_at_s@
+at_s = 100.0
+restart_after_s = 1.0
+[[faults]]
+kind = "offline"
+participant = "KAZ"
+from_s = @from_s@
+to_s = @to_s@
+[[objectives]]
+name = "o"
+inject = "a"
+expect = "delivered"
+within_s = @within_s@
+"#;
+
+    /// Each time's placeholder in `TIMED`, and how an error names it.
+    const TIMES: [(&str, &str); 11] = [
+        ("end_s", "end_s"),
+        ("ack_after_s", "behaviour.KAZ.ack_after_s"),
+        ("reply_after_s", "behaviour.KAZ.reply_after_s"),
+        ("at_s", "inject \"a\": at_s"),
+        ("respond_within_s", "inject \"a\": respond_within_s"),
+        ("kill_at_s", "fault 1: at_s"),
+        ("restart_after_s", "fault 1: restart_after_s"),
+        ("backup_at_s", "fault 2: backup_at_s"),
+        ("from_s", "fault 3: from_s"),
+        ("to_s", "fault 3: to_s"),
+        ("within_s", "objective \"o\": within_s"),
+    ];
+
+    /// `TIMED` with `field` set to `value`, every other time to 10 s and the compression to 1
+    /// (or `value`, if `field` is `time_compression`).
+    fn timed(field: &str, value: &str) -> String {
+        let mut text = TIMED.to_owned();
+        for f in TIMES
+            .map(|(f, _)| f)
+            .into_iter()
+            .chain(["time_compression"])
+        {
+            let v = match (f == field, f) {
+                (true, _) => value,
+                (false, "time_compression") => "1.0",
+                (false, _) => "10.0",
+            };
+            text = text.replace(&format!("@{f}@"), v);
+        }
+        text
+    }
+
+    #[test]
+    fn sound_times_parse() {
+        let s = Scenario::parse(&timed("", ""), "t.toml").expect("parses");
+        assert_eq!(s.end_s, 10.0);
+        let s = Scenario::parse(&timed("end_s", &SCENARIO_S_MAX.to_string()), "t.toml")
+            .expect("the largest time parses");
+        assert!(s.wall(s.end_s) > std::time::Duration::ZERO);
+    }
+
+    /// A time that is not a number of seconds a drill can wait for (infinite, not a number,
+    /// negative, or past any drill) is refused before anything starts, naming its field; it
+    /// used to panic in `Duration::from_secs_f64` once the relay and nodes ran.
+    #[test]
+    fn times_out_of_range_are_refused_naming_the_field() {
+        for (field, name) in TIMES {
+            for bad in ["inf", "-inf", "nan", "1e20", "-1.0"] {
+                let text = timed(field, bad);
+                let e = match Scenario::parse(&text, "t.toml") {
+                    Ok(_) => panic!("{field} = {bad} was accepted"),
+                    Err(e) => e.to_string(),
+                };
+                assert!(e.starts_with("scenario t.toml: "), "{e}");
+                assert!(
+                    e.contains(&format!("{name} must be a finite number")),
+                    "{field} = {bad}: {e}"
+                );
+            }
+        }
+        for bad in ["inf", "nan", "0.0", "-1.0", "0.0001"] {
+            let e = match Scenario::parse(&timed("time_compression", bad), "t.toml") {
+                Ok(_) => panic!("time_compression = {bad} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains("time_compression must be a finite number of at least 0.001"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// A scenario built without `parse` gets "never" for a time out of range, not a panic.
+    #[test]
+    fn wall_never_panics() {
+        let mut s: Scenario = toml::from_str(&timed("", "")).expect("toml");
+        for t in [f64::INFINITY, 1e20, f64::NAN, -1.0] {
+            s.end_s = t;
+            assert!(s.wall(s.end_s) <= WALL_NEVER, "{t}");
+            // The harness adds it to an instant: that must not overflow either.
+            let _ = std::time::Instant::now() + s.wall(s.end_s);
+        }
+        s.time_compression = 1e-300;
+        assert_eq!(s.wall(1.0), WALL_NEVER);
+    }
+}
