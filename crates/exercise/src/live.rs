@@ -1,4 +1,6 @@
-//! Live mode: the endpoints file that names an existing deployment's nodes.
+//! Live mode: the endpoints file that names an existing deployment's nodes. Every sender of
+//! the scenario's injects needs an entry; a drill that names one without is refused before
+//! any node is called.
 //!
 //! ```toml
 //! roster = "/etc/hotline/roster.signed"   # the roster in force

@@ -126,6 +126,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 );
             }
             let participants = live.clients.keys().cloned().collect::<Vec<_>>();
+            // Faults are not injected in live mode: only the senders need a node.
+            check_nodes(&scenario, &participants, false)
+                .context("live mode: every sender needs an entry in the endpoints file")?;
             eprintln!(
                 "  live mode: {} nodes; operators acknowledge themselves",
                 participants.len()
@@ -342,6 +345,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     .unwrap_or(i);
                 body["references"] = json!(injects[idx].id.iter().collect::<Vec<_>>());
             }
+            // `check_nodes` made sure of this before the timeline started.
             let Some(client) = clients.get(&inj.from) else {
                 bail!("inject {} from {}: no such node", inj.name, inj.from)
             };
@@ -576,6 +580,7 @@ async fn setup_sim(
             bail!("scenario participant {p} is not on the roster");
         }
     }
+    check_nodes(scenario, &participants, true)?;
 
     // Relay first: nodes need its address.
     let relay = start_relay(opts, &dep, 0).await?;
@@ -634,6 +639,43 @@ async fn setup_sim(
         clients,
         participants,
     ))
+}
+
+/// Checks, before anything is started or sent, that every inject's sender (and, with
+/// `faults`, every fault's participant) is one of `nodes`, the participants the run has a
+/// node for; the error lists every one that is not. Checked when due instead, such an inject
+/// ended the drill midway without a report, after real traffic had been sent.
+fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::Result<()> {
+    let has = |p: &str| nodes.iter().any(|n| n == p);
+    let mut missing: Vec<String> = scenario
+        .injects
+        .iter()
+        .filter(|i| !has(&i.from))
+        .map(|i| format!("inject {:?} is sent by {}", i.name, i.from))
+        .collect();
+    if faults {
+        for (n, f) in scenario.faults.iter().enumerate() {
+            let (kind, p) = match f {
+                Fault::KillNode { participant, .. } => ("kill_node", participant),
+                Fault::Offline { participant, .. } => ("offline", participant),
+                Fault::Impair { participant, .. } => ("impair", participant),
+                Fault::KillRelay { .. } | Fault::RestoreRelay { .. } => continue,
+            };
+            if !has(p) {
+                missing.push(format!("fault {} ({kind}) is on {p}", n + 1));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "scenario {}: {}, but the drill has no node for {} (its nodes: {})",
+        scenario.name,
+        missing.join("; "),
+        if missing.len() == 1 { "it" } else { "them" },
+        nodes.join(", ")
+    )
 }
 
 fn schedule_ack(
@@ -809,4 +851,116 @@ async fn hotline_tool(opts: &RunOptions, args: &[&std::ffi::OsStr]) -> anyhow::R
 /// Starts node `p` for the `n`-th time (its log is `node-{p}-{n}.log`).
 fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::Result<Proc> {
     dep.spawn_node(&opts.bin, p, &format!("node-{p}-{n}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two nodes; an inject from a third participant, and faults on participants with and
+    /// without a node.
+    const STRAYS: &str = r#"
+name = "strays"
+end_s = 5.0
+participants = ["SEC", "KAZ"]
+[[injects]]
+name = "a"
+at_s = 0.5
+from = "SEC"
+to = ["KAZ"]
+subject = "s"
+[[injects]]
+name = "b"
+at_s = 0.0
+from = "KGZ"
+to = ["SEC"]
+subject = "s"
+[[faults]]
+kind = "kill_node"
+participant = "TJK"
+at_s = 1.0
+restart_after_s = 1.0
+[[faults]]
+kind = "offline"
+participant = "KAZ"
+from_s = 1.0
+to_s = 2.0
+[[faults]]
+kind = "impair"
+participant = "UZB"
+loss = 0.1
+[[objectives]]
+name = "o"
+inject = "a"
+expect = "delivered"
+"#;
+
+    fn options(dir: &std::path::Path, live: Option<Live>) -> RunOptions {
+        RunOptions {
+            // Never started: the drill must be refused before it starts anything.
+            bin: dir.join("no-such-hotline"),
+            out_dir: Some(dir.join("out")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live,
+        }
+    }
+
+    /// Every inject's sender and every fault's participant needs a node, checked before the
+    /// relay starts; it used to be checked when the inject was due, ending the drill midway.
+    #[tokio::test]
+    async fn a_drill_naming_participants_without_nodes_is_refused_before_it_starts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sc = Scenario::parse(STRAYS, "strays.toml").expect("parses");
+        let e = run(sc, options(tmp.path(), None))
+            .await
+            .expect_err("refused");
+        let e = format!("{e:#}");
+        for part in [
+            "inject \"b\" is sent by KGZ",
+            "fault 1 (kill_node) is on TJK",
+            "fault 3 (impair) is on UZB",
+            "its nodes: SEC, KAZ",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(!e.contains("(offline)"), "KAZ has a node: {e}");
+        assert!(!tmp.path().join("out/relay-0.log").exists(), "{e}");
+    }
+
+    /// In live mode a sender without an entry in the endpoints file is refused before any
+    /// node is called: nothing is sent, nothing even connects. Faults are not injected there,
+    /// so their participants need no entry.
+    #[tokio::test]
+    async fn a_live_drill_with_a_sender_without_an_endpoint_sends_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        // SEC's "node": a socket that would see any call the harness made to it.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        api.set_nonblocking(true).expect("nonblocking");
+        let addr = api.local_addr().expect("address").to_string();
+        let live = Live {
+            roster,
+            clients: BTreeMap::from([("SEC".to_owned(), ApiClient::new(&addr, "token"))]),
+        };
+        let sc = Scenario::parse(STRAYS, "strays.toml").expect("parses");
+        let e = run(sc, options(tmp.path(), Some(live)))
+            .await
+            .expect_err("refused");
+        let e = format!("{e:#}");
+        assert!(e.contains("endpoints file"), "{e}");
+        assert!(e.contains("inject \"b\" is sent by KGZ"), "{e}");
+        assert!(e.contains("its nodes: SEC"), "{e}");
+        assert!(
+            !e.contains("TJK"),
+            "faults are not checked in live mode: {e}"
+        );
+        assert!(
+            matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
+            "the harness called SEC's node before refusing the drill"
+        );
+    }
 }
