@@ -190,7 +190,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     h.push_str("</table><h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
     for i in &r.injects {
-        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.state), i.delivered, i.recipients, i.acknowledged, i.recipients);
+        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
     }
     h.push_str("</table><h2>Faults</h2><ul>");
     for f in &r.faults {

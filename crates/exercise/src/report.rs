@@ -84,8 +84,10 @@ pub struct InjectRow {
     pub precedence: String,
     /// Scenario time it was sent.
     pub at_s: f64,
-    /// State at the end, as the sender's node shows it.
+    /// State at the end, as the sender's node shows it (`refused` if it refused to send it).
     pub state: String,
+    /// Why the sender's node refused to send it, if it did (the API's answer, HTTP 4xx).
+    pub refused: Option<String>,
     /// Recipients.
     pub recipients: usize,
     /// Delivered count.
@@ -215,6 +217,18 @@ pub fn read_hooks(dep: &Deployment) -> HashMap<String, Vec<(String, String)>> {
     out
 }
 
+/// What became of one inject during the drill.
+pub(crate) struct Sent {
+    /// The inject, as the scenario has it.
+    pub(crate) inject: Inject,
+    /// Its message id, once its node took it.
+    pub(crate) id: Option<String>,
+    /// When its node took it, ms since the epoch.
+    pub(crate) sent_at_ms: Option<u64>,
+    /// Why its node refused it for good, if it did.
+    pub(crate) refused: Option<String>,
+}
+
 /// Everything `score` needs.
 pub struct Inputs<'a> {
     pub(crate) scenario: &'a Scenario,
@@ -224,7 +238,8 @@ pub struct Inputs<'a> {
     pub(crate) wall_s: f64,
     pub(crate) participants: &'a [String],
     pub(crate) roster: &'a Roster,
-    pub(crate) injects: Vec<(Inject, Option<String>, Option<u64>)>,
+    /// Each inject, in scenario order.
+    pub(crate) injects: Vec<Sent>,
     pub(crate) sent_views: Vec<Value>,
     pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
     pub(crate) shown: HashMap<(String, String), u32>,
@@ -286,10 +301,19 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut inject_rows = Vec::new();
     let mut accepted = 0;
     let mut lost = 0;
-    for (k, (inj, id, sent_at)) in i.injects.iter().enumerate() {
+    let mut refusals = Vec::new();
+    for (k, sent) in i.injects.iter().enumerate() {
+        let (inj, id, sent_at, refused) = (&sent.inject, &sent.id, &sent.sent_at_ms, &sent.refused);
         let view = &i.sent_views[k];
         let sent_ms = view["created_at_ms"].as_u64().or(*sent_at).unwrap_or(0);
-        let state = view["state"].as_str().unwrap_or("not sent").to_owned();
+        let state = match (view["state"].as_str(), refused) {
+            (Some(s), _) => s.to_owned(),
+            (None, Some(why)) => {
+                refusals.push(format!("{:?} {why}", inj.name));
+                "refused".to_owned()
+            }
+            (None, None) => "not sent".to_owned(),
+        };
         let matrix: HashMap<String, &Value> = view["recipients"]
             .as_array()
             .map(|a| {
@@ -341,6 +365,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 .map(|t| scen_s(t, i.started_at_ms))
                 .unwrap_or(inj.at_s),
             state,
+            refused: refused.clone(),
             recipients: matrix.len(),
             delivered: view["delivered"].as_u64().unwrap_or(0) as usize,
             acknowledged: view["acknowledged"].as_u64().unwrap_or(0) as usize,
@@ -354,7 +379,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .iter()
             .position(|x| x.name == o.inject)
             .unwrap_or(0);
-        let (_, id, _) = &i.injects[k];
+        let id = &i.injects[k].id;
         let id = id.clone().unwrap_or_default();
         let group: Option<Vec<String>> = o.group.as_ref().map(|g| {
             i.roster
@@ -444,7 +469,10 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         Invariant {
             name: "every inject accepted".into(),
             held: accepted == sc.injects.len(),
-            detail: format!("{accepted} of {}", sc.injects.len()),
+            detail: std::iter::once(format!("{accepted} of {}", sc.injects.len()))
+                .chain(refusals)
+                .collect::<Vec<_>>()
+                .join("; "),
         },
     ];
     let (mut checked, mut invalid) = (0, 0);
@@ -591,6 +619,9 @@ pub fn summary(r: &Report) -> String {
             i.recipients,
             i.subject
         );
+        if let Some(why) = &i.refused {
+            let _ = writeln!(o, "  {:<14} {why}", "");
+        }
     }
     let _ = writeln!(o, "\nObjectives:");
     for ob in &r.objectives {
@@ -724,7 +755,12 @@ within_s = 3.0
             wall_s: 1.0,
             participants: &participants,
             roster: &roster,
-            injects: vec![(sc.injects[0].clone(), Some("m1".into()), Some(1000))],
+            injects: vec![Sent {
+                inject: sc.injects[0].clone(),
+                id: Some("m1".into()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }],
             sent_views: vec![view],
             inboxes,
             shown,

@@ -79,6 +79,8 @@ struct Sim {
 struct Inject {
     id: Option<String>,
     sent_at_ms: Option<u64>,
+    /// Why the sender's node refused it for good (an HTTP 4xx answer): not retried.
+    refused: Option<String>,
 }
 
 enum Action {
@@ -226,6 +228,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         .map(|_| Inject {
             id: None,
             sent_at_ms: None,
+            refused: None,
         })
         .collect();
     let mut pending_injects: Vec<usize> = Vec::new();
@@ -362,6 +365,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         inj.from,
                         injects[i].id.as_deref().unwrap_or("?")
                     );
+                }
+                // Refused for good (the node found the message invalid, e.g. an unknown
+                // recipient): the same request would be refused again until the drill ends.
+                Err(
+                    e @ hotline_node::client::ClientError::Api {
+                        status: 400..=499, ..
+                    },
+                ) => {
+                    eprintln!(
+                        "\n  inject {:?} from {} refused by its node, not retried: {e}",
+                        inj.name, inj.from
+                    );
+                    injects[i].refused = Some(format!("refused by {}'s node: {e}", inj.from));
                 }
                 Err(e) => {
                     eprintln!(
@@ -539,7 +555,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             .injects
             .iter()
             .zip(&injects)
-            .map(|(s, i)| (s.clone(), i.id.clone(), i.sent_at_ms))
+            .map(|(s, i)| report::Sent {
+                inject: s.clone(),
+                id: i.id.clone(),
+                sent_at_ms: i.sent_at_ms,
+                refused: i.refused.clone(),
+            })
             .collect(),
         sent_views,
         inboxes,
@@ -721,8 +742,12 @@ async fn all_met(
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
 ) -> bool {
-    // Cheap test first: every inject sent.
-    if injects.iter().any(|i| i.id.is_none()) {
+    // Cheap test first: every inject sent, or refused for good (its objectives then fail
+    // below; the drill need not wait for what will never be sent).
+    if injects
+        .iter()
+        .any(|i| i.id.is_none() && i.refused.is_none())
+    {
         return false;
     }
     for o in &scenario.objectives {

@@ -81,10 +81,12 @@ pub struct Inject {
     /// Everyone.
     #[serde(default)]
     pub everyone: bool,
-    /// Message kind (default alert).
+    /// Message kind (default alert): `alert`, `update`, `cancel`, `consultation_request`,
+    /// `reply`, `communications_check` or `notice`.
     #[serde(default = "alert")]
     pub kind: String,
-    /// Precedence (default ROUTINE).
+    /// Precedence (default ROUTINE): `FLASH`, `IMMEDIATE`, `PRIORITY` or `ROUTINE`, in any
+    /// case.
     #[serde(default = "routine")]
     pub precedence: String,
     /// Category.
@@ -220,6 +222,17 @@ impl Scenario {
         for (i, inj) in s.injects.iter().enumerate() {
             if names[..i].contains(&inj.name.as_str()) {
                 bail!("scenario {origin}: inject {:?} is defined twice", inj.name);
+            }
+            // What the node would refuse with HTTP 400 at every attempt, refused here before
+            // the drill starts (the harness sends the precedence in capitals, the kind as is).
+            let word = |v: &str| serde_json::Value::String(v.to_owned());
+            if let Err(e) = serde_json::from_value::<hotline_proto::Precedence>(word(
+                &inj.precedence.to_uppercase(),
+            )) {
+                bail!("scenario {origin}: inject {:?}: precedence: {e}", inj.name);
+            }
+            if let Err(e) = serde_json::from_value::<hotline_proto::Kind>(word(&inj.kind)) {
+                bail!("scenario {origin}: inject {:?}: kind: {e}", inj.name);
             }
             if let Some(r) = &inj.references {
                 if !names[..i].contains(&r.as_str()) {
@@ -477,6 +490,36 @@ within_s = @within_s@
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// A precedence or kind the node would refuse at every attempt is refused before the
+    /// drill starts, naming the inject and what is allowed; the precedence in any case.
+    #[test]
+    fn unknown_precedences_and_kinds_are_refused() {
+        let with = |line: &str| {
+            timed("", "").replace("subject = \"s\"", &format!("subject = \"s\"\n{line}"))
+        };
+        let e = Scenario::parse(&with("precedence = \"URGENT\""), "t.toml")
+            .expect_err("URGENT is no precedence")
+            .to_string();
+        assert!(
+            e.starts_with("scenario t.toml: inject \"a\": precedence: unknown variant `URGENT`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`FLASH`") && e.contains("`ROUTINE`"),
+            "lists the precedences: {e}"
+        );
+        let e = Scenario::parse(&with("kind = \"alarm\""), "t.toml")
+            .expect_err("alarm is no kind")
+            .to_string();
+        assert!(
+            e.starts_with("scenario t.toml: inject \"a\": kind: unknown variant `alarm`"),
+            "{e}"
+        );
+        assert!(e.contains("`consultation_request`"), "lists the kinds: {e}");
+        Scenario::parse(&with("precedence = \"flash\"\nkind = \"notice\""), "t.toml")
+            .expect("a precedence in small letters is sent in capitals");
     }
 
     /// A scenario built without `parse` gets "never" for a time out of range, not a panic.

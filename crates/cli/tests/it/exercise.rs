@@ -81,3 +81,82 @@ fn a_drill_runs_with_a_relative_out_directory() {
         "nothing is written under drill/drill"
     );
 }
+
+/// Like [`SCENARIO`], with a second inject the sender's node refuses (an unknown recipient):
+/// a refusal for good, which the scenario's parser cannot see.
+const REFUSED: &str = r#"
+name = "refused"
+end_s = 10.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 0.2
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[injects]]
+name = "stray"
+at_s = 0.0
+from = "SEC"
+to = ["XYZ"]
+subject = "to nobody"
+[[objectives]]
+name = "acknowledged"
+inject = "hello"
+expect = "acknowledged"
+"#;
+
+/// An inject its node refuses with HTTP 4xx is not sent again until the drill ends: it is
+/// said once, the report names the reason, and the drill ends when its objectives are met.
+#[test]
+fn an_inject_refused_by_its_node_is_not_retried_and_the_report_says_why() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::write(cwd.path().join("refused.toml"), REFUSED).expect("scenario");
+    let (code, stdout, stderr) = run_in(
+        cwd.path(),
+        &[
+            "exercise",
+            "run",
+            "refused.toml",
+            "--out",
+            "drill",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "an inject not accepted fails the drill: {stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let stray = &report["injects"][1];
+    assert_eq!(stray["name"], "stray", "{report}");
+    assert_eq!(stray["state"], "refused", "{stray}");
+    let why = stray["refused"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("refused by SEC's node: ") && why.contains("HTTP 400"),
+        "{stray}"
+    );
+    let accepted = report["invariants"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "every inject accepted"))
+        .expect("the invariant");
+    assert_eq!(accepted["held"], false, "{accepted}");
+    assert!(
+        accepted["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("1 of 2; \"stray\" refused by SEC's node")),
+        "{accepted}"
+    );
+    assert_eq!(report["objectives"][0]["met"], true, "{report}");
+    let said = stderr
+        .lines()
+        .filter(|l| l.contains("inject \"stray\""))
+        .count();
+    assert_eq!(said, 1, "said once, not retried: {stderr}");
+    // Nothing is left to wait for once "hello" is acknowledged: no wait for end_s (10 s).
+    let wall_s = report["wall_s"].as_f64().unwrap_or(f64::MAX);
+    assert!(wall_s < 8.0, "ended after {wall_s} s");
+}
