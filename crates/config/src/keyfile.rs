@@ -9,6 +9,15 @@
 //! Readers accept surrounding whitespace (a CRLF, a trailing space an editor added) and
 //! upper-case digits; writers always produce the exact form above. Nothing is overwritten
 //! unless the caller passes [`IfExists::Replace`].
+//!
+//! The two kinds have the same contents, so only the file's name tells them apart:
+//! `hotline keygen` writes a pair as `NAME.key` (secret, 0600) and `NAME.pub` (public). A
+//! file named `*.key` is never read as a public key ([`KeyFileError::SecretNotPublic`]: it
+//! would end up in a roster or an error message), and a file named `*.pub` is never read as
+//! a secret key ([`KeyFileError::PublicNotSecret`]: anyone holding the public half could
+//! sign with it); the extension is compared without regard to case. A file with any other
+//! name is taken to be what the caller asks for. No error message holds a key file's
+//! contents.
 
 use std::fs::File;
 use std::io;
@@ -94,6 +103,32 @@ pub enum KeyFileError {
     BadKey {
         /// The file.
         path: PathBuf,
+    },
+    /// A secret key file (named `*.key`) was given where a public key is expected.
+    #[error(
+        "{path}: a secret key file (named *.{SECRET_KEY_EXTENSION}) where a public key is \
+         expected; give the public key file ({public}) instead, and keep this one secret",
+        path = .path.display(),
+        public = .public.display()
+    )]
+    SecretNotPublic {
+        /// The file.
+        path: PathBuf,
+        /// The public key file of the same pair, as `hotline keygen` names it.
+        public: PathBuf,
+    },
+    /// A public key file (named `*.pub`) was given where a secret key is expected.
+    #[error(
+        "{path}: a public key file (named *.{PUBLIC_KEY_EXTENSION}) where a secret key is \
+         expected; give the secret key file ({secret}) instead",
+        path = .path.display(),
+        secret = .secret.display()
+    )]
+    PublicNotSecret {
+        /// The file.
+        path: PathBuf,
+        /// The secret key file of the same pair, as `hotline keygen` names it.
+        secret: PathBuf,
     },
     /// A key name is not usable as a file name stem.
     #[error(
@@ -186,8 +221,37 @@ fn write(path: &Path, bytes: &[u8], mode: u32, if_exists: IfExists) -> Result<()
     })
 }
 
-/// Reads a secret key file, refusing it if the group or others may access it (on Unix).
+/// Which half of a key pair a file holds, as its name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Named {
+    /// `*.key`.
+    Secret,
+    /// `*.pub`.
+    Public,
+}
+
+fn named(path: &Path) -> Option<Named> {
+    let ext = path.extension()?.to_str()?;
+    if ext.eq_ignore_ascii_case(SECRET_KEY_EXTENSION) {
+        Some(Named::Secret)
+    } else if ext.eq_ignore_ascii_case(PUBLIC_KEY_EXTENSION) {
+        Some(Named::Public)
+    } else {
+        None
+    }
+}
+
+/// Reads a secret key file, refusing a file named `*.pub`, and one the group or others may
+/// access (on Unix).
 pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
+    // Before anything else, so that a public key file is never advised to be `chmod 600`ed
+    // and then used to sign.
+    if named(path) == Some(Named::Public) {
+        return Err(KeyFileError::PublicNotSecret {
+            path: path.to_owned(),
+            secret: path.with_extension(SECRET_KEY_EXTENSION),
+        });
+    }
     let io_err = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
@@ -211,8 +275,15 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Reads a public key file, refusing a malformed or weak key.
+/// Reads a public key file, refusing a file named `*.key` and a malformed or weak key.
 pub fn read_public(path: &Path) -> Result<PublicKey, KeyFileError> {
+    // Before opening it: its contents (a seed, read as a key) must go nowhere.
+    if named(path) == Some(Named::Secret) {
+        return Err(KeyFileError::SecretNotPublic {
+            path: path.to_owned(),
+            public: path.with_extension(PUBLIC_KEY_EXTENSION),
+        });
+    }
     let f = File::open(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
@@ -230,7 +301,8 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyFileError> {
 /// A public key given either as 64 hexadecimal digits or as the path of a public key file.
 ///
 /// Used wherever an operator pins a key on the command line; a path is taken as given
-/// (relative to the working directory).
+/// (relative to the working directory), and read with [`read_public`], so a secret key
+/// file (`*.key`) is refused.
 pub fn resolve_public(spec: &str) -> Result<PublicKey, KeyFileError> {
     resolve_public_in(spec, Path::new(""))
 }
@@ -428,6 +500,53 @@ mod tests {
                 matches!(key_paths(dir.path(), bad), Err(KeyFileError::BadName(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_secret_key_file_is_never_read_as_a_public_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = generate_pair(dir.path(), "KAZ", IfExists::Refuse).expect("pair");
+        let seed = hex::encode(key.to_bytes());
+        let (secret, public) = key_paths(dir.path(), "KAZ").expect("good name");
+        let upper = dir.path().join("COPY.KEY");
+        std::fs::copy(&secret, &upper).expect("copy");
+        let by_path = secret.to_str().expect("utf-8 path");
+        for e in [
+            read_public(&secret).expect_err("a secret key file"),
+            read_public(&upper).expect_err("any case"),
+            resolve_public(by_path).expect_err("on the command line"),
+            resolve_public_in("KAZ.key", dir.path()).expect_err("named in a file"),
+        ] {
+            assert!(matches!(e, KeyFileError::SecretNotPublic { .. }), "{e}");
+            let text = e.to_string();
+            assert!(text.contains(".key") && text.contains(".pub"), "{text}");
+            assert!(!text.contains(&seed), "the seed is printed: {text}");
+        }
+        let e = read_public(&secret).expect_err("a secret key file");
+        assert!(e.to_string().contains(&*public.to_string_lossy()), "{e}");
+        // The same contents under another name are taken as asked.
+        let other = dir.path().join("KAZ.hex");
+        std::fs::copy(&public, &other).expect("copy");
+        assert_eq!(read_public(&other).expect("read"), PublicKey::of(&key));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_public_key_file_is_never_read_as_a_secret_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate_pair(dir.path(), "ROSTER", IfExists::Refuse).expect("pair");
+        let (secret, public) = key_paths(dir.path(), "ROSTER").expect("good name");
+        // Readable by all, as a public key file is; and even when it is not.
+        for mode in [0o644, 0o600] {
+            std::fs::set_permissions(&public, std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            let e = read_secret(&public).expect_err("a public key file");
+            assert!(matches!(e, KeyFileError::PublicNotSecret { .. }), "{e}");
+            let text = e.to_string();
+            assert!(!text.contains("chmod"), "advises chmod: {text}");
+            assert!(text.contains(&*secret.to_string_lossy()), "{text}");
         }
     }
 

@@ -629,9 +629,12 @@ fn verify(args: VerifyArgs) -> Result<()> {
 
 /// The pinned roster key from `--roster-key`.
 fn roster_key(spec: &str) -> Result<PublicKey> {
-    keyfile::resolve_public(spec).with_context(|| {
-        format!("--roster-key {spec:?} is neither 64 hexadecimal digits nor a public key file")
-    })
+    // The context does not repeat `spec`: 64 digits given here may be a secret seed pasted
+    // by mistake, and a path is named by the error itself.
+    keyfile::resolve_public(spec).context(
+        "--roster-key: give the roster public key as 64 hexadecimal digits or as the path of \
+         its public key file (*.pub)",
+    )
 }
 
 /// Milliseconds since the Unix epoch, now.

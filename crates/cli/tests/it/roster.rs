@@ -380,3 +380,61 @@ fn bad_inputs_fail_cleanly() {
         "x",
     ]);
 }
+
+/// Both halves of a key pair are 64 hexadecimal digits; the file name tells them apart.
+/// A secret key file is never taken for a public key (it would be signed into the roster,
+/// or printed in an error), nor a public key file for a secret one.
+#[test]
+fn a_secret_key_file_is_not_a_public_key_nor_the_reverse() {
+    let t = setup();
+    let dir = t.draft.parent().expect("dir").join("new-keys");
+    ok(&["keygen", "--id", "NEW", "--out", s(&dir)]);
+    let seed = std::fs::read_to_string(dir.join("NEW.key")).expect("read");
+    let seed = seed.trim();
+    let draft_before = std::fs::read(&t.draft).expect("read draft");
+    let err = fail(&[
+        "roster",
+        "add",
+        "--roster",
+        s(&t.draft),
+        "--id",
+        "NEW",
+        "--name",
+        "New Observer",
+        "--role",
+        "observer",
+        "--key",
+        s(&dir.join("NEW.key")),
+    ]);
+    assert!(err.contains("NEW.pub") && !err.contains(seed), "{err}");
+    assert_eq!(std::fs::read(&t.draft).expect("read draft"), draft_before);
+
+    let roster_seed = std::fs::read_to_string(&t.roster_key).expect("read");
+    let err = fail(&[
+        "roster",
+        "verify",
+        s(&t.signed),
+        "--roster-key",
+        s(&t.roster_key),
+    ]);
+    assert!(
+        err.contains("roster-signing.pub") && !err.contains(roster_seed.trim()),
+        "{err}"
+    );
+
+    // Signing with the public half is refused by name, with no advice to chmod it.
+    let err = fail(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&t.draft),
+        "--key",
+        s(&t.roster_pub),
+        "--out",
+        s(&t.signed.with_extension("x")),
+    ]);
+    assert!(
+        err.contains("roster-signing.key") && !err.contains("chmod"),
+        "{err}"
+    );
+}
