@@ -6,7 +6,8 @@
 //! - [`roster_file`]: the human-editable TOML roster draft (the unsigned roster), and the
 //!   signed roster file (the canonical encoding of `Signed<Roster>`).
 //! - [`text_file`]: bounded reads of the other text files (service configurations, API
-//!   tokens, scenarios, message bodies), and the relay's and node's [`ConfigError`].
+//!   tokens, scenarios, message bodies, TLS certificates and keys), and the relay's and
+//!   node's [`ConfigError`].
 //!
 //! Every error names the file it is about. Every file is size-checked before it is read.
 

@@ -21,6 +21,11 @@ pub const CONFIG_FILE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest API token file read: one line of hexadecimal digits (the node writes 64).
 pub const TOKEN_FILE_BYTES_MAX: usize = 4096;
 
+/// Largest TLS certificate chain or private key file read (PEM): the relay's self-signed
+/// certificate and its key are under 1 KiB each, and a chain of a few CA certificates a few
+/// KiB.
+pub const TLS_PEM_FILE_BYTES_MAX: usize = 64 * 1024;
+
 /// Permission bits of a secret key file on Unix: owner read and write only.
 pub const SECRET_KEY_FILE_MODE: u32 = 0o600;
 

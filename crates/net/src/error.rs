@@ -10,6 +10,10 @@ pub enum NetError {
     /// A certificate, key or TLS configuration problem.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A certificate or key file could not be read: missing, unreadable, not text, or
+    /// larger than any such file (the message names the file).
+    #[error("TLS: {0}")]
+    TlsFile(#[from] hotline_config::TextFileError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

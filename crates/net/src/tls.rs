@@ -11,6 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use hotline_config::limits::TLS_PEM_FILE_BYTES_MAX;
 
 use crate::NetError;
 
@@ -78,10 +81,13 @@ impl RelayIdentity {
         Ok((ck.cert.pem(), ck.key_pair.serialize_pem(), fp))
     }
 
-    /// Loads a certificate chain and key from PEM files.
+    /// Loads a certificate chain and key from PEM files, each read with a limit
+    /// ([`TLS_PEM_FILE_BYTES_MAX`]): a path naming something endless (`/dev/zero`) is an
+    /// error naming it, not a hang.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NetError> {
-        let certs = CertificateDer::pem_file_iter(cert_path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        let cert_pem = read_pem(cert_path)?;
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| NetError::Tls(format!("{}: {e}", cert_path.display())))?;
         if certs.is_empty() {
             return Err(NetError::Tls(format!(
@@ -89,7 +95,9 @@ impl RelayIdentity {
                 cert_path.display()
             )));
         }
-        let key = PrivateKeyDer::from_pem_file(key_path)
+        // Zeroed when dropped: the parsed key is all that is kept.
+        let key_pem = Zeroizing::new(read_pem(key_path)?);
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| NetError::Tls(format!("{}: {e}", key_path.display())))?;
         Ok(Self { certs, key })
     }
@@ -193,6 +201,14 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// Reads a PEM file with a limit; the error names the file.
+fn read_pem(path: &Path) -> Result<String, NetError> {
+    Ok(hotline_config::text_file::read(
+        path,
+        TLS_PEM_FILE_BYTES_MAX,
+    )?)
+}
+
 /// A rustls client configuration that trusts only the pinned relay certificates.
 pub fn client_config(pins: Vec<Fingerprint>) -> Result<rustls::ClientConfig, NetError> {
     let provider = provider();
@@ -230,4 +246,52 @@ pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<Fingerprin
     cf.write_all(cert.as_bytes()).map_err(io(cert_path))?;
     cf.sync_all().map_err(io(cert_path))?;
     Ok(fp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_config::TextFileError;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// Longest a load may take: it reads at most 64 KiB of each file.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Loads on another thread, failing if the load has not returned by [`DEADLINE`].
+    fn load_in_time(cert: PathBuf, key: PathBuf) -> Result<RelayIdentity, NetError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(RelayIdentity::load(&cert, &key));
+        });
+        rx.recv_timeout(DEADLINE)
+            .expect("the load returns in time (it must not read without a limit)")
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_certificate_or_key_is_refused_at_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("relay.crt");
+        let key = dir.path().join("relay.key");
+        let fp = write_self_signed(&cert, &key).expect("init");
+        let id = load_in_time(cert.clone(), key.clone()).expect("a real pair loads");
+        assert_eq!(id.fingerprint(), fp);
+
+        let zero = PathBuf::from("/dev/zero");
+        for (c, k) in [(zero.clone(), key), (cert, zero)] {
+            let e = load_in_time(c, k).err().expect("refused");
+            assert!(
+                matches!(
+                    e,
+                    NetError::TlsFile(TextFileError::TooLarge {
+                        max: TLS_PEM_FILE_BYTES_MAX,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("/dev/zero"), "{e}");
+        }
+    }
 }

@@ -93,3 +93,31 @@ fn scenarios_and_message_bodies_are_read_with_a_limit() {
         "standard input",
     );
 }
+
+#[test]
+fn tls_certificates_and_keys_are_read_with_a_limit() {
+    refused(
+        &[
+            "relay",
+            "fingerprint",
+            "--cert",
+            "/dev/zero",
+            "--key",
+            "/dev/zero",
+        ],
+        None,
+        "/dev/zero",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "cert = \"/dev/zero\"\nkey = \"/dev/zero\"\nroster = \"roster.signed\"\n\
+         roster_key = \"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"\n\
+         data_dir = \"data\"\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("UTF-8 temporary path");
+    // The relay loads them with the same `RelayIdentity::load`, after its roster.
+    refused(&["config", "check", config], None, "/dev/zero");
+}
