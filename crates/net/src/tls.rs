@@ -99,7 +99,24 @@ impl RelayIdentity {
         let key_pem = Zeroizing::new(read_pem(key_path)?);
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| NetError::Tls(format!("{}: {e}", key_path.display())))?;
-        Ok(Self { certs, key })
+        let identity = Self { certs, key };
+        // The relay's TLS configuration is built now, as the relay builds it at start, so
+        // that every tool that loads a pair (`config check`, `relay fingerprint`) refuses
+        // what the relay would refuse: above all a key that is not the certificate's.
+        identity.server_tls().map_err(|e| {
+            let (cert, key) = (cert_path.display(), key_path.display());
+            NetError::Tls(match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "{key}: not the private key of the certificate {cert}; give the key \
+                     written with that certificate (`hotline relay init` writes a pair)"
+                ),
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    format!("{cert}: {e}")
+                }
+                e => format!("{cert} with {key}: {e}"),
+            })
+        })?;
+        Ok(identity)
     }
 
     /// The pinned fingerprint of the end-entity certificate.
@@ -128,12 +145,15 @@ impl RelayIdentity {
 
     /// A rustls server configuration: TLS 1.3 only, ALPN `cica-hotline/1`, no client certs.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, NetError> {
+        self.server_tls().map_err(|e| NetError::Tls(e.to_string()))
+    }
+
+    /// [`RelayIdentity::server_config`], with rustls' own error.
+    fn server_tls(&self) -> Result<rustls::ServerConfig, rustls::Error> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| NetError::Tls(e.to_string()))?
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
-            .with_single_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| NetError::Tls(e.to_string()))?;
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = vec![hotline_proto::frame::ALPN.to_vec()];
         cfg.max_early_data_size = 0;
         Ok(cfg)
@@ -293,5 +313,23 @@ mod tests {
             );
             assert!(e.to_string().contains("/dev/zero"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let (cert2, key2) = (dir.path().join("other.crt"), dir.path().join("other.key"));
+        write_self_signed(&cert, &key).expect("init");
+        write_self_signed(&cert2, &key2).expect("init");
+        RelayIdentity::load(&cert, &key).expect("a pair loads");
+        let e = RelayIdentity::load(&cert, &key2).err().expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("not the private key")
+                && text.contains("relay.crt")
+                && text.contains("other.key"),
+            "{text}"
+        );
     }
 }

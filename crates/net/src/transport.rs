@@ -131,6 +131,16 @@ fn server_configs(
     Ok((endpoint_cfg, cfg))
 }
 
+/// Builds the relay's endpoint and server configurations as [`server_endpoint`] does, and
+/// drops them: what a relay would refuse at start with these `identity` and `limits`, this
+/// refuses (`hotline config check`).
+pub fn check_server_config(
+    identity: &RelayIdentity,
+    limits: &TransportLimits,
+) -> Result<(), NetError> {
+    server_configs(identity, limits).map(|_| ())
+}
+
 /// A relay endpoint listening on `addr`.
 pub fn server_endpoint(
     addr: SocketAddr,

@@ -48,7 +48,8 @@ pub struct Limits {
     /// Connections not yet authenticated from one address (an IPv6 /64) before new ones
     /// from it are refused; 0: no limit (default 64).
     pub handshakes_per_ip_max: usize,
-    /// Idle connection timeout, ms (default 6000: three keepalive intervals).
+    /// Idle connection timeout, ms (default 6000: three keepalive intervals; at most
+    /// 600000).
     pub idle_timeout_ms: u64,
     /// Keepalive interval, ms (default 2000).
     pub keepalive_ms: u64,
@@ -137,6 +138,17 @@ pub struct RelayConfig {
     pub policy: Policy,
 }
 
+impl RelayConfig {
+    /// The QUIC transport limits of the relay's endpoint.
+    pub fn transport_limits(&self) -> hotline_net::TransportLimits {
+        hotline_net::TransportLimits {
+            idle_timeout_ms: self.limits.idle_timeout_ms,
+            keepalive_ms: self.limits.keepalive_ms,
+            peer_bidi_streams: 1,
+        }
+    }
+}
+
 /// Default QUIC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Default metrics address.
@@ -193,6 +205,15 @@ impl RelayConfig {
                 format!("must be at most {}", limits::BODY_BYTES_MAX),
             ));
         }
+        if l.idle_timeout_ms > limits::IDLE_TIMEOUT_MAX_MS {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                format!(
+                    "must be at most {} (10 minutes)",
+                    limits::IDLE_TIMEOUT_MAX_MS
+                ),
+            ));
+        }
         if l.keepalive_ms == 0 || l.keepalive_ms >= l.idle_timeout_ms {
             return Err(invalid(
                 "limits.keepalive_ms",
@@ -247,6 +268,14 @@ mod tests {
 
     const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
+    /// A fresh self-signed relay certificate and key.
+    fn test_identity() -> hotline_net::RelayIdentity {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        hotline_net::tls::write_self_signed(&cert, &key).expect("init");
+        hotline_net::RelayIdentity::load(&cert, &key).expect("load")
+    }
+
     #[test]
     fn defaults_apply_and_paths_are_relative_to_the_file() {
         let text = format!(
@@ -283,6 +312,22 @@ mod tests {
                 && e.to_string().contains("must be positive"),
             "{e}"
         );
+
+        // QUIC refuses an idle timeout this long at the relay's start: the parse refuses it.
+        let text = text.replace(
+            "receipt_rate_per_sec = 0",
+            "idle_timeout_ms = 9223372036854775807",
+        );
+        let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("endless idle");
+        assert!(
+            e.to_string().contains("limits.idle_timeout_ms")
+                && e.to_string().contains("at most 600000"),
+            "{e}"
+        );
+        let at_most = text.replace("9223372036854775807", "600000");
+        let c = RelayConfig::parse(&at_most, Path::new("r.toml")).expect("the maximum");
+        hotline_net::transport::check_server_config(&test_identity(), &c.transport_limits())
+            .expect("QUIC takes the maximum");
 
         let e = RelayConfig::parse("cert = \"a\"\nbogus = 1\n", Path::new("r.toml"))
             .expect_err("unknown field");

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use hotline_net::{RelayIdentity, TransportLimits};
+use hotline_net::RelayIdentity;
 use hotline_proto::frame::ErrorCode;
 use hotline_proto::{PublicKey, Roster, Verified};
 
@@ -283,11 +283,7 @@ impl Relay {
         };
 
         let identity = RelayIdentity::load(&config.cert, &config.key)?;
-        let transport = TransportLimits {
-            idle_timeout_ms: config.limits.idle_timeout_ms,
-            keepalive_ms: config.limits.keepalive_ms,
-            peer_bidi_streams: 1,
-        };
+        let transport = config.transport_limits();
         let simulated = hosting.socket.is_some();
         let endpoint = match hosting.socket {
             None => hotline_net::transport::server_endpoint(config.listen, &identity, &transport)?,

@@ -63,6 +63,11 @@ pub const HANDSHAKES_MAX: usize = 1_024;
 /// exercise harness) reconnects at once.
 pub const HANDSHAKES_PER_IP_MAX: usize = 64;
 
+/// Longest idle timeout a configuration may set: 10 minutes. A link dead for that long
+/// still holds its connection slot, and its node is shown connected; QUIC itself refuses
+/// timeouts above 2^62 ms, which would pass a check and fail the relay's start.
+pub const IDLE_TIMEOUT_MAX_MS: u64 = 600_000;
+
 /// Submissions and receipts from one connection awaiting commit before the relay stops
 /// reading from it (backpressure through QUIC flow control).
 pub const INFLIGHT_PER_CONNECTION: usize = 2_048;
@@ -116,3 +121,4 @@ const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
 const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);
 const _: () = assert!(COMMIT_BATCH_MAX <= WRITER_QUEUE_DEPTH);
+const _: () = assert!(hotline_net::transport::IDLE_TIMEOUT_MS <= IDLE_TIMEOUT_MAX_MS);

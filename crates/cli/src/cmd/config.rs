@@ -151,7 +151,14 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
     let cert_ok = report.readable("cert", &config.cert, init);
     let key_ok = report.readable("key", &config.key, init);
     if cert_ok && key_ok {
-        match hotline_net::RelayIdentity::load(&config.cert, &config.key) {
+        // Loading builds the TLS configuration, as the relay does (a key that is not the
+        // certificate's is refused); then the whole QUIC server configuration is built with
+        // the configured limits, as at the relay's start.
+        let checked = hotline_net::RelayIdentity::load(&config.cert, &config.key).and_then(|id| {
+            hotline_net::transport::check_server_config(&id, &config.transport_limits())?;
+            Ok(id)
+        });
+        match checked {
             Ok(id) => report.notes.push(format!(
                 "certificate fingerprint (nodes pin it): {}",
                 id.fingerprint()

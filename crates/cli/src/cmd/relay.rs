@@ -81,7 +81,7 @@ enum RelayCommand {
         /// The certificate (PEM).
         #[arg(long, default_value = "relay.crt")]
         cert: PathBuf,
-        /// Its private key (PEM), checked to load.
+        /// Its private key (PEM), checked to load and to be the certificate's.
         #[arg(long, default_value = "relay.key")]
         key: PathBuf,
     },

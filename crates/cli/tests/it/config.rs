@@ -250,6 +250,48 @@ fn the_named_files_are_checked() {
     let err = refused(d, "not-on-roster.toml", &text);
     assert!(err.contains("XYZ is not on roster version 1"), "{err}");
 
+    // A certificate and a key that are not a pair: the relay would refuse them at start,
+    // and so does `relay fingerprint`.
+    ok(&[
+        "relay",
+        "init",
+        "--cert",
+        s(&d.join("other.crt")),
+        "--key",
+        s(&d.join("other.key")),
+    ]);
+    let mismatched = relay_text()
+        .replace(KEY, roster_key)
+        .replace("relay.key", "other.key");
+    let err = refused(d, "mismatched.toml", &mismatched);
+    assert!(
+        err.contains("not the private key") && err.contains("other.key"),
+        "{err}"
+    );
+    let out = hotline(&[
+        "relay",
+        "fingerprint",
+        "--cert",
+        s(&d.join("relay.crt")),
+        "--key",
+        s(&d.join("other.key")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("not the private key"),
+        "{out:?}"
+    );
+    // An idle timeout QUIC cannot take is refused, naming its line.
+    let endless = relay_text().replace(KEY, roster_key).replace(
+        "connections_max = 100",
+        "idle_timeout_ms = 9223372036854775807",
+    );
+    let err = refused(d, "idle.toml", &endless);
+    assert!(
+        err.contains("limits.idle_timeout_ms") && err.contains("idle.toml:9"),
+        "{err}"
+    );
+
     // A key file others may read: the node would refuse it.
     set_mode(&d.join("KAZ.key"), 0o644);
     let text = node_text(&fingerprint).replace(KEY, roster_key);
