@@ -19,7 +19,7 @@ use crate::limits;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Connections served at once (default 16384).
+    /// Connections served at once (default 16384; at most 1048576).
     pub connections_max: usize,
     /// Largest frame from a node, bytes (default 262144, the protocol maximum).
     pub frame_bytes_max: usize,
@@ -53,13 +53,14 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Keepalive interval, ms (default 2000).
     pub keepalive_ms: u64,
-    /// Submissions awaiting commit per connection before reading pauses (default 2048).
+    /// Submissions awaiting commit per connection before reading pauses (default 2048; at
+    /// most 65536).
     pub inflight_per_connection: usize,
     /// Unreceipted deliveries per node before delivery pauses (default 4096).
     pub delivery_window: usize,
     /// Write timeout before a node is closed as a slow consumer, ms (default 10000).
     pub write_timeout_ms: u64,
-    /// Most items per commit (default 1024).
+    /// Most items per commit (default 1024; at most 8192, the store writer's queue depth).
     pub commit_batch_max: usize,
 }
 
@@ -241,6 +242,29 @@ impl RelayConfig {
                 return Err(invalid(field, "must be positive".into()));
             }
         }
+        // Past these the relay would panic (tokio's semaphores and channels hold at most
+        // `Semaphore::MAX_PERMITS`) or allocate without need; each is documented.
+        for (field, v, max) in [
+            (
+                "limits.connections_max",
+                l.connections_max,
+                limits::CONNECTIONS_MAX_CEILING,
+            ),
+            (
+                "limits.inflight_per_connection",
+                l.inflight_per_connection,
+                limits::INFLIGHT_PER_CONNECTION_CEILING,
+            ),
+            (
+                "limits.commit_batch_max",
+                l.commit_batch_max,
+                limits::COMMIT_BATCH_CEILING,
+            ),
+        ] {
+            if v > max {
+                return Err(invalid(field, format!("must be at most {max}")));
+            }
+        }
         Ok(Self {
             listen: raw.listen.unwrap_or_else(|| {
                 // The constant parses; a test below checks it.
@@ -289,6 +313,29 @@ mod tests {
         assert_eq!(c.cert, Path::new("/etc/hotline/relay.crt"));
         assert_eq!(c.limits.frame_bytes_max, limits::FRAME_BYTES_MAX);
         assert!(c.metrics_listen.is_some());
+    }
+
+    #[test]
+    fn counts_the_relay_cannot_hold_are_refused() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n[limits]\n"
+        );
+        for (field, max) in [
+            ("connections_max", limits::CONNECTIONS_MAX_CEILING),
+            (
+                "inflight_per_connection",
+                limits::INFLIGHT_PER_CONNECTION_CEILING,
+            ),
+            ("commit_batch_max", limits::COMMIT_BATCH_CEILING),
+        ] {
+            let at = |v: u64| format!("{base}{field} = {v}\n");
+            for v in [max as u64 + 1, i64::MAX as u64] {
+                let e = RelayConfig::parse(&at(v), Path::new("r.toml")).expect_err("too many");
+                assert_eq!(e.field(), Some(format!("limits.{field}").as_str()), "{e}");
+                assert!(e.to_string().contains(&format!("at most {max}")), "{e}");
+            }
+            RelayConfig::parse(&at(max as u64), Path::new("r.toml")).expect("the maximum");
+        }
     }
 
     #[test]

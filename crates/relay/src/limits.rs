@@ -7,6 +7,12 @@ use hotline_proto::limits as proto;
 /// the headroom covers reconnect storms, benchmarks and several nodes per participant.
 pub const CONNECTIONS_MAX: usize = 16_384;
 
+/// Largest `connections_max` a configuration may set: 64 times the default (the idle
+/// benchmark holds about 10,000 connections on two cores). The connection semaphore cannot
+/// hold more than `tokio::sync::Semaphore::MAX_PERMITS`; beyond it the accept loop panicked
+/// and the relay stayed up serving nothing.
+pub const CONNECTIONS_MAX_CEILING: usize = 1_048_576;
+
 /// Largest frame accepted from a node (at most the protocol maximum).
 pub const FRAME_BYTES_MAX: usize = proto::FRAME_BYTES_MAX;
 
@@ -72,6 +78,11 @@ pub const IDLE_TIMEOUT_MAX_MS: u64 = 600_000;
 /// reading from it (backpressure through QUIC flow control).
 pub const INFLIGHT_PER_CONNECTION: usize = 2_048;
 
+/// Largest `inflight_per_connection` a configuration may set: 32 times the default. Each
+/// session's answer channel is that deep, and a channel deeper than tokio allows panics the
+/// session; past this, one connection's backlog would only add latency, not throughput.
+pub const INFLIGHT_PER_CONNECTION_CEILING: usize = 65_536;
+
 /// Deliveries sent to one node and not yet receipted before the relay pauses delivery.
 pub const DELIVERY_WINDOW: usize = 4_096;
 
@@ -83,6 +94,11 @@ pub const COMMIT_BATCH_MAX: usize = 1_024;
 
 /// Commands waiting for the store writer before sessions wait (bounded channel).
 pub const WRITER_QUEUE_DEPTH: usize = 8_192;
+
+/// Largest `commit_batch_max` a configuration may set: a batch is drained from the writer's
+/// queue, so one larger than the queue could never fill, and the writer allocates room for
+/// a whole batch up front.
+pub const COMMIT_BATCH_CEILING: usize = WRITER_QUEUE_DEPTH;
 
 /// Rows fetched from a queue per read.
 pub const FETCH_PAGE_ROWS: usize = 512;
@@ -122,3 +138,8 @@ const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
 const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);
 const _: () = assert!(COMMIT_BATCH_MAX <= WRITER_QUEUE_DEPTH);
 const _: () = assert!(hotline_net::transport::IDLE_TIMEOUT_MS <= IDLE_TIMEOUT_MAX_MS);
+const _: () = assert!(CONNECTIONS_MAX <= CONNECTIONS_MAX_CEILING);
+const _: () = assert!(CONNECTIONS_MAX_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
+const _: () = assert!(INFLIGHT_PER_CONNECTION <= INFLIGHT_PER_CONNECTION_CEILING);
+const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
+const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
