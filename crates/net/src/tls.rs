@@ -244,28 +244,64 @@ pub fn client_config(pins: Vec<Fingerprint>) -> Result<rustls::ClientConfig, Net
 
 /// Writes a fresh self-signed certificate and key (mode 0600) to the given paths, refusing
 /// to overwrite existing files. Returns the fingerprint nodes pin.
+///
+/// Either both files are written or neither is left behind: both paths are checked before
+/// anything is written, and the key is removed if the certificate cannot be written, so
+/// that a failure never leaves half a pair that makes the next attempt fail on the key.
 pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<Fingerprint, NetError> {
-    use std::io::Write;
+    if cert_path == key_path {
+        return Err(NetError::Tls(format!(
+            "{}: the certificate and the key must be two files",
+            cert_path.display()
+        )));
+    }
+    for path in [cert_path, key_path] {
+        // `symlink_metadata`: a dangling symbolic link also makes the creation fail.
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(NetError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists; refusing to overwrite it (nothing was written)",
+                ),
+            });
+        }
+    }
     let (cert, key, fp) = RelayIdentity::generate()?;
-    let io = |path: &Path| {
-        let p = path.display().to_string();
-        move |source| NetError::Io { path: p, source }
+    let key = Zeroizing::new(key);
+    write_new(key_path, key.as_bytes(), Some(0o600))?;
+    if let Err(e) = write_new(cert_path, cert.as_bytes(), None) {
+        if let Err(rm) = std::fs::remove_file(key_path) {
+            tracing::warn!(key = %key_path.display(), error = %rm, "cannot remove the key written for a certificate that could not be written; remove it by hand");
+        }
+        return Err(e);
+    }
+    Ok(fp)
+}
+
+/// Creates `path` (with `mode` on Unix, else the default) holding `bytes`, and syncs it;
+/// removes it again if the write fails.
+fn write_new(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), NetError> {
+    use std::io::Write;
+    let io = |source| NetError::Io {
+        path: path.display().to_string(),
+        source,
     };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut kf = opts.open(key_path).map_err(io(key_path))?;
-    kf.write_all(key.as_bytes()).map_err(io(key_path))?;
-    kf.sync_all().map_err(io(key_path))?;
-    let mut cf = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(cert_path)
-        .map_err(io(cert_path))?;
-    cf.write_all(cert.as_bytes()).map_err(io(cert_path))?;
-    cf.sync_all().map_err(io(cert_path))?;
-    Ok(fp)
+    if let Some(mode) = mode {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(path).map_err(io)?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(io(e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -330,6 +366,40 @@ mod tests {
                 && text.contains("relay.crt")
                 && text.contains("other.key"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn init_leaves_both_files_or_neither() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("new.key"));
+        std::fs::write(&cert, "an older certificate").expect("write");
+        let e = write_self_signed(&cert, &key).expect_err("the certificate exists");
+        assert!(e.to_string().contains("relay.crt"), "{e}");
+        assert!(!key.exists(), "a key was written without its certificate");
+        assert_eq!(
+            std::fs::read_to_string(&cert).expect("read"),
+            "an older certificate"
+        );
+
+        // The certificate cannot be created (no such directory) after the key was written.
+        let nowhere = dir.path().join("missing").join("relay.crt");
+        let e = write_self_signed(&nowhere, &key).expect_err("no directory");
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(!key.exists(), "the key of a failed init was left behind");
+
+        let e = write_self_signed(&key, &key).expect_err("one file for two");
+        assert!(e.to_string().contains("two files"), "{e}");
+        assert!(!key.exists());
+
+        // Nothing left behind: the same command succeeds once the path is free.
+        std::fs::remove_file(&cert).expect("rm");
+        let fp = write_self_signed(&cert, &key).expect("init");
+        assert_eq!(
+            RelayIdentity::load(&cert, &key)
+                .expect("load")
+                .fingerprint(),
+            fp
         );
     }
 }

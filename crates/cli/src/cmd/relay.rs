@@ -22,7 +22,8 @@ pub(crate) struct RelayArgs {
 #[derive(Debug, Subcommand)]
 enum RelayCommand {
     /// Create a self-signed certificate and key for the relay and print the fingerprint
-    /// that nodes pin (`fingerprint` under `[[relays]]` in node.toml).
+    /// that nodes pin (`fingerprint` under `[[relays]]` in node.toml). Refused, writing
+    /// nothing, if either file exists.
     Init {
         /// Where to write the certificate (PEM).
         #[arg(long, default_value = "relay.crt")]
