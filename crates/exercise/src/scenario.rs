@@ -320,8 +320,22 @@ impl Scenario {
                 Fault::Offline { from_s, to_s, .. } => {
                     check(&field("from_s"), *from_s)?;
                     check(&field("to_s"), *to_s)?;
+                    // Otherwise the node "comes back" while it still runs, and is started
+                    // a second time on its data directory.
+                    if to_s <= from_s {
+                        bail!("scenario {origin}: {}: to_s ({to_s}) must come after from_s ({from_s})", field("offline"));
+                    }
                 }
-                Fault::Impair { .. } => {}
+                Fault::Impair {
+                    loss, duplicate, ..
+                } => {
+                    for (name, p) in [("loss", *loss), ("duplicate", *duplicate)] {
+                        // A probability the proxy draws against: NaN panicked its task.
+                        if !(0.0..=1.0).contains(&p) {
+                            bail!("scenario {origin}: {}: {name} must be a probability from 0 to 1 (got {p})", field(name));
+                        }
+                    }
+                }
             }
         }
         for o in &self.objectives {
@@ -445,6 +459,8 @@ within_s = @within_s@
             let v = match (f == field, f) {
                 (true, _) => value,
                 (false, "time_compression") => "1.0",
+                // After `from_s`: a node comes back after it went.
+                (false, "to_s") => "20.0",
                 (false, _) => "10.0",
             };
             text = text.replace(&format!("@{f}@"), v);
@@ -490,6 +506,42 @@ within_s = @within_s@
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// A node cannot come back before it went offline (it was started a second time while
+    /// it ran), and an impairment's probabilities are probabilities (a NaN panicked the
+    /// proxy's task).
+    #[test]
+    fn an_offline_spell_ends_after_it_starts_and_probabilities_are_probabilities() {
+        let e = Scenario::parse(&timed("to_s", "10.0"), "t.toml")
+            .expect_err("back when it went")
+            .to_string();
+        assert!(
+            e.contains("fault 3: offline: to_s (10) must come after from_s (10)"),
+            "{e}"
+        );
+        let impaired = |line: &str| {
+            format!(
+                "{}\n[[faults]]\nkind = \"impair\"\nparticipant = \"KAZ\"\n{line}\n",
+                timed("", "")
+            )
+        };
+        // Appended at the end of the file: a fourth fault.
+        for (line, field) in [
+            ("loss = nan", "loss"),
+            ("loss = 1.5", "loss"),
+            ("duplicate = -0.1", "duplicate"),
+        ] {
+            let e = Scenario::parse(&impaired(line), "t.toml")
+                .expect_err(line)
+                .to_string();
+            assert!(
+                e.contains(&format!("fault 4: {field}: {field} must be a probability")),
+                "{line}: {e}"
+            );
+        }
+        Scenario::parse(&impaired("loss = 0.2\nduplicate = 1.0"), "t.toml")
+            .expect("probabilities from 0 to 1");
     }
 
     /// A precedence or kind the node would refuse at every attempt is refused before the
