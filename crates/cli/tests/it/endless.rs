@@ -3,7 +3,6 @@
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long one command may take before the test calls it hung (it reads at most 1 MiB).
@@ -28,22 +27,11 @@ fn run(args: &[&str], input: Option<&'static [u8]>) -> (Option<i32>, String) {
         // Endless input: write until the command stops reading (a broken pipe ends it).
         std::thread::spawn(move || while stdin.write_all(bytes).is_ok() {});
     }
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(out) => {
-            let out = out.expect("wait");
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            (out.status.code(), stderr)
-        }
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("hotline {args:?} still running after {DEADLINE:?}: it reads without a limit");
-        }
-    }
+    let out = super::output_within(child, args, DEADLINE, "it reads without a limit");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn refused(args: &[&str], input: Option<&'static [u8]>, names: &str) {

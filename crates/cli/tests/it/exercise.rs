@@ -1,7 +1,6 @@
 //! `hotline exercise run` as an operator types it, from a directory of their own.
 
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long the drill below may take (it passes in about 2 s; 20 s is its scenario's end).
@@ -39,25 +38,12 @@ fn run_in(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String)
         .stderr(Stdio::piped())
         .spawn()
         .expect("the hotline binary runs");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(out) => {
-            let out = out.expect("wait");
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("hotline {args:?} still running after {DEADLINE:?}");
-        }
-    }
+    let out = super::output_within(child, args, DEADLINE, "the drill did not end");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `--out DIR` relative to the working directory: the relay and nodes, which run inside DIR,

@@ -4,3 +4,27 @@ mod config;
 mod endless;
 mod exercise;
 mod roster;
+
+/// Waits for `child`, a `hotline` run with `args`, to exit: its output. If it has not exited
+/// within `deadline` it is killed and the test fails, saying `hung` (what a hang means).
+fn output_within(
+    child: std::process::Child,
+    args: &[&str],
+    deadline: std::time::Duration,
+    hung: &str,
+) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("hotline {args:?} still running after {deadline:?}: {hung}");
+        }
+    }
+}
