@@ -2087,13 +2087,9 @@ mod tests {
         signed.verify_with(&signed.key()).unwrap()
     }
 
-    /// A FLASH alert from `me` to `to`, composed in `store` for one relay.
-    fn flash_alert(
-        store: &mut NodeStore,
-        me: &ParticipantId,
-        to: &[ParticipantId],
-    ) -> Signed<Envelope> {
-        let draft = Draft {
+    /// A FLASH alert to `to`, to compose.
+    fn flash_draft(to: &[ParticipantId], subject: &str) -> Draft {
+        Draft {
             audience: Audience::Participants(to.to_vec()),
             kind: Kind::Alert,
             precedence: Precedence::Flash,
@@ -2101,9 +2097,18 @@ mod tests {
             respond_by_ms: None,
             references: vec![],
             category: None,
-            subject: "Incident at the border".into(),
+            subject: subject.into(),
             body: String::new(),
-        };
+        }
+    }
+
+    /// A FLASH alert from `me` to `to`, composed in `store` for one relay.
+    fn flash_alert(
+        store: &mut NodeStore,
+        me: &ParticipantId,
+        to: &[ParticipantId],
+    ) -> Signed<Envelope> {
+        let draft = flash_draft(to, "Incident at the border");
         store
             .compose(me, &SigningKey::from_bytes(&[1; 32]), draft, to, 1, NOW)
             .unwrap()
@@ -2246,17 +2251,7 @@ mod tests {
         let last = last.decode_unverified().unwrap();
         assert_eq!(last.seq, Seq(SEQ_MAX));
         let compose = |store: &mut NodeStore| {
-            let draft = Draft {
-                audience: Audience::Participants(to.to_vec()),
-                kind: Kind::Alert,
-                precedence: Precedence::Flash,
-                status: Status::Actual,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: "One too many".into(),
-                body: String::new(),
-            };
+            let draft = flash_draft(&to, "One too many");
             store.compose(&me, &key, draft, &to, 1, NOW).map(|_| ())
         };
         assert_eq!(exhausted(compose(&mut store)), SEQ_MAX);
