@@ -705,6 +705,60 @@ async fn the_control_socket_is_private_refuses_bad_requests_and_goes_with_the_re
     assert!(!path.exists(), "the socket is removed at shutdown");
 }
 
+/// Delivering again on a running relay (`hotline relay redeliver`) closes the recipient's
+/// session also when its cursor does not move: here the recipient receipted the second of
+/// two messages, not the first, so only the position it receipted ahead is owed again. Its
+/// next session delivers both; the sender's session is not touched.
+#[tokio::test]
+async fn a_running_relays_redelivery_reaches_what_was_receipted_ahead() {
+    use hotline_relay::admin::{ask, Answer, Request};
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let m1 = kaz.send_to("KGZ", "first").await.unwrap();
+    let m2 = kaz.send_to("KGZ", "second").await.unwrap();
+    for m in [&m1, &m2] {
+        let (got, _) = kgz.next_deliver().await.unwrap();
+        assert_eq!(got.digest(), m.digest());
+    }
+    kgz.receipt_stored(ReceiptKind::Delivered, std::slice::from_ref(&m2))
+        .await
+        .unwrap();
+
+    let data = net.path().join("relay-data");
+    let answer = tokio::task::spawn_blocking(move || {
+        ask(
+            &data,
+            &Request::Redeliver {
+                to: Some("KGZ".into()),
+                since_ms: 0,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let Answer::Redelivered { rewound } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(rewound.len(), 1, "{rewound:?}");
+    assert_eq!(rewound[0].messages, 2, "{rewound:?}");
+    assert_eq!(rewound[0].cursor, rewound[0].cursor_was, "{rewound:?}");
+    assert_eq!(
+        close_code(&kgz.session.conn).await.unwrap(),
+        ErrorCode::Normal
+    );
+    let mut kgz = net.client(relay.local_addr(), "KGZ").await.unwrap();
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        again.push(kgz.next_deliver().await.unwrap().0.digest());
+    }
+    assert_eq!(again, [m1.digest(), m2.digest()]);
+    assert_flows(&mut kaz, &mut kgz, "after the redelivery")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 /// A client that reads nothing the relay sends (a stream receive window of 0, kept alive by
 /// pings) and whose `Hello` is refused: the relay's `Error` frame can never leave, and the
 /// handshake deadline still closes the connection, so it does not hold a handshake slot

@@ -1382,7 +1382,7 @@ impl Writer {
     /// [`Command::Rewind`]: moves the cursors back in one transaction (journaled
     /// `queue.rewound`), installs the queues as the store then holds them (the writer is
     /// between batches, so they are the in-memory queues plus what was moved back), and
-    /// closes the sessions of the recipients whose queues grew: their nodes connect again,
+    /// closes the sessions of the recipients now owed something: their nodes connect again,
     /// and a new session delivers from the start of its queue.
     fn rewind(
         &mut self,
@@ -1404,6 +1404,7 @@ impl Writer {
                 return Err(format!("relay storage: {e}"));
             }
         };
+        let changed = loaded.is_some();
         if let Some(loaded) = loaded {
             self.cursors = loaded.cursors;
             self.ahead = loaded.ahead;
@@ -1411,7 +1412,10 @@ impl Writer {
             self.publish_depths();
         }
         for (who, r) in &rewound {
-            if r.cursor < r.cursor_was {
+            // Its cursor moved back, or positions it had receipted ahead of it are owed
+            // again (the cursor need not move for those): either way a live session,
+            // which delivers forward from where it is, would not send them.
+            if changed && r.messages > 0 {
                 tracing::info!(recipient = %who, since_ms, cursor_was = r.cursor_was, cursor = r.cursor, owed = r.messages, "queue moved back");
                 self.ctx.hub.close(
                     who,
