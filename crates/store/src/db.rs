@@ -143,17 +143,36 @@ pub struct DirLock {
 }
 
 /// Claims `dir` ([`DirLock`]): an advisory `flock` on `dir/LOCK`, created if missing.
+///
+/// The file is opened read-only when it exists (a lock needs no write access), and one this
+/// creates is given the directory's owner when that differs (an administrator's `sudo
+/// hotline restore` on a new disk): otherwise the service's account could not open a
+/// `LOCK` left behind by root, and the service would not start. A `chown` that is not
+/// permitted (not root) is left, as the file is then the caller's own.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
     let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            let owner = std::fs::metadata(dir).map_err(io)?;
+            if file.metadata().map_err(io)?.uid() != owner.uid() {
+                let _ = std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()));
+            }
+            file
+        }
+        Err(e) => return Err(io(e)),
+    };
     match file.try_lock() {
         Ok(()) => Ok(DirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),

@@ -366,6 +366,9 @@ mod backup_tests {
         assert!(r.set_aside.is_empty());
         let meta = std::fs::metadata(data.join("relay.db")).expect("restored");
         assert_eq!((meta.uid(), meta.gid()), (65_534, 65_534));
+        // So is the claim's file, which the service opens at its start.
+        let lock = std::fs::metadata(data.join(crate::LOCK_FILE)).expect("claimed");
+        assert_eq!((lock.uid(), lock.gid()), (65_534, 65_534));
     }
 
     /// A restore checks the copy, never changes it, puts it in place of the store and sets
