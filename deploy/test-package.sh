@@ -130,6 +130,12 @@ if grep -Eq 'rm -rf? .*/var/backups' "$control/postrm"; then
 fi
 grep -q 'rm -rf /var/lib/hotline-relay /var/lib/hotline-node' "$control/postrm" ||
     bad "postrm purge does not remove the state directories"
+grep -qF "systemctl stop 'hotline-backup@*.timer'" "$control/prerm" ||
+    bad "prerm does not stop the backup timers"
+grep -q 'hotline-relay.service' "$control/prerm" ||
+    bad "prerm lacks the systemd fragment that stops hotline-relay"
+grep -qF 'timers.target.wants/hotline-backup@*.timer' "$control/postrm" ||
+    bad "postrm purge leaves the backup timers' links"
 stop_if_failed "maintainer scripts"
 
 # --- units: as in the repository, with the paths the issue fixes ---------------------------
