@@ -2790,6 +2790,7 @@ async fn a_node_refuses_another_members_store() {
     let id = kaz.send("KGZ", "For KGZ only", &[]).await.unwrap();
     assert_eq!(id.len(), 32, "{id}");
     back_up(&net, "node-KAZ", "kaz-backup.db").await;
+    back_up(&net, "node-KGZ", "kgz-backup.db").await;
     stop_node(kgz).await;
 
     let restore = ["restore", "--from", "kaz-backup.db", "--data", "node-KGZ"];
@@ -2830,6 +2831,21 @@ async fn a_node_refuses_another_members_store() {
         "{log}"
     );
     assert!(!log.contains("local API listening"), "{log}");
+
+    // KGZ's own backup is refused over KAZ's store too, saying how to proceed...
+    let own = ["restore", "--from", "kgz-backup.db", "--data", "node-KGZ"];
+    let refused = hotline_cli(net.path(), &own).await.unwrap();
+    assert!(
+        !refused.status.success() && refused.stderr.contains("aside first"),
+        "{refused:?}"
+    );
+    // ...but not over a store that cannot be read (the damage a restore is for).
+    std::fs::write(data.join("node.db"), vec![0x5a; 8192]).unwrap();
+    let restored = hotline_cli(net.path(), &own).await.unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.connected().await.unwrap();
+    stop_node(kgz).await;
     relay.shutdown().await;
 }
 

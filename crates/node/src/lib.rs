@@ -357,7 +357,6 @@ impl Node {
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let claim = hotline_store::lock_dir(&config.data_dir)?;
         let mut store = NodeStore::open(&config.data_dir)?;
-        store.claim_participant(&config.participant, now_ms())?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
         store.set_relay_names(
             config
@@ -380,6 +379,8 @@ impl Node {
             }
             Some(_) => {}
         }
+        // Once the configuration's participant is known to be on the roster.
+        store.claim_participant(&me, now_ms())?;
         let token = ensure_token(&config.token_file)?;
         let relays = config.relays.len();
         info!(participant = %me, roster = roster.version, relays, outbox = store.outbox_len()?, "node starting");

@@ -164,8 +164,9 @@ fn rename_relay_records(conn: &Connection) -> Result<(), StoreError> {
 
 /// Whose store this is: the participant recorded in `meta` at its first start since the
 /// record exists, or, in a store from before it, the author of the first message it signed,
-/// else of a receipt it signed. `None` for a store that has recorded, sent and receipted
-/// nothing. It only reads, so it serves a backup opened read-only too (`hotline restore`).
+/// else of an acknowledgement it signed, else of the first delivered receipt it signed (kept
+/// whole in its journal). `None` for a store that has recorded, sent and receipted nothing.
+/// It only reads, so it serves a backup opened read-only too (`hotline restore`).
 pub fn store_participant(
     conn: &Connection,
     path: &Path,
@@ -201,7 +202,33 @@ pub fn store_participant(
             .map(|r| Some(r.recipient))
             .map_err(|e| corrupt(format!("a receipt it signed does not decode: {e}")));
     }
+    // A member that only ever received: its delivered receipts are journaled, not kept.
+    if let Some(record) =
+        first("SELECT payload FROM journal WHERE kind = 'receipt.delivered' ORDER BY seq LIMIT 1")?
+    {
+        return codec::decode::<Signed<Receipt>>(&record, record.len())
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.decode_unverified().map_err(|e| e.to_string()))
+            .map(|r| Some(r.recipient))
+            .map_err(|e| {
+                corrupt(format!(
+                    "a delivered receipt it journaled does not decode: {e}"
+                ))
+            });
+    }
     Ok(None)
+}
+
+/// Whether the store holds nothing of a participant's: nothing sent, received, quarantined
+/// or receipted (a store recorded for a mistyped participant at a first start).
+fn holds_nothing(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM sent) AND NOT EXISTS (SELECT 1 FROM inbox)
+            AND NOT EXISTS (SELECT 1 FROM quarantine) AND NOT EXISTS (SELECT 1 FROM receipts_out)
+            AND NOT EXISTS (SELECT 1 FROM journal WHERE kind = 'receipt.delivered')",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// What the operator asks to send; the store adds id, sequence number, sender and time.
@@ -727,35 +754,42 @@ impl NodeStore {
     /// ([`StoreError::OtherParticipant`], by [`store_participant`]): a node started as KGZ on
     /// KAZ's store (a backup restored into the wrong directory) would show KAZ's messages to
     /// KGZ's officers, and submit KAZ's signed messages as its own. Called at every start,
-    /// before anything is served; it writes (journaled `store.participant`) only the first
-    /// time. A participant's key may change with the roster; its id does not.
+    /// once the configuration has passed its checks and before anything is served; it
+    /// writes (journaled `store.participant`) only the first time, and again only for a
+    /// store that holds nothing of anyone's yet (a first start with a mistyped participant,
+    /// corrected). A participant's key may change with the roster; its id does not.
     pub fn claim_participant(&mut self, me: &ParticipantId, now_ms: u64) -> Result<(), StoreError> {
-        match store_participant(&self.conn, &self.path)? {
-            Some(holder) if holder != *me => {
+        let holder = store_participant(&self.conn, &self.path)?;
+        if holder.as_ref() == Some(me) && self.recorded_participant()? {
+            return Ok(());
+        }
+        if let Some(holder) = holder.filter(|h| h != me) {
+            if !holds_nothing(&self.conn)? {
                 return Err(StoreError::OtherParticipant {
                     path: self.path.clone(),
                     holder: holder.to_string(),
                     configured: me.to_string(),
-                })
+                });
             }
-            _ => {}
-        }
-        let recorded: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'participant')",
-            [],
-            |r| r.get(0),
-        )?;
-        if recorded {
-            return Ok(());
+            tracing::warn!(recorded = %holder, participant = %me, "this store was recorded for another participant but holds nothing yet: recorded again");
         }
         self.tx(|tx, j| {
             tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('participant', ?1)",
+                "INSERT INTO meta (key, value) VALUES ('participant', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [me.as_str().as_bytes()],
             )?;
             j.append(tx, now_ms, "store.participant", me.as_str(), &[])?;
             Ok(())
         })
+    }
+
+    fn recorded_participant(&self) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'participant')",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Names the configured relays, by index, for the record of what each has accepted
@@ -2832,9 +2866,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(store_participant(&store.conn, &store.path).unwrap(), None);
+        // A first start with a mistyped participant, corrected: the store held nothing yet.
+        store.claim_participant(&pid("TJK"), NOW).unwrap();
         store.claim_participant(&pid("KGZ"), NOW).unwrap();
+        assert_eq!(claimed(&store), ["TJK", "KGZ"]);
         store.claim_participant(&pid("KGZ"), NOW + 1).unwrap();
-        assert_eq!(claimed(&store), ["KGZ"], "recorded once, journaled");
+        assert_eq!(
+            claimed(&store),
+            ["TJK", "KGZ"],
+            "recorded once a participant"
+        );
+        // Once it holds something of KGZ's (here a message it received), it is KGZ's.
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let received = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = received.decode_unverified().unwrap();
+        store.store_deliveries(&[(received, Ok(env))], NOW).unwrap();
         let err = store.claim_participant(&pid("KAZ"), NOW + 2).unwrap_err();
         match &err {
             StoreError::OtherParticipant {
@@ -2848,7 +2894,7 @@ mod tests {
         drop(store);
         let mut store = NodeStore::open(dir.path()).unwrap();
         assert!(store.claim_participant(&pid("KAZ"), NOW + 3).is_err());
-        assert_eq!(claimed(&store), ["KGZ"]);
+        assert_eq!(claimed(&store), ["TJK", "KGZ"]);
         let path = dir.path().join(DB_FILE);
         verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
     }
@@ -2888,6 +2934,22 @@ mod tests {
         store
             .acknowledge(&pid("KGZ"), &key, &env.id, "Duty officer", None, 1, NOW)
             .unwrap()
+            .unwrap();
+        assert_eq!(
+            store_participant(&store.conn, &store.path).unwrap(),
+            Some(pid("KGZ"))
+        );
+        assert!(store.claim_participant(&pid("TJK"), NOW).is_err());
+
+        // One that only received and receipted delivery: known by its journal.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let received = Signed::sign(&envelope(2, Precedence::Routine), &kaz).unwrap();
+        let env = received.decode_unverified().unwrap();
+        let (_, items) = store.store_deliveries(&[(received, Ok(env))], NOW).unwrap();
+        assert_eq!(store_participant(&store.conn, &store.path).unwrap(), None);
+        store
+            .delivered_receipts(&pid("KGZ"), &key, items, NOW)
             .unwrap();
         assert_eq!(
             store_participant(&store.conn, &store.path).unwrap(),

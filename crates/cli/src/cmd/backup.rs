@@ -136,17 +136,23 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let current = data.join(name);
     if let (Some(holder), true) = (&holder, current.exists()) {
         // A node's copy put in another node's directory would show one member's messages
-        // to another; the node refuses such a store at start, and this refuses it now.
-        let conn = hotline_store::open_read_only(&current)
-            .with_context(|| format!("{}: cannot read the current store", current.display()))?;
-        if let Some(held) = hotline_node::store::store_participant(&conn, &current)? {
-            if held != *holder {
-                anyhow::bail!(
-                    "{} is {holder}'s node store, but {} holds {held}'s: is this the right \
-                     backup, and the right data directory?",
-                    from.display(),
-                    data.display()
-                );
+        // to another; the node refuses such a store at start, and this refuses it now. A
+        // current store that cannot be read (the damage a restore is for) tells nothing:
+        // the node checks the copy against its configuration when it starts.
+        let held = hotline_store::open_read_only(&current)
+            .and_then(|conn| hotline_node::store::store_participant(&conn, &current));
+        match held {
+            Ok(Some(held)) if held != *holder => anyhow::bail!(
+                "{} is {holder}'s node store, but {} holds {held}'s: is this the right backup, \
+                 and the right data directory? (If the directory holds the wrong store, move \
+                 {} and its -wal and -shm aside first.)",
+                from.display(),
+                data.display(),
+                current.display()
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(store = %current.display(), error = %e, "the store to be replaced cannot be read; whose it was is not checked");
             }
         }
     }
