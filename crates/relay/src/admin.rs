@@ -28,6 +28,8 @@ use crate::store::{Command, Rewound};
 pub const SOCKET_FILE: &str = "admin.sock";
 /// The most a request line may hold.
 const REQUEST_BYTES_MAX: u64 = 4096;
+/// The pause after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer may take: the writer finishes its batch, then moves the queues back
@@ -58,7 +60,7 @@ pub enum Answer {
         /// By recipient.
         rewound: Vec<RewoundQueue>,
     },
-    /// Refused, and why; nothing changed.
+    /// Refused, and why; nothing changed (but for a timeout, whose reason says so).
     Refused {
         /// Why.
         error: String,
@@ -93,25 +95,32 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves requests on `listener` until `shutdown`, then removes the socket file.
+/// Serves requests on `listener` until `shutdown`, then removes the socket file. `db` is
+/// the relay's store, which a request reads (read-only) before it gives the writer work.
 pub(crate) async fn serve(
     listener: tokio::net::UnixListener,
     path: PathBuf,
+    db: PathBuf,
     writer: mpsc::WeakSender<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // An accept that fails (out of file descriptors, a connection aborted) is passing:
+    // logged at most once every 10 s, retried after a pause.
+    let mut failing = crate::throttle::Throttle::new(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if let Err(e) = answer(stream, &writer).await {
+                    if let Err(e) = answer(stream, &db, &writer).await {
                         warn!(error = %e, "admin socket: a request was not answered");
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "admin socket: accept failed; no more requests are taken");
-                    break;
+                    if let Some(n) = failing.tick(1, std::time::Instant::now()) {
+                        warn!(error = %e, failures = n, "admin socket: accept failed; retrying");
+                    }
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
         }
@@ -122,6 +131,7 @@ pub(crate) async fn serve(
 /// Reads one request from `stream`, has it done, writes the answer.
 async fn answer(
     stream: tokio::net::UnixStream,
+    db: &Path,
     writer: &mpsc::WeakSender<Command>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -140,7 +150,7 @@ async fn answer(
             Err(e) => Answer::Refused {
                 error: format!("not a request: {e}"),
             },
-            Ok(request) => handle(request, writer).await,
+            Ok(request) => handle(request, db, writer).await,
         },
     };
     let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
@@ -150,7 +160,7 @@ async fn answer(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read"))?
 }
 
-async fn handle(request: Request, writer: &mpsc::WeakSender<Command>) -> Answer {
+async fn handle(request: Request, db: &Path, writer: &mpsc::WeakSender<Command>) -> Answer {
     let refused = |error: String| Answer::Refused { error };
     let Request::Redeliver { to, since_ms } = request;
     let only = match to.as_deref().map(ParticipantId::new).transpose() {
@@ -158,10 +168,24 @@ async fn handle(request: Request, writer: &mpsc::WeakSender<Command>) -> Answer 
         Err(e) => return refused(format!("to: {e}")),
     };
     info!(to = ?to, since_ms, "admin socket: deliver again requested");
+    // The search for the first message since then reads the history up to there: on a
+    // read connection, so that the writer, which every submission waits for, does not.
+    let db = db.to_owned();
+    let first = tokio::task::spawn_blocking(move || {
+        let conn = hotline_store::open_read_only(&db)?;
+        crate::store::first_accepted_since(&conn, since_ms)
+    })
+    .await;
+    let first = match first {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => return refused(format!("reading the store: {e}")),
+        Err(e) => return refused(format!("reading the store: {e}")),
+    };
     let (reply, answer) = oneshot::channel();
     let cmd = Command::Rewind {
         only,
         since_ms,
+        first,
         reply,
     };
     // Upgraded only to send: the writer stops once every strong sender is gone.
@@ -174,7 +198,8 @@ async fn handle(request: Request, writer: &mpsc::WeakSender<Command>) -> Answer 
     drop(tx);
     match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Err(_) => refused(format!(
-            "the store writer did not answer within {} s",
+            "the store writer did not answer within {} s; the queue may still be moved back \
+             (the journal's queue.rewound entries say whether it was)",
             ANSWER_TIMEOUT.as_secs()
         )),
         Ok(Err(_)) => refused("the store writer stopped".into()),

@@ -305,6 +305,7 @@ impl Relay {
                     tokio::spawn(admin::serve(
                         listener,
                         path,
+                        db_path.clone(),
                         cmd_tx.downgrade(),
                         shutdown_rx.clone(),
                     ));

@@ -495,9 +495,25 @@ fn rewind(
     // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
-    let (rewound, _) = rewind_in(&tx, &mut journal, only, since_ms, now_ms)?;
+    let first = first_accepted_since(&tx, since_ms)?;
+    let (rewound, _) = rewind_in(&tx, &mut journal, only, (since_ms, first), now_ms)?;
     tx.commit()?;
     Ok(rewound)
+}
+
+/// The position of the first message accepted at or after `since_ms`, if any. It reads the
+/// messages in order up to there (`accepted_at_ms` has no index: a message's commit would
+/// pay for one), so the running relay asks it of a read connection, not of its writer:
+/// messages are only ever appended, so the answer holds when the writer uses it.
+pub(crate) fn first_accepted_since(
+    conn: &Connection,
+    since_ms: u64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
+        [time_key(since_ms)],
+        |r| r.get(0),
+    )?)
 }
 
 /// [`rewind`]'s work in transaction `tx` (the caller commits it): what each recipient is
@@ -506,14 +522,9 @@ fn rewind_in(
     tx: &Transaction<'_>,
     journal: &mut Journal,
     only: Option<&ParticipantId>,
-    since_ms: u64,
+    (since_ms, first): (u64, Option<i64>),
     now_ms: u64,
 ) -> Result<(RewoundAll, Option<LoadedQueues>), StoreError> {
-    let first: Option<i64> = tx.query_row(
-        "SELECT MIN(rseq) FROM messages WHERE accepted_at_ms >= ?1",
-        [time_key(since_ms)],
-        |r| r.get(0),
-    )?;
     let mut cursors: Vec<(ParticipantId, i64)> = Vec::new();
     {
         let mut st = tx.prepare(
@@ -676,6 +687,8 @@ pub(crate) enum Command {
     Rewind {
         only: Option<ParticipantId>,
         since_ms: u64,
+        /// [`first_accepted_since`], read before the command was sent.
+        first: Option<i64>,
         reply: tokio::sync::oneshot::Sender<Result<RewoundAll, String>>,
     },
 }
@@ -1337,10 +1350,11 @@ impl Writer {
                         if let Command::Rewind {
                             only,
                             since_ms,
+                            first,
                             reply,
                         } = r
                         {
-                            let _ = reply.send(self.rewind(only.as_ref(), since_ms));
+                            let _ = reply.send(self.rewind(only.as_ref(), since_ms, first));
                         }
                     }
                     return true;
@@ -1388,11 +1402,18 @@ impl Writer {
         &mut self,
         only: Option<&ParticipantId>,
         since_ms: u64,
+        first: Option<i64>,
     ) -> Result<RewoundAll, String> {
         self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
-            let r = rewind_in(&tx, &mut self.journal, only, since_ms, crate::now_ms())?;
+            let r = rewind_in(
+                &tx,
+                &mut self.journal,
+                only,
+                (since_ms, first),
+                crate::now_ms(),
+            )?;
             tx.commit()?;
             Ok::<_, StoreError>(r)
         })();
