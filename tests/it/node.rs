@@ -2223,6 +2223,35 @@ async fn a_node_survives_a_relay_that_sends_garbage() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A relay that reads nothing (here an impostor that stops reading once it has welcomed the
+/// node) cannot hold the node's link in a write: once its stream's window is full, the write
+/// ends after `LINK_WRITE_TIMEOUT_MS` (10 s), and the link with it, to be made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_reads_nothing_ends_the_link_instead_of_holding_it() {
+    let net = net();
+    let (relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let body = net.path().join("body.txt");
+    std::fs::write(&body, "x".repeat(60_000)).unwrap();
+    let body = body.to_str().unwrap().to_owned();
+    // 30 messages of 60 kB: more than the impostor's stream window (quinn's 1.25 MB).
+    for i in 0..30 {
+        kaz.send("KGZ", &format!("Large {i}"), &["--body-file", &body])
+            .await
+            .unwrap();
+    }
+    // The write gives up 10 s after it blocked; a wait on a log line lasts EVENT_TIMEOUT.
+    let needles = [
+        "relay link lost",
+        "a write to the relay, which reads nothing",
+    ];
+    let line = match kaz.proc.wait_line(&needles).await {
+        Ok(line) => line,
+        Err(_) => kaz.proc.wait_line(&needles).await.unwrap(),
+    };
+    assert!(line.contains("timed out"), "{line}");
+    drop(relay);
+}
+
 /// A relay whose `Welcome` names a last sequence number above the highest an envelope may
 /// carry cannot leave the node unable to send: the node ends that link as a protocol
 /// violation, keeps its counter, and at its next connection sends its next message with

@@ -33,6 +33,12 @@ const _: () = assert!(SILENT_LINK_MS < hotline_net::transport::IDLE_TIMEOUT_MS);
 /// Time allowed for the QUIC handshake plus authentication.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// A write to the relay still blocked after this (the relay reads nothing: its store has
+/// stalled, or it is not a relay) ends the link, to be made again, rather than holding the
+/// link and the node's shutdown in it. The relay gives its own writes as long
+/// (`limits.write_timeout_ms`).
+pub const LINK_WRITE_TIMEOUT_MS: u64 = 10_000;
+
 /// A relay clock (`Welcome.relay_time_ms`) further than this from the node's is logged at
 /// warn: receipts and deadlines carry both sides' times.
 pub const CLOCK_SKEW_WARN_MS: u64 = 60_000;

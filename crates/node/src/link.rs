@@ -17,7 +17,7 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::Event;
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS,
-    OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Resequenced, Stored};
@@ -265,10 +265,32 @@ impl Retries {
     }
 }
 
+/// The link's end of its stream to the relay, each write bounded by
+/// `LINK_WRITE_TIMEOUT_MS`.
+struct RelayWriter(hotline_net::FrameWriter);
+
+impl RelayWriter {
+    async fn write(&mut self, frame: &NodeToRelay) -> Result<(), NetError> {
+        within_write_timeout(self.0.write(frame)).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        within_write_timeout(self.0.write_raw(bytes)).await
+    }
+}
+
+async fn within_write_timeout(
+    write: impl std::future::Future<Output = Result<(), NetError>>,
+) -> Result<(), NetError> {
+    tokio::time::timeout(Duration::from_millis(LINK_WRITE_TIMEOUT_MS), write)
+        .await
+        .map_err(|_| NetError::Timeout("a write to the relay, which reads nothing"))?
+}
+
 struct Link<'a> {
     state: &'a NodeState,
     idx: usize,
-    writer: hotline_net::FrameWriter,
+    writer: RelayWriter,
     /// Messages written on this connection and not yet answered, with the sequence number
     /// each was written with.
     sent: HashMap<MessageId, u64>,
@@ -368,7 +390,7 @@ async fn serve(
     let mut link = Link {
         state,
         idx,
-        writer,
+        writer: RelayWriter(writer),
         sent: HashMap::new(),
         floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
