@@ -72,7 +72,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
 
 /// Creates `path` with `bytes`, failing with `AlreadyExists` if it exists; fsyncs the file
 /// and its directory. A failed write removes the partial file.
-pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut f = open_options(mode).open(path)?;
     let result = (|| {
         f.write_all(bytes)?;

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod roster_file;
 pub mod text_file;
 
+pub use atomic_file::write_new;
 pub use keyfile::{IfExists, KeyFileError};
 pub use roster_file::{Draft, DraftError, DraftGroup, DraftParticipant, RosterFileError};
 pub use text_file::{ConfigError, TextFileError};

@@ -269,8 +269,8 @@ pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<Fingerprin
     }
     let (cert, key, fp) = RelayIdentity::generate()?;
     let key = Zeroizing::new(key);
-    write_new(key_path, key.as_bytes(), Some(0o600))?;
-    if let Err(e) = write_new(cert_path, cert.as_bytes(), None) {
+    write_new(key_path, key.as_bytes(), 0o600)?;
+    if let Err(e) = write_new(cert_path, cert.as_bytes(), 0o644) {
         if let Err(rm) = std::fs::remove_file(key_path) {
             tracing::warn!(key = %key_path.display(), error = %rm, "cannot remove the key written for a certificate that could not be written; remove it by hand");
         }
@@ -279,29 +279,13 @@ pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<Fingerprin
     Ok(fp)
 }
 
-/// Creates `path` (with `mode` on Unix, else the default) holding `bytes`, and syncs it;
-/// removes it again if the write fails.
-fn write_new(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), NetError> {
-    use std::io::Write;
-    let io = |source| NetError::Io {
+/// Creates `path` with `mode` holding `bytes` (`hotline_config::write_new`: synced with its
+/// directory, removed again if the write fails).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NetError> {
+    hotline_config::write_new(path, bytes, mode).map_err(|source| NetError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    if let Some(mode) = mode {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = opts.open(path).map_err(io)?;
-    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-        return Err(io(e));
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
