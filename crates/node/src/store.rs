@@ -171,10 +171,17 @@ pub fn store_participant(
     conn: &Connection,
     path: &Path,
 ) -> Result<Option<ParticipantId>, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.to_owned(),
-        detail,
-    };
+    match recorded_participant(conn, path)? {
+        Some(p) => Ok(Some(p)),
+        None => inferred_participant(conn, path),
+    }
+}
+
+/// The participant recorded in `meta`, if any.
+fn recorded_participant(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Option<ParticipantId>, StoreError> {
     let recorded: Option<Vec<u8>> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'participant'",
@@ -182,13 +189,28 @@ pub fn store_participant(
             |r| r.get(0),
         )
         .optional()?;
-    if let Some(v) = recorded {
-        return String::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(|| corrupt("its participant record is not a participant id".into()));
-    }
+    recorded
+        .map(|v| {
+            String::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    detail: "its participant record is not a participant id".into(),
+                })
+        })
+        .transpose()
+}
+
+/// The participant a store without the record is known by: the author of what it signed.
+fn inferred_participant(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Option<ParticipantId>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     let first = |sql: &str| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(conn.query_row(sql, [], |r| r.get(0)).optional()?)
     };
@@ -759,10 +781,12 @@ impl NodeStore {
     /// store that holds nothing of anyone's yet (a first start with a mistyped participant,
     /// corrected). A participant's key may change with the roster; its id does not.
     pub fn claim_participant(&mut self, me: &ParticipantId, now_ms: u64) -> Result<(), StoreError> {
-        let holder = store_participant(&self.conn, &self.path)?;
-        if holder.as_ref() == Some(me) && self.recorded_participant()? {
-            return Ok(());
-        }
+        // At every start after the first, one read: the record, and it is `me`.
+        let holder = match recorded_participant(&self.conn, &self.path)? {
+            Some(recorded) if recorded == *me => return Ok(()),
+            Some(recorded) => Some(recorded),
+            None => inferred_participant(&self.conn, &self.path)?,
+        };
         if let Some(holder) = holder.filter(|h| h != me) {
             if !holds_nothing(&self.conn)? {
                 return Err(StoreError::OtherParticipant {
@@ -782,14 +806,6 @@ impl NodeStore {
             j.append(tx, now_ms, "store.participant", me.as_str(), &[])?;
             Ok(())
         })
-    }
-
-    fn recorded_participant(&self) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'participant')",
-            [],
-            |r| r.get(0),
-        )?)
     }
 
     /// Names the configured relays, by index, for the record of what each has accepted
