@@ -1674,9 +1674,8 @@ impl NodeStore {
         // rows are read. A row that turns out not to page (stored before NEVER_PAGES was
         // written at arrival) is marked so and never read again.
         let cutoff = now_ms.saturating_sub(interval_ms);
-        let tx = self.conn.transaction()?;
         let rows: Vec<(MessageId, Signed<Envelope>)> = {
-            let mut st = tx.prepare_cached(
+            let mut st = self.conn.prepare_cached(
                 "SELECT id, bytes, key, sig FROM inbox
                  WHERE acked_at_ms IS NULL AND COALESCE(paged_at_ms, received_at_ms) <= ?1 LIMIT ?2",
             )?;
@@ -1692,10 +1691,12 @@ impl NodeStore {
             rows.collect::<rusqlite::Result<_>>()?
         };
         if rows.is_empty() {
-            // Nothing to mark (almost every tick): the transaction, which only read, ends
-            // as it is dropped.
+            // Nothing to mark (almost every tick): no transaction.
             return Ok(Vec::new());
         }
+        // The store has one connection, behind the node's store lock: nothing changes the
+        // rows between that read and these marks.
+        let tx = self.conn.transaction()?;
         let mut due = Vec::new();
         {
             let mut mark = tx.prepare_cached("UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1")?;
