@@ -150,7 +150,6 @@ pub struct DirLock {
 /// `LOCK` left behind by root, and the service would not start. A `chown` that is not
 /// permitted (not root) is left, as the file is then the caller's own.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
-    use std::os::unix::fs::MetadataExt as _;
     let path = dir.join(LOCK_FILE);
     let io = |source| StoreError::Io {
         path: path.clone(),
@@ -165,10 +164,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
                 .write(true)
                 .open(&path)
                 .map_err(io)?;
-            let owner = std::fs::metadata(dir).map_err(io)?;
-            if file.metadata().map_err(io)?.uid() != owner.uid() {
-                let _ = std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()));
-            }
+            let _ = give_dir_owner(dir, &path);
             file
         }
         Err(e) => return Err(io(e)),
@@ -178,6 +174,17 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
         Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }),
     }
+}
+
+/// Gives `path`, a file in `dir`, the owner of `dir` if it has another (a file an
+/// administrator's `sudo` created in the service's data directory); only root may.
+fn give_dir_owner(dir: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(dir)?;
+    if std::fs::metadata(path)?.uid() == owner.uid() {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
 }
 
 /// What [`backup`] wrote.
@@ -292,7 +299,6 @@ pub fn restore(
     aside: &str,
     check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
 ) -> Result<Restored, StoreError> {
-    use std::os::unix::fs::MetadataExt as _;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| StoreError::Io { path, source }
@@ -313,9 +319,7 @@ pub fn restore(
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let placed = (|| {
         check(&open_read_only(&incoming)?, &incoming)?;
-        let owner = std::fs::metadata(dir).map_err(io(dir))?;
-        std::os::unix::fs::chown(&incoming, Some(owner.uid()), Some(owner.gid()))
-            .map_err(io(&incoming))?;
+        give_dir_owner(dir, &incoming).map_err(io(&incoming))?;
         for suffix in ["", "-wal", "-shm"] {
             let from = dir.join(format!("{name}{suffix}"));
             if !from.exists() {
