@@ -104,6 +104,14 @@ pub enum KeyFileError {
         /// The file.
         path: PathBuf,
     },
+    /// A key given inline (64 hexadecimal digits) is not a valid, non-weak ed25519 public
+    /// key. The digits are not repeated: a secret seed pasted where a public key belongs
+    /// must not reach a log or a terminal a second time.
+    #[error(
+        "64 hexadecimal digits that are not a valid ed25519 public key (malformed or weak \
+         point); if they are a secret key, consider it leaked and replace it"
+    )]
+    BadInlineKey,
     /// A secret key file (named `*.key`) was given where a public key is expected.
     #[error(
         "{path}: a secret key file (named *.{SECRET_KEY_EXTENSION}) where a public key is \
@@ -311,20 +319,23 @@ pub fn resolve_public(spec: &str) -> Result<PublicKey, KeyFileError> {
 /// relative to `base`, the directory of the file that names it.
 pub fn resolve_public_in(spec: &str, base: &Path) -> Result<PublicKey, KeyFileError> {
     let trimmed = spec.trim();
-    if trimmed.len() == KEY_HEX_CHARS && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_key_hex(trimmed) {
         let mut key = [0u8; 32];
         // Cannot fail: 64 hexadecimal digits were just checked.
-        hex::decode_to_slice(trimmed, &mut key).map_err(|_| KeyFileError::Format {
-            path: PathBuf::from(spec),
-        })?;
+        hex::decode_to_slice(trimmed, &mut key).map_err(|_| KeyFileError::BadInlineKey)?;
         let key = PublicKey(key);
-        key.to_verifying_key().map_err(|_| KeyFileError::BadKey {
-            path: PathBuf::from("<command line>"),
-        })?;
+        key.to_verifying_key()
+            .map_err(|_| KeyFileError::BadInlineKey)?;
         return Ok(key);
     }
     // `Path::new("").join(spec)` is `spec`; an absolute `spec` replaces `base`.
     read_public(&base.join(spec))
+}
+
+/// Whether `text` is a key itself (64 hexadecimal digits, as a key file holds), rather
+/// than the path of a key file.
+pub fn is_key_hex(text: &str) -> bool {
+    text.len() == KEY_HEX_CHARS && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn read_key_file(path: &Path, f: File) -> Result<Vec<u8>, KeyFileError> {
@@ -402,6 +413,11 @@ mod tests {
             resolve_public_in(name, elsewhere).is_err(),
             "not found there"
         );
+        // 64 digits that are no point: refused, and the digits are not repeated.
+        let not_a_point = format!("02{}", "0".repeat(62));
+        let err = resolve_public(&not_a_point).expect_err("y = 2 is not on the curve");
+        assert!(matches!(err, KeyFileError::BadInlineKey), "{err}");
+        assert!(!err.to_string().contains(&not_a_point), "{err}");
     }
 
     #[test]

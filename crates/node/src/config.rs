@@ -129,6 +129,15 @@ impl NodeConfig {
         };
         let participant = ParticipantId::new(&raw.participant)
             .map_err(|e| invalid("participant", e.to_string()))?;
+        if hotline_config::keyfile::is_key_hex(raw.key.to_string_lossy().trim()) {
+            // Not echoed: it may be the participant's secret seed.
+            return Err(invalid(
+                "key",
+                "64 hexadecimal digits, where the path of the secret key file belongs; keep \
+                 the key in a file (`hotline keygen`, mode 0600) and name that file here"
+                    .into(),
+            ));
+        }
         let roster_key = hotline_config::keyfile::resolve_public_in(&raw.roster_key, base)
             .map_err(|e| invalid("roster_key", e.to_string()))?;
         let receipt_pace_ms = raw.receipt_pace_ms.unwrap_or(limits::RECEIPT_PACE_MS);

@@ -344,6 +344,9 @@ fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut 
     }
 }
 
+/// Fields that name or hold a key, whose line [`with_line`] points at without quoting it.
+const KEY_FIELDS: [&str; 2] = ["key", "roster_key"];
+
 /// Appends where `field` is set in `text` to `message`, when it can be found.
 fn with_line(message: &str, field: Option<&str>, text: &str, path: &Path) -> String {
     let Some(field) = field else {
@@ -352,6 +355,13 @@ fn with_line(message: &str, field: Option<&str>, text: &str, path: &Path) -> Str
     let lines = locate(text, field);
     match lines.as_slice() {
         [] => message.to_owned(),
+        // A key field's line is not quoted: what is wrong there may be a secret seed.
+        [n] if KEY_FIELDS.contains(&field) => {
+            format!(
+                "{message}\n  --> {}:{n}: {field} (value not shown)",
+                path.display()
+            )
+        }
         [n] => format!(
             "{message}\n  --> {}:{n}: {}",
             path.display(),

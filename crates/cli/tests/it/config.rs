@@ -169,6 +169,64 @@ fn a_bad_value_names_its_field_and_line() {
     );
 }
 
+/// A secret seed pasted where a key belongs is refused without being shown again: neither
+/// the error nor the line it points at repeats it.
+#[test]
+fn a_key_pasted_into_the_configuration_is_not_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = hotline(&["keygen", "--id", "KAZ", "--out", s(d)]);
+    assert!(out.status.success(), "{out:?}");
+    let seed = std::fs::read_to_string(d.join("KAZ.key")).expect("seed");
+    let seed = seed.trim();
+    // y = 2 is not on the curve: the relay and node both refuse it as a roster key.
+    let not_a_point = format!("02{}", "0".repeat(62));
+    for (name, text) in [
+        (
+            "node-roster-key.toml",
+            node_text(&"ab".repeat(32)).replace(KEY, &not_a_point),
+        ),
+        (
+            "relay-roster-key.toml",
+            relay_text().replace(KEY, &not_a_point),
+        ),
+    ] {
+        let err = refused(d, name, &text);
+        assert!(
+            err.contains("roster_key") && err.contains("not a valid ed25519 public key"),
+            "{err}"
+        );
+        assert!(!err.contains(&not_a_point), "{err}");
+        assert!(!err.contains("<command line>"), "{err}");
+    }
+    // The seed itself as the node's key (a path is expected there).
+    let text = node_text(&"ab".repeat(32)).replace("\"KAZ.key\"", &format!("\"{seed}\""));
+    let err = refused(d, "node-key.toml", &text);
+    assert!(
+        err.contains("key") && err.contains("where the path of the secret key file belongs"),
+        "{err}"
+    );
+    assert!(!err.contains(seed), "{err}");
+    // The seed as the roster key: a point or not, it is never printed, whatever is wrong.
+    for (name, text) in [
+        (
+            "node-seed.toml",
+            node_text(&"ab".repeat(32)).replace(KEY, seed),
+        ),
+        ("relay-seed.toml", relay_text().replace(KEY, seed)),
+    ] {
+        let file = d.join(name);
+        std::fs::write(&file, text).expect("write config");
+        let out = check(&file);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(seed), "{name}: {all}");
+    }
+}
+
 #[test]
 fn the_named_files_are_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
