@@ -877,7 +877,9 @@ impl Link<'_> {
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
-        // Told once per (message, recipient, kind): the store says which items are news.
+        // Told once per (message, recipient, kind), and a mismatch once per (message,
+        // signer): the store says which items are news, and lists nothing for a receipt it
+        // did not keep.
         for (r, news) in verified.iter().zip(fresh) {
             if news.unrelated {
                 warn!(by = %r.recipient, "a forwarded receipt names no message this node sent: not kept");

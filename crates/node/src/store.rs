@@ -7,6 +7,7 @@
 //! so a crash can never reuse a number; a delivered receipt is signed only for messages
 //! whose storing transaction is the one that records the receipt.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -135,6 +136,16 @@ CREATE TABLE IF NOT EXISTS relay_seq (
     relay TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+-- That this node keeps a receipt signed by `signer` (its `Receipt.recipient`, addressed or
+-- not) naming our message `id` with a digest other than that message's: the first such
+-- receipt is the evidence, and later ones from that signer for that message are not kept
+-- (`NodeStore::store_forwarded`). Written in the transaction that keeps the receipt, and from
+-- receipts_in the first time a store opens with this table.
+CREATE TABLE IF NOT EXISTS mismatches (
+    id BLOB NOT NULL,
+    signer TEXT NOT NULL,
+    PRIMARY KEY (id, signer)
+) WITHOUT ROWID;
 ";
 
 /// Names `relay_seq`'s records by fingerprint alone: the first stores to have the table
@@ -340,14 +351,20 @@ pub struct InboxMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forwarded {
     /// Kept now: it tells something new (the first delivered receipt or acknowledgement from
-    /// its recipient for one of our messages, or a mismatch) and was not held before. A
-    /// receipt forwarded again, or one telling nothing new (such as a second relay's copy),
-    /// is not kept.
+    /// its recipient for one of our messages, or a first mismatch) and was not held before.
+    /// A receipt forwarded again, or one telling nothing new (such as a second relay's copy,
+    /// or a later mismatch), is not kept.
     pub fresh: bool,
     /// Our messages this receipt is the first news of, from its recipient, for its kind.
     pub first: Vec<MessageId>,
-    /// Our messages this receipt names with a digest other than theirs: what its recipient
-    /// holds (and receipted) is not what this node sent, so nothing is recorded for them.
+    /// Our messages this receipt is the first to name, of those its signer signed, with a
+    /// digest other than theirs: what the signer holds (and receipted) is not what this node
+    /// sent, so nothing is recorded for them in the matrix; the receipt is kept as the
+    /// evidence, to be reported. One per message and signer, whatever its kind and whether
+    /// or not the message was addressed to the signer: a participant can sign such receipts
+    /// without end, each with another made-up digest, and each kept would be a row, a journal
+    /// entry and a log line. A later one from that signer for that message is not listed
+    /// here (nor kept, unless it is news for another message), also after a restart.
     pub mismatched: Vec<MessageId>,
     /// It names no message this node sent, so it was not kept: a relay forwards a receipt
     /// only to the senders it names, and one forwarding others' could fill this disk.
@@ -634,6 +651,46 @@ fn index_stored_acks(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Fills `mismatches` from the forwarded receipts the store holds (a store from before it):
+/// every (message, signer) for which it keeps a receipt naming one of its sent messages with
+/// a digest other than that message's. A sent message's author is this node, as the items
+/// `store_forwarded` checks name it; each is read and hashed once.
+fn index_stored_mismatches(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_in")?;
+        let mut sent = tx.prepare("SELECT bytes, key, sig FROM sent WHERE id = ?1")?;
+        let mut add =
+            tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
+        let mut held: HashMap<MessageId, (ParticipantId, Digest)> = HashMap::new();
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let signed: Signed<Receipt> = signed_at(r, 0)?;
+            let receipt = decode_stored(&signed)?;
+            for item in &receipt.items {
+                let (author, digest) = match held.entry(item.id) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        // Not one of ours (another's message, or an id never sent).
+                        let Some(s) = sent
+                            .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
+                            .optional()?
+                        else {
+                            continue;
+                        };
+                        e.insert((decode_stored(&s)?.sender, s.digest()))
+                    }
+                };
+                if *author == item.sender && *digest != item.digest {
+                    add.execute(params![&item.id.0[..], receipt.recipient.as_str()])?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// What the quarantine table holds, counted.
 fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
     Ok(conn.query_row(
@@ -740,6 +797,7 @@ impl NodeStore {
         };
         let answers_indexed = has_table("answers")?;
         let acks_indexed = has_table("acks_out")?;
+        let mismatches_indexed = has_table("mismatches")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(hotline_store::journal::SCHEMA)?;
         // A damaged journal is refused at start-up, naming the file, rather than extended;
@@ -758,6 +816,9 @@ impl NodeStore {
         }
         if !acks_indexed {
             index_stored_acks(&conn)?;
+        }
+        if !mismatches_indexed {
+            index_stored_mismatches(&conn)?;
         }
         rename_relay_records(&conn)?;
         let journal = Journal::load(&conn)?;
@@ -1526,6 +1587,14 @@ impl NodeStore {
     /// acknowledgement, which also marks it delivered), or the first acknowledgement. With two
     /// relays a recipient receipts a message once through each, in two receipts unless they
     /// happen to be the same bytes; the operator is told once, and the second is not kept.
+    ///
+    /// A receipt naming one of our messages with another digest is kept only if it is the
+    /// first to do so from its signer for that message ([`Forwarded::mismatched`]); that it
+    /// was is recorded (`mismatches`) in the transaction that keeps it. So at most one such
+    /// receipt per message and roster member is kept, and reported. A receipt of what this
+    /// node sent is still news after a mismatch from the same signer (the recipient may have
+    /// quarantined an altered copy, then received the genuine one): the matrix records what
+    /// matches, and a mismatch records nothing there.
     pub fn store_forwarded(
         &mut self,
         me: &ParticipantId,
@@ -1545,6 +1614,7 @@ impl NodeStore {
                 // having ours. Each message is read and hashed once per batch: a fan-out's
                 // receipts from every recipient name the same one.
                 let mut ours = Vec::new();
+                let mut names_ours = false;
                 for item in r.items.iter().filter(|i| &i.sender == me) {
                     let sent = match sent_digests.get(&item.id) {
                         Some(d) => *d,
@@ -1560,11 +1630,22 @@ impl NodeStore {
                     };
                     match sent {
                         Some(d) if d == item.digest => ours.push(item),
-                        Some(_) => news.mismatched.push(item.id),
-                        None => {}
+                        Some(_) => {
+                            // Other content under our id: news only the first time this
+                            // signer says so for this message. A participant can sign such
+                            // receipts without end, each with another made-up digest.
+                            let seen: bool = tx
+                                .prepare_cached("SELECT EXISTS (SELECT 1 FROM mismatches WHERE id = ?1 AND signer = ?2)")?
+                                .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| row.get(0))?;
+                            if !seen {
+                                news.mismatched.push(item.id);
+                            }
+                        }
+                        None => continue,
                     }
+                    names_ours = true;
                 }
-                if ours.is_empty() && news.mismatched.is_empty() {
+                if !names_ours {
                     news.unrelated = true;
                     out.push(news);
                     continue;
@@ -1598,6 +1679,10 @@ impl NodeStore {
                     news.mismatched.clear();
                     out.push(news);
                     continue;
+                }
+                for id in &news.mismatched {
+                    tx.prepare_cached("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?
+                        .execute(params![&id.0[..], r.recipient.as_str()])?;
                 }
                 for id in &news.first {
                     tx.execute(
@@ -2615,22 +2700,18 @@ mod tests {
             note: None,
         };
         // KGZ, genuinely, receipts content that is not what KAZ signed (a relay altered it
-        // and KGZ quarantined it): stored as received, recorded as nothing.
+        // and KGZ quarantined it): stored as received, recorded as nothing. Its
+        // acknowledgement of that content tells nothing more of it, and is not kept: one
+        // mismatch per message and signer, whatever its kind.
         let other = Digest([7; 32]);
-        for kind in [ReceiptKind::Delivered, ack.clone()] {
-            let out = store
-                .store_forwarded(&me, &[receipt(other, kind)], NOW)
-                .unwrap();
-            assert_eq!(
-                out[0],
-                Forwarded {
-                    fresh: true,
-                    first: vec![],
-                    mismatched: vec![id],
-                    unrelated: false,
-                }
-            );
-        }
+        let out = store
+            .store_forwarded(&me, &[receipt(other, ReceiptKind::Delivered)], NOW)
+            .unwrap();
+        assert_eq!(out[0], kept_mismatch(id));
+        let out = store
+            .store_forwarded(&me, &[receipt(other, ack.clone())], NOW)
+            .unwrap();
+        assert_eq!(out[0], REDUNDANT);
         let row = |store: &NodeStore| -> (Option<u64>, Option<u64>) {
             store
                 .conn
@@ -2689,6 +2770,165 @@ mod tests {
             );
         }
         assert_eq!(store.receipts_in().unwrap().len(), held);
+    }
+
+    /// A receipt signed by `who` (key seed `seed`) at `at`, naming `id` (sent by `me`) with
+    /// `digest`.
+    fn receipt_by(
+        who: &str,
+        seed: u8,
+        at: u64,
+        me: &ParticipantId,
+        id: MessageId,
+        digest: Digest,
+    ) -> Verified<Receipt> {
+        let r = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid(who),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: at,
+            items: vec![ReceiptItem {
+                id,
+                sender: me.clone(),
+                digest,
+            }],
+        };
+        let signed = Signed::sign(&r, &SigningKey::from_bytes(&[seed; 32])).unwrap();
+        signed.verify_with(&signed.key()).unwrap()
+    }
+
+    /// Kept as the first evidence of other content under `id`, from its signer.
+    fn kept_mismatch(id: MessageId) -> Forwarded {
+        Forwarded {
+            fresh: true,
+            first: vec![],
+            mismatched: vec![id],
+            unrelated: false,
+        }
+    }
+
+    /// Not kept, and nothing to tell: a redundant receipt.
+    const REDUNDANT: Forwarded = Forwarded {
+        fresh: false,
+        first: vec![],
+        mismatched: vec![],
+        unrelated: false,
+    };
+
+    /// A participant signing receipts without end that name one of our messages with made-up
+    /// digests: each would be a new receipt, so without a bound each was kept, journaled and
+    /// logged. The first from each signer for each message is kept (an addressee or not);
+    /// later ones, in the same batch or after a restart, are not. A receipt of what was sent
+    /// is still news after a mismatch from the same signer.
+    #[test]
+    fn one_mismatched_receipt_per_message_and_signer_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
+        let id = sent.decode_unverified().unwrap().id;
+        let made_up = |n: u8| Digest([n; 32]);
+        let forward = |store: &mut NodeStore, rs: &[Verified<Receipt>]| {
+            store.store_forwarded(&me, rs, NOW).unwrap()
+        };
+        let held = |store: &NodeStore| store.receipts_in().unwrap().len();
+
+        let kgz = |at: u64, digest: Digest| receipt_by("KGZ", 3, at, &me, id, digest);
+        assert_eq!(
+            forward(&mut store, &[kgz(NOW, made_up(7))]),
+            [kept_mismatch(id)]
+        );
+        assert_eq!(held(&store), 1);
+        // Another digest, another time, an acknowledgement: none is kept.
+        let ack = {
+            let item = ReceiptItem {
+                id,
+                sender: me.clone(),
+                digest: made_up(7),
+            };
+            let kind = ReceiptKind::Acknowledged {
+                officer: "Duty officer".into(),
+                note: None,
+            };
+            kgz_receipt(NOW + 2, kind, item)
+        };
+        for r in [kgz(NOW + 1, made_up(8)), kgz(NOW + 1, made_up(7)), ack] {
+            assert_eq!(forward(&mut store, &[r]), [REDUNDANT]);
+        }
+        assert_eq!(held(&store), 1, "KGZ's later mismatches are not kept");
+
+        // Another addressee, and a participant the message was not addressed to: each's
+        // first is kept, also when the second comes in the same batch.
+        for (who, seed) in [("TJK", 5), ("MNG", 4)] {
+            let batch = [
+                receipt_by(who, seed, NOW, &me, id, made_up(7)),
+                receipt_by(who, seed, NOW + 1, &me, id, made_up(9)),
+            ];
+            assert_eq!(forward(&mut store, &batch), [kept_mismatch(id), REDUNDANT]);
+        }
+        assert_eq!(held(&store), 3);
+
+        // The record survives a restart.
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        for (who, seed) in [("KGZ", 3), ("TJK", 5), ("MNG", 4)] {
+            let r = receipt_by(who, seed, NOW + 3, &me, id, made_up(10));
+            assert_eq!(forward(&mut store, &[r]), [REDUNDANT], "{who}");
+        }
+        assert_eq!(held(&store), 3);
+
+        // KGZ's receipt of what KAZ sent is news: the matrix records what matches.
+        let out = forward(&mut store, &[kgz(NOW + 4, sent.digest())]);
+        assert_eq!(
+            out,
+            [Forwarded {
+                fresh: true,
+                first: vec![id],
+                mismatched: vec![],
+                unrelated: false,
+            }]
+        );
+        assert_eq!(held(&store), 4);
+        let r = kgz(NOW + 5, made_up(11));
+        assert_eq!(forward(&mut store, &[r]), [REDUNDANT]);
+        assert_eq!(held(&store), 4);
+    }
+
+    /// A store from before the record of mismatches learns it from the receipts it holds
+    /// when it opens, and its bound holds from then on.
+    #[test]
+    fn a_store_from_before_the_mismatch_record_learns_it_from_its_receipts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
+        let id = sent.decode_unverified().unwrap().id;
+        let kgz = |at: u64, digest: Digest| receipt_by("KGZ", 3, at, &me, id, digest);
+        // KGZ's mismatch and TJK's receipt of what was sent, kept as the previous version
+        // kept them: a store without the table.
+        let batch = [
+            kgz(NOW, Digest([7; 32])),
+            receipt_by("TJK", 5, NOW, &me, id, sent.digest()),
+        ];
+        store.store_forwarded(&me, &batch, NOW).unwrap();
+        store.conn.execute_batch("DROP TABLE mismatches").unwrap();
+        drop(store);
+
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let held = store.receipts_in().unwrap().len();
+        assert_eq!(held, 2);
+        let out = store
+            .store_forwarded(&me, &[kgz(NOW + 1, Digest([8; 32]))], NOW + 1)
+            .unwrap();
+        assert_eq!(out, [REDUNDANT], "KGZ's mismatch was learnt");
+        let tjk = receipt_by("TJK", 5, NOW + 1, &me, id, Digest([8; 32]));
+        let out = store.store_forwarded(&me, &[tjk], NOW + 1).unwrap();
+        assert_eq!(
+            out,
+            [kept_mismatch(id)],
+            "TJK's matching receipt is no mismatch"
+        );
+        assert_eq!(store.receipts_in().unwrap().len(), held + 1);
     }
 
     #[test]
