@@ -2041,7 +2041,8 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a
 /// key not on the roster and an acknowledgement from KGZ whose bytes were altered after
 /// signing: KAZ records neither (status delivered 0, acknowledged 0), nor a receipt KGZ did
-/// sign that names other content under the message's id. Then KGZ's genuine delivered
+/// sign that names other content under the message's id, and told of that receipt once
+/// however many KGZ signs with other digests. Then KGZ's genuine delivered
 /// receipt: delivered 1. An `Accepted` for a message KAZ never sent is ignored,
 /// and one repeated is told once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2134,12 +2135,30 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     other.items[0].digest = hotline_proto::Digest([7; 32]);
     let other = Signed::sign(&other, &net.key("KGZ")).unwrap();
     relay.send(&[RelayToNode::Receipt(other)]).await.unwrap();
-    kaz.proc
-        .wait_line(&["content other than what this node sent", &id])
-        .await
-        .unwrap();
+    let mismatch = ["content other than what this node sent", id.as_str()];
+    kaz.proc.wait_line(&mismatch).await.unwrap();
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["delivered"].as_u64(), Some(0), "{st}");
+    // Another such receipt from KGZ, with another made-up digest, is neither kept nor told
+    // again: one per message and signer. A receipt naming a message KAZ never sent follows
+    // it, so its warning comes after any line the other would have been logged with.
+    let mut again = receipt(ReceiptKind::Delivered);
+    again.items[0].digest = hotline_proto::Digest([8; 32]);
+    let mut stray_receipt = receipt(ReceiptKind::Delivered);
+    stray_receipt.items[0].id = stray;
+    let skip = kaz.proc.count_lines(&[]);
+    relay
+        .send(
+            &[again, stray_receipt]
+                .map(|r| RelayToNode::Receipt(Signed::sign(&r, &net.key("KGZ")).unwrap())),
+        )
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line_from(skip, &["names no message this node sent"])
+        .await
+        .unwrap();
+    assert_eq!(kaz.proc.count_lines(&mismatch), 1);
 
     let genuine = Signed::sign(&receipt(ReceiptKind::Delivered), &net.key("KGZ")).unwrap();
     relay.send(&[RelayToNode::Receipt(genuine)]).await.unwrap();
