@@ -1279,6 +1279,8 @@ fn the_example_configurations_parse_with_and_without_their_optional_lines() {
         "queue_depth_max",
         "rate_per_sec",
         "rate_burst",
+        "forward_foreign_max",
+        "foreign_receipts_per_day_max",
         "handshake_timeout_ms",
         "idle_timeout_ms",
         "keepalive_ms",

@@ -40,6 +40,12 @@ pub struct Limits {
     /// are forwarded to a sender while fewer than this many receipts wait for it (default
     /// 10000).
     pub forward_foreign_max: u64,
+    /// Receipts kept a UTC day for one signer only because they name messages this relay
+    /// does not hold; past it such a receipt from that signer is answered as stored and
+    /// neither kept nor forwarded until the next UTC day. 0: none is kept. Counted in the
+    /// relay's memory, so a restart starts every budget again (default 10000; at most
+    /// 1000000).
+    pub foreign_receipts_per_day_max: u64,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
     /// Connections admitted and not yet authenticated, in all, before new ones are refused;
@@ -76,6 +82,7 @@ impl Default for Limits {
             receipt_rate_per_sec: limits::RECEIPT_RATE_PER_SEC,
             receipt_rate_burst: limits::RECEIPT_RATE_BURST,
             forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
+            foreign_receipts_per_day_max: limits::FOREIGN_RECEIPTS_PER_DAY_MAX,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
             handshakes_max: limits::HANDSHAKES_MAX,
             handshakes_per_ip_max: limits::HANDSHAKES_PER_IP_MAX,
@@ -243,22 +250,28 @@ impl RelayConfig {
             }
         }
         // Past these the relay would panic (tokio's semaphores and channels hold at most
-        // `Semaphore::MAX_PERMITS`) or allocate without need; each is documented.
+        // `Semaphore::MAX_PERMITS`), allocate without need, or bound nothing worth
+        // bounding; each is documented.
         for (field, v, max) in [
             (
                 "limits.connections_max",
-                l.connections_max,
-                limits::CONNECTIONS_MAX_CEILING,
+                l.connections_max as u64,
+                limits::CONNECTIONS_MAX_CEILING as u64,
             ),
             (
                 "limits.inflight_per_connection",
-                l.inflight_per_connection,
-                limits::INFLIGHT_PER_CONNECTION_CEILING,
+                l.inflight_per_connection as u64,
+                limits::INFLIGHT_PER_CONNECTION_CEILING as u64,
             ),
             (
                 "limits.commit_batch_max",
-                l.commit_batch_max,
-                limits::COMMIT_BATCH_CEILING,
+                l.commit_batch_max as u64,
+                limits::COMMIT_BATCH_CEILING as u64,
+            ),
+            (
+                "limits.foreign_receipts_per_day_max",
+                l.foreign_receipts_per_day_max,
+                limits::FOREIGN_RECEIPTS_PER_DAY_CEILING,
             ),
         ] {
             if v > max {
@@ -336,6 +349,46 @@ mod tests {
             }
             RelayConfig::parse(&at(max as u64), Path::new("r.toml")).expect("the maximum");
         }
+    }
+
+    /// The budget of receipts kept only for messages the relay does not hold: 10,000 a day
+    /// by default, any value up to the ceiling (0 keeps none), and past it the file is
+    /// refused naming the field and the maximum.
+    #[test]
+    fn the_budget_of_foreign_receipts_defaults_and_has_a_ceiling() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n"
+        );
+        let parse = |text: &str| RelayConfig::parse(text, Path::new("r.toml"));
+        let budget = |text: &str| {
+            parse(text)
+                .expect("valid")
+                .limits
+                .foreign_receipts_per_day_max
+        };
+        assert_eq!(budget(&base), 10_000);
+        assert_eq!(budget(&base), limits::FOREIGN_RECEIPTS_PER_DAY_MAX);
+        let at = |v: u64| format!("{base}[limits]\nforeign_receipts_per_day_max = {v}\n");
+        for v in [0, 25, limits::FOREIGN_RECEIPTS_PER_DAY_CEILING] {
+            assert_eq!(budget(&at(v)), v);
+        }
+        for v in [
+            limits::FOREIGN_RECEIPTS_PER_DAY_CEILING + 1,
+            i64::MAX as u64,
+        ] {
+            let e = parse(&at(v)).expect_err("over the ceiling");
+            assert_eq!(
+                e.field(),
+                Some("limits.foreign_receipts_per_day_max"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("at most 1000000"), "{e}");
+        }
+        let e = parse(&format!(
+            "{base}[limits]\nforeign_receipts_per_day_max = -1\n"
+        ))
+        .expect_err("negative");
+        assert!(e.to_string().contains("line 7"), "{e}");
     }
 
     #[test]

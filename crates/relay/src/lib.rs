@@ -243,6 +243,7 @@ impl Relay {
                 metrics: metrics.clone(),
                 queue_depth_max: config.limits.queue_depth_max,
                 forward_foreign_max: config.limits.forward_foreign_max,
+                foreign_receipts_per_day_max: config.limits.foreign_receipts_per_day_max,
                 batch_max: config.limits.commit_batch_max,
                 queues,
                 fail_after_commits: hosting.fail_writer_after,

@@ -55,6 +55,24 @@ pub const RECEIPT_RATE_BURST: u32 = 10_000;
 /// that holds the message.
 pub const FORWARD_FOREIGN_MAX: u64 = 10_000;
 
+/// Receipts kept a UTC day for one signer (the receipt's `recipient`) only because they name
+/// messages this relay does not hold. Past it such a receipt from that signer is answered
+/// as stored and neither kept nor forwarded until the next UTC day. [`FORWARD_FOREIGN_MAX`]
+/// does not bound the disk: a sender's node confirms a forwarded receipt at once, so a
+/// member signing receipts for made-up messages of a cooperating sender kept the queue
+/// short and the relay kept every one, at up to [`RECEIPT_RATE_PER_SEC`] (tens of GB a
+/// day). Honest foreign receipts are human-paced: a node with two relays sends each
+/// acknowledgement through both, and a relay that was down may not yet hold the message.
+/// Receipts naming a message held here are unaffected: they are kept only when they tell
+/// something new.
+pub const FOREIGN_RECEIPTS_PER_DAY_MAX: u64 = 10_000;
+
+/// Largest `foreign_receipts_per_day_max` a configuration may set: 100 times the default,
+/// about 12 a second all day. Above it the budget no longer bounds what a member can make
+/// the relay keep to anything an operator would accept (a million receipts of up to 64 KiB
+/// each is 64 GB a day), so a larger value is a mistake, refused when the file is read.
+pub const FOREIGN_RECEIPTS_PER_DAY_CEILING: u64 = 1_000_000;
+
 /// Time a new connection has to present a valid `Hello`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -143,3 +161,4 @@ const _: () = assert!(CONNECTIONS_MAX_CEILING <= tokio::sync::Semaphore::MAX_PER
 const _: () = assert!(INFLIGHT_PER_CONNECTION <= INFLIGHT_PER_CONNECTION_CEILING);
 const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
+const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);

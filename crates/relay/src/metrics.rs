@@ -228,7 +228,9 @@ impl Metrics {
     }
 
     /// A commit answered `redundant` valid receipts as stored without keeping them, and
-    /// refused `unforwarded` forwards to senders whose queue was at `forward_foreign_max`.
+    /// refused `unforwarded` forwards of receipts naming messages not held here: to senders
+    /// whose queue was at `forward_foreign_max`, or of receipts whose signer was over
+    /// `foreign_receipts_per_day_max`.
     pub(crate) fn receipts_not_kept(&self, redundant: u64, unforwarded: u64) {
         self.receipts_redundant.fetch_add(redundant, Relaxed);
         self.receipts_unforwarded.fetch_add(unforwarded, Relaxed);
@@ -358,7 +360,7 @@ impl Metrics {
         counter(
             &mut o,
             "hotline_relay_receipts_unforwarded_total",
-            "Receipts for messages this relay does not hold not forwarded to a sender whose forward queue was at limits.forward_foreign_max.",
+            "Receipts for messages this relay does not hold not forwarded to a sender: its forward queue was at limits.forward_foreign_max, or the receipt's signer was over limits.foreign_receipts_per_day_max for the day (then not kept either). One per sender not forwarded to.",
             self.receipts_unforwarded.load(Relaxed),
         );
         counter(

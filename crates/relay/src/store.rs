@@ -742,6 +742,9 @@ pub(crate) struct WriterContext {
     /// Receipts naming only messages not held here are forwarded to a sender while its
     /// forward queue holds fewer than this (`limits.forward_foreign_max`).
     pub(crate) forward_foreign_max: u64,
+    /// Receipts kept a UTC day for one signer only because they name messages not held here
+    /// (`limits.foreign_receipts_per_day_max`, [`ForeignBudget`]).
+    pub(crate) foreign_receipts_per_day_max: u64,
     pub(crate) batch_max: usize,
     /// The queues, shared with the readers; the writer is their only writer.
     pub(crate) queues: Arc<Mutex<QueueIndex>>,
@@ -1117,6 +1120,15 @@ struct Pending {
     redundant: u64,
     /// Forwards of receipts for messages not held here refused for a full forward queue.
     unforwarded: u64,
+    /// Receipts this batch keeps only for items naming messages not held here, by signer
+    /// (added to [`Writer::foreign_budget`] after the commit, and only if it succeeds).
+    foreign_kept: HashMap<ParticipantId, u64>,
+    /// Receipts not kept because their signer is over that budget, who signed them, and
+    /// the forwards they would have made (`hotline_relay_receipts_unforwarded_total`
+    /// counts these with `unforwarded`).
+    over_budget: u64,
+    over_budget_signers: BTreeSet<ParticipantId>,
+    over_budget_forwards: u64,
     latencies_ms: Vec<u64>,
     held: Vec<(MessageId, Held)>,
 }
@@ -1143,6 +1155,66 @@ pub(crate) struct Writer {
     commits: u64,
     /// Warnings about refused forwards: one at most every 10 s, however fast they come.
     unforwarded: Throttle,
+    /// Receipts each signer had kept today only for messages not held here, as committed.
+    foreign_budget: ForeignBudget,
+    /// Warnings about receipts over that budget, as `unforwarded`, and the signers refused
+    /// since the last one (roster participants, so a few hundred at most).
+    over_budget: Throttle,
+    over_budget_signers: BTreeSet<ParticipantId>,
+}
+
+/// Milliseconds in a day: the day a receipt counts for in [`ForeignBudget`] is the writer's
+/// clock (`now_ms`) divided by this, a UTC day.
+const DAY_MS: u64 = 86_400_000;
+
+/// Each signer's budget of receipts kept only because they name messages this relay does
+/// not hold (`limits.foreign_receipts_per_day_max`, PROTOCOL.md 7.5).
+///
+/// The relay cannot check such a receipt, and the sender it is forwarded to confirms it at
+/// once, so neither the receipt rate nor `forward_foreign_max` bounds what a member signing
+/// receipts for made-up messages makes the relay keep for good; this does, per UTC day.
+/// Only the committed counts are here: a batch's are in `Pending::foreign_kept` until it
+/// commits, so a batch that fails counts nothing.
+///
+/// Kept in memory only, one entry per signer (the day it counts for and the count, replaced
+/// on a signer's first such receipt of a new day), so it holds at most one entry per
+/// participant seen since the start, and a check costs one map lookup and no SQL. A restart
+/// starts every budget again: a member can make the relay keep more than its budget in a
+/// day only if the operator restarts the relay, which is the operator's to do, not the
+/// member's.
+#[derive(Debug)]
+struct ForeignBudget {
+    per_day_max: u64,
+    /// Signer: (day, receipts kept that day).
+    kept: HashMap<ParticipantId, (u64, u64)>,
+}
+
+impl ForeignBudget {
+    fn new(per_day_max: u64) -> Self {
+        Self {
+            per_day_max,
+            kept: HashMap::new(),
+        }
+    }
+
+    /// Whether `signer` may have one more kept on `day`, besides the committed ones and
+    /// `pending` kept by the batch being built.
+    fn allows(&self, signer: &ParticipantId, day: u64, pending: u64) -> bool {
+        let committed = match self.kept.get(signer) {
+            Some(&(d, n)) if d == day => n,
+            _ => 0,
+        };
+        committed.saturating_add(pending) < self.per_day_max
+    }
+
+    /// Counts `n` more kept for `signer` on `day` (after their commit).
+    fn add(&mut self, signer: ParticipantId, day: u64, n: u64) {
+        let e = self.kept.entry(signer).or_insert((day, 0));
+        if e.0 != day {
+            *e = (day, 0);
+        }
+        e.1 = e.1.saturating_add(n);
+    }
 }
 
 impl Writer {
@@ -1180,6 +1252,7 @@ impl Writer {
             ctx.metrics.add_forward_depths(&counts);
             counts
         };
+        let per_day_max = ctx.foreign_receipts_per_day_max;
         let w = Self {
             conn,
             journal,
@@ -1193,6 +1266,9 @@ impl Writer {
             checkpointer: None,
             commits: 0,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
+            foreign_budget: ForeignBudget::new(per_day_max),
+            over_budget: Throttle::new(std::time::Duration::from_secs(10)),
+            over_budget_signers: BTreeSet::new(),
         };
         w.publish_depths();
         Ok(w)
@@ -1460,9 +1536,35 @@ impl Writer {
         );
     }
 
+    /// Logs receipts not kept for their signer's budget of receipts naming only messages
+    /// not held here, throttled as [`Writer::warn_unforwarded`], naming the signers refused
+    /// since the last line.
+    fn warn_over_budget(&mut self, n: u64, signers: BTreeSet<ParticipantId>) {
+        self.over_budget_signers.extend(signers);
+        let Some(refused) = self.over_budget.tick(n, std::time::Instant::now()) else {
+            return;
+        };
+        let participants = std::mem::take(&mut self.over_budget_signers)
+            .iter()
+            .map(ParticipantId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        warn!(
+            refused,
+            %participants,
+            limit = self.foreign_budget.per_day_max,
+            "receipts naming only messages this relay does not hold were neither kept nor forwarded: their signers are over foreign_receipts_per_day_max for today (UTC) (they may be signing receipts for messages they never received)"
+        );
+    }
+
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
+        self.commit_batch_at(batch, crate::now_ms());
+    }
+
+    /// [`Writer::commit_batch`] with the clock read at `now` (ms since the epoch): tests
+    /// give their own.
+    fn commit_batch_at(&mut self, batch: &mut Vec<Command>, now: u64) {
         let started = std::time::Instant::now();
-        let now = crate::now_ms();
         let size = batch.len();
         let roster = self.ctx.roster.borrow().clone();
         let mut p = Pending {
@@ -1478,6 +1580,10 @@ impl Writer {
             receipts: 0,
             redundant: 0,
             unforwarded: 0,
+            foreign_kept: HashMap::new(),
+            over_budget: 0,
+            over_budget_signers: BTreeSet::new(),
+            over_budget_forwards: 0,
             latencies_ms: Vec::new(),
             held: Vec::new(),
         };
@@ -1536,6 +1642,7 @@ impl Writer {
                                 ahead: &mut self.ahead,
                                 forward_depths: &self.forward_depths,
                                 forward_foreign_max: self.ctx.forward_foreign_max,
+                                foreign_budget: &self.foreign_budget,
                             },
                             (&receipt, digest),
                             now,
@@ -1627,13 +1734,20 @@ impl Writer {
                         *d = (*d + n).max(0);
                     }
                 }
-                if p.redundant + p.unforwarded > 0 {
-                    self.ctx
-                        .metrics
-                        .receipts_not_kept(p.redundant, p.unforwarded);
+                // Only now, with the commit done, do its receipts count against their
+                // signers' budgets.
+                for (signer, n) in p.foreign_kept {
+                    self.foreign_budget.add(signer, now / DAY_MS, n);
+                }
+                let unforwarded = p.unforwarded + p.over_budget_forwards;
+                if p.redundant + unforwarded > 0 {
+                    self.ctx.metrics.receipts_not_kept(p.redundant, unforwarded);
                     if p.unforwarded > 0 {
                         self.warn_unforwarded(p.unforwarded);
                     }
+                }
+                if p.over_budget > 0 {
+                    self.warn_over_budget(p.over_budget, p.over_budget_signers);
                 }
                 for (reply, answer) in p.replies {
                     // Capacity is reserved by the session before it sends a command, so
@@ -1946,6 +2060,9 @@ struct Queues<'a> {
     /// `Pending::forward_delta`).
     forward_depths: &'a HashMap<ParticipantId, i64>,
     forward_foreign_max: u64,
+    /// Receipts kept today only for foreign items, by signer, as committed (this batch's
+    /// are in `Pending::foreign_kept`).
+    foreign_budget: &'a ForeignBudget,
 }
 
 fn store_receipt(
@@ -2021,7 +2138,8 @@ fn store_receipt(
     // is news if it is the first receipt of either kind from `me` for it (it leaves `me`'s
     // queue, below) or its first acknowledgement (`acks`). An item naming a message not
     // held here ("foreign": accepted by another relay only) cannot be checked, and is
-    // forwarded only while its sender's forward queue is below `forward_foreign_max`.
+    // forwarded only while its sender's forward queue is below `forward_foreign_max`; a
+    // receipt kept only for such items counts against its signer's budget for the day.
     let mut news = false;
     let mut senders = BTreeSet::new();
     let mut foreign = BTreeSet::new();
@@ -2086,6 +2204,28 @@ fn store_receipt(
             p.unforwarded += 1;
             refused = true;
             debug!(recipient = %me, sender = %s, receipt = %digest, "receipt for a message not held here not forwarded: the sender's forward queue is at forward_foreign_max");
+        }
+    }
+    if !news && !senders.is_empty() {
+        // Kept, if at all, only for foreign items: within the signer's budget for the day.
+        // A sender's node confirms a forwarded receipt at once, so without the budget a
+        // member signing receipts for made-up messages of a cooperating sender would have
+        // the relay keep every one, at its receipt rate.
+        let pending = p.foreign_kept.get(me).copied().unwrap_or(0);
+        if !queues.foreign_budget.allows(me, now / DAY_MS, pending) {
+            p.over_budget += 1;
+            p.over_budget_forwards += senders.len() as u64;
+            if !p.over_budget_signers.contains(me) {
+                p.over_budget_signers.insert(me.clone());
+            }
+            debug!(recipient = %me, receipt = %digest, "receipt naming only messages not held here neither kept nor forwarded: its signer is over foreign_receipts_per_day_max today");
+            return Ok(RelayToNode::ReceiptStored(digest));
+        }
+        match p.foreign_kept.get_mut(me) {
+            Some(n) => *n += 1,
+            None => {
+                p.foreign_kept.insert(me.clone(), 1);
+            }
         }
     }
     if !news && senders.is_empty() {
@@ -2974,5 +3114,276 @@ mod tests {
             text.contains("relay.db") && text.contains("schema version 99"),
             "{text}"
         );
+    }
+
+    /// A writer on a fresh store in `dir` with CHN, IND and KAZ on its roster, holding
+    /// message 1 from KAZ to CHN and IND (queued for both), keeping at most `budget`
+    /// receipts a day per signer only for messages it does not hold. Returns the roster and
+    /// the message too.
+    fn writer_with_foreign_budget(
+        dir: &Path,
+        budget: u64,
+    ) -> (Writer, Verified<Roster>, Signed<Envelope>) {
+        use hotline_proto::roster::{verify_roster, Participant, Role};
+        let (_, conn) = open_db(dir).expect("open");
+        let m1 = message(&SigningKey::from_bytes(&[1; 32]), 1);
+        conn.execute(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'CHN,IND')",
+            params![&[1u8; 16][..], &m1.digest().0[..], m1.bytes(), &m1.key().0[..], &m1.signature().0[..]],
+        )
+        .expect("message");
+        conn.execute_batch("INSERT INTO cursors VALUES ('CHN', 0), ('IND', 0);")
+            .expect("cursors");
+        let roster_key = SigningKey::from_bytes(&[9; 32]);
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 1,
+            issued_at_ms: 1_000,
+            network: "TEST".into(),
+            participants: [("KAZ", 1u8), ("CHN", 2), ("IND", 3)]
+                .into_iter()
+                .map(|(id, k)| Participant {
+                    id: pid(id),
+                    name: id.to_owned(),
+                    role: if id == "KAZ" {
+                        Role::Secretariat
+                    } else {
+                        Role::Member
+                    },
+                    keys: vec![PublicKey::of(&SigningKey::from_bytes(&[k; 32]))],
+                    revoked: false,
+                })
+                .collect(),
+            groups: vec![],
+        };
+        let signed = Signed::sign(&roster, &roster_key).expect("sign roster");
+        let roster = verify_roster(&signed, &PublicKey::of(&roster_key)).expect("roster");
+        let (_, roster_rx) = tokio::sync::watch::channel(Arc::new(roster.clone()));
+        let writer = Writer::new(
+            conn,
+            WriterContext {
+                roster: roster_rx,
+                policy: Policy::default(),
+                hub: Arc::new(Hub::new(crate::hub::LaneCap {
+                    items: 16,
+                    bytes: 1 << 20,
+                })),
+                metrics: Arc::new(Metrics::new()),
+                queue_depth_max: 100,
+                forward_foreign_max: 10_000,
+                foreign_receipts_per_day_max: budget,
+                batch_max: 64,
+                queues: Arc::new(Mutex::new(QueueIndex::default())),
+                fail_after_commits: None,
+            },
+        )
+        .expect("writer");
+        (writer, roster, m1)
+    }
+
+    /// A receipt item naming message `n` of KAZ's, which the relay does not hold.
+    fn made_up(n: u8) -> ReceiptItem {
+        ReceiptItem {
+            id: MessageId([0x80 | n; 16]),
+            sender: pid("KAZ"),
+            digest: Digest([n; 32]),
+        }
+    }
+
+    /// Commits `receipts` (signer, key seed, items) as one batch at `now_ms`, and returns
+    /// each one's digest and answer.
+    fn commit_receipts(
+        w: &mut Writer,
+        roster: &Verified<Roster>,
+        now_ms: u64,
+        receipts: Vec<(&str, u8, Vec<ReceiptItem>)>,
+    ) -> Vec<(Digest, RelayToNode)> {
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for (who, seed, items) in receipts {
+            let signed = Signed::sign(
+                &Receipt {
+                    version: PROTOCOL_VERSION,
+                    recipient: pid(who),
+                    kind: ReceiptKind::Delivered,
+                    created_at_ms: now_ms,
+                    items,
+                },
+                &SigningKey::from_bytes(&[seed; 32]),
+            )
+            .expect("sign receipt");
+            let receipt = roster.verify_receipt(&signed).expect("verifies");
+            let (reply, answer) = mpsc::channel(1);
+            let digest = signed.digest();
+            batch.push(Command::Receipt {
+                receipt,
+                digest,
+                reply,
+            });
+            answers.push((digest, answer));
+        }
+        w.commit_batch_at(&mut batch, now_ms);
+        answers
+            .into_iter()
+            .map(|(d, mut a)| (d, a.try_recv().expect("answered")))
+            .collect()
+    }
+
+    /// Whether the relay kept the receipt of `digest`, and whether it queued it for KAZ.
+    fn kept_and_forwarded(w: &Writer, digest: Digest) -> (bool, bool) {
+        let has = |sql: &str| {
+            w.conn
+                .prepare(sql)
+                .expect("prepare")
+                .exists([&digest.0[..]])
+                .expect("query")
+        };
+        (
+            has("SELECT 1 FROM receipts WHERE digest = ?1"),
+            has("SELECT 1 FROM rqueue WHERE recipient = 'KAZ' AND digest = ?1"),
+        )
+    }
+
+    fn unforwarded_total(w: &Writer) -> String {
+        let text = w.ctx.metrics.render(&[]);
+        text.lines()
+            .find(|l| l.starts_with("hotline_relay_receipts_unforwarded_total "))
+            .unwrap_or_else(|| panic!("no metric: {text}"))
+            .to_owned()
+    }
+
+    /// A member can sign receipts for made-up messages of a cooperating sender, whose node
+    /// confirms each at once, so `forward_foreign_max` never bites. With a budget of 2 a
+    /// day: CHN's first two such receipts are kept and forwarded (one committed, one in the
+    /// next batch beside the third), the third is answered as stored but neither kept nor
+    /// forwarded, and so is a fourth hours later; IND has a budget of its own; a receipt of
+    /// CHN's that names a message held here as well is news and unaffected; a batch that
+    /// fails counts nothing; and the next UTC day CHN's budget is fresh.
+    #[test]
+    fn receipts_kept_only_for_messages_not_held_here_are_limited_per_signer_and_day() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 2);
+        let stored = |(d, answer): &(Digest, RelayToNode)| {
+            assert_eq!(answer, &RelayToNode::ReceiptStored(*d));
+            *d
+        };
+        // 20,000 days after the epoch, at 01:00 UTC.
+        let day = 20_000 * DAY_MS;
+        let now = day + 3_600_000;
+
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![made_up(1)])]);
+        let r1 = stored(&a[0]);
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            now + 1,
+            vec![
+                ("CHN", 2, vec![made_up(2)]),
+                ("CHN", 2, vec![made_up(3), made_up(4)]),
+            ],
+        );
+        let (r2, r3) = (stored(&a[0]), stored(&a[1]));
+        assert_eq!(kept_and_forwarded(&w, r1), (true, true));
+        assert_eq!(kept_and_forwarded(&w, r2), (true, true));
+        assert_eq!(kept_and_forwarded(&w, r3), (false, false), "over budget");
+        assert_eq!(
+            unforwarded_total(&w),
+            "hotline_relay_receipts_unforwarded_total 1"
+        );
+
+        // Hours later the same day: still over. IND's budget is its own.
+        let later = now + 20 * 3_600_000;
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            later,
+            vec![("CHN", 2, vec![made_up(5)]), ("IND", 3, vec![made_up(6)])],
+        );
+        let (r4, i1) = (stored(&a[0]), stored(&a[1]));
+        assert_eq!(kept_and_forwarded(&w, r4), (false, false), "still over");
+        assert_eq!(kept_and_forwarded(&w, i1), (true, true), "IND's own budget");
+
+        // A receipt naming a message held here (the first for it from CHN: news) is kept
+        // and forwarded, however many foreign items it names too; it uses no budget.
+        let held = ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            later + 1,
+            vec![("CHN", 2, vec![held, made_up(7)])],
+        );
+        let news = stored(&a[0]);
+        assert_eq!(kept_and_forwarded(&w, news), (true, true), "news");
+        assert_eq!(
+            unforwarded_total(&w),
+            "hotline_relay_receipts_unforwarded_total 2"
+        );
+
+        // The next UTC day, a fresh budget; a batch whose commit fails uses none of it.
+        let next = day + DAY_MS + 1;
+        let a = commit_receipts(&mut w, &roster, next, vec![("CHN", 2, vec![made_up(8)])]);
+        let n1 = stored(&a[0]);
+        assert_eq!(kept_and_forwarded(&w, n1), (true, true), "a new day");
+        w.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER no_journal BEFORE INSERT ON journal
+                 BEGIN SELECT RAISE(ABORT, 'disk gone'); END;",
+            )
+            .expect("trigger");
+        let a = commit_receipts(&mut w, &roster, next, vec![("CHN", 2, vec![made_up(9)])]);
+        assert!(
+            matches!(&a[0].1, RelayToNode::Rejected(r) if r.code == RejectCode::StorageUnavailable),
+            "{:?}",
+            a[0].1
+        );
+        assert_eq!(kept_and_forwarded(&w, a[0].0), (false, false));
+        w.conn
+            .execute_batch("DROP TRIGGER no_journal")
+            .expect("drop trigger");
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            next,
+            vec![("CHN", 2, vec![made_up(10)]), ("CHN", 2, vec![made_up(11)])],
+        );
+        let (n2, n3) = (stored(&a[0]), stored(&a[1]));
+        assert_eq!(
+            kept_and_forwarded(&w, n2),
+            (true, true),
+            "the failed batch counted nothing"
+        );
+        assert_eq!(kept_and_forwarded(&w, n3), (false, false), "over again");
+    }
+
+    /// A budget of 0 keeps no receipt naming only messages not held here, and still keeps
+    /// news.
+    #[test]
+    fn a_foreign_receipt_budget_of_zero_keeps_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 0);
+        let held = ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        let now = 20_000 * DAY_MS;
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            now,
+            vec![
+                ("CHN", 2, vec![made_up(1)]),
+                ("IND", 3, vec![held, made_up(2)]),
+            ],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(a[1].1, RelayToNode::ReceiptStored(a[1].0));
+        assert_eq!(kept_and_forwarded(&w, a[0].0), (false, false));
+        assert_eq!(kept_and_forwarded(&w, a[1].0), (true, true));
     }
 }
