@@ -1996,11 +1996,13 @@ async fn receipt_at(
 /// acknowledgement for the same message is answered as stored (the node stops sending it)
 /// but neither kept nor forwarded, also after a restart. Receipts for messages the relay
 /// does not hold are forwarded while the sender's forward queue is below
-/// `forward_foreign_max`. Without these rules a participant could fill the relay's disk and
-/// another's forward queue with signed receipts, within its receipt rate.
+/// `forward_foreign_max`, and kept only within their signer's budget for the day
+/// (`foreign_receipts_per_day_max`, which a restart starts again). Without these rules a
+/// participant could fill the relay's disk and another's forward queue with signed
+/// receipts, within its receipt rate.
 #[tokio::test]
 async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwarded() {
-    let net = two_with("[limits]\nforward_foreign_max = 1\n");
+    let net = two_with("[limits]\nforward_foreign_max = 1\nforeign_receipts_per_day_max = 2\n");
     let depth = "hotline_relay_forward_queue_depth{participant=\"KAZ\"}";
     // Receipts stored, redundant and unforwarded since the relay started, and KAZ's
     // forward queue.
@@ -2059,15 +2061,32 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     assert_eq!(counts(maddr).await, [3.0, 3.0, 1.0, 1.0]);
     let (fwd, _) = kaz.next_receipt().await.unwrap();
     assert_eq!(fwd, f1);
+
+    // A cooperating sender's node confirms such receipts at once, so its queue never
+    // fills: the signer's budget (2 a day here) is what bounds them. KGZ's second kept
+    // one is forwarded; the third is answered as stored but neither kept nor forwarded.
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![f1.digest()]))
+        .await
+        .unwrap();
+    wait_metric(maddr, depth, |n| n == 0.0).await.unwrap();
+    let f3 = receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(3)], t + 7).await;
+    let (fwd, _) = kaz.next_receipt().await.unwrap();
+    assert_eq!(fwd, f3);
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![f3.digest()]))
+        .await
+        .unwrap();
+    wait_metric(maddr, depth, |n| n == 0.0).await.unwrap();
+    receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(4)], t + 8).await;
+    assert_eq!(counts(maddr).await, [4.0, 3.0, 2.0, 0.0]);
     drop((kaz, kgz));
     relay.shutdown().await;
 
     // Who acknowledged what is in the store: after a restart a third acknowledgement is
-    // still not news.
+    // still not news. The budgets are in memory: a restart starts them again.
     let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
-    receipt_at(&mut kgz, ack("Sidorov"), items, t + 7).await;
-    // (The foreign receipt still waits for KAZ to say it holds it.)
-    assert_eq!(counts(maddr).await, [0.0, 1.0, 0.0, 1.0]);
+    receipt_at(&mut kgz, ack("Sidorov"), items, t + 9).await;
+    receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(5)], t + 10).await;
+    assert_eq!(counts(maddr).await, [1.0, 1.0, 0.0, 1.0]);
     relay.shutdown().await;
 }
 
