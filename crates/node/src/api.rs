@@ -24,7 +24,9 @@ use tracing::{info, warn};
 use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
-use crate::limits::{API_BODY_BYTES_MAX, API_LIST_MAX, QUARANTINE_DISCARD_BATCH};
+use crate::limits::{
+    API_BODY_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, QUARANTINE_DISCARD_BATCH,
+};
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState};
 
@@ -103,11 +105,33 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Taken now: reading the body consumes the request. A route's path is short (the
+        // longest holds one message id), but one no route knows is not seen here.
+        let path = bounded(req.uri().path(), API_LOG_REASON_BYTES_MAX);
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(json_rejection(e)),
+            Err(e) => {
+                let refusal = json_rejection(e);
+                // Logged like a bad query string, but never with the body: only the route
+                // and the reason, cut short (a reason may quote a value from the body).
+                let why = bounded(&refusal.2, API_LOG_REASON_BYTES_MAX);
+                warn!(path = %path, error = ?why, "local API: bad request body");
+                Err(refusal)
+            }
         }
     }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, ending `…` when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", &text[..cut])
 }
 
 /// A query string (`?limit=N`) whose refusal (`limit=abc`, `limit=-1`) is an [`ApiError`]
@@ -857,6 +881,7 @@ async fn events(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -869,5 +894,133 @@ mod tests {
         let s = reply_subject(&long);
         assert!(s.len() <= max && s.len() >= max - 1, "{}", s.len());
         assert!(s.starts_with("Re: é"));
+    }
+
+    /// A `tracing` writer that keeps what is written, for a test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        /// The `fields` of each JSON log line whose message is `message`.
+        fn lines(&self, message: &str) -> Vec<Value> {
+            let text = String::from_utf8(self.0.lock().expect("log buffer").clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v["fields"]["message"] == message)
+                .map(|v| v["fields"].clone())
+                .collect()
+        }
+    }
+
+    /// POSTs `body` as JSON from a blocking thread; the status and the answer's body.
+    async fn post_json(url: String, body: String) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(10))
+                .build();
+            match agent
+                .post(&url)
+                .set("Content-Type", "application/json")
+                .send_string(&body)
+            {
+                Ok(r) => (r.status(), r.into_string().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                Err(e) => panic!("{url}: {e}"),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A body refused as malformed, of the wrong shape, or too large is answered in the
+    /// API's shape and logged at warn with the route and the reason cut short, never with
+    /// the body (a refusal's reason can quote it).
+    #[tokio::test]
+    async fn a_refused_body_is_logged_with_its_route_and_a_bounded_reason_never_the_body() {
+        let logs = Captured::default();
+        // The runtime of a `tokio::test` is this thread alone, so the server's tasks log
+        // here too.
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(logs.clone())
+                .finish(),
+        );
+        async fn take(Body(_): Body<SendRequest>) -> StatusCode {
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new()
+            .route("/v1/messages/{id}/reply", post(take))
+            .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let path = format!("/v1/messages/{}/reply", "ab".repeat(16));
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let secret = "s3cr3t-".repeat(100);
+        let cases = [
+            ("{not json".to_owned(), 400, "key must be a string"),
+            (
+                format!(r#"{{"subject":"x","respond_by_ms":"{secret}"}}"#),
+                400,
+                "respond_by_ms: invalid type: string",
+            ),
+            (
+                format!(r#"{{"subject":"{}"}}"#, "x".repeat(API_BODY_BYTES_MAX)),
+                413,
+                "request body over",
+            ),
+        ];
+        for (i, (body, status, why)) in cases.into_iter().enumerate() {
+            let (got, answer) = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                post_json(url.clone(), body),
+            )
+            .await
+            .expect("an answer within 20 s");
+            assert_eq!(got, status, "{answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert!(v["error"].as_str().unwrap().contains(why), "{v}");
+            // The answer was written after the line was logged.
+            let lines = logs.lines("local API: bad request body");
+            assert_eq!(lines.len(), i + 1, "{lines:?}");
+            let line = &lines[i];
+            assert_eq!(
+                line["path"].as_str(),
+                url.split_once("127.0.0.1")
+                    .and_then(|(_, p)| p.find('/').map(|i| &p[i..])),
+                "{line}"
+            );
+            // Logged with `?`, as a quoted string (JSON's quoting, for this ASCII text).
+            let error: String = serde_json::from_str(line["error"].as_str().unwrap()).unwrap();
+            assert!(error.contains(why), "{line}");
+            assert!(
+                error.len() <= API_LOG_REASON_BYTES_MAX + "…".len(),
+                "{line}"
+            );
+        }
+        // The caller was told what was wrong, quoting the value; the log was not.
+        let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(!all.contains(&secret), "{all}");
+        assert!(!all.contains("xxxxxxxxxxxxxxxx"), "{all}");
+        // The warn level, as for a bad query string.
+        assert!(all.contains(r#""level":"WARN""#), "{all}");
+        server.abort();
     }
 }

@@ -128,6 +128,12 @@ pub const API_LIST_MAX: usize = 1_000;
 /// Largest API request body.
 pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
 
+/// Most bytes of a refused request's reason (and of a path no route names) that one log line
+/// carries. A reason can quote the request (serde names the wrong value it found,
+/// `invalid type: string "…"`), and a body may be long or sensitive: the log gets its gist,
+/// the caller the whole answer.
+pub const API_LOG_REASON_BYTES_MAX: usize = 200;
+
 /// Events buffered for each `/v1/events` subscriber before a slow one misses some.
 pub const EVENTS_BUFFER: usize = 1_024;
 
