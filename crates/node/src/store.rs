@@ -557,6 +557,17 @@ fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, St
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
+/// Signs a record inside a transaction whose failure ends it: a refusal by the signer (a rule
+/// or limit the value breaks) is [`StoreError::Signing`], not a database error. Where the
+/// value is the caller's (a draft, an acknowledgement), its refusal is an answer instead,
+/// and `Signed::sign` is called directly.
+fn sign<T: hotline_proto::SignedPayload>(
+    value: &T,
+    key: &SigningKey,
+) -> Result<Signed<T>, StoreError> {
+    Signed::sign(value, key).map_err(|e| StoreError::Signing(Box::new(e)))
+}
+
 fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
     codec::encode(s, usize::MAX)
         .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
@@ -1143,8 +1154,7 @@ impl NodeStore {
             let last = current_seq(tx)?;
             let fresh = next_seq(last.max(floor))?;
             env.seq = Seq(fresh);
-            let signed = Signed::sign(&env, key)
-                .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            let signed = sign(&env, key)?;
             set_seq(tx, fresh)?;
             tx.execute(
                 "UPDATE sent SET seq = ?2, bytes = ?3, key = ?4, sig = ?5, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1",
@@ -2406,6 +2416,27 @@ mod tests {
             exhausted(store.resequence(&last.id, SEQ_MAX, SEQ_MAX, &key, NOW)),
             u64::MAX
         );
+    }
+
+    /// What the signer can refuse is a value breaking a protocol rule or limit (ed25519
+    /// signing itself cannot fail). In `resequence` that cannot happen: the envelope decoded,
+    /// which checks the same rules, and its new number is one `next_seq` allows. Were the
+    /// signer to refuse all the same (a number past `SEQ_MAX`, the one field `resequence`
+    /// changes), the error says signing failed, naming why, and is not a database error.
+    #[test]
+    fn a_refusal_to_sign_is_a_signing_error_not_a_database_one() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        assert!(sign(&envelope(SEQ_MAX, Precedence::Routine), &key).is_ok());
+        let e = sign(&envelope(SEQ_MAX + 1, Precedence::Routine), &key).unwrap_err();
+        assert!(matches!(e, StoreError::Signing(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "signing failed: invalid seq: sequence numbers end at 2^63 - 1"
+        );
+        let source = std::error::Error::source(&e).expect("the signer's error");
+        assert!(source
+            .downcast_ref::<hotline_proto::EncodeError>()
+            .is_some());
     }
 
     /// A relay restored from a backup says a lower last number than it had accepted: what

@@ -85,6 +85,12 @@ pub enum StoreError {
         /// The last number, which nothing may follow.
         last: u64,
     },
+    /// A record the store was to write could not be signed: the value breaks a protocol
+    /// rule or limit (the signer's reason, which it names). Nothing was written. Not a
+    /// database failure, and told apart from one so that an operator does not look for a
+    /// fault in SQLite or the disk.
+    #[error("signing failed: {0}")]
+    Signing(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl From<rusqlite::Error> for StoreError {
