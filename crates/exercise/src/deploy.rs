@@ -64,7 +64,14 @@ pub fn free_udp() -> anyhow::Result<SocketAddr> {
 impl Deployment {
     /// Creates keys, roster, certificate and relay configuration in `dir` for the roster
     /// template `template`; nodes are added with [`Deployment::add_node`].
+    ///
+    /// A relative `dir` is resolved against the working directory at once: every path the
+    /// deployment holds, and every path it writes into a configuration, is absolute. The relay
+    /// and the nodes run with `dir` as their working directory, and the nodes' hooks run
+    /// there too, so a relative path would be named twice over (`out/out/KAZ.toml`).
     pub fn create(dir: &Path, template: &str) -> anyhow::Result<Self> {
+        let dir = &std::path::absolute(dir)
+            .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
         std::fs::create_dir_all(dir.join("keys"))?;
         std::fs::create_dir_all(dir.join("hooks"))?;
         let mut draft = Draft::parse(template, Path::new("cica-roster.toml"))?;
@@ -191,5 +198,60 @@ impl Deployment {
         let token = &self.node(id)?.token;
         let addr = node.wait_api_addr(timeout).await?;
         Ok(ApiClient::new(&addr, token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative directory: the deployment's paths, and those its node configuration
+    /// names (its key, its hooks' files), are absolute, so they hold wherever the relay, a
+    /// node or a hook runs. (A relative path from the working directory to a temporary one
+    /// goes by the root, where a path named twice over happens to lead to the same file, so
+    /// the test checks that each path is absolute rather than that a process finds it.)
+    #[test]
+    fn a_relative_directory_gives_absolute_paths_everywhere() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A relative path to a directory in `tmp` from the working directory, which other
+        // tests share and this one leaves alone: up to the root, then down.
+        let cwd = std::env::current_dir().expect("working directory");
+        let mut rel = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            rel.push("..");
+        }
+        rel.push(tmp.path().strip_prefix("/").expect("an absolute tempdir"));
+        rel.push("drill");
+        assert!(rel.is_relative(), "{}", rel.display());
+
+        let mut dep = Deployment::create(&rel, crate::scenario::CICA_ROSTER).expect("created");
+        let relay = dep.relay_addr;
+        dep.add_node("KAZ", relay, 60_000).expect("node added");
+        for p in [&dep.dir, &dep.relay_config, &dep.relay_data] {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
+        assert!(dep.relay_config.is_file());
+        let kaz = &dep.nodes["KAZ"];
+        for p in [&kaz.config, &kaz.data_dir, &kaz.overdue_log, &kaz.page_log] {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
+        // Read as the node reads it: the key it names is there, wherever the node runs.
+        let config = hotline_node::NodeConfig::load(&kaz.config).expect("node configuration");
+        assert!(config.key.is_absolute(), "{}", config.key.display());
+        assert!(config.key.is_file(), "{}", config.key.display());
+        // The file a hook appends to, as its command names it (`cat >> 'FILE'`).
+        let file = |cmd: &Option<Vec<String>>| {
+            let cmd = cmd.as_ref().expect("a hook").join(" ");
+            let quoted = cmd.split('\'').nth(1).expect("a quoted file");
+            PathBuf::from(quoted)
+        };
+        for (named, file) in [
+            (file(&config.hooks.on_overdue), &kaz.overdue_log),
+            (file(&config.hooks.on_message), &kaz.page_log),
+        ] {
+            assert!(named.is_absolute(), "{}", named.display());
+            assert_eq!(&named, file);
+        }
+        assert!(tmp.path().join("drill").join("relay.toml").is_file());
     }
 }
