@@ -21,7 +21,9 @@ pub struct ObjectiveResult {
     pub met: bool,
     /// Recipients in scope.
     pub in_scope: usize,
-    /// Recipients that fell short, with why.
+    /// What fell short, with why: each recipient that did, or the inject itself when its
+    /// node refused it (`inject "x" refused by SEC's node: …`), which fails the objective
+    /// with no recipient in scope.
     pub failed: Vec<String>,
 }
 
@@ -388,6 +390,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 .unwrap_or_default()
         });
         let mut failed = Vec::new();
+        if let Some(why) = &i.injects[k].refused {
+            failed.push(format!("inject {:?} {why}", o.inject));
+        }
         let mut in_scope = 0;
         for (r_idx, row) in rows.iter_mut().enumerate() {
             let _ = r_idx;

@@ -246,7 +246,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut last_progress = String::new();
     let mut last_progress_at = Instant::now();
-    let mut objectives_met = false;
+    // Every objective met, or failed for good (its inject refused): nothing left to wait for.
+    let mut objectives_decided = false;
 
     loop {
         let now = start.elapsed();
@@ -378,6 +379,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         inj.name, inj.from
                     );
                     injects[i].refused = Some(format!("refused by {}'s node: {e}", inj.from));
+                    // Only this inject's message could meet them: they fail now, and the
+                    // drill does not wait for them.
+                    for o in scenario.objectives.iter().filter(|o| o.inject == inj.name) {
+                        eprintln!(
+                            "\n  objective {:?} failed: its inject {:?} was refused",
+                            o.name, inj.name
+                        );
+                    }
                 }
                 Err(e) => {
                     eprintln!(
@@ -437,7 +446,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         replies_due = later;
 
         let finished_timeline = timeline.is_empty() && pending_injects.is_empty();
-        if now >= end || (finished_timeline && objectives_met) {
+        if now >= end || (finished_timeline && objectives_decided) {
             break;
         }
         let line = progress_line(&scenario, now, &injects, &shown, &down, clients.len());
@@ -473,7 +482,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
             _ = sweep.tick() => {
                 if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_met = all_met(&scenario, &injects, &clients).await;
+                    objectives_decided = all_decided(&scenario, &injects, &clients).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -737,13 +746,17 @@ fn schedule_reply(
     }
 }
 
-async fn all_met(
+/// Whether every objective is decided: met (as far as the nodes' records show while the
+/// drill runs; the report scores times and scope), or failed for good because its inject
+/// was refused by its node (HTTP 4xx), so that no message can ever meet it. The drill ends
+/// when they are, without waiting for `end_s`.
+async fn all_decided(
     scenario: &Scenario,
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
 ) -> bool {
-    // Cheap test first: every inject sent, or refused for good (its objectives then fail
-    // below; the drill need not wait for what will never be sent).
+    // Cheap test first: every inject sent, or refused for good (its objectives then fail;
+    // the drill need not wait for what will never be sent).
     if injects
         .iter()
         .any(|i| i.id.is_none() && i.refused.is_none())
@@ -754,6 +767,10 @@ async fn all_met(
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
         };
+        if injects[idx].refused.is_some() {
+            // Failed: the report says why.
+            continue;
+        }
         let (Some(id), Some(c)) = (&injects[idx].id, clients.get(&scenario.injects[idx].from))
         else {
             return false;

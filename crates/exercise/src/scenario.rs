@@ -35,7 +35,9 @@ pub struct Scenario {
     /// Scenario seconds per wall-clock second (default 1; at least [`TIME_COMPRESSION_MIN`]).
     #[serde(default = "one")]
     pub time_compression: f64,
-    /// Scenario time at which the drill ends at the latest, if objectives are still open.
+    /// Scenario time at which the drill ends at the latest, if objectives are still open. It
+    /// ends sooner once the timeline has run and every objective is decided: met, or failed
+    /// for good because its inject was refused by its node.
     pub end_s: f64,
     /// Participant ids to run (default: the whole CICA roster).
     #[serde(default)]

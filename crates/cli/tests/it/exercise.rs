@@ -69,10 +69,11 @@ fn a_drill_runs_with_a_relative_out_directory() {
 }
 
 /// Like [`SCENARIO`], with a second inject the sender's node refuses (an unknown recipient):
-/// a refusal for good, which the scenario's parser cannot see.
+/// a refusal for good, which the scenario's parser cannot see. An objective on it can never be
+/// met; its end is far off (600 s), so that a drill waiting for it would show.
 const REFUSED: &str = r#"
 name = "refused"
-end_s = 10.0
+end_s = 600.0
 participants = ["SEC", "KAZ"]
 [behaviour.default]
 ack_after_s = 0.2
@@ -92,10 +93,16 @@ subject = "to nobody"
 name = "acknowledged"
 inject = "hello"
 expect = "acknowledged"
+[[objectives]]
+name = "stray acknowledged"
+inject = "stray"
+expect = "acknowledged"
+within_s = 60.0
 "#;
 
 /// An inject its node refuses with HTTP 4xx is not sent again until the drill ends: it is
-/// said once, the report names the reason, and the drill ends when its objectives are met.
+/// said once, the report names the reason, an objective only it could meet fails at once
+/// with that reason, and the drill ends when every objective is decided, not at `end_s`.
 #[test]
 fn an_inject_refused_by_its_node_is_not_retried_and_the_report_says_why() {
     let cwd = tempfile::tempdir().expect("tempdir");
@@ -137,12 +144,27 @@ fn an_inject_refused_by_its_node_is_not_retried_and_the_report_says_why() {
         "{accepted}"
     );
     assert_eq!(report["objectives"][0]["met"], true, "{report}");
+    let failed = &report["objectives"][1];
+    assert_eq!(failed["name"], "stray acknowledged", "{report}");
+    assert_eq!(failed["met"], false, "{failed}");
+    let why = failed["failed"][0].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("inject \"stray\" refused by SEC's node: ") && why.contains("HTTP 400"),
+        "{failed}"
+    );
+    assert!(
+        stderr
+            .contains("objective \"stray acknowledged\" failed: its inject \"stray\" was refused"),
+        "said when it happened: {stderr}"
+    );
     let said = stderr
         .lines()
-        .filter(|l| l.contains("inject \"stray\""))
+        .filter(|l| l.contains("inject \"stray\" from"))
         .count();
     assert_eq!(said, 1, "said once, not retried: {stderr}");
-    // Nothing is left to wait for once "hello" is acknowledged: no wait for end_s (10 s).
+    // Nothing is left to wait for once "hello" is acknowledged: the objective on "stray" is
+    // decided, failed, so the drill does not wait for end_s (600 s). It takes about 2 s;
+    // the bound leaves room for a loaded machine.
     let wall_s = report["wall_s"].as_f64().unwrap_or(f64::MAX);
-    assert!(wall_s < 8.0, "ended after {wall_s} s");
+    assert!(wall_s < 60.0, "ended after {wall_s} s");
 }
