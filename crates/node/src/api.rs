@@ -37,8 +37,46 @@ pub struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response()
+        // What [`log_refusals`] logs, cut short: a reason may quote a value from the body.
+        let refusal = Refusal {
+            code: self.1,
+            reason: bounded(&self.2, API_LOG_REASON_BYTES_MAX),
+        };
+        let mut answer = (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response();
+        answer.extensions_mut().insert(refusal);
+        answer
     }
+}
+
+/// An [`ApiError`]'s code and reason, carried on its response to [`log_refusals`].
+#[derive(Clone)]
+struct Refusal {
+    code: &'static str,
+    reason: String,
+}
+
+/// Logs every refused request once, whatever refused it (the token check, a body or query
+/// string that does not parse, a handler, or the router for a path or method it does not
+/// know): bad input gets its answer and a log line. Warn for a 4xx, error for a 5xx; with
+/// the method, the path and the reason, each bounded, never the body.
+async fn log_refusals(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = bounded(req.uri().path(), API_LOG_REASON_BYTES_MAX);
+    let answer = next.run(req).await;
+    let status = answer.status();
+    if status.is_client_error() || status.is_server_error() {
+        let (code, reason) = match answer.extensions().get::<Refusal>() {
+            Some(r) => (r.code, r.reason.as_str()),
+            None => ("", status.canonical_reason().unwrap_or("")),
+        };
+        let status = status.as_u16();
+        if status >= 500 {
+            tracing::error!(%method, path = %path, status, code, error = ?reason, "local API: request failed");
+        } else {
+            warn!(%method, path = %path, status, code, error = ?reason, "local API: request refused");
+        }
+    }
+    answer
 }
 
 fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
@@ -77,7 +115,7 @@ fn authorise(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        warn!("local API: missing or wrong bearer token");
+        // Logged by `log_refusals`, as every refusal is.
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -105,19 +143,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Taken now: reading the body consumes the request. A route's path is short (the
-        // longest holds one message id), but one no route knows is not seen here.
-        let path = bounded(req.uri().path(), API_LOG_REASON_BYTES_MAX);
+        // Logged by `log_refusals`, never with the body.
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => {
-                let refusal = json_rejection(e);
-                // Logged like a bad query string, but never with the body: only the route
-                // and the reason, cut short (a reason may quote a value from the body).
-                let why = bounded(&refusal.2, API_LOG_REASON_BYTES_MAX);
-                warn!(path = %path, error = ?why, "local API: bad request body");
-                Err(refusal)
-            }
+            Err(e) => Err(json_rejection(e)),
         }
     }
 }
@@ -145,11 +174,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Params(v)),
-            Err(e) => {
-                let why = e.body_text();
-                warn!(path = %parts.uri.path(), error = ?why, "local API: bad query string");
-                Err(bad("bad_request", why))
-            }
+            // Logged by `log_refusals`.
+            Err(e) => Err(bad("bad_request", e.body_text())),
         }
     }
 }
@@ -185,6 +211,7 @@ pub(crate) async fn serve(
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(log_refusals))
         .with_state(state);
     let stop = async move {
         let _ = shutdown.wait_for(|v| *v).await;
@@ -949,6 +976,71 @@ mod tests {
         .unwrap()
     }
 
+    /// Every refusal is logged once, whoever refuses: a handler (warn, with its code), a
+    /// failure (error), and the router for a path it does not know.
+    #[tokio::test]
+    async fn every_refused_request_is_logged_once_with_its_status_and_code() {
+        let logs = Captured::default();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(logs.clone())
+                .finish(),
+        );
+        async fn unknown() -> Result<StatusCode, ApiError> {
+            Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such message".into(),
+            ))
+        }
+        async fn full() -> Result<StatusCode, ApiError> {
+            Err(store_error(hotline_store::StoreError::DiskFull))
+        }
+        async fn fine() -> StatusCode {
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new()
+            .route("/unknown", post(unknown))
+            .route("/full", post(full))
+            .route("/fine", post(fine))
+            .layer(middleware::from_fn(log_refusals));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let cases = [
+            ("/unknown", 404, "not_found", "WARN"),
+            ("/full", 507, "disk_full", "ERROR"),
+            ("/fine", 204, "", ""),
+            ("/no/such/route", 404, "", "WARN"),
+        ];
+        for (path, status, code, level) in cases {
+            let (got, _) = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                post_json(format!("{base}{path}"), "{}".into()),
+            )
+            .await
+            .expect("an answer within 20 s");
+            assert_eq!(got, status, "{path}");
+            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v["fields"]["path"] == path)
+                .collect();
+            if level.is_empty() {
+                assert!(lines.is_empty(), "{path}: {lines:?}");
+                continue;
+            }
+            assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+            assert_eq!(lines[0]["level"], level, "{path}: {lines:?}");
+            assert_eq!(lines[0]["fields"]["status"], status, "{path}: {lines:?}");
+            assert_eq!(lines[0]["fields"]["code"], code, "{path}: {lines:?}");
+            assert_eq!(lines[0]["fields"]["method"], "POST", "{path}: {lines:?}");
+        }
+        server.abort();
+    }
+
     /// A body refused as malformed, of the wrong shape, or too large is answered in the
     /// API's shape and logged at warn with the route and the reason cut short, never with
     /// the body (a refusal's reason can quote it).
@@ -968,7 +1060,8 @@ mod tests {
         }
         let app = Router::new()
             .route("/v1/messages/{id}/reply", post(take))
-            .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX));
+            .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+            .layer(middleware::from_fn(log_refusals));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let path = format!("/v1/messages/{}/reply", "ab".repeat(16));
         let url = format!("http://{}{path}", listener.local_addr().unwrap());
@@ -998,7 +1091,7 @@ mod tests {
             let v: Value = serde_json::from_str(&answer).unwrap();
             assert!(v["error"].as_str().unwrap().contains(why), "{v}");
             // The answer was written after the line was logged.
-            let lines = logs.lines("local API: bad request body");
+            let lines = logs.lines("local API: request refused");
             assert_eq!(lines.len(), i + 1, "{lines:?}");
             let line = &lines[i];
             assert_eq!(
