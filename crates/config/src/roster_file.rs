@@ -244,9 +244,11 @@ pub enum RosterFileError {
         /// The file.
         path: PathBuf,
     },
-    /// A signed roster was signed by another key than the pinned roster key.
+    /// A signed roster was signed by another key than the pinned roster key. The pinned
+    /// key is not shown: it may be a secret seed pasted where the public key belongs
+    /// (see [`RosterFileError::PinnedSecret`] for the one case that can be told).
     #[error(
-        "{path}: roster is signed by key {signed_by}, not by the pinned roster key {pinned}",
+        "{path}: roster is signed by key {signed_by}, not by the pinned roster key (roster_key)",
         path = .path.display()
     )]
     WrongKey {
@@ -256,6 +258,20 @@ pub enum RosterFileError {
         signed_by: PublicKey,
         /// The key the caller pinned.
         pinned: PublicKey,
+    },
+    /// The pinned roster key is the secret seed of the key that signed the roster: the
+    /// roster key's `.key` file was pasted where its `.pub` belongs.
+    #[error(
+        "{path}: the pinned roster key (roster_key) is the SECRET seed of the key that signed \
+         this roster, not its public key {signed_by}: the roster signing key has leaked into a \
+         configuration; remove it from there and change the roster key (OPERATIONS.md 4.7)",
+        path = .path.display()
+    )]
+    PinnedSecret {
+        /// The file.
+        path: PathBuf,
+        /// The public key of the seed that was pinned, which signed the roster.
+        signed_by: PublicKey,
     },
     /// A signed roster does not verify against the pinned roster key.
     #[error("{path}: roster does not verify: {source}", path = .path.display())]
@@ -645,6 +661,12 @@ pub fn read_verified_roster(
 ) -> Result<Verified<Roster>, RosterFileError> {
     let signed = read_signed_roster(path)?;
     if &signed.key() != roster_key {
+        if PublicKey::of(&ed25519_dalek::SigningKey::from_bytes(&roster_key.0)) == signed.key() {
+            return Err(RosterFileError::PinnedSecret {
+                path: path.to_owned(),
+                signed_by: signed.key(),
+            });
+        }
         return Err(RosterFileError::WrongKey {
             path: path.to_owned(),
             signed_by: signed.key(),
@@ -894,8 +916,19 @@ members = ["KAZ"]
         let v = read_verified_roster(&path, &PublicKey::of(&signing)).expect("verifies");
         assert_eq!(v.value(), &roster);
 
-        let e = read_verified_roster(&path, &key()).expect_err("wrong key");
+        let wrong = key();
+        let e = read_verified_roster(&path, &wrong).expect_err("wrong key");
         assert!(matches!(e, RosterFileError::WrongKey { .. }), "{e}");
+        assert!(!e.to_string().contains(&wrong.to_string()), "{e}");
+        // The signing key's seed pinned as if it were the public key: told, not shown.
+        let seed = PublicKey(signing.to_bytes());
+        let e = read_verified_roster(&path, &seed).expect_err("a seed");
+        assert!(matches!(e, RosterFileError::PinnedSecret { .. }), "{e}");
+        assert!(!e.to_string().contains(&seed.to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&PublicKey::of(&signing).to_string()),
+            "{e}"
+        );
 
         let draft_path = dir.path().join("draft.toml");
         std::fs::write(&draft_path, sample()).expect("write");

@@ -122,13 +122,65 @@ pub fn read_config(path: &Path) -> Result<String, ConfigError> {
 pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: without_keys(&e.to_string()),
     })
+}
+
+/// `text` with every run of 64 or more hexadecimal digits replaced by a placeholder. The
+/// TOML parser's errors quote the line they are about, and a line that does not parse may
+/// be a key pasted without its quotes (`roster_key = 4f3a…`), perhaps a secret seed: it
+/// must not reach a terminal or a log a second time.
+fn without_keys(text: &str) -> String {
+    const PLACEHOLDER: &str = "<hexadecimal digits not shown>";
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= crate::limits::KEY_HEX_CHARS {
+            out.push_str(PLACEHOLDER);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_in_a_line_that_does_not_parse_is_not_quoted() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct C {
+            roster_key: String,
+        }
+        let seed = "4f3a".repeat(16);
+        for text in [
+            format!("roster_key = {seed}\n"),
+            format!("roster_key = \"{seed}\"\nroster_key = \"{seed}\"\n"),
+        ] {
+            let e = parse_toml::<C>(&text, Path::new("node.toml")).expect_err("refused");
+            let shown = e.to_string();
+            assert!(!shown.contains(&seed), "{shown}");
+            assert!(
+                shown.contains("not shown") && shown.contains("node.toml"),
+                "{shown}"
+            );
+        }
+        // Shorter runs, such as a line number or a port, are left alone.
+        assert_eq!(without_keys("line 12: 7400 abc"), "line 12: 7400 abc");
+    }
 
     #[test]
     fn an_endless_file_is_refused_at_the_limit() {
