@@ -627,23 +627,20 @@ fn index_answer(conn: &Connection, env: &Envelope, other: &str) -> Result<(), St
 
 /// Fills the `answers` table from the whole inbox and every sent message, once, in a store
 /// made before the table existed.
-fn index_stored_answers(conn: &Connection) -> Result<(), StoreError> {
-    let tx = conn.unchecked_transaction()?;
+fn index_stored_answers(tx: &Connection) -> Result<(), StoreError> {
     for (table, other) in [("inbox", "sent"), ("sent", "inbox")] {
         let mut st = tx.prepare(&format!("SELECT bytes, key, sig FROM {table}"))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let signed: Signed<Envelope> = signed_at(r, 0)?;
-            index_answer(&tx, &decode_stored(&signed)?, other)?;
+            index_answer(tx, &decode_stored(&signed)?, other)?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Fills `acks_out` from the acknowledgements the store holds (a store from before it).
-fn index_stored_acks(conn: &Connection) -> Result<(), StoreError> {
-    let tx = conn.unchecked_transaction()?;
+fn index_stored_acks(tx: &Connection) -> Result<(), StoreError> {
     {
         let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_out")?;
         let mut add = tx.prepare("INSERT OR IGNORE INTO acks_out (id, digest) VALUES (?1, ?2)")?;
@@ -658,47 +655,45 @@ fn index_stored_acks(conn: &Connection) -> Result<(), StoreError> {
             }
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Fills `mismatches` from the forwarded receipts the store holds (a store from before it):
 /// every (message, signer) for which it keeps a receipt naming one of its sent messages with
 /// a digest other than that message's. A sent message's author is this node, as the items
-/// `store_forwarded` checks name it; each is read and hashed once.
-fn index_stored_mismatches(conn: &Connection) -> Result<(), StoreError> {
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_in")?;
-        let mut sent = tx.prepare("SELECT bytes, key, sig FROM sent WHERE id = ?1")?;
-        let mut add =
-            tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
-        let mut held: HashMap<MessageId, (ParticipantId, Digest)> = HashMap::new();
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let signed: Signed<Receipt> = signed_at(r, 0)?;
-            let receipt = decode_stored(&signed)?;
-            for item in &receipt.items {
-                let (author, digest) = match held.entry(item.id) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        // Not one of ours (another's message, or an id never sent).
-                        let Some(s) = sent
-                            .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
-                            .optional()?
-                        else {
-                            continue;
-                        };
-                        e.insert((decode_stored(&s)?.sender, s.digest()))
-                    }
-                };
+/// `store_forwarded` checks name it; each id is looked up and hashed once, found or not (a
+/// cumulative receipt names up to 512 messages, mostly other senders').
+fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
+    let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_in")?;
+    let mut sent = tx.prepare("SELECT bytes, key, sig FROM sent WHERE id = ?1")?;
+    let mut add = tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
+    // Per id: this node's message's author and digest, or None for an id it never sent.
+    let mut held: HashMap<MessageId, Option<(ParticipantId, Digest)>> = HashMap::new();
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let signed: Signed<Receipt> = signed_at(r, 0)?;
+        let receipt = decode_stored(&signed)?;
+        for item in &receipt.items {
+            let ours = match held.entry(item.id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let found = sent
+                        .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
+                        .optional()?;
+                    let ours = match found {
+                        Some(s) => Some((decode_stored(&s)?.sender, s.digest())),
+                        None => None,
+                    };
+                    e.insert(ours)
+                }
+            };
+            if let Some((author, digest)) = ours {
                 if *author == item.sender && *digest != item.digest {
                     add.execute(params![&item.id.0[..], receipt.recipient.as_str()])?;
                 }
             }
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -809,8 +804,12 @@ impl NodeStore {
         let answers_indexed = has_table("answers")?;
         let acks_indexed = has_table("acks_out")?;
         let mismatches_indexed = has_table("mismatches")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(hotline_store::journal::SCHEMA)?;
+        // The tables and their one-time fills from what an older store holds, in one
+        // transaction: a start stopped midway leaves neither a table nor an empty one that
+        // would never be filled.
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(hotline_store::journal::SCHEMA)?;
         // A damaged journal is refused at start-up, naming the file, rather than extended;
         // so is a stored message or receipt that is not the record its journal holds.
         hotline_store::verify_journal(&conn).map_err(|e| StoreError::Corrupt {
@@ -823,14 +822,16 @@ impl NodeStore {
             "stored messages and receipts match their journal entries"
         );
         if !answers_indexed {
-            index_stored_answers(&conn)?;
+            index_stored_answers(&tx)?;
         }
         if !acks_indexed {
-            index_stored_acks(&conn)?;
+            index_stored_acks(&tx)?;
         }
         if !mismatches_indexed {
-            index_stored_mismatches(&conn)?;
+            tracing::info!("recording the mismatched receipts this store holds (once, at the first start of this version)");
+            index_stored_mismatches(&tx)?;
         }
+        tx.commit()?;
         rename_relay_records(&conn)?;
         let journal = Journal::load(&conn)?;
         let quarantine = quarantine_size(&conn)?;
@@ -1437,9 +1438,8 @@ impl NodeStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let receipts = crate::pacer::sign_delivered(me, key, &items, now_ms).map_err(|e| {
-            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        })?;
+        let receipts = crate::pacer::sign_delivered(me, key, &items, now_ms)
+            .map_err(|e| StoreError::Signing(Box::new(e)))?;
         self.tx(|tx, j| {
             for signed in &receipts {
                 j.append(
