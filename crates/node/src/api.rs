@@ -37,10 +37,11 @@ pub struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // What [`log_refusals`] logs, cut short: a reason may quote a value from the body.
+        // What [`log_refusals`] logs: without the values a reason quotes (serde's
+        // `invalid type: string "…"` quotes the body), and cut short.
         let refusal = Refusal {
             code: self.1,
-            reason: bounded(&self.2, API_LOG_REASON_BYTES_MAX),
+            reason: bounded(&without_quoted(&self.2), API_LOG_REASON_BYTES_MAX),
         };
         let mut answer = (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response();
         answer.extensions_mut().insert(refusal);
@@ -55,10 +56,27 @@ struct Refusal {
     reason: String,
 }
 
+/// `text` with what it quotes between double quotes replaced by `…`: a refusal's reason may
+/// quote a value from the request's body, which the log must not repeat (the caller, who
+/// sent it, is answered in full).
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        // Odd parts are inside quotes.
+        out.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    out
+}
+
 /// Logs every refused request once, whatever refused it (the token check, a body or query
 /// string that does not parse, a handler, or the router for a path or method it does not
-/// know): bad input gets its answer and a log line. Warn for a 4xx, error for a 5xx; with
-/// the method, the path and the reason, each bounded, never the body.
+/// know): bad input gets its answer and a log line. Error for a 5xx; info for an unknown
+/// message (404) or one acknowledged before (409), what a mistyped id or two officers
+/// acknowledging at once give and no reason to alert anyone; warn for the rest. With the
+/// method, the path and the reason, each bounded, never the body or a value it holds.
 async fn log_refusals(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = bounded(req.uri().path(), API_LOG_REASON_BYTES_MAX);
@@ -70,10 +88,16 @@ async fn log_refusals(req: Request, next: Next) -> Response {
             None => ("", status.canonical_reason().unwrap_or("")),
         };
         let status = status.as_u16();
-        if status >= 500 {
-            tracing::error!(%method, path = %path, status, code, error = ?reason, "local API: request failed");
-        } else {
-            warn!(%method, path = %path, status, code, error = ?reason, "local API: request refused");
+        match status {
+            500.. => {
+                tracing::error!(%method, path = %path, status, code, error = ?reason, "local API: request failed")
+            }
+            404 | 409 if !code.is_empty() => {
+                info!(%method, path = %path, status, code, error = ?reason, "local API: request refused")
+            }
+            _ => {
+                warn!(%method, path = %path, status, code, error = ?reason, "local API: request refused")
+            }
         }
     }
     answer
@@ -956,6 +980,31 @@ mod tests {
         }
     }
 
+    /// Captures this thread's log as JSON lines until the guard is dropped. The runtime of
+    /// a `tokio::test` is its thread alone, so a server's tasks log there too.
+    fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(logs.clone())
+                .finish(),
+        );
+        (logs, guard)
+    }
+
+    /// Serves `app` on a free loopback port: its base URL, and the server's task.
+    async fn serve_on_loopback(
+        app: Router,
+    ) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        (
+            base,
+            tokio::spawn(async move { axum::serve(listener, app).await }),
+        )
+    }
+
     /// POSTs `body` as JSON from a blocking thread; the status and the answer's body.
     async fn post_json(url: String, body: String) -> (u16, String) {
         tokio::task::spawn_blocking(move || {
@@ -980,13 +1029,7 @@ mod tests {
     /// failure (error), and the router for a path it does not know.
     #[tokio::test]
     async fn every_refused_request_is_logged_once_with_its_status_and_code() {
-        let logs = Captured::default();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .json()
-                .with_writer(logs.clone())
-                .finish(),
-        );
+        let (logs, _guard) = capture_logs();
         async fn unknown() -> Result<StatusCode, ApiError> {
             Err(ApiError(
                 StatusCode::NOT_FOUND,
@@ -1005,11 +1048,9 @@ mod tests {
             .route("/full", post(full))
             .route("/fine", post(fine))
             .layer(middleware::from_fn(log_refusals));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (base, server) = serve_on_loopback(app).await;
         let cases = [
-            ("/unknown", 404, "not_found", "WARN"),
+            ("/unknown", 404, "not_found", "INFO"),
             ("/full", 507, "disk_full", "ERROR"),
             ("/fine", 204, "", ""),
             ("/no/such/route", 404, "", "WARN"),
@@ -1046,15 +1087,7 @@ mod tests {
     /// the body (a refusal's reason can quote it).
     #[tokio::test]
     async fn a_refused_body_is_logged_with_its_route_and_a_bounded_reason_never_the_body() {
-        let logs = Captured::default();
-        // The runtime of a `tokio::test` is this thread alone, so the server's tasks log
-        // here too.
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .json()
-                .with_writer(logs.clone())
-                .finish(),
-        );
+        let (logs, _guard) = capture_logs();
         async fn take(Body(_): Body<SendRequest>) -> StatusCode {
             StatusCode::NO_CONTENT
         }
@@ -1062,10 +1095,9 @@ mod tests {
             .route("/v1/messages/{id}/reply", post(take))
             .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
             .layer(middleware::from_fn(log_refusals));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (base, server) = serve_on_loopback(app).await;
         let path = format!("/v1/messages/{}/reply", "ab".repeat(16));
-        let url = format!("http://{}{path}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("{base}{path}");
         let secret = "s3cr3t-".repeat(100);
         let cases = [
             ("{not json".to_owned(), 400, "key must be a string"),
@@ -1108,9 +1140,10 @@ mod tests {
                 "{line}"
             );
         }
-        // The caller was told what was wrong, quoting the value; the log was not.
+        // The caller was told what was wrong, quoting the value; the log was not, not even
+        // in part.
         let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-        assert!(!all.contains(&secret), "{all}");
+        assert!(!all.contains("s3cr3t"), "{all}");
         assert!(!all.contains("xxxxxxxxxxxxxxxx"), "{all}");
         // The warn level, as for a bad query string.
         assert!(all.contains(r#""level":"WARN""#), "{all}");
