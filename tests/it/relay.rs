@@ -2056,6 +2056,10 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
         sender: pid("KAZ"),
         digest: hotline_proto::Digest([n; 32]),
     };
+    // The budget is the relay's for the UTC day of its clock, which is this one: a run
+    // across midnight may start the budget again midway (below).
+    let utc_day = || now_ms() / 86_400_000;
+    let day = utc_day();
     let f1 = receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(1)], t + 5).await;
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(2)], t + 6).await;
     assert_eq!(counts(maddr).await, [3.0, 3.0, 1.0, 1.0]);
@@ -2077,7 +2081,16 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
         .unwrap();
     wait_metric(maddr, depth, |n| n == 0.0).await.unwrap();
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(4)], t + 8).await;
-    assert_eq!(counts(maddr).await, [4.0, 3.0, 2.0, 0.0]);
+    let c = counts(maddr).await;
+    if utc_day() == day {
+        assert_eq!(c, [4.0, 3.0, 2.0, 0.0]);
+    } else {
+        // Past midnight the fourth may have been the new day's first, kept and forwarded.
+        assert!(
+            c == [4.0, 3.0, 2.0, 0.0] || c == [5.0, 3.0, 1.0, 1.0],
+            "{c:?}"
+        );
+    }
     drop((kaz, kgz));
     relay.shutdown().await;
 

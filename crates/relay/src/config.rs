@@ -41,8 +41,9 @@ pub struct Limits {
     /// 10000).
     pub forward_foreign_max: u64,
     /// Receipts kept a UTC day for one signer only because they name messages this relay
-    /// does not hold; past it such a receipt from that signer is answered as stored and
-    /// neither kept nor forwarded until the next UTC day. 0: none is kept. Counted in the
+    /// does not hold; past it such a receipt from that signer is dropped (answered as stored,
+    /// so never sent again; neither kept nor forwarded), and the budget starts again at the
+    /// next UTC day. 0: none is kept. Counted in the
     /// relay's memory, so a restart starts every budget again (default 10000; at most
     /// 1000000).
     pub foreign_receipts_per_day_max: u64,

@@ -56,8 +56,9 @@ pub const RECEIPT_RATE_BURST: u32 = 10_000;
 pub const FORWARD_FOREIGN_MAX: u64 = 10_000;
 
 /// Receipts kept a UTC day for one signer (the receipt's `recipient`) only because they name
-/// messages this relay does not hold. Past it such a receipt from that signer is answered
-/// as stored and neither kept nor forwarded until the next UTC day. [`FORWARD_FOREIGN_MAX`]
+/// messages this relay does not hold. Past it such a receipt from that signer is dropped:
+/// answered as stored (so never sent again), neither kept nor forwarded; the budget starts
+/// again at the next UTC day. [`FORWARD_FOREIGN_MAX`]
 /// does not bound the disk: a sender's node confirms a forwarded receipt at once, so a
 /// member signing receipts for made-up messages of a cooperating sender kept the queue
 /// short and the relay kept every one, at up to [`RECEIPT_RATE_PER_SEC`] (tens of GB a
