@@ -712,12 +712,20 @@ impl Link<'_> {
         let mut new = Vec::new();
         let mut again = Vec::new();
         let mut refused = 0usize;
-        for ((_, checked), outcome) in checked.iter().zip(&outcomes) {
+        for ((signed, checked), outcome) in checked.iter().zip(&outcomes) {
             match (checked, outcome) {
                 (Ok(env), Stored::New) => new.push(env),
                 (Ok(env), Stored::Duplicate) => {
                     debug!(msg = %env.id, "duplicate delivery dropped");
                     again.push(env.id);
+                }
+                // Held already, byte for byte, though its signer's key has since left the
+                // roster (a relay restored from a backup delivers it again).
+                (Err(reason), Stored::Duplicate) => {
+                    if let Ok(env) = signed.decode_unverified() {
+                        debug!(msg = %env.id, %reason, "duplicate delivery dropped (held since before its key left the roster)");
+                        again.push(env.id);
+                    }
                 }
                 (_, Stored::Quarantined(reason)) => {
                     error!(%reason, "delivered message quarantined, not shown")

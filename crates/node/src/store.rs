@@ -1283,6 +1283,24 @@ impl NodeStore {
                         }
                     }
                     Err(reason) => {
+                        // The very bytes the inbox holds under this id, delivered again (a
+                        // relay restored from a backup, or `hotline relay redeliver`) after
+                        // its signer's key left the roster (rotated out, or revoked): the
+                        // message passed every check when it was stored, and is not new. A
+                        // duplicate, as with its key still listed: receipted again, nothing
+                        // quarantined, nothing shown.
+                        if let Ok(env) = signed.decode_unverified() {
+                            let same: bool = tx
+                                .prepare_cached("SELECT EXISTS (SELECT 1 FROM inbox WHERE id = ?1 AND bytes = ?2)")?
+                                .query_row(params![&env.id.0[..], signed.bytes()], |r| r.get(0))?;
+                            if same {
+                                out.push(Stored::Duplicate);
+                                if !items.iter().any(|i: &ReceiptItem| i.id == env.id) {
+                                    items.push(ReceiptItem { id: env.id, sender: env.sender, digest });
+                                }
+                                continue;
+                            }
+                        }
                         let held: bool = tx
                             .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1)")?
                             .query_row([&digest.0[..]], |r| r.get(0))?;
@@ -2016,6 +2034,49 @@ mod tests {
         let verified = signed.verify_with(&signed.key()).unwrap();
         store.store_forwarded(&me, &[verified], NOW).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_held_message_delivered_again_after_its_key_left_the_roster_is_a_duplicate() {
+        // A relay restored from a backup (or `relay redeliver`) delivers again what this node
+        // holds. If the signer's key has since been rotated out (or the signer revoked), the
+        // copy fails the roster check; but it is the very message stored when it passed:
+        // receipted again, not quarantined.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let signed = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = signed.decode_unverified().unwrap();
+        let (out, _) = store
+            .store_deliveries(&[(signed.clone(), Ok(env.clone()))], NOW)
+            .unwrap();
+        assert_eq!(out, [Stored::New]);
+        let reason = "key 8a88e3dd7409f195 is not authorised for this signer".to_owned();
+        let (out, items) = store
+            .store_deliveries(&[(signed.clone(), Err(reason.clone()))], NOW + 1)
+            .unwrap();
+        assert_eq!(out, [Stored::Duplicate]);
+        assert_eq!(
+            items,
+            [ReceiptItem {
+                id: env.id,
+                sender: pid("KAZ"),
+                digest: signed.digest()
+            }],
+            "receipted again, so that the relay stops delivering it"
+        );
+        assert!(store.quarantined(10).unwrap().is_empty());
+        assert_eq!(store.quarantine_size().0.held, 0);
+
+        // Other bytes under that id are not the message held: quarantined, as before.
+        let mut altered = env.clone();
+        altered.body = "altered".into();
+        let altered = Signed::sign(&altered, &kaz).unwrap();
+        let (out, _) = store
+            .store_deliveries(&[(altered, Err(reason.clone()))], NOW + 2)
+            .unwrap();
+        assert_eq!(out, [Stored::Quarantined(reason)]);
+        assert_eq!(store.quarantined(10).unwrap().len(), 1);
     }
 
     #[test]
