@@ -37,12 +37,9 @@ impl ApiArgs {
             _ => {
                 let path = match &self.node_config {
                     Some(p) => p.clone(),
-                    None => ["node.toml", "/etc/hotline/node.toml"]
-                        .iter()
-                        .map(PathBuf::from)
-                        .find(|p| p.exists())
-                        .context("no node configuration found: give --node-config FILE (or --api and --token-file)")?,
+                    None => default_node_config()?,
                 };
+                readable(&path)?;
                 let c = hotline_node::NodeConfig::load(&path)?;
                 (
                     self.api.clone().unwrap_or_else(|| c.api_listen.to_string()),
@@ -50,9 +47,42 @@ impl ApiArgs {
                 )
             }
         };
+        readable(&token_file)?;
         let token = text_file::read_token(&token_file).context("reading the API token")?;
         Ok(ApiClient::new(&addr, &token))
     }
+}
+
+/// `./node.toml`, else `/etc/hotline/node.toml`. One this user may not look at is named as
+/// such, not skipped: the package makes `/etc/hotline` readable by group `hotline` only, so
+/// for a duty officer outside the group it is there but out of reach, not missing.
+fn default_node_config() -> anyhow::Result<PathBuf> {
+    for p in ["node.toml", "/etc/hotline/node.toml"].map(PathBuf::from) {
+        match p.try_exists() {
+            Ok(true) => return Ok(p),
+            Ok(false) => {}
+            Err(e) => return Err(unreadable(&p, &e)),
+        }
+    }
+    bail!("no node configuration found: give --node-config FILE (or --api and --token-file)")
+}
+
+/// An error naming what to do if this user may not read `path` (the node's configuration or
+/// its API token).
+fn readable(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(unreadable(path, &e)),
+        _ => Ok(()),
+    }
+}
+
+fn unreadable(path: &std::path::Path, e: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: {e}: the node's configuration and API token are readable by group hotline: \
+         add this user to it (`sudo adduser NAME hotline`, then log in again; OPERATIONS.md \
+         2.9), or use sudo",
+        path.display()
+    )
 }
 
 /// `hotline send`.
