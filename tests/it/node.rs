@@ -1389,6 +1389,17 @@ async fn the_relays_observer_policy_decides_what_an_observer_may_send() {
     let st = un.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["state"], "rejected", "{st}");
     assert_eq!(st["rejected"]["code"], "PolicyDenied", "{st}");
+    // The text a duty officer reads says why too, not only the state.
+    for cmd in ["status", "show"] {
+        let text = un.cli(&[cmd, &id]).await.unwrap();
+        assert!(text.status.success(), "{text:?}");
+        assert!(
+            text.stdout
+                .contains("state: rejected  delivered 0/1  acknowledged 0/1  overdue 0\nrefused by the relay: PolicyDenied: UN may not address KAZ"),
+            "hotline {cmd}: {}",
+            text.stdout
+        );
+    }
     assert_eq!(un.cli_json(&["node-status"]).await.unwrap()["outbox"], 0);
     // Writing to the Secretariat is always allowed.
     let sent = un

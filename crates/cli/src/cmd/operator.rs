@@ -419,6 +419,16 @@ fn matrix_text(m: &Value) -> String {
         recipients_text(m, |r| r["overdue_at_ms"].is_u64()
             && !r["acked_at_ms"].is_u64())
     );
+    // Why it was refused, under the counts: the node's log is not the duty officer's.
+    if m["state"] == "rejected" && m["rejected"].is_object() {
+        let why = format!(
+            "\nrefused by the relay: {}: {} (OPERATIONS.md 9)",
+            m["rejected"]["code"].as_str().unwrap_or("?"),
+            shown(&m["rejected"]["detail"], false)
+        );
+        let at = out.find('\n').unwrap_or(out.len());
+        out.insert_str(at, &why);
+    }
     // Received messages that reference this one: the replies, updates and cancellations.
     let answers = m["answers"].as_array().cloned().unwrap_or_default();
     if !answers.is_empty() {
