@@ -2961,7 +2961,13 @@ async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
                 .starts_with("OK: node-KGZ/node.db (KGZ's) restored from kgz-backup.db"),
         "{restored:?}"
     );
-    // It says from when the relay should deliver again; that time is enough.
+    // It says, for whom, from when the relay should deliver again; that time is enough.
+    assert!(
+        restored
+            .stdout
+            .contains("`hotline relay redeliver --config relay.toml --to KGZ --since "),
+        "{restored:?}"
+    );
     let since = restored
         .stdout
         .split("--since ")

@@ -168,7 +168,10 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     .with_context(|| format!("restoring {} to {}", from.display(), data.display()))?;
     let newest = super::roster::format_utc(r.store.journal.last_at_ms);
     tracing::info!(db = %current.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
-    let whose = holder.map(|h| format!(" ({h}'s)")).unwrap_or_default();
+    let whose = holder
+        .as_ref()
+        .map(|h| format!(" ({h}'s)"))
+        .unwrap_or_default();
     outln!(
         "OK: {}{whose} restored from {}: {} bytes, checked; journal {} entries, head {}, \
          newest entry {newest}",
@@ -200,9 +203,12 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
              after the backup (OPERATIONS.md 6.5)"
         );
     } else {
+        // The command to give, whole: the copy names its participant (but a copy from before
+        // stores recorded one, with nothing signed yet, does not).
+        let to = holder.map_or_else(|| "ID".to_owned(), |h| h.to_string());
         outln!(
             "next: start the node. What it received after {newest} is not in the copy: on the \
-             relay's machine, `hotline relay redeliver --config relay.toml --to ID --since \
+             relay's machine, `hotline relay redeliver --config relay.toml --to {to} --since \
              {newest}` has the relay deliver it again (OPERATIONS.md 6.5)"
         );
     }
