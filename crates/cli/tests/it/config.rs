@@ -58,6 +58,41 @@ fn node_text(fingerprint: &str) -> String {
     )
 }
 
+/// Signs the CICA roster template into `dir/roster.signed` with `keys/ROSTER.key`,
+/// generating the participants' keys in `keys` (`dir/draft.toml` is the draft).
+fn sign_cica_roster(dir: &Path, keys: &Path) {
+    let (template, draft) = (repo_config("cica-roster.toml"), dir.join("draft.toml"));
+    let (key, signed) = (keys.join("ROSTER.key"), dir.join("roster.signed"));
+    for args in [
+        [
+            "roster",
+            "create",
+            "--from",
+            s(&template),
+            "--keys",
+            s(keys),
+            "--generate",
+            "--out",
+            s(&draft),
+        ]
+        .as_slice(),
+        [
+            "roster",
+            "sign",
+            "--roster",
+            s(&draft),
+            "--key",
+            s(&key),
+            "--out",
+            s(&signed),
+        ]
+        .as_slice(),
+    ] {
+        let out = hotline(args);
+        assert!(out.status.success(), "hotline {args:?}: {out:?}");
+    }
+}
+
 fn repo_config(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../config")
@@ -219,27 +254,7 @@ fn a_key_pasted_into_the_configuration_is_not_shown() {
     ok(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
     std::fs::write(keys.join("ROSTER.key"), format!("{roster_seed}\n")).expect("seed");
     set_mode(&keys.join("ROSTER.key"), 0o600);
-    ok(&[
-        "roster",
-        "create",
-        "--from",
-        s(&repo_config("cica-roster.toml")),
-        "--keys",
-        s(&keys),
-        "--generate",
-        "--out",
-        s(&d.join("draft.toml")),
-    ]);
-    ok(&[
-        "roster",
-        "sign",
-        "--roster",
-        s(&d.join("draft.toml")),
-        "--key",
-        s(&keys.join("ROSTER.key")),
-        "--out",
-        s(&d.join("roster.signed")),
-    ]);
+    sign_cica_roster(d, &keys);
     for (name, text) in [
         (
             "node-seed.toml",
@@ -272,27 +287,7 @@ fn the_named_files_are_checked() {
     let roster_key = ok(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
     let roster_key = roster_key.trim();
     ok(&["keygen", "--id", "OTHER", "--out", s(&keys)]);
-    ok(&[
-        "roster",
-        "create",
-        "--from",
-        s(&repo_config("cica-roster.toml")),
-        "--keys",
-        s(&keys),
-        "--generate",
-        "--out",
-        s(&d.join("draft.toml")),
-    ]);
-    ok(&[
-        "roster",
-        "sign",
-        "--roster",
-        s(&d.join("draft.toml")),
-        "--key",
-        s(&keys.join("ROSTER.key")),
-        "--out",
-        s(&d.join("roster.signed")),
-    ]);
+    sign_cica_roster(d, &keys);
     let init = ok(&[
         "relay",
         "init",
