@@ -2819,6 +2819,89 @@ async fn a_backup_directory_keeps_the_newest_copies() {
     relay.shutdown().await;
 }
 
+/// Two `hotline backup --out-dir` runs in the same second (an hourly timer's and an
+/// operator's, or a retry after a failure) both write their copy, and `--keep 1` then keeps
+/// the newest. The runs follow one another until two have fallen in the same second, which
+/// for copies of a small store is at once: names to the second collided there (`File
+/// exists`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_in_the_same_second_are_all_kept() {
+    let net = net();
+    let relay = net.relay().await;
+    let dir = net.path().join("backups");
+    std::fs::create_dir(&dir).unwrap();
+    // `relay-YYYYMMDDTHHMMSS`: the name up to the second.
+    let second = |name: &str| name.get(..21).unwrap_or(name).to_owned();
+    let mut written: Vec<String> = Vec::new();
+    while written.len() < 2
+        || second(&written[written.len() - 2]) != second(&written[written.len() - 1])
+    {
+        assert!(
+            written.len() < 20,
+            "no two of {} runs in a row fell in the same second: {written:?}",
+            written.len()
+        );
+        let out = hotline_cli(
+            net.path(),
+            &["backup", "--data", "relay-data", "--out-dir", "backups"],
+        )
+        .await
+        .unwrap();
+        assert!(out.status.success(), "after {written:?}: {out:?}");
+        let name = out
+            .stdout
+            .strip_prefix("OK: ")
+            .and_then(|s| s.split_once(" written from "))
+            .and_then(|(p, _)| Path::new(p).file_name()?.to_str())
+            .unwrap_or_else(|| panic!("{out:?}"))
+            .to_owned();
+        written.push(name);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names, written,
+        "every copy kept, in the order of their names"
+    );
+
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "backup",
+            "--data",
+            "relay-data",
+            "--out-dir",
+            "backups",
+            "--keep",
+            "1",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "removed {} older relay backup(s), keeping the newest 1",
+            written.len()
+        )),
+        "{out:?}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        out.stdout.starts_with(&format!("OK: backups/{}", left[0])),
+        "the copy just written is the one kept: {left:?} {out:?}"
+    );
+    assert!(left[0] > written[written.len() - 1], "{left:?} {written:?}");
+    relay.shutdown().await;
+}
+
 /// A second node started on the data directory of a running node is refused at once; the
 /// first goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

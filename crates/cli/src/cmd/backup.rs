@@ -15,12 +15,15 @@ pub(crate) struct BackupArgs {
     /// Where to write the copy: a new file (an existing one is never replaced), mode 0600.
     #[arg(long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
     out: Option<PathBuf>,
-    /// Or a directory for the copy, named after the store and the time:
-    /// `relay-20250101T030000Z.db` (or `node-…`).
+    /// Or a directory for the copy, named after the store and the time to the millisecond
+    /// (UTC): `relay-20250101T030000.123Z.db` (or `node-…`). If a copy by that name exists
+    /// (another run in the same millisecond), the next free millisecond names it, so that
+    /// runs never collide and the names sort in the order the copies were made.
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// With `--out-dir`: once the copy is written and checked, keep only the newest N
-    /// copies of this store there (named as above), removing older ones.
+    /// copies of this store there (named as above, or `relay-20250101T030000Z.db` as
+    /// earlier versions named them), removing older ones; never the copy just written.
     #[arg(long, requires = "out_dir", value_parser = clap::value_parser!(u32).range(1..))]
     keep: Option<u32>,
 }
@@ -32,13 +35,18 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         .and_then(|s| s.to_str())
         .unwrap_or("store")
         .to_owned();
-    let out = match (&args.out, &args.out_dir) {
-        (Some(out), _) => out.clone(),
-        (None, Some(dir)) => dir.join(copy_name(&store, hotline_node::now_ms())),
+    let (out, b) = match (&args.out, &args.out_dir) {
+        (Some(out), _) => {
+            let b = hotline_store::backup(&db, out)
+                .with_context(|| format!("backing up {} to {}", db.display(), out.display()))?;
+            (out.clone(), b)
+        }
+        (None, Some(dir)) => write_named_copy(dir, &store, hotline_node::now_ms(), |out| {
+            hotline_store::backup(&db, out)
+        })
+        .with_context(|| format!("backing up {} into {}", db.display(), dir.display()))?,
         (None, None) => anyhow::bail!("give --out FILE or --out-dir DIR"),
     };
-    let b = hotline_store::backup(&db, &out)
-        .with_context(|| format!("backing up {} to {}", db.display(), out.display()))?;
     tracing::info!(db = %db.display(), out = %out.display(), bytes = b.bytes, entries = b.journal.entries, "backup written");
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
@@ -49,7 +57,8 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         hex::encode(b.journal.head)
     );
     if let (Some(dir), Some(keep)) = (&args.out_dir, args.keep) {
-        let removed = prune(dir, &store, keep as usize)?;
+        let written = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let removed = prune(dir, &store, keep as usize, written)?;
         if !removed.is_empty() {
             tracing::info!(dir = %dir.display(), removed = removed.len(), keep, "older backups removed");
             outln!(
@@ -242,42 +251,106 @@ fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<(
     Ok(())
 }
 
-/// `STORE-YYYYMMDDTHHMMSSZ.db` for a copy of store `STORE` (`relay`, `node`) at `ms`.
+/// How many names after the first [`write_named_copy`] tries: one second's worth of
+/// milliseconds. More copies than that in one directory within a second is no schedule.
+const NAME_TRIES: u64 = 1_000;
+
+/// Writes a copy of `store` into `dir` with `write`, under [`copy_name`] for `ms`, or, if a
+/// file by that name exists (another run in the same millisecond: a timer's and an
+/// operator's, or a retry), under the name for the next free millisecond. `write` must
+/// refuse an existing file with `AlreadyExists` (as [`hotline_store::backup`] does, creating
+/// it with `O_EXCL`), which makes this safe against a run racing it. Returns the path
+/// written and what `write` returned.
+fn write_named_copy<T>(
+    dir: &Path,
+    store: &str,
+    ms: u64,
+    mut write: impl FnMut(&Path) -> Result<T, hotline_store::StoreError>,
+) -> anyhow::Result<(PathBuf, T)> {
+    for at in (0..NAME_TRIES).map(|i| ms.saturating_add(i)) {
+        let out = dir.join(copy_name(store, at));
+        match write(&out) {
+            Err(hotline_store::StoreError::Io { path, source })
+                if source.kind() == std::io::ErrorKind::AlreadyExists && path == out =>
+            {
+                tracing::info!(taken = %out.display(), "a copy by that name exists; naming this one for the next millisecond");
+            }
+            r => {
+                let written = r.with_context(|| format!("writing {}", out.display()))?;
+                return Ok((out, written));
+            }
+        }
+    }
+    anyhow::bail!(
+        "{}: the names of {NAME_TRIES} copies of {store} from {} on are all taken",
+        dir.display(),
+        copy_name(store, ms)
+    )
+}
+
+/// `STORE-YYYYMMDDTHHMMSS.mmmZ.db` for a copy of store `STORE` (`relay`, `node`) at `ms`
+/// (UTC, to the millisecond, ISO 8601's basic format). The names of one store's copies are
+/// all as long, so that they sort by time, for `--keep` as for `ls`.
 fn copy_name(store: &str, ms: u64) -> String {
     let stamp: String = super::roster::format_utc(ms)
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
-    format!("{store}-{stamp}.db")
+    let seconds = stamp.strip_suffix('Z').unwrap_or(&stamp);
+    format!("{store}-{seconds}.{:03}Z.db", ms % 1000)
 }
 
-/// Whether `name` is a name [`copy_name`] gives for `store`.
-fn is_copy_of(name: &str, store: &str) -> bool {
-    let Some(stamp) = name
-        .strip_prefix(store)
-        .and_then(|r| r.strip_prefix('-'))
-        .and_then(|r| r.strip_suffix(".db"))
-    else {
-        return false;
+/// If `name` is a name [`copy_name`] gives for `store`, or the name without milliseconds
+/// that versions before it gave (`STORE-YYYYMMDDTHHMMSSZ.db`), its time as 17 digits
+/// (`YYYYMMDDHHMMSSmmm`, milliseconds 000 in an older name), which sort as the times do.
+fn copy_time(name: &str, store: &str) -> Option<String> {
+    let stamp = name
+        .strip_prefix(store)?
+        .strip_prefix('-')?
+        .strip_suffix("Z.db")?;
+    let (seconds, millis) = match stamp.split_once('.') {
+        Some((s, m)) if m.len() == 3 => (s, m),
+        Some(_) => return None,
+        None => (stamp, "000"),
     };
-    let b = stamp.as_bytes();
-    b.len() == 16
+    let b = seconds.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    (b.len() == 15
         && b[8] == b'T'
-        && b[15] == b'Z'
-        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+        && digits(&b[..8])
+        && digits(&b[9..])
+        && digits(millis.as_bytes()))
+    .then(|| format!("{}{}{millis}", &seconds[..8], &seconds[9..]))
 }
 
 /// Of the file names in a directory, the copies of `store` to remove so that the newest
-/// `keep` remain (their names sort by time).
-fn to_remove(names: &[String], store: &str, keep: usize) -> Vec<String> {
-    let mut copies: Vec<&String> = names.iter().filter(|n| is_copy_of(n, store)).collect();
+/// `keep` remain (by the time their names give), never `written`, the copy just made: a
+/// clock set back since an earlier copy would otherwise have it removed at once.
+fn to_remove(names: &[String], store: &str, keep: usize, written: &str) -> Vec<String> {
+    let mut copies: Vec<(String, &String)> = names
+        .iter()
+        .filter_map(|n| Some((copy_time(n, store)?, n)))
+        .collect();
     copies.sort();
+    if copies.last().is_some_and(|(_, n)| *n != written)
+        && copies.iter().any(|(_, n)| *n == written)
+    {
+        tracing::warn!(
+            written,
+            "an older copy here is named for a later time than the one just written: has the clock gone back?"
+        );
+    }
     let excess = copies.len().saturating_sub(keep);
-    copies[..excess].iter().map(|n| (*n).clone()).collect()
+    copies[..excess]
+        .iter()
+        .filter(|(_, n)| *n != written)
+        .map(|(_, n)| (*n).clone())
+        .collect()
 }
 
-/// Removes the copies of `store` in `dir` beyond the newest `keep`; returns their names.
-fn prune(dir: &Path, store: &str, keep: usize) -> anyhow::Result<Vec<String>> {
+/// Removes the copies of `store` in `dir` beyond the newest `keep`, but never `written`;
+/// returns their names.
+fn prune(dir: &Path, store: &str, keep: usize, written: &str) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
@@ -287,7 +360,7 @@ fn prune(dir: &Path, store: &str, keep: usize) -> anyhow::Result<Vec<String>> {
             }
         }
     }
-    let old = to_remove(&names, store, keep);
+    let old = to_remove(&names, store, keep, written);
     for n in &old {
         let p = dir.join(n);
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -299,35 +372,133 @@ fn prune(dir: &Path, store: &str, keep: usize) -> anyhow::Result<Vec<String>> {
 mod tests {
     use super::*;
 
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
     #[test]
-    fn copies_are_named_by_store_and_time_and_pruned_oldest_first() {
-        // 2025-01-01T03:00:00Z
-        let name = copy_name("relay", 1_735_700_400_000);
-        assert_eq!(name, "relay-20250101T030000Z.db");
-        assert!(is_copy_of(&name, "relay"));
-        assert!(!is_copy_of(&name, "node"));
+    fn copies_are_named_by_store_and_time_to_the_millisecond() {
+        // 2025-01-01T03:00:00.123Z
+        let name = copy_name("relay", 1_735_700_400_123);
+        assert_eq!(name, "relay-20250101T030000.123Z.db");
+        assert_eq!(
+            copy_name("node", 1_735_700_400_000),
+            "node-20250101T030000.000Z.db"
+        );
+        assert_eq!(
+            copy_time(&name, "relay").as_deref(),
+            Some("20250101030000123")
+        );
+        assert_eq!(copy_time(&name, "node"), None);
+        // As versions before named them, to the second.
+        assert_eq!(
+            copy_time("relay-20250101T030000Z.db", "relay").as_deref(),
+            Some("20250101030000000")
+        );
         for other in [
             "relay-pre-upgrade.db",
+            "relay-20250101T030000.123Z.db-wal",
             "relay-20250101T030000Z.db-wal",
             "relay-2025010XT030000Z.db",
+            "relay-20250101T030000.12Z.db",
+            "relay-20250101T030000.1234Z.db",
+            "relay-20250101T030000.12xZ.db",
+            "relay-replaced-20250101T030000.123Z.db",
             "relay.db",
         ] {
-            assert!(!is_copy_of(other, "relay"), "{other}");
+            assert_eq!(copy_time(other, "relay"), None, "{other}");
         }
-        let names: Vec<String> = [
-            "relay-20250101T050000Z.db",
-            "node-20250101T010000Z.db",
+    }
+
+    #[test]
+    fn the_oldest_copies_are_pruned_whichever_version_named_them() {
+        let names = strings(&[
+            "relay-20250101T050000.000Z.db",
+            "node-20250101T010000.000Z.db",
             "relay-20250101T030000Z.db",
             "relay-pre-upgrade.db",
+            "relay-20250101T040000.999Z.db",
             "relay-20250101T040000Z.db",
-        ]
-        .map(String::from)
-        .into();
+            "relay-20250101T050000.001Z.db",
+        ]);
+        let written = "relay-20250101T050000.001Z.db";
         assert_eq!(
-            to_remove(&names, "relay", 2),
-            vec!["relay-20250101T030000Z.db".to_owned()]
+            to_remove(&names, "relay", 2, written),
+            strings(&[
+                "relay-20250101T030000Z.db",
+                "relay-20250101T040000Z.db",
+                "relay-20250101T040000.999Z.db"
+            ])
         );
-        assert!(to_remove(&names, "relay", 3).is_empty());
-        assert!(to_remove(&names, "node", 1).is_empty());
+        assert!(to_remove(&names, "relay", 5, written).is_empty());
+        assert!(to_remove(&names, "node", 1, "node-x.db").is_empty());
+    }
+
+    #[test]
+    fn the_copy_just_written_is_never_pruned() {
+        // The clock was set back an hour after the 05:00 copy.
+        let names = strings(&[
+            "relay-20250101T050000.000Z.db",
+            "relay-20250101T040000.000Z.db",
+            "relay-20250101T030000.000Z.db",
+        ]);
+        assert_eq!(
+            to_remove(&names, "relay", 1, "relay-20250101T040000.000Z.db"),
+            strings(&["relay-20250101T030000.000Z.db"])
+        );
+    }
+
+    #[test]
+    fn a_name_taken_gives_the_next_free_millisecond() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ms = 1_735_700_400_998;
+        let create = |out: &Path| -> Result<(), hotline_store::StoreError> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map(drop)
+                .map_err(|source| hotline_store::StoreError::Io {
+                    path: out.to_owned(),
+                    source,
+                })
+        };
+        let (first, ()) = write_named_copy(dir.path(), "relay", ms, create).expect("written");
+        let (second, ()) = write_named_copy(dir.path(), "relay", ms, create).expect("written");
+        let (third, ()) = write_named_copy(dir.path(), "relay", ms, create).expect("written");
+        let names: Vec<_> = [&first, &second, &third]
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            names,
+            strings(&[
+                "relay-20250101T030000.998Z.db",
+                "relay-20250101T030000.999Z.db",
+                "relay-20250101T030001.000Z.db"
+            ])
+        );
+        // Another failure is the write's own, and ends the attempt.
+        let err = write_named_copy(dir.path(), "relay", ms, |_| {
+            Err::<(), _>(hotline_store::StoreError::DiskFull)
+        })
+        .expect_err("the write failed");
+        assert!(
+            format!("{err:#}")
+                .ends_with("relay-20250101T030000.998Z.db: disk full: nothing was written"),
+            "{err:#}"
+        );
+        // A second's worth of names, all taken.
+        let err = write_named_copy(dir.path(), "node", ms, |out| {
+            Err::<(), _>(hotline_store::StoreError::Io {
+                path: out.to_owned(),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            })
+        })
+        .expect_err("no name free");
+        assert!(
+            err.to_string().contains("the names of 1000 copies of node from node-20250101T030000.998Z.db on are all taken"),
+            "{err:#}"
+        );
     }
 }
