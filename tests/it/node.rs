@@ -953,6 +953,97 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
     );
 }
 
+/// A node whose participant the relay's roster revokes is refused at every attempt. A
+/// message its officer sends then says that no relay will take it, and why, rather than that
+/// it waits for a relay to be reachable (OPERATIONS.md 4.5). It is queued all the same:
+/// once the revocation is undone, it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
+    let mut net = net();
+    // The node keeps the roster it had: the relay refuses it before it could send it the new
+    // one (so only the relay's refusal tells).
+    std::fs::copy(
+        net.path().join("roster.signed"),
+        net.path().join("roster-v1.signed"),
+    )
+    .unwrap();
+    let revoke = |revoked: bool| {
+        move |r: &mut hotline_proto::Roster| {
+            r.participants
+                .iter_mut()
+                .find(|p| p.id == pid("KAZ"))
+                .unwrap()
+                .revoked = revoked
+        }
+    };
+    net.update_roster(revoke(true));
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            roster: Some("roster-v1.signed".into()),
+            ..NodeSetup::relay(addr)
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["relay unreachable", "closed by peer: Revoked"])
+        .await
+        .unwrap();
+
+    let out = kaz
+        .cli(&["send", "--to", "KGZ", "--subject", "Border incident"])
+        .await
+        .unwrap();
+    // Accepted and queued: the message is the node's to keep.
+    assert!(out.status.success(), "{out:?}");
+    let expected = format!(
+        "\nqueued for 1 recipient(s); no relay will take it: relay 0 ({addr}) refused this \
+         node: Revoked (KAZ is revoked). This participant or its key is revoked on the roster, \
+         or its key is not (yet) listed (OPERATIONS.md 4.5; 4.4 for a key rotation). The \
+         message stays in the outbox and leaves only once a relay takes this node again; \
+         meanwhile, use another channel\n"
+    );
+    assert!(out.stdout.ends_with(&expected), "{out:?}");
+    let id = out.stdout.lines().next().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{out:?}");
+    let line = kaz
+        .proc
+        .wait_line(&[
+            "WARN",
+            "message queued, but no relay will take it",
+            &msg(&id),
+        ])
+        .await
+        .unwrap();
+    assert!(line.contains("refused this node: Revoked"), "{line}");
+
+    let sent = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident, again"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
+        (&json!("queued"), &json!(0), &json!(true)),
+        "{sent}"
+    );
+    assert_eq!(
+        sent["refused_by"],
+        json!([{"relay": 0, "address": addr.to_string(), "code": "Revoked",
+            "reason": "KAZ is revoked"}]),
+        "{sent}"
+    );
+
+    // The revocation undone: the relay takes the node again, and both messages leave.
+    net.update_roster(revoke(false));
+    relay.reload_roster().unwrap();
+    for id in [id, id_of(&sent)] {
+        kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+    }
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_with_the_wrong_certificate_is_refused() {
     let net = net();

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use hotline_proto::frame::ErrorCode;
 use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
@@ -415,7 +416,34 @@ async fn send(
         .map_err(|e| bad("invalid", e.to_string()))?;
     state.wake_links();
     let connected = state.relays_connected();
-    info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
+    let refused_by: Vec<RefusedBy> = state
+        .config
+        .relays
+        .iter()
+        .enumerate()
+        .filter_map(|(relay, r)| match state.link(relay) {
+            crate::Link::Down(crate::LinkDown {
+                refused: Some(refusal),
+                ..
+            }) => Some(RefusedBy {
+                relay,
+                address: r.address.to_string(),
+                refusal,
+            }),
+            _ => None,
+        })
+        .collect();
+    let own = own_roster_refusal(
+        &roster,
+        &state.me,
+        &hotline_proto::PublicKey::of(&state.key),
+    );
+    let outlook = outlook(connected, relays, &refused_by, own.as_ref());
+    if outlook.blocked {
+        warn!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, why = %outlook.note, "message queued, but no relay will take it");
+    } else {
+        info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -424,9 +452,149 @@ async fn send(
             "state": "queued",
             "recipients": expected,
             "relays_connected": connected,
-            "note": if connected == 0 { "no relay reachable: the message is queued and will be sent when one is" } else { "sent to the relay; waiting for acceptance" },
+            "blocked": outlook.blocked,
+            "refused_by": refused_by.iter().map(|r| json!({
+                "relay": r.relay,
+                "address": r.address,
+                "code": format!("{:?}", r.refusal.code),
+                "reason": r.refusal.reason,
+            })).collect::<Vec<_>>(),
+            "note": outlook.note,
         })),
     ))
+}
+
+/// A relay whose link is down because it refused this node itself.
+#[derive(Debug)]
+struct RefusedBy {
+    /// Its index in the configuration.
+    relay: usize,
+    address: String,
+    refusal: crate::RelayRefusal,
+}
+
+/// Why this node's own roster says no relay will take what it signs, if it does: its
+/// participant missing (`UnknownParticipant`) or revoked, or its key not listed
+/// (`Revoked`), as a relay holding that roster would refuse it.
+fn own_roster_refusal(
+    roster: &hotline_proto::Roster,
+    me: &ParticipantId,
+    key: &hotline_proto::PublicKey,
+) -> Option<(ErrorCode, String)> {
+    use hotline_proto::VerifyError;
+    let v = roster.version;
+    match roster.authorise(me, key) {
+        Ok(()) => None,
+        Err(VerifyError::UnknownSigner(_)) => Some((
+            ErrorCode::UnknownParticipant,
+            format!("{me} is not on this node's roster (version {v})"),
+        )),
+        Err(VerifyError::Revoked(_)) => Some((
+            ErrorCode::Revoked,
+            format!("this node's roster (version {v}) marks {me} revoked"),
+        )),
+        Err(VerifyError::KeyNotAuthorised(k)) => Some((
+            ErrorCode::Revoked,
+            format!(
+                "this node's roster (version {v}) does not list its key {} for {me}",
+                k.short()
+            ),
+        )),
+        Err(e) => Some((
+            ErrorCode::Revoked,
+            format!("this node's roster (version {v}): {e}"),
+        )),
+    }
+}
+
+/// What the answer to a message submitted says of its way out.
+#[derive(Debug, PartialEq, Eq)]
+struct Outlook {
+    /// No relay will take it as things stand: every relay refuses this node, or its own
+    /// roster says they will.
+    blocked: bool,
+    /// The answer's `note`, for a person.
+    note: String,
+}
+
+/// The outlook of a message just queued, with `connected` of `relays` links up, those in
+/// `refused_by` down because their relay refused this node, and `own` the reason this node's
+/// roster gives against it, if any.
+///
+/// A message is always accepted and queued (201), never refused for this: a refusal of the
+/// node often ends (a key rotation done in the wrong order, a revocation undone, a relay's
+/// roster brought up to date), and then the message leaves with the rest of the outbox
+/// without anyone typing it again in a crisis; and what an officer tried to send, and when,
+/// is on record. But a message that cannot leave must not read as if it will: the note
+/// says so plainly, and `blocked` says it to a program.
+fn outlook(
+    connected: usize,
+    relays: usize,
+    refused_by: &[RefusedBy],
+    own: Option<&(ErrorCode, String)>,
+) -> Outlook {
+    if connected > 0 {
+        return Outlook {
+            blocked: false,
+            note: "sent to the relay; waiting for acceptance".into(),
+        };
+    }
+    let mut why: Vec<String> = refused_by
+        .iter()
+        .map(|r| {
+            let reason = &r.refusal.reason;
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            };
+            format!(
+                "relay {} ({}) refused this node: {:?}{reason}",
+                r.relay, r.address, r.refusal.code
+            )
+        })
+        .collect();
+    let blocked = own.is_some() || (relays > 0 && refused_by.len() == relays);
+    if !blocked {
+        let mut note =
+            "no relay reachable: the message is queued and will be sent when one is".to_owned();
+        for w in &why {
+            note.push_str("; ");
+            note.push_str(w);
+        }
+        return Outlook {
+            blocked: false,
+            note,
+        };
+    }
+    why.extend(own.map(|(_, w)| w.clone()));
+    let codes: Vec<ErrorCode> = refused_by
+        .iter()
+        .map(|r| r.refusal.code)
+        .chain(own.map(|(c, _)| *c))
+        .collect();
+    let mut hints = Vec::new();
+    if codes.contains(&ErrorCode::Revoked) {
+        hints.push(
+            "This participant or its key is revoked on the roster, or its key is not (yet) \
+             listed (OPERATIONS.md 4.5; 4.4 for a key rotation). ",
+        );
+    }
+    if codes.contains(&ErrorCode::UnknownParticipant) {
+        hints.push(
+            "This participant is not on the roster: check the node's `participant`, or the \
+             relay's roster is old (OPERATIONS.md section 9). ",
+        );
+    }
+    Outlook {
+        blocked: true,
+        note: format!(
+            "no relay will take it: {}. {}The message stays in the outbox and leaves only once \
+             a relay takes this node again; meanwhile, use another channel",
+            why.join("; "),
+            hints.concat()
+        ),
+    }
 }
 
 /// A received message as the API shows it.
@@ -934,6 +1102,124 @@ async fn events(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn refused(relay: usize, code: ErrorCode, reason: &str) -> RefusedBy {
+        RefusedBy {
+            relay,
+            address: format!("192.0.2.{relay}:7400"),
+            refusal: crate::RelayRefusal {
+                code,
+                reason: reason.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_message_no_relay_will_take_says_so() {
+        let revoked = [refused(0, ErrorCode::Revoked, "KAZ is revoked")];
+        let o = outlook(0, 1, &revoked, None);
+        assert!(o.blocked);
+        assert_eq!(
+            o.note,
+            "no relay will take it: relay 0 (192.0.2.0:7400) refused this node: Revoked (KAZ is \
+             revoked). This participant or its key is revoked on the roster, or its key is not \
+             (yet) listed (OPERATIONS.md 4.5; 4.4 for a key rotation). The message stays in the \
+             outbox and leaves only once a relay takes this node again; meanwhile, use another \
+             channel"
+        );
+        // Every relay must refuse: another, merely unreachable, may take it when it is back.
+        let o = outlook(0, 2, &revoked, None);
+        assert!(!o.blocked);
+        assert_eq!(
+            o.note,
+            "no relay reachable: the message is queued and will be sent when one is; relay 0 \
+             (192.0.2.0:7400) refused this node: Revoked (KAZ is revoked)"
+        );
+        let both = [
+            refused(0, ErrorCode::Revoked, "KAZ is revoked"),
+            refused(1, ErrorCode::UnknownParticipant, ""),
+        ];
+        let o = outlook(0, 2, &both, None);
+        assert!(o.blocked);
+        assert!(
+            o.note.contains(
+                "Revoked (KAZ is revoked); relay 1 (192.0.2.1:7400) refused this node: \
+                 UnknownParticipant. This participant or its key is revoked"
+            ) && o.note.contains("This participant is not on the roster"),
+            "{}",
+            o.note
+        );
+        // A relay connected takes it, whatever the others say.
+        let o = outlook(1, 2, &revoked, None);
+        assert!(!o.blocked);
+        assert_eq!(o.note, "sent to the relay; waiting for acceptance");
+        // No relay connected, none refused, and the node's own roster lists it: it waits.
+        let o = outlook(0, 1, &[], None);
+        assert!(!o.blocked);
+        assert_eq!(
+            o.note,
+            "no relay reachable: the message is queued and will be sent when one is"
+        );
+    }
+
+    #[test]
+    fn the_nodes_own_roster_may_say_no_relay_will_take_it() {
+        use hotline_proto::{Participant, PublicKey, Role, Roster, SigningKey};
+        let me = ParticipantId::new("KAZ").unwrap();
+        let (key, other) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let mut roster = Roster {
+            protocol_version: hotline_proto::PROTOCOL_VERSION,
+            version: 4,
+            issued_at_ms: 1,
+            network: "CICA".into(),
+            participants: vec![Participant {
+                id: me.clone(),
+                name: "Kazakhstan".into(),
+                role: Role::Member,
+                keys: vec![PublicKey::of(&key)],
+                revoked: false,
+            }],
+            groups: vec![],
+        };
+        let mine = PublicKey::of(&key);
+        assert_eq!(own_roster_refusal(&roster, &me, &mine), None);
+        let stale = own_roster_refusal(&roster, &me, &PublicKey::of(&other)).unwrap();
+        assert_eq!(stale.0, ErrorCode::Revoked);
+        assert!(
+            stale
+                .1
+                .starts_with("this node's roster (version 4) does not list its key "),
+            "{}",
+            stale.1
+        );
+        roster.participants[0].revoked = true;
+        let revoked = own_roster_refusal(&roster, &me, &mine).unwrap();
+        assert_eq!(
+            revoked,
+            (
+                ErrorCode::Revoked,
+                "this node's roster (version 4) marks KAZ revoked".to_owned()
+            )
+        );
+        // Even with no relay's answer yet (still connecting), the send says so.
+        let o = outlook(0, 1, &[], Some(&revoked));
+        assert!(o.blocked);
+        assert!(
+            o.note.starts_with(
+                "no relay will take it: this node's roster (version 4) marks KAZ revoked. This \
+                 participant or its key is revoked"
+            ),
+            "{}",
+            o.note
+        );
+        roster.participants.clear();
+        let unknown = own_roster_refusal(&roster, &me, &mine).unwrap();
+        assert_eq!(unknown.0, ErrorCode::UnknownParticipant);
+        assert_eq!(unknown.1, "KAZ is not on this node's roster (version 4)");
+    }
 
     #[test]
     fn a_reply_subject_says_re_once_and_fits_the_protocol() {

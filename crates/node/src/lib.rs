@@ -77,6 +77,37 @@ pub(crate) struct LinkDown {
     pub(crate) error: Option<String>,
     /// Attempts that failed since the link was last up.
     pub(crate) failed_attempts: u32,
+    /// The relay refused this node itself at the last attempt, or when it ended the link:
+    /// nothing this node sends will leave through it until its roster changes.
+    pub(crate) refused: Option<RelayRefusal>,
+}
+
+/// A relay's refusal of this node itself (not of one message): the relay's roster does not
+/// list this node's participant (`UnknownParticipant`), or marks it revoked or does not
+/// list its key (`Revoked`). It lasts until a roster lists the participant and key again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RelayRefusal {
+    /// `Revoked` or `UnknownParticipant`.
+    pub(crate) code: hotline_proto::frame::ErrorCode,
+    /// The relay's reason text (`KAZ is revoked`), control characters removed.
+    pub(crate) reason: String,
+}
+
+impl RelayRefusal {
+    /// The refusal in `e`, if the relay closed the connection refusing this node.
+    pub(crate) fn of(e: &hotline_net::NetError) -> Option<Self> {
+        use hotline_proto::frame::ErrorCode;
+        match e {
+            hotline_net::NetError::Closed {
+                code: code @ (ErrorCode::Revoked | ErrorCode::UnknownParticipant),
+                reason,
+            } => Some(Self {
+                code: *code,
+                reason: reason.chars().filter(|c| !c.is_control()).collect(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A relay link's state.
@@ -147,8 +178,15 @@ impl NodeState {
     }
 
     /// Records relay `idx`'s link as down because of `error`: an attempt that failed
-    /// (`failed`), or a link lost. The time it went down is kept across further failures.
-    pub(crate) fn link_down(&self, idx: usize, error: String, failed: bool) {
+    /// (`failed`), or a link lost; `refused` if the relay refused this node itself. The time
+    /// it went down is kept across further failures; the refusal is the latest attempt's.
+    pub(crate) fn link_down(
+        &self,
+        idx: usize,
+        error: String,
+        refused: Option<RelayRefusal>,
+        failed: bool,
+    ) {
         let mut l = self.links[idx].lock().unwrap_or_else(|p| p.into_inner());
         let mut down = match &*l {
             Link::Down(d) => d.clone(),
@@ -156,6 +194,7 @@ impl NodeState {
         };
         down.since_ms.get_or_insert_with(now_ms);
         down.error = Some(error);
+        down.refused = refused;
         down.failed_attempts += u32::from(failed);
         *l = Link::Down(down);
     }

@@ -54,7 +54,7 @@ pub(crate) async fn run(
         match attempt {
             Err(e) => {
                 failures += 1;
-                state.link_down(idx, e.to_string(), true);
+                state.link_down(idx, e.to_string(), crate::RelayRefusal::of(&e), true);
                 // The first failure is worth a warning; repeats are noise until recovery.
                 if failures == 1 {
                     warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
@@ -93,7 +93,8 @@ pub(crate) async fn run(
                     }
                     Err(e) => format!("link lost: {e}"),
                 };
-                state.link_down(idx, why, false);
+                let refused = r.as_ref().err().and_then(crate::RelayRefusal::of);
+                state.link_down(idx, why, refused, false);
                 match r {
                     Ok(Served::Redeliver) => {
                         conn.close(
@@ -150,7 +151,7 @@ pub(crate) async fn run(
             }
         }
     }
-    state.link_down(idx, "the node is stopping".into(), false);
+    state.link_down(idx, "the node is stopping".into(), None, false);
 }
 
 /// A capped exponential back-off: `BACKOFF_MIN_MS`, doubling up to `BACKOFF_MAX_MS`, each
