@@ -937,7 +937,10 @@ impl NodeStore {
 
     /// Installs a verified roster if it is newer than the one stored; returns whether it
     /// did. One not newer (two links offering rosters at once, the older one second) is not
-    /// written: a roster never rolls back.
+    /// written: a roster never rolls back. Only a stored roster signed by the same key
+    /// counts: one signed by a roster key since replaced (OPERATIONS.md 4.7), which the
+    /// node no longer trusts, is replaced whatever its version, so that a stolen key's
+    /// roster at a high version cannot hold back every roster of the new key.
     pub fn save_roster(
         &mut self,
         roster: &Verified<Roster>,
@@ -945,8 +948,11 @@ impl NodeStore {
     ) -> Result<bool, StoreError> {
         let bytes = encode_record(roster.signed())?;
         let version = roster.version;
+        let key = roster.signed().key();
         self.tx(|tx, j| {
-            let stored = stored_roster(tx)?.and_then(|s| s.decode_unverified().ok());
+            let stored = stored_roster(tx)?
+                .filter(|s| s.key() == key)
+                .and_then(|s| s.decode_unverified().ok());
             if stored.is_some_and(|r| r.version >= version) {
                 return Ok(false);
             }
@@ -2427,6 +2433,58 @@ mod tests {
         // Reopened, the journal (which records only what was installed) still verifies.
         drop(store);
         assert_eq!(stored(&NodeStore::open(dir.path()).unwrap()), 8);
+    }
+
+    /// After the roster key is replaced (OPERATIONS.md 4.7), a roster the old key signed at
+    /// a higher version (a thief's, with a stolen key) is still in the store, but the node
+    /// no longer trusts it: the new key's rosters replace it, then compare among themselves.
+    #[test]
+    fn a_roster_signed_by_a_replaced_roster_key_does_not_hold_back_the_new_keys() {
+        use hotline_proto::{Participant, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (old, new) = (
+            SigningKey::from_bytes(&[3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        );
+        let roster = |key: &SigningKey, version: u64| {
+            let r = Roster {
+                protocol_version: PROTOCOL_VERSION,
+                version,
+                issued_at_ms: NOW + version,
+                network: "CICA".into(),
+                participants: vec![Participant {
+                    id: pid("SEC"),
+                    name: "Secretariat".into(),
+                    role: Role::Secretariat,
+                    keys: vec![PublicKey::of(key)],
+                    revoked: false,
+                }],
+                groups: vec![],
+            };
+            Signed::sign(&r, key)
+                .unwrap()
+                .verify_with(&PublicKey::of(key))
+                .unwrap()
+        };
+        let stored = |store: &NodeStore| {
+            let r = store.roster().unwrap().unwrap();
+            (r.key(), r.decode_unverified().unwrap().version)
+        };
+        assert!(store.save_roster(&roster(&old, 1000), NOW).unwrap());
+        assert!(store.save_roster(&roster(&new, 5), NOW).unwrap(), "new key");
+        assert_eq!(stored(&store), (PublicKey::of(&new), 5));
+        assert!(
+            !store.save_roster(&roster(&new, 5), NOW).unwrap(),
+            "the same"
+        );
+        assert!(!store.save_roster(&roster(&new, 4), NOW).unwrap(), "older");
+        assert!(store.save_roster(&roster(&new, 6), NOW).unwrap());
+        drop(store);
+        assert_eq!(
+            stored(&NodeStore::open(dir.path()).unwrap()),
+            (PublicKey::of(&new), 6)
+        );
     }
 
     /// A floor above the highest number an envelope may carry is refused and changes
