@@ -201,8 +201,10 @@ DROP TABLE receipts_v1;
 DROP TABLE rqueue_v1;
 ";
 
-/// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Refuses a store written by a newer relay, whose schema (`PRAGMA user_version`) is above
+/// [`SCHEMA_VERSION`]: this relay cannot open it, so `hotline restore` must not put it in
+/// place of a store it can. `path` names it in the error.
+pub fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Corrupt {
@@ -213,6 +215,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             ),
         });
     }
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    check_schema_version(conn, path)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tx = conn.transaction()?;
     let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
         tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?

@@ -169,6 +169,9 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let aside = copy_name(&format!("{stem}-replaced"), hotline_node::now_ms());
     let r = hotline_store::restore(&from, &data, name, &aside, |conn, path| {
         if is_relay {
+            // A copy from a newer relay would replace a store this relay opens with one it
+            // cannot: refused before anything is renamed, naming the copy given.
+            hotline_relay::store::check_schema_version(conn, &from)?;
             hotline_relay::store::verify_journaled_records(conn, path).map(drop)
         } else {
             hotline_node::store::verify_records(conn, path).map(drop)

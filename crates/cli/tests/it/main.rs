@@ -4,6 +4,7 @@ mod config;
 mod endless;
 mod exercise;
 mod operator;
+mod restore;
 mod roster;
 
 /// Waits for `child`, a `hotline` run with `args`, to exit: its output. If it has not exited
