@@ -1355,15 +1355,32 @@ async fn roster_reload_that_drops_a_key_closes_sessions_using_it() {
     relay.shutdown().await;
 }
 
+/// The first connection is closed with `Superseded`, and counted so: the metric that
+/// OPERATIONS.md 7.2's `HotlineSecurityRefusals` watches for two nodes with one identity
+/// (it used to be counted as `Normal`).
 #[tokio::test]
 async fn second_connection_supersedes_the_first() {
     let net = two();
     let relay = net.relay().await;
     let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let first = net.client(addr, "KGZ").await.unwrap();
     let mut second = net.client(addr, "KGZ").await.unwrap();
     assert_eq!(first.closed_code().await.unwrap(), ErrorCode::Superseded);
+    let superseded = "hotline_relay_connections_closed_total{code=\"Superseded\"}";
+    wait_metric(maddr, superseded, |n| n == 1.0).await.unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "hotline_relay_connections_closed_total{code=\"Normal\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert_flows(&mut kaz, &mut second, "to the newer connection")
         .await
         .unwrap();

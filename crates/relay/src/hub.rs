@@ -215,12 +215,15 @@ impl Hub {
         }
     }
 
-    /// Removes a session if it is still the registered one.
-    pub(crate) fn unregister(&self, participant: &ParticipantId, conn_id: u64) {
+    /// Removes a session if it is still the registered one; returns whether it was (if not,
+    /// a later connection of the same participant superseded it).
+    pub(crate) fn unregister(&self, participant: &ParticipantId, conn_id: u64) -> bool {
         let mut map = self.lock();
-        if map.get(participant).is_some_and(|e| e.conn_id == conn_id) {
+        let ours = map.get(participant).is_some_and(|e| e.conn_id == conn_id);
+        if ours {
             map.remove(participant);
         }
+        ours
     }
 
     /// Posts committed items to their participants' mailboxes and wakes those sessions.

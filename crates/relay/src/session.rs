@@ -452,9 +452,18 @@ async fn session(
         rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
     };
     let result = s.run(reader, welcome, &mailbox, shutdown).await;
-    shared.hub.unregister(&me, conn_id);
+    let superseded = !shared.hub.unregister(&me, conn_id);
     info!(peer = %me, conn = conn_id, "session ended");
-    result
+    match result {
+        // The hub closed this connection because another authenticated as the same
+        // participant: that is why it ended (reading the closed connection says only that
+        // it is closed), and it is counted and logged as such.
+        Ok(()) | Err(End(ErrorCode::Normal, _, None)) if superseded => Err(End::new(
+            ErrorCode::Superseded,
+            "another connection authenticated as this participant",
+        )),
+        result => result,
+    }
 }
 
 struct Session {
