@@ -804,6 +804,8 @@ impl NodeStore {
         let answers_indexed = has_table("answers")?;
         let acks_indexed = has_table("acks_out")?;
         let mismatches_indexed = has_table("mismatches")?;
+        // A store from before this version, rather than a new one.
+        let older = has_table("receipts_in")?;
         // The tables and their one-time fills from what an older store holds, in one
         // transaction: a start stopped midway leaves neither a table nor an empty one that
         // would never be filled.
@@ -828,7 +830,9 @@ impl NodeStore {
             index_stored_acks(&tx)?;
         }
         if !mismatches_indexed {
-            tracing::info!("recording the mismatched receipts this store holds (once, at the first start of this version)");
+            if older {
+                tracing::info!("recording the mismatched receipts this store holds (once, at the first start of this version)");
+            }
             index_stored_mismatches(&tx)?;
         }
         tx.commit()?;
