@@ -11,18 +11,18 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Runs `hotline ARGS` with `stdin` piped from `input` (if any) and returns its exit code and
 /// standard error, killing it and failing if it has not exited by [`DEADLINE`].
 fn run(args: &[&str], input: Option<&'static [u8]>) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hotline"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the hotline binary runs");
+    let mut child = super::spawn_grouped(
+        Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
         // Endless input: write until the command stops reading (a broken pipe ends it).
         std::thread::spawn(move || while stdin.write_all(bytes).is_ok() {});

@@ -29,15 +29,15 @@ expect = "acknowledged"
 /// Runs `hotline ARGS` in `cwd`; its exit code, standard output and standard error, failing
 /// if it has not exited by [`DEADLINE`].
 fn run_in(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_hotline"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the hotline binary runs");
+    let child = super::spawn_grouped(
+        Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let out = super::output_within(child, args, DEADLINE, "the drill did not end");
     (
         out.status.code(),

@@ -8,7 +8,9 @@ mod restore;
 mod roster;
 
 /// Waits for `child`, a `hotline` run with `args`, to exit: its output. If it has not exited
-/// within `deadline` it is killed and the test fails, saying `hung` (what a hang means).
+/// within `deadline` it is killed, with its process group, and the test fails, saying
+/// `hung` (what a hang means). `child` leads its own process group ([`spawn_grouped`]), so
+/// what it started (a drill's relay and nodes) is killed with it, not left running.
 fn output_within(
     child: std::process::Child,
     args: &[&str],
@@ -24,9 +26,17 @@ fn output_within(
         Ok(out) => out.expect("wait"),
         Err(_) => {
             let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
+                .args(["-9", "--", &format!("-{pid}")])
                 .status();
             panic!("hotline {args:?} still running after {deadline:?}: {hung}");
         }
     }
+}
+
+/// Spawns `cmd` as the leader of a process group of its own, for [`output_within`].
+fn spawn_grouped(cmd: &mut std::process::Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0)
+        .spawn()
+        .expect("the hotline binary runs")
 }
