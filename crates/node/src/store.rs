@@ -554,7 +554,7 @@ impl InboxRow {
 
 fn decode_stored<T: hotline_proto::SignedPayload>(s: &Signed<T>) -> Result<T, StoreError> {
     s.decode_unverified()
-        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+        .map_err(|e| StoreError::Record(Box::new(e)))
 }
 
 /// Signs a record inside a transaction whose failure ends it: a refusal by the signer (a rule
@@ -569,8 +569,7 @@ fn sign<T: hotline_proto::SignedPayload>(
 }
 
 fn encode_record<T>(s: &Signed<T>) -> Result<Vec<u8>, StoreError> {
-    codec::encode(s, usize::MAX)
-        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+    codec::encode(s, usize::MAX).map_err(|e| StoreError::Record(Box::new(e)))
 }
 
 /// Stores a verified message in the inbox, journaled, to be announced; false if a message
@@ -2044,6 +2043,29 @@ mod tests {
         let verified = signed.verify_with(&signed.key()).unwrap();
         store.store_forwarded(&me, &[verified], NOW).unwrap();
         dir
+    }
+
+    /// A record that no longer decodes (a damaged store, one from a newer version) is a
+    /// `Record` error naming what is wrong, not a SQLite failure.
+    #[test]
+    fn a_stored_record_that_does_not_decode_is_a_record_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let signed = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = signed.decode_unverified().unwrap();
+        store.store_deliveries(&[(signed, Ok(env))], NOW).unwrap();
+        assert_eq!(store.inbox(10).unwrap().len(), 1);
+        store
+            .conn
+            .execute_batch("UPDATE inbox SET bytes = x'ff'")
+            .unwrap();
+        let e = store.inbox(10).expect_err("undecodable");
+        assert!(matches!(e, StoreError::Record(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("a stored record does not decode"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,9 +70,7 @@ impl Tracked {
 }
 
 fn undecodable(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
-        format!("a stored {what} does not decode: {e}").into(),
-    ))
+    StoreError::Record(format!("{what}: {e}").into())
 }
 
 /// The messages accepted at or after `since_ms` (at most `limit`, the newest), newest

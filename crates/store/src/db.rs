@@ -91,6 +91,13 @@ pub enum StoreError {
     /// fault in SQLite or the disk.
     #[error("signing failed: {0}")]
     Signing(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A record the store holds does not decode (or one it was to write does not encode):
+    /// the store is damaged, or was written by a newer version. Not SQLite's failure, and
+    /// told apart from one.
+    #[error(
+        "a stored record does not decode: {0} (is the store damaged, or from a newer version?)"
+    )]
+    Record(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl From<rusqlite::Error> for StoreError {
