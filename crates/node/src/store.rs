@@ -2045,16 +2045,26 @@ mod tests {
         dir
     }
 
+    /// A store in `dir` holding one message received from KAZ (stored as new): the store,
+    /// KAZ's key and the message.
+    fn store_with_one_received(dir: &Path) -> (NodeStore, SigningKey, Signed<Envelope>) {
+        let mut store = NodeStore::open(dir).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let signed = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let env = signed.decode_unverified().unwrap();
+        let (out, _) = store
+            .store_deliveries(&[(signed.clone(), Ok(env))], NOW)
+            .unwrap();
+        assert_eq!(out, [Stored::New]);
+        (store, kaz, signed)
+    }
+
     /// A record that no longer decodes (a damaged store, one from a newer version) is a
     /// `Record` error naming what is wrong, not a SQLite failure.
     #[test]
     fn a_stored_record_that_does_not_decode_is_a_record_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let kaz = SigningKey::from_bytes(&[1; 32]);
-        let signed = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
-        let env = signed.decode_unverified().unwrap();
-        store.store_deliveries(&[(signed, Ok(env))], NOW).unwrap();
+        let (store, _, _) = store_with_one_received(dir.path());
         assert_eq!(store.inbox(10).unwrap().len(), 1);
         store
             .conn
@@ -2075,14 +2085,8 @@ mod tests {
         // copy fails the roster check; but it is the very message stored when it passed:
         // receipted again, not quarantined.
         let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let kaz = SigningKey::from_bytes(&[1; 32]);
-        let signed = Signed::sign(&envelope(1, Precedence::Routine), &kaz).unwrap();
+        let (mut store, kaz, signed) = store_with_one_received(dir.path());
         let env = signed.decode_unverified().unwrap();
-        let (out, _) = store
-            .store_deliveries(&[(signed.clone(), Ok(env.clone()))], NOW)
-            .unwrap();
-        assert_eq!(out, [Stored::New]);
         let reason = "key 8a88e3dd7409f195 is not authorised for this signer".to_owned();
         let (out, items) = store
             .store_deliveries(&[(signed.clone(), Err(reason.clone()))], NOW + 1)
