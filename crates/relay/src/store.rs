@@ -202,17 +202,17 @@ DROP TABLE rqueue_v1;
 ";
 
 /// Refuses a store written by a newer relay, whose schema (`PRAGMA user_version`) is above
-/// [`SCHEMA_VERSION`]: this relay cannot open it, so `hotline restore` must not put it in
-/// place of a store it can. `path` names it in the error.
+/// [`SCHEMA_VERSION`], as [`StoreError::NewerSchema`] (not `Corrupt`: the store is good, for
+/// the relay that wrote it): this relay cannot open it, so `hotline restore` must not put it
+/// in place of a store it can. It only reads. `path` names it in the error.
 pub fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt {
+        return Err(StoreError::NewerSchema {
             path: path.to_owned(),
-            detail: format!(
-                "schema version {version} is newer than this relay's ({SCHEMA_VERSION}); \
-                 run the newer relay or restore a backup"
-            ),
+            found: version,
+            supported: SCHEMA_VERSION,
+            what: "relay",
         });
     }
     Ok(())
@@ -3119,10 +3119,33 @@ mod tests {
         }
         let err = open_db(dir.path()).expect_err("newer schema refused");
         let text = err.to_string();
+        match err {
+            StoreError::NewerSchema {
+                path: named,
+                found,
+                supported,
+                what,
+            } => {
+                assert_eq!(
+                    (named, found, supported, what),
+                    (path.clone(), 99, SCHEMA_VERSION, "relay")
+                );
+            }
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
         assert!(
-            text.contains("relay.db") && text.contains("schema version 99"),
+            text.contains("relay.db")
+                && text.contains("written by a newer version of the relay")
+                && text.contains("schema version 99")
+                && !text.contains("corrupt"),
             "{text}"
         );
+        // Refused before anything was changed: the version is still the newer relay's.
+        let c = hotline_store::open(&path, false).expect("open");
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 99);
     }
 
     /// A writer on a fresh store in `dir` with CHN, IND and KAZ on its roster, holding

@@ -29,6 +29,26 @@ pub enum StoreError {
         /// What the check reported.
         detail: String,
     },
+    /// The store's schema (`PRAGMA user_version`) is newer than this binary's: the file was
+    /// written by a newer release (a rollback after an upgrade, a newer backup restored). It
+    /// is not damaged, and is told apart from [`StoreError::Corrupt`] so that an operator
+    /// does not throw a good store away; it is refused before anything in it is changed.
+    #[error(
+        "{path} was written by a newer version of the {what} (store schema version {found}; \
+         this {what} supports schema versions up to {supported}): the file is not damaged and \
+         was left as it is; run the newer version of the {what}, or restore a backup made by \
+         this one"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema version it records.
+        found: i64,
+        /// The newest schema version this binary opens.
+        supported: i64,
+        /// Whose store it is (`"relay"`, `"node"`).
+        what: &'static str,
+    },
     /// The disk is full: nothing was written.
     #[error("disk full: nothing was written")]
     DiskFull,

@@ -106,11 +106,16 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
-    // For a node's copy, whose store it is (hotline_node::store::store_participant).
+    // For a node's copy, whose store it is (hotline_node::store::store_participant). A copy
+    // from a newer relay would replace a store this binary opens with one it cannot:
+    // refused first, naming the copy given (`StoreError::NewerSchema`, which says it is not
+    // damaged), before anything is copied or renamed, and before anything else is read
+    // from it in a layout this binary may not know.
     let (is_relay, holder) = {
         let conn = hotline_store::open_read_only(&from)
             .with_context(|| format!("{}: cannot read the copy", from.display()))?;
         if hotline_relay::store::is_relay_store(&conn)? {
+            hotline_relay::store::check_schema_version(&conn, &from)?;
             (true, None)
         } else if conn
             .prepare("SELECT 1 FROM inbox LIMIT 0")
@@ -169,9 +174,6 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let aside = copy_name(&format!("{stem}-replaced"), hotline_node::now_ms());
     let r = hotline_store::restore(&from, &data, name, &aside, |conn, path| {
         if is_relay {
-            // A copy from a newer relay would replace a store this relay opens with one it
-            // cannot: refused before anything is renamed, naming the copy given.
-            hotline_relay::store::check_schema_version(conn, &from)?;
             hotline_relay::store::verify_journaled_records(conn, path).map(drop)
         } else {
             hotline_node::store::verify_records(conn, path).map(drop)

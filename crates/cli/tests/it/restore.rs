@@ -20,6 +20,55 @@ fn user_version(db: &Path) -> i64 {
         .expect("user_version")
 }
 
+/// Makes a backup of the store in `dir/data` as `dir/newer.db` and raises the copy's schema
+/// version `by` above `ours`, as a newer release would have written it.
+fn newer_copy(dir: &Path, data: &str, ours: i64, by: i64) {
+    let backup = hotline(dir, &["backup", "--data", data, "--out", "newer.db"]);
+    assert!(backup.status.success(), "{backup:?}");
+    hotline_store::open(&dir.join("newer.db"), false)
+        .expect("open the copy")
+        .execute_batch(&format!("PRAGMA user_version = {}", ours + by))
+        .expect("a newer schema");
+}
+
+/// Restores `dir/newer.db` into `dir/data` with `extra` arguments, and checks that it is
+/// refused as a newer `kind`'s store at `found`, which `ours` cannot open, not as damaged;
+/// and that `store`, the store in place, is neither set aside nor replaced.
+fn refused_as_newer(dir: &Path, data: &str, extra: &[&str], kind: &str, found: i64, ours: i64) {
+    let mut args = vec!["restore", "--from", "newer.db", "--data", data];
+    args.extend_from_slice(extra);
+    let out = hotline(dir, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    assert!(
+        stderr.contains(&format!(
+            "newer.db was written by a newer version of the {kind} (store schema version \
+             {found}; this {kind} supports schema versions up to {ours}): the file is not \
+             damaged"
+        )) && stderr.contains("restore a backup made by this one")
+            && !stderr.contains("corrupt"),
+        "{args:?}: {stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "{args:?}: nothing restored: {out:?}"
+    );
+    let store = format!("{kind}.db");
+    let mut left: Vec<String> = std::fs::read_dir(dir.join(data))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "LOCK")
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [store.as_str()],
+        "{args:?}: nothing set aside or left over"
+    );
+    let current = dir.join(data).join(&store);
+    assert_eq!(user_version(&current), ours, "{args:?}: the store in place");
+}
+
 /// A copy written by a newer relay (a backup taken after an upgrade, restored after a
 /// rollback: OPERATIONS.md 8.3) is refused, naming it, and the store in place, which this
 /// relay can open, is neither set aside nor replaced: with the default redelivery (which
@@ -31,47 +80,9 @@ fn a_relay_copy_from_a_newer_schema_is_refused_and_the_store_in_place_is_kept() 
     std::fs::create_dir(&data).expect("mkdir");
     // An empty relay store, as a relay's first start leaves one.
     hotline_relay::store::redeliver_all_since(&data, 0, 0).expect("a relay store");
-    let current = data.join("relay.db");
-    let ours = user_version(&current);
-    let backup = hotline(
-        dir.path(),
-        &["backup", "--data", "relay-data", "--out", "newer.db"],
-    );
-    assert!(backup.status.success(), "{backup:?}");
-    hotline_store::open(&dir.path().join("newer.db"), false)
-        .expect("open the copy")
-        .execute_batch(&format!("PRAGMA user_version = {}", ours + 95))
-        .expect("a newer schema");
-
+    let ours = user_version(&data.join("relay.db"));
+    newer_copy(dir.path(), "relay-data", ours, 95);
     for extra in [&[][..], &["--redeliver-hours", "0"][..]] {
-        let mut args = vec!["restore", "--from", "newer.db", "--data", "relay-data"];
-        args.extend_from_slice(extra);
-        let out = hotline(dir.path(), &args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        assert!(
-            stderr.contains("newer.db")
-                && stderr.contains(&format!(
-                    "schema version {} is newer than this relay's ({ours})",
-                    ours + 95
-                )),
-            "{args:?}: {stderr}"
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stdout).is_empty(),
-            "{args:?}: nothing restored: {out:?}"
-        );
-        let mut left: Vec<String> = std::fs::read_dir(&data)
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "LOCK")
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            ["relay.db"],
-            "{args:?}: nothing set aside or left over"
-        );
-        assert_eq!(user_version(&current), ours, "{args:?}: the store in place");
+        refused_as_newer(dir.path(), "relay-data", extra, "relay", ours + 95, ours);
     }
 }
