@@ -3084,6 +3084,50 @@ async fn a_node_refuses_another_members_store() {
     relay.shutdown().await;
 }
 
+/// A node's store written by a newer node (a rollback after an upgrade, the store kept) is
+/// refused at start: the node exits with status 1, saying on standard error that the file
+/// is a newer node's, not damaged, and what to do, and leaves it byte for byte as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_store_from_a_newer_node_and_leaves_it_as_it_was() {
+    use hotline_node::store::SCHEMA_VERSION;
+    let net = net();
+    let relay = net.relay().await;
+    let config = net.node_config("KGZ", relay.local_addr());
+    let kgz = net.start_node("KGZ").await.unwrap();
+    stop_node(kgz).await;
+    let db = net.path().join("node-KGZ").join("node.db");
+    let newer = SCHEMA_VERSION + 1;
+    hotline_store::open(&db, false)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {newer}"))
+        .unwrap();
+    let before = std::fs::read(&db).unwrap();
+
+    let node = Proc::spawn(
+        &["node", "--config", config.to_str().unwrap()],
+        net.path(),
+        "node-KGZ-newer.log",
+    )
+    .unwrap();
+    let (status, node) = node.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    let log = node.log();
+    assert_eq!(status.code(), Some(1), "{status}: {log}");
+    assert!(
+        log.contains(&format!(
+            "error: {} was written by a newer version of the node (store schema version \
+             {newer}; this node supports schema versions up to {SCHEMA_VERSION}): the file is \
+             not damaged and was left as it is; run the newer version of the node, or restore \
+             a backup made by this one",
+            db.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("corrupt"), "{log}");
+    assert!(!log.contains("local API listening"), "{log}");
+    assert!(std::fs::read(&db).unwrap() == before, "node.db was changed");
+    relay.shutdown().await;
+}
+
 /// A node restored from a backup no longer holds what it received since; the relay does,
 /// and `hotline relay redeliver`, run on the stopped relay, makes it deliver those messages
 /// again at its next start.

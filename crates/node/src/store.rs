@@ -39,6 +39,19 @@ pub const DB_FILE: &str = "node.db";
 /// than any time, so that the paging query's index range never reaches it again.
 const NEVER_PAGES: i64 = i64::MAX;
 
+/// The schema version this code writes (`PRAGMA user_version`).
+///
+/// Version 1 is the schema below, with its one-time fills (`answers`, `acks_out`,
+/// `mismatches`) done. Stores from before the version existed record 0, as does a new
+/// file: [`NodeStore::open`] brings either to 1 by the same `CREATE TABLE IF NOT EXISTS`
+/// and fills, and sets the version in the transaction that commits them, so that a store
+/// recording 1 has them all. A later release that changes the schema raises this and
+/// migrates from the version it finds, as the relay does (`hotline_relay::store`); and a
+/// store recording a version above this one was written by a newer node, whose schema this
+/// code does not know: it is refused ([`check_schema_version`]) before anything in it is
+/// changed, rather than run on tables this node would misread or leave half-kept.
+pub const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (
@@ -147,6 +160,24 @@ CREATE TABLE IF NOT EXISTS mismatches (
     PRIMARY KEY (id, signer)
 ) WITHOUT ROWID;
 ";
+
+/// Refuses a store written by a newer node, whose schema (`PRAGMA user_version`) is above
+/// [`SCHEMA_VERSION`], as [`StoreError::NewerSchema`] (not `Corrupt`: the store is good, for
+/// the node that wrote it). It only reads, so it serves a backup opened read-only too
+/// (`hotline restore`, which must not put such a copy in place of a store this node opens).
+/// Returns the version found. `path` names the file in the error.
+pub fn check_schema_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+            what: "node",
+        });
+    }
+    Ok(version)
+}
 
 /// Names `relay_seq`'s records by fingerprint alone: the first stores to have the table
 /// (from `d215f77`) named them `FINGERPRINT@ADDRESS`. Each fingerprint keeps the highest
@@ -788,11 +819,16 @@ pub fn verify_records(conn: &Connection, path: &Path) -> Result<u64, StoreError>
 }
 
 impl NodeStore {
-    /// Opens (creating) `node.db` in `data_dir`, refusing a damaged file by name.
+    /// Opens (creating) `node.db` in `data_dir`, refusing a damaged file by name, and a
+    /// store written by a newer node ([`StoreError::NewerSchema`]) before changing anything
+    /// in it. A store at schema version 0 (new, or from before the version was recorded) is
+    /// brought to [`SCHEMA_VERSION`] in the transaction that creates what it lacks.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         let conn = hotline_store::open(&path, true)?;
         hotline_store::quick_check(&conn, &path)?;
+        // Before any table is created or filled: a newer node's store stays as it was.
+        let version = check_schema_version(&conn, &path)?;
         let has_table = |name: &str| -> Result<bool, StoreError> {
             Ok(conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
@@ -805,9 +841,12 @@ impl NodeStore {
         let mismatches_indexed = has_table("mismatches")?;
         // A store from before this version, rather than a new one.
         let older = has_table("receipts_in")?;
-        // The tables and their one-time fills from what an older store holds, in one
-        // transaction: a start stopped midway leaves neither a table nor an empty one that
-        // would never be filled.
+        if version < SCHEMA_VERSION && has_table("journal")? {
+            tracing::info!(db = %path.display(), "migrating the node store from schema version {version} to {SCHEMA_VERSION}");
+        }
+        // The tables and their one-time fills from what an older store holds, and the
+        // schema version, in one transaction: a start stopped midway leaves neither a table
+        // nor an empty one that would never be filled, nor a version its tables lack.
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
         tx.execute_batch(hotline_store::journal::SCHEMA)?;
@@ -833,6 +872,9 @@ impl NodeStore {
                 tracing::info!("recording the mismatched receipts this store holds (once, at the first start of this version)");
             }
             index_stored_mismatches(&tx)?;
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         }
         tx.commit()?;
         rename_relay_records(&conn)?;
@@ -2076,6 +2118,100 @@ mod tests {
             e.to_string().starts_with("a stored record does not decode"),
             "{e}"
         );
+    }
+
+    /// The schema version `node.db` records, read on a connection of its own.
+    fn user_version(dir: &Path) -> i64 {
+        hotline_store::open(&dir.join(DB_FILE), false)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The tables `node.db` has, by name.
+    fn tables(dir: &Path) -> Vec<String> {
+        let conn = hotline_store::open(&dir.join(DB_FILE), false).unwrap();
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let names = st.query_map([], |r| r.get(0)).unwrap();
+        names.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_new_store_records_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(NodeStore::open(dir.path()).unwrap());
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        // Opened again, it stays there.
+        drop(NodeStore::open(dir.path()).unwrap());
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+    }
+
+    /// A store from before the version was recorded (user_version 0, and, older still,
+    /// without a derived table) keeps what it holds and is brought to [`SCHEMA_VERSION`].
+    #[test]
+    fn a_store_from_before_the_schema_version_is_brought_to_it_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, signed) = store_with_one_received(dir.path());
+        let id = signed.decode_unverified().unwrap().id;
+        store
+            .conn
+            .execute_batch("DROP TABLE answers; PRAGMA user_version = 0")
+            .unwrap();
+        drop(store);
+        assert_eq!(user_version(dir.path()), 0);
+
+        let store = NodeStore::open(dir.path()).unwrap();
+        let inbox = store.inbox(10).unwrap();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].envelope.id, id);
+        drop(store);
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        assert!(tables(dir.path()).iter().any(|t| t == "answers"));
+    }
+
+    /// A store written by a newer node is refused as such, naming the file, and left as it
+    /// was: its version, its tables (one this node would create is not) and its bytes.
+    #[test]
+    fn a_store_from_a_newer_node_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = store_with_one_received(dir.path());
+        store
+            .conn
+            .execute_batch("DROP TABLE answers; PRAGMA user_version = 99")
+            .unwrap();
+        drop(store);
+        let path = dir.path().join(DB_FILE);
+        let before = (std::fs::read(&path).unwrap(), tables(dir.path()));
+
+        let err = NodeStore::open(dir.path())
+            .err()
+            .expect("a newer node's store is refused");
+        let text = err.to_string();
+        match err {
+            StoreError::NewerSchema {
+                path: named,
+                found,
+                supported,
+                what,
+            } => assert_eq!(
+                (named, found, supported, what),
+                (path.clone(), 99, SCHEMA_VERSION, "node")
+            ),
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
+        assert!(
+            text.contains("node.db was written by a newer version of the node")
+                && text.contains("schema version 99")
+                && text.contains(&format!("up to {SCHEMA_VERSION}"))
+                && !text.contains("corrupt"),
+            "{text}"
+        );
+        assert_eq!(user_version(dir.path()), 99);
+        let after = (std::fs::read(&path).unwrap(), tables(dir.path()));
+        assert!(after.1.iter().all(|t| t != "answers"), "{:?}", after.1);
+        assert!(before == after, "the store was changed");
     }
 
     #[test]

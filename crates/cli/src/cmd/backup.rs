@@ -107,7 +107,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         );
     }
     // For a node's copy, whose store it is (hotline_node::store::store_participant). A copy
-    // from a newer relay would replace a store this binary opens with one it cannot:
+    // from a newer relay or node would replace a store this binary opens with one it cannot:
     // refused first, naming the copy given (`StoreError::NewerSchema`, which says it is not
     // damaged), before anything is copied or renamed, and before anything else is read
     // from it in a layout this binary may not know.
@@ -122,6 +122,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             .and_then(|_| conn.prepare("SELECT 1 FROM journal LIMIT 0"))
             .is_ok()
         {
+            hotline_node::store::check_schema_version(&conn, &from)?;
             (false, hotline_node::store::store_participant(&conn, &from)?)
         } else {
             anyhow::bail!("{}: neither a relay's nor a node's store", from.display());

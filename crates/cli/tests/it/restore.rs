@@ -86,3 +86,18 @@ fn a_relay_copy_from_a_newer_schema_is_refused_and_the_store_in_place_is_kept() 
         refused_as_newer(dir.path(), "relay-data", extra, "relay", ours + 95, ours);
     }
 }
+
+/// Likewise a node's copy written by a newer node: a node store records its schema version
+/// too, and `hotline restore` refuses a newer one before it moves anything.
+#[test]
+fn a_node_copy_from_a_newer_schema_is_refused_and_the_store_in_place_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node-data");
+    std::fs::create_dir(&data).expect("mkdir");
+    // An empty node store, as a node's first start leaves one.
+    drop(hotline_node::store::NodeStore::open(&data).expect("a node store"));
+    let ours = user_version(&data.join("node.db"));
+    assert_eq!(ours, hotline_node::store::SCHEMA_VERSION);
+    newer_copy(dir.path(), "node-data", ours, 98);
+    refused_as_newer(dir.path(), "node-data", &[], "node", ours + 98, ours);
+}
