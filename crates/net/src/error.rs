@@ -3,6 +3,8 @@
 use hotline_proto::frame::ErrorCode;
 use hotline_proto::{DecodeError, EncodeError};
 
+use crate::Fingerprint;
+
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +33,15 @@ pub enum NetError {
     /// The connection failed or was closed.
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// This node refused the relay in the TLS handshake: the certificate it presented is
+    /// not the one pinned for it (a wrong fingerprint in the configuration, a certificate
+    /// rotated on the relay, or something else answering at its address). It lasts until
+    /// the configuration or the relay's certificate changes.
+    #[error("TLS: relay certificate {presented} does not match the pinned fingerprint")]
+    PinMismatch {
+        /// The fingerprint of the certificate the relay presented.
+        presented: Fingerprint,
+    },
     /// The peer closed the connection with a hotline error code.
     #[error("closed by peer: {code:?}: {reason}")]
     Closed {
@@ -71,14 +82,20 @@ impl NetError {
     pub fn close_code(&self) -> ErrorCode {
         match self {
             NetError::Decode(DecodeError::TooLarge { .. }) => ErrorCode::FrameTooLarge,
-            NetError::Closed { .. } | NetError::Connection(_) => ErrorCode::Normal,
+            NetError::Closed { .. } | NetError::Connection(_) | NetError::PinMismatch { .. } => {
+                ErrorCode::Normal
+            }
             NetError::Local(_) => ErrorCode::Internal,
             _ => ErrorCode::ProtocolViolation,
         }
     }
 
-    /// Maps a connection error to `Closed` when the peer gave a hotline code.
+    /// Maps a connection error to `Closed` when the peer gave a hotline code, and to
+    /// `PinMismatch` when this side refused the peer's certificate.
     pub fn from_connection(e: quinn::ConnectionError) -> Self {
+        if let Some(presented) = crate::tls::pin_mismatch(&e) {
+            return NetError::PinMismatch { presented };
+        }
         if let quinn::ConnectionError::ApplicationClosed(close) = &e {
             if let Some(code) = ErrorCode::from_close_code(close.error_code.into_inner()) {
                 return NetError::Closed {

@@ -182,9 +182,7 @@ impl ServerCertVerifier for PinnedVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::error!(presented = %fp, "relay certificate does not match the pinned fingerprint");
-            Err(rustls::Error::General(format!(
-                "relay certificate {fp} does not match the pinned fingerprint"
-            )))
+            Err(rustls::Error::General(pin_mismatch_reason(&fp)))
         }
     }
 
@@ -219,6 +217,33 @@ impl ServerCertVerifier for PinnedVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// What [`PinnedVerifier`] says of a certificate it refuses. quinn keeps only this text (in
+/// the local `TransportError` that ends the handshake), so [`pin_mismatch`] reads it back:
+/// the two must agree, and a test holds them to it.
+fn pin_mismatch_reason(presented: &Fingerprint) -> String {
+    format!("relay certificate {presented} {PIN_MISMATCH_TAIL}")
+}
+
+/// The end of [`pin_mismatch_reason`]'s text.
+const PIN_MISMATCH_TAIL: &str = "does not match the pinned fingerprint";
+
+/// The fingerprint of the certificate this side refused for not being the pinned one, if
+/// `e` is that refusal: a TLS alert this side raised itself (`handshake_failure`) with the
+/// verifier's words. A peer cannot cause it by what it sends in a close: that arrives as
+/// `ConnectionClosed`, not as a local `TransportError`.
+pub(crate) fn pin_mismatch(e: &quinn::ConnectionError) -> Option<Fingerprint> {
+    let quinn::ConnectionError::TransportError(t) = e else {
+        return None;
+    };
+    let alert = u8::from(rustls::AlertDescription::HandshakeFailure);
+    if t.code != quinn::TransportErrorCode::crypto(alert) {
+        return None;
+    }
+    let (_, rest) = t.reason.split_once("relay certificate ")?;
+    let (fp, tail) = rest.split_once(' ')?;
+    (tail == PIN_MISMATCH_TAIL).then(|| fp.parse().ok())?
 }
 
 /// Reads a PEM file with a limit; the error names the file.
@@ -385,5 +410,96 @@ mod tests {
                 .fingerprint(),
             fp
         );
+    }
+
+    /// A relay presenting another certificate than the pinned one is refused in the TLS
+    /// handshake, and the refusal reads as `PinMismatch` naming the certificate presented
+    /// (a node's link counts it as lasting, unlike a timeout).
+    #[tokio::test]
+    async fn a_certificate_not_pinned_is_refused_as_a_pin_mismatch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let presented = write_self_signed(&cert, &key).expect("init");
+        let identity = RelayIdentity::load(&cert, &key).expect("load");
+        let limits = crate::TransportLimits::default();
+        let local = "127.0.0.1:0".parse().expect("address");
+        let relay =
+            crate::transport::server_endpoint(local, &identity, &limits).expect("relay endpoint");
+        let addr = relay.local_addr().expect("relay address");
+        // The relay answers the handshake, which the node's alert ends.
+        let accepting = tokio::spawn(async move {
+            if let Some(incoming) = relay.accept().await {
+                let _ = incoming.await;
+            }
+            relay
+        });
+        let pinned = Fingerprint([7; 32]);
+        let node =
+            crate::transport::client_endpoint(local, vec![pinned], &limits).expect("node endpoint");
+        let e = match crate::connect(&node, addr, DEADLINE).await {
+            Ok(_) => panic!("a certificate that is not the pinned one was accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e, NetError::PinMismatch { presented: p } if p == presented),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("TLS: relay certificate {presented} does not match the pinned fingerprint")
+        );
+        // The pinned certificate is taken, from the same relay.
+        let node = crate::transport::client_endpoint(local, vec![presented], &limits)
+            .expect("node endpoint");
+        let relay = accepting.await.expect("accept task");
+        let accepting = tokio::spawn(async move { relay.accept().await?.await.ok() });
+        crate::connect(&node, addr, DEADLINE)
+            .await
+            .expect("the pinned certificate is taken");
+        assert!(accepting.await.expect("accept task").is_some());
+    }
+
+    /// Only this side's own refusal of a certificate is a pin mismatch: the same words in a
+    /// close the peer sent, or another local TLS failure, are not.
+    #[test]
+    fn a_pin_mismatch_is_only_this_sides_refusal() {
+        let fp = Fingerprint([9; 32]);
+        let alert =
+            quinn::TransportErrorCode::crypto(u8::from(rustls::AlertDescription::HandshakeFailure));
+        let reason = format!("unexpected error: {}", pin_mismatch_reason(&fp));
+        let local = |code, reason: &str| {
+            quinn::ConnectionError::TransportError(quinn_proto::TransportError {
+                code,
+                frame: None,
+                reason: reason.to_owned(),
+            })
+        };
+        assert_eq!(pin_mismatch(&local(alert, &reason)), Some(fp));
+        assert!(matches!(
+            NetError::from_connection(local(alert, &reason)),
+            NetError::PinMismatch { presented } if presented == fp
+        ));
+        let other_alert =
+            quinn::TransportErrorCode::crypto(u8::from(rustls::AlertDescription::DecryptError));
+        assert_eq!(pin_mismatch(&local(other_alert, &reason)), None);
+        assert_eq!(pin_mismatch(&local(alert, "unexpected error: no")), None);
+        assert_eq!(
+            pin_mismatch(&local(
+                alert,
+                "relay certificate 12 does not match the pinned fingerprint"
+            )),
+            None
+        );
+        let peer = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: alert,
+            frame_type: None,
+            reason: bytes::Bytes::from(reason.clone()),
+        });
+        assert_eq!(pin_mismatch(&peer), None);
+        assert!(matches!(
+            NetError::from_connection(peer),
+            NetError::Connection(_)
+        ));
+        assert_eq!(pin_mismatch(&quinn::ConnectionError::TimedOut), None);
     }
 }

@@ -61,7 +61,7 @@ pub(crate) async fn run(
                 } else {
                     debug!(relay = idx, %addr, error = %e, failures, "relay still unreachable");
                 }
-                if matches!(e, NetError::Tls(_)) || e.to_string().contains("pinned") {
+                if matches!(e, NetError::PinMismatch { .. }) {
                     error!(relay = idx, %addr, "relay certificate does not match the pinned fingerprint: refusing it");
                 }
                 if !pause(&mut shutdown, backoff.next()).await {
