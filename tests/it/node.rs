@@ -1002,8 +1002,8 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
         "\nqueued for 1 recipient(s); no relay will take it: relay 0 ({addr}) refused this \
          node: Revoked (KAZ is revoked). This participant or its key is revoked on the roster, \
          or its key is not (yet) listed (OPERATIONS.md 4.5; 4.4 for a key rotation). The \
-         message stays in the outbox and leaves only once a relay takes this node again; \
-         meanwhile, use another channel\n"
+         message stays in the outbox and leaves only once this is put right; meanwhile, use \
+         another channel\n"
     );
     assert!(out.stdout.ends_with(&expected), "{out:?}");
     let id = out.stdout.lines().next().unwrap().to_owned();
@@ -1097,6 +1097,199 @@ async fn a_relay_with_the_wrong_certificate_is_refused() {
         kaz.proc.log()
     );
     relay.shutdown().await;
+}
+
+/// A node pinning another certificate than its relay's refuses the relay at every attempt,
+/// for as long as its configuration says so. A message its officer sends then says that no
+/// relay will take it, naming the pin and where it is configured, rather than that it waits
+/// for a relay to be reachable; `node-status` says the refusal lasts. It is queued all the
+/// same: once the fingerprint is corrected, it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pinning_another_certificate_says_no_relay_will_take_it() {
+    let net = net();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let other = hotline_net::tls::write_self_signed(
+        &net.path().join("other.crt"),
+        &net.path().join("other.key"),
+    )
+    .unwrap();
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            fingerprint: Some(other),
+            ..NodeSetup::relay(addr)
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    // Logged once the link's state holds the refusal.
+    kaz.proc.wait_line(&["ERROR", "refusing it"]).await.unwrap();
+
+    let sent = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
+        (&json!("queued"), &json!(0), &json!(true)),
+        "{sent}"
+    );
+    let presented = net.fingerprint;
+    let reason = format!("relay certificate {presented} does not match the pinned fingerprint");
+    assert_eq!(
+        sent["refused_by"],
+        json!([{"relay": 0, "address": addr.to_string(), "code": "PinMismatch",
+            "reason": reason}]),
+        "{sent}"
+    );
+    let note = sent["note"].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!(
+            "no relay will take it: this node refused relay 0 ({addr}): PinMismatch ({reason}). \
+             The certificate of relay 0 does not match the fingerprint pinned in this node's \
+             configuration (`fingerprint` in its `[[relays]]` table)"
+        )),
+        "{note}"
+    );
+    let id = id_of(&sent);
+    kaz.proc
+        .wait_line(&[
+            "WARN",
+            "message queued, but no relay will take it",
+            &msg(&id),
+        ])
+        .await
+        .unwrap();
+
+    // The status says the link's refusal lasts, and why.
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(
+        st["relays"][0]["refused"],
+        json!({"code": "PinMismatch", "reason": reason}),
+        "{st}"
+    );
+    let out = kaz.cli(&["node-status"]).await.unwrap();
+    assert!(
+        out.stdout.contains(&format!(
+            "lasting refusal PinMismatch): TLS: relay certificate {presented} does not match"
+        )),
+        "{out:?}"
+    );
+
+    // The fingerprint corrected, the message leaves.
+    kaz.proc.kill9();
+    drop(kaz);
+    net.node_config("KAZ", addr);
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+    relay.shutdown().await;
+}
+
+/// A relay stand-in holding the network's certificate that answers every node's `Hello`
+/// with `code` and closes the connection with it, as a relay does at a log-in it refuses;
+/// its address, and the task serving it.
+fn refusing_relay(
+    net: &Net,
+    code: hotline_proto::frame::ErrorCode,
+    detail: &'static str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hotline_proto::frame::{ErrorFrame, NodeToRelay, RelayToNode};
+    let config = net.config();
+    let identity = hotline_net::RelayIdentity::load(&config.cert, &config.key).unwrap();
+    let endpoint = hotline_net::transport::server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &hotline_net::TransportLimits::default(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            if let Ok((send, recv)) = conn.accept_bi().await {
+                let mut reader = hotline_net::FrameReader::new(recv);
+                let mut writer = hotline_net::FrameWriter::new(send);
+                if let Ok(Some(NodeToRelay::Hello(_))) = reader.read::<NodeToRelay>().await {
+                    let error = RelayToNode::Error(ErrorFrame {
+                        code,
+                        detail: detail.into(),
+                    });
+                    let _ = writer.write(&error).await;
+                }
+            }
+            conn.close(code.close_code().into(), detail.as_bytes());
+        }
+    });
+    (addr, task)
+}
+
+/// Relays that refuse a node at log-in for its protocol version, or for a log-in proof they
+/// cannot verify, refuse it at every attempt until a release changes. With every relay
+/// refusing so, a message says no relay will take it, with what to do for each, rather
+/// than that it waits for a relay to be reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_refusing_the_nodes_version_or_log_in_say_no_relay_will_take_it() {
+    use hotline_proto::frame::ErrorCode;
+    let net = net();
+    let (version, version_task) = refusing_relay(
+        &net,
+        ErrorCode::UnsupportedVersion,
+        "unsupported protocol version",
+    );
+    let (auth, auth_task) = refusing_relay(
+        &net,
+        ErrorCode::AuthFailed,
+        "authentication proof: bad signature",
+    );
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            relays: vec![version, auth],
+            ..NodeSetup::default()
+        },
+    );
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    for code in ["UnsupportedVersion", "AuthFailed"] {
+        kaz.proc
+            .wait_line(&["relay unreachable", &format!("closed by peer: {code}")])
+            .await
+            .unwrap();
+    }
+
+    let sent = kaz
+        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
+        (&json!("queued"), &json!(0), &json!(true)),
+        "{sent}"
+    );
+    assert_eq!(
+        sent["refused_by"],
+        json!([
+            {"relay": 0, "address": version.to_string(), "code": "UnsupportedVersion",
+                "reason": "unsupported protocol version"},
+            {"relay": 1, "address": auth.to_string(), "code": "AuthFailed",
+                "reason": "authentication proof: bad signature"},
+        ]),
+        "{sent}"
+    );
+    let note = sent["note"].as_str().unwrap();
+    for hint in [
+        "This node and relay 0 speak different protocol versions: upgrade the older",
+        "Relay 1 could not verify this node's log-in proof",
+    ] {
+        assert!(note.contains(hint), "{note}");
+    }
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(
+        st["relays"][0]["refused"]["code"], "UnsupportedVersion",
+        "{st}"
+    );
+    assert_eq!(st["relays"][1]["refused"]["code"], "AuthFailed", "{st}");
+    version_task.abort();
+    auth_task.abort();
 }
 
 /// Writes a relay configuration that serves `roster` pinned to `roster_key`.

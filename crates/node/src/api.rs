@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use hotline_proto::frame::ErrorCode;
 use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
@@ -29,7 +28,7 @@ use crate::limits::{
     API_BODY_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
-use crate::{now_ms, NodeState};
+use crate::{now_ms, NodeState, RefusalCode};
 
 type St = Arc<NodeState>;
 
@@ -456,7 +455,7 @@ async fn send(
             "refused_by": refused_by.iter().map(|r| json!({
                 "relay": r.relay,
                 "address": r.address,
-                "code": format!("{:?}", r.refusal.code),
+                "code": r.refusal.code.name(),
                 "reason": r.refusal.reason,
             })).collect::<Vec<_>>(),
             "note": outlook.note,
@@ -464,7 +463,8 @@ async fn send(
     ))
 }
 
-/// A relay whose link is down because it refused this node itself.
+/// A relay whose link is down for a lasting refusal: it refused this node itself, or this
+/// node refused its certificate.
 #[derive(Debug)]
 struct RefusedBy {
     /// Its index in the configuration.
@@ -480,28 +480,28 @@ fn own_roster_refusal(
     roster: &hotline_proto::Roster,
     me: &ParticipantId,
     key: &hotline_proto::PublicKey,
-) -> Option<(ErrorCode, String)> {
+) -> Option<(RefusalCode, String)> {
     use hotline_proto::VerifyError;
     let v = roster.version;
     match roster.authorise(me, key) {
         Ok(()) => None,
         Err(VerifyError::UnknownSigner(_)) => Some((
-            ErrorCode::UnknownParticipant,
+            RefusalCode::UnknownParticipant,
             format!("{me} is not on this node's roster (version {v})"),
         )),
         Err(VerifyError::Revoked(_)) => Some((
-            ErrorCode::Revoked,
+            RefusalCode::Revoked,
             format!("this node's roster (version {v}) marks {me} revoked"),
         )),
         Err(VerifyError::KeyNotAuthorised(k)) => Some((
-            ErrorCode::Revoked,
+            RefusalCode::Revoked,
             format!(
                 "this node's roster (version {v}) does not list its key {} for {me}",
                 k.short()
             ),
         )),
         Err(e) => Some((
-            ErrorCode::Revoked,
+            RefusalCode::Revoked,
             format!("this node's roster (version {v}): {e}"),
         )),
     }
@@ -510,28 +510,31 @@ fn own_roster_refusal(
 /// What the answer to a message submitted says of its way out.
 #[derive(Debug, PartialEq, Eq)]
 struct Outlook {
-    /// No relay will take it as things stand: every relay refuses this node, or its own
-    /// roster says they will.
+    /// No relay will take it as things stand: every relay's link is down for a lasting
+    /// refusal, or this node's own roster says they will refuse it.
     blocked: bool,
     /// The answer's `note`, for a person.
     note: String,
 }
 
 /// The outlook of a message just queued, with `connected` of `relays` links up, those in
-/// `refused_by` down because their relay refused this node, and `own` the reason this node's
-/// roster gives against it, if any.
+/// `refused_by` down for a lasting refusal, and `own` the reason this node's roster gives
+/// against it, if any.
 ///
-/// A message is always accepted and queued (201), never refused for this: a refusal of the
-/// node often ends (a key rotation done in the wrong order, a revocation undone, a relay's
-/// roster brought up to date), and then the message leaves with the rest of the outbox
-/// without anyone typing it again in a crisis; and what an officer tried to send, and when,
-/// is on record. But a message that cannot leave must not read as if it will: the note
-/// says so plainly, and `blocked` says it to a program.
+/// A message is always accepted and queued (201), never refused for this: a refusal often
+/// ends (a key rotation done in the wrong order, a revocation undone, a relay's roster
+/// brought up to date, a fingerprint corrected, a release upgraded), and then the message
+/// leaves with the rest of the outbox without anyone typing it again in a crisis; and what
+/// an officer tried to send, and when, is on record. But a message that cannot leave must
+/// not read as if it will: the note says so plainly, and why, with what to do for each kind
+/// of refusal, and `blocked` says it to a program. Only refusals that last until someone
+/// changes something count (`RelayRefusal::of`); a relay merely unreachable may take it
+/// when it is back.
 fn outlook(
     connected: usize,
     relays: usize,
     refused_by: &[RefusedBy],
-    own: Option<&(ErrorCode, String)>,
+    own: Option<&(RefusalCode, String)>,
 ) -> Outlook {
     if connected > 0 {
         return Outlook {
@@ -548,10 +551,21 @@ fn outlook(
             } else {
                 format!(" ({reason})")
             };
-            format!(
-                "relay {} ({}) refused this node: {:?}{reason}",
-                r.relay, r.address, r.refusal.code
-            )
+            let code = r.refusal.code;
+            match code {
+                RefusalCode::PinMismatch => format!(
+                    "this node refused relay {} ({}): {}{reason}",
+                    r.relay,
+                    r.address,
+                    code.name()
+                ),
+                _ => format!(
+                    "relay {} ({}) refused this node: {}{reason}",
+                    r.relay,
+                    r.address,
+                    code.name()
+                ),
+            }
         })
         .collect();
     let blocked = own.is_some() || (relays > 0 && refused_by.len() == relays);
@@ -568,33 +582,95 @@ fn outlook(
         };
     }
     why.extend(own.map(|(_, w)| w.clone()));
-    let codes: Vec<ErrorCode> = refused_by
-        .iter()
-        .map(|r| r.refusal.code)
-        .chain(own.map(|(c, _)| *c))
-        .collect();
+    // The relays refused for `code`, by index.
+    let by = |code: RefusalCode| -> Vec<usize> {
+        refused_by
+            .iter()
+            .filter(|r| r.refusal.code == code)
+            .map(|r| r.relay)
+            .collect()
+    };
     let mut hints = Vec::new();
-    if codes.contains(&ErrorCode::Revoked) {
+    let own_code = own.map(|(c, _)| *c);
+    if own_code == Some(RefusalCode::Revoked) || !by(RefusalCode::Revoked).is_empty() {
         hints.push(
             "This participant or its key is revoked on the roster, or its key is not (yet) \
-             listed (OPERATIONS.md 4.5; 4.4 for a key rotation). ",
+             listed (OPERATIONS.md 4.5; 4.4 for a key rotation). "
+                .to_owned(),
         );
     }
-    if codes.contains(&ErrorCode::UnknownParticipant) {
+    if own_code == Some(RefusalCode::UnknownParticipant)
+        || !by(RefusalCode::UnknownParticipant).is_empty()
+    {
         hints.push(
             "This participant is not on the roster: check the node's `participant`, or the \
-             relay's roster is old (OPERATIONS.md section 9). ",
+             relay's roster is old (OPERATIONS.md section 9). "
+                .to_owned(),
         );
+    }
+    let version = by(RefusalCode::UnsupportedVersion);
+    if !version.is_empty() {
+        hints.push(format!(
+            "This node and {} speak different protocol versions: upgrade the older \
+             (OPERATIONS.md 8.1, 8.2). ",
+            named(&version).0
+        ));
+    }
+    let auth = by(RefusalCode::AuthFailed);
+    if !auth.is_empty() {
+        hints.push(format!(
+            "{} could not verify this node's log-in proof (its signature, or its binding to \
+             the connection's TLS session; the relay does not check the node's clock): a node \
+             and relay of incompatible releases, or something tampering with the connection. \
+             Compare both releases (OPERATIONS.md 8.2) and read the relay's log \
+             (OPERATIONS.md section 9). ",
+            capitalised(&named(&auth).0)
+        ));
+    }
+    let pin = by(RefusalCode::PinMismatch);
+    if !pin.is_empty() {
+        let (relays, many) = named(&pin);
+        let (certificate, does, fingerprint) = if many {
+            ("certificates", "do", "fingerprints")
+        } else {
+            ("certificate", "does", "fingerprint")
+        };
+        hints.push(format!(
+            "The {certificate} of {relays} {does} not match the {fingerprint} pinned in this \
+             node's configuration (`fingerprint` in its `[[relays]]` table): compare with \
+             `hotline relay fingerprint` on the relay; its certificate may have been rotated \
+             (OPERATIONS.md section 5), or something else answers at its address. "
+        ));
     }
     Outlook {
         blocked: true,
         note: format!(
             "no relay will take it: {}. {}The message stays in the outbox and leaves only once \
-             a relay takes this node again; meanwhile, use another channel",
+             this is put right; meanwhile, use another channel",
             why.join("; "),
             hints.concat()
         ),
     }
+}
+
+/// `relay 0`, `relays 0 and 1`, `relays 0, 1 and 2`; and whether more than one.
+fn named(relays: &[usize]) -> (String, bool) {
+    match relays {
+        [one] => (format!("relay {one}"), false),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(ToString::to_string).collect();
+            (format!("relays {} and {last}", init.join(", ")), true)
+        }
+        [] => (String::new(), false),
+    }
+}
+
+/// `s` with its first letter upper-case.
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// A received message as the API shows it.
@@ -1055,20 +1131,22 @@ async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
 
 /// One relay's entry in `/v1/status`: whether its link is up and, while it is, how the link
 /// fares (QUIC's own figures for the connection: its smoothed round-trip time, and the
-/// packets it has sent and declared lost since it was made).
+/// packets it has sent and declared lost since it was made); while it is down, why, and
+/// whether that is a lasting refusal (`refused`, as in a send's `refused_by`).
 fn relay_status(address: &str, link: crate::Link) -> Value {
     match link {
         crate::Link::Down(d) => json!({"address": address, "connected": false,
             "connected_since_ms": null, "rtt_ms": null, "packets_sent": null,
             "packets_lost": null, "down_since_ms": d.since_ms, "last_error": d.error,
-            "failed_attempts": d.failed_attempts}),
+            "failed_attempts": d.failed_attempts,
+            "refused": d.refused.map(|r| json!({"code": r.code.name(), "reason": r.reason}))}),
         crate::Link::Up(up) => {
             let path = up.conn.stats().path;
             let rtt_ms = (up.conn.rtt().as_micros() as f64 / 100.0).round() / 10.0;
             json!({"address": address, "connected": true, "connected_since_ms": up.since_ms,
                 "rtt_ms": rtt_ms, "packets_sent": path.sent_packets,
                 "packets_lost": path.lost_packets, "down_since_ms": null, "last_error": null,
-                "failed_attempts": 0})
+                "failed_attempts": 0, "refused": null})
         }
     }
 }
@@ -1103,7 +1181,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn refused(relay: usize, code: ErrorCode, reason: &str) -> RefusedBy {
+    fn refused(relay: usize, code: RefusalCode, reason: &str) -> RefusedBy {
         RefusedBy {
             relay,
             address: format!("192.0.2.{relay}:7400"),
@@ -1116,7 +1194,7 @@ mod tests {
 
     #[test]
     fn a_message_no_relay_will_take_says_so() {
-        let revoked = [refused(0, ErrorCode::Revoked, "KAZ is revoked")];
+        let revoked = [refused(0, RefusalCode::Revoked, "KAZ is revoked")];
         let o = outlook(0, 1, &revoked, None);
         assert!(o.blocked);
         assert_eq!(
@@ -1124,8 +1202,7 @@ mod tests {
             "no relay will take it: relay 0 (192.0.2.0:7400) refused this node: Revoked (KAZ is \
              revoked). This participant or its key is revoked on the roster, or its key is not \
              (yet) listed (OPERATIONS.md 4.5; 4.4 for a key rotation). The message stays in the \
-             outbox and leaves only once a relay takes this node again; meanwhile, use another \
-             channel"
+             outbox and leaves only once this is put right; meanwhile, use another channel"
         );
         // Every relay must refuse: another, merely unreachable, may take it when it is back.
         let o = outlook(0, 2, &revoked, None);
@@ -1136,8 +1213,8 @@ mod tests {
              (192.0.2.0:7400) refused this node: Revoked (KAZ is revoked)"
         );
         let both = [
-            refused(0, ErrorCode::Revoked, "KAZ is revoked"),
-            refused(1, ErrorCode::UnknownParticipant, ""),
+            refused(0, RefusalCode::Revoked, "KAZ is revoked"),
+            refused(1, RefusalCode::UnknownParticipant, ""),
         ];
         let o = outlook(0, 2, &both, None);
         assert!(o.blocked);
@@ -1159,6 +1236,104 @@ mod tests {
         assert_eq!(
             o.note,
             "no relay reachable: the message is queued and will be sent when one is"
+        );
+    }
+
+    /// A relay of another protocol version, one that cannot verify this node's log-in, and
+    /// one whose certificate is not the pinned one refuse the node as lastingly as a
+    /// revocation: with every relay refused so, nothing leaves, and the note says why and
+    /// what to do for each.
+    #[test]
+    fn lasting_refusals_other_than_the_rosters_block_too() {
+        let version = [refused(
+            0,
+            RefusalCode::UnsupportedVersion,
+            "unsupported protocol version",
+        )];
+        let o = outlook(0, 1, &version, None);
+        assert!(o.blocked);
+        assert_eq!(
+            o.note,
+            "no relay will take it: relay 0 (192.0.2.0:7400) refused this node: \
+             UnsupportedVersion (unsupported protocol version). This node and relay 0 speak \
+             different protocol versions: upgrade the older (OPERATIONS.md 8.1, 8.2). The \
+             message stays in the outbox and leaves only once this is put right; meanwhile, \
+             use another channel"
+        );
+
+        let auth = [refused(
+            0,
+            RefusalCode::AuthFailed,
+            "authentication proof: bad signature",
+        )];
+        let o = outlook(0, 1, &auth, None);
+        assert!(o.blocked);
+        assert!(
+            o.note.starts_with(
+                "no relay will take it: relay 0 (192.0.2.0:7400) refused this node: AuthFailed \
+                 (authentication proof: bad signature). Relay 0 could not verify this node's \
+                 log-in proof"
+            ),
+            "{}",
+            o.note
+        );
+        assert!(o.note.contains("OPERATIONS.md 8.2"), "{}", o.note);
+
+        let fp = "ab".repeat(32);
+        let reason = format!("relay certificate {fp} does not match the pinned fingerprint");
+        let pin = [refused(0, RefusalCode::PinMismatch, &reason)];
+        let o = outlook(0, 1, &pin, None);
+        assert!(o.blocked);
+        assert_eq!(
+            o.note,
+            format!(
+                "no relay will take it: this node refused relay 0 (192.0.2.0:7400): PinMismatch \
+                 ({reason}). The certificate of relay 0 does not match the fingerprint pinned \
+                 in this node's configuration (`fingerprint` in its `[[relays]]` table): \
+                 compare with `hotline relay fingerprint` on the relay; its certificate may have \
+                 been rotated (OPERATIONS.md section 5), or something else answers at its \
+                 address. The message stays in the outbox and leaves only once this is put \
+                 right; meanwhile, use another channel"
+            )
+        );
+
+        // Two relays, each refused for its own reason: one hint each, in a fixed order.
+        let mixed = [
+            refused(0, RefusalCode::PinMismatch, &reason),
+            refused(1, RefusalCode::UnsupportedVersion, ""),
+        ];
+        let o = outlook(0, 2, &mixed, None);
+        assert!(o.blocked);
+        let (v, p) = (
+            o.note.find("This node and relay 1 speak").unwrap(),
+            o.note.find("The certificate of relay 0 does not").unwrap(),
+        );
+        assert!(v < p, "{}", o.note);
+        // The same refusal of several relays is one hint naming them all.
+        let pins = [
+            refused(0, RefusalCode::PinMismatch, &reason),
+            refused(1, RefusalCode::PinMismatch, &reason),
+            refused(2, RefusalCode::PinMismatch, &reason),
+        ];
+        let o = outlook(0, 3, &pins, None);
+        assert!(
+            o.note.contains(
+                "The certificates of relays 0, 1 and 2 do not match the fingerprints pinned"
+            ),
+            "{}",
+            o.note
+        );
+        assert_eq!(o.note.matches("The certificate").count(), 1, "{}", o.note);
+
+        // Another relay merely unreachable may take it when it is back.
+        let o = outlook(0, 2, &pin, None);
+        assert!(!o.blocked);
+        assert_eq!(
+            o.note,
+            format!(
+                "no relay reachable: the message is queued and will be sent when one is; this \
+                 node refused relay 0 (192.0.2.0:7400): PinMismatch ({reason})"
+            )
         );
     }
 
@@ -1187,7 +1362,7 @@ mod tests {
         let mine = PublicKey::of(&key);
         assert_eq!(own_roster_refusal(&roster, &me, &mine), None);
         let stale = own_roster_refusal(&roster, &me, &PublicKey::of(&other)).unwrap();
-        assert_eq!(stale.0, ErrorCode::Revoked);
+        assert_eq!(stale.0, RefusalCode::Revoked);
         assert!(
             stale
                 .1
@@ -1200,7 +1375,7 @@ mod tests {
         assert_eq!(
             revoked,
             (
-                ErrorCode::Revoked,
+                RefusalCode::Revoked,
                 "this node's roster (version 4) marks KAZ revoked".to_owned()
             )
         );
@@ -1217,7 +1392,7 @@ mod tests {
         );
         roster.participants.clear();
         let unknown = own_roster_refusal(&roster, &me, &mine).unwrap();
-        assert_eq!(unknown.0, ErrorCode::UnknownParticipant);
+        assert_eq!(unknown.0, RefusalCode::UnknownParticipant);
         assert_eq!(unknown.1, "KAZ is not on this node's roster (version 4)");
     }
 

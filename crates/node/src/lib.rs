@@ -77,34 +77,107 @@ pub(crate) struct LinkDown {
     pub(crate) error: Option<String>,
     /// Attempts that failed since the link was last up.
     pub(crate) failed_attempts: u32,
-    /// The relay refused this node itself at the last attempt, or when it ended the link:
-    /// nothing this node sends will leave through it until its roster changes.
+    /// The link's last attempt, or its end, met a lasting refusal (the relay refused this
+    /// node itself, or this node refused the relay's certificate): nothing this node sends
+    /// will leave through it until a roster, a configuration or a release changes.
     pub(crate) refused: Option<RelayRefusal>,
 }
 
-/// A relay's refusal of this node itself (not of one message): the relay's roster does not
-/// list this node's participant (`UnknownParticipant`), or marks it revoked or does not
-/// list its key (`Revoked`). It lasts until a roster lists the participant and key again.
+/// A lasting refusal of a relay link: one that every attempt meets again until someone
+/// changes a roster, a configuration or a release, not one that passes. The relay's roster
+/// does not list this node's participant (`UnknownParticipant`), or marks it revoked or does
+/// not list its key (`Revoked`); the relay does not speak this node's protocol version
+/// (`UnsupportedVersion`); it cannot verify this node's log-in proof (`AuthFailed`); or the
+/// relay's certificate is not the one this node pins for it (`PinMismatch`). A timeout, a
+/// relay restarting, at its connection limit or shutting down, and a link lost are not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RelayRefusal {
-    /// `Revoked` or `UnknownParticipant`.
-    pub(crate) code: hotline_proto::frame::ErrorCode,
-    /// The relay's reason text (`KAZ is revoked`), control characters removed.
+    /// What refused what.
+    pub(crate) code: RefusalCode,
+    /// The relay's reason text (`KAZ is revoked`), or this node's, control characters
+    /// removed.
     pub(crate) reason: String,
 }
 
+/// What a lasting refusal is; its [`name`](RefusalCode::name) is the API's `code`, the
+/// relay's `ErrorCode` where the relay refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefusalCode {
+    /// The relay's roster does not list this node's participant.
+    UnknownParticipant,
+    /// The relay's roster marks this node's participant revoked, or does not list its key.
+    Revoked,
+    /// The relay refused the protocol version of this node's log-in proof, or its TLS
+    /// handshake offered no protocol identifier (ALPN) this node speaks.
+    UnsupportedVersion,
+    /// The relay could not verify this node's log-in proof: its signature, or its binding
+    /// to the connection's TLS session (the relay does not check the proof's time).
+    AuthFailed,
+    /// This node refused the relay: its certificate is not the one pinned for it.
+    PinMismatch,
+}
+
+impl RefusalCode {
+    /// Its name in the API (`code` in a send's `refused_by` and in `/v1/status`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RefusalCode::UnknownParticipant => "UnknownParticipant",
+            RefusalCode::Revoked => "Revoked",
+            RefusalCode::UnsupportedVersion => "UnsupportedVersion",
+            RefusalCode::AuthFailed => "AuthFailed",
+            RefusalCode::PinMismatch => "PinMismatch",
+        }
+    }
+}
+
+/// The TLS alert `no_application_protocol` (RFC 7301): the relay speaks none of the
+/// protocol identifiers this node offers, so a relay of another protocol version refuses it
+/// in the handshake (OPERATIONS.md 8.2).
+const TLS_NO_APPLICATION_PROTOCOL: u8 = 120;
+
 impl RelayRefusal {
-    /// The refusal in `e`, if the relay closed the connection refusing this node.
+    /// The lasting refusal in `e`, if the relay refused this node at log-in (or when it
+    /// ended the link) for a reason that lasts, or this node refused the relay's
+    /// certificate. `None` for everything that may pass by itself: timeouts, a relay that
+    /// is shutting down (`GoingAway`), full (`Busy`), overloaded or slow (`LimitExceeded`,
+    /// `SlowConsumer`, `AuthTimeout`), failing (`Internal`), a second node with this key
+    /// (`Superseded`, handled apart), and lost or reset connections.
     pub(crate) fn of(e: &hotline_net::NetError) -> Option<Self> {
+        use hotline_net::NetError;
         use hotline_proto::frame::ErrorCode;
+        let clean = |reason: &str| reason.chars().filter(|c| !c.is_control()).collect();
         match e {
-            hotline_net::NetError::Closed {
-                code: code @ (ErrorCode::Revoked | ErrorCode::UnknownParticipant),
-                reason,
-            } => Some(Self {
-                code: *code,
-                reason: reason.chars().filter(|c| !c.is_control()).collect(),
+            NetError::Closed { code, reason } => {
+                let code = match code {
+                    ErrorCode::Revoked => RefusalCode::Revoked,
+                    ErrorCode::UnknownParticipant => RefusalCode::UnknownParticipant,
+                    ErrorCode::UnsupportedVersion => RefusalCode::UnsupportedVersion,
+                    ErrorCode::AuthFailed => RefusalCode::AuthFailed,
+                    _ => return None,
+                };
+                Some(Self {
+                    code,
+                    reason: clean(reason),
+                })
+            }
+            NetError::PinMismatch { presented } => Some(Self {
+                code: RefusalCode::PinMismatch,
+                reason: format!(
+                    "relay certificate {presented} does not match the pinned fingerprint"
+                ),
             }),
+            NetError::Connection(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code
+                    == quinn::TransportErrorCode::crypto(TLS_NO_APPLICATION_PROTOCOL) =>
+            {
+                Some(Self {
+                    code: RefusalCode::UnsupportedVersion,
+                    reason: format!(
+                        "the relay's TLS handshake refused protocol {} (no_application_protocol)",
+                        String::from_utf8_lossy(hotline_proto::frame::ALPN)
+                    ),
+                })
+            }
             _ => None,
         }
     }
@@ -178,7 +251,7 @@ impl NodeState {
     }
 
     /// Records relay `idx`'s link as down because of `error`: an attempt that failed
-    /// (`failed`), or a link lost; `refused` if the relay refused this node itself. The time
+    /// (`failed`), or a link lost; `refused` if that was a lasting refusal. The time
     /// it went down is kept across further failures; the refusal is the latest attempt's.
     pub(crate) fn link_down(
         &self,
@@ -595,5 +668,121 @@ pub(crate) fn received_event(
         references: env.references.clone(),
         repage,
         recovered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hotline_net::NetError;
+    use hotline_proto::frame::ErrorCode;
+
+    fn closed(code: ErrorCode, reason: &str) -> NetError {
+        NetError::Closed {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn peer_alert(alert: u8) -> NetError {
+        NetError::Connection(quinn::ConnectionError::ConnectionClosed(
+            quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::crypto(alert),
+                frame_type: None,
+                reason: Default::default(),
+            },
+        ))
+    }
+
+    /// Of the relay's close codes, exactly those that only a change of roster, release or
+    /// configuration ends are lasting refusals; the relay's reason is kept, without control
+    /// characters.
+    #[test]
+    fn a_relay_refuses_lastingly_only_for_what_a_change_must_end() {
+        let mut seen = 0;
+        for n in 0..64 {
+            let Some(code) = ErrorCode::from_close_code(n) else {
+                continue;
+            };
+            seen += 1;
+            let lasting = match code {
+                ErrorCode::Revoked => Some(RefusalCode::Revoked),
+                ErrorCode::UnknownParticipant => Some(RefusalCode::UnknownParticipant),
+                ErrorCode::UnsupportedVersion => Some(RefusalCode::UnsupportedVersion),
+                ErrorCode::AuthFailed => Some(RefusalCode::AuthFailed),
+                // A relay shutting down, full, overloaded, failing; a slow link or node; a
+                // second node with this key; a frame either side got wrong: all pass, or
+                // are not this node's configuration.
+                _ => None,
+            };
+            assert_eq!(
+                RelayRefusal::of(&closed(code, "why\n\u{1b}[2K this")),
+                lasting.map(|code| RelayRefusal {
+                    code,
+                    reason: "why[2K this".into()
+                }),
+                "{code:?}"
+            );
+        }
+        assert_eq!(seen, 14, "every close code is considered");
+    }
+
+    /// This node's own refusal of a relay's certificate lasts until the configuration or
+    /// the certificate changes; so does a relay with no protocol version in common.
+    #[test]
+    fn a_certificate_not_pinned_and_no_common_protocol_are_lasting() {
+        let fp = hotline_net::Fingerprint([7; 32]);
+        assert_eq!(
+            RelayRefusal::of(&NetError::PinMismatch { presented: fp }),
+            Some(RelayRefusal {
+                code: RefusalCode::PinMismatch,
+                reason: format!("relay certificate {fp} does not match the pinned fingerprint"),
+            })
+        );
+        let alpn = RelayRefusal::of(&peer_alert(TLS_NO_APPLICATION_PROTOCOL)).unwrap();
+        assert_eq!(alpn.code, RefusalCode::UnsupportedVersion);
+        assert!(alpn.reason.contains("cica-hotline/1"), "{}", alpn.reason);
+    }
+
+    /// What passes by itself is never a lasting refusal: a relay down or unreachable, a
+    /// link lost or reset, another TLS alert, a relay that stopped answering.
+    #[test]
+    fn transient_failures_are_not_lasting() {
+        let application = |code: u32| {
+            NetError::from_connection(quinn::ConnectionError::ApplicationClosed(
+                quinn::ApplicationClose {
+                    error_code: quinn::VarInt::from_u32(code),
+                    reason: Default::default(),
+                },
+            ))
+        };
+        for e in [
+            NetError::Timeout("QUIC handshake"),
+            NetError::Timeout("authentication"),
+            NetError::Connection(quinn::ConnectionError::TimedOut),
+            NetError::Connection(quinn::ConnectionError::Reset),
+            NetError::Connection(quinn::ConnectionError::LocallyClosed),
+            // The relay's TLS failing the handshake for another reason.
+            peer_alert(40),
+            peer_alert(80),
+            // A relay restarting or at its limit closes with these before any log-in.
+            application(ErrorCode::GoingAway.close_code()),
+            application(ErrorCode::Busy.close_code()),
+            application(ErrorCode::Superseded.close_code()),
+            // An application code that is not a hotline code.
+            application(999),
+            NetError::Protocol("relay closed the stream".into()),
+            NetError::Read("connection lost".into()),
+            NetError::Local("store: disk full".into()),
+        ] {
+            assert_eq!(RelayRefusal::of(&e), None, "{e}");
+        }
+        // And a refusal arriving as a close code reads as one.
+        assert_eq!(
+            RelayRefusal::of(&application(ErrorCode::UnsupportedVersion.close_code()))
+                .map(|r| r.code),
+            Some(RefusalCode::UnsupportedVersion)
+        );
     }
 }

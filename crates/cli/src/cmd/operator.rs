@@ -615,19 +615,29 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
 
 /// How one relay's link fares, from its `/v1/status` entry: `up since 19:00:01.000Z  rtt 41.2
 /// ms  lost 12 of 1234 packets (1.0 %)`, or `down since 19:00:01.000Z (3 failed attempts):
-/// why`, or `down (connecting)` before the first attempt has ended.
+/// why`, with `lasting refusal CODE` among the parentheses when nothing will leave through
+/// the relay until someone changes something (a roster, a configuration, a release), or
+/// `down (connecting)` before the first attempt has ended.
 fn link_text(r: &Value) -> String {
     if r["connected"] != true {
         if r["down_since_ms"].is_null() {
             return "down (connecting)".into();
         }
-        let attempts = match r["failed_attempts"].as_u64().unwrap_or(0) {
-            0 => String::new(),
-            1 => " (1 failed attempt)".into(),
-            n => format!(" ({n} failed attempts)"),
+        let mut notes = match r["failed_attempts"].as_u64().unwrap_or(0) {
+            0 => vec![],
+            1 => vec!["1 failed attempt".to_owned()],
+            n => vec![format!("{n} failed attempts")],
+        };
+        if let Some(code) = r["refused"]["code"].as_str() {
+            notes.push(format!("lasting refusal {code}"));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
         };
         return format!(
-            "down since {}{attempts}: {}",
+            "down since {}{notes}: {}",
             ts(&r["down_since_ms"]),
             r["last_error"].as_str().unwrap_or("reason unknown")
         );
@@ -723,8 +733,24 @@ mod tests {
             link_text(&refused),
             "down since 01:02:03.004Z (3 failed attempts): connection refused"
         );
+        let pinned = json!({"connected": false, "down_since_ms": 3_723_004u64,
+            "last_error": "TLS: relay certificate ab… does not match the pinned fingerprint",
+            "failed_attempts": 2, "refused": {"code": "PinMismatch", "reason": "…"}});
+        assert_eq!(
+            link_text(&pinned),
+            "down since 01:02:03.004Z (2 failed attempts, lasting refusal PinMismatch): TLS: \
+             relay certificate ab… does not match the pinned fingerprint"
+        );
+        let revoked = json!({"connected": false, "down_since_ms": 3_723_004u64,
+            "last_error": "link lost: closed by peer: Revoked: KAZ revoked by roster 2",
+            "failed_attempts": 0, "refused": {"code": "Revoked", "reason": "…"}});
+        assert_eq!(
+            link_text(&revoked),
+            "down since 01:02:03.004Z (lasting refusal Revoked): link lost: closed by peer: \
+             Revoked: KAZ revoked by roster 2"
+        );
         let lost = json!({"connected": false, "down_since_ms": 3_723_004u64,
-            "last_error": "link lost: timed out", "failed_attempts": 0});
+            "last_error": "link lost: timed out", "failed_attempts": 0, "refused": null});
         assert_eq!(
             link_text(&lost),
             "down since 01:02:03.004Z: link lost: timed out"
