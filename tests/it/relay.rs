@@ -1390,6 +1390,40 @@ async fn second_connection_supersedes_the_first() {
     relay.shutdown().await;
 }
 
+/// A node that leaves is counted as having ended its connection, not as one the relay
+/// closed: `connections_closed_total` is what the relay refused or shut, and an operator
+/// alerting on it must not be woken by nodes restarting.
+#[tokio::test]
+async fn a_node_leaving_is_counted_apart_from_the_relays_closes() {
+    let net = two();
+    let (relay, maddr, kaz, kgz) = with_metrics(&net).await;
+    kaz.close();
+    let left = "hotline_relay_connections_ended_by_node_total{code=\"Normal\"}";
+    wait_metric(maddr, left, |n| n == 1.0).await.unwrap();
+    kgz.session
+        .conn
+        .close(ErrorCode::Internal.close_code().into(), b"store failed");
+    let failed = "hotline_relay_connections_ended_by_node_total{code=\"Internal\"}";
+    wait_metric(maddr, failed, |n| n == 1.0).await.unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    for closed in ["Normal", "Internal"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("hotline_relay_connections_closed_total{{code=\"{closed}\"}}")
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        metric(&text, "hotline_relay_connections_lost_total"),
+        Some(0.0),
+        "{text}"
+    );
+    relay.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Operations: metrics, health, audit journal
 // ---------------------------------------------------------------------------------------

@@ -104,6 +104,17 @@ fn read_error(e: quinn::ReadError) -> NetError {
     }
 }
 
+/// A failed write: a lost connection is reported as the connection's own error, as a failed
+/// read's is ([`NetError::from_connection`]), so that a peer's close code is seen (a relay
+/// that closed with `Revoked` while this side wrote) and a connection that timed out is not
+/// taken for a broken stream.
+fn write_error(e: quinn::WriteError) -> NetError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => NetError::from_connection(c),
+        other => NetError::Write(other),
+    }
+}
+
 /// Writes length-prefixed frames to a send stream.
 pub struct FrameWriter {
     send: quinn::SendStream,
@@ -118,13 +129,13 @@ impl FrameWriter {
     /// Encodes and writes one frame.
     pub async fn write<T: bincode::Encode + FrameCheck>(&mut self, f: &T) -> Result<(), NetError> {
         let bytes = frame::encode_frame(f)?;
-        self.send.write_all(&bytes).await?;
+        self.send.write_all(&bytes).await.map_err(write_error)?;
         Ok(())
     }
 
     /// Writes already encoded frames (prefix included), e.g. a batch built in one buffer.
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        self.send.write_all(bytes).await?;
+        self.send.write_all(bytes).await.map_err(write_error)?;
         Ok(())
     }
 
@@ -132,7 +143,10 @@ impl FrameWriter {
     /// frame, shared by all its recipients' sessions): QUIC keeps the buffers instead of
     /// copying them into its own.
     pub async fn write_chunks(&mut self, chunks: &mut [bytes::Bytes]) -> Result<(), NetError> {
-        self.send.write_all_chunks(chunks).await?;
+        self.send
+            .write_all_chunks(chunks)
+            .await
+            .map_err(write_error)?;
         Ok(())
     }
 

@@ -91,6 +91,10 @@ pub(crate) struct Metrics {
     pub(crate) connections: AtomicU64,
     pub(crate) connections_total: AtomicU64,
     closes: [AtomicU64; ERROR_CODES],
+    /// Connections the node closed, by its code.
+    node_closes: [AtomicU64; ERROR_CODES],
+    /// Connections lost (timed out, reset).
+    lost: AtomicU64,
     pub(crate) accepted: AtomicU64,
     rejected: [AtomicU64; REJECT_CODES],
     pub(crate) deliveries: AtomicU64,
@@ -132,6 +136,8 @@ impl Metrics {
             connections: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
+            node_closes: std::array::from_fn(|_| AtomicU64::new(0)),
+            lost: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             deliveries: AtomicU64::new(0),
@@ -172,6 +178,16 @@ impl Metrics {
         if let Some(c) = self.closes.get(code as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    pub(crate) fn ended_by_node(&self, code: ErrorCode) {
+        if let Some(c) = self.node_closes.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn lost(&self) {
+        self.lost.fetch_add(1, Relaxed);
     }
 
     /// A group commit of `size` items succeeded after `took` (statements, commit, sync).
@@ -412,17 +428,32 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        let _ = writeln!(o, "# HELP hotline_relay_connections_closed_total Connections closed by the relay, by code.\n# TYPE hotline_relay_connections_closed_total counter");
-        for (i, c) in self.closes.iter().enumerate() {
-            let name = ErrorCode::from_close_code(i as u64)
-                .map(|c| format!("{c:?}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "hotline_relay_connections_closed_total{{code=\"{name}\"}} {}",
-                c.load(Relaxed)
-            );
+        for (name, help, counts) in [
+            (
+                "hotline_relay_connections_closed_total",
+                "Connections the relay closed, by the code it closed them with.",
+                &self.closes,
+            ),
+            (
+                "hotline_relay_connections_ended_by_node_total",
+                "Connections the node closed, by the code it closed them with (Normal: it left).",
+                &self.node_closes,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, c) in counts.iter().enumerate() {
+                let code = ErrorCode::from_close_code(i as u64)
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_default();
+                let _ = writeln!(o, "{name}{{code=\"{code}\"}} {}", c.load(Relaxed));
+            }
         }
+        counter(
+            &mut o,
+            "hotline_relay_connections_lost_total",
+            "Connections lost: timed out (the node went silent), reset, or broken at the transport.",
+            self.lost.load(Relaxed),
+        );
         for (name, help, depths) in [
             (
                 "hotline_relay_queue_depth",

@@ -100,20 +100,39 @@ enum Staged {
     Other(NodeToRelay),
 }
 
-/// Why a session ended; becomes the QUIC close code. The third field is the code the node
-/// itself closed the connection with, when that was not `Normal`: a node that refused a
-/// frame from this relay (`ProtocolViolation`, `FrameTooLarge`) or failed (`Internal`, its
-/// store cannot record what arrives) is worth a warning here.
-struct End(ErrorCode, String, Option<ErrorCode>);
+/// Why a session ended: the code the relay closes the connection with (`Normal` when the
+/// connection had already ended), a detail for the log and the close, and who ended it.
+struct End(ErrorCode, String, Cause);
+
+/// Who ended a session. Only the relay's own closes are counted by their code
+/// (`hotline_relay_connections_closed_total`); a node's close is counted by the node's code
+/// (`…_ended_by_node_total`) and a lost connection apart (`…_lost_total`), so that a node
+/// going away, or a link that fails, never reads as the relay refusing anyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The relay decided (a refusal, a limit, a shutdown, its own failure).
+    Relay,
+    /// The node closed the connection with this code: `Normal` when it simply left; another
+    /// code when it refused a frame from this relay (`ProtocolViolation`, `FrameTooLarge`)
+    /// or failed (`Internal`, its store cannot record what arrives), worth a warning here.
+    Node(ErrorCode),
+    /// The connection was lost: it timed out (the node went silent), was reset, or broke at
+    /// the transport.
+    Lost,
+}
 
 impl End {
     fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self(code, detail.into(), None)
+        Self(code, detail.into(), Cause::Relay)
     }
 }
 
 fn close(conn: &quinn::Connection, metrics: &Metrics, end: &End) {
-    metrics.closed(end.0);
+    match end.2 {
+        Cause::Relay => metrics.closed(end.0),
+        Cause::Node(code) => metrics.ended_by_node(code),
+        Cause::Lost => metrics.lost(),
+    }
     conn.close(
         end.0.close_code().into(),
         frame::detail(end.1.clone()).as_bytes(),
@@ -288,8 +307,11 @@ pub(crate) async fn run(
     match result {
         Ok(()) => {}
         Err(end) => {
-            let quiet =
-                end.2.is_none() && matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway);
+            let quiet = match end.2 {
+                Cause::Node(code) => code == ErrorCode::Normal,
+                Cause::Lost => false,
+                Cause::Relay => matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway),
+            };
             if quiet {
                 debug!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
             } else if !authenticated {
@@ -301,14 +323,16 @@ pub(crate) async fn run(
                     .tick(1, Instant::now());
                 match due {
                     Some(n) => {
-                        warn!(closed = n, last = %remote, code = ?end.0, node_code = ?end.2, detail = %end.1, "connections closed before logging in (a count since the last such line, at most one a 10 s: the metric hotline_relay_connections_closed_total has each)")
+                        warn!(closed = n, last = %remote, code = ?end.0, cause = ?end.2, detail = %end.1, "connections closed before logging in (a count since the last such line, at most one a 10 s: the metrics hotline_relay_connections_closed_total, …_ended_by_node_total and …_lost_total count each)")
                     }
                     None => {
-                        debug!(conn = conn_id, %remote, code = ?end.0, node_code = ?end.2, detail = %end.1, "connection closed before logging in")
+                        debug!(conn = conn_id, %remote, code = ?end.0, cause = ?end.2, detail = %end.1, "connection closed before logging in")
                     }
                 }
-            } else if let Some(code) = end.2 {
+            } else if let Cause::Node(code) = end.2 {
                 warn!(conn = conn_id, %remote, node_code = ?code, detail = %end.1, "the node closed the connection with an error");
+            } else if end.2 == Cause::Lost {
+                warn!(conn = conn_id, %remote, detail = %end.1, "connection lost");
             } else {
                 warn!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
             }
@@ -347,7 +371,7 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
         let (send, recv) = conn
             .accept_bi()
             .await
-            .map_err(|e| End::new(ErrorCode::Normal, e.to_string()))?;
+            .map_err(|e| net_end(NetError::from_connection(e)))?;
         let mut reader = FrameReader::new(recv);
         let writer = FrameWriter::new(send);
         match reader.read::<NodeToRelay>().await {
@@ -396,11 +420,24 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
 }
 
 fn net_end(e: NetError) -> End {
-    let by_node = match &e {
-        NetError::Closed { code, .. } if *code != ErrorCode::Normal => Some(*code),
-        _ => None,
-    };
-    End(e.close_code(), e.to_string(), by_node)
+    End(e.close_code(), e.to_string(), cause_of(&e))
+}
+
+/// Who ended a session that ended with `e`.
+fn cause_of(e: &NetError) -> Cause {
+    use quinn::ConnectionError as C;
+    match e {
+        NetError::Closed { code, .. } => Cause::Node(*code),
+        // Closed here: the hub closed it for a newer connection of the same participant,
+        // or the relay is shutting down.
+        NetError::Connection(C::LocallyClosed) => Cause::Relay,
+        // An application close with a code this release does not know (a newer node's).
+        NetError::Connection(C::ApplicationClosed(_)) => Cause::Node(ErrorCode::Normal),
+        // Timed out, reset, or closed by either QUIC stack for a transport error.
+        NetError::Connection(_) => Cause::Lost,
+        // What the node sent was wrong, or the relay failed: the relay closes.
+        _ => Cause::Relay,
+    }
 }
 
 async fn session(
@@ -458,7 +495,7 @@ async fn session(
         // The hub closed this connection because another authenticated as the same
         // participant: that is why it ended (reading the closed connection says only that
         // it is closed), and it is counted and logged as such.
-        Ok(()) | Err(End(ErrorCode::Normal, _, None)) if superseded => Err(End::new(
+        Ok(()) | Err(End(ErrorCode::Normal, _, Cause::Relay)) if superseded => Err(End::new(
             ErrorCode::Superseded,
             "another connection authenticated as this participant",
         )),
@@ -1046,4 +1083,47 @@ async fn hand_over<T>(
 
 fn encode(f: &RelayToNode) -> Result<Vec<u8>, End> {
     frame::encode_frame(f).map_err(|e| End::new(ErrorCode::Internal, format!("encode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::ConnectionError as C;
+
+    #[test]
+    fn a_session_end_is_put_down_to_whoever_ended_it() {
+        let by_node = |code| NetError::Closed {
+            code,
+            reason: String::new(),
+        };
+        assert_eq!(
+            cause_of(&by_node(ErrorCode::Normal)),
+            Cause::Node(ErrorCode::Normal)
+        );
+        assert_eq!(
+            cause_of(&by_node(ErrorCode::Internal)),
+            Cause::Node(ErrorCode::Internal)
+        );
+        let unknown_code = C::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(9_999),
+            reason: bytes::Bytes::new(),
+        });
+        assert_eq!(
+            cause_of(&NetError::from_connection(unknown_code)),
+            Cause::Node(ErrorCode::Normal)
+        );
+        assert_eq!(cause_of(&NetError::Connection(C::TimedOut)), Cause::Lost);
+        assert_eq!(cause_of(&NetError::Connection(C::Reset)), Cause::Lost);
+        assert_eq!(
+            cause_of(&NetError::Connection(C::LocallyClosed)),
+            Cause::Relay
+        );
+        assert_eq!(
+            cause_of(&NetError::Decode(hotline_proto::DecodeError::TooLarge {
+                len: 1 << 30,
+                max: 1 << 20,
+            })),
+            Cause::Relay
+        );
+    }
 }
