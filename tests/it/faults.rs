@@ -730,9 +730,12 @@ async fn start_fails_naming(net: &Net, what: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{what}: start-up did not name the file"))?;
     let (status, relay) = relay.wait_exit(EVENT_TIMEOUT).await?;
-    assert!(
-        !status.success(),
-        "{what}: the relay must not serve a damaged store"
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "{what}: the relay must not serve a damaged store, and exits with the status that \
+         its unit does not restart on: {}",
+        relay.log()
     );
     assert!(
         !relay.log().contains("relay listening"),

@@ -3253,7 +3253,7 @@ async fn a_node_refuses_another_members_store() {
     .unwrap();
     let (status, node) = node.wait_exit(EVENT_TIMEOUT).await.unwrap();
     let log = node.log();
-    assert!(!status.success(), "{status}: {log}");
+    assert_eq!(status.code(), Some(78), "{status}: {log}");
     assert!(
         log.contains("node-KGZ/node.db is the store of KAZ, but this is KGZ"),
         "{log}"
@@ -3278,7 +3278,7 @@ async fn a_node_refuses_another_members_store() {
 }
 
 /// A node's store written by a newer node (a rollback after an upgrade, the store kept) is
-/// refused at start: the node exits with status 1, saying on standard error that the file
+/// refused at start: the node exits with status 78 (a restart cannot help), saying on standard error that the file
 /// is a newer node's, not damaged, and what to do, and leaves it byte for byte as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refuses_a_store_from_a_newer_node_and_leaves_it_as_it_was() {
@@ -3304,7 +3304,8 @@ async fn a_node_refuses_a_store_from_a_newer_node_and_leaves_it_as_it_was() {
     .unwrap();
     let (status, node) = node.wait_exit(EVENT_TIMEOUT).await.unwrap();
     let log = node.log();
-    assert_eq!(status.code(), Some(1), "{status}: {log}");
+    assert_eq!(status.code(), Some(78), "{status}: {log}");
+    assert!(log.contains("starting it again will not help"), "{log}");
     assert!(
         log.contains(&format!(
             "error: {} was written by a newer version of the node (store schema version \

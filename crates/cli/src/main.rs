@@ -128,7 +128,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", report(&e));
-            ExitCode::FAILURE
+            if e.is::<cmd::CannotStart>() {
+                eprintln!("(exit status {}: the service cannot start until this is put right; starting it again will not help)", cmd::EXIT_CANNOT_START);
+                ExitCode::from(cmd::EXIT_CANNOT_START)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -16,14 +16,16 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::load(&args.config)?;
+    let config = NodeConfig::load(&args.config).map_err(super::CannotStart::classify)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let mut signals = super::Signals::catch()?;
-        let handle = Node::spawn(config).await?;
+        let handle = Node::spawn(config)
+            .await
+            .map_err(super::CannotStart::classify)?;
         loop {
             tokio::select! {
                 _ = signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); break }

@@ -120,14 +120,16 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = RelayConfig::load(&path)?;
+    let config = RelayConfig::load(&path).map_err(super::CannotStart::classify)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let mut signals = super::Signals::catch()?;
-        let handle = Relay::spawn(config).await?;
+        let handle = Relay::spawn(config)
+            .await
+            .map_err(super::CannotStart::classify)?;
         if let Some(m) = handle.metrics_addr() {
             tracing::info!(addr = %m, "metrics on http://{m}/metrics, health on http://{m}/health");
         }
