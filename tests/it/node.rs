@@ -988,7 +988,7 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
     );
     let mut kaz = net.start_node("KAZ").await.unwrap();
     kaz.proc
-        .wait_line(&["relay unreachable", "closed by peer: Revoked"])
+        .wait_line(&["ERROR", "refused, lastingly", "closed by peer: Revoked"])
         .await
         .unwrap();
 
@@ -1251,7 +1251,12 @@ async fn relays_refusing_the_nodes_version_or_log_in_say_no_relay_will_take_it()
     let mut kaz = net.start_node("KAZ").await.unwrap();
     for code in ["UnsupportedVersion", "AuthFailed"] {
         kaz.proc
-            .wait_line(&["relay unreachable", &format!("closed by peer: {code}")])
+            .wait_line(&[
+                "ERROR",
+                "refused, lastingly",
+                &format!("code={code}"),
+                &format!("closed by peer: {code}"),
+            ])
             .await
             .unwrap();
     }

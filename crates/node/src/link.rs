@@ -43,6 +43,9 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new();
     let mut short_pause = Backoff::new();
     let mut failures = 0u32;
+    // The lasting refusal last logged, so that it is logged once (and again only if it
+    // changes), not at every attempt.
+    let mut refusal_logged = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -54,13 +57,22 @@ pub(crate) async fn run(
         match attempt {
             Err(e) => {
                 failures += 1;
-                state.link_down(idx, e.to_string(), crate::RelayRefusal::of(&e), true);
-                // The first failure is worth a warning; repeats are noise until recovery.
-                if failures == 1 {
+                let refusal = crate::RelayRefusal::of(&e);
+                let code = refusal.as_ref().map(|r| r.code);
+                state.link_down(idx, e.to_string(), refusal, true);
+                // A lasting refusal is an error, logged when it starts or changes: waiting
+                // will not end it. Otherwise the first failure is worth a warning; repeats
+                // are noise until recovery.
+                if let Some(code) = code.filter(|c| refusal_logged != Some(*c)) {
+                    error!(relay = idx, %addr, code = %code.name(), error = %e, "relay link refused, lastingly: nothing leaves through this relay until this is put right (hotline node-status; OPERATIONS.md section 9); queued messages wait in the outbox");
+                } else if code.is_some() {
+                    debug!(relay = idx, %addr, error = %e, failures, "relay link still refused");
+                } else if failures == 1 {
                     warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
                 } else {
                     debug!(relay = idx, %addr, error = %e, failures, "relay still unreachable");
                 }
+                refusal_logged = code;
                 if matches!(e, NetError::PinMismatch { .. }) {
                     error!(relay = idx, %addr, "relay certificate does not match the pinned fingerprint: refusing it");
                 }
@@ -71,6 +83,7 @@ pub(crate) async fn run(
             Ok(session) => {
                 backoff.reset();
                 failures = 0;
+                refusal_logged = None;
                 let up_since = tokio::time::Instant::now();
                 state.link_up(
                     idx,
