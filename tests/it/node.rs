@@ -35,6 +35,21 @@ fn msg_field(line: &str) -> String {
         .to_owned()
 }
 
+/// `hotline send --json` to KGZ from a node no relay will take a message from: the answer,
+/// checked to say the message is queued, with no relay connected, and `blocked`.
+async fn send_blocked(node: &NodeProc, subject: &str) -> Value {
+    let sent = node
+        .cli_json(&["send", "--to", "KGZ", "--subject", subject])
+        .await
+        .unwrap();
+    assert_eq!(
+        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
+        (&json!("queued"), &json!(0), &json!(true)),
+        "{sent}"
+    );
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
     let net = net();
@@ -1019,15 +1034,7 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
         .unwrap();
     assert!(line.contains("refused this node: Revoked"), "{line}");
 
-    let sent = kaz
-        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident, again"])
-        .await
-        .unwrap();
-    assert_eq!(
-        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
-        (&json!("queued"), &json!(0), &json!(true)),
-        "{sent}"
-    );
+    let sent = send_blocked(&kaz, "Border incident, again").await;
     assert_eq!(
         sent["refused_by"],
         json!([{"relay": 0, "address": addr.to_string(), "code": "Revoked",
@@ -1125,15 +1132,7 @@ async fn a_node_pinning_another_certificate_says_no_relay_will_take_it() {
     // Logged once the link's state holds the refusal.
     kaz.proc.wait_line(&["ERROR", "refusing it"]).await.unwrap();
 
-    let sent = kaz
-        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident"])
-        .await
-        .unwrap();
-    assert_eq!(
-        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
-        (&json!("queued"), &json!(0), &json!(true)),
-        "{sent}"
-    );
+    let sent = send_blocked(&kaz, "Border incident").await;
     let presented = net.fingerprint;
     let reason = format!("relay certificate {presented} does not match the pinned fingerprint");
     assert_eq!(
@@ -1261,15 +1260,7 @@ async fn relays_refusing_the_nodes_version_or_log_in_say_no_relay_will_take_it()
             .unwrap();
     }
 
-    let sent = kaz
-        .cli_json(&["send", "--to", "KGZ", "--subject", "Border incident"])
-        .await
-        .unwrap();
-    assert_eq!(
-        (&sent["state"], &sent["relays_connected"], &sent["blocked"]),
-        (&json!("queued"), &json!(0), &json!(true)),
-        "{sent}"
-    );
+    let sent = send_blocked(&kaz, "Border incident").await;
     assert_eq!(
         sent["refused_by"],
         json!([
