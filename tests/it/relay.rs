@@ -2055,14 +2055,15 @@ async fn receipt_at(
 async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwarded() {
     let net = two_with("[limits]\nforward_foreign_max = 1\nforeign_receipts_per_day_max = 2\n");
     let depth = "hotline_relay_forward_queue_depth{participant=\"KAZ\"}";
-    // Receipts stored, redundant and unforwarded since the relay started, and KAZ's
-    // forward queue.
+    // Receipts stored, redundant, and unforwarded (for a full forward queue, and for a
+    // signer over its budget) since the relay started, and KAZ's forward queue.
     let counts = |maddr| async move {
         let text = http_get(maddr, "/metrics").await.unwrap();
         [
             "hotline_relay_receipts_stored_total",
             "hotline_relay_receipts_redundant_total",
-            "hotline_relay_receipts_unforwarded_total",
+            "hotline_relay_receipts_unforwarded_total{reason=\"forward_queue_full\"}",
+            "hotline_relay_receipts_unforwarded_total{reason=\"signer_over_budget\"}",
             depth,
         ]
         .map(|m| metric(&text, m).unwrap_or_else(|| panic!("{m} missing: {text}")))
@@ -2090,7 +2091,7 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     receipt_at(&mut kgz, ReceiptKind::Delivered, items, t + 4).await;
     assert_ne!(d1.digest(), d2.digest());
     // The counters and the forward queue are updated before the answers are sent.
-    assert_eq!(counts(maddr).await, [2.0, 3.0, 0.0, 2.0]);
+    assert_eq!(counts(maddr).await, [2.0, 3.0, 0.0, 0.0, 2.0]);
     for want in [&d1, &a1] {
         let (fwd, _) = kaz.next_receipt().await.unwrap();
         assert_eq!(&fwd, want);
@@ -2113,7 +2114,7 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     let day = utc_day();
     let f1 = receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(1)], t + 5).await;
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(2)], t + 6).await;
-    assert_eq!(counts(maddr).await, [3.0, 3.0, 1.0, 1.0]);
+    assert_eq!(counts(maddr).await, [3.0, 3.0, 1.0, 0.0, 1.0]);
     let (fwd, _) = kaz.next_receipt().await.unwrap();
     assert_eq!(fwd, f1);
 
@@ -2134,11 +2135,11 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(4)], t + 8).await;
     let c = counts(maddr).await;
     if utc_day() == day {
-        assert_eq!(c, [4.0, 3.0, 2.0, 0.0]);
+        assert_eq!(c, [4.0, 3.0, 1.0, 1.0, 0.0]);
     } else {
         // Past midnight the fourth may have been the new day's first, kept and forwarded.
         assert!(
-            c == [4.0, 3.0, 2.0, 0.0] || c == [5.0, 3.0, 1.0, 1.0],
+            c == [4.0, 3.0, 1.0, 1.0, 0.0] || c == [5.0, 3.0, 1.0, 0.0, 1.0],
             "{c:?}"
         );
     }
@@ -2150,7 +2151,7 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
     receipt_at(&mut kgz, ack("Sidorov"), items, t + 9).await;
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(5)], t + 10).await;
-    assert_eq!(counts(maddr).await, [1.0, 1.0, 0.0, 1.0]);
+    assert_eq!(counts(maddr).await, [1.0, 1.0, 0.0, 0.0, 1.0]);
     relay.shutdown().await;
 }
 

@@ -101,7 +101,8 @@ pub(crate) struct Metrics {
     pub(crate) receipts_stored: AtomicU64,
     pub(crate) receipts_forwarded: AtomicU64,
     receipts_redundant: AtomicU64,
-    receipts_unforwarded: AtomicU64,
+    /// Forwards refused for a full forward queue, and for a signer over its budget.
+    receipts_unforwarded: [AtomicU64; 2],
     pub(crate) store_reads: AtomicU64,
     /// Connections admitted and not yet authenticated (`crate::admission`).
     pub(crate) handshakes_pending: AtomicU64,
@@ -144,7 +145,7 @@ impl Metrics {
             receipts_stored: AtomicU64::new(0),
             receipts_forwarded: AtomicU64::new(0),
             receipts_redundant: AtomicU64::new(0),
-            receipts_unforwarded: AtomicU64::new(0),
+            receipts_unforwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             store_reads: AtomicU64::new(0),
             handshakes_pending: AtomicU64::new(0),
             handshakes_refused_address: AtomicU64::new(0),
@@ -244,12 +245,13 @@ impl Metrics {
     }
 
     /// A commit answered `redundant` valid receipts as stored without keeping them, and
-    /// refused `unforwarded` forwards of receipts naming messages not held here: to senders
-    /// whose queue was at `forward_foreign_max`, or of receipts whose signer was over
-    /// `foreign_receipts_per_day_max`.
-    pub(crate) fn receipts_not_kept(&self, redundant: u64, unforwarded: u64) {
+    /// refused forwards of receipts naming messages not held here: `queue_full` to senders
+    /// whose queue was at `forward_foreign_max`, `over_budget` of receipts whose signer was
+    /// over `foreign_receipts_per_day_max`.
+    pub(crate) fn receipts_not_kept(&self, redundant: u64, queue_full: u64, over_budget: u64) {
         self.receipts_redundant.fetch_add(redundant, Relaxed);
-        self.receipts_unforwarded.fetch_add(unforwarded, Relaxed);
+        self.receipts_unforwarded[0].fetch_add(queue_full, Relaxed);
+        self.receipts_unforwarded[1].fetch_add(over_budget, Relaxed);
     }
 
     pub(crate) fn commit_failed(&self) {
@@ -373,12 +375,17 @@ impl Metrics {
             "Valid receipts answered as stored but not kept or forwarded: every message they name already had that recipient's receipt (or acknowledgement) here.",
             self.receipts_redundant.load(Relaxed),
         );
-        counter(
-            &mut o,
-            "hotline_relay_receipts_unforwarded_total",
-            "Receipts for messages this relay does not hold not forwarded to a sender: its forward queue was at limits.forward_foreign_max, or the receipt's signer was over limits.foreign_receipts_per_day_max for the day (then not kept either). One per sender not forwarded to.",
-            self.receipts_unforwarded.load(Relaxed),
-        );
+        let _ = writeln!(o, "# HELP hotline_relay_receipts_unforwarded_total Receipts for messages this relay does not hold not forwarded to a sender, by reason: forward_queue_full, the sender's forward queue was at limits.forward_foreign_max; signer_over_budget, the receipt's signer was over limits.foreign_receipts_per_day_max for the day (then not kept either). One per sender not forwarded to.\n# TYPE hotline_relay_receipts_unforwarded_total counter");
+        for (reason, n) in ["forward_queue_full", "signer_over_budget"]
+            .iter()
+            .zip(&self.receipts_unforwarded)
+        {
+            let _ = writeln!(
+                o,
+                "hotline_relay_receipts_unforwarded_total{{reason=\"{reason}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         counter(
             &mut o,
             "hotline_relay_store_reads_total",

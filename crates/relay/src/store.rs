@@ -1748,9 +1748,12 @@ impl Writer {
                 for (signer, n) in p.foreign_kept {
                     self.foreign_budget.add(signer, now / DAY_MS, n);
                 }
-                let unforwarded = p.unforwarded + p.over_budget_forwards;
-                if p.redundant + unforwarded > 0 {
-                    self.ctx.metrics.receipts_not_kept(p.redundant, unforwarded);
+                if p.redundant + p.unforwarded + p.over_budget_forwards > 0 {
+                    self.ctx.metrics.receipts_not_kept(
+                        p.redundant,
+                        p.unforwarded,
+                        p.over_budget_forwards,
+                    );
                     if p.unforwarded > 0 {
                         self.warn_unforwarded(p.unforwarded);
                     }
@@ -3280,7 +3283,11 @@ mod tests {
     fn unforwarded_total(w: &Writer) -> String {
         let text = w.ctx.metrics.render(&[]);
         text.lines()
-            .find(|l| l.starts_with("hotline_relay_receipts_unforwarded_total "))
+            .find(|l| {
+                l.starts_with(
+                    "hotline_relay_receipts_unforwarded_total{reason=\"signer_over_budget\"} ",
+                )
+            })
             .unwrap_or_else(|| panic!("no metric: {text}"))
             .to_owned()
     }
@@ -3321,7 +3328,7 @@ mod tests {
         assert_eq!(kept_and_forwarded(&w, r3), (false, false), "over budget");
         assert_eq!(
             unforwarded_total(&w),
-            "hotline_relay_receipts_unforwarded_total 1"
+            "hotline_relay_receipts_unforwarded_total{reason=\"signer_over_budget\"} 1"
         );
 
         // Hours later the same day: still over. IND's budget is its own.
@@ -3353,7 +3360,7 @@ mod tests {
         assert_eq!(kept_and_forwarded(&w, news), (true, true), "news");
         assert_eq!(
             unforwarded_total(&w),
-            "hotline_relay_receipts_unforwarded_total 2"
+            "hotline_relay_receipts_unforwarded_total{reason=\"signer_over_budget\"} 2"
         );
 
         // The next UTC day, a fresh budget; a batch whose commit fails uses none of it.
