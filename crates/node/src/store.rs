@@ -513,8 +513,10 @@ fn set_seq(conn: &Connection, seq: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The roster stored last (`NodeStore::save_roster`), if any that decodes.
-fn stored_roster(conn: &Connection) -> Result<Option<Signed<Roster>>, StoreError> {
+/// The roster stored last (`NodeStore::save_roster`), if any that decodes, not verified. It
+/// only reads, so it serves a store opened read-only beside a running node too (`hotline
+/// config check`).
+pub fn stored_roster(conn: &Connection) -> Result<Option<Signed<Roster>>, StoreError> {
     let v: Option<Vec<u8>> = conn
         .query_row("SELECT value FROM meta WHERE key = 'roster'", [], |r| {
             r.get(0)

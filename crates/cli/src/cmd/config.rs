@@ -8,7 +8,9 @@
 //! text. Then it checks the files the configuration names, as far as this user can read them:
 //! a present but unusable file (a roster not signed by `roster_key`, a key file others may
 //! read, a participant missing from the roster) is an error; a missing or unreadable one is a
-//! warning, since the check often runs before the files are in place or as another user.
+//! warning, since the check often runs before the files are in place or as another user. A
+//! node's roster is checked as the node will use it: the newer of the file and the roster
+//! its store holds (read-only, so the check runs beside a running node).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,7 @@ use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 
 use hotline_node::NodeConfig;
+use hotline_proto::{Roster, Verified};
 use hotline_relay::RelayConfig;
 
 /// The `config` subcommands.
@@ -207,6 +210,29 @@ fn relay_limit_warnings(l: &hotline_relay::config::Limits) -> Vec<(&'static str,
     out
 }
 
+/// The roster a node's store holds, verified by `roster_key`, when the store exists and can
+/// be read (read-only: the node may be running). A store that cannot be read, or holds
+/// none, leaves the file's roster the only one; the first is noted.
+fn stored_roster(config: &NodeConfig, report: &mut Report) -> Option<Verified<Roster>> {
+    let db = config.data_dir.join(hotline_node::store::DB_FILE);
+    if !db.exists() {
+        return None;
+    }
+    let read = hotline_store::open_read_only(&db)
+        .and_then(|conn| hotline_node::store::stored_roster(&conn));
+    match read {
+        Ok(signed) => {
+            signed.and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok())
+        }
+        Err(e) => {
+            report.notes.push(format!(
+                "the store's roster was not read ({e}): checked against the roster file only"
+            ));
+            None
+        }
+    }
+}
+
 fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut Report) {
     let me = &config.participant;
     let mut key = None;
@@ -220,50 +246,73 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
         }
     }
     let hint = " (the signed roster, from the Secretariat)";
-    if report.readable("roster", &config.roster, hint) {
-        match hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
-        {
-            Err(e) => report
+    // The node starts on the newer of the roster file and the roster its store holds (one a
+    // relay sent it), so the checks below are made against that one, as the node will.
+    let stored = stored_roster(config, report);
+    let from_file = report.readable("roster", &config.roster, hint).then(|| {
+        hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
+    });
+    // The roster the node starts on, and how to name it: the store's is named as such.
+    let roster = match (from_file, stored) {
+        (Some(Ok(f)), Some(s)) if s.version > f.version => {
+            let name = format!(
+                "roster version {} (the node's store holds it; the file's is {})",
+                s.version, f.version
+            );
+            Some((s, name))
+        }
+        (Some(Ok(f)), _) => {
+            let name = format!("roster version {}", f.version);
+            Some((f, name))
+        }
+        (Some(Err(e)), Some(s)) => {
+            report.warnings.push(with_line(
+                &format!(
+                    "{e}; the node will start on roster version {} from its store",
+                    s.version
+                ),
+                Some("roster"),
+                text,
+                path,
+            ));
+            let name = format!("roster version {} (the node's store holds it)", s.version);
+            Some((s, name))
+        }
+        (Some(Err(e)), None) => {
+            report
                 .errors
-                .push(with_line(&e.to_string(), Some("roster"), text, path)),
-            Ok(r) => match r.participant(me) {
-                None => report.errors.push(with_line(
-                    &format!(
-                        "{}: participant {me} is not on roster version {}",
-                        path.display(),
-                        r.version
-                    ),
-                    Some("participant"),
-                    text,
-                    path,
-                )),
-                Some(p) if p.revoked => report.errors.push(with_line(
-                    &format!(
-                        "{}: participant {me} is revoked in roster version {}",
-                        path.display(),
-                        r.version
-                    ),
-                    Some("participant"),
-                    text,
-                    path,
-                )),
-                Some(p) => {
-                    if let Some(k) = key.filter(|k| !p.keys.contains(k)) {
-                        report.warnings.push(format!(
-                            "key {}: public key {k} is not one of {me}'s keys in roster \
-                             version {} (relays will refuse this node until a roster \
-                             listing it arrives)",
-                            config.key.display(),
-                            r.version
-                        ));
-                    }
-                    report.notes.push(format!(
-                        "roster version {} with {} participants, signed by roster_key",
-                        r.version,
-                        r.participants.len()
+                .push(with_line(&e.to_string(), Some("roster"), text, path));
+            None
+        }
+        (None, s) => s.map(|s| {
+            let name = format!("roster version {} (the node's store holds it)", s.version);
+            (s, name)
+        }),
+    };
+    if let Some((r, name)) = roster {
+        let error = |what: String| with_line(&what, Some("participant"), text, path);
+        match r.participant(me) {
+            None => report.errors.push(error(format!(
+                "{}: participant {me} is not on {name}",
+                path.display()
+            ))),
+            Some(p) if p.revoked => report.errors.push(error(format!(
+                "{}: participant {me} is revoked in {name}",
+                path.display()
+            ))),
+            Some(p) => {
+                if let Some(k) = key.filter(|k| !p.keys.contains(k)) {
+                    report.warnings.push(format!(
+                        "key {}: public key {k} is not one of {me}'s keys in {name} (relays \
+                         will refuse this node until a roster listing it arrives)",
+                        config.key.display()
                     ));
                 }
-            },
+                report.notes.push(format!(
+                    "{name} with {} participants, signed by roster_key",
+                    r.participants.len()
+                ));
+            }
         }
     }
     check_data_dir(Kind::Node, &config.data_dir, text, path, report);

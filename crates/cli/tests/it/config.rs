@@ -388,3 +388,95 @@ fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
+
+/// A node starts on the newer of its roster file and the roster its store holds (one a
+/// relay sent it), so the check is made against that one: a node the store's newer roster
+/// revokes is refused though the file still lists it, and a roster file that does not
+/// verify is only a warning when the store holds a roster the node can start on.
+#[test]
+fn a_node_is_checked_against_the_newer_roster_its_store_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keys = d.join("keys");
+    let out = hotline(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
+    assert!(out.status.success(), "{out:?}");
+    let roster_key = String::from_utf8(out.stdout).expect("UTF-8");
+    let roster_key = roster_key.trim();
+    sign_cica_roster(d, &keys);
+    std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
+    set_mode(&d.join("KAZ.key"), 0o600);
+    let node = d.join("node.toml");
+    std::fs::write(&node, node_text(&"ab".repeat(32)).replace(KEY, roster_key)).expect("write");
+
+    // Version 2, which revokes KAZ, reaches the node's store (as from a relay); the file
+    // is still version 1.
+    let draft = d.join("draft.toml");
+    let v2 = d.join("roster-v2.signed");
+    for args in [
+        vec!["roster", "revoke", "--roster", s(&draft), "--id", "KAZ"],
+        vec![
+            "roster",
+            "sign",
+            "--roster",
+            s(&draft),
+            "--key",
+            s(&keys.join("ROSTER.key")),
+            "--version",
+            "2",
+            "--out",
+            s(&v2),
+        ],
+    ] {
+        let out = hotline(&args);
+        assert!(out.status.success(), "hotline {args:?}: {out:?}");
+    }
+    let pinned: hotline_proto::PublicKey = roster_key.parse().expect("roster key");
+    let revoking = hotline_config::roster_file::read_verified_roster(&v2, &pinned).expect("v2");
+    let data = d.join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    hotline_node::store::NodeStore::open(&data)
+        .expect("store")
+        .save_roster(&revoking, 1)
+        .expect("save roster");
+
+    let err = refused(
+        d,
+        "node.toml",
+        &std::fs::read_to_string(&node).expect("read"),
+    );
+    assert!(
+        err.contains(
+            "participant KAZ is revoked in roster version 2 (the node's store holds it; the \
+             file's is 1)"
+        ),
+        "{err}"
+    );
+
+    // With KAZ in good standing in the store's roster, a damaged roster file is a warning:
+    // the node starts on the store's. --strict refuses it.
+    std::fs::remove_dir_all(&data).expect("remove store");
+    std::fs::create_dir(&data).expect("data dir");
+    let file = hotline_config::roster_file::read_verified_roster(&d.join("roster.signed"), &pinned)
+        .expect("v1");
+    hotline_node::store::NodeStore::open(&data)
+        .expect("store")
+        .save_roster(&file, 1)
+        .expect("save roster");
+    std::fs::write(d.join("roster.signed"), "not a roster\n").expect("damage the file");
+    let out = check(&node);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("the node will start on roster version 1 from its store"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "roster version 1 (the node's store holds it) with 38 participants, signed by \
+             roster_key"
+        ),
+        "{out:?}"
+    );
+    let out = hotline(&["config", "check", "--strict", s(&node)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
