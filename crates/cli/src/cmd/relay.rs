@@ -238,6 +238,7 @@ fn report(
     if !hotline_relay::store::is_relay_store(&conn)? {
         anyhow::bail!("{}: not a relay store", db.display());
     }
+    hotline_relay::store::check_schema_version(&conn, &db)?;
     let now = hotline_relay::now_ms();
     let since = now.saturating_sub(hours.saturating_mul(3_600_000));
     let view = |t: &hotline_relay::report::Tracked| {

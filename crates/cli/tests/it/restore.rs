@@ -101,3 +101,37 @@ fn a_node_copy_from_a_newer_schema_is_refused_and_the_store_in_place_is_kept() {
     newer_copy(dir.path(), "node-data", ours, 98);
     refused_as_newer(dir.path(), "node-data", &[], "node", ours + 98, ours);
 }
+
+/// `hotline audit verify` on a store from a newer release says so, for a relay's and a
+/// node's, rather than report a journal or records that do not verify.
+#[test]
+fn audit_verify_names_a_store_from_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    let node = dir.path().join("node-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    std::fs::create_dir(&node).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    drop(hotline_node::store::NodeStore::open(&node).expect("a node store"));
+    for (data, file, kind) in [
+        ("relay-data", "relay.db", "relay"),
+        ("node-data", "node.db", "node"),
+    ] {
+        let verified = hotline(dir.path(), &["audit", "verify", "--data", data]);
+        assert!(verified.status.success(), "{verified:?}");
+        let db = dir.path().join(data).join(file);
+        hotline_store::open(&db, false)
+            .expect("open")
+            .execute_batch(&format!("PRAGMA user_version = {}", user_version(&db) + 7))
+            .expect("a newer schema");
+        let out = hotline(dir.path(), &["audit", "verify", "--data", data]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr.contains(&format!(
+                "{file} was written by a newer version of the {kind}"
+            )),
+            "{stderr}"
+        );
+    }
+}
