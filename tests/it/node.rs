@@ -3425,3 +3425,47 @@ async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
     }
     relay.shutdown().await;
 }
+
+/// A node that hangs (stopped with SIGSTOP, as a frozen machine) goes silent: the relay
+/// counts its connection as lost, neither as one it closed nor as one the node ended; the
+/// node, running again, connects again. The relay's idle timeout is 2 s here (6 s by
+/// default), its keep-alive 0.5 s (below the timeout, as the configuration requires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_a_lost_connection_to_the_relay() {
+    let net = Net::sec_kaz_kgz_with("[limits]\nidle_timeout_ms = 2000\nkeepalive_ms = 500\n");
+    let relay = net.relay().await;
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    let after = kaz.proc.log_len();
+    kaz.proc.signal("STOP").unwrap();
+    let lost = wait_metric(maddr, "hotline_relay_connections_lost_total", |n| n == 1.0).await;
+    // Running again before anything is asserted, so that a failure leaves no stopped process.
+    kaz.proc.signal("CONT").unwrap();
+    lost.unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    for (name, want) in [
+        (
+            "hotline_relay_connections_closed_total{code=\"Normal\"}",
+            0.0,
+        ),
+        (
+            "hotline_relay_connections_ended_by_node_total{code=\"Normal\"}",
+            0.0,
+        ),
+        ("hotline_relay_connections_total", 1.0),
+    ] {
+        assert_eq!(metric(&text, name), Some(want), "{name}: {text}");
+    }
+    kaz.proc
+        .wait_lines_from(after, &["relay connected"], 1)
+        .await
+        .unwrap();
+    wait_metric(maddr, "hotline_relay_connections", |n| n == 1.0)
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
