@@ -14,7 +14,8 @@ pub(crate) mod roster;
 use hotline_store::StoreError;
 
 /// The exit status of `hotline relay` and `hotline node` when the service cannot start and
-/// starting it again cannot help: its configuration, key or roster is unusable, or its store
+/// starting it again cannot help: its configuration, key, roster or (relay) certificate is
+/// unusable, or its store
 /// is damaged (SQLite's check, a record that does not decode, a broken audit journal), was
 /// written by a newer release, or is another participant's. It is sysexits' `EX_CONFIG`; the systemd
 /// units list it in `RestartPreventExitStatus=`, so that systemd does not start the service
@@ -53,6 +54,10 @@ fn is_lasting(e: &(dyn std::error::Error + 'static)) -> bool {
         return match e {
             RelayError::Config(_) | RelayError::Roster { .. } => true,
             RelayError::Store(e) => store_is_lasting(e),
+            // The certificate or key cannot be read or used (not a pair, not PEM).
+            RelayError::Net(hotline_net::NetError::Tls(_) | hotline_net::NetError::TlsFile(_)) => {
+                true
+            }
             _ => false,
         };
     }

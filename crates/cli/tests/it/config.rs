@@ -353,6 +353,26 @@ fn the_named_files_are_checked() {
         err.contains("not the private key") && err.contains("other.key"),
         "{err}"
     );
+    // The relay refuses to start on them, with the status its unit does not restart on
+    // (78): starting it again would meet the same pair.
+    let config = d.join("mismatched.toml");
+    let args = ["relay", "--config", s(&config)];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotline"));
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = super::output_within(
+        super::spawn_grouped(&mut cmd),
+        &args,
+        std::time::Duration::from_secs(30),
+        "the relay started with a certificate and a key that are not a pair",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(78) && stderr.contains("not the private key"),
+        "{out:?}"
+    );
     let out = hotline(&[
         "relay",
         "fingerprint",
