@@ -1425,6 +1425,110 @@ async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
     relay.shutdown().await;
 }
 
+/// OPERATIONS.md 4.7 in the other order, nodes before relays: KAZ is reconfigured to a new
+/// roster key B (its roster file the same draft signed by B at a higher version) while the
+/// relay still serves key A's roster. The relay's roster is older than KAZ's, so it sends
+/// none and KAZ has nothing to refuse; messages flow both ways with KGZ, still on key A.
+/// A roster key A signs meanwhile is refused by KAZ (`roster refused`) and installed by KGZ,
+/// and nothing stops. Once the relay moves to key B, KAZ installs key B's next roster and
+/// KGZ refuses it, and both keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moved_to_a_new_roster_key_before_its_relay_keeps_working() {
+    let mut net = net();
+    // A fixed address: the relay is restarted on the new key where the nodes look for it.
+    let addr = free_udp_addr();
+    net.set_relay_listen(addr);
+    let relay = net.relay().await;
+    let key_b = SigningKey::from_bytes(&[0xBB; 32]);
+    let mut roster_b = net.roster.clone();
+    roster_b.version = 5;
+    hotline_config::roster_file::write_signed_roster(
+        &net.path().join("roster-b.signed"),
+        &Signed::sign(&roster_b, &key_b).unwrap(),
+    )
+    .unwrap();
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            roster: Some("roster-b.signed".into()),
+            roster_key: Some(PublicKey::of(&key_b)),
+            ..NodeSetup::relay(addr)
+        },
+    );
+    net.node_config("KGZ", addr);
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 5, "{st}");
+
+    // Both ways, each node on its own key's roster.
+    async fn flows(kaz: &mut NodeProc, kgz: &mut NodeProc, subject: &str) {
+        let id = kaz.send("KGZ", subject, &[]).await.unwrap();
+        kgz.proc
+            .wait_line(&["message received", &msg(&id)])
+            .await
+            .unwrap();
+        let id = kgz.send("KAZ", subject, &[]).await.unwrap();
+        kaz.proc
+            .wait_line(&["message received", &msg(&id)])
+            .await
+            .unwrap();
+    }
+    flows(&mut kaz, &mut kgz, "nodes first").await;
+    assert_eq!(
+        kaz.proc.count_lines(&["roster refused"]),
+        0,
+        "the relay's roster is older than KAZ's: it sends none\n{}",
+        kaz.proc.log()
+    );
+
+    // Key A signs another roster meanwhile (version 2): KAZ refuses it and keeps version 5.
+    net.update_roster(|r| r.participants[1].name = "Republic of Kazakhstan".into());
+    assert_eq!(relay.reload_roster().unwrap(), 2);
+    let line = kaz
+        .proc
+        .wait_line(&["roster refused", "relay update"])
+        .await
+        .unwrap();
+    assert!(line.contains("version=5"), "{line}");
+    kgz.proc
+        .wait_line(&["roster installed", "version=2"])
+        .await
+        .unwrap();
+    flows(&mut kaz, &mut kgz, "after key A's reload").await;
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 5, "{st}");
+
+    // The relay moves to key B (4.7 step 2), with key B's roster at version 6.
+    relay.shutdown().await;
+    let text = std::fs::read_to_string(&net.relay_config).unwrap();
+    let text = text.replace(
+        &format!("roster_key = \"{}\"", PublicKey::of(&net.roster_key)),
+        &format!("roster_key = \"{}\"", PublicKey::of(&key_b)),
+    );
+    std::fs::write(&net.relay_config, text).unwrap();
+    net.roster_key = key_b;
+    net.roster = roster_b;
+    net.update_roster(|_| {});
+    let relay = net.relay().await;
+    let line = kaz
+        .proc
+        .wait_line(&["roster installed", "version=6"])
+        .await
+        .unwrap();
+    assert!(line.contains("previous=5"), "{line}");
+    let line = kgz
+        .proc
+        .wait_line(&["roster refused", "relay welcome"])
+        .await
+        .unwrap();
+    assert!(line.contains("version=2"), "{line}");
+    flows(&mut kaz, &mut kgz, "relay moved").await;
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
     let net = net();
