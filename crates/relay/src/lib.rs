@@ -71,9 +71,17 @@ pub enum RelayError {
 
 /// Reads and verifies a signed roster file against the pinned roster key.
 pub fn load_roster(path: &Path, key: &PublicKey) -> Result<Verified<Roster>, RelayError> {
-    hotline_config::roster_file::read_verified_roster(path, key).map_err(|e| RelayError::Roster {
-        path: path.to_owned(),
-        reason: e.to_string(),
+    hotline_config::roster_file::read_verified_roster(path, key).map_err(|e| {
+        // The file's errors name it already; `RelayError::Roster` names it once.
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(&format!("{}: ", path.display()))
+            .unwrap_or(&text)
+            .to_owned();
+        RelayError::Roster {
+            path: path.to_owned(),
+            reason,
+        }
     })
 }
 
@@ -518,4 +526,45 @@ async fn accept_loop(
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     info!("relay stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_proto::{Participant, ParticipantId, Role, Signed, SigningKey, PROTOCOL_VERSION};
+
+    /// A roster file the pinned key did not sign is refused naming the file once (the
+    /// file's own error names it too): `roster FILE: roster is signed by key …`.
+    #[test]
+    fn a_refused_roster_file_is_named_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("roster.signed");
+        let signer = SigningKey::from_bytes(&[7; 32]);
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 1,
+            issued_at_ms: 1_000,
+            network: "TEST".into(),
+            participants: vec![Participant {
+                id: ParticipantId::new("SEC").expect("id"),
+                name: "Secretariat".into(),
+                role: Role::Secretariat,
+                keys: vec![PublicKey::of(&SigningKey::from_bytes(&[1; 32]))],
+                revoked: false,
+            }],
+            groups: vec![],
+        };
+        hotline_config::roster_file::write_signed_roster(
+            &path,
+            &Signed::sign(&roster, &signer).expect("sign"),
+        )
+        .expect("write");
+        let pinned = PublicKey::of(&SigningKey::from_bytes(&[8; 32]));
+        let text = load_roster(&path, &pinned)
+            .expect_err("signed by another key")
+            .to_string();
+        let named = path.display().to_string();
+        assert_eq!(text.matches(&named).count(), 1, "{text}");
+        assert!(text.starts_with(&format!("roster {named}: ")), "{text}");
+    }
 }
