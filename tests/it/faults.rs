@@ -11,6 +11,7 @@ use hotline_e2e::*;
 use hotline_exercise::deploy::Deployment;
 use hotline_exercise::process::{hotline_bin as bin, Proc as XProc};
 use hotline_node::client::ApiClient;
+use hotline_proto::frame::{ErrorCode, RelayToNode};
 use hotline_proto::{Audience, RejectCode};
 use serde_json::{json, Value};
 
@@ -324,6 +325,83 @@ async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()
     assert_eq!(got, want);
     println!(
         "disk full: {refused} refused with StorageUnavailable, {} accepted and all delivered",
+        accepted.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// The relay sends a batch to connected recipients while its commit syncs. When that
+/// commit fails (here: a full disk), the sender is refused with `StorageUnavailable`, and
+/// the recipients' sessions, which may have been sent what is not stored (at positions the
+/// next commits hand out again), are closed; connecting again, a recipient is delivered
+/// everything that was accepted, the first message after the disk has space again
+/// included, and nothing that was refused.
+#[tokio::test]
+async fn a_commit_failing_after_its_batch_was_sent_closes_the_recipients_sessions(
+) -> anyhow::Result<()> {
+    let net = Net::sec_kaz_kgz();
+    let Some((_mount, data)) = small_disk(&net, "relay-data")? else {
+        return Ok(());
+    };
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await?;
+    let mut kgz = net.client(addr, "KGZ").await?;
+    let before = kaz.send_to("KGZ", "before the disk filled").await?;
+    let (got, _) = kgz.next_deliver().await?;
+    assert_eq!(got.digest(), before.digest());
+
+    let filler = fill(&data);
+    let mut accepted = vec![before];
+    let mut refused = None;
+    for i in 0..200 {
+        let env = kaz.envelope(
+            Audience::Participants(vec![pid("KGZ")]),
+            &format!("while full {i}"),
+        );
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await?;
+        match kaz.answer(env.id).await? {
+            Ok(_) => accepted.push(s),
+            Err(r) => {
+                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full disk refuses a message");
+    // KGZ's session ends: whatever it was sent meanwhile, then the relay's close.
+    let mut first = HashSet::new();
+    while let Ok(f) = kgz.next().await {
+        if let RelayToNode::Deliver(m) = f {
+            first.insert(m.digest());
+        }
+    }
+    assert_eq!(kgz.closed_code().await?, ErrorCode::Normal);
+
+    std::fs::remove_file(&filler)?;
+    let after = kaz.send_to("KGZ", "after space returned").await?;
+    accepted.push(after.clone());
+    let mut kgz = net.client(addr, "KGZ").await?;
+    let mut second = HashSet::new();
+    while !second.contains(&after.digest()) {
+        let (m, _) = kgz.next_deliver().await?;
+        assert!(second.insert(m.digest()), "delivered twice");
+    }
+    let want: HashSet<_> = accepted.iter().map(|s| s.digest()).collect();
+    assert_eq!(
+        second, want,
+        "everything accepted, the first message included"
+    );
+    assert!(
+        !second.contains(&refused.digest()),
+        "a refused message is not stored"
+    );
+    println!(
+        "commit failed after its batch was sent: KGZ had {} frames, then its session was closed; {} accepted, all delivered on reconnecting",
+        first.len(),
         accepted.len()
     );
     relay.shutdown().await;

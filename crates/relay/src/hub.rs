@@ -1,8 +1,13 @@
 //! The registry of live, authenticated sessions: one per participant, each with a mailbox.
 //!
-//! After a commit, the store writer posts what it queued for a participant (the encoded
-//! frame, with its queue position) to that participant's mailbox and wakes the session, so
-//! a connected node is served from memory instead of reading back what was just written.
+//! The store writer posts what a batch queues for a participant (the encoded frame, with
+//! its queue position) to that participant's mailbox and wakes the session, so a connected
+//! node is served from memory instead of reading back what was just written. It posts
+//! twice: once just before the commit's sync, so that the fan-out overlaps the `fsync`
+//! (ARCHITECTURE.md, "Invariants"), and once after the commit, when the items are in the
+//! store; a lane takes an item only once (positions it already holds or held are skipped),
+//! so the second post only fills in what the first could not place (no session yet, or a
+//! lane that overflowed and may have read the store before the commit).
 //! The store stays the truth: a mailbox that overflows is emptied and flagged, and the
 //! session then reads its queue from the store (see [`Lane`]). A second connection for the
 //! same participant supersedes the first.
@@ -23,7 +28,7 @@ pub(crate) struct Posted {
     pub(crate) id: Option<MessageId>,
     /// The encoded frame, shared by every recipient of the same item.
     pub(crate) frame: bytes::Bytes,
-    /// When the commit that stored it returned (set by [`Hub::post`]), for
+    /// When the writer first posted it (set by [`Hub::post`]), for
     /// `hotline_relay_fanout_seconds`.
     pub(crate) committed: Option<std::time::Instant>,
 }
@@ -42,6 +47,9 @@ pub(crate) struct Lane {
     /// Bytes of the frames in `items` (a frame shared with other lanes counts in each).
     bytes: usize,
     overflowed: bool,
+    /// The highest position this lane has taken since it was last emptied by an overflow
+    /// (0: none): the writer's second post of a batch is skipped up to it.
+    last: i64,
 }
 
 /// How much a lane may hold before it overflows.
@@ -62,19 +70,30 @@ pub(crate) enum Take {
 }
 
 impl Lane {
-    fn push(&mut self, p: Posted, cap: LaneCap) {
+    /// Adds `p` unless the lane already took its position; whether the session has
+    /// something new to look at (the item, or an overflow).
+    fn push(&mut self, p: Posted, cap: LaneCap) -> bool {
         if self.overflowed {
-            // Already lost some: the session reads the store, which holds this one too.
-            return;
+            // Already lost some: the session reads the store, which holds this one too once
+            // it has committed (and the writer posts it again after the commit, in case the
+            // session read the store before).
+            return false;
+        }
+        if p.pos <= self.last {
+            return false;
         }
         if self.items.len() >= cap.items || self.bytes + p.frame.len() > cap.bytes {
             self.items.clear();
             self.bytes = 0;
             self.overflowed = true;
-            return;
+            // What was emptied may not be in the store yet: take the batch's second post.
+            self.last = 0;
+            return true;
         }
+        self.last = p.pos;
         self.bytes += p.frame.len();
         self.items.push_back(p);
+        true
     }
 
     /// Takes up to `max` items positioned after `cursor`.
@@ -101,6 +120,7 @@ impl Lane {
         self.items.clear();
         self.bytes = 0;
         self.overflowed = true;
+        self.last = 0;
     }
 }
 
@@ -226,29 +246,30 @@ impl Hub {
         ours
     }
 
-    /// Posts committed items to their participants' mailboxes and wakes those sessions.
-    /// Items for a participant without a session are dropped: the store holds them.
-    pub(crate) fn post(
-        &self,
-        items: Vec<(ParticipantId, Kind, Posted)>,
-        committed: std::time::Instant,
-    ) {
+    /// Posts a batch's items to their participants' mailboxes and wakes the sessions that
+    /// have something new. Items for a participant without a session are dropped: the
+    /// store holds them once the batch has committed. The writer posts each batch twice,
+    /// before and after its commit (see the module's documentation); `at` is the first.
+    pub(crate) fn post(&self, items: &[(ParticipantId, Kind, Posted)], at: std::time::Instant) {
         if items.is_empty() {
             return;
         }
         let map = self.lock();
         let mut woken: Vec<&Arc<Mailbox>> = Vec::new();
-        for (who, kind, mut p) in items {
-            let Some(e) = map.get(&who) else { continue };
-            p.committed = Some(committed);
-            {
+        for (who, kind, p) in items {
+            let Some(e) = map.get(who) else { continue };
+            let mut p = p.clone();
+            p.committed = Some(at);
+            let news = {
                 let mut l = e.mailbox.lock();
                 match kind {
                     Kind::Message => l.0.push(p, e.mailbox.cap),
                     Kind::Receipt => l.1.push(p, e.mailbox.cap),
                 }
+            };
+            if news {
+                woken.push(&e.mailbox);
             }
-            woken.push(&e.mailbox);
         }
         // A commit may post thousands of items to a few hundred sessions: wake each once.
         woken.sort_unstable_by_key(|m| Arc::as_ptr(m));
@@ -338,6 +359,48 @@ mod tests {
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         l.push(posted(6), CAP3);
         assert_eq!(items(l.take(5, 10)), vec![6]);
+    }
+
+    #[test]
+    fn the_second_post_of_a_batch_adds_nothing_the_first_placed() {
+        let mut l = Lane::default();
+        assert!(l.push(posted(1), CAP8));
+        assert!(l.push(posted(2), CAP8));
+        assert_eq!(items(l.take(0, 1)), vec![1]);
+        // After the commit: 1 was taken, 2 is waiting; neither comes twice, nor wakes.
+        assert!(!l.push(posted(1), CAP8));
+        assert!(!l.push(posted(2), CAP8));
+        assert_eq!(items(l.take(1, 10)), vec![2]);
+        assert!(l.push(posted(3), CAP8), "the next batch");
+    }
+
+    #[test]
+    fn the_second_post_fills_a_lane_that_read_the_store_before_the_commit() {
+        // A fresh session: the first post finds the lane flagged and is dropped.
+        let mut l = Lane::default();
+        l.reset();
+        assert!(!l.push(posted(7), CAP8));
+        // The session reads the store (before the commit: 7 is not there yet).
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        // After the commit, the second post places it.
+        assert!(l.push(posted(7), CAP8));
+        assert_eq!(items(l.take(0, 10)), vec![7]);
+    }
+
+    #[test]
+    fn a_batch_that_overflows_its_first_post_is_placed_whole_by_the_second() {
+        let mut l = Lane::default();
+        assert!(l.push(posted(1), CAP3));
+        assert!(l.push(posted(2), CAP3));
+        assert!(l.push(posted(3), CAP3));
+        assert!(l.push(posted(4), CAP3), "the overflow wakes the session");
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        // The store read found 1 to 3 only if they had committed; say it found none. The
+        // second post of 1 to 3 (the batch that overflowed) places them again.
+        for p in 1..=3 {
+            assert!(l.push(posted(p), CAP3));
+        }
+        assert_eq!(items(l.take(0, 10)), vec![1, 2, 3]);
     }
 
     #[test]

@@ -1532,6 +1532,27 @@ impl Writer {
         Ok(rewound)
     }
 
+    /// After a failed commit whose batch was already posted: closes the sessions it was
+    /// posted to. They may have written items that are not stored, at positions the next
+    /// commits will hand out again, which a live session (delivering forward from the last
+    /// position it wrote) would skip; their nodes connect again and are served from the
+    /// store. A recipient keeps what it was sent: a genuine message its sender is told was
+    /// not accepted, and resends (`StorageUnavailable` is retried), so it is delivered
+    /// again and deduplicated by id.
+    fn recall(&self, posts: &[(ParticipantId, Kind, Posted)]) {
+        let who: BTreeSet<&ParticipantId> = posts.iter().map(|(w, _, _)| w).collect();
+        for w in &who {
+            self.ctx.hub.close(
+                w,
+                b"the relay could not store what it had just sent: connect again",
+            );
+        }
+        tracing::warn!(
+            participants = who.len(),
+            "closed the sessions sent a batch whose commit then failed; their nodes connect again"
+        );
+    }
+
     /// Logs refused forwards of receipts for messages not held here, throttled (the metric
     /// counts each).
     fn warn_unforwarded(&mut self, n: u64) {
@@ -1601,6 +1622,8 @@ impl Writer {
         // the failing command and those after it are answered with the rest (below), so
         // that no session waits for an answer that never comes.
         let mut commands = batch.drain(..);
+        // When the batch was posted to sessions ahead of its commit, if it was.
+        let mut posted_at = None;
         let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
             for cmd in commands.by_ref() {
@@ -1693,6 +1716,14 @@ impl Writer {
                  ON CONFLICT (recipient) DO UPDATE SET rseq = excluded.rseq",
                 &p.cursors,
             )?;
+            // Every statement has run: connected recipients get the batch now, while the
+            // commit syncs, rather than after it (ARCHITECTURE.md, "Invariants"). Nobody is
+            // answered before the commit, and the batch is posted again after it.
+            if !p.posts.is_empty() {
+                let at = std::time::Instant::now();
+                self.ctx.hub.post(&p.posts, at);
+                posted_at = Some(at);
+            }
             tx.commit()?;
             Ok(std::time::Instant::now())
         })();
@@ -1767,7 +1798,8 @@ impl Writer {
                     // resubmits and gets the same answer.
                     let _ = reply.try_send(answer);
                 }
-                self.ctx.hub.post(p.posts, committed);
+                // Again, for the sessions the first post could not reach (module `hub`).
+                self.ctx.hub.post(&p.posts, posted_at.unwrap_or(committed));
                 if let Some(n) = self.ctx.fail_after_commits {
                     self.commits += 1;
                     if self.commits >= n {
@@ -1803,6 +1835,9 @@ impl Writer {
                 drop(ix);
                 tracing::error!(error = %e, batch = size, "commit failed: refusing the whole batch");
                 self.ctx.metrics.commit_failed();
+                if posted_at.is_some() {
+                    self.recall(&p.posts);
+                }
                 for (reply, answer) in p.replies {
                     let subject = match answer {
                         RelayToNode::Accepted(a) => Subject::Message(a.id),
