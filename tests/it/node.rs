@@ -1325,6 +1325,13 @@ async fn a_roster_signed_by_another_key_is_refused() {
     let mut kaz = net.start_node("KAZ").await.unwrap();
     let line = kaz.proc.wait_line(&["roster refused"]).await.unwrap();
     assert!(line.contains("version=1"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "signed by key {}, not by the pinned roster key",
+            PublicKey::of(&key_b)
+        )),
+        "names the key that signed it: {line}"
+    );
     kaz.connected().await.unwrap();
     let st = kaz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(st["roster_version"], 1, "kept the old roster: {st}");

@@ -338,7 +338,15 @@ impl NodeState {
         let verified = match hotline_proto::verify_roster(signed, &self.config.roster_key) {
             Ok(v) => v,
             Err(e) => {
-                error!(from, error = %e, version = self.roster.borrow().version, "roster refused (not signed by the pinned roster key); keeping the current one");
+                // The usual case, a relay already moved to a new roster key, named as such
+                // (the error's own text speaks of "this signer", which reads oddly here).
+                let reason = match &e {
+                    hotline_proto::VerifyError::KeyNotAuthorised(k) => {
+                        format!("signed by key {k}, not by the pinned roster key (roster_key)")
+                    }
+                    other => format!("does not verify: {other}"),
+                };
+                error!(from, %reason, version = self.roster.borrow().version, "roster refused; keeping the current one");
                 return;
             }
         };
