@@ -916,6 +916,38 @@ impl NodeProc {
             .to_owned()
     }
 
+    /// Waits until this node's `/v1/status` satisfies `ok`, and returns it; an error after
+    /// EVENT_TIMEOUT. As `wait_metric`, it reads the status again every 20 ms: a wait on a
+    /// condition with a deadline, for facts no event or log line carries (e.g. that a relay
+    /// confirmed storing an acknowledgement).
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let client = self.client();
+            let read = tokio::task::spawn_blocking(move || client.get("/v1/status"));
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(Ok(v))) if ok(&v) => return Ok(v),
+                Ok(Ok(Ok(v))) => last = Some(v),
+                Ok(Ok(Err(e))) => bail!("{}: /v1/status: {e}", self.id),
+                Ok(Err(e)) => bail!("{}: /v1/status: {e}", self.id),
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{}: no {what} within {EVENT_TIMEOUT:?}; last status {last:?}",
+                    self.id
+                );
+            }
+        }
+    }
+
     /// A blocking API client (call it from `spawn_blocking` or a thread).
     pub fn client(&self) -> hotline_node::client::ApiClient {
         hotline_node::client::ApiClient::new(&self.api.to_string(), &self.token())

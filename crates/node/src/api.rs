@@ -1103,11 +1103,12 @@ async fn ack(
 }
 
 async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
-    let (outbox, (quarantine, quarantine_full)) = {
+    let (outbox, (quarantine, quarantine_full), acks_pending) = {
         let store = state.store();
         (
             store.outbox_len().map_err(store_error)?,
             store.quarantine_size(),
+            store.pending_receipt_counts().map_err(store_error)?,
         )
     };
     let relays: Vec<Value> = state
@@ -1115,7 +1116,11 @@ async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
         .relays
         .iter()
         .enumerate()
-        .map(|(i, r)| relay_status(&r.address.to_string(), state.link(i)))
+        .map(|(i, r)| {
+            let mut v = relay_status(&r.address.to_string(), state.link(i));
+            v["acks_pending"] = json!(acks_pending.get(&i).copied().unwrap_or(0));
+            v
+        })
         .collect();
     Ok(Json(json!({
         "participant": state.me,

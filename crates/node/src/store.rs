@@ -1644,6 +1644,18 @@ impl NodeStore {
         })
     }
 
+    /// How many acknowledgement receipts each relay (by index) has yet to confirm storing;
+    /// relays with none are absent.
+    pub fn pending_receipt_counts(&self) -> Result<HashMap<usize, u64>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT relay, COUNT(*) FROM receipts_pending GROUP BY relay")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as usize, r.get::<_, u64>(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Acknowledgement receipts still to be stored by `relay`.
     pub fn pending_receipts(&self, relay: usize) -> Result<Vec<Signed<Receipt>>, StoreError> {
         let mut st = self.conn.prepare_cached(

@@ -604,13 +604,24 @@ pub(crate) fn node_status(a: PlainArgs) -> anyhow::Result<()> {
         }
         for (i, r) in relays.iter().enumerate() {
             out.push_str(&format!(
-                "\nrelay {i} {}  {}",
+                "\nrelay {i} {}  {}{}",
                 r["address"].as_str().unwrap_or(""),
-                link_text(r)
+                link_text(r),
+                acks_pending_text(r)
             ));
         }
         out
     })
+}
+
+/// The acknowledgements signed here that a relay has not yet confirmed storing, from its
+/// `/v1/status` entry: `  (2 acknowledgements not yet stored there)`, or nothing.
+fn acks_pending_text(r: &Value) -> String {
+    match r["acks_pending"].as_u64().unwrap_or(0) {
+        0 => String::new(),
+        1 => "  (1 acknowledgement not yet stored there)".into(),
+        n => format!("  ({n} acknowledgements not yet stored there)"),
+    }
 }
 
 /// How one relay's link fares, from its `/v1/status` entry: `up since 19:00:01.000Z  rtt 41.2
@@ -764,5 +775,23 @@ mod tests {
         let fresh = json!({"connected": true, "connected_since_ms": 0, "rtt_ms": 0.3,
             "packets_sent": 0, "packets_lost": 0});
         assert!(link_text(&fresh).ends_with("lost 0 of 0 packets (0.0 %)"));
+    }
+
+    #[test]
+    fn acknowledgements_a_relay_has_not_stored_are_counted() {
+        assert_eq!(acks_pending_text(&json!({"acks_pending": 0})), "");
+        assert_eq!(
+            acks_pending_text(&json!({})),
+            "",
+            "an older node says nothing"
+        );
+        assert_eq!(
+            acks_pending_text(&json!({"acks_pending": 1})),
+            "  (1 acknowledgement not yet stored there)"
+        );
+        assert_eq!(
+            acks_pending_text(&json!({"acks_pending": 3})),
+            "  (3 acknowledgements not yet stored there)"
+        );
     }
 }
