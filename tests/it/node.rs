@@ -2755,6 +2755,45 @@ async fn stop_node(node: NodeProc) {
     assert!(status.success(), "{status}: {}", proc.log());
 }
 
+/// A node keeps the roster it started on from its file, so that a file damaged later (a bad
+/// copy, a truncated write) does not stop its next start: it starts on the stored roster,
+/// says so, and works. Before, a node kept only rosters a relay sent, and a node whose relay
+/// never had a newer one exited 78 here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_on_the_roster_it_kept_when_its_file_is_damaged() {
+    let net = net();
+    let relay = net.relay().await;
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["roster from the file kept in the store", "version=1"])
+        .await
+        .unwrap();
+    kaz.connected().await.unwrap();
+    stop_node(kaz).await;
+
+    let file = net.path().join("roster.signed");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&file, bytes).unwrap();
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.proc
+        .wait_line(&["roster file unusable; using the stored roster", "version=1"])
+        .await
+        .unwrap();
+    kaz.connected().await.unwrap();
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(st["roster_version"], 1, "{st}");
+    assert_eq!(
+        kaz.proc
+            .count_lines(&["roster from the file kept in the store"]),
+        0,
+        "nothing newer to keep: {}",
+        kaz.proc.log()
+    );
+    relay.shutdown().await;
+}
+
 /// Waits until this `node` process has logged each of `arriving` as received, then checks
 /// that its inbox holds exactly those and `held` (received before), each once.
 async fn inbox_holds_exactly(node: &mut NodeProc, arriving: &[String], held: &[String]) {

@@ -501,6 +501,20 @@ impl Node {
         }
         // Once the configuration's participant is known to be on the roster.
         store.claim_participant(&me, now_ms())?;
+        // A roster started from the file is kept as one a relay sent is, so that a file
+        // damaged or replaced later has the store to fall back on (`load_start_roster`).
+        match store.save_roster(&roster, now_ms()) {
+            Ok(true) => {
+                info!(
+                    version = roster.version,
+                    "roster from the file kept in the store"
+                )
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, version = roster.version, "cannot keep the file's roster in the store; starting on it all the same")
+            }
+        }
         let token = ensure_token(&config.token_file)?;
         let relays = config.relays.len();
         info!(participant = %me, roster = roster.version, relays, outbox = store.outbox_len()?, "node starting");
