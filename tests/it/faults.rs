@@ -12,7 +12,7 @@ use hotline_exercise::deploy::Deployment;
 use hotline_exercise::process::{hotline_bin as bin, Proc as XProc};
 use hotline_node::client::ApiClient;
 use hotline_proto::frame::{ErrorCode, RelayToNode};
-use hotline_proto::{Audience, RejectCode};
+use hotline_proto::{Audience, Envelope, RejectCode, Signed};
 use serde_json::{json, Value};
 
 const TEMPLATE: &str = r#"
@@ -273,6 +273,35 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// Sends `sender`'s messages to KGZ, one at a time, until the relay has refused `refusals`
+/// of them (each `StorageUnavailable`) or 200 have been sent; those it accepted and those
+/// it refused.
+async fn send_until_refused(
+    sender: &mut Client,
+    refusals: usize,
+) -> anyhow::Result<(Vec<Signed<Envelope>>, Vec<Signed<Envelope>>)> {
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let env = sender.envelope(
+            Audience::Participants(vec![pid("KGZ")]),
+            &format!("while full {i}"),
+        );
+        let s = sender.sign(&env);
+        sender.submit(&s).await?;
+        match sender.answer(env.id).await? {
+            Ok(_) => accepted.push(s),
+            Err(r) => {
+                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                refused.push(s);
+                if refused.len() >= refusals {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((accepted, refused))
+}
+
 #[tokio::test]
 async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()> {
     let net = Net::sec_kaz_kgz();
@@ -285,26 +314,9 @@ async fn disk_full_refuses_without_accepting_and_recovers() -> anyhow::Result<()
     let before = kaz.send_to("KGZ", "before the disk filled").await?;
 
     let filler = fill(&data);
-    let mut accepted = vec![before];
-    let mut refused = 0;
-    for i in 0..200 {
-        let env = kaz.envelope(
-            Audience::Participants(vec![pid("KGZ")]),
-            &format!("while full {i}"),
-        );
-        let s = kaz.sign(&env);
-        kaz.submit(&s).await?;
-        match kaz.answer(env.id).await? {
-            Ok(_) => accepted.push(s),
-            Err(r) => {
-                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
-                refused += 1;
-                if refused >= 5 {
-                    break;
-                }
-            }
-        }
-    }
+    let (mut accepted, refused) = send_until_refused(&mut kaz, 5).await?;
+    accepted.insert(0, before);
+    let refused = refused.len();
     assert!(
         refused >= 5,
         "a full disk must refuse new messages ({} accepted)",
@@ -353,25 +365,12 @@ async fn a_commit_failing_after_its_batch_was_sent_closes_the_recipients_session
     assert_eq!(got.digest(), before.digest());
 
     let filler = fill(&data);
-    let mut accepted = vec![before];
-    let mut refused = None;
-    for i in 0..200 {
-        let env = kaz.envelope(
-            Audience::Participants(vec![pid("KGZ")]),
-            &format!("while full {i}"),
-        );
-        let s = kaz.sign(&env);
-        kaz.submit(&s).await?;
-        match kaz.answer(env.id).await? {
-            Ok(_) => accepted.push(s),
-            Err(r) => {
-                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
-                refused = Some(s);
-                break;
-            }
-        }
-    }
-    let refused = refused.expect("a full disk refuses a message");
+    let (mut accepted, refused) = send_until_refused(&mut kaz, 1).await?;
+    accepted.insert(0, before);
+    let refused = refused
+        .into_iter()
+        .next()
+        .expect("a full disk refuses a message");
     // KGZ's session ends: whatever it was sent meanwhile, then the relay's close.
     let mut first = HashSet::new();
     while let Ok(f) = kgz.next().await {
