@@ -2557,3 +2557,122 @@ async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
     assert_eq!([a.digest(), b.digest()], [first.digest(), second.digest()]);
     relay.shutdown().await;
 }
+
+/// Reads `kgz`'s deliveries until every message up to sequence number `end` not in `stored`
+/// has come, checking that the connection delivers in order without a gap: the first
+/// delivery is the oldest message not yet receipted, and between two deliveries every
+/// skipped message was receipted (`stored`). A gap is a message the live session will not
+/// send until the next connection.
+async fn deliveries_without_a_gap(
+    kgz: &mut Client,
+    stored: &std::collections::BTreeSet<u64>,
+    end: u64,
+) -> anyhow::Result<Vec<Signed<Envelope>>> {
+    let mut got = Vec::new();
+    let mut last = 0u64;
+    while !(last + 1..=end).all(|s| stored.contains(&s)) {
+        let (m, _) = kgz.next_deliver().await?;
+        let seq = m.decode_unverified()?.seq.0;
+        let skipped: Vec<u64> = (last + 1..seq).filter(|s| !stored.contains(s)).collect();
+        anyhow::ensure!(
+            skipped.is_empty(),
+            "delivered #{seq} after #{last} on one connection, skipping {skipped:?}, never receipted"
+        );
+        last = seq;
+        got.push(m);
+    }
+    Ok(got)
+}
+
+/// A recipient that connects while messages stream in misses none of them on its live
+/// connection. The store writer posts a batch to the sessions before its commit's sync and
+/// again after it (module `hub`); a session that registers, or reads the store, in between
+/// must still get the batch (without the second post, this test fails). KAZ streams
+/// messages to KGZ, on a relay whose commits are slow, while KGZ connects twenty times,
+/// each time takes what was accepted before it connected and a window more, receipts
+/// them, and leaves; every connection must deliver in order without a gap, and the last
+/// one everything left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_connecting_mid_stream_misses_nothing_on_its_live_connection(
+) -> anyhow::Result<()> {
+    const WINDOW: u64 = 20;
+    const CONNECTIONS: usize = 20;
+    let net = Net::sec_kaz_kgz();
+    // A disk slow to sync: each commit takes 5 ms after its batch was posted, so KGZ's
+    // connections start during one.
+    let relay = hotline_relay::Relay::spawn_with(
+        net.config(),
+        hotline_relay::Hosting::default().slow_commits(std::time::Duration::from_millis(5)),
+    )
+    .await?;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await?;
+    // Two windows of submissions in flight, so that the store writer is always busy.
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut in_flight: Vec<MessageId> = Vec::new();
+            loop {
+                let next: Vec<_> = if *stopped.borrow() {
+                    Vec::new()
+                } else {
+                    (0..WINDOW)
+                        .map(|_| {
+                            let env =
+                                kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "stream");
+                            (env.id, kaz.sign(&env))
+                        })
+                        .collect()
+                };
+                for (_, s) in &next {
+                    kaz.submit(s).await?;
+                }
+                for a in kaz.answers(&in_flight).await? {
+                    if let Err(r) = a {
+                        anyhow::bail!("refused: {r:?}");
+                    }
+                }
+                accepted.fetch_add(in_flight.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                if next.is_empty() {
+                    return anyhow::Ok(());
+                }
+                in_flight = next.into_iter().map(|(id, _)| id).collect();
+            }
+        }
+    });
+
+    let mut stored = std::collections::BTreeSet::new();
+    let mut during = 0;
+    for _ in 0..CONNECTIONS {
+        during += usize::from(!sender.is_finished());
+        let end = accepted.load(std::sync::atomic::Ordering::SeqCst) + WINDOW;
+        let mut kgz = net.client(addr, "KGZ").await?;
+        let got = deliveries_without_a_gap(&mut kgz, &stored, end).await?;
+        for chunk in got.chunks(512) {
+            let r = kgz.receipt(ReceiptKind::Delivered, chunk).await?;
+            // Deliveries keep coming meanwhile; not receipted, they come again.
+            kgz.until(|f| {
+                matches!(f, RelayToNode::ReceiptStored(d) if *d == r.digest()).then_some(())
+            })
+            .await?;
+        }
+        for m in &got {
+            stored.insert(m.decode_unverified()?.seq.0);
+        }
+        kgz.close();
+    }
+    stop.send(true)?;
+    sender.await??;
+    let last = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let mut kgz = net.client(addr, "KGZ").await?;
+    let rest = deliveries_without_a_gap(&mut kgz, &stored, last).await?;
+    println!(
+        "{last} messages streamed; {CONNECTIONS} connections ({during} while they streamed) took and receipted {}, the last one had the other {}",
+        stored.len(),
+        rest.len()
+    );
+    relay.shutdown().await;
+    Ok(())
+}

@@ -165,6 +165,7 @@ pub struct Hosting {
     socket: Option<hotline_net::transport::AbstractSocket>,
     writer_on_runtime: bool,
     fail_writer_after: Option<u64>,
+    slow_commits: Option<std::time::Duration>,
 }
 
 impl Hosting {
@@ -190,6 +191,17 @@ impl Hosting {
     #[doc(hidden)]
     pub fn fail_writer_after(mut self, commits: u64) -> Self {
         self.fail_writer_after = Some(commits);
+        self
+    }
+
+    /// For tests of what happens while a commit syncs, as on a slow disk: the writer waits
+    /// `wait` after posting a batch to the sessions and before its `COMMIT`, so that a
+    /// session starting meanwhile meets a batch it was not posted and cannot yet read from
+    /// the store. Its own thread waits, so not with [`Hosting::writer_on_runtime`]. Never
+    /// in production.
+    #[doc(hidden)]
+    pub fn slow_commits(mut self, wait: std::time::Duration) -> Self {
+        self.slow_commits = Some(wait);
         self
     }
 }
@@ -255,6 +267,7 @@ impl Relay {
                 batch_max: config.limits.commit_batch_max,
                 queues,
                 fail_after_commits: hosting.fail_writer_after,
+                slow_commits: hosting.slow_commits,
             },
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");

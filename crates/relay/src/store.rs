@@ -760,6 +760,9 @@ pub(crate) struct WriterContext {
     /// For tests only ([`crate::Hosting::fail_writer_after`]): the writer panics once it has
     /// committed this many batches.
     pub(crate) fail_after_commits: Option<u64>,
+    /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
+    /// post and its commit.
+    pub(crate) slow_commits: Option<std::time::Duration>,
 }
 
 /// Opens (creating) the relay database, checks it, and creates the schema.
@@ -1723,6 +1726,9 @@ impl Writer {
                 let at = std::time::Instant::now();
                 self.ctx.hub.post(&p.posts, at);
                 posted_at = Some(at);
+                if let Some(wait) = self.ctx.slow_commits {
+                    std::thread::sleep(wait);
+                }
             }
             tx.commit()?;
             Ok(std::time::Instant::now())
@@ -3246,6 +3252,7 @@ mod tests {
                 batch_max: 64,
                 queues: Arc::new(Mutex::new(QueueIndex::default())),
                 fail_after_commits: None,
+                slow_commits: None,
             },
         )
         .expect("writer");
