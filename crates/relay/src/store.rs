@@ -52,7 +52,8 @@ const READERS: usize = 4;
 const SCHEMA_VERSION: i64 = 4;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
-/// never reused, so a position only grows).
+/// a committed position is never reused, so committed positions only grow; a failed
+/// commit's positions are handed out again, see `Writer::recall`).
 ///
 /// There is no row per queued (message, recipient): what a recipient is owed is the
 /// messages that list it (`messages.recipients`) after its **cursor** (`cursors`: every
