@@ -1166,6 +1166,10 @@ pub(crate) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
+    /// Whether the last commit failed: until one succeeds, batches are posted only after
+    /// their commit, so that a disk that stays full does not have every batch's recipients
+    /// recalled (`Writer::recall`), and their nodes reconnect, again and again.
+    last_commit_failed: bool,
     /// Warnings about refused forwards: one at most every 10 s, however fast they come.
     unforwarded: Throttle,
     /// Receipts each signer had kept today only for messages not held here, as committed.
@@ -1278,6 +1282,7 @@ impl Writer {
             held: HeldCache::new(),
             checkpointer: None,
             commits: 0,
+            last_commit_failed: false,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
             foreign_budget: ForeignBudget::new(per_day_max),
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
@@ -1723,7 +1728,7 @@ impl Writer {
             // Every statement has run: connected recipients get the batch now, while the
             // commit syncs, rather than after it (ARCHITECTURE.md, "Invariants"). Nobody is
             // answered before the commit, and the batch is posted again after it.
-            if !p.posts.is_empty() {
+            if !p.posts.is_empty() && !self.last_commit_failed {
                 let at = std::time::Instant::now();
                 self.ctx.hub.post(&p.posts, at);
                 posted_at = Some(at);
@@ -1734,6 +1739,7 @@ impl Writer {
             tx.commit()?;
             Ok(std::time::Instant::now())
         })();
+        self.last_commit_failed = result.is_err();
         match result {
             Ok(committed) => {
                 for (id, h) in p.held {
