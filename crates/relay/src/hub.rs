@@ -30,7 +30,7 @@ pub(crate) struct Posted {
     pub(crate) frame: bytes::Bytes,
     /// When the writer first posted it (set by [`Hub::post`]), for
     /// `hotline_relay_fanout_seconds`.
-    pub(crate) committed: Option<std::time::Instant>,
+    pub(crate) posted_at: Option<std::time::Instant>,
 }
 
 /// One kind of queued item (messages, or forwarded receipts) waiting for a session.
@@ -259,7 +259,7 @@ impl Hub {
         for (who, kind, p) in items {
             let Some(e) = map.get(who) else { continue };
             let mut p = p.clone();
-            p.committed = Some(at);
+            p.posted_at = Some(at);
             let news = {
                 let mut l = e.mailbox.lock();
                 match kind {
@@ -315,7 +315,7 @@ mod tests {
             pos,
             id: None,
             frame: bytes::Bytes::from(vec![pos as u8]),
-            committed: None,
+            posted_at: None,
         }
     }
 

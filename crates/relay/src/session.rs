@@ -945,19 +945,19 @@ impl Session {
             }
             let n = posted.len();
             let mut frames = Vec::with_capacity(n);
-            let mut committed = Vec::with_capacity(n);
+            let mut posted_at = Vec::with_capacity(n);
             for p in posted {
                 self.msg_cursor = p.pos;
                 if let Some(id) = p.id {
                     self.in_flight_deliveries.insert(id);
                 }
-                committed.extend(p.committed);
+                posted_at.extend(p.posted_at);
                 frames.push(p.frame);
             }
             self.write_shared(&mut frames).await?;
             self.count_deliveries(n);
             let written = std::time::Instant::now();
-            for c in committed {
+            for c in posted_at {
                 self.shared
                     .metrics
                     .fanned_out(written.saturating_duration_since(c));

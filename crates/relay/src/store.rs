@@ -2020,7 +2020,7 @@ fn submit(
                     pos: rseq,
                     id: Some(env.id),
                     frame: frame.clone(),
-                    committed: None,
+                    posted_at: None,
                 },
             ));
         }
@@ -2362,7 +2362,7 @@ fn store_receipt(
                         pos: receipt_rseq,
                         id: None,
                         frame: frame.clone(),
-                        committed: None,
+                        posted_at: None,
                     },
                 ));
             }
