@@ -50,7 +50,10 @@ pub enum RelayError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The roster file is missing, malformed, badly signed or not newer.
+    /// The roster file is missing, malformed or badly signed (its error names the file).
+    #[error("roster {0}")]
+    RosterFile(#[from] hotline_config::roster_file::RosterFileError),
+    /// The roster file is not newer than the roster in force.
     #[error("roster {path}: {reason}")]
     Roster {
         /// The file.
@@ -71,18 +74,9 @@ pub enum RelayError {
 
 /// Reads and verifies a signed roster file against the pinned roster key.
 pub fn load_roster(path: &Path, key: &PublicKey) -> Result<Verified<Roster>, RelayError> {
-    hotline_config::roster_file::read_verified_roster(path, key).map_err(|e| {
-        // The file's errors name it already; `RelayError::Roster` names it once.
-        let text = e.to_string();
-        let reason = text
-            .strip_prefix(&format!("{}: ", path.display()))
-            .unwrap_or(&text)
-            .to_owned();
-        RelayError::Roster {
-            path: path.to_owned(),
-            reason,
-        }
-    })
+    Ok(hotline_config::roster_file::read_verified_roster(
+        path, key,
+    )?)
 }
 
 /// A running relay.
