@@ -70,9 +70,10 @@ pub(crate) enum Take {
 }
 
 impl Lane {
-    /// Adds `p` unless the lane already took its position; whether the session has
+    /// Adds a copy of `p`, stamped `posted_at`, unless the lane already took its position
+    /// (then nothing is copied: most of the writer's second post); whether the session has
     /// something new to look at (the item, or an overflow).
-    fn push(&mut self, p: Posted, cap: LaneCap) -> bool {
+    fn push(&mut self, p: &Posted, posted_at: Option<std::time::Instant>, cap: LaneCap) -> bool {
         if self.overflowed {
             // Already lost some: the session reads the store, which holds this one too once
             // it has committed (and the writer posts it again after the commit, in case the
@@ -92,7 +93,10 @@ impl Lane {
         }
         self.last = p.pos;
         self.bytes += p.frame.len();
-        self.items.push_back(p);
+        self.items.push_back(Posted {
+            posted_at,
+            ..p.clone()
+        });
         true
     }
 
@@ -258,14 +262,13 @@ impl Hub {
         let mut woken: Vec<&Arc<Mailbox>> = Vec::new();
         for (who, kind, p) in items {
             let Some(e) = map.get(who) else { continue };
-            let mut p = p.clone();
-            p.posted_at = Some(at);
             let news = {
                 let mut l = e.mailbox.lock();
-                match kind {
-                    Kind::Message => l.0.push(p, e.mailbox.cap),
-                    Kind::Receipt => l.1.push(p, e.mailbox.cap),
-                }
+                let lane = match kind {
+                    Kind::Message => &mut l.0,
+                    Kind::Receipt => &mut l.1,
+                };
+                lane.push(p, Some(at), e.mailbox.cap)
             };
             if news {
                 woken.push(&e.mailbox);
@@ -330,10 +333,10 @@ mod tests {
     fn a_new_lane_asks_for_a_store_read_first() {
         let mut l = Lane::default();
         l.reset();
-        l.push(posted(5), CAP8);
+        l.push(&posted(5), None, CAP8);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // Posted after the flag was cleared: kept.
-        l.push(posted(6), CAP8);
+        l.push(&posted(6), None, CAP8);
         assert_eq!(items(l.take(0, 10)), vec![6]);
     }
 
@@ -341,7 +344,7 @@ mod tests {
     fn positions_already_written_are_skipped_and_max_is_honoured() {
         let mut l = Lane::default();
         for p in 1..=6 {
-            l.push(posted(p), CAP8);
+            l.push(&posted(p), None, CAP8);
         }
         assert_eq!(items(l.take(3, 2)), vec![4, 5]);
         assert_eq!(items(l.take(5, 10)), vec![6]);
@@ -352,26 +355,26 @@ mod tests {
     fn overflow_empties_the_lane_and_flags_a_store_read() {
         let mut l = Lane::default();
         for p in 1..=3 {
-            l.push(posted(p), CAP3);
+            l.push(&posted(p), None, CAP3);
         }
-        l.push(posted(4), CAP3);
-        l.push(posted(5), CAP3);
+        l.push(&posted(4), None, CAP3);
+        l.push(&posted(5), None, CAP3);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
-        l.push(posted(6), CAP3);
+        l.push(&posted(6), None, CAP3);
         assert_eq!(items(l.take(5, 10)), vec![6]);
     }
 
     #[test]
     fn the_second_post_of_a_batch_adds_nothing_the_first_placed() {
         let mut l = Lane::default();
-        assert!(l.push(posted(1), CAP8));
-        assert!(l.push(posted(2), CAP8));
+        assert!(l.push(&posted(1), None, CAP8));
+        assert!(l.push(&posted(2), None, CAP8));
         assert_eq!(items(l.take(0, 1)), vec![1]);
         // After the commit: 1 was taken, 2 is waiting; neither comes twice, nor wakes.
-        assert!(!l.push(posted(1), CAP8));
-        assert!(!l.push(posted(2), CAP8));
+        assert!(!l.push(&posted(1), None, CAP8));
+        assert!(!l.push(&posted(2), None, CAP8));
         assert_eq!(items(l.take(1, 10)), vec![2]);
-        assert!(l.push(posted(3), CAP8), "the next batch");
+        assert!(l.push(&posted(3), None, CAP8), "the next batch");
     }
 
     #[test]
@@ -379,26 +382,29 @@ mod tests {
         // A fresh session: the first post finds the lane flagged and is dropped.
         let mut l = Lane::default();
         l.reset();
-        assert!(!l.push(posted(7), CAP8));
+        assert!(!l.push(&posted(7), None, CAP8));
         // The session reads the store (before the commit: 7 is not there yet).
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // After the commit, the second post places it.
-        assert!(l.push(posted(7), CAP8));
+        assert!(l.push(&posted(7), None, CAP8));
         assert_eq!(items(l.take(0, 10)), vec![7]);
     }
 
     #[test]
     fn a_batch_that_overflows_its_first_post_is_placed_whole_by_the_second() {
         let mut l = Lane::default();
-        assert!(l.push(posted(1), CAP3));
-        assert!(l.push(posted(2), CAP3));
-        assert!(l.push(posted(3), CAP3));
-        assert!(l.push(posted(4), CAP3), "the overflow wakes the session");
+        assert!(l.push(&posted(1), None, CAP3));
+        assert!(l.push(&posted(2), None, CAP3));
+        assert!(l.push(&posted(3), None, CAP3));
+        assert!(
+            l.push(&posted(4), None, CAP3),
+            "the overflow wakes the session"
+        );
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // The store read found 1 to 3 only if they had committed; say it found none. The
         // second post of 1 to 3 (the batch that overflowed) places them again.
         for p in 1..=3 {
-            assert!(l.push(posted(p), CAP3));
+            assert!(l.push(&posted(p), None, CAP3));
         }
         assert_eq!(items(l.take(0, 10)), vec![1, 2, 3]);
     }
@@ -410,13 +416,13 @@ mod tests {
             bytes: 2,
         };
         let mut l = Lane::default();
-        l.push(posted(1), cap);
-        l.push(posted(2), cap);
+        l.push(&posted(1), None, cap);
+        l.push(&posted(2), None, cap);
         assert_eq!(l.bytes, 2);
         assert_eq!(items(l.take(0, 1)), vec![1]);
         assert_eq!(l.bytes, 1, "taking releases bytes");
-        l.push(posted(3), cap);
-        l.push(posted(4), cap);
+        l.push(&posted(3), None, cap);
+        l.push(&posted(4), None, cap);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         assert_eq!(l.bytes, 0);
     }
