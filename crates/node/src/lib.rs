@@ -420,21 +420,28 @@ impl NodeHandle {
 /// The node service.
 pub struct Node;
 
+/// The roster a node starts on: the newer of its file and the one its store keeps (each
+/// verified against the pinned key), and whether it is the file's and newer than the
+/// store's, so that the store should keep it.
 fn load_start_roster(
     config: &NodeConfig,
     store: &NodeStore,
-) -> Result<Verified<Roster>, NodeError> {
+) -> Result<(Verified<Roster>, bool), NodeError> {
     let from_file =
         hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key);
     let from_store = store
         .roster()?
         .and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok());
     match (from_file, from_store) {
-        (Ok(f), Some(s)) => Ok(if s.version > f.version { s } else { f }),
-        (Ok(f), None) => Ok(f),
+        (Ok(f), Some(s)) if s.version > f.version => Ok((s, false)),
+        (Ok(f), Some(s)) => {
+            let newer = f.version > s.version;
+            Ok((f, newer))
+        }
+        (Ok(f), None) => Ok((f, true)),
         (Err(e), Some(s)) => {
             warn!(error = %e, version = s.version, "roster file unusable; using the stored roster");
-            Ok(s)
+            Ok((s, false))
         }
         (Err(e), None) => Err(NodeError::Roster(e.to_string())),
     }
@@ -485,7 +492,7 @@ impl Node {
                 .map(|r| r.fingerprint.to_string())
                 .collect(),
         );
-        let roster = load_start_roster(&config, &store)?;
+        let (roster, keep) = load_start_roster(&config, &store)?;
         let me = config.participant.clone();
         match roster.participant(&me) {
             None => {
@@ -503,16 +510,16 @@ impl Node {
         store.claim_participant(&me, now_ms())?;
         // A roster started from the file is kept as one a relay sent is, so that a file
         // damaged or replaced later has the store to fall back on (`load_start_roster`).
-        match store.save_roster(&roster, now_ms()) {
-            Ok(true) => {
-                info!(
+        if keep {
+            match store.save_roster(&roster, now_ms()) {
+                Ok(true) => info!(
                     version = roster.version,
                     "roster from the file kept in the store"
-                )
-            }
-            Ok(false) => {}
-            Err(e) => {
-                warn!(error = %e, version = roster.version, "cannot keep the file's roster in the store; starting on it all the same")
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, version = roster.version, "cannot keep the file's roster in the store; starting on it all the same")
+                }
             }
         }
         let token = ensure_token(&config.token_file)?;
