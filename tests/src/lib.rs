@@ -928,9 +928,11 @@ impl NodeProc {
         let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut last = None;
+        // The token file is read once; each read clones the client (its connection pool).
+        let client = self.client();
         loop {
             tick.tick().await;
-            let client = self.client();
+            let client = client.clone();
             let read = tokio::task::spawn_blocking(move || client.get("/v1/status"));
             match tokio::time::timeout_at(deadline, read).await {
                 Ok(Ok(Ok(v))) if ok(&v) => return Ok(v),
