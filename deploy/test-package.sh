@@ -34,7 +34,9 @@ arch=$(dpkg --print-architecture)
 if [ -z "${DEB:-}" ]; then
     if ! cargo deb --version >/dev/null 2>&1; then
         echo "== installing cargo-deb"
-        cargo install cargo-deb --locked
+        # Pinned: 3.8 builds with `--profile dev` (PROFILE=dev, CI) but warns that a later
+        # version will refuse it.
+        cargo install cargo-deb --locked --version 3.8.0
     fi
     profile=${PROFILE:-release}
     echo "== cargo deb -p hotline-cli --profile $profile"
@@ -114,6 +116,14 @@ for s in postinst postrm prerm; do
     [ -x "$control/$s" ] || { bad "no executable $s"; continue; }
     sh -n "$control/$s" || bad "$s is not valid sh"
     if grep -q '#DEBHELPER#' "$control/$s"; then bad "$s still holds #DEBHELPER#"; fi
+    # cargo-deb replaces every occurrence of the token, one in a comment too, and what followed
+    # it there becomes a command (the 0.1.0 prerm ran `. The backup timers…`): the token only
+    # on a line of its own, once, and every fragment it put in starts a line.
+    [ "$(grep -c '#DEBHELPER#' "deploy/debian/$s")" = 1 ] && grep -qx '#DEBHELPER#' "deploy/debian/$s" ||
+        bad "deploy/debian/$s must hold the debhelper token once, on a line of its own"
+    if grep -n 'Automatically added by cargo-deb' "$control/$s" | grep -v ':# Automatically added by cargo-deb$'; then
+        bad "$s: a cargo-deb fragment was put inside a line"
+    fi
 done
 grep -q 'adduser --system' "$control/postinst" || bad "postinst does not create the hotline user"
 grep -q 'hotline-relay.service' "$control/postinst" || bad "postinst lacks the systemd fragment for hotline-relay"
