@@ -24,7 +24,8 @@
 #   3. a backup, an edited conffile, then an upgrade to revision 2 (`--force-confold`, as an
 #      unattended upgrade keeps an edited conffile): the token, the edited conffile, the
 #      operator's files and the stores are as they were; the services restarted; KAZ starts,
-#      gets the message queued before the upgrade and acknowledges it; SEC sees both;
+#      gets the message queued before the upgrade and acknowledges it; SEC sees both; the
+#      backup timer's command on both stores, and `audit verify` of each copy;
 #   4. remove: the program goes, configuration and data stay;
 #   5. purge: the stores and the token go; keys, configurations and backups stay.
 set -euo pipefail
@@ -39,8 +40,9 @@ die() {
 for c in dpkg setpriv userdel; do
     command -v "$c" >/dev/null || die "$c not found (Debian with util-linux and passwd)"
 done
-if dpkg-query -W -f '${Status}' hotline 2>/dev/null | grep -q 'installed\|config-files'; then
-    die "the hotline package is installed here; this test would remove it"
+package_state=$(dpkg-query -W -f '${db:Status-Status}' hotline 2>/dev/null || true)
+if [ -n "$package_state" ] && [ "$package_state" != not-installed ]; then
+    die "the hotline package is on this machine ($package_state); this test would remove it"
 fi
 for d in /etc/hotline /var/lib/hotline-relay /var/lib/hotline-node /var/backups/hotline; do
     [ ! -e "$d" ] || die "$d exists; this test would delete it"
@@ -107,8 +109,8 @@ start() {
 stop() {
     local pid
     eval "pid=\$pid_$1"
-    kill -TERM "$pid"
-    wait "$pid" || die "$1 exited with status $? on SIGTERM"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || die "$1 exited with status $? (SIGTERM is a graceful shutdown: 0)"
 }
 # GET /health on the relay's metrics address (bash's /dev/tcp: curl may not be installed).
 relay_healthy() {
@@ -163,7 +165,7 @@ token_before=$(cat /etc/hotline/api.token)
 
 # --- 2. a network: roster, relay, SEC's node; a message to KAZ, offline ---------------------
 step "2. roster key, first roster, relay certificate, configurations (OPERATIONS 2-4)"
-hotline keygen --id ROSTER --out "$work/roster-key" >/dev/null
+hotline keygen --id ROSTER --out "$work/roster-key" >"$work/keygen.log" 2>&1
 roster_key=$(cat "$work/roster-key/ROSTER.pub")
 hotline roster create --from /etc/hotline/cica-roster.toml --keys "$work/pub" --generate \
     --out "$work/draft.toml" >/dev/null
@@ -255,6 +257,21 @@ pid_kaz=$!
 wait_until 30 "KAZ to have the message sent before the upgrade" state_is delivered
 hotline ack "$id" --officer "Duty officer Test" --node-config "$work/kaz/node.toml" >/dev/null
 wait_until 30 "SEC to see KAZ's acknowledgement" state_is acknowledged
+
+step "3. the backup timer's command, as its unit runs it, on both live stores; audit verify"
+# hotline-backup@.service's ExecStart for each instance, with the unit's user and umask.
+backup_cmd=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/hotline-backup@.service)
+for instance in relay node; do
+    # shellcheck disable=SC2046
+    (umask 0077 && setpriv --reuid hotline --regid hotline --init-groups -- \
+        $(sed "s/%i/$instance/g" <<<"$backup_cmd")) >"$work/backup-$instance.log" 2>&1 ||
+        die "hotline-backup@$instance: $(cat "$work/backup-$instance.log")"
+    copy=$(ls /var/backups/hotline/"$instance"-*Z.db 2>/dev/null | tail -n1)
+    [ -n "$copy" ] || die "hotline-backup@$instance wrote no $instance-*.db"
+    expect_perms "$copy" "600 hotline:hotline"
+    hotline audit verify --data "$copy" >"$work/audit.log" 2>&1 ||
+        die "audit verify of the $instance backup: $(cat "$work/audit.log")"
+done
 stop kaz
 stop node
 stop relay
