@@ -191,4 +191,68 @@ mod tests {
     fn command_line_is_well_formed() {
         super::Cli::command().debug_assert();
     }
+
+    /// The man page the package installs (`deploy/debian/hotline.1`) has an entry for every
+    /// command and subcommand: an item whose bold text starts with its name (`.BI "roster
+    /// sign \-\-roster " DRAFT`), or names it after a comma (`.BR "roster add" ", " ...`).
+    /// `reply`, `discard`, `relay report` and `exercise live` were missing from it for a while.
+    #[test]
+    fn the_man_page_names_every_command() {
+        let page = include_str!("../../../deploy/debian/hotline.1");
+        // A font macro's line as it prints: its arguments (quoted or not) joined by spaces for
+        // `.B`, run together for the alternating `.BI` and `.BR`; escapes dropped.
+        let printed = |args: &str, sep: &str| {
+            let mut words = Vec::new();
+            let mut rest = args.trim();
+            while !rest.is_empty() {
+                let (word, after) = match rest.strip_prefix('"') {
+                    Some(q) => q.split_once('"').unwrap_or((q, "")),
+                    None => rest.split_once(' ').unwrap_or((rest, "")),
+                };
+                words.push(word);
+                rest = after.trim_start();
+            }
+            ["\\fR", "\\fP", "\\fB"]
+                .iter()
+                .fold(words.join(sep).replace("\\-", "-"), |acc, f| {
+                    acc.replace(f, "")
+                })
+        };
+        let items: Vec<String> = page
+            .lines()
+            .filter_map(|l| {
+                let alternating = l.strip_prefix(".BI ").or(l.strip_prefix(".BR "));
+                match alternating {
+                    Some(args) => Some(printed(args, "")),
+                    None => l.strip_prefix(".B ").map(|args| printed(args, " ")),
+                }
+            })
+            .collect();
+        let named = |path: &str| {
+            items.iter().any(|item| {
+                item.split(", ").any(|part| {
+                    part.strip_prefix(path)
+                        .is_some_and(|after| after.is_empty() || after.starts_with(' '))
+                })
+            })
+        };
+        let mut missing = Vec::new();
+        let cli = super::Cli::command();
+        for cmd in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+            let name = cmd.get_name();
+            if !named(name) {
+                missing.push(name.to_owned());
+            }
+            for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+                let path = format!("{name} {}", sub.get_name());
+                if !named(&path) {
+                    missing.push(path);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "deploy/debian/hotline.1 has no entry for: {missing:?}"
+        );
+    }
 }
