@@ -26,7 +26,8 @@
 #      operator's files and the stores are as they were; the services restarted; KAZ starts,
 #      gets the message queued before the upgrade and acknowledges it; SEC sees both; the
 #      backup timer's command on both stores, and `audit verify` of each copy;
-#   4. remove: the program goes, configuration and data stay;
+#   4. remove: the program goes, configuration and data stay; installed again, the services
+#      start on them (the message still acknowledged, in the relay's report too); removed;
 #   5. purge: the stores and the token go; keys, configurations and backups stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -286,6 +287,21 @@ for f in relay.toml node.toml relay.key relay.crt SEC.key roster.signed api.toke
 done
 [ -s /var/lib/hotline-relay/relay.db ] || die "remove deleted the relay's store"
 [ -s /var/lib/hotline-node/node.db ] || die "remove deleted the node's store"
+
+step "4. install again: the kept stores, token and configuration are taken up"
+dpkg -i "$deb2" >"$work/dpkg.log" 2>&1 || die "dpkg -i after remove: $(cat "$work/dpkg.log")"
+[ "$(cat /etc/hotline/api.token)" = "$token_before" ] || die "the reinstall changed api.token"
+start relay hotline relay --config /etc/hotline/relay.toml
+wait_until 30 "the relay's health after the reinstall" relay_healthy
+start node hotline node --config /etc/hotline/node.toml
+wait_until 30 "SEC's node to connect after the reinstall" sec_connected
+state_is acknowledged || die "after the reinstall SEC's node no longer shows the message acknowledged"
+runuser -u hotline -- hotline relay report --config /etc/hotline/relay.toml --id "$id" \
+    >"$work/report.log" 2>&1 || die "relay report: $(cat "$work/report.log")"
+grep -q KAZ "$work/report.log" || die "the relay's report lacks KAZ's receipt: $(cat "$work/report.log")"
+stop node
+stop relay
+dpkg -r hotline >"$work/dpkg.log" 2>&1 || die "dpkg -r (again): $(cat "$work/dpkg.log")"
 
 # --- 5. purge ------------------------------------------------------------------------------
 step "5. purge: stores and token go; keys, configurations and backups stay"
