@@ -145,10 +145,14 @@ deb2=$(cargo deb -p hotline-cli --profile "$profile" --no-build --fast --deb-rev
     --output "$work/v2" | grep '\.deb$')
 [ -f "$deb1" ] && [ -f "$deb2" ] || die "no packages to install ('$deb1', '$deb2')"
 next_version=$(dpkg-deb -f "$deb2" Version)
+# From here on `hotline` is the installed /usr/bin/hotline, never a development build that
+# the caller's PATH may find first.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 # --- 1. install ----------------------------------------------------------------------------
 step "1. install $(basename "$deb1")"
 dpkg -i "$deb1" >"$work/dpkg.log" 2>&1 || die "dpkg -i: $(cat "$work/dpkg.log")"
+[ "$(command -v hotline)" = /usr/bin/hotline ] || die "the package installed no /usr/bin/hotline"
 hotline --version | grep -q '^hotline ' || die "hotline --version"
 shell=$(getent passwd hotline | cut -d: -f7)
 [ "$shell" = /usr/sbin/nologin ] || die "user hotline has shell $shell"
