@@ -40,6 +40,17 @@ pub enum TextFileError {
         /// The file.
         path: PathBuf,
     },
+    /// An API token file that holds no token: empty, or more than one word of visible
+    /// ASCII. Its content is never shown: it may be another file named by mistake (a key,
+    /// `/etc/shadow`), and an HTTP client's error would otherwise print it in full.
+    #[error(
+        "{path}: not an API token (expected one line of visible ASCII with no spaces, such as \
+         the 64 hexadecimal digits the node writes; the file's content is not shown)"
+    )]
+    NotAToken {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 impl TextFileError {
@@ -107,9 +118,17 @@ impl ConfigError {
 }
 
 /// Reads a node's API token file ([`TOKEN_FILE_BYTES_MAX`] at most), without the line end
-/// or any surrounding whitespace.
+/// or any surrounding whitespace: one word of visible ASCII (what an HTTP `Authorization`
+/// header carries), else [`TextFileError::NotAToken`].
 pub fn read_token(path: &Path) -> Result<String, TextFileError> {
-    Ok(read(path, TOKEN_FILE_BYTES_MAX)?.trim().to_owned())
+    let text = read(path, TOKEN_FILE_BYTES_MAX)?;
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TextFileError::NotAToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(token.to_owned())
 }
 
 /// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most): a relay's or a
@@ -214,6 +233,22 @@ mod tests {
         let token = dir.path().join("api.token");
         std::fs::write(&token, "  ab12\n").expect("write");
         assert_eq!(read_token(&token).expect("token"), "ab12", "trimmed");
+        // Not a token: refused by name, and what the file holds is not repeated.
+        for wrong in [
+            "\n",
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1\n",
+            "two words",
+        ] {
+            std::fs::write(&token, wrong).expect("write");
+            let e = read_token(&token).expect_err(wrong);
+            assert!(matches!(e, TextFileError::NotAToken { .. }), "{e:?}");
+            let shown = e.to_string();
+            assert!(shown.contains("not an API token"), "{shown}");
+            assert!(
+                !shown.contains("root") && !shown.contains("words"),
+                "{shown}"
+            );
+        }
         let missing = read(&dir.path().join("none"), 10).expect_err("missing");
         assert!(missing.is_not_found(), "{missing:?}");
     }

@@ -450,13 +450,7 @@ fn load_start_roster(
 /// Reads the API token file, creating it (mode 0600, random) if missing.
 pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
     match hotline_config::text_file::read_token(path) {
-        Ok(t) if !t.is_empty() => return Ok(t),
-        Ok(_) => {
-            return Err(NodeError::Io(format!(
-                "{}: empty API token file",
-                path.display()
-            )))
-        }
+        Ok(t) => return Ok(t),
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(NodeError::Io(e.to_string())),
     }

@@ -83,3 +83,33 @@ fn a_node_configuration_out_of_reach_is_not_called_missing() {
         assert!(stderr.contains("no node configuration found"), "{stderr}");
     }
 }
+
+/// A token file that holds no token (another file named by mistake) is refused by name
+/// before anything is sent, and its content is not printed: an HTTP client refusing it as a
+/// header would print it in full, and the file may hold a secret.
+#[test]
+fn a_token_file_that_is_no_token_is_refused_without_its_content() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let wrong = dir.path().join("shadow");
+    std::fs::write(
+        &wrong,
+        "root:$y$j9T$secret-hash:19700:0:99999:7:::\ndaemon:*:19700\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(["inbox", "--api", "127.0.0.1:9", "--token-file"])
+        .arg(&wrong)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the hotline binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not an API token") && stderr.contains("shadow"),
+        "names the file and what is wrong: {stderr}"
+    );
+    assert!(
+        !stderr.contains("secret-hash") && !stderr.contains("daemon"),
+        "the file's content is not shown: {stderr}"
+    );
+}
