@@ -19,7 +19,7 @@
 # The walk:
 #   1. install the package (revision 1): user, /etc/hotline and its token, /var/backups/hotline, units disabled;
 #   2. the roster key ceremony and first roster (--generate, as for drills), the relay's
-#      certificate, relay.toml and node.toml (SEC) from the packaged examples, `config check`;
+#      certificate, relay.toml and node.toml (SEC) from the packaged examples, `config check --strict` (no warning);
 #      the relay and SEC's node started; SEC sends a test message to KAZ, which is offline;
 #   3. a backup, an edited conffile, then an upgrade to revision 2 (`--force-confold`, as an
 #      unattended upgrade keeps an edited conffile): the token, the edited conffile, the
@@ -193,9 +193,9 @@ sed -i -e 's/^participant = .*/participant = "SEC"/' -e 's/^key = .*/key = "SEC.
     -e "s/^roster_key = .*/roster_key = \"$roster_key\"/" \
     -e 's/^address = .*/address = "127.0.0.1:7400"/' \
     -e "s/^fingerprint = .*/fingerprint = \"$fingerprint\"/" /etc/hotline/node.toml
-hotline config check /etc/hotline/relay.toml >"$work/check.log" 2>&1 ||
+hotline config check --strict /etc/hotline/relay.toml >"$work/check.log" 2>&1 ||
     die "config check relay.toml: $(cat "$work/check.log")"
-hotline config check /etc/hotline/node.toml >"$work/check.log" 2>&1 ||
+hotline config check --strict /etc/hotline/node.toml >"$work/check.log" 2>&1 ||
     die "config check node.toml: $(cat "$work/check.log")"
 grep -q '^OK: node configuration (participant SEC)' "$work/check.log" || die "node check: $(cat "$work/check.log")"
 relay_toml_before=$(sha256sum /etc/hotline/relay.toml /etc/hotline/node.toml)
