@@ -17,10 +17,12 @@
 # 127.0.0.1 only: the relay on 7400 (metrics 9400), the nodes' APIs on 7500 and 7501.
 #
 # The walk:
-#   1. install the package (revision 1): user, /etc/hotline and its token, /var/backups/hotline, units disabled;
+#   1. install the package (revision 1): user, /etc/hotline and its token,
+#      /var/backups/hotline, units disabled;
 #   2. the roster key ceremony and first roster (--generate, as for drills), the relay's
-#      certificate, relay.toml and node.toml (SEC) from the packaged examples, `config check --strict` (no warning);
-#      the relay and SEC's node started; SEC sends a test message to KAZ, which is offline;
+#      certificate, relay.toml and node.toml (SEC) from the packaged examples, passing
+#      `config check --strict` (no warning); the relay and SEC's node started; SEC sends a
+#      test message to KAZ, which is offline;
 #   3. a backup, an edited conffile, then an upgrade to revision 2 (`--force-confold`, as an
 #      unattended upgrade keeps an edited conffile): the token, the edited conffile, the
 #      operator's files and the stores are as they were; the services restarted; KAZ starts,
