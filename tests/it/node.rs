@@ -3134,13 +3134,17 @@ async fn acknowledged_by_kgz(kaz: &mut NodeProc, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
-    let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     back_up_the_relay(&net).await;
     let id = kaz.send("KGZ", "After the backup", &[]).await.unwrap();
     kgz.proc
         .wait_line(&["message received", &msg(&id)])
         .await
         .unwrap();
+    // KAZ has it accepted before it goes away: the relay delivers a batch while its commit
+    // syncs, so KGZ may have the message before KAZ has the answer, and a KAZ stopped then
+    // would send it again from its outbox rather than find the relay without it.
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
     // KAZ goes away; KGZ acknowledges; the relay stores the acknowledgement for KAZ.
     stop_node(kaz).await;
     kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
@@ -3168,12 +3172,15 @@ async fn an_acknowledgement_a_restored_relay_lost_reaches_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_made_after_the_backup_of_an_older_message_reaches_the_sender() {
     let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
-    let (kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let (mut kaz, mut kgz) = net.two_nodes(relay_addr).await.unwrap();
     let id = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
     kgz.proc
         .wait_line(&["message received", &msg(&id)])
         .await
         .unwrap();
+    // Accepted at KAZ before it stops (as in the test above), so that it has nothing to
+    // send again.
+    kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
     stop_node(kaz).await;
     let maddr = relay.metrics_addr().expect("metrics");
     // KGZ's delivered receipt is in the backup; its acknowledgement, after it, is not.
