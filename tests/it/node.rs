@@ -381,6 +381,12 @@ async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
         .wait_line(&["message received", &msg(&fresh)])
         .await
         .unwrap();
+    // KGZ may have it before KAZ has the relay's answer (a batch is sent while its commit
+    // syncs); the outbox is checked empty below.
+    kaz.proc
+        .wait_line(&["accepted", &msg(&fresh)])
+        .await
+        .unwrap();
     let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
     let got: BTreeSet<&str> = inbox
         .as_array()
