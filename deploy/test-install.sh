@@ -3,7 +3,7 @@
 # and two nodes from it in between, following docs/OPERATIONS.md (2, 3, 4.2-4.3, 8.1): what
 # test-package.sh checks in the package's files, this checks by doing it.
 #
-#   sudo bash deploy/test-install.sh --yes              # builds the package (release), then walks
+#   sudo bash deploy/test-install.sh --yes              # test-package.sh builds (release), then walks
 #   sudo PROFILE=dev bash deploy/test-install.sh --yes  # around a debug build (CI)
 #   sudo DEB=hotline_0.1.0-1_amd64.deb bash deploy/test-install.sh --yes   # install that first
 #
@@ -56,10 +56,11 @@ user_existed=no
 getent passwd hotline >/dev/null && user_existed=yes
 
 work=$(mktemp -d)
-pids=()
+# The services running, by name: what `stop` and the cleanup stop.
+declare -A pid=()
 cleanup() {
     status=$?
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pid[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if ! dpkg --purge hotline >"$work/purge.log" 2>&1 && [ -n "$(dpkg-query -W hotline 2>/dev/null)" ]; then
         cat "$work/purge.log"
@@ -99,21 +100,36 @@ wait_until() {
         sleep 0.2
     done
 }
-# Starts a service as user hotline, in the background, logging to $work/NAME.log. setpriv
-# execs the program (runuser would stay as its parent and SIGKILL it 2 s after a SIGTERM).
+# Runs a command as user hotline, as the units do: "${as_hotline[@]}" COMMAND. setpriv execs
+# it, so a service started in the background is its own $! (runuser would stay as its
+# parent, and SIGKILL it 2 s after passing on a SIGTERM). An array, not a function: a
+# function run in the background is a subshell, whose pid is not the service's.
+as_hotline=(setpriv --reuid hotline --regid hotline --init-groups --)
+# Starts a service in the background, logging to $work/NAME.log: as user hotline, or with
+# `--root` as this user (KAZ's node, outside the package's paths).
 start() {
     local name=$1
     shift
-    setpriv --reuid hotline --regid hotline --init-groups -- "$@" >>"$work/$name.log" 2>&1 &
-    pids+=($!)
-    eval "pid_$name=$!"
+    if [ "$1" = --root ]; then
+        shift
+        "$@" >>"$work/$name.log" 2>&1 &
+    else
+        "${as_hotline[@]}" "$@" >>"$work/$name.log" 2>&1 &
+    fi
+    pid[$name]=$!
 }
-# Stops a service started by `start` (SIGTERM: a graceful shutdown), waiting for it to exit.
+# Stops a service started by `start` with SIGTERM (a graceful shutdown), waiting at most
+# 30 s, as systemd's default TimeoutStopSec, for it to exit 0.
 stop() {
-    local pid
-    eval "pid=\$pid_$1"
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" || die "$1 exited with status $? (SIGTERM is a graceful shutdown: 0)"
+    local p=${pid[$1]}
+    kill -TERM "$p" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$p" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$1 still running 30 s after SIGTERM"
+        sleep 0.2
+    done
+    wait "$p" || die "$1 exited with status $? (SIGTERM is a graceful shutdown: 0)"
+    unset "pid[$1]"
 }
 # GET /health on the relay's metrics address (bash's /dev/tcp: curl may not be installed).
 relay_healthy() {
@@ -129,20 +145,21 @@ sec_connected() { hotline node-status | grep -q 'relays connected 1/1'; }
 state_is() { hotline status "$id" | grep -q "^state: $1 "; }
 
 # --- the two packages ----------------------------------------------------------------------
-# DEB: a package built before (test-package.sh's), installed first; the upgrade is the same
-# build as revision 2. Without DEB, both are built here.
+# DEB: a package built and checked before (test-package.sh's), installed first; without it,
+# test-package.sh builds and checks one (and installs cargo-deb if it must). The upgrade is
+# the same build as revision 2.
 profile=${PROFILE:-release}
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
-if [ -n "${DEB:-}" ]; then
-    # A copy: cargo-deb deletes the packages in target/debian when it builds another.
-    [ -f "$DEB" ] || die "DEB=$DEB: no such package"
-    cp "$DEB" "$work/"
-    deb1=$work/$(basename "$DEB")
-    step "the package $deb1, and the same build (profile $profile) as revision 2"
-else
-    step "building the package (profile $profile) as revision 1 and revision 2"
-    deb1=$(cargo deb -p hotline-cli --profile "$profile" --output "$work/v1" | grep '\.deb$')
+if [ -z "${DEB:-}" ]; then
+    step "building and checking the package (profile $profile): deploy/test-package.sh"
+    PROFILE=$profile bash deploy/test-package.sh >"$work/package.log" 2>&1 ||
+        die "test-package.sh: $(tail -n 5 "$work/package.log")"
+    DEB=$(sed -n 's/^== package OK: //p' "$work/package.log")
 fi
+# A copy: cargo-deb deletes the packages in target/debian when it builds another.
+[ -f "$DEB" ] || die "DEB=$DEB: no such package"
+cp "$DEB" "$work/"
+deb1=$work/$(basename "$DEB")
+step "the package $(basename "$deb1"), and the same build (profile $profile) as revision 2"
 deb2=$(cargo deb -p hotline-cli --profile "$profile" --no-build --fast --deb-revision 2 \
     --output "$work/v2" | grep '\.deb$')
 [ -f "$deb1" ] && [ -f "$deb2" ] || die "no packages to install ('$deb1', '$deb2')"
@@ -216,7 +233,7 @@ wait_until 30 "the relay to accept the message" state_is accepted
 
 # --- 3. upgrade ----------------------------------------------------------------------------
 step "3. backup (OPERATIONS 8.1), an edited conffile, upgrade to $(basename "$deb2")"
-runuser -u hotline -- hotline backup --data /var/lib/hotline-relay \
+"${as_hotline[@]}" hotline backup --data /var/lib/hotline-relay \
     --out /var/backups/hotline/pre-upgrade.db >"$work/backup.log" 2>&1 ||
     die "backup: $(cat "$work/backup.log")"
 echo "# edited by the operator" >>/etc/hotline/cica-roster.toml
@@ -258,9 +275,7 @@ listen = "127.0.0.1:7501"
 token_file = "$work/kaz/api.token"
 EOF
 chmod 0600 "$work/kaz/api.token" "$work/pub/KAZ.key"
-hotline node --config "$work/kaz/node.toml" >>"$work/kaz.log" 2>&1 &
-pids+=($!)
-pid_kaz=$!
+start kaz --root hotline node --config "$work/kaz/node.toml"
 wait_until 30 "KAZ to have the message sent before the upgrade" state_is delivered
 hotline ack "$id" --officer "Duty officer Test" --node-config "$work/kaz/node.toml" >/dev/null
 wait_until 30 "SEC to see KAZ's acknowledgement" state_is acknowledged
@@ -270,8 +285,8 @@ step "3. the backup timer's command, as its unit runs it, on both live stores; a
 backup_cmd=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/hotline-backup@.service)
 for instance in relay node; do
     # shellcheck disable=SC2046
-    (umask 0077 && setpriv --reuid hotline --regid hotline --init-groups -- \
-        $(sed "s/%i/$instance/g" <<<"$backup_cmd")) >"$work/backup-$instance.log" 2>&1 ||
+    (umask 0077 && "${as_hotline[@]}" $(sed "s/%i/$instance/g" <<<"$backup_cmd")) \
+        >"$work/backup-$instance.log" 2>&1 ||
         die "hotline-backup@$instance: $(cat "$work/backup-$instance.log")"
     copy=$(ls /var/backups/hotline/"$instance"-*Z.db 2>/dev/null | tail -n1)
     [ -n "$copy" ] || die "hotline-backup@$instance wrote no $instance-*.db"
@@ -302,7 +317,7 @@ wait_until 30 "the relay's health after the reinstall" relay_healthy
 start node hotline node --config /etc/hotline/node.toml
 wait_until 30 "SEC's node to connect after the reinstall" sec_connected
 state_is acknowledged || die "after the reinstall SEC's node no longer shows the message acknowledged"
-runuser -u hotline -- hotline relay report --config /etc/hotline/relay.toml --id "$id" \
+"${as_hotline[@]}" hotline relay report --config /etc/hotline/relay.toml --id "$id" \
     >"$work/report.log" 2>&1 || die "relay report: $(cat "$work/report.log")"
 grep -q KAZ "$work/report.log" || die "the relay's report lacks KAZ's receipt: $(cat "$work/report.log")"
 stop node
