@@ -40,8 +40,8 @@ pub enum TextFileError {
         /// The file.
         path: PathBuf,
     },
-    /// An API token file that holds no token: empty, or more than one word of visible
-    /// ASCII. Its content is never shown: it may be another file named by mistake (a key,
+    /// An API token file that holds no token: anything but one word of visible ASCII (an
+    /// empty file, several words, other characters). Its content is never shown: it may be another file named by mistake (a key,
     /// `/etc/shadow`), and an HTTP client's error would otherwise print it in full.
     #[error(
         "{path}: not an API token (expected one line of visible ASCII with no spaces, such as \
