@@ -2558,6 +2558,63 @@ async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
     relay.shutdown().await;
 }
 
+/// A relay whose store's write-ahead log fails to sync (a disk error, injected here on the
+/// second sync) never answers *accepted* what that sync was to cover: the message is refused
+/// `StorageUnavailable`, the relay stops and says why, and its handle reports the fault, so
+/// that `hotline relay` exits with an error for its supervisor. Restarted, it still holds
+/// what it accepted; the refused message, sent again as a node's outbox does, is accepted,
+/// and each message is delivered once.
+#[tokio::test]
+async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
+    let net = two();
+    let relay = hotline_relay::Relay::spawn_with(
+        net.config(),
+        hotline_relay::Hosting::default().fail_syncs_after(1),
+    )
+    .await
+    .unwrap();
+    let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
+    let first = kaz.send_to("KGZ", "first").await.unwrap();
+    let env = kaz.envelope(
+        Audience::Participants(vec![pid("KGZ")]),
+        "second: the sync of its commit fails",
+    );
+    let second = kaz.sign(&env);
+    let refused = kaz
+        .submit_wait(&second)
+        .await
+        .unwrap()
+        .expect_err("a message whose sync failed is not accepted");
+    assert_eq!(refused.code, RejectCode::StorageUnavailable, "{refused:?}");
+    assert!(refused.detail.contains("sync"), "{refused:?}");
+
+    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
+        .await
+        .expect("the relay reports that it stopped");
+    assert!(reason.contains("write-ahead log"), "{reason}");
+    assert_eq!(kaz.closed_code().await.unwrap(), ErrorCode::GoingAway);
+    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
+        .await
+        .expect("a relay that stopped on its own still shuts down");
+
+    let relay = net.relay().await;
+    let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
+    kaz.submit_wait(&second)
+        .await
+        .unwrap()
+        .expect("sent again, it is accepted");
+    let mut kgz = net.client(relay.local_addr(), "KGZ").await.unwrap();
+    let (a, _) = kgz.next_deliver().await.unwrap();
+    let (b, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!([a.digest(), b.digest()], [first.digest(), second.digest()]);
+    let after = until_pong(&mut kgz, 3).await;
+    assert!(
+        !after.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+        "each message once: {after:?}"
+    );
+    relay.shutdown().await;
+}
+
 /// Reads `kgz`'s deliveries until every message up to sequence number `end` not in `stored`
 /// has come, checking that the connection delivers in order without a gap: the first
 /// delivery is the oldest message not yet receipted, and between two deliveries every

@@ -284,6 +284,11 @@ pub struct Metrics {
     pub commits: f64,
     /// Items (submissions, receipts) in them.
     pub commit_items: f64,
+    /// Syncs of the write-ahead log on the relay's sync thread (0 for a relay that syncs in
+    /// its commits).
+    pub wal_syncs: f64,
+    /// Their seconds, together.
+    pub wal_sync_seconds: f64,
     /// Messages accepted.
     pub accepted: f64,
     /// Messages written to nodes.
@@ -380,6 +385,8 @@ impl Metrics {
             match name {
                 "hotline_relay_commit_batch_size_count" => m.commits = v,
                 "hotline_relay_commit_batch_size_sum" => m.commit_items = v,
+                "hotline_relay_wal_sync_duration_seconds_count" => m.wal_syncs = v,
+                "hotline_relay_wal_sync_duration_seconds_sum" => m.wal_sync_seconds = v,
                 "hotline_relay_messages_accepted_total" => m.accepted = v,
                 "hotline_relay_deliveries_total" => m.deliveries = v,
                 "hotline_relay_receipts_stored_total" => m.receipts_stored = v,

@@ -170,9 +170,14 @@ pub struct TrafficReport {
     pub relay_commits: Option<f64>,
     /// Mean items (submissions + receipts) per relay commit.
     pub relay_items_per_commit: Option<f64>,
-    /// Mean time the relay's writer spent on one commit (statements, commit, sync, any
-    /// checkpoint), ms.
+    /// Mean time the relay's writer spent on one commit (statements, commit, any
+    /// checkpoint; the sync too where the relay syncs in its commits), ms.
     pub relay_commit_ms_mean: Option<f64>,
+    /// Syncs of the relay's write-ahead log on its sync thread during the run (none: the
+    /// relay syncs in its commits, or no metrics).
+    pub relay_wal_syncs: Option<f64>,
+    /// Their mean time, ms.
+    pub relay_wal_sync_ms_mean: Option<f64>,
     /// Mean time of a message's stages in the relay, µs, from its metrics: read to hand-off
     /// to the writer (the checks and signature), the wait for the writer, a commit, commit
     /// to a recipient's stream (`relay::Metrics::stage_means_us`).
@@ -218,7 +223,7 @@ impl TrafficReport {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -239,6 +244,10 @@ impl TrafficReport {
             ipc = self.relay_items_per_commit.unwrap_or(0.0),
             cms = self
                 .relay_commit_ms_mean
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            sy = opt(self.relay_wal_syncs, ""),
+            syms = self
+                .relay_wal_sync_ms_mean
                 .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             stages = per_stage(self.relay_stages_us),
             stages99 = per_stage(self.relay_stages_p99_us),
@@ -1076,6 +1085,16 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         ),
         _ => (None, None),
     };
+    let (syncs, sync_ms_mean) = match (&before, &after) {
+        (Some(b), Some(a)) if a.wal_syncs > b.wal_syncs => {
+            let n = a.wal_syncs - b.wal_syncs;
+            (
+                Some(n),
+                Some((a.wal_sync_seconds - b.wal_sync_seconds) * 1e3 / n),
+            )
+        }
+        _ => (None, None),
+    };
     let (commits, items_per_commit) = match (before, after) {
         (Some(b), Some(a)) if a.commits > b.commits => {
             let n = a.commits - b.commits;
@@ -1132,6 +1151,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_commits: commits,
         relay_items_per_commit: items_per_commit,
         relay_commit_ms_mean: commit_ms_mean,
+        relay_wal_syncs: syncs,
+        relay_wal_sync_ms_mean: sync_ms_mean,
         relay_stages_us: stages,
         relay_stages_p99_us: stages_p99,
         load_avg_before,

@@ -24,6 +24,7 @@ mod session;
 pub mod store;
 mod throttle;
 mod verifier;
+mod walsync;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -159,6 +160,7 @@ pub struct Hosting {
     socket: Option<hotline_net::transport::AbstractSocket>,
     writer_on_runtime: bool,
     fail_writer_after: Option<u64>,
+    fail_syncs_after: Option<u64>,
     slow_commits: Option<std::time::Duration>,
 }
 
@@ -188,6 +190,15 @@ impl Hosting {
         self
     }
 
+    /// For tests of what a relay does when a sync of its store's write-ahead log fails (a
+    /// disk error): the sync after the first `syncs` fails (the ones after it would
+    /// succeed, as after a transient error). Never in production.
+    #[doc(hidden)]
+    pub fn fail_syncs_after(mut self, syncs: u64) -> Self {
+        self.fail_syncs_after = Some(syncs);
+        self
+    }
+
     /// For tests of what happens while a commit syncs, as on a slow disk: the writer waits
     /// `wait` after posting a batch to the sessions and before its `COMMIT`, so that a
     /// session starting meanwhile meets a batch it was not posted and cannot yet read from
@@ -203,8 +214,8 @@ impl Hosting {
 /// The store writer, as the accept loop watches it.
 struct Writer {
     join: WriterJoin,
-    /// Resolves when the writer has ended.
-    gone: tokio::sync::oneshot::Receiver<()>,
+    /// Resolves when the writer has ended: with why, if it stopped on its own.
+    gone: tokio::sync::oneshot::Receiver<String>,
 }
 
 /// Where the store writer runs (see [`Hosting::writer_on_runtime`]).
@@ -261,13 +272,15 @@ impl Relay {
                 batch_max: config.limits.commit_batch_max,
                 queues,
                 fail_after_commits: hosting.fail_writer_after,
+                fail_syncs_after: hosting.fail_syncs_after,
                 slow_commits: hosting.slow_commits,
             },
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");
         let (cmd_tx, cmd_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
-        // Dropped when the writer ends, however it ends (a panic unwinds through it).
-        let (writer_gone_tx, writer_gone) = tokio::sync::oneshot::channel::<()>();
+        // Resolves when the writer ends, however it ends: with why, if it stopped on its own
+        // (a failed sync), or dropped (a panic unwinds through it; a shutdown).
+        let (writer_gone_tx, writer_gone) = tokio::sync::oneshot::channel::<String>();
         let writer_join = if hosting.writer_on_runtime {
             WriterJoin::Task(tokio::spawn(async move {
                 let _gone = writer_gone_tx;
@@ -290,9 +303,10 @@ impl Relay {
                 std::thread::Builder::new()
                     .name("hotline-store-writer".into())
                     .spawn(move || {
-                        let _gone = writer_gone_tx;
                         let _claim = claim;
-                        writer.run(cmd_rx, checkpointer)
+                        if let Some(why) = writer.run(cmd_rx, checkpointer) {
+                            let _ = writer_gone_tx.send(why);
+                        }
                     })
                     .map_err(|e| RelayError::Io(format!("cannot start the store writer: {e}")))?,
             )
@@ -443,9 +457,10 @@ async fn accept_loop(
             _ = wait_true(&mut shutdown) => break,
             // Without its writer the relay can store nothing: stop, so that it is restarted,
             // rather than accept connections it cannot serve.
-            _ = &mut writer.gone => {
-                error!("the store writer has stopped: this relay can store nothing more; stopping it");
-                fault.send_replace(Some("the store writer stopped".into()));
+            why = &mut writer.gone => {
+                let why = why.unwrap_or_else(|_| "the store writer stopped".into());
+                error!(reason = %why, "the store writer has stopped: this relay can store nothing more; stopping it");
+                fault.send_replace(Some(why));
                 break;
             }
             // Reap finished sessions so the set does not grow.

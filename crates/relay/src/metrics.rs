@@ -116,11 +116,13 @@ pub(crate) struct Metrics {
     pub(crate) receipt_read_pauses: AtomicU64,
     commit_failures: AtomicU64,
     checkpoint_failures: AtomicU64,
+    wal_sync_failures: AtomicU64,
     /// Pages in the write-ahead log when the last background checkpoint began.
     wal_frames: AtomicU64,
     batch: Histogram<11>,
     commit_us: Histogram<12>,
     checkpoint_us: Histogram<12>,
+    wal_sync_us: Histogram<12>,
     verify_batch: Histogram<11>,
     latency: Histogram<13>,
     submit_check_us: Histogram<13>,
@@ -154,10 +156,12 @@ impl Metrics {
             receipt_read_pauses: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
+            wal_sync_failures: AtomicU64::new(0),
             wal_frames: AtomicU64::new(0),
             batch: Histogram::new(BATCH_BUCKETS),
             commit_us: Histogram::new(COMMIT_BUCKETS_US),
             checkpoint_us: Histogram::new(COMMIT_BUCKETS_US),
+            wal_sync_us: Histogram::new(COMMIT_BUCKETS_US),
             verify_batch: Histogram::new(BATCH_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS_MS),
             submit_check_us: Histogram::new(STAGE_BUCKETS_US),
@@ -191,7 +195,18 @@ impl Metrics {
         self.lost.fetch_add(1, Relaxed);
     }
 
-    /// A group commit of `size` items succeeded after `took` (statements, commit, sync).
+    /// A sync of the write-ahead log (`crate::walsync`) succeeded after `took`.
+    pub(crate) fn wal_synced(&self, took: std::time::Duration) {
+        self.wal_sync_us.observe_us(took);
+    }
+
+    /// A sync of the write-ahead log failed (the relay stops).
+    pub(crate) fn wal_sync_failed(&self) {
+        self.wal_sync_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A group commit of `size` items succeeded after `took` (its statements and `COMMIT`,
+    /// with the log's sync only where the sync thread is not running).
     pub(crate) fn commit(
         &self,
         size: usize,
@@ -413,6 +428,13 @@ impl Metrics {
              checkpoint then keeps the log bounded).",
             self.checkpoint_failures.load(Relaxed),
         );
+        counter(
+            &mut o,
+            "hotline_relay_wal_sync_failures_total",
+            "Syncs of the write-ahead log that failed: at most one, since the relay then \
+             refuses what the sync was to cover and stops.",
+            self.wal_sync_failures.load(Relaxed),
+        );
         gauge(
             &mut o,
             "hotline_relay_wal_frames",
@@ -533,7 +555,13 @@ impl Metrics {
         self.commit_us.render(
             &mut o,
             "hotline_relay_commit_duration_seconds",
-            "Time the store writer spent on one successful group commit: its statements, the commit with its sync, and any WAL checkpoint SQLite ran with it. Every accepted message waits for one.",
+            "Time the store writer spent on one successful group commit: its statements, the commit (without its sync, which runs on its own thread: hotline_relay_wal_sync_duration_seconds), and any WAL checkpoint SQLite ran with it. Every accepted message waits for one.",
+            1_000_000.0,
+        );
+        self.wal_sync_us.render(
+            &mut o,
+            "hotline_relay_wal_sync_duration_seconds",
+            "Time one sync of the write-ahead log took, on its own thread: the answers of every commit written before it began wait for it. One sync covers several commits under load.",
             1_000_000.0,
         );
         self.checkpoint_us.render(

@@ -3,9 +3,14 @@
 //!
 //! One writer thread owns the write connection and groups commands into transactions (group
 //! commit): it drains up to `commit_batch_max` commands, applies them in one transaction,
-//! commits (fsync, `synchronous=FULL`), and only then answers each command and wakes the
-//! recipients' sessions. Nothing is answered *accepted* before its commit has returned, and
-//! if the commit fails every command in the batch is answered `StorageUnavailable`.
+//! posts the batch to the recipients' sessions, commits, and hands the commit's answers to
+//! the write-ahead log's sync thread ([`crate::walsync`]; the connection at
+//! `synchronous=NORMAL`), which answers them once an `fdatasync` covers the commit, while
+//! the writer goes on to its next batch. Nothing is answered *accepted* before its commit is
+//! on disk; if the commit fails every command in the batch is answered
+//! `StorageUnavailable`, and if the sync fails so is everything it was to cover, and the
+//! relay stops. (Where the sync thread cannot start, and on a simulation's runtime, the
+//! connection stays at `synchronous=FULL` and the writer answers after each commit.)
 //! Sessions read queues through a small pool of read connections (WAL: readers never block
 //! the writer).
 
@@ -30,6 +35,7 @@ use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
 use crate::queue::QueueIndex;
 use crate::throttle::Throttle;
+use crate::walsync::WalSync;
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -761,6 +767,9 @@ pub(crate) struct WriterContext {
     /// For tests only ([`crate::Hosting::fail_writer_after`]): the writer panics once it has
     /// committed this many batches.
     pub(crate) fail_after_commits: Option<u64>,
+    /// For tests only ([`crate::Hosting::fail_syncs_after`]): the sync of the write-ahead
+    /// log after this many fails.
+    pub(crate) fail_syncs_after: Option<u64>,
     /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
     /// post and its commit.
     pub(crate) slow_commits: Option<std::time::Duration>,
@@ -1164,6 +1173,9 @@ pub(crate) struct Writer {
     /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
     /// checkpoint runs in this writer's commits at its default 1,000 pages).
     checkpointer: Option<Checkpointer>,
+    /// The write-ahead log's sync on its own thread (thread hosting only; `None`: the
+    /// connection is at `synchronous=FULL` and each commit syncs, [`crate::walsync`]).
+    wal_sync: Option<WalSync>,
     /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
     /// Whether the last commit failed: until one succeeds, batches are posted only after
@@ -1281,6 +1293,7 @@ impl Writer {
             ctx,
             held: HeldCache::new(),
             checkpointer: None,
+            wal_sync: None,
             commits: 0,
             last_commit_failed: false,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
@@ -1316,11 +1329,16 @@ impl Writer {
     /// that WAL checkpoints run while it is idle rather than inside its commits, and its own
     /// automatic checkpoint is raised to the fallback for sustained load
     /// ([`crate::checkpoint`]).
+    ///
+    /// It starts the write-ahead log's sync thread ([`crate::walsync`]) and hands it each
+    /// commit's answers; if a sync fails it refuses what it holds and stops, returning why
+    /// (the relay then stops: [`crate::RelayHandle::failed`]). `None`: it stopped because
+    /// its commands ended.
     pub(crate) fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
         checkpointer: Option<Checkpointer>,
-    ) {
+    ) -> Option<String> {
         if checkpointer.is_some() {
             let raised = self.conn.execute_batch(&format!(
                 "PRAGMA wal_autocheckpoint = {}",
@@ -1331,6 +1349,7 @@ impl Writer {
             }
             self.checkpointer = checkpointer;
         }
+        self.wal_sync = self.start_wal_sync();
         struct Unpark(std::thread::Thread);
         impl std::task::Wake for Unpark {
             fn wake(self: Arc<Self>) {
@@ -1341,15 +1360,19 @@ impl Writer {
         let mut cx = std::task::Context::from_waker(&waker);
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
         let mut deadline: Option<std::time::Instant> = None;
-        loop {
+        let stopped = loop {
             let next = loop {
+                // A failed sync wakes this thread (`WalSync`), so a wait ends here too.
+                if let Some(e) = self.wal_sync.as_ref().and_then(WalSync::failed) {
+                    break Err(e);
+                }
                 match rx.poll_recv(&mut cx) {
-                    std::task::Poll::Ready(Some(c)) => break Next::Command(c),
-                    std::task::Poll::Ready(None) => break Next::Closed,
+                    std::task::Poll::Ready(Some(c)) => break Ok(Next::Command(c)),
+                    std::task::Poll::Ready(None) => break Ok(Next::Closed),
                     std::task::Poll::Pending => {
                         let now = std::time::Instant::now();
                         if deadline.is_some_and(|d| now >= d) {
-                            break Next::Deadline;
+                            break Ok(Next::Deadline);
                         }
                         if let Some(c) = &mut self.checkpointer {
                             c.idle();
@@ -1361,14 +1384,57 @@ impl Writer {
                     }
                 }
             };
+            let next = match next {
+                Ok(next) => next,
+                Err(e) => {
+                    // Deferred receipts, not yet committed: refused, as is all that follows
+                    // (the sessions' reply channels close with this writer).
+                    for (reply, answer) in batch.drain(..).filter_map(unrun) {
+                        let _ = reply.try_send(answer);
+                    }
+                    break Some(format!("the store writer stopped: {e}"));
+                }
+            };
             let now = std::time::Instant::now();
             if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
-                break;
+                break None;
+            }
+        };
+        // Stops the checkpoint thread (after the checkpoint it may be running), and the sync
+        // thread (after it has synced and answered what it holds).
+        drop(self.checkpointer.take());
+        drop(self.wal_sync.take());
+        match &stopped {
+            None => tracing::info!("store writer stopped"),
+            Some(why) => tracing::error!(reason = %why, "store writer stopped"),
+        }
+        stopped
+    }
+
+    /// Starts the write-ahead log's sync thread and lowers the connection to
+    /// `synchronous=NORMAL`; where either fails, logs why and keeps syncing in each commit.
+    fn start_wal_sync(&mut self) -> Option<WalSync> {
+        let keep = "the store writer syncs in each commit instead (synchronous=FULL)";
+        let db = PathBuf::from(self.conn.path()?);
+        let ws = match WalSync::start(
+            &db,
+            self.ctx.metrics.clone(),
+            std::thread::current(),
+            self.ctx.fail_syncs_after,
+        ) {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::warn!(error = %e, "{keep}");
+                return None;
+            }
+        };
+        match self.conn.pragma_update(None, "synchronous", "NORMAL") {
+            Ok(()) => Some(ws),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lower synchronous to NORMAL: {keep}");
+                None
             }
         }
-        // Stops the checkpoint thread (after the checkpoint it may be running).
-        drop(self.checkpointer.take());
-        tracing::info!("store writer stopped");
     }
 
     /// As [`Writer::run`], as a task that blocks its runtime during each commit: for a
@@ -1519,6 +1585,10 @@ impl Writer {
                 return Err(format!("relay storage: {e}"));
             }
         };
+        // Answered only once on disk, as every commit (the writer stops if this fails).
+        if let Some(Err(e)) = self.wal_sync.as_ref().map(WalSync::sync_now) {
+            return Err(format!("relay storage: {e}"));
+        }
         let changed = loaded.is_some();
         if let Some(loaded) = loaded {
             self.cursors = loaded.cursors;
@@ -1805,11 +1875,17 @@ impl Writer {
                 if p.over_budget > 0 {
                     self.warn_over_budget(p.over_budget, p.over_budget_signers);
                 }
-                for (reply, answer) in p.replies {
-                    // Capacity is reserved by the session before it sends a command, so
-                    // this only fails if the session has gone, which is fine: the node
-                    // resubmits and gets the same answer.
-                    let _ = reply.try_send(answer);
+                match &self.wal_sync {
+                    // Answered once a sync covers this commit.
+                    Some(ws) => ws.answer_after_sync(p.replies),
+                    None => {
+                        for (reply, answer) in p.replies {
+                            // Capacity is reserved by the session before it sends a
+                            // command, so this only fails if the session has gone, which is
+                            // fine: the node resubmits and gets the same answer.
+                            let _ = reply.try_send(answer);
+                        }
+                    }
                 }
                 // Again, for the sessions the first post could not reach (module `hub`).
                 self.ctx.hub.post(&p.posts, posted_at.unwrap_or(committed));
@@ -1823,22 +1899,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                for cmd in commands {
-                    match cmd {
-                        Command::Submit { env, reply, .. } => {
-                            p.replies
-                                .push((reply, unanswered(Subject::Message(env.id))));
-                        }
-                        Command::Receipt { digest, reply, .. } => {
-                            p.replies
-                                .push((reply, unanswered(Subject::Receipt(digest))));
-                        }
-                        // No answer is owed: its receipts stay queued, and are forwarded
-                        // again.
-                        Command::ReceiptsStored { .. } => {}
-                        rewind @ Command::Rewind { .. } => rewind_not_here(rewind),
-                    }
-                }
+                p.replies.extend(commands.filter_map(unrun));
                 self.journal.rollback();
                 // What this batch's receipts took out of the queues is still owed.
                 let mut ix = self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -1852,19 +1913,45 @@ impl Writer {
                     self.recall(&p.posts);
                 }
                 for (reply, answer) in p.replies {
-                    let subject = match answer {
-                        RelayToNode::Accepted(a) => Subject::Message(a.id),
-                        RelayToNode::Rejected(r) => r.subject,
-                        RelayToNode::ReceiptStored(d) => Subject::Receipt(d),
-                        _ => Subject::Frame,
-                    };
-                    let _ = reply.try_send(RelayToNode::Rejected(Rejected {
-                        subject,
-                        code: RejectCode::StorageUnavailable,
-                        detail: hotline_proto::frame::detail(format!("relay storage: {e}")),
-                    }));
+                    let _ =
+                        reply.try_send(refused_for_storage(&answer, format!("relay storage: {e}")));
                 }
             }
+        }
+    }
+}
+
+/// `answer` turned into its refusal `StorageUnavailable` (same subject), for a batch whose
+/// commit failed, or whose sync did (`crate::walsync`): whatever it was going to say
+/// depended on the batch being stored.
+pub(crate) fn refused_for_storage(answer: &RelayToNode, detail: String) -> RelayToNode {
+    let subject = match answer {
+        RelayToNode::Accepted(a) => Subject::Message(a.id),
+        RelayToNode::Rejected(r) => r.subject.clone(),
+        RelayToNode::ReceiptStored(d) => Subject::Receipt(*d),
+        _ => Subject::Frame,
+    };
+    RelayToNode::Rejected(Rejected {
+        subject,
+        code: RejectCode::StorageUnavailable,
+        detail: hotline_proto::frame::detail(detail),
+    })
+}
+
+/// The answer owed to a command that will not run (its batch's commit failed before it, or
+/// the writer is stopping): `StorageUnavailable`, with its reply channel. A rewind is
+/// answered here.
+fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
+    match cmd {
+        Command::Submit { env, reply, .. } => Some((reply, unanswered(Subject::Message(env.id)))),
+        Command::Receipt { digest, reply, .. } => {
+            Some((reply, unanswered(Subject::Receipt(digest))))
+        }
+        // No answer is owed: its receipts stay queued, and are forwarded again.
+        Command::ReceiptsStored { .. } => None,
+        rewind @ Command::Rewind { .. } => {
+            rewind_not_here(rewind);
+            None
         }
     }
 }
@@ -3259,6 +3346,7 @@ mod tests {
                 batch_max: 64,
                 queues: Arc::new(Mutex::new(QueueIndex::default())),
                 fail_after_commits: None,
+                fail_syncs_after: None,
                 slow_commits: None,
             },
         )

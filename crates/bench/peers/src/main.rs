@@ -315,7 +315,7 @@ struct Row {
 }
 
 const OURS_GUARANTEE: &str = "fsync before accept; signed receipts";
-const OURS_NOTE: &str = "Accepted = committed to the relay's SQLite store (WAL, synchronous=FULL, group commit). Each message is ed25519-signed by the sender and verified by the relay; each recipient makes its batch durable (fdatasync), then signs a cumulative delivered receipt that the relay stores and forwards to the sender, who stores it. At maximum rate the window counts a message until all 37 receipts are back at the sender (one more hop than a peer's window), or, in the rows marked \"window as peers\", until it is accepted and durable at all 37, the peers' rule; the receipts flow all the same. Ratios compare with the latter when it was run.";
+const OURS_NOTE: &str = "Accepted = committed to the relay's SQLite store (WAL, group commit) and the write-ahead log fdatasync'd. Each message is ed25519-signed by the sender and verified by the relay; each recipient makes its batch durable (fdatasync), then signs a cumulative delivered receipt that the relay stores and forwards to the sender, who stores it. At maximum rate the window counts a message until all 37 receipts are back at the sender (one more hop than a peer's window), or, in the rows marked \"window as peers\", until it is accepted and durable at all 37, the peers' rule; the receipts flow all the same. Ratios compare with the latter when it was run.";
 
 fn row(v: &serde_json::Value) -> anyhow::Result<Row> {
     let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
