@@ -15,7 +15,10 @@
 //! several commits. Nothing is answered *accepted* (nor a receipt *stored*) before the bytes
 //! of its commit are on disk: the same bytes a `FULL` commit would have synced.
 //!
-//! **Why that is as durable as `FULL`.** At `NORMAL` SQLite still syncs the log before every
+//! **Why that is as durable as `FULL`.** A `FULL` commit in WAL mode writes the same frames
+//! and then syncs the log (`sqlite3WalFrames`; it would first pad the commit to a sector
+//! boundary, but only on a file system without power-safe overwrite, which SQLite's Unix
+//! file layer assumes by default). At `NORMAL` SQLite still syncs the log before every
 //! checkpoint and the database after it, and the log's header when it starts the log over,
 //! so the store stays consistent whatever is lost; what a crash can lose is only commits not
 //! yet synced, and their senders were not yet answered: their nodes send them again (the
