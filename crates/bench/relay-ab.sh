@@ -31,7 +31,7 @@ for _ in $(seq 1 "$pairs"); do
         [ "$which" = after ] && relay=$after
         line=$(timeout --kill-after=30 "$RUN_TIMEOUT" "$BENCH" --hotline "$relay" "$@" 2>&1 \
             | grep -E '^(fanout|p2p)' | tail -n 1 || true)
-        brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept|all-37-receipts) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|commits [0-9]+ \([0-9.]+ items each, [0-9.]+ ms mean\)|check/wait/commit/fanout [0-9/]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
+        brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept|all-37-receipts) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|commits [0-9]+ \([0-9.]+ items each, [0-9.]+ ms mean\)|syncs [0-9]+ \([0-9.]+ ms mean\)|check/wait/commit/fanout [0-9/]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
         echo "$(date -u +%T) $which: ${brief:-$line}"
     done
 done

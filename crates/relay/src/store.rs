@@ -1157,6 +1157,11 @@ struct Pending {
 
 /// The writer thread's state.
 pub(crate) struct Writer {
+    /// The write-ahead log's sync on its own thread (thread hosting only; `None`: the
+    /// connection is at `synchronous=FULL` and each commit syncs, [`crate::walsync`]).
+    /// Declared before `conn` so that, however the writer ends (a panic too), the thread
+    /// syncs and answers what it holds while the connection still keeps the log open.
+    wal_sync: Option<WalSync>,
     conn: Connection,
     journal: Journal,
     last_seq: HashMap<ParticipantId, u64>,
@@ -1173,9 +1178,6 @@ pub(crate) struct Writer {
     /// Background WAL checkpoints (thread hosting only; `None`: SQLite's automatic
     /// checkpoint runs in this writer's commits at its default 1,000 pages).
     checkpointer: Option<Checkpointer>,
-    /// The write-ahead log's sync on its own thread (thread hosting only; `None`: the
-    /// connection is at `synchronous=FULL` and each commit syncs, [`crate::walsync`]).
-    wal_sync: Option<WalSync>,
     /// Batches committed, counted only for [`crate::Hosting::fail_writer_after`].
     commits: u64,
     /// Whether the last commit failed: until one succeeds, batches are posted only after
