@@ -83,6 +83,11 @@ pub(crate) enum SyncError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The sync thread has ended (a bug: a panic).
+    #[error(
+        "the write-ahead log's sync thread has stopped (a bug; its log says why); the relay stops"
+    )]
+    Stopped,
     /// The path no longer names the file opened at the start.
     #[error("the store's write-ahead log {path} was replaced or removed while the relay ran ({detail}); the relay stops")]
     Replaced { path: PathBuf, detail: String },
@@ -155,16 +160,19 @@ impl Shared {
                 self.metrics.wal_synced(started.elapsed());
                 Ok(())
             }
-            Err(e) => {
-                let e = Arc::new(e);
-                error!(error = %e, "write-ahead log sync failed: refusing every answer not yet sent and stopping the relay");
-                log.failed = Some(e.clone());
-                self.failed.store(true, Ordering::Release);
-                self.metrics.wal_sync_failed();
-                self.writer.unpark();
-                Err(e)
-            }
+            Err(e) => Err(self.fail(&mut log, e)),
         }
+    }
+
+    /// Records the first failure for good, and wakes the writer so that it stops.
+    fn fail(&self, log: &mut Log, e: SyncError) -> Arc<SyncError> {
+        let e = Arc::new(e);
+        error!(error = %e, "write-ahead log sync failed: refusing every answer not yet sent and stopping the relay");
+        log.failed = Some(e.clone());
+        self.failed.store(true, Ordering::Release);
+        self.metrics.wal_sync_failed();
+        self.writer.unpark();
+        e
     }
 }
 
@@ -232,9 +240,15 @@ impl WalSync {
     pub(crate) fn answer_after_sync(&self, replies: Replies) {
         if let Some(tx) = &self.tx {
             if let Err(std_mpsc::SendError(replies)) = tx.send(replies) {
-                // The thread has gone (it cannot, short of a panic): answer nothing as
-                // accepted that no sync covers.
-                refuse_all(replies, "the write-ahead log's sync thread has stopped");
+                // The thread has gone (it cannot, short of a panic): nothing is answered
+                // accepted that no sync covers, and the relay stops as after a failed sync.
+                let mut log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+                let e = match &log.failed {
+                    Some(e) => e.clone(),
+                    None => self.shared.fail(&mut log, SyncError::Stopped),
+                };
+                drop(log);
+                refuse_all(replies, &e.to_string());
             }
         }
     }
@@ -396,6 +410,25 @@ mod tests {
         ws.answer_after_sync(third);
         assert!(storage_refused(&next(&mut rx3).await));
         assert!(ws.sync_now().is_err());
+    }
+
+    /// If the thread has gone (it cannot but by a bug), what is handed over is refused, not
+    /// dropped or accepted, and the writer is told to stop.
+    #[tokio::test]
+    async fn a_sync_thread_gone_refuses_and_stops_the_writer() {
+        let (_dir, _conn, ws) = started(None);
+        let (tx, rx) = std_mpsc::channel();
+        drop(rx);
+        let orphan = WalSync {
+            shared: ws.shared.clone(),
+            tx: Some(tx),
+            thread: None,
+        };
+        let (replies, mut answers) = answers(1);
+        orphan.answer_after_sync(replies);
+        assert!(storage_refused(&next(&mut answers).await));
+        let e = ws.failed().expect("the writer sees the failure");
+        assert!(matches!(*e, SyncError::Stopped), "{e}");
     }
 
     /// A log replaced under the relay (here renamed away and another file put in its place)
