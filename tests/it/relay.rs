@@ -2615,6 +2615,45 @@ async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
     relay.shutdown().await;
 }
 
+/// An operator's redelivery is answered only once its change is on disk: when the sync
+/// after its commit fails (injected on the first sync), the operator is told so, not that
+/// the queues moved back, and the relay stops as after any failed sync.
+#[tokio::test]
+async fn a_redelivery_whose_sync_fails_is_not_reported_done() {
+    use hotline_relay::admin::{ask, Answer, Request};
+    let net = two();
+    let relay = hotline_relay::Relay::spawn_with(
+        net.config(),
+        hotline_relay::Hosting::default().fail_syncs_after(0),
+    )
+    .await
+    .unwrap();
+    let data = net.path().join("relay-data");
+    let answer = tokio::task::spawn_blocking(move || {
+        ask(
+            &data,
+            &Request::Redeliver {
+                to: None,
+                since_ms: 0,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let Answer::Refused { error } = &answer else {
+        panic!("a redelivery whose sync failed is reported done: {answer:?}")
+    };
+    assert!(error.contains("write-ahead log"), "{error}");
+    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
+        .await
+        .expect("the relay reports that it stopped");
+    assert!(reason.contains("write-ahead log"), "{reason}");
+    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
+        .await
+        .expect("a relay that stopped on its own still shuts down");
+}
+
 /// Reads `kgz`'s deliveries until every message up to sequence number `end` not in `stored`
 /// has come, checking that the connection delivers in order without a gap: the first
 /// delivery is the oldest message not yet receipted, and between two deliveries every
