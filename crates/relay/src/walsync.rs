@@ -33,7 +33,10 @@
 //! its writer ends ([`crate::RelayHandle::failed`]), so that its supervisor restarts it and
 //! SQLite recovers the log as the disk holds it. Syncs are serialised (one lock), so a
 //! writeback error is reported to the sync that covers the failed bytes or to one before it,
-//! never lost between two concurrent calls.
+//! never lost between two concurrent calls. SQLite's own syncs of the log (before a
+//! checkpoint, of the header) use its own descriptor; Linux (since 4.13) reports a writeback
+//! error once to each open file description, so they cannot take the report this thread's
+//! descriptor must see.
 //!
 //! **The log is the file the relay opened.** Before each sync its path is checked to still
 //! name the opened file (device and inode): a log replaced or removed under a running relay
