@@ -599,7 +599,7 @@ impl Metrics {
         self.fanout_us.render(
             &mut o,
             "hotline_relay_fanout_seconds",
-            "Time from the store writer's post of a message, made while its commit syncs, to its write into a connected recipient's stream, one observation per recipient (recipients served from memory; a backlog read back from the store is not counted). Growing times mean the relay is short of CPU for its sessions.",
+            "Time from the store writer's post of a message, made before its commit is written and synced, to its write into a connected recipient's stream, one observation per recipient (recipients served from memory; a backlog read back from the store is not counted). Growing times mean the relay is short of CPU for its sessions.",
             1_000_000.0,
         );
         o
