@@ -1496,12 +1496,23 @@ async fn metrics_and_health_report_traffic() {
     );
     // Commits are timed, in seconds: the three messages' commits at least (a scrape may
     // fall between the two observations of a commit that is still finishing, so the count
-    // is not compared with the batch histogram's), each more than nothing (a commit syncs)
-    // and far less than a second here.
+    // is not compared with the batch histogram's), each more than nothing (a commit writes
+    // the log) and far less than a second here.
     let commits = metric(&text, "hotline_relay_commit_duration_seconds_count").unwrap();
     assert!(commits >= 3.0, "{text}");
     let total = metric(&text, "hotline_relay_commit_duration_seconds_sum").unwrap();
     assert!(total > 0.0 && total / commits < 1.0, "{text}");
+    // Each message was answered after a sync of the log on its own thread (one after the
+    // other, so a sync each at least), and no sync failed.
+    let syncs = metric(&text, "hotline_relay_wal_sync_duration_seconds_count").unwrap();
+    assert!(syncs >= 3.0, "{text}");
+    let synced = metric(&text, "hotline_relay_wal_sync_duration_seconds_sum").unwrap();
+    assert!(synced > 0.0 && synced / syncs < 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "hotline_relay_wal_sync_failures_total"),
+        Some(0.0),
+        "{text}"
+    );
     // A message's stages: each accepted submission was checked and waited for the writer
     // once (the forged one never reached it), and each was written to KGZ's stream from
     // memory once. The fan-out is observed just after the write, so it is waited for.
