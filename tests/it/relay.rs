@@ -1878,6 +1878,16 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
 // Delivery details: redelivery, the delivery window, receipts across senders
 // ---------------------------------------------------------------------------------------
 
+/// Fails, saying `why`, if anything is delivered to `c` before the Pong of a Ping sent now:
+/// nothing more is on its way.
+async fn nothing_delivered_before_pong(c: &mut Client, nonce: u64, why: &str) {
+    let before = until_pong(c, nonce).await;
+    assert!(
+        !before.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
+        "{why}: {before:?}"
+    );
+}
+
 /// Sends a Ping and returns every frame that arrived before its Pong: a barrier that
 /// proves what the relay has (not) sent so far.
 async fn until_pong(c: &mut Client, nonce: u64) -> Vec<RelayToNode> {
@@ -1910,11 +1920,7 @@ async fn unreceipted_messages_are_redelivered_on_reconnect() {
         again, m2,
         "at-least-once: the unreceipted message comes again"
     );
-    let before = until_pong(&mut kgz, 1).await;
-    assert!(
-        !before.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
-        "the receipted message is not redelivered: {before:?}"
-    );
+    nothing_delivered_before_pong(&mut kgz, 1, "the receipted message is not redelivered").await;
     relay.shutdown().await;
 }
 
@@ -1943,11 +1949,12 @@ async fn delivery_pauses_at_the_window_until_receipts_arrive() {
             }
         }
         assert!(early.is_empty(), "round {round}: {} early", early.len());
-        let extra = until_pong(&mut kgz, round).await;
-        assert!(
-            !extra.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
-            "round {round}: more than the window in flight: {extra:?}"
-        );
+        nothing_delivered_before_pong(
+            &mut kgz,
+            round,
+            &format!("round {round}: more than the window in flight"),
+        )
+        .await;
         let d = kgz
             .receipt(ReceiptKind::Delivered, &batch)
             .await
@@ -2507,11 +2514,7 @@ async fn receipts_out_of_order_survive_relay_restarts() {
         for m in expected {
             assert_eq!(&kgz.next_deliver().await.unwrap().0, m);
         }
-        let before = until_pong(&mut kgz, 7).await;
-        assert!(
-            !before.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
-            "nothing receipted comes again: {before:?}"
-        );
+        nothing_delivered_before_pong(&mut kgz, 7, "nothing receipted comes again").await;
         if !receipt.is_empty() {
             kgz.receipt_stored(ReceiptKind::Delivered, receipt)
                 .await
@@ -2618,11 +2621,7 @@ async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
     let (a, _) = kgz.next_deliver().await.unwrap();
     let (b, _) = kgz.next_deliver().await.unwrap();
     assert_eq!([a.digest(), b.digest()], [first.digest(), second.digest()]);
-    let after = until_pong(&mut kgz, 3).await;
-    assert!(
-        !after.iter().any(|f| matches!(f, RelayToNode::Deliver(_))),
-        "each message once: {after:?}"
-    );
+    nothing_delivered_before_pong(&mut kgz, 3, "each message once").await;
     relay.shutdown().await;
 }
 
