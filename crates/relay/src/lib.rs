@@ -303,8 +303,13 @@ impl Relay {
                 std::thread::Builder::new()
                     .name("hotline-store-writer".into())
                     .spawn(move || {
-                        let _claim = claim;
-                        if let Some(why) = writer.run(cmd_rx, checkpointer) {
+                        // The directory's claim goes with the writer, before anyone hears
+                        // that it has gone.
+                        let stopped = {
+                            let _claim = claim;
+                            writer.run(cmd_rx, checkpointer)
+                        };
+                        if let Some(why) = stopped {
                             let _ = writer_gone_tx.send(why);
                         }
                     })
