@@ -49,8 +49,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
@@ -103,8 +102,6 @@ struct Log {
     identity: (u64, u64),
     /// Syncs run, counted only for [`crate::Hosting::fail_syncs_after`].
     syncs: u64,
-    /// The first failure, kept for good.
-    failed: Option<Arc<SyncError>>,
 }
 
 impl Log {
@@ -141,8 +138,9 @@ impl Log {
 struct Shared {
     path: PathBuf,
     log: Mutex<Log>,
-    /// Set with `Log::failed`, read without the lock by the writer between batches.
-    failed: AtomicBool,
+    /// The first failure, kept for good; set under `log`'s lock, read without it by the
+    /// writer between batches.
+    failed: OnceLock<Arc<SyncError>>,
     /// Woken when a sync fails, so that a writer waiting for work stops at once.
     writer: Thread,
     metrics: Arc<Metrics>,
@@ -154,7 +152,7 @@ impl Shared {
     /// failure (this sync's, or an earlier one's: after one, every call fails).
     fn sync(&self) -> Result<(), Arc<SyncError>> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = &log.failed {
+        if let Some(e) = self.failed.get() {
             return Err(e.clone());
         }
         let started = Instant::now();
@@ -163,19 +161,23 @@ impl Shared {
                 self.metrics.wal_synced(started.elapsed());
                 Ok(())
             }
-            Err(e) => Err(self.fail(&mut log, e)),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// Records the first failure for good, and wakes the writer so that it stops.
-    fn fail(&self, log: &mut Log, e: SyncError) -> Arc<SyncError> {
-        let e = Arc::new(e);
-        error!(error = %e, "write-ahead log sync failed: refusing every answer not yet sent and stopping the relay");
-        log.failed = Some(e.clone());
-        self.failed.store(true, Ordering::Release);
-        self.metrics.wal_sync_failed();
+    /// Records the first failure for good (a later one is only the first's consequence),
+    /// and wakes the writer so that it stops. Returns the failure kept.
+    fn fail(&self, e: SyncError) -> Arc<SyncError> {
+        let kept = self
+            .failed
+            .get_or_init(|| {
+                error!(error = %e, "write-ahead log sync failed: refusing every answer not yet sent and stopping the relay");
+                self.metrics.wal_sync_failed();
+                Arc::new(e)
+            })
+            .clone();
         self.writer.unpark();
-        e
+        kept
     }
 }
 
@@ -216,13 +218,15 @@ impl WalSync {
                 file,
                 identity,
                 syncs: 0,
-                failed: None,
             }),
-            failed: AtomicBool::new(false),
+            failed: OnceLock::new(),
             writer,
             metrics,
             fail_after,
         });
+        // Unbounded as a channel, bounded by what it carries: each answer holds a place the
+        // session reserved in its own answer channel (`limits.inflight_per_connection`), so
+        // at most `connections_max` times that many wait here, however slow the disk.
         let (tx, rx) = std_mpsc::channel::<Replies>();
         let thread = std::thread::Builder::new()
             .name("hotline-wal-sync".into())
@@ -245,12 +249,7 @@ impl WalSync {
             if let Err(std_mpsc::SendError(replies)) = tx.send(replies) {
                 // The thread has gone (it cannot, short of a panic): nothing is answered
                 // accepted that no sync covers, and the relay stops as after a failed sync.
-                let mut log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
-                let e = match &log.failed {
-                    Some(e) => e.clone(),
-                    None => self.shared.fail(&mut log, SyncError::Stopped),
-                };
-                drop(log);
+                let e = self.shared.fail(SyncError::Stopped);
                 refuse_all(replies, &e.to_string());
             }
         }
@@ -264,15 +263,7 @@ impl WalSync {
 
     /// The first failure, once a sync has failed: the writer must stop.
     pub(crate) fn failed(&self) -> Option<Arc<SyncError>> {
-        if !self.shared.failed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.shared
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed
-            .clone()
+        self.shared.failed.get().cloned()
     }
 }
 
