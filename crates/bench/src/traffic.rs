@@ -219,6 +219,7 @@ impl TrafficReport {
                 .unwrap_or_else(|| "-".into())
         };
         let opt1 = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
+        let opt2 = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
         let per_stage = |st: Option<[Option<f64>; 4]>| {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
@@ -242,13 +243,9 @@ impl TrafficReport {
             rss = opt(self.relay_rss_mib, "MiB"),
             cm = opt(self.relay_commits, ""),
             ipc = self.relay_items_per_commit.unwrap_or(0.0),
-            cms = self
-                .relay_commit_ms_mean
-                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            cms = opt2(self.relay_commit_ms_mean),
             sy = opt(self.relay_wal_syncs, ""),
-            syms = self
-                .relay_wal_sync_ms_mean
-                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            syms = opt2(self.relay_wal_sync_ms_mean),
             stages = per_stage(self.relay_stages_us),
             stages99 = per_stage(self.relay_stages_p99_us),
             bcpu = opt(self.bench_cpu_pct, "%"),
@@ -1085,23 +1082,17 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         ),
         _ => (None, None),
     };
-    let (syncs, sync_ms_mean) = match (&before, &after) {
-        (Some(b), Some(a)) if a.wal_syncs > b.wal_syncs => {
-            let n = a.wal_syncs - b.wal_syncs;
-            (
-                Some(n),
-                Some((a.wal_sync_seconds - b.wal_sync_seconds) * 1e3 / n),
-            )
+    // Between the two scrapes: how many of something were counted, and their mean.
+    let count_and_mean = |pick: fn(&relay::Metrics) -> (f64, f64)| match (&before, &after) {
+        (Some(b), Some(a)) if pick(a).0 > pick(b).0 => {
+            let n = pick(a).0 - pick(b).0;
+            (Some(n), Some((pick(a).1 - pick(b).1) / n))
         }
         _ => (None, None),
     };
-    let (commits, items_per_commit) = match (before, after) {
-        (Some(b), Some(a)) if a.commits > b.commits => {
-            let n = a.commits - b.commits;
-            (Some(n), Some((a.commit_items - b.commit_items) / n))
-        }
-        _ => (None, None),
-    };
+    let (syncs, sync_s_mean) = count_and_mean(|m| (m.wal_syncs, m.wal_sync_seconds));
+    let sync_ms_mean = sync_s_mean.map(|s| s * 1e3);
+    let (commits, items_per_commit) = count_and_mean(|m| (m.commits, m.commit_items));
     let commit_ms_mean = stages.and_then(|s| s[2]).map(|us| us / 1e3);
     let errors = ledger
         .errors
