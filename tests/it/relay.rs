@@ -2532,6 +2532,18 @@ async fn receipts_out_of_order_survive_relay_restarts() {
     assert_eq!(hotline_relay::store::queued_for(&conn, &kgz).unwrap(), 0);
 }
 
+/// Requires that `relay` has stopped on its own with a reason that says `says`, and that it
+/// still shuts down.
+async fn stopped_on_its_own(relay: hotline_relay::RelayHandle, says: &str) {
+    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
+        .await
+        .expect("the relay reports that it stopped");
+    assert!(reason.contains(says), "{reason}");
+    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
+        .await
+        .expect("a relay that stopped on its own still shuts down");
+}
+
 /// A relay whose store writer dies (a bug: here a panic injected after two commits) stops,
 /// rather than go on accepting connections it can no longer serve: it says why, closes its
 /// sessions, and its handle reports the fault, so that `hotline relay` exits with an error
@@ -2539,12 +2551,9 @@ async fn receipts_out_of_order_survive_relay_restarts() {
 #[tokio::test]
 async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
     let net = two();
-    let relay = hotline_relay::Relay::spawn_with(
-        net.config(),
-        hotline_relay::Hosting::default().fail_writer_after(2),
-    )
-    .await
-    .unwrap();
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().fail_writer_after(2))
+        .await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
     let first = kaz.send_to("KGZ", "first").await.unwrap();
@@ -2553,15 +2562,9 @@ async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
         .await
         .unwrap();
 
-    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
-        .await
-        .expect("the relay reports that it stopped");
-    assert!(reason.contains("store writer"), "{reason}");
     let code = kaz.closed_code().await.unwrap();
     assert_eq!(code, ErrorCode::GoingAway);
-    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
-        .await
-        .expect("a relay that stopped on its own still shuts down");
+    stopped_on_its_own(relay, "store writer").await;
 
     // Restarted on the same store, it has both messages for KGZ.
     let relay = net.relay().await;
@@ -2581,12 +2584,9 @@ async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
 #[tokio::test]
 async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
     let net = two();
-    let relay = hotline_relay::Relay::spawn_with(
-        net.config(),
-        hotline_relay::Hosting::default().fail_syncs_after(1),
-    )
-    .await
-    .unwrap();
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().fail_syncs_after(1))
+        .await;
     let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
     let first = kaz.send_to("KGZ", "first").await.unwrap();
     let env = kaz.envelope(
@@ -2602,14 +2602,8 @@ async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
     assert_eq!(refused.code, RejectCode::StorageUnavailable, "{refused:?}");
     assert!(refused.detail.contains("sync"), "{refused:?}");
 
-    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
-        .await
-        .expect("the relay reports that it stopped");
-    assert!(reason.contains("write-ahead log"), "{reason}");
     assert_eq!(kaz.closed_code().await.unwrap(), ErrorCode::GoingAway);
-    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
-        .await
-        .expect("a relay that stopped on its own still shuts down");
+    stopped_on_its_own(relay, "write-ahead log").await;
 
     let relay = net.relay().await;
     let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
@@ -2632,12 +2626,9 @@ async fn a_relay_whose_log_sync_fails_refuses_what_it_covered_and_stops() {
 async fn a_redelivery_whose_sync_fails_is_not_reported_done() {
     use hotline_relay::admin::{ask, Answer, Request};
     let net = two();
-    let relay = hotline_relay::Relay::spawn_with(
-        net.config(),
-        hotline_relay::Hosting::default().fail_syncs_after(0),
-    )
-    .await
-    .unwrap();
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().fail_syncs_after(0))
+        .await;
     let data = net.path().join("relay-data");
     let answer = tokio::task::spawn_blocking(move || {
         ask(
@@ -2655,13 +2646,7 @@ async fn a_redelivery_whose_sync_fails_is_not_reported_done() {
         panic!("a redelivery whose sync failed is reported done: {answer:?}")
     };
     assert!(error.contains("write-ahead log"), "{error}");
-    let reason = tokio::time::timeout(EVENT_TIMEOUT, relay.failed())
-        .await
-        .expect("the relay reports that it stopped");
-    assert!(reason.contains("write-ahead log"), "{reason}");
-    tokio::time::timeout(EVENT_TIMEOUT, relay.shutdown())
-        .await
-        .expect("a relay that stopped on its own still shuts down");
+    stopped_on_its_own(relay, "write-ahead log").await;
 }
 
 /// Reads `kgz`'s deliveries until every message up to sequence number `end` not in `stored`

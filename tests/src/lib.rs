@@ -155,6 +155,13 @@ impl Net {
         hotline_relay::Relay::spawn(self.config()).await.unwrap()
     }
 
+    /// A relay on this network, hosted as `hosting` says (a test seam).
+    pub async fn relay_with(&self, hosting: hotline_relay::Hosting) -> hotline_relay::RelayHandle {
+        hotline_relay::Relay::spawn_with(self.config(), hosting)
+            .await
+            .unwrap()
+    }
+
     pub fn key(&self, id: &str) -> SigningKey {
         self.keys[id].clone()
     }
