@@ -41,8 +41,9 @@ pub enum TextFileError {
         path: PathBuf,
     },
     /// An API token file that holds no token: anything but one word of visible ASCII (an
-    /// empty file, several words, other characters). Its content is never shown: it may be another file named by mistake (a key,
-    /// `/etc/shadow`), and an HTTP client's error would otherwise print it in full.
+    /// empty file, several words, other characters). Its content is never shown: it may be
+    /// another file named by mistake (a key, `/etc/shadow`), and an HTTP client's error
+    /// would otherwise print it in full.
     #[error(
         "{path}: not an API token (expected one line of visible ASCII with no spaces, such as \
          the 64 hexadecimal digits the node writes; the file's content is not shown)"
