@@ -476,7 +476,14 @@ impl Node {
         let key = hotline_config::keyfile::read_secret(&config.key)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
-        let claim = hotline_store::lock_dir(&config.data_dir)?;
+        // Waited for, off the runtime: the claim of a node that has just ended can outlive
+        // it for a moment (`hotline_store::CLAIM_WAIT`).
+        let dir = config.data_dir.clone();
+        let claim = tokio::task::spawn_blocking(move || {
+            hotline_store::lock_dir_waiting(&dir, hotline_store::CLAIM_WAIT)
+        })
+        .await
+        .map_err(|e| NodeError::Io(format!("claiming the data directory: {e}")))??;
         let mut store = NodeStore::open(&config.data_dir)?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
         store.set_relay_names(

@@ -247,8 +247,15 @@ impl Relay {
         );
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| RelayError::Io(format!("{}: {e}", config.data_dir.display())))?;
-        // Held by the store writer, and so released when it ends.
-        let claim = hotline_store::lock_dir(&config.data_dir)?;
+        // Held by the store writer, and so released when it ends. Waited for, off the
+        // runtime: the claim of a relay that has just ended can outlive it for a moment
+        // (`hotline_store::CLAIM_WAIT`).
+        let dir = config.data_dir.clone();
+        let claim = tokio::task::spawn_blocking(move || {
+            hotline_store::lock_dir_waiting(&dir, hotline_store::CLAIM_WAIT)
+        })
+        .await
+        .map_err(|e| RelayError::Io(format!("claiming the data directory: {e}")))??;
         let (db_path, conn) = store::open_db(&config.data_dir)?;
         let queues = Arc::new(std::sync::Mutex::new(queue::QueueIndex::default()));
         let readers = Arc::new(store::Readers::open(&db_path, queues.clone())?);

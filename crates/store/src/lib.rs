@@ -12,7 +12,7 @@ pub mod db;
 pub mod journal;
 
 pub use db::{
-    backup, lock_dir, open, open_read_only, quick_check, restore, Backup, DirLock, Restored,
-    StoreError, LOCK_FILE,
+    backup, lock_dir, lock_dir_waiting, open, open_read_only, quick_check, restore, Backup,
+    DirLock, Restored, StoreError, CLAIM_WAIT, LOCK_FILE,
 };
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};
