@@ -64,16 +64,40 @@ fn spawn_node(dep: &Deployment, node: &str, log_name: &str) -> anyhow::Result<XP
     dep.spawn_node(&bin()?, node, log_name)
 }
 
-/// Follows every node's event stream; returns a channel of (participant, event).
-fn follow(clients: &BTreeMap<String, ApiClient>) -> tokio::sync::mpsc::Receiver<(String, Value)> {
+/// Follows every node's event stream; returns a channel of (participant, event) once every
+/// stream is open, so that nothing done after this returns goes unseen.
+async fn follow(
+    clients: &BTreeMap<String, ApiClient>,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<(String, Value)>> {
     let (tx, rx) = tokio::sync::mpsc::channel(100_000);
-    for (id, c) in clients {
-        let (id, c, tx) = (id.clone(), c.clone(), tx.clone());
+    for (name, c) in clients {
+        let (id, c, tx) = (name.clone(), c.clone(), tx.clone());
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
-            let _ = c.watch(|ev| tx.blocking_send((id.clone(), ev)).is_ok());
+            let events = match c.events() {
+                Ok(events) => {
+                    let _ = opened_tx.send(Ok(()));
+                    events
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            for ev in events {
+                let Ok(ev) = ev else { break };
+                if tx.blocking_send((id.clone(), ev)).is_err() {
+                    break;
+                }
+            }
         });
+        tokio::time::timeout(START, opened)
+            .await
+            .with_context(|| format!("{name}'s event stream did not open"))?
+            .context("event stream thread")?
+            .with_context(|| format!("opening {name}'s event stream"))?;
     }
-    rx
+    Ok(rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +121,7 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     for (n, p) in nodes.iter_mut() {
         clients.insert(n.clone(), dep.api_client(n, p, START).await?);
     }
-    let mut events = follow(&clients);
+    let mut events = follow(&clients).await?;
 
     // Senders post as fast as their nodes take it; progress drives the kills.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
@@ -113,13 +137,13 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let start = rng_seed;
-        senders.push(tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String)>> {
+        senders.push(tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String, String)>> {
             let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != s).collect();
             let mut sent = Vec::with_capacity(share);
             for i in 0..share {
                 let to = others[(start as usize + i) % others.len()];
                 let v = c.post("/v1/messages", &json!({"to": [to], "subject": format!("{s} #{i}"), "body": "fault suite", "status": "test"}))?;
-                sent.push((v["id"].as_str().context("id")?.to_owned(), to.to_owned()));
+                sent.push((v["id"].as_str().context("id")?.to_owned(), s.clone(), to.to_owned()));
                 done.send_modify(|n| *n += 1);
             }
             Ok(sent)
@@ -137,9 +161,11 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
         relay = start_relay(&dep, k as u32).await?;
     }
     let mut expected: HashMap<String, String> = HashMap::new();
+    let mut from: HashMap<String, String> = HashMap::new();
     for s in senders {
-        for (id, to) in s.await?? {
-            expected.insert(id, to);
+        for (id, sender, to) in s.await?? {
+            expected.insert(id.clone(), to);
+            from.insert(id, sender);
         }
     }
     assert_eq!(expected.len(), SENDS);
@@ -157,12 +183,16 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     while shown.len() < SENDS || answered.len() < SENDS {
         let next = tokio::time::timeout_at(deadline, events.recv()).await;
         let Ok(next) = next else {
-            anyhow::ensure!(
-                !lagged.is_empty(),
-                "after the kills only {} of {SENDS} messages shown and {} accepted",
-                shown.len(),
-                answered.len()
-            );
+            if lagged.is_empty() {
+                let missing = where_they_are(&clients, &expected, &from, &shown, &answered).await;
+                anyhow::bail!(
+                    "after the kills only {} of {SENDS} messages shown and {} accepted; \
+                     the others, as the nodes see them:\n{missing}\nthe run's directory is kept: {}",
+                    shown.len(),
+                    answered.len(),
+                    dir.keep().display()
+                );
+            }
             break;
         };
         let (p, ev) = next.context("event streams ended")?;
@@ -221,6 +251,41 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     println!("relay SIGKILLed {kills} times during {SENDS} sends: {accepted} accepted, {} shown exactly once, 0 lost", shown.len());
     drop(nodes);
     Ok(())
+}
+
+/// For a fault test that timed out: each message not shown or not accepted, with what its
+/// sender's node says of it (the delivery matrix) and what its recipient's node holds.
+async fn where_they_are(
+    clients: &BTreeMap<String, ApiClient>,
+    expected: &HashMap<String, String>,
+    from: &HashMap<String, String>,
+    shown: &HashMap<(String, String), u32>,
+    answered: &HashSet<String>,
+) -> String {
+    let mut out = String::new();
+    for (id, to) in expected {
+        if shown.contains_key(&(to.clone(), id.clone())) && answered.contains(id) {
+            continue;
+        }
+        let path = format!("/v1/messages/{id}");
+        let ask = |who: &str| {
+            let (c, path) = (clients[who].clone(), path.clone());
+            tokio::task::spawn_blocking(move || match c.get(&path) {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("({e})"),
+            })
+        };
+        let sender = from.get(id).map_or("?", |s| s.as_str());
+        let (at_sender, at_recipient) = (ask(sender).await, ask(to).await);
+        let (at_sender, at_recipient) = (
+            at_sender.unwrap_or_else(|e| e.to_string()),
+            at_recipient.unwrap_or_else(|e| e.to_string()),
+        );
+        out += &format!(
+            "{sender} -> {to} {id}: sender's node {at_sender}; recipient's node {at_recipient}\n"
+        );
+    }
+    out
 }
 
 /// Unmounts a tmpfs when dropped.
@@ -994,7 +1059,7 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
     for (n, p) in senders.iter_mut() {
         clients.insert(n.to_string(), dep.api_client(n, p, START).await?);
     }
-    let mut events = follow(&clients);
+    let mut events = follow(&clients).await?;
 
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
     let done_tx = Arc::new(done_tx);

@@ -101,10 +101,25 @@ impl ApiClient {
     /// Follows `/v1/events`, calling `f` with each event until it returns false or the
     /// stream ends.
     pub fn watch(&self, mut f: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
+        for ev in self.events()? {
+            if !f(ev?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens `/v1/events`: once this returns, the node has subscribed this stream, so every
+    /// event from then on is in it (a caller that must not miss one opens the stream before
+    /// acting). Its events, in order, until the stream ends.
+    pub fn events(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<Value, ClientError>> + use<>, ClientError> {
         let url = format!("{}/v1/events", self.base);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
             .build();
+        // The node subscribes before it answers, so the answer's head means subscribed.
         let resp = agent
             .get(&url)
             .set("Authorization", &format!("Bearer {}", self.token))
@@ -117,17 +132,13 @@ impl ApiClient {
                     message: "cannot follow events".into(),
                 },
             })?;
-        let reader = std::io::BufReader::new(resp.into_reader());
-        for line in reader.lines() {
-            let line = line.map_err(|e| ClientError::Other(e.to_string()))?;
-            if let Some(data) = line.strip_prefix("data:") {
-                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                    if !f(v) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let lines = std::io::BufReader::new(resp.into_reader()).lines();
+        Ok(lines.filter_map(|line| match line {
+            Err(e) => Some(Err(ClientError::Other(e.to_string()))),
+            Ok(line) => line
+                .strip_prefix("data:")
+                .and_then(|data| serde_json::from_str::<Value>(data.trim()).ok())
+                .map(Ok),
+        }))
     }
 }
