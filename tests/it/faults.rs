@@ -70,32 +70,12 @@ async fn follow(
     clients: &BTreeMap<String, ApiClient>,
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<(String, Value)>> {
     let (tx, rx) = tokio::sync::mpsc::channel(100_000);
-    for (name, c) in clients {
-        let (id, c, tx) = (name.clone(), c.clone(), tx.clone());
-        let (opened_tx, opened) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let events = match c.events() {
-                Ok(events) => {
-                    let _ = opened_tx.send(Ok(()));
-                    events
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e));
-                    return;
-                }
-            };
-            for ev in events {
-                let Ok(ev) = ev else { break };
-                if tx.blocking_send((id.clone(), ev)).is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::time::timeout(START, opened)
-            .await
-            .with_context(|| format!("{name}'s event stream did not open"))?
-            .context("event stream thread")?
-            .with_context(|| format!("opening {name}'s event stream"))?;
+    for (id, c) in clients {
+        let (who, tx) = (id.clone(), tx.clone());
+        follow_events(c.clone(), id, move |ev| {
+            tx.blocking_send((who.clone(), ev)).is_ok()
+        })
+        .await?;
     }
     Ok(rx)
 }

@@ -965,49 +965,53 @@ impl NodeProc {
     /// Subscribes to `/v1/events`; returns once the node has answered, so every event
     /// after this call is seen.
     pub async fn events(&self) -> anyhow::Result<Events> {
-        let url = format!("http://{}/v1/events", self.api);
-        let auth = format!("Bearer {}", self.token());
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let resp = ureq::get(&url).set("Authorization", &auth).call();
-            let resp = match resp {
-                Ok(r) => {
-                    let _ = ready_tx.send(Ok(()));
-                    r
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            for line in std::io::BufReader::new(resp.into_reader()).lines() {
-                let Ok(line) = line else { break };
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
-                    continue;
-                };
-                // The receiver is gone: the test is done with this stream.
-                if tx.blocking_send(v).is_err() {
-                    break;
-                }
+        // The receiver gone: the test is done with this stream.
+        follow_events(self.client(), &self.id, move |v| {
+            tx.blocking_send(v).is_ok()
+        })
+        .await?;
+        Ok(Events {
+            rx,
+            seen: Vec::new(),
+        })
+    }
+}
+
+/// Opens `client`'s `/v1/events` (node `who`) and forwards each event to `forward`, on a
+/// thread of its own, until `forward` returns false or the stream ends. Returns once the
+/// node has subscribed the stream (at most [`EVENT_TIMEOUT`]), so every event after this
+/// call is forwarded: a test that opened its streams only on their threads would miss what
+/// happens before they connect.
+pub async fn follow_events(
+    client: hotline_node::client::ApiClient,
+    who: &str,
+    mut forward: impl FnMut(serde_json::Value) -> bool + Send + 'static,
+) -> anyhow::Result<()> {
+    let (opened_tx, opened) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let events = match client.events() {
+            Ok(events) => {
+                let _ = opened_tx.send(Ok(()));
+                events
             }
-        });
-        match tokio::time::timeout(EVENT_TIMEOUT, ready_rx).await {
-            Ok(Ok(Ok(()))) => Ok(Events {
-                rx,
-                seen: Vec::new(),
-            }),
-            Ok(Ok(Err(e))) => bail!("{}: /v1/events: {e}", self.id),
-            Ok(Err(_)) => bail!("{}: /v1/events: subscriber thread ended", self.id),
-            Err(_) => bail!(
-                "{}: /v1/events: no answer within {EVENT_TIMEOUT:?}",
-                self.id
-            ),
+            Err(e) => {
+                let _ = opened_tx.send(Err(e));
+                return;
+            }
+        };
+        for ev in events {
+            let Ok(ev) = ev else { break };
+            if !forward(ev) {
+                break;
+            }
         }
+    });
+    match tokio::time::timeout(EVENT_TIMEOUT, opened).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => bail!("{who}: /v1/events: {e}"),
+        Ok(Err(_)) => bail!("{who}: /v1/events: subscriber thread ended"),
+        Err(_) => bail!("{who}: /v1/events: no answer within {EVENT_TIMEOUT:?}"),
     }
 }
 
