@@ -28,6 +28,9 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// Paging interval given to the drill's nodes (re-run the message hook for unacknowledged
 /// FLASH / IMMEDIATE traffic).
 const DRILL_PAGING_MS: u64 = 10_000;
+/// How long a drill waits for its followers to open the nodes' event streams before the
+/// scenario's clock starts.
+const FOLLOW_OPEN_WAIT: Duration = Duration::from_secs(10);
 /// Buffered events from all nodes' event streams.
 const EVENTS_BUFFER: usize = 65_536;
 
@@ -145,27 +148,58 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     };
 
     // One event-stream follower per node, reconnecting across restarts (a restarted node
-    // listens on a new port: the followers read its client from `watched`).
+    // listens on a new port: the followers read its client from `watched`). The clock
+    // starts once each has opened its stream (or tried for FOLLOW_OPEN_WAIT), so that the
+    // first injects' arrivals are seen.
     let (ev_tx, mut ev_rx) = mpsc::channel::<(String, Value)>(EVENTS_BUFFER);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
     let stop = Arc::new(AtomicBool::new(false));
     let watched = Arc::new(Mutex::new(clients.clone()));
     for id in clients.keys() {
         let (id, watched, tx, stop) = (id.clone(), watched.clone(), ev_tx.clone(), stop.clone());
+        let mut opened = Some(opened_tx.clone());
         std::thread::spawn(move || {
             while !stop.load(Relaxed) {
                 let c = lock(&watched).get(&id).cloned();
-                let _ = c.map(|c| {
-                    c.watch(|ev| {
+                if let Some(Ok(events)) = c.map(|c| c.events()) {
+                    if let Some(o) = opened.take() {
+                        let _ = o.send(());
+                    }
+                    for ev in events {
+                        let Ok(ev) = ev else { break };
                         let _ = tx.blocking_send((id.clone(), ev));
-                        !stop.load(Relaxed)
-                    })
-                });
+                        if stop.load(Relaxed) {
+                            break;
+                        }
+                    }
+                }
                 // The node is down (restart or offline fault): try again shortly.
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
     }
-    drop(ev_tx);
+    drop((ev_tx, opened_tx));
+    let opened = tokio::task::spawn_blocking({
+        let n = clients.len();
+        move || {
+            let deadline = Instant::now() + FOLLOW_OPEN_WAIT;
+            (0..n)
+                .take_while(|_| {
+                    opened_rx
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .is_ok()
+                })
+                .count()
+        }
+    })
+    .await?;
+    if opened < clients.len() {
+        eprintln!(
+            "  {} of {} nodes' event streams open after {FOLLOW_OPEN_WAIT:?}: the others are followed as they come",
+            opened,
+            clients.len()
+        );
+    }
 
     // The timeline, in wall-clock offsets.
     let mut timeline: Vec<(Duration, Action)> = Vec::new();
