@@ -420,9 +420,54 @@ impl NodeHandle {
 /// The node service.
 pub struct Node;
 
-/// The roster a node starts on: the newer of its file and the one its store keeps (each
-/// verified against the pinned key), and whether it is the file's and newer than the
-/// store's, so that the store should keep it.
+/// Which roster a node starts on ([`start_roster`]).
+#[derive(Debug)]
+pub enum StartRoster<E> {
+    /// The file's: the store holds none, or one no newer. `newer`: the store holds none or
+    /// an older one, so it should keep this one.
+    File {
+        /// The roster.
+        roster: Verified<Roster>,
+        /// Newer than the store's (or the store holds none).
+        newer: bool,
+    },
+    /// The store's (one a relay sent): newer than the file's, or the file's is unusable.
+    Store {
+        /// The roster.
+        roster: Verified<Roster>,
+        /// The file's version, or why the file's roster is unusable.
+        file: Result<u64, E>,
+    },
+    /// Neither: the file's is unusable (why) and the store holds none.
+    Neither(E),
+}
+
+/// The roster a node starts on: the newer of its file's and the one its store keeps (each
+/// already verified against the pinned key), the file's when they are the same version, and
+/// the store's when the file's is unusable. `hotline config check` checks a node's
+/// configuration against the same choice.
+pub fn start_roster<E>(
+    from_file: Result<Verified<Roster>, E>,
+    from_store: Option<Verified<Roster>>,
+) -> StartRoster<E> {
+    match (from_file, from_store) {
+        (Ok(f), Some(s)) if s.version > f.version => StartRoster::Store {
+            file: Ok(f.version),
+            roster: s,
+        },
+        (Ok(f), s) => StartRoster::File {
+            newer: s.is_none_or(|s| f.version > s.version),
+            roster: f,
+        },
+        (Err(e), Some(s)) => StartRoster::Store {
+            roster: s,
+            file: Err(e),
+        },
+        (Err(e), None) => StartRoster::Neither(e),
+    }
+}
+
+/// The roster a node starts on ([`start_roster`]), and whether the store should keep it.
 fn load_start_roster(
     config: &NodeConfig,
     store: &NodeStore,
@@ -432,18 +477,20 @@ fn load_start_roster(
     let from_store = store
         .roster()?
         .and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok());
-    match (from_file, from_store) {
-        (Ok(f), Some(s)) if s.version > f.version => Ok((s, false)),
-        (Ok(f), Some(s)) => {
-            let newer = f.version > s.version;
-            Ok((f, newer))
+    match start_roster(from_file, from_store) {
+        StartRoster::File { roster, newer } => Ok((roster, newer)),
+        StartRoster::Store {
+            roster,
+            file: Ok(_),
+        } => Ok((roster, false)),
+        StartRoster::Store {
+            roster,
+            file: Err(e),
+        } => {
+            warn!(error = %e, version = roster.version, "roster file unusable; using the stored roster");
+            Ok((roster, false))
         }
-        (Ok(f), None) => Ok((f, true)),
-        (Err(e), Some(s)) => {
-            warn!(error = %e, version = s.version, "roster file unusable; using the stored roster");
-            Ok((s, false))
-        }
-        (Err(e), None) => Err(NodeError::Roster(e.to_string())),
+        StartRoster::Neither(e) => Err(NodeError::Roster(e.to_string())),
     }
 }
 
@@ -723,6 +770,52 @@ mod tests {
                 reason: Default::default(),
             },
         ))
+    }
+
+    /// A roster of `version`, signed and verified.
+    fn roster_v(version: u64) -> Verified<Roster> {
+        let key = hotline_proto::SigningKey::from_bytes(&[3; 32]);
+        let r = Roster {
+            protocol_version: hotline_proto::PROTOCOL_VERSION,
+            version,
+            issued_at_ms: 1,
+            network: "CICA".into(),
+            participants: vec![hotline_proto::Participant {
+                id: ParticipantId::new("SEC").unwrap(),
+                name: "Secretariat".into(),
+                role: hotline_proto::Role::Secretariat,
+                keys: vec![hotline_proto::PublicKey::of(&key)],
+                revoked: false,
+            }],
+            groups: vec![],
+        };
+        let signed = hotline_proto::Signed::sign(&r, &key).unwrap();
+        hotline_proto::verify_roster(&signed, &hotline_proto::PublicKey::of(&key)).unwrap()
+    }
+
+    /// The newer of the file's and the store's; the file's on a tie (not kept again); the
+    /// store's when the file's is unusable, saying why.
+    #[test]
+    fn a_node_starts_on_the_newer_roster_of_its_file_and_its_store() {
+        let pick = |file: Result<u64, &'static str>, store: Option<u64>| match start_roster(
+            file.map(roster_v),
+            store.map(roster_v),
+        ) {
+            StartRoster::File { roster, newer } => format!("file {} newer {newer}", roster.version),
+            StartRoster::Store { roster, file } => {
+                format!("store {} file {file:?}", roster.version)
+            }
+            StartRoster::Neither(e) => format!("neither: {e}"),
+        };
+        assert_eq!(pick(Ok(3), None), "file 3 newer true");
+        assert_eq!(pick(Ok(3), Some(2)), "file 3 newer true");
+        assert_eq!(pick(Ok(3), Some(3)), "file 3 newer false");
+        assert_eq!(pick(Ok(3), Some(4)), "store 4 file Ok(3)");
+        assert_eq!(
+            pick(Err("damaged"), Some(4)),
+            "store 4 file Err(\"damaged\")"
+        );
+        assert_eq!(pick(Err("damaged"), None), "neither: damaged");
     }
 
     /// Of the relay's close codes, exactly those that only a change of roster, release or

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 
-use hotline_node::NodeConfig;
+use hotline_node::{NodeConfig, StartRoster};
 use hotline_proto::{Roster, Verified};
 use hotline_relay::RelayConfig;
 
@@ -252,42 +252,53 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
     let from_file = report.readable("roster", &config.roster, hint).then(|| {
         hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
     });
-    // The roster the node starts on, and how to name it: the store's is named as such.
-    let roster = match (from_file, stored) {
-        (Some(Ok(f)), Some(s)) if s.version > f.version => {
+    // The roster the node starts on, and how to name it: the store's is named as such. A
+    // file that could not be read has been reported (`readable`): `Err(None)`.
+    let from_file = from_file.map_or(Err(None), |r| r.map_err(Some));
+    let roster = match hotline_node::start_roster(from_file, stored) {
+        StartRoster::File { roster, .. } => {
+            let name = format!("roster version {}", roster.version);
+            Some((roster, name))
+        }
+        StartRoster::Store {
+            roster,
+            file: Ok(file_version),
+        } => {
             let name = format!(
-                "roster version {} (the node's store holds it; the file's is {})",
-                s.version, f.version
+                "roster version {} (the node's store holds it; the file's is {file_version})",
+                roster.version
             );
-            Some((s, name))
+            Some((roster, name))
         }
-        (Some(Ok(f)), _) => {
-            let name = format!("roster version {}", f.version);
-            Some((f, name))
+        StartRoster::Store {
+            roster,
+            file: Err(e),
+        } => {
+            if let Some(e) = e {
+                report.warnings.push(with_line(
+                    &format!(
+                        "{e}; the node will start on roster version {} from its store",
+                        roster.version
+                    ),
+                    Some("roster"),
+                    text,
+                    path,
+                ));
+            }
+            let name = format!(
+                "roster version {} (the node's store holds it)",
+                roster.version
+            );
+            Some((roster, name))
         }
-        (Some(Err(e)), Some(s)) => {
-            report.warnings.push(with_line(
-                &format!(
-                    "{e}; the node will start on roster version {} from its store",
-                    s.version
-                ),
-                Some("roster"),
-                text,
-                path,
-            ));
-            let name = format!("roster version {} (the node's store holds it)", s.version);
-            Some((s, name))
-        }
-        (Some(Err(e)), None) => {
-            report
-                .errors
-                .push(with_line(&e.to_string(), Some("roster"), text, path));
+        StartRoster::Neither(e) => {
+            if let Some(e) = e {
+                report
+                    .errors
+                    .push(with_line(&e.to_string(), Some("roster"), text, path));
+            }
             None
         }
-        (None, s) => s.map(|s| {
-            let name = format!("roster version {} (the node's store holds it)", s.version);
-            (s, name)
-        }),
     };
     if let Some((r, name)) = roster {
         let error = |what: String| with_line(&what, Some("participant"), text, path);
