@@ -79,10 +79,12 @@ fn without_quoted(text: &str) -> String {
 /// method, the path and the reason, each bounded, never the body or a value it holds.
 async fn log_refusals(req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = bounded(req.uri().path(), API_LOG_REASON_BYTES_MAX);
+    // A `Uri` clone shares its bytes: the path is copied only for a refusal's log line.
+    let uri = req.uri().clone();
     let answer = next.run(req).await;
     let status = answer.status();
     if status.is_client_error() || status.is_server_error() {
+        let path = bounded(uri.path(), API_LOG_REASON_BYTES_MAX);
         let (code, reason) = match answer.extensions().get::<Refusal>() {
             Some(r) => (r.code, r.reason.as_str()),
             None => ("", status.canonical_reason().unwrap_or("")),
