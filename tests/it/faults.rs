@@ -1225,13 +1225,44 @@ fn hex_id(id: &str) -> anyhow::Result<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothing(
 ) -> anyhow::Result<()> {
+    recipient_under_faults(10, false).await
+}
+
+/// The recipient's power cut three times while it receives: its disk loses, each time, all
+/// it had not flushed (`hotline_e2e::powercut`). It signs a delivered receipt only for what
+/// it has committed, and so synced, so nothing the relay let go of is lost with the power,
+/// and nothing is announced twice as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_node_power_cut_3_times_while_receiving_loses_and_repeats_nothing(
+) -> anyhow::Result<()> {
+    recipient_under_faults(3, true).await
+}
+
+/// KAZ and KGZ send 600 messages to UZB, which is stopped `faults` times while it receives
+/// and started again: killed (SIGKILL), or, with `power_cuts`, its disk's power cut in the
+/// middle of one of its writes first. Every message reaches UZB exactly once, each
+/// delivered receipt reaches its sender, and each message is announced once as new (or,
+/// after a restart, as recovered).
+async fn recipient_under_faults(faults: usize, power_cuts: bool) -> anyhow::Result<()> {
     const SENDS: usize = 600;
-    const KILLS: usize = 10;
     let dir = tempfile::tempdir()?;
     let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
     let _relay = start_relay(&dep, 0).await?;
     for n in ["KAZ", "KGZ", "UZB"] {
         dep.add_node(n, dep.relay_addr, 3_600_000)?;
+    }
+    // UZB's data directory, on a disk whose power can be cut.
+    let mut disk = None;
+    let mut rng_seed = 0;
+    if power_cuts {
+        rng_seed = seed();
+        let work = dir.path().join("power-cut-disk");
+        std::fs::create_dir_all(&work)?;
+        let data = dir.path().join("node-UZB");
+        match hotline_e2e::powercut::PowerCutDisk::create(&work, &data, 128 << 20)? {
+            Some(d) => disk = Some(d),
+            None => return Ok(()),
+        }
     }
     let spawn = |n: &str, k: usize| spawn_node(&dep, n, &format!("node-{n}-{k}.log"));
     let mut senders = BTreeMap::new();
@@ -1270,13 +1301,26 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
             },
         ));
     }
-    // SIGKILL the recipient while deliveries stream in, restarting it each time.
-    for k in 1..=KILLS {
-        let target = k * SENDS / (KILLS + 1);
+    // Stop the recipient while deliveries stream in, starting it again each time.
+    for k in 1..=faults {
+        let target = k * SENDS / (faults + 1);
         tokio::time::timeout(Duration::from_secs(120), done_rx.wait_for(|n| *n >= target))
             .await
             .context("senders stalled")??;
-        uzb.kill9();
+        if let Some(disk) = &mut disk {
+            // At one of UZB's next 1 to 40 writes (seeded), so that something it wrote is
+            // lost with the power.
+            rng_seed = rng_seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let nth = (rng_seed >> 33) as u32 % 40 + 1;
+            let cut = disk.cut_at_write(nth, Duration::from_secs(10)).await?;
+            println!("power cut {k} under UZB (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", cut.at_write, cut.blocks_lost, cut.flushes);
+            uzb.kill9();
+            disk.power_on()?;
+        } else {
+            uzb.kill9();
+        }
         uzb_logs.push(uzb);
         uzb = spawn("UZB", k)?;
         uzb.wait_log("relay connected", START).await?;
@@ -1338,6 +1382,13 @@ async fn recipient_node_killed_10_times_while_receiving_loses_and_repeats_nothin
         .chain(recovered.iter().cloned())
         .collect();
     assert_eq!(told, expected, "every message announced");
-    println!("recipient SIGKILLed {KILLS} times while receiving {SENDS}: all held once, none announced twice as new, {} re-announced at restart as recovered", recovered.len());
+    let how = if power_cuts {
+        "its power cut"
+    } else {
+        "SIGKILLed"
+    };
+    println!("recipient {how} {faults} times while receiving {SENDS}: all held once, none announced twice as new, {} re-announced at restart as recovered", recovered.len());
+    drop(uzb_logs);
+    drop(disk);
     Ok(())
 }

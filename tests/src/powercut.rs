@@ -464,11 +464,24 @@ impl PowerCutDisk {
             return Ok(());
         };
         // After a cut the file system cannot write its superblock: it unmounts all the same.
-        let mut umount = Command::new("umount");
-        if lazy {
-            umount.arg("-l");
-        }
-        let unmounted = run(umount.arg(&self.mount_at));
+        // A process that has just been killed may still be held for a moment by a child it
+        // was starting (the child has its descriptors until it executes its program; see
+        // `hotline_store::CLAIM_WAIT`): "busy" is tried again for up to 5 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let unmounted = loop {
+            let mut umount = Command::new("umount");
+            if lazy {
+                umount.arg("-l");
+            }
+            match run(umount.arg(&self.mount_at)) {
+                Err(e)
+                    if format!("{e}").contains("busy") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
         let detached = run(Command::new("losetup").args(["-d", &dev]));
         drop(session);
         unmounted.context("unmounting the power-cut disk's file system")?;
