@@ -1238,6 +1238,127 @@ async fn recipient_node_power_cut_3_times_while_receiving_loses_and_repeats_noth
     recipient_under_faults(3, true).await
 }
 
+/// The sender's power cut three times while it takes messages from its operator: its disk
+/// loses, each time, all it had not flushed. A message the node answered `201` for was
+/// committed, and so synced, first: every one of them reaches the recipient, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_node_power_cut_3_times_while_sending_loses_nothing_it_took() -> anyhow::Result<()> {
+    const CUTS: usize = 3;
+    // Sends taken before each cut is armed.
+    const ROUND: usize = 60;
+    let mut rng_seed = seed();
+    let dir = tempfile::tempdir()?;
+    let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
+    let _relay = start_relay(&dep, 0).await?;
+    for n in ["KAZ", "UZB"] {
+        dep.add_node(n, dep.relay_addr, 3_600_000)?;
+    }
+    let work = dir.path().join("power-cut-disk");
+    std::fs::create_dir_all(&work)?;
+    let data = dir.path().join("node-KAZ");
+    let Some(mut disk) = hotline_e2e::powercut::PowerCutDisk::create(&work, &data, 128 << 20)?
+    else {
+        return Ok(());
+    };
+    let mut uzb = spawn_node(&dep, "UZB", "node-UZB.log")?;
+    uzb.wait_log("relay connected", START).await?;
+    let uzb_client = dep.api_client("UZB", &mut uzb, START).await?;
+    let mut events = follow(&BTreeMap::from([("UZB".to_owned(), uzb_client.clone())])).await?;
+
+    // Each round: KAZ started, its operator posting until a post fails; after ROUND posts
+    // the power is cut at one of KAZ's next 1 to 40 writes (seeded).
+    let mut taken: Vec<String> = Vec::new();
+    let mut kaz_logs = Vec::new();
+    for k in 0..=CUTS {
+        let mut kaz = spawn_node(&dep, "KAZ", &format!("node-KAZ-{k}.log"))?;
+        kaz.wait_log("relay connected", START).await?;
+        let client = dep.api_client("KAZ", &mut kaz, START).await?;
+        let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+        let last = k == CUTS;
+        let poster = tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            for i in 0.. {
+                if last && i == ROUND {
+                    break;
+                }
+                let body =
+                    json!({"to": ["UZB"], "subject": format!("round {k} #{i}"), "status": "test"});
+                // The first failure is the power going: what was not answered 201 was not
+                // promised.
+                let Ok(v) = client.post("/v1/messages", &body) else {
+                    break;
+                };
+                ids.push(v["id"].as_str().unwrap_or("").to_owned());
+                count_tx.send_replace(ids.len());
+            }
+            ids
+        });
+        if !last {
+            tokio::time::timeout(Duration::from_secs(60), count.wait_for(|n| *n >= ROUND))
+                .await
+                .context("KAZ took no sends")??;
+            rng_seed = rng_seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let nth = (rng_seed >> 33) as u32 % 40 + 1;
+            let cut = disk.cut_at_write(nth, Duration::from_secs(10)).await?;
+            println!("power cut {} under KAZ (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", k + 1, cut.at_write, cut.blocks_lost, cut.flushes);
+        }
+        let ids = tokio::time::timeout(Duration::from_secs(60), poster)
+            .await
+            .context("KAZ's operator still posting after the power cut")??;
+        println!("round {k}: KAZ answered 201 for {} messages", ids.len());
+        taken.extend(ids);
+        if !last {
+            kaz.kill9();
+            disk.power_on()?;
+        }
+        kaz_logs.push(kaz);
+    }
+    // Every message KAZ took reaches UZB, once.
+    let want: HashSet<String> = taken.iter().cloned().collect();
+    assert_eq!(want.len(), taken.len(), "an id answered twice");
+    let mut shown: HashMap<String, u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !want.iter().all(|id| shown.contains_key(id)) {
+        let Ok(next) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            let missing: Vec<&String> = want.iter().filter(|id| !shown.contains_key(*id)).collect();
+            anyhow::bail!(
+                "{} of the {} messages KAZ took never reached UZB: {missing:?}; the run's directory is kept: {}",
+                missing.len(),
+                want.len(),
+                dir.keep().display()
+            );
+        };
+        let (_, ev) = next.context("UZB's event stream ended")?;
+        if ev["type"] == "message_received" && ev["recovered"] != json!(true) {
+            *shown
+                .entry(ev["id"].as_str().unwrap_or("").to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    let inbox =
+        tokio::task::spawn_blocking(move || uzb_client.get("/v1/inbox?limit=1000")).await??;
+    let ids: Vec<String> = inbox
+        .as_array()
+        .context("inbox")?
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message is in UZB's inbox twice");
+    let twice: Vec<_> = shown.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "shown more than once: {twice:?}");
+    println!(
+        "sender's power cut {CUTS} times: all {} messages it took arrived once ({} in UZB's inbox)",
+        want.len(),
+        ids.len()
+    );
+    drop(kaz_logs);
+    drop(disk);
+    Ok(())
+}
+
 /// KAZ and KGZ send 600 messages to UZB, which is stopped `faults` times while it receives
 /// and started again: killed (SIGKILL), or, with `power_cuts`, its disk's power cut in the
 /// middle of one of its writes first. Every message reaches UZB exactly once, each
