@@ -1,5 +1,7 @@
 //! The fault suite with real processes: the relay killed with SIGKILL over and over during a
-//! stream of sends, a full disk under the relay's store, and a store damaged while stopped.
+//! stream of sends; the power cut under the relay, a recipient node or a sender node (their
+//! disks losing all they had not flushed, `hotline_e2e::powercut`); a full disk under either
+//! store; and a store damaged while stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
