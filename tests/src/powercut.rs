@@ -449,7 +449,7 @@ impl PowerCutDisk {
     /// takes the file system, the loop device and the FUSE mount down, and brings them back
     /// up from what was flushed; ext4 recovers from its journal.
     pub fn power_on(&mut self) -> anyhow::Result<()> {
-        self.take_down(false)?;
+        self.take_down()?;
         self.attach()?;
         let dev = self.device()?;
         run(Command::new("mount").arg(&dev).arg(&self.mount_at))
@@ -457,43 +457,49 @@ impl PowerCutDisk {
         Ok(())
     }
 
-    /// Unmounts the file system (`lazy`: even if a process still uses it), detaches the loop
-    /// device, ends the FUSE session.
-    fn take_down(&mut self, lazy: bool) -> anyhow::Result<()> {
+    /// Unmounts the file system, detaches the loop device, unmounts the FUSE filesystem and
+    /// ends its session, in that order: each holds the next.
+    fn take_down(&mut self) -> anyhow::Result<()> {
         let Some((session, _, dev)) = self.on.take() else {
             return Ok(());
         };
         // After a cut the file system cannot write its superblock: it unmounts all the same.
-        // A process that has just been killed may still be held for a moment by a child it
-        // was starting (the child has its descriptors until it executes its program; see
-        // `hotline_store::CLAIM_WAIT`): "busy" is tried again for up to 5 s.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let unmounted = loop {
-            let mut umount = Command::new("umount");
-            if lazy {
-                umount.arg("-l");
-            }
-            match run(umount.arg(&self.mount_at)) {
-                Err(e)
-                    if format!("{e}").contains("busy") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                other => break other,
-            }
-        };
+        let unmounted = unmount(&self.mount_at);
         let detached = run(Command::new("losetup").args(["-d", &dev]));
+        // The loop device lets go of the file as it detaches, which may take a moment.
+        let fuse_unmounted = unmount(&self.fuse_dir);
         drop(session);
         unmounted.context("unmounting the power-cut disk's file system")?;
         detached.context("detaching the power-cut disk's loop device")?;
+        fuse_unmounted.context("unmounting the power-cut disk's FUSE filesystem")?;
         Ok(())
+    }
+}
+
+/// Unmounts `path`. "Busy" is tried again for up to 5 s: a process that has just been
+/// killed may still be held for a moment by a child it was starting (the child has its
+/// descriptors until it executes its program; see `hotline_store::CLAIM_WAIT`), and a loop
+/// device detaches asynchronously. Still busy after that (a process of a failed test still
+/// on it), it is detached lazily, and the error returned.
+fn unmount(path: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match run(Command::new("umount").arg(path)) {
+            Err(e) if format!("{e}").contains("busy") => {
+                if std::time::Instant::now() >= deadline {
+                    let _ = run(Command::new("umount").arg("-l").arg(path));
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map(|_| ()),
+        }
     }
 }
 
 impl Drop for PowerCutDisk {
     fn drop(&mut self) {
-        // A test that failed may have left a process on it: lazily, then.
-        if let Err(e) = self.take_down(true) {
+        if let Err(e) = self.take_down() {
             eprintln!("power-cut disk: {e:#}");
         }
     }
