@@ -14,9 +14,10 @@
 //!   driver as an `fsync` of `disk.img`;
 //! - that ext4, mounted where the process under test keeps its data.
 //!
-//! After a cut, [`PowerCutDisk::power_on`] takes everything down and brings it back up from
-//! the backing file alone, which holds exactly what was flushed: ext4 replays its journal
-//! at mount, as after a real power loss. What a synced write promised is there; what was
+//! After a cut, [`PowerCutDisk::power_on`] lets go of the file system and brings the disk
+//! back, under a new loop device, from the backing file alone, which holds exactly what was
+//! flushed: ext4 replays its journal at mount, as after a real power loss. The FUSE
+//! filesystem stays up for the disk's life; a handle opened before the cut stays dead. What a synced write promised is there; what was
 //! only written may not be.
 //!
 //! The model is the strictest simple one: nothing unflushed survives, where a real disk may
@@ -52,6 +53,9 @@ struct Disk {
     size: u64,
     pending: BTreeMap<u64, Vec<u8>>,
     off: bool,
+    /// Power cycles so far: a file handle opened in an earlier one (by a loop device from
+    /// before the cut) stays dead, like a device from before a power loss.
+    generation: u64,
     flushes: u64,
     /// A cut armed to happen at a write: how many more writes until it does.
     armed: Option<u32>,
@@ -60,6 +64,11 @@ struct Disk {
 }
 
 impl Disk {
+    /// Whether a request on handle `fh` may touch the disk.
+    fn live(&self, fh: FileHandle) -> bool {
+        !self.off && fh.0 == self.generation
+    }
+
     /// Block `b` as a reader sees it: pending, or flushed (zeros past what was written).
     fn block(&self, b: u64) -> std::io::Result<Vec<u8>> {
         if let Some(p) = self.pending.get(&b) {
@@ -196,14 +205,17 @@ impl Filesystem for ImageFs {
 
     fn open(&self, _: &Request, _: INodeNo, _: OpenFlags, reply: ReplyOpen) {
         // Direct I/O: every write reaches this side at once, with no page cache between.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        reply.opened(
+            FileHandle(self.disk().generation),
+            FopenFlags::FOPEN_DIRECT_IO,
+        );
     }
 
     fn read(
         &self,
         _: &Request,
         _: INodeNo,
-        _: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _: OpenFlags,
@@ -211,7 +223,7 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         let disk = self.disk();
-        if disk.off {
+        if !disk.live(fh) {
             return reply.error(Errno::EIO);
         }
         match disk.read(offset, size) {
@@ -224,7 +236,7 @@ impl Filesystem for ImageFs {
         &self,
         _: &Request,
         _: INodeNo,
-        _: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _: WriteFlags,
@@ -233,7 +245,7 @@ impl Filesystem for ImageFs {
         reply: ReplyWrite,
     ) {
         let mut disk = self.disk();
-        if disk.off {
+        if !disk.live(fh) {
             return reply.error(Errno::EIO);
         }
         if offset + data.len() as u64 > disk.size {
@@ -261,9 +273,9 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
-    fn fsync(&self, _: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _: &Request, _: INodeNo, fh: FileHandle, _: bool, reply: ReplyEmpty) {
         let mut disk = self.disk();
-        if disk.off {
+        if !disk.live(fh) {
             return reply.error(Errno::EIO);
         }
         match disk.flush() {
@@ -393,6 +405,7 @@ impl PowerCutDisk {
             size: self.size,
             pending: BTreeMap::new(),
             off: false,
+            generation: 0,
             flushes: 0,
             armed: None,
             cut,
@@ -445,62 +458,63 @@ impl PowerCutDisk {
         }
     }
 
-    /// After a [`PowerCutDisk::cut_at_write`] and once the processes using the disk have ended:
-    /// takes the file system, the loop device and the FUSE mount down, and brings them back
-    /// up from what was flushed; ext4 recovers from its journal.
+    /// After a [`PowerCutDisk::cut_at_write`] and once the processes using the disk have
+    /// ended: the file system and its loop device are let go of, and the disk comes back
+    /// from what was flushed, under a new loop device (with no cache of its own from before
+    /// the cut); ext4 recovers from its journal at mount.
+    ///
+    /// Nothing waits for the old file system to go: it is detached lazily (a killed
+    /// process's child may hold it until it executes its program; see
+    /// `hotline_store::CLAIM_WAIT`), and its loop device's handle on the disk belongs to the
+    /// power cycle before, so whatever it still writes fails.
     pub fn power_on(&mut self) -> anyhow::Result<()> {
-        self.take_down()?;
-        self.attach()?;
-        let dev = self.device()?;
-        run(Command::new("mount").arg(&dev).arg(&self.mount_at))
+        let Some((_, fs, dev)) = &mut self.on else {
+            bail!("the power-cut disk is not attached");
+        };
+        run(Command::new("umount").arg("-l").arg(&self.mount_at))
+            .context("unmounting the file system after the power cut")?;
+        // Detached when the file system has gone, if it is still there.
+        run(Command::new("losetup").args(["-d", dev.as_str()]))
+            .context("detaching the loop device after the power cut")?;
+        {
+            let mut disk = fs.disk();
+            disk.generation += 1;
+            disk.off = false;
+            disk.pending.clear();
+            disk.armed = None;
+            disk.cut.send_replace(None);
+        }
+        *dev = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(self.fuse_dir.join(IMAGE_NAME)))?;
+        run(Command::new("mount").arg(dev.as_str()).arg(&self.mount_at))
             .context("mounting the file system after the power cut")?;
         Ok(())
-    }
-
-    /// Unmounts the file system, detaches the loop device, unmounts the FUSE filesystem and
-    /// ends its session, in that order: each holds the next.
-    fn take_down(&mut self) -> anyhow::Result<()> {
-        let Some((session, _, dev)) = self.on.take() else {
-            return Ok(());
-        };
-        // After a cut the file system cannot write its superblock: it unmounts all the same.
-        let unmounted = unmount(&self.mount_at);
-        let detached = run(Command::new("losetup").args(["-d", &dev]));
-        // The loop device lets go of the file as it detaches, which may take a moment.
-        let fuse_unmounted = unmount(&self.fuse_dir);
-        drop(session);
-        unmounted.context("unmounting the power-cut disk's file system")?;
-        detached.context("detaching the power-cut disk's loop device")?;
-        fuse_unmounted.context("unmounting the power-cut disk's FUSE filesystem")?;
-        Ok(())
-    }
-}
-
-/// Unmounts `path`. "Busy" is tried again for up to 5 s: a process that has just been
-/// killed may still be held for a moment by a child it was starting (the child has its
-/// descriptors until it executes its program; see `hotline_store::CLAIM_WAIT`), and a loop
-/// device detaches asynchronously. Still busy after that (a process of a failed test still
-/// on it), it is detached lazily, and the error returned.
-fn unmount(path: &Path) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match run(Command::new("umount").arg(path)) {
-            Err(e) if format!("{e}").contains("busy") => {
-                if std::time::Instant::now() >= deadline {
-                    let _ = run(Command::new("umount").arg("-l").arg(path));
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other.map(|_| ()),
-        }
     }
 }
 
 impl Drop for PowerCutDisk {
+    /// Detaches the file system, the loop device and the FUSE filesystem lazily (what a
+    /// failed test left on them keeps them until it ends), then ends the FUSE session.
     fn drop(&mut self) {
-        if let Err(e) = self.take_down() {
-            eprintln!("power-cut disk: {e:#}");
+        let Some((session, _, dev)) = self.on.take() else {
+            return;
+        };
+        for (what, cmd) in [
+            (
+                "file system",
+                Command::new("umount").arg("-l").arg(&self.mount_at),
+            ),
+            ("loop device", Command::new("losetup").args(["-d", &dev])),
+            (
+                "FUSE filesystem",
+                Command::new("umount").arg("-l").arg(&self.fuse_dir),
+            ),
+        ] {
+            if let Err(e) = run(cmd) {
+                eprintln!("power-cut disk: {what}: {e:#}");
+            }
         }
+        drop(session);
     }
 }
