@@ -164,10 +164,7 @@ impl Traffic {
             let done = done_tx.clone();
             let s = s.to_string();
             let share = sends / SENDERS.len() + usize::from(k < sends % SENDERS.len());
-            rng_seed = rng_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let start = rng_seed;
+            let start = step(&mut rng_seed);
             senders.push(tokio::task::spawn_blocking(move || -> Sent {
                 let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != s).collect();
                 let mut sent = Vec::with_capacity(share);
@@ -373,11 +370,7 @@ async fn relay_power_cut_3_times_during_600_sends_loses_nothing_it_accepted() ->
         traffic.accepted(k * SENDS / (CUTS + 1)).await?;
         // At a write of the relay's, so that something it wrote is lost with the power: one
         // of the next 1 to 40, to land in different places of its commits and syncs.
-        rng_seed = rng_seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let nth = (rng_seed >> 33) as u32 % 40 + 1;
-        let cut = disk.cut_at_write(nth, Duration::from_secs(10)).await?;
+        let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed).await?;
         println!(
             "power cut {k}, {}: {} unflushed blocks lost, {} flushes since power on",
             if cut.at_write {
@@ -433,6 +426,24 @@ async fn inbox_once(c: &ApiClient, who: &str) -> anyhow::Result<HashSet<String>>
         "{who}: a message is in the inbox twice"
     );
     Ok(unique)
+}
+
+/// The next value of a fault test's seeded sequence (an LCG; `*rng` moves on).
+fn step(rng: &mut u64) -> u64 {
+    *rng = rng
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *rng
+}
+
+/// Cuts `disk`'s power at one of the next 1 to 40 writes (chosen from `rng`), so that the
+/// cut lands in different places of the writer's commits and syncs; which one, and the cut.
+async fn cut_at_one_of_the_next_40_writes(
+    disk: &hotline_e2e::powercut::PowerCutDisk,
+    rng: &mut u64,
+) -> anyhow::Result<(u32, hotline_e2e::powercut::Cut)> {
+    let nth = (step(rng) >> 33) as u32 % 40 + 1;
+    Ok((nth, disk.cut_at_write(nth, Duration::from_secs(10)).await?))
 }
 
 /// The ids of the messages in the relay's store in `data_dir` (the relay stopped).
@@ -1303,11 +1314,7 @@ async fn sender_node_power_cut_3_times_while_sending_loses_nothing_it_took() -> 
             tokio::time::timeout(Duration::from_secs(60), count.wait_for(|n| *n >= ROUND))
                 .await
                 .context("KAZ took no sends")??;
-            rng_seed = rng_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let nth = (rng_seed >> 33) as u32 % 40 + 1;
-            let cut = disk.cut_at_write(nth, Duration::from_secs(10)).await?;
+            let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed).await?;
             println!("power cut {} under KAZ (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", k + 1, cut.at_write, cut.blocks_lost, cut.flushes);
         }
         let ids = tokio::time::timeout(Duration::from_secs(60), poster)
@@ -1429,11 +1436,7 @@ async fn recipient_under_faults(faults: usize, power_cuts: bool) -> anyhow::Resu
         if let Some(disk) = &mut disk {
             // At one of UZB's next 1 to 40 writes (seeded), so that something it wrote is
             // lost with the power.
-            rng_seed = rng_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let nth = (rng_seed >> 33) as u32 % 40 + 1;
-            let cut = disk.cut_at_write(nth, Duration::from_secs(10)).await?;
+            let (nth, cut) = cut_at_one_of_the_next_40_writes(disk, &mut rng_seed).await?;
             println!("power cut {k} under UZB (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", cut.at_write, cut.blocks_lost, cut.flushes);
             uzb.kill9();
             disk.power_on()?;
