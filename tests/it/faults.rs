@@ -108,6 +108,9 @@ struct Traffic {
     senders: Vec<tokio::task::JoinHandle<Sent>>,
     /// Where a node started again sends its events.
     followed: tokio::sync::mpsc::Sender<(String, Value)>,
+    /// (node, id) of what a node started late held before its stream opened: it starts
+    /// receiving as soon as it connects, before its API can be followed.
+    held_before_followed: Vec<(String, String)>,
 }
 
 /// A sender's messages: (id, sender, recipient) each.
@@ -187,6 +190,7 @@ impl Traffic {
             accepted_ids,
             senders,
             followed,
+            held_before_followed: Vec::new(),
         })
     }
 
@@ -206,7 +210,16 @@ impl Traffic {
         let client = dep.api_client(node, &mut p, START).await?;
         self.nodes.insert(node.to_owned(), p);
         self.clients.insert(node.to_owned(), client.clone());
-        follow_into(&BTreeMap::from([(node.to_owned(), client)]), &self.followed).await
+        follow_into(
+            &BTreeMap::from([(node.to_owned(), client.clone())]),
+            &self.followed,
+        )
+        .await?;
+        // Read once the stream is open, so nothing falls between the two.
+        for id in inbox_once(&client, node).await? {
+            self.held_before_followed.push((node.to_owned(), id));
+        }
+        Ok(())
     }
 
     /// Waits until the nodes have taken `n` sends.
@@ -247,7 +260,13 @@ impl Traffic {
         // Wait for every recipient to show every message, and every sender to hold an
         // Accepted for each (an answer lost to a fault comes again when the node resubmits
         // after the restart, so the two can finish in either order).
-        let mut shown: HashMap<(String, String), u32> = HashMap::new();
+        // What a node held before it was followed counts as shown, once, unless its event
+        // came as well (then that event is the count).
+        let mut shown: HashMap<(String, String), u32> = self
+            .held_before_followed
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect();
         let mut answered: HashSet<String> = HashSet::new();
         // A stream that fell behind (`lagged`: the node dropped events for a slow
         // subscriber, as it does by design) can no longer say when everything is done; the
