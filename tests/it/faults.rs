@@ -93,7 +93,8 @@ async fn follow_into(
 
 /// The fault suite's traffic through one relay: the four nodes started and followed, and
 /// KAZ, KGZ and TJK each sending its share of `sends` messages to the others as fast as
-/// its node takes them, while the test breaks the relay ([`Traffic::reached`] paces it).
+/// its node takes them, as far as the test has released them ([`Traffic::release`]), while
+/// the test breaks the relay ([`Traffic::reached`] paces it).
 struct Traffic {
     sends: usize,
     nodes: BTreeMap<String, XProc>,
@@ -108,6 +109,8 @@ struct Traffic {
     senders: Vec<tokio::task::JoinHandle<Sent>>,
     /// Where a node started again sends its events.
     followed: tokio::sync::mpsc::Sender<(String, Value)>,
+    /// How many sends, of all senders together, may be made so far.
+    released: Arc<tokio::sync::watch::Sender<usize>>,
     /// (node, id) of what a node started late held before its stream opened: it starts
     /// receiving as soon as it connects, before its API can be followed.
     held_before_followed: Vec<(String, String)>,
@@ -118,12 +121,14 @@ type Sent = anyhow::Result<Vec<(String, String, String)>>;
 
 impl Traffic {
     /// Starts the nodes of `dep` (its relay running), but for `offline` (not a sender; see
-    /// [`Traffic::start_offline`]), and the senders; recipients are chosen from `seed`.
+    /// [`Traffic::start_offline`]), and the senders, released to make the first `release`
+    /// sends; recipients are chosen from `seed`.
     async fn start(
         dep: &mut Deployment,
         sends: usize,
         seed: u64,
         offline: Option<&str>,
+        release: usize,
     ) -> anyhow::Result<Self> {
         for n in NODES {
             dep.add_node(n, dep.relay_addr, 3_600_000)?;
@@ -160,11 +165,17 @@ impl Traffic {
         });
         let (done_tx, done) = tokio::sync::watch::channel(0usize);
         let done_tx = Arc::new(done_tx);
+        // Each send takes a ticket (0, 1, …, of all senders together) and waits for its
+        // release.
+        let released = Arc::new(tokio::sync::watch::Sender::new(release));
+        let tickets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let rt = tokio::runtime::Handle::current();
         let mut senders = Vec::new();
         let mut rng_seed = seed;
         for (k, s) in SENDERS.iter().enumerate() {
             let c = clients[*s].clone();
             let done = done_tx.clone();
+            let (mut gate, tickets, rt) = (released.subscribe(), tickets.clone(), rt.clone());
             let s = s.to_string();
             let share = sends / SENDERS.len() + usize::from(k < sends % SENDERS.len());
             let start = step(&mut rng_seed);
@@ -172,6 +183,9 @@ impl Traffic {
                 let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != s).collect();
                 let mut sent = Vec::with_capacity(share);
                 for i in 0..share {
+                    let ticket = tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    rt.block_on(gate.wait_for(|r| *r > ticket))
+                        .context("the test has gone")?;
                     let to = others[(start as usize + i) % others.len()];
                     let v = c.post("/v1/messages", &json!({"to": [to], "subject": format!("{s} #{i}"), "body": "fault suite", "status": "test"}))?;
                     sent.push((v["id"].as_str().context("id")?.to_owned(), s.clone(), to.to_owned()));
@@ -190,8 +204,14 @@ impl Traffic {
             accepted_ids,
             senders,
             followed,
+            released,
             held_before_followed: Vec::new(),
         })
+    }
+
+    /// Lets the senders make the first `n` sends (of all of them together).
+    fn release(&self, n: usize) {
+        self.released.send_replace(n);
     }
 
     /// The messages seen accepted by a relay so far.
@@ -347,7 +367,7 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
     let mut relay = start_relay(&dep, 0).await?;
-    let mut traffic = Traffic::start(&mut dep, SENDS, seed, None).await?;
+    let mut traffic = Traffic::start(&mut dep, SENDS, seed, None, SENDS).await?;
     // Kill the relay every SENDS / (KILLS + 1) sends, restarting it at once.
     for k in 1..=KILLS {
         traffic.reached(k * SENDS / (KILLS + 1)).await?;
@@ -359,15 +379,16 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
         .await
 }
 
-/// The relay's power cut three times while nodes send: its disk loses, each time, all it
-/// had not flushed (`hotline_e2e::powercut`), as a machine losing power would. Whatever a
-/// relay had accepted was synced first, so it is still there; what it had not, its sender's
-/// node sends again. Every message arrives, once.
+/// The relay's power cut five times while nodes send, each time while it takes a share of
+/// the sends: its disk loses, each time, all it had not flushed (`hotline_e2e::powercut`),
+/// as a machine losing power would. Whatever a relay had accepted was synced first, so it
+/// is still there; what it had not, its sender's node sends again. Every message arrives,
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_power_cut_3_times_during_600_sends_loses_nothing_it_accepted() -> anyhow::Result<()>
+async fn relay_power_cut_5_times_during_600_sends_loses_nothing_it_accepted() -> anyhow::Result<()>
 {
     const SENDS: usize = 600;
-    const CUTS: usize = 3;
+    const CUTS: usize = 5;
     let seed = seed();
     let dir = tempfile::tempdir()?;
     let mut dep = Deployment::create(dir.path(), TEMPLATE)?;
@@ -383,13 +404,19 @@ async fn relay_power_cut_3_times_during_600_sends_loses_nothing_it_accepted() ->
     // and then lost would never reach it. (The others may have a message delivered before its
     // commit; ARCHITECTURE.md, "Delivery overlaps the relay's commit".) UZB is not started
     // until then: a node killed can take its last events with it.
-    let mut traffic = Traffic::start(&mut dep, SENDS, seed, Some("UZB")).await?;
+    // Released a share at a time, each once the cut is armed, so that each cut comes while
+    // the relay takes a share.
+    let share = |k: usize| k * SENDS / (CUTS + 1);
+    let mut traffic = Traffic::start(&mut dep, SENDS, seed, Some("UZB"), share(1)).await?;
     let (mut rng_seed, mut at_writes) = (seed, 0);
     for k in 1..=CUTS {
-        traffic.accepted(k * SENDS / (CUTS + 1)).await?;
+        traffic.accepted(share(k)).await?;
         // At a write of the relay's, so that something it wrote is lost with the power: one
         // of the next 1 to 40, to land in different places of its commits and syncs.
-        let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed).await?;
+        let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed, || {
+            traffic.release(share(k + 1))
+        })
+        .await?;
         println!(
             "power cut {k}, {}: {} unflushed blocks lost, {} flushes since power on",
             if cut.at_write {
@@ -417,7 +444,9 @@ async fn relay_power_cut_3_times_during_600_sends_loses_nothing_it_accepted() ->
         );
         relay = start_relay(&dep, k as u32).await?;
     }
-    // A cut at a write loses that write at least: the relay was cut in the middle of its work.
+    // A cut at a write loses that write at least: the relay was cut in the middle of its
+    // work. (Each comes while it takes a share of the sends; a cut armed for one of its next
+    // 40 writes has missed them only if the relay accepted the share in fewer.)
     assert!(at_writes > 0, "no power cut came in the middle of a write");
     traffic.start_offline(&dep, "UZB", 1).await?;
     traffic
@@ -457,12 +486,16 @@ fn step(rng: &mut u64) -> u64 {
 
 /// Cuts `disk`'s power at one of the next 1 to 40 writes (chosen from `rng`), so that the
 /// cut lands in different places of the writer's commits and syncs; which one, and the cut.
+/// `armed` runs once the cut is armed (to set going what will write).
 async fn cut_at_one_of_the_next_40_writes(
     disk: &hotline_e2e::powercut::PowerCutDisk,
     rng: &mut u64,
+    armed: impl FnOnce(),
 ) -> anyhow::Result<(u32, hotline_e2e::powercut::Cut)> {
     let nth = (step(rng) >> 33) as u32 % 40 + 1;
-    Ok((nth, disk.cut_at_write(nth, Duration::from_secs(10)).await?))
+    disk.arm(nth)?;
+    armed();
+    Ok((nth, disk.armed_cut(Duration::from_secs(10)).await?))
 }
 
 /// The ids of the messages in the relay's store in `data_dir` (the relay stopped).
@@ -1333,7 +1366,7 @@ async fn sender_node_power_cut_3_times_while_sending_loses_nothing_it_took() -> 
             tokio::time::timeout(Duration::from_secs(60), count.wait_for(|n| *n >= ROUND))
                 .await
                 .context("KAZ took no sends")??;
-            let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed).await?;
+            let (nth, cut) = cut_at_one_of_the_next_40_writes(&disk, &mut rng_seed, || ()).await?;
             println!("power cut {} under KAZ (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", k + 1, cut.at_write, cut.blocks_lost, cut.flushes);
         }
         let ids = tokio::time::timeout(Duration::from_secs(60), poster)
@@ -1455,7 +1488,7 @@ async fn recipient_under_faults(faults: usize, power_cuts: bool) -> anyhow::Resu
         if let Some(disk) = &mut disk {
             // At one of UZB's next 1 to 40 writes (seeded), so that something it wrote is
             // lost with the power.
-            let (nth, cut) = cut_at_one_of_the_next_40_writes(disk, &mut rng_seed).await?;
+            let (nth, cut) = cut_at_one_of_the_next_40_writes(disk, &mut rng_seed, || ()).await?;
             println!("power cut {k} under UZB (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", cut.at_write, cut.blocks_lost, cut.flushes);
             uzb.kill9();
             disk.power_on()?;

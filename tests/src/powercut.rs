@@ -429,15 +429,24 @@ impl PowerCutDisk {
         Ok(())
     }
 
-    /// Cuts the power in the middle of the `nth` write from now (1: the next), which then
-    /// fails, as everything after it: what was written since the last flush is gone, that
-    /// write with it. If fewer than `nth` writes come within `within` (whoever writes has
-    /// nothing more to do), cuts it then.
-    pub async fn cut_at_write(&self, nth: u32, within: Duration) -> anyhow::Result<Cut> {
+    /// Arms a cut of the power in the middle of the `nth` write from now (1: the next),
+    /// without waiting for it (a test then sets going what writes, and waits with
+    /// [`PowerCutDisk::armed_cut`]). That write fails, as everything after it: what was
+    /// written since the last flush is gone, that write with it.
+    pub fn arm(&self, nth: u32) -> anyhow::Result<()> {
         let Some((_, fs, _)) = &self.on else {
             bail!("the power-cut disk is already off");
         };
         fs.disk().armed = Some(nth.max(1));
+        Ok(())
+    }
+
+    /// Waits for the cut [`PowerCutDisk::arm`] armed. If fewer than its `nth` writes come
+    /// within `within` (whoever writes has nothing more to do), cuts the power then.
+    pub async fn armed_cut(&self, within: Duration) -> anyhow::Result<Cut> {
+        let Some((_, fs, _)) = &self.on else {
+            bail!("the power-cut disk is already off");
+        };
         let mut told = self.cut.clone();
         let waited = tokio::time::timeout(within, told.wait_for(Option::is_some))
             .await
@@ -458,7 +467,7 @@ impl PowerCutDisk {
         }
     }
 
-    /// After a [`PowerCutDisk::cut_at_write`] and once the processes using the disk have
+    /// After a [`PowerCutDisk::armed_cut`] and once the processes using the disk have
     /// ended: the file system and its loop device are let go of, and the disk comes back
     /// from what was flushed, under a new loop device (with no cache of its own from before
     /// the cut); ext4 recovers from its journal at mount.
