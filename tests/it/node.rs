@@ -3397,6 +3397,30 @@ async fn cannot_start(net: &Net, config: &Path, log_name: &str) -> String {
     log
 }
 
+/// A node whose API token file holds something that is not a token (here, the start of a
+/// key pasted in by mistake) refuses to start, for good (status 78, so its unit is not
+/// restarted), naming the file and not showing what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_token_file_holds_no_token_cannot_start() {
+    let net = net();
+    let config = net.node_config("KAZ", "127.0.0.1:9".parse().unwrap());
+    let token_file = net.path().join("KAZ.token");
+    std::fs::write(
+        &token_file,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n",
+    )
+    .unwrap();
+    let log = cannot_start(&net, &config, "node-KAZ-bad-token.log").await;
+    assert!(
+        log.contains("KAZ.token: not an API token"),
+        "the file is named: {log}"
+    );
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "its content is not shown: {log}"
+    );
+}
+
 /// A node's store is its participant's: KAZ's backup is refused by `hotline restore` in
 /// KGZ's data directory, and a node started as KGZ on KAZ's store (put there by hand)
 /// refuses to start, naming both, rather than show KAZ's messages to KGZ's officers.

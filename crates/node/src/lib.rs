@@ -53,7 +53,10 @@ pub enum NodeError {
     /// The transport could not be set up.
     #[error(transparent)]
     Net(#[from] hotline_net::NetError),
-    /// Another I/O failure (API listener, token file).
+    /// The API token file cannot be read, or holds no token.
+    #[error(transparent)]
+    Token(#[from] hotline_config::text_file::TextFileError),
+    /// Another I/O failure (API listener, writing a new token file).
     #[error("{0}")]
     Io(String),
 }
@@ -499,7 +502,7 @@ pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
     match hotline_config::text_file::read_token(path) {
         Ok(t) => return Ok(t),
         Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(NodeError::Io(e.to_string())),
+        Err(e) => return Err(NodeError::Token(e)),
     }
     let mut b = [0u8; limits::API_TOKEN_BYTES];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);

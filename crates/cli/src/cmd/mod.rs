@@ -14,8 +14,8 @@ pub(crate) mod roster;
 use hotline_store::StoreError;
 
 /// The exit status of `hotline relay` and `hotline node` when the service cannot start and
-/// starting it again cannot help: its configuration, key, roster or (relay) certificate is
-/// unusable, or its store
+/// starting it again cannot help: its configuration, key, roster, (relay) certificate or
+/// (node) API token file is unusable, or its store
 /// is damaged (SQLite's check, a record that does not decode, a broken audit journal), was
 /// written by a newer release, or is another participant's. It is sysexits' `EX_CONFIG`; the systemd
 /// units list it in `RestartPreventExitStatus=`, so that systemd does not start the service
@@ -65,6 +65,10 @@ fn is_lasting(e: &(dyn std::error::Error + 'static)) -> bool {
         return match e {
             NodeError::Config(_) | NodeError::Key(_) | NodeError::Roster(_) => true,
             NodeError::Store(e) => store_is_lasting(e),
+            // A file that is there but holds no token (an unreadable one may be a moment's).
+            NodeError::Token(e) => {
+                !matches!(e, hotline_config::text_file::TextFileError::Io { .. })
+            }
             _ => false,
         };
     }
