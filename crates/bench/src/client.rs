@@ -134,6 +134,14 @@ impl Store {
         })
     }
 
+    /// The shared group log, for a group store.
+    pub fn group_log(&self) -> Option<&std::sync::Arc<crate::grouplog::GroupLog>> {
+        match self {
+            Self::Group(log) => Some(log),
+            _ => None,
+        }
+    }
+
     /// Blocking: the file and SQLite stores.
     fn persist_now(&mut self, rows: &Records) -> anyhow::Result<()> {
         match self {

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ use tokio::sync::oneshot;
 /// A batch and where its answer goes.
 struct Job {
     buf: Vec<u8>,
+    /// When it was handed to the thread.
+    at: Instant,
     /// The instant the covering sync returned, or why it failed.
     done: oneshot::Sender<Result<Instant, String>>,
 }
@@ -43,6 +46,54 @@ pub struct GroupLog {
     /// fan-out; a batch is at most 4,096 deliveries, `traffic::BATCH_FRAMES_MAX` and the
     /// peers' `BATCH_MAX`).
     jobs: mpsc::Sender<Job>,
+    /// What the thread has done so far.
+    counts: Arc<Counts>,
+}
+
+/// The syncing thread's running totals (see [`Totals`]).
+#[derive(Debug, Default)]
+struct Counts {
+    groups: AtomicU64,
+    batches: AtomicU64,
+    wait_ns: AtomicU64,
+    sync_ns: AtomicU64,
+}
+
+/// What a group log's thread has done, since it started or between two readings
+/// ([`Totals::since`]): where a recipient's share of the end-to-end time goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Groups written and synced.
+    pub groups: u64,
+    /// Batches in them.
+    pub batches: u64,
+    /// Over all batches: from its hand-over to the thread taking its group (the wait for
+    /// the thread to wake, or for the sync before to end), ns.
+    pub wait_ns: u64,
+    /// Over all groups: the group's write and `fdatasync`, ns.
+    pub sync_ns: u64,
+}
+
+impl Totals {
+    /// What was done between `before` and these totals.
+    pub fn since(&self, before: &Totals) -> Totals {
+        Totals {
+            groups: self.groups.saturating_sub(before.groups),
+            batches: self.batches.saturating_sub(before.batches),
+            wait_ns: self.wait_ns.saturating_sub(before.wait_ns),
+            sync_ns: self.sync_ns.saturating_sub(before.sync_ns),
+        }
+    }
+
+    /// A batch's mean wait, ms (none without batches).
+    pub fn wait_ms_mean(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.wait_ns as f64 / self.batches as f64 / 1e6)
+    }
+
+    /// A group's mean write and sync, ms (none without groups).
+    pub fn sync_ms_mean(&self) -> Option<f64> {
+        (self.groups > 0).then(|| self.sync_ns as f64 / self.groups as f64 / 1e6)
+    }
 }
 
 impl GroupLog {
@@ -61,10 +112,12 @@ impl GroupLog {
         let ring = Ring::create(path, RING_BYTES)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel();
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
         std::thread::Builder::new()
             .name("group-log".into())
-            .spawn(move || run(ring, rx))?;
-        let log = Arc::new(Self { jobs: tx });
+            .spawn(move || run(ring, rx, &c))?;
+        let log = Arc::new(Self { jobs: tx, counts });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(path.to_owned(), Arc::downgrade(&log));
         Ok(log)
@@ -76,12 +129,27 @@ impl GroupLog {
     pub async fn append_durable(&self, buf: Vec<u8>) -> io::Result<Instant> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send(Job { buf, done })
+            .send(Job {
+                buf,
+                at: Instant::now(),
+                done,
+            })
             .map_err(|_| io::Error::other("group log thread gone"))?;
         match answer.await {
             Ok(Ok(at)) => Ok(at),
             Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => Err(io::Error::other("group log thread gone")),
+        }
+    }
+
+    /// What the thread has done so far.
+    pub fn totals(&self) -> Totals {
+        let c = &self.counts;
+        Totals {
+            groups: c.groups.load(Relaxed),
+            batches: c.batches.load(Relaxed),
+            wait_ns: c.wait_ns.load(Relaxed),
+            sync_ns: c.sync_ns.load(Relaxed),
         }
     }
 }
@@ -186,13 +254,15 @@ fn write_gathered(ring: &mut Ring, group: &[Job], gathered: &mut Vec<u8>) -> io:
 }
 
 /// The syncing thread: one group per turn, until every handle has gone.
-fn run(mut ring: Ring, rx: mpsc::Receiver<Job>) {
+fn run(mut ring: Ring, rx: mpsc::Receiver<Job>, counts: &Counts) {
     let mut failed: Option<String> = None;
     let mut group = Vec::new();
     let mut gathered = Vec::new();
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     while let Ok(first) = rx.recv() {
         group.push(first);
         group.extend(rx.try_iter());
+        let taken = Instant::now();
         if failed.is_none() {
             let r = write_gathered(&mut ring, &group, &mut gathered)
                 .map_err(|e| format!("write: {e}"))
@@ -200,6 +270,16 @@ fn run(mut ring: Ring, rx: mpsc::Receiver<Job>) {
             failed = r.err();
         }
         let synced = Instant::now();
+        let waited: u64 = group
+            .iter()
+            .map(|j| ns(taken.saturating_duration_since(j.at)))
+            .sum();
+        counts.groups.fetch_add(1, Relaxed);
+        counts.batches.fetch_add(group.len() as u64, Relaxed);
+        counts.wait_ns.fetch_add(waited, Relaxed);
+        counts
+            .sync_ns
+            .fetch_add(ns(synced.saturating_duration_since(taken)), Relaxed);
         for j in group.drain(..) {
             let _ = j.done.send(match &failed {
                 None => Ok(synced),
@@ -240,6 +320,15 @@ mod tests {
         for t in tasks {
             t.await.expect("task");
         }
+        let totals = log.totals();
+        assert_eq!(totals.batches, 400, "every batch counted once");
+        assert!(
+            (1..=400).contains(&totals.groups),
+            "groups: {}",
+            totals.groups
+        );
+        assert!(totals.sync_ns > 0, "the syncs took time");
+        assert_eq!(totals.since(&totals), Totals::default());
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(bytes.len() as u64, RING_BYTES, "the ring keeps its size");
         assert!(
@@ -266,6 +355,7 @@ mod tests {
             .enumerate()
             .map(|(i, n)| Job {
                 buf: vec![i as u8 + 1; *n],
+                at: Instant::now(),
                 done: oneshot::channel().0,
             })
             .collect();

@@ -117,6 +117,14 @@ pub struct TrafficReport {
     pub recipient_durability: Durability,
     /// Recipients' receipt pacing, milliseconds (0: a receipt per durable batch).
     pub receipt_pace_ms: u64,
+    /// With `group` durability: the clients' shared log's group syncs during the run, per
+    /// accepted message (the recipients' batches and the senders' receipts).
+    pub clients_log_syncs_per_msg: Option<f64>,
+    /// Their batches' mean wait to be taken by the log's thread (its wake-up, or the sync
+    /// before), ms: with the sync, a recipient's share of the end-to-end time.
+    pub clients_log_wait_ms_mean: Option<f64>,
+    /// A group's mean write and `fdatasync`, ms.
+    pub clients_log_sync_ms_mean: Option<f64>,
     /// Messages signed for the run.
     pub planned: u64,
     /// Messages written to the relay.
@@ -224,7 +232,7 @@ impl TrafficReport {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{log}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -255,6 +263,18 @@ impl TrafficReport {
             delivered = self.deliveries,
             fin = self.finished,
             dur_mode = self.recipient_durability,
+            log = match (
+                self.clients_log_syncs_per_msg,
+                self.clients_log_wait_ms_mean,
+                self.clients_log_sync_ms_mean,
+            ) {
+                (Some(n), w, sy) => format!(
+                    " (log: {n:.2} syncs/msg, batches wait {} ms, write+sync {} ms mean)",
+                    opt2(w),
+                    opt2(sy)
+                ),
+                _ => String::new(),
+            },
             pace = if self.receipt_pace_ms > 0 {
                 format!(" receipt pace {} ms", self.receipt_pace_ms)
             } else {
@@ -977,6 +997,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         let store = Store::open(t.durability, &store_dir.join(peer.id.as_str()))?;
         ready.push((is_sender, peer, session, store));
     }
+    let log = ready.iter().find_map(|r| r.3.group_log().cloned());
+    let log_before = log.as_ref().map(|l| l.totals());
     let before = relay::scrape(relay.metrics()).await;
     let start_at = Instant::now() + Duration::from_millis(200);
     let deadline = start_at + t.duration;
@@ -1051,6 +1073,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     // Let the last receipts' `ReceiptStored` answers arrive before counting them.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = relay::scrape(relay.metrics()).await;
+    let log_totals = log.zip(log_before).map(|(l, b)| l.totals().since(&b));
     let _ = stop_tx.send(true);
 
     let mut e2e = Vec::new();
@@ -1116,6 +1139,9 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         body_bytes: t.body_bytes,
         recipient_durability: t.durability,
         receipt_pace_ms: t.receipt_pace.as_millis() as u64,
+        clients_log_syncs_per_msg: per_accepted(log_totals.map(|l| l.groups as f64)),
+        clients_log_wait_ms_mean: log_totals.and_then(|l| l.wait_ms_mean()),
+        clients_log_sync_ms_mean: log_totals.and_then(|l| l.sync_ms_mean()),
         planned: total as u64,
         sent: ledger.sent.load(Relaxed),
         accepted,
