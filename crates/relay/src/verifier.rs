@@ -7,8 +7,9 @@
 //! of them as one batch (about 14 µs a signature), answers the forged ones `Rejected` on the
 //! session's own answer channel, and hands the rest to the store writer.
 //!
-//! Receipts are off the path a message takes to its recipients, so the extra hand-off costs
-//! no delivery latency; submissions are still verified in their sessions, where the hand-off
+//! Receipts are off the path a message takes to its recipients, so the extra hand-off (and
+//! a small batch's wait for company, `limits::RECEIPT_VERIFY_GATHER`) costs no delivery
+//! latency; submissions are still verified in their sessions, where the hand-off
 //! would. The answer of each receipt — stored or rejected — reaches its session as before;
 //! the session reserved room for it when it passed the receipt on.
 
@@ -49,7 +50,11 @@ pub(crate) async fn run(
             return;
         }
         // Receipts of one fan-out arrive on many connections within a moment: let the
-        // other sessions hand theirs over before verifying.
+        // other sessions hand theirs over before verifying (a small batch waits a little
+        // for them, `limits::RECEIPT_VERIFY_GATHER`).
+        if batch.len() < crate::limits::RECEIPT_VERIFY_GATHER_BELOW.min(batch_max) {
+            tokio::time::sleep(crate::limits::RECEIPT_VERIFY_GATHER).await;
+        }
         if batch.len() < batch_max {
             tokio::task::yield_now().await;
             while batch.len() < batch_max {
