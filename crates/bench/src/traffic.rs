@@ -997,8 +997,11 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         let store = Store::open(t.durability, &store_dir.join(peer.id.as_str()))?;
         ready.push((is_sender, peer, session, store));
     }
-    let log = ready.iter().find_map(|r| r.3.group_log().cloned());
-    let log_before = log.as_ref().map(|l| l.totals());
+    // The clients' shared log, and what it had done before the run.
+    let log = ready
+        .iter()
+        .find_map(|r| r.3.group_log())
+        .map(|l| (l.clone(), l.totals()));
     let before = relay::scrape(relay.metrics()).await;
     let start_at = Instant::now() + Duration::from_millis(200);
     let deadline = start_at + t.duration;
@@ -1073,7 +1076,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     // Let the last receipts' `ReceiptStored` answers arrive before counting them.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = relay::scrape(relay.metrics()).await;
-    let log_totals = log.zip(log_before).map(|(l, b)| l.totals().since(&b));
+    let log_totals = log.map(|(l, before)| l.totals().since(&before));
     let _ = stop_tx.send(true);
 
     let mut e2e = Vec::new();

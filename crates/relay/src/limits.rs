@@ -141,17 +141,17 @@ pub const RECEIPT_COMMIT_DELAY_MS: u64 = 2;
 /// them verified as one batch).
 pub const VERIFY_BATCH_MAX: usize = 64;
 
-/// How long the receipt verifier lets a small batch gather before checking it: the 37
-/// recipients of a fan-out come due within about half a millisecond of each other, and
-/// checked as they trickle in (a mean of 3.1 signatures a batch, half of them alone, at
-/// fanout37 500/s) each small batch wakes the store writer with its own commands. Gathered,
-/// the writer's wait and the end-to-end p99 at 500/s fell (docs/BENCHMARKS-ROUNDS.md,
-/// thirty-second round); the sender's "all receipts back" pays about this much more (the
-/// runtime's timer rounds it up to its millisecond tick).
+/// How long the receipt verifier lets a small batch gather before checking it: the
+/// receipts of a fan-out's recipients come due close together, and checked as they trickled
+/// in (a mean of 3.1 signatures a batch, half of them alone, at fanout37 500/s) each small
+/// batch went to the store writer on its own. Gathered, the writer's wait and the
+/// end-to-end p99 at 500/s fell (docs/BENCHMARKS-ROUNDS.md, thirty-second round); the
+/// sender's "all receipts back" pays about 2 ms more (the runtime's timer rounds this up to
+/// its millisecond tick).
 pub const RECEIPT_VERIFY_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A receipt batch at least this large is checked at once, without gathering: under load
-/// the batches are large already, and the signatures' batch check gains little more.
+/// the batches are large already (not measured at other thresholds).
 pub const RECEIPT_VERIFY_GATHER_BELOW: usize = 32;
 
 /// Most receipts, from all sessions, whose signatures the verifier checks as one batch

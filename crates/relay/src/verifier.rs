@@ -52,11 +52,12 @@ pub(crate) async fn run(
         // Receipts of one fan-out arrive on many connections within a moment: let the
         // other sessions hand theirs over before verifying (a small batch waits a little
         // for them, `limits::RECEIPT_VERIFY_GATHER`).
-        if batch.len() < crate::limits::RECEIPT_VERIFY_GATHER_BELOW.min(batch_max) {
-            tokio::time::sleep(crate::limits::RECEIPT_VERIFY_GATHER).await;
-        }
         if batch.len() < batch_max {
-            tokio::task::yield_now().await;
+            if batch.len() < crate::limits::RECEIPT_VERIFY_GATHER_BELOW {
+                tokio::time::sleep(crate::limits::RECEIPT_VERIFY_GATHER).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
             while batch.len() < batch_max {
                 match rx.try_recv() {
                     Ok(u) => batch.push(u),
