@@ -24,6 +24,7 @@ use crate::client::{self, Durability, Inbox, Records, Store};
 use crate::network::{Network, Peer};
 use crate::relay::{self, Relay};
 use crate::stats::{self, CpuMeter, Percentiles, SwitchMeter};
+use hotline_relay::thread_names::{self as names, comm};
 
 /// Frames one client drains from its reader before handling them as one batch.
 const BATCH_FRAMES_MAX: usize = 4_096;
@@ -165,6 +166,11 @@ pub struct TrafficReport {
     pub relay_cpu_us_per_msg: Option<f64>,
     /// The same for the relay's store writer thread alone.
     pub writer_cpu_us_per_msg: Option<f64>,
+    /// The same for the relay's log-sync thread (its `fdatasync`s; thirty-sixth round: most
+    /// of the CPU the relay's own durability costs on this machine's virtual disk).
+    pub sync_cpu_us_per_msg: Option<f64>,
+    /// The same for the relay's background checkpoint thread.
+    pub checkpoint_cpu_us_per_msg: Option<f64>,
     /// The relay's voluntary context switches (each a thread going to sleep, most followed
     /// by a wake-up) during the run, per accepted message ([`stats::SwitchMeter`]).
     pub relay_sleeps_per_msg: Option<f64>,
@@ -232,7 +238,7 @@ impl TrafficReport {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{log}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}, sync {spm}, checkpoints {cpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{log}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -246,6 +252,8 @@ impl TrafficReport {
             rcpu = opt(self.relay_cpu_pct, "%"),
             rpm = opt(self.relay_cpu_us_per_msg, ""),
             wpm = opt(self.writer_cpu_us_per_msg, ""),
+            spm = opt(self.sync_cpu_us_per_msg, ""),
+            cpm = opt(self.checkpoint_cpu_us_per_msg, ""),
             rsl = opt1(self.relay_sleeps_per_msg),
             wsl = opt1(self.writer_sleeps_per_msg),
             rss = opt(self.relay_rss_mib, "MiB"),
@@ -1042,11 +1050,17 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let relay_cpu = relay.pid().map(CpuMeter::start);
     let writer_cpu = relay
         .pid()
-        .and_then(|p| CpuMeter::thread(p, "hotline-store-w"));
+        .and_then(|p| CpuMeter::thread(p, comm(names::STORE_WRITER)));
+    let sync_cpu = relay
+        .pid()
+        .and_then(|p| CpuMeter::thread(p, comm(names::WAL_SYNC)));
+    let checkpoint_cpu = relay
+        .pid()
+        .and_then(|p| CpuMeter::thread(p, comm(names::CHECKPOINT)));
     let relay_sleeps = relay.pid().map(|p| SwitchMeter::start(p, None));
     let writer_sleeps = relay
         .pid()
-        .map(|p| SwitchMeter::start(p, Some("hotline-store-w")));
+        .map(|p| SwitchMeter::start(p, Some(comm(names::STORE_WRITER))));
     let bench_cpu = CpuMeter::start(std::process::id());
     // Rates count from the scheduled start, whenever this task got to run.
     let start_ns = start_at.saturating_duration_since(ledger.t0).as_nanos() as u64;
@@ -1066,6 +1080,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let relay_cpu_pct = relay_cpu.as_ref().and_then(|m| m.percent());
     let relay_cpu_s = relay_cpu.and_then(|m| m.seconds());
     let writer_cpu_s = writer_cpu.and_then(|m| m.seconds());
+    let sync_cpu_s = sync_cpu.and_then(|m| m.seconds());
+    let checkpoint_cpu_s = checkpoint_cpu.and_then(|m| m.seconds());
     let relay_sleeps = relay_sleeps.and_then(|m| m.count());
     let writer_sleeps = writer_sleeps.and_then(|m| m.count());
     let bench_cpu_pct = bench_cpu.percent();
@@ -1164,6 +1180,8 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         relay_cpu_pct,
         relay_cpu_us_per_msg: per_msg(relay_cpu_s),
         writer_cpu_us_per_msg: per_msg(writer_cpu_s),
+        sync_cpu_us_per_msg: per_msg(sync_cpu_s),
+        checkpoint_cpu_us_per_msg: per_msg(checkpoint_cpu_s),
         relay_sleeps_per_msg: per_accepted(relay_sleeps.map(|n| n as f64)),
         writer_sleeps_per_msg: per_accepted(writer_sleeps.map(|n| n as f64)),
         bench_cpu_pct,

@@ -96,7 +96,7 @@ impl Checkpointer {
         let conn = hotline_store::open(path, false)?;
         let (kick, kicked) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
-            .name("hotline-checkpoint".into())
+            .name(crate::thread_names::CHECKPOINT.into())
             .spawn(move || run(move || round(&conn), kicked, metrics, rounds))
             .map_err(StartError::Thread)?;
         Ok(Self {

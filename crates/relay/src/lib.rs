@@ -44,6 +44,28 @@ pub use config::{ConfigError, RelayConfig};
 
 pub use hotline_net::now_ms;
 
+/// The names of the relay's own threads, for operators' tools and the benchmark's counters
+/// (`/proc/PID/task/TID/comm`, `top -H`, `perf --comm`).
+pub mod thread_names {
+    /// The store writer: every commit (`store`).
+    pub const STORE_WRITER: &str = "hotline-store-writer";
+    /// The write-ahead log's `fdatasync`s, before any answer (`walsync`).
+    pub const WAL_SYNC: &str = "hotline-wal-sync";
+    /// Background checkpoints of the write-ahead log (`checkpoint`).
+    pub const CHECKPOINT: &str = "hotline-checkpoint";
+
+    /// A thread's name as the kernel keeps it (`comm`): its first 15 bytes. (A name whose
+    /// 15th byte falls inside a character is cut before that character, which the kernel
+    /// would not do; the names above are ASCII.)
+    pub fn comm(name: &str) -> &str {
+        let mut end = name.len().min(15);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        &name[..end]
+    }
+}
+
 /// Why the relay could not start or reload.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -308,7 +330,7 @@ impl Relay {
             };
             WriterJoin::Thread(
                 std::thread::Builder::new()
-                    .name("hotline-store-writer".into())
+                    .name(thread_names::STORE_WRITER.into())
                     .spawn(move || {
                         // The directory's claim goes with the writer, before anyone hears
                         // that it has gone.
@@ -566,6 +588,26 @@ async fn accept_loop(
 mod tests {
     use super::*;
     use hotline_proto::{Participant, ParticipantId, Role, Signed, SigningKey, PROTOCOL_VERSION};
+
+    /// What `/proc` shows of each thread's name: its first 15 bytes.
+    #[test]
+    fn thread_names_are_cut_as_the_kernel_cuts_them() {
+        assert_eq!(
+            thread_names::comm(thread_names::WAL_SYNC),
+            "hotline-wal-syn"
+        );
+        assert_eq!(
+            thread_names::comm(thread_names::CHECKPOINT),
+            "hotline-checkpo"
+        );
+        assert_eq!(
+            thread_names::comm(thread_names::STORE_WRITER),
+            "hotline-store-w"
+        );
+        assert_eq!(thread_names::comm("short"), "short");
+        // 14 ASCII bytes, then a two-byte character across the 15-byte limit.
+        assert_eq!(thread_names::comm("abcdefghijklmné"), "abcdefghijklmn");
+    }
 
     /// A roster file the pinned key did not sign is refused naming the file once (the
     /// file's own error names it too): `roster FILE: roster is signed by key …`.

@@ -229,7 +229,7 @@ impl WalSync {
         // at most `connections_max` times that many wait here, however slow the disk.
         let (tx, rx) = std_mpsc::channel::<Replies>();
         let thread = std::thread::Builder::new()
-            .name("hotline-wal-sync".into())
+            .name(crate::thread_names::WAL_SYNC.into())
             .spawn({
                 let shared = shared.clone();
                 move || run(&shared, &rx)
