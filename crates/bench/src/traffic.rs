@@ -1047,20 +1047,15 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     }
 
     tokio::time::sleep_until(start_at.into()).await;
-    let relay_cpu = relay.pid().map(CpuMeter::start);
-    let writer_cpu = relay
-        .pid()
-        .and_then(|p| CpuMeter::thread(p, comm(names::STORE_WRITER)));
-    let sync_cpu = relay
-        .pid()
-        .and_then(|p| CpuMeter::thread(p, comm(names::WAL_SYNC)));
-    let checkpoint_cpu = relay
-        .pid()
-        .and_then(|p| CpuMeter::thread(p, comm(names::CHECKPOINT)));
-    let relay_sleeps = relay.pid().map(|p| SwitchMeter::start(p, None));
-    let writer_sleeps = relay
-        .pid()
-        .map(|p| SwitchMeter::start(p, Some(comm(names::STORE_WRITER))));
+    let pid = relay.pid();
+    let relay_cpu = pid.map(CpuMeter::start);
+    // One of the relay's own threads, by the name `/proc` shows (none for an in-process relay).
+    let thread_cpu = |name| pid.and_then(|p| CpuMeter::thread(p, comm(name)));
+    let writer_cpu = thread_cpu(names::STORE_WRITER);
+    let sync_cpu = thread_cpu(names::WAL_SYNC);
+    let checkpoint_cpu = thread_cpu(names::CHECKPOINT);
+    let relay_sleeps = pid.map(|p| SwitchMeter::start(p, None));
+    let writer_sleeps = pid.map(|p| SwitchMeter::start(p, Some(comm(names::STORE_WRITER))));
     let bench_cpu = CpuMeter::start(std::process::id());
     // Rates count from the scheduled start, whenever this task got to run.
     let start_ns = start_at.saturating_duration_since(ledger.t0).as_nanos() as u64;
@@ -1085,10 +1080,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let relay_sleeps = relay_sleeps.and_then(|m| m.count());
     let writer_sleeps = writer_sleeps.and_then(|m| m.count());
     let bench_cpu_pct = bench_cpu.percent();
-    let relay_rss_mib = relay
-        .pid()
-        .and_then(stats::rss_kib)
-        .map(|k| k as f64 / 1024.0);
+    let relay_rss_mib = pid.and_then(stats::rss_kib).map(|k| k as f64 / 1024.0);
     // Let the last receipts' `ReceiptStored` answers arrive before counting them.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = relay::scrape(relay.metrics()).await;
