@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Which pages the relay's commits write: runs `hotline-bench fanout37` at a fixed rate,
-# traces the relay's store writer thread for one second (`strace` of its `pwrite64` and
-# `fsync` calls), and prints, for message commits and for receipt commits, the WAL frames a
-# commit writes, by table or index (page numbers from each frame's 24-byte header, mapped
-# with SQLite's `dbstat` on the run's database). See docs/BENCHMARKS-ROUNDS.md, thirteenth round.
+# traces the relay's store writer thread for one second (`strace` of its `pwrite64` calls),
+# and prints, for message commits and for receipt commits, the WAL frames a commit writes,
+# by table or index (page numbers from each frame's 24-byte header, mapped with SQLite's
+# `dbstat` on the run's database). A transaction ends with the frame whose header gives the
+# database's size after the commit (zero in every other frame): the writer's `fdatasync`
+# runs on a thread of its own since the twenty-ninth round, so syncs no longer mark commits
+# in the writer's trace. See docs/BENCHMARKS-ROUNDS.md, thirteenth and thirty-seventh rounds.
 #
 #   cargo build --release -p hotline-cli -p hotline-bench
 #   crates/bench/wal-frames.sh                   # target/release/hotline, 500/s
@@ -49,7 +52,7 @@ done
 sleep 4
 writer=$(grep -l '^hotline-store-w$' /proc/"$relay"/task/*/comm | head -n1 | cut -d/ -f5)
 [[ -n "$writer" ]] || { echo "wal-frames: no store writer thread in $relay" >&2; exit 1; }
-timeout 1 strace -x -s 32 -p "$writer" -e trace=pwrite64,fsync,fdatasync -o "$dir/trace" \
+timeout 1 strace -x -s 32 -p "$writer" -e trace=pwrite64 -o "$dir/trace" \
     2>/dev/null || true
 wait "$bench_pid" || { echo "wal-frames: the benchmark failed" >&2; cat "$dir/bench.log" >&2; exit 1; }
 bench_pid=
@@ -62,13 +65,15 @@ trace, db = sys.argv[1], sys.argv[2]
 table_of = dict((p, n) for n, p in sqlite3.connect(db).execute("SELECT name, pageno FROM dbstat"))
 commits, pages = [], []
 for line in open(trace):
-    # A frame's header: the page number (4 bytes), then the database size (4 bytes).
-    m = re.search(r'pwrite64\(\d+, "((?:\\x[0-9a-f]{2}){4})[^"]*"\.*, 24, ', line)
+    # A frame's header: the page number (4 bytes), then the database's size in pages after
+    # the commit for a transaction's last frame, zero for the others (4 bytes).
+    m = re.search(r'pwrite64\(\d+, "((?:\\x[0-9a-f]{2}){8})[^"]*"\.*, 24, ', line)
     if m:
-        pages.append(int.from_bytes(bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-f]{2})", m.group(1))), "big"))
-    elif "fsync" in line or "fdatasync" in line:
-        commits.append(pages)
-        pages = []
+        head = bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-f]{2})", m.group(1)))
+        pages.append(int.from_bytes(head[:4], "big"))
+        if int.from_bytes(head[4:8], "big") != 0:
+            commits.append(pages)
+            pages = []
 kinds = {"message commits (3-14 frames)": [c for c in commits if 2 < len(c) < 15],
          "receipt commits (15 frames or more)": [c for c in commits if len(c) >= 15],
          "other commits (1-2 frames: senders' ReceiptsStored)": [c for c in commits if 0 < len(c) <= 2]}
