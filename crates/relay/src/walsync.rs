@@ -95,11 +95,72 @@ pub(crate) enum SyncError {
     Replaced { path: PathBuf, detail: String },
 }
 
+/// A file's identity: its device (major, minor) and inode numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: (u32, u32),
+    ino: u64,
+}
+
+/// The identity of a file (the one a path names now, or one open), asking the kernel for
+/// nothing else.
+///
+/// Why not `std::fs::metadata`: it asks `statx` for every field, the change and modification
+/// times among them, and on Linux since 6.13 a file whose times were read gets fine-grained
+/// times at its next write (multigrain timestamps), which also moves the file system's
+/// coarse clock forward for every other file. Read before each sync, the log's times then
+/// changed with nearly every commit, and with them its inode, which `fdatasync` on ext4
+/// without a journal writes as a second request before the disk's flush: about 80 µs more
+/// a sync on the benchmark machine's disk, and the other files' syncs (the load generator's
+/// log) wrote their inodes more often too (docs/BENCHMARKS-ROUNDS.md, thirty-seventh round).
+/// Asking for the inode number alone reads no time. Where `statx` is missing (a kernel before
+/// 4.11, or a sandbox that refuses it) this falls back to `stat`.
+fn identity_of(of: Target<'_>) -> std::io::Result<Identity> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let st = match of {
+        Target::Path(path) => statx(CWD, path, AtFlags::empty(), StatxFlags::INO),
+        Target::File(file) => statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO),
+    };
+    match st {
+        Ok(st) => Ok(Identity {
+            dev: (st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+        }),
+        Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
+            let meta = match of {
+                Target::Path(path) => std::fs::metadata(path)?,
+                Target::File(file) => file.metadata()?,
+            };
+            let dev = meta.dev();
+            Ok(Identity {
+                dev: (major(dev), minor(dev)),
+                ino: meta.ino(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What [`identity_of`] looks at: the file a path names now, or an open file.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Path(&'a Path),
+    File(&'a File),
+}
+
+/// glibc's `major` and `minor` of a `dev_t`.
+fn major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff)) as u32
+}
+fn minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x00ff)) as u32
+}
+
 /// What only one sync at a time may touch.
 struct Log {
     file: File,
-    /// The opened file's device and inode.
-    identity: (u64, u64),
+    /// The opened file's identity.
+    identity: Identity,
     /// Syncs run, counted only for [`crate::Hosting::fail_syncs_after`].
     syncs: u64,
 }
@@ -107,11 +168,11 @@ struct Log {
 impl Log {
     /// One sync: the path still names the opened file, then `fdatasync`.
     fn sync(&mut self, path: &Path, fail_after: Option<u64>) -> Result<(), SyncError> {
-        let now = std::fs::metadata(path).map_err(|e| SyncError::Replaced {
+        let now = identity_of(Target::Path(path)).map_err(|e| SyncError::Replaced {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-        if (now.dev(), now.ino()) != self.identity {
+        if now != self.identity {
             return Err(SyncError::Replaced {
                 path: path.to_owned(),
                 detail: "another file has its name".into(),
@@ -205,8 +266,8 @@ impl WalSync {
         let path = PathBuf::from(path);
         let open = |path: &Path| {
             let file = File::open(path)?;
-            let meta = file.metadata()?;
-            Ok::<_, std::io::Error>((file, (meta.dev(), meta.ino())))
+            let identity = identity_of(Target::File(&file))?;
+            Ok::<_, std::io::Error>((file, identity))
         };
         let (file, identity) = open(&path).map_err(|source| StartError::Open {
             path: path.clone(),
@@ -440,5 +501,27 @@ mod tests {
         std::fs::remove_file(&wal).expect("remove");
         let e = ws.sync_now().expect_err("still failed");
         assert!(e.to_string().contains("replaced"), "{e}");
+    }
+
+    /// A file's identity is the same through its path and through an open descriptor,
+    /// another file's differs, and `stat`'s device number, split as the fallback splits it,
+    /// gives the device `statx` gives.
+    #[test]
+    fn a_files_identity_through_its_path_or_its_descriptor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").expect("write");
+        std::fs::write(&b, b"b").expect("write");
+        let file = File::open(&a).expect("open");
+        let by_path = identity_of(Target::Path(&a)).expect("a by path");
+        assert_eq!(
+            by_path,
+            identity_of(Target::File(&file)).expect("a by file")
+        );
+        assert_ne!(by_path, identity_of(Target::Path(&b)).expect("b"));
+        let meta = std::fs::metadata(&a).expect("stat");
+        assert_eq!(by_path.ino, meta.ino());
+        assert_eq!(by_path.dev, (major(meta.dev()), minor(meta.dev())));
+        assert!(identity_of(Target::Path(&dir.path().join("none"))).is_err());
     }
 }
