@@ -54,6 +54,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
 use hotline_proto::frame::RelayToNode;
+use rustix::fs::{major, minor};
 use tokio::sync::mpsc;
 use tracing::error;
 
@@ -146,14 +147,6 @@ fn identity_of(of: Target<'_>) -> std::io::Result<Identity> {
 enum Target<'a> {
     Path(&'a Path),
     File(&'a File),
-}
-
-/// glibc's `major` and `minor` of a `dev_t`.
-fn major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff)) as u32
-}
-fn minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0x00ff)) as u32
 }
 
 /// What only one sync at a time may touch.
