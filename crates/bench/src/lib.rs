@@ -55,6 +55,9 @@ pub struct Common {
     /// When a fan-out or pairs message stops counting against the window: all receipts back
     /// at the sender, or durable at every recipient (as `peers-bench` counts).
     pub window_until: CompleteOn,
+    /// Where a fan-out or pairs run writes every delivery's times as CSV
+    /// ([`traffic::write_deliveries`]); `None`: nowhere.
+    pub deliveries_csv: Option<PathBuf>,
 }
 
 /// A fresh directory `base/name-N` for one run.
@@ -206,6 +209,7 @@ async fn run_traffic(
         max_messages: load.max_messages,
         drain_timeout: c.drain_timeout,
         complete_on: c.window_until,
+        deliveries_csv: c.deliveries_csv.clone(),
     };
     let report = traffic::run(&t, net, &relay).await;
     relay.stop().await;

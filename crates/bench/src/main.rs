@@ -60,6 +60,11 @@ struct CommonArgs {
     /// Print JSON instead of summary lines.
     #[arg(long, global = true)]
     json: bool,
+    /// fanout37 and p2p: write every delivery's times to FILE as CSV (message, recipient,
+    /// its send after the start, the recipient's read and its sync after the send, µs), to
+    /// see where a tail comes from.
+    #[arg(long, global = true, value_name = "FILE")]
+    deliveries: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +174,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let a = &cli.common;
+    if a.deliveries.is_some() && !matches!(cli.workload, Workload::Fanout37(_) | Workload::P2p(_)) {
+        anyhow::bail!("--deliveries applies to one traffic run: fanout37 or p2p");
+    }
     let temp;
     let dir = match &a.dir {
         Some(d) => d.clone(),
@@ -192,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         drain_timeout: secs(a.drain_timeout_s),
         receipt_pace: Duration::from_millis(a.receipt_pace_ms),
         window_until: a.window_until,
+        deliveries_csv: a.deliveries.clone(),
     };
     let json = a.json;
     let out = |line: String, value: serde_json::Value| {

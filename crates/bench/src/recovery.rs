@@ -151,6 +151,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
         max_messages: o.queued,
         drain_timeout: c.drain_timeout,
         complete_on: CompleteOn::Accepted,
+        deliveries_csv: None,
     };
     let loaded = traffic::run(&load, &net, &relay).await?;
     if loaded.accepted as usize != loaded.planned as usize {

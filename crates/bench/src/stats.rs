@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// Percentiles of a set of latencies, in microseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Percentiles {
     /// How many samples.
     pub n: usize,
@@ -35,6 +35,18 @@ impl Percentiles {
             p99_us: rank(0.99),
             max_us: samples[samples.len() - 1],
         }
+    }
+
+    /// `p50/p99` in milliseconds, for summary lines.
+    pub fn p50_p99_ms(&self) -> String {
+        if self.n == 0 {
+            return "-".into();
+        }
+        format!(
+            "{:.2}/{:.2}",
+            self.p50_us as f64 / 1e3,
+            self.p99_us as f64 / 1e3
+        )
     }
 
     /// `p50/p99/max` in milliseconds, for summary lines.

@@ -91,6 +91,85 @@ pub struct Traffic {
     pub drain_timeout: Duration,
     /// When a message is finished.
     pub complete_on: CompleteOn,
+    /// Where to write every delivery's times as CSV ([`write_deliveries`]), if anywhere.
+    pub deliveries_csv: Option<std::path::PathBuf>,
+}
+
+/// One delivery's times at its recipient, µs after its message's send (saturating at
+/// `u32::MAX`, some 71 minutes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryTimes {
+    /// The message's index in the run.
+    pub message: u32,
+    /// When the recipient's task read the frame (or the first frame of the batch it came
+    /// in): it has crossed the relay and both network stacks.
+    pub read_us: u32,
+    /// When the recipient's sync (or commit) that holds it returned: the end-to-end time.
+    pub durable_us: u32,
+}
+
+/// The end-to-end time split at the recipient's read (`DeliveryTimes::read_us`), over every
+/// delivery of a run: what the relay and the network take, how far apart a message's
+/// recipients get it, and what the recipients' durability adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct E2eSplit {
+    /// Send → a recipient read it, every delivery.
+    pub read: Percentiles,
+    /// Send → the first of its recipients read it, every message: the relay's and the
+    /// network's path without the fan-out's spread.
+    pub first_read: Percentiles,
+    /// A recipient's read → it held the delivery durably, every delivery.
+    pub then_durable: Percentiles,
+}
+
+impl E2eSplit {
+    /// The split of `deliveries`, whose messages are numbered below `messages`.
+    pub fn of<'a>(
+        deliveries: impl Iterator<Item = &'a DeliveryTimes> + Clone,
+        messages: usize,
+    ) -> Self {
+        let mut first = vec![u32::MAX; messages];
+        for d in deliveries.clone() {
+            if let Some(f) = first.get_mut(d.message as usize) {
+                *f = (*f).min(d.read_us);
+            }
+        }
+        let us = |it: &mut dyn Iterator<Item = u32>| {
+            Percentiles::of(&mut it.map(u64::from).collect::<Vec<_>>())
+        };
+        Self {
+            read: us(&mut deliveries.clone().map(|d| d.read_us)),
+            first_read: us(&mut first.into_iter().filter(|&f| f != u32::MAX)),
+            then_durable: us(&mut deliveries.map(|d| d.durable_us.saturating_sub(d.read_us))),
+        }
+    }
+}
+
+/// Writes every delivery's times to `path` as CSV, a header line then one line a delivery:
+/// `message,recipient,sent_us,read_us,durable_us`, with `sent_us` the message's send after
+/// the run's scheduled start (`sent_us(message)`) and the other two after the send.
+pub fn write_deliveries(
+    path: &std::path::Path,
+    recipients: &[(String, Vec<DeliveryTimes>)],
+    sent_us: impl Fn(u32) -> u64,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(f, "message,recipient,sent_us,read_us,durable_us")?;
+        for (who, ds) in recipients {
+            for d in ds {
+                let sent = sent_us(d.message);
+                writeln!(
+                    f,
+                    "{},{who},{sent},{},{}",
+                    d.message, d.read_us, d.durable_us
+                )?;
+            }
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().with_context(|| format!("writing the deliveries' times to {}", path.display()))
 }
 
 /// What one traffic run measured.
@@ -154,6 +233,9 @@ pub struct TrafficReport {
     pub receipts_per_s: f64,
     /// Sender's send → recipient has it durably.
     pub e2e: Percentiles,
+    /// The end-to-end time split at the recipient's read of the delivery: how much of it is
+    /// the way there (relay and network) and how much the recipient's own durability.
+    pub e2e_split: E2eSplit,
     /// Sender's send → every recipient's receipt is back at the sender.
     pub all_receipts: Percentiles,
     /// Sender's send → `Accepted` (the relay has committed it).
@@ -238,7 +320,7 @@ impl TrafficReport {
             st.map_or_else(|| "-".into(), |st| st.map(|v| opt(v, "")).join("/"))
         };
         format!(
-            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}, sync {spm}, checkpoints {cpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{log}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
+            "{name} {rate} {dur:.0}s: accepted {acc:.0}/s deliveries {del:.0}/s receipts {rc:.0}/s ({ipr:.1} msgs/receipt) | e2e ms p50/p99/max {e2e} (read p50/p99 {read}, first read {first}, read to durable {held}) | all-{fan}-receipts ms p50/p99/max {all} | accept ms p50/p99/max {acc_l} | relay cpu {rcpu} ({rpm} us/msg, writer {wpm}, sync {spm}, checkpoints {cpm}) sleeps/msg {rsl} (writer {wsl}) rss {rss} commits {cm} ({ipc:.1} items each, {cms} ms mean) syncs {sy} ({syms} ms mean) | relay stages us mean: check/wait/commit/fanout {stages}, p99 at most {stages99} | bench cpu {bcpu} | sent {sent} accepted {accepted} rejected {rej} delivered {delivered} finished {fin} | durability {dur_mode:?}{log}{pace} | load {load:.2} fsync {fs:.2}ms verify {vp:.1}us{hp}{errs}",
             name = self.workload,
             dur = self.duration_s,
             acc = self.accepted_per_s,
@@ -246,6 +328,9 @@ impl TrafficReport {
             rc = self.receipts_per_s,
             ipr = self.items_per_receipt,
             e2e = self.e2e.ms(),
+            read = self.e2e_split.read.p50_p99_ms(),
+            first = self.e2e_split.first_read.p50_p99_ms(),
+            held = self.e2e_split.then_durable.p50_p99_ms(),
             fan = self.fanout,
             all = self.all_receipts.ms(),
             acc_l = self.accept.ms(),
@@ -463,7 +548,8 @@ fn sign_messages(
 
 /// What a recipient measured.
 struct RecipientOut {
-    e2e_us: Vec<u64>,
+    who: String,
+    deliveries: Vec<DeliveryTimes>,
 }
 
 async fn recipient(
@@ -479,7 +565,7 @@ async fn recipient(
         ..
     } = session;
     let who = inbox.who().to_string();
-    let mut e2e_us = Vec::new();
+    let mut deliveries = Vec::new();
     loop {
         // With receipt pacing, deliveries already stored wait for their receipt until due.
         let due = inbox.due();
@@ -504,6 +590,7 @@ async fn recipient(
                 continue;
             }
         };
+        let read = ledger.now_ns();
         let Some(batch) = gather(first, &mut reader, &ledger, &who, &stop) else {
             break;
         };
@@ -526,8 +613,13 @@ async fn recipient(
             let Some(i) = ledger.index(id) else {
                 continue;
             };
-            if let Some(us) = ledger.since_sent_us(i, durable) {
-                e2e_us.push(us);
+            let since = |at| ledger.since_sent_us(i, at).map(saturating_u32);
+            if let (Some(read_us), Some(durable_us)) = (since(read), since(durable)) {
+                deliveries.push(DeliveryTimes {
+                    message: saturating_u32(i as u64),
+                    read_us,
+                    durable_us,
+                });
             }
             ledger.durable_step(i, durable);
         }
@@ -546,7 +638,11 @@ async fn recipient(
         }
     }
     conn.close(0u32.into(), b"benchmark done");
-    RecipientOut { e2e_us }
+    RecipientOut { who, deliveries }
+}
+
+fn saturating_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 /// The frame a client's `read` returned, with whatever else has already arrived (up to
@@ -1087,9 +1183,24 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let log_totals = log.map(|(l, before)| l.totals().since(&before));
     let _ = stop_tx.send(true);
 
-    let mut e2e = Vec::new();
+    let mut by_recipient = Vec::with_capacity(t.recipients.len());
     while let Some(r) = recipients.join_next().await {
-        e2e.extend(r.context("recipient task")?.e2e_us);
+        let r = r.context("recipient task")?;
+        by_recipient.push((r.who, r.deliveries));
+    }
+    let mut e2e: Vec<u64> = by_recipient
+        .iter()
+        .flat_map(|(_, ds)| ds.iter().map(|d| u64::from(d.durable_us)))
+        .collect();
+    let e2e_split = E2eSplit::of(by_recipient.iter().flat_map(|(_, ds)| ds), total);
+    if let Some(path) = &t.deliveries_csv {
+        write_deliveries(path, &by_recipient, |m| {
+            let sent = ledger
+                .sent_ns
+                .get(m as usize)
+                .map_or(0, |s| s.load(Relaxed));
+            sent.saturating_sub(1).saturating_sub(start_ns) / 1_000
+        })?;
     }
     let mut accept = Vec::new();
     let mut all_back = Vec::new();
@@ -1167,6 +1278,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         deliveries_per_s: deliveries as f64 / span_s,
         receipts_per_s: receipts as f64 / span_s,
         e2e: Percentiles::of(&mut e2e),
+        e2e_split,
         all_receipts: Percentiles::of(&mut all_back),
         accept: Percentiles::of(&mut accept),
         relay_cpu_pct,
@@ -1264,6 +1376,36 @@ pub fn verify_probe_us() -> f64 {
 mod tests {
     /// The probe signs and verifies a real message: a failure there would print NaN next to
     /// every figure instead of the machine's speed.
+    #[test]
+    fn the_split_takes_each_messages_first_read_and_each_deliverys_hold() {
+        let d = |message, read_us, durable_us| super::DeliveryTimes {
+            message,
+            read_us,
+            durable_us,
+        };
+        let all = [
+            d(0, 100, 500),
+            d(0, 300, 600),
+            d(1, 200, 400),
+            d(1, 250, 900),
+        ];
+        let split = super::E2eSplit::of(all.iter(), 3);
+        // Message 2 was never delivered: no first read for it.
+        assert_eq!(split.first_read.n, 2);
+        assert_eq!(
+            (split.first_read.p50_us, split.first_read.max_us),
+            (100, 200)
+        );
+        assert_eq!(split.read.n, 4);
+        assert_eq!((split.read.p50_us, split.read.max_us), (200, 300));
+        // Held 400, 300, 200 and 650 µs after the read.
+        assert_eq!(split.then_durable.n, 4);
+        assert_eq!(
+            (split.then_durable.p50_us, split.then_durable.max_us),
+            (300, 650)
+        );
+    }
+
     #[test]
     fn the_verify_probe_measures_a_real_verification() {
         let us = super::verify_probe_us();

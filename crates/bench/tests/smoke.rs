@@ -35,6 +35,7 @@ fn common(
         drain_timeout: Duration::from_secs(30),
         receipt_pace,
         window_until,
+        deliveries_csv: None,
     }
 }
 
@@ -86,16 +87,21 @@ async fn fanout37_at_100(receipt_pace: Duration, durability: Durability) -> anyh
 }
 
 /// A smaller fan-out (`--recipients 3`): only those three are addressed and connected, and
-/// each message is delivered and receipted three times, not 37.
+/// each message is delivered and receipted three times, not 37. Every delivery's times are
+/// written (`--deliveries`), and the report's split of the end-to-end time agrees with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smaller_fan_out_reaches_only_its_recipients() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let c = common(
-        dir.path(),
-        Duration::ZERO,
-        CompleteOn::AllReceipts,
-        Durability::Group,
-    );
+    let csv = dir.path().join("deliveries.csv");
+    let c = Common {
+        deliveries_csv: Some(csv.clone()),
+        ..common(
+            dir.path(),
+            Duration::ZERO,
+            CompleteOn::AllReceipts,
+            Durability::Group,
+        )
+    };
     let load = hotline_bench::Load {
         rate: Some(100.0),
         window: 64,
@@ -114,5 +120,45 @@ async fn a_smaller_fan_out_reaches_only_its_recipients() -> anyhow::Result<()> {
     assert_eq!(r.deliveries, r.sent * 3, "{}", r.line());
     assert_eq!(r.finished, r.sent, "all 3 receipts back: {}", r.line());
     assert_eq!(r.all_receipts.n as u64, r.sent);
+
+    let split = &r.e2e_split;
+    assert_eq!(
+        (split.read.n, split.first_read.n, split.then_durable.n),
+        (150, 50, 150),
+        "{}",
+        r.line()
+    );
+    assert!(split.first_read.p50_us <= split.read.p50_us, "{}", r.line());
+    assert!(split.read.p99_us <= r.e2e.p99_us, "{}", r.line());
+    assert!(split.then_durable.max_us <= r.e2e.max_us, "{}", r.line());
+
+    let text = std::fs::read_to_string(&csv)?;
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("message,recipient,sent_us,read_us,durable_us")
+    );
+    let mut per_message = std::collections::BTreeMap::<u64, Vec<String>>::new();
+    let mut durable_us = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        let n = |i: usize| f[i].parse::<u64>().expect(line);
+        assert!(n(3) <= n(4), "read after durable: {line}");
+        per_message.entry(n(0)).or_default().push(f[1].to_owned());
+        durable_us.push(n(4));
+    }
+    assert_eq!(per_message.len(), 50);
+    for (m, who) in &per_message {
+        let mut who = who.clone();
+        who.sort();
+        who.dedup();
+        assert_eq!(who.len(), 3, "message {m} reached {who:?}");
+    }
+    assert_eq!(
+        hotline_bench::stats::Percentiles::of(&mut durable_us),
+        r.e2e,
+        "the file's durable times are the report's end-to-end times"
+    );
     Ok(())
 }
