@@ -102,7 +102,9 @@ pub struct DeliveryTimes {
     /// The message's index in the run.
     pub message: u32,
     /// When the recipient's task read the frame (or the first frame of the batch it came
-    /// in): it has crossed the relay and both network stacks.
+    /// in): it has crossed the relay and both network stacks. A recipient reads again only
+    /// once its previous batch is durable (as a node's link does), so while its log is
+    /// slow its reads wait too.
     pub read_us: u32,
     /// When the recipient's sync (or commit) that holds it returned: the end-to-end time.
     pub durable_us: u32,

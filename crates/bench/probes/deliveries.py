@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Where a traffic run's tail comes from, from `hotline-bench … --deliveries FILE`.
+
+    target/release/hotline-bench fanout37 --rate 500 --deliveries d.csv
+    crates/bench/probes/deliveries.py d.csv [more.csv ...]
+
+For each file: the end-to-end percentiles split at the recipient's read (as the report
+line prints them), the deliveries over OVER_MS (2 ms, the issue's p99 target), and how
+many of those fall in a *stall window*: a stretch in which some delivery waited more than
+STALL_MS (3 ms) either to be read or, once read, to be durable, together with the messages
+sent up to 15 ms before it ended (they queued behind it). For the slow deliveries outside
+such windows it prints the median of each half. With WINDOWS=1 it also prints, for every
+100 ms of sending, the median and 99th percentile of the messages sent in it.
+
+Columns of the file: message,recipient,sent_us,read_us,durable_us (sent after the run's
+start; read and durable after the send). No dependencies beyond Python 3.
+"""
+import collections
+import math
+import os
+import sys
+
+OVER_US = int(float(os.environ.get("OVER_MS", "2")) * 1000)
+STALL_US = int(float(os.environ.get("STALL_MS", "3")) * 1000)
+QUEUED_BEHIND_US = 15_000
+
+
+def rank(sorted_values, q):
+    """Nearest rank, as hotline-bench's percentiles."""
+    if not sorted_values:
+        return 0
+    i = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
+    return sorted_values[i - 1]
+
+
+def load(path):
+    by_message = collections.defaultdict(list)
+    with open(path) as f:
+        header = f.readline().strip()
+        if header != "message,recipient,sent_us,read_us,durable_us":
+            sys.exit(f"{path}: not a --deliveries file (header {header!r})")
+        for line in f:
+            m, _who, sent, read, durable = line.strip().split(",")
+            by_message[int(m)].append((int(sent), int(read), int(durable)))
+    return by_message
+
+
+def ms(us):
+    return f"{us / 1000:.2f}"
+
+
+def report(path):
+    by_message = load(path)
+    rows = [(m, *d) for m, ds in by_message.items() for d in ds]
+    n = len(rows)
+    if n == 0:
+        print(f"{path}: no deliveries")
+        return
+    e2e = sorted(r[3] for r in rows)
+    read = sorted(r[2] for r in rows)
+    held = sorted(r[3] - r[2] for r in rows)
+    first = sorted(min(d[1] for d in ds) for ds in by_message.values())
+    print(
+        f"{path}: {n} deliveries of {len(by_message)} messages; e2e p50/p99 "
+        f"{ms(rank(e2e, .5))}/{ms(rank(e2e, .99))} ms = read {ms(rank(read, .5))}/"
+        f"{ms(rank(read, .99))} (first read {ms(rank(first, .5))}/{ms(rank(first, .99))})"
+        f" + read to durable {ms(rank(held, .5))}/{ms(rank(held, .99))}"
+    )
+    # Stall windows, on the run's clock: [start, end] of each long wait.
+    stalls = []
+    for ds in by_message.values():
+        for sent, rd, dur in ds:
+            if rd > STALL_US:
+                stalls.append((sent, sent + rd))
+            if dur - rd > STALL_US:
+                stalls.append((sent + rd, sent + dur))
+    stalls.sort()
+
+    def in_stall(sent):
+        return any(a - QUEUED_BEHIND_US <= sent <= b for a, b in stalls)
+
+    over = [(m, s, rd, dur) for m, s, rd, dur in rows if dur > OVER_US]
+    stalled = [o for o in over if in_stall(o[1])]
+    print(
+        f"  over {ms(OVER_US)} ms: {len(over)} ({100 * len(over) / n:.2f} %); in stall "
+        f"windows (a wait over {ms(STALL_US)} ms): {len(stalled)}, of "
+        f"{len({o[0] for o in stalled})} messages"
+    )
+    rest = [o for o in over if not in_stall(o[1])]
+    if rest:
+        r = sorted(o[2] for o in rest)
+        h = sorted(o[3] - o[2] for o in rest)
+        print(
+            f"  the others: read p50 {ms(rank(r, .5))} ms, read to durable p50 "
+            f"{ms(rank(h, .5))} ms"
+        )
+    if os.environ.get("WINDOWS") == "1":
+        windows = collections.defaultdict(list)
+        for _m, s, _rd, dur in rows:
+            windows[s // 100_000].append(dur)
+        cells = []
+        for k in sorted(windows):
+            v = sorted(windows[k])
+            cells.append(f"{k * 100:6d}:{ms(rank(v, .5))}/{ms(rank(v, .99))}")
+        for i in range(0, len(cells), 8):
+            print("   " + " ".join(cells[i : i + 8]))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for path in sys.argv[1:]:
+        report(path)
+
+
+if __name__ == "__main__":
+    main()
