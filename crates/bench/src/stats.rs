@@ -54,12 +54,7 @@ impl Percentiles {
         if self.n == 0 {
             return "-".into();
         }
-        format!(
-            "{:.2}/{:.2}/{:.2}",
-            self.p50_us as f64 / 1e3,
-            self.p99_us as f64 / 1e3,
-            self.max_us as f64 / 1e3
-        )
+        format!("{}/{:.2}", self.p50_p99_ms(), self.max_us as f64 / 1e3)
     }
 }
 
@@ -334,6 +329,20 @@ pub fn fsync_probe_ms(dir: &std::path::Path) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_print_in_milliseconds() {
+        let p = Percentiles {
+            n: 3,
+            p50_us: 1_234,
+            p99_us: 5_678,
+            max_us: 9_000,
+        };
+        assert_eq!(p.ms(), "1.23/5.68/9.00");
+        assert_eq!(p.p50_p99_ms(), "1.23/5.68");
+        assert_eq!(Percentiles::default().ms(), "-");
+        assert_eq!(Percentiles::default().p50_p99_ms(), "-");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
