@@ -147,31 +147,28 @@ impl E2eSplit {
     }
 }
 
-/// Writes every delivery's times to `path` as CSV, a header line then one line a delivery:
+/// Writes every delivery's times to `out` as CSV, a header line then one line a delivery:
 /// `message,recipient,sent_us,read_us,durable_us`, with `sent_us` the message's send after
 /// the run's scheduled start (`sent_us(message)`) and the other two after the send.
 pub fn write_deliveries(
-    path: &std::path::Path,
+    out: impl std::io::Write,
     recipients: &[(String, Vec<DeliveryTimes>)],
     sent_us: impl Fn(u32) -> u64,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     use std::io::Write as _;
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-        writeln!(f, "message,recipient,sent_us,read_us,durable_us")?;
-        for (who, ds) in recipients {
-            for d in ds {
-                let sent = sent_us(d.message);
-                writeln!(
-                    f,
-                    "{},{who},{sent},{},{}",
-                    d.message, d.read_us, d.durable_us
-                )?;
-            }
+    let mut f = std::io::BufWriter::new(out);
+    writeln!(f, "message,recipient,sent_us,read_us,durable_us")?;
+    for (who, ds) in recipients {
+        for d in ds {
+            let sent = sent_us(d.message);
+            writeln!(
+                f,
+                "{},{who},{sent},{},{}",
+                d.message, d.read_us, d.durable_us
+            )?;
         }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    write().with_context(|| format!("writing the deliveries' times to {}", path.display()))
+    }
+    f.flush()
 }
 
 /// What one traffic run measured.
@@ -1000,6 +997,16 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     if n_senders == 0 {
         bail!("no senders");
     }
+    // Created before the run, so that a path that cannot be written fails now, not after it.
+    let csv = match &t.deliveries_csv {
+        Some(path) => Some((
+            path,
+            std::fs::File::create(path).with_context(|| {
+                format!("creating {} for the deliveries' times", path.display())
+            })?,
+        )),
+        None => None,
+    };
     let per_sender = match t.rate {
         Some(r) => ((r / n_senders as f64) * t.duration.as_secs_f64()).ceil() as usize,
         None => t.max_messages / n_senders,
@@ -1195,14 +1202,17 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         .flat_map(|(_, ds)| ds.iter().map(|d| u64::from(d.durable_us)))
         .collect();
     let e2e_split = E2eSplit::of(by_recipient.iter().flat_map(|(_, ds)| ds), total);
-    if let Some(path) = &t.deliveries_csv {
-        write_deliveries(path, &by_recipient, |m| {
+    if let Some((path, file)) = csv {
+        let sent_us = |m: u32| {
             let sent = ledger
                 .sent_ns
                 .get(m as usize)
                 .map_or(0, |s| s.load(Relaxed));
             sent.saturating_sub(1).saturating_sub(start_ns) / 1_000
-        })?;
+        };
+        write_deliveries(&file, &by_recipient, sent_us)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing the deliveries' times to {}", path.display()))?;
     }
     let mut accept = Vec::new();
     let mut all_back = Vec::new();
@@ -1405,6 +1415,27 @@ mod tests {
         assert_eq!(
             (split.then_durable.p50_us, split.then_durable.max_us),
             (300, 650)
+        );
+    }
+
+    #[test]
+    fn the_deliveries_file_has_a_header_then_a_line_a_delivery() {
+        let d = |message, read_us, durable_us| super::DeliveryTimes {
+            message,
+            read_us,
+            durable_us,
+        };
+        let recipients = vec![
+            ("CHN".to_string(), vec![d(0, 100, 500), d(1, 200, 400)]),
+            ("IND".to_string(), vec![d(0, 300, 600)]),
+        ];
+        let mut out = Vec::new();
+        super::write_deliveries(&mut out, &recipients, |m| 1_000 + 2_000 * u64::from(m))
+            .expect("written");
+        assert_eq!(
+            String::from_utf8(out).expect("text"),
+            "message,recipient,sent_us,read_us,durable_us\n\
+             0,CHN,1000,100,500\n1,CHN,3000,200,400\n0,IND,1000,300,600\n"
         );
     }
 
