@@ -136,15 +136,19 @@ impl E2eSplit {
                 *f = (*f).min(d.read_us);
             }
         }
-        let us = |it: &mut dyn Iterator<Item = u32>| {
-            Percentiles::of(&mut it.map(u64::from).collect::<Vec<_>>())
-        };
         Self {
-            read: us(&mut deliveries.clone().map(|d| d.read_us)),
-            first_read: us(&mut first.into_iter().filter(|&f| f != u32::MAX)),
-            then_durable: us(&mut deliveries.map(|d| d.durable_us.saturating_sub(d.read_us))),
+            read: percentiles_us(deliveries.clone().map(|d| d.read_us)),
+            first_read: percentiles_us(first.into_iter().filter(|&f| f != u32::MAX)),
+            then_durable: percentiles_us(
+                deliveries.map(|d| d.durable_us.saturating_sub(d.read_us)),
+            ),
         }
     }
+}
+
+/// The percentiles of some microsecond times.
+fn percentiles_us(us: impl Iterator<Item = u32>) -> Percentiles {
+    Percentiles::of(&mut us.map(u64::from).collect::<Vec<_>>())
 }
 
 /// Writes every delivery's times to `out` as CSV, a header line then one line a delivery:
@@ -1197,10 +1201,11 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         let r = r.context("recipient task")?;
         by_recipient.push((r.who, r.deliveries));
     }
-    let mut e2e: Vec<u64> = by_recipient
-        .iter()
-        .flat_map(|(_, ds)| ds.iter().map(|d| u64::from(d.durable_us)))
-        .collect();
+    let e2e = percentiles_us(
+        by_recipient
+            .iter()
+            .flat_map(|(_, ds)| ds.iter().map(|d| d.durable_us)),
+    );
     let e2e_split = E2eSplit::of(by_recipient.iter().flat_map(|(_, ds)| ds), total);
     if let Some((path, file)) = csv {
         let sent_us = |m: u32| {
@@ -1289,7 +1294,7 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
         accepted_per_s: accepted as f64 / span_s,
         deliveries_per_s: deliveries as f64 / span_s,
         receipts_per_s: receipts as f64 / span_s,
-        e2e: Percentiles::of(&mut e2e),
+        e2e,
         e2e_split,
         all_receipts: Percentiles::of(&mut all_back),
         accept: Percentiles::of(&mut accept),
