@@ -77,8 +77,9 @@ enum Workload {
     Idle(IdleArgs),
     /// A crash with a large backlog: time to ready and to drained.
     Recovery(RecoveryArgs),
-    /// The disk's floor under a durable fan-out: a commit-shaped write and sync, then the 37
-    /// recipients' write and sync, paced; no relay, network or cryptography.
+    /// The disk's floor under a durable fan-out, paced: the 37 recipients' write and sync (the
+    /// end-to-end floor) and a commit-shaped write and sync (the floor of *accepted*), each
+    /// timed alone; no relay, network or cryptography.
     Floor(FloorArgs),
     /// Everything: the floor at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
     /// 1024); p2p max; idle; recovery.
