@@ -9,7 +9,9 @@ line prints them), the deliveries over OVER_MS (2 ms, the issue's p99 target), a
 many of those fall in a *stall window*: a stretch in which some delivery waited more than
 STALL_MS (3 ms) either to be read or, once read, to be durable, together with the messages
 sent up to 15 ms before it ended (they queued behind it). For the slow deliveries outside
-such windows it prints the median of each half. With WINDOWS=1 it also prints, for every
+such windows it prints the median of each half. Per message, it prints how the first of
+its recipients' reads and the spread to its median recipient's read vary (p10/p50/p90):
+the first read's p10 is the path's best case in that run, near a lone recipient's. With WINDOWS=1 it also prints, for every
 100 ms of sending, the median and 99th percentile of the messages sent in it.
 
 Columns of the file: message,recipient,sent_us,read_us,durable_us (sent after the run's
@@ -66,6 +68,19 @@ def report(path):
         f"{ms(rank(e2e, .5))}/{ms(rank(e2e, .99))} ms = read {ms(rank(read, .5))}/"
         f"{ms(rank(read, .99))} (first read {ms(rank(first, .5))}/{ms(rank(first, .99))})"
         f" + read to durable {ms(rank(held, .5))}/{ms(rank(held, .99))}"
+    )
+    spread = []
+    for ds in by_message.values():
+        reads = sorted(d[1] for d in ds)
+        spread.append(reads[(len(reads) - 1) // 2] - reads[0])
+    spread.sort()
+
+    def p10_50_90(v):
+        return "/".join(ms(rank(v, q)) for q in (0.1, 0.5, 0.9))
+
+    print(
+        f"  per message, p10/p50/p90: first read {p10_50_90(first)} ms; "
+        f"median recipient's read after the first {p10_50_90(spread)} ms"
     )
     # Stall windows, on the run's clock: [start, end] of each long wait.
     stalls = []
