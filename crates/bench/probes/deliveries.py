@@ -11,7 +11,9 @@ STALL_MS (3 ms) either to be read or, once read, to be durable, together with th
 sent up to 15 ms before it ended (they queued behind it). For the slow deliveries outside
 such windows it prints the median of each half. Per message, it prints how the first of
 its recipients' reads and the spread to its median recipient's read vary (p10/p50/p90):
-the first read's p10 is the path's best case in that run, near a lone recipient's. With WINDOWS=1 it also prints, for every
+the first read's p10 is the path's best case in that run, near a lone recipient's. And the
+first read's median for the messages sent while the message before was still being made
+durable somewhere (its last delivery durable after this send), against the others'. With WINDOWS=1 it also prints, for every
 100 ms of sending, the median and 99th percentile of the messages sent in it.
 
 Columns of the file: message,recipient,sent_us,read_us,durable_us (sent after the run's
@@ -81,6 +83,22 @@ def report(path):
     print(
         f"  per message, p10/p50/p90: first read {p10_50_90(first)} ms; "
         f"median recipient's read after the first {p10_50_90(spread)} ms"
+    )
+    sent_at = {m: ds[0][0] for m, ds in by_message.items()}
+    overlapped, alone = [], []
+    for m, ds in by_message.items():
+        before = by_message.get(m - 1)
+        first_read = min(d[1] for d in ds)
+        if before and sent_at[m - 1] + max(d[2] for d in before) > sent_at[m]:
+            overlapped.append(first_read)
+        else:
+            alone.append(first_read)
+    overlapped.sort()
+    alone.sort()
+    print(
+        f"  first read p50 of messages sent while the one before was not yet durable "
+        f"everywhere: {ms(rank(overlapped, .5))} ms ({len(overlapped)}); the others "
+        f"{ms(rank(alone, .5))} ms ({len(alone)})"
     )
     # Stall windows, on the run's clock: [start, end] of each long wait.
     stalls = []
