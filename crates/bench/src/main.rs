@@ -78,8 +78,8 @@ enum Workload {
     /// A crash with a large backlog: time to ready and to drained.
     Recovery(RecoveryArgs),
     /// The disk's floor under a durable fan-out, paced: the 37 recipients' write and sync (the
-    /// end-to-end floor) and a commit-shaped write and sync (the floor of the answer accepted), each
-    /// timed alone; no relay, network or cryptography.
+    /// end-to-end floor) and a commit-shaped write and sync (the floor of the answer
+    /// accepted), each timed alone; no relay, network or cryptography.
     Floor(FloorArgs),
     /// Everything: the floor at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
     /// 1024); p2p max; idle; recovery.
