@@ -13,8 +13,9 @@ such windows it prints the median of each half. Per message, it prints how the f
 its recipients' reads and the spread to its median recipient's read vary (p10/p50/p90):
 the first read's p10 is the path's best case in that run, near a lone recipient's. And the
 first read's median for the messages sent while the message before was still being made
-durable somewhere (its last delivery durable after this send), against the others'. With WINDOWS=1 it also prints, for every
-100 ms of sending, the median and 99th percentile of the messages sent in it.
+durable somewhere (its last delivery durable after this send), against the others'. With
+WINDOWS=1 it also prints, for every 100 ms of sending, the median and 99th percentile of
+the messages sent in it.
 
 Columns of the file: message,recipient,sent_us,read_us,durable_us (sent after the run's
 start; read and durable after the send). No dependencies beyond Python 3.
