@@ -53,7 +53,7 @@ for _ in $(seq 1 "$pairs"); do
         echo "$ns" > "$params/guest_halt_poll_ns"
         line=$(timeout --kill-after=30 "$RUN_TIMEOUT" "$BENCH" "$@" 2>&1 | grep -E '^(fanout|p2p|floor)' | tail -n 1 || true)
         # The figures worth comparing; the full line is one run away.
-        brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|sleeps/msg [0-9.]+|(sync|commit \([0-9]+ B\)|recipients \([0-9]+ B\)) (ms p50/p99/max )?[0-9./]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
+        brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|sleeps/msg [0-9.]+|(sync|recipients. sync \(end to end\)|relay.s commit \(accepted\)) (ms p50/p99/max )?[0-9./]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
         echo "$(date -u +%T) halt-poll ${ns}ns: ${brief:-$line}"
     done
 done
