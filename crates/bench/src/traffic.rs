@@ -452,10 +452,17 @@ impl Ledger {
         (i < self.sent_ns.len()).then_some(i)
     }
 
+    /// When message `idx` was sent, ns after `t0`; `None` if it was not (`sent_ns` holds
+    /// the time plus one, so that 0 means unsent).
+    fn sent_at_ns(&self, idx: usize) -> Option<u64> {
+        let s = self.sent_ns.get(idx)?.load(Relaxed);
+        s.checked_sub(1)
+    }
+
     /// Microseconds from the send of message `idx` to `now_ns`.
     fn since_sent_us(&self, idx: usize, now_ns: u64) -> Option<u64> {
-        let s = self.sent_ns[idx].load(Relaxed);
-        (s > 0).then(|| now_ns.saturating_sub(s - 1) / 1_000)
+        self.sent_at_ns(idx)
+            .map(|s| now_ns.saturating_sub(s) / 1_000)
     }
 
     fn event(&self, now_ns: u64) {
@@ -1209,11 +1216,9 @@ pub async fn run(t: &Traffic, net: &Network, relay: &Relay) -> anyhow::Result<Tr
     let e2e_split = E2eSplit::of(by_recipient.iter().flat_map(|(_, ds)| ds), total);
     if let Some((path, file)) = csv {
         let sent_us = |m: u32| {
-            let sent = ledger
-                .sent_ns
-                .get(m as usize)
-                .map_or(0, |s| s.load(Relaxed));
-            sent.saturating_sub(1).saturating_sub(start_ns) / 1_000
+            ledger
+                .sent_at_ns(m as usize)
+                .map_or(0, |s| s.saturating_sub(start_ns) / 1_000)
         };
         write_deliveries(&file, &by_recipient, sent_us)
             .and_then(|()| file.sync_all())
@@ -1391,15 +1396,16 @@ pub fn verify_probe_us() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    /// The probe signs and verifies a real message: a failure there would print NaN next to
-    /// every figure instead of the machine's speed.
-    #[test]
-    fn the_split_takes_each_messages_first_read_and_each_deliverys_hold() {
-        let d = |message, read_us, durable_us| super::DeliveryTimes {
+    fn d(message: u32, read_us: u32, durable_us: u32) -> super::DeliveryTimes {
+        super::DeliveryTimes {
             message,
             read_us,
             durable_us,
-        };
+        }
+    }
+
+    #[test]
+    fn the_split_takes_each_messages_first_read_and_each_deliverys_hold() {
         let all = [
             d(0, 100, 500),
             d(0, 300, 600),
@@ -1425,11 +1431,6 @@ mod tests {
 
     #[test]
     fn the_deliveries_file_has_a_header_then_a_line_a_delivery() {
-        let d = |message, read_us, durable_us| super::DeliveryTimes {
-            message,
-            read_us,
-            durable_us,
-        };
         let recipients = vec![
             ("CHN".to_string(), vec![d(0, 100, 500), d(1, 200, 400)]),
             ("IND".to_string(), vec![d(0, 300, 600)]),
@@ -1444,6 +1445,8 @@ mod tests {
         );
     }
 
+    /// The probe signs and verifies a real message: a failure there would print NaN next to
+    /// every figure instead of the machine's speed.
     #[test]
     fn the_verify_probe_measures_a_real_verification() {
         let us = super::verify_probe_us();
