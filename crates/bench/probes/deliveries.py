@@ -65,7 +65,8 @@ def report(path):
     e2e = sorted(r[3] for r in rows)
     read = sorted(r[2] for r in rows)
     held = sorted(r[3] - r[2] for r in rows)
-    first = sorted(min(d[1] for d in ds) for ds in by_message.values())
+    first_of = {m: min(d[1] for d in ds) for m, ds in by_message.items()}
+    first = sorted(first_of.values())
     print(
         f"{path}: {n} deliveries of {len(by_message)} messages; e2e p50/p99 "
         f"{ms(rank(e2e, .5))}/{ms(rank(e2e, .99))} ms = read {ms(rank(read, .5))}/"
@@ -73,9 +74,9 @@ def report(path):
         f" + read to durable {ms(rank(held, .5))}/{ms(rank(held, .99))}"
     )
     spread = []
-    for ds in by_message.values():
+    for m, ds in by_message.items():
         reads = sorted(d[1] for d in ds)
-        spread.append(reads[(len(reads) - 1) // 2] - reads[0])
+        spread.append(reads[(len(reads) - 1) // 2] - first_of[m])
     spread.sort()
 
     def p10_50_90(v):
@@ -87,9 +88,8 @@ def report(path):
     )
     sent_at = {m: ds[0][0] for m, ds in by_message.items()}
     overlapped, alone = [], []
-    for m, ds in by_message.items():
+    for m, first_read in first_of.items():
         before = by_message.get(m - 1)
-        first_read = min(d[1] for d in ds)
         if before and sent_at[m - 1] + max(d[2] for d in before) > sent_at[m]:
             overlapped.append(first_read)
         else:
