@@ -8,7 +8,8 @@
 //! Workloads: [`fanout37`] (the Secretariat to the other 37 CICA participants), [`p2p`]
 //! (independent sender → recipient pairs), [`idle::run`] (idle connections, memory, and
 //! reconnection after a relay crash) and [`recovery::run`] (restart with a large backlog);
-//! [`floor::run`] measures what the disk alone allows a durable fan-out.
+//! [`floor::run`] measures what the disk alone allows a durable fan-out, and
+//! [`skeleton::run`] what a bare forwarding process, the network and the disk allow it.
 //! `docs/BENCHMARKS.md` has the figures and how to reproduce them.
 
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod idle;
 pub mod network;
 pub mod recovery;
 pub mod relay;
+pub mod skeleton;
 pub mod stats;
 pub mod traffic;
 

@@ -11,6 +11,7 @@ use hotline_bench::client::Durability;
 use hotline_bench::floor::FloorOptions;
 use hotline_bench::idle::IdleOptions;
 use hotline_bench::recovery::RecoveryOptions;
+use hotline_bench::skeleton::{Forwarder, SkeletonOptions};
 use hotline_bench::stats::Machine;
 use hotline_bench::traffic::CompleteOn;
 use hotline_bench::Common;
@@ -81,7 +82,15 @@ enum Workload {
     /// end-to-end floor) and a commit-shaped write and sync (the floor of the answer
     /// accepted), each timed alone; no relay, network or cryptography.
     Floor(FloorArgs),
-    /// Everything: the floor at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
+    /// The floor of a relay process under a paced fan-out: a bare UDP forwarder in a process
+    /// of its own (no QUIC, cryptography or store) and the recipients' durability, with
+    /// fanout37's shape and pacing; what the relay's own work adds is fanout37's figures
+    /// above these.
+    Skeleton(SkeletonArgs),
+    /// The skeleton's forwarder (started by `skeleton`).
+    #[command(hide = true)]
+    SkeletonForwarder,
+    /// Everything: the floor and the skeleton at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
     /// 1024); p2p max; idle; recovery.
     All,
 }
@@ -129,6 +138,16 @@ struct FloorArgs {
     /// Messages.
     #[arg(long, default_value_t = 1_000)]
     count: usize,
+}
+
+#[derive(Debug, Args)]
+struct SkeletonArgs {
+    /// Messages per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Recipients of every message.
+    #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    recipients: u16,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +271,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::Ok((r.line(), serde_json::to_value(&r)?))
         }
     };
+    let skeleton = |rate, recipients| {
+        let o = SkeletonOptions {
+            rate,
+            duration: c.duration,
+            recipients,
+            body_bytes: c.body_bytes,
+            durability: c.durability,
+            drain_timeout: c.drain_timeout,
+            forwarder: Forwarder::Process(
+                std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hotline-bench")),
+            ),
+        };
+        let dir = c.dir.clone();
+        async move {
+            let r = hotline_bench::skeleton::run(&dir, &o).await?;
+            anyhow::Ok((r.line(), serde_json::to_value(&r)?))
+        }
+    };
     let idle_opts = |i: &IdleArgs| IdleOptions {
         steps: i.steps.clone(),
         settle: secs(i.settle_s),
@@ -283,6 +320,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (l, v) = floor(f.rate, f.count).await?;
             out(l, v);
         }
+        Workload::Skeleton(s) => {
+            let (l, v) = skeleton(s.rate, usize::from(s.recipients)).await?;
+            out(l, v);
+        }
+        Workload::SkeletonForwarder => hotline_bench::skeleton::forward().await?,
         Workload::Idle(i) => {
             let (l, v) = idle(idle_opts(i)).await?;
             out(l, v);
@@ -301,6 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::json!({ "machine": m }),
             );
             let (l, v) = floor(500.0, 1_000).await?;
+            out(l, v);
+            let (l, v) = skeleton(500.0, 37).await?;
             out(l, v);
             for (rate, window) in [
                 (Some(500.0), 0),

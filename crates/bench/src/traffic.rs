@@ -146,6 +146,24 @@ impl E2eSplit {
     }
 }
 
+/// The recipients' group log in a summary line: ` (log: N syncs/msg, batches wait W ms,
+/// write+sync S ms mean)`, or nothing without a log (no syncs counted).
+pub(crate) fn log_label(
+    syncs_per_msg: Option<f64>,
+    wait_ms_mean: Option<f64>,
+    sync_ms_mean: Option<f64>,
+) -> String {
+    let opt2 = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+    match syncs_per_msg {
+        Some(n) => format!(
+            " (log: {n:.2} syncs/msg, batches wait {} ms, write+sync {} ms mean)",
+            opt2(wait_ms_mean),
+            opt2(sync_ms_mean)
+        ),
+        None => String::new(),
+    }
+}
+
 /// The percentiles of some microsecond times.
 fn percentiles_us(us: impl Iterator<Item = u32>) -> Percentiles {
     Percentiles::of(&mut us.map(u64::from).collect::<Vec<_>>())
@@ -359,18 +377,11 @@ impl TrafficReport {
             delivered = self.deliveries,
             fin = self.finished,
             dur_mode = self.recipient_durability,
-            log = match (
+            log = log_label(
                 self.clients_log_syncs_per_msg,
                 self.clients_log_wait_ms_mean,
                 self.clients_log_sync_ms_mean,
-            ) {
-                (Some(n), w, sy) => format!(
-                    " (log: {n:.2} syncs/msg, batches wait {} ms, write+sync {} ms mean)",
-                    opt2(w),
-                    opt2(sy)
-                ),
-                _ => String::new(),
-            },
+            ),
             pace = if self.receipt_pace_ms > 0 {
                 format!(" receipt pace {} ms", self.receipt_pace_ms)
             } else {
