@@ -11,7 +11,7 @@ use hotline_bench::client::Durability;
 use hotline_bench::floor::FloorOptions;
 use hotline_bench::idle::IdleOptions;
 use hotline_bench::recovery::RecoveryOptions;
-use hotline_bench::skeleton::{Forwarder, SkeletonOptions};
+use hotline_bench::skeleton::{Forwarder, Shape, SkeletonOptions, Transport};
 use hotline_bench::stats::Machine;
 use hotline_bench::traffic::CompleteOn;
 use hotline_bench::Common;
@@ -89,7 +89,7 @@ enum Workload {
     Skeleton(SkeletonArgs),
     /// The skeleton's forwarder (started by `skeleton`).
     #[command(hide = true)]
-    SkeletonForwarder,
+    SkeletonForwarder(ForwarderArgs),
     /// Everything: the floor and the skeleton at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
     /// 1024); p2p max; idle; recovery.
     All,
@@ -148,6 +148,23 @@ struct SkeletonArgs {
     /// Recipients of every message.
     #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u16).range(1..=1000))]
     recipients: u16,
+    /// How the forwarder passes a message on: `bare` (one task sends to every recipient),
+    /// `tasks` (a task a recipient, as the relay's sessions), `thread` (through a posting
+    /// thread to those tasks, as the relay's store writer).
+    #[arg(long, value_enum, default_value_t = Shape::Bare)]
+    shape: Shape,
+    /// How messages travel: `udp` (bare datagrams) or `quic` (quinn with the relay's
+    /// transport and TLS settings, a connection a participant).
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+}
+
+#[derive(Debug, Args)]
+struct ForwarderArgs {
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    #[arg(long, value_enum, default_value_t = Shape::Bare)]
+    shape: Shape,
 }
 
 #[derive(Debug, Args)]
@@ -271,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::Ok((r.line(), serde_json::to_value(&r)?))
         }
     };
-    let skeleton = |rate, recipients| {
+    let skeleton = |rate, recipients, transport, shape| {
         let o = SkeletonOptions {
             rate,
             duration: c.duration,
@@ -282,6 +299,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             forwarder: Forwarder::Process(
                 std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hotline-bench")),
             ),
+            transport,
+            shape,
         };
         let dir = c.dir.clone();
         async move {
@@ -321,10 +340,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out(l, v);
         }
         Workload::Skeleton(s) => {
-            let (l, v) = skeleton(s.rate, usize::from(s.recipients)).await?;
+            let (l, v) = skeleton(s.rate, usize::from(s.recipients), s.transport, s.shape).await?;
             out(l, v);
         }
-        Workload::SkeletonForwarder => hotline_bench::skeleton::forward().await?,
+        Workload::SkeletonForwarder(f) => {
+            hotline_bench::skeleton::forward(f.transport, f.shape).await?
+        }
         Workload::Idle(i) => {
             let (l, v) = idle(idle_opts(i)).await?;
             out(l, v);
@@ -344,7 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let (l, v) = floor(500.0, 1_000).await?;
             out(l, v);
-            let (l, v) = skeleton(500.0, 37).await?;
+            let (l, v) = skeleton(500.0, 37, Transport::Udp, Shape::Bare).await?;
             out(l, v);
             for (rate, window) in [
                 (Some(500.0), 0),

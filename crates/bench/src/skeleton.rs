@@ -1,28 +1,37 @@
 //! The skeleton fan-out: what a relay *process* costs a paced fan-out on this machine, with
-//! everything the relay does for a message taken away but the hops.
+//! the relay's work taken away layer by layer, down to the hops alone.
 //!
-//! [`crate::floor`] measures the disk alone. This measures the rest of the path a message
-//! takes in `fanout37`, as bare as it can be made, with the same shape:
+//! [`crate::floor`] measures the disk alone. This measures the path a message takes in
+//! `fanout37`, as bare as it can be made, with the same shape:
 //!
 //! - a forwarder in a process of its own ([`forward`], run as `hotline-bench
-//!   skeleton-forwarder`, on a tokio runtime with a worker a CPU, as the relay's), one task on
-//!   one UDP socket: it reads a datagram and sends it on, as it came, to each recipient in
-//!   turn. No QUIC, no TLS, no signature, no store, no hand-off to another thread, no task a
-//!   recipient: a real relay does all of that and more;
+//!   skeleton-forwarder`, on a tokio runtime with a worker a CPU, as the relay's). It reads
+//!   each message and sends it on, as it came, to each recipient. No signature, no store.
+//!   - Its [`Transport`]: bare UDP datagrams on one socket (`udp`, the default), or QUIC
+//!     (`quic`: quinn with the relay's own transport and TLS settings, `hotline-net`, a
+//!     connection and a stream a participant, the messages length-prefixed).
+//!   - Its [`Shape`] adds, one at a time, the relay's own hand-offs: by default (`bare`) the
+//!     task that reads a message sends it to each recipient in turn; `tasks` posts it to a
+//!     task a recipient, which sends it (as the relay's sessions do); `thread` hands it to a
+//!     thread that posts it to those tasks (as the relay's store writer does).
 //! - in this process, one sender, paced as `fanout37` paces (the runtime's timer, a message
-//!   when it is due), stamping each datagram with its send time; and N recipients, each with
-//!   a UDP socket and a task of its own, which make each datagram durable in the shared group
-//!   log ([`crate::grouplog`], the one `fanout37`'s recipients use) before reading the next.
+//!   when it is due), stamping each message with its send time; and N recipients, each with
+//!   a socket (`udp`) or an endpoint and a connection (`quic`, as `fanout37`'s recipients)
+//!   and a task of its own, which make each message durable in the shared group log
+//!   ([`crate::grouplog`], the one `fanout37`'s recipients use) before reading the next.
 //!
-//! So a delivery's end-to-end time here is what the machine's threads, wake-ups, loopback
-//! network and disk cost a fan-out of that shape before any of the relay's work. No relay of
-//! this shape (a process the recipients reach over the network, 37 recipients and their
-//! durability on the same two CPUs and disk) can be faster on the same machine at the same
-//! time; `fanout37`'s figures above these are what the relay's own work adds.
+//! So with `udp` and `bare`, a delivery's end-to-end time is what the machine's threads,
+//! wake-ups, loopback network and disk cost a fan-out of that shape before any of the
+//! relay's work: no relay of this shape (a process the recipients reach over the network, N
+//! recipients and their durability on the same CPUs and disk) can be faster on the same
+//! machine at the same time. Each layer added shows what it costs; `fanout37`'s figures
+//! above the fullest skeleton's are what the rest of the relay's work (signatures, the
+//! store, the protocol's frames and receipts) adds.
 //!
-//! Datagrams: a tag byte ([`HELLO`], [`DATA`], [`BYE`]), then for data the message's index
-//! (`u32`) and its send time (`u64` ns after the run's start, little-endian), then the body.
-//! A lost datagram (none is expected on loopback at these rates) is counted, not retried.
+//! A message: a tag byte ([`HELLO`], [`DATA`], [`BYE`], [`SENDER`]), then for data the
+//! message's index (`u32`) and its send time (`u64` ns after the run's start), then the
+//! body; over QUIC each is preceded by its length (`u32`; integers little-endian). A lost
+//! UDP datagram (none is expected on loopback at these rates) is counted, not retried.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use hotline_net::{Fingerprint, RelayIdentity, TransportLimits};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::net::UdpSocket;
@@ -39,23 +49,74 @@ use crate::grouplog::GroupLog;
 use crate::stats::{self, CpuMeter, Percentiles, SwitchMeter};
 use crate::traffic::{log_label, DeliveryTimes, E2eSplit};
 
-/// A recipient's greeting; the forwarder answers it with the same byte.
+/// A recipient's greeting; the forwarder answers it with the same byte once the recipient
+/// is on its list.
 pub const HELLO: u8 = 0;
 /// A message to forward.
 pub const DATA: u8 = 1;
 /// The end of the run: the forwarder exits.
 pub const BYE: u8 = 2;
-/// A data datagram's header: tag, index, send time.
+/// QUIC: the first byte of the sender's stream.
+pub const SENDER: u8 = 3;
+/// A data message's header: tag, index, send time.
 const HEADER: usize = 1 + 4 + 8;
-/// The largest datagram sent (the header and a 60 KiB body at most).
-const DATAGRAM_MAX: usize = 64 << 10;
+/// QUIC: a message's length prefix.
+const PREFIX: usize = 4;
+/// The largest message sent (the header and a body just under 64 KiB).
+const MESSAGE_MAX: usize = 64 << 10;
 /// How long a recipient waits for the forwarder's answer to a greeting, and how often it
-/// greets.
+/// greets (UDP; over QUIC it waits once, `HELLO_WAIT` times `HELLO_TRIES`).
 const HELLO_WAIT: Duration = Duration::from_millis(500);
-const HELLO_TRIES: usize = 10;
+const HELLO_TRIES: u32 = 10;
 /// How long the forwarder process may take to say where it listens, and to exit after
 /// [`BYE`].
 const CHILD_WAIT: Duration = Duration::from_secs(10);
+
+/// How messages travel between the participants and the forwarder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// UDP datagrams, one a message, all on the forwarder's one socket.
+    #[default]
+    Udp,
+    /// QUIC with the relay's settings: a connection (and an endpoint) a participant, one
+    /// stream on each.
+    Quic,
+}
+
+/// How the forwarder passes a message on: the relay's hand-offs, added one at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// The task that reads each message sends it to every recipient in turn.
+    #[default]
+    Bare,
+    /// The reading task posts the message to a task a recipient, each of which sends it
+    /// (the relay's sessions).
+    Tasks,
+    /// The reading task hands the message to a thread, which posts it to the recipients'
+    /// tasks (the relay's store writer, then its sessions).
+    Thread,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Tasks => "tasks",
+            Self::Thread => "thread",
+        }
+    }
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Quic => "quic",
+        }
+    }
+}
 
 /// Where the forwarder runs.
 #[derive(Clone, Debug)]
@@ -83,6 +144,10 @@ pub struct SkeletonOptions {
     pub drain_timeout: Duration,
     /// Where the forwarder runs.
     pub forwarder: Forwarder,
+    /// How messages travel.
+    pub transport: Transport,
+    /// How the forwarder passes a message on.
+    pub shape: Shape,
 }
 
 /// What the run measured.
@@ -94,6 +159,10 @@ pub struct SkeletonReport {
     pub duration_s: f64,
     /// Recipients of every message.
     pub recipients: usize,
+    /// How messages travelled.
+    pub transport: Transport,
+    /// How the forwarder passed each message on.
+    pub shape: Shape,
     /// Messages sent.
     pub sent: usize,
     /// Deliveries made durable (at most `sent × recipients`).
@@ -117,6 +186,8 @@ pub struct SkeletonReport {
     /// The forwarder's voluntary context switches per message sent (a forwarder process
     /// only): each a thread going to sleep, most followed by a wake-up.
     pub forwarder_sleeps_per_msg: Option<f64>,
+    /// This process's CPU (the sender, the recipients and their log) per message sent, µs.
+    pub bench_us_per_msg: Option<f64>,
     /// The machine's load average (one minute) at the end.
     pub load_avg: f64,
     /// The guest's halt-polling limit, ns ([`stats::guest_halt_poll_ns`]).
@@ -137,8 +208,12 @@ impl SkeletonReport {
             self.clients_log_sync_ms_mean,
         );
         format!(
-            "skeleton{n} rate={rate}/s {dur:.0}s: e2e ms p50/p99/max {e2e} (read p50/p99 {read}, first read {first}, read to durable {held}) | forwarder {fus} us/msg sleeps/msg {fsl} | sent {sent} delivered {del} lost {lost} | durability {d:?}{log} | load {load:.2}{hp}",
+            "skeleton{n}{shape} rate={rate}/s {dur:.0}s: e2e ms p50/p99/max {e2e} (read p50/p99 {read}, first read {first}, read to durable {held}) | forwarder {fus} us/msg sleeps/msg {fsl} | bench {bus} us/msg | sent {sent} delivered {del} lost {lost} | durability {d:?}{log} | load {load:.2}{hp}",
             n = self.recipients,
+            shape = match (self.transport, self.shape) {
+                (Transport::Udp, Shape::Bare) => String::new(),
+                (t, s) => format!("+{}+{}", t.name(), s.name()),
+            },
             rate = self.rate_per_s,
             dur = self.duration_s,
             e2e = self.e2e.ms(),
@@ -147,6 +222,7 @@ impl SkeletonReport {
             held = s.then_durable.p50_p99_ms(),
             fus = opt(self.forwarder_us_per_msg, 0),
             fsl = opt(self.forwarder_sleeps_per_msg, 1),
+            bus = opt(self.bench_us_per_msg, 0),
             sent = self.sent,
             del = self.delivered,
             lost = self.lost,
@@ -157,62 +233,330 @@ impl SkeletonReport {
     }
 }
 
-/// The forwarder: binds a UDP socket on 127.0.0.1, prints `listening ADDR` on stdout, and
-/// forwards until [`BYE`]. Recipients join with [`HELLO`].
-pub async fn forward() -> anyhow::Result<()> {
-    let sock = UdpSocket::bind(("127.0.0.1", 0)).await?;
-    println!("listening {}", sock.local_addr()?);
+/// The forwarder: listens on 127.0.0.1, prints `listening ADDR FINGERPRINT` on stdout (the
+/// certificate's fingerprint for QUIC, `-` for UDP), and forwards until [`BYE`].
+/// Recipients join with [`HELLO`]. Its QUIC certificate is made for the run, in a temporary
+/// directory.
+pub async fn forward(transport: Transport, shape: Shape) -> anyhow::Result<()> {
+    let (listener, addr, fingerprint) = Listener::bind(transport)?;
+    println!("listening {addr} {fingerprint}");
     use std::io::Write as _;
     std::io::stdout().flush()?;
-    serve(sock).await
+    listener.serve(shape).await
 }
 
-/// The forwarding loop on `sock`.
-async fn serve(sock: UdpSocket) -> anyhow::Result<()> {
-    let mut recipients: Vec<SocketAddr> = Vec::new();
-    let mut buf = vec![0u8; DATAGRAM_MAX];
+/// The forwarder's socket or endpoint, bound.
+enum Listener {
+    Udp(UdpSocket),
+    Quic(quinn::Endpoint),
+}
+
+impl Listener {
+    /// Binds on 127.0.0.1; where, and the fingerprint to pin (`-` for UDP).
+    fn bind(transport: Transport) -> anyhow::Result<(Self, SocketAddr, String)> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Ok(match transport {
+            Transport::Udp => {
+                let std_sock = std::net::UdpSocket::bind(any)?;
+                std_sock.set_nonblocking(true)?;
+                let sock = UdpSocket::from_std(std_sock)?;
+                let addr = sock.local_addr()?;
+                (Self::Udp(sock), addr, "-".into())
+            }
+            Transport::Quic => {
+                let dir = tempfile::tempdir()?;
+                let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                let fingerprint = hotline_net::tls::write_self_signed(&cert, &key)?;
+                let identity = RelayIdentity::load(&cert, &key)?;
+                let ep = hotline_net::transport::server_endpoint(
+                    any,
+                    &identity,
+                    &TransportLimits::default(),
+                )?;
+                let addr = ep.local_addr()?;
+                (Self::Quic(ep), addr, fingerprint.to_string())
+            }
+        })
+    }
+
+    async fn serve(self, shape: Shape) -> anyhow::Result<()> {
+        match self {
+            Self::Udp(sock) => serve_udp(Arc::new(sock), shape).await,
+            Self::Quic(ep) => serve_quic(ep, shape).await,
+        }
+    }
+}
+
+/// Where the forwarder sends a recipient's messages.
+enum Out {
+    Udp(Arc<UdpSocket>, SocketAddr),
+    Quic(quinn::SendStream),
+}
+
+impl Out {
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Udp(sock, to) => {
+                sock.send_to(bytes, *to).await?;
+            }
+            Self::Quic(send) => send.write_all(bytes).await?,
+        }
+        Ok(())
+    }
+}
+
+/// A message on its way to the recipients' tasks.
+type Post = Arc<[u8]>;
+
+/// What the `thread` shape's posting thread is handed.
+enum WriterJob {
+    /// A recipient's queue, to post to from now on.
+    Join(tokio::sync::mpsc::UnboundedSender<Post>),
+    /// A message to post to every recipient.
+    Post(Post),
+}
+
+/// The forwarding, by [`Shape`]: who has joined, and how a message reaches them.
+struct Core {
+    shape: Shape,
+    /// `bare`: the recipients, sent to by the reading task.
+    outs: Vec<Out>,
+    /// `tasks`: the recipients' tasks' queues.
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<Post>>,
+    /// `tasks` and `thread`: the recipients' tasks.
+    senders: tokio::task::JoinSet<anyhow::Result<()>>,
+    /// `thread`: the posting thread and its queue.
+    writer: Option<(
+        std::sync::mpsc::Sender<WriterJob>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Core {
+    fn new(shape: Shape) -> anyhow::Result<Self> {
+        let writer = if shape == Shape::Thread {
+            let (tx, rx) = std::sync::mpsc::channel::<WriterJob>();
+            let t = std::thread::Builder::new()
+                .name("skeleton-writer".into())
+                .spawn(move || post_loop(&rx))?;
+            Some((tx, t))
+        } else {
+            None
+        };
+        Ok(Self {
+            shape,
+            outs: Vec::new(),
+            queues: Vec::new(),
+            senders: tokio::task::JoinSet::new(),
+            writer,
+        })
+    }
+
+    /// A recipient joins: messages forwarded from now on reach it.
+    fn join(&mut self, out: Out) {
+        if self.shape == Shape::Bare {
+            self.outs.push(out);
+            return;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.senders.spawn(send_loop(out, rx));
+        match &self.writer {
+            Some((w, _)) => {
+                let _ = w.send(WriterJob::Join(tx));
+            }
+            None => self.queues.push(tx),
+        }
+    }
+
+    /// Passes `bytes` on to every recipient that has joined.
+    async fn forward(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        if let Some((w, _)) = &self.writer {
+            let _ = w.send(WriterJob::Post(Arc::from(bytes)));
+        } else if self.shape == Shape::Tasks {
+            let post: Post = Arc::from(bytes);
+            for q in &self.queues {
+                let _ = q.send(post.clone());
+            }
+        } else {
+            for o in &mut self.outs {
+                o.send(bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the queues, which ends the posting thread and the recipients' tasks, and
+    /// waits for them (and for what they had still to send).
+    async fn close(self) -> anyhow::Result<()> {
+        drop(self.queues);
+        if let Some((w, t)) = self.writer {
+            drop(w);
+            let _ = t.join();
+        }
+        let mut senders = self.senders;
+        while let Some(r) = senders.join_next().await {
+            r??;
+        }
+        for mut o in self.outs {
+            if let Out::Quic(s) = &mut o {
+                let _ = s.finish();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The posting thread: until the forwarder drops its end.
+fn post_loop(rx: &std::sync::mpsc::Receiver<WriterJob>) {
+    let mut queues = Vec::new();
+    while let Ok(job) = rx.recv() {
+        match job {
+            WriterJob::Join(q) => queues.push(q),
+            WriterJob::Post(p) => {
+                for q in &queues {
+                    let _ = q.send(p.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A recipient's task: sends what is posted to it, until its queue closes.
+async fn send_loop(
+    mut out: Out,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
+) -> anyhow::Result<()> {
+    while let Some(p) = rx.recv().await {
+        out.send(&p).await?;
+    }
+    if let Out::Quic(s) = &mut out {
+        let _ = s.finish();
+    }
+    Ok(())
+}
+
+/// The UDP forwarder's loop on `sock`.
+async fn serve_udp(sock: Arc<UdpSocket>, shape: Shape) -> anyhow::Result<()> {
+    let mut core = Core::new(shape)?;
+    let mut joined: Vec<SocketAddr> = Vec::new();
+    let mut buf = vec![0u8; MESSAGE_MAX];
     loop {
         let (n, from) = sock.recv_from(&mut buf).await?;
         match buf[..n].first() {
-            Some(&DATA) => {
-                for r in &recipients {
-                    sock.send_to(&buf[..n], r).await?;
-                }
-            }
+            Some(&DATA) => core.forward(&buf[..n]).await?,
             Some(&HELLO) => {
-                if !recipients.contains(&from) {
-                    recipients.push(from);
+                if !joined.contains(&from) {
+                    joined.push(from);
+                    core.join(Out::Udp(sock.clone(), from));
                 }
                 sock.send_to(&[HELLO], from).await?;
             }
-            Some(&BYE) => return Ok(()),
+            Some(&BYE) => break,
             _ => eprintln!("skeleton forwarder: {n}-byte datagram from {from} ignored"),
         }
     }
+    core.close().await
+}
+
+/// The QUIC forwarder: every connection opens one stream and says on it who it is. The
+/// recipients join first; then the sender's messages are read and forwarded until [`BYE`].
+async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
+    type Opened = (u8, quinn::SendStream, quinn::RecvStream);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Opened>();
+    let acceptor = {
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let opened = async {
+                        let conn = incoming.await?;
+                        let (send, mut recv) = conn.accept_bi().await?;
+                        let mut role = [0u8; PREFIX + 1];
+                        recv.read_exact(&mut role).await?;
+                        anyhow::Ok((role[PREFIX], send, recv))
+                    };
+                    match opened.await {
+                        Ok(o) => {
+                            let _ = tx.send(o);
+                        }
+                        Err(e) => eprintln!("skeleton forwarder: a connection failed: {e:#}"),
+                    }
+                });
+            }
+        })
+    };
+    let mut core = Core::new(shape)?;
+    // The recipients' receiving halves, kept open until the end.
+    let mut kept = Vec::new();
+    let mut from_sender = loop {
+        let (role, mut send, recv) = rx.recv().await.context("the endpoint closed")?;
+        match role {
+            HELLO => {
+                send.write_all(&framed(&[HELLO])).await?;
+                core.join(Out::Quic(send));
+                kept.push(recv);
+            }
+            SENDER => break recv,
+            other => bail!("a stream began with {other}"),
+        }
+    };
+    let mut buf = vec![0u8; PREFIX + MESSAGE_MAX];
+    loop {
+        let n = read_framed(&mut from_sender, &mut buf).await?;
+        match buf[PREFIX] {
+            DATA => core.forward(&buf[..PREFIX + n]).await?,
+            BYE => break,
+            other => bail!("the sender sent a message tagged {other}"),
+        }
+    }
+    core.close().await?;
+    acceptor.abort();
+    ep.close(0u32.into(), b"bye");
+    Ok(())
+}
+
+/// `message` with its length before it, as sent over QUIC.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PREFIX + message.len());
+    v.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    v.extend_from_slice(message);
+    v
+}
+
+/// Reads one length-prefixed message into `buf` (its prefix at the front, the message from
+/// [`PREFIX`]); the message's length.
+async fn read_framed(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> anyhow::Result<usize> {
+    recv.read_exact(&mut buf[..PREFIX]).await?;
+    let n = u32::from_le_bytes(buf[..PREFIX].try_into()?) as usize;
+    anyhow::ensure!(
+        (1..=MESSAGE_MAX).contains(&n),
+        "a message of {n} bytes (at most {MESSAGE_MAX})"
+    );
+    recv.read_exact(&mut buf[PREFIX..PREFIX + n]).await?;
+    Ok(n)
 }
 
 /// The forwarder, started.
 struct Running {
     addr: SocketAddr,
+    fingerprint: Option<Fingerprint>,
     child: Option<tokio::process::Child>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
-    async fn start(f: &Forwarder) -> anyhow::Result<Self> {
-        match f {
+    async fn start(f: &Forwarder, transport: Transport, shape: Shape) -> anyhow::Result<Self> {
+        let (line, child, task) = match f {
             Forwarder::InProcess => {
-                let sock = UdpSocket::bind(("127.0.0.1", 0)).await?;
-                let addr = sock.local_addr()?;
-                Ok(Self {
-                    addr,
-                    child: None,
-                    task: Some(tokio::spawn(serve(sock))),
-                })
+                let (listener, addr, fp) = Listener::bind(transport)?;
+                let task = tokio::spawn(listener.serve(shape));
+                (format!("listening {addr} {fp}"), None, Some(task))
             }
             Forwarder::Process(program) => {
                 let mut child = tokio::process::Command::new(program)
-                    .arg("skeleton-forwarder")
+                    .args(["skeleton-forwarder", "--transport", transport.name()])
+                    .args(["--shape", shape.name()])
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::piped())
                     .kill_on_drop(true)
@@ -226,26 +570,33 @@ impl Running {
                     .await
                     .context("the forwarder did not say where it listens")??
                     .context("the forwarder exited before it listened")?;
-                let addr = line
-                    .strip_prefix("listening ")
-                    .and_then(|a| a.parse().ok())
-                    .with_context(|| format!("the forwarder said {line:?}"))?;
-                Ok(Self {
-                    addr,
-                    child: Some(child),
-                    task: None,
-                })
+                (line, Some(child), None)
             }
-        }
+        };
+        let mut words = line
+            .strip_prefix("listening ")
+            .unwrap_or_default()
+            .split(' ');
+        let addr = words.next().and_then(|a| a.parse().ok());
+        let fingerprint = match words.next() {
+            Some("-") => None,
+            Some(fp) => Some(fp.parse()?),
+            None => bail!("the forwarder said {line:?}"),
+        };
+        Ok(Self {
+            addr: addr.with_context(|| format!("the forwarder said {line:?}"))?,
+            fingerprint,
+            child,
+            task,
+        })
     }
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    /// Sends [`BYE`] and waits for the forwarder to end (a child that does not is killed).
-    async fn stop(mut self, sock: &UdpSocket) -> anyhow::Result<()> {
-        sock.send_to(&[BYE], self.addr).await?;
+    /// Waits for the forwarder to end after [`BYE`] (a child that does not is killed).
+    async fn wait(mut self) -> anyhow::Result<()> {
         if let Some(t) = self.task.take() {
             return tokio::time::timeout(CHILD_WAIT, t)
                 .await
@@ -269,6 +620,88 @@ impl Running {
     }
 }
 
+/// A participant's way to the forwarder.
+enum Link {
+    /// A socket of its own, and the forwarder's address.
+    Udp(UdpSocket, SocketAddr),
+    /// An endpoint and connection of its own, and the stream's halves.
+    Quic {
+        _endpoint: quinn::Endpoint,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+}
+
+impl Link {
+    /// Connects to the forwarder as a recipient ([`HELLO`]) or as the sender ([`SENDER`]),
+    /// and, for a recipient, waits until the forwarder has it on its list.
+    async fn open(fwd: &Running, role: u8) -> anyhow::Result<Self> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let Some(pin) = fwd.fingerprint else {
+            let sock = UdpSocket::bind(any).await?;
+            if role == HELLO {
+                greet(&sock, fwd.addr).await?;
+            }
+            return Ok(Self::Udp(sock, fwd.addr));
+        };
+        let wait = HELLO_WAIT * HELLO_TRIES;
+        let endpoint =
+            hotline_net::transport::client_endpoint(any, vec![pin], &TransportLimits::default())?;
+        let conn = hotline_net::connect(&endpoint, fwd.addr, wait).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&framed(&[role])).await?;
+        if role == HELLO {
+            let mut answer = [0u8; PREFIX + 1];
+            tokio::time::timeout(wait, recv.read_exact(&mut answer))
+                .await
+                .context("the skeleton forwarder did not answer a greeting")??;
+            anyhow::ensure!(answer[PREFIX] == HELLO, "the forwarder answered {answer:?}");
+        }
+        Ok(Self::Quic {
+            _endpoint: endpoint,
+            send,
+            recv,
+        })
+    }
+
+    /// Sends one message.
+    async fn send(&mut self, message: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Udp(sock, to) => {
+                sock.send_to(message, *to).await?;
+            }
+            Self::Quic { send, .. } => send.write_all(&framed(message)).await?,
+        }
+        Ok(())
+    }
+
+    /// Receives one message into `buf`; the range it is in.
+    async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<std::ops::Range<usize>> {
+        match self {
+            Self::Udp(sock, _) => Ok(0..sock.recv(buf).await?),
+            Self::Quic { recv, .. } => {
+                let n = read_framed(recv, buf).await?;
+                Ok(PREFIX..PREFIX + n)
+            }
+        }
+    }
+}
+
+/// Greets the forwarder from `sock` until it answers.
+async fn greet(sock: &UdpSocket, forwarder: SocketAddr) -> anyhow::Result<()> {
+    let mut answer = [0u8; 16];
+    for _ in 0..HELLO_TRIES {
+        sock.send_to(&[HELLO], forwarder).await?;
+        if let Ok(r) = tokio::time::timeout(HELLO_WAIT, sock.recv_from(&mut answer)).await {
+            let (n, from) = r?;
+            if from == forwarder && answer[..n] == [HELLO] {
+                return Ok(());
+            }
+        }
+    }
+    bail!("the skeleton forwarder at {forwarder} did not answer {HELLO_TRIES} greetings")
+}
+
 /// Runs the skeleton fan-out; the group log, if any, is written in `dir` and removed after.
 pub async fn run(dir: &Path, o: &SkeletonOptions) -> anyhow::Result<SkeletonReport> {
     anyhow::ensure!(
@@ -277,9 +710,9 @@ pub async fn run(dir: &Path, o: &SkeletonOptions) -> anyhow::Result<SkeletonRepo
     );
     anyhow::ensure!(o.recipients > 0, "the skeleton needs a recipient");
     anyhow::ensure!(
-        HEADER + o.body_bytes <= DATAGRAM_MAX,
+        HEADER + o.body_bytes <= MESSAGE_MAX,
         "a skeleton body is at most {} bytes",
-        DATAGRAM_MAX - HEADER
+        MESSAGE_MAX - HEADER
     );
     let log = match o.durability {
         Durability::Group => {
@@ -301,37 +734,33 @@ async fn fan_out(
     o: &SkeletonOptions,
     log: Option<Arc<GroupLog>>,
 ) -> anyhow::Result<SkeletonReport> {
-    let fwd = Running::start(&o.forwarder).await?;
+    let fwd = Running::start(&o.forwarder, o.transport, o.shape).await?;
     let messages = ((o.rate * o.duration.as_secs_f64()).round() as usize).max(1);
+    let mut links = Vec::with_capacity(o.recipients);
+    for _ in 0..o.recipients {
+        links.push(Link::open(&fwd, HELLO).await?);
+    }
+    let mut sender = Link::open(&fwd, SENDER).await?;
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + o.duration + o.drain_timeout;
-    let mut tasks = Vec::with_capacity(o.recipients);
-    for _ in 0..o.recipients {
-        let sock = UdpSocket::bind(("127.0.0.1", 0)).await?;
-        join(&sock, fwd.addr).await?;
-        tasks.push(tokio::spawn(recipient(
-            sock,
-            log.clone(),
-            start,
-            messages,
-            deadline,
-        )));
-    }
-    let sender = UdpSocket::bind(("127.0.0.1", 0)).await?;
+    let tasks: Vec<_> = links
+        .into_iter()
+        .map(|l| tokio::spawn(recipient(l, log.clone(), start, messages, deadline)))
+        .collect();
     let pid = fwd.pid();
     let cpu = pid.map(CpuMeter::start);
+    let bench_cpu = CpuMeter::start(std::process::id());
     let sleeps = pid.map(|p| SwitchMeter::start(p, None));
     let log_before = log.as_ref().map(|l| l.totals());
-    let mut datagram = vec![0x5Au8; HEADER + o.body_bytes];
-    datagram[0] = DATA;
-    tokio::time::sleep_until(start.into()).await;
+    let mut message = vec![0x5Au8; HEADER + o.body_bytes];
+    message[0] = DATA;
     for k in 0..messages {
         let due = start + Duration::from_secs_f64(k as f64 / o.rate);
         tokio::time::sleep_until(due.into()).await;
-        datagram[1..5].copy_from_slice(&(k as u32).to_le_bytes());
+        message[1..5].copy_from_slice(&(k as u32).to_le_bytes());
         let sent_ns = start.elapsed().as_nanos() as u64;
-        datagram[5..HEADER].copy_from_slice(&sent_ns.to_le_bytes());
-        sender.send_to(&datagram, fwd.addr).await?;
+        message[5..HEADER].copy_from_slice(&sent_ns.to_le_bytes());
+        sender.send(&message).await?;
     }
     let mut deliveries = Vec::with_capacity(messages * o.recipients);
     let mut first_error = None;
@@ -345,12 +774,14 @@ async fn fan_out(
     }
     let per_msg = |v: Option<f64>, scale: f64| v.map(|v| v * scale / messages as f64);
     let forwarder_us_per_msg = per_msg(cpu.and_then(|c| c.seconds()), 1e6);
+    let bench_us_per_msg = per_msg(bench_cpu.seconds(), 1e6);
     let forwarder_sleeps_per_msg = per_msg(sleeps.and_then(|s| s.count()).map(|n| n as f64), 1.0);
     let log_totals = log
         .as_ref()
         .zip(log_before)
         .map(|(l, before)| l.totals().since(&before));
-    fwd.stop(&sender).await?;
+    sender.send(&[BYE]).await?;
+    fwd.wait().await?;
     if let Some(e) = first_error {
         return Err(e.context("a skeleton recipient failed"));
     }
@@ -364,6 +795,8 @@ async fn fan_out(
         rate_per_s: o.rate,
         duration_s: o.duration.as_secs_f64(),
         recipients: o.recipients,
+        transport: o.transport,
+        shape: o.shape,
         sent: messages,
         delivered: deliveries.len(),
         lost: messages * o.recipients - deliveries.len(),
@@ -375,50 +808,37 @@ async fn fan_out(
         clients_log_sync_ms_mean: log_totals.and_then(|t| t.sync_ms_mean()),
         forwarder_us_per_msg,
         forwarder_sleeps_per_msg,
+        bench_us_per_msg,
         load_avg: stats::load_avg(),
         guest_halt_poll_ns: stats::guest_halt_poll_ns(),
     })
 }
 
-/// Greets the forwarder from `sock` until it answers.
-async fn join(sock: &UdpSocket, forwarder: SocketAddr) -> anyhow::Result<()> {
-    let mut answer = [0u8; 16];
-    for _ in 0..HELLO_TRIES {
-        sock.send_to(&[HELLO], forwarder).await?;
-        if let Ok(r) = tokio::time::timeout(HELLO_WAIT, sock.recv_from(&mut answer)).await {
-            let (n, from) = r?;
-            if from == forwarder && answer[..n] == [HELLO] {
-                return Ok(());
-            }
-        }
-    }
-    bail!("the skeleton forwarder at {forwarder} did not answer {HELLO_TRIES} greetings")
-}
-
-/// A recipient: reads each datagram, makes it durable, and notes its times, until it has
+/// A recipient: reads each message, makes it durable, and notes its times, until it has
 /// all `messages` or `deadline` passes.
 async fn recipient(
-    sock: UdpSocket,
+    mut link: Link,
     log: Option<Arc<GroupLog>>,
     start: Instant,
     messages: usize,
     deadline: Instant,
 ) -> anyhow::Result<Vec<DeliveryTimes>> {
     let mut got = Vec::with_capacity(messages);
-    let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut buf = vec![0u8; PREFIX + MESSAGE_MAX];
     while got.len() < messages {
-        let n = match tokio::time::timeout_at(deadline.into(), sock.recv(&mut buf)).await {
+        let at = match tokio::time::timeout_at(deadline.into(), link.recv(&mut buf)).await {
             Ok(r) => r?,
             Err(_) => break,
         };
         let read = Instant::now();
-        if n < HEADER || buf[0] != DATA {
+        let m = &buf[at];
+        if m.len() < HEADER || m[0] != DATA {
             continue;
         }
-        let message = u32::from_le_bytes(buf[1..5].try_into()?);
-        let sent = start + Duration::from_nanos(u64::from_le_bytes(buf[5..HEADER].try_into()?));
+        let message = u32::from_le_bytes(m[1..5].try_into()?);
+        let sent = start + Duration::from_nanos(u64::from_le_bytes(m[5..HEADER].try_into()?));
         let durable = match &log {
-            Some(l) => l.append_durable(buf[..n].to_vec()).await?,
+            Some(l) => l.append_durable(m.to_vec()).await?,
             None => read,
         };
         let us = |t: Instant| t.saturating_duration_since(sent).as_micros() as u32;
@@ -444,6 +864,8 @@ mod tests {
             durability,
             drain_timeout: Duration::from_secs(10),
             forwarder: Forwarder::InProcess,
+            transport: Transport::Udp,
+            shape: Shape::Bare,
         }
     }
 
@@ -483,6 +905,30 @@ mod tests {
         assert!(r.clients_log_syncs_per_msg.is_none());
     }
 
+    /// Every transport and shape: the same deliveries, and the forwarder still ends on
+    /// `BYE` (its thread, tasks and endpoint with it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_transport_and_shape_forwards_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for transport in [Transport::Udp, Transport::Quic] {
+            for shape in [Shape::Bare, Shape::Tasks, Shape::Thread] {
+                let o = SkeletonOptions {
+                    transport,
+                    shape,
+                    ..options(Durability::None)
+                };
+                let r = run(dir.path(), &o).await.expect("run");
+                assert_eq!((r.delivered, r.lost), (60, 0), "{transport:?} {shape:?}");
+                assert_eq!((r.transport, r.shape), (transport, shape));
+                let name = match (transport, shape) {
+                    (Transport::Udp, Shape::Bare) => "skeleton3 ".to_owned(),
+                    _ => format!("skeleton3+{}+{} ", transport.name(), shape.name()),
+                };
+                assert!(r.line().starts_with(&name), "{}", r.line());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn bad_options_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -497,7 +943,7 @@ mod tests {
                 ..o.clone()
             },
             SkeletonOptions {
-                body_bytes: DATAGRAM_MAX,
+                body_bytes: MESSAGE_MAX,
                 ..o.clone()
             },
             SkeletonOptions {

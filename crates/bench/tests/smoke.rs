@@ -164,30 +164,39 @@ async fn a_smaller_fan_out_reaches_only_its_recipients() -> anyhow::Result<()> {
 }
 
 /// The skeleton through the binary, its forwarder a child process (as `hotline-bench
-/// skeleton` runs it): every delivery arrives and is durable, the forwarder's CPU and sleeps
-/// are measured, and the run ends (the forwarder exits on `BYE`; the run fails if it does not).
+/// skeleton` runs it), over UDP and over QUIC: every delivery arrives and is durable, the
+/// forwarder's CPU and sleeps are measured, and the run ends (the forwarder exits on `BYE`;
+/// the run fails if it does not).
 #[test]
 fn the_skeleton_runs_its_forwarder_as_a_process() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-bench"))
-        .args(["--json", "--duration-s", "0.2", "--dir"])
-        .arg(dir.path())
-        .args(["skeleton", "--rate", "100", "--recipients", "4"])
-        .output()?;
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(v["sent"], 20, "{v}");
-    assert_eq!(v["delivered"], 80, "{v}");
-    assert_eq!(v["lost"], 0, "{v}");
-    assert_eq!(v["e2e"]["n"], 80, "{v}");
-    // Present only for a forwarder process (CPU is counted in clock ticks, so a run this
-    // short may count none).
-    assert!(v["forwarder_us_per_msg"].is_number(), "{v}");
-    assert!(v["forwarder_sleeps_per_msg"].is_number(), "{v}");
-    assert_eq!(
-        std::fs::read_dir(dir.path())?.count(),
-        0,
-        "the log is removed"
-    );
+    for (transport, shape) in [("udp", "bare"), ("quic", "thread")] {
+        let dir = tempfile::tempdir()?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotline-bench"))
+            .args(["--json", "--duration-s", "0.2", "--dir"])
+            .arg(dir.path())
+            .args(["skeleton", "--rate", "100", "--recipients", "4"])
+            .args(["--transport", transport, "--shape", shape])
+            .output()?;
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(
+            (v["transport"].as_str(), v["shape"].as_str()),
+            (Some(transport), Some(shape)),
+            "{v}"
+        );
+        assert_eq!(v["sent"], 20, "{v}");
+        assert_eq!(v["delivered"], 80, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["e2e"]["n"], 80, "{v}");
+        // Present only for a forwarder process (CPU is counted in clock ticks, so a run this
+        // short may count none).
+        assert!(v["forwarder_us_per_msg"].is_number(), "{v}");
+        assert!(v["forwarder_sleeps_per_msg"].is_number(), "{v}");
+        assert_eq!(
+            std::fs::read_dir(dir.path())?.count(),
+            0,
+            "the log is removed"
+        );
+    }
     Ok(())
 }
