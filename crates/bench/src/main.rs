@@ -90,8 +90,8 @@ enum Workload {
     /// The skeleton's forwarder (started by `skeleton`).
     #[command(hide = true)]
     SkeletonForwarder(ForwarderArgs),
-    /// Everything: the floor and the skeleton at 500/s; fanout37 at 500/s, 2000/s and max (windows 64 and
-    /// 1024); p2p max; idle; recovery.
+    /// Everything: the floor and the skeleton (UDP, bare; QUIC through a thread) at 500/s;
+    /// fanout37 at 500/s, 2000/s and max (windows 64 and 1024); p2p max; idle; recovery.
     All,
 }
 
@@ -365,8 +365,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let (l, v) = floor(500.0, 1_000).await?;
             out(l, v);
-            let (l, v) = skeleton(500.0, 37, Transport::Udp, Shape::Bare).await?;
-            out(l, v);
+            for (transport, shape) in [
+                (Transport::Udp, Shape::Bare),
+                (Transport::Quic, Shape::Thread),
+            ] {
+                let (l, v) = skeleton(500.0, 37, transport, shape).await?;
+                out(l, v);
+            }
             for (rate, window) in [
                 (Some(500.0), 0),
                 (Some(2_000.0), 0),
