@@ -9,6 +9,7 @@
 #   cargo build --release -p hotline-cli -p hotline-bench
 #   crates/bench/halt-poll-ab.sh 3 fanout37 --rate 500      # 3 pairs
 #   ON=100000 SHRINK=N crates/bench/halt-poll-ab.sh 3 floor --rate 500
+#   crates/bench/halt-poll-ab.sh 3 skeleton --transport quic --shape thread
 #
 # Needs root (it writes /sys/module/haltpoll/parameters/); it puts back the settings it
 # found when it exits, however it exits. ON is the polling limit of the second run of each
@@ -51,7 +52,7 @@ fi
 for _ in $(seq 1 "$pairs"); do
     for ns in 0 "$ON"; do
         echo "$ns" > "$params/guest_halt_poll_ns"
-        line=$(timeout --kill-after=30 "$RUN_TIMEOUT" "$BENCH" "$@" 2>&1 | grep -E '^(fanout|p2p|floor)' | tail -n 1 || true)
+        line=$(timeout --kill-after=30 "$RUN_TIMEOUT" "$BENCH" "$@" 2>&1 | grep -E '^(fanout|p2p|floor|skeleton)' | tail -n 1 || true)
         # The figures worth comparing; the full line is one run away.
         brief=$(grep -oE 'accepted [0-9]+/s|(e2e|accept) ms p50/p99/max [0-9./]+|relay cpu [0-9]+% \([0-9]+ us/msg|sleeps/msg [0-9.]+|(sync|recipients. sync \(end to end\)|relay.s commit \(accepted\)) (ms p50/p99/max )?[0-9./]+|verify [0-9.]+us|fsync [0-9.]+ms' <<< "$line" | tr '\n' ' ' || true)
         echo "$(date -u +%T) halt-poll ${ns}ns: ${brief:-$line}"
