@@ -146,7 +146,7 @@ struct SkeletonArgs {
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// Recipients of every message.
-    #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u16).range(1..=hotline_bench::skeleton::RECIPIENTS_MAX as i64))]
     recipients: u16,
     /// How the forwarder passes a message on: `bare` (one task sends to every recipient),
     /// `tasks` (a task a recipient, as the relay's sessions), `thread` (through a posting

@@ -31,7 +31,9 @@
 //! A message: a tag byte ([`HELLO`], [`DATA`], [`BYE`], [`SENDER`]), then for data the
 //! message's index (`u32`) and its send time (`u64` ns after the run's start), then the
 //! body; over QUIC each is preceded by its length (`u32`; integers little-endian). A lost
-//! UDP datagram (none is expected on loopback at these rates) is counted, not retried.
+//! UDP datagram (none is expected on loopback at these rates) is counted, not retried, and
+//! so is a message the forwarder dropped because a queue was full ([`QUEUE_MAX`]); the
+//! forwarder takes on at most [`RECIPIENTS_MAX`] recipients.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +49,7 @@ use tokio::net::UdpSocket;
 use crate::client::Durability;
 use crate::grouplog::GroupLog;
 use crate::stats::{self, CpuMeter, Percentiles, SwitchMeter};
-use crate::traffic::{log_label, DeliveryTimes, E2eSplit};
+use crate::traffic::{log_label, percentiles_us, saturating_u32, DeliveryTimes, E2eSplit};
 
 /// A recipient's greeting; the forwarder answers it with the same byte once the recipient
 /// is on its list.
@@ -71,6 +73,14 @@ const HELLO_TRIES: u32 = 10;
 /// How long the forwarder process may take to say where it listens, and to exit after
 /// [`BYE`].
 const CHILD_WAIT: Duration = Duration::from_secs(10);
+/// The most recipients a run may have (`hotline-bench skeleton --recipients`), and so the
+/// most the forwarder takes on: later greetings are refused, and over QUIC it accepts at
+/// most one connection more (the sender's).
+pub const RECIPIENTS_MAX: usize = 1_000;
+/// Messages that may wait for the posting thread (`thread`), and for each recipient's task
+/// (`tasks`, `thread`). A message that finds its queue full is dropped there, as a UDP
+/// socket whose buffer is full drops it, and the run counts the deliveries as lost.
+const QUEUE_MAX: usize = 4_096;
 
 /// How messages travel between the participants and the forwarder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -239,7 +249,10 @@ impl SkeletonReport {
 /// directory.
 pub async fn forward(transport: Transport, shape: Shape) -> anyhow::Result<()> {
     let (listener, addr, fingerprint) = Listener::bind(transport)?;
-    println!("listening {addr} {fingerprint}");
+    match fingerprint {
+        Some(fp) => println!("listening {addr} {fp}"),
+        None => println!("listening {addr} -"),
+    }
     use std::io::Write as _;
     std::io::stdout().flush()?;
     listener.serve(shape).await
@@ -252,8 +265,8 @@ enum Listener {
 }
 
 impl Listener {
-    /// Binds on 127.0.0.1; where, and the fingerprint to pin (`-` for UDP).
-    fn bind(transport: Transport) -> anyhow::Result<(Self, SocketAddr, String)> {
+    /// Binds on 127.0.0.1; where, and the fingerprint to pin (QUIC).
+    fn bind(transport: Transport) -> anyhow::Result<(Self, SocketAddr, Option<Fingerprint>)> {
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
         Ok(match transport {
             Transport::Udp => {
@@ -261,7 +274,7 @@ impl Listener {
                 std_sock.set_nonblocking(true)?;
                 let sock = UdpSocket::from_std(std_sock)?;
                 let addr = sock.local_addr()?;
-                (Self::Udp(sock), addr, "-".into())
+                (Self::Udp(sock), addr, None)
             }
             Transport::Quic => {
                 let dir = tempfile::tempdir()?;
@@ -274,7 +287,7 @@ impl Listener {
                     &TransportLimits::default(),
                 )?;
                 let addr = ep.local_addr()?;
-                (Self::Quic(ep), addr, fingerprint.to_string())
+                (Self::Quic(ep), addr, Some(fingerprint))
             }
         })
     }
@@ -303,6 +316,14 @@ impl Out {
         }
         Ok(())
     }
+
+    /// Over QUIC, ends the stream (nothing more will be sent).
+    fn finish(&mut self) {
+        if let Self::Quic(s) = self {
+            // Finishing a stream the peer has already closed is harmless.
+            let _ = s.finish();
+        }
+    }
 }
 
 /// A message on its way to the recipients' tasks.
@@ -311,76 +332,97 @@ type Post = Arc<[u8]>;
 /// What the `thread` shape's posting thread is handed.
 enum WriterJob {
     /// A recipient's queue, to post to from now on.
-    Join(tokio::sync::mpsc::UnboundedSender<Post>),
+    Join(tokio::sync::mpsc::Sender<Post>),
     /// A message to post to every recipient.
     Post(Post),
 }
 
-/// The forwarding, by [`Shape`]: who has joined, and how a message reaches them.
+/// How a message reaches the recipients that have joined, by [`Shape`].
+enum Route {
+    /// The reading task sends to each in turn.
+    Bare(Vec<Out>),
+    /// The reading task posts to each one's task.
+    Tasks(Vec<tokio::sync::mpsc::Sender<Post>>),
+    /// The reading task hands to the posting thread, which posts to each one's task.
+    Thread(
+        std::sync::mpsc::SyncSender<WriterJob>,
+        std::thread::JoinHandle<()>,
+    ),
+}
+
+/// The forwarding: who has joined, and how a message reaches them.
 struct Core {
-    shape: Shape,
-    /// `bare`: the recipients, sent to by the reading task.
-    outs: Vec<Out>,
-    /// `tasks`: the recipients' tasks' queues.
-    queues: Vec<tokio::sync::mpsc::UnboundedSender<Post>>,
+    route: Route,
     /// `tasks` and `thread`: the recipients' tasks.
     senders: tokio::task::JoinSet<anyhow::Result<()>>,
-    /// `thread`: the posting thread and its queue.
-    writer: Option<(
-        std::sync::mpsc::Sender<WriterJob>,
-        std::thread::JoinHandle<()>,
-    )>,
+    joined: usize,
 }
 
 impl Core {
     fn new(shape: Shape) -> anyhow::Result<Self> {
-        let writer = if shape == Shape::Thread {
-            let (tx, rx) = std::sync::mpsc::channel::<WriterJob>();
-            let t = std::thread::Builder::new()
-                .name("skeleton-writer".into())
-                .spawn(move || post_loop(&rx))?;
-            Some((tx, t))
-        } else {
-            None
+        let route = match shape {
+            Shape::Bare => Route::Bare(Vec::new()),
+            Shape::Tasks => Route::Tasks(Vec::new()),
+            Shape::Thread => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<WriterJob>(QUEUE_MAX);
+                let t = std::thread::Builder::new()
+                    .name("skeleton-writer".into())
+                    .spawn(move || post_loop(&rx))?;
+                Route::Thread(tx, t)
+            }
         };
         Ok(Self {
-            shape,
-            outs: Vec::new(),
-            queues: Vec::new(),
+            route,
             senders: tokio::task::JoinSet::new(),
-            writer,
+            joined: 0,
         })
     }
 
-    /// A recipient joins: messages forwarded from now on reach it.
-    fn join(&mut self, out: Out) {
-        if self.shape == Shape::Bare {
-            self.outs.push(out);
-            return;
-        }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.senders.spawn(send_loop(out, rx));
-        match &self.writer {
-            Some((w, _)) => {
-                let _ = w.send(WriterJob::Join(tx));
+    /// A recipient joins: messages forwarded from now on reach it. Refused past
+    /// [`RECIPIENTS_MAX`].
+    fn join(&mut self, out: Out) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.joined < RECIPIENTS_MAX,
+            "more than {RECIPIENTS_MAX} recipients"
+        );
+        self.joined += 1;
+        let queue = match &mut self.route {
+            Route::Bare(outs) => {
+                outs.push(out);
+                return Ok(());
             }
-            None => self.queues.push(tx),
+            _ => {
+                let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+                self.senders.spawn(send_loop(out, rx));
+                tx
+            }
+        };
+        match &mut self.route {
+            Route::Tasks(queues) => queues.push(queue),
+            Route::Thread(w, _) => w
+                .try_send(WriterJob::Join(queue))
+                .map_err(|_| anyhow::anyhow!("the posting thread's queue is full or gone"))?,
+            Route::Bare(_) => {}
         }
+        Ok(())
     }
 
-    /// Passes `bytes` on to every recipient that has joined.
+    /// Passes `bytes` on to every recipient that has joined (dropping it where a queue is
+    /// full: [`QUEUE_MAX`]).
     async fn forward(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        if let Some((w, _)) = &self.writer {
-            let _ = w.send(WriterJob::Post(Arc::from(bytes)));
-        } else if self.shape == Shape::Tasks {
-            let post: Post = Arc::from(bytes);
-            for q in &self.queues {
-                let _ = q.send(post.clone());
+        match &mut self.route {
+            Route::Bare(outs) => {
+                for o in outs {
+                    o.send(bytes).await?;
+                }
             }
-        } else {
-            for o in &mut self.outs {
-                o.send(bytes).await?;
-            }
+            Route::Tasks(queues) => post(queues, &Arc::from(bytes)),
+            Route::Thread(w, _) => match w.try_send(WriterJob::Post(Arc::from(bytes))) {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(_)) => {}
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    bail!("the posting thread has gone")
+                }
+            },
         }
         Ok(())
     }
@@ -388,21 +430,30 @@ impl Core {
     /// Closes the queues, which ends the posting thread and the recipients' tasks, and
     /// waits for them (and for what they had still to send).
     async fn close(self) -> anyhow::Result<()> {
-        drop(self.queues);
-        if let Some((w, t)) = self.writer {
-            drop(w);
-            let _ = t.join();
+        match self.route {
+            Route::Bare(outs) => {
+                for mut o in outs {
+                    o.finish();
+                }
+            }
+            Route::Tasks(queues) => drop(queues),
+            Route::Thread(w, t) => {
+                drop(w);
+                let _ = t.join();
+            }
         }
         let mut senders = self.senders;
         while let Some(r) = senders.join_next().await {
             r??;
         }
-        for mut o in self.outs {
-            if let Out::Quic(s) = &mut o {
-                let _ = s.finish();
-            }
-        }
         Ok(())
+    }
+}
+
+/// Posts `p` to each queue that has room.
+fn post(queues: &[tokio::sync::mpsc::Sender<Post>], p: &Post) {
+    for q in queues {
+        let _ = q.try_send(p.clone());
     }
 }
 
@@ -412,26 +463,17 @@ fn post_loop(rx: &std::sync::mpsc::Receiver<WriterJob>) {
     while let Ok(job) = rx.recv() {
         match job {
             WriterJob::Join(q) => queues.push(q),
-            WriterJob::Post(p) => {
-                for q in &queues {
-                    let _ = q.send(p.clone());
-                }
-            }
+            WriterJob::Post(p) => post(&queues, &p),
         }
     }
 }
 
 /// A recipient's task: sends what is posted to it, until its queue closes.
-async fn send_loop(
-    mut out: Out,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
-) -> anyhow::Result<()> {
+async fn send_loop(mut out: Out, mut rx: tokio::sync::mpsc::Receiver<Post>) -> anyhow::Result<()> {
     while let Some(p) = rx.recv().await {
         out.send(&p).await?;
     }
-    if let Out::Quic(s) = &mut out {
-        let _ = s.finish();
-    }
+    out.finish();
     Ok(())
 }
 
@@ -446,8 +488,11 @@ async fn serve_udp(sock: Arc<UdpSocket>, shape: Shape) -> anyhow::Result<()> {
             Some(&DATA) => core.forward(&buf[..n]).await?,
             Some(&HELLO) => {
                 if !joined.contains(&from) {
+                    if let Err(e) = core.join(Out::Udp(sock.clone(), from)) {
+                        eprintln!("skeleton forwarder: {from} not taken on: {e:#}");
+                        continue;
+                    }
                     joined.push(from);
-                    core.join(Out::Udp(sock.clone(), from));
                 }
                 sock.send_to(&[HELLO], from).await?;
             }
@@ -466,7 +511,14 @@ async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
     let acceptor = {
         let ep = ep.clone();
         tokio::spawn(async move {
+            let mut accepted = 0;
             while let Some(incoming) = ep.accept().await {
+                // The recipients and the sender.
+                if accepted > RECIPIENTS_MAX {
+                    incoming.refuse();
+                    continue;
+                }
+                accepted += 1;
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let opened = async {
@@ -494,7 +546,7 @@ async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
         match role {
             HELLO => {
                 send.write_all(&framed(&[HELLO])).await?;
-                core.join(Out::Quic(send));
+                core.join(Out::Quic(send))?;
                 kept.push(recv);
             }
             SENDER => break recv,
@@ -518,10 +570,16 @@ async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
 
 /// `message` with its length before it, as sent over QUIC.
 fn framed(message: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PREFIX + message.len());
-    v.extend_from_slice(&(message.len() as u32).to_le_bytes());
-    v.extend_from_slice(message);
+    let mut v = Vec::new();
+    frame_into(&mut v, message);
     v
+}
+
+/// Puts `message`, with its length before it, in `buf` (emptied first).
+fn frame_into(buf: &mut Vec<u8>, message: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    buf.extend_from_slice(message);
 }
 
 /// Reads one length-prefixed message into `buf` (its prefix at the front, the message from
@@ -537,6 +595,20 @@ async fn read_framed(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> anyhow::Re
     Ok(n)
 }
 
+/// The forwarder's `listening ADDR FINGERPRINT` line ([`forward`]), read back.
+fn parse_listening(line: &str) -> anyhow::Result<(SocketAddr, Option<Fingerprint>)> {
+    let mut words = line
+        .strip_prefix("listening ")
+        .context("no `listening`")?
+        .split(' ');
+    let addr = words.next().context("no address")?.parse()?;
+    let fingerprint = match words.next().context("no fingerprint")? {
+        "-" => None,
+        fp => Some(fp.parse()?),
+    };
+    Ok((addr, fingerprint))
+}
+
 /// The forwarder, started.
 struct Running {
     addr: SocketAddr,
@@ -547,11 +619,15 @@ struct Running {
 
 impl Running {
     async fn start(f: &Forwarder, transport: Transport, shape: Shape) -> anyhow::Result<Self> {
-        let (line, child, task) = match f {
+        match f {
             Forwarder::InProcess => {
-                let (listener, addr, fp) = Listener::bind(transport)?;
-                let task = tokio::spawn(listener.serve(shape));
-                (format!("listening {addr} {fp}"), None, Some(task))
+                let (listener, addr, fingerprint) = Listener::bind(transport)?;
+                Ok(Self {
+                    addr,
+                    fingerprint,
+                    child: None,
+                    task: Some(tokio::spawn(listener.serve(shape))),
+                })
             }
             Forwarder::Process(program) => {
                 let mut child = tokio::process::Command::new(program)
@@ -570,25 +646,16 @@ impl Running {
                     .await
                     .context("the forwarder did not say where it listens")??
                     .context("the forwarder exited before it listened")?;
-                (line, Some(child), None)
+                let (addr, fingerprint) = parse_listening(&line)
+                    .with_context(|| format!("the forwarder said {line:?}"))?;
+                Ok(Self {
+                    addr,
+                    fingerprint,
+                    child: Some(child),
+                    task: None,
+                })
             }
-        };
-        let mut words = line
-            .strip_prefix("listening ")
-            .unwrap_or_default()
-            .split(' ');
-        let addr = words.next().and_then(|a| a.parse().ok());
-        let fingerprint = match words.next() {
-            Some("-") => None,
-            Some(fp) => Some(fp.parse()?),
-            None => bail!("the forwarder said {line:?}"),
-        };
-        Ok(Self {
-            addr: addr.with_context(|| format!("the forwarder said {line:?}"))?,
-            fingerprint,
-            child,
-            task,
-        })
+        }
     }
 
     fn pid(&self) -> Option<u32> {
@@ -624,11 +691,13 @@ impl Running {
 enum Link {
     /// A socket of its own, and the forwarder's address.
     Udp(UdpSocket, SocketAddr),
-    /// An endpoint and connection of its own, and the stream's halves.
+    /// An endpoint and connection of its own, the stream's halves, and the sender's
+    /// message framed (its buffer reused from one message to the next).
     Quic {
         _endpoint: quinn::Endpoint,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        frame: Vec<u8>,
     },
 }
 
@@ -661,6 +730,7 @@ impl Link {
             _endpoint: endpoint,
             send,
             recv,
+            frame: Vec::new(),
         })
     }
 
@@ -670,7 +740,10 @@ impl Link {
             Self::Udp(sock, to) => {
                 sock.send_to(message, *to).await?;
             }
-            Self::Quic { send, .. } => send.write_all(&framed(message)).await?,
+            Self::Quic { send, frame, .. } => {
+                frame_into(frame, message);
+                send.write_all(frame).await?;
+            }
         }
         Ok(())
     }
@@ -785,12 +858,7 @@ async fn fan_out(
     if let Some(e) = first_error {
         return Err(e.context("a skeleton recipient failed"));
     }
-    let e2e = Percentiles::of(
-        &mut deliveries
-            .iter()
-            .map(|d| u64::from(d.durable_us))
-            .collect::<Vec<_>>(),
-    );
+    let e2e = percentiles_us(deliveries.iter().map(|d| d.durable_us));
     Ok(SkeletonReport {
         rate_per_s: o.rate,
         duration_s: o.duration.as_secs_f64(),
@@ -841,7 +909,11 @@ async fn recipient(
             Some(l) => l.append_durable(m.to_vec()).await?,
             None => read,
         };
-        let us = |t: Instant| t.saturating_duration_since(sent).as_micros() as u32;
+        let us = |t: Instant| {
+            saturating_u32(
+                u64::try_from(t.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX),
+            )
+        };
         got.push(DeliveryTimes {
             message,
             read_us: us(read),
@@ -927,6 +999,36 @@ mod tests {
                 assert!(r.line().starts_with(&name), "{}", r.line());
             }
         }
+    }
+
+    #[test]
+    fn the_listening_line_reads_back() {
+        let (addr, fp) = parse_listening("listening 127.0.0.1:4433 -").expect("udp");
+        assert_eq!((addr.port(), fp), (4433, None));
+        let hex = "ab".repeat(32);
+        let (_, fp) = parse_listening(&format!("listening 127.0.0.1:1 {hex}")).expect("quic");
+        assert_eq!(fp.map(|f| f.0), Some([0xab; 32]));
+        for bad in [
+            "",
+            "listening",
+            "listening 127.0.0.1:1",
+            "listening nowhere -",
+        ] {
+            assert!(parse_listening(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_forwarder_takes_on_at_most_its_limit_of_recipients() {
+        let sock = Arc::new(UdpSocket::bind(("127.0.0.1", 0)).await.expect("socket"));
+        let mut core = Core::new(Shape::Bare).expect("core");
+        for port in 1..=RECIPIENTS_MAX {
+            let to: SocketAddr = ([127, 0, 0, 1], port as u16).into();
+            core.join(Out::Udp(sock.clone(), to))
+                .expect("within the limit");
+        }
+        let one_more = Out::Udp(sock.clone(), ([127, 0, 0, 2], 1).into());
+        assert!(core.join(one_more).is_err());
     }
 
     #[tokio::test]

@@ -165,7 +165,7 @@ pub(crate) fn log_label(
 }
 
 /// The percentiles of some microsecond times.
-fn percentiles_us(us: impl Iterator<Item = u32>) -> Percentiles {
+pub(crate) fn percentiles_us(us: impl Iterator<Item = u32>) -> Percentiles {
     Percentiles::of(&mut us.map(u64::from).collect::<Vec<_>>())
 }
 
@@ -662,7 +662,8 @@ async fn recipient(
     RecipientOut { who, deliveries }
 }
 
-fn saturating_u32(v: u64) -> u32 {
+/// `v`, or `u32::MAX` if it does not fit.
+pub(crate) fn saturating_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
