@@ -140,12 +140,12 @@ def report(path):
             f"{ms(rank(h, .5))} ms"
         )
     if os.environ.get("WINDOWS") == "1":
-        windows = collections.defaultdict(list)
+        per_100ms = collections.defaultdict(list)
         for _m, s, _rd, dur in rows:
-            windows[s // 100_000].append(dur)
+            per_100ms[s // 100_000].append(dur)
         cells = []
-        for k in sorted(windows):
-            v = sorted(windows[k])
+        for k in sorted(per_100ms):
+            v = sorted(per_100ms[k])
             cells.append(f"{k * 100:6d}:{ms(rank(v, .5))}/{ms(rank(v, .99))}")
         for i in range(0, len(cells), 8):
             print("   " + " ".join(cells[i : i + 8]))
