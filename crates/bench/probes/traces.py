@@ -36,21 +36,25 @@ SWITCH = re.compile(
 CHECKPOINTER = "hotline-checkpo"
 
 
+def matched(path, find):
+    """The groups of each line of `path` that `find` (a pattern's search or match) takes."""
+    with open(path) as f:
+        for line in f:
+            m = find(line)
+            if m:
+                yield m.groups()
+
+
 def block(path, lo=None, hi=None):
     issued = {}
     requests = []  # (issued at, latency s, comm, rwbs, sectors)
-    with open(path) as f:
-        for line in f:
-            m = BLOCK.search(line)
-            if not m:
-                continue
-            comm, _pid, t, event, rwbs, sector, n = m.groups()
-            key = (sector, n)
-            if event == "block_rq_issue":
-                issued[key] = (float(t), comm.split("/")[0], rwbs)
-            elif key in issued:
-                t0, c, r = issued.pop(key)
-                requests.append((t0, float(t) - t0, c, r, int(n)))
+    for comm, _pid, t, event, rwbs, sector, n in matched(path, BLOCK.search):
+        key = (sector, n)
+        if event == "block_rq_issue":
+            issued[key] = (float(t), comm.split("/")[0], rwbs)
+        elif key in issued:
+            t0, c, r = issued.pop(key)
+            requests.append((t0, float(t) - t0, c, r, int(n)))
     if not requests:
         sys.exit(f"{path}: no paired block requests")
     print(f"{len(requests)} requests; the longest:")
@@ -82,27 +86,22 @@ def sched(path, min_ms=3.0):
     running = {}  # cpu -> (since, comm)
     blocked = {}  # pid -> (since, comm)
     held, waits = [], []
-    with open(path) as f:
-        for line in f:
-            m = SWITCH.match(line)
-            if not m:
-                continue
-            cpu, t, prev, prev_pid, state, nxt, next_pid = m.groups()
-            t = float(t)
-            if cpu in running:
-                since, comm = running[cpu]
+    for cpu, t, prev, prev_pid, state, nxt, next_pid in matched(path, SWITCH.match):
+        t = float(t)
+        if cpu in running:
+            since, comm = running[cpu]
+            if (t - since) * 1e3 >= min_ms:
+                held.append((since, cpu, comm, t - since))
+        running[cpu] = (t, nxt)
+        # A task switched in, or switched out again without a recorded switch in, ends
+        # its wait.
+        for pid in (next_pid, prev_pid):
+            if pid in blocked:
+                since, comm = blocked.pop(pid)
                 if (t - since) * 1e3 >= min_ms:
-                    held.append((since, cpu, comm, t - since))
-            running[cpu] = (t, nxt)
-            # A task switched in, or switched out again without a recorded switch in, ends
-            # its wait.
-            for pid in (next_pid, prev_pid):
-                if pid in blocked:
-                    since, comm = blocked.pop(pid)
-                    if (t - since) * 1e3 >= min_ms:
-                        waits.append((since, comm, t - since))
-            if state.startswith("D"):
-                blocked[prev_pid] = (t, prev)
+                    waits.append((since, comm, t - since))
+        if state.startswith("D"):
+            blocked[prev_pid] = (t, prev)
     print(f"a CPU held for {min_ms} ms or more:")
     for since, cpu, comm, d in sorted(held):
         print(f"  {since:.4f} cpu{cpu} {comm:<20} {d * 1e3:7.2f} ms")
