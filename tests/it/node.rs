@@ -1592,7 +1592,16 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
         .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
         .await
         .unwrap();
+    // The state follows the receipt even if the relay went down before its acceptance
+    // reached KAZ (KAZ then learns of it only when it offers the message again).
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "acknowledged", "{st}");
+    let accepted = |e: &serde_json::Value| e["type"] == "accepted" && e["id"] == id.as_str();
+    if !kaz_events.seen.iter().any(accepted) {
+        kaz_events.wait_for("accepted", accepted).await.unwrap();
+    }
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert!(st["accepted_at_ms"].is_u64(), "{st}");
     assert_eq!(st["state"], "acknowledged", "{st}");
     relay.shutdown().await;
 }

@@ -723,6 +723,41 @@ fn inbox_item(m: InboxMessage) -> InboxItem {
     }
 }
 
+/// How many of a sent message's recipients have it, acknowledged it, are overdue.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    total: usize,
+    delivered: usize,
+    acked: usize,
+    overdue: usize,
+}
+
+/// A sent message's `state` (docs/API.md): the first that applies of rejected, queued,
+/// acknowledged, overdue, delivered, accepted.
+///
+/// A recipient's signed receipt shows that a relay took the message even when the relay's
+/// acceptance has not reached this node: the relay can go down between forwarding the
+/// message and answering the sender, who learns of the acceptance only when it offers the
+/// message again. Such a message is not shown as queued (nor as rejected) while its
+/// recipients' receipts say otherwise; `accepted_at_ms` stays empty until the acceptance
+/// itself arrives.
+fn sent_state(rejected: bool, accepted: bool, c: Counts) -> &'static str {
+    let taken = accepted || c.delivered > 0 || c.acked > 0;
+    if rejected && !taken {
+        "rejected"
+    } else if !taken {
+        "queued"
+    } else if c.total > 0 && c.acked == c.total {
+        "acknowledged"
+    } else if c.overdue > 0 {
+        "overdue"
+    } else if c.total > 0 && c.delivered == c.total {
+        "delivered"
+    } else {
+        "accepted"
+    }
+}
+
 fn sent_view(s: SentMessage, now: u64) -> Value {
     let e = &s.envelope;
     // Each recipient's first answer, when this node stored it.
@@ -758,19 +793,16 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
         .iter()
         .filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none())
         .count();
-    let state = if s.rejected.is_some() && s.accepted_at_ms.is_none() {
-        "rejected"
-    } else if s.accepted_at_ms.is_none() {
-        "queued"
-    } else if total > 0 && acked == total {
-        "acknowledged"
-    } else if overdue > 0 {
-        "overdue"
-    } else if total > 0 && delivered == total {
-        "delivered"
-    } else {
-        "accepted"
-    };
+    let state = sent_state(
+        s.rejected.is_some(),
+        s.accepted_at_ms.is_some(),
+        Counts {
+            total,
+            delivered,
+            acked,
+            overdue,
+        },
+    );
     json!({
         "direction": "sent",
         "id": e.id,
@@ -1197,6 +1229,36 @@ mod tests {
                 reason: reason.into(),
             },
         }
+    }
+
+    #[test]
+    fn a_recipients_receipt_shows_the_message_was_taken_before_the_acceptance_arrives() {
+        let c = |delivered, acked, overdue| Counts {
+            total: 2,
+            delivered,
+            acked,
+            overdue,
+        };
+        assert_eq!(sent_state(false, false, c(0, 0, 0)), "queued");
+        assert_eq!(sent_state(true, false, c(0, 0, 0)), "rejected");
+        assert_eq!(sent_state(true, true, c(0, 0, 0)), "accepted");
+        assert_eq!(sent_state(false, true, c(1, 0, 0)), "accepted");
+        assert_eq!(sent_state(false, true, c(2, 0, 0)), "delivered");
+        assert_eq!(sent_state(false, true, c(2, 1, 1)), "overdue");
+        assert_eq!(sent_state(false, true, c(2, 2, 0)), "acknowledged");
+        // No acceptance here yet, but the recipients' receipts say a relay took it.
+        assert_eq!(sent_state(false, false, c(1, 0, 0)), "accepted");
+        assert_eq!(sent_state(false, false, c(2, 0, 0)), "delivered");
+        assert_eq!(sent_state(false, false, c(2, 2, 0)), "acknowledged");
+        assert_eq!(sent_state(true, false, c(2, 2, 0)), "acknowledged");
+        // No recipients (an empty audience) never counts as acknowledged by all.
+        let none = Counts {
+            total: 0,
+            delivered: 0,
+            acked: 0,
+            overdue: 0,
+        };
+        assert_eq!(sent_state(false, true, none), "accepted");
     }
 
     #[test]
