@@ -2767,3 +2767,62 @@ async fn a_recipient_connecting_mid_stream_misses_nothing_on_its_live_connection
     relay.shutdown().await;
     Ok(())
 }
+
+/// A relay shutting down answers what it committed before it goes: every message it
+/// delivered was also answered `Accepted` to its sender, and each node reads `GoingAway`
+/// in the stream, after those answers, before the connection closes. (Otherwise a sender
+/// learns of such an acceptance only when it offers the message again.) The shutdown comes
+/// while hundreds of submissions are on their way, so that answers are owed when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_shutting_down_answers_what_it_committed_before_it_goes() {
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let mut sent = std::collections::HashSet::new();
+    for n in 0..300 {
+        let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), &format!("{n}"));
+        kaz.submit(&kaz.sign(&env)).await.unwrap();
+        sent.insert(env.id);
+    }
+    let (first, _) = kgz.next_deliver().await.unwrap();
+    let stopped = tokio::spawn(relay.shutdown());
+
+    // Each side reads up to the relay's last frame, which must be GoingAway.
+    let mut accepted = std::collections::HashSet::new();
+    loop {
+        match kaz.next().await.unwrap() {
+            RelayToNode::Accepted(a) => assert!(accepted.insert(a.id), "{a:?} twice"),
+            RelayToNode::Error(e) => {
+                assert_eq!(e.code, ErrorCode::GoingAway, "{e:?}");
+                break;
+            }
+            other => panic!("KAZ: unexpected {other:?}"),
+        }
+    }
+    kaz.close();
+    let mut delivered = vec![first.decode_unverified().unwrap().id];
+    loop {
+        match kgz.next().await.unwrap() {
+            RelayToNode::Deliver(s) => delivered.push(s.decode_unverified().unwrap().id),
+            RelayToNode::Error(e) => {
+                assert_eq!(e.code, ErrorCode::GoingAway, "{e:?}");
+                break;
+            }
+            other => panic!("KGZ: unexpected {other:?}"),
+        }
+    }
+    kgz.close();
+    stopped.await.unwrap();
+
+    assert!(accepted.is_subset(&sent));
+    let unanswered: Vec<_> = delivered
+        .iter()
+        .filter(|id| !accepted.contains(id))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of {} delivered messages were never answered to their sender ({} answered): {unanswered:?}",
+        unanswered.len(),
+        delivered.len(),
+        accepted.len()
+    );
+}

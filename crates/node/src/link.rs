@@ -589,6 +589,7 @@ impl Link<'_> {
         let mut deliveries = Vec::new();
         let mut receipts = Vec::new();
         let mut pump = false;
+        let mut closed = None;
         while let Some(f) = batch.pop_front() {
             match f {
                 RelayToNode::Deliver(s) => deliveries.push(s),
@@ -681,24 +682,41 @@ impl Link<'_> {
                 RelayToNode::RosterUpdate(r) => self.state.offer_roster(&r, "relay update"),
                 RelayToNode::Pong(_) | RelayToNode::Welcome(_) => {}
                 RelayToNode::Error(e) => {
-                    return Err(NetError::Closed {
+                    // The relay's last frame (it closes next): what came before it in the
+                    // batch is still taken below.
+                    closed = Some(NetError::Closed {
                         code: e.code,
                         reason: e.detail,
                     });
+                    break;
                 }
                 _ => debug!("unknown frame ignored"),
             }
         }
-        if !deliveries.is_empty() {
-            self.deliver(deliveries).await?;
+        let taken = async {
+            if !deliveries.is_empty() {
+                self.deliver(deliveries).await?;
+            }
+            if !receipts.is_empty() {
+                self.forwarded(receipts).await?;
+            }
+            if pump && closed.is_none() {
+                self.pump().await?;
+            }
+            Ok(())
         }
-        if !receipts.is_empty() {
-            self.forwarded(receipts).await?;
+        .await;
+        match closed {
+            Some(closed) => {
+                // What was stored is kept; what could not be is delivered again (and
+                // receipts not written are offered again) at the next connection.
+                if let Err(e) = taken {
+                    debug!(relay = self.idx, error = %e, "after the relay's closing frame");
+                }
+                Err(closed)
+            }
+            None => taken.map(|()| retries),
         }
-        if pump {
-            self.pump().await?;
-        }
-        Ok(retries)
     }
 
     async fn deliver(

@@ -165,6 +165,19 @@ pub const HELD_CACHE_MESSAGES: usize = 32_768;
 /// How long shutdown waits for sessions and the writer to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
+/// At a shutdown, how long a session waits for the answers still owed to its node: those of
+/// the submissions and receipts it handed to the store writer and the receipt verifier
+/// before the shutdown, which they still commit and answer. An answer not written by then
+/// is learnt by the node when it offers the message (or receipt) again.
+pub const SHUTDOWN_ANSWERS_MS: u64 = 1_000;
+
+/// At a shutdown, how long a session waits, once it has written its answers and
+/// `GoingAway`, for its node to close the connection, which a node does once it has read
+/// them. Closing first would discard what the node has not yet read.
+pub const SHUTDOWN_GOODBYE_MS: u64 = 1_000;
+
+const _: () = assert!(SHUTDOWN_ANSWERS_MS + SHUTDOWN_GOODBYE_MS < SHUTDOWN_GRACE_MS);
+
 const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
 const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);

@@ -490,6 +490,14 @@ async fn session(
     };
     let result = s.run(reader, welcome, &mailbox, shutdown).await;
     let superseded = !shared.hub.unregister(&me, conn_id);
+    if *shutdown.borrow() && matches!(result, Err(End(ErrorCode::GoingAway, _, Cause::Relay))) {
+        // Let the node read its answers and `GoingAway` before the close discards them:
+        // it closes once it has (limits::SHUTDOWN_GOODBYE_MS).
+        let wait = Duration::from_millis(crate::limits::SHUTDOWN_GOODBYE_MS);
+        if tokio::time::timeout(wait, conn.closed()).await.is_err() {
+            debug!(peer = %me, conn = conn_id, "the node did not close after GoingAway; closing it");
+        }
+    }
     info!(peer = %me, conn = conn_id, "session ended");
     match result {
         // The hub closed this connection because another authenticated as the same
@@ -563,8 +571,12 @@ impl Session {
                 self.pending_answers < limits.inflight_per_connection && paused_until.is_none();
             tokio::select! {
                 biased;
-                // Shutdown: tell the node to come back later.
+                // Shutdown: answer what the node handed over before it (the writer and the
+                // verifier still commit and answer it), then tell the node to come back
+                // later. Reading stops: what the node sends from now on it offers again.
                 _ = shutdown.changed() => {
+                    drop(answer_tx);
+                    self.answer_owed(&mut answer_rx).await?;
                     let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::GoingAway, detail: "relay shutting down".into() })).await;
                     return Err(End::new(ErrorCode::GoingAway, "relay shutting down"));
                 }
@@ -583,18 +595,7 @@ impl Session {
                     }
                 }
                 // Answers from the store writer, in commit order.
-                Some(answer) = answer_rx.recv() => {
-                    self.pending_answers -= 1;
-                    let mut batch = Vec::new();
-                    self.count_answer(&answer);
-                    batch.extend_from_slice(&encode(&answer)?);
-                    while let Ok(more) = answer_rx.try_recv() {
-                        self.pending_answers -= 1;
-                        self.count_answer(&more);
-                        batch.extend_from_slice(&encode(&more)?);
-                    }
-                    self.write_raw(&batch).await?;
-                }
+                Some(answer) = answer_rx.recv() => self.write_answers(answer, &mut answer_rx).await?,
                 // Frames from the node, while there is room for their answers.
                 frame = reader.read::<NodeToRelay>(), if can_read => {
                     match frame {
@@ -627,6 +628,43 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes `first` and whatever other answers have arrived with it, as one write.
+    async fn write_answers(
+        &mut self,
+        first: RelayToNode,
+        rx: &mut mpsc::Receiver<RelayToNode>,
+    ) -> Result<(), End> {
+        self.pending_answers -= 1;
+        let mut batch = Vec::new();
+        self.count_answer(&first);
+        batch.extend_from_slice(&encode(&first)?);
+        while let Ok(more) = rx.try_recv() {
+            self.pending_answers -= 1;
+            self.count_answer(&more);
+            batch.extend_from_slice(&encode(&more)?);
+        }
+        self.write_raw(&batch).await
+    }
+
+    /// At a shutdown, once the session has dropped its own sender of `rx`: writes the
+    /// answers still owed to the node as they come, until none is owed, or every holder of
+    /// the channel has answered or gone, or `limits::SHUTDOWN_ANSWERS_MS` has passed.
+    async fn answer_owed(&mut self, rx: &mut mpsc::Receiver<RelayToNode>) -> Result<(), End> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(crate::limits::SHUTDOWN_ANSWERS_MS);
+        while self.pending_answers > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(answer)) => self.write_answers(answer, rx).await?,
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(peer = %self.me, owed = self.pending_answers, "shutting down with answers still owed to this node; it learns of them when it offers them again");
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn count_answer(&mut self, a: &RelayToNode) {
