@@ -2340,6 +2340,47 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A relay's last frame (`Error`, as at its shutdown) can arrive in the same read as
+/// deliveries written before it: the node still stores those, and then ends the link as
+/// the frame says (rather than drop them for the relay to deliver again). Fifty deliveries
+/// and the frame in one write, so that the node reads the frame in a batch with some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_read_with_the_relays_closing_frame_are_kept() {
+    use hotline_proto::frame::{ErrorCode, ErrorFrame, RelayToNode};
+
+    let net = net();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
+    let mut events = kgz.events().await.unwrap();
+    let mut frames = Vec::new();
+    let mut ids = Vec::new();
+    for seq in 1..=50 {
+        let env = flash_to_kgz(
+            "KAZ",
+            seq,
+            &format!("Before the relay goes, {seq}"),
+            "Body.",
+        );
+        ids.push(env.id.to_string());
+        frames.push(RelayToNode::Deliver(
+            Signed::sign(&env, &net.key("KAZ")).unwrap(),
+        ));
+    }
+    frames.push(RelayToNode::Error(ErrorFrame {
+        code: ErrorCode::GoingAway,
+        detail: "relay shutting down".into(),
+    }));
+    relay.send(&frames).await.unwrap();
+    let line = kgz.proc.wait_line(&["relay link lost"]).await.unwrap();
+    assert!(line.contains("GoingAway"), "{line}");
+    events
+        .wait_for_each("message_received", &ids)
+        .await
+        .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), ids.len(), "{inbox}");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// The quarantine is bounded (`quarantine_max_bytes`): once full, a delivery failing its
 /// checks is neither stored nor receipted, so the relay keeps it; the operator sees the
 /// quarantine full, discards what is held (`hotline discard`, by the digest's start), and the
