@@ -5,9 +5,9 @@
 //! itself (the reader is cancel-safe); one receipt verifier task; one store-writer OS
 //! thread that owns the write connection and group-commits; the metrics HTTP server.
 //! `Relay::spawn` starts them and returns a [`RelayHandle`]; `shutdown` stops them in order
-//! (stop accepting, tell sessions to go away, let the writer finish its batch). If the
-//! writer ends on its own, the accept loop stops the relay the same way
-//! ([`RelayHandle::failed`]).
+//! (stop accepting; each session answers what its node is owed and tells it to go away;
+//! then the writer commits what is left and stops). If the writer ends on its own, the
+//! accept loop stops the relay the same way ([`RelayHandle::failed`]).
 
 #![warn(missing_docs)]
 
@@ -163,8 +163,10 @@ impl RelayHandle {
         }
     }
 
-    /// Stops accepting, closes sessions with `GoingAway`, lets the writer finish its batch,
-    /// and returns when everything has stopped.
+    /// Stops accepting; each session writes the answers its node is still owed, then
+    /// `GoingAway`, and waits (briefly) for the node to close; then the writer commits what
+    /// is left. Returns when everything has stopped (within `limits::SHUTDOWN_GRACE_MS` for
+    /// the sessions).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         if let Err(e) = self.main.await {
