@@ -82,10 +82,10 @@ enum Workload {
     /// end-to-end floor) and a commit-shaped write and sync (the floor of the answer
     /// accepted), each timed alone; no relay, network or cryptography.
     Floor(FloorArgs),
-    /// The floor of a relay process under a paced fan-out: a bare UDP forwarder in a process
-    /// of its own (no QUIC, cryptography or store) and the recipients' durability, with
-    /// fanout37's shape and pacing; what the relay's own work adds is fanout37's figures
-    /// above these.
+    /// The floor of a relay process under a paced fan-out: a bare forwarder in a process of
+    /// its own (over UDP, or QUIC with the relay's settings; no cryptography or store) and
+    /// the recipients' durability, with fanout37's shape and pacing; what the relay's own
+    /// work adds is fanout37's figures above these.
     Skeleton(SkeletonArgs),
     /// The skeleton's forwarder (started by `skeleton`).
     #[command(hide = true)]

@@ -386,23 +386,18 @@ impl Core {
             "more than {RECIPIENTS_MAX} recipients"
         );
         self.joined += 1;
-        let queue = match &mut self.route {
-            Route::Bare(outs) => {
-                outs.push(out);
-                return Ok(());
-            }
-            _ => {
-                let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
-                self.senders.spawn(send_loop(out, rx));
-                tx
-            }
+        // `tasks` and `thread`: a task of its own, fed by a queue.
+        let mut task = |out| {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+            self.senders.spawn(send_loop(out, rx));
+            tx
         };
         match &mut self.route {
-            Route::Tasks(queues) => queues.push(queue),
+            Route::Bare(outs) => outs.push(out),
+            Route::Tasks(queues) => queues.push(task(out)),
             Route::Thread(w, _) => w
-                .try_send(WriterJob::Join(queue))
+                .try_send(WriterJob::Join(task(out)))
                 .map_err(|_| anyhow::anyhow!("the posting thread's queue is full or gone"))?,
-            Route::Bare(_) => {}
         }
         Ok(())
     }
@@ -507,7 +502,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, shape: Shape) -> anyhow::Result<()> {
 /// recipients join first; then the sender's messages are read and forwarded until [`BYE`].
 async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
     type Opened = (u8, quinn::SendStream, quinn::RecvStream);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Opened>();
+    // Room for every connection the acceptor lets in (the recipients and the sender).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Opened>(RECIPIENTS_MAX + 1);
     let acceptor = {
         let ep = ep.clone();
         tokio::spawn(async move {
@@ -530,7 +526,7 @@ async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
                     };
                     match opened.await {
                         Ok(o) => {
-                            let _ = tx.send(o);
+                            let _ = tx.send(o).await;
                         }
                         Err(e) => eprintln!("skeleton forwarder: a connection failed: {e:#}"),
                     }
