@@ -2788,25 +2788,17 @@ async fn a_relay_shutting_down_answers_what_it_committed_before_it_goes() {
 
     // Each side reads up to the relay's last frame, which must be GoingAway.
     let mut accepted = std::collections::HashSet::new();
-    loop {
-        match kaz.next().await.unwrap() {
+    for f in frames_before_going_away(&mut kaz).await {
+        match f {
             RelayToNode::Accepted(a) => assert!(accepted.insert(a.id), "{a:?} twice"),
-            RelayToNode::Error(e) => {
-                assert_eq!(e.code, ErrorCode::GoingAway, "{e:?}");
-                break;
-            }
             other => panic!("KAZ: unexpected {other:?}"),
         }
     }
     kaz.close();
     let mut delivered = vec![first.decode_unverified().unwrap().id];
-    loop {
-        match kgz.next().await.unwrap() {
+    for f in frames_before_going_away(&mut kgz).await {
+        match f {
             RelayToNode::Deliver(s) => delivered.push(s.decode_unverified().unwrap().id),
-            RelayToNode::Error(e) => {
-                assert_eq!(e.code, ErrorCode::GoingAway, "{e:?}");
-                break;
-            }
             other => panic!("KGZ: unexpected {other:?}"),
         }
     }
@@ -2825,4 +2817,18 @@ async fn a_relay_shutting_down_answers_what_it_committed_before_it_goes() {
         delivered.len(),
         accepted.len()
     );
+}
+
+/// The frames `c` reads up to the relay's last, which must be `Error(GoingAway)`.
+async fn frames_before_going_away(c: &mut Client) -> Vec<RelayToNode> {
+    let mut frames = Vec::new();
+    loop {
+        match c.next().await.unwrap() {
+            RelayToNode::Error(e) => {
+                assert_eq!(e.code, ErrorCode::GoingAway, "{e:?}");
+                return frames;
+            }
+            f => frames.push(f),
+        }
+    }
 }
