@@ -645,6 +645,59 @@ fn receive(
     Ok(true)
 }
 
+/// Holds a delivery in quarantine (once: it is keyed by digest), journaled, unless the
+/// quarantine is full: a hostile relay could otherwise fill the disk with forgeries, so
+/// what does not fit is [`Stored::Refused`] and stays with the relay, not lost. Otherwise
+/// [`Stored::Quarantined`] with `reason`.
+fn hold(
+    tx: &rusqlite::Transaction<'_>,
+    j: &mut Journal,
+    signed: &Signed<Envelope>,
+    reason: &str,
+    now_ms: u64,
+    size: &mut QuarantineSize,
+    max_bytes: u64,
+) -> Result<Stored, StoreError> {
+    let digest = signed.digest();
+    let held: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1)")?
+        .query_row([&digest.0[..]], |r| r.get(0))?;
+    if !held {
+        if size.bytes >= max_bytes {
+            return Ok(Stored::Refused(reason.to_owned()));
+        }
+        tx.execute(
+            "INSERT INTO quarantine (digest, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![&digest.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..], reason, now_ms],
+        )?;
+        j.append(
+            tx,
+            now_ms,
+            "message.quarantined",
+            &digest.to_string(),
+            &encode_record(signed)?,
+        )?;
+        size.held += 1;
+        size.bytes += signed.bytes().len() as u64;
+    }
+    Ok(Stored::Quarantined(reason.to_owned()))
+}
+
+/// For a verified delivery whose id the inbox already holds: `None` when the inbox holds
+/// these very bytes (a duplicate), else the sender of the different message it holds.
+fn id_conflict(
+    tx: &rusqlite::Transaction<'_>,
+    env: &Envelope,
+    signed: &Signed<Envelope>,
+) -> Result<Option<String>, StoreError> {
+    let (same, holder): (bool, String) = tx
+        .prepare_cached("SELECT bytes = ?2, sender FROM inbox WHERE id = ?1")?
+        .query_row(params![&env.id.0[..], signed.bytes()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((!same).then_some(holder))
+}
+
 /// Records `env` as an answer to each message it references that `other` holds: `"sent"`
 /// for a received message (an answer to one of ours), `"inbox"` for one this node sent.
 fn index_answer(conn: &Connection, env: &Envelope, other: &str) -> Result<(), StoreError> {
@@ -1328,6 +1381,24 @@ impl NodeStore {
                     Ok(env) => {
                         if receive(tx, j, signed, env, now_ms, now_ms)? {
                             out.push(Stored::New);
+                        } else if let Some(holder) = id_conflict(tx, env, signed)? {
+                            // Another message, validly signed, under an id the inbox holds:
+                            // a sender reusing an id, or a member copying one it was sent
+                            // to front-run it through a second relay. The first stays
+                            // shown; this one is held where an officer can see it, never
+                            // dropped as a duplicate (a receipt would then name content
+                            // this node does not hold).
+                            let reason = format!(
+                                "id conflict: the inbox already holds a different message with id {} (from {holder})",
+                                env.id
+                            );
+                            match hold(tx, j, signed, &reason, now_ms, &mut size, max_bytes)? {
+                                Stored::Refused(r) => {
+                                    out.push(Stored::Refused(r));
+                                    continue;
+                                }
+                                held => out.push(held),
+                            }
                         } else {
                             out.push(Stored::Duplicate);
                         }
@@ -1354,25 +1425,12 @@ impl NodeStore {
                                 continue;
                             }
                         }
-                        let held: bool = tx
-                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1)")?
-                            .query_row([&digest.0[..]], |r| r.get(0))?;
-                        if !held {
-                            // A hostile relay could otherwise fill the disk with forgeries.
-                            // What is refused stays with the relay, not lost.
-                            if size.bytes >= max_bytes {
-                                out.push(Stored::Refused(reason.clone()));
-                                continue;
-                            }
-                            tx.execute(
-                                "INSERT INTO quarantine (digest, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                                params![&digest.0[..], signed.bytes(), &signed.key().0[..], &signed.signature().0[..], reason, now_ms],
-                            )?;
-                            j.append(tx, now_ms, "message.quarantined", &digest.to_string(), &encode_record(signed)?)?;
-                            size.held += 1;
-                            size.bytes += signed.bytes().len() as u64;
+                        let held = hold(tx, j, signed, reason, now_ms, &mut size, max_bytes)?;
+                        if matches!(held, Stored::Refused(_)) {
+                            out.push(held);
+                            continue;
                         }
-                        out.push(Stored::Quarantined(reason.clone()));
+                        out.push(held);
                         // The relay keeps redelivering until it has a receipt; a quarantined
                         // message is held durably here, so it is receipted too (by digest).
                         if let Ok(env) = signed.decode_unverified() {
@@ -2263,6 +2321,58 @@ mod tests {
             .unwrap();
         assert_eq!(out, [Stored::Quarantined(reason)]);
         assert_eq!(store.quarantined(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn another_message_under_an_id_the_inbox_holds_is_held_not_dropped_as_a_duplicate() {
+        // A member that was sent KAZ's message signs its own under the same id and has a
+        // second relay deliver it here first (or the other way round). Both verify. The one
+        // shown stays; the other is held where an officer can see it, and the receipt names
+        // each by the content this node holds for it, never one for the other's bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, genuine) = store_with_one_received(dir.path());
+        let env = genuine.decode_unverified().unwrap();
+        let mallory = SigningKey::from_bytes(&[9; 32]);
+        let mut copy = env.clone();
+        copy.sender = pid("UZB");
+        copy.subject = "front-run under a copied id".into();
+        let copy = Signed::sign(&copy, &mallory).unwrap();
+        let copy_env = copy.decode_unverified().unwrap();
+        let (out, items) = store
+            .store_deliveries(&[(copy.clone(), Ok(copy_env))], NOW + 1)
+            .unwrap();
+        let [Stored::Quarantined(reason)] = &out[..] else {
+            panic!("held, not a duplicate: {out:?}");
+        };
+        assert!(
+            reason.contains("id conflict") && reason.contains("from KAZ"),
+            "{reason}"
+        );
+        assert_eq!(
+            items,
+            [ReceiptItem {
+                id: env.id,
+                sender: pid("UZB"),
+                digest: copy.digest()
+            }],
+            "receipted as held, by its own digest"
+        );
+        let held = store.quarantined(10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].digest, copy.digest());
+        assert_eq!(store.inbox(10).unwrap().len(), 1);
+        let shown = store.inbox_message(&env.id).unwrap().unwrap();
+        assert_eq!(shown.envelope.sender, pid("KAZ"), "the first stays shown");
+
+        // The genuine copy delivered again is still a plain duplicate.
+        let (out, _) = store
+            .store_deliveries(&[(genuine.clone(), Ok(env))], NOW + 2)
+            .unwrap();
+        assert_eq!(out, [Stored::Duplicate]);
+        assert_eq!(store.quarantined(10).unwrap().len(), 1);
+        drop(store);
+        let path = dir.path().join(DB_FILE);
+        verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
     }
 
     #[test]
