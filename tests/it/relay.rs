@@ -1324,6 +1324,52 @@ async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     relay.shutdown().await;
 }
 
+/// A roster revoking a participant, reloaded after that participant's `Hello` was checked
+/// but before its session began, still ends that session: it is not marked seen unchecked.
+/// (Before, the session took the reload for one it had handled and ran on.)
+#[tokio::test]
+async fn a_roster_reloaded_while_a_node_logs_in_is_checked_against_it() {
+    let mut net = cica("");
+    let gate = Arc::new(hotline_relay::LoginGate::default());
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().login_gate(gate.clone()))
+        .await;
+    let addr = relay.local_addr();
+    let connecting = {
+        let (fingerprint, key) = (net.fingerprint, net.key("TJK"));
+        tokio::spawn(async move { Client::connect(addr, fingerprint, "TJK", key).await })
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, gate.reached.notified())
+        .await
+        .expect("TJK logged in");
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("TJK"))
+            .unwrap()
+            .revoked = true;
+    });
+    assert_eq!(relay.reload_roster().unwrap(), 2);
+    gate.go.add_permits(1_000);
+    let code = match tokio::time::timeout(EVENT_TIMEOUT, connecting)
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Ok(tjk) => tjk.closed_code().await,
+        refused => refusal_code(refused),
+    };
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+
+    // Those still listed log in and pass messages as before.
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after the gate")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn roster_reload_that_drops_a_key_closes_sessions_using_it() {
     let mut net = cica("");

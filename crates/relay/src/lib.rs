@@ -186,6 +186,28 @@ pub struct Hosting {
     fail_writer_after: Option<u64>,
     fail_syncs_after: Option<u64>,
     slow_commits: Option<std::time::Duration>,
+    login_gate: Option<Arc<LoginGate>>,
+}
+
+/// For tests of what happens between a node's login and its session's start (a roster
+/// reloaded meanwhile): see [`Hosting::login_gate`]. Never in production.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct LoginGate {
+    /// Notified (one permit) each time a session has logged in and is about to wait.
+    pub reached: tokio::sync::Notify,
+    /// A session waits here for a permit (returned when it goes on) after its login.
+    pub go: tokio::sync::Semaphore,
+}
+
+impl Default for LoginGate {
+    /// Closed: no session goes on until a test adds permits to `go`.
+    fn default() -> Self {
+        Self {
+            reached: tokio::sync::Notify::new(),
+            go: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 impl Hosting {
@@ -231,6 +253,15 @@ impl Hosting {
     #[doc(hidden)]
     pub fn slow_commits(mut self, wait: std::time::Duration) -> Self {
         self.slow_commits = Some(wait);
+        self
+    }
+
+    /// For tests of a login racing a roster reload: each session, once its node's `Hello`
+    /// has been checked, notifies `gate.reached` and waits for a permit of `gate.go` before
+    /// it reads anything or answers `Welcome`. Never in production.
+    #[doc(hidden)]
+    pub fn login_gate(mut self, gate: Arc<LoginGate>) -> Self {
+        self.login_gate = Some(gate);
         self
     }
 }
@@ -441,6 +472,7 @@ impl Relay {
             rates: Default::default(),
             receipt_rates: Default::default(),
             before_login: std::sync::Mutex::new(throttle::Throttle::new(Duration::from_secs(10))),
+            login_gate: hosting.login_gate,
         });
         let (fault_tx, fault) = watch::channel(None);
         let main = tokio::spawn(accept_loop(

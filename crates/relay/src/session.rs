@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     /// Warnings about connections that ended before logging in: anyone can cause them, so
     /// one line at most every 10 s, with the count.
     pub(crate) before_login: Mutex<crate::throttle::Throttle>,
+    /// Tests only ([`crate::Hosting::login_gate`]).
+    pub(crate) login_gate: Option<Arc<crate::LoginGate>>,
 }
 
 impl Shared {
@@ -348,6 +350,8 @@ struct Authenticated {
     /// ends the session (7.7).
     key: PublicKey,
     roster_version: u64,
+    /// The version of the relay's roster the `Hello` was checked against.
+    checked_roster: u64,
     reader: FrameReader,
     writer: FrameWriter,
 }
@@ -414,6 +418,7 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
         who,
         key: hello.auth.key(),
         roster_version: hello.roster_version,
+        checked_roster: roster.version,
         reader,
         writer,
     })
@@ -452,12 +457,17 @@ async fn session(
         who: me,
         key,
         roster_version: node_roster_version,
+        checked_roster,
         reader,
         writer,
     } = handshake(conn, shared).await?;
     // Authenticated: its place among the handshakes is free for another.
     drop(ticket);
     *authenticated = true;
+    if let Some(gate) = &shared.login_gate {
+        gate.reached.notify_one();
+        let _ = gate.go.acquire().await;
+    }
     let last_seq = shared
         .readers
         .last_seq(conn_id as usize, &me)
@@ -488,7 +498,9 @@ async fn session(
         pause_logged: false,
         rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
     };
-    let result = s.run(reader, welcome, &mailbox, shutdown).await;
+    let result = s
+        .run(reader, welcome, checked_roster, &mailbox, shutdown)
+        .await;
     let superseded = !shared.hub.unregister(&me, conn_id);
     if *shutdown.borrow() && matches!(result, Err(End(ErrorCode::GoingAway, _, Cause::Relay))) {
         // Let the node read its answers and `GoingAway` before the close discards them:
@@ -546,10 +558,32 @@ struct Session {
 }
 
 impl Session {
+    /// Ends the session with `Revoked` unless `roster` still lists this participant, not
+    /// revoked, with the key it authenticated with (7.7).
+    async fn check_listed(&mut self, roster: &Roster) -> Result<(), End> {
+        match roster.participant(&self.me) {
+            Some(p) if !p.revoked && p.keys.contains(&self.key) => Ok(()),
+            _ => {
+                let _ = self
+                    .write(&RelayToNode::Error(ErrorFrame {
+                        code: ErrorCode::Revoked,
+                        detail: "participant revoked".into(),
+                    }))
+                    .await;
+                Err(End::new(
+                    ErrorCode::Revoked,
+                    format!("{} revoked by roster {}", self.me, roster.version),
+                ))
+            }
+        }
+    }
+
+    /// `checked_roster`: the version of the roster the node's `Hello` was checked against.
     async fn run(
         &mut self,
         mut reader: FrameReader,
         welcome: Welcome,
+        checked_roster: u64,
         mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
@@ -561,6 +595,13 @@ impl Session {
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
         roster_rx.mark_unchanged();
+        // A roster reloaded between the login's check and here is marked seen above, so
+        // the loop would never check it: check the one in force now, before anything is
+        // written (a revoked participant must not be sent its backlog).
+        let roster = roster_rx.borrow().clone();
+        if roster.version != checked_roster {
+            self.check_listed(&roster).await?;
+        }
 
         self.write(&RelayToNode::Welcome(welcome)).await?;
         self.pump(mailbox).await?;
@@ -584,15 +625,8 @@ impl Session {
                 // key is no longer listed (7.7); send the rest the new roster.
                 Ok(()) = roster_rx.changed() => {
                     let roster = roster_rx.borrow_and_update().clone();
-                    match roster.participant(&self.me) {
-                        Some(p) if !p.revoked && p.keys.contains(&self.key) => {
-                            self.write(&RelayToNode::RosterUpdate(roster.signed().clone())).await?;
-                        }
-                        _ => {
-                            let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::Revoked, detail: "participant revoked".into() })).await;
-                            return Err(End::new(ErrorCode::Revoked, format!("{} revoked by roster {}", self.me, roster.version)));
-                        }
-                    }
+                    self.check_listed(&roster).await?;
+                    self.write(&RelayToNode::RosterUpdate(roster.signed().clone())).await?;
                 }
                 // Answers from the store writer, in commit order.
                 Some(answer) = answer_rx.recv() => self.write_answers(answer, &mut answer_rx).await?,
