@@ -592,6 +592,20 @@ async fn unknown_and_revoked_participants_are_refused() {
     relay.shutdown().await;
 }
 
+/// The protocol has no use for QUIC datagrams, so the relay does not offer to take any: a
+/// peer cannot park a buffer of them in a connection before logging in.
+#[tokio::test]
+async fn the_relay_takes_no_quic_datagrams() {
+    let net = two();
+    let relay = net.relay().await;
+    let (_ep, conn) = raw_connect(relay.local_addr(), net.fingerprint)
+        .await
+        .unwrap();
+    assert_eq!(conn.max_datagram_size(), None);
+    assert!(conn.send_datagram(vec![0u8].into()).is_err());
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn wrong_alpn_fails_in_the_tls_handshake() {
     let net = two();

@@ -83,6 +83,10 @@ impl TransportLimits {
         t.initial_rtt(Duration::from_millis(INITIAL_RTT_MS));
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.peer_bidi_streams));
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        // The protocol sends no datagrams (PROTOCOL.md, "QUIC datagrams are not used"): not accepting them means a peer
+        // sending one breaks the connection, instead of parking up to quinn's default
+        // buffer (1.25 MB) of them per connection, unread, before it has even logged in.
+        t.datagram_receive_buffer_size(None);
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
         t.ack_frequency_config(Some(ack));
