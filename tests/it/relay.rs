@@ -2622,6 +2622,8 @@ async fn a_relay_whose_store_writer_dies_stops_and_says_why() {
         .await
         .unwrap();
 
+    // Told in-band, as at a shutdown, not only by the close when the grace runs out.
+    frames_before_going_away(&mut kaz).await;
     let code = kaz.closed_code().await.unwrap();
     assert_eq!(code, ErrorCode::GoingAway);
     stopped_on_its_own(relay, "store writer").await;

@@ -478,7 +478,7 @@ impl Relay {
         let main = tokio::spawn(accept_loop(
             endpoint,
             shared,
-            shutdown_rx,
+            (shutdown_tx.clone(), shutdown_rx),
             Writer {
                 join: writer_join,
                 gone: writer_gone,
@@ -501,10 +501,20 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// A session task that ended: one that panicked (a bug; its connection is dropped with it)
+/// is logged, as nothing else would say so but the panic's own line on standard error.
+fn reaped(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            error!(error = %e, "a session task panicked (a bug): its connection was dropped");
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<session::Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    (stop, mut shutdown): (watch::Sender<bool>, watch::Receiver<bool>),
     mut writer: Writer,
     fault: watch::Sender<Option<String>>,
 ) {
@@ -529,10 +539,13 @@ async fn accept_loop(
                 let why = why.unwrap_or_else(|_| "the store writer stopped".into());
                 error!(reason = %why, "the store writer has stopped: this relay can store nothing more; stopping it");
                 fault.send_replace(Some(why));
+                // As at a shutdown: sessions answer what they can and tell their nodes
+                // (`GoingAway`), and the control socket and metrics endpoint stop.
+                stop.send_replace(true);
                 break;
             }
             // Reap finished sessions so the set does not grow.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => reaped(done),
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let remote = incoming.remote_address();
@@ -590,9 +603,13 @@ async fn accept_loop(
     info!("shutting down: no new connections");
     endpoint.set_server_config(None);
     let grace = Duration::from_millis(limits::SHUTDOWN_GRACE_MS);
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(grace, async {
+        while let Some(done) = tasks.join_next().await {
+            reaped(done);
+        }
+    })
+    .await
+    .is_err()
     {
         warn!("sessions did not finish in time; aborting them");
         tasks.abort_all();
