@@ -703,7 +703,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             && now.saturating_sub(last_connected) >= state.config.unreachable_after_ms()
         {
             unreachable_fired = true;
-            let for_ms = now - last_connected;
+            let for_ms = now.saturating_sub(last_connected);
             error!(for_ms, "no relay reachable");
             let ev = Event::Unreachable { for_ms };
             state.hooks.fire(

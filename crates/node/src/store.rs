@@ -627,7 +627,14 @@ fn receive(
             &signed.key().0[..],
             &signed.signature().0[..],
             received_at_ms,
-            (!env.precedence.pages()).then_some(NEVER_PAGES)
+            // One received earlier (released from quarantine) is announced now, and that
+            // announcement is its first page: it is due again an interval from now, not at
+            // once because it arrived long ago.
+            if env.precedence.pages() {
+                (received_at_ms < now_ms).then_some(now_ms)
+            } else {
+                Some(NEVER_PAGES as u64)
+            }
         ])?;
     if n == 0 {
         return Ok(false);
@@ -3433,6 +3440,33 @@ mod tests {
         drop(store);
         let path = dir.path().join(DB_FILE);
         verify_records(&Connection::open(&path).unwrap(), &path).unwrap();
+    }
+
+    #[test]
+    fn a_flash_message_released_from_quarantine_pages_again_an_interval_after_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let flash = envelope(1, Precedence::Flash);
+        let signed = Signed::sign(&flash, &kaz).unwrap();
+        store
+            .store_deliveries(&[(signed.clone(), Err("unknown key".into()))], NOW)
+            .unwrap();
+        let interval = 300_000;
+        let released_at = NOW + 10 * interval;
+        let released = store
+            .release(&[(signed.digest(), flash.clone())], released_at)
+            .unwrap();
+        assert_eq!(ids(&released), ids(std::slice::from_ref(&flash)));
+        assert!(
+            store
+                .due_pages(released_at + 1, interval)
+                .unwrap()
+                .is_empty(),
+            "its announcement at release was its page"
+        );
+        let due = store.due_pages(released_at + interval, interval).unwrap();
+        assert_eq!(ids(&due), ids(&[flash]));
     }
 
     #[test]
