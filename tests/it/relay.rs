@@ -2393,6 +2393,67 @@ async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     relay.shutdown().await;
 }
 
+/// A node behind a poor link reads its backlog slowly but steadily: it is given the time it
+/// takes, however much longer than `write_timeout_ms` the whole takes. (A page of a backlog
+/// is one write of up to 512 messages; with the limit on the whole write, such a node was
+/// closed as a slow consumer at every connection, and never got its messages.)
+#[tokio::test]
+async fn a_node_reading_its_backlog_slowly_but_steadily_gets_all_of_it() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nwrite_timeout_ms = 300\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+
+    // About 3.9 MB queued for KGZ while it is away: one page, three times QUIC's receive
+    // window for a stream, so the relay's write waits on KGZ's reading.
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let mut env = kaz.envelope(to(&["KGZ"]), &format!("big {i}"));
+        env.body = body.clone();
+        ids.push(env.id);
+        let s = kaz.sign(&env);
+        kaz.submit(&s).await.unwrap();
+    }
+    for a in kaz.answers(&ids).await.unwrap() {
+        a.unwrap();
+    }
+
+    // The link's pace is the scenario here, not a wait for an event: one message every
+    // 20 ms, so the backlog takes about 1.2 s, four times the write limit, while QUIC
+    // takes more of the write at least every 20 ms.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    for id in &ids {
+        pace.tick().await;
+        let (d, _) = kgz.next_deliver().await.unwrap();
+        assert_eq!(d.decode_unverified().unwrap().id, *id);
+        got.push(d);
+    }
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(900),
+        "the reading took {:?}: the test did not read slowly",
+        started.elapsed()
+    );
+    kgz.receipt_stored(ReceiptKind::Delivered, &got)
+        .await
+        .unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after the slow backlog")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Submissions that do not decode, or speak another version
 // ---------------------------------------------------------------------------------------

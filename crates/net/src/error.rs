@@ -65,6 +65,14 @@ pub enum NetError {
     /// The peer did not answer in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// A write made no progress for `stall_ms`: the peer read none of what was sent for
+    /// that long (it stopped reading). A peer that reads slowly but steadily, as over a poor
+    /// link, is not this.
+    #[error("the peer read nothing for {stall_ms} ms")]
+    Stalled {
+        /// How long the write waited without progress.
+        stall_ms: u64,
+    },
     /// The peer broke the protocol (e.g. an unexpected first frame).
     #[error("protocol: {0}")]
     Protocol(String),
@@ -76,7 +84,7 @@ pub enum NetError {
 
 impl NetError {
     /// The code to close the connection with when this error ends it: `FrameTooLarge` for a
-    /// frame over the limit, `ProtocolViolation` for anything else the peer sent or did
+    /// frame over the limit, `SlowConsumer` for a peer that stopped reading, `ProtocolViolation` for anything else the peer sent or did
     /// wrong, `Internal` for this side's own failure, and `Normal` when the connection has
     /// already ended (closing it again changes nothing).
     pub fn close_code(&self) -> ErrorCode {
@@ -86,6 +94,7 @@ impl NetError {
                 ErrorCode::Normal
             }
             NetError::Local(_) => ErrorCode::Internal,
+            NetError::Stalled { .. } => ErrorCode::SlowConsumer,
             _ => ErrorCode::ProtocolViolation,
         }
     }

@@ -1,5 +1,7 @@
 //! Frames on a QUIC stream: a reader that checks the length before allocating, a writer.
 
+use std::time::Duration;
+
 use hotline_proto::frame::{self, FrameBuffer, FrameCheck};
 
 use crate::NetError;
@@ -115,6 +117,12 @@ fn write_error(e: quinn::WriteError) -> NetError {
     }
 }
 
+fn stalled(stall: Duration) -> NetError {
+    NetError::Stalled {
+        stall_ms: u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 /// Writes length-prefixed frames to a send stream.
 pub struct FrameWriter {
     send: quinn::SendStream,
@@ -136,6 +144,43 @@ impl FrameWriter {
     /// Writes already encoded frames (prefix included), e.g. a batch built in one buffer.
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
         self.send.write_all(bytes).await.map_err(write_error)?;
+        Ok(())
+    }
+
+    /// As [`FrameWriter::write_raw`], failing with [`NetError::Stalled`] when QUIC takes
+    /// none of the bytes for `stall`. The limit is on progress, not on the whole write: a
+    /// write can be megabytes (a page of a backlog), which a peer behind a slow link reads
+    /// steadily for far longer than any fixed limit on the whole, and only the peer's
+    /// reading lets QUIC take more (its flow-control window).
+    pub async fn write_raw_steady(
+        &mut self,
+        mut bytes: &[u8],
+        stall: Duration,
+    ) -> Result<(), NetError> {
+        while !bytes.is_empty() {
+            let n = tokio::time::timeout(stall, self.send.write(bytes))
+                .await
+                .map_err(|_| stalled(stall))?
+                .map_err(write_error)?;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// As [`FrameWriter::write_chunks`], with [`FrameWriter::write_raw_steady`]'s limit.
+    pub async fn write_chunks_steady(
+        &mut self,
+        mut chunks: &mut [bytes::Bytes],
+        stall: Duration,
+    ) -> Result<(), NetError> {
+        // quinn advances a chunk it wrote in part, and counts only those written whole.
+        while chunks.iter().any(|c| !c.is_empty()) {
+            let written = tokio::time::timeout(stall, self.send.write_chunks(chunks))
+                .await
+                .map_err(|_| stalled(stall))?
+                .map_err(write_error)?;
+            chunks = &mut chunks[written.chunks..];
+        }
         Ok(())
     }
 

@@ -279,26 +279,23 @@ impl Retries {
     }
 }
 
-/// The link's end of its stream to the relay, each write bounded by
-/// `LINK_WRITE_TIMEOUT_MS`.
+/// The link's end of its stream to the relay. A write that makes no progress for
+/// `LINK_WRITE_TIMEOUT_MS` ends the link ([`NetError::Stalled`], closed `SlowConsumer`);
+/// one the relay reads steadily, however slowly (an outbox of megabytes over a poor link),
+/// takes the time it takes.
 struct RelayWriter(hotline_net::FrameWriter);
 
 impl RelayWriter {
     async fn write(&mut self, frame: &NodeToRelay) -> Result<(), NetError> {
-        within_write_timeout(self.0.write(frame)).await
+        let bytes = hotline_proto::frame::encode_frame(frame)?;
+        self.write_raw(&bytes).await
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        within_write_timeout(self.0.write_raw(bytes)).await
+        self.0
+            .write_raw_steady(bytes, Duration::from_millis(LINK_WRITE_TIMEOUT_MS))
+            .await
     }
-}
-
-async fn within_write_timeout(
-    write: impl std::future::Future<Output = Result<(), NetError>>,
-) -> Result<(), NetError> {
-    tokio::time::timeout(Duration::from_millis(LINK_WRITE_TIMEOUT_MS), write)
-        .await
-        .map_err(|_| NetError::Timeout("a write to the relay, which reads nothing"))?
 }
 
 struct Link<'a> {

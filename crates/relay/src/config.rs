@@ -65,7 +65,9 @@ pub struct Limits {
     pub inflight_per_connection: usize,
     /// Unreceipted deliveries per node before delivery pauses (default 4096).
     pub delivery_window: usize,
-    /// Write timeout before a node is closed as a slow consumer, ms (default 10000).
+    /// How long a write to a node may make no progress (the node reads none of it) before
+    /// the node is closed as a slow consumer, ms (default 10000). A node reading steadily,
+    /// however slowly, is not timed out.
     pub write_timeout_ms: u64,
     /// Most items per commit (default 1024; at most 8192, the store writer's queue depth).
     pub commit_batch_max: usize,

@@ -105,7 +105,8 @@ pub const INFLIGHT_PER_CONNECTION_CEILING: usize = 65_536;
 /// Deliveries sent to one node and not yet receipted before the relay pauses delivery.
 pub const DELIVERY_WINDOW: usize = 4_096;
 
-/// A write to a node that does not complete in this time closes it as a slow consumer.
+/// A write to a node that makes no progress (the node reads none of it) for this long closes
+/// it as a slow consumer; one the node reads steadily, however slowly, is not timed out.
 pub const WRITE_TIMEOUT_MS: u64 = 10_000;
 
 /// Most submissions and receipts grouped in one transaction.

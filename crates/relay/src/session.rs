@@ -1108,31 +1108,22 @@ impl Session {
         self.write_raw(&bytes).await
     }
 
+    /// Writes encoded frames. A node that reads none of them for `write_timeout_ms` is a
+    /// slow consumer (closed with `SlowConsumer`); one that reads steadily, however slowly
+    /// (a backlog page of megabytes over a poor link), is given the time it takes.
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let written = tokio::time::timeout(self.write_timeout, self.writer.write_raw(bytes)).await;
-        write_outcome(written)
+        self.writer
+            .write_raw_steady(bytes, self.write_timeout)
+            .await
+            .map_err(net_end)
     }
 
     /// As [`Session::write_raw`], for frames in shared buffers (posted items).
     async fn write_shared(&mut self, frames: &mut [bytes::Bytes]) -> Result<(), End> {
-        let written =
-            tokio::time::timeout(self.write_timeout, self.writer.write_chunks(frames)).await;
-        write_outcome(written)
-    }
-}
-
-/// A write's outcome, with the write timeout: a node that does not read in time is a slow
-/// consumer.
-fn write_outcome(
-    r: Result<Result<(), hotline_net::NetError>, tokio::time::error::Elapsed>,
-) -> Result<(), End> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(net_end(e)),
-        Err(_) => Err(End::new(
-            ErrorCode::SlowConsumer,
-            "node did not read in time",
-        )),
+        self.writer
+            .write_chunks_steady(frames, self.write_timeout)
+            .await
+            .map_err(net_end)
     }
 }
 
