@@ -129,7 +129,8 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Certificate chain, PEM (created by `hotline relay init`).
     pub cert: PathBuf,
-    /// Private key, PEM, mode 0600.
+    /// Private key, PEM, mode 0600: one the group or others may read is refused at start
+    /// (whoever reads it can impersonate the relay).
     pub key: PathBuf,
     /// The signed roster file.
     pub roster: PathBuf,

@@ -166,9 +166,19 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
                 "certificate fingerprint (nodes pin it): {}",
                 id.fingerprint()
             )),
-            Err(e) => report
-                .errors
-                .push(with_line(&e.to_string(), Some("cert"), text, path)),
+            Err(e) => {
+                // A key others may read is about the `key` line; the rest (not a pair, not
+                // PEM, limits QUIC cannot take) is pointed at `cert`.
+                let field = match &e {
+                    hotline_net::NetError::TlsFile(hotline_config::TextFileError::Secret(_)) => {
+                        "key"
+                    }
+                    _ => "cert",
+                };
+                report
+                    .errors
+                    .push(with_line(&e.to_string(), Some(field), text, path))
+            }
         }
     }
     if report.readable(

@@ -404,6 +404,40 @@ fn the_named_files_are_checked() {
     assert!(err.contains("KAZ.key"), "{err}");
 }
 
+/// The relay's TLS key is a secret like a participant's key: one the group or others may
+/// read is refused by `config check`, naming the file, its mode and the fix, as the relay
+/// refuses it at start.
+#[test]
+fn a_relay_key_others_may_read_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = hotline(&[
+        "relay",
+        "init",
+        "--cert",
+        s(&d.join("relay.crt")),
+        "--key",
+        s(&d.join("relay.key")),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let relay = d.join("relay.toml");
+    std::fs::write(&relay, relay_text()).expect("write");
+    // As `relay init` wrote it (0600): only the roster is missing, a warning.
+    let out = check(&relay);
+    assert!(out.status.success(), "{out:?}");
+
+    set_mode(&d.join("relay.key"), 0o640);
+    let err = refused(d, "relay.toml", &relay_text());
+    assert!(
+        err.contains("relay.key") && err.contains("0640") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(
+        err.contains("relay.toml:3: key"),
+        "points at the key line: {err}"
+    );
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
