@@ -142,6 +142,37 @@ fn a_minimal_relay_and_node_pass_with_warnings_for_missing_files() {
         .starts_with("OK: node configuration (participant KAZ)\n"));
 }
 
+/// The same relay listed twice is refused (its two links would supersede each other); one
+/// certificate pinned at two addresses is a warning, as both may reach one relay.
+#[test]
+fn a_relay_listed_twice_is_refused_and_one_certificate_at_two_addresses_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fp = "ab".repeat(32);
+    let second = |address: &str| {
+        node_text(&fp).replace(
+            "\n[api]",
+            &format!("\n[[relays]]\naddress = \"{address}\"\nfingerprint = \"{fp}\"\n\n[api]"),
+        )
+    };
+    let err = refused(dir.path(), "twice.toml", &second("127.0.0.1:7400"));
+    assert!(
+        err.contains("field `relays`")
+            && err.contains("listed twice")
+            && err.contains("lines 7, 11"),
+        "{err}"
+    );
+    let node = dir.path().join("shared.toml");
+    std::fs::write(&node, second("127.0.0.1:7401")).expect("write");
+    let out = check(&node);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr
+            .contains("warning: relays 127.0.0.1:7400 and 127.0.0.1:7401 pin the same certificate"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_toml_is_refused_with_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
