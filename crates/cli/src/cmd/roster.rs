@@ -24,10 +24,11 @@ const SNIFF_BYTES: usize = 8;
 pub(crate) enum RosterCommand {
     /// Fill a roster template's keys from DIR/<ID>.pub files and write a draft.
     ///
-    /// This is how deployments and drills bootstrap: with --generate, missing key pairs are
-    /// created in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub). A key found in DIR
-    /// replaces any keys the template lists for that participant; a participant with
-    /// neither is an error.
+    /// This is how deployments and drills bootstrap: with --generate, a key pair is created
+    /// in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub) for each participant with
+    /// neither a key file in DIR nor a key in the template. A key found in DIR replaces any
+    /// keys the template lists for that participant; keys the template lists are kept
+    /// otherwise (several, during a key rotation); a participant with neither is an error.
     Create(CreateArgs),
     /// Add a participant to a draft (rewrites it; comments are lost).
     ///
@@ -60,7 +61,8 @@ pub(crate) struct CreateArgs {
     /// Directory of public key files named <ID>.pub.
     #[arg(long, value_name = "DIR")]
     keys: PathBuf,
-    /// Create the missing key pairs in DIR first.
+    /// Create a key pair in DIR for each participant with no key file in DIR and no key in
+    /// the template.
     #[arg(long)]
     generate: bool,
     /// Draft to write.
@@ -205,10 +207,13 @@ fn create(args: CreateArgs) -> Result<()> {
         let (secret, public) = keyfile::key_paths(&args.keys, p.id.as_str())?;
         let key = if public.exists() {
             keyfile::read_public(&public)?
+        } else if !p.keys.is_empty() {
+            // The template's keys stand, with or without --generate: a key generated here
+            // would silently take the place of the participant's own (or of both keys of a
+            // rotation), and lock its node out of the relays.
+            continue;
         } else if !args.generate {
-            if p.keys.is_empty() {
-                missing.push(p.id.to_string());
-            }
+            missing.push(p.id.to_string());
             continue;
         } else if secret.exists() {
             // A secret without its public half: derive the public key rather than replace
