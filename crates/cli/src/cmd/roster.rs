@@ -148,7 +148,8 @@ pub(crate) struct SignArgs {
     /// The roster signing key (secret key file, mode 0600).
     #[arg(long, value_name = "FILE.key")]
     key: PathBuf,
-    /// Signed roster file to write (replaced atomically if it exists).
+    /// Signed roster file to write (replaced atomically if it exists). Refused if it is
+    /// the draft or the key, or is named like a key file (*.key, *.pub).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Roster version to sign, instead of the draft's `version`. Nodes only accept a
@@ -324,6 +325,7 @@ fn group(args: GroupArgs) -> Result<()> {
 }
 
 fn sign(args: SignArgs) -> Result<()> {
+    check_sign_out(&args)?;
     let mut draft = roster_file::read_draft(&args.roster)?;
     if let Some(v) = args.version {
         draft.version = v;
@@ -363,6 +365,46 @@ fn sign(args: SignArgs) -> Result<()> {
         roster.groups.len()
     );
     outln!("roster key (pin on every node): {roster_key}");
+    Ok(())
+}
+
+/// Refuses an `--out` that the signed roster would destroy or be mistaken for: the draft
+/// or the roster key itself (the key may have no other copy on the offline machine), or a
+/// name a key file has (`*.key`, `*.pub`), which `keyfile` would later take for a key.
+/// Paths are compared as given and, when both exist, canonicalised, so that `./draft.toml`
+/// or a symbolic link to the key is caught too.
+fn check_sign_out(args: &SignArgs) -> Result<()> {
+    let out = &args.out;
+    let same = |other: &Path| {
+        out == other
+            || matches!(
+                (std::fs::canonicalize(out), std::fs::canonicalize(other)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    for (flag, other) in [("--key", &args.key), ("--roster", &args.roster)] {
+        if same(other) {
+            bail!(
+                "--out {} is the {flag} file {}: writing the signed roster there would destroy \
+                 it; give another --out, e.g. roster.signed (nothing was written)",
+                out.display(),
+                other.display()
+            );
+        }
+    }
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    if [keyfile::SECRET_KEY_EXTENSION, keyfile::PUBLIC_KEY_EXTENSION]
+        .iter()
+        .any(|k| ext.eq_ignore_ascii_case(k))
+    {
+        bail!(
+            "--out {}: named like a key file (*.{}, *.{}); a signed roster is not a key: name \
+             it e.g. roster.signed (nothing was written)",
+            out.display(),
+            keyfile::SECRET_KEY_EXTENSION,
+            keyfile::PUBLIC_KEY_EXTENSION
+        );
+    }
     Ok(())
 }
 

@@ -486,3 +486,61 @@ fn generate_keeps_the_keys_a_template_lists() {
         "{shown}"
     );
 }
+
+/// `roster sign --out` never overwrites the draft or the roster key, however it is
+/// spelled, and never writes a file named like a key.
+#[test]
+fn sign_refuses_to_write_over_its_inputs_or_as_a_key_file() {
+    let t = setup();
+    let dir = t.draft.parent().expect("dir").to_owned();
+    let (key_before, draft_before) = (
+        std::fs::read(&t.roster_key).expect("read key"),
+        std::fs::read(&t.draft).expect("read draft"),
+    );
+    let link = dir.join("link-to-key");
+    std::os::unix::fs::symlink(&t.roster_key, &link).expect("symlink");
+    let secrets = t.roster_key.parent().expect("secrets");
+    for (out, says) in [
+        (t.roster_key.clone(), "--key file"),
+        (t.draft.clone(), "--roster file"),
+        (dir.join(".").join("draft.toml"), "--roster file"),
+        (
+            secrets.join("..").join("secrets/roster-signing.key"),
+            "key file",
+        ),
+        (link.clone(), "--key file"),
+        (dir.join("new.pub"), "named like a key file"),
+        (dir.join("NEW.KEY"), "named like a key file"),
+    ] {
+        let err = fail(&[
+            "roster",
+            "sign",
+            "--roster",
+            s(&t.draft),
+            "--key",
+            s(&t.roster_key),
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            err.contains(says) && err.contains("nothing was written"),
+            "{out:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&t.roster_key).expect("read key"), key_before);
+    assert_eq!(std::fs::read(&t.draft).expect("read draft"), draft_before);
+    assert!(!dir.join("new.pub").exists() && !dir.join("NEW.KEY").exists());
+    // The roster key still signs.
+    ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&t.draft),
+        "--key",
+        s(&link),
+        "--out",
+        s(&t.signed),
+        "--version",
+        "2",
+    ]);
+}
