@@ -130,6 +130,12 @@ fn a_minimal_relay_and_node_pass_with_warnings_for_missing_files() {
         stderr.contains("warning: cert") && stderr.contains("relay init"),
         "{stderr}"
     );
+    // A roster not yet signed is a warning too, as OPERATIONS.md 3 says: exit 0.
+    assert!(
+        stderr.contains("warning: roster ")
+            && stderr.contains("roster.signed: not found (sign one with `hotline roster sign`)"),
+        "{stderr}"
+    );
     // --strict turns the warnings into a refusal.
     let out = hotline(&["config", "check", "--strict", s(&relay)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
