@@ -265,11 +265,31 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
         source,
     };
     let f = File::open(path).map_err(io_err)?;
+    check_secret_mode(path, &f)?;
+    let bytes = Zeroizing::new(read_key_file(path, f)?);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    parse_hex(path, &bytes, &mut seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Refuses the open secret file `f` (named `path` in errors) if the group or others may
+/// access it (on Unix; elsewhere it accepts). [`read_secret`] makes this check, and so does
+/// every reader of another secret file (the relay's TLS private key), so that a secret left
+/// readable is refused, with the same words, whatever kind it is. Checked on the open
+/// handle, so that the file checked is the file read.
+pub fn check_secret_mode(path: &Path, f: &File) -> Result<(), KeyFileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // Checked on the open handle, so the file we check is the file we read.
-        let mode = f.metadata().map_err(io_err)?.permissions().mode() & 0o7777;
+        let mode = f
+            .metadata()
+            .map_err(|source| KeyFileError::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode()
+            & 0o7777;
         if mode & SECRET_KEY_FILE_FORBIDDEN_MODE != 0 {
             return Err(KeyFileError::Permissions {
                 path: path.to_owned(),
@@ -277,10 +297,9 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
             });
         }
     }
-    let bytes = Zeroizing::new(read_key_file(path, f)?);
-    let mut seed = Zeroizing::new([0u8; 32]);
-    parse_hex(path, &bytes, &mut seed)?;
-    Ok(SigningKey::from_bytes(&seed))
+    #[cfg(not(unix))]
+    let _ = (path, f);
+    Ok(())
 }
 
 /// Reads a public key file, refusing a file named `*.key` and a malformed or weak key.

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use zeroize::Zeroizing;
+
 use crate::atomic_file::{self, ReadError};
+use crate::keyfile::{self, KeyFileError};
 use crate::limits::{CONFIG_FILE_BYTES_MAX, TOKEN_FILE_BYTES_MAX};
 
 /// Why a text file could not be read.
@@ -52,6 +55,12 @@ pub enum TextFileError {
         /// The file.
         path: PathBuf,
     },
+    /// A secret file read with [`read_secret`] (the relay's TLS private key) that the group
+    /// or others may access, refused as a secret key file is: the check and the message,
+    /// which names the file, its mode and the `chmod`, are
+    /// [`keyfile::check_secret_mode`]'s.
+    #[error(transparent)]
+    Secret(#[from] KeyFileError),
 }
 
 impl TextFileError {
@@ -63,11 +72,31 @@ impl TextFileError {
 
 /// Reads the UTF-8 text file at `path`, refusing one longer than `max` bytes.
 pub fn read(path: &Path, max: usize) -> Result<String, TextFileError> {
+    let f = std::fs::File::open(path).map_err(|source| TextFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    read_open(path, f, max)
+}
+
+/// [`read`] for a secret (the relay's TLS private key): first refuses a file the group or
+/// others may access ([`TextFileError::Secret`]), as a secret key file is refused. The
+/// text is zeroed when dropped.
+pub fn read_secret(path: &Path, max: usize) -> Result<Zeroizing<String>, TextFileError> {
+    let f = std::fs::File::open(path).map_err(|source| TextFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    keyfile::check_secret_mode(path, &f)?;
+    read_open(path, f, max).map(Zeroizing::new)
+}
+
+/// [`read`] of the file `f`, already open, named `path` in errors.
+fn read_open(path: &Path, f: std::fs::File, max: usize) -> Result<String, TextFileError> {
     let io = |source| TextFileError::Io {
         path: path.to_owned(),
         source,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
     let bytes = atomic_file::read_bounded(f, max).map_err(|e| match e {
         ReadError::Io(source) => io(source),
         ReadError::TooLarge { len } => TextFileError::TooLarge {
@@ -252,6 +281,42 @@ mod tests {
         }
         let missing = read(&dir.path().join("none"), 10).expect_err("missing");
         assert!(missing.is_not_found(), "{missing:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_others_may_read_is_refused_as_a_secret_key_file_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("relay.key");
+        std::fs::write(&p, "-----BEGIN PRIVATE KEY-----\n").expect("write");
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = read_secret(&p, 1024).expect_err("readable by others");
+            assert!(
+                matches!(
+                    e,
+                    TextFileError::Secret(KeyFileError::Permissions { mode: m, .. }) if m == mode
+                ),
+                "{e:?}"
+            );
+            let shown = e.to_string();
+            assert!(
+                shown.contains("relay.key")
+                    && shown.contains(&format!("{mode:04o}"))
+                    && shown.contains("chmod 600"),
+                "{shown}"
+            );
+            // `read` is for files that are not secret, and does not check.
+            assert!(read(&p, 1024).is_ok());
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(
+            read_secret(&p, 1024).expect("owner only").as_str(),
+            "-----BEGIN PRIVATE KEY-----\n"
+        );
+        let e = read_secret(&p, 10).expect_err("too large");
+        assert!(matches!(e, TextFileError::TooLarge { .. }), "{e:?}");
     }
 
     #[test]

@@ -40,8 +40,9 @@ struct Endpoint {
 /// Reads an endpoints file (paths relative to it) into a live deployment.
 pub fn load(path: &Path) -> anyhow::Result<Live> {
     let text = text_file::read_config(path)?;
-    let e: Endpoints =
-        toml::from_str(&text).with_context(|| format!("endpoints file {}", path.display()))?;
+    // The service configurations' parser: its errors name the file, and never quote a key
+    // (`roster_key` pasted unquoted, perhaps a secret seed), as the TOML parser's own do.
+    let e: Endpoints = text_file::parse_toml(&text, path).context("endpoints file")?;
     let base = path.parent().unwrap_or(Path::new("."));
     let rel = |p: &Path| {
         if p.is_absolute() {
@@ -73,4 +74,30 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
         roster: roster.value().clone(),
         clients,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key pasted unquoted makes the line fail to parse; the error names the file and the
+    /// line but does not repeat the digits, which may be a secret seed.
+    #[test]
+    fn a_key_in_a_line_that_does_not_parse_is_not_quoted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("endpoints.toml");
+        let seed = "4f3a".repeat(16);
+        std::fs::write(
+            &path,
+            format!("roster = \"roster.signed\"\nroster_key = {seed}\n"),
+        )
+        .expect("write");
+        let e = load(&path).expect_err("refused");
+        let shown = format!("{e:#}");
+        assert!(!shown.contains(&seed), "{shown}");
+        assert!(
+            shown.contains("endpoints.toml") && shown.contains("line 2"),
+            "{shown}"
+        );
+    }
 }

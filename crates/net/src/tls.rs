@@ -83,7 +83,9 @@ impl RelayIdentity {
 
     /// Loads a certificate chain and key from PEM files, each read with a limit
     /// ([`TLS_PEM_FILE_BYTES_MAX`]): a path naming something endless (`/dev/zero`) is an
-    /// error naming it, not a hang.
+    /// error naming it, not a hang. A key file the group or others may access is refused
+    /// (`TextFileError::Secret`, naming the file, its mode and the `chmod 600` to run), as a
+    /// participant's secret key file is: whoever reads the key can impersonate the relay.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NetError> {
         let cert_pem = read_pem(cert_path)?;
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -95,8 +97,10 @@ impl RelayIdentity {
                 cert_path.display()
             )));
         }
-        // Zeroed when dropped: the parsed key is all that is kept.
-        let key_pem = Zeroizing::new(read_pem(key_path)?);
+        // Refused if the group or others may read it, as a participant's secret key file
+        // is (`hotline relay init` writes it 0600); zeroed when dropped: the parsed key is
+        // all that is kept.
+        let key_pem = hotline_config::text_file::read_secret(key_path, TLS_PEM_FILE_BYTES_MAX)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| NetError::Tls(format!("{}: {e}", key_path.display())))?;
         let identity = Self { certs, key };
@@ -344,7 +348,15 @@ mod tests {
         assert_eq!(id.fingerprint(), fp);
 
         let zero = PathBuf::from("/dev/zero");
-        for (c, k) in [(zero.clone(), key), (cert, zero)] {
+        // A key too large is refused at the limit too; `/dev/zero` itself, readable by
+        // all, is refused as a key before it is read (below).
+        let large = dir.path().join("large.key");
+        std::fs::write(&large, vec![b'A'; TLS_PEM_FILE_BYTES_MAX + 1]).expect("write");
+        set_mode(&large, 0o600);
+        for (c, k, named) in [
+            (zero.clone(), key, "/dev/zero"),
+            (cert.clone(), large, "large.key"),
+        ] {
             let e = load_in_time(c, k).err().expect("refused");
             assert!(
                 matches!(
@@ -356,8 +368,47 @@ mod tests {
                 ),
                 "{e:?}"
             );
-            assert!(e.to_string().contains("/dev/zero"), "{e}");
+            assert!(e.to_string().contains(named), "{e}");
         }
+        let e = load_in_time(cert, zero).err().expect("refused");
+        assert!(
+            matches!(e, NetError::TlsFile(TextFileError::Secret(_))),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("/dev/zero"), "{e}");
+    }
+
+    #[cfg(unix)]
+    fn set_mode(path: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// Whoever reads the relay's key can impersonate the relay: a key the group or others
+    /// may read is refused, as a participant's secret key file is, naming the file, its mode
+    /// and the fix.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_the_group_or_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        write_self_signed(&cert, &key).expect("init");
+        for mode in [0o640, 0o604] {
+            set_mode(&key, mode);
+            let e = RelayIdentity::load(&cert, &key).err().expect("refused");
+            let text = e.to_string();
+            assert!(
+                text.contains("relay.key")
+                    && text.contains(&format!("{mode:04o}"))
+                    && text.contains("chmod 600"),
+                "{text}"
+            );
+        }
+        set_mode(&key, 0o600);
+        RelayIdentity::load(&cert, &key).expect("owner only");
+        // The certificate is public: any mode will do.
+        set_mode(&cert, 0o644);
+        RelayIdentity::load(&cert, &key).expect("a certificate readable by all");
     }
 
     #[test]

@@ -52,11 +52,16 @@ pub struct Hooks {
     pub on_unreachable: Option<Vec<String>>,
     /// Run when a newer roster is installed (default none).
     pub on_roster_changed: Option<Vec<String>>,
-    /// A hook still running after this is killed, ms (default 10000).
+    /// A hook still running after this is killed, ms (default 10000; at least 1000
+    /// ([`limits::HOOK_TIMEOUT_MIN_MS`]): a hook killed sooner cannot page anyone).
     pub timeout_ms: Option<u64>,
-    /// How long without any relay before `on_unreachable` runs, ms (default 60000).
+    /// How long without any relay before `on_unreachable` runs, ms (default 60000; at
+    /// least 1000 ([`limits::UNREACHABLE_AFTER_MIN_MS`]): less raises the alarm at every
+    /// start).
     pub unreachable_after_ms: Option<u64>,
-    /// Re-page interval for unacknowledged FLASH / IMMEDIATE messages, ms (default 300000).
+    /// Re-page interval for unacknowledged FLASH / IMMEDIATE messages, ms (default 300000;
+    /// at least 1000 ([`limits::PAGING_INTERVAL_MIN_MS`]): less re-pages four times a
+    /// second).
     pub paging_interval_ms: Option<u64>,
 }
 
@@ -98,6 +103,9 @@ pub struct NodeConfig {
     /// and stays with the relay. 0 holds nothing.
     pub quarantine_max_bytes: u64,
     /// Relays, each with its pinned certificate fingerprint; the node sends through all.
+    /// No two have both the same address and the same fingerprint (the two links would log
+    /// in as this node and take the session from each other without end); the same address
+    /// with two fingerprints is allowed, for a certificate rotation (OPERATIONS.md 5).
     pub relays: Vec<RelayEndpoint>,
     /// Local API address, loopback only (default `127.0.0.1:7500`).
     pub api_listen: SocketAddr,
@@ -162,12 +170,28 @@ impl NodeConfig {
                 format!("at most {} relays", limits::RELAYS_MAX),
             ));
         }
-        let mut relays = Vec::new();
+        let mut relays: Vec<RelayEndpoint> = Vec::new();
         for r in raw.relays {
             let fingerprint = r
                 .fingerprint
                 .parse()
                 .map_err(|e: hotline_net::NetError| invalid("relays.fingerprint", e.to_string()))?;
+            // The relay logs a participant in once: a second link to the same relay
+            // supersedes the first, which reconnects and supersedes the second, for ever.
+            if relays
+                .iter()
+                .any(|o| o.address == r.address && o.fingerprint == fingerprint)
+            {
+                return Err(invalid(
+                    "relays",
+                    format!(
+                        "the relay at {} with fingerprint {fingerprint} is listed twice; list \
+                         each relay once (the same address may be listed twice only with two \
+                         fingerprints, during a certificate rotation)",
+                        r.address
+                    ),
+                ));
+            }
             relays.push(RelayEndpoint {
                 address: r.address,
                 fingerprint,
@@ -179,6 +203,27 @@ impl NodeConfig {
                 "api.listen",
                 "the local API listens on a loopback address only".into(),
             ));
+        }
+        for (field, value, min) in [
+            (
+                "hooks.timeout_ms",
+                raw.hooks.timeout_ms,
+                limits::HOOK_TIMEOUT_MIN_MS,
+            ),
+            (
+                "hooks.unreachable_after_ms",
+                raw.hooks.unreachable_after_ms,
+                limits::UNREACHABLE_AFTER_MIN_MS,
+            ),
+            (
+                "hooks.paging_interval_ms",
+                raw.hooks.paging_interval_ms,
+                limits::PAGING_INTERVAL_MIN_MS,
+            ),
+        ] {
+            if value.is_some_and(|v| v < min) {
+                return Err(invalid(field, format!("at least {min} ms")));
+            }
         }
         for (field, cmd) in [
             ("hooks.on_message", &raw.hooks.on_message),
@@ -270,6 +315,64 @@ mod tests {
         assert_eq!(c.receipt_pace_ms, most);
         let e = NodeConfig::parse(&with(most + 1), Path::new("n.toml")).expect_err("too long");
         assert!(e.to_string().contains("receipt_pace_ms"), "{e}");
+    }
+
+    /// Each of the hooks' times is refused below its minimum, naming the field and the
+    /// minimum, and taken at it.
+    #[test]
+    fn hook_times_below_their_minimum_are_refused() {
+        for (name, min) in [
+            ("timeout_ms", limits::HOOK_TIMEOUT_MIN_MS),
+            ("unreachable_after_ms", limits::UNREACHABLE_AFTER_MIN_MS),
+            ("paging_interval_ms", limits::PAGING_INTERVAL_MIN_MS),
+        ] {
+            let with = |ms: u64| format!("{}\n[hooks]\n{name} = {ms}\n", text());
+            for bad in [0, min - 1] {
+                let e = NodeConfig::parse(&with(bad), Path::new("n.toml")).expect_err(name);
+                let field = format!("hooks.{name}");
+                assert_eq!(e.field(), Some(field.as_str()), "{e}");
+                assert!(e.to_string().contains(&format!("at least {min} ms")), "{e}");
+            }
+            let c = NodeConfig::parse(&with(min), Path::new("n.toml")).expect("the minimum");
+            let taken = match name {
+                "timeout_ms" => c.hook_timeout_ms(),
+                "unreachable_after_ms" => c.unreachable_after_ms(),
+                _ => c.paging_interval_ms(),
+            };
+            assert_eq!(taken, min, "{name}");
+        }
+    }
+
+    /// The same relay listed twice is refused; the same address with two fingerprints (a
+    /// certificate rotation) and two addresses are not.
+    #[test]
+    fn a_relay_listed_twice_is_refused() {
+        let relay = |address: &str, fp: &str| {
+            format!("\n[[relays]]\naddress = \"{address}\"\nfingerprint = \"{fp}\"\n")
+        };
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let with = |extra: &str| text().replace("\n[api]", &format!("{extra}\n[api]"));
+        let twice = with(&relay("127.0.0.1:7400", &a));
+        let e = NodeConfig::parse(&twice, Path::new("n.toml")).expect_err("listed twice");
+        assert_eq!(e.field(), Some("relays"), "{e}");
+        assert!(
+            e.to_string().contains("listed twice; list each relay once"),
+            "{e}"
+        );
+        // The same fingerprint written another way is the same fingerprint.
+        let colons = a
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).expect("hex"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let twice = with(&relay("127.0.0.1:7400", &colons.to_uppercase()));
+        NodeConfig::parse(&twice, Path::new("n.toml")).expect_err("the same, with colons");
+        let rotation = with(&relay("127.0.0.1:7400", &b));
+        let c = NodeConfig::parse(&rotation, Path::new("n.toml")).expect("a rotation");
+        assert_eq!(c.relays.len(), 2);
+        let another = with(&relay("127.0.0.1:7401", &b));
+        NodeConfig::parse(&another, Path::new("n.toml")).expect("another relay");
     }
 
     #[test]

@@ -45,17 +45,34 @@ pub const CLOCK_SKEW_WARN_MS: u64 = 60_000;
 
 /// Default hook timeout: a hook still running after this is killed.
 pub const HOOK_TIMEOUT_MS: u64 = 10_000;
+/// The shortest hook timeout a configuration may set (`hooks.timeout_ms`). A paging hook
+/// calls out (an HTTP request, an SMS gateway); one killed sooner never gets through, and
+/// paging fails with nothing but a log line (0 killed every hook at once).
+pub const HOOK_TIMEOUT_MIN_MS: u64 = 1_000;
 /// Hooks running at once; more are dropped with a warning rather than queued without end.
 pub const HOOKS_CONCURRENT_MAX: usize = 16;
 
 /// Default time without any relay before the unreachable hook runs.
 pub const UNREACHABLE_AFTER_MS: u64 = 60_000;
+/// The shortest time without any relay a configuration may set before the unreachable hook
+/// runs (`hooks.unreachable_after_ms`). A node has no link until its first connection is
+/// made, so 0 raised the alarm at every start, and at every reconnection.
+pub const UNREACHABLE_AFTER_MIN_MS: u64 = 1_000;
 
 /// Default re-page interval for unacknowledged FLASH / IMMEDIATE messages.
 pub const PAGING_INTERVAL_MS: u64 = 300_000;
+/// The shortest re-page interval a configuration may set (`hooks.paging_interval_ms`); 0
+/// re-paged the duty officer at every tick (`DEADLINE_TICK_MS`), four times a second.
+pub const PAGING_INTERVAL_MIN_MS: u64 = 1_000;
 
 /// How often deadlines and paging are checked.
 pub const DEADLINE_TICK_MS: u64 = 250;
+// The defaults are within the bounds; a minimum interval is more than a tick, so that it
+// means what it says.
+const _: () = assert!(HOOK_TIMEOUT_MIN_MS <= HOOK_TIMEOUT_MS);
+const _: () = assert!(UNREACHABLE_AFTER_MIN_MS <= UNREACHABLE_AFTER_MS);
+const _: () = assert!(PAGING_INTERVAL_MIN_MS <= PAGING_INTERVAL_MS);
+const _: () = assert!(PAGING_INTERVAL_MIN_MS > DEADLINE_TICK_MS);
 
 /// Received messages examined for re-paging in one tick; more wait for the next tick.
 pub const PAGES_PER_TICK_MAX: usize = 256;

@@ -23,9 +23,11 @@ pub struct Limits {
     pub connections_max: usize,
     /// Largest frame from a node, bytes (default 262144, the protocol maximum).
     pub frame_bytes_max: usize,
-    /// Largest message body, bytes (default 65536, the protocol maximum).
+    /// Largest message body, bytes (default 65536, the protocol maximum; at least 1: 0
+    /// would refuse every message with a body).
     pub body_bytes_max: usize,
-    /// Messages queued per recipient before refusing more (default 1000000).
+    /// Messages queued per recipient before refusing more (default 1000000; at least 1: 0
+    /// would refuse every message as `QueueFull`).
     pub queue_depth_max: u64,
     /// Sustained submissions per second per participant (default 100).
     pub rate_per_sec: u32,
@@ -131,7 +133,8 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Certificate chain, PEM (created by `hotline relay init`).
     pub cert: PathBuf,
-    /// Private key, PEM, mode 0600.
+    /// Private key, PEM, mode 0600: one the group or others may read is refused at start
+    /// (whoever reads it can impersonate the relay).
     pub key: PathBuf,
     /// The signed roster file.
     pub roster: PathBuf,
@@ -233,6 +236,8 @@ impl RelayConfig {
         }
         for (field, v) in [
             ("limits.connections_max", l.connections_max as u64),
+            ("limits.body_bytes_max", l.body_bytes_max as u64),
+            ("limits.queue_depth_max", l.queue_depth_max),
             (
                 "limits.inflight_per_connection",
                 l.inflight_per_connection as u64,
@@ -351,6 +356,30 @@ mod tests {
                 assert!(e.to_string().contains(&format!("at most {max}")), "{e}");
             }
             RelayConfig::parse(&at(max as u64), Path::new("r.toml")).expect("the maximum");
+        }
+    }
+
+    /// A zero that would make the relay refuse every message, or every connection, is
+    /// refused, naming the field; the rest of the limits' zeros are refused by other tests or
+    /// mean something documented (`handshakes_per_ip_max`, `foreign_receipts_per_day_max`).
+    #[test]
+    fn zeros_that_stop_all_traffic_are_refused() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n[limits]\n"
+        );
+        for field in [
+            "body_bytes_max",
+            "queue_depth_max",
+            "connections_max",
+            "delivery_window",
+            "handshake_timeout_ms",
+            "write_timeout_ms",
+        ] {
+            let e = RelayConfig::parse(&format!("{base}{field} = 0\n"), Path::new("r.toml"))
+                .expect_err(field);
+            assert_eq!(e.field(), Some(format!("limits.{field}").as_str()), "{e}");
+            assert!(e.to_string().contains("must be positive"), "{e}");
+            RelayConfig::parse(&format!("{base}{field} = 1\n"), Path::new("r.toml")).expect("one");
         }
     }
 

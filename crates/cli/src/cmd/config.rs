@@ -166,9 +166,19 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
                 "certificate fingerprint (nodes pin it): {}",
                 id.fingerprint()
             )),
-            Err(e) => report
-                .errors
-                .push(with_line(&e.to_string(), Some("cert"), text, path)),
+            Err(e) => {
+                // A key others may read is about the `key` line; the rest (not a pair, not
+                // PEM, limits QUIC cannot take) is pointed at `cert`.
+                let field = match &e {
+                    hotline_net::NetError::TlsFile(hotline_config::TextFileError::Secret(_)) => {
+                        "key"
+                    }
+                    _ => "cert",
+                };
+                report
+                    .errors
+                    .push(with_line(&e.to_string(), Some(field), text, path))
+            }
         }
     }
     if report.readable(
@@ -324,6 +334,28 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
                     r.participants.len()
                 ));
             }
+        }
+    }
+    // The node refuses the same relay listed twice (address and fingerprint). One
+    // certificate at two addresses is allowed, as two relays may share one, but if both
+    // addresses reach the same relay its two links supersede each other.
+    for (i, r) in config.relays.iter().enumerate() {
+        let earlier = config.relays[..i]
+            .iter()
+            .find(|o| o.fingerprint == r.fingerprint && o.address != r.address);
+        if let Some(o) = earlier {
+            report.warnings.push(with_line(
+                &format!(
+                    "relays {} and {} pin the same certificate: if both addresses reach one \
+                     relay, the node's two links log in as {me} and take the session from each \
+                     other without end (relay log `session superseded`); list each relay once, \
+                     and give each relay its own certificate (`hotline relay init`)",
+                    o.address, r.address
+                ),
+                Some("relays"),
+                text,
+                path,
+            ));
         }
     }
     check_data_dir(Kind::Node, &config.data_dir, text, path, report);

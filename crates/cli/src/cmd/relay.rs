@@ -229,6 +229,11 @@ fn report(
     use super::roster::shorten;
     use serde_json::{json, Value};
 
+    // A malformed id is a mistake in the command, not a message the store lacks: said as
+    // such, before the store is opened.
+    let id = id
+        .map(|id| id.parse::<hotline_proto::MessageId>().context("--id"))
+        .transpose()?;
     let config = RelayConfig::load(config)?;
     let db = config.data_dir.join(hotline_relay::store::DB_FILE);
     if !db.exists() {
@@ -262,7 +267,6 @@ fn report(
     let reading = || format!("reading {}", db.display());
     if let Some(id) = id {
         let not_found = || format!("no message {id} accepted in the last {hours} h (--hours)");
-        let id: hotline_proto::MessageId = id.parse().ok().with_context(not_found)?;
         let m = hotline_relay::report::track_one(&conn, &id)
             .with_context(reading)?
             .filter(|t| t.accepted_at_ms >= since)
@@ -339,5 +343,36 @@ async fn wait_for_signals(
                 Err(e) => tracing::error!(error = %e, "SIGHUP: roster not reloaded; the previous one stays in force"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed `--id` is reported as such, not as a message the store lacks: before
+    /// the configuration or the store is read, so this store-less relay will do.
+    #[test]
+    fn a_malformed_report_id_is_a_parse_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("relay.toml");
+        std::fs::write(
+            &config,
+            "cert = \"relay.crt\"\nkey = \"relay.key\"\nroster = \"roster.signed\"\n\
+             roster_key = \"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"\n\
+             data_dir = \"data\"\n",
+        )
+        .expect("write");
+        let e = report(&config, 24, 10, Some("not-an-id"), false, false).expect_err("refused");
+        let shown = format!("{e:#}");
+        assert!(
+            shown.starts_with("--id: ") && shown.contains("\"not-an-id\" must be 32 hexadecimal"),
+            "{shown}"
+        );
+        assert!(!shown.contains("no message"), "{shown}");
+        // A well-formed id goes on to the store, which this relay does not have.
+        let id = "00".repeat(16);
+        let e = report(&config, 24, 10, Some(&id), false, false).expect_err("no store");
+        assert!(format!("{e:#}").contains("no relay store"), "{e:#}");
     }
 }

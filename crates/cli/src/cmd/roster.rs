@@ -24,10 +24,11 @@ const SNIFF_BYTES: usize = 8;
 pub(crate) enum RosterCommand {
     /// Fill a roster template's keys from DIR/<ID>.pub files and write a draft.
     ///
-    /// This is how deployments and drills bootstrap: with --generate, missing key pairs are
-    /// created in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub). A key found in DIR
-    /// replaces any keys the template lists for that participant; a participant with
-    /// neither is an error.
+    /// This is how deployments and drills bootstrap: with --generate, a key pair is created
+    /// in DIR first (DIR/<ID>.key, mode 0600, and DIR/<ID>.pub) for each participant with
+    /// neither a key file in DIR nor a key in the template. A key found in DIR replaces any
+    /// keys the template lists for that participant; keys the template lists are kept
+    /// otherwise (several, during a key rotation); a participant with neither is an error.
     Create(CreateArgs),
     /// Add a participant to a draft (rewrites it; comments are lost).
     ///
@@ -60,7 +61,8 @@ pub(crate) struct CreateArgs {
     /// Directory of public key files named <ID>.pub.
     #[arg(long, value_name = "DIR")]
     keys: PathBuf,
-    /// Create the missing key pairs in DIR first.
+    /// Create a key pair in DIR for each participant with no key file in DIR and no key in
+    /// the template.
     #[arg(long)]
     generate: bool,
     /// Draft to write.
@@ -146,7 +148,8 @@ pub(crate) struct SignArgs {
     /// The roster signing key (secret key file, mode 0600).
     #[arg(long, value_name = "FILE.key")]
     key: PathBuf,
-    /// Signed roster file to write (replaced atomically if it exists).
+    /// Signed roster file to write (replaced atomically if it exists). Refused if it is
+    /// the draft or the key, or is named like a key file (*.key, *.pub).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Roster version to sign, instead of the draft's `version`. Nodes only accept a
@@ -205,10 +208,13 @@ fn create(args: CreateArgs) -> Result<()> {
         let (secret, public) = keyfile::key_paths(&args.keys, p.id.as_str())?;
         let key = if public.exists() {
             keyfile::read_public(&public)?
+        } else if !p.keys.is_empty() {
+            // The template's keys stand, with or without --generate: a key generated here
+            // would silently take the place of the participant's own (or of both keys of a
+            // rotation), and lock its node out of the relays.
+            continue;
         } else if !args.generate {
-            if p.keys.is_empty() {
-                missing.push(p.id.to_string());
-            }
+            missing.push(p.id.to_string());
             continue;
         } else if secret.exists() {
             // A secret without its public half: derive the public key rather than replace
@@ -319,6 +325,7 @@ fn group(args: GroupArgs) -> Result<()> {
 }
 
 fn sign(args: SignArgs) -> Result<()> {
+    check_sign_out(&args)?;
     let mut draft = roster_file::read_draft(&args.roster)?;
     if let Some(v) = args.version {
         draft.version = v;
@@ -358,6 +365,46 @@ fn sign(args: SignArgs) -> Result<()> {
         roster.groups.len()
     );
     outln!("roster key (pin on every node): {roster_key}");
+    Ok(())
+}
+
+/// Refuses an `--out` that the signed roster would destroy or be mistaken for: the draft
+/// or the roster key itself (the key may have no other copy on the offline machine), or a
+/// name a key file has (`*.key`, `*.pub`), which `keyfile` would later take for a key.
+/// Paths are compared as given and, when both exist, canonicalised, so that `./draft.toml`
+/// or a symbolic link to the key is caught too.
+fn check_sign_out(args: &SignArgs) -> Result<()> {
+    let out = &args.out;
+    let same = |other: &Path| {
+        out == other
+            || matches!(
+                (std::fs::canonicalize(out), std::fs::canonicalize(other)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    for (flag, other) in [("--key", &args.key), ("--roster", &args.roster)] {
+        if same(other) {
+            bail!(
+                "--out {} is the {flag} file {}: writing the signed roster there would destroy \
+                 it; give another --out, e.g. roster.signed (nothing was written)",
+                out.display(),
+                other.display()
+            );
+        }
+    }
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    if [keyfile::SECRET_KEY_EXTENSION, keyfile::PUBLIC_KEY_EXTENSION]
+        .iter()
+        .any(|k| ext.eq_ignore_ascii_case(k))
+    {
+        bail!(
+            "--out {}: named like a key file (*.{}, *.{}); a signed roster is not a key: name \
+             it e.g. roster.signed (nothing was written)",
+            out.display(),
+            keyfile::SECRET_KEY_EXTENSION,
+            keyfile::PUBLIC_KEY_EXTENSION
+        );
+    }
     Ok(())
 }
 

@@ -130,6 +130,12 @@ fn a_minimal_relay_and_node_pass_with_warnings_for_missing_files() {
         stderr.contains("warning: cert") && stderr.contains("relay init"),
         "{stderr}"
     );
+    // A roster not yet signed is a warning too, as OPERATIONS.md 3 says: exit 0.
+    assert!(
+        stderr.contains("warning: roster ")
+            && stderr.contains("roster.signed: not found (sign one with `hotline roster sign`)"),
+        "{stderr}"
+    );
     // --strict turns the warnings into a refusal.
     let out = hotline(&["config", "check", "--strict", s(&relay)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -140,6 +146,37 @@ fn a_minimal_relay_and_node_pass_with_warnings_for_missing_files() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout)
         .starts_with("OK: node configuration (participant KAZ)\n"));
+}
+
+/// The same relay listed twice is refused (its two links would supersede each other); one
+/// certificate pinned at two addresses is a warning, as both may reach one relay.
+#[test]
+fn a_relay_listed_twice_is_refused_and_one_certificate_at_two_addresses_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fp = "ab".repeat(32);
+    let second = |address: &str| {
+        node_text(&fp).replace(
+            "\n[api]",
+            &format!("\n[[relays]]\naddress = \"{address}\"\nfingerprint = \"{fp}\"\n\n[api]"),
+        )
+    };
+    let err = refused(dir.path(), "twice.toml", &second("127.0.0.1:7400"));
+    assert!(
+        err.contains("field `relays`")
+            && err.contains("listed twice")
+            && err.contains("lines 7, 11"),
+        "{err}"
+    );
+    let node = dir.path().join("shared.toml");
+    std::fs::write(&node, second("127.0.0.1:7401")).expect("write");
+    let out = check(&node);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr
+            .contains("warning: relays 127.0.0.1:7400 and 127.0.0.1:7401 pin the same certificate"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -402,6 +439,40 @@ fn the_named_files_are_checked() {
     let text = node_text(&fingerprint).replace(KEY, roster_key);
     let err = refused(d, "open-key.toml", &text);
     assert!(err.contains("KAZ.key"), "{err}");
+}
+
+/// The relay's TLS key is a secret like a participant's key: one the group or others may
+/// read is refused by `config check`, naming the file, its mode and the fix, as the relay
+/// refuses it at start.
+#[test]
+fn a_relay_key_others_may_read_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = hotline(&[
+        "relay",
+        "init",
+        "--cert",
+        s(&d.join("relay.crt")),
+        "--key",
+        s(&d.join("relay.key")),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let relay = d.join("relay.toml");
+    std::fs::write(&relay, relay_text()).expect("write");
+    // As `relay init` wrote it (0600): only the roster is missing, a warning.
+    let out = check(&relay);
+    assert!(out.status.success(), "{out:?}");
+
+    set_mode(&d.join("relay.key"), 0o640);
+    let err = refused(d, "relay.toml", &relay_text());
+    assert!(
+        err.contains("relay.key") && err.contains("0640") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(
+        err.contains("relay.toml:3: key"),
+        "points at the key line: {err}"
+    );
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -438,3 +438,109 @@ fn a_secret_key_file_is_not_a_public_key_nor_the_reverse() {
         "{err}"
     );
 }
+
+/// `--generate` creates keys only for participants with none: keys a template lists are
+/// kept, both of them during a rotation, and no key pair is made for that participant.
+#[test]
+fn generate_keeps_the_keys_a_template_lists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (keys, draft) = (dir.path().join("keys"), dir.path().join("draft.toml"));
+    let theirs = dir.path().join("theirs");
+    let old = ok(&["keygen", "--id", "OLD", "--out", s(&theirs)]);
+    let new = ok(&["keygen", "--id", "NEW", "--out", s(&theirs)]);
+    let (old, new) = (old.trim(), new.trim());
+    let template = dir.path().join("template.toml");
+    std::fs::write(
+        &template,
+        format!(
+            "network = \"CICA\"\nversion = 1\n\n\
+             [[participants]]\nid = \"KAZ\"\nname = \"Kazakhstan\"\nrole = \"member\"\n\
+             keys = [\"{old}\", \"{new}\"]\n\n\
+             [[participants]]\nid = \"SEC\"\nname = \"Secretariat\"\nrole = \"secretariat\"\n\
+             keys = []\n"
+        ),
+    )
+    .expect("write");
+    let out = ok(&[
+        "roster",
+        "create",
+        "--from",
+        s(&template),
+        "--keys",
+        s(&keys),
+        "--generate",
+        "--out",
+        s(&draft),
+    ]);
+    assert!(out.contains("(1 key pair(s) generated"), "{out}");
+    let shown = show_json(&draft, &[]);
+    let participants = shown["participants"].as_array().expect("participants");
+    let kaz = participants.iter().find(|p| p["id"] == "KAZ").expect("KAZ");
+    assert_eq!(kaz["keys"], serde_json::json!([old, new]), "{shown}");
+    assert!(!keys.join("KAZ.key").exists() && !keys.join("KAZ.pub").exists());
+    let sec = participants.iter().find(|p| p["id"] == "SEC").expect("SEC");
+    let generated = std::fs::read_to_string(keys.join("SEC.pub")).expect("SEC.pub");
+    assert_eq!(
+        sec["keys"],
+        serde_json::json!([generated.trim()]),
+        "{shown}"
+    );
+}
+
+/// `roster sign --out` never overwrites the draft or the roster key, however it is
+/// spelled, and never writes a file named like a key.
+#[test]
+fn sign_refuses_to_write_over_its_inputs_or_as_a_key_file() {
+    let t = setup();
+    let dir = t.draft.parent().expect("dir").to_owned();
+    let (key_before, draft_before) = (
+        std::fs::read(&t.roster_key).expect("read key"),
+        std::fs::read(&t.draft).expect("read draft"),
+    );
+    let link = dir.join("link-to-key");
+    std::os::unix::fs::symlink(&t.roster_key, &link).expect("symlink");
+    let secrets = t.roster_key.parent().expect("secrets");
+    for (out, says) in [
+        (t.roster_key.clone(), "--key file"),
+        (t.draft.clone(), "--roster file"),
+        (dir.join(".").join("draft.toml"), "--roster file"),
+        (
+            secrets.join("..").join("secrets/roster-signing.key"),
+            "key file",
+        ),
+        (link.clone(), "--key file"),
+        (dir.join("new.pub"), "named like a key file"),
+        (dir.join("NEW.KEY"), "named like a key file"),
+    ] {
+        let err = fail(&[
+            "roster",
+            "sign",
+            "--roster",
+            s(&t.draft),
+            "--key",
+            s(&t.roster_key),
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            err.contains(says) && err.contains("nothing was written"),
+            "{out:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&t.roster_key).expect("read key"), key_before);
+    assert_eq!(std::fs::read(&t.draft).expect("read draft"), draft_before);
+    assert!(!dir.join("new.pub").exists() && !dir.join("NEW.KEY").exists());
+    // The roster key still signs.
+    ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&t.draft),
+        "--key",
+        s(&link),
+        "--out",
+        s(&t.signed),
+        "--version",
+        "2",
+    ]);
+}
