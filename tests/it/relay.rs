@@ -2408,6 +2408,45 @@ async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     relay.shutdown().await;
 }
 
+/// A node confirms (`ReceiptsStored`) the receipts forwarded to it on its connection, and no
+/// more: each digest costs the store writer a deletion in everyone's commits, so a node
+/// naming more than it was forwarded is closed as a protocol violation.
+#[tokio::test]
+async fn a_node_may_confirm_only_the_receipts_it_was_forwarded() {
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let sent = kaz.send_to("KGZ", "one").await.unwrap();
+    let (delivered, _) = kgz.next_deliver().await.unwrap();
+    assert_eq!(delivered, sent);
+    kgz.receipt_stored(ReceiptKind::Delivered, &[delivered])
+        .await
+        .unwrap();
+    let (fwd, _) = kaz.next_receipt().await.unwrap();
+    // What was forwarded may be confirmed, and the connection goes on.
+    kaz.send(&NodeToRelay::ReceiptsStored(vec![fwd.digest()]))
+        .await
+        .unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after a confirmation")
+        .await
+        .unwrap();
+    // KGZ was forwarded nothing: 512 made-up digests are refused.
+    let made_up: Vec<_> = (0..512u32)
+        .map(|i| {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            hotline_proto::Digest(d)
+        })
+        .collect();
+    kgz.send(&NodeToRelay::ReceiptsStored(made_up))
+        .await
+        .unwrap();
+    assert_eq!(
+        kgz.closed_code().await.unwrap(),
+        ErrorCode::ProtocolViolation
+    );
+    relay.shutdown().await;
+}
+
 /// A node behind a poor link reads its backlog slowly but steadily: it is given the time it
 /// takes, however much longer than `write_timeout_ms` the whole takes. (A page of a backlog
 /// is one write of up to 512 messages; with the limit on the whole write, such a node was

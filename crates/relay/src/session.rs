@@ -495,6 +495,7 @@ async fn session(
         window_full: false,
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
         read_paused_until: None,
+        unconfirmed_forwards: 0,
         pause_logged: false,
         rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
     };
@@ -549,6 +550,9 @@ struct Session {
     /// Reading this connection waits until then: its participant sent receipts faster than
     /// `receipt_rate_per_sec` allows.
     read_paused_until: Option<tokio::time::Instant>,
+    /// Receipts forwarded on this connection that the node has not yet confirmed with
+    /// `ReceiptsStored`: the most digests its next ones may name.
+    unconfirmed_forwards: u64,
     /// Whether this session has logged a pause (once per session).
     pause_logged: bool,
     /// Refusals are logged at most once every 10 s a session, with the count since the
@@ -924,15 +928,30 @@ impl Session {
                 "Hello after authentication",
             )),
             NodeToRelay::Ping(n) => self.write(&RelayToNode::Pong(n)).await,
-            NodeToRelay::ReceiptsStored(digests) => self
-                .shared
-                .writer
-                .send(Command::ReceiptsStored {
-                    participant: self.me.clone(),
-                    digests,
-                })
-                .await
-                .map_err(|_| End::new(ErrorCode::GoingAway, "store closed")),
+            NodeToRelay::ReceiptsStored(digests) => {
+                // Each digest costs the store writer a statement, for every participant's
+                // commits: a node may confirm only what this connection forwarded it, or it
+                // could keep the writer busy without end (PROTOCOL.md 7.2).
+                let n = digests.len() as u64;
+                if n > self.unconfirmed_forwards {
+                    return Err(End::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "ReceiptsStored names {n} receipts; {} forwarded on this connection are unconfirmed",
+                            self.unconfirmed_forwards
+                        ),
+                    ));
+                }
+                self.unconfirmed_forwards -= n;
+                self.shared
+                    .writer
+                    .send(Command::ReceiptsStored {
+                        participant: self.me.clone(),
+                        digests,
+                    })
+                    .await
+                    .map_err(|_| End::new(ErrorCode::GoingAway, "store closed"))
+            }
             _ => Err(End::new(ErrorCode::ProtocolViolation, "unknown frame")),
         }
     }
@@ -1094,6 +1113,7 @@ impl Session {
             }
             if n > 0 {
                 self.write_raw(&buf).await?;
+                self.unconfirmed_forwards += n as u64;
                 self.shared
                     .metrics
                     .receipts_forwarded
