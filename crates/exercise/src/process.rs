@@ -39,6 +39,8 @@ impl Proc {
     pub fn spawn(bin: &Path, args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
         use std::io::{BufRead, Write};
         let log_path = dir.join(log_name);
+        // Before the child: a log refused leaves no process running unwatched.
+        let mut file = open_log(&log_path)?;
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(dir)
@@ -55,10 +57,6 @@ impl Proc {
         let stderr = child.stderr.take().context("child standard error")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = tokio::sync::watch::channel(0usize);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
         let l = lines.clone();
         let (done, read_all) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -272,6 +270,30 @@ impl Proc {
     }
 }
 
+/// Opens a process's log: a new file, or, if one is there (a caller that appends a second
+/// run to one log), that file if it is a plain file. A symbolic link in its place is
+/// refused rather than followed, so a log never lands in a file the link points to.
+fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    let new = std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path);
+    match new {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(path)
+                .with_context(|| format!("log {}", path.display()))?;
+            if !meta.file_type().is_file() {
+                bail!("log {}: exists and is not a plain file", path.display());
+            }
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("log {}", path.display()))
+        }
+        r => r.with_context(|| format!("log {}", path.display())),
+    }
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -362,5 +384,29 @@ mod tests {
         assert!(k.exited());
         assert_eq!(k.terminate(Duration::from_secs(10)).await, None, "killed");
         assert!(k.signal("HUP").is_err());
+    }
+
+    /// A process's log is never written through a symbolic link planted in its place.
+    #[test]
+    fn a_log_is_not_written_through_a_planted_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "untouched\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, tmp.path().join("sh.log")).expect("link");
+        let spawned = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", "echo hi >&2"],
+            tmp.path(),
+            "sh.log",
+        );
+        let e = format!(
+            "{:#}",
+            spawned.err().expect("a log through a link is refused")
+        );
+        assert!(e.contains("sh.log"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched\n"
+        );
     }
 }

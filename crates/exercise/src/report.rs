@@ -664,11 +664,20 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// Writes `report.json` and `report.html` into `dir`.
+/// Writes `report.json` and `report.html` into `dir`, as new files (never through a link
+/// planted in their place).
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
-    std::fs::write(dir.join("report.html"), crate::html::render(r))?;
-    Ok(())
+    use crate::deploy::{write_new, FILE_MODE};
+    write_new(
+        &dir.join("report.json"),
+        &serde_json::to_vec_pretty(r)?,
+        FILE_MODE,
+    )?;
+    write_new(
+        &dir.join("report.html"),
+        crate::html::render(r).as_bytes(),
+        FILE_MODE,
+    )
 }
 
 #[cfg(test)]

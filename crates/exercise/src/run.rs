@@ -102,14 +102,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     scenario.time_compression *= opts.speedup.max(0.01);
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let dir = match &opts.out_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "hotline-exercise-{}-{}",
-            scenario.name,
-            crate::now_ms()
-        )),
+        Some(d) => {
+            crate::deploy::create_dir_private(d)?;
+            d.clone()
+        }
+        None => create_run_dir(&std::env::temp_dir(), &scenario.name, crate::now_ms())?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Absolute from here on: the relay and the nodes run with the directory as their working
     // directory, and are given paths in it (their configurations), which a relative `--out`
     // would name twice over (`out/out/relay.toml`).
@@ -705,6 +703,52 @@ async fn setup_sim(
     ))
 }
 
+/// How many names [`create_run_dir`] tries before it gives up.
+const RUN_DIR_ATTEMPTS: usize = 16;
+
+/// Creates the default drill directory in `base` (the temporary directory, which everyone
+/// may write to): `hotline-exercise-NAME-MS`, else with a random suffix. It is created
+/// exclusively, with mode 0700: a directory or a symbolic link someone put at the
+/// predictable name first is left alone and another name tried, so the drill never writes
+/// its keys, tokens and configurations where another user can read or replace them. The
+/// scenario's `name` is used only as far as `[A-Za-z0-9_-]` goes (others become `_`), so a
+/// name like `../..` cannot place the directory elsewhere.
+fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let name: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut last = None;
+    for attempt in 0..RUN_DIR_ATTEMPTS {
+        let leaf = match attempt {
+            0 => format!("hotline-exercise-{name}-{ms}"),
+            _ => format!("hotline-exercise-{name}-{ms}-{:08x}", rand::random::<u32>()),
+        };
+        let dir = base.join(leaf);
+        match std::fs::DirBuilder::new()
+            .mode(crate::deploy::DIR_MODE)
+            .create(&dir)
+        {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    bail!(
+        "no new drill directory in {} after {RUN_DIR_ATTEMPTS} names (the last, {}, exists)",
+        base.display(),
+        last.map(|d| d.display().to_string()).unwrap_or_default()
+    )
+}
+
 /// Checks, before anything is started or sent, that every inject's sender (and, with
 /// `faults`, every fault's participant) is one of `nodes`, the participants the run has a
 /// node for; the error lists every one that is not. Checked when due instead, such an inject
@@ -1037,6 +1081,37 @@ expect = "delivered"
         assert!(
             matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
             "the harness called SEC's node before refusing the drill"
+        );
+    }
+
+    /// The default drill directory is made anew with mode 0700: a symbolic link or a
+    /// directory planted at its predictable name is left alone and another name used, and a
+    /// scenario name cannot lead out of the temporary directory.
+    #[test]
+    fn the_drill_directory_is_new_private_and_never_a_planted_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).expect("victim");
+        let planted = tmp.path().join("hotline-exercise-drill-7");
+        std::os::unix::fs::symlink(&victim, &planted).expect("link");
+
+        let dir = create_run_dir(tmp.path(), "drill", 7).expect("created");
+        assert_ne!(dir, planted);
+        assert_eq!(dir.parent(), Some(tmp.path()));
+        let meta = std::fs::symlink_metadata(&dir).expect("metadata");
+        assert!(meta.is_dir(), "a directory, not a link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&victim).expect("victim").count(), 0);
+        // A directory already there (another run's, or someone else's) is not reused.
+        let again = create_run_dir(tmp.path(), "drill", 7).expect("created");
+        assert!(again != dir && again != planted, "{}", again.display());
+
+        let odd = create_run_dir(tmp.path(), "../../etc/x y", 7).expect("created");
+        assert_eq!(odd.parent(), Some(tmp.path()));
+        assert_eq!(
+            odd.file_name().and_then(|n| n.to_str()),
+            Some("hotline-exercise-______etc_x_y-7")
         );
     }
 }
