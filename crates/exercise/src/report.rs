@@ -149,6 +149,9 @@ pub struct StoreChecks {
     pub journals: Vec<(String, Result<u64, String>)>,
     /// Receipts checked, invalid.
     pub receipts: (usize, usize),
+    /// Nodes whose received receipts could not be read, with the error: none of theirs was
+    /// checked, which fails the receipt invariant rather than passing unseen.
+    pub receipts_unread: Vec<(String, String)>,
     /// Nodes holding deliveries in quarantine at the end, with how many: with an honest relay
     /// and every node on the drill's roster, a genuine message addressed to a node never
     /// fails its checks there.
@@ -166,16 +169,22 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     )?;
     let (mut checked, mut invalid) = (0, 0);
     let mut quarantined = Vec::new();
+    let mut receipts_unread = Vec::new();
     for (id, n) in &dep.nodes {
         let db = n.data_dir.join("node.db");
         journals.push((id.clone(), verify_db(&db)));
         match hotline_node::store::NodeStore::open(&n.data_dir) {
             Ok(store) => {
-                for r in store.receipts_in().unwrap_or_default() {
-                    checked += 1;
-                    if signed_roster.verify_receipt(&r).is_err() {
-                        invalid += 1;
+                match store.receipts_in() {
+                    Ok(receipts) => {
+                        for r in receipts {
+                            checked += 1;
+                            if signed_roster.verify_receipt(&r).is_err() {
+                                invalid += 1;
+                            }
+                        }
                     }
+                    Err(e) => receipts_unread.push((id.clone(), e.to_string())),
                 }
                 let held = store.quarantine_size().0.held;
                 if held > 0 {
@@ -188,15 +197,40 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     Ok(StoreChecks {
         journals,
         receipts: (checked, invalid),
+        receipts_unread,
         quarantined,
     })
 }
 
+/// What `hotline audit verify` checks of a store at rest, through the same functions:
+/// SQLite's quick check, a schema this release reads, the journal's hash chain, and the
+/// stored records against the journal (on a relay's store, every journaled message and
+/// receipt matches its row and every row is journaled; on a node's, every stored message
+/// and receipt is a record its journal holds). Read-only. The journal's entry count, or why
+/// the store does not verify.
 fn verify_db(path: &Path) -> Result<u64, String> {
-    let conn = hotline_store::open(path, false).map_err(|e| e.to_string())?;
-    hotline_store::verify_journal(&conn)
-        .map(|r| r.entries)
-        .map_err(|e| e.to_string())
+    use anyhow::Context as _;
+    let check = || -> anyhow::Result<u64> {
+        let conn = hotline_store::open_read_only(path)?;
+        hotline_store::quick_check(&conn, path)?;
+        let relay = hotline_relay::store::is_relay_store(&conn)?;
+        if relay {
+            hotline_relay::store::check_schema_version(&conn, path)?;
+        } else {
+            hotline_node::store::check_schema_version(&conn, path)?;
+        }
+        let report =
+            hotline_store::verify_journal(&conn).context("audit journal does not verify")?;
+        if relay {
+            hotline_relay::store::verify_journaled_records(&conn, path)
+                .context("stored records and journal differ")?;
+        } else {
+            hotline_node::store::verify_records(&conn, path)
+                .context("stored records and journal differ")?;
+        }
+        Ok(report.entries)
+    };
+    check().map_err(|e| format!("{e:#}"))
 }
 
 /// Overdue hook runs per sender: (message id, recipient) pairs.
@@ -493,10 +527,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .sum();
+        let unread: Vec<String> = checks
+            .receipts_unread
+            .iter()
+            .map(|(id, e)| format!("{id}'s receipts not read: {e}"))
+            .collect();
         invariants.push(Invariant {
             name: "every receipt signature valid".into(),
-            held: invalid == 0 && checked > 0,
-            detail: format!("{checked} receipts checked, {invalid} invalid"),
+            held: invalid == 0 && checked > 0 && unread.is_empty(),
+            detail: std::iter::once(format!("{checked} receipts checked, {invalid} invalid"))
+                .chain(unread)
+                .collect::<Vec<_>>()
+                .join("; "),
         });
         let held: u64 = checks.quarantined.iter().map(|(_, n)| n).sum();
         invariants.push(Invariant {
@@ -743,6 +785,7 @@ within_s = 3.0
         let checks = StoreChecks {
             journals: vec![("relay".into(), Ok(3))],
             receipts: (3, 0),
+            receipts_unread: vec![],
             quarantined: vec![],
         };
         score_with_checks(inboxes, matrix, hooks, shown, checks)
@@ -837,6 +880,7 @@ within_s = 3.0
         let checks = StoreChecks {
             journals: vec![("relay".into(), Ok(3))],
             receipts: (3, 0),
+            receipts_unread: vec![],
             quarantined: vec![("KGZ".into(), 2)],
         };
         let r = score_with_checks(inboxes, matrix, vec![], HashMap::new(), checks);
@@ -910,5 +954,70 @@ within_s = 3.0
             "{d:?}"
         );
         assert!(!objective(&r, "KGZ escalated").met);
+    }
+
+    /// A node whose received receipts cannot be read fails the receipt invariant, naming
+    /// the error: they used to be read as none, so that node's receipts went unchecked while
+    /// the invariant held on the others'.
+    #[test]
+    fn receipts_that_cannot_be_read_fail_the_drill() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        let relay = dep.relay_addr;
+        dep.add_node("KAZ", relay, 60_000).expect("node");
+        let data = dep.nodes["KAZ"].data_dir.clone();
+        std::fs::create_dir(&data).expect("data directory");
+        drop(hotline_node::store::NodeStore::open(&data).expect("a new store"));
+        // A store that opens (and verifies) but whose receipts cannot be listed.
+        hotline_store::open(&data.join("node.db"), false)
+            .expect("open")
+            .execute_batch("ALTER TABLE receipts_in DROP COLUMN received_at_ms")
+            .expect("altered");
+        let checks = check_stores(&dep).expect("checked");
+        let r = score_with_checks(BTreeMap::new(), vec![], vec![], HashMap::new(), checks);
+        let inv = r
+            .invariants
+            .iter()
+            .find(|i| i.name == "every receipt signature valid")
+            .expect("receipt invariant");
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KAZ") && inv.detail.contains("received_at_ms"),
+            "{inv:?}"
+        );
+        assert!(!r.passed);
+    }
+
+    /// The store checks are `hotline audit verify`'s: a relay store whose journal's chain
+    /// holds but which stores a message its journal never recorded does not verify (the
+    /// chain alone passed it).
+    #[test]
+    fn a_store_verifies_only_if_its_records_match_its_journal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("relay.db");
+        // The columns `verify_journaled_records` reads, in a relay store's tables.
+        hotline_store::open(&path, true)
+            .expect("created")
+            .execute_batch(&format!(
+                "{}
+                 CREATE TABLE messages (id BLOB, digest BLOB, key BLOB, sig BLOB);
+                 CREATE TABLE receipts (digest BLOB, key BLOB, sig BLOB);",
+                hotline_store::journal::SCHEMA
+            ))
+            .expect("schema");
+        assert_eq!(verify_db(&path), Ok(0), "an empty store verifies");
+        hotline_store::open(&path, false)
+            .expect("open")
+            .execute_batch(
+                "INSERT INTO messages VALUES (x'0303', zeroblob(32), zeroblob(32), zeroblob(64))",
+            )
+            .expect("a message row");
+        let e = verify_db(&path).expect_err("an unjournaled message");
+        assert!(
+            e.contains("stored records and journal differ")
+                && e.contains("stored message 0303 has no journal entry"),
+            "{e}"
+        );
     }
 }
