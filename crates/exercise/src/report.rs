@@ -123,7 +123,9 @@ pub struct Report {
     pub messages_lost: usize,
     /// Messages shown to an operator more than once.
     pub duplicates_shown: usize,
-    /// Exercise messages shown as actual.
+    /// The drill's messages (its injects, sent as `exercise`) shown with another status in
+    /// a recipient's inbox. Other messages there, a live deployment's own traffic, are not
+    /// counted.
     pub exercise_shown_as_actual: usize,
     /// Receipts whose signatures were checked / found invalid.
     pub receipts_checked: usize,
@@ -297,14 +299,21 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     // Recipient inbox entries by (participant, id).
     let mut inbox: HashMap<(String, String), &Value> = HashMap::new();
     let mut inbox_dups = 0;
+    // Only the drill's own messages are the harness's to judge: a live deployment's inboxes
+    // also hold its real traffic (actual, or `test` for a communications check), which is
+    // no exercise message, shown rightly as what it is. Each inject is sent as `exercise`
+    // and must be shown so.
+    let drill_ids: std::collections::HashSet<&str> =
+        i.injects.iter().filter_map(|s| s.id.as_deref()).collect();
     let mut as_actual = 0;
     for (p, items) in &i.inboxes {
         for m in items {
             let id = m["id"].as_str().unwrap_or("").to_owned();
+            let drill = drill_ids.contains(id.as_str());
             if inbox.insert((p.clone(), id), m).is_some() {
                 inbox_dups += 1;
             }
-            if m["status"] != json!("exercise") || m["exercise_or_test"] != json!(true) {
+            if drill && (m["status"] != json!("exercise") || m["exercise_or_test"] != json!(true)) {
                 as_actual += 1;
             }
         }
@@ -934,6 +943,64 @@ within_s = 3.0
         assert_eq!(r.duplicates_shown, 1);
         assert_eq!(r.exercise_shown_as_actual, 1);
         assert!(!r.passed);
+    }
+
+    /// Only the drill's own messages are checked for their status: a live deployment's
+    /// real traffic in the same inboxes (actual, or `test` as OPERATIONS 2.9 has
+    /// communications checks sent) changes nothing, while the inject shown as actual still
+    /// fails the drill.
+    #[test]
+    fn only_the_drills_messages_must_be_shown_as_exercise() {
+        let inboxes = |kgz: Value| {
+            let mut real = inbox_item("r1", 1200);
+            real["status"] = json!("actual");
+            real["exercise_or_test"] = json!(false);
+            let mut check = inbox_item("r2", 1300);
+            check["status"] = json!("test");
+            BTreeMap::from([
+                ("KAZ".to_owned(), vec![real, inbox_item("m1", 1500)]),
+                ("KGZ".to_owned(), vec![check, kgz]),
+            ])
+        };
+        let matrix = || {
+            vec![
+                row("KAZ", Some(1500), Some(2000), None),
+                row("KGZ", Some(1600), Some(2000), None),
+            ]
+        };
+        let plain = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+        ]);
+        let without = score_with(plain, matrix(), vec![], HashMap::new());
+        let with = score_with(
+            inboxes(inbox_item("m1", 1600)),
+            matrix(),
+            vec![],
+            HashMap::new(),
+        );
+        assert_eq!(with.exercise_shown_as_actual, 0);
+        let verdict = |r: &Report| {
+            r.invariants
+                .iter()
+                .map(|x| (x.name.clone(), x.held))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(verdict(&with), verdict(&without));
+        assert_eq!(with.passed, without.passed);
+
+        let mut actual = inbox_item("m1", 1600);
+        actual["status"] = json!("actual");
+        actual["exercise_or_test"] = json!(false);
+        let shown = score_with(inboxes(actual), matrix(), vec![], HashMap::new());
+        assert_eq!(shown.exercise_shown_as_actual, 1);
+        let inv = shown
+            .invariants
+            .iter()
+            .find(|x| x.name == "no exercise message shown as actual")
+            .expect("invariant");
+        assert!(!inv.held);
+        assert!(!shown.passed);
     }
 
     #[test]
