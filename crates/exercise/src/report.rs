@@ -43,7 +43,8 @@ pub struct Invariant {
 pub struct Cell {
     /// Addressed by the inject.
     pub addressed: bool,
-    /// Scenario seconds from send to the recipient holding it.
+    /// Scenario seconds from send to the recipient holding it (in live mode, for a recipient
+    /// the drill has no endpoint for: to the sender holding its delivered receipt).
     pub delivered_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the acknowledgement.
     pub acknowledged_s: Option<f64>,
@@ -113,7 +114,8 @@ pub struct Report {
     pub started_at_ms: u64,
     /// Wall-clock duration, s.
     pub wall_s: f64,
-    /// Participants with a node in the drill.
+    /// Participants with a node in the drill; in live mode, also every recipient an inject
+    /// addressed, scored from its sender's delivery table (see [`Inputs::live`]).
     pub participants: Vec<ParticipantRow>,
     /// Injects.
     pub injects: Vec<InjectRow>,
@@ -274,7 +276,16 @@ pub struct Inputs<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) started_at_ms: u64,
     pub(crate) wall_s: f64,
+    /// The participants whose node the drill can read (its inbox): every node it started,
+    /// or in live mode those in the endpoints file.
     pub(crate) participants: &'a [String],
+    /// Live mode: the drill has endpoints for some nodes only (the Secretariat's alone, at
+    /// its simplest), so every recipient an inject addressed is scored, from its sender's
+    /// delivery table (the node API's per-recipient matrix: the delivered and acknowledged
+    /// receipts that reached the sender) where the drill has no endpoint for it, from its
+    /// inbox where it has. Otherwise (a drill the harness deployed) the participants are
+    /// every node of the drill, and a recipient the scenario left out of it is not scored.
+    pub(crate) live: bool,
     pub(crate) roster: &'a Roster,
     /// Each inject, in scenario order.
     pub(crate) injects: Vec<Sent>,
@@ -318,8 +329,36 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             }
         }
     }
-    let mut rows: Vec<ParticipantRow> = i
-        .participants
+    // Whose rows the report has: the participants with a node, and in live mode every
+    // recipient addressed (roster order, then any the roster does not name).
+    let has_node = |p: &str| i.participants.iter().any(|x| x == p);
+    let ids: Vec<String> = if i.live {
+        let mut addressed: Vec<String> = i
+            .sent_views
+            .iter()
+            .flat_map(|v| v["recipients"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["recipient"].as_str().map(str::to_owned))
+            .collect();
+        addressed.sort();
+        addressed.dedup();
+        let wanted = |p: &String| has_node(p) || addressed.contains(p);
+        let mut ids: Vec<String> = i
+            .roster
+            .participants
+            .iter()
+            .map(|p| p.id.to_string())
+            .filter(wanted)
+            .collect();
+        for p in i.participants.iter().chain(&addressed) {
+            if !ids.contains(p) {
+                ids.push(p.clone());
+            }
+        }
+        ids
+    } else {
+        i.participants.to_vec()
+    };
+    let mut rows: Vec<ParticipantRow> = ids
         .iter()
         .map(|p| {
             let entry = ParticipantId::new(p)
@@ -370,10 +409,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         let was_accepted = view["accepted_at_ms"].is_u64();
         if was_accepted {
             accepted += 1;
-            for r in matrix.keys() {
-                if i.participants.contains(r)
-                    && !inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
-                {
+            for (r, row) in &matrix {
+                // Held, as far as the drill can see: in the recipient's inbox where it has
+                // its node; in live mode, else by the sender's table (a delivered receipt).
+                let held = if has_node(r) {
+                    inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
+                } else {
+                    !i.live || row["delivered_at_ms"].is_u64()
+                };
+                if !held {
                     lost += 1;
                 }
             }
@@ -387,11 +431,16 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 .filter(|a| a["from"] == row.id.as_str())
                 .filter_map(|a| a["received_at_ms"].as_u64())
                 .min();
+            // Where the drill has no node for the recipient (live mode), its delivery is
+            // known from the sender's table alone.
+            let delivered_at = if has_node(&row.id) {
+                got.and_then(|g| g["received_at_ms"].as_u64())
+            } else {
+                m.and_then(|r| r["delivered_at_ms"].as_u64())
+            };
             row.cells.push(Cell {
                 addressed: m.is_some(),
-                delivered_s: got
-                    .and_then(|g| g["received_at_ms"].as_u64())
-                    .map(|t| scen_s(t, sent_ms)),
+                delivered_s: delivered_at.map(|t| scen_s(t, sent_ms)),
                 acknowledged_s: m
                     .and_then(|r| r["acked_at_ms"].as_u64())
                     .map(|t| scen_s(t, sent_ms)),
@@ -767,13 +816,20 @@ expect = "answered"
 within_s = 3.0
 "#;
 
-    fn roster() -> Roster {
-        let draft = hotline_config::roster_file::Draft::parse(
-            "network = \"T\"\nversion = 1\n[[participants]]\nid = \"SEC\"\nname = \"S\"\nrole = \"secretariat\"\nkeys = [\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"]\n[[participants]]\nid = \"KAZ\"\nname = \"K\"\nrole = \"member\"\nkeys = [\"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c\"]\n[[participants]]\nid = \"KGZ\"\nname = \"G\"\nrole = \"member\"\nkeys = [\"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025\"]\n",
-            Path::new("t.toml"),
-        )
-        .expect("draft");
+    /// SEC, KAZ and KGZ; TJK too (a fourth member) with `tjk`.
+    fn roster_of(tjk: bool) -> Roster {
+        let mut text = "network = \"T\"\nversion = 1\n[[participants]]\nid = \"SEC\"\nname = \"S\"\nrole = \"secretariat\"\nkeys = [\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"]\n[[participants]]\nid = \"KAZ\"\nname = \"K\"\nrole = \"member\"\nkeys = [\"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c\"]\n[[participants]]\nid = \"KGZ\"\nname = \"G\"\nrole = \"member\"\nkeys = [\"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025\"]\n".to_owned();
+        if tjk {
+            let key = hotline_proto::PublicKey::of(&hotline_config::keyfile::generate());
+            text.push_str(&format!("[[participants]]\nid = \"TJK\"\nname = \"T\"\nrole = \"member\"\nkeys = [\"{key}\"]\n"));
+        }
+        let draft =
+            hotline_config::roster_file::Draft::parse(&text, Path::new("t.toml")).expect("draft");
         draft.to_roster(0).expect("roster")
+    }
+
+    fn roster() -> Roster {
+        roster_of(false)
     }
 
     fn row(r: &str, delivered: Option<u64>, acked: Option<u64>, overdue: Option<u64>) -> Value {
@@ -820,6 +876,7 @@ within_s = 3.0
             started_at_ms: 1000,
             wall_s: 1.0,
             participants: &participants,
+            live: false,
             roster: &roster,
             injects: vec![Sent {
                 inject: sc.injects[0].clone(),
@@ -1086,5 +1143,134 @@ within_s = 3.0
                 && e.contains("stored message 0303 has no journal entry"),
             "{e}"
         );
+    }
+
+    /// A live drill's roll call: the Secretariat to everyone, each to acknowledge.
+    const LIVE: &str = r#"
+name = "live"
+end_s = 60.0
+[[injects]]
+name = "roll-call"
+at_s = 0.0
+from = "SEC"
+everyone = true
+kind = "communications_check"
+subject = "s"
+respond_within_s = 30.0
+[[objectives]]
+name = "delivered"
+inject = "roll-call"
+expect = "delivered"
+within_s = 5.0
+[[objectives]]
+name = "acknowledged"
+inject = "roll-call"
+expect = "acknowledged"
+within_s = 30.0
+"#;
+
+    /// Scores [`LIVE`] in live mode with endpoints for `nodes` (their inboxes as given) and
+    /// the sender's delivery table `matrix`.
+    fn score_live(
+        nodes: &[&str],
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+    ) -> Report {
+        let sc = Scenario::parse(LIVE, "live.toml").expect("scenario");
+        let roster = roster_of(true);
+        let participants: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "answers": [], "delivered": 0, "acknowledged": 0});
+        score(Inputs {
+            scenario: &sc,
+            seed: 1,
+            dir: Path::new("/tmp"),
+            started_at_ms: 1000,
+            wall_s: 1.0,
+            participants: &participants,
+            live: true,
+            roster: &roster,
+            injects: vec![Sent {
+                inject: sc.injects[0].clone(),
+                id: Some("m1".into()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }],
+            sent_views: vec![view],
+            inboxes,
+            shown: HashMap::new(),
+            hooks: None,
+            faults: vec![],
+            proxies: BTreeMap::new(),
+            checks: None,
+            relay_exit: None,
+        })
+        .expect("scores")
+    }
+
+    /// Live mode scores every recipient the inject addressed, from the sender's table,
+    /// not only those in the endpoints file: with endpoints for SEC and KAZ, TJK's missing
+    /// acknowledgement fails the drill (it passed, KAZ alone in scope).
+    #[test]
+    fn a_live_drill_scores_every_addressed_recipient() {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", Some(1800), None, None),
+        ];
+        let r = score_live(&["SEC", "KAZ"], inboxes, matrix);
+        let ack = objective(&r, "acknowledged");
+        assert_eq!(ack.in_scope, 3, "{ack:?}");
+        assert_eq!(ack.failed, vec!["TJK never acknowledged".to_owned()]);
+        let dlv = objective(&r, "delivered");
+        assert!(dlv.met && dlv.in_scope == 3, "{dlv:?}");
+        let tjk = r
+            .participants
+            .iter()
+            .find(|p| p.id == "TJK")
+            .expect("a row");
+        assert_eq!(
+            tjk.cells[0].delivered_s,
+            Some(0.8),
+            "from the sender's table"
+        );
+        assert!(!r.passed);
+    }
+
+    /// The Secretariat's natural set-up, its own node alone in the endpoints file: every
+    /// recipient is scored from its delivery table, and a roll call all acknowledged meets
+    /// the objectives (none was in scope, and every objective failed). A recipient whose
+    /// delivered receipt never came counts as missing.
+    #[test]
+    fn a_live_drill_with_the_senders_node_alone_is_scored_from_its_table() {
+        let inboxes = BTreeMap::from([("SEC".to_owned(), vec![])]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", Some(1800), Some(3000), None),
+        ];
+        let r = score_live(&["SEC"], inboxes, matrix);
+        for o in &r.objectives {
+            assert!(o.met && o.in_scope == 3, "{o:?}");
+        }
+        assert_eq!(r.messages_lost, 0);
+        assert!(r.passed, "{}", summary(&r));
+
+        let inboxes = BTreeMap::from([("SEC".to_owned(), vec![])]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", None, None, None),
+        ];
+        let r = score_live(&["SEC"], inboxes, matrix);
+        assert_eq!(r.messages_lost, 1);
+        assert_eq!(
+            objective(&r, "delivered").failed,
+            vec!["TJK never held it".to_owned()]
+        );
+        assert!(!r.passed);
     }
 }

@@ -53,7 +53,9 @@ pub struct RunOptions {
 
 /// An existing deployment to drill: its roster and its nodes' APIs. In live mode nothing is
 /// started or killed (faults are not injected), nobody acknowledges on the operators'
-/// behalf, every inject carries status `exercise`, and the stores are not inspected.
+/// behalf, every inject carries status `exercise`, and the stores are not inspected. Every
+/// recipient an inject addresses is scored, whether or not it has a node here: from the
+/// sender's delivery table, or its own inbox where it has (`report::Inputs::live`).
 #[derive(Clone)]
 pub struct Live {
     /// The roster in force (for names, roles and groups).
@@ -591,6 +593,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         started_at_ms,
         wall_s,
         participants: &participants,
+        live: opts.live.is_some(),
         roster: &roster,
         injects: scenario
             .injects
