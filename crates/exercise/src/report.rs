@@ -475,23 +475,14 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .unwrap_or(0);
         let id = &i.injects[k].id;
         let id = id.clone().unwrap_or_default();
-        let group: Option<Vec<String>> = o.group.as_ref().map(|g| {
-            i.roster
-                .group(g)
-                .map(|g| g.members.iter().map(|m| m.to_string()).collect())
-                .unwrap_or_default()
-        });
         let mut failed = Vec::new();
         if let Some(why) = &i.injects[k].refused {
             failed.push(format!("inject {:?} {why}", o.inject));
         }
         let mut in_scope = 0;
-        for (r_idx, row) in rows.iter_mut().enumerate() {
-            let _ = r_idx;
+        for row in rows.iter_mut() {
             let cell = &row.cells[k];
-            let named = o.participants.is_empty() || o.participants.contains(&row.id);
-            let grouped = group.as_ref().is_none_or(|g| g.contains(&row.id));
-            if !cell.addressed || !named || !grouped || o.except.contains(&row.id) {
+            if !cell.addressed || !o.covers(&row.id, i.roster) {
                 continue;
             }
             in_scope += 1;
@@ -546,6 +537,32 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             failed,
         });
     }
+    // Every recipient of an inject that requires acknowledgement has acknowledged it by
+    // the end, whatever objectives the author wrote, unless the scenario expects otherwise
+    // (`Scenario::expects_unacknowledged`). Faults are injected only when the harness runs
+    // the nodes.
+    let mut acks_required = 0;
+    let mut acks_missing = Vec::new();
+    for (k, sent) in i.injects.iter().enumerate() {
+        if sent.inject.respond_within_s.is_none() || sent.id.is_none() {
+            continue;
+        }
+        for row in &rows {
+            let cell = &row.cells[k];
+            if !cell.addressed || sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
+                continue;
+            }
+            acks_required += 1;
+            if cell.acknowledged_s.is_none() {
+                acks_missing.push(format!(
+                    "{} never acknowledged {:?}{}",
+                    row.id,
+                    sent.inject.name,
+                    if cell.overdue { " (overdue)" } else { "" }
+                ));
+            }
+        }
+    }
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
     let mut invariants = vec![
         Invariant {
@@ -562,6 +579,25 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             name: "no exercise message shown as actual".into(),
             held: as_actual == 0,
             detail: format!("{as_actual} shown as actual"),
+        },
+        Invariant {
+            name: "every acknowledgement required was given".into(),
+            held: acks_missing.is_empty(),
+            detail: if acks_missing.is_empty() {
+                format!("{acks_required} of {acks_required} acknowledged")
+            } else {
+                let shown: Vec<&str> = acks_missing.iter().take(10).map(String::as_str).collect();
+                format!(
+                    "{} of {acks_required} missing: {}{}",
+                    acks_missing.len(),
+                    shown.join("; "),
+                    if acks_missing.len() > shown.len() {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                )
+            },
         },
         Invariant {
             name: "every inject accepted".into(),
@@ -863,7 +899,20 @@ within_s = 3.0
         shown: HashMap<(String, String), u32>,
         checks: StoreChecks,
     ) -> Report {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        score_scenario(SCENARIO, inboxes, matrix, hooks, shown, checks)
+    }
+
+    /// Scores scenario `text`'s first inject, sent at t=1000 ms, in a drill the harness ran
+    /// with nodes for SEC, KAZ and KGZ.
+    fn score_scenario(
+        text: &str,
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+        hooks: Vec<(String, String)>,
+        shown: HashMap<(String, String), u32>,
+        checks: StoreChecks,
+    ) -> Report {
+        let sc = Scenario::parse(text, "t").expect("scenario");
         let roster = roster();
         let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         // KAZ answered twice (the first counts); KGZ did not.
@@ -1272,5 +1321,83 @@ within_s = 30.0
             vec!["TJK never held it".to_owned()]
         );
         assert!(!r.passed);
+    }
+
+    /// An alert that requires acknowledgement, with an objective on its delivery only.
+    const ACKS: &str = r#"
+name = "acks"
+end_s = 60.0
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "s"
+respond_within_s = 10.0
+[[objectives]]
+name = "delivered"
+inject = "alert"
+expect = "delivered"
+"#;
+
+    /// Every recipient of an inject that requires acknowledgement must have acknowledged
+    /// it by the end, whatever objectives the author wrote: KGZ overdue and silent, with no
+    /// objective on acknowledgement, fails the drill (it passed on "delivered"). An
+    /// `overdue_escalated` objective covering KGZ, or a fault keeping KGZ's node down to the
+    /// end, says the scenario expects it, and the drill passes.
+    #[test]
+    fn an_acknowledgement_required_and_never_given_fails_the_drill() {
+        let run = |text: &str, hooks: Vec<(String, String)>| {
+            let inboxes = BTreeMap::from([
+                ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+                ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1600), None, Some(11_000)),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, hooks, HashMap::new(), checks)
+        };
+        let acks = |r: &Report| {
+            r.invariants
+                .iter()
+                .find(|x| x.name == "every acknowledgement required was given")
+                .cloned()
+                .expect("the invariant")
+        };
+        let r = run(ACKS, vec![]);
+        assert!(objective(&r, "delivered").met);
+        assert!(!r.passed, "{}", summary(&r));
+        let inv = acks(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail
+                .contains("KGZ never acknowledged \"alert\" (overdue)"),
+            "{inv:?}"
+        );
+        assert!(!inv.detail.contains("KAZ"), "{inv:?}");
+
+        let escalated = format!(
+            "{ACKS}[[objectives]]\nname = \"KGZ escalated\"\ninject = \"alert\"\nexpect = \"overdue_escalated\"\nparticipants = [\"KGZ\"]\n"
+        );
+        let r = run(&escalated, vec![("m1".into(), "KGZ".into())]);
+        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(r.passed, "{}", summary(&r));
+
+        let offline = format!(
+            "{ACKS}[[faults]]\nkind = \"offline\"\nparticipant = \"KGZ\"\nfrom_s = 5.0\nto_s = 60.0\n"
+        );
+        let r = run(&offline, vec![]);
+        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(r.passed, "{}", summary(&r));
+        // Back before the end: it is expected to acknowledge.
+        let r = run(&offline.replace("to_s = 60.0", "to_s = 30.0"), vec![]);
+        assert!(!acks(&r).held);
     }
 }

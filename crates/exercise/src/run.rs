@@ -516,7 +516,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
             _ = sweep.tick() => {
                 if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_decided = all_decided(&scenario, &injects, &clients).await;
+                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.is_some()).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -829,12 +829,20 @@ fn schedule_reply(
 
 /// Whether every objective is decided: met (as far as the nodes' records show while the
 /// drill runs; the report scores times and scope), or failed for good because its inject
-/// was refused by its node (HTTP 4xx), so that no message can ever meet it. The drill ends
-/// when they are, without waiting for `end_s`.
+/// was refused by its node (HTTP 4xx), so that no message can ever meet it; and every
+/// acknowledgement the scenario requires is given, as the report's invariant wants it (a
+/// recipient of an inject with `respond_within_s` has acknowledged it, or
+/// `Scenario::expects_unacknowledged` says it need not). `harnessed`: the harness runs the
+/// nodes, injecting faults, and a recipient it runs no node for is not in the drill (nor in
+/// the report); in live mode every recipient is.
+/// The drill ends when they are, without waiting for `end_s`: otherwise it could end on its
+/// objectives while acknowledgements no objective names were still on their way.
 async fn all_decided(
     scenario: &Scenario,
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
+    roster: &hotline_proto::Roster,
+    harnessed: bool,
 ) -> bool {
     // Cheap test first: every inject sent, or refused for good (its objectives then fail;
     // the drill need not wait for what will never be sent).
@@ -871,6 +879,31 @@ async fn all_decided(
             _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
         };
         if rows.is_empty() || !rows.iter().all(done) {
+            return false;
+        }
+    }
+    for (k, inj) in scenario.injects.iter().enumerate() {
+        if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
+            continue;
+        }
+        let (Some(id), Some(c)) = (&injects[k].id, clients.get(&inj.from)) else {
+            return false;
+        };
+        let (c, id) = (c.clone(), id.clone());
+        let Ok(Ok(v)) =
+            tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await
+        else {
+            return false;
+        };
+        let rows = v["recipients"].as_array().cloned().unwrap_or_default();
+        let given = |r: &Value| {
+            r["acked_at_ms"].is_u64()
+                || r["recipient"].as_str().is_some_and(|p| {
+                    (harnessed && !clients.contains_key(p))
+                        || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                })
+        };
+        if !rows.iter().all(given) {
             return false;
         }
     }

@@ -36,8 +36,10 @@ pub struct Scenario {
     #[serde(default = "one")]
     pub time_compression: f64,
     /// Scenario time at which the drill ends at the latest, if objectives are still open. It
-    /// ends sooner once the timeline has run and every objective is decided: met, or failed
-    /// for good because its inject was refused by its node.
+    /// ends sooner once the timeline has run, every objective is decided (met, or failed
+    /// for good because its inject was refused by its node), and every acknowledgement an
+    /// inject requires (`respond_within_s`) is given, or expected not to be
+    /// ([`Scenario::expects_unacknowledged`]).
     pub end_s: f64,
     /// Participant ids to run (default: the whole CICA roster).
     #[serde(default)]
@@ -93,7 +95,10 @@ pub struct Inject {
     pub precedence: String,
     /// Category.
     pub category: Option<String>,
-    /// Acknowledgement required within this many scenario seconds.
+    /// Acknowledgement required within this many scenario seconds. Every recipient must then
+    /// have acknowledged it by the end of the drill (an invariant, whatever the objectives
+    /// say), unless the scenario expects it not to: see
+    /// [`Scenario::expects_unacknowledged`].
     pub respond_within_s: Option<f64>,
     /// Name of an earlier inject this one references (update, cancel, reply).
     pub references: Option<String>,
@@ -209,7 +214,59 @@ pub struct Objective {
     pub except: Vec<String>,
 }
 
+impl Objective {
+    /// Whether this objective's scope takes in `recipient`, if its inject addressed it: named
+    /// by `participants` (or none named), a member of `group` (by `roster`) if one is given,
+    /// and not in `except`.
+    pub fn covers(&self, recipient: &str, roster: &hotline_proto::Roster) -> bool {
+        let named =
+            self.participants.is_empty() || self.participants.iter().any(|p| p == recipient);
+        let grouped = self.group.as_ref().is_none_or(|g| {
+            roster
+                .group(g)
+                .is_some_and(|g| g.members.iter().any(|m| m.as_str() == recipient))
+        });
+        named && grouped && !self.except.iter().any(|p| p == recipient)
+    }
+}
+
 impl Scenario {
+    /// Whether the scenario expects `recipient` not to have acknowledged inject `k` (one
+    /// requiring acknowledgement) by the end of the drill, so that the invariant "every
+    /// acknowledgement required was given" leaves it out, and the drill does not wait for it
+    /// before ending early: an `overdue_escalated` objective on that inject covers it (the
+    /// deadline passing is then what the drill checks), or, when the drill injects faults,
+    /// a fault keeps its node down until `end_s` (`offline` to the end, or `kill_node`
+    /// restarting it after the end). Nothing else does: a behaviour of `never_ack` without
+    /// such an objective leaves the drill checking nothing of that recipient, and fails it.
+    pub fn expects_unacknowledged(
+        &self,
+        k: usize,
+        recipient: &str,
+        roster: &hotline_proto::Roster,
+        faults: bool,
+    ) -> bool {
+        let Some(inj) = self.injects.get(k) else {
+            return false;
+        };
+        let escalated = self.objectives.iter().any(|o| {
+            o.inject == inj.name && o.expect == "overdue_escalated" && o.covers(recipient, roster)
+        });
+        let down_at_end = faults
+            && self.faults.iter().any(|f| match f {
+                Fault::Offline {
+                    participant, to_s, ..
+                } => participant == recipient && *to_s >= self.end_s,
+                Fault::KillNode {
+                    participant,
+                    at_s,
+                    restart_after_s,
+                } => participant == recipient && at_s + restart_after_s >= self.end_s,
+                _ => false,
+            });
+        escalated || down_at_end
+    }
+
     /// Parses a scenario, checking references between its parts.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
