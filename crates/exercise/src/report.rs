@@ -115,7 +115,7 @@ pub struct Report {
     /// Wall-clock duration, s.
     pub wall_s: f64,
     /// Participants with a node in the drill; in live mode, also every recipient an inject
-    /// addressed, scored from its sender's delivery table (see [`Inputs::live`]).
+    /// addressed, scored from its sender's delivery table (see `Inputs::live`).
     pub participants: Vec<ParticipantRow>,
     /// Injects.
     pub injects: Vec<InjectRow>,

@@ -131,6 +131,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 );
             }
             let participants = live.clients.keys().cloned().collect::<Vec<_>>();
+            scenario.check_roster(&live.roster)?;
             // Faults are not injected in live mode: only the senders need a node.
             check_nodes(&scenario, &participants, false)
                 .context("live mode: every sender needs an entry in the endpoints file")?;
@@ -645,6 +646,7 @@ async fn setup_sim(
             bail!("scenario participant {p} is not on the roster");
         }
     }
+    scenario.check_roster(&dep.roster)?;
     check_nodes(scenario, &participants, true)?;
 
     // Relay first: nodes need its address.
@@ -753,8 +755,9 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
 }
 
 /// Checks, before anything is started or sent, that every inject's sender (and, with
-/// `faults`, every fault's participant) is one of `nodes`, the participants the run has a
-/// node for; the error lists every one that is not. Checked when due instead, such an inject
+/// `faults`, in a drill the harness deploys, every fault's participant and every
+/// participant an objective names, which is scored only if it has a node there) is one of
+/// `nodes`, the participants the run has a node for; the error lists every one that is not. Checked when due instead, such an inject
 /// ended the drill midway without a report, after real traffic had been sent.
 fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::Result<()> {
     let has = |p: &str| nodes.iter().any(|n| n == p);
@@ -774,6 +777,11 @@ fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::R
             };
             if !has(p) {
                 missing.push(format!("fault {} ({kind}) is on {p}", n + 1));
+            }
+        }
+        for o in &scenario.objectives {
+            for p in o.participants.iter().filter(|p| !has(p)) {
+                missing.push(format!("objective {:?} names {p}", o.name));
             }
         }
     }
@@ -1149,5 +1157,62 @@ expect = "delivered"
             odd.file_name().and_then(|n| n.to_str()),
             Some("hotline-exercise-______etc_x_y-7")
         );
+    }
+
+    /// A two-node drill whose inject goes from SEC to KAZ, with `extra` appended.
+    fn referring(extra: &str) -> String {
+        format!(
+            "name = \"refs\"\nend_s = 5.0\nparticipants = [\"SEC\", \"KAZ\"]\n[[injects]]\nname = \"a\"\nat_s = 0.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n{extra}"
+        )
+    }
+
+    /// Ids a scenario names are checked against the roster before anything starts, and an
+    /// error names the scenario's file, the entry and the id: an objective's participant
+    /// that is not on the roster, or that its inject does not address, and a behaviour for
+    /// an unknown participant. They were silently dropped (the objective scored on fewer
+    /// recipients, the behaviour applied to nobody).
+    #[tokio::test]
+    async fn ids_a_scenario_names_are_checked_against_the_roster_before_it_starts() {
+        let objective = |who: &str| {
+            format!("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"acknowledged\"\nparticipants = [\"KAZ\", \"{who}\"]\n")
+        };
+        for (extra, wanted) in [
+            (
+                objective("XYZ"),
+                "scenario refs.toml: objective \"o\": participant XYZ is not on the roster",
+            ),
+            (
+                objective("UZB"),
+                "scenario refs.toml: objective \"o\": participant UZB is not addressed by inject \"a\"",
+            ),
+            (
+                "[behaviour.XYZ]\nnever_ack = true\n".to_owned(),
+                "scenario refs.toml: behaviour.XYZ: XYZ is not on the roster",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let sc = Scenario::parse(&referring(&extra), "refs.toml").expect("parses");
+            let e = run(sc, options(tmp.path(), None))
+                .await
+                .expect_err("refused");
+            let e = format!("{e:#}");
+            assert!(e.contains(wanted), "{wanted}: {e}");
+            assert!(!tmp.path().join("out/relay-0.log").exists(), "{e}");
+        }
+        // An objective on a recipient the drill runs no node for could not be scored.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sc = Scenario::parse(
+            &referring("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\nparticipants = [\"UZB\"]\n")
+                .replace("to = [\"KAZ\"]", "to = [\"KAZ\", \"UZB\"]"),
+            "refs.toml",
+        )
+        .expect("parses");
+        let e = format!(
+            "{:#}",
+            run(sc, options(tmp.path(), None))
+                .await
+                .expect_err("refused")
+        );
+        assert!(e.contains("objective \"o\" names UZB"), "{e}");
     }
 }
