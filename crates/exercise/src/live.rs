@@ -1,6 +1,9 @@
 //! Live mode: the endpoints file that names an existing deployment's nodes. Every sender of
 //! the scenario's injects needs an entry; a drill that names one without is refused before
-//! any node is called.
+//! any node is called. Other nodes need none: every recipient is scored from its sender's
+//! delivery table (the delivered and acknowledged receipts that reached the sender), and
+//! a recipient with an entry also from its inbox (the message held, shown once, as
+//! exercise).
 //!
 //! ```toml
 //! roster = "/etc/hotline/roster.signed"   # the roster in force

@@ -13,6 +13,10 @@ use anyhow::{bail, Context as _};
 /// A running `hotline` process, killed (SIGKILL) when dropped.
 pub struct Proc {
     child: Child,
+    /// Whether `child` has been waited for. Once it has, its pid is free for the kernel to
+    /// give to another process, so it is never signalled again (`kill` by pid would reach
+    /// that process, or fail and make a clean exit look like a failure).
+    reaped: bool,
     lines: Arc<Mutex<Vec<String>>>,
     seen: tokio::sync::watch::Receiver<usize>,
     /// Told when the reader has read standard error to its end.
@@ -35,6 +39,8 @@ impl Proc {
     pub fn spawn(bin: &Path, args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
         use std::io::{BufRead, Write};
         let log_path = dir.join(log_name);
+        // Before the child: a log refused leaves no process running unwatched.
+        let mut file = open_log(&log_path)?;
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(dir)
@@ -51,10 +57,6 @@ impl Proc {
         let stderr = child.stderr.take().context("child standard error")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = tokio::sync::watch::channel(0usize);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
         let l = lines.clone();
         let (done, read_all) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -72,6 +74,7 @@ impl Proc {
         });
         Ok(Self {
             child,
+            reaped: false,
             lines,
             seen,
             read_all,
@@ -84,14 +87,32 @@ impl Proc {
         self.child.id()
     }
 
-    /// SIGKILL, then reap.
+    /// SIGKILL, then reap. (`Child::kill` sends nothing to a child already reaped.)
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let st = self.child.wait().ok();
+        self.reap(st);
     }
 
-    /// Sends a signal by name (`TERM`, `HUP`…).
+    /// Notes that the child has been reaped if `status` says it has exited; returns it.
+    fn reap(
+        &mut self,
+        status: Option<std::process::ExitStatus>,
+    ) -> Option<std::process::ExitStatus> {
+        self.reaped |= status.is_some();
+        status
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`…), through the pid, and only while the child
+    /// has not been reaped: the pid of a reaped child may be another process's by now. An
+    /// exited child not yet reaped keeps its pid (a zombie), so signalling it is harmless.
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        if self.reaped {
+            bail!(
+                "process {} has exited and been reaped: not sent {sig}",
+                self.child.id()
+            );
+        }
         let st = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -103,7 +124,12 @@ impl Proc {
     }
 
     /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that). Returns the exit code.
+    /// A child that has already exited (killed by a fault, or terminated before) is not
+    /// signalled: its exit code is returned as it was.
     pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        if let Some(st) = self.try_reap() {
+            return st.code();
+        }
         if self.signal("TERM").is_err() {
             self.kill9();
             return None;
@@ -111,7 +137,7 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut exited = self.seen.clone();
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if let Some(st) = self.try_reap() {
                 return st.code();
             }
             // The log pipe closes when the process exits: that is the event to wait on.
@@ -119,7 +145,7 @@ impl Proc {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => {
                     let st = tokio::task::block_in_place(|| self.child.wait()).ok();
-                    return st.and_then(|s| s.code());
+                    return self.reap(st).and_then(|s| s.code());
                 }
                 Err(_) => {
                     self.kill9();
@@ -156,9 +182,15 @@ impl Proc {
         }
     }
 
+    /// Its exit status if it has exited (reaping it), without waiting.
+    fn try_reap(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.child.try_wait().ok().flatten();
+        self.reap(st)
+    }
+
     /// Whether it has exited.
     pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        self.try_reap().is_some()
     }
 
     /// All log lines so far, joined.
@@ -238,6 +270,30 @@ impl Proc {
     }
 }
 
+/// Opens a process's log: a new file, or, if one is there (a caller that appends a second
+/// run to one log), that file if it is a plain file. A symbolic link in its place is
+/// refused rather than followed, so a log never lands in a file the link points to.
+fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    let new = std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path);
+    match new {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(path)
+                .with_context(|| format!("log {}", path.display()))?;
+            if !meta.file_type().is_file() {
+                bail!("log {}: exists and is not a plain file", path.display());
+            }
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("log {}", path.display()))
+        }
+        r => r.with_context(|| format!("log {}", path.display())),
+    }
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -280,4 +336,77 @@ pub fn hotline_bin() -> anyhow::Result<PathBuf> {
         dir = d.parent();
     }
     bail!("the hotline binary was not found next to {}; build it with `cargo build -p hotline-cli` or set HOTLINE_BIN", exe.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell that says it is ready, then exits 0 on SIGTERM (stopping its `sleep`, which
+    /// would otherwise hold standard error open).
+    const CLEAN_ON_TERM: &str =
+        "trap 'kill $!; exit 0' TERM; sleep 30 >/dev/null 2>&1 & echo ready >&2; wait";
+
+    /// A child already reaped is not signalled again: its pid may be another process's.
+    /// Terminating it twice (the drill's end after an offline fault's SIGTERM, or after a
+    /// kill) gives its exit code both times; it used to send `kill -TERM` to the stale pid,
+    /// which failed (or reached whatever process had the pid) and reported no exit code.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reaped_child_is_never_signalled_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", CLEAN_ON_TERM],
+            tmp.path(),
+            "sh.log",
+        )
+        .expect("spawned");
+        p.wait_log("ready", Duration::from_secs(10))
+            .await
+            .expect("the trap is set");
+        assert_eq!(p.terminate(Duration::from_secs(10)).await, Some(0));
+        assert_eq!(
+            p.terminate(Duration::from_secs(10)).await,
+            Some(0),
+            "terminated again: its exit code as it was"
+        );
+        let e = p.signal("TERM").expect_err("not signalled").to_string();
+        assert!(e.contains("reaped"), "{e}");
+
+        let mut k = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", CLEAN_ON_TERM],
+            tmp.path(),
+            "sh-killed.log",
+        )
+        .expect("spawned");
+        k.kill9();
+        assert!(k.exited());
+        assert_eq!(k.terminate(Duration::from_secs(10)).await, None, "killed");
+        assert!(k.signal("HUP").is_err());
+    }
+
+    /// A process's log is never written through a symbolic link planted in its place.
+    #[test]
+    fn a_log_is_not_written_through_a_planted_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "untouched\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, tmp.path().join("sh.log")).expect("link");
+        let spawned = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", "echo hi >&2"],
+            tmp.path(),
+            "sh.log",
+        );
+        let e = format!(
+            "{:#}",
+            spawned.err().expect("a log through a link is refused")
+        );
+        assert!(e.contains("sh.log"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched\n"
+        );
+    }
 }

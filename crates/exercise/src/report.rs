@@ -43,7 +43,8 @@ pub struct Invariant {
 pub struct Cell {
     /// Addressed by the inject.
     pub addressed: bool,
-    /// Scenario seconds from send to the recipient holding it.
+    /// Scenario seconds from send to the recipient holding it (in live mode, for a recipient
+    /// the drill has no endpoint for: to the sender holding its delivered receipt).
     pub delivered_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the acknowledgement.
     pub acknowledged_s: Option<f64>,
@@ -113,7 +114,8 @@ pub struct Report {
     pub started_at_ms: u64,
     /// Wall-clock duration, s.
     pub wall_s: f64,
-    /// Participants with a node in the drill.
+    /// Participants with a node in the drill; in live mode, also every recipient an inject
+    /// addressed, scored from its sender's delivery table (see `Inputs::live`).
     pub participants: Vec<ParticipantRow>,
     /// Injects.
     pub injects: Vec<InjectRow>,
@@ -123,7 +125,9 @@ pub struct Report {
     pub messages_lost: usize,
     /// Messages shown to an operator more than once.
     pub duplicates_shown: usize,
-    /// Exercise messages shown as actual.
+    /// The drill's messages (its injects, sent as `exercise`) shown with another status in
+    /// a recipient's inbox. Other messages there, a live deployment's own traffic, are not
+    /// counted.
     pub exercise_shown_as_actual: usize,
     /// Receipts whose signatures were checked / found invalid.
     pub receipts_checked: usize,
@@ -149,6 +153,9 @@ pub struct StoreChecks {
     pub journals: Vec<(String, Result<u64, String>)>,
     /// Receipts checked, invalid.
     pub receipts: (usize, usize),
+    /// Nodes whose received receipts could not be read, with the error: none of theirs was
+    /// checked, which fails the receipt invariant rather than passing unseen.
+    pub receipts_unread: Vec<(String, String)>,
     /// Nodes holding deliveries in quarantine at the end, with how many: with an honest relay
     /// and every node on the drill's roster, a genuine message addressed to a node never
     /// fails its checks there.
@@ -166,16 +173,22 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     )?;
     let (mut checked, mut invalid) = (0, 0);
     let mut quarantined = Vec::new();
+    let mut receipts_unread = Vec::new();
     for (id, n) in &dep.nodes {
         let db = n.data_dir.join("node.db");
         journals.push((id.clone(), verify_db(&db)));
         match hotline_node::store::NodeStore::open(&n.data_dir) {
             Ok(store) => {
-                for r in store.receipts_in().unwrap_or_default() {
-                    checked += 1;
-                    if signed_roster.verify_receipt(&r).is_err() {
-                        invalid += 1;
+                match store.receipts_in() {
+                    Ok(receipts) => {
+                        for r in receipts {
+                            checked += 1;
+                            if signed_roster.verify_receipt(&r).is_err() {
+                                invalid += 1;
+                            }
+                        }
                     }
+                    Err(e) => receipts_unread.push((id.clone(), e.to_string())),
                 }
                 let held = store.quarantine_size().0.held;
                 if held > 0 {
@@ -188,15 +201,40 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     Ok(StoreChecks {
         journals,
         receipts: (checked, invalid),
+        receipts_unread,
         quarantined,
     })
 }
 
+/// What `hotline audit verify` checks of a store at rest, through the same functions:
+/// SQLite's quick check, a schema this release reads, the journal's hash chain, and the
+/// stored records against the journal (on a relay's store, every journaled message and
+/// receipt matches its row and every row is journaled; on a node's, every stored message
+/// and receipt is a record its journal holds). Read-only. The journal's entry count, or why
+/// the store does not verify.
 fn verify_db(path: &Path) -> Result<u64, String> {
-    let conn = hotline_store::open(path, false).map_err(|e| e.to_string())?;
-    hotline_store::verify_journal(&conn)
-        .map(|r| r.entries)
-        .map_err(|e| e.to_string())
+    use anyhow::Context as _;
+    let check = || -> anyhow::Result<u64> {
+        let conn = hotline_store::open_read_only(path)?;
+        hotline_store::quick_check(&conn, path)?;
+        let relay = hotline_relay::store::is_relay_store(&conn)?;
+        if relay {
+            hotline_relay::store::check_schema_version(&conn, path)?;
+        } else {
+            hotline_node::store::check_schema_version(&conn, path)?;
+        }
+        let report =
+            hotline_store::verify_journal(&conn).context("audit journal does not verify")?;
+        if relay {
+            hotline_relay::store::verify_journaled_records(&conn, path)
+                .context("stored records and journal differ")?;
+        } else {
+            hotline_node::store::verify_records(&conn, path)
+                .context("stored records and journal differ")?;
+        }
+        Ok(report.entries)
+    };
+    check().map_err(|e| format!("{e:#}"))
 }
 
 /// Overdue hook runs per sender: (message id, recipient) pairs.
@@ -238,7 +276,16 @@ pub struct Inputs<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) started_at_ms: u64,
     pub(crate) wall_s: f64,
+    /// The participants whose node the drill can read (its inbox): every node it started,
+    /// or in live mode those in the endpoints file.
     pub(crate) participants: &'a [String],
+    /// Live mode: the drill has endpoints for some nodes only (the Secretariat's alone, at
+    /// its simplest), so every recipient an inject addressed is scored, from its sender's
+    /// delivery table (the node API's per-recipient matrix: the delivered and acknowledged
+    /// receipts that reached the sender) where the drill has no endpoint for it, from its
+    /// inbox where it has. Otherwise (a drill the harness deployed) the participants are
+    /// every node of the drill, and a recipient the scenario left out of it is not scored.
+    pub(crate) live: bool,
     pub(crate) roster: &'a Roster,
     /// Each inject, in scenario order.
     pub(crate) injects: Vec<Sent>,
@@ -263,20 +310,55 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     // Recipient inbox entries by (participant, id).
     let mut inbox: HashMap<(String, String), &Value> = HashMap::new();
     let mut inbox_dups = 0;
+    // Only the drill's own messages are the harness's to judge: a live deployment's inboxes
+    // also hold its real traffic (actual, or `test` for a communications check), which is
+    // no exercise message, shown rightly as what it is. Each inject is sent as `exercise`
+    // and must be shown so.
+    let drill_ids: std::collections::HashSet<&str> =
+        i.injects.iter().filter_map(|s| s.id.as_deref()).collect();
     let mut as_actual = 0;
     for (p, items) in &i.inboxes {
         for m in items {
             let id = m["id"].as_str().unwrap_or("").to_owned();
+            let drill = drill_ids.contains(id.as_str());
             if inbox.insert((p.clone(), id), m).is_some() {
                 inbox_dups += 1;
             }
-            if m["status"] != json!("exercise") || m["exercise_or_test"] != json!(true) {
+            if drill && (m["status"] != json!("exercise") || m["exercise_or_test"] != json!(true)) {
                 as_actual += 1;
             }
         }
     }
-    let mut rows: Vec<ParticipantRow> = i
-        .participants
+    // Whose rows the report has: the participants with a node, and in live mode every
+    // recipient addressed (roster order, then any the roster does not name).
+    let has_node = |p: &str| i.participants.iter().any(|x| x == p);
+    let ids: Vec<String> = if i.live {
+        let mut addressed: Vec<String> = i
+            .sent_views
+            .iter()
+            .flat_map(|v| v["recipients"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["recipient"].as_str().map(str::to_owned))
+            .collect();
+        addressed.sort();
+        addressed.dedup();
+        let wanted = |p: &String| has_node(p) || addressed.contains(p);
+        let mut ids: Vec<String> = i
+            .roster
+            .participants
+            .iter()
+            .map(|p| p.id.to_string())
+            .filter(wanted)
+            .collect();
+        for p in i.participants.iter().chain(&addressed) {
+            if !ids.contains(p) {
+                ids.push(p.clone());
+            }
+        }
+        ids
+    } else {
+        i.participants.to_vec()
+    };
+    let mut rows: Vec<ParticipantRow> = ids
         .iter()
         .map(|p| {
             let entry = ParticipantId::new(p)
@@ -327,10 +409,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         let was_accepted = view["accepted_at_ms"].is_u64();
         if was_accepted {
             accepted += 1;
-            for r in matrix.keys() {
-                if i.participants.contains(r)
-                    && !inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
-                {
+            for (r, row) in &matrix {
+                // Held, as far as the drill can see: in the recipient's inbox where it has
+                // its node; in live mode, else by the sender's table (a delivered receipt).
+                let held = if has_node(r) {
+                    inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
+                } else {
+                    !i.live || row["delivered_at_ms"].is_u64()
+                };
+                if !held {
                     lost += 1;
                 }
             }
@@ -344,11 +431,16 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 .filter(|a| a["from"] == row.id.as_str())
                 .filter_map(|a| a["received_at_ms"].as_u64())
                 .min();
+            // Where the drill has no node for the recipient (live mode), its delivery is
+            // known from the sender's table alone.
+            let delivered_at = if has_node(&row.id) {
+                got.and_then(|g| g["received_at_ms"].as_u64())
+            } else {
+                m.and_then(|r| r["delivered_at_ms"].as_u64())
+            };
             row.cells.push(Cell {
                 addressed: m.is_some(),
-                delivered_s: got
-                    .and_then(|g| g["received_at_ms"].as_u64())
-                    .map(|t| scen_s(t, sent_ms)),
+                delivered_s: delivered_at.map(|t| scen_s(t, sent_ms)),
                 acknowledged_s: m
                     .and_then(|r| r["acked_at_ms"].as_u64())
                     .map(|t| scen_s(t, sent_ms)),
@@ -383,23 +475,14 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .unwrap_or(0);
         let id = &i.injects[k].id;
         let id = id.clone().unwrap_or_default();
-        let group: Option<Vec<String>> = o.group.as_ref().map(|g| {
-            i.roster
-                .group(g)
-                .map(|g| g.members.iter().map(|m| m.to_string()).collect())
-                .unwrap_or_default()
-        });
         let mut failed = Vec::new();
         if let Some(why) = &i.injects[k].refused {
             failed.push(format!("inject {:?} {why}", o.inject));
         }
         let mut in_scope = 0;
-        for (r_idx, row) in rows.iter_mut().enumerate() {
-            let _ = r_idx;
+        for row in rows.iter_mut() {
             let cell = &row.cells[k];
-            let named = o.participants.is_empty() || o.participants.contains(&row.id);
-            let grouped = group.as_ref().is_none_or(|g| g.contains(&row.id));
-            if !cell.addressed || !named || !grouped || o.except.contains(&row.id) {
+            if !cell.addressed || !o.covers(&row.id, i.roster) {
                 continue;
             }
             in_scope += 1;
@@ -454,6 +537,32 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             failed,
         });
     }
+    // Every recipient of an inject that requires acknowledgement has acknowledged it by
+    // the end, whatever objectives the author wrote, unless the scenario expects otherwise
+    // (`Scenario::expects_unacknowledged`). Faults are injected only when the harness runs
+    // the nodes.
+    let mut acks_required = 0;
+    let mut acks_missing = Vec::new();
+    for (k, sent) in i.injects.iter().enumerate() {
+        if sent.inject.respond_within_s.is_none() || sent.id.is_none() {
+            continue;
+        }
+        for row in &rows {
+            let cell = &row.cells[k];
+            if !cell.addressed || sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
+                continue;
+            }
+            acks_required += 1;
+            if cell.acknowledged_s.is_none() {
+                acks_missing.push(format!(
+                    "{} never acknowledged {:?}{}",
+                    row.id,
+                    sent.inject.name,
+                    if cell.overdue { " (overdue)" } else { "" }
+                ));
+            }
+        }
+    }
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
     let mut invariants = vec![
         Invariant {
@@ -470,6 +579,25 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             name: "no exercise message shown as actual".into(),
             held: as_actual == 0,
             detail: format!("{as_actual} shown as actual"),
+        },
+        Invariant {
+            name: "every acknowledgement required was given".into(),
+            held: acks_missing.is_empty(),
+            detail: if acks_missing.is_empty() {
+                format!("{acks_required} of {acks_required} acknowledged")
+            } else {
+                let shown: Vec<&str> = acks_missing.iter().take(10).map(String::as_str).collect();
+                format!(
+                    "{} of {acks_required} missing: {}{}",
+                    acks_missing.len(),
+                    shown.join("; "),
+                    if acks_missing.len() > shown.len() {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                )
+            },
         },
         Invariant {
             name: "every inject accepted".into(),
@@ -493,10 +621,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .sum();
+        let unread: Vec<String> = checks
+            .receipts_unread
+            .iter()
+            .map(|(id, e)| format!("{id}'s receipts not read: {e}"))
+            .collect();
         invariants.push(Invariant {
             name: "every receipt signature valid".into(),
-            held: invalid == 0 && checked > 0,
-            detail: format!("{checked} receipts checked, {invalid} invalid"),
+            held: invalid == 0 && checked > 0 && unread.is_empty(),
+            detail: std::iter::once(format!("{checked} receipts checked, {invalid} invalid"))
+                .chain(unread)
+                .collect::<Vec<_>>()
+                .join("; "),
         });
         let held: u64 = checks.quarantined.iter().map(|(_, n)| n).sum();
         invariants.push(Invariant {
@@ -664,11 +800,20 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// Writes `report.json` and `report.html` into `dir`.
+/// Writes `report.json` and `report.html` into `dir`, as new files (never through a link
+/// planted in their place).
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
-    std::fs::write(dir.join("report.html"), crate::html::render(r))?;
-    Ok(())
+    use crate::deploy::{write_new, FILE_MODE};
+    write_new(
+        &dir.join("report.json"),
+        &serde_json::to_vec_pretty(r)?,
+        FILE_MODE,
+    )?;
+    write_new(
+        &dir.join("report.html"),
+        crate::html::render(r).as_bytes(),
+        FILE_MODE,
+    )
 }
 
 #[cfg(test)]
@@ -707,13 +852,20 @@ expect = "answered"
 within_s = 3.0
 "#;
 
-    fn roster() -> Roster {
-        let draft = hotline_config::roster_file::Draft::parse(
-            "network = \"T\"\nversion = 1\n[[participants]]\nid = \"SEC\"\nname = \"S\"\nrole = \"secretariat\"\nkeys = [\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"]\n[[participants]]\nid = \"KAZ\"\nname = \"K\"\nrole = \"member\"\nkeys = [\"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c\"]\n[[participants]]\nid = \"KGZ\"\nname = \"G\"\nrole = \"member\"\nkeys = [\"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025\"]\n",
-            Path::new("t.toml"),
-        )
-        .expect("draft");
+    /// SEC, KAZ and KGZ; TJK too (a fourth member) with `tjk`.
+    fn roster_of(tjk: bool) -> Roster {
+        let mut text = "network = \"T\"\nversion = 1\n[[participants]]\nid = \"SEC\"\nname = \"S\"\nrole = \"secretariat\"\nkeys = [\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"]\n[[participants]]\nid = \"KAZ\"\nname = \"K\"\nrole = \"member\"\nkeys = [\"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c\"]\n[[participants]]\nid = \"KGZ\"\nname = \"G\"\nrole = \"member\"\nkeys = [\"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025\"]\n".to_owned();
+        if tjk {
+            let key = hotline_proto::PublicKey::of(&hotline_config::keyfile::generate());
+            text.push_str(&format!("[[participants]]\nid = \"TJK\"\nname = \"T\"\nrole = \"member\"\nkeys = [\"{key}\"]\n"));
+        }
+        let draft =
+            hotline_config::roster_file::Draft::parse(&text, Path::new("t.toml")).expect("draft");
         draft.to_roster(0).expect("roster")
+    }
+
+    fn roster() -> Roster {
+        roster_of(false)
     }
 
     fn row(r: &str, delivered: Option<u64>, acked: Option<u64>, overdue: Option<u64>) -> Value {
@@ -734,6 +886,7 @@ within_s = 3.0
         let checks = StoreChecks {
             journals: vec![("relay".into(), Ok(3))],
             receipts: (3, 0),
+            receipts_unread: vec![],
             quarantined: vec![],
         };
         score_with_checks(inboxes, matrix, hooks, shown, checks)
@@ -746,7 +899,20 @@ within_s = 3.0
         shown: HashMap<(String, String), u32>,
         checks: StoreChecks,
     ) -> Report {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        score_scenario(SCENARIO, inboxes, matrix, hooks, shown, checks)
+    }
+
+    /// Scores scenario `text`'s first inject, sent at t=1000 ms, in a drill the harness ran
+    /// with nodes for SEC, KAZ and KGZ.
+    fn score_scenario(
+        text: &str,
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+        hooks: Vec<(String, String)>,
+        shown: HashMap<(String, String), u32>,
+        checks: StoreChecks,
+    ) -> Report {
+        let sc = Scenario::parse(text, "t").expect("scenario");
         let roster = roster();
         let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         // KAZ answered twice (the first counts); KGZ did not.
@@ -759,6 +925,7 @@ within_s = 3.0
             started_at_ms: 1000,
             wall_s: 1.0,
             participants: &participants,
+            live: false,
             roster: &roster,
             injects: vec![Sent {
                 inject: sc.injects[0].clone(),
@@ -828,6 +995,7 @@ within_s = 3.0
         let checks = StoreChecks {
             journals: vec![("relay".into(), Ok(3))],
             receipts: (3, 0),
+            receipts_unread: vec![],
             quarantined: vec![("KGZ".into(), 2)],
         };
         let r = score_with_checks(inboxes, matrix, vec![], HashMap::new(), checks);
@@ -883,6 +1051,64 @@ within_s = 3.0
         assert!(!r.passed);
     }
 
+    /// Only the drill's own messages are checked for their status: a live deployment's
+    /// real traffic in the same inboxes (actual, or `test` as OPERATIONS 2.9 has
+    /// communications checks sent) changes nothing, while the inject shown as actual still
+    /// fails the drill.
+    #[test]
+    fn only_the_drills_messages_must_be_shown_as_exercise() {
+        let inboxes = |kgz: Value| {
+            let mut real = inbox_item("r1", 1200);
+            real["status"] = json!("actual");
+            real["exercise_or_test"] = json!(false);
+            let mut check = inbox_item("r2", 1300);
+            check["status"] = json!("test");
+            BTreeMap::from([
+                ("KAZ".to_owned(), vec![real, inbox_item("m1", 1500)]),
+                ("KGZ".to_owned(), vec![check, kgz]),
+            ])
+        };
+        let matrix = || {
+            vec![
+                row("KAZ", Some(1500), Some(2000), None),
+                row("KGZ", Some(1600), Some(2000), None),
+            ]
+        };
+        let plain = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+        ]);
+        let without = score_with(plain, matrix(), vec![], HashMap::new());
+        let with = score_with(
+            inboxes(inbox_item("m1", 1600)),
+            matrix(),
+            vec![],
+            HashMap::new(),
+        );
+        assert_eq!(with.exercise_shown_as_actual, 0);
+        let verdict = |r: &Report| {
+            r.invariants
+                .iter()
+                .map(|x| (x.name.clone(), x.held))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(verdict(&with), verdict(&without));
+        assert_eq!(with.passed, without.passed);
+
+        let mut actual = inbox_item("m1", 1600);
+        actual["status"] = json!("actual");
+        actual["exercise_or_test"] = json!(false);
+        let shown = score_with(inboxes(actual), matrix(), vec![], HashMap::new());
+        assert_eq!(shown.exercise_shown_as_actual, 1);
+        let inv = shown
+            .invariants
+            .iter()
+            .find(|x| x.name == "no exercise message shown as actual")
+            .expect("invariant");
+        assert!(!inv.held);
+        assert!(!shown.passed);
+    }
+
     #[test]
     fn late_delivery_and_missing_escalation_fail_their_objectives() {
         let inboxes = BTreeMap::from([
@@ -901,5 +1127,277 @@ within_s = 3.0
             "{d:?}"
         );
         assert!(!objective(&r, "KGZ escalated").met);
+    }
+
+    /// A node whose received receipts cannot be read fails the receipt invariant, naming
+    /// the error: they used to be read as none, so that node's receipts went unchecked while
+    /// the invariant held on the others'.
+    #[test]
+    fn receipts_that_cannot_be_read_fail_the_drill() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        let relay = dep.relay_addr;
+        dep.add_node("KAZ", relay, 60_000).expect("node");
+        let data = dep.nodes["KAZ"].data_dir.clone();
+        std::fs::create_dir(&data).expect("data directory");
+        drop(hotline_node::store::NodeStore::open(&data).expect("a new store"));
+        // A store that opens (and verifies) but whose receipts cannot be listed.
+        hotline_store::open(&data.join("node.db"), false)
+            .expect("open")
+            .execute_batch("ALTER TABLE receipts_in DROP COLUMN received_at_ms")
+            .expect("altered");
+        let checks = check_stores(&dep).expect("checked");
+        let r = score_with_checks(BTreeMap::new(), vec![], vec![], HashMap::new(), checks);
+        let inv = r
+            .invariants
+            .iter()
+            .find(|i| i.name == "every receipt signature valid")
+            .expect("receipt invariant");
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KAZ") && inv.detail.contains("received_at_ms"),
+            "{inv:?}"
+        );
+        assert!(!r.passed);
+    }
+
+    /// The store checks are `hotline audit verify`'s: a relay store whose journal's chain
+    /// holds but which stores a message its journal never recorded does not verify (the
+    /// chain alone passed it).
+    #[test]
+    fn a_store_verifies_only_if_its_records_match_its_journal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("relay.db");
+        // The columns `verify_journaled_records` reads, in a relay store's tables.
+        hotline_store::open(&path, true)
+            .expect("created")
+            .execute_batch(&format!(
+                "{}
+                 CREATE TABLE messages (id BLOB, digest BLOB, key BLOB, sig BLOB);
+                 CREATE TABLE receipts (digest BLOB, key BLOB, sig BLOB);",
+                hotline_store::journal::SCHEMA
+            ))
+            .expect("schema");
+        assert_eq!(verify_db(&path), Ok(0), "an empty store verifies");
+        hotline_store::open(&path, false)
+            .expect("open")
+            .execute_batch(
+                "INSERT INTO messages VALUES (x'0303', zeroblob(32), zeroblob(32), zeroblob(64))",
+            )
+            .expect("a message row");
+        let e = verify_db(&path).expect_err("an unjournaled message");
+        assert!(
+            e.contains("stored records and journal differ")
+                && e.contains("stored message 0303 has no journal entry"),
+            "{e}"
+        );
+    }
+
+    /// A live drill's roll call: the Secretariat to everyone, each to acknowledge.
+    const LIVE: &str = r#"
+name = "live"
+end_s = 60.0
+[[injects]]
+name = "roll-call"
+at_s = 0.0
+from = "SEC"
+everyone = true
+kind = "communications_check"
+subject = "s"
+respond_within_s = 30.0
+[[objectives]]
+name = "delivered"
+inject = "roll-call"
+expect = "delivered"
+within_s = 5.0
+[[objectives]]
+name = "acknowledged"
+inject = "roll-call"
+expect = "acknowledged"
+within_s = 30.0
+"#;
+
+    /// Scores [`LIVE`] in live mode with endpoints for `nodes` (their inboxes as given) and
+    /// the sender's delivery table `matrix`.
+    fn score_live(
+        nodes: &[&str],
+        inboxes: BTreeMap<String, Vec<Value>>,
+        matrix: Vec<Value>,
+    ) -> Report {
+        let sc = Scenario::parse(LIVE, "live.toml").expect("scenario");
+        let roster = roster_of(true);
+        let participants: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "answers": [], "delivered": 0, "acknowledged": 0});
+        score(Inputs {
+            scenario: &sc,
+            seed: 1,
+            dir: Path::new("/tmp"),
+            started_at_ms: 1000,
+            wall_s: 1.0,
+            participants: &participants,
+            live: true,
+            roster: &roster,
+            injects: vec![Sent {
+                inject: sc.injects[0].clone(),
+                id: Some("m1".into()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }],
+            sent_views: vec![view],
+            inboxes,
+            shown: HashMap::new(),
+            hooks: None,
+            faults: vec![],
+            proxies: BTreeMap::new(),
+            checks: None,
+            relay_exit: None,
+        })
+        .expect("scores")
+    }
+
+    /// Live mode scores every recipient the inject addressed, from the sender's table,
+    /// not only those in the endpoints file: with endpoints for SEC and KAZ, TJK's missing
+    /// acknowledgement fails the drill (it passed, KAZ alone in scope).
+    #[test]
+    fn a_live_drill_scores_every_addressed_recipient() {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", Some(1800), None, None),
+        ];
+        let r = score_live(&["SEC", "KAZ"], inboxes, matrix);
+        let ack = objective(&r, "acknowledged");
+        assert_eq!(ack.in_scope, 3, "{ack:?}");
+        assert_eq!(ack.failed, vec!["TJK never acknowledged".to_owned()]);
+        let dlv = objective(&r, "delivered");
+        assert!(dlv.met && dlv.in_scope == 3, "{dlv:?}");
+        let tjk = r
+            .participants
+            .iter()
+            .find(|p| p.id == "TJK")
+            .expect("a row");
+        assert_eq!(
+            tjk.cells[0].delivered_s,
+            Some(0.8),
+            "from the sender's table"
+        );
+        assert!(!r.passed);
+    }
+
+    /// The Secretariat's natural set-up, its own node alone in the endpoints file: every
+    /// recipient is scored from its delivery table, and a roll call all acknowledged meets
+    /// the objectives (none was in scope, and every objective failed). A recipient whose
+    /// delivered receipt never came counts as missing.
+    #[test]
+    fn a_live_drill_with_the_senders_node_alone_is_scored_from_its_table() {
+        let inboxes = BTreeMap::from([("SEC".to_owned(), vec![])]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", Some(1800), Some(3000), None),
+        ];
+        let r = score_live(&["SEC"], inboxes, matrix);
+        for o in &r.objectives {
+            assert!(o.met && o.in_scope == 3, "{o:?}");
+        }
+        assert_eq!(r.messages_lost, 0);
+        assert!(r.passed, "{}", summary(&r));
+
+        let inboxes = BTreeMap::from([("SEC".to_owned(), vec![])]);
+        let matrix = vec![
+            row("KAZ", Some(1600), Some(3000), None),
+            row("KGZ", Some(1700), Some(3000), None),
+            row("TJK", None, None, None),
+        ];
+        let r = score_live(&["SEC"], inboxes, matrix);
+        assert_eq!(r.messages_lost, 1);
+        assert_eq!(
+            objective(&r, "delivered").failed,
+            vec!["TJK never held it".to_owned()]
+        );
+        assert!(!r.passed);
+    }
+
+    /// An alert that requires acknowledgement, with an objective on its delivery only.
+    const ACKS: &str = r#"
+name = "acks"
+end_s = 60.0
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "s"
+respond_within_s = 10.0
+[[objectives]]
+name = "delivered"
+inject = "alert"
+expect = "delivered"
+"#;
+
+    /// Every recipient of an inject that requires acknowledgement must have acknowledged
+    /// it by the end, whatever objectives the author wrote: KGZ overdue and silent, with no
+    /// objective on acknowledgement, fails the drill (it passed on "delivered"). An
+    /// `overdue_escalated` objective covering KGZ, or a fault keeping KGZ's node down to the
+    /// end, says the scenario expects it, and the drill passes.
+    #[test]
+    fn an_acknowledgement_required_and_never_given_fails_the_drill() {
+        let run = |text: &str, hooks: Vec<(String, String)>| {
+            let inboxes = BTreeMap::from([
+                ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+                ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1600), None, Some(11_000)),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, hooks, HashMap::new(), checks)
+        };
+        let acks = |r: &Report| {
+            r.invariants
+                .iter()
+                .find(|x| x.name == "every acknowledgement required was given")
+                .cloned()
+                .expect("the invariant")
+        };
+        let r = run(ACKS, vec![]);
+        assert!(objective(&r, "delivered").met);
+        assert!(!r.passed, "{}", summary(&r));
+        let inv = acks(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail
+                .contains("KGZ never acknowledged \"alert\" (overdue)"),
+            "{inv:?}"
+        );
+        assert!(!inv.detail.contains("KAZ"), "{inv:?}");
+
+        let escalated = format!(
+            "{ACKS}[[objectives]]\nname = \"KGZ escalated\"\ninject = \"alert\"\nexpect = \"overdue_escalated\"\nparticipants = [\"KGZ\"]\n"
+        );
+        let r = run(&escalated, vec![("m1".into(), "KGZ".into())]);
+        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(r.passed, "{}", summary(&r));
+
+        let offline = format!(
+            "{ACKS}[[faults]]\nkind = \"offline\"\nparticipant = \"KGZ\"\nfrom_s = 5.0\nto_s = 60.0\n"
+        );
+        let r = run(&offline, vec![]);
+        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(r.passed, "{}", summary(&r));
+        // Back before the end: it is expected to acknowledge.
+        let r = run(&offline.replace("to_s = 60.0", "to_s = 30.0"), vec![]);
+        assert!(!acks(&r).held);
     }
 }

@@ -53,7 +53,9 @@ pub struct RunOptions {
 
 /// An existing deployment to drill: its roster and its nodes' APIs. In live mode nothing is
 /// started or killed (faults are not injected), nobody acknowledges on the operators'
-/// behalf, every inject carries status `exercise`, and the stores are not inspected.
+/// behalf, every inject carries status `exercise`, and the stores are not inspected. Every
+/// recipient an inject addresses is scored, whether or not it has a node here: from the
+/// sender's delivery table, or its own inbox where it has (`report::Inputs::live`).
 #[derive(Clone)]
 pub struct Live {
     /// The roster in force (for names, roles and groups).
@@ -102,14 +104,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     scenario.time_compression *= opts.speedup.max(0.01);
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let dir = match &opts.out_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "hotline-exercise-{}-{}",
-            scenario.name,
-            crate::now_ms()
-        )),
+        Some(d) => {
+            crate::deploy::create_dir_private(d)?;
+            d.clone()
+        }
+        None => create_run_dir(&std::env::temp_dir(), &scenario.name, crate::now_ms())?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Absolute from here on: the relay and the nodes run with the directory as their working
     // directory, and are given paths in it (their configurations), which a relative `--out`
     // would name twice over (`out/out/relay.toml`).
@@ -131,6 +131,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 );
             }
             let participants = live.clients.keys().cloned().collect::<Vec<_>>();
+            scenario.check_roster(&live.roster)?;
             // Faults are not injected in live mode: only the senders need a node.
             check_nodes(&scenario, &participants, false)
                 .context("live mode: every sender needs an entry in the endpoints file")?;
@@ -516,7 +517,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
             _ = sweep.tick() => {
                 if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_decided = all_decided(&scenario, &injects, &clients).await;
+                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.is_some()).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -593,6 +594,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         started_at_ms,
         wall_s,
         participants: &participants,
+        live: opts.live.is_some(),
         roster: &roster,
         injects: scenario
             .injects
@@ -644,6 +646,7 @@ async fn setup_sim(
             bail!("scenario participant {p} is not on the roster");
         }
     }
+    scenario.check_roster(&dep.roster)?;
     check_nodes(scenario, &participants, true)?;
 
     // Relay first: nodes need its address.
@@ -705,9 +708,56 @@ async fn setup_sim(
     ))
 }
 
+/// How many names [`create_run_dir`] tries before it gives up.
+const RUN_DIR_ATTEMPTS: usize = 16;
+
+/// Creates the default drill directory in `base` (the temporary directory, which everyone
+/// may write to): `hotline-exercise-NAME-MS`, else with a random suffix. It is created
+/// exclusively, with mode 0700: a directory or a symbolic link someone put at the
+/// predictable name first is left alone and another name tried, so the drill never writes
+/// its keys, tokens and configurations where another user can read or replace them. The
+/// scenario's `name` is used only as far as `[A-Za-z0-9_-]` goes (others become `_`), so a
+/// name like `../..` cannot place the directory elsewhere.
+fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let name: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut last = None;
+    for attempt in 0..RUN_DIR_ATTEMPTS {
+        let leaf = match attempt {
+            0 => format!("hotline-exercise-{name}-{ms}"),
+            _ => format!("hotline-exercise-{name}-{ms}-{:08x}", rand::random::<u32>()),
+        };
+        let dir = base.join(leaf);
+        match std::fs::DirBuilder::new()
+            .mode(crate::deploy::DIR_MODE)
+            .create(&dir)
+        {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    bail!(
+        "no new drill directory in {} after {RUN_DIR_ATTEMPTS} names (the last, {}, exists)",
+        base.display(),
+        last.map(|d| d.display().to_string()).unwrap_or_default()
+    )
+}
+
 /// Checks, before anything is started or sent, that every inject's sender (and, with
-/// `faults`, every fault's participant) is one of `nodes`, the participants the run has a
-/// node for; the error lists every one that is not. Checked when due instead, such an inject
+/// `faults`, in a drill the harness deploys, every fault's participant and every
+/// participant an objective names, which is scored only if it has a node there) is one of
+/// `nodes`, the participants the run has a node for; the error lists every one that is not. Checked when due instead, such an inject
 /// ended the drill midway without a report, after real traffic had been sent.
 fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::Result<()> {
     let has = |p: &str| nodes.iter().any(|n| n == p);
@@ -727,6 +777,11 @@ fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::R
             };
             if !has(p) {
                 missing.push(format!("fault {} ({kind}) is on {p}", n + 1));
+            }
+        }
+        for o in &scenario.objectives {
+            for p in o.participants.iter().filter(|p| !has(p)) {
+                missing.push(format!("objective {:?} names {p}", o.name));
             }
         }
     }
@@ -782,12 +837,20 @@ fn schedule_reply(
 
 /// Whether every objective is decided: met (as far as the nodes' records show while the
 /// drill runs; the report scores times and scope), or failed for good because its inject
-/// was refused by its node (HTTP 4xx), so that no message can ever meet it. The drill ends
-/// when they are, without waiting for `end_s`.
+/// was refused by its node (HTTP 4xx), so that no message can ever meet it; and every
+/// acknowledgement the scenario requires is given, as the report's invariant wants it (a
+/// recipient of an inject with `respond_within_s` has acknowledged it, or
+/// `Scenario::expects_unacknowledged` says it need not). `harnessed`: the harness runs the
+/// nodes, injecting faults, and a recipient it runs no node for is not in the drill (nor in
+/// the report); in live mode every recipient is.
+/// The drill ends when they are, without waiting for `end_s`: otherwise it could end on its
+/// objectives while acknowledgements no objective names were still on their way.
 async fn all_decided(
     scenario: &Scenario,
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
+    roster: &hotline_proto::Roster,
+    harnessed: bool,
 ) -> bool {
     // Cheap test first: every inject sent, or refused for good (its objectives then fail;
     // the drill need not wait for what will never be sent).
@@ -824,6 +887,31 @@ async fn all_decided(
             _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
         };
         if rows.is_empty() || !rows.iter().all(done) {
+            return false;
+        }
+    }
+    for (k, inj) in scenario.injects.iter().enumerate() {
+        if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
+            continue;
+        }
+        let (Some(id), Some(c)) = (&injects[k].id, clients.get(&inj.from)) else {
+            return false;
+        };
+        let (c, id) = (c.clone(), id.clone());
+        let Ok(Ok(v)) =
+            tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await
+        else {
+            return false;
+        };
+        let rows = v["recipients"].as_array().cloned().unwrap_or_default();
+        let given = |r: &Value| {
+            r["acked_at_ms"].is_u64()
+                || r["recipient"].as_str().is_some_and(|p| {
+                    (harnessed && !clients.contains_key(p))
+                        || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                })
+        };
+        if !rows.iter().all(given) {
             return false;
         }
     }
@@ -1038,5 +1126,93 @@ expect = "delivered"
             matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
             "the harness called SEC's node before refusing the drill"
         );
+    }
+
+    /// The default drill directory is made anew with mode 0700: a symbolic link or a
+    /// directory planted at its predictable name is left alone and another name used, and a
+    /// scenario name cannot lead out of the temporary directory.
+    #[test]
+    fn the_drill_directory_is_new_private_and_never_a_planted_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).expect("victim");
+        let planted = tmp.path().join("hotline-exercise-drill-7");
+        std::os::unix::fs::symlink(&victim, &planted).expect("link");
+
+        let dir = create_run_dir(tmp.path(), "drill", 7).expect("created");
+        assert_ne!(dir, planted);
+        assert_eq!(dir.parent(), Some(tmp.path()));
+        let meta = std::fs::symlink_metadata(&dir).expect("metadata");
+        assert!(meta.is_dir(), "a directory, not a link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&victim).expect("victim").count(), 0);
+        // A directory already there (another run's, or someone else's) is not reused.
+        let again = create_run_dir(tmp.path(), "drill", 7).expect("created");
+        assert!(again != dir && again != planted, "{}", again.display());
+
+        let odd = create_run_dir(tmp.path(), "../../etc/x y", 7).expect("created");
+        assert_eq!(odd.parent(), Some(tmp.path()));
+        assert_eq!(
+            odd.file_name().and_then(|n| n.to_str()),
+            Some("hotline-exercise-______etc_x_y-7")
+        );
+    }
+
+    /// A two-node drill whose inject goes from SEC to KAZ, with `extra` appended.
+    fn referring(extra: &str) -> String {
+        format!(
+            "name = \"refs\"\nend_s = 5.0\nparticipants = [\"SEC\", \"KAZ\"]\n[[injects]]\nname = \"a\"\nat_s = 0.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n{extra}"
+        )
+    }
+
+    /// Ids a scenario names are checked against the roster before anything starts, and an
+    /// error names the scenario's file, the entry and the id: an objective's participant
+    /// that is not on the roster, or that its inject does not address, and a behaviour for
+    /// an unknown participant. They were silently dropped (the objective scored on fewer
+    /// recipients, the behaviour applied to nobody).
+    #[tokio::test]
+    async fn ids_a_scenario_names_are_checked_against_the_roster_before_it_starts() {
+        let objective = |who: &str| {
+            format!("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"acknowledged\"\nparticipants = [\"KAZ\", \"{who}\"]\n")
+        };
+        for (extra, wanted) in [
+            (
+                objective("XYZ"),
+                "scenario refs.toml: objective \"o\": participant XYZ is not on the roster",
+            ),
+            (
+                objective("UZB"),
+                "scenario refs.toml: objective \"o\": participant UZB is not addressed by inject \"a\"",
+            ),
+            (
+                "[behaviour.XYZ]\nnever_ack = true\n".to_owned(),
+                "scenario refs.toml: behaviour.XYZ: XYZ is not on the roster",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let sc = Scenario::parse(&referring(&extra), "refs.toml").expect("parses");
+            let e = run(sc, options(tmp.path(), None))
+                .await
+                .expect_err("refused");
+            let e = format!("{e:#}");
+            assert!(e.contains(wanted), "{wanted}: {e}");
+            assert!(!tmp.path().join("out/relay-0.log").exists(), "{e}");
+        }
+        // An objective on a recipient the drill runs no node for could not be scored.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sc = Scenario::parse(
+            &referring("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\nparticipants = [\"UZB\"]\n")
+                .replace("to = [\"KAZ\"]", "to = [\"KAZ\", \"UZB\"]"),
+            "refs.toml",
+        )
+        .expect("parses");
+        let e = format!(
+            "{:#}",
+            run(sc, options(tmp.path(), None))
+                .await
+                .expect_err("refused")
+        );
+        assert!(e.contains("objective \"o\" names UZB"), "{e}");
     }
 }

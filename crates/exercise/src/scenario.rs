@@ -4,7 +4,10 @@
 //! wall-clock seconds (a 48-hour respond-by with compression 3600 runs as 48 s). Every time
 //! (each `*_s` field) is a finite number from 0 to [`SCENARIO_S_MAX`] (366 days), and
 //! `time_compression` a finite number of at least [`TIME_COMPRESSION_MIN`]; `parse` refuses
-//! anything else, naming the field.
+//! anything else, naming the field, and faults that take one node (or the relay) down over
+//! overlapping spells. The participant ids a scenario names are checked against the roster
+//! in force, which is known only once the drill starts, by [`Scenario::check_roster`],
+//! before anything is started or sent.
 
 use std::collections::BTreeMap;
 
@@ -36,8 +39,10 @@ pub struct Scenario {
     #[serde(default = "one")]
     pub time_compression: f64,
     /// Scenario time at which the drill ends at the latest, if objectives are still open. It
-    /// ends sooner once the timeline has run and every objective is decided: met, or failed
-    /// for good because its inject was refused by its node.
+    /// ends sooner once the timeline has run, every objective is decided (met, or failed
+    /// for good because its inject was refused by its node), and every acknowledgement an
+    /// inject requires (`respond_within_s`) is given, or expected not to be
+    /// ([`Scenario::expects_unacknowledged`]).
     pub end_s: f64,
     /// Participant ids to run (default: the whole CICA roster).
     #[serde(default)]
@@ -47,7 +52,8 @@ pub struct Scenario {
     /// Messages to send.
     #[serde(default)]
     pub injects: Vec<Inject>,
-    /// Operator behaviour: `default` and per participant id.
+    /// Operator behaviour: `default` and per participant id (each on the roster,
+    /// [`Scenario::check_roster`]).
     #[serde(default)]
     pub behaviour: BTreeMap<String, Behaviour>,
     /// Faults to inject.
@@ -56,6 +62,9 @@ pub struct Scenario {
     /// What must hold at the end.
     #[serde(default)]
     pub objectives: Vec<Objective>,
+    /// Where it was read from (a file, or a built-in name), for errors found after parsing.
+    #[serde(skip)]
+    origin: String,
 }
 
 fn one() -> f64 {
@@ -93,7 +102,10 @@ pub struct Inject {
     pub precedence: String,
     /// Category.
     pub category: Option<String>,
-    /// Acknowledgement required within this many scenario seconds.
+    /// Acknowledgement required within this many scenario seconds. Every recipient must then
+    /// have acknowledged it by the end of the drill (an invariant, whatever the objectives
+    /// say), unless the scenario expects it not to: see
+    /// [`Scenario::expects_unacknowledged`].
     pub respond_within_s: Option<f64>,
     /// Name of an earlier inject this one references (update, cancel, reply).
     pub references: Option<String>,
@@ -199,7 +211,9 @@ pub struct Objective {
     pub expect: String,
     /// Within this many scenario seconds of the inject (for delivered / acknowledged / answered).
     pub within_s: Option<f64>,
-    /// Restrict to these recipients (default: all recipients of the inject).
+    /// Restrict to these recipients (default: all recipients of the inject). Each must be on
+    /// the roster and addressed by the inject ([`Scenario::check_roster`]), and, in a drill
+    /// the harness deploys, have a node there.
     #[serde(default)]
     pub participants: Vec<String>,
     /// Restrict to the members of this group.
@@ -209,10 +223,98 @@ pub struct Objective {
     pub except: Vec<String>,
 }
 
+impl Inject {
+    /// The recipients `roster` gives this inject, as a node resolves its audience
+    /// (`hotline_proto::routing::resolve`): the participants named, the group's members, every
+    /// member or everyone, those not revoked, without the sender. Names off the roster are
+    /// left out (the node refuses such an inject; the report says so).
+    pub fn addressed(&self, roster: &hotline_proto::Roster) -> Vec<String> {
+        use hotline_proto::Role;
+        let active = roster.participants.iter().filter(|p| !p.revoked);
+        let mut ids: Vec<String> = if self.everyone {
+            active.map(|p| p.id.to_string()).collect()
+        } else if self.all_members {
+            active
+                .filter(|p| p.role == Role::Member)
+                .map(|p| p.id.to_string())
+                .collect()
+        } else if let Some(g) = &self.group {
+            let members = roster
+                .group(g)
+                .map(|g| g.members.as_slice())
+                .unwrap_or_default();
+            active
+                .filter(|p| members.contains(&p.id))
+                .map(|p| p.id.to_string())
+                .collect()
+        } else {
+            active
+                .filter(|p| self.to.iter().any(|t| t == p.id.as_str()))
+                .map(|p| p.id.to_string())
+                .collect()
+        };
+        ids.retain(|p| *p != self.from);
+        ids
+    }
+}
+
+impl Objective {
+    /// Whether this objective's scope takes in `recipient`, if its inject addressed it: named
+    /// by `participants` (or none named), a member of `group` (by `roster`) if one is given,
+    /// and not in `except`.
+    pub fn covers(&self, recipient: &str, roster: &hotline_proto::Roster) -> bool {
+        let named =
+            self.participants.is_empty() || self.participants.iter().any(|p| p == recipient);
+        let grouped = self.group.as_ref().is_none_or(|g| {
+            roster
+                .group(g)
+                .is_some_and(|g| g.members.iter().any(|m| m.as_str() == recipient))
+        });
+        named && grouped && !self.except.iter().any(|p| p == recipient)
+    }
+}
+
 impl Scenario {
+    /// Whether the scenario expects `recipient` not to have acknowledged inject `k` (one
+    /// requiring acknowledgement) by the end of the drill, so that the invariant "every
+    /// acknowledgement required was given" leaves it out, and the drill does not wait for it
+    /// before ending early: an `overdue_escalated` objective on that inject covers it (the
+    /// deadline passing is then what the drill checks), or, when the drill injects faults,
+    /// a fault keeps its node down until `end_s` (`offline` to the end, or `kill_node`
+    /// restarting it after the end). Nothing else does: a behaviour of `never_ack` without
+    /// such an objective leaves the drill checking nothing of that recipient, and fails it.
+    pub fn expects_unacknowledged(
+        &self,
+        k: usize,
+        recipient: &str,
+        roster: &hotline_proto::Roster,
+        faults: bool,
+    ) -> bool {
+        let Some(inj) = self.injects.get(k) else {
+            return false;
+        };
+        let escalated = self.objectives.iter().any(|o| {
+            o.inject == inj.name && o.expect == "overdue_escalated" && o.covers(recipient, roster)
+        });
+        let down_at_end = faults
+            && self.faults.iter().any(|f| match f {
+                Fault::Offline {
+                    participant, to_s, ..
+                } => participant == recipient && *to_s >= self.end_s,
+                Fault::KillNode {
+                    participant,
+                    at_s,
+                    restart_after_s,
+                } => participant == recipient && at_s + restart_after_s >= self.end_s,
+                _ => false,
+            });
+        escalated || down_at_end
+    }
+
     /// Parses a scenario, checking references between its parts.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
+        let mut s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
+        s.origin = origin.to_owned();
         if !(s.time_compression.is_finite() && s.time_compression >= TIME_COMPRESSION_MIN) {
             bail!(
                 "scenario {origin}: time_compression must be a finite number of at least {TIME_COMPRESSION_MIN} (got {})",
@@ -220,6 +322,7 @@ impl Scenario {
             );
         }
         s.check_times(origin)?;
+        s.check_fault_overlaps(origin)?;
         let names: Vec<&str> = s.injects.iter().map(|i| i.name.as_str()).collect();
         for (i, inj) in s.injects.iter().enumerate() {
             if names[..i].contains(&inj.name.as_str()) {
@@ -343,6 +446,102 @@ impl Scenario {
         for o in &self.objectives {
             if let Some(w) = o.within_s {
                 check(&format!("objective {:?}: within_s", o.name), w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses two faults that take one node, or the relay, down over overlapping spells
+    /// (each from its start to its restart, ends included): the second restart would start
+    /// a second process on the data directory of the one already running (refused by its
+    /// claim, which ended the drill without a report), and a kill inside an offline spell
+    /// has nothing to kill.
+    fn check_fault_overlaps(&self, origin: &str) -> anyhow::Result<()> {
+        // (fault number, node or None for the relay, kind, down from, back at).
+        let spells: Vec<(usize, Option<&str>, &str, f64, f64)> = self
+            .faults
+            .iter()
+            .enumerate()
+            .filter_map(|(n, f)| match f {
+                Fault::KillNode {
+                    participant,
+                    at_s,
+                    restart_after_s,
+                } => Some((
+                    n + 1,
+                    Some(participant.as_str()),
+                    "kill_node",
+                    *at_s,
+                    at_s + restart_after_s,
+                )),
+                Fault::Offline {
+                    participant,
+                    from_s,
+                    to_s,
+                } => Some((n + 1, Some(participant.as_str()), "offline", *from_s, *to_s)),
+                Fault::KillRelay {
+                    at_s,
+                    restart_after_s,
+                } => Some((n + 1, None, "kill_relay", *at_s, at_s + restart_after_s)),
+                Fault::RestoreRelay {
+                    at_s,
+                    restart_after_s,
+                    ..
+                } => Some((n + 1, None, "restore_relay", *at_s, at_s + restart_after_s)),
+                Fault::Impair { .. } => None,
+            })
+            .collect();
+        for (i, &(n, who, kind, from, to)) in spells.iter().enumerate() {
+            for &(m, other, other_kind, other_from, other_to) in &spells[..i] {
+                if who == other && from <= other_to && other_from <= to {
+                    let whom = who.map_or_else(|| "the relay".to_owned(), |p| format!("node {p}"));
+                    bail!(
+                        "scenario {origin}: fault {n} ({kind}, {from}–{to} s) and fault {m} ({other_kind}, {other_from}–{other_to} s) both take {whom} down at once; a fault may start only after the last one on it has ended"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the participant ids the scenario names against `roster`, the roster in force
+    /// (the CICA template's in a drill the harness deploys, the deployment's in live mode),
+    /// before anything starts: each `behaviour` key other than `default` is on it, and each
+    /// of an objective's `participants` is on it and addressed by the objective's inject.
+    /// Left unchecked, such an id was silently dropped: a behaviour applied to nobody, an
+    /// objective scored on fewer recipients than it names. The error names the scenario's
+    /// file, the entry and the id.
+    pub fn check_roster(&self, roster: &hotline_proto::Roster) -> anyhow::Result<()> {
+        let origin = &self.origin;
+        let on_roster = |id: &str| roster.participants.iter().any(|p| p.id.as_str() == id);
+        for who in self.behaviour.keys() {
+            if who != "default" && !on_roster(who) {
+                bail!(
+                    "scenario {origin}: behaviour.{who}: {who} is not on the roster (version {}); `default` applies to everyone without an entry",
+                    roster.version
+                );
+            }
+        }
+        for o in &self.objectives {
+            let Some(inj) = self.injects.iter().find(|i| i.name == o.inject) else {
+                continue; // `parse` refused it.
+            };
+            let addressed = inj.addressed(roster);
+            for p in &o.participants {
+                if !on_roster(p) {
+                    bail!(
+                        "scenario {origin}: objective {:?}: participant {p} is not on the roster (version {})",
+                        o.name,
+                        roster.version
+                    );
+                }
+                if !addressed.contains(p) {
+                    bail!(
+                        "scenario {origin}: objective {:?}: participant {p} is not addressed by inject {:?}",
+                        o.name,
+                        o.inject
+                    );
+                }
             }
         }
         Ok(())
@@ -544,6 +743,39 @@ within_s = @within_s@
         }
         Scenario::parse(&impaired("loss = 0.2\nduplicate = 1.0"), "t.toml")
             .expect("probabilities from 0 to 1");
+    }
+
+    /// Two faults taking one node (or the relay) down over overlapping spells are refused
+    /// when the scenario is parsed, naming both: the second restart started a second node
+    /// on the first's data directory, which ended the drill without a report. Spells one
+    /// after the other, and overlapping spells on different nodes, are fine.
+    #[test]
+    fn overlapping_faults_on_one_node_or_the_relay_are_refused() {
+        let with = |faults: &str| format!("{}{faults}", timed("", ""));
+        let kill = |who: &str, at: &str| {
+            format!("[[faults]]\nkind = \"kill_node\"\nparticipant = \"{who}\"\nat_s = {at}\nrestart_after_s = 5.0\n")
+        };
+        // `TIMED`'s fault 3 keeps KAZ offline from 10 to 20 s.
+        let e = Scenario::parse(&with(&kill("KAZ", "15.0")), "t.toml")
+            .expect_err("a kill inside an offline spell")
+            .to_string();
+        assert!(
+            e.starts_with("scenario t.toml: fault 4 (kill_node, 15–20 s) and fault 3 (offline, 10–20 s) both take node KAZ down at once"),
+            "{e}"
+        );
+        Scenario::parse(&with(&kill("KAZ", "20.5")), "t.toml").expect("after the spell");
+        Scenario::parse(&with(&kill("KGZ", "15.0")), "t.toml").expect("another node");
+        // `TIMED`'s fault 1 kills the relay from 10 to 20 s.
+        let e = Scenario::parse(
+            &with("[[faults]]\nkind = \"kill_relay\"\nat_s = 20.0\nrestart_after_s = 1.0\n"),
+            "t.toml",
+        )
+        .expect_err("the relay killed as it restarts")
+        .to_string();
+        assert!(
+            e.contains("fault 4 (kill_relay, 20–21 s) and fault 1 (kill_relay, 10–20 s) both take the relay down at once"),
+            "{e}"
+        );
     }
 
     /// A precedence or kind the node would refuse at every attempt is refused before the
