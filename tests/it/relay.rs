@@ -1288,13 +1288,7 @@ async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let addr = relay.local_addr();
     let tjk = net.client(addr, "TJK").await.unwrap();
 
-    net.update_roster(|r| {
-        r.participants
-            .iter_mut()
-            .find(|p| p.id == pid("TJK"))
-            .unwrap()
-            .revoked = true;
-    });
+    net.revoke("TJK");
     assert_eq!(relay.reload_roster().unwrap(), 2);
     assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Revoked);
 
@@ -1356,13 +1350,7 @@ async fn a_roster_reloaded_while_a_node_logs_in_is_checked_against_it() {
     tokio::time::timeout(EVENT_TIMEOUT, gate.reached.notified())
         .await
         .expect("TJK logged in");
-    net.update_roster(|r| {
-        r.participants
-            .iter_mut()
-            .find(|p| p.id == pid("TJK"))
-            .unwrap()
-            .revoked = true;
-    });
+    net.revoke("TJK");
     assert_eq!(relay.reload_roster().unwrap(), 2);
     gate.go.add_permits(1_000);
     let code = match tokio::time::timeout(EVENT_TIMEOUT, connecting)
@@ -2363,6 +2351,24 @@ async fn connections_over_the_limit_are_refused_busy() {
     relay.shutdown().await;
 }
 
+/// Sends 60 messages of the largest body (about 3.9 MB in all) from `from` to `recipient`,
+/// each accepted; their ids, in order.
+async fn sixty_largest_to(from: &mut Client, recipient: &str) -> Vec<MessageId> {
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let mut env = from.envelope(to(&[recipient]), &format!("big {i}"));
+        env.body = body.clone();
+        ids.push(env.id);
+        let s = from.sign(&env);
+        from.submit(&s).await.unwrap();
+    }
+    for a in from.answers(&ids).await.unwrap() {
+        a.unwrap();
+    }
+    ids
+}
+
 #[tokio::test]
 async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     let net = Net::with_relay_toml(
@@ -2382,18 +2388,7 @@ async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     let kgz = net.client(addr, "KGZ").await.unwrap();
 
     // KGZ never reads; far more than QUIC's receive windows is sent to it.
-    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let mut env = tjk.envelope(to(&["KGZ"]), &format!("big {i}"));
-        env.body = body.clone();
-        ids.push(env.id);
-        let s = tjk.sign(&env);
-        tjk.submit(&s).await.unwrap();
-    }
-    for a in tjk.answers(&ids).await.unwrap() {
-        a.unwrap();
-    }
+    let ids = sixty_largest_to(&mut tjk, "KGZ").await;
     assert_eq!(kgz.closed_code().await.unwrap(), ErrorCode::SlowConsumer);
 
     // Nothing was lost: a reading KGZ gets all of it.
@@ -2468,18 +2463,7 @@ async fn a_node_reading_its_backlog_slowly_but_steadily_gets_all_of_it() {
 
     // About 3.9 MB queued for KGZ while it is away: one page, three times QUIC's receive
     // window for a stream, so the relay's write waits on KGZ's reading.
-    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let mut env = kaz.envelope(to(&["KGZ"]), &format!("big {i}"));
-        env.body = body.clone();
-        ids.push(env.id);
-        let s = kaz.sign(&env);
-        kaz.submit(&s).await.unwrap();
-    }
-    for a in kaz.answers(&ids).await.unwrap() {
-        a.unwrap();
-    }
+    let ids = sixty_largest_to(&mut kaz, "KGZ").await;
 
     // The link's pace is the scenario here, not a wait for an event: one message every
     // 20 ms, so the backlog takes about 1.2 s, four times the write limit, while QUIC

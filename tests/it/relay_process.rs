@@ -194,13 +194,7 @@ async fn sighup_reloads_the_roster() {
         .await
         .unwrap();
 
-    net.update_roster(|r| {
-        r.participants
-            .iter_mut()
-            .find(|p| p.id == pid("TJK"))
-            .unwrap()
-            .revoked = true;
-    });
+    net.revoke("TJK");
     let before = relay.log_len();
     relay.signal("HUP").unwrap();
     relay

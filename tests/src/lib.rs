@@ -149,6 +149,17 @@ impl Net {
         self.write_roster();
     }
 
+    /// Writes the next roster version, with `id` revoked.
+    pub fn revoke(&mut self, id: &str) {
+        self.update_roster(|r| {
+            r.participants
+                .iter_mut()
+                .find(|p| p.id.as_str() == id)
+                .expect("a participant of the roster")
+                .revoked = true;
+        });
+    }
+
     pub fn config(&self) -> hotline_relay::RelayConfig {
         hotline_relay::RelayConfig::load(&self.relay_config).unwrap()
     }

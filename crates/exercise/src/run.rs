@@ -868,14 +868,7 @@ async fn all_decided(
             // Failed: the report says why.
             continue;
         }
-        let (Some(id), Some(c)) = (&injects[idx].id, clients.get(&scenario.injects[idx].from))
-        else {
-            return false;
-        };
-        let (c, id) = (c.clone(), id.clone());
-        let Ok(Ok(v)) =
-            tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await
-        else {
+        let Some(v) = sender_view(clients, &scenario.injects[idx].from, &injects[idx]).await else {
             return false;
         };
         let rows = v["recipients"].as_array().cloned().unwrap_or_default();
@@ -894,13 +887,7 @@ async fn all_decided(
         if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
             continue;
         }
-        let (Some(id), Some(c)) = (&injects[k].id, clients.get(&inj.from)) else {
-            return false;
-        };
-        let (c, id) = (c.clone(), id.clone());
-        let Ok(Ok(v)) =
-            tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await
-        else {
+        let Some(v) = sender_view(clients, &inj.from, &injects[k]).await else {
             return false;
         };
         let rows = v["recipients"].as_array().cloned().unwrap_or_default();
@@ -916,6 +903,24 @@ async fn all_decided(
         }
     }
     true
+}
+
+/// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
+/// table), or None when the inject has no id yet, the drill has no client for its sender,
+/// or the node does not answer.
+async fn sender_view(
+    clients: &BTreeMap<String, ApiClient>,
+    from: &str,
+    inject: &Inject,
+) -> Option<Value> {
+    let (Some(id), Some(c)) = (&inject.id, clients.get(from)) else {
+        return None;
+    };
+    let (c, id) = (c.clone(), id.clone());
+    match tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}"))).await {
+        Ok(Ok(v)) => Some(v),
+        _ => None,
+    }
 }
 
 fn progress_line(
