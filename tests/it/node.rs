@@ -2745,20 +2745,37 @@ async fn a_relay_that_reads_nothing_ends_the_link_instead_of_holding_it() {
 /// number 1. (Taken as a floor, the number made every later send overflow, for good.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_naming_a_sequence_number_past_the_highest_cannot_stop_a_node_sending() {
+    a_relay_naming_a_sequence_number_cannot_stop_a_node_sending(
+        u64::MAX,
+        "above the highest an envelope may carry",
+    )
+    .await;
+}
+
+/// Nor can one naming a number that an envelope may carry but that no relay can have seen
+/// from this node, billions above its counter: taken as a floor, `SEQ_MAX - 1` would have
+/// left the node one number to sign with, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_naming_a_sequence_number_far_ahead_cannot_use_up_a_nodes_counter() {
+    a_relay_naming_a_sequence_number_cannot_stop_a_node_sending(
+        hotline_proto::limits::SEQ_MAX - 1,
+        "more than 2^32 above this node's counter",
+    )
+    .await;
+}
+
+async fn a_relay_naming_a_sequence_number_cannot_stop_a_node_sending(last_seq: u64, says: &str) {
     use hotline_proto::frame::{ErrorCode, NodeToRelay, Welcome};
     let net = net();
     let welcome = Welcome {
-        last_seq: hotline_proto::Seq(u64::MAX),
+        last_seq: hotline_proto::Seq(last_seq),
         ..Impostor::welcome()
     };
     let (relay, mut kaz) = net
         .node_with_impostor_welcoming("KAZ", NodeSetup::default(), welcome)
         .await
         .unwrap();
-    kaz.proc
-        .wait_line(&["above the highest an envelope may carry"])
-        .await
-        .unwrap();
+    kaz.proc.wait_line(&[says]).await.unwrap();
     assert_eq!(
         close_code(&relay.conn).await.unwrap(),
         ErrorCode::ProtocolViolation

@@ -39,6 +39,13 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// (`limits.write_timeout_ms`).
 pub const LINK_WRITE_TIMEOUT_MS: u64 = 10_000;
 
+/// The most a relay's `Welcome.last_seq` may be above this node's counter and still be
+/// taken as a floor for it. A node restored from an old backup is behind by the messages it
+/// sent since (thousands, millions at the most); a number billions ahead is no relay's
+/// record but a hostile or broken relay's, and taken it would use up the counter for good,
+/// on every link (a floor of `SEQ_MAX - 1` leaves one number).
+pub const SEQ_FLOOR_JUMP_MAX: u64 = 1 << 32;
+
 /// A relay clock (`Welcome.relay_time_ms`) further than this from the node's is logged at
 /// warn: receipts and deadlines carry both sides' times.
 pub const CLOCK_SKEW_WARN_MS: u64 = 60_000;

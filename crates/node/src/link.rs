@@ -357,6 +357,23 @@ async fn serve(
             welcome.last_seq.0
         )));
     }
+    // Nor is a number implausibly far ahead of this node's own counter.
+    let counter = state
+        .store()
+        .seq_counter()
+        .map_err(|e| NetError::Local(format!("store: {e}")))?;
+    if welcome.last_seq.0 > counter.saturating_add(crate::limits::SEQ_FLOOR_JUMP_MAX) {
+        error!(
+            relay = idx,
+            last_seq = welcome.last_seq.0,
+            counter,
+            "the relay's welcome names a last sequence number more than 2^32 above this node's counter: no relay's record (a restored node is behind by the messages it sent since); a protocol violation; ending the link, this node's counter unchanged"
+        );
+        return Err(NetError::Protocol(format!(
+            "Welcome.last_seq {} is more than 2^32 above this node's counter, {counter}",
+            welcome.last_seq.0
+        )));
+    }
     // The relay's last accepted sequence number is a floor for ours: a node restored from an
     // old backup must not reuse numbers the relay has seen.
     match state.store().raise_seq_floor(welcome.last_seq.0) {

@@ -1145,6 +1145,11 @@ impl NodeStore {
         Ok(out)
     }
 
+    /// The sequence counter: the highest number this node has signed or taken as a floor.
+    pub fn seq_counter(&self) -> Result<u64, StoreError> {
+        current_seq(&self.conn)
+    }
+
     /// Raises the sequence counter to at least `floor` (the relay's last accepted number for
     /// this participant). Returns whether it moved. A floor above `SEQ_MAX`, which no relay
     /// can have accepted, is refused (`SeqExhausted`) and changes nothing: taken, it would
