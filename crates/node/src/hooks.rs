@@ -1,23 +1,27 @@
 //! Hooks: operator commands run with an event as JSON on standard input.
 //!
 //! A hook runs in its own task with a timeout; a failing, slow or missing hook is logged and
-//! never delays delivery. At most `HOOKS_CONCURRENT_MAX` run at once; beyond that an event's
-//! hook is skipped with a warning instead of piling up processes.
+//! never delays delivery. At most `HOOKS_CONCURRENT_MAX` run at once; more wait their turn,
+//! in the order they were fired, up to `HOOKS_WAITING_MAX`; beyond that an event's hook is
+//! skipped with an error instead of piling up without end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::events::Event;
-use crate::limits::HOOKS_CONCURRENT_MAX;
+use crate::limits::{HOOKS_CONCURRENT_MAX, HOOKS_WAITING_MAX};
 
 /// Runs hook commands.
 #[derive(Clone)]
 pub struct HookRunner {
+    /// Hooks running.
     slots: Arc<Semaphore>,
+    /// Hooks running or waiting to.
+    places: Arc<Semaphore>,
     timeout: Duration,
 }
 
@@ -26,15 +30,22 @@ impl HookRunner {
     pub fn new(timeout_ms: u64) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX)),
+            places: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX + HOOKS_WAITING_MAX)),
             timeout: Duration::from_millis(timeout_ms),
         }
     }
 
-    /// Starts `cmd` (if configured) with `event` on its standard input; returns at once.
+    /// Starts `cmd` (if configured) with `event` on its standard input, or queues it until
+    /// a running hook ends; returns at once.
     pub fn fire(&self, name: &'static str, cmd: Option<&Vec<String>>, event: &Event) {
         let Some(cmd) = cmd.cloned() else { return };
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            warn!(hook = name, "too many hooks running: skipping this one");
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            error!(
+                hook = name,
+                running = HOOKS_CONCURRENT_MAX,
+                waiting = HOOKS_WAITING_MAX,
+                "too many hooks running and waiting: skipping this one"
+            );
             return;
         };
         let json = match serde_json::to_vec(event) {
@@ -45,8 +56,13 @@ impl HookRunner {
             }
         };
         let timeout = self.timeout;
+        let slots = self.slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _place = place;
+            // Tokio's semaphore is fair: hooks run in the order they were fired.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
             match run(&cmd, &json, timeout).await {
                 Ok(status) if status.success() => info!(hook = name, "hook ran"),
                 Ok(status) => warn!(hook = name, %status, "hook failed"),
@@ -84,5 +100,45 @@ async fn run(
                 format!("killed after {timeout:?}"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of events past the hooks that may run at once is not dropped: each hook waits
+    /// its turn. (Before, the ones past `HOOKS_CONCURRENT_MAX` were skipped: in a crisis, a
+    /// burst of arrivals paged nobody for some of them.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hooks_past_those_running_wait_their_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let cmd = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo ran >> '{}'", out.display()),
+        ];
+        // Fired at once, one after another: each takes its place as it is fired, so the
+        // ones past HOOKS_CONCURRENT_MAX find every slot taken.
+        let runner = HookRunner::new(30_000);
+        let fired = HOOKS_CONCURRENT_MAX + 4;
+        for _ in 0..fired {
+            runner.fire("test", Some(&cmd), &Event::Unreachable { for_ms: 1 });
+        }
+        // Wait (bounded) for every hook to have run: their only trace is the file.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let ran = loop {
+            tick.tick().await;
+            let ran = std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            if ran >= fired || tokio::time::Instant::now() >= deadline {
+                break ran;
+            }
+        };
+        assert_eq!(ran, fired, "every hook fired ran");
     }
 }

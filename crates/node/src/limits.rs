@@ -56,8 +56,13 @@ pub const HOOK_TIMEOUT_MS: u64 = 10_000;
 /// calls out (an HTTP request, an SMS gateway); one killed sooner never gets through, and
 /// paging fails with nothing but a log line (0 killed every hook at once).
 pub const HOOK_TIMEOUT_MIN_MS: u64 = 1_000;
-/// Hooks running at once; more are dropped with a warning rather than queued without end.
+/// Hooks running at once; more wait for one of them to end.
 pub const HOOKS_CONCURRENT_MAX: usize = 16;
+/// Hooks waiting to run, beyond those running: a burst of arrivals in a crisis (a FLASH
+/// alert, then the answers to it) pages for every one of them, in turn. Past this many an
+/// event's hook is skipped with an error rather than queued without end (each waiting hook
+/// holds its event, a few kilobytes).
+pub const HOOKS_WAITING_MAX: usize = 1_024;
 
 /// Default time without any relay before the unreachable hook runs.
 pub const UNREACHABLE_AFTER_MS: u64 = 60_000;
