@@ -109,10 +109,51 @@ impl NetError {
             if let Some(code) = ErrorCode::from_close_code(close.error_code.into_inner()) {
                 return NetError::Closed {
                     code,
-                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                    reason: peer_text(&close.reason),
                 };
             }
         }
         NetError::Connection(e)
+    }
+}
+
+/// A peer's free text (a close reason), made safe to log and show: control characters
+/// (line breaks, terminal escapes) are written as escapes, so that a peer cannot forge log
+/// lines or drive the operator's terminal.
+fn peer_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_close_reason_cannot_forge_a_log_line() {
+        let close = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: ErrorCode::Revoked.close_code().into(),
+            reason: bytes::Bytes::from_static(
+                b"revoked\n2026-12-05T00:00:00Z  INFO relay ok\x1b[2J \xe2\x9c\x93",
+            ),
+        });
+        match NetError::from_connection(close) {
+            NetError::Closed { code, reason } => {
+                assert_eq!(code, ErrorCode::Revoked);
+                assert_eq!(
+                    reason,
+                    "revoked\\n2026-12-05T00:00:00Z  INFO relay ok\\u{1b}[2J \u{2713}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
