@@ -536,13 +536,19 @@ impl Node {
         .map_err(|e| NodeError::Io(format!("claiming the data directory: {e}")))??;
         let mut store = NodeStore::open(&config.data_dir)?;
         store.set_quarantine_max_bytes(config.quarantine_max_bytes);
-        store.set_relay_names(
-            config
-                .relays
-                .iter()
-                .map(|r| r.fingerprint.to_string())
-                .collect(),
-        );
+        let relays: Vec<(String, String)> = config
+            .relays
+            .iter()
+            .map(|r| (r.fingerprint.to_string(), r.address.to_string()))
+            .collect();
+        match store.set_relays(&relays)? {
+            (0, 0) => {}
+            (moved, dropped) => info!(
+                moved,
+                dropped,
+                "the configuration lists the relays otherwise than at the last start: what waited for each relay (messages, acknowledgements) stays with it; a relay no longer listed left its share to relays listed for the first time, if any"
+            ),
+        }
         let (roster, keep) = load_start_roster(&config, &store)?;
         let me = config.participant.clone();
         match roster.participant(&me) {

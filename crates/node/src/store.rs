@@ -149,6 +149,14 @@ CREATE TABLE IF NOT EXISTS relay_seq (
     relay TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+-- Which relay each configuration index (the `relay` column of outbox and receipts_pending)
+-- named at the last start (`NodeStore::set_relays`): what waits for a relay follows it when
+-- the configuration lists the relays in another order.
+CREATE TABLE IF NOT EXISTS relay_slots (
+    idx INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    address TEXT NOT NULL
+);
 -- That this node keeps a receipt signed by `signer` (its `Receipt.recipient`, addressed or
 -- not) naming our message `id` with a digest other than that message's: the first such
 -- receipt is the evidence, and later ones from that signer for that message are not kept
@@ -998,6 +1006,79 @@ impl NodeStore {
     /// what it lacks ([`Self::offer_lost`]), which makes it whole and ends there.
     pub fn set_relay_names(&mut self, names: Vec<String>) {
         self.relay_names = names;
+    }
+
+    /// Records which relay each configuration index names (`relays`: each relay's pinned
+    /// fingerprint and address, in the configuration's order), names them for `relay_seq`
+    /// ([`Self::set_relay_names`]), and keeps what waits for each relay (its outbox, the
+    /// acknowledgements pending for it) with that relay when the configuration has changed
+    /// since the last start:
+    /// - a relay listed at another index (matched by fingerprint and address, else by
+    ///   fingerprint alone) keeps its rows at its new index;
+    /// - a relay no longer listed gives its rows to the relays listed for the first time (a
+    ///   relay replaced by another), or, if there are none, they are dropped: every other
+    ///   relay has rows of its own for what it has not accepted.
+    ///
+    /// A store from before this record takes the configuration as it finds it. Returns how
+    /// many rows moved and how many were dropped, for the log.
+    pub fn set_relays(&mut self, relays: &[(String, String)]) -> Result<(u64, u64), StoreError> {
+        self.set_relay_names(relays.iter().map(|(fp, _)| fp.clone()).collect());
+        self.tx(|tx, _| {
+            let old: Vec<(i64, String, String)> = {
+                let mut st = tx.prepare("SELECT idx, fingerprint, address FROM relay_slots ORDER BY idx")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let (mut moved, mut dropped) = (0u64, 0u64);
+            if !old.is_empty() {
+                let mut taken = vec![false; relays.len()];
+                let mut map: Vec<(i64, Option<usize>)> = Vec::new();
+                // Same relay at the same address first, then the same relay anywhere.
+                for pass in 0..2 {
+                    for (idx, fp, addr) in &old {
+                        if map.iter().any(|(o, _)| o == idx) {
+                            continue;
+                        }
+                        let found = relays.iter().enumerate().position(|(j, (f, a))| {
+                            !taken[j] && f == fp && (pass == 1 || a == addr)
+                        });
+                        if let Some(j) = found {
+                            taken[j] = true;
+                            map.push((*idx, Some(j)));
+                        } else if pass == 1 {
+                            map.push((*idx, None));
+                        }
+                    }
+                }
+                if map.iter().any(|(o, n)| *n != usize::try_from(*o).ok()) {
+                    let fresh: Vec<usize> = (0..relays.len()).filter(|j| !taken[*j]).collect();
+                    // Moved out of the way of the indices being moved into, then back.
+                    const ASIDE: i64 = 1 << 32;
+                    for (table, rest) in [("outbox", "id, seq"), ("receipts_pending", "digest")] {
+                        for (o, n) in &map {
+                            match n {
+                                Some(n) => {
+                                    moved += tx.execute(&format!("UPDATE {table} SET relay = ?2 WHERE relay = ?1"), params![o, *n as i64 + ASIDE])? as u64;
+                                }
+                                None => {
+                                    for j in &fresh {
+                                        tx.execute(&format!("INSERT OR IGNORE INTO {table} SELECT ?2, {rest} FROM {table} WHERE relay = ?1"), params![o, *j as i64 + ASIDE])?;
+                                    }
+                                    let n = tx.execute(&format!("DELETE FROM {table} WHERE relay = ?1"), [o])? as u64;
+                                    if fresh.is_empty() { dropped += n } else { moved += n }
+                                }
+                            }
+                        }
+                        tx.execute(&format!("UPDATE {table} SET relay = relay - ?1 WHERE relay >= ?1"), [ASIDE])?;
+                    }
+                }
+            }
+            tx.execute("DELETE FROM relay_slots", [])?;
+            for (j, (fp, addr)) in relays.iter().enumerate() {
+                tx.execute("INSERT INTO relay_slots (idx, fingerprint, address) VALUES (?1, ?2, ?3)", params![j as i64, fp, addr])?;
+            }
+            Ok((moved, dropped))
+        })
     }
 
     fn relay_name(&self, relay: usize) -> String {
@@ -2862,6 +2943,64 @@ mod tests {
 
     /// A relay restored from a backup says a lower last number than it had accepted: what
     /// it accepted above that number goes back into its outbox, once.
+    /// What waits for a relay stays with it when the configuration lists the relays in
+    /// another order, and a relay no longer listed leaves its share to one listed for the
+    /// first time. (Before, the rows were keyed by index alone: reordered relays swapped
+    /// their outboxes, and a removed relay's rows stayed in `outbox` for good.)
+    #[test]
+    fn what_waits_for_a_relay_follows_it_when_the_configuration_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ")]);
+        let relay = |fp: &str, addr: &str| (fp.to_owned(), addr.to_owned());
+        let (a, b, c) = (
+            relay("aa", "10.0.0.1:7400"),
+            relay("bb", "10.0.0.2:7400"),
+            relay("cc", "10.0.0.3:7400"),
+        );
+        assert_eq!(store.set_relays(&[a.clone(), b.clone()]).unwrap(), (0, 0));
+        let draft = flash_draft(&to, "Incident at the border");
+        let m1 = store
+            .compose(&me, &SigningKey::from_bytes(&[1; 32]), draft, &to, 2, NOW)
+            .unwrap()
+            .unwrap()
+            .decode_unverified()
+            .unwrap()
+            .id;
+        // A has taken it; B has not.
+        let accepted = Accepted {
+            id: m1,
+            recipients: to.to_vec(),
+            accepted_at_ms: NOW,
+        };
+        store.accepted(0, &accepted, NOW).unwrap();
+        let ids = |s: &NodeStore, r: usize| -> Vec<MessageId> {
+            s.outbox(r, 10).unwrap().iter().map(|m| m.id).collect()
+        };
+        assert_eq!((ids(&store, 0), ids(&store, 1)), (vec![], vec![m1]));
+
+        // The same relays, listed the other way round: B's message is at B's new index.
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.set_relays(&[b.clone(), a.clone()]).unwrap(), (1, 0));
+        assert_eq!((ids(&store, 0), ids(&store, 1)), (vec![m1], vec![]));
+        // Again at the next start: nothing to move.
+        assert_eq!(store.set_relays(&[b.clone(), a.clone()]).unwrap(), (0, 0));
+
+        // B replaced by C (and A moved to the address of another machine): C takes B's.
+        assert_eq!(
+            store
+                .set_relays(&[relay("aa", "10.0.0.9:7400"), c.clone()])
+                .unwrap(),
+            (1, 0)
+        );
+        assert_eq!((ids(&store, 0), ids(&store, 1)), (vec![], vec![m1]));
+
+        // C removed, with no newcomer to take its share: dropped, not left for good.
+        assert_eq!(store.set_relays(std::slice::from_ref(&a)).unwrap(), (0, 1));
+        assert_eq!(store.outbox_len().unwrap(), 0);
+    }
+
     #[test]
     fn messages_a_relay_lost_go_back_into_its_outbox() {
         let dir = tempfile::tempdir().unwrap();
