@@ -2403,6 +2403,51 @@ async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     relay.shutdown().await;
 }
 
+/// A backlog of large messages is read from the store in pages bounded by bytes
+/// (`FETCH_PAGE_BYTES`, 4 MiB), not only by rows: 120 of the largest messages (7.8 MB) take
+/// one more page than a backlog of one, and all arrive, in order. (A page of 512 such
+/// messages was about 34 MB, held twice by each session reading its backlog.)
+#[tokio::test]
+async fn a_backlog_of_large_messages_is_read_in_pages_bounded_by_bytes() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let reads = || async {
+        let text = http_get(maddr, "/metrics").await.unwrap();
+        metric(&text, "hotline_relay_store_reads_total").unwrap()
+    };
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+
+    // What a login with a backlog of one message reads.
+    kaz.send_to("KGZ", "one").await.unwrap();
+    let before = reads().await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let (one, _) = kgz.next_deliver().await.unwrap();
+    kgz.receipt_stored(ReceiptKind::Delivered, &[one])
+        .await
+        .unwrap();
+    let baseline = reads().await - before;
+    kgz.close();
+
+    let ids = sixty_largest_to(&mut kaz, "KGZ").await;
+    let more = sixty_largest_to(&mut kaz, "KGZ").await;
+    let before = reads().await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    for id in ids.iter().chain(&more) {
+        let (d, _) = kgz.next_deliver().await.unwrap();
+        assert_eq!(d.decode_unverified().unwrap().id, *id);
+    }
+    assert_eq!(
+        reads().await - before,
+        baseline + 1.0,
+        "one more page for 7.8 MB of messages"
+    );
+    relay.shutdown().await;
+}
+
 /// A node confirms (`ReceiptsStored`) the receipts forwarded to it on its connection, and no
 /// more: each digest costs the store writer a deletion in everyone's commits, so a node
 /// naming more than it was forwarded is closed as a protocol violation.

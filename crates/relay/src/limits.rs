@@ -123,6 +123,12 @@ pub const COMMIT_BATCH_CEILING: usize = WRITER_QUEUE_DEPTH;
 /// Rows fetched from a queue per read.
 pub const FETCH_PAGE_ROWS: usize = 512;
 
+/// Bytes of messages (or receipts) fetched from a queue per read, at most, past the row
+/// that reaches it: a page of 512 of the largest messages is about 34 MB, held twice (rows
+/// and frames) by each session reading its backlog, and after an outage every node
+/// reconnects with one. Pages of small messages are bounded by rows first.
+pub const FETCH_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Committed items (per kind) held in a connected session's mailbox for it to write
 /// without reading them back; beyond this the session reads its queue from the store. The
 /// frames are shared between recipients, so this costs a message's size once, not per

@@ -1007,7 +1007,7 @@ impl Session {
                 continue;
             }
             if self.msgs_from_store {
-                let rows =
+                let (rows, more) =
                     self.read_store(|r, key| r.backlog(key, &self.me, self.msg_cursor, room))?;
                 let n = rows.len();
                 let mut buf = Vec::new();
@@ -1020,8 +1020,9 @@ impl Session {
                     self.write_raw(&buf).await?;
                     self.count_deliveries(n);
                 }
-                // The store has no more: everything committed from now on is posted.
-                self.msgs_from_store = n == room;
+                // The store has no more: everything committed from now on is posted. (A page
+                // cut short by its bytes has more.)
+                self.msgs_from_store = n == room || more;
                 continue;
             }
             let posted = match mailbox.take(Kind::Message, self.msg_cursor, room) {
@@ -1085,14 +1086,14 @@ impl Session {
             let mut buf = Vec::new();
             let n;
             if self.rcpts_from_store {
-                let rows =
+                let (rows, more) =
                     self.read_store(|r, key| r.receipts(key, &self.me, self.rcpt_cursor, page))?;
                 n = rows.len();
                 for (qid, signed) in rows {
                     self.rcpt_cursor = qid;
                     buf.extend_from_slice(&encode(&RelayToNode::Receipt(signed))?);
                 }
-                self.rcpts_from_store = n == page;
+                self.rcpts_from_store = n == page || more;
             } else {
                 match mailbox.take(Kind::Receipt, self.rcpt_cursor, page) {
                     Take::ReadStore => {

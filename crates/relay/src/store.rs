@@ -966,7 +966,7 @@ impl Readers {
         recipient: &ParticipantId,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<QueuedMessage>, StoreError> {
+    ) -> Result<(Vec<QueuedMessage>, bool), StoreError> {
         // Positions committed and not yet receipted; the lock is not held while reading.
         let positions = self
             .queues
@@ -974,8 +974,9 @@ impl Readers {
             .unwrap_or_else(|p| p.into_inner())
             .after(recipient, after, limit);
         if positions.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
+        let wanted_n = positions.len();
         let (first, last) = (positions[0], positions[positions.len() - 1]);
         let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<QueuedMessage> {
             let id: Vec<u8> = r.get(1)?;
@@ -997,23 +998,38 @@ impl Readers {
                 )?;
                 let mut wanted = positions.iter().peekable();
                 let mut out = Vec::with_capacity(positions.len());
+                let mut bytes = 0;
                 let mut rows = st.query([first, last])?;
                 while let Some(r) = rows.next()? {
                     let rseq: i64 = r.get(0)?;
                     while wanted.next_if(|w| **w < rseq).is_some() {}
                     if wanted.next_if_eq(&&rseq).is_some() {
-                        out.push(row(r)?);
+                        let q = row(r)?;
+                        bytes += q.2.bytes().len();
+                        out.push(q);
+                        if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                            break;
+                        }
                     }
                 }
-                Ok(out)
+                let more = out.len() < wanted_n;
+                Ok((out, more))
             } else {
                 let mut st = c.prepare_cached(
                     "SELECT rseq, id, bytes, key, sig FROM messages WHERE rseq = ?1",
                 )?;
-                positions
-                    .into_iter()
-                    .map(|rseq| st.query_row([rseq], row))
-                    .collect()
+                let mut out = Vec::with_capacity(positions.len());
+                let mut bytes = 0;
+                for rseq in positions {
+                    let q = st.query_row([rseq], row)?;
+                    bytes += q.2.bytes().len();
+                    out.push(q);
+                    if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                        break;
+                    }
+                }
+                let more = out.len() < wanted_n;
+                Ok((out, more))
             }
         })
     }
@@ -1025,16 +1041,25 @@ impl Readers {
         sender: &ParticipantId,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<Queued<Receipt>>, StoreError> {
+    ) -> Result<(Vec<Queued<Receipt>>, bool), StoreError> {
         self.with(key, |c| {
             let mut st = c.prepare_cached(
                 "SELECT q.rseq, r.bytes, r.key, r.sig FROM rqueue q JOIN receipts r ON r.rseq = q.rseq
                  WHERE q.recipient = ?1 AND q.rseq > ?2 ORDER BY q.rseq LIMIT ?3",
             )?;
-            let rows = st.query_map(params![sender.as_str(), after, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, signed_from_row(r, 1)?))
-            })?;
-            rows.collect()
+            let mut rows = st.query(params![sender.as_str(), after, limit as i64])?;
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            while let Some(r) = rows.next()? {
+                let q: Queued<Receipt> = (r.get::<_, i64>(0)?, signed_from_row(r, 1)?);
+                bytes += q.1.bytes().len();
+                out.push(q);
+                if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                    // Whether there is more is for the next read to say.
+                    return Ok((out, true));
+                }
+            }
+            Ok((out, false))
         })
     }
 
@@ -2720,6 +2745,7 @@ mod tests {
             readers
                 .backlog(0, &pid(who), 0, 10)
                 .expect("backlog")
+                .0
                 .iter()
                 .map(|(_, id, _)| id.0[0])
                 .collect()
@@ -2727,9 +2753,9 @@ mod tests {
         // Acceptance order: 3 was accepted first.
         assert_eq!(ids("IND"), vec![3, 1, 2]);
         assert_eq!(ids("CHN"), vec![3, 2]);
-        let stored = readers.backlog(0, &pid("CHN"), 0, 10).expect("backlog");
+        let (stored, _) = readers.backlog(0, &pid("CHN"), 0, 10).expect("backlog");
         assert_eq!(stored[1].2.bytes(), m2.bytes(), "bytes survive verbatim");
-        let receipts = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
+        let (receipts, _) = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].1.bytes(), receipt.bytes());
         let matrix = table_exists(&conn, "matrix").expect("schema");
@@ -3027,7 +3053,7 @@ mod tests {
             .expect("rqueue");
         }
         let (conn, readers) = migrated(dir.path());
-        let queued = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
+        let (queued, _) = readers.receipts(0, &pid("KAZ"), 0, 10).expect("receipts");
         let got: Vec<(i64, Vec<u8>)> = queued
             .iter()
             .map(|(pos, r)| (*pos, r.bytes().to_vec()))
@@ -3081,6 +3107,7 @@ mod tests {
             readers
                 .receipts(0, &pid("KAZ"), 0, 10)
                 .expect("receipts")
+                .0
                 .len(),
             2
         );
@@ -3134,6 +3161,7 @@ mod tests {
             readers
                 .backlog(0, &pid(who), 0, 10)
                 .expect("backlog")
+                .0
                 .iter()
                 .map(|(pos, id, _)| (*pos, id.0[0]))
                 .collect()
@@ -3144,6 +3172,7 @@ mod tests {
         let after_2: Vec<i64> = readers
             .backlog(0, &pid("IND"), 2, 1)
             .expect("backlog")
+            .0
             .iter()
             .map(|(pos, _, _)| *pos)
             .collect();
