@@ -218,11 +218,12 @@ impl Hosting {
         self
     }
 
-    /// Runs the store writer as a task on the caller's runtime instead of its own OS thread.
-    /// Each commit then blocks that runtime while SQLite syncs, so this is only for a
-    /// single-threaded simulation, where it keeps commit timing out of the schedule: on
-    /// paused virtual time a commit then takes no simulated time, and a seed reproduces
-    /// the run. A production relay keeps the thread.
+    /// Runs the store writer as a task on the caller's runtime instead of its own OS thread,
+    /// and the sessions' reads of the store on the runtime too instead of tokio's blocking
+    /// pool. Each commit then blocks that runtime while SQLite syncs, so this is only for a
+    /// single-threaded simulation, where it keeps store timing out of the schedule: on
+    /// paused virtual time a commit or a read then takes no simulated time, and a seed
+    /// reproduces the run. A production relay keeps the thread and the pool.
     pub fn writer_on_runtime(mut self) -> Self {
         self.writer_on_runtime = true;
         self
@@ -473,6 +474,7 @@ impl Relay {
             receipt_rates: Default::default(),
             before_login: std::sync::Mutex::new(throttle::Throttle::new(Duration::from_secs(10))),
             login_gate: hosting.login_gate,
+            reads_on_runtime: hosting.writer_on_runtime,
         });
         let (fault_tx, fault) = watch::channel(None);
         let main = tokio::spawn(accept_loop(

@@ -43,6 +43,32 @@ pub(crate) struct Shared {
     pub(crate) before_login: Mutex<crate::throttle::Throttle>,
     /// Tests only ([`crate::Hosting::login_gate`]).
     pub(crate) login_gate: Option<Arc<crate::LoginGate>>,
+    /// Reads of the store run on the runtime, not the blocking pool: a deterministic
+    /// simulation only ([`crate::Hosting::writer_on_runtime`]).
+    pub(crate) reads_on_runtime: bool,
+}
+
+impl Shared {
+    /// Runs `read` on one of the store's reader connections (`key` picks it), off the
+    /// runtime's threads: a read (a backlog page of megabytes, from a cold disk) and the
+    /// wait for that connection's lock would otherwise hold one of the runtime's few
+    /// threads, and with it quinn's timers and acknowledgements and every other session on
+    /// it.
+    async fn read<T: Send + 'static>(
+        &self,
+        key: usize,
+        read: impl FnOnce(&Readers, usize) -> Result<T, hotline_store::StoreError> + Send + 'static,
+    ) -> Result<T, End> {
+        let done = if self.reads_on_runtime {
+            read(&self.readers, key)
+        } else {
+            let readers = self.readers.clone();
+            tokio::task::spawn_blocking(move || read(&readers, key))
+                .await
+                .map_err(|e| End::new(ErrorCode::Internal, format!("store read: {e}")))?
+        };
+        done.map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
+    }
 }
 
 impl Shared {
@@ -468,10 +494,12 @@ async fn session(
         gate.reached.notify_one();
         let _ = gate.go.acquire().await;
     }
-    let last_seq = shared
-        .readers
-        .last_seq(conn_id as usize, &me)
-        .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+    let last_seq = {
+        let me = me.clone();
+        shared
+            .read(conn_id as usize, move |r, key| r.last_seq(key, &me))
+            .await?
+    };
     let roster = shared.roster.borrow().clone();
     let welcome = Welcome {
         relay_time_ms: crate::now_ms(),
@@ -1007,8 +1035,10 @@ impl Session {
                 continue;
             }
             if self.msgs_from_store {
-                let (rows, more) =
-                    self.read_store(|r, key| r.backlog(key, &self.me, self.msg_cursor, room))?;
+                let (me, after) = (self.me.clone(), self.msg_cursor);
+                let (rows, more) = self
+                    .read_store(move |r, key| r.backlog(key, &me, after, room))
+                    .await?;
                 let n = rows.len();
                 let mut buf = Vec::new();
                 for (qid, id, signed) in rows {
@@ -1059,16 +1089,15 @@ impl Session {
     }
 
     /// One page read from the store (counted in `hotline_relay_store_reads_total`).
-    fn read_store<T>(
+    async fn read_store<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Readers, usize) -> Result<T, hotline_store::StoreError>,
+        read: impl FnOnce(&Readers, usize) -> Result<T, hotline_store::StoreError> + Send + 'static,
     ) -> Result<T, End> {
         self.shared
             .metrics
             .store_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        read(&self.shared.readers, self.conn_id as usize)
-            .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
+        self.shared.read(self.conn_id as usize, read).await
     }
 
     fn count_deliveries(&self, n: usize) {
@@ -1086,8 +1115,10 @@ impl Session {
             let mut buf = Vec::new();
             let n;
             if self.rcpts_from_store {
-                let (rows, more) =
-                    self.read_store(|r, key| r.receipts(key, &self.me, self.rcpt_cursor, page))?;
+                let (me, after) = (self.me.clone(), self.rcpt_cursor);
+                let (rows, more) = self
+                    .read_store(move |r, key| r.receipts(key, &me, after, page))
+                    .await?;
                 n = rows.len();
                 for (qid, signed) in rows {
                     self.rcpt_cursor = qid;
