@@ -919,14 +919,34 @@ within_s = 3.0
         let answers = json!([{"from": "KAZ", "received_at_ms": 9000}, {"from": "KAZ", "received_at_ms": 2500}]);
         let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "answers": answers, "delivered": 0, "acknowledged": 0});
         score(Inputs {
-            scenario: &sc,
+            shown,
+            hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
+            checks: Some(checks),
+            relay_exit: Some(Some(0)),
+            ..one_inject(&sc, &roster, &participants, view, inboxes)
+        })
+        .expect("scores")
+    }
+
+    /// Inputs for scenario `sc`'s first inject, sent as `m1` at t=1000 ms, its sender's
+    /// view `view`, the nodes `participants` with `inboxes`; nothing else recorded (no
+    /// hooks, store checks or relay exit), not live.
+    fn one_inject<'a>(
+        sc: &'a Scenario,
+        roster: &'a Roster,
+        participants: &'a [String],
+        view: Value,
+        inboxes: BTreeMap<String, Vec<Value>>,
+    ) -> Inputs<'a> {
+        Inputs {
+            scenario: sc,
             seed: 1,
             dir: Path::new("/tmp"),
             started_at_ms: 1000,
             wall_s: 1.0,
-            participants: &participants,
+            participants,
             live: false,
-            roster: &roster,
+            roster,
             injects: vec![Sent {
                 inject: sc.injects[0].clone(),
                 id: Some("m1".into()),
@@ -935,14 +955,13 @@ within_s = 3.0
             }],
             sent_views: vec![view],
             inboxes,
-            shown,
-            hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
+            shown: HashMap::new(),
+            hooks: None,
             faults: vec![],
             proxies: BTreeMap::new(),
-            checks: Some(checks),
-            relay_exit: Some(Some(0)),
-        })
-        .expect("scores")
+            checks: None,
+            relay_exit: None,
+        }
     }
 
     fn objective<'a>(r: &'a Report, name: &str) -> &'a ObjectiveResult {
@@ -1230,28 +1249,8 @@ within_s = 30.0
         let participants: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
         let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "answers": [], "delivered": 0, "acknowledged": 0});
         score(Inputs {
-            scenario: &sc,
-            seed: 1,
-            dir: Path::new("/tmp"),
-            started_at_ms: 1000,
-            wall_s: 1.0,
-            participants: &participants,
             live: true,
-            roster: &roster,
-            injects: vec![Sent {
-                inject: sc.injects[0].clone(),
-                id: Some("m1".into()),
-                sent_at_ms: Some(1000),
-                refused: None,
-            }],
-            sent_views: vec![view],
-            inboxes,
-            shown: HashMap::new(),
-            hooks: None,
-            faults: vec![],
-            proxies: BTreeMap::new(),
-            checks: None,
-            relay_exit: None,
+            ..one_inject(&sc, &roster, &participants, view, inboxes)
         })
         .expect("scores")
     }

@@ -939,6 +939,31 @@ pub(crate) type Queued<T> = (i64, Signed<T>);
 /// A queued message: queue position, id, and the message as signed.
 pub(crate) type QueuedMessage = (i64, MessageId, Signed<Envelope>);
 
+/// The rows of one page read from a queue, and their signed bytes together: a page ends at
+/// [`crate::limits::FETCH_PAGE_BYTES`] (or at its row limit, which the query sets).
+struct Page<T> {
+    rows: Vec<T>,
+    bytes: usize,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> Page<T> {
+    /// Adds a row of `bytes` signed bytes; whether the page is now full.
+    fn push(&mut self, bytes: usize, row: T) -> bool {
+        self.bytes += bytes;
+        self.rows.push(row);
+        self.bytes >= crate::limits::FETCH_PAGE_BYTES
+    }
+}
+
 impl Readers {
     pub(crate) fn open(path: &Path, queues: Arc<Mutex<QueueIndex>>) -> Result<Self, StoreError> {
         let mut conns = Vec::with_capacity(READERS);
@@ -997,39 +1022,33 @@ impl Readers {
                     "SELECT rseq, id, bytes, key, sig FROM messages WHERE rseq BETWEEN ?1 AND ?2 ORDER BY rseq",
                 )?;
                 let mut wanted = positions.iter().peekable();
-                let mut out = Vec::with_capacity(positions.len());
-                let mut bytes = 0;
+                let mut page = Page::default();
                 let mut rows = st.query([first, last])?;
                 while let Some(r) = rows.next()? {
                     let rseq: i64 = r.get(0)?;
                     while wanted.next_if(|w| **w < rseq).is_some() {}
                     if wanted.next_if_eq(&&rseq).is_some() {
                         let q = row(r)?;
-                        bytes += q.2.bytes().len();
-                        out.push(q);
-                        if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                        if page.push(q.2.bytes().len(), q) {
                             break;
                         }
                     }
                 }
-                let more = out.len() < wanted_n;
-                Ok((out, more))
+                let more = page.rows.len() < wanted_n;
+                Ok((page.rows, more))
             } else {
                 let mut st = c.prepare_cached(
                     "SELECT rseq, id, bytes, key, sig FROM messages WHERE rseq = ?1",
                 )?;
-                let mut out = Vec::with_capacity(positions.len());
-                let mut bytes = 0;
+                let mut page = Page::default();
                 for rseq in positions {
                     let q = st.query_row([rseq], row)?;
-                    bytes += q.2.bytes().len();
-                    out.push(q);
-                    if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                    if page.push(q.2.bytes().len(), q) {
                         break;
                     }
                 }
-                let more = out.len() < wanted_n;
-                Ok((out, more))
+                let more = page.rows.len() < wanted_n;
+                Ok((page.rows, more))
             }
         })
     }
@@ -1048,18 +1067,15 @@ impl Readers {
                  WHERE q.recipient = ?1 AND q.rseq > ?2 ORDER BY q.rseq LIMIT ?3",
             )?;
             let mut rows = st.query(params![sender.as_str(), after, limit as i64])?;
-            let mut out = Vec::new();
-            let mut bytes = 0;
+            let mut page = Page::default();
             while let Some(r) = rows.next()? {
                 let q: Queued<Receipt> = (r.get::<_, i64>(0)?, signed_from_row(r, 1)?);
-                bytes += q.1.bytes().len();
-                out.push(q);
-                if bytes >= crate::limits::FETCH_PAGE_BYTES {
+                if page.push(q.1.bytes().len(), q) {
                     // Whether there is more is for the next read to say.
-                    return Ok((out, true));
+                    return Ok((page.rows, true));
                 }
             }
-            Ok((out, false))
+            Ok((page.rows, false))
         })
     }
 
