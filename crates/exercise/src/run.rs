@@ -757,8 +757,9 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
 /// Checks, before anything is started or sent, that every inject's sender (and, with
 /// `faults`, in a drill the harness deploys, every fault's participant and every
 /// participant an objective names, which is scored only if it has a node there) is one of
-/// `nodes`, the participants the run has a node for; the error lists every one that is not. Checked when due instead, such an inject
-/// ended the drill midway without a report, after real traffic had been sent.
+/// `nodes`, the participants the run has a node for; the error lists every one that is not.
+/// Were it checked only when due, such an inject would end the drill midway without a
+/// report, after real traffic had been sent.
 fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::Result<()> {
     let has = |p: &str| nodes.iter().any(|n| n == p);
     let mut missing: Vec<String> = scenario

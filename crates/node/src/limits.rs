@@ -34,8 +34,8 @@ const _: () = assert!(SILENT_LINK_MS < hotline_net::transport::IDLE_TIMEOUT_MS);
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// A write to the relay that makes no progress for this long (the relay reads nothing: its
-/// store has stalled, or it is not a relay) ends the link, to be made again, rather than holding the
-/// link and the node's shutdown in it. The relay gives its own writes as long
+/// store has stalled, or it is not a relay) ends the link, to be made again, rather than
+/// holding the link and the node's shutdown in it. The relay gives its own writes as long
 /// (`limits.write_timeout_ms`).
 pub const LINK_WRITE_TIMEOUT_MS: u64 = 10_000;
 
