@@ -72,21 +72,21 @@ impl TextFileError {
 
 /// Reads the UTF-8 text file at `path`, refusing one longer than `max` bytes.
 pub fn read(path: &Path, max: usize) -> Result<String, TextFileError> {
-    let f = std::fs::File::open(path).map_err(|source| TextFileError::Io {
+    read_open(path, open(path)?, max)
+}
+
+fn open(path: &Path) -> Result<std::fs::File, TextFileError> {
+    std::fs::File::open(path).map_err(|source| TextFileError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    read_open(path, f, max)
+    })
 }
 
 /// [`read`] for a secret (the relay's TLS private key): first refuses a file the group or
 /// others may access ([`TextFileError::Secret`]), as a secret key file is refused. The
 /// text is zeroed when dropped.
 pub fn read_secret(path: &Path, max: usize) -> Result<Zeroizing<String>, TextFileError> {
-    let f = std::fs::File::open(path).map_err(|source| TextFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let f = open(path)?;
     keyfile::check_secret_mode(path, &f)?;
     read_open(path, f, max).map(Zeroizing::new)
 }

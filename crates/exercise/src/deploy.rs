@@ -2,9 +2,8 @@
 //! certificate, and relay and node configuration files — what an installation would have.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -61,20 +60,21 @@ const SECRET_FILE_MODE: u32 = 0o600;
 pub(crate) const FILE_MODE: u32 = 0o644;
 /// Mode of the directories the harness creates: only its user may enter them, so no one
 /// else can plant a file or a symbolic link where it is about to write.
-pub(crate) const DIR_MODE: u32 = 0o700;
+const DIR_MODE: u32 = 0o700;
 
-/// Writes `contents` to `path`, a file that must not exist yet, created with `mode`. A file
-/// already there, or a symbolic link planted there to make the harness write elsewhere, is
-/// refused (`create_new` follows no link), naming the path.
+/// Writes `contents` to `path`, a file that must not exist yet, created with `mode`
+/// (`hotline_config::write_new`). A file already there, or a symbolic link planted there to
+/// make the harness write elsewhere, is refused (`create_new` follows no link), naming the
+/// path.
 pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents)
-        .with_context(|| format!("writing {}", path.display()))
+    hotline_config::write_new(path, contents, mode)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Creates the directory `path`, which must not exist yet, with mode [`DIR_MODE`]: one
+/// already there (or a link planted in its place) is refused rather than written into.
+pub(crate) fn create_dir_new(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(DIR_MODE).create(path)
 }
 
 /// Creates the directory `path` (and its missing parents) with mode [`DIR_MODE`]; one that
@@ -111,10 +111,7 @@ impl Deployment {
         // place) is refused rather than written into.
         for sub in ["keys", "hooks"] {
             let path = dir.join(sub);
-            std::fs::DirBuilder::new()
-                .mode(DIR_MODE)
-                .create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            create_dir_new(&path).with_context(|| format!("creating {}", path.display()))?;
         }
         let mut draft = Draft::parse(template, Path::new("cica-roster.toml"))?;
         for p in &mut draft.participants {

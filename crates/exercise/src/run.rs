@@ -719,7 +719,6 @@ const RUN_DIR_ATTEMPTS: usize = 16;
 /// scenario's `name` is used only as far as `[A-Za-z0-9_-]` goes (others become `_`), so a
 /// name like `../..` cannot place the directory elsewhere.
 fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
     let name: String = name
         .chars()
         .take(64)
@@ -738,10 +737,7 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
             _ => format!("hotline-exercise-{name}-{ms}-{:08x}", rand::random::<u32>()),
         };
         let dir = base.join(leaf);
-        match std::fs::DirBuilder::new()
-            .mode(crate::deploy::DIR_MODE)
-            .create(&dir)
-        {
+        match crate::deploy::create_dir_new(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(dir),
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),

@@ -167,32 +167,27 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// As [`FrameWriter::write_chunks`], with [`FrameWriter::write_raw_steady`]'s limit.
+    /// Writes already encoded frames held in shared buffers (e.g. one message's delivery
+    /// frame, shared by all its recipients' sessions): QUIC keeps the buffers instead of
+    /// copying them into its own. With [`FrameWriter::write_raw_steady`]'s limit on progress.
     pub async fn write_chunks_steady(
         &mut self,
         mut chunks: &mut [bytes::Bytes],
         stall: Duration,
     ) -> Result<(), NetError> {
-        // quinn advances a chunk it wrote in part, and counts only those written whole.
-        while chunks.iter().any(|c| !c.is_empty()) {
+        loop {
+            // quinn advances a chunk it wrote in part, and counts only those written whole.
+            let done = chunks.iter().take_while(|c| c.is_empty()).count();
+            chunks = &mut chunks[done..];
+            if chunks.is_empty() {
+                return Ok(());
+            }
             let written = tokio::time::timeout(stall, self.send.write_chunks(chunks))
                 .await
                 .map_err(|_| stalled(stall))?
                 .map_err(write_error)?;
             chunks = &mut chunks[written.chunks..];
         }
-        Ok(())
-    }
-
-    /// Writes already encoded frames held in shared buffers (e.g. one message's delivery
-    /// frame, shared by all its recipients' sessions): QUIC keeps the buffers instead of
-    /// copying them into its own.
-    pub async fn write_chunks(&mut self, chunks: &mut [bytes::Bytes]) -> Result<(), NetError> {
-        self.send
-            .write_all_chunks(chunks)
-            .await
-            .map_err(write_error)?;
-        Ok(())
     }
 
     /// Finishes the stream (no more frames).

@@ -150,13 +150,10 @@ fn write_relay_identity(dir: &Path) -> anyhow::Result<Fingerprint> {
     let cert = params.self_signed(&key)?;
     std::fs::write(dir.join("relay.crt"), cert.pem())?;
     // Owner only, as `hotline relay init` writes it: the relay refuses a key others may read.
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dir.join("relay.key"))?
-        .write_all(key.serialize_pem().as_bytes())?;
+    hotline_config::write_new(
+        &dir.join("relay.key"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     Ok(Fingerprint::of(cert.der()))
 }
