@@ -224,37 +224,34 @@ pub struct Objective {
 }
 
 impl Inject {
-    /// The recipients `roster` gives this inject, as a node resolves its audience
-    /// (`hotline_proto::routing::resolve`): the participants named, the group's members, every
-    /// member or everyone, those not revoked, without the sender. Names off the roster are
-    /// left out (the node refuses such an inject; the report says so).
+    /// The recipients `roster` gives this inject, through the protocol's own resolution
+    /// (`hotline_proto::routing::recipients`, as the relay resolves it): the participants
+    /// named, the group's members, every member or everyone, those not revoked, without the
+    /// sender. Names off the roster are left out (the node refuses such an inject; the
+    /// report says so), and an unknown group has no one.
     pub fn addressed(&self, roster: &hotline_proto::Roster) -> Vec<String> {
-        use hotline_proto::Role;
-        let active = roster.participants.iter().filter(|p| !p.revoked);
-        let mut ids: Vec<String> = if self.everyone {
-            active.map(|p| p.id.to_string()).collect()
+        use hotline_proto::{Audience, ParticipantId};
+        let audience = if self.everyone {
+            Audience::Everyone
         } else if self.all_members {
-            active
-                .filter(|p| p.role == Role::Member)
-                .map(|p| p.id.to_string())
-                .collect()
+            Audience::AllMembers
         } else if let Some(g) = &self.group {
-            let members = roster
-                .group(g)
-                .map(|g| g.members.as_slice())
-                .unwrap_or_default();
-            active
-                .filter(|p| members.contains(&p.id))
-                .map(|p| p.id.to_string())
-                .collect()
+            Audience::Group(g.clone())
         } else {
-            active
-                .filter(|p| self.to.iter().any(|t| t == p.id.as_str()))
-                .map(|p| p.id.to_string())
-                .collect()
+            Audience::Participants(
+                self.to
+                    .iter()
+                    .filter_map(|t| ParticipantId::new(t).ok())
+                    .filter(|id| roster.participant(id).is_some_and(|p| !p.revoked))
+                    .collect(),
+            )
         };
-        ids.retain(|p| *p != self.from);
-        ids
+        hotline_proto::routing::recipients(roster, &audience)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| id.as_str() != self.from)
+            .map(|id| id.to_string())
+            .collect()
     }
 }
 

@@ -64,21 +64,17 @@ impl RouteError {
     }
 }
 
-/// Resolves an envelope's audience to its recipients, sorted, without the sender, and checks
-/// the observer policy.
-///
-/// `addressed_by` answers "did `recipient` author a message referenced by this envelope that
-/// was addressed to the sender?" — the only way an observer may write to a member under the
-/// default policy. The relay answers it from its store.
-pub fn resolve(
+/// The participants `roster` gives `audience`: those named (each must be on the roster and
+/// not revoked), a group's members, every member or everyone, the revoked left out; the
+/// sender among them if the audience takes it in. The first step of [`resolve`], which then
+/// takes the sender out and checks that there is someone and the observer policy.
+pub fn recipients(
     roster: &Roster,
-    policy: &Policy,
-    env: &Envelope,
-    addressed_by: impl Fn(&ParticipantId) -> bool,
-) -> Result<Vec<ParticipantId>, RouteError> {
+    audience: &Audience,
+) -> Result<BTreeSet<ParticipantId>, RouteError> {
     let active = |id: &ParticipantId| roster.participant(id).filter(|p| !p.revoked);
     let mut out = BTreeSet::new();
-    match &env.audience {
+    match audience {
         Audience::Participants(ids) => {
             for id in ids {
                 if active(id).is_none() {
@@ -108,6 +104,23 @@ pub fn resolve(
                 .map(|p| p.id.clone()),
         ),
     }
+    Ok(out)
+}
+
+/// Resolves an envelope's audience to its recipients, sorted, without the sender, and checks
+/// the observer policy.
+///
+/// `addressed_by` answers "did `recipient` author a message referenced by this envelope that
+/// was addressed to the sender?" — the only way an observer may write to a member under the
+/// default policy. The relay answers it from its store.
+pub fn resolve(
+    roster: &Roster,
+    policy: &Policy,
+    env: &Envelope,
+    addressed_by: impl Fn(&ParticipantId) -> bool,
+) -> Result<Vec<ParticipantId>, RouteError> {
+    let active = |id: &ParticipantId| roster.participant(id).filter(|p| !p.revoked);
+    let mut out = recipients(roster, &env.audience)?;
     out.remove(&env.sender);
     if out.is_empty() {
         return Err(RouteError::NoRecipients);
