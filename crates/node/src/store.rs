@@ -134,7 +134,7 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
--- Per relay (its certificate's fingerprint, `NodeStore::set_relay_names`), the highest sequence number
+-- Per relay (its certificate's fingerprint, `NodeStore::set_relays`), the highest sequence number
 -- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
 -- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 -- The acknowledgement this node signed for received message `id` (a row of receipts_out),
@@ -713,6 +713,37 @@ fn id_conflict(
     Ok((!same).then_some(holder))
 }
 
+/// Where each relay of the last start's configuration (`old`, by index: fingerprint and
+/// address) is in the new one (`new`): for each old index, the new index of the same relay
+/// (the same fingerprint at the same address first, then the same fingerprint anywhere),
+/// or `None` for a relay no longer listed; and the new indices no old relay maps to (relays
+/// listed for the first time), ascending. An empty `old` (a store from before the record)
+/// maps nothing.
+fn match_relays(
+    old: &[(String, String)],
+    new: &[(String, String)],
+) -> (Vec<Option<usize>>, Vec<usize>) {
+    let mut taken = vec![false; new.len()];
+    let mut map = vec![None; old.len()];
+    for same_address in [true, false] {
+        for (o, (fp, addr)) in old.iter().enumerate() {
+            if map[o].is_some() {
+                continue;
+            }
+            let found = new
+                .iter()
+                .enumerate()
+                .position(|(j, (f, a))| !taken[j] && f == fp && (!same_address || a == addr));
+            if let Some(j) = found {
+                taken[j] = true;
+                map[o] = Some(j);
+            }
+        }
+    }
+    let fresh = (0..new.len()).filter(|j| !taken[*j]).collect();
+    (map, fresh)
+}
+
 /// Records `env` as an answer to each message it references that `other` holds: `"sent"`
 /// for a received message (an answer to one of ours), `"inbox"` for one this node sent.
 fn index_answer(conn: &Connection, env: &Envelope, other: &str) -> Result<(), StoreError> {
@@ -996,81 +1027,54 @@ impl NodeStore {
         })
     }
 
-    /// Names the configured relays, by index, for the record of what each has accepted
-    /// (`relay_seq`): the fingerprint of its pinned certificate, which stays with a relay
-    /// when the configuration lists its relays in another order, and when the relay moves
-    /// to another address (a Secretariat that lost its machine restores the relay's store,
-    /// key and certificate on a new one, and its losses are still noticed); it changes
-    /// when a relay is replaced by a new one, which has accepted nothing. Relays that share
-    /// a certificate share a record: one that has accepted less than another is then sent
-    /// what it lacks ([`Self::offer_lost`]), which makes it whole and ends there.
-    pub fn set_relay_names(&mut self, names: Vec<String>) {
-        self.relay_names = names;
-    }
-
     /// Records which relay each configuration index names (`relays`: each relay's pinned
-    /// fingerprint and address, in the configuration's order), names them for `relay_seq`
-    /// ([`Self::set_relay_names`]), and keeps what waits for each relay (its outbox, the
-    /// acknowledgements pending for it) with that relay when the configuration has changed
-    /// since the last start:
-    /// - a relay listed at another index (matched by fingerprint and address, else by
-    ///   fingerprint alone) keeps its rows at its new index;
-    /// - a relay no longer listed gives its rows to the relays listed for the first time (a
-    ///   relay replaced by another), or, if there are none, they are dropped: every other
-    ///   relay has rows of its own for what it has not accepted.
+    /// fingerprint and address, in the configuration's order), and keeps what waits for
+    /// each relay (its outbox, the acknowledgements pending for it) with that relay when the
+    /// configuration has changed since the last start ([`match_relays`]): a relay listed at
+    /// another index keeps its rows at its new index; a relay no longer listed gives its
+    /// rows to the relays listed for the first time (a relay replaced by another), or, if
+    /// there are none, they are dropped: every other relay has rows of its own for what it
+    /// has not accepted. A store from before this record takes the configuration as it
+    /// finds it. Returns how many rows moved and how many were dropped, for the log.
     ///
-    /// A store from before this record takes the configuration as it finds it. Returns how
-    /// many rows moved and how many were dropped, for the log.
+    /// It also names each relay for the record of what it has accepted (`relay_seq`): the
+    /// fingerprint of its pinned certificate, which stays with a relay when the
+    /// configuration lists its relays in another order, and when the relay moves to another
+    /// address (a Secretariat that lost its machine restores the relay's store, key and
+    /// certificate on a new one, and its losses are still noticed); it changes when a relay
+    /// is replaced by a new one, which has accepted nothing. Relays that share a
+    /// certificate share a record: one that has accepted less than another is then sent
+    /// what it lacks ([`Self::offer_lost`]), which makes it whole and ends there.
     pub fn set_relays(&mut self, relays: &[(String, String)]) -> Result<(u64, u64), StoreError> {
-        self.set_relay_names(relays.iter().map(|(fp, _)| fp.clone()).collect());
+        self.relay_names = relays.iter().map(|(fp, _)| fp.clone()).collect();
         self.tx(|tx, _| {
-            let old: Vec<(i64, String, String)> = {
-                let mut st = tx.prepare("SELECT idx, fingerprint, address FROM relay_slots ORDER BY idx")?;
-                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let old: Vec<(String, String)> = {
+                let mut st = tx.prepare("SELECT fingerprint, address FROM relay_slots ORDER BY idx")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<Result<_, _>>()?
             };
+            if old == relays {
+                return Ok((0, 0));
+            }
             let (mut moved, mut dropped) = (0u64, 0u64);
-            if !old.is_empty() {
-                let mut taken = vec![false; relays.len()];
-                let mut map: Vec<(i64, Option<usize>)> = Vec::new();
-                // Same relay at the same address first, then the same relay anywhere.
-                for pass in 0..2 {
-                    for (idx, fp, addr) in &old {
-                        if map.iter().any(|(o, _)| o == idx) {
+            let (map, fresh) = match_relays(&old, relays);
+            if map.iter().enumerate().any(|(o, n)| *n != Some(o)) {
+                // Moved out of the way of the indices being moved into, then back.
+                const ASIDE: i64 = 1 << 32;
+                for (table, rest) in [("outbox", "id, seq"), ("receipts_pending", "digest")] {
+                    for (o, n) in map.iter().enumerate() {
+                        let o = o as i64;
+                        if let Some(n) = n {
+                            moved += tx.execute(&format!("UPDATE {table} SET relay = ?2 WHERE relay = ?1"), params![o, *n as i64 + ASIDE])? as u64;
                             continue;
                         }
-                        let found = relays.iter().enumerate().position(|(j, (f, a))| {
-                            !taken[j] && f == fp && (pass == 1 || a == addr)
-                        });
-                        if let Some(j) = found {
-                            taken[j] = true;
-                            map.push((*idx, Some(j)));
-                        } else if pass == 1 {
-                            map.push((*idx, None));
+                        for j in &fresh {
+                            tx.execute(&format!("INSERT OR IGNORE INTO {table} SELECT ?2, {rest} FROM {table} WHERE relay = ?1"), params![o, *j as i64 + ASIDE])?;
                         }
+                        let n = tx.execute(&format!("DELETE FROM {table} WHERE relay = ?1"), [o])? as u64;
+                        if fresh.is_empty() { dropped += n } else { moved += n }
                     }
-                }
-                if map.iter().any(|(o, n)| *n != usize::try_from(*o).ok()) {
-                    let fresh: Vec<usize> = (0..relays.len()).filter(|j| !taken[*j]).collect();
-                    // Moved out of the way of the indices being moved into, then back.
-                    const ASIDE: i64 = 1 << 32;
-                    for (table, rest) in [("outbox", "id, seq"), ("receipts_pending", "digest")] {
-                        for (o, n) in &map {
-                            match n {
-                                Some(n) => {
-                                    moved += tx.execute(&format!("UPDATE {table} SET relay = ?2 WHERE relay = ?1"), params![o, *n as i64 + ASIDE])? as u64;
-                                }
-                                None => {
-                                    for j in &fresh {
-                                        tx.execute(&format!("INSERT OR IGNORE INTO {table} SELECT ?2, {rest} FROM {table} WHERE relay = ?1"), params![o, *j as i64 + ASIDE])?;
-                                    }
-                                    let n = tx.execute(&format!("DELETE FROM {table} WHERE relay = ?1"), [o])? as u64;
-                                    if fresh.is_empty() { dropped += n } else { moved += n }
-                                }
-                            }
-                        }
-                        tx.execute(&format!("UPDATE {table} SET relay = relay - ?1 WHERE relay >= ?1"), [ASIDE])?;
-                    }
+                    tx.execute(&format!("UPDATE {table} SET relay = relay - ?1 WHERE relay >= ?1"), [ASIDE])?;
                 }
             }
             tx.execute("DELETE FROM relay_slots", [])?;
