@@ -857,6 +857,9 @@ async fn all_decided(
     {
         return false;
     }
+    // Each inject's view is fetched once per call: several objectives, and the check of
+    // its acknowledgements, look at the same one.
+    let mut views = HashMap::new();
     for o in &scenario.objectives {
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
@@ -865,11 +868,17 @@ async fn all_decided(
             // Failed: the report says why.
             continue;
         }
-        let Some(v) = sender_view(clients, &scenario.injects[idx].from, &injects[idx]).await else {
+        let Some(v) = cached_view(&mut views, clients, scenario, injects, idx).await else {
             return false;
         };
-        let rows = v["recipients"].as_array().cloned().unwrap_or_default();
-        let answers = v["answers"].as_array().cloned().unwrap_or_default();
+        let rows = v["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let answers = v["answers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let done = |r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
             "acknowledged" => r["acked_at_ms"].is_u64(),
@@ -884,10 +893,13 @@ async fn all_decided(
         if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
             continue;
         }
-        let Some(v) = sender_view(clients, &inj.from, &injects[k]).await else {
+        let Some(v) = cached_view(&mut views, clients, scenario, injects, k).await else {
             return false;
         };
-        let rows = v["recipients"].as_array().cloned().unwrap_or_default();
+        let rows = v["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let given = |r: &Value| {
             r["acked_at_ms"].is_u64()
                 || r["recipient"].as_str().is_some_and(|p| {
@@ -900,6 +912,22 @@ async fn all_decided(
         }
     }
     true
+}
+
+/// [`sender_view`] of inject `k`, fetched at most once for `views`.
+async fn cached_view<'v>(
+    views: &'v mut HashMap<usize, Option<Value>>,
+    clients: &BTreeMap<String, ApiClient>,
+    scenario: &Scenario,
+    injects: &[Inject],
+    k: usize,
+) -> Option<&'v Value> {
+    match views.entry(k) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut().as_ref(),
+        std::collections::hash_map::Entry::Vacant(e) => e
+            .insert(sender_view(clients, &scenario.injects[k].from, &injects[k]).await)
+            .as_ref(),
+    }
 }
 
 /// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
