@@ -1418,15 +1418,29 @@ impl NodeStore {
                 "UPDATE sent SET accepted_at_ms = ?2, rejected_code = NULL, rejected_detail = NULL WHERE id = ?1 AND accepted_at_ms IS NULL",
                 params![&a.id.0[..], a.accepted_at_ms],
             )?;
+            let list: Vec<&str> = a.recipients.iter().map(|r| r.as_str()).collect();
             if first > 0 {
-                let list: Vec<&str> = a.recipients.iter().map(|r| r.as_str()).collect();
+                // The first acceptance's list replaces what this node's roster expected, but
+                // not a recipient whose receipt has come already (it has the message).
                 let placeholders = list.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",");
                 // Ids are validated `[A-Z0-9]` codes, so inlining them cannot inject SQL.
-                tx.execute(&format!("DELETE FROM matrix WHERE id = ?1 AND recipient NOT IN ({placeholders})"), [&a.id.0[..]])?;
-                for r in &a.recipients {
-                    tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&a.id.0[..], r.as_str()])?;
+                tx.execute(
+                    &format!("DELETE FROM matrix WHERE id = ?1 AND recipient NOT IN ({placeholders}) AND delivered_at_ms IS NULL AND acked_at_ms IS NULL"),
+                    [&a.id.0[..]],
+                )?;
+            }
+            // Every relay's list is added: one whose roster resolved the audience to more
+            // recipients (a roster change in flight) delivers to them too.
+            let mut added = Vec::new();
+            for r in &list {
+                if tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&a.id.0[..], r])? > 0 {
+                    added.push(*r);
                 }
+            }
+            if first > 0 {
                 j.append(tx, now_ms, "message.accepted", &a.id.to_string(), list.join(",").as_bytes())?;
+            } else if !added.is_empty() {
+                j.append(tx, now_ms, "message.recipients.added", &a.id.to_string(), added.join(",").as_bytes())?;
             }
             Ok(if n > 0 || first > 0 { Answered::New } else { Answered::Again })
         })
@@ -1899,14 +1913,23 @@ impl NodeStore {
                     continue;
                 }
                 // First news: no acknowledgement yet for an acknowledgement, or not yet
-                // delivered for a delivered receipt (no row: not addressed to them).
+                // delivered for a delivered receipt. No row: a recipient the relay that
+                // delivered to it listed, and whose acceptance this node has not seen (or
+                // did not take: another relay's came first); the receipt, signed over our
+                // bytes, shows it has the message, so it gets a row.
+                let mut rowless = Vec::new();
                 for item in &ours {
                     let before: Option<(Option<u64>, Option<u64>)> = tx
                         .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
                         .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
                         .optional()?;
-                    if matches!((before, r.is_ack()), (Some((_, None)), true) | (Some((None, _)), false)) {
-                        news.first.push(item.id);
+                    match (before, r.is_ack()) {
+                        (None, _) => {
+                            rowless.push(item.id);
+                            news.first.push(item.id);
+                        }
+                        (Some((_, None)), true) | (Some((None, _)), false) => news.first.push(item.id),
+                        _ => {}
                     }
                 }
                 // A receipt that tells nothing new is not kept: the first delivered receipt
@@ -1931,6 +1954,9 @@ impl NodeStore {
                 for id in &news.mismatched {
                     tx.prepare_cached("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?
                         .execute(params![&id.0[..], r.recipient.as_str()])?;
+                }
+                for id in &rowless {
+                    tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&id.0[..], r.recipient.as_str()])?;
                 }
                 for id in &news.first {
                     tx.execute(
@@ -3250,7 +3276,9 @@ mod tests {
             (false, vec![]),
             "a late delivered receipt after the acknowledgement"
         );
-        // A receipt from someone the message was not addressed to names nothing of ours.
+        // A receipt over our bytes from a participant no acceptance listed (a relay whose
+        // roster resolved the audience to more recipients delivered to it) is news: it has
+        // the message.
         let stranger = Receipt {
             version: PROTOCOL_VERSION,
             recipient: pid("MNG"),
@@ -3260,18 +3288,130 @@ mod tests {
         };
         let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
         let stranger = signed.verify_with(&signed.key()).unwrap();
-        assert_eq!(news(&mut store, stranger), (false, vec![]));
-        // What is kept is the record: KGZ's first delivered receipt and first acknowledgement.
-        let kept: Vec<u64> = store
+        assert_eq!(news(&mut store, stranger.clone()), (true, vec![id]));
+        assert_eq!(news(&mut store, stranger), (false, vec![]), "once");
+        // What is kept is the record: KGZ's first delivered receipt and first acknowledgement,
+        // and MNG's delivered receipt.
+        let kept: Vec<(String, u64)> = store
             .receipts_in()
             .unwrap()
             .iter()
-            .map(|r| r.decode_unverified().unwrap().created_at_ms)
+            .map(|r| r.decode_unverified().unwrap())
+            .map(|r| (r.recipient.to_string(), r.created_at_ms))
             .collect();
-        assert_eq!(kept.len(), 2, "{kept:?}");
-        assert!(
-            kept.contains(&(NOW + 1)) && kept.contains(&(NOW + 3)),
-            "{kept:?}"
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        for want in [("KGZ", NOW + 1), ("KGZ", NOW + 3), ("MNG", NOW)] {
+            assert!(kept.contains(&(want.0.to_string(), want.1)), "{kept:?}");
+        }
+        let rows = store.sent_message(&id).unwrap().unwrap().matrix;
+        let rows: Vec<(&str, bool, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.recipient.as_str(),
+                    r.delivered_at_ms.is_some(),
+                    r.acked_at_ms.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("KGZ", true, true),
+                ("MNG", true, false),
+                ("TJK", false, false)
+            ]
+        );
+    }
+
+    /// The recipients a sender's records show are every relay's: the first acceptance's
+    /// list replaces what this node's roster expected (but not a recipient whose receipt came
+    /// first), and a later relay's acceptance adds those its roster listed and the first's
+    /// did not (a roster change in flight). PROTOCOL.md 12.2.
+    #[test]
+    fn every_relays_recipients_are_recorded_and_a_receipted_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let draft = flash_draft(
+            &[pid("KGZ"), pid("TJK"), pid("UZB")],
+            "Incident at the border",
+        );
+        let expected = [pid("KGZ"), pid("TJK"), pid("UZB")];
+        let sent = store
+            .compose(
+                &me,
+                &SigningKey::from_bytes(&[1; 32]),
+                draft,
+                &expected,
+                2,
+                NOW,
+            )
+            .unwrap()
+            .unwrap();
+        let id = sent.decode_unverified().unwrap().id;
+        let recipients = |store: &NodeStore| -> Vec<(String, bool)> {
+            let m = store.sent_message(&id).unwrap().unwrap().matrix;
+            m.iter()
+                .map(|r| (r.recipient.to_string(), r.delivered_at_ms.is_some()))
+                .collect()
+        };
+        // UZB's receipt comes before any acceptance: UZB has the message.
+        let uzb = receipt_by("UZB", 6, NOW, &me, id, sent.digest());
+        assert_eq!(
+            store.store_forwarded(&me, &[uzb], NOW).unwrap()[0].first,
+            [id]
+        );
+        // Relay 0 (its roster revoked TJK and UZB) accepts first: TJK leaves the record, UZB,
+        // which has receipted, stays.
+        let accepted = |recipients: &[&str]| Accepted {
+            id,
+            recipients: recipients.iter().map(|r| pid(r)).collect(),
+            accepted_at_ms: NOW + 1,
+        };
+        assert_eq!(
+            store.accepted(0, &accepted(&["KGZ"]), NOW + 1).unwrap(),
+            Answered::New
+        );
+        assert_eq!(
+            recipients(&store),
+            [("KGZ".into(), false), ("UZB".into(), true)]
+        );
+        // Relay 1, whose roster has TJK and also MNG, accepts second: both are added.
+        let second = accepted(&["KGZ", "MNG", "TJK"]);
+        assert_eq!(store.accepted(1, &second, NOW + 2).unwrap(), Answered::New);
+        let want: Vec<(String, bool)> = [
+            ("KGZ", false),
+            ("MNG", false),
+            ("TJK", false),
+            ("UZB", true),
+        ]
+        .map(|(p, d)| (p.to_string(), d))
+        .to_vec();
+        assert_eq!(recipients(&store), want);
+        // Its answer to a resubmission changes nothing, and the record survives a restart.
+        assert_eq!(
+            store.accepted(1, &second, NOW + 3).unwrap(),
+            Answered::Again
+        );
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(recipients(&store), want);
+        let kinds: Vec<String> = store
+            .conn
+            .prepare("SELECT kind FROM journal WHERE kind LIKE 'message.%' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            kinds,
+            [
+                "message.sent",
+                "message.accepted",
+                "message.recipients.added"
+            ]
         );
     }
 
