@@ -90,19 +90,22 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
         .fold(1.0f64, f64::max)
         * 1.05;
     let (left, width, row_h) = (70.0, 900.0, 14.0);
-    let height = 40.0 + row_h * r.participants.len() as f64;
+    let height = 52.0 + row_h * r.participants.len() as f64;
     let x = |t: f64| left + t / t_max * width;
-    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
+    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
     let colours = [
         "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
     ];
-    for k in 0..=10 {
-        let t = t_max * k as f64 / 10.0;
+    let step = tick_step(t_max);
+    for k in 0..=(t_max / step) as u32 {
+        let t = step * f64::from(k);
         let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#eee\"/><text x=\"{0}\" y=\"12\" text-anchor=\"middle\">{2:.0}</text>", x(t), height, t);
     }
-    for f in &r.faults {
+    // Each fault's line is named F1, F2… at its foot, as in the list of faults below.
+    for (n, f) in r.faults.iter().enumerate() {
         if let Some(t) = f["at_s"].as_f64() {
-            let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#d32f2f\" stroke-dasharray=\"3,2\"><title>{2}</title></line>", x(t), height, esc(f["fault"].as_str().unwrap_or("")));
+            let what = esc(f["fault"].as_str().unwrap_or(""));
+            let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#d32f2f\" stroke-dasharray=\"3,2\"><title>{2}</title></line><text x=\"{0}\" y=\"{3}\" text-anchor=\"middle\" fill=\"#d32f2f\">F{4}<title>{2}</title></text>", x(t), height - 12.0, what, height - 2.0, n + 1);
         }
     }
     for (k, inj) in r.injects.iter().enumerate() {
@@ -193,10 +196,11 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
         let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
     }
     h.push_str("</table><h2>Faults</h2><ul>");
-    for f in &r.faults {
+    for (n, f) in r.faults.iter().enumerate() {
         let _ = write!(
             h,
-            "<li>t={:.0}s: {}</li>",
+            "<li>F{}, t={:.0}s: {}</li>",
+            n + 1,
             f["at_s"].as_f64().unwrap_or(0.0),
             esc(f["fault"].as_str().unwrap_or(""))
         );
@@ -215,6 +219,43 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     h
 }
 
+/// The timeline's tick spacing: 1, 2 or 5 times a power of ten, the smallest giving at most
+/// ten intervals over `span` seconds (a span of 922 s is ticked every 100 s, not every 92.2).
+fn tick_step(span: f64) -> f64 {
+    let rough = (span / 10.0).max(1e-9);
+    let base = 10f64.powf(rough.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * base)
+        .find(|s| *s >= rough)
+        .unwrap_or(10.0 * base)
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "—".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_step;
+
+    #[test]
+    fn timeline_ticks_fall_on_round_seconds() {
+        for (span, step) in [
+            (922.0, 100.0),
+            (1_050.0, 200.0),
+            (15.0, 2.0),
+            (40.0, 5.0),
+            (100.0, 10.0),
+            (3_700.0, 500.0),
+            (1.05, 0.2),
+        ] {
+            let got = tick_step(span);
+            assert!((got - step).abs() < 1e-9, "span {span}: {got}, not {step}");
+            assert!(
+                span / got <= 10.0 + 1e-9,
+                "span {span}: more than ten intervals"
+            );
+        }
+    }
 }
