@@ -1598,6 +1598,71 @@ async fn metrics_and_health_report_traffic() {
     relay.shutdown().await;
 }
 
+/// `/health` until its status is `want`: the whole response.
+async fn wait_health(maddr: std::net::SocketAddr, want: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let health = http_get(maddr, "/health").await?;
+        if health.contains(&format!("\"status\":\"{want}\"")) {
+            return Ok(health);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "/health never answered {want}: last {health}"
+        );
+    }
+}
+
+/// A disk that stops answering shows while it lasts: a commit still running after the stall
+/// threshold makes `/health` answer `store_stalled` with 503, and
+/// `hotline_relay_store_busy_seconds` count up; once the commit ends the relay is `ok`
+/// again. (The histograms see a commit only once it has ended: before, a hung disk left the
+/// relay accepting nothing with `/health` answering ok.) The disk is a test seam: each
+/// commit waits 1.5 s before its `COMMIT`, and 200 ms counts as a stall.
+#[tokio::test]
+async fn a_store_whose_disk_stops_answering_is_unhealthy_while_it_lasts() -> anyhow::Result<()> {
+    let net = two();
+    let relay = net
+        .relay_with(
+            hotline_relay::Hosting::default()
+                .slow_commits(std::time::Duration::from_millis(1_500))
+                .store_stall_after(std::time::Duration::from_millis(200)),
+        )
+        .await;
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await?;
+    let _kgz = net.client(addr, "KGZ").await?;
+    let health = http_get(maddr, "/health").await?;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "on a slow disk");
+    kaz.submit(&kaz.sign(&env)).await?;
+    let stalled = wait_health(maddr, "store_stalled").await?;
+    assert!(stalled.starts_with("HTTP/1.1 503"), "{stalled}");
+    let busy = metric(
+        &http_get(maddr, "/metrics").await?,
+        "hotline_relay_store_busy_seconds",
+    );
+    assert!(busy.is_some_and(|b| b >= 0.2), "{busy:?}");
+
+    let (accepted, _) = kaz
+        .until(|f| match f {
+            RelayToNode::Accepted(a) => Some(a.id),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(accepted, env.id);
+    let ok = wait_health(maddr, "ok").await?;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    relay.shutdown().await;
+    Ok(())
+}
+
 /// The receipts a relay holds for a sender until it says it has stored them
 /// (`ReceiptsStored`) are counted per sender (`hotline_relay_forward_queue_depth`): one per
 /// receipt KGZ sends for KAZ's messages, one less for each KAZ confirms, and after a

@@ -15,6 +15,7 @@ pub mod admin;
 mod admission;
 mod checkpoint;
 pub mod config;
+mod diskwatch;
 mod hub;
 pub mod limits;
 mod metrics;
@@ -187,6 +188,7 @@ pub struct Hosting {
     fail_syncs_after: Option<u64>,
     slow_commits: Option<std::time::Duration>,
     login_gate: Option<Arc<LoginGate>>,
+    store_stall_after: Option<std::time::Duration>,
 }
 
 /// For tests of what happens between a node's login and its session's start (a roster
@@ -265,6 +267,14 @@ impl Hosting {
         self.login_gate = Some(gate);
         self
     }
+
+    /// For tests of a stalled disk: a commit or sync running `after` counts as a stall
+    /// (`/health`, the log) instead of after `limits::STORE_STALL_MS`. Never in production.
+    #[doc(hidden)]
+    pub fn store_stall_after(mut self, after: std::time::Duration) -> Self {
+        self.store_stall_after = Some(after);
+        self
+    }
 }
 
 /// The store writer, as the accept loop watches it.
@@ -317,6 +327,11 @@ impl Relay {
         let readers = Arc::new(store::Readers::open(&db_path, queues.clone())?);
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.roster_version.store(roster.version, Relaxed);
+        let stall_after = hosting
+            .store_stall_after
+            .unwrap_or(Duration::from_millis(limits::STORE_STALL_MS));
+        // Until the writer has gone (the last holder of the metrics), shutdown included.
+        tokio::spawn(diskwatch::run(Arc::downgrade(&metrics), stall_after));
         let hub = Arc::new(hub::Hub::new(hub::LaneCap {
             items: limits::MAILBOX_ITEMS,
             bytes: limits::MAILBOX_BYTES,
@@ -425,6 +440,7 @@ impl Relay {
                     listener,
                     metrics.clone(),
                     hub.clone(),
+                    stall_after,
                     async move {
                         let _ = sd.wait_for(|v| *v).await;
                     },

@@ -183,6 +183,15 @@ pub const SHUTDOWN_ANSWERS_MS: u64 = 1_000;
 /// them. Closing first would discard what the node has not yet read.
 pub const SHUTDOWN_GOODBYE_MS: u64 = 1_000;
 
+/// A group commit, or a sync of the store's write-ahead log, still running after this long
+/// means the disk is not answering: `/health` answers `store_stalled` (503) and the log warns
+/// (`crate::diskwatch`). A healthy commit takes milliseconds; a loaded or degraded disk can
+/// take a second or two, which is not yet a stall.
+pub const STORE_STALL_MS: u64 = 10_000;
+
+/// While the store stays stalled, the log's warning is repeated this often.
+pub const STORE_STALL_REPEAT_MS: u64 = 60_000;
+
 const _: () = assert!(SHUTDOWN_ANSWERS_MS + SHUTDOWN_GOODBYE_MS < SHUTDOWN_GRACE_MS);
 
 const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);

@@ -131,6 +131,95 @@ pub(crate) struct Metrics {
     depths: Mutex<HashMap<ParticipantId, i64>>,
     forward_depths: Mutex<HashMap<ParticipantId, i64>>,
     pub(crate) roster_version: AtomicU64,
+    /// What the store's disk is doing now (`/health`, `hotline_relay_store_busy_seconds`).
+    pub(crate) disk: DiskWatch,
+}
+
+/// Whether the store's disk answers: since when the store writer's current commit, and the
+/// current sync of its write-ahead log, have been running, and whether the last commit
+/// failed. The histograms see a commit or a sync only once it has ended, so a disk that
+/// stops answering (a hung device, a lost network volume) showed nothing there while the
+/// relay accepted nothing; this sees it while it lasts.
+#[derive(Debug)]
+pub(crate) struct DiskWatch {
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch`, plus one, when the running commit began; 0 when none runs.
+    commit_since: AtomicU64,
+    /// The same for the running sync of the log.
+    sync_since: AtomicU64,
+    /// The last group commit failed (its batch was refused `StorageUnavailable`).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl DiskWatch {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            commit_since: AtomicU64::new(0),
+            sync_since: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// The store writer begins a group commit (its statements, then `COMMIT`).
+    pub(crate) fn commit_began(&self) {
+        self.commit_since.store(self.now(), Relaxed);
+    }
+
+    /// The group commit ended, committed or not.
+    pub(crate) fn commit_ended(&self, committed: bool) {
+        self.commit_since.store(0, Relaxed);
+        self.failing.store(!committed, Relaxed);
+    }
+
+    /// A sync of the write-ahead log begins.
+    pub(crate) fn sync_began(&self) {
+        self.sync_since.store(self.now(), Relaxed);
+    }
+
+    /// The sync ended, whatever its outcome (a failed one stops the relay).
+    pub(crate) fn sync_ended(&self) {
+        self.sync_since.store(0, Relaxed);
+    }
+
+    /// How long the older of the running commit and the running sync has been running;
+    /// zero when neither runs.
+    pub(crate) fn busy(&self) -> std::time::Duration {
+        let since = [&self.commit_since, &self.sync_since]
+            .into_iter()
+            .map(|a| a.load(Relaxed))
+            .filter(|t| *t > 0)
+            .min();
+        since.map_or(std::time::Duration::ZERO, |t| {
+            std::time::Duration::from_millis(self.now().saturating_sub(t))
+        })
+    }
+
+    /// The last group commit failed.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.load(Relaxed)
+    }
+}
+
+/// What `/health` answers: `ok` (200), or `store_stalled` when a commit or a sync of the
+/// store has run for `stall_after` or longer, or `store_failing` when the last commit failed
+/// (503: the relay cannot accept messages now).
+pub(crate) fn health_status(
+    busy: std::time::Duration,
+    failing: bool,
+    stall_after: std::time::Duration,
+) -> (u16, &'static str) {
+    if busy >= stall_after {
+        (503, "store_stalled")
+    } else if failing {
+        (503, "store_failing")
+    } else {
+        (200, "ok")
+    }
 }
 
 impl Metrics {
@@ -170,6 +259,7 @@ impl Metrics {
             depths: Mutex::new(HashMap::new()),
             forward_depths: Mutex::new(HashMap::new()),
             roster_version: AtomicU64::new(0),
+            disk: DiskWatch::new(),
         }
     }
 
@@ -442,6 +532,15 @@ impl Metrics {
              began; it starts over from zero after a checkpoint that copied every page.",
             self.wal_frames.load(Relaxed),
         );
+        let _ = writeln!(
+            o,
+            "# HELP hotline_relay_store_busy_seconds How long the store writer's current commit, \
+             or the current sync of its write-ahead log, has been running (0 when neither runs). \
+             Seconds mean the disk is not answering: nothing is accepted meanwhile.\n\
+             # TYPE hotline_relay_store_busy_seconds gauge\n\
+             hotline_relay_store_busy_seconds {}",
+            self.disk.busy().as_secs_f64()
+        );
         gauge(
             &mut o,
             "hotline_relay_roster_version",
@@ -635,6 +734,7 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     hub: Arc<crate::hub::Hub>,
+    stall_after: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     use axum::routing::get;
@@ -661,12 +761,20 @@ pub(crate) async fn serve(
             get(move || {
                 let sessions = hub.session_count();
                 let roster = metrics.roster_version.load(Relaxed);
+                let busy = metrics.disk.busy();
+                let (code, status) = health_status(busy, metrics.disk.failing(), stall_after);
+                let code = axum::http::StatusCode::from_u16(code)
+                    .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                 async move {
-                    axum::Json(serde_json::json!({
-                        "status": "ok",
-                        "sessions": sessions,
-                        "roster_version": roster,
-                    }))
+                    (
+                        code,
+                        axum::Json(serde_json::json!({
+                            "status": status,
+                            "sessions": sessions,
+                            "roster_version": roster,
+                            "store_busy_ms": u64::try_from(busy.as_millis()).unwrap_or(u64::MAX),
+                        })),
+                    )
                 }
             }),
         );
@@ -686,6 +794,30 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpLis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/health` is ok until a commit or sync has run for the threshold, or while the last
+    /// commit failed; a stall says so before a failure.
+    #[test]
+    fn health_is_unavailable_while_the_store_stalls_or_fails() {
+        let ms = std::time::Duration::from_millis;
+        let at = ms(10_000);
+        assert_eq!(health_status(ms(0), false, at), (200, "ok"));
+        assert_eq!(health_status(ms(9_999), false, at), (200, "ok"));
+        assert_eq!(health_status(ms(10_000), false, at), (503, "store_stalled"));
+        assert_eq!(health_status(ms(0), true, at), (503, "store_failing"));
+        assert_eq!(health_status(ms(20_000), true, at), (503, "store_stalled"));
+        let d = DiskWatch::new();
+        assert_eq!(d.busy(), ms(0));
+        d.commit_began();
+        d.commit_ended(false);
+        assert!(d.failing() && d.busy() == ms(0));
+        d.sync_began();
+        d.commit_began();
+        assert!(d.busy() < ms(10_000));
+        d.sync_ended();
+        d.commit_ended(true);
+        assert!(!d.failing() && d.busy() == ms(0));
+    }
 
     /// Every bucket bound is printed as the decimal it stands for: Prometheus matches `le`
     /// labels as strings, and `0.00009999999999999999` is not `0.0001`.

@@ -1717,6 +1717,7 @@ impl Writer {
     /// give their own.
     fn commit_batch_at(&mut self, batch: &mut Vec<Command>, now: u64) {
         let started = std::time::Instant::now();
+        self.ctx.metrics.disk.commit_began();
         let size = batch.len();
         let roster = self.ctx.roster.borrow().clone();
         let mut p = Pending {
@@ -1853,6 +1854,7 @@ impl Writer {
             Ok(std::time::Instant::now())
         })();
         self.last_commit_failed = result.is_err();
+        self.ctx.metrics.disk.commit_ended(result.is_ok());
         match result {
             Ok(committed) => {
                 for (id, h) in p.held {

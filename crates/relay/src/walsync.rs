@@ -210,7 +210,10 @@ impl Shared {
             return Err(e.clone());
         }
         let started = Instant::now();
-        match log.sync(&self.path, self.fail_after) {
+        self.metrics.disk.sync_began();
+        let synced = log.sync(&self.path, self.fail_after);
+        self.metrics.disk.sync_ended();
+        match synced {
             Ok(()) => {
                 self.metrics.wal_synced(started.elapsed());
                 Ok(())
