@@ -165,21 +165,60 @@ impl Proc {
     ) -> anyhow::Result<(std::process::ExitStatus, Self)> {
         let pid = self.child.id();
         let mut me = self;
-        let task = tokio::task::spawn_blocking(move || {
-            let st = me.child.wait();
-            // Its last lines may still be in the pipe: the log is whole once the reader
-            // has reached its end (the sender drops; nothing is ever sent).
-            let _ = me.read_all.recv_timeout(LAST_LINES_WAIT);
-            (st, me)
+        // The waiting thread waits for the exit without reaping (the pid stays the child's,
+        // a zombie), notes under the lock that it reaps, and only then reaps. The kill on
+        // timeout below holds the lock and sends nothing once that is noted, so it never
+        // reaches a pid the kernel may have given to another process. (The wait for the last
+        // lines used to run inside this timeout too, so that a child that exited just
+        // before the time ran out had been reaped and was then "killed" by its pid.)
+        let reaped = Arc::new(Mutex::new(false));
+        let task = tokio::task::spawn_blocking({
+            let reaped = reaped.clone();
+            move || {
+                let child = rustix::process::Pid::from_child(&me.child);
+                let exited = loop {
+                    match rustix::process::waitid(
+                        rustix::process::WaitId::Pid(child),
+                        rustix::process::WaitIdOptions::EXITED
+                            | rustix::process::WaitIdOptions::NOWAIT,
+                    ) {
+                        Err(rustix::io::Errno::INTR) => continue,
+                        other => break other.map(|_| ()),
+                    }
+                };
+                let mut noted = lock(&reaped);
+                *noted = true;
+                let st = match exited {
+                    Ok(()) => me.child.wait(),
+                    Err(e) => Err(e.into()),
+                };
+                drop(noted);
+                me.reaped = true;
+                (st, me)
+            }
         });
-        match tokio::time::timeout(timeout, task).await {
-            Ok(Ok((st, me))) => Ok((st?, me)),
+        let (st, me) = match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => bail!("waiting for process {pid}: {e}"),
             Err(_) => {
+                let reaped = lock(&reaped);
+                if *reaped {
+                    // It exited just as the time ran out.
+                    bail!("process {pid} exited only as the {timeout:?} allowed ran out");
+                }
                 let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
                 bail!("process {pid} did not exit within {timeout:?}")
             }
-        }
+        };
+        // Its last lines may still be in the pipe: the log is whole once the reader has
+        // reached its end (the sender drops; nothing is ever sent).
+        let me = tokio::task::spawn_blocking(move || {
+            let _ = me.read_all.recv_timeout(LAST_LINES_WAIT);
+            me
+        })
+        .await
+        .with_context(|| format!("reading process {pid}'s last lines"))?;
+        Ok((st?, me))
     }
 
     /// Its exit status if it has exited (reaping it), without waiting.
@@ -384,6 +423,30 @@ mod tests {
         assert!(k.exited());
         assert_eq!(k.terminate(Duration::from_secs(10)).await, None, "killed");
         assert!(k.signal("HUP").is_err());
+    }
+
+    /// A child that exits within the time allowed is reported as exited, with its code,
+    /// even when a process it started still holds its standard error open: the wait for its
+    /// last lines comes after the exit's. It used to be inside the time allowed, so this
+    /// child was reported as not exiting in time, and `kill -9` was sent to its pid after
+    /// it had been reaped (a pid the kernel may give to any process).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_exit_in_time_is_an_exit_whoever_holds_its_log_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", "sleep 3 & echo bye >&2; exit 7"],
+            tmp.path(),
+            "sh.log",
+        )
+        .expect("spawned");
+        let (st, p) = p
+            .wait_exit(Duration::from_secs(1))
+            .await
+            .expect("exited in time");
+        assert_eq!(st.code(), Some(7));
+        assert!(p.log().contains("bye"), "{}", p.log());
+        assert!(p.signal("TERM").is_err(), "reaped: never signalled");
     }
 
     /// A process's log is never written through a symbolic link planted in its place.
