@@ -227,6 +227,48 @@ pub fn store_participant(
     }
 }
 
+/// What a node configured as a participant finds in its store ([`check_participant`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The store records this participant: nothing to write.
+    Recorded,
+    /// The store records no participant, or `previous`, another one whose store holds
+    /// nothing yet (a first start with a mistyped participant, corrected): the node records
+    /// this one at its start ([`NodeStore::claim_participant`]).
+    Unrecorded {
+        /// The other participant the store records, if any.
+        previous: Option<ParticipantId>,
+    },
+}
+
+/// Whether a node configured as `me` may use this store: refused
+/// ([`StoreError::OtherParticipant`]) if it is another participant's ([`store_participant`])
+/// and holds something. It only reads, so that `hotline config check` tells an operator,
+/// beside a running node or before a start, what the node would refuse at its start.
+pub fn check_participant(
+    conn: &Connection,
+    path: &Path,
+    me: &ParticipantId,
+) -> Result<Claim, StoreError> {
+    // At every start after the first, one read: the record, and it is `me`.
+    let holder = match recorded_participant(conn, path)? {
+        Some(recorded) if recorded == *me => return Ok(Claim::Recorded),
+        Some(recorded) => Some(recorded),
+        None => inferred_participant(conn, path)?,
+    };
+    let previous = holder.filter(|h| h != me);
+    if let Some(holder) = &previous {
+        if !holds_nothing(conn)? {
+            return Err(StoreError::OtherParticipant {
+                path: path.to_owned(),
+                holder: holder.to_string(),
+                configured: me.to_string(),
+            });
+        }
+    }
+    Ok(Claim::Unrecorded { previous })
+}
+
 /// The participant recorded in `meta`, if any.
 fn recorded_participant(
     conn: &Connection,
@@ -992,7 +1034,7 @@ impl NodeStore {
     }
 
     /// Records that this is `me`'s store, or refuses it as another participant's
-    /// ([`StoreError::OtherParticipant`], by [`store_participant`]): a node started as KGZ on
+    /// ([`StoreError::OtherParticipant`], by [`check_participant`]): a node started as KGZ on
     /// KAZ's store (a backup restored into the wrong directory) would show KAZ's messages to
     /// KGZ's officers, and submit KAZ's signed messages as its own. Called at every start,
     /// once the configuration has passed its checks and before anything is served; it
@@ -1000,21 +1042,12 @@ impl NodeStore {
     /// store that holds nothing of anyone's yet (a first start with a mistyped participant,
     /// corrected). A participant's key may change with the roster; its id does not.
     pub fn claim_participant(&mut self, me: &ParticipantId, now_ms: u64) -> Result<(), StoreError> {
-        // At every start after the first, one read: the record, and it is `me`.
-        let holder = match recorded_participant(&self.conn, &self.path)? {
-            Some(recorded) if recorded == *me => return Ok(()),
-            Some(recorded) => Some(recorded),
-            None => inferred_participant(&self.conn, &self.path)?,
+        let previous = match check_participant(&self.conn, &self.path, me)? {
+            Claim::Recorded => return Ok(()),
+            Claim::Unrecorded { previous } => previous,
         };
-        if let Some(holder) = holder.filter(|h| h != me) {
-            if !holds_nothing(&self.conn)? {
-                return Err(StoreError::OtherParticipant {
-                    path: self.path.clone(),
-                    holder: holder.to_string(),
-                    configured: me.to_string(),
-                });
-            }
-            tracing::warn!(recorded = %holder, participant = %me, "this store was recorded for another participant but holds nothing yet: recorded again");
+        if let Some(previous) = previous {
+            tracing::warn!(recorded = %previous, participant = %me, "this store was recorded for another participant but holds nothing yet: recorded again");
         }
         self.tx(|tx, j| {
             tx.execute(

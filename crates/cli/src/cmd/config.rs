@@ -10,7 +10,9 @@
 //! read, a participant missing from the roster) is an error; a missing or unreadable one is a
 //! warning, since the check often runs before the files are in place or as another user. A
 //! node's roster is checked as the node will use it: the newer of the file and the roster
-//! its store holds (read-only, so the check runs beside a running node).
+//! its store holds (read-only, so the check runs beside a running node). A store the service
+//! would refuse at start, with exit status 78, and that a read can tell (another
+//! participant's node store, a newer release's store) is an error too.
 
 use std::path::{Path, PathBuf};
 
@@ -199,6 +201,7 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
         }
     }
     check_data_dir(Kind::Relay, &config.data_dir, text, path, report);
+    check_relay_store(config, text, path, report);
     for (field, warning) in relay_limit_warnings(&config.limits) {
         report
             .warnings
@@ -220,26 +223,64 @@ fn relay_limit_warnings(l: &hotline_relay::config::Limits) -> Vec<(&'static str,
     out
 }
 
-/// The roster a node's store holds, verified by `roster_key`, when the store exists and can
-/// be read (read-only: the node may be running). A store that cannot be read, or holds
-/// none, leaves the file's roster the only one; the first is noted.
-fn stored_roster(config: &NodeConfig, report: &mut Report) -> Option<Verified<Roster>> {
+/// What the node would find in its store at start, when the store exists and can be read
+/// (read-only: the node may be running): a store it would refuse, written by a newer release
+/// or another participant's, is an error; otherwise the roster the store holds, verified by
+/// `roster_key`. A store that cannot be read, or holds no roster, leaves the file's roster
+/// the only one; the first is noted.
+fn check_node_store(
+    config: &NodeConfig,
+    text: &str,
+    path: &Path,
+    report: &mut Report,
+) -> Option<Verified<Roster>> {
     let db = config.data_dir.join(hotline_node::store::DB_FILE);
     if !db.exists() {
         return None;
     }
-    let read = hotline_store::open_read_only(&db)
-        .and_then(|conn| hotline_node::store::stored_roster(&conn));
+    let read = hotline_store::open_read_only(&db).and_then(|conn| {
+        // The schema first: a newer release's store may hold what this one cannot read.
+        hotline_node::store::check_schema_version(&conn, &db)?;
+        hotline_node::store::check_participant(&conn, &db, &config.participant)?;
+        hotline_node::store::stored_roster(&conn)
+    });
     match read {
         Ok(signed) => {
             signed.and_then(|s| hotline_proto::verify_roster(&s, &config.roster_key).ok())
         }
         Err(e) => {
-            report.notes.push(format!(
-                "the store's roster was not read ({e}): checked against the roster file only"
-            ));
+            store_unusable(e, text, path, report);
             None
         }
+    }
+}
+
+/// Reports why a store could not be read: as an error when the service would refuse it at
+/// start (exit status 78), which the read-only check can tell; as a note otherwise.
+fn store_unusable(e: hotline_store::StoreError, text: &str, path: &Path, report: &mut Report) {
+    use hotline_store::StoreError;
+    match e {
+        StoreError::NewerSchema { .. } | StoreError::OtherParticipant { .. } => report
+            .errors
+            .push(with_line(&e.to_string(), Some("data_dir"), text, path)),
+        e => report.notes.push(format!(
+            "the store was not read ({e}): the service checks it when it starts"
+        )),
+    }
+}
+
+/// A relay's store written by a newer release, which the relay would refuse at start. Other
+/// failures to read it are noted: the relay checks its store at start (`quick_check`, the
+/// journal), which this does not repeat beside a running relay.
+fn check_relay_store(config: &RelayConfig, text: &str, path: &Path, report: &mut Report) {
+    let db = config.data_dir.join(hotline_relay::store::DB_FILE);
+    if !db.exists() {
+        return;
+    }
+    let read = hotline_store::open_read_only(&db)
+        .and_then(|conn| hotline_relay::store::check_schema_version(&conn, &db));
+    if let Err(e) = read {
+        store_unusable(e, text, path, report);
     }
 }
 
@@ -258,7 +299,7 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
     let hint = " (the signed roster, from the Secretariat)";
     // The node starts on the newer of the roster file and the roster its store holds (one a
     // relay sent it), so the checks below are made against that one, as the node will.
-    let stored = stored_roster(config, report);
+    let stored = check_node_store(config, text, path, report);
     let from_file = report.readable("roster", &config.roster, hint).then(|| {
         hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
     });

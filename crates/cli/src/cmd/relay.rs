@@ -148,6 +148,23 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
     let to =
         hotline_proto::ParticipantId::new(to).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
     let since_ms = super::roster::parse_utc(since).context("--since")?;
+    // A participant the relay's roster does not list has no queue there: a mistyped id was
+    // answered "nothing to deliver again", exit status 0, as if the restored node were owed
+    // nothing. The roster file is the one the relay loads at start and on SIGHUP; if it
+    // cannot be read here, the store alone answers.
+    match hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key) {
+        Ok(roster) if roster.participant(&to).is_none() => anyhow::bail!(
+            "--to {to}: not on the relay's roster ({}, version {}): check the id (`hotline \
+             roster show {}`)",
+            config.roster.display(),
+            roster.version,
+            config.roster.display()
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "the relay's roster was not read: --to is not checked against it")
+        }
+    }
     if !config.data_dir.join(hotline_relay::store::DB_FILE).exists() {
         anyhow::bail!(
             "{}: no relay store here (has the relay run?)",

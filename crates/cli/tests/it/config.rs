@@ -571,3 +571,91 @@ fn a_node_is_checked_against_the_newer_roster_its_store_holds() {
     let out = hotline(&["config", "check", "--strict", s(&node)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// `hotline config check` refuses what the service would refuse at its start (exit status
+/// 78) for its store, pointing at `data_dir`: a node's store that is another participant's
+/// (a backup restored into the wrong directory), and a node's or a relay's store written by a
+/// newer release. OPERATIONS.md 12 sends an operator whose unit failed with status 78 to this
+/// check; it used to print OK for both. A store recorded for another participant that holds
+/// nothing yet passes, as the node records itself in it.
+#[test]
+fn a_store_the_service_would_refuse_at_start_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keys = d.join("keys");
+    let out = hotline(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
+    assert!(out.status.success(), "{out:?}");
+    let roster_key = String::from_utf8(out.stdout).expect("UTF-8");
+    sign_cica_roster(d, &keys);
+    std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
+    set_mode(&d.join("KAZ.key"), 0o600);
+    let text = node_text(&"ab".repeat(32)).replace(KEY, roster_key.trim());
+    let data = d.join("data");
+    std::fs::create_dir(&data).expect("data dir");
+
+    // KGZ's store, holding nothing yet: the node configured as KAZ would take it over.
+    let kgz: hotline_proto::ParticipantId = "KGZ".parse().expect("id");
+    let mut store = hotline_node::store::NodeStore::open(&data).expect("store");
+    store.claim_participant(&kgz, 1).expect("claim");
+    let node = d.join("node.toml");
+    std::fs::write(&node, &text).expect("write");
+    let out = check(&node);
+    assert!(out.status.success(), "{out:?}");
+
+    // Once it holds a message KGZ sent, it is KGZ's: refused, as the node refuses it.
+    let draft = hotline_node::store::Draft {
+        audience: hotline_proto::Audience::Participants(vec!["KAZ".parse().expect("id")]),
+        kind: hotline_proto::Kind::Alert,
+        precedence: hotline_proto::Precedence::Routine,
+        status: hotline_proto::Status::Test,
+        respond_by_ms: None,
+        references: Vec::new(),
+        category: None,
+        subject: "sent by KGZ".into(),
+        body: String::new(),
+    };
+    let kgz_key = hotline_config::keyfile::read_secret(&keys.join("KGZ.key")).expect("KGZ key");
+    store
+        .compose(&kgz, &kgz_key, draft, &[], 1, 2)
+        .expect("store")
+        .expect("sign");
+    drop(store);
+    let err = refused(d, "node.toml", &text);
+    assert!(
+        err.contains("is the store of KGZ, but this is KAZ") && err.contains("data_dir"),
+        "{err}"
+    );
+
+    // KAZ's own store, but from a newer release.
+    std::fs::remove_dir_all(&data).expect("remove store");
+    std::fs::create_dir(&data).expect("data dir");
+    drop(hotline_node::store::NodeStore::open(&data).expect("store"));
+    let newer = |db: &Path, version: i64| {
+        hotline_store::open(db, true)
+            .expect("open")
+            .execute_batch(&format!("PRAGMA user_version = {version}"))
+            .expect("set the schema version");
+    };
+    newer(
+        &data.join("node.db"),
+        hotline_node::store::SCHEMA_VERSION + 1,
+    );
+    let err = refused(d, "node.toml", &text);
+    assert!(
+        err.contains("was written by a newer version of the node") && err.contains("data_dir"),
+        "{err}"
+    );
+
+    // A relay's store from a newer release.
+    let relay_data = d.join("relay-data");
+    std::fs::create_dir(&relay_data).expect("relay data dir");
+    newer(&relay_data.join("relay.db"), 1_000);
+    let relay_text = relay_text()
+        .replace(KEY, roster_key.trim())
+        .replace("data_dir = \"data\"", "data_dir = \"relay-data\"");
+    let err = refused(d, "relay.toml", &relay_text);
+    assert!(
+        err.contains("was written by a newer version of the relay") && err.contains("data_dir"),
+        "{err}"
+    );
+}

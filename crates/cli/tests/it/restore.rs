@@ -135,3 +135,73 @@ fn audit_verify_names_a_store_from_a_newer_schema() {
         );
     }
 }
+
+/// `hotline relay redeliver --to` names a participant of the relay's roster: a mistyped id
+/// is refused, naming the roster, where it used to be answered "nothing to deliver again"
+/// with exit status 0, as if the restored node were owed nothing. A participant on the
+/// roster that is owed nothing is still told so.
+#[test]
+fn relay_redeliver_refuses_a_participant_not_on_the_roster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cica-roster.toml");
+    for args in [
+        &["keygen", "--id", "ROSTER", "--out", "keys"][..],
+        &[
+            "roster",
+            "create",
+            "--from",
+            template.to_str().expect("UTF-8 path"),
+            "--keys",
+            "keys",
+            "--generate",
+            "--out",
+            "draft.toml",
+        ][..],
+        &[
+            "roster",
+            "sign",
+            "--roster",
+            "draft.toml",
+            "--key",
+            "keys/ROSTER.key",
+            "--out",
+            "roster.signed",
+        ][..],
+    ] {
+        let out = hotline(d, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    std::fs::write(
+        d.join("relay.toml"),
+        "cert = \"relay.crt\"\nkey = \"relay.key\"\nroster = \"roster.signed\"\n\
+         roster_key = \"keys/ROSTER.pub\"\ndata_dir = \"relay-data\"\n",
+    )
+    .expect("write relay.toml");
+    let data = d.join("relay-data");
+    std::fs::create_dir(&data).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&data, 0, 0).expect("a relay store");
+    let redeliver = |to: &str| {
+        let args = ["relay", "redeliver", "--config", "relay.toml", "--to", to];
+        hotline(
+            d,
+            &[&args[..], &["--since", "2025-01-01T03:00:00Z"]].concat(),
+        )
+    };
+
+    let out = redeliver("KZA");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("--to KZA: not on the relay's roster (roster.signed, version 1)"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    let out = redeliver("KAZ");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("nothing to deliver again"),
+        "{out:?}"
+    );
+}
