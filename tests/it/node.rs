@@ -848,6 +848,27 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     );
     assert!(out.stderr.contains("401"), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // `hotline watch` says the same, not "cannot follow events (error, HTTP 401)".
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "watch",
+            "--api",
+            &api,
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("missing or wrong bearer token (unauthorized, HTTP 401)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
