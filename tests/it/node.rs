@@ -908,6 +908,29 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
         out.stderr
     );
 
+    // What is not a message id is refused as one before it becomes part of a path: `../status`
+    // named the status endpoint, and `show` printed the node's status as an empty message.
+    for (command, id) in [
+        ("show", "../status"),
+        ("status", "../inbox"),
+        ("show", "a/b"),
+        ("ack", "../../v1/status"),
+        ("reply", "?limit=1"),
+    ] {
+        let mut args = vec![command, id];
+        if command == "ack" {
+            args.extend(["--officer", "Duty officer"]);
+        }
+        let out = kaz.cli(&args).await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command} {id}: {out:?}");
+        assert!(
+            out.stderr.contains("must be 32 hexadecimal digits"),
+            "{command} {id}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{command} {id}: {}", out.stdout);
+    }
+
     // A respond-by beyond the protocol's times is refused by name, not a crash.
     let out = kaz
         .cli(&[

@@ -210,6 +210,16 @@ pub(crate) struct ReplyArgs {
     body_file: Option<PathBuf>,
 }
 
+/// The API path of message `id` followed by `rest` (`""`, `"/ack"`, `"/reply"`), once `id`
+/// is a message id: what an operator typed is checked before it becomes part of a URL, where
+/// `../status` or `a/b` would name another endpoint (and `hotline show ../status` printed the
+/// node's status as an empty message) or only earn an unexplained 404. The refusal is the
+/// node's own words for a bad id (`bad_id`).
+fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
+    let id: hotline_proto::MessageId = id.parse()?;
+    Ok(format!("/v1/messages/{id}{rest}"))
+}
+
 /// `hotline reply ID`: answers a received message (`POST /v1/messages/{id}/reply`): to its
 /// sender alone, kind `reply`, referencing it, with its category and status, and unless
 /// given its precedence and "Re: " subject.
@@ -223,7 +233,7 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
     let v = a
         .api
         .client()?
-        .post(&format!("/v1/messages/{}/reply", a.id), &req)?;
+        .post(&message_path(&a.id, "/reply")?, &req)?;
     print(a.api.json, &v, submitted_text)
 }
 
@@ -361,7 +371,7 @@ pub(crate) struct ShowArgs {
 }
 
 pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
     print(a.api.json, &v, |m| {
         // What the message answers, updates or cancels, and its category, when it has them.
         let mut context = String::new();
@@ -485,7 +495,7 @@ pub(crate) fn recipients_text(m: &Value, overdue: impl Fn(&Value) -> bool) -> St
 }
 
 pub(crate) fn status(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
     if v["direction"] != json!("sent") {
         bail!("{} is a received message: `hotline show` displays it", a.id);
     }
@@ -509,7 +519,7 @@ pub(crate) struct AckArgs {
 
 pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.post(
-        &format!("/v1/messages/{}/ack", a.id),
+        &message_path(&a.id, "/ack")?,
         &json!({"officer": a.officer, "note": a.note}),
     )?;
     print(a.api.json, &v, |v| {
@@ -730,6 +740,29 @@ mod tests {
             super::super::roster::shorten("Incident at the border", 9),
             "Incident…"
         );
+    }
+
+    #[test]
+    fn a_message_id_is_checked_before_it_becomes_a_path() {
+        let id = "112e2e08d10df574952d0f32e1419492";
+        assert_eq!(
+            message_path(id, "/ack").expect("a message id"),
+            format!("/v1/messages/{id}/ack")
+        );
+        assert_eq!(
+            message_path(&id.to_uppercase(), "").expect("upper case is read too"),
+            format!("/v1/messages/{id}")
+        );
+        for bad in [
+            "../status",
+            "a/b",
+            "?limit=1",
+            "",
+            "112e2e08d10df574952d0f32e141949",
+        ] {
+            let e = message_path(bad, "").expect_err("not an id").to_string();
+            assert!(e.contains("must be 32 hexadecimal digits"), "{bad}: {e}");
+        }
     }
 
     #[test]
