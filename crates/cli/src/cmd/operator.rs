@@ -707,11 +707,25 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
         if a.api.json {
             outln!("{ev}");
         } else {
-            outln!("{} {}", ev["type"].as_str().unwrap_or("event"), ev);
+            outln!("{}", watch_line(&ev));
         }
         true
     })?;
     Ok(())
+}
+
+/// An event as `hotline watch` prints it for a person: its type and its JSON, after
+/// `[EXERCISE] ` or `[TEST] ` for a drill's or a check's message, as every other command
+/// marks one, and made safe for a terminal as [`shown`] makes another participant's text:
+/// JSON escapes the C0 controls but not the C1 ones (`\u{9b}` starts an escape sequence on
+/// some terminals) nor the bidirectional overrides, and a subject is another participant's.
+fn watch_line(ev: &Value) -> String {
+    format!(
+        "{}{} {}",
+        banner(ev),
+        ev["type"].as_str().unwrap_or("event"),
+        shown(&Value::String(ev.to_string()), false)
+    )
 }
 
 #[cfg(test)]
@@ -739,6 +753,31 @@ mod tests {
         assert_eq!(
             super::super::roster::shorten("Incident at the border", 9),
             "Incident…"
+        );
+    }
+
+    #[test]
+    fn a_watched_event_is_marked_as_a_drill_and_cannot_drive_the_terminal() {
+        let ev = json!({"type": "message_received", "status": "exercise",
+            "subject": "Border\u{202e}lamron \u{9b}31m\u{1b}[2K"});
+        let line = watch_line(&ev);
+        assert!(line.starts_with("[EXERCISE] message_received {"), "{line}");
+        assert!(
+            line.contains(r"Border\u{202e}lamron \u{9b}31m\u001b[2K"),
+            "{line}"
+        );
+        assert!(!line
+            .chars()
+            .any(|c| c.is_control()
+                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')));
+        let test = json!({"type": "message_received", "status": "test", "subject": "Check"});
+        assert!(watch_line(&test).starts_with("[TEST] message_received {"));
+        let actual = json!({"type": "message_received", "status": "actual", "subject": "x"});
+        assert!(watch_line(&actual).starts_with("message_received {"));
+        let up = json!({"type": "relay_up", "relay": 0, "address": "127.0.0.1:7400"});
+        assert_eq!(
+            watch_line(&up),
+            r#"relay_up {"address":"127.0.0.1:7400","relay":0,"type":"relay_up"}"#
         );
     }
 
