@@ -153,6 +153,12 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
         text.stdout
     );
     assert!(text.stdout.contains("Duty officer"), "{}", text.stdout);
+    // The recipient's note, which only the JSON held before.
+    assert!(
+        text.stdout.contains("notes\nFROM      NOTE\nKGZ       ok"),
+        "{}",
+        text.stdout
+    );
 
     // The recipient's side shows the acknowledgement; a second one is refused.
     let shown = kgz.cli_json(&["show", &id]).await.unwrap();

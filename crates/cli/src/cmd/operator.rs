@@ -409,6 +409,9 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
                 shown(&m["officer"], false),
                 ts(&m["acknowledged_at_ms"])
             ));
+            if m["note"].as_str().is_some_and(|n| !n.is_empty()) {
+                out.push_str(&format!("\nnote: {}", shown(&m["note"], false)));
+            }
         } else {
             out.push_str("\n\nNOT ACKNOWLEDGED");
         }
@@ -438,6 +441,24 @@ fn matrix_text(m: &Value) -> String {
         );
         let at = out.find('\n').unwrap_or(out.len());
         out.insert_str(at, &why);
+    }
+    // The notes the recipients' officers gave with their acknowledgements ("Seen, answer
+    // follows"), which the table has no room for: what they wrote to this officer.
+    let notes: Vec<&Value> = m["recipients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["note"].as_str().is_some_and(|n| !n.is_empty()))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str(&format!("\n\nnotes\n{:<8}  NOTE", "FROM"));
+        for r in notes {
+            out.push_str(&format!(
+                "\n{:<8}  {}",
+                r["recipient"].as_str().unwrap_or(""),
+                shown(&r["note"], false)
+            ));
+        }
     }
     // Received messages that reference this one: the replies, updates and cancellations.
     let answers = m["answers"].as_array().cloned().unwrap_or_default();
@@ -779,6 +800,33 @@ mod tests {
             watch_line(&up),
             r#"relay_up {"address":"127.0.0.1:7400","relay":0,"type":"relay_up"}"#
         );
+    }
+
+    #[test]
+    fn the_recipients_acknowledgement_notes_are_shown_under_the_table() {
+        let m = json!({"state": "acknowledged", "kind": "alert", "total": 3, "delivered": 3,
+            "acknowledged": 2, "overdue": 0, "answered": 0, "answers": [],
+            "recipients": [
+                {"recipient": "KGZ", "delivered_at_ms": 1000, "acked_at_ms": 2000,
+                 "officer": "Duty officer", "note": "Seen, answer follows"},
+                {"recipient": "TJK", "delivered_at_ms": 1000, "acked_at_ms": 2000,
+                 "officer": "Desk", "note": ""},
+                {"recipient": "UZB", "delivered_at_ms": 1000, "acked_at_ms": null,
+                 "officer": null, "note": null}]});
+        let text = matrix_text(&m);
+        assert!(
+            text.ends_with("\n\nnotes\nFROM      NOTE\nKGZ       Seen, answer follows"),
+            "{text}"
+        );
+        let mut m = m;
+        m["recipients"][0]["note"] = json!("line\nbreak\u{202e}");
+        assert!(
+            matrix_text(&m).ends_with("KGZ       line\\u{a}break\\u{202e}"),
+            "{}",
+            matrix_text(&m)
+        );
+        m["recipients"][0]["note"] = json!(null);
+        assert!(!matrix_text(&m).contains("notes"), "{}", matrix_text(&m));
     }
 
     #[test]
