@@ -153,6 +153,12 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
         text.stdout
     );
     assert!(text.stdout.contains("Duty officer"), "{}", text.stdout);
+    // The recipient's note, which only the JSON held before.
+    assert!(
+        text.stdout.contains("notes\nFROM      NOTE\nKGZ       ok"),
+        "{}",
+        text.stdout
+    );
 
     // The recipient's side shows the acknowledgement; a second one is refused.
     let shown = kgz.cli_json(&["show", &id]).await.unwrap();
@@ -848,6 +854,27 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     );
     assert!(out.stderr.contains("401"), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // `hotline watch` says the same, not "cannot follow events (error, HTTP 401)".
+    let out = hotline_cli(
+        net.path(),
+        &[
+            "watch",
+            "--api",
+            &api,
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("missing or wrong bearer token (unauthorized, HTTP 401)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -886,6 +913,29 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
         "{}",
         out.stderr
     );
+
+    // What is not a message id is refused as one before it becomes part of a path: `../status`
+    // named the status endpoint, and `show` printed the node's status as an empty message.
+    for (command, id) in [
+        ("show", "../status"),
+        ("status", "../inbox"),
+        ("show", "a/b"),
+        ("ack", "../../v1/status"),
+        ("reply", "?limit=1"),
+    ] {
+        let mut args = vec![command, id];
+        if command == "ack" {
+            args.extend(["--officer", "Duty officer"]);
+        }
+        let out = kaz.cli(&args).await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command} {id}: {out:?}");
+        assert!(
+            out.stderr.contains("must be 32 hexadecimal digits"),
+            "{command} {id}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{command} {id}: {}", out.stdout);
+    }
 
     // A respond-by beyond the protocol's times is refused by name, not a crash.
     let out = kaz

@@ -56,17 +56,57 @@ struct Refusal {
     reason: String,
 }
 
-/// `text` with what it quotes between double quotes replaced by `…`: a refusal's reason may
-/// quote a value from the request's body, which the log must not repeat (the caller, who
-/// sent it, is answered in full).
+/// `text` with what it quotes from a request replaced by `…`: a refusal's reason may quote
+/// a value from the request's body, which the log must not repeat (the caller, who sent it,
+/// is answered in full). serde quotes a string between double quotes, escaping those inside
+/// (`invalid type: string "…"`), and between backticks, as it is, an enumeration value
+/// (``unknown variant `…` ``), a field name (``unknown field `…` ``, after the path, which
+/// ends with that name: what precedes it goes too) and other values (``invalid value:
+/// integer `…` ``). A value between backticks may hold backticks, so the reason is cut there
+/// (what follows is serde's list of what it expected); backticks that name a field of ours
+/// (``missing field `subject` ``) are kept.
 fn without_quoted(text: &str) -> String {
+    const QUOTING: [&str; 4] = [
+        "unknown variant ",
+        "unknown field ",
+        "invalid type: ",
+        "invalid value: ",
+    ];
+    // `PATH: unknown field `NAME``: the path ends with the unknown name, which may hold
+    // anything (": " too), so all that comes before goes.
+    let text = match text.split_once(": unknown field `") {
+        Some((_, after)) => format!("…: unknown field `{after}"),
+        None => text.to_owned(),
+    };
     let mut out = String::with_capacity(text.len());
-    for (i, part) in text.split('"').enumerate() {
-        if i > 0 {
-            out.push('"');
+    // Where the text since the last backtick outside double quotes starts in `out`.
+    let mut since = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push_str("\"…\"");
+                // Skip to the closing quote; a backslash escapes the character after it.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '`' if QUOTING.iter().any(|q| out[since..].contains(q)) => {
+                out.push_str("`…");
+                break;
+            }
+            '`' => {
+                out.push('`');
+                since = out.len();
+            }
+            c => out.push(c),
         }
-        // Odd parts are inside quotes.
-        out.push_str(if i % 2 == 1 { "…" } else { part });
     }
     out
 }
@@ -1477,6 +1517,60 @@ mod tests {
         assert!(s.starts_with("Re: é"));
     }
 
+    #[test]
+    fn a_logged_reason_keeps_serdes_words_and_our_names_but_not_the_requests_values() {
+        let prefix = "Failed to deserialize the JSON body into the target type: ";
+        let cases = [
+            (
+                r#"to: invalid type: string "KGZ", expected a sequence at line 1 column 11"#,
+                r#"to: invalid type: string "…", expected a sequence at line 1 column 11"#,
+            ),
+            (
+                r#"to[0]: invalid type: string "a\"b\\", expected a participant id"#,
+                r#"to[0]: invalid type: string "…", expected a participant id"#,
+            ),
+            (
+                "kind: unknown variant `bo`gus`, expected one of `alert`, `update`",
+                "kind: unknown variant `…",
+            ),
+            (
+                "my secret: unknown field `my secret`, expected `officer` or `note` at line 1",
+                "…: unknown field `…",
+            ),
+            (
+                "respond_by_ms: invalid type: floating point `1.5`, expected u64",
+                "respond_by_ms: invalid type: floating point `…",
+            ),
+            (
+                "respond_within_ms: invalid value: integer `-5`, expected u64",
+                "respond_within_ms: invalid value: integer `…",
+            ),
+            (
+                "missing field `subject` at line 1 column 14",
+                "missing field `subject` at line 1 column 14",
+            ),
+            ("duplicate field `limit`", "duplicate field `limit`"),
+            (
+                r#"message id "zz" must be 32 hexadecimal digits"#,
+                r#"message id "…" must be 32 hexadecimal digits"#,
+            ),
+        ];
+        for (given, logged) in cases {
+            assert_eq!(without_quoted(given), logged);
+            let prefixed = if logged.starts_with("…: unknown field") {
+                logged.to_owned()
+            } else {
+                format!("{prefix}{logged}")
+            };
+            assert_eq!(without_quoted(&format!("{prefix}{given}")), prefixed);
+        }
+        assert_eq!(
+            without_quoted("x: y: unknown field `x: y`"),
+            "…: unknown field `…",
+            "no prefix before the path"
+        );
+    }
+
     /// A `tracing` writer that keeps what is written, for a test to read.
     #[derive(Clone, Default)]
     struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
@@ -1641,6 +1735,21 @@ mod tests {
                 413,
                 "request body over",
             ),
+            (
+                format!(r#"{{"subject":"x","kind":"{secret}"}}"#),
+                400,
+                "kind: unknown variant",
+            ),
+            (
+                format!(r#"{{"subject":"x","{secret}":1}}"#),
+                400,
+                "unknown field",
+            ),
+            (
+                r#"{"subject":"x","respond_within_ms":-31337}"#.to_owned(),
+                400,
+                "respond_within_ms: invalid value: integer",
+            ),
         ];
         for (i, (body, status, why)) in cases.into_iter().enumerate() {
             let (got, answer) = tokio::time::timeout(
@@ -1674,6 +1783,7 @@ mod tests {
         // in part.
         let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
         assert!(!all.contains("s3cr3t"), "{all}");
+        assert!(!all.contains("31337"), "{all}");
         assert!(!all.contains("xxxxxxxxxxxxxxxx"), "{all}");
         // The warn level, as for a bad query string.
         assert!(all.contains(r#""level":"WARN""#), "{all}");

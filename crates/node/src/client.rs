@@ -28,6 +28,17 @@ pub enum ClientError {
     Other(String),
 }
 
+/// The node's refusal, with the `error` and `code` of its answer's body (docs/API.md,
+/// Errors), so that every command, `hotline watch` included, says what the node said.
+fn refusal(status: u16, r: ureq::Response) -> ClientError {
+    let v: Value = r.into_json().unwrap_or(Value::Null);
+    ClientError::Api {
+        status,
+        code: v["code"].as_str().unwrap_or("error").to_owned(),
+        message: v["error"].as_str().unwrap_or("request failed").to_owned(),
+    }
+}
+
 /// A client for one node's API.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -69,14 +80,7 @@ impl ApiClient {
             Ok(r) => r
                 .into_json::<Value>()
                 .map_err(|e| ClientError::Other(format!("bad response from {url}: {e}"))),
-            Err(ureq::Error::Status(status, r)) => {
-                let v: Value = r.into_json().unwrap_or(Value::Null);
-                Err(ClientError::Api {
-                    status,
-                    code: v["code"].as_str().unwrap_or("error").to_owned(),
-                    message: v["error"].as_str().unwrap_or("request failed").to_owned(),
-                })
-            }
+            Err(ureq::Error::Status(status, r)) => Err(refusal(status, r)),
             Err(ureq::Error::Transport(t)) => {
                 if t.kind() == ureq::ErrorKind::ConnectionFailed || t.kind() == ureq::ErrorKind::Dns
                 {
@@ -126,11 +130,7 @@ impl ApiClient {
             .call()
             .map_err(|e| match e {
                 ureq::Error::Transport(_) => ClientError::NotRunning(self.base.clone()),
-                ureq::Error::Status(s, _) => ClientError::Api {
-                    status: s,
-                    code: "error".into(),
-                    message: "cannot follow events".into(),
-                },
+                ureq::Error::Status(status, r) => refusal(status, r),
             })?;
         let lines = std::io::BufReader::new(resp.into_reader()).lines();
         Ok(lines.filter_map(|line| match line {

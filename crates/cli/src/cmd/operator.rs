@@ -210,6 +210,16 @@ pub(crate) struct ReplyArgs {
     body_file: Option<PathBuf>,
 }
 
+/// The API path of message `id` followed by `rest` (`""`, `"/ack"`, `"/reply"`), once `id`
+/// is a message id: what an operator typed is checked before it becomes part of a URL, where
+/// `../status` or `a/b` would name another endpoint (and `hotline show ../status` printed the
+/// node's status as an empty message) or only earn an unexplained 404. The refusal is the
+/// node's own words for a bad id (`bad_id`).
+fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
+    let id: hotline_proto::MessageId = id.parse()?;
+    Ok(format!("/v1/messages/{id}{rest}"))
+}
+
 /// `hotline reply ID`: answers a received message (`POST /v1/messages/{id}/reply`): to its
 /// sender alone, kind `reply`, referencing it, with its category and status, and unless
 /// given its precedence and "Re: " subject.
@@ -223,7 +233,7 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
     let v = a
         .api
         .client()?
-        .post(&format!("/v1/messages/{}/reply", a.id), &req)?;
+        .post(&message_path(&a.id, "/reply")?, &req)?;
     print(a.api.json, &v, submitted_text)
 }
 
@@ -361,7 +371,7 @@ pub(crate) struct ShowArgs {
 }
 
 pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
     print(a.api.json, &v, |m| {
         // What the message answers, updates or cancels, and its category, when it has them.
         let mut context = String::new();
@@ -399,6 +409,9 @@ pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
                 shown(&m["officer"], false),
                 ts(&m["acknowledged_at_ms"])
             ));
+            if m["note"].as_str().is_some_and(|n| !n.is_empty()) {
+                out.push_str(&format!("\nnote: {}", shown(&m["note"], false)));
+            }
         } else {
             out.push_str("\n\nNOT ACKNOWLEDGED");
         }
@@ -428,6 +441,24 @@ fn matrix_text(m: &Value) -> String {
         );
         let at = out.find('\n').unwrap_or(out.len());
         out.insert_str(at, &why);
+    }
+    // The notes the recipients' officers gave with their acknowledgements ("Seen, answer
+    // follows"), which the table has no room for: what they wrote to this officer.
+    let notes: Vec<&Value> = m["recipients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["note"].as_str().is_some_and(|n| !n.is_empty()))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str(&format!("\n\nnotes\n{:<8}  NOTE", "FROM"));
+        for r in notes {
+            out.push_str(&format!(
+                "\n{:<8}  {}",
+                r["recipient"].as_str().unwrap_or(""),
+                shown(&r["note"], false)
+            ));
+        }
     }
     // Received messages that reference this one: the replies, updates and cancellations.
     let answers = m["answers"].as_array().cloned().unwrap_or_default();
@@ -485,7 +516,7 @@ pub(crate) fn recipients_text(m: &Value, overdue: impl Fn(&Value) -> bool) -> St
 }
 
 pub(crate) fn status(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&format!("/v1/messages/{}", a.id))?;
+    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
     if v["direction"] != json!("sent") {
         bail!("{} is a received message: `hotline show` displays it", a.id);
     }
@@ -509,7 +540,7 @@ pub(crate) struct AckArgs {
 
 pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.post(
-        &format!("/v1/messages/{}/ack", a.id),
+        &message_path(&a.id, "/ack")?,
         &json!({"officer": a.officer, "note": a.note}),
     )?;
     print(a.api.json, &v, |v| {
@@ -697,11 +728,25 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
         if a.api.json {
             outln!("{ev}");
         } else {
-            outln!("{} {}", ev["type"].as_str().unwrap_or("event"), ev);
+            outln!("{}", watch_line(&ev));
         }
         true
     })?;
     Ok(())
+}
+
+/// An event as `hotline watch` prints it for a person: its type and its JSON, after
+/// `[EXERCISE] ` or `[TEST] ` for a drill's or a check's message, as every other command
+/// marks one, and made safe for a terminal as [`shown`] makes another participant's text:
+/// JSON escapes the C0 controls but not the C1 ones (`\u{9b}` starts an escape sequence on
+/// some terminals) nor the bidirectional overrides, and a subject is another participant's.
+fn watch_line(ev: &Value) -> String {
+    format!(
+        "{}{} {}",
+        banner(ev),
+        ev["type"].as_str().unwrap_or("event"),
+        shown(&Value::String(ev.to_string()), false)
+    )
 }
 
 #[cfg(test)]
@@ -730,6 +775,81 @@ mod tests {
             super::super::roster::shorten("Incident at the border", 9),
             "Incident…"
         );
+    }
+
+    #[test]
+    fn a_watched_event_is_marked_as_a_drill_and_cannot_drive_the_terminal() {
+        let ev = json!({"type": "message_received", "status": "exercise",
+            "subject": "Border\u{202e}lamron \u{9b}31m\u{1b}[2K"});
+        let line = watch_line(&ev);
+        assert!(line.starts_with("[EXERCISE] message_received {"), "{line}");
+        assert!(
+            line.contains(r"Border\u{202e}lamron \u{9b}31m\u001b[2K"),
+            "{line}"
+        );
+        assert!(!line
+            .chars()
+            .any(|c| c.is_control()
+                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')));
+        let test = json!({"type": "message_received", "status": "test", "subject": "Check"});
+        assert!(watch_line(&test).starts_with("[TEST] message_received {"));
+        let actual = json!({"type": "message_received", "status": "actual", "subject": "x"});
+        assert!(watch_line(&actual).starts_with("message_received {"));
+        let up = json!({"type": "relay_up", "relay": 0, "address": "127.0.0.1:7400"});
+        assert_eq!(
+            watch_line(&up),
+            r#"relay_up {"address":"127.0.0.1:7400","relay":0,"type":"relay_up"}"#
+        );
+    }
+
+    #[test]
+    fn the_recipients_acknowledgement_notes_are_shown_under_the_table() {
+        let m = json!({"state": "acknowledged", "kind": "alert", "total": 3, "delivered": 3,
+            "acknowledged": 2, "overdue": 0, "answered": 0, "answers": [],
+            "recipients": [
+                {"recipient": "KGZ", "delivered_at_ms": 1000, "acked_at_ms": 2000,
+                 "officer": "Duty officer", "note": "Seen, answer follows"},
+                {"recipient": "TJK", "delivered_at_ms": 1000, "acked_at_ms": 2000,
+                 "officer": "Desk", "note": ""},
+                {"recipient": "UZB", "delivered_at_ms": 1000, "acked_at_ms": null,
+                 "officer": null, "note": null}]});
+        let text = matrix_text(&m);
+        assert!(
+            text.ends_with("\n\nnotes\nFROM      NOTE\nKGZ       Seen, answer follows"),
+            "{text}"
+        );
+        let mut m = m;
+        m["recipients"][0]["note"] = json!("line\nbreak\u{202e}");
+        assert!(
+            matrix_text(&m).ends_with("KGZ       line\\u{a}break\\u{202e}"),
+            "{}",
+            matrix_text(&m)
+        );
+        m["recipients"][0]["note"] = json!(null);
+        assert!(!matrix_text(&m).contains("notes"), "{}", matrix_text(&m));
+    }
+
+    #[test]
+    fn a_message_id_is_checked_before_it_becomes_a_path() {
+        let id = "112e2e08d10df574952d0f32e1419492";
+        assert_eq!(
+            message_path(id, "/ack").expect("a message id"),
+            format!("/v1/messages/{id}/ack")
+        );
+        assert_eq!(
+            message_path(&id.to_uppercase(), "").expect("upper case is read too"),
+            format!("/v1/messages/{id}")
+        );
+        for bad in [
+            "../status",
+            "a/b",
+            "?limit=1",
+            "",
+            "112e2e08d10df574952d0f32e141949",
+        ] {
+            let e = message_path(bad, "").expect_err("not an id").to_string();
+            assert!(e.contains("must be 32 hexadecimal digits"), "{bad}: {e}");
+        }
     }
 
     #[test]
