@@ -877,6 +877,33 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 
+/// `hotline watch` says so when its node ends the event stream (the node stopped or
+/// restarted), on standard error and with exit status 1: it used to end silently with
+/// status 0, so that an officer at a terminal could miss that alerts were no longer shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hotline_watch_says_so_when_its_node_goes_away() -> anyhow::Result<()> {
+    let net = net();
+    net.node_config("KAZ", free_udp_addr());
+    let kaz = net.start_node("KAZ").await?;
+    let api = kaz.api.to_string();
+    let token = kaz.token_file.to_str().expect("utf-8 path").to_owned();
+    let mut watch = Proc::spawn(
+        &["watch", "--api", &api, "--token-file", &token],
+        net.path(),
+        "watch.log",
+    )?;
+    watch.wait_log("following the node's events").await?;
+    kaz.proc.signal("TERM")?;
+    let (st, watch) = watch.wait_exit(EVENT_TIMEOUT).await?;
+    let log = watch.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the node ended the event stream (it stopped or restarted)"),
+        "{log}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_explains_refusals_and_a_missing_node() {
     let net = net();

@@ -102,17 +102,6 @@ impl ApiClient {
         self.call("POST", path, Some(body))
     }
 
-    /// Follows `/v1/events`, calling `f` with each event until it returns false or the
-    /// stream ends.
-    pub fn watch(&self, mut f: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
-        for ev in self.events()? {
-            if !f(ev?) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// Opens `/v1/events`: once this returns, the node has subscribed this stream, so every
     /// event from then on is in it (a caller that must not miss one opens the stream before
     /// acting). Its events, in order, until the stream ends.

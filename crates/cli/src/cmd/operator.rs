@@ -722,17 +722,27 @@ pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `hotline watch`: the node's events as they happen, until the node ends the stream or
+/// the command is stopped. A stream the node ends (it stopped or restarted) is an error, on
+/// standard error with exit status 1: it used to end the command silently with status 0, so
+/// that an officer at a terminal could miss that alerts were no longer being shown.
 pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
     let client = a.api.client()?;
-    client.watch(|ev| {
+    let events = client.events()?;
+    // Subscribed: every event from now on is in the stream.
+    eprintln!("following the node's events (Ctrl-C to stop)");
+    for ev in events {
+        let ev = ev.context("the node's event stream broke off: no further events are shown")?;
         if a.api.json {
             outln!("{ev}");
         } else {
             outln!("{}", watch_line(&ev));
         }
-        true
-    })?;
-    Ok(())
+    }
+    bail!(
+        "the node ended the event stream (it stopped or restarted): no further events are \
+         shown; run `hotline watch` again once it is back"
+    )
 }
 
 /// An event as `hotline watch` prints it for a person: its type and its JSON, after
