@@ -803,6 +803,23 @@ async fn the_api_refuses_a_missing_or_wrong_token() {
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(v["code"], "invalid", "{v}");
     assert!(body.contains("respond_by_ms"), "{body}");
+    // A deadline no one can meet, and a subject of spaces alone, are refused by name.
+    for (body, code, field) in [
+        (
+            r#"{"to":["KGZ"],"subject":"x","respond_within_ms":0}"#,
+            "bad_respond_by",
+            "respond_within_ms",
+        ),
+        (r#"{"to":["KGZ"],"subject":"   "}"#, "invalid", "subject"),
+    ] {
+        let (status, answer) = http(kaz.api, "POST", "/v1/messages", Some(&token), body)
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+        assert_eq!(v["code"], code, "{body}: {v}");
+        assert!(answer.contains(field), "{body}: {answer}");
+    }
     // So does a bad query string, on every list (`hotline inbox` shows the error's text).
     for path in [
         "/v1/inbox?limit=abc",
