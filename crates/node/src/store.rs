@@ -162,6 +162,19 @@ CREATE TABLE IF NOT EXISTS relay_slots (
 -- receipt is the evidence, and later ones from that signer for that message are not kept
 -- (`NodeStore::store_forwarded`). Written in the transaction that keeps the receipt, and from
 -- receipts_in the first time a store opens with this table.
+-- The times signed in the receipts the matrix records (`Receipt.created_at_ms`, by the
+-- recipient's clock): the earliest receipt of either kind kept for message `id` from
+-- `recipient`, and its earliest acknowledgement. The matrix's own times are when the receipts
+-- reached this node, by its clock; these are what the recipient attests, as the relay's
+-- report shows them. Written in the transaction that keeps the receipt, and from
+-- receipts_in the first time a store opens with this table.
+CREATE TABLE IF NOT EXISTS matrix_signed (
+    id BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    delivered_ms INTEGER,
+    acked_ms INTEGER,
+    PRIMARY KEY (id, recipient)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mismatches (
     id BLOB NOT NULL,
     signer TEXT NOT NULL,
@@ -383,6 +396,14 @@ pub struct MatrixRow {
     pub note: Option<String>,
     /// When the respond-by passed without acknowledgement (ms), if it did.
     pub overdue_at_ms: Option<u64>,
+    /// The time signed in the earliest receipt kept from this recipient (either kind), by
+    /// its clock: when its node says it stored the message. `delivered_at_ms` is when the
+    /// receipt reached this node, by this node's clock.
+    pub delivered_signed_at_ms: Option<u64>,
+    /// The time signed in its earliest acknowledgement kept, by its clock: when its officer
+    /// acknowledged, as it attests (and as the relay's report shows). `acked_at_ms` is when
+    /// that reached this node, and decides overdue.
+    pub acked_signed_at_ms: Option<u64>,
 }
 
 /// A sent message with its state.
@@ -831,15 +852,19 @@ fn index_stored_acks(tx: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Fills `mismatches` from the forwarded receipts the store holds (a store from before it):
-/// every (message, signer) for which it keeps a receipt naming one of its sent messages with
-/// a digest other than that message's. A sent message's author is this node, as the items
-/// `store_forwarded` checks name it; each id is looked up and hashed once, found or not (a
-/// cumulative receipt names up to 512 messages, mostly other senders').
-fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
+/// Calls `f` with each receipt this store keeps (`receipts_in`) and each of its items, and,
+/// for an item naming a message this node sent, that message's author and digest. Each sent
+/// message is read once.
+fn for_each_kept_receipt_item(
+    tx: &Connection,
+    mut f: impl FnMut(
+        &Receipt,
+        &ReceiptItem,
+        Option<&(ParticipantId, Digest)>,
+    ) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_in")?;
     let mut sent = tx.prepare("SELECT bytes, key, sig FROM sent WHERE id = ?1")?;
-    let mut add = tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
     // Per id: this node's message's author and digest, or None for an id it never sent.
     let mut held: HashMap<MessageId, Option<(ParticipantId, Digest)>> = HashMap::new();
     let mut rows = st.query([])?;
@@ -860,15 +885,56 @@ fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
                     e.insert(ours)
                 }
             };
-            if let Some((author, digest)) = ours {
-                if *author == item.sender && *digest != item.digest {
-                    add.execute(params![&item.id.0[..], receipt.recipient.as_str()])?;
-                }
-            }
+            f(&receipt, item, ours.as_ref())?;
         }
     }
     Ok(())
 }
+
+/// Fills `mismatches` from the forwarded receipts the store holds (a store from before it):
+/// every (message, signer) for which it keeps a receipt naming one of its sent messages with
+/// a digest other than that message's. A sent message's author is this node, as the items
+/// `store_forwarded` checks name it; each id is looked up and hashed once, found or not (a
+/// cumulative receipt names up to 512 messages, mostly other senders').
+fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
+    let mut add = tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
+    for_each_kept_receipt_item(tx, |receipt, item, ours| {
+        if let Some((author, digest)) = ours {
+            if *author == item.sender && *digest != item.digest {
+                add.execute(params![&item.id.0[..], receipt.recipient.as_str()])?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Fills `matrix_signed` from the receipts this store keeps: for each of its messages and
+/// each recipient whose receipt of what it sent is kept, the earliest time signed in one,
+/// and in an acknowledgement.
+fn index_stored_signed_times(tx: &Connection) -> Result<(), StoreError> {
+    let mut add = tx.prepare(SIGNED_TIMES_UPSERT)?;
+    for_each_kept_receipt_item(tx, |receipt, item, ours| {
+        if ours.is_some_and(|(author, digest)| *author == item.sender && *digest == item.digest) {
+            let acked = matches!(receipt.kind, ReceiptKind::Acknowledged { .. })
+                .then_some(receipt.created_at_ms);
+            add.execute(params![
+                &item.id.0[..],
+                receipt.recipient.as_str(),
+                receipt.created_at_ms,
+                acked
+            ])?;
+        }
+        Ok(())
+    })
+}
+
+/// Records, for message ?1 and recipient ?2, a receipt signed at ?3 (an acknowledgement if
+/// ?4, the same time, is not NULL): the earliest of each is kept.
+const SIGNED_TIMES_UPSERT: &str =
+    "INSERT INTO matrix_signed (id, recipient, delivered_ms, acked_ms) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (id, recipient) DO UPDATE SET
+         delivered_ms = COALESCE(MIN(delivered_ms, excluded.delivered_ms), excluded.delivered_ms),
+         acked_ms = COALESCE(MIN(acked_ms, excluded.acked_ms), acked_ms, excluded.acked_ms)";
 
 /// What the quarantine table holds, counted.
 fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
@@ -982,6 +1048,7 @@ impl NodeStore {
         let answers_indexed = has_table("answers")?;
         let acks_indexed = has_table("acks_out")?;
         let mismatches_indexed = has_table("mismatches")?;
+        let signed_times_indexed = has_table("matrix_signed")?;
         // A store from before this version, rather than a new one.
         let older = has_table("receipts_in")?;
         if version < SCHEMA_VERSION && has_table("journal")? {
@@ -1015,6 +1082,9 @@ impl NodeStore {
                 tracing::info!("recording the mismatched receipts this store holds (once, at the first start of this version)");
             }
             index_stored_mismatches(&tx)?;
+        }
+        if !signed_times_indexed {
+            index_stored_signed_times(&tx)?;
         }
         if version < SCHEMA_VERSION {
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
@@ -1991,11 +2061,14 @@ impl NodeStore {
                 for id in &rowless {
                     tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&id.0[..], r.recipient.as_str()])?;
                 }
+                let signed_acked = r.is_ack().then_some(r.created_at_ms);
                 for id in &news.first {
                     tx.execute(
                         "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
                         params![&id.0[..], r.recipient.as_str(), now_ms],
                     )?;
+                    tx.prepare_cached(SIGNED_TIMES_UPSERT)?
+                        .execute(params![&id.0[..], r.recipient.as_str(), r.created_at_ms, signed_acked])?;
                     if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
                         tx.execute(
                             "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
@@ -2151,7 +2224,9 @@ impl NodeStore {
             return Ok(None);
         };
         let mut st = self.conn.prepare_cached(
-            "SELECT recipient, delivered_at_ms, acked_at_ms, officer, note, overdue_at_ms FROM matrix WHERE id = ?1 ORDER BY recipient",
+            "SELECT m.recipient, m.delivered_at_ms, m.acked_at_ms, m.officer, m.note, m.overdue_at_ms, s.delivered_ms, s.acked_ms
+             FROM matrix m LEFT JOIN matrix_signed s ON s.id = m.id AND s.recipient = m.recipient
+             WHERE m.id = ?1 ORDER BY m.recipient",
         )?;
         let rows = st.query_map([&id.0[..]], |r| {
             let rc: String = r.get(0)?;
@@ -2163,6 +2238,8 @@ impl NodeStore {
                 officer: r.get(3)?,
                 note: r.get(4)?,
                 overdue_at_ms: r.get(5)?,
+                delivered_signed_at_ms: r.get(6)?,
+                acked_signed_at_ms: r.get(7)?,
             })
         })?;
         let matrix = rows.collect::<rusqlite::Result<_>>()?;
@@ -3446,6 +3523,79 @@ mod tests {
                 "message.recipients.added"
             ]
         );
+    }
+
+    /// The matrix shows both times of each receipt it records: when it reached this node
+    /// (by this node's clock: `delivered_at_ms`, `acked_at_ms`) and when the recipient signed
+    /// it (by its clock, as the relay's report shows). A recipient that acknowledged before the
+    /// deadline while its receipt came after (a relay down meanwhile) shows as acknowledged
+    /// in time by its own word. A store from before the signed times learns them from the
+    /// receipts it keeps, the first time it opens.
+    #[test]
+    fn the_matrix_keeps_the_times_signed_in_the_receipts_beside_their_arrival() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
+        let id = sent.decode_unverified().unwrap().id;
+        let item = ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest: sent.digest(),
+        };
+        let ack = || ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: None,
+        };
+        // KGZ stores it at NOW + 1 and acknowledges at NOW + 5; both reach KAZ at NOW + 90.
+        store
+            .store_forwarded(
+                &me,
+                &[kgz_receipt(NOW + 1, ReceiptKind::Delivered, item.clone())],
+                NOW + 90,
+            )
+            .unwrap();
+        store
+            .store_forwarded(&me, &[kgz_receipt(NOW + 5, ack(), item.clone())], NOW + 90)
+            .unwrap();
+        // TJK's acknowledgement, signed at NOW + 7, is its first receipt, and arrives at NOW + 95.
+        let tjk = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid("TJK"),
+            kind: ack(),
+            created_at_ms: NOW + 7,
+            items: vec![item.clone()],
+        };
+        let tjk = Signed::sign(&tjk, &SigningKey::from_bytes(&[5; 32])).unwrap();
+        let tjk = tjk.verify_with(&tjk.key()).unwrap();
+        store.store_forwarded(&me, &[tjk], NOW + 95).unwrap();
+        type Times = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+        let times = |store: &NodeStore| -> Vec<Times> {
+            let m = store.sent_message(&id).unwrap().unwrap().matrix;
+            m.iter()
+                .map(|r| {
+                    (
+                        r.delivered_at_ms,
+                        r.delivered_signed_at_ms,
+                        r.acked_at_ms,
+                        r.acked_signed_at_ms,
+                    )
+                })
+                .collect()
+        };
+        let want = vec![
+            (Some(NOW + 90), Some(NOW + 1), Some(NOW + 90), Some(NOW + 5)),
+            (Some(NOW + 95), Some(NOW + 7), Some(NOW + 95), Some(NOW + 7)),
+        ];
+        assert_eq!(times(&store), want);
+        // A store from before the table: learnt from its receipts when it opens.
+        store
+            .conn
+            .execute_batch("DROP TABLE matrix_signed")
+            .unwrap();
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(times(&store), want);
     }
 
     #[test]

@@ -442,6 +442,28 @@ fn matrix_text(m: &Value) -> String {
         let at = out.find('\n').unwrap_or(out.len());
         out.insert_str(at, &why);
     }
+    // A recipient that acknowledged before the deadline by its own signed word, whose
+    // acknowledgement reached this node only after it (a relay or link down meanwhile): the
+    // table shows when it arrived, and the node marked the row overdue at the deadline.
+    if let Some(by) = m["respond_by_ms"].as_u64() {
+        for r in m["recipients"].as_array().into_iter().flatten() {
+            let (Some(signed), Some(arrived)) =
+                (r["acked_signed_at_ms"].as_u64(), r["acked_at_ms"].as_u64())
+            else {
+                continue;
+            };
+            if signed <= by && arrived > by {
+                out.push_str(&format!(
+                    "
+{} acknowledged at {} by its own clock, before the deadline; its \
+                     acknowledgement reached this node at {}, after it",
+                    r["recipient"].as_str().unwrap_or(""),
+                    ts(&r["acked_signed_at_ms"]),
+                    ts(&r["acked_at_ms"]),
+                ));
+            }
+        }
+    }
     // The notes the recipients' officers gave with their acknowledgements ("Seen, answer
     // follows"), which the table has no room for: what they wrote to this officer.
     let notes: Vec<&Value> = m["recipients"]
@@ -809,6 +831,33 @@ mod tests {
         assert_eq!(
             watch_line(&up),
             r#"relay_up {"address":"127.0.0.1:7400","relay":0,"type":"relay_up"}"#
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_signed_in_time_and_received_late_is_told() {
+        let row = |who: &str, signed: u64, arrived: u64| {
+            json!({"recipient": who, "delivered_at_ms": arrived, "acked_at_ms": arrived,
+                "acked_signed_at_ms": signed, "officer": "Desk", "note": null,
+                "overdue_at_ms": 5_000})
+        };
+        let m = json!({"state": "acknowledged", "kind": "alert", "total": 3, "delivered": 3,
+            "acknowledged": 3, "overdue": 0, "answered": 0, "answers": [],
+            "respond_by_ms": 5_000,
+            "recipients": [row("KGZ", 4_000, 9_000), row("TJK", 6_000, 9_000), row("UZB", 1_000, 2_000)]});
+        let text = matrix_text(&m);
+        assert!(
+            text.contains("\nKGZ acknowledged at ")
+                && text.contains("by its own clock, before the deadline"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\nTJK acknowledged at"),
+            "signed late too: {text}"
+        );
+        assert!(
+            !text.contains("\nUZB acknowledged at"),
+            "arrived in time: {text}"
         );
     }
 
