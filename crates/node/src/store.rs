@@ -2812,15 +2812,50 @@ mod tests {
 
     /// KGZ's receipt of one item, signed at `at`, verified.
     fn kgz_receipt(at: u64, kind: ReceiptKind, item: ReceiptItem) -> Verified<Receipt> {
+        receipt_of("KGZ", 3, at, kind, item)
+    }
+
+    /// A receipt of `kind` signed by `who` (key seed `seed`) at `at`, naming `item`.
+    fn receipt_of(
+        who: &str,
+        seed: u8,
+        at: u64,
+        kind: ReceiptKind,
+        item: ReceiptItem,
+    ) -> Verified<Receipt> {
         let r = Receipt {
             version: PROTOCOL_VERSION,
-            recipient: pid("KGZ"),
+            recipient: pid(who),
             kind,
             created_at_ms: at,
             items: vec![item],
         };
-        let signed = Signed::sign(&r, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let signed = Signed::sign(&r, &SigningKey::from_bytes(&[seed; 32])).unwrap();
         signed.verify_with(&signed.key()).unwrap()
+    }
+
+    /// A duty officer's acknowledgement, without a note.
+    fn duty_ack() -> ReceiptKind {
+        ReceiptKind::Acknowledged {
+            officer: "Duty officer".into(),
+            note: None,
+        }
+    }
+
+    /// A store in `dir` holding KAZ's FLASH alert to KGZ and TJK: the store, KAZ, the alert
+    /// as signed, and the receipt item naming it.
+    fn alert_to_kgz_and_tjk(
+        dir: &Path,
+    ) -> (NodeStore, ParticipantId, Signed<Envelope>, ReceiptItem) {
+        let mut store = NodeStore::open(dir).unwrap();
+        let me = pid("KAZ");
+        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
+        let item = ReceiptItem {
+            id: sent.decode_unverified().unwrap().id,
+            sender: me.clone(),
+            digest: sent.digest(),
+        };
+        (store, me, sent, item)
     }
 
     /// A FLASH alert to `to`, to compose.
@@ -3345,22 +3380,12 @@ mod tests {
     #[test]
     fn a_recipient_is_news_once_per_kind_however_many_receipts_say_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let me = pid("KAZ");
-        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
-        let id = sent.decode_unverified().unwrap().id;
-        let item = ReceiptItem {
-            id,
-            sender: me.clone(),
-            digest: sent.digest(),
-        };
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let id = item.id;
         // KGZ's receipts: through each of two relays, and at different times, so different
         // bytes; then two acknowledgements.
         let receipt = |at: u64, kind: ReceiptKind| kgz_receipt(at, kind, item.clone());
-        let ack = || ReceiptKind::Acknowledged {
-            officer: "Duty officer".into(),
-            note: None,
-        };
+        let ack = duty_ack;
         let news = |store: &mut NodeStore, r: Verified<Receipt>| {
             let out = store.store_forwarded(&me, &[r], NOW).unwrap();
             assert_eq!(out.len(), 1);
@@ -3389,15 +3414,7 @@ mod tests {
         // A receipt over our bytes from a participant no acceptance listed (a relay whose
         // roster resolved the audience to more recipients delivered to it) is news: it has
         // the message.
-        let stranger = Receipt {
-            version: PROTOCOL_VERSION,
-            recipient: pid("MNG"),
-            kind: ReceiptKind::Delivered,
-            created_at_ms: NOW,
-            items: vec![item.clone()],
-        };
-        let signed = Signed::sign(&stranger, &SigningKey::from_bytes(&[4; 32])).unwrap();
-        let stranger = signed.verify_with(&signed.key()).unwrap();
+        let stranger = receipt_of("MNG", 4, NOW, ReceiptKind::Delivered, item.clone());
         assert_eq!(news(&mut store, stranger.clone()), (true, vec![id]));
         assert_eq!(news(&mut store, stranger), (false, vec![]), "once");
         // What is kept is the record: KGZ's first delivered receipt and first acknowledgement,
@@ -3534,19 +3551,9 @@ mod tests {
     #[test]
     fn the_matrix_keeps_the_times_signed_in_the_receipts_beside_their_arrival() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let me = pid("KAZ");
-        let sent = flash_alert(&mut store, &me, &[pid("KGZ"), pid("TJK")]);
-        let id = sent.decode_unverified().unwrap().id;
-        let item = ReceiptItem {
-            id,
-            sender: me.clone(),
-            digest: sent.digest(),
-        };
-        let ack = || ReceiptKind::Acknowledged {
-            officer: "Duty officer".into(),
-            note: None,
-        };
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let id = item.id;
+        let ack = duty_ack;
         // KGZ stores it at NOW + 1 and acknowledges at NOW + 5; both reach KAZ at NOW + 90.
         store
             .store_forwarded(
@@ -3559,15 +3566,7 @@ mod tests {
             .store_forwarded(&me, &[kgz_receipt(NOW + 5, ack(), item.clone())], NOW + 90)
             .unwrap();
         // TJK's acknowledgement, signed at NOW + 7, is its first receipt, and arrives at NOW + 95.
-        let tjk = Receipt {
-            version: PROTOCOL_VERSION,
-            recipient: pid("TJK"),
-            kind: ack(),
-            created_at_ms: NOW + 7,
-            items: vec![item.clone()],
-        };
-        let tjk = Signed::sign(&tjk, &SigningKey::from_bytes(&[5; 32])).unwrap();
-        let tjk = tjk.verify_with(&tjk.key()).unwrap();
+        let tjk = receipt_of("TJK", 5, NOW + 7, ack(), item.clone());
         store.store_forwarded(&me, &[tjk], NOW + 95).unwrap();
         type Times = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
         let times = |store: &NodeStore| -> Vec<Times> {
@@ -3613,10 +3612,7 @@ mod tests {
             };
             kgz_receipt(NOW, kind, item)
         };
-        let ack = ReceiptKind::Acknowledged {
-            officer: "Duty officer".into(),
-            note: None,
-        };
+        let ack = duty_ack();
         // KGZ, genuinely, receipts content that is not what KAZ signed (a relay altered it
         // and KGZ quarantined it): stored as received, recorded as nothing. Its
         // acknowledgement of that content tells nothing more of it, and is not kept: one
@@ -3690,8 +3686,8 @@ mod tests {
         assert_eq!(store.receipts_in().unwrap().len(), held);
     }
 
-    /// A receipt signed by `who` (key seed `seed`) at `at`, naming `id` (sent by `me`) with
-    /// `digest`.
+    /// A delivered receipt signed by `who` (key seed `seed`) at `at`, naming `id` (sent by
+    /// `me`) with `digest`.
     fn receipt_by(
         who: &str,
         seed: u8,
@@ -3700,19 +3696,12 @@ mod tests {
         id: MessageId,
         digest: Digest,
     ) -> Verified<Receipt> {
-        let r = Receipt {
-            version: PROTOCOL_VERSION,
-            recipient: pid(who),
-            kind: ReceiptKind::Delivered,
-            created_at_ms: at,
-            items: vec![ReceiptItem {
-                id,
-                sender: me.clone(),
-                digest,
-            }],
+        let item = ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest,
         };
-        let signed = Signed::sign(&r, &SigningKey::from_bytes(&[seed; 32])).unwrap();
-        signed.verify_with(&signed.key()).unwrap()
+        receipt_of(who, seed, at, ReceiptKind::Delivered, item)
     }
 
     /// Kept as the first evidence of other content under `id`, from its signer.
@@ -3764,11 +3753,7 @@ mod tests {
                 sender: me.clone(),
                 digest: made_up(7),
             };
-            let kind = ReceiptKind::Acknowledged {
-                officer: "Duty officer".into(),
-                note: None,
-            };
-            kgz_receipt(NOW + 2, kind, item)
+            kgz_receipt(NOW + 2, duty_ack(), item)
         };
         for r in [kgz(NOW + 1, made_up(8)), kgz(NOW + 1, made_up(7)), ack] {
             assert_eq!(forward(&mut store, &[r]), [REDUNDANT]);

@@ -58,6 +58,17 @@ fn node_text(fingerprint: &str) -> String {
     )
 }
 
+/// A roster key made in `dir/keys` and the CICA roster signed with it
+/// ([`sign_cica_roster`]): the keys' directory and the roster key's public half.
+fn roster_key_and_cica_roster(dir: &Path) -> (PathBuf, String) {
+    let keys = dir.join("keys");
+    let out = hotline(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
+    assert!(out.status.success(), "{out:?}");
+    let roster_key = String::from_utf8(out.stdout).expect("UTF-8");
+    sign_cica_roster(dir, &keys);
+    (keys, roster_key.trim().to_owned())
+}
+
 /// Signs the CICA roster template into `dir/roster.signed` with `keys/ROSTER.key`,
 /// generating the participants' keys in `keys` (`dir/draft.toml` is the draft).
 fn sign_cica_roster(dir: &Path, keys: &Path) {
@@ -488,12 +499,8 @@ fn set_mode(path: &Path, mode: u32) {
 fn a_node_is_checked_against_the_newer_roster_its_store_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let keys = d.join("keys");
-    let out = hotline(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
-    assert!(out.status.success(), "{out:?}");
-    let roster_key = String::from_utf8(out.stdout).expect("UTF-8");
-    let roster_key = roster_key.trim();
-    sign_cica_roster(d, &keys);
+    let (keys, roster_key) = roster_key_and_cica_roster(d);
+    let roster_key = roster_key.as_str();
     std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
     set_mode(&d.join("KAZ.key"), 0o600);
     let node = d.join("node.toml");
@@ -582,14 +589,10 @@ fn a_node_is_checked_against_the_newer_roster_its_store_holds() {
 fn a_store_the_service_would_refuse_at_start_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let keys = d.join("keys");
-    let out = hotline(&["keygen", "--id", "ROSTER", "--out", s(&keys)]);
-    assert!(out.status.success(), "{out:?}");
-    let roster_key = String::from_utf8(out.stdout).expect("UTF-8");
-    sign_cica_roster(d, &keys);
+    let (keys, roster_key) = roster_key_and_cica_roster(d);
     std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
     set_mode(&d.join("KAZ.key"), 0o600);
-    let text = node_text(&"ab".repeat(32)).replace(KEY, roster_key.trim());
+    let text = node_text(&"ab".repeat(32)).replace(KEY, &roster_key);
     let data = d.join("data");
     std::fs::create_dir(&data).expect("data dir");
 
@@ -651,7 +654,7 @@ fn a_store_the_service_would_refuse_at_start_is_refused() {
     std::fs::create_dir(&relay_data).expect("relay data dir");
     newer(&relay_data.join("relay.db"), 1_000);
     let relay_text = relay_text()
-        .replace(KEY, roster_key.trim())
+        .replace(KEY, &roster_key)
         .replace("data_dir = \"data\"", "data_dir = \"relay-data\"");
     let err = refused(d, "relay.toml", &relay_text);
     assert!(
