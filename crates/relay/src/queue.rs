@@ -60,8 +60,8 @@ impl Positions {
     fn push(&mut self, rseq: i64) {
         match self.live.back() {
             Some(last) if *last >= rseq => {
-                // A put-back (a failed commit): still in `live` if it was removed from behind
-                // the front, otherwise put in its place.
+                // A put-back (a failed commit): still in `live` if it was marked removed
+                // from the middle, otherwise put back in its place.
                 if !self.gone.remove(&rseq) {
                     if let Err(i) = self.live.binary_search(&rseq) {
                         self.live.insert(i, rseq);
