@@ -176,14 +176,21 @@ impl Proc {
             let reaped = reaped.clone();
             move || {
                 let child = rustix::process::Pid::from_child(&me.child);
-                let exited = loop {
-                    match rustix::process::waitid(
-                        rustix::process::WaitId::Pid(child),
-                        rustix::process::WaitIdOptions::EXITED
-                            | rustix::process::WaitIdOptions::NOWAIT,
-                    ) {
-                        Err(rustix::io::Errno::INTR) => continue,
-                        other => break other.map(|_| ()),
+                // One reaped already (`exited`, `terminate`, `kill9`) has no exit left to
+                // wait for: `waitid` would fail (`ECHILD`), and `Child::wait` answers the
+                // status it kept.
+                let exited = if me.reaped {
+                    Ok(())
+                } else {
+                    loop {
+                        match rustix::process::waitid(
+                            rustix::process::WaitId::Pid(child),
+                            rustix::process::WaitIdOptions::EXITED
+                                | rustix::process::WaitIdOptions::NOWAIT,
+                        ) {
+                            Err(rustix::io::Errno::INTR) => continue,
+                            other => break other.map(|_| ()),
+                        }
                     }
                 };
                 let mut noted = lock(&reaped);
@@ -447,6 +454,29 @@ mod tests {
         assert_eq!(st.code(), Some(7));
         assert!(p.log().contains("bye"), "{}", p.log());
         assert!(p.signal("TERM").is_err(), "reaped: never signalled");
+    }
+
+    /// A child reaped already (here by `kill9`, as `exited` or `terminate` may) is waited
+    /// for as `terminate` does: its exit status as it was, not an error from `waitid`
+    /// (`ECHILD`, the pid being no child of ours any more).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reaped_child_is_waited_for_with_its_status_as_it_was() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", "exec sleep 60"],
+            tmp.path(),
+            "sh.log",
+        )
+        .expect("spawned");
+        p.kill9();
+        assert!(p.exited(), "reaped");
+        let (st, _) = p
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("its status as it was");
+        assert_eq!(st.signal(), Some(9), "{st}");
     }
 
     /// A process's log is never written through a symbolic link planted in its place.
