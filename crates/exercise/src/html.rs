@@ -96,10 +96,8 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let colours = [
         "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
     ];
-    let step = tick_step(t_max);
-    for k in 0..=(t_max / step) as u32 {
-        let t = step * f64::from(k);
-        let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#eee\"/><text x=\"{0}\" y=\"12\" text-anchor=\"middle\">{2:.0}</text>", x(t), height, t);
+    for (t, label) in ticks(t_max) {
+        let _ = write!(h, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#eee\"/><text x=\"{0}\" y=\"12\" text-anchor=\"middle\">{2}</text>", x(t), height, label);
     }
     // Each fault's line is named F1, F2… at its foot, as in the list of faults below.
     for (n, f) in r.faults.iter().enumerate() {
@@ -231,13 +229,48 @@ fn tick_step(span: f64) -> f64 {
         .unwrap_or(10.0 * base)
 }
 
+/// The timeline's ticks over `span` seconds ([`tick_step`] apart), each with its label: as
+/// many decimals as the step needs, so that a short drill's ticks (every 0.2 s or 0.5 s) are
+/// not all labelled with whole seconds (`0 0 0 1 1 1`, or `0 0 1 2 2` by rounding half to
+/// even).
+fn ticks(span: f64) -> Vec<(f64, String)> {
+    let step = tick_step(span);
+    // 0 for a step of 1 s or more, 1 for 0.1 to 0.5 s, 2 for 0.01 to 0.05 s…
+    let decimals = (-step.log10() - 1e-9).ceil().max(0.0) as usize;
+    (0..=(span / step) as u32)
+        .map(|k| {
+            let t = step * f64::from(k);
+            (t, format!("{t:.decimals$}"))
+        })
+        .collect()
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "—".into())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tick_step;
+    use super::{tick_step, ticks};
+
+    #[test]
+    fn timeline_ticks_are_labelled_with_the_seconds_they_stand_for() {
+        for span in [1.05, 4.0, 8.0, 15.0, 922.0] {
+            let ticks = ticks(span);
+            assert!(ticks.len() >= 2, "span {span}: {ticks:?}");
+            for (t, label) in &ticks {
+                let read: f64 = label.parse().expect("a number");
+                assert!((read - t).abs() < 1e-9, "span {span}: {t} labelled {label}");
+            }
+        }
+        let labels: Vec<String> = ticks(4.0).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            labels,
+            ["0.0", "0.5", "1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"]
+        );
+        let labels: Vec<String> = ticks(922.0).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(labels.last().map(String::as_str), Some("900"));
+    }
 
     #[test]
     fn timeline_ticks_fall_on_round_seconds() {
