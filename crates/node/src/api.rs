@@ -1271,7 +1271,11 @@ async fn events(
             };
             Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_millis(
+            crate::limits::EVENTS_KEEPALIVE_MS,
+        ))),
+    )
 }
 
 #[cfg(test)]

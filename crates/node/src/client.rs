@@ -1,7 +1,7 @@
 //! A small blocking client for the local API, used by the `hotline` operator commands and by
 //! the exercise harness (which drives nodes exactly as an operator would).
 
-use std::io::BufRead;
+use std::io::{BufRead, ErrorKind};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -105,12 +105,25 @@ impl ApiClient {
     /// Opens `/v1/events`: once this returns, the node has subscribed this stream, so every
     /// event from then on is in it (a caller that must not miss one opens the stream before
     /// acting). Its events, in order, until the stream ends.
+    ///
+    /// A stream that stays silent for [`crate::limits::EVENTS_SILENCE_MAX_MS`], though the
+    /// node sends a keep-alive every [`crate::limits::EVENTS_KEEPALIVE_MS`], ends with an
+    /// error: the node is frozen or its machine hung.
     pub fn events(
         &self,
+    ) -> Result<impl Iterator<Item = Result<Value, ClientError>> + use<>, ClientError> {
+        self.events_unless_silent(Duration::from_millis(crate::limits::EVENTS_SILENCE_MAX_MS))
+    }
+
+    /// [`ApiClient::events`], ending with an error after `silence` without a byte.
+    fn events_unless_silent(
+        &self,
+        silence: Duration,
     ) -> Result<impl Iterator<Item = Result<Value, ClientError>> + use<>, ClientError> {
         let url = format!("{}/v1/events", self.base);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
+            .timeout_read(silence)
             .build();
         // The node subscribes before it answers, so the answer's head means subscribed.
         let resp = agent
@@ -122,12 +135,69 @@ impl ApiClient {
                 ureq::Error::Status(status, r) => refusal(status, r),
             })?;
         let lines = std::io::BufReader::new(resp.into_reader()).lines();
-        Ok(lines.filter_map(|line| match line {
+        Ok(lines.filter_map(move |line| match line {
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                Some(Err(ClientError::Other(format!(
+                    "the node sent nothing, not even a keep-alive, for {silence:?}: it is not answering"
+                ))))
+            }
             Err(e) => Some(Err(ClientError::Other(e.to_string()))),
             Ok(line) => line
                 .strip_prefix("data:")
                 .and_then(|data| serde_json::from_str::<Value>(data.trim()).ok())
                 .map(Ok),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A node that subscribed the stream and then says nothing, not even a keep-alive (its
+    /// process frozen), ends the stream with an error rather than leaving `hotline watch`
+    /// waiting in silence for good.
+    #[test]
+    fn an_event_stream_gone_silent_ends_with_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).expect("request head");
+                head.push(byte[0]);
+            }
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                  data: {\"type\":\"relay_up\"}\n\n",
+            )
+            .expect("answer");
+            // Frozen: the connection stays open, and nothing more comes.
+            let _ = hold_rx.recv();
+        });
+        let client = ApiClient::new(&addr.to_string(), "token");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut events = client
+                .events_unless_silent(Duration::from_millis(300))
+                .expect("subscribed");
+            let first = events.next().map(|e| e.map(|v| v["type"].clone()));
+            let _ = done_tx.send((first, events.next()));
+        });
+        let (first, then) = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the silent stream ended");
+        assert_eq!(
+            first.map(|e| e.map_err(|e| e.to_string())),
+            Some(Ok(Value::from("relay_up")))
+        );
+        let e = then.expect("an item").expect_err("an error").to_string();
+        assert!(e.contains("not even a keep-alive"), "{e}");
+        drop(hold_tx);
+        server.join().expect("server");
     }
 }

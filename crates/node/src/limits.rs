@@ -166,5 +166,16 @@ pub const API_LOG_REASON_BYTES_MAX: usize = 200;
 /// Events buffered for each `/v1/events` subscriber before a slow one misses some.
 pub const EVENTS_BUFFER: usize = 1_024;
 
+/// How often the node's event stream (`/v1/events`) sends a comment line to keep it alive.
+pub const EVENTS_KEEPALIVE_MS: u64 = 15_000;
+
+/// A client of `/v1/events` that has read nothing, not even a keep-alive, for this long
+/// takes the node for gone (its process frozen, its machine hung): four keep-alives missed.
+/// Without it, `hotline watch` waited in silence for good, which an officer takes for a
+/// quiet night.
+pub const EVENTS_SILENCE_MAX_MS: u64 = 4 * EVENTS_KEEPALIVE_MS;
+
+const _: () = assert!(EVENTS_SILENCE_MAX_MS >= 2 * EVENTS_KEEPALIVE_MS);
+
 /// Length of a generated API token, in random bytes (hex-encoded in the file).
 pub const API_TOKEN_BYTES: usize = 32;
