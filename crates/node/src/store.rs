@@ -242,6 +242,7 @@ pub fn store_participant(
 
 /// What a node configured as a participant finds in its store ([`check_participant`]).
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Claim {
     /// The store records this participant: nothing to write.
     Recorded,
@@ -2061,14 +2062,19 @@ impl NodeStore {
                 for id in &rowless {
                     tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&id.0[..], r.recipient.as_str()])?;
                 }
+                // The earliest signed times over every kept receipt of what we sent, as the
+                // first open of a store computes them from `receipts_in`: this receipt's
+                // items that are not news (it is kept for another) count too.
                 let signed_acked = r.is_ack().then_some(r.created_at_ms);
+                for item in &ours {
+                    tx.prepare_cached(SIGNED_TIMES_UPSERT)?
+                        .execute(params![&item.id.0[..], r.recipient.as_str(), r.created_at_ms, signed_acked])?;
+                }
                 for id in &news.first {
                     tx.execute(
                         "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
                         params![&id.0[..], r.recipient.as_str(), now_ms],
                     )?;
-                    tx.prepare_cached(SIGNED_TIMES_UPSERT)?
-                        .execute(params![&id.0[..], r.recipient.as_str(), r.created_at_ms, signed_acked])?;
                     if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
                         tx.execute(
                             "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
@@ -3586,6 +3592,30 @@ mod tests {
             (Some(NOW + 90), Some(NOW + 1), Some(NOW + 90), Some(NOW + 5)),
             (Some(NOW + 95), Some(NOW + 7), Some(NOW + 95), Some(NOW + 7)),
         ];
+        assert_eq!(times(&store), want);
+        // A second message B, and a receipt from KGZ signed earlier than its first one
+        // (it came through another relay, late): kept as news for B, it also gives A's row
+        // its earlier signed time, as the fill below computes it.
+        let b = flash_alert(&mut store, &me, &[pid("KGZ")]);
+        let b_item = ReceiptItem {
+            id: b.decode_unverified().unwrap().id,
+            sender: me.clone(),
+            digest: b.digest(),
+        };
+        let both = Receipt {
+            version: PROTOCOL_VERSION,
+            recipient: pid("KGZ"),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: NOW,
+            items: vec![item.clone(), b_item],
+        };
+        let both = Signed::sign(&both, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let out = store
+            .store_forwarded(&me, &[both.verify_with(&both.key()).unwrap()], NOW + 99)
+            .unwrap();
+        assert!(out[0].fresh, "news for B");
+        let mut want = want;
+        want[0].1 = Some(NOW);
         assert_eq!(times(&store), want);
         // A store from before the table: learnt from its receipts when it opens.
         store
