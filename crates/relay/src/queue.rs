@@ -82,6 +82,7 @@ impl Positions {
                 }
                 self.live.pop_front();
             }
+            self.compact_if_half_gone();
             return true;
         }
         let Ok(i) = self.live.binary_search(&rseq) else {
@@ -94,14 +95,21 @@ impl Positions {
         // receipted newest first comes off the back).
         if i.min(self.live.len() - 1 - i) <= SHIFT_MAX {
             self.live.remove(i);
-            return true;
+        } else {
+            self.gone.insert(rseq);
         }
-        self.gone.insert(rseq);
+        self.compact_if_half_gone();
+        true
+    }
+
+    /// Rebuilds `live` without the marked positions once they are half of it (and at least
+    /// [`COMPACT_MIN`]): after any removal, since one at either end shortens `live` but not
+    /// `gone`.
+    fn compact_if_half_gone(&mut self) {
         if self.gone.len() >= COMPACT_MIN && self.gone.len() * 2 > self.live.len() {
             let gone = std::mem::take(&mut self.gone);
             self.live.retain(|p| !gone.contains(p));
         }
-        true
     }
 
     fn after(&self, after: i64, limit: usize) -> Vec<i64> {
@@ -273,6 +281,12 @@ mod tests {
                         }
                     }
                 }
+                if let Some(p) = ix.queues.get(&kaz) {
+                    prop_assert!(
+                        p.gone.len() < COMPACT_MIN || p.gone.len() * 2 <= p.live.len(),
+                        "{} marked of {}", p.gone.len(), p.live.len()
+                    );
+                }
                 let all: Vec<i64> = model.iter().copied().collect();
                 prop_assert_eq!(ix.after(&kaz, 0, usize::MAX), all.clone());
                 prop_assert_eq!(ix.len(&kaz), all.len());
@@ -326,6 +340,46 @@ mod tests {
             p.live.len(),
             p.gone.len()
         );
+    }
+
+    /// The marked positions stay at most half the queue after a removal at an end too,
+    /// which shortens the queue without marking: the queue holds what it is owed and not
+    /// twice that.
+    #[test]
+    fn marks_stay_at_most_half_the_queue_when_its_ends_are_taken() {
+        let kaz = pid("KAZ");
+        let mut ix = QueueIndex::default();
+        for r in 1..=20 {
+            ix.push(&kaz, r);
+        }
+        let mut q = ix.queue(&kaz).expect("queued");
+        for r in 4..=13 {
+            assert!(q.remove(r), "{r}");
+        }
+        assert_eq!(
+            (q.0.gone.len(), q.0.live.len()),
+            (10, 20),
+            "half marked, no rebuild yet"
+        );
+        assert!(q.remove(20), "from the back");
+        assert!(
+            q.0.gone.is_empty(),
+            "rebuilt: {} of {}",
+            q.0.gone.len(),
+            q.0.live.len()
+        );
+        assert_eq!(ix.after(&kaz, 0, 100), [1, 2, 3, 14, 15, 16, 17, 18, 19]);
+        // The same from the front.
+        let mut q = ix.queue(&kaz).expect("queued");
+        for r in 16..=18 {
+            assert!(q.remove(r), "{r}");
+        }
+        assert!(q.0.gone.len() * 2 <= q.0.live.len() || q.0.gone.len() < COMPACT_MIN);
+        for r in 1..=3 {
+            assert!(q.remove(r), "{r}");
+            assert!(q.0.gone.len() < COMPACT_MIN || q.0.gone.len() * 2 <= q.0.live.len());
+        }
+        assert_eq!(ix.after(&kaz, 0, 100), [14, 15, 19]);
     }
 
     #[test]
