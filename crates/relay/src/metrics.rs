@@ -161,13 +161,16 @@ impl DiskWatch {
         }
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    /// `at` as milliseconds since `epoch`, plus one (0 stands for "not running").
+    fn since(&self, at: std::time::Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// The store writer begins a group commit (its statements, then `COMMIT`).
-    pub(crate) fn commit_began(&self) {
-        self.commit_since.store(self.now(), Relaxed);
+    /// The store writer began a group commit (its statements, then `COMMIT`) at `at`, the
+    /// time it reads for the commit's duration.
+    pub(crate) fn commit_began(&self, at: std::time::Instant) {
+        self.commit_since.store(self.since(at), Relaxed);
     }
 
     /// The group commit ended, committed or not.
@@ -176,9 +179,9 @@ impl DiskWatch {
         self.failing.store(!committed, Relaxed);
     }
 
-    /// A sync of the write-ahead log begins.
-    pub(crate) fn sync_began(&self) {
-        self.sync_since.store(self.now(), Relaxed);
+    /// A sync of the write-ahead log began at `at`.
+    pub(crate) fn sync_began(&self, at: std::time::Instant) {
+        self.sync_since.store(self.since(at), Relaxed);
     }
 
     /// The sync ended, whatever its outcome (a failed one stops the relay).
@@ -195,7 +198,8 @@ impl DiskWatch {
             .filter(|t| *t > 0)
             .min();
         since.map_or(std::time::Duration::ZERO, |t| {
-            std::time::Duration::from_millis(self.now().saturating_sub(t))
+            let now = self.since(std::time::Instant::now());
+            std::time::Duration::from_millis(now.saturating_sub(t))
         })
     }
 
@@ -212,13 +216,14 @@ pub(crate) fn health_status(
     busy: std::time::Duration,
     failing: bool,
     stall_after: std::time::Duration,
-) -> (u16, &'static str) {
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
     if busy >= stall_after {
-        (503, "store_stalled")
+        (StatusCode::SERVICE_UNAVAILABLE, "store_stalled")
     } else if failing {
-        (503, "store_failing")
+        (StatusCode::SERVICE_UNAVAILABLE, "store_failing")
     } else {
-        (200, "ok")
+        (StatusCode::OK, "ok")
     }
 }
 
@@ -408,7 +413,7 @@ impl Metrics {
     /// The whole exposition.
     pub(crate) fn render(&self, sessions: &[(ParticipantId, quinn::Connection)]) -> String {
         let mut o = String::with_capacity(8 * 1024);
-        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+        let gauge = |o: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -418,13 +423,13 @@ impl Metrics {
             &mut o,
             "hotline_relay_connections",
             "Open QUIC connections.",
-            self.connections.load(Relaxed),
+            &self.connections.load(Relaxed),
         );
         gauge(
             &mut o,
             "hotline_relay_sessions",
             "Authenticated sessions.",
-            sessions.len() as u64,
+            &sessions.len(),
         );
         counter(
             &mut o,
@@ -436,7 +441,7 @@ impl Metrics {
             &mut o,
             "hotline_relay_handshakes_pending",
             "Connections admitted that have not yet authenticated (limits.handshakes_max).",
-            self.handshakes_pending.load(Relaxed),
+            &self.handshakes_pending.load(Relaxed),
         );
         let _ = writeln!(
             o,
@@ -530,22 +535,21 @@ impl Metrics {
             "hotline_relay_wal_frames",
             "Pages (4 KiB) in the store's write-ahead log when the last background checkpoint \
              began; it starts over from zero after a checkpoint that copied every page.",
-            self.wal_frames.load(Relaxed),
+            &self.wal_frames.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "# HELP hotline_relay_store_busy_seconds How long the store writer's current commit, \
-             or the current sync of its write-ahead log, has been running (0 when neither runs). \
-             Seconds mean the disk is not answering: nothing is accepted meanwhile.\n\
-             # TYPE hotline_relay_store_busy_seconds gauge\n\
-             hotline_relay_store_busy_seconds {}",
-            self.disk.busy().as_secs_f64()
+        gauge(
+            &mut o,
+            "hotline_relay_store_busy_seconds",
+            "How long the store writer's current commit, or the current sync of its write-ahead \
+             log, has been running (0 when neither runs). Seconds mean the disk is not \
+             answering: nothing is accepted meanwhile.",
+            &self.disk.busy().as_secs_f64(),
         );
         gauge(
             &mut o,
             "hotline_relay_roster_version",
             "Version of the roster in force.",
-            self.roster_version.load(Relaxed),
+            &self.roster_version.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP hotline_relay_messages_rejected_total Submissions and receipts refused, by reason.\n# TYPE hotline_relay_messages_rejected_total counter");
         for (i, c) in self.rejected.iter().enumerate() {
@@ -763,8 +767,6 @@ pub(crate) async fn serve(
                 let roster = metrics.roster_version.load(Relaxed);
                 let busy = metrics.disk.busy();
                 let (code, status) = health_status(busy, metrics.disk.failing(), stall_after);
-                let code = axum::http::StatusCode::from_u16(code)
-                    .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                 async move {
                     (
                         code,
@@ -799,20 +801,30 @@ mod tests {
     /// commit failed; a stall says so before a failure.
     #[test]
     fn health_is_unavailable_while_the_store_stalls_or_fails() {
+        use axum::http::StatusCode;
         let ms = std::time::Duration::from_millis;
         let at = ms(10_000);
-        assert_eq!(health_status(ms(0), false, at), (200, "ok"));
-        assert_eq!(health_status(ms(9_999), false, at), (200, "ok"));
-        assert_eq!(health_status(ms(10_000), false, at), (503, "store_stalled"));
-        assert_eq!(health_status(ms(0), true, at), (503, "store_failing"));
-        assert_eq!(health_status(ms(20_000), true, at), (503, "store_stalled"));
+        assert_eq!(health_status(ms(0), false, at), (StatusCode::OK, "ok"));
+        assert_eq!(health_status(ms(9_999), false, at), (StatusCode::OK, "ok"));
+        assert_eq!(
+            health_status(ms(10_000), false, at),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_stalled")
+        );
+        assert_eq!(
+            health_status(ms(0), true, at),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_failing")
+        );
+        assert_eq!(
+            health_status(ms(20_000), true, at),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_stalled")
+        );
         let d = DiskWatch::new();
         assert_eq!(d.busy(), ms(0));
-        d.commit_began();
+        d.commit_began(std::time::Instant::now());
         d.commit_ended(false);
         assert!(d.failing() && d.busy() == ms(0));
-        d.sync_began();
-        d.commit_began();
+        d.sync_began(std::time::Instant::now());
+        d.commit_began(std::time::Instant::now());
         assert!(d.busy() < ms(10_000));
         d.sync_ended();
         d.commit_ended(true);

@@ -1717,7 +1717,7 @@ impl Writer {
     /// give their own.
     fn commit_batch_at(&mut self, batch: &mut Vec<Command>, now: u64) {
         let started = std::time::Instant::now();
-        self.ctx.metrics.disk.commit_began();
+        self.ctx.metrics.disk.commit_began(started);
         let size = batch.len();
         let roster = self.ctx.roster.borrow().clone();
         let mut p = Pending {

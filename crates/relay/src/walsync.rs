@@ -210,7 +210,7 @@ impl Shared {
             return Err(e.clone());
         }
         let started = Instant::now();
-        self.metrics.disk.sync_began();
+        self.metrics.disk.sync_began(started);
         let synced = log.sync(&self.path, self.fail_after);
         self.metrics.disk.sync_ended();
         match synced {
