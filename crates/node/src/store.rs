@@ -134,9 +134,6 @@ CREATE TABLE IF NOT EXISTS receipts_in (
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
--- Per relay (its certificate's fingerprint, `NodeStore::set_relays`), the highest sequence number
--- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
--- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 -- The acknowledgement this node signed for received message `id` (a row of receipts_out),
 -- to offer it again to a relay that delivers the message again (`NodeStore::reoffer_acks`).
 -- Filled as messages are acknowledged, and from receipts_out the first time a store opens
@@ -145,6 +142,9 @@ CREATE TABLE IF NOT EXISTS acks_out (
     id BLOB PRIMARY KEY,
     digest BLOB NOT NULL
 ) WITHOUT ROWID;
+-- Per relay (its certificate's fingerprint, `NodeStore::set_relays`), the highest sequence number
+-- it has answered `Accepted`. A relay whose `Welcome.last_seq` is lower has lost messages
+-- it accepted (its store restored from a backup): `NodeStore::offer_lost` sends them again.
 CREATE TABLE IF NOT EXISTS relay_seq (
     relay TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -157,11 +157,6 @@ CREATE TABLE IF NOT EXISTS relay_slots (
     fingerprint TEXT NOT NULL,
     address TEXT NOT NULL
 );
--- That this node keeps a receipt signed by `signer` (its `Receipt.recipient`, addressed or
--- not) naming our message `id` with a digest other than that message's: the first such
--- receipt is the evidence, and later ones from that signer for that message are not kept
--- (`NodeStore::store_forwarded`). Written in the transaction that keeps the receipt, and from
--- receipts_in the first time a store opens with this table.
 -- The times signed in the receipts the matrix records (`Receipt.created_at_ms`, by the
 -- recipient's clock): the earliest receipt of either kind kept for message `id` from
 -- `recipient`, and its earliest acknowledgement. The matrix's own times are when the receipts
@@ -175,6 +170,11 @@ CREATE TABLE IF NOT EXISTS matrix_signed (
     acked_ms INTEGER,
     PRIMARY KEY (id, recipient)
 ) WITHOUT ROWID;
+-- That this node keeps a receipt signed by `signer` (its `Receipt.recipient`, addressed or
+-- not) naming our message `id` with a digest other than that message's: the first such
+-- receipt is the evidence, and later ones from that signer for that message are not kept
+-- (`NodeStore::store_forwarded`). Written in the transaction that keeps the receipt, and from
+-- receipts_in the first time a store opens with this table.
 CREATE TABLE IF NOT EXISTS mismatches (
     id BLOB NOT NULL,
     signer TEXT NOT NULL,
@@ -3122,8 +3122,6 @@ mod tests {
             .is_some());
     }
 
-    /// A relay restored from a backup says a lower last number than it had accepted: what
-    /// it accepted above that number goes back into its outbox, once.
     /// What waits for a relay stays with it when the configuration lists the relays in
     /// another order, and a relay no longer listed leaves its share to one listed for the
     /// first time. (Before, the rows were keyed by index alone: reordered relays swapped
@@ -3182,6 +3180,8 @@ mod tests {
         assert_eq!(store.outbox_len().unwrap(), 0);
     }
 
+    /// A relay restored from a backup says a lower last number than it had accepted: what
+    /// it accepted above that number goes back into its outbox, once.
     #[test]
     fn messages_a_relay_lost_go_back_into_its_outbox() {
         let dir = tempfile::tempdir().unwrap();
