@@ -29,6 +29,22 @@ pub struct Proc {
 /// error: the pipe ends at once unless a process the child started still holds it.
 const LAST_LINES_WAIT: Duration = Duration::from_secs(2);
 
+/// Waits until `child` has exited, without reaping it: its pid stays its own (a zombie)
+/// until `Child::wait` reaps it.
+fn wait_unreaped(child: &Child) -> std::io::Result<()> {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    let pid = Pid::from_child(child);
+    loop {
+        match waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(|_| ()).map_err(Into::into),
+        }
+    }
+}
+
 /// Locks `m`, taking the value even if a holder panicked.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -175,30 +191,17 @@ impl Proc {
         let task = tokio::task::spawn_blocking({
             let reaped = reaped.clone();
             move || {
-                let child = rustix::process::Pid::from_child(&me.child);
                 // One reaped already (`exited`, `terminate`, `kill9`) has no exit left to
                 // wait for: `waitid` would fail (`ECHILD`), and `Child::wait` answers the
                 // status it kept.
                 let exited = if me.reaped {
                     Ok(())
                 } else {
-                    loop {
-                        match rustix::process::waitid(
-                            rustix::process::WaitId::Pid(child),
-                            rustix::process::WaitIdOptions::EXITED
-                                | rustix::process::WaitIdOptions::NOWAIT,
-                        ) {
-                            Err(rustix::io::Errno::INTR) => continue,
-                            other => break other.map(|_| ()),
-                        }
-                    }
+                    wait_unreaped(&me.child)
                 };
                 let mut noted = lock(&reaped);
                 *noted = true;
-                let st = match exited {
-                    Ok(()) => me.child.wait(),
-                    Err(e) => Err(e.into()),
-                };
+                let st = exited.and_then(|()| me.child.wait());
                 drop(noted);
                 me.reaped = true;
                 (st, me)
