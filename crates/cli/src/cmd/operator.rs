@@ -454,8 +454,7 @@ fn matrix_text(m: &Value) -> String {
             };
             if signed <= by && arrived > by {
                 out.push_str(&format!(
-                    "
-{} acknowledged at {} by its own clock, before the deadline; its \
+                    "\n{} acknowledged at {} by its own clock, before the deadline; its \
                      acknowledgement reached this node at {}, after it",
                     r["recipient"].as_str().unwrap_or(""),
                     ts(&r["acked_signed_at_ms"]),
