@@ -24,7 +24,8 @@ use hotline_store::{Journal, StoreError};
 /// What an answer from a relay was to this node's records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answered {
-    /// The first such answer from that relay (or the message's first acceptance): recorded.
+    /// The first such answer from that relay, the message's first acceptance, or one naming
+    /// recipients no relay had named: recorded.
     New,
     /// That relay had answered it before (a resubmission's answer): nothing changed.
     Again,
@@ -41,16 +42,26 @@ const NEVER_PAGES: i64 = i64::MAX;
 
 /// The schema version this code writes (`PRAGMA user_version`).
 ///
-/// Version 1 is the schema below, with its one-time fills (`answers`, `acks_out`,
-/// `mismatches`) done. Stores from before the version existed record 0, as does a new
-/// file: [`NodeStore::open`] brings either to 1 by the same `CREATE TABLE IF NOT EXISTS`
-/// and fills, and sets the version in the transaction that commits them, so that a store
-/// recording 1 has them all. A later release that changes the schema raises this and
-/// migrates from the version it finds, as the relay does (`hotline_relay::store`); and a
-/// store recording a version above this one was written by a newer node, whose schema this
-/// code does not know: it is refused ([`check_schema_version`]) before anything in it is
-/// changed, rather than run on tables this node would misread or leave half-kept.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 1 is the schema with its one-time fills (`answers`, `acks_out`, `mismatches`)
+/// done. Version 2 adds `matrix_signed` (the times signed in receipts) and the journal's
+/// `message.recipients.added`: a version-1 node would open such a store and keep neither
+/// up to date (a rollback that kept the store), so the version is raised for it to refuse
+/// the store instead, and a store found at a version below 2 has `matrix_signed` filled
+/// again from every kept receipt, whatever it already holds (a store a version-1 node wrote
+/// after an earlier build of this one made the table is complete again).
+///
+/// Stores from before the version existed record 0, as does a new file: [`NodeStore::open`]
+/// brings any older store to this version by the same `CREATE TABLE IF NOT EXISTS` and
+/// fills, and sets the version in the transaction that commits them, so that a store
+/// recording a version has all that version's tables filled. A store recording a version
+/// above this one was written by a newer node, whose schema this code does not know: it is
+/// refused ([`check_schema_version`]) before anything in it is changed, rather than run on
+/// tables this node would misread or leave half-kept. A later release that adds a table
+/// derived from what the store holds, or a record an older node would not keep, raises this.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The first schema version whose nodes keep `matrix_signed`.
+const SIGNED_TIMES_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -1084,7 +1095,12 @@ impl NodeStore {
             }
             index_stored_mismatches(&tx)?;
         }
-        if !signed_times_indexed {
+        if signed_times_indexed && version < SIGNED_TIMES_VERSION {
+            // Made by an earlier build of this version but stamped with the older one, so a
+            // node that does not keep it may have written since: filled again from scratch.
+            tx.execute("DELETE FROM matrix_signed", [])?;
+        }
+        if !signed_times_indexed || version < SIGNED_TIMES_VERSION {
             index_stored_signed_times(&tx)?;
         }
         if version < SCHEMA_VERSION {
@@ -1546,7 +1562,10 @@ impl NodeStore {
             } else if !added.is_empty() {
                 j.append(tx, now_ms, "message.recipients.added", &a.id.to_string(), added.join(",").as_bytes())?;
             }
-            Ok(if n > 0 || first > 0 { Answered::New } else { Answered::Again })
+            // News if it took the message off this relay's outbox, was its first acceptance,
+            // or named a recipient no relay had named (a relay with no outbox row for it:
+            // one added to the configuration since, whose list is news all the same).
+            Ok(if n > 0 || first > 0 || !added.is_empty() { Answered::New } else { Answered::Again })
         })
     }
 
@@ -3527,6 +3546,17 @@ mod tests {
             store.accepted(1, &second, NOW + 3).unwrap(),
             Answered::Again
         );
+        // A relay that holds no outbox row for it (a third, added to the configuration
+        // after the message was sent) answers with one more recipient: news, not a repeat.
+        assert_eq!(
+            store
+                .accepted(2, &accepted(&["KGZ", "TKM"]), NOW + 4)
+                .unwrap(),
+            Answered::New
+        );
+        let mut want = want;
+        want.insert(3, ("TKM".into(), false));
+        assert_eq!(recipients(&store), want);
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(recipients(&store), want);
@@ -3543,6 +3573,7 @@ mod tests {
             [
                 "message.sent",
                 "message.accepted",
+                "message.recipients.added",
                 "message.recipients.added"
             ]
         );
@@ -3625,6 +3656,20 @@ mod tests {
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(times(&store), want);
+        // A store a version-1 node wrote after the table was made (a rollback that kept the
+        // store): the table lacks that node's receipts, and the version says so. It is
+        // filled again, and the version raised.
+        store
+            .conn
+            .execute_batch(
+                "DELETE FROM matrix_signed WHERE recipient = 'KGZ'; PRAGMA user_version = 1",
+            )
+            .unwrap();
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(times(&store), want);
+        drop(store);
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
     }
 
     #[test]
