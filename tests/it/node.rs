@@ -170,8 +170,20 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
         .await
         .unwrap();
     assert!(!again.status.success(), "{again:?}");
+    // By whom and when, the time as people read it (RFC 3339, UTC), not milliseconds.
+    let said = again
+        .stderr
+        .split_once("already acknowledged by Duty officer at ")
+        .map(|(_, at)| at.chars().take(20).collect::<String>())
+        .unwrap_or_else(|| panic!("{}", again.stderr));
+    let shape = "dddd-dd-ddTdd:dd:ddZ";
     assert!(
-        again.stderr.contains("already acknowledged"),
+        said.len() == shape.len()
+            && said.chars().zip(shape.chars()).all(|(c, s)| if s == 'd' {
+                c.is_ascii_digit()
+            } else {
+                c == s
+            }),
         "{}",
         again.stderr
     );

@@ -8,6 +8,7 @@
 //! - [`text_file`]: bounded reads of the other text files (service configurations, API
 //!   tokens, scenarios, message bodies, TLS certificates and keys), and the relay's and
 //!   node's [`ConfigError`].
+//! - [`utc`]: how a time is written for people (RFC 3339, UTC).
 //!
 //! Every error names the file it is about. Every file is size-checked before it is read.
 
@@ -18,6 +19,7 @@ pub mod keyfile;
 pub mod limits;
 pub mod roster_file;
 pub mod text_file;
+pub mod utc;
 
 pub use atomic_file::write_new;
 pub use keyfile::{IfExists, KeyFileError};

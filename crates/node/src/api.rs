@@ -1179,7 +1179,10 @@ async fn ack(
         Ok(AckOutcome::Already(at, by)) => Err(ApiError(
             StatusCode::CONFLICT,
             "already_acknowledged",
-            format!("already acknowledged by {by} at {at}"),
+            match (by.as_str(), hotline_config::utc::format_utc(at)) {
+                ("", at) => format!("already acknowledged at {at}"),
+                (by, at) => format!("already acknowledged by {by} at {at}"),
+            },
         )),
         Ok(AckOutcome::Acked(r)) => {
             state.wake_links();

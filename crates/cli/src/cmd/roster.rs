@@ -488,7 +488,7 @@ fn show(args: ShowArgs) -> Result<()> {
         let (roster, provenance) = match &args.roster_key {
             Some(spec) => {
                 let pinned = roster_key(spec)?;
-                let v = roster_file::read_verified_roster(&args.file, &pinned)?;
+                let v = read_verified_against_flag(&args.file, &pinned)?;
                 (v.value().clone(), Provenance::Verified(pinned))
             }
             None => {
@@ -664,7 +664,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
 
 fn verify(args: VerifyArgs) -> Result<()> {
     let pinned = roster_key(&args.roster_key)?;
-    let verified = roster_file::read_verified_roster(&args.file, &pinned)?;
+    let verified = read_verified_against_flag(&args.file, &pinned)?;
     outln!(
         "OK: roster version {}, {} participants, signed by {}",
         verified.version,
@@ -672,6 +672,31 @@ fn verify(args: VerifyArgs) -> Result<()> {
         verified.signed().key()
     );
     Ok(())
+}
+
+/// A signed roster file verified against the key given with `--roster-key`. The two
+/// errors that name the pinned key say where it came from: the library's name it as a
+/// service configuration's `roster_key`, which is not what this command was given.
+fn read_verified_against_flag(
+    path: &Path,
+    pinned: &PublicKey,
+) -> Result<hotline_proto::Verified<Roster>> {
+    roster_file::read_verified_roster(path, pinned).map_err(|e| match e {
+        roster_file::RosterFileError::WrongKey {
+            path, signed_by, ..
+        } => anyhow!(
+            "{}: roster is signed by key {signed_by}, not by the key given with --roster-key",
+            path.display()
+        ),
+        roster_file::RosterFileError::PinnedSecret { path, signed_by } => anyhow!(
+            "{}: --roster-key is the SECRET seed of the key that signed this roster, not its \
+             public key {signed_by}: give the public key (the .pub file); a seed typed on a \
+             command line may be in a shell history, so change the roster key if others can \
+             read it (OPERATIONS.md 4.7)",
+            path.display()
+        ),
+        e => e.into(),
+    })
 }
 
 /// The pinned roster key from `--roster-key`.
@@ -702,18 +727,7 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
     out
 }
 
-/// `ms` since the Unix epoch as an RFC 3339 UTC timestamp, to the second
-/// (`2025-01-01T03:00:00Z`).
-pub(crate) fn format_utc(ms: u64) -> String {
-    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
-}
+pub(crate) use hotline_config::utc::format_utc;
 
 /// An RFC 3339 time (`2025-01-01T03:00:00Z`, or with an offset) as milliseconds since the
 /// Unix epoch; refused before 1970. The date and time are joined by `T`, as `format_utc`
@@ -749,13 +763,6 @@ mod tests {
         ] {
             assert!(parse_utc(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(format_utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
     }
 
     #[test]

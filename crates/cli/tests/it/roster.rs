@@ -143,6 +143,10 @@ fn create_sign_verify_and_every_flipped_byte_fails() {
         s(&t.keys.join("SEC.pub")),
     ]);
     assert!(err.contains("roster.signed"), "{err}");
+    assert!(
+        err.contains("not by the key given with --roster-key"),
+        "{err}"
+    );
 
     let original = std::fs::read(&t.signed).expect("read signed roster");
     let tampered = t.signed.with_extension("tampered");
