@@ -2465,6 +2465,77 @@ async fn deliveries_read_with_the_relays_closing_frame_are_kept() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A link can fail right after frames it has read: here a frame the node cannot decode
+/// follows a hundred deliveries and the acceptance of the node's message, all in one write,
+/// as a connection lost or closed at once (`Revoked`) follows what the relay wrote before.
+/// The node still takes what it read first, as it does before a closing `Error` frame: it
+/// stores the deliveries and records the acceptance, then ends the link. It dropped the
+/// whole batch read with the failure, so its officer saw the message as queued, not
+/// accepted, for as long as that relay did not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_read_before_a_link_fails_are_taken() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+
+    let net = net();
+    let (mut relay, mut kgz) = net.node_with_impostor("KGZ").await.unwrap();
+    let mut events = kgz.events().await.unwrap();
+    let id = kgz
+        .send("KAZ", "Answered just before the link fails", &[])
+        .await
+        .unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s.decode_unverified().unwrap().id;
+        }
+    };
+    assert_eq!(submitted.to_string(), id);
+    let mut frames = Vec::new();
+    let mut ids = Vec::new();
+    for seq in 1..=100 {
+        let env = flash_to_kgz("KAZ", seq, &format!("Before the failure, {seq}"), "Body.");
+        ids.push(env.id.to_string());
+        frames.push(RelayToNode::Deliver(
+            Signed::sign(&env, &net.key("KAZ")).unwrap(),
+        ));
+    }
+    frames.push(RelayToNode::Accepted(Accepted {
+        id: submitted,
+        recipients: vec![pid("KAZ")],
+        accepted_at_ms: now_ms(),
+    }));
+    let mut buf = Vec::new();
+    for f in &frames {
+        buf.extend(hotline_proto::frame::encode_frame(f).unwrap());
+    }
+    // A frame of 16 bytes that decode as nothing.
+    buf.extend(16u32.to_le_bytes());
+    buf.extend([0xFF; 16]);
+    relay.writer.write_raw(&buf).await.unwrap();
+
+    let lost = kgz.proc.wait_line(&["relay link lost"]).await.unwrap();
+    assert!(lost.contains("decode"), "{lost}");
+    // The acceptance, and each delivery, in whatever order they are told.
+    let mut waiting: BTreeSet<(String, String)> = ids
+        .iter()
+        .map(|m| ("message_received".to_owned(), m.clone()))
+        .collect();
+    waiting.insert(("accepted".to_owned(), id.clone()));
+    let what = "accepted and message_received";
+    events
+        .wait_for(what, |e| {
+            let told = (e["type"].as_str(), e["id"].as_str());
+            if let (Some(t), Some(m)) = told {
+                waiting.remove(&(t.to_owned(), m.to_owned()));
+            }
+            waiting.is_empty()
+        })
+        .await
+        .unwrap();
+    let shown = kgz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(shown["state"], "accepted", "{shown}");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// The quarantine is bounded (`quarantine_max_bytes`): once full, a delivery failing its
 /// checks is neither stored nor receipted, so the relay keeps it; the operator sees the
 /// quarantine full, discards what is held (`hotline discard`, by the digest's start), and the

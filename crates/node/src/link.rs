@@ -469,13 +469,31 @@ async fn serve(
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
                 let mut batch = VecDeque::from([first?]);
+                // The reader's failure (a frame that does not decode, the connection lost)
+                // comes after the frames it read before it: those are taken first, as
+                // before a closing `Error` frame, and the link ends after them. Dropped
+                // with the failure, answers read before it were learnt only at the next
+                // connection, which a relay gone for good never makes.
+                let mut failed = None;
                 while batch.len() < RECEIPT_BATCH_MAX {
                     match rx.try_recv() {
-                        Ok(f) => batch.push_back(f?),
+                        Ok(Ok(f)) => batch.push_back(f),
+                        Ok(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
-                let retries = link.handle(batch).await?;
+                let handled = link.handle(batch).await;
+                if let Some(e) = failed {
+                    // Why the link ended, rather than a write failing on it since.
+                    if let Err(after) = handled {
+                        debug!(relay = idx, error = %after, "after the link failed");
+                    }
+                    return Err(e);
+                }
+                let retries = handled?;
                 if !retries.is_empty() {
                     retry_ids.extend(retries.messages);
                     retry_receipts.extend(retries.receipts);
