@@ -13,3 +13,4 @@ mod netns;
 mod node;
 mod relay;
 mod relay_process;
+mod upgrade;

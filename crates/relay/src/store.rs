@@ -55,7 +55,7 @@ const READERS: usize = 4;
 /// version 3 relay from before `acks` could open a store that has it and store
 /// acknowledgements without recording them, so each would count as news once more; from
 /// version 4 such a relay refuses the store, and the move from 3 fills `acks` again.
-const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
 /// a committed position is never reused, so committed positions only grow; a failed
