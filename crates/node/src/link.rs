@@ -463,6 +463,12 @@ async fn serve(
             _ = tokio::time::sleep_until(receipt_due.unwrap_or(now)), if receipt_due.is_some() => {
                 link.send_receipt().await?;
             }
+            // Something new to send (composed message or acknowledgement): before the
+            // frames from the relay, which after a long absence can keep coming for seconds
+            // (a backlog of deliveries), so that an officer's message or acknowledgement
+            // does not wait for the backlog. A notification comes only when something was
+            // composed, so this cannot keep the frames waiting in turn.
+            _ = wake.notified() => link.pump().await?,
             // Frames from the relay, batched while more are already waiting.
             f = rx.recv() => {
                 let Some(first) = f else {
@@ -500,8 +506,6 @@ async fn serve(
                     retry_at.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(RETRY_AFTER_MS));
                 }
             }
-            // Something new to send (composed message or acknowledgement).
-            _ = wake.notified() => link.pump().await?,
             // A link that has heard nothing lately: ping the relay (see `SILENT_LINK_MS`).
             _ = tokio::time::sleep_until(silence_check) => {
                 silence_check = tokio::time::Instant::now() + Duration::from_millis(SILENT_PING_MS);
