@@ -185,15 +185,16 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
             "{r}"
         );
     }
-    // KGZ's reply is still an answer to M1, on both sides.
-    assert!(
-        listed(&kaz.cli_json(&["inbox"]).await?, &m4).is_some(),
-        "KAZ kept M4"
-    );
-    assert!(
-        row(&sent, "KGZ")["answered_at_ms"].as_u64().is_some(),
-        "{sent}"
-    );
+    // KGZ's reply is still an answer to M1 (from a build that had replies: M4 is empty
+    // otherwise).
+    if !m4.is_empty() {
+        let inbox = kaz.cli_json(&["inbox"]).await?;
+        assert!(listed(&inbox, &m4).is_some(), "KAZ kept M4");
+        assert!(
+            row(&sent, "KGZ")["answered_at_ms"].as_u64().is_some(),
+            "{sent}"
+        );
+    }
 
     // M3, delivered and not acknowledged before: KGZ acknowledges it now, and KAZ hears.
     let m3_before = kaz.cli_json(&["show", &m3]).await?;
