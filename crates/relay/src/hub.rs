@@ -206,21 +206,35 @@ impl Hub {
 
     /// Registers a session; closes an earlier one of the same participant as superseded.
     /// The new mailbox starts flagged, so the session's first take reads the store.
+    ///
+    /// The newest connection wins (PROTOCOL.md 6.4), by `conn_id` (connections are numbered
+    /// as they are accepted), not by which session registers last: a login can finish after
+    /// a newer one of the same participant (its read of the last sequence number waited on
+    /// a busy disk, and its node, tired of waiting for `Welcome`, connected again). `None`:
+    /// a newer connection is registered, which is left alone; this session is the
+    /// superseded one and must end.
     pub(crate) fn register(
         &self,
         participant: &ParticipantId,
         conn_id: u64,
         conn: quinn::Connection,
-    ) -> Arc<Mailbox> {
+    ) -> Option<Arc<Mailbox>> {
         let mailbox = Arc::new(Mailbox::new(self.lane_cap));
-        let old = self.lock().insert(
-            participant.clone(),
-            Entry {
-                conn_id,
-                conn,
-                mailbox: mailbox.clone(),
-            },
-        );
+        let old = {
+            let mut map = self.lock();
+            if let Some(newer) = map.get(participant).filter(|e| e.conn_id > conn_id) {
+                tracing::info!(peer = %participant, old = conn_id, new = newer.conn_id, "session superseded: a newer connection logged in first");
+                return None;
+            }
+            map.insert(
+                participant.clone(),
+                Entry {
+                    conn_id,
+                    conn,
+                    mailbox: mailbox.clone(),
+                },
+            )
+        };
         if let Some(old) = old {
             tracing::info!(peer = %participant, old = old.conn_id, new = conn_id, "session superseded");
             old.conn.close(
@@ -228,7 +242,7 @@ impl Hub {
                 b"another connection authenticated as this participant",
             );
         }
-        mailbox
+        Some(mailbox)
     }
 
     /// Closes `participant`'s session, if one is registered (code `Normal`, with `reason`):
@@ -407,6 +421,63 @@ mod tests {
             assert!(l.push(&posted(p), None, CAP3));
         }
         assert_eq!(items(l.take(0, 10)), vec![1, 2, 3]);
+    }
+
+    /// Connections to a loopback endpoint, as the relay holds them, in the order they were
+    /// made; with the endpoints, which must outlive them.
+    async fn connections(n: usize) -> (Vec<quinn::Endpoint>, Vec<quinn::Connection>) {
+        use hotline_net::transport::{client_endpoint, server_endpoint, TransportLimits};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = hotline_net::tls::write_self_signed(&cert, &key).expect("certificate");
+        let identity = hotline_net::RelayIdentity::load(&cert, &key).expect("identity");
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().expect("address");
+        let server = server_endpoint(local, &identity, &limits).expect("server");
+        let addr = server.local_addr().expect("bound");
+        let client = client_endpoint(local, vec![fp], &limits).expect("client");
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let wait = std::time::Duration::from_secs(10);
+            let (made, accepted) = tokio::join!(hotline_net::connect(&client, addr, wait), async {
+                server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("accepted")
+            });
+            made.expect("connected");
+            conns.push(accepted);
+        }
+        (vec![server, client], conns)
+    }
+
+    /// A login whose session registers late (its last sequence number was slow to read, and
+    /// its node, tired of waiting for `Welcome`, connected again) must not close the newer
+    /// connection that has meanwhile logged in and is being served: the newest connection
+    /// wins (PROTOCOL.md 6.4). The late, older one is the one superseded. (Before, the late
+    /// registration closed the live connection as `Superseded`: its node waited 10 s and
+    /// reported another instance holding its identity.)
+    #[tokio::test]
+    async fn an_older_connection_registering_late_does_not_supersede_a_newer_one() {
+        let (_endpoints, conns) = connections(2).await;
+        let (older, newer) = (&conns[0], &conns[1]);
+        let hub = Hub::new(CAP8);
+        let kaz = ParticipantId::new("KAZ").expect("participant id");
+        assert!(hub.register(&kaz, 2, newer.clone()).is_some());
+        let late = hub.register(&kaz, 1, older.clone());
+        assert!(
+            newer.close_reason().is_none(),
+            "the newer connection was closed: {:?}",
+            newer.close_reason()
+        );
+        assert!(
+            late.is_none(),
+            "the older connection, registering late, is the one superseded"
+        );
+        assert!(!hub.unregister(&kaz, 1), "the older one is not registered");
+        assert!(hub.unregister(&kaz, 2), "the newer one stays registered");
     }
 
     #[test]
