@@ -13,6 +13,7 @@
 //! same participant supersedes the first.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hotline_proto::frame::ErrorCode;
@@ -41,6 +42,13 @@ pub(crate) struct Posted {
 /// When the lane overflows it is emptied and `overflowed` set; the session clears the flag
 /// *before* reading the store again, so an item committed after that read is posted after
 /// the flag was cleared and is still in the lane.
+///
+/// The rest of the post that overflowed a lane is not placed in it, even once the session
+/// has cleared the flag: the writer holds a lane's lock only while it places one item, so a
+/// session can take between two items of one post. Had it then read the store before the
+/// batch committed, and been given the post's later items, it would have written positions
+/// above those the overflow emptied, and skipped those for good on this connection (it
+/// delivers in position order). The second post places the whole batch instead.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
     items: VecDeque<Posted>,
@@ -50,6 +58,9 @@ pub(crate) struct Lane {
     /// The highest position this lane has taken since it was last emptied by an overflow
     /// (0: none): the writer's second post of a batch is skipped up to it.
     last: i64,
+    /// The post ([`Hub::post`] numbers them from 1) during which this lane last
+    /// overflowed (0: none): the rest of that post is not placed here.
+    lost_in: u64,
 }
 
 /// How much a lane may hold before it overflows.
@@ -71,13 +82,26 @@ pub(crate) enum Take {
 
 impl Lane {
     /// Adds a copy of `p`, stamped `posted_at`, unless the lane already took its position
-    /// (then nothing is copied: most of the writer's second post); whether the session has
-    /// something new to look at (the item, or an overflow).
-    fn push(&mut self, p: &Posted, posted_at: Option<std::time::Instant>, cap: LaneCap) -> bool {
+    /// (then nothing is copied: most of the writer's second post) or overflowed earlier in
+    /// this `post`; whether the session has something new to look at (the item, or an
+    /// overflow).
+    fn push(
+        &mut self,
+        p: &Posted,
+        posted_at: Option<std::time::Instant>,
+        cap: LaneCap,
+        post: u64,
+    ) -> bool {
         if self.overflowed {
             // Already lost some: the session reads the store, which holds this one too once
             // it has committed (and the writer posts it again after the commit, in case the
             // session read the store before).
+            return false;
+        }
+        if post == self.lost_in {
+            // This post overflowed the lane, and the session has taken the overflow since:
+            // it must not get this item ahead of those the overflow emptied (see `Lane`).
+            // The batch's second post places them all, or the store holds them.
             return false;
         }
         if p.pos <= self.last {
@@ -89,6 +113,7 @@ impl Lane {
             self.overflowed = true;
             // What was emptied may not be in the store yet: take the batch's second post.
             self.last = 0;
+            self.lost_in = post;
             return true;
         }
         self.last = p.pos;
@@ -188,6 +213,8 @@ struct Entry {
 pub(crate) struct Hub {
     sessions: Mutex<HashMap<ParticipantId, Entry>>,
     lane_cap: LaneCap,
+    /// Posts made so far: each [`Hub::post`] takes the next number (see [`Lane`]).
+    posts: AtomicU64,
 }
 
 impl Hub {
@@ -196,6 +223,7 @@ impl Hub {
         Self {
             sessions: Mutex::new(HashMap::new()),
             lane_cap,
+            posts: AtomicU64::new(0),
         }
     }
 
@@ -206,21 +234,35 @@ impl Hub {
 
     /// Registers a session; closes an earlier one of the same participant as superseded.
     /// The new mailbox starts flagged, so the session's first take reads the store.
+    ///
+    /// The newest connection wins (PROTOCOL.md 6.4), by `conn_id` (connections are numbered
+    /// as they are accepted), not by which session registers last: a login can finish after
+    /// a newer one of the same participant (its read of the last sequence number waited on
+    /// a busy disk, and its node, tired of waiting for `Welcome`, connected again). `None`:
+    /// a newer connection is registered, which is left alone; this session is the
+    /// superseded one and must end.
     pub(crate) fn register(
         &self,
         participant: &ParticipantId,
         conn_id: u64,
         conn: quinn::Connection,
-    ) -> Arc<Mailbox> {
+    ) -> Option<Arc<Mailbox>> {
         let mailbox = Arc::new(Mailbox::new(self.lane_cap));
-        let old = self.lock().insert(
-            participant.clone(),
-            Entry {
-                conn_id,
-                conn,
-                mailbox: mailbox.clone(),
-            },
-        );
+        let old = {
+            let mut map = self.lock();
+            if let Some(newer) = map.get(participant).filter(|e| e.conn_id > conn_id) {
+                tracing::info!(peer = %participant, old = conn_id, new = newer.conn_id, "session superseded: a newer connection logged in first");
+                return None;
+            }
+            map.insert(
+                participant.clone(),
+                Entry {
+                    conn_id,
+                    conn,
+                    mailbox: mailbox.clone(),
+                },
+            )
+        };
         if let Some(old) = old {
             tracing::info!(peer = %participant, old = old.conn_id, new = conn_id, "session superseded");
             old.conn.close(
@@ -228,7 +270,7 @@ impl Hub {
                 b"another connection authenticated as this participant",
             );
         }
-        mailbox
+        Some(mailbox)
     }
 
     /// Closes `participant`'s session, if one is registered (code `Normal`, with `reason`):
@@ -258,6 +300,7 @@ impl Hub {
         if items.is_empty() {
             return;
         }
+        let post = self.posts.fetch_add(1, Ordering::Relaxed) + 1;
         let map = self.lock();
         let mut woken: Vec<&Arc<Mailbox>> = Vec::new();
         for (who, kind, p) in items {
@@ -268,7 +311,7 @@ impl Hub {
                     Kind::Message => &mut l.0,
                     Kind::Receipt => &mut l.1,
                 };
-                lane.push(p, Some(at), e.mailbox.cap)
+                lane.push(p, Some(at), e.mailbox.cap, post)
             };
             if news {
                 woken.push(&e.mailbox);
@@ -333,10 +376,10 @@ mod tests {
     fn a_new_lane_asks_for_a_store_read_first() {
         let mut l = Lane::default();
         l.reset();
-        l.push(&posted(5), None, CAP8);
+        l.push(&posted(5), None, CAP8, 1);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // Posted after the flag was cleared: kept.
-        l.push(&posted(6), None, CAP8);
+        l.push(&posted(6), None, CAP8, 2);
         assert_eq!(items(l.take(0, 10)), vec![6]);
     }
 
@@ -344,7 +387,7 @@ mod tests {
     fn positions_already_written_are_skipped_and_max_is_honoured() {
         let mut l = Lane::default();
         for p in 1..=6 {
-            l.push(&posted(p), None, CAP8);
+            l.push(&posted(p), None, CAP8, 1);
         }
         assert_eq!(items(l.take(3, 2)), vec![4, 5]);
         assert_eq!(items(l.take(5, 10)), vec![6]);
@@ -355,26 +398,26 @@ mod tests {
     fn overflow_empties_the_lane_and_flags_a_store_read() {
         let mut l = Lane::default();
         for p in 1..=3 {
-            l.push(&posted(p), None, CAP3);
+            l.push(&posted(p), None, CAP3, 1);
         }
-        l.push(&posted(4), None, CAP3);
-        l.push(&posted(5), None, CAP3);
+        l.push(&posted(4), None, CAP3, 1);
+        l.push(&posted(5), None, CAP3, 1);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
-        l.push(&posted(6), None, CAP3);
+        l.push(&posted(6), None, CAP3, 2);
         assert_eq!(items(l.take(5, 10)), vec![6]);
     }
 
     #[test]
     fn the_second_post_of_a_batch_adds_nothing_the_first_placed() {
         let mut l = Lane::default();
-        assert!(l.push(&posted(1), None, CAP8));
-        assert!(l.push(&posted(2), None, CAP8));
+        assert!(l.push(&posted(1), None, CAP8, 1));
+        assert!(l.push(&posted(2), None, CAP8, 1));
         assert_eq!(items(l.take(0, 1)), vec![1]);
         // After the commit: 1 was taken, 2 is waiting; neither comes twice, nor wakes.
-        assert!(!l.push(&posted(1), None, CAP8));
-        assert!(!l.push(&posted(2), None, CAP8));
+        assert!(!l.push(&posted(1), None, CAP8, 2));
+        assert!(!l.push(&posted(2), None, CAP8, 2));
         assert_eq!(items(l.take(1, 10)), vec![2]);
-        assert!(l.push(&posted(3), None, CAP8), "the next batch");
+        assert!(l.push(&posted(3), None, CAP8, 3), "the next batch");
     }
 
     #[test]
@@ -382,31 +425,124 @@ mod tests {
         // A fresh session: the first post finds the lane flagged and is dropped.
         let mut l = Lane::default();
         l.reset();
-        assert!(!l.push(&posted(7), None, CAP8));
+        assert!(!l.push(&posted(7), None, CAP8, 1));
         // The session reads the store (before the commit: 7 is not there yet).
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // After the commit, the second post places it.
-        assert!(l.push(&posted(7), None, CAP8));
+        assert!(l.push(&posted(7), None, CAP8, 2));
         assert_eq!(items(l.take(0, 10)), vec![7]);
     }
 
     #[test]
     fn a_batch_that_overflows_its_first_post_is_placed_whole_by_the_second() {
         let mut l = Lane::default();
-        assert!(l.push(&posted(1), None, CAP3));
-        assert!(l.push(&posted(2), None, CAP3));
-        assert!(l.push(&posted(3), None, CAP3));
+        assert!(l.push(&posted(1), None, CAP3, 1));
+        assert!(l.push(&posted(2), None, CAP3, 1));
+        assert!(l.push(&posted(3), None, CAP3, 1));
         assert!(
-            l.push(&posted(4), None, CAP3),
+            l.push(&posted(4), None, CAP3, 1),
             "the overflow wakes the session"
         );
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         // The store read found 1 to 3 only if they had committed; say it found none. The
         // second post of 1 to 3 (the batch that overflowed) places them again.
         for p in 1..=3 {
-            assert!(l.push(&posted(p), None, CAP3));
+            assert!(l.push(&posted(p), None, CAP3, 2));
         }
         assert_eq!(items(l.take(0, 10)), vec![1, 2, 3]);
+    }
+
+    /// Connections to a loopback endpoint, as the relay holds them, in the order they were
+    /// made; with the endpoints, which must outlive them.
+    async fn connections(n: usize) -> (Vec<quinn::Endpoint>, Vec<quinn::Connection>) {
+        use hotline_net::transport::{client_endpoint, server_endpoint, TransportLimits};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = hotline_net::tls::write_self_signed(&cert, &key).expect("certificate");
+        let identity = hotline_net::RelayIdentity::load(&cert, &key).expect("identity");
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().expect("address");
+        let server = server_endpoint(local, &identity, &limits).expect("server");
+        let addr = server.local_addr().expect("bound");
+        let client = client_endpoint(local, vec![fp], &limits).expect("client");
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let wait = std::time::Duration::from_secs(10);
+            let (made, accepted) = tokio::join!(hotline_net::connect(&client, addr, wait), async {
+                server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("accepted")
+            });
+            made.expect("connected");
+            conns.push(accepted);
+        }
+        (vec![server, client], conns)
+    }
+
+    /// A login whose session registers late (its last sequence number was slow to read, and
+    /// its node, tired of waiting for `Welcome`, connected again) must not close the newer
+    /// connection that has meanwhile logged in and is being served: the newest connection
+    /// wins (PROTOCOL.md 6.4). The late, older one is the one superseded. (Before, the late
+    /// registration closed the live connection as `Superseded`: its node waited 10 s and
+    /// reported another instance holding its identity.)
+    #[tokio::test]
+    async fn an_older_connection_registering_late_does_not_supersede_a_newer_one() {
+        let (_endpoints, conns) = connections(2).await;
+        let (older, newer) = (&conns[0], &conns[1]);
+        let hub = Hub::new(CAP8);
+        let kaz = ParticipantId::new("KAZ").expect("participant id");
+        assert!(hub.register(&kaz, 2, newer.clone()).is_some());
+        let late = hub.register(&kaz, 1, older.clone());
+        assert!(
+            newer.close_reason().is_none(),
+            "the newer connection was closed: {:?}",
+            newer.close_reason()
+        );
+        assert!(
+            late.is_none(),
+            "the older connection, registering late, is the one superseded"
+        );
+        assert!(!hub.unregister(&kaz, 1), "the older one is not registered");
+        assert!(hub.unregister(&kaz, 2), "the newer one stays registered");
+    }
+
+    /// A session may take from its mailbox between two items of one post (the writer holds
+    /// each lane's lock only while it places one item). If a batch overflowed the lane in
+    /// its first post, before its commit, and the session took meanwhile (and read the store,
+    /// where the batch is not yet), the rest of that post must not reach the session ahead
+    /// of what the overflow emptied: the session delivers in position order and skips
+    /// positions below the last it wrote, so those would never come on this connection.
+    #[test]
+    fn a_session_taking_during_a_post_that_overflows_misses_nothing_of_it() {
+        let cap = LaneCap {
+            items: 4,
+            bytes: 1 << 20,
+        };
+        let mut l = Lane::default();
+        // An earlier batch, 1 and 2, committed; the session has not taken it yet.
+        l.push(&posted(1), None, cap, 1);
+        l.push(&posted(2), None, cap, 1);
+        // The first post of the next batch, 3 to 6, before its commit: 5 overflows the lane.
+        for p in 3..=5 {
+            l.push(&posted(p), None, cap, 2);
+        }
+        // Meanwhile the session takes: it reads the store, which holds 1 and 2 but not yet
+        // the batch.
+        assert!(matches!(l.take(0, 10), Take::ReadStore));
+        let mut written = vec![1, 2];
+        // The rest of the first post, and the session takes what is there.
+        l.push(&posted(6), None, cap, 2);
+        written.extend(items(l.take(2, 10)));
+        // The commit, and the batch's second post.
+        for p in 3..=6 {
+            l.push(&posted(p), None, cap, 3);
+        }
+        let cursor = written.last().copied().unwrap_or(0);
+        written.extend(items(l.take(cursor, 10)));
+        assert_eq!(written, vec![1, 2, 3, 4, 5, 6], "every position, in order");
     }
 
     #[test]
@@ -416,13 +552,13 @@ mod tests {
             bytes: 2,
         };
         let mut l = Lane::default();
-        l.push(&posted(1), None, cap);
-        l.push(&posted(2), None, cap);
+        l.push(&posted(1), None, cap, 1);
+        l.push(&posted(2), None, cap, 1);
         assert_eq!(l.bytes, 2);
         assert_eq!(items(l.take(0, 1)), vec![1]);
         assert_eq!(l.bytes, 1, "taking releases bytes");
-        l.push(&posted(3), None, cap);
-        l.push(&posted(4), None, cap);
+        l.push(&posted(3), None, cap, 2);
+        l.push(&posted(4), None, cap, 2);
         assert!(matches!(l.take(0, 10), Take::ReadStore));
         assert_eq!(l.bytes, 0);
     }

@@ -506,7 +506,14 @@ async fn session(
         last_seq: Seq(last_seq),
         roster: (roster.version > node_roster_version).then(|| roster.signed().clone()),
     };
-    let mailbox = shared.hub.register(&me, conn_id, conn.clone());
+    let Some(mailbox) = shared.hub.register(&me, conn_id, conn.clone()) else {
+        // A newer connection of this participant logged in while this one's login was
+        // finishing: that one is served, and this one is closed as superseded.
+        return Err(End::new(
+            ErrorCode::Superseded,
+            "another connection authenticated as this participant",
+        ));
+    };
     info!(peer = %me, conn = conn_id, remote = %conn.remote_address(), "authenticated");
     let mut s = Session {
         me: me.clone(),
