@@ -500,11 +500,11 @@ async fn session(
             .read(conn_id as usize, move |r, key| r.last_seq(key, &me))
             .await?
     };
-    let roster = shared.roster.borrow().clone();
+    // Its roster is set in `run`, read where roster changes start being watched.
     let welcome = Welcome {
         relay_time_ms: crate::now_ms(),
         last_seq: Seq(last_seq),
-        roster: (roster.version > node_roster_version).then(|| roster.signed().clone()),
+        roster: None,
     };
     let Some(mailbox) = shared.hub.register(&me, conn_id, conn.clone()) else {
         // A newer connection of this participant logged in while this one's login was
@@ -535,7 +535,13 @@ async fn session(
         rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
     };
     let result = s
-        .run(reader, welcome, checked_roster, &mailbox, shutdown)
+        .run(
+            reader,
+            welcome,
+            (checked_roster, node_roster_version),
+            &mailbox,
+            shutdown,
+        )
         .await;
     let superseded = !shared.hub.unregister(&me, conn_id);
     if *shutdown.borrow() && matches!(result, Err(End(ErrorCode::GoingAway, _, Cause::Relay))) {
@@ -617,12 +623,14 @@ impl Session {
         }
     }
 
-    /// `checked_roster`: the version of the roster the node's `Hello` was checked against.
+    /// `rosters`: the version of the roster the node's `Hello` was checked against, and the
+    /// version the node said it has; `welcome` is sent with the roster in force if it is
+    /// newer than the node's.
     async fn run(
         &mut self,
         mut reader: FrameReader,
-        welcome: Welcome,
-        checked_roster: u64,
+        mut welcome: Welcome,
+        (checked_roster, node_roster_version): (u64, u64),
         mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
@@ -641,6 +649,12 @@ impl Session {
         if roster.version != checked_roster {
             self.check_listed(&roster).await?;
         }
+        // The roster `Welcome` carries is read here, after the watch is marked: read
+        // earlier, a roster reloaded in between would be sent neither in `Welcome` nor as an
+        // update (the watch has seen it), and the node would work from an older roster
+        // until the next reload or connection. One reloaded after the mark is in both,
+        // which the node takes as the same roster twice.
+        welcome.roster = (roster.version > node_roster_version).then(|| roster.signed().clone());
 
         self.write(&RelayToNode::Welcome(welcome)).await?;
         self.pump(mailbox).await?;
