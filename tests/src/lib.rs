@@ -540,11 +540,19 @@ impl Client {
 
 /// Waits until `conn` is closed and returns the hotline code the peer closed it with.
 pub async fn close_code(conn: &quinn::Connection) -> anyhow::Result<ErrorCode> {
+    Ok(close_code_and_reason(conn).await?.0)
+}
+
+/// Waits until `conn` is closed and returns the hotline code the peer closed it with, and
+/// its reason text.
+pub async fn close_code_and_reason(
+    conn: &quinn::Connection,
+) -> anyhow::Result<(ErrorCode, String)> {
     let e = tokio::time::timeout(EVENT_TIMEOUT, conn.closed())
         .await
         .map_err(|_| anyhow::anyhow!("connection still open after {EVENT_TIMEOUT:?}"))?;
     match NetError::from_connection(e) {
-        NetError::Closed { code, .. } => Ok(code),
+        NetError::Closed { code, reason } => Ok((code, reason)),
         other => bail!("connection ended without a hotline close code: {other}"),
     }
 }

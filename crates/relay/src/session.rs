@@ -605,22 +605,26 @@ struct Session {
 impl Session {
     /// Ends the session with `Revoked` unless `roster` still lists this participant, not
     /// revoked, with the key it authenticated with (7.7).
+    /// The detail says which of the three it is: a node whose key was rotated out must be
+    /// told to use its new key, not that its participant was revoked.
     async fn check_listed(&mut self, roster: &Roster) -> Result<(), End> {
-        match roster.participant(&self.me) {
-            Some(p) if !p.revoked && p.keys.contains(&self.key) => Ok(()),
-            _ => {
-                let _ = self
-                    .write(&RelayToNode::Error(ErrorFrame {
-                        code: ErrorCode::Revoked,
-                        detail: "participant revoked".into(),
-                    }))
-                    .await;
-                Err(End::new(
-                    ErrorCode::Revoked,
-                    format!("{} revoked by roster {}", self.me, roster.version),
-                ))
-            }
-        }
+        let (me, v) = (&self.me, roster.version);
+        let why = match roster.participant(me) {
+            Some(p) if !p.revoked && p.keys.contains(&self.key) => return Ok(()),
+            Some(p) if p.revoked => format!("{me} revoked by roster {v}"),
+            Some(_) => format!(
+                "{me}'s key {} is no longer listed by roster {v} (a key rotation: log in with a key the roster lists)",
+                self.key
+            ),
+            None => format!("{me} is not on roster {v}"),
+        };
+        let _ = self
+            .write(&RelayToNode::Error(ErrorFrame {
+                code: ErrorCode::Revoked,
+                detail: why.clone(),
+            }))
+            .await;
+        Err(End::new(ErrorCode::Revoked, why))
     }
 
     /// `rosters`: the version of the roster the node's `Hello` was checked against, and the
