@@ -613,8 +613,8 @@ impl Session {
             Some(p) if !p.revoked && p.keys.contains(&self.key) => return Ok(()),
             Some(p) if p.revoked => format!("{me} revoked by roster {v}"),
             Some(_) => format!(
-                "{me}'s key {} is no longer listed by roster {v} (a key rotation: log in with a key the roster lists)",
-                self.key
+                "key {} of {me} is no longer listed by roster {v} (rotated out: log in with a key the roster lists)",
+                self.key.short()
             ),
             None => format!("{me} is not on roster {v}"),
         };
