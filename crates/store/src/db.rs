@@ -372,8 +372,9 @@ pub struct Restored {
 /// refused while a relay or node runs there. The copy is read through a read-only connection
 /// (so the backup itself is never changed, nor its `-wal` ignored) into a new file in `dir`
 /// (`VACUUM INTO`, mode 0600, synced, checked as [`backup`] checks), given the owner of `dir`
-/// (the service's account, when an administrator runs this as root). Only then are the
-/// current store's files (`name`, `name-wal`, `name-shm`) renamed to `aside` (and `aside-wal`,
+/// (the service's account, when an administrator runs this as root). Only then is the
+/// current store's write-ahead log folded into its file ([`fold_in_wal`]), and its files
+/// (`name`, `name-wal`, `name-shm`) renamed to `aside` (and `aside-wal`,
 /// `aside-shm`, which SQLite opens together), never deleted, and the new file renamed to
 /// `name`; the directory is synced. `check` runs on the new file (read-only) before anything
 /// is renamed, for what this crate cannot check (a relay's or node's records against their
@@ -406,6 +407,7 @@ pub fn restore(
     let placed = (|| {
         check(&open_read_only(&incoming)?, &incoming)?;
         give_dir_owner(dir, &incoming).map_err(io(&incoming))?;
+        fold_in_wal(&dir.join(name));
         for suffix in ["", "-wal", "-shm"] {
             let from = dir.join(format!("{name}{suffix}"));
             if !from.exists() {
@@ -438,6 +440,47 @@ pub fn restore(
             let _ = std::fs::remove_file(&incoming);
             Err(e)
         }
+    }
+}
+
+/// Copies what the write-ahead log of the store at `path` holds into the store's own file
+/// and empties the log (`wal_checkpoint(TRUNCATE)`), so that the file set aside by
+/// [`restore`] is whole by itself. Its three files are renamed one at a time, and a crash
+/// between two renames (power lost, `kill -9`) would otherwise leave the set-aside file
+/// without the commits still in a log under the old name: one SQLite deletes when it
+/// finds it beside the new, empty store a service creates there, and one a second restore
+/// would set aside apart from its file. A store that cannot be checkpointed (damaged, which
+/// may be why it is being replaced) is set aside as it is, its log renamed with it as
+/// before; that is logged.
+fn fold_in_wal(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    let folded = (|| -> rusqlite::Result<(i64, i64, i64)> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    })();
+    match folded {
+        // Not busy, and every frame of the log copied (-1, -1: not in WAL mode, no log).
+        Ok((0, log, done)) if log == done => {}
+        Ok((busy, log, done)) => tracing::warn!(
+            db = %path.display(),
+            busy,
+            log,
+            done,
+            "could not fold the replaced store's write-ahead log into it; it is set aside with its log"
+        ),
+        Err(e) => tracing::warn!(
+            db = %path.display(),
+            error = %e,
+            "could not fold the replaced store's write-ahead log into it; it is set aside with its log"
+        ),
     }
 }
 
@@ -478,6 +521,44 @@ fn corrupt_or(path: &Path, e: rusqlite::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store a restore replaces is set aside whole in its own file: commits still in
+    /// its write-ahead log (its service was killed, or is an older process that never
+    /// checkpointed) are folded in before its files are renamed one by one, so a crash
+    /// between two renames cannot part them from it.
+    #[test]
+    fn a_restore_sets_the_replaced_store_aside_whole_in_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let db = data.join("x.db");
+        let schema = format!("{} CREATE TABLE t (v INTEGER);", crate::journal::SCHEMA);
+        // The copy to restore.
+        let old = open(&db, true).expect("store");
+        old.execute_batch(&schema).expect("schema");
+        drop(old);
+        let copy = dir.path().join("copy.db");
+        backup(&db, &copy).expect("backup");
+        // The store in place: three commits in its log and none in its file, its writer
+        // still open as a killed service's would have left them.
+        let current = open(&db, true).expect("store");
+        current
+            .execute_batch("PRAGMA wal_autocheckpoint = 0; INSERT INTO t VALUES (1), (2), (3);")
+            .expect("commits");
+        let restored =
+            restore(&copy, &data, "x.db", "x-replaced.db", |_, _| Ok(())).expect("restored");
+        drop(restored);
+        // The set-aside file alone, as a crash after its rename would have left it.
+        let alone = dir.path().join("alone");
+        std::fs::create_dir(&alone).expect("dir");
+        std::fs::copy(data.join("x-replaced.db"), alone.join("x.db")).expect("copy");
+        let n: i64 = open_read_only(&alone.join("x.db"))
+            .expect("set-aside file")
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 3, "the replaced store's commits are in its own file");
+        drop(current);
+    }
 
     /// One claim on a directory at a time; the next once it is dropped.
     #[test]
