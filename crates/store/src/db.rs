@@ -132,8 +132,9 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// Opens (creating if asked) a database with WAL, `synchronous=FULL`, foreign keys on and a
-/// busy timeout, and runs SQLite's quick integrity check so a damaged file is refused at
-/// start-up with its name rather than served.
+/// busy timeout. It does not check the file's integrity: a service opening its store runs
+/// [`quick_check`] next, so that a damaged file is refused at start-up with its name rather
+/// than served.
 pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {

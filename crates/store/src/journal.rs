@@ -170,18 +170,24 @@ pub fn verify(conn: &Connection) -> Result<JournalReport, StoreError> {
     let mut expected = 1u64;
     let mut last_at_ms = 0;
     while let Some(r) = rows.next()? {
-        let seq: u64 = r.get(0)?;
-        if seq != expected {
+        // Read as SQLite's integer, which `seq` (the rowid) always is: a number below 1
+        // (sorted first) is an entry out of place, named as one.
+        let seq: i64 = r.get(0)?;
+        if seq != expected as i64 {
             return Err(StoreError::JournalBroken {
                 seq: expected,
                 reason: format!("entry missing (next present entry is {seq})"),
             });
         }
-        let at_ms: u64 = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let subject: String = r.get(3)?;
-        let payload: Vec<u8> = r.get(4)?;
-        let stored: Vec<u8> = r.get(5)?;
+        let seq = expected;
+        // SQLite keeps whatever type a value was written with (the `sqlite3` shell writes a
+        // quoted value as text, into a BLOB column too): an entry edited so is altered, and
+        // named as such, not reported as a storage failure that names no entry.
+        let at_ms: u64 = column(r, 1, seq, "at_ms")?;
+        let kind: String = column(r, 2, seq, "kind")?;
+        let subject: String = column(r, 3, seq, "subject")?;
+        let payload: Vec<u8> = column(r, 4, seq, "payload")?;
+        let stored: Vec<u8> = column(r, 5, seq, "hash")?;
         let hash = chain_hash(&prev, seq, at_ms, &kind, &subject, &payload);
         if stored[..] != hash[..] {
             return Err(StoreError::JournalBroken {
@@ -199,6 +205,31 @@ pub fn verify(conn: &Connection) -> Result<JournalReport, StoreError> {
         entries: expected - 1,
         head: prev,
         last_at_ms,
+    })
+}
+
+/// Column `i` (`name`) of entry `seq` as a `T`; a value that is not one (of another type,
+/// out of range, text that is not UTF-8) breaks the entry.
+fn column<T: rusqlite::types::FromSql>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    seq: u64,
+    name: &str,
+) -> Result<T, StoreError> {
+    r.get(i).map_err(|e| match e {
+        rusqlite::Error::InvalidColumnType(_, _, found) => StoreError::JournalBroken {
+            seq,
+            reason: format!("its {name} holds a value of type {found}: the entry was altered"),
+        },
+        rusqlite::Error::IntegralValueOutOfRange(_, value) => StoreError::JournalBroken {
+            seq,
+            reason: format!("its {name} is {value}, out of range: the entry was altered"),
+        },
+        rusqlite::Error::FromSqlConversionFailure(_, _, why) => StoreError::JournalBroken {
+            seq,
+            reason: format!("its {name} does not read ({why}): the entry was altered"),
+        },
+        other => other.into(),
     })
 }
 
@@ -255,6 +286,38 @@ mod tests {
             verify(&conn),
             Err(StoreError::JournalBroken { seq: 2, .. })
         ));
+    }
+
+    /// An entry edited outside the service with a value of another type (the `sqlite3`
+    /// shell writes a quoted value as text, and a BLOB column keeps it so) is a broken
+    /// entry, named, not a storage failure that names none.
+    #[test]
+    fn an_entry_altered_to_another_type_is_named() {
+        for (seq, edit) in [
+            (2, "payload = 'forged'"),
+            (3, "hash = 'forged'"),
+            (4, "at_ms = -1"),
+            (5, "kind = x'ff'"),
+            (6, "subject = x'ff'"),
+            (1, "seq = -1"),
+        ] {
+            let (_d, mut conn) = db();
+            let mut j = Journal::load(&conn).expect("load");
+            let tx = conn.transaction().expect("tx");
+            for i in 0..6u64 {
+                j.append(&tx, 1000 + i, "message.accepted", "m", b"p")
+                    .expect("append");
+            }
+            tx.commit().expect("commit");
+            conn.execute(&format!("UPDATE journal SET {edit} WHERE seq = {seq}"), [])
+                .expect("tamper");
+            match verify(&conn) {
+                Err(StoreError::JournalBroken { seq: at, reason }) => {
+                    assert_eq!(at, seq, "{edit}: {reason}")
+                }
+                other => panic!("{edit}: expected a broken chain at {seq}, got {other:?}"),
+            }
+        }
     }
 
     #[test]
