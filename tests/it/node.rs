@@ -501,6 +501,68 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
     relay.shutdown().await;
 }
 
+/// The escalation of a drill's message says it is a drill: the `overdue` event (what the
+/// `on_overdue` hook and `hotline watch` get) carries the message's status, as
+/// `message_received` does, and the log line says it too. Without it a paging gateway, or
+/// an officer watching, was told "KGZ has not acknowledged <subject>" with nothing to tell
+/// an exercise from actual traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_exercise_message_is_escalated_as_an_exercise() {
+    let net = net();
+    let relay = net.relay().await;
+    let out = net.path().join("overdue.json");
+    let hook = format!(
+        "on_overdue = [\"sh\", \"-c\", \"cat > '{}'\"]",
+        out.display()
+    );
+    net.node_config_with(
+        "KAZ",
+        &NodeSetup {
+            hooks: Some(hook),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    net.node_config("KGZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+
+    let id = id_of(
+        &kaz.cli_json(&[
+            "send",
+            "--to",
+            "KGZ",
+            "--status",
+            "exercise",
+            "--subject",
+            "Drill: request for clarification",
+            "--respond-within",
+            "1",
+        ])
+        .await
+        .unwrap(),
+    );
+    let ev = events
+        .wait_for("overdue", |e| {
+            e["type"] == "overdue" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["status"], "exercise", "{ev}");
+    let line = kaz.proc.wait_line(&["overdue", &msg(&id)]).await.unwrap();
+    assert!(line.contains("status=Exercise"), "{line}");
+    kaz.proc
+        .wait_line(&["hook ran", "on_overdue"])
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let hooked: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(hooked["status"], "exercise", "{hooked}");
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exercise_message_is_marked_as_such() {
     let net = net();

@@ -86,6 +86,10 @@ pub enum Event {
         id: MessageId,
         /// Subject.
         subject: String,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`], so that the
+        /// escalation of a drill is never taken for actual traffic (`None` only if the
+        /// stored message does not decode).
+        status: Option<Status>,
         /// Recipients that have not acknowledged.
         recipients: Vec<ParticipantId>,
     },

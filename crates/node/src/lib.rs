@@ -672,16 +672,19 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = now_ms();
         let overdue = deadline_check.take(state.store().mark_overdue(now));
-        for (id, subject, recipients) in overdue {
+        for (id, subject, recipients, status) in overdue {
             let ids = recipients
                 .iter()
                 .map(|r| r.as_str())
                 .collect::<Vec<_>>()
                 .join(",");
-            warn!(msg = %id, subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
+            // With its status, as the arrival's line and event have it: an escalation of a
+            // drill's message must not read as one of actual traffic.
+            warn!(msg = %id, status = %status.map_or("unknown".to_owned(), |s| format!("{s:?}")), subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
             let ev = Event::Overdue {
                 id,
                 subject,
+                status,
                 recipients,
             };
             state

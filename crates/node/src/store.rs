@@ -498,6 +498,16 @@ pub struct Quarantined {
     pub received_at_ms: u64,
 }
 
+/// A sent message newly overdue ([`NodeStore::mark_overdue`]): its id, its subject, the
+/// recipients that have not acknowledged it by its respond-by time, and its status (`None`
+/// only if the stored message does not decode).
+pub type Overdue = (
+    MessageId,
+    String,
+    Vec<ParticipantId>,
+    Option<hotline_proto::Status>,
+);
+
 /// What `store_deliveries` did with one delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -2110,13 +2120,12 @@ impl NodeStore {
     }
 
     /// Sent messages whose respond-by has passed with recipients that have not
-    /// acknowledged: marks them overdue and returns (message, newly overdue recipients).
-    pub fn mark_overdue(
-        &mut self,
-        now_ms: u64,
-    ) -> Result<Vec<(MessageId, String, Vec<ParticipantId>)>, StoreError> {
+    /// acknowledged: marks them overdue and returns (message, its subject, newly overdue
+    /// recipients, its status). The status goes with the escalation so that a drill's is
+    /// never taken for actual traffic; `None` only for a stored message that does not decode.
+    pub fn mark_overdue(&mut self, now_ms: u64) -> Result<Vec<Overdue>, StoreError> {
         self.tx(|tx, j| {
-            let mut found: Vec<(MessageId, String, Vec<ParticipantId>)> = Vec::new();
+            let mut found: Vec<Overdue> = Vec::new();
             {
                 // Driven by `sent_by_respond_by`: only messages with a passed deadline are
                 // looked at, and only their newly overdue rows read the message itself.
@@ -2130,16 +2139,19 @@ impl NodeStore {
                 for row in rows {
                     let (id, rcpt, signed) = row?;
                     let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
-                    match found.iter_mut().find(|(i, _, _)| *i == id) {
-                        Some((_, _, v)) => v.push(rcpt),
+                    match found.iter_mut().find(|(i, _, _, _)| *i == id) {
+                        Some((_, _, v, _)) => v.push(rcpt),
                         None => {
-                            let subject = signed.decode_unverified().map(|e| e.subject).unwrap_or_default();
-                            found.push((id, subject, vec![rcpt]));
+                            let (subject, status) = match signed.decode_unverified() {
+                                Ok(e) => (e.subject, Some(e.status)),
+                                Err(_) => (String::new(), None),
+                            };
+                            found.push((id, subject, vec![rcpt], status));
                         }
                     }
                 }
             }
-            for (id, _, rcpts) in &found {
+            for (id, _, rcpts, _) in &found {
                 for r in rcpts {
                     tx.execute("UPDATE matrix SET overdue_at_ms = ?3 WHERE id = ?1 AND recipient = ?2", params![&id.0[..], r.as_str(), now_ms])?;
                 }
@@ -2829,6 +2841,7 @@ mod tests {
         assert_eq!(found[0].0, with);
         assert_eq!(found[0].1, "Request for clarification");
         assert_eq!(found[0].2, to.to_vec());
+        assert_eq!(found[0].3, Some(Status::Actual));
         assert!(
             store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty(),
             "once"
