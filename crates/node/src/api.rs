@@ -256,6 +256,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
     }
 }
 
+/// A path's `{id}` or `{digest}` whose refusal (escaped bytes that are not UTF-8, such as
+/// `/v1/messages/%FF`) is an [`ApiError`] in the API's own shape, `bad_request`, as
+/// [`Params`] does for query strings, rather than axum's plain text.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Segment(v)),
+            // Logged by `log_refusals`.
+            Err(e) => Err(bad("bad_request", e.body_text())),
+        }
+    }
+}
+
 fn json_rejection(e: JsonRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError(
@@ -965,7 +982,7 @@ impl DiscardRequest {
 /// when this node receipted it.
 async fn discard(
     State(state): State<St>,
-    Path(digest): Path<String>,
+    Segment(digest): Segment,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = hex::decode(&digest)
@@ -1035,7 +1052,7 @@ async fn sent_list(
     Ok(Json(out))
 }
 
-async fn show(State(state): State<St>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(State(state): State<St>, Segment(id): Segment) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
@@ -1080,7 +1097,7 @@ pub struct ReplyRequest {
 /// and its subject after "Re: ". Otherwise as `POST /v1/messages`.
 async fn reply(
     State(state): State<St>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Body(req): Body<ReplyRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id: MessageId = id
@@ -1153,7 +1170,7 @@ struct AckRequest {
 
 async fn ack(
     State(state): State<St>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Body(req): Body<AckRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
@@ -1688,6 +1705,25 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// A path whose `{id}` is escaped bytes that are not UTF-8 is refused in the API's
+    /// shape (JSON with a code), as every other bad request is, not in axum's plain text.
+    #[tokio::test]
+    async fn a_path_that_is_not_utf8_is_refused_in_the_apis_shape() {
+        async fn take(Segment(_): Segment) -> StatusCode {
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new().route("/v1/messages/{id}/ack", post(take));
+        let (base, server) = serve_on_loopback(app).await;
+        let (status, body) = post_json(format!("{base}/v1/messages/%FF/ack"), "{}".into()).await;
+        assert_eq!(status, 400, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["code"], "bad_request", "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        let (status, _) = post_json(format!("{base}/v1/messages/ab/ack"), "{}".into()).await;
+        assert_eq!(status, 204, "a UTF-8 segment is taken");
+        server.abort();
     }
 
     /// Every refusal is logged once, whoever refuses: a handler (warn, with its code), a
