@@ -3,7 +3,8 @@
 //! officer uses it. Waiting is on log lines and `/v1/events`, never on sleeps.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use hotline_e2e::*;
 use hotline_proto::{PublicKey, Role, Signed, SigningKey};
@@ -436,10 +437,9 @@ async fn an_outbox_survives_kill_9_and_each_message_arrives_exactly_once() {
     relay.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
-    let net = net();
-    let relay = net.relay().await;
+/// KAZ, whose `on_overdue` hook writes what it is given to the returned file, and KGZ, both
+/// connected to the relay at `relay`.
+async fn kaz_with_overdue_hook(net: &Net, relay: SocketAddr) -> (NodeProc, NodeProc, PathBuf) {
     let out = net.path().join("overdue.json");
     let hook = format!(
         "on_overdue = [\"sh\", \"-c\", \"cat > '{}'\"]",
@@ -449,14 +449,22 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
         "KAZ",
         &NodeSetup {
             hooks: Some(hook),
-            ..NodeSetup::relay(relay.local_addr())
+            ..NodeSetup::relay(relay)
         },
     );
-    net.node_config("KGZ", relay.local_addr());
+    net.node_config("KGZ", relay);
     let mut kaz = net.start_node("KAZ").await.unwrap();
     let mut kgz = net.start_node("KGZ").await.unwrap();
     kaz.connected().await.unwrap();
     kgz.connected().await.unwrap();
+    (kaz, kgz, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
+    let net = net();
+    let relay = net.relay().await;
+    let (mut kaz, mut kgz, out) = kaz_with_overdue_hook(&net, relay.local_addr()).await;
 
     let sent = kaz
         .cli_json(&[
@@ -510,23 +518,7 @@ async fn an_unacknowledged_message_becomes_overdue_and_runs_the_hook() {
 async fn an_overdue_exercise_message_is_escalated_as_an_exercise() {
     let net = net();
     let relay = net.relay().await;
-    let out = net.path().join("overdue.json");
-    let hook = format!(
-        "on_overdue = [\"sh\", \"-c\", \"cat > '{}'\"]",
-        out.display()
-    );
-    net.node_config_with(
-        "KAZ",
-        &NodeSetup {
-            hooks: Some(hook),
-            ..NodeSetup::relay(relay.local_addr())
-        },
-    );
-    net.node_config("KGZ", relay.local_addr());
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    let mut kgz = net.start_node("KGZ").await.unwrap();
-    kaz.connected().await.unwrap();
-    kgz.connected().await.unwrap();
+    let (mut kaz, _kgz, out) = kaz_with_overdue_hook(&net, relay.local_addr()).await;
     let mut events = kaz.events().await.unwrap();
 
     let id = id_of(
