@@ -102,11 +102,17 @@ impl Positions {
         true
     }
 
+    /// Whether the marked positions are over half of `live` (and at least
+    /// [`COMPACT_MIN`]): what a removal never leaves behind.
+    fn half_gone(&self) -> bool {
+        self.gone.len() >= COMPACT_MIN && self.gone.len() * 2 > self.live.len()
+    }
+
     /// Rebuilds `live` without the marked positions once they are half of it (and at least
     /// [`COMPACT_MIN`]): after any removal, since one at either end shortens `live` but not
     /// `gone`.
     fn compact_if_half_gone(&mut self) {
-        if self.gone.len() >= COMPACT_MIN && self.gone.len() * 2 > self.live.len() {
+        if self.half_gone() {
             let gone = std::mem::take(&mut self.gone);
             self.live.retain(|p| !gone.contains(p));
         }
@@ -282,10 +288,7 @@ mod tests {
                     }
                 }
                 if let Some(p) = ix.queues.get(&kaz) {
-                    prop_assert!(
-                        p.gone.len() < COMPACT_MIN || p.gone.len() * 2 <= p.live.len(),
-                        "{} marked of {}", p.gone.len(), p.live.len()
-                    );
+                    prop_assert!(!p.half_gone(), "{} marked of {}", p.gone.len(), p.live.len());
                 }
                 let all: Vec<i64> = model.iter().copied().collect();
                 prop_assert_eq!(ix.after(&kaz, 0, usize::MAX), all.clone());
@@ -374,10 +377,10 @@ mod tests {
         for r in 16..=18 {
             assert!(q.remove(r), "{r}");
         }
-        assert!(q.0.gone.len() * 2 <= q.0.live.len() || q.0.gone.len() < COMPACT_MIN);
+        assert!(!q.0.half_gone());
         for r in 1..=3 {
             assert!(q.remove(r), "{r}");
-            assert!(q.0.gone.len() < COMPACT_MIN || q.0.gone.len() * 2 <= q.0.live.len());
+            assert!(!q.0.half_gone());
         }
         assert_eq!(ix.after(&kaz, 0, 100), [14, 15, 19]);
     }
