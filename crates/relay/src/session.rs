@@ -538,7 +538,8 @@ async fn session(
         .run(
             reader,
             welcome,
-            (checked_roster, node_roster_version),
+            checked_roster,
+            node_roster_version,
             &mailbox,
             shutdown,
         )
@@ -605,6 +606,7 @@ struct Session {
 impl Session {
     /// Ends the session with `Revoked` unless `roster` still lists this participant, not
     /// revoked, with the key it authenticated with (7.7).
+    ///
     /// The detail says which of the three it is: a node whose key was rotated out must be
     /// told to use its new key, not that its participant was revoked.
     async fn check_listed(&mut self, roster: &Roster) -> Result<(), End> {
@@ -627,14 +629,15 @@ impl Session {
         Err(End::new(ErrorCode::Revoked, why))
     }
 
-    /// `rosters`: the version of the roster the node's `Hello` was checked against, and the
-    /// version the node said it has; `welcome` is sent with the roster in force if it is
-    /// newer than the node's.
+    /// `checked_roster`: the version of the roster the node's `Hello` was checked against;
+    /// `node_roster`: the version the node said it has. `welcome` is sent with the roster in
+    /// force if it is newer than the node's.
     async fn run(
         &mut self,
         mut reader: FrameReader,
         mut welcome: Welcome,
-        (checked_roster, node_roster_version): (u64, u64),
+        checked_roster: u64,
+        node_roster: u64,
         mailbox: &Mailbox,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
@@ -658,7 +661,7 @@ impl Session {
         // update (the watch has seen it), and the node would work from an older roster
         // until the next reload or connection. One reloaded after the mark is in both,
         // which the node takes as the same roster twice.
-        welcome.roster = (roster.version > node_roster_version).then(|| roster.signed().clone());
+        welcome.roster = (roster.version > node_roster).then(|| roster.signed().clone());
 
         self.write(&RelayToNode::Welcome(welcome)).await?;
         self.pump(mailbox).await?;
