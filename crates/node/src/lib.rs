@@ -672,7 +672,13 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = now_ms();
         let overdue = deadline_check.take(state.store().mark_overdue(now));
-        for (id, subject, recipients, status) in overdue {
+        for crate::store::Overdue {
+            id,
+            subject,
+            recipients,
+            status,
+        } in overdue
+        {
             let ids = recipients
                 .iter()
                 .map(|r| r.as_str())

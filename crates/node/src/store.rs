@@ -498,15 +498,18 @@ pub struct Quarantined {
     pub received_at_ms: u64,
 }
 
-/// A sent message newly overdue ([`NodeStore::mark_overdue`]): its id, its subject, the
-/// recipients that have not acknowledged it by its respond-by time, and its status (`None`
-/// only if the stored message does not decode).
-pub type Overdue = (
-    MessageId,
-    String,
-    Vec<ParticipantId>,
-    Option<hotline_proto::Status>,
-);
+/// A sent message newly overdue ([`NodeStore::mark_overdue`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overdue {
+    /// The message.
+    pub id: MessageId,
+    /// Its subject.
+    pub subject: String,
+    /// The recipients that have not acknowledged it by its respond-by time.
+    pub recipients: Vec<ParticipantId>,
+    /// Actual, exercise or test (`None` only if the stored message does not decode).
+    pub status: Option<hotline_proto::Status>,
+}
 
 /// What `store_deliveries` did with one delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1105,12 +1108,10 @@ impl NodeStore {
             }
             index_stored_mismatches(&tx)?;
         }
-        if signed_times_indexed && version < SIGNED_TIMES_VERSION {
-            // Made by an earlier build of this version but stamped with the older one, so a
-            // node that does not keep it may have written since: filled again from scratch.
-            tx.execute("DELETE FROM matrix_signed", [])?;
-        }
         if !signed_times_indexed || version < SIGNED_TIMES_VERSION {
+            // Filled from scratch: a table made by an earlier build but stamped with the
+            // older version may lack what a node that does not keep it wrote since.
+            tx.execute("DELETE FROM matrix_signed", [])?;
             index_stored_signed_times(&tx)?;
         }
         if version < SCHEMA_VERSION {
@@ -2120,9 +2121,9 @@ impl NodeStore {
     }
 
     /// Sent messages whose respond-by has passed with recipients that have not
-    /// acknowledged: marks them overdue and returns (message, its subject, newly overdue
-    /// recipients, its status). The status goes with the escalation so that a drill's is
-    /// never taken for actual traffic; `None` only for a stored message that does not decode.
+    /// acknowledged: marks them overdue and returns each with its newly overdue recipients.
+    /// The status goes with the escalation so that a drill's is never taken for actual
+    /// traffic.
     pub fn mark_overdue(&mut self, now_ms: u64) -> Result<Vec<Overdue>, StoreError> {
         self.tx(|tx, j| {
             let mut found: Vec<Overdue> = Vec::new();
@@ -2139,23 +2140,23 @@ impl NodeStore {
                 for row in rows {
                     let (id, rcpt, signed) = row?;
                     let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
-                    match found.iter_mut().find(|(i, _, _, _)| *i == id) {
-                        Some((_, _, v, _)) => v.push(rcpt),
+                    match found.iter_mut().find(|o| o.id == id) {
+                        Some(o) => o.recipients.push(rcpt),
                         None => {
                             let (subject, status) = match signed.decode_unverified() {
                                 Ok(e) => (e.subject, Some(e.status)),
                                 Err(_) => (String::new(), None),
                             };
-                            found.push((id, subject, vec![rcpt], status));
+                            found.push(Overdue { id, subject, recipients: vec![rcpt], status });
                         }
                     }
                 }
             }
-            for (id, _, rcpts, _) in &found {
-                for r in rcpts {
+            for Overdue { id, recipients, .. } in &found {
+                for r in recipients {
                     tx.execute("UPDATE matrix SET overdue_at_ms = ?3 WHERE id = ?1 AND recipient = ?2", params![&id.0[..], r.as_str(), now_ms])?;
                 }
-                let list = rcpts.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+                let list = recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
                 j.append(tx, now_ms, "message.overdue", &id.to_string(), list.as_bytes())?;
             }
             Ok(found)
@@ -2838,10 +2839,10 @@ mod tests {
         assert!(store.mark_overdue(NOW + EVERY - 1).unwrap().is_empty());
         let found = store.mark_overdue(NOW + EVERY).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].0, with);
-        assert_eq!(found[0].1, "Request for clarification");
-        assert_eq!(found[0].2, to.to_vec());
-        assert_eq!(found[0].3, Some(Status::Actual));
+        assert_eq!(found[0].id, with);
+        assert_eq!(found[0].subject, "Request for clarification");
+        assert_eq!(found[0].recipients, to.to_vec());
+        assert_eq!(found[0].status, Some(Status::Actual));
         assert!(
             store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty(),
             "once"
