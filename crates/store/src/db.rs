@@ -467,22 +467,13 @@ fn fold_in_wal(path: &Path) {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
     })();
-    match folded {
+    let why = match folded {
         // Not busy, and every frame of the log copied (-1, -1: not in WAL mode, no log).
-        Ok((0, log, done)) if log == done => {}
-        Ok((busy, log, done)) => tracing::warn!(
-            db = %path.display(),
-            busy,
-            log,
-            done,
-            "could not fold the replaced store's write-ahead log into it; it is set aside with its log"
-        ),
-        Err(e) => tracing::warn!(
-            db = %path.display(),
-            error = %e,
-            "could not fold the replaced store's write-ahead log into it; it is set aside with its log"
-        ),
-    }
+        Ok((0, log, done)) if log == done => return,
+        Ok((busy, log, done)) => format!("busy {busy}, {done} of {log} pages copied"),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(db = %path.display(), %why, "could not fold the replaced store's write-ahead log into it; it is set aside with its log");
 }
 
 /// Runs `PRAGMA quick_check` and reports damage naming the file.

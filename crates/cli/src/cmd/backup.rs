@@ -181,7 +181,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     })
     .with_context(|| format!("restoring {} to {}", from.display(), data.display()))?;
-    let newest = super::roster::format_utc(r.store.journal.last_at_ms);
+    let newest = hotline_config::utc::format_utc(r.store.journal.last_at_ms);
     tracing::info!(db = %current.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
     let whose = holder
         .as_ref()
@@ -252,7 +252,7 @@ fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<(
         "messages accepted since {} ({hours} h before that entry) will be delivered again: {owed} \
          deliveries to {recipients} recipient(s), so that the acknowledgements made after the \
          backup come back; nodes show nothing twice (--redeliver-hours 0: none)",
-        super::roster::format_utc(since_ms)
+        hotline_config::utc::format_utc(since_ms)
     );
     Ok(())
 }
@@ -298,7 +298,7 @@ fn write_named_copy<T>(
 /// (UTC, to the millisecond, ISO 8601's basic format). The names of one store's copies are
 /// all as long, so that they sort by time, for `--keep` as for `ls`.
 fn copy_name(store: &str, ms: u64) -> String {
-    let stamp: String = super::roster::format_utc(ms)
+    let stamp: String = hotline_config::utc::format_utc(ms)
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use hotline_config::keyfile::{self, IfExists};
 use hotline_config::roster_file::{self, role_name, Draft, DraftParticipant};
+use hotline_config::utc::format_utc;
 use hotline_proto::{ParticipantId, PublicKey, Role, Roster, Signed};
 use serde::Serialize;
 
@@ -726,8 +727,6 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
     out.push('…');
     out
 }
-
-pub(crate) use hotline_config::utc::format_utc;
 
 /// An RFC 3339 time (`2025-01-01T03:00:00Z`, or with an offset) as milliseconds since the
 /// Unix epoch; refused before 1970. The date and time are joined by `T`, as `format_utc`
