@@ -555,6 +555,104 @@ async fn an_overdue_exercise_message_is_escalated_as_an_exercise() {
     relay.shutdown().await;
 }
 
+/// An escalation whose announcement a crash cut short is announced again at the next start,
+/// flagged `recovered`. KAZ is killed (SIGKILL) after it has committed the overdue mark and
+/// emitted the event, while its `on_overdue` hook still runs: a hook that lasts as long as
+/// the node, so the kill lands before the hook ends, which is when an escalation counts as
+/// announced. Started again, KAZ logs it and runs its hook with `recovered: true`; once that
+/// hook has ended, a later start announces nothing. Before, the mark was committed with
+/// nothing left to say the escalation was still to be announced, and it never was again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start() {
+    let net = net();
+    let relay = net.relay().await;
+    let kaz_with_hook = |script: String| {
+        let hook = format!("timeout_ms = 600000\non_overdue = ['sh', '-c', '{script}']");
+        net.node_config_with(
+            "KAZ",
+            &NodeSetup {
+                hooks: Some(hook),
+                ..NodeSetup::relay(relay.local_addr())
+            },
+        )
+    };
+    // The first life's hook waits for the node's claim on its data directory, which ends
+    // with the node: it runs until the node is killed, and is not left behind.
+    let claim = net.path().join("node-KAZ").join(hotline_store::LOCK_FILE);
+    kaz_with_hook(format!("exec flock \"{}\" true", claim.display()));
+    net.node_config("KGZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+
+    let id = kaz
+        .send(
+            "KGZ",
+            "Request for clarification",
+            &["--respond-within", "1"],
+        )
+        .await
+        .unwrap();
+    let ev = events
+        .wait_for("overdue", |e| {
+            e["type"] == "overdue" && e["id"] == id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_ne!(ev["recovered"], true, "{ev}");
+    // The mark is committed before the event; the hook cannot have ended.
+    kaz.proc.kill9();
+    let line = kaz.proc.wait_line(&["overdue", &msg(&id)]).await.unwrap();
+    assert!(!line.contains("recovered=true"), "{line}");
+
+    let second = net.path().join("second.json");
+    kaz_with_hook(format!("cat > \"{}\"", second.display()));
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let line = kaz
+        .proc
+        .wait_line(&["respond-by passed", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(
+        line.contains("recovered=true") && line.contains("recipients=KGZ"),
+        "{line}"
+    );
+    kaz.proc
+        .wait_line(&["hook ran", "on_overdue"])
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&second).unwrap();
+    let hooked: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(
+        (
+            &hooked["type"],
+            &hooked["id"],
+            &hooked["recipients"],
+            &hooked["status"],
+            &hooked["recovered"]
+        ),
+        (
+            &json!("overdue"),
+            &json!(id),
+            &json!(["KGZ"]),
+            &json!("actual"),
+            &json!(true)
+        ),
+        "{hooked}"
+    );
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["overdue"], 1, "{st}");
+
+    // Its hook ended (the line is logged once that is recorded): not announced again.
+    stop_node(kaz).await;
+    let kaz = net.start_node("KAZ").await.unwrap();
+    let log = kaz.proc.log();
+    assert!(!log.contains("respond-by passed"), "{log}");
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exercise_message_is_marked_as_such() {
     let net = net();

@@ -92,6 +92,10 @@ pub enum Event {
         status: Option<Status>,
         /// Recipients that have not acknowledged.
         recipients: Vec<ParticipantId>,
+        /// Whether the escalation was made before the node last stopped and not known to be
+        /// announced (its `on_overdue` hook had not ended): the operator may or may not
+        /// have been told of it already.
+        recovered: bool,
     },
     /// A relay link came up.
     RelayUp {

@@ -38,7 +38,25 @@ impl HookRunner {
     /// Starts `cmd` (if configured) with `event` on its standard input, or queues it until
     /// a running hook ends; returns at once.
     pub fn fire(&self, name: &'static str, cmd: Option<&Vec<String>>, event: &Event) {
-        let Some(cmd) = cmd.cloned() else { return };
+        self.fire_then(name, cmd, event, || ());
+    }
+
+    /// As [`Self::fire`], and calls `ended` once the node is done with the hook: when it
+    /// has ended (succeeded, failed, could not start, or was killed at its timeout), or at
+    /// once if none is configured or it is skipped (logged). Not called if the node stops
+    /// first (the hook is killed with it): what `ended` records is then left undone, for
+    /// the next start. `ended` may run before this returns, so the caller must not hold a
+    /// lock `ended` takes.
+    pub fn fire_then(
+        &self,
+        name: &'static str,
+        cmd: Option<&Vec<String>>,
+        event: &Event,
+        ended: impl FnOnce() + Send + 'static,
+    ) {
+        let Some(cmd) = cmd.cloned() else {
+            return ended();
+        };
         let Ok(place) = self.places.clone().try_acquire_owned() else {
             error!(
                 hook = name,
@@ -46,13 +64,13 @@ impl HookRunner {
                 waiting = HOOKS_WAITING_MAX,
                 "too many hooks running and waiting: skipping this one"
             );
-            return;
+            return ended();
         };
         let json = match serde_json::to_vec(event) {
             Ok(j) => j,
             Err(e) => {
                 warn!(hook = name, error = %e, "cannot encode event for hook");
-                return;
+                return ended();
             }
         };
         let timeout = self.timeout;
@@ -63,7 +81,10 @@ impl HookRunner {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            match run(&cmd, &json, timeout).await {
+            let result = run(&cmd, &json, timeout).await;
+            // Before the line that says so: once it is logged, `ended` has run.
+            ended();
+            match result {
                 Ok(status) if status.success() => info!(hook = name, "hook ran"),
                 Ok(status) => warn!(hook = name, %status, "hook failed"),
                 Err(e) => warn!(hook = name, error = %e, "hook could not run"),

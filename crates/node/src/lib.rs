@@ -616,6 +616,18 @@ impl Node {
                 .store()
                 .mark_announced(&pending.iter().map(|e| e.id).collect::<Vec<_>>())?;
         }
+        // Escalations made just before the node last stopped may never have been announced
+        // (or their hook never ended).
+        let overdue = state.store().unannounced_overdue()?;
+        if !overdue.is_empty() {
+            warn!(
+                count = overdue.len(),
+                "announcing overdue escalations made before the node stopped"
+            );
+            for o in overdue {
+                escalate(&state, o, true);
+            }
+        }
         // A roster installed just before the node last stopped may not have been checked
         // against the quarantine yet.
         state.recheck_quarantine();
@@ -672,31 +684,8 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = now_ms();
         let overdue = deadline_check.take(state.store().mark_overdue(now));
-        for crate::store::Overdue {
-            id,
-            subject,
-            recipients,
-            status,
-        } in overdue
-        {
-            let ids = recipients
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            // With its status, as the arrival's line and event have it: an escalation of a
-            // drill's message must not read as one of actual traffic.
-            warn!(msg = %id, status = %status.map_or("unknown".to_owned(), |s| format!("{s:?}")), subject = ?subject, recipients = %ids, "respond-by passed without acknowledgement: overdue");
-            let ev = Event::Overdue {
-                id,
-                subject,
-                status,
-                recipients,
-            };
-            state
-                .hooks
-                .fire("on_overdue", state.config.hooks.on_overdue.as_ref(), &ev);
-            state.emit(ev);
+        for o in overdue {
+            escalate(&state, o, false);
         }
         let pages = paging_check.take(
             state
@@ -729,6 +718,53 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             state.emit(ev);
         }
     }
+}
+
+/// Tells the operator of an escalation ([`NodeStore::mark_overdue`]): log line,
+/// `/v1/events`, `on_overdue` hook; and records it as announced once the hook has ended
+/// (at once without one). A node stopped before that announces it again at its next start,
+/// `recovered`: the page may not have gone out, as a hook still running is killed with the
+/// node (by systemd, with the unit's processes). An operator may be told twice after a
+/// crash, never not at all.
+fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
+    let crate::store::Overdue {
+        id,
+        subject,
+        recipients,
+        status,
+    } = o;
+    let ids = recipients
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    // With its status, as the arrival's line and event have it: an escalation of a drill's
+    // message must not read as one of actual traffic.
+    warn!(msg = %id, status = %status.map_or("unknown".to_owned(), |s| format!("{s:?}")), subject = ?subject, recipients = %ids, recovered, "respond-by passed without acknowledgement: overdue");
+    let ev = Event::Overdue {
+        id,
+        subject,
+        status,
+        recipients: recipients.clone(),
+        recovered,
+    };
+    state.emit(ev.clone());
+    // Weak: a hook that outlives the node (killed at its timeout) must not keep the store
+    // open; the escalation is then announced again at the next start.
+    let node = Arc::downgrade(state);
+    let ended = move || {
+        let Some(state) = node.upgrade() else { return };
+        let recorded = state.store().overdue_announced(&id, &recipients);
+        if let Err(e) = recorded {
+            error!(msg = %id, error = %e, "cannot record an overdue escalation as announced; it will be announced again at restart");
+        }
+    };
+    state.hooks.fire_then(
+        "on_overdue",
+        state.config.hooks.on_overdue.as_ref(),
+        &ev,
+        ended,
+    );
 }
 
 /// Tells the operator of a received message: log line, `/v1/events`, paging hook.

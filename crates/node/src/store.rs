@@ -58,6 +58,15 @@ const NEVER_PAGES: i64 = i64::MAX;
 /// refused ([`check_schema_version`]) before anything in it is changed, rather than run on
 /// tables this node would misread or leave half-kept. A later release that adds a table
 /// derived from what the store holds, or a record an older node would not keep, raises this.
+///
+/// `escalated` (overdue escalations, and whether each is announced) came without a raise:
+/// nothing an older node does with such a store is worse than what it does with its own. It
+/// escalates without writing there, so its escalations are as they were before (not
+/// re-announced after a crash); an acceptance here that drops a row it marked copies the mark
+/// into the table first. It leaves an escalation this node had not finished announcing
+/// unannounced, so this node announces it once, `recovered`, at its next start (for the
+/// recipients still unacknowledged); the table is never refilled, so nothing is announced
+/// again at later starts.
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// The first schema version whose nodes keep `matrix_signed`.
@@ -114,6 +123,22 @@ CREATE INDEX IF NOT EXISTS sent_by_respond_by ON sent (respond_by_ms, id)
 -- Messages stored but not yet announced to the operator (event, log, paging hook). A node
 -- killed between storing and announcing announces them at its next start.
 CREATE TABLE IF NOT EXISTS unannounced (id BLOB PRIMARY KEY);
+-- Escalations: recipient `recipient` of our message `id` was found overdue at `at_ms`
+-- (`NodeStore::mark_overdue`, in the transaction that marks its matrix row), and whether the
+-- operator has been told (`announced`: 0 until the log line, the event and the `on_overdue`
+-- hook are done, `NodeStore::overdue_announced`). A node killed in between announces what
+-- is left at its next start (`NodeStore::unannounced_overdue`). A row stays when an
+-- acceptance's list drops the recipient's matrix row (one dropped carrying a mark an older
+-- node made is copied here then), so that a relay naming the recipient again brings back
+-- its mark and it is not escalated twice.
+CREATE TABLE IF NOT EXISTS escalated (
+    id BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    announced INTEGER NOT NULL,
+    PRIMARY KEY (id, recipient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS escalated_unannounced ON escalated (id) WHERE announced = 0;
 -- Answers: message `id` references message `ref`, one received and the other sent (a
 -- reply received to one of ours, or one of ours to a message received; message ids are
 -- unique across both). Derived from the inbox and the sent messages: filled as messages
@@ -509,6 +534,33 @@ pub struct Overdue {
     pub recipients: Vec<ParticipantId>,
     /// Actual, exercise or test (`None` only if the stored message does not decode).
     pub status: Option<hotline_proto::Status>,
+}
+
+impl Overdue {
+    /// Adds `recipient` to message `id`'s escalation in `found`, or a new escalation for it
+    /// (its subject and status read from `signed`, the message as sent).
+    fn add(
+        found: &mut Vec<Overdue>,
+        id: MessageId,
+        recipient: ParticipantId,
+        signed: &Signed<Envelope>,
+    ) {
+        match found.iter_mut().find(|o| o.id == id) {
+            Some(o) => o.recipients.push(recipient),
+            None => {
+                let (subject, status) = match signed.decode_unverified() {
+                    Ok(e) => (e.subject, Some(e.status)),
+                    Err(_) => (String::new(), None),
+                };
+                found.push(Overdue {
+                    id,
+                    subject,
+                    recipients: vec![recipient],
+                    status,
+                });
+            }
+        }
+    }
 }
 
 /// What `store_deliveries` did with one delivered message.
@@ -1555,16 +1607,26 @@ impl NodeStore {
                 // not a recipient whose receipt has come already (it has the message).
                 let placeholders = list.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",");
                 // Ids are validated `[A-Z0-9]` codes, so inlining them cannot inject SQL.
+                let dropped = format!("matrix WHERE id = ?1 AND recipient NOT IN ({placeholders}) AND delivered_at_ms IS NULL AND acked_at_ms IS NULL");
+                // A dropped row's escalation is kept (`escalated`): another relay naming the
+                // recipient brings its row back, and it must not be escalated again. This
+                // node wrote one for each it escalated; an older node, for none.
                 tx.execute(
-                    &format!("DELETE FROM matrix WHERE id = ?1 AND recipient NOT IN ({placeholders}) AND delivered_at_ms IS NULL AND acked_at_ms IS NULL"),
+                    &format!("INSERT OR IGNORE INTO escalated (id, recipient, at_ms, announced) SELECT id, recipient, overdue_at_ms, 1 FROM {dropped} AND overdue_at_ms IS NOT NULL"),
                     [&a.id.0[..]],
                 )?;
+                tx.execute(&format!("DELETE FROM {dropped}"), [&a.id.0[..]])?;
             }
             // Every relay's list is added: one whose roster resolved the audience to more
-            // recipients (a roster change in flight) delivers to them too.
+            // recipients (a roster change in flight) delivers to them too. A recipient whose
+            // row an earlier list dropped after it was escalated comes back marked overdue.
             let mut added = Vec::new();
             for r in &list {
-                if tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&a.id.0[..], r])? > 0 {
+                if tx.prepare_cached(
+                    "INSERT OR IGNORE INTO matrix (id, recipient, overdue_at_ms)
+                     VALUES (?1, ?2, (SELECT at_ms FROM escalated WHERE id = ?1 AND recipient = ?2))",
+                )?
+                .execute(params![&a.id.0[..], r])? > 0 {
                     added.push(*r);
                 }
             }
@@ -2124,40 +2186,112 @@ impl NodeStore {
     /// acknowledged: marks them overdue and returns each with its newly overdue recipients.
     /// The status goes with the escalation so that a drill's is never taken for actual
     /// traffic.
+    ///
+    /// Each recipient is escalated at most once per message: the escalation is recorded
+    /// (`escalated`) in the transaction that marks the row, as not yet announced, until
+    /// [`Self::overdue_announced`]; a row without its mark whose recipient was escalated
+    /// before (a row dropped by one relay's acceptance and brought back by another's, or
+    /// by a receipt) gets its mark back and is not returned.
     pub fn mark_overdue(&mut self, now_ms: u64) -> Result<Vec<Overdue>, StoreError> {
         self.tx(|tx, j| {
             let mut found: Vec<Overdue> = Vec::new();
+            let mut marked_before: Vec<(MessageId, String, u64)> = Vec::new();
             {
                 // Driven by `sent_by_respond_by`: only messages with a passed deadline are
                 // looked at, and only their newly overdue rows read the message itself.
                 let mut st = tx.prepare_cached(
-                    "SELECT m.id, m.recipient, s.bytes, s.key, s.sig FROM sent s JOIN matrix m ON m.id = s.id
+                    "SELECT m.id, m.recipient, s.bytes, s.key, s.sig, e.at_ms FROM sent s JOIN matrix m ON m.id = s.id
+                     LEFT JOIN escalated e ON e.id = m.id AND e.recipient = m.recipient
                      WHERE s.respond_by_ms IS NOT NULL AND s.respond_by_ms <= ?1 AND m.acked_at_ms IS NULL AND m.overdue_at_ms IS NULL",
                 )?;
                 let rows = st.query_map([now_ms], |r| {
-                    Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), r.get::<_, String>(1)?, signed_at::<Envelope>(r, 2)?))
+                    Ok((MessageId(blob_array::<16>(r.get(0)?, 0)?), r.get::<_, String>(1)?, signed_at::<Envelope>(r, 2)?, r.get::<_, Option<u64>>(5)?))
                 })?;
                 for row in rows {
-                    let (id, rcpt, signed) = row?;
-                    let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
-                    match found.iter_mut().find(|o| o.id == id) {
-                        Some(o) => o.recipients.push(rcpt),
-                        None => {
-                            let (subject, status) = match signed.decode_unverified() {
-                                Ok(e) => (e.subject, Some(e.status)),
-                                Err(_) => (String::new(), None),
-                            };
-                            found.push(Overdue { id, subject, recipients: vec![rcpt], status });
-                        }
+                    let (id, rcpt, signed, before) = row?;
+                    if let Some(at_ms) = before {
+                        marked_before.push((id, rcpt, at_ms));
+                        continue;
                     }
+                    let Ok(rcpt) = ParticipantId::new(&rcpt) else { continue };
+                    Overdue::add(&mut found, id, rcpt, &signed);
                 }
             }
+            let mut mark = tx.prepare_cached("UPDATE matrix SET overdue_at_ms = ?3 WHERE id = ?1 AND recipient = ?2")?;
+            for (id, r, at_ms) in &marked_before {
+                mark.execute(params![&id.0[..], r, at_ms])?;
+            }
+            let mut record = tx.prepare_cached(
+                "INSERT OR IGNORE INTO escalated (id, recipient, at_ms, announced) VALUES (?1, ?2, ?3, 0)",
+            )?;
             for Overdue { id, recipients, .. } in &found {
                 for r in recipients {
-                    tx.execute("UPDATE matrix SET overdue_at_ms = ?3 WHERE id = ?1 AND recipient = ?2", params![&id.0[..], r.as_str(), now_ms])?;
+                    mark.execute(params![&id.0[..], r.as_str(), now_ms])?;
+                    record.execute(params![&id.0[..], r.as_str(), now_ms])?;
                 }
                 let list = recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
                 j.append(tx, now_ms, "message.overdue", &id.to_string(), list.as_bytes())?;
+            }
+            Ok(found)
+        })
+    }
+
+    /// The operator has been told of escalation `id` for `recipients` (log line, event,
+    /// `on_overdue` hook ended): it is not announced again at the next start.
+    pub fn overdue_announced(
+        &mut self,
+        id: &MessageId,
+        recipients: &[ParticipantId],
+    ) -> Result<(), StoreError> {
+        self.tx(|tx, _| {
+            let mut st = tx.prepare_cached(
+                "UPDATE escalated SET announced = 1 WHERE id = ?1 AND recipient = ?2 AND announced = 0",
+            )?;
+            for r in recipients {
+                st.execute(params![&id.0[..], r.as_str()])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Escalations made but never announced ([`Self::mark_overdue`] without
+    /// [`Self::overdue_announced`]: the node stopped in between), oldest first, each with
+    /// its recipients that have still not acknowledged. One whose recipients have all
+    /// acknowledged since is recorded as announced instead: there is no one left to chase.
+    pub fn unannounced_overdue(&mut self) -> Result<Vec<Overdue>, StoreError> {
+        self.tx(|tx, _| {
+            let mut found: Vec<Overdue> = Vec::new();
+            let mut answered: Vec<(MessageId, String)> = Vec::new();
+            {
+                // A recipient whose row an acceptance dropped is still unacknowledged.
+                let mut st = tx.prepare(
+                    "SELECT e.id, e.recipient, m.acked_at_ms IS NOT NULL, s.bytes, s.key, s.sig
+                     FROM escalated e JOIN sent s ON s.id = e.id
+                     LEFT JOIN matrix m ON m.id = e.id AND m.recipient = e.recipient
+                     WHERE e.announced = 0 ORDER BY e.at_ms, s.seq, e.recipient",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok((
+                        MessageId(blob_array::<16>(r.get(0)?, 0)?),
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                        signed_at::<Envelope>(r, 3)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (id, rcpt, acked, signed) = row?;
+                    // One not to announce (acknowledged, or not a participant id) is done with.
+                    match ParticipantId::new(&rcpt).ok().filter(|_| !acked) {
+                        Some(recipient) => Overdue::add(&mut found, id, recipient, &signed),
+                        None => answered.push((id, rcpt)),
+                    }
+                }
+            }
+            let mut st = tx.prepare_cached(
+                "UPDATE escalated SET announced = 1 WHERE id = ?1 AND recipient = ?2",
+            )?;
+            for (id, r) in &answered {
+                st.execute(params![&id.0[..], r])?;
             }
             Ok(found)
         })
@@ -2847,6 +2981,164 @@ mod tests {
             store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty(),
             "once"
         );
+    }
+
+    /// An escalation is recorded as not yet announced in the transaction that marks it, and
+    /// stays so, across a restart, until the node records it announced: a node killed
+    /// between marking and announcing (before, the marks were committed and the
+    /// announcement lost for good) finds it at its next start. A recipient that has
+    /// acknowledged since is left out, and a row an acceptance dropped since is not.
+    #[test]
+    fn an_escalation_not_announced_before_a_restart_is_found_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let to = [pid("KGZ"), pid("TJK"), pid("UZB")];
+        let draft = Draft {
+            respond_by_ms: Some(NOW + EVERY),
+            status: Status::Exercise,
+            ..flash_draft(&to, "Request for clarification")
+        };
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let sent = store
+            .compose(&me, &key, draft, &to, 1, NOW)
+            .unwrap()
+            .unwrap();
+        let id = sent.decode_unverified().unwrap().id;
+        let found = store.mark_overdue(NOW + EVERY).unwrap();
+        let escalation = Overdue {
+            id,
+            subject: "Request for clarification".into(),
+            recipients: to.to_vec(),
+            status: Some(Status::Exercise),
+        };
+        assert_eq!(found, vec![escalation.clone()]);
+        drop(store);
+
+        // Killed before announcing: found again at each start until recorded announced.
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.unannounced_overdue().unwrap(),
+            vec![escalation.clone()]
+        );
+        assert!(store.mark_overdue(NOW + 2 * EVERY).unwrap().is_empty());
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.unannounced_overdue().unwrap(),
+            vec![escalation.clone()]
+        );
+
+        // KGZ acknowledges (late) and relay 0's list drops UZB: KGZ is left out, UZB not.
+        let item = ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest: sent.digest(),
+        };
+        let ack = kgz_receipt(NOW + 2 * EVERY, duty_ack(), item);
+        store.store_forwarded(&me, &[ack], NOW + 2 * EVERY).unwrap();
+        let a = Accepted {
+            id,
+            recipients: vec![pid("KGZ"), pid("TJK")],
+            accepted_at_ms: NOW + 2 * EVERY,
+        };
+        store.accepted(0, &a, NOW + 2 * EVERY).unwrap();
+        let rest = Overdue {
+            recipients: vec![pid("TJK"), pid("UZB")],
+            ..escalation
+        };
+        assert_eq!(store.unannounced_overdue().unwrap(), vec![rest.clone()]);
+        // UZB's delivered receipt brings its row back without the mark: the next tick puts
+        // the mark back, and does not escalate UZB again.
+        let uzb = receipt_by("UZB", 6, NOW + 3 * EVERY, &me, id, sent.digest());
+        store.store_forwarded(&me, &[uzb], NOW + 3 * EVERY).unwrap();
+        assert!(store.mark_overdue(NOW + 3 * EVERY).unwrap().is_empty());
+        let uzb_row = store.sent_message(&id).unwrap().unwrap().matrix;
+        let uzb_row = uzb_row.iter().find(|r| r.recipient == pid("UZB")).unwrap();
+        assert_eq!(uzb_row.overdue_at_ms, Some(NOW + EVERY));
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.unannounced_overdue().unwrap(), vec![rest.clone()]);
+
+        // Announced: not found again, after a restart either.
+        store.overdue_announced(&id, &rest.recipients).unwrap();
+        assert!(store.unannounced_overdue().unwrap().is_empty());
+        drop(store);
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert!(store.unannounced_overdue().unwrap().is_empty());
+        assert!(store.mark_overdue(NOW + 3 * EVERY).unwrap().is_empty());
+    }
+
+    /// A message whose respond-by passed before any relay accepted it (the node was
+    /// offline), to KGZ, TJK and UZB by this node's roster, sent through two relays whose
+    /// rosters resolve its audience differently: relay 0's to KGZ and TJK, relay 1's to KGZ,
+    /// TJK, UZB and MNG. Whichever relay accepts first, each recipient is escalated once:
+    /// UZB, escalated before the acceptances, not again when relay 0's list has dropped its
+    /// row and relay 1's names it again; MNG, named only by relay 1, once, as new. Before,
+    /// relay 0 first dropped UZB's row with its overdue mark and relay 1 added it back
+    /// without, so UZB was escalated twice.
+    #[test]
+    fn a_recipient_is_escalated_once_whatever_the_order_of_two_relays_acceptances() {
+        for relay_0_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = NodeStore::open(dir.path()).unwrap();
+            let me = pid("KAZ");
+            let expected = [pid("KGZ"), pid("TJK"), pid("UZB")];
+            let draft = Draft {
+                respond_by_ms: Some(NOW + EVERY),
+                ..flash_draft(&expected, "Request for clarification")
+            };
+            let key = SigningKey::from_bytes(&[1; 32]);
+            let sent = store.compose(&me, &key, draft, &expected, 2, NOW);
+            let id = sent.unwrap().unwrap().decode_unverified().unwrap().id;
+            let overdue = |store: &mut NodeStore, at: u64| -> Vec<String> {
+                let found = store.mark_overdue(at).unwrap();
+                assert!(found.iter().all(|o| o.id == id), "{found:?}");
+                let rs = found.iter().flat_map(|o| o.recipients.iter());
+                rs.map(|r| r.to_string()).collect()
+            };
+            assert_eq!(overdue(&mut store, NOW + EVERY), ["KGZ", "TJK", "UZB"]);
+
+            let accepted = |recipients: &[&str]| Accepted {
+                id,
+                recipients: recipients.iter().map(|r| pid(r)).collect(),
+                accepted_at_ms: NOW + 2 * EVERY,
+            };
+            let by_0 = (0, accepted(&["KGZ", "TJK"]));
+            let by_1 = (1, accepted(&["KGZ", "MNG", "TJK", "UZB"]));
+            let order = if relay_0_first {
+                [by_0, by_1]
+            } else {
+                [by_1, by_0]
+            };
+            for (relay, a) in &order {
+                assert_eq!(
+                    store.accepted(*relay, a, NOW + 2 * EVERY).unwrap(),
+                    Answered::New
+                );
+            }
+            let rows = |store: &NodeStore| -> Vec<(String, Option<u64>)> {
+                let m = store.sent_message(&id).unwrap().unwrap().matrix;
+                m.iter()
+                    .map(|r| (r.recipient.to_string(), r.overdue_at_ms))
+                    .collect()
+            };
+            let first = Some(NOW + EVERY);
+            // UZB is named by relay 1, so it is a recipient, and it was escalated already.
+            let want = |mng| {
+                [("KGZ", first), ("MNG", mng), ("TJK", first), ("UZB", first)]
+                    .map(|(r, at)| (r.to_owned(), at))
+                    .to_vec()
+            };
+            assert_eq!(rows(&store), want(None), "relay 0 first: {relay_0_first}");
+            assert_eq!(
+                overdue(&mut store, NOW + 3 * EVERY),
+                ["MNG"],
+                "relay 0 first: {relay_0_first}"
+            );
+            assert!(overdue(&mut store, NOW + 4 * EVERY).is_empty());
+            assert_eq!(rows(&store), want(Some(NOW + 3 * EVERY)));
+        }
     }
 
     /// KGZ's receipt of one item, signed at `at`, verified.
