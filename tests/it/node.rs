@@ -3234,6 +3234,46 @@ async fn back_up(net: &Net, data: &str, out: &str) {
     );
 }
 
+/// `hotline backup --out` and `hotline restore --from` and `--data` take a name as a file's,
+/// also one beginning with `file:`. The bundled SQLite has URI file names on, so `--out
+/// file:copy.db` had the copy written to `copy.db`, created by SQLite with its default mode
+/// (not 0600), left the file named empty, and said `OK: file:copy.db written`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_take_a_name_beginning_with_file_as_a_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let net = net();
+    let relay = net.relay().await;
+    back_up(&net, "relay-data", "file:copy.db").await;
+    relay.shutdown().await;
+    assert!(
+        !net.path().join("copy.db").exists(),
+        "the copy went elsewhere"
+    );
+    let copy = std::fs::metadata(net.path().join("file:copy.db")).unwrap();
+    assert!(copy.len() > 0, "the file named is empty");
+    assert_eq!(copy.permissions().mode() & 0o777, 0o600);
+
+    std::fs::create_dir(net.path().join("file:data")).unwrap();
+    let restore = hotline_cli(
+        net.path(),
+        &["restore", "--from", "file:copy.db", "--data", "file:data"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        restore.status.success()
+            && restore
+                .stdout
+                .starts_with("OK: file:data/relay.db restored from file:copy.db"),
+        "{restore:?}"
+    );
+    assert!(!net.path().join("data").exists(), "restored elsewhere");
+    let verified = hotline_cli(net.path(), &["audit", "verify", "--data", "file:data"])
+        .await
+        .unwrap();
+    assert!(verified.stdout.starts_with("OK:"), "{verified:?}");
+}
+
 /// The (stopped) relay's disk is lost: a new one gets relay-backup.db (`hotline restore`).
 async fn restore_the_relay(net: &Net) {
     let data = net.path().join("relay-data");
