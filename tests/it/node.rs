@@ -724,6 +724,105 @@ async fn an_exercise_message_is_marked_as_such() {
     relay.shutdown().await;
 }
 
+/// Every event about a drill's message says it is a drill, as `message_received` and
+/// `overdue` do: the sender's `accepted`, `delivered` and `acknowledged`, the recipient's
+/// `ack_sent`, and a refused sender's `rejected` carry the message's `status`, and their log
+/// lines a `status` field. Without it a hook or `hotline watch` (which marks `[EXERCISE]` by
+/// the event's status) told "KGZ acknowledged <subject>" of a drill as of actual traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_about_an_exercise_message_says_so() {
+    // UN, an observer, may not address KAZ under the default policy: its message is refused.
+    let net = with_observer("");
+    let relay = net.relay().await;
+    for id in ["KAZ", "KGZ", "UN"] {
+        net.node_config(id, relay.local_addr());
+    }
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let mut un = net.start_node("UN").await.unwrap();
+    for node in [&mut kaz, &mut kgz, &mut un] {
+        node.connected().await.unwrap();
+    }
+    let mut kaz_events = kaz.events().await.unwrap();
+    let mut kgz_events = kgz.events().await.unwrap();
+    let mut un_events = un.events().await.unwrap();
+    let drill = |to: &str| {
+        [
+            "send",
+            "--to",
+            to,
+            "--status",
+            "exercise",
+            "--subject",
+            "Drill: border incident",
+        ]
+        .map(str::to_owned)
+    };
+    let exercise = |ev: &Value| assert_eq!(ev["status"], "exercise", "{ev}");
+    let args = drill("KGZ");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = id_of(&kaz.cli_json(&args).await.unwrap());
+    let of = |kind: &'static str, id: &str| {
+        let id = id.to_owned();
+        move |e: &Value| e["type"] == kind && e["id"] == id.as_str()
+    };
+
+    exercise(
+        &kaz_events
+            .wait_for("accepted", of("accepted", &id))
+            .await
+            .unwrap(),
+    );
+    exercise(
+        &kaz_events
+            .wait_for("delivered", of("delivered", &id))
+            .await
+            .unwrap(),
+    );
+    kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    exercise(
+        &kgz_events
+            .wait_for("ack_sent", of("ack_sent", &id))
+            .await
+            .unwrap(),
+    );
+    exercise(
+        &kaz_events
+            .wait_for("acknowledged", of("acknowledged", &id))
+            .await
+            .unwrap(),
+    );
+    for what in ["accepted", "acknowledged"] {
+        let line = kaz.proc.wait_line(&[what, &msg(&id)]).await.unwrap();
+        assert!(line.contains("status=Exercise"), "{line}");
+    }
+    let line = kgz
+        .proc
+        .wait_line(&["acknowledged", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(line.contains("status=Exercise"), "{line}");
+
+    let args = drill("KAZ");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = id_of(&un.cli_json(&args).await.unwrap());
+    let ev = un_events
+        .wait_for("rejected", of("rejected", &refused))
+        .await
+        .unwrap();
+    assert_eq!(ev["code"], "PolicyDenied", "{ev}");
+    exercise(&ev);
+    let line = un
+        .proc
+        .wait_line(&["relay refused a message", &msg(&refused)])
+        .await
+        .unwrap();
+    assert!(line.contains("status=Exercise"), "{line}");
+    relay.shutdown().await;
+}
+
 /// `hotline reply` answers a received message: to its sender alone, kind `reply`,
 /// referencing it, with its status (a drill's answer is exercise traffic) and precedence and
 /// a `Re: ` subject; the sender is told (`message_received` with `references`) and lists it
@@ -3231,6 +3330,46 @@ async fn back_up(net: &Net, data: &str, out: &str) {
         backup.status.success() && backup.stdout.starts_with(&format!("OK: {out} written")),
         "{backup:?}"
     );
+}
+
+/// `hotline backup --out` and `hotline restore --from` and `--data` take a name as a file's,
+/// also one beginning with `file:`. The bundled SQLite has URI file names on, so `--out
+/// file:copy.db` had the copy written to `copy.db`, created by SQLite with its default mode
+/// (not 0600), left the file named empty, and said `OK: file:copy.db written`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_take_a_name_beginning_with_file_as_a_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let net = net();
+    let relay = net.relay().await;
+    back_up(&net, "relay-data", "file:copy.db").await;
+    relay.shutdown().await;
+    assert!(
+        !net.path().join("copy.db").exists(),
+        "the copy went elsewhere"
+    );
+    let copy = std::fs::metadata(net.path().join("file:copy.db")).unwrap();
+    assert!(copy.len() > 0, "the file named is empty");
+    assert_eq!(copy.permissions().mode() & 0o777, 0o600);
+
+    std::fs::create_dir(net.path().join("file:data")).unwrap();
+    let restore = hotline_cli(
+        net.path(),
+        &["restore", "--from", "file:copy.db", "--data", "file:data"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        restore.status.success()
+            && restore
+                .stdout
+                .starts_with("OK: file:data/relay.db restored from file:copy.db"),
+        "{restore:?}"
+    );
+    assert!(!net.path().join("data").exists(), "restored elsewhere");
+    let verified = hotline_cli(net.path(), &["audit", "verify", "--data", "file:data"])
+        .await
+        .unwrap();
+    assert!(verified.stdout.starts_with("OK:"), "{verified:?}");
 }
 
 /// The (stopped) relay's disk is lost: a new one gets relay-backup.db (`hotline restore`).

@@ -1667,6 +1667,52 @@ async fn a_store_whose_disk_stops_answering_is_unhealthy_while_it_lasts() -> any
     Ok(())
 }
 
+/// A store whose commits fail answers `store_failing` on `/health` while it refuses writes,
+/// and `ok` again once it takes them, with no traffic meanwhile: the writer tries a write of
+/// its own (a `store.recovered` journal entry) while commits fail. Before, `/health` stayed
+/// `store_failing` until a node happened to send something, after the operator had freed
+/// the disk. The failure is a trigger added to the running relay's store (as in
+/// `faults.rs`), on the journal, which every commit and every such try writes to.
+#[tokio::test]
+async fn a_failing_store_is_healthy_again_once_it_takes_writes_without_traffic(
+) -> anyhow::Result<()> {
+    let net = two();
+    let (relay, maddr, mut kaz, _kgz) = with_metrics(&net).await;
+    let db = rusqlite::Connection::open(net.path().join("relay-data/relay.db"))?;
+    db.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON journal
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )?;
+    let env = kaz.envelope(Audience::Participants(vec![pid("KGZ")]), "while failing");
+    kaz.submit(&kaz.sign(&env)).await?;
+    let refused = kaz
+        .answer(env.id)
+        .await?
+        .expect_err("a message whose commit failed is refused");
+    assert_eq!(refused.code, RejectCode::StorageUnavailable, "{refused:?}");
+    // The writer's own tries fail too while the trigger stands.
+    let failing = http_get(maddr, "/health").await?;
+    assert!(failing.starts_with("HTTP/1.1 503"), "{failing}");
+    assert!(
+        failing.contains("\"status\":\"store_failing\""),
+        "{failing}"
+    );
+
+    db.execute_batch("DROP TRIGGER injected")?;
+    let ok = wait_health(maddr, "ok").await?;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let recovered: i64 = db.query_row(
+        "SELECT count(*) FROM journal WHERE kind = 'store.recovered'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(recovered, 1);
+    relay.shutdown().await;
+    // The entry is in the journal's chain: the relay's start-up check passes over it.
+    net.relay().await.shutdown().await;
+    Ok(())
+}
+
 /// The receipts a relay holds for a sender until it says it has stored them
 /// (`ReceiptsStored`) are counted per sender (`hotline_relay_forward_queue_depth`): one per
 /// receipt KGZ sends for KAZ's messages, one less for each KAZ confirms, and after a

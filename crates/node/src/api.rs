@@ -1201,11 +1201,12 @@ async fn ack(
                 (by, at) => format!("already acknowledged by {by} at {at}"),
             },
         )),
-        Ok(AckOutcome::Acked(r)) => {
+        Ok(AckOutcome::Acked { receipt: r, status }) => {
             state.wake_links();
-            info!(msg = %id, officer = ?req.officer, "acknowledged");
+            info!(msg = %id, status = ?status, officer = ?req.officer, "acknowledged");
             state.emit(crate::events::Event::AckSent {
                 id,
+                status,
                 officer: req.officer.clone(),
             });
             Ok(Json(

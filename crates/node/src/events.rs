@@ -39,6 +39,10 @@ pub enum Event {
         id: MessageId,
         /// Relay index in the configuration.
         relay: usize,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`], so that news of a
+        /// drill's message is never taken for actual traffic (`None` only if the stored
+        /// message does not decode).
+        status: Option<Status>,
         /// Recipients after routing.
         recipients: Vec<ParticipantId>,
     },
@@ -48,6 +52,9 @@ pub enum Event {
         id: MessageId,
         /// Relay index.
         relay: usize,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`] (`None` if this node
+        /// holds no such message, or it does not decode).
+        status: Option<Status>,
         /// Reason code.
         code: String,
         /// Detail.
@@ -61,6 +68,10 @@ pub enum Event {
         id: MessageId,
         /// Recipient.
         by: ParticipantId,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`], so that news of a
+        /// drill's message is never taken for actual traffic (`None` only if the stored
+        /// message does not decode).
+        status: Option<Status>,
     },
     /// A recipient acknowledged one of our messages.
     Acknowledged {
@@ -68,6 +79,10 @@ pub enum Event {
         id: MessageId,
         /// Recipient.
         by: ParticipantId,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`], so that news of a
+        /// drill's message is never taken for actual traffic (`None` only if the stored
+        /// message does not decode).
+        status: Option<Status>,
         /// Officer.
         officer: String,
         /// Note.
@@ -77,6 +92,8 @@ pub enum Event {
     AckSent {
         /// Message id.
         id: MessageId,
+        /// Actual, exercise or test, as for [`Event::MessageReceived`].
+        status: Status,
         /// Officer.
         officer: String,
     },
@@ -121,4 +138,11 @@ pub enum Event {
         /// Its version.
         version: u64,
     },
+}
+
+/// A message's status as a log line's `status` field shows it, as the arrival's line does
+/// (`Exercise`), or `unknown` for a stored message that does not decode: the line telling of
+/// a drill's message must not read as one of actual traffic.
+pub(crate) fn status_logged(status: Option<Status>) -> String {
+    status.map_or_else(|| "unknown".to_owned(), |s| format!("{s:?}"))
 }

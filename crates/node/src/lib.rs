@@ -740,7 +740,7 @@ fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
         .join(",");
     // With its status, as the arrival's line and event have it: an escalation of a drill's
     // message must not read as one of actual traffic.
-    warn!(msg = %id, status = %status.map_or("unknown".to_owned(), |s| format!("{s:?}")), subject = ?subject, recipients = %ids, recovered, "respond-by passed without acknowledgement: overdue");
+    warn!(msg = %id, status = %events::status_logged(status), subject = ?subject, recipients = %ids, recovered, "respond-by passed without acknowledgement: overdue");
     let ev = Event::Overdue {
         id,
         subject,

@@ -14,13 +14,13 @@ use hotline_proto::frame::{ErrorCode, NodeToRelay, RejectCode, RelayToNode, Subj
 use hotline_proto::limits::SEQ_MAX;
 use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
-use crate::events::Event;
+use crate::events::{status_logged, Event};
 use crate::limits::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS,
     LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Answered, Resequenced, Stored};
+use crate::store::{retryable, Answered, News, Resequenced, Stored};
 use crate::{now_ms, NodeState};
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
@@ -602,9 +602,11 @@ impl Link<'_> {
             Ok(Resequenced::Signed(fresh)) => fresh,
         };
         self.sent.remove(id);
+        let status = self.refused_status(id);
         warn!(
             relay = self.idx,
             msg = %id,
+            status = %status_logged(status),
             refused_seq = seq,
             seq = fresh,
             "the relay holds another message of ours with this sequence number (was this node's store restored from a backup?): signed the message again with the next unused number, offering it again"
@@ -612,11 +614,22 @@ impl Link<'_> {
         self.state.emit(Event::Rejected {
             id: *id,
             relay: self.idx,
+            status,
             code: format!("{:?}", RejectCode::ReplayedSeq),
             detail: format!("sequence number {seq} already used; signed again with {fresh}"),
             retrying: true,
         });
         true
+    }
+
+    /// The status of our message `id` a relay refused, for the event and line telling of it:
+    /// read from the store, as a refusal is rare and its answer carries no status (`None`,
+    /// with an error line, if the store cannot say).
+    fn refused_status(&self, id: &MessageId) -> Option<hotline_proto::Status> {
+        self.state.store().sent_status(id).unwrap_or_else(|e| {
+            error!(error = %e, msg = %id, "cannot read a refused message's status");
+            None
+        })
     }
 
     /// Handles a batch of frames; returns what was refused for a retryable reason.
@@ -631,7 +644,7 @@ impl Link<'_> {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
                 RelayToNode::Accepted(a) => {
-                    match self.state.store().accepted(self.idx, &a, now_ms()) {
+                    let status = match self.state.store().accepted(self.idx, &a, now_ms()) {
                         Err(e) => {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.
@@ -649,13 +662,14 @@ impl Link<'_> {
                             pump = true;
                             continue;
                         }
-                        Ok(Answered::New) => {}
-                    }
+                        Ok(Answered::New { status }) => status,
+                    };
                     self.sent.remove(&a.id);
-                    info!(relay = self.idx, msg = %a.id, recipients = a.recipients.len(), "accepted");
+                    info!(relay = self.idx, msg = %a.id, status = %status_logged(status), recipients = a.recipients.len(), "accepted");
                     self.state.emit(Event::Accepted {
                         id: a.id,
                         relay: self.idx,
+                        status,
                         recipients: a.recipients,
                     });
                     pump = true;
@@ -681,10 +695,12 @@ impl Link<'_> {
                         } else {
                             self.sent.remove(&id);
                         }
-                        warn!(relay = self.idx, msg = %id, code = ?r.code, detail = ?r.detail, retrying = again, "relay refused a message");
+                        let status = self.refused_status(&id);
+                        warn!(relay = self.idx, msg = %id, status = %status_logged(status), code = ?r.code, detail = ?r.detail, retrying = again, "relay refused a message");
                         self.state.emit(Event::Rejected {
                             id,
                             relay: self.idx,
+                            status,
                             code: format!("{:?}", r.code),
                             detail: r.detail,
                             retrying: again,
@@ -963,24 +979,26 @@ impl Link<'_> {
             for id in &news.mismatched {
                 error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");
             }
-            for id in news.first {
+            for News { id, status } in news.first {
                 let ev = match &r.kind {
                     hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
                         // Debug-quoted: the officer's name is another participant's text and may hold
                         // line breaks that would forge log lines.
-                        info!(msg = %id, by = %r.recipient, officer = ?officer, "acknowledged");
+                        info!(msg = %id, by = %r.recipient, status = %status_logged(status), officer = ?officer, "acknowledged");
                         Event::Acknowledged {
                             id,
                             by: r.recipient.clone(),
+                            status,
                             officer: officer.clone(),
                             note: note.clone(),
                         }
                     }
                     _ => {
-                        debug!(msg = %id, by = %r.recipient, "delivered");
+                        debug!(msg = %id, by = %r.recipient, status = %status_logged(status), "delivered");
                         Event::Delivered {
                             id,
                             by: r.recipient.clone(),
+                            status,
                         }
                     }
                 };

@@ -17,7 +17,7 @@ use hotline_proto::frame::{Accepted, RejectCode};
 use hotline_proto::limits::SEQ_MAX;
 use hotline_proto::{
     codec, Digest, Envelope, MessageId, ParticipantId, PublicKey, Receipt, ReceiptItem,
-    ReceiptKind, Roster, Seq, Signature, Signed, SigningKey, Verified, PROTOCOL_VERSION,
+    ReceiptKind, Roster, Seq, Signature, Signed, SigningKey, Status, Verified, PROTOCOL_VERSION,
 };
 use hotline_store::{Journal, StoreError};
 
@@ -26,7 +26,11 @@ use hotline_store::{Journal, StoreError};
 pub enum Answered {
     /// The first such answer from that relay, the message's first acceptance, or one naming
     /// recipients no relay had named: recorded.
-    New,
+    New {
+        /// The message's status (actual, exercise or test), for the event that tells of it;
+        /// `None` only if the stored message does not decode.
+        status: Option<Status>,
+    },
     /// That relay had answered it before (a resubmission's answer): nothing changed.
     Again,
     /// This node never sent that message: ignored.
@@ -495,7 +499,7 @@ pub struct Forwarded {
     /// or a later mismatch), is not kept.
     pub fresh: bool,
     /// Our messages this receipt is the first news of, from its recipient, for its kind.
-    pub first: Vec<MessageId>,
+    pub first: Vec<News>,
     /// Our messages this receipt is the first to name, of those its signer signed, with a
     /// digest other than theirs: what the signer holds (and receipted) is not what this node
     /// sent, so nothing is recorded for them in the matrix; the receipt is kept as the
@@ -508,6 +512,17 @@ pub struct Forwarded {
     /// It names no message this node sent, so it was not kept: a relay forwards a receipt
     /// only to the senders it names, and one forwarding others' could fill this disk.
     pub unrelated: bool,
+}
+
+/// One of our messages a forwarded receipt is the first news of ([`Forwarded::first`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct News {
+    /// The message.
+    pub id: MessageId,
+    /// Its status (actual, exercise or test), so that the event telling of its delivery or
+    /// acknowledgement reads as a drill's when it is one; `None` only if the stored message
+    /// does not decode.
+    pub status: Option<Status>,
 }
 
 /// A delivery held in quarantine: it failed a check when it arrived, so it is not shown.
@@ -582,7 +597,13 @@ pub enum Stored {
 #[derive(Debug)]
 pub enum AckOutcome {
     /// Signed and queued for every relay.
-    Acked(Signed<Receipt>),
+    Acked {
+        /// The acknowledgement receipt.
+        receipt: Signed<Receipt>,
+        /// The acknowledged message's status (actual, exercise or test), for the event that
+        /// tells of it.
+        status: Status,
+    },
     /// Already acknowledged (by this officer or another) at this time.
     Already(u64, String),
     /// No such received message.
@@ -1496,6 +1517,20 @@ impl NodeStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The status (actual, exercise or test) of message `id` this node sent, for the event
+    /// telling of a relay's refusal of it; `None` if this node holds no such message or it
+    /// does not decode.
+    pub fn sent_status(&self, id: &MessageId) -> Result<Option<Status>, StoreError> {
+        let signed = self
+            .conn
+            .prepare_cached("SELECT bytes, key, sig FROM sent WHERE id = ?1")?
+            .query_row([&id.0[..]], |r| signed_at::<Envelope>(r, 0))
+            .optional()?;
+        Ok(signed
+            .and_then(|s| s.decode_unverified().ok())
+            .map(|e| e.status))
+    }
+
     /// A relay refused message `id`, sent with sequence number `refused_seq`, because it
     /// has accepted another message of ours with that number (`ReplayedSeq`). That happens
     /// to an honest node only when its store went back in time (restored from a backup) and
@@ -1586,10 +1621,12 @@ impl NodeStore {
     ) -> Result<Answered, StoreError> {
         let name = self.relay_name(relay);
         self.tx(|tx, j| {
-            let seq: Option<u64> = tx
-                .query_row("SELECT seq FROM sent WHERE id = ?1", [&a.id.0[..]], |r| r.get(0))
+            // The message's bytes come with its row, for the status its event carries.
+            let row = tx
+                .prepare_cached("SELECT seq, bytes, key, sig FROM sent WHERE id = ?1")?
+                .query_row([&a.id.0[..]], |r| Ok((r.get::<_, u64>(0)?, signed_at::<Envelope>(r, 1)?)))
                 .optional()?;
-            let Some(seq) = seq else {
+            let Some((seq, signed)) = row else {
                 return Ok(Answered::Unknown);
             };
             let n = tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &a.id.0[..]])?;
@@ -1638,7 +1675,12 @@ impl NodeStore {
             // News if it took the message off this relay's outbox, was its first acceptance,
             // or named a recipient no relay had named (a relay with no outbox row for it:
             // one added to the configuration since, whose list is news all the same).
-            Ok(if n > 0 || first > 0 || !added.is_empty() { Answered::New } else { Answered::Again })
+            // Decoded only for news, the one answer told as an event.
+            Ok(if n > 0 || first > 0 || !added.is_empty() {
+                Answered::New { status: signed.decode_unverified().ok().map(|e| e.status) }
+            } else {
+                Answered::Again
+            })
         })
     }
 
@@ -1968,7 +2010,10 @@ impl NodeStore {
                 &d.to_string(),
                 &encode_record(&signed)?,
             )?;
-            Ok(Ok(AckOutcome::Acked(signed)))
+            Ok(Ok(AckOutcome::Acked {
+                receipt: signed,
+                status: env.status,
+            }))
         })
     }
 
@@ -2061,7 +2106,8 @@ impl NodeStore {
     ) -> Result<Vec<Forwarded>, StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(receipts.len());
-            let mut sent_digests: HashMap<MessageId, Option<Digest>> = HashMap::new();
+            // Per message named: its digest and status, or `None` if this node did not send it.
+            let mut sent_digests: HashMap<MessageId, Option<(Digest, Option<Status>)>> = HashMap::new();
             for r in receipts {
                 let s = r.signed();
                 let d = s.digest();
@@ -2069,8 +2115,9 @@ impl NodeStore {
                 // The items naming messages this node sent, each checked against the bytes it
                 // signed: a recipient that was handed altered content under an id (and
                 // quarantined it) receipts that content's digest, and must not be counted as
-                // having ours. Each message is read and hashed once per batch: a fan-out's
-                // receipts from every recipient name the same one.
+                // having ours. Each message is read, hashed and decoded (for the status its
+                // events carry) once per batch: a fan-out's receipts from every recipient name
+                // the same one.
                 let mut ours = Vec::new();
                 let mut names_ours = false;
                 for item in r.items.iter().filter(|i| &i.sender == me) {
@@ -2081,13 +2128,13 @@ impl NodeStore {
                                 .prepare_cached("SELECT bytes, key, sig FROM sent WHERE id = ?1")?
                                 .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
                                 .optional()?
-                                .map(|s| s.digest());
+                                .map(|s| (s.digest(), s.decode_unverified().ok().map(|e| e.status)));
                             sent_digests.insert(item.id, d);
                             d
                         }
                     };
                     match sent {
-                        Some(d) if d == item.digest => ours.push(item),
+                        Some((d, status)) if d == item.digest => ours.push((item, status)),
                         Some(_) => {
                             // Other content under our id: news only the first time this
                             // signer says so for this message. A participant can sign such
@@ -2114,7 +2161,7 @@ impl NodeStore {
                 // did not take: another relay's came first); the receipt, signed over our
                 // bytes, shows it has the message, so it gets a row.
                 let mut rowless = Vec::new();
-                for item in &ours {
+                for &(item, status) in &ours {
                     let before: Option<(Option<u64>, Option<u64>)> = tx
                         .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
                         .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -2122,9 +2169,9 @@ impl NodeStore {
                     match (before, r.is_ack()) {
                         (None, _) => {
                             rowless.push(item.id);
-                            news.first.push(item.id);
+                            news.first.push(News { id: item.id, status });
                         }
-                        (Some((_, None)), true) | (Some((None, _)), false) => news.first.push(item.id),
+                        (Some((_, None)), true) | (Some((None, _)), false) => news.first.push(News { id: item.id, status }),
                         _ => {}
                     }
                 }
@@ -2158,11 +2205,11 @@ impl NodeStore {
                 // first open of a store computes them from `receipts_in`: this receipt's
                 // items that are not news (it is kept for another) count too.
                 let signed_acked = r.is_ack().then_some(r.created_at_ms);
-                for item in &ours {
+                for (item, _) in &ours {
                     tx.prepare_cached(SIGNED_TIMES_UPSERT)?
                         .execute(params![&item.id.0[..], r.recipient.as_str(), r.created_at_ms, signed_acked])?;
                 }
-                for id in &news.first {
+                for News { id, .. } in &news.first {
                     tx.execute(
                         "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
                         params![&id.0[..], r.recipient.as_str(), now_ms],
@@ -3114,7 +3161,9 @@ mod tests {
             for (relay, a) in &order {
                 assert_eq!(
                     store.accepted(*relay, a, NOW + 2 * EVERY).unwrap(),
-                    Answered::New
+                    Answered::New {
+                        status: Some(Status::Actual)
+                    }
                 );
             }
             let rows = |store: &NodeStore| -> Vec<(String, Option<u64>)> {
@@ -3526,7 +3575,12 @@ mod tests {
                 recipients: to.to_vec(),
                 accepted_at_ms: NOW,
             };
-            assert_eq!(store.accepted(0, &a, NOW).unwrap(), Answered::New);
+            assert_eq!(
+                store.accepted(0, &a, NOW).unwrap(),
+                Answered::New {
+                    status: Some(Status::Actual)
+                }
+            );
         }
         store
             .rejected(0, &ids[1], RejectCode::PolicyDenied, "no", NOW)
@@ -3545,7 +3599,12 @@ mod tests {
             recipients: to.to_vec(),
             accepted_at_ms: NOW + 5,
         };
-        assert_eq!(store.accepted(0, &a, NOW + 5).unwrap(), Answered::New);
+        assert_eq!(
+            store.accepted(0, &a, NOW + 5).unwrap(),
+            Answered::New {
+                status: Some(Status::Actual)
+            }
+        );
         assert!(store.outbox(0, 10).unwrap().is_empty());
         assert_eq!(store.offer_lost(0, 3, NOW).unwrap(), (0, 3));
         // Another relay's record is its own.
@@ -3608,7 +3667,7 @@ mod tests {
             .unwrap()
             .unwrap()
         {
-            AckOutcome::Acked(s) => s,
+            AckOutcome::Acked { receipt, .. } => receipt,
             other => panic!("{other:?}"),
         };
         for relay in [0, 1] {
@@ -3720,7 +3779,10 @@ mod tests {
         let news = |store: &mut NodeStore, r: Verified<Receipt>| {
             let out = store.store_forwarded(&me, &[r], NOW).unwrap();
             assert_eq!(out.len(), 1);
-            (out[0].fresh, out[0].first.clone())
+            (
+                out[0].fresh,
+                out[0].first.iter().map(|n| n.id).collect::<Vec<_>>(),
+            )
         };
 
         let first = receipt(NOW + 1, ReceiptKind::Delivered);
@@ -3818,7 +3880,10 @@ mod tests {
         let uzb = receipt_by("UZB", 6, NOW, &me, id, sent.digest());
         assert_eq!(
             store.store_forwarded(&me, &[uzb], NOW).unwrap()[0].first,
-            [id]
+            [News {
+                id,
+                status: Some(Status::Actual)
+            }]
         );
         // Relay 0 (its roster revoked TJK and UZB) accepts first: TJK leaves the record, UZB,
         // which has receipted, stays.
@@ -3829,7 +3894,9 @@ mod tests {
         };
         assert_eq!(
             store.accepted(0, &accepted(&["KGZ"]), NOW + 1).unwrap(),
-            Answered::New
+            Answered::New {
+                status: Some(Status::Actual)
+            }
         );
         assert_eq!(
             recipients(&store),
@@ -3837,7 +3904,12 @@ mod tests {
         );
         // Relay 1, whose roster has TJK and also MNG, accepts second: both are added.
         let second = accepted(&["KGZ", "MNG", "TJK"]);
-        assert_eq!(store.accepted(1, &second, NOW + 2).unwrap(), Answered::New);
+        assert_eq!(
+            store.accepted(1, &second, NOW + 2).unwrap(),
+            Answered::New {
+                status: Some(Status::Actual)
+            }
+        );
         let want: Vec<(String, bool)> = [
             ("KGZ", false),
             ("MNG", false),
@@ -3858,7 +3930,9 @@ mod tests {
             store
                 .accepted(2, &accepted(&["KGZ", "TKM"]), NOW + 4)
                 .unwrap(),
-            Answered::New
+            Answered::New {
+                status: Some(Status::Actual)
+            }
         );
         let mut want = want;
         want.insert(3, ("TKM".into(), false));
@@ -4026,7 +4100,10 @@ mod tests {
             out[0],
             Forwarded {
                 fresh: true,
-                first: vec![id],
+                first: vec![News {
+                    id,
+                    status: Some(Status::Actual)
+                }],
                 mismatched: vec![],
                 unrelated: false,
             }
@@ -4167,7 +4244,10 @@ mod tests {
             out,
             [Forwarded {
                 fresh: true,
-                first: vec![id],
+                first: vec![News {
+                    id,
+                    status: Some(Status::Actual)
+                }],
                 mismatched: vec![],
                 unrelated: false,
             }]

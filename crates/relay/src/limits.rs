@@ -192,6 +192,12 @@ pub const STORE_STALL_MS: u64 = 10_000;
 /// While the store stays stalled, the log's warning is repeated this often.
 pub const STORE_STALL_REPEAT_MS: u64 = 60_000;
 
+/// After a commit fails (a full disk, a file system remounted read-only), and while nothing
+/// else is committed, the store writer tries a small write of its own this often, so that
+/// `/health` turns from `store_failing` to `ok` once the store takes writes again, traffic
+/// or not (`Writer::probe`). One failing write a second costs nothing worth counting.
+pub const STORE_PROBE_MS: u64 = 1_000;
+
 const _: () = assert!(SHUTDOWN_ANSWERS_MS + SHUTDOWN_GOODBYE_MS < SHUTDOWN_GRACE_MS);
 
 const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);

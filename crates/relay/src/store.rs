@@ -1225,6 +1225,10 @@ pub(crate) struct Writer {
     /// their commit, so that a disk that stays full does not have every batch's recipients
     /// recalled (`Writer::recall`), and their nodes reconnect, again and again.
     last_commit_failed: bool,
+    /// While commits fail (thread hosting only): since when, by both clocks, and when to
+    /// try the store again with nothing to commit ([`Writer::probe`]). `None` once a commit
+    /// succeeds.
+    failing: Option<Failing>,
     /// Warnings about refused forwards: one at most every 10 s, however fast they come.
     unforwarded: Throttle,
     /// Receipts each signer had kept today only for messages not held here, as committed.
@@ -1233,6 +1237,15 @@ pub(crate) struct Writer {
     /// since the last one (roster participants, so a few hundred at most).
     over_budget: Throttle,
     over_budget_signers: BTreeSet<ParticipantId>,
+}
+
+/// Since when the writer's commits have failed, and when it next tries a write of its own
+/// ([`Writer::probe`]).
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    since: std::time::Instant,
+    since_ms: u64,
+    probe_at: std::time::Instant,
 }
 
 /// Milliseconds in a day: the day a receipt counts for in [`ForeignBudget`] is the writer's
@@ -1339,6 +1352,7 @@ impl Writer {
             wal_sync: None,
             commits: 0,
             last_commit_failed: false,
+            failing: None,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
             foreign_budget: ForeignBudget::new(per_day_max),
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
@@ -1417,10 +1431,18 @@ impl Writer {
                         if deadline.is_some_and(|d| now >= d) {
                             break Ok(Next::Deadline);
                         }
+                        // Commits failed and nothing has come to commit since: the store
+                        // is tried with a write of its own, so that `/health` does not stay
+                        // `store_failing` for want of traffic once the disk takes writes.
+                        if self.failing.is_some_and(|f| now >= f.probe_at) {
+                            self.probe();
+                            continue;
+                        }
                         if let Some(c) = &mut self.checkpointer {
                             c.idle();
                         }
-                        match deadline {
+                        let probe_at = self.failing.map(|f| f.probe_at);
+                        match deadline.into_iter().chain(probe_at).min() {
                             None => std::thread::park(),
                             Some(d) => std::thread::park_timeout(d - now),
                         }
@@ -1654,6 +1676,63 @@ impl Writer {
         Ok(rewound)
     }
 
+    /// After a failed commit, and every [`crate::limits::STORE_PROBE_MS`] while nothing else
+    /// is committed (thread hosting only): one small write of the writer's own, committed
+    /// as a batch is (and synced), so that the disk watch, and `/health`, learn that the
+    /// store takes writes again (the operator freed space, or the file system was mounted
+    /// writable again) without waiting for a node's message. A rolled-back write would
+    /// prove nothing: SQLite writes to the log only at commit. The write is a journal entry,
+    /// `store.recovered`, the audit record that commits failed from a time until this one;
+    /// a probe that fails leaves nothing, and is tried again after the interval.
+    fn probe(&mut self) {
+        let Some(failing) = self.failing else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        self.ctx.metrics.disk.commit_began(started);
+        self.journal.begin();
+        let since = hotline_config::utc::format_utc(failing.since_ms);
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            self.journal.append(
+                &tx,
+                crate::now_ms(),
+                "store.recovered",
+                "",
+                format!("commits failed from {since}").as_bytes(),
+            )?;
+            tx.commit()?;
+            Ok::<_, StoreError>(())
+        })();
+        // Synced as a batch's answers are: the relay stops if the sync fails.
+        let synced = result.is_ok()
+            && self
+                .wal_sync
+                .as_ref()
+                .is_none_or(|ws| ws.sync_now().is_ok());
+        self.ctx.metrics.disk.commit_ended(synced);
+        match result {
+            Ok(()) if synced => {
+                self.failing = None;
+                tracing::info!(
+                    failed_for_ms = u64::try_from(started.duration_since(failing.since).as_millis()).unwrap_or(u64::MAX),
+                    since = %since,
+                    "the store takes writes again after failed commits: /health is ok"
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.journal.rollback();
+                tracing::debug!(error = %e, "the store still refuses writes");
+                self.failing = Some(Failing {
+                    probe_at: started
+                        + std::time::Duration::from_millis(crate::limits::STORE_PROBE_MS),
+                    ..failing
+                });
+            }
+        }
+    }
+
     /// After a failed commit whose batch was already posted: closes the sessions it was
     /// posted to. They may have written items that are not stored, at positions the next
     /// commits will hand out again, which a live session (delivering forward from the last
@@ -1855,6 +1934,15 @@ impl Writer {
         })();
         self.last_commit_failed = result.is_err();
         self.ctx.metrics.disk.commit_ended(result.is_ok());
+        self.failing = match (&result, self.failing) {
+            (Ok(_), _) => None,
+            (Err(_), f) => Some(Failing {
+                since: f.map_or(started, |f| f.since),
+                since_ms: f.map_or(now, |f| f.since_ms),
+                probe_at: std::time::Instant::now()
+                    + std::time::Duration::from_millis(crate::limits::STORE_PROBE_MS),
+            }),
+        };
         match result {
             Ok(committed) => {
                 for (id, h) in p.held {

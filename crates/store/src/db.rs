@@ -131,6 +131,21 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// `path` as SQLite is to be given it: a file path, always. The bundled SQLite is built with
+/// URI file names on (`SQLITE_USE_URI`), so a name it is given that begins with `file:` is
+/// read as a URI, whatever the open flags, in `ATTACH` and `VACUUM INTO` too: `hotline backup
+/// --out file:copy.db` wrote `copy.db`, created by SQLite with its default mode, and
+/// `file:copy.db?mode=memory` nothing at all; and `:memory:` or an empty name is no file.
+/// A relative path is therefore handed over as `./path`, which names the same file and
+/// which SQLite takes as it is; an absolute path begins with `/` and is taken as it is.
+fn plain(path: &Path) -> std::borrow::Cow<'_, Path> {
+    if path.is_relative() {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// Opens (creating if asked) a database with WAL, `synchronous=FULL`, foreign keys on and a
 /// busy timeout. It does not check the file's integrity: a service opening its store runs
 /// [`quick_check`] next, so that a damaged file is refused at start-up with its name rather
@@ -144,7 +159,7 @@ pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(wrap)?;
+    let conn = Connection::open_with_flags(plain(path), flags).map_err(wrap)?;
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(wrap)?;
     // journal_mode returns a row; WAL keeps readers off the writer's path.
@@ -301,7 +316,9 @@ fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
         let path = path.to_owned();
         move |source| StoreError::Io { path, source }
     };
-    let target = out.to_str().ok_or_else(|| StoreError::Io {
+    // `VACUUM INTO` takes a URI as an open does ([`plain`]).
+    let target = plain(out);
+    let target = target.to_str().ok_or_else(|| StoreError::Io {
         path: out.to_owned(),
         source: std::io::Error::other("the path is not UTF-8"),
     })?;
@@ -333,7 +350,7 @@ fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
 /// Opens the database at `path` read-only, changing nothing in it (not its journal mode).
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     Connection::open_with_flags(
-        path,
+        plain(path),
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| corrupt_or(path, e))
@@ -459,7 +476,7 @@ fn fold_in_wal(path: &Path) {
     }
     let folded = (|| -> rusqlite::Result<(i64, i64, i64)> {
         let conn = Connection::open_with_flags(
-            path,
+            plain(path),
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
