@@ -3490,6 +3490,170 @@ async fn a_node_restored_from_a_backup_signs_again_what_reused_a_number_and_it_a
     relay.shutdown().await;
 }
 
+/// A node restored from a backup, with two relays: relay A (hand-driven here) has not seen
+/// the number the restore makes a queued message reuse and takes that first signing, while
+/// relay B refuses it (`ReplayedSeq`) and the node signs it again, B's answer before A's.
+/// Each relay's acceptance is recorded for the signing written to it: A's next `Welcome`,
+/// naming the number A took, is no sign of lost messages (before, the node had recorded A
+/// as holding the second signing's number, logged "no longer has messages it accepted" and
+/// submitted the second signing to A, which holds the first: `IdConflict`). And the receipt
+/// a recipient signs over the first signing, forwarded through A, records it as delivered
+/// (before, a receipt naming other content: a mismatch, nothing recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_relay_is_recorded_for_the_signing_it_took_of_a_message_signed_again() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode, Welcome};
+    use hotline_proto::{Receipt, ReceiptItem, ReceiptKind, Seq};
+
+    let net = net();
+    // Relay B, with a certificate of its own: the node keeps a record per certificate.
+    let b_addr = free_udp_addr();
+    let (b_config, b_fp) = net.other_relay_config("relay-b", b_addr);
+    let start_b = || async {
+        hotline_relay::Relay::spawn(hotline_relay::RelayConfig::load(&b_config).unwrap())
+            .await
+            .unwrap()
+    };
+    let only_b = NodeSetup {
+        relays: vec![b_addr],
+        pins: vec![(b_addr, b_fp)],
+        ..NodeSetup::default()
+    };
+    let relay_b = start_b().await;
+    net.node_config_with("KAZ", &only_b);
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let first = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
+    kaz.proc
+        .wait_line(&["accepted", &msg(&first)])
+        .await
+        .unwrap();
+    stop_node(kaz).await;
+    let data = net.path().join("node-KAZ");
+    let backup = net.path().join("backup-KAZ");
+    copy_files(&data, &backup);
+    // Two messages relay B takes and the backup does not hold.
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    for subject in ["After the backup 1", "After the backup 2"] {
+        let id = kaz.send("KGZ", subject, &[]).await.unwrap();
+        kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
+    }
+    stop_node(kaz).await;
+    relay_b.shutdown().await;
+
+    // The disk is lost and the node restored; it now has relay A too, first. Relay B is
+    // away while the node composes: the message reuses number 2.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_files(&backup, &data);
+    let (mut relay_a, mut kaz) = net
+        .node_with_impostor_welcoming("KAZ", only_b, Impostor::welcome())
+        .await
+        .unwrap();
+    let mut events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "After the restore", &[]).await.unwrap();
+    let old = loop {
+        if let NodeToRelay::Submit(s) = relay_a.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = old.decode_unverified().unwrap();
+    assert_eq!((env.id.to_string(), env.seq), (id.clone(), Seq(2)));
+
+    // Relay B, back, refuses number 2; the node signs the message again, and B takes it.
+    let relay_b = start_b().await;
+    let line = kaz
+        .proc
+        .wait_line(&["signed the message again", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(
+        line.contains("refused_seq=2") && line.contains("seq=4"),
+        "{line}"
+    );
+    kaz.proc
+        .wait_line(&["accepted", "relay=1", &msg(&id)])
+        .await
+        .unwrap();
+    // Then relay A's answer to the first signing, and KGZ's receipt of it through A.
+    relay_a
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["accepted", "relay=0", &msg(&id)])
+        .await
+        .unwrap();
+    let receipt = Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: pid("KGZ"),
+        kind: ReceiptKind::Delivered,
+        created_at_ms: now_ms(),
+        items: vec![ReceiptItem {
+            id: env.id,
+            sender: pid("KAZ"),
+            digest: old.digest(),
+        }],
+    };
+    let receipt = Signed::sign(&receipt, &net.key("KGZ")).unwrap();
+    relay_a
+        .send(&[RelayToNode::Receipt(receipt.clone())])
+        .await
+        .unwrap();
+    loop {
+        if let NodeToRelay::ReceiptsStored(d) = relay_a.next().await.unwrap() {
+            assert_eq!(d, vec![receipt.digest()]);
+            break;
+        }
+    }
+    events
+        .wait_for("delivered", |e| {
+            e["type"] == "delivered" && e["id"] == id.as_str() && e["by"] == "KGZ"
+        })
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"], 1, "{st}");
+    assert_eq!(
+        kaz.proc
+            .count_lines(&["content other than what this node sent"]),
+        0,
+        "a receipt of the first signing is no mismatch: {}",
+        kaz.proc.log()
+    );
+
+    // Relay A's next connection says it has taken up to 2: nothing is lost, nothing is
+    // submitted again; the next message is the first it is sent.
+    relay_a.conn.close(0u32.into(), b"reconnect");
+    let welcome = Welcome {
+        last_seq: Seq(2),
+        ..Impostor::welcome()
+    };
+    let mut relay_a = relay_a.next_connection_welcoming(welcome).await.unwrap();
+    let next = kaz.send("KGZ", "Once connected", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay_a.next().await.unwrap() {
+            break s.decode_unverified().unwrap();
+        }
+    };
+    assert_eq!(
+        (submitted.id.to_string(), submitted.seq),
+        (next, Seq(5)),
+        "{}",
+        kaz.proc.log()
+    );
+    assert_eq!(
+        kaz.proc
+            .count_lines(&["no longer has messages it accepted"]),
+        0,
+        "{}",
+        kaz.proc.log()
+    );
+    relay_a.conn.close(0u32.into(), b"test done");
+    relay_b.shutdown().await;
+}
+
 /// A relay restored from a backup has lost the messages it accepted since. The sender's
 /// node sees it in the relay's `Welcome.last_seq` and submits them again, so a recipient
 /// that had not fetched them still gets them, each once.

@@ -175,6 +175,25 @@ impl Net {
             .unwrap()
     }
 
+    /// Writes the configuration of a second relay of this network, `name`: a certificate
+    /// of its own (NAME.crt, NAME.key), its own store (NAME-data), listening on `listen`,
+    /// the same roster. Returns the configuration and its certificate's fingerprint; the
+    /// relay starts with `hotline_relay::Relay::spawn(RelayConfig::load(&path)?)`.
+    pub fn other_relay_config(&self, name: &str, listen: SocketAddr) -> (PathBuf, Fingerprint) {
+        let cert = self.path().join(format!("{name}.crt"));
+        let key = self.path().join(format!("{name}.key"));
+        let fingerprint = hotline_net::tls::write_self_signed(&cert, &key).unwrap();
+        let text = std::fs::read_to_string(&self.relay_config)
+            .unwrap()
+            .replace("\"relay.crt\"", &format!("\"{name}.crt\""))
+            .replace("\"relay.key\"", &format!("\"{name}.key\""))
+            .replace("\"relay-data\"", &format!("\"{name}-data\""))
+            .replace("\"127.0.0.1:0\"\ncert", &format!("\"{listen}\"\ncert"));
+        let path = self.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        (path, fingerprint)
+    }
+
     pub fn key(&self, id: &str) -> SigningKey {
         self.keys[id].clone()
     }
@@ -694,6 +713,8 @@ pub struct NodeSetup {
     pub relays: Vec<SocketAddr>,
     /// The pinned relay certificate fingerprint (default: the network's relay certificate).
     pub fingerprint: Option<Fingerprint>,
+    /// Relays pinned to a certificate of their own rather than `fingerprint`, by address.
+    pub pins: Vec<(SocketAddr, Fingerprint)>,
     /// The starting roster file, relative to the network directory (default roster.signed).
     pub roster: Option<String>,
     /// The pinned roster key (default: the network's roster key).
@@ -748,6 +769,11 @@ impl Net {
             text.push_str(&format!("quarantine_max_bytes = {n}\n"));
         }
         for r in &setup.relays {
+            let fp = setup
+                .pins
+                .iter()
+                .find(|(a, _)| a == r)
+                .map_or(fp, |(_, f)| *f);
             text.push_str(&format!(
                 "\n[[relays]]\naddress = \"{r}\"\nfingerprint = \"{fp}\"\n"
             ));
@@ -1186,7 +1212,8 @@ impl Net {
             .await
     }
 
-    /// As `node_with_impostor_setup`, the node's `Hello` answered with `welcome`.
+    /// As `node_with_impostor_setup`, the node's `Hello` answered with `welcome`. The
+    /// impostor is the node's first relay, before any in `setup.relays`.
     pub async fn node_with_impostor_welcoming(
         &self,
         id: &str,
@@ -1195,7 +1222,7 @@ impl Net {
     ) -> anyhow::Result<(Impostor, NodeProc)> {
         let endpoint = self.impostor_endpoint()?;
         let setup = NodeSetup {
-            relays: vec![endpoint.local_addr()?],
+            relays: [vec![endpoint.local_addr()?], setup.relays].concat(),
             ..setup
         };
         self.node_config_with(id, &setup);
@@ -1326,7 +1353,15 @@ impl Impostor {
 
     /// Waits for the node's next connection (once this one has ended) and greets it.
     pub async fn next_connection(self) -> anyhow::Result<Self> {
-        Self::greet(self.endpoint, Self::welcome()).await
+        self.next_connection_welcoming(Self::welcome()).await
+    }
+
+    /// As `next_connection`, the node's `Hello` answered with `welcome`.
+    pub async fn next_connection_welcoming(
+        self,
+        welcome: hotline_proto::frame::Welcome,
+    ) -> anyhow::Result<Self> {
+        Self::greet(self.endpoint, welcome).await
     }
 
     /// The node's next frame (at most EVENT_TIMEOUT).

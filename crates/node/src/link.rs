@@ -644,7 +644,12 @@ impl Link<'_> {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
                 RelayToNode::Accepted(a) => {
-                    let status = match self.state.store().accepted(self.idx, &a, now_ms()) {
+                    // The number of the signing written on this connection, which the relay
+                    // holds: after a restore the message may since have been signed again
+                    // for another relay's refusal (`resequenced`), and this relay has not
+                    // seen the new number.
+                    let seq = self.sent.get(&a.id).copied();
+                    let status = match self.state.store().accepted(self.idx, &a, seq, now_ms()) {
                         Err(e) => {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.

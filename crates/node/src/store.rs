@@ -33,7 +33,8 @@ pub enum Answered {
     },
     /// That relay had answered it before (a resubmission's answer): nothing changed.
     Again,
-    /// This node never sent that message: ignored.
+    /// This node never sent that message, or never signed it with the number the link
+    /// wrote: ignored.
     Unknown,
 }
 
@@ -52,7 +53,11 @@ const NEVER_PAGES: i64 = i64::MAX;
 /// up to date (a rollback that kept the store), so the version is raised for it to refuse
 /// the store instead, and a store found at a version below 2 has `matrix_signed` filled
 /// again from every kept receipt, whatever it already holds (a store a version-1 node wrote
-/// after an earlier build of this one made the table is complete again).
+/// after an earlier build of this one made the table is complete again). Version 3 adds
+/// `signings`, the earlier signings of a message signed again after a restore: a version-2
+/// node would sign again without recording the signing it replaced, so a store found at a
+/// version below 3 has it filled again from the journal (and, if that finds any, `mismatches`
+/// and `matrix_signed` again from the kept receipts, which may name such a signing).
 ///
 /// Stores from before the version existed record 0, as does a new file: [`NodeStore::open`]
 /// brings any older store to this version by the same `CREATE TABLE IF NOT EXISTS` and
@@ -71,10 +76,13 @@ const NEVER_PAGES: i64 = i64::MAX;
 /// unannounced, so this node announces it once, `recovered`, at its next start (for the
 /// recipients still unacknowledged); the table is never refilled, so nothing is announced
 /// again at later starts.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The first schema version whose nodes keep `matrix_signed`.
 const SIGNED_TIMES_VERSION: i64 = 2;
+
+/// The first schema version whose nodes keep `signings`.
+const SIGNINGS_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -219,6 +227,19 @@ CREATE TABLE IF NOT EXISTS mismatches (
     id BLOB NOT NULL,
     signer TEXT NOT NULL,
     PRIMARY KEY (id, signer)
+) WITHOUT ROWID;
+-- The earlier signings of sent message `id`: one a relay refused for a number a restore made
+-- it reuse is signed again under its id with a new number (`NodeStore::resequence`), and the
+-- signing `sent` held until then is recorded here by its number and digest. Another relay may
+-- have taken that signing meanwhile (its acceptance is recorded against that number), and
+-- the recipients it delivers to receipt it (a receipt of it is a receipt of the message).
+-- Written in the transaction that signs again, and from the journal the first time a store
+-- opens at schema 3.
+CREATE TABLE IF NOT EXISTS signings (
+    id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (id, seq)
 ) WITHOUT ROWID;
 ";
 
@@ -951,20 +972,20 @@ fn index_stored_acks(tx: &Connection) -> Result<(), StoreError> {
 }
 
 /// Calls `f` with each receipt this store keeps (`receipts_in`) and each of its items, and,
-/// for an item naming a message this node sent, that message's author and digest. Each sent
-/// message is read once.
+/// for an item naming a message this node sent, that message's author and the digests of
+/// its signings ([`signing_digests`]). Each sent message is read once.
 fn for_each_kept_receipt_item(
     tx: &Connection,
     mut f: impl FnMut(
         &Receipt,
         &ReceiptItem,
-        Option<&(ParticipantId, Digest)>,
+        Option<&(ParticipantId, Vec<Digest>)>,
     ) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut st = tx.prepare("SELECT bytes, key, sig FROM receipts_in")?;
     let mut sent = tx.prepare("SELECT bytes, key, sig FROM sent WHERE id = ?1")?;
-    // Per id: this node's message's author and digest, or None for an id it never sent.
-    let mut held: HashMap<MessageId, Option<(ParticipantId, Digest)>> = HashMap::new();
+    // Per id: this node's message's author and digests, or None for an id it never sent.
+    let mut held: HashMap<MessageId, Option<(ParticipantId, Vec<Digest>)>> = HashMap::new();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let signed: Signed<Receipt> = signed_at(r, 0)?;
@@ -977,7 +998,10 @@ fn for_each_kept_receipt_item(
                         .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
                         .optional()?;
                     let ours = match found {
-                        Some(s) => Some((decode_stored(&s)?.sender, s.digest())),
+                        Some(s) => Some((
+                            decode_stored(&s)?.sender,
+                            earlier_signings(tx, &item.id, s.digest())?,
+                        )),
                         None => None,
                     };
                     e.insert(ours)
@@ -989,16 +1013,79 @@ fn for_each_kept_receipt_item(
     Ok(())
 }
 
+/// `current`, the digest of sent message `id` as `sent` holds it, and those of its earlier
+/// signings (`signings`): every digest under which a recipient may hold it.
+fn earlier_signings(
+    tx: &Connection,
+    id: &MessageId,
+    current: Digest,
+) -> Result<Vec<Digest>, StoreError> {
+    let mut digests = vec![current];
+    let mut st = tx.prepare_cached("SELECT digest FROM signings WHERE id = ?1")?;
+    let rows = st.query_map([&id.0[..]], |r| Ok(Digest(blob_array::<32>(r.get(0)?, 0)?)))?;
+    for d in rows {
+        digests.push(d?);
+    }
+    Ok(digests)
+}
+
+/// A sent message as a forwarded receipt is checked against ([`signing_digests`]).
+struct SentSignings {
+    /// The digests of its signings, the current first.
+    digests: Vec<Digest>,
+    /// Its status, for the events telling of its receipts (`None` if it does not decode).
+    status: Option<Status>,
+}
+
+/// Every digest sent message `id` was signed under ([`earlier_signings`]) and its status,
+/// or `None` if this node never sent it.
+fn signing_digests(tx: &Connection, id: &MessageId) -> Result<Option<SentSignings>, StoreError> {
+    let current = tx
+        .prepare_cached("SELECT bytes, key, sig FROM sent WHERE id = ?1")?
+        .query_row([&id.0[..]], |row| signed_at::<Envelope>(row, 0))
+        .optional()?;
+    let Some(s) = current else { return Ok(None) };
+    let status = s.decode_unverified().ok().map(|e| e.status);
+    let digests = earlier_signings(tx, id, s.digest())?;
+    Ok(Some(SentSignings { digests, status }))
+}
+
+/// Fills `signings` from the journal (a store from before it): each signing journaled as
+/// `message.sent` under the id of a message signed again (`message.resequenced`), other
+/// than the one `sent` holds.
+fn index_stored_signings(tx: &Connection) -> Result<(), StoreError> {
+    let mut st = tx.prepare(
+        "SELECT payload FROM journal WHERE kind = 'message.sent' AND subject IN (SELECT subject FROM journal WHERE kind = 'message.resequenced')",
+    )?;
+    let mut current = tx.prepare("SELECT seq FROM sent WHERE id = ?1")?;
+    let mut add =
+        tx.prepare("INSERT OR IGNORE INTO signings (id, seq, digest) VALUES (?1, ?2, ?3)")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let payload: Vec<u8> = r.get(0)?;
+        let signed: Signed<Envelope> =
+            codec::decode(&payload, usize::MAX).map_err(|e| StoreError::Record(Box::new(e)))?;
+        let env = decode_stored(&signed)?;
+        let seq: Option<u64> = current
+            .query_row([&env.id.0[..]], |r| r.get(0))
+            .optional()?;
+        if seq.is_some_and(|s| s != env.seq.0) {
+            add.execute(params![&env.id.0[..], env.seq.0, &signed.digest().0[..]])?;
+        }
+    }
+    Ok(())
+}
+
 /// Fills `mismatches` from the forwarded receipts the store holds (a store from before it):
 /// every (message, signer) for which it keeps a receipt naming one of its sent messages with
-/// a digest other than that message's. A sent message's author is this node, as the items
+/// a digest other than any of that message's signings. A sent message's author is this node, as the items
 /// `store_forwarded` checks name it; each id is looked up and hashed once, found or not (a
 /// cumulative receipt names up to 512 messages, mostly other senders').
 fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
     let mut add = tx.prepare("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?;
     for_each_kept_receipt_item(tx, |receipt, item, ours| {
-        if let Some((author, digest)) = ours {
-            if *author == item.sender && *digest != item.digest {
+        if let Some((author, digests)) = ours {
+            if *author == item.sender && !digests.contains(&item.digest) {
                 add.execute(params![&item.id.0[..], receipt.recipient.as_str()])?;
             }
         }
@@ -1012,7 +1099,9 @@ fn index_stored_mismatches(tx: &Connection) -> Result<(), StoreError> {
 fn index_stored_signed_times(tx: &Connection) -> Result<(), StoreError> {
     let mut add = tx.prepare(SIGNED_TIMES_UPSERT)?;
     for_each_kept_receipt_item(tx, |receipt, item, ours| {
-        if ours.is_some_and(|(author, digest)| *author == item.sender && *digest == item.digest) {
+        if ours.is_some_and(|(author, digests)| {
+            *author == item.sender && digests.contains(&item.digest)
+        }) {
             let acked = matches!(receipt.kind, ReceiptKind::Acknowledged { .. })
                 .then_some(receipt.created_at_ms);
             add.execute(params![
@@ -1147,6 +1236,7 @@ impl NodeStore {
         let acks_indexed = has_table("acks_out")?;
         let mismatches_indexed = has_table("mismatches")?;
         let signed_times_indexed = has_table("matrix_signed")?;
+        let signings_indexed = has_table("signings")?;
         // A store from before this version, rather than a new one.
         let older = has_table("receipts_in")?;
         if version < SCHEMA_VERSION && has_table("journal")? {
@@ -1169,6 +1259,20 @@ impl NodeStore {
             records,
             "stored messages and receipts match their journal entries"
         );
+        // Before the fills from receipts, which take a receipt of an earlier signing as one
+        // of the message.
+        let mut signed_again = false;
+        if !signings_indexed || version < SIGNINGS_VERSION {
+            tx.execute("DELETE FROM signings", [])?;
+            index_stored_signings(&tx)?;
+            signed_again =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM signings)", [], |r| r.get(0))?;
+        }
+        if signed_again && mismatches_indexed {
+            // An older node took receipts of an earlier signing for mismatches.
+            tx.execute("DELETE FROM mismatches", [])?;
+            index_stored_mismatches(&tx)?;
+        }
         if !answers_indexed {
             index_stored_answers(&tx)?;
         }
@@ -1181,7 +1285,7 @@ impl NodeStore {
             }
             index_stored_mismatches(&tx)?;
         }
-        if !signed_times_indexed || version < SIGNED_TIMES_VERSION {
+        if !signed_times_indexed || version < SIGNED_TIMES_VERSION || signed_again {
             // Filled from scratch: a table made by an earlier build but stamped with the
             // older version may lack what a node that does not keep it wrote since.
             tx.execute("DELETE FROM matrix_signed", [])?;
@@ -1462,8 +1566,11 @@ impl NodeStore {
     /// does not hold, numbers above its last), and recipients that already hold them keep
     /// their copy (nodes dedup by id). The relay's recorded highest becomes `last_seq`, and
     /// rises again with its acceptances. Returns how many were put back, and the highest
-    /// number the relay had accepted. (A message the relay accepted after the backup with a number
-    /// at or below `last_seq`, a retry inside the reorder window, is not seen; PROTOCOL.md 8.)
+    /// number the relay had accepted. A message signed again (`signings`) counts by each of
+    /// its numbers, and goes back as `sent` holds it: its newest signing, numbered above the
+    /// earlier ones, so above `last_seq` too. (A message the relay accepted after the backup
+    /// with a number at or below `last_seq`, a retry inside the reorder window, is not seen;
+    /// PROTOCOL.md 8.)
     pub fn offer_lost(
         &mut self,
         relay: usize,
@@ -1485,7 +1592,7 @@ impl NodeStore {
         }
         self.tx(|tx, j| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO outbox (relay, id, seq) SELECT ?1, id, seq FROM sent WHERE seq > ?2 AND seq <= ?3 AND accepted_at_ms IS NOT NULL",
+                "INSERT OR IGNORE INTO outbox (relay, id, seq) SELECT ?1, id, seq FROM sent WHERE accepted_at_ms IS NOT NULL AND ((seq > ?2 AND seq <= ?3) OR id IN (SELECT id FROM signings WHERE seq > ?2 AND seq <= ?3))",
                 params![relay as i64, last_seq, accepted],
             )?;
             // Raised again as the relay accepts them; one it refuses for good is then not
@@ -1541,9 +1648,12 @@ impl NodeStore {
     /// every outbox it is in. It is signed again only if no relay has accepted it, the
     /// refused number is at or below `floor` (so a relay that keeps refusing cannot make the
     /// node count up without end), and those are still the bytes stored (another relay's
-    /// refusal may have had it signed again already: then it is only offered again). If no
-    /// number may follow the counter and `floor` (`SEQ_MAX`), `SeqExhausted`, and nothing
-    /// changes.
+    /// refusal may have had it signed again already: then it is only offered again). The
+    /// signing replaced is kept in `signings`, by number and digest: another relay may have
+    /// been written it before this refusal came, and take it ([`Self::accepted`] records
+    /// that relay against its number), and the recipients it delivers to receipt it
+    /// ([`Self::store_forwarded`] counts such a receipt). If no number may follow the
+    /// counter and `floor` (`SEQ_MAX`), `SeqExhausted`, and nothing changes.
     pub fn resequence(
         &mut self,
         id: &MessageId,
@@ -1572,6 +1682,10 @@ impl NodeStore {
             if refused_seq > floor {
                 return Ok(Resequenced::Final);
             }
+            tx.execute(
+                "INSERT OR IGNORE INTO signings (id, seq, digest) VALUES (?1, ?2, ?3)",
+                params![&id.0[..], seq, &signed.digest().0[..]],
+            )?;
             let mut env = decode_stored(&signed)?;
             let last = current_seq(tx)?;
             let fresh = next_seq(last.max(floor))?;
@@ -1611,12 +1725,25 @@ impl NodeStore {
         )
     }
 
-    /// A relay accepted a message: it leaves that relay's outbox; the relay's recipient list
-    /// becomes the matrix.
+    /// A relay accepted a message, which the link wrote to it signed with number `seq`: it
+    /// leaves that relay's outbox; the relay's recipient list becomes the matrix; the relay's
+    /// record of what it holds (`relay_seq`, for [`Self::offer_lost`]) rises to `seq`.
+    ///
+    /// `seq` is the link's, not `sent`'s: a message signed again after a restore
+    /// ([`Self::resequence`]) may be taken by one relay under its earlier number while
+    /// another refused that number and had it signed again. That relay holds the earlier
+    /// signing and has seen no higher number for it; recorded as holding the newer one, it
+    /// would look, at its next `Welcome`, as if it had lost messages, and be sent the newer
+    /// signing, which it refuses (`IdConflict`). The sent message stays one record, by id
+    /// ([`Self::store_forwarded`]). A number that is none of the message's signings:
+    /// [`Answered::Unknown`]. No number (the link has written the message no signing on this
+    /// connection, or has had its answer already): [`Answered::Again`] for a message this
+    /// node sent, nothing recorded.
     pub fn accepted(
         &mut self,
         relay: usize,
         a: &Accepted,
+        seq: Option<u64>,
         now_ms: u64,
     ) -> Result<Answered, StoreError> {
         let name = self.relay_name(relay);
@@ -1626,9 +1753,20 @@ impl NodeStore {
                 .prepare_cached("SELECT seq, bytes, key, sig FROM sent WHERE id = ?1")?
                 .query_row([&a.id.0[..]], |r| Ok((r.get::<_, u64>(0)?, signed_at::<Envelope>(r, 1)?)))
                 .optional()?;
-            let Some((seq, signed)) = row else {
+            let Some((current, signed)) = row else {
                 return Ok(Answered::Unknown);
             };
+            let Some(seq) = seq else {
+                return Ok(Answered::Again);
+            };
+            if seq != current {
+                let earlier: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM signings WHERE id = ?1 AND seq = ?2)")?
+                    .query_row(params![&a.id.0[..], seq], |r| r.get(0))?;
+                if !earlier {
+                    return Ok(Answered::Unknown);
+                }
+            }
             let n = tx.execute("DELETE FROM outbox WHERE relay = ?1 AND id = ?2", params![relay as i64, &a.id.0[..]])?;
             tx.prepare_cached(
                 "INSERT INTO relay_seq (relay, seq) VALUES (?1, ?2) ON CONFLICT (relay) DO UPDATE SET seq = MAX(seq, excluded.seq)",
@@ -2106,8 +2244,9 @@ impl NodeStore {
     ) -> Result<Vec<Forwarded>, StoreError> {
         self.tx(|tx, j| {
             let mut out = Vec::with_capacity(receipts.len());
-            // Per message named: its digest and status, or `None` if this node did not send it.
-            let mut sent_digests: HashMap<MessageId, Option<(Digest, Option<Status>)>> = HashMap::new();
+            // Per message named: the digests of its signings and its status, or `None` if this
+            // node did not send it.
+            let mut sent_digests: HashMap<MessageId, Option<SentSignings>> = HashMap::new();
             for r in receipts {
                 let s = r.signed();
                 let d = s.digest();
@@ -2115,26 +2254,20 @@ impl NodeStore {
                 // The items naming messages this node sent, each checked against the bytes it
                 // signed: a recipient that was handed altered content under an id (and
                 // quarantined it) receipts that content's digest, and must not be counted as
-                // having ours. Each message is read, hashed and decoded (for the status its
-                // events carry) once per batch: a fan-out's receipts from every recipient name
-                // the same one.
+                // having ours. Any signing of ours is ours: a message signed again after a
+                // restore may reach a recipient under each of its numbers, through different
+                // relays. Each message is read, hashed and decoded (for the status its events
+                // carry) once per batch: a fan-out's receipts from every recipient name the
+                // same one.
                 let mut ours = Vec::new();
                 let mut names_ours = false;
                 for item in r.items.iter().filter(|i| &i.sender == me) {
-                    let sent = match sent_digests.get(&item.id) {
-                        Some(d) => *d,
-                        None => {
-                            let d = tx
-                                .prepare_cached("SELECT bytes, key, sig FROM sent WHERE id = ?1")?
-                                .query_row([&item.id.0[..]], |row| signed_at::<Envelope>(row, 0))
-                                .optional()?
-                                .map(|s| (s.digest(), s.decode_unverified().ok().map(|e| e.status)));
-                            sent_digests.insert(item.id, d);
-                            d
-                        }
+                    let sent = match sent_digests.entry(item.id) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(signing_digests(tx, &item.id)?),
                     };
                     match sent {
-                        Some((d, status)) if d == item.digest => ours.push((item, status)),
+                        Some(sent) if sent.digests.contains(&item.digest) => ours.push((item, sent.status)),
                         Some(_) => {
                             // Other content under our id: news only the first time this
                             // signer says so for this message. A participant can sign such
@@ -3089,7 +3222,7 @@ mod tests {
             recipients: vec![pid("KGZ"), pid("TJK")],
             accepted_at_ms: NOW + 2 * EVERY,
         };
-        store.accepted(0, &a, NOW + 2 * EVERY).unwrap();
+        store.accepted(0, &a, Some(1), NOW + 2 * EVERY).unwrap();
         let rest = Overdue {
             recipients: vec![pid("TJK"), pid("UZB")],
             ..escalation
@@ -3160,7 +3293,7 @@ mod tests {
             };
             for (relay, a) in &order {
                 assert_eq!(
-                    store.accepted(*relay, a, NOW + 2 * EVERY).unwrap(),
+                    store.accepted(*relay, a, Some(1), NOW + 2 * EVERY).unwrap(),
                     Answered::New {
                         status: Some(Status::Actual)
                     }
@@ -3284,7 +3417,7 @@ mod tests {
             recipients: to.to_vec(),
             accepted_at_ms: NOW,
         };
-        store.accepted(0, &a, NOW).unwrap();
+        store.accepted(0, &a, Some(1), NOW).unwrap();
         // The relay had accepted up to 5 from this participant before the restore.
         let floor = 5;
         // A number above what the relay had seen is not one a restore explains.
@@ -3328,6 +3461,160 @@ mod tests {
         // Reopened, every stored record is one its journal holds.
         drop(store);
         NodeStore::open(dir.path()).unwrap();
+    }
+
+    /// A store restored from a backup composes a message for two relays with a number
+    /// relay B had taken: B refuses it and it is signed again, while relay A, which had
+    /// not seen that number, takes the first signing. Each relay is recorded against the
+    /// number it took, so neither looks at its next `Welcome` as if it had lost messages; a
+    /// receipt of either signing records its recipient, and is no mismatch; a relay that
+    /// lost the first signing (restored from a backup in turn) is sent the newest.
+    #[test]
+    fn each_relay_is_recorded_for_the_signing_it_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ"), pid("TJK")]);
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let draft = flash_draft(&to, "Incident at the border");
+        let old = store
+            .compose(&me, &key, draft, &to, 2, NOW)
+            .unwrap()
+            .unwrap();
+        let id = old.decode_unverified().unwrap().id;
+        assert_eq!(
+            store.resequence(&id, 1, 5, &key, NOW).unwrap(),
+            Resequenced::Signed(6)
+        );
+        let new = store.outbox(1, 10).unwrap().remove(0).signed;
+        let a = Accepted {
+            id,
+            recipients: to.to_vec(),
+            accepted_at_ms: NOW,
+        };
+        assert_eq!(
+            store.accepted(1, &a, Some(6), NOW).unwrap(),
+            Answered::New {
+                status: Some(Status::Actual)
+            }
+        );
+        assert_eq!(
+            store.accepted(0, &a, Some(1), NOW + 1).unwrap(),
+            Answered::New {
+                status: Some(Status::Actual)
+            }
+        );
+        assert!(store.outbox(0, 10).unwrap().is_empty());
+        // A number the message was never signed with answers nothing; no number (nothing
+        // written on that connection) records nothing.
+        assert_eq!(
+            store.accepted(0, &a, Some(3), NOW + 1).unwrap(),
+            Answered::Unknown
+        );
+        assert_eq!(
+            store.accepted(0, &a, None, NOW + 1).unwrap(),
+            Answered::Again
+        );
+        assert_eq!(store.offer_lost(0, 1, NOW).unwrap(), (0, 1));
+        assert_eq!(store.offer_lost(1, 6, NOW).unwrap(), (0, 6));
+
+        let item = |s: &Signed<Envelope>| ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest: s.digest(),
+        };
+        let through_a = kgz_receipt(NOW, ReceiptKind::Delivered, item(&old));
+        let through_b = receipt_of("TJK", 5, NOW, duty_ack(), item(&new));
+        let out = store
+            .store_forwarded(&me, &[through_a, through_b], NOW + 2)
+            .unwrap();
+        for f in &out {
+            assert_eq!(
+                (&f.first, &f.mismatched),
+                (
+                    &vec![News {
+                        id,
+                        status: Some(Status::Actual)
+                    }],
+                    &vec![]
+                ),
+                "{out:?}"
+            );
+        }
+        let sent = store.sent_message(&id).unwrap().unwrap();
+        assert_eq!(
+            sent.envelope.seq,
+            Seq(6),
+            "the record holds the newest signing"
+        );
+        let row = |r: &str| {
+            sent.matrix
+                .iter()
+                .find(|m| m.recipient.as_str() == r)
+                .unwrap()
+        };
+        assert_eq!(row("KGZ").delivered_at_ms, Some(NOW + 2));
+        assert_eq!(row("TJK").acked_at_ms, Some(NOW + 2));
+
+        // Relay A, restored to before it took the first signing, is sent the newest.
+        assert_eq!(store.offer_lost(0, 0, NOW).unwrap(), (1, 1));
+        let out = store.outbox(0, 10).unwrap();
+        assert_eq!((out[0].id, out[0].seq), (id, 6));
+        drop(store);
+        NodeStore::open(dir.path()).unwrap();
+    }
+
+    /// A schema 2 store (before `signings`) learns the earlier signings of the messages it
+    /// signed again from its journal when it opens, and drops the mismatches a schema 2
+    /// node recorded for receipts of them.
+    #[test]
+    fn a_store_from_before_the_record_of_signings_learns_it_from_its_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, to) = (pid("KAZ"), [pid("KGZ")]);
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let old = flash_alert(&mut store, &me, &to);
+        let id = old.decode_unverified().unwrap().id;
+        store.resequence(&id, 1, 5, &key, NOW).unwrap();
+        let item = ReceiptItem {
+            id,
+            sender: me.clone(),
+            digest: old.digest(),
+        };
+        store
+            .store_forwarded(&me, &[kgz_receipt(NOW, ReceiptKind::Delivered, item)], NOW)
+            .unwrap();
+        store
+            .conn
+            .execute_batch(&format!(
+                "DROP TABLE signings; INSERT INTO mismatches (id, signer) VALUES (X'{}', 'KGZ'); PRAGMA user_version = 2",
+                hex::encode(id.0)
+            ))
+            .unwrap();
+        drop(store);
+
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        let mismatches: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM mismatches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            mismatches, 0,
+            "a receipt of the earlier signing is no mismatch"
+        );
+        let a = Accepted {
+            id,
+            recipients: to.to_vec(),
+            accepted_at_ms: NOW,
+        };
+        assert_eq!(
+            store.accepted(0, &a, Some(1), NOW).unwrap(),
+            Answered::New {
+                status: Some(Status::Actual)
+            },
+            "the earlier signing is known"
+        );
+        assert_eq!(store.offer_lost(0, 1, NOW).unwrap(), (0, 1));
     }
 
     /// Two links offering rosters at once may save the older one second: it is not
@@ -3526,7 +3813,7 @@ mod tests {
             recipients: to.to_vec(),
             accepted_at_ms: NOW,
         };
-        store.accepted(0, &accepted, NOW).unwrap();
+        store.accepted(0, &accepted, Some(1), NOW).unwrap();
         let ids = |s: &NodeStore, r: usize| -> Vec<MessageId> {
             s.outbox(r, 10).unwrap().iter().map(|m| m.id).collect()
         };
@@ -3569,14 +3856,14 @@ mod tests {
                     .id
             })
             .collect();
-        for id in [ids[0], ids[2]] {
+        for (id, seq) in [(ids[0], 1), (ids[2], 3)] {
             let a = Accepted {
                 id,
                 recipients: to.to_vec(),
                 accepted_at_ms: NOW,
             };
             assert_eq!(
-                store.accepted(0, &a, NOW).unwrap(),
+                store.accepted(0, &a, Some(seq), NOW).unwrap(),
                 Answered::New {
                     status: Some(Status::Actual)
                 }
@@ -3600,7 +3887,7 @@ mod tests {
             accepted_at_ms: NOW + 5,
         };
         assert_eq!(
-            store.accepted(0, &a, NOW + 5).unwrap(),
+            store.accepted(0, &a, Some(3), NOW + 5).unwrap(),
             Answered::New {
                 status: Some(Status::Actual)
             }
@@ -3893,7 +4180,9 @@ mod tests {
             accepted_at_ms: NOW + 1,
         };
         assert_eq!(
-            store.accepted(0, &accepted(&["KGZ"]), NOW + 1).unwrap(),
+            store
+                .accepted(0, &accepted(&["KGZ"]), Some(1), NOW + 1)
+                .unwrap(),
             Answered::New {
                 status: Some(Status::Actual)
             }
@@ -3905,7 +4194,7 @@ mod tests {
         // Relay 1, whose roster has TJK and also MNG, accepts second: both are added.
         let second = accepted(&["KGZ", "MNG", "TJK"]);
         assert_eq!(
-            store.accepted(1, &second, NOW + 2).unwrap(),
+            store.accepted(1, &second, Some(1), NOW + 2).unwrap(),
             Answered::New {
                 status: Some(Status::Actual)
             }
@@ -3921,14 +4210,14 @@ mod tests {
         assert_eq!(recipients(&store), want);
         // Its answer to a resubmission changes nothing, and the record survives a restart.
         assert_eq!(
-            store.accepted(1, &second, NOW + 3).unwrap(),
+            store.accepted(1, &second, Some(1), NOW + 3).unwrap(),
             Answered::Again
         );
         // A relay that holds no outbox row for it (a third, added to the configuration
         // after the message was sent) answers with one more recipient: news, not a repeat.
         assert_eq!(
             store
-                .accepted(2, &accepted(&["KGZ", "TKM"]), NOW + 4)
+                .accepted(2, &accepted(&["KGZ", "TKM"]), Some(1), NOW + 4)
                 .unwrap(),
             Answered::New {
                 status: Some(Status::Actual)

@@ -10,7 +10,7 @@
 //! receipts are stored.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -298,8 +298,9 @@ async fn sender_session(
     } = session;
     let (tx, mut rx) = mpsc::channel(256);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(reader, tx)));
-    // Messages written on this connection and not yet answered.
-    let mut written: BTreeSet<MessageId> = BTreeSet::new();
+    // Messages written on this connection and not yet answered, with the sequence number
+    // each was written with (what the store records the relay's acceptance against).
+    let mut written: BTreeMap<MessageId, u64> = BTreeMap::new();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
     let mut check = tokio::time::interval(Duration::from_millis(SETTLED_CHECK_MS));
@@ -322,8 +323,8 @@ async fn sender_session(
                 };
                 match f {
                     RelayToNode::Accepted(a) => {
-                        written.remove(&a.id);
-                        store.borrow_mut().accepted(0, &a, peer.now_ms()).map_err(store_err)?;
+                        let seq = written.remove(&a.id);
+                        store.borrow_mut().accepted(0, &a, seq, peer.now_ms()).map_err(store_err)?;
                         {
                             let mut l = peer.ledger.borrow_mut();
                             let seq = l.seq(&a.id);
@@ -408,7 +409,7 @@ async fn pump(
     peer: &Peer,
     store: &RefCell<NodeStore>,
     writer: &mut hotline_net::FrameWriter,
-    written: &mut BTreeSet<MessageId>,
+    written: &mut BTreeMap<MessageId, u64>,
 ) -> Result<(), NetError> {
     let outbox = store
         .borrow()
@@ -417,7 +418,7 @@ async fn pump(
     let mut buf = Vec::new();
     for m in outbox {
         let (id, signed) = (m.id, m.signed);
-        if written.insert(id) {
+        if written.insert(id, m.seq).is_none() {
             let mut l = peer.ledger.borrow_mut();
             let seq = l.seq(&id);
             if let Some(m) = l.record(&id) {
