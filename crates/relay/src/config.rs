@@ -21,7 +21,9 @@ use crate::limits;
 pub struct Limits {
     /// Connections served at once (default 16384; at most 1048576).
     pub connections_max: usize,
-    /// Largest frame from a node, bytes (default 262144, the protocol maximum).
+    /// Largest signed bytes of a submitted message, bytes; a larger one is refused
+    /// `TooLarge` (default 262144, the protocol maximum). It bounds messages only: every
+    /// frame is read up to the protocol maximum, whatever this says.
     pub frame_bytes_max: usize,
     /// Largest message body, bytes (default 65536, the protocol maximum; at least 1: 0
     /// would refuse every message with a body).

@@ -13,7 +13,8 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 /// and the relay stayed up serving nothing.
 pub const CONNECTIONS_MAX_CEILING: usize = 1_048_576;
 
-/// Largest frame accepted from a node (at most the protocol maximum).
+/// Largest signed bytes of a message accepted from a node (at most the protocol maximum).
+/// Frames are read up to the protocol maximum whatever the configuration says.
 pub const FRAME_BYTES_MAX: usize = proto::FRAME_BYTES_MAX;
 
 /// Largest message body accepted (at most the protocol maximum).

@@ -482,7 +482,7 @@ impl Metrics {
         counter(
             &mut o,
             "hotline_relay_receipts_redundant_total",
-            "Valid receipts answered as stored but not kept or forwarded: every message they name already had that recipient's receipt (or acknowledgement) here.",
+            "Valid receipts answered as stored but not kept or forwarded: every message they name already had that recipient's receipt (or acknowledgement) here, or is one this relay does not hold from a sender on no roster.",
             self.receipts_redundant.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP hotline_relay_receipts_unforwarded_total Receipts for messages this relay does not hold not forwarded to a sender, by reason: forward_queue_full, the sender's forward queue was at limits.forward_foreign_max; signer_over_budget, the receipt's signer was over limits.foreign_receipts_per_day_max for the day (then not kept either). One per sender not forwarded to.\n# TYPE hotline_relay_receipts_unforwarded_total counter");

@@ -1877,6 +1877,7 @@ impl Writer {
                                 forward_depths: &self.forward_depths,
                                 forward_foreign_max: self.ctx.forward_foreign_max,
                                 foreign_budget: &self.foreign_budget,
+                                roster: &roster,
                             },
                             (&receipt, digest),
                             now,
@@ -2343,6 +2344,10 @@ struct Queues<'a> {
     /// Receipts kept today only for foreign items, by signer, as committed (this batch's
     /// are in `Pending::foreign_kept`).
     foreign_budget: &'a ForeignBudget,
+    /// The roster in force: a foreign item is forwarded only to a sender listed on it. The
+    /// signer writes a foreign item's sender as it likes, and each sender forwarded to costs
+    /// a forward queue, a depth in memory and a metrics series that nobody could ever empty.
+    roster: &'a Roster,
 }
 
 fn store_receipt(
@@ -2418,8 +2423,9 @@ fn store_receipt(
     // is news if it is the first receipt of either kind from `me` for it (it leaves `me`'s
     // queue, below) or its first acknowledgement (`acks`). An item naming a message not
     // held here ("foreign": accepted by another relay only) cannot be checked, and is
-    // forwarded only while its sender's forward queue is below `forward_foreign_max`; a
-    // receipt kept only for such items counts against its signer's budget for the day.
+    // forwarded only to a sender on the roster, while its forward queue is below
+    // `forward_foreign_max`; a receipt kept only for such items counts against its signer's
+    // budget for the day.
     let mut news = false;
     let mut senders = BTreeSet::new();
     let mut foreign = BTreeSet::new();
@@ -2438,9 +2444,12 @@ fn store_receipt(
         let mut queue = ix.queue(me);
         for (item, at) in receipt.items.iter().zip(&accepted_at) {
             let Some((at, rseq)) = at else {
-                // Cloned only the first time: a receipt may name one sender hundreds of
-                // times.
-                if item.sender != *me && !foreign.contains(&item.sender) {
+                // Only a sender on the roster (`Queues::roster`); cloned only the first
+                // time: a receipt may name one sender hundreds of times.
+                if item.sender != *me
+                    && !foreign.contains(&item.sender)
+                    && queues.roster.participant(&item.sender).is_some()
+                {
                     foreign.insert(item.sender.clone());
                 }
                 continue;
@@ -3671,6 +3680,66 @@ mod tests {
             "the failed batch counted nothing"
         );
         assert_eq!(kept_and_forwarded(&w, n3), (false, false), "over again");
+    }
+
+    /// A foreign item's sender is whatever its signer wrote: one on no roster is never
+    /// forwarded to (nobody could log in to collect it), so a member cannot make the relay
+    /// keep a forward queue, a depth and a metrics series for each of up to 512 made-up
+    /// senders a receipt, within its daily budget or riding on a receipt that is news. A
+    /// receipt naming only such items is answered as stored and not kept; news is kept and
+    /// forwarded to the real senders only.
+    #[test]
+    fn receipts_are_never_forwarded_to_senders_on_no_roster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 10_000);
+        let from = |sender: &str, n: u8| ReceiptItem {
+            id: MessageId([0x40 | n; 16]),
+            sender: pid(sender),
+            digest: Digest([n; 32]),
+        };
+        let held = ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        let now = 20_000 * DAY_MS;
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            now,
+            vec![
+                ("CHN", 2, vec![from("ZZA", 1), from("ZZB", 2)]),
+                ("IND", 3, vec![held, from("ZZC", 3), from("CHN", 4)]),
+            ],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(a[1].1, RelayToNode::ReceiptStored(a[1].0));
+        let kept = |d: Digest| {
+            w.conn
+                .query_row(
+                    "SELECT count(*) FROM receipts WHERE digest = ?1",
+                    [&d.0[..]],
+                    |r| r.get::<_, i64>(0),
+                )
+                .expect("count")
+        };
+        assert_eq!(kept(a[0].0), 0, "names only senders on no roster");
+        assert_eq!(kept(a[1].0), 1, "news");
+        let mut forwarded_to: Vec<String> = w
+            .conn
+            .prepare("SELECT recipient FROM rqueue ORDER BY recipient")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        forwarded_to.dedup();
+        assert_eq!(forwarded_to, ["CHN", "KAZ"], "only senders on the roster");
+        let text = w.ctx.metrics.render(&[]);
+        assert!(
+            !text.contains("\"ZZ"),
+            "no series for made-up senders:\n{text}"
+        );
     }
 
     /// A budget of 0 keeps no receipt naming only messages not held here, and still keeps
