@@ -917,11 +917,7 @@ async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow
         ids.push(kaz.send("KGZ", &format!("to acknowledge {i}"), &[]).await?);
     }
     for id in &ids {
-        kaz_events
-            .wait_for("delivered", |e| {
-                e["type"] == "delivered" && e["id"] == id.as_str()
-            })
-            .await?;
+        kaz_events.wait_about("delivered", id).await?;
     }
 
     // Acknowledge one at a time on a full disk until the relay refuses one.
@@ -936,9 +932,7 @@ async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow
         acked.push(id.clone());
         // Either the sender sees it (the relay had room) or KGZ logs the refusal.
         tokio::select! {
-            seen = kaz_events.wait_for("acknowledged", |e| {
-                e["type"] == "acknowledged" && e["id"] == id.as_str()
-            }) => { seen?; }
+            seen = kaz_events.wait_about("acknowledged", id) => { seen?; }
             line = kgz.proc.wait_log_from(from, REFUSED) => {
                 refusal = Some(line?);
                 break;
@@ -952,11 +946,7 @@ async fn an_acknowledgement_refused_by_a_full_relay_is_offered_again() -> anyhow
     // above), and the sender's records show every one.
     std::fs::remove_file(&filler)?;
     let last = acked.last().context("acked")?;
-    kaz_events
-        .wait_for("acknowledged", |e| {
-            e["type"] == "acknowledged" && e["id"] == last.as_str()
-        })
-        .await?;
+    kaz_events.wait_about("acknowledged", last).await?;
     for id in &acked {
         let st = kaz.cli_json(&["status", id]).await?;
         assert_eq!(st["acknowledged"], 1, "{st}");

@@ -98,12 +98,7 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
     assert!(received >= before && received <= now_ms(), "{m}");
 
     // The delivered receipt reaches the sender before anyone has read the message.
-    kaz_events
-        .wait_for("delivered", |e| {
-            e["type"] == "delivered" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    kaz_events.wait_about("delivered", &id).await.unwrap();
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["state"], "delivered", "{st}");
     assert_eq!(
@@ -118,12 +113,7 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
         .unwrap();
     assert_eq!(ack["acknowledged"], true, "{ack}");
 
-    let ev = kaz_events
-        .wait_for("acknowledged", |e| {
-            e["type"] == "acknowledged" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    let ev = kaz_events.wait_about("acknowledged", &id).await.unwrap();
     assert_eq!(ev["by"], "KGZ");
     assert_eq!(ev["officer"], "Duty officer");
     assert_eq!(ev["note"], "ok");
@@ -240,12 +230,7 @@ async fn a_node_that_was_stopped_receives_what_was_sent_meanwhile() {
         .collect();
     assert_eq!(ids, vec![id.as_str()], "{inbox}");
 
-    kaz_events
-        .wait_for("delivered", |e| {
-            e["type"] == "delivered" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    kaz_events.wait_about("delivered", &id).await.unwrap();
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["state"], "delivered", "{st}");
     relay.shutdown().await;
@@ -536,12 +521,7 @@ async fn an_overdue_exercise_message_is_escalated_as_an_exercise() {
         .await
         .unwrap(),
     );
-    let ev = events
-        .wait_for("overdue", |e| {
-            e["type"] == "overdue" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    let ev = events.wait_about("overdue", &id).await.unwrap();
     assert_eq!(ev["status"], "exercise", "{ev}");
     let line = kaz.proc.wait_line(&["overdue", &msg(&id)]).await.unwrap();
     assert!(line.contains("status=Exercise"), "{line}");
@@ -595,12 +575,7 @@ async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start
         )
         .await
         .unwrap();
-    let ev = events
-        .wait_for("overdue", |e| {
-            e["type"] == "overdue" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    let ev = events.wait_about("overdue", &id).await.unwrap();
     assert_ne!(ev["recovered"], true, "{ev}");
     // The mark is committed before the event; the hook cannot have ended.
     kaz.proc.kill9();
@@ -762,38 +737,14 @@ async fn every_event_about_an_exercise_message_says_so() {
     let args = drill("KGZ");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let id = id_of(&kaz.cli_json(&args).await.unwrap());
-    let of = |kind: &'static str, id: &str| {
-        let id = id.to_owned();
-        move |e: &Value| e["type"] == kind && e["id"] == id.as_str()
-    };
 
-    exercise(
-        &kaz_events
-            .wait_for("accepted", of("accepted", &id))
-            .await
-            .unwrap(),
-    );
-    exercise(
-        &kaz_events
-            .wait_for("delivered", of("delivered", &id))
-            .await
-            .unwrap(),
-    );
+    exercise(&kaz_events.wait_about("accepted", &id).await.unwrap());
+    exercise(&kaz_events.wait_about("delivered", &id).await.unwrap());
     kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
         .await
         .unwrap();
-    exercise(
-        &kgz_events
-            .wait_for("ack_sent", of("ack_sent", &id))
-            .await
-            .unwrap(),
-    );
-    exercise(
-        &kaz_events
-            .wait_for("acknowledged", of("acknowledged", &id))
-            .await
-            .unwrap(),
-    );
+    exercise(&kgz_events.wait_about("ack_sent", &id).await.unwrap());
+    exercise(&kaz_events.wait_about("acknowledged", &id).await.unwrap());
     for what in ["accepted", "acknowledged"] {
         let line = kaz.proc.wait_line(&[what, &msg(&id)]).await.unwrap();
         assert!(line.contains("status=Exercise"), "{line}");
@@ -808,10 +759,7 @@ async fn every_event_about_an_exercise_message_says_so() {
     let args = drill("KAZ");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let refused = id_of(&un.cli_json(&args).await.unwrap());
-    let ev = un_events
-        .wait_for("rejected", of("rejected", &refused))
-        .await
-        .unwrap();
+    let ev = un_events.wait_about("rejected", &refused).await.unwrap();
     assert_eq!(ev["code"], "PolicyDenied", "{ev}");
     exercise(&ev);
     let line = un
@@ -1916,12 +1864,7 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
     assert_eq!(relay.local_addr(), addr);
     let kgz = net.start_node("KGZ").await.unwrap();
     acknowledgement_stored_by_the_relay(&kgz).await;
-    let ev = kaz_events
-        .wait_for("acknowledged", |e| {
-            e["type"] == "acknowledged" && e["id"] == id.as_str()
-        })
-        .await
-        .unwrap();
+    let ev = kaz_events.wait_about("acknowledged", &id).await.unwrap();
     assert_eq!(ev["officer"], "Duty officer");
     kaz.proc
         .wait_line(&["acknowledged", &msg(&id), "by=KGZ"])
@@ -2202,12 +2145,7 @@ async fn two_relays_deliver_once_and_the_loss_of_one_loses_nothing() {
         .wait_line(&["accepted", "relay=1", &msg(&first)])
         .await
         .unwrap();
-    kaz_events
-        .wait_for("delivered", |e| {
-            e["type"] == "delivered" && e["id"] == first.as_str()
-        })
-        .await
-        .unwrap();
+    kaz_events.wait_about("delivered", &first).await.unwrap();
     // Both relays delivered it to KGZ: each stored a delivered receipt from KGZ (the only
     // participant that sends any here). KAZ's events do not show this: KAZ says "delivered"
     // once per recipient, however many relays forward KGZ's receipts.
@@ -2247,9 +2185,7 @@ async fn two_relays_deliver_once_and_the_loss_of_one_loses_nothing() {
         .await
         .unwrap();
     kaz_events
-        .wait_for("acknowledged", |e| {
-            e["type"] == "acknowledged" && e["id"] == second_id.as_str()
-        })
+        .wait_about("acknowledged", &second_id)
         .await
         .unwrap();
     let st = kaz.cli_json(&["status", &second_id]).await.unwrap();

@@ -1096,6 +1096,12 @@ impl Events {
 }
 
 impl Events {
+    /// Waits (at most EVENT_TIMEOUT) for an event of type `kind` about message `id`.
+    pub async fn wait_about(&mut self, kind: &str, id: &str) -> anyhow::Result<serde_json::Value> {
+        self.wait_for(kind, |e| e["type"] == kind && e["id"] == id)
+            .await
+    }
+
     /// Waits (at most EVENT_TIMEOUT for each) until an event of type `kind` has been seen
     /// for every message in `ids`, in whatever order they come.
     pub async fn wait_for_each(&mut self, kind: &str, ids: &[String]) -> anyhow::Result<()> {
