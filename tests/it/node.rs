@@ -1210,6 +1210,62 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
     );
 }
 
+/// `hotline inbox --unacknowledged` lists every message not yet acknowledged, however many
+/// newer ones were: it used to filter the newest 1,000 (the API's list limit) on the
+/// command's side, so that a request waiting for an answer behind 1,000 newer messages,
+/// acknowledged, was listed nowhere, and the officer was told there were no messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknowledged() {
+    use hotline_node::limits::API_LIST_MAX;
+    use hotline_node::store::NodeStore;
+    let net = net();
+    net.node_config("KGZ", free_udp_addr());
+    let data = net.path().join("node-KGZ");
+    std::fs::create_dir_all(&data).unwrap();
+    let kaz = net.key("KAZ");
+    let (kgz, kgz_key) = (pid("KGZ"), net.key("KGZ"));
+    let signed = |seq: u64, subject: &str| {
+        let env = flash_to_kgz("KAZ", seq, subject, "");
+        (Signed::sign(&env, &kaz).unwrap(), Ok(env))
+    };
+    let waiting = signed(1, "Request for clarification");
+    let waiting_id = waiting.1.as_ref().unwrap().id;
+    let newer: Vec<_> = (2..API_LIST_MAX as u64 + 2)
+        .map(|seq| signed(seq, "Communications check"))
+        .collect();
+    {
+        let mut store = NodeStore::open(&data).unwrap();
+        let t = now_ms() - 60_000;
+        store.store_deliveries(&[waiting], t).unwrap();
+        store.store_deliveries(&newer, t + 1).unwrap();
+        for (_, env) in &newer {
+            let id = env.as_ref().unwrap().id;
+            store
+                .acknowledge(&kgz, &kgz_key, &id, "Duty officer", None, 1, t + 2)
+                .unwrap()
+                .unwrap();
+        }
+        let all: Vec<_> = newer.iter().map(|(_, e)| e.as_ref().unwrap().id).collect();
+        store.mark_announced(&all).unwrap();
+        store.mark_announced(&[waiting_id]).unwrap();
+    }
+    let node = net.start_node("KGZ").await.unwrap();
+    let listed = node.cli_json(&["inbox", "--unacknowledged"]).await.unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, [waiting_id.to_string()], "{listed}");
+    let text = node.cli(&["inbox", "--unacknowledged"]).await.unwrap();
+    assert!(
+        text.stdout.contains(&waiting_id.to_string()) && !text.stdout.contains("no messages"),
+        "{text:?}"
+    );
+    stop_node(node).await;
+}
+
 /// A node whose participant the relay's roster revokes is refused at every attempt. A
 /// message its officer sends then says that no relay will take it, and why, rather than that
 /// it waits for a relay to be reachable (OPERATIONS.md 4.5). It is queued all the same:

@@ -914,12 +914,30 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/inbox`'s query: a list's `limit`, and whether only unacknowledged messages.
+#[derive(Deserialize)]
+struct InboxQuery {
+    limit: Option<usize>,
+    /// Only those not yet acknowledged, chosen by the store: filtered from the newest
+    /// `limit` by the client, one behind that many newer acknowledged messages was listed
+    /// nowhere.
+    #[serde(default)]
+    unacknowledged: bool,
+}
+
 async fn inbox(
     State(state): State<St>,
-    Params(q): Params<ListQuery>,
+    Params(q): Params<InboxQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
-    let items = state.store().inbox(limit).map_err(store_error)?;
+    let store = state.store();
+    let items = if q.unacknowledged {
+        store.unacknowledged(limit)
+    } else {
+        store.inbox(limit)
+    }
+    .map_err(store_error)?;
+    drop(store);
     Ok(Json(items.into_iter().map(inbox_item).collect()))
 }
 
