@@ -1266,6 +1266,85 @@ async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknow
     stop_node(node).await;
 }
 
+/// Local clients that hold connections to the API open (a dashboard that never closes its
+/// event streams, a script gone wrong, or any local user: no token is needed to connect)
+/// cannot use up the node's file descriptors: the API serves at most
+/// `API_CONNECTIONS_MAX` connections at once, and more wait in the kernel's queue until one
+/// closes. Without the cap the node accepted until it had no descriptor left, and then could
+/// not start its paging hook: a FLASH alert arrived and nobody was paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_the_api_cannot_use_up_the_descriptors_paging_needs() {
+    let max = hotline_node::limits::API_CONNECTIONS_MAX;
+    let net = net();
+    let relay = net.relay().await;
+    let pages = net.path().join("pages.jsonl");
+    net.node_config_with(
+        "KGZ",
+        &NodeSetup {
+            hooks: Some(format!(
+                "on_message = [\"sh\", \"-c\", \"cat >> '{}'\"]",
+                pages.display()
+            )),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+
+    // The node's descriptors: what it holds now, and a limit that leaves it room for the
+    // connections it serves and a few more (its files, a hook's pipes).
+    let fds = format!("/proc/{}/fd", kgz.proc.pid());
+    let open = || std::fs::read_dir(&fds).unwrap().count();
+    let base = open();
+    let limit = base + max + 32;
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &kgz.proc.pid().to_string()])
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(set.success(), "prlimit: {set}");
+
+    let mut held = Vec::new();
+    for _ in 0..max + 64 {
+        held.push(tokio::net::TcpStream::connect(kgz.api).await.unwrap());
+    }
+    // Until the node has taken as many as it serves (it reads every 20 ms: no event says so).
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while open() < base + max {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} descriptors",
+            open()
+        );
+        tick.tick().await;
+    }
+    kgz.proc
+        .wait_line(&["local API: connection limit reached"])
+        .await
+        .unwrap();
+
+    let flash = kaz
+        .send("KGZ", "Incident at the border", &["--precedence", "FLASH"])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["urgent message received", &msg(&flash)])
+        .await
+        .unwrap();
+    let hook = kgz.proc.wait_line(&["hook", "on_message"]).await.unwrap();
+    assert!(hook.contains("hook ran"), "{hook}");
+
+    // Once they are closed, the API answers again.
+    drop(held);
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox[0]["id"], flash.as_str(), "{inbox}");
+    relay.shutdown().await;
+}
+
 /// A node whose participant the relay's roster revokes is refused at every attempt. A
 /// message its officer sends then says that no relay will take it, and why, rather than that
 /// it waits for a relay to be reachable (OPERATIONS.md 4.5). It is queued all the same:
