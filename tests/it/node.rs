@@ -1257,6 +1257,141 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
     );
 }
 
+/// `hotline inbox --unacknowledged` lists every message not yet acknowledged, however many
+/// newer ones were: it used to filter the newest 1,000 (the API's list limit) on the
+/// command's side, so that a request waiting for an answer behind 1,000 newer messages,
+/// acknowledged, was listed nowhere, and the officer was told there were no messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknowledged() {
+    use hotline_node::limits::API_LIST_MAX;
+    use hotline_node::store::NodeStore;
+    let net = net();
+    net.node_config("KGZ", free_udp_addr());
+    let data = net.path().join("node-KGZ");
+    std::fs::create_dir_all(&data).unwrap();
+    let kaz = net.key("KAZ");
+    let (kgz, kgz_key) = (pid("KGZ"), net.key("KGZ"));
+    let signed = |seq: u64, subject: &str| {
+        let env = flash_to_kgz("KAZ", seq, subject, "");
+        (Signed::sign(&env, &kaz).unwrap(), Ok(env))
+    };
+    let waiting = signed(1, "Request for clarification");
+    let waiting_id = waiting.1.as_ref().unwrap().id;
+    let newer: Vec<_> = (2..API_LIST_MAX as u64 + 2)
+        .map(|seq| signed(seq, "Communications check"))
+        .collect();
+    {
+        let mut store = NodeStore::open(&data).unwrap();
+        let t = now_ms() - 60_000;
+        store.store_deliveries(&[waiting], t).unwrap();
+        store.store_deliveries(&newer, t + 1).unwrap();
+        for (_, env) in &newer {
+            let id = env.as_ref().unwrap().id;
+            store
+                .acknowledge(&kgz, &kgz_key, &id, "Duty officer", None, 1, t + 2)
+                .unwrap()
+                .unwrap();
+        }
+        let all: Vec<_> = newer.iter().map(|(_, e)| e.as_ref().unwrap().id).collect();
+        store.mark_announced(&all).unwrap();
+        store.mark_announced(&[waiting_id]).unwrap();
+    }
+    let node = net.start_node("KGZ").await.unwrap();
+    let listed = node.cli_json(&["inbox", "--unacknowledged"]).await.unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, [waiting_id.to_string()], "{listed}");
+    let text = node.cli(&["inbox", "--unacknowledged"]).await.unwrap();
+    assert!(
+        text.stdout.contains(&waiting_id.to_string()) && !text.stdout.contains("no messages"),
+        "{text:?}"
+    );
+    stop_node(node).await;
+}
+
+/// Local clients that hold connections to the API open (a dashboard that never closes its
+/// event streams, a script gone wrong, or any local user: no token is needed to connect)
+/// cannot use up the node's file descriptors: the API serves at most
+/// `API_CONNECTIONS_MAX` connections at once, and more wait in the kernel's queue until one
+/// closes. Without the cap the node accepted until it had no descriptor left, and then could
+/// not start its paging hook: a FLASH alert arrived and nobody was paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_the_api_cannot_use_up_the_descriptors_paging_needs() {
+    let max = hotline_node::limits::API_CONNECTIONS_MAX;
+    let net = net();
+    let relay = net.relay().await;
+    let pages = net.path().join("pages.jsonl");
+    net.node_config_with(
+        "KGZ",
+        &NodeSetup {
+            hooks: Some(format!(
+                "on_message = [\"sh\", \"-c\", \"cat >> '{}'\"]",
+                pages.display()
+            )),
+            ..NodeSetup::relay(relay.local_addr())
+        },
+    );
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kgz.connected().await.unwrap();
+
+    // The node's descriptors: what it holds now, and a limit that leaves it room for the
+    // connections it serves and a few more (its files, a hook's pipes).
+    let fds = format!("/proc/{}/fd", kgz.proc.pid());
+    let open = || std::fs::read_dir(&fds).unwrap().count();
+    let base = open();
+    let limit = base + max + 32;
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &kgz.proc.pid().to_string()])
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(set.success(), "prlimit: {set}");
+
+    let mut held = Vec::new();
+    for _ in 0..max + 64 {
+        held.push(tokio::net::TcpStream::connect(kgz.api).await.unwrap());
+    }
+    // Until the node has taken as many as it serves (it reads every 20 ms: no event says so).
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while open() < base + max {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} descriptors",
+            open()
+        );
+        tick.tick().await;
+    }
+    kgz.proc
+        .wait_line(&["local API: connection limit reached"])
+        .await
+        .unwrap();
+
+    let flash = kaz
+        .send("KGZ", "Incident at the border", &["--precedence", "FLASH"])
+        .await
+        .unwrap();
+    kgz.proc
+        .wait_line(&["urgent message received", &msg(&flash)])
+        .await
+        .unwrap();
+    let hook = kgz.proc.wait_line(&["hook", "on_message"]).await.unwrap();
+    assert!(hook.contains("hook ran"), "{hook}");
+
+    // Once they are closed, the API answers again.
+    drop(held);
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox[0]["id"], flash.as_str(), "{inbox}");
+    relay.shutdown().await;
+}
+
 /// A node whose participant the relay's roster revokes is refused at every attempt. A
 /// message its officer sends then says that no relay will take it, and why, rather than that
 /// it waits for a relay to be reachable (OPERATIONS.md 4.5). It is queued all the same:

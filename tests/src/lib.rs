@@ -373,6 +373,11 @@ impl Proc {
         self.0.kill9();
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
     /// Sends a signal by name (`TERM`, `HUP`…).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
         self.0.signal(sig)

@@ -25,7 +25,8 @@ use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
 use crate::limits::{
-    API_BODY_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, QUARANTINE_DISCARD_BATCH,
+    API_BODY_BYTES_MAX, API_CONNECTIONS_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX,
+    QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -285,6 +286,113 @@ fn json_rejection(e: JsonRejection) -> ApiError {
     bad("bad_request", e.body_text())
 }
 
+/// The API's listener, serving at most `API_CONNECTIONS_MAX` connections at once: past
+/// that it accepts nothing until one closes, so the connections wait in the kernel's listen
+/// queue, holding none of the node's file descriptors. Logged when the limit is reached, at
+/// most once a minute (a client opening connection after connection would otherwise log
+/// one line for each).
+struct Capped {
+    listener: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// When the limit was last logged.
+    logged: Option<tokio::time::Instant>,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = CappedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let now = tokio::time::Instant::now();
+                let due = match self.logged {
+                    None => true,
+                    Some(t) => now.duration_since(t) >= std::time::Duration::from_secs(60),
+                };
+                if due {
+                    self.logged = Some(now);
+                    warn!(
+                        connections = API_CONNECTIONS_MAX,
+                        "local API: connection limit reached; further connections wait until \
+                         one closes"
+                    );
+                }
+                // The semaphore is never closed.
+                match self.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        (
+            CappedIo {
+                io,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection of [`Capped`], which frees its place when dropped.
+struct CappedIo {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for CappedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// Serves the API until shutdown.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
@@ -308,6 +416,11 @@ pub(crate) async fn serve(
         .with_state(state);
     let stop = async move {
         let _ = shutdown.wait_for(|v| *v).await;
+    };
+    let listener = Capped {
+        listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX)),
+        logged: None,
     };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
@@ -914,12 +1027,30 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/inbox`'s query: a list's `limit`, and whether only unacknowledged messages.
+#[derive(Deserialize)]
+struct InboxQuery {
+    limit: Option<usize>,
+    /// Only those not yet acknowledged, chosen by the store: filtered from the newest
+    /// `limit` by the client, one behind that many newer acknowledged messages was listed
+    /// nowhere.
+    #[serde(default)]
+    unacknowledged: bool,
+}
+
 async fn inbox(
     State(state): State<St>,
-    Params(q): Params<ListQuery>,
+    Params(q): Params<InboxQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
-    let items = state.store().inbox(limit).map_err(store_error)?;
+    let store = state.store();
+    let items = if q.unacknowledged {
+        store.unacknowledged(limit)
+    } else {
+        store.inbox(limit)
+    }
+    .map_err(store_error)?;
+    drop(store);
     Ok(Json(items.into_iter().map(inbox_item).collect()))
 }
 

@@ -23,6 +23,20 @@ pub enum ClientError {
         /// Message from the body.
         message: String,
     },
+    /// The node took the request and did not answer in time: it may be hung, or its store
+    /// stalled (a failing disk). What was asked may or may not have been done.
+    #[error(
+        "the node at {base} did not answer within {within:?}: it may be hung or its disk \
+         stalled (its log, `journalctl -u hotline-node`, may say why); what was asked may or \
+         may not have been done: look (`hotline sent`, `hotline inbox`, `hotline \
+         node-status`) before asking again"
+    )]
+    NoAnswer {
+        /// The API's address.
+        base: String,
+        /// How long the client waited.
+        within: Duration,
+    },
     /// Anything else (bad response, I/O).
     #[error("{0}")]
     Other(String),
@@ -39,17 +53,42 @@ fn refusal(status: u16, r: ureq::Response) -> ClientError {
     }
 }
 
+/// How long a call waits for the node's answer, in seconds.
+const API_ANSWER_S: u64 = 30;
+
+/// Whether a transport error is a read that timed out (ureq wraps the `io::Error`, at times
+/// twice).
+fn timed_out(t: &ureq::Transport) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock))
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A client for one node's API.
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
     token: String,
     agent: ureq::Agent,
+    /// How long a call waits for an answer.
+    answer: Duration,
 }
 
 impl ApiClient {
     /// A client for `http://ADDR` with the bearer token.
     pub fn new(addr: &str, token: &str) -> Self {
+        Self::answering_within(addr, token, Duration::from_secs(API_ANSWER_S))
+    }
+
+    /// [`ApiClient::new`], waiting `answer` for each answer.
+    fn answering_within(addr: &str, token: &str, answer: Duration) -> Self {
         let base = if addr.starts_with("http://") {
             addr.trim_end_matches('/').to_owned()
         } else {
@@ -57,12 +96,13 @@ impl ApiClient {
         };
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(30))
+            .timeout_read(answer)
             .build();
         Self {
             base,
             token: token.trim().to_owned(),
             agent,
+            answer,
         }
     }
 
@@ -81,14 +121,22 @@ impl ApiClient {
                 .into_json::<Value>()
                 .map_err(|e| ClientError::Other(format!("bad response from {url}: {e}"))),
             Err(ureq::Error::Status(status, r)) => Err(refusal(status, r)),
-            Err(ureq::Error::Transport(t)) => {
-                if t.kind() == ureq::ErrorKind::ConnectionFailed || t.kind() == ureq::ErrorKind::Dns
-                {
-                    Err(ClientError::NotRunning(self.base.clone()))
-                } else {
-                    Err(ClientError::Other(t.to_string()))
-                }
+            Err(ureq::Error::Transport(t)) => Err(self.transport(t, self.answer)),
+        }
+    }
+
+    /// What a transport error means: nothing listening (the node not running), a node that
+    /// took the request and did not answer `within`, or something else.
+    fn transport(&self, t: ureq::Transport, within: Duration) -> ClientError {
+        if t.kind() == ureq::ErrorKind::ConnectionFailed || t.kind() == ureq::ErrorKind::Dns {
+            ClientError::NotRunning(self.base.clone())
+        } else if timed_out(&t) {
+            ClientError::NoAnswer {
+                base: self.base.clone(),
+                within,
             }
+        } else {
+            ClientError::Other(t.to_string())
         }
     }
 
@@ -131,7 +179,7 @@ impl ApiClient {
             .set("Authorization", &format!("Bearer {}", self.token))
             .call()
             .map_err(|e| match e {
-                ureq::Error::Transport(_) => ClientError::NotRunning(self.base.clone()),
+                ureq::Error::Transport(t) => self.transport(t, silence),
                 ureq::Error::Status(status, r) => refusal(status, r),
             })?;
         let lines = std::io::BufReader::new(resp.into_reader()).lines();
@@ -154,6 +202,52 @@ impl ApiClient {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// A node that takes a request and never answers it (its store stalled on a failing
+    /// disk, its process frozen) is named as such, and the officer is told that what was
+    /// asked may have been done, so that a message is not sent twice in a hurry: the
+    /// error was ureq's own text, `Network Error: Network Error: Error encountered in the
+    /// status line: timed out reading response`.
+    #[test]
+    fn a_node_that_does_not_answer_is_told_apart_and_the_request_may_have_been_done() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            // Hung: the requests are read by nobody, and nothing is answered.
+            let held: Vec<_> = (0..2).map(|_| listener.accept().expect("accept")).collect();
+            let _ = hold_rx.recv();
+            drop(held);
+        });
+        let client =
+            ApiClient::answering_within(&addr.to_string(), "token", Duration::from_millis(300));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sent = client.post("/v1/messages", &serde_json::json!({"subject": "x"}));
+            // `hotline watch` too: not "no node answering: is `hotline node` running?".
+            let watched = client
+                .events_unless_silent(Duration::from_millis(300))
+                .map(|_| ());
+            let _ = done_tx.send((sent.map(|_| ()), watched));
+        });
+        let (sent, watched) = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the calls ended");
+        for e in [sent, watched] {
+            let e = e.expect_err("no answer");
+            let text = e.to_string();
+            assert!(
+                matches!(e, ClientError::NoAnswer { .. })
+                    && text.contains(&format!(
+                        "the node at http://{addr} did not answer within 300ms"
+                    ))
+                    && text.contains("may or may not have been done"),
+                "{text}"
+            );
+        }
+        drop(hold_tx);
+        server.join().expect("server");
+    }
 
     /// A node that subscribed the stream and then says nothing, not even a keep-alive (its
     /// process frozen), ends the stream with an error rather than leaving `hotline watch`

@@ -154,6 +154,13 @@ pub const QUARANTINE_DISCARD_BATCH: usize = 1_000;
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 
+/// Connections the local API serves at once; more wait in the kernel's listen queue until
+/// one closes. Connecting needs no token, and each connection holds a file descriptor: a
+/// local client that never closes its connections (a dashboard opening an event stream
+/// every minute, a script gone wrong) used up the node's (1,024 under systemd's default),
+/// and then the node could not start a paging hook. `hotline watch` holds one while it runs.
+pub const API_CONNECTIONS_MAX: usize = 256;
+
 /// Largest API request body.
 pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
 

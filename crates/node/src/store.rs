@@ -2545,6 +2545,24 @@ impl NodeStore {
         Ok(out)
     }
 
+    /// Received messages not yet acknowledged, newest first: all of them up to `limit`,
+    /// however many acknowledged ones are newer (`GET /v1/inbox?unacknowledged=true`).
+    /// Read through the deadline tick's partial index, which holds the unacknowledged rows
+    /// alone: by time, SQLite read every acknowledged message (bodies included) to find
+    /// none.
+    pub fn unacknowledged(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inbox INDEXED BY inbox_page_due WHERE acked_at_ms IS NULL \
+             ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], InboxRow::read)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.into_message()?);
+        }
+        Ok(out)
+    }
+
     /// One received message.
     pub fn inbox_message(&self, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
         self.conn
@@ -3009,6 +3027,33 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(err.contains("node.db") && err.contains("inbox"), "{err}");
+    }
+
+    #[test]
+    fn the_unacknowledged_are_listed_newest_first_whatever_was_acknowledged_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        let (me, key) = (pid("KGZ"), SigningKey::from_bytes(&[1; 32]));
+        let envs: Vec<Envelope> = (1..=5).map(|s| envelope(s, Precedence::Routine)).collect();
+        for (i, e) in envs.iter().enumerate() {
+            let batch = [(Signed::sign(e, &kaz).unwrap(), Ok(e.clone()))];
+            store.store_deliveries(&batch, NOW + i as u64).unwrap();
+        }
+        for e in &envs[2..4] {
+            store
+                .acknowledge(&me, &key, &e.id, "Duty officer", None, 1, NOW + 10)
+                .unwrap()
+                .unwrap();
+        }
+        let listed = |limit| -> Vec<MessageId> {
+            let got = store.unacknowledged(limit).unwrap();
+            assert!(got.iter().all(|m| m.ack.is_none()));
+            got.into_iter().map(|m| m.envelope.id).collect()
+        };
+        assert_eq!(listed(10), [envs[4].id, envs[1].id, envs[0].id]);
+        assert_eq!(listed(2), [envs[4].id, envs[1].id]);
+        assert_eq!(store.inbox(2).unwrap().len(), 2);
     }
 
     #[test]
