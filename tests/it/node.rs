@@ -2060,6 +2060,47 @@ async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
     relay.shutdown().await;
 }
 
+/// A relay refuses submissions past a participant's byte budget (`RateLimited`, as past its
+/// count): the node offers each refused message again after a pause, and once the budget
+/// has refilled the relay accepts it, so large messages past the burst lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_refused_for_the_senders_byte_budget_are_offered_again_and_arrive() {
+    // A burst of two 60 kB messages; the third waits about 3 s for the budget to refill.
+    let net =
+        Net::sec_kaz_kgz_with("[limits]\nbyte_rate_per_sec = 16384\nbyte_rate_burst = 131072\n");
+    let relay = net.relay().await;
+    let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let mut kgz_events = kgz.events().await.unwrap();
+    let token = kaz.token();
+    let body = "x".repeat(60_000);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, answer) = http(
+            kaz.api,
+            "POST",
+            "/v1/messages",
+            Some(&token),
+            &format!(r#"{{"to":["KGZ"],"subject":"large {n}","body":"{body}"}}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{answer}");
+        ids.push(id_of(&serde_json::from_str(&answer).unwrap()));
+    }
+    let refused = kaz_events
+        .wait_for("rejected", |e| e["type"] == "rejected")
+        .await
+        .unwrap();
+    assert_eq!(refused["code"], "RateLimited", "{refused}");
+    assert_eq!(refused["retrying"], true, "{refused}");
+    kgz_events
+        .wait_for_each("message_received", &ids)
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 /// The example with every commented-out option (`# name = value`, `# [table]`) switched on.
 fn uncommented(text: &str) -> String {
     text.lines()
@@ -2104,6 +2145,8 @@ fn the_example_configurations_parse_with_and_without_their_optional_lines() {
         "queue_depth_max",
         "rate_per_sec",
         "rate_burst",
+        "byte_rate_per_sec",
+        "byte_rate_burst",
         "forward_foreign_max",
         "foreign_receipts_per_day_max",
         "handshake_timeout_ms",

@@ -1173,6 +1173,90 @@ async fn submissions_over_the_rate_are_rate_limited() {
     relay.shutdown().await;
 }
 
+/// A sender past its byte budget with large messages is refused `RateLimited` (a refusal a
+/// node retries), naming the budget, and counted; a small message of its own still fits,
+/// and another sender is not affected. The sustained rate is a byte a second, so nothing
+/// refills while the test runs (the refill itself: `node::messages_refused_for_the_senders_
+/// byte_budget_are_offered_again_and_arrive`).
+#[tokio::test]
+async fn submissions_over_the_byte_budget_are_rate_limited() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nbyte_rate_per_sec = 1\nbyte_rate_burst = 131072\n",
+    );
+    let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
+    let addr = relay.local_addr();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let large = |c: &mut Client, subject: &str| {
+        let mut env = c.envelope(to(&["KGZ"]), subject);
+        env.body = "x".repeat(60_000);
+        c.sign(&env)
+    };
+
+    // Three large ones at once (about 60 KB each): the burst of 128 KiB covers two.
+    let signed: Vec<_> = (0..3)
+        .map(|i| large(&mut tjk, &format!("large {i}")))
+        .collect();
+    for s in &signed {
+        tjk.submit(s).await.unwrap();
+    }
+    let ids: Vec<_> = signed
+        .iter()
+        .map(|s| s.decode_unverified().unwrap().id)
+        .collect();
+    let answers = tjk.answers(&ids).await.unwrap();
+    let codes: Vec<_> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|_| ()).map_err(|r| r.code))
+        .collect();
+    assert_eq!(codes, vec![Ok(()), Ok(()), Err(RejectCode::RateLimited)]);
+    let detail = &answers[2].as_ref().unwrap_err().detail;
+    assert!(
+        detail.contains("byte_rate_per_sec 1") && detail.contains("byte_rate_burst 131072"),
+        "{detail}"
+    );
+    // The budget is in bytes, and the refusal took none: a small message still fits.
+    let small = tjk.envelope(to(&["KGZ"]), "small");
+    tjk.submit_wait(&tjk.sign(&small)).await.unwrap().unwrap();
+    // The large one again, on a new connection: still refused, the budget is the
+    // participant's and nothing has refilled.
+    tjk.close();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    let r = tjk.submit_wait(&signed[2]).await.unwrap();
+    assert_eq!(r.unwrap_err().code, RejectCode::RateLimited);
+    // KAZ, with a budget of its own, sends a large one.
+    let s = large(&mut kaz, "large from KAZ");
+    kaz.submit_wait(&s).await.unwrap().unwrap();
+    assert_flows(&mut kaz, &mut kgz, "while TJK is over its byte budget")
+        .await
+        .unwrap();
+
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    for (name, want) in [
+        (
+            "hotline_relay_submissions_rate_limited_total{budget=\"bytes\"}",
+            2.0,
+        ),
+        (
+            "hotline_relay_submissions_rate_limited_total{budget=\"count\"}",
+            0.0,
+        ),
+        (
+            "hotline_relay_messages_rejected_total{reason=\"rate_limited\"}",
+            2.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, name), Some(want), "{name}\n{text}");
+    }
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn full_queue_refuses_more_for_that_recipient() {
     let net = Net::with_relay_toml(

@@ -71,10 +71,12 @@ pub fn run_dir(base: &Path, name: &str) -> PathBuf {
 }
 
 /// The relay limits the traffic and recovery workloads run with: the defaults, but for the
-/// submission rate per participant (100 a second, burst 10,000 by default), which bounds a
-/// runaway node and which the generator's senders exceed on purpose. Durability is not a
-/// limit and is never changed.
-pub(crate) const DEFAULT_LIMITS: &str = "rate_per_sec = 1000000\nrate_burst = 1000000\n";
+/// submission budgets per participant (by default 100 a second, burst 10,000, and 1 MiB a
+/// second, burst 64 MiB), which bound a runaway node and which the generator's senders
+/// exceed on purpose (fanout37 at 500 messages a second of 64 KiB bodies is 32 MiB a
+/// second). Durability is not a limit and is never changed.
+pub(crate) const DEFAULT_LIMITS: &str = "rate_per_sec = 1000000\nrate_burst = 1000000\n\
+    byte_rate_per_sec = 1000000000000\nbyte_rate_burst = 1000000000000\n";
 
 /// fanout37: the Secretariat sends to everyone (the 37 other CICA participants); each
 /// recipient stores durably and receipts cumulatively. `rate` is messages per second, or
@@ -216,4 +218,31 @@ async fn run_traffic(
     let report = traffic::run(&t, net, &relay).await;
     relay.stop().await;
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workloads' relay lifts both submission budgets so that neither binds: the byte
+    /// budget allows the count budget's every message at the largest size, so a run with
+    /// large bodies measures the relay, not its limits.
+    #[test]
+    fn the_workloads_relay_lifts_the_count_and_the_byte_budgets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = network::Network::create(dir.path(), &[], DEFAULT_LIMITS).expect("network");
+        let l = hotline_relay::RelayConfig::load(&net.config)
+            .expect("the relay takes the configuration")
+            .limits;
+        let largest = hotline_proto::limits::ENVELOPE_BYTES_MAX as u64;
+        assert!(
+            l.rate_per_sec >= 1_000_000 && l.rate_burst >= 1_000_000,
+            "{l:?}"
+        );
+        assert!(
+            l.byte_rate_per_sec >= u64::from(l.rate_per_sec) * largest
+                && l.byte_rate_burst >= u64::from(l.rate_burst) * largest,
+            "{l:?}"
+        );
+    }
 }

@@ -35,6 +35,13 @@ pub struct Limits {
     pub rate_per_sec: u32,
     /// Burst above the sustained rate (default 10000).
     pub rate_burst: u32,
+    /// Sustained signed bytes of submissions per second per participant; past it and its
+    /// burst a submission is refused `RateLimited`, as past `rate_per_sec` (default 1048576,
+    /// 1 MiB; at least 1).
+    pub byte_rate_per_sec: u64,
+    /// Burst of signed bytes above that rate (default 67108864, 64 MiB; at least 81920, the
+    /// largest signed message, which is charged whole).
+    pub byte_rate_burst: u64,
     /// Sustained receipts per second read from one participant before reading its
     /// connection pauses (default 1000).
     pub receipt_rate_per_sec: u32,
@@ -86,6 +93,8 @@ impl Default for Limits {
             queue_depth_max: limits::QUEUE_DEPTH_MAX,
             rate_per_sec: limits::RATE_PER_SEC,
             rate_burst: limits::RATE_BURST,
+            byte_rate_per_sec: limits::BYTE_RATE_PER_SEC,
+            byte_rate_burst: limits::BYTE_RATE_BURST,
             receipt_rate_per_sec: limits::RECEIPT_RATE_PER_SEC,
             receipt_rate_burst: limits::RECEIPT_RATE_BURST,
             forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
@@ -247,6 +256,7 @@ impl RelayConfig {
             ("limits.delivery_window", l.delivery_window as u64),
             ("limits.commit_batch_max", l.commit_batch_max as u64),
             ("limits.rate_per_sec", u64::from(l.rate_per_sec)),
+            ("limits.byte_rate_per_sec", l.byte_rate_per_sec),
             (
                 "limits.receipt_rate_per_sec",
                 u64::from(l.receipt_rate_per_sec),
@@ -287,6 +297,17 @@ impl RelayConfig {
             if v > max {
                 return Err(invalid(field, format!("must be at most {max}")));
             }
+        }
+        // A message is charged to the byte budget whole: below the largest message, the
+        // largest would be refused `RateLimited`, and retried by its node, for ever.
+        if l.byte_rate_burst < limits::BYTE_RATE_BURST_MIN {
+            return Err(invalid(
+                "limits.byte_rate_burst",
+                format!(
+                    "must be at least {} (the largest signed message)",
+                    limits::BYTE_RATE_BURST_MIN
+                ),
+            ));
         }
         Ok(Self {
             listen: raw.listen.unwrap_or_else(|| {
@@ -383,6 +404,42 @@ mod tests {
             assert!(e.to_string().contains("must be positive"), "{e}");
             RelayConfig::parse(&format!("{base}{field} = 1\n"), Path::new("r.toml")).expect("one");
         }
+    }
+
+    /// The byte budget of submissions: 1 MiB/s and 64 MiB by default; a zero rate is
+    /// refused as the count budget's is, and a burst below the largest signed message
+    /// (which could never pass) is refused naming the field and the minimum.
+    #[test]
+    fn the_byte_budget_defaults_and_refuses_what_would_stop_a_message_for_ever() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n"
+        );
+        let parse = |text: &str| RelayConfig::parse(text, Path::new("r.toml"));
+        let l = parse(&base).expect("valid").limits;
+        assert_eq!(
+            (l.byte_rate_per_sec, l.byte_rate_burst),
+            (1024 * 1024, 64 * 1024 * 1024)
+        );
+        let e = parse(&format!("{base}[limits]\nbyte_rate_per_sec = 0\n")).expect_err("zero");
+        assert_eq!(e.field(), Some("limits.byte_rate_per_sec"), "{e}");
+        assert!(e.to_string().contains("must be positive"), "{e}");
+        let min = limits::BYTE_RATE_BURST_MIN;
+        for v in [0, min - 1] {
+            let e = parse(&format!("{base}[limits]\nbyte_rate_burst = {v}\n")).expect_err("small");
+            assert_eq!(e.field(), Some("limits.byte_rate_burst"), "{e}");
+            assert!(e.to_string().contains("at least 81920"), "{e}");
+        }
+        let l = parse(&format!(
+            "{base}[limits]\nbyte_rate_per_sec = 1\nbyte_rate_burst = {min}\n"
+        ))
+        .expect("the smallest")
+        .limits;
+        assert_eq!((l.byte_rate_per_sec, l.byte_rate_burst), (1, min));
+        parse(&format!(
+            "{base}[limits]\nbyte_rate_per_sec = {m}\nbyte_rate_burst = {m}\n",
+            m = i64::MAX
+        ))
+        .expect("no ceiling, as for the count budget");
     }
 
     /// The budget of receipts kept only for messages the relay does not hold: 10,000 a day

@@ -488,6 +488,7 @@ impl Relay {
             verifier: verify_tx,
             rates: Default::default(),
             receipt_rates: Default::default(),
+            byte_rates: Default::default(),
             before_login: std::sync::Mutex::new(throttle::Throttle::new(Duration::from_secs(10))),
             login_gate: hosting.login_gate,
             reads_on_runtime: hosting.writer_on_runtime,

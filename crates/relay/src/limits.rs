@@ -34,6 +34,30 @@ pub const RATE_PER_SEC: u32 = 100;
 /// Burst of submissions allowed above the sustained rate.
 pub const RATE_BURST: u32 = 10_000;
 
+/// Sustained signed bytes of submissions per second allowed from one participant: 1 MiB.
+/// Past it (and its burst) a submission is refused `RateLimited`, as past [`RATE_PER_SEC`],
+/// and retried by its node. The count budget alone let one member write 100 of the largest
+/// messages (80 KiB) a second, 8 MB/s or about 700 GB a day, until the relay's disk was
+/// full and every participant was refused `StorageUnavailable` (100 GB free lasted about
+/// 3.5 hours). At 1 MiB/s the same member writes at most 84 GiB a day (100 GB lasts a day),
+/// and the metric and the log name it within seconds. Honest traffic never meets it: 1 MiB/s
+/// is [`RATE_PER_SEC`] messages of 10 KiB each, more than twice the 4.6 kB a relay stores
+/// per message, receipts and journal included, in the soak of docs/OPERATIONS.md 3.7;
+/// below that average size the count budget binds first.
+pub const BYTE_RATE_PER_SEC: u64 = 1024 * 1024;
+
+/// Burst of signed bytes of submissions allowed above the sustained byte rate: 64 MiB, the
+/// [`RATE_BURST`] of 10,000 messages at about 6.5 KiB each, so that an outbox a node flushes
+/// after an outage (thousands of messages of a few KiB), every member answering a FLASH
+/// alert at once (tens of messages) and the alert itself (one message, however many
+/// recipients) pass at once. Past it a flood is held to [`BYTE_RATE_PER_SEC`].
+pub const BYTE_RATE_BURST: u64 = 64 * 1024 * 1024;
+
+/// Smallest `byte_rate_burst` a configuration may set: the largest signed message. A
+/// message is charged whole, so with a smaller burst the largest messages would be refused
+/// `RateLimited`, which a node retries, for ever.
+pub const BYTE_RATE_BURST_MIN: u64 = proto::ENVELOPE_BYTES_MAX as u64;
+
 /// Sustained receipts per second read from one participant. Past it (and its burst) the
 /// relay does not refuse anything: it stops reading that participant's connection until
 /// the bucket has refilled, so QUIC flow control slows the node down. A node paces its
@@ -212,3 +236,4 @@ const _: () = assert!(INFLIGHT_PER_CONNECTION <= INFLIGHT_PER_CONNECTION_CEILING
 const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
 const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);
+const _: () = assert!(BYTE_RATE_BURST >= BYTE_RATE_BURST_MIN);

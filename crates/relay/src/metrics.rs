@@ -86,6 +86,15 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
+/// A sender's budget of submissions (`limits.rs`): what a `RateLimited` refusal was over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Budget {
+    /// Submissions counted (`rate_per_sec`, `rate_burst`).
+    Count = 0,
+    /// Signed bytes of submissions (`byte_rate_per_sec`, `byte_rate_burst`).
+    Bytes = 1,
+}
+
 /// The relay's counters and gauges.
 pub(crate) struct Metrics {
     pub(crate) connections: AtomicU64,
@@ -114,6 +123,8 @@ pub(crate) struct Metrics {
     pub(crate) address_validations: AtomicU64,
     /// Times a connection's reading paused for its receipt rate.
     pub(crate) receipt_read_pauses: AtomicU64,
+    /// Submissions refused `RateLimited`, by [`Budget`].
+    rate_limited: [AtomicU64; 2],
     commit_failures: AtomicU64,
     checkpoint_failures: AtomicU64,
     wal_sync_failures: AtomicU64,
@@ -248,6 +259,7 @@ impl Metrics {
             handshakes_refused_total: AtomicU64::new(0),
             address_validations: AtomicU64::new(0),
             receipt_read_pauses: AtomicU64::new(0),
+            rate_limited: [AtomicU64::new(0), AtomicU64::new(0)],
             commit_failures: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
             wal_sync_failures: AtomicU64::new(0),
@@ -272,6 +284,11 @@ impl Metrics {
         if let Some(c) = self.rejected.get(code as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A submission refused `RateLimited` for `budget`.
+    pub(crate) fn rate_limited(&self, budget: Budget) {
+        self.rate_limited[budget as usize].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn closed(&self, code: ErrorCode) {
@@ -510,6 +527,14 @@ impl Metrics {
              than limits.receipt_rate_per_sec (and its burst) allow.",
             self.receipt_read_pauses.load(Relaxed),
         );
+        let _ = writeln!(o, "# HELP hotline_relay_submissions_rate_limited_total Submissions refused RateLimited, by the sender's budget they were over: count, limits.rate_per_sec and rate_burst; bytes, limits.byte_rate_per_sec and byte_rate_burst. Each is also in hotline_relay_messages_rejected_total{{reason=\"rate_limited\"}}.\n# TYPE hotline_relay_submissions_rate_limited_total counter");
+        for (budget, n) in ["count", "bytes"].iter().zip(&self.rate_limited) {
+            let _ = writeln!(
+                o,
+                "hotline_relay_submissions_rate_limited_total{{budget=\"{budget}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         counter(
             &mut o,
             "hotline_relay_commit_failures_total",

@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Receipt token buckets by participant, likewise.
     pub(crate) receipt_rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Submission byte budgets by participant (tokens are signed bytes), likewise.
+    pub(crate) byte_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Warnings about connections that ended before logging in: anyone can cause them, so
     /// one line at most every 10 s, with the count.
     pub(crate) before_login: Mutex<crate::throttle::Throttle>,
@@ -75,7 +77,26 @@ impl Shared {
     /// Takes one submission token from `who`'s bucket; false when it is empty.
     fn take_token(&self, who: &ParticipantId) -> bool {
         let l = &self.config.limits;
-        bucket(&self.rates, who, l.rate_per_sec, l.rate_burst, Rate::take)
+        bucket(
+            &self.rates,
+            who,
+            l.rate_per_sec.into(),
+            l.rate_burst.into(),
+            |r, now| r.take(1, now),
+        )
+    }
+
+    /// Takes a submission's `bytes` from `who`'s byte budget; false, taking nothing, when
+    /// the budget holds fewer.
+    fn take_bytes(&self, who: &ParticipantId, bytes: usize) -> bool {
+        let l = &self.config.limits;
+        bucket(
+            &self.byte_rates,
+            who,
+            l.byte_rate_per_sec,
+            l.byte_rate_burst,
+            |r, now| r.take(bytes as u64, now),
+        )
     }
 
     /// Charges `n` receipts to `who`'s receipt bucket; how long to stop reading that
@@ -85,26 +106,31 @@ impl Shared {
         bucket(
             &self.receipt_rates,
             who,
-            l.receipt_rate_per_sec,
-            l.receipt_rate_burst,
-            |r| r.charge(n),
+            l.receipt_rate_per_sec.into(),
+            l.receipt_rate_burst.into(),
+            |r, now| r.charge(n, now),
         )
     }
 }
 
-/// Runs `f` on `who`'s bucket in `rates`, making it (full) on first use.
+/// Runs `f` on `who`'s bucket in `rates` with the time now, making the bucket (full) on
+/// first use.
 fn bucket<R>(
     rates: &Mutex<HashMap<ParticipantId, Rate>>,
     who: &ParticipantId,
-    per_sec: u32,
-    burst: u32,
-    f: impl FnOnce(&mut Rate) -> R,
+    per_sec: u64,
+    burst: u64,
+    f: impl FnOnce(&mut Rate, Instant) -> R,
 ) -> R {
+    let now = Instant::now();
     // Nothing panics while holding this lock; recover the map if something did.
     let mut rates = rates.lock().unwrap_or_else(|p| p.into_inner());
-    f(rates
-        .entry(who.clone())
-        .or_insert_with(|| Rate::new(per_sec, burst)))
+    f(
+        rates
+            .entry(who.clone())
+            .or_insert_with(|| Rate::new(per_sec, burst, now)),
+        now,
+    )
 }
 
 /// A refusal decided before a frame reaches the store: subject, code, detail.
@@ -240,7 +266,8 @@ fn subject_of(s: &Signed<Envelope>) -> Subject {
     }
 }
 
-/// Token bucket for one participant's submissions, or its receipts.
+/// Token bucket for one participant's submissions (a token a submission, or a byte), or
+/// its receipts. Each use is given the time, so that a test can drive it on its own clock.
 pub(crate) struct Rate {
     per_sec: f64,
     burst: f64,
@@ -249,26 +276,29 @@ pub(crate) struct Rate {
 }
 
 impl Rate {
-    fn new(per_sec: u32, burst: u32) -> Self {
+    /// A full bucket at `now`.
+    fn new(per_sec: u64, burst: u64, now: Instant) -> Self {
         Self {
             per_sec: per_sec as f64,
             burst: burst.max(1) as f64,
             tokens: burst.max(1) as f64,
-            at: Instant::now(),
+            at: now,
         }
     }
     /// Adds what has accrued since the last use, up to the burst.
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
+    fn refill(&mut self, now: Instant) {
+        self.tokens = (self.tokens
+            + now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec)
             .min(self.burst);
-        self.at = now;
+        self.at = self.at.max(now);
     }
 
-    fn take(&mut self) -> bool {
-        self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+    /// Takes `n` tokens if the bucket holds them; otherwise takes none.
+    fn take(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -277,8 +307,8 @@ impl Rate {
 
     /// Takes `n` tokens even if that leaves the bucket in debt, and returns how long until
     /// the debt is paid back (zero if there is none).
-    fn charge(&mut self, n: usize) -> Duration {
-        self.refill();
+    fn charge(&mut self, n: usize, now: Instant) -> Duration {
+        self.refill(now);
         self.tokens -= n as f64;
         if self.tokens >= 0.0 {
             Duration::ZERO
@@ -893,10 +923,14 @@ impl Session {
     fn pre_submit(&self, signed: &Signed<Envelope>) -> Result<Envelope, Refusal> {
         let subject = subject_of(signed);
         if !self.shared.take_token(&self.me) {
+            self.shared
+                .metrics
+                .rate_limited(crate::metrics::Budget::Count);
             return Err((
                 subject,
                 RejectCode::RateLimited,
-                "rate limit exceeded; retry later".into(),
+                "submission rate limit (limits.rate_per_sec, rate_burst) exceeded; retry later"
+                    .into(),
             ));
         }
         if signed.bytes().len() > self.shared.config.limits.frame_bytes_max {
@@ -940,7 +974,9 @@ impl Session {
         Ok(claimed)
     }
 
-    /// A verified submission: its body and timestamp, then the store.
+    /// A verified submission: its body and timestamp, then its sender's byte budget (the
+    /// last check before the store, so that only what reaches the store is charged), then
+    /// the store.
     async fn submit(
         &mut self,
         env: Verified<Envelope>,
@@ -964,6 +1000,23 @@ impl Session {
         if let Err(code) = hotline_proto::check_created_at(env.created_at_ms, crate::now_ms()) {
             return self
                 .refuse(subject, code, "created_at is too far in the future")
+                .await;
+        }
+        let bytes = env.signed().bytes().len();
+        if !self.shared.take_bytes(&self.me, bytes) {
+            self.shared
+                .metrics
+                .rate_limited(crate::metrics::Budget::Bytes);
+            let l = &self.shared.config.limits;
+            return self
+                .refuse(
+                    subject,
+                    RejectCode::RateLimited,
+                    format!(
+                        "byte budget (limits.byte_rate_per_sec {}, byte_rate_burst {}) exceeded by a message of {bytes} bytes; retry later",
+                        l.byte_rate_per_sec, l.byte_rate_burst
+                    ),
+                )
                 .await;
         }
         self.send_to_writer(Command::Submit {
@@ -1232,6 +1285,33 @@ fn encode(f: &RelayToNode) -> Result<Vec<u8>, End> {
 mod tests {
     use super::*;
     use quinn::ConnectionError as C;
+
+    /// The byte budget: a submission is charged its size, taken whole or not at all; what
+    /// was spent comes back at the sustained rate, never beyond the burst. On the bucket's
+    /// own clock: no waiting.
+    #[test]
+    fn a_byte_budget_is_charged_by_size_refills_at_its_rate_and_never_past_its_burst() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = Rate::new(1_000, 5_000, t0);
+        assert!(r.take(3_000, t0));
+        assert!(!r.take(3_000, t0), "2,000 left");
+        assert!(
+            r.take(2_000, t0),
+            "a refusal took nothing: a smaller one fits"
+        );
+        assert!(!r.take(1, t0));
+        // Half a second refills 500 bytes.
+        assert!(!r.take(600, at(500)));
+        assert!(r.take(500, at(500)));
+        // An hour refills up to the burst and no further.
+        assert!(!r.take(5_001, at(3_600_000)));
+        assert!(r.take(5_000, at(3_600_000)));
+        assert!(!r.take(1, at(3_600_000)));
+        // A time read before the last use (by another session) adds nothing.
+        assert!(!r.take(1, at(3_599_000)));
+        assert!(r.take(1, at(3_600_001)));
+    }
 
     #[test]
     fn a_session_end_is_put_down_to_whoever_ended_it() {
