@@ -199,6 +199,12 @@ pub const STORE_STALL_REPEAT_MS: u64 = 60_000;
 /// or not (`Writer::probe`). One failing write a second costs nothing worth counting.
 pub const STORE_PROBE_MS: u64 = 1_000;
 
+/// How long a roster reload waits for the store writer to keep the new roster (one small
+/// commit after the batch in hand; `RelayHandle::reload_roster`). The roster is in force
+/// already; past this the reload logs that it is not kept, rather than hold up the signal
+/// loop (and so a SIGTERM) behind a stalled disk.
+pub const ROSTER_KEEP_TIMEOUT_MS: u64 = 10_000;
+
 const _: () = assert!(SHUTDOWN_ANSWERS_MS + SHUTDOWN_GOODBYE_MS < SHUTDOWN_GRACE_MS);
 
 const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
