@@ -824,7 +824,7 @@ fn is_operators(cmd: &Command) -> bool {
 
 /// The answer of an operator's command ([`is_operators`]) that reached a batch's commit,
 /// which never runs one (`Writer::step` takes them out first).
-fn rewind_not_here(cmd: Command) {
+fn operators_not_here(cmd: Command) {
     match cmd {
         Command::Rewind { reply, .. } => {
             let _ = reply.send(Err("internal: a rewind reached a batch".into()));
@@ -1701,7 +1701,7 @@ impl Writer {
                             Command::KeepRoster { roster, reply } => {
                                 let _ = reply.send(self.keep_roster(&roster));
                             }
-                            other => rewind_not_here(other),
+                            other => operators_not_here(other),
                         }
                     }
                     return true;
@@ -2048,7 +2048,7 @@ impl Writer {
                         }
                     }
                     operators @ (Command::Rewind { .. } | Command::KeepRoster { .. }) => {
-                        rewind_not_here(operators)
+                        operators_not_here(operators)
                     }
                 }
             }
@@ -2226,7 +2226,7 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
         // No answer is owed: its receipts stay queued, and are forwarded again.
         Command::ReceiptsStored { .. } => None,
         operators @ (Command::Rewind { .. } | Command::KeepRoster { .. }) => {
-            rewind_not_here(operators);
+            operators_not_here(operators);
             None
         }
     }
