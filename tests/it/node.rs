@@ -1468,7 +1468,7 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
 
     // The revocation undone: the relay takes the node again, and both messages leave.
     net.update_roster(revoke(false));
-    relay.reload_roster().unwrap();
+    relay.reload_roster().await.unwrap();
     for id in [id, id_of(&sent)] {
         kaz.proc.wait_line(&["accepted", &msg(&id)]).await.unwrap();
     }
@@ -1826,7 +1826,7 @@ async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
             revoked: false,
         })
     });
-    assert_eq!(relay.reload_roster().unwrap(), 3);
+    assert_eq!(relay.reload_roster().await.unwrap(), 3);
     let line = kaz
         .proc
         .wait_line(&["roster installed", "version=3"])
@@ -1917,7 +1917,7 @@ async fn a_node_moved_to_a_new_roster_key_before_its_relay_keeps_working() {
 
     // Key A signs another roster meanwhile (version 2): KAZ refuses it and keeps version 5.
     net.update_roster(|r| r.participants[1].name = "Republic of Kazakhstan".into());
-    assert_eq!(relay.reload_roster().unwrap(), 2);
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
     let line = kaz
         .proc
         .wait_line(&["roster refused", "relay update"])

@@ -1365,6 +1365,76 @@ async fn audiences_resolve_against_the_roster() {
 // Roster reload and sessions
 // ---------------------------------------------------------------------------------------
 
+/// A relay keeps the newest roster it has run with and refuses to start on an older one of
+/// the same key, which would undo a revocation: started on version 2 (TJK revoked), then on
+/// version 1 again (TJK restored), it does not start, naming both versions and the file;
+/// back on version 2 it starts and TJK is refused. After the roster key is replaced
+/// (OPERATIONS.md 4.7), the old key's roster holds back none of the new key's.
+#[tokio::test]
+async fn a_relay_refuses_to_start_on_a_roster_older_than_it_ran_with() {
+    let mut net = cica("");
+    let file = net.path().join("roster.signed");
+    let v1 = std::fs::read(&file).unwrap();
+    net.revoke("TJK");
+    let v2 = std::fs::read(&file).unwrap();
+    let relay = net.relay().await;
+    let code = refusal_code(net.client(relay.local_addr(), "TJK").await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+    relay.shutdown().await;
+
+    std::fs::write(&file, &v1).unwrap();
+    let refused = hotline_relay::Relay::spawn(net.config()).await;
+    let e = refused.err().expect("an older roster is refused at start");
+    assert!(
+        matches!(
+            e,
+            hotline_relay::RelayError::RosterRollback {
+                file_version: 1,
+                kept_version: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "roster {}: version 1 is older than version 2",
+            file.display()
+        )),
+        "{text}"
+    );
+    // `hotline config check` says so too, pointing at the roster line.
+    let check = hotline_cli(net.path(), &["config", "check", "relay.toml"])
+        .await
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1), "{}", check.stderr);
+    assert!(
+        check.stderr.contains("version 1 is older than version 2"),
+        "{}",
+        check.stderr
+    );
+
+    // The right file back: it starts, and TJK stays revoked.
+    std::fs::write(&file, &v2).unwrap();
+    let relay = net.relay().await;
+    let code = refusal_code(net.client(relay.local_addr(), "TJK").await);
+    assert_eq!(code.unwrap(), ErrorCode::Revoked);
+    relay.shutdown().await;
+
+    // A new roster key: its version 1 starts the relay (and is kept from then on).
+    net.roster_key = SigningKey::from_bytes(&[0xBB; 32]);
+    net.roster.version = 1;
+    net.write_roster();
+    let toml = std::fs::read_to_string(&net.relay_config).unwrap().replace(
+        &PublicKey::of(&SigningKey::from_bytes(&[0xAA; 32])).to_string(),
+        &PublicKey::of(&net.roster_key).to_string(),
+    );
+    std::fs::write(&net.relay_config, toml).unwrap();
+    let relay = net.relay().await;
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let mut net = cica("");
@@ -1373,7 +1443,7 @@ async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let tjk = net.client(addr, "TJK").await.unwrap();
 
     net.revoke("TJK");
-    assert_eq!(relay.reload_roster().unwrap(), 2);
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
     assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Revoked);
 
     let (update, _) = kaz
@@ -1398,16 +1468,16 @@ async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
         .unwrap();
 
     // The same version again is refused, even with other content.
-    assert!(relay.reload_roster().is_err());
+    assert!(relay.reload_roster().await.is_err());
     net.roster.participants[0].name = "Renamed".into();
     net.write_roster();
-    assert!(relay.reload_roster().is_err());
+    assert!(relay.reload_roster().await.is_err());
     // A newer roster not signed by the pinned key is refused.
     net.roster.version = 3;
     let forged = Signed::sign(&net.roster, &SigningKey::from_bytes(&[0x33; 32])).unwrap();
     hotline_config::roster_file::write_signed_roster(&net.path().join("roster.signed"), &forged)
         .unwrap();
-    assert!(relay.reload_roster().is_err());
+    assert!(relay.reload_roster().await.is_err());
 
     // Version 2 stays in force: a node that holds nothing is sent version 2.
     let uzb = net.client(addr, "UZB").await.unwrap();
@@ -1435,7 +1505,7 @@ async fn a_roster_reloaded_while_a_node_logs_in_is_checked_against_it() {
         .await
         .expect("TJK logged in");
     net.revoke("TJK");
-    assert_eq!(relay.reload_roster().unwrap(), 2);
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
     gate.go.add_permits(1_000);
     let code = match tokio::time::timeout(EVENT_TIMEOUT, connecting)
         .await
@@ -1473,7 +1543,7 @@ async fn roster_reload_that_drops_a_key_closes_sessions_using_it() {
             .unwrap()
             .keys = vec![PublicKey::of(&new_key)];
     });
-    relay.reload_roster().unwrap();
+    relay.reload_roster().await.unwrap();
     let (code, reason) = close_code_and_reason(&kgz_old.session.conn).await.unwrap();
     assert_eq!(code, ErrorCode::Revoked);
     // Told that its key was rotated out, not that it was revoked.

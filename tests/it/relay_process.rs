@@ -212,6 +212,40 @@ async fn sighup_reloads_the_roster() {
     assert_eq!(update.decode_unverified().unwrap().version, 2);
 }
 
+/// A roster reloaded with SIGHUP is kept in the relay's store: a restart on the older
+/// roster file (an administrator restoring an old /etc) is refused, exit status 78, naming
+/// both versions and the file, rather than let the revoked participant in again.
+#[tokio::test]
+async fn a_reloaded_roster_is_kept_and_an_older_file_is_refused_at_start() {
+    let mut net = net();
+    let file = net.path().join("roster.signed");
+    let v1 = std::fs::read(&file).unwrap();
+    let (mut relay, addr) = start(&net, "relay-1.log").await;
+    let tjk = net.client(addr, "TJK").await.unwrap();
+    net.revoke("TJK");
+    let before = relay.log_len();
+    relay.signal("HUP").unwrap();
+    relay
+        .wait_log_from(before, "SIGHUP: roster reloaded")
+        .await
+        .unwrap();
+    assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Revoked);
+    stopped(relay).await;
+
+    std::fs::write(&file, &v1).unwrap();
+    let config = net.relay_config.to_str().unwrap();
+    let relay = Proc::spawn(&["relay", "--config", config], net.path(), "relay-2.log").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(10)).await.unwrap();
+    let log = relay.log();
+    assert_eq!(status.code(), Some(78), "{status}: {log}");
+    assert!(
+        log.contains("version 1 is older than version 2, which this relay last ran with"),
+        "{log}"
+    );
+    assert!(log.contains(&file.display().to_string()), "{log}");
+    assert!(!log.contains("relay listening"), "{log}");
+}
+
 /// A node that ends its connection with an error code (it refused a frame from the relay,
 /// or its own store failed) is a warning in the relay's log, with the node's code and
 /// reason; a node that closes normally is not.

@@ -7,7 +7,9 @@
 //! A Unix socket, mode 0600, in the data directory (0700, the service's): only the service's
 //! account and root can connect, so it needs no token, and nothing reaches it from the
 //! network. One request a connection, one JSON line each way; the request is bounded in size
-//! and time, and connections are served one at a time. The store writer does the work
+//! and time, and connections are served one at a time, so the writer's taking a request and
+//! answering it are bounded together ([`ANSWER_TIMEOUT`]), and a shutdown ends the wait for
+//! the writer to take it. The store writer does the work
 //! ([`crate::store::Command::Rewind`]); this task holds only a weak handle on its channel,
 //! so it never keeps the writer from stopping at shutdown.
 
@@ -32,8 +34,11 @@ const REQUEST_BYTES_MAX: u64 = 4096;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an answer may take: the writer finishes its batch, then moves the queues back
-/// and reloads them (about 0.3 s for 100,000 queued messages on the benchmark machine).
+/// How long an answer may take, from handing the request to the store writer: the writer
+/// takes it once its queue has room, finishes its batch, then moves the queues back and
+/// reloads them (about 0.3 s for 100,000 queued messages on the benchmark machine). A
+/// writer whose queue stays full this long (a stalled disk) has the request refused,
+/// unchanged, rather than hold the socket.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What an operator asks.
@@ -112,7 +117,7 @@ pub(crate) async fn serve(
             _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if let Err(e) = answer(stream, &db, &writer).await {
+                    if let Err(e) = answer(stream, &db, &writer, &mut shutdown).await {
                         warn!(error = %e, "admin socket: a request was not answered");
                     }
                 }
@@ -133,6 +138,7 @@ async fn answer(
     stream: tokio::net::UnixStream,
     db: &Path,
     writer: &mpsc::WeakSender<Command>,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -150,7 +156,7 @@ async fn answer(
             Err(e) => Answer::Refused {
                 error: format!("not a request: {e}"),
             },
-            Ok(request) => handle(request, db, writer).await,
+            Ok(request) => handle(request, db, writer, shutdown, ANSWER_TIMEOUT).await,
         },
     };
     let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
@@ -160,7 +166,15 @@ async fn answer(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not read"))?
 }
 
-async fn handle(request: Request, db: &Path, writer: &mpsc::WeakSender<Command>) -> Answer {
+/// Has `request` done: the writer must take it and answer within `within`
+/// ([`ANSWER_TIMEOUT`]); a `shutdown` while it waits to be taken refuses it.
+async fn handle(
+    request: Request,
+    db: &Path,
+    writer: &mpsc::WeakSender<Command>,
+    shutdown: &mut watch::Receiver<bool>,
+    within: Duration,
+) -> Answer {
     let refused = |error: String| Answer::Refused { error };
     let Request::Redeliver { to, since_ms } = request;
     let only = match to.as_deref().map(ParticipantId::new).transpose() {
@@ -192,15 +206,38 @@ async fn handle(request: Request, db: &Path, writer: &mpsc::WeakSender<Command>)
     let Some(tx) = writer.upgrade() else {
         return refused("the relay is stopping".into());
     };
-    if tx.send(cmd).await.is_err() {
-        return refused("the relay is stopping".into());
-    }
+    // One limit for the writer to take the request and to answer it: its queue may stay
+    // full (a stalled disk), and this task serves the socket one request at a time.
+    let deadline = tokio::time::Instant::now() + within;
+    let sent = tokio::select! {
+        biased;
+        // A send that has not completed has sent nothing (tokio's `Sender::send`).
+        _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => {
+            return refused("the relay is stopping; nothing changed".into())
+        }
+        sent = tokio::time::timeout_at(deadline, tx.send(cmd)) => sent,
+    };
     drop(tx);
-    match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+    match sent {
+        Err(_) => {
+            warn!(
+                within_s = within.as_secs(),
+                "admin socket: the store writer took no request in time; deliver again refused"
+            );
+            return refused(format!(
+                "the store writer took no request within {} s (it is busy, or its disk is \
+                 stalled: see /health); nothing changed, ask again later",
+                within.as_secs()
+            ));
+        }
+        Ok(Err(_)) => return refused("the relay is stopping".into()),
+        Ok(Ok(())) => {}
+    }
+    match tokio::time::timeout_at(deadline, answer).await {
         Err(_) => refused(format!(
             "the store writer did not answer within {} s; the queue may still be moved back \
              (the journal's queue.rewound entries say whether it was)",
-            ANSWER_TIMEOUT.as_secs()
+            within.as_secs()
         )),
         Ok(Err(_)) => refused("the store writer stopped".into()),
         Ok(Ok(Err(e))) => refused(e),
@@ -270,6 +307,95 @@ pub fn ask(data_dir: &Path, request: &Request) -> Result<Answer, AskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer whose queue is full (here: held, never read) cannot keep a redelivery
+    /// request, and so the control socket, waiting: past the time limit it is refused,
+    /// saying so; at a shutdown it is refused at once. Neither leaves the command queued.
+    #[tokio::test]
+    async fn a_request_the_writer_does_not_take_is_refused_in_time_or_at_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, _conn) = crate::store::open_db(dir.path()).expect("store");
+        let (tx, mut rx) = mpsc::channel(1);
+        let (filler, _) = oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: roster(),
+            reply: filler,
+        })
+        .map_err(drop)
+        .expect("fills the queue");
+        let request = || Request::Redeliver {
+            to: None,
+            since_ms: 0,
+        };
+        // Without a bound these would wait for as long as the queue stays full.
+        let bounded = Duration::from_secs(10);
+
+        let (_stop, mut running) = watch::channel(false);
+        let a = tokio::time::timeout(
+            bounded,
+            handle(
+                request(),
+                &db,
+                &tx.downgrade(),
+                &mut running,
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .expect("refused in time, not left waiting");
+        let Answer::Refused { error } = a else {
+            panic!("{a:?}")
+        };
+        assert!(error.contains("took no request within 0 s"), "{error}");
+        assert!(error.contains("nothing changed"), "{error}");
+
+        let (_stop, mut stopping) = watch::channel(true);
+        let a = tokio::time::timeout(
+            bounded,
+            handle(
+                request(),
+                &db,
+                &tx.downgrade(),
+                &mut stopping,
+                ANSWER_TIMEOUT,
+            ),
+        )
+        .await
+        .expect("refused at shutdown, not left waiting");
+        let Answer::Refused { error } = a else {
+            panic!("{a:?}")
+        };
+        assert!(error.contains("the relay is stopping"), "{error}");
+
+        // Only the command that filled the queue is in it.
+        assert!(matches!(rx.try_recv(), Ok(Command::KeepRoster { .. })));
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// A roster of one participant, for a command to fill a queue with.
+    fn roster() -> std::sync::Arc<hotline_proto::Verified<hotline_proto::Roster>> {
+        use hotline_proto::roster::{Participant, Role};
+        use hotline_proto::{PublicKey, Roster, Signed, SigningKey, PROTOCOL_VERSION};
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 1,
+            issued_at_ms: 1_000,
+            network: "TEST".into(),
+            participants: vec![Participant {
+                id: ParticipantId::new("SEC").expect("id"),
+                name: "SEC".into(),
+                role: Role::Secretariat,
+                keys: vec![PublicKey::of(&key)],
+                revoked: false,
+            }],
+            groups: vec![],
+        };
+        let signed = Signed::sign(&roster, &key).expect("sign");
+        std::sync::Arc::new(
+            hotline_proto::verify_roster(&signed, &PublicKey::of(&key)).expect("verify"),
+        )
+    }
 
     #[test]
     fn requests_and_answers_are_one_json_line_each() {

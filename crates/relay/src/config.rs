@@ -22,7 +22,8 @@ pub struct Limits {
     /// Connections served at once (default 16384; at most 1048576).
     pub connections_max: usize,
     /// Largest signed bytes of a submitted message, bytes; a larger one is refused
-    /// `TooLarge` (default 262144, the protocol maximum). It bounds messages only: every
+    /// `TooLarge` (default 262144, the protocol maximum; at least 1024, which holds any
+    /// message without a body to a group or everyone). It bounds messages only: every
     /// frame is read up to the protocol maximum, whatever this says.
     pub frame_bytes_max: usize,
     /// Largest message body, bytes (default 65536, the protocol maximum; at least 1: 0
@@ -218,10 +219,19 @@ impl RelayConfig {
             }
         };
         let l = &raw.limits;
-        if l.frame_bytes_max == 0 || l.frame_bytes_max > limits::FRAME_BYTES_MAX {
+        // Below the floor the relay would refuse every message, or all but the shortest,
+        // as `TooLarge`.
+        if l.frame_bytes_max < limits::FRAME_BYTES_FLOOR
+            || l.frame_bytes_max > limits::FRAME_BYTES_MAX
+        {
             return Err(invalid(
                 "limits.frame_bytes_max",
-                format!("must be 1..={}", limits::FRAME_BYTES_MAX),
+                format!(
+                    "must be {}..={} (below {} bytes the relay would refuse messages without a body as too large)",
+                    limits::FRAME_BYTES_FLOOR,
+                    limits::FRAME_BYTES_MAX,
+                    limits::FRAME_BYTES_FLOOR
+                ),
             ));
         }
         if l.body_bytes_max > limits::BODY_BYTES_MAX {
@@ -440,6 +450,85 @@ mod tests {
             m = i64::MAX
         ))
         .expect("no ceiling, as for the count budget");
+    }
+
+    /// A `frame_bytes_max` below the floor would have the relay refuse every message, or
+    /// all but the shortest, as `TooLarge`: refused at load naming the field and the floor;
+    /// the floor itself is taken.
+    #[test]
+    fn a_frame_limit_below_the_floor_is_refused() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n[limits]\n"
+        );
+        let floor = limits::FRAME_BYTES_FLOOR;
+        for v in [0, 1, 100, floor - 1] {
+            let e = RelayConfig::parse(
+                &format!("{base}frame_bytes_max = {v}\n"),
+                Path::new("r.toml"),
+            )
+            .expect_err("below the floor");
+            assert_eq!(e.field(), Some("limits.frame_bytes_max"), "{e}");
+            assert!(
+                e.to_string().contains(&format!("must be {floor}..=")),
+                "{e}"
+            );
+        }
+        let c = RelayConfig::parse(
+            &format!("{base}frame_bytes_max = {floor}\n"),
+            Path::new("r.toml"),
+        )
+        .expect("the floor");
+        assert_eq!(c.limits.frame_bytes_max, floor);
+    }
+
+    /// The floor of `frame_bytes_max` is above the smallest valid signed message, and above
+    /// the largest without a body to a group (the longest group name, subject, category,
+    /// every reference, the largest numbers), so that a relay at the floor takes them.
+    #[test]
+    fn the_frame_floor_holds_every_message_without_a_body_to_a_group() {
+        use hotline_proto::limits as proto;
+        use hotline_proto::{
+            Audience, Envelope, Kind, MessageId, ParticipantId, Precedence, Seq, Signed,
+            SigningKey, Status, PROTOCOL_VERSION,
+        };
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let smallest = Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId([0; 16]),
+            sender: ParticipantId::new("UN").expect("id"),
+            seq: Seq(1),
+            audience: Audience::Everyone,
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            created_at_ms: 0,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "s".into(),
+            body: String::new(),
+        };
+        let largest_headed = Envelope {
+            id: MessageId([0xff; 16]),
+            sender: ParticipantId::new(&"A".repeat(proto::PARTICIPANT_ID_BYTES_MAX)).expect("id"),
+            seq: Seq(proto::SEQ_MAX),
+            audience: Audience::Group("g".repeat(proto::NAME_BYTES_MAX)),
+            created_at_ms: proto::TIME_MS_MAX - 1,
+            respond_by_ms: Some(proto::TIME_MS_MAX),
+            references: (0..proto::REFERENCES_MAX)
+                .map(|i| MessageId([0x80 | i as u8; 16]))
+                .collect(),
+            category: Some("c".repeat(proto::CATEGORY_BYTES_MAX)),
+            subject: "s".repeat(proto::SUBJECT_BYTES_MAX),
+            ..smallest.clone()
+        };
+        let len = |e: &Envelope| Signed::sign(e, &key).expect("valid").bytes().len();
+        let (small, large) = (len(&smallest), len(&largest_headed));
+        assert!(small < large, "{small} {large}");
+        assert!(
+            large <= limits::FRAME_BYTES_FLOOR,
+            "the largest message without a body is {large} bytes"
+        );
     }
 
     /// The budget of receipts kept only for messages the relay does not hold: 10,000 a day

@@ -85,6 +85,24 @@ pub enum RelayError {
         /// What is wrong.
         reason: String,
     },
+    /// The roster file is older than the roster this relay last ran with, which its store
+    /// keeps: starting on it would undo what the newer one changed (a revocation). The
+    /// relay does not start ([`check_start_roster`]).
+    #[error(
+        "roster {path}: version {file_version} is older than version {kept_version}, which this relay \
+         last ran with ({db}): starting on it would undo what the newer roster changed (a \
+         revocation); install roster version {kept_version} or newer as {path}"
+    )]
+    RosterRollback {
+        /// The roster file.
+        path: PathBuf,
+        /// The file's roster version.
+        file_version: u64,
+        /// The version the store keeps.
+        kept_version: u64,
+        /// The store.
+        db: PathBuf,
+    },
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] hotline_store::StoreError),
@@ -103,12 +121,82 @@ pub fn load_roster(path: &Path, key: &PublicKey) -> Result<Verified<Roster>, Rel
     )?)
 }
 
+/// Checks the roster file's roster, `file` (read from `path`), against the roster the store
+/// `db` keeps, the newest this relay has run with (`store::kept_roster`): one older than a
+/// kept roster of the same key is [`RelayError::RosterRollback`]. Returns whether `file` is
+/// to be kept (it is newer, or the store keeps none of the pinned key). `hotline config
+/// check` makes the same check.
+///
+/// The relay refuses to start rather than run on the newer roster it keeps (as a node
+/// does, whose roster file is only where it starts): the relay's roster file is the
+/// operator's word on who is on the network, a reload reads it again, and running on
+/// another roster than the file's would hide the mistake that put an older file in place
+/// (a restored `/etc`, or someone who can write the configuration but not sign a roster).
+pub fn check_start_roster(
+    path: &Path,
+    file: &Verified<Roster>,
+    kept: &store::KeptRoster,
+    db: &Path,
+) -> Result<bool, RelayError> {
+    match kept {
+        store::KeptRoster::Roster(kept) if kept.version > file.version => {
+            Err(RelayError::RosterRollback {
+                path: path.to_owned(),
+                file_version: file.version,
+                kept_version: kept.version,
+                db: db.to_owned(),
+            })
+        }
+        store::KeptRoster::Roster(kept) => Ok(file.version > kept.version),
+        store::KeptRoster::None | store::KeptRoster::OtherKey { .. } => Ok(true),
+    }
+}
+
+/// At a start: refuses a roster file older than the roster the store keeps
+/// ([`check_start_roster`]), and keeps the file's if it is newer.
+fn keep_start_roster(
+    conn: &rusqlite::Connection,
+    db: &Path,
+    config: &RelayConfig,
+    roster: &Verified<Roster>,
+) -> Result<(), RelayError> {
+    let kept = store::kept_roster(conn, db, &config.roster_key)?;
+    if let store::KeptRoster::OtherKey { version, key } = &kept {
+        info!(kept_version = version, kept_key = %key, version = roster.version, "the store keeps a roster of another roster key (replaced): the file's replaces it");
+    }
+    match check_start_roster(&config.roster, roster, &kept, db) {
+        Ok(true) => {
+            store::keep_roster(conn, db, roster)?;
+            info!(
+                version = roster.version,
+                "roster kept in the store: the relay will not start on an older one"
+            );
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            if let RelayError::RosterRollback {
+                file_version,
+                kept_version,
+                ..
+            } = &e
+            {
+                error!(roster = %config.roster.display(), version = file_version, kept_version, "roster file older than the roster this relay last ran with: not starting");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// A running relay.
 pub struct RelayHandle {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     roster: watch::Sender<Arc<Verified<Roster>>>,
+    /// The store writer, which keeps each reloaded roster; weak, so that it never keeps
+    /// the writer from stopping.
+    writer: mpsc::WeakSender<store::Command>,
     config: RelayConfig,
     main: tokio::task::JoinHandle<()>,
     /// Why the relay stopped on its own, once it has.
@@ -127,23 +215,74 @@ impl RelayHandle {
     }
 
     /// Re-reads the roster file; installs it if it is validly signed and newer. Live
-    /// sessions receive it; a revoked participant's session is closed.
-    pub fn reload_roster(&self) -> Result<u64, RelayError> {
-        let new = load_roster(&self.config.roster, &self.config.roster_key)?;
-        let current = self.roster.borrow().version;
-        if new.version <= current {
+    /// sessions receive it; a revoked participant's session is closed. Then has the store
+    /// keep it as the newest roster the relay has run with, so that a restart on an older
+    /// file is refused ([`check_start_roster`]). It is in force before it is kept, so that
+    /// a revocation does not wait for the disk; if it cannot be kept (the writer is
+    /// stopping, failing, or does not answer within `limits::ROSTER_KEEP_TIMEOUT_MS`), that
+    /// is logged and the roster stays in force: the file a restart reads is this one.
+    pub async fn reload_roster(&self) -> Result<u64, RelayError> {
+        let new = Arc::new(load_roster(&self.config.roster, &self.config.roster_key)?);
+        let v = new.version;
+        let mut current = 0;
+        // Checked and installed at once: of two reloads racing, the older never replaces
+        // the newer.
+        let installed = self.roster.send_if_modified(|r| {
+            current = r.version;
+            let newer = v > current;
+            if newer {
+                *r = new.clone();
+            }
+            newer
+        });
+        if !installed {
             return Err(RelayError::Roster {
                 path: self.config.roster.clone(),
-                reason: format!(
-                    "version {} is not newer than the roster in force ({current})",
-                    new.version
-                ),
+                reason: format!("version {v} is not newer than the roster in force ({current})"),
             });
         }
-        let v = new.version;
-        self.roster.send_replace(Arc::new(new));
         info!(version = v, "roster reloaded");
+        match self.keep(new).await {
+            Ok(_) => {}
+            Err(why) => {
+                error!(version = v, error = %why, "the reloaded roster is in force but not kept in the store: until it is (at the next start or reload), a start on an older roster file would not be refused")
+            }
+        }
         Ok(v)
+    }
+
+    /// Has the store writer keep `roster` (`store::Command::KeepRoster`), within
+    /// `limits::ROSTER_KEEP_TIMEOUT_MS`; whether it wrote.
+    async fn keep(&self, roster: Arc<Verified<Roster>>) -> Result<bool, String> {
+        let within = Duration::from_millis(limits::ROSTER_KEEP_TIMEOUT_MS);
+        let deadline = tokio::time::Instant::now() + within;
+        // Upgraded only to send: the writer stops once every strong sender is gone.
+        let Some(tx) = self.writer.upgrade() else {
+            return Err("the relay is stopping".into());
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let late = || {
+            format!(
+                "the store writer did not answer within {} ms",
+                within.as_millis()
+            )
+        };
+        match tokio::time::timeout_at(
+            deadline,
+            tx.send(store::Command::KeepRoster { roster, reply }),
+        )
+        .await
+        {
+            Err(_) => return Err(late()),
+            Ok(Err(_)) => return Err("the store writer has stopped".into()),
+            Ok(Ok(())) => {}
+        }
+        drop(tx);
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(late()),
+            Ok(Err(_)) => Err("the store writer has stopped".into()),
+            Ok(Ok(r)) => r,
+        }
     }
 
     /// Returns, with the reason, if the relay stops on its own: its store writer has ended
@@ -323,6 +462,7 @@ impl Relay {
         .await
         .map_err(|e| RelayError::Io(format!("claiming the data directory: {e}")))??;
         let (db_path, conn) = store::open_db(&config.data_dir)?;
+        keep_start_roster(&conn, &db_path, &config, &roster)?;
         let queues = Arc::new(std::sync::Mutex::new(queue::QueueIndex::default()));
         let readers = Arc::new(store::Readers::open(&db_path, queues.clone())?);
         let metrics = Arc::new(metrics::Metrics::new());
@@ -356,6 +496,7 @@ impl Relay {
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");
         let (cmd_tx, cmd_rx) = mpsc::channel(limits::WRITER_QUEUE_DEPTH);
+        let writer_cmd = cmd_tx.downgrade();
         // Resolves when the writer ends, however it ends: with why, if it stopped on its own
         // (a failed sync), or dropped (a panic unwinds through it; a shutdown).
         let (writer_gone_tx, writer_gone) = tokio::sync::oneshot::channel::<String>();
@@ -509,6 +650,7 @@ impl Relay {
             metrics_addr,
             shutdown: shutdown_tx,
             roster: roster_tx,
+            writer: writer_cmd,
             config,
             main,
             fault,

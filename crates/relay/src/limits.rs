@@ -17,6 +17,12 @@ pub const CONNECTIONS_MAX_CEILING: usize = 1_048_576;
 /// Frames are read up to the protocol maximum whatever the configuration says.
 pub const FRAME_BYTES_MAX: usize = proto::FRAME_BYTES_MAX;
 
+/// Smallest `frame_bytes_max` a configuration may set. Below the smallest signed message
+/// (about 90 bytes) a relay refuses every message as `TooLarge`; 1 KiB holds every message
+/// without a body to a group, all members or everyone, however long its subject, category
+/// and references (820 bytes at most; a test in `config` checks both).
+pub const FRAME_BYTES_FLOOR: usize = 1024;
+
 /// Largest message body accepted (at most the protocol maximum).
 pub const BODY_BYTES_MAX: usize = proto::BODY_BYTES_MAX;
 
@@ -223,9 +229,16 @@ pub const STORE_STALL_REPEAT_MS: u64 = 60_000;
 /// or not (`Writer::probe`). One failing write a second costs nothing worth counting.
 pub const STORE_PROBE_MS: u64 = 1_000;
 
+/// How long a roster reload waits for the store writer to keep the new roster (one small
+/// commit after the batch in hand; `RelayHandle::reload_roster`). The roster is in force
+/// already; past this the reload logs that it is not kept, rather than hold up the signal
+/// loop (and so a SIGTERM) behind a stalled disk.
+pub const ROSTER_KEEP_TIMEOUT_MS: u64 = 10_000;
+
 const _: () = assert!(SHUTDOWN_ANSWERS_MS + SHUTDOWN_GOODBYE_MS < SHUTDOWN_GRACE_MS);
 
 const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_FLOOR <= FRAME_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
 const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);
 const _: () = assert!(COMMIT_BATCH_MAX <= WRITER_QUEUE_DEPTH);

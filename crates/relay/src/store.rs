@@ -55,7 +55,11 @@ const READERS: usize = 4;
 /// version 3 relay from before `acks` could open a store that has it and store
 /// acknowledgements without recording them, so each would count as news once more; from
 /// version 4 such a relay refuses the store, and the move from 3 fills `acks` again.
-pub const SCHEMA_VERSION: i64 = 4;
+/// Version 5 adds `roster`, the newest roster the relay has run with ([`kept_roster`]): a
+/// version 4 relay would run on any roster without keeping it, so that a later relay would
+/// take an older roster file for good; from version 5 such a relay refuses the store. A
+/// store from before 5 keeps no roster: the relay keeps its file's at the first start.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The schema. A message and a receipt are stored once, numbered by `rseq` (AUTOINCREMENT:
 /// a committed position is never reused, so committed positions only grow; a failed
@@ -140,6 +144,16 @@ CREATE TABLE IF NOT EXISTS ahead (
     rseq INTEGER NOT NULL,
     PRIMARY KEY (recipient, rseq)
 ) WITHOUT ROWID;
+-- The newest roster this relay has run with (one row): its file's at a start, or a reload's,
+-- signed, so that it refuses to start on an older roster of the same key, which would undo a
+-- revocation (`kept_roster`, `keep_roster`). Replaced only by a newer one, or by one of
+-- another roster key once the relay pins that key (OPERATIONS.md 4.7).
+CREATE TABLE IF NOT EXISTS roster (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    bytes BLOB NOT NULL,
+    key BLOB NOT NULL,
+    sig BLOB NOT NULL
+);
 -- Who received and acknowledged what is in the receipts (kept, signed, for good); the
 -- sender's node keeps the delivery matrix. Schema 0 kept a copy here (table matrix), which
 -- cost a row write per delivery and was never read; migration drops it.
@@ -261,6 +275,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     if version < 4 {
         fill_acks(&tx, path)?;
     }
+    // Before 5 no roster was kept (`roster`, created above, stays empty): the relay keeps
+    // its file's at this start, as a new store's.
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     tx.commit()?;
     Ok(())
@@ -660,6 +676,90 @@ fn copy_receipts(tx: &Transaction<'_>, path: &Path, from: &str) -> Result<(), St
     Ok(())
 }
 
+/// The roster a relay store keeps, the newest the relay has run with ([`kept_roster`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeptRoster {
+    /// None: a new store, or one from before schema 5.
+    None,
+    /// One signed by another roster key than the one pinned now (it was replaced,
+    /// OPERATIONS.md 4.7): it holds back none of the pinned key's rosters.
+    OtherKey {
+        /// Its version.
+        version: u64,
+        /// The key that signed it.
+        key: PublicKey,
+    },
+    /// One signed by the pinned roster key, verified.
+    Roster(Box<Verified<Roster>>),
+}
+
+/// Reads the roster the store keeps ([`KeptRoster`]) and verifies it against `roster_key`,
+/// the key the relay pins. One that does not decode, or is signed by the pinned key and does
+/// not verify, is damage (`Corrupt`, naming `path`). Read-only: a store from before schema
+/// 5, not yet migrated (`hotline config check` beside an older relay), has no table and
+/// keeps none.
+pub fn kept_roster(
+    conn: &Connection,
+    path: &Path,
+    roster_key: &PublicKey,
+) -> Result<KeptRoster, StoreError> {
+    if !table_exists(conn, "roster")? {
+        return Ok(KeptRoster::None);
+    }
+    let signed: Option<Signed<Roster>> = conn
+        .query_row(
+            "SELECT bytes, key, sig FROM roster WHERE one = 1",
+            [],
+            |r| signed_from_row(r, 0),
+        )
+        .optional()?;
+    let Some(signed) = signed else {
+        return Ok(KeptRoster::None);
+    };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    if signed.key() != *roster_key {
+        let version = signed
+            .decode_unverified()
+            .map_err(|e| corrupt(format!("the kept roster does not decode: {e}")))?
+            .version;
+        return Ok(KeptRoster::OtherKey {
+            version,
+            key: signed.key(),
+        });
+    }
+    hotline_proto::verify_roster(&signed, roster_key)
+        .map(|r| KeptRoster::Roster(Box::new(r)))
+        .map_err(|e| corrupt(format!("the kept roster does not verify: {e}")))
+}
+
+/// Keeps `roster` as the newest the relay has run with, unless the store keeps a newer one
+/// or the same version of the same key (two reloads racing: the roster kept never goes
+/// back). Returns whether it wrote. `roster` is verified against the pinned key, so a kept
+/// roster of another key is replaced.
+pub(crate) fn keep_roster(
+    conn: &Connection,
+    path: &Path,
+    roster: &Verified<Roster>,
+) -> Result<bool, StoreError> {
+    let key = roster.signed().key();
+    if let KeptRoster::Roster(kept) = kept_roster(conn, path, &key)? {
+        if kept.version >= roster.version {
+            return Ok(false);
+        }
+    }
+    let s = roster.signed();
+    conn.execute(
+        "INSERT INTO roster (one, bytes, key, sig) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (one) DO UPDATE SET bytes = excluded.bytes, key = excluded.key, sig = excluded.sig",
+        params![s.bytes(), &s.key().0[..], &s.signature().0[..]],
+    )?;
+    Ok(true)
+}
+
 /// What the commit loop's wait returned. Lives for one turn on the stack and is moved into
 /// the batch at once, so its size does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -707,13 +807,32 @@ pub(crate) enum Command {
         first: Option<i64>,
         reply: tokio::sync::oneshot::Sender<Result<RewoundAll, String>>,
     },
+    /// Keep this roster, just reloaded, as the newest the relay has run with
+    /// ([`keep_roster`]; `RelayHandle::reload_roster`). Committed in a transaction of its
+    /// own, after what came before it; answered once on disk, with whether it wrote.
+    KeepRoster {
+        roster: Arc<Verified<Roster>>,
+        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    },
 }
 
-/// The answer of a [`Command::Rewind`] that reached a batch's commit, which never runs one
-/// (`Writer::step` takes them out first).
-fn rewind_not_here(cmd: Command) {
-    if let Command::Rewind { reply, .. } = cmd {
-        let _ = reply.send(Err("internal: a rewind reached a batch".into()));
+/// Whether `cmd` is an operator's ([`Command::Rewind`], [`Command::KeepRoster`]): rare,
+/// committed in a transaction of its own (`Writer::step` takes them out of a batch).
+fn is_operators(cmd: &Command) -> bool {
+    matches!(cmd, Command::Rewind { .. } | Command::KeepRoster { .. })
+}
+
+/// The answer of an operator's command ([`is_operators`]) that reached a batch's commit,
+/// which never runs one (`Writer::step` takes them out first).
+fn operators_not_here(cmd: Command) {
+    match cmd {
+        Command::Rewind { reply, .. } => {
+            let _ = reply.send(Err("internal: a rewind reached a batch".into()));
+        }
+        Command::KeepRoster { reply, .. } => {
+            let _ = reply.send(Err("internal: a roster to keep reached a batch".into()));
+        }
+        _ => {}
     }
 }
 
@@ -1561,25 +1680,28 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                let rewinds: Vec<Command> = batch
-                    .extract_if(.., |c| matches!(c, Command::Rewind { .. }))
-                    .collect();
-                if !rewinds.is_empty() {
-                    // An operator's rewind, rare: what came with it commits first, all of
-                    // it, and then each rewind in a transaction of its own.
+                let operators: Vec<Command> = batch.extract_if(.., |c| is_operators(c)).collect();
+                if !operators.is_empty() {
+                    // An operator's rewind or reloaded roster, rare: what came with it
+                    // commits first, all of it, and then each in a transaction of its own.
                     if !batch.is_empty() {
                         self.commit_batch(batch);
                     }
                     *deadline = None;
-                    for r in rewinds {
-                        if let Command::Rewind {
-                            only,
-                            since_ms,
-                            first,
-                            reply,
-                        } = r
-                        {
-                            let _ = reply.send(self.rewind(only.as_ref(), since_ms, first));
+                    for c in operators {
+                        match c {
+                            Command::Rewind {
+                                only,
+                                since_ms,
+                                first,
+                                reply,
+                            } => {
+                                let _ = reply.send(self.rewind(only.as_ref(), since_ms, first));
+                            }
+                            Command::KeepRoster { roster, reply } => {
+                                let _ = reply.send(self.keep_roster(&roster));
+                            }
+                            other => operators_not_here(other),
                         }
                     }
                     return true;
@@ -1616,6 +1738,24 @@ impl Writer {
                 true
             }
         }
+    }
+
+    /// [`Command::KeepRoster`]: keeps `roster` ([`keep_roster`]) in a transaction of its
+    /// own, answered once on disk.
+    fn keep_roster(&mut self, roster: &Verified<Roster>) -> Result<bool, String> {
+        let path = PathBuf::from(self.conn.path().unwrap_or_default());
+        let done = (|| {
+            let tx = self.conn.transaction()?;
+            let wrote = keep_roster(&tx, &path, roster)?;
+            tx.commit()?;
+            Ok::<_, StoreError>(wrote)
+        })();
+        let wrote = done.map_err(|e| format!("relay storage: {e}"))?;
+        // Answered only once on disk, as every commit (the writer stops if this fails).
+        if let Some(Err(e)) = self.wal_sync.as_ref().map(WalSync::sync_now) {
+            return Err(format!("relay storage: {e}"));
+        }
+        Ok(wrote)
     }
 
     /// [`Command::Rewind`]: moves the cursors back in one transaction (journaled
@@ -1907,7 +2047,9 @@ impl Writer {
                             *p.forward_delta.entry(participant).or_default() -= n;
                         }
                     }
-                    rewind @ Command::Rewind { .. } => rewind_not_here(rewind),
+                    operators @ (Command::Rewind { .. } | Command::KeepRoster { .. }) => {
+                        operators_not_here(operators)
+                    }
                 }
             }
             // Each moved cursor, once per batch rather than once per message, in the same
@@ -2083,8 +2225,8 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
         }
         // No answer is owed: its receipts stay queued, and are forwarded again.
         Command::ReceiptsStored { .. } => None,
-        rewind @ Command::Rewind { .. } => {
-            rewind_not_here(rewind);
+        operators @ (Command::Rewind { .. } | Command::KeepRoster { .. }) => {
+            operators_not_here(operators);
             None
         }
     }
@@ -3436,6 +3578,80 @@ mod tests {
     /// message 1 from KAZ to CHN and IND (queued for both), keeping at most `budget`
     /// receipts a day per signer only for messages it does not hold. Returns the roster and
     /// the message too.
+    /// Roster `version` signed by `key`, with one participant.
+    fn signed_roster(key: &SigningKey, version: u64) -> Verified<Roster> {
+        use hotline_proto::roster::{verify_roster, Participant, Role};
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version,
+            issued_at_ms: 1_000,
+            network: "TEST".into(),
+            participants: vec![Participant {
+                id: pid("SEC"),
+                name: "SEC".into(),
+                role: Role::Secretariat,
+                keys: vec![PublicKey::of(&SigningKey::from_bytes(&[1; 32]))],
+                revoked: false,
+            }],
+            groups: vec![],
+        };
+        let signed = Signed::sign(&roster, key).expect("sign roster");
+        verify_roster(&signed, &PublicKey::of(key)).expect("roster")
+    }
+
+    /// The version the store keeps for `key`, if one of that key.
+    fn kept_version(c: &Connection, path: &Path, key: &SigningKey) -> Option<u64> {
+        match kept_roster(c, path, &PublicKey::of(key)).expect("read") {
+            KeptRoster::Roster(r) => Some(r.version),
+            _ => None,
+        }
+    }
+
+    /// The roster kept never goes back for one roster key; a roster of another key (the
+    /// roster key replaced) replaces it; a store from schema 4 gets the table and keeps
+    /// none, so the relay takes its file's.
+    #[test]
+    fn the_kept_roster_only_moves_forward_for_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, c) = open_db(dir.path()).expect("open");
+        let (old_key, new_key) = (
+            SigningKey::from_bytes(&[9; 32]),
+            SigningKey::from_bytes(&[8; 32]),
+        );
+        assert!(matches!(
+            kept_roster(&c, &path, &PublicKey::of(&old_key)).expect("read"),
+            KeptRoster::None
+        ));
+        assert!(keep_roster(&c, &path, &signed_roster(&old_key, 2)).expect("keep"));
+        assert!(!keep_roster(&c, &path, &signed_roster(&old_key, 1)).expect("older"));
+        assert!(!keep_roster(&c, &path, &signed_roster(&old_key, 2)).expect("same"));
+        assert_eq!(kept_version(&c, &path, &old_key), Some(2));
+        assert!(matches!(
+            kept_roster(&c, &path, &PublicKey::of(&new_key)).expect("read"),
+            KeptRoster::OtherKey { version: 2, .. }
+        ));
+        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 1)).expect("new key"));
+        assert_eq!(kept_version(&c, &path, &new_key), Some(1));
+        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 3)).expect("newer"));
+        assert_eq!(kept_version(&c, &path, &new_key), Some(3));
+
+        // As a schema 4 relay left it: no table.
+        c.execute_batch("DROP TABLE roster; PRAGMA user_version = 4")
+            .expect("as schema 4");
+        assert!(matches!(
+            kept_roster(&c, &path, &PublicKey::of(&new_key)).expect("read"),
+            KeptRoster::None
+        ));
+        drop(c);
+        let (path, c) = open_db(dir.path()).expect("reopen");
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(kept_version(&c, &path, &new_key), None);
+        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 1)).expect("keep"));
+    }
+
     fn writer_with_foreign_budget(
         dir: &Path,
         budget: u64,

@@ -183,6 +183,7 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
             }
         }
     }
+    let mut roster = None;
     if report.readable(
         "roster",
         &config.roster,
@@ -190,18 +191,21 @@ fn check_relay_files(config: &RelayConfig, text: &str, path: &Path, report: &mut
     ) {
         match hotline_config::roster_file::read_verified_roster(&config.roster, &config.roster_key)
         {
-            Ok(r) => report.notes.push(format!(
-                "roster version {} with {} participants, signed by roster_key",
-                r.version,
-                r.participants.len()
-            )),
+            Ok(r) => {
+                report.notes.push(format!(
+                    "roster version {} with {} participants, signed by roster_key",
+                    r.version,
+                    r.participants.len()
+                ));
+                roster = Some(r);
+            }
             Err(e) => report
                 .errors
                 .push(with_line(&e.to_string(), Some("roster"), text, path)),
         }
     }
     check_data_dir(Kind::Relay, &config.data_dir, text, path, report);
-    check_relay_store(config, text, path, report);
+    check_relay_store(config, roster.as_ref(), text, path, report);
     for (field, warning) in relay_limit_warnings(&config.limits) {
         report
             .warnings
@@ -269,18 +273,36 @@ fn store_unusable(e: hotline_store::StoreError, text: &str, path: &Path, report:
     }
 }
 
-/// A relay's store written by a newer release, which the relay would refuse at start. Other
-/// failures to read it are noted: the relay checks its store at start (`quick_check`, the
-/// journal), which this does not repeat beside a running relay.
-fn check_relay_store(config: &RelayConfig, text: &str, path: &Path, report: &mut Report) {
+/// A relay's store written by a newer release, or keeping a newer roster than the file's
+/// `roster` (the relay's last), which the relay would refuse at start
+/// (`hotline_relay::check_start_roster`). Other failures to read it are noted: the relay
+/// checks its store at start (`quick_check`, the journal), which this does not repeat
+/// beside a running relay.
+fn check_relay_store(
+    config: &RelayConfig,
+    roster: Option<&Verified<Roster>>,
+    text: &str,
+    path: &Path,
+    report: &mut Report,
+) {
     let db = config.data_dir.join(hotline_relay::store::DB_FILE);
     if !db.exists() {
         return;
     }
-    let read = hotline_store::open_read_only(&db)
-        .and_then(|conn| hotline_relay::store::check_schema_version(&conn, &db));
-    if let Err(e) = read {
-        store_unusable(e, text, path, report);
+    let read = hotline_store::open_read_only(&db).and_then(|conn| {
+        hotline_relay::store::check_schema_version(&conn, &db)?;
+        hotline_relay::store::kept_roster(&conn, &db, &config.roster_key)
+    });
+    let kept = match read {
+        Ok(kept) => kept,
+        Err(e) => return store_unusable(e, text, path, report),
+    };
+    if let Some(r) = roster {
+        if let Err(e) = hotline_relay::check_start_roster(&config.roster, r, &kept, &db) {
+            report
+                .errors
+                .push(with_line(&e.to_string(), Some("roster"), text, path));
+        }
     }
 }
 

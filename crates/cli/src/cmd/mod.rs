@@ -52,7 +52,10 @@ fn is_lasting(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     if let Some(e) = e.downcast_ref::<RelayError>() {
         return match e {
-            RelayError::Config(_) | RelayError::RosterFile(_) | RelayError::Roster { .. } => true,
+            RelayError::Config(_)
+            | RelayError::RosterFile(_)
+            | RelayError::Roster { .. }
+            | RelayError::RosterRollback { .. } => true,
             RelayError::Store(e) => store_is_lasting(e),
             // The certificate or key cannot be read or used (not a pair, not PEM).
             RelayError::Net(hotline_net::NetError::Tls(_) | hotline_net::NetError::TlsFile(_)) => {

@@ -355,7 +355,7 @@ async fn wait_for_signals(
             _ = signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(None) }
             _ = signals.int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(None) }
             reason = handle.failed() => return Ok(Some(reason)),
-            _ = signals.hup.recv() => match handle.reload_roster() {
+            _ = signals.hup.recv() => match handle.reload_roster().await {
                 Ok(v) => tracing::info!(version = v, "SIGHUP: roster reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: roster not reloaded; the previous one stays in force"),
             },
