@@ -2111,7 +2111,11 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     let db = data.join("relay.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let report = hotline_store::verify_journal(&conn).unwrap();
-    assert_eq!(report.entries, 3 + 2, "3 messages and 2 receipts");
+    assert_eq!(
+        report.entries,
+        1 + 3 + 2,
+        "the roster it started on, 3 messages and 2 receipts"
+    );
     let entries: Vec<(String, Vec<u8>)> = conn
         .prepare("SELECT kind, payload FROM journal ORDER BY seq")
         .unwrap()
@@ -2123,6 +2127,7 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
     assert_eq!(
         kinds,
         [
+            "roster.installed",
             "message.accepted",
             "message.accepted",
             "message.accepted",
@@ -2130,9 +2135,13 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
             "receipt.acknowledged"
         ]
     );
+    // The roster whole (its row is replaced by the next one kept).
+    let roster: hotline_proto::Signed<hotline_proto::Roster> =
+        hotline_proto::codec::decode(&entries[0].1, usize::MAX).unwrap();
+    assert_eq!(roster.decode_unverified().unwrap().version, 1);
     // Each entry commits to its record's exact bytes: the digest, then the key and
     // signature (the bytes themselves are in `messages` and `receipts`).
-    let payloads = entries.iter().map(|(_, p)| p);
+    let payloads = entries[1..].iter().map(|(_, p)| p);
     let mut records: Vec<_> = messages
         .iter()
         .map(|m| (m.digest(), m.key(), m.signature()))
@@ -2152,7 +2161,7 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(stdout.contains("5 entries"), "{stdout}");
+    assert!(stdout.contains("6 entries"), "{stdout}");
     assert!(
         stdout.contains("5 stored messages and receipts match their entries"),
         "{stdout}"
@@ -2180,7 +2189,7 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
         .unwrap();
     conn.execute(swap, [1, 2]).unwrap();
     let stderr = audit();
-    assert!(stderr.contains("differs from journal entry 1"), "{stderr}");
+    assert!(stderr.contains("differs from journal entry 2"), "{stderr}");
     conn.execute(
         "UPDATE messages SET bytes = ?1, digest = ?2 WHERE rseq = 1",
         rusqlite::params![first.0, first.1],
@@ -2191,19 +2200,19 @@ async fn audit_journal_records_everything_and_names_a_tampered_entry() {
         .unwrap();
     let stderr = audit();
     assert!(
-        stderr.contains("journal entry 5 (receipt.acknowledged)") && stderr.contains("not stored"),
+        stderr.contains("journal entry 6 (receipt.acknowledged)") && stderr.contains("not stored"),
         "{stderr}"
     );
 
-    conn.execute("UPDATE journal SET payload = x'00' WHERE seq = 4", [])
+    conn.execute("UPDATE journal SET payload = x'00' WHERE seq = 5", [])
         .unwrap();
     match hotline_store::verify_journal(&conn) {
-        Err(hotline_store::StoreError::JournalBroken { seq, .. }) => assert_eq!(seq, 4),
-        other => panic!("expected the chain to break at entry 4, got {other:?}"),
+        Err(hotline_store::StoreError::JournalBroken { seq, .. }) => assert_eq!(seq, 5),
+        other => panic!("expected the chain to break at entry 5, got {other:?}"),
     }
     drop(conn);
     let stderr = audit();
-    assert!(stderr.contains("entry 4"), "{stderr}");
+    assert!(stderr.contains("entry 5"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -166,7 +166,13 @@ fn keep_start_roster(
     }
     match check_start_roster(&config.roster, roster, &kept, db) {
         Ok(true) => {
-            store::keep_roster(conn, db, roster)?;
+            // Its own transaction, journaled: a relay that stops now keeps it and its record.
+            let mut journal = hotline_store::Journal::load(conn)?;
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(hotline_store::StoreError::from)?;
+            store::keep_roster(&tx, &mut journal, db, roster, now_ms())?;
+            tx.commit().map_err(hotline_store::StoreError::from)?;
             info!(
                 version = roster.version,
                 "roster kept in the store: the relay will not start on an older one"

@@ -738,12 +738,17 @@ pub fn kept_roster(
 
 /// Keeps `roster` as the newest the relay has run with, unless the store keeps a newer one
 /// or the same version of the same key (two reloads racing: the roster kept never goes
-/// back). Returns whether it wrote. `roster` is verified against the pinned key, so a kept
-/// roster of another key is replaced.
+/// back), and journals it (`roster.installed`, its version as subject and its signed bytes
+/// as payload, as a node journals the rosters it installs): the audit record says which
+/// roster, so which keys and groups, the relay ran with from when. Returns whether it
+/// wrote. `roster` is verified against the pinned key, so a kept roster of another key is
+/// replaced.
 pub(crate) fn keep_roster(
     conn: &Connection,
+    journal: &mut Journal,
     path: &Path,
     roster: &Verified<Roster>,
+    now_ms: u64,
 ) -> Result<bool, StoreError> {
     let key = roster.signed().key();
     if let KeptRoster::Roster(kept) = kept_roster(conn, path, &key)? {
@@ -756,6 +761,15 @@ pub(crate) fn keep_roster(
         "INSERT INTO roster (one, bytes, key, sig) VALUES (1, ?1, ?2, ?3)
          ON CONFLICT (one) DO UPDATE SET bytes = excluded.bytes, key = excluded.key, sig = excluded.sig",
         params![s.bytes(), &s.key().0[..], &s.signature().0[..]],
+    )?;
+    journal.append(
+        conn,
+        now_ms,
+        "roster.installed",
+        &roster.version.to_string(),
+        // Whole: the row is overwritten by the next roster, so only the journal keeps this one.
+        &hotline_proto::codec::encode(s, usize::MAX)
+            .map_err(|e| StoreError::Record(Box::new(e)))?,
     )?;
     Ok(true)
 }
@@ -1744,13 +1758,17 @@ impl Writer {
     /// own, answered once on disk.
     fn keep_roster(&mut self, roster: &Verified<Roster>) -> Result<bool, String> {
         let path = PathBuf::from(self.conn.path().unwrap_or_default());
+        self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
-            let wrote = keep_roster(&tx, &path, roster)?;
+            let wrote = keep_roster(&tx, &mut self.journal, &path, roster, crate::now_ms())?;
             tx.commit()?;
             Ok::<_, StoreError>(wrote)
         })();
-        let wrote = done.map_err(|e| format!("relay storage: {e}"))?;
+        let wrote = done.map_err(|e| {
+            self.journal.rollback();
+            format!("relay storage: {e}")
+        })?;
         // Answered only once on disk, as every commit (the writer stops if this fails).
         if let Some(Err(e)) = self.wal_sync.as_ref().map(WalSync::sync_now) {
             return Err(format!("relay storage: {e}"));
@@ -3622,18 +3640,34 @@ mod tests {
             kept_roster(&c, &path, &PublicKey::of(&old_key)).expect("read"),
             KeptRoster::None
         ));
-        assert!(keep_roster(&c, &path, &signed_roster(&old_key, 2)).expect("keep"));
-        assert!(!keep_roster(&c, &path, &signed_roster(&old_key, 1)).expect("older"));
-        assert!(!keep_roster(&c, &path, &signed_roster(&old_key, 2)).expect("same"));
+        let mut j = Journal::load(&c).expect("journal");
+        assert!(keep_roster(&c, &mut j, &path, &signed_roster(&old_key, 2), 7).expect("keep"));
+        assert!(!keep_roster(&c, &mut j, &path, &signed_roster(&old_key, 1), 7).expect("older"));
+        assert!(!keep_roster(&c, &mut j, &path, &signed_roster(&old_key, 2), 7).expect("same"));
         assert_eq!(kept_version(&c, &path, &old_key), Some(2));
         assert!(matches!(
             kept_roster(&c, &path, &PublicKey::of(&new_key)).expect("read"),
             KeptRoster::OtherKey { version: 2, .. }
         ));
-        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 1)).expect("new key"));
+        assert!(keep_roster(&c, &mut j, &path, &signed_roster(&new_key, 1), 7).expect("new key"));
         assert_eq!(kept_version(&c, &path, &new_key), Some(1));
-        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 3)).expect("newer"));
+        assert!(keep_roster(&c, &mut j, &path, &signed_roster(&new_key, 3), 7).expect("newer"));
         assert_eq!(kept_version(&c, &path, &new_key), Some(3));
+        // Each roster kept is journaled whole, by version; one not kept is not.
+        let journaled: Vec<(String, Vec<u8>)> = c
+            .prepare(
+                "SELECT subject, payload FROM journal WHERE kind = 'roster.installed' ORDER BY seq",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let versions: Vec<&str> = journaled.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(versions, ["2", "1", "3"]);
+        let last: Signed<Roster> =
+            hotline_proto::codec::decode(&journaled[2].1, usize::MAX).expect("a signed roster");
+        assert_eq!(last.decode_unverified().expect("decodes").version, 3);
 
         // As a schema 4 relay left it: no table.
         c.execute_batch("DROP TABLE roster; PRAGMA user_version = 4")
@@ -3649,7 +3683,8 @@ mod tests {
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(kept_version(&c, &path, &new_key), None);
-        assert!(keep_roster(&c, &path, &signed_roster(&new_key, 1)).expect("keep"));
+        let mut j = Journal::load(&c).expect("journal");
+        assert!(keep_roster(&c, &mut j, &path, &signed_roster(&new_key, 1), 7).expect("keep"));
     }
 
     fn writer_with_foreign_budget(
