@@ -1310,6 +1310,8 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
 /// newer ones were: it used to filter the newest 1,000 (the API's list limit) on the
 /// command's side, so that a request waiting for an answer behind 1,000 newer messages,
 /// acknowledged, was listed nowhere, and the officer was told there were no messages.
+/// `hotline inbox`, which lists the newest 1,000 of them, says that older ones are not
+/// listed (it used to end as if that were all), and its `--json` stays JSON alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknowledged() {
     use hotline_node::limits::API_LIST_MAX;
@@ -1359,6 +1361,18 @@ async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknow
         text.stdout.contains(&waiting_id.to_string()) && !text.stdout.contains("no messages"),
         "{text:?}"
     );
+    assert!(!text.stdout.contains("only the newest"), "{text:?}");
+    let all = node.cli(&["inbox"]).await.unwrap();
+    assert!(all.status.success(), "{all:?}");
+    assert!(!all.stdout.contains(&waiting_id.to_string()), "{all:?}");
+    let note = format!(
+        "\n(only the newest {API_LIST_MAX} messages are listed, the most the node lists: \
+         `hotline inbox --unacknowledged` lists the unacknowledged ones from the whole inbox, \
+         `hotline show ID` shows any one by its id)\n"
+    );
+    assert!(all.stdout.ends_with(&note), "{}", all.stdout);
+    let listed = node.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(API_LIST_MAX));
     stop_node(node).await;
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
-use hotline_node::limits::API_BODY_BYTES_MAX;
+use hotline_node::limits::{API_BODY_BYTES_MAX, API_LIST_MAX};
 
 /// Where the node's API is: from its configuration file, or given directly.
 #[derive(Debug, Args, Clone)]
@@ -312,6 +312,7 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         "/v1/inbox"
     };
     let v = a.api.client()?.get(path)?;
+    let listed = v.as_array().map_or(0, Vec::len);
     let items: Vec<Value> = v
         .as_array()
         .cloned()
@@ -320,58 +321,96 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         .filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false))
         .collect();
     print(a.api.json, &Value::Array(items.clone()), |_| {
-        let mut out = format!(
-            "{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  SUBJECT",
-            "ID", "FROM", "PREC", "RECEIVED", "ACK"
-        );
-        for m in &items {
-            out.push_str(&format!(
-                "\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  {}{}",
-                m["id"].as_str().unwrap_or(""),
-                m["from"].as_str().unwrap_or(""),
-                m["precedence"].as_str().unwrap_or(""),
-                ts(&m["received_at_ms"]),
-                if m["acknowledged"] == json!(true) {
-                    "yes"
-                } else {
-                    "NO"
-                },
-                banner(m),
-                shown(&m["subject"], false),
-            ));
-        }
-        if items.is_empty() {
-            out.push_str("\n(no messages)");
-        }
-        out
+        inbox_text(&items, listed, a.unacknowledged)
     })
+}
+
+/// The received messages `items` as `hotline inbox` lists them, of the `listed` the node
+/// gave (more than `items` only from a node that ignores `?unacknowledged`).
+fn inbox_text(items: &[Value], listed: usize, unacknowledged: bool) -> String {
+    let mut out = format!(
+        "{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  SUBJECT",
+        "ID", "FROM", "PREC", "RECEIVED", "ACK"
+    );
+    for m in items {
+        out.push_str(&format!(
+            "\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  {}{}",
+            m["id"].as_str().unwrap_or(""),
+            m["from"].as_str().unwrap_or(""),
+            m["precedence"].as_str().unwrap_or(""),
+            ts(&m["received_at_ms"]),
+            if m["acknowledged"] == json!(true) {
+                "yes"
+            } else {
+                "NO"
+            },
+            banner(m),
+            shown(&m["subject"], false),
+        ));
+    }
+    if items.is_empty() {
+        out.push_str("\n(no messages)");
+    }
+    let (what, more) = if unacknowledged {
+        (
+            "unacknowledged messages",
+            "acknowledge these to list older ones; `hotline show ID` shows any one by its id",
+        )
+    } else {
+        (
+            "messages",
+            "`hotline inbox --unacknowledged` lists the unacknowledged ones from the whole \
+             inbox, `hotline show ID` shows any one by its id",
+        )
+    };
+    out.push_str(&cut_note(listed, what, more));
+    out
+}
+
+/// The line under a list the node cut at its limit (`API_LIST_MAX`, newest first), or
+/// nothing: a list of exactly that many used to end as if it were all there was. The API
+/// has no paging, so `more` says what else there is.
+fn cut_note(listed: usize, what: &str, more: &str) -> String {
+    if listed < API_LIST_MAX {
+        return String::new();
+    }
+    format!("\n(only the newest {listed} {what} are listed, the most the node lists: {more})")
 }
 
 /// `hotline inbox --quarantined`.
 fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
     let v = api.client()?.get("/v1/quarantine")?;
+    print(api.json, &v, quarantine_text)
+}
+
+/// The deliveries held in quarantine (`v`, as `GET /v1/quarantine` gives them) as `hotline
+/// inbox --quarantined` lists them.
+fn quarantine_text(v: &Value) -> String {
     let items = v.as_array().cloned().unwrap_or_default();
-    print(api.json, &v, |_| {
-        let mut out = format!(
-            "{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  REASON (the sender and subject are the bytes' claim, UNVERIFIED)",
-            "RECEIVED", "DIGEST", "FROM?", "SUBJECT?"
-        );
-        for q in &items {
-            let claim = &q["unverified_claim"];
-            out.push_str(&format!(
-                "\n{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  {}",
-                ts(&q["received_at_ms"]),
-                q["digest"].as_str().unwrap_or("").get(..16).unwrap_or(""),
-                claim["from"].as_str().unwrap_or("?"),
-                super::roster::shorten(&shown(&claim["subject"], false), 32),
-                shown(&q["reason"], false),
-            ));
-        }
-        if items.is_empty() {
-            out.push_str("\n(nothing quarantined)");
-        }
-        out
-    })
+    let mut out = format!(
+        "{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  REASON (the sender and subject are the bytes' claim, UNVERIFIED)",
+        "RECEIVED", "DIGEST", "FROM?", "SUBJECT?"
+    );
+    for q in &items {
+        let claim = &q["unverified_claim"];
+        out.push_str(&format!(
+            "\n{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  {}",
+            ts(&q["received_at_ms"]),
+            q["digest"].as_str().unwrap_or("").get(..16).unwrap_or(""),
+            claim["from"].as_str().unwrap_or("?"),
+            super::roster::shorten(&shown(&claim["subject"], false), 32),
+            shown(&q["reason"], false),
+        ));
+    }
+    if items.is_empty() {
+        out.push_str("\n(nothing quarantined)");
+    }
+    out.push_str(&cut_note(
+        items.len(),
+        "held deliveries",
+        "discard these (`hotline discard`) to list older ones",
+    ));
+    out
 }
 
 /// `hotline show ID` / `hotline status ID`.
@@ -740,24 +779,33 @@ fn link_text(r: &Value) -> String {
 
 pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
     let v = a.api.client()?.get("/v1/messages")?;
-    print(a.api.json, &v, |v| {
-        let mut out = format!(
-            "{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT",
-            "ID", "STATE", "DLVD", "ACKD"
-        );
-        for m in v.as_array().cloned().unwrap_or_default() {
-            out.push_str(&format!(
-                "\n{:<32}  {:<12}  {:>5}  {:>5}  {}{}",
-                m["id"].as_str().unwrap_or(""),
-                m["state"].as_str().unwrap_or(""),
-                format!("{}/{}", m["delivered"], m["total"]),
-                format!("{}/{}", m["acknowledged"], m["total"]),
-                banner(&m),
-                shown(&m["subject"], false)
-            ));
-        }
-        out
-    })
+    print(a.api.json, &v, sent_text)
+}
+
+/// The sent messages (`v`, as `GET /v1/messages` gives them) as `hotline sent` lists them.
+fn sent_text(v: &Value) -> String {
+    let mut out = format!(
+        "{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT",
+        "ID", "STATE", "DLVD", "ACKD"
+    );
+    for m in v.as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "\n{:<32}  {:<12}  {:>5}  {:>5}  {}{}",
+            m["id"].as_str().unwrap_or(""),
+            m["state"].as_str().unwrap_or(""),
+            format!("{}/{}", m["delivered"], m["total"]),
+            format!("{}/{}", m["acknowledged"], m["total"]),
+            banner(&m),
+            shown(&m["subject"], false)
+        ));
+    }
+    let listed = v.as_array().map_or(0, Vec::len);
+    out.push_str(&cut_note(
+        listed,
+        "sent messages",
+        "`hotline status ID` shows any one by its id",
+    ));
+    out
 }
 
 /// `hotline watch`: the node's events as they happen, until the node ends the stream or
@@ -948,6 +996,70 @@ mod tests {
             "{}",
             show_text(&m)
         );
+    }
+
+    #[test]
+    fn a_list_the_node_cut_at_its_limit_says_so() {
+        let received = |n: usize| -> Vec<Value> {
+            (0..n)
+                .map(|i| {
+                    json!({"id": format!("{i:032x}"), "from": "KAZ", "precedence": "ROUTINE",
+                    "received_at_ms": 1_700_000_000_000u64 - i as u64, "acknowledged": false,
+                    "status": "actual", "subject": "Communications check"})
+                })
+                .collect()
+        };
+        let all = received(API_LIST_MAX - 1);
+        let text = inbox_text(&all, all.len(), false);
+        assert!(!text.contains("only the newest"), "{text}");
+        let cut = received(API_LIST_MAX);
+        let text = inbox_text(&cut, cut.len(), false);
+        let last = text.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            "(only the newest 1000 messages are listed, the most the node lists: `hotline inbox \
+             --unacknowledged` lists the unacknowledged ones from the whole inbox, `hotline show \
+             ID` shows any one by its id)"
+        );
+        assert_eq!(
+            text.lines().count(),
+            1 + API_LIST_MAX + 1,
+            "header, rows, note"
+        );
+        let text = inbox_text(&cut, cut.len(), true);
+        assert!(
+            text.ends_with("(only the newest 1000 unacknowledged messages are listed, the most the node lists: acknowledge these to list older ones; `hotline show ID` shows any one by its id)"),
+            "{text}"
+        );
+        // Filtered here from a node that ignores `?unacknowledged`: cut all the same.
+        assert!(inbox_text(&cut[..3], cut.len(), true).contains("only the newest 1000"));
+
+        let sent = |n: usize| -> Value {
+            (0..n)
+                .map(|i| {
+                    json!({"id": format!("{i:032x}"), "state": "acknowledged",
+                    "delivered": 1, "acknowledged": 1, "total": 1, "status": "actual",
+                    "subject": "Notification"})
+                })
+                .collect()
+        };
+        assert!(!sent_text(&sent(API_LIST_MAX - 1)).contains("only the newest"));
+        assert!(sent_text(&sent(API_LIST_MAX)).ends_with(
+            "\n(only the newest 1000 sent messages are listed, the most the node lists: \
+             `hotline status ID` shows any one by its id)"
+        ));
+
+        let held = |n: usize| -> Value {
+            (0..n)
+                .map(|i| {
+                    json!({"digest": format!("{i:064x}"), "received_at_ms": 0,
+                    "reason": "bad signature", "unverified_claim": null})
+                })
+                .collect()
+        };
+        assert!(!quarantine_text(&held(API_LIST_MAX - 1)).contains("only the newest"));
+        assert!(quarantine_text(&held(API_LIST_MAX))
+            .ends_with("discard these (`hotline discard`) to list older ones)"));
     }
 
     #[test]
