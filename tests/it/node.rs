@@ -182,6 +182,55 @@ async fn a_message_is_delivered_acknowledged_and_shown_in_the_senders_matrix() {
     relay.shutdown().await;
 }
 
+/// An officer's name on an acknowledgement is trimmed of the spaces around it, and one of
+/// spaces alone refused in the words a discard refuses it: `hotline ack --officer " Desk "`
+/// used to sign and show " Desk " while `hotline discard` trimmed, and a name of spaces was
+/// refused by the two in different words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officers_name_is_trimmed_on_an_acknowledgement_as_on_a_discard() {
+    let net = net();
+    let relay = net.relay().await;
+    let (kaz, mut kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let id = id_of(
+        &kaz.cli_json(&["send", "--to", "KGZ", "--subject", "Routine report"])
+            .await
+            .unwrap(),
+    );
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+
+    let blank_ack = kgz.cli(&["ack", &id, "--officer", "   "]).await.unwrap();
+    let blank_discard = kgz
+        .cli(&["discard", "--all", "--officer", "   "])
+        .await
+        .unwrap();
+    assert!(!blank_ack.status.success(), "{blank_ack:?}");
+    assert!(!blank_discard.status.success(), "{blank_discard:?}");
+    assert!(
+        blank_ack.stderr.contains("officer: 1 to 128 bytes"),
+        "{}",
+        blank_ack.stderr
+    );
+    assert_eq!(blank_ack.stderr, blank_discard.stderr);
+    let shown = kgz.cli_json(&["show", &id]).await.unwrap();
+    assert_eq!(shown["acknowledged"], false, "{shown}");
+
+    kgz.cli_json(&["ack", &id, "--officer", "  Duty officer\t "])
+        .await
+        .unwrap();
+    let shown = kgz.cli_json(&["show", &id]).await.unwrap();
+    assert_eq!(shown["officer"], "Duty officer", "{shown}");
+    // As signed: the sender is told the name trimmed too.
+    let ev = kaz_events.wait_about("acknowledged", &id).await.unwrap();
+    assert_eq!(ev["officer"], "Duty officer", "{ev}");
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["recipients"][0]["officer"], "Duty officer", "{st}");
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_was_stopped_receives_what_was_sent_meanwhile() {
     let net = net();
@@ -1261,6 +1310,8 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
 /// newer ones were: it used to filter the newest 1,000 (the API's list limit) on the
 /// command's side, so that a request waiting for an answer behind 1,000 newer messages,
 /// acknowledged, was listed nowhere, and the officer was told there were no messages.
+/// `hotline inbox`, which lists the newest 1,000 of them, says that older ones are not
+/// listed (it used to end as if that were all), and its `--json` stays JSON alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknowledged() {
     use hotline_node::limits::API_LIST_MAX;
@@ -1310,6 +1361,18 @@ async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknow
         text.stdout.contains(&waiting_id.to_string()) && !text.stdout.contains("no messages"),
         "{text:?}"
     );
+    assert!(!text.stdout.contains("only the newest"), "{text:?}");
+    let all = node.cli(&["inbox"]).await.unwrap();
+    assert!(all.status.success(), "{all:?}");
+    assert!(!all.stdout.contains(&waiting_id.to_string()), "{all:?}");
+    let note = format!(
+        "\n(only the newest {API_LIST_MAX} messages are listed, the most the node lists: \
+         `hotline inbox --unacknowledged` lists the unacknowledged ones from the whole inbox, \
+         `hotline show ID` shows any one by its id)\n"
+    );
+    assert!(all.stdout.ends_with(&note), "{}", all.stdout);
+    let listed = node.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(API_LIST_MAX));
     stop_node(node).await;
 }
 

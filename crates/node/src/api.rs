@@ -1098,13 +1098,21 @@ struct DiscardRequest {
 impl DiscardRequest {
     /// The officer's name, trimmed, or a 400 `invalid`.
     fn officer(&self) -> Result<&str, ApiError> {
-        let officer = self.officer.trim();
-        let max = hotline_proto::limits::OFFICER_BYTES_MAX;
-        if officer.is_empty() || officer.len() > max {
-            return Err(bad("invalid", format!("officer: 1 to {max} bytes")));
-        }
-        Ok(officer)
+        officer_name(&self.officer)
     }
+}
+
+/// An officer's name as given to the API (`ack`, `discard`), trimmed of the spaces around
+/// it, or a 400 `invalid` when nothing or too much is left. The one place the API checks
+/// it: an acknowledgement used to sign and journal the name with its stray spaces, and to
+/// refuse a name of spaces alone in other words than a discard did.
+fn officer_name(given: &str) -> Result<&str, ApiError> {
+    let officer = given.trim();
+    let max = hotline_proto::limits::OFFICER_BYTES_MAX;
+    if officer.is_empty() || officer.len() > max {
+        return Err(bad("invalid", format!("officer: 1 to {max} bytes")));
+    }
+    Ok(officer)
 }
 
 /// Discards one quarantined delivery (the quarantine is full, or its content was looked at
@@ -1307,12 +1315,13 @@ async fn ack(
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let officer = officer_name(&req.officer)?;
     let relays = state.config.relays.len();
     let result = state.store().acknowledge(
         &state.me,
         &state.key,
         &id,
-        &req.officer,
+        officer,
         req.note.clone(),
         relays,
         now_ms(),
@@ -1334,11 +1343,11 @@ async fn ack(
         )),
         Ok(AckOutcome::Acked { receipt: r, status }) => {
             state.wake_links();
-            info!(msg = %id, status = ?status, officer = ?req.officer, "acknowledged");
+            info!(msg = %id, status = ?status, officer = ?officer, "acknowledged");
             state.emit(crate::events::Event::AckSent {
                 id,
                 status,
-                officer: req.officer.clone(),
+                officer: officer.to_owned(),
             });
             Ok(Json(
                 json!({"id": id, "acknowledged": true, "receipt": r.digest().to_string(), "relays_connected": state.relays_connected()}),

@@ -242,7 +242,7 @@ fn report(
     overdue_only: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    use super::operator::{banner, recipients_text, shown, ts};
+    use super::operator::{banner, recipients_text, shown, ts, TS_WIDTH};
     use super::roster::shorten;
     use serde_json::{json, Value};
 
@@ -317,12 +317,12 @@ fn report(
         return Ok(());
     }
     let mut out = format!(
-        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",
+        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",
         all.len(), "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "ANSD", "OVERDUE"
     );
     for v in &all {
         out.push_str(&format!(
-            "\n{:<32}  {:<6}  {:<9}  {:<13}  {:>7}  {:>7}  {:>7}  {:>7}  {}{}",
+            "\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:>7}  {:>7}  {:>7}  {:>7}  {}{}",
             v["id"].as_str().unwrap_or(""),
             v["from"].as_str().unwrap_or(""),
             v["precedence"].as_str().unwrap_or(""),
