@@ -1388,21 +1388,11 @@ async fn connections_to_the_api_cannot_use_up_the_descriptors_paging_needs() {
     let net = net();
     let relay = net.relay().await;
     let pages = net.path().join("pages.jsonl");
-    net.node_config_with(
-        "KGZ",
-        &NodeSetup {
-            hooks: Some(format!(
-                "on_message = [\"sh\", \"-c\", \"cat >> '{}'\"]",
-                pages.display()
-            )),
-            ..NodeSetup::relay(relay.local_addr())
-        },
-    );
-    net.node_config("KAZ", relay.local_addr());
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    let mut kgz = net.start_node("KGZ").await.unwrap();
-    kaz.connected().await.unwrap();
-    kgz.connected().await.unwrap();
+    let hooks = appending_hook("on_message", &pages);
+    let (kaz, mut kgz) = net
+        .two_nodes_kgz_hooks(relay.local_addr(), Some(hooks))
+        .await
+        .unwrap();
 
     // The node's descriptors: what it holds now, and a limit that leaves it room for the
     // connections it serves and a few more (its files, a hook's pipes).
@@ -1855,10 +1845,7 @@ async fn a_newer_roster_signed_by_the_pinned_key_is_installed() {
         "KAZ",
         &NodeSetup {
             roster: Some("roster-v1.signed".into()),
-            hooks: Some(format!(
-                "on_roster_changed = [\"sh\", \"-c\", \"cat >> '{}'\"]",
-                events.display()
-            )),
+            hooks: Some(appending_hook("on_roster_changed", &events)),
             ..NodeSetup::relay(relay.local_addr())
         },
     );
@@ -2445,21 +2432,11 @@ async fn an_unacknowledged_flash_message_pages_again_until_acknowledged() {
     let net = net();
     let relay = net.relay().await;
     let pages = net.path().join("pages.jsonl");
-    net.node_config_with(
-        "KGZ",
-        &NodeSetup {
-            hooks: Some(format!(
-                "on_message = [\"sh\", \"-c\", \"cat >> '{}'\"]\npaging_interval_ms = 1000",
-                pages.display()
-            )),
-            ..NodeSetup::relay(relay.local_addr())
-        },
-    );
-    net.node_config("KAZ", relay.local_addr());
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    let mut kgz = net.start_node("KGZ").await.unwrap();
-    kaz.connected().await.unwrap();
-    kgz.connected().await.unwrap();
+    let hooks = appending_hook("on_message", &pages) + "\npaging_interval_ms = 1000";
+    let (kaz, mut kgz) = net
+        .two_nodes_kgz_hooks(relay.local_addr(), Some(hooks))
+        .await
+        .unwrap();
 
     let send = |subject: &'static str, precedence: &'static str| {
         let kaz = &kaz;

@@ -732,6 +732,12 @@ pub struct NodeSetup {
     pub quarantine_max_bytes: Option<u64>,
 }
 
+/// A `[hooks]` line running hook `name` as a shell command that appends each event it is
+/// given (one JSON line) to `file`.
+pub fn appending_hook(name: &str, file: &Path) -> String {
+    format!("{name} = [\"sh\", \"-c\", \"cat >> '{}'\"]", file.display())
+}
+
 impl NodeSetup {
     pub fn relay(addr: SocketAddr) -> Self {
         Self {
@@ -818,8 +824,24 @@ impl Net {
     /// Writes KAZ's and KGZ's configurations for one relay at `relay`, starts both nodes
     /// and waits until both are connected.
     pub async fn two_nodes(&self, relay: SocketAddr) -> anyhow::Result<(NodeProc, NodeProc)> {
+        self.two_nodes_kgz_hooks(relay, None).await
+    }
+
+    /// As [`Net::two_nodes`], KGZ with `hooks` (if any) as the body of its `[hooks]` table
+    /// (e.g. [`appending_hook`]).
+    pub async fn two_nodes_kgz_hooks(
+        &self,
+        relay: SocketAddr,
+        hooks: Option<String>,
+    ) -> anyhow::Result<(NodeProc, NodeProc)> {
         self.node_config("KAZ", relay);
-        self.node_config("KGZ", relay);
+        self.node_config_with(
+            "KGZ",
+            &NodeSetup {
+                hooks,
+                ..NodeSetup::relay(relay)
+            },
+        );
         let mut kaz = self.start_node("KAZ").await?;
         let mut kgz = self.start_node("KGZ").await?;
         kaz.connected().await?;
