@@ -844,17 +844,17 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// The files [`write`] writes into a drill's directory.
+pub(crate) const FILES: [&str; 2] = ["report.json", "report.html"];
+
 /// Writes `report.json` and `report.html` into `dir`, as new files (never through a link
 /// planted in their place).
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
     use crate::deploy::{write_new, FILE_MODE};
+    let [json, html] = FILES;
+    write_new(&dir.join(json), &serde_json::to_vec_pretty(r)?, FILE_MODE)?;
     write_new(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(r)?,
-        FILE_MODE,
-    )?;
-    write_new(
-        &dir.join("report.html"),
+        &dir.join(html),
         crate::html::render(r).as_bytes(),
         FILE_MODE,
     )

@@ -115,6 +115,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     // would name twice over (`out/out/relay.toml`).
     let dir = std::path::absolute(&dir)
         .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
+    // The report is written as new files at the end: a directory holding an earlier drill's
+    // is refused now, before anything is started or sent, rather than after the drill (a
+    // live one has sent its traffic to a real deployment by then), losing its report.
+    for file in report::FILES {
+        let path = dir.join(file);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            bail!(
+                "{} already holds a drill's report ({}): give another --out, or move it away",
+                dir.display(),
+                path.display()
+            );
+        }
+    }
     eprintln!("exercise {}: {}", scenario.name, scenario.description);
     eprintln!("  directory {}", dir.display());
     eprintln!(
@@ -1155,6 +1168,43 @@ expect = "delivered"
         assert!(
             matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
             "the harness called SEC's node before refusing the drill"
+        );
+    }
+
+    /// A directory holding an earlier drill's report is refused before anything is sent:
+    /// the report is written as new files at the end, so a live drill sent all its traffic
+    /// to the deployment, then failed to write its report, and lost it.
+    #[tokio::test]
+    async fn a_directory_holding_a_report_is_refused_before_the_drill() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        // SEC's node: a socket that would see any call the harness made to it.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        api.set_nonblocking(true).expect("nonblocking");
+        let addr = api.local_addr().expect("address").to_string();
+        let live = Live {
+            roster,
+            clients: BTreeMap::from([("SEC".to_owned(), ApiClient::new(&addr, "token"))]),
+        };
+        let opts = options(tmp.path(), Some(live));
+        let out = opts.out_dir.clone().expect("an --out");
+        std::fs::create_dir_all(&out).expect("out");
+        std::fs::write(out.join("report.json"), "{}").expect("an earlier report");
+        let sc = Scenario::parse(&referring(""), "refs.toml").expect("parses");
+        let e = format!("{:#}", run(sc, opts).await.expect_err("refused"));
+        assert!(
+            e.contains("already holds a drill's report") && e.contains("report.json"),
+            "{e}"
+        );
+        assert!(
+            matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
+            "the harness called SEC's node before refusing the drill"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("report.json")).expect("kept"),
+            "{}"
         );
     }
 
