@@ -1250,7 +1250,9 @@ expect = "delivered"
     /// error names the scenario's file, the entry and the id: an objective's participant
     /// that is not on the roster, or that its inject does not address, and a behaviour for
     /// an unknown participant. They were silently dropped (the objective scored on fewer
-    /// recipients, the behaviour applied to nobody).
+    /// recipients, the behaviour applied to nobody). So are an objective's group and
+    /// `except` (an unknown group left it with no one in scope, unmet with no reason given),
+    /// and an inject's `to` and group, which its node refused only once it was due.
     #[tokio::test]
     async fn ids_a_scenario_names_are_checked_against_the_roster_before_it_starts() {
         let objective = |who: &str| {
@@ -1268,6 +1270,22 @@ expect = "delivered"
             (
                 "[behaviour.XYZ]\nnever_ack = true\n".to_owned(),
                 "scenario refs.toml: behaviour.XYZ: XYZ is not on the roster",
+            ),
+            (
+                "[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\ngroup = \"disaster-managment\"\n".to_owned(),
+                "scenario refs.toml: objective \"o\": group \"disaster-managment\" is not a group of the roster",
+            ),
+            (
+                "[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\nexcept = [\"KZA\"]\n".to_owned(),
+                "scenario refs.toml: objective \"o\": except: KZA is not on the roster",
+            ),
+            (
+                "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"SEC\"\nto = [\"KAZ\", \"XYZ\"]\nsubject = \"s\"\n".to_owned(),
+                "scenario refs.toml: inject \"b\": to: XYZ is not on the roster",
+            ),
+            (
+                "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"SEC\"\ngroup = \"no-such-group\"\nsubject = \"s\"\n".to_owned(),
+                "scenario refs.toml: inject \"b\": group \"no-such-group\" is not a group of the roster",
             ),
         ] {
             let tmp = tempfile::tempdir().expect("tempdir");
