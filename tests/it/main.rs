@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod exercise;
 mod faults;
 mod netns;
 mod node;

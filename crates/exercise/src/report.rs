@@ -329,6 +329,21 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             }
         }
     }
+    // Each sent inject's recipients as the roster resolves its audience (the protocol's own
+    // resolution, as the relay resolves it), whatever its sender's delivery table says:
+    // the sender's node is under test too, and a recipient its table leaves out must be
+    // scored (and fail), not dropped from scope.
+    let audiences: Vec<Vec<String>> = i
+        .injects
+        .iter()
+        .map(|s| {
+            if s.id.is_some() {
+                s.inject.addressed(i.roster)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     // Whose rows the report has: the participants with a node, and in live mode every
     // recipient addressed (roster order, then any the roster does not name).
     let has_node = |p: &str| i.participants.iter().any(|x| x == p);
@@ -338,6 +353,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             .iter()
             .flat_map(|v| v["recipients"].as_array().cloned().unwrap_or_default())
             .filter_map(|r| r["recipient"].as_str().map(str::to_owned))
+            .chain(audiences.iter().flatten().cloned())
             .collect();
         addressed.sort();
         addressed.dedup();
@@ -386,6 +402,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut accepted = 0;
     let mut lost = 0;
     let mut refusals = Vec::new();
+    // Per inject: the recipients addressed that its sender's table leaves out, and whether
+    // the sender's node gave a table at all.
+    let mut untabled_by_inject: Vec<(Vec<String>, bool)> = Vec::new();
     for (k, sent) in i.injects.iter().enumerate() {
         let (inj, id, sent_at, refused) = (&sent.inject, &sent.id, &sent.sent_at_ms, &sent.refused);
         let view = &i.sent_views[k];
@@ -406,16 +425,32 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     .collect()
             })
             .unwrap_or_default();
+        // Addressed, but left out of the sender's table.
+        let untabled: Vec<&String> = audiences[k]
+            .iter()
+            .filter(|r| !matrix.contains_key(*r))
+            .collect();
+        untabled_by_inject.push((
+            untabled
+                .iter()
+                .map(|r| (*r).clone())
+                .collect::<Vec<String>>(),
+            view["recipients"].is_array(),
+        ));
         let was_accepted = view["accepted_at_ms"].is_u64();
         if was_accepted {
             accepted += 1;
-            for (r, row) in &matrix {
+            let rows_of = matrix
+                .iter()
+                .map(|(r, row)| (r, Some(*row)))
+                .chain(untabled.iter().map(|r| (*r, None)));
+            for (r, row) in rows_of {
                 // Held, as far as the drill can see: in the recipient's inbox where it has
                 // its node; in live mode, else by the sender's table (a delivered receipt).
                 let held = if has_node(r) {
                     inbox.contains_key(&(r.clone(), id.clone().unwrap_or_default()))
                 } else {
-                    !i.live || row["delivered_at_ms"].is_u64()
+                    !i.live || row.is_some_and(|row| row["delivered_at_ms"].is_u64())
                 };
                 if !held {
                     lost += 1;
@@ -439,7 +474,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 m.and_then(|r| r["delivered_at_ms"].as_u64())
             };
             row.cells.push(Cell {
-                addressed: m.is_some(),
+                addressed: m.is_some() || untabled.contains(&&row.id),
                 delivered_s: delivered_at.map(|t| scen_s(t, sent_ms)),
                 acknowledged_s: m
                     .and_then(|r| r["acked_at_ms"].as_u64())
@@ -487,7 +522,17 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             }
             in_scope += 1;
             let limit = o.within_s.unwrap_or(f64::INFINITY);
+            let (untabled, tabled) = &untabled_by_inject[k];
+            let sender = &sc.injects[k].from;
             let why = match o.expect.as_str() {
+                // Whatever the recipient's inbox shows, the sender's record of it is missing.
+                _ if untabled.contains(&row.id) && *tabled => {
+                    Some(format!("{} not in {sender}'s delivery table", row.id))
+                }
+                _ if untabled.contains(&row.id) => Some(format!(
+                    "{}: {sender}'s node gave no delivery table",
+                    row.id
+                )),
                 "delivered" => match cell.delivered_s {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
@@ -504,7 +549,6 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     None => Some(format!("{} never answered", row.id)),
                 },
                 _ => {
-                    let sender = &sc.injects[k].from;
                     // In live mode the hooks run on the operators' machines: overdue suffices.
                     let hook = match &i.hooks {
                         Some(h) => h
@@ -800,17 +844,17 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// The files [`write`] writes into a drill's directory.
+pub(crate) const FILES: [&str; 2] = ["report.json", "report.html"];
+
 /// Writes `report.json` and `report.html` into `dir`, as new files (never through a link
 /// planted in their place).
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
     use crate::deploy::{write_new, FILE_MODE};
+    let [json, html] = FILES;
+    write_new(&dir.join(json), &serde_json::to_vec_pretty(r)?, FILE_MODE)?;
     write_new(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(r)?,
-        FILE_MODE,
-    )?;
-    write_new(
-        &dir.join("report.html"),
+        &dir.join(html),
         crate::html::render(r).as_bytes(),
         FILE_MODE,
     )
@@ -1320,6 +1364,45 @@ within_s = 30.0
             vec!["TJK never held it".to_owned()]
         );
         assert!(!r.passed);
+    }
+
+    /// A recipient the inject addressed but its sender's delivery table leaves out is in
+    /// scope all the same, and its shortfall is listed: the scope came from that table, so a
+    /// sender's node that dropped KGZ from its table (and never sent it the message) passed
+    /// the drill, KAZ alone in scope and "0 lost".
+    #[test]
+    fn a_recipient_missing_from_the_senders_table_is_scored_and_listed() {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let matrix = vec![row("KAZ", Some(1500), Some(3000), None)];
+        let text = format!(
+            "{ACKS}[[objectives]]\nname = \"acknowledged\"\ninject = \"alert\"\nexpect = \"acknowledged\"\n"
+        );
+        let checks = StoreChecks {
+            journals: vec![("relay".into(), Ok(3))],
+            receipts: (3, 0),
+            receipts_unread: vec![],
+            quarantined: vec![],
+        };
+        let r = score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks);
+        for name in ["delivered", "acknowledged"] {
+            let o = objective(&r, name);
+            assert_eq!(o.in_scope, 2, "{o:?}");
+            assert!(!o.met, "{o:?}");
+            assert!(
+                o.failed
+                    .iter()
+                    .any(|f| f.contains("KGZ") && f.contains("not in SEC's delivery table")),
+                "{o:?}"
+            );
+        }
+        assert_eq!(r.messages_lost, 1, "KGZ never held it");
+        let kgz = r.participants.iter().find(|p| p.id == "KGZ").expect("KGZ");
+        assert!(kgz.cells[0].addressed);
+        assert!(!r.passed, "{}", summary(&r));
     }
 
     /// An alert that requires acknowledgement, with an objective on its delivery only.

@@ -115,6 +115,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     // would name twice over (`out/out/relay.toml`).
     let dir = std::path::absolute(&dir)
         .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
+    // The report is written as new files at the end: a directory holding an earlier drill's
+    // is refused now, before anything is started or sent, rather than after the drill (a
+    // live one has sent its traffic to a real deployment by then), losing its report.
+    for file in report::FILES {
+        let path = dir.join(file);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            bail!(
+                "{} already holds a drill's report ({}): give another --out, or move it away",
+                dir.display(),
+                path.display()
+            );
+        }
+    }
     eprintln!("exercise {}: {}", scenario.name, scenario.description);
     eprintln!("  directory {}", dir.display());
     eprintln!(
@@ -1158,6 +1171,43 @@ expect = "delivered"
         );
     }
 
+    /// A directory holding an earlier drill's report is refused before anything is sent:
+    /// the report is written as new files at the end, so a live drill sent all its traffic
+    /// to the deployment, then failed to write its report, and lost it.
+    #[tokio::test]
+    async fn a_directory_holding_a_report_is_refused_before_the_drill() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        // SEC's node: a socket that would see any call the harness made to it.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        api.set_nonblocking(true).expect("nonblocking");
+        let addr = api.local_addr().expect("address").to_string();
+        let live = Live {
+            roster,
+            clients: BTreeMap::from([("SEC".to_owned(), ApiClient::new(&addr, "token"))]),
+        };
+        let opts = options(tmp.path(), Some(live));
+        let out = opts.out_dir.clone().expect("an --out");
+        std::fs::create_dir_all(&out).expect("out");
+        std::fs::write(out.join("report.json"), "{}").expect("an earlier report");
+        let sc = Scenario::parse(&referring(""), "refs.toml").expect("parses");
+        let e = format!("{:#}", run(sc, opts).await.expect_err("refused"));
+        assert!(
+            e.contains("already holds a drill's report") && e.contains("report.json"),
+            "{e}"
+        );
+        assert!(
+            matches!(api.accept(), Err(ref x) if x.kind() == std::io::ErrorKind::WouldBlock),
+            "the harness called SEC's node before refusing the drill"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("report.json")).expect("kept"),
+            "{}"
+        );
+    }
+
     /// The default drill directory is made anew with mode 0700: a symbolic link or a
     /// directory planted at its predictable name is left alone and another name used, and a
     /// scenario name cannot lead out of the temporary directory.
@@ -1200,7 +1250,9 @@ expect = "delivered"
     /// error names the scenario's file, the entry and the id: an objective's participant
     /// that is not on the roster, or that its inject does not address, and a behaviour for
     /// an unknown participant. They were silently dropped (the objective scored on fewer
-    /// recipients, the behaviour applied to nobody).
+    /// recipients, the behaviour applied to nobody). So are an objective's group and
+    /// `except` (an unknown group left it with no one in scope, unmet with no reason given),
+    /// and an inject's `to` and group, which its node refused only once it was due.
     #[tokio::test]
     async fn ids_a_scenario_names_are_checked_against_the_roster_before_it_starts() {
         let objective = |who: &str| {
@@ -1218,6 +1270,22 @@ expect = "delivered"
             (
                 "[behaviour.XYZ]\nnever_ack = true\n".to_owned(),
                 "scenario refs.toml: behaviour.XYZ: XYZ is not on the roster",
+            ),
+            (
+                "[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\ngroup = \"disaster-managment\"\n".to_owned(),
+                "scenario refs.toml: objective \"o\": group \"disaster-managment\" is not a group of the roster",
+            ),
+            (
+                "[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\nexcept = [\"KZA\"]\n".to_owned(),
+                "scenario refs.toml: objective \"o\": except: KZA is not on the roster",
+            ),
+            (
+                "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"SEC\"\nto = [\"KAZ\", \"XYZ\"]\nsubject = \"s\"\n".to_owned(),
+                "scenario refs.toml: inject \"b\": to: XYZ is not on the roster",
+            ),
+            (
+                "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"SEC\"\ngroup = \"no-such-group\"\nsubject = \"s\"\n".to_owned(),
+                "scenario refs.toml: inject \"b\": group \"no-such-group\" is not a group of the roster",
             ),
         ] {
             let tmp = tempfile::tempdir().expect("tempdir");

@@ -4,10 +4,11 @@
 //! wall-clock seconds (a 48-hour respond-by with compression 3600 runs as 48 s). Every time
 //! (each `*_s` field) is a finite number from 0 to [`SCENARIO_S_MAX`] (366 days), and
 //! `time_compression` a finite number of at least [`TIME_COMPRESSION_MIN`]; `parse` refuses
-//! anything else, naming the field, and faults that take one node (or the relay) down over
-//! overlapping spells. The participant ids a scenario names are checked against the roster
-//! in force, which is known only once the drill starts, by [`Scenario::check_roster`],
-//! before anything is started or sent.
+//! anything else, naming the field, faults that take one node (or the relay) down over
+//! overlapping spells, an inject or a fault due at or after `end_s` (it would never happen),
+//! and an inject naming other than exactly one audience. The participant ids and groups a
+//! scenario names are checked against the roster in force, which is known only once the
+//! drill starts, by [`Scenario::check_roster`], before anything is started or sent.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +39,8 @@ pub struct Scenario {
     /// Scenario seconds per wall-clock second (default 1; at least [`TIME_COMPRESSION_MIN`]).
     #[serde(default = "one")]
     pub time_compression: f64,
-    /// Scenario time at which the drill ends at the latest, if objectives are still open. It
+    /// Scenario time at which the drill ends at the latest, if objectives are still open; every
+    /// inject, and every fault's start, comes before it (restarts may come after). It
     /// ends sooner once the timeline has run, every objective is decided (met, or failed
     /// for good because its inject was refused by its node), and every acknowledgement an
     /// inject requires (`respond_within_s`) is given, or expected not to be
@@ -336,19 +338,58 @@ impl Scenario {
             if let Err(e) = serde_json::from_value::<hotline_proto::Kind>(word(&inj.kind)) {
                 bail!("scenario {origin}: inject {:?}: kind: {e}", inj.name);
             }
+            // The node takes exactly one audience (HTTP 400 otherwise, at every attempt).
+            let audiences = usize::from(!inj.to.is_empty())
+                + usize::from(inj.group.is_some())
+                + usize::from(inj.all_members)
+                + usize::from(inj.everyone);
+            if audiences != 1 {
+                bail!(
+                    "scenario {origin}: inject {:?}: give exactly one of to, group, all_members, everyone (it gives {audiences})",
+                    inj.name
+                );
+            }
+            // Sent when the drill has ended, it would never be sent; nor scored but as missing.
+            if inj.at_s >= s.end_s {
+                bail!(
+                    "scenario {origin}: inject {:?}: at_s ({}) must come before end_s ({})",
+                    inj.name,
+                    inj.at_s,
+                    s.end_s
+                );
+            }
             if let Some(r) = &inj.references {
                 if !names[..i].contains(&r.as_str()) {
                     bail!("scenario {origin}: inject {:?} references {r:?}, which is not an earlier inject", inj.name);
                 }
             }
         }
-        for f in &s.faults {
+        for (n, f) in s.faults.iter().enumerate() {
             if let Fault::RestoreRelay {
                 backup_at_s, at_s, ..
             } = f
             {
                 if backup_at_s >= at_s {
                     bail!("scenario {origin}: restore_relay: backup_at_s ({backup_at_s}) must come before at_s ({at_s})");
+                }
+            }
+            // A fault that would start once the drill has ended never happens: the drill
+            // would pass without the fault it was written to survive. (A restart after the
+            // end is a node or relay kept down to the end, which is allowed.)
+            let starts = match f {
+                Fault::KillRelay { at_s, .. }
+                | Fault::RestoreRelay { at_s, .. }
+                | Fault::KillNode { at_s, .. } => Some(("at_s", *at_s)),
+                Fault::Offline { from_s, .. } => Some(("from_s", *from_s)),
+                Fault::Impair { .. } => None,
+            };
+            if let Some((field, t)) = starts {
+                if t >= s.end_s {
+                    bail!(
+                        "scenario {origin}: fault {}: {field} ({t}) must come before end_s ({}), or the fault never happens",
+                        n + 1,
+                        s.end_s
+                    );
                 }
             }
         }
@@ -503,8 +544,10 @@ impl Scenario {
 
     /// Checks the participant ids the scenario names against `roster`, the roster in force
     /// (the CICA template's in a drill the harness deploys, the deployment's in live mode),
-    /// before anything starts: each `behaviour` key other than `default` is on it, and each
-    /// of an objective's `participants` is on it and addressed by the objective's inject.
+    /// before anything starts: each `behaviour` key other than `default` is on it, each id in
+    /// an inject's `to` and an objective's `except` is on it, each inject's and objective's
+    /// `group` is one of its groups, and each of an objective's `participants` is on it and
+    /// addressed by the objective's inject.
     /// Left unchecked, such an id was silently dropped: a behaviour applied to nobody, an
     /// objective scored on fewer recipients than it names. The error names the scenario's
     /// file, the entry and the id.
@@ -519,7 +562,42 @@ impl Scenario {
                 );
             }
         }
+        let group_known = |g: &str| roster.group(g).is_some();
+        for inj in &self.injects {
+            // What the node would refuse with HTTP 400 once the inject is due, the drill
+            // running and earlier injects sent.
+            if let Some(p) = inj.to.iter().find(|p| !on_roster(p)) {
+                bail!(
+                    "scenario {origin}: inject {:?}: to: {p} is not on the roster (version {})",
+                    inj.name,
+                    roster.version
+                );
+            }
+            if let Some(g) = inj.group.as_deref().filter(|g| !group_known(g)) {
+                bail!(
+                    "scenario {origin}: inject {:?}: group {g:?} is not a group of the roster (version {})",
+                    inj.name,
+                    roster.version
+                );
+            }
+        }
         for o in &self.objectives {
+            // An unknown group left the objective with no one in scope, and so unmet with no
+            // shortfall named; an unknown id in `except` left out no one.
+            if let Some(g) = o.group.as_deref().filter(|g| !group_known(g)) {
+                bail!(
+                    "scenario {origin}: objective {:?}: group {g:?} is not a group of the roster (version {})",
+                    o.name,
+                    roster.version
+                );
+            }
+            if let Some(p) = o.except.iter().find(|p| !on_roster(p)) {
+                bail!(
+                    "scenario {origin}: objective {:?}: except: {p} is not on the roster (version {})",
+                    o.name,
+                    roster.version
+                );
+            }
             let Some(inj) = self.injects.iter().find(|i| i.name == o.inject) else {
                 continue; // `parse` refused it.
             };
@@ -659,6 +737,8 @@ within_s = @within_s@
                 (false, "time_compression") => "1.0",
                 // After `from_s`: a node comes back after it went.
                 (false, "to_s") => "20.0",
+                // After every other time: nothing is scheduled past the end.
+                (false, "end_s") => "1000.0",
                 (false, _) => "10.0",
             };
             text = text.replace(&format!("@{f}@"), v);
@@ -669,7 +749,7 @@ within_s = @within_s@
     #[test]
     fn sound_times_parse() {
         let s = Scenario::parse(&timed("", ""), "t.toml").expect("parses");
-        assert_eq!(s.end_s, 10.0);
+        assert_eq!(s.end_s, 1000.0);
         let s = Scenario::parse(&timed("end_s", &SCENARIO_S_MAX.to_string()), "t.toml")
             .expect("the largest time parses");
         assert!(s.wall(s.end_s) > std::time::Duration::ZERO);
@@ -803,6 +883,64 @@ within_s = @within_s@
         assert!(e.contains("`consultation_request`"), "lists the kinds: {e}");
         Scenario::parse(&with("precedence = \"flash\"\nkind = \"notice\""), "t.toml")
             .expect("a precedence in small letters is sent in capitals");
+    }
+
+    /// An inject or a fault due once the drill has ended is refused, naming it: the drill
+    /// ended first, so the inject was never sent and the fault never happened, and a drill
+    /// written to survive a relay crash passed without one. A restart after the end (a node
+    /// kept down to the end) is fine.
+    #[test]
+    fn what_is_due_after_the_end_is_refused() {
+        let with = |extra: &str| format!("{}{extra}", timed("", ""));
+        for (extra, wanted) in [
+            (
+                "[[faults]]\nkind = \"kill_relay\"\nat_s = 1000.0\nrestart_after_s = 1.0\n",
+                "fault 4: at_s (1000) must come before end_s (1000)",
+            ),
+            (
+                "[[faults]]\nkind = \"kill_node\"\nparticipant = \"KGZ\"\nat_s = 2000.0\nrestart_after_s = 1.0\n",
+                "fault 4: at_s (2000) must come before end_s (1000)",
+            ),
+            (
+                "[[faults]]\nkind = \"offline\"\nparticipant = \"KGZ\"\nfrom_s = 1500.0\nto_s = 1600.0\n",
+                "fault 4: from_s (1500) must come before end_s (1000)",
+            ),
+            (
+                "[[injects]]\nname = \"late\"\nat_s = 1200.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n",
+                "inject \"late\": at_s (1200) must come before end_s (1000)",
+            ),
+        ] {
+            let e = Scenario::parse(&with(extra), "t.toml")
+                .expect_err(extra)
+                .to_string();
+            assert!(e.starts_with("scenario t.toml: "), "{e}");
+            assert!(e.contains(wanted), "{wanted}: {e}");
+        }
+        Scenario::parse(
+            &with("[[faults]]\nkind = \"kill_node\"\nparticipant = \"KGZ\"\nat_s = 900.0\nrestart_after_s = 500.0\n"),
+            "t.toml",
+        )
+        .expect("down to the end");
+    }
+
+    /// An inject names exactly one audience, as the node requires (it refused such an
+    /// inject with HTTP 400 only once it was due, the drill already running).
+    #[test]
+    fn an_inject_names_exactly_one_audience() {
+        for (audience, n) in [
+            ("to = [\"KAZ\"]\nall_members = true", 2),
+            ("group = \"g\"\neveryone = true\nto = [\"KAZ\"]", 3),
+            ("", 0),
+        ] {
+            let text = timed("", "").replace("to = [\"KAZ\"]", audience);
+            let e = Scenario::parse(&text, "t.toml")
+                .expect_err(audience)
+                .to_string();
+            assert!(
+                e.contains(&format!("scenario t.toml: inject \"a\": give exactly one of to, group, all_members, everyone (it gives {n})")),
+                "{audience}: {e}"
+            );
+        }
     }
 
     /// A scenario built without `parse` gets "never" for a time out of range, not a panic.

@@ -105,7 +105,25 @@ fn finish(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(hotline_exercise::run(sc, opts))?;
+    let report = rt.block_on(async {
+        // Caught for as long as the drill runs: a SIGTERM (a service manager, `timeout`), a
+        // SIGINT sent to the harness alone, or a SIGHUP (its terminal gone) used to end it by
+        // the signal's default action, leaving the relay and every node running, with no
+        // one to stop them. Dropping the drill drops the processes it started, and each is
+        // killed and reaped as it is (`Proc`'s drop), as on any error.
+        let mut signals = super::Signals::catch()?;
+        let interrupted = |sig: &str| {
+            anyhow::anyhow!(
+                "drill interrupted by {sig}: every process it started was stopped; no report was written"
+            )
+        };
+        tokio::select! {
+            report = hotline_exercise::run(sc, opts) => report,
+            _ = signals.term.recv() => Err(interrupted("SIGTERM")),
+            _ = signals.int.recv() => Err(interrupted("SIGINT")),
+            _ = signals.hup.recv() => Err(interrupted("SIGHUP")),
+        }
+    })?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
