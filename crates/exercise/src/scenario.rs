@@ -23,6 +23,10 @@ pub const SCENARIO_S_MAX: f64 = 366.0 * 24.0 * 3600.0;
 /// The smallest `time_compression`: a scenario second lasts at most 1,000 wall-clock seconds.
 pub const TIME_COMPRESSION_MIN: f64 = 0.001;
 
+/// The largest `delay_ms` and `jitter_ms` an `impair` fault may give: a minute one way, far
+/// past any link a node would keep (its idle timeout ends the connection sooner).
+pub const IMPAIR_DELAY_MS_MAX: u64 = 60_000;
+
 /// What [`Scenario::wall`] answers for a time that is no wall-clock duration (a scenario
 /// built without `parse`, or slowed down past its bounds): ten years, i.e. never.
 const WALL_NEVER: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
@@ -406,6 +410,22 @@ impl Scenario {
             {
                 bail!("scenario {origin}: objective {:?}: expect must be delivered, acknowledged, answered or overdue_escalated", o.name);
             }
+            // The report lists objectives by name: two of one name read as one.
+            if s.objectives.iter().filter(|p| p.name == o.name).count() > 1 {
+                bail!("scenario {origin}: objective {:?} is named twice", o.name);
+            }
+            if o.expect == "overdue_escalated" {
+                // An escalation comes at the inject's respond-by time, not within a time
+                // of the objective's: a `within_s` here was ignored.
+                if o.within_s.is_some() {
+                    bail!("scenario {origin}: objective {:?}: within_s does not apply to overdue_escalated (the escalation is due at the inject's respond_within_s)", o.name);
+                }
+                // With no respond-by time nothing is ever escalated: never met.
+                let inject = s.injects.iter().find(|i| i.name == o.inject);
+                if inject.is_some_and(|i| i.respond_within_s.is_none()) {
+                    bail!("scenario {origin}: objective {:?} expects overdue_escalated of inject {:?}, which gives no respond_within_s: nothing would ever be escalated", o.name, o.inject);
+                }
+            }
         }
         Ok(s)
     }
@@ -470,13 +490,29 @@ impl Scenario {
                     }
                 }
                 Fault::Impair {
-                    loss, duplicate, ..
+                    participant,
+                    loss,
+                    duplicate,
+                    delay_ms,
+                    jitter_ms,
                 } => {
                     for (name, p) in [("loss", *loss), ("duplicate", *duplicate)] {
                         // A probability the proxy draws against: NaN panicked its task.
                         if !(0.0..=1.0).contains(&p) {
                             bail!("scenario {origin}: {}: {name} must be a probability from 0 to 1 (got {p})", field(name));
                         }
+                    }
+                    // The proxy adds the two to each datagram's time: huge values
+                    // overflowed and panicked its task.
+                    for (name, ms) in [("delay_ms", *delay_ms), ("jitter_ms", *jitter_ms)] {
+                        if ms > IMPAIR_DELAY_MS_MAX {
+                            bail!("scenario {origin}: {} must be at most {IMPAIR_DELAY_MS_MAX} ms (got {ms})", field(name));
+                        }
+                    }
+                    // One proxy a node: a second impairment replaced the first unsaid.
+                    let impairs = |f: &Fault| matches!(f, Fault::Impair { participant: p, .. } if p == participant);
+                    if self.faults[..n].iter().any(impairs) {
+                        bail!("scenario {origin}: {}: {participant} is impaired twice; give one impair fault a participant, with every effect in it", field("impair"));
                     }
                 }
             }
@@ -921,6 +957,50 @@ within_s = @within_s@
             "t.toml",
         )
         .expect("down to the end");
+    }
+
+    /// Objectives and impairments that could never work as written are refused before the
+    /// drill: two objectives of one name (the report lists them by name), an
+    /// `overdue_escalated` with a `within_s` (ignored) or on an inject with no respond-by
+    /// time (never escalated, so never met), a delay the proxy's clock arithmetic overflowed
+    /// on (its task panicked), and a node impaired twice (the second replaced the first).
+    #[test]
+    fn objectives_and_impairments_that_could_never_work_are_refused() {
+        let with = |extra: &str| format!("{}{extra}", timed("", ""));
+        let overdue =
+            "[[objectives]]\nname = \"late\"\ninject = \"a\"\nexpect = \"overdue_escalated\"\n";
+        let impair = |d: u64| {
+            format!("[[faults]]\nkind = \"impair\"\nparticipant = \"KGZ\"\ndelay_ms = {d}\n")
+        };
+        let no_deadline = timed("", "").replace("respond_within_s = 10.0\n", "");
+        for (text, wanted) in [
+            (
+                with("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"acknowledged\"\n"),
+                "objective \"o\" is named twice".to_owned(),
+            ),
+            (
+                with(&format!("{overdue}within_s = 5.0\n")),
+                "objective \"late\": within_s does not apply to overdue_escalated".to_owned(),
+            ),
+            (
+                format!("{no_deadline}{overdue}"),
+                "objective \"late\" expects overdue_escalated of inject \"a\", which gives no respond_within_s".to_owned(),
+            ),
+            (
+                with(&impair(i64::MAX as u64)),
+                format!("fault 4: delay_ms must be at most {IMPAIR_DELAY_MS_MAX} ms"),
+            ),
+            (
+                with(&format!("{}{}", impair(10), impair(20))),
+                "fault 5: impair: KGZ is impaired twice".to_owned(),
+            ),
+        ] {
+            let e = Scenario::parse(&text, "t.toml").expect_err(&wanted).to_string();
+            assert!(e.contains(&wanted), "{wanted}: {e}");
+        }
+        Scenario::parse(&with(overdue), "t.toml")
+            .expect("an escalation of an inject with a deadline");
+        Scenario::parse(&with(&impair(IMPAIR_DELAY_MS_MAX)), "t.toml").expect("the largest delay");
     }
 
     /// An inject names exactly one audience, as the node requires (it refused such an
