@@ -87,8 +87,8 @@ subject = "hello"
 name = "stray"
 at_s = 0.0
 from = "SEC"
-to = ["XYZ"]
-subject = "to nobody"
+to = ["KAZ"]
+subject = "@over the limit@"
 [[objectives]]
 name = "acknowledged"
 inject = "hello"
@@ -106,7 +106,11 @@ within_s = 60.0
 #[test]
 fn an_inject_refused_by_its_node_is_not_retried_and_the_report_says_why() {
     let cwd = tempfile::tempdir().expect("tempdir");
-    std::fs::write(cwd.path().join("refused.toml"), REFUSED).expect("scenario");
+    // A subject over the protocol's limit: the one refusal here the scenario's own checks
+    // (roster, audiences, kinds) cannot see before the drill, so its node refuses it.
+    let over = "x".repeat(hotline_proto::limits::SUBJECT_BYTES_MAX + 1);
+    let scenario = REFUSED.replace("@over the limit@", &over);
+    std::fs::write(cwd.path().join("refused.toml"), scenario).expect("scenario");
     let (code, stdout, stderr) = run_in(
         cwd.path(),
         &[
