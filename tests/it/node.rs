@@ -2074,40 +2074,8 @@ async fn an_acknowledgement_made_while_the_relay_is_down_reaches_the_sender() {
 /// limit loses nothing and arrives in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
-    let net = Net::sec_kaz_kgz_with("[limits]\nrate_per_sec = 1\nrate_burst = 1\n");
-    let relay = net.relay().await;
-    let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
-    let mut kaz_events = kaz.events().await.unwrap();
-    let mut kgz_events = kgz.events().await.unwrap();
-    let token = kaz.token();
     // Four at once, through the API: one token, refilled at one a second.
-    let mut ids = Vec::new();
-    for n in 0..4 {
-        let (status, body) = http(
-            kaz.api,
-            "POST",
-            "/v1/messages",
-            Some(&token),
-            &format!(r#"{{"to":["KGZ"],"subject":"burst {n}"}}"#),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201, "{body}");
-        ids.push(id_of(&serde_json::from_str(&body).unwrap()));
-    }
-    let refused = kaz_events
-        .wait_for("rejected", |e| e["type"] == "rejected")
-        .await
-        .unwrap();
-    assert_eq!(refused["code"], "RateLimited", "{refused}");
-    assert_eq!(refused["retrying"], true, "{refused}");
-    kgz_events
-        .wait_for_each("message_received", &ids)
-        .await
-        .unwrap();
-    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
-    assert_eq!(inbox.as_array().unwrap().len(), 4, "{inbox}");
-    relay.shutdown().await;
+    burst_past_a_budget_arrives("rate_per_sec = 1\nrate_burst = 1\n", 4, "").await;
 }
 
 /// A relay refuses submissions past a participant's byte budget (`RateLimited`, as past its
@@ -2116,22 +2084,29 @@ async fn messages_refused_for_the_senders_rate_are_offered_again_and_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_refused_for_the_senders_byte_budget_are_offered_again_and_arrive() {
     // A burst of two 60 kB messages; the third waits about 3 s for the budget to refill.
-    let net =
-        Net::sec_kaz_kgz_with("[limits]\nbyte_rate_per_sec = 16384\nbyte_rate_burst = 131072\n");
+    let body = "x".repeat(60_000);
+    let limits = "byte_rate_per_sec = 16384\nbyte_rate_burst = 131072\n";
+    burst_past_a_budget_arrives(limits, 3, &body).await;
+}
+
+/// KAZ sends `n` messages to KGZ at once through its API (bodies `body`) to a relay with
+/// `limits` in its `[limits]` table: the relay refuses one or more `RateLimited`, which KAZ
+/// is told will be retried, and KGZ receives every one of them, once.
+async fn burst_past_a_budget_arrives(limits: &str, n: usize, body: &str) {
+    let net = Net::sec_kaz_kgz_with(&format!("[limits]\n{limits}"));
     let relay = net.relay().await;
     let (kaz, kgz) = net.two_nodes(relay.local_addr()).await.unwrap();
     let mut kaz_events = kaz.events().await.unwrap();
     let mut kgz_events = kgz.events().await.unwrap();
     let token = kaz.token();
-    let body = "x".repeat(60_000);
     let mut ids = Vec::new();
-    for n in 0..3 {
+    for i in 0..n {
         let (status, answer) = http(
             kaz.api,
             "POST",
             "/v1/messages",
             Some(&token),
-            &format!(r#"{{"to":["KGZ"],"subject":"large {n}","body":"{body}"}}"#),
+            &format!(r#"{{"to":["KGZ"],"subject":"burst {i}","body":"{body}"}}"#),
         )
         .await
         .unwrap();
@@ -2148,6 +2123,8 @@ async fn messages_refused_for_the_senders_byte_budget_are_offered_again_and_arri
         .wait_for_each("message_received", &ids)
         .await
         .unwrap();
+    let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), n, "{inbox}");
     relay.shutdown().await;
 }
 
