@@ -10,12 +10,14 @@
 pub mod client;
 pub mod error;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 
 pub use client::{authenticate, channel_binding, connect, Session};
 pub use error::NetError;
 pub use stream::{FrameReader, FrameWriter};
+pub use throttle::Throttle;
 pub use tls::{Fingerprint, RelayIdentity};
 pub use transport::TransportLimits;
 

@@ -294,8 +294,8 @@ fn json_rejection(e: JsonRejection) -> ApiError {
 struct Capped {
     listener: tokio::net::TcpListener,
     permits: Arc<tokio::sync::Semaphore>,
-    /// When the limit was last logged.
-    logged: Option<tokio::time::Instant>,
+    /// The line saying the limit was reached: once a minute at most.
+    logged: hotline_net::Throttle,
 }
 
 impl axum::serve::Listener for Capped {
@@ -306,15 +306,10 @@ impl axum::serve::Listener for Capped {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let now = tokio::time::Instant::now();
-                let due = match self.logged {
-                    None => true,
-                    Some(t) => now.duration_since(t) >= std::time::Duration::from_secs(60),
-                };
-                if due {
-                    self.logged = Some(now);
+                if let Some(times) = self.logged.tick(1, std::time::Instant::now()) {
                     warn!(
                         connections = API_CONNECTIONS_MAX,
+                        times,
                         "local API: connection limit reached; further connections wait until \
                          one closes"
                     );
@@ -420,7 +415,7 @@ pub(crate) async fn serve(
     let listener = Capped {
         listener,
         permits: Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX)),
-        logged: None,
+        logged: hotline_net::Throttle::new(std::time::Duration::from_secs(60)),
     };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)

@@ -111,7 +111,7 @@ pub(crate) async fn serve(
 ) {
     // An accept that fails (out of file descriptors, a connection aborted) is passing:
     // logged at most once every 10 s, retried after a pause.
-    let mut failing = crate::throttle::Throttle::new(Duration::from_secs(10));
+    let mut failing = hotline_net::Throttle::new(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => break,

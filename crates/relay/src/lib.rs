@@ -23,7 +23,6 @@ mod queue;
 pub mod report;
 mod session;
 pub mod store;
-mod throttle;
 mod verifier;
 mod walsync;
 
@@ -636,7 +635,9 @@ impl Relay {
             rates: Default::default(),
             receipt_rates: Default::default(),
             byte_rates: Default::default(),
-            before_login: std::sync::Mutex::new(throttle::Throttle::new(Duration::from_secs(10))),
+            before_login: std::sync::Mutex::new(hotline_net::Throttle::new(Duration::from_secs(
+                10,
+            ))),
             login_gate: hosting.login_gate,
             reads_on_runtime: hosting.writer_on_runtime,
         });
@@ -692,8 +693,8 @@ async fn accept_loop(
         shared.metrics.clone(),
     );
     // Refusals are logged at most once every 10 s each, with their count.
-    let mut refused = throttle::Throttle::new(Duration::from_secs(10));
-    let mut busy = throttle::Throttle::new(Duration::from_secs(10));
+    let mut refused = hotline_net::Throttle::new(Duration::from_secs(10));
+    let mut busy = hotline_net::Throttle::new(Duration::from_secs(10));
     let mut tasks = JoinSet::new();
     let mut next_id = 0u64;
     loop {

@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub(crate) byte_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Warnings about connections that ended before logging in: anyone can cause them, so
     /// one line at most every 10 s, with the count.
-    pub(crate) before_login: Mutex<crate::throttle::Throttle>,
+    pub(crate) before_login: Mutex<hotline_net::Throttle>,
     /// Tests only ([`crate::Hosting::login_gate`]).
     pub(crate) login_gate: Option<Arc<crate::LoginGate>>,
     /// Reads of the store run on the runtime, not the blocking pool: a deterministic
@@ -562,7 +562,7 @@ async fn session(
         read_paused_until: None,
         unconfirmed_forwards: 0,
         pause_logged: false,
-        rejections: crate::throttle::Throttle::new(Duration::from_secs(10)),
+        rejections: hotline_net::Throttle::new(Duration::from_secs(10)),
     };
     let result = s
         .run(
@@ -630,7 +630,7 @@ struct Session {
     /// Refusals are logged at most once every 10 s a session, with the count since the
     /// last line: a runaway node past its rate is refused as fast as it sends. The node logs
     /// each refusal it gets, and the metrics count each.
-    rejections: crate::throttle::Throttle,
+    rejections: hotline_net::Throttle,
 }
 
 impl Session {

@@ -34,8 +34,8 @@ use crate::checkpoint::Checkpointer;
 use crate::hub::{Hub, Kind, Posted};
 use crate::metrics::Metrics;
 use crate::queue::QueueIndex;
-use crate::throttle::Throttle;
 use crate::walsync::WalSync;
+use hotline_net::Throttle;
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";

@@ -1,18 +1,20 @@
 //! Warnings that an outsider could cause at any rate are logged at most once per interval,
-//! with the count since the last one (the metrics count each).
+//! with the count since the last one: the relay's refusals and failed logins, the node's
+//! local API at its connection limit.
 
 use std::time::{Duration, Instant};
 
 /// Counts events and says when to log them.
 #[derive(Debug)]
-pub(crate) struct Throttle {
+pub struct Throttle {
     every: Duration,
     count: u64,
     last: Option<Instant>,
 }
 
 impl Throttle {
-    pub(crate) const fn new(every: Duration) -> Self {
+    /// One line at most every `every`.
+    pub const fn new(every: Duration) -> Self {
         Self {
             every,
             count: 0,
@@ -22,7 +24,7 @@ impl Throttle {
 
     /// Counts `n` more events at `now`. When a log line is due (the first time, then at
     /// most once every interval), returns how many to report: those since the last line.
-    pub(crate) fn tick(&mut self, n: u64, now: Instant) -> Option<u64> {
+    pub fn tick(&mut self, n: u64, now: Instant) -> Option<u64> {
         self.count += n;
         if self
             .last
