@@ -215,6 +215,9 @@ pub(crate) struct NodeState {
     pub(crate) token: String,
     /// Becomes true when the node stops (for tasks the API spawns, like event streams).
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// This state itself, for what outlives a call and must not keep the node (and its
+    /// store) alive: a hook that ends after the node has stopped.
+    this: std::sync::Weak<NodeState>,
 }
 
 impl NodeState {
@@ -317,16 +320,55 @@ impl NodeState {
     }
 
     /// Announces messages just stored in the inbox (log, event, `on_message` hook) and
-    /// records them as announced. If that record is lost to a crash they are announced
-    /// again at the next start: an operator may be told twice, never not at all.
+    /// records each as announced once its hook has ended ([`Self::announce`]).
     pub(crate) fn announce_stored<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) {
-        let ids: Vec<_> = envs
-            .into_iter()
-            .map(|env| {
-                announce(self, env, false);
-                env.id
-            })
-            .collect();
+        self.announce(envs, false);
+    }
+
+    /// Tells the operator of received messages (log line, `/v1/events`, `on_message` hook),
+    /// `recovered` at start-up for those a node stopped before it had finished announcing,
+    /// and records each as announced once its hook has ended (at once without one), as an
+    /// escalation is: a hook still running dies with the node (systemd kills the unit's
+    /// processes), so the page may not have gone out, and a message that does not page again
+    /// (below IMMEDIATE) would otherwise never be told. A node stopped before then announces
+    /// it again at its next start: an operator may be told twice after a crash, never not at
+    /// all.
+    ///
+    /// One commit records the whole batch when no hook is configured, or for the hooks that
+    /// end (or are skipped) before the last is fired; a hook that ends later records its
+    /// own message as it ends, off the receive path, in the hook's task.
+    fn announce<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>, recovered: bool) {
+        // Some while this call fires hooks: a hook ending meanwhile adds its message here.
+        let batch: Arc<Mutex<Option<Vec<hotline_proto::MessageId>>>> =
+            Arc::new(Mutex::new(Some(Vec::new())));
+        for env in envs {
+            let ev = tell_received(self, env, recovered);
+            let (id, batch, node) = (env.id, batch.clone(), self.this.clone());
+            let ended = move || {
+                if let Some(ids) = batch.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    ids.push(id);
+                    return;
+                }
+                // Weak: a hook that outlives the node (killed at its timeout) must not keep
+                // the store open; the message is then announced again at the next start.
+                let Some(state) = node.upgrade() else { return };
+                let recorded = state.store().mark_announced(&[id]);
+                if let Err(e) = recorded {
+                    error!(msg = %id, error = %e, "cannot record a received message as announced; it will be announced again at restart");
+                }
+            };
+            self.hooks.fire_then(
+                "on_message",
+                self.config.hooks.on_message.as_ref(),
+                &ev,
+                ended,
+            );
+        }
+        let ids = batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
         if ids.is_empty() {
             return;
         }
@@ -585,7 +627,7 @@ impl Node {
         let (roster_tx, _) = watch::channel(Arc::new(roster));
         let (events, _) = broadcast::channel(limits::EVENTS_BUFFER);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(NodeState {
+        let state = Arc::new_cyclic(|this| NodeState {
             hooks: HookRunner::new(config.hook_timeout_ms()),
             me,
             key,
@@ -601,6 +643,7 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             config,
             _claim: claim,
+            this: this.clone(),
         });
         // Messages stored just before the node last stopped may never have been announced.
         let pending = state.store().unannounced()?;
@@ -609,12 +652,7 @@ impl Node {
                 count = pending.len(),
                 "announcing messages stored before the node stopped"
             );
-            for env in &pending {
-                announce(&state, env, true);
-            }
-            state
-                .store()
-                .mark_announced(&pending.iter().map(|e| e.id).collect::<Vec<_>>())?;
+            state.announce(&pending, true);
         }
         // Escalations made just before the node last stopped may never have been announced
         // (or their hook never ended).
@@ -767,8 +805,9 @@ fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
     );
 }
 
-/// Tells the operator of a received message: log line, `/v1/events`, paging hook.
-pub(crate) fn announce(state: &NodeState, env: &hotline_proto::Envelope, recovered: bool) {
+/// Tells the operator of a received message: log line and `/v1/events`; returns the event,
+/// for the paging hook ([`NodeState::announce`]).
+fn tell_received(state: &NodeState, env: &hotline_proto::Envelope, recovered: bool) -> Event {
     // The subject is the sender's text: Debug-quoted so that a line break in it cannot forge a
     // log line.
     if env.precedence.pages() {
@@ -777,10 +816,8 @@ pub(crate) fn announce(state: &NodeState, env: &hotline_proto::Envelope, recover
         info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, recovered, "message received");
     }
     let ev = received_event(env, false, recovered);
-    state
-        .hooks
-        .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
-    state.emit(ev);
+    state.emit(ev.clone());
+    ev
 }
 
 pub(crate) fn received_event(
