@@ -643,6 +643,14 @@ async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start
         line.contains("recovered=true") && line.contains("recipients=KGZ"),
         "{line}"
     );
+    // A subscriber that connects as the node starts is told too.
+    let mut events = kaz.events().await.unwrap();
+    let ev = events.wait_about("overdue", &id).await.unwrap();
+    assert_eq!(
+        (&ev["recovered"], &ev["recipients"]),
+        (&json!(true), &json!(["KGZ"])),
+        "{ev}"
+    );
     kaz.proc
         .wait_line(&["hook ran", "on_overdue"])
         .await
@@ -685,7 +693,9 @@ async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start
 /// records on announcing. A ROUTINE message never pages again, so before this it was lost
 /// for good: KGZ recorded it announced as the hook started. The start-up's own
 /// announcement is held to the same rule (killed again while its hook runs, KGZ announces it
-/// once more). Once a hook has ended, a later start announces nothing.
+/// once more), and a subscriber of `/v1/events` that connects as the node starts is told of
+/// it too (before, only the log and the hook were: the node announced before its API
+/// listened). Once a hook has ended, a later start announces nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_hook_a_crash_cut_short_is_announced_again_at_the_next_start() {
     let net = net();
@@ -720,7 +730,8 @@ async fn a_message_whose_hook_a_crash_cut_short_is_announced_again_at_the_next_s
     kaz_events.wait_about("delivered", &id).await.unwrap();
     kgz.proc.kill9();
 
-    // Started again with the same hook: announced at start-up.
+    // Started again with the same hook: announced at start-up, to the log and to a
+    // subscriber of /v1/events that connects once the API answers.
     kgz_with_hook(waiting_hook);
     let mut kgz = net.start_node("KGZ").await.unwrap();
     let line = kgz
@@ -729,6 +740,13 @@ async fn a_message_whose_hook_a_crash_cut_short_is_announced_again_at_the_next_s
         .await
         .unwrap();
     assert!(line.contains("recovered=true"), "{line}");
+    let mut events = kgz.events().await.unwrap();
+    let ev = events.wait_about("message_received", &id).await.unwrap();
+    assert_eq!(
+        (&ev["recovered"], &ev["repage"]),
+        (&json!(true), &json!(false)),
+        "{ev}"
+    );
     // Killed while the start-up's hook runs.
     kgz.proc.kill9();
 

@@ -215,9 +215,75 @@ pub(crate) struct NodeState {
     pub(crate) token: String,
     /// Becomes true when the node stops (for tasks the API spawns, like event streams).
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The events emitted before the API listened, for its first subscribers
+    /// ([`EarlyEvents`]).
+    early: Mutex<EarlyEvents>,
     /// This state itself, for what outlives a call and must not keep the node (and its
     /// store) alive: a hook that ends after the node has stopped.
     this: std::sync::Weak<NodeState>,
+}
+
+/// The events a node emits at start-up, before its API listens (the announcements of what
+/// it had not finished announcing when it last stopped, `recovered`, and of messages
+/// released from quarantine), kept for the subscribers of `/v1/events` that connect within
+/// `STARTUP_EVENTS_KEPT_MS` of the API listening. None could have been subscribed when they
+/// were emitted; announcing them after the API listens instead would only let a subscriber
+/// that happened to connect in that instant see them, not `hotline watch` restarted after the
+/// node by an officer or a supervisor, which is the subscriber they are for.
+#[derive(Default)]
+struct EarlyEvents {
+    /// The newest `EVENTS_BUFFER` of them, oldest first.
+    events: std::collections::VecDeque<Event>,
+    /// How many older ones did not fit (told to each subscriber as a `lagged` event).
+    missed: u64,
+    /// Until when they are given to subscribers; `None` while the API is not yet listening.
+    until: Option<std::time::Instant>,
+}
+
+impl EarlyEvents {
+    /// Keeps `e` if the API is not listening yet, dropping the oldest past `EVENTS_BUFFER`.
+    fn keep(&mut self, e: &Event) {
+        if self.until.is_some() {
+            return;
+        }
+        if self.events.len() == limits::EVENTS_BUFFER {
+            self.events.pop_front();
+            self.missed += 1;
+        }
+        self.events.push_back(e.clone());
+    }
+
+    /// The API listens from `now`: nothing more is kept, and what was is given to
+    /// subscribers for `STARTUP_EVENTS_KEPT_MS`.
+    fn listening(&mut self, now: std::time::Instant) {
+        self.until = Some(now + Duration::from_millis(limits::STARTUP_EVENTS_KEPT_MS));
+    }
+
+    /// What a subscriber that subscribes at `now` is told first.
+    fn for_subscriber(&mut self, now: std::time::Instant) -> Early {
+        self.forget(now);
+        Early {
+            missed: self.missed,
+            events: self.events.iter().cloned().collect(),
+        }
+    }
+
+    /// Frees what was kept once its time is up.
+    fn forget(&mut self, now: std::time::Instant) {
+        if self.until.is_some_and(|u| now >= u) && (self.missed > 0 || !self.events.is_empty()) {
+            self.events = Default::default();
+            self.missed = 0;
+        }
+    }
+}
+
+/// What a `/v1/events` subscriber is told first ([`NodeState::early_events`]).
+#[derive(Debug)]
+pub(crate) struct Early {
+    /// Events it missed before these, which did not fit.
+    pub(crate) missed: u64,
+    /// The events, oldest first.
+    pub(crate) events: Vec<Event>,
 }
 
 impl NodeState {
@@ -227,8 +293,32 @@ impl NodeState {
     }
 
     pub(crate) fn emit(&self, e: Event) {
+        // Before the API listens no one can be subscribed yet: kept for the first ones.
+        self.early().keep(&e);
         // No subscribers is fine.
         let _ = self.events.send(e);
+    }
+
+    fn early(&self) -> MutexGuard<'_, EarlyEvents> {
+        self.early.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The API listens from now: events emitted before are kept for the subscribers that
+    /// connect within `STARTUP_EVENTS_KEPT_MS`, and no later ones are kept.
+    fn api_listening(&self) {
+        self.early().listening(std::time::Instant::now());
+    }
+
+    /// For a `/v1/events` subscriber that has just subscribed: the events emitted before the
+    /// API listened, if it is within `STARTUP_EVENTS_KEPT_MS` of that ([`EarlyEvents`]). A
+    /// subscriber has none twice: they were all emitted before any could subscribe.
+    pub(crate) fn early_events(&self) -> Early {
+        self.early().for_subscriber(std::time::Instant::now())
+    }
+
+    /// Frees the events kept for the API's first subscribers once their time is up.
+    fn forget_early_events(&self) {
+        self.early().forget(std::time::Instant::now());
     }
 
     pub(crate) fn wake_links(&self) {
@@ -643,6 +733,7 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             config,
             _claim: claim,
+            early: Mutex::new(EarlyEvents::default()),
             this: this.clone(),
         });
         // Messages stored just before the node last stopped may never have been announced.
@@ -677,6 +768,9 @@ impl Node {
         let api_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Io(e.to_string()))?;
+        // Before the first subscriber can connect: what was announced until now is kept
+        // for it (`EarlyEvents`).
+        state.api_listening();
         info!(addr = %api_addr, "local API listening");
         tasks.spawn(api::serve(listener, state.clone(), shutdown_rx.clone()));
 
@@ -720,6 +814,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
         }
+        state.forget_early_events();
         let now = now_ms();
         let overdue = deadline_check.take(state.store().mark_overdue(now));
         for o in overdue {
@@ -882,6 +977,44 @@ mod tests {
         };
         let signed = hotline_proto::Signed::sign(&r, &key).unwrap();
         hotline_proto::verify_roster(&signed, &hotline_proto::PublicKey::of(&key)).unwrap()
+    }
+
+    /// The events emitted before the API listens are kept for its first subscribers (the
+    /// newest `EVENTS_BUFFER`, those dropped told as missed), those emitted after are not
+    /// (each subscriber has them from its own subscription, and must not have them twice),
+    /// and none is given once `STARTUP_EVENTS_KEPT_MS` has passed.
+    #[test]
+    fn events_before_the_api_listens_are_kept_for_its_first_subscribers() {
+        let ev = |for_ms| Event::Unreachable { for_ms };
+        let for_ms = |e: &Early| {
+            e.events
+                .iter()
+                .map(|e| match e {
+                    Event::Unreachable { for_ms } => *for_ms,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut early = EarlyEvents::default();
+        let n = limits::EVENTS_BUFFER as u64 + 3;
+        for i in 0..n {
+            early.keep(&ev(i));
+        }
+        let start = std::time::Instant::now();
+        early.listening(start);
+        early.keep(&ev(n));
+        let first = early.for_subscriber(start);
+        assert_eq!(first.missed, 3);
+        assert_eq!(for_ms(&first), (3..n).collect::<Vec<_>>());
+        let kept = Duration::from_millis(limits::STARTUP_EVENTS_KEPT_MS);
+        let later = early.for_subscriber(start + kept - Duration::from_millis(1));
+        assert_eq!(
+            (later.missed, for_ms(&later)),
+            (first.missed, for_ms(&first))
+        );
+        let late = early.for_subscriber(start + kept);
+        assert_eq!((late.missed, late.events.len()), (0, 0));
+        assert!(early.events.is_empty() && early.events.capacity() == 0);
     }
 
     /// The newer of the file's and the store's; the file's on a tie (not kept again); the
