@@ -1414,16 +1414,15 @@ async fn events(
     let early = state.early_events();
     let lagged =
         (early.missed > 0).then(|| json!({"type": "lagged", "missed": early.missed}).to_string());
+    // Serialized as they are sent, from the node's one copy.
+    let kept = early.events;
     let early = lagged
         .into_iter()
         .chain(
-            early
-                .events
-                .iter()
-                .map(|ev| serde_json::to_string(ev).unwrap_or_else(|_| "{}".into())),
+            (0..kept.len())
+                .map(move |i| serde_json::to_string(&kept[i]).unwrap_or_else(|_| "{}".into())),
         )
-        .map(|data| Ok(SseEvent::default().data(data)))
-        .collect::<Vec<_>>();
+        .map(|data| Ok(SseEvent::default().data(data)));
     let shutdown = state.shutdown.clone();
     let stream =
         futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {

@@ -232,8 +232,11 @@ pub(crate) struct NodeState {
 /// node by an officer or a supervisor, which is the subscriber they are for.
 #[derive(Default)]
 struct EarlyEvents {
-    /// The newest `EVENTS_BUFFER` of them, oldest first.
+    /// The newest `EVENTS_BUFFER` of them, oldest first, while the API is not listening.
     events: std::collections::VecDeque<Event>,
+    /// The same once it listens: shared by the subscribers, each of which serializes them
+    /// as it sends them, so that many connecting at once do not each hold a copy.
+    kept: Arc<[Event]>,
     /// How many older ones did not fit (told to each subscriber as a `lagged` event).
     missed: u64,
     /// Until when they are given to subscribers; `None` while the API is not yet listening.
@@ -257,6 +260,7 @@ impl EarlyEvents {
     /// subscribers for `STARTUP_EVENTS_KEPT_MS`.
     fn listening(&mut self, now: std::time::Instant) {
         self.until = Some(now + Duration::from_millis(limits::STARTUP_EVENTS_KEPT_MS));
+        self.kept = std::mem::take(&mut self.events).into_iter().collect();
     }
 
     /// What a subscriber that subscribes at `now` is told first.
@@ -264,14 +268,14 @@ impl EarlyEvents {
         self.forget(now);
         Early {
             missed: self.missed,
-            events: self.events.iter().cloned().collect(),
+            events: self.kept.clone(),
         }
     }
 
     /// Frees what was kept once its time is up.
     fn forget(&mut self, now: std::time::Instant) {
-        if self.until.is_some_and(|u| now >= u) && (self.missed > 0 || !self.events.is_empty()) {
-            self.events = Default::default();
+        if self.until.is_some_and(|u| now >= u) && (self.missed > 0 || !self.kept.is_empty()) {
+            self.kept = Arc::new([]);
             self.missed = 0;
         }
     }
@@ -283,7 +287,7 @@ pub(crate) struct Early {
     /// Events it missed before these, which did not fit.
     pub(crate) missed: u64,
     /// The events, oldest first.
-    pub(crate) events: Vec<Event>,
+    pub(crate) events: Arc<[Event]>,
 }
 
 impl NodeState {
@@ -1014,7 +1018,7 @@ mod tests {
         );
         let late = early.for_subscriber(start + kept);
         assert_eq!((late.missed, late.events.len()), (0, 0));
-        assert!(early.events.is_empty() && early.events.capacity() == 0);
+        assert!(early.kept.is_empty() && early.events.is_empty());
     }
 
     /// The newer of the file's and the store's; the file's on a tie (not kept again); the
