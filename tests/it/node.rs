@@ -643,6 +643,14 @@ async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start
         line.contains("recovered=true") && line.contains("recipients=KGZ"),
         "{line}"
     );
+    // A subscriber that connects as the node starts is told too.
+    let mut events = kaz.events().await.unwrap();
+    let ev = events.wait_about("overdue", &id).await.unwrap();
+    assert_eq!(
+        (&ev["recovered"], &ev["recipients"]),
+        (&json!(true), &json!(["KGZ"])),
+        "{ev}"
+    );
     kaz.proc
         .wait_line(&["hook ran", "on_overdue"])
         .await
@@ -674,6 +682,100 @@ async fn an_escalation_cut_short_by_a_crash_is_announced_again_at_the_next_start
     let kaz = net.start_node("KAZ").await.unwrap();
     let log = kaz.proc.log();
     assert!(!log.contains("respond-by passed"), "{log}");
+    relay.shutdown().await;
+}
+
+/// A received message whose `on_message` hook a crash cut short is announced again at the
+/// next start, flagged `recovered`, as an escalation is: it counts as announced once its
+/// hook has ended, not once it has started. KGZ's hook lasts as long as KGZ's claim on its
+/// data directory, so a kill lands while it runs; KAZ's `delivered` event comes from the
+/// receipt KGZ sends after its announcement, so the kill also lands after everything KGZ
+/// records on announcing. A ROUTINE message never pages again, so before this it was lost
+/// for good: KGZ recorded it announced as the hook started. The start-up's own
+/// announcement is held to the same rule (killed again while its hook runs, KGZ announces it
+/// once more), and a subscriber of `/v1/events` that connects as the node starts is told of
+/// it too (before, only the log and the hook were: the node announced before its API
+/// listened). Once a hook has ended, a later start announces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_hook_a_crash_cut_short_is_announced_again_at_the_next_start() {
+    let net = net();
+    let relay = net.relay().await;
+    let kgz_with_hook = |hook: String| {
+        net.node_config_with(
+            "KGZ",
+            &NodeSetup {
+                hooks: Some(format!("timeout_ms = 600000\n{hook}")),
+                ..NodeSetup::relay(relay.local_addr())
+            },
+        )
+    };
+    // A hook that waits for the node's claim on its data directory: it runs until the node
+    // is killed, and is not left behind.
+    let claim = net.path().join("node-KGZ").join(hotline_store::LOCK_FILE);
+    let waiting_hook = format!(
+        "on_message = ['sh', '-c', 'exec flock \"{}\" true']",
+        claim.display()
+    );
+    let (kaz, mut kgz) = net
+        .two_nodes_kgz_hooks(relay.local_addr(), Some(waiting_hook.clone()))
+        .await
+        .unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "Situation report", &[]).await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    // KGZ receipts the message after announcing it.
+    kaz_events.wait_about("delivered", &id).await.unwrap();
+    kgz.proc.kill9();
+
+    // Started again with the same hook: announced at start-up, to the log and to a
+    // subscriber of /v1/events that connects once the API answers.
+    kgz_with_hook(waiting_hook);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let line = kgz
+        .proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(line.contains("recovered=true"), "{line}");
+    let mut events = kgz.events().await.unwrap();
+    let ev = events.wait_about("message_received", &id).await.unwrap();
+    assert_eq!(
+        (&ev["recovered"], &ev["repage"]),
+        (&json!(true), &json!(false)),
+        "{ev}"
+    );
+    // Killed while the start-up's hook runs.
+    kgz.proc.kill9();
+
+    let pages = net.path().join("pages.jsonl");
+    kgz_with_hook(appending_hook("on_message", &pages));
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    let line = kgz
+        .proc
+        .wait_line(&["message received", &msg(&id)])
+        .await
+        .unwrap();
+    assert!(line.contains("recovered=true"), "{line}");
+    kgz.proc
+        .wait_line(&["hook ran", "on_message"])
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&pages).unwrap();
+    let hooked: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(
+        (&hooked["type"], &hooked["id"], &hooked["recovered"]),
+        (&json!("message_received"), &json!(id), &json!(true)),
+        "{hooked}"
+    );
+
+    // Its hook ended (the line is logged once that is recorded): not announced again.
+    stop_node(kgz).await;
+    let kgz = net.start_node("KGZ").await.unwrap();
+    let log = kgz.proc.log();
+    assert!(!log.contains("message received"), "{log}");
     relay.shutdown().await;
 }
 

@@ -1409,6 +1409,20 @@ async fn events(
     State(state): State<St>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let rx = state.events.subscribe();
+    // Subscribed first: what the node emitted before its API listened comes first, then
+    // everything since, neither twice nor with a gap between.
+    let early = state.early_events();
+    let lagged =
+        (early.missed > 0).then(|| json!({"type": "lagged", "missed": early.missed}).to_string());
+    // Serialized as they are sent, from the node's one copy.
+    let kept = early.events;
+    let early = lagged
+        .into_iter()
+        .chain(
+            (0..kept.len())
+                .map(move |i| serde_json::to_string(&kept[i]).unwrap_or_else(|_| "{}".into())),
+        )
+        .map(|data| Ok(SseEvent::default().data(data)));
     let shutdown = state.shutdown.clone();
     let stream =
         futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
@@ -1427,6 +1441,7 @@ async fn events(
             };
             Some((Ok(SseEvent::default().data(data)), (rx, shutdown)))
         });
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(early), stream);
     Ok(
         Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_millis(
             crate::limits::EVENTS_KEEPALIVE_MS,

@@ -3,7 +3,9 @@
 //! A hook runs in its own task with a timeout; a failing, slow or missing hook is logged and
 //! never delays delivery. At most `HOOKS_CONCURRENT_MAX` run at once; more wait their turn,
 //! in the order they were fired, up to `HOOKS_WAITING_MAX`; beyond that an event's hook is
-//! skipped with an error instead of piling up without end.
+//! skipped with an error instead of piling up without end. A hook runs in a process group of
+//! its own, killed whole at the timeout: what a hook's script started (a `curl` that hangs)
+//! is killed with it, not left running past the limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,21 +107,51 @@ async fn run(
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
+        // Its own group (of which it is the leader), so that what it starts can be killed
+        // with it.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
+    // Kills the group if the hook is still running when this is dropped: at its timeout, or
+    // when the node stops while it runs (the task is dropped with the runtime).
+    let mut group = Group(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32)),
+    );
     if let Some(mut input) = child.stdin.take() {
-        // A hook that does not read its input is not an error.
+        // A hook that does not read its input is not an error (an event is far smaller than
+        // a pipe holds, so this does not wait for it).
         let _ = input.write_all(stdin).await;
         let _ = input.write_all(b"\n").await;
     }
     match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(r) => r,
+        Ok(r) => {
+            // Ended (and reaped): its group id may be reused, and what it left running in
+            // the background on purpose is its own business.
+            group.0 = None;
+            r
+        }
         Err(_) => {
+            // Before the leader is reaped, so that the group id is still its own.
+            drop(group);
             let _ = child.kill().await;
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("killed after {timeout:?}"),
             ))
+        }
+    }
+}
+
+/// A running hook's process group, killed (SIGKILL) when dropped.
+struct Group(Option<rustix::process::Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // Gone already (it and all it started ended) is fine.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
 }
@@ -161,5 +193,53 @@ mod tests {
             }
         };
         assert_eq!(ran, fired, "every hook fired ran");
+    }
+
+    /// A hook killed at its timeout takes what it started with it: a script whose command
+    /// hangs (a `curl` to a gateway that does not answer) is killed with that command.
+    /// Before, only the script was: its command ran on, orphaned, and every hook that timed
+    /// out left one more behind, past `HOOKS_CONCURRENT_MAX`, holding whatever it held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hook_killed_at_its_timeout_takes_what_it_started_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        let cmd = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("sleep 600 & echo $! > '{}'; wait", pid_file.display()),
+        ];
+        let runner = HookRunner::new(1_000);
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        runner.fire_then(
+            "test",
+            Some(&cmd),
+            &Event::Unreachable { for_ms: 1 },
+            move || {
+                let _ = ended_tx.send(());
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(20), ended)
+            .await
+            .expect("the hook is killed at its timeout")
+            .expect("ended is called");
+        let pid = std::fs::read_to_string(&pid_file).expect("the hook started its command");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // Gone, or dead and not yet reaped (a zombie, `Z`, under an init that does not reap):
+        // SIGKILL takes effect once the process is scheduled, so wait for it, bounded.
+        let alive = || {
+            std::fs::read_to_string(&stat).is_ok_and(|s| {
+                let state = s
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                state != Some("Z") && state != Some("X")
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while alive() && tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+        }
+        assert!(!alive(), "the hook's command {} still runs", pid.trim());
     }
 }

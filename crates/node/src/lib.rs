@@ -215,6 +215,79 @@ pub(crate) struct NodeState {
     pub(crate) token: String,
     /// Becomes true when the node stops (for tasks the API spawns, like event streams).
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The events emitted before the API listened, for its first subscribers
+    /// ([`EarlyEvents`]).
+    early: Mutex<EarlyEvents>,
+    /// This state itself, for what outlives a call and must not keep the node (and its
+    /// store) alive: a hook that ends after the node has stopped.
+    this: std::sync::Weak<NodeState>,
+}
+
+/// The events a node emits at start-up, before its API listens (the announcements of what
+/// it had not finished announcing when it last stopped, `recovered`, and of messages
+/// released from quarantine), kept for the subscribers of `/v1/events` that connect within
+/// `STARTUP_EVENTS_KEPT_MS` of the API listening. None could have been subscribed when they
+/// were emitted; announcing them after the API listens instead would only let a subscriber
+/// that happened to connect in that instant see them, not `hotline watch` restarted after the
+/// node by an officer or a supervisor, which is the subscriber they are for.
+#[derive(Default)]
+struct EarlyEvents {
+    /// The newest `EVENTS_BUFFER` of them, oldest first, while the API is not listening.
+    events: std::collections::VecDeque<Event>,
+    /// The same once it listens: shared by the subscribers, each of which serializes them
+    /// as it sends them, so that many connecting at once do not each hold a copy.
+    kept: Arc<[Event]>,
+    /// How many older ones did not fit (told to each subscriber as a `lagged` event).
+    missed: u64,
+    /// Until when they are given to subscribers; `None` while the API is not yet listening.
+    until: Option<std::time::Instant>,
+}
+
+impl EarlyEvents {
+    /// Keeps `e` if the API is not listening yet, dropping the oldest past `EVENTS_BUFFER`.
+    fn keep(&mut self, e: &Event) {
+        if self.until.is_some() {
+            return;
+        }
+        if self.events.len() == limits::EVENTS_BUFFER {
+            self.events.pop_front();
+            self.missed += 1;
+        }
+        self.events.push_back(e.clone());
+    }
+
+    /// The API listens from `now`: nothing more is kept, and what was is given to
+    /// subscribers for `STARTUP_EVENTS_KEPT_MS`.
+    fn listening(&mut self, now: std::time::Instant) {
+        self.until = Some(now + Duration::from_millis(limits::STARTUP_EVENTS_KEPT_MS));
+        self.kept = std::mem::take(&mut self.events).into_iter().collect();
+    }
+
+    /// What a subscriber that subscribes at `now` is told first.
+    fn for_subscriber(&mut self, now: std::time::Instant) -> Early {
+        self.forget(now);
+        Early {
+            missed: self.missed,
+            events: self.kept.clone(),
+        }
+    }
+
+    /// Frees what was kept once its time is up.
+    fn forget(&mut self, now: std::time::Instant) {
+        if self.until.is_some_and(|u| now >= u) && (self.missed > 0 || !self.kept.is_empty()) {
+            self.kept = Arc::new([]);
+            self.missed = 0;
+        }
+    }
+}
+
+/// What a `/v1/events` subscriber is told first ([`NodeState::early_events`]).
+#[derive(Debug)]
+pub(crate) struct Early {
+    /// Events it missed before these, which did not fit.
+    pub(crate) missed: u64,
+    /// The events, oldest first.
+    pub(crate) events: Arc<[Event]>,
 }
 
 impl NodeState {
@@ -224,8 +297,32 @@ impl NodeState {
     }
 
     pub(crate) fn emit(&self, e: Event) {
+        // Before the API listens no one can be subscribed yet: kept for the first ones.
+        self.early().keep(&e);
         // No subscribers is fine.
         let _ = self.events.send(e);
+    }
+
+    fn early(&self) -> MutexGuard<'_, EarlyEvents> {
+        self.early.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The API listens from now: events emitted before are kept for the subscribers that
+    /// connect within `STARTUP_EVENTS_KEPT_MS`, and no later ones are kept.
+    fn api_listening(&self) {
+        self.early().listening(std::time::Instant::now());
+    }
+
+    /// For a `/v1/events` subscriber that has just subscribed: the events emitted before the
+    /// API listened, if it is within `STARTUP_EVENTS_KEPT_MS` of that ([`EarlyEvents`]). A
+    /// subscriber has none twice: they were all emitted before any could subscribe.
+    pub(crate) fn early_events(&self) -> Early {
+        self.early().for_subscriber(std::time::Instant::now())
+    }
+
+    /// Frees the events kept for the API's first subscribers once their time is up.
+    fn forget_early_events(&self) {
+        self.early().forget(std::time::Instant::now());
     }
 
     pub(crate) fn wake_links(&self) {
@@ -317,16 +414,55 @@ impl NodeState {
     }
 
     /// Announces messages just stored in the inbox (log, event, `on_message` hook) and
-    /// records them as announced. If that record is lost to a crash they are announced
-    /// again at the next start: an operator may be told twice, never not at all.
+    /// records each as announced once its hook has ended ([`Self::announce`]).
     pub(crate) fn announce_stored<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) {
-        let ids: Vec<_> = envs
-            .into_iter()
-            .map(|env| {
-                announce(self, env, false);
-                env.id
-            })
-            .collect();
+        self.announce(envs, false);
+    }
+
+    /// Tells the operator of received messages (log line, `/v1/events`, `on_message` hook),
+    /// `recovered` at start-up for those a node stopped before it had finished announcing,
+    /// and records each as announced once its hook has ended (at once without one), as an
+    /// escalation is: a hook still running dies with the node (systemd kills the unit's
+    /// processes), so the page may not have gone out, and a message that does not page again
+    /// (below IMMEDIATE) would otherwise never be told. A node stopped before then announces
+    /// it again at its next start: an operator may be told twice after a crash, never not at
+    /// all.
+    ///
+    /// One commit records the whole batch when no hook is configured, or for the hooks that
+    /// end (or are skipped) before the last is fired; a hook that ends later records its
+    /// own message as it ends, off the receive path, in the hook's task.
+    fn announce<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>, recovered: bool) {
+        // Some while this call fires hooks: a hook ending meanwhile adds its message here.
+        let batch: Arc<Mutex<Option<Vec<hotline_proto::MessageId>>>> =
+            Arc::new(Mutex::new(Some(Vec::new())));
+        for env in envs {
+            let ev = tell_received(self, env, recovered);
+            let (id, batch, node) = (env.id, batch.clone(), self.this.clone());
+            let ended = move || {
+                if let Some(ids) = batch.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    ids.push(id);
+                    return;
+                }
+                // Weak: a hook that outlives the node (killed at its timeout) must not keep
+                // the store open; the message is then announced again at the next start.
+                let Some(state) = node.upgrade() else { return };
+                let recorded = state.store().mark_announced(&[id]);
+                if let Err(e) = recorded {
+                    error!(msg = %id, error = %e, "cannot record a received message as announced; it will be announced again at restart");
+                }
+            };
+            self.hooks.fire_then(
+                "on_message",
+                self.config.hooks.on_message.as_ref(),
+                &ev,
+                ended,
+            );
+        }
+        let ids = batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
         if ids.is_empty() {
             return;
         }
@@ -585,7 +721,7 @@ impl Node {
         let (roster_tx, _) = watch::channel(Arc::new(roster));
         let (events, _) = broadcast::channel(limits::EVENTS_BUFFER);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(NodeState {
+        let state = Arc::new_cyclic(|this| NodeState {
             hooks: HookRunner::new(config.hook_timeout_ms()),
             me,
             key,
@@ -601,6 +737,8 @@ impl Node {
             shutdown: shutdown_rx.clone(),
             config,
             _claim: claim,
+            early: Mutex::new(EarlyEvents::default()),
+            this: this.clone(),
         });
         // Messages stored just before the node last stopped may never have been announced.
         let pending = state.store().unannounced()?;
@@ -609,12 +747,7 @@ impl Node {
                 count = pending.len(),
                 "announcing messages stored before the node stopped"
             );
-            for env in &pending {
-                announce(&state, env, true);
-            }
-            state
-                .store()
-                .mark_announced(&pending.iter().map(|e| e.id).collect::<Vec<_>>())?;
+            state.announce(&pending, true);
         }
         // Escalations made just before the node last stopped may never have been announced
         // (or their hook never ended).
@@ -639,6 +772,9 @@ impl Node {
         let api_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Io(e.to_string()))?;
+        // Before the first subscriber can connect: what was announced until now is kept
+        // for it (`EarlyEvents`).
+        state.api_listening();
         info!(addr = %api_addr, "local API listening");
         tasks.spawn(api::serve(listener, state.clone(), shutdown_rx.clone()));
 
@@ -682,6 +818,7 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
         }
+        state.forget_early_events();
         let now = now_ms();
         let overdue = deadline_check.take(state.store().mark_overdue(now));
         for o in overdue {
@@ -767,8 +904,9 @@ fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
     );
 }
 
-/// Tells the operator of a received message: log line, `/v1/events`, paging hook.
-pub(crate) fn announce(state: &NodeState, env: &hotline_proto::Envelope, recovered: bool) {
+/// Tells the operator of a received message: log line and `/v1/events`; returns the event,
+/// for the paging hook ([`NodeState::announce`]).
+fn tell_received(state: &NodeState, env: &hotline_proto::Envelope, recovered: bool) -> Event {
     // The subject is the sender's text: Debug-quoted so that a line break in it cannot forge a
     // log line.
     if env.precedence.pages() {
@@ -777,10 +915,8 @@ pub(crate) fn announce(state: &NodeState, env: &hotline_proto::Envelope, recover
         info!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, status = ?env.status, subject = ?env.subject, recovered, "message received");
     }
     let ev = received_event(env, false, recovered);
-    state
-        .hooks
-        .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
-    state.emit(ev);
+    state.emit(ev.clone());
+    ev
 }
 
 pub(crate) fn received_event(
@@ -845,6 +981,44 @@ mod tests {
         };
         let signed = hotline_proto::Signed::sign(&r, &key).unwrap();
         hotline_proto::verify_roster(&signed, &hotline_proto::PublicKey::of(&key)).unwrap()
+    }
+
+    /// The events emitted before the API listens are kept for its first subscribers (the
+    /// newest `EVENTS_BUFFER`, those dropped told as missed), those emitted after are not
+    /// (each subscriber has them from its own subscription, and must not have them twice),
+    /// and none is given once `STARTUP_EVENTS_KEPT_MS` has passed.
+    #[test]
+    fn events_before_the_api_listens_are_kept_for_its_first_subscribers() {
+        let ev = |for_ms| Event::Unreachable { for_ms };
+        let for_ms = |e: &Early| {
+            e.events
+                .iter()
+                .map(|e| match e {
+                    Event::Unreachable { for_ms } => *for_ms,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut early = EarlyEvents::default();
+        let n = limits::EVENTS_BUFFER as u64 + 3;
+        for i in 0..n {
+            early.keep(&ev(i));
+        }
+        let start = std::time::Instant::now();
+        early.listening(start);
+        early.keep(&ev(n));
+        let first = early.for_subscriber(start);
+        assert_eq!(first.missed, 3);
+        assert_eq!(for_ms(&first), (3..n).collect::<Vec<_>>());
+        let kept = Duration::from_millis(limits::STARTUP_EVENTS_KEPT_MS);
+        let later = early.for_subscriber(start + kept - Duration::from_millis(1));
+        assert_eq!(
+            (later.missed, for_ms(&later)),
+            (first.missed, for_ms(&first))
+        );
+        let late = early.for_subscriber(start + kept);
+        assert_eq!((late.missed, late.events.len()), (0, 0));
+        assert!(early.kept.is_empty() && early.events.is_empty());
     }
 
     /// The newer of the file's and the store's; the file's on a tie (not kept again); the

@@ -173,6 +173,12 @@ pub const API_LOG_REASON_BYTES_MAX: usize = 200;
 /// Events buffered for each `/v1/events` subscriber before a slow one misses some.
 pub const EVENTS_BUFFER: usize = 1_024;
 
+/// How long after its API starts listening a node gives each new `/v1/events` subscriber
+/// the events it emitted at start-up, before the API listened (its `recovered`
+/// announcements): time for `hotline watch`, which ends when the node stops, to be started
+/// again by an officer or a supervisor once the node is back.
+pub const STARTUP_EVENTS_KEPT_MS: u64 = 60_000;
+
 /// How often the node's event stream (`/v1/events`) sends a comment line to keep it alive.
 pub const EVENTS_KEEPALIVE_MS: u64 = 15_000;
 
