@@ -680,6 +680,13 @@ impl Link<'_> {
                     pump = true;
                 }
                 RelayToNode::Rejected(r) => match r.subject {
+                    // A refusal answers a `Submit` written on this connection, as an
+                    // acceptance does: one naming a message not written here, or already
+                    // answered, is ignored as such an acceptance is, not told to the officer
+                    // as a refusal of a message that does not exist or was accepted.
+                    Subject::Message(id) if !self.sent.contains_key(&id) => {
+                        warn!(relay = self.idx, msg = %id, code = ?r.code, "relay answered refused for a message never written on this link, or answered already; ignored");
+                    }
                     Subject::Message(id) => {
                         // Signed again with an unused number (a restored store): sent anew.
                         if r.code == RejectCode::ReplayedSeq && self.resequenced(&id) {
