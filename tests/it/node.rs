@@ -3300,6 +3300,80 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A refusal answers one `Submit` written on the connection, as an acceptance does. One
+/// naming a message the node never sent, or one it has had its answer for, is ignored as
+/// such an acceptance is: the node's officer is not told that a message was refused that
+/// does not exist or that the relay accepted. The node told both, as `rejected` events, and
+/// logged them as refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_no_message_written_on_the_link_is_ignored() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RejectCode, Rejected, RelayToNode, Subject};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    async fn submitted(relay: &mut Impostor) -> hotline_proto::MessageId {
+        loop {
+            if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+                break s.decode_unverified().unwrap().id;
+            }
+        }
+    }
+    let accepted_id = kaz
+        .send("KGZ", "Accepted, then refused", &[])
+        .await
+        .unwrap();
+    let first = submitted(&mut relay).await;
+    assert_eq!(first.to_string(), accepted_id);
+    let refused = |id, code| {
+        RelayToNode::Rejected(Rejected {
+            subject: Subject::Message(id),
+            code,
+            detail: "no".into(),
+        })
+    };
+    let stray = hotline_proto::MessageId::random();
+    let frames = [
+        refused(stray, RejectCode::PolicyDenied),
+        refused(hotline_proto::MessageId::random(), RejectCode::RateLimited),
+        RelayToNode::Accepted(Accepted {
+            id: first,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        }),
+        refused(first, RejectCode::PolicyDenied),
+    ];
+    relay.send(&frames).await.unwrap();
+    kaz.proc
+        .wait_line(&["INFO accepted", &accepted_id])
+        .await
+        .unwrap();
+    // A message refused for real, after those: its event is the first refusal told.
+    let refused_id = kaz.send("KGZ", "Refused", &[]).await.unwrap();
+    let second = submitted(&mut relay).await;
+    relay
+        .send(&[refused(second, RejectCode::PolicyDenied)])
+        .await
+        .unwrap();
+    let ev = events
+        .wait_for("rejected", |e| e["type"] == "rejected")
+        .await
+        .unwrap();
+    assert_eq!(ev["id"].as_str(), Some(refused_id.as_str()), "{ev}");
+    kaz.proc
+        .wait_line(&["never written on this link", &stray.to_string()])
+        .await
+        .unwrap();
+    let st = kaz.cli_json(&["status", &accepted_id]).await.unwrap();
+    assert_eq!(st["state"], "accepted", "{st}");
+    assert_eq!(
+        kaz.proc.count_lines(&["relay refused a message"]),
+        1,
+        "only the refusal of a message written"
+    );
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A relay that sends what is not a frame: the node ends that link with an error that says
 /// so (in its log, and to the relay as the close code: `FrameTooLarge`, then
 /// `ProtocolViolation`), keeps running, and tries again after a pause, not in a loop. The impostor first

@@ -806,9 +806,7 @@ impl Node {
 async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_millis(limits::DEADLINE_TICK_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let started = now_ms();
-    let mut last_connected = started;
-    let mut unreachable_fired = false;
+    let mut unreachable = Unreachable::new(std::time::Instant::now());
     // Each runs every tick: a store that cannot be written (a full disk) would otherwise
     // log the same error four times a second.
     let mut deadline_check = recurring::Recurring::new("deadline check");
@@ -837,14 +835,9 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
                 .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
             state.emit(ev);
         }
-        if state.relays_connected() > 0 {
-            last_connected = now;
-            unreachable_fired = false;
-        } else if !unreachable_fired
-            && now.saturating_sub(last_connected) >= state.config.unreachable_after_ms()
-        {
-            unreachable_fired = true;
-            let for_ms = now.saturating_sub(last_connected);
+        let after = Duration::from_millis(state.config.unreachable_after_ms());
+        let connected = state.relays_connected() > 0;
+        if let Some(for_ms) = unreachable.observe(connected, std::time::Instant::now(), after) {
             error!(for_ms, "no relay reachable");
             let ev = Event::Unreachable { for_ms };
             state.hooks.fire(
@@ -854,6 +847,48 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
             );
             state.emit(ev);
         }
+    }
+}
+
+/// The unreachable watchdog, without I/O: whether the node has been without any relay link
+/// for long enough to raise the alarm (once per spell). Timed by the monotonic clock: the
+/// wall clock stepped back (an NTP correction of a clock that ran fast) held the alarm for
+/// as long as the step, and stepped forward raised it at a reconnection that took a moment.
+#[derive(Debug)]
+struct Unreachable {
+    /// When a link was last seen up, or the watchdog started.
+    last_connected: std::time::Instant,
+    /// Whether the alarm went off in this spell without a link.
+    fired: bool,
+}
+
+impl Unreachable {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            last_connected: now,
+            fired: false,
+        }
+    }
+
+    /// One look at the links at `now`; the spell's length in milliseconds when the alarm
+    /// goes off (no link for `after`, and not yet told in this spell).
+    fn observe(
+        &mut self,
+        connected: bool,
+        now: std::time::Instant,
+        after: Duration,
+    ) -> Option<u64> {
+        if connected {
+            self.last_connected = now;
+            self.fired = false;
+            return None;
+        }
+        let spell = now.saturating_duration_since(self.last_connected);
+        if self.fired || spell < after {
+            return None;
+        }
+        self.fired = true;
+        Some(u64::try_from(spell.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -1019,6 +1054,27 @@ mod tests {
         let late = early.for_subscriber(start + kept);
         assert_eq!((late.missed, late.events.len()), (0, 0));
         assert!(early.kept.is_empty() && early.events.is_empty());
+    }
+
+    /// The alarm goes off once per spell without a link, `after` into it by the monotonic
+    /// clock, whatever the wall clock does meanwhile (here it stands still, as if stepped
+    /// back by as much as the time passed).
+    #[test]
+    fn the_unreachable_alarm_follows_the_monotonic_clock_once_per_spell() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let after = Duration::from_millis(60_000);
+        let mut u = Unreachable::new(t0);
+        assert_eq!(u.observe(false, at(59_999), after), None);
+        assert_eq!(u.observe(false, at(60_000), after), Some(60_000));
+        assert_eq!(u.observe(false, at(90_000), after), None, "once a spell");
+        assert_eq!(u.observe(true, at(91_000), after), None);
+        assert_eq!(u.observe(false, at(151_000 - 1), after), None);
+        assert_eq!(
+            u.observe(false, at(151_000), after),
+            Some(60_000),
+            "a new spell, from the last time a link was up"
+        );
     }
 
     /// The newer of the file's and the store's; the file's on a tie (not kept again); the

@@ -188,8 +188,13 @@ impl Backoff {
     }
 }
 
-/// Waits `ms` milliseconds; false if the node is shutting down meanwhile.
+/// Waits `ms` milliseconds; false if the node is shutting down meanwhile, or already: a link
+/// that failed in its shutdown branch has taken the signal, which `changed` would not see
+/// again.
 async fn pause(shutdown: &mut watch::Receiver<bool>, ms: u64) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
     tokio::select! {
         _ = shutdown.changed() => false,
         _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
@@ -680,6 +685,13 @@ impl Link<'_> {
                     pump = true;
                 }
                 RelayToNode::Rejected(r) => match r.subject {
+                    // A refusal answers a `Submit` written on this connection, as an
+                    // acceptance does: one naming a message not written here, or already
+                    // answered, is ignored as such an acceptance is, not told to the officer
+                    // as a refusal of a message that does not exist or was accepted.
+                    Subject::Message(id) if !self.sent.contains_key(&id) => {
+                        warn!(relay = self.idx, msg = %id, code = ?r.code, "relay answered refused for a message never written on this link, or answered already; ignored");
+                    }
                     Subject::Message(id) => {
                         // Signed again with an unused number (a restored store): sent anew.
                         if r.code == RejectCode::ReplayedSeq && self.resequenced(&id) {
@@ -1167,6 +1179,23 @@ mod tests {
                 .expect_err("KAZ's own message is not addressed to KAZ");
             assert!(e.contains("not addressed to KAZ"), "{audience:?}: {e}");
         }
+    }
+
+    /// A link whose last act before stopping failed (the relay went as the node stopped,
+    /// and the shutdown's delivered receipt could not be written) pauses before its next
+    /// attempt; it must see that the node is stopping, whose signal its `select!` has
+    /// already taken, and end at once, not after the pause (up to 15 s, past the node's 5 s
+    /// for stopping, which then aborted the task before its endpoint had closed).
+    #[tokio::test]
+    async fn a_pause_ends_at_once_when_the_node_is_already_stopping() {
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(true).unwrap();
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        let paused = tokio::time::timeout(Duration::from_secs(5), pause(&mut rx, 60_000)).await;
+        assert_eq!(paused, Ok(false), "no pause once the node is stopping");
+        let (_tx, mut rx) = watch::channel(false);
+        assert!(pause(&mut rx, 1).await, "a pause otherwise runs its course");
     }
 
     #[test]

@@ -2480,7 +2480,8 @@ impl NodeStore {
     /// Unacknowledged urgent received messages due for another page; marks them paged, all
     /// in one transaction (no journal entry: paging is not a record), so that a tick costs
     /// one commit however many are due, and a failure marks none of those it does not
-    /// return.
+    /// return. One last paged (or received) after `now_ms`, before the clock was stepped
+    /// back, counts as paged now.
     pub fn due_pages(
         &mut self,
         now_ms: u64,
@@ -2507,7 +2508,19 @@ impl NodeStore {
             )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        if rows.is_empty() {
+        // A row stamped later than now (last paged, or received) was stamped before the
+        // clock was stepped back (an NTP correction of a clock that ran fast). Kept, the
+        // stamp would hold its next page until the clock had caught up with it, for as long
+        // as the step; brought back to now, the message pages again an interval from now.
+        // Read through the same index, past the due rows and short of NEVER_PAGES.
+        let ahead: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE acked_at_ms IS NULL
+                 AND COALESCE(paged_at_ms, received_at_ms) > ?1 AND COALESCE(paged_at_ms, received_at_ms) < ?2)",
+            )?
+            .query_row(params![now_ms, NEVER_PAGES], |r| r.get(0))?;
+        if rows.is_empty() && !ahead {
             // Nothing to mark (almost every tick): no transaction.
             return Ok(Vec::new());
         }
@@ -2515,6 +2528,13 @@ impl NodeStore {
         // rows between that read and these marks.
         let tx = self.conn.transaction()?;
         let mut due = Vec::new();
+        if ahead {
+            tx.prepare_cached(
+                "UPDATE inbox SET paged_at_ms = ?1 WHERE acked_at_ms IS NULL
+                 AND COALESCE(paged_at_ms, received_at_ms) > ?1 AND COALESCE(paged_at_ms, received_at_ms) < ?2",
+            )?
+            .execute(params![now_ms, NEVER_PAGES])?;
+        }
         {
             let mut mark = tx.prepare_cached("UPDATE inbox SET paged_at_ms = ?2 WHERE id = ?1")?;
             for (id, s) in rows {
@@ -3110,6 +3130,50 @@ mod tests {
             )
             .unwrap();
         assert_eq!(mark, NEVER_PAGES);
+    }
+
+    /// The node's clock stepped back (an NTP correction of a clock that ran an hour fast)
+    /// after an urgent message was received, and after one was paged: each pages again an
+    /// interval after the step, not an hour and an interval later, when the clock has
+    /// caught up with the times it stamped.
+    #[test]
+    fn a_clock_stepped_back_delays_no_page_by_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        const HOUR: u64 = 3_600_000;
+        let (received, paged) = (
+            envelope(1, Precedence::Flash),
+            envelope(2, Precedence::Flash),
+        );
+        let sign = |e: &Envelope| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone()));
+        store.store_deliveries(&[sign(&paged)], NOW).unwrap();
+        assert_eq!(
+            ids(&store.due_pages(NOW + EVERY, EVERY).unwrap()),
+            BTreeSet::from([paged.id])
+        );
+        store
+            .store_deliveries(&[sign(&received)], NOW + EVERY)
+            .unwrap();
+        // Stepped back an hour: the first tick after the step pages nothing (neither was
+        // paged an interval ago by any clock), and an interval later both page.
+        let stepped = NOW + EVERY + 1 - HOUR;
+        assert!(store.due_pages(stepped, EVERY).unwrap().is_empty());
+        assert!(store
+            .due_pages(stepped + EVERY - 1, EVERY)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(&store.due_pages(stepped + EVERY, EVERY).unwrap()),
+            BTreeSet::from([received.id, paged.id]),
+            "an interval after the step, not once the clock is back at the times stamped"
+        );
+        assert!(store.due_pages(stepped + EVERY, EVERY).unwrap().is_empty());
+        assert_eq!(
+            store.due_pages(stepped + 2 * EVERY, EVERY).unwrap().len(),
+            2,
+            "and every interval after that"
+        );
     }
 
     /// More due pages than a tick takes: each tick marks all it returns, in one
