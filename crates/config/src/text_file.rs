@@ -317,6 +317,16 @@ mod tests {
         );
         let e = read_secret(&p, 10).expect_err("too large");
         assert!(matches!(e, TextFileError::TooLarge { .. }), "{e:?}");
+        // A directory where the key belongs is refused as a directory, not for its mode.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).expect("mkdir");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = read_secret(&keys, 1024).expect_err("a directory");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("keys: is a directory") && !shown.contains("chmod"),
+            "{shown}"
+        );
     }
 
     #[test]
