@@ -7,8 +7,11 @@
 //! value breaks a rule they name the field, and this module finds that field's line in the
 //! text. Then it checks the files the configuration names, as far as this user can read them:
 //! a present but unusable file (a roster not signed by `roster_key`, a key file others may
-//! read, a participant missing from the roster) is an error; a missing or unreadable one is a
-//! warning, since the check often runs before the files are in place or as another user. A
+//! read, a participant missing from the roster, a node's API token file that holds no token)
+//! is an error; a missing or unreadable one is a warning, since the check often runs before
+//! the files are in place or as another user (a node's missing API token, which the node
+//! creates, only where it cannot: its directory missing, or outside the packaged unit's
+//! writable directory). A
 //! node's roster is checked as the node will use it: the newer of the file and the roster
 //! its store holds (read-only, so the check runs beside a running node). A store the service
 //! would refuse at start, with exit status 78, and that a read can tell (another
@@ -422,13 +425,7 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
         }
     }
     check_data_dir(Kind::Node, &config.data_dir, text, path, report);
-    if !config.token_file.exists() {
-        report.notes.push(format!(
-            "api token {} does not exist yet: the node creates it at start, so its directory \
-             must be writable by the service",
-            config.token_file.display()
-        ));
-    }
+    check_token_file(config, text, path, report);
     let hooks = &config.hooks;
     for (name, cmd) in [
         ("hooks.on_message", &hooks.on_message),
@@ -456,6 +453,66 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
     ));
 }
 
+/// The API token file, as the node reads it at start (`hotline_node::ensure_token`): one
+/// that is there but holds no token (an empty file, another file named by mistake) or is no
+/// file stops the node (exit status 78 for the first), and so is an error here; a missing
+/// one the node creates, which it cannot in a directory that does not exist, nor under the
+/// packaged unit, which lets it write only its data directory.
+fn check_token_file(config: &NodeConfig, text: &str, path: &Path, report: &mut Report) {
+    const FIELD: &str = "api.token_file";
+    let token = &config.token_file;
+    if !token.exists() {
+        let dir = parent_dir(token);
+        if !dir.is_dir() {
+            report.errors.push(with_line(
+                &format!(
+                    "{FIELD} {}: not found, and the node cannot create it: {} is not a directory",
+                    token.display(),
+                    dir.display()
+                ),
+                Some(FIELD),
+                text,
+                path,
+            ));
+        } else if packaged_token_unwritable(path, token) {
+            report.warnings.push(with_line(
+                &format!(
+                    "{FIELD} {}: not found, and the packaged systemd unit lets the node write \
+                     only {PACKAGED_NODE_DATA_DIR}, so it cannot create it: create it as the \
+                     package does (OPERATIONS.md 11.2)",
+                    token.display()
+                ),
+                Some(FIELD),
+                text,
+                path,
+            ));
+        } else {
+            report.notes.push(format!(
+                "api token {} does not exist yet: the node creates it at start, so its \
+                 directory must be writable by the service",
+                token.display()
+            ));
+        }
+        return;
+    }
+    if !report.readable(FIELD, token, "") {
+        return;
+    }
+    if let Err(e) = hotline_config::text_file::read_token(token) {
+        report
+            .errors
+            .push(with_line(&e.to_string(), Some(FIELD), text, path));
+    }
+}
+
+/// The directory holding `path`, `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Where the packaged systemd units let each service write (`StateDirectory=`), for a
 /// configuration in [`PACKAGED_CONFIG_DIR`].
 const PACKAGED_CONFIG_DIR: &str = "/etc/hotline";
@@ -470,9 +527,20 @@ fn packaged_data_dir_mismatch(kind: Kind, config: &Path, data_dir: &Path) -> Opt
         Kind::Relay => PACKAGED_RELAY_DATA_DIR,
         Kind::Node => PACKAGED_NODE_DATA_DIR,
     };
-    let config = std::path::absolute(config).ok()?;
-    (config.parent() == Some(Path::new(PACKAGED_CONFIG_DIR)) && data_dir != Path::new(expected))
-        .then_some(expected)
+    (packaged_config(config) && data_dir != Path::new(expected)).then_some(expected)
+}
+
+/// Whether the node could not create its missing API token `token` under the packaged
+/// unit: `config` is where the unit reads it from, and `token` is outside the one directory
+/// the unit lets the node write (`/etc/hotline/api.token`, which the package makes, is).
+fn packaged_token_unwritable(config: &Path, token: &Path) -> bool {
+    packaged_config(config) && !token.starts_with(PACKAGED_NODE_DATA_DIR)
+}
+
+/// Whether `config` is in the directory the packaged units read their configuration from.
+fn packaged_config(config: &Path) -> bool {
+    std::path::absolute(config)
+        .is_ok_and(|config| config.parent() == Some(Path::new(PACKAGED_CONFIG_DIR)))
 }
 
 fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut Report) {
@@ -487,13 +555,22 @@ fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut 
             path,
         ));
     }
-    if dir.exists() && !dir.is_dir() {
-        report.errors.push(with_line(
-            &format!("data_dir {}: not a directory", dir.display()),
-            Some("data_dir"),
-            text,
-            path,
-        ));
+    // The service creates the directory if it is missing, which it cannot below a file:
+    // the nearest part of the path that exists must be a directory.
+    let existing = dir.ancestors().find(|p| p.exists());
+    if let Some(file) = existing.filter(|p| !p.is_dir()) {
+        let what = if file == dir {
+            format!("data_dir {}: not a directory", dir.display())
+        } else {
+            format!(
+                "data_dir {}: cannot be created: {} is not a directory",
+                dir.display(),
+                file.display()
+            )
+        };
+        report
+            .errors
+            .push(with_line(&what, Some("data_dir"), text, path));
     } else {
         report.notes.push(format!("store in {}", dir.display()));
     }
@@ -683,6 +760,24 @@ mod tests {
             packaged_data_dir_mismatch(Kind::Relay, here, Path::new("/srv/x")),
             None
         );
+    }
+
+    #[test]
+    fn a_token_the_packaged_unit_cannot_create_is_noticed() {
+        let etc = Path::new("/etc/hotline/node.toml");
+        assert!(packaged_token_unwritable(
+            etc,
+            Path::new("/etc/hotline/api.token")
+        ));
+        assert!(!packaged_token_unwritable(
+            etc,
+            Path::new("/var/lib/hotline-node/api.token")
+        ));
+        // Outside /etc/hotline the packaged units are not involved.
+        assert!(!packaged_token_unwritable(
+            Path::new("/srv/hotline/node.toml"),
+            Path::new("/srv/hotline/api.token")
+        ));
     }
 
     #[test]
