@@ -161,6 +161,14 @@ pub fn read_token(path: &Path) -> Result<String, TextFileError> {
     Ok(token.to_owned())
 }
 
+/// Why a path field of a relay's or a node's configuration given as `""` is refused.
+pub const EMPTY_PATH: &str =
+    "empty: give a path (a relative one is taken from this file's directory)";
+
+/// Why a `roster_key` given as `""` is refused.
+pub const EMPTY_KEY: &str =
+    "empty: give the roster key (64 hexadecimal digits) or the path of its .pub file";
+
 /// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most): a relay's or a
 /// node's, an exercise scenario, an exercise's endpoints file.
 pub fn read_config(path: &Path) -> Result<String, ConfigError> {
