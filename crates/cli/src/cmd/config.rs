@@ -11,7 +11,9 @@
 //! is an error; a missing or unreadable one is a warning, since the check often runs before
 //! the files are in place or as another user (a node's missing API token, which the node
 //! creates, only where it cannot: its directory missing, or outside the packaged unit's
-//! writable directory). A
+//! writable directory). For a configuration where the packaged units read it
+//! (`/etc/hotline`), each file is also checked to be readable by their account, `hotline`,
+//! since the check runs as root, who reads everything. A
 //! node's roster is checked as the node will use it: the newer of the file and the roster
 //! its store holds (read-only, so the check runs beside a running node). A store the service
 //! would refuse at start, with exit status 78, and that a read can tell (another
@@ -83,7 +85,10 @@ fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
             ),
         },
     };
-    let mut report = Report::default();
+    let mut report = Report {
+        account: packaged_account(path),
+        ..Report::default()
+    };
     let headline = match kind {
         Kind::Relay => {
             let config = RelayConfig::parse(&text, path)
@@ -130,14 +135,40 @@ struct Report {
     warnings: Vec<String>,
     /// Facts worth seeing (fingerprint, roster version).
     notes: Vec<String>,
+    /// The account the service runs as, when known ([`packaged_account`]): each file is
+    /// checked to be readable by it, not only by whoever runs the check (root, as the guide
+    /// says, reads everything).
+    account: Option<Account>,
 }
 
 impl Report {
     /// Records why `file` (named by `field`) could not be checked, if it is missing or
-    /// unreadable; returns whether it can be read.
+    /// unreadable; returns whether it can be read. A file this user can read but the
+    /// service's account cannot (a key `sudo hotline relay init` left owned by root) is an
+    /// error: the service would fail to read it at start.
     fn readable(&mut self, field: &str, file: &Path, hint: &str) -> bool {
         match std::fs::File::open(file) {
-            Ok(_) => true,
+            Ok(f) => {
+                let (Some(account), Ok(meta)) = (self.account, f.metadata()) else {
+                    return true;
+                };
+                if !account.may_read(&meta) {
+                    use std::os::unix::fs::MetadataExt as _;
+                    self.errors.push(format!(
+                        "{field} {}: the service's account {PACKAGED_ACCOUNT} cannot read it \
+                         (owner uid {}, group gid {}, mode {:04o}); the packaged unit runs the \
+                         service as {PACKAGED_ACCOUNT}: `chown {PACKAGED_ACCOUNT}:{PACKAGED_ACCOUNT} \
+                         {}` for a key (mode 0600), or `chgrp {PACKAGED_ACCOUNT}` and `chmod \
+                         0640` for another file (OPERATIONS.md 1)",
+                        file.display(),
+                        meta.uid(),
+                        meta.gid(),
+                        meta.mode() & 0o7777,
+                        file.display()
+                    ));
+                }
+                true
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.warnings
                     .push(format!("{field} {}: not found{hint}", file.display()));
@@ -537,6 +568,58 @@ fn packaged_token_unwritable(config: &Path, token: &Path) -> bool {
     packaged_config(config) && !token.starts_with(PACKAGED_NODE_DATA_DIR)
 }
 
+/// The account the packaged units run both services as (`User=hotline`, `Group=hotline`).
+const PACKAGED_ACCOUNT: &str = "hotline";
+
+/// A service account's user and primary group ids: the package gives `hotline` no other
+/// group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Account {
+    uid: u32,
+    gid: u32,
+}
+
+impl Account {
+    /// Whether this account may read a file with `meta`'s owner, group and mode.
+    fn may_read(self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode();
+        if meta.uid() == self.uid {
+            mode & 0o400 != 0
+        } else if meta.gid() == self.gid {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        }
+    }
+}
+
+/// The packaged units' account, for a configuration where they read it, if the system has
+/// that account (the package makes it); `None` otherwise, and then files are checked as
+/// this user only.
+fn packaged_account(config: &Path) -> Option<Account> {
+    if !packaged_config(config) {
+        return None;
+    }
+    let passwd = hotline_config::text_file::read(Path::new("/etc/passwd"), 16 * 1024 * 1024);
+    account_in(&passwd.ok()?, PACKAGED_ACCOUNT)
+}
+
+/// The account `name` in the text of `/etc/passwd` (`name:x:uid:gid:...`).
+fn account_in(passwd: &str, name: &str) -> Option<Account> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next() != Some(name) {
+            return None;
+        }
+        let (_, uid, gid) = (fields.next()?, fields.next()?, fields.next()?);
+        Some(Account {
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+        })
+    })
+}
+
 /// Whether `config` is in the directory the packaged units read their configuration from.
 fn packaged_config(config: &Path) -> bool {
     std::path::absolute(config)
@@ -760,6 +843,70 @@ mod tests {
             packaged_data_dir_mismatch(Kind::Relay, here, Path::new("/srv/x")),
             None
         );
+    }
+
+    #[test]
+    fn the_service_account_is_found_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nhotlinex:x:5:5::/:/bin/sh\n\
+                      hotline:x:998:997:CICA Hotline:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(
+            account_in(passwd, "hotline"),
+            Some(Account { uid: 998, gid: 997 })
+        );
+        assert_eq!(account_in(passwd, "nobody"), None);
+        assert_eq!(account_in("hotline:x:abc:1:\n", "hotline"), None);
+    }
+
+    /// A file this user reads but the service's account cannot (a key `sudo hotline relay
+    /// init` left owned by root, mode 0600) is an error, as the service would fail to read
+    /// it; what the account can read, by owner, group or others, passes.
+    #[test]
+    fn a_file_the_service_account_cannot_read_is_an_error() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.key");
+        std::fs::write(&file, "k").expect("write");
+        let meta = std::fs::metadata(&file).expect("stat");
+        let (me, my_group) = (meta.uid(), meta.gid());
+        let other = Account {
+            uid: me.wrapping_add(1),
+            gid: my_group.wrapping_add(1),
+        };
+        let errors = |mode: u32, account: Account| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let mut report = Report {
+                account: Some(account),
+                ..Report::default()
+            };
+            assert!(report.readable("key", &file, ""), "this user reads it");
+            report.errors
+        };
+        let e = errors(0o600, other);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("relay.key: the service's account hotline cannot read it")
+                && e[0].contains("mode 0600")
+                && e[0].contains("chown hotline:hotline"),
+            "{e:?}"
+        );
+        assert!(errors(0o600, Account { uid: me, ..other }).is_empty());
+        assert!(errors(
+            0o640,
+            Account {
+                gid: my_group,
+                ..other
+            }
+        )
+        .is_empty());
+        assert!(!errors(
+            0o600,
+            Account {
+                gid: my_group,
+                ..other
+            }
+        )
+        .is_empty());
+        assert!(errors(0o644, other).is_empty());
     }
 
     #[test]
