@@ -217,6 +217,15 @@ hotline config check --strict /etc/hotline/relay.toml >"$work/check.log" 2>&1 ||
 hotline config check --strict /etc/hotline/node.toml >"$work/check.log" 2>&1 ||
     die "config check node.toml: $(cat "$work/check.log")"
 grep -q '^OK: node configuration (participant SEC)' "$work/check.log" || die "node check: $(cat "$work/check.log")"
+# The check runs as root, who reads every file, but the units run as hotline: a key left
+# owned by root (the chown above forgotten) is refused, as the relay would fail to read it.
+chown root:root /etc/hotline/relay.key
+if hotline config check /etc/hotline/relay.toml >"$work/check.log" 2>&1; then
+    die "config check passed a relay key user hotline cannot read"
+fi
+grep -q "relay.key: the service's account hotline cannot read it" "$work/check.log" ||
+    die "config check, relay key owned by root: $(cat "$work/check.log")"
+chown hotline:hotline /etc/hotline/relay.key
 relay_toml_before=$(sha256sum /etc/hotline/relay.toml /etc/hotline/node.toml)
 
 step "2. relay and SEC's node, as user hotline; SEC sends to KAZ (offline)"

@@ -95,10 +95,26 @@ pub(crate) enum ReadError {
     TooLarge { len: u64 },
 }
 
-/// Reads an open file completely, refusing one longer than `max` bytes before reading it.
-/// The length is checked again while reading, in case the file grows meanwhile.
+/// The error for a directory opened where a file is to be read. On Linux a directory opens
+/// like a file, and its size (4096 bytes or more) would otherwise be reported as a file's
+/// size ("too large for a key file"), or its mode as a secret file's ("run `chmod 600`"),
+/// neither of which is what is wrong.
+pub(crate) fn a_directory() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::IsADirectory,
+        "is a directory, where a file belongs",
+    )
+}
+
+/// Reads an open file completely, refusing one longer than `max` bytes before reading it,
+/// and a directory ([`a_directory`]). The length is checked again while reading, in case
+/// the file grows meanwhile.
 pub(crate) fn read_bounded(mut f: File, max: usize) -> Result<Vec<u8>, ReadError> {
-    let len = f.metadata().map_err(ReadError::Io)?.len();
+    let meta = f.metadata().map_err(ReadError::Io)?;
+    if meta.is_dir() {
+        return Err(ReadError::Io(a_directory()));
+    }
+    let len = meta.len();
     if len > max as u64 {
         return Err(ReadError::TooLarge { len });
     }
@@ -138,6 +154,24 @@ mod tests {
         let e = write_new(&p, b"two", 0o600).expect_err("second write must fail");
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
+    }
+
+    /// A directory is refused as one, not by its size: read with a limit below it (a
+    /// key file's 256 bytes) or above it (a configuration's megabyte).
+    #[test]
+    fn bounded_read_refuses_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for max in [256, 1024 * 1024] {
+            let f = File::open(dir.path()).expect("a directory opens");
+            match read_bounded(f, max) {
+                Err(ReadError::Io(e)) => {
+                    assert_eq!(e.kind(), io::ErrorKind::IsADirectory, "{e}");
+                    assert!(e.to_string().contains("is a directory"), "{e}");
+                }
+                Err(ReadError::TooLarge { len }) => panic!("refused as {len} bytes too large"),
+                Ok(_) => panic!("a directory was read as a file"),
+            }
+        }
     }
 
     #[test]

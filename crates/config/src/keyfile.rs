@@ -276,20 +276,22 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
 /// access it (on Unix; elsewhere it accepts). [`read_secret`] makes this check, and so does
 /// every reader of another secret file (the relay's TLS private key), so that a secret left
 /// readable is refused, with the same words, whatever kind it is. Checked on the open
-/// handle, so that the file checked is the file read.
+/// handle, so that the file checked is the file read. A directory is refused as one first
+/// ([`KeyFileError::Io`], `IsADirectory`): its mode is no secret file's, and `chmod 600`
+/// is not the remedy.
 pub fn check_secret_mode(path: &Path, f: &File) -> Result<(), KeyFileError> {
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = f.metadata().map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(io_err(atomic_file::a_directory()));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = f
-            .metadata()
-            .map_err(|source| KeyFileError::Io {
-                path: path.to_owned(),
-                source,
-            })?
-            .permissions()
-            .mode()
-            & 0o7777;
+        let mode = meta.permissions().mode() & 0o7777;
         if mode & SECRET_KEY_FILE_FORBIDDEN_MODE != 0 {
             return Err(KeyFileError::Permissions {
                 path: path.to_owned(),
@@ -298,7 +300,7 @@ pub fn check_secret_mode(path: &Path, f: &File) -> Result<(), KeyFileError> {
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, f);
+    let _ = meta;
     Ok(())
 }
 
@@ -437,6 +439,36 @@ mod tests {
         let err = resolve_public(&not_a_point).expect_err("y = 2 is not on the curve");
         assert!(matches!(err, KeyFileError::BadInlineKey), "{err}");
         assert!(!err.to_string().contains(&not_a_point), "{err}");
+    }
+
+    /// A directory named where a key file belongs (`key = "keys"` for `keys/KAZ.key`) is
+    /// refused as a directory: not as a key file too large (a directory's 4096 bytes), nor,
+    /// as a secret, as one others may read with `chmod 600` for a remedy.
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_is_refused_as_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("keys");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let is_a_directory = |e: KeyFileError| {
+            let shown = e.to_string();
+            assert!(
+                matches!(&e, KeyFileError::Io { source, .. } if source.kind() == io::ErrorKind::IsADirectory),
+                "{e:?}"
+            );
+            assert!(
+                shown.contains("keys: is a directory")
+                    && !shown.contains("chmod")
+                    && !shown.contains("too large"),
+                "{shown}"
+            );
+        };
+        for mode in [0o700, 0o755] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            is_a_directory(read_secret(&dir).expect_err("a directory"));
+            is_a_directory(read_public(&dir).expect_err("a directory"));
+        }
     }
 
     #[test]

@@ -161,6 +161,14 @@ pub fn read_token(path: &Path) -> Result<String, TextFileError> {
     Ok(token.to_owned())
 }
 
+/// Why a path field of a relay's or a node's configuration given as `""` is refused.
+pub const EMPTY_PATH: &str =
+    "empty: give a path (a relative one is taken from this file's directory)";
+
+/// Why a `roster_key` given as `""` is refused.
+pub const EMPTY_KEY: &str =
+    "empty: give the roster key (64 hexadecimal digits) or the path of its .pub file";
+
 /// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most): a relay's or a
 /// node's, an exercise scenario, an exercise's endpoints file.
 pub fn read_config(path: &Path) -> Result<String, ConfigError> {
@@ -317,6 +325,16 @@ mod tests {
         );
         let e = read_secret(&p, 10).expect_err("too large");
         assert!(matches!(e, TextFileError::TooLarge { .. }), "{e:?}");
+        // A directory where the key belongs is refused as a directory, not for its mode.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).expect("mkdir");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = read_secret(&keys, 1024).expect_err("a directory");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("keys: is a directory") && !shown.contains("chmod"),
+            "{shown}"
+        );
     }
 
     #[test]

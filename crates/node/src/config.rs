@@ -137,6 +137,21 @@ impl NodeConfig {
         };
         let participant = ParticipantId::new(&raw.participant)
             .map_err(|e| invalid("participant", e.to_string()))?;
+        // An empty path would name this file's directory (`/etc/hotline/` as the store or
+        // the token) or, for a file in the working directory, nothing at all.
+        for (field, p) in [
+            ("key", &raw.key),
+            ("roster", &raw.roster),
+            ("data_dir", &raw.data_dir),
+            ("api.token_file", &raw.api.token_file),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(invalid(field, text_file::EMPTY_PATH.into()));
+            }
+        }
+        if raw.roster_key.trim().is_empty() {
+            return Err(invalid("roster_key", text_file::EMPTY_KEY.into()));
+        }
         if hotline_config::keyfile::is_key_hex(raw.key.to_string_lossy().trim()) {
             // Not echoed: it may be the participant's secret seed.
             return Err(invalid(
@@ -231,7 +246,11 @@ impl NodeConfig {
             ("hooks.on_unreachable", &raw.hooks.on_unreachable),
             ("hooks.on_roster_changed", &raw.hooks.on_roster_changed),
         ] {
-            if cmd.as_ref().is_some_and(|c| c.is_empty()) {
+            // An empty program name could never run: the hook would fail at every event.
+            if cmd
+                .as_ref()
+                .is_some_and(|c| c.first().is_none_or(|p| p.trim().is_empty()))
+            {
                 return Err(invalid(
                     field,
                     "give a program (and arguments), or leave it out".into(),
@@ -373,6 +392,39 @@ mod tests {
         assert_eq!(c.relays.len(), 2);
         let another = with(&relay("127.0.0.1:7401", &b));
         NodeConfig::parse(&another, Path::new("n.toml")).expect("another relay");
+    }
+
+    /// An empty path would name the configuration's own directory (`/etc/hotline/` as the
+    /// store or the token), and an empty roster key or hook program nothing: each is refused
+    /// naming its field.
+    #[test]
+    fn empty_paths_keys_and_programs_are_refused() {
+        for (field, from, to) in [
+            ("key", "key = \"KAZ.key\"", "key = \"\""),
+            ("roster", "roster = \"roster.signed\"", "roster = \"\""),
+            ("data_dir", "data_dir = \"data\"", "data_dir = \"\""),
+            (
+                "api.token_file",
+                "token_file = \"api.token\"",
+                "token_file = \"\"",
+            ),
+            (
+                "roster_key",
+                &format!("roster_key = \"{KEY}\""),
+                "roster_key = \" \"",
+            ),
+        ] {
+            let bad = text().replace(from, to);
+            assert_ne!(bad, text(), "{field}");
+            let e = NodeConfig::parse(&bad, Path::new("/etc/hotline/node.toml")).expect_err(field);
+            assert_eq!(e.field(), Some(field), "{e}");
+            assert!(e.to_string().contains("empty: give"), "{e}");
+        }
+        for program in ["[\"\"]", "[\" \", \"-x\"]"] {
+            let bad = format!("{}\n[hooks]\non_message = {program}\n", text());
+            let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err(program);
+            assert_eq!(e.field(), Some("hooks.on_message"), "{e}");
+        }
     }
 
     #[test]

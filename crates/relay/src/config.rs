@@ -196,6 +196,21 @@ impl RelayConfig {
             field,
             reason,
         };
+        // An empty path would name this file's directory (`/etc/hotline/` as the store) or,
+        // for a file in the working directory, nothing at all.
+        for (field, p) in [
+            ("cert", &raw.cert),
+            ("key", &raw.key),
+            ("roster", &raw.roster),
+            ("data_dir", &raw.data_dir),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(invalid(field, text_file::EMPTY_PATH.into()));
+            }
+        }
+        if raw.roster_key.trim().is_empty() {
+            return Err(invalid("roster_key", text_file::EMPTY_KEY.into()));
+        }
         let roster_key = hotline_config::keyfile::resolve_public_in(&raw.roster_key, base)
             .map_err(|e| invalid("roster_key", e.to_string()))?;
         let metrics_listen = match raw.metrics_listen.as_deref() {
@@ -569,6 +584,29 @@ mod tests {
         ))
         .expect_err("negative");
         assert!(e.to_string().contains("line 7"), "{e}");
+    }
+
+    /// An empty path would name the configuration's own directory (`/etc/hotline/` as the
+    /// store), and an empty roster key nothing: each is refused naming its field.
+    #[test]
+    fn empty_paths_and_keys_are_refused() {
+        let text = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n"
+        );
+        for (field, from) in [
+            ("cert", "cert = \"a\""),
+            ("key", "key = \"b\""),
+            ("roster", "roster = \"c\""),
+            ("data_dir", "data_dir = \"d\""),
+            ("roster_key", &format!("roster_key = \"{KEY}\"")),
+        ] {
+            let bad = text.replace(from, &format!("{field} = \"\""));
+            assert_ne!(bad, text, "{field}");
+            let e =
+                RelayConfig::parse(&bad, Path::new("/etc/hotline/relay.toml")).expect_err(field);
+            assert_eq!(e.field(), Some(field), "{e}");
+            assert!(e.to_string().contains("empty: give"), "{e}");
+        }
     }
 
     #[test]

@@ -111,10 +111,19 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     // refused first, naming the copy given (`StoreError::NewerSchema`, which says it is not
     // damaged), before anything is copied or renamed, and before anything else is read
     // from it in a layout this binary may not know.
+    // SQLite opens a directory, and a file that is no database, and only the first read
+    // fails, as "disk I/O error" or "storage: file is not a database", naming no file.
+    if from.is_dir() {
+        anyhow::bail!(
+            "{}: a directory; give the copy's file (`hotline backup` writes one, e.g. \
+             relay-20250101T030000.123Z.db)",
+            from.display()
+        );
+    }
     let (is_relay, holder) = {
-        let conn = hotline_store::open_read_only(&from)
-            .with_context(|| format!("{}: cannot read the copy", from.display()))?;
-        if hotline_relay::store::is_relay_store(&conn)? {
+        let unreadable = || format!("{}: cannot read the copy", from.display());
+        let conn = hotline_store::open_read_only(&from).with_context(unreadable)?;
+        if hotline_relay::store::is_relay_store(&conn).with_context(unreadable)? {
             hotline_relay::store::check_schema_version(&conn, &from)?;
             (true, None)
         } else if conn

@@ -7,8 +7,13 @@
 //! value breaks a rule they name the field, and this module finds that field's line in the
 //! text. Then it checks the files the configuration names, as far as this user can read them:
 //! a present but unusable file (a roster not signed by `roster_key`, a key file others may
-//! read, a participant missing from the roster) is an error; a missing or unreadable one is a
-//! warning, since the check often runs before the files are in place or as another user. A
+//! read, a participant missing from the roster, a node's API token file that holds no token)
+//! is an error; a missing or unreadable one is a warning, since the check often runs before
+//! the files are in place or as another user (a node's missing API token, which the node
+//! creates, only where it cannot: its directory missing, or outside the packaged unit's
+//! writable directory). For a configuration where the packaged units read it
+//! (`/etc/hotline`), each file is also checked to be readable by their account, `hotline`,
+//! since the check runs as root, who reads everything. A
 //! node's roster is checked as the node will use it: the newer of the file and the roster
 //! its store holds (read-only, so the check runs beside a running node). A store the service
 //! would refuse at start, with exit status 78, and that a read can tell (another
@@ -80,7 +85,10 @@ fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
             ),
         },
     };
-    let mut report = Report::default();
+    let mut report = Report {
+        account: packaged_account(path),
+        ..Report::default()
+    };
     let headline = match kind {
         Kind::Relay => {
             let config = RelayConfig::parse(&text, path)
@@ -127,14 +135,40 @@ struct Report {
     warnings: Vec<String>,
     /// Facts worth seeing (fingerprint, roster version).
     notes: Vec<String>,
+    /// The account the service runs as, when known ([`packaged_account`]): each file is
+    /// checked to be readable by it, not only by whoever runs the check (root, as the guide
+    /// says, reads everything).
+    account: Option<Account>,
 }
 
 impl Report {
     /// Records why `file` (named by `field`) could not be checked, if it is missing or
-    /// unreadable; returns whether it can be read.
+    /// unreadable; returns whether it can be read. A file this user can read but the
+    /// service's account cannot (a key `sudo hotline relay init` left owned by root) is an
+    /// error: the service would fail to read it at start.
     fn readable(&mut self, field: &str, file: &Path, hint: &str) -> bool {
         match std::fs::File::open(file) {
-            Ok(_) => true,
+            Ok(f) => {
+                let (Some(account), Ok(meta)) = (self.account, f.metadata()) else {
+                    return true;
+                };
+                if !account.may_read(&meta) {
+                    use std::os::unix::fs::MetadataExt as _;
+                    self.errors.push(format!(
+                        "{field} {}: the service's account {PACKAGED_ACCOUNT} cannot read it \
+                         (owner uid {}, group gid {}, mode {:04o}); the packaged unit runs the \
+                         service as {PACKAGED_ACCOUNT}: `chown {PACKAGED_ACCOUNT}:{PACKAGED_ACCOUNT} \
+                         {}` for a key (mode 0600), or `chgrp {PACKAGED_ACCOUNT}` and `chmod \
+                         0640` for another file (OPERATIONS.md 1)",
+                        file.display(),
+                        meta.uid(),
+                        meta.gid(),
+                        meta.mode() & 0o7777,
+                        file.display()
+                    ));
+                }
+                true
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.warnings
                     .push(format!("{field} {}: not found{hint}", file.display()));
@@ -422,13 +456,7 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
         }
     }
     check_data_dir(Kind::Node, &config.data_dir, text, path, report);
-    if !config.token_file.exists() {
-        report.notes.push(format!(
-            "api token {} does not exist yet: the node creates it at start, so its directory \
-             must be writable by the service",
-            config.token_file.display()
-        ));
-    }
+    check_token_file(config, text, path, report);
     let hooks = &config.hooks;
     for (name, cmd) in [
         ("hooks.on_message", &hooks.on_message),
@@ -456,6 +484,66 @@ fn check_node_files(config: &NodeConfig, text: &str, path: &Path, report: &mut R
     ));
 }
 
+/// The API token file, as the node reads it at start (`hotline_node::ensure_token`): one
+/// that is there but holds no token (an empty file, another file named by mistake) or is no
+/// file stops the node (exit status 78 for the first), and so is an error here; a missing
+/// one the node creates, which it cannot in a directory that does not exist, nor under the
+/// packaged unit, which lets it write only its data directory.
+fn check_token_file(config: &NodeConfig, text: &str, path: &Path, report: &mut Report) {
+    const FIELD: &str = "api.token_file";
+    let token = &config.token_file;
+    if !token.exists() {
+        let dir = parent_dir(token);
+        if !dir.is_dir() {
+            report.errors.push(with_line(
+                &format!(
+                    "{FIELD} {}: not found, and the node cannot create it: {} is not a directory",
+                    token.display(),
+                    dir.display()
+                ),
+                Some(FIELD),
+                text,
+                path,
+            ));
+        } else if packaged_token_unwritable(path, token) {
+            report.warnings.push(with_line(
+                &format!(
+                    "{FIELD} {}: not found, and the packaged systemd unit lets the node write \
+                     only {PACKAGED_NODE_DATA_DIR}, so it cannot create it: create it as the \
+                     package does (OPERATIONS.md 11.2)",
+                    token.display()
+                ),
+                Some(FIELD),
+                text,
+                path,
+            ));
+        } else {
+            report.notes.push(format!(
+                "api token {} does not exist yet: the node creates it at start, so its \
+                 directory must be writable by the service",
+                token.display()
+            ));
+        }
+        return;
+    }
+    if !report.readable(FIELD, token, "") {
+        return;
+    }
+    if let Err(e) = hotline_config::text_file::read_token(token) {
+        report
+            .errors
+            .push(with_line(&e.to_string(), Some(FIELD), text, path));
+    }
+}
+
+/// The directory holding `path`, `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Where the packaged systemd units let each service write (`StateDirectory=`), for a
 /// configuration in [`PACKAGED_CONFIG_DIR`].
 const PACKAGED_CONFIG_DIR: &str = "/etc/hotline";
@@ -470,9 +558,72 @@ fn packaged_data_dir_mismatch(kind: Kind, config: &Path, data_dir: &Path) -> Opt
         Kind::Relay => PACKAGED_RELAY_DATA_DIR,
         Kind::Node => PACKAGED_NODE_DATA_DIR,
     };
-    let config = std::path::absolute(config).ok()?;
-    (config.parent() == Some(Path::new(PACKAGED_CONFIG_DIR)) && data_dir != Path::new(expected))
-        .then_some(expected)
+    (packaged_config(config) && data_dir != Path::new(expected)).then_some(expected)
+}
+
+/// Whether the node could not create its missing API token `token` under the packaged
+/// unit: `config` is where the unit reads it from, and `token` is outside the one directory
+/// the unit lets the node write (`/etc/hotline/api.token`, which the package makes, is).
+fn packaged_token_unwritable(config: &Path, token: &Path) -> bool {
+    packaged_config(config) && !token.starts_with(PACKAGED_NODE_DATA_DIR)
+}
+
+/// The account the packaged units run both services as (`User=hotline`, `Group=hotline`).
+const PACKAGED_ACCOUNT: &str = "hotline";
+
+/// A service account's user and primary group ids: the package gives `hotline` no other
+/// group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Account {
+    uid: u32,
+    gid: u32,
+}
+
+impl Account {
+    /// Whether this account may read a file with `meta`'s owner, group and mode.
+    fn may_read(self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode();
+        if meta.uid() == self.uid {
+            mode & 0o400 != 0
+        } else if meta.gid() == self.gid {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        }
+    }
+}
+
+/// The packaged units' account, for a configuration where they read it, if the system has
+/// that account (the package makes it); `None` otherwise, and then files are checked as
+/// this user only.
+fn packaged_account(config: &Path) -> Option<Account> {
+    if !packaged_config(config) {
+        return None;
+    }
+    let passwd = hotline_config::text_file::read(Path::new("/etc/passwd"), 16 * 1024 * 1024);
+    account_in(&passwd.ok()?, PACKAGED_ACCOUNT)
+}
+
+/// The account `name` in the text of `/etc/passwd` (`name:x:uid:gid:...`).
+fn account_in(passwd: &str, name: &str) -> Option<Account> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next() != Some(name) {
+            return None;
+        }
+        let (_, uid, gid) = (fields.next()?, fields.next()?, fields.next()?);
+        Some(Account {
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+        })
+    })
+}
+
+/// Whether `config` is in the directory the packaged units read their configuration from.
+fn packaged_config(config: &Path) -> bool {
+    std::path::absolute(config)
+        .is_ok_and(|config| config.parent() == Some(Path::new(PACKAGED_CONFIG_DIR)))
 }
 
 fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut Report) {
@@ -487,13 +638,22 @@ fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut 
             path,
         ));
     }
-    if dir.exists() && !dir.is_dir() {
-        report.errors.push(with_line(
-            &format!("data_dir {}: not a directory", dir.display()),
-            Some("data_dir"),
-            text,
-            path,
-        ));
+    // The service creates the directory if it is missing, which it cannot below a file:
+    // the nearest part of the path that exists must be a directory.
+    let existing = dir.ancestors().find(|p| p.exists());
+    if let Some(file) = existing.filter(|p| !p.is_dir()) {
+        let what = if file == dir {
+            format!("data_dir {}: not a directory", dir.display())
+        } else {
+            format!(
+                "data_dir {}: cannot be created: {} is not a directory",
+                dir.display(),
+                file.display()
+            )
+        };
+        report
+            .errors
+            .push(with_line(&what, Some("data_dir"), text, path));
     } else {
         report.notes.push(format!("store in {}", dir.display()));
     }
@@ -683,6 +843,88 @@ mod tests {
             packaged_data_dir_mismatch(Kind::Relay, here, Path::new("/srv/x")),
             None
         );
+    }
+
+    #[test]
+    fn the_service_account_is_found_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nhotlinex:x:5:5::/:/bin/sh\n\
+                      hotline:x:998:997:CICA Hotline:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(
+            account_in(passwd, "hotline"),
+            Some(Account { uid: 998, gid: 997 })
+        );
+        assert_eq!(account_in(passwd, "nobody"), None);
+        assert_eq!(account_in("hotline:x:abc:1:\n", "hotline"), None);
+    }
+
+    /// A file this user reads but the service's account cannot (a key `sudo hotline relay
+    /// init` left owned by root, mode 0600) is an error, as the service would fail to read
+    /// it; what the account can read, by owner, group or others, passes.
+    #[test]
+    fn a_file_the_service_account_cannot_read_is_an_error() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.key");
+        std::fs::write(&file, "k").expect("write");
+        let meta = std::fs::metadata(&file).expect("stat");
+        let (me, my_group) = (meta.uid(), meta.gid());
+        let other = Account {
+            uid: me.wrapping_add(1),
+            gid: my_group.wrapping_add(1),
+        };
+        let errors = |mode: u32, account: Account| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let mut report = Report {
+                account: Some(account),
+                ..Report::default()
+            };
+            assert!(report.readable("key", &file, ""), "this user reads it");
+            report.errors
+        };
+        let e = errors(0o600, other);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("relay.key: the service's account hotline cannot read it")
+                && e[0].contains("mode 0600")
+                && e[0].contains("chown hotline:hotline"),
+            "{e:?}"
+        );
+        assert!(errors(0o600, Account { uid: me, ..other }).is_empty());
+        assert!(errors(
+            0o640,
+            Account {
+                gid: my_group,
+                ..other
+            }
+        )
+        .is_empty());
+        assert!(!errors(
+            0o600,
+            Account {
+                gid: my_group,
+                ..other
+            }
+        )
+        .is_empty());
+        assert!(errors(0o644, other).is_empty());
+    }
+
+    #[test]
+    fn a_token_the_packaged_unit_cannot_create_is_noticed() {
+        let etc = Path::new("/etc/hotline/node.toml");
+        assert!(packaged_token_unwritable(
+            etc,
+            Path::new("/etc/hotline/api.token")
+        ));
+        assert!(!packaged_token_unwritable(
+            etc,
+            Path::new("/var/lib/hotline-node/api.token")
+        ));
+        // Outside /etc/hotline the packaged units are not involved.
+        assert!(!packaged_token_unwritable(
+            Path::new("/srv/hotline/node.toml"),
+            Path::new("/srv/hotline/api.token")
+        ));
     }
 
     #[test]

@@ -68,10 +68,12 @@ fn is_lasting(e: &(dyn std::error::Error + 'static)) -> bool {
         return match e {
             NodeError::Config(_) | NodeError::Key(_) | NodeError::Roster(_) => true,
             NodeError::Store(e) => store_is_lasting(e),
-            // A file that is there but holds no token (an unreadable one may be a moment's).
-            NodeError::Token(e) => {
-                !matches!(e, hotline_config::text_file::TextFileError::Io { .. })
+            // A file that is there but holds no token, or a directory where the file belongs
+            // (an unreadable one may be a moment's).
+            NodeError::Token(hotline_config::text_file::TextFileError::Io { source, .. }) => {
+                source.kind() == std::io::ErrorKind::IsADirectory
             }
+            NodeError::Token(_) => true,
             _ => false,
         };
     }

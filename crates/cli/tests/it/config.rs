@@ -486,6 +486,103 @@ fn a_relay_key_others_may_read_is_refused() {
     );
 }
 
+/// The API token file is checked as the node reads it at start: a file there that holds no
+/// token, a directory, or a missing file in a directory that does not exist stops the node,
+/// and `config check` refused none of them ("OK", exit 0). Each is refused now, naming the
+/// file and the `token_file` line, and the node, started on the same configuration, fails
+/// too: with status 78 (its unit does not restart it) for a file that holds no token or a
+/// directory, which stay so until someone changes them (a directory exited 1, and systemd
+/// restarted the node five times to meet it again); a good token passes both.
+#[test]
+fn an_api_token_file_the_node_would_refuse_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (keys, roster_key) = roster_key_and_cica_roster(d);
+    std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
+    set_mode(&d.join("KAZ.key"), 0o600);
+    let node = d.join("node.toml");
+    let text = node_text(&"ab".repeat(32))
+        .replace(KEY, &roster_key)
+        .replace("[api]\n", "[api]\nlisten = \"127.0.0.1:0\"\n");
+    let start = |token_file: &str| {
+        std::fs::write(
+            &node,
+            text.replace("\"api.token\"", &format!("\"{token_file}\"")),
+        )
+        .expect("write");
+        let args = ["node", "--config", s(&node)];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotline"));
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        super::output_within(
+            super::spawn_grouped(&mut cmd),
+            &args,
+            std::time::Duration::from_secs(30),
+            "the node started with a token file `config check` refused",
+        )
+    };
+    let token = d.join("api.token");
+    for (token_file, setup, expected, exit) in [
+        (
+            "api.token",
+            (|t: &Path| std::fs::write(t, "").expect("empty")) as fn(&Path),
+            "api.token: not an API token",
+            Some(78),
+        ),
+        (
+            "api.token",
+            |t: &Path| std::fs::create_dir(t).expect("mkdir"),
+            "api.token: is a directory",
+            Some(78),
+        ),
+        (
+            "missing/api.token",
+            |_: &Path| {},
+            "missing is not a directory",
+            Some(1),
+        ),
+    ] {
+        let _ = std::fs::remove_file(&token);
+        let _ = std::fs::remove_dir(&token);
+        setup(&token);
+        let out = start(token_file);
+        assert_eq!(out.status.code(), exit, "the node: {out:?}");
+        let out = check(&node);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{token_file}: {out:?}");
+        assert!(
+            stderr.contains(expected)
+                && stderr.contains(&format!("node.toml:13: token_file = \"{token_file}\"")),
+            "{stderr}"
+        );
+    }
+    std::fs::write(&token, format!("{}\n", "cd".repeat(32))).expect("token");
+    std::fs::write(&node, &text).expect("write");
+    let out = hotline(&["config", "check", "--strict", s(&node)]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A `data_dir` below a file can never be created (the service fails at each start, "Not
+/// a directory"), and `config check` passed it since the directory itself does not exist:
+/// refused, naming the file in the way and the line.
+#[test]
+fn a_data_dir_below_a_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("plain"), "").expect("write");
+    let text = relay_text().replace("data_dir = \"data\"", "data_dir = \"plain/data\"");
+    let err = refused(dir.path(), "relay.toml", &text);
+    assert!(
+        err.contains("cannot be created") && err.contains("plain is not a directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("relay.toml:6: data_dir = \"plain/data\""),
+        "{err}"
+    );
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");

@@ -104,6 +104,32 @@ fn a_node_copy_from_a_newer_schema_is_refused_and_the_store_in_place_is_kept() {
 
 /// `hotline audit verify` on a store from a newer release says so, for a relay's and a
 /// node's, rather than report a journal or records that do not verify.
+/// A copy that is no store (a configuration given by mistake) or a directory is refused
+/// naming it: they were refused as `storage: file is not a database` and `cannot open
+/// database …: disk I/O error`, the first naming no file, before anything is touched.
+#[test]
+fn a_copy_that_is_no_store_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).expect("mkdir");
+    std::fs::write(d.join("relay.toml"), "listen = \"127.0.0.1:7400\"\n").expect("write");
+    std::fs::create_dir(d.join("copies")).expect("mkdir");
+    for (from, why) in [
+        ("relay.toml", "relay.toml: cannot read the copy"),
+        ("copies", "copies: a directory; give the copy's file"),
+    ] {
+        let out = hotline(d, &["restore", "--from", from, "--data", "data"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{from}: {out:?}");
+        assert!(
+            stderr.starts_with(&format!("error: {why}")) && !stderr.contains("disk I/O"),
+            "{from}: {stderr}"
+        );
+        let left = std::fs::read_dir(d.join("data")).expect("ls").count();
+        assert_eq!(left, 0, "{from}: nothing is put in the data directory");
+    }
+}
+
 #[test]
 fn audit_verify_names_a_store_from_a_newer_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
