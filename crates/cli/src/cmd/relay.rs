@@ -256,7 +256,7 @@ fn report(
     if !db.exists() {
         anyhow::bail!("{}: no relay store here (has the relay run?)", db.display());
     }
-    let conn = hotline_store::open(&db, false)?;
+    let conn = hotline_store::open_read_only(&db)?;
     if !hotline_relay::store::is_relay_store(&conn)? {
         anyhow::bail!("{}: not a relay store", db.display());
     }
