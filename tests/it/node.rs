@@ -937,6 +937,37 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
     relay.shutdown().await;
 }
 
+/// One HTTP/1.1 request without a body over a plain TCP connection, waiting for the answer
+/// as long as it takes (the caller bounds the wait): (status, body).
+async fn http_waiting(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let resp = String::from_utf8_lossy(&out).into_owned();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// One HTTP/1.1 request over a plain TCP connection: (status, body).
 async fn http(
     addr: std::net::SocketAddr,
@@ -1438,7 +1469,20 @@ async fn connections_to_the_api_cannot_use_up_the_descriptors_paging_needs() {
     let hook = kgz.proc.wait_line(&["hook", "on_message"]).await.unwrap();
     assert!(hook.contains("hook ran"), "{hook}");
 
-    // Once they are closed, the API answers again.
+    // While they are still held, the API answers: the node closes each connection that
+    // has sent no request within `API_HEADER_READ_TIMEOUT_MS`, and this one, queued behind
+    // them, is taken and answered. It used to wait until the client closed them.
+    let within = std::time::Duration::from_millis(hotline_node::limits::API_HEADER_READ_TIMEOUT_MS)
+        + EVENT_TIMEOUT;
+    let (status, body) = tokio::time::timeout(
+        within,
+        http_waiting(kgz.api, "GET", "/v1/inbox", Some(&kgz.token())),
+    )
+    .await
+    .expect("answered while the idle connections are held")
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(flash.as_str()), "{body}");
     drop(held);
     let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
     assert_eq!(inbox[0]["id"], flash.as_str(), "{inbox}");

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -25,8 +26,8 @@ use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
 use crate::limits::{
-    API_BODY_BYTES_MAX, API_CONNECTIONS_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX,
-    QUARANTINE_DISCARD_BATCH,
+    API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
+    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -220,10 +221,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Logged by `log_refusals`, never with the body.
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(json_rejection(e)),
+        // Logged by `log_refusals`, never with the body. A body that does not come in time
+        // would hold its connection's place for good (the head's timeout has run by then).
+        let within = Duration::from_millis(API_BODY_READ_TIMEOUT_MS);
+        match tokio::time::timeout(within, Json::<T>::from_request(req, state)).await {
+            Ok(Ok(Json(v))) => Ok(Body(v)),
+            Ok(Err(e)) => Err(json_rejection(e)),
+            Err(_) => Err(ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the request's body did not arrive within {within:?}"),
+            )),
         }
     }
 }
@@ -294,21 +302,32 @@ fn json_rejection(e: JsonRejection) -> ApiError {
 struct Capped {
     listener: tokio::net::TcpListener,
     permits: Arc<tokio::sync::Semaphore>,
+    /// How many places `permits` has.
+    max: usize,
     /// The line saying the limit was reached: once a minute at most.
     logged: hotline_net::Throttle,
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = CappedIo;
-    type Addr = std::net::SocketAddr;
+impl Capped {
+    /// `listener`, serving at most `max` connections at once.
+    fn new(listener: tokio::net::TcpListener, max: usize) -> Self {
+        Self {
+            listener,
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            logged: hotline_net::Throttle::new(Duration::from_secs(60)),
+        }
+    }
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    /// The next connection, once one of the places is free. Cancel-safe: a place taken
+    /// for a connection not yet accepted is given back.
+    async fn accept(&mut self) -> (CappedIo, std::net::SocketAddr) {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 if let Some(times) = self.logged.tick(1, std::time::Instant::now()) {
                     warn!(
-                        connections = API_CONNECTIONS_MAX,
+                        connections = self.max,
                         times,
                         "local API: connection limit reached; further connections wait until \
                          one closes"
@@ -329,10 +348,6 @@ impl axum::serve::Listener for Capped {
             },
             addr,
         )
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
     }
 }
 
@@ -388,13 +403,9 @@ impl tokio::io::AsyncWrite for CappedIo {
     }
 }
 
-/// Serves the API until shutdown.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    state: St,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// The API's routes, behind the token check and the refusal log.
+fn router(state: St) -> Router {
+    Router::new()
         .route("/v1/status", get(status))
         .route("/v1/messages", post(send).get(sent_list))
         .route("/v1/messages/{id}", get(show))
@@ -408,20 +419,111 @@ pub(crate) async fn serve(
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(log_refusals))
-        .with_state(state);
-    let stop = async move {
+        .with_state(state)
+}
+
+/// Serves the API until shutdown.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: St,
+    shutdown: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    let listener = Capped::new(listener, API_CONNECTIONS_MAX);
+    let header_read = Duration::from_millis(API_HEADER_READ_TIMEOUT_MS);
+    serve_capped(listener, app, header_read, shutdown).await;
+}
+
+/// Serves `app` on `listener`'s connections until shutdown, then waits for those open to
+/// finish (each is told to close after its answer in progress).
+///
+/// The connections are served here rather than by `axum::serve`, which sets no timeout at
+/// all: a connection that sent nothing, or half a request head, or was kept alive and left
+/// idle, held one of the listener's places for good, so that a local client could keep the
+/// operator's commands and the hooks' scripts out. Here each connection has `header_read`
+/// to send a request's head (`API_HEADER_READ_TIMEOUT_MS`), counted from its start and,
+/// kept alive, from the end of each answer; hyper closes it past that. It does not run once
+/// the head is read: an event stream stays open as long as its client keeps it.
+async fn serve_capped(
+    mut listener: Capped,
+    app: Router,
+    header_read: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let timeouts = Arc::new(std::sync::Mutex::new(hotline_net::Throttle::new(
+        Duration::from_secs(60),
+    )));
+    let mut connections = tokio::task::JoinSet::new();
+    let for_connections = shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            // The node is stopping (or gone): take no more connections.
+            _ = shutdown.wait_for(|v| *v) => break,
+            // A connection ended: forget its task, so that the set holds open ones only.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // A new connection, once a place is free.
+            (io, _) = listener.accept() => {
+                connections.spawn(serve_connection(
+                    io,
+                    app.clone(),
+                    header_read,
+                    timeouts.clone(),
+                    for_connections.clone(),
+                ));
+            }
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection of [`serve_capped`] until it closes, or, once the node is stopping,
+/// until its answer in progress is written.
+async fn serve_connection(
+    io: CappedIo,
+    app: Router,
+    header_read: Duration,
+    timeouts: Arc<std::sync::Mutex<hotline_net::Throttle>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let stopping = async move {
+        // The watch's guard is dropped here, before anything else is awaited.
         let _ = shutdown.wait_for(|v| *v).await;
     };
-    let listener = Capped {
-        listener,
-        permits: Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX)),
-        logged: hotline_net::Throttle::new(std::time::Duration::from_secs(60)),
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "local API failed");
+    match ended {
+        Ok(()) => {}
+        // A client that sent no request in time: logged, at most once a minute (a client
+        // could otherwise have the node log a line at will), with how many.
+        Err(e) if e.is_timeout() => {
+            let times = timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tick(1, std::time::Instant::now());
+            if let Some(times) = times {
+                info!(
+                    times,
+                    within_ms = header_read.as_millis() as u64,
+                    "local API: closed a connection that sent no request in time"
+                );
+            }
+        }
+        // A client gone midway, a malformed request head (answered 400 by hyper): the
+        // connection's own business, nothing for the operator.
+        Err(e) => tracing::debug!(error = %e, "local API: connection ended"),
     }
 }
 
@@ -1841,6 +1943,155 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// Reads from `s` until `needle` has come, or fails at EOF; what was read.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "EOF before {needle:?}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Connections that send no request (nothing, half a head, or nothing more once kept
+    /// alive) cannot keep every place: each is closed once it has sent no head for the
+    /// header-read timeout, and a client queued behind them is answered. With `axum::serve`
+    /// they held the places for good, and the client waited for ever. An event stream open
+    /// longer than that timeout is not cut.
+    #[tokio::test]
+    async fn connections_that_send_no_request_cannot_keep_a_client_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (events, _) = tokio::sync::broadcast::channel::<&'static str>(4);
+        let stream_events = events.clone();
+        let app = Router::new().route("/ok", get(|| async { "ok" })).route(
+            "/events",
+            get(move || {
+                let rx = stream_events.subscribe();
+                async move {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        let data = rx.recv().await.ok().filter(|d| *d != "end")?;
+                        Some((Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
+                    });
+                    Sse::new(stream)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let header_read = Duration::from_millis(300);
+        let server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4),
+            app,
+            header_read,
+            stopping,
+        ));
+        let connect = || tokio::net::TcpStream::connect(addr);
+
+        // The four places: an event stream, answered; then a connection that sends nothing,
+        // one that sends half a request head, and one kept alive after its answer.
+        let mut stream = connect().await.unwrap();
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let head = tokio::time::timeout(WAIT, read_until(&mut stream, "\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let idle = connect().await.unwrap();
+        let mut half = connect().await.unwrap();
+        half.write_all(b"GET /ok HTTP/1.1\r\nHost: n")
+            .await
+            .unwrap();
+        let mut kept = connect().await.unwrap();
+        kept.write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut kept, "\r\n\r\nok"))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // Every place is held (the idle two were accepted before the one answered): this
+        // client waits in the listen queue until the node closes one of them.
+        let mut client = connect().await.unwrap();
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut client, "\r\n\r\nok"))
+            .await
+            .expect("answered once the idle connections are closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        for (what, mut c) in [("idle", idle), ("half a head", half), ("kept alive", kept)] {
+            // Closed by the node: at EOF (half a head is answered 408 first).
+            let mut rest = Vec::new();
+            tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: still open"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+
+        // The stream, open for longer than the timeout by now, still carries events.
+        events.send("still here").unwrap();
+        let data = tokio::time::timeout(WAIT, read_until(&mut stream, "data: still here"))
+            .await
+            .unwrap();
+        assert!(data.contains("still here"), "{data}");
+
+        // Stopping waits for the stream's answer to end.
+        stop.send(true).unwrap();
+        events.send("end").unwrap();
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    /// A request whose body does not come (its head says 100 bytes, 10 arrive) is answered
+    /// `408 timeout` once `API_BODY_READ_TIMEOUT_MS` has passed, and its connection closed:
+    /// it used to wait for the rest for good, holding the connection's place (the head's
+    /// timeout has run by then).
+    #[tokio::test]
+    async fn a_body_that_does_not_come_is_answered_408_and_its_connection_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn take(Body(_): Body<AckRequest>) -> StatusCode {
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new()
+            .route("/v1/messages/{id}/ack", post(take))
+            .layer(middleware::from_fn(log_refusals));
+        let (base, server) = serve_on_loopback(app).await;
+        let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        s.write_all(
+            b"POST /v1/messages/ab/ack HTTP/1.1\r\nHost: node\r\nContent-Type: \
+              application/json\r\nContent-Length: 100\r\n\r\n{\"officer\"",
+        )
+        .await
+        .unwrap();
+        let within = Duration::from_millis(API_BODY_READ_TIMEOUT_MS) + Duration::from_secs(20);
+        let mut answer = Vec::new();
+        tokio::time::timeout(within, s.read_to_end(&mut answer))
+            .await
+            .expect("answered, and the connection closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        server.abort();
     }
 
     /// A path whose `{id}` is escaped bytes that are not UTF-8 is refused in the API's
