@@ -27,7 +27,7 @@ use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status
 
 use crate::limits::{
     API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
-    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, QUARANTINE_DISCARD_BATCH,
+    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -304,17 +304,21 @@ struct Capped {
     permits: Arc<tokio::sync::Semaphore>,
     /// How many places `permits` has.
     max: usize,
+    /// How long a connection's write may wait for its client ([`CappedIo`]).
+    stall: Duration,
     /// The line saying the limit was reached: once a minute at most.
     logged: hotline_net::Throttle,
 }
 
 impl Capped {
-    /// `listener`, serving at most `max` connections at once.
-    fn new(listener: tokio::net::TcpListener, max: usize) -> Self {
+    /// `listener`, serving at most `max` connections at once, each closed once its client
+    /// has taken nothing of an answer for `stall`.
+    fn new(listener: tokio::net::TcpListener, max: usize, stall: Duration) -> Self {
         Self {
             listener,
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
             max,
+            stall,
             logged: hotline_net::Throttle::new(Duration::from_secs(60)),
         }
     }
@@ -345,16 +349,51 @@ impl Capped {
             CappedIo {
                 io,
                 _permit: permit,
+                stall: self.stall,
+                stalled: None,
             },
             addr,
         )
     }
 }
 
-/// A connection of [`Capped`], which frees its place when dropped.
+/// A connection of [`Capped`], which frees its place when dropped, and fails a write the
+/// client has taken nothing of for `stall` (`API_WRITE_STALL_TIMEOUT_MS`), which closes it:
+/// a client that never reads its answer would otherwise hold the place for good.
 struct CappedIo {
     io: tokio::net::TcpStream,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    stall: Duration,
+    /// Since the socket last refused bytes, running until it takes some.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl CappedIo {
+    /// What a write the socket answered with `written` gives: itself, once bytes were
+    /// taken (or it failed); while none are, pending until `stall` has passed since the
+    /// socket first refused them, then a `TimedOut` error.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let stall = self.stall;
+        let clock = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match clock.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing of its answer for {stall:?}"),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for CappedIo {
@@ -373,14 +412,16 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.unless_stalled(cx, written)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.unless_stalled(cx, flushed)
     }
 
     fn poll_shutdown(
@@ -395,7 +436,8 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.unless_stalled(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -429,7 +471,11 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let app = router(state);
-    let listener = Capped::new(listener, API_CONNECTIONS_MAX);
+    let listener = Capped::new(
+        listener,
+        API_CONNECTIONS_MAX,
+        Duration::from_millis(API_WRITE_STALL_TIMEOUT_MS),
+    );
     let header_read = Duration::from_millis(API_HEADER_READ_TIMEOUT_MS);
     serve_capped(listener, app, header_read, shutdown).await;
 }
@@ -478,6 +524,20 @@ async fn serve_capped(
     while connections.join_next().await.is_some() {}
 }
 
+/// Whether `e` is a write [`CappedIo`] failed for a client that took nothing.
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Serves one connection of [`serve_capped`] until it closes, or, once the node is stopping,
 /// until its answer in progress is written.
 async fn serve_connection(
@@ -518,6 +578,20 @@ async fn serve_connection(
                     times,
                     within_ms = header_read.as_millis() as u64,
                     "local API: closed a connection that sent no request in time"
+                );
+            }
+        }
+        // A client that took nothing of its answer in time ([`CappedIo`]): likewise.
+        Err(e) if timed_out(&e) => {
+            let times = timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tick(1, std::time::Instant::now());
+            if let Some(times) = times {
+                info!(
+                    times,
+                    "local API: closed a connection whose client took nothing of its answer in \
+                     time"
                 );
             }
         }
@@ -2106,7 +2180,7 @@ mod tests {
         let (stop, stopping) = watch::channel(false);
         let header_read = Duration::from_millis(300);
         let server = tokio::spawn(serve_capped(
-            Capped::new(listener, 4),
+            Capped::new(listener, 4, WAIT),
             app,
             header_read,
             stopping,
@@ -2168,6 +2242,49 @@ mod tests {
         // Stopping waits for the stream's answer to end.
         stop.send(true).unwrap();
         events.send("end").unwrap();
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    /// A client that asked for a long answer and reads none of it cannot keep its place:
+    /// once the node's writes have waited for it for the stall limit, the connection is
+    /// closed, and a client queued behind it is answered. It used to wait for good.
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_of_its_answer_cannot_keep_a_client_out() {
+        use tokio::io::AsyncWriteExt;
+        const WAIT: Duration = Duration::from_secs(20);
+        // Far more than the kernel's buffers on both ends hold.
+        let big = vec![b'x'; 64 * 1024 * 1024];
+        let app = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route("/big", get(move || std::future::ready(big.clone())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let server = tokio::spawn(serve_capped(
+            Capped::new(listener, 1, Duration::from_millis(300)),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
+        reader
+            .write_all(b"GET /big HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut client, "\r\n\r\nok"))
+            .await
+            .expect("answered once the reader's connection is closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop.send(true).unwrap();
+        drop(reader);
         tokio::time::timeout(WAIT, server)
             .await
             .expect("the server stops")

@@ -178,6 +178,15 @@ pub const API_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// place either.
 pub const API_BODY_READ_TIMEOUT_MS: u64 = API_HEADER_READ_TIMEOUT_MS;
 
+/// How long the local API waits for a client to take any more of an answer once the
+/// connection's send buffer is full; past it the connection is closed. Without it a client
+/// that asked for a long list (up to 1,000 messages of 64 KiB) and never read it held its
+/// place for good, as a connection that sent nothing did before `API_HEADER_READ_TIMEOUT_MS`.
+/// 30 s: a client reads as fast as the machine lets it, and the kernel's buffers hold
+/// megabytes, so an event stream whose reader is paused (`hotline watch | less`) stalls only
+/// after a great many events.
+pub const API_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
+
 /// Largest API request body.
 pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
 
