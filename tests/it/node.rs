@@ -1039,6 +1039,37 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
     relay.shutdown().await;
 }
 
+/// One HTTP/1.1 request without a body over a plain TCP connection, waiting for the answer
+/// as long as it takes (the caller bounds the wait): (status, body).
+async fn http_waiting(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let resp = String::from_utf8_lossy(&out).into_owned();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// One HTTP/1.1 request over a plain TCP connection: (status, body).
 async fn http(
     addr: std::net::SocketAddr,
@@ -1467,14 +1498,148 @@ async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknow
     let all = node.cli(&["inbox"]).await.unwrap();
     assert!(all.status.success(), "{all:?}");
     assert!(!all.stdout.contains(&waiting_id.to_string()), "{all:?}");
-    let note = format!(
-        "\n(only the newest {API_LIST_MAX} messages are listed, the most the node lists: \
-         `hotline inbox --unacknowledged` lists the unacknowledged ones from the whole inbox, \
-         `hotline show ID` shows any one by its id)\n"
-    );
-    assert!(all.stdout.ends_with(&note), "{}", all.stdout);
     let listed = node.cli_json(&["inbox"]).await.unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(API_LIST_MAX));
+    // The line under the list names the command for the next page: the same list, older
+    // than the last one listed. There was no way to see older messages.
+    let last = listed[API_LIST_MAX - 1]["id"].as_str().unwrap();
+    let note = format!(
+        "\n(the node lists at most {API_LIST_MAX} messages at once: `hotline inbox --before \
+         {last}` lists the next older ones; `hotline inbox --unacknowledged` lists the \
+         unacknowledged ones from the whole inbox)\n"
+    );
+    assert!(all.stdout.ends_with(&note), "{}", all.stdout);
+    let older = node.cli(&["inbox", "--before", last]).await.unwrap();
+    assert!(older.status.success(), "{older:?}");
+    let rows: Vec<&str> = older.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{}", older.stdout);
+    assert!(
+        rows[0].starts_with(&waiting_id.to_string()),
+        "{}",
+        older.stdout
+    );
+    let past = node
+        .cli(&["inbox", "--before", &waiting_id.to_string()])
+        .await
+        .unwrap();
+    assert!(
+        past.stdout
+            .ends_with(&format!("\n(no messages older than {waiting_id})\n")),
+        "{past:?}"
+    );
+    // The API's own pages, and a `before` that names no received message, or no id.
+    let token = node.token();
+    let (status, body) = http(
+        node.api,
+        "GET",
+        &format!("/v1/inbox?before={last}&limit=5"),
+        Some(&token),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page.as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page[0]["id"], waiting_id.to_string().as_str());
+    let unknown = "00000000000000000000000000000001";
+    let (status, body) = http(
+        node.api,
+        "GET",
+        &format!("/v1/inbox?unacknowledged=true&before={unknown}"),
+        Some(&token),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains(r#""code":"not_found""#), "{body}");
+    let (status, body) = http(node.api, "GET", "/v1/inbox?before=zz", Some(&token), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#""code":"bad_id""#), "{body}");
+    stop_node(node).await;
+}
+
+/// `hotline sent` that the node cut at its limit names the command for the next page, and
+/// that command lists the older ones, each once, down to the first; `GET
+/// /v1/messages?before=ID` is that page. There was no way to see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_list_cut_at_the_limit_goes_on_with_before() {
+    use hotline_node::limits::API_LIST_MAX;
+    use hotline_node::store::{Draft, NodeStore};
+    use hotline_proto::{Audience, Kind, Precedence, Status};
+    let net = net();
+    net.node_config("KGZ", free_udp_addr());
+    let data = net.path().join("node-KGZ");
+    std::fs::create_dir_all(&data).unwrap();
+    let (kgz, key, kaz) = (pid("KGZ"), net.key("KGZ"), pid("KAZ"));
+    let mut sent = Vec::new();
+    {
+        let mut store = NodeStore::open(&data).unwrap();
+        for i in 0..API_LIST_MAX + 2 {
+            let draft = Draft {
+                audience: Audience::Participants(vec![kaz.clone()]),
+                kind: Kind::Notice,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Notification {i}"),
+                body: String::new(),
+            };
+            let signed = store
+                .compose(&kgz, &key, draft, std::slice::from_ref(&kaz), 1, now_ms())
+                .unwrap()
+                .unwrap();
+            sent.push(signed.decode_unverified().unwrap().id.to_string());
+        }
+    }
+    sent.reverse();
+    let node = net.start_node("KGZ").await.unwrap();
+    let first = node.cli_json(&["sent"]).await.unwrap();
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&first), sent[..API_LIST_MAX], "newest first");
+    let text = node.cli(&["sent"]).await.unwrap();
+    let last = &sent[API_LIST_MAX - 1];
+    let command = format!("`hotline sent --before {last}` lists the next older ones");
+    assert!(text.stdout.contains(&command), "{}", text.stdout);
+    let older = node.cli_json(&["sent", "--before", last]).await.unwrap();
+    assert_eq!(ids(&older), sent[API_LIST_MAX..], "the rest, once each");
+    assert!(older[0]["recipients"][0]["recipient"] == "KAZ", "{older}");
+    let text = node.cli(&["sent", "--before", last]).await.unwrap();
+    assert!(!text.stdout.contains("at most"), "{}", text.stdout);
+    let (status, body) = http(
+        node.api,
+        "GET",
+        &format!("/v1/messages?limit=1&before={}", sent[1]),
+        Some(&node.token()),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ids(&page), [sent[2].clone()]);
+    // A received message is not one of the sent list's.
+    let (status, body) = http(
+        node.api,
+        "GET",
+        "/v1/messages?before=00000000000000000000000000000001",
+        Some(&node.token()),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
     stop_node(node).await;
 }
 
@@ -1540,7 +1705,20 @@ async fn connections_to_the_api_cannot_use_up_the_descriptors_paging_needs() {
     let hook = kgz.proc.wait_line(&["hook", "on_message"]).await.unwrap();
     assert!(hook.contains("hook ran"), "{hook}");
 
-    // Once they are closed, the API answers again.
+    // While they are still held, the API answers: the node closes each connection that
+    // has sent no request within `API_HEADER_READ_TIMEOUT_MS`, and this one, queued behind
+    // them, is taken and answered. It used to wait until the client closed them.
+    let within = std::time::Duration::from_millis(hotline_node::limits::API_HEADER_READ_TIMEOUT_MS)
+        + EVENT_TIMEOUT;
+    let (status, body) = tokio::time::timeout(
+        within,
+        http_waiting(kgz.api, "GET", "/v1/inbox", Some(&kgz.token())),
+    )
+    .await
+    .expect("answered while the idle connections are held")
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(flash.as_str()), "{body}");
     drop(held);
     let inbox = kgz.cli_json(&["inbox"]).await.unwrap();
     assert_eq!(inbox[0]["id"], flash.as_str(), "{inbox}");

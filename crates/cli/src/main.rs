@@ -76,7 +76,7 @@ enum Command {
     /// Discard a quarantined delivery (listed by `hotline inbox --quarantined`).
     Discard(cmd::operator::DiscardArgs),
     /// List sent messages with their state.
-    Sent(cmd::operator::PlainArgs),
+    Sent(cmd::operator::SentArgs),
     /// The node's own state: roster, relays, outbox.
     NodeStatus(cmd::operator::PlainArgs),
     /// Follow live events (messages, receipts, overdue, relay up/down).

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -25,8 +26,8 @@ use hotline_proto::routing;
 use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status};
 
 use crate::limits::{
-    API_BODY_BYTES_MAX, API_CONNECTIONS_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX,
-    QUARANTINE_DISCARD_BATCH,
+    API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
+    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -220,10 +221,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Logged by `log_refusals`, never with the body.
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(json_rejection(e)),
+        // Logged by `log_refusals`, never with the body. A body that does not come in time
+        // would hold its connection's place for good (the head's timeout has run by then).
+        let within = Duration::from_millis(API_BODY_READ_TIMEOUT_MS);
+        match tokio::time::timeout(within, Json::<T>::from_request(req, state)).await {
+            Ok(Ok(Json(v))) => Ok(Body(v)),
+            Ok(Err(e)) => Err(json_rejection(e)),
+            Err(_) => Err(ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the request's body did not arrive within {within:?}"),
+            )),
         }
     }
 }
@@ -294,21 +302,36 @@ fn json_rejection(e: JsonRejection) -> ApiError {
 struct Capped {
     listener: tokio::net::TcpListener,
     permits: Arc<tokio::sync::Semaphore>,
+    /// How many places `permits` has.
+    max: usize,
+    /// How long a connection's write may wait for its client ([`CappedIo`]).
+    stall: Duration,
     /// The line saying the limit was reached: once a minute at most.
     logged: hotline_net::Throttle,
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = CappedIo;
-    type Addr = std::net::SocketAddr;
+impl Capped {
+    /// `listener`, serving at most `max` connections at once, each closed once its client
+    /// has taken nothing of an answer for `stall`.
+    fn new(listener: tokio::net::TcpListener, max: usize, stall: Duration) -> Self {
+        Self {
+            listener,
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            stall,
+            logged: hotline_net::Throttle::new(Duration::from_secs(60)),
+        }
+    }
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    /// The next connection, once one of the places is free. Cancel-safe: a place taken
+    /// for a connection not yet accepted is given back.
+    async fn accept(&mut self) -> (CappedIo, std::net::SocketAddr) {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 if let Some(times) = self.logged.tick(1, std::time::Instant::now()) {
                     warn!(
-                        connections = API_CONNECTIONS_MAX,
+                        connections = self.max,
                         times,
                         "local API: connection limit reached; further connections wait until \
                          one closes"
@@ -326,20 +349,51 @@ impl axum::serve::Listener for Capped {
             CappedIo {
                 io,
                 _permit: permit,
+                stall: self.stall,
+                stalled: None,
             },
             addr,
         )
     }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
 }
 
-/// A connection of [`Capped`], which frees its place when dropped.
+/// A connection of [`Capped`], which frees its place when dropped, and fails a write the
+/// client has taken nothing of for `stall` (`API_WRITE_STALL_TIMEOUT_MS`), which closes it:
+/// a client that never reads its answer would otherwise hold the place for good.
 struct CappedIo {
     io: tokio::net::TcpStream,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    stall: Duration,
+    /// Since the socket last refused bytes, running until it takes some.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl CappedIo {
+    /// What a write the socket answered with `written` gives: itself, once bytes were
+    /// taken (or it failed); while none are, pending until `stall` has passed since the
+    /// socket first refused them, then a `TimedOut` error.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let stall = self.stall;
+        let clock = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match clock.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing of its answer for {stall:?}"),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for CappedIo {
@@ -358,14 +412,16 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.unless_stalled(cx, written)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.unless_stalled(cx, flushed)
     }
 
     fn poll_shutdown(
@@ -380,7 +436,8 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.unless_stalled(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -388,13 +445,9 @@ impl tokio::io::AsyncWrite for CappedIo {
     }
 }
 
-/// Serves the API until shutdown.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    state: St,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// The API's routes, behind the token check and the refusal log.
+fn router(state: St) -> Router {
+    Router::new()
         .route("/v1/status", get(status))
         .route("/v1/messages", post(send).get(sent_list))
         .route("/v1/messages/{id}", get(show))
@@ -408,20 +461,143 @@ pub(crate) async fn serve(
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(log_refusals))
-        .with_state(state);
-    let stop = async move {
+        .with_state(state)
+}
+
+/// Serves the API until shutdown.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: St,
+    shutdown: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    let listener = Capped::new(
+        listener,
+        API_CONNECTIONS_MAX,
+        Duration::from_millis(API_WRITE_STALL_TIMEOUT_MS),
+    );
+    let header_read = Duration::from_millis(API_HEADER_READ_TIMEOUT_MS);
+    serve_capped(listener, app, header_read, shutdown).await;
+}
+
+/// Serves `app` on `listener`'s connections until shutdown, then waits for those open to
+/// finish (each is told to close after its answer in progress).
+///
+/// The connections are served here rather than by `axum::serve`, which sets no timeout at
+/// all: a connection that sent nothing, or half a request head, or was kept alive and left
+/// idle, held one of the listener's places for good, so that a local client could keep the
+/// operator's commands and the hooks' scripts out. Here each connection has `header_read`
+/// to send a request's head (`API_HEADER_READ_TIMEOUT_MS`), counted from its start and,
+/// kept alive, from the end of each answer; hyper closes it past that. It does not run once
+/// the head is read: an event stream stays open as long as its client keeps it.
+async fn serve_capped(
+    mut listener: Capped,
+    app: Router,
+    header_read: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let timeouts = Arc::new(std::sync::Mutex::new(hotline_net::Throttle::new(
+        Duration::from_secs(60),
+    )));
+    let mut connections = tokio::task::JoinSet::new();
+    let for_connections = shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            // The node is stopping (or gone): take no more connections.
+            _ = shutdown.wait_for(|v| *v) => break,
+            // A connection ended: forget its task, so that the set holds open ones only.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // A new connection, once a place is free.
+            (io, _) = listener.accept() => {
+                connections.spawn(serve_connection(
+                    io,
+                    app.clone(),
+                    header_read,
+                    timeouts.clone(),
+                    for_connections.clone(),
+                ));
+            }
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Whether `e` is a write [`CappedIo`] failed for a client that took nothing.
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Serves one connection of [`serve_capped`] until it closes, or, once the node is stopping,
+/// until its answer in progress is written.
+async fn serve_connection(
+    io: CappedIo,
+    app: Router,
+    header_read: Duration,
+    timeouts: Arc<std::sync::Mutex<hotline_net::Throttle>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let stopping = async move {
+        // The watch's guard is dropped here, before anything else is awaited.
         let _ = shutdown.wait_for(|v| *v).await;
     };
-    let listener = Capped {
-        listener,
-        permits: Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX)),
-        logged: hotline_net::Throttle::new(std::time::Duration::from_secs(60)),
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "local API failed");
+    match ended {
+        Ok(()) => {}
+        // A client that sent no request in time: logged, at most once a minute (a client
+        // could otherwise have the node log a line at will), with how many.
+        Err(e) if e.is_timeout() => {
+            let times = timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tick(1, std::time::Instant::now());
+            if let Some(times) = times {
+                info!(
+                    times,
+                    within_ms = header_read.as_millis() as u64,
+                    "local API: closed a connection that sent no request in time"
+                );
+            }
+        }
+        // A client that took nothing of its answer in time ([`CappedIo`]): likewise.
+        Err(e) if timed_out(&e) => {
+            let times = timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tick(1, std::time::Instant::now());
+            if let Some(times) = times {
+                info!(
+                    times,
+                    "local API: closed a connection whose client took nothing of its answer in \
+                     time"
+                );
+            }
+        }
+        // A client gone midway, a malformed request head (answered 400 by hyper): the
+        // connection's own business, nothing for the operator.
+        Err(e) => tracing::debug!(error = %e, "local API: connection ended"),
     }
 }
 
@@ -1022,10 +1198,21 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-/// `GET /v1/inbox`'s query: a list's `limit`, and whether only unacknowledged messages.
+/// `GET /v1/messages`'s query: a list's `limit`, and the message it continues after.
+#[derive(Deserialize)]
+struct SentQuery {
+    limit: Option<usize>,
+    /// The page after this message, in the list's order: the last of the page before.
+    before: Option<String>,
+}
+
+/// `GET /v1/inbox`'s query: a list's `limit`, the message it continues after, and whether
+/// only unacknowledged messages.
 #[derive(Deserialize)]
 struct InboxQuery {
     limit: Option<usize>,
+    /// The page after this message, in the list's order: the last of the page before.
+    before: Option<String>,
     /// Only those not yet acknowledged, chosen by the store: filtered from the newest
     /// `limit` by the client, one behind that many newer acknowledged messages was listed
     /// nowhere.
@@ -1033,19 +1220,47 @@ struct InboxQuery {
     unacknowledged: bool,
 }
 
+/// A list's `before`: a message id, or a 400 `bad_id`.
+fn cursor(before: Option<&str>) -> Result<Option<MessageId>, ApiError> {
+    before
+        .map(|b| {
+            b.parse::<MessageId>()
+                .map_err(|e| bad("bad_id", format!("before: {e}")))
+        })
+        .transpose()
+}
+
+/// A list's page, or a 404 when `before` names no message of the list (`what`).
+fn page<T>(
+    items: Option<Vec<T>>,
+    before: Option<&MessageId>,
+    what: &str,
+) -> Result<Vec<T>, ApiError> {
+    match (items, before) {
+        (Some(items), _) => Ok(items),
+        (None, Some(id)) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("before: no {what} {id}"),
+        )),
+        // Only a `before` can name nothing.
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// Received messages, newest first, from the store's read-only connection: a snapshot,
+/// without the store's lock.
 async fn inbox(
     State(state): State<St>,
     Params(q): Params<InboxQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
-    let store = state.store();
-    let items = if q.unacknowledged {
-        store.unacknowledged(limit)
-    } else {
-        store.inbox(limit)
-    }
-    .map_err(store_error)?;
-    drop(store);
+    let before = cursor(q.before.as_deref())?;
+    let items = state
+        .reader()
+        .inbox_page(before.as_ref(), limit, q.unacknowledged)
+        .map_err(store_error)?;
+    let items = page(items, before.as_ref(), "received message")?;
     Ok(Json(items.into_iter().map(inbox_item).collect()))
 }
 
@@ -1169,21 +1384,22 @@ async fn discard_all(
     Ok(Json(json!({"discarded": total})))
 }
 
+/// Sent messages, newest first, each with its matrix and answers, from the store's
+/// read-only connection: one snapshot, read without the store's lock (up to 1,000 messages
+/// of three queries each, which the links' writes waited behind).
 async fn sent_list(
     State(state): State<St>,
-    Params(q): Params<ListQuery>,
+    Params(q): Params<SentQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
-    let store = state.store();
-    let ids = store.sent_ids(limit).map_err(store_error)?;
+    let before = cursor(q.before.as_deref())?;
+    let sent = state
+        .reader()
+        .sent_page(before.as_ref(), limit)
+        .map_err(store_error)?;
+    let sent = page(sent, before.as_ref(), "sent message")?;
     let now = now_ms();
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(s) = store.sent_message(&id).map_err(store_error)? {
-            out.push(sent_view(s, now));
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(sent.into_iter().map(|s| sent_view(s, now)).collect()))
 }
 
 async fn show(State(state): State<St>, Segment(id): Segment) -> Result<Json<Value>, ApiError> {
@@ -1856,6 +2072,273 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// The lists of sent and received messages are read without the store's lock, which
+    /// the links hold to store deliveries and receipts: a list of 1,000 sent messages held
+    /// it across some 3,000 queries. Here the lock is held (as by a link's write) while
+    /// both lists are asked for; they used to wait for it.
+    #[tokio::test]
+    async fn the_lists_are_read_without_the_stores_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let kgz = ParticipantId::new("KGZ").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let draft = Draft {
+                audience: Audience::Participants(vec![kgz.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Notification {i}"),
+                body: String::new(),
+            };
+            let signed = state
+                .store()
+                .compose(
+                    &state.me,
+                    &state.key,
+                    draft,
+                    std::slice::from_ref(&kgz),
+                    1,
+                    now_ms(),
+                )
+                .unwrap()
+                .unwrap();
+            ids.push(signed.decode_unverified().unwrap().id.to_string());
+        }
+        let held = state.store();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let sent = rt.block_on(sent_list(
+                State(st.clone()),
+                Params(SentQuery {
+                    limit: None,
+                    before: None,
+                }),
+            ));
+            let received = rt.block_on(inbox(
+                State(st),
+                Params(InboxQuery {
+                    limit: None,
+                    before: None,
+                    unacknowledged: false,
+                }),
+            ));
+            let _ = tx.send((
+                sent.ok()
+                    .map(|l| l.0.iter().map(|m| m["id"].to_string()).collect::<Vec<_>>()),
+                received.ok().map(|l| l.0.len()),
+            ));
+        });
+        let (sent, received) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("listed while the store's lock is held");
+        drop(held);
+        ids.reverse();
+        let quoted: Vec<String> = ids.iter().map(|id| format!("{id:?}")).collect();
+        assert_eq!(sent, Some(quoted), "newest first");
+        assert_eq!(received, Some(0));
+    }
+
+    /// Reads from `s` until `needle` has come, or fails at EOF; what was read.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "EOF before {needle:?}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Connections that send no request (nothing, half a head, or nothing more once kept
+    /// alive) cannot keep every place: each is closed once it has sent no head for the
+    /// header-read timeout, and a client queued behind them is answered. With `axum::serve`
+    /// they held the places for good, and the client waited for ever. An event stream open
+    /// longer than that timeout is not cut.
+    #[tokio::test]
+    async fn connections_that_send_no_request_cannot_keep_a_client_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (events, _) = tokio::sync::broadcast::channel::<&'static str>(4);
+        let stream_events = events.clone();
+        let app = Router::new().route("/ok", get(|| async { "ok" })).route(
+            "/events",
+            get(move || {
+                let rx = stream_events.subscribe();
+                async move {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        let data = rx.recv().await.ok().filter(|d| *d != "end")?;
+                        Some((Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
+                    });
+                    Sse::new(stream)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let header_read = Duration::from_millis(300);
+        let server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4, WAIT),
+            app,
+            header_read,
+            stopping,
+        ));
+        let connect = || tokio::net::TcpStream::connect(addr);
+
+        // The four places: an event stream, answered; then a connection that sends nothing,
+        // one that sends half a request head, and one kept alive after its answer.
+        let mut stream = connect().await.unwrap();
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let head = tokio::time::timeout(WAIT, read_until(&mut stream, "\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let idle = connect().await.unwrap();
+        let mut half = connect().await.unwrap();
+        half.write_all(b"GET /ok HTTP/1.1\r\nHost: n")
+            .await
+            .unwrap();
+        let mut kept = connect().await.unwrap();
+        kept.write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut kept, "\r\n\r\nok"))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // Every place is held (the idle two were accepted before the one answered): this
+        // client waits in the listen queue until the node closes one of them.
+        let mut client = connect().await.unwrap();
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut client, "\r\n\r\nok"))
+            .await
+            .expect("answered once the idle connections are closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        for (what, mut c) in [("idle", idle), ("half a head", half), ("kept alive", kept)] {
+            // Closed by the node: at EOF (half a head is answered 408 first).
+            let mut rest = Vec::new();
+            tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: still open"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+
+        // The stream, open for longer than the timeout by now, still carries events.
+        events.send("still here").unwrap();
+        let data = tokio::time::timeout(WAIT, read_until(&mut stream, "data: still here"))
+            .await
+            .unwrap();
+        assert!(data.contains("still here"), "{data}");
+
+        // Stopping waits for the stream's answer to end.
+        stop.send(true).unwrap();
+        events.send("end").unwrap();
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    /// A client that asked for a long answer and reads none of it cannot keep its place:
+    /// once the node's writes have waited for it for the stall limit, the connection is
+    /// closed, and a client queued behind it is answered. It used to wait for good.
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_of_its_answer_cannot_keep_a_client_out() {
+        use tokio::io::AsyncWriteExt;
+        const WAIT: Duration = Duration::from_secs(20);
+        // Far more than the kernel's buffers on both ends hold.
+        let big = vec![b'x'; 64 * 1024 * 1024];
+        let app = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route("/big", get(move || std::future::ready(big.clone())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let server = tokio::spawn(serve_capped(
+            Capped::new(listener, 1, Duration::from_millis(300)),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
+        reader
+            .write_all(b"GET /big HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, read_until(&mut client, "\r\n\r\nok"))
+            .await
+            .expect("answered once the reader's connection is closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop.send(true).unwrap();
+        drop(reader);
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    /// A request whose body does not come (its head says 100 bytes, 10 arrive) is answered
+    /// `408 timeout` once `API_BODY_READ_TIMEOUT_MS` has passed, and its connection closed:
+    /// it used to wait for the rest for good, holding the connection's place (the head's
+    /// timeout has run by then).
+    #[tokio::test]
+    async fn a_body_that_does_not_come_is_answered_408_and_its_connection_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn take(Body(_): Body<AckRequest>) -> StatusCode {
+            StatusCode::NO_CONTENT
+        }
+        let app = Router::new()
+            .route("/v1/messages/{id}/ack", post(take))
+            .layer(middleware::from_fn(log_refusals));
+        let (base, server) = serve_on_loopback(app).await;
+        let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        s.write_all(
+            b"POST /v1/messages/ab/ack HTTP/1.1\r\nHost: node\r\nContent-Type: \
+              application/json\r\nContent-Length: 100\r\n\r\n{\"officer\"",
+        )
+        .await
+        .unwrap();
+        let within = Duration::from_millis(API_BODY_READ_TIMEOUT_MS) + Duration::from_secs(20);
+        let mut answer = Vec::new();
+        tokio::time::timeout(within, s.read_to_end(&mut answer))
+            .await
+            .expect("answered, and the connection closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        server.abort();
     }
 
     /// A path whose `{id}` is escaped bytes that are not UTF-8 is refused in the API's

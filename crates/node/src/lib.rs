@@ -30,7 +30,7 @@ use hotline_proto::{Envelope, ParticipantId, Roster, SigningKey, Verified};
 pub use config::{ConfigError, NodeConfig};
 use events::Event;
 use hooks::HookRunner;
-use store::NodeStore;
+use store::{NodeReader, NodeStore};
 
 pub use hotline_net::now_ms;
 
@@ -201,6 +201,9 @@ pub(crate) struct NodeState {
     pub(crate) me: ParticipantId,
     pub(crate) key: SigningKey,
     store: Mutex<NodeStore>,
+    /// A second connection to the store, read-only, for the API's lists
+    /// ([`NodeReader`]): they read without the store's lock.
+    reader: Mutex<NodeReader>,
     pub(crate) roster: watch::Sender<Arc<Verified<Roster>>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
@@ -294,6 +297,12 @@ impl NodeState {
     pub(crate) fn store(&self) -> MutexGuard<'_, NodeStore> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's read-only connection, for the API's lists.
+    pub(crate) fn reader(&self) -> MutexGuard<'_, NodeReader> {
+        // It only reads: a panic while holding it leaves nothing half done.
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn emit(&self, e: Event) {
@@ -716,6 +725,8 @@ impl Node {
             }
         }
         let token = ensure_token(&config.token_file)?;
+        // Once the store is made and brought to this version.
+        let reader = NodeReader::open(&config.data_dir)?;
         let relays = config.relays.len();
         info!(participant = %me, roster = roster.version, relays, outbox = store.outbox_len()?, "node starting");
         let (roster_tx, _) = watch::channel(Arc::new(roster));
@@ -726,6 +737,7 @@ impl Node {
             me,
             key,
             store: Mutex::new(store),
+            reader: Mutex::new(reader),
             roster: roster_tx,
             events,
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
@@ -971,6 +983,73 @@ pub(crate) fn received_event(
         repage,
         recovered,
     }
+}
+
+/// A node's shared state without its tasks, on a store in `dir`, for tests of what reads
+/// and writes it (the API's handlers): participant KAZ (key `[1; 32]`) on a roster with KGZ
+/// and the Secretariat, one relay that nothing answers at.
+#[cfg(test)]
+pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
+    #![allow(clippy::unwrap_used)]
+    use hotline_proto::{Participant, PublicKey, Role};
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let roster_key = SigningKey::from_bytes(&[3; 32]);
+    let text = format!(
+        "participant = \"KAZ\"\nkey = \"KAZ.key\"\nroster = \"roster.signed\"\n\
+         roster_key = \"{}\"\ndata_dir = \"data\"\n\n[[relays]]\naddress = \"127.0.0.1:9\"\n\
+         fingerprint = \"{}\"\n\n[api]\ntoken_file = \"api.token\"\n",
+        PublicKey::of(&roster_key),
+        "ab".repeat(32)
+    );
+    let config = NodeConfig::parse(&text, &dir.join("node.toml")).unwrap();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let claim = hotline_store::lock_dir(&config.data_dir).unwrap();
+    let store = NodeStore::open(&config.data_dir).unwrap();
+    let reader = NodeReader::open(&config.data_dir).unwrap();
+    let member = |id: &str, key: &SigningKey| Participant {
+        id: ParticipantId::new(id).unwrap(),
+        name: id.into(),
+        role: if id == "SEC" {
+            Role::Secretariat
+        } else {
+            Role::Member
+        },
+        keys: vec![PublicKey::of(key)],
+        revoked: false,
+    };
+    let roster = Roster {
+        protocol_version: hotline_proto::PROTOCOL_VERSION,
+        version: 1,
+        issued_at_ms: 1,
+        network: "CICA".into(),
+        participants: vec![
+            member("KAZ", &key),
+            member("KGZ", &SigningKey::from_bytes(&[2; 32])),
+            member("SEC", &SigningKey::from_bytes(&[4; 32])),
+        ],
+        groups: vec![],
+    };
+    let signed = hotline_proto::Signed::sign(&roster, &roster_key).unwrap();
+    let roster = hotline_proto::verify_roster(&signed, &PublicKey::of(&roster_key)).unwrap();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    // Never sent: the state's tasks are not running.
+    std::mem::forget(shutdown_tx);
+    Arc::new(NodeState {
+        hooks: HookRunner::new(config.hook_timeout_ms()),
+        me: ParticipantId::new("KAZ").unwrap(),
+        key,
+        store: Mutex::new(store),
+        reader: Mutex::new(reader),
+        roster: watch::channel(Arc::new(roster)).0,
+        events: broadcast::channel(limits::EVENTS_BUFFER).0,
+        wake: vec![Arc::new(Notify::new())],
+        quarantine_room: watch::channel(0).0,
+        links: vec![Mutex::new(Link::Down(LinkDown::default()))],
+        token: "token".into(),
+        shutdown,
+        config,
+        _claim: claim,
+    })
 }
 
 #[cfg(test)]

@@ -161,6 +161,32 @@ pub const API_LIST_MAX: usize = 1_000;
 /// and then the node could not start a paging hook. `hotline watch` holds one while it runs.
 pub const API_CONNECTIONS_MAX: usize = 256;
 
+/// How long the local API waits for a request's head: from a connection's start, and on a
+/// kept-alive connection from the end of its last answer. Past it the connection is closed.
+/// Without it a local client that opened `API_CONNECTIONS_MAX` connections and sent nothing,
+/// or half a request, held every place for good, and neither the operator's `hotline`
+/// commands nor a hook's script could reach the node. 10 s: a client on the same machine
+/// sends its head within milliseconds (a loaded machine within a second or two), and a third
+/// of the 30 s the `hotline` commands wait for an answer, so that one queued behind held
+/// connections is still answered. Once the head is read it no longer runs: a handler that
+/// takes its time, and an event stream (`/v1/events`), are not cut.
+pub const API_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// How long the local API waits for a request's whole body once its head is read (at most
+/// `API_BODY_BYTES_MAX`, milliseconds on loopback); past it the request is answered `408
+/// timeout` and its connection closed, so that a body that never comes does not hold a
+/// place either.
+pub const API_BODY_READ_TIMEOUT_MS: u64 = API_HEADER_READ_TIMEOUT_MS;
+
+/// How long the local API waits for a client to take any more of an answer once the
+/// connection's send buffer is full; past it the connection is closed. Without it a client
+/// that asked for a long list (up to 1,000 messages of 64 KiB) and never read it held its
+/// place for good, as a connection that sent nothing did before `API_HEADER_READ_TIMEOUT_MS`.
+/// 30 s: a client reads as fast as the machine lets it, and the kernel's buffers hold
+/// megabytes, so an event stream whose reader is paused (`hotline watch | less`) stalls only
+/// after a great many events.
+pub const API_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
+
 /// Largest API request body.
 pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
 

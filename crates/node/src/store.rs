@@ -2554,122 +2554,23 @@ impl NodeStore {
 
     /// Received messages, newest first.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {INBOX_COLUMNS} FROM inbox ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
-        ))?;
-        let rows = st.query_map([limit as i64], InboxRow::read)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.into_message()?);
-        }
-        Ok(out)
+        Ok(inbox_page(&self.conn, None, limit, false)?.unwrap_or_default())
     }
 
     /// Received messages not yet acknowledged, newest first: all of them up to `limit`,
     /// however many acknowledged ones are newer (`GET /v1/inbox?unacknowledged=true`).
-    /// Read through the deadline tick's partial index, which holds the unacknowledged rows
-    /// alone: by time, SQLite read every acknowledged message (bodies included) to find
-    /// none.
     pub fn unacknowledged(&self, limit: usize) -> Result<Vec<InboxMessage>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {INBOX_COLUMNS} FROM inbox INDEXED BY inbox_page_due WHERE acked_at_ms IS NULL \
-             ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
-        ))?;
-        let rows = st.query_map([limit as i64], InboxRow::read)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.into_message()?);
-        }
-        Ok(out)
+        Ok(inbox_page(&self.conn, None, limit, true)?.unwrap_or_default())
     }
 
     /// One received message.
     pub fn inbox_message(&self, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?1"),
-                [&id.0[..]],
-                InboxRow::read,
-            )
-            .optional()?
-            .map(InboxRow::into_message)
-            .transpose()
+        inbox_message(&self.conn, id)
     }
 
     /// One sent message with its matrix.
     pub fn sent_message(&self, id: &MessageId) -> Result<Option<SentMessage>, StoreError> {
-        type SentRow = (
-            Signed<Envelope>,
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-        );
-        let row: Option<SentRow> = self
-            .conn
-            .query_row("SELECT bytes, key, sig, accepted_at_ms, rejected_code, rejected_detail FROM sent WHERE id = ?1", [&id.0[..]], |r| {
-                Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })
-            .optional()?;
-        let Some((s, accepted, code, detail)) = row else {
-            return Ok(None);
-        };
-        let mut st = self.conn.prepare_cached(
-            "SELECT m.recipient, m.delivered_at_ms, m.acked_at_ms, m.officer, m.note, m.overdue_at_ms, s.delivered_ms, s.acked_ms
-             FROM matrix m LEFT JOIN matrix_signed s ON s.id = m.id AND s.recipient = m.recipient
-             WHERE m.id = ?1 ORDER BY m.recipient",
-        )?;
-        let rows = st.query_map([&id.0[..]], |r| {
-            let rc: String = r.get(0)?;
-            Ok(MatrixRow {
-                recipient: ParticipantId::new(&rc)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                delivered_at_ms: r.get(1)?,
-                acked_at_ms: r.get(2)?,
-                officer: r.get(3)?,
-                note: r.get(4)?,
-                overdue_at_ms: r.get(5)?,
-                delivered_signed_at_ms: r.get(6)?,
-                acked_signed_at_ms: r.get(7)?,
-            })
-        })?;
-        let matrix = rows.collect::<rusqlite::Result<_>>()?;
-        let mut st = self.conn.prepare_cached(
-            "SELECT i.bytes, i.key, i.sig, i.received_at_ms FROM answers a JOIN inbox i ON i.id = a.id WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid",
-        )?;
-        let held = st
-            .query_map([&id.0[..]], |r| {
-                Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut answers = Vec::with_capacity(held.len());
-        for (signed, received_at_ms) in held {
-            let e = decode_stored(&signed)?;
-            answers.push(Answer {
-                id: e.id,
-                from: e.sender,
-                kind: e.kind,
-                subject: e.subject,
-                received_at_ms,
-            });
-        }
-        Ok(Some(SentMessage {
-            envelope: decode_stored(&s)?,
-            accepted_at_ms: accepted,
-            rejected: code.map(|c| (c, detail.unwrap_or_default())),
-            matrix,
-            answers,
-        }))
-    }
-
-    /// Sent message ids, newest first.
-    pub fn sent_ids(&self, limit: usize) -> Result<Vec<MessageId>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM sent ORDER BY seq DESC LIMIT ?1")?;
-        let rows = st.query_map([limit as i64], |r| {
-            Ok(MessageId(blob_array::<16>(r.get(0)?, 0)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        sent_message(&self.conn, id)
     }
 
     /// Forwarded receipts received (for audits and drills).
@@ -2679,6 +2580,209 @@ impl NodeStore {
             .prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
         let rows = st.query_map([], |r| signed_at(r, 0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// One received message.
+fn inbox_message(conn: &Connection, id: &MessageId) -> Result<Option<InboxMessage>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?1"),
+        [&id.0[..]],
+        InboxRow::read,
+    )
+    .optional()?
+    .map(InboxRow::into_message)
+    .transpose()
+}
+
+/// Received messages, newest first (by arrival, then by row), the first `limit` of those
+/// after received message `before` in that order (from the newest without it); only those
+/// not yet acknowledged with `unacknowledged`, read through the deadline tick's partial
+/// index, which holds the unacknowledged rows alone (by time, SQLite read every
+/// acknowledged message, bodies included, to find none). `None` if this node received no
+/// message `before`.
+fn inbox_page(
+    conn: &Connection,
+    before: Option<&MessageId>,
+    limit: usize,
+    unacknowledged: bool,
+) -> Result<Option<Vec<InboxMessage>>, StoreError> {
+    // Where the page starts: below this arrival time and row, in the list's order.
+    let (time, row) = match before {
+        None => (i64::MAX, i64::MAX),
+        Some(id) => {
+            let at = conn
+                .query_row(
+                    "SELECT received_at_ms, rowid FROM inbox WHERE id = ?1",
+                    [&id.0[..]],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            match at {
+                Some(at) => at,
+                None => return Ok(None),
+            }
+        }
+    };
+    let (from, only) = if unacknowledged {
+        ("inbox INDEXED BY inbox_page_due", "acked_at_ms IS NULL AND")
+    } else {
+        ("inbox", "")
+    };
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {INBOX_COLUMNS} FROM {from} WHERE {only} received_at_ms <= ?2 \
+         AND (received_at_ms < ?2 OR rowid < ?3) \
+         ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
+    ))?;
+    let rows = st.query_map(params![limit as i64, time, row], InboxRow::read)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row?.into_message()?);
+    }
+    Ok(Some(out))
+}
+
+/// Sent messages with their matrices, newest first (by sequence number), the first `limit`
+/// of those after sent message `before` in that order (from the newest without it). `None`
+/// if this node sent no message `before`.
+fn sent_page(
+    conn: &Connection,
+    before: Option<&MessageId>,
+    limit: usize,
+) -> Result<Option<Vec<SentMessage>>, StoreError> {
+    let below = match before {
+        None => i64::MAX,
+        Some(id) => {
+            let seq = conn
+                .query_row("SELECT seq FROM sent WHERE id = ?1", [&id.0[..]], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?;
+            match seq {
+                Some(seq) => seq,
+                None => return Ok(None),
+            }
+        }
+    };
+    let ids: Vec<MessageId> = {
+        let mut st =
+            conn.prepare_cached("SELECT id FROM sent WHERE seq < ?2 ORDER BY seq DESC LIMIT ?1")?;
+        let rows = st.query_map(params![limit as i64, below], |r| {
+            Ok(MessageId(blob_array::<16>(r.get(0)?, 0)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(sent_message(conn, &id)?);
+    }
+    Ok(Some(out))
+}
+
+/// One sent message with its matrix.
+fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>, StoreError> {
+    type SentRow = (
+        Signed<Envelope>,
+        Option<u64>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<SentRow> = conn
+        .query_row("SELECT bytes, key, sig, accepted_at_ms, rejected_code, rejected_detail FROM sent WHERE id = ?1", [&id.0[..]], |r| {
+            Ok((signed_at(r, 0)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })
+        .optional()?;
+    let Some((s, accepted, code, detail)) = row else {
+        return Ok(None);
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT m.recipient, m.delivered_at_ms, m.acked_at_ms, m.officer, m.note, m.overdue_at_ms, s.delivered_ms, s.acked_ms
+         FROM matrix m LEFT JOIN matrix_signed s ON s.id = m.id AND s.recipient = m.recipient
+         WHERE m.id = ?1 ORDER BY m.recipient",
+    )?;
+    let rows = st.query_map([&id.0[..]], |r| {
+        let rc: String = r.get(0)?;
+        Ok(MatrixRow {
+            recipient: ParticipantId::new(&rc)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            delivered_at_ms: r.get(1)?,
+            acked_at_ms: r.get(2)?,
+            officer: r.get(3)?,
+            note: r.get(4)?,
+            overdue_at_ms: r.get(5)?,
+            delivered_signed_at_ms: r.get(6)?,
+            acked_signed_at_ms: r.get(7)?,
+        })
+    })?;
+    let matrix = rows.collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare_cached(
+        "SELECT i.bytes, i.key, i.sig, i.received_at_ms FROM answers a JOIN inbox i ON i.id = a.id WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid",
+    )?;
+    let held = st
+        .query_map([&id.0[..]], |r| {
+            Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut answers = Vec::with_capacity(held.len());
+    for (signed, received_at_ms) in held {
+        let e = decode_stored(&signed)?;
+        answers.push(Answer {
+            id: e.id,
+            from: e.sender,
+            kind: e.kind,
+            subject: e.subject,
+            received_at_ms,
+        });
+    }
+    Ok(Some(SentMessage {
+        envelope: decode_stored(&s)?,
+        accepted_at_ms: accepted,
+        rejected: code.map(|c| (c, detail.unwrap_or_default())),
+        matrix,
+        answers,
+    }))
+}
+
+/// A read-only connection to the node's store, for the local API's lists: each is read in
+/// one read transaction, a snapshot of the store as one commit left it, without the store's
+/// lock. A list of 1,000 sent messages, each with its matrix and answers, held that lock
+/// across some 3,000 queries, and the links' writes (deliveries, receipts) waited behind it;
+/// SQLite's write-ahead log lets this connection read while the store's writes go on.
+pub struct NodeReader {
+    conn: Connection,
+}
+
+impl NodeReader {
+    /// Opens the store in `data_dir` for reading, once [`NodeStore::open`] has made it.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let conn = hotline_store::open_read_only(&path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(
+            hotline_store::db::BUSY_TIMEOUT_MS,
+        ))?;
+        Ok(Self { conn })
+    }
+
+    /// [`inbox_page`], in one snapshot.
+    pub fn inbox_page(
+        &mut self,
+        before: Option<&MessageId>,
+        limit: usize,
+        unacknowledged: bool,
+    ) -> Result<Option<Vec<InboxMessage>>, StoreError> {
+        // Dropped at the end, which ends the read transaction (nothing was written).
+        let tx = self.conn.transaction()?;
+        inbox_page(&tx, before, limit, unacknowledged)
+    }
+
+    /// [`sent_page`], in one snapshot.
+    pub fn sent_page(
+        &mut self,
+        before: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Option<Vec<SentMessage>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        sent_page(&tx, before, limit)
     }
 }
 
@@ -3074,6 +3178,75 @@ mod tests {
         assert_eq!(listed(10), [envs[4].id, envs[1].id, envs[0].id]);
         assert_eq!(listed(2), [envs[4].id, envs[1].id]);
         assert_eq!(store.inbox(2).unwrap().len(), 2);
+    }
+
+    /// A page after a message continues the list where the page before ended, messages
+    /// that arrived at the same millisecond included (ordered by row), each listed once;
+    /// with only the unacknowledged too; a message the store does not hold names no page.
+    #[test]
+    fn the_inbox_pages_after_a_message_list_every_one_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        let (me, key) = (pid("KGZ"), SigningKey::from_bytes(&[1; 32]));
+        let envs: Vec<Envelope> = (1..=7).map(|s| envelope(s, Precedence::Routine)).collect();
+        // Three arrive at NOW, one by one, then four at NOW + 1 in one batch.
+        for e in &envs[..3] {
+            store
+                .store_deliveries(&[(Signed::sign(e, &kaz).unwrap(), Ok(e.clone()))], NOW)
+                .unwrap();
+        }
+        let batch: Vec<_> = envs[3..]
+            .iter()
+            .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
+            .collect();
+        store.store_deliveries(&batch, NOW + 1).unwrap();
+        for e in [&envs[1], &envs[4]] {
+            store
+                .acknowledge(&me, &key, &e.id, "Duty officer", None, 1, NOW + 10)
+                .unwrap()
+                .unwrap();
+        }
+        let mut reader = NodeReader::open(dir.path()).unwrap();
+        let mut pages = |limit, unacknowledged| -> Vec<Vec<MessageId>> {
+            let mut all = Vec::new();
+            let mut before = None;
+            loop {
+                let page: Vec<MessageId> = reader
+                    .inbox_page(before.as_ref(), limit, unacknowledged)
+                    .unwrap()
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.envelope.id)
+                    .collect();
+                if page.is_empty() {
+                    return all;
+                }
+                before = page.last().copied();
+                all.push(page);
+            }
+        };
+        let newest_first: Vec<MessageId> = envs.iter().rev().map(|e| e.id).collect();
+        assert_eq!(pages(3, false).concat(), newest_first);
+        assert_eq!(pages(3, false).len(), 3);
+        assert_eq!(pages(1, false).concat(), newest_first);
+        let waiting: Vec<MessageId> = newest_first
+            .iter()
+            .copied()
+            .filter(|id| *id != envs[1].id && *id != envs[4].id)
+            .collect();
+        assert_eq!(pages(2, true).concat(), waiting);
+        assert_eq!(
+            store.unacknowledged(10).unwrap().len(),
+            waiting.len(),
+            "the store's own list"
+        );
+        let unknown = MessageId([7; 16]);
+        assert!(reader
+            .inbox_page(Some(&unknown), 10, false)
+            .unwrap()
+            .is_none());
+        assert!(reader.sent_page(Some(&unknown), 10).unwrap().is_none());
     }
 
     #[test]

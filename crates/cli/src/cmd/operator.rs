@@ -297,37 +297,78 @@ pub(crate) struct InboxArgs {
     /// were not addressed to this node, and are never shown as messages), with why.
     #[arg(long)]
     quarantined: bool,
+    /// The messages older than message ID, newest first: the next page of a list the node
+    /// cut at its limit, ID being the last one it showed (the line under it says so).
+    #[arg(long, value_name = "ID", conflicts_with = "quarantined")]
+    before: Option<String>,
 }
 
 pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
     if a.quarantined {
         return quarantine(&a.api);
     }
+    let before = cursor(a.before.as_deref())?;
     // The node picks the unacknowledged ones from its whole inbox: filtered here from the
     // newest 1,000 it lists, one behind 1,000 newer acknowledged messages was never shown.
     // Filtered here too, for a node from before the parameter, which ignores it.
-    let path = if a.unacknowledged {
-        "/v1/inbox?unacknowledged=true"
-    } else {
-        "/v1/inbox"
+    let mut query = Vec::new();
+    if a.unacknowledged {
+        query.push("unacknowledged=true".to_owned());
+    }
+    query.extend(before.map(|id| format!("before={id}")));
+    let path = match query.is_empty() {
+        true => "/v1/inbox".to_owned(),
+        false => format!("/v1/inbox?{}", query.join("&")),
     };
-    let v = a.api.client()?.get(path)?;
-    let listed = v.as_array().map_or(0, Vec::len);
-    let items: Vec<Value> = v
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let v = a.api.client()?.get(&path)?;
+    let listed = v.as_array().cloned().unwrap_or_default();
+    ignored_cursor(&listed, before)?;
+    let items: Vec<Value> = listed
+        .iter()
         .filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false))
+        .cloned()
         .collect();
     print(a.api.json, &Value::Array(items.clone()), |_| {
-        inbox_text(&items, listed, a.unacknowledged)
+        inbox_text(&items, &listed, a.unacknowledged, before)
     })
 }
 
+/// A list's `--before`: a message id, checked before it becomes part of a URL.
+fn cursor(before: Option<&str>) -> anyhow::Result<Option<hotline_proto::MessageId>> {
+    before.map(|b| b.parse().context("--before")).transpose()
+}
+
+/// An error if the node listed message `before` itself: a node from before `?before=`,
+/// which ignores it and lists the newest page again (the one that ended with it), which
+/// would read as the older ones.
+fn ignored_cursor(
+    listed: &[Value],
+    before: Option<hotline_proto::MessageId>,
+) -> anyhow::Result<()> {
+    match before {
+        Some(id) if listed.iter().any(|m| m["id"] == id.to_string().as_str()) => bail!(
+            "the node ignored --before (it is older than this command, which lists older \
+             messages only with a node of the same release): upgrade it (OPERATIONS.md 8.2)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// What to type for the page after `listed`: `command --before ID`, ID the last listed.
+fn next_page(command: &str, listed: &[Value]) -> String {
+    let last = listed.last().and_then(|m| m["id"].as_str()).unwrap_or("ID");
+    format!("`{command} --before {last}` lists the next older ones")
+}
+
 /// The received messages `items` as `hotline inbox` lists them, of the `listed` the node
-/// gave (more than `items` only from a node that ignores `?unacknowledged`).
-fn inbox_text(items: &[Value], listed: usize, unacknowledged: bool) -> String {
+/// gave (more than `items` only from a node that ignores `?unacknowledged`), older than
+/// message `before` if given.
+fn inbox_text(
+    items: &[Value],
+    listed: &[Value],
+    unacknowledged: bool,
+    before: Option<hotline_proto::MessageId>,
+) -> String {
     let mut out = format!(
         "{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  SUBJECT",
         "ID", "FROM", "PREC", "RECEIVED", "ACK"
@@ -348,33 +389,42 @@ fn inbox_text(items: &[Value], listed: usize, unacknowledged: bool) -> String {
             shown(&m["subject"], false),
         ));
     }
-    if items.is_empty() {
-        out.push_str("\n(no messages)");
+    match (items.is_empty(), before) {
+        (true, Some(id)) => out.push_str(&format!("\n(no messages older than {id})")),
+        (true, None) => out.push_str("\n(no messages)"),
+        _ => {}
     }
-    let (what, more) = if unacknowledged {
+    let (what, command, more) = if unacknowledged {
         (
             "unacknowledged messages",
-            "acknowledge these to list older ones; `hotline show ID` shows any one by its id",
+            "hotline inbox --unacknowledged",
+            "",
         )
     } else {
         (
             "messages",
-            "`hotline inbox --unacknowledged` lists the unacknowledged ones from the whole \
-             inbox, `hotline show ID` shows any one by its id",
+            "hotline inbox",
+            "; `hotline inbox --unacknowledged` lists the unacknowledged ones from the whole \
+             inbox",
         )
     };
-    out.push_str(&cut_note(listed, what, more));
+    out.push_str(&cut_note(
+        listed.len(),
+        what,
+        &format!("{}{more}", next_page(command, listed)),
+    ));
     out
 }
 
 /// The line under a list the node cut at its limit (`API_LIST_MAX`, newest first), or
-/// nothing: a list of exactly that many used to end as if it were all there was. The API
-/// has no paging, so `more` says what else there is.
+/// nothing: a list of exactly that many used to end as if it were all there was. `more`
+/// says how to see the rest (for the inbox and the sent messages, the exact command for the
+/// next page).
 fn cut_note(listed: usize, what: &str, more: &str) -> String {
     if listed < API_LIST_MAX {
         return String::new();
     }
-    format!("\n(only the newest {listed} {what} are listed, the most the node lists: {more})")
+    format!("\n(the node lists at most {API_LIST_MAX} {what} at once: {more})")
 }
 
 /// `hotline inbox --quarantined`.
@@ -777,13 +827,31 @@ fn link_text(r: &Value) -> String {
     )
 }
 
-pub(crate) fn sent(a: PlainArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get("/v1/messages")?;
-    print(a.api.json, &v, sent_text)
+/// `hotline sent`.
+#[derive(Debug, Args)]
+pub(crate) struct SentArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The messages sent before message ID, newest first: the next page of a list the node
+    /// cut at its limit, ID being the last one it showed (the line under it says so).
+    #[arg(long, value_name = "ID")]
+    before: Option<String>,
 }
 
-/// The sent messages (`v`, as `GET /v1/messages` gives them) as `hotline sent` lists them.
-fn sent_text(v: &Value) -> String {
+pub(crate) fn sent(a: SentArgs) -> anyhow::Result<()> {
+    let before = cursor(a.before.as_deref())?;
+    let path = match before {
+        Some(id) => format!("/v1/messages?before={id}"),
+        None => "/v1/messages".to_owned(),
+    };
+    let v = a.api.client()?.get(&path)?;
+    ignored_cursor(v.as_array().map_or(&[], Vec::as_slice), before)?;
+    print(a.api.json, &v, |v| sent_text(v, before))
+}
+
+/// The sent messages (`v`, as `GET /v1/messages` gives them, sent before message `before`
+/// if given) as `hotline sent` lists them.
+fn sent_text(v: &Value, before: Option<hotline_proto::MessageId>) -> String {
     let mut out = format!(
         "{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT",
         "ID", "STATE", "DLVD", "ACKD"
@@ -799,11 +867,17 @@ fn sent_text(v: &Value) -> String {
             shown(&m["subject"], false)
         ));
     }
-    let listed = v.as_array().map_or(0, Vec::len);
+    let listed = v.as_array().map_or(&[][..], Vec::as_slice);
+    if let (true, Some(id)) = (listed.is_empty(), before) {
+        out.push_str(&format!("\n(no messages sent before {id})"));
+    }
     out.push_str(&cut_note(
-        listed,
+        listed.len(),
         "sent messages",
-        "`hotline status ID` shows any one by its id",
+        &format!(
+            "{}; `hotline status ID` shows any one by its id",
+            next_page("hotline sent", listed)
+        ),
     ));
     out
 }
@@ -998,8 +1072,10 @@ mod tests {
         );
     }
 
+    /// A list the node cut at its limit says so, and the exact command for the next page:
+    /// the same list before its last message. There was no way to see older ones.
     #[test]
-    fn a_list_the_node_cut_at_its_limit_says_so() {
+    fn a_list_the_node_cut_at_its_limit_names_the_command_for_the_next_page() {
         let received = |n: usize| -> Vec<Value> {
             (0..n)
                 .map(|i| {
@@ -1009,30 +1085,41 @@ mod tests {
                 })
                 .collect()
         };
+        let last = format!("{:032x}", API_LIST_MAX - 1);
         let all = received(API_LIST_MAX - 1);
-        let text = inbox_text(&all, all.len(), false);
-        assert!(!text.contains("only the newest"), "{text}");
+        let text = inbox_text(&all, &all, false, None);
+        assert!(!text.contains("at most"), "{text}");
         let cut = received(API_LIST_MAX);
-        let text = inbox_text(&cut, cut.len(), false);
-        let last = text.lines().last().unwrap_or_default();
+        let text = inbox_text(&cut, &cut, false, None);
+        let note = text.lines().last().unwrap_or_default();
         assert_eq!(
-            last,
-            "(only the newest 1000 messages are listed, the most the node lists: `hotline inbox \
-             --unacknowledged` lists the unacknowledged ones from the whole inbox, `hotline show \
-             ID` shows any one by its id)"
+            note,
+            format!(
+                "(the node lists at most 1000 messages at once: `hotline inbox --before {last}` \
+                 lists the next older ones; `hotline inbox --unacknowledged` lists the \
+                 unacknowledged ones from the whole inbox)"
+            )
         );
         assert_eq!(
             text.lines().count(),
             1 + API_LIST_MAX + 1,
             "header, rows, note"
         );
-        let text = inbox_text(&cut, cut.len(), true);
+        let text = inbox_text(&cut, &cut, true, None);
         assert!(
-            text.ends_with("(only the newest 1000 unacknowledged messages are listed, the most the node lists: acknowledge these to list older ones; `hotline show ID` shows any one by its id)"),
+            text.ends_with(&format!(
+                "(the node lists at most 1000 unacknowledged messages at once: `hotline inbox \
+                 --unacknowledged --before {last}` lists the next older ones)"
+            )),
             "{text}"
         );
-        // Filtered here from a node that ignores `?unacknowledged`: cut all the same.
-        assert!(inbox_text(&cut[..3], cut.len(), true).contains("only the newest 1000"));
+        // Filtered here from a node that ignores `?unacknowledged`: cut all the same, and
+        // the next page starts after the last the node listed.
+        assert!(inbox_text(&cut[..3], &cut, true, None).contains(&format!("--before {last}`")));
+        // A page past the last.
+        let id: hotline_proto::MessageId = last.parse().expect("an id");
+        assert!(inbox_text(&[], &[], false, Some(id))
+            .ends_with(&format!("\n(no messages older than {last})")));
 
         let sent = |n: usize| -> Value {
             (0..n)
@@ -1043,11 +1130,14 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(!sent_text(&sent(API_LIST_MAX - 1)).contains("only the newest"));
-        assert!(sent_text(&sent(API_LIST_MAX)).ends_with(
-            "\n(only the newest 1000 sent messages are listed, the most the node lists: \
-             `hotline status ID` shows any one by its id)"
-        ));
+        assert!(!sent_text(&sent(API_LIST_MAX - 1), None).contains("at most"));
+        assert!(sent_text(&sent(API_LIST_MAX), None).ends_with(&format!(
+            "\n(the node lists at most 1000 sent messages at once: `hotline sent --before \
+             {last}` lists the next older ones; `hotline status ID` shows any one by its id)"
+        )));
+        assert!(
+            sent_text(&sent(0), Some(id)).ends_with(&format!("\n(no messages sent before {last})"))
+        );
 
         let held = |n: usize| -> Value {
             (0..n)
@@ -1057,9 +1147,32 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(!quarantine_text(&held(API_LIST_MAX - 1)).contains("only the newest"));
+        assert!(!quarantine_text(&held(API_LIST_MAX - 1)).contains("at most"));
         assert!(quarantine_text(&held(API_LIST_MAX))
             .ends_with("discard these (`hotline discard`) to list older ones)"));
+    }
+
+    /// A node from before `?before=` lists the newest page again, the one that ended with
+    /// the message given: refused, rather than shown as the older ones.
+    #[test]
+    fn a_node_that_ignores_before_is_told_apart() {
+        let id: hotline_proto::MessageId =
+            "112e2e08d10df574952d0f32e1419492".parse().expect("an id");
+        let page = [
+            json!({"id": "00000000000000000000000000000001"}),
+            json!({"id": id.to_string()}),
+        ];
+        let e = ignored_cursor(&page, Some(id))
+            .expect_err("ignored")
+            .to_string();
+        assert!(e.contains("the node ignored --before"), "{e}");
+        assert!(ignored_cursor(&page[..1], Some(id)).is_ok());
+        assert!(ignored_cursor(&page, None).is_ok());
+        let e = cursor(Some("../status")).expect_err("not an id");
+        assert!(
+            format!("{e:#}").contains("must be 32 hexadecimal digits"),
+            "{e:#}"
+        );
     }
 
     #[test]
