@@ -1034,7 +1034,7 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     // Never sent: the state's tasks are not running.
     std::mem::forget(shutdown_tx);
-    Arc::new(NodeState {
+    Arc::new_cyclic(|this| NodeState {
         hooks: HookRunner::new(config.hook_timeout_ms()),
         me: ParticipantId::new("KAZ").unwrap(),
         key,
@@ -1049,6 +1049,8 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
         shutdown,
         config,
         _claim: claim,
+        early: Mutex::new(EarlyEvents::default()),
+        this: this.clone(),
     })
 }
 
