@@ -1127,6 +1127,64 @@ async fn receipts_over_the_rate_pause_reading_and_lose_nothing() {
     relay.shutdown().await;
 }
 
+/// Receipts are charged by the messages they name, not only one a receipt: each item costs
+/// the store writer, which every participant shares, a look-up (a read of the store for a
+/// message it does not hold). A member sending receipts of 512 made-up items, well within
+/// the receipt count budget, is slowed to its item budget: reading its connection pauses,
+/// nothing is refused, and every receipt is still answered. (Charged one a receipt, such a
+/// member kept the writer looking up 512,000 items a second within the default count
+/// budget of 1,000 receipts.)
+#[tokio::test]
+async fn receipts_naming_many_messages_are_charged_by_their_items() {
+    // An item budget of 5,120 a second with a burst of one receipt's worth: after the
+    // first, each receipt of 512 items waits 100 ms. The count budget (defaults: 1,000 a
+    // second, burst 10,000) never binds here.
+    let net =
+        two_with("[limits]\nreceipt_item_rate_per_sec = 5120\nreceipt_item_rate_burst = 512\n");
+    let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
+    let made_up = |r: u16, i: u16| {
+        let mut id = [0u8; 16];
+        id[..2].copy_from_slice(&r.to_be_bytes());
+        id[2..4].copy_from_slice(&i.to_be_bytes());
+        hotline_proto::ReceiptItem {
+            id: MessageId(id),
+            sender: pid("KAZ"),
+            digest: hotline_proto::Digest([7; 32]),
+        }
+    };
+    let receipts: Vec<_> = (0..6u16)
+        .map(|r| {
+            let receipt = Receipt {
+                version: hotline_proto::PROTOCOL_VERSION,
+                recipient: pid("KGZ"),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: now_ms(),
+                items: (0..512).map(|i| made_up(r, i)).collect(),
+            };
+            Signed::sign(&receipt, &net.key("KGZ")).unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for r in &receipts {
+        kgz.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
+    }
+    for r in &receipts {
+        let res = kgz.receipt_answer(r.digest()).await.unwrap();
+        assert_eq!(res, Ok(()), "answered as stored, none refused");
+    }
+    // The sixth is read only once the budget has earned back four receipts' items past its
+    // burst: 2,048 items at 5,120 a second.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "six receipts of 512 items answered in {took:?}"
+    );
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    let pauses = metric(&text, "hotline_relay_receipt_read_pauses_total").unwrap();
+    assert!(pauses >= 1.0, "{text}");
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn submissions_over_the_rate_are_rate_limited() {
     let net = Net::with_relay_toml(

@@ -76,6 +76,28 @@ pub const RECEIPT_RATE_PER_SEC: u32 = 1_000;
 /// Burst of receipts read above the sustained rate.
 pub const RECEIPT_RATE_BURST: u32 = 10_000;
 
+/// Sustained receipt items per second read from one participant, enforced as
+/// [`RECEIPT_RATE_PER_SEC`] is (reading pauses; nothing is refused). A receipt may name up to
+/// 512 messages, and the store writer, which every participant shares, looks each one up
+/// (from memory for recent messages, otherwise a read of the store, as for an item naming
+/// a message that never existed); the receipt budget alone counted such a receipt as one,
+/// so one member could have the writer look up 512,000 items a second. Honest nodes name
+/// each message they are delivered once: CICA's traffic is far below this, and a backlog
+/// after an outage passes within [`RECEIPT_ITEM_RATE_BURST`] and then at this rate, above
+/// the rate at which the relay delivers to one node on the benchmark machine at 37-way
+/// fan-out (docs/BENCHMARKS.md; the benchmark lifts it, as it does the submission budgets).
+pub const RECEIPT_ITEM_RATE_PER_SEC: u32 = 10_000;
+
+/// Burst of receipt items read above the sustained item rate: a node's backlog of 100,000
+/// messages is receipted without a pause.
+pub const RECEIPT_ITEM_RATE_BURST: u32 = 100_000;
+
+/// Smallest `receipt_item_rate_per_sec` a configuration may set: the most items one receipt
+/// may name. A receipt is charged whole as it is read, so reading pauses for at most a
+/// second after any one receipt, well within the time a node's write may make no progress
+/// before it gives up on the link (10 s).
+pub const RECEIPT_ITEM_RATE_MIN: u32 = proto::RECEIPT_ITEMS_MAX as u32;
+
 /// Receipts waiting to be forwarded to one sender past which a receipt naming only
 /// messages this relay does not hold is no longer forwarded to it. The relay cannot check
 /// such a receipt (the message was accepted by another relay, or never existed), so a
@@ -250,3 +272,4 @@ const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore:
 const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
 const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);
 const _: () = assert!(BYTE_RATE_BURST >= BYTE_RATE_BURST_MIN);
+const _: () = assert!(RECEIPT_ITEM_RATE_PER_SEC >= RECEIPT_ITEM_RATE_MIN);

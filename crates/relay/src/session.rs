@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Receipt token buckets by participant, likewise.
     pub(crate) receipt_rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Receipt item budgets by participant (a token an item, each a look-up by the store
+    /// writer), likewise.
+    pub(crate) receipt_item_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Submission byte budgets by participant (tokens are signed bytes), likewise.
     pub(crate) byte_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Warnings about connections that ended before logging in: anyone can cause them, so
@@ -99,17 +102,27 @@ impl Shared {
         )
     }
 
-    /// Charges `n` receipts to `who`'s receipt bucket; how long to stop reading that
-    /// participant's frames for the bucket to be out of debt (zero if it is not in debt).
-    fn charge_receipts(&self, who: &ParticipantId, n: usize) -> Duration {
+    /// Charges one receipt naming `items` messages to `who`'s receipt budgets: the receipt
+    /// to its count, its items to its items (each costs the store writer a look-up). How
+    /// long to stop reading that participant's frames for each budget to be out of debt
+    /// (zero if it is not in debt): (count, items).
+    fn charge_receipt(&self, who: &ParticipantId, items: usize) -> (Duration, Duration) {
         let l = &self.config.limits;
-        bucket(
+        let count = bucket(
             &self.receipt_rates,
             who,
             l.receipt_rate_per_sec.into(),
             l.receipt_rate_burst.into(),
-            |r, now| r.charge(n, now),
-        )
+            |r, now| r.charge(1, now),
+        );
+        let items = bucket(
+            &self.receipt_item_rates,
+            who,
+            l.receipt_item_rate_per_sec.into(),
+            l.receipt_item_rate_burst.into(),
+            |r, now| r.charge(items, now),
+        );
+        (count, items)
     }
 }
 
@@ -140,6 +153,18 @@ type Refusal = (Subject, RejectCode, String);
 fn undecodable(subject: Subject, e: DecodeError) -> Refusal {
     let e = VerifyError::from(e);
     (subject, reject_code(&e), e.to_string())
+}
+
+/// A frame as read: a receipt decoded once, for its authorship check and the item budget
+/// it is charged as it is read ([`Session::take_in`]).
+enum Read {
+    /// A receipt, with its content if it passed the checks before its signature.
+    Receipt(
+        Signed<hotline_proto::Receipt>,
+        Result<hotline_proto::Receipt, Refusal>,
+    ),
+    /// Any other frame.
+    Frame(NodeToRelay),
 }
 
 /// A frame between the checks before its signature and those after.
@@ -619,8 +644,8 @@ struct Session {
     /// that frees room must read on. (Otherwise the writer's wake-ups say when to read.)
     window_full: bool,
     write_timeout: Duration,
-    /// Reading this connection waits until then: its participant sent receipts faster than
-    /// `receipt_rate_per_sec` allows.
+    /// Reading this connection waits until then: its participant sent receipts, or receipt
+    /// items, faster than `receipt_rate_per_sec` or `receipt_item_rate_per_sec` allows.
     read_paused_until: Option<tokio::time::Instant>,
     /// Receipts forwarded on this connection that the node has not yet confirmed with
     /// `ReceiptsStored`: the most digests its next ones may name.
@@ -727,12 +752,15 @@ impl Session {
                         Err(e) => return Err(net_end(e)),
                         Ok(Some(f)) => {
                             // Whatever else has already arrived, as far as there is room
-                            // for the answers, is handled with it.
+                            // for the answers and the participant's receipt budgets are
+                            // not in debt, is handled with it.
                             let room = limits.inflight_per_connection - self.pending_answers;
-                            let mut frames = vec![f];
-                            while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX) {
+                            let mut frames = vec![self.take_in(f)];
+                            while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX)
+                                && self.read_paused_until.is_none()
+                            {
                                 match reader.try_read::<NodeToRelay>() {
-                                    Ok(Some(f)) => frames.push(f),
+                                    Ok(Some(f)) => frames.push(self.take_in(f)),
                                     Ok(None) => break,
                                     Err(e) => {
                                         self.handle(frames, &answer_tx, mailbox).await?;
@@ -805,55 +833,69 @@ impl Session {
         }
     }
 
+    /// Takes in a frame just read. A receipt is decoded and checked for authorship (7.5,
+    /// steps 2-4) and charged to its participant's receipt budgets: one to the count, its
+    /// items to the items (a receipt refused here reaches no store, and is charged as one
+    /// receipt of no items). Past either budget's burst reading pauses (backpressure,
+    /// nothing refused) until the budget is out of debt: charged one at a time, as read, a
+    /// batch stops at the receipt that went into debt, so a pause is at most one receipt's
+    /// worth.
+    fn take_in(&mut self, f: NodeToRelay) -> Read {
+        let NodeToRelay::Receipt(signed) = f else {
+            return Read::Frame(f);
+        };
+        let checked = self.pre_receipt(&signed);
+        let items = checked.as_ref().map_or(0, |r| r.items.len());
+        let (count, items) = self.shared.charge_receipt(&self.me, items);
+        let wait = count.max(items);
+        if !wait.is_zero() {
+            self.read_paused_until = Some(tokio::time::Instant::now() + wait);
+            self.shared
+                .metrics
+                .receipt_read_pauses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.pause_logged {
+                self.pause_logged = true;
+                let l = &self.shared.config.limits;
+                let budget = if count >= items {
+                    "receipt_rate_per_sec"
+                } else {
+                    "receipt_item_rate_per_sec"
+                };
+                warn!(peer = %self.me, budget, receipts_per_sec = l.receipt_rate_per_sec, items_per_sec = l.receipt_item_rate_per_sec, "receipts arrive faster than the participant's receipt budget allows; reading this connection pauses (logged once per connection)");
+            }
+        }
+        Read::Receipt(signed, checked)
+    }
+
     /// Handles a group of frames read together, in order. The signatures of the messages
     /// among them are verified as one batch (about half the cost of one by one); receipts go
     /// to the verifier, which batches them across sessions (`crate::verifier`). Each frame's
     /// checks and answers are as if it had been handled alone.
     async fn handle(
         &mut self,
-        frames: Vec<NodeToRelay>,
+        frames: Vec<Read>,
         answers: &mpsc::Sender<RelayToNode>,
         mailbox: &Mailbox,
     ) -> Result<(), End> {
         // The start of the submissions' first stage (`hotline_relay_submit_check_seconds`).
         let read_at = std::time::Instant::now();
-        // Receipts are charged to the participant's bucket as they are read; past its
-        // burst, reading pauses (backpressure, nothing refused).
-        let receipts = frames
-            .iter()
-            .filter(|f| matches!(f, NodeToRelay::Receipt(_)))
-            .count();
-        if receipts > 0 {
-            let wait = self.shared.charge_receipts(&self.me, receipts);
-            if !wait.is_zero() {
-                self.read_paused_until = Some(tokio::time::Instant::now() + wait);
-                self.shared
-                    .metrics
-                    .receipt_read_pauses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if !self.pause_logged {
-                    self.pause_logged = true;
-                    warn!(peer = %self.me, rate = self.shared.config.limits.receipt_rate_per_sec, "receipts arrive faster than receipt_rate_per_sec; reading this connection pauses (logged once per connection)");
-                }
-            }
-        }
-        // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5).
+        // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5;
+        // a receipt's were made as it was read).
         let mut staged = Vec::with_capacity(frames.len());
         let mut envelopes = Vec::new();
         for f in frames {
             staged.push(match f {
-                NodeToRelay::Submit(signed) => match self.pre_submit(&signed) {
+                Read::Frame(NodeToRelay::Submit(signed)) => match self.pre_submit(&signed) {
                     Err(refusal) => Staged::Refuse(refusal),
                     Ok(env) => {
                         envelopes.push((signed, env));
                         Staged::Submit
                     }
                 },
-                NodeToRelay::Receipt(signed) => match self.pre_receipt(&signed) {
-                    Err(refusal) => Staged::Refuse(refusal),
-                    Ok(receipt) => Staged::Receipt(signed, receipt),
-                },
-                other => Staged::Other(other),
+                Read::Receipt(_, Err(refusal)) => Staged::Refuse(refusal),
+                Read::Receipt(signed, Ok(receipt)) => Staged::Receipt(signed, receipt),
+                Read::Frame(other) => Staged::Other(other),
             });
         }
         // Pass 2: roster and signatures of the messages, in a batch, over the values
