@@ -2705,6 +2705,66 @@ async fn sixty_largest_to(from: &mut Client, recipient: &str) -> Vec<MessageId> 
     ids
 }
 
+/// After an outage a node flushes a page of its outbox as it connects, while the relay sends
+/// it its backlog: each side writes more than the other's QUIC stream window holds before it
+/// reads. The relay must go on reading while it writes. (It read nothing until it had written
+/// the backlog, and the node, whose link reads what arrives only between its writes, nothing
+/// until its write was taken: each waited on the other until one gave the link up as
+/// stalled, and so again at every connection, the backlog and the outbox never moving.)
+#[tokio::test]
+async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nwrite_timeout_ms = 1000\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    // About 3.9 MB queued for KGZ while it is away, three times QUIC's stream window.
+    let backlog = sixty_largest_to(&mut tjk, "KGZ").await;
+
+    // KGZ connects and, reading nothing yet, writes thirty of the largest messages (about
+    // 2 MB, more than the relay's stream window) in one write, as a node's link writes a
+    // page of its outbox.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    let mut outbox = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..30 {
+        let mut env = kgz.envelope(to(&["KAZ"]), &format!("outbox {i}"));
+        env.body = body.clone();
+        outbox.push(env.id);
+        let frame = NodeToRelay::Submit(kgz.sign(&env));
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    tokio::time::timeout(EVENT_TIMEOUT, kgz.session.writer.write_raw(&buf))
+        .await
+        .expect("the relay takes the node's write")
+        .expect("the connection stays up");
+
+    // Then KGZ reads: its whole backlog, and an acceptance for each message it wrote.
+    let mut delivered = Vec::new();
+    let mut accepted = Vec::new();
+    while delivered.len() < backlog.len() || accepted.len() < outbox.len() {
+        match kgz.next().await.unwrap() {
+            RelayToNode::Deliver(d) => delivered.push(d.decode_unverified().unwrap().id),
+            RelayToNode::Accepted(a) => accepted.push(a.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered, backlog);
+    accepted.sort();
+    outbox.sort();
+    assert_eq!(accepted, outbox);
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     let net = Net::with_relay_toml(

@@ -150,6 +150,18 @@ pub const IDLE_TIMEOUT_MAX_MS: u64 = 600_000;
 /// reading from it (backpressure through QUIC flow control).
 pub const INFLIGHT_PER_CONNECTION: usize = 2_048;
 
+/// Frames a session reads from its node, at most, while it waits on a write to that node
+/// (`session::Input`): a reference node's page of outbox messages (256), written as the
+/// relay sends it its backlog after an outage, so that neither side's write waits on the
+/// other's for good.
+pub const READ_AHEAD_FRAMES: usize = 256;
+
+/// Bytes of frames a session reads ahead, at most: [`READ_AHEAD_FRAMES`] of the largest
+/// messages (20 MiB), and a little more. Held only while the session's write waits on a
+/// node that writes on (a session can already hold more: `inflight_per_connection`
+/// submissions handed to the store writer).
+pub const READ_AHEAD_BYTES: usize = 24 * 1024 * 1024;
+
 /// Largest `inflight_per_connection` a configuration may set: 32 times the default. Each
 /// session's answer channel is that deep, and a channel deeper than tokio allows panics the
 /// session; past this, one connection's backlog would only add latency, not throughput.
@@ -273,3 +285,4 @@ const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
 const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);
 const _: () = assert!(BYTE_RATE_BURST >= BYTE_RATE_BURST_MIN);
 const _: () = assert!(RECEIPT_ITEM_RATE_PER_SEC >= RECEIPT_ITEM_RATE_MIN);
+const _: () = assert!(READ_AHEAD_BYTES >= READ_AHEAD_FRAMES * proto::ENVELOPE_BYTES_MAX);

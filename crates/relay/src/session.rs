@@ -576,6 +576,7 @@ async fn session(
         conn_id,
         shared: shared.clone(),
         writer,
+        input: Input::new(reader),
         msg_cursor: 0,
         rcpt_cursor: 0,
         msgs_from_store: false,
@@ -591,7 +592,6 @@ async fn session(
     };
     let result = s
         .run(
-            reader,
             welcome,
             checked_roster,
             node_roster_version,
@@ -628,6 +628,8 @@ struct Session {
     conn_id: u64,
     shared: Arc<Shared>,
     writer: FrameWriter,
+    /// The node's frames: read in the session's loop, and ahead of it while a write waits.
+    input: Input,
     /// Queue position of the last message written to this node.
     msg_cursor: i64,
     /// Queue position of the last forwarded receipt written to this node.
@@ -689,7 +691,6 @@ impl Session {
     /// force if it is newer than the node's.
     async fn run(
         &mut self,
-        mut reader: FrameReader,
         mut welcome: Welcome,
         checked_roster: u64,
         node_roster: u64,
@@ -697,9 +698,10 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
         let limits = self.shared.config.limits.clone();
-        // Frames are read in the select below: `FrameReader::read` is cancel-safe, so a frame
+        // Frames are read in the select below: `Input::next` is cancel-safe, so a frame
         // half-read when another branch wins is kept for the next turn. Not reading while the
-        // answers are at their limit passes backpressure on to QUIC flow control.
+        // answers are at their limit passes backpressure on to QUIC flow control (past the
+        // few frames read ahead while a write waits, `Input`).
         let (answer_tx, mut answer_rx) =
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
@@ -731,6 +733,7 @@ impl Session {
                 // verifier still commit and answer it), then tell the node to come back
                 // later. Reading stops: what the node sends from now on it offers again.
                 _ = shutdown.changed() => {
+                    self.input.closed = true;
                     drop(answer_tx);
                     self.answer_owed(&mut answer_rx).await?;
                     let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::GoingAway, detail: "relay shutting down".into() })).await;
@@ -746,7 +749,7 @@ impl Session {
                 // Answers from the store writer, in commit order.
                 Some(answer) = answer_rx.recv() => self.write_answers(answer, &mut answer_rx).await?,
                 // Frames from the node, while there is room for their answers.
-                frame = reader.read::<NodeToRelay>(), if can_read => {
+                frame = self.input.next(), if can_read => {
                     match frame {
                         Ok(None) => return Ok(()),
                         Err(e) => return Err(net_end(e)),
@@ -759,7 +762,7 @@ impl Session {
                             while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX)
                                 && self.read_paused_until.is_none()
                             {
-                                match reader.try_read::<NodeToRelay>() {
+                                match self.input.try_next() {
                                     Ok(Some(f)) => frames.push(self.take_in(f)),
                                     Ok(None) => break,
                                     Err(e) => {
@@ -1286,20 +1289,138 @@ impl Session {
     /// Writes encoded frames. A node that reads none of them for `write_timeout_ms` is a
     /// slow consumer (closed with `SlowConsumer`); one that reads steadily, however slowly
     /// (a backlog page of megabytes over a poor link), is given the time it takes.
+    ///
+    /// Meanwhile the node's frames are read ahead ([`Input`]): a node may be writing too,
+    /// and read what this writes only once its own write is taken.
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.writer
-            .write_raw_steady(bytes, self.write_timeout)
-            .await
-            .map_err(net_end)
+        let write = self.writer.write_raw_steady(bytes, self.write_timeout);
+        self.input.while_writing(write).await.map_err(net_end)
     }
 
     /// As [`Session::write_raw`], for frames in shared buffers (posted items).
     async fn write_shared(&mut self, frames: &mut [bytes::Bytes]) -> Result<(), End> {
-        self.writer
-            .write_chunks_steady(frames, self.write_timeout)
-            .await
-            .map_err(net_end)
+        let write = self.writer.write_chunks_steady(frames, self.write_timeout);
+        self.input.while_writing(write).await.map_err(net_end)
     }
+}
+
+/// The node's side of a session's stream: its frame reader, and the frames read from it
+/// ahead of the session's loop while the session waited on a write.
+///
+/// A session writes to its node (a backlog of megabytes; answers) while the node may be
+/// writing to it (after an outage, a page of its outbox, up to 256 messages), and the
+/// reference node reads what arrives only between its writes (its reader task holds 256
+/// frames). Had the session read nothing while it wrote, each side's write would have
+/// waited on the other's reading once both QUIC stream windows (1.25 MB each) were full,
+/// until one of them gave the link up as stalled, and so again at every connection. So
+/// while a write waits the session reads on, up to `limits::READ_AHEAD_FRAMES` frames and
+/// `READ_AHEAD_BYTES` bytes, which hold a node's largest outbox page; the loop handles them
+/// (charged to the budgets, within `inflight_per_connection`) before reading more.
+struct Input {
+    reader: FrameReader,
+    /// Frames read ahead, in the order read.
+    ahead: std::collections::VecDeque<NodeToRelay>,
+    /// Their size, about ([`frame_bytes`]).
+    ahead_bytes: usize,
+    /// How reading ended while reading ahead (the node finished the stream, or an error),
+    /// reported once the frames read before it have been taken.
+    end: Option<Result<(), NetError>>,
+    /// The relay is shutting down: no more is read ahead (what the node sends from then on,
+    /// it offers again).
+    closed: bool,
+}
+
+impl Input {
+    fn new(reader: FrameReader) -> Self {
+        Self {
+            reader,
+            ahead: std::collections::VecDeque::new(),
+            ahead_bytes: 0,
+            end: None,
+            closed: false,
+        }
+    }
+
+    /// The next frame: one read ahead, else from the stream. `Ok(None)` when the node
+    /// finished the stream. Cancel-safe, as `FrameReader::read` is: a frame read ahead is
+    /// taken without waiting.
+    async fn next(&mut self) -> Result<Option<NodeToRelay>, NetError> {
+        if let Some(f) = self.take_ahead() {
+            return Ok(Some(f));
+        }
+        if let Some(end) = self.end.take() {
+            return end.map(|()| None);
+        }
+        self.reader.read::<NodeToRelay>().await
+    }
+
+    /// The next frame if one has already arrived (read ahead, or waiting in the reader),
+    /// without waiting; an error read ahead once the frames before it are taken.
+    fn try_next(&mut self) -> Result<Option<NodeToRelay>, NetError> {
+        if let Some(f) = self.take_ahead() {
+            return Ok(Some(f));
+        }
+        match self.end.take() {
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => {
+                // The next `next` says the stream has ended.
+                self.end = Some(Ok(()));
+                Ok(None)
+            }
+            None => self.reader.try_read::<NodeToRelay>(),
+        }
+    }
+
+    fn take_ahead(&mut self) -> Option<NodeToRelay> {
+        let f = self.ahead.pop_front()?;
+        self.ahead_bytes -= frame_bytes(&f);
+        Some(f)
+    }
+
+    /// Whether another frame may be read ahead.
+    fn has_room(&self) -> bool {
+        !self.closed
+            && self.end.is_none()
+            && self.ahead.len() < crate::limits::READ_AHEAD_FRAMES
+            && self.ahead_bytes < crate::limits::READ_AHEAD_BYTES
+    }
+
+    /// Runs `write` to its end, reading the node's frames ahead meanwhile while there is
+    /// room for them.
+    async fn while_writing<T>(
+        &mut self,
+        write: impl std::future::Future<Output = Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        let mut write = std::pin::pin!(write);
+        loop {
+            let room = self.has_room();
+            tokio::select! {
+                biased;
+                done = &mut write => return done,
+                // Cancel-safe: a frame half-read when the write ends stays in the reader.
+                read = self.reader.read::<NodeToRelay>(), if room => match read {
+                    Ok(Some(f)) => {
+                        self.ahead_bytes += frame_bytes(&f);
+                        self.ahead.push_back(f);
+                    }
+                    Ok(None) => self.end = Some(Ok(())),
+                    Err(e) => self.end = Some(Err(e)),
+                },
+            }
+        }
+    }
+}
+
+/// About how many bytes a frame read ahead holds: its signed bytes, or its digests.
+fn frame_bytes(f: &NodeToRelay) -> usize {
+    const SMALL: usize = 64;
+    SMALL
+        + match f {
+            NodeToRelay::Submit(s) => s.bytes().len(),
+            NodeToRelay::Receipt(s) => s.bytes().len(),
+            NodeToRelay::ReceiptsStored(d) => d.len() * 32,
+            _ => 0,
+        }
 }
 
 /// Hands `item` to a stage (the store writer or the receipt verifier) that answers it on the
