@@ -1127,6 +1127,64 @@ async fn receipts_over_the_rate_pause_reading_and_lose_nothing() {
     relay.shutdown().await;
 }
 
+/// Receipts are charged by the messages they name, not only one a receipt: each item costs
+/// the store writer, which every participant shares, a look-up (a read of the store for a
+/// message it does not hold). A member sending receipts of 512 made-up items, well within
+/// the receipt count budget, is slowed to its item budget: reading its connection pauses,
+/// nothing is refused, and every receipt is still answered. (Charged one a receipt, such a
+/// member kept the writer looking up 512,000 items a second within the default count
+/// budget of 1,000 receipts.)
+#[tokio::test]
+async fn receipts_naming_many_messages_are_charged_by_their_items() {
+    // An item budget of 5,120 a second with a burst of one receipt's worth: after the
+    // first, each receipt of 512 items waits 100 ms. The count budget (defaults: 1,000 a
+    // second, burst 10,000) never binds here.
+    let net =
+        two_with("[limits]\nreceipt_item_rate_per_sec = 5120\nreceipt_item_rate_burst = 512\n");
+    let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
+    let made_up = |r: u16, i: u16| {
+        let mut id = [0u8; 16];
+        id[..2].copy_from_slice(&r.to_be_bytes());
+        id[2..4].copy_from_slice(&i.to_be_bytes());
+        hotline_proto::ReceiptItem {
+            id: MessageId(id),
+            sender: pid("KAZ"),
+            digest: hotline_proto::Digest([7; 32]),
+        }
+    };
+    let receipts: Vec<_> = (0..6u16)
+        .map(|r| {
+            let receipt = Receipt {
+                version: hotline_proto::PROTOCOL_VERSION,
+                recipient: pid("KGZ"),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: now_ms(),
+                items: (0..512).map(|i| made_up(r, i)).collect(),
+            };
+            Signed::sign(&receipt, &net.key("KGZ")).unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for r in &receipts {
+        kgz.send(&NodeToRelay::Receipt(r.clone())).await.unwrap();
+    }
+    for r in &receipts {
+        let res = kgz.receipt_answer(r.digest()).await.unwrap();
+        assert_eq!(res, Ok(()), "answered as stored, none refused");
+    }
+    // The sixth is read only once the budget has earned back four receipts' items past its
+    // burst: 2,048 items at 5,120 a second.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "six receipts of 512 items answered in {took:?}"
+    );
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    let pauses = metric(&text, "hotline_relay_receipt_read_pauses_total").unwrap();
+    assert!(pauses >= 1.0, "{text}");
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn submissions_over_the_rate_are_rate_limited() {
     let net = Net::with_relay_toml(
@@ -2645,6 +2703,66 @@ async fn sixty_largest_to(from: &mut Client, recipient: &str) -> Vec<MessageId> 
         a.unwrap();
     }
     ids
+}
+
+/// After an outage a node flushes a page of its outbox as it connects, while the relay sends
+/// it its backlog: each side writes more than the other's QUIC stream window holds before it
+/// reads. The relay must go on reading while it writes. (It read nothing until it had written
+/// the backlog, and the node, whose link reads what arrives only between its writes, nothing
+/// until its write was taken: each waited on the other until one gave the link up as
+/// stalled, and so again at every connection, the backlog and the outbox never moving.)
+#[tokio::test]
+async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+            ("TJK", Role::Member),
+        ],
+        &[],
+        "[limits]\nwrite_timeout_ms = 1000\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut tjk = net.client(addr, "TJK").await.unwrap();
+    // About 3.9 MB queued for KGZ while it is away, three times QUIC's stream window.
+    let backlog = sixty_largest_to(&mut tjk, "KGZ").await;
+
+    // KGZ connects and, reading nothing yet, writes thirty of the largest messages (about
+    // 2 MB, more than the relay's stream window) in one write, as a node's link writes a
+    // page of its outbox.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    let mut outbox = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..30 {
+        let mut env = kgz.envelope(to(&["KAZ"]), &format!("outbox {i}"));
+        env.body = body.clone();
+        outbox.push(env.id);
+        let frame = NodeToRelay::Submit(kgz.sign(&env));
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    tokio::time::timeout(EVENT_TIMEOUT, kgz.session.writer.write_raw(&buf))
+        .await
+        .expect("the relay takes the node's write")
+        .expect("the connection stays up");
+
+    // Then KGZ reads: its whole backlog, and an acceptance for each message it wrote.
+    let mut delivered = Vec::new();
+    let mut accepted = Vec::new();
+    while delivered.len() < backlog.len() || accepted.len() < outbox.len() {
+        match kgz.next().await.unwrap() {
+            RelayToNode::Deliver(d) => delivered.push(d.decode_unverified().unwrap().id),
+            RelayToNode::Accepted(a) => accepted.push(a.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered, backlog);
+    accepted.sort();
+    outbox.sort();
+    assert_eq!(accepted, outbox);
+    relay.shutdown().await;
 }
 
 #[tokio::test]

@@ -74,9 +74,11 @@ pub fn run_dir(base: &Path, name: &str) -> PathBuf {
 /// submission budgets per participant (by default 100 a second, burst 10,000, and 1 MiB a
 /// second, burst 64 MiB), which bound a runaway node and which the generator's senders
 /// exceed on purpose (fanout37 at 500 messages a second of 64 KiB bodies is 32 MiB a
-/// second). Durability is not a limit and is never changed.
+/// second), and the receipt item budget (by default 10,000 a second, burst 100,000), which
+/// a recipient at fanout37's maximum nears. Durability is not a limit and is never changed.
 pub(crate) const DEFAULT_LIMITS: &str = "rate_per_sec = 1000000\nrate_burst = 1000000\n\
-    byte_rate_per_sec = 1000000000000\nbyte_rate_burst = 1000000000000\n";
+    byte_rate_per_sec = 1000000000000\nbyte_rate_burst = 1000000000000\n\
+    receipt_item_rate_per_sec = 1000000000\nreceipt_item_rate_burst = 1000000000\n";
 
 /// fanout37: the Secretariat sends to everyone (the 37 other CICA participants); each
 /// recipient stores durably and receipts cumulatively. `rate` is messages per second, or
@@ -226,9 +228,9 @@ mod tests {
 
     /// The workloads' relay lifts both submission budgets so that neither binds: the byte
     /// budget allows the count budget's every message at the largest size, so a run with
-    /// large bodies measures the relay, not its limits.
+    /// large bodies measures the relay, not its limits; and the receipt item budget.
     #[test]
-    fn the_workloads_relay_lifts_the_count_and_the_byte_budgets() {
+    fn the_workloads_relay_lifts_the_count_byte_and_receipt_item_budgets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = network::Network::create(dir.path(), &[], DEFAULT_LIMITS).expect("network");
         let l = hotline_relay::RelayConfig::load(&net.config)
@@ -242,6 +244,13 @@ mod tests {
         assert!(
             l.byte_rate_per_sec >= u64::from(l.rate_per_sec) * largest
                 && l.byte_rate_burst >= u64::from(l.rate_burst) * largest,
+            "{l:?}"
+        );
+        // And the receipt item budget, so that every recipient of a 37-way fan-out at the
+        // count budget's rate may receipt each message.
+        assert!(
+            u64::from(l.receipt_item_rate_per_sec) >= u64::from(l.rate_per_sec) * 37
+                && u64::from(l.receipt_item_rate_burst) >= u64::from(l.rate_burst) * 37,
             "{l:?}"
         );
     }

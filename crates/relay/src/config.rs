@@ -48,6 +48,12 @@ pub struct Limits {
     pub receipt_rate_per_sec: u32,
     /// Burst of receipts above that rate (default 10000).
     pub receipt_rate_burst: u32,
+    /// Sustained receipt items (messages named by receipts) per second read from one
+    /// participant before reading its connection pauses, as for `receipt_rate_per_sec`
+    /// (default 10000; at least 512, the most items one receipt names).
+    pub receipt_item_rate_per_sec: u32,
+    /// Burst of receipt items above that rate (default 100000).
+    pub receipt_item_rate_burst: u32,
     /// Receipts naming only messages this relay does not hold (accepted by another relay)
     /// are forwarded to a sender while fewer than this many receipts wait for it (default
     /// 10000).
@@ -98,6 +104,8 @@ impl Default for Limits {
             byte_rate_burst: limits::BYTE_RATE_BURST,
             receipt_rate_per_sec: limits::RECEIPT_RATE_PER_SEC,
             receipt_rate_burst: limits::RECEIPT_RATE_BURST,
+            receipt_item_rate_per_sec: limits::RECEIPT_ITEM_RATE_PER_SEC,
+            receipt_item_rate_burst: limits::RECEIPT_ITEM_RATE_BURST,
             forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
             foreign_receipts_per_day_max: limits::FOREIGN_RECEIPTS_PER_DAY_MAX,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
@@ -331,6 +339,17 @@ impl RelayConfig {
                 format!(
                     "must be at least {} (the largest signed message)",
                     limits::BYTE_RATE_BURST_MIN
+                ),
+            ));
+        }
+        // A receipt is charged whole as it is read: below this one receipt could pause
+        // reading for longer than a node waits for its write to make progress.
+        if l.receipt_item_rate_per_sec < limits::RECEIPT_ITEM_RATE_MIN {
+            return Err(invalid(
+                "limits.receipt_item_rate_per_sec",
+                format!(
+                    "must be at least {} (the most items one receipt may name)",
+                    limits::RECEIPT_ITEM_RATE_MIN
                 ),
             ));
         }
@@ -631,9 +650,25 @@ mod tests {
             "{e}"
         );
 
-        // QUIC refuses an idle timeout this long at the relay's start: the parse refuses it.
+        // Below one receipt's most items a second, one receipt could pause reading a node
+        // for longer than the node waits for its write to move.
         let text = text.replace(
             "receipt_rate_per_sec = 0",
+            "receipt_item_rate_per_sec = 511",
+        );
+        let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("slow items");
+        assert!(
+            e.to_string().contains("limits.receipt_item_rate_per_sec")
+                && e.to_string().contains("at least 512"),
+            "{e}"
+        );
+        let floor = text.replace("= 511", "= 512");
+        let c = RelayConfig::parse(&floor, Path::new("r.toml")).expect("the floor");
+        assert_eq!(c.limits.receipt_item_rate_per_sec, 512);
+
+        // QUIC refuses an idle timeout this long at the relay's start: the parse refuses it.
+        let text = text.replace(
+            "receipt_item_rate_per_sec = 511",
             "idle_timeout_ms = 9223372036854775807",
         );
         let e = RelayConfig::parse(&text, Path::new("r.toml")).expect_err("endless idle");

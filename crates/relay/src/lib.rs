@@ -634,6 +634,7 @@ impl Relay {
             verifier: verify_tx,
             rates: Default::default(),
             receipt_rates: Default::default(),
+            receipt_item_rates: Default::default(),
             byte_rates: Default::default(),
             before_login: std::sync::Mutex::new(hotline_net::Throttle::new(Duration::from_secs(
                 10,

@@ -76,6 +76,28 @@ pub const RECEIPT_RATE_PER_SEC: u32 = 1_000;
 /// Burst of receipts read above the sustained rate.
 pub const RECEIPT_RATE_BURST: u32 = 10_000;
 
+/// Sustained receipt items per second read from one participant, enforced as
+/// [`RECEIPT_RATE_PER_SEC`] is (reading pauses; nothing is refused). A receipt may name up to
+/// 512 messages, and the store writer, which every participant shares, looks each one up
+/// (from memory for recent messages, otherwise a read of the store, as for an item naming
+/// a message that never existed); the receipt budget alone counted such a receipt as one,
+/// so one member could have the writer look up 512,000 items a second. Honest nodes name
+/// each message they are delivered once: CICA's traffic is far below this, and a backlog
+/// after an outage passes within [`RECEIPT_ITEM_RATE_BURST`] and then at this rate, above
+/// the rate at which the relay delivers to one node on the benchmark machine at 37-way
+/// fan-out (docs/BENCHMARKS.md; the benchmark lifts it, as it does the submission budgets).
+pub const RECEIPT_ITEM_RATE_PER_SEC: u32 = 10_000;
+
+/// Burst of receipt items read above the sustained item rate: a node's backlog of 100,000
+/// messages is receipted without a pause.
+pub const RECEIPT_ITEM_RATE_BURST: u32 = 100_000;
+
+/// Smallest `receipt_item_rate_per_sec` a configuration may set: the most items one receipt
+/// may name. A receipt is charged whole as it is read, so reading pauses for at most a
+/// second after any one receipt, well within the time a node's write may make no progress
+/// before it gives up on the link (10 s).
+pub const RECEIPT_ITEM_RATE_MIN: u32 = proto::RECEIPT_ITEMS_MAX as u32;
+
 /// Receipts waiting to be forwarded to one sender past which a receipt naming only
 /// messages this relay does not hold is no longer forwarded to it. The relay cannot check
 /// such a receipt (the message was accepted by another relay, or never existed), so a
@@ -127,6 +149,18 @@ pub const IDLE_TIMEOUT_MAX_MS: u64 = 600_000;
 /// Submissions and receipts from one connection awaiting commit before the relay stops
 /// reading from it (backpressure through QUIC flow control).
 pub const INFLIGHT_PER_CONNECTION: usize = 2_048;
+
+/// Frames a session reads from its node, at most, while it waits on a write to that node
+/// (`session::Input`): a reference node's page of outbox messages (256), written as the
+/// relay sends it its backlog after an outage, so that neither side's write waits on the
+/// other's for good.
+pub const READ_AHEAD_FRAMES: usize = 256;
+
+/// Bytes of frames a session reads ahead, at most: [`READ_AHEAD_FRAMES`] of the largest
+/// messages (20 MiB), and a little more. Held only while the session's write waits on a
+/// node that writes on (a session can already hold more: `inflight_per_connection`
+/// submissions handed to the store writer).
+pub const READ_AHEAD_BYTES: usize = 24 * 1024 * 1024;
 
 /// Largest `inflight_per_connection` a configuration may set: 32 times the default. Each
 /// session's answer channel is that deep, and a channel deeper than tokio allows panics the
@@ -250,3 +284,5 @@ const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore:
 const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
 const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);
 const _: () = assert!(BYTE_RATE_BURST >= BYTE_RATE_BURST_MIN);
+const _: () = assert!(RECEIPT_ITEM_RATE_PER_SEC >= RECEIPT_ITEM_RATE_MIN);
+const _: () = assert!(READ_AHEAD_BYTES >= READ_AHEAD_FRAMES * proto::ENVELOPE_BYTES_MAX);

@@ -523,8 +523,9 @@ impl Metrics {
         counter(
             &mut o,
             "hotline_relay_receipt_read_pauses_total",
-            "Times reading a connection paused because its participant sent receipts faster \
-             than limits.receipt_rate_per_sec (and its burst) allow.",
+            "Times reading a connection paused because its participant sent receipts, or \
+             receipt items, faster than limits.receipt_rate_per_sec or \
+             receipt_item_rate_per_sec (and their bursts) allow.",
             self.receipt_read_pauses.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP hotline_relay_submissions_rate_limited_total Submissions refused RateLimited, by the sender's budget they were over: count, limits.rate_per_sec and rate_burst; bytes, limits.byte_rate_per_sec and byte_rate_burst. Each is also in hotline_relay_messages_rejected_total{{reason=\"rate_limited\"}}.\n# TYPE hotline_relay_submissions_rate_limited_total counter");

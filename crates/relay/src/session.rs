@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Receipt token buckets by participant, likewise.
     pub(crate) receipt_rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Receipt item budgets by participant (a token an item, each a look-up by the store
+    /// writer), likewise.
+    pub(crate) receipt_item_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Submission byte budgets by participant (tokens are signed bytes), likewise.
     pub(crate) byte_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Warnings about connections that ended before logging in: anyone can cause them, so
@@ -99,17 +102,27 @@ impl Shared {
         )
     }
 
-    /// Charges `n` receipts to `who`'s receipt bucket; how long to stop reading that
-    /// participant's frames for the bucket to be out of debt (zero if it is not in debt).
-    fn charge_receipts(&self, who: &ParticipantId, n: usize) -> Duration {
+    /// Charges one receipt naming `items` messages to `who`'s receipt budgets: the receipt
+    /// to its count, its items to its items (each costs the store writer a look-up). How
+    /// long to stop reading that participant's frames for each budget to be out of debt
+    /// (zero if it is not in debt): (count, items).
+    fn charge_receipt(&self, who: &ParticipantId, items: usize) -> (Duration, Duration) {
         let l = &self.config.limits;
-        bucket(
+        let count = bucket(
             &self.receipt_rates,
             who,
             l.receipt_rate_per_sec.into(),
             l.receipt_rate_burst.into(),
-            |r, now| r.charge(n, now),
-        )
+            |r, now| r.charge(1, now),
+        );
+        let items = bucket(
+            &self.receipt_item_rates,
+            who,
+            l.receipt_item_rate_per_sec.into(),
+            l.receipt_item_rate_burst.into(),
+            |r, now| r.charge(items, now),
+        );
+        (count, items)
     }
 }
 
@@ -140,6 +153,18 @@ type Refusal = (Subject, RejectCode, String);
 fn undecodable(subject: Subject, e: DecodeError) -> Refusal {
     let e = VerifyError::from(e);
     (subject, reject_code(&e), e.to_string())
+}
+
+/// A frame as read: a receipt decoded once, for its authorship check and the item budget
+/// it is charged as it is read ([`Session::take_in`]).
+enum Read {
+    /// A receipt, with its content if it passed the checks before its signature.
+    Receipt(
+        Signed<hotline_proto::Receipt>,
+        Result<hotline_proto::Receipt, Refusal>,
+    ),
+    /// Any other frame.
+    Frame(NodeToRelay),
 }
 
 /// A frame between the checks before its signature and those after.
@@ -551,6 +576,7 @@ async fn session(
         conn_id,
         shared: shared.clone(),
         writer,
+        input: Input::new(reader),
         msg_cursor: 0,
         rcpt_cursor: 0,
         msgs_from_store: false,
@@ -566,7 +592,6 @@ async fn session(
     };
     let result = s
         .run(
-            reader,
             welcome,
             checked_roster,
             node_roster_version,
@@ -603,6 +628,8 @@ struct Session {
     conn_id: u64,
     shared: Arc<Shared>,
     writer: FrameWriter,
+    /// The node's frames: read in the session's loop, and ahead of it while a write waits.
+    input: Input,
     /// Queue position of the last message written to this node.
     msg_cursor: i64,
     /// Queue position of the last forwarded receipt written to this node.
@@ -619,8 +646,8 @@ struct Session {
     /// that frees room must read on. (Otherwise the writer's wake-ups say when to read.)
     window_full: bool,
     write_timeout: Duration,
-    /// Reading this connection waits until then: its participant sent receipts faster than
-    /// `receipt_rate_per_sec` allows.
+    /// Reading this connection waits until then: its participant sent receipts, or receipt
+    /// items, faster than `receipt_rate_per_sec` or `receipt_item_rate_per_sec` allows.
     read_paused_until: Option<tokio::time::Instant>,
     /// Receipts forwarded on this connection that the node has not yet confirmed with
     /// `ReceiptsStored`: the most digests its next ones may name.
@@ -664,7 +691,6 @@ impl Session {
     /// force if it is newer than the node's.
     async fn run(
         &mut self,
-        mut reader: FrameReader,
         mut welcome: Welcome,
         checked_roster: u64,
         node_roster: u64,
@@ -672,9 +698,10 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
         let limits = self.shared.config.limits.clone();
-        // Frames are read in the select below: `FrameReader::read` is cancel-safe, so a frame
+        // Frames are read in the select below: `Input::next` is cancel-safe, so a frame
         // half-read when another branch wins is kept for the next turn. Not reading while the
-        // answers are at their limit passes backpressure on to QUIC flow control.
+        // answers are at their limit passes backpressure on to QUIC flow control (past the
+        // few frames read ahead while a write waits, `Input`).
         let (answer_tx, mut answer_rx) =
             mpsc::channel::<RelayToNode>(limits.inflight_per_connection);
         let mut roster_rx = self.shared.roster.clone();
@@ -706,6 +733,7 @@ impl Session {
                 // verifier still commit and answer it), then tell the node to come back
                 // later. Reading stops: what the node sends from now on it offers again.
                 _ = shutdown.changed() => {
+                    self.input.closed = true;
                     drop(answer_tx);
                     self.answer_owed(&mut answer_rx).await?;
                     let _ = self.write(&RelayToNode::Error(ErrorFrame { code: ErrorCode::GoingAway, detail: "relay shutting down".into() })).await;
@@ -721,18 +749,21 @@ impl Session {
                 // Answers from the store writer, in commit order.
                 Some(answer) = answer_rx.recv() => self.write_answers(answer, &mut answer_rx).await?,
                 // Frames from the node, while there is room for their answers.
-                frame = reader.read::<NodeToRelay>(), if can_read => {
+                frame = self.input.next(), if can_read => {
                     match frame {
                         Ok(None) => return Ok(()),
                         Err(e) => return Err(net_end(e)),
                         Ok(Some(f)) => {
                             // Whatever else has already arrived, as far as there is room
-                            // for the answers, is handled with it.
+                            // for the answers and the participant's receipt budgets are
+                            // not in debt, is handled with it.
                             let room = limits.inflight_per_connection - self.pending_answers;
-                            let mut frames = vec![f];
-                            while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX) {
-                                match reader.try_read::<NodeToRelay>() {
-                                    Ok(Some(f)) => frames.push(f),
+                            let mut frames = vec![self.take_in(f)];
+                            while frames.len() < room.min(crate::limits::VERIFY_BATCH_MAX)
+                                && self.read_paused_until.is_none()
+                            {
+                                match self.input.try_next() {
+                                    Ok(Some(f)) => frames.push(self.take_in(f)),
                                     Ok(None) => break,
                                     Err(e) => {
                                         self.handle(frames, &answer_tx, mailbox).await?;
@@ -805,55 +836,69 @@ impl Session {
         }
     }
 
+    /// Takes in a frame just read. A receipt is decoded and checked for authorship (7.5,
+    /// steps 2-4) and charged to its participant's receipt budgets: one to the count, its
+    /// items to the items (a receipt refused here reaches no store, and is charged as one
+    /// receipt of no items). Past either budget's burst reading pauses (backpressure,
+    /// nothing refused) until the budget is out of debt: charged one at a time, as read, a
+    /// batch stops at the receipt that went into debt, so a pause is at most one receipt's
+    /// worth.
+    fn take_in(&mut self, f: NodeToRelay) -> Read {
+        let NodeToRelay::Receipt(signed) = f else {
+            return Read::Frame(f);
+        };
+        let checked = self.pre_receipt(&signed);
+        let items = checked.as_ref().map_or(0, |r| r.items.len());
+        let (count, items) = self.shared.charge_receipt(&self.me, items);
+        let wait = count.max(items);
+        if !wait.is_zero() {
+            self.read_paused_until = Some(tokio::time::Instant::now() + wait);
+            self.shared
+                .metrics
+                .receipt_read_pauses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.pause_logged {
+                self.pause_logged = true;
+                let l = &self.shared.config.limits;
+                let budget = if count >= items {
+                    "receipt_rate_per_sec"
+                } else {
+                    "receipt_item_rate_per_sec"
+                };
+                warn!(peer = %self.me, budget, receipts_per_sec = l.receipt_rate_per_sec, items_per_sec = l.receipt_item_rate_per_sec, "receipts arrive faster than the participant's receipt budget allows; reading this connection pauses (logged once per connection)");
+            }
+        }
+        Read::Receipt(signed, checked)
+    }
+
     /// Handles a group of frames read together, in order. The signatures of the messages
     /// among them are verified as one batch (about half the cost of one by one); receipts go
     /// to the verifier, which batches them across sessions (`crate::verifier`). Each frame's
     /// checks and answers are as if it had been handled alone.
     async fn handle(
         &mut self,
-        frames: Vec<NodeToRelay>,
+        frames: Vec<Read>,
         answers: &mpsc::Sender<RelayToNode>,
         mailbox: &Mailbox,
     ) -> Result<(), End> {
         // The start of the submissions' first stage (`hotline_relay_submit_check_seconds`).
         let read_at = std::time::Instant::now();
-        // Receipts are charged to the participant's bucket as they are read; past its
-        // burst, reading pauses (backpressure, nothing refused).
-        let receipts = frames
-            .iter()
-            .filter(|f| matches!(f, NodeToRelay::Receipt(_)))
-            .count();
-        if receipts > 0 {
-            let wait = self.shared.charge_receipts(&self.me, receipts);
-            if !wait.is_zero() {
-                self.read_paused_until = Some(tokio::time::Instant::now() + wait);
-                self.shared
-                    .metrics
-                    .receipt_read_pauses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if !self.pause_logged {
-                    self.pause_logged = true;
-                    warn!(peer = %self.me, rate = self.shared.config.limits.receipt_rate_per_sec, "receipts arrive faster than receipt_rate_per_sec; reading this connection pauses (logged once per connection)");
-                }
-            }
-        }
-        // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5).
+        // Pass 1: the checks that come before the roster and the signature (7.3 and 7.5;
+        // a receipt's were made as it was read).
         let mut staged = Vec::with_capacity(frames.len());
         let mut envelopes = Vec::new();
         for f in frames {
             staged.push(match f {
-                NodeToRelay::Submit(signed) => match self.pre_submit(&signed) {
+                Read::Frame(NodeToRelay::Submit(signed)) => match self.pre_submit(&signed) {
                     Err(refusal) => Staged::Refuse(refusal),
                     Ok(env) => {
                         envelopes.push((signed, env));
                         Staged::Submit
                     }
                 },
-                NodeToRelay::Receipt(signed) => match self.pre_receipt(&signed) {
-                    Err(refusal) => Staged::Refuse(refusal),
-                    Ok(receipt) => Staged::Receipt(signed, receipt),
-                },
-                other => Staged::Other(other),
+                Read::Receipt(_, Err(refusal)) => Staged::Refuse(refusal),
+                Read::Receipt(signed, Ok(receipt)) => Staged::Receipt(signed, receipt),
+                Read::Frame(other) => Staged::Other(other),
             });
         }
         // Pass 2: roster and signatures of the messages, in a batch, over the values
@@ -1244,20 +1289,138 @@ impl Session {
     /// Writes encoded frames. A node that reads none of them for `write_timeout_ms` is a
     /// slow consumer (closed with `SlowConsumer`); one that reads steadily, however slowly
     /// (a backlog page of megabytes over a poor link), is given the time it takes.
+    ///
+    /// Meanwhile the node's frames are read ahead ([`Input`]): a node may be writing too,
+    /// and read what this writes only once its own write is taken.
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.writer
-            .write_raw_steady(bytes, self.write_timeout)
-            .await
-            .map_err(net_end)
+        let write = self.writer.write_raw_steady(bytes, self.write_timeout);
+        self.input.while_writing(write).await.map_err(net_end)
     }
 
     /// As [`Session::write_raw`], for frames in shared buffers (posted items).
     async fn write_shared(&mut self, frames: &mut [bytes::Bytes]) -> Result<(), End> {
-        self.writer
-            .write_chunks_steady(frames, self.write_timeout)
-            .await
-            .map_err(net_end)
+        let write = self.writer.write_chunks_steady(frames, self.write_timeout);
+        self.input.while_writing(write).await.map_err(net_end)
     }
+}
+
+/// The node's side of a session's stream: its frame reader, and the frames read from it
+/// ahead of the session's loop while the session waited on a write.
+///
+/// A session writes to its node (a backlog of megabytes; answers) while the node may be
+/// writing to it (after an outage, a page of its outbox, up to 256 messages), and the
+/// reference node reads what arrives only between its writes (its reader task holds 256
+/// frames). Had the session read nothing while it wrote, each side's write would have
+/// waited on the other's reading once both QUIC stream windows (1.25 MB each) were full,
+/// until one of them gave the link up as stalled, and so again at every connection. So
+/// while a write waits the session reads on, up to `limits::READ_AHEAD_FRAMES` frames and
+/// `READ_AHEAD_BYTES` bytes, which hold a node's largest outbox page; the loop handles them
+/// (charged to the budgets, within `inflight_per_connection`) before reading more.
+struct Input {
+    reader: FrameReader,
+    /// Frames read ahead, in the order read.
+    ahead: std::collections::VecDeque<NodeToRelay>,
+    /// Their size, about ([`frame_bytes`]).
+    ahead_bytes: usize,
+    /// How reading ended while reading ahead (the node finished the stream, or an error),
+    /// reported once the frames read before it have been taken.
+    end: Option<Result<(), NetError>>,
+    /// The relay is shutting down: no more is read ahead (what the node sends from then on,
+    /// it offers again).
+    closed: bool,
+}
+
+impl Input {
+    fn new(reader: FrameReader) -> Self {
+        Self {
+            reader,
+            ahead: std::collections::VecDeque::new(),
+            ahead_bytes: 0,
+            end: None,
+            closed: false,
+        }
+    }
+
+    /// The next frame: one read ahead, else from the stream. `Ok(None)` when the node
+    /// finished the stream. Cancel-safe, as `FrameReader::read` is: a frame read ahead is
+    /// taken without waiting.
+    async fn next(&mut self) -> Result<Option<NodeToRelay>, NetError> {
+        if let Some(f) = self.take_ahead() {
+            return Ok(Some(f));
+        }
+        if let Some(end) = self.end.take() {
+            return end.map(|()| None);
+        }
+        self.reader.read::<NodeToRelay>().await
+    }
+
+    /// The next frame if one has already arrived (read ahead, or waiting in the reader),
+    /// without waiting; an error read ahead once the frames before it are taken.
+    fn try_next(&mut self) -> Result<Option<NodeToRelay>, NetError> {
+        if let Some(f) = self.take_ahead() {
+            return Ok(Some(f));
+        }
+        match self.end.take() {
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => {
+                // The next `next` says the stream has ended.
+                self.end = Some(Ok(()));
+                Ok(None)
+            }
+            None => self.reader.try_read::<NodeToRelay>(),
+        }
+    }
+
+    fn take_ahead(&mut self) -> Option<NodeToRelay> {
+        let f = self.ahead.pop_front()?;
+        self.ahead_bytes -= frame_bytes(&f);
+        Some(f)
+    }
+
+    /// Whether another frame may be read ahead.
+    fn has_room(&self) -> bool {
+        !self.closed
+            && self.end.is_none()
+            && self.ahead.len() < crate::limits::READ_AHEAD_FRAMES
+            && self.ahead_bytes < crate::limits::READ_AHEAD_BYTES
+    }
+
+    /// Runs `write` to its end, reading the node's frames ahead meanwhile while there is
+    /// room for them.
+    async fn while_writing<T>(
+        &mut self,
+        write: impl std::future::Future<Output = Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        let mut write = std::pin::pin!(write);
+        loop {
+            let room = self.has_room();
+            tokio::select! {
+                biased;
+                done = &mut write => return done,
+                // Cancel-safe: a frame half-read when the write ends stays in the reader.
+                read = self.reader.read::<NodeToRelay>(), if room => match read {
+                    Ok(Some(f)) => {
+                        self.ahead_bytes += frame_bytes(&f);
+                        self.ahead.push_back(f);
+                    }
+                    Ok(None) => self.end = Some(Ok(())),
+                    Err(e) => self.end = Some(Err(e)),
+                },
+            }
+        }
+    }
+}
+
+/// About how many bytes a frame read ahead holds: its signed bytes, or its digests.
+fn frame_bytes(f: &NodeToRelay) -> usize {
+    const SMALL: usize = 64;
+    SMALL
+        + match f {
+            NodeToRelay::Submit(s) => s.bytes().len(),
+            NodeToRelay::Receipt(s) => s.bytes().len(),
+            NodeToRelay::ReceiptsStored(d) => d.len() * 32,
+            _ => 0,
+        }
 }
 
 /// Hands `item` to a stage (the store writer or the receipt verifier) that answers it on the
