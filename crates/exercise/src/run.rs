@@ -530,7 +530,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
             _ = sweep.tick() => {
                 if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.is_some()).await;
+                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep)).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -845,22 +845,16 @@ fn schedule_reply(
     }
 }
 
-/// Whether every objective is decided: met (as far as the nodes' records show while the
-/// drill runs; the report scores times and scope), or failed for good because its inject
-/// was refused by its node (HTTP 4xx), so that no message can ever meet it; and every
-/// acknowledgement the scenario requires is given, as the report's invariant wants it (a
-/// recipient of an inject with `respond_within_s` has acknowledged it, or
-/// `Scenario::expects_unacknowledged` says it need not). `harnessed`: the harness runs the
-/// nodes, injecting faults, and a recipient it runs no node for is not in the drill (nor in
-/// the report); in live mode every recipient is.
-/// The drill ends when they are, without waiting for `end_s`: otherwise it could end on its
-/// objectives while acknowledgements no objective names were still on their way.
+/// Whether every objective is decided ([`decided`]), from the senders' nodes as they are
+/// now: each inject's view is fetched once a call (several objectives, and the check of its
+/// acknowledgements, look at the same one), and, in a drill the harness deploys (`dep`), the
+/// overdue hooks' records are read if an objective needs them.
 async fn all_decided(
     scenario: &Scenario,
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
     roster: &hotline_proto::Roster,
-    harnessed: bool,
+    dep: Option<&Deployment>,
 ) -> bool {
     // Cheap test first: every inject sent, or refused for good (its objectives then fail;
     // the drill need not wait for what will never be sent).
@@ -870,9 +864,62 @@ async fn all_decided(
     {
         return false;
     }
-    // Each inject's view is fetched once per call: several objectives, and the check of
-    // its acknowledgements, look at the same one.
-    let mut views = HashMap::new();
+    let mut views = Vec::with_capacity(injects.len());
+    for (k, inj) in scenario.injects.iter().enumerate() {
+        let wanted = injects[k].refused.is_none()
+            && (inj.respond_within_s.is_some()
+                || scenario.objectives.iter().any(|o| o.inject == inj.name));
+        views.push(if wanted {
+            sender_view(clients, &inj.from, &injects[k]).await
+        } else {
+            None
+        });
+    }
+    let hooks = dep
+        .filter(|_| {
+            scenario
+                .objectives
+                .iter()
+                .any(|o| o.expect == "overdue_escalated")
+        })
+        .map(report::read_hooks);
+    let nodes = dep.map(|_| clients.keys().cloned().collect::<HashSet<String>>());
+    decided(
+        scenario,
+        injects,
+        &views,
+        hooks.as_ref(),
+        nodes.as_ref(),
+        roster,
+    )
+}
+
+/// Whether every objective is decided: met for every recipient in its scope (as far as
+/// the senders' `views` show while the drill runs; the report scores times), or failed for
+/// good because its inject was refused by its node (HTTP 4xx), so that no message can ever
+/// meet it; and every acknowledgement the scenario requires is given, as the report's
+/// invariant wants it (a recipient of an inject with `respond_within_s` has acknowledged
+/// it, or `Scenario::expects_unacknowledged` says it need not). A recipient is in an
+/// objective's scope as the report has it: covered by the objective
+/// ([`crate::scenario::Objective::covers`]) and, in a drill the harness deploys (`nodes`:
+/// the participants it runs a node for), one with a node there (the report has no row for
+/// another). An `overdue_escalated` objective is met by [`report::escalation_shortfall`],
+/// the report's own definition, with `hooks` (the overdue hooks' records, in a drill the
+/// harness deploys). The drill ends when they are, without waiting for `end_s`: otherwise it
+/// could end on its objectives while acknowledgements no objective names were still on their
+/// way. It used to wait for every recipient of the inject, in scope or not (so a drill with
+/// an objective `except` a silent recipient ran to `end_s`), and to count a recipient that
+/// acknowledged as escalated while the report failed it.
+fn decided(
+    scenario: &Scenario,
+    injects: &[Inject],
+    views: &[Option<Value>],
+    hooks: Option<&HashMap<String, Vec<(String, String)>>>,
+    nodes: Option<&HashSet<String>>,
+    roster: &hotline_proto::Roster,
+) -> bool {
+    let harnessed = nodes.is_some();
+    let in_drill = |p: &str| nodes.is_none_or(|n| n.contains(p));
     for o in &scenario.objectives {
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
@@ -881,24 +928,36 @@ async fn all_decided(
             // Failed: the report says why.
             continue;
         }
-        let Some(v) = cached_view(&mut views, clients, scenario, injects, idx).await else {
+        let Some(v) = views.get(idx).and_then(Option::as_ref) else {
             return false;
         };
-        let rows = v["recipients"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let id = injects[idx].id.as_deref().unwrap_or_default();
+        let sender = &scenario.injects[idx].from;
         let answers = v["answers"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let done = |r: &Value| match o.expect.as_str() {
+        let rows: Vec<(&str, &Value)> = v["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["recipient"].as_str().map(|p| (p, r)))
+            .filter(|(p, _)| in_drill(p) && o.covers(p, roster))
+            .collect();
+        let done = |p: &str, r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
             "acknowledged" => r["acked_at_ms"].is_u64(),
-            "answered" => answers.iter().any(|a| a["from"] == r["recipient"]),
-            _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
+            "answered" => answers.iter().any(|a| a["from"] == p),
+            _ => report::escalation_shortfall(
+                p,
+                r["overdue_at_ms"].is_u64(),
+                r["acked_at_ms"].is_u64(),
+                report::hook_ran(hooks, sender, id, p),
+            )
+            .is_none(),
         };
-        if rows.is_empty() || !rows.iter().all(done) {
+        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r)) {
             return false;
         }
     }
@@ -906,7 +965,7 @@ async fn all_decided(
         if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
             continue;
         }
-        let Some(v) = cached_view(&mut views, clients, scenario, injects, k).await else {
+        let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
         let rows = v["recipients"]
@@ -916,8 +975,7 @@ async fn all_decided(
         let given = |r: &Value| {
             r["acked_at_ms"].is_u64()
                 || r["recipient"].as_str().is_some_and(|p| {
-                    (harnessed && !clients.contains_key(p))
-                        || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                    !in_drill(p) || scenario.expects_unacknowledged(k, p, roster, harnessed)
                 })
         };
         if !rows.iter().all(given) {
@@ -925,22 +983,6 @@ async fn all_decided(
         }
     }
     true
-}
-
-/// [`sender_view`] of inject `k`, fetched at most once for `views`.
-async fn cached_view<'v>(
-    views: &'v mut HashMap<usize, Option<Value>>,
-    clients: &BTreeMap<String, ApiClient>,
-    scenario: &Scenario,
-    injects: &[Inject],
-    k: usize,
-) -> Option<&'v Value> {
-    match views.entry(k) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut().as_ref(),
-        std::collections::hash_map::Entry::Vacant(e) => e
-            .insert(sender_view(clients, &scenario.injects[k].from, &injects[k]).await)
-            .as_ref(),
-    }
 }
 
 /// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
@@ -1237,6 +1279,119 @@ expect = "delivered"
             odd.file_name().and_then(|n| n.to_str()),
             Some("hotline-exercise-______etc_x_y-7")
         );
+    }
+
+    /// SEC asks KAZ and KGZ to acknowledge within 10 s; every other recipient is to
+    /// acknowledge, and every one not acknowledging in time to be escalated (the shape of
+    /// the built-in `silent-member`).
+    const SILENT: &str = r#"
+name = "silent"
+end_s = 60.0
+participants = ["SEC", "KAZ", "KGZ"]
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "s"
+respond_within_s = 10.0
+[[objectives]]
+name = "acknowledged"
+inject = "alert"
+expect = "acknowledged"
+except = ["KGZ"]
+[[objectives]]
+name = "escalated"
+inject = "alert"
+expect = "overdue_escalated"
+"#;
+
+    /// The drill ends early exactly when the report would find every objective met: both
+    /// read the same rows by one definition. For `overdue_escalated`, the early end counted
+    /// a recipient that acknowledged as done, and an overdue one whose hook had not run
+    /// yet, while the report failed the first and the second; and it waited for recipients
+    /// outside an objective's scope (KGZ, left out of "acknowledged", kept the drill to its
+    /// end).
+    #[test]
+    fn the_early_end_and_the_report_agree_on_every_objective() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(SILENT, "silent.toml").expect("parses");
+        let participants: Vec<String> = ["SEC", "KAZ", "KGZ"].map(String::from).to_vec();
+        let nodes: HashSet<String> = participants.iter().cloned().collect();
+        let hooked =
+            || HashMap::from([("SEC".to_owned(), vec![("m1".to_owned(), "KGZ".to_owned())])]);
+        let unhooked = || HashMap::from([("SEC".to_owned(), vec![])]);
+        // KGZ's row: (acked_at_ms, overdue_at_ms), and the sender's hook records.
+        for (kgz_acked, kgz_overdue, hooks, met) in [
+            (None, Some(11_000u64), hooked(), true),
+            (Some(12_000u64), Some(11_000), hooked(), true),
+            (Some(5_000), None, unhooked(), true),
+            (None, Some(11_000), unhooked(), false),
+            (None, None, unhooked(), false),
+        ] {
+            let view = json!({
+                "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted",
+                "recipients": [
+                    {"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": 3000, "overdue_at_ms": null},
+                    {"recipient": "KGZ", "delivered_at_ms": 1600, "acked_at_ms": kgz_acked, "overdue_at_ms": kgz_overdue},
+                ],
+                "answers": [],
+            });
+            let case = format!("KGZ acked {kgz_acked:?} overdue {kgz_overdue:?} hooks {hooks:?}");
+            let injects = [Inject {
+                id: Some("m1".to_owned()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }];
+            let early = decided(
+                &sc,
+                &injects,
+                &[Some(view.clone())],
+                Some(&hooks),
+                Some(&nodes),
+                &roster,
+            );
+            let item = |at: u64| json!({"id": "m1", "received_at_ms": at, "status": "exercise", "exercise_or_test": true});
+            let r = report::score(report::Inputs {
+                scenario: &sc,
+                seed: 1,
+                dir: tmp.path(),
+                started_at_ms: 1000,
+                wall_s: 1.0,
+                participants: &participants,
+                live: false,
+                roster: &roster,
+                injects: vec![report::Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                }],
+                sent_views: vec![view],
+                inboxes: BTreeMap::from([
+                    ("SEC".to_owned(), vec![]),
+                    ("KAZ".to_owned(), vec![item(1500)]),
+                    ("KGZ".to_owned(), vec![item(1600)]),
+                ]),
+                shown: HashMap::new(),
+                hooks: Some(hooks),
+                faults: vec![],
+                proxies: BTreeMap::new(),
+                checks: None,
+                relay_exit: None,
+            })
+            .expect("scores");
+            let all_met = r.objectives.iter().all(|o| o.met);
+            assert_eq!(all_met, met, "{case}: {:?}", r.objectives);
+            assert_eq!(
+                early, met,
+                "{case}: the early end disagrees with the report"
+            );
+            assert_eq!(r.passed, met, "{case}: {}", report::summary(&r));
+        }
     }
 
     /// A two-node drill whose inject goes from SEC to KAZ, with `extra` appended.

@@ -213,7 +213,8 @@ pub struct Objective {
     pub inject: String,
     /// `delivered`, `acknowledged`, `answered` (the recipient's reply, or any message of its
     /// referencing the inject, reached the sender) or `overdue_escalated` (the sender's
-    /// overdue hook ran for every recipient in scope that did not acknowledge).
+    /// overdue hook ran for every recipient in scope whose respond-by passed unacknowledged;
+    /// one that acknowledged in time needs none: `report::escalation_shortfall`).
     pub expect: String,
     /// Within this many scenario seconds of the inject (for delivered / acknowledged / answered).
     pub within_s: Option<f64>,
