@@ -144,3 +144,126 @@ fn an_interrupted_drill_leaves_no_process_running() {
         );
     }
 }
+
+/// The drill of [`a_node_that_exits_badly_when_stopped_fails_the_drill`]: KAZ acknowledges
+/// SEC's message at once, so that every objective is met.
+const SHORT: &str = r#"
+name = "short"
+end_s = 30.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 0.2
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[objectives]]
+name = "acknowledged"
+inject = "hello"
+expect = "acknowledged"
+"#;
+
+/// A node that exits non-zero when the drill stops it fails the drill, and the report says
+/// which node, how and when: the drill's objectives all met, it passed, the node's exit
+/// unseen (only the relay's was checked). The node here is `hotline` behind a shell that
+/// passes SIGTERM on and then exits 3, as a node failing at shutdown would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_exits_badly_when_stopped_fails_the_drill() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = hotline_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let wrapper = tmp.path().join("hotline-kaz-exits-3");
+    // A background job's standard input is /dev/null unless given: the node's (the drill's
+    // tether) is passed on as fd 3.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *node*/KAZ.toml*) ;;\n  *) exec '{bin}' \"$@\" ;;\nesac\nexec 3<&0\n'{bin}' \"$@\" <&3 3<&- &\npid=$!\ntrap 'kill -TERM $pid; wait $pid; exit 3' TERM\nwait $pid\nexit 3\n",
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sc = hotline_exercise::Scenario::parse(SHORT, "short.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: wrapper,
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert!(report.objectives.iter().all(|o| o.met), "{summary}");
+    let invariant = |name: &str| {
+        report
+            .invariants
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no invariant {name:?}: {summary}"))
+            .clone()
+    };
+    let nodes = invariant("every node shut down cleanly");
+    assert!(!nodes.held, "{summary}");
+    assert_eq!(
+        nodes.detail, "node KAZ: exit code 3 when stopped at the drill's end",
+        "{summary}"
+    );
+    assert!(invariant("relay shut down cleanly").held, "{summary}");
+    assert!(!report.passed, "{summary}");
+}
+
+/// The relay killed near the end, its restart due after it: the drill ends with the relay
+/// down, as the scenario asked.
+const RELAY_DOWN_AT_END: &str = r#"
+name = "relay-down-at-end"
+end_s = 2.0
+participants = ["SEC", "KAZ"]
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[faults]]
+kind = "kill_relay"
+at_s = 1.0
+restart_after_s = 60.0
+"#;
+
+/// A relay a fault killed, whose restart falls after the drill's end, did not fail to shut
+/// down: the report said "relay shut down cleanly" failed, "killed after the grace period",
+/// for the SIGKILL the scenario asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_a_fault_killed_is_not_a_relay_that_failed_to_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(RELAY_DOWN_AT_END, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    let relay = report
+        .invariants
+        .iter()
+        .find(|i| i.name == "relay shut down cleanly")
+        .unwrap_or_else(|| panic!("no relay invariant: {summary}"));
+    assert!(relay.held, "{summary}");
+    assert_eq!(relay.detail, "killed by a fault (SIGKILL)", "{summary}");
+}

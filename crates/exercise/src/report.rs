@@ -344,8 +344,47 @@ pub struct Inputs<'a> {
     pub(crate) proxies: BTreeMap<String, crate::proxy::ProxyStats>,
     /// Store checks, when the stores were reachable (not in live mode).
     pub(crate) checks: Option<StoreChecks>,
-    /// The relay's exit code, when the harness ran it.
-    pub(crate) relay_exit: Option<Option<i32>>,
+    /// How each relay and node process the harness ran ended, when it ran them (not in live
+    /// mode): each one it stopped, at the drill's end or for an `offline` fault, and each
+    /// one a `kill_relay`, `restore_relay` or `kill_node` fault killed.
+    pub(crate) exits: Option<Vec<ProcessEnd>>,
+}
+
+/// How one relay or node process the harness ran ended.
+///
+/// A process that ends any other way than cleanly (exit code 0 when stopped with SIGTERM)
+/// or by a fault's SIGKILL fails the drill: one that exits non-zero, is ended by another
+/// signal (a crash), or does not exit within the grace period, at the drill's end or when
+/// an `offline` fault stops it, or that had already ended so before the harness stopped or
+/// killed it. The invariants "relay shut down cleanly" and "every node shut down cleanly"
+/// say which, how and when. A failure, not a remark in the report: in service the same
+/// process would be a failed systemd unit (restarted, or paged for), and a crash may
+/// leave work undone that the drill's other checks cannot see; the relay's exit has
+/// always failed the drill, and a node's now does too, by the same rule.
+#[derive(Clone, Debug)]
+pub(crate) struct ProcessEnd {
+    /// `relay`, or `node KAZ`.
+    pub(crate) process: String,
+    /// When the harness stopped or killed it: `at the drill's end`, `for its offline fault
+    /// at 5.0 s`.
+    pub(crate) when: String,
+    /// How it ended.
+    pub(crate) exit: crate::process::Exit,
+    /// It had already ended when the harness came to stop or kill it.
+    pub(crate) before: bool,
+}
+
+impl ProcessEnd {
+    fn describe(&self) -> String {
+        if self.before {
+            format!(
+                "{} had already ended ({}) when the drill came to stop it {}",
+                self.process, self.exit, self.when
+            )
+        } else {
+            format!("{}: {} when stopped {}", self.process, self.exit, self.when)
+        }
+    }
 }
 
 /// Scores a finished drill.
@@ -741,13 +780,38 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             },
         });
     }
-    if let Some(exit) = i.relay_exit {
+    if let Some(exits) = &i.exits {
+        let (relay, nodes): (Vec<&ProcessEnd>, Vec<&ProcessEnd>) =
+            exits.iter().partition(|e| e.process == "relay");
+        let bad = |of: &[&ProcessEnd]| {
+            of.iter()
+                .filter(|e| !e.exit.clean())
+                .map(|e| e.describe())
+                .collect::<Vec<_>>()
+        };
+        let relay_bad = bad(&relay);
         invariants.push(Invariant {
             name: "relay shut down cleanly".into(),
-            held: exit == Some(0),
-            detail: match exit {
-                Some(c) => format!("exit code {c}"),
-                None => "killed after the grace period".into(),
+            held: relay_bad.is_empty(),
+            detail: if relay_bad.is_empty() {
+                relay
+                    .last()
+                    .map_or_else(|| "not run".to_owned(), |e| e.exit.to_string())
+            } else {
+                relay_bad.join("; ")
+            },
+        });
+        let nodes_bad = bad(&nodes);
+        invariants.push(Invariant {
+            name: "every node shut down cleanly".into(),
+            held: nodes_bad.is_empty(),
+            detail: if nodes_bad.is_empty() {
+                format!(
+                    "{} node processes stopped with exit code 0 or killed by a fault",
+                    nodes.len()
+                )
+            } else {
+                nodes_bad.join("; ")
             },
         });
     }
@@ -998,7 +1062,12 @@ within_s = 3.0
             shown,
             hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
             checks: Some(checks),
-            relay_exit: Some(Some(0)),
+            exits: Some(vec![ProcessEnd {
+                process: "relay".into(),
+                when: "at the drill's end".into(),
+                exit: crate::process::Exit::Code(0),
+                before: false,
+            }]),
             ..one_inject(&sc, &roster, &participants, view, inboxes)
         })
         .expect("scores")
@@ -1036,7 +1105,7 @@ within_s = 3.0
             faults: vec![],
             proxies: BTreeMap::new(),
             checks: None,
-            relay_exit: None,
+            exits: None,
         }
     }
 

@@ -20,6 +20,9 @@ use crate::proxy::{Impairment, Proxy};
 use crate::report::{self, Report};
 use crate::scenario::{Fault, Scenario};
 
+/// How long a relay or node has to exit once sent SIGTERM before it is killed (and the
+/// drill fails: `report::ProcessEnd`).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a process has to start (log its readiness line).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often inboxes are swept for messages whose arrival event was missed (e.g. during a
@@ -291,6 +294,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut relay_restarts = 0u32;
     let mut down: HashSet<String> = HashSet::new();
     let mut fault_log: Vec<Value> = Vec::new();
+    // How each process the harness stopped or killed ended (`report::ProcessEnd`).
+    let mut exits: Vec<report::ProcessEnd> = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut last_progress = String::new();
     let mut last_progress_at = Instant::now();
@@ -314,7 +319,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             match action {
                 Action::Inject(i) => pending_injects.push(i),
                 Action::KillRelay => {
-                    sim.relay.kill9();
+                    kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
                 }
@@ -326,7 +331,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     eprintln!("\n  [{at_s:>7.1}s] relay store backed up while it runs");
                 }
                 Action::RestoreRelay => {
-                    sim.relay.kill9();
+                    kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
                     let out = restore_relay(&opts, &sim.dep).await?;
                     let line = out.lines().next().unwrap_or_default();
                     fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
@@ -340,7 +345,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::KillNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
-                        n.kill9();
+                        kill_for_fault(n, &format!("node {p}"), at_s, &mut exits);
                     }
                     down.insert(p.clone());
                     fault_log
@@ -349,7 +354,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::StopNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
-                        n.terminate(Duration::from_secs(5)).await;
+                        let (exit, before) = n.stop(STOP_GRACE).await;
+                        exits.push(report::ProcessEnd {
+                            process: format!("node {p}"),
+                            when: format!("for its offline fault at {at_s:.1} s"),
+                            exit,
+                            before,
+                        });
                     }
                     down.insert(p.clone());
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} offline")}));
@@ -585,16 +596,42 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
 
     // Stop everything, then check the stores at rest.
     stop.store(true, Relaxed);
-    let (checks, hooks, relay_exit) = match sim.as_mut() {
+    let (checks, hooks, exits) = match sim.as_mut() {
         Some(sim) => {
-            for (_, n) in sim.nodes.iter_mut() {
-                n.terminate(Duration::from_secs(5)).await;
+            let end = "at the drill's end";
+            for (p, n) in sim.nodes.iter_mut() {
+                let (exit, before) = n.stop(STOP_GRACE).await;
+                exits.push(report::ProcessEnd {
+                    process: format!("node {p}"),
+                    when: end.to_owned(),
+                    exit,
+                    before,
+                });
             }
-            let relay_exit = sim.relay.terminate(Duration::from_secs(5)).await;
+            let (exit, before) = sim.relay.stop(STOP_GRACE).await;
+            exits.push(report::ProcessEnd {
+                process: "relay".to_owned(),
+                when: end.to_owned(),
+                exit,
+                before,
+            });
+            for e in exits.iter().filter(|e| !e.exit.clean()) {
+                eprintln!(
+                    "  {} {}: {}{}",
+                    e.process,
+                    e.when,
+                    e.exit,
+                    if e.before {
+                        " (it had already ended)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             (
                 Some(report::check_stores(&sim.dep)?),
                 Some(report::read_hooks(&sim.dep)),
-                Some(relay_exit),
+                Some(std::mem::take(&mut exits)),
             )
         }
         None => (None, None, None),
@@ -627,7 +664,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         faults: fault_log,
         proxies: proxy_stats,
         checks,
-        relay_exit,
+        exits,
     })?;
     report::write(&report, &dir)?;
     Ok(report)
@@ -1024,6 +1061,22 @@ fn progress_line(
     )
 }
 
+/// SIGKILLs `p` (`process`: `relay`, `node KAZ`) for a fault at scenario time `at_s`, and
+/// notes in `exits` how it ended: killed, or, if it had already ended (a crash during the
+/// drill), how.
+fn kill_for_fault(p: &mut Proc, process: &str, at_s: f64, exits: &mut Vec<report::ProcessEnd>) {
+    let before = p.exit();
+    p.kill9();
+    exits.push(report::ProcessEnd {
+        process: process.to_owned(),
+        when: format!("for a fault at {at_s:.1} s"),
+        exit: before
+            .or_else(|| p.exit())
+            .unwrap_or(crate::process::Exit::Killed),
+        before: before.is_some(),
+    });
+}
+
 /// Starts the relay for the `n`-th time (its log is `relay-{n}.log`).
 async fn start_relay(opts: &RunOptions, dep: &Deployment, n: u32) -> anyhow::Result<Proc> {
     dep.start_relay(&opts.bin, &format!("relay-{n}.log"), START_TIMEOUT)
@@ -1381,7 +1434,7 @@ expect = "overdue_escalated"
                 faults: vec![],
                 proxies: BTreeMap::new(),
                 checks: None,
-                relay_exit: None,
+                exits: None,
             })
             .expect("scores");
             let all_met = r.objectives.iter().all(|o| o.met);
