@@ -145,6 +145,108 @@ fn an_interrupted_drill_leaves_no_process_running() {
     }
 }
 
+/// Waits up to `timeout` for each of `pids` (processes that are not this test's children,
+/// so it cannot wait for them as a parent) to end, through a pidfd for each, opened while
+/// they run (so a pid given to another process later is never watched); the pids still
+/// running after that. A pidfd becomes readable once its process has ended.
+fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let deadline = std::time::Instant::now() + timeout;
+    // ESRCH: already gone.
+    let mut running: Vec<(u32, std::os::fd::OwnedFd)> = pids
+        .iter()
+        .filter_map(|&p| {
+            let pid = Pid::from_raw(i32::try_from(p).unwrap()).unwrap();
+            pidfd_open(pid, PidfdFlags::empty()).ok().map(|fd| (p, fd))
+        })
+        .collect();
+    while !running.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fds: Vec<PollFd<'_>> = running
+            .iter()
+            .map(|(_, fd)| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let wait = Timespec::try_from(left).unwrap();
+        match poll(&mut fds, Some(&wait)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        let ended: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut ended = ended.into_iter();
+        running.retain(|_| !ended.next().unwrap_or(false));
+    }
+    running.into_iter().map(|(p, _)| p).collect()
+}
+
+/// A drill whose harness is killed with SIGKILL (which it cannot catch: `kill -9`, the OOM
+/// killer, a CI job's time limit) leaves no process running: its relay and nodes hold a
+/// pipe on standard input whose other end only the harness held, and stop once it closes.
+/// They ran on, with no one to stop them.
+#[test]
+fn a_drill_killed_with_sigkill_leaves_no_process_running() {
+    let bin = hotline_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = tmp.path().join("long.toml");
+    std::fs::write(&scenario, LONG).unwrap();
+    let mut harness = Command::new(&bin)
+        .args(["exercise", "run"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(tmp.path().join("drill"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = harness.id();
+    let stderr = harness.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains("relay and 2 nodes up") => break,
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let _ = harness.kill();
+                panic!("the drill did not start ({e}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let started: Vec<u32> = children_of(pid)
+        .into_iter()
+        .filter(|(_, c)| c == "hotline")
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(started.len(), 3, "the relay and two nodes: {started:?}");
+
+    harness.kill().unwrap();
+    let status = harness.wait().unwrap();
+    assert!(!status.success(), "{status}");
+    let left = wait_gone(&started, Duration::from_secs(60));
+    // Stop what is still running before the assertion fails: these are the test's own
+    // processes, by their ids.
+    for p in &left {
+        let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+    }
+    assert!(
+        left.is_empty(),
+        "still running a minute after the harness was killed: {left:?}"
+    );
+}
+
 /// The drill of [`a_node_that_exits_badly_when_stopped_fails_the_drill`]: KAZ acknowledges
 /// SEC's message at once, so that every objective is met.
 const SHORT: &str = r#"

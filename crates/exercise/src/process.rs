@@ -115,8 +115,34 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Proc {
-    /// Starts `bin args…` in `dir`, logging to `dir/log_name`.
+    /// Starts `bin args…` in `dir`, logging to `dir/log_name`, with standard input on
+    /// `/dev/null`.
     pub fn spawn(bin: &Path, args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, args, dir, log_name, false)
+    }
+
+    /// Like [`Proc::spawn`], with a pipe on the child's standard input whose other end only
+    /// this handle holds (the harness's pipes are close-on-exec, so no other child inherits
+    /// it) and never writes to. It closes when the handle is dropped or the harness's
+    /// process ends, however it ends (even by SIGKILL), and a `hotline relay` or `hotline
+    /// node` given `--stop-when-stdin-closes` then shuts down: the drill's processes never
+    /// outlive the harness.
+    pub fn spawn_tethered(
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+        log_name: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, args, dir, log_name, true)
+    }
+
+    fn spawn_with(
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+        log_name: &str,
+        tethered: bool,
+    ) -> anyhow::Result<Self> {
         use std::io::{BufRead, Write};
         let log_path = dir.join(log_name);
         // Before the child: a log refused leaves no process running unwatched.
@@ -129,7 +155,13 @@ impl Proc {
                 std::env::var("HOTLINE_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("HOTLINE_NODE_CONFIG")
-            .stdin(Stdio::null())
+            // With a tether, `child.stdin` keeps the pipe's end open for as long as the
+            // handle lives (`Child::wait` closes it, once the child is gone).
+            .stdin(if tethered {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
