@@ -369,3 +369,63 @@ async fn a_relay_a_fault_killed_is_not_a_relay_that_failed_to_stop() {
     assert!(relay.held, "{summary}");
     assert_eq!(relay.detail, "killed by a fault (SIGKILL)", "{summary}");
 }
+
+/// SEC's update references KAZ's alert, due first; KAZ's node is down when the alert is
+/// due, and until after the update is.
+const THREAD: &str = r#"
+name = "thread"
+end_s = 30.0
+participants = ["SEC", "KAZ", "KGZ"]
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "KAZ"
+to = ["KGZ"]
+subject = "alert"
+[[injects]]
+name = "update"
+at_s = 0.5
+from = "SEC"
+to = ["KGZ"]
+kind = "update"
+references = "alert"
+subject = "update"
+[[faults]]
+kind = "offline"
+participant = "KAZ"
+from_s = 0.0
+to_s = 2.0
+"#;
+
+/// An inject that references another waits for that one's message: the update went out
+/// while the alert waited for its sender's node, referencing nothing, and its node refused
+/// it for good (an update must reference what it updates), failing the drill.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inject_waits_for_the_message_it_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(THREAD, "thread.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    let (alert, update) = (&report.injects[0], &report.injects[1]);
+    assert_eq!(update.refused, None, "{summary}");
+    assert!(update.id.is_some(), "{summary}");
+    assert!(
+        update.at_s >= alert.at_s && alert.at_s >= 2.0,
+        "the update was sent at {} s, the alert at {} s: {summary}",
+        update.at_s,
+        alert.at_s
+    );
+    assert_eq!(report.messages_accepted, 2, "{summary}");
+}

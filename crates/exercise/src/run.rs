@@ -392,6 +392,25 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 still.push(i);
                 continue;
             }
+            // One that references another waits for that one's message (its sender down, or
+            // its send failed and is retried): sent without it, it referenced nothing, and
+            // an update, cancel or reply was refused by its node for the want of one. If the
+            // other was refused for good, so is this one: there is nothing to reference.
+            if let Some(r) = &inj.references {
+                let Some(k) = scenario.injects.iter().position(|x| &x.name == r) else {
+                    bail!("inject {}: references unknown inject {r}", inj.name)
+                };
+                if injects[k].id.is_none() {
+                    if injects[k].refused.is_some() {
+                        let why = format!("not sent: the inject it references, {r:?}, was refused");
+                        eprintln!("\n  inject {:?} {why}", inj.name);
+                        injects[i].refused = Some(why);
+                    } else {
+                        still.push(i);
+                    }
+                    continue;
+                }
+            }
             let mut body = json!({
                 "to": inj.to, "group": inj.group, "all_members": inj.all_members, "everyone": inj.everyone,
                 "kind": inj.kind, "precedence": inj.precedence.to_uppercase(), "status": "exercise",
@@ -401,6 +420,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 body["respond_within_ms"] = json!(scenario.wall(w).as_millis() as u64);
             }
             if let Some(r) = &inj.references {
+                // Sent: checked above.
                 let idx = scenario
                     .injects
                     .iter()
