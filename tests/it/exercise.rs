@@ -144,3 +144,288 @@ fn an_interrupted_drill_leaves_no_process_running() {
         );
     }
 }
+
+/// Waits up to `timeout` for each of `pids` (processes that are not this test's children,
+/// so it cannot wait for them as a parent) to end, through a pidfd for each, opened while
+/// they run (so a pid given to another process later is never watched); the pids still
+/// running after that. A pidfd becomes readable once its process has ended.
+fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let deadline = std::time::Instant::now() + timeout;
+    // ESRCH: already gone.
+    let mut running: Vec<(u32, std::os::fd::OwnedFd)> = pids
+        .iter()
+        .filter_map(|&p| {
+            let pid = Pid::from_raw(i32::try_from(p).unwrap()).unwrap();
+            pidfd_open(pid, PidfdFlags::empty()).ok().map(|fd| (p, fd))
+        })
+        .collect();
+    while !running.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fds: Vec<PollFd<'_>> = running
+            .iter()
+            .map(|(_, fd)| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let wait = Timespec::try_from(left).unwrap();
+        match poll(&mut fds, Some(&wait)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        let ended: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut ended = ended.into_iter();
+        running.retain(|_| !ended.next().unwrap_or(false));
+    }
+    running.into_iter().map(|(p, _)| p).collect()
+}
+
+/// A drill whose harness is killed with SIGKILL (which it cannot catch: `kill -9`, the OOM
+/// killer, a CI job's time limit) leaves no process running: its relay and nodes hold a
+/// pipe on standard input whose other end only the harness held, and stop once it closes.
+/// They ran on, with no one to stop them.
+#[test]
+fn a_drill_killed_with_sigkill_leaves_no_process_running() {
+    let bin = hotline_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = tmp.path().join("long.toml");
+    std::fs::write(&scenario, LONG).unwrap();
+    let mut harness = Command::new(&bin)
+        .args(["exercise", "run"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(tmp.path().join("drill"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = harness.id();
+    let stderr = harness.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains("relay and 2 nodes up") => break,
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let _ = harness.kill();
+                panic!("the drill did not start ({e}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let started: Vec<u32> = children_of(pid)
+        .into_iter()
+        .filter(|(_, c)| c == "hotline")
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(started.len(), 3, "the relay and two nodes: {started:?}");
+
+    harness.kill().unwrap();
+    let status = harness.wait().unwrap();
+    assert!(!status.success(), "{status}");
+    let left = wait_gone(&started, Duration::from_secs(60));
+    // Stop what is still running before the assertion fails: these are the test's own
+    // processes, by their ids.
+    for p in &left {
+        let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+    }
+    assert!(
+        left.is_empty(),
+        "still running a minute after the harness was killed: {left:?}"
+    );
+}
+
+/// The drill of [`a_node_that_exits_badly_when_stopped_fails_the_drill`]: KAZ acknowledges
+/// SEC's message at once, so that every objective is met.
+const SHORT: &str = r#"
+name = "short"
+end_s = 30.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 0.2
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[objectives]]
+name = "acknowledged"
+inject = "hello"
+expect = "acknowledged"
+"#;
+
+/// A node that exits non-zero when the drill stops it fails the drill, and the report says
+/// which node, how and when: the drill's objectives all met, it passed, the node's exit
+/// unseen (only the relay's was checked). The node here is `hotline` behind a shell that
+/// passes SIGTERM on and then exits 3, as a node failing at shutdown would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_exits_badly_when_stopped_fails_the_drill() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = hotline_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let wrapper = tmp.path().join("hotline-kaz-exits-3");
+    // A background job's standard input is /dev/null unless given: the node's (the drill's
+    // tether) is passed on as fd 3.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *node*/KAZ.toml*) ;;\n  *) exec '{bin}' \"$@\" ;;\nesac\nexec 3<&0\n'{bin}' \"$@\" <&3 3<&- &\npid=$!\ntrap 'kill -TERM $pid; wait $pid; exit 3' TERM\nwait $pid\nexit 3\n",
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sc = hotline_exercise::Scenario::parse(SHORT, "short.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: wrapper,
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert!(report.objectives.iter().all(|o| o.met), "{summary}");
+    let invariant = |name: &str| {
+        report
+            .invariants
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no invariant {name:?}: {summary}"))
+            .clone()
+    };
+    let nodes = invariant("every node shut down cleanly");
+    assert!(!nodes.held, "{summary}");
+    assert_eq!(
+        nodes.detail, "node KAZ: exit code 3 when stopped at the drill's end",
+        "{summary}"
+    );
+    assert!(invariant("relay shut down cleanly").held, "{summary}");
+    assert!(!report.passed, "{summary}");
+}
+
+/// The relay killed near the end, its restart due after it: the drill ends with the relay
+/// down, as the scenario asked.
+const RELAY_DOWN_AT_END: &str = r#"
+name = "relay-down-at-end"
+end_s = 2.0
+participants = ["SEC", "KAZ"]
+[[injects]]
+name = "hello"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ"]
+subject = "hello"
+[[faults]]
+kind = "kill_relay"
+at_s = 1.0
+restart_after_s = 60.0
+"#;
+
+/// A relay a fault killed, whose restart falls after the drill's end, did not fail to shut
+/// down: the report said "relay shut down cleanly" failed, "killed after the grace period",
+/// for the SIGKILL the scenario asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_a_fault_killed_is_not_a_relay_that_failed_to_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(RELAY_DOWN_AT_END, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    let relay = report
+        .invariants
+        .iter()
+        .find(|i| i.name == "relay shut down cleanly")
+        .unwrap_or_else(|| panic!("no relay invariant: {summary}"));
+    assert!(relay.held, "{summary}");
+    assert_eq!(relay.detail, "killed by a fault (SIGKILL)", "{summary}");
+}
+
+/// SEC's update references KAZ's alert, due first; KAZ's node is down when the alert is
+/// due, and until after the update is.
+const THREAD: &str = r#"
+name = "thread"
+end_s = 30.0
+participants = ["SEC", "KAZ", "KGZ"]
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "KAZ"
+to = ["KGZ"]
+subject = "alert"
+[[injects]]
+name = "update"
+at_s = 0.5
+from = "SEC"
+to = ["KGZ"]
+kind = "update"
+references = "alert"
+subject = "update"
+[[faults]]
+kind = "offline"
+participant = "KAZ"
+from_s = 0.0
+to_s = 2.0
+"#;
+
+/// An inject that references another waits for that one's message: the update went out
+/// while the alert waited for its sender's node, referencing nothing, and its node refused
+/// it for good (an update must reference what it updates), failing the drill.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inject_waits_for_the_message_it_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(THREAD, "thread.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    let (alert, update) = (&report.injects[0], &report.injects[1]);
+    assert_eq!(update.refused, None, "{summary}");
+    assert!(update.id.is_some(), "{summary}");
+    assert!(
+        update.at_s >= alert.at_s && alert.at_s >= 2.0,
+        "the update was sent at {} s, the alert at {} s: {summary}",
+        update.at_s,
+        alert.at_s
+    );
+    assert_eq!(report.messages_accepted, 2, "{summary}");
+}

@@ -207,7 +207,8 @@ impl Deployment {
 
     /// Starts the relay as a process of the `hotline` binary `bin`, in the deployment's
     /// directory, logging to `log_name` there, and waits up to `timeout` for it to log that
-    /// it listens (with its address).
+    /// it listens (with its address). It is tethered to the harness ([`Proc::spawn_tethered`]):
+    /// it stops if the harness is gone.
     pub async fn start_relay(
         &self,
         bin: &Path,
@@ -215,7 +216,12 @@ impl Deployment {
         timeout: std::time::Duration,
     ) -> anyhow::Result<Proc> {
         let cfg = self.relay_config.display().to_string();
-        let mut relay = Proc::spawn(bin, &["relay", "--config", &cfg], &self.dir, log_name)?;
+        let mut relay = Proc::spawn_tethered(
+            bin,
+            &["relay", "--config", &cfg, "--stop-when-stdin-closes"],
+            &self.dir,
+            log_name,
+        )?;
         let line = relay
             .wait_log("relay listening", timeout)
             .await
@@ -227,10 +233,16 @@ impl Deployment {
     }
 
     /// Starts node `id` as a process of the `hotline` binary `bin`, in the deployment's
-    /// directory, logging to `log_name` there (it is not waited for).
+    /// directory, logging to `log_name` there (it is not waited for), tethered to the
+    /// harness as the relay is.
     pub fn spawn_node(&self, bin: &Path, id: &str, log_name: &str) -> anyhow::Result<Proc> {
         let cfg = self.node(id)?.config.display().to_string();
-        Proc::spawn(bin, &["node", "--config", &cfg], &self.dir, log_name)
+        Proc::spawn_tethered(
+            bin,
+            &["node", "--config", &cfg, "--stop-when-stdin-closes"],
+            &self.dir,
+            log_name,
+        )
     }
 
     /// The API client of started node `id`, at the address it logged ("local API listening

@@ -10,6 +10,65 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+/// How a process the harness started ended, as [`Proc::stop`] (or [`Proc::exit`]) finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status code (0: cleanly).
+    Code(i32),
+    /// A signal the harness did not send ended it: a crash (SIGSEGV, SIGABRT, …), or a
+    /// signal it did not catch.
+    Signal(i32),
+    /// The harness killed it with SIGKILL ([`Proc::kill9`]) before it was stopped: a fault
+    /// the scenario asked for.
+    Killed,
+    /// It had not exited within the time allowed after SIGTERM, and was killed.
+    Hung,
+}
+
+impl Exit {
+    /// Whether this is how a process the harness ran should end: a clean exit (code 0), or
+    /// the SIGKILL of a fault.
+    pub fn clean(self) -> bool {
+        matches!(self, Self::Code(0) | Self::Killed)
+    }
+
+    /// The exit code, if it exited (rather than being ended by a signal).
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Self::Code(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(c) => write!(f, "exit code {c}"),
+            Self::Signal(s) => write!(f, "ended by signal {s}{}", signal_name(*s)),
+            Self::Killed => f.write_str("killed by a fault (SIGKILL)"),
+            Self::Hung => f.write_str("killed after the grace period (it did not exit on SIGTERM)"),
+        }
+    }
+}
+
+/// ` (SIGSEGV)` and the like, for the signals a crash or a stray signal is likely to be.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => " (SIGHUP)",
+        2 => " (SIGINT)",
+        4 => " (SIGILL)",
+        6 => " (SIGABRT)",
+        7 => " (SIGBUS)",
+        8 => " (SIGFPE)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        13 => " (SIGPIPE)",
+        15 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
 /// A running `hotline` process, killed (SIGKILL) when dropped.
 pub struct Proc {
     child: Child,
@@ -17,6 +76,11 @@ pub struct Proc {
     /// give to another process, so it is never signalled again (`kill` by pid would reach
     /// that process, or fail and make a clean exit look like a failure).
     reaped: bool,
+    /// Whether the harness sent it SIGKILL ([`Proc::kill9`]): a SIGKILL death is then the
+    /// harness's doing, not the process's.
+    killed: bool,
+    /// Whether it was killed because it did not exit within the time allowed after SIGTERM.
+    hung: bool,
     lines: Arc<Mutex<Vec<String>>>,
     seen: tokio::sync::watch::Receiver<usize>,
     /// Told when the reader has read standard error to its end.
@@ -51,8 +115,34 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Proc {
-    /// Starts `bin args…` in `dir`, logging to `dir/log_name`.
+    /// Starts `bin args…` in `dir`, logging to `dir/log_name`, with standard input on
+    /// `/dev/null`.
     pub fn spawn(bin: &Path, args: &[&str], dir: &Path, log_name: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, args, dir, log_name, false)
+    }
+
+    /// Like [`Proc::spawn`], with a pipe on the child's standard input whose other end only
+    /// this handle holds (the harness's pipes are close-on-exec, so no other child inherits
+    /// it) and never writes to. It closes when the handle is dropped or the harness's
+    /// process ends, however it ends (even by SIGKILL), and a `hotline relay` or `hotline
+    /// node` given `--stop-when-stdin-closes` then shuts down: the drill's processes never
+    /// outlive the harness.
+    pub fn spawn_tethered(
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+        log_name: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, args, dir, log_name, true)
+    }
+
+    fn spawn_with(
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+        log_name: &str,
+        tethered: bool,
+    ) -> anyhow::Result<Self> {
         use std::io::{BufRead, Write};
         let log_path = dir.join(log_name);
         // Before the child: a log refused leaves no process running unwatched.
@@ -65,7 +155,13 @@ impl Proc {
                 std::env::var("HOTLINE_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("HOTLINE_NODE_CONFIG")
-            .stdin(Stdio::null())
+            // With a tether, `child.stdin` keeps the pipe's end open for as long as the
+            // handle lives (`Child::wait` closes it, once the child is gone).
+            .stdin(if tethered {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -91,6 +187,8 @@ impl Proc {
         Ok(Self {
             child,
             reaped: false,
+            killed: false,
+            hung: false,
             lines,
             seen,
             read_all,
@@ -105,6 +203,7 @@ impl Proc {
 
     /// SIGKILL, then reap. (`Child::kill` sends nothing to a child already reaped.)
     pub fn kill9(&mut self) {
+        self.killed |= !self.reaped;
         let _ = self.child.kill();
         let st = self.child.wait().ok();
         self.reap(st);
@@ -139,36 +238,60 @@ impl Proc {
         Ok(())
     }
 
-    /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that). Returns the exit code.
-    /// A child that has already exited (killed by a fault, or terminated before) is not
-    /// signalled: its exit code is returned as it was.
+    /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that). Returns the exit code
+    /// ([`Proc::stop`]'s, without the how).
     pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        if let Some(st) = self.try_reap() {
-            return st.code();
+        self.stop(timeout).await.0.code()
+    }
+
+    /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that): how it ended, and
+    /// whether it had already ended before this was called. A child that has already
+    /// exited (killed by a fault, crashed, or stopped before) is not signalled: its end is
+    /// returned as it was.
+    pub async fn stop(&mut self, timeout: Duration) -> (Exit, bool) {
+        if let Some(exit) = self.exit() {
+            return (exit, true);
         }
         if self.signal("TERM").is_err() {
+            self.hung = true;
             self.kill9();
-            return None;
+            return (Exit::Hung, false);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut exited = self.seen.clone();
         loop {
-            if let Some(st) = self.try_reap() {
-                return st.code();
+            if let Some(exit) = self.exit() {
+                return (exit, false);
             }
             // The log pipe closes when the process exits: that is the event to wait on.
             match tokio::time::timeout_at(deadline, exited.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => {
                     let st = tokio::task::block_in_place(|| self.child.wait()).ok();
-                    return self.reap(st).and_then(|s| s.code());
+                    self.reap(st);
+                    return (self.exit().unwrap_or(Exit::Hung), false);
                 }
                 Err(_) => {
+                    self.hung = true;
                     self.kill9();
-                    return None;
+                    return (Exit::Hung, false);
                 }
             }
         }
+    }
+
+    /// How it ended, if it has (reaping it), without waiting.
+    pub fn exit(&mut self) -> Option<Exit> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let st = self.try_reap()?;
+        Some(match (st.code(), st.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(9)) if self.hung => Exit::Hung,
+            (None, Some(9)) if self.killed => Exit::Killed,
+            (None, Some(s)) => Exit::Signal(s),
+            // Neither a code nor a signal: not on Unix.
+            (None, None) => Exit::Signal(0),
+        })
     }
 
     /// Waits (without polling) for the process to exit, at most `timeout`, and returns its
@@ -480,6 +603,59 @@ mod tests {
             .await
             .expect("its status as it was");
         assert_eq!(st.signal(), Some(9), "{st}");
+    }
+
+    /// `stop` says how a process ended, so that the drill can fail on a node or relay that
+    /// ended badly: an exit code, a signal it did not catch (a crash), the SIGKILL of a fault,
+    /// or a hang past the grace period; and whether it had already ended before. `terminate`
+    /// gave the exit code alone, `None` for all of the others.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stop_says_how_a_process_ended() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sh = |script: &str, log: &str| {
+            Proc::spawn(Path::new("/bin/sh"), &["-c", script], tmp.path(), log).expect("spawned")
+        };
+        let ready = Duration::from_secs(10);
+        let grace = Duration::from_secs(10);
+
+        let mut p = sh(&CLEAN_ON_TERM.replace("exit 0", "exit 3"), "code.log");
+        p.wait_log("ready", ready).await.expect("the trap is set");
+        assert_eq!(p.stop(grace).await, (Exit::Code(3), false));
+
+        let mut p = sh(
+            &CLEAN_ON_TERM.replace("exit 0", "kill -SEGV $$"),
+            "segv.log",
+        );
+        p.wait_log("ready", ready).await.expect("the trap is set");
+        let (exit, before) = p.stop(grace).await;
+        assert_eq!((exit, before), (Exit::Signal(11), false));
+        assert_eq!(exit.to_string(), "ended by signal 11 (SIGSEGV)");
+        assert!(!exit.clean());
+
+        // Ended on its own before the stop (waited for as a zombie, not reaped: the end of
+        // its log comes a moment before its exit status).
+        let mut p = sh("echo bye >&2; exit 5", "early.log");
+        wait_unreaped(&p.child).expect("it ends");
+        assert_eq!(p.stop(grace).await, (Exit::Code(5), true));
+
+        let mut p = sh("exec sleep 60", "killed.log");
+        p.kill9();
+        let (exit, before) = p.stop(grace).await;
+        assert_eq!((exit, before), (Exit::Killed, true));
+        assert!(
+            exit.clean(),
+            "a fault's SIGKILL is how the scenario wanted it to end"
+        );
+
+        // SIGTERM ignored (and still so once `sleep` replaces the shell).
+        let mut p = sh("trap '' TERM; echo ready >&2; exec sleep 60", "hung.log");
+        p.wait_log("ready", ready).await.expect("the trap is set");
+        assert_eq!(
+            p.stop(Duration::from_millis(300)).await,
+            (Exit::Hung, false)
+        );
+        assert_eq!(p.exit(), Some(Exit::Hung), "not taken for a fault's kill");
+        assert_eq!(p.stop(grace).await, (Exit::Hung, true));
     }
 
     /// A process's log is never written through a symbolic link planted in its place.

@@ -257,6 +257,52 @@ pub fn read_hooks(dep: &Deployment) -> HashMap<String, Vec<(String, String)>> {
     out
 }
 
+/// Whether the sender's `on_overdue` hook ran for `recipient` of message `id`, as `hooks`
+/// (from [`read_hooks`]) record it; `None` when the harness cannot see the hooks (live mode:
+/// they run on the operators' machines).
+pub(crate) fn hook_ran(
+    hooks: Option<&HashMap<String, Vec<(String, String)>>>,
+    sender: &str,
+    id: &str,
+    recipient: &str,
+) -> Option<bool> {
+    hooks.map(|h| {
+        h.get(sender)
+            .is_some_and(|runs| runs.iter().any(|(m, r)| m == id && r == recipient))
+    })
+}
+
+/// Why `recipient` falls short of an `overdue_escalated` objective, or `None` if it meets
+/// it. This is the one definition: the report scores it, and the drill's early end
+/// (`run::decided`) waits until it holds for every recipient in scope, so the drill never
+/// ends on a recipient the report then fails. The objective asks that the sender escalated
+/// every recipient in scope that did not acknowledge in time:
+/// - one that went overdue (its respond-by passed unacknowledged) meets it once the sender's
+///   overdue hook ran for it (`hook`; `None`, unknown in live mode, counts as run), whether
+///   or not it acknowledged later;
+/// - one that acknowledged before it went overdue meets it: there was nothing to escalate
+///   (the invariant on required acknowledgements leaves it out as well);
+/// - one neither overdue nor acknowledged (the drill ended before its respond-by) does not.
+///
+/// The report used to fail every recipient that had acknowledged, in time or late, while the
+/// early end counted it as decided: a drill could end early, then fail on it.
+pub(crate) fn escalation_shortfall(
+    recipient: &str,
+    overdue: bool,
+    acknowledged: bool,
+    hook: Option<bool>,
+) -> Option<String> {
+    match (overdue, acknowledged, hook) {
+        (true, _, Some(false)) => Some(format!(
+            "{recipient}: overdue, but the sender's escalation hook never ran for it"
+        )),
+        (true, _, _) | (false, true, _) => None,
+        (false, false, _) => Some(format!(
+            "{recipient}: neither acknowledged nor overdue (its respond-by had not passed)"
+        )),
+    }
+}
+
 /// What became of one inject during the drill.
 pub(crate) struct Sent {
     /// The inject, as the scenario has it.
@@ -298,8 +344,47 @@ pub struct Inputs<'a> {
     pub(crate) proxies: BTreeMap<String, crate::proxy::ProxyStats>,
     /// Store checks, when the stores were reachable (not in live mode).
     pub(crate) checks: Option<StoreChecks>,
-    /// The relay's exit code, when the harness ran it.
-    pub(crate) relay_exit: Option<Option<i32>>,
+    /// How each relay and node process the harness ran ended, when it ran them (not in live
+    /// mode): each one it stopped, at the drill's end or for an `offline` fault, and each
+    /// one a `kill_relay`, `restore_relay` or `kill_node` fault killed.
+    pub(crate) exits: Option<Vec<ProcessEnd>>,
+}
+
+/// How one relay or node process the harness ran ended.
+///
+/// A process that ends any other way than cleanly (exit code 0 when stopped with SIGTERM)
+/// or by a fault's SIGKILL fails the drill: one that exits non-zero, is ended by another
+/// signal (a crash), or does not exit within the grace period, at the drill's end or when
+/// an `offline` fault stops it, or that had already ended so before the harness stopped or
+/// killed it. The invariants "relay shut down cleanly" and "every node shut down cleanly"
+/// say which, how and when. A failure, not a remark in the report: in service the same
+/// process would be a failed systemd unit (restarted, or paged for), and a crash may
+/// leave work undone that the drill's other checks cannot see; the relay's exit has
+/// always failed the drill, and a node's now does too, by the same rule.
+#[derive(Clone, Debug)]
+pub(crate) struct ProcessEnd {
+    /// `relay`, or `node KAZ`.
+    pub(crate) process: String,
+    /// When the harness stopped or killed it: `at the drill's end`, `for its offline fault
+    /// at 5.0 s`.
+    pub(crate) when: String,
+    /// How it ended.
+    pub(crate) exit: crate::process::Exit,
+    /// It had already ended when the harness came to stop or kill it.
+    pub(crate) before: bool,
+}
+
+impl ProcessEnd {
+    fn describe(&self) -> String {
+        if self.before {
+            format!(
+                "{} had already ended ({}) when the drill came to stop it {}",
+                self.process, self.exit, self.when
+            )
+        } else {
+            format!("{}: {} when stopped {}", self.process, self.exit, self.when)
+        }
+    }
 }
 
 /// Scores a finished drill.
@@ -548,26 +633,12 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     Some(t) => Some(format!("{} answered after {t:.1}s", row.id)),
                     None => Some(format!("{} never answered", row.id)),
                 },
-                _ => {
-                    // In live mode the hooks run on the operators' machines: overdue suffices.
-                    let hook = match &i.hooks {
-                        Some(h) => h
-                            .get(sender)
-                            .is_some_and(|runs| runs.iter().any(|(m, r)| *m == id && *r == row.id)),
-                        None => true,
-                    };
-                    if cell.overdue && cell.acknowledged_s.is_none() && hook {
-                        None
-                    } else {
-                        Some(format!(
-                            "{}: overdue {} acknowledged {} escalation hook {}",
-                            row.id,
-                            cell.overdue,
-                            cell.acknowledged_s.is_some(),
-                            hook
-                        ))
-                    }
-                }
+                _ => escalation_shortfall(
+                    &row.id,
+                    cell.overdue,
+                    cell.acknowledged_s.is_some(),
+                    hook_ran(i.hooks.as_ref(), sender, &id, &row.id),
+                ),
             };
             if let Some(w) = why {
                 row.objectives_met = false;
@@ -709,13 +780,38 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             },
         });
     }
-    if let Some(exit) = i.relay_exit {
+    if let Some(exits) = &i.exits {
+        let (relay, nodes): (Vec<&ProcessEnd>, Vec<&ProcessEnd>) =
+            exits.iter().partition(|e| e.process == "relay");
+        let bad = |of: &[&ProcessEnd]| {
+            of.iter()
+                .filter(|e| !e.exit.clean())
+                .map(|e| e.describe())
+                .collect::<Vec<_>>()
+        };
+        let relay_bad = bad(&relay);
         invariants.push(Invariant {
             name: "relay shut down cleanly".into(),
-            held: exit == Some(0),
-            detail: match exit {
-                Some(c) => format!("exit code {c}"),
-                None => "killed after the grace period".into(),
+            held: relay_bad.is_empty(),
+            detail: if relay_bad.is_empty() {
+                relay
+                    .last()
+                    .map_or_else(|| "not run".to_owned(), |e| e.exit.to_string())
+            } else {
+                relay_bad.join("; ")
+            },
+        });
+        let nodes_bad = bad(&nodes);
+        invariants.push(Invariant {
+            name: "every node shut down cleanly".into(),
+            held: nodes_bad.is_empty(),
+            detail: if nodes_bad.is_empty() {
+                format!(
+                    "{} node processes stopped with exit code 0 or killed by a fault",
+                    nodes.len()
+                )
+            } else {
+                nodes_bad.join("; ")
             },
         });
     }
@@ -966,7 +1062,12 @@ within_s = 3.0
             shown,
             hooks: Some(HashMap::from([("SEC".to_owned(), hooks)])),
             checks: Some(checks),
-            relay_exit: Some(Some(0)),
+            exits: Some(vec![ProcessEnd {
+                process: "relay".into(),
+                when: "at the drill's end".into(),
+                exit: crate::process::Exit::Code(0),
+                before: false,
+            }]),
             ..one_inject(&sc, &roster, &participants, view, inboxes)
         })
         .expect("scores")
@@ -1004,7 +1105,7 @@ within_s = 3.0
             faults: vec![],
             proxies: BTreeMap::new(),
             checks: None,
-            relay_exit: None,
+            exits: None,
         }
     }
 
@@ -1421,6 +1522,86 @@ name = "delivered"
 inject = "alert"
 expect = "delivered"
 "#;
+
+    /// [`ACKS`] with an `overdue_escalated` objective over every recipient of its inject.
+    fn escalated_for_all() -> String {
+        format!("{ACKS}[[objectives]]\nname = \"escalated\"\ninject = \"alert\"\nexpect = \"overdue_escalated\"\n")
+    }
+
+    /// `overdue_escalated` asks that every recipient in scope whose respond-by passed
+    /// unacknowledged was escalated: KAZ, which acknowledged in time, has nothing to
+    /// escalate, and KGZ, escalated, may acknowledge late. Both failed it ("overdue false
+    /// acknowledged true"), while the drill's early end counted them as done.
+    #[test]
+    fn a_recipient_that_acknowledged_meets_overdue_escalated() {
+        let run = |kgz_acked: Option<u64>, hooks: Vec<(String, String)>| {
+            let inboxes = BTreeMap::from([
+                ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+                ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1600), kgz_acked, Some(11_000)),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(
+                &escalated_for_all(),
+                inboxes,
+                matrix,
+                hooks,
+                HashMap::new(),
+                checks,
+            )
+        };
+        let hook = || vec![("m1".to_owned(), "KGZ".to_owned())];
+        let r = run(None, hook());
+        let o = objective(&r, "escalated");
+        assert!(o.met && o.in_scope == 2, "{o:?}");
+        assert!(r.passed, "{}", summary(&r));
+        // KGZ acknowledged after it was escalated: still escalated.
+        let r = run(Some(12_000), hook());
+        assert!(objective(&r, "escalated").met, "{}", summary(&r));
+        assert!(r.passed, "{}", summary(&r));
+        // Overdue without the hook: not escalated, acknowledged late or not.
+        for acked in [None, Some(12_000)] {
+            let r = run(acked, vec![]);
+            let o = objective(&r, "escalated");
+            assert_eq!(
+                o.failed,
+                vec!["KGZ: overdue, but the sender's escalation hook never ran for it".to_owned()],
+                "{o:?}"
+            );
+            assert!(!r.passed);
+        }
+    }
+
+    /// The one definition, case by case.
+    #[test]
+    fn escalation_shortfall_is_what_the_objective_says() {
+        let short = |overdue, acked, hook| escalation_shortfall("KGZ", overdue, acked, hook);
+        assert_eq!(short(true, false, Some(true)), None);
+        assert_eq!(short(true, true, Some(true)), None, "acknowledged late");
+        assert_eq!(
+            short(true, false, None),
+            None,
+            "live mode: overdue suffices"
+        );
+        assert_eq!(
+            short(false, true, Some(false)),
+            None,
+            "acknowledged in time"
+        );
+        assert_eq!(short(false, true, None), None);
+        assert!(short(true, false, Some(false)).is_some_and(|w| w.contains("never ran")));
+        assert!(short(true, true, Some(false)).is_some());
+        assert!(short(false, false, Some(true)).is_some_and(|w| w.contains("neither")));
+        assert!(short(false, false, None).is_some());
+    }
 
     /// Every recipient of an inject that requires acknowledgement must have acknowledged
     /// it by the end, whatever objectives the author wrote: KGZ overdue and silent, with no

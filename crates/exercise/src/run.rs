@@ -20,6 +20,9 @@ use crate::proxy::{Impairment, Proxy};
 use crate::report::{self, Report};
 use crate::scenario::{Fault, Scenario};
 
+/// How long a relay or node has to exit once sent SIGTERM before it is killed (and the
+/// drill fails: `report::ProcessEnd`).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a process has to start (log its readiness line).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often inboxes are swept for messages whose arrival event was missed (e.g. during a
@@ -291,6 +294,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut relay_restarts = 0u32;
     let mut down: HashSet<String> = HashSet::new();
     let mut fault_log: Vec<Value> = Vec::new();
+    // How each process the harness stopped or killed ended (`report::ProcessEnd`).
+    let mut exits: Vec<report::ProcessEnd> = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut last_progress = String::new();
     let mut last_progress_at = Instant::now();
@@ -314,7 +319,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             match action {
                 Action::Inject(i) => pending_injects.push(i),
                 Action::KillRelay => {
-                    sim.relay.kill9();
+                    kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
                 }
@@ -326,7 +331,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     eprintln!("\n  [{at_s:>7.1}s] relay store backed up while it runs");
                 }
                 Action::RestoreRelay => {
-                    sim.relay.kill9();
+                    kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
                     let out = restore_relay(&opts, &sim.dep).await?;
                     let line = out.lines().next().unwrap_or_default();
                     fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
@@ -340,7 +345,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::KillNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
-                        n.kill9();
+                        kill_for_fault(n, &format!("node {p}"), at_s, &mut exits);
                     }
                     down.insert(p.clone());
                     fault_log
@@ -349,7 +354,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::StopNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
-                        n.terminate(Duration::from_secs(5)).await;
+                        let (exit, before) = n.stop(STOP_GRACE).await;
+                        exits.push(report::ProcessEnd {
+                            process: format!("node {p}"),
+                            when: format!("for its offline fault at {at_s:.1} s"),
+                            exit,
+                            before,
+                        });
                     }
                     down.insert(p.clone());
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} offline")}));
@@ -381,6 +392,25 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 still.push(i);
                 continue;
             }
+            // One that references another waits for that one's message (its sender down, or
+            // its send failed and is retried): sent without it, it referenced nothing, and
+            // an update, cancel or reply was refused by its node for the want of one. If the
+            // other was refused for good, so is this one: there is nothing to reference.
+            if let Some(r) = &inj.references {
+                let Some(k) = scenario.injects.iter().position(|x| &x.name == r) else {
+                    bail!("inject {}: references unknown inject {r}", inj.name)
+                };
+                if injects[k].id.is_none() {
+                    if injects[k].refused.is_some() {
+                        let why = format!("not sent: the inject it references, {r:?}, was refused");
+                        eprintln!("\n  inject {:?} {why}", inj.name);
+                        injects[i].refused = Some(why);
+                    } else {
+                        still.push(i);
+                    }
+                    continue;
+                }
+            }
             let mut body = json!({
                 "to": inj.to, "group": inj.group, "all_members": inj.all_members, "everyone": inj.everyone,
                 "kind": inj.kind, "precedence": inj.precedence.to_uppercase(), "status": "exercise",
@@ -390,6 +420,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 body["respond_within_ms"] = json!(scenario.wall(w).as_millis() as u64);
             }
             if let Some(r) = &inj.references {
+                // Sent: checked above.
                 let idx = scenario
                     .injects
                     .iter()
@@ -530,7 +561,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             }
             _ = sweep.tick() => {
                 if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.is_some()).await;
+                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep)).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -585,16 +616,42 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
 
     // Stop everything, then check the stores at rest.
     stop.store(true, Relaxed);
-    let (checks, hooks, relay_exit) = match sim.as_mut() {
+    let (checks, hooks, exits) = match sim.as_mut() {
         Some(sim) => {
-            for (_, n) in sim.nodes.iter_mut() {
-                n.terminate(Duration::from_secs(5)).await;
+            let end = "at the drill's end";
+            for (p, n) in sim.nodes.iter_mut() {
+                let (exit, before) = n.stop(STOP_GRACE).await;
+                exits.push(report::ProcessEnd {
+                    process: format!("node {p}"),
+                    when: end.to_owned(),
+                    exit,
+                    before,
+                });
             }
-            let relay_exit = sim.relay.terminate(Duration::from_secs(5)).await;
+            let (exit, before) = sim.relay.stop(STOP_GRACE).await;
+            exits.push(report::ProcessEnd {
+                process: "relay".to_owned(),
+                when: end.to_owned(),
+                exit,
+                before,
+            });
+            for e in exits.iter().filter(|e| !e.exit.clean()) {
+                eprintln!(
+                    "  {} {}: {}{}",
+                    e.process,
+                    e.when,
+                    e.exit,
+                    if e.before {
+                        " (it had already ended)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             (
                 Some(report::check_stores(&sim.dep)?),
                 Some(report::read_hooks(&sim.dep)),
-                Some(relay_exit),
+                Some(std::mem::take(&mut exits)),
             )
         }
         None => (None, None, None),
@@ -627,7 +684,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         faults: fault_log,
         proxies: proxy_stats,
         checks,
-        relay_exit,
+        exits,
     })?;
     report::write(&report, &dir)?;
     Ok(report)
@@ -845,22 +902,16 @@ fn schedule_reply(
     }
 }
 
-/// Whether every objective is decided: met (as far as the nodes' records show while the
-/// drill runs; the report scores times and scope), or failed for good because its inject
-/// was refused by its node (HTTP 4xx), so that no message can ever meet it; and every
-/// acknowledgement the scenario requires is given, as the report's invariant wants it (a
-/// recipient of an inject with `respond_within_s` has acknowledged it, or
-/// `Scenario::expects_unacknowledged` says it need not). `harnessed`: the harness runs the
-/// nodes, injecting faults, and a recipient it runs no node for is not in the drill (nor in
-/// the report); in live mode every recipient is.
-/// The drill ends when they are, without waiting for `end_s`: otherwise it could end on its
-/// objectives while acknowledgements no objective names were still on their way.
+/// Whether every objective is decided ([`decided`]), from the senders' nodes as they are
+/// now: each inject's view is fetched once a call (several objectives, and the check of its
+/// acknowledgements, look at the same one), and, in a drill the harness deploys (`dep`), the
+/// overdue hooks' records are read if an objective needs them.
 async fn all_decided(
     scenario: &Scenario,
     injects: &[Inject],
     clients: &BTreeMap<String, ApiClient>,
     roster: &hotline_proto::Roster,
-    harnessed: bool,
+    dep: Option<&Deployment>,
 ) -> bool {
     // Cheap test first: every inject sent, or refused for good (its objectives then fail;
     // the drill need not wait for what will never be sent).
@@ -870,9 +921,62 @@ async fn all_decided(
     {
         return false;
     }
-    // Each inject's view is fetched once per call: several objectives, and the check of
-    // its acknowledgements, look at the same one.
-    let mut views = HashMap::new();
+    let mut views = Vec::with_capacity(injects.len());
+    for (k, inj) in scenario.injects.iter().enumerate() {
+        let wanted = injects[k].refused.is_none()
+            && (inj.respond_within_s.is_some()
+                || scenario.objectives.iter().any(|o| o.inject == inj.name));
+        views.push(if wanted {
+            sender_view(clients, &inj.from, &injects[k]).await
+        } else {
+            None
+        });
+    }
+    let hooks = dep
+        .filter(|_| {
+            scenario
+                .objectives
+                .iter()
+                .any(|o| o.expect == "overdue_escalated")
+        })
+        .map(report::read_hooks);
+    let nodes = dep.map(|_| clients.keys().cloned().collect::<HashSet<String>>());
+    decided(
+        scenario,
+        injects,
+        &views,
+        hooks.as_ref(),
+        nodes.as_ref(),
+        roster,
+    )
+}
+
+/// Whether every objective is decided: met for every recipient in its scope (as far as
+/// the senders' `views` show while the drill runs; the report scores times), or failed for
+/// good because its inject was refused by its node (HTTP 4xx), so that no message can ever
+/// meet it; and every acknowledgement the scenario requires is given, as the report's
+/// invariant wants it (a recipient of an inject with `respond_within_s` has acknowledged
+/// it, or `Scenario::expects_unacknowledged` says it need not). A recipient is in an
+/// objective's scope as the report has it: covered by the objective
+/// ([`crate::scenario::Objective::covers`]) and, in a drill the harness deploys (`nodes`:
+/// the participants it runs a node for), one with a node there (the report has no row for
+/// another). An `overdue_escalated` objective is met by [`report::escalation_shortfall`],
+/// the report's own definition, with `hooks` (the overdue hooks' records, in a drill the
+/// harness deploys). The drill ends when they are, without waiting for `end_s`: otherwise it
+/// could end on its objectives while acknowledgements no objective names were still on their
+/// way. It used to wait for every recipient of the inject, in scope or not (so a drill with
+/// an objective `except` a silent recipient ran to `end_s`), and to count a recipient that
+/// acknowledged as escalated while the report failed it.
+fn decided(
+    scenario: &Scenario,
+    injects: &[Inject],
+    views: &[Option<Value>],
+    hooks: Option<&HashMap<String, Vec<(String, String)>>>,
+    nodes: Option<&HashSet<String>>,
+    roster: &hotline_proto::Roster,
+) -> bool {
+    let harnessed = nodes.is_some();
+    let in_drill = |p: &str| nodes.is_none_or(|n| n.contains(p));
     for o in &scenario.objectives {
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
@@ -881,24 +985,36 @@ async fn all_decided(
             // Failed: the report says why.
             continue;
         }
-        let Some(v) = cached_view(&mut views, clients, scenario, injects, idx).await else {
+        let Some(v) = views.get(idx).and_then(Option::as_ref) else {
             return false;
         };
-        let rows = v["recipients"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let id = injects[idx].id.as_deref().unwrap_or_default();
+        let sender = &scenario.injects[idx].from;
         let answers = v["answers"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let done = |r: &Value| match o.expect.as_str() {
+        let rows: Vec<(&str, &Value)> = v["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["recipient"].as_str().map(|p| (p, r)))
+            .filter(|(p, _)| in_drill(p) && o.covers(p, roster))
+            .collect();
+        let done = |p: &str, r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
             "acknowledged" => r["acked_at_ms"].is_u64(),
-            "answered" => answers.iter().any(|a| a["from"] == r["recipient"]),
-            _ => r["overdue_at_ms"].is_u64() || r["acked_at_ms"].is_u64(),
+            "answered" => answers.iter().any(|a| a["from"] == p),
+            _ => report::escalation_shortfall(
+                p,
+                r["overdue_at_ms"].is_u64(),
+                r["acked_at_ms"].is_u64(),
+                report::hook_ran(hooks, sender, id, p),
+            )
+            .is_none(),
         };
-        if rows.is_empty() || !rows.iter().all(done) {
+        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r)) {
             return false;
         }
     }
@@ -906,7 +1022,7 @@ async fn all_decided(
         if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
             continue;
         }
-        let Some(v) = cached_view(&mut views, clients, scenario, injects, k).await else {
+        let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
         let rows = v["recipients"]
@@ -916,8 +1032,7 @@ async fn all_decided(
         let given = |r: &Value| {
             r["acked_at_ms"].is_u64()
                 || r["recipient"].as_str().is_some_and(|p| {
-                    (harnessed && !clients.contains_key(p))
-                        || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                    !in_drill(p) || scenario.expects_unacknowledged(k, p, roster, harnessed)
                 })
         };
         if !rows.iter().all(given) {
@@ -925,22 +1040,6 @@ async fn all_decided(
         }
     }
     true
-}
-
-/// [`sender_view`] of inject `k`, fetched at most once for `views`.
-async fn cached_view<'v>(
-    views: &'v mut HashMap<usize, Option<Value>>,
-    clients: &BTreeMap<String, ApiClient>,
-    scenario: &Scenario,
-    injects: &[Inject],
-    k: usize,
-) -> Option<&'v Value> {
-    match views.entry(k) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut().as_ref(),
-        std::collections::hash_map::Entry::Vacant(e) => e
-            .insert(sender_view(clients, &scenario.injects[k].from, &injects[k]).await)
-            .as_ref(),
-    }
 }
 
 /// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
@@ -980,6 +1079,22 @@ fn progress_line(
         shown.len(),
         nodes - down.len(),
     )
+}
+
+/// SIGKILLs `p` (`process`: `relay`, `node KAZ`) for a fault at scenario time `at_s`, and
+/// notes in `exits` how it ended: killed, or, if it had already ended (a crash during the
+/// drill), how.
+fn kill_for_fault(p: &mut Proc, process: &str, at_s: f64, exits: &mut Vec<report::ProcessEnd>) {
+    let before = p.exit();
+    p.kill9();
+    exits.push(report::ProcessEnd {
+        process: process.to_owned(),
+        when: format!("for a fault at {at_s:.1} s"),
+        exit: before
+            .or_else(|| p.exit())
+            .unwrap_or(crate::process::Exit::Killed),
+        before: before.is_some(),
+    });
 }
 
 /// Starts the relay for the `n`-th time (its log is `relay-{n}.log`).
@@ -1237,6 +1352,119 @@ expect = "delivered"
             odd.file_name().and_then(|n| n.to_str()),
             Some("hotline-exercise-______etc_x_y-7")
         );
+    }
+
+    /// SEC asks KAZ and KGZ to acknowledge within 10 s; every other recipient is to
+    /// acknowledge, and every one not acknowledging in time to be escalated (the shape of
+    /// the built-in `silent-member`).
+    const SILENT: &str = r#"
+name = "silent"
+end_s = 60.0
+participants = ["SEC", "KAZ", "KGZ"]
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "s"
+respond_within_s = 10.0
+[[objectives]]
+name = "acknowledged"
+inject = "alert"
+expect = "acknowledged"
+except = ["KGZ"]
+[[objectives]]
+name = "escalated"
+inject = "alert"
+expect = "overdue_escalated"
+"#;
+
+    /// The drill ends early exactly when the report would find every objective met: both
+    /// read the same rows by one definition. For `overdue_escalated`, the early end counted
+    /// a recipient that acknowledged as done, and an overdue one whose hook had not run
+    /// yet, while the report failed the first and the second; and it waited for recipients
+    /// outside an objective's scope (KGZ, left out of "acknowledged", kept the drill to its
+    /// end).
+    #[test]
+    fn the_early_end_and_the_report_agree_on_every_objective() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(SILENT, "silent.toml").expect("parses");
+        let participants: Vec<String> = ["SEC", "KAZ", "KGZ"].map(String::from).to_vec();
+        let nodes: HashSet<String> = participants.iter().cloned().collect();
+        let hooked =
+            || HashMap::from([("SEC".to_owned(), vec![("m1".to_owned(), "KGZ".to_owned())])]);
+        let unhooked = || HashMap::from([("SEC".to_owned(), vec![])]);
+        // KGZ's row: (acked_at_ms, overdue_at_ms), and the sender's hook records.
+        for (kgz_acked, kgz_overdue, hooks, met) in [
+            (None, Some(11_000u64), hooked(), true),
+            (Some(12_000u64), Some(11_000), hooked(), true),
+            (Some(5_000), None, unhooked(), true),
+            (None, Some(11_000), unhooked(), false),
+            (None, None, unhooked(), false),
+        ] {
+            let view = json!({
+                "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted",
+                "recipients": [
+                    {"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": 3000, "overdue_at_ms": null},
+                    {"recipient": "KGZ", "delivered_at_ms": 1600, "acked_at_ms": kgz_acked, "overdue_at_ms": kgz_overdue},
+                ],
+                "answers": [],
+            });
+            let case = format!("KGZ acked {kgz_acked:?} overdue {kgz_overdue:?} hooks {hooks:?}");
+            let injects = [Inject {
+                id: Some("m1".to_owned()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }];
+            let early = decided(
+                &sc,
+                &injects,
+                &[Some(view.clone())],
+                Some(&hooks),
+                Some(&nodes),
+                &roster,
+            );
+            let item = |at: u64| json!({"id": "m1", "received_at_ms": at, "status": "exercise", "exercise_or_test": true});
+            let r = report::score(report::Inputs {
+                scenario: &sc,
+                seed: 1,
+                dir: tmp.path(),
+                started_at_ms: 1000,
+                wall_s: 1.0,
+                participants: &participants,
+                live: false,
+                roster: &roster,
+                injects: vec![report::Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                }],
+                sent_views: vec![view],
+                inboxes: BTreeMap::from([
+                    ("SEC".to_owned(), vec![]),
+                    ("KAZ".to_owned(), vec![item(1500)]),
+                    ("KGZ".to_owned(), vec![item(1600)]),
+                ]),
+                shown: HashMap::new(),
+                hooks: Some(hooks),
+                faults: vec![],
+                proxies: BTreeMap::new(),
+                checks: None,
+                exits: None,
+            })
+            .expect("scores");
+            let all_met = r.objectives.iter().all(|o| o.met);
+            assert_eq!(all_met, met, "{case}: {:?}", r.objectives);
+            assert_eq!(
+                early, met,
+                "{case}: the early end disagrees with the report"
+            );
+            assert_eq!(r.passed, met, "{case}: {}", report::summary(&r));
+        }
     }
 
     /// A two-node drill whose inject goes from SEC to KAZ, with `extra` appended.

@@ -213,7 +213,8 @@ pub struct Objective {
     pub inject: String,
     /// `delivered`, `acknowledged`, `answered` (the recipient's reply, or any message of its
     /// referencing the inject, reached the sender) or `overdue_escalated` (the sender's
-    /// overdue hook ran for every recipient in scope that did not acknowledge).
+    /// overdue hook ran for every recipient in scope whose respond-by passed unacknowledged;
+    /// one that acknowledged in time needs none: `report::escalation_shortfall`).
     pub expect: String,
     /// Within this many scenario seconds of the inject (for delivered / acknowledged / answered).
     pub within_s: Option<f64>,
@@ -365,6 +366,13 @@ impl Scenario {
             if let Some(r) = &inj.references {
                 if !names[..i].contains(&r.as_str()) {
                     bail!("scenario {origin}: inject {:?} references {r:?}, which is not an earlier inject", inj.name);
+                }
+                // Earlier in the file, but due later: the drill would have no message to
+                // reference when this one is due (it waits for it: see `run`).
+                if let Some(at) = s.injects[..i].iter().find(|x| &x.name == r).map(|x| x.at_s) {
+                    if at > inj.at_s {
+                        bail!("scenario {origin}: inject {:?} (at_s {}) references {r:?}, which is due later (at_s {at})", inj.name, inj.at_s);
+                    }
                 }
             }
         }
@@ -957,6 +965,25 @@ within_s = @within_s@
             "t.toml",
         )
         .expect("down to the end");
+    }
+
+    /// An inject referencing one due after it is refused: when it was due the other had no
+    /// message yet, and it went out referencing nothing.
+    #[test]
+    fn a_reference_to_an_inject_due_later_is_refused() {
+        let text = |update_at: f64| {
+            format!("name = \"refs\"\nend_s = 60.0\n[[injects]]\nname = \"late\"\nat_s = 10.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n[[injects]]\nname = \"update\"\nat_s = {update_at:?}\nfrom = \"SEC\"\nto = [\"KAZ\"]\nkind = \"update\"\nreferences = \"late\"\nsubject = \"s\"\n")
+        };
+        let e = Scenario::parse(&text(5.0), "t.toml")
+            .expect_err("due before what it references")
+            .to_string();
+        assert!(
+            e.contains(
+                "inject \"update\" (at_s 5) references \"late\", which is due later (at_s 10)"
+            ),
+            "{e}"
+        );
+        Scenario::parse(&text(10.0), "t.toml").expect("due together, listed after it");
     }
 
     /// Objectives and impairments that could never work as written are refused before the

@@ -101,6 +101,59 @@ pub(crate) struct Signals {
     pub(crate) hup: tokio::signal::unix::Signal,
 }
 
+/// `--stop-when-stdin-closes` (hidden; for the drill harness): a service given it shuts down,
+/// as on SIGTERM, once its standard input reaches its end. The harness starts its relay and
+/// nodes with a pipe on standard input whose other end it alone holds and never writes to:
+/// however the harness ends, even by SIGKILL, which it cannot catch, the kernel closes that
+/// end, and they stop instead of running on with no one to stop them. (The kernel's
+/// parent-death signal would need `unsafe` code between fork and exec, which the workspace
+/// forbids, and fires when the thread that forked exits, not the process.) Hidden, and off
+/// by default: a service under systemd has `/dev/null` on standard input, at its end from
+/// the start.
+pub(crate) struct StdinTether(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl StdinTether {
+    /// Starts watching standard input if `on`: a thread reads it to its end (or an error),
+    /// discarding what it reads. A plain thread, not the runtime's blocking pool, whose
+    /// shutdown would wait for a read that never ends.
+    pub(crate) fn new(on: bool) -> std::io::Result<Self> {
+        if !on {
+            return Ok(Self(None));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("stdin-tether".into())
+            .spawn(move || {
+                use std::io::Read as _;
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = [0u8; 256];
+                loop {
+                    match stdin.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(());
+            })?;
+        Ok(Self(Some(rx)))
+    }
+
+    /// Resolves once standard input has closed; never if not watched (or once it has
+    /// resolved, so that a `select!` loop may poll it again).
+    pub(crate) async fn closed(&mut self) {
+        match self.0.as_mut() {
+            Some(rx) => {
+                // An error means the thread ended without sending: it is gone all the same.
+                let _ = rx.await;
+                self.0 = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Signals {
     /// Starts catching SIGTERM, SIGINT and SIGHUP (inside a tokio runtime).
     pub(crate) fn catch() -> std::io::Result<Self> {

@@ -15,6 +15,11 @@ pub(crate) struct RelayArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
 
+    /// With `--config`: shut down when standard input closes (for the drill harness; see
+    /// `StdinTether`).
+    #[arg(long, hide = true)]
+    stop_when_stdin_closes: bool,
+
     #[command(subcommand)]
     command: Option<RelayCommand>,
 }
@@ -114,12 +119,12 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
             _,
         ) => report(&config, hours, limit, id.as_deref(), overdue, json),
         (Some(RelayCommand::Redeliver { config, to, since }), _) => redeliver(&config, &to, &since),
-        (None, Some(config)) => serve(config),
+        (None, Some(config)) => serve(config, args.stop_when_stdin_closes),
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
     }
 }
 
-fn serve(path: PathBuf) -> anyhow::Result<()> {
+fn serve(path: PathBuf, tethered: bool) -> anyhow::Result<()> {
     let config = RelayConfig::load(&path).map_err(super::CannotStart::classify)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,13 +132,14 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let mut signals = super::Signals::catch()?;
+        let mut tether = super::StdinTether::new(tethered)?;
         let handle = Relay::spawn(config)
             .await
             .map_err(super::CannotStart::classify)?;
         if let Some(m) = handle.metrics_addr() {
             tracing::info!(addr = %m, "metrics on http://{m}/metrics, health on http://{m}/health");
         }
-        let stopped = wait_for_signals(&handle, &mut signals).await;
+        let stopped = wait_for_signals(&handle, &mut signals, &mut tether).await;
         handle.shutdown().await;
         match stopped? {
             None => Ok(()),
@@ -344,16 +350,19 @@ fn report(
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT (shutdown; `None`) or for the relay to stop on its own (its
-/// reason); reloads the roster on SIGHUP.
+/// Waits for SIGTERM or SIGINT, or with `--stop-when-stdin-closes` for standard input to
+/// close (shutdown; `None`), or for the relay to stop on its own (its reason); reloads the
+/// roster on SIGHUP.
 async fn wait_for_signals(
     handle: &hotline_relay::RelayHandle,
     signals: &mut super::Signals,
+    tether: &mut super::StdinTether,
 ) -> anyhow::Result<Option<String>> {
     loop {
         tokio::select! {
             _ = signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(None) }
             _ = signals.int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(None) }
+            _ = tether.closed() => { tracing::info!("standard input closed (the drill harness that started this relay is gone): shutting down"); return Ok(None) }
             reason = handle.failed() => return Ok(Some(reason)),
             _ = signals.hup.recv() => match handle.reload_roster().await {
                 Ok(v) => tracing::info!(version = v, "SIGHUP: roster reloaded"),

@@ -172,3 +172,67 @@ fn an_inject_refused_by_its_node_is_not_retried_and_the_report_says_why() {
     let wall_s = report["wall_s"].as_f64().unwrap_or(f64::MAX);
     assert!(wall_s < 60.0, "ended after {wall_s} s");
 }
+
+/// SEC asks KAZ and KGZ to acknowledge within 2 s; KGZ never does. Every recipient but KGZ
+/// is to acknowledge, and every one that does not in time to be escalated: KAZ, which
+/// acknowledges at once, has nothing to escalate. Its end is far off (60 s), so that a
+/// drill waiting for it would show.
+const ESCALATED: &str = r#"
+name = "escalated"
+end_s = 60.0
+participants = ["SEC", "KAZ", "KGZ"]
+[behaviour.default]
+ack_after_s = 0.2
+[behaviour.KGZ]
+never_ack = true
+[[injects]]
+name = "ask"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "KGZ"]
+subject = "please acknowledge"
+respond_within_s = 2.0
+[[objectives]]
+name = "acknowledged"
+inject = "ask"
+expect = "acknowledged"
+except = ["KGZ"]
+[[objectives]]
+name = "escalated"
+inject = "ask"
+expect = "overdue_escalated"
+"#;
+
+/// An `overdue_escalated` objective over every recipient holds when the silent one was
+/// escalated and the others acknowledged in time, and the drill ends as soon as it does.
+/// The report failed KAZ ("overdue false acknowledged true") while the drill's early end
+/// counted it as done; and the early end waited for KGZ's acknowledgement, which the
+/// "acknowledged" objective leaves out, so the drill ran to its end.
+#[test]
+fn a_drill_escalating_its_silent_recipient_passes_and_ends_early() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::write(cwd.path().join("escalated.toml"), ESCALATED).expect("scenario");
+    let (code, stdout, stderr) = run_in(
+        cwd.path(),
+        &[
+            "exercise",
+            "run",
+            "escalated.toml",
+            "--out",
+            "drill",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["objectives"][1]["name"], "escalated", "{report}");
+    assert_eq!(
+        report["objectives"][1]["met"], true,
+        "{}",
+        report["objectives"]
+    );
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
+    // KGZ goes overdue at 2 s and is escalated at once; a drill waiting for its end would
+    // take 60 s. The bound leaves room for a loaded machine.
+    let wall_s = report["wall_s"].as_f64().unwrap_or(f64::MAX);
+    assert!(wall_s < 45.0, "ended after {wall_s} s");
+}
