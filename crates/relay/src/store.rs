@@ -930,15 +930,31 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         detail,
     };
     let report = hotline_store::verify_journal(conn).map_err(|e| corrupt(e.to_string()))?;
-    // Each row: a name for the error, the recorded digest, the bytes.
+    // Each row: its position, a name for the error, the recorded digest, the bytes.
     let check = |sql: &str, domain: &[u8], what: &str| -> Result<u64, StoreError> {
         let mut st = conn.prepare(sql)?;
+        let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
         let mut rows = st.query([])?;
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
-            let name: Vec<u8> = r.get(0)?;
-            let digest: Vec<u8> = r.get(1)?;
-            let bytes: Vec<u8> = r.get(2)?;
+            let rseq: i64 = r.get(0)?;
+            // SQLite keeps whatever type a value was written with (the `sqlite3` shell
+            // writes a quoted value as text, into a BLOB column too): such a record is
+            // damage, named as such, not a storage failure that names neither file nor
+            // record.
+            let blob = |i: usize| -> Result<Vec<u8>, StoreError> {
+                match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
+                    other => Err(corrupt(format!(
+                        "stored {what} at position {rseq}: its {} is {}, not bytes",
+                        columns[i],
+                        other.data_type()
+                    ))),
+                }
+            };
+            let name = blob(1)?;
+            let digest = blob(2)?;
+            let bytes = blob(3)?;
             if Digest::of(&[domain, &bytes]).0[..] != digest[..] {
                 return Err(corrupt(format!(
                     "stored {what} {} no longer matches its digest",
@@ -950,12 +966,12 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         Ok(n)
     };
     let n = check(
-        "SELECT id, digest, bytes FROM messages",
+        "SELECT rseq, id, digest, bytes FROM messages",
         hotline_proto::sign::DOMAIN_ENVELOPE,
         "message",
     )?;
     check(
-        "SELECT digest, digest, bytes FROM receipts",
+        "SELECT rseq, digest, digest, bytes FROM receipts",
         hotline_proto::sign::DOMAIN_RECEIPT,
         "receipt",
     )?;
@@ -3550,6 +3566,64 @@ mod tests {
                 .contains("stored message 03030303030303030303030303030303 has no journal entry"),
             "{err}"
         );
+    }
+
+    /// A stored record edited with the `sqlite3` shell, which writes a quoted value as text
+    /// into a BLOB column too, is damage found by the start-up check and refused naming the
+    /// file and the record (`Corrupt`: the service's exit status 78), not a storage failure
+    /// that names neither, which the service's unit would restart on again and again.
+    #[test]
+    fn a_record_edited_to_text_is_refused_at_start_as_damage() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        for (table, edit) in [
+            (
+                "message",
+                "UPDATE messages SET bytes = 'edited' WHERE rseq = 1",
+            ),
+            (
+                "message",
+                "UPDATE messages SET id = 'edited' WHERE rseq = 1",
+            ),
+            (
+                "receipt",
+                "UPDATE receipts SET digest = 'edited' WHERE rseq = 1",
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            {
+                let (_, c) = open_db(dir.path()).expect("open");
+                let m = message(&key, 1);
+                c.execute(
+                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                     VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'KGZ')",
+                    params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+                )
+                .expect("message");
+                let r = receipt_from(&SigningKey::from_bytes(&[2; 32]), "KGZ", 1, &m);
+                c.execute(
+                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+                     VALUES (1, ?1, 'KGZ', 0, ?2, ?3, ?4, 1)",
+                    params![&r.digest().0[..], r.bytes(), &r.key().0[..], &r.signature().0[..]],
+                )
+                .expect("receipt");
+                c.execute_batch(edit).expect("edited");
+            }
+            match open_db(dir.path()) {
+                Err(StoreError::Corrupt {
+                    path: named,
+                    detail,
+                }) => {
+                    assert_eq!(named, path);
+                    assert!(
+                        detail.contains(&format!("stored {table} at position 1")),
+                        "{edit}: {detail}"
+                    );
+                }
+                Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
+                Ok(_) => panic!("{edit}: opened"),
+            }
+        }
     }
 
     #[test]
