@@ -1994,6 +1994,10 @@ impl Writer {
             held: Vec::new(),
         };
         self.journal.begin();
+        // Rows written before the batch: one that writes none commits without touching the
+        // disk (a receipt that tells nothing new), and so says nothing of whether the disk
+        // takes writes (below).
+        let changes_before = self.conn.total_changes();
         // A statement that fails ends the transaction with the rest of the batch not run:
         // the failing command and those after it are answered with the rest (below), so
         // that no session waits for an answer that never comes.
@@ -2110,8 +2114,17 @@ impl Writer {
             Ok(std::time::Instant::now())
         })();
         self.last_commit_failed = result.is_err();
-        self.ctx.metrics.disk.commit_ended(result.is_ok());
+        // While commits fail (a full disk), a commit that wrote nothing succeeds without
+        // having written to the log: it does not end the spell, nor turn `/health` to `ok`
+        // while every message is still refused. A commit that writes, or the writer's probe,
+        // does.
+        let proved = self.failing.is_none() || self.conn.total_changes() != changes_before;
+        match &result {
+            Ok(_) if !proved => self.ctx.metrics.disk.commit_ended(false),
+            _ => self.ctx.metrics.disk.commit_ended(result.is_ok()),
+        }
         self.failing = match (&result, self.failing) {
+            (Ok(_), Some(f)) if !proved => Some(f),
             (Ok(_), _) => None,
             (Err(_), f) => Some(Failing {
                 since: f.map_or(started, |f| f.since),
@@ -4092,5 +4105,64 @@ mod tests {
         assert_eq!(a[1].1, RelayToNode::ReceiptStored(a[1].0));
         assert_eq!(kept_and_forwarded(&w, a[0].0), (false, false));
         assert_eq!(kept_and_forwarded(&w, a[1].0), (true, true));
+    }
+
+    /// While commits fail (here a trigger refuses every journal entry, as a full disk
+    /// refuses every write), a batch that writes nothing (a receipt that tells nothing
+    /// new, answered as stored) commits without touching the disk: it proves nothing, and
+    /// `/health` stays `store_failing` rather than turning `ok` until the next message is
+    /// refused. A batch that writes again is what ends the spell.
+    #[test]
+    fn a_commit_that_writes_nothing_does_not_end_a_failing_spell() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 0);
+        let held = || ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        let health = |w: &Writer| {
+            crate::metrics::health_status(
+                std::time::Duration::ZERO,
+                w.ctx.metrics.disk.failing(),
+                std::time::Duration::from_secs(10),
+            )
+            .1
+        };
+        let now = 20_000 * DAY_MS;
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+
+        w.conn
+            .execute_batch(
+                "CREATE TRIGGER injected BEFORE INSERT ON journal
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        let a = commit_receipts(&mut w, &roster, now + 1, vec![("IND", 3, vec![held()])]);
+        assert!(
+            matches!(&a[0].1, RelayToNode::Rejected(r) if r.code == RejectCode::StorageUnavailable),
+            "{:?}",
+            a[0].1
+        );
+        assert_eq!(health(&w), "store_failing");
+
+        // CHN's receipt again, signed anew: nothing new, nothing written.
+        let a = commit_receipts(&mut w, &roster, now + 2, vec![("CHN", 2, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(
+            health(&w),
+            "store_failing",
+            "a commit that wrote nothing says nothing of the disk"
+        );
+        assert!(w.failing.is_some(), "the writer still probes the store");
+
+        w.conn
+            .execute_batch("DROP TRIGGER injected")
+            .expect("trigger dropped");
+        let a = commit_receipts(&mut w, &roster, now + 3, vec![("IND", 3, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(health(&w), "ok");
+        assert!(w.failing.is_none());
     }
 }
