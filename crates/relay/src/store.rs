@@ -933,28 +933,12 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
     // Each row: its position, a name for the error, the recorded digest, the bytes.
     let check = |sql: &str, domain: &[u8], what: &str| -> Result<u64, StoreError> {
         let mut st = conn.prepare(sql)?;
-        let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
         let mut rows = st.query([])?;
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
-            let rseq: i64 = r.get(0)?;
-            // SQLite keeps whatever type a value was written with (the `sqlite3` shell
-            // writes a quoted value as text, into a BLOB column too): such a record is
-            // damage, named as such, not a storage failure that names neither file nor
-            // record.
-            let blob = |i: usize| -> Result<Vec<u8>, StoreError> {
-                match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
-                    other => Err(corrupt(format!(
-                        "stored {what} at position {rseq}: its {} is {}, not bytes",
-                        columns[i],
-                        other.data_type()
-                    ))),
-                }
-            };
-            let name = blob(1)?;
-            let digest = blob(2)?;
-            let bytes = blob(3)?;
+            let name = stored_blob(r, 1, what, path)?;
+            let digest = stored_blob(r, 2, what, path)?;
+            let bytes = stored_blob(r, 3, what, path)?;
             if Digest::of(&[domain, &bytes]).0[..] != digest[..] {
                 return Err(corrupt(format!(
                     "stored {what} {} no longer matches its digest",
@@ -983,6 +967,31 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
     Ok(())
 }
 
+/// Column `i` of row `r` of a stored message or receipt (`what`), whose column 0 is its
+/// position: its bytes. SQLite keeps whatever type a value was written with (the `sqlite3`
+/// shell writes a quoted value as text, into a BLOB column too): a value of another type is
+/// damage to the store at `path`, named as such with the record, not a storage failure
+/// that names neither (which a service's unit restarts on, again and again).
+fn stored_blob(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    what: &str,
+    path: &Path,
+) -> Result<Vec<u8>, StoreError> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
+        other => Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "stored {what} at position {}: its {} is {}, not bytes",
+                r.get::<_, i64>(0)?,
+                r.as_ref().column_name(i)?,
+                other.data_type()
+            ),
+        }),
+    }
+}
+
 /// Whether the database has a table called `name`.
 fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
@@ -1009,18 +1018,21 @@ pub fn verify_journaled_records(conn: &Connection, path: &Path) -> Result<u64, S
         path: path.to_owned(),
         detail,
     };
-    let rows = |sql: &str| -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
+    let rows = |sql: &str, what: &str| -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
         let mut st = conn.prepare(sql)?;
         let mut rows = st.query([])?;
         let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
-            let part = |i| r.get::<_, Vec<u8>>(i);
-            out.insert(part(0)?, record_of(&part(1)?, &part(2)?, &part(3)?));
+            let part = |i| stored_blob(r, i, what, path);
+            out.insert(part(1)?, record_of(&part(2)?, &part(3)?, &part(4)?));
         }
         Ok(out)
     };
-    let mut messages = rows("SELECT id, digest, key, sig FROM messages")?;
-    let mut receipts = rows("SELECT digest, digest, key, sig FROM receipts")?;
+    let mut messages = rows("SELECT rseq, id, digest, key, sig FROM messages", "message")?;
+    let mut receipts = rows(
+        "SELECT rseq, digest, digest, key, sig FROM receipts",
+        "receipt",
+    )?;
     let mut st = conn.prepare(
         "SELECT seq, kind, subject, payload FROM journal
          WHERE kind IN ('message.accepted', 'receipt.delivered', 'receipt.acknowledged')
@@ -3636,6 +3648,24 @@ mod tests {
                 Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
                 Ok(_) => panic!("{edit}: opened"),
             }
+        }
+        // `hotline audit verify`, and a restore's check of its copy, read the key and
+        // signature too, which the start-up check does not.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, c) = open_db(dir.path()).expect("open");
+        let m = message(&key, 1);
+        c.execute(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, 'edited', 1000, 'KGZ')",
+            params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..]],
+        )
+        .expect("message");
+        match verify_journaled_records(&c, &path) {
+            Err(StoreError::Corrupt { detail, .. }) => assert!(
+                detail.contains("stored message at position 1: its sig is Text"),
+                "{detail}"
+            ),
+            other => panic!("expected Corrupt, got {other:?}"),
         }
     }
 
