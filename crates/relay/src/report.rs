@@ -9,8 +9,9 @@
 //! The times are the recipients' signing times (`Receipt.created_at_ms`, their clocks):
 //! what each recipient signed, and so can be held to. A receipt names its messages inside
 //! its signed bytes, so the report decodes the receipts stored since the oldest message of
-//! the period; it reads the newest messages and receipts first and stops at the period's
-//! start, so its cost follows the period, not the store's size.
+//! the period; it reads the newest messages and receipts first and stops a margin before
+//! the period's start (the relay's clock may have stepped back), so its cost follows the
+//! period, not the store's size.
 
 use std::collections::HashMap;
 
@@ -21,8 +22,9 @@ use hotline_proto::{
 };
 use hotline_store::StoreError;
 
-/// Receipts stored up to this long before the period's first message are read too: the
-/// relay's clock may have stepped back, and a receipt is never stored before its message.
+/// Receipts stored up to this long before the period's first message are read too, and
+/// messages accepted up to this long before the period's start (not reported): the relay's
+/// clock may have stepped back, and a receipt is never stored before its message.
 const CLOCK_STEP_MARGIN_MS: u64 = 10 * 60 * 1000;
 
 /// One recipient of a message, as its receipts tell.
@@ -85,11 +87,17 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
             if out.len() >= limit {
                 break;
             }
-            let t = tracked(r)?;
-            if t.accepted_at_ms < since_ms {
+            let accepted_at_ms: u64 = r.get(2)?;
+            // Read past the period's start by the margin: a message accepted after the
+            // relay's clock stepped back carries an earlier time than the one before it,
+            // and stopping at it would leave out older positions still in the period.
+            if accepted_at_ms.saturating_add(CLOCK_STEP_MARGIN_MS) < since_ms {
                 break;
             }
-            out.push(t);
+            if accepted_at_ms < since_ms {
+                continue;
+            }
+            out.push(tracked(r)?);
         }
     }
     add_receipts(conn, &mut out)?;
@@ -373,6 +381,28 @@ mod tests {
         assert!(track_one(&conn, &MessageId::random())
             .expect("reads")
             .is_none());
+    }
+
+    /// The relay's clock stepped back between two acceptances: a message accepted in the
+    /// period is reported although a later one (by position) carries an earlier time, and
+    /// one accepted before the period is not.
+    #[test]
+    fn a_period_is_read_past_a_clock_step_back() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (_, conn) = crate::store::open_db(dir.path()).expect("opens");
+        const T: u64 = 1_800_000_000_000;
+        let before = message(&conn, 1, T - 60_000);
+        let a = message(&conn, 2, T + 1_000);
+        // The clock stepped back two seconds before this one was accepted.
+        let stepped = message(&conn, 3, T - 1_000);
+        let c = message(&conn, 4, T + 2_000);
+        let ids: Vec<_> = track(&conn, T, 100)
+            .expect("reads")
+            .iter()
+            .map(|t| t.envelope.id)
+            .collect();
+        assert_eq!(ids, vec![c, a], "every message accepted in the period");
+        assert!(!ids.contains(&stepped) && !ids.contains(&before));
     }
 
     #[test]

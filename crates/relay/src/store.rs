@@ -930,15 +930,15 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         detail,
     };
     let report = hotline_store::verify_journal(conn).map_err(|e| corrupt(e.to_string()))?;
-    // Each row: a name for the error, the recorded digest, the bytes.
+    // Each row: its position, a name for the error, the recorded digest, the bytes.
     let check = |sql: &str, domain: &[u8], what: &str| -> Result<u64, StoreError> {
         let mut st = conn.prepare(sql)?;
         let mut rows = st.query([])?;
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
-            let name: Vec<u8> = r.get(0)?;
-            let digest: Vec<u8> = r.get(1)?;
-            let bytes: Vec<u8> = r.get(2)?;
+            let name = stored_blob(r, 1, what, path)?;
+            let digest = stored_blob(r, 2, what, path)?;
+            let bytes = stored_blob(r, 3, what, path)?;
             if Digest::of(&[domain, &bytes]).0[..] != digest[..] {
                 return Err(corrupt(format!(
                     "stored {what} {} no longer matches its digest",
@@ -950,12 +950,12 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         Ok(n)
     };
     let n = check(
-        "SELECT id, digest, bytes FROM messages",
+        "SELECT rseq, id, digest, bytes FROM messages",
         hotline_proto::sign::DOMAIN_ENVELOPE,
         "message",
     )?;
     check(
-        "SELECT digest, digest, bytes FROM receipts",
+        "SELECT rseq, digest, digest, bytes FROM receipts",
         hotline_proto::sign::DOMAIN_RECEIPT,
         "receipt",
     )?;
@@ -965,6 +965,31 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         "store integrity verified"
     );
     Ok(())
+}
+
+/// Column `i` of row `r` of a stored message or receipt (`what`), whose column 0 is its
+/// position: its bytes. SQLite keeps whatever type a value was written with (the `sqlite3`
+/// shell writes a quoted value as text, into a BLOB column too): a value of another type is
+/// damage to the store at `path`, named as such with the record, not a storage failure
+/// that names neither (which a service's unit restarts on, again and again).
+fn stored_blob(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    what: &str,
+    path: &Path,
+) -> Result<Vec<u8>, StoreError> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
+        other => Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "stored {what} at position {}: its {} is {}, not bytes",
+                r.get::<_, i64>(0)?,
+                r.as_ref().column_name(i)?,
+                other.data_type()
+            ),
+        }),
+    }
 }
 
 /// Whether the database has a table called `name`.
@@ -993,18 +1018,21 @@ pub fn verify_journaled_records(conn: &Connection, path: &Path) -> Result<u64, S
         path: path.to_owned(),
         detail,
     };
-    let rows = |sql: &str| -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
+    let rows = |sql: &str, what: &str| -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
         let mut st = conn.prepare(sql)?;
         let mut rows = st.query([])?;
         let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
-            let part = |i| r.get::<_, Vec<u8>>(i);
-            out.insert(part(0)?, record_of(&part(1)?, &part(2)?, &part(3)?));
+            let part = |i| stored_blob(r, i, what, path);
+            out.insert(part(1)?, record_of(&part(2)?, &part(3)?, &part(4)?));
         }
         Ok(out)
     };
-    let mut messages = rows("SELECT id, digest, key, sig FROM messages")?;
-    let mut receipts = rows("SELECT digest, digest, key, sig FROM receipts")?;
+    let mut messages = rows("SELECT rseq, id, digest, key, sig FROM messages", "message")?;
+    let mut receipts = rows(
+        "SELECT rseq, digest, digest, key, sig FROM receipts",
+        "receipt",
+    )?;
     let mut st = conn.prepare(
         "SELECT seq, kind, subject, payload FROM journal
          WHERE kind IN ('message.accepted', 'receipt.delivered', 'receipt.acknowledged')
@@ -1978,6 +2006,10 @@ impl Writer {
             held: Vec::new(),
         };
         self.journal.begin();
+        // Rows written before the batch: one that writes none commits without touching the
+        // disk (a receipt that tells nothing new), and so says nothing of whether the disk
+        // takes writes (below).
+        let changes_before = self.conn.total_changes();
         // A statement that fails ends the transaction with the rest of the batch not run:
         // the failing command and those after it are answered with the rest (below), so
         // that no session waits for an answer that never comes.
@@ -2094,8 +2126,17 @@ impl Writer {
             Ok(std::time::Instant::now())
         })();
         self.last_commit_failed = result.is_err();
-        self.ctx.metrics.disk.commit_ended(result.is_ok());
+        // While commits fail (a full disk), a commit that wrote nothing succeeds without
+        // having written to the log: it does not end the spell, nor turn `/health` to `ok`
+        // while every message is still refused. A commit that writes, or the writer's probe,
+        // does.
+        let proved = self.failing.is_none() || self.conn.total_changes() != changes_before;
+        match &result {
+            Ok(_) if !proved => self.ctx.metrics.disk.commit_ended(false),
+            _ => self.ctx.metrics.disk.commit_ended(result.is_ok()),
+        }
         self.failing = match (&result, self.failing) {
+            (Ok(_), Some(f)) if !proved => Some(f),
             (Ok(_), _) => None,
             (Err(_), f) => Some(Failing {
                 since: f.map_or(started, |f| f.since),
@@ -3552,6 +3593,82 @@ mod tests {
         );
     }
 
+    /// A stored record edited with the `sqlite3` shell, which writes a quoted value as text
+    /// into a BLOB column too, is damage found by the start-up check and refused naming the
+    /// file and the record (`Corrupt`: the service's exit status 78), not a storage failure
+    /// that names neither, which the service's unit would restart on again and again.
+    #[test]
+    fn a_record_edited_to_text_is_refused_at_start_as_damage() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        for (table, edit) in [
+            (
+                "message",
+                "UPDATE messages SET bytes = 'edited' WHERE rseq = 1",
+            ),
+            (
+                "message",
+                "UPDATE messages SET id = 'edited' WHERE rseq = 1",
+            ),
+            (
+                "receipt",
+                "UPDATE receipts SET digest = 'edited' WHERE rseq = 1",
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            {
+                let (_, c) = open_db(dir.path()).expect("open");
+                let m = message(&key, 1);
+                c.execute(
+                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                     VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'KGZ')",
+                    params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+                )
+                .expect("message");
+                let r = receipt_from(&SigningKey::from_bytes(&[2; 32]), "KGZ", 1, &m);
+                c.execute(
+                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+                     VALUES (1, ?1, 'KGZ', 0, ?2, ?3, ?4, 1)",
+                    params![&r.digest().0[..], r.bytes(), &r.key().0[..], &r.signature().0[..]],
+                )
+                .expect("receipt");
+                c.execute_batch(edit).expect("edited");
+            }
+            match open_db(dir.path()) {
+                Err(StoreError::Corrupt {
+                    path: named,
+                    detail,
+                }) => {
+                    assert_eq!(named, path);
+                    assert!(
+                        detail.contains(&format!("stored {table} at position 1")),
+                        "{edit}: {detail}"
+                    );
+                }
+                Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
+                Ok(_) => panic!("{edit}: opened"),
+            }
+        }
+        // `hotline audit verify`, and a restore's check of its copy, read the key and
+        // signature too, which the start-up check does not.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, c) = open_db(dir.path()).expect("open");
+        let m = message(&key, 1);
+        c.execute(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, 'edited', 1000, 'KGZ')",
+            params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..]],
+        )
+        .expect("message");
+        match verify_journaled_records(&c, &path) {
+            Err(StoreError::Corrupt { detail, .. }) => assert!(
+                detail.contains("stored message at position 1: its sig is Text"),
+                "{detail}"
+            ),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_store_from_a_newer_relay_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -4018,5 +4135,64 @@ mod tests {
         assert_eq!(a[1].1, RelayToNode::ReceiptStored(a[1].0));
         assert_eq!(kept_and_forwarded(&w, a[0].0), (false, false));
         assert_eq!(kept_and_forwarded(&w, a[1].0), (true, true));
+    }
+
+    /// While commits fail (here a trigger refuses every journal entry, as a full disk
+    /// refuses every write), a batch that writes nothing (a receipt that tells nothing
+    /// new, answered as stored) commits without touching the disk: it proves nothing, and
+    /// `/health` stays `store_failing` rather than turning `ok` until the next message is
+    /// refused. A batch that writes again is what ends the spell.
+    #[test]
+    fn a_commit_that_writes_nothing_does_not_end_a_failing_spell() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 0);
+        let held = || ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        let health = |w: &Writer| {
+            crate::metrics::health_status(
+                std::time::Duration::ZERO,
+                w.ctx.metrics.disk.failing(),
+                std::time::Duration::from_secs(10),
+            )
+            .1
+        };
+        let now = 20_000 * DAY_MS;
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+
+        w.conn
+            .execute_batch(
+                "CREATE TRIGGER injected BEFORE INSERT ON journal
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        let a = commit_receipts(&mut w, &roster, now + 1, vec![("IND", 3, vec![held()])]);
+        assert!(
+            matches!(&a[0].1, RelayToNode::Rejected(r) if r.code == RejectCode::StorageUnavailable),
+            "{:?}",
+            a[0].1
+        );
+        assert_eq!(health(&w), "store_failing");
+
+        // CHN's receipt again, signed anew: nothing new, nothing written.
+        let a = commit_receipts(&mut w, &roster, now + 2, vec![("CHN", 2, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(
+            health(&w),
+            "store_failing",
+            "a commit that wrote nothing says nothing of the disk"
+        );
+        assert!(w.failing.is_some(), "the writer still probes the store");
+
+        w.conn
+            .execute_batch("DROP TRIGGER injected")
+            .expect("trigger dropped");
+        let a = commit_receipts(&mut w, &roster, now + 3, vec![("IND", 3, vec![held()])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(health(&w), "ok");
+        assert!(w.failing.is_none());
     }
 }
