@@ -924,6 +924,30 @@ async fn frames_out_of_order_are_protocol_violations() {
     relay.shutdown().await;
 }
 
+/// A peer that has not authenticated cannot make the relay hold a frame's worth of bytes:
+/// a first frame announced longer than any `Hello` is refused as soon as its length prefix
+/// arrives, with `FrameTooLarge`, not left to fill the relay's buffer until the handshake
+/// deadline (here the default 5 s, which `close_code` outwaits).
+#[tokio::test]
+async fn a_first_frame_longer_than_any_hello_is_refused_at_its_prefix() {
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let addr = relay.local_addr();
+    let hello_max = hotline_proto::limits::HELLO_FRAME_BYTES_MAX as u32;
+    for len in [hotline_proto::limits::FRAME_BYTES_MAX as u32, hello_max + 1] {
+        let (_ep, conn) = raw_connect(addr, net.fingerprint).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&len.to_le_bytes()).await.unwrap();
+        // Unfixed, the relay waits for the rest and closes with `AuthTimeout` at 5 s.
+        let (code, reason) = close_code_and_reason(&conn).await.unwrap();
+        assert_eq!(code, ErrorCode::FrameTooLarge, "{len}: {reason}");
+    }
+    assert_flows(&mut kaz, &mut kgz, "after an oversized first frame")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn oversized_frame_closes_the_connection() {
     let net = cica("");

@@ -80,10 +80,7 @@ pub async fn authenticate(
                 writer,
                 welcome,
             }),
-            Ok(Some(RelayToNode::Error(e))) => Err(NetError::Closed {
-                code: e.code,
-                reason: e.detail,
-            }),
+            Ok(Some(RelayToNode::Error(e))) => Err(NetError::closed_by_peer(e.code, &e.detail)),
             Ok(Some(other)) => Err(NetError::Protocol(format!(
                 "expected Welcome, got {other:?}"
             ))),
@@ -102,5 +99,71 @@ fn prefer_close_reason(conn: &quinn::Connection, e: NetError) -> NetError {
     match conn.close_reason() {
         Some(c) => NetError::from_connection(c),
         None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use hotline_proto::frame::{ErrorCode, ErrorFrame, NodeToRelay, RelayToNode};
+    use hotline_proto::{ParticipantId, SigningKey};
+
+    use crate::tls::{write_self_signed, RelayIdentity};
+    use crate::transport::{client_endpoint, server_endpoint, TransportLimits};
+    use crate::{FrameReader, FrameWriter, NetError};
+
+    /// The detail of a relay's `Error` frame reaches the node's logs, events and operator as
+    /// the refusal's reason: it is escaped as a close reason is, so that it cannot forge a
+    /// log line, drive a terminal or reorder what is shown.
+    #[tokio::test]
+    async fn an_error_frames_detail_cannot_forge_a_log_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = write_self_signed(&cert, &key).unwrap();
+        let identity = RelayIdentity::load(&cert, &key).unwrap();
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(local, &identity, &limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let relay = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (send, recv) = conn.accept_bi().await.unwrap();
+            let mut reader = FrameReader::new(recv);
+            let mut writer = FrameWriter::new(send);
+            let first = reader.read::<NodeToRelay>().await.unwrap();
+            assert!(matches!(first, Some(NodeToRelay::Hello(_))), "{first:?}");
+            writer
+                .write(&RelayToNode::Error(ErrorFrame {
+                    code: ErrorCode::AuthFailed,
+                    detail: "no\n2026-12-05T00:00:00Z  INFO link up\u{1b}[2J \u{202e}ko".into(),
+                }))
+                .await
+                .unwrap();
+            writer.finish();
+            conn.closed().await;
+        });
+
+        let node = client_endpoint(local, vec![fp], &limits).unwrap();
+        let conn = crate::connect(&node, addr, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let me = ParticipantId::new("KAZ").unwrap();
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let r = crate::authenticate(conn.clone(), &me, &key, 0, 1, Duration::from_secs(10)).await;
+        match r {
+            Err(NetError::Closed { code, reason }) => {
+                assert_eq!(code, ErrorCode::AuthFailed);
+                assert_eq!(
+                    reason,
+                    "no\\n2026-12-05T00:00:00Z  INFO link up\\u{1b}[2J \\u{202e}ko"
+                );
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("authenticated by an Error frame"),
+        }
+        conn.close(0u32.into(), b"done");
+        relay.await.unwrap();
     }
 }

@@ -99,6 +99,17 @@ impl NetError {
         }
     }
 
+    /// The peer's `Error` frame (or close) with `code` and its free-text `detail`, made safe
+    /// to log and show as a close reason is (control characters and bidirectional
+    /// overrides escaped): the relay's detail reaches logs, events and the operator's
+    /// screen.
+    pub fn closed_by_peer(code: ErrorCode, detail: &str) -> Self {
+        NetError::Closed {
+            code,
+            reason: peer_text(detail.as_bytes()),
+        }
+    }
+
     /// Maps a connection error to `Closed` when the peer gave a hotline code, and to
     /// `PinMismatch` when this side refused the peer's certificate.
     pub fn from_connection(e: quinn::ConnectionError) -> Self {
@@ -117,14 +128,16 @@ impl NetError {
     }
 }
 
-/// A peer's free text (a close reason), made safe to log and show: control characters
-/// (line breaks, terminal escapes) are written as escapes, so that a peer cannot forge log
-/// lines or drive the operator's terminal.
+/// A peer's free text (a close reason, an `Error` frame's detail), made safe to log and
+/// show: control characters (line breaks, terminal escapes) and the bidirectional embedding,
+/// override and isolate characters (which reorder the text after them on screen) are written
+/// as escapes, so that a peer cannot forge log lines, drive the operator's terminal or
+/// disguise what it says.
 fn peer_text(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -142,7 +155,7 @@ mod tests {
         let close = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
             error_code: ErrorCode::Revoked.close_code().into(),
             reason: bytes::Bytes::from_static(
-                b"revoked\n2026-12-05T00:00:00Z  INFO relay ok\x1b[2J \xe2\x9c\x93",
+                b"revoked\n2026-12-05T00:00:00Z  INFO relay ok\x1b[2J \xe2\x9c\x93 \xe2\x80\xaeko",
             ),
         });
         match NetError::from_connection(close) {
@@ -150,7 +163,7 @@ mod tests {
                 assert_eq!(code, ErrorCode::Revoked);
                 assert_eq!(
                     reason,
-                    "revoked\\n2026-12-05T00:00:00Z  INFO relay ok\\u{1b}[2J \u{2713}"
+                    "revoked\\n2026-12-05T00:00:00Z  INFO relay ok\\u{1b}[2J \u{2713} \\u{202e}ko"
                 );
             }
             other => panic!("{other:?}"),

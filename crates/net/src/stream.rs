@@ -77,11 +77,21 @@ impl FrameReader {
         }
     }
 
+    /// Refuses, from the next frame on, a length prefix over `max` (at most the frame
+    /// limit, the default), as soon as the prefix has arrived: see
+    /// [`FrameBuffer::set_frame_bytes_max`]. The relay reads a session's first frame, the
+    /// `Hello`, under [`hotline_proto::limits::HELLO_FRAME_BYTES_MAX`].
+    pub fn set_frame_bytes_max(&mut self, max: usize) {
+        self.buf.set_frame_bytes_max(max);
+    }
+
     /// A complete buffered frame, if any; a large emptied buffer is given back.
     fn take<T: bincode::Decode<()> + FrameCheck>(&mut self) -> Result<Option<T>, NetError> {
         let frame = self.buf.next_frame()?;
         if self.buf.pending_bytes() == 0 && self.buf.capacity() > KEEP_BUFFER_BYTES {
+            let max = self.buf.frame_bytes_max();
             self.buf = FrameBuffer::new();
+            self.buf.set_frame_bytes_max(max);
         }
         Ok(frame)
     }

@@ -753,10 +753,7 @@ impl Link<'_> {
                 RelayToNode::Error(e) => {
                     // The relay's last frame (it closes next): what came before it in the
                     // batch is still taken below.
-                    closed = Some(NetError::Closed {
-                        code: e.code,
-                        reason: e.detail,
-                    });
+                    closed = Some(NetError::closed_by_peer(e.code, &e.detail));
                     break;
                 }
                 _ => debug!("unknown frame ignored"),

@@ -21,6 +21,13 @@ pub const ALPN: &[u8] = b"cica-hotline/1";
 /// Bytes of the length prefix.
 pub const FRAME_PREFIX_BYTES: usize = 4;
 
+// The largest `Hello` a relay could still take apart (its tag, the proof's length and bytes
+// at their limit, key, signature, roster version) is under the limit on a first frame.
+const _: () = assert!(
+    4 + 8 + <AuthProof as crate::SignedPayload>::BYTES_MAX + 32 + 64 + 8
+        <= crate::limits::HELLO_FRAME_BYTES_MAX
+);
+
 /// The first frame a node sends on its session stream.
 #[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Hello {
@@ -248,6 +255,17 @@ pub fn encode_frame<T: bincode::Encode + FrameCheck>(frame: &T) -> Result<Vec<u8
 
 /// Reads a length prefix and checks it against the frame limit, before any allocation.
 pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, DecodeError> {
+    frame_len_within(prefix, FRAME_BYTES_MAX)
+}
+
+/// Reads a length prefix and checks it against `max` (at most [`FRAME_BYTES_MAX`]), before
+/// any allocation: for a frame known to be smaller than the largest, such as the `Hello`
+/// that must open a session ([`HELLO_FRAME_BYTES_MAX`](crate::limits::HELLO_FRAME_BYTES_MAX)).
+pub fn frame_len_within(
+    prefix: [u8; FRAME_PREFIX_BYTES],
+    max: usize,
+) -> Result<usize, DecodeError> {
+    let max = max.min(FRAME_BYTES_MAX);
     let len = u32::from_le_bytes(prefix) as usize;
     if len == 0 {
         return Err(DecodeError::Invalid {
@@ -255,11 +273,8 @@ pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, DecodeError>
             reason: "empty frame",
         });
     }
-    if len > FRAME_BYTES_MAX {
-        return Err(DecodeError::TooLarge {
-            len,
-            max: FRAME_BYTES_MAX,
-        });
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
     }
     Ok(len)
 }
@@ -336,19 +351,45 @@ pub fn detail(s: impl Into<String>) -> String {
 /// A sans-I/O frame splitter: push bytes as they arrive, pull whole frames out.
 ///
 /// It holds what was pushed and not yet taken; a caller that takes every complete frame after
-/// each push holds at most one read plus one partial frame. An oversized length prefix is
+/// each push holds at most one read plus one partial frame. An oversized length prefix (over
+/// [`FRAME_BYTES_MAX`], or the lower limit set with [`FrameBuffer::set_frame_bytes_max`]) is
 /// refused as soon as the prefix is complete. Taking a frame only advances a cursor; the
 /// consumed bytes are dropped at the next push, so splitting a large read costs linear time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
     start: usize,
+    max: usize,
+}
+
+impl Default for FrameBuffer {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max: FRAME_BYTES_MAX,
+        }
+    }
 }
 
 impl FrameBuffer {
     /// An empty buffer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Refuses, from the next pending frame on, a length prefix over `max` (capped at
+    /// [`FRAME_BYTES_MAX`], which is also the default). A relay lowers it to
+    /// [`HELLO_FRAME_BYTES_MAX`](crate::limits::HELLO_FRAME_BYTES_MAX) for the first frame
+    /// of a session, so that a peer that has not authenticated cannot make it buffer a
+    /// whole frame's worth of bytes, and raises it again once the `Hello` is taken.
+    pub fn set_frame_bytes_max(&mut self, max: usize) {
+        self.max = max.min(FRAME_BYTES_MAX);
+    }
+
+    /// The limit on the length prefix of the next pending frame.
+    pub fn frame_bytes_max(&self) -> usize {
+        self.max
     }
 
     /// Appends received bytes. Returns an error if the pending frame is oversized; the
@@ -362,7 +403,7 @@ impl FrameBuffer {
         if self.buf.len() >= FRAME_PREFIX_BYTES {
             let mut prefix = [0u8; FRAME_PREFIX_BYTES];
             prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_BYTES]);
-            frame_len(prefix)?;
+            frame_len_within(prefix, self.max)?;
         }
         Ok(())
     }
@@ -377,7 +418,7 @@ impl FrameBuffer {
         }
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
         prefix.copy_from_slice(&pending[..FRAME_PREFIX_BYTES]);
-        let len = frame_len(prefix)?;
+        let len = frame_len_within(prefix, self.max)?;
         if pending.len() < FRAME_PREFIX_BYTES + len {
             return Ok(None);
         }

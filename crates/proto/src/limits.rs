@@ -7,6 +7,13 @@
 /// the largest body, or the largest roster, fits with room to spare.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024;
 
+/// Largest first frame of a session, the `Hello` (prefix excluded): its tag (4 bytes), the
+/// carried proof's length (8) and bytes (at most 256, `AuthProof::BYTES_MAX`; a valid one is
+/// at most 58), key (32) and signature (64), and the roster version (8) make at most 372
+/// bytes. A relay refuses a longer first frame as soon as its length prefix arrives, so that
+/// a peer that has not authenticated cannot make it hold a whole frame's worth of bytes.
+pub const HELLO_FRAME_BYTES_MAX: usize = 512;
+
 /// Largest message body: hotline traffic is text, attachments are out of scope.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
@@ -90,5 +97,6 @@ const _: () = assert!(ROSTER_BYTES_MAX + FRAME_OVERHEAD_BYTES <= FRAME_BYTES_MAX
 const _: () = assert!(RECEIPT_BYTES_MAX + FRAME_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
 // A receipt item is an id, a sender id and a digest: well under 128 bytes.
 const _: () = assert!(RECEIPT_ITEMS_MAX * 128 <= RECEIPT_BYTES_MAX);
+const _: () = assert!(HELLO_FRAME_BYTES_MAX <= FRAME_BYTES_MAX);
 // The frame length travels as a u32.
 const _: () = assert!(FRAME_BYTES_MAX < u32::MAX as usize);

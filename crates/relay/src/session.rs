@@ -458,9 +458,15 @@ async fn handshake(conn: &quinn::Connection, shared: &Shared) -> Result<Authenti
             .await
             .map_err(|e| net_end(NetError::from_connection(e)))?;
         let mut reader = FrameReader::new(recv);
+        // A Hello is a few hundred bytes: a peer that has not authenticated may not make
+        // the relay hold a whole frame's worth (PROTOCOL.md 6.4, check 2).
+        reader.set_frame_bytes_max(hotline_proto::limits::HELLO_FRAME_BYTES_MAX);
         let writer = FrameWriter::new(send);
         match reader.read::<NodeToRelay>().await {
-            Ok(Some(NodeToRelay::Hello(h))) => Ok((h, reader, writer)),
+            Ok(Some(NodeToRelay::Hello(h))) => {
+                reader.set_frame_bytes_max(hotline_proto::limits::FRAME_BYTES_MAX);
+                Ok((h, reader, writer))
+            }
             Ok(Some(_)) => Err(End::new(
                 ErrorCode::ProtocolViolation,
                 "the first frame must be Hello",

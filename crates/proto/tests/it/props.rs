@@ -519,6 +519,66 @@ fn named_oversized_prefixes_are_refused_before_the_payload() {
     );
 }
 
+/// A session's first frame is read under the `Hello` limit: a longer prefix is refused as
+/// soon as it is complete, before any of its payload (a peer that has not authenticated
+/// cannot make a relay hold a frame's worth of bytes), while the largest `Hello` still
+/// passes; the frames after it are held to the frame limit again once it is raised.
+#[test]
+fn a_first_frame_over_the_hello_limit_is_refused_at_its_prefix() {
+    use hotline_proto::frame::Hello;
+    use hotline_proto::limits::HELLO_FRAME_BYTES_MAX;
+
+    // The largest proof the decoder would take apart (the proof limit, in bytes).
+    let auth = fixtures::signed_auth();
+    let largest = Signed::from_parts(
+        vec![0; <hotline_proto::AuthProof as SignedPayload>::BYTES_MAX],
+        auth.key(),
+        auth.signature(),
+    );
+    for auth in [auth, largest] {
+        let hello = encode_frame(&NodeToRelay::Hello(Hello {
+            auth,
+            roster_version: u64::MAX,
+        }))
+        .expect("encodes");
+        assert!(hello.len() - FRAME_PREFIX_BYTES <= HELLO_FRAME_BYTES_MAX);
+        let mut buf = FrameBuffer::new();
+        buf.set_frame_bytes_max(HELLO_FRAME_BYTES_MAX);
+        let env = Envelope {
+            body: "b".repeat(HELLO_FRAME_BYTES_MAX),
+            ..fixtures::to("KAZ", &["CHN"])
+        };
+        let env = Signed::sign(&env, &fixtures::key_of("KAZ")).expect("signs");
+        let submit = encode_frame(&NodeToRelay::Submit(env)).expect("encodes");
+        assert!(submit.len() - FRAME_PREFIX_BYTES > HELLO_FRAME_BYTES_MAX);
+        buf.push(&[&hello[..], &submit[..]].concat())
+            .expect("a Hello fits");
+        assert!(matches!(
+            buf.next_frame::<NodeToRelay>(),
+            Ok(Some(NodeToRelay::Hello(_)))
+        ));
+        buf.set_frame_bytes_max(FRAME_BYTES_MAX);
+        assert!(matches!(
+            buf.next_frame::<NodeToRelay>(),
+            Ok(Some(NodeToRelay::Submit(_)))
+        ));
+    }
+
+    let want = DecodeError::TooLarge {
+        len: HELLO_FRAME_BYTES_MAX + 1,
+        max: HELLO_FRAME_BYTES_MAX,
+    };
+    let mut buf = FrameBuffer::new();
+    buf.set_frame_bytes_max(HELLO_FRAME_BYTES_MAX);
+    let prefix = (HELLO_FRAME_BYTES_MAX as u32 + 1).to_le_bytes();
+    assert_eq!(buf.push(&prefix[..3]), Ok(()));
+    assert_eq!(buf.push(&prefix[3..]), Err(want.clone()));
+    assert_eq!(buf.next_frame::<NodeToRelay>(), Err(want));
+    // A limit above the frame limit is the frame limit.
+    buf.set_frame_bytes_max(usize::MAX);
+    assert_eq!(buf.frame_bytes_max(), FRAME_BYTES_MAX);
+}
+
 #[test]
 fn huge_length_fields_inside_a_frame_are_refused_without_allocating() {
     // A Submit frame whose carried byte string claims 2^62 bytes, and one claiming just over
