@@ -2789,6 +2789,116 @@ async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
     relay.shutdown().await;
 }
 
+/// A sender's node that was away comes back to a large backlog of receipts forwarded to it,
+/// writes a page of its outbox as it connects, and confirms the receipts (`ReceiptsStored`)
+/// batch by batch as it stores them, reading what arrives only between its writes (as the
+/// node's link does). The relay must not write the whole backlog before reading again.
+/// (It did: once the frames it reads ahead while writing (`READ_AHEAD_FRAMES`, here taken by
+/// the outbox page) and its stream window were full of confirmations, the node's write
+/// waited on the relay and the relay's on the node, until the relay closed the link as a
+/// slow consumer, with nothing confirmed, and so again at every connection. It now stops at
+/// `FORWARD_WINDOW` unconfirmed receipts and goes on as they are confirmed.) The receipts
+/// name messages this relay does not hold, which are quickest to queue by the ten thousand.
+#[tokio::test]
+async fn a_node_confirming_a_large_forward_backlog_as_it_arrives_is_read_and_served() {
+    // About 39,000 confirmations fill the relay's stream window once the outbox page has
+    // taken the frames it reads ahead; KAZ's own receive buffers hold a few thousand more.
+    const BACKLOG: usize = 60_000;
+    let net = two_with(
+        "[limits]\nwrite_timeout_ms = 1000\nforward_foreign_max = 1000000\n\
+         foreign_receipts_per_day_max = 1000000\nreceipt_rate_burst = 1000000\n\
+         receipt_item_rate_burst = 1000000\n",
+    );
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+
+    // While KAZ is away, KGZ receipts BACKLOG messages from KAZ, in one write, reading the
+    // answers as they come.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let t = now_ms();
+    let mut buf = Vec::new();
+    for _ in 0..BACKLOG {
+        let r = Receipt {
+            version: hotline_proto::PROTOCOL_VERSION,
+            recipient: kgz.id.clone(),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: t,
+            items: vec![hotline_proto::ReceiptItem {
+                id: MessageId::random(),
+                sender: pid("KAZ"),
+                digest: hotline_proto::Digest([3; 32]),
+            }],
+        };
+        let frame = NodeToRelay::Receipt(Signed::sign(&r, &kgz.key).unwrap());
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    let session = &mut kgz.session;
+    let write = async {
+        session.writer.write_raw(&buf).await?;
+        anyhow::Ok(())
+    };
+    let answers = async {
+        for _ in 0..BACKLOG {
+            match session.reader.read::<RelayToNode>().await? {
+                Some(RelayToNode::ReceiptStored(_)) => {}
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, async { tokio::try_join!(write, answers) })
+        .await
+        .expect("the relay stores the receipts in time")
+        .unwrap();
+
+    // KAZ connects and, reading nothing yet, writes a page of its outbox.
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let mut outbox = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..256 {
+        let env = kaz.envelope(to(&["KGZ"]), &format!("outbox {i}"));
+        outbox.push(env.id);
+        let frame = NodeToRelay::Submit(kaz.sign(&env));
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    tokio::time::timeout(EVENT_TIMEOUT, kaz.session.writer.write_raw(&buf))
+        .await
+        .expect("the relay takes the node's write")
+        .expect("the connection stays up");
+
+    // Then it reads what has arrived, up to 512 frames at a time, and confirms the
+    // receipts among them before reading again.
+    let (mut forwarded, mut accepted) = (0, 0);
+    while forwarded < BACKLOG || accepted < outbox.len() {
+        let mut batch = vec![kaz.next().await.expect("the link stays up")];
+        while batch.len() < 512 {
+            match kaz.session.reader.try_read::<RelayToNode>() {
+                Ok(Some(f)) => batch.push(f),
+                Ok(None) => break,
+                Err(e) => panic!("the link stays up: {e}"),
+            }
+        }
+        let mut digests = Vec::new();
+        for f in batch {
+            match f {
+                RelayToNode::Receipt(r) => digests.push(r.digest()),
+                RelayToNode::Accepted(_) => accepted += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        forwarded += digests.len();
+        if !digests.is_empty() {
+            let confirm = NodeToRelay::ReceiptsStored(digests);
+            tokio::time::timeout(EVENT_TIMEOUT, kaz.send(&confirm))
+                .await
+                .expect("the relay reads the node's confirmations")
+                .expect("the link stays up");
+        }
+    }
+    assert_eq!(forwarded, BACKLOG);
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
     let net = Net::with_relay_toml(

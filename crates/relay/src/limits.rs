@@ -170,6 +170,17 @@ pub const INFLIGHT_PER_CONNECTION_CEILING: usize = 65_536;
 /// Deliveries sent to one node and not yet receipted before the relay pauses delivery.
 pub const DELIVERY_WINDOW: usize = 4_096;
 
+/// Receipts forwarded to one node and not yet confirmed by it (`ReceiptsStored`) before the
+/// relay pauses forwarding on that connection, as [`DELIVERY_WINDOW`] does delivery. Without
+/// it a session wrote a sender's whole forward queue before reading again, and a node
+/// confirming a backlog of more than about 170,000 receipts (fewer while it also wrote its
+/// outbox) filled what the relay reads ahead and its stream window: each side's write then
+/// waited on the other's until the link was closed as a slow consumer, with nothing
+/// confirmed, at every connection. The confirmations of a full window (4,096 digests, about
+/// 130 KiB) fit in a stream window (1.25 MB) whatever else the node writes; a node confirms
+/// each batch it stores at once, so the window never holds up honest traffic.
+pub const FORWARD_WINDOW: u64 = 4_096;
+
 /// A write to a node that makes no progress (the node reads none of it) for this long closes
 /// it as a slow consumer; one the node reads steadily, however slowly, is not timed out.
 pub const WRITE_TIMEOUT_MS: u64 = 10_000;
@@ -275,6 +286,7 @@ const _: () = assert!(FRAME_BYTES_MAX <= proto::FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_FLOOR <= FRAME_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_MAX <= proto::BODY_BYTES_MAX);
 const _: () = assert!(FETCH_PAGE_ROWS <= DELIVERY_WINDOW);
+const _: () = assert!(FETCH_PAGE_ROWS as u64 <= FORWARD_WINDOW);
 const _: () = assert!(COMMIT_BATCH_MAX <= WRITER_QUEUE_DEPTH);
 const _: () = assert!(hotline_net::transport::IDLE_TIMEOUT_MS <= IDLE_TIMEOUT_MAX_MS);
 const _: () = assert!(CONNECTIONS_MAX <= CONNECTIONS_MAX_CEILING);

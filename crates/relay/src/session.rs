@@ -593,6 +593,7 @@ async fn session(
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
         read_paused_until: None,
         unconfirmed_forwards: 0,
+        forward_window_full: false,
         pause_logged: false,
         rejections: hotline_net::Throttle::new(Duration::from_secs(10)),
     };
@@ -656,8 +657,12 @@ struct Session {
     /// items, faster than `receipt_rate_per_sec` or `receipt_item_rate_per_sec` allows.
     read_paused_until: Option<tokio::time::Instant>,
     /// Receipts forwarded on this connection that the node has not yet confirmed with
-    /// `ReceiptsStored`: the most digests its next ones may name.
+    /// `ReceiptsStored`: the most digests its next ones may name, and at most
+    /// `limits::FORWARD_WINDOW`.
     unconfirmed_forwards: u64,
+    /// Forwarding stopped at a full window with the queue possibly not exhausted: a
+    /// `ReceiptsStored` that frees room must read on, as for `window_full`.
+    forward_window_full: bool,
     /// Whether this session has logged a pause (once per session).
     pause_logged: bool,
     /// Refusals are logged at most once every 10 s a session, with the count since the
@@ -961,7 +966,7 @@ impl Session {
                         self.pump_messages(mailbox).await?;
                     }
                 }
-                Staged::Other(f) => self.handle_other(f).await?,
+                Staged::Other(f) => self.handle_other(f, mailbox).await?,
             }
         }
         Ok(())
@@ -1081,7 +1086,7 @@ impl Session {
     }
 
     /// Frames other than submissions and receipts.
-    async fn handle_other(&mut self, f: NodeToRelay) -> Result<(), End> {
+    async fn handle_other(&mut self, f: NodeToRelay, mailbox: &Mailbox) -> Result<(), End> {
         match f {
             NodeToRelay::Hello(_) => Err(End::new(
                 ErrorCode::ProtocolViolation,
@@ -1110,7 +1115,14 @@ impl Session {
                         digests,
                     })
                     .await
-                    .map_err(|_| End::new(ErrorCode::GoingAway, "store closed"))
+                    .map_err(|_| End::new(ErrorCode::GoingAway, "store closed"))?;
+                // Room in the forward window may let more of the queue go out. (The
+                // confirmed receipts are behind the session's cursor: whether or not their
+                // deletion has been committed yet, they are not read again.)
+                if self.forward_window_full {
+                    self.pump_receipts(mailbox).await?;
+                }
+                Ok(())
             }
             _ => Err(End::new(ErrorCode::ProtocolViolation, "unknown frame")),
         }
@@ -1240,25 +1252,36 @@ impl Session {
     }
 
     /// Writes forwarded receipts queued for this participant, from the mailbox or the store
-    /// as for messages.
+    /// as for messages, as many as the forward window allows (`limits::FORWARD_WINDOW`):
+    /// the session goes back to reading the node's confirmations (and whatever else it
+    /// writes) rather than write a backlog of any size first.
     async fn pump_receipts(&mut self, mailbox: &Mailbox) -> Result<(), End> {
+        let window = crate::limits::FORWARD_WINDOW;
         let page = crate::limits::FETCH_PAGE_ROWS;
         loop {
+            // At most a page: `page` fits in a usize.
+            let room = window
+                .saturating_sub(self.unconfirmed_forwards)
+                .min(page as u64) as usize;
+            self.forward_window_full = room == 0;
+            if room == 0 {
+                break;
+            }
             let mut buf = Vec::new();
             let n;
             if self.rcpts_from_store {
                 let (me, after) = (self.me.clone(), self.rcpt_cursor);
                 let (rows, more) = self
-                    .read_store(move |r, key| r.receipts(key, &me, after, page))
+                    .read_store(move |r, key| r.receipts(key, &me, after, room))
                     .await?;
                 n = rows.len();
                 for (qid, signed) in rows {
                     self.rcpt_cursor = qid;
                     buf.extend_from_slice(&encode(&RelayToNode::Receipt(signed))?);
                 }
-                self.rcpts_from_store = n == page || more;
+                self.rcpts_from_store = n == room || more;
             } else {
-                match mailbox.take(Kind::Receipt, self.rcpt_cursor, page) {
+                match mailbox.take(Kind::Receipt, self.rcpt_cursor, room) {
                     Take::ReadStore => {
                         self.rcpts_from_store = true;
                         continue;
