@@ -4585,6 +4585,36 @@ async fn a_node_whose_token_file_holds_no_token_cannot_start() {
     );
 }
 
+/// A `data_dir` that names a file, or a path below one, is a configuration error: the node
+/// exits with status 78 (a restart cannot help), naming the directory and the file in the
+/// way. Before, it exited 1, and systemd restarted it five times for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_dir_is_a_file_cannot_start() {
+    let net = net();
+    let config = net.node_config("KAZ", "127.0.0.1:9".parse().unwrap());
+    let file = net.path().join("node-KAZ");
+    std::fs::write(&file, "not a directory\n").unwrap();
+    let log = cannot_start(&net, &config, "node-KAZ-data-file.log").await;
+    let said = format!(
+        "data_dir {0}: {0} is a file, not a directory",
+        file.display()
+    );
+    assert!(log.contains(&said), "{log}");
+    // Below a file: the file in the way is named.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let below = text.replace("data_dir = \"node-KAZ\"", "data_dir = \"node-KAZ/data\"");
+    assert_ne!(below, text);
+    std::fs::write(&config, below).unwrap();
+    let log = cannot_start(&net, &config, "node-KAZ-data-below-file.log").await;
+    let said = format!(
+        "data_dir {}/data: {} is a file, not a directory",
+        file.display(),
+        file.display()
+    );
+    assert!(log.contains(&said), "{log}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory\n");
+}
+
 /// A node's store is its participant's: KAZ's backup is refused by `hotline restore` in
 /// KGZ's data directory, and a node started as KGZ on KAZ's store (put there by hand)
 /// refuses to start, naming both, rather than show KAZ's messages to KGZ's officers.

@@ -246,6 +246,26 @@ async fn a_reloaded_roster_is_kept_and_an_older_file_is_refused_at_start() {
     assert!(!log.contains("relay listening"), "{log}");
 }
 
+/// A `data_dir` that names a file is a configuration error: the relay exits with status 78
+/// (a restart cannot help), naming the directory and the file in the way, not 1.
+#[tokio::test]
+async fn a_relay_whose_data_dir_is_a_file_cannot_start() {
+    let net = net();
+    let file = net.path().join("relay-data");
+    std::fs::write(&file, "not a directory\n").unwrap();
+    let config = net.relay_config.to_str().unwrap();
+    let relay = Proc::spawn(&["relay", "--config", config], net.path(), "relay.log").unwrap();
+    let (status, relay) = relay.wait_exit(Duration::from_secs(10)).await.unwrap();
+    let log = relay.log();
+    assert_eq!(status.code(), Some(78), "{status}: {log}");
+    let said = format!(
+        "data_dir {0}: {0} is a file, not a directory",
+        file.display()
+    );
+    assert!(log.contains(&said), "{log}");
+    assert!(!log.contains("relay listening"), "{log}");
+}
+
 /// A node that ends its connection with an error code (it refused a frame from the relay,
 /// or its own store failed) is a warning in the relay's log, with the node's code and
 /// reason; a node that closes normally is not.

@@ -38,11 +38,8 @@ fn open_options(mode: u32) -> OpenOptions {
     o
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new contents:
-/// writes a temporary file in the same directory (created with `mode`), fsyncs it, renames
-/// it over `path`, and fsyncs the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = parent_dir(path);
+/// A temporary file's name beside `path`: hidden, and unique to this process and call.
+fn temporary_beside(dir: &Path, path: &Path) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path names no file"))?;
@@ -53,13 +50,24 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
         std::process::id(),
         rand::random::<u64>()
     ));
-    let tmp: PathBuf = dir.join(tmp_name);
+    Ok(dir.join(tmp_name))
+}
 
+/// Writes `bytes` to the new file `tmp` (created with `mode`) and fsyncs it.
+fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = open_options(mode).open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new contents:
+/// writes a temporary file in the same directory (created with `mode`), fsyncs it, renames
+/// it over `path`, and fsyncs the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let tmp = temporary_beside(dir, path)?;
     let result = (|| {
-        let mut f = open_options(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
+        write_synced(&tmp, bytes, mode)?;
         std::fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();
@@ -70,20 +78,25 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
     result
 }
 
-/// Creates `path` with `bytes`, failing with `AlreadyExists` if it exists; fsyncs the file
-/// and its directory. A failed write removes the partial file.
+/// Creates `path` with `bytes`, failing with `AlreadyExists` if it exists, so that a crash
+/// leaves either no file or the whole of it under that name, never an empty or partial one
+/// (a node's API token file left empty by a power cut would stop it at every start): writes
+/// a temporary file in the same directory (created with `mode`), fsyncs it, links it as
+/// `path` (a link, unlike a rename, refuses to replace a file created meanwhile by another
+/// process), removes the temporary name, and fsyncs the directory.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut f = open_options(mode).open(path)?;
+    let dir = parent_dir(path);
+    let tmp = temporary_beside(dir, path)?;
     let result = (|| {
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        sync_dir(parent_dir(path))
+        write_synced(&tmp, bytes, mode)?;
+        std::fs::hard_link(&tmp, path)
     })();
-    if result.is_err() {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    // Best effort: the temporary file may not exist if the open failed, and once linked it
+    // is a second name of `path`, which a crash may leave behind (hidden, and holding
+    // nothing that `path` does not).
+    let _ = std::fs::remove_file(&tmp);
+    result?;
+    sync_dir(dir)
 }
 
 /// Why a bounded read did not return the file's contents.
@@ -154,6 +167,8 @@ mod tests {
         let e = write_new(&p, b"two", 0o600).expect_err("second write must fail");
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
+        // Neither write left its temporary file.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
     }
 
     /// A directory is refused as one, not by its size: read with a limit below it (a

@@ -135,9 +135,36 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A directory a field names (`data_dir`) cannot be made: a file is where it, or one of
+    /// the directories above it, belongs.
+    #[error(
+        "{field} {dir}: {file} is a file, not a directory; `{field}` must name a directory, \
+         or a path where one can be made"
+    )]
+    NotADirectory {
+        /// The field.
+        field: &'static str,
+        /// The directory it names.
+        dir: PathBuf,
+        /// The file in the way: `dir` itself or one above it.
+        file: PathBuf,
+    },
 }
 
 impl ConfigError {
+    /// After creating the directory `dir` that `field` names failed: the error if a file is
+    /// in the way (`dir` itself, or one of the directories above it, is not a directory),
+    /// which stays until someone changes the file or the configuration; `None` if not (a
+    /// permission, a full disk), the creation's own error then being the one to report.
+    pub fn not_a_directory(field: &'static str, dir: &Path) -> Option<Self> {
+        let file = dir.ancestors().find(|a| a.exists() && !a.is_dir())?;
+        Some(Self::NotADirectory {
+            field,
+            dir: dir.to_owned(),
+            file: file.to_owned(),
+        })
+    }
+
     /// The field the error is about, when it is about a field's value.
     pub fn field(&self) -> Option<&'static str> {
         match self {

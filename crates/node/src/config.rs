@@ -240,22 +240,31 @@ impl NodeConfig {
                 return Err(invalid(field, format!("at least {min} ms")));
             }
         }
+        let mut hooks = raw.hooks;
         for (field, cmd) in [
-            ("hooks.on_message", &raw.hooks.on_message),
-            ("hooks.on_overdue", &raw.hooks.on_overdue),
-            ("hooks.on_unreachable", &raw.hooks.on_unreachable),
-            ("hooks.on_roster_changed", &raw.hooks.on_roster_changed),
+            ("hooks.on_message", &mut hooks.on_message),
+            ("hooks.on_overdue", &mut hooks.on_overdue),
+            ("hooks.on_unreachable", &mut hooks.on_unreachable),
+            ("hooks.on_roster_changed", &mut hooks.on_roster_changed),
         ] {
+            let Some(program) = cmd.as_mut().map(|c| c.first_mut()) else {
+                continue;
+            };
             // An empty program name could never run: the hook would fail at every event.
-            if cmd
-                .as_ref()
-                .is_some_and(|c| c.first().is_none_or(|p| p.trim().is_empty()))
-            {
+            let Some(program) = program.filter(|p| !p.trim().is_empty()) else {
                 return Err(invalid(
                     field,
                     "give a program (and arguments), or leave it out".into(),
                 ));
-            }
+            };
+            *program = hook_program(program, base).ok_or_else(|| {
+                invalid(
+                    field,
+                    "this file's directory is not UTF-8: give the hook's program as an \
+                     absolute path"
+                        .into(),
+                )
+            })?;
         }
         Ok(Self {
             participant,
@@ -268,7 +277,7 @@ impl NodeConfig {
             relays,
             api_listen,
             token_file: abs(raw.api.token_file),
-            hooks: raw.hooks,
+            hooks,
         })
     }
 
@@ -292,7 +301,18 @@ impl NodeConfig {
     }
 }
 
-/// A key given as hex stays as is; a relative path is made relative to the config file.
+/// A hook's program as the node runs it: a relative path (`./page.sh`, `bin/page`) taken
+/// from the configuration file's directory, as every other path in the file is, rather than
+/// from the node's working directory (`/` under systemd); a bare name (`curl`, no `/`) left
+/// for the `PATH` search; an absolute path as it is. `None` if the joined path is not UTF-8.
+fn hook_program(program: &str, base: &Path) -> Option<String> {
+    let p = Path::new(program);
+    if p.is_absolute() || !program.contains('/') {
+        return Some(program.to_owned());
+    }
+    base.join(p).into_os_string().into_string().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +445,31 @@ mod tests {
             let e = NodeConfig::parse(&bad, Path::new("n.toml")).expect_err(program);
             assert_eq!(e.field(), Some("hooks.on_message"), "{e}");
         }
+    }
+
+    /// A hook's program given as a relative path is taken from the configuration's
+    /// directory, as the other paths are, not from the node's working directory (`/` under
+    /// systemd, where `./page.sh` named nothing); a bare name is left for the `PATH` search,
+    /// an absolute path and the arguments as they are.
+    #[test]
+    fn a_relative_hook_program_is_taken_from_the_configuration_directory() {
+        let with = |hooks: &str| format!("{}\n[hooks]\n{hooks}\n", text());
+        let c = NodeConfig::parse(
+            &with(
+                "on_message = [\"./page.sh\", \"./arg\"]\non_overdue = [\"bin/page\"]\n\
+                 on_unreachable = [\"curl\", \"-d\", \"@-\"]\non_roster_changed = [\"/usr/bin/logger\"]",
+            ),
+            Path::new("/etc/hotline/node.toml"),
+        )
+        .expect("valid");
+        let program = |c: &Option<Vec<String>>| c.as_ref().expect("set").clone();
+        assert_eq!(
+            program(&c.hooks.on_message),
+            ["/etc/hotline/./page.sh", "./arg"]
+        );
+        assert_eq!(program(&c.hooks.on_overdue), ["/etc/hotline/bin/page"]);
+        assert_eq!(program(&c.hooks.on_unreachable), ["curl", "-d", "@-"]);
+        assert_eq!(program(&c.hooks.on_roster_changed), ["/usr/bin/logger"]);
     }
 
     #[test]

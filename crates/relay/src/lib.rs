@@ -455,8 +455,14 @@ impl Relay {
             participants = roster.participants.len(),
             "roster loaded"
         );
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| RelayError::Io(format!("{}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            // A file in the way stays until someone moves it or the configuration: a
+            // configuration error (exit 78), not one a restart may mend.
+            match ConfigError::not_a_directory("data_dir", &config.data_dir) {
+                Some(c) => RelayError::Config(c),
+                None => RelayError::Io(format!("{}: {e}", config.data_dir.display())),
+            }
+        })?;
         // Held by the store writer, and so released when it ends. Waited for, off the
         // runtime: the claim of a relay that has just ended can outlive it for a moment
         // (`hotline_store::CLAIM_WAIT`).
