@@ -1338,8 +1338,8 @@ within_s = 3.0
             .expect("created")
             .execute_batch(&format!(
                 "{}
-                 CREATE TABLE messages (id BLOB, digest BLOB, key BLOB, sig BLOB);
-                 CREATE TABLE receipts (digest BLOB, key BLOB, sig BLOB);",
+                 CREATE TABLE messages (rseq INTEGER PRIMARY KEY, id BLOB, digest BLOB, key BLOB, sig BLOB);
+                 CREATE TABLE receipts (rseq INTEGER PRIMARY KEY, digest BLOB, key BLOB, sig BLOB);",
                 hotline_store::journal::SCHEMA
             ))
             .expect("schema");
@@ -1347,7 +1347,8 @@ within_s = 3.0
         hotline_store::open(&path, false)
             .expect("open")
             .execute_batch(
-                "INSERT INTO messages VALUES (x'0303', zeroblob(32), zeroblob(32), zeroblob(64))",
+                "INSERT INTO messages (id, digest, key, sig) \
+                 VALUES (x'0303', zeroblob(32), zeroblob(32), zeroblob(64))",
             )
             .expect("a message row");
         let e = verify_db(&path).expect_err("an unjournaled message");
