@@ -4863,3 +4863,113 @@ async fn a_hung_node_is_a_lost_connection_to_the_relay() {
         .unwrap();
     relay.shutdown().await;
 }
+
+/// `n` messages from the raw client `from` to KGZ, bodies of `body_bytes`, written in one
+/// write and each accepted; their ids, in order.
+async fn many_to_kgz(from: &mut Client, n: usize, body_bytes: usize) -> Vec<String> {
+    let audience = hotline_proto::Audience::Participants(vec![pid("KGZ")]);
+    let (mut ids, mut buf) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let mut env = from.envelope(audience.clone(), &format!("backlog {i}"));
+        env.body = "b".repeat(body_bytes);
+        ids.push(env.id);
+        let frame = hotline_proto::frame::NodeToRelay::Submit(from.sign(&env));
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    let session = &mut from.session;
+    let write = async {
+        session.writer.write_raw(&buf).await?;
+        anyhow::Ok(())
+    };
+    let answers = async {
+        let mut accepted = 0;
+        while accepted < n {
+            // KGZ's receipts, forwarded as they come, are skipped.
+            match session
+                .reader
+                .read::<hotline_proto::frame::RelayToNode>()
+                .await?
+            {
+                Some(hotline_proto::frame::RelayToNode::Accepted(_)) => accepted += 1,
+                Some(hotline_proto::frame::RelayToNode::Receipt(_)) => {}
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, async { tokio::try_join!(write, answers) })
+        .await
+        .expect("the relay accepts the messages in time")
+        .unwrap();
+    ids.iter().map(ToString::to_string).collect()
+}
+
+/// A node back after an outage writes its pending acknowledgements as it connects, while the
+/// relay writes it its backlog of deliveries. The node's link reads what arrives only
+/// between its writes (its reader task holds 256 frames), and the relay reads at most
+/// `READ_AHEAD_FRAMES` frames ahead while its own write waits: so the node must not write
+/// more acknowledgements at once than fit in what the relay reads ahead and its stream
+/// window. (It wrote all of them in one write: with 1,200 acknowledgements of the longest
+/// note, each side's write waited on the other's until the relay closed the link as a slow
+/// consumer, with nothing stored, and so again at every connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_writing_many_acknowledgements_as_its_backlog_arrives_is_read_and_served() {
+    const ACKS: usize = 1_200;
+    const BACKLOG: usize = 1_000;
+    let net = Net::sec_kaz_kgz_with(
+        "[limits]\nwrite_timeout_ms = 1000\nrate_burst = 1000000\nbyte_rate_burst = 1000000000\n\
+         receipt_rate_burst = 1000000\nreceipt_item_rate_burst = 1000000\n",
+    );
+    let addr = free_udp_addr();
+    net.set_relay_listen(addr);
+    let relay = net.relay().await;
+    net.node_config("KGZ", addr);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.connected().await.unwrap();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let received = many_to_kgz(&mut kaz, ACKS, 16).await;
+    kgz.proc
+        .wait_line(&["message received", &msg(received.last().unwrap())])
+        .await
+        .unwrap();
+
+    // The relay goes away; KGZ's officer acknowledges every message, with the longest note.
+    relay.shutdown().await;
+    kgz.proc.wait_log("relay link lost").await.unwrap();
+    let client = kgz.client();
+    let note = "n".repeat(hotline_proto::limits::NOTE_BYTES_MAX);
+    tokio::task::spawn_blocking(move || {
+        for id in &received {
+            let body = json!({"officer": "Duty officer", "note": note});
+            client
+                .post(&format!("/v1/messages/{id}/ack"), &body)
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    stop_node(kgz).await;
+    let log = net.path().join("node-KGZ.log");
+    let lost = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("relay link lost")
+            .count()
+    };
+    let lost_before = lost();
+
+    // Back, the relay queues KGZ a backlog of 8 MB while KGZ is away.
+    let relay = net.relay().await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let backlog = many_to_kgz(&mut kaz, BACKLOG, 8 * 1024).await;
+
+    // KGZ comes back to it: the relay stores every acknowledgement, and KGZ the backlog.
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.proc
+        .wait_line(&["message received", &msg(backlog.last().unwrap())])
+        .await
+        .unwrap();
+    acknowledgement_stored_by_the_relay(&kgz).await;
+    assert_eq!(lost(), lost_before, "the link stays up: {}", kgz.proc.log());
+    relay.shutdown().await;
+}

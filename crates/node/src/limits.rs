@@ -92,6 +92,16 @@ pub const PAGES_PER_TICK_MAX: usize = 256;
 /// Outbox items sent per relay per pass (the rest follow as answers arrive).
 pub const OUTBOX_PAGE: usize = 256;
 
+/// Acknowledgements written to a relay and not yet answered, at most; the rest follow as
+/// it answers. A link reads what arrives only between its writes, and the relay reads at
+/// most 256 frames ahead (a page of the outbox) while its own write waits: all of a
+/// node's pending acknowledgements in one write (after an outage, thousands) filled that
+/// and the relay's stream window while the relay wrote a backlog, each side's write then
+/// waited on the other's until the link was closed as a slow consumer, with nothing
+/// stored, at every connection. 256 of the largest (about 2.5 KiB each) fit in a stream
+/// window (1.25 MB) beside an outbox page.
+pub const ACKS_IN_FLIGHT: usize = 256;
+
 /// Deliveries stored and receipted in one transaction and one cumulative receipt.
 pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 

@@ -16,8 +16,9 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 
 use crate::events::{status_logged, Event};
 use crate::limits::{
-    BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS, HEALTHY_LINK_MS,
-    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
+    HEALTHY_LINK_MS, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS,
+    SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, News, Resequenced, Stored};
@@ -313,8 +314,12 @@ struct Link<'a> {
     /// The highest sequence number the relay had accepted from this node when the
     /// connection began (`Welcome.last_seq`).
     floor: u64,
-    /// Acknowledgement receipts written on this connection and not yet stored.
+    /// Acknowledgement receipts written on this connection and not yet stored (at most
+    /// `ACKS_IN_FLIGHT`).
     receipts_sent: HashSet<Digest>,
+    /// Pending acknowledgements left unwritten for `ACKS_IN_FLIGHT`: written as the relay
+    /// answers those in flight.
+    acks_held: bool,
     /// Delivered receipts written on this connection and not yet answered, kept to be
     /// written again if the relay refuses one for a reason that passes (at most
     /// `DELIVERED_UNANSWERED_MAX`; past that, one refused waits for the next connection,
@@ -427,6 +432,7 @@ async fn serve(
         sent: HashMap::new(),
         floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
+        acks_held: false,
         delivered_sent: HashMap::new(),
         pacer,
         refused: 0,
@@ -548,7 +554,8 @@ async fn serve(
 }
 
 impl Link<'_> {
-    /// Writes outbox messages and pending acknowledgements not yet written on this link.
+    /// Writes outbox messages and pending acknowledgements not yet written on this link, the
+    /// latter while fewer than `ACKS_IN_FLIGHT` are unanswered.
     async fn pump(&mut self) -> Result<(), NetError> {
         let (outbox, receipts) = {
             let store = self.state.store();
@@ -567,12 +574,20 @@ impl Link<'_> {
                 ))?);
             }
         }
+        self.acks_held = false;
         for r in receipts {
-            if self.receipts_sent.insert(r.digest()) {
-                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(
-                    r,
-                ))?);
+            let d = r.digest();
+            if self.receipts_sent.contains(&d) {
+                continue;
             }
+            if self.receipts_sent.len() >= ACKS_IN_FLIGHT {
+                self.acks_held = true;
+                break;
+            }
+            self.receipts_sent.insert(d);
+            buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Receipt(
+                r,
+            ))?);
         }
         if !buf.is_empty() {
             self.writer.write_raw(&buf).await?;
@@ -732,6 +747,7 @@ impl Link<'_> {
                     }
                     Subject::Receipt(d) => {
                         self.delivered_sent.remove(&d);
+                        pump |= self.receipts_sent.remove(&d) && self.acks_held;
                         error!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt; dropping it for this relay");
                         if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
                             error!(error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
@@ -742,7 +758,8 @@ impl Link<'_> {
                     }
                 },
                 RelayToNode::ReceiptStored(d) => {
-                    self.receipts_sent.remove(&d);
+                    // Room for acknowledgements held back.
+                    pump |= self.receipts_sent.remove(&d) && self.acks_held;
                     self.delivered_sent.remove(&d);
                     if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
                         error!(error = %e, "cannot record a stored receipt");
