@@ -564,40 +564,24 @@ async fn serve_connection(
             conn.await
         }
     };
-    match ended {
-        Ok(()) => {}
-        // A client that sent no request in time: logged, at most once a minute (a client
-        // could otherwise have the node log a line at will), with how many.
-        Err(e) if e.is_timeout() => {
-            let times = timeouts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .tick(1, std::time::Instant::now());
-            if let Some(times) = times {
-                info!(
-                    times,
-                    within_ms = header_read.as_millis() as u64,
-                    "local API: closed a connection that sent no request in time"
-                );
-            }
-        }
-        // A client that took nothing of its answer in time ([`CappedIo`]): likewise.
-        Err(e) if timed_out(&e) => {
-            let times = timeouts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .tick(1, std::time::Instant::now());
-            if let Some(times) = times {
-                info!(
-                    times,
-                    "local API: closed a connection whose client took nothing of its answer in \
-                     time"
-                );
-            }
-        }
+    let why = match ended {
+        Ok(()) => return,
+        // A client that sent no request in time, or took nothing of its answer in time
+        // ([`CappedIo`]): logged below.
+        Err(e) if e.is_timeout() => "sent no request within the header-read limit",
+        Err(e) if timed_out(&e) => "took nothing of its answer in time",
         // A client gone midway, a malformed request head (answered 400 by hyper): the
         // connection's own business, nothing for the operator.
-        Err(e) => tracing::debug!(error = %e, "local API: connection ended"),
+        Err(e) => return tracing::debug!(error = %e, "local API: connection ended"),
+    };
+    // At most once a minute (a client could otherwise have the node log a line at will),
+    // with how many connections were closed since.
+    let times = timeouts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tick(1, std::time::Instant::now());
+    if let Some(times) = times {
+        info!(times, "local API: closed a connection whose client {why}");
     }
 }
 
