@@ -196,6 +196,26 @@ pub const EMPTY_PATH: &str =
 pub const EMPTY_KEY: &str =
     "empty: give the roster key (64 hexadecimal digits) or the path of its .pub file";
 
+/// The first of a configuration's path fields `paths`, or its `roster_key`, given empty,
+/// with why it is refused ([`EMPTY_PATH`], [`EMPTY_KEY`]): an empty path would name the
+/// configuration's own directory (`/etc/hotline/` as a store or a token) or, for a file in
+/// the working directory, nothing at all. Shared by the relay's and the node's parsers.
+pub fn empty_field(
+    paths: &[(&'static str, &Path)],
+    roster_key: &str,
+) -> Option<(&'static str, &'static str)> {
+    paths
+        .iter()
+        .find(|(_, p)| p.as_os_str().is_empty())
+        .map(|(field, _)| (*field, EMPTY_PATH))
+        .or_else(|| {
+            roster_key
+                .trim()
+                .is_empty()
+                .then_some(("roster_key", EMPTY_KEY))
+        })
+}
+
 /// Reads a configuration file's text ([`CONFIG_FILE_BYTES_MAX`] at most): a relay's or a
 /// node's, an exercise scenario, an exercise's endpoints file.
 pub fn read_config(path: &Path) -> Result<String, ConfigError> {

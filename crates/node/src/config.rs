@@ -137,20 +137,16 @@ impl NodeConfig {
         };
         let participant = ParticipantId::new(&raw.participant)
             .map_err(|e| invalid("participant", e.to_string()))?;
-        // An empty path would name this file's directory (`/etc/hotline/` as the store or
-        // the token) or, for a file in the working directory, nothing at all.
-        for (field, p) in [
-            ("key", &raw.key),
-            ("roster", &raw.roster),
-            ("data_dir", &raw.data_dir),
-            ("api.token_file", &raw.api.token_file),
-        ] {
-            if p.as_os_str().is_empty() {
-                return Err(invalid(field, text_file::EMPTY_PATH.into()));
-            }
-        }
-        if raw.roster_key.trim().is_empty() {
-            return Err(invalid("roster_key", text_file::EMPTY_KEY.into()));
+        if let Some((field, why)) = text_file::empty_field(
+            &[
+                ("key", raw.key.as_path()),
+                ("roster", raw.roster.as_path()),
+                ("data_dir", raw.data_dir.as_path()),
+                ("api.token_file", raw.api.token_file.as_path()),
+            ],
+            &raw.roster_key,
+        ) {
+            return Err(invalid(field, why.into()));
         }
         if hotline_config::keyfile::is_key_hex(raw.key.to_string_lossy().trim()) {
             // Not echoed: it may be the participant's secret seed.

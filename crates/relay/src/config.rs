@@ -204,20 +204,16 @@ impl RelayConfig {
             field,
             reason,
         };
-        // An empty path would name this file's directory (`/etc/hotline/` as the store) or,
-        // for a file in the working directory, nothing at all.
-        for (field, p) in [
-            ("cert", &raw.cert),
-            ("key", &raw.key),
-            ("roster", &raw.roster),
-            ("data_dir", &raw.data_dir),
-        ] {
-            if p.as_os_str().is_empty() {
-                return Err(invalid(field, text_file::EMPTY_PATH.into()));
-            }
-        }
-        if raw.roster_key.trim().is_empty() {
-            return Err(invalid("roster_key", text_file::EMPTY_KEY.into()));
+        if let Some((field, why)) = text_file::empty_field(
+            &[
+                ("cert", raw.cert.as_path()),
+                ("key", raw.key.as_path()),
+                ("roster", raw.roster.as_path()),
+                ("data_dir", raw.data_dir.as_path()),
+            ],
+            &raw.roster_key,
+        ) {
+            return Err(invalid(field, why.into()));
         }
         let roster_key = hotline_config::keyfile::resolve_public_in(&raw.roster_key, base)
             .map_err(|e| invalid("roster_key", e.to_string()))?;
