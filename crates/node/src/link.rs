@@ -1003,15 +1003,10 @@ impl Link<'_> {
                 },
             }
         }
-        let stored = {
-            let mut store = self.state.store();
-            store
-                .store_forwarded(&self.state.me, &verified, now_ms())
-                .and_then(|fresh| {
-                    let held = store.hold_receipts(&self.state.me, &unverified, now_ms())?;
-                    Ok((fresh, held))
-                })
-        };
+        let stored =
+            self.state
+                .store()
+                .take_forwarded(&self.state.me, &verified, &unverified, now_ms());
         let (fresh, held) = match stored {
             Ok(f) => f,
             Err(e) => {

@@ -1195,6 +1195,78 @@ fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
     )?)
 }
 
+/// [`NodeStore::hold_receipts`] in the caller's transaction.
+fn hold_in(
+    tx: &rusqlite::Transaction<'_>,
+    me: &ParticipantId,
+    receipts: &[Unverified],
+    now_ms: u64,
+) -> Result<HeldOutcome, StoreError> {
+    if receipts.is_empty() {
+        return Ok(HeldOutcome::default());
+    }
+    let mut out = HeldOutcome::default();
+    for u in receipts {
+        let d = u.signed.digest();
+        let mut ours = false;
+        for item in u.claim.items.iter().filter(|i| &i.sender == me) {
+            if signing_digests(tx, &item.id)?.is_some() {
+                ours = true;
+                break;
+            }
+        }
+        let kept: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM receipts_in WHERE digest = ?1)")?
+            .query_row([&d.0[..]], |r| r.get(0))?;
+        if !ours || kept {
+            out.skipped.push(d);
+            continue;
+        }
+        let signer = u.claim.recipient.as_str();
+        let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO receipts_held (digest, signer, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    &d.0[..],
+                    signer,
+                    u.signed.bytes(),
+                    &u.signed.key().0[..],
+                    &u.signed.signature().0[..],
+                    &u.reason,
+                    now_ms
+                ])?;
+        if n == 0 {
+            continue;
+        }
+        out.held.push(d);
+        let over: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM receipts_held WHERE signer = ?1")?
+            .query_row([signer], |r| r.get(0))?;
+        let over = over - crate::limits::RECEIPTS_HELD_PER_SIGNER_MAX as i64;
+        if over > 0 {
+            out.dropped.extend(drop_held(
+                    tx,
+                    "SELECT digest, signer FROM receipts_held WHERE signer = ?1 ORDER BY rowid LIMIT ?2",
+                    params![signer, over],
+                )?);
+        }
+    }
+    let total: i64 = tx.query_row("SELECT COUNT(*) FROM receipts_held", [], |r| r.get(0))?;
+    let over = total - crate::limits::RECEIPTS_HELD_MAX as i64;
+    if over > 0 {
+        out.dropped.extend(drop_held(
+            tx,
+            "SELECT digest, signer FROM receipts_held ORDER BY rowid LIMIT ?1",
+            params![over],
+        )?);
+    }
+    // One dropped in the call that held it was never held for the caller.
+    out.held
+        .retain(|d| !out.dropped.iter().any(|(x, _)| x == d));
+    Ok(out)
+}
+
 /// Deletes the held receipts `select` lists (digest, signer) and returns them.
 fn drop_held(
     tx: &rusqlite::Transaction<'_>,
@@ -2484,70 +2556,22 @@ impl NodeStore {
         receipts: &[Unverified],
         now_ms: u64,
     ) -> Result<HeldOutcome, StoreError> {
-        if receipts.is_empty() {
-            return Ok(HeldOutcome::default());
-        }
-        self.tx(|tx, _| {
-            let mut out = HeldOutcome::default();
-            for u in receipts {
-                let d = u.signed.digest();
-                let mut ours = false;
-                for item in u.claim.items.iter().filter(|i| &i.sender == me) {
-                    if signing_digests(tx, &item.id)?.is_some() {
-                        ours = true;
-                        break;
-                    }
-                }
-                let kept: bool = tx
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM receipts_in WHERE digest = ?1)")?
-                    .query_row([&d.0[..]], |r| r.get(0))?;
-                if !ours || kept {
-                    out.skipped.push(d);
-                    continue;
-                }
-                let signer = u.claim.recipient.as_str();
-                let n = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO receipts_held (digest, signer, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        &d.0[..],
-                        signer,
-                        u.signed.bytes(),
-                        &u.signed.key().0[..],
-                        &u.signed.signature().0[..],
-                        &u.reason,
-                        now_ms
-                    ])?;
-                if n == 0 {
-                    continue;
-                }
-                out.held.push(d);
-                let over: i64 = tx
-                    .prepare_cached("SELECT COUNT(*) FROM receipts_held WHERE signer = ?1")?
-                    .query_row([signer], |r| r.get(0))?;
-                let over = over - crate::limits::RECEIPTS_HELD_PER_SIGNER_MAX as i64;
-                if over > 0 {
-                    out.dropped.extend(drop_held(
-                        tx,
-                        "SELECT digest, signer FROM receipts_held WHERE signer = ?1 ORDER BY rowid LIMIT ?2",
-                        params![signer, over],
-                    )?);
-                }
-            }
-            let total: i64 =
-                tx.query_row("SELECT COUNT(*) FROM receipts_held", [], |r| r.get(0))?;
-            let over = total - crate::limits::RECEIPTS_HELD_MAX as i64;
-            if over > 0 {
-                out.dropped.extend(drop_held(
-                    tx,
-                    "SELECT digest, signer FROM receipts_held ORDER BY rowid LIMIT ?1",
-                    params![over],
-                )?);
-            }
-            // One dropped in the call that held it was never held for the caller.
-            out.held.retain(|d| !out.dropped.iter().any(|(x, _)| x == d));
-            Ok(out)
+        self.tx(|tx, _| hold_in(tx, me, receipts, now_ms))
+    }
+
+    /// [`Self::store_forwarded`] for the receipts of a batch that verified and
+    /// [`Self::hold_receipts`] for those that failed only for want of a newer roster, in
+    /// one transaction: a failure keeps neither, so nothing kept goes untold.
+    pub fn take_forwarded(
+        &mut self,
+        me: &ParticipantId,
+        verified: &[Verified<Receipt>],
+        unverified: &[Unverified],
+        now_ms: u64,
+    ) -> Result<(Vec<Forwarded>, HeldOutcome), StoreError> {
+        self.tx(|tx, j| {
+            let fresh = keep_forwarded(tx, j, me, verified, now_ms)?;
+            Ok((fresh, hold_in(tx, me, unverified, now_ms)?))
         })
     }
 
