@@ -472,9 +472,10 @@ impl NodeState {
     /// its key (PROTOCOL.md 7.2) against the roster now in force. Those that now verify are
     /// recorded as if they had just arrived (delivery matrix, events); those that fail for a
     /// reason no newer roster mends (a bad signature by a key now listed, a signer now
-    /// revoked) are dropped; the rest stay held, for the next roster. A key rotated out of
-    /// the roster never comes back on it, so what it signed is never accepted (PROTOCOL.md 12.1 item 3):
-    /// it waits here until the bounds drop it.
+    /// revoked) are dropped; the rest stay held, for the next roster. What a key rotated out
+    /// of the roster signed passes only if a roster lists that key again, which a retired
+    /// key's does not, so it is not accepted (PROTOCOL.md 12.1 item 3): it waits here until
+    /// the bounds drop it.
     pub(crate) fn recheck_held_receipts(&self) {
         let held = match self.store().held_receipts() {
             Ok(h) => h,
