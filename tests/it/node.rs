@@ -3319,6 +3319,109 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A receipt from a participant that only a roster newer than the sender's lists (the
+/// relay's roster is ahead: this node refused or has not yet installed the newer one) is
+/// held, not discarded, and still confirmed to the relay; once the node installs the roster
+/// that lists the participant's key, the receipt verifies and is recorded as if it had just
+/// arrived: an event, and the delivery counted. A receipt "from" that participant signed by
+/// another key stays held (it never verifies), and the operator is told of it nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_is_installed() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+    use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+
+    // TJK is on the relay's roster (version 2), not yet on KAZ's (version 1).
+    let tjk = SigningKey::from_bytes(&[0x7A; 32]);
+    let receipt = Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: pid("TJK"),
+        kind: ReceiptKind::Delivered,
+        created_at_ms: now_ms(),
+        items: vec![ReceiptItem {
+            id: env.id,
+            sender: pid("KAZ"),
+            digest: submitted.digest(),
+        }],
+    };
+    let genuine = Signed::sign(&receipt, &tjk).unwrap();
+    let mut other = receipt.clone();
+    other.created_at_ms += 1;
+    let other_key = Signed::sign(&other, &SigningKey::from_bytes(&[9; 32])).unwrap();
+    relay
+        .send(&[
+            RelayToNode::Receipt(genuine.clone()),
+            RelayToNode::Receipt(other_key.clone()),
+        ])
+        .await
+        .unwrap();
+    let confirmed = loop {
+        if let NodeToRelay::ReceiptsStored(d) = relay.next().await.unwrap() {
+            break d;
+        }
+    };
+    assert_eq!(confirmed, vec![genuine.digest(), other_key.digest()]);
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(0), "not yet: {st}");
+
+    let mut roster = net.roster.clone();
+    roster.version = 2;
+    roster.participants.push(hotline_proto::Participant {
+        id: pid("TJK"),
+        name: "Tajikistan".into(),
+        role: Role::Member,
+        keys: vec![PublicKey::of(&tjk)],
+        revoked: false,
+    });
+    let signed = Signed::sign(&roster, &net.roster_key).unwrap();
+    relay
+        .send(&[RelayToNode::RosterUpdate(signed)])
+        .await
+        .unwrap();
+    let ev = events
+        .wait_for("delivered by TJK", |e| {
+            e["type"] == "delivered" && e["id"] == id.as_str() && e["by"] == "TJK"
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["status"], "actual", "{ev}");
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(1), "{st}");
+    kaz.proc
+        .wait_line(&[
+            "held forwarded receipt verifies",
+            &genuine.digest().to_string(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        kaz.proc.count_lines(&["held forwarded receipt verifies"]),
+        1,
+        "the one signed by another key stays held: {}",
+        kaz.proc.log()
+    );
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A relay that forges receipts: the sender's node checks every receipt itself, so an
 /// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a

@@ -422,6 +422,103 @@ impl NodeState {
         self.announce_stored(&released);
     }
 
+    /// Tells the operator what forwarded receipts just kept said (`fresh`, from
+    /// [`store::NodeStore::store_forwarded`], one per receipt of `verified`): a log line and an
+    /// event for each first delivery or acknowledgement, an error for a first receipt of
+    /// other content under one of our ids. Told once per (message, recipient, kind), and a
+    /// mismatch once per (message, signer): the store says which items are news, and lists
+    /// nothing for a receipt it did not keep.
+    pub(crate) fn tell_forwarded(
+        &self,
+        verified: &[Verified<hotline_proto::Receipt>],
+        fresh: Vec<store::Forwarded>,
+    ) {
+        for (r, news) in verified.iter().zip(fresh) {
+            if news.unrelated {
+                warn!(by = %r.recipient, "a forwarded receipt names no message this node sent: not kept");
+            }
+            for id in &news.mismatched {
+                error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");
+            }
+            for store::News { id, status } in news.first {
+                let ev = match &r.kind {
+                    hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
+                        // Debug-quoted: the officer's name is another participant's text and may hold
+                        // line breaks that would forge log lines.
+                        info!(msg = %id, by = %r.recipient, status = %events::status_logged(status), officer = ?officer, "acknowledged");
+                        Event::Acknowledged {
+                            id,
+                            by: r.recipient.clone(),
+                            status,
+                            officer: officer.clone(),
+                            note: note.clone(),
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(msg = %id, by = %r.recipient, status = %events::status_logged(status), "delivered");
+                        Event::Delivered {
+                            id,
+                            by: r.recipient.clone(),
+                            status,
+                        }
+                    }
+                };
+                self.emit(ev);
+            }
+        }
+    }
+
+    /// Checks the forwarded receipts held because this node's roster lacked their signer or
+    /// its key (PROTOCOL.md 7.2) against the roster now in force. Those that now verify are
+    /// recorded as if they had just arrived (delivery matrix, events); those that fail for a
+    /// reason no newer roster mends (a bad signature by a key now listed, a signer now
+    /// revoked) are dropped; the rest stay held, for the next roster. What a key rotated out
+    /// of the roster signed passes only if a roster lists that key again, which a retired
+    /// key's does not, so it is not accepted (PROTOCOL.md 12.1 item 3): it waits here until
+    /// the bounds drop it.
+    pub(crate) fn recheck_held_receipts(&self) {
+        let held = match self.store().held_receipts() {
+            Ok(h) => h,
+            Err(e) => {
+                error!(error = %e, "cannot read the held receipts to check them against the roster");
+                return;
+            }
+        };
+        if held.is_empty() {
+            return;
+        }
+        let roster = self.roster.borrow().clone();
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        for h in held {
+            match roster.verify_receipt(&h.signed) {
+                Ok(v) => passed.push(v),
+                Err(e) if link::lagging(&e) => {}
+                Err(e) => {
+                    warn!(receipt = %h.digest, error = %e, roster = roster.version, "a held forwarded receipt fails against the roster now in force: dropped");
+                    failed.push(h.digest);
+                }
+            }
+        }
+        if passed.is_empty() && failed.is_empty() {
+            return;
+        }
+        let fresh = match self
+            .store()
+            .release_receipts(&self.me, &passed, &failed, now_ms())
+        {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "cannot record held receipts that now verify; checked again at the next roster or start");
+                return;
+            }
+        };
+        for r in &passed {
+            info!(receipt = %r.signed().digest(), by = %r.recipient, roster = roster.version, "a held forwarded receipt verifies against the roster now in force: recorded");
+        }
+        self.tell_forwarded(&passed, fresh);
+    }
+
     /// Announces messages just stored in the inbox (log, event, `on_message` hook) and
     /// records each as announced once its hook has ended ([`Self::announce`]).
     pub(crate) fn announce_stored<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) {
@@ -527,6 +624,7 @@ impl NodeState {
         };
         info!(version = v, previous = current, "roster installed");
         self.recheck_quarantine();
+        self.recheck_held_receipts();
         let ev = Event::RosterChanged { version: v };
         self.hooks.fire(
             "on_roster_changed",
@@ -781,8 +879,9 @@ impl Node {
             }
         }
         // A roster installed just before the node last stopped may not have been checked
-        // against the quarantine yet.
+        // against the quarantine and the held receipts yet.
         state.recheck_quarantine();
+        state.recheck_held_receipts();
         let mut tasks = JoinSet::new();
 
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)

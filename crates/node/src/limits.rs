@@ -157,6 +157,25 @@ pub const QUARANTINE_RECHECK_MAX: usize = 1_000;
 /// receipted, so it stays with the relay (`store::Stored::Refused`).
 pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Forwarded receipts held because this node's roster lacks their signer or the key that
+/// signed them (it may lag the relay's), to be checked again at each newer roster
+/// (PROTOCOL.md 7.2, `receipts_held`): at most this many per claimed signer, the oldest
+/// dropped first. A relay forwards a recipient's receipt only when it is news (its first
+/// delivered receipt and first acknowledgement of a message), and a delivered receipt names
+/// up to 512 messages, so 64 cover a recipient's news for far longer than a roster lags; and
+/// a participant whose retired key still signs (those never verify) fills only its own share.
+pub const RECEIPTS_HELD_PER_SIGNER_MAX: usize = 64;
+/// Forwarded receipts held in all, whatever their claimed signers (a relay may forward
+/// receipts "from" names no roster lists), the oldest dropped first: at most
+/// `RECEIPTS_HELD_MAX` × `RECEIPT_BYTES_MAX` (64 MiB) on disk, and as many signature checks
+/// at each newer roster (tens of milliseconds).
+pub const RECEIPTS_HELD_MAX: usize = 1_024;
+const _: () = assert!(RECEIPTS_HELD_PER_SIGNER_MAX <= RECEIPTS_HELD_MAX);
+const _: () = assert!(
+    (RECEIPTS_HELD_MAX as u64) * (hotline_proto::limits::RECEIPT_BYTES_MAX as u64)
+        <= QUARANTINE_MAX_BYTES
+);
+
 /// Quarantined deliveries discarded in one transaction when an officer empties the
 /// quarantine (`hotline discard --all`); the store is free for deliveries in between.
 pub const QUARANTINE_DISCARD_BATCH: usize = 1_000;

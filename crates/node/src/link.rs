@@ -21,7 +21,7 @@ use crate::limits::{
     SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Answered, News, Resequenced, Stored};
+use crate::store::{retryable, Answered, Resequenced, Stored};
 use crate::{now_ms, NodeState};
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
@@ -981,60 +981,50 @@ impl Link<'_> {
     ) -> Result<(), NetError> {
         let roster = self.state.roster.borrow().clone();
         let mut verified = Vec::new();
+        let mut unverified = Vec::new();
         let mut digests = Vec::new();
         for s in batch {
-            digests.push(s.digest());
+            let d = s.digest();
+            digests.push(d);
             match roster.verify_receipt(&s) {
                 Ok(v) => verified.push(v),
-                Err(e) => error!(error = %e, "forwarded receipt failed verification: ignored"),
+                Err(e) => match lagging(&e).then(|| s.decode_unverified()) {
+                    Some(Ok(claim)) => {
+                        warn!(error = %e, receipt = %d, by = %claim.recipient, roster = roster.version, "forwarded receipt failed verification against this roster, which may lag the relay's: held if it names a message of this node's, and checked again at each newer roster");
+                        unverified.push(crate::store::Unverified {
+                            signed: s,
+                            claim,
+                            reason: e.to_string(),
+                        });
+                    }
+                    _ => {
+                        error!(error = %e, receipt = %d, "forwarded receipt failed verification: ignored")
+                    }
+                },
             }
         }
-        let fresh = match self
-            .state
-            .store()
-            .store_forwarded(&self.state.me, &verified, now_ms())
-        {
+        let stored =
+            self.state
+                .store()
+                .take_forwarded(&self.state.me, &verified, &unverified, now_ms());
+        let (fresh, held) = match stored {
             Ok(f) => f,
             Err(e) => {
                 error!(error = %e, "cannot store receipts; the relay will forward them again");
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
-        // Told once per (message, recipient, kind), and a mismatch once per (message,
-        // signer): the store says which items are news, and lists nothing for a receipt it
-        // did not keep.
-        for (r, news) in verified.iter().zip(fresh) {
-            if news.unrelated {
-                warn!(by = %r.recipient, "a forwarded receipt names no message this node sent: not kept");
-            }
-            for id in &news.mismatched {
-                error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");
-            }
-            for News { id, status } in news.first {
-                let ev = match &r.kind {
-                    hotline_proto::ReceiptKind::Acknowledged { officer, note } => {
-                        // Debug-quoted: the officer's name is another participant's text and may hold
-                        // line breaks that would forge log lines.
-                        info!(msg = %id, by = %r.recipient, status = %status_logged(status), officer = ?officer, "acknowledged");
-                        Event::Acknowledged {
-                            id,
-                            by: r.recipient.clone(),
-                            status,
-                            officer: officer.clone(),
-                            note: note.clone(),
-                        }
-                    }
-                    _ => {
-                        debug!(msg = %id, by = %r.recipient, status = %status_logged(status), "delivered");
-                        Event::Delivered {
-                            id,
-                            by: r.recipient.clone(),
-                            status,
-                        }
-                    }
-                };
-                self.state.emit(ev);
-            }
+        for d in &held.skipped {
+            debug!(receipt = %d, "an unverified forwarded receipt names no message of this node's it does not already know of: not held");
+        }
+        for (d, by) in &held.dropped {
+            warn!(receipt = %d, by = %by, "too many forwarded receipts held for a newer roster: the oldest dropped");
+        }
+        self.state.tell_forwarded(&verified, fresh);
+        // A newer roster installed (by another link) since these were checked was checked
+        // against the held receipts before these were among them.
+        if !held.held.is_empty() && self.state.roster.borrow().version != roster.version {
+            self.state.recheck_held_receipts();
         }
         for chunk in digests.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
             self.writer
@@ -1043,6 +1033,18 @@ impl Link<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether a receipt that failed verification with `e` may pass against a newer roster: its
+/// signer, or the key that signed it, is not on the roster in force (which may lag the
+/// relay's). A bad signature by a listed key, a revoked signer, bytes that do not decode or a
+/// malformed key fail whatever the roster.
+pub(crate) fn lagging(e: &hotline_proto::VerifyError) -> bool {
+    matches!(
+        e,
+        hotline_proto::VerifyError::UnknownSigner(_)
+            | hotline_proto::VerifyError::KeyNotAuthorised(_)
+    )
 }
 
 /// What a delivered message must pass to be shown (PROTOCOL.md 7.1), for a delivery and for

@@ -76,6 +76,12 @@ const NEVER_PAGES: i64 = i64::MAX;
 /// unannounced, so this node announces it once, `recovered`, at its next start (for the
 /// recipients still unacknowledged); the table is never refilled, so nothing is announced
 /// again at later starts.
+///
+/// `receipts_held` (forwarded receipts waiting for a roster that lists their signer's key)
+/// came without a raise for the same reason: a version-3 node opening such a store neither
+/// reads nor writes it, and discards such receipts as it always did; what this node held
+/// meanwhile is checked again at its next start or roster, and nothing is derived from the
+/// table, so nothing needs filling again.
 pub const SCHEMA_VERSION: i64 = 3;
 
 /// The first schema version whose nodes keep `matrix_signed`.
@@ -235,6 +241,22 @@ CREATE TABLE IF NOT EXISTS mismatches (
 -- the recipients it delivers to receipt it (a receipt of it is a receipt of the message).
 -- Written in the transaction that signs again, and from the journal the first time a store
 -- opens at schema 3.
+-- Forwarded receipts that failed verification only because their signer, or the key that
+-- signed them, is not on this node's roster, which may lag the relay's
+-- (`NodeStore::hold_receipts`; PROTOCOL.md 7.2). Checked again whenever a newer roster is
+-- installed, and at start: one that then verifies is kept as if it had just arrived
+-- (`NodeStore::release_receipts`) and removed from here. Not journaled while held: nothing
+-- here is believed before it verifies against a roster, and then it is journaled as any
+-- received receipt. Bounded per claimed signer and in all (`RECEIPTS_HELD_PER_SIGNER_MAX`,
+-- `RECEIPTS_HELD_MAX`), the oldest (lowest rowid) dropped first.
+CREATE TABLE IF NOT EXISTS receipts_held (
+    digest BLOB PRIMARY KEY,
+    signer TEXT NOT NULL,
+    bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_held_by_signer ON receipts_held (signer);
 CREATE TABLE IF NOT EXISTS signings (
     id BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -544,6 +566,42 @@ pub struct News {
     /// acknowledgement reads as a drill's when it is one; `None` only if the stored message
     /// does not decode.
     pub status: Option<Status>,
+}
+
+/// A forwarded receipt to hold until a roster lists its signer's key
+/// ([`NodeStore::hold_receipts`]): as it came, with what it claims and why it failed.
+#[derive(Clone, Debug)]
+pub struct Unverified {
+    /// The bytes as forwarded, with the key and signature they came with.
+    pub signed: Signed<Receipt>,
+    /// What they claim, not verified.
+    pub claim: Receipt,
+    /// Why verification failed (the roster lacks the signer, or its key).
+    pub reason: String,
+}
+
+/// A forwarded receipt held in `receipts_held` ([`NodeStore::held_receipts`]).
+#[derive(Clone, Debug)]
+pub struct HeldReceipt {
+    /// Its digest (what this node confirmed to the relay).
+    pub digest: Digest,
+    /// The bytes as forwarded, with the key and signature they came with.
+    pub signed: Signed<Receipt>,
+    /// Why it failed when it arrived.
+    pub reason: String,
+    /// When it arrived, this node's clock.
+    pub received_at_ms: u64,
+}
+
+/// What [`NodeStore::hold_receipts`] did with the receipts it was given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldOutcome {
+    /// Held now (not held before).
+    pub held: Vec<Digest>,
+    /// Not held: they name no message this node sent, or this node keeps them already.
+    pub skipped: Vec<Digest>,
+    /// Held before and dropped to make room, oldest first, with the signer each claims.
+    pub dropped: Vec<(Digest, String)>,
 }
 
 /// A delivery held in quarantine: it failed a check when it arrived, so it is not shown.
@@ -1135,6 +1193,245 @@ fn quarantine_size(conn: &Connection) -> Result<QuarantineSize, StoreError> {
             })
         },
     )?)
+}
+
+/// [`NodeStore::hold_receipts`] in the caller's transaction.
+fn hold_in(
+    tx: &rusqlite::Transaction<'_>,
+    me: &ParticipantId,
+    receipts: &[Unverified],
+    now_ms: u64,
+) -> Result<HeldOutcome, StoreError> {
+    if receipts.is_empty() {
+        return Ok(HeldOutcome::default());
+    }
+    let mut out = HeldOutcome::default();
+    for u in receipts {
+        let d = u.signed.digest();
+        let mut ours = false;
+        for item in u.claim.items.iter().filter(|i| &i.sender == me) {
+            if signing_digests(tx, &item.id)?.is_some() {
+                ours = true;
+                break;
+            }
+        }
+        let kept: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM receipts_in WHERE digest = ?1)")?
+            .query_row([&d.0[..]], |r| r.get(0))?;
+        if !ours || kept {
+            out.skipped.push(d);
+            continue;
+        }
+        let signer = u.claim.recipient.as_str();
+        let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO receipts_held (digest, signer, bytes, key, sig, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    &d.0[..],
+                    signer,
+                    u.signed.bytes(),
+                    &u.signed.key().0[..],
+                    &u.signed.signature().0[..],
+                    &u.reason,
+                    now_ms
+                ])?;
+        if n == 0 {
+            continue;
+        }
+        out.held.push(d);
+        let over: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM receipts_held WHERE signer = ?1")?
+            .query_row([signer], |r| r.get(0))?;
+        let over = over - crate::limits::RECEIPTS_HELD_PER_SIGNER_MAX as i64;
+        if over > 0 {
+            out.dropped.extend(drop_held(
+                    tx,
+                    "SELECT digest, signer FROM receipts_held WHERE signer = ?1 ORDER BY rowid LIMIT ?2",
+                    params![signer, over],
+                )?);
+        }
+    }
+    let total: i64 = tx.query_row("SELECT COUNT(*) FROM receipts_held", [], |r| r.get(0))?;
+    let over = total - crate::limits::RECEIPTS_HELD_MAX as i64;
+    if over > 0 {
+        out.dropped.extend(drop_held(
+            tx,
+            "SELECT digest, signer FROM receipts_held ORDER BY rowid LIMIT ?1",
+            params![over],
+        )?);
+    }
+    // One dropped in the call that held it was never held for the caller.
+    out.held
+        .retain(|d| !out.dropped.iter().any(|(x, _)| x == d));
+    Ok(out)
+}
+
+/// Deletes the held receipts `select` lists (digest, signer) and returns them.
+fn drop_held(
+    tx: &rusqlite::Transaction<'_>,
+    select: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(Digest, String)>, StoreError> {
+    let rows: Vec<(Digest, String)> = tx
+        .prepare_cached(select)?
+        .query_map(args, |r| {
+            Ok((Digest(blob_array::<32>(r.get(0)?, 0)?), r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (d, _) in &rows {
+        tx.prepare_cached("DELETE FROM receipts_held WHERE digest = ?1")?
+            .execute([&d.0[..]])?;
+    }
+    Ok(rows)
+}
+
+/// [`NodeStore::store_forwarded`] in the caller's transaction.
+fn keep_forwarded(
+    tx: &rusqlite::Transaction<'_>,
+    j: &mut Journal,
+    me: &ParticipantId,
+    receipts: &[Verified<Receipt>],
+    now_ms: u64,
+) -> Result<Vec<Forwarded>, StoreError> {
+    let mut out = Vec::with_capacity(receipts.len());
+    // Per message named: the digests of its signings and its status, or `None` if this
+    // node did not send it.
+    let mut sent_digests: HashMap<MessageId, Option<SentSignings>> = HashMap::new();
+    for r in receipts {
+        let s = r.signed();
+        let d = s.digest();
+        let mut news = Forwarded {
+            fresh: false,
+            first: Vec::new(),
+            mismatched: Vec::new(),
+            unrelated: false,
+        };
+        // The items naming messages this node sent, each checked against the bytes it
+        // signed: a recipient that was handed altered content under an id (and
+        // quarantined it) receipts that content's digest, and must not be counted as
+        // having ours. Any signing of ours is ours: a message signed again after a
+        // restore may reach a recipient under each of its numbers, through different
+        // relays. Each message is read, hashed and decoded (for the status its events
+        // carry) once per batch: a fan-out's receipts from every recipient name the
+        // same one.
+        let mut ours = Vec::new();
+        let mut names_ours = false;
+        for item in r.items.iter().filter(|i| &i.sender == me) {
+            let sent = match sent_digests.entry(item.id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(signing_digests(tx, &item.id)?),
+            };
+            match sent {
+                Some(sent) if sent.digests.contains(&item.digest) => ours.push((item, sent.status)),
+                Some(_) => {
+                    // Other content under our id: news only the first time this
+                    // signer says so for this message. A participant can sign such
+                    // receipts without end, each with another made-up digest.
+                    let seen: bool = tx
+                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM mismatches WHERE id = ?1 AND signer = ?2)")?
+                            .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| row.get(0))?;
+                    if !seen {
+                        news.mismatched.push(item.id);
+                    }
+                }
+                None => continue,
+            }
+            names_ours = true;
+        }
+        if !names_ours {
+            news.unrelated = true;
+            out.push(news);
+            continue;
+        }
+        // First news: no acknowledgement yet for an acknowledgement, or not yet
+        // delivered for a delivered receipt. No row: a recipient the relay that
+        // delivered to it listed, and whose acceptance this node has not seen (or
+        // did not take: another relay's came first); the receipt, signed over our
+        // bytes, shows it has the message, so it gets a row.
+        let mut rowless = Vec::new();
+        for &(item, status) in &ours {
+            let before: Option<(Option<u64>, Option<u64>)> = tx
+                    .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
+                    .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+            match (before, r.is_ack()) {
+                (None, _) => {
+                    rowless.push(item.id);
+                    news.first.push(News {
+                        id: item.id,
+                        status,
+                    });
+                }
+                (Some((_, None)), true) | (Some((None, _)), false) => news.first.push(News {
+                    id: item.id,
+                    status,
+                }),
+                _ => {}
+            }
+        }
+        // A receipt that tells nothing new is not kept: the first delivered receipt
+        // and the first acknowledgement from each recipient are the record, and a
+        // participant signing receipts without end could otherwise fill this disk
+        // (PROTOCOL.md 7.5, 12.2). A second relay's copy is such a receipt.
+        if news.first.is_empty() && news.mismatched.is_empty() {
+            out.push(news);
+            continue;
+        }
+        let n = tx.execute(
+                "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
+            )?;
+        news.fresh = n > 0;
+        if n == 0 {
+            news.first.clear();
+            news.mismatched.clear();
+            out.push(news);
+            continue;
+        }
+        for id in &news.mismatched {
+            tx.prepare_cached("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?
+                .execute(params![&id.0[..], r.recipient.as_str()])?;
+        }
+        for id in &rowless {
+            tx.execute(
+                "INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)",
+                params![&id.0[..], r.recipient.as_str()],
+            )?;
+        }
+        // The earliest signed times over every kept receipt of what we sent, as the
+        // first open of a store computes them from `receipts_in`: this receipt's
+        // items that are not news (it is kept for another) count too.
+        let signed_acked = r.is_ack().then_some(r.created_at_ms);
+        for (item, _) in &ours {
+            tx.prepare_cached(SIGNED_TIMES_UPSERT)?.execute(params![
+                &item.id.0[..],
+                r.recipient.as_str(),
+                r.created_at_ms,
+                signed_acked
+            ])?;
+        }
+        for News { id, .. } in &news.first {
+            tx.execute(
+                    "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
+                    params![&id.0[..], r.recipient.as_str(), now_ms],
+                )?;
+            if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
+                tx.execute(
+                        "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
+                        params![&id.0[..], r.recipient.as_str(), now_ms, officer, note],
+                    )?;
+            }
+        }
+        let kind = if r.is_ack() {
+            "receipt.acknowledged.received"
+        } else {
+            "receipt.delivered.received"
+        };
+        j.append(tx, now_ms, kind, &d.to_string(), &encode_record(s)?)?;
+        out.push(news);
+    }
+    Ok(out)
 }
 
 /// The tables holding signed records, each with its key column and the kinds of journal
@@ -2242,123 +2539,81 @@ impl NodeStore {
         receipts: &[Verified<Receipt>],
         now_ms: u64,
     ) -> Result<Vec<Forwarded>, StoreError> {
+        self.tx(|tx, j| keep_forwarded(tx, j, me, receipts, now_ms))
+    }
+
+    /// Holds forwarded receipts that failed verification only because this node's roster
+    /// lacks their signer or the key that signed them (PROTOCOL.md 7.2): the roster may lag
+    /// the relay's, and a newer one may list them ([`Self::release_receipts`]). Only a
+    /// receipt naming a message this node sent, and not kept already, is held. At most
+    /// `RECEIPTS_HELD_PER_SIGNER_MAX` are held per claimed signer and `RECEIPTS_HELD_MAX`
+    /// in all: past either, the oldest are dropped (returned, to be logged), so that a relay
+    /// forwarding made-up receipts, or a participant whose rotated-out key still signs,
+    /// cannot fill this disk.
+    pub fn hold_receipts(
+        &mut self,
+        me: &ParticipantId,
+        receipts: &[Unverified],
+        now_ms: u64,
+    ) -> Result<HeldOutcome, StoreError> {
+        self.tx(|tx, _| hold_in(tx, me, receipts, now_ms))
+    }
+
+    /// [`Self::store_forwarded`] for the receipts of a batch that verified and
+    /// [`Self::hold_receipts`] for those that failed only for want of a newer roster, in
+    /// one transaction: a failure keeps neither, so nothing kept goes untold.
+    pub fn take_forwarded(
+        &mut self,
+        me: &ParticipantId,
+        verified: &[Verified<Receipt>],
+        unverified: &[Unverified],
+        now_ms: u64,
+    ) -> Result<(Vec<Forwarded>, HeldOutcome), StoreError> {
         self.tx(|tx, j| {
-            let mut out = Vec::with_capacity(receipts.len());
-            // Per message named: the digests of its signings and its status, or `None` if this
-            // node did not send it.
-            let mut sent_digests: HashMap<MessageId, Option<SentSignings>> = HashMap::new();
-            for r in receipts {
-                let s = r.signed();
-                let d = s.digest();
-                let mut news = Forwarded { fresh: false, first: Vec::new(), mismatched: Vec::new(), unrelated: false };
-                // The items naming messages this node sent, each checked against the bytes it
-                // signed: a recipient that was handed altered content under an id (and
-                // quarantined it) receipts that content's digest, and must not be counted as
-                // having ours. Any signing of ours is ours: a message signed again after a
-                // restore may reach a recipient under each of its numbers, through different
-                // relays. Each message is read, hashed and decoded (for the status its events
-                // carry) once per batch: a fan-out's receipts from every recipient name the
-                // same one.
-                let mut ours = Vec::new();
-                let mut names_ours = false;
-                for item in r.items.iter().filter(|i| &i.sender == me) {
-                    let sent = match sent_digests.entry(item.id) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => e.insert(signing_digests(tx, &item.id)?),
-                    };
-                    match sent {
-                        Some(sent) if sent.digests.contains(&item.digest) => ours.push((item, sent.status)),
-                        Some(_) => {
-                            // Other content under our id: news only the first time this
-                            // signer says so for this message. A participant can sign such
-                            // receipts without end, each with another made-up digest.
-                            let seen: bool = tx
-                                .prepare_cached("SELECT EXISTS (SELECT 1 FROM mismatches WHERE id = ?1 AND signer = ?2)")?
-                                .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| row.get(0))?;
-                            if !seen {
-                                news.mismatched.push(item.id);
-                            }
-                        }
-                        None => continue,
-                    }
-                    names_ours = true;
-                }
-                if !names_ours {
-                    news.unrelated = true;
-                    out.push(news);
-                    continue;
-                }
-                // First news: no acknowledgement yet for an acknowledgement, or not yet
-                // delivered for a delivered receipt. No row: a recipient the relay that
-                // delivered to it listed, and whose acceptance this node has not seen (or
-                // did not take: another relay's came first); the receipt, signed over our
-                // bytes, shows it has the message, so it gets a row.
-                let mut rowless = Vec::new();
-                for &(item, status) in &ours {
-                    let before: Option<(Option<u64>, Option<u64>)> = tx
-                        .prepare_cached("SELECT delivered_at_ms, acked_at_ms FROM matrix WHERE id = ?1 AND recipient = ?2")?
-                        .query_row(params![&item.id.0[..], r.recipient.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()?;
-                    match (before, r.is_ack()) {
-                        (None, _) => {
-                            rowless.push(item.id);
-                            news.first.push(News { id: item.id, status });
-                        }
-                        (Some((_, None)), true) | (Some((None, _)), false) => news.first.push(News { id: item.id, status }),
-                        _ => {}
-                    }
-                }
-                // A receipt that tells nothing new is not kept: the first delivered receipt
-                // and the first acknowledgement from each recipient are the record, and a
-                // participant signing receipts without end could otherwise fill this disk
-                // (PROTOCOL.md 7.5, 12.2). A second relay's copy is such a receipt.
-                if news.first.is_empty() && news.mismatched.is_empty() {
-                    out.push(news);
-                    continue;
-                }
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO receipts_in (digest, recipient, bytes, key, sig, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![&d.0[..], r.recipient.as_str(), s.bytes(), &s.key().0[..], &s.signature().0[..], now_ms],
-                )?;
-                news.fresh = n > 0;
-                if n == 0 {
-                    news.first.clear();
-                    news.mismatched.clear();
-                    out.push(news);
-                    continue;
-                }
-                for id in &news.mismatched {
-                    tx.prepare_cached("INSERT OR IGNORE INTO mismatches (id, signer) VALUES (?1, ?2)")?
-                        .execute(params![&id.0[..], r.recipient.as_str()])?;
-                }
-                for id in &rowless {
-                    tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&id.0[..], r.recipient.as_str()])?;
-                }
-                // The earliest signed times over every kept receipt of what we sent, as the
-                // first open of a store computes them from `receipts_in`: this receipt's
-                // items that are not news (it is kept for another) count too.
-                let signed_acked = r.is_ack().then_some(r.created_at_ms);
-                for (item, _) in &ours {
-                    tx.prepare_cached(SIGNED_TIMES_UPSERT)?
-                        .execute(params![&item.id.0[..], r.recipient.as_str(), r.created_at_ms, signed_acked])?;
-                }
-                for News { id, .. } in &news.first {
-                    tx.execute(
-                        "UPDATE matrix SET delivered_at_ms = COALESCE(delivered_at_ms, ?3) WHERE id = ?1 AND recipient = ?2",
-                        params![&id.0[..], r.recipient.as_str(), now_ms],
-                    )?;
-                    if let ReceiptKind::Acknowledged { officer, note } = &r.kind {
-                        tx.execute(
-                            "UPDATE matrix SET acked_at_ms = COALESCE(acked_at_ms, ?3), officer = COALESCE(officer, ?4), note = COALESCE(note, ?5) WHERE id = ?1 AND recipient = ?2",
-                            params![&id.0[..], r.recipient.as_str(), now_ms, officer, note],
-                        )?;
-                    }
-                }
-                let kind = if r.is_ack() { "receipt.acknowledged.received" } else { "receipt.delivered.received" };
-                j.append(tx, now_ms, kind, &d.to_string(), &encode_record(s)?)?;
-                out.push(news);
+            let fresh = keep_forwarded(tx, j, me, verified, now_ms)?;
+            Ok((fresh, hold_in(tx, me, unverified, now_ms)?))
+        })
+    }
+
+    /// The forwarded receipts held for a newer roster, oldest first (at most
+    /// `RECEIPTS_HELD_MAX`).
+    pub fn held_receipts(&self) -> Result<Vec<HeldReceipt>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT digest, bytes, key, sig, reason, received_at_ms FROM receipts_held ORDER BY rowid LIMIT ?1",
+        )?;
+        let rows = st.query_map([crate::limits::RECEIPTS_HELD_MAX as i64], |r| {
+            Ok(HeldReceipt {
+                digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
+                signed: signed_at::<Receipt>(r, 1)?,
+                reason: r.get(4)?,
+                received_at_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Takes held receipts out of `receipts_held` in one transaction: those in `passed`
+    /// verify against the roster now in force and are kept as forwarded receipts are
+    /// ([`Self::store_forwarded`], as if they had just arrived, `now_ms`), and those in
+    /// `failed` fail for a reason no newer roster mends (a bad signature by a key now listed,
+    /// a signer now revoked) and are dropped. Returns what each of `passed` told.
+    pub fn release_receipts(
+        &mut self,
+        me: &ParticipantId,
+        passed: &[Verified<Receipt>],
+        failed: &[Digest],
+        now_ms: u64,
+    ) -> Result<Vec<Forwarded>, StoreError> {
+        self.tx(|tx, j| {
+            let gone = passed
+                .iter()
+                .map(|v| v.signed().digest())
+                .chain(failed.iter().copied());
+            for d in gone {
+                tx.prepare_cached("DELETE FROM receipts_held WHERE digest = ?1")?
+                    .execute([&d.0[..]])?;
             }
-            Ok(out)
+            keep_forwarded(tx, j, me, passed, now_ms)
         })
     }
 
@@ -3897,6 +4152,150 @@ mod tests {
             "the earlier signing is known"
         );
         assert_eq!(store.offer_lost(0, 1, NOW).unwrap(), (0, 1));
+    }
+
+    /// An unverified receipt "from" `who`, signed at `at` (so each has its own digest),
+    /// naming `item`, to hold.
+    fn unverified(who: &str, at: u64, item: &ReceiptItem) -> Unverified {
+        let v = receipt_of(who, 7, at, ReceiptKind::Delivered, item.clone());
+        Unverified {
+            signed: v.signed().clone(),
+            claim: (*v).clone(),
+            reason: format!("unknown signer {who}"),
+        }
+    }
+
+    fn held_digests(store: &NodeStore) -> Vec<Digest> {
+        store
+            .held_receipts()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.digest)
+            .collect()
+    }
+
+    /// Receipts held for a newer roster are bounded per claimed signer and in all, the
+    /// oldest dropped first and reported; one naming no message this node sent is not held.
+    #[test]
+    fn held_receipts_are_bounded_per_signer_and_in_all_dropping_the_oldest() {
+        use crate::limits::{RECEIPTS_HELD_MAX, RECEIPTS_HELD_PER_SIGNER_MAX};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let stray = ReceiptItem {
+            id: MessageId::random(),
+            ..item.clone()
+        };
+        let out = store
+            .hold_receipts(&me, &[unverified("TJK", NOW, &stray)], NOW)
+            .unwrap();
+        assert_eq!(out.skipped.len(), 1, "{out:?}");
+        assert!(held_digests(&store).is_empty());
+
+        // One signer: its oldest go once it has more than its share.
+        let tjk: Vec<_> = (0..RECEIPTS_HELD_PER_SIGNER_MAX as u64 + 2)
+            .map(|i| unverified("TJK", NOW + i, &item))
+            .collect();
+        let digest = |u: &Unverified| u.signed.digest();
+        let out = store.hold_receipts(&me, &tjk, NOW).unwrap();
+        let dropped: Vec<_> = out.dropped.iter().map(|(d, _)| *d).collect();
+        assert_eq!(dropped, [digest(&tjk[0]), digest(&tjk[1])]);
+        assert!(out.dropped.iter().all(|(_, by)| by == "TJK"));
+        assert_eq!(out.held.len(), RECEIPTS_HELD_PER_SIGNER_MAX);
+        let want: Vec<_> = tjk[2..].iter().map(digest).collect();
+        assert_eq!(held_digests(&store), want);
+        // Held again: nothing changes.
+        let again = store.hold_receipts(&me, &tjk[2..3], NOW).unwrap();
+        assert_eq!(again, HeldOutcome::default());
+
+        // Many signers: the oldest in all go, whoever signed them.
+        let others: Vec<_> = (0..RECEIPTS_HELD_MAX as u64)
+            .map(|i| unverified(&format!("P{}", i % 100), NOW + i, &item))
+            .collect();
+        let out = store.hold_receipts(&me, &others, NOW).unwrap();
+        assert_eq!(out.dropped.len(), RECEIPTS_HELD_PER_SIGNER_MAX);
+        assert!(out.dropped.iter().all(|(_, by)| by == "TJK"), "the oldest");
+        assert_eq!(
+            held_digests(&store),
+            others.iter().map(digest).collect::<Vec<_>>()
+        );
+    }
+
+    /// A held receipt that verifies against a newer roster is recorded as if it had just
+    /// arrived (the matrix, news to tell), and one that fails for good is dropped; both
+    /// leave the table.
+    #[test]
+    fn a_released_receipt_is_recorded_as_one_just_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let good = unverified("TJK", NOW, &item);
+        let bad = unverified("TJK", NOW + 1, &item);
+        let out = store
+            .hold_receipts(&me, &[good.clone(), bad.clone()], NOW)
+            .unwrap();
+        assert_eq!(out.held.len(), 2);
+        let verified = good.signed.verify_with(&good.signed.key()).unwrap();
+        let told = store
+            .release_receipts(&me, &[verified], &[bad.signed.digest()], NOW + 5)
+            .unwrap();
+        assert_eq!(
+            told,
+            [Forwarded {
+                fresh: true,
+                first: vec![News {
+                    id: item.id,
+                    status: Some(Status::Actual)
+                }],
+                mismatched: vec![],
+                unrelated: false,
+            }]
+        );
+        assert!(held_digests(&store).is_empty());
+        let delivered: Option<u64> = store
+            .conn
+            .query_row(
+                "SELECT delivered_at_ms FROM matrix WHERE id = ?1 AND recipient = 'TJK'",
+                [&item.id.0[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(delivered, Some(NOW + 5));
+        // Kept now, so not held again if forwarded again.
+        let out = store.hold_receipts(&me, &[good], NOW).unwrap();
+        assert_eq!(out.skipped.len(), 1);
+    }
+
+    /// A store written by the previous schema (version 3, without `receipts_held`) opens
+    /// with what it holds, gains the table, and holds receipts; the version stays what an
+    /// older node reads, since that node may keep running on it (`SCHEMA_VERSION`).
+    #[test]
+    fn a_store_from_before_held_receipts_gains_the_table_with_its_data() {
+        let dir = store_with_every_record();
+        {
+            let store = NodeStore::open(dir.path()).unwrap();
+            store
+                .conn
+                .execute_batch("DROP TABLE receipts_held; PRAGMA user_version = 3")
+                .unwrap();
+        }
+        assert!(!tables(dir.path()).contains(&"receipts_held".to_string()));
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        assert!(tables(dir.path()).contains(&"receipts_held".to_string()));
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        assert_eq!(store.inbox(10).unwrap().len(), 1);
+        assert_eq!(store.receipts_in().unwrap().len(), 1);
+        let me = pid("KGZ");
+        let sent = store.receipts_in().unwrap()[0]
+            .decode_unverified()
+            .unwrap()
+            .items[0]
+            .clone();
+        let out = store
+            .hold_receipts(&me, &[unverified("TJK", NOW, &sent)], NOW)
+            .unwrap();
+        assert_eq!(out.held.len(), 1, "{out:?}");
+        drop(store);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(held_digests(&store), out.held, "held across a restart");
     }
 
     /// Two links offering rosters at once may save the older one second: it is not
