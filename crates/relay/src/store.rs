@@ -1330,6 +1330,10 @@ struct Pending {
     removed: Vec<(ParticipantId, i64)>,
     /// Cursors this batch moved or created.
     cursors: HashMap<ParticipantId, i64>,
+    /// Recipients whose `ahead` rows this batch added (true) or deleted to the last one
+    /// (false): applied to [`Writer::ahead`] only if it commits, as a failed commit leaves
+    /// the rows as they were.
+    ahead: HashMap<ParticipantId, bool>,
     /// The newest message position, this batch's included.
     newest: i64,
     /// What to post to sessions' mailboxes once the batch has committed.
@@ -1369,7 +1373,8 @@ pub(crate) struct Writer {
     last_seq: HashMap<ParticipantId, u64>,
     /// Each recipient's cursor, as committed.
     cursors: HashMap<ParticipantId, i64>,
-    /// Recipients that may have rows in `ahead` (a hint: a spare one costs a statement).
+    /// Recipients that may have rows in `ahead`, as committed (a hint: a spare one costs a
+    /// statement, a missing one leaves rows the cursor has passed until the next start).
     ahead: HashSet<ParticipantId>,
     /// The newest committed message position.
     newest: i64,
@@ -1990,6 +1995,7 @@ impl Writer {
             queued: HashMap::new(),
             removed: Vec::new(),
             cursors: HashMap::new(),
+            ahead: HashMap::new(),
             newest: self.newest,
             posts: Vec::new(),
             replies: Vec::with_capacity(size),
@@ -2063,7 +2069,7 @@ impl Writer {
                             Queues {
                                 index: &self.ctx.queues,
                                 cursors: &self.cursors,
-                                ahead: &mut self.ahead,
+                                ahead: &self.ahead,
                                 forward_depths: &self.forward_depths,
                                 forward_foreign_max: self.ctx.forward_foreign_max,
                                 foreign_budget: &self.foreign_budget,
@@ -2154,6 +2160,13 @@ impl Writer {
                     self.last_seq.insert(k, v);
                 }
                 self.cursors.extend(p.cursors);
+                for (who, may_have) in p.ahead {
+                    if may_have {
+                        self.ahead.insert(who);
+                    } else {
+                        self.ahead.remove(&who);
+                    }
+                }
                 self.newest = p.newest;
                 if let Some(c) = &mut self.checkpointer {
                     c.committed();
@@ -2537,7 +2550,9 @@ fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId)
 struct Queues<'a> {
     index: &'a Mutex<QueueIndex>,
     cursors: &'a HashMap<ParticipantId, i64>,
-    ahead: &'a mut HashSet<ParticipantId>,
+    /// Recipients that may have rows in `ahead`, as committed (this batch's changes are in
+    /// `Pending::ahead`).
+    ahead: &'a HashSet<ParticipantId>,
     /// Each sender's forward queue depth, as committed (this batch's changes are in
     /// `Pending::forward_delta`).
     forward_depths: &'a HashMap<ParticipantId, i64>,
@@ -2753,14 +2768,19 @@ fn store_receipt(
             .unwrap_or(0);
         if cursor > current {
             p.cursors.insert(me.clone(), cursor);
-            if queues.ahead.contains(me) {
+            let may_have = p
+                .ahead
+                .get(me)
+                .copied()
+                .unwrap_or_else(|| queues.ahead.contains(me));
+            if may_have {
                 tx.prepare_cached("DELETE FROM ahead WHERE recipient = ?1 AND rseq <= ?2")?
                     .execute(params![me.as_str(), cursor])?;
                 let left = tx
                     .prepare_cached("SELECT 1 FROM ahead WHERE recipient = ?1 LIMIT 1")?
                     .exists([me.as_str()])?;
                 if !left {
-                    queues.ahead.remove(me);
+                    p.ahead.insert(me.clone(), false);
                 }
             }
         }
@@ -2769,7 +2789,7 @@ fn store_receipt(
         for rseq in removed.iter().filter(|r| **r > cursor) {
             tx.prepare_cached("INSERT OR IGNORE INTO ahead (recipient, rseq) VALUES (?1, ?2)")?
                 .execute(params![me.as_str(), rseq])?;
-            queues.ahead.insert(me.clone());
+            p.ahead.insert(me.clone(), true);
         }
     }
     if !senders.is_empty() {
@@ -3808,15 +3828,30 @@ mod tests {
         dir: &Path,
         budget: u64,
     ) -> (Writer, Verified<Roster>, Signed<Envelope>) {
+        let (w, roster, mut held) = writer_holding(dir, budget, 1);
+        (w, roster, held.remove(0))
+    }
+
+    /// A writer on a store holding KAZ's messages 1 to `n` (positions 1 to `n`), each for
+    /// CHN and IND, with a foreign receipt budget of `budget`.
+    fn writer_holding(
+        dir: &Path,
+        budget: u64,
+        n: u8,
+    ) -> (Writer, Verified<Roster>, Vec<Signed<Envelope>>) {
         use hotline_proto::roster::{verify_roster, Participant, Role};
         let (_, conn) = open_db(dir).expect("open");
-        let m1 = message(&SigningKey::from_bytes(&[1; 32]), 1);
-        conn.execute(
-            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-             VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'CHN,IND')",
-            params![&[1u8; 16][..], &m1.digest().0[..], m1.bytes(), &m1.key().0[..], &m1.signature().0[..]],
-        )
-        .expect("message");
+        let mut held = Vec::new();
+        for i in 1..=n {
+            let m = message(&SigningKey::from_bytes(&[1; 32]), i);
+            conn.execute(
+                "INSERT INTO messages (rseq, id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+                 VALUES (?1, ?2, 'KAZ', ?1, ?3, ?4, ?5, ?6, 1000, 'CHN,IND')",
+                params![i, &[i; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+            )
+            .expect("message");
+            held.push(m);
+        }
         conn.execute_batch("INSERT INTO cursors VALUES ('CHN', 0), ('IND', 0);")
             .expect("cursors");
         let roster_key = SigningKey::from_bytes(&[9; 32]);
@@ -3865,7 +3900,7 @@ mod tests {
             },
         )
         .expect("writer");
-        (writer, roster, m1)
+        (writer, roster, held)
     }
 
     /// A receipt item naming message `n` of KAZ's, which the relay does not hold.
@@ -4194,5 +4229,67 @@ mod tests {
         assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
         assert_eq!(health(&w), "ok");
         assert!(w.failing.is_none());
+    }
+
+    /// A receipt naming a recipient's oldest messages moves its cursor past the positions
+    /// it receipted ahead, out of order, and deletes their `ahead` rows. If that batch's
+    /// commit fails, the rows are still there; the writer's note of who has such rows must
+    /// say so too, or the receipt sent again moves the cursor without deleting them.
+    #[test]
+    fn positions_receipted_ahead_are_cleared_after_a_failed_commit_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 3);
+        let item = |n: u8| ReceiptItem {
+            id: MessageId([n; 16]),
+            sender: pid("KAZ"),
+            digest: held[usize::from(n) - 1].digest(),
+        };
+        let count = |w: &Writer, sql: &str| -> i64 {
+            w.conn.query_row(sql, [], |r| r.get(0)).expect("count")
+        };
+        let ahead = "SELECT count(*) FROM ahead WHERE recipient = 'CHN'";
+        let cursor = "SELECT rseq FROM cursors WHERE recipient = 'CHN'";
+        let now = 20_000 * DAY_MS;
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![item(3)])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(count(&w, ahead), 1, "message 3 receipted ahead of 1 and 2");
+        assert_eq!(count(&w, cursor), 0);
+
+        w.conn
+            .execute_batch(
+                "CREATE TRIGGER injected BEFORE INSERT ON journal
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            now + 1,
+            vec![("CHN", 2, vec![item(1), item(2)])],
+        );
+        assert!(
+            matches!(&a[0].1, RelayToNode::Rejected(r) if r.code == RejectCode::StorageUnavailable),
+            "{:?}",
+            a[0].1
+        );
+        assert_eq!(count(&w, ahead), 1, "rolled back");
+        assert_eq!(count(&w, cursor), 0, "rolled back");
+
+        w.conn
+            .execute_batch("DROP TRIGGER injected")
+            .expect("trigger dropped");
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            now + 2,
+            vec![("CHN", 2, vec![item(1), item(2)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(count(&w, cursor), 3, "every message receipted");
+        assert_eq!(
+            count(&w, ahead),
+            0,
+            "the cursor passed the position receipted ahead"
+        );
     }
 }
