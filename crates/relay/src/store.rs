@@ -924,7 +924,9 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreErr
 /// the digest recorded when it was accepted. SQLite has no checksums of its own, so a flipped
 /// byte inside a record would otherwise be served silently. Every other value the relay reads
 /// back from a message or receipt has the type and size it is read as ([`Shape`]): one that
-/// does not would fail each read of its record, unnamed, for as long as the relay ran. Fails
+/// does not would fail each read of its record, unnamed, for as long as the relay ran; so do
+/// the values of the writer's own tables (cursors, positions receipted ahead, senders' floors,
+/// receipts to forward), which it reads at every start. Fails
 /// naming the file and what is damaged; the operator restores from backup
 /// (docs/OPERATIONS.md).
 pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -985,6 +987,48 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
         "receipt",
         &[(4, Shape::Bytes(32)), (5, Shape::Bytes(64))],
     )?;
+    // The writer's own tables, which it reads at every start (`Writer::new`, `load_queues`):
+    // a value of another type there failed the start with SQLite's error, naming neither
+    // the file nor the table. Small: a row a participant, a position receipted ahead, or a
+    // receipt not yet forwarded.
+    for (table, columns, valid) in [
+        (
+            "cursors",
+            ["recipient", "rseq"],
+            "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
+        ),
+        (
+            "ahead",
+            ["recipient", "rseq"],
+            "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
+        ),
+        (
+            "senders",
+            ["participant", "last_seq"],
+            "typeof(participant) = 'text' AND typeof(last_seq) = 'integer' AND last_seq >= 0",
+        ),
+        (
+            "rqueue",
+            ["recipient", "rseq"],
+            "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
+        ),
+    ] {
+        let row = columns
+            .map(|c| format!("'{c} ' || quote({c})"))
+            .join(" || ', ' || ");
+        let bad: Option<String> = conn
+            .query_row(
+                &format!("SELECT {row} FROM {table} WHERE NOT ({valid}) LIMIT 1"),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(bad) = bad {
+            return Err(corrupt(format!(
+                "table {table} holds a value of the wrong type or out of range: {bad}"
+            )));
+        }
+    }
     tracing::info!(
         journal_entries = report.entries,
         messages = n,
@@ -3847,6 +3891,60 @@ mod tests {
                         detail.contains(&format!("stored {table} at position 1: {says}")),
                         "{edit}: {detail}"
                     );
+                }
+                Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
+                Ok(_) => panic!("{edit}: opened"),
+            }
+        }
+    }
+
+    /// A value of the wrong type in one of the tables the writer reads at every start is
+    /// refused as damage naming the table and the row; before, the start failed with
+    /// SQLite's error, which named neither (nor the file).
+    #[test]
+    fn a_wrong_value_in_the_writers_tables_is_refused_at_start_naming_the_table() {
+        for (edit, says) in [
+            (
+                "UPDATE cursors SET recipient = CAST('KGZ' AS BLOB)",
+                "table cursors holds a value of the wrong type or out of range: recipient X'4B475A', rseq 0",
+            ),
+            (
+                "UPDATE ahead SET rseq = 'five'",
+                "table ahead holds a value of the wrong type or out of range: recipient 'KGZ', rseq 'five'",
+            ),
+            (
+                "UPDATE senders SET last_seq = -1",
+                "table senders holds a value of the wrong type or out of range: participant 'KAZ', last_seq -1",
+            ),
+            (
+                "UPDATE rqueue SET recipient = CAST('KAZ' AS BLOB)",
+                "table rqueue holds a value of the wrong type or out of range: recipient X'4B415A', rseq 1",
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            open_db(dir.path())
+                .expect("open")
+                .1
+                .execute_batch(
+                    "INSERT INTO cursors VALUES ('KGZ', 0);
+                     INSERT INTO ahead VALUES ('KGZ', 5);
+                     INSERT INTO senders VALUES ('KAZ', 1);
+                     INSERT INTO rqueue VALUES ('KAZ', 1, zeroblob(32));",
+                )
+                .expect("rows");
+            drop(open_db(dir.path()).expect("undamaged, it opens"));
+            hotline_store::open(&path, false)
+                .expect("open")
+                .execute_batch(edit)
+                .expect("edited");
+            match open_db(dir.path()) {
+                Err(StoreError::Corrupt {
+                    path: named,
+                    detail,
+                }) => {
+                    assert_eq!(named, path);
+                    assert_eq!(detail, says, "{edit}");
                 }
                 Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
                 Ok(_) => panic!("{edit}: opened"),
