@@ -926,7 +926,7 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreErr
 /// back from a message or receipt has the type and size it is read as ([`Shape`]): one that
 /// does not would fail each read of its record, unnamed, for as long as the relay ran; so do
 /// the values of the writer's own tables (cursors, positions receipted ahead, senders' floors,
-/// receipts to forward), which it reads at every start. Fails
+/// receipts to forward, the roster kept), which it reads at every start. Fails
 /// naming the file and what is damaged; the operator restores from backup
 /// (docs/OPERATIONS.md).
 pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -994,27 +994,42 @@ pub(crate) fn integrity_check(conn: &Connection, path: &Path) -> Result<(), Stor
     for (table, columns, valid) in [
         (
             "cursors",
-            ["recipient", "rseq"],
+            &["recipient", "rseq"][..],
             "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
         ),
         (
             "ahead",
-            ["recipient", "rseq"],
+            &["recipient", "rseq"][..],
             "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
         ),
         (
             "senders",
-            ["participant", "last_seq"],
+            &["participant", "last_seq"][..],
             "typeof(participant) = 'text' AND typeof(last_seq) = 'integer' AND last_seq >= 0",
         ),
         (
             "rqueue",
-            ["recipient", "rseq"],
+            &["recipient", "rseq"][..],
             "typeof(recipient) = 'text' AND typeof(rseq) = 'integer'",
+        ),
+        // The roster kept (one row), read before the relay serves (`kept_roster`).
+        (
+            "roster",
+            &[
+                "typeof(bytes)",
+                "typeof(key)",
+                "length(key)",
+                "typeof(sig)",
+                "length(sig)",
+            ][..],
+            "typeof(bytes) = 'blob' AND typeof(key) = 'blob' AND length(key) = 32
+             AND typeof(sig) = 'blob' AND length(sig) = 64",
         ),
     ] {
         let row = columns
+            .iter()
             .map(|c| format!("'{c} ' || quote({c})"))
+            .collect::<Vec<_>>()
             .join(" || ', ' || ");
         let bad: Option<String> = conn
             .query_row(
@@ -3920,6 +3935,10 @@ mod tests {
                 "UPDATE rqueue SET recipient = CAST('KAZ' AS BLOB)",
                 "table rqueue holds a value of the wrong type or out of range: recipient X'4B415A', rseq 1",
             ),
+            (
+                "UPDATE roster SET key = zeroblob(31)",
+                "table roster holds a value of the wrong type or out of range: typeof(bytes) 'blob', typeof(key) 'blob', length(key) 31, typeof(sig) 'blob', length(sig) 64",
+            ),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join(DB_FILE);
@@ -3930,7 +3949,8 @@ mod tests {
                     "INSERT INTO cursors VALUES ('KGZ', 0);
                      INSERT INTO ahead VALUES ('KGZ', 5);
                      INSERT INTO senders VALUES ('KAZ', 1);
-                     INSERT INTO rqueue VALUES ('KAZ', 1, zeroblob(32));",
+                     INSERT INTO rqueue VALUES ('KAZ', 1, zeroblob(32));
+                     INSERT INTO roster VALUES (1, x'00', zeroblob(32), zeroblob(64));",
                 )
                 .expect("rows");
             drop(open_db(dir.path()).expect("undamaged, it opens"));
