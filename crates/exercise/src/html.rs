@@ -92,7 +92,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let (left, width, row_h) = (70.0, 900.0, 14.0);
     let height = 52.0 + row_h * r.participants.len() as f64;
     let x = |t: f64| left + t / t_max * width;
-    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
+    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent (△ due, never sent) &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
     let colours = [
         "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
     ];
@@ -108,9 +108,14 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     for (k, inj) in r.injects.iter().enumerate() {
         let c = colours[k % colours.len()];
+        // One never sent is drawn hollow where it was due: a filled mark said it was sent.
+        let (mark, what) = match &inj.id {
+            Some(_) => ("▲", "sent".to_owned()),
+            None => ("△", format!("due, {},", inj.state)),
+        };
         let _ = write!(
             h,
-            "<text x=\"{}\" y=\"30\" fill=\"{c}\">▲<title>{} sent by {}</title></text>",
+            "<text x=\"{}\" y=\"30\" fill=\"{c}\">{mark}<title>{} {what} by {}</title></text>",
             x(inj.at_s) - 4.0,
             esc(&inj.name),
             esc(&inj.from)

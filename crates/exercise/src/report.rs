@@ -85,9 +85,11 @@ pub struct InjectRow {
     pub subject: String,
     /// Precedence.
     pub precedence: String,
-    /// Scenario time it was sent.
+    /// Scenario time it was sent; if it was not (`id` is None), the time it was due.
     pub at_s: f64,
-    /// State at the end, as the sender's node shows it (`refused` if it refused to send it).
+    /// State at the end, as the sender's node shows it: `refused` if it refused to send it,
+    /// `not sent` if it never was, `unknown` if it was but its node gave no record of it at
+    /// the end.
     pub state: String,
     /// Why the sender's node refused to send it, if it did (the API's answer, HTTP 4xx).
     pub refused: Option<String>,
@@ -500,6 +502,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 refusals.push(format!("{:?} {why}", inj.name));
                 "refused".to_owned()
             }
+            // Sent (its node took it and gave an id), but the sender's node gave no view of
+            // it at the end (down, or not answering): it was reported as "not sent".
+            (None, None) if id.is_some() => {
+                refusals.push(format!(
+                    "{:?} sent, but {}'s node gave no record of it at the end",
+                    inj.name, inj.from
+                ));
+                "unknown".to_owned()
+            }
             (None, None) => "not sent".to_owned(),
         };
         let matrix: HashMap<String, &Value> = view["recipients"]
@@ -644,6 +655,20 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 row.objectives_met = false;
                 failed.push(w);
             }
+        }
+        // Unmet with no one in scope, it says why, rather than "NOT MET" with no reason.
+        // (`Scenario::check_roster` and `run::check_nodes` refuse an objective with no one in
+        // scope before the drill starts.)
+        if in_scope == 0 && failed.is_empty() {
+            failed.push(if i.injects[k].id.is_none() {
+                format!("inject {:?} was never sent", o.inject)
+            } else {
+                format!(
+                    "no recipient of inject {:?} in scope ({})",
+                    o.inject,
+                    o.narrowing()
+                )
+            });
         }
         objectives.push(ObjectiveResult {
             name: o.name.clone(),
@@ -1144,6 +1169,93 @@ within_s = 3.0
         assert_eq!(kaz.cells[0].answered_s, Some(1.5), "the first answer");
         assert_eq!(r.messages_lost, 0);
         assert!(!r.passed, "an unmet objective fails the drill");
+    }
+
+    /// An objective with no one in scope is unmet and says why, rather than "NOT MET"
+    /// with nothing under it; one whose inject was never sent says that.
+    #[test]
+    fn an_objective_with_no_one_in_scope_says_why_it_is_unmet() {
+        let text = format!("{SCENARIO}[[objectives]]\nname = \"nobody\"\ninject = \"check\"\nexpect = \"delivered\"\nexcept = [\"KAZ\", \"KGZ\"]\n");
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(3000), None),
+            row("KGZ", Some(1600), Some(3000), None),
+        ];
+        let checks = StoreChecks {
+            journals: vec![],
+            receipts: (1, 0),
+            receipts_unread: vec![],
+            quarantined: vec![],
+        };
+        let r = score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks);
+        let o = objective(&r, "nobody");
+        assert!(!o.met);
+        assert_eq!(o.in_scope, 0);
+        assert_eq!(
+            o.failed,
+            vec!["no recipient of inject \"check\" in scope (except KAZ, KGZ)".to_owned()]
+        );
+        assert!(report_text_has(&r, "no recipient of inject"));
+
+        let sc = Scenario::parse(&text, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
+        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
+        inputs.injects[0].id = None;
+        inputs.injects[0].sent_at_ms = None;
+        let r = score(inputs).expect("scores");
+        assert_eq!(
+            objective(&r, "delivered").failed,
+            vec!["inject \"check\" was never sent".to_owned()]
+        );
+    }
+
+    /// The report says what it knows of each inject, no more: one sent whose sender's node
+    /// gave no record of it at the end (it was down) is `unknown`, not "not sent", and the
+    /// invariant on injects says why it fails; one never sent is drawn hollow where it was
+    /// due on the HTML timeline, not as sent at that time.
+    #[test]
+    fn an_inject_is_reported_sent_only_if_it_was() {
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let r = score(one_inject(
+            &sc,
+            &roster,
+            &participants,
+            Value::Null,
+            BTreeMap::new(),
+        ))
+        .expect("scores");
+        assert_eq!(r.injects[0].state, "unknown");
+        let inv = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("invariant");
+        assert!(!inv.held);
+        assert_eq!(
+            inv.detail,
+            "0 of 1; \"check\" sent, but SEC's node gave no record of it at the end"
+        );
+        let html = crate::html::render(&r);
+        assert!(html.contains("▲<title>check sent by SEC</title>"), "sent");
+
+        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
+        inputs.injects[0].id = None;
+        inputs.injects[0].sent_at_ms = None;
+        let r = score(inputs).expect("scores");
+        assert_eq!(r.injects[0].state, "not sent");
+        let html = crate::html::render(&r);
+        assert!(!html.contains("check sent by"), "drawn as sent");
+        assert!(html.contains("△<title>check due, not sent, by SEC</title>"));
+    }
+
+    fn report_text_has(r: &Report, what: &str) -> bool {
+        summary(r).contains(what)
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             let participants = live.clients.keys().cloned().collect::<Vec<_>>();
             scenario.check_roster(&live.roster)?;
             // Faults are not injected in live mode: only the senders need a node.
-            check_nodes(&scenario, &participants, false)
+            check_nodes(&scenario, &participants, false, &live.roster)
                 .context("live mode: every sender needs an entry in the endpoints file")?;
             eprintln!(
                 "  live mode: {} nodes; operators acknowledge themselves",
@@ -292,6 +292,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut shown: HashMap<(String, String), u32> = HashMap::new();
     let mut restarts: HashMap<String, u32> = HashMap::new();
     let mut relay_restarts = 0u32;
+    // The relay is down for a fault (killed, its restart not yet due).
+    let mut relay_down = false;
     let mut down: HashSet<String> = HashSet::new();
     let mut fault_log: Vec<Value> = Vec::new();
     // How each process the harness stopped or killed ended (`report::ProcessEnd`).
@@ -320,6 +322,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Action::Inject(i) => pending_injects.push(i),
                 Action::KillRelay => {
                     kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
+                    relay_down = true;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
                 }
@@ -332,6 +335,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Action::RestoreRelay => {
                     kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
+                    relay_down = true;
                     let out = restore_relay(&opts, &sim.dep).await?;
                     let line = out.lines().next().unwrap_or_default();
                     fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
@@ -340,6 +344,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Action::StartRelay => {
                     relay_restarts += 1;
                     sim.relay = start_relay(&opts, &sim.dep, relay_restarts).await?;
+                    relay_down = false;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay restarted"}));
                     eprintln!("\n  [{at_s:>7.1}s] relay restarted");
                 }
@@ -417,7 +422,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 "category": inj.category, "subject": inj.subject, "body": inj.body,
             });
             if let Some(w) = inj.respond_within_s {
-                body["respond_within_ms"] = json!(scenario.wall(w).as_millis() as u64);
+                // At least 1 ms: a respond-by that a high compression rounds down to 0 ms
+                // is refused by the node (`Scenario::parse` refuses one of 0 s).
+                body["respond_within_ms"] = json!((scenario.wall(w).as_millis() as u64).max(1));
             }
             if let Some(r) = &inj.references {
                 // Sent: checked above.
@@ -618,23 +625,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     stop.store(true, Relaxed);
     let (checks, hooks, exits) = match sim.as_mut() {
         Some(sim) => {
-            let end = "at the drill's end";
-            for (p, n) in sim.nodes.iter_mut() {
-                let (exit, before) = n.stop(STOP_GRACE).await;
-                exits.push(report::ProcessEnd {
-                    process: format!("node {p}"),
-                    when: end.to_owned(),
-                    exit,
-                    before,
-                });
-            }
-            let (exit, before) = sim.relay.stop(STOP_GRACE).await;
-            exits.push(report::ProcessEnd {
-                process: "relay".to_owned(),
-                when: end.to_owned(),
-                exit,
-                before,
-            });
+            stop_at_end(
+                &mut sim.nodes,
+                &mut sim.relay,
+                &down,
+                relay_down,
+                &mut exits,
+            )
+            .await;
             for e in exits.iter().filter(|e| !e.exit.clean()) {
                 eprintln!(
                     "  {} {}: {}{}",
@@ -717,7 +715,7 @@ async fn setup_sim(
         }
     }
     scenario.check_roster(&dep.roster)?;
-    check_nodes(scenario, &participants, true)?;
+    check_nodes(scenario, &participants, true, &dep.roster)?;
 
     // Relay first: nodes need its address.
     let relay = start_relay(opts, &dep, 0).await?;
@@ -823,10 +821,17 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
 /// Checks, before anything is started or sent, that every inject's sender (and, with
 /// `faults`, in a drill the harness deploys, every fault's participant and every
 /// participant an objective names, which is scored only if it has a node there) is one of
-/// `nodes`, the participants the run has a node for; the error lists every one that is not.
-/// Were it checked only when due, such an inject would end the drill midway without a
-/// report, after real traffic had been sent.
-fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::Result<()> {
+/// `nodes`, the participants the run has a node for, and that every objective has a
+/// recipient in its scope (by `roster`) with a node there; the error lists every one that
+/// is not. Were it checked only when due, such an inject would end the drill midway without
+/// a report, after real traffic had been sent; and an objective whose recipients all lack a
+/// node had no one to score, so that the drill ran to `end_s` and failed it unexplained.
+fn check_nodes(
+    scenario: &Scenario,
+    nodes: &[String],
+    faults: bool,
+    roster: &hotline_proto::Roster,
+) -> anyhow::Result<()> {
     let has = |p: &str| nodes.iter().any(|n| n == p);
     let mut missing: Vec<String> = scenario
         .injects
@@ -849,6 +854,18 @@ fn check_nodes(scenario: &Scenario, nodes: &[String], faults: bool) -> anyhow::R
         for o in &scenario.objectives {
             for p in o.participants.iter().filter(|p| !has(p)) {
                 missing.push(format!("objective {:?} names {p}", o.name));
+            }
+            let Some(inj) = scenario.injects.iter().find(|i| i.name == o.inject) else {
+                continue; // `Scenario::parse` refused it.
+            };
+            let scope = o.scope(inj, roster);
+            // Named ones without a node are listed above; `check_roster` refused an empty scope.
+            if o.participants.is_empty() && !scope.is_empty() && !scope.iter().any(|p| has(p)) {
+                missing.push(format!(
+                    "objective {:?} takes in {} alone",
+                    o.name,
+                    scope.join(", ")
+                ));
             }
         }
     }
@@ -1079,6 +1096,40 @@ fn progress_line(
         shown.len(),
         nodes - down.len(),
     )
+}
+
+/// Stops the nodes, then the relay, at the drill's end, and notes in `exits` how each
+/// ended; except those a fault took down and nothing brought back (`down`, `relay_down`),
+/// whose end `exits` holds already, as the fault found it. Stopped again, such a process
+/// was noted a second time, "had already ended … at the drill's end", as if it had died
+/// by itself, and counted twice.
+async fn stop_at_end(
+    nodes: &mut BTreeMap<String, Proc>,
+    relay: &mut Proc,
+    down: &HashSet<String>,
+    relay_down: bool,
+    exits: &mut Vec<report::ProcessEnd>,
+) {
+    let end = "at the drill's end";
+    for (p, n) in nodes.iter_mut().filter(|(p, _)| !down.contains(*p)) {
+        let (exit, before) = n.stop(STOP_GRACE).await;
+        exits.push(report::ProcessEnd {
+            process: format!("node {p}"),
+            when: end.to_owned(),
+            exit,
+            before,
+        });
+    }
+    if relay_down {
+        return;
+    }
+    let (exit, before) = relay.stop(STOP_GRACE).await;
+    exits.push(report::ProcessEnd {
+        process: "relay".to_owned(),
+        when: end.to_owned(),
+        exit,
+        before,
+    });
 }
 
 /// SIGKILLs `p` (`process`: `relay`, `node KAZ`) for a fault at scenario time `at_s`, and
@@ -1465,6 +1516,124 @@ expect = "overdue_escalated"
             );
             assert_eq!(r.passed, met, "{case}: {}", report::summary(&r));
         }
+    }
+
+    /// An objective with no one in its scope is refused before anything starts, naming it
+    /// and how it narrows its inject's recipients: a group none of whom the inject
+    /// addresses, an `except` leaving out every recipient, or (in a drill the harness
+    /// deploys) recipients none of whom has a node. Such an objective could never be met:
+    /// the drill never found it decided, ran to `end_s`, and failed it with no reason given.
+    #[tokio::test]
+    async fn an_objective_with_no_one_in_scope_is_refused_before_it_starts() {
+        let objective = |narrowing: &str| {
+            format!("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\n{narrowing}\n")
+        };
+        for (text, wanted) in [
+            (
+                // The disaster-management coordinator is IRN alone.
+                referring(&objective("group = \"disaster-management\"")),
+                "scenario refs.toml: objective \"o\": no recipient of inject \"a\" is in its scope (group \"disaster-management\"; the inject addresses KAZ, by the roster, version 1): it could never be met",
+            ),
+            (
+                referring(&objective("except = [\"KAZ\"]")),
+                "scenario refs.toml: objective \"o\": no recipient of inject \"a\" is in its scope (except KAZ; the inject addresses KAZ,",
+            ),
+            (
+                referring(&objective("except = [\"KAZ\"]"))
+                    .replace("to = [\"KAZ\"]", "to = [\"KAZ\", \"UZB\"]"),
+                "scenario refs: objective \"o\" takes in UZB alone, but the drill has no node for it (its nodes: SEC, KAZ)",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let sc = Scenario::parse(&text, "refs.toml").expect("parses");
+            let e = run(sc, options(tmp.path(), None))
+                .await
+                .expect_err("refused");
+            let e = format!("{e:#}");
+            assert!(e.contains(wanted), "{wanted}: {e}");
+        }
+    }
+
+    /// A node a fault took down for good (offline to the end, or killed and restarted only
+    /// after it) is not stopped a second time at the drill's end: its end is noted once,
+    /// as the fault found it. It was noted again, "had already ended … when the drill came
+    /// to stop it at the drill's end", as if it had died by itself, and counted twice
+    /// among the node processes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_node_down_at_the_end_is_noted_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sh = |exit: u8, log: &str| {
+            let script = format!(
+                "trap 'kill $!; exit {exit}' TERM; sleep 30 >/dev/null 2>&1 & echo ready >&2; wait"
+            );
+            Proc::spawn(
+                std::path::Path::new("/bin/sh"),
+                &["-c", &script],
+                tmp.path(),
+                log,
+            )
+            .expect("spawned")
+        };
+        let ready = Duration::from_secs(10);
+        let mut nodes = BTreeMap::new();
+        for (id, exit) in [("KAZ", 0), ("MNG", 3), ("THA", 0)] {
+            let mut p = sh(exit, &format!("{id}.log"));
+            p.wait_log("ready", ready).await.expect("ready");
+            nodes.insert(id.to_owned(), p);
+        }
+        let mut relay = sh(0, "relay.log");
+        relay.wait_log("ready", ready).await.expect("ready");
+        let mut exits = Vec::new();
+        let mut down = HashSet::new();
+        // MNG goes offline to the end (and exits 3 when stopped); THA is killed to the end.
+        let mng = nodes.get_mut("MNG").expect("MNG");
+        let (exit, before) = mng.stop(STOP_GRACE).await;
+        exits.push(report::ProcessEnd {
+            process: "node MNG".into(),
+            when: "for its offline fault at 1.0 s".into(),
+            exit,
+            before,
+        });
+        down.insert("MNG".to_owned());
+        kill_for_fault(
+            nodes.get_mut("THA").expect("THA"),
+            "node THA",
+            2.0,
+            &mut exits,
+        );
+        down.insert("THA".to_owned());
+
+        stop_at_end(&mut nodes, &mut relay, &down, false, &mut exits).await;
+        let seen: Vec<(String, String, bool)> = exits
+            .iter()
+            .map(|e| (e.process.clone(), e.exit.to_string(), e.before))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("node MNG", "exit code 3", false),
+                ("node THA", "killed by a fault (SIGKILL)", false),
+                ("node KAZ", "exit code 0", false),
+                ("relay", "exit code 0", false),
+            ]
+            .map(|(p, e, b)| (p.to_owned(), e.to_owned(), b))
+            .to_vec()
+        );
+
+        // The relay killed, its restart due after the end.
+        let mut relay = sh(0, "relay-1.log");
+        relay.wait_log("ready", ready).await.expect("ready");
+        let mut exits = Vec::new();
+        kill_for_fault(&mut relay, "relay", 3.0, &mut exits);
+        stop_at_end(
+            &mut BTreeMap::new(),
+            &mut relay,
+            &HashSet::new(),
+            true,
+            &mut exits,
+        )
+        .await;
+        assert_eq!(exits.len(), 1, "{:?}", exits);
     }
 
     /// A two-node drill whose inject goes from SEC to KAZ, with `extra` appended.

@@ -6,9 +6,11 @@
 //! `time_compression` a finite number of at least [`TIME_COMPRESSION_MIN`]; `parse` refuses
 //! anything else, naming the field, faults that take one node (or the relay) down over
 //! overlapping spells, an inject or a fault due at or after `end_s` (it would never happen),
-//! and an inject naming other than exactly one audience. The participant ids and groups a
-//! scenario names are checked against the roster in force, which is known only once the
-//! drill starts, by [`Scenario::check_roster`], before anything is started or sent.
+//! an inject naming other than exactly one audience or with a `respond_within_s` of 0, and a
+//! participant listed twice. The participant ids and groups a scenario names are checked
+//! against the roster in force, which is known only once the drill starts, by
+//! [`Scenario::check_roster`], before anything is started or sent; so is each objective's
+//! scope, which must hold someone.
 
 use std::collections::BTreeMap;
 
@@ -263,6 +265,37 @@ impl Inject {
 }
 
 impl Objective {
+    /// The recipients in this objective's scope, by `roster`: those `inject` (its inject)
+    /// addresses ([`Inject::addressed`]) that it [`covers`](Objective::covers). In a drill
+    /// the harness deploys, the report scores only those of them that have a node there.
+    pub fn scope(&self, inject: &Inject, roster: &hotline_proto::Roster) -> Vec<String> {
+        inject
+            .addressed(roster)
+            .into_iter()
+            .filter(|p| self.covers(p, roster))
+            .collect()
+    }
+
+    /// How this objective narrows its inject's recipients, for errors: `group "g", except
+    /// KAZ`, or `every recipient`.
+    pub fn narrowing(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.participants.is_empty() {
+            parts.push(format!("participants {}", self.participants.join(", ")));
+        }
+        if let Some(g) = &self.group {
+            parts.push(format!("group {g:?}"));
+        }
+        if !self.except.is_empty() {
+            parts.push(format!("except {}", self.except.join(", ")));
+        }
+        if parts.is_empty() {
+            "every recipient".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Whether this objective's scope takes in `recipient`, if its inject addressed it: named
     /// by `participants` (or none named), a member of `group` (by `roster`) if one is given,
     /// and not in `except`.
@@ -327,6 +360,13 @@ impl Scenario {
         }
         s.check_times(origin)?;
         s.check_fault_overlaps(origin)?;
+        // A second node for one participant was set up on the first's files: the drill
+        // failed midway through its start ("file exists"), the relay already running.
+        for (k, p) in s.participants.iter().enumerate() {
+            if s.participants[..k].contains(p) {
+                bail!("scenario {origin}: participants: {p} is listed twice");
+            }
+        }
         let names: Vec<&str> = s.injects.iter().map(|i| i.name.as_str()).collect();
         for (i, inj) in s.injects.iter().enumerate() {
             if names[..i].contains(&inj.name.as_str()) {
@@ -351,6 +391,13 @@ impl Scenario {
             if audiences != 1 {
                 bail!(
                     "scenario {origin}: inject {:?}: give exactly one of to, group, all_members, everyone (it gives {audiences})",
+                    inj.name
+                );
+            }
+            // A respond-by of "now": the node refuses it (HTTP 400) at every attempt.
+            if inj.respond_within_s == Some(0.0) {
+                bail!(
+                    "scenario {origin}: inject {:?}: respond_within_s must be above 0 (the node refuses a respond-by time that has already come)",
                     inj.name
                 );
             }
@@ -591,7 +638,8 @@ impl Scenario {
     /// before anything starts: each `behaviour` key other than `default` is on it, each id in
     /// an inject's `to` and an objective's `except` is on it, each inject's and objective's
     /// `group` is one of its groups, and each of an objective's `participants` is on it and
-    /// addressed by the objective's inject.
+    /// addressed by the objective's inject, and each objective has someone in its scope
+    /// ([`Objective::scope`]).
     /// Left unchecked, such an id was silently dropped: a behaviour applied to nobody, an
     /// objective scored on fewer recipients than it names. The error names the scenario's
     /// file, the entry and the id.
@@ -661,6 +709,19 @@ impl Scenario {
                         o.inject
                     );
                 }
+            }
+            // No one in scope: the objective could never be met (the report has no row to
+            // score), and the drill, never finding it decided, ran to `end_s` to fail it
+            // with no shortfall named.
+            if !addressed.iter().any(|p| o.covers(p, roster)) {
+                bail!(
+                    "scenario {origin}: objective {:?}: no recipient of inject {:?} is in its scope ({}; the inject addresses {}, by the roster, version {}): it could never be met",
+                    o.name,
+                    o.inject,
+                    o.narrowing(),
+                    if addressed.is_empty() { "no one".to_owned() } else { addressed.join(", ") },
+                    roster.version
+                );
             }
         }
         Ok(())
@@ -1048,6 +1109,147 @@ within_s = @within_s@
                 "{audience}: {e}"
             );
         }
+    }
+
+    /// A participant listed twice, and an inject whose respond-by is "now", are refused
+    /// when the scenario is parsed, naming them: the first had a second node set up on the
+    /// first's files, which failed the drill midway through its start; the node refused the
+    /// second at every attempt, once the drill ran.
+    #[test]
+    fn a_participant_listed_twice_and_a_respond_by_of_now_are_refused() {
+        let text = timed("", "").replace(
+            "name = \"t\"\n",
+            "name = \"t\"\nparticipants = [\"SEC\", \"KAZ\", \"SEC\"]\n",
+        );
+        let e = Scenario::parse(&text, "t.toml")
+            .expect_err("SEC twice")
+            .to_string();
+        assert_eq!(e, "scenario t.toml: participants: SEC is listed twice");
+        let e = Scenario::parse(&timed("respond_within_s", "0.0"), "t.toml")
+            .expect_err("a respond-by of now")
+            .to_string();
+        assert!(
+            e.starts_with("scenario t.toml: inject \"a\": respond_within_s must be above 0"),
+            "{e}"
+        );
+        Scenario::parse(&timed("respond_within_s", "0.5"), "t.toml").expect("half a second");
+    }
+
+    /// Bad input in any part of a scenario is an error naming the scenario, never a panic:
+    /// each built-in scenario mutated at random (lines dropped, repeated or swapped, numbers
+    /// replaced by hostile ones, keys misspelt, strings emptied), then parsed, checked
+    /// against the roster and its times converted to wall-clock durations. The seed is
+    /// printed; `HOTLINE_SCENARIO_SEED` replays it.
+    #[test]
+    fn mutated_scenarios_are_refused_or_accepted_never_a_panic() {
+        use rand::{Rng, SeedableRng};
+        let seed = std::env::var("HOTLINE_SCENARIO_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        eprintln!("seed {seed} (HOTLINE_SCENARIO_SEED={seed} replays it)");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut draft = hotline_config::roster_file::Draft::parse(
+            CICA_ROSTER,
+            std::path::Path::new("cica-roster.toml"),
+        )
+        .expect("template");
+        for p in &mut draft.participants {
+            p.keys = vec![hotline_proto::PublicKey::of(
+                &hotline_config::keyfile::generate(),
+            )];
+        }
+        let roster = draft.to_roster(1).expect("roster");
+        const NUMBERS: [&str; 14] = [
+            "-1",
+            "-1.0",
+            "0",
+            "0.0",
+            "-0.0",
+            "1e400",
+            "-1e400",
+            "nan",
+            "inf",
+            "1e-300",
+            "18446744073709551616",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "4.5",
+        ];
+        const LINES: [&str; 6] = [
+            "bogus = 1",
+            "[[injects]]",
+            "[[faults]]\nkind = \"melt_down\"",
+            "[[objectives]]",
+            "[behaviour.XYZ]",
+            "participants = [\"KAZ\", \"XYZ\"]",
+        ];
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..2000 {
+            let (name, text) = BUILTIN[round % BUILTIN.len()];
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            for _ in 0..rng.gen_range(1..4) {
+                let n = rng.gen_range(0..lines.len());
+                match rng.gen_range(0..7) {
+                    0 => {
+                        lines.remove(n);
+                    }
+                    1 => {
+                        let l = lines[n].clone();
+                        lines.insert(n, l);
+                    }
+                    2 => {
+                        let m = rng.gen_range(0..lines.len());
+                        lines.swap(n, m);
+                    }
+                    3 | 4 => {
+                        // The value of a `key = number` line, if it is one.
+                        if let Some((k, v)) = lines[n].split_once(" = ") {
+                            if v.parse::<f64>().is_ok() {
+                                let new = NUMBERS[rng.gen_range(0..NUMBERS.len())];
+                                lines[n] = format!("{k} = {new}");
+                            }
+                        }
+                    }
+                    5 => {
+                        if let Some((k, v)) = lines[n].split_once(" = ") {
+                            lines[n] = if v.starts_with('"') {
+                                format!("{k} = \"\"")
+                            } else {
+                                format!("{k}x = {v}")
+                            };
+                        }
+                    }
+                    _ => lines.insert(n, LINES[rng.gen_range(0..LINES.len())].to_owned()),
+                }
+            }
+            let mutated = lines.join("\n");
+            let origin = format!("{name}-{round}.toml");
+            match Scenario::parse(&mutated, &origin) {
+                Ok(s) => {
+                    accepted += 1;
+                    let _ = s.check_roster(&roster);
+                    let now = std::time::Instant::now();
+                    let _ = now + s.wall(s.end_s);
+                    for i in &s.injects {
+                        let _ = now + s.wall(i.at_s) + s.wall(i.respond_within_s.unwrap_or(0.0));
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    let e = format!("{e:#}");
+                    assert!(
+                        e.starts_with(&format!("scenario {origin}")),
+                        "seed {seed}, round {round}: {e}\n{mutated}"
+                    );
+                }
+            }
+        }
+        // The mutations are neither all harmless nor all fatal.
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     /// A scenario built without `parse` gets "never" for a time out of range, not a panic.
