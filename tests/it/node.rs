@@ -3018,6 +3018,13 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     assert!(claim["reason"].as_str().unwrap().contains("TJK"), "{claim}");
     let text = kgz.cli(&["inbox", "--quarantined"]).await.unwrap();
     assert!(text.stdout.contains("UNVERIFIED"), "{}", text.stdout);
+    // The list pages as the inbox does: after the second held, the third alone.
+    let second = held[1]["digest"].as_str().unwrap();
+    let rest = kgz
+        .cli_json(&["inbox", "--quarantined", "--before", second])
+        .await
+        .unwrap();
+    assert_eq!(rest.as_array().unwrap()[..], held[2..], "{rest}");
     let status = kgz.cli_json(&["node-status"]).await.unwrap();
     assert_eq!(status["quarantined"], 3, "{status}");
     assert!(kgz

@@ -53,6 +53,69 @@ fn temporary_beside(dir: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(dir.join(tmp_name))
 }
 
+/// The writing process's id in `name` if it is that of a temporary file of
+/// [`temporary_beside`] for the file named `target`: `.TARGET.tmp.PID.HEX16`, exactly.
+fn temporary_of(name: &std::ffi::OsStr, target: &std::ffi::OsStr) -> Option<u32> {
+    let name = name.to_str()?;
+    let rest = name
+        .strip_prefix('.')?
+        .strip_prefix(target.to_str()?)?
+        .strip_prefix(".tmp.")?;
+    let (pid, random) = rest.split_once('.')?;
+    let hex16 = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    (hex16 && digits).then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes the temporary files that writes of `path` left beside it when a crash (or a
+/// power cut) ended them between the temporary file's creation and its removal: each holds
+/// what was being written, a secret key or an API token among them (mode 0600), under a
+/// hidden name no one looks at, and would stay there for good, past a rotation of that
+/// secret. One is taken for such a leftover once it is `TEMPORARY_FILE_STALE_MS` old (a
+/// write takes milliseconds), or, where `/proc` tells, once the process that wrote it has
+/// ended; a write still going on keeps its own. Best effort, as the removal after a write
+/// is: what cannot be listed or removed stays. Returns how many were removed.
+///
+/// [`write_new`] and the atomic writes do this for their file first; a program that only
+/// reads a file it once created (the node's API token) calls it at start-up.
+pub fn remove_stale_temporaries(path: &Path) -> usize {
+    let (Some(target), dir) = (path.file_name(), parent_dir(path)) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let stale_after = std::time::Duration::from_millis(crate::limits::TEMPORARY_FILE_STALE_MS);
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = temporary_of(&entry.file_name(), target) else {
+            continue;
+        };
+        // Not followed: a link named as a temporary file is itself removed, never its target.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let old = now
+            .duration_since(meta.modified().unwrap_or(now))
+            .is_ok_and(|age| age >= stale_after);
+        if (old || writer_ended(pid)) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether process `pid`, which wrote a temporary file, has surely ended: on Linux, where
+/// `/proc` lists the live processes (if it is mounted), when it is not there and is not
+/// this process. Elsewhere never: the file's age decides alone.
+fn writer_ended(pid: u32) -> bool {
+    cfg!(target_os = "linux")
+        && pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Writes `bytes` to the new file `tmp` (created with `mode`) and fsyncs it.
 fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut f = open_options(mode).open(tmp)?;
@@ -64,6 +127,7 @@ fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// writes a temporary file in the same directory (created with `mode`), fsyncs it, renames
 /// it over `path`, and fsyncs the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    remove_stale_temporaries(path);
     let dir = parent_dir(path);
     let tmp = temporary_beside(dir, path)?;
     let result = (|| {
@@ -85,6 +149,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
 /// `path` (a link, unlike a rename, refuses to replace a file created meanwhile by another
 /// process), removes the temporary name, and fsyncs the directory.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    remove_stale_temporaries(path);
     let dir = parent_dir(path);
     let tmp = temporary_beside(dir, path)?;
     let result = (|| {
@@ -169,6 +234,59 @@ mod tests {
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
         // Neither write left its temporary file.
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    /// A temporary file named as ours, beside `target` in `dir`, written `age` ago by
+    /// process `pid`, holding `secret`.
+    fn leftover(dir: &Path, target: &str, pid: u32, age: std::time::Duration) -> PathBuf {
+        let p = dir.join(format!(".{target}.tmp.{pid}.0123456789abcdef"));
+        std::fs::write(&p, b"secret").expect("write leftover");
+        let then = std::time::SystemTime::now() - age;
+        File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(then))
+            .expect("age leftover");
+        p
+    }
+
+    /// A crash between a temporary file's creation and its removal leaves it (mode 0600,
+    /// a secret inside): the next write of that file removes it, whether it replaces the
+    /// file or creates it, and leaves alone what is not such a leftover: a temporary file
+    /// of a write that may still be going on (this process's, and new), another file's,
+    /// and a name that only looks like one.
+    #[test]
+    fn a_write_removes_the_temporary_files_a_crash_left_beside_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let old = std::time::Duration::from_millis(crate::limits::TEMPORARY_FILE_STALE_MS * 2);
+        let new = std::time::Duration::ZERO;
+        for (i, write) in [
+            write_new as fn(&Path, &[u8], u32) -> io::Result<()>,
+            write_atomic,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let target = format!("f{i}");
+            let stale = leftover(d, &target, 4_000_000_000, old);
+            let live = leftover(d, &target, std::process::id(), new);
+            let other = leftover(d, "g", 4_000_000_000, old);
+            let lookalike = d.join(format!(".{target}.tmp.notes"));
+            std::fs::write(&lookalike, b"mine").expect("write");
+            // Where `/proc` tells that its writer has ended, a new one is a leftover too.
+            let orphan = leftover(d, &format!("{target}o"), 4_000_000_000, new);
+            write(&d.join(&target), b"token", 0o600).expect("write");
+            write(&d.join(format!("{target}o")), b"token", 0o600).expect("write");
+            assert!(!stale.exists(), "{} left behind", stale.display());
+            if cfg!(target_os = "linux") && Path::new("/proc/self").exists() {
+                assert!(!orphan.exists(), "{} left behind", orphan.display());
+            }
+            for kept in [&live, &other, &lookalike] {
+                assert!(kept.exists(), "{} removed", kept.display());
+            }
+            assert_eq!(std::fs::read(d.join(&target)).expect("read"), b"token");
+        }
     }
 
     /// A directory is refused as one, not by its size: read with a limit below it (a

@@ -21,7 +21,7 @@ pub mod roster_file;
 pub mod text_file;
 pub mod utc;
 
-pub use atomic_file::write_new;
+pub use atomic_file::{remove_stale_temporaries, write_new};
 pub use keyfile::{IfExists, KeyFileError};
 pub use roster_file::{Draft, DraftError, DraftGroup, DraftParticipant, RosterFileError};
 pub use text_file::{ConfigError, TextFileError};

@@ -26,6 +26,12 @@ pub const TOKEN_FILE_BYTES_MAX: usize = 4096;
 /// KiB.
 pub const TLS_PEM_FILE_BYTES_MAX: usize = 64 * 1024;
 
+/// Age after which a temporary file beside a file this crate writes (`.NAME.tmp.PID.RANDOM`)
+/// is taken for the leftover of a write that a crash ended, and removed by the next write
+/// of that file: a write takes milliseconds, so one this old belongs to no write still going
+/// on, even on a slow disk.
+pub const TEMPORARY_FILE_STALE_MS: u64 = 60_000;
+
 /// Permission bits of a secret key file on Unix: owner read and write only.
 pub const SECRET_KEY_FILE_MODE: u32 = 0o600;
 

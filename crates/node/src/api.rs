@@ -259,6 +259,12 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Params(v)),
+            // A parameter the list does not know (a typo: `?limt=5`, `?befor=ID`), which
+            // serde names (``unknown field `limt`, expected one of …``): ignored, it gave
+            // another page than the one asked for, with no sign. Logged by `log_refusals`.
+            Err(e) if e.body_text().contains("unknown field `") => {
+                Err(bad("unknown_parameter", e.body_text()))
+            }
             // Logged by `log_refusals`.
             Err(e) => Err(bad("bad_request", e.body_text())),
         }
@@ -1177,13 +1183,21 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
     })
 }
 
+/// `GET /v1/quarantine`'s query: a list's `limit`, and the delivery it continues after.
+/// Every list's query refuses a parameter it does not know ([`Params`]): `?limt=5` or
+/// `?befor=ID`, ignored, gave the first page, which read as the one asked for.
 #[derive(Deserialize)]
-struct ListQuery {
+#[serde(deny_unknown_fields)]
+struct QuarantineQuery {
     limit: Option<usize>,
+    /// The page after the delivery held under this digest, in the list's order: the last
+    /// of the page before.
+    before: Option<String>,
 }
 
 /// `GET /v1/messages`'s query: a list's `limit`, and the message it continues after.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SentQuery {
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
@@ -1193,6 +1207,7 @@ struct SentQuery {
 /// `GET /v1/inbox`'s query: a list's `limit`, the message it continues after, and whether
 /// only unacknowledged messages.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InboxQuery {
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
@@ -1214,10 +1229,25 @@ fn cursor(before: Option<&str>) -> Result<Option<MessageId>, ApiError> {
         .transpose()
 }
 
-/// A list's page, or a 404 when `before` names no message of the list (`what`).
-fn page<T>(
+/// A digest given by the client (a path's `{digest}`, the quarantine's `?before=`), or a
+/// 400 `bad_digest` naming `what` was given.
+fn digest(given: &str, what: &str) -> Result<hotline_proto::Digest, ApiError> {
+    hex::decode(given)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(hotline_proto::Digest)
+        .ok_or_else(|| {
+            bad(
+                "bad_digest",
+                format!("{what}{given:?} is not 64 hex digits"),
+            )
+        })
+}
+
+/// A list's page, or a 404 when `before` names no item of the list (`what`).
+fn page<T, C: std::fmt::Display>(
     items: Option<Vec<T>>,
-    before: Option<&MessageId>,
+    before: Option<&C>,
     what: &str,
 ) -> Result<Vec<T>, ApiError> {
     match (items, before) {
@@ -1248,15 +1278,26 @@ async fn inbox(
     Ok(Json(items.into_iter().map(inbox_item).collect()))
 }
 
-/// Deliveries held in quarantine, newest first: each one's digest, when it arrived, why it
-/// is held, and what its bytes claim (sender, id, subject…) if they decode. The claim is
-/// **unverified** (that is why it is held) and must not be shown as a message.
+/// Deliveries held in quarantine, newest first, a page at a time as the other lists: each
+/// one's digest, when it arrived, why it is held, and what its bytes claim (sender, id,
+/// subject…) if they decode. The claim is **unverified** (that is why it is held) and must
+/// not be shown as a message. Read as the other lists are, in a snapshot without the
+/// store's lock.
 async fn quarantine(
     State(state): State<St>,
-    Params(q): Params<ListQuery>,
+    Params(q): Params<QuarantineQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
-    let held = state.store().quarantined(limit).map_err(store_error)?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| digest(b, "before: "))
+        .transpose()?;
+    let held = state
+        .reader()
+        .quarantine_page(before.as_ref(), limit)
+        .map_err(store_error)?;
+    let held = page(held, before.as_ref(), "delivery held in quarantine under")?;
     Ok(Json(
         held.into_iter()
             .map(|h| {
@@ -1315,15 +1356,11 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
 /// when this node receipted it.
 async fn discard(
     State(state): State<St>,
-    Segment(digest): Segment,
+    Segment(given): Segment,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = hex::decode(&digest)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| bad("bad_digest", format!("{digest:?} is not 64 hex digits")))?;
+    let d = digest(&given, "")?;
     let officer = req.officer()?;
-    let d = hotline_proto::Digest(bytes);
     let n = state
         .store()
         .discard_quarantined(Some(&d), officer, now_ms(), 1)
@@ -2131,6 +2168,229 @@ mod tests {
         let quoted: Vec<String> = ids.iter().map(|id| format!("{id:?}")).collect();
         assert_eq!(sent, Some(quoted), "newest first");
         assert_eq!(received, Some(0));
+    }
+
+    /// GETs `path` from the API served at `base`, with the test state's token, from a
+    /// blocking thread: the status and the answer's body as JSON.
+    async fn get_json(base: &str, path: &str) -> (u16, Value) {
+        let url = format!("{base}{path}");
+        tokio::task::spawn_blocking(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(10))
+                .build();
+            let (status, body) = match agent.get(&url).set("Authorization", "Bearer token").call() {
+                Ok(r) => (r.status(), r.into_string().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                Err(e) => panic!("{url}: {e}"),
+            };
+            let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body:?}"));
+            (status, v)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A list's query parameter that the node does not know (an operator's typo) is refused,
+    /// by name: ignored, `?limt=1` gave a page of a thousand and `?befor=ID` the first page
+    /// again, which read as the next. What the CLI and the harness send is still taken.
+    #[tokio::test]
+    async fn a_list_refuses_a_query_parameter_it_does_not_know_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _server) = serve_on_loopback(router(crate::test_state(dir.path()))).await;
+        let id = "0".repeat(32);
+        for (path, name) in [
+            ("/v1/inbox?limt=5".to_owned(), "limt"),
+            (format!("/v1/inbox?unacknowledged=true&befor={id}"), "befor"),
+            (format!("/v1/messages?limit=2&befor={id}"), "befor"),
+            ("/v1/quarantine?lmit=1".to_owned(), "lmit"),
+        ] {
+            let (status, v) = get_json(&base, &path).await;
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["code"], "unknown_parameter", "{path}: {v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains(&format!("`{name}`")), "{path}: {error}");
+        }
+        for path in [
+            "/v1/inbox?limit=5&unacknowledged=true",
+            "/v1/inbox?unacknowledged=false",
+            "/v1/messages?limit=5",
+            "/v1/quarantine?limit=5",
+        ] {
+            let (status, v) = get_json(&base, path).await;
+            assert_eq!(status, 200, "{path}: {v}");
+        }
+    }
+
+    /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with
+    /// `?before=ID`: a quarantine holding more than a page listed only its newest thousand,
+    /// and an officer could see the older ones only by discarding the newer.
+    #[tokio::test]
+    async fn the_quarantines_list_pages_with_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let kgz = ParticipantId::new("KGZ").unwrap();
+        // Five deliveries held, two arriving at the same millisecond (ordered by row then).
+        for (i, at) in [10, 20, 20, 30, 40].into_iter().enumerate() {
+            let draft = Draft {
+                audience: Audience::Participants(vec![kgz.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Forgery {i}"),
+                body: String::new(),
+            };
+            let mut store = state.store();
+            let signed = store
+                .compose(
+                    &state.me,
+                    &state.key,
+                    draft,
+                    std::slice::from_ref(&kgz),
+                    1,
+                    at,
+                )
+                .unwrap()
+                .unwrap();
+            store
+                .store_deliveries(&[(signed, Err("test: not verified".into()))], at)
+                .unwrap();
+        }
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        let (status, all) = get_json(&base, "/v1/quarantine").await;
+        assert_eq!(status, 200, "{all}");
+        let all: Vec<String> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["digest"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(all.len(), 5);
+        // Paging on until a page is short lists each delivery once, in the same order.
+        let mut paged = Vec::new();
+        let mut path = "/v1/quarantine?limit=2".to_owned();
+        loop {
+            let (status, v) = get_json(&base, &path).await;
+            assert_eq!(status, 200, "{path}: {v}");
+            let got: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|q| q["digest"].as_str().unwrap().to_owned())
+                .collect();
+            paged.extend(got.iter().cloned());
+            match got.last() {
+                Some(last) if got.len() == 2 => {
+                    path = format!("/v1/quarantine?limit=2&before={last}");
+                }
+                _ => break,
+            }
+            assert!(paged.len() <= 5, "paging does not end: {paged:?}");
+        }
+        assert_eq!(paged, all);
+        // A cursor that is no digest, and one under which nothing is held, are refused.
+        let (status, v) = get_json(&base, "/v1/quarantine?before=zz").await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("bad_digest")),
+            "{v}"
+        );
+        let (status, v) =
+            get_json(&base, &format!("/v1/quarantine?before={}", "ab".repeat(32))).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("not_found")),
+            "{v}"
+        );
+    }
+
+    /// A subscriber of `/v1/events` that never reads holds neither the node nor the other
+    /// subscribers: the node's sends never wait for it, what is kept for it is bounded
+    /// (`EVENTS_BUFFER` events, and the socket's buffers), another subscriber gets every
+    /// event in order meanwhile, and when the frozen one reads again it gets a `lagged`
+    /// event counting what it missed where it missed it, never a silent gap.
+    #[tokio::test]
+    async fn a_subscriber_that_reads_nothing_holds_neither_the_node_nor_the_others() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(30);
+        // Far more than the socket buffers on both ends hold, in events of 4 KiB each.
+        const EVENTS: usize = 8 * crate::limits::EVENTS_BUFFER;
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let addr = base.trim_start_matches("http://").to_owned();
+        let subscribe = || async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(
+                b"GET /v1/events HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer token\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            // Subscribed once the head has come (docs/API.md).
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                s.read_line(&mut line).await.unwrap();
+                assert!(!line.is_empty(), "EOF in the head");
+            }
+            s
+        };
+        // The next event's `relay` (its number), or the count of a `lagged` one.
+        async fn next(s: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> (bool, usize) {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                s.read_line(&mut line).await.unwrap();
+                assert!(!line.is_empty(), "the stream ended");
+                if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    return match v["type"].as_str() {
+                        Some("lagged") => (true, v["missed"].as_u64().unwrap() as usize),
+                        _ => (false, v["relay"].as_u64().unwrap() as usize),
+                    };
+                }
+            }
+        }
+        let mut frozen = subscribe().await;
+        let mut live = subscribe().await;
+        let error = "x".repeat(4096);
+        for batch in 0..EVENTS / 256 {
+            for i in batch * 256..(batch + 1) * 256 {
+                let _ = state.events.send(crate::events::Event::RelayDown {
+                    relay: i,
+                    error: error.clone(),
+                });
+            }
+            assert!(state.events.len() <= crate::limits::EVENTS_BUFFER);
+            for i in batch * 256..(batch + 1) * 256 {
+                let got = tokio::time::timeout(WAIT, next(&mut live))
+                    .await
+                    .expect("the live subscriber is served");
+                assert_eq!(got, (false, i), "in order, none missed");
+            }
+        }
+        // The frozen one, reading at last: every event or a count of those it missed.
+        let (mut expected, mut missed) = (0, 0);
+        while expected < EVENTS {
+            match tokio::time::timeout(WAIT, next(&mut frozen)).await.unwrap() {
+                (true, n) => {
+                    missed += n;
+                    expected += n;
+                }
+                (false, i) => {
+                    assert_eq!(i, expected, "a gap without a `lagged` event");
+                    expected += 1;
+                }
+            }
+        }
+        assert_eq!(expected, EVENTS);
+        assert!(
+            missed > 0,
+            "the socket's buffers held every event: make them more"
+        );
     }
 
     /// Reads from `s` until `needle` has come, or fails at EOF; what was read.

@@ -744,8 +744,15 @@ fn load_start_roster(
 /// appears whole or not at all, and durably ([`hotline_config::write_new`]): a power cut
 /// just after a first start cannot leave an empty token file that would stop the node at
 /// every start. If another process creates the file meanwhile (two starts racing), its
-/// token is read and kept rather than replaced.
+/// token is read and kept rather than replaced. First it removes the temporary files a
+/// crash left beside the token file ([`hotline_config::remove_stale_temporaries`]): one
+/// left after the link holds the token under a hidden second name, which no later write of
+/// the file (there is none while it exists) would remove.
 pub fn ensure_token(path: &std::path::Path) -> Result<String, NodeError> {
+    let removed = hotline_config::remove_stale_temporaries(path);
+    if removed > 0 {
+        info!(file = %path.display(), removed, "removed temporary files a crash left beside the API token file");
+    }
     match hotline_config::text_file::read_token(path) {
         Ok(t) => return Ok(t),
         Err(e) if e.is_not_found() => {}
@@ -1243,6 +1250,43 @@ mod tests {
         }
         let token = ensure_token(&path).expect("the next start makes a token");
         assert_eq!(token.len(), 2 * limits::API_TOKEN_BYTES);
+        // The crash left its temporary file (hidden, mode 0600, made to hold a token): the
+        // next start removes it, the child that wrote it having ended.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("api.token")]);
+    }
+
+    /// A crash after a new token file was linked under its name, before its temporary name
+    /// was removed, leaves the token under a second, hidden name, which stays past a
+    /// rotation of the token: the next start removes it, though it has a token file to
+    /// read and writes none. A temporary file of another file stays.
+    #[test]
+    fn a_start_removes_the_temporary_file_a_crash_left_beside_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        let token = ensure_token(&path).unwrap();
+        let old = std::time::SystemTime::now()
+            - std::time::Duration::from_millis(hotline_config::limits::TEMPORARY_FILE_STALE_MS * 2);
+        let mut leftovers = Vec::new();
+        for name in [
+            ".api.token.tmp.4000000000.0123456789abcdef",
+            ".other.tmp.4000000000.0123456789abcdef",
+        ] {
+            let p = dir.path().join(name);
+            std::fs::hard_link(&path, &p).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_modified(old))
+                .unwrap();
+            leftovers.push(p);
+        }
+        assert_eq!(ensure_token(&path).unwrap(), token);
+        assert!(!leftovers[0].exists(), "the token's leftover was kept");
+        assert!(leftovers[1].exists(), "another file's was removed");
     }
 
     fn closed(code: ErrorCode, reason: &str) -> NetError {

@@ -2233,18 +2233,7 @@ impl NodeStore {
 
     /// The quarantine, newest first, at most `limit`.
     pub fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit as i64], |r| {
-            Ok(Quarantined {
-                digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
-                signed: signed_at::<Envelope>(r, 1)?,
-                reason: r.get(4)?,
-                received_at_ms: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(quarantine_page(&self.conn, None, limit)?.unwrap_or_default())
     }
 
     /// Moves quarantined deliveries that have since passed every check (`passed`: their
@@ -2897,6 +2886,48 @@ fn inbox_page(
     Ok(Some(out))
 }
 
+/// Deliveries held in quarantine, newest first (by arrival, then by row), the first `limit`
+/// of those after the one held under `before` in that order (from the newest without it).
+/// `None` if nothing is held under `before` (it may have been discarded, or released, since
+/// it was listed).
+fn quarantine_page(
+    conn: &Connection,
+    before: Option<&Digest>,
+    limit: usize,
+) -> Result<Option<Vec<Quarantined>>, StoreError> {
+    // Where the page starts: below this arrival time and row, in the list's order.
+    let (time, row) = match before {
+        None => (i64::MAX, i64::MAX),
+        Some(d) => {
+            let at = conn
+                .query_row(
+                    "SELECT received_at_ms, rowid FROM quarantine WHERE digest = ?1",
+                    [&d.0[..]],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            match at {
+                Some(at) => at,
+                None => return Ok(None),
+            }
+        }
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine \
+         WHERE received_at_ms <= ?2 AND (received_at_ms < ?2 OR rowid < ?3) \
+         ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map(params![limit as i64, time, row], |r| {
+        Ok(Quarantined {
+            digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
+            signed: signed_at::<Envelope>(r, 1)?,
+            reason: r.get(4)?,
+            received_at_ms: r.get(5)?,
+        })
+    })?;
+    Ok(Some(rows.collect::<Result<_, _>>()?))
+}
+
 /// Sent messages with their matrices, newest first (by sequence number), the first `limit`
 /// of those after sent message `before` in that order (from the newest without it). `None`
 /// if this node sent no message `before`.
@@ -3028,6 +3059,16 @@ impl NodeReader {
         // Dropped at the end, which ends the read transaction (nothing was written).
         let tx = self.conn.transaction()?;
         inbox_page(&tx, before, limit, unacknowledged)
+    }
+
+    /// [`quarantine_page`], in one snapshot.
+    pub fn quarantine_page(
+        &mut self,
+        before: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Option<Vec<Quarantined>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        quarantine_page(&tx, before, limit)
     }
 
     /// [`sent_page`], in one snapshot.

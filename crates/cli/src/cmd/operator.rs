@@ -298,14 +298,16 @@ pub(crate) struct InboxArgs {
     #[arg(long)]
     quarantined: bool,
     /// The messages older than message ID, newest first: the next page of a list the node
-    /// cut at its limit, ID being the last one it showed (the line under it says so).
-    #[arg(long, value_name = "ID", conflicts_with = "quarantined")]
+    /// cut at its limit, ID being the last one it showed (the line under it says so). With
+    /// `--quarantined`, the deliveries held before the one whose digest (all 64 digits) is
+    /// ID.
+    #[arg(long, value_name = "ID")]
     before: Option<String>,
 }
 
 pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
     if a.quarantined {
-        return quarantine(&a.api);
+        return quarantine(&a.api, a.before.as_deref());
     }
     let before = cursor(a.before.as_deref())?;
     // The node picks the unacknowledged ones from its whole inbox: filtered here from the
@@ -427,15 +429,41 @@ fn cut_note(listed: usize, what: &str, more: &str) -> String {
     format!("\n(the node lists at most {API_LIST_MAX} {what} at once: {more})")
 }
 
-/// `hotline inbox --quarantined`.
-fn quarantine(api: &ApiArgs) -> anyhow::Result<()> {
-    let v = api.client()?.get("/v1/quarantine")?;
-    print(api.json, &v, quarantine_text)
+/// `hotline inbox --quarantined [--before DIGEST]`.
+fn quarantine(api: &ApiArgs, before: Option<&str>) -> anyhow::Result<()> {
+    // Checked before it becomes part of a URL.
+    if let Some(b) = before {
+        if b.len() != 64 || !b.bytes().all(|c| c.is_ascii_hexdigit()) {
+            bail!("--before {b:?}: with --quarantined, a digest of 64 hex digits, as the line under `hotline inbox --quarantined` gives it");
+        }
+    }
+    let path = match before {
+        Some(b) => format!("/v1/quarantine?before={b}"),
+        None => "/v1/quarantine".to_owned(),
+    };
+    let v = api.client()?.get(&path)?;
+    // A node from before `?before=` on this list ignored it and listed the newest page
+    // again, the one that ended with it, which would read as the older ones.
+    if let Some(b) = before {
+        let listed = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        if listed.iter().any(|q| {
+            q["digest"]
+                .as_str()
+                .is_some_and(|d| d.eq_ignore_ascii_case(b))
+        }) {
+            bail!(
+                "the node ignored --before (it is older than this command, which lists older \
+                 quarantined deliveries only with a node of the same release): upgrade it \
+                 (OPERATIONS.md 8.2)"
+            );
+        }
+    }
+    print(api.json, &v, |v| quarantine_text(v, before))
 }
 
-/// The deliveries held in quarantine (`v`, as `GET /v1/quarantine` gives them) as `hotline
-/// inbox --quarantined` lists them.
-fn quarantine_text(v: &Value) -> String {
+/// The deliveries held in quarantine (`v`, as `GET /v1/quarantine` gives them, held before
+/// the one under digest `before` if given) as `hotline inbox --quarantined` lists them.
+fn quarantine_text(v: &Value, before: Option<&str>) -> String {
     let items = v.as_array().cloned().unwrap_or_default();
     let mut out = format!(
         "{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  REASON (the sender and subject are the bytes' claim, UNVERIFIED)",
@@ -452,13 +480,19 @@ fn quarantine_text(v: &Value) -> String {
             shown(&q["reason"], false),
         ));
     }
-    if items.is_empty() {
-        out.push_str("\n(nothing quarantined)");
+    match (items.is_empty(), before) {
+        (true, Some(d)) => out.push_str(&format!("\n(nothing quarantined before {d})")),
+        (true, None) => out.push_str("\n(nothing quarantined)"),
+        _ => {}
     }
+    let last = items
+        .last()
+        .and_then(|q| q["digest"].as_str())
+        .unwrap_or("DIGEST");
     out.push_str(&cut_note(
         items.len(),
         "held deliveries",
-        "discard these (`hotline discard`) to list older ones",
+        &format!("`hotline inbox --quarantined --before {last}` lists the next older ones"),
     ));
     out
 }
@@ -1147,9 +1181,18 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(!quarantine_text(&held(API_LIST_MAX - 1)).contains("at most"));
-        assert!(quarantine_text(&held(API_LIST_MAX))
-            .ends_with("discard these (`hotline discard`) to list older ones)"));
+        assert!(!quarantine_text(&held(API_LIST_MAX - 1), None).contains("at most"));
+        assert!(
+            quarantine_text(&held(API_LIST_MAX), None).ends_with(&format!(
+                "\n(the node lists at most 1000 held deliveries at once: `hotline inbox \
+                 --quarantined --before {:064x}` lists the next older ones)",
+                API_LIST_MAX - 1
+            )),
+            "the next page's command, with the last digest listed"
+        );
+        let d = "ab".repeat(32);
+        assert!(quarantine_text(&held(0), Some(&d))
+            .ends_with(&format!("\n(nothing quarantined before {d})")));
     }
 
     /// A node from before `?before=` lists the newest page again, the one that ended with
