@@ -561,7 +561,10 @@ impl Link<'_> {
             let store = self.state.store();
             (
                 store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()),
-                store.pending_receipts(self.idx),
+                // One more than may be in flight: the pass skips at most those in flight
+                // and writes at most the rest, so the one after tells it some are held. A
+                // backlog of thousands after a long outage is read a page at a pass.
+                store.pending_receipts(self.idx, ACKS_IN_FLIGHT + 1),
             )
         };
         let outbox = outbox.map_err(|e| NetError::Local(format!("store: {e}")))?;
