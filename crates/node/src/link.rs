@@ -554,8 +554,8 @@ async fn serve(
 }
 
 impl Link<'_> {
-    /// Writes outbox messages and pending acknowledgements not yet written on this link, the
-    /// latter while fewer than `ACKS_IN_FLIGHT` are unanswered.
+    /// Writes outbox messages and pending acknowledgements not yet written on this link,
+    /// while fewer than `OUTBOX_PAGE` and `ACKS_IN_FLIGHT` of each are unanswered.
     async fn pump(&mut self) -> Result<(), NetError> {
         let (outbox, receipts) = {
             let store = self.state.store();
@@ -571,11 +571,21 @@ impl Link<'_> {
         let receipts = receipts.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let mut buf = Vec::new();
         for m in outbox {
-            if self.sent.insert(m.id, m.seq).is_none() {
-                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
-                    m.signed,
-                ))?);
+            if self.sent.contains_key(&m.id) {
+                continue;
             }
+            // At most a page unanswered: the relay reads a page ahead while its own write
+            // waits (`OUTBOX_PAGE` says why), so the next messages follow as it answers,
+            // not a page more at every pass (each acknowledgement answered, each message
+            // composed), which after an outage put pages of up to 20 MB in flight beyond
+            // what it reads ahead.
+            if self.sent.len() >= OUTBOX_PAGE {
+                break;
+            }
+            self.sent.insert(m.id, m.seq);
+            buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
+                m.signed,
+            ))?);
         }
         self.acks_held = false;
         for r in receipts {
