@@ -3554,6 +3554,50 @@ async fn a_node_writes_at_most_a_page_of_its_outbox_unanswered() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A relay that names recipients who are not participants (a lying or broken relay): the
+/// sender's node records only those its roster lists, and never itself, so that no name the
+/// relay made up shows as a recipient never delivered, to be escalated as overdue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_records_no_recipient_its_roster_does_not_list() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KAZ"), pid("KGZ"), pid("ZZZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    let line = kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+    assert!(line.contains("recipients=1"), "{line}");
+    let line = kaz
+        .proc
+        .wait_line(&["does not list as participants", &id])
+        .await
+        .unwrap();
+    assert!(line.contains("unlisted=KAZ,ZZZ"), "{line}");
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["total"], 1, "{st}");
+    let named: Vec<&serde_json::Value> = st["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["recipient"])
+        .collect();
+    assert_eq!(named, vec!["KGZ"], "{st}");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A refusal answers one `Submit` written on the connection, as an acceptance does. One
 /// naming a message the node never sent, or one it has had its answer for, is ignored as
 /// such an acceptance is: the node's officer is not told that a message was refused that

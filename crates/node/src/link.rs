@@ -665,6 +665,26 @@ impl Link<'_> {
         })
     }
 
+    /// Takes out of `a.recipients` the names this node's roster does not list as
+    /// participants (revoked or not: a relay on an older roster may route to one revoked
+    /// since), and this node's own (a sender is never its own recipient, PROTOCOL.md 7.4);
+    /// returns them. A roster newer than this node's is installed at login (`Welcome`), and
+    /// one the relay installs later is sent as it is (`RosterUpdate`), so a recipient
+    /// dropped for this node's lag is rare, and comes back with its receipt
+    /// ([`crate::store::NodeStore::store_forwarded`]) or another relay's acceptance.
+    fn unlisted_recipients(&self, a: &mut hotline_proto::frame::Accepted) -> Vec<String> {
+        let roster = self.state.roster.borrow().clone();
+        let mut unlisted = Vec::new();
+        a.recipients.retain(|r| {
+            let listed = *r != self.state.me && roster.participant(r).is_some();
+            if !listed {
+                unlisted.push(r.to_string());
+            }
+            listed
+        });
+        unlisted
+    }
+
     /// Handles a batch of frames; returns what was refused for a retryable reason.
     async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Retries, NetError> {
         let mut retries = Retries::default();
@@ -676,7 +696,14 @@ impl Link<'_> {
             match f {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
-                RelayToNode::Accepted(a) => {
+                RelayToNode::Accepted(mut a) => {
+                    // The relay routes, but cannot name recipients who are not participants:
+                    // such a name (a relay that lies, or is broken) would show as a recipient
+                    // never delivered and be escalated as overdue. Not recorded.
+                    let unlisted = self.unlisted_recipients(&mut a);
+                    if !unlisted.is_empty() {
+                        warn!(relay = self.idx, msg = %a.id, unlisted = %unlisted.join(","), "relay's acceptance names recipients this node's roster does not list as participants, or this node itself; not recorded as recipients");
+                    }
                     // The number of the signing written on this connection, which the relay
                     // holds: after a restore the message may since have been signed again
                     // for another relay's refusal (`resequenced`), and this relay has not
