@@ -393,7 +393,7 @@ async fn serve(
             "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
         ),
         Ok(false) => {}
-        Err(e) => error!(error = %e, "cannot record the relay's sequence floor"),
+        Err(e) => error!(relay = idx, error = %e, "cannot record the relay's sequence floor"),
     }
     // A relay restored from a backup has lost what it accepted since: send it again.
     match state
@@ -408,7 +408,7 @@ async fn serve(
             messages = n,
             "the relay no longer has messages it accepted from this node (was its store restored from a backup?): submitting them again"
         ),
-        Err(e) => error!(error = %e, "cannot look for messages the relay lost"),
+        Err(e) => error!(relay = idx, error = %e, "cannot look for messages the relay lost"),
     }
     if let Some(skew) = clock_skew_ms(welcome.relay_time_ms, now_ms()) {
         warn!(
@@ -624,7 +624,7 @@ impl Link<'_> {
         let fresh = match result {
             Ok(Resequenced::Final) => return false,
             Err(e) => {
-                error!(error = %e, msg = %id, "cannot sign again a message refused for its sequence number");
+                error!(relay = self.idx, error = %e, msg = %id, "cannot sign again a message refused for its sequence number");
                 return false;
             }
             Ok(Resequenced::AlreadyFresh) => {
@@ -713,7 +713,7 @@ impl Link<'_> {
                         Err(e) => {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.
-                            error!(error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                            error!(relay = self.idx, error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
                             retries.messages.push(a.id);
                             continue;
                         }
@@ -760,7 +760,7 @@ impl Link<'_> {
                                 .rejected(self.idx, &id, r.code, &r.detail, now_ms());
                         if let Err(e) = &recorded {
                             // As for an acceptance: asked again after the pause.
-                            error!(error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
+                            error!(relay = self.idx, error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
                         }
                         if again || recorded.is_err() {
                             retries.messages.push(id);
@@ -790,7 +790,7 @@ impl Link<'_> {
                         pump |= self.receipts_sent.remove(&d) && self.acks_held;
                         error!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt; dropping it for this relay");
                         if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
-                            error!(error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
+                            error!(relay = self.idx, error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
                         }
                     }
                     _ => {
@@ -802,7 +802,7 @@ impl Link<'_> {
                     pump |= self.receipts_sent.remove(&d) && self.acks_held;
                     self.delivered_sent.remove(&d);
                     if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
-                        error!(error = %e, "cannot record a stored receipt");
+                        error!(relay = self.idx, error = %e, receipt = %d, "cannot record a stored receipt; it is offered again at the next connection");
                     }
                 }
                 RelayToNode::RosterUpdate(r) => self.state.offer_roster(&r, "relay update"),
@@ -813,7 +813,7 @@ impl Link<'_> {
                     closed = Some(NetError::closed_by_peer(e.code, &e.detail));
                     break;
                 }
-                _ => debug!("unknown frame ignored"),
+                _ => debug!(relay = self.idx, "unknown frame ignored"),
             }
         }
         let taken = async {
@@ -860,7 +860,7 @@ impl Link<'_> {
             Ok(r) => r,
             Err(e) => {
                 // Nothing stored, so nothing receipted: the relay will deliver again.
-                error!(error = %e, "cannot store delivered messages; they will be redelivered");
+                error!(relay = self.idx, error = %e, "cannot store delivered messages; they will be redelivered");
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
@@ -883,7 +883,7 @@ impl Link<'_> {
                     }
                 }
                 (_, Stored::Quarantined(reason)) => {
-                    error!(%reason, "delivered message quarantined, not shown")
+                    error!(relay = self.idx, digest = %signed.digest(), %reason, "delivered message quarantined, not shown")
                 }
                 (_, Stored::Refused(_)) => refused += 1,
                 _ => {}
@@ -910,7 +910,7 @@ impl Link<'_> {
                     self.pump().await?;
                 }
                 Err(e) => {
-                    error!(error = %e, "cannot queue acknowledgements again for messages delivered again")
+                    error!(relay = self.idx, error = %e, "cannot queue acknowledgements again for messages delivered again")
                 }
             }
         }
@@ -955,7 +955,7 @@ impl Link<'_> {
                 Ok(digests)
             }
             Err(e) => {
-                error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
+                error!(relay = self.idx, error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
                 Err(NetError::Local(format!("store: {e}")))
             }
         }
@@ -1026,7 +1026,9 @@ impl Link<'_> {
             digests.push(s.digest());
             match roster.verify_receipt(&s) {
                 Ok(v) => verified.push(v),
-                Err(e) => error!(error = %e, "forwarded receipt failed verification: ignored"),
+                Err(e) => {
+                    error!(relay = self.idx, receipt = %s.digest(), error = %e, "forwarded receipt failed verification: ignored")
+                }
             }
         }
         let fresh = match self
@@ -1036,7 +1038,7 @@ impl Link<'_> {
         {
             Ok(f) => f,
             Err(e) => {
-                error!(error = %e, "cannot store receipts; the relay will forward them again");
+                error!(relay = self.idx, error = %e, "cannot store receipts; the relay will forward them again");
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
