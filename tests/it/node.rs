@@ -3588,6 +3588,126 @@ async fn a_sender_believes_no_receipt_a_forging_relay_forwards() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A node writes at most a page of its outbox (`OUTBOX_PAGE`, 256) unanswered, the rest as
+/// the relay answers: what the relay reads ahead while its own write waits is a page, and
+/// after an outage a page of the largest messages is 20 MB. (Each pass wrote a page more,
+/// whatever was answered: each message composed, each acknowledgement answered.) KAZ
+/// composes 300 messages to an impostor that answers none of them; once it answers the
+/// first, and then forwards a receipt that KAZ confirms (`ReceiptsStored`, written after
+/// whatever that pass wrote), KAZ has written 257.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_writes_at_most_a_page_of_its_outbox_unanswered() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+    use hotline_proto::{Receipt, ReceiptKind};
+
+    const COMPOSED: usize = 300;
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let client = kaz.client();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..COMPOSED {
+            let body = json!({"to": ["KGZ"], "subject": format!("outbox {i}")});
+            client.post("/v1/messages", &body).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let mut written = Vec::new();
+    while written.len() < 256 {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            written.push(s.decode_unverified().unwrap());
+        }
+    }
+    let first = written.iter().min_by_key(|e| e.seq.0).unwrap().id;
+    let bogus = Signed::sign(
+        &Receipt {
+            version: hotline_proto::PROTOCOL_VERSION,
+            recipient: pid("KGZ"),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: now_ms(),
+            items: vec![hotline_proto::ReceiptItem {
+                id: first,
+                sender: pid("KAZ"),
+                digest: hotline_proto::Digest([7; 32]),
+            }],
+        },
+        &SigningKey::from_bytes(&[9; 32]),
+    )
+    .unwrap();
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: first,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc
+        .wait_line(&["INFO accepted", &first.to_string()])
+        .await
+        .unwrap();
+    relay.send(&[RelayToNode::Receipt(bogus)]).await.unwrap();
+    loop {
+        match relay.next().await.unwrap() {
+            NodeToRelay::Submit(s) => written.push(s.decode_unverified().unwrap()),
+            NodeToRelay::ReceiptsStored(_) => break,
+            _ => {}
+        }
+    }
+    let ids: std::collections::HashSet<_> = written.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), written.len(), "none written twice");
+    assert_eq!(
+        written.len(),
+        257,
+        "a page unanswered, then one for the one answered"
+    );
+    relay.conn.close(0u32.into(), b"test done");
+}
+
+/// A relay that names recipients who are not participants (a lying or broken relay): the
+/// sender's node records only those its roster lists, and never itself, so that no name the
+/// relay made up shows as a recipient never delivered, to be escalated as overdue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_records_no_recipient_its_roster_does_not_list() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KAZ"), pid("KGZ"), pid("ZZZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    let line = kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+    assert!(line.contains("recipients=1"), "{line}");
+    let line = kaz
+        .proc
+        .wait_line(&["does not list as participants", &id])
+        .await
+        .unwrap();
+    assert!(line.contains("unlisted=KAZ,ZZZ"), "{line}");
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["total"], 1, "{st}");
+    let named: Vec<&serde_json::Value> = st["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["recipient"])
+        .collect();
+    assert_eq!(named, vec!["KGZ"], "{st}");
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A refusal answers one `Submit` written on the connection, as an acceptance does. One
 /// naming a message the node never sent, or one it has had its answer for, is ignored as
 /// such an acceptance is: the node's officer is not told that a message was refused that

@@ -89,7 +89,12 @@ const _: () = assert!(PAGING_INTERVAL_MIN_MS > DEADLINE_TICK_MS);
 /// Received messages examined for re-paging in one tick; more wait for the next tick.
 pub const PAGES_PER_TICK_MAX: usize = 256;
 
-/// Outbox items sent per relay per pass (the rest follow as answers arrive).
+/// Outbox messages written to a relay and not yet answered, at most (a page); the rest
+/// follow as answers arrive. The relay reads at most a page of frames (up to 24 MiB) ahead
+/// while its own write to this node waits: a page of the largest messages (about 20 MB)
+/// fits, and a link that wrote a page more at every pass (each answer to an
+/// acknowledgement, each message composed) could fill that and the stream window while the
+/// relay wrote a backlog, each side's write then waiting on the other's.
 pub const OUTBOX_PAGE: usize = 256;
 
 /// Acknowledgements written to a relay and not yet answered, at most; the rest follow as

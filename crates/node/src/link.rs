@@ -393,7 +393,7 @@ async fn serve(
             "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
         ),
         Ok(false) => {}
-        Err(e) => error!(error = %e, "cannot record the relay's sequence floor"),
+        Err(e) => error!(relay = idx, error = %e, "cannot record the relay's sequence floor"),
     }
     // A relay restored from a backup has lost what it accepted since: send it again.
     match state
@@ -408,7 +408,7 @@ async fn serve(
             messages = n,
             "the relay no longer has messages it accepted from this node (was its store restored from a backup?): submitting them again"
         ),
-        Err(e) => error!(error = %e, "cannot look for messages the relay lost"),
+        Err(e) => error!(relay = idx, error = %e, "cannot look for messages the relay lost"),
     }
     if let Some(skew) = clock_skew_ms(welcome.relay_time_ms, now_ms()) {
         warn!(
@@ -554,25 +554,38 @@ async fn serve(
 }
 
 impl Link<'_> {
-    /// Writes outbox messages and pending acknowledgements not yet written on this link, the
-    /// latter while fewer than `ACKS_IN_FLIGHT` are unanswered.
+    /// Writes outbox messages and pending acknowledgements not yet written on this link,
+    /// while fewer than `OUTBOX_PAGE` and `ACKS_IN_FLIGHT` of each are unanswered.
     async fn pump(&mut self) -> Result<(), NetError> {
         let (outbox, receipts) = {
             let store = self.state.store();
             (
                 store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()),
-                store.pending_receipts(self.idx),
+                // One more than may be in flight: the pass skips at most those in flight
+                // and writes at most the rest, so the one after tells it some are held. A
+                // backlog of thousands after a long outage is read a page at a pass.
+                store.pending_receipts(self.idx, ACKS_IN_FLIGHT + 1),
             )
         };
         let outbox = outbox.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let receipts = receipts.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let mut buf = Vec::new();
         for m in outbox {
-            if self.sent.insert(m.id, m.seq).is_none() {
-                buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
-                    m.signed,
-                ))?);
+            if self.sent.contains_key(&m.id) {
+                continue;
             }
+            // At most a page unanswered: the relay reads a page ahead while its own write
+            // waits (`OUTBOX_PAGE` says why), so the next messages follow as it answers,
+            // not a page more at every pass (each acknowledgement answered, each message
+            // composed), which after an outage put pages of up to 20 MB in flight beyond
+            // what it reads ahead.
+            if self.sent.len() >= OUTBOX_PAGE {
+                break;
+            }
+            self.sent.insert(m.id, m.seq);
+            buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
+                m.signed,
+            ))?);
         }
         self.acks_held = false;
         for r in receipts {
@@ -611,7 +624,7 @@ impl Link<'_> {
         let fresh = match result {
             Ok(Resequenced::Final) => return false,
             Err(e) => {
-                error!(error = %e, msg = %id, "cannot sign again a message refused for its sequence number");
+                error!(relay = self.idx, error = %e, msg = %id, "cannot sign again a message refused for its sequence number");
                 return false;
             }
             Ok(Resequenced::AlreadyFresh) => {
@@ -652,6 +665,26 @@ impl Link<'_> {
         })
     }
 
+    /// Takes out of `a.recipients` the names this node's roster does not list as
+    /// participants (revoked or not: a relay on an older roster may route to one revoked
+    /// since), and this node's own (a sender is never its own recipient, PROTOCOL.md 7.4);
+    /// returns them. A roster newer than this node's is installed at login (`Welcome`), and
+    /// one the relay installs later is sent as it is (`RosterUpdate`), so a recipient
+    /// dropped for this node's lag is rare, and comes back with its receipt
+    /// ([`crate::store::NodeStore::store_forwarded`]) or another relay's acceptance.
+    fn unlisted_recipients(&self, a: &mut hotline_proto::frame::Accepted) -> Vec<String> {
+        let roster = self.state.roster.borrow().clone();
+        let mut unlisted = Vec::new();
+        a.recipients.retain(|r| {
+            let listed = *r != self.state.me && roster.participant(r).is_some();
+            if !listed {
+                unlisted.push(r.to_string());
+            }
+            listed
+        });
+        unlisted
+    }
+
     /// Handles a batch of frames; returns what was refused for a retryable reason.
     async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Retries, NetError> {
         let mut retries = Retries::default();
@@ -663,7 +696,14 @@ impl Link<'_> {
             match f {
                 RelayToNode::Deliver(s) => deliveries.push(s),
                 RelayToNode::Receipt(s) => receipts.push(s),
-                RelayToNode::Accepted(a) => {
+                RelayToNode::Accepted(mut a) => {
+                    // The relay routes, but cannot name recipients who are not participants:
+                    // such a name (a relay that lies, or is broken) would show as a recipient
+                    // never delivered and be escalated as overdue. Not recorded.
+                    let unlisted = self.unlisted_recipients(&mut a);
+                    if !unlisted.is_empty() {
+                        warn!(relay = self.idx, msg = %a.id, unlisted = %unlisted.join(","), "relay's acceptance names recipients this node's roster does not list as participants, or this node itself; not recorded as recipients");
+                    }
                     // The number of the signing written on this connection, which the relay
                     // holds: after a restore the message may since have been signed again
                     // for another relay's refusal (`resequenced`), and this relay has not
@@ -673,7 +713,7 @@ impl Link<'_> {
                         Err(e) => {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.
-                            error!(error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                            error!(relay = self.idx, error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
                             retries.messages.push(a.id);
                             continue;
                         }
@@ -720,7 +760,7 @@ impl Link<'_> {
                                 .rejected(self.idx, &id, r.code, &r.detail, now_ms());
                         if let Err(e) = &recorded {
                             // As for an acceptance: asked again after the pause.
-                            error!(error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
+                            error!(relay = self.idx, error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
                         }
                         if again || recorded.is_err() {
                             retries.messages.push(id);
@@ -750,7 +790,7 @@ impl Link<'_> {
                         pump |= self.receipts_sent.remove(&d) && self.acks_held;
                         error!(relay = self.idx, receipt = %d, code = ?r.code, detail = ?r.detail, "relay refused a receipt; dropping it for this relay");
                         if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
-                            error!(error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
+                            error!(relay = self.idx, error = %e, receipt = %d, "cannot record a refused receipt; it is offered again at the next connection");
                         }
                     }
                     _ => {
@@ -762,7 +802,7 @@ impl Link<'_> {
                     pump |= self.receipts_sent.remove(&d) && self.acks_held;
                     self.delivered_sent.remove(&d);
                     if let Err(e) = self.state.store().receipt_stored(self.idx, &d) {
-                        error!(error = %e, "cannot record a stored receipt");
+                        error!(relay = self.idx, error = %e, receipt = %d, "cannot record a stored receipt; it is offered again at the next connection");
                     }
                 }
                 RelayToNode::RosterUpdate(r) => self.state.offer_roster(&r, "relay update"),
@@ -773,7 +813,7 @@ impl Link<'_> {
                     closed = Some(NetError::closed_by_peer(e.code, &e.detail));
                     break;
                 }
-                _ => debug!("unknown frame ignored"),
+                _ => debug!(relay = self.idx, "unknown frame ignored"),
             }
         }
         let taken = async {
@@ -820,7 +860,7 @@ impl Link<'_> {
             Ok(r) => r,
             Err(e) => {
                 // Nothing stored, so nothing receipted: the relay will deliver again.
-                error!(error = %e, "cannot store delivered messages; they will be redelivered");
+                error!(relay = self.idx, error = %e, "cannot store delivered messages; they will be redelivered");
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
@@ -843,7 +883,7 @@ impl Link<'_> {
                     }
                 }
                 (_, Stored::Quarantined(reason)) => {
-                    error!(%reason, "delivered message quarantined, not shown")
+                    error!(relay = self.idx, digest = %signed.digest(), %reason, "delivered message quarantined, not shown")
                 }
                 (_, Stored::Refused(_)) => refused += 1,
                 _ => {}
@@ -870,7 +910,7 @@ impl Link<'_> {
                     self.pump().await?;
                 }
                 Err(e) => {
-                    error!(error = %e, "cannot queue acknowledgements again for messages delivered again")
+                    error!(relay = self.idx, error = %e, "cannot queue acknowledgements again for messages delivered again")
                 }
             }
         }
@@ -915,7 +955,7 @@ impl Link<'_> {
                 Ok(digests)
             }
             Err(e) => {
-                error!(error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
+                error!(relay = self.idx, error = %e, "cannot sign a delivered receipt; the relay will deliver those messages again");
                 Err(NetError::Local(format!("store: {e}")))
             }
         }
@@ -990,7 +1030,7 @@ impl Link<'_> {
                 Ok(v) => verified.push(v),
                 Err(e) => match lagging(&e).then(|| s.decode_unverified()) {
                     Some(Ok(claim)) => {
-                        warn!(error = %e, receipt = %d, by = %claim.recipient, roster = roster.version, "forwarded receipt failed verification against this roster, which may lag the relay's: held if it names a message of this node's, and checked again at each newer roster");
+                        warn!(relay = self.idx, error = %e, receipt = %d, by = %claim.recipient, roster = roster.version, "forwarded receipt failed verification against this roster, which may lag the relay's: held if it names a message of this node's, and checked again at each newer roster");
                         unverified.push(crate::store::Unverified {
                             signed: s,
                             claim,
@@ -998,7 +1038,7 @@ impl Link<'_> {
                         });
                     }
                     _ => {
-                        error!(error = %e, receipt = %d, "forwarded receipt failed verification: ignored")
+                        error!(relay = self.idx, error = %e, receipt = %d, "forwarded receipt failed verification: ignored")
                     }
                 },
             }
@@ -1010,7 +1050,7 @@ impl Link<'_> {
         let (fresh, held) = match stored {
             Ok(f) => f,
             Err(e) => {
-                error!(error = %e, "cannot store receipts; the relay will forward them again");
+                error!(relay = self.idx, error = %e, "cannot store receipts; the relay will forward them again");
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };

@@ -265,6 +265,9 @@ CREATE TABLE IF NOT EXISTS signings (
 ) WITHOUT ROWID;
 ";
 
+/// A relay's pending acknowledgements, a page of them (`NodeStore::pending_receipts`).
+const PENDING_RECEIPTS_SQL: &str = "SELECT r.bytes, r.key, r.sig FROM receipts_pending p JOIN receipts_out r ON r.digest = p.digest WHERE p.relay = ?1 ORDER BY p.digest LIMIT ?2";
+
 /// Refuses a store written by a newer node, whose schema (`PRAGMA user_version`) is above
 /// [`SCHEMA_VERSION`], as [`StoreError::NewerSchema`] (not `Corrupt`: the store is good, for
 /// the node that wrote it). It only reads, so it serves a backup opened read-only too
@@ -2490,12 +2493,19 @@ impl NodeStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Acknowledgement receipts still to be stored by `relay`.
-    pub fn pending_receipts(&self, relay: usize) -> Result<Vec<Signed<Receipt>>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT r.bytes, r.key, r.sig FROM receipts_pending p JOIN receipts_out r ON r.digest = p.digest WHERE p.relay = ?1",
-        )?;
-        let rows = st.query_map([relay as i64], |r| signed_at(r, 0))?;
+    /// Acknowledgement receipts still to be stored by `relay`: the first `limit` of them in
+    /// the order of their digests (the table's key), so that a link reads what it can write
+    /// and not, at every pass, a backlog of thousands left by a long outage. A receipt stays
+    /// in the table until the relay answers it, so the ones after those read come first at a
+    /// later pass.
+    pub fn pending_receipts(
+        &self,
+        relay: usize,
+        limit: usize,
+    ) -> Result<Vec<Signed<Receipt>>, StoreError> {
+        let mut st = self.conn.prepare_cached(PENDING_RECEIPTS_SQL)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![relay as i64, limit], |r| signed_at(r, 0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -4656,6 +4666,68 @@ mod tests {
         assert_eq!(rows, want);
     }
 
+    /// A backlog of acknowledgements to send (a long outage): each pass of a link reads a
+    /// page of them, not all, in one order, and one answered leaves room for the next, so
+    /// every one is offered in turn. The query reads the table's key in order, without
+    /// sorting the backlog.
+    #[test]
+    fn pending_acknowledgements_are_read_a_page_at_a_time_in_one_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, key) = (pid("KGZ"), SigningKey::from_bytes(&[3; 32]));
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let received: Vec<_> = (1..=40)
+            .map(|seq| {
+                let s = Signed::sign(&envelope(seq, Precedence::Routine), &kaz).unwrap();
+                let env = s.decode_unverified().unwrap();
+                (s, Ok(env))
+            })
+            .collect();
+        store.store_deliveries(&received, NOW).unwrap();
+        for (_, env) in &received {
+            let id = env.as_ref().unwrap().id;
+            store
+                .acknowledge(&me, &key, &id, "Duty officer", None, 1, NOW)
+                .unwrap()
+                .unwrap();
+        }
+        let all = store.pending_receipts(0, usize::MAX).unwrap();
+        assert_eq!(all.len(), 40);
+        let digests = |rs: &[Signed<Receipt>]| rs.iter().map(|r| r.digest()).collect::<Vec<_>>();
+        let mut sorted = digests(&all);
+        sorted.sort_by_key(|d| d.0);
+        assert_eq!(digests(&all), sorted, "in the order of their digests");
+
+        // Pages of 16, each answered before the next is read: every one once, in order.
+        let mut seen = Vec::new();
+        loop {
+            let page = store.pending_receipts(0, 16).unwrap();
+            assert!(page.len() <= 16, "{}", page.len());
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                store.receipt_stored(0, &r.digest()).unwrap();
+            }
+            seen.extend(digests(&page));
+        }
+        assert_eq!(seen, sorted);
+
+        // Read by the key, stopping at the limit: no sort of the whole backlog first.
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PENDING_RECEIPTS_SQL}"))
+            .unwrap()
+            .query_map(params![0, 16], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().all(|step| !step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
+
     /// A message delivered again after this node acknowledged it: its acknowledgement goes
     /// back into that relay's queue, once; also in a store from before `acks_out`.
     #[test]
@@ -4684,9 +4756,12 @@ mod tests {
         }
         let ids = [acked.1.id, other.1.id];
         assert_eq!(store.reoffer_acks(0, &ids).unwrap(), 1);
-        assert_eq!(store.pending_receipts(0).unwrap(), vec![ack.clone()]);
+        assert_eq!(
+            store.pending_receipts(0, usize::MAX).unwrap(),
+            vec![ack.clone()]
+        );
         assert!(
-            store.pending_receipts(1).unwrap().is_empty(),
+            store.pending_receipts(1, usize::MAX).unwrap().is_empty(),
             "that relay only"
         );
         assert_eq!(store.reoffer_acks(0, &ids).unwrap(), 0, "already queued");
@@ -4697,7 +4772,7 @@ mod tests {
         drop(store);
         let mut store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(store.reoffer_acks(1, &ids).unwrap(), 1);
-        assert_eq!(store.pending_receipts(1).unwrap(), vec![ack]);
+        assert_eq!(store.pending_receipts(1, usize::MAX).unwrap(), vec![ack]);
     }
 
     #[test]
