@@ -1,6 +1,6 @@
 //! `hotline audit verify`: check a relay's or a node's hash-chained audit journal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -31,16 +31,38 @@ pub(crate) fn store_file(data: PathBuf) -> anyhow::Result<PathBuf> {
              node's /var/lib/hotline-node)",
             data.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("{}", data.display())),
+        Err(e) => return Err(out_of_reach(&data, &e)),
     };
     if !meta.is_dir() {
         return Ok(data);
     }
-    DB_FILES
-        .iter()
-        .map(|f| data.join(f))
-        .find(|p| p.exists())
-        .with_context(|| format!("{}: no relay.db or node.db here", data.display()))
+    for p in DB_FILES.iter().map(|f| data.join(f)) {
+        if exists(&p)? {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("{}: no relay.db or node.db here", data.display())
+}
+
+/// Whether `path` exists. One this user may not look at is an error naming it and saying
+/// who may, not a missing file: a service's data directory is its account's alone (the
+/// package's are `hotline`'s, mode 0700), and "no store here" would send an operator
+/// looking for a store that is there.
+pub(crate) fn exists(path: &Path) -> anyhow::Result<bool> {
+    path.try_exists().map_err(|e| out_of_reach(path, &e))
+}
+
+/// The error for `path`, which this user could not look at (`e`).
+fn out_of_reach(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "{}: {e}: a service's data directory is readable by its account only: run this as \
+             that account (sudo -u hotline …) or as root",
+            path.display()
+        )
+    } else {
+        anyhow::anyhow!("{}: {e}", path.display())
+    }
 }
 
 pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {

@@ -179,7 +179,7 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
             tracing::warn!(error = %e, "the relay's roster was not read: --to is not checked against it")
         }
     }
-    if !config.data_dir.join(hotline_relay::store::DB_FILE).exists() {
+    if !super::audit::exists(&config.data_dir.join(hotline_relay::store::DB_FILE))? {
         anyhow::bail!(
             "{}: no relay store here (has the relay run?)",
             config.data_dir.display()
@@ -267,7 +267,7 @@ fn report(
         .transpose()?;
     let config = RelayConfig::load(config)?;
     let db = config.data_dir.join(hotline_relay::store::DB_FILE);
-    if !db.exists() {
+    if !super::audit::exists(&db)? {
         anyhow::bail!("{}: no relay store here (has the relay run?)", db.display());
     }
     let conn = hotline_store::open_read_only(&db)?;

@@ -172,3 +172,54 @@ fn a_report_cut_by_the_limit_says_so() {
     );
     assert!(String::from_utf8_lossy(&all.stderr).is_empty(), "{all:?}");
 }
+
+/// The commands that read a relay's store, run by a user who may not look into its data
+/// directory (the package's is the service account's alone, mode 0700; OPERATIONS.md says
+/// to run them with `sudo -u hotline`), say so, naming the directory: they answered that
+/// there was no store there (`no relay store here (has the relay run?)`, `no relay.db or
+/// node.db here`), which sends an operator looking for a lost store.
+#[test]
+fn a_store_out_of_reach_is_not_called_missing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    relay(d);
+    let data = d.join("relay-data");
+    let data_arg = data.to_str().expect("UTF-8");
+    for args in [
+        vec!["relay", "report", "-c", "relay.toml"],
+        vec![
+            "relay",
+            "redeliver",
+            "-c",
+            "relay.toml",
+            "--to",
+            "KAZ",
+            "--since",
+            "2025-01-01T00:00:00Z",
+        ],
+        vec!["audit", "verify", "--data", data_arg],
+        vec![
+            "backup",
+            "--data",
+            data_arg,
+            "--out",
+            "/nonexistent/copy.db",
+        ],
+    ] {
+        let out = super::operator::hotline_locked_out(d, &data, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("no relay store here") && !stderr.contains("no relay.db or node.db"),
+            "{args:?}: the store is there: {stderr}"
+        );
+        assert!(
+            stderr.contains("relay-data")
+                && stderr.contains("Permission denied")
+                && stderr.contains("sudo -u hotline"),
+            "{args:?}: says why and what to do: {stderr}"
+        );
+    }
+}
