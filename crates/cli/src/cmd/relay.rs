@@ -352,7 +352,15 @@ fn report(
     let headline = if cut {
         more
     } else {
-        format!("{} message(s) accepted in the last {hours} h", all.len())
+        let which = if overdue_only {
+            " with an overdue recipient, of those"
+        } else {
+            ""
+        };
+        format!(
+            "{} message(s){which} accepted in the last {hours} h",
+            all.len()
+        )
     };
     let mut out = format!(
         "{headline} (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",

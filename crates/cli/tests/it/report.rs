@@ -117,6 +117,16 @@ fn overdue_messages_are_found_behind_the_limit() {
         .filter_map(|m| m["id"].as_str())
         .collect();
     assert_eq!(ids, [overdue.to_string()], "{shown:#}");
+    // The table's first line counts what it lists, as such: it said "1 message(s) accepted
+    // in the last 24 h" of a relay that had accepted three, one of them overdue.
+    let out = hotline(d, &["relay", "report", "-c", "relay.toml", "--overdue"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "1 message(s) with an overdue recipient, of those accepted in the last 24 h"
+        ),
+        "{stdout}"
+    );
 }
 
 /// A report cut short by `--limit` says so, in its table and (on standard error) beside its
