@@ -78,6 +78,41 @@ fn undecodable(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// The messages accepted at or after `since_ms` (at most `limit`, the newest), newest
 /// first, each with its recipients' delivered and acknowledged times.
 pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Tracked>, StoreError> {
+    let mut out = period(conn, since_ms, limit, |_| true)?;
+    add_receipts(conn, &mut out)?;
+    add_answers(conn, &mut out)?;
+    Ok(out)
+}
+
+/// The messages accepted at or after `since_ms` that have a recipient overdue at `now_ms`
+/// ([`Tracked::overdue`]): at most `limit`, the newest, newest first, as [`track`] gives
+/// them. The limit counts overdue messages, not all the period's: an overdue message behind
+/// `limit` newer ones that are not overdue is found (a script paging the Secretariat on
+/// overdue messages must not be told there are none). Only messages whose respond-by time
+/// has passed are read with their receipts, so the cost follows those.
+pub fn track_overdue(
+    conn: &Connection,
+    since_ms: u64,
+    limit: usize,
+    now_ms: u64,
+) -> Result<Vec<Tracked>, StoreError> {
+    let due = |e: &Envelope| e.respond_by_ms.is_some_and(|by| by <= now_ms);
+    let mut out = period(conn, since_ms, usize::MAX, due)?;
+    add_receipts(conn, &mut out)?;
+    out.retain(|t| t.overdue(now_ms).next().is_some());
+    out.truncate(limit);
+    add_answers(conn, &mut out)?;
+    Ok(out)
+}
+
+/// The messages accepted at or after `since_ms` for which `keep` holds, at most `limit`,
+/// newest first, nobody's receipt read yet.
+fn period(
+    conn: &Connection,
+    since_ms: u64,
+    limit: usize,
+    keep: impl Fn(&Envelope) -> bool,
+) -> Result<Vec<Tracked>, StoreError> {
     let mut out: Vec<Tracked> = Vec::new();
     {
         let mut st = conn
@@ -97,11 +132,12 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
             if accepted_at_ms < since_ms {
                 continue;
             }
-            out.push(tracked(r)?);
+            let t = tracked(r)?;
+            if keep(&t.envelope) {
+                out.push(t);
+            }
         }
     }
-    add_receipts(conn, &mut out)?;
-    add_answers(conn, &mut out)?;
     Ok(out)
 }
 

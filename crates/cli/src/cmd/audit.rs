@@ -1,6 +1,6 @@
 //! `hotline audit verify`: check a relay's or a node's hash-chained audit journal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -31,16 +31,62 @@ pub(crate) fn store_file(data: PathBuf) -> anyhow::Result<PathBuf> {
              node's /var/lib/hotline-node)",
             data.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("{}", data.display())),
+        Err(e) => return Err(out_of_reach(&data, &e)),
     };
     if !meta.is_dir() {
         return Ok(data);
     }
-    DB_FILES
-        .iter()
-        .map(|f| data.join(f))
-        .find(|p| p.exists())
-        .with_context(|| format!("{}: no relay.db or node.db here", data.display()))
+    for p in DB_FILES.iter().map(|f| data.join(f)) {
+        if exists(&p)? {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("{}: no relay.db or node.db here", data.display())
+}
+
+/// Whether `db` is a relay's store (`true`) or a node's (`false`), read-only. Anything else
+/// (a configuration given by mistake, an empty file, another program's database) is refused
+/// naming it, before a command opens it for writing (`hotline backup`'s open set an empty
+/// file up as a database) or reports its missing journal as `no such table: journal`.
+pub(crate) fn store_kind(db: &Path) -> anyhow::Result<bool> {
+    let unreadable = || format!("{}: cannot read it as a store", db.display());
+    let conn = hotline_store::open_read_only(db).with_context(unreadable)?;
+    if hotline_relay::store::is_relay_store(&conn).with_context(unreadable)? {
+        return Ok(true);
+    }
+    let node = conn
+        .prepare("SELECT 1 FROM inbox LIMIT 0")
+        .and_then(|_| conn.prepare("SELECT 1 FROM journal LIMIT 0"))
+        .is_ok();
+    if !node {
+        anyhow::bail!(
+            "{}: neither a relay's nor a node's store (give the data directory, or its \
+             relay.db or node.db, or a copy `hotline backup` wrote)",
+            db.display()
+        );
+    }
+    Ok(false)
+}
+
+/// Whether `path` exists. One this user may not look at is an error naming it and saying
+/// who may, not a missing file: a service's data directory is its account's alone (the
+/// package's are `hotline`'s, mode 0700), and "no store here" would send an operator
+/// looking for a store that is there.
+pub(crate) fn exists(path: &Path) -> anyhow::Result<bool> {
+    path.try_exists().map_err(|e| out_of_reach(path, &e))
+}
+
+/// The error for `path`, which this user could not look at (`e`).
+fn out_of_reach(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "{}: {e}: a service's data directory is readable by its account only: run this as \
+             that account (sudo -u hotline …) or as root",
+            path.display()
+        )
+    } else {
+        anyhow::anyhow!("{}: {e}", path.display())
+    }
 }
 
 pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
@@ -53,7 +99,7 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             hotline_store::quick_check(&conn, &db)?;
             // A newer release's store may hold records this one cannot read: said so, not
             // reported as a journal or record that does not verify.
-            let relay = hotline_relay::store::is_relay_store(&conn)?;
+            let relay = store_kind(&db)?;
             if relay {
                 hotline_relay::store::check_schema_version(&conn, &db)?;
             } else {

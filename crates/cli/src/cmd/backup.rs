@@ -30,6 +30,8 @@ pub(crate) struct BackupArgs {
 
 pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
     let db = super::audit::store_file(args.data)?;
+    // Checked read-only first: the copy opens its source for writing.
+    super::audit::store_kind(&db)?;
     let store = db
         .file_stem()
         .and_then(|s| s.to_str())

@@ -49,9 +49,10 @@ enum RelayCommand {
         /// The period: messages accepted in the last this many hours.
         #[arg(long, default_value_t = 24)]
         hours: u64,
-        /// At most this many messages, the newest.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
+        /// At most this many messages, the newest (with `--overdue`, of those with an
+        /// overdue recipient). A report cut short by it says so.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
         /// One message, recipient by recipient.
         #[arg(long, conflicts_with = "overdue")]
         id: Option<String>,
@@ -117,7 +118,14 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
                 json,
             }),
             _,
-        ) => report(&config, hours, limit, id.as_deref(), overdue, json),
+        ) => report(
+            &config,
+            hours,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+            id.as_deref(),
+            overdue,
+            json,
+        ),
         (Some(RelayCommand::Redeliver { config, to, since }), _) => redeliver(&config, &to, &since),
         (None, Some(config)) => serve(config, args.stop_when_stdin_closes),
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
@@ -171,7 +179,7 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
             tracing::warn!(error = %e, "the relay's roster was not read: --to is not checked against it")
         }
     }
-    if !config.data_dir.join(hotline_relay::store::DB_FILE).exists() {
+    if !super::audit::exists(&config.data_dir.join(hotline_relay::store::DB_FILE))? {
         anyhow::bail!(
             "{}: no relay store here (has the relay run?)",
             config.data_dir.display()
@@ -259,7 +267,7 @@ fn report(
         .transpose()?;
     let config = RelayConfig::load(config)?;
     let db = config.data_dir.join(hotline_relay::store::DB_FILE);
-    if !db.exists() {
+    if !super::audit::exists(&db)? {
         anyhow::bail!("{}: no relay store here (has the relay run?)", db.display());
     }
     let conn = hotline_store::open_read_only(&db)?;
@@ -312,19 +320,51 @@ fn report(
         );
         return Ok(());
     }
-    let tracked = hotline_relay::report::track(&conn, since, limit).with_context(reading)?;
-    let all: Vec<Value> = tracked
-        .iter()
-        .filter(|t| !overdue_only || t.overdue(now).next().is_some())
-        .map(view)
-        .collect();
+    // With --overdue, the limit counts overdue messages: taken from the whole period, so
+    // that one behind `limit` newer messages is not left out. One more than the limit is
+    // read, to tell whether the limit cut the report.
+    let read = limit.saturating_add(1);
+    let mut tracked = if overdue_only {
+        hotline_relay::report::track_overdue(&conn, since, read, now)
+    } else {
+        hotline_relay::report::track(&conn, since, read)
+    }
+    .with_context(reading)?;
+    let cut = tracked.len() > limit;
+    tracked.truncate(limit);
+    let all: Vec<Value> = tracked.iter().map(view).collect();
+    let of = if overdue_only {
+        "messages with an overdue recipient"
+    } else {
+        "messages"
+    };
+    let more = format!(
+        "the newest {limit} of the {of} accepted in the last {hours} h: there are more \
+         (--limit N shows up to N)"
+    );
     if json_out {
+        if cut {
+            eprintln!("note: {more}");
+        }
         outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
+    let headline = if cut {
+        more
+    } else {
+        let which = if overdue_only {
+            " with an overdue recipient, of those"
+        } else {
+            ""
+        };
+        format!(
+            "{} message(s){which} accepted in the last {hours} h",
+            all.len()
+        )
+    };
     let mut out = format!(
-        "{} message(s) accepted in the last {hours} h (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",
-        all.len(), "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "ANSD", "OVERDUE"
+        "{headline} (newest first; times UTC, receipts' signing times)\n{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:>7}  {:>7}  {:>7}  {:>7}  SUBJECT",
+        "MESSAGE", "FROM", "PREC", "ACCEPTED", "DLVD", "ACKD", "ANSD", "OVERDUE"
     );
     for v in &all {
         out.push_str(&format!(

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 /// Runs `hotline args…` in `cwd` as a user who may not read `locked` (a directory): as root
 /// (CI), as `nobody` through `setpriv`, with `locked` mode 0700; otherwise as this user, with
 /// `locked` mode 0.
-fn hotline_locked_out(cwd: &Path, locked: &Path, args: &[&str]) -> Output {
+pub(super) fn hotline_locked_out(cwd: &Path, locked: &Path, args: &[&str]) -> Output {
     let root = std::fs::metadata(cwd).expect("cwd").uid() == 0;
     let mode = if root { 0o700 } else { 0 };
     std::fs::set_permissions(locked, std::fs::Permissions::from_mode(mode)).expect("chmod");

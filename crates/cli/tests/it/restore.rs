@@ -231,3 +231,39 @@ fn relay_redeliver_refuses_a_participant_not_on_the_roster() {
         "{out:?}"
     );
 }
+
+/// `hotline backup` and `hotline audit verify` given a file that is no relay's or node's
+/// store (an empty file, another program's database) refuse it as such, naming it, and
+/// leave it as it was: they answered `storage: no such table: journal`, and `backup`, which
+/// opens its source for writing, first turned an empty file into a 4 KiB SQLite database.
+#[test]
+fn backup_and_audit_refuse_a_file_that_is_no_store_and_leave_it_as_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("empty.db"), b"").expect("write");
+    hotline_store::open(&d.join("other.db"), true)
+        .expect("a database")
+        .execute_batch("CREATE TABLE t (v INTEGER);")
+        .expect("a table");
+    for file in ["empty.db", "other.db"] {
+        let before = std::fs::read(d.join(file)).expect("read");
+        for args in [
+            vec!["backup", "--data", file, "--out", "copy.db"],
+            vec!["audit", "verify", "--data", file],
+        ] {
+            let out = hotline(d, &args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+            assert!(
+                stderr.contains(&format!("{file}: neither a relay's nor a node's store")),
+                "{args:?}: {stderr}"
+            );
+            assert_eq!(
+                std::fs::read(d.join(file)).expect("read"),
+                before,
+                "{args:?}: left as it was"
+            );
+            assert!(!d.join("copy.db").exists(), "{args:?}: no copy");
+        }
+    }
+}
