@@ -940,10 +940,9 @@ async fn all_decided(
     }
     let mut views = Vec::with_capacity(injects.len());
     for (k, inj) in scenario.injects.iter().enumerate() {
-        let wanted = injects[k].refused.is_none()
-            && (inj.respond_within_s.is_some()
-                || scenario.objectives.iter().any(|o| o.inject == inj.name));
-        views.push(if wanted {
+        // Every inject sent: the report's invariants want each accepted, and each accepted
+        // one held by its recipients ([`decided`]).
+        views.push(if injects[k].refused.is_none() {
             sender_view(clients, &inj.from, &injects[k]).await
         } else {
             None
@@ -983,7 +982,8 @@ async fn all_decided(
 /// could end on its objectives while acknowledgements no objective names were still on their
 /// way. It used to wait for every recipient of the inject, in scope or not (so a drill with
 /// an objective `except` a silent recipient ran to `end_s`), and to count a recipient that
-/// acknowledged as escalated while the report failed it.
+/// acknowledged as escalated while the report failed it. Every inject sent must also be
+/// accepted and delivered to its recipients in the drill, as the report's invariants want.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
@@ -1032,6 +1032,33 @@ fn decided(
             .is_none(),
         };
         if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r)) {
+            return false;
+        }
+    }
+    // Every inject its node took is accepted, and delivered to each recipient with a node
+    // in the drill (its delivered receipt is back at the sender: the recipient's node held
+    // it durably first), as the report's invariants want them ("every inject accepted",
+    // "zero accepted messages lost", read once the drill ends). Without this a drill
+    // whose objectives were met, or that had none, ended while a message was still on its
+    // way and failed those invariants.
+    for (k, sent) in injects.iter().enumerate() {
+        if sent.refused.is_some() {
+            continue;
+        }
+        let Some(v) = views.get(k).and_then(Option::as_ref) else {
+            return false;
+        };
+        let held = |r: &Value| {
+            r["delivered_at_ms"].is_u64() || r["recipient"].as_str().is_some_and(|p| !in_drill(p))
+        };
+        if !v["accepted_at_ms"].is_u64()
+            || !v["recipients"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .all(held)
+        {
             return false;
         }
     }
@@ -1429,6 +1456,58 @@ name = "escalated"
 inject = "alert"
 expect = "overdue_escalated"
 "#;
+
+    /// A drill with no objective left to decide ends early only once every inject its node
+    /// took is accepted and delivered to its recipients in the drill: it ended as soon as
+    /// the last one was sent, and the report, read then, failed "every inject accepted" (the
+    /// sender's node had not heard the relay's answer yet) or "zero accepted messages lost"
+    /// (a recipient's node had not received it yet).
+    #[test]
+    fn the_early_end_waits_for_every_inject_to_be_accepted_and_delivered() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(
+            "name = \"plain\"\nend_s = 60.0\nparticipants = [\"SEC\", \"KAZ\", \"KGZ\"]\n\
+             [[injects]]\nname = \"alert\"\nat_s = 0.0\nfrom = \"SEC\"\nto = [\"KAZ\", \"KGZ\"]\nsubject = \"s\"\n",
+            "plain.toml",
+        )
+        .expect("parses");
+        let nodes: HashSet<String> = ["SEC", "KAZ"].map(String::from).into_iter().collect();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        // KGZ has no node in this drill: its row is not waited for.
+        let view = |accepted: Option<u64>, kaz: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": accepted,
+                "recipients": [
+                    {"recipient": "KAZ", "delivered_at_ms": kaz},
+                    {"recipient": "KGZ", "delivered_at_ms": null},
+                ],
+            })
+        };
+        for (v, want) in [
+            (None, false),
+            (Some(view(None, None)), false),
+            (Some(view(Some(1001), None)), false),
+            (Some(view(Some(1001), Some(1500))), true),
+        ] {
+            let case = format!("{v:?}");
+            let early = decided(&sc, &injects, &[v], None, Some(&nodes), &roster);
+            assert_eq!(early, want, "{case}");
+        }
+        // A refused inject is decided: it will never be accepted.
+        let refused = [Inject {
+            id: None,
+            sent_at_ms: None,
+            refused: Some("HTTP 400".to_owned()),
+        }];
+        assert!(decided(&sc, &refused, &[None], None, Some(&nodes), &roster));
+    }
 
     /// The drill ends early exactly when the report would find every objective met: both
     /// read the same rows by one definition. For `overdue_escalated`, the early end counted
