@@ -3429,6 +3429,127 @@ async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// The same held receipt, with the newer roster coming in at the node's start instead of
+/// from a relay: the node holds TJK's receipt (TJK is on no roster it has), is stopped, its
+/// roster file replaced by the version that lists TJK, and started again. At start it checks
+/// what it holds against the roster it starts on: the receipt is recorded (the delivery
+/// counted, a `delivered` event for `hotline watch` started after the node), the one signed
+/// by another key stays held, and a further start counts nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_receipt_counts_at_the_start_on_a_roster_that_lists_its_signer() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
+    use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
+
+    let mut net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
+    let submitted = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s;
+        }
+    };
+    let env = submitted.decode_unverified().unwrap();
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+
+    let tjk = SigningKey::from_bytes(&[0x7A; 32]);
+    let receipt = Receipt {
+        version: hotline_proto::PROTOCOL_VERSION,
+        recipient: pid("TJK"),
+        kind: ReceiptKind::Delivered,
+        created_at_ms: now_ms(),
+        items: vec![ReceiptItem {
+            id: env.id,
+            sender: pid("KAZ"),
+            digest: submitted.digest(),
+        }],
+    };
+    let genuine = Signed::sign(&receipt, &tjk).unwrap();
+    let mut other = receipt.clone();
+    other.created_at_ms += 1;
+    let other_key = Signed::sign(&other, &SigningKey::from_bytes(&[9; 32])).unwrap();
+    relay
+        .send(&[
+            RelayToNode::Receipt(genuine.clone()),
+            RelayToNode::Receipt(other_key.clone()),
+        ])
+        .await
+        .unwrap();
+    let confirmed = loop {
+        if let NodeToRelay::ReceiptsStored(d) = relay.next().await.unwrap() {
+            break d;
+        }
+    };
+    assert_eq!(confirmed, vec![genuine.digest(), other_key.digest()]);
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(0), "not yet: {st}");
+
+    // Stopped; the relay gone with it, so that only the start can bring the roster.
+    relay.conn.close(0u32.into(), b"test done");
+    drop(relay);
+    kaz.proc.signal("TERM").unwrap();
+    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(st.success(), "{st}");
+    net.update_roster(|r| {
+        r.participants.push(hotline_proto::Participant {
+            id: pid("TJK"),
+            name: "Tajikistan".into(),
+            role: Role::Member,
+            keys: vec![PublicKey::of(&tjk)],
+            revoked: false,
+        })
+    });
+
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    let ev = events
+        .wait_for("delivered by TJK", |e| {
+            e["type"] == "delivered" && e["id"] == id.as_str() && e["by"] == "TJK"
+        })
+        .await
+        .unwrap();
+    assert_eq!(ev["status"], "actual", "{ev}");
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(1), "{st}");
+    let ns = kaz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(ns["roster_version"], 2, "{ns}");
+    kaz.proc
+        .wait_line(&[
+            "held forwarded receipt verifies",
+            &genuine.digest().to_string(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        kaz.proc.count_lines(&["held forwarded receipt"]),
+        1,
+        "the one signed by another key stays held, neither recorded nor dropped: {}",
+        kaz.proc.log()
+    );
+
+    // Counted once: a further start (whose check is done before its API listens) finds
+    // nothing to record.
+    kaz.proc.signal("TERM").unwrap();
+    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(st.success(), "{st}");
+    let kaz = net.start_node("KAZ").await.unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["delivered"].as_u64(), Some(1), "{st}");
+    assert_eq!(
+        kaz.proc.count_lines(&["held forwarded receipt verifies"]),
+        0,
+        "{}",
+        kaz.proc.log()
+    );
+}
+
 /// A relay that forges receipts: the sender's node checks every receipt itself, so an
 /// operator is never told "delivered" or "acknowledged" on a forgery. An impostor relay
 /// accepts KAZ's message for KGZ, then forwards a delivered receipt "from KGZ" signed by a

@@ -110,6 +110,28 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
     let ids = ids(dir);
     let [m1, m2, m3, m4] = ["M1", "M2", "M3", "M4"].map(|k| ids[k].clone());
 
+    // The stores are at the schemas the name says (`relayR-nodeN`): a fixture meant for a
+    // schema is not one this build has already taken over, or one from another build.
+    let name = fixture
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".tar.gz"))
+        .context("fixture name")?;
+    let (relay_v, node_v) = name
+        .strip_prefix("relay")
+        .and_then(|n| n.split_once("-node"))
+        .and_then(|(r, n)| Some((r.parse::<i64>().ok()?, n.parse::<i64>().ok()?)))
+        .with_context(|| format!("{name}: not relayR-nodeN"))?;
+    anyhow::ensure!(
+        user_version(&dir.join("relay-data/relay.db")) == relay_v,
+        "{name}: relay store at schema {}",
+        user_version(&dir.join("relay-data/relay.db"))
+    );
+    for id in ["KAZ", "KGZ", "TJK"] {
+        let v = user_version(&dir.join(format!("node-{id}/node.db")));
+        anyhow::ensure!(v == node_v, "{name}: {id}'s store at schema {v}");
+    }
+
     // This build's configurations around the earlier build's keys, roster and certificate.
     let fp = ok(
         dir,
