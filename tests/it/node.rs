@@ -5256,7 +5256,7 @@ async fn many_to_kgz(from: &mut Client, n: usize, body_bytes: usize) -> Vec<Stri
 }
 
 /// A node back after an outage writes its pending acknowledgements as it connects, while the
-/// relay writes it its backlog of deliveries. The node's link reads what arrives only
+/// relay writes it its backlog of deliveries. The node's link took what arrives only
 /// between its writes (its reader task holds 256 frames), and the relay reads at most
 /// `READ_AHEAD_FRAMES` frames ahead while its own write waits: so the node must not write
 /// more acknowledgements at once than fit in what the relay reads ahead and its stream
@@ -5323,4 +5323,169 @@ async fn a_node_writing_many_acknowledgements_as_its_backlog_arrives_is_read_and
     acknowledgement_stored_by_the_relay(&kgz).await;
     assert_eq!(lost(), lost_before, "the link stays up: {}", kgz.proc.log());
     relay.shutdown().await;
+}
+
+/// A node back after an outage, with a full outbox page of the largest messages and a page
+/// of acknowledgements composed while it was away, connects to a relay holding it a backlog
+/// of the largest messages: each side writes megabytes while the other does too. The
+/// relay reads a page of frames ahead while its write waits; the node's link takes the
+/// relay's frames while its own write waits. Everything must flow: the backlog stored, the
+/// outbox accepted, the acknowledgements stored, on one link (a write that waits on the
+/// other side's write ends the link as a slow consumer, at every connection). (This held
+/// before the link wrote beside reading too, with these figures and with 600 messages in
+/// the outbox and 1,500 in the backlog: the relay answers a page only between its writes, so
+/// few frames of the node's wait in its read-ahead when the next page comes; the
+/// deterministic case is `a_node_takes_its_relays_frames_while_its_own_write_waits`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_page_of_the_largest_messages_meets_a_backlog_of_them() {
+    const ACKS: usize = 300;
+    const OUTBOX: usize = 300;
+    const BACKLOG: usize = 700;
+    let body_max = hotline_proto::limits::BODY_BYTES_MAX;
+    let net = Net::sec_kaz_kgz_with(
+        "[limits]\nwrite_timeout_ms = 1000\nrate_burst = 1000000\nbyte_rate_burst = 1000000000\n\
+         receipt_rate_burst = 1000000\nreceipt_item_rate_burst = 1000000\n",
+    );
+    let addr = free_udp_addr();
+    net.set_relay_listen(addr);
+    let relay = net.relay().await;
+    net.node_config("KGZ", addr);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.connected().await.unwrap();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let received = many_to_kgz(&mut kaz, ACKS, 16).await;
+    kgz.proc
+        .wait_line(&["message received", &msg(received.last().unwrap())])
+        .await
+        .unwrap();
+
+    // The relay goes away; KGZ's officer acknowledges every message, with the longest
+    // note, and writes a page and more of the largest messages to KAZ.
+    relay.shutdown().await;
+    kgz.proc.wait_log("relay link lost").await.unwrap();
+    let client = kgz.client();
+    let note = "n".repeat(hotline_proto::limits::NOTE_BYTES_MAX);
+    tokio::task::spawn_blocking(move || {
+        for id in &received {
+            let body = json!({"officer": "Duty officer", "note": note});
+            client
+                .post(&format!("/v1/messages/{id}/ack"), &body)
+                .unwrap();
+        }
+        for i in 0..OUTBOX {
+            let body = json!({"to": ["KAZ"], "subject": format!("outbox {i}"), "body": "o".repeat(body_max)});
+            client.post("/v1/messages", &body).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    stop_node(kgz).await;
+    let log = net.path().join("node-KGZ.log");
+    let lost = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("relay link lost")
+            .count()
+    };
+    let lost_before = lost();
+
+    // Back, the relay queues KGZ a backlog of the largest messages while KGZ is away.
+    let relay = net.relay().await;
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let backlog = many_to_kgz(&mut kaz, BACKLOG, body_max).await;
+    drop(kaz);
+
+    // KGZ comes back to it: everything flows, on one link.
+    let kgz = net.start_node("KGZ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let last = msg(backlog.last().unwrap());
+    loop {
+        let client = kgz.client();
+        let st = tokio::task::spawn_blocking(move || client.get("/v1/status"))
+            .await
+            .unwrap()
+            .unwrap();
+        let done = st["outbox"] == 0
+            && st["relays"][0]["acks_pending"] == 0
+            && kgz.proc.count_lines(&["message received", &last]) == 1;
+        if done {
+            break;
+        }
+        assert_eq!(
+            lost(),
+            lost_before,
+            "the link stays up: {st}\n{}",
+            kgz.proc.log()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "everything flows in time: {st}\n{}",
+            kgz.proc.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(lost(), lost_before, "the link stays up: {}", kgz.proc.log());
+    relay.shutdown().await;
+}
+
+/// A node keeps taking its relay's frames while its own write waits. A relay reads only so
+/// far ahead while its own write to the node waits (`READ_AHEAD_FRAMES`); once that is
+/// full, it reads nothing, as this impostor does from the start. KAZ has more of its outbox
+/// to write than the stream window holds; the impostor writes it deliveries, more frames
+/// than KAZ's reader holds and more bytes than the window: KAZ must store them all and
+/// the impostor's write end, though KAZ's own write cannot. (The link waited on its write
+/// and took nothing meanwhile: the impostor's write waited in turn until KAZ timed the link
+/// out as a slow consumer, which with a relay whose read-ahead was full was a link lost,
+/// with nothing stored, at every connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_its_relays_frames_while_its_own_write_waits() {
+    const DELIVERIES: usize = 600;
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let client = kaz.client();
+    // 30 messages of the largest body: more than the stream window (quinn's 1.25 MB).
+    let body = "x".repeat(hotline_proto::limits::BODY_BYTES_MAX);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..30 {
+            let m = json!({"to": ["KGZ"], "subject": format!("large {i}"), "body": body});
+            client.post("/v1/messages", &m).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // 600 deliveries of 8 kB from KGZ: more frames than KAZ's reader holds (256), and more
+    // bytes than the window, in one write.
+    let kgz = net.key("KGZ");
+    let mut buf = Vec::new();
+    let mut last = None;
+    for seq in 1..=DELIVERIES as u64 {
+        let mut env = flash_to_kgz("KGZ", seq, &format!("backlog {seq}"), &"b".repeat(8 * 1024));
+        env.audience = hotline_proto::Audience::Participants(vec![pid("KAZ")]);
+        last = Some(env.id);
+        let frame = hotline_proto::frame::RelayToNode::Deliver(Signed::sign(&env, &kgz).unwrap());
+        buf.extend(hotline_proto::frame::encode_frame(&frame).unwrap());
+    }
+    // Within the node's own limit on a write that makes no progress (10 s), after which the
+    // link ends whatever it does.
+    let written = tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        relay.writer.write_raw(&buf),
+    )
+    .await;
+    assert!(
+        matches!(written, Ok(Ok(()))),
+        "KAZ reads while its write waits: {written:?}\n{}",
+        kaz.proc.log()
+    );
+    kaz.proc
+        .wait_line(&["message received", &msg(&last.unwrap().to_string())])
+        .await
+        .unwrap();
+    assert_eq!(
+        kaz.proc.count_lines(&["relay link lost"]),
+        0,
+        "{}",
+        kaz.proc.log()
+    );
+    relay.conn.close(0u32.into(), b"test done");
 }

@@ -157,6 +157,13 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes a prefix of `bytes`, as much as QUIC takes once it takes any; its length.
+    /// **Cancel-safe** (quinn's `SendStream::write`): dropped before it resolves, it wrote
+    /// nothing, so a `select!` can write a queue beside reading (the node's link does).
+    pub async fn write_some(&mut self, bytes: &[u8]) -> Result<usize, NetError> {
+        self.send.write(bytes).await.map_err(write_error)
+    }
+
     /// As [`FrameWriter::write_raw`], failing with [`NetError::Stalled`] when QUIC takes
     /// none of the bytes for `stall`. The limit is on progress, not on the whole write: a
     /// write can be megabytes (a page of a backlog), which a peer behind a slow link reads

@@ -98,14 +98,24 @@ pub const PAGES_PER_TICK_MAX: usize = 256;
 pub const OUTBOX_PAGE: usize = 256;
 
 /// Acknowledgements written to a relay and not yet answered, at most; the rest follow as
-/// it answers. A link reads what arrives only between its writes, and the relay reads at
-/// most 256 frames ahead (a page of the outbox) while its own write waits: all of a
-/// node's pending acknowledgements in one write (after an outage, thousands) filled that
-/// and the relay's stream window while the relay wrote a backlog, each side's write then
-/// waited on the other's until the link was closed as a slow consumer, with nothing
-/// stored, at every connection. 256 of the largest (about 2.5 KiB each) fit in a stream
-/// window (1.25 MB) beside an outbox page.
+/// it answers. The relay reads at most 256 frames ahead (a page of the outbox) while its
+/// own write waits: all of a node's pending acknowledgements at once (after an outage,
+/// thousands) filled that and the relay's stream window while the relay wrote a backlog,
+/// and a link that then waited on its own write (as links did, before `LINK_QUEUE_BYTES_MAX`)
+/// left each side's write waiting on the other's until the link was closed as a slow
+/// consumer, with nothing stored, at every connection. Kept as a bound on the link's queue.
 pub const ACKS_IN_FLIGHT: usize = 256;
+
+/// Bytes a link's queue of frames to write may hold before it stops taking the relay's
+/// frames (whose handling queues more) until the relay has read some. The link writes its
+/// queue beside taking the relay's frames, never instead (`link::RelayWriter`), and the
+/// protocol's windows bound what the queue holds (an outbox page of the largest messages,
+/// about 20 MB, the acknowledgements in flight, receipts): this is a limit on a relay that
+/// breaks them, not a pace.
+pub const LINK_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+// A page of the largest messages, with as much again for what is queued beside it.
+const _: () =
+    assert!(LINK_QUEUE_BYTES_MAX >= 2 * OUTBOX_PAGE * hotline_proto::limits::ENVELOPE_BYTES_MAX);
 
 /// Deliveries stored and receipted in one transaction and one cumulative receipt.
 pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;

@@ -17,8 +17,8 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
-    HEALTHY_LINK_MS, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS,
-    SILENT_PING_MS,
+    HEALTHY_LINK_MS, LINK_QUEUE_BYTES_MAX, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
+    SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Resequenced, Stored};
@@ -285,22 +285,93 @@ impl Retries {
     }
 }
 
-/// The link's end of its stream to the relay. A write that makes no progress for
-/// `LINK_WRITE_TIMEOUT_MS` ends the link ([`NetError::Stalled`], closed `SlowConsumer`);
-/// one the relay reads steadily, however slowly (an outbox of megabytes over a poor link),
-/// takes the time it takes.
-struct RelayWriter(hotline_net::FrameWriter);
+/// The link's end of its stream to the relay. Frames are queued, in the order the link
+/// makes them, and the link's loop writes the queue as QUIC takes it, beside taking the
+/// relay's frames, never instead: a link that waited on its own write (an outbox page of up
+/// to 20 MB) took nothing from the relay meanwhile, and a relay writing it a backlog waited
+/// in turn once its reader's channel and the stream window were full; the relay reads
+/// only so far ahead (`READ_AHEAD_FRAMES`), so each side's write could wait on the
+/// other's until the link was closed as a slow consumer, at every connection. A queue that
+/// makes no progress for `LINK_WRITE_TIMEOUT_MS` ends the link ([`NetError::Stalled`],
+/// closed `SlowConsumer`); one the relay reads steadily, however slowly (an outbox of
+/// megabytes over a poor link), takes the time it takes.
+struct RelayWriter {
+    writer: hotline_net::FrameWriter,
+    /// Encoded frames not yet written, in order; the first written up to `offset`.
+    queued: VecDeque<Vec<u8>>,
+    offset: usize,
+    /// Bytes queued and not yet written.
+    queued_bytes: usize,
+    /// When QUIC last took bytes of the queue, or the queue last stopped being empty.
+    progress_at: tokio::time::Instant,
+}
 
 impl RelayWriter {
-    async fn write(&mut self, frame: &NodeToRelay) -> Result<(), NetError> {
-        let bytes = hotline_proto::frame::encode_frame(frame)?;
-        self.write_raw(&bytes).await
+    fn new(writer: hotline_net::FrameWriter) -> Self {
+        Self {
+            writer,
+            queued: VecDeque::new(),
+            offset: 0,
+            queued_bytes: 0,
+            progress_at: tokio::time::Instant::now(),
+        }
     }
 
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        self.0
-            .write_raw_steady(bytes, Duration::from_millis(LINK_WRITE_TIMEOUT_MS))
-            .await
+    fn queue(&mut self, frame: &NodeToRelay) -> Result<(), NetError> {
+        self.queue_raw(hotline_proto::frame::encode_frame(frame)?);
+        Ok(())
+    }
+
+    /// Queues encoded frames (prefixes included), taking the buffer as it is.
+    fn queue_raw(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.queued_bytes == 0 {
+            self.progress_at = tokio::time::Instant::now();
+        }
+        self.queued_bytes += bytes.len();
+        self.queued.push_back(bytes);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queued_bytes == 0
+    }
+
+    /// Whether the link may take more of the relay's frames, whose handling queues more:
+    /// the protocol's windows keep the queue far below `LINK_QUEUE_BYTES_MAX`, so this is
+    /// backpressure only against a relay that breaks them.
+    fn has_room(&self) -> bool {
+        self.queued_bytes < LINK_QUEUE_BYTES_MAX
+    }
+
+    /// When a queue that has made no progress since ends the link; `None` while it is empty.
+    fn stall_at(&self) -> Option<tokio::time::Instant> {
+        (!self.is_idle()).then(|| self.progress_at + Duration::from_millis(LINK_WRITE_TIMEOUT_MS))
+    }
+
+    fn stalled() -> NetError {
+        NetError::Stalled {
+            stall_ms: LINK_WRITE_TIMEOUT_MS,
+        }
+    }
+
+    /// Writes what QUIC takes of the queue once it takes any; never resolves while the
+    /// queue is empty. Cancel-safe, as `FrameWriter::write_some` is: dropped before it
+    /// resolves, it wrote nothing.
+    async fn progress(&mut self) -> Result<(), NetError> {
+        let Some(front) = self.queued.front() else {
+            return std::future::pending().await;
+        };
+        let n = self.writer.write_some(&front[self.offset..]).await?;
+        self.offset += n;
+        self.queued_bytes -= n;
+        if self.offset == front.len() {
+            self.queued.pop_front();
+            self.offset = 0;
+        }
+        self.progress_at = tokio::time::Instant::now();
+        Ok(())
     }
 }
 
@@ -428,7 +499,7 @@ async fn serve(
     let mut link = Link {
         state,
         idx,
-        writer: RelayWriter(writer),
+        writer: RelayWriter::new(writer),
         sent: HashMap::new(),
         floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
@@ -447,41 +518,50 @@ async fn serve(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
     let mut retry_receipts: Vec<Digest> = Vec::new();
-    link.pump().await?;
+    link.pump()?;
     loop {
         // Timers as select preconditions: a branch whose time is not set is not polled.
         let now = tokio::time::Instant::now();
         let receipt_due = link.pacer.due().map(tokio::time::Instant::from_std);
+        let stall_at = link.writer.stall_at();
+        let (refused, can_take) = (link.refused > 0, link.writer.has_room());
         tokio::select! {
             biased;
             // Shutdown: receipt what is stored, and see it stored before the connection
             // closes (closing discards what the relay has not read yet).
             _ = shutdown.changed() => {
-                let sent = link.send_receipt().await?;
+                let sent = link.send_receipt()?;
                 link.until_stored(&mut rx, sent).await;
                 return Ok(Served::Shutdown);
             }
+            // The queue, written as the relay reads it, beside the branches below.
+            w = link.writer.progress(), if stall_at.is_some() => w?,
+            // A queue the relay has taken nothing of for `LINK_WRITE_TIMEOUT_MS`.
+            _ = tokio::time::sleep_until(stall_at.unwrap_or(now)), if stall_at.is_some() => {
+                return Err(RelayWriter::stalled());
+            }
             // An officer discarded quarantined deliveries after some were refused here.
-            _ = room.changed(), if link.refused > 0 => {
+            _ = room.changed(), if refused => {
                 if !state.store().quarantine_size().1 {
                     info!(relay = idx, refused = link.refused, "the quarantine has room again: connecting anew so that the relay delivers what it refused");
-                    let sent = link.send_receipt().await?;
+                    let sent = link.send_receipt()?;
                     link.until_stored(&mut rx, sent).await;
                     return Ok(Served::Redeliver);
                 }
             }
             // Stored deliveries whose receipt is due.
             _ = tokio::time::sleep_until(receipt_due.unwrap_or(now)), if receipt_due.is_some() => {
-                link.send_receipt().await?;
+                link.send_receipt()?;
             }
             // Something new to send (composed message or acknowledgement): before the
             // frames from the relay, which after a long absence can keep coming for seconds
             // (a backlog of deliveries), so that an officer's message or acknowledgement
             // does not wait for the backlog. A notification comes only when something was
             // composed, so this cannot keep the frames waiting in turn.
-            _ = wake.notified() => link.pump().await?,
-            // Frames from the relay, batched while more are already waiting.
-            f = rx.recv() => {
+            _ = wake.notified() => link.pump()?,
+            // Frames from the relay, batched while more are already waiting; taken while
+            // the link's own frames wait to be written (`RelayWriter`).
+            f = rx.recv(), if can_take => {
                 let Some(first) = f else {
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
@@ -502,9 +582,9 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                let handled = link.handle(batch).await;
+                let handled = link.handle(batch);
                 if let Some(e) = failed {
-                    // Why the link ended, rather than a write failing on it since.
+                    // Why the link ended, rather than what handling its frames made of it.
                     if let Err(after) = handled {
                         debug!(relay = idx, error = %after, "after the link failed");
                     }
@@ -532,7 +612,7 @@ async fn serve(
                             debug!(relay = idx, silent_ms = ms, "relay still silent; pinging it");
                         }
                         pings += 1;
-                        link.writer.write(&NodeToRelay::Ping(pings)).await?;
+                        link.writer.queue(&NodeToRelay::Ping(pings))?;
                     }
                 }
             }
@@ -543,11 +623,11 @@ async fn serve(
                     link.sent.remove(&id);
                 }
                 let again = std::mem::take(&mut retry_receipts);
-                link.resend_delivered(&again).await?;
+                link.resend_delivered(&again)?;
                 for d in &again {
                     link.receipts_sent.remove(d);
                 }
-                link.pump().await?;
+                link.pump()?;
             }
         }
     }
@@ -556,7 +636,7 @@ async fn serve(
 impl Link<'_> {
     /// Writes outbox messages and pending acknowledgements not yet written on this link,
     /// while fewer than `OUTBOX_PAGE` and `ACKS_IN_FLIGHT` of each are unanswered.
-    async fn pump(&mut self) -> Result<(), NetError> {
+    fn pump(&mut self) -> Result<(), NetError> {
         let (outbox, receipts) = {
             let store = self.state.store();
             (
@@ -602,9 +682,7 @@ impl Link<'_> {
                 r,
             ))?);
         }
-        if !buf.is_empty() {
-            self.writer.write_raw(&buf).await?;
-        }
+        self.writer.queue_raw(buf);
         Ok(())
     }
 
@@ -686,7 +764,7 @@ impl Link<'_> {
     }
 
     /// Handles a batch of frames; returns what was refused for a retryable reason.
-    async fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Retries, NetError> {
+    fn handle(&mut self, mut batch: VecDeque<RelayToNode>) -> Result<Retries, NetError> {
         let mut retries = Retries::default();
         let mut deliveries = Vec::new();
         let mut receipts = Vec::new();
@@ -816,19 +894,16 @@ impl Link<'_> {
                 _ => debug!(relay = self.idx, "unknown frame ignored"),
             }
         }
-        let taken = async {
-            if !deliveries.is_empty() {
-                self.deliver(deliveries).await?;
-            }
-            if !receipts.is_empty() {
-                self.forwarded(receipts).await?;
-            }
-            if pump && closed.is_none() {
-                self.pump().await?;
-            }
-            Ok(())
+        let mut taken = Ok(());
+        if !deliveries.is_empty() {
+            taken = self.deliver(deliveries);
         }
-        .await;
+        if taken.is_ok() && !receipts.is_empty() {
+            taken = self.forwarded(receipts);
+        }
+        if taken.is_ok() && pump && closed.is_none() {
+            taken = self.pump();
+        }
         match closed {
             Some(closed) => {
                 // What was stored is kept; what could not be is delivered again (and
@@ -842,7 +917,7 @@ impl Link<'_> {
         }
     }
 
-    async fn deliver(
+    fn deliver(
         &mut self,
         batch: Vec<hotline_proto::Signed<hotline_proto::Envelope>>,
     ) -> Result<(), NetError> {
@@ -907,7 +982,7 @@ impl Link<'_> {
                 Ok(0) => {}
                 Ok(n) => {
                     info!(relay = self.idx, acknowledgements = n, "the relay delivered again messages acknowledged here: offering it their acknowledgements again");
-                    self.pump().await?;
+                    self.pump()?;
                 }
                 Err(e) => {
                     error!(relay = self.idx, error = %e, "cannot queue acknowledgements again for messages delivered again")
@@ -919,7 +994,7 @@ impl Link<'_> {
             .pacer
             .add(items, tokio::time::Instant::now().into_std())
         {
-            self.send_receipt().await?;
+            self.send_receipt()?;
         }
         Ok(())
     }
@@ -928,7 +1003,7 @@ impl Link<'_> {
     /// receipt unless more than a receipt may name wait), and writes them; returns their
     /// digests. If they cannot be signed and journaled, nothing is lost: the relay keeps
     /// redelivering those messages until it has their receipt.
-    async fn send_receipt(&mut self) -> Result<HashSet<Digest>, NetError> {
+    fn send_receipt(&mut self) -> Result<HashSet<Digest>, NetError> {
         let items = self.pacer.take();
         if items.is_empty() {
             return Ok(HashSet::new());
@@ -951,7 +1026,7 @@ impl Link<'_> {
                         self.delivered_sent.insert(d, r);
                     }
                 }
-                self.writer.write_raw(&buf).await?;
+                self.writer.queue_raw(buf);
                 Ok(digests)
             }
             Err(e) => {
@@ -963,7 +1038,7 @@ impl Link<'_> {
 
     /// Writes again the delivered receipts among `digests` (refused for a reason that
     /// passes); the others are acknowledgements, which `pump` offers from the store.
-    async fn resend_delivered(&mut self, digests: &[Digest]) -> Result<(), NetError> {
+    fn resend_delivered(&mut self, digests: &[Digest]) -> Result<(), NetError> {
         let mut buf = Vec::new();
         for d in digests {
             if let Some(r) = self.delivered_sent.get(d) {
@@ -972,33 +1047,45 @@ impl Link<'_> {
                 ))?);
             }
         }
-        if !buf.is_empty() {
-            self.writer.write_raw(&buf).await?;
-        }
+        self.writer.queue_raw(buf);
         Ok(())
     }
 
     /// At shutdown, waits up to `SHUTDOWN_RECEIPT_WAIT_MS` for the relay's answers to the
-    /// delivered receipts just written. Other frames are dropped: a delivery not stored is
-    /// delivered again, an answer is given again when the outbox is resent. A receipt still
-    /// unanswered costs only a redelivery at the next connection.
+    /// delivered receipts just queued, writing the queue meanwhile (they are at its end).
+    /// Other frames are dropped: a delivery not stored is delivered again, an answer is given
+    /// again when the outbox is resent. A receipt still unanswered costs only a redelivery
+    /// at the next connection.
     async fn until_stored(
-        &self,
+        &mut self,
         rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
         mut waiting: HashSet<Digest>,
     ) {
         if waiting.is_empty() {
             return;
         }
+        let idx = self.idx;
+        let writer = &mut self.writer;
         let answered = async {
             while !waiting.is_empty() {
-                match rx.recv().await {
+                let writing = !writer.is_idle();
+                let f = tokio::select! {
+                    biased;
+                    // Taking the relay's frames meanwhile, as the loop does: the relay may
+                    // be writing while the queue waits for it to read.
+                    w = writer.progress(), if writing => match w {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    },
+                    f = rx.recv() => f,
+                };
+                match f {
                     Some(Ok(RelayToNode::ReceiptStored(d))) => {
                         waiting.remove(&d);
                     }
                     Some(Ok(RelayToNode::Rejected(r))) => {
                         if let Subject::Receipt(d) = r.subject {
-                            warn!(relay = self.idx, receipt = %d, code = ?r.code, "relay refused a delivered receipt at shutdown");
+                            warn!(relay = idx, receipt = %d, code = ?r.code, "relay refused a delivered receipt at shutdown");
                             waiting.remove(&d);
                         }
                     }
@@ -1010,12 +1097,12 @@ impl Link<'_> {
         };
         let wait = Duration::from_millis(crate::limits::SHUTDOWN_RECEIPT_WAIT_MS);
         match tokio::time::timeout(wait, answered).await {
-            Ok(0) => debug!(relay = self.idx, "delivered receipts stored before shutdown"),
-            _ => warn!(relay = self.idx, "delivered receipts not confirmed before shutdown; the relay will deliver those messages again"),
+            Ok(0) => debug!(relay = idx, "delivered receipts stored before shutdown"),
+            _ => warn!(relay = idx, "delivered receipts not confirmed before shutdown; the relay will deliver those messages again"),
         }
     }
 
-    async fn forwarded(
+    fn forwarded(
         &mut self,
         batch: Vec<hotline_proto::Signed<hotline_proto::Receipt>>,
     ) -> Result<(), NetError> {
@@ -1068,8 +1155,7 @@ impl Link<'_> {
         }
         for chunk in digests.chunks(hotline_proto::limits::RECEIPT_ITEMS_MAX) {
             self.writer
-                .write(&NodeToRelay::ReceiptsStored(chunk.to_vec()))
-                .await?;
+                .queue(&NodeToRelay::ReceiptsStored(chunk.to_vec()))?;
         }
         Ok(())
     }
