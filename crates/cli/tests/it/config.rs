@@ -252,6 +252,32 @@ fn a_bad_value_names_its_field_and_line() {
     );
 }
 
+/// `keygen` over an existing key pair is refused with a message that says how to replace it
+/// (`--force`) and what replacing costs; it used to say only "already exists", leaving the
+/// operator to find the flag, and nothing warned that the old secret key is then gone.
+#[test]
+fn keygen_over_a_key_says_how_to_replace_it_and_what_that_costs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let first = hotline(&["keygen", "--id", "ROSTER", "--out", s(d)]);
+    assert!(first.status.success(), "{first:?}");
+    let seed = std::fs::read(d.join("ROSTER.key")).expect("seed");
+    let again = hotline(&["keygen", "--id", "ROSTER", "--out", s(d)]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let err = String::from_utf8(again.stderr).expect("UTF-8 errors");
+    assert!(err.contains("ROSTER.key: already exists"), "{err}");
+    assert!(err.contains("--force"), "says how to replace it: {err}");
+    assert!(
+        err.contains("roster key"),
+        "warns about the roster key: {err}"
+    );
+    assert_eq!(
+        std::fs::read(d.join("ROSTER.key")).expect("seed"),
+        seed,
+        "left as it was"
+    );
+}
+
 /// A secret seed pasted where a key belongs is refused without being shown again: neither
 /// the error nor the line it points at repeats it.
 #[test]
