@@ -23,6 +23,9 @@ pub enum Exit {
     Killed,
     /// It had not exited within the time allowed after SIGTERM, and was killed.
     Hung,
+    /// SIGTERM could not be sent to it (the `errno`, as `std::io::Error` reads it), so it
+    /// was killed at once, with no grace period.
+    TermRefused(i32),
 }
 
 impl Exit {
@@ -48,6 +51,11 @@ impl std::fmt::Display for Exit {
             Self::Signal(s) => write!(f, "ended by signal {s}{}", signal_name(*s)),
             Self::Killed => f.write_str("killed by a fault (SIGKILL)"),
             Self::Hung => f.write_str("killed after the grace period (it did not exit on SIGTERM)"),
+            Self::TermRefused(e) => write!(
+                f,
+                "SIGTERM could not be sent ({}), so it was killed at once, with no grace period",
+                std::io::Error::from_raw_os_error(*e)
+            ),
         }
     }
 }
@@ -81,6 +89,14 @@ pub struct Proc {
     killed: bool,
     /// Whether it was killed because it did not exit within the time allowed after SIGTERM.
     hung: bool,
+    /// Why SIGTERM could not be sent to it (an `errno`), if it could not: it was then
+    /// killed at once.
+    term_refused: Option<i32>,
+    /// Tests only: the error every signal [`Proc::signal`] and [`Proc::stop`] send fails
+    /// with, as if the kernel had refused it (the only way to see a refusal from a test: a
+    /// child of ours, not yet reaped, can always be signalled). `kill9` is not affected.
+    #[cfg(test)]
+    refuse_signals: Option<rustix::io::Errno>,
     lines: Arc<Mutex<Vec<String>>>,
     seen: tokio::sync::watch::Receiver<usize>,
     /// Told when the reader has read standard error to its end.
@@ -107,6 +123,28 @@ fn wait_unreaped(child: &Child) -> std::io::Result<()> {
             other => return other.map(|_| ()).map_err(Into::into),
         }
     }
+}
+
+/// The names [`Proc::signal`] takes, as `kill -l` gives them.
+const SIGNAL_NAMES: [&str; 9] = [
+    "TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "STOP", "CONT",
+];
+
+/// The signal named `name` (one of [`SIGNAL_NAMES`]).
+fn signal_named(name: &str) -> Option<rustix::process::Signal> {
+    use rustix::process::Signal;
+    Some(match name {
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "QUIT" => Signal::QUIT,
+        "KILL" => Signal::KILL,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        _ => return None,
+    })
 }
 
 /// Locks `m`, taking the value even if a holder panicked.
@@ -189,6 +227,9 @@ impl Proc {
             reaped: false,
             killed: false,
             hung: false,
+            term_refused: None,
+            #[cfg(test)]
+            refuse_signals: None,
             lines,
             seen,
             read_all,
@@ -222,20 +263,33 @@ impl Proc {
     /// has not been reaped: the pid of a reaped child may be another process's by now. An
     /// exited child not yet reaped keeps its pid (a zombie), so signalling it is harmless.
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let Some(signal) = signal_named(sig) else {
+            bail!(
+                "no signal named {sig:?}: one of {}",
+                SIGNAL_NAMES.join(", ")
+            );
+        };
         if self.reaped {
             bail!(
                 "process {} has exited and been reaped: not sent {sig}",
                 self.child.id()
             );
         }
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !st.success() {
-            bail!("kill -{sig} {} failed", self.child.id());
+        self.send(signal)
+            .with_context(|| format!("sending SIG{sig} to process {}", self.child.id()))
+    }
+
+    /// Sends `sig` to the child with `kill(2)`, directly: no `kill` process is started, so
+    /// nothing widens the moment between the caller's "has it exited?" and the signal, and
+    /// no failure to start a program reads as the signal's. The caller makes sure it has
+    /// not been reaped.
+    fn send(&self, sig: rustix::process::Signal) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(e) = self.refuse_signals {
+            return Err(e.into());
         }
-        Ok(())
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig)
+            .map_err(Into::into)
     }
 
     /// SIGTERM, then wait up to `timeout` for exit (SIGKILL after that). Returns the exit code
@@ -252,10 +306,13 @@ impl Proc {
         if let Some(exit) = self.exit() {
             return (exit, true);
         }
-        if self.signal("TERM").is_err() {
-            self.hung = true;
+        // Not reaped (`exit` found it running), so the pid is still its own.
+        if let Err(e) = self.send(rustix::process::Signal::TERM) {
+            let errno = e.raw_os_error().unwrap_or(0);
+            tracing::warn!(pid = self.child.id(), error = %e, "SIGTERM could not be sent; killing it at once");
+            self.term_refused = Some(errno);
             self.kill9();
-            return (Exit::Hung, false);
+            return (self.exit().unwrap_or(Exit::TermRefused(errno)), false);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut exited = self.seen.clone();
@@ -284,13 +341,14 @@ impl Proc {
     pub fn exit(&mut self) -> Option<Exit> {
         use std::os::unix::process::ExitStatusExt as _;
         let st = self.try_reap()?;
-        Some(match (st.code(), st.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(9)) if self.hung => Exit::Hung,
-            (None, Some(9)) if self.killed => Exit::Killed,
-            (None, Some(s)) => Exit::Signal(s),
+        Some(match (st.code(), st.signal(), self.term_refused) {
+            (Some(c), _, _) => Exit::Code(c),
+            (None, Some(9), Some(e)) => Exit::TermRefused(e),
+            (None, Some(9), None) if self.hung => Exit::Hung,
+            (None, Some(9), None) if self.killed => Exit::Killed,
+            (None, Some(s), _) => Exit::Signal(s),
             // Neither a code nor a signal: not on Unix.
-            (None, None) => Exit::Signal(0),
+            (None, None, _) => Exit::Signal(0),
         })
     }
 
@@ -303,6 +361,7 @@ impl Proc {
         timeout: Duration,
     ) -> anyhow::Result<(std::process::ExitStatus, Self)> {
         let pid = self.child.id();
+        let child_pid = rustix::process::Pid::from_child(&self.child);
         let mut me = self;
         // The waiting thread waits for the exit without reaping (the pid stays the child's,
         // a zombie), notes under the lock that it reaps, and only then reaps. The kill on
@@ -339,7 +398,7 @@ impl Proc {
                     // It exited just as the time ran out.
                     bail!("process {pid} exited only as the {timeout:?} allowed ran out");
                 }
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                let _ = rustix::process::kill_process(child_pid, rustix::process::Signal::KILL);
                 bail!("process {pid} did not exit within {timeout:?}")
             }
         };
@@ -656,6 +715,41 @@ mod tests {
         );
         assert_eq!(p.exit(), Some(Exit::Hung), "not taken for a fault's kill");
         assert_eq!(p.stop(grace).await, (Exit::Hung, true));
+    }
+
+    /// A SIGTERM the kernel refuses is reported as such: the process is killed at once,
+    /// with no grace period, and its end says that SIGTERM could not be sent. It used to be
+    /// reported as `Hung` ("killed after the grace period"), though no grace period ran.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_sigterm_is_not_reported_as_a_hang() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", CLEAN_ON_TERM],
+            tmp.path(),
+            "sh.log",
+        )
+        .expect("spawned");
+        p.wait_log("ready", Duration::from_secs(10))
+            .await
+            .expect("the trap is set");
+        let e = p.signal("NOPE").expect_err("no such signal").to_string();
+        assert!(e.starts_with("no signal named \"NOPE\""), "{e}");
+        p.refuse_signals = Some(rustix::io::Errno::PERM);
+        let e = format!("{:#}", p.signal("HUP").expect_err("refused"));
+        assert!(e.contains("sending SIGHUP to process"), "{e}");
+        let (exit, before) = p.stop(Duration::from_secs(10)).await;
+        assert!(!before);
+        let said = exit.to_string();
+        assert!(said.contains("SIGTERM could not be sent"), "{said}");
+        assert!(!said.contains("after the grace period"), "{said}");
+        assert_eq!(
+            exit,
+            Exit::TermRefused(rustix::io::Errno::PERM.raw_os_error())
+        );
+        assert!(said.contains("Operation not permitted"), "{said}");
+        assert!(!exit.clean());
+        assert_eq!(p.exit(), Some(exit), "as it was, asked again");
     }
 
     /// A process's log is never written through a symbolic link planted in its place.

@@ -137,7 +137,7 @@ fn routine() -> String {
 pub struct Behaviour {
     /// Acknowledge each received message this many scenario seconds after it arrives.
     pub ack_after_s: Option<f64>,
-    /// Never acknowledge anything.
+    /// Never acknowledge anything. A behaviour that also gives `ack_after_s` is refused.
     #[serde(default)]
     pub never_ack: bool,
     /// Answer each received consultation request this many scenario seconds after it
@@ -360,6 +360,13 @@ impl Scenario {
         }
         s.check_times(origin)?;
         s.check_fault_overlaps(origin)?;
+        // Both said of one operator: the drill went by `never_ack` and silently ignored the
+        // time, so a scenario meant to acknowledge could pass on the other reading.
+        for (who, b) in &s.behaviour {
+            if b.never_ack && b.ack_after_s.is_some() {
+                bail!("scenario {origin}: behaviour.{who}: give never_ack or ack_after_s, not both (never_ack = true never acknowledges, so ack_after_s would be ignored)");
+            }
+        }
         // A second node for one participant was set up on the first's files: the drill
         // failed midway through its start ("file exists"), the relay already running.
         for (k, p) in s.participants.iter().enumerate() {
@@ -1133,6 +1140,28 @@ within_s = @within_s@
             "{e}"
         );
         Scenario::parse(&timed("respond_within_s", "0.5"), "t.toml").expect("half a second");
+    }
+
+    /// A behaviour that both never acknowledges and acknowledges after a time says two
+    /// things: it is refused when the scenario is parsed, naming the participant and both
+    /// fields. It used to be accepted, and `never_ack` silently won.
+    #[test]
+    fn never_ack_with_ack_after_s_is_refused_naming_the_participant() {
+        let text =
+            timed("", "").replace("[behaviour.KAZ]\n", "[behaviour.KAZ]\nnever_ack = true\n");
+        let e = Scenario::parse(&text, "t.toml")
+            .expect_err("never_ack and ack_after_s")
+            .to_string();
+        assert_eq!(
+            e,
+            "scenario t.toml: behaviour.KAZ: give never_ack or ack_after_s, not both (never_ack = true never acknowledges, so ack_after_s would be ignored)"
+        );
+        // Either alone parses; so does `never_ack = false` beside a time.
+        let never = text.replace("ack_after_s = 10.0\n", "");
+        let s = Scenario::parse(&never, "t.toml").expect("never_ack alone");
+        assert!(s.behaviour("KAZ").never_ack);
+        let off = text.replace("never_ack = true", "never_ack = false");
+        Scenario::parse(&off, "t.toml").expect("never_ack = false with a time");
     }
 
     /// Bad input in any part of a scenario is an error naming the scenario, never a panic:

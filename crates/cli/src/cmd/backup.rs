@@ -15,8 +15,9 @@ pub(crate) struct BackupArgs {
     /// Where to write the copy: a new file (an existing one is never replaced), mode 0600.
     #[arg(long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
     out: Option<PathBuf>,
-    /// Or a directory for the copy, named after the store and the time to the millisecond
-    /// (UTC): `relay-20250101T030000.123Z.db` (or `node-…`). If a copy by that name exists
+    /// Or a directory for the copy, named after the store's file (its name without `.db`)
+    /// and the time to the millisecond (UTC): `relay-20250101T030000.123Z.db` (or `node-…`;
+    /// `relay-replaced-TIME-…` for a store `restore` kept aside). If a copy by that name exists
     /// (another run in the same millisecond), the next free millisecond names it, so that
     /// runs never collide and the names sort in the order the copies were made.
     #[arg(long)]
@@ -449,6 +450,32 @@ mod tests {
         );
         assert!(to_remove(&names, "relay", 5, written).is_empty());
         assert!(to_remove(&names, "node", 1, "node-x.db").is_empty());
+    }
+
+    /// A store `restore` kept aside (`relay-replaced-TIME.db`) backed up with `--out-dir` is
+    /// named after its file, as OPERATIONS.md 6 says: its copies are never counted or
+    /// removed with those of the store in service, nor theirs with its.
+    #[test]
+    fn copies_of_a_store_kept_aside_are_apart_from_the_store_in_service() {
+        let aside = "relay-replaced-20250101T091500.482Z";
+        // 2025-01-02T03:00:00.000Z
+        let copy = copy_name(aside, 1_735_786_800_000);
+        assert_eq!(
+            copy,
+            "relay-replaced-20250101T091500.482Z-20250102T030000.000Z.db"
+        );
+        let names = strings(&[
+            &copy,
+            "relay-20250101T050000.000Z.db",
+            "relay-20250101T060000.000Z.db",
+        ]);
+        assert_eq!(
+            to_remove(&names, "relay", 1, "relay-20250101T060000.000Z.db"),
+            strings(&["relay-20250101T050000.000Z.db"])
+        );
+        assert!(to_remove(&names, aside, 1, &copy).is_empty());
+        assert!(to_remove(&names, aside, 1, "other.db").is_empty());
+        assert_eq!(to_remove(&names, aside, 0, "other.db"), strings(&[&copy]));
     }
 
     #[test]

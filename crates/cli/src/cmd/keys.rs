@@ -19,10 +19,18 @@ pub(crate) struct KeygenArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
-    /// Replace existing key files. The old secret key is lost.
+    /// Replace existing key files. The old secret key is lost for good; replacing the roster
+    /// key means re-pinning every node and relay (OPERATIONS.md 4.7).
     #[arg(long)]
     force: bool,
 }
+
+/// What a refusal to overwrite a key pair adds: how to replace it anyway, and why that is
+/// rarely what is wanted.
+const REPLACE_HINT: &str = "`--force` replaces it, and its secret key is then lost for \
+     good: a participant's messages and log-ins stop verifying until a roster lists the new \
+     key, and a new roster key means re-pinning every node and relay (OPERATIONS.md 4.7). \
+     To rotate a key, generate the new one into another directory (4.4, 4.7)";
 
 /// Generates a key pair and prints the public key.
 pub(crate) fn run(args: KeygenArgs) -> Result<()> {
@@ -32,7 +40,12 @@ pub(crate) fn run(args: KeygenArgs) -> Result<()> {
     } else {
         IfExists::Refuse
     };
-    let key = keyfile::generate_pair(&args.out, &args.id, if_exists)?;
+    let key = match keyfile::generate_pair(&args.out, &args.id, if_exists) {
+        Err(e @ keyfile::KeyFileError::Exists { .. }) => {
+            anyhow::bail!("{e}; {REPLACE_HINT}");
+        }
+        r => r?,
+    };
     let (secret, public) = keyfile::key_paths(&args.out, &args.id)?;
     tracing::info!(
         secret = %secret.display(),

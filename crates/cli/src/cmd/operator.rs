@@ -719,7 +719,7 @@ pub(crate) struct DiscardArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// The quarantined delivery's digest, or the start of it as `hotline inbox
-    /// --quarantined` shows it (found among the newest 1,000 held).
+    /// --quarantined` shows it (looked for among all held, page after page).
     #[arg(required_unless_present = "all")]
     digest: Option<String>,
     /// Every delivery the quarantine holds now (each journaled).
@@ -746,19 +746,7 @@ pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
     let digest = if prefix.len() == 64 {
         prefix
     } else {
-        let held = client.get("/v1/quarantine")?;
-        let matching: Vec<&str> = held
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|q| q["digest"].as_str())
-            .filter(|d| d.starts_with(&prefix))
-            .collect();
-        match matching[..] {
-            [one] => one.to_owned(),
-            [] => bail!("no quarantined delivery's digest starts with {prefix} (among the newest 1,000; give all 64 digits for an older one)"),
-            _ => bail!("{} quarantined deliveries' digests start with {prefix}: give more digits", matching.len()),
-        }
+        held_digest(&prefix, QUARANTINE_PAGE, |path| Ok(client.get(path)?))?
     };
     let v = client.post(
         &format!("/v1/quarantine/{digest}/discard"),
@@ -767,6 +755,80 @@ pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
     print(a.api.json, &v, |_| {
         format!("discarded quarantined delivery {digest}")
     })
+}
+
+/// How many held deliveries [`held_digest`] asks the node for at a time: the most a page of
+/// `GET /v1/quarantine` holds (API.md, Conventions).
+const QUARANTINE_PAGE: usize = 1000;
+
+/// The most pages of the quarantine [`held_digest`] reads before it gives up: more than a
+/// full quarantine holds (`quarantine_max_bytes`, 64 MiB by default, of deliveries of a few
+/// hundred bytes at least), so that a node answering pages without end cannot keep it
+/// looking for ever.
+const QUARANTINE_PAGES_MAX: usize = 10_000;
+
+/// The digest of the one delivery held in quarantine whose digest starts with `prefix`
+/// (lower-case hex digits), looked for among all of them: `get` (`GET` of a path on the
+/// node's API) pages `GET /v1/quarantine`, `page` deliveries at a time, with `?before=` the
+/// last digest of the page before, until a page shorter than `page` ends the list. A
+/// prefix that no digest has, or more than one has, is refused once all have been seen.
+fn held_digest(
+    prefix: &str,
+    page: usize,
+    get: impl Fn(&str) -> anyhow::Result<Value>,
+) -> anyhow::Result<String> {
+    let mut matching: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    let mut seen = 0usize;
+    for _ in 0..QUARANTINE_PAGES_MAX {
+        let path = match &before {
+            Some(b) => format!("/v1/quarantine?limit={page}&before={b}"),
+            None => format!("/v1/quarantine?limit={page}"),
+        };
+        let listed = get(&path).with_context(|| {
+            format!("listing the quarantine after the {seen} held deliveries looked at")
+        })?;
+        let digests: Vec<&str> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|q| q["digest"].as_str())
+            .collect();
+        // A node from before `?before=` on this list ignores it and lists the newest page
+        // again, the one that ended with it: without this, the same page for ever.
+        if let Some(b) = &before {
+            if digests.iter().any(|d| d.eq_ignore_ascii_case(b)) {
+                bail!(
+                    "the node ignored ?before= (it is older than this command, which looks \
+                     beyond the newest {page} quarantined deliveries only with a node of the \
+                     same release): upgrade it (OPERATIONS.md 8.2), or give all 64 digits"
+                );
+            }
+        }
+        seen += digests.len();
+        for d in &digests {
+            if d.starts_with(prefix) && !matching.iter().any(|m| m == d) {
+                matching.push((*d).to_owned());
+            }
+        }
+        if matching.len() > 1 {
+            bail!(
+                "more than one quarantined delivery's digest starts with {prefix} ({} and {}): give more digits",
+                matching[0],
+                matching[1]
+            );
+        }
+        match digests.last() {
+            Some(last) if digests.len() >= page => before = Some((*last).to_owned()),
+            _ => {
+                return match matching.pop() {
+                    Some(one) => Ok(one),
+                    None => bail!("no quarantined delivery's digest starts with {prefix} (all {seen} held were looked at)"),
+                }
+            }
+        }
+    }
+    bail!("the quarantine still had more after {QUARANTINE_PAGES_MAX} pages of {page}: give all 64 digits")
 }
 
 /// `hotline node-status` / `hotline sent` / `hotline watch`.
@@ -957,6 +1019,76 @@ fn watch_line(ev: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A node's quarantine as `GET /v1/quarantine` pages it: `held` newest first, pages of
+    /// `?limit=` after the digest `?before=` names; 404 for a `before` not held.
+    fn quarantine_pages(held: &[String], path: &str) -> anyhow::Result<Value> {
+        let query = path
+            .strip_prefix("/v1/quarantine?")
+            .expect("the quarantine");
+        let (mut limit, mut from) = (1000, 0);
+        for kv in query.split('&') {
+            match kv.split_once('=').expect("key=value") {
+                ("limit", n) => limit = n.parse().expect("a number"),
+                ("before", d) => {
+                    from = 1 + held
+                        .iter()
+                        .position(|h| h == d)
+                        .ok_or_else(|| anyhow::anyhow!("404 not_found"))?
+                }
+                (k, _) => panic!("unknown parameter {k}"),
+            }
+        }
+        let page: Vec<Value> = held[from.min(held.len())..]
+            .iter()
+            .take(limit)
+            .map(|d| json!({"digest": d}))
+            .collect();
+        Ok(Value::Array(page))
+    }
+
+    /// `hotline discard PREFIX` finds the delivery among all those held, page after page,
+    /// and refuses a prefix that is nobody's or more than one's only once it has looked at
+    /// them all. It used to look among the newest page only (1,000 held): an older
+    /// delivery could be discarded only by its 64 digits, and a prefix that was ambiguous
+    /// beyond the first page was taken for the one delivery on it that matched.
+    #[test]
+    fn discard_finds_a_prefix_among_all_held_deliveries() {
+        let held: Vec<String> = (0..7u8)
+            .map(|n| format!("{n:02x}{}", "0".repeat(62)))
+            .chain(["aa".to_owned() + &"1".repeat(62)])
+            .chain(["aa".to_owned() + &"2".repeat(62)])
+            .collect();
+        let get = |path: &str| quarantine_pages(&held, path);
+        // On the first page, and on the last (a short page ends the list).
+        assert_eq!(held_digest("00", 3, get).expect("newest"), held[0]);
+        assert_eq!(held_digest("06", 3, get).expect("oldest"), held[6]);
+        // Ambiguous only with what the first page does not show.
+        let e = held_digest("aa", 8, get).expect_err("two").to_string();
+        assert!(
+            e.contains(&format!("starts with aa ({} and {})", held[7], held[8]))
+                && e.ends_with("give more digits"),
+            "{e}"
+        );
+        assert_eq!(held_digest("aa1", 2, get).expect("one"), held[7]);
+        let e = held_digest("ff", 3, get).expect_err("none").to_string();
+        assert!(
+            e.contains("no quarantined delivery's digest starts with ff"),
+            "{e}"
+        );
+        assert!(!e.contains("newest"), "all were looked at: {e}");
+        // A list whose length is a multiple of the page ends with an empty page.
+        assert_eq!(held_digest("aa2", 3, get).expect("last"), held[8]);
+        // A node that ignores `?before=` gives the first page again: refused, not a loop.
+        let old_node = |path: &str| {
+            let first = path.split('&').next().expect("path").to_owned();
+            quarantine_pages(&held, &first)
+        };
+        let e = held_digest("06", 3, old_node)
+            .expect_err("an old node")
+            .to_string();
+        assert!(e.contains("ignored"), "{e}");
+    }
 
     #[test]
     fn another_participants_text_cannot_drive_the_terminal() {

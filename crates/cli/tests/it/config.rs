@@ -252,6 +252,32 @@ fn a_bad_value_names_its_field_and_line() {
     );
 }
 
+/// `keygen` over an existing key pair is refused with a message that says how to replace it
+/// (`--force`) and what replacing costs; it used to say only "already exists", leaving the
+/// operator to find the flag, and nothing warned that the old secret key is then gone.
+#[test]
+fn keygen_over_a_key_says_how_to_replace_it_and_what_that_costs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let first = hotline(&["keygen", "--id", "ROSTER", "--out", s(d)]);
+    assert!(first.status.success(), "{first:?}");
+    let seed = std::fs::read(d.join("ROSTER.key")).expect("seed");
+    let again = hotline(&["keygen", "--id", "ROSTER", "--out", s(d)]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let err = String::from_utf8(again.stderr).expect("UTF-8 errors");
+    assert!(err.contains("ROSTER.key: already exists"), "{err}");
+    assert!(err.contains("--force"), "says how to replace it: {err}");
+    assert!(
+        err.contains("roster key"),
+        "warns about the roster key: {err}"
+    );
+    assert_eq!(
+        std::fs::read(d.join("ROSTER.key")).expect("seed"),
+        seed,
+        "left as it was"
+    );
+}
+
 /// A secret seed pasted where a key belongs is refused without being shown again: neither
 /// the error nor the line it points at repeats it.
 #[test]
@@ -758,4 +784,48 @@ fn a_store_the_service_would_refuse_at_start_is_refused() {
         err.contains("was written by a newer version of the relay") && err.contains("data_dir"),
         "{err}"
     );
+}
+
+/// The exit statuses OPERATIONS.md section 9 lists: 1 for an error met while running, 2 for
+/// a command line that is wrong (clap's usage error, before anything is done), and the
+/// relay's and node's units restart on neither 2 nor 78. Section 9 said "1 on any error",
+/// so a script (or a unit) could not tell the two apart from the documentation, and the
+/// units restarted a relay or node whose `ExecStart=` was wrong five times over.
+#[test]
+fn exit_statuses_are_the_documented_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.toml");
+    let out = hotline(&["config", "check", s(&missing)]);
+    assert_eq!(out.status.code(), Some(1), "an error met: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: "),
+        "{out:?}"
+    );
+    for usage in [
+        &["keygen", "--id", "KAZ"][..],
+        &["keygen", "--id", "KAZ", "--out", "x", "--frobnicate"],
+        &["backup", "--data", "x", "--out-dir", "y", "--keep", "0"],
+        &["no-such-command"],
+    ] {
+        let out = hotline(usage);
+        assert_eq!(out.status.code(), Some(2), "{usage:?}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.starts_with("error: ") && (said.contains("Usage:") || said.contains("--help")),
+            "{usage:?}: {out:?}"
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ops = std::fs::read_to_string(root.join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    assert!(
+        ops.contains("| 2 | the command line is wrong"),
+        "section 9 lists status 2"
+    );
+    for unit in ["hotline-relay.service", "hotline-node.service"] {
+        let text = std::fs::read_to_string(root.join("deploy/systemd").join(unit)).expect("unit");
+        assert!(
+            text.lines().any(|l| l == "RestartPreventExitStatus=2 78"),
+            "{unit}: not restarted on a wrong command line"
+        );
+    }
 }
