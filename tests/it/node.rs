@@ -4576,7 +4576,13 @@ async fn hotline_restore_is_refused_beside_the_service_and_keeps_the_store_it_re
     ];
     let running = hotline_cli(net.path(), &args).await.unwrap();
     assert!(
-        !running.status.success() && running.stderr.contains("is locked by another process"),
+        !running.status.success()
+            && running
+                .stderr
+                .contains("a relay or node already runs on this data directory")
+            && running
+                .stderr
+                .contains("stop it first (sudo systemctl stop hotline-relay)"),
         "{running:?}"
     );
     relay.shutdown().await;
@@ -5099,7 +5105,10 @@ async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
     let restore = ["restore", "--from", "kgz-backup.db", "--data", "node-KGZ"];
     let running = hotline_cli(net.path(), &restore).await.unwrap();
     assert!(
-        !running.status.success() && running.stderr.contains("is locked by another process"),
+        !running.status.success()
+            && running
+                .stderr
+                .contains("stop it first (sudo systemctl stop hotline-node)"),
         "{running:?}"
     );
     stop_node(kgz).await;
@@ -5115,9 +5124,10 @@ async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
     );
     // It says, for whom, from when the relay should deliver again; that time is enough.
     assert!(
-        restored
-            .stdout
-            .contains("`hotline relay redeliver --config relay.toml --to KGZ --since "),
+        restored.stdout.contains(
+            "`sudo -u hotline hotline relay redeliver --config /etc/hotline/relay.toml --to \
+                 KGZ --since "
+        ),
         "{restored:?}"
     );
     let since = restored

@@ -1518,8 +1518,12 @@ impl NodeStore {
     /// Opens (creating) `node.db` in `data_dir`, refusing a damaged file by name, and a
     /// store written by a newer node ([`StoreError::NewerSchema`]) before changing anything
     /// in it. A store at schema version 0 (new, or from before the version was recorded) is
-    /// brought to [`SCHEMA_VERSION`] in the transaction that creates what it lacks.
+    /// brought to [`SCHEMA_VERSION`] in the transaction that creates what it lacks. Refused
+    /// while a restore into `data_dir` is unfinished, and where there is no store but signs
+    /// of an earlier one ([`hotline_store::check_startable`]): an empty store would take its
+    /// place.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        hotline_store::check_startable(data_dir, DB_FILE)?;
         let path = data_dir.join(DB_FILE);
         let conn = hotline_store::open(&path, true)?;
         hotline_store::quick_check(&conn, &path)?;
@@ -3241,6 +3245,26 @@ mod tests {
             .unwrap();
         let names = st.query_map([], |r| r.get(0)).unwrap();
         names.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// A restore that died between setting the store aside and putting its copy in place
+    /// (as `hotline restore` once did it, in two renames) left no `node.db`: a node started
+    /// then must not create an empty store, showing its officers nothing they had.
+    #[test]
+    fn a_node_does_not_create_an_empty_store_beside_one_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(NodeStore::open(dir.path()).unwrap());
+        let path = dir.path().join(DB_FILE);
+        std::fs::rename(
+            &path,
+            dir.path().join("node-replaced-20250101T000000.000Z.db"),
+        )
+        .unwrap();
+        let r = NodeStore::open(dir.path()).map(drop);
+        assert!(r.is_err(), "a node started on an empty store: {r:?}");
+        assert!(!path.exists(), "no store created");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("node-replaced-20250101T000000.000Z.db"), "{e}");
     }
 
     #[test]

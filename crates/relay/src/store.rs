@@ -908,8 +908,11 @@ pub(crate) struct WriterContext {
     pub(crate) slow_commits: Option<std::time::Duration>,
 }
 
-/// Opens (creating) the relay database, checks it, and creates the schema.
+/// Opens (creating) the relay database, checks it, and creates the schema. Refused while a
+/// restore into `data_dir` is unfinished, and where there is no store but signs of an
+/// earlier one ([`hotline_store::check_startable`]): an empty store would take its place.
 pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
+    hotline_store::check_startable(data_dir, DB_FILE)?;
     let path = data_dir.join(DB_FILE);
     let mut conn = hotline_store::open(&path, true)?;
     hotline_store::quick_check(&conn, &path)?;
@@ -3020,6 +3023,26 @@ mod tests {
         Audience, Kind as MsgKind, Precedence, ReceiptItem, Seq, SigningKey, Status,
         PROTOCOL_VERSION,
     };
+
+    /// A restore that died between setting the store aside and putting its copy in place
+    /// (as `hotline restore` once did it, in two renames) left no `relay.db`, the store set
+    /// aside beside it: a relay started then must not create an empty store and run on it,
+    /// losing to it everything the store held, silently. It refuses, naming what it found.
+    #[test]
+    fn a_relay_does_not_create_an_empty_store_beside_one_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, conn) = open_db(dir.path()).expect("store");
+        drop(conn);
+        // The old restore's first rename, then a crash before its second.
+        let aside = dir.path().join("relay-replaced-20250101T000000.000Z.db");
+        std::fs::rename(&path, &aside).expect("set aside");
+        std::fs::write(dir.path().join(".relay.db.restoring"), b"").expect("incoming");
+        let r = open_db(dir.path()).map(drop);
+        assert!(r.is_err(), "a relay started on an empty store: {r:?}");
+        assert!(!path.exists(), "no store created");
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("relay-replaced-20250101T000000.000Z.db"), "{e}");
+    }
 
     /// The schema as version 0 wrote it.
     const SCHEMA_V0: &str = "

@@ -71,6 +71,32 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// A restore into the data directory began and did not finish ([`RESTORE_MARKER`] is
+    /// there): the store in place may be the old one or the copy. A service refuses to start
+    /// until the restore is run again.
+    #[error(
+        "{path} is there: a restore into this data directory did not finish; run `hotline \
+         restore` again (it finishes the restore; docs/OPERATIONS.md 6.5), then start"
+    )]
+    RestoreUnfinished {
+        /// The marker file.
+        path: PathBuf,
+    },
+    /// There is no store, but signs of an earlier one: a store set aside or being
+    /// restored, a backup, or a write-ahead log without its file. A service refuses to
+    /// create an empty store there, which would take the old one's place silently.
+    #[error(
+        "{path} is missing, but the directory holds {}: a store was here (a restore cut \
+         short, or the store moved away); restore it (`hotline restore --from FILE --data \
+         DIR`), or move these files out of the directory to start with an empty store",
+        found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    StoreMissing {
+        /// The store file that is missing.
+        path: PathBuf,
+        /// What was found in its place.
+        found: Vec<PathBuf>,
+    },
     /// The audit journal's hash chain is broken.
     #[error("audit journal broken at entry {seq}: {reason}")]
     JournalBroken {
@@ -377,32 +403,73 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub struct Restored {
     /// The store now in place, and what was checked in it.
     pub store: Backup,
-    /// The files of the store it replaced, renamed in the same directory (none if there was
-    /// none, as after a lost disk).
+    /// The names the store it replaced is kept under in the same directory, its file's
+    /// first and its write-ahead log's if one was left (none if there was no store, as
+    /// after a lost disk).
     pub set_aside: Vec<PathBuf>,
     /// The claim on the data directory, still held: work the caller does on the restored
     /// store (a relay's queues moved back) happens before any service can start there.
     pub claim: DirLock,
 }
 
+/// The file a restore writes in a data directory before it changes any name there, and
+/// removes once the copy is in place: a relay or node refuses to start while it is there
+/// ([`check_startable`]), so that a restore cut short (power lost, `kill -9`) is run again
+/// rather than served half done. It says in words what it is.
+pub const RESTORE_MARKER: &str = "RESTORE-UNFINISHED";
+
 /// Puts the store copy `copy` (a file `hotline backup` wrote) in place of `dir/name`, for a
 /// service that is stopped: the claim on `dir` ([`lock_dir`]) is held throughout, so this is
 /// refused while a relay or node runs there. The copy is read through a read-only connection
 /// (so the backup itself is never changed, nor its `-wal` ignored) into a new file in `dir`
 /// (`VACUUM INTO`, mode 0600, synced, checked as [`backup`] checks), given the owner of `dir`
-/// (the service's account, when an administrator runs this as root). Only then is the
-/// current store's write-ahead log folded into its file ([`fold_in_wal`]), and its files
-/// (`name`, `name-wal`, `name-shm`) renamed to `aside` (and `aside-wal`,
-/// `aside-shm`, which SQLite opens together), never deleted, and the new file renamed to
-/// `name`; the directory is synced. `check` runs on the new file (read-only) before anything
-/// is renamed, for what this crate cannot check (a relay's or node's records against their
-/// journal). A copy that fails a check leaves the store as it was.
+/// (the service's account, when an administrator runs this as root). `check` runs on the new
+/// file (read-only) before anything is renamed, for what this crate cannot check (a relay's
+/// or node's records against their journal). A copy that fails a check leaves the store as
+/// it was.
+///
+/// The replacement is made so that a crash at any point leaves `dir/name` either the old
+/// store, whole with its own write-ahead log, or the new one, with none, and never no store
+/// or a store beside another's log (SQLite cannot tell a log is not its database's, and
+/// would apply it):
+/// 1. the current store's write-ahead log is folded into its file ([`fold_in_wal`]);
+/// 2. [`RESTORE_MARKER`] is written and synced, with the directory;
+/// 3. the current store's file, and its log when one is left (it could not be folded), are
+///    hard-linked as `aside` (and `aside-wal`); the directory is synced. The old store now
+///    has two names;
+/// 4. `name-wal` and `name-shm` are removed (the log is empty, or kept as `aside-wal`); the
+///    directory is synced;
+/// 5. the new file is renamed over `name`, one `rename(2)`; the directory is synced;
+/// 6. the marker is removed; the directory is synced.
+///
+/// A crash after 2 and before 6 leaves the marker, and the service refuses to start until
+/// the restore is run again, which finishes it (setting aside whichever store is then in
+/// place). The replaced store is never deleted.
 pub fn restore(
     copy: &Path,
     dir: &Path,
     name: &str,
     aside: &str,
     check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
+) -> Result<Restored, StoreError> {
+    restore_until(copy, dir, name, aside, check, fold_in_wal, usize::MAX)
+}
+
+/// How many steps [`restore_until`] counts: it stops after any of them in tests.
+#[cfg(test)]
+const RESTORE_STEPS: usize = 10;
+
+/// [`restore`], stopping short after `steps` of its steps as a crash there would (nothing
+/// undone, nothing more written), for tests; `usize::MAX` runs it through. `fold` is
+/// [`fold_in_wal`], or, in tests, one that fails to fold as it may on a damaged store.
+fn restore_until(
+    copy: &Path,
+    dir: &Path,
+    name: &str,
+    aside: &str,
+    check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
+    fold: impl FnOnce(&Path),
+    steps: usize,
 ) -> Result<Restored, StoreError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -412,53 +479,198 @@ pub fn restore(
     let source = open_read_only(copy)?;
     let incoming = dir.join(format!(".{name}.restoring"));
     // Left by a restore that died before its rename: ours, since we hold the claim.
-    match std::fs::remove_file(&incoming) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&incoming)(e)),
+    for suffix in ["", "-wal", "-shm"] {
+        let leftover = dir.join(format!(".{name}.restoring{suffix}"));
+        match std::fs::remove_file(&leftover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&leftover)(e)),
+        }
     }
     let store = copy_into(&source, &incoming)?;
     drop(source);
-    // (from, to) of each file of the current store renamed so far, to undo on a failure:
-    // a store must never be left with a `-wal` that is not its own.
-    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let placed = (|| {
+    let current = dir.join(name);
+    let current_wal = dir.join(format!("{name}-wal"));
+    let current_shm = dir.join(format!("{name}-shm"));
+    let marker = dir.join(RESTORE_MARKER);
+    // Each step, counted so that a test can stop after any ([`restore_until`]).
+    let mut done = 0;
+    let mut step = || {
+        done += 1;
+        done <= steps
+    };
+    // The names this made, to undo on a failure (not on a crash: the marker covers that).
+    let mut linked: Vec<PathBuf> = Vec::new();
+    // The old log's second name, once made, and whether its first is gone.
+    let mut wal_kept: Option<PathBuf> = None;
+    let mut wal_removed = false;
+    let placed = (|| -> Result<bool, StoreError> {
         check(&open_read_only(&incoming)?, &incoming)?;
         give_dir_owner(dir, &incoming).map_err(io(&incoming))?;
-        fold_in_wal(&dir.join(name));
-        for suffix in ["", "-wal", "-shm"] {
-            let from = dir.join(format!("{name}{suffix}"));
-            if !from.exists() {
+        if !step() {
+            return Ok(false);
+        }
+        fold(&current);
+        if !step() {
+            return Ok(false);
+        }
+        write_marker(&marker, copy, name)?;
+        sync_dir(dir)?;
+        if !step() {
+            return Ok(false);
+        }
+        // Link, never rename: the old store keeps its name until the new one takes it.
+        // A log left (it could not be folded in) goes with it; an empty one is no part of it.
+        let wal_left = std::fs::metadata(&current_wal).is_ok_and(|m| m.len() > 0);
+        let keep = [(&current, true), (&current_wal, wal_left)];
+        for (i, (from, wanted)) in keep.into_iter().enumerate() {
+            if !wanted || !from.exists() {
                 continue;
             }
-            let to = dir.join(format!("{aside}{suffix}"));
-            if to.exists() {
-                return Err(io(&to)(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "a store set aside before has this name",
-                )));
+            let to = dir.join(format!("{aside}{}", ["", "-wal"][i]));
+            std::fs::hard_link(from, &to).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    io(&to)(std::io::Error::new(
+                        e.kind(),
+                        "a store set aside before has this name",
+                    ))
+                } else {
+                    io(&to)(e)
+                }
+            })?;
+            if i == 1 {
+                wal_kept = Some(to.clone());
             }
-            std::fs::rename(&from, &to).map_err(io(&from))?;
-            moved.push((from, to));
+            linked.push(to);
+            if !step() {
+                return Ok(false);
+            }
         }
-        let target = dir.join(name);
-        std::fs::rename(&incoming, &target).map_err(io(&target))?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        if !step() {
+            return Ok(false);
+        }
+        // The old store's log must not be found beside the new store, which SQLite would
+        // apply to it.
+        for path in [&current_wal, &current_shm] {
+            match std::fs::remove_file(path) {
+                Ok(()) => wal_removed |= path == &current_wal,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(path)(e)),
+            }
+            if !step() {
+                return Ok(false);
+            }
+        }
+        sync_dir(dir)?;
+        std::fs::rename(&incoming, &current).map_err(io(&current))?;
+        if !step() {
+            return Ok(false);
+        }
+        sync_dir(dir)?;
+        Ok(true)
     })();
     match placed {
-        Ok(()) => Ok(Restored {
-            store,
-            set_aside: moved.into_iter().map(|(_, to)| to).collect(),
-            claim,
+        Ok(false) => Err(StoreError::Io {
+            path: marker,
+            source: std::io::Error::other("stopped short, as a crash would (a test)"),
         }),
+        Ok(true) => {
+            // In place: the marker's work is done. One that cannot be removed keeps the
+            // service from starting, which its error then says.
+            std::fs::remove_file(&marker).map_err(io(&marker))?;
+            sync_dir(dir)?;
+            Ok(Restored {
+                store,
+                set_aside: linked,
+                claim,
+            })
+        }
         Err(e) => {
-            for (from, to) in moved.iter().rev() {
-                let _ = std::fs::rename(to, from);
+            // The old store is still in place under `name`: give it back its log if it had
+            // one, then drop the names this made. The marker stays if any of that fails.
+            let mut undone = true;
+            if let (true, Some(kept)) = (wal_removed, &wal_kept) {
+                undone &= std::fs::hard_link(kept, &current_wal).is_ok();
+            }
+            if undone {
+                for to in &linked {
+                    undone &= std::fs::remove_file(to).is_ok();
+                }
             }
             let _ = std::fs::remove_file(&incoming);
+            if undone {
+                let _ = std::fs::remove_file(&marker);
+            }
+            let _ = sync_dir(dir);
             Err(e)
         }
     }
+}
+
+/// Writes [`RESTORE_MARKER`] at `path`, synced, saying what it is for an operator who finds it.
+fn write_marker(path: &Path, copy: &Path, name: &str) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::create(path).map_err(io)?;
+    writeln!(
+        file,
+        "A restore of {} as {name} began here and did not finish. The relay or node refuses \
+         to start while this file is here: run `hotline restore` again (docs/OPERATIONS.md 6.5).",
+        copy.display()
+    )
+    .map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Whether a relay or node may open (creating if missing) its store `name` in `dir`. It may
+/// not while [`RESTORE_MARKER`] is there ([`StoreError::RestoreUnfinished`]), nor create one
+/// where there is none but signs of an earlier one are
+/// ([`StoreError::StoreMissing`]): a store set aside or being restored (`STEM-*.db`, a
+/// backup's or a replaced store's name, `.NAME.restoring`) or a log left without its file
+/// (`NAME-wal`). An empty store started there would take the old one's place silently,
+/// and everything the old one held (messages accepted, received) would be lost to the
+/// service. With no store and none of these (a first start, or a lost disk replaced), it
+/// may.
+pub fn check_startable(dir: &Path, name: &str) -> Result<(), StoreError> {
+    let marker = dir.join(RESTORE_MARKER);
+    if marker.exists() {
+        return Err(StoreError::RestoreUnfinished { path: marker });
+    }
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(());
+    }
+    let stem = name.strip_suffix(".db").unwrap_or(name);
+    let wal = format!("{name}-wal");
+    let restoring = format!(".{name}.restoring");
+    let entries = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut found: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let earlier = file == wal
+            || file == restoring
+            || (file.starts_with(&format!("{stem}-")) && file.ends_with(".db"));
+        if earlier {
+            found.push(entry.path());
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(StoreError::StoreMissing { path, found })
 }
 
 /// Copies what the write-ahead log of the store at `path` holds into the store's own file
@@ -567,6 +779,170 @@ mod tests {
             .expect("count");
         assert_eq!(n, 3, "the replaced store's commits are in its own file");
         drop(current);
+    }
+
+    /// The store a test restore replaces, as a relay killed with commits in its log leaves
+    /// it (`x.db` and `x.db-wal`, the rows 1, 2, 3 in the log only), and a copy to restore
+    /// holding the row 10.
+    fn killed_store_and_copy(root: &Path) -> (PathBuf, PathBuf) {
+        let schema = format!("{} CREATE TABLE t (v INTEGER);", crate::journal::SCHEMA);
+        let scratch = root.join("scratch");
+        std::fs::create_dir(&scratch).expect("scratch");
+        let src = scratch.join("new.db");
+        let c = open(&src, true).expect("copy's store");
+        c.execute_batch(&schema).expect("schema");
+        c.execute_batch("INSERT INTO t VALUES (10);").expect("row");
+        drop(c);
+        let copy = root.join("copy.db");
+        backup(&src, &copy).expect("backup");
+        let data = root.join("data");
+        std::fs::create_dir(&data).expect("data");
+        let old = scratch.join("x.db");
+        let c = open(&old, true).expect("store");
+        c.execute_batch(&schema).expect("schema");
+        // The schema in the file (as a store that ran a while has it), the rows in the log.
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA wal_autocheckpoint = 0;")
+            .expect("checkpoint");
+        c.execute_batch("INSERT INTO t VALUES (1), (2), (3);")
+            .expect("rows");
+        // The files as a SIGKILL leaves them: the log not folded in, not removed.
+        std::fs::copy(&old, data.join("x.db")).expect("file");
+        std::fs::copy(scratch.join("x.db-wal"), data.join("x.db-wal")).expect("log");
+        drop(c);
+        (copy, data)
+    }
+
+    /// The rows of the store `name` in `dir` as a service opening it would see them (its
+    /// `-wal` applied, if one is beside it), once checked whole; why not, if it cannot be
+    /// read so. Read-only, so that looking changes nothing.
+    fn rows_seen(dir: &Path, name: &str) -> Result<Vec<i64>, String> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err("missing".to_owned());
+        }
+        let conn = open_read_only(&path).map_err(|e| e.to_string())?;
+        quick_check(&conn, &path).map_err(|e| e.to_string())?;
+        crate::verify_journal(&conn).map_err(|e| e.to_string())?;
+        let mut st = conn
+            .prepare("SELECT v FROM t ORDER BY v")
+            .map_err(|e| e.to_string())?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
+            .map_err(|e| e.to_string())?;
+        Ok(rows)
+    }
+
+    /// A restore cut short after any of its steps (power lost, `kill -9`) leaves the store
+    /// the service would open either the old one, whole, or the copy, whole, and never no
+    /// store (a service would create an empty one) nor a store beside another's log (SQLite
+    /// would apply it); the old store is kept whole under some name; and the marker keeps
+    /// the service from starting until the restore, run again, finishes. With the replaced
+    /// store's log folded in, and with one left (it could not be folded).
+    #[test]
+    fn a_restore_cut_short_at_any_step_leaves_a_whole_store_and_finishes_when_run_again() {
+        use std::os::unix::fs::MetadataExt as _;
+        let old = vec![1, 2, 3];
+        let new = vec![10];
+        for folds in [true, false] {
+            for steps in 0..=RESTORE_STEPS {
+                let at = format!("folds {folds}, cut after {steps} steps");
+                let root = tempfile::tempdir().expect("tempdir");
+                let (copy, data) = killed_store_and_copy(root.path());
+                let old_file = std::fs::metadata(data.join("x.db")).expect("store").ino();
+                let fold = |p: &Path| {
+                    if folds {
+                        fold_in_wal(p)
+                    }
+                };
+                let r = restore_until(
+                    &copy,
+                    &data,
+                    "x.db",
+                    "x-aside.db",
+                    |_, _| Ok(()),
+                    fold,
+                    steps,
+                );
+                let finished = r.is_ok();
+                drop(r);
+                // A log beside the store in place is its own, whatever the marker says.
+                if std::fs::metadata(data.join("x.db-wal")).is_ok_and(|m| m.len() > 0) {
+                    let file = std::fs::metadata(data.join("x.db")).expect("store").ino();
+                    assert_eq!(file, old_file, "{at}: a store beside another's log");
+                }
+                let startable = check_startable(&data, "x.db");
+                // What the service would open, whatever the marker says.
+                let seen = rows_seen(&data, "x.db");
+                if folds {
+                    assert!(
+                        seen == Ok(old.clone()) || seen == Ok(new.clone()),
+                        "{at}: the store in place is {seen:?}"
+                    );
+                }
+                match &startable {
+                    Ok(()) => {
+                        let want = if finished { &new } else { &old };
+                        assert_eq!(seen, Ok(want.clone()), "{at}: started on the wrong store");
+                    }
+                    Err(StoreError::RestoreUnfinished { path }) => {
+                        assert!(!finished, "{at}: finished, marker left");
+                        assert_eq!(path, &data.join(RESTORE_MARKER), "{at}");
+                    }
+                    Err(e) => panic!("{at}: {e}"),
+                }
+                // The old store, whole somewhere: in place, or set aside (with its log).
+                let aside = rows_seen(&data, "x-aside.db");
+                assert!(
+                    seen == Ok(old.clone()) || aside == Ok(old.clone()),
+                    "{at}: the old store is lost: in place {seen:?}, set aside {aside:?}"
+                );
+                if finished {
+                    assert_eq!(aside, Ok(old.clone()), "{at}: kept");
+                    continue;
+                }
+                // Run again, it finishes: the copy in place, the service may start.
+                drop(
+                    restore(&copy, &data, "x.db", "x-aside-2.db", |_, _| Ok(()))
+                        .unwrap_or_else(|e| panic!("{at}: run again: {e}")),
+                );
+                check_startable(&data, "x.db").unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert_eq!(rows_seen(&data, "x.db"), Ok(new.clone()), "{at}: run again");
+                let kept = [
+                    rows_seen(&data, "x-aside.db"),
+                    rows_seen(&data, "x-aside-2.db"),
+                ];
+                assert!(
+                    kept.contains(&Ok(old.clone())),
+                    "{at}: the old store is lost: {kept:?}"
+                );
+            }
+        }
+    }
+
+    /// No store, but signs of one: a service does not create an empty store in its place.
+    /// None: it does (a first start, a lost disk replaced).
+    #[test]
+    fn a_missing_store_is_not_created_anew_beside_signs_of_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(LOCK_FILE), b"").expect("lock");
+        check_startable(dir.path(), "x.db").expect("a first start");
+        for sign in [
+            "x-replaced-20250101T000000.000Z.db",
+            "x.db-wal",
+            ".x.db.restoring",
+            "x-20250101T030000.123Z.db",
+        ] {
+            let path = dir.path().join(sign);
+            std::fs::write(&path, b"").expect("sign");
+            match check_startable(dir.path(), "x.db") {
+                Err(StoreError::StoreMissing { found, .. }) => {
+                    assert_eq!(found, vec![path.clone()])
+                }
+                other => panic!("{sign}: {other:?}"),
+            }
+            std::fs::remove_file(&path).expect("removed");
+        }
     }
 
     /// One claim on a directory at a time; the next once it is dropped.

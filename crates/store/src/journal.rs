@@ -492,36 +492,42 @@ mod backup_tests {
         );
         let restored = crate::open_read_only(&data.join("relay.db")).expect("restored");
         assert_eq!(verify(&restored).expect("verifies").entries, 3);
-        assert!(r.set_aside.contains(&data.join("relay-aside.db")));
-        assert!(r.set_aside.contains(&data.join("relay-aside.db-wal")));
+        // Its WAL folded into its file, the store is kept whole in that file alone.
+        assert_eq!(r.set_aside, vec![data.join("relay-aside.db")]);
         assert!(
             !data.join("relay.db-wal").exists(),
             "no stale WAL beside the restored store"
         );
+        assert!(!data.join(crate::RESTORE_MARKER).exists(), "finished");
         let aside = crate::open(&data.join("relay-aside.db"), false).expect("set aside");
         assert_eq!(
             verify(&aside).expect("verifies").entries,
             5,
-            "the WAL came along"
+            "what the WAL held came along"
         );
         drop(aside);
         // The first restore's claim ends with it.
         drop(r);
 
-        // A second restore under a name already used for a WAL: the store is renamed, the
-        // WAL is not, and the renaming is undone.
+        // A second restore under a name already taken: nothing is replaced, and the names
+        // it made are undone (the marker too, so the service may start).
         let mut conn = crate::open(&data.join("relay.db"), false).expect("reopen");
         let mut j = Journal::load(&conn).expect("load");
         append(&mut conn, &mut j, 1);
         std::mem::forget(conn);
-        std::fs::write(data.join("relay-aside2.db-wal"), b"taken").expect("taken");
+        std::fs::write(data.join("relay-aside2.db"), b"taken").expect("taken");
         match crate::restore(&copy, &data, "relay.db", "relay-aside2.db", |_, _| Ok(())) {
             Err(StoreError::Io { source, .. }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
             }
             other => panic!("expected the taken name refused, got {other:?}"),
         }
-        assert!(!data.join("relay-aside2.db").exists());
+        assert_eq!(
+            std::fs::read(data.join("relay-aside2.db")).expect("taken"),
+            b"taken"
+        );
+        assert!(!data.join(crate::RESTORE_MARKER).exists(), "undone");
+        crate::check_startable(&data, "relay.db").expect("the service may start");
         let kept = crate::open(&data.join("relay.db"), false).expect("kept");
         assert_eq!(verify(&kept).expect("verifies").entries, 4);
     }

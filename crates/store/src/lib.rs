@@ -12,7 +12,7 @@ pub mod db;
 pub mod journal;
 
 pub use db::{
-    backup, lock_dir, lock_dir_waiting, open, open_read_only, quick_check, restore, Backup,
-    DirLock, Restored, StoreError, CLAIM_WAIT, LOCK_FILE,
+    backup, check_startable, lock_dir, lock_dir_waiting, open, open_read_only, quick_check,
+    restore, Backup, DirLock, Restored, StoreError, CLAIM_WAIT, LOCK_FILE, RESTORE_MARKER,
 };
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};

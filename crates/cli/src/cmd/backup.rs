@@ -92,9 +92,10 @@ pub(crate) struct RestoreArgs {
 
 /// Puts a backup in place of the store in a data directory, the service stopped. The
 /// copy's kind (relay or node) names the store file; a directory holding the other kind's
-/// store is refused. The replaced store is renamed `STORE-replaced-TIME.db` beside it, with
-/// its WAL, and never deleted: after a crash, not a lost disk, it may hold what the backup
-/// lacks.
+/// store is refused. The replaced store is kept as `STORE-replaced-TIME.db` beside it (with
+/// its WAL if that could not be folded in), and never deleted: after a crash, not a lost
+/// disk, it may hold what the backup lacks. The replacement survives a crash at any point
+/// ([`hotline_store::restore`]); one cut short is finished by running this again.
 pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let RestoreArgs {
         from,
@@ -192,7 +193,20 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             hotline_node::store::verify_records(conn, path).map(drop)
         }
     })
-    .with_context(|| format!("restoring {} to {}", from.display(), data.display()))?;
+    .map_err(|e| match e {
+        // The claim is the running service's: say what to do, not only what is wrong.
+        hotline_store::StoreError::Locked { path } => anyhow::anyhow!(
+            "{}: a relay or node already runs on this data directory ({} is locked); stop it \
+             first (sudo systemctl stop hotline-{kind}), then run the restore again",
+            data.display(),
+            path.display()
+        ),
+        e => anyhow::Error::new(e).context(format!(
+            "restoring {} to {}",
+            from.display(),
+            data.display()
+        )),
+    })?;
     let newest = hotline_config::utc::format_utc(r.store.journal.last_at_ms);
     tracing::info!(db = %current.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
     let whose = holder
@@ -235,8 +249,9 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         let to = holder.map_or_else(|| "ID".to_owned(), |h| h.to_string());
         outln!(
             "next: start the node. What it received after {newest} is not in the copy: on the \
-             relay's machine, `hotline relay redeliver --config relay.toml --to {to} --since \
-             {newest}` has the relay deliver it again (OPERATIONS.md 6.5)"
+             relay's machine, `sudo -u hotline hotline relay redeliver --config \
+             /etc/hotline/relay.toml --to {to} --since {newest}` has the relay deliver it \
+             again (OPERATIONS.md 6.5)"
         );
     }
     Ok(())

@@ -80,11 +80,14 @@ fn is_lasting(e: &(dyn std::error::Error + 'static)) -> bool {
     e.is::<hotline_config::ConfigError>()
 }
 
-/// A store that is damaged, a newer release's or another participant's stays so.
+/// A store that is damaged, a newer release's or another participant's stays so; so does
+/// one that an unfinished restore, or a store moved away, leaves the service refusing.
 fn store_is_lasting(e: &StoreError) -> bool {
     matches!(
         e,
         StoreError::Corrupt { .. }
+            | StoreError::RestoreUnfinished { .. }
+            | StoreError::StoreMissing { .. }
             | StoreError::NewerSchema { .. }
             | StoreError::OtherParticipant { .. }
             | StoreError::JournalBroken { .. }

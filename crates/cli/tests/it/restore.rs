@@ -267,3 +267,68 @@ fn backup_and_audit_refuse_a_file_that_is_no_store_and_leave_it_as_it_is() {
         }
     }
 }
+
+/// A restore refused because the service runs says what to do: stop it first, by name.
+#[test]
+fn a_restore_beside_a_running_service_says_to_stop_it_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let backup = hotline(
+        dir.path(),
+        &["backup", "--data", "relay-data", "--out", "copy.db"],
+    );
+    assert!(backup.status.success(), "{backup:?}");
+    // The running relay's claim.
+    let claim = hotline_store::lock_dir(&relay).expect("claimed");
+    let out = hotline(
+        dir.path(),
+        &["restore", "--from", "copy.db", "--data", "relay-data"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("a relay or node already runs on this data directory")
+            && stderr.contains("stop it first (sudo systemctl stop hotline-relay)"),
+        "{stderr}"
+    );
+    drop(claim);
+}
+
+/// A restore cut short leaves its marker, which keeps the relay from starting; the same
+/// restore run again finishes, removes it, and keeps the store it found in place.
+#[test]
+fn a_restore_run_again_finishes_one_cut_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let backup = hotline(
+        dir.path(),
+        &["backup", "--data", "relay-data", "--out", "copy.db"],
+    );
+    assert!(backup.status.success(), "{backup:?}");
+    // As a restore killed after it wrote the marker leaves the directory.
+    let marker = relay.join(hotline_store::RESTORE_MARKER);
+    std::fs::write(&marker, b"").expect("marker");
+    let refused = hotline_relay::store::redeliver_all_since(&relay, 0, 0)
+        .expect_err("refused while the marker is there");
+    assert!(
+        matches!(refused, hotline_store::StoreError::RestoreUnfinished { .. }),
+        "{refused:?}"
+    );
+    let out = hotline(
+        dir.path(),
+        &["restore", "--from", "copy.db", "--data", "relay-data"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!marker.exists(), "the marker is removed");
+    let kept = std::fs::read_dir(&relay)
+        .expect("ls")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("relay-replaced-") && n.ends_with(".db"))
+        .count();
+    assert_eq!(kept, 1, "the store found in place is kept");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("the relay's store opens");
+}
