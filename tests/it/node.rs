@@ -4070,6 +4070,12 @@ async fn stop_node(node: NodeProc) {
     node.proc.signal("TERM").unwrap();
     let (status, proc) = node.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
     assert!(status.success(), "{status}: {}", proc.log());
+    // A clean stop leaves the store in one file (OPERATIONS.md 6): its log folded in.
+    let wal = node
+        .dir
+        .join(format!("node-{}", node.id))
+        .join("node.db-wal");
+    assert!(!wal.exists(), "{} left after a clean stop", wal.display());
 }
 
 /// A node keeps the roster it started on from its file, so that a file damaged later (a bad

@@ -196,14 +196,14 @@ pub(crate) enum Link {
 /// State shared by the node's tasks.
 pub(crate) struct NodeState {
     pub(crate) config: NodeConfig,
-    /// This node's claim on its data directory (no second node may run on it).
-    _claim: hotline_store::DirLock,
     pub(crate) me: ParticipantId,
     pub(crate) key: SigningKey,
-    store: Mutex<NodeStore>,
     /// A second connection to the store, read-only, for the API's lists
-    /// ([`NodeReader`]): they read without the store's lock.
+    /// ([`NodeReader`]): they read without the store's lock. Declared (so dropped) before
+    /// `store`: the last connection to close folds the write-ahead log into the store
+    /// and removes it, which a read-only one cannot, so a stopped node's store is one file.
     reader: Mutex<NodeReader>,
+    store: Mutex<NodeStore>,
     pub(crate) roster: watch::Sender<Arc<Verified<Roster>>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
@@ -224,6 +224,9 @@ pub(crate) struct NodeState {
     /// This state itself, for what outlives a call and must not keep the node (and its
     /// store) alive: a hook that ends after the node has stopped.
     this: std::sync::Weak<NodeState>,
+    /// This node's claim on its data directory (no second node may run on it). The last
+    /// field, so dropped last: the claim ends only once the store's connections are closed.
+    _claim: hotline_store::DirLock,
 }
 
 /// The events a node emits at start-up, before its API listens (the announcements of what
@@ -1171,6 +1174,37 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A node stopped cleanly leaves its store in one file, as OPERATIONS.md says (section
+    /// 6): the last connection to close folds the write-ahead log in and removes it. The
+    /// read-only connection of the API's lists closed after the store's, and a read-only
+    /// connection cannot fold the log in, so a stopped node that had written anything left
+    /// its latest commits in `node.db-wal`, lost to anyone who copied `node.db` alone.
+    #[test]
+    fn a_stopped_node_leaves_its_store_in_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let data = state.config.data_dir.clone();
+        let roster = state.roster.borrow().clone();
+        state.store().save_roster(&roster, 5).unwrap();
+        state.reader().inbox_page(None, 10, false).unwrap();
+        assert!(
+            data.join("node.db-wal").exists(),
+            "the test writes through the log"
+        );
+        drop(state);
+        let left: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("node.db"))
+            .collect();
+        assert_eq!(
+            left,
+            ["node.db"],
+            "files of the store left in {}",
+            data.display()
+        );
+    }
     use hotline_net::NetError;
     use hotline_proto::frame::ErrorCode;
 
