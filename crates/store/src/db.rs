@@ -349,45 +349,9 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
     // but SQLite creates the log and its index (`-wal`, `-shm`) beside a WAL database it
     // opens when they are missing (a store stopped cleanly, in one file), and a reader
     // cannot remove them when it closes. They are left, empty, for the service's next
-    // start, given the store file's owner: created by root's `sudo hotline backup`, the
-    // service's account could not open them, and would not start.
-    let missing = missing_companions(src);
-    let copied = copy_into(&open_read_only(src)?, out);
-    give_store_owner(src, &missing);
-    copied
-}
-
-/// The files of `db`'s write-ahead log (`-wal`, `-shm`) that are not there: a read-only
-/// connection to a WAL database creates them, and [`give_store_owner`] then gives them the
-/// store's owner.
-pub fn missing_companions(db: &Path) -> Vec<PathBuf> {
-    ["-wal", "-shm"]
-        .iter()
-        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
-        .filter(|p| !p.exists())
-        .collect()
-}
-
-/// Gives those of `missing` ([`missing_companions`]) that are there now the owner of `db`'s
-/// file, when they have another (created by root beside the service's store); logged when
-/// that fails.
-pub fn give_store_owner(db: &Path, missing: &[PathBuf]) {
-    for created in missing.iter().filter(|p| p.exists()) {
-        if let Err(e) = give_owner_of(db, created) {
-            tracing::warn!(file = %created.display(), error = %e, "could not give the file the store's owner");
-        }
-    }
-}
-
-/// Gives `path` the owner of `of` if it has another; only root may.
-fn give_owner_of(of: &Path, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let owner = std::fs::metadata(of)?;
-    let meta = std::fs::metadata(path)?;
-    if (meta.uid(), meta.gid()) == (owner.uid(), owner.gid()) {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+    // start, which removes them at its clean stop; created as root, SQLite gives them the
+    // store file's owner, so the service's account can open them.
+    copy_into(&open_read_only(src)?, out)
 }
 
 /// [`backup`]'s copy from an open connection.
@@ -1109,6 +1073,37 @@ mod tests {
         w.execute_batch("INSERT INTO t VALUES (6);")
             .expect("the writer goes on");
         drop(w);
+    }
+
+    /// Any read-only tool (`config check`, `audit verify`, `relay report`, `backup`) run as
+    /// root on a store stopped in one file makes SQLite create its empty `-wal` and `-shm`,
+    /// which a reader cannot remove: SQLite gives them the store file's owner (as root, it
+    /// does so for every file it creates beside a database), so that the service's account
+    /// can open them at its next start. This holds that to it.
+    #[test]
+    fn a_reader_leaves_the_files_it_creates_to_the_store_s_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("x.db");
+        let c = open(&db, true).expect("store");
+        c.execute_batch("CREATE TABLE t (v INTEGER);")
+            .expect("schema");
+        drop(c);
+        let service = (54_323, 54_324);
+        if std::os::unix::fs::chown(&db, Some(service.0), Some(service.1)).is_err() {
+            return; // not root: whatever it creates is the caller's own, as the store is.
+        }
+        let conn = open_read_only(&db).expect("reader");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 0);
+        drop(conn);
+        for f in ["x.db-wal", "x.db-shm"] {
+            if let Ok(m) = std::fs::metadata(dir.path().join(f)) {
+                assert_eq!((m.uid(), m.gid()), service, "{f}: the store's owner");
+            }
+        }
     }
 
     /// While a restore's marker is in the directory, the store there may be the one kept

@@ -12,8 +12,7 @@ pub mod db;
 pub mod journal;
 
 pub use db::{
-    backup, check_startable, give_store_owner, lock_dir, lock_dir_waiting, missing_companions,
-    open, open_read_only, quick_check, restore, Backup, DirLock, Restored, StoreError, CLAIM_WAIT,
-    LOCK_FILE, RESTORE_MARKER,
+    backup, check_startable, lock_dir, lock_dir_waiting, open, open_read_only, quick_check,
+    restore, Backup, DirLock, Restored, StoreError, CLAIM_WAIT, LOCK_FILE, RESTORE_MARKER,
 };
 pub use journal::{verify as verify_journal, Journal, JournalEntry, JournalReport};

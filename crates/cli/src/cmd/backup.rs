@@ -42,12 +42,8 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         return Err(hotline_store::StoreError::RestoreUnfinished { path: marker })
             .with_context(|| format!("not backing up {}", db.display()));
     }
-    // Refused before it is copied if it is no store; read-only, as the copy is. A reader
-    // creates a WAL store's missing log files, given the store's owner once done.
-    let missing = hotline_store::missing_companions(&db);
-    let kind = super::audit::store_kind(&db);
-    hotline_store::give_store_owner(&db, &missing);
-    kind?;
+    // Refused before it is copied if it is no store; read-only, as the copy is.
+    super::audit::store_kind(&db)?;
     let store = db
         .file_stem()
         .and_then(|s| s.to_str())
