@@ -249,16 +249,15 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         ),
         e => {
             let marker = data.join(hotline_store::RESTORE_MARKER);
-            let what = if rewind_failed {
-                "moving the recipients' queues back"
+            let e = anyhow::Error::new(e).context(if rewind_failed {
+                format!(
+                    "moving the recipients' queues back in {}, restored from {}",
+                    current.display(),
+                    from.display()
+                )
             } else {
-                "restoring"
-            };
-            let e = anyhow::Error::new(e).context(format!(
-                "{what} {} to {}",
-                from.display(),
-                data.display()
-            ));
+                format!("restoring {} to {}", from.display(), data.display())
+            });
             if marker.exists() {
                 // The copy may be in place, without the work that finishes the restore.
                 e.context(format!(
