@@ -517,13 +517,36 @@ pub fn redeliver_all_since(
 
 /// Moves back the cursor of `only`, or of every recipient with one, as
 /// [`redeliver_since`] says.
+/// [`redeliver_all_since`] on the store file `path` that `hotline restore` has just put in
+/// place, as the restore's last step (`hotline_store::restore`'s `finish`): its marker is
+/// still in the directory, which the relay's own open refuses, and the restore holds the
+/// directory's claim. A crash or a failure here leaves the marker, and the restore run
+/// again does it again.
+pub fn redeliver_all_since_restored(
+    path: &Path,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<RewoundAll, StoreError> {
+    rewind_in_store(open_db_file(path, false)?, None, since_ms, now_ms)
+}
+
 fn rewind(
     data_dir: &Path,
     only: Option<&ParticipantId>,
     since_ms: u64,
     now_ms: u64,
 ) -> Result<RewoundAll, StoreError> {
-    let (_, mut conn) = open_db(data_dir)?;
+    let (_, conn) = open_db(data_dir)?;
+    rewind_in_store(conn, only, since_ms, now_ms)
+}
+
+/// [`rewind`] on an open store.
+fn rewind_in_store(
+    mut conn: Connection,
+    only: Option<&ParticipantId>,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<RewoundAll, StoreError> {
     // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
@@ -914,12 +937,20 @@ pub(crate) struct WriterContext {
 pub(crate) fn open_db(data_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
     hotline_store::check_startable(data_dir, DB_FILE)?;
     let path = data_dir.join(DB_FILE);
-    let mut conn = hotline_store::open(&path, true)?;
+    let conn = open_db_file(&path, true)?;
+    Ok((path, conn))
+}
+
+/// [`open_db`]'s open of the store file `path` (created if missing and `create`), checked
+/// and brought to this release's schema, without the start-up check of its directory.
+fn open_db_file(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let path = path.to_owned();
+    let mut conn = hotline_store::open(&path, create)?;
     hotline_store::quick_check(&conn, &path)?;
     migrate(&mut conn, &path)?;
     conn.execute_batch(hotline_store::journal::SCHEMA)?;
     integrity_check(&conn, &path)?;
-    Ok((path, conn))
+    Ok(conn)
 }
 
 /// Start-up check that nothing accepted has been damaged while the relay was stopped: the

@@ -332,7 +332,26 @@ pub struct Backup {
 /// then opened read-only and checked (`quick_check`, the journal's chain) before this
 /// returns. A copy that fails is removed.
 pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
-    copy_into(&open(src, false)?, out)
+    // A restore cut short may have left the store in place and the one it kept aside as
+    // two names of one file, or a copy in place not yet finished: nothing to copy from.
+    let dir = match src.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let marker = dir.join(RESTORE_MARKER);
+    if marker.exists() {
+        return Err(StoreError::RestoreUnfinished { path: marker });
+    }
+    // Read-only: the copy changes nothing in its source. A read-write connection closing
+    // last folds the source's write-ahead log into its file (that of a stopped store that a
+    // killed service left), and would write into whatever file the name leads to. A
+    // read-only connection reads a log it finds, and never writes the database or its log;
+    // but SQLite creates the log and its index (`-wal`, `-shm`) beside a WAL database it
+    // opens when they are missing (a store stopped cleanly, in one file), and a reader
+    // cannot remove them when it closes. They are left, empty, for the service's next
+    // start, which removes them at its clean stop; created as root, SQLite gives them the
+    // store file's owner, so the service's account can open them.
+    copy_into(&open_read_only(src)?, out)
 }
 
 /// [`backup`]'s copy from an open connection.
@@ -440,34 +459,52 @@ pub const RESTORE_MARKER: &str = "RESTORE-UNFINISHED";
 /// 4. `name-wal` and `name-shm` are removed (the log is empty, or kept as `aside-wal`); the
 ///    directory is synced;
 /// 5. the new file is renamed over `name`, one `rename(2)`; the directory is synced;
-/// 6. the marker is removed; the directory is synced.
+/// 6. `finish` runs on the store now in place (given its path and what was checked in it),
+///    for the caller's work that is part of the restore (a relay's queues moved back): it
+///    opens the file itself, since the service's own open refuses it while the marker is
+///    there;
+/// 7. the marker is removed; the directory is synced.
 ///
-/// A crash after 2 and before 6 leaves the marker, and the service refuses to start until
-/// the restore is run again, which finishes it (setting aside whichever store is then in
-/// place). The replaced store is never deleted.
+/// A crash after 2 and before 7, or a failure of `finish` (which undoes nothing: the old
+/// store is then kept under `aside` only), leaves the marker, and the service refuses to
+/// start until the restore is run again, which finishes it (setting aside whichever store
+/// is then in place, and running `finish` on the copy put in place again). The replaced
+/// store is never deleted.
 pub fn restore(
     copy: &Path,
     dir: &Path,
     name: &str,
     aside: &str,
     check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
+    finish: impl FnOnce(&Path, &Backup) -> Result<(), StoreError>,
 ) -> Result<Restored, StoreError> {
-    restore_until(copy, dir, name, aside, check, fold_in_wal, usize::MAX)
+    restore_until(
+        copy,
+        dir,
+        name,
+        aside,
+        check,
+        finish,
+        fold_in_wal,
+        usize::MAX,
+    )
 }
 
 /// How many steps [`restore_until`] counts: it stops after any of them in tests.
 #[cfg(test)]
-const RESTORE_STEPS: usize = 10;
+const RESTORE_STEPS: usize = 11;
 
 /// [`restore`], stopping short after `steps` of its steps as a crash there would (nothing
 /// undone, nothing more written), for tests; `usize::MAX` runs it through. `fold` is
 /// [`fold_in_wal`], or, in tests, one that fails to fold as it may on a damaged store.
+#[allow(clippy::too_many_arguments)] // restore's, and two that tests set
 fn restore_until(
     copy: &Path,
     dir: &Path,
     name: &str,
     aside: &str,
     check: impl FnOnce(&Connection, &Path) -> Result<(), StoreError>,
+    finish: impl FnOnce(&Path, &Backup) -> Result<(), StoreError>,
     fold: impl FnOnce(&Path),
     steps: usize,
 ) -> Result<Restored, StoreError> {
@@ -576,8 +613,19 @@ fn restore_until(
             source: std::io::Error::other("stopped short, as a crash would (a test)"),
         }),
         Ok(true) => {
-            // In place: the marker's work is done. One that cannot be removed keeps the
-            // service from starting, which its error then says.
+            // In place. The caller's work on it (a relay's queues moved back) is part of the
+            // restore, under the marker: a crash or a failure there leaves the marker, and
+            // the restore run again does it all again. Nothing is undone on its failure:
+            // the old store is kept under `aside` only now.
+            finish(&current, &store)?;
+            if !step() {
+                return Err(StoreError::Io {
+                    path: marker,
+                    source: std::io::Error::other("stopped short, as a crash would (a test)"),
+                });
+            }
+            // Its work done, the marker goes. One that cannot be removed keeps the service
+            // from starting, which its error then says.
             std::fs::remove_file(&marker).map_err(io(&marker))?;
             sync_dir(dir)?;
             Ok(Restored {
@@ -766,8 +814,15 @@ mod tests {
         current
             .execute_batch("PRAGMA wal_autocheckpoint = 0; INSERT INTO t VALUES (1), (2), (3);")
             .expect("commits");
-        let restored =
-            restore(&copy, &data, "x.db", "x-replaced.db", |_, _| Ok(())).expect("restored");
+        let restored = restore(
+            &copy,
+            &data,
+            "x.db",
+            "x-replaced.db",
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        )
+        .expect("restored");
         drop(restored);
         // The set-aside file alone, as a crash after its rename would have left it.
         let alone = dir.path().join("alone");
@@ -838,12 +893,20 @@ mod tests {
     /// store (a service would create an empty one) nor a store beside another's log (SQLite
     /// would apply it); the old store is kept whole under some name; and the marker keeps
     /// the service from starting until the restore, run again, finishes. With the replaced
-    /// store's log folded in, and with one left (it could not be folded).
+    /// store's log folded in, and with one left (it could not be folded). The caller's work
+    /// on the store in place (a relay's queues moved back; here the row 11 added) is part
+    /// of the restore: the service never starts on the copy without it.
     #[test]
     fn a_restore_cut_short_at_any_step_leaves_a_whole_store_and_finishes_when_run_again() {
         use std::os::unix::fs::MetadataExt as _;
         let old = vec![1, 2, 3];
-        let new = vec![10];
+        // The copy, and the copy once the restore's work on it is done.
+        let copied = vec![10];
+        let new = vec![10, 11];
+        let finish = |path: &Path, _: &Backup| -> Result<(), StoreError> {
+            open(path, false)?.execute_batch("INSERT INTO t VALUES (11);")?;
+            Ok(())
+        };
         for folds in [true, false] {
             for steps in 0..=RESTORE_STEPS {
                 let at = format!("folds {folds}, cut after {steps} steps");
@@ -861,6 +924,7 @@ mod tests {
                     "x.db",
                     "x-aside.db",
                     |_, _| Ok(()),
+                    finish,
                     fold,
                     steps,
                 );
@@ -876,7 +940,9 @@ mod tests {
                 let seen = rows_seen(&data, "x.db");
                 if folds {
                     assert!(
-                        seen == Ok(old.clone()) || seen == Ok(new.clone()),
+                        seen == Ok(old.clone())
+                            || seen == Ok(copied.clone())
+                            || seen == Ok(new.clone()),
                         "{at}: the store in place is {seen:?}"
                     );
                 }
@@ -903,7 +969,7 @@ mod tests {
                 }
                 // Run again, it finishes: the copy in place, the service may start.
                 drop(
-                    restore(&copy, &data, "x.db", "x-aside-2.db", |_, _| Ok(()))
+                    restore(&copy, &data, "x.db", "x-aside-2.db", |_, _| Ok(()), finish)
                         .unwrap_or_else(|e| panic!("{at}: run again: {e}")),
                 );
                 check_startable(&data, "x.db").unwrap_or_else(|e| panic!("{at}: {e}"));
@@ -918,6 +984,144 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The names in `dir`, sorted, and each file's length and a hash of its bytes.
+    fn files(dir: &Path) -> Vec<(String, usize, u64)> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut all: Vec<(String, usize, u64)> = std::fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().into_string().expect("UTF-8");
+                let bytes = std::fs::read(e.path()).expect("read");
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                (name, bytes.len(), h.finish())
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// A backup only reads its source: a stopped store that a killed service left with
+    /// commits in its write-ahead log keeps its file and its log byte for byte (a read-write
+    /// open folded the log into the file when it closed, changing the file that a restore
+    /// cut short may share with the store it kept aside), and the copy holds those commits;
+    /// a store stopped cleanly, in one file, is copied too, and left in one file; and so is
+    /// a running store, its writer's commits still in its log.
+    #[test]
+    fn a_backup_changes_nothing_in_its_source() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (_, data) = killed_store_and_copy(root.path());
+        let before = files(&data);
+        assert!(
+            before.iter().any(|(n, len, _)| n == "x.db-wal" && *len > 0),
+            "a log with commits: {:?}",
+            before.iter().map(|(n, _, _)| n).collect::<Vec<_>>()
+        );
+        let out = root.path().join("killed.db");
+        backup(&data.join("x.db"), &out).expect("backup of a killed store");
+        assert_eq!(rows_seen(root.path(), "killed.db"), Ok(vec![1, 2, 3]));
+        let after: Vec<_> = files(&data)
+            .into_iter()
+            .filter(|(n, _, _)| n != "x.db-shm")
+            .collect();
+        assert_eq!(after, before, "the source is as it was");
+
+        // Stopped cleanly: one file, left so.
+        let clean = root.path().join("clean");
+        std::fs::create_dir(&clean).expect("dir");
+        let c = open(&clean.join("x.db"), true).expect("store");
+        c.execute_batch(&format!(
+            "{} CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (4);",
+            crate::journal::SCHEMA
+        ))
+        .expect("rows");
+        drop(c);
+        let before = files(&clean);
+        assert_eq!(before.len(), 1, "one file");
+        // The service's account owns it; this runs as root where it can (CI does).
+        use std::os::unix::fs::MetadataExt as _;
+        let service = (54_321, 54_322);
+        let as_root =
+            std::os::unix::fs::chown(clean.join("x.db"), Some(service.0), Some(service.1)).is_ok();
+        let out = root.path().join("clean.db");
+        backup(&clean.join("x.db"), &out).expect("backup of a stopped store");
+        assert_eq!(rows_seen(root.path(), "clean.db"), Ok(vec![4]));
+        let after = files(&clean);
+        assert_eq!(after[0], before[0], "the store's file as it was");
+        // SQLite's empty log and index, which a reader cannot remove, are the service's.
+        for (name, len, _) in &after[1..] {
+            assert!(name == "x.db-wal" || name == "x.db-shm", "{name}");
+            if name == "x.db-wal" {
+                assert_eq!(*len, 0, "an empty log");
+            }
+            let m = std::fs::metadata(clean.join(name)).expect("file");
+            if as_root {
+                assert_eq!((m.uid(), m.gid()), service, "{name}: the store's owner");
+            }
+        }
+
+        // Running: its writer open, a commit in its log only.
+        let w = open(&clean.join("x.db"), false).expect("writer");
+        w.execute_batch("PRAGMA wal_autocheckpoint = 0; INSERT INTO t VALUES (5);")
+            .expect("commit");
+        let out = root.path().join("live.db");
+        backup(&clean.join("x.db"), &out).expect("backup of a running store");
+        assert_eq!(rows_seen(root.path(), "live.db"), Ok(vec![4, 5]));
+        w.execute_batch("INSERT INTO t VALUES (6);")
+            .expect("the writer goes on");
+        drop(w);
+    }
+
+    /// Any read-only tool (`config check`, `audit verify`, `relay report`, `backup`) run as
+    /// root on a store stopped in one file makes SQLite create its empty `-wal` and `-shm`,
+    /// which a reader cannot remove: SQLite gives them the store file's owner (as root, it
+    /// does so for every file it creates beside a database), so that the service's account
+    /// can open them at its next start. This holds that to it.
+    #[test]
+    fn a_reader_leaves_the_files_it_creates_to_the_store_s_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("x.db");
+        let c = open(&db, true).expect("store");
+        c.execute_batch("CREATE TABLE t (v INTEGER);")
+            .expect("schema");
+        drop(c);
+        let service = (54_323, 54_324);
+        if std::os::unix::fs::chown(&db, Some(service.0), Some(service.1)).is_err() {
+            return; // not root: whatever it creates is the caller's own, as the store is.
+        }
+        let conn = open_read_only(&db).expect("reader");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 0);
+        drop(conn);
+        for f in ["x.db-wal", "x.db-shm"] {
+            if let Ok(m) = std::fs::metadata(dir.path().join(f)) {
+                assert_eq!((m.uid(), m.gid()), service, "{f}: the store's owner");
+            }
+        }
+    }
+
+    /// While a restore's marker is in the directory, the store there may be the one kept
+    /// aside under a second name, or a copy not yet finished: a backup is refused, naming
+    /// the marker, and writes nothing.
+    #[test]
+    fn a_backup_is_refused_while_a_restore_is_unfinished() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (_, data) = killed_store_and_copy(root.path());
+        std::fs::write(data.join(RESTORE_MARKER), b"").expect("marker");
+        let out = root.path().join("copy-2.db");
+        match backup(&data.join("x.db"), &out) {
+            Err(StoreError::RestoreUnfinished { path }) => {
+                assert_eq!(path, data.join(RESTORE_MARKER))
+            }
+            other => panic!("expected the backup refused, got {other:?}"),
+        }
+        assert!(!out.exists(), "nothing written");
     }
 
     /// No store, but signs of one: a service does not create an empty store in its place.

@@ -424,8 +424,15 @@ mod backup_tests {
         }
         // The service's account: any uid but root's.
         std::os::unix::fs::chown(&data, Some(65_534), Some(65_534)).expect("chown");
-        let r =
-            crate::restore(&copy, &data, "relay.db", "aside.db", |_, _| Ok(())).expect("restore");
+        let r = crate::restore(
+            &copy,
+            &data,
+            "relay.db",
+            "aside.db",
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        )
+        .expect("restore");
         assert!(r.set_aside.is_empty());
         let meta = std::fs::metadata(data.join("relay.db")).expect("restored");
         assert_eq!((meta.uid(), meta.gid()), (65_534, 65_534));
@@ -453,7 +460,14 @@ mod backup_tests {
         let copy_bytes = std::fs::read(&copy).expect("copy");
 
         let claim = crate::lock_dir(&data).expect("the service's claim");
-        match crate::restore(&copy, &data, "relay.db", "relay-aside.db", |_, _| Ok(())) {
+        match crate::restore(
+            &copy,
+            &data,
+            "relay.db",
+            "relay-aside.db",
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        ) {
             Err(StoreError::Locked { .. }) => {}
             other => panic!("expected the restore refused while claimed, got {other:?}"),
         }
@@ -461,9 +475,15 @@ mod backup_tests {
 
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).expect("garbage");
-        assert!(
-            crate::restore(&garbage, &data, "relay.db", "relay-aside.db", |_, _| Ok(())).is_err()
-        );
+        assert!(crate::restore(
+            &garbage,
+            &data,
+            "relay.db",
+            "relay-aside.db",
+            |_, _| Ok(()),
+            |_, _| Ok(())
+        )
+        .is_err());
         assert!(!data.join("relay-aside.db").exists());
         assert!(
             !data.join(".relay.db.restoring").exists(),
@@ -475,15 +495,29 @@ mod backup_tests {
                 detail: "records differ".into(),
             })
         };
-        match crate::restore(&copy, &data, "relay.db", "relay-aside.db", refused) {
+        match crate::restore(
+            &copy,
+            &data,
+            "relay.db",
+            "relay-aside.db",
+            refused,
+            |_, _| Ok(()),
+        ) {
             Err(StoreError::Corrupt { detail, .. }) => assert_eq!(detail, "records differ"),
             other => panic!("expected the check's refusal, got {other:?}"),
         }
         assert!(!data.join("relay-aside.db").exists());
         assert!(!data.join(".relay.db.restoring").exists(), "left behind");
 
-        let r = crate::restore(&copy, &data, "relay.db", "relay-aside.db", |_, _| Ok(()))
-            .expect("restore");
+        let r = crate::restore(
+            &copy,
+            &data,
+            "relay.db",
+            "relay-aside.db",
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        )
+        .expect("restore");
         assert_eq!(r.store.journal, backed_up.journal);
         assert_eq!(
             std::fs::read(&copy).expect("copy"),
@@ -516,7 +550,14 @@ mod backup_tests {
         append(&mut conn, &mut j, 1);
         std::mem::forget(conn);
         std::fs::write(data.join("relay-aside2.db"), b"taken").expect("taken");
-        match crate::restore(&copy, &data, "relay.db", "relay-aside2.db", |_, _| Ok(())) {
+        match crate::restore(
+            &copy,
+            &data,
+            "relay.db",
+            "relay-aside2.db",
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        ) {
             Err(StoreError::Io { source, .. }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
             }

@@ -31,7 +31,18 @@ pub(crate) struct BackupArgs {
 
 pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
     let db = super::audit::store_file(args.data)?;
-    // Checked read-only first: the copy opens its source for writing.
+    // Read first: a restore cut short leaves nothing to copy (hotline_store::backup refuses
+    // it too, but only after the store was read).
+    let marker = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(hotline_store::RESTORE_MARKER);
+    if marker.exists() {
+        return Err(hotline_store::StoreError::RestoreUnfinished { path: marker })
+            .with_context(|| format!("not backing up {}", db.display()));
+    }
+    // Refused before it is copied if it is no store; read-only, as the copy is.
     super::audit::store_kind(&db)?;
     let store = db
         .file_stem()
@@ -186,13 +197,48 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let stem = name.trim_end_matches(".db");
     let aside = copy_name(&format!("{stem}-replaced"), hotline_node::now_ms());
-    let r = hotline_store::restore(&from, &data, name, &aside, |conn, path| {
-        if is_relay {
-            hotline_relay::store::verify_journaled_records(conn, path).map(drop)
-        } else {
-            hotline_node::store::verify_records(conn, path).map(drop)
+    // A relay's queues are moved back as the restore's last step, under its marker and its
+    // claim: a crash or a failure there leaves the marker, and the relay refuses to start
+    // until the restore, run again, has done it.
+    let mut rewound = None;
+    let mut rewind_failed = false;
+    let finish = |path: &Path, copy: &hotline_store::Backup| {
+        if !is_relay || redeliver_hours == 0 {
+            return Ok(());
         }
-    })
+        let since_ms = copy
+            .journal
+            .last_at_ms
+            .saturating_sub(redeliver_hours.saturating_mul(3_600_000));
+        match hotline_relay::store::redeliver_all_since_restored(
+            path,
+            since_ms,
+            hotline_node::now_ms(),
+        ) {
+            Ok(r) => {
+                rewound = Some((since_ms, r));
+                Ok(())
+            }
+            Err(e) => {
+                rewind_failed = true;
+                Err(e)
+            }
+        }
+    };
+    let r = hotline_store::restore(
+        &from,
+        &data,
+        name,
+        &aside,
+        |conn, path| {
+            if is_relay {
+                hotline_relay::store::verify_journaled_records(conn, path).map(drop)
+            } else {
+                hotline_node::store::verify_records(conn, path).map(drop)
+            }
+        },
+        finish,
+    )
     .map_err(|e| match e {
         // The claim is the running service's: say what to do, not only what is wrong.
         hotline_store::StoreError::Locked { path } => anyhow::anyhow!(
@@ -201,11 +247,28 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             data.display(),
             path.display()
         ),
-        e => anyhow::Error::new(e).context(format!(
-            "restoring {} to {}",
-            from.display(),
-            data.display()
-        )),
+        e => {
+            let marker = data.join(hotline_store::RESTORE_MARKER);
+            let e = anyhow::Error::new(e).context(if rewind_failed {
+                format!(
+                    "moving the recipients' queues back in {}, restored from {}",
+                    current.display(),
+                    from.display()
+                )
+            } else {
+                format!("restoring {} to {}", from.display(), data.display())
+            });
+            if marker.exists() {
+                // The copy may be in place, without the work that finishes the restore.
+                e.context(format!(
+                    "the restore did not finish: {} is left, and the {kind} will not start; \
+                     put right what the error below says, then run it again",
+                    marker.display()
+                ))
+            } else {
+                e
+            }
+        }
     })?;
     let newest = hotline_config::utc::format_utc(r.store.journal.last_at_ms);
     tracing::info!(db = %current.display(), from = %from.display(), entries = r.store.journal.entries, set_aside = r.set_aside.len(), "store restored");
@@ -235,9 +298,8 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         None => outln!("there was no store to replace"),
     }
     if is_relay {
-        if redeliver_hours > 0 {
-            // Under the restore's claim, still held: no relay starts before this is done.
-            redeliver_to_all(&data, r.store.journal.last_at_ms, redeliver_hours)?;
+        if let Some((since_ms, rewound)) = rewound {
+            report_rewound(since_ms, redeliver_hours, &rewound);
         }
         outln!(
             "next: start the relay; each node submits again what the relay accepted from it \
@@ -257,16 +319,13 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Has the restored relay deliver again to every recipient what it accepted in the `hours`
-/// before `newest_ms` (the copy's newest journal entry, at most the backup's time). An
-/// acknowledgement made after the backup, of a message delivered before it, was lost with
-/// the relay's store if its sender had not fetched it; the recipient's node offers it again
-/// when the message arrives again. Nodes dedup by id and show nothing twice. The caller
-/// holds the data directory's claim.
-fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<()> {
-    let since_ms = newest_ms.saturating_sub(hours.saturating_mul(3_600_000));
-    let rewound = hotline_relay::store::redeliver_all_since(data, since_ms, hotline_node::now_ms())
-        .context("moving the recipients' queues back")?;
+/// Says what the restore's last step did for a relay: every recipient is delivered again
+/// what the relay accepted in the `hours` before the copy's newest journal entry (at most
+/// the backup's time), from `since_ms`. An acknowledgement made after the backup, of a
+/// message delivered before it, was lost with the relay's store if its sender had not
+/// fetched it; the recipient's node offers it again when the message arrives again. Nodes
+/// dedup by id and show nothing twice.
+fn report_rewound(since_ms: u64, hours: u64, rewound: &hotline_relay::store::RewoundAll) {
     let owed: u64 = rewound.iter().map(|(_, r)| r.messages).sum();
     let recipients = rewound.iter().filter(|(_, r)| r.messages > 0).count();
     tracing::info!(
@@ -281,7 +340,6 @@ fn redeliver_to_all(data: &Path, newest_ms: u64, hours: u64) -> anyhow::Result<(
          backup come back; nodes show nothing twice (--redeliver-hours 0: none)",
         hotline_config::utc::format_utc(since_ms)
     );
-    Ok(())
 }
 
 /// How many names after the first [`write_named_copy`] tries: one second's worth of

@@ -17,7 +17,9 @@
 //! node's roster is checked as the node will use it: the newer of the file and the roster
 //! its store holds (read-only, so the check runs beside a running node). A store the service
 //! would refuse at start, with exit status 78, and that a read can tell (another
-//! participant's node store, a newer release's store) is an error too.
+//! participant's node store, a newer release's store) is an error too, and so is a data
+//! directory its start would refuse before opening the store: a restore's marker left there
+//! (`RESTORE-UNFINISHED`), or no store but signs of one.
 
 use std::path::{Path, PathBuf};
 
@@ -656,6 +658,30 @@ fn check_data_dir(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut 
             .push(with_line(&what, Some("data_dir"), text, path));
     } else {
         report.notes.push(format!("store in {}", dir.display()));
+    }
+    if dir.is_dir() {
+        check_startable(kind, dir, text, path, report);
+    }
+}
+
+/// What the service's start would refuse in its data directory before it opens its store
+/// ([`hotline_store::check_startable`], exit status 78): a restore's marker left there, or
+/// no store but signs of one, where an empty store would take the old one's place. Both
+/// are errors here too, so that the check agrees with the start. Reads names only.
+fn check_startable(kind: Kind, dir: &Path, text: &str, path: &Path, report: &mut Report) {
+    use hotline_store::StoreError;
+    let name = match kind {
+        Kind::Relay => hotline_relay::store::DB_FILE,
+        Kind::Node => hotline_node::store::DB_FILE,
+    };
+    match hotline_store::check_startable(dir, name) {
+        Ok(()) => {}
+        Err(e @ (StoreError::RestoreUnfinished { .. } | StoreError::StoreMissing { .. })) => report
+            .errors
+            .push(with_line(&e.to_string(), Some("data_dir"), text, path)),
+        Err(e) => report.notes.push(format!(
+            "the data directory was not read ({e}): the service checks it when it starts"
+        )),
     }
 }
 

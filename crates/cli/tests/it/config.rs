@@ -829,3 +829,66 @@ fn exit_statuses_are_the_documented_ones() {
         );
     }
 }
+
+/// `hotline config check` agrees with the service's start about its data directory: a
+/// restore's marker left there (`RESTORE-UNFINISHED`), or no store but signs of one (a
+/// backup or a replaced store beside it, a write-ahead log without its file), make the
+/// relay or node refuse to start with exit status 78, and the check refuses them too,
+/// pointing at `data_dir`. It printed OK for both.
+#[test]
+fn a_data_directory_the_service_would_refuse_at_start_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (keys, roster_key) = roster_key_and_cica_roster(d);
+    std::fs::copy(keys.join("KAZ.key"), d.join("KAZ.key")).expect("copy key");
+    set_mode(&d.join("KAZ.key"), 0o600);
+    let text = node_text(&"ab".repeat(32)).replace(KEY, &roster_key);
+    let data = d.join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    drop(hotline_node::store::NodeStore::open(&data).expect("store"));
+    let node = d.join("node.toml");
+    std::fs::write(&node, &text).expect("write");
+    let out = check(&node);
+    assert!(out.status.success(), "{out:?}");
+
+    // A restore cut short.
+    let marker = data.join(hotline_store::RESTORE_MARKER);
+    std::fs::write(&marker, b"").expect("marker");
+    let refused_at_start = hotline_node::store::NodeStore::open(&data)
+        .err()
+        .expect("refused");
+    let err = refused(d, "node.toml", &text);
+    assert!(
+        err.contains("a restore into this data directory did not finish")
+            && err.contains("RESTORE-UNFINISHED")
+            && err.contains("data_dir"),
+        "{err} (the node: {refused_at_start})"
+    );
+    std::fs::remove_file(&marker).expect("marker removed");
+
+    // The store moved away, a backup of it left beside where it was.
+    std::fs::rename(
+        data.join("node.db"),
+        data.join("node-20250101T030000.123Z.db"),
+    )
+    .expect("moved");
+    for f in ["node.db-wal", "node.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let refused_at_start = hotline_node::store::NodeStore::open(&data)
+        .err()
+        .expect("refused");
+    let err = refused(d, "node.toml", &text);
+    assert!(
+        err.contains("node.db is missing, but the directory holds")
+            && err.contains("node-20250101T030000.123Z.db")
+            && err.contains("data_dir"),
+        "{err} (the node: {refused_at_start})"
+    );
+    assert!(!data.join("node.db").exists(), "the check created nothing");
+
+    // Nothing left there: a first start, which creates an empty store.
+    std::fs::remove_file(data.join("node-20250101T030000.123Z.db")).expect("removed");
+    let out = check(&node);
+    assert!(out.status.success(), "{out:?}");
+}

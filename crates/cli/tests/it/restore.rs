@@ -37,6 +37,17 @@ fn newer_copy(dir: &Path, data: &str, ours: i64, by: i64) {
 fn refused_as_newer(dir: &Path, data: &str, extra: &[&str], kind: &str, found: i64, ours: i64) {
     let mut args = vec!["restore", "--from", "newer.db", "--data", data];
     args.extend_from_slice(extra);
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(data))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "LOCK")
+            .collect();
+        names.sort();
+        names
+    };
+    // The store's file, and the empty log files a backup's reader may leave beside it.
+    let before = listing();
     let out = hotline(dir, &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
@@ -54,15 +65,10 @@ fn refused_as_newer(dir: &Path, data: &str, extra: &[&str], kind: &str, found: i
         "{args:?}: nothing restored: {out:?}"
     );
     let store = format!("{kind}.db");
-    let mut left: Vec<String> = std::fs::read_dir(dir.join(data))
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "LOCK")
-        .collect();
-    left.sort();
+    assert!(before.contains(&store), "{before:?}");
     assert_eq!(
-        left,
-        [store.as_str()],
+        listing(),
+        before,
         "{args:?}: nothing set aside or left over"
     );
     let current = dir.join(data).join(&store);
@@ -331,4 +337,51 @@ fn a_restore_run_again_finishes_one_cut_short() {
         .count();
     assert_eq!(kept, 1, "the store found in place is kept");
     hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("the relay's store opens");
+}
+
+/// A relay's restore moves the recipients' queues back (`--redeliver-hours`) before it is
+/// finished, under its marker: a restore whose rewind fails (here on a cursor the relay
+/// cannot read, which the copy's checks do not look at) leaves `RESTORE-UNFINISHED`, so the
+/// relay refuses to start, and says to run it again. The marker was removed, and OK
+/// printed, before the rewind: a crash or a failure there left the copy in place without
+/// its queues moved back, and nothing to tell the operator.
+#[test]
+fn a_relay_restore_is_unfinished_until_its_queues_are_moved_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    hotline_store::open(&relay.join("relay.db"), false)
+        .expect("open")
+        .execute_batch("INSERT INTO cursors VALUES ('KAZ', 'x');")
+        .expect("a cursor the rewind cannot read");
+    let backup = hotline(
+        dir.path(),
+        &["backup", "--data", "relay-data", "--out", "copy.db"],
+    );
+    assert!(backup.status.success(), "{backup:?}");
+    let out = hotline(
+        dir.path(),
+        &["restore", "--from", "copy.db", "--data", "relay-data"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let marker = relay.join(hotline_store::RESTORE_MARKER);
+    assert!(marker.exists(), "the restore is unfinished: {out:?}");
+    assert!(
+        stderr.contains("moving the recipients' queues back")
+            && stderr.contains("the restore did not finish")
+            && stderr.contains("run it again"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("OK:"),
+        "no OK for an unfinished restore: {out:?}"
+    );
+    let refused = hotline_relay::store::redeliver_all_since(&relay, 0, 0)
+        .expect_err("the relay's start refused");
+    assert!(
+        matches!(refused, hotline_store::StoreError::RestoreUnfinished { .. }),
+        "{refused:?}"
+    );
 }
