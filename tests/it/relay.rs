@@ -2732,8 +2732,8 @@ async fn sixty_largest_to(from: &mut Client, recipient: &str) -> Vec<MessageId> 
 /// After an outage a node flushes a page of its outbox as it connects, while the relay sends
 /// it its backlog: each side writes more than the other's QUIC stream window holds before it
 /// reads. The relay must go on reading while it writes. (It read nothing until it had written
-/// the backlog, and the node, whose link reads what arrives only between its writes, nothing
-/// until its write was taken: each waited on the other until one gave the link up as
+/// the backlog, and the node, whose link then read what arrived only between its writes (as
+/// another implementation's may still), nothing until its write was taken: each waited on the other until one gave the link up as
 /// stalled, and so again at every connection, the backlog and the outbox never moving.)
 #[tokio::test]
 async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
@@ -2792,7 +2792,8 @@ async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
 /// A sender's node that was away comes back to a large backlog of receipts forwarded to it,
 /// writes a page of its outbox as it connects, and confirms the receipts (`ReceiptsStored`)
 /// batch by batch as it stores them, reading what arrives only between its writes (as the
-/// node's link does). The relay must not write the whole backlog before reading again.
+/// reference node's link did until it wrote its queue beside reading, and as another
+/// implementation's may). The relay must not write the whole backlog before reading again.
 /// (It did: once the frames it reads ahead while writing (`READ_AHEAD_FRAMES`, here taken by
 /// the outbox page) and its stream window were full of confirmations, the node's write
 /// waited on the relay and the relay's on the node, until the relay closed the link as a

@@ -1337,9 +1337,9 @@ impl Session {
 /// ahead of the session's loop while the session waited on a write.
 ///
 /// A session writes to its node (a backlog of megabytes; answers) while the node may be
-/// writing to it (after an outage, a page of its outbox, up to 256 messages), and the
-/// reference node reads what arrives only between its writes (its reader task holds 256
-/// frames). Had the session read nothing while it wrote, each side's write would have
+/// writing to it (after an outage, a page of its outbox, up to 256 messages), and a node
+/// may read what arrives only between its writes (the reference node did until it wrote
+/// its queue beside reading, `link::RelayWriter`; another implementation may still). Had the session read nothing while it wrote, each side's write would have
 /// waited on the other's reading once both QUIC stream windows (1.25 MB each) were full,
 /// until one of them gave the link up as stalled, and so again at every connection. So
 /// while a write waits the session reads on, up to `limits::READ_AHEAD_FRAMES` frames and
