@@ -5412,34 +5412,26 @@ async fn a_node_with_a_page_of_the_largest_messages_meets_a_backlog_of_them() {
     drop(kaz);
 
     // KGZ comes back to it: everything flows, on one link.
-    let kgz = net.start_node("KGZ").await.unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut kgz = net.start_node("KGZ").await.unwrap();
     let last = msg(backlog.last().unwrap());
-    loop {
-        let client = kgz.client();
-        let st = tokio::task::spawn_blocking(move || client.get("/v1/status"))
-            .await
-            .unwrap()
-            .unwrap();
-        let done = st["outbox"] == 0
-            && st["relays"][0]["acks_pending"] == 0
-            && kgz.proc.count_lines(&["message received", &last]) == 1;
-        if done {
-            break;
-        }
-        assert_eq!(
-            lost(),
-            lost_before,
-            "the link stays up: {st}\n{}",
-            kgz.proc.log()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "everything flows in time: {st}\n{}",
-            kgz.proc.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    kgz.proc
+        .wait_line_within(
+            std::time::Duration::from_secs(120),
+            &["message received", &last],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("everything flows in time: {e}\n{}", kgz.proc.log()));
+    kgz.wait_status("outbox and acknowledgements answered", |st| {
+        st["outbox"] == 0 && st["relays"][0]["acks_pending"] == 0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("everything flows in time: {e}\n{}", kgz.proc.log()));
+    assert_eq!(
+        kgz.proc.count_lines(&["message received", &last]),
+        1,
+        "{}",
+        kgz.proc.log()
+    );
     assert_eq!(lost(), lost_before, "the link stays up: {}", kgz.proc.log());
     relay.shutdown().await;
 }

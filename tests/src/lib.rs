@@ -1203,6 +1203,22 @@ impl Proc {
         Ok(pick(&lines))
     }
 
+    /// [`Proc::wait_line`] with a deadline of `timeout` instead of `EVENT_TIMEOUT`, for
+    /// what takes longer by design (a backlog of tens of megabytes).
+    pub async fn wait_line_within(
+        &mut self,
+        timeout: Duration,
+        needles: &[&str],
+    ) -> anyhow::Result<String> {
+        let fits = |l: &String| needles.iter().all(|w| l.contains(w));
+        let what = format!("a line with {needles:?}");
+        let lines = self
+            .0
+            .wait_lines(timeout, &what, |l| l.iter().any(fits))
+            .await?;
+        Ok(lines.into_iter().find(fits).unwrap_or_default())
+    }
+
     /// Log lines so far that contain every one of `needles`.
     pub fn count_lines(&self, needles: &[&str]) -> usize {
         self.0
