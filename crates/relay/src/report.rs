@@ -89,14 +89,22 @@ pub fn track(conn: &Connection, since_ms: u64, limit: usize) -> Result<Vec<Track
 /// them. The limit counts overdue messages, not all the period's: an overdue message behind
 /// `limit` newer ones that are not overdue is found (a script paging the Secretariat on
 /// overdue messages must not be told there are none). Only messages whose respond-by time
-/// has passed are read with their receipts, so the cost follows those.
+/// has passed are read with their receipts, so the cost follows those; their bodies (up to
+/// 64 KiB each, which no report shows) are not kept while the period is read, so the
+/// memory it takes follows their number, not their size.
 pub fn track_overdue(
     conn: &Connection,
     since_ms: u64,
     limit: usize,
     now_ms: u64,
 ) -> Result<Vec<Tracked>, StoreError> {
-    let due = |e: &Envelope| e.respond_by_ms.is_some_and(|by| by <= now_ms);
+    let due = |e: &mut Envelope| {
+        let due = e.respond_by_ms.is_some_and(|by| by <= now_ms);
+        if due {
+            e.body = String::new();
+        }
+        due
+    };
     let mut out = period(conn, since_ms, usize::MAX, due)?;
     add_receipts(conn, &mut out)?;
     out.retain(|t| t.overdue(now_ms).next().is_some());
@@ -105,13 +113,13 @@ pub fn track_overdue(
     Ok(out)
 }
 
-/// The messages accepted at or after `since_ms` for which `keep` holds, at most `limit`,
-/// newest first, nobody's receipt read yet.
+/// The messages accepted at or after `since_ms` for which `keep` holds (it may trim what it
+/// keeps), at most `limit`, newest first, nobody's receipt read yet.
 fn period(
     conn: &Connection,
     since_ms: u64,
     limit: usize,
-    keep: impl Fn(&Envelope) -> bool,
+    mut keep: impl FnMut(&mut Envelope) -> bool,
 ) -> Result<Vec<Tracked>, StoreError> {
     let mut out: Vec<Tracked> = Vec::new();
     {
@@ -132,8 +140,8 @@ fn period(
             if accepted_at_ms < since_ms {
                 continue;
             }
-            let t = tracked(r)?;
-            if keep(&t.envelope) {
+            let mut t = tracked(r)?;
+            if keep(&mut t.envelope) {
                 out.push(t);
             }
         }
