@@ -640,7 +640,13 @@ impl Link<'_> {
         let (outbox, receipts) = {
             let store = self.state.store();
             (
-                store.outbox(self.idx, OUTBOX_PAGE + self.sent.len()),
+                // With a page unanswered nothing more is written: the outbox (messages of
+                // up to 64 KiB) is not read only to be skipped at every pass.
+                if self.sent.len() >= OUTBOX_PAGE {
+                    Ok(Vec::new())
+                } else {
+                    store.outbox(self.idx, OUTBOX_PAGE + self.sent.len())
+                },
                 // One more than may be in flight: the pass skips at most those in flight
                 // and writes at most the rest, so the one after tells it some are held. A
                 // backlog of thousands after a long outage is read a page at a pass.
