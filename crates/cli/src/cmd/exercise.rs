@@ -124,6 +124,10 @@ fn finish(
             _ = signals.hup.recv() => Err(interrupted("SIGHUP")),
         }
     })?;
+    if !report.passed {
+        // A reader gone before the summary is written does not turn the failure into 0.
+        crate::EXIT_ON_CLOSED_STDOUT.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -344,7 +344,7 @@ fn report(
     );
     if json_out {
         if cut {
-            eprintln!("note: {more}");
+            errln!("note: {more}");
         }
         outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());

@@ -4,6 +4,7 @@ mod config;
 mod endless;
 mod exercise;
 mod operator;
+mod output;
 mod report;
 mod restore;
 mod roster;
