@@ -124,7 +124,19 @@ enum Action {
 
 /// Runs `scenario` and returns its report (also written as JSON and HTML).
 pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Report> {
-    scenario.time_compression *= opts.speedup.max(0.01);
+    // The scenario's own time compression was checked when it was parsed; the speedup
+    // scales it, and the product must hold to the same rule (a speedup of 0, NaN or
+    // infinity used to be made 0.01 silently, or played everything at once).
+    let compression = scenario.time_compression * opts.speedup;
+    if !(compression.is_finite() && compression >= crate::scenario::TIME_COMPRESSION_MIN) {
+        bail!(
+            "speedup {}: the scenario's time_compression {} times it is {compression}, not a              finite number of at least {}",
+            opts.speedup,
+            scenario.time_compression,
+            crate::scenario::TIME_COMPRESSION_MIN
+        );
+    }
+    scenario.time_compression = compression;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let dir = match &opts.out_dir {
         Some(d) => {
