@@ -8,29 +8,67 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// `println!`, except that a closed standard output (`hotline inbox | head`) ends the
-/// program quietly instead of panicking.
+/// `println!`, except that it never panics: a closed standard output (`hotline inbox |
+/// head`) ends the program quietly, and any other failure to write it (a full disk under
+/// `hotline relay report > FILE`) ends it with an error and exit status 1 ([`stdout_failed`]),
+/// rather than a success with the output cut short.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
+            $crate::stdout_failed(e);
         }
     }};
 }
 
-/// `print!` with the same closed-pipe rule as [`outln!`].
+/// `print!` with the same rules as [`outln!`].
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = write!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
+            $crate::stdout_failed(e);
         }
     }};
+}
+
+/// `eprintln!`, except that a standard error that cannot be written (`hotline config check
+/// FILE 2>&1 | head -1`, the reader gone) is let be instead of panicking (exit status 101):
+/// what the command has to say is then lost, but its exit status still says how it went.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes out what [`out!`] left in standard output's buffer: its failure is the command's
+/// too, and the runtime's own flush at exit would pass over it in silence.
+fn flush_stdout() {
+    if let Err(e) = std::io::Write::flush(&mut std::io::stdout()) {
+        stdout_failed(e);
+    }
+}
+
+/// The exit status that a closed standard output ends the program with ([`stdout_failed`]):
+/// 0, since a reader that wants no more is no failure of the command, unless the command has
+/// already failed and is only saying so: a drill that failed sets 1 before it prints its
+/// summary, so that `hotline exercise run | head` under `pipefail` does not pass it.
+static EXIT_ON_CLOSED_STDOUT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Ends the program after standard output failed with `e`: quietly if its reader has gone,
+/// as under `| head`, which wants no more (with [`EXIT_ON_CLOSED_STDOUT`]); with the error
+/// (status 1) otherwise, so that a script writing the output to a file on a full disk does
+/// not take it for whole.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(
+            EXIT_ON_CLOSED_STDOUT
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
+        );
+    }
+    errln!("error: standard output: {e}");
+    std::process::exit(1);
 }
 
 mod cmd;
@@ -102,7 +140,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_json);
     let result = match cli.command {
         Command::Exercise(command) => match cmd::exercise::run(command) {
-            Ok(code) => return code,
+            Ok(code) => {
+                flush_stdout();
+                return code;
+            }
             Err(e) => Err(e),
         },
         Command::Keygen(args) => cmd::keys::run(args),
@@ -125,11 +166,15 @@ fn main() -> ExitCode {
         Command::Watch(args) => cmd::operator::watch(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            flush_stdout();
+            ExitCode::SUCCESS
+        }
+        // The command's own error is the one to report, whatever became of its output.
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            errln!("error: {}", report(&e));
             if e.is::<cmd::CannotStart>() {
-                eprintln!("(exit status {}: the service cannot start until this is put right; starting it again will not help)", cmd::EXIT_CANNOT_START);
+                errln!("(exit status {}: the service cannot start until this is put right; starting it again will not help)", cmd::EXIT_CANNOT_START);
                 ExitCode::from(cmd::EXIT_CANNOT_START)
             } else {
                 ExitCode::FAILURE

@@ -158,6 +158,14 @@ pub enum DraftError {
     /// A group has no members.
     #[error("group {0:?} has no members")]
     EmptyGroup(String),
+    /// A group names one member twice (the protocol refuses such a roster).
+    #[error("group {group:?} names {member} twice")]
+    DuplicateGroupMember {
+        /// The group.
+        group: String,
+        /// The member named twice.
+        member: ParticipantId,
+    },
     /// A group names a participant that is not listed.
     #[error("group {group:?} names unknown participant {member}")]
     UnknownGroupMember {
@@ -389,7 +397,7 @@ impl Draft {
     }
 
     /// Checks what can be checked without keys: names, unique ids and keys, valid keys, and
-    /// groups that name listed participants.
+    /// groups that name listed participants, each once.
     pub fn check_structure(&self) -> Result<(), DraftError> {
         if self.network.is_empty() || self.network.len() > NAME_BYTES_MAX {
             return Err(DraftError::BadName {
@@ -451,6 +459,13 @@ impl Draft {
             }
             if let Some(m) = g.members.iter().find(|m| !ids.contains(m)) {
                 return Err(DraftError::UnknownGroupMember {
+                    group: g.name.clone(),
+                    member: m.clone(),
+                });
+            }
+            let mut members = BTreeSet::new();
+            if let Some(m) = g.members.iter().find(|m| !members.insert(*m)) {
+                return Err(DraftError::DuplicateGroupMember {
                     group: g.name.clone(),
                     member: m.clone(),
                 });
@@ -853,6 +868,29 @@ members = ["KAZ"]
                 ..
             })
         ));
+    }
+
+    /// A group naming a member twice is refused where the draft is made or edited, naming
+    /// the group and the member. `roster group --members KAZ,KGZ,KAZ` was written to the
+    /// draft, which `roster sign` then refused as `invalid groups: a group lists a
+    /// participant twice`, naming neither.
+    #[test]
+    fn a_group_naming_a_member_twice_is_refused_with_its_name() {
+        let mut d = Draft::parse(&sample(), Path::new("d.toml")).expect("parses");
+        let before = d.groups.clone();
+        let kaz = ParticipantId::new("KAZ").expect("id");
+        let e = d
+            .set_group("tourism", vec![kaz.clone(), kaz.clone()])
+            .expect_err("refused");
+        assert_eq!(e.to_string(), "group \"tourism\" names KAZ twice");
+        assert_eq!(d.groups, before, "the draft is left as it was");
+        // Written by hand into a draft file, it is refused when read, as other mistakes are.
+        let text = format!(
+            "{}\n[[groups]]\nname = \"twice\"\nmembers = [\"KAZ\", \"KAZ\"]\n",
+            sample()
+        );
+        let e = Draft::parse(&text, Path::new("d.toml")).expect_err("refused");
+        assert!(e.to_string().contains("\"twice\" names KAZ twice"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,26 @@ use crate::proxy::{Impairment, Proxy};
 use crate::report::{self, Report};
 use crate::scenario::{Fault, Scenario};
 
+/// `eprintln!` for the drill's progress lines, except that a standard error that cannot be
+/// written (`hotline exercise run 2>&1 | head -3`, the reader gone; `2>/dev/full`) is let be:
+/// `eprintln!` panicked there, ending the harness (status 101) before or during the drill,
+/// whose verdict is its exit status and report, not these lines.
+macro_rules! progress {
+    () => {{
+        let _ = writeln!(std::io::stderr());
+    }};
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` with the same rule as [`progress!`] (a progress line rewritten in place).
+macro_rules! progress_inline {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// How long a relay or node has to exit once sent SIGTERM before it is killed (and the
 /// drill fails: `report::ProcessEnd`).
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -104,7 +124,19 @@ enum Action {
 
 /// Runs `scenario` and returns its report (also written as JSON and HTML).
 pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Report> {
-    scenario.time_compression *= opts.speedup.max(0.01);
+    // The scenario's own time compression was checked when it was parsed; the speedup
+    // scales it, and the product must hold to the same rule (a speedup of 0, NaN or
+    // infinity used to be made 0.01 silently, or played everything at once).
+    let compression = scenario.time_compression * opts.speedup;
+    if !(compression.is_finite() && compression >= crate::scenario::TIME_COMPRESSION_MIN) {
+        bail!(
+            "speedup {}: the scenario's time_compression {} times it is {compression}, not a              finite number of at least {}",
+            opts.speedup,
+            scenario.time_compression,
+            crate::scenario::TIME_COMPRESSION_MIN
+        );
+    }
+    scenario.time_compression = compression;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let dir = match &opts.out_dir {
         Some(d) => {
@@ -131,9 +163,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             );
         }
     }
-    eprintln!("exercise {}: {}", scenario.name, scenario.description);
-    eprintln!("  directory {}", dir.display());
-    eprintln!(
+    progress!("exercise {}: {}", scenario.name, scenario.description);
+    progress!("  directory {}", dir.display());
+    progress!(
         "  seed {seed} (rerun exactly with --seed {seed}); time compression {}x",
         scenario.time_compression
     );
@@ -141,7 +173,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let (mut sim, roster, mut clients, participants) = match opts.live.clone() {
         Some(live) => {
             if !scenario.faults.is_empty() {
-                eprintln!(
+                progress!(
                     "  live mode: the scenario's {} faults are not injected",
                     scenario.faults.len()
                 );
@@ -151,7 +183,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             // Faults are not injected in live mode: only the senders need a node.
             check_nodes(&scenario, &participants, false, &live.roster)
                 .context("live mode: every sender needs an entry in the endpoints file")?;
-            eprintln!(
+            progress!(
                 "  live mode: {} nodes; operators acknowledge themselves",
                 participants.len()
             );
@@ -211,7 +243,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     })
     .await?;
     if opened < clients.len() {
-        eprintln!(
+        progress!(
             "  {} of {} nodes' event streams open after {FOLLOW_OPEN_WAIT:?}: the others are followed as they come",
             opened,
             clients.len()
@@ -324,14 +356,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
                     relay_down = true;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay killed (SIGKILL)"}));
-                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
+                    progress!("\n  [{at_s:>7.1}s] relay killed with SIGKILL");
                 }
                 Action::BackupRelay => {
                     let line = backup_relay(&opts, &sim.dep).await?;
                     fault_log.push(
                         json!({"at_s": at_s, "fault": format!("relay store backed up ({line})")}),
                     );
-                    eprintln!("\n  [{at_s:>7.1}s] relay store backed up while it runs");
+                    progress!("\n  [{at_s:>7.1}s] relay store backed up while it runs");
                 }
                 Action::RestoreRelay => {
                     kill_for_fault(&mut sim.relay, "relay", at_s, &mut exits);
@@ -339,14 +371,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     let out = restore_relay(&opts, &sim.dep).await?;
                     let line = out.lines().next().unwrap_or_default();
                     fault_log.push(json!({"at_s": at_s, "fault": format!("relay killed (SIGKILL), its disk lost, the backup restored ({line})")}));
-                    eprintln!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its disk lost, the backup restored");
+                    progress!("\n  [{at_s:>7.1}s] relay killed with SIGKILL; its disk lost, the backup restored");
                 }
                 Action::StartRelay => {
                     relay_restarts += 1;
                     sim.relay = start_relay(&opts, &sim.dep, relay_restarts).await?;
                     relay_down = false;
                     fault_log.push(json!({"at_s": at_s, "fault": "relay restarted"}));
-                    eprintln!("\n  [{at_s:>7.1}s] relay restarted");
+                    progress!("\n  [{at_s:>7.1}s] relay restarted");
                 }
                 Action::KillNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
@@ -355,7 +387,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     down.insert(p.clone());
                     fault_log
                         .push(json!({"at_s": at_s, "fault": format!("node {p} killed (SIGKILL)")}));
-                    eprintln!("\n  [{at_s:>7.1}s] node {p} killed with SIGKILL");
+                    progress!("\n  [{at_s:>7.1}s] node {p} killed with SIGKILL");
                 }
                 Action::StopNode(p) => {
                     if let Some(n) = sim.nodes.get_mut(&p) {
@@ -369,7 +401,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     }
                     down.insert(p.clone());
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} offline")}));
-                    eprintln!("\n  [{at_s:>7.1}s] node {p} goes offline");
+                    progress!("\n  [{at_s:>7.1}s] node {p} goes offline");
                 }
                 Action::StartNode(p) => {
                     let r = restarts.entry(p.clone()).or_insert(0);
@@ -385,7 +417,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     sim.nodes.insert(p.clone(), proc_);
                     down.remove(&p);
                     fault_log.push(json!({"at_s": at_s, "fault": format!("node {p} back")}));
-                    eprintln!("\n  [{at_s:>7.1}s] node {p} back");
+                    progress!("\n  [{at_s:>7.1}s] node {p} back");
                 }
             }
         }
@@ -408,7 +440,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 if injects[k].id.is_none() {
                     if injects[k].refused.is_some() {
                         let why = format!("not sent: the inject it references, {r:?}, was refused");
-                        eprintln!("\n  inject {:?} {why}", inj.name);
+                        progress!("\n  inject {:?} {why}", inj.name);
                         injects[i].refused = Some(why);
                     } else {
                         still.push(i);
@@ -445,7 +477,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Ok(v) => {
                     injects[i].id = v["id"].as_str().map(str::to_owned);
                     injects[i].sent_at_ms = Some(crate::now_ms());
-                    eprintln!(
+                    progress!(
                         "\n  [{:>7.1}s] inject {:?} sent by {} ({})",
                         now.as_secs_f64() * scenario.time_compression,
                         inj.name,
@@ -460,24 +492,27 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         status: 400..=499, ..
                     },
                 ) => {
-                    eprintln!(
+                    progress!(
                         "\n  inject {:?} from {} refused by its node, not retried: {e}",
-                        inj.name, inj.from
+                        inj.name,
+                        inj.from
                     );
                     injects[i].refused = Some(format!("refused by {}'s node: {e}", inj.from));
                     // Only this inject's message could meet them: they fail now, and the
                     // drill does not wait for them.
                     for o in scenario.objectives.iter().filter(|o| o.inject == inj.name) {
-                        eprintln!(
+                        progress!(
                             "\n  objective {:?} failed: its inject {:?} was refused",
-                            o.name, inj.name
+                            o.name,
+                            inj.name
                         );
                     }
                 }
                 Err(e) => {
-                    eprintln!(
+                    progress!(
                         "\n  inject {:?} from {} failed: {e}; retrying",
-                        inj.name, inj.from
+                        inj.name,
+                        inj.from
                     );
                     still.push(i);
                 }
@@ -524,7 +559,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         status: 400..=499, ..
                     },
                 ) => {
-                    eprintln!("\n  {p}'s scripted answer was refused: {e}");
+                    progress!("\n  {p}'s scripted answer was refused: {e}");
                 }
                 Err(_) => later.push((instant + Duration::from_millis(200), p, id)),
             }
@@ -542,9 +577,9 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             && last_progress_at.elapsed() >= Duration::from_secs(1)
         {
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprint!("\r{line}");
+                progress_inline!("\r{line}");
             } else {
-                eprintln!("{line}");
+                progress!("{line}");
             }
             let _ = std::io::stderr().flush();
             last_progress = line;
@@ -587,7 +622,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         }
     }
     if opts.progress {
-        eprintln!();
+        progress!();
     }
     let wall_s = start.elapsed().as_secs_f64();
 
@@ -634,7 +669,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             )
             .await;
             for e in exits.iter().filter(|e| !e.exit.clean()) {
-                eprintln!(
+                progress!(
                     "  {} {}: {}{}",
                     e.process,
                     e.when,
@@ -737,7 +772,7 @@ async fn setup_sim(
                 duplicate: *duplicate,
             };
             let proxy = Proxy::start(dep.relay_addr, imp, seed.wrapping_add(i as u64)).await?;
-            eprintln!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
+            progress!("  {participant}'s link impaired: {loss} loss, {delay_ms} ms delay, {jitter_ms} ms jitter, {duplicate} duplication (proxy {})", proxy.listen);
             proxies.insert(participant.clone(), proxy);
         }
     }
@@ -757,7 +792,7 @@ async fn setup_sim(
             .await
             .with_context(|| format!("node {p} did not connect"))?;
     }
-    eprintln!("  relay and {} nodes up", nodes.len());
+    progress!("  relay and {} nodes up", nodes.len());
 
     let mut clients = BTreeMap::new();
     for (p, proc_) in nodes.iter_mut() {

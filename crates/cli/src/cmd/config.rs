@@ -109,7 +109,7 @@ fn check(path: &Path, kind: Option<Kind>, strict: bool) -> Result<()> {
         }
     };
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     if !report.errors.is_empty() {
         bail!("{}", report.errors.join("\n"));

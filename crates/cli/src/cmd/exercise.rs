@@ -19,8 +19,9 @@ pub(crate) enum ExerciseCommand {
         /// Directory for the deployment, logs and reports (default: a new one in /tmp).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run this many times faster than the scenario's own time compression.
-        #[arg(long, default_value_t = 1.0)]
+        /// Run this many times faster than the scenario's own time compression (a finite
+        /// number above 0; below 1 runs slower).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_speedup)]
         speedup: f64,
         /// Print the JSON report on standard output instead of the summary table.
         #[arg(long)]
@@ -96,6 +97,17 @@ pub(crate) fn run(cmd: ExerciseCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `--speedup`: a finite number above 0. `0` and `nan` were taken for 0.01 without a word
+/// (a drill a hundred times slower, which looks like a hang), and `inf` played every inject
+/// at once; clap refuses them as malformed (exit status 2), before anything starts.
+fn parse_speedup(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err("a finite number above 0, e.g. 10 or 0.5".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Runs the drill, prints the summary (or JSON) and the report paths; exit 0 only if passed.
 fn finish(
     sc: hotline_exercise::Scenario,
@@ -124,6 +136,10 @@ fn finish(
             _ = signals.hup.recv() => Err(interrupted("SIGHUP")),
         }
     })?;
+    if !report.passed {
+        // A reader gone before the summary is written does not turn the failure into 0.
+        crate::EXIT_ON_CLOSED_STDOUT.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {

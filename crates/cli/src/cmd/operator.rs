@@ -986,7 +986,7 @@ pub(crate) fn watch(a: PlainArgs) -> anyhow::Result<()> {
     let client = a.api.client()?;
     let events = client.events()?;
     // Subscribed: every event from now on is in the stream.
-    eprintln!("following the node's events (Ctrl-C to stop)");
+    errln!("following the node's events (Ctrl-C to stop)");
     for ev in events {
         let ev = ev.context("the node's event stream broke off: no further events are shown")?;
         if a.api.json {

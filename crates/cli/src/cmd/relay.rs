@@ -8,11 +8,15 @@ use clap::{Args, Subcommand};
 use hotline_relay::{Relay, RelayConfig};
 
 /// `hotline relay --config FILE` runs the relay; `hotline relay init` creates its certificate.
+///
+/// `--config` is required unless a subcommand is given, so that `hotline relay` alone (an
+/// `ExecStart=` that lost it) is a usage error, exit status 2, which the unit does not
+/// restart on, as the man page's EXIT STATUS says of an argument missing.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct RelayArgs {
     /// The relay configuration file (see config/relay.toml).
-    #[arg(long, short)]
+    #[arg(long, short, required = true)]
     config: Option<PathBuf>,
 
     /// With `--config`: shut down when standard input closes (for the drill harness; see
@@ -128,6 +132,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
         ),
         (Some(RelayCommand::Redeliver { config, to, since }), _) => redeliver(&config, &to, &since),
         (None, Some(config)) => serve(config, args.stop_when_stdin_closes),
+        // clap refuses this (`--config` is required without a subcommand): exit status 2.
         (None, None) => anyhow::bail!("give --config FILE to run the relay, or `relay init`"),
     }
 }
@@ -344,7 +349,7 @@ fn report(
     );
     if json_out {
         if cut {
-            eprintln!("note: {more}");
+            errln!("note: {more}");
         }
         outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());

@@ -168,11 +168,16 @@ pub(crate) struct ShowArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Verify a signed roster against this roster key (64 hex digits or a .pub file);
-    /// without it a signed roster is shown unverified.
-    #[arg(long, value_name = "HEX_OR_PATH", env = "HOTLINE_ROSTER_KEY")]
+    /// Verify a signed roster against this roster key (64 hex digits or a .pub file;
+    /// default: $HOTLINE_ROSTER_KEY, which a draft ignores); without either a signed roster
+    /// is shown unverified.
+    #[arg(long, value_name = "HEX_OR_PATH")]
     roster_key: Option<String>,
 }
+
+/// The environment variable that pins the roster key for `roster show` and `roster verify`
+/// (the man page's ENVIRONMENT).
+const ROSTER_KEY_ENV: &str = "HOTLINE_ROSTER_KEY";
 
 /// Arguments of `hotline roster verify`.
 #[derive(Debug, Args)]
@@ -181,7 +186,7 @@ pub(crate) struct VerifyArgs {
     #[arg(value_name = "FILE")]
     file: PathBuf,
     /// The pinned roster key: 64 hexadecimal digits or a .pub file.
-    #[arg(long, value_name = "HEX_OR_PATH", env = "HOTLINE_ROSTER_KEY")]
+    #[arg(long, value_name = "HEX_OR_PATH", env = ROSTER_KEY_ENV)]
     roster_key: String,
 }
 
@@ -486,7 +491,12 @@ fn is_signed_file(path: &Path) -> Result<bool> {
 fn show(args: ShowArgs) -> Result<()> {
     let (draft, issued_at_ms, provenance) = if is_signed_file(&args.file)? {
         let signed = roster_file::read_signed_roster(&args.file)?;
-        let (roster, provenance) = match &args.roster_key {
+        // The variable is read here, not by clap, so that it applies to signed files only:
+        // set once in a shell, it must not stop `roster show DRAFT`, which has nothing to
+        // verify (the flag given for a draft is a mistake, refused below). Empty is unset,
+        // as clap takes it.
+        let from_env = || std::env::var(ROSTER_KEY_ENV).ok().filter(|k| !k.is_empty());
+        let (roster, provenance) = match &args.roster_key.clone().or_else(from_env) {
             Some(spec) => {
                 let pinned = roster_key(spec)?;
                 let v = read_verified_against_flag(&args.file, &pinned)?;

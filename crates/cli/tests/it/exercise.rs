@@ -4,10 +4,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// How long the drill below may take (it passes in about 2 s; 20 s is its scenario's end).
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A two-node drill that ends as soon as its one inject is acknowledged.
-const SCENARIO: &str = r#"
+pub(crate) const SCENARIO: &str = r#"
 name = "tiny"
 description = "one message, acknowledged"
 end_s = 20.0
@@ -71,7 +71,7 @@ fn a_drill_runs_with_a_relative_out_directory() {
 /// Like [`SCENARIO`], with a second inject the sender's node refuses (an unknown recipient):
 /// a refusal for good, which the scenario's parser cannot see. An objective on it can never be
 /// met; its end is far off (600 s), so that a drill waiting for it would show.
-const REFUSED: &str = r#"
+pub(crate) const REFUSED: &str = r#"
 name = "refused"
 end_s = 600.0
 participants = ["SEC", "KAZ"]

@@ -4,9 +4,11 @@ mod config;
 mod endless;
 mod exercise;
 mod operator;
+mod output;
 mod report;
 mod restore;
 mod roster;
+mod usage;
 
 /// Waits for `child`, a `hotline` run with `args`, to exit: its output. If it has not exited
 /// within `deadline` it is killed, with its process group, and the test fails, saying

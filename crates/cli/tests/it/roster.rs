@@ -548,3 +548,50 @@ fn sign_refuses_to_write_over_its_inputs_or_as_a_key_file() {
         "2",
     ]);
 }
+
+/// `HOTLINE_ROSTER_KEY` pins the roster key for `roster show` and `roster verify` (man
+/// page, ENVIRONMENT), so an operator sets it once in a shell. A draft has no signature to
+/// check it against: `roster show DRAFT` with the variable set was refused (`a draft is not
+/// signed; --roster-key applies to signed roster files`), as if the flag had been given,
+/// although the same shell shows signed rosters, verified. The flag given for a draft is
+/// still refused.
+#[test]
+fn the_roster_key_from_the_environment_does_not_stop_showing_a_draft() {
+    let t = setup();
+    let show = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["roster", "show", s(file), "--json"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .env("HOTLINE_ROSTER_KEY", s(&t.roster_pub))
+            .output()
+            .expect("the hotline binary runs")
+    };
+    let out = show(&t.draft, &[]);
+    assert!(
+        out.status.success(),
+        "roster show DRAFT with HOTLINE_ROSTER_KEY set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["kind"], "draft");
+    // A signed roster is verified against the variable's key.
+    let out = show(&t.signed, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["verified"], true);
+    // The flag itself, for a draft, is a mistake worth saying.
+    let err = fail(&[
+        "roster",
+        "show",
+        s(&t.draft),
+        "--roster-key",
+        s(&t.roster_pub),
+    ]);
+    assert!(err.contains("a draft is not signed"), "{err}");
+}
