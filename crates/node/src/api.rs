@@ -665,6 +665,7 @@ fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
 
 async fn send(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = now_ms();
@@ -1219,6 +1220,14 @@ struct InboxQuery {
     unacknowledged: bool,
 }
 
+/// The query of an endpoint that takes no parameter (`/v1/status`, `/v1/events`, a message,
+/// a send, an acknowledgement, a reply, a discard): empty. A parameter there is refused by
+/// name ([`Params`]), as a list refuses one it does not know: ignored, `/v1/events?since=ID`
+/// or `/v1/status?relay=1` answered as if it were understood.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
 /// A list's `before`: a message id, or a 400 `bad_id`.
 fn cursor(before: Option<&str>) -> Result<Option<MessageId>, ApiError> {
     before
@@ -1357,6 +1366,7 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
 async fn discard(
     State(state): State<St>,
     Segment(given): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let d = digest(&given, "")?;
@@ -1383,6 +1393,7 @@ async fn discard(
 /// discarded.
 async fn discard_all(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let officer = req.officer()?;
@@ -1423,7 +1434,11 @@ async fn sent_list(
     Ok(Json(sent.into_iter().map(|s| sent_view(s, now)).collect()))
 }
 
-async fn show(State(state): State<St>, Segment(id): Segment) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<St>,
+    Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
@@ -1469,6 +1484,7 @@ pub struct ReplyRequest {
 async fn reply(
     State(state): State<St>,
     Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<ReplyRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id: MessageId = id
@@ -1509,7 +1525,7 @@ async fn reply(
         subject: req.subject.unwrap_or_else(|| reply_subject(&e.subject)),
         body: req.body,
     };
-    send(State(state), Body(send_req)).await
+    send(State(state), Params(NoQuery {}), Body(send_req)).await
 }
 
 /// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
@@ -1542,6 +1558,7 @@ struct AckRequest {
 async fn ack(
     State(state): State<St>,
     Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<AckRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
@@ -1588,7 +1605,10 @@ async fn ack(
     }
 }
 
-async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
     let (outbox, (quarantine, quarantine_full), acks_pending) = {
         let store = state.store();
         (
@@ -1644,6 +1664,7 @@ fn relay_status(address: &str, link: crate::Link) -> Value {
 
 async fn events(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let rx = state.events.subscribe();
     // Subscribed first: what the node emitted before its API listened comes first, then
@@ -2075,7 +2096,8 @@ mod tests {
         )
     }
 
-    /// POSTs `body` as JSON from a blocking thread; the status and the answer's body.
+    /// POSTs `body` as JSON, with the test state's token, from a blocking thread; the status
+    /// and the answer's body.
     async fn post_json(url: String, body: String) -> (u16, String) {
         tokio::task::spawn_blocking(move || {
             let agent = ureq::AgentBuilder::new()
@@ -2084,6 +2106,7 @@ mod tests {
             match agent
                 .post(&url)
                 .set("Content-Type", "application/json")
+                .set("Authorization", "Bearer token")
                 .send_string(&body)
             {
                 Ok(r) => (r.status(), r.into_string().unwrap()),
@@ -2219,6 +2242,63 @@ mod tests {
             let (status, v) = get_json(&base, path).await;
             assert_eq!(status, 200, "{path}: {v}");
         }
+    }
+
+    /// An endpoint that takes no query parameter refuses one by name, as a list refuses one
+    /// it does not know: `/v1/status` and `/v1/events` ignored theirs, so that
+    /// `/v1/events?since=ID` streamed from now as if the past had been asked for and given,
+    /// and a send or an acknowledgement with a parameter was done as if it had been
+    /// understood. Refused before anything is written; without one, each is answered.
+    #[tokio::test]
+    async fn an_endpoint_without_parameters_refuses_one_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let id = "ab".repeat(16);
+        for (path, name) in [
+            ("/v1/status?relay=1".to_owned(), "relay"),
+            ("/v1/events?since=1".to_owned(), "since"),
+            (format!("/v1/messages/{id}?verbose=1"), "verbose"),
+        ] {
+            let (status, v) = get_json(&base, &path).await;
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["code"], "unknown_parameter", "{path}: {v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains(&format!("`{name}`")), "{path}: {error}");
+        }
+        let send = r#"{"to":["KGZ"],"subject":"Test"}"#;
+        let officer = r#"{"officer":"Duty officer"}"#;
+        for (path, body, name) in [
+            ("/v1/messages?dry_run=1".to_owned(), send, "dry_run"),
+            (format!("/v1/messages/{id}/ack?as=KGZ"), officer, "as"),
+            (format!("/v1/messages/{id}/reply?to=SEC"), "{}", "to"),
+            (
+                format!("/v1/quarantine/{}/discard?all=1", "ab".repeat(32)),
+                officer,
+                "all",
+            ),
+            (
+                "/v1/quarantine/discard-all?max=1".to_owned(),
+                officer,
+                "max",
+            ),
+        ] {
+            let (status, answer) = post_json(format!("{base}{path}"), body.into()).await;
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["code"], "unknown_parameter", "{path}: {v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains(&format!("`{name}`")), "{path}: {error}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        // Without a parameter (or with an empty query string), each is answered.
+        for path in ["/v1/status", "/v1/status?"] {
+            let (status, v) = get_json(&base, path).await;
+            assert_eq!(status, 200, "{path}: {v}");
+        }
+        let (status, answer) = post_json(format!("{base}/v1/messages"), send.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(state.store().outbox_len().unwrap(), 1);
     }
 
     /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with
