@@ -1390,7 +1390,9 @@ async fn discard(
 /// Discards what the quarantine holds when asked, oldest first, `QUARANTINE_DISCARD_BATCH`
 /// at a time so that deliveries are stored in between; what arrives meanwhile stays (a relay
 /// delivering forgeries would otherwise keep the request going). Answers how many were
-/// discarded.
+/// discarded. A batch that fails after others were committed (a full disk) ends it: those
+/// committed stay discarded, so the links are told of the room made and the refusal says
+/// how many were (the store's error alone said that nothing was written).
 async fn discard_all(
     State(state): State<St>,
     Params(NoQuery {}): Params<NoQuery>,
@@ -1399,21 +1401,40 @@ async fn discard_all(
     let officer = req.officer()?;
     let held = state.store().quarantine_size().0.held;
     let mut total = 0u64;
+    let mut failed = None;
     while total < held {
         let batch = QUARANTINE_DISCARD_BATCH.min((held - total) as usize);
-        let n = state
+        let n = match state
             .store()
             .discard_quarantined(None, officer, now_ms(), batch)
-            .map_err(store_error)?;
+        {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
         total += n;
         if n == 0 {
             break;
         }
         tokio::task::yield_now().await;
     }
-    warn!(discarded = total, officer = ?officer, "quarantine emptied");
-    state.quarantine_room.send_modify(|n| *n += 1);
-    Ok(Json(json!({"discarded": total})))
+    let Some(e) = failed else {
+        warn!(discarded = total, officer = ?officer, "quarantine emptied");
+        state.quarantine_room.send_modify(|n| *n += 1);
+        return Ok(Json(json!({"discarded": total})));
+    };
+    let mut refusal = store_error(e);
+    if total > 0 {
+        warn!(discarded = total, officer = ?officer, "quarantine partly emptied");
+        state.quarantine_room.send_modify(|n| *n += 1);
+        refusal.2 = format!(
+            "{total} discarded (each journaled) before the store failed; the rest are kept: {}",
+            refusal.2
+        );
+    }
+    Err(refusal)
 }
 
 /// Sent messages, newest first, each with its matrix and answers, from the store's
@@ -2299,6 +2320,90 @@ mod tests {
         let (status, answer) = post_json(format!("{base}/v1/messages"), send.into()).await;
         assert_eq!(status, 201, "{answer}");
         assert_eq!(state.store().outbox_len().unwrap(), 1);
+    }
+
+    /// Emptying the quarantine commits a batch at a time; a batch that fails after others
+    /// were committed (a full disk) left those discarded unsaid: the answer was the store's
+    /// error alone ("disk full: nothing was written"), nothing was logged of the discards,
+    /// and a link that had refused deliveries for a full quarantine was not told of the room
+    /// made, so the relay kept what it refused until the link next reconnected for another
+    /// reason. Here the second batch fails.
+    #[tokio::test]
+    async fn a_discard_of_all_that_fails_midway_says_what_it_discarded_and_frees_the_room() {
+        let (logs, _guard) = capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let sender = hotline_proto::SigningKey::from_bytes(&[9; 32]);
+        let held = QUARANTINE_DISCARD_BATCH + 5;
+        let batch: Vec<_> = (0..held)
+            .map(|i| {
+                let env = hotline_proto::Envelope {
+                    version: hotline_proto::PROTOCOL_VERSION,
+                    id: MessageId::random(),
+                    sender: ParticipantId::new("TJK").unwrap(),
+                    seq: hotline_proto::Seq(i as u64 + 1),
+                    audience: Audience::Participants(vec![state.me.clone()]),
+                    kind: Kind::Alert,
+                    precedence: Precedence::Routine,
+                    status: Status::Actual,
+                    created_at_ms: 1_000,
+                    respond_by_ms: None,
+                    references: vec![],
+                    category: None,
+                    subject: format!("Forgery {i}"),
+                    body: String::new(),
+                };
+                let signed = hotline_proto::Signed::sign(&env, &sender).unwrap();
+                (signed, Err("test: unknown sender".to_owned()))
+            })
+            .collect();
+        state.store().store_deliveries(&batch, 2_000).unwrap();
+        assert_eq!(state.store().quarantine_size().0.held, held as u64);
+        // Every delete past the first batch's fails, as on a disk that has filled.
+        state
+            .store()
+            .conn_for_tests()
+            .execute_batch(&format!(
+                "CREATE TEMP TABLE deleted (n INTEGER NOT NULL);
+                 INSERT INTO deleted VALUES (0);
+                 CREATE TEMP TRIGGER discard_fails BEFORE DELETE ON main.quarantine
+                 BEGIN
+                     UPDATE deleted SET n = n + 1;
+                     SELECT RAISE(ABORT, 'injected failure')
+                         WHERE (SELECT n FROM deleted) > {QUARANTINE_DISCARD_BATCH};
+                 END;"
+            ))
+            .unwrap();
+        let mut room = state.quarantine_room.subscribe();
+        room.mark_unchanged();
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (status, answer) = post_json(
+            format!("{base}/v1/quarantine/discard-all"),
+            r#"{"officer":"Duty officer"}"#.into(),
+        )
+        .await;
+        assert_eq!(status, 500, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["code"], "storage", "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("{QUARANTINE_DISCARD_BATCH} discarded")),
+            "the answer says what was done: {error}"
+        );
+        assert_eq!(
+            state.store().quarantine_size().0.held,
+            (held - QUARANTINE_DISCARD_BATCH) as u64
+        );
+        assert!(
+            room.has_changed().unwrap(),
+            "the links are told of the room made"
+        );
+        let lines = logs.lines("quarantine partly emptied");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            lines[0]["discarded"], QUARANTINE_DISCARD_BATCH as u64,
+            "{lines:?}"
+        );
     }
 
     /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with

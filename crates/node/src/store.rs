@@ -1757,6 +1757,12 @@ impl NodeStore {
         result
     }
 
+    /// The store's connection, for tests that inject a failure (a temporary trigger).
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The newest roster this node has installed, if any.
     pub fn roster(&self) -> Result<Option<Signed<Roster>>, StoreError> {
         stored_roster(&self.conn)
