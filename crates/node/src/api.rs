@@ -665,6 +665,7 @@ fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
 
 async fn send(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = now_ms();
@@ -1219,6 +1220,14 @@ struct InboxQuery {
     unacknowledged: bool,
 }
 
+/// The query of an endpoint that takes no parameter (`/v1/status`, `/v1/events`, a message,
+/// a send, an acknowledgement, a reply, a discard): empty. A parameter there is refused by
+/// name ([`Params`]), as a list refuses one it does not know: ignored, `/v1/events?since=ID`
+/// or `/v1/status?relay=1` answered as if it were understood.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
 /// A list's `before`: a message id, or a 400 `bad_id`.
 fn cursor(before: Option<&str>) -> Result<Option<MessageId>, ApiError> {
     before
@@ -1357,6 +1366,7 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
 async fn discard(
     State(state): State<St>,
     Segment(given): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let d = digest(&given, "")?;
@@ -1380,29 +1390,77 @@ async fn discard(
 /// Discards what the quarantine holds when asked, oldest first, `QUARANTINE_DISCARD_BATCH`
 /// at a time so that deliveries are stored in between; what arrives meanwhile stays (a relay
 /// delivering forgeries would otherwise keep the request going). Answers how many were
-/// discarded.
+/// discarded. A batch that fails after others were committed (a full disk) ends it: those
+/// committed stay discarded, so the links are told of the room made and the refusal says
+/// how many were (the store's error alone said that nothing was written).
+///
+/// The batches run in a task of their own, which the request waits for: a client that goes
+/// away midway (a 64 MiB quarantine of small forgeries is a hundred batches or more, and a
+/// client may time out) has hyper drop the handler, which stopped the loop at its next
+/// batch with what it had discarded neither logged nor told to the links.
 async fn discard_all(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let officer = req.officer()?;
+    let officer = req.officer()?.to_owned();
+    let (total, failed) = tokio::spawn(discard_batches(state, officer))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let Some(e) = failed else {
+        return Ok(Json(json!({"discarded": total})));
+    };
+    let mut refusal = store_error(e);
+    if total > 0 {
+        refusal.2 = format!(
+            "{total} discarded (each journaled) before the store failed; the rest are kept: {}",
+            refusal.2
+        );
+    }
+    Err(refusal)
+}
+
+/// [`discard_all`]'s batches: how many were discarded, and the store's error if a batch
+/// failed. Logs what was discarded and tells the links of the room made.
+async fn discard_batches(state: St, officer: String) -> (u64, Option<hotline_store::StoreError>) {
     let held = state.store().quarantine_size().0.held;
     let mut total = 0u64;
+    let mut failed = None;
+    let mut stopping = false;
     while total < held {
+        // The node is stopping: the rest stay held, rather than the task outliving it.
+        if *state.shutdown.borrow() {
+            stopping = true;
+            break;
+        }
         let batch = QUARANTINE_DISCARD_BATCH.min((held - total) as usize);
-        let n = state
+        let n = match state
             .store()
-            .discard_quarantined(None, officer, now_ms(), batch)
-            .map_err(store_error)?;
+            .discard_quarantined(None, &officer, now_ms(), batch)
+        {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
         total += n;
         if n == 0 {
             break;
         }
         tokio::task::yield_now().await;
     }
-    warn!(discarded = total, officer = ?officer, "quarantine emptied");
-    state.quarantine_room.send_modify(|n| *n += 1);
-    Ok(Json(json!({"discarded": total})))
+    if stopping {
+        warn!(discarded = total, officer = ?officer, "quarantine partly emptied: the node is stopping");
+    } else if failed.is_none() {
+        warn!(discarded = total, officer = ?officer, "quarantine emptied");
+    } else if total > 0 {
+        warn!(discarded = total, officer = ?officer, "quarantine partly emptied");
+    }
+    if total > 0 || failed.is_none() {
+        state.quarantine_room.send_modify(|n| *n += 1);
+    }
+    (total, failed)
 }
 
 /// Sent messages, newest first, each with its matrix and answers, from the store's
@@ -1423,7 +1481,11 @@ async fn sent_list(
     Ok(Json(sent.into_iter().map(|s| sent_view(s, now)).collect()))
 }
 
-async fn show(State(state): State<St>, Segment(id): Segment) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<St>,
+    Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
@@ -1469,6 +1531,7 @@ pub struct ReplyRequest {
 async fn reply(
     State(state): State<St>,
     Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<ReplyRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id: MessageId = id
@@ -1509,7 +1572,7 @@ async fn reply(
         subject: req.subject.unwrap_or_else(|| reply_subject(&e.subject)),
         body: req.body,
     };
-    send(State(state), Body(send_req)).await
+    send(State(state), Params(NoQuery {}), Body(send_req)).await
 }
 
 /// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
@@ -1542,6 +1605,7 @@ struct AckRequest {
 async fn ack(
     State(state): State<St>,
     Segment(id): Segment,
+    Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<AckRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id: MessageId = id
@@ -1588,7 +1652,10 @@ async fn ack(
     }
 }
 
-async fn status(State(state): State<St>) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
     let (outbox, (quarantine, quarantine_full), acks_pending) = {
         let store = state.store();
         (
@@ -1644,6 +1711,7 @@ fn relay_status(address: &str, link: crate::Link) -> Value {
 
 async fn events(
     State(state): State<St>,
+    Params(NoQuery {}): Params<NoQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let rx = state.events.subscribe();
     // Subscribed first: what the node emitted before its API listened comes first, then
@@ -2075,7 +2143,8 @@ mod tests {
         )
     }
 
-    /// POSTs `body` as JSON from a blocking thread; the status and the answer's body.
+    /// POSTs `body` as JSON, with the test state's token, from a blocking thread; the status
+    /// and the answer's body.
     async fn post_json(url: String, body: String) -> (u16, String) {
         tokio::task::spawn_blocking(move || {
             let agent = ureq::AgentBuilder::new()
@@ -2084,6 +2153,7 @@ mod tests {
             match agent
                 .post(&url)
                 .set("Content-Type", "application/json")
+                .set("Authorization", "Bearer token")
                 .send_string(&body)
             {
                 Ok(r) => (r.status(), r.into_string().unwrap()),
@@ -2219,6 +2289,194 @@ mod tests {
             let (status, v) = get_json(&base, path).await;
             assert_eq!(status, 200, "{path}: {v}");
         }
+    }
+
+    /// An endpoint that takes no query parameter refuses one by name, as a list refuses one
+    /// it does not know: `/v1/status` and `/v1/events` ignored theirs, so that
+    /// `/v1/events?since=ID` streamed from now as if the past had been asked for and given,
+    /// and a send or an acknowledgement with a parameter was done as if it had been
+    /// understood. Refused before anything is written; without one, each is answered.
+    #[tokio::test]
+    async fn an_endpoint_without_parameters_refuses_one_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let id = "ab".repeat(16);
+        for (path, name) in [
+            ("/v1/status?relay=1".to_owned(), "relay"),
+            ("/v1/events?since=1".to_owned(), "since"),
+            (format!("/v1/messages/{id}?verbose=1"), "verbose"),
+        ] {
+            let (status, v) = get_json(&base, &path).await;
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["code"], "unknown_parameter", "{path}: {v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains(&format!("`{name}`")), "{path}: {error}");
+        }
+        let send = r#"{"to":["KGZ"],"subject":"Test"}"#;
+        let officer = r#"{"officer":"Duty officer"}"#;
+        for (path, body, name) in [
+            ("/v1/messages?dry_run=1".to_owned(), send, "dry_run"),
+            (format!("/v1/messages/{id}/ack?as=KGZ"), officer, "as"),
+            (format!("/v1/messages/{id}/reply?to=SEC"), "{}", "to"),
+            (
+                format!("/v1/quarantine/{}/discard?all=1", "ab".repeat(32)),
+                officer,
+                "all",
+            ),
+            (
+                "/v1/quarantine/discard-all?max=1".to_owned(),
+                officer,
+                "max",
+            ),
+        ] {
+            let (status, answer) = post_json(format!("{base}{path}"), body.into()).await;
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["code"], "unknown_parameter", "{path}: {v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains(&format!("`{name}`")), "{path}: {error}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        // Without a parameter (or with an empty query string), each is answered.
+        for path in ["/v1/status", "/v1/status?"] {
+            let (status, v) = get_json(&base, path).await;
+            assert_eq!(status, 200, "{path}: {v}");
+        }
+        let (status, answer) = post_json(format!("{base}/v1/messages"), send.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(state.store().outbox_len().unwrap(), 1);
+    }
+
+    /// Emptying the quarantine commits a batch at a time; a batch that fails after others
+    /// were committed (a full disk) left those discarded unsaid: the answer was the store's
+    /// error alone ("disk full: nothing was written"), nothing was logged of the discards,
+    /// and a link that had refused deliveries for a full quarantine was not told of the room
+    /// made, so the relay kept what it refused until the link next reconnected for another
+    /// reason. Here the second batch fails.
+    #[tokio::test]
+    async fn a_discard_of_all_that_fails_midway_says_what_it_discarded_and_frees_the_room() {
+        let (logs, _guard) = capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let held = QUARANTINE_DISCARD_BATCH + 5;
+        let batch = forgeries(&state, held);
+        state.store().store_deliveries(&batch, 2_000).unwrap();
+        assert_eq!(state.store().quarantine_size().0.held, held as u64);
+        // Every delete past the first batch's fails, as on a disk that has filled.
+        state
+            .store()
+            .conn_for_tests()
+            .execute_batch(&format!(
+                "CREATE TEMP TABLE deleted (n INTEGER NOT NULL);
+                 INSERT INTO deleted VALUES (0);
+                 CREATE TEMP TRIGGER discard_fails BEFORE DELETE ON main.quarantine
+                 BEGIN
+                     UPDATE deleted SET n = n + 1;
+                     SELECT RAISE(ABORT, 'injected failure')
+                         WHERE (SELECT n FROM deleted) > {QUARANTINE_DISCARD_BATCH};
+                 END;"
+            ))
+            .unwrap();
+        let mut room = state.quarantine_room.subscribe();
+        room.mark_unchanged();
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (status, answer) = post_json(
+            format!("{base}/v1/quarantine/discard-all"),
+            r#"{"officer":"Duty officer"}"#.into(),
+        )
+        .await;
+        assert_eq!(status, 500, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["code"], "storage", "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("{QUARANTINE_DISCARD_BATCH} discarded")),
+            "the answer says what was done: {error}"
+        );
+        assert_eq!(
+            state.store().quarantine_size().0.held,
+            (held - QUARANTINE_DISCARD_BATCH) as u64
+        );
+        assert!(
+            room.has_changed().unwrap(),
+            "the links are told of the room made"
+        );
+        let lines = logs.lines("quarantine partly emptied");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            lines[0]["discarded"], QUARANTINE_DISCARD_BATCH as u64,
+            "{lines:?}"
+        );
+    }
+
+    /// A discard of all whose request goes away midway (its client timed out and closed
+    /// the connection, which has hyper drop the handler) still discards all it was asked
+    /// to, logs it and frees the room: the handler's loop stopped at its next batch, with
+    /// what it had discarded neither logged nor told to the links. Here the handler is
+    /// polled once, through its first batch, and dropped.
+    #[tokio::test]
+    async fn a_discard_of_all_whose_client_goes_away_midway_finishes() {
+        let (logs, _guard) = capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let held = QUARANTINE_DISCARD_BATCH + 5;
+        state
+            .store()
+            .store_deliveries(&forgeries(&state, held), 2_000)
+            .unwrap();
+        let mut room = state.quarantine_room.subscribe();
+        room.mark_unchanged();
+        let request = DiscardRequest {
+            officer: "Duty officer".into(),
+        };
+        let handler = discard_all(State(state.clone()), Params(NoQuery {}), Body(request));
+        assert!(
+            futures_util::FutureExt::now_or_never(handler).is_none(),
+            "the handler waits between batches"
+        );
+        tokio::time::timeout(Duration::from_secs(20), room.changed())
+            .await
+            .expect("the links are told within 20 s")
+            .unwrap();
+        assert_eq!(state.store().quarantine_size().0.held, 0, "all discarded");
+        let lines = logs.lines("quarantine emptied");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["discarded"], held as u64, "{lines:?}");
+    }
+
+    /// `n` deliveries held in quarantine, as a relay delivering forgeries hands them over:
+    /// signed by a key no roster lists, each with the reason it failed.
+    fn forgeries(
+        state: &crate::NodeState,
+        n: usize,
+    ) -> Vec<(
+        hotline_proto::Signed<hotline_proto::Envelope>,
+        Result<hotline_proto::Envelope, String>,
+    )> {
+        let sender = hotline_proto::SigningKey::from_bytes(&[9; 32]);
+        (0..n)
+            .map(|i| {
+                let env = hotline_proto::Envelope {
+                    version: hotline_proto::PROTOCOL_VERSION,
+                    id: MessageId::random(),
+                    sender: ParticipantId::new("TJK").unwrap(),
+                    seq: hotline_proto::Seq(i as u64 + 1),
+                    audience: Audience::Participants(vec![state.me.clone()]),
+                    kind: Kind::Alert,
+                    precedence: Precedence::Routine,
+                    status: Status::Actual,
+                    created_at_ms: 1_000,
+                    respond_by_ms: None,
+                    references: vec![],
+                    category: None,
+                    subject: format!("Forgery {i}"),
+                    body: String::new(),
+                };
+                let signed = hotline_proto::Signed::sign(&env, &sender).unwrap();
+                (signed, Err("test: unknown sender".to_owned()))
+            })
+            .collect()
     }
 
     /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with

@@ -208,9 +208,10 @@ pub(crate) struct NodeState {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) hooks: HookRunner,
     pub(crate) wake: Vec<Arc<Notify>>,
-    /// Bumped when an officer discards quarantined deliveries: a link on which deliveries
-    /// were refused for a full quarantine reconnects, so that the relay delivers them again
-    /// (it redelivers only on a new connection).
+    /// Bumped when deliveries leave the quarantine (an officer discards them, or a newer
+    /// roster lets them into the inbox): a link on which deliveries were refused for a full
+    /// quarantine reconnects, so that the relay delivers them again (it redelivers only on
+    /// a new connection).
     pub(crate) quarantine_room: watch::Sender<u64>,
     /// Each relay's link: up, with its connection's figures for the status API, or down,
     /// and why.
@@ -412,7 +413,13 @@ impl NodeState {
         if passed.is_empty() {
             return;
         }
-        let released = match self.store().release(&passed, now_ms()) {
+        let (released, freed) = {
+            let mut store = self.store();
+            let before = store.quarantine_size().0;
+            let released = store.release(&passed, now_ms());
+            (released, store.quarantine_size().0.held < before.held)
+        };
+        let released = match released {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot move quarantined messages that now verify into the inbox; checked again at the next roster or start");
@@ -421,6 +428,11 @@ impl NodeState {
         };
         for env in &released {
             info!(msg = %env.id, from = %env.sender, roster = roster.version, "released from quarantine: the message verifies against the roster now in force");
+        }
+        // Room made, as by a discard: a link that refused deliveries for a full quarantine
+        // connects anew, so that the relay delivers them again.
+        if freed {
+            self.quarantine_room.send_modify(|n| *n += 1);
         }
         self.announce_stored(&released);
     }
@@ -1397,6 +1409,70 @@ mod tests {
         let late = early.for_subscriber(start + kept);
         assert_eq!((late.missed, late.events.len()), (0, 0));
         assert!(early.kept.is_empty() && early.events.is_empty());
+    }
+
+    /// A newer roster that lets quarantined deliveries into the inbox frees the room they
+    /// held, as a discard does: a link that refused deliveries for a full quarantine must be
+    /// told (`quarantine_room`), so that it connects anew and the relay delivers what it
+    /// refused. It was told of discards alone, and the relay kept what it refused until the
+    /// link next reconnected for another reason.
+    #[tokio::test]
+    async fn quarantined_deliveries_released_by_a_newer_roster_free_the_room() {
+        use hotline_proto::{Audience, Kind, Participant, Precedence, PublicKey, Role, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let tjk = SigningKey::from_bytes(&[5; 32]);
+        let env = Envelope {
+            version: hotline_proto::PROTOCOL_VERSION,
+            id: hotline_proto::MessageId::random(),
+            sender: ParticipantId::new("TJK").unwrap(),
+            seq: hotline_proto::Seq(1),
+            audience: Audience::Participants(vec![state.me.clone()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            created_at_ms: now_ms(),
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "New member".into(),
+            body: String::new(),
+        };
+        let signed = hotline_proto::Signed::sign(&env, &tjk).unwrap();
+        let reason = link::check_delivery(&state.roster.borrow(), &signed, &state.me).unwrap_err();
+        {
+            let mut store = state.store();
+            // Full once this one is held: the next failing delivery is refused.
+            store.set_quarantine_max_bytes(signed.bytes().len() as u64);
+            store
+                .store_deliveries(&[(signed.clone(), Err(reason))], now_ms())
+                .unwrap();
+            assert!(store.quarantine_size().1, "full");
+        }
+        let mut room = state.quarantine_room.subscribe();
+        room.mark_unchanged();
+        let mut roster: Roster = (***state.roster.borrow()).clone();
+        roster.version += 1;
+        roster.participants.push(Participant {
+            id: ParticipantId::new("TJK").unwrap(),
+            name: "TJK".into(),
+            role: Role::Member,
+            keys: vec![PublicKey::of(&tjk)],
+            revoked: false,
+        });
+        let newer =
+            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        state.offer_roster(&newer, "test");
+        assert_eq!(state.roster.borrow().version, roster.version, "installed");
+        assert!(
+            state.store().inbox_message(&env.id).unwrap().is_some(),
+            "released"
+        );
+        assert!(!state.store().quarantine_size().1, "room again");
+        assert!(
+            room.has_changed().unwrap(),
+            "the links are told of the room"
+        );
     }
 
     /// The alarm goes off once per spell without a link, `after` into it by the monotonic

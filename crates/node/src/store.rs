@@ -82,6 +82,9 @@ const NEVER_PAGES: i64 = i64::MAX;
 /// reads nor writes it, and discards such receipts as it always did; what this node held
 /// meanwhile is checked again at its next start or roster, and nothing is derived from the
 /// table, so nothing needs filling again.
+///
+/// Indexes come without a raise (`quarantine_by_time`): SQLite keeps an index up to date
+/// whoever writes its table, so an older node running on the store leaves it whole.
 pub const SCHEMA_VERSION: i64 = 3;
 
 /// The first schema version whose nodes keep `matrix_signed`.
@@ -173,6 +176,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
+-- The quarantine's list, newest first a page at a time, and a discard of the oldest read
+-- it in arrival order (`QUARANTINE_PAGE_SQL`, `QUARANTINE_OLDEST_SQL`): without the index
+-- each page sorted every held delivery (bodies included) to answer a handful. Added without
+-- a raise of the schema version: SQLite keeps an index up to date whoever writes the table,
+-- so an older node running on the store leaves it whole, and a store opened without it
+-- gains it here.
+CREATE INDEX IF NOT EXISTS quarantine_by_time ON quarantine (received_at_ms);
 CREATE TABLE IF NOT EXISTS receipts_out (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL
@@ -264,6 +274,19 @@ CREATE TABLE IF NOT EXISTS signings (
     PRIMARY KEY (id, seq)
 ) WITHOUT ROWID;
 ";
+
+/// A page of the quarantine, newest first ([`quarantine_page`]): `?1` rows from below
+/// arrival time `?2` and row `?3`, read along `quarantine_by_time` (whose entries end with
+/// the rowid), never sorted.
+const QUARANTINE_PAGE_SQL: &str =
+    "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine \
+     WHERE received_at_ms <= ?2 AND (received_at_ms < ?2 OR rowid < ?3) \
+     ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1";
+
+/// The oldest `?1` deliveries held in quarantine, for a discard of the oldest
+/// (`NodeStore::discard_quarantined`), read along `quarantine_by_time`.
+const QUARANTINE_OLDEST_SQL: &str =
+    "SELECT digest, reason, LENGTH(bytes) FROM quarantine ORDER BY received_at_ms, rowid LIMIT ?1";
 
 /// A relay's pending acknowledgements, a page of them (`NodeStore::pending_receipts`).
 const PENDING_RECEIPTS_SQL: &str = "SELECT r.bytes, r.key, r.sig FROM receipts_pending p JOIN receipts_out r ON r.digest = p.digest WHERE p.relay = ?1 ORDER BY p.digest LIMIT ?2";
@@ -1734,6 +1757,12 @@ impl NodeStore {
         result
     }
 
+    /// The store's connection, for tests that inject a failure (a temporary trigger).
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The newest roster this node has installed, if any.
     pub fn roster(&self) -> Result<Option<Signed<Roster>>, StoreError> {
         stored_roster(&self.conn)
@@ -2310,11 +2339,13 @@ impl NodeStore {
         let (n, bytes) = self.tx(|tx, j| {
             let rows: Vec<(Vec<u8>, String, u64)> = match which {
                 Some(d) => tx
-                    .prepare_cached("SELECT digest, reason, LENGTH(bytes) FROM quarantine WHERE digest = ?1")?
+                    .prepare_cached(
+                        "SELECT digest, reason, LENGTH(bytes) FROM quarantine WHERE digest = ?1",
+                    )?
                     .query_map([&d.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?,
                 None => tx
-                    .prepare_cached("SELECT digest, reason, LENGTH(bytes) FROM quarantine ORDER BY received_at_ms, rowid LIMIT ?1")?
+                    .prepare_cached(QUARANTINE_OLDEST_SQL)?
                     .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?,
             };
@@ -2323,7 +2354,13 @@ impl NodeStore {
                 tx.prepare_cached("DELETE FROM quarantine WHERE digest = ?1")?
                     .execute([digest])?;
                 let record = format!("by {by}; held because: {reason}");
-                j.append(tx, now_ms, "message.quarantine_discarded", &hex::encode(digest), record.as_bytes())?;
+                j.append(
+                    tx,
+                    now_ms,
+                    "message.quarantine_discarded",
+                    &hex::encode(digest),
+                    record.as_bytes(),
+                )?;
                 bytes += len;
             }
             Ok((rows.len() as u64, bytes))
@@ -2926,11 +2963,7 @@ fn quarantine_page(
             }
         }
     };
-    let mut st = conn.prepare_cached(
-        "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine \
-         WHERE received_at_ms <= ?2 AND (received_at_ms < ?2 OR rowid < ?3) \
-         ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
-    )?;
+    let mut st = conn.prepare_cached(QUARANTINE_PAGE_SQL)?;
     let rows = st.query_map(params![limit as i64, time, row], |r| {
         Ok(Quarantined {
             digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
@@ -4371,6 +4404,47 @@ mod tests {
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(held_digests(&store), out.held, "held across a restart");
+    }
+
+    /// The quarantine's page and a discard of the oldest read along an index, stopping at
+    /// their limit: without one, every page sorted the whole quarantine (up to its bytes'
+    /// limit of held deliveries, bodies included) to answer a thousand. A store from before
+    /// the index gains it at open, with the version an older node reads unchanged, as
+    /// `escalated` and `receipts_held` came (`SCHEMA_VERSION`).
+    #[test]
+    fn the_quarantines_page_and_oldest_are_read_along_an_index_not_sorted() {
+        let plan = |conn: &Connection, sql: &str, args: &[i64]| -> Vec<String> {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let dir = store_with_every_record();
+        {
+            let store = NodeStore::open(dir.path()).unwrap();
+            store
+                .conn
+                .execute_batch("DROP INDEX IF EXISTS quarantine_by_time")
+                .unwrap();
+        }
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        for (sql, args) in [
+            (QUARANTINE_PAGE_SQL, &[1000, i64::MAX, i64::MAX][..]),
+            (QUARANTINE_OLDEST_SQL, &[1000][..]),
+        ] {
+            let steps = plan(&store.conn, sql, args);
+            assert!(
+                steps.iter().all(|step| !step.contains("TEMP B-TREE")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                steps.iter().any(|step| step.contains("quarantine_by_time")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     /// Two links offering rosters at once may save the older one second: it is not
