@@ -1778,10 +1778,21 @@ impl Writer {
             let next = match next {
                 Ok(next) => next,
                 Err(e) => {
-                    // Deferred receipts, not yet committed: refused, as is all that follows
-                    // (the sessions' reply channels close with this writer).
-                    for (reply, answer) in batch.drain(..).filter_map(unrun) {
-                        let _ = reply.try_send(answer);
+                    // Deferred receipts, not yet committed, and every command still waiting
+                    // in the queue: refused, as what the failed sync was to cover was. A
+                    // command dropped with the queue would never be answered: its session
+                    // would wait for it, at the shutdown that follows for the whole of
+                    // `limits::SHUTDOWN_ANSWERS_MS`, and its node learn of it only at its
+                    // next connection. Closed first, so that nothing more is queued; drained
+                    // to its end (this thread is no runtime's), a send already under way
+                    // included.
+                    let why = format!("relay storage: {e}");
+                    for cmd in batch.drain(..) {
+                        refuse_unrun(cmd, &why);
+                    }
+                    rx.close();
+                    while let Some(cmd) = rx.blocking_recv() {
+                        refuse_unrun(cmd, &why);
                     }
                     break Some(format!("the store writer stopped: {e}"));
                 }
@@ -2460,6 +2471,25 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
         operators @ (Command::Rewind { .. } | Command::KeepRoster { .. }) => {
             operators_not_here(operators);
             None
+        }
+    }
+}
+
+/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log) will not
+/// run: a submission or a receipt `StorageUnavailable` (its node offers it again), an
+/// operator's command with the error.
+fn refuse_unrun(cmd: Command, why: &str) {
+    match cmd {
+        Command::Rewind { reply, .. } => {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        Command::KeepRoster { reply, .. } => {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        cmd => {
+            if let Some((reply, answer)) = unrun(cmd) {
+                let _ = reply.try_send(refused_for_storage(&answer, why.to_owned()));
+            }
         }
     }
 }
@@ -4628,5 +4658,79 @@ mod tests {
             0,
             "the cursor passed the position receipted ahead"
         );
+    }
+
+    /// A sync of the log that fails stops the writer (and with it the relay), and
+    /// everything that depended on the store is refused `StorageUnavailable`, never left
+    /// unanswered: that includes the commands still waiting in its queue when it stops.
+    /// Left there, they were dropped with the queue: their sessions waited for answers
+    /// that never came (at a shutdown, the whole of `SHUTDOWN_ANSWERS_MS`, then a warning
+    /// that answers are owed), and their nodes learnt of them only at their next
+    /// connection. Here a roster to keep comes first, its sync fails, and two receipts wait
+    /// behind it.
+    #[test]
+    fn a_writer_stopped_by_a_failed_sync_refuses_what_still_waits_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // One command a turn, and the first sync of the log fails.
+        w.ctx.batch_max = 1;
+        w.ctx.fail_syncs_after = Some(0);
+        let (tx, rx) = mpsc::channel(16);
+        let (keep, kept) = tokio::sync::oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: Arc::new(roster.clone()),
+            reply: keep,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let mut answers = Vec::new();
+        for (who, seed) in [("CHN", 2u8), ("IND", 3)] {
+            let signed = Signed::sign(
+                &Receipt {
+                    version: PROTOCOL_VERSION,
+                    recipient: pid(who),
+                    kind: ReceiptKind::Delivered,
+                    created_at_ms: 1_000,
+                    items: vec![ReceiptItem {
+                        id: MessageId([1; 16]),
+                        sender: pid("KAZ"),
+                        digest: held[0].digest(),
+                    }],
+                },
+                &SigningKey::from_bytes(&[seed; 32]),
+            )
+            .expect("sign receipt");
+            let receipt = roster.verify_receipt(&signed).expect("verifies");
+            let (reply, answer) = mpsc::channel(1);
+            let digest = signed.digest();
+            tx.try_send(Command::Receipt {
+                receipt,
+                digest,
+                reply,
+            })
+            .map_err(|_| "full")
+            .expect("queued");
+            answers.push((digest, answer));
+        }
+        let stopped = std::thread::spawn(move || w.run(rx, None))
+            .join()
+            .expect("the writer thread ends");
+        let why = stopped.expect("stopped on its own");
+        assert!(why.contains("injected"), "{why}");
+        assert!(
+            matches!(kept.blocking_recv(), Ok(Err(_))),
+            "the roster is not reported kept"
+        );
+        for (digest, mut answer) in answers {
+            match answer.try_recv() {
+                Ok(RelayToNode::Rejected(r)) => {
+                    assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                    assert_eq!(r.subject, Subject::Receipt(digest));
+                    assert!(r.detail.contains("injected"), "says why: {r:?}");
+                }
+                other => panic!("a command waiting for the writer when it stopped: {other:?}"),
+            }
+        }
+        assert!(tx.is_closed(), "the writer takes nothing more");
     }
 }
