@@ -2568,9 +2568,20 @@ fn submit(
             ),
         ));
     }
-    // Routing, with the observer reply rule answered from the store.
-    let recipients = match routing::resolve(roster, &ctx.policy, env, |r| addressed_by(tx, env, r))
-    {
+    // Routing, with the observer reply rule answered from the store. A read that fails
+    // there fails the batch (`StorageUnavailable`, offered again), rather than deny a reply
+    // the store would have allowed (`PolicyDenied`, final).
+    let failed_read = std::cell::RefCell::new(None);
+    let routed = routing::resolve(roster, &ctx.policy, env, |r| {
+        addressed_by(tx, env, r).unwrap_or_else(|e| {
+            failed_read.borrow_mut().get_or_insert(e);
+            false
+        })
+    });
+    if let Some(e) = failed_read.into_inner() {
+        return Err(e);
+    }
+    let recipients = match routed {
         Ok(r) => r,
         Err(e) => return Ok(reject(subject, e.reject_code(), e.to_string())),
     };
@@ -2718,22 +2729,27 @@ fn lists(stored: &str, who: &ParticipantId) -> bool {
 }
 
 /// Whether `recipient` authored a message referenced by `env` that was addressed to
-/// `env`'s sender: the condition for an observer's reply.
-fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId) -> bool {
-    env.references.iter().any(|id| {
-        tx.prepare_cached("SELECT sender, recipients FROM messages WHERE id = ?1")
-            .and_then(|mut st| {
-                st.query_row([&id.0[..]], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()
+/// `env`'s sender: the condition for an observer's reply. A read that fails is an error,
+/// not a "no".
+fn addressed_by(
+    tx: &Transaction<'_>,
+    env: &Envelope,
+    recipient: &ParticipantId,
+) -> Result<bool, StoreError> {
+    let mut st = tx.prepare_cached("SELECT sender, recipients FROM messages WHERE id = ?1")?;
+    for id in &env.references {
+        let found = st
+            .query_row([&id.0[..]], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
-            .ok()
-            .flatten()
-            .is_some_and(|(sender, recipients)| {
-                sender == recipient.as_str() && lists(&recipients, &env.sender)
-            })
-    })
+            .optional()?;
+        if found.is_some_and(|(sender, recipients)| {
+            sender == recipient.as_str() && lists(&recipients, &env.sender)
+        }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The writer's queue state that storing a receipt changes.
@@ -4732,5 +4748,99 @@ mod tests {
             }
         }
         assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// An observer's reply is routed by what the store says it answers (PROTOCOL.md 7.4,
+    /// step 3). A read of the store that fails there is a storage failure, answered
+    /// `StorageUnavailable` (the node offers the message again), not `PolicyDenied`, which
+    /// is final: its node would mark a permitted reply refused for good and tell its
+    /// operator that policy forbids it. Here the read fails for want of its table,
+    /// renamed away for one batch.
+    #[test]
+    fn a_failed_read_routing_an_observers_reply_is_a_storage_failure_not_a_refusal() {
+        use hotline_proto::roster::{verify_roster, Participant, Role};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _, _) = writer_holding(dir.path(), 0, 1);
+        // CHN observes; KAZ, whose message 1 was addressed to CHN, is a member.
+        let roster_key = SigningKey::from_bytes(&[9; 32]);
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 2,
+            issued_at_ms: 2_000,
+            network: "TEST".into(),
+            participants: [
+                ("KAZ", 1u8, Role::Member),
+                ("CHN", 2, Role::Observer),
+                ("IND", 3, Role::Member),
+                ("SEC", 4, Role::Secretariat),
+            ]
+            .into_iter()
+            .map(|(id, k, role)| Participant {
+                id: pid(id),
+                name: id.to_owned(),
+                role,
+                keys: vec![PublicKey::of(&SigningKey::from_bytes(&[k; 32]))],
+                revoked: false,
+            })
+            .collect(),
+            groups: vec![],
+        };
+        let signed = Signed::sign(&roster, &roster_key).expect("sign roster");
+        let roster = verify_roster(&signed, &PublicKey::of(&roster_key)).expect("roster");
+        let (_keep, roster_rx) = tokio::sync::watch::channel(Arc::new(roster.clone()));
+        w.ctx.roster = roster_rx;
+        let reply_to_kaz = |n: u8| {
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id: MessageId([0x40 | n; 16]),
+                sender: pid("CHN"),
+                seq: Seq(u64::from(n)),
+                audience: Audience::Participants(vec![pid("KAZ")]),
+                kind: MsgKind::Reply,
+                precedence: Precedence::Routine,
+                status: Status::Exercise,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![MessageId([1; 16])],
+                category: None,
+                subject: format!("reply {n}"),
+                body: "body".into(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[2; 32])).expect("sign");
+            roster.verify_envelope(&signed).expect("verifies")
+        };
+        let commit = |w: &mut Writer, env: Verified<Envelope>| {
+            let (reply, mut answer) = mpsc::channel(1);
+            let now = std::time::Instant::now();
+            let mut batch = vec![Command::Submit {
+                digest: env.signed().digest(),
+                env,
+                reply,
+                read_at: now,
+                handed_at: now,
+            }];
+            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
+            answer.try_recv().expect("answered")
+        };
+        assert!(
+            matches!(commit(&mut w, reply_to_kaz(1)), RelayToNode::Accepted(_)),
+            "an observer may reply to who addressed it"
+        );
+
+        w.conn
+            .execute_batch("ALTER TABLE messages RENAME TO messages_away")
+            .expect("renamed");
+        match commit(&mut w, reply_to_kaz(2)) {
+            RelayToNode::Rejected(r) => assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+
+        w.conn
+            .execute_batch("ALTER TABLE messages_away RENAME TO messages")
+            .expect("renamed back");
+        assert!(
+            matches!(commit(&mut w, reply_to_kaz(2)), RelayToNode::Accepted(_)),
+            "offered again, it is accepted"
+        );
     }
 }
