@@ -2568,6 +2568,17 @@ fn submit(
             ),
         ));
     }
+    // Steps 12 and 13 refuse only after step 10 (PROTOCOL.md 7.3), which a number above
+    // `last` skipped above: another message under a held id is `IdConflict` (final), not
+    // a routing refusal or a retryable `QueueFull`. Looked up only on the way to a refusal.
+    let refuse_unless_held = |refusal: RelayToNode| -> Result<RelayToNode, StoreError> {
+        if env.seq.0 > last {
+            if let Some(answer) = answer_for_stored(tx, env, &digest, &subject)? {
+                return Ok(answer);
+            }
+        }
+        Ok(refusal)
+    };
     // Routing, with the observer reply rule answered from the store. A read that fails
     // there fails the batch (`StorageUnavailable`, offered again), rather than deny a reply
     // the store would have allowed (`PolicyDenied`, final).
@@ -2583,18 +2594,22 @@ fn submit(
     }
     let recipients = match routed {
         Ok(r) => r,
-        Err(e) => return Ok(reject(subject, e.reject_code(), e.to_string())),
+        Err(e) => {
+            return refuse_unless_held(reject(subject.clone(), e.reject_code(), e.to_string()))
+        }
     };
     {
         let ix = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         for r in &recipients {
             let d = ix.len(r) + p.queued.get(r).map_or(0, |a| a.count);
             if d as u64 >= ctx.queue_depth_max {
-                return Ok(reject(
-                    subject,
+                let full = reject(
+                    subject.clone(),
                     RejectCode::QueueFull,
                     format!("queue for {r} is full ({d} messages)"),
-                ));
+                );
+                drop(ix);
+                return refuse_unless_held(full);
             }
         }
     }
@@ -4842,5 +4857,61 @@ mod tests {
             matches!(commit(&mut w, reply_to_kaz(2)), RelayToNode::Accepted(_)),
             "offered again, it is accepted"
         );
+    }
+
+    /// Step 10 (an id already used) comes before routing and the queues (PROTOCOL.md 7.3,
+    /// steps 12 and 13): another message under a held id is `IdConflict`, final, whatever
+    /// else would refuse it. Answered `QueueFull` instead, which is retryable, its node
+    /// offered it again every few seconds while the queue stayed full, for a message no
+    /// relay holding that id could ever accept; answered `UnknownRecipient`, its operator
+    /// was told the wrong reason.
+    #[test]
+    fn another_message_under_a_held_id_is_an_id_conflict_before_routing_and_queues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // CHN's and IND's queues hold message 1: they are full.
+        w.ctx.queue_depth_max = 1;
+        let submit = |w: &mut Writer, to: &[&str]| {
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                // Message 1's id, with other content and a later number.
+                id: MessageId([1; 16]),
+                sender: pid("KAZ"),
+                seq: Seq(5),
+                audience: Audience::Participants(to.iter().map(|p| pid(p)).collect()),
+                kind: MsgKind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Exercise,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: "not message 1".into(),
+                body: "body".into(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+            assert_ne!(signed.digest(), held[0].digest());
+            let env = roster.verify_envelope(&signed).expect("verifies");
+            let (reply, mut answer) = mpsc::channel(1);
+            let now = std::time::Instant::now();
+            let mut batch = vec![Command::Submit {
+                digest: env.signed().digest(),
+                env,
+                reply,
+                read_at: now,
+                handed_at: now,
+            }];
+            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
+            answer.try_recv().expect("answered")
+        };
+        for to in [&["CHN"][..], &["XYZ"][..]] {
+            match submit(&mut w, to) {
+                RelayToNode::Rejected(r) => {
+                    assert_eq!(r.code, RejectCode::IdConflict, "to {to:?}: {r:?}");
+                    assert_eq!(r.subject, Subject::Message(MessageId([1; 16])));
+                }
+                other => panic!("to {to:?}: {other:?}"),
+            }
+        }
     }
 }
