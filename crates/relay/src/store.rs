@@ -1778,10 +1778,21 @@ impl Writer {
             let next = match next {
                 Ok(next) => next,
                 Err(e) => {
-                    // Deferred receipts, not yet committed: refused, as is all that follows
-                    // (the sessions' reply channels close with this writer).
-                    for (reply, answer) in batch.drain(..).filter_map(unrun) {
-                        let _ = reply.try_send(answer);
+                    // Deferred receipts, not yet committed, and every command still waiting
+                    // in the queue: refused, as what the failed sync was to cover was. A
+                    // command dropped with the queue would never be answered: its session
+                    // would wait for it, at the shutdown that follows for the whole of
+                    // `limits::SHUTDOWN_ANSWERS_MS`, and its node learn of it only at its
+                    // next connection. Closed first, so that nothing more is queued; drained
+                    // to its end (this thread is no runtime's), a send already under way
+                    // included.
+                    let why = format!("relay storage: {e}");
+                    for cmd in batch.drain(..) {
+                        refuse_unrun(cmd, &why);
+                    }
+                    rx.close();
+                    while let Some(cmd) = rx.blocking_recv() {
+                        refuse_unrun(cmd, &why);
                     }
                     break Some(format!("the store writer stopped: {e}"));
                 }
@@ -2464,6 +2475,25 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
     }
 }
 
+/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log) will not
+/// run: a submission or a receipt `StorageUnavailable` (its node offers it again), an
+/// operator's command with the error.
+fn refuse_unrun(cmd: Command, why: &str) {
+    match cmd {
+        Command::Rewind { reply, .. } => {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        Command::KeepRoster { reply, .. } => {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        cmd => {
+            if let Some((reply, answer)) = unrun(cmd) {
+                let _ = reply.try_send(refused_for_storage(&answer, why.to_owned()));
+            }
+        }
+    }
+}
+
 /// The answer of a command its batch's failed commit did not run (or stopped at): refused
 /// with the rest of the batch.
 fn unanswered(subject: Subject) -> RelayToNode {
@@ -2538,22 +2568,48 @@ fn submit(
             ),
         ));
     }
-    // Routing, with the observer reply rule answered from the store.
-    let recipients = match routing::resolve(roster, &ctx.policy, env, |r| addressed_by(tx, env, r))
-    {
+    // Steps 12 and 13 refuse only after step 10 (PROTOCOL.md 7.3), which a number above
+    // `last` skipped above: another message under a held id is `IdConflict` (final), not
+    // a routing refusal or a retryable `QueueFull`. Looked up only on the way to a refusal.
+    let refuse_unless_held = |refusal: RelayToNode| -> Result<RelayToNode, StoreError> {
+        if env.seq.0 > last {
+            if let Some(answer) = answer_for_stored(tx, env, &digest, &subject)? {
+                return Ok(answer);
+            }
+        }
+        Ok(refusal)
+    };
+    // Routing, with the observer reply rule answered from the store. A read that fails
+    // there fails the batch (`StorageUnavailable`, offered again), rather than deny a reply
+    // the store would have allowed (`PolicyDenied`, final).
+    let failed_read = std::cell::RefCell::new(None);
+    let routed = routing::resolve(roster, &ctx.policy, env, |r| {
+        addressed_by(tx, env, r).unwrap_or_else(|e| {
+            failed_read.borrow_mut().get_or_insert(e);
+            false
+        })
+    });
+    if let Some(e) = failed_read.into_inner() {
+        return Err(e);
+    }
+    let recipients = match routed {
         Ok(r) => r,
-        Err(e) => return Ok(reject(subject, e.reject_code(), e.to_string())),
+        Err(e) => {
+            return refuse_unless_held(reject(subject.clone(), e.reject_code(), e.to_string()))
+        }
     };
     {
         let ix = ctx.queues.lock().unwrap_or_else(|p| p.into_inner());
         for r in &recipients {
             let d = ix.len(r) + p.queued.get(r).map_or(0, |a| a.count);
             if d as u64 >= ctx.queue_depth_max {
-                return Ok(reject(
-                    subject,
+                let full = reject(
+                    subject.clone(),
                     RejectCode::QueueFull,
                     format!("queue for {r} is full ({d} messages)"),
-                ));
+                );
+                drop(ix);
+                return refuse_unless_held(full);
             }
         }
     }
@@ -2688,22 +2744,27 @@ fn lists(stored: &str, who: &ParticipantId) -> bool {
 }
 
 /// Whether `recipient` authored a message referenced by `env` that was addressed to
-/// `env`'s sender: the condition for an observer's reply.
-fn addressed_by(tx: &Transaction<'_>, env: &Envelope, recipient: &ParticipantId) -> bool {
-    env.references.iter().any(|id| {
-        tx.prepare_cached("SELECT sender, recipients FROM messages WHERE id = ?1")
-            .and_then(|mut st| {
-                st.query_row([&id.0[..]], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()
+/// `env`'s sender: the condition for an observer's reply. A read that fails is an error,
+/// not a "no".
+fn addressed_by(
+    tx: &Transaction<'_>,
+    env: &Envelope,
+    recipient: &ParticipantId,
+) -> Result<bool, StoreError> {
+    let mut st = tx.prepare_cached("SELECT sender, recipients FROM messages WHERE id = ?1")?;
+    for id in &env.references {
+        let found = st
+            .query_row([&id.0[..]], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
-            .ok()
-            .flatten()
-            .is_some_and(|(sender, recipients)| {
-                sender == recipient.as_str() && lists(&recipients, &env.sender)
-            })
-    })
+            .optional()?;
+        if found.is_some_and(|(sender, recipients)| {
+            sender == recipient.as_str() && lists(&recipients, &env.sender)
+        }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The writer's queue state that storing a receipt changes.
@@ -4628,5 +4689,229 @@ mod tests {
             0,
             "the cursor passed the position receipted ahead"
         );
+    }
+
+    /// A sync of the log that fails stops the writer (and with it the relay), and
+    /// everything that depended on the store is refused `StorageUnavailable`, never left
+    /// unanswered: that includes the commands still waiting in its queue when it stops.
+    /// Left there, they were dropped with the queue: their sessions waited for answers
+    /// that never came (at a shutdown, the whole of `SHUTDOWN_ANSWERS_MS`, then a warning
+    /// that answers are owed), and their nodes learnt of them only at their next
+    /// connection. Here a roster to keep comes first, its sync fails, and two receipts wait
+    /// behind it.
+    #[test]
+    fn a_writer_stopped_by_a_failed_sync_refuses_what_still_waits_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // One command a turn, and the first sync of the log fails.
+        w.ctx.batch_max = 1;
+        w.ctx.fail_syncs_after = Some(0);
+        let (tx, rx) = mpsc::channel(16);
+        let (keep, kept) = tokio::sync::oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: Arc::new(roster.clone()),
+            reply: keep,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let mut answers = Vec::new();
+        for (who, seed) in [("CHN", 2u8), ("IND", 3)] {
+            let signed = Signed::sign(
+                &Receipt {
+                    version: PROTOCOL_VERSION,
+                    recipient: pid(who),
+                    kind: ReceiptKind::Delivered,
+                    created_at_ms: 1_000,
+                    items: vec![ReceiptItem {
+                        id: MessageId([1; 16]),
+                        sender: pid("KAZ"),
+                        digest: held[0].digest(),
+                    }],
+                },
+                &SigningKey::from_bytes(&[seed; 32]),
+            )
+            .expect("sign receipt");
+            let receipt = roster.verify_receipt(&signed).expect("verifies");
+            let (reply, answer) = mpsc::channel(1);
+            let digest = signed.digest();
+            tx.try_send(Command::Receipt {
+                receipt,
+                digest,
+                reply,
+            })
+            .map_err(|_| "full")
+            .expect("queued");
+            answers.push((digest, answer));
+        }
+        let stopped = std::thread::spawn(move || w.run(rx, None))
+            .join()
+            .expect("the writer thread ends");
+        let why = stopped.expect("stopped on its own");
+        assert!(why.contains("injected"), "{why}");
+        assert!(
+            matches!(kept.blocking_recv(), Ok(Err(_))),
+            "the roster is not reported kept"
+        );
+        for (digest, mut answer) in answers {
+            match answer.try_recv() {
+                Ok(RelayToNode::Rejected(r)) => {
+                    assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                    assert_eq!(r.subject, Subject::Receipt(digest));
+                    assert!(r.detail.contains("injected"), "says why: {r:?}");
+                }
+                other => panic!("a command waiting for the writer when it stopped: {other:?}"),
+            }
+        }
+        assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// An observer's reply is routed by what the store says it answers (PROTOCOL.md 7.4,
+    /// step 3). A read of the store that fails there is a storage failure, answered
+    /// `StorageUnavailable` (the node offers the message again), not `PolicyDenied`, which
+    /// is final: its node would mark a permitted reply refused for good and tell its
+    /// operator that policy forbids it. Here the read fails for want of its table,
+    /// renamed away for one batch.
+    #[test]
+    fn a_failed_read_routing_an_observers_reply_is_a_storage_failure_not_a_refusal() {
+        use hotline_proto::roster::{verify_roster, Participant, Role};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _, _) = writer_holding(dir.path(), 0, 1);
+        // CHN observes; KAZ, whose message 1 was addressed to CHN, is a member.
+        let roster_key = SigningKey::from_bytes(&[9; 32]);
+        let roster = Roster {
+            protocol_version: PROTOCOL_VERSION,
+            version: 2,
+            issued_at_ms: 2_000,
+            network: "TEST".into(),
+            participants: [
+                ("KAZ", 1u8, Role::Member),
+                ("CHN", 2, Role::Observer),
+                ("IND", 3, Role::Member),
+                ("SEC", 4, Role::Secretariat),
+            ]
+            .into_iter()
+            .map(|(id, k, role)| Participant {
+                id: pid(id),
+                name: id.to_owned(),
+                role,
+                keys: vec![PublicKey::of(&SigningKey::from_bytes(&[k; 32]))],
+                revoked: false,
+            })
+            .collect(),
+            groups: vec![],
+        };
+        let signed = Signed::sign(&roster, &roster_key).expect("sign roster");
+        let roster = verify_roster(&signed, &PublicKey::of(&roster_key)).expect("roster");
+        let (_keep, roster_rx) = tokio::sync::watch::channel(Arc::new(roster.clone()));
+        w.ctx.roster = roster_rx;
+        let reply_to_kaz = |n: u8| {
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id: MessageId([0x40 | n; 16]),
+                sender: pid("CHN"),
+                seq: Seq(u64::from(n)),
+                audience: Audience::Participants(vec![pid("KAZ")]),
+                kind: MsgKind::Reply,
+                precedence: Precedence::Routine,
+                status: Status::Exercise,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![MessageId([1; 16])],
+                category: None,
+                subject: format!("reply {n}"),
+                body: "body".into(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[2; 32])).expect("sign");
+            roster.verify_envelope(&signed).expect("verifies")
+        };
+        let commit = |w: &mut Writer, env: Verified<Envelope>| {
+            let (reply, mut answer) = mpsc::channel(1);
+            let now = std::time::Instant::now();
+            let mut batch = vec![Command::Submit {
+                digest: env.signed().digest(),
+                env,
+                reply,
+                read_at: now,
+                handed_at: now,
+            }];
+            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
+            answer.try_recv().expect("answered")
+        };
+        assert!(
+            matches!(commit(&mut w, reply_to_kaz(1)), RelayToNode::Accepted(_)),
+            "an observer may reply to who addressed it"
+        );
+
+        w.conn
+            .execute_batch("ALTER TABLE messages RENAME TO messages_away")
+            .expect("renamed");
+        match commit(&mut w, reply_to_kaz(2)) {
+            RelayToNode::Rejected(r) => assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+
+        w.conn
+            .execute_batch("ALTER TABLE messages_away RENAME TO messages")
+            .expect("renamed back");
+        assert!(
+            matches!(commit(&mut w, reply_to_kaz(2)), RelayToNode::Accepted(_)),
+            "offered again, it is accepted"
+        );
+    }
+
+    /// Step 10 (an id already used) comes before routing and the queues (PROTOCOL.md 7.3,
+    /// steps 12 and 13): another message under a held id is `IdConflict`, final, whatever
+    /// else would refuse it. Answered `QueueFull` instead, which is retryable, its node
+    /// offered it again every few seconds while the queue stayed full, for a message no
+    /// relay holding that id could ever accept; answered `UnknownRecipient`, its operator
+    /// was told the wrong reason.
+    #[test]
+    fn another_message_under_a_held_id_is_an_id_conflict_before_routing_and_queues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // CHN's and IND's queues hold message 1: they are full.
+        w.ctx.queue_depth_max = 1;
+        let submit = |w: &mut Writer, to: &[&str]| {
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                // Message 1's id, with other content and a later number.
+                id: MessageId([1; 16]),
+                sender: pid("KAZ"),
+                seq: Seq(5),
+                audience: Audience::Participants(to.iter().map(|p| pid(p)).collect()),
+                kind: MsgKind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Exercise,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: "not message 1".into(),
+                body: "body".into(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+            assert_ne!(signed.digest(), held[0].digest());
+            let env = roster.verify_envelope(&signed).expect("verifies");
+            let (reply, mut answer) = mpsc::channel(1);
+            let now = std::time::Instant::now();
+            let mut batch = vec![Command::Submit {
+                digest: env.signed().digest(),
+                env,
+                reply,
+                read_at: now,
+                handed_at: now,
+            }];
+            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
+            answer.try_recv().expect("answered")
+        };
+        for to in [&["CHN"][..], &["XYZ"][..]] {
+            match submit(&mut w, to) {
+                RelayToNode::Rejected(r) => {
+                    assert_eq!(r.code, RejectCode::IdConflict, "to {to:?}: {r:?}");
+                    assert_eq!(r.subject, Subject::Message(MessageId([1; 16])));
+                }
+                other => panic!("to {to:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -29,7 +29,8 @@
 //! the pages it could not write, and a later sync can succeed without them, so nothing
 //! written since the last good sync can be trusted durable. The first failure is kept for
 //! good: every answer handed over after it (and those of its own group) is refused
-//! `StorageUnavailable`, never accepted, and the writer, woken, stops; the relay stops as when
+//! `StorageUnavailable`, never accepted, and the writer, woken, stops, refusing as well
+//! every command still waiting in its queue; the relay stops as when
 //! its writer ends ([`crate::RelayHandle::failed`]), so that its supervisor restarts it and
 //! SQLite recovers the log as the disk holds it. Syncs are serialised (one lock), so a
 //! writeback error is reported to the sync that covers the failed bytes or to one before it,
