@@ -598,8 +598,9 @@ async fn serve(
     let mut silence_check = tokio::time::Instant::now() + Duration::from_millis(SILENT_PING_MS);
     let mut pings = 0u64;
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut retry_ids: Vec<MessageId> = Vec::new();
-    let mut retry_receipts: Vec<Digest> = Vec::new();
+    // Sets: a relay that refuses one thing again and again adds it once.
+    let mut retry_ids: HashSet<MessageId> = HashSet::new();
+    let mut retry_receipts: HashSet<Digest> = HashSet::new();
     link.pump()?;
     loop {
         // Timers as select preconditions: a branch whose time is not set is not polled.
@@ -701,10 +702,10 @@ async fn serve(
             // Retryable refusals: offer those messages and acknowledgements again.
             _ = tokio::time::sleep_until(retry_at.unwrap_or(now)), if retry_at.is_some() => {
                 retry_at = None;
-                for id in retry_ids.drain(..) {
+                for id in retry_ids.drain() {
                     link.outbox.again(&id);
                 }
-                let again = std::mem::take(&mut retry_receipts);
+                let again: Vec<Digest> = retry_receipts.drain().collect();
                 link.resend_delivered(&again)?;
                 for d in &again {
                     link.receipts_sent.remove(d);
@@ -927,6 +928,17 @@ impl Link<'_> {
                             detail: r.detail,
                             retrying: again,
                         });
+                    }
+                    // Likewise a refusal of a receipt answers one written on this connection:
+                    // an acknowledgement in flight, or a delivered receipt kept to be written
+                    // again (past `DELIVERED_UNANSWERED_MAX`, whose refusal leaves nothing to
+                    // do). Others were put on the list to offer again, without bound under a
+                    // relay that sends them by the thousand, or logged as receipts dropped.
+                    Subject::Receipt(d)
+                        if !self.receipts_sent.contains(&d)
+                            && !self.delivered_sent.contains_key(&d) =>
+                    {
+                        warn!(relay = self.idx, receipt = %d, code = ?r.code, "relay answered refused for a receipt not written on this link, answered already, or past those kept; ignored");
                     }
                     Subject::Receipt(d) if retryable(r.code) => {
                         // Offered again after the pause: an acknowledgement from the
