@@ -17,8 +17,8 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
-    HEALTHY_LINK_MS, LINK_QUEUE_BYTES_MAX, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
-    SILENT_LINK_MS, SILENT_PING_MS,
+    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_FRAMES,
+    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Outgoing, Resequenced, Stored};
@@ -573,7 +573,8 @@ async fn serve(
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
     }
-    let (mut rx, _reader) = hotline_net::stream::spawn_reader::<RelayToNode>(reader, 256);
+    let (mut rx, _reader) =
+        hotline_net::stream::spawn_reader::<RelayToNode>(reader, LINK_READER_FRAMES);
     let pacer = ReceiptPacer::new(
         std::time::Duration::from_millis(state.config.receipt_pace_ms),
         crate::limits::RECEIPT_PACE_ITEMS,
@@ -648,23 +649,7 @@ async fn serve(
                 let Some(first) = f else {
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
-                let mut batch = VecDeque::from([first?]);
-                // The reader's failure (a frame that does not decode, the connection lost)
-                // comes after the frames it read before it: those are taken first, as
-                // before a closing `Error` frame, and the link ends after them. Dropped
-                // with the failure, answers read before it were learnt only at the next
-                // connection, which a relay gone for good never makes.
-                let mut failed = None;
-                while batch.len() < RECEIPT_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(Ok(f)) => batch.push_back(f),
-                        Ok(Err(e)) => {
-                            failed = Some(e);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (batch, failed) = take_batch(first?, &mut rx);
                 let handled = link.handle(batch);
                 if let Some(e) = failed {
                     // Why the link ended, rather than what handling its frames made of it.
@@ -713,6 +698,46 @@ async fn serve(
                 link.pump()?;
             }
         }
+    }
+}
+
+/// The relay's frames waiting after `first`, taken with it in one batch (deliveries stored
+/// in one transaction), up to `RECEIPT_BATCH_MAX` frames and no more once those taken hold
+/// `LINK_BATCH_BYTES_MAX` bytes; and the reader's failure if it came among them. The failure (a frame that does not decode, the connection lost) comes
+/// after the frames read before it: those are taken first, as before a closing `Error`
+/// frame, and the link ends after them. Dropped with the failure, answers read before it
+/// were learnt only at the next connection, which a relay gone for good never makes.
+fn take_batch(
+    first: RelayToNode,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+) -> (VecDeque<RelayToNode>, Option<NetError>) {
+    let mut bytes = frame_bytes(&first);
+    let mut batch = VecDeque::from([first]);
+    let mut failed = None;
+    while batch.len() < RECEIPT_BATCH_MAX && bytes < LINK_BATCH_BYTES_MAX {
+        match rx.try_recv() {
+            Ok(Ok(f)) => {
+                bytes += frame_bytes(&f);
+                batch.push_back(f);
+            }
+            Ok(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, failed)
+}
+
+/// The bytes a frame from the relay holds: those of the message, receipt or roster it
+/// carries. The others (answers, `Pong`, `Error`) hold a few KiB at most, and count as none.
+fn frame_bytes(f: &RelayToNode) -> usize {
+    match f {
+        RelayToNode::Deliver(s) => s.bytes().len(),
+        RelayToNode::Receipt(s) => s.bytes().len(),
+        RelayToNode::RosterUpdate(s) => s.bytes().len(),
+        _ => 0,
     }
 }
 
@@ -1516,6 +1541,61 @@ mod tests {
         again.retain(|id| *id != ids[100]);
         again.push(ids[100]);
         assert_eq!(pass(&mut f, &store).0, again);
+    }
+
+    /// A batch of the relay's frames is bounded in bytes as well as in frames: a relay
+    /// delivering messages padded to the largest frame (256 KiB; an envelope's size is
+    /// checked with its signature, after the batch is taken) had the link hold up to 512 of
+    /// them, 128 MiB, in one batch, beside the reader's channel refilling behind it.
+    #[test]
+    fn a_batch_of_the_relays_frames_is_bounded_in_bytes() {
+        use crate::limits::LINK_BATCH_BYTES_MAX;
+        use hotline_proto::limits::FRAME_BYTES_MAX;
+        use hotline_proto::{PublicKey, Signature, Signed};
+
+        let large = || {
+            RelayToNode::Deliver(Signed::from_parts(
+                vec![0; FRAME_BYTES_MAX - 64],
+                PublicKey([1; 32]),
+                Signature([2; 64]),
+            ))
+        };
+        let frames = 2 * LINK_BATCH_BYTES_MAX / FRAME_BYTES_MAX;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(frames + 1);
+        for _ in 0..frames {
+            tx.try_send(Ok(large())).unwrap();
+        }
+        tx.try_send(Err(NetError::Protocol("after them".into())))
+            .unwrap();
+        let (batch, failed) = take_batch(large(), &mut rx);
+        let bytes: usize = batch
+            .iter()
+            .map(|f| match f {
+                RelayToNode::Deliver(s) => s.bytes().len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            bytes < LINK_BATCH_BYTES_MAX + FRAME_BYTES_MAX,
+            "{} frames, {bytes} bytes",
+            batch.len()
+        );
+        assert!(failed.is_none(), "the failure waits behind the frames");
+        // The rest follow in the next batches, the failure after them.
+        let mut taken = batch.len();
+        let failed = loop {
+            let first = rx.try_recv().unwrap();
+            let Ok(first) = first else {
+                break first.err();
+            };
+            let (batch, failed) = take_batch(first, &mut rx);
+            taken += batch.len();
+            if failed.is_some() {
+                break failed;
+            }
+        };
+        assert_eq!(taken, frames + 1);
+        assert!(failed.is_some());
     }
 
     /// A link whose last act before stopping failed (the relay went as the node stopped,
