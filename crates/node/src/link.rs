@@ -393,6 +393,10 @@ struct InFlight {
     /// takes a number above every other, and the rows put back into this relay's outbox
     /// (`NodeStore::offer_lost`) are put back before the connection's first pass.
     read_to: u64,
+    /// Messages among `sent` refused for a reason that passes (or whose answer could not
+    /// be recorded), to be written again after the pause: answered, so that a refusal
+    /// naming one again answers no `Submit`.
+    waiting: HashSet<MessageId>,
 }
 
 impl InFlight {
@@ -444,14 +448,29 @@ impl InFlight {
         self.sent.get(id).copied()
     }
 
+    /// Whether message `id` was written on this connection and its answer has not come.
+    fn unanswered(&self, id: &MessageId) -> bool {
+        self.sent.contains_key(id) && !self.waiting.contains(id)
+    }
+
     /// Message `id` is answered: accepted, or refused for good.
     fn answered(&mut self, id: &MessageId) {
         self.sent.remove(id);
+        self.waiting.remove(id);
     }
 
-    /// Message `id`, unanswered, is to be written again on this connection (refused for a
+    /// Message `id` is answered, and is to be written again after the pause (`again`),
+    /// in flight until then.
+    fn retry_later(&mut self, id: &MessageId) {
+        if self.sent.contains_key(id) {
+            self.waiting.insert(*id);
+        }
+    }
+
+    /// Message `id`, in flight, is to be written again on this connection (refused for a
     /// reason that passes, or signed again): the next pass reads again from where it was.
     fn again(&mut self, id: &MessageId) {
+        self.waiting.remove(id);
         if let Some(seq) = self.sent.remove(id) {
             self.read_to = self.read_to.min(seq.saturating_sub(1));
         }
@@ -890,6 +909,7 @@ impl Link<'_> {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.
                             error!(relay = self.idx, error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                            self.outbox.retry_later(&a.id);
                             retries.messages.push(a.id);
                             continue;
                         }
@@ -918,9 +938,10 @@ impl Link<'_> {
                 RelayToNode::Rejected(r) => match r.subject {
                     // A refusal answers a `Submit` written on this connection, as an
                     // acceptance does: one naming a message not written here, or already
-                    // answered, is ignored as such an acceptance is, not told to the officer
-                    // as a refusal of a message that does not exist or was accepted.
-                    Subject::Message(id) if self.outbox.seq(&id).is_none() => {
+                    // answered (accepted, or refused and waiting to be written again), is
+                    // ignored as such an acceptance is, not told to the officer as a refusal
+                    // of a message that does not exist or was accepted, or told twice.
+                    Subject::Message(id) if !self.outbox.unanswered(&id) => {
                         warn!(relay = self.idx, msg = %id, code = ?r.code, "relay answered refused for a message never written on this link, or answered already; ignored");
                     }
                     Subject::Message(id) => {
@@ -939,6 +960,7 @@ impl Link<'_> {
                             error!(relay = self.idx, error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
                         }
                         if again || recorded.is_err() {
+                            self.outbox.retry_later(&id);
                             retries.messages.push(id);
                         } else {
                             self.outbox.answered(&id);
@@ -1526,10 +1548,16 @@ mod tests {
         let answered = 1 + 44;
         assert_eq!(f.sent.len(), 300 - answered);
 
-        // Refused for a reason that passes: written again, before anything after it.
+        // Refused for a reason that passes: answered, still in flight until the pause is
+        // over, then written again, before anything after it.
+        f.retry_later(&ids[50]);
+        assert!(!f.unanswered(&ids[50]) && f.unanswered(&ids[51]));
+        assert_eq!(pass(&mut f, &store), (vec![], 0));
         f.again(&ids[50]);
+        assert!(f.waiting.is_empty());
         let (w, read) = pass(&mut f, &store);
         assert_eq!(w, vec![ids[50]]);
+        assert!(f.unanswered(&ids[50]));
         // It and those after it, in flight, read again: a pass after a refusal that
         // passes costs what every pass cost before.
         assert!(read <= 256, "{read}");
