@@ -384,8 +384,8 @@ impl RelayWriter {
 /// whole outbox again.
 #[derive(Debug, Default)]
 struct InFlight {
-    /// Messages written on this connection and not yet answered, with the sequence number
-    /// each was written with.
+    /// Messages written on this connection and in flight (not yet answered, or `waiting`),
+    /// with the sequence number each was written with.
     sent: HashMap<MessageId, u64>,
     /// Where the next pass reads on from: the highest sequence number read on this
     /// connection (0: none yet), lowered by `again`. What this link has not written lies
