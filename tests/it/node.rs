@@ -3903,6 +3903,115 @@ async fn a_refusal_of_no_message_written_on_the_link_is_ignored() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
+/// A refusal answers one `Submit`: a message refused for a reason that passes is told to
+/// the officer once, and written again after the pause. A relay that refused it again
+/// before then, answering no `Submit`, had the node tell the officer of each refusal, as
+/// an event and a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_again_before_it_is_written_again_is_told_once() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RejectCode, Rejected, RelayToNode, Subject};
+
+    let net = net();
+    let (mut relay, kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "Refused for now", &[]).await.unwrap();
+    let first = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s.decode_unverified().unwrap().id;
+        }
+    };
+    assert_eq!(first.to_string(), id);
+    let refused = RelayToNode::Rejected(Rejected {
+        subject: Subject::Message(first),
+        code: RejectCode::RateLimited,
+        detail: "slow down".into(),
+    });
+    relay
+        .send(&[refused.clone(), refused.clone(), refused])
+        .await
+        .unwrap();
+    // Written again after the pause, and accepted.
+    loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            assert_eq!(s.decode_unverified().unwrap().id, first);
+            break;
+        }
+    }
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: first,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    events.wait_about("accepted", &id).await.unwrap();
+    let told = events
+        .seen
+        .iter()
+        .filter(|e| e["type"] == "rejected")
+        .count();
+    assert_eq!(told, 1, "{:?}", events.seen);
+    assert_eq!(kaz.proc.count_lines(&["relay refused a message"]), 1);
+    relay.conn.close(0u32.into(), b"test done");
+}
+
+/// A refusal of a receipt answers a `Receipt` written on the connection, as a refusal of a
+/// message answers a `Submit`: one naming a receipt the node never wrote there is ignored.
+/// It was taken as a refusal: one that passes was put on the list of what to offer again
+/// after the pause (a lying relay's stream of them grew that list without bound, each
+/// logged as a receipt refused), and a final one was logged as an error, a receipt dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_no_receipt_written_on_the_link_is_ignored() {
+    use hotline_proto::frame::{Accepted, NodeToRelay, RejectCode, Rejected, RelayToNode, Subject};
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let refused = |n: u8, code| {
+        RelayToNode::Rejected(Rejected {
+            subject: Subject::Receipt(hotline_proto::Digest([n; 32])),
+            code,
+            detail: "no".into(),
+        })
+    };
+    relay
+        .send(&[
+            refused(5, RejectCode::RateLimited),
+            refused(5, RejectCode::RateLimited),
+            refused(6, RejectCode::PolicyDenied),
+        ])
+        .await
+        .unwrap();
+    // A message accepted after them: the node has taken them when it logs that.
+    let id = kaz.send("KGZ", "After the refusals", &[]).await.unwrap();
+    let env = loop {
+        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
+            break s.decode_unverified().unwrap();
+        }
+    };
+    relay
+        .send(&[RelayToNode::Accepted(Accepted {
+            id: env.id,
+            recipients: vec![pid("KGZ")],
+            accepted_at_ms: now_ms(),
+        })])
+        .await
+        .unwrap();
+    kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
+    assert_eq!(
+        kaz.proc.count_lines(&["relay refused a receipt"]),
+        0,
+        "no receipt refused: {}",
+        kaz.proc.log()
+    );
+    assert_eq!(
+        kaz.proc
+            .count_lines(&["refused for a receipt not written on this link"]),
+        3
+    );
+    relay.conn.close(0u32.into(), b"test done");
+}
+
 /// A relay that sends what is not a frame: the node ends that link with an error that says
 /// so (in its log, and to the relay as the close code: `FrameTooLarge`, then
 /// `ProtocolViolation`), keeps running, and tries again after a pause, not in a loop. The impostor first

@@ -120,6 +120,20 @@ const _: () =
 /// Deliveries stored and receipted in one transaction and one cumulative receipt.
 pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 
+/// The relay's frames a link's reader holds, decoded, until the link takes them; a full
+/// channel stops the reading, which holds the relay back through QUIC's flow control.
+/// Counted in frames: with those of up to 256 KiB a relay may send, up to 64 MiB, about
+/// 20 MiB of an honest relay's largest deliveries, beside the batch the link is handling
+/// (`LINK_BATCH_BYTES_MAX`).
+pub const LINK_READER_FRAMES: usize = 256;
+
+/// Bytes of messages, receipts and rosters a link takes from its relay in one batch, past
+/// which the rest wait for the next (up to `RECEIPT_BATCH_MAX` frames otherwise): about a
+/// hundred of the largest deliveries. Frames of up to 256 KiB, which a relay may pad its
+/// frames to (a message's size is checked with its signature, once taken), made a batch of
+/// `RECEIPT_BATCH_MAX` frames up to 128 MiB.
+pub const LINK_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// Receipt pacing, the default of the configuration's `receipt_pace_ms`: stored deliveries
 /// wait up to this long after the first of them to share one cumulative delivered receipt
 /// (or until [`RECEIPT_PACE_ITEMS`] wait); a delivery stored after a quiet spell

@@ -17,12 +17,13 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
-    HEALTHY_LINK_MS, LINK_QUEUE_BYTES_MAX, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX,
-    SILENT_LINK_MS, SILENT_PING_MS,
+    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_FRAMES,
+    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Answered, Resequenced, Stored};
+use crate::store::{retryable, Answered, Outgoing, Resequenced, Stored};
 use crate::{now_ms, NodeState};
+use hotline_store::StoreError;
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
 const RETRY_AFTER_MS: u64 = 2_000;
@@ -375,13 +376,113 @@ impl RelayWriter {
     }
 }
 
+/// The outbox messages a link has written on its connection and not had answered, and how
+/// far it has read the outbox, which it reads in its order (sequence number) on from there.
+/// A pass that has room for more reads only what follows, not again the page in flight
+/// (up to 255 messages of up to 64 KiB, read and skipped at each answer). A message is
+/// written once a connection: a new connection starts a new `InFlight`, which writes the
+/// whole outbox again.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Messages written on this connection and in flight (not yet answered, or `waiting`),
+    /// with the sequence number each was written with.
+    sent: HashMap<MessageId, u64>,
+    /// Where the next pass reads on from: the highest sequence number read on this
+    /// connection (0: none yet), lowered by `again`. What this link has not written lies
+    /// above it: a row's number only rises (`NodeStore::resequence`), a message composed
+    /// takes a number above every other, and the rows put back into this relay's outbox
+    /// (`NodeStore::offer_lost`) are put back before the connection's first pass.
+    read_to: u64,
+    /// Messages among `sent` refused for a reason that passes (or whose answer could not
+    /// be recorded), to be written again after the pause: answered, so that a refusal
+    /// naming one again answers no `Submit`.
+    waiting: HashSet<MessageId>,
+}
+
+impl InFlight {
+    /// The outbox messages to write next, in order, while fewer than `OUTBOX_PAGE` are
+    /// unanswered; `read(after, limit)` reads the outbox (`NodeStore::outbox_after`). At
+    /// most a page unanswered: the relay reads a page ahead while its own write waits
+    /// (`OUTBOX_PAGE` says why), so the next messages follow as it answers, not a page more
+    /// at every pass (each acknowledgement answered, each message composed), which after an
+    /// outage put pages of up to 20 MB in flight beyond what it reads ahead.
+    fn next(
+        &mut self,
+        mut read: impl FnMut(u64, usize) -> Result<Vec<Outgoing>, StoreError>,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let mut out = Vec::new();
+        // As many as there is room for: with none in flight above `read_to`, as after each
+        // answer, every row read is written.
+        let mut limit = OUTBOX_PAGE - self.sent.len();
+        while self.sent.len() < OUTBOX_PAGE {
+            let rows = read(self.read_to, limit)?;
+            let n = rows.len();
+            for m in rows {
+                // Rows not taken stay above `read_to`, for the next pass.
+                if self.sent.len() >= OUTBOX_PAGE {
+                    break;
+                }
+                self.read_to = self.read_to.max(m.seq);
+                // In flight already: what `again` put back is read again with those in
+                // flight after it, and a message signed again for another relay's refusal
+                // (`NodeStore::resequence`) moves above what this link has read.
+                if self.sent.contains_key(&m.id) {
+                    continue;
+                }
+                self.sent.insert(m.id, m.seq);
+                out.push(m);
+            }
+            if n < limit {
+                // The outbox holds no more.
+                break;
+            }
+            // Some were in flight: read on, more at a time.
+            limit = (limit * 2).min(OUTBOX_PAGE);
+        }
+        Ok(out)
+    }
+
+    /// The sequence number message `id` was written with on this connection, if it is
+    /// unanswered.
+    fn seq(&self, id: &MessageId) -> Option<u64> {
+        self.sent.get(id).copied()
+    }
+
+    /// Whether message `id` was written on this connection and its answer has not come.
+    fn unanswered(&self, id: &MessageId) -> bool {
+        self.sent.contains_key(id) && !self.waiting.contains(id)
+    }
+
+    /// Message `id` is answered: accepted, or refused for good.
+    fn answered(&mut self, id: &MessageId) {
+        self.sent.remove(id);
+        self.waiting.remove(id);
+    }
+
+    /// Message `id` is answered, and is to be written again after the pause (`again`),
+    /// in flight until then.
+    fn retry_later(&mut self, id: &MessageId) {
+        if self.sent.contains_key(id) {
+            self.waiting.insert(*id);
+        }
+    }
+
+    /// Message `id`, in flight, is to be written again on this connection (refused for a
+    /// reason that passes, or signed again): the next pass reads again from where it was.
+    fn again(&mut self, id: &MessageId) {
+        self.waiting.remove(id);
+        if let Some(seq) = self.sent.remove(id) {
+            self.read_to = self.read_to.min(seq.saturating_sub(1));
+        }
+    }
+}
+
 struct Link<'a> {
     state: &'a NodeState,
     idx: usize,
     writer: RelayWriter,
-    /// Messages written on this connection and not yet answered, with the sequence number
-    /// each was written with.
-    sent: HashMap<MessageId, u64>,
+    /// Outbox messages written on this connection and not yet answered.
+    outbox: InFlight,
     /// The highest sequence number the relay had accepted from this node when the
     /// connection began (`Welcome.last_seq`).
     floor: u64,
@@ -491,7 +592,8 @@ async fn serve(
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
     }
-    let (mut rx, _reader) = hotline_net::stream::spawn_reader::<RelayToNode>(reader, 256);
+    let (mut rx, _reader) =
+        hotline_net::stream::spawn_reader::<RelayToNode>(reader, LINK_READER_FRAMES);
     let pacer = ReceiptPacer::new(
         std::time::Duration::from_millis(state.config.receipt_pace_ms),
         crate::limits::RECEIPT_PACE_ITEMS,
@@ -500,7 +602,7 @@ async fn serve(
         state,
         idx,
         writer: RelayWriter::new(writer),
-        sent: HashMap::new(),
+        outbox: InFlight::default(),
         floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
         acks_held: false,
@@ -516,8 +618,9 @@ async fn serve(
     let mut silence_check = tokio::time::Instant::now() + Duration::from_millis(SILENT_PING_MS);
     let mut pings = 0u64;
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut retry_ids: Vec<MessageId> = Vec::new();
-    let mut retry_receipts: Vec<Digest> = Vec::new();
+    // Sets: a relay that refuses one thing again and again adds it once.
+    let mut retry_ids: HashSet<MessageId> = HashSet::new();
+    let mut retry_receipts: HashSet<Digest> = HashSet::new();
     link.pump()?;
     loop {
         // Timers as select preconditions: a branch whose time is not set is not polled.
@@ -565,23 +668,7 @@ async fn serve(
                 let Some(first) = f else {
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
-                let mut batch = VecDeque::from([first?]);
-                // The reader's failure (a frame that does not decode, the connection lost)
-                // comes after the frames it read before it: those are taken first, as
-                // before a closing `Error` frame, and the link ends after them. Dropped
-                // with the failure, answers read before it were learnt only at the next
-                // connection, which a relay gone for good never makes.
-                let mut failed = None;
-                while batch.len() < RECEIPT_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(Ok(f)) => batch.push_back(f),
-                        Ok(Err(e)) => {
-                            failed = Some(e);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (batch, failed) = take_batch(first?, &mut rx);
                 let handled = link.handle(batch);
                 if let Some(e) = failed {
                     // Why the link ended, rather than what handling its frames made of it.
@@ -619,10 +706,10 @@ async fn serve(
             // Retryable refusals: offer those messages and acknowledgements again.
             _ = tokio::time::sleep_until(retry_at.unwrap_or(now)), if retry_at.is_some() => {
                 retry_at = None;
-                for id in retry_ids.drain(..) {
-                    link.sent.remove(&id);
+                for id in retry_ids.drain() {
+                    link.outbox.again(&id);
                 }
-                let again = std::mem::take(&mut retry_receipts);
+                let again: Vec<Digest> = retry_receipts.drain().collect();
                 link.resend_delivered(&again)?;
                 for d in &again {
                     link.receipts_sent.remove(d);
@@ -633,20 +720,56 @@ async fn serve(
     }
 }
 
+/// The relay's frames waiting after `first`, taken with it in one batch (deliveries stored
+/// in one transaction), up to `RECEIPT_BATCH_MAX` frames and no more once those taken hold
+/// `LINK_BATCH_BYTES_MAX` bytes; and the reader's failure if it came among them. The failure (a frame that does not decode, the connection lost) comes
+/// after the frames read before it: those are taken first, as before a closing `Error`
+/// frame, and the link ends after them. Dropped with the failure, answers read before it
+/// were learnt only at the next connection, which a relay gone for good never makes.
+fn take_batch(
+    first: RelayToNode,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+) -> (VecDeque<RelayToNode>, Option<NetError>) {
+    let mut bytes = frame_bytes(&first);
+    let mut batch = VecDeque::from([first]);
+    let mut failed = None;
+    while batch.len() < RECEIPT_BATCH_MAX && bytes < LINK_BATCH_BYTES_MAX {
+        match rx.try_recv() {
+            Ok(Ok(f)) => {
+                bytes += frame_bytes(&f);
+                batch.push_back(f);
+            }
+            Ok(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, failed)
+}
+
+/// The bytes a frame from the relay holds: those of the message, receipt or roster it
+/// carries. The others (answers, `Pong`, `Error`) hold a few KiB at most, and count as none.
+fn frame_bytes(f: &RelayToNode) -> usize {
+    match f {
+        RelayToNode::Deliver(s) => s.bytes().len(),
+        RelayToNode::Receipt(s) => s.bytes().len(),
+        RelayToNode::RosterUpdate(s) => s.bytes().len(),
+        _ => 0,
+    }
+}
+
 impl Link<'_> {
     /// Writes outbox messages and pending acknowledgements not yet written on this link,
     /// while fewer than `OUTBOX_PAGE` and `ACKS_IN_FLIGHT` of each are unanswered.
     fn pump(&mut self) -> Result<(), NetError> {
+        let idx = self.idx;
         let (outbox, receipts) = {
             let store = self.state.store();
             (
-                // With a page unanswered nothing more is written: the outbox (messages of
-                // up to 64 KiB) is not read only to be skipped at every pass.
-                if self.sent.len() >= OUTBOX_PAGE {
-                    Ok(Vec::new())
-                } else {
-                    store.outbox(self.idx, OUTBOX_PAGE + self.sent.len())
-                },
+                self.outbox
+                    .next(|after, limit| store.outbox_after(idx, after, limit)),
                 // One more than may be in flight: the pass skips at most those in flight
                 // and writes at most the rest, so the one after tells it some are held. A
                 // backlog of thousands after a long outage is read a page at a pass.
@@ -657,18 +780,6 @@ impl Link<'_> {
         let receipts = receipts.map_err(|e| NetError::Local(format!("store: {e}")))?;
         let mut buf = Vec::new();
         for m in outbox {
-            if self.sent.contains_key(&m.id) {
-                continue;
-            }
-            // At most a page unanswered: the relay reads a page ahead while its own write
-            // waits (`OUTBOX_PAGE` says why), so the next messages follow as it answers,
-            // not a page more at every pass (each acknowledgement answered, each message
-            // composed), which after an outage put pages of up to 20 MB in flight beyond
-            // what it reads ahead.
-            if self.sent.len() >= OUTBOX_PAGE {
-                break;
-            }
-            self.sent.insert(m.id, m.seq);
             buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
                 m.signed,
             ))?);
@@ -698,7 +809,7 @@ impl Link<'_> {
     /// [`crate::store::NodeStore::resequence`]), and makes it due to be written again.
     /// Returns false if the refusal stands, to be handled as any final refusal.
     fn resequenced(&mut self, id: &MessageId) -> bool {
-        let Some(&seq) = self.sent.get(id) else {
+        let Some(seq) = self.outbox.seq(id) else {
             return false;
         };
         let result = self
@@ -713,12 +824,12 @@ impl Link<'_> {
             }
             Ok(Resequenced::AlreadyFresh) => {
                 debug!(relay = self.idx, msg = %id, "refused with a number it no longer has; offering it again");
-                self.sent.remove(id);
+                self.outbox.again(id);
                 return true;
             }
             Ok(Resequenced::Signed(fresh)) => fresh,
         };
-        self.sent.remove(id);
+        self.outbox.again(id);
         let status = self.refused_status(id);
         warn!(
             relay = self.idx,
@@ -792,12 +903,13 @@ impl Link<'_> {
                     // holds: after a restore the message may since have been signed again
                     // for another relay's refusal (`resequenced`), and this relay has not
                     // seen the new number.
-                    let seq = self.sent.get(&a.id).copied();
+                    let seq = self.outbox.seq(&a.id);
                     let status = match self.state.store().accepted(self.idx, &a, seq, now_ms()) {
                         Err(e) => {
                             // Not recorded, so still in the outbox: offered again after the
                             // pause (the relay, which holds it, answers the same), not at once.
                             error!(relay = self.idx, error = %e, msg = %a.id, "cannot record acceptance; offering the message again after a pause");
+                            self.outbox.retry_later(&a.id);
                             retries.messages.push(a.id);
                             continue;
                         }
@@ -806,14 +918,14 @@ impl Link<'_> {
                             continue;
                         }
                         Ok(Answered::Again) => {
-                            self.sent.remove(&a.id);
+                            self.outbox.answered(&a.id);
                             debug!(relay = self.idx, msg = %a.id, "accepted again (a resubmission's answer)");
                             pump = true;
                             continue;
                         }
                         Ok(Answered::New { status }) => status,
                     };
-                    self.sent.remove(&a.id);
+                    self.outbox.answered(&a.id);
                     info!(relay = self.idx, msg = %a.id, status = %status_logged(status), recipients = a.recipients.len(), "accepted");
                     self.state.emit(Event::Accepted {
                         id: a.id,
@@ -826,9 +938,10 @@ impl Link<'_> {
                 RelayToNode::Rejected(r) => match r.subject {
                     // A refusal answers a `Submit` written on this connection, as an
                     // acceptance does: one naming a message not written here, or already
-                    // answered, is ignored as such an acceptance is, not told to the officer
-                    // as a refusal of a message that does not exist or was accepted.
-                    Subject::Message(id) if !self.sent.contains_key(&id) => {
+                    // answered (accepted, or refused and waiting to be written again), is
+                    // ignored as such an acceptance is, not told to the officer as a refusal
+                    // of a message that does not exist or was accepted, or told twice.
+                    Subject::Message(id) if !self.outbox.unanswered(&id) => {
                         warn!(relay = self.idx, msg = %id, code = ?r.code, "relay answered refused for a message never written on this link, or answered already; ignored");
                     }
                     Subject::Message(id) => {
@@ -847,9 +960,10 @@ impl Link<'_> {
                             error!(relay = self.idx, error = %e, msg = %id, "cannot record refusal; offering the message again after a pause");
                         }
                         if again || recorded.is_err() {
+                            self.outbox.retry_later(&id);
                             retries.messages.push(id);
                         } else {
-                            self.sent.remove(&id);
+                            self.outbox.answered(&id);
                         }
                         let status = self.refused_status(&id);
                         warn!(relay = self.idx, msg = %id, status = %status_logged(status), code = ?r.code, detail = ?r.detail, retrying = again, "relay refused a message");
@@ -861,6 +975,17 @@ impl Link<'_> {
                             detail: r.detail,
                             retrying: again,
                         });
+                    }
+                    // Likewise a refusal of a receipt answers one written on this connection:
+                    // an acknowledgement in flight, or a delivered receipt kept to be written
+                    // again (past `DELIVERED_UNANSWERED_MAX`, whose refusal leaves nothing to
+                    // do). Others were put on the list to offer again, without bound under a
+                    // relay that sends them by the thousand, or logged as receipts dropped.
+                    Subject::Receipt(d)
+                        if !self.receipts_sent.contains(&d)
+                            && !self.delivered_sent.contains_key(&d) =>
+                    {
+                        warn!(relay = self.idx, receipt = %d, code = ?r.code, "relay answered refused for a receipt not written on this link, answered already, or past those kept; ignored");
                     }
                     Subject::Receipt(d) if retryable(r.code) => {
                         // Offered again after the pause: an acknowledgement from the
@@ -1327,6 +1452,178 @@ mod tests {
                 .expect_err("KAZ's own message is not addressed to KAZ");
             assert!(e.contains("not addressed to KAZ"), "{audience:?}: {e}");
         }
+    }
+
+    /// A pass with room for more of the outbox reads on from the last message it read, not
+    /// again the page in flight: after the first page, each answer costs one message read,
+    /// where the pass read the outbox from its start, every message in flight (up to 255,
+    /// of up to 64 KiB) read to be skipped. Each message is still written once a
+    /// connection, in order, again if refused for a reason that passes, and all of them on
+    /// a new connection; a message signed again for another relay's refusal while in flight
+    /// here moves above what was read, and is not written twice.
+    #[test]
+    fn a_pass_reads_the_outbox_on_from_what_it_read_not_the_page_in_flight() {
+        use crate::store::{Draft, NodeStore};
+        use hotline_proto::frame::Accepted;
+        use hotline_proto::{Audience, Kind, Precedence, SigningKey, Status};
+
+        const NOW: u64 = 1_800_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (kaz, kgz) = (
+            ParticipantId::new("KAZ").unwrap(),
+            ParticipantId::new("KGZ").unwrap(),
+        );
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let draft = Draft {
+                audience: Audience::Participants(vec![kgz.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Flash,
+                status: Status::Exercise,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("outbox {i}"),
+                body: String::new(),
+            };
+            let signed = store
+                .compose(&kaz, &key, draft, std::slice::from_ref(&kgz), 1, NOW)
+                .unwrap()
+                .unwrap();
+            ids.push(signed.decode_unverified().unwrap().id);
+        }
+        // A pass, as the link makes it: the messages it writes, and how many it read.
+        let pass = |f: &mut InFlight, store: &NodeStore| {
+            let mut read = 0;
+            let written = f
+                .next(|after, limit| {
+                    let rows = store.outbox_after(0, after, limit)?;
+                    read += rows.len();
+                    Ok(rows)
+                })
+                .unwrap();
+            (written.into_iter().map(|m| m.id).collect::<Vec<_>>(), read)
+        };
+        let accept = |f: &mut InFlight, store: &mut NodeStore, id: &MessageId| {
+            let a = Accepted {
+                id: *id,
+                recipients: vec![kgz.clone()],
+                accepted_at_ms: NOW,
+            };
+            let seq = f.seq(id);
+            assert!(seq.is_some(), "{id} is in flight");
+            store.accepted(0, &a, seq, NOW).unwrap();
+            f.answered(id);
+        };
+
+        let mut f = InFlight::default();
+        assert_eq!(pass(&mut f, &store), (ids[..256].to_vec(), 256));
+        assert_eq!(pass(&mut f, &store), (vec![], 0), "a page in flight");
+        accept(&mut f, &mut store, &ids[0]);
+        assert_eq!(
+            pass(&mut f, &store),
+            (vec![ids[256]], 1),
+            "one answered, one read and written"
+        );
+
+        // Another relay refused message 100 for its number: signed again, its outbox row
+        // moves above every other, where this link, which has it in flight, reads it.
+        let seq = f.seq(&ids[100]).unwrap();
+        store.resequence(&ids[100], seq, seq, &key, NOW).unwrap();
+        let mut written = Vec::new();
+        let mut read = 0;
+        for id in &ids[1..] {
+            accept(&mut f, &mut store, id);
+            let (w, r) = pass(&mut f, &store);
+            read += r;
+            if w.is_empty() {
+                break;
+            }
+            written.extend(w);
+        }
+        assert_eq!(written, ids[257..].to_vec(), "in order, none twice");
+        assert_eq!(read, 43 + 1, "those written, and message 100 once");
+        let answered = 1 + 44;
+        assert_eq!(f.sent.len(), 300 - answered);
+
+        // Refused for a reason that passes: answered, still in flight until the pause is
+        // over, then written again, before anything after it.
+        f.retry_later(&ids[50]);
+        assert!(!f.unanswered(&ids[50]) && f.unanswered(&ids[51]));
+        assert_eq!(pass(&mut f, &store), (vec![], 0));
+        f.again(&ids[50]);
+        assert!(f.waiting.is_empty());
+        let (w, read) = pass(&mut f, &store);
+        assert_eq!(w, vec![ids[50]]);
+        assert!(f.unanswered(&ids[50]));
+        // It and those after it, in flight, read again: a pass after a refusal that
+        // passes costs what every pass cost before.
+        assert!(read <= 256, "{read}");
+        assert_eq!(pass(&mut f, &store), (vec![], 0));
+
+        // A new connection writes the whole outbox again, in order.
+        let mut f = InFlight::default();
+        let mut again: Vec<_> = ids[answered..].to_vec();
+        again.retain(|id| *id != ids[100]);
+        again.push(ids[100]);
+        assert_eq!(pass(&mut f, &store).0, again);
+    }
+
+    /// A batch of the relay's frames is bounded in bytes as well as in frames: a relay
+    /// delivering messages padded to the largest frame (256 KiB; an envelope's size is
+    /// checked with its signature, after the batch is taken) had the link hold up to 512 of
+    /// them, 128 MiB, in one batch, beside the reader's channel refilling behind it.
+    #[test]
+    fn a_batch_of_the_relays_frames_is_bounded_in_bytes() {
+        use crate::limits::LINK_BATCH_BYTES_MAX;
+        use hotline_proto::limits::FRAME_BYTES_MAX;
+        use hotline_proto::{PublicKey, Signature, Signed};
+
+        let large = || {
+            RelayToNode::Deliver(Signed::from_parts(
+                vec![0; FRAME_BYTES_MAX - 64],
+                PublicKey([1; 32]),
+                Signature([2; 64]),
+            ))
+        };
+        let frames = 2 * LINK_BATCH_BYTES_MAX / FRAME_BYTES_MAX;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(frames + 1);
+        for _ in 0..frames {
+            tx.try_send(Ok(large())).unwrap();
+        }
+        tx.try_send(Err(NetError::Protocol("after them".into())))
+            .unwrap();
+        let (batch, failed) = take_batch(large(), &mut rx);
+        let bytes: usize = batch
+            .iter()
+            .map(|f| match f {
+                RelayToNode::Deliver(s) => s.bytes().len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            bytes < LINK_BATCH_BYTES_MAX + FRAME_BYTES_MAX,
+            "{} frames, {bytes} bytes",
+            batch.len()
+        );
+        assert!(failed.is_none(), "the failure waits behind the frames");
+        // The rest follow in the next batches, the failure after them.
+        let mut taken = batch.len();
+        let failed = loop {
+            let first = rx.try_recv().unwrap();
+            let Ok(first) = first else {
+                break first.err();
+            };
+            let (batch, failed) = take_batch(first, &mut rx);
+            taken += batch.len();
+            if failed.is_some() {
+                break failed;
+            }
+        };
+        assert_eq!(taken, frames + 1);
+        assert!(failed.is_some());
     }
 
     /// A link whose last act before stopping failed (the relay went as the node stopped,

@@ -1944,10 +1944,24 @@ impl NodeStore {
 
     /// Messages still to be sent through `relay`, lowest sequence number first.
     pub fn outbox(&self, relay: usize, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        self.outbox_after(relay, 0, limit)
+    }
+
+    /// Messages still to be sent through `relay` numbered above `after`, lowest sequence
+    /// number first: a link reads on from the last message it wrote, not again past the
+    /// page it has in flight (messages of up to 64 KiB). An outbox row's number is its
+    /// message's (`sent.seq`: set so by `compose`, `offer_lost` and `set_relays`, and moved
+    /// with it by `resequence`, only ever upwards).
+    pub fn outbox_after(
+        &self,
+        relay: usize,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Outgoing>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT s.id, s.seq, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 ORDER BY o.seq LIMIT ?2",
+            "SELECT s.id, s.seq, s.bytes, s.key, s.sig FROM outbox o JOIN sent s ON s.id = o.id WHERE o.relay = ?1 AND o.seq > ?2 ORDER BY o.seq LIMIT ?3",
         )?;
-        let rows = st.query_map(params![relay as i64, limit as i64], |r| {
+        let rows = st.query_map(params![relay as i64, after, limit as i64], |r| {
             Ok(Outgoing {
                 id: MessageId(blob_array::<16>(r.get(0)?, 0)?),
                 seq: r.get(1)?,
