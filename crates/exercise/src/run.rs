@@ -876,7 +876,7 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
 /// is not. Were it checked only when due, such an inject would end the drill midway without
 /// a report, after real traffic had been sent; and an objective whose recipients all lack a
 /// node had no one to score, so that the drill ran to `end_s` and failed it unexplained.
-fn check_nodes(
+pub(crate) fn check_nodes(
     scenario: &Scenario,
     nodes: &[String],
     faults: bool,
