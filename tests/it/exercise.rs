@@ -429,3 +429,60 @@ async fn an_inject_waits_for_the_message_it_references() {
     );
     assert_eq!(report.messages_accepted, 2, "{summary}");
 }
+
+/// MNG goes offline a second in and stays off to the end (two minutes); the alert is sent
+/// to KAZ and MNG after it went.
+const DOWN_TO_THE_END: &str = r#"
+name = "down-to-the-end"
+end_s = 120.0
+participants = ["SEC", "KAZ", "MNG"]
+[[injects]]
+name = "alert"
+at_s = 2.0
+from = "SEC"
+to = ["KAZ", "MNG"]
+subject = "alert"
+[[faults]]
+kind = "offline"
+participant = "MNG"
+from_s = 1.0
+to_s = 120.0
+[[objectives]]
+name = "KAZ holds it"
+inject = "alert"
+expect = "delivered"
+except = ["MNG"]
+"#;
+
+/// A recipient whose node a fault keeps down to the end does not keep the drill running
+/// to `end_s` once everything else is decided: its node's restart, due only at the end,
+/// kept the timeline from running out, and its delivery was waited for, though nothing
+/// could bring it before the end. The drill now ends early, MNG counted as not reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_down_to_the_end_does_not_hold_the_drill_to_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(DOWN_TO_THE_END, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert!(
+        report.wall_s < 60.0,
+        "ran {:.1} s of its 120: {summary}",
+        report.wall_s
+    );
+    assert!(report.objectives[0].met, "{summary}");
+    let mng = report.participants.iter().find(|p| p.id == "MNG").unwrap();
+    assert_eq!(mng.cells[0].delivered_s, None, "{summary}");
+    assert_eq!(report.messages_lost, 1, "MNG never held it: {summary}");
+}

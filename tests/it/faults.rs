@@ -371,7 +371,7 @@ async fn relay_killed_20_times_during_2000_sends_loses_nothing() -> anyhow::Resu
     // Kill the relay every SENDS / (KILLS + 1) sends, restarting it at once.
     for k in 1..=KILLS {
         traffic.reached(k * SENDS / (KILLS + 1)).await?;
-        relay.kill9();
+        relay.kill9()?;
         relay = start_relay(&dep, k as u32).await?;
     }
     traffic
@@ -429,7 +429,7 @@ async fn relay_power_cut_5_times_during_600_sends_loses_nothing_it_accepted() ->
         );
         at_writes += usize::from(cut.at_write);
         // The relay finds its writes failing and stops; the machine is down in any case.
-        relay.kill9();
+        relay.kill9()?;
         disk.power_on()?;
         // Every message it answered *accepted* is on the disk that came back. (Seen before
         // the relay starts again, so before a node could send it again.)
@@ -1365,7 +1365,7 @@ async fn sender_node_power_cut_3_times_while_sending_loses_nothing_it_took() -> 
         println!("round {k}: KAZ answered 201 for {} messages", ids.len());
         taken.extend(ids);
         if !last {
-            kaz.kill9();
+            kaz.kill9()?;
             disk.power_on()?;
         }
         kaz_logs.push(kaz);
@@ -1480,10 +1480,10 @@ async fn recipient_under_faults(faults: usize, power_cuts: bool) -> anyhow::Resu
             // lost with the power.
             let (nth, cut) = cut_at_one_of_the_next_40_writes(disk, &mut rng_seed, || ()).await?;
             println!("power cut {k} under UZB (at its write {nth} from then: {}): {} unflushed blocks lost, {} flushes since power on", cut.at_write, cut.blocks_lost, cut.flushes);
-            uzb.kill9();
+            uzb.kill9()?;
             disk.power_on()?;
         } else {
-            uzb.kill9();
+            uzb.kill9()?;
         }
         uzb_logs.push(uzb);
         uzb = spawn("UZB", k)?;

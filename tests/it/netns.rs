@@ -474,7 +474,7 @@ async fn lossy_link_and_partition_between_namespaces_lose_and_duplicate_nothing(
 
     // Processes first (they live in the namespaces), then the namespaces.
     drop(nodes);
-    relay.kill9();
+    relay.kill9()?;
     drop(ns);
     Ok(())
 }

@@ -370,7 +370,10 @@ impl Proc {
 
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
-        self.0.kill9();
+        // A test's process still there after SIGKILL is a broken test machine.
+        if let Err(e) = self.0.kill9() {
+            panic!("{e}");
+        }
     }
 
     /// Its process id.

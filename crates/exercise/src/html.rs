@@ -55,7 +55,13 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             esc(&o.name),
             if o.met { "met" } else { "NOT MET" },
             o.in_scope,
-            esc(&o.failed.join("; "))
+            esc(&o
+                .failed
+                .iter()
+                .cloned()
+                .chain((!o.unscored.is_empty()).then(|| crate::report::unscored_line(&o.unscored)))
+                .collect::<Vec<_>>()
+                .join("; "))
         );
     }
     h.push_str("</table><h2>Invariants</h2><table><tr><th>Invariant</th><th>Result</th><th>Detail</th></tr>");

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 /// How a process the harness started ended, as [`Proc::stop`] (or [`Proc::exit`]) finds it.
+/// Non-exhaustive: a new way of ending may be told apart later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Exit {
     /// It exited with this status code (0: cleanly).
     Code(i32),
@@ -26,6 +28,9 @@ pub enum Exit {
     /// SIGTERM could not be sent to it (the `errno`, as `std::io::Error` reads it), so it
     /// was killed at once, with no grace period.
     TermRefused(i32),
+    /// It was sent SIGKILL but had not gone [`KILL_WAIT`] later ([`KillError::NotGone`]):
+    /// stuck in the kernel (uninterruptible sleep, a hung disk).
+    NotGone,
 }
 
 impl Exit {
@@ -51,11 +56,67 @@ impl std::fmt::Display for Exit {
             Self::Signal(s) => write!(f, "ended by signal {s}{}", signal_name(*s)),
             Self::Killed => f.write_str("killed by a fault (SIGKILL)"),
             Self::Hung => f.write_str("killed after the grace period (it did not exit on SIGTERM)"),
+            Self::NotGone => write!(
+                f,
+                "still there {} s after SIGKILL (stuck in the kernel: a hung disk?)",
+                KILL_WAIT.as_secs()
+            ),
             Self::TermRefused(e) => write!(
                 f,
                 "SIGTERM could not be sent ({}), so it was killed at once, with no grace period",
                 std::io::Error::from_raw_os_error(*e)
             ),
+        }
+    }
+}
+
+/// How long [`Proc::kill9`] waits for a child it sent SIGKILL to be gone. SIGKILL ends a
+/// process at once, unless it is in uninterruptible sleep (waiting on a hung disk or a dead
+/// network file system), which it may never leave: the wait used to have no limit, and hung
+/// the drill (a fault, or the drop of a handle) with it.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Why [`Proc::kill9`] could not see its child gone.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KillError {
+    /// The child had not exited `waited` after SIGKILL. It is left unreaped, so its pid is
+    /// still its own; a later [`Proc::exit`], [`Proc::stop`] or [`Proc::kill9`] finds it
+    /// gone once it is.
+    NotGone {
+        /// Its process id.
+        pid: u32,
+        /// How long `kill9` waited.
+        waited: Duration,
+    },
+    /// Waiting for it failed.
+    Wait {
+        /// Its process id.
+        pid: u32,
+        /// The error `waitid(2)` or `wait(2)` gave.
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for KillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotGone { pid, waited } => write!(
+                f,
+                "process {pid} was still there {waited:?} after SIGKILL (stuck in the kernel: a hung disk?)"
+            ),
+            Self::Wait { pid, source } => {
+                write!(f, "waiting for process {pid} after SIGKILL: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for KillError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NotGone { .. } => None,
+            Self::Wait { source, .. } => Some(source),
         }
     }
 }
@@ -97,6 +158,14 @@ pub struct Proc {
     /// child of ours, not yet reaped, can always be signalled). `kill9` is not affected.
     #[cfg(test)]
     refuse_signals: Option<rustix::io::Errno>,
+    /// Tests only: `kill9` sends no SIGKILL, as if the kernel had taken it but the process
+    /// did not die (a process in uninterruptible sleep, on a hung disk, dies only once it
+    /// leaves it).
+    #[cfg(test)]
+    kill_ignored: bool,
+    /// How long [`Proc::kill9`] waits for the child to be gone: [`KILL_WAIT`], shorter in
+    /// tests.
+    kill_wait: Duration,
     lines: Arc<Mutex<Vec<String>>>,
     seen: tokio::sync::watch::Receiver<usize>,
     /// Told when the reader has read standard error to its end.
@@ -112,8 +181,12 @@ const LAST_LINES_WAIT: Duration = Duration::from_secs(2);
 /// Waits until `child` has exited, without reaping it: its pid stays its own (a zombie)
 /// until `Child::wait` reaps it.
 fn wait_unreaped(child: &Child) -> std::io::Result<()> {
-    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
-    let pid = Pid::from_child(child);
+    wait_unreaped_pid(rustix::process::Pid::from_child(child))
+}
+
+/// [`wait_unreaped`], by the child's pid (for a thread that does not hold the `Child`).
+fn wait_unreaped_pid(pid: rustix::process::Pid) -> std::io::Result<()> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
     loop {
         match waitid(
             WaitId::Pid(pid),
@@ -230,6 +303,9 @@ impl Proc {
             term_refused: None,
             #[cfg(test)]
             refuse_signals: None,
+            #[cfg(test)]
+            kill_ignored: false,
+            kill_wait: KILL_WAIT,
             lines,
             seen,
             read_all,
@@ -242,12 +318,52 @@ impl Proc {
         self.child.id()
     }
 
-    /// SIGKILL, then reap. (`Child::kill` sends nothing to a child already reaped.)
-    pub fn kill9(&mut self) {
-        self.killed |= !self.reaped;
-        let _ = self.child.kill();
-        let st = self.child.wait().ok();
-        self.reap(st);
+    /// SIGKILL, then reap, waiting at most [`KILL_WAIT`] for the child to be gone: one
+    /// stuck in the kernel is left unreaped, with an error and a log line. (`Child::kill`
+    /// sends nothing to a child already reaped.)
+    pub fn kill9(&mut self) -> Result<(), KillError> {
+        if self.reaped {
+            return Ok(());
+        }
+        self.killed = true;
+        #[cfg(test)]
+        let skip = self.kill_ignored;
+        #[cfg(not(test))]
+        let skip = false;
+        if !skip {
+            let _ = self.child.kill();
+        }
+        let pid = self.child.id();
+        // Waited for without reaping, by a thread, so that the wait can end at a time
+        // limit: a child that never goes keeps that thread in `waitid` (until it goes, or
+        // the harness ends), not the harness.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let child_pid = rustix::process::Pid::from_child(&self.child);
+        std::thread::spawn(move || {
+            let _ = tx.send(wait_unreaped_pid(child_pid));
+        });
+        let gone = match rx.recv_timeout(self.kill_wait) {
+            Ok(Ok(())) => self.child.wait().map(|st| {
+                self.reap(Some(st));
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                let e = KillError::NotGone {
+                    pid,
+                    waited: self.kill_wait,
+                };
+                tracing::warn!(
+                    pid,
+                    waited_ms = self.kill_wait.as_millis() as u64,
+                    "still there after SIGKILL; left unreaped"
+                );
+                return Err(e);
+            }
+        };
+        gone.map_err(|source| {
+            tracing::warn!(pid, error = %source, "waiting for the child after SIGKILL failed");
+            KillError::Wait { pid, source }
+        })
     }
 
     /// Notes that the child has been reaped if `status` says it has exited; returns it.
@@ -311,7 +427,9 @@ impl Proc {
             let errno = e.raw_os_error().unwrap_or(0);
             tracing::warn!(pid = self.child.id(), error = %e, "SIGTERM could not be sent; killing it at once");
             self.term_refused = Some(errno);
-            self.kill9();
+            if self.kill9().is_err() {
+                return (Exit::NotGone, false);
+            }
             return (self.exit().unwrap_or(Exit::TermRefused(errno)), false);
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -330,7 +448,9 @@ impl Proc {
                 }
                 Err(_) => {
                     self.hung = true;
-                    self.kill9();
+                    if self.kill9().is_err() {
+                        return (Exit::NotGone, false);
+                    }
                     return (Exit::Hung, false);
                 }
             }
@@ -532,7 +652,8 @@ fn tail(log: &str) -> String {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill9();
+        // An error is logged by `kill9`; nothing more can be done for it here.
+        let _ = self.kill9();
     }
 }
 
@@ -611,7 +732,7 @@ mod tests {
             "sh-killed.log",
         )
         .expect("spawned");
-        k.kill9();
+        k.kill9().expect("killed");
         assert!(k.exited());
         assert_eq!(k.terminate(Duration::from_secs(10)).await, None, "killed");
         assert!(k.signal("HUP").is_err());
@@ -655,7 +776,7 @@ mod tests {
             "sh.log",
         )
         .expect("spawned");
-        p.kill9();
+        p.kill9().expect("killed");
         assert!(p.exited(), "reaped");
         let (st, _) = p
             .wait_exit(Duration::from_secs(10))
@@ -698,7 +819,7 @@ mod tests {
         assert_eq!(p.stop(grace).await, (Exit::Code(5), true));
 
         let mut p = sh("exec sleep 60", "killed.log");
-        p.kill9();
+        p.kill9().expect("killed");
         let (exit, before) = p.stop(grace).await;
         assert_eq!((exit, before), (Exit::Killed, true));
         assert!(
@@ -750,6 +871,37 @@ mod tests {
         assert!(said.contains("Operation not permitted"), "{said}");
         assert!(!exit.clean());
         assert_eq!(p.exit(), Some(exit), "as it was, asked again");
+    }
+
+    /// A child that SIGKILL does not end at once (in uninterruptible sleep, on a hung disk)
+    /// does not hang the harness: `kill9` waits for it a bounded time and then says so
+    /// with a typed error, leaving it unreaped (its pid still its own). It used to wait for
+    /// the child without a time limit, so a drill's fault, or the drop of a handle, hung.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_child_that_outlives_sigkill_does_not_hang_kill9() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", "exec sleep 60"],
+            tmp.path(),
+            "sh.log",
+        )
+        .expect("spawned");
+        p.kill_ignored = true;
+        p.kill_wait = Duration::from_millis(300);
+        let killed = tokio::task::spawn_blocking(move || {
+            let r = p.kill9();
+            (format!("{r:?}"), p)
+        });
+        let (r, mut p) = tokio::time::timeout(Duration::from_secs(20), killed)
+            .await
+            .expect("kill9 returned within its bound")
+            .expect("joined");
+        assert!(r.starts_with("Err(NotGone"), "{r}");
+        assert!(!p.reaped, "left unreaped: its pid is still its own");
+        p.kill_ignored = false;
+        p.kill9().expect("gone once SIGKILL reaches it");
+        assert_eq!(p.exit(), Some(Exit::Killed));
     }
 
     /// A process's log is never written through a symbolic link planted in its place.

@@ -25,6 +25,11 @@ pub struct ObjectiveResult {
     /// node refused it (`inject "x" refused by SEC's node: …`), which fails the objective
     /// with no recipient in scope.
     pub failed: Vec<String>,
+    /// Recipients in its scope that a drill the harness deploys runs no node for, so that
+    /// it could not score them: they neither meet nor fail it, and the report names them
+    /// (a scope with none of its recipients on a node is refused before the drill starts).
+    /// Always empty in live mode, which scores every recipient from its sender's table.
+    pub unscored: Vec<String>,
 }
 
 /// One invariant's outcome.
@@ -670,11 +675,24 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 )
             });
         }
+        // In scope but without a node (a drill of some participants, an inject to a
+        // group or to every member): no row to score. Said, rather than left out unsaid,
+        // so that "MET" is not read as holding for them too.
+        let unscored: Vec<String> = if i.live {
+            Vec::new()
+        } else {
+            audiences[k]
+                .iter()
+                .filter(|p| !has_node(p) && o.covers(p, i.roster))
+                .cloned()
+                .collect()
+        };
         objectives.push(ObjectiveResult {
             name: o.name.clone(),
             met: failed.is_empty() && in_scope > 0,
             in_scope,
             failed,
+            unscored,
         });
     }
     // Every recipient of an inject that requires acknowledgement has acknowledged it by
@@ -941,6 +959,9 @@ pub fn summary(r: &Report) -> String {
         for f in ob.failed.iter().take(10) {
             let _ = writeln!(o, "        {f}");
         }
+        if !ob.unscored.is_empty() {
+            let _ = writeln!(o, "        {}", unscored_line(&ob.unscored));
+        }
     }
     let _ = writeln!(o, "\nInvariants:");
     for x in &r.invariants {
@@ -959,6 +980,11 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(o, "RESULT: {}", if r.passed { "PASSED" } else { "FAILED" });
     o
+}
+
+/// How the report names an objective's recipients in scope that it could not score.
+pub(crate) fn unscored_line(unscored: &[String]) -> String {
+    format!("not scored, no node in this drill: {}", unscored.join(", "))
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -1617,6 +1643,37 @@ within_s = 30.0
         let kgz = r.participants.iter().find(|p| p.id == "KGZ").expect("KGZ");
         assert!(kgz.cells[0].addressed);
         assert!(!r.passed, "{}", summary(&r));
+    }
+
+    /// An objective whose scope is only partly without nodes (KGZ addressed and in scope,
+    /// but the drill runs no node for it) scores the recipients with a node, and says which
+    /// it could not score: the JSON's `unscored`, and a line under the objective in the
+    /// summary. They used to be left out silently: "MET (1 in scope)" read as if the
+    /// objective held for every recipient it names.
+    #[test]
+    fn recipients_in_scope_without_a_node_are_named_as_not_scored() {
+        let sc = Scenario::parse(ACKS, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), Some(2000), None), row("KGZ", None, None, None)], "answers": [], "delivered": 1, "acknowledged": 1});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+        ]);
+        let r = score(one_inject(&sc, &roster, &participants, view, inboxes)).expect("scores");
+        let o = objective(&r, "delivered");
+        assert!(o.met && o.in_scope == 1, "{o:?}");
+        let o = serde_json::to_value(o).expect("json");
+        assert_eq!(o["unscored"], json!(["KGZ"]), "{o}");
+        assert!(
+            report_text_has(&r, "not scored, no node in this drill: KGZ"),
+            "{}",
+            summary(&r)
+        );
+        assert!(
+            crate::html::render(&r).contains("not scored, no node in this drill: KGZ"),
+            "the HTML report says it too"
+        );
     }
 
     /// An alert that requires acknowledgement, with an objective on its delivery only.

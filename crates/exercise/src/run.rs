@@ -111,6 +111,31 @@ struct Inject {
     refused: Option<String>,
 }
 
+/// The recipients a fault has taken down for good, as the early end sees them
+/// ([`decided`]), and what of theirs may still be on its way to a sender.
+#[derive(Debug, Default)]
+struct Gone {
+    /// Participants whose node is down and that nothing brings back before `end_s`.
+    down: HashSet<String>,
+    /// (participant, message id): each message its scripted operator was asked to
+    /// acknowledge or answer, or that one of its injects references.
+    acted: HashSet<(String, String)>,
+}
+
+impl Gone {
+    /// Whether `p`'s outcome for message `id` can no longer change before `end_s`, so that
+    /// the early end may count it as it stands (lost, unless already met): its node is down
+    /// for good, and its scripted operator was never asked to acknowledge or answer the
+    /// message, nor sent a message referencing it. Nothing of its own about the message can
+    /// then reach the sender any more (its delivered receipt may, but the report scores
+    /// delivery from the recipient's inbox, which it cannot read from a stopped node), so
+    /// the report finds at `end_s` what it finds now. Once its operator did act, its
+    /// acknowledgement or answer may still be on its way through the relay: waited for.
+    fn settled(&self, p: &str, id: &str) -> bool {
+        self.down.contains(p) && !self.acted.contains(&(p.to_owned(), id.to_owned()))
+    }
+}
+
 enum Action {
     Inject(usize),
     KillRelay,
@@ -250,57 +275,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         );
     }
 
-    // The timeline, in wall-clock offsets.
-    let mut timeline: Vec<(Duration, Action)> = Vec::new();
-    for (i, inj) in scenario.injects.iter().enumerate() {
-        timeline.push((scenario.wall(inj.at_s), Action::Inject(i)));
-    }
-    let faults: &[Fault] = if sim.is_some() { &scenario.faults } else { &[] };
-    for f in faults {
-        match f {
-            Fault::KillRelay {
-                at_s,
-                restart_after_s,
-            } => {
-                timeline.push((scenario.wall(*at_s), Action::KillRelay));
-                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
-            }
-            Fault::RestoreRelay {
-                backup_at_s,
-                at_s,
-                restart_after_s,
-            } => {
-                timeline.push((scenario.wall(*backup_at_s), Action::BackupRelay));
-                timeline.push((scenario.wall(*at_s), Action::RestoreRelay));
-                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
-            }
-            Fault::KillNode {
-                participant,
-                at_s,
-                restart_after_s,
-            } => {
-                timeline.push((scenario.wall(*at_s), Action::KillNode(participant.clone())));
-                timeline.push((
-                    scenario.wall(at_s + restart_after_s),
-                    Action::StartNode(participant.clone()),
-                ));
-            }
-            Fault::Offline {
-                participant,
-                from_s,
-                to_s,
-            } => {
-                timeline.push((
-                    scenario.wall(*from_s),
-                    Action::StopNode(participant.clone()),
-                ));
-                timeline.push((scenario.wall(*to_s), Action::StartNode(participant.clone())));
-            }
-            Fault::Impair { .. } => {}
-        }
-    }
-    timeline.sort_by_key(|(t, _)| *t);
-    let mut timeline: std::collections::VecDeque<_> = timeline.into();
+    let mut timeline = timeline(&scenario, sim.is_some());
 
     let start = Instant::now();
     let started_at_ms = crate::now_ms();
@@ -335,6 +310,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let mut last_progress_at = Instant::now();
     // Every objective met, or failed for good (its inject refused): nothing left to wait for.
     let mut objectives_decided = false;
+    // Who is down for good, and what their operators did: see `Gone::settled`.
+    let mut gone = Gone::default();
 
     loop {
         let now = start.elapsed();
@@ -466,6 +443,10 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     .position(|x| &x.name == r)
                     .unwrap_or(i);
                 body["references"] = json!(injects[idx].id.iter().collect::<Vec<_>>());
+                // An answer, for an `answered` objective, may now be on its way.
+                if let Some(id) = &injects[idx].id {
+                    gone.acted.insert((inj.from.clone(), id.clone()));
+                }
             }
             // `check_nodes` made sure of this before the timeline started.
             let Some(client) = clients.get(&inj.from) else {
@@ -530,6 +511,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             let Some(c) = clients.get(&p).cloned() else {
                 continue;
             };
+            // Asked, whatever the answer: its acknowledgement may now be on its way.
+            gone.acted.insert((p.clone(), id.clone()));
             let (p2, id2) = (p.clone(), id.clone());
             let res = tokio::task::spawn_blocking(move || c.post(&format!("/v1/messages/{id2}/ack"), &json!({"officer": format!("Duty officer {p2}"), "note": "exercise acknowledgement"}))).await?;
             match res {
@@ -549,6 +532,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             let Some(c) = clients.get(&p).cloned() else {
                 continue;
             };
+            gone.acted.insert((p.clone(), id.clone()));
             let path = format!("/v1/messages/{id}/reply");
             let body = json!({"body": format!("Exercise answer from {p}.")});
             match tokio::task::spawn_blocking(move || c.post(&path, &body)).await? {
@@ -602,8 +586,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
             }
             _ = sweep.tick() => {
-                if timeline.is_empty() && pending_injects.is_empty() && acks_due.is_empty() && replies_due.is_empty() {
-                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep)).await;
+                // With the timeline run, a node down is down for good (nothing due before the
+                // end brings it back), and its scripted acknowledgements and answers will
+                // never be given: they are not waited for.
+                let gone_for_good = |(_, p, _): &(Instant, String, String)| down.contains(p);
+                if timeline.is_empty() && pending_injects.is_empty() && acks_due.iter().all(gone_for_good) && replies_due.iter().all(gone_for_good) {
+                    gone.down.clone_from(&down);
+                    objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted.
                 for (p, c) in &clients {
@@ -721,6 +710,67 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     })?;
     report::write(&report, &dir)?;
     Ok(report)
+}
+
+/// The scenario's timeline, in wall-clock offsets from the start, in order: its injects,
+/// and, with `faults` (a drill the harness deploys), each fault's actions due before the
+/// end.
+fn timeline(scenario: &Scenario, faults: bool) -> std::collections::VecDeque<(Duration, Action)> {
+    let mut timeline: Vec<(Duration, Action)> = Vec::new();
+    for (i, inj) in scenario.injects.iter().enumerate() {
+        timeline.push((scenario.wall(inj.at_s), Action::Inject(i)));
+    }
+    let faults: &[Fault] = if faults { &scenario.faults } else { &[] };
+    for f in faults {
+        match f {
+            Fault::KillRelay {
+                at_s,
+                restart_after_s,
+            } => {
+                timeline.push((scenario.wall(*at_s), Action::KillRelay));
+                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
+            }
+            Fault::RestoreRelay {
+                backup_at_s,
+                at_s,
+                restart_after_s,
+            } => {
+                timeline.push((scenario.wall(*backup_at_s), Action::BackupRelay));
+                timeline.push((scenario.wall(*at_s), Action::RestoreRelay));
+                timeline.push((scenario.wall(at_s + restart_after_s), Action::StartRelay));
+            }
+            Fault::KillNode {
+                participant,
+                at_s,
+                restart_after_s,
+            } => {
+                timeline.push((scenario.wall(*at_s), Action::KillNode(participant.clone())));
+                timeline.push((
+                    scenario.wall(at_s + restart_after_s),
+                    Action::StartNode(participant.clone()),
+                ));
+            }
+            Fault::Offline {
+                participant,
+                from_s,
+                to_s,
+            } => {
+                timeline.push((
+                    scenario.wall(*from_s),
+                    Action::StopNode(participant.clone()),
+                ));
+                timeline.push((scenario.wall(*to_s), Action::StartNode(participant.clone())));
+            }
+            Fault::Impair { .. } => {}
+        }
+    }
+    // What is due at or after the end never happens (the drill has ended): a restart of a
+    // node or the relay kept down to the end. Left in, it kept the timeline from running
+    // out, and so the drill from ending early, however decided everything was.
+    let end = scenario.wall(scenario.end_s);
+    timeline.retain(|(t, _)| *t < end);
+    timeline.sort_by_key(|(t, _)| *t);
+    timeline.into()
 }
 
 /// Creates the deployment and starts the relay, the proxies and the nodes.
@@ -861,7 +911,7 @@ fn create_run_dir(base: &std::path::Path, name: &str, ms: u64) -> anyhow::Result
 /// is not. Were it checked only when due, such an inject would end the drill midway without
 /// a report, after real traffic had been sent; and an objective whose recipients all lack a
 /// node had no one to score, so that the drill ran to `end_s` and failed it unexplained.
-fn check_nodes(
+pub(crate) fn check_nodes(
     scenario: &Scenario,
     nodes: &[String],
     faults: bool,
@@ -964,6 +1014,7 @@ async fn all_decided(
     clients: &BTreeMap<String, ApiClient>,
     roster: &hotline_proto::Roster,
     dep: Option<&Deployment>,
+    gone: &Gone,
 ) -> bool {
     // Cheap test first: every inject sent, or refused for good (its objectives then fail;
     // the drill need not wait for what will never be sent).
@@ -998,6 +1049,7 @@ async fn all_decided(
         &views,
         hooks.as_ref(),
         nodes.as_ref(),
+        gone,
         roster,
     )
 }
@@ -1019,12 +1071,16 @@ async fn all_decided(
 /// an objective `except` a silent recipient ran to `end_s`), and to count a recipient that
 /// acknowledged as escalated while the report failed it. Every inject sent must also be
 /// accepted and delivered to its recipients in the drill, as the report's invariants want.
+/// A recipient whose node a fault keeps down to the end is decided as it stands once
+/// nothing of its own can change it (`gone`, [`Gone::settled`]): it kept the drill running
+/// to `end_s` when everything else was decided.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
     views: &[Option<Value>],
     hooks: Option<&HashMap<String, Vec<(String, String)>>>,
     nodes: Option<&HashSet<String>>,
+    gone: &Gone,
     roster: &hotline_proto::Roster,
 ) -> bool {
     let harnessed = nodes.is_some();
@@ -1066,7 +1122,11 @@ fn decided(
             )
             .is_none(),
         };
-        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r)) {
+        // A recipient down for good whose outcome can no longer change is decided as it
+        // stands ([`Gone::settled`]); not for `overdue_escalated`, which the sender's hook
+        // decides whoever is down.
+        let settled = |p: &str| o.expect != "overdue_escalated" && gone.settled(p, id);
+        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p)) {
             return false;
         }
     }
@@ -1083,8 +1143,12 @@ fn decided(
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
+        let id = sent.id.as_deref().unwrap_or_default();
         let held = |r: &Value| {
-            r["delivered_at_ms"].is_u64() || r["recipient"].as_str().is_some_and(|p| !in_drill(p))
+            r["delivered_at_ms"].is_u64()
+                || r["recipient"]
+                    .as_str()
+                    .is_some_and(|p| !in_drill(p) || gone.settled(p, id))
         };
         if !v["accepted_at_ms"].is_u64()
             || !v["recipients"]
@@ -1199,13 +1263,16 @@ async fn stop_at_end(
 /// drill), how.
 fn kill_for_fault(p: &mut Proc, process: &str, at_s: f64, exits: &mut Vec<report::ProcessEnd>) {
     let before = p.exit();
-    p.kill9();
+    // One still there after SIGKILL (stuck in the kernel) is noted so: an unclean end, which
+    // fails the drill; `kill9` logged it.
+    let killed = p.kill9();
     exits.push(report::ProcessEnd {
         process: process.to_owned(),
         when: format!("for a fault at {at_s:.1} s"),
-        exit: before
-            .or_else(|| p.exit())
-            .unwrap_or(crate::process::Exit::Killed),
+        exit: before.or_else(|| p.exit()).unwrap_or(match killed {
+            Ok(()) => crate::process::Exit::Killed,
+            Err(_) => crate::process::Exit::NotGone,
+        }),
         before: before.is_some(),
     });
 }
@@ -1532,7 +1599,15 @@ expect = "overdue_escalated"
             (Some(view(Some(1001), Some(1500))), true),
         ] {
             let case = format!("{v:?}");
-            let early = decided(&sc, &injects, &[v], None, Some(&nodes), &roster);
+            let early = decided(
+                &sc,
+                &injects,
+                &[v],
+                None,
+                Some(&nodes),
+                &Gone::default(),
+                &roster,
+            );
             assert_eq!(early, want, "{case}");
         }
         // A refused inject is decided: it will never be accepted.
@@ -1541,7 +1616,15 @@ expect = "overdue_escalated"
             sent_at_ms: None,
             refused: Some("HTTP 400".to_owned()),
         }];
-        assert!(decided(&sc, &refused, &[None], None, Some(&nodes), &roster));
+        assert!(decided(
+            &sc,
+            &refused,
+            &[None],
+            None,
+            Some(&nodes),
+            &Gone::default(),
+            &roster
+        ));
     }
 
     /// The drill ends early exactly when the report would find every objective met: both
@@ -1590,6 +1673,7 @@ expect = "overdue_escalated"
                 &[Some(view.clone())],
                 Some(&hooks),
                 Some(&nodes),
+                &Gone::default(),
                 &roster,
             );
             let item = |at: u64| json!({"id": "m1", "received_at_ms": at, "status": "exercise", "exercise_or_test": true});
@@ -1629,6 +1713,144 @@ expect = "overdue_escalated"
                 "{case}: the early end disagrees with the report"
             );
             assert_eq!(r.passed, met, "{case}: {}", report::summary(&r));
+        }
+    }
+
+    /// A fault that keeps a node down to the end leaves no action in the timeline past
+    /// `end_s`: its restart, due after the end, kept the timeline from ever running out, so
+    /// the drill never ended early, whatever was decided.
+    #[test]
+    fn nothing_due_after_the_end_is_in_the_timeline() {
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let end = sc.wall(sc.end_s);
+        let t = timeline(&sc, true);
+        assert!(
+            t.iter().all(|(at, _)| *at < end),
+            "an action at or after the end"
+        );
+        assert!(
+            t.iter()
+                .any(|(_, a)| matches!(a, Action::StopNode(p) if p == "MNG")),
+            "MNG still goes offline"
+        );
+        assert!(!t.iter().any(|(_, a)| matches!(a, Action::StartNode(_))));
+    }
+
+    /// A drill in which MNG goes offline to the end: an alert to KAZ and MNG, to be
+    /// delivered and acknowledged.
+    const DOWN_TO_THE_END: &str = r#"
+name = "down"
+end_s = 60.0
+participants = ["SEC", "KAZ", "MNG"]
+[behaviour.default]
+ack_after_s = 1.0
+[[injects]]
+name = "alert"
+at_s = 0.0
+from = "SEC"
+to = ["KAZ", "MNG"]
+subject = "s"
+respond_within_s = 10.0
+[[faults]]
+kind = "offline"
+participant = "MNG"
+from_s = 1.0
+to_s = 60.0
+[[objectives]]
+name = "delivered"
+inject = "alert"
+expect = "delivered"
+[[objectives]]
+name = "acknowledged"
+inject = "alert"
+expect = "acknowledged"
+"#;
+
+    /// A recipient whose node a fault keeps down to the end, and whose operator the harness
+    /// never asked to acknowledge or answer the message, is decided (lost) by the early
+    /// end: nothing of its own about that message can still reach the sender, and the
+    /// report, which cannot read a stopped node's inbox, scores it as never holding it. It
+    /// kept the drill running to `end_s` when everything else was decided. One whose
+    /// operator was asked to acknowledge is still waited for: that acknowledgement may be
+    /// on its way. The report agrees: MNG fails both objectives.
+    #[test]
+    fn a_recipient_down_for_good_is_decided_as_lost() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let participants: Vec<String> = ["SEC", "KAZ", "MNG"].map(String::from).to_vec();
+        let nodes: HashSet<String> = participants.iter().cloned().collect();
+        let view = json!({
+            "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted",
+            "recipients": [
+                {"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": 3000, "overdue_at_ms": null},
+                {"recipient": "MNG", "delivered_at_ms": null, "acked_at_ms": null, "overdue_at_ms": null},
+            ],
+            "answers": [],
+        });
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let early = |gone: &Gone| {
+            decided(
+                &sc,
+                &injects,
+                &[Some(view.clone())],
+                None,
+                Some(&nodes),
+                gone,
+                &roster,
+            )
+        };
+        assert!(!early(&Gone::default()), "MNG is up: waited for");
+        let mut gone = Gone {
+            down: HashSet::from(["MNG".to_owned()]),
+            acted: HashSet::new(),
+        };
+        assert!(early(&gone), "MNG down for good, nothing of its on its way");
+        gone.acted.insert(("MNG".to_owned(), "m1".to_owned()));
+        assert!(!early(&gone), "its acknowledgement may be on its way");
+
+        let item = json!({"id": "m1", "received_at_ms": 1500, "status": "exercise", "exercise_or_test": true});
+        let r = report::score(report::Inputs {
+            scenario: &sc,
+            seed: 1,
+            dir: tmp.path(),
+            started_at_ms: 1000,
+            wall_s: 1.0,
+            participants: &participants,
+            live: false,
+            roster: &roster,
+            injects: vec![report::Sent {
+                inject: sc.injects[0].clone(),
+                id: Some("m1".into()),
+                sent_at_ms: Some(1000),
+                refused: None,
+            }],
+            sent_views: vec![view.clone()],
+            // MNG's node is down: its inbox could not be read.
+            inboxes: BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![item]),
+                ("MNG".to_owned(), vec![]),
+            ]),
+            shown: HashMap::new(),
+            hooks: None,
+            faults: vec![],
+            proxies: BTreeMap::new(),
+            checks: None,
+            exits: None,
+        })
+        .expect("scores");
+        for o in &r.objectives {
+            assert!(
+                !o.met && o.failed.iter().all(|f| f.starts_with("MNG never")),
+                "{o:?}"
+            );
         }
     }
 

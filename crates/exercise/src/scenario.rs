@@ -33,6 +33,83 @@ pub const IMPAIR_DELAY_MS_MAX: u64 = 60_000;
 /// built without `parse`, or slowed down past its bounds): ten years, i.e. never.
 const WALL_NEVER: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
 
+/// Every field the parser accepts, table by table: `""` is the top level, `injects`,
+/// `behaviour` (each `[behaviour.ID]`) and `objectives` their tables, `faults.KIND` each
+/// fault's (its `kind` included). `docs/SCENARIOS.md` documents each of them in a table of
+/// its own; two tests keep the three in step: one probes the parser (`deny_unknown_fields`
+/// names what it expected) and fails when a field is added here or there alone, the other
+/// checks the document's tables against this list (`docs_scenarios_md_is_true`, lib.rs).
+pub const FIELDS: [(&str, &[&str]); 9] = [
+    (
+        "",
+        &[
+            "name",
+            "description",
+            "time_compression",
+            "end_s",
+            "participants",
+            "seed",
+            "injects",
+            "behaviour",
+            "faults",
+            "objectives",
+        ],
+    ),
+    (
+        "injects",
+        &[
+            "name",
+            "at_s",
+            "from",
+            "to",
+            "group",
+            "all_members",
+            "everyone",
+            "kind",
+            "precedence",
+            "category",
+            "respond_within_s",
+            "references",
+            "subject",
+            "body",
+        ],
+    ),
+    ("behaviour", &["ack_after_s", "never_ack", "reply_after_s"]),
+    ("faults.kill_relay", &["kind", "at_s", "restart_after_s"]),
+    (
+        "faults.restore_relay",
+        &["kind", "backup_at_s", "at_s", "restart_after_s"],
+    ),
+    (
+        "faults.kill_node",
+        &["kind", "participant", "at_s", "restart_after_s"],
+    ),
+    ("faults.offline", &["kind", "participant", "from_s", "to_s"]),
+    (
+        "faults.impair",
+        &[
+            "kind",
+            "participant",
+            "loss",
+            "delay_ms",
+            "jitter_ms",
+            "duplicate",
+        ],
+    ),
+    (
+        "objectives",
+        &[
+            "name",
+            "inject",
+            "expect",
+            "within_s",
+            "participants",
+            "group",
+            "except",
+        ],
+    ),
+];
+
 /// A drill.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,10 +124,12 @@ pub struct Scenario {
     pub time_compression: f64,
     /// Scenario time at which the drill ends at the latest, if objectives are still open; every
     /// inject, and every fault's start, comes before it (restarts may come after). It
-    /// ends sooner once the timeline has run, every objective is decided (met, or failed
-    /// for good because its inject was refused by its node), and every acknowledgement an
-    /// inject requires (`respond_within_s`) is given, or expected not to be
-    /// ([`Scenario::expects_unacknowledged`]).
+    /// ends sooner once the timeline has run (what is due at or after `end_s` never
+    /// happens), every objective is decided (met, or failed for good because its inject was
+    /// refused by its node, or, for a recipient a fault keeps down to the end, because
+    /// nothing can change its outcome any more), and every acknowledgement an inject
+    /// requires (`respond_within_s`) is given, or expected not to be
+    /// ([`Scenario::expects_unacknowledged`]). `docs/SCENARIOS.md` has the details.
     pub end_s: f64,
     /// Participant ids to run (default: the whole CICA roster).
     #[serde(default)]
@@ -267,7 +346,8 @@ impl Inject {
 impl Objective {
     /// The recipients in this objective's scope, by `roster`: those `inject` (its inject)
     /// addresses ([`Inject::addressed`]) that it [`covers`](Objective::covers). In a drill
-    /// the harness deploys, the report scores only those of them that have a node there.
+    /// the harness deploys, the report scores only those of them that have a node there,
+    /// and names the others as not scored (`report::ObjectiveResult::unscored`).
     pub fn scope(&self, inject: &Inject, roster: &hotline_proto::Roster) -> Vec<String> {
         inject
             .addressed(roster)
@@ -1293,5 +1373,58 @@ within_s = @within_s@
         }
         s.time_compression = 1e-300;
         assert_eq!(s.wall(1.0), WALL_NEVER);
+    }
+
+    /// The fields each table of a scenario accepts, as serde names them when it refuses an
+    /// unknown one (`expected one of …`), in the order it lists them.
+    fn accepted(text: &str) -> Vec<String> {
+        let e = match toml::from_str::<Scenario>(text) {
+            Ok(_) => panic!("{text}: an unknown field was accepted"),
+            Err(e) => e.to_string(),
+        };
+        let Some((_, expected)) = e.split_once("expected") else {
+            panic!("{text}: no list of what was expected: {e}")
+        };
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `FIELDS` is every field the parser accepts, no more: a field added to (or taken
+    /// from) a table of the scenario without `FIELDS` and `docs/SCENARIOS.md` fails here.
+    /// So is a fault kind.
+    #[test]
+    fn fields_is_what_the_parser_accepts() {
+        let probe = "zzz_probe = 1\n";
+        let mut kinds = Vec::new();
+        for (table, fields) in FIELDS {
+            let (text, tagged) = match table {
+                "" => (probe.to_owned(), false),
+                "behaviour" => (format!("[behaviour.KAZ]\n{probe}"), false),
+                t => match t.strip_prefix("faults.") {
+                    Some(kind) => {
+                        kinds.push(kind.to_owned());
+                        (format!("[[faults]]\nkind = \"{kind}\"\n{probe}"), true)
+                    }
+                    None => (format!("[[{t}]]\n{probe}"), false),
+                },
+            };
+            let mut got = accepted(&text);
+            // The tag is read before the variant's fields, which the error lists.
+            if tagged {
+                got.insert(0, "kind".to_owned());
+            }
+            let mut want: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "table {table:?}");
+        }
+        let mut got = accepted("[[faults]]\nkind = \"zzz_probe\"\n");
+        got.sort();
+        kinds.sort();
+        assert_eq!(got, kinds, "fault kinds");
     }
 }
