@@ -3,8 +3,12 @@
 //! which says what each holds), with nothing lost and everything still working: the message
 //! queued at the relay is delivered, the delivery records and acknowledgements read as before
 //! (with the signed times learnt from the kept receipts), new traffic flows both ways, and
-//! every journal verifies afterwards. The other upgrade tests (`relay::store`,
-//! `node::store`) rebuild an older schema with SQL; these run on files an older build wrote.
+//! every journal verifies afterwards. Nothing a node's store held is lost or misread: what
+//! each store held before the start (read with SQL: every accepted message and its
+//! recipients, every escalated recipient, every quarantined delivery, every received
+//! message) is what the nodes' API shows after it, and no escalation is announced again.
+//! The other upgrade tests (`relay::store`, `node::store`) rebuild an older schema with SQL;
+//! these run on files an older build wrote.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,6 +84,86 @@ fn row<'a>(sent: &'a Value, recipient: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {recipient} in {sent}"))
 }
 
+/// What a node's store held before this build started on it, read with SQL from the file
+/// the earlier build left, so that what this build's API shows afterwards is checked against
+/// the store rather than against itself. Ids and digests in lowercase hex, as the API shows
+/// them. The columns read are in every node schema (0 on).
+struct Held {
+    /// Every sent message a relay had accepted, by recipient: (message id, recipient, when
+    /// its delivered receipt came, when its acknowledgement came).
+    accepted: Vec<Accepted>,
+    /// (message id, recipient, `overdue_at_ms`) of every recipient the node escalated.
+    overdue: Vec<(String, String, i64)>,
+    /// The digests of the deliveries in quarantine.
+    quarantined: Vec<String>,
+    /// The ids of the received messages.
+    inbox: Vec<String>,
+    /// How many forwarded receipts the node holds until a roster verifies them; `None`
+    /// for a store without `receipts_held` (node schema 2 and before).
+    receipts_held: Option<i64>,
+}
+
+/// (message id, recipient, `delivered_at_ms`, `acked_at_ms`): a row of a node's matrix.
+type Accepted = (String, String, Option<i64>, Option<i64>);
+
+fn held(db: &Path) -> anyhow::Result<Held> {
+    let conn = hotline_store::open(db, false)?;
+    let mut pairs = conn.prepare(
+        "SELECT lower(hex(s.id)), m.recipient, m.delivered_at_ms, m.acked_at_ms \
+         FROM sent s JOIN matrix m ON m.id = s.id \
+         WHERE s.accepted_at_ms IS NOT NULL ORDER BY s.seq, m.recipient",
+    )?;
+    let accepted = pairs
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut marks = conn.prepare(
+        "SELECT lower(hex(id)), recipient, overdue_at_ms FROM matrix \
+         WHERE overdue_at_ms IS NOT NULL ORDER BY id, recipient",
+    )?;
+    let overdue = marks
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let column = |sql: &str| -> anyhow::Result<Vec<String>> {
+        let mut q = conn.prepare(sql)?;
+        let all = q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(all)
+    };
+    let receipts_held = receipts_held(&conn)?;
+    Ok(Held {
+        receipts_held,
+        accepted,
+        overdue,
+        quarantined: column("SELECT lower(hex(digest)) FROM quarantine ORDER BY digest")?,
+        inbox: column("SELECT lower(hex(id)) FROM inbox ORDER BY id")?,
+    })
+}
+
+/// How many receipts a node store holds in `receipts_held`; `None` without the table.
+fn receipts_held(conn: &rusqlite::Connection) -> anyhow::Result<Option<i64>> {
+    let table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'receipts_held')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !table {
+        return Ok(None);
+    }
+    Ok(Some(conn.query_row(
+        "SELECT COUNT(*) FROM receipts_held",
+        [],
+        |r| r.get(0),
+    )?))
+}
+
+/// The values of field `key` in a JSON list, as strings.
+fn field_list(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v[key].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Whether a received message with this id is in an inbox listing.
 fn listed<'a>(inbox: &'a Value, id: &str) -> Option<&'a Value> {
     inbox.as_array()?.iter().find(|m| m["id"] == id)
@@ -109,6 +193,10 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(st.success(), "tar: {st}");
     let ids = ids(dir);
     let [m1, m2, m3, m4] = ["M1", "M2", "M3", "M4"].map(|k| ids[k].clone());
+    // M5 (escalated at KAZ), M6 (quarantined at TJK) and M7 (TJK's, whose receipts signed
+    // with KGZ's replaced key TJK holds): absent from fixtures made before make.sh staged
+    // them.
+    let [m5, m6, m7] = ["M5", "M6", "M7"].map(|k| ids.get(k).cloned().unwrap_or_default());
 
     // The stores are at the schemas the name says (`relayR-nodeN`): a fixture meant for a
     // schema is not one this build has already taken over, or one from another build.
@@ -130,6 +218,36 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
     for id in ["KAZ", "KGZ", "TJK"] {
         let v = user_version(&dir.join(format!("node-{id}/node.db")));
         anyhow::ensure!(v == node_v, "{name}: {id}'s store at schema {v}");
+    }
+    let before: std::collections::BTreeMap<&str, Held> = ["KAZ", "KGZ", "TJK"]
+        .into_iter()
+        .map(|id| Ok((id, held(&dir.join(format!("node-{id}/node.db")))?)))
+        .collect::<anyhow::Result<_>>()?;
+    // What make.sh staged is in the stores, so that the checks below cannot pass on
+    // nothing.
+    if !m5.is_empty() {
+        anyhow::ensure!(
+            before["KAZ"]
+                .overdue
+                .iter()
+                .any(|(id, r, _)| *id == m5 && r == "KGZ"),
+            "{name}: KAZ's store has no escalation of M5"
+        );
+    }
+    // A node before schema 3 has no `receipts_held`: it dropped M7's receipts.
+    if !m7.is_empty() && node_v >= 3 {
+        anyhow::ensure!(
+            before["TJK"].receipts_held == Some(2),
+            "{name}: TJK holds {:?} receipts, not M7's two",
+            before["TJK"].receipts_held
+        );
+    }
+    if !m6.is_empty() {
+        anyhow::ensure!(
+            before["TJK"].quarantined.len() == 1,
+            "{name}: TJK's store holds {:?} in quarantine",
+            before["TJK"].quarantined
+        );
     }
 
     // This build's configurations around the earlier build's keys, roster and certificate.
@@ -184,6 +302,77 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
     assert_eq!(acked_before["acknowledged"], true, "{acked_before}");
     assert_eq!(acked_before["officer"], "Watch officer", "{acked_before}");
     wait_json(&kaz, &["show", &m2], |v| v["delivered"] == 1).await?;
+
+    // Nothing lost: every message a sender's relay had accepted (M2 was the one still
+    // queued) is now in each of its recipients' inboxes, and its sender's matrix reads as the
+    // store had it (what was delivered or acknowledged then still is, at the same times);
+    // every received message is still in its inbox; the escalations read as marked; the
+    // quarantine holds what it held (no roster since has let any out).
+    let nodes = [("KAZ", &kaz), ("KGZ", &kgz), ("TJK", &tjk)];
+    let mut inboxes = std::collections::BTreeMap::new();
+    for (id, node) in nodes {
+        inboxes.insert(id, field_list(&node.cli_json(&["inbox"]).await?, "id"));
+    }
+    for (id, node) in nodes {
+        let held = &before[id];
+        for m in &held.inbox {
+            anyhow::ensure!(inboxes[id].contains(m), "{id} lost received {m}");
+        }
+        for (m, r, delivered, acked) in &held.accepted {
+            let inbox = inboxes
+                .get(r.as_str())
+                .with_context(|| format!("{id}'s {m} to {r}, not a node of the fixture"))?;
+            anyhow::ensure!(inbox.contains(m), "{id}'s {m} is not in {r}'s inbox");
+            let sent = node.cli_json(&["show", m]).await?;
+            let row = row(&sent, r);
+            for (f, was) in [("delivered_at_ms", delivered), ("acked_at_ms", acked)] {
+                if let Some(was) = was {
+                    assert_eq!(row[f], *was, "{f} of {r} in {sent}");
+                }
+            }
+        }
+        for (m, r, at) in &held.overdue {
+            let sent = node.cli_json(&["show", m]).await?;
+            assert_eq!(row(&sent, r)["overdue_at_ms"], *at, "{sent}");
+            assert!(row(&sent, r)["acked_at_ms"].is_null(), "{sent}");
+        }
+        let quarantine = node.cli_json(&["inbox", "--quarantined"]).await?;
+        let mut digests = field_list(&quarantine, "digest");
+        digests.sort();
+        assert_eq!(digests, held.quarantined, "{id}: {quarantine}");
+    }
+    if !m5.is_empty() {
+        let sent = kaz.cli_json(&["show", &m5]).await?;
+        assert_eq!(
+            (&sent["state"], &sent["overdue"], &sent["delivered"]),
+            (&"overdue".into(), &1.into(), &1.into()),
+            "{sent}"
+        );
+    }
+    if !m6.is_empty() {
+        let quarantine = tjk.cli_json(&["inbox", "--quarantined"]).await?;
+        let q = &quarantine[0];
+        assert_eq!(
+            (&q["unverified_claim"]["id"], &q["unverified_claim"]["from"]),
+            (&m6.as_str().into(), &"UZB".into()),
+            "{quarantine}"
+        );
+        assert!(
+            q["reason"].as_str().is_some_and(|r| r.contains("revoked")),
+            "{quarantine}"
+        );
+        assert!(!inboxes["TJK"].contains(&m6), "{:?}", inboxes["TJK"]);
+    }
+    // KGZ holds M7 (checked above); the receipts TJK holds for it, signed with the key
+    // roster 2 replaced, are not believed: M7 reads as delivered to nobody.
+    if !m7.is_empty() {
+        let sent = tjk.cli_json(&["show", &m7]).await?;
+        assert_eq!(
+            (&sent["delivered"], &sent["acknowledged"]),
+            (&0.into(), &0.into()),
+            "{sent}"
+        );
+    }
 
     // KAZ's record of M1 as it was: both delivered and acknowledged, who and what they
     // said, and the times signed in their receipts (learnt from the kept receipts by a
@@ -242,6 +431,14 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
     assert!(acked.status.success(), "{acked:?}");
     wait_json(&tjk, &["show", &fresh], |v| v["acknowledged"] == 1).await?;
 
+    // An escalation made before the upgrade is not announced again (checked once all the
+    // traffic above has passed, many of the node's 250 ms deadline ticks).
+    let log = kaz.proc.log();
+    anyhow::ensure!(
+        !log.contains("respond-by passed"),
+        "KAZ escalated again: {log}"
+    );
+
     // Stopped cleanly, every store at this build's schema with a journal that verifies.
     for (p, what) in [(kaz.proc, "KAZ"), (kgz.proc, "KGZ"), (tjk.proc, "TJK")] {
         p.signal("TERM")?;
@@ -265,6 +462,10 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
             hotline_node::store::SCHEMA_VERSION,
             "{id}"
         );
+        // The held receipts are still held (none before the table existed), neither
+        // dropped nor taken as verified.
+        let now = receipts_held(&hotline_store::open(&db, false)?)?;
+        assert_eq!(now, Some(before[id].receipts_held.unwrap_or(0)), "{id}");
     }
     Ok(())
 }
