@@ -213,6 +213,12 @@ pub(crate) struct NodeState {
     /// quarantine reconnects, so that the relay delivers them again (it redelivers only on
     /// a new connection).
     pub(crate) quarantine_room: watch::Sender<u64>,
+    /// Whether the quarantine is being checked against the roster, and again when done
+    /// ([`NodeState::recheck_quarantine`]).
+    rechecking: Mutex<Rechecking>,
+    /// Bumped each time a check of the whole quarantine against the roster ends (what a
+    /// test waits on).
+    pub(crate) quarantine_checked: watch::Sender<u64>,
     /// Each relay's link: up, with its connection's figures for the status API, or down,
     /// and why.
     links: Vec<Mutex<Link>>,
@@ -385,49 +391,80 @@ impl NodeState {
         *l = Link::Down(down);
     }
 
-    /// Checks the newest quarantined deliveries (`QUARANTINE_RECHECK_MAX`) against the
-    /// roster now in force, and moves those that pass every check into the inbox, announced
-    /// as received: a delivery held because its sender's key was not on this node's older
-    /// roster is shown once the roster that lists the key is installed. Those held for any
-    /// other reason (a bad signature, a revoked key, an audience without this node) fail
-    /// again and stay.
+    /// Checks the whole quarantine against the roster now in force, and moves the
+    /// deliveries that pass every check into the inbox, announced as received: a delivery
+    /// held because its sender's key was not on this node's older roster is shown once the
+    /// roster that lists the key is installed, however many deliveries were held after it
+    /// (PROTOCOL.md 12.1 item 2). Those held for any other reason (a bad signature, a revoked
+    /// key, an audience without this node) fail again and stay.
+    ///
+    /// Each check is a signature verification (about 35 µs) and a full quarantine may hold
+    /// a hundred thousand small forgeries, seconds of work: it runs off the async runtime
+    /// (`spawn_blocking`), a page at a time (`QUARANTINE_RECHECK_PAGE_ITEMS`), with the store
+    /// locked only to read a page and to release what in it passed. One walk runs at a time;
+    /// asked again meanwhile (a roster newer still), it walks once more when it ends, against
+    /// the roster then in force.
     pub(crate) fn recheck_quarantine(&self) {
-        let held = match self.store().quarantined(limits::QUARANTINE_RECHECK_MAX) {
-            Ok(h) => h,
-            Err(e) => {
-                error!(error = %e, "cannot read the quarantine to check it against the roster");
+        {
+            let mut r = self.rechecking.lock().unwrap_or_else(|p| p.into_inner());
+            if r.running {
+                r.again = true;
                 return;
             }
+            r.running = true;
+        }
+        let node = self.this.clone();
+        let walks = move || {
+            let mut running = RecheckRunning(Some(node.clone()));
+            loop {
+                if !recheck_quarantine_walk(&node) {
+                    return;
+                }
+                let Some(state) = node.upgrade() else { return };
+                state.quarantine_checked.send_modify(|n| *n += 1);
+                let mut r = state.rechecking.lock().unwrap_or_else(|p| p.into_inner());
+                if !std::mem::take(&mut r.again) {
+                    // Under the lock: a request from now on starts a walk of its own.
+                    r.running = false;
+                    running.0 = None;
+                    return;
+                }
+            }
         };
-        if held.is_empty() {
-            return;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                // Not joined: the walk holds the node only for a page at a time (`Weak`)
+                // and stops between pages once the node stops.
+                drop(rt.spawn_blocking(walks));
+            }
+            // Only outside a runtime (no caller is): here, then.
+            Err(_) => walks(),
         }
-        let roster = self.roster.borrow().clone();
-        let passed: Vec<_> = held
-            .into_iter()
-            .filter_map(|q| {
-                let env = link::check_delivery(&roster, &q.signed, &self.me).ok()?;
-                Some((q.digest, env))
-            })
-            .collect();
-        if passed.is_empty() {
-            return;
-        }
+    }
+
+    /// Moves quarantined deliveries that now pass every check (`passed`, against roster
+    /// `version`) into the inbox and announces them; tells the links of the room made.
+    /// Returns how many were moved.
+    fn release_quarantined(
+        &self,
+        passed: &[(hotline_proto::Digest, Envelope)],
+        version: u64,
+    ) -> usize {
         let (released, freed) = {
             let mut store = self.store();
             let before = store.quarantine_size().0;
-            let released = store.release(&passed, now_ms());
+            let released = store.release(passed, now_ms());
             (released, store.quarantine_size().0.held < before.held)
         };
         let released = match released {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot move quarantined messages that now verify into the inbox; checked again at the next roster or start");
-                return;
+                return 0;
             }
         };
         for env in &released {
-            info!(msg = %env.id, from = %env.sender, roster = roster.version, "released from quarantine: the message verifies against the roster now in force");
+            info!(msg = %env.id, from = %env.sender, roster = version, "released from quarantine: the message verifies against the roster now in force");
         }
         // Room made, as by a discard: a link that refused deliveries for a full quarantine
         // connects anew, so that the relay delivers them again.
@@ -435,6 +472,7 @@ impl NodeState {
             self.quarantine_room.send_modify(|n| *n += 1);
         }
         self.announce_stored(&released);
+        released.len()
     }
 
     /// Tells the operator what forwarded receipts just kept said (`fresh`, from
@@ -648,6 +686,84 @@ impl NodeState {
         );
         self.emit(ev);
     }
+}
+
+/// Whether the quarantine is being walked against the roster
+/// ([`NodeState::recheck_quarantine`]), and whether it must be walked again when done.
+#[derive(Default)]
+struct Rechecking {
+    running: bool,
+    again: bool,
+}
+
+/// Marks the quarantine walks ended when dropped before they end normally (the node
+/// stopping, a panic), so that the next request starts them again.
+struct RecheckRunning(Option<std::sync::Weak<NodeState>>);
+
+impl Drop for RecheckRunning {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.as_ref().and_then(std::sync::Weak::upgrade) {
+            let mut r = state.rechecking.lock().unwrap_or_else(|p| p.into_inner());
+            *r = Rechecking::default();
+        }
+    }
+}
+
+/// One walk down the whole quarantine, newest first, a page at a time: each page is read
+/// with the store locked, checked against the roster then in force with it unlocked, and
+/// what passed is released at once (`NodeStore::release`) and announced. Holds the node
+/// only for a page at a time. False if it stopped early (the node stopping or gone).
+fn recheck_quarantine_walk(node: &std::sync::Weak<NodeState>) -> bool {
+    let (mut checked, mut released, mut place) = (0usize, 0usize, None);
+    let mut version;
+    loop {
+        let Some(state) = node.upgrade() else {
+            return false;
+        };
+        if *state.shutdown.borrow() {
+            info!(
+                checked,
+                released, "the node stops: the quarantine is checked again at the next start"
+            );
+            return false;
+        }
+        let page = state
+            .store()
+            .quarantined_below(place, limits::QUARANTINE_RECHECK_PAGE_ITEMS);
+        let (held, last) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, checked, released, "cannot read the quarantine to check it against the roster; checked again at the next roster or start");
+                return true;
+            }
+        };
+        let roster = state.roster.borrow().clone();
+        version = roster.version;
+        checked += held.len();
+        let passed: Vec<_> = held
+            .into_iter()
+            .filter_map(|q| {
+                let env = link::check_delivery(&roster, &q.signed, &state.me).ok()?;
+                Some((q.digest, env))
+            })
+            .collect();
+        if !passed.is_empty() {
+            released += state.release_quarantined(&passed, roster.version);
+        }
+        match last {
+            Some(p) => place = Some(p),
+            None => break,
+        }
+    }
+    if checked > 0 {
+        info!(
+            checked,
+            released,
+            roster = version,
+            "quarantine checked against the roster now in force"
+        );
+    }
+    true
 }
 
 /// A running node.
@@ -869,6 +985,8 @@ impl Node {
             events,
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
             quarantine_room: watch::channel(0).0,
+            rechecking: Mutex::new(Rechecking::default()),
+            quarantine_checked: watch::channel(0).0,
             links: (0..relays)
                 .map(|_| Mutex::new(Link::Down(LinkDown::default())))
                 .collect(),
@@ -901,7 +1019,10 @@ impl Node {
             }
         }
         // A roster installed just before the node last stopped may not have been checked
-        // against the quarantine and the held receipts yet.
+        // against the quarantine and the held receipts yet. The quarantine is walked in the
+        // background (seconds when full): the API and the links start meanwhile, and what
+        // it releases is announced as it goes (kept for the first subscribers while the API
+        // is not yet listening, `EarlyEvents`).
         state.recheck_quarantine();
         state.recheck_held_receipts();
         let mut tasks = JoinSet::new();
@@ -1172,6 +1293,8 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
         events: broadcast::channel(limits::EVENTS_BUFFER).0,
         wake: vec![Arc::new(Notify::new())],
         quarantine_room: watch::channel(0).0,
+        rechecking: Mutex::new(Rechecking::default()),
+        quarantine_checked: watch::channel(0).0,
         links: vec![Mutex::new(Link::Down(LinkDown::default()))],
         token: "token".into(),
         shutdown,
@@ -1462,8 +1585,13 @@ mod tests {
         });
         let newer =
             hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let mut checked = state.quarantine_checked.subscribe();
         state.offer_roster(&newer, "test");
         assert_eq!(state.roster.borrow().version, roster.version, "installed");
+        tokio::time::timeout(Duration::from_secs(30), checked.changed())
+            .await
+            .expect("the quarantine is checked in time")
+            .unwrap();
         assert!(
             state.store().inbox_message(&env.id).unwrap().is_some(),
             "released"
@@ -1472,6 +1600,90 @@ mod tests {
         assert!(
             room.has_changed().unwrap(),
             "the links are told of the room"
+        );
+    }
+
+    /// A lagging roster delays a message, never hides it (PROTOCOL.md 12.1 item 2): a
+    /// genuine delivery from a participant this node's roster lacked is released by the
+    /// roster that lists it however many deliveries were quarantined after it. Only the
+    /// newest 1,000 were checked, so a relay or a forger flooding the quarantine hid it for
+    /// good.
+    #[tokio::test]
+    async fn a_newer_roster_releases_a_genuine_delivery_behind_a_flood_of_forgeries() {
+        use hotline_proto::{Audience, Kind, Participant, Precedence, PublicKey, Role, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let envelope = |sender: &str, subject: &str| Envelope {
+            version: hotline_proto::PROTOCOL_VERSION,
+            id: hotline_proto::MessageId::random(),
+            sender: ParticipantId::new(sender).unwrap(),
+            seq: hotline_proto::Seq(1),
+            audience: Audience::Participants(vec![state.me.clone()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            created_at_ms: now_ms(),
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: subject.into(),
+            body: String::new(),
+        };
+        let held = |signed: hotline_proto::Signed<Envelope>| {
+            let reason =
+                link::check_delivery(&state.roster.borrow(), &signed, &state.me).unwrap_err();
+            (signed, Err(reason))
+        };
+        let tjk = SigningKey::from_bytes(&[5; 32]);
+        let genuine = envelope("TJK", "New member");
+        let forger = SigningKey::from_bytes(&[6; 32]);
+        // More than the 1,000 newest once checked, and than a page of the check.
+        const FLOOD: usize = 1_001;
+        let forgeries: Vec<_> = (0..FLOOD)
+            .map(|i| {
+                held(
+                    hotline_proto::Signed::sign(&envelope("TJK", &format!("forged {i}")), &forger)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        {
+            let mut store = state.store();
+            let t = now_ms();
+            store
+                .store_deliveries(
+                    &[held(hotline_proto::Signed::sign(&genuine, &tjk).unwrap())],
+                    t - 1_000,
+                )
+                .unwrap();
+            store.store_deliveries(&forgeries, t).unwrap();
+            assert_eq!(store.quarantine_size().0.held as usize, FLOOD + 1);
+        }
+        let mut roster: Roster = (***state.roster.borrow()).clone();
+        roster.version += 1;
+        roster.participants.push(Participant {
+            id: ParticipantId::new("TJK").unwrap(),
+            name: "TJK".into(),
+            role: Role::Member,
+            keys: vec![PublicKey::of(&tjk)],
+            revoked: false,
+        });
+        let newer =
+            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let mut checked = state.quarantine_checked.subscribe();
+        state.offer_roster(&newer, "test");
+        tokio::time::timeout(Duration::from_secs(30), checked.changed())
+            .await
+            .expect("the quarantine is checked in time")
+            .unwrap();
+        assert!(
+            state.store().inbox_message(&genuine.id).unwrap().is_some(),
+            "released"
+        );
+        assert_eq!(
+            state.store().quarantine_size().0.held as usize,
+            FLOOD,
+            "the forgeries stay"
         );
     }
 

@@ -279,7 +279,7 @@ CREATE TABLE IF NOT EXISTS signings (
 /// arrival time `?2` and row `?3`, read along `quarantine_by_time` (whose entries end with
 /// the rowid), never sorted.
 const QUARANTINE_PAGE_SQL: &str =
-    "SELECT digest, bytes, key, sig, reason, received_at_ms FROM quarantine \
+    "SELECT digest, bytes, key, sig, reason, received_at_ms, rowid FROM quarantine \
      WHERE received_at_ms <= ?2 AND (received_at_ms < ?2 OR rowid < ?3) \
      ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1";
 
@@ -641,6 +641,14 @@ pub struct Quarantined {
     pub reason: String,
     /// When it arrived.
     pub received_at_ms: u64,
+}
+
+/// Where a walk down the quarantine stands ([`NodeStore::quarantined_below`]): the arrival
+/// time and row of the last delivery it listed, in the order of `quarantine_by_time`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuarantinePlace {
+    received_at_ms: i64,
+    row: i64,
 }
 
 /// A sent message newly overdue ([`NodeStore::mark_overdue`]).
@@ -2286,6 +2294,21 @@ impl NodeStore {
         Ok(quarantine_page(&self.conn, None, limit)?.unwrap_or_default())
     }
 
+    /// The quarantine, newest first, at most `limit` from below `place` (from the newest
+    /// without it), with the place of the last one listed: the next page starts there. A
+    /// place is a position, not a row, so the walk goes on when the rows it listed leave the
+    /// quarantine meanwhile (released, discarded), as a digest cursor
+    /// ([`NodeReader::quarantine_page`]) could not. For a walk over the whole quarantine
+    /// ([`crate::NodeState::recheck_quarantine`]).
+    pub fn quarantined_below(
+        &self,
+        place: Option<QuarantinePlace>,
+        limit: usize,
+    ) -> Result<(Vec<Quarantined>, Option<QuarantinePlace>), StoreError> {
+        let (time, row) = place.map_or((i64::MAX, i64::MAX), |p| (p.received_at_ms, p.row));
+        quarantine_rows(&self.conn, time, row, limit)
+    }
+
     /// Moves quarantined deliveries that have since passed every check (`passed`: their
     /// digests and verified envelopes; a newer roster now holds their sender's key) into the
     /// inbox, as received when they arrived, to be announced. A row whose id the inbox
@@ -2977,16 +3000,36 @@ fn quarantine_page(
             }
         }
     };
+    Ok(Some(quarantine_rows(conn, time, row, limit)?.0))
+}
+
+/// Up to `limit` deliveries held in quarantine, newest first, from below arrival time
+/// `time` and row `row`, with the place of the last one.
+fn quarantine_rows(
+    conn: &Connection,
+    time: i64,
+    row: i64,
+    limit: usize,
+) -> Result<(Vec<Quarantined>, Option<QuarantinePlace>), StoreError> {
     let mut st = conn.prepare_cached(QUARANTINE_PAGE_SQL)?;
     let rows = st.query_map(params![limit as i64, time, row], |r| {
-        Ok(Quarantined {
-            digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
-            signed: signed_at::<Envelope>(r, 1)?,
-            reason: r.get(4)?,
+        let place = QuarantinePlace {
             received_at_ms: r.get(5)?,
-        })
+            row: r.get(6)?,
+        };
+        Ok((
+            Quarantined {
+                digest: Digest(blob_array::<32>(r.get(0)?, 0)?),
+                signed: signed_at::<Envelope>(r, 1)?,
+                reason: r.get(4)?,
+                received_at_ms: r.get(5)?,
+            },
+            place,
+        ))
     })?;
-    Ok(Some(rows.collect::<Result<_, _>>()?))
+    let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+    let last = rows.last().map(|(_, p)| *p);
+    Ok((rows.into_iter().map(|(q, _)| q).collect(), last))
 }
 
 /// Sent messages with their matrices, newest first (by sequence number), the first `limit`
@@ -3425,6 +3468,45 @@ mod tests {
             .unwrap();
         assert_eq!(out, [Stored::Quarantined(reason)]);
         assert_eq!(store.quarantined(10).unwrap().len(), 1);
+    }
+
+    /// A walk down the quarantine (`quarantined_below`) lists every delivery once, newest
+    /// first, and goes on when what it listed leaves the quarantine meanwhile (a release or
+    /// a discard between pages), as the recheck against a newer roster does; a digest cursor
+    /// would end there (`quarantine_page` answers `None`).
+    #[test]
+    fn a_walk_down_the_quarantine_survives_the_rows_it_listed_leaving() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let forger = SigningKey::from_bytes(&[9; 32]);
+        let held: Vec<_> = (1..=5)
+            .map(|seq| Signed::sign(&envelope(seq, Precedence::Routine), &forger).unwrap())
+            .collect();
+        for (i, signed) in held.iter().enumerate() {
+            // Two arrive at once: the row orders them.
+            let at = NOW + (i as u64 / 2);
+            store
+                .store_deliveries(&[(signed.clone(), Err("bad signature".into()))], at)
+                .unwrap();
+        }
+        let mut place = None;
+        let mut seen = Vec::new();
+        loop {
+            let (page, last) = store.quarantined_below(place, 2).unwrap();
+            for q in &page {
+                store
+                    .discard_quarantined(Some(&q.digest), "test", NOW + 10, 1)
+                    .unwrap();
+                seen.push(q.digest);
+            }
+            match last {
+                Some(p) => place = Some(p),
+                None => break,
+            }
+        }
+        let newest_first: Vec<_> = held.iter().rev().map(Signed::digest).collect();
+        assert_eq!(seen, newest_first);
+        assert_eq!(store.quarantine_size().0.held, 0);
     }
 
     #[test]
