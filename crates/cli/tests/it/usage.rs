@@ -144,3 +144,35 @@ fn an_api_address_that_is_no_address_is_a_usage_error() {
         assert!(stderr.contains("no node answering"), "{good}: {stderr}");
     }
 }
+
+/// `exercise run` and `exercise live` without `--out` make their directory in the
+/// temporary directory, `$TMPDIR` where it is set; their help said `/tmp`, so an operator
+/// with `TMPDIR` set looked for a drill's logs where they were not.
+#[test]
+fn the_drill_directory_default_is_named_as_it_is() {
+    for sub in ["run", "live"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(["exercise", sub, "--help"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        // The `--out` item: its line, and those under it up to the next option.
+        let rest = help
+            .split("--out <OUT>")
+            .nth(1)
+            .expect("--out is described");
+        let out_flag: String = rest
+            .lines()
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+            .map(|(_, l)| l)
+            .collect();
+        assert!(
+            out_flag.contains("$TMPDIR"),
+            "exercise {sub} --help: {out_flag}"
+        );
+    }
+}
