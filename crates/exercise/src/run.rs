@@ -62,7 +62,8 @@ const EVENTS_BUFFER: usize = 65_536;
 pub struct RunOptions {
     /// The `hotline` binary to start.
     pub bin: PathBuf,
-    /// Where to keep the deployment, logs and reports (default: a new directory in /tmp).
+    /// Where to keep the deployment, logs and reports (default: a new directory in the
+    /// temporary directory, `std::env::temp_dir`: $TMPDIR, else /tmp).
     pub out_dir: Option<PathBuf>,
     /// Impairment seed (default: the scenario's, else random).
     pub seed: Option<u64>,

@@ -16,7 +16,8 @@ pub(crate) enum ExerciseCommand {
         /// Seed for link impairments, for an exact rerun (printed by every run).
         #[arg(long)]
         seed: Option<u64>,
-        /// Directory for the deployment, logs and reports (default: a new one in /tmp).
+        /// Directory for the deployment, logs and reports (default: a new one in $TMPDIR, else
+        /// /tmp).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Run this many times faster than the scenario's own time compression (a finite
@@ -36,7 +37,7 @@ pub(crate) enum ExerciseCommand {
         /// TOML file naming the roster and each node's API address and token file.
         #[arg(long)]
         endpoints: PathBuf,
-        /// Directory for the reports (default: a new one in /tmp).
+        /// Directory for the reports (default: a new one in $TMPDIR, else /tmp).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print the JSON report on standard output instead of the summary table.

@@ -19,8 +19,8 @@ pub(crate) struct ApiArgs {
     /// (default: $HOTLINE_NODE_CONFIG, ./node.toml, /etc/hotline/node.toml).
     #[arg(long = "node-config", env = "HOTLINE_NODE_CONFIG", global = true)]
     node_config: Option<PathBuf>,
-    /// The API address, e.g. 127.0.0.1:7500 (overrides the configuration file).
-    #[arg(long, env = "HOTLINE_API", global = true)]
+    /// The API address, HOST:PORT, e.g. 127.0.0.1:7500 (overrides the configuration file).
+    #[arg(long, env = "HOTLINE_API", global = true, value_parser = parse_api_addr)]
     api: Option<String>,
     /// File holding the API bearer token (overrides the configuration file).
     #[arg(long, env = "HOTLINE_TOKEN_FILE", global = true)]
@@ -51,6 +51,45 @@ impl ApiArgs {
         let token = text_file::read_token(&token_file).context("reading the API token")?;
         Ok(ApiClient::new(&addr, &token))
     }
+}
+
+/// An `--api` address: `HOST:PORT`, as the node's `[api] listen` (or `http://HOST:PORT`,
+/// which the client takes too). Checked here, so that an empty or cut address (`--api ""`,
+/// `HOTLINE_API=` exported empty, `--api 127.0.0.1`) is a malformed argument (status 2)
+/// naming the option, rather than "no node answering at http://" after a connection
+/// attempt, which sends the operator looking at a node that is running.
+fn parse_api_addr(s: &str) -> Result<String, String> {
+    const EXPECTED: &str =
+        "expected HOST:PORT, the node's [api] listen address, e.g. 127.0.0.1:7500";
+    let addr = s.strip_prefix("http://").unwrap_or(s);
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    if addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() != 0)
+    {
+        return Ok(s.to_owned());
+    }
+    if addr.is_empty() {
+        return Err(format!("empty: {EXPECTED}"));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("no port: {EXPECTED}"));
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(format!(
+            "the port is not a number from 1 to 65535: {EXPECTED}"
+        ));
+    }
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !host_ok {
+        return Err(format!(
+            "no host name or address before the port: {EXPECTED}"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// `./node.toml`, else `/etc/hotline/node.toml`. One this user may not look at is named as
@@ -1019,6 +1058,40 @@ fn watch_line(ev: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `--api` takes what the node listens on, as the client takes it; anything else is
+    /// refused by the parser (a usage error), not tried as an address.
+    #[test]
+    fn api_addresses_are_host_and_port() {
+        for good in [
+            "127.0.0.1:7500",
+            "[::1]:7500",
+            "localhost:7500",
+            "http://127.0.0.1:7500",
+            "http://127.0.0.1:7500/",
+        ] {
+            assert_eq!(parse_api_addr(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in [
+            "",
+            "http://",
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:75000",
+            ":7500",
+            " 127.0.0.1:7500",
+            "127.0.0.1:7500/v1",
+            "https://127.0.0.1:7500",
+            "::1:7500",
+        ] {
+            let e = parse_api_addr(bad).expect_err(bad);
+            assert!(
+                e.contains("127.0.0.1:7500"),
+                "{bad:?}: says what is expected: {e}"
+            );
+        }
+    }
 
     /// A node's quarantine as `GET /v1/quarantine` pages it: `held` newest first, pages of
     /// `?limit=` after the digest `?before=` names; 404 for a `before` not held.

@@ -212,7 +212,16 @@ fn create(args: CreateArgs) -> Result<()> {
     let mut generated = 0usize;
     for p in &mut draft.participants {
         let (secret, public) = keyfile::key_paths(&args.keys, p.id.as_str())?;
-        let key = if public.exists() {
+        // `exists` would take a key file this user may not look at (DIR mode 0700, another
+        // owner's) for one missing, and report every participant as having none.
+        let found = public.try_exists().with_context(|| {
+            format!(
+                "cannot look for {}.pub in key directory {}",
+                p.id,
+                args.keys.display()
+            )
+        })?;
+        let key = if found {
             keyfile::read_public(&public)?
         } else if !p.keys.is_empty() {
             // The template's keys stand, with or without --generate: a key generated here

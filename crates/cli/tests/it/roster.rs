@@ -595,3 +595,45 @@ fn the_roster_key_from_the_environment_does_not_stop_showing_a_draft() {
     ]);
     assert!(err.contains("a draft is not signed"), "{err}");
 }
+
+/// `roster create --keys DIR` run by a user who may not look into DIR (the key ceremony's
+/// directory, mode 0700, another account's) says so, naming DIR and the system's reason. It
+/// took every key file there for missing: "no public key file in DIR for 38 participant(s)",
+/// and with `--generate` went on to try writing new key pairs beside the real ones.
+#[test]
+fn a_key_directory_out_of_reach_is_not_called_empty() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The template inside the directory, which the user running the command can read (the
+    // source tree may be out of reach for `nobody`).
+    std::fs::copy(template(), d.join("template.toml")).expect("template");
+    let keys = d.join("ceremony-keys");
+    ok(&["keygen", "--id", "KAZ", "--out", s(&keys)]);
+    for extra in [&[][..], &["--generate"]] {
+        let mut args = vec![
+            "roster",
+            "create",
+            "--from",
+            "template.toml",
+            "--keys",
+            "ceremony-keys",
+            "--out",
+            "draft.toml",
+        ];
+        args.extend_from_slice(extra);
+        let out = super::operator::hotline_locked_out(d, &keys, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("no public key file"),
+            "{args:?}: the key files are there: {stderr}"
+        );
+        assert!(
+            stderr.contains("ceremony-keys") && stderr.contains("Permission denied"),
+            "{args:?}: names the directory and why: {stderr}"
+        );
+        assert!(!d.join("draft.toml").exists(), "{args:?}: no draft written");
+    }
+}

@@ -85,3 +85,94 @@ fn a_drill_speedup_that_is_no_speed_is_refused() {
     assert!(stderr.contains("time_compression"), "{stderr}");
     assert!(!cwd.path().join("drill").exists(), "nothing was started");
 }
+
+/// `--api` (and `HOTLINE_API`) that is no address, empty above all (`--api "$API"` with
+/// `API` unset, `HOTLINE_API=` exported empty), is a malformed argument: status 2 naming the
+/// option, before any node is called. It was tried as an address, and the command failed
+/// with "no node answering at http://", which sends an operator to look at a node that
+/// runs. A well-formed address is still tried.
+#[test]
+fn an_api_address_that_is_no_address_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    let token = token.to_str().expect("UTF-8");
+    let hotline = |args: &[&str], env_api: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotline"));
+        cmd.args(args)
+            .args(["--token-file", token])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("HOTLINE_NODE_CONFIG")
+            .env_remove("HOTLINE_API")
+            .env_remove("HOTLINE_TOKEN_FILE")
+            .stdin(Stdio::null());
+        if let Some(v) = env_api {
+            cmd.env("HOTLINE_API", v);
+        }
+        cmd.output().expect("runs")
+    };
+    for command in [
+        &["inbox"][..],
+        &["status", "0123456789abcdef0123456789abcdef"],
+        &["node-status"],
+        &["watch"],
+    ] {
+        for bad in ["", "http://", "127.0.0.1", "127.0.0.1:", "localhost:http"] {
+            let mut args = command.to_vec();
+            args.extend(["--api", bad]);
+            let out = hotline(&args, None);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("--api") && stderr.contains("HOST:PORT"),
+                "{args:?}: names the option and what it takes: {stderr}"
+            );
+            assert!(!stderr.contains("no node answering"), "{args:?}: {stderr}");
+        }
+        // The same from the environment.
+        let out = hotline(command, Some(""));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "HOTLINE_API=: {stderr}");
+        assert!(stderr.contains("--api"), "{stderr}");
+    }
+    // A well-formed address with nothing behind it is still tried, and found not answering.
+    for good in ["127.0.0.1:9", "http://127.0.0.1:9/"] {
+        let out = hotline(&["inbox", "--api", good], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{good}: {stderr}");
+        assert!(stderr.contains("no node answering"), "{good}: {stderr}");
+    }
+}
+
+/// `exercise run` and `exercise live` without `--out` make their directory in the
+/// temporary directory, `$TMPDIR` where it is set; their help said `/tmp`, so an operator
+/// with `TMPDIR` set looked for a drill's logs where they were not.
+#[test]
+fn the_drill_directory_default_is_named_as_it_is() {
+    for sub in ["run", "live"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(["exercise", sub, "--help"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        // The `--out` item: its line, and those under it up to the next option.
+        let rest = help
+            .split("--out <OUT>")
+            .nth(1)
+            .expect("--out is described");
+        let out_flag: String = rest
+            .lines()
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+            .map(|(_, l)| l)
+            .collect();
+        assert!(
+            out_flag.contains("$TMPDIR"),
+            "exercise {sub} --help: {out_flag}"
+        );
+    }
+}
