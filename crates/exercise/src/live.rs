@@ -46,6 +46,13 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
     // The service configurations' parser: its errors name the file, and never quote a key
     // (`roster_key` pasted unquoted, perhaps a secret seed), as the TOML parser's own do.
     let e: Endpoints = text_file::parse_toml(&text, path).context("endpoints file")?;
+    // Checked before anything is read or called: an empty or cut address was found only at
+    // the first inject, as "no node answering at http://".
+    for (id, n) in &e.nodes {
+        hotline_node::client::check_api_addr(&n.api).map_err(|why| {
+            anyhow::anyhow!("{}: [nodes.{id}] api = {:?}: {why}", path.display(), n.api)
+        })?;
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let rel = |p: &Path| {
         if p.is_absolute() {
@@ -82,6 +89,30 @@ pub fn load(path: &Path) -> anyhow::Result<Live> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node's `api` that is no `HOST:PORT` is refused when the file is read, naming the
+    /// file, the node and what is expected, before any node is called.
+    #[test]
+    fn an_api_address_that_is_no_address_is_refused_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("endpoints.toml");
+        std::fs::write(
+            &path,
+            "roster = \"roster.signed\"\nroster_key = \"k.pub\"\n\n[nodes.SEC]\napi = \"\"\ntoken_file = \"t\"\n",
+        )
+        .expect("write");
+        let e = match load(&path) {
+            Ok(_) => panic!("an empty api address is refused"),
+            Err(e) => format!("{e:#}"),
+        };
+        // Refused for the address, before the roster (there is none here) is read.
+        assert!(
+            e.contains("endpoints.toml")
+                && e.contains("[nodes.SEC] api")
+                && e.contains("HOST:PORT"),
+            "{e}"
+        );
+    }
 
     /// A key pasted unquoted makes the line fail to parse; the error names the file and the
     /// line but does not repeat the digits, which may be a secret seed.

@@ -59,36 +59,7 @@ impl ApiArgs {
 /// naming the option, rather than "no node answering at http://" after a connection
 /// attempt, which sends the operator looking at a node that is running.
 fn parse_api_addr(s: &str) -> Result<String, String> {
-    const EXPECTED: &str =
-        "expected HOST:PORT, the node's [api] listen address, e.g. 127.0.0.1:7500";
-    let addr = s.strip_prefix("http://").unwrap_or(s);
-    let addr = addr.strip_suffix('/').unwrap_or(addr);
-    if addr
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.port() != 0)
-    {
-        return Ok(s.to_owned());
-    }
-    if addr.is_empty() {
-        return Err(format!("empty: {EXPECTED}"));
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("no port: {EXPECTED}"));
-    };
-    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
-        return Err(format!(
-            "the port is not a number from 1 to 65535: {EXPECTED}"
-        ));
-    }
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-    if !host_ok {
-        return Err(format!(
-            "no host name or address before the port: {EXPECTED}"
-        ));
-    }
+    hotline_node::client::check_api_addr(s)?;
     Ok(s.to_owned())
 }
 
