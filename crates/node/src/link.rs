@@ -1070,6 +1070,14 @@ impl Link<'_> {
                 return Err(NetError::Local(format!("store: {e}")));
             }
         };
+        // A newer roster installed (by another link) since these were checked was checked
+        // against the quarantine before those just held were in it, if its walk read their
+        // place first: they are checked again, as held receipts are below.
+        if outcomes.iter().any(|o| matches!(o, Stored::Quarantined(_)))
+            && self.state.roster.borrow().version != roster.version
+        {
+            self.state.recheck_quarantine();
+        }
         let mut new = Vec::new();
         let mut again = Vec::new();
         let mut refused = 0usize;
