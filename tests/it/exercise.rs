@@ -544,3 +544,49 @@ async fn a_message_a_node_stored_before_it_went_down_is_held_not_lost() {
     );
     assert!(report.passed, "{summary}");
 }
+
+/// SEC's node sends the alert, then is killed and kept down to the end of the drill.
+const SENDER_DOWN: &str = r#"
+name = "sender-down"
+end_s = 20.0
+participants = ["SEC", "KAZ"]
+[[injects]]
+name = "alert"
+at_s = 1.0
+from = "SEC"
+to = ["KAZ"]
+subject = "alert"
+[[faults]]
+kind = "kill_node"
+participant = "SEC"
+at_s = 8.0
+restart_after_s = 100.0
+"#;
+
+/// A message whose sender's node is down at the end is reported from that node's store at
+/// rest: accepted, with its delivery table. It was reported as `unknown` ("sent, but SEC's
+/// node gave no record of it at the end"), failing "every inject accepted".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_whose_sender_is_down_at_the_end_is_read_from_its_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(SENDER_DOWN, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert_ne!(report.injects[0].state, "unknown", "{summary}");
+    assert_eq!(report.messages_accepted, 1, "{summary}");
+    assert_eq!(report.injects[0].delivered, 1, "{summary}");
+    assert_eq!(report.messages_lost, 0, "{summary}");
+    assert!(report.passed, "{summary}");
+}
