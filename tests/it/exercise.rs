@@ -486,3 +486,107 @@ async fn a_node_down_to_the_end_does_not_hold_the_drill_to_its_end() {
     assert_eq!(mng.cells[0].delivered_s, None, "{summary}");
     assert_eq!(report.messages_lost, 1, "MNG never held it: {summary}");
 }
+
+/// MNG's node stores the alert, then is killed and kept down to the end of the drill.
+const STORED_THEN_DOWN: &str = r#"
+name = "stored-then-down"
+end_s = 120.0
+participants = ["SEC", "KAZ", "MNG"]
+[[injects]]
+name = "alert"
+at_s = 1.0
+from = "SEC"
+to = ["KAZ", "MNG"]
+subject = "alert"
+[[faults]]
+kind = "kill_node"
+participant = "MNG"
+at_s = 8.0
+restart_after_s = 200.0
+[[objectives]]
+name = "all hold it"
+inject = "alert"
+expect = "delivered"
+"#;
+
+/// A node that stored a message durably and is then kept down to the end still holds it:
+/// the report reads its inbox from its store at rest. It used to read every inbox over the
+/// node's API, which a down node does not answer, so that MNG's read as empty: the alert
+/// counted as lost to it and the objective as "MNG never held it", and the drill failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_a_node_stored_before_it_went_down_is_held_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(STORED_THEN_DOWN, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    // The alert reached MNG (its delivered receipt at SEC) before its node was killed.
+    let sec_view = &report.injects[0];
+    assert_eq!(sec_view.delivered, 2, "{summary}");
+    assert_eq!(report.messages_lost, 0, "MNG's store holds it: {summary}");
+    let mng = report.participants.iter().find(|p| p.id == "MNG").unwrap();
+    assert!(mng.cells[0].delivered_s.is_some(), "{summary}");
+    assert!(report.objectives[0].met, "{summary}");
+    assert!(
+        summary.contains("read from its store; node down at the end"),
+        "the report says where MNG's inbox was read from: {summary}"
+    );
+    assert!(report.passed, "{summary}");
+}
+
+/// SEC's node sends the alert, then is killed and kept down to the end of the drill.
+const SENDER_DOWN: &str = r#"
+name = "sender-down"
+end_s = 20.0
+participants = ["SEC", "KAZ"]
+[[injects]]
+name = "alert"
+at_s = 1.0
+from = "SEC"
+to = ["KAZ"]
+subject = "alert"
+[[faults]]
+kind = "kill_node"
+participant = "SEC"
+at_s = 8.0
+restart_after_s = 100.0
+"#;
+
+/// A message whose sender's node is down at the end is reported from that node's store at
+/// rest: accepted, with its delivery table. It was reported as `unknown` ("sent, but SEC's
+/// node gave no record of it at the end"), failing "every inject accepted".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_whose_sender_is_down_at_the_end_is_read_from_its_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(SENDER_DOWN, "down.toml").unwrap();
+    let report = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    )
+    .await
+    .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert_ne!(report.injects[0].state, "unknown", "{summary}");
+    assert_eq!(report.messages_accepted, 1, "{summary}");
+    assert_eq!(report.injects[0].delivered, 1, "{summary}");
+    assert_eq!(report.messages_lost, 0, "{summary}");
+    assert!(report.passed, "{summary}");
+}

@@ -75,6 +75,9 @@ pub struct ParticipantRow {
     pub cells: Vec<Cell>,
     /// Every objective that covers this participant holds for it.
     pub objectives_met: bool,
+    /// Where its inbox was read from, when not from its node's API at the end: `read from
+    /// its store; node down at the end`, or `not read: …` with why its store could not be.
+    pub inbox_read: Option<String>,
 }
 
 /// One inject's summary.
@@ -264,6 +267,64 @@ pub fn read_hooks(dep: &Deployment) -> HashMap<String, Vec<(String, String)>> {
     out
 }
 
+/// How the report describes an inbox it read from a node's store at rest.
+pub(crate) const READ_AT_REST: &str = "read from its store; node down at the end";
+
+/// What the store of a node down at the end holds, as its API would have shown it.
+#[derive(Debug, Default)]
+pub struct AtRest {
+    /// Its inbox, each message as `GET /v1/inbox` shows it.
+    pub inbox: Vec<Value>,
+    /// Each message it sent, by id, as `GET /v1/messages/{id}` shows it.
+    pub sent: HashMap<String, Value>,
+}
+
+/// What the node whose store is in `data_dir` holds, read at rest, read-only (its node is
+/// down: a fault keeps it so to the end of the drill), every page of each list, not the
+/// API's first one alone; or why it could not be read.
+pub fn read_at_rest(data_dir: &Path) -> Result<AtRest, String> {
+    use hotline_node::limits::API_LIST_MAX;
+    // Nothing writes to a store at rest, so a page's last message is there for the next.
+    const CHANGED: &str = "the store changed while it was read";
+    let read = || -> anyhow::Result<AtRest> {
+        let mut reader = hotline_node::store::NodeReader::open(data_dir)?;
+        let mut out = AtRest::default();
+        let mut before = None;
+        loop {
+            let Some(page) = reader.inbox_page(before.as_ref(), API_LIST_MAX, false)? else {
+                anyhow::bail!(CHANGED);
+            };
+            let full = page.len() == API_LIST_MAX;
+            before = page.last().map(|m| m.envelope.id);
+            for m in page {
+                out.inbox.push(hotline_node::api::inbox_json(m)?);
+            }
+            if !full {
+                break;
+            }
+        }
+        let now = crate::now_ms();
+        let mut before = None;
+        loop {
+            let Some(page) = reader.sent_page(before.as_ref(), API_LIST_MAX)? else {
+                anyhow::bail!(CHANGED);
+            };
+            let full = page.len() == API_LIST_MAX;
+            before = page.last().map(|m| m.envelope.id);
+            for m in page {
+                let v = hotline_node::api::sent_json(m, now);
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                out.sent.insert(id, v);
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    };
+    read().map_err(|e| format!("{e:#}"))
+}
+
 /// Whether the sender's `on_overdue` hook ran for `recipient` of message `id`, as `hooks`
 /// (from [`read_hooks`]) record it; `None` when the harness cannot see the hooks (live mode:
 /// they run on the operators' machines).
@@ -343,7 +404,15 @@ pub struct Inputs<'a> {
     /// Each inject, in scenario order.
     pub(crate) injects: Vec<Sent>,
     pub(crate) sent_views: Vec<Value>,
+    /// Each participant's inbox (in `participants`), as its node's API showed it at the
+    /// end, or, for one in `at_rest`, as its store held it.
     pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
+    /// The participants whose node a fault keeps down at the end, so that the drill read
+    /// their inbox from their store at rest ([`read_at_rest`]), with why it could not
+    /// be read if it could not. A message such a store holds was delivered, not lost; one
+    /// addressed to a participant whose store could not be read is neither: the report says
+    /// it does not know, and the invariant "zero accepted messages lost" fails on it.
+    pub(crate) at_rest: BTreeMap<String, Result<(), String>>,
     pub(crate) shown: HashMap<(String, String), u32>,
     /// Overdue hook runs, when the harness could read them (not in live mode).
     pub(crate) hooks: Option<HashMap<String, Vec<(String, String)>>>,
@@ -487,12 +556,21 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     .unwrap_or_default(),
                 cells: Vec::new(),
                 objectives_met: true,
+                inbox_read: i.at_rest.get(p).map(|r| match r {
+                    Ok(()) => READ_AT_REST.to_owned(),
+                    Err(e) => format!("not read: node down at the end, its store unreadable: {e}"),
+                }),
             }
         })
         .collect();
     let mut inject_rows = Vec::new();
     let mut accepted = 0;
     let mut lost = 0;
+    // Deliveries held by a node down at the end, as its store shows them.
+    let mut held_at_rest = 0;
+    // Deliveries to a node down at the end whose store could not be read: not known.
+    let mut unknown = 0;
+    let unreadable = |p: &str| i.at_rest.get(p).and_then(|r| r.as_ref().err());
     let mut refusals = Vec::new();
     // Per inject: the recipients addressed that its sender's table leaves out, and whether
     // the sender's node gave a table at all.
@@ -510,10 +588,16 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             // Sent (its node took it and gave an id), but the sender's node gave no view of
             // it at the end (down, or not answering): it was reported as "not sent".
             (None, None) if id.is_some() => {
-                refusals.push(format!(
-                    "{:?} sent, but {}'s node gave no record of it at the end",
-                    inj.name, inj.from
-                ));
+                refusals.push(match unreadable(&inj.from) {
+                    Some(e) => format!(
+                        "{:?} sent, but {}'s node is down at the end and its store could not be read ({e})",
+                        inj.name, inj.from
+                    ),
+                    None => format!(
+                        "{:?} sent, but {}'s node gave no record of it at the end",
+                        inj.name, inj.from
+                    ),
+                });
                 "unknown".to_owned()
             }
             (None, None) => "not sent".to_owned(),
@@ -553,7 +637,11 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 } else {
                     !i.live || row.is_some_and(|row| row["delivered_at_ms"].is_u64())
                 };
-                if !held {
+                if held && i.at_rest.contains_key(r) {
+                    held_at_rest += 1;
+                } else if !held && has_node(r) && unreadable(r).is_some() {
+                    unknown += 1;
+                } else if !held {
                     lost += 1;
                 }
             }
@@ -637,7 +725,13 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 "delivered" => match cell.delivered_s {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
-                    None => Some(format!("{} never held it", row.id)),
+                    None => Some(match unreadable(&row.id) {
+                        Some(e) => format!(
+                            "{}: not known whether it held it: its node is down at the end and its store could not be read ({e})",
+                            row.id
+                        ),
+                        None => format!("{} never held it", row.id),
+                    }),
                 },
                 "acknowledged" => match cell.acknowledged_s {
                     Some(t) if t <= limit => None,
@@ -725,8 +819,8 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut invariants = vec![
         Invariant {
             name: "zero accepted messages lost".into(),
-            held: lost == 0,
-            detail: format!("{lost} missing of {accepted} accepted messages' deliveries"),
+            held: lost == 0 && unknown == 0,
+            detail: lost_detail(lost, accepted, held_at_rest, unknown, &i.at_rest),
         },
         Invariant {
             name: "zero duplicates shown to any operator".into(),
@@ -881,6 +975,45 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         passed,
         directory: i.dir.to_owned(),
     })
+}
+
+/// The detail of the invariant "zero accepted messages lost": what is missing, and what
+/// of the nodes down at the end (`at_rest`) was read from their stores, or could not be.
+fn lost_detail(
+    lost: usize,
+    accepted: usize,
+    held_at_rest: usize,
+    unknown: usize,
+    at_rest: &BTreeMap<String, Result<(), String>>,
+) -> String {
+    let mut d = format!("{lost} missing of {accepted} accepted messages' deliveries");
+    let read: Vec<&str> = at_rest
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if !read.is_empty() {
+        let _ = write!(
+            d,
+            "; {held_at_rest} held by {} ({READ_AT_REST})",
+            read.join(", ")
+        );
+    }
+    for (p, r) in at_rest {
+        if let Err(e) = r {
+            let _ = write!(
+                d,
+                "; {p}: node down at the end and its store could not be read ({e})"
+            );
+        }
+    }
+    if unknown > 0 {
+        let _ = write!(
+            d,
+            "; {unknown} not known, to nodes whose store could not be read"
+        );
+    }
+    d
 }
 
 fn fmt_s(v: Option<f64>) -> String {
@@ -1150,6 +1283,7 @@ within_s = 3.0
                 refused: None,
             }],
             sent_views: vec![view],
+            at_rest: BTreeMap::new(),
             inboxes,
             shown: HashMap::new(),
             hooks: None,
@@ -1330,6 +1464,101 @@ within_s = 3.0
                 .expect("lost invariant")
                 .held
         );
+        assert!(!r.passed);
+    }
+
+    /// The first inject of `SCENARIO` to KAZ and KGZ, KAZ holding it, KGZ's node down at the
+    /// end with `kgz_inbox` read from its store, or `at_rest` saying it could not be.
+    fn score_kgz_down(kgz_inbox: Vec<Value>, at_rest: Result<(), String>) -> Report {
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        // KGZ's delivered receipt never reached SEC: its node went down first.
+        let matrix = json!([
+            row("KAZ", Some(1500), None, None),
+            row("KGZ", None, None, None)
+        ]);
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": matrix, "delivered": 1, "acknowledged": 0});
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), kgz_inbox),
+        ]);
+        score(Inputs {
+            at_rest: BTreeMap::from([("KGZ".to_owned(), at_rest)]),
+            ..one_inject(&sc, &roster, &participants, view, inboxes)
+        })
+        .expect("scores")
+    }
+
+    fn lost_invariant(r: &Report) -> &Invariant {
+        r.invariants
+            .iter()
+            .find(|i| i.name == "zero accepted messages lost")
+            .expect("lost invariant")
+    }
+
+    /// A message the store of a node down at the end holds was delivered, not lost, and the
+    /// report says where that inbox was read from.
+    #[test]
+    fn a_message_held_in_a_down_nodes_store_is_held_not_lost() {
+        let r = score_kgz_down(vec![inbox_item("m1", 1800)], Ok(()));
+        assert_eq!(r.messages_lost, 0);
+        let kgz = r.participants.iter().find(|p| p.id == "KGZ").expect("KGZ");
+        assert_eq!(kgz.cells[0].delivered_s, Some(0.8));
+        assert_eq!(kgz.inbox_read.as_deref(), Some(READ_AT_REST));
+        let lost = lost_invariant(&r);
+        assert!(lost.held, "{}", lost.detail);
+        assert!(
+            lost.detail
+                .contains("1 held by KGZ (read from its store; node down at the end)"),
+            "{}",
+            lost.detail
+        );
+        let delivered = r
+            .objectives
+            .iter()
+            .find(|o| o.name == "delivered")
+            .expect("delivered");
+        assert!(delivered.met, "{:?}", delivered.failed);
+        // What its store does not hold, it never held: lost.
+        let r = score_kgz_down(vec![], Ok(()));
+        assert_eq!(r.messages_lost, 1);
+        assert!(!lost_invariant(&r).held);
+    }
+
+    /// A down node whose store cannot be read is said to be so: its deliveries are not
+    /// known, neither counted lost nor held, and the drill fails on them.
+    #[test]
+    fn a_down_node_whose_store_cannot_be_read_is_not_known_not_lost() {
+        let r = score_kgz_down(vec![], Err("disk I/O error".into()));
+        assert_eq!(r.messages_lost, 0);
+        let lost = lost_invariant(&r);
+        assert!(!lost.held, "{}", lost.detail);
+        assert!(
+            lost.detail.contains(
+                "KGZ: node down at the end and its store could not be read (disk I/O error)"
+            ) && lost.detail.contains("1 not known"),
+            "{}",
+            lost.detail
+        );
+        let delivered = r
+            .objectives
+            .iter()
+            .find(|o| o.name == "delivered")
+            .expect("delivered");
+        assert!(
+            delivered
+                .failed
+                .iter()
+                .any(|f| f.starts_with("KGZ: not known whether it held it")),
+            "{:?}",
+            delivered.failed
+        );
+        let kgz = r.participants.iter().find(|p| p.id == "KGZ").expect("KGZ");
+        assert!(kgz
+            .inbox_read
+            .as_deref()
+            .is_some_and(|s| s.starts_with("not read:")));
         assert!(!r.passed);
     }
 

@@ -125,13 +125,15 @@ struct Gone {
 
 impl Gone {
     /// Whether `p`'s outcome for message `id` can no longer change before `end_s`, so that
-    /// the early end may count it as it stands (lost, unless already met): its node is down
-    /// for good, and its scripted operator was never asked to acknowledge or answer the
-    /// message, nor sent a message referencing it. Nothing of its own about the message can
-    /// then reach the sender any more (its delivered receipt may, but the report scores
-    /// delivery from the recipient's inbox, which it cannot read from a stopped node), so
-    /// the report finds at `end_s` what it finds now. Once its operator did act, its
-    /// acknowledgement or answer may still be on its way through the relay: waited for.
+    /// the early end may count it as it stands (delivered if its node stored the message
+    /// before it went down, lost if not): its node is down for good, and its scripted
+    /// operator was never asked to acknowledge or answer the message, nor sent a message
+    /// referencing it. Nothing of its own about the message can then reach the sender any
+    /// more (its delivered receipt may, but the report scores delivery from the recipient's
+    /// inbox, which for a node down at the end it reads from the node's store at rest, and
+    /// nothing writes to that store while the node is down), so the report finds at `end_s`
+    /// what it finds now. Once its operator did act, its acknowledgement or answer may still
+    /// be on its way through the relay: waited for.
     fn settled(&self, p: &str, id: &str) -> bool {
         self.down.contains(p) && !self.acted.contains(&(p.to_owned(), id.to_owned()))
     }
@@ -616,11 +618,33 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     let wall_s = start.elapsed().as_secs_f64();
 
-    // Final picture, from the nodes' own records.
+    // Final picture, from the nodes' own records. A node a fault keeps down at the end
+    // answers nothing: its inbox, read over its API, read as empty, so that every message it
+    // had stored before the fault counted as lost to it, and a message it sent as one with
+    // no record. Its store at rest, which nothing writes to while it is down, is read
+    // instead, read-only; or the report says it could not be.
+    let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
+    if let Some(sim) = sim.as_ref() {
+        for p in clients.keys().filter(|p| down.contains(*p)) {
+            let read = match sim.dep.nodes.get(p) {
+                Some(n) => report::read_at_rest(&n.data_dir),
+                None => Err("no such node in the deployment".to_owned()),
+            };
+            if let Err(e) = &read {
+                progress!("  node {p} is down at the end and its store could not be read: {e}");
+            }
+            rest.insert(p.clone(), read);
+        }
+    }
     let mut sent_views = Vec::new();
     for (i, inj) in scenario.injects.iter().enumerate() {
-        let v = match (&injects[i].id, clients.get(&inj.from)) {
-            (Some(id), Some(c)) => {
+        let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
+            (Some(id), _, Some(r)) => r
+                .as_ref()
+                .ok()
+                .and_then(|r| r.sent.get(id).cloned())
+                .unwrap_or(Value::Null),
+            (Some(id), Some(c), None) => {
                 let (c, id) = (c.clone(), id.clone());
                 tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
                     .await?
@@ -632,12 +656,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     let mut inboxes = BTreeMap::new();
     for (p, c) in &clients {
+        if let Some(r) = rest.get(p) {
+            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
+            inboxes.insert(p.clone(), items);
+            continue;
+        }
         let c = c.clone();
         let v = tokio::task::spawn_blocking(move || c.get("/v1/inbox"))
             .await?
             .unwrap_or(Value::Array(vec![]));
         inboxes.insert(p.clone(), v.as_array().cloned().unwrap_or_default());
     }
+    let at_rest: BTreeMap<String, Result<(), String>> =
+        rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
     let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
         let mut m = BTreeMap::new();
         for (p, x) in sim.iter().flat_map(|s| s.proxies.iter()) {
@@ -702,6 +733,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             .collect(),
         sent_views,
         inboxes,
+        at_rest,
         shown,
         hooks,
         faults: fault_log,
@@ -1694,6 +1726,7 @@ expect = "overdue_escalated"
                     refused: None,
                 }],
                 sent_views: vec![view],
+                at_rest: BTreeMap::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item(1500)]),
@@ -1768,12 +1801,14 @@ expect = "acknowledged"
 "#;
 
     /// A recipient whose node a fault keeps down to the end, and whose operator the harness
-    /// never asked to acknowledge or answer the message, is decided (lost) by the early
-    /// end: nothing of its own about that message can still reach the sender, and the
-    /// report, which cannot read a stopped node's inbox, scores it as never holding it. It
-    /// kept the drill running to `end_s` when everything else was decided. One whose
-    /// operator was asked to acknowledge is still waited for: that acknowledgement may be
-    /// on its way. The report agrees: MNG fails both objectives.
+    /// never asked to acknowledge or answer the message, is decided as it stands by the
+    /// early end: nothing of its own about that message can still reach the sender, and the
+    /// report reads its inbox from its store at rest, which nothing changes while it is
+    /// down. It kept the drill running to `end_s` when everything else was decided. One
+    /// whose operator was asked to acknowledge is still waited for: that acknowledgement may
+    /// be on its way. The report agrees: MNG fails both objectives if its store does not
+    /// hold the message; if it does, MNG held it (not lost), and fails only the
+    /// acknowledgement.
     #[test]
     fn a_recipient_down_for_good_is_decided_as_lost() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1817,42 +1852,52 @@ expect = "acknowledged"
         assert!(!early(&gone), "its acknowledgement may be on its way");
 
         let item = json!({"id": "m1", "received_at_ms": 1500, "status": "exercise", "exercise_or_test": true});
-        let r = report::score(report::Inputs {
-            scenario: &sc,
-            seed: 1,
-            dir: tmp.path(),
-            started_at_ms: 1000,
-            wall_s: 1.0,
-            participants: &participants,
-            live: false,
-            roster: &roster,
-            injects: vec![report::Sent {
-                inject: sc.injects[0].clone(),
-                id: Some("m1".into()),
-                sent_at_ms: Some(1000),
-                refused: None,
-            }],
-            sent_views: vec![view.clone()],
-            // MNG's node is down: its inbox could not be read.
-            inboxes: BTreeMap::from([
-                ("SEC".to_owned(), vec![]),
-                ("KAZ".to_owned(), vec![item]),
-                ("MNG".to_owned(), vec![]),
-            ]),
-            shown: HashMap::new(),
-            hooks: None,
-            faults: vec![],
-            proxies: BTreeMap::new(),
-            checks: None,
-            exits: None,
-        })
-        .expect("scores");
+        let score = |mng: Vec<Value>| {
+            report::score(report::Inputs {
+                scenario: &sc,
+                seed: 1,
+                dir: tmp.path(),
+                started_at_ms: 1000,
+                wall_s: 1.0,
+                participants: &participants,
+                live: false,
+                roster: &roster,
+                injects: vec![report::Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                }],
+                sent_views: vec![view.clone()],
+                // MNG's node is down: its inbox is read from its store at rest.
+                at_rest: BTreeMap::from([("MNG".to_owned(), Ok(()))]),
+                inboxes: BTreeMap::from([
+                    ("SEC".to_owned(), vec![]),
+                    ("KAZ".to_owned(), vec![item.clone()]),
+                    ("MNG".to_owned(), mng),
+                ]),
+                shown: HashMap::new(),
+                hooks: None,
+                faults: vec![],
+                proxies: BTreeMap::new(),
+                checks: None,
+                exits: None,
+            })
+            .expect("scores")
+        };
+        let r = score(vec![]);
         for o in &r.objectives {
             assert!(
                 !o.met && o.failed.iter().all(|f| f.starts_with("MNG never")),
                 "{o:?}"
             );
         }
+        assert_eq!(r.messages_lost, 1);
+        // Its store holds it: delivered, not lost; never acknowledged.
+        let r = score(vec![item.clone()]);
+        assert_eq!(r.messages_lost, 0);
+        assert!(r.objectives[0].met, "{:?}", r.objectives[0]);
+        assert_eq!(r.objectives[1].failed, ["MNG never acknowledged"]);
     }
 
     /// An objective with no one in its scope is refused before anything starts, naming it

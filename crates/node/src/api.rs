@@ -1050,6 +1050,13 @@ struct InboxItem {
     answered_at_ms: Option<u64>,
 }
 
+/// A received message as `GET /v1/inbox` shows it, for a reader of a store at rest (the
+/// drill harness reads the inbox of a node a fault keeps down to the end from its store, and
+/// scores it as it would the API's answer).
+pub fn inbox_json(m: InboxMessage) -> serde_json::Result<serde_json::Value> {
+    serde_json::to_value(inbox_item(m))
+}
+
 fn inbox_item(m: InboxMessage) -> InboxItem {
     let e = m.envelope;
     InboxItem {
@@ -1107,6 +1114,13 @@ fn sent_state(rejected: bool, accepted: bool, c: Counts) -> &'static str {
     } else {
         "accepted"
     }
+}
+
+/// A sent message as `GET /v1/messages/{id}` shows it (`now`: ms since the epoch), for a
+/// reader of a store at rest (the drill harness reads the sent messages of a node a fault
+/// keeps down to the end from its store).
+pub fn sent_json(s: SentMessage, now: u64) -> Value {
+    sent_view(s, now)
 }
 
 fn sent_view(s: SentMessage, now: u64) -> Value {
