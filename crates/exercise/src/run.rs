@@ -662,10 +662,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             continue;
         }
         let c = c.clone();
-        let v = tokio::task::spawn_blocking(move || c.get("/v1/inbox"))
-            .await?
-            .unwrap_or(Value::Array(vec![]));
-        inboxes.insert(p.clone(), v.as_array().cloned().unwrap_or_default());
+        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
+            .await?;
+        let items = read.unwrap_or_else(|e| {
+            progress!("  node {p}: its inbox could not be read at the end: {e}");
+            Vec::new()
+        });
+        inboxes.insert(p.clone(), items);
     }
     let at_rest: BTreeMap<String, Result<(), String>> =
         rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
@@ -1388,9 +1391,81 @@ fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::R
     dep.spawn_node(&opts.bin, p, &format!("node-{p}-{n}.log"))
 }
 
+/// Every item of the list at `path` (newest first), page after page (`?before=ID`, the last
+/// item's id), through `get`: a list answers at most `API_LIST_MAX` items a page, and a
+/// final picture read from its first page alone counted the messages beyond it (a drill of
+/// more than a thousand messages to one node, a live node's busy inbox) as never held.
+fn every_page<E>(
+    mut get: impl FnMut(&str) -> Result<Value, E>,
+    path: &str,
+) -> Result<Vec<Value>, E> {
+    let mut all = Vec::new();
+    let mut next = path.to_owned();
+    loop {
+        let page = get(&next)?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let full = page.len() >= hotline_node::limits::API_LIST_MAX;
+        let last = page
+            .last()
+            .and_then(|m| m["id"].as_str())
+            .map(str::to_owned);
+        all.extend(page);
+        match last {
+            Some(id) if full => next = format!("{path}?before={id}"),
+            _ => return Ok(all),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The final picture reads a list to its end, page after page: 2,345 inbox items are
+    /// 2,345, not the first page's 1,000 (the rest counted as never held).
+    #[test]
+    fn a_list_is_read_to_its_end_page_after_page() {
+        let page = hotline_node::limits::API_LIST_MAX;
+        let ids: Vec<String> = (0..2_345).rev().map(|n| format!("{n:032x}")).collect();
+        let mut asked = Vec::new();
+        let all = every_page(
+            |path| -> Result<Value, String> {
+                asked.push(path.to_owned());
+                let from = match path.split_once("?before=") {
+                    Some((_, id)) => ids.iter().position(|i| i == id).ok_or("no such id")? + 1,
+                    None => 0,
+                };
+                let items: Vec<Value> = ids[from..]
+                    .iter()
+                    .take(page)
+                    .map(|id| json!({ "id": id }))
+                    .collect();
+                Ok(Value::Array(items))
+            },
+            "/v1/inbox",
+        )
+        .expect("read");
+        assert_eq!(all.len(), ids.len());
+        assert_eq!(
+            all.last().map(|m| m["id"].clone()),
+            ids.last().map(|i| json!(i))
+        );
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        // An error on a page is the read's.
+        let mut n = 0;
+        let e = every_page(
+            |_| {
+                n += 1;
+                if n == 1 {
+                    Ok(Value::Array(vec![json!({"id": "a"}); page]))
+                } else {
+                    Err("gone")
+                }
+            },
+            "/v1/inbox",
+        );
+        assert_eq!(e, Err("gone"));
+    }
 
     /// Two nodes; an inject from a third participant, and faults on participants with and
     /// without a node.
