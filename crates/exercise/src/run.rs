@@ -158,7 +158,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     let compression = scenario.time_compression * opts.speedup;
     if !(compression.is_finite() && compression >= crate::scenario::TIME_COMPRESSION_MIN) {
         bail!(
-            "speedup {}: the scenario's time_compression {} times it is {compression}, not a              finite number of at least {}",
+            "speedup {}: the scenario's time_compression {} times it is {compression}, not a finite number of at least {}",
             opts.speedup,
             scenario.time_compression,
             crate::scenario::TIME_COMPRESSION_MIN
