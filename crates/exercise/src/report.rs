@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use hotline_proto::{ParticipantId, Role, Roster};
+use hotline_proto::{MessageId, ParticipantId, Role, Roster};
 
 use crate::deploy::Deployment;
 use crate::scenario::{Inject, Scenario};
@@ -286,40 +286,49 @@ pub fn read_at_rest(data_dir: &Path) -> Result<AtRest, String> {
     use hotline_node::limits::API_LIST_MAX;
     // Nothing writes to a store at rest, so a page's last message is there for the next.
     const CHANGED: &str = "the store changed while it was read";
+    /// Every page of a list, `page(before)` after page, each item to `each`.
+    fn every_page<T>(
+        mut page: impl FnMut(Option<&MessageId>) -> anyhow::Result<Option<Vec<T>>>,
+        id: impl Fn(&T) -> MessageId,
+        mut each: impl FnMut(T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut before = None;
+        loop {
+            let Some(items) = page(before.as_ref())? else {
+                anyhow::bail!(CHANGED);
+            };
+            let full = items.len() == API_LIST_MAX;
+            before = items.last().map(&id);
+            for m in items {
+                each(m)?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
     let read = || -> anyhow::Result<AtRest> {
         let mut reader = hotline_node::store::NodeReader::open(data_dir)?;
         let mut out = AtRest::default();
-        let mut before = None;
-        loop {
-            let Some(page) = reader.inbox_page(before.as_ref(), API_LIST_MAX, false)? else {
-                anyhow::bail!(CHANGED);
-            };
-            let full = page.len() == API_LIST_MAX;
-            before = page.last().map(|m| m.envelope.id);
-            for m in page {
+        every_page(
+            |before| Ok(reader.inbox_page(before, API_LIST_MAX, false)?),
+            |m| m.envelope.id,
+            |m| {
                 out.inbox.push(hotline_node::api::inbox_json(m)?);
-            }
-            if !full {
-                break;
-            }
-        }
+                Ok(())
+            },
+        )?;
         let now = crate::now_ms();
-        let mut before = None;
-        loop {
-            let Some(page) = reader.sent_page(before.as_ref(), API_LIST_MAX)? else {
-                anyhow::bail!(CHANGED);
-            };
-            let full = page.len() == API_LIST_MAX;
-            before = page.last().map(|m| m.envelope.id);
-            for m in page {
+        every_page(
+            |before| Ok(reader.sent_page(before, API_LIST_MAX)?),
+            |m| m.envelope.id,
+            |m| {
                 let v = hotline_node::api::sent_json(m, now);
                 let id = v["id"].as_str().unwrap_or_default().to_owned();
                 out.sent.insert(id, v);
-            }
-            if !full {
-                break;
-            }
-        }
+                Ok(())
+            },
+        )?;
         Ok(out)
     };
     read().map_err(|e| format!("{e:#}"))
