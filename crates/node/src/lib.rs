@@ -1541,7 +1541,7 @@ mod tests {
     /// link next reconnected for another reason.
     #[tokio::test]
     async fn quarantined_deliveries_released_by_a_newer_roster_free_the_room() {
-        use hotline_proto::{Audience, Kind, Participant, Precedence, PublicKey, Role, Status};
+        use hotline_proto::{Audience, Kind, Precedence, Status};
         let dir = tempfile::tempdir().unwrap();
         let state = test_state(dir.path());
         let tjk = SigningKey::from_bytes(&[5; 32]);
@@ -1574,24 +1574,8 @@ mod tests {
         }
         let mut room = state.quarantine_room.subscribe();
         room.mark_unchanged();
-        let mut roster: Roster = (***state.roster.borrow()).clone();
-        roster.version += 1;
-        roster.participants.push(Participant {
-            id: ParticipantId::new("TJK").unwrap(),
-            name: "TJK".into(),
-            role: Role::Member,
-            keys: vec![PublicKey::of(&tjk)],
-            revoked: false,
-        });
-        let newer =
-            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
-        let mut checked = state.quarantine_checked.subscribe();
-        state.offer_roster(&newer, "test");
-        assert_eq!(state.roster.borrow().version, roster.version, "installed");
-        tokio::time::timeout(Duration::from_secs(30), checked.changed())
-            .await
-            .expect("the quarantine is checked in time")
-            .unwrap();
+        let version = offer_roster_listing(&state, "TJK", &tjk).await;
+        assert_eq!(state.roster.borrow().version, version, "installed");
         assert!(
             state.store().inbox_message(&env.id).unwrap().is_some(),
             "released"
@@ -1603,6 +1587,31 @@ mod tests {
         );
     }
 
+    /// Offers `state` a roster one version newer than its own that lists `id` with `key`
+    /// (signed with the test roster key), and waits for the quarantine's check against it to
+    /// end. The new version.
+    async fn offer_roster_listing(state: &NodeState, id: &str, key: &SigningKey) -> u64 {
+        use hotline_proto::{Participant, PublicKey, Role};
+        let mut roster: Roster = (***state.roster.borrow()).clone();
+        roster.version += 1;
+        roster.participants.push(Participant {
+            id: ParticipantId::new(id).unwrap(),
+            name: id.into(),
+            role: Role::Member,
+            keys: vec![PublicKey::of(key)],
+            revoked: false,
+        });
+        let newer =
+            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let mut checked = state.quarantine_checked.subscribe();
+        state.offer_roster(&newer, "test");
+        tokio::time::timeout(Duration::from_secs(30), checked.changed())
+            .await
+            .expect("the quarantine is checked in time")
+            .unwrap();
+        roster.version
+    }
+
     /// A lagging roster delays a message, never hides it (PROTOCOL.md 12.1 item 2): a
     /// genuine delivery from a participant this node's roster lacked is released by the
     /// roster that lists it however many deliveries were quarantined after it. Only the
@@ -1610,7 +1619,7 @@ mod tests {
     /// good.
     #[tokio::test]
     async fn a_newer_roster_releases_a_genuine_delivery_behind_a_flood_of_forgeries() {
-        use hotline_proto::{Audience, Kind, Participant, Precedence, PublicKey, Role, Status};
+        use hotline_proto::{Audience, Kind, Precedence, Status};
         let dir = tempfile::tempdir().unwrap();
         let state = test_state(dir.path());
         let envelope = |sender: &str, subject: &str| Envelope {
@@ -1659,23 +1668,7 @@ mod tests {
             store.store_deliveries(&forgeries, t).unwrap();
             assert_eq!(store.quarantine_size().0.held as usize, FLOOD + 1);
         }
-        let mut roster: Roster = (***state.roster.borrow()).clone();
-        roster.version += 1;
-        roster.participants.push(Participant {
-            id: ParticipantId::new("TJK").unwrap(),
-            name: "TJK".into(),
-            role: Role::Member,
-            keys: vec![PublicKey::of(&tjk)],
-            revoked: false,
-        });
-        let newer =
-            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
-        let mut checked = state.quarantine_checked.subscribe();
-        state.offer_roster(&newer, "test");
-        tokio::time::timeout(Duration::from_secs(30), checked.changed())
-            .await
-            .expect("the quarantine is checked in time")
-            .unwrap();
+        offer_roster_listing(&state, "TJK", &tjk).await;
         assert!(
             state.store().inbox_message(&genuine.id).unwrap().is_some(),
             "released"
