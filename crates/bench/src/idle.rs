@@ -409,7 +409,7 @@ pub async fn run(c: &Common, o: &IdleOptions) -> anyhow::Result<IdleReport> {
 
     let restart = if o.restart {
         fleet.epoch.store(1, Relaxed);
-        relay.kill9();
+        relay.kill9()?;
         drop(relay);
         relay = RelayProc::start(binary, &net, &log).await?;
         let started = relay.started;

@@ -166,7 +166,7 @@ pub async fn run(c: &Common, o: &RecoveryOptions) -> anyhow::Result<RecoveryRepo
         bail!("the relay is not a process");
     };
     // Crash.
-    first.kill9();
+    first.kill9()?;
     drop(first);
     let data_mib = dir_bytes(&net.data_dir()) as f64 / (1024.0 * 1024.0);
 

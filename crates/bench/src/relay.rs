@@ -15,6 +15,9 @@ use crate::network::Network;
 /// How long the relay may take to log that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a killed relay may take to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// The `hotline` binary next to this executable (`target/release/hotline` when the bench is
 /// run with `cargo run --release`).
 pub fn default_binary() -> PathBuf {
@@ -173,10 +176,28 @@ impl RelayProc {
         self.child.id()
     }
 
-    /// SIGKILL, and reap.
-    pub fn kill9(&mut self) {
+    /// SIGKILL, and reap, waiting at most [`KILL_WAIT`]: a relay stuck in the kernel (a
+    /// hung disk) is an error, not a bench that hangs. Polled: the bench has no events to
+    /// wait on for another process's end but `try_wait`.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + KILL_WAIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => bail!(
+                    "relay (pid {}) still there {} s after SIGKILL",
+                    self.pid(),
+                    KILL_WAIT.as_secs()
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("waiting for relay pid {}", self.pid()))
+                }
+            }
+        }
     }
 
     /// SIGTERM, and wait for the exit (at most `timeout`, then SIGKILL).
@@ -192,13 +213,17 @@ impl RelayProc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.kill9();
+        if let Err(e) = self.kill9() {
+            eprintln!("{e:#}");
+        }
     }
 }
 
 impl Drop for RelayProc {
     fn drop(&mut self) {
-        self.kill9();
+        if let Err(e) = self.kill9() {
+            eprintln!("{e:#}");
+        }
     }
 }
 
