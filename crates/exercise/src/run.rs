@@ -597,13 +597,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     gone.down.clone_from(&down);
                     objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
-                // Catch arrivals whose event was missed while a node restarted.
-                for (p, c) in &clients {
-                    if down.contains(p) { continue; }
+                // Catch arrivals whose event was missed while a node restarted. Only in a
+                // drill the harness deploys (in live mode the operators act themselves), and
+                // only on nodes whose scripted operator acts at all.
+                for (p, c) in clients.iter().filter(|_| sim.is_some()) {
+                    if down.contains(p) || !scripted(&scenario, p) { continue; }
                     let c = c.clone();
-                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await else { continue };
-                    for m in items.as_array().cloned().unwrap_or_default() {
-                        if sim.is_none() { continue; }
+                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get(path))).await else { continue };
+                    for m in items {
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
                             schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
                         }
@@ -618,60 +619,18 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     let wall_s = start.elapsed().as_secs_f64();
 
-    // Final picture, from the nodes' own records. A node a fault keeps down at the end
-    // answers nothing: its inbox, read over its API, read as empty, so that every message it
-    // had stored before the fault counted as lost to it, and a message it sent as one with
-    // no record. Its store at rest, which nothing writes to while it is down, is read
-    // instead, read-only; or the report says it could not be.
-    let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
-    if let Some(sim) = sim.as_ref() {
-        for p in clients.keys().filter(|p| down.contains(*p)) {
-            let read = match sim.dep.nodes.get(p) {
-                Some(n) => report::read_at_rest(&n.data_dir),
-                None => Err("no such node in the deployment".to_owned()),
-            };
-            if let Err(e) = &read {
-                progress!("  node {p} is down at the end and its store could not be read: {e}");
-            }
-            rest.insert(p.clone(), read);
-        }
-    }
-    let mut sent_views = Vec::new();
-    for (i, inj) in scenario.injects.iter().enumerate() {
-        let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
-            (Some(id), _, Some(r)) => r
-                .as_ref()
-                .ok()
-                .and_then(|r| r.sent.get(id).cloned())
-                .unwrap_or(Value::Null),
-            (Some(id), Some(c), None) => {
-                let (c, id) = (c.clone(), id.clone());
-                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
-                    .await?
-                    .unwrap_or(Value::Null)
-            }
-            _ => Value::Null,
-        };
-        sent_views.push(v);
-    }
-    let mut inboxes = BTreeMap::new();
-    for (p, c) in &clients {
-        if let Some(r) = rest.get(p) {
-            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
-            inboxes.insert(p.clone(), items);
-            continue;
-        }
-        let c = c.clone();
-        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
-            .await?;
-        let items = read.unwrap_or_else(|e| {
-            progress!("  node {p}: its inbox could not be read at the end: {e}");
-            Vec::new()
-        });
-        inboxes.insert(p.clone(), items);
-    }
-    let at_rest: BTreeMap<String, Result<(), String>> =
-        rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
+    let Picture {
+        sent_views,
+        inboxes,
+        at_rest,
+    } = final_picture(
+        &scenario,
+        &injects,
+        &clients,
+        &down,
+        sim.as_ref().map(|s| &s.dep),
+    )
+    .await?;
     let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
         let mut m = BTreeMap::new();
         for (p, x) in sim.iter().flat_map(|s| s.proxies.iter()) {
@@ -746,6 +705,85 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     })?;
     report::write(&report, &dir)?;
     Ok(report)
+}
+
+/// The drill's final picture, from the nodes' own records, read before they are stopped.
+struct Picture {
+    /// Each inject's message as its sender's node shows it (`Null` if it gives none).
+    sent_views: Vec<Value>,
+    /// Each node's inbox.
+    inboxes: BTreeMap<String, Vec<Value>>,
+    /// The nodes whose inbox was read from their store at rest (`report::Inputs::at_rest`).
+    at_rest: BTreeMap<String, Result<(), String>>,
+}
+
+/// Reads the final picture: over each node's API; for one down at the end (`down`), in a
+/// drill the harness deploys (`dep`), from its store at rest.
+async fn final_picture(
+    scenario: &Scenario,
+    injects: &[Inject],
+    clients: &BTreeMap<String, ApiClient>,
+    down: &HashSet<String>,
+    dep: Option<&Deployment>,
+) -> anyhow::Result<Picture> {
+    // Final picture, from the nodes' own records. A node a fault keeps down at the end
+    // answers nothing: its inbox, read over its API, read as empty, so that every message it
+    // had stored before the fault counted as lost to it, and a message it sent as one with
+    // no record. Its store at rest, which nothing writes to while it is down, is read
+    // instead, read-only; or the report says it could not be.
+    let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
+    if let Some(dep) = dep {
+        for p in clients.keys().filter(|p| down.contains(*p)) {
+            let read = match dep.nodes.get(p) {
+                Some(n) => report::read_at_rest(&n.data_dir),
+                None => Err("no such node in the deployment".to_owned()),
+            };
+            if let Err(e) = &read {
+                progress!("  node {p} is down at the end and its store could not be read: {e}");
+            }
+            rest.insert(p.clone(), read);
+        }
+    }
+    let mut sent_views = Vec::new();
+    for (i, inj) in scenario.injects.iter().enumerate() {
+        let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
+            (Some(id), _, Some(r)) => r
+                .as_ref()
+                .ok()
+                .and_then(|r| r.sent.get(id).cloned())
+                .unwrap_or(Value::Null),
+            (Some(id), Some(c), None) => {
+                let (c, id) = (c.clone(), id.clone());
+                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
+                    .await?
+                    .unwrap_or(Value::Null)
+            }
+            _ => Value::Null,
+        };
+        sent_views.push(v);
+    }
+    let mut inboxes = BTreeMap::new();
+    for (p, c) in clients {
+        if let Some(r) = rest.get(p) {
+            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
+            inboxes.insert(p.clone(), items);
+            continue;
+        }
+        let c = c.clone();
+        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
+            .await?;
+        let items = read.unwrap_or_else(|e| {
+            progress!("  node {p}: its inbox could not be read at the end: {e}");
+            Vec::new()
+        });
+        inboxes.insert(p.clone(), items);
+    }
+    let at_rest = rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
+    Ok(Picture {
+        sent_views,
+        inboxes,
+        at_rest,
+    })
 }
 
 /// The scenario's timeline, in wall-clock offsets from the start, in order: its injects,
@@ -1000,6 +1038,14 @@ pub(crate) fn check_nodes(
         if missing.len() == 1 { "it" } else { "them" },
         nodes.join(", ")
     )
+}
+
+/// Whether `p`'s scripted operator does anything with a message it receives (acknowledges
+/// it, or answers a consultation request): [`schedule_ack`] and [`schedule_reply`] do
+/// nothing for one that does not.
+fn scripted(scenario: &Scenario, p: &str) -> bool {
+    let b = scenario.behaviour(p);
+    (!b.never_ack && b.ack_after_s.is_some()) || b.reply_after_s.is_some()
 }
 
 fn schedule_ack(
@@ -1391,6 +1437,20 @@ fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::R
     dep.spawn_node(&opts.bin, p, &format!("node-{p}-{n}.log"))
 }
 
+/// What the sweep reads of a node's inbox to catch arrivals whose `message_received` event
+/// the drill missed (a node's restart, a stream reopened, an announcement `recovered` at
+/// start-up): every message not yet acknowledged, page after page. The first page alone,
+/// the newest thousand, missed an arrival listed further down: one of a burst of more than
+/// a thousand (a node back from a fault, its queue delivered at once before the drill's
+/// event stream reopened), or a delivery released from quarantine, listed by when it first
+/// arrived. Those acknowledged are left to the store to skip: in a drill the harness
+/// deploys only the scripted operators acknowledge, and the harness schedules a message's
+/// acknowledgement and answer together ([`schedule_ack`], [`schedule_reply`]), so one
+/// acknowledged has had both scheduled, and its sweeps stay as long as what is pending.
+fn sweep_inbox<E>(get: impl FnMut(&str) -> Result<Value, E>) -> Result<Vec<Value>, E> {
+    every_page(get, "/v1/inbox?unacknowledged=true")
+}
+
 /// Every item of the list at `path` (newest first), page after page (`?before=ID`, the last
 /// item's id), through `get`: a list answers at most `API_LIST_MAX` items a page, and a
 /// final picture read from its first page alone counted the messages beyond it (a drill of
@@ -1410,8 +1470,10 @@ fn every_page<E>(
             .and_then(|m| m["id"].as_str())
             .map(str::to_owned);
         all.extend(page);
+        // A path with a query of its own (`?unacknowledged=true`) takes the cursor after it.
+        let sep = if path.contains('?') { '&' } else { '?' };
         match last {
-            Some(id) if full => next = format!("{path}?before={id}"),
+            Some(id) if full => next = format!("{path}{sep}before={id}"),
             _ => return Ok(all),
         }
     }
@@ -1465,6 +1527,84 @@ mod tests {
             "/v1/inbox",
         );
         assert_eq!(e, Err("gone"));
+    }
+
+    /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
+    /// continues after ID, `unacknowledged=true` keeps those not yet acknowledged. Each
+    /// path asked is pushed to `asked`.
+    fn inbox_api<'a>(
+        items: &'a [Value],
+        asked: &'a mut Vec<String>,
+    ) -> impl FnMut(&str) -> Result<Value, String> + 'a {
+        move |path| {
+            asked.push(path.to_owned());
+            let (base, query) = path.split_once('?').unwrap_or((path, ""));
+            assert_eq!(base, "/v1/inbox");
+            let mut before = None;
+            let mut unacked = false;
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("before", id)) => before = Some(id.to_owned()),
+                    Some(("unacknowledged", "true")) => unacked = true,
+                    _ => return Err(format!("unknown parameter {kv}")),
+                }
+            }
+            let from = match before {
+                Some(id) => {
+                    items
+                        .iter()
+                        .position(|m| m["id"] == id.as_str())
+                        .ok_or("no such id")?
+                        + 1
+                }
+                None => 0,
+            };
+            let page: Vec<Value> = items[from..]
+                .iter()
+                .filter(|m| !unacked || m["acknowledged"] != json!(true))
+                .take(hotline_node::limits::API_LIST_MAX)
+                .cloned()
+                .collect();
+            Ok(Value::Array(page))
+        }
+    }
+
+    /// The sweep that catches arrivals whose event the drill missed reads past the inbox's
+    /// first page. It read that page alone, the newest thousand messages: an arrival
+    /// listed further down was never seen, its scripted acknowledgement never scheduled,
+    /// and the drill waited for it to `end_s`, then failed it. Listed further down: one of
+    /// a burst of more than a thousand (a node back from a fault, its queue delivered at
+    /// once, the first of them announced before the drill's event stream reopened), or a
+    /// delivery released from quarantine, listed by when it first arrived.
+    #[test]
+    fn the_sweep_sees_an_arrival_beyond_the_first_page() {
+        let page = hotline_node::limits::API_LIST_MAX;
+        let id = |n: usize| format!("{n:032x}");
+        // 2,345 messages, newest first; the harness acknowledged all but the oldest, whose
+        // event it missed.
+        let mut items: Vec<Value> = (1..2_345)
+            .rev()
+            .map(|n| json!({"id": id(n), "acknowledged": true, "kind": "alert"}))
+            .collect();
+        items.push(json!({"id": id(0), "acknowledged": false, "kind": "alert"}));
+        let mut asked = Vec::new();
+        let seen = sweep_inbox(inbox_api(&items, &mut asked)).expect("read");
+        assert!(
+            seen.iter().any(|m| m["id"] == id(0).as_str()),
+            "the oldest, unacknowledged, was not seen: asked {asked:?}"
+        );
+        // A burst of 1,500 arrivals none yet acknowledged: every one is seen, page after page.
+        let burst: Vec<Value> = (0..1_500)
+            .rev()
+            .map(|n| json!({"id": id(n), "acknowledged": false, "kind": "alert"}))
+            .collect();
+        let mut asked = Vec::new();
+        let seen = sweep_inbox(inbox_api(&burst, &mut asked)).expect("read");
+        assert_eq!(seen.len(), burst.len(), "asked {asked:?}");
+        assert!(
+            asked.len() >= 2 && asked.len() <= 1 + burst.len() / page,
+            "{asked:?}"
+        );
     }
 
     /// Two nodes; an inject from a third participant, and faults on participants with and
