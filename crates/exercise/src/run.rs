@@ -112,8 +112,9 @@ struct Inject {
     refused: Option<String>,
 }
 
-/// The recipients a fault has taken down for good, as the early end sees them
-/// ([`decided`]), and what of theirs may still be on its way to a sender.
+/// The nodes a fault has taken down for good, as the early end sees them ([`decided`]):
+/// as recipients, what of theirs may still be on its way to a sender; as senders, what
+/// their stores hold, and the injects they will never send.
 #[derive(Debug, Default)]
 struct Gone {
     /// Participants whose node is down and that nothing brings back before `end_s`.
@@ -121,6 +122,13 @@ struct Gone {
     /// (participant, message id): each message its scripted operator was asked to
     /// acknowledge or answer, or that one of its injects references.
     acted: HashSet<(String, String)>,
+    /// The stores of nodes in `down`, read at rest once each ([`Gone::read_stores`]): what
+    /// each sent, as its API would have shown it. Nothing writes to them while they are
+    /// down, so what they hold is what the report reads at the end.
+    rest: HashMap<String, report::AtRest>,
+    /// Injects still waiting to be sent that never can be before `end_s` ([`unsendable`]):
+    /// their sender is in `down`, or they reference one that is never sent.
+    unsent: HashSet<usize>,
 }
 
 impl Gone {
@@ -136,6 +144,50 @@ impl Gone {
     /// be on its way through the relay: waited for.
     fn settled(&self, p: &str, id: &str) -> bool {
         self.down.contains(p) && !self.acted.contains(&(p.to_owned(), id.to_owned()))
+    }
+
+    /// Reads the store at rest of each node in `down` not read yet. One that cannot be
+    /// read is tried again at the next sweep; until it is, its messages are not decided.
+    fn read_stores(&mut self, dep: &Deployment) {
+        for p in &self.down {
+            if self.rest.contains_key(p) {
+                continue;
+            }
+            if let Some(Ok(r)) = dep.nodes.get(p).map(|n| report::read_at_rest(&n.data_dir)) {
+                self.rest.insert(p.clone(), r);
+            }
+        }
+    }
+}
+
+/// The injects among `pending` (waiting to be sent) that can never be sent once the
+/// timeline has run: each whose sender is `down` (down for good by then), and each that
+/// references one of them, directly or through others, as it waits for that one's message.
+fn unsendable(scenario: &Scenario, pending: &[usize], down: &HashSet<String>) -> HashSet<usize> {
+    let mut out: HashSet<usize> = pending
+        .iter()
+        .copied()
+        .filter(|i| down.contains(&scenario.injects[*i].from))
+        .collect();
+    loop {
+        let more: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|i| !out.contains(i))
+            .filter(|i| {
+                scenario.injects[*i].references.as_ref().is_some_and(|r| {
+                    scenario
+                        .injects
+                        .iter()
+                        .position(|x| &x.name == r)
+                        .is_some_and(|k| out.contains(&k))
+                })
+            })
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
     }
 }
 
@@ -553,7 +605,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         }
         replies_due = later;
 
-        let finished_timeline = timeline.is_empty() && pending_injects.is_empty();
+        let finished_timeline =
+            timeline.is_empty() && pending_injects.iter().all(|i| gone.unsent.contains(i));
         if now >= end || (finished_timeline && objectives_decided) {
             break;
         }
@@ -593,8 +646,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 // end brings it back), and its scripted acknowledgements and answers will
                 // never be given: they are not waited for.
                 let gone_for_good = |(_, p, _): &(Instant, String, String)| down.contains(p);
-                if timeline.is_empty() && pending_injects.is_empty() && acks_due.iter().all(gone_for_good) && replies_due.iter().all(gone_for_good) {
+                if timeline.is_empty() {
+                    gone.unsent = unsendable(&scenario, &pending_injects, &down);
+                }
+                if timeline.is_empty() && pending_injects.iter().all(|i| gone.unsent.contains(i)) && acks_due.iter().all(gone_for_good) && replies_due.iter().all(gone_for_good) {
                     gone.down.clone_from(&down);
+                    if let Some(sim) = sim.as_ref() {
+                        gone.read_stores(&sim.dep);
+                    }
                     objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
                 // Catch arrivals whose event was missed while a node restarted. Only in a
@@ -1102,7 +1161,8 @@ async fn all_decided(
     // the drill need not wait for what will never be sent).
     if injects
         .iter()
-        .any(|i| i.id.is_none() && i.refused.is_none())
+        .enumerate()
+        .any(|(k, i)| i.id.is_none() && i.refused.is_none() && !gone.unsent.contains(&k))
     {
         return false;
     }
@@ -1110,10 +1170,12 @@ async fn all_decided(
     for (k, inj) in scenario.injects.iter().enumerate() {
         // Every inject sent: the report's invariants want each accepted, and each accepted
         // one held by its recipients ([`decided`]).
-        views.push(if injects[k].refused.is_none() {
-            sender_view(clients, &inj.from, &injects[k]).await
-        } else {
+        views.push(if injects[k].refused.is_some() {
             None
+        } else if gone.down.contains(&inj.from) {
+            view_at_rest(clients, gone, &inj.from, &injects[k]).await
+        } else {
+            sender_view(clients, &inj.from, &injects[k]).await
         });
     }
     let hooks = dep
@@ -1155,7 +1217,12 @@ async fn all_decided(
 /// accepted and delivered to its recipients in the drill, as the report's invariants want.
 /// A recipient whose node a fault keeps down to the end is decided as it stands once
 /// nothing of its own can change it (`gone`, [`Gone::settled`]): it kept the drill running
-/// to `end_s` when everything else was decided.
+/// to `end_s` when everything else was decided. So is a message whose sender's node is down
+/// for good (its view then read from its store at rest, [`view_at_rest`]): nothing can reach
+/// its sender any more, so its acknowledgements, answers and escalations stand as they are;
+/// one its relay had not accepted cannot be delivered while its sender is down; one it had
+/// is waited for at each recipient up. An inject never to be sent (`gone.unsent`) fails its
+/// objectives for good, as a refused one does.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
@@ -1171,7 +1238,7 @@ fn decided(
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
         };
-        if injects[idx].refused.is_some() {
+        if injects[idx].refused.is_some() || gone.unsent.contains(&idx) {
             // Failed: the report says why.
             continue;
         }
@@ -1180,6 +1247,8 @@ fn decided(
         };
         let id = injects[idx].id.as_deref().unwrap_or_default();
         let sender = &scenario.injects[idx].from;
+        let sender_gone = gone.down.contains(sender);
+        let accepted = v["accepted_at_ms"].is_u64();
         let answers = v["answers"]
             .as_array()
             .map(Vec::as_slice)
@@ -1206,8 +1275,12 @@ fn decided(
         };
         // A recipient down for good whose outcome can no longer change is decided as it
         // stands ([`Gone::settled`]); not for `overdue_escalated`, which the sender's hook
-        // decides whoever is down.
-        let settled = |p: &str| o.expect != "overdue_escalated" && gone.settled(p, id);
+        // decides whoever is down. With the sender down for good, everything but a
+        // delivery its relay may still make is decided as it stands.
+        let settled = |p: &str| {
+            (sender_gone && (!accepted || o.expect != "delivered"))
+                || (o.expect != "overdue_escalated" && gone.settled(p, id))
+        };
         if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p)) {
             return false;
         }
@@ -1219,12 +1292,16 @@ fn decided(
     // whose objectives were met, or that had none, ended while a message was still on its
     // way and failed those invariants.
     for (k, sent) in injects.iter().enumerate() {
-        if sent.refused.is_some() {
+        if sent.refused.is_some() || gone.unsent.contains(&k) {
             continue;
         }
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
+        // Never accepted, and its sender's node down for good: nothing can deliver it.
+        if gone.down.contains(&scenario.injects[k].from) && !v["accepted_at_ms"].is_u64() {
+            continue;
+        }
         let id = sent.id.as_deref().unwrap_or_default();
         let held = |r: &Value| {
             r["delivered_at_ms"].is_u64()
@@ -1244,7 +1321,12 @@ fn decided(
         }
     }
     for (k, inj) in scenario.injects.iter().enumerate() {
-        if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
+        // With its sender's node down for good, no acknowledgement can reach it any more.
+        if inj.respond_within_s.is_none()
+            || injects[k].refused.is_some()
+            || gone.unsent.contains(&k)
+            || gone.down.contains(&inj.from)
+        {
             continue;
         }
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
@@ -1265,6 +1347,42 @@ fn decided(
         }
     }
     true
+}
+
+/// The view of an inject's message whose sender's node is down for good, from its store at
+/// rest (`gone.rest`), as the report reads it at the end: its table stops where its node
+/// went down, for no delivered receipt can reach it any more, so a recipient's delivery is
+/// filled in from the recipient's own node where it is up and holds the message (the
+/// report scores delivery from the recipient's inbox). None when its store was not read,
+/// or holds no such message.
+async fn view_at_rest(
+    clients: &BTreeMap<String, ApiClient>,
+    gone: &Gone,
+    from: &str,
+    inject: &Inject,
+) -> Option<Value> {
+    let id = inject.id.as_ref()?;
+    let mut v = gone.rest.get(from)?.sent.get(id)?.clone();
+    for r in v["recipients"].as_array_mut().into_iter().flatten() {
+        if r["delivered_at_ms"].is_u64() {
+            continue;
+        }
+        let Some(c) = r["recipient"]
+            .as_str()
+            .filter(|p| !gone.down.contains(*p))
+            .and_then(|p| clients.get(p))
+            .cloned()
+        else {
+            continue;
+        };
+        let path = format!("/v1/messages/{id}");
+        if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || c.get(&path)).await {
+            if m["direction"] == "received" && m["received_at_ms"].is_u64() {
+                r["delivered_at_ms"] = m["received_at_ms"].clone();
+            }
+        }
+    }
+    Some(v)
 }
 
 /// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
@@ -2060,7 +2178,7 @@ expect = "acknowledged"
         assert!(!early(&Gone::default()), "MNG is up: waited for");
         let mut gone = Gone {
             down: HashSet::from(["MNG".to_owned()]),
-            acted: HashSet::new(),
+            ..Gone::default()
         };
         assert!(early(&gone), "MNG down for good, nothing of its on its way");
         gone.acted.insert(("MNG".to_owned(), "m1".to_owned()));
@@ -2113,6 +2231,93 @@ expect = "acknowledged"
         assert_eq!(r.messages_lost, 0);
         assert!(r.objectives[0].met, "{:?}", r.objectives[0]);
         assert_eq!(r.objectives[1].failed, ["MNG never acknowledged"]);
+    }
+
+    /// A message whose sender's node a fault keeps down to the end is decided as it
+    /// stands, but for a delivery its relay may still make: never accepted, it cannot be
+    /// delivered while its sender is down; accepted, it is waited for at each recipient
+    /// (the view then fills its deliveries in from the recipients' own nodes); its
+    /// acknowledgements can no longer reach the sender, and are not waited for. Such a
+    /// drill waited for them to `end_s`.
+    #[test]
+    fn a_message_whose_sender_is_down_for_good_is_decided_as_it_stands() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let nodes: HashSet<String> = ["SEC", "KAZ", "MNG"].map(String::from).into();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null});
+        let view = |accepted: Option<u64>, kaz: Option<u64>, mng: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": accepted, "state": "sent",
+                "recipients": [row("KAZ", kaz), row("MNG", mng)], "answers": [],
+            })
+        };
+        let early = |v: Value, gone: &Gone| {
+            decided(&sc, &injects, &[Some(v)], None, Some(&nodes), gone, &roster)
+        };
+        let sec_gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        // Never accepted: nothing can deliver it while SEC is down.
+        let v = view(None, None, None);
+        assert!(!early(v.clone(), &Gone::default()), "SEC up: waited for");
+        assert!(early(v, &sec_gone), "SEC down for good, never accepted");
+        // Accepted: MNG's delivery may still come.
+        assert!(!early(view(Some(1001), Some(1500), None), &sec_gone));
+        // Delivered to both, acknowledged by neither: no acknowledgement can reach SEC.
+        let v = view(Some(1001), Some(1500), Some(1600));
+        assert!(
+            !early(v.clone(), &Gone::default()),
+            "SEC up: acknowledgements waited for"
+        );
+        assert!(early(v, &sec_gone));
+        // Never sent, and never to be: failed for good, as a refused inject is.
+        let unsent = [Inject {
+            id: None,
+            sent_at_ms: None,
+            refused: None,
+        }];
+        let never = |gone: &Gone| decided(&sc, &unsent, &[None], None, Some(&nodes), gone, &roster);
+        assert!(!never(&sec_gone), "still to be sent: waited for");
+        let gone = Gone {
+            unsent: HashSet::from([0]),
+            ..sec_gone
+        };
+        assert!(never(&gone));
+    }
+
+    /// An inject waiting for a sender down for good is never sent, nor one that references
+    /// it, through others or not; another from a node up is still to be sent.
+    #[test]
+    fn injects_whose_sender_is_down_for_good_are_never_sent() {
+        let text = referring(
+            "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\nkind = \"update\"\nreferences = \"a\"\n\
+             [[injects]]\nname = \"c\"\nat_s = 2.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\nkind = \"update\"\nreferences = \"b\"\n\
+             [[injects]]\nname = \"d\"\nat_s = 2.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\n",
+        );
+        let sc = Scenario::parse(&text, "refs.toml").expect("parses");
+        let down = HashSet::from(["SEC".to_owned()]);
+        assert_eq!(
+            unsendable(&sc, &[0, 1, 2, 3], &down),
+            HashSet::from([0, 1, 2])
+        );
+        assert_eq!(
+            unsendable(&sc, &[1, 3], &down),
+            HashSet::new(),
+            "a was sent"
+        );
+        assert_eq!(
+            unsendable(&sc, &[0, 1, 2, 3], &HashSet::new()),
+            HashSet::new()
+        );
     }
 
     /// An objective with no one in its scope is refused before anything starts, naming it
