@@ -682,6 +682,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         sent_views,
         inboxes,
         at_rest,
+        api_failed,
     } = final_picture(
         &scenario,
         &injects,
@@ -755,6 +756,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         sent_views,
         inboxes,
         at_rest,
+        api_failed,
         shown,
         hooks,
         faults: fault_log,
@@ -772,12 +774,16 @@ struct Picture {
     sent_views: Vec<Value>,
     /// Each node's inbox.
     inboxes: BTreeMap<String, Vec<Value>>,
-    /// The nodes whose inbox was read from their store at rest (`report::Inputs::at_rest`).
+    /// The nodes whose inbox was read from their store (`report::Inputs::at_rest`).
     at_rest: BTreeMap<String, Result<(), String>>,
+    /// The nodes up at the end whose API failed when their inbox was read, with the error
+    /// (`report::Inputs::api_failed`).
+    api_failed: BTreeMap<String, String>,
 }
 
 /// Reads the final picture: over each node's API; for one down at the end (`down`), in a
-/// drill the harness deploys (`dep`), from its store at rest.
+/// drill the harness deploys (`dep`), from its store at rest; for one up whose API fails
+/// when its inbox is read, from its store as well, and what it sent with it.
 async fn final_picture(
     scenario: &Scenario,
     injects: &[Inject],
@@ -803,6 +809,51 @@ async fn final_picture(
             rest.insert(p.clone(), read);
         }
     }
+    // An up node whose API fails when its inbox is read at the end (it crashed, or hangs
+    // past the client's timeout) had its inbox counted as empty: every message to it
+    // "lost", which the drill does not know. Its store is read instead, read-only, as its
+    // API's own reader reads it; or, when that cannot be (live mode: the drill reads no
+    // store of a deployment it did not start), its deliveries are not known.
+    let mut inboxes = BTreeMap::new();
+    let mut api_failed = BTreeMap::new();
+    for (p, c) in clients {
+        if let Some(r) = rest.get(p) {
+            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
+            inboxes.insert(p.clone(), items);
+            continue;
+        }
+        let c = c.clone();
+        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
+            .await?;
+        let e = match read {
+            Ok(items) => {
+                inboxes.insert(p.clone(), items);
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        let read = match dep.map(|d| d.nodes.get(p)) {
+            Some(Some(n)) => report::read_at_rest(&n.data_dir),
+            Some(None) => Err("no such node in the deployment".to_owned()),
+            None => Err(
+                "live mode: the drill reads no store of a deployment it did not start".to_owned(),
+            ),
+        };
+        match &read {
+            Ok(_) => progress!(
+                "  node {p}: its inbox could not be read at the end ({e}): read from its store"
+            ),
+            Err(s) => progress!(
+                "  node {p}: its inbox could not be read at the end ({e}), nor its store ({s})"
+            ),
+        }
+        inboxes.insert(
+            p.clone(),
+            read.as_ref().map(|r| r.inbox.clone()).unwrap_or_default(),
+        );
+        rest.insert(p.clone(), read);
+        api_failed.insert(p.clone(), e);
+    }
     let mut sent_views = Vec::new();
     for (i, inj) in scenario.injects.iter().enumerate() {
         let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
@@ -821,27 +872,12 @@ async fn final_picture(
         };
         sent_views.push(v);
     }
-    let mut inboxes = BTreeMap::new();
-    for (p, c) in clients {
-        if let Some(r) = rest.get(p) {
-            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
-            inboxes.insert(p.clone(), items);
-            continue;
-        }
-        let c = c.clone();
-        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
-            .await?;
-        let items = read.unwrap_or_else(|e| {
-            progress!("  node {p}: its inbox could not be read at the end: {e}");
-            Vec::new()
-        });
-        inboxes.insert(p.clone(), items);
-    }
     let at_rest = rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
     Ok(Picture {
         sent_views,
         inboxes,
         at_rest,
+        api_failed,
     })
 }
 
@@ -1647,6 +1683,116 @@ mod tests {
         assert_eq!(e, Err("gone"));
     }
 
+    /// A node that is up at the end but whose API fails when the drill reads its inbox
+    /// is not counted as holding nothing: its store is read instead, as a down node's is,
+    /// and if that cannot be read either, its deliveries are not known. Its inbox was
+    /// counted as empty, every message to it "lost", "KAZ never held it".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_up_node_whose_api_fails_at_the_end_has_not_lost_its_messages() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        for p in ["SEC", "KAZ"] {
+            let relay = dep.relay_addr;
+            dep.add_node(p, relay, DRILL_PAGING_MS).expect("node");
+        }
+        // Nothing answers at either node's API: a port bound, then let go.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port");
+        let clients: BTreeMap<String, ApiClient> = ["SEC", "KAZ"]
+            .map(|p| (p.to_owned(), ApiClient::new(&dead.to_string(), "token")))
+            .into();
+        let sc = Scenario::parse(
+            &referring("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\n"),
+            "refs.toml",
+        )
+        .expect("parses");
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        // SEC's record of the message, as its node would have shown it: accepted.
+        let view = json!({
+            "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted",
+            "recipients": [{"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": null, "overdue_at_ms": null}],
+            "answers": [], "delivered": 1, "acknowledged": 0,
+        });
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
+        let score = |picture: Picture| {
+            report::score(report::Inputs {
+                scenario: &sc,
+                seed: 1,
+                dir: tmp.path(),
+                started_at_ms: 1000,
+                wall_s: 1.0,
+                participants: &participants,
+                live: false,
+                roster: &dep.roster,
+                injects: vec![report::Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                }],
+                sent_views: vec![view.clone()],
+                at_rest: picture.at_rest,
+                api_failed: picture.api_failed,
+                inboxes: picture.inboxes,
+                shown: HashMap::new(),
+                hooks: None,
+                faults: vec![],
+                proxies: BTreeMap::new(),
+                checks: None,
+                exits: None,
+            })
+            .expect("scores")
+        };
+        let up = HashSet::new();
+        let picture = || final_picture(&sc, &injects, &clients, &up, Some(&dep));
+        // KAZ's store cannot be read (its node never made one): not known, not lost.
+        let r = score(picture().await.expect("read"));
+        let summary = report::summary(&r);
+        assert_eq!(r.messages_lost, 0, "{summary}");
+        let o = &r.objectives[0];
+        assert!(
+            !o.met
+                && o.failed.len() == 1
+                && o.failed[0].starts_with("KAZ: not known whether it held it"),
+            "{o:?}"
+        );
+        let kaz = r.participants.iter().find(|p| p.id == "KAZ").expect("KAZ");
+        let read = kaz.inbox_read.as_deref().unwrap_or_default();
+        assert!(read.contains("its API failed at the end"), "{read}");
+        let lost = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "zero accepted messages lost")
+            .expect("the invariant");
+        assert!(
+            !lost.held
+                && lost.detail.contains("1 not known")
+                && lost.detail.contains("KAZ: its API failed at the end ("),
+            "{lost:?}"
+        );
+        assert!(!r.passed, "{summary}");
+
+        // A store it can read is read: what it holds is what the report finds (here,
+        // nothing: lost, and said to have been read from the store).
+        let kaz_dir = &dep.nodes["KAZ"].data_dir;
+        crate::deploy::create_dir_private(kaz_dir).expect("KAZ's data directory");
+        drop(hotline_node::store::NodeStore::open(kaz_dir).expect("an empty store"));
+        let r = score(picture().await.expect("read"));
+        let kaz = r.participants.iter().find(|p| p.id == "KAZ").expect("KAZ");
+        let read = kaz.inbox_read.as_deref().unwrap_or_default();
+        assert!(
+            read.starts_with("read from its store; its API failed at the end"),
+            "{read}"
+        );
+        assert_eq!(r.messages_lost, 1, "{}", report::summary(&r));
+    }
+
     /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
     /// continues after ID, `unacknowledged=true` keeps those not yet acknowledged. Each
     /// path asked is pushed to `asked`.
@@ -2060,6 +2206,7 @@ expect = "overdue_escalated"
                 }],
                 sent_views: vec![view],
                 at_rest: BTreeMap::new(),
+                api_failed: BTreeMap::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item(1500)]),
@@ -2204,6 +2351,7 @@ expect = "acknowledged"
                 sent_views: vec![view.clone()],
                 // MNG's node is down: its inbox is read from its store at rest.
                 at_rest: BTreeMap::from([("MNG".to_owned(), Ok(()))]),
+                api_failed: BTreeMap::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item.clone()]),
