@@ -76,7 +76,8 @@ pub struct ParticipantRow {
     /// Every objective that covers this participant holds for it.
     pub objectives_met: bool,
     /// Where its inbox was read from, when not from its node's API at the end: `read from
-    /// its store; node down at the end`, or `not read: …` with why its store could not be.
+    /// its store; node down at the end`, `read from its store; its API failed at the end: …`,
+    /// or `not read: …` with why its store could not be.
     pub inbox_read: Option<String>,
 }
 
@@ -416,9 +417,9 @@ pub struct Inputs<'a> {
     /// Each participant's inbox (in `participants`), as its node's API showed it at the
     /// end, or, for one in `at_rest`, as its store held it.
     pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
-    /// The participants whose node a fault keeps down at the end, so that the drill read
-    /// their inbox from their store at rest ([`read_at_rest`]), with why it could not
-    /// be read if it could not. A message such a store holds was delivered, not lost; one
+    /// The participants whose inbox the drill read from their store ([`read_at_rest`]),
+    /// with why it could not be read if it could not: those whose node a fault keeps down
+    /// at the end, and those whose API failed then (`api_failed`). A message such a store holds was delivered, not lost; one
     /// addressed to a participant whose store could not be read is neither: the report says
     /// it does not know, and the invariant "zero accepted messages lost" fails on it.
     pub(crate) at_rest: BTreeMap<String, Result<(), String>>,
@@ -591,7 +592,8 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     // Deliveries held by a node whose store was read (down at the end, or its API failing
     // then), by node, as its store shows them.
     let mut held_at_rest: BTreeMap<String, usize> = BTreeMap::new();
-    // Deliveries to a node down at the end whose store could not be read: not known.
+    // Deliveries to a node whose store was to be read (down at the end, or its API failing
+    // then) but could not be: not known.
     let mut unknown = 0;
     let unreadable = |p: &str| i.at_rest.get(p).and_then(|r| r.as_ref().err());
     // Why the drill read `p`'s store: its node down at the end, or its API failing then.
