@@ -590,3 +590,74 @@ async fn a_message_whose_sender_is_down_at_the_end_is_read_from_its_store() {
     assert_eq!(report.messages_lost, 0, "{summary}");
     assert!(report.passed, "{summary}");
 }
+
+/// SEC sends the alert to KAZ and MNG, MNG's node being offline until 8 s; SEC's node is
+/// killed at 4 s and kept down to the end of the drill (two minutes). Nobody acknowledges.
+const SENDER_GONE: &str = r#"
+name = "sender-gone"
+end_s = 120.0
+participants = ["SEC", "KAZ", "MNG"]
+[behaviour.default]
+never_ack = true
+[[injects]]
+name = "alert"
+at_s = 1.0
+from = "SEC"
+to = ["KAZ", "MNG"]
+subject = "alert"
+[[faults]]
+kind = "offline"
+participant = "MNG"
+from_s = 0.5
+to_s = 8.0
+[[faults]]
+kind = "kill_node"
+participant = "SEC"
+at_s = 4.0
+restart_after_s = 200.0
+[[objectives]]
+name = "both hold it"
+inject = "alert"
+expect = "delivered"
+"#;
+
+/// A sender whose node a fault keeps down to the end does not hold the drill to `end_s`:
+/// what it sent is decided from its store at rest (nothing writes to it while it is down),
+/// and, for a message its relay accepted, from the recipients' own inboxes (its delivered
+/// receipts can no longer reach it). The drill read the sender's node over its API, which
+/// a down node does not answer, found nothing decided, and ran to `end_s`, however long
+/// after the last delivery. Here MNG's delivery, which comes after SEC went down, is waited
+/// for and seen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_down_to_the_end_does_not_hold_the_drill_to_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sc = hotline_exercise::Scenario::parse(SENDER_GONE, "gone.toml").unwrap();
+    let drill = hotline_exercise::run(
+        sc,
+        hotline_exercise::RunOptions {
+            bin: hotline_bin().unwrap(),
+            out_dir: Some(tmp.path().join("drill")),
+            seed: Some(1),
+            speedup: 1.0,
+            progress: false,
+            live: None,
+        },
+    );
+    // Half its `end_s`: a drill held to its end fails here, not two minutes on.
+    let report = tokio::time::timeout(Duration::from_secs(60), drill)
+        .await
+        .expect("the drill ended before half its end_s")
+        .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    assert!(
+        report.wall_s < 40.0,
+        "ran {:.1} s: {summary}",
+        report.wall_s
+    );
+    assert!(report.wall_s > 8.0, "MNG is back only at 8 s: {summary}");
+    assert!(report.objectives[0].met, "{summary}");
+    let mng = report.participants.iter().find(|p| p.id == "MNG").unwrap();
+    assert!(mng.cells[0].delivered_s.is_some(), "{summary}");
+    assert_eq!(report.messages_lost, 0, "{summary}");
+    assert!(report.passed, "{summary}");
+}

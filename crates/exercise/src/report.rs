@@ -76,7 +76,8 @@ pub struct ParticipantRow {
     /// Every objective that covers this participant holds for it.
     pub objectives_met: bool,
     /// Where its inbox was read from, when not from its node's API at the end: `read from
-    /// its store; node down at the end`, or `not read: …` with why its store could not be.
+    /// its store; node down at the end`, `read from its store; its API failed at the end: …`,
+    /// or `not read: …` with why its store could not be.
     pub inbox_read: Option<String>,
 }
 
@@ -416,12 +417,17 @@ pub struct Inputs<'a> {
     /// Each participant's inbox (in `participants`), as its node's API showed it at the
     /// end, or, for one in `at_rest`, as its store held it.
     pub(crate) inboxes: BTreeMap<String, Vec<Value>>,
-    /// The participants whose node a fault keeps down at the end, so that the drill read
-    /// their inbox from their store at rest ([`read_at_rest`]), with why it could not
-    /// be read if it could not. A message such a store holds was delivered, not lost; one
+    /// The participants whose inbox the drill read from their store ([`read_at_rest`]),
+    /// with why it could not be read if it could not: those whose node a fault keeps down
+    /// at the end, and those whose API failed then (`api_failed`). A message such a store holds was delivered, not lost; one
     /// addressed to a participant whose store could not be read is neither: the report says
     /// it does not know, and the invariant "zero accepted messages lost" fails on it.
     pub(crate) at_rest: BTreeMap<String, Result<(), String>>,
+    /// The participants whose node was up at the end but whose API failed when the drill
+    /// read their inbox, with the error: the drill read their store instead, as it does a
+    /// down node's (their entry in `at_rest`), rather than count their inbox as empty and
+    /// every message to them as lost.
+    pub(crate) api_failed: BTreeMap<String, String>,
     pub(crate) shown: HashMap<(String, String), u32>,
     /// Overdue hook runs, when the harness could read them (not in live mode).
     pub(crate) hooks: Option<HashMap<String, Vec<(String, String)>>>,
@@ -565,9 +571,17 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     .unwrap_or_default(),
                 cells: Vec::new(),
                 objectives_met: true,
-                inbox_read: i.at_rest.get(p).map(|r| match r {
-                    Ok(()) => READ_AT_REST.to_owned(),
-                    Err(e) => format!("not read: node down at the end, its store unreadable: {e}"),
+                inbox_read: i.at_rest.get(p).map(|r| match (r, i.api_failed.get(p)) {
+                    (Ok(()), None) => READ_AT_REST.to_owned(),
+                    (Ok(()), Some(a)) => {
+                        format!("read from its store; its API failed at the end: {a}")
+                    }
+                    (Err(e), None) => {
+                        format!("not read: node down at the end, its store unreadable: {e}")
+                    }
+                    (Err(e), Some(a)) => format!(
+                        "not read: its API failed at the end ({a}), its store unreadable: {e}"
+                    ),
                 }),
             }
         })
@@ -575,11 +589,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut inject_rows = Vec::new();
     let mut accepted = 0;
     let mut lost = 0;
-    // Deliveries held by a node down at the end, as its store shows them.
-    let mut held_at_rest = 0;
-    // Deliveries to a node down at the end whose store could not be read: not known.
+    // Deliveries held by a node whose store was read (down at the end, or its API failing
+    // then), by node, as its store shows them.
+    let mut held_at_rest: BTreeMap<String, usize> = BTreeMap::new();
+    // Deliveries to a node whose store was to be read (down at the end, or its API failing
+    // then) but could not be: not known.
     let mut unknown = 0;
     let unreadable = |p: &str| i.at_rest.get(p).and_then(|r| r.as_ref().err());
+    // Why the drill read `p`'s store: its node down at the end, or its API failing then.
+    let why_store = |p: &str| match i.api_failed.get(p) {
+        Some(a) => format!("node's API failed at the end ({a})"),
+        None => "node is down at the end".to_owned(),
+    };
     let mut refusals = Vec::new();
     // Per inject: the recipients addressed that its sender's table leaves out, and whether
     // the sender's node gave a table at all.
@@ -599,8 +620,10 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             (None, None) if id.is_some() => {
                 refusals.push(match unreadable(&inj.from) {
                     Some(e) => format!(
-                        "{:?} sent, but {}'s node is down at the end and its store could not be read ({e})",
-                        inj.name, inj.from
+                        "{:?} sent, but {}'s {} and its store could not be read ({e})",
+                        inj.name,
+                        inj.from,
+                        why_store(&inj.from)
                     ),
                     None => format!(
                         "{:?} sent, but {}'s node gave no record of it at the end",
@@ -647,7 +670,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     !i.live || row.is_some_and(|row| row["delivered_at_ms"].is_u64())
                 };
                 if held && i.at_rest.contains_key(r) {
-                    held_at_rest += 1;
+                    *held_at_rest.entry(r.clone()).or_default() += 1;
                 } else if !held && has_node(r) && unreadable(r).is_some() {
                     unknown += 1;
                 } else if !held {
@@ -736,8 +759,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
                     None => Some(match unreadable(&row.id) {
                         Some(e) => format!(
-                            "{}: not known whether it held it: its node is down at the end and its store could not be read ({e})",
-                            row.id
+                            "{}: not known whether it held it: its {} and its store could not be read ({e})",
+                            row.id,
+                            why_store(&row.id)
                         ),
                         None => format!("{} never held it", row.id),
                     }),
@@ -829,7 +853,14 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         Invariant {
             name: "zero accepted messages lost".into(),
             held: lost == 0 && unknown == 0,
-            detail: lost_detail(lost, accepted, held_at_rest, unknown, &i.at_rest),
+            detail: lost_detail(
+                lost,
+                accepted,
+                &held_at_rest,
+                unknown,
+                &i.at_rest,
+                &i.api_failed,
+            ),
         },
         Invariant {
             name: "zero duplicates shown to any operator".into(),
@@ -987,33 +1018,41 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
 }
 
 /// The detail of the invariant "zero accepted messages lost": what is missing, and what
-/// of the nodes down at the end (`at_rest`) was read from their stores, or could not be.
+/// of the nodes down at the end, or whose API failed then (`api_failed`), was read from their
+/// stores (`at_rest`, `held_at_rest` by node), or could not be.
 fn lost_detail(
     lost: usize,
     accepted: usize,
-    held_at_rest: usize,
+    held_at_rest: &BTreeMap<String, usize>,
     unknown: usize,
     at_rest: &BTreeMap<String, Result<(), String>>,
+    api_failed: &BTreeMap<String, String>,
 ) -> String {
     let mut d = format!("{lost} missing of {accepted} accepted messages' deliveries");
-    let read: Vec<&str> = at_rest
-        .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(p, _)| p.as_str())
-        .collect();
-    if !read.is_empty() {
-        let _ = write!(
-            d,
-            "; {held_at_rest} held by {} ({READ_AT_REST})",
-            read.join(", ")
-        );
+    for api in [false, true] {
+        let read: Vec<&str> = at_rest
+            .iter()
+            .filter(|(p, r)| r.is_ok() && api_failed.contains_key(*p) == api)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        if read.is_empty() {
+            continue;
+        }
+        let held: usize = read.iter().filter_map(|p| held_at_rest.get(*p)).sum();
+        let how = if api {
+            "read from its store; its API failed at the end"
+        } else {
+            READ_AT_REST
+        };
+        let _ = write!(d, "; {held} held by {} ({how})", read.join(", "));
     }
     for (p, r) in at_rest {
         if let Err(e) = r {
-            let _ = write!(
-                d,
-                "; {p}: node down at the end and its store could not be read ({e})"
-            );
+            let why = match api_failed.get(p) {
+                Some(a) => format!("its API failed at the end ({a})"),
+                None => "node down at the end".to_owned(),
+            };
+            let _ = write!(d, "; {p}: {why} and its store could not be read ({e})");
         }
     }
     if unknown > 0 {
@@ -1293,6 +1332,7 @@ within_s = 3.0
             }],
             sent_views: vec![view],
             at_rest: BTreeMap::new(),
+            api_failed: BTreeMap::new(),
             inboxes,
             shown: HashMap::new(),
             hooks: None,

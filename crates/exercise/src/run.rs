@@ -112,8 +112,9 @@ struct Inject {
     refused: Option<String>,
 }
 
-/// The recipients a fault has taken down for good, as the early end sees them
-/// ([`decided`]), and what of theirs may still be on its way to a sender.
+/// The nodes a fault has taken down for good, as the early end sees them ([`decided`]):
+/// as recipients, what of theirs may still be on its way to a sender; as senders, what
+/// their stores hold, and the injects they will never send.
 #[derive(Debug, Default)]
 struct Gone {
     /// Participants whose node is down and that nothing brings back before `end_s`.
@@ -121,6 +122,13 @@ struct Gone {
     /// (participant, message id): each message its scripted operator was asked to
     /// acknowledge or answer, or that one of its injects references.
     acted: HashSet<(String, String)>,
+    /// The stores of nodes in `down`, read at rest once each ([`Gone::read_stores`]): what
+    /// each sent, as its API would have shown it. Nothing writes to them while they are
+    /// down, so what they hold is what the report reads at the end.
+    rest: HashMap<String, report::AtRest>,
+    /// Injects still waiting to be sent that never can be before `end_s` ([`unsendable`]):
+    /// their sender is in `down`, or they reference one that is never sent.
+    unsent: HashSet<usize>,
 }
 
 impl Gone {
@@ -136,6 +144,50 @@ impl Gone {
     /// be on its way through the relay: waited for.
     fn settled(&self, p: &str, id: &str) -> bool {
         self.down.contains(p) && !self.acted.contains(&(p.to_owned(), id.to_owned()))
+    }
+
+    /// Reads the store at rest of each node in `down` not read yet. One that cannot be
+    /// read is tried again at the next sweep; until it is, its messages are not decided.
+    fn read_stores(&mut self, dep: &Deployment) {
+        for p in &self.down {
+            if self.rest.contains_key(p) {
+                continue;
+            }
+            if let Some(Ok(r)) = dep.nodes.get(p).map(|n| report::read_at_rest(&n.data_dir)) {
+                self.rest.insert(p.clone(), r);
+            }
+        }
+    }
+}
+
+/// The injects among `pending` (waiting to be sent) that can never be sent once the
+/// timeline has run: each whose sender is `down` (down for good by then), and each that
+/// references one of them, directly or through others, as it waits for that one's message.
+fn unsendable(scenario: &Scenario, pending: &[usize], down: &HashSet<String>) -> HashSet<usize> {
+    let mut out: HashSet<usize> = pending
+        .iter()
+        .copied()
+        .filter(|i| down.contains(&scenario.injects[*i].from))
+        .collect();
+    loop {
+        let more: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|i| !out.contains(i))
+            .filter(|i| {
+                scenario.injects[*i].references.as_ref().is_some_and(|r| {
+                    scenario
+                        .injects
+                        .iter()
+                        .position(|x| &x.name == r)
+                        .is_some_and(|k| out.contains(&k))
+                })
+            })
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
     }
 }
 
@@ -553,7 +605,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         }
         replies_due = later;
 
-        let finished_timeline = timeline.is_empty() && pending_injects.is_empty();
+        let finished_timeline =
+            timeline.is_empty() && pending_injects.iter().all(|i| gone.unsent.contains(i));
         if now >= end || (finished_timeline && objectives_decided) {
             break;
         }
@@ -593,17 +646,24 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 // end brings it back), and its scripted acknowledgements and answers will
                 // never be given: they are not waited for.
                 let gone_for_good = |(_, p, _): &(Instant, String, String)| down.contains(p);
-                if timeline.is_empty() && pending_injects.is_empty() && acks_due.iter().all(gone_for_good) && replies_due.iter().all(gone_for_good) {
+                if timeline.is_empty() {
+                    gone.unsent = unsendable(&scenario, &pending_injects, &down);
+                }
+                if timeline.is_empty() && pending_injects.iter().all(|i| gone.unsent.contains(i)) && acks_due.iter().all(gone_for_good) && replies_due.iter().all(gone_for_good) {
                     gone.down.clone_from(&down);
+                    if let Some(sim) = sim.as_ref() {
+                        gone.read_stores(&sim.dep);
+                    }
                     objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
-                // Catch arrivals whose event was missed while a node restarted.
-                for (p, c) in &clients {
-                    if down.contains(p) { continue; }
+                // Catch arrivals whose event was missed while a node restarted. Only in a
+                // drill the harness deploys (in live mode the operators act themselves), and
+                // only on nodes whose scripted operator acts at all.
+                for (p, c) in clients.iter().filter(|_| sim.is_some()) {
+                    if down.contains(p) || !scripted(&scenario, p) { continue; }
                     let c = c.clone();
-                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || c.get("/v1/inbox")).await else { continue };
-                    for m in items.as_array().cloned().unwrap_or_default() {
-                        if sim.is_none() { continue; }
+                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get(path))).await else { continue };
+                    for m in items {
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
                             schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
                         }
@@ -618,60 +678,19 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     let wall_s = start.elapsed().as_secs_f64();
 
-    // Final picture, from the nodes' own records. A node a fault keeps down at the end
-    // answers nothing: its inbox, read over its API, read as empty, so that every message it
-    // had stored before the fault counted as lost to it, and a message it sent as one with
-    // no record. Its store at rest, which nothing writes to while it is down, is read
-    // instead, read-only; or the report says it could not be.
-    let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
-    if let Some(sim) = sim.as_ref() {
-        for p in clients.keys().filter(|p| down.contains(*p)) {
-            let read = match sim.dep.nodes.get(p) {
-                Some(n) => report::read_at_rest(&n.data_dir),
-                None => Err("no such node in the deployment".to_owned()),
-            };
-            if let Err(e) = &read {
-                progress!("  node {p} is down at the end and its store could not be read: {e}");
-            }
-            rest.insert(p.clone(), read);
-        }
-    }
-    let mut sent_views = Vec::new();
-    for (i, inj) in scenario.injects.iter().enumerate() {
-        let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
-            (Some(id), _, Some(r)) => r
-                .as_ref()
-                .ok()
-                .and_then(|r| r.sent.get(id).cloned())
-                .unwrap_or(Value::Null),
-            (Some(id), Some(c), None) => {
-                let (c, id) = (c.clone(), id.clone());
-                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
-                    .await?
-                    .unwrap_or(Value::Null)
-            }
-            _ => Value::Null,
-        };
-        sent_views.push(v);
-    }
-    let mut inboxes = BTreeMap::new();
-    for (p, c) in &clients {
-        if let Some(r) = rest.get(p) {
-            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
-            inboxes.insert(p.clone(), items);
-            continue;
-        }
-        let c = c.clone();
-        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
-            .await?;
-        let items = read.unwrap_or_else(|e| {
-            progress!("  node {p}: its inbox could not be read at the end: {e}");
-            Vec::new()
-        });
-        inboxes.insert(p.clone(), items);
-    }
-    let at_rest: BTreeMap<String, Result<(), String>> =
-        rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
+    let Picture {
+        sent_views,
+        inboxes,
+        at_rest,
+        api_failed,
+    } = final_picture(
+        &scenario,
+        &injects,
+        &clients,
+        &down,
+        sim.as_ref().map(|s| &s.dep),
+    )
+    .await?;
     let proxy_stats: BTreeMap<String, crate::proxy::ProxyStats> = {
         let mut m = BTreeMap::new();
         for (p, x) in sim.iter().flat_map(|s| s.proxies.iter()) {
@@ -737,6 +756,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         sent_views,
         inboxes,
         at_rest,
+        api_failed,
         shown,
         hooks,
         faults: fault_log,
@@ -746,6 +766,119 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     })?;
     report::write(&report, &dir)?;
     Ok(report)
+}
+
+/// The drill's final picture, from the nodes' own records, read before they are stopped.
+struct Picture {
+    /// Each inject's message as its sender's node shows it (`Null` if it gives none).
+    sent_views: Vec<Value>,
+    /// Each node's inbox.
+    inboxes: BTreeMap<String, Vec<Value>>,
+    /// The nodes whose inbox was read from their store (`report::Inputs::at_rest`).
+    at_rest: BTreeMap<String, Result<(), String>>,
+    /// The nodes up at the end whose API failed when their inbox was read, with the error
+    /// (`report::Inputs::api_failed`).
+    api_failed: BTreeMap<String, String>,
+}
+
+/// Reads the final picture: over each node's API; for one down at the end (`down`), in a
+/// drill the harness deploys (`dep`), from its store at rest; for one up whose API fails
+/// when its inbox is read, from its store as well, and what it sent with it.
+async fn final_picture(
+    scenario: &Scenario,
+    injects: &[Inject],
+    clients: &BTreeMap<String, ApiClient>,
+    down: &HashSet<String>,
+    dep: Option<&Deployment>,
+) -> anyhow::Result<Picture> {
+    // Final picture, from the nodes' own records. A node a fault keeps down at the end
+    // answers nothing: its inbox, read over its API, read as empty, so that every message it
+    // had stored before the fault counted as lost to it, and a message it sent as one with
+    // no record. Its store at rest, which nothing writes to while it is down, is read
+    // instead, read-only; or the report says it could not be.
+    let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
+    if let Some(dep) = dep {
+        for p in clients.keys().filter(|p| down.contains(*p)) {
+            let read = match dep.nodes.get(p) {
+                Some(n) => report::read_at_rest(&n.data_dir),
+                None => Err("no such node in the deployment".to_owned()),
+            };
+            if let Err(e) = &read {
+                progress!("  node {p} is down at the end and its store could not be read: {e}");
+            }
+            rest.insert(p.clone(), read);
+        }
+    }
+    // An up node whose API fails when its inbox is read at the end (it crashed, or hangs
+    // past the client's timeout) had its inbox counted as empty: every message to it
+    // "lost", which the drill does not know. Its store is read instead, read-only, as its
+    // API's own reader reads it; or, when that cannot be (live mode: the drill reads no
+    // store of a deployment it did not start), its deliveries are not known.
+    let mut inboxes = BTreeMap::new();
+    let mut api_failed = BTreeMap::new();
+    for (p, c) in clients {
+        if let Some(r) = rest.get(p) {
+            let items = r.as_ref().map(|r| r.inbox.clone()).unwrap_or_default();
+            inboxes.insert(p.clone(), items);
+            continue;
+        }
+        let c = c.clone();
+        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
+            .await?;
+        let e = match read {
+            Ok(items) => {
+                inboxes.insert(p.clone(), items);
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        let read = match dep.map(|d| d.nodes.get(p)) {
+            Some(Some(n)) => report::read_at_rest(&n.data_dir),
+            Some(None) => Err("no such node in the deployment".to_owned()),
+            None => Err(
+                "live mode: the drill reads no store of a deployment it did not start".to_owned(),
+            ),
+        };
+        match &read {
+            Ok(_) => progress!(
+                "  node {p}: its inbox could not be read at the end ({e}): read from its store"
+            ),
+            Err(s) => progress!(
+                "  node {p}: its inbox could not be read at the end ({e}), nor its store ({s})"
+            ),
+        }
+        inboxes.insert(
+            p.clone(),
+            read.as_ref().map(|r| r.inbox.clone()).unwrap_or_default(),
+        );
+        rest.insert(p.clone(), read);
+        api_failed.insert(p.clone(), e);
+    }
+    let mut sent_views = Vec::new();
+    for (i, inj) in scenario.injects.iter().enumerate() {
+        let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
+            (Some(id), _, Some(r)) => r
+                .as_ref()
+                .ok()
+                .and_then(|r| r.sent.get(id).cloned())
+                .unwrap_or(Value::Null),
+            (Some(id), Some(c), None) => {
+                let (c, id) = (c.clone(), id.clone());
+                tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
+                    .await?
+                    .unwrap_or(Value::Null)
+            }
+            _ => Value::Null,
+        };
+        sent_views.push(v);
+    }
+    let at_rest = rest.into_iter().map(|(p, r)| (p, r.map(|_| ()))).collect();
+    Ok(Picture {
+        sent_views,
+        inboxes,
+        at_rest,
+        api_failed,
+    })
 }
 
 /// The scenario's timeline, in wall-clock offsets from the start, in order: its injects,
@@ -1002,6 +1135,14 @@ pub(crate) fn check_nodes(
     )
 }
 
+/// Whether `p`'s scripted operator does anything with a message it receives (acknowledges
+/// it, or answers a consultation request): [`schedule_ack`] and [`schedule_reply`] do
+/// nothing for one that does not.
+fn scripted(scenario: &Scenario, p: &str) -> bool {
+    let b = scenario.behaviour(p);
+    (!b.never_ack && b.ack_after_s.is_some()) || b.reply_after_s.is_some()
+}
+
 fn schedule_ack(
     scenario: &Scenario,
     p: &str,
@@ -1056,7 +1197,8 @@ async fn all_decided(
     // the drill need not wait for what will never be sent).
     if injects
         .iter()
-        .any(|i| i.id.is_none() && i.refused.is_none())
+        .enumerate()
+        .any(|(k, i)| i.id.is_none() && i.refused.is_none() && !gone.unsent.contains(&k))
     {
         return false;
     }
@@ -1064,10 +1206,12 @@ async fn all_decided(
     for (k, inj) in scenario.injects.iter().enumerate() {
         // Every inject sent: the report's invariants want each accepted, and each accepted
         // one held by its recipients ([`decided`]).
-        views.push(if injects[k].refused.is_none() {
-            sender_view(clients, &inj.from, &injects[k]).await
-        } else {
+        views.push(if injects[k].refused.is_some() {
             None
+        } else if gone.down.contains(&inj.from) {
+            view_at_rest(clients, gone, &inj.from, &injects[k]).await
+        } else {
+            sender_view(clients, &inj.from, &injects[k]).await
         });
     }
     let hooks = dep
@@ -1109,7 +1253,12 @@ async fn all_decided(
 /// accepted and delivered to its recipients in the drill, as the report's invariants want.
 /// A recipient whose node a fault keeps down to the end is decided as it stands once
 /// nothing of its own can change it (`gone`, [`Gone::settled`]): it kept the drill running
-/// to `end_s` when everything else was decided.
+/// to `end_s` when everything else was decided. So is a message whose sender's node is down
+/// for good (its view then read from its store at rest, [`view_at_rest`]): nothing can reach
+/// its sender any more, so its acknowledgements, answers and escalations stand as they are;
+/// one its relay had not accepted cannot be delivered while its sender is down; one it had
+/// is waited for at each recipient up. An inject never to be sent (`gone.unsent`) fails its
+/// objectives for good, as a refused one does.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
@@ -1125,7 +1274,7 @@ fn decided(
         let Some(idx) = scenario.injects.iter().position(|i| i.name == o.inject) else {
             return false;
         };
-        if injects[idx].refused.is_some() {
+        if injects[idx].refused.is_some() || gone.unsent.contains(&idx) {
             // Failed: the report says why.
             continue;
         }
@@ -1134,6 +1283,8 @@ fn decided(
         };
         let id = injects[idx].id.as_deref().unwrap_or_default();
         let sender = &scenario.injects[idx].from;
+        let sender_gone = gone.down.contains(sender);
+        let accepted = v["accepted_at_ms"].is_u64();
         let answers = v["answers"]
             .as_array()
             .map(Vec::as_slice)
@@ -1160,8 +1311,12 @@ fn decided(
         };
         // A recipient down for good whose outcome can no longer change is decided as it
         // stands ([`Gone::settled`]); not for `overdue_escalated`, which the sender's hook
-        // decides whoever is down.
-        let settled = |p: &str| o.expect != "overdue_escalated" && gone.settled(p, id);
+        // decides whoever is down. With the sender down for good, everything but a
+        // delivery its relay may still make is decided as it stands.
+        let settled = |p: &str| {
+            (sender_gone && (!accepted || o.expect != "delivered"))
+                || (o.expect != "overdue_escalated" && gone.settled(p, id))
+        };
         if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p)) {
             return false;
         }
@@ -1173,12 +1328,16 @@ fn decided(
     // whose objectives were met, or that had none, ended while a message was still on its
     // way and failed those invariants.
     for (k, sent) in injects.iter().enumerate() {
-        if sent.refused.is_some() {
+        if sent.refused.is_some() || gone.unsent.contains(&k) {
             continue;
         }
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
+        // Never accepted, and its sender's node down for good: nothing can deliver it.
+        if gone.down.contains(&scenario.injects[k].from) && !v["accepted_at_ms"].is_u64() {
+            continue;
+        }
         let id = sent.id.as_deref().unwrap_or_default();
         let held = |r: &Value| {
             r["delivered_at_ms"].is_u64()
@@ -1198,7 +1357,12 @@ fn decided(
         }
     }
     for (k, inj) in scenario.injects.iter().enumerate() {
-        if inj.respond_within_s.is_none() || injects[k].refused.is_some() {
+        // With its sender's node down for good, no acknowledgement can reach it any more.
+        if inj.respond_within_s.is_none()
+            || injects[k].refused.is_some()
+            || gone.unsent.contains(&k)
+            || gone.down.contains(&inj.from)
+        {
             continue;
         }
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
@@ -1219,6 +1383,42 @@ fn decided(
         }
     }
     true
+}
+
+/// The view of an inject's message whose sender's node is down for good, from its store at
+/// rest (`gone.rest`), as the report reads it at the end: its table stops where its node
+/// went down, for no delivered receipt can reach it any more, so a recipient's delivery is
+/// filled in from the recipient's own node where it is up and holds the message (the
+/// report scores delivery from the recipient's inbox). None when its store was not read,
+/// or holds no such message.
+async fn view_at_rest(
+    clients: &BTreeMap<String, ApiClient>,
+    gone: &Gone,
+    from: &str,
+    inject: &Inject,
+) -> Option<Value> {
+    let id = inject.id.as_ref()?;
+    let mut v = gone.rest.get(from)?.sent.get(id)?.clone();
+    for r in v["recipients"].as_array_mut().into_iter().flatten() {
+        if r["delivered_at_ms"].is_u64() {
+            continue;
+        }
+        let Some(c) = r["recipient"]
+            .as_str()
+            .filter(|p| !gone.down.contains(*p))
+            .and_then(|p| clients.get(p))
+            .cloned()
+        else {
+            continue;
+        };
+        let path = format!("/v1/messages/{id}");
+        if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || c.get(&path)).await {
+            if m["direction"] == "received" && m["received_at_ms"].is_u64() {
+                r["delivered_at_ms"] = m["received_at_ms"].clone();
+            }
+        }
+    }
+    Some(v)
 }
 
 /// The sender's node's view of an inject's message (`GET /v1/messages/{id}`: its delivery
@@ -1391,6 +1591,20 @@ fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::R
     dep.spawn_node(&opts.bin, p, &format!("node-{p}-{n}.log"))
 }
 
+/// What the sweep reads of a node's inbox to catch arrivals whose `message_received` event
+/// the drill missed (a node's restart, a stream reopened, an announcement `recovered` at
+/// start-up): every message not yet acknowledged, page after page. The first page alone,
+/// the newest thousand, missed an arrival listed further down: one of a burst of more than
+/// a thousand (a node back from a fault, its queue delivered at once before the drill's
+/// event stream reopened), or a delivery released from quarantine, listed by when it first
+/// arrived. Those acknowledged are left to the store to skip: in a drill the harness
+/// deploys only the scripted operators acknowledge, and the harness schedules a message's
+/// acknowledgement and answer together ([`schedule_ack`], [`schedule_reply`]), so one
+/// acknowledged has had both scheduled, and its sweeps stay as long as what is pending.
+fn sweep_inbox<E>(get: impl FnMut(&str) -> Result<Value, E>) -> Result<Vec<Value>, E> {
+    every_page(get, "/v1/inbox?unacknowledged=true")
+}
+
 /// Every item of the list at `path` (newest first), page after page (`?before=ID`, the last
 /// item's id), through `get`: a list answers at most `API_LIST_MAX` items a page, and a
 /// final picture read from its first page alone counted the messages beyond it (a drill of
@@ -1410,8 +1624,10 @@ fn every_page<E>(
             .and_then(|m| m["id"].as_str())
             .map(str::to_owned);
         all.extend(page);
+        // A path with a query of its own (`?unacknowledged=true`) takes the cursor after it.
+        let sep = if path.contains('?') { '&' } else { '?' };
         match last {
-            Some(id) if full => next = format!("{path}?before={id}"),
+            Some(id) if full => next = format!("{path}{sep}before={id}"),
             _ => return Ok(all),
         }
     }
@@ -1465,6 +1681,194 @@ mod tests {
             "/v1/inbox",
         );
         assert_eq!(e, Err("gone"));
+    }
+
+    /// A node that is up at the end but whose API fails when the drill reads its inbox
+    /// is not counted as holding nothing: its store is read instead, as a down node's is,
+    /// and if that cannot be read either, its deliveries are not known. Its inbox was
+    /// counted as empty, every message to it "lost", "KAZ never held it".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_up_node_whose_api_fails_at_the_end_has_not_lost_its_messages() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        for p in ["SEC", "KAZ"] {
+            let relay = dep.relay_addr;
+            dep.add_node(p, relay, DRILL_PAGING_MS).expect("node");
+        }
+        // Nothing answers at either node's API: a port bound, then let go.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port");
+        let clients: BTreeMap<String, ApiClient> = ["SEC", "KAZ"]
+            .map(|p| (p.to_owned(), ApiClient::new(&dead.to_string(), "token")))
+            .into();
+        let sc = Scenario::parse(
+            &referring("[[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\n"),
+            "refs.toml",
+        )
+        .expect("parses");
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        // SEC's record of the message, as its node would have shown it: accepted.
+        let view = json!({
+            "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted",
+            "recipients": [{"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": null, "overdue_at_ms": null}],
+            "answers": [], "delivered": 1, "acknowledged": 0,
+        });
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
+        let score = |picture: Picture| {
+            report::score(report::Inputs {
+                scenario: &sc,
+                seed: 1,
+                dir: tmp.path(),
+                started_at_ms: 1000,
+                wall_s: 1.0,
+                participants: &participants,
+                live: false,
+                roster: &dep.roster,
+                injects: vec![report::Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                }],
+                sent_views: vec![view.clone()],
+                at_rest: picture.at_rest,
+                api_failed: picture.api_failed,
+                inboxes: picture.inboxes,
+                shown: HashMap::new(),
+                hooks: None,
+                faults: vec![],
+                proxies: BTreeMap::new(),
+                checks: None,
+                exits: None,
+            })
+            .expect("scores")
+        };
+        let up = HashSet::new();
+        let picture = || final_picture(&sc, &injects, &clients, &up, Some(&dep));
+        // KAZ's store cannot be read (its node never made one): not known, not lost.
+        let r = score(picture().await.expect("read"));
+        let summary = report::summary(&r);
+        assert_eq!(r.messages_lost, 0, "{summary}");
+        let o = &r.objectives[0];
+        assert!(
+            !o.met
+                && o.failed.len() == 1
+                && o.failed[0].starts_with("KAZ: not known whether it held it"),
+            "{o:?}"
+        );
+        let kaz = r.participants.iter().find(|p| p.id == "KAZ").expect("KAZ");
+        let read = kaz.inbox_read.as_deref().unwrap_or_default();
+        assert!(read.contains("its API failed at the end"), "{read}");
+        let lost = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "zero accepted messages lost")
+            .expect("the invariant");
+        assert!(
+            !lost.held
+                && lost.detail.contains("1 not known")
+                && lost.detail.contains("KAZ: its API failed at the end ("),
+            "{lost:?}"
+        );
+        assert!(!r.passed, "{summary}");
+
+        // A store it can read is read: what it holds is what the report finds (here,
+        // nothing: lost, and said to have been read from the store).
+        let kaz_dir = &dep.nodes["KAZ"].data_dir;
+        crate::deploy::create_dir_private(kaz_dir).expect("KAZ's data directory");
+        drop(hotline_node::store::NodeStore::open(kaz_dir).expect("an empty store"));
+        let r = score(picture().await.expect("read"));
+        let kaz = r.participants.iter().find(|p| p.id == "KAZ").expect("KAZ");
+        let read = kaz.inbox_read.as_deref().unwrap_or_default();
+        assert!(
+            read.starts_with("read from its store; its API failed at the end"),
+            "{read}"
+        );
+        assert_eq!(r.messages_lost, 1, "{}", report::summary(&r));
+    }
+
+    /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
+    /// continues after ID, `unacknowledged=true` keeps those not yet acknowledged. Each
+    /// path asked is pushed to `asked`.
+    fn inbox_api<'a>(
+        items: &'a [Value],
+        asked: &'a mut Vec<String>,
+    ) -> impl FnMut(&str) -> Result<Value, String> + 'a {
+        move |path| {
+            asked.push(path.to_owned());
+            let (base, query) = path.split_once('?').unwrap_or((path, ""));
+            assert_eq!(base, "/v1/inbox");
+            let mut before = None;
+            let mut unacked = false;
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("before", id)) => before = Some(id.to_owned()),
+                    Some(("unacknowledged", "true")) => unacked = true,
+                    _ => return Err(format!("unknown parameter {kv}")),
+                }
+            }
+            let from = match before {
+                Some(id) => {
+                    items
+                        .iter()
+                        .position(|m| m["id"] == id.as_str())
+                        .ok_or("no such id")?
+                        + 1
+                }
+                None => 0,
+            };
+            let page: Vec<Value> = items[from..]
+                .iter()
+                .filter(|m| !unacked || m["acknowledged"] != json!(true))
+                .take(hotline_node::limits::API_LIST_MAX)
+                .cloned()
+                .collect();
+            Ok(Value::Array(page))
+        }
+    }
+
+    /// The sweep that catches arrivals whose event the drill missed reads past the inbox's
+    /// first page. It read that page alone, the newest thousand messages: an arrival
+    /// listed further down was never seen, its scripted acknowledgement never scheduled,
+    /// and the drill waited for it to `end_s`, then failed it. Listed further down: one of
+    /// a burst of more than a thousand (a node back from a fault, its queue delivered at
+    /// once, the first of them announced before the drill's event stream reopened), or a
+    /// delivery released from quarantine, listed by when it first arrived.
+    #[test]
+    fn the_sweep_sees_an_arrival_beyond_the_first_page() {
+        let page = hotline_node::limits::API_LIST_MAX;
+        let id = |n: usize| format!("{n:032x}");
+        // 2,345 messages, newest first; the harness acknowledged all but the oldest, whose
+        // event it missed.
+        let mut items: Vec<Value> = (1..2_345)
+            .rev()
+            .map(|n| json!({"id": id(n), "acknowledged": true, "kind": "alert"}))
+            .collect();
+        items.push(json!({"id": id(0), "acknowledged": false, "kind": "alert"}));
+        let mut asked = Vec::new();
+        let seen = sweep_inbox(inbox_api(&items, &mut asked)).expect("read");
+        assert!(
+            seen.iter().any(|m| m["id"] == id(0).as_str()),
+            "the oldest, unacknowledged, was not seen: asked {asked:?}"
+        );
+        // A burst of 1,500 arrivals none yet acknowledged: every one is seen, page after page.
+        let burst: Vec<Value> = (0..1_500)
+            .rev()
+            .map(|n| json!({"id": id(n), "acknowledged": false, "kind": "alert"}))
+            .collect();
+        let mut asked = Vec::new();
+        let seen = sweep_inbox(inbox_api(&burst, &mut asked)).expect("read");
+        assert_eq!(seen.len(), burst.len(), "asked {asked:?}");
+        assert!(
+            asked.len() >= 2 && asked.len() <= 1 + burst.len() / page,
+            "{asked:?}"
+        );
     }
 
     /// Two nodes; an inject from a third participant, and faults on participants with and
@@ -1802,6 +2206,7 @@ expect = "overdue_escalated"
                 }],
                 sent_views: vec![view],
                 at_rest: BTreeMap::new(),
+                api_failed: BTreeMap::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item(1500)]),
@@ -1920,7 +2325,7 @@ expect = "acknowledged"
         assert!(!early(&Gone::default()), "MNG is up: waited for");
         let mut gone = Gone {
             down: HashSet::from(["MNG".to_owned()]),
-            acted: HashSet::new(),
+            ..Gone::default()
         };
         assert!(early(&gone), "MNG down for good, nothing of its on its way");
         gone.acted.insert(("MNG".to_owned(), "m1".to_owned()));
@@ -1946,6 +2351,7 @@ expect = "acknowledged"
                 sent_views: vec![view.clone()],
                 // MNG's node is down: its inbox is read from its store at rest.
                 at_rest: BTreeMap::from([("MNG".to_owned(), Ok(()))]),
+                api_failed: BTreeMap::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item.clone()]),
@@ -1973,6 +2379,93 @@ expect = "acknowledged"
         assert_eq!(r.messages_lost, 0);
         assert!(r.objectives[0].met, "{:?}", r.objectives[0]);
         assert_eq!(r.objectives[1].failed, ["MNG never acknowledged"]);
+    }
+
+    /// A message whose sender's node a fault keeps down to the end is decided as it
+    /// stands, but for a delivery its relay may still make: never accepted, it cannot be
+    /// delivered while its sender is down; accepted, it is waited for at each recipient
+    /// (the view then fills its deliveries in from the recipients' own nodes); its
+    /// acknowledgements can no longer reach the sender, and are not waited for. Such a
+    /// drill waited for them to `end_s`.
+    #[test]
+    fn a_message_whose_sender_is_down_for_good_is_decided_as_it_stands() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let nodes: HashSet<String> = ["SEC", "KAZ", "MNG"].map(String::from).into();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null});
+        let view = |accepted: Option<u64>, kaz: Option<u64>, mng: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": accepted, "state": "sent",
+                "recipients": [row("KAZ", kaz), row("MNG", mng)], "answers": [],
+            })
+        };
+        let early = |v: Value, gone: &Gone| {
+            decided(&sc, &injects, &[Some(v)], None, Some(&nodes), gone, &roster)
+        };
+        let sec_gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        // Never accepted: nothing can deliver it while SEC is down.
+        let v = view(None, None, None);
+        assert!(!early(v.clone(), &Gone::default()), "SEC up: waited for");
+        assert!(early(v, &sec_gone), "SEC down for good, never accepted");
+        // Accepted: MNG's delivery may still come.
+        assert!(!early(view(Some(1001), Some(1500), None), &sec_gone));
+        // Delivered to both, acknowledged by neither: no acknowledgement can reach SEC.
+        let v = view(Some(1001), Some(1500), Some(1600));
+        assert!(
+            !early(v.clone(), &Gone::default()),
+            "SEC up: acknowledgements waited for"
+        );
+        assert!(early(v, &sec_gone));
+        // Never sent, and never to be: failed for good, as a refused inject is.
+        let unsent = [Inject {
+            id: None,
+            sent_at_ms: None,
+            refused: None,
+        }];
+        let never = |gone: &Gone| decided(&sc, &unsent, &[None], None, Some(&nodes), gone, &roster);
+        assert!(!never(&sec_gone), "still to be sent: waited for");
+        let gone = Gone {
+            unsent: HashSet::from([0]),
+            ..sec_gone
+        };
+        assert!(never(&gone));
+    }
+
+    /// An inject waiting for a sender down for good is never sent, nor one that references
+    /// it, through others or not; another from a node up is still to be sent.
+    #[test]
+    fn injects_whose_sender_is_down_for_good_are_never_sent() {
+        let text = referring(
+            "[[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\nkind = \"update\"\nreferences = \"a\"\n\
+             [[injects]]\nname = \"c\"\nat_s = 2.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\nkind = \"update\"\nreferences = \"b\"\n\
+             [[injects]]\nname = \"d\"\nat_s = 2.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\n",
+        );
+        let sc = Scenario::parse(&text, "refs.toml").expect("parses");
+        let down = HashSet::from(["SEC".to_owned()]);
+        assert_eq!(
+            unsendable(&sc, &[0, 1, 2, 3], &down),
+            HashSet::from([0, 1, 2])
+        );
+        assert_eq!(
+            unsendable(&sc, &[1, 3], &down),
+            HashSet::new(),
+            "a was sent"
+        );
+        assert_eq!(
+            unsendable(&sc, &[0, 1, 2, 3], &HashSet::new()),
+            HashSet::new()
+        );
     }
 
     /// An objective with no one in its scope is refused before anything starts, naming it
