@@ -174,6 +174,9 @@ pub struct StoreChecks {
 }
 
 /// Verifies every journal and every received receipt's signature against the roster.
+/// Read-only: a check changes nothing in the stores it checks (SQLite may add a `-wal` and
+/// `-shm` beside a store that lacked them, which a reader cannot remove; docs/OPERATIONS.md,
+/// section 1).
 pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     let mut journals = Vec::new();
     let relay_db = dep.relay_data.join("relay.db");
@@ -188,7 +191,10 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     for (id, n) in &dep.nodes {
         let db = n.data_dir.join("node.db");
         journals.push((id.clone(), verify_db(&db)));
-        match hotline_node::store::NodeStore::open(&n.data_dir) {
+        // Read-only, as `verify_db` reads: a read-write open brought an older store to this
+        // release's schema, and its close folded the write-ahead log of a node killed at
+        // the end into the file, so that the store was no longer what had been checked.
+        match hotline_node::store::NodeReader::open(&n.data_dir) {
             Ok(store) => {
                 match store.receipts_in() {
                     Ok(receipts) => {
@@ -201,9 +207,12 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
                     }
                     Err(e) => receipts_unread.push((id.clone(), e.to_string())),
                 }
-                let held = store.quarantine_size().0.held;
-                if held > 0 {
-                    quarantined.push((id.clone(), held));
+                match store.quarantine_size() {
+                    Ok(q) if q.held > 0 => quarantined.push((id.clone(), q.held)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        journals.push((format!("{id} quarantine"), Err(e.to_string())));
+                    }
                 }
             }
             Err(e) => journals.push((format!("{id} receipts"), Err(e.to_string()))),
@@ -1740,6 +1749,73 @@ within_s = 3.0
             "{inv:?}"
         );
         assert!(!r.passed);
+    }
+
+    /// The checks after a drill change nothing in what they check: the store of a node
+    /// killed with commits in its write-ahead log (a node down at the end) keeps its file
+    /// and its log byte for byte. Opened read-write, as it was, the store was brought to
+    /// this release's schema where it lacked it, and its last connection's close folded the
+    /// log into the file and removed it: what the journal check had just read was no longer
+    /// what lay on disk. SQLite may add the log's index (`node.db-shm`) beside it, which a
+    /// reader needs and cannot remove (docs/OPERATIONS.md).
+    #[test]
+    fn the_store_checks_change_nothing_in_the_stores() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        let relay = dep.relay_addr;
+        dep.add_node("KAZ", relay, 60_000).expect("node");
+        let data = dep.nodes["KAZ"].data_dir.clone();
+        std::fs::create_dir(&data).expect("data directory");
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir(&scratch).expect("scratch");
+        let mut store = hotline_node::store::NodeStore::open(&scratch).expect("a new store");
+        let kaz = hotline_proto::ParticipantId::new("KAZ").expect("id");
+        // A journaled commit, in the log only (far below SQLite's automatic checkpoint).
+        store.claim_participant(&kaz, 1_000).expect("claimed");
+        // The files as a SIGKILL leaves them: the log not folded in, not removed.
+        for f in ["node.db", "node.db-wal"] {
+            std::fs::copy(scratch.join(f), data.join(f)).expect(f);
+        }
+        drop(store);
+        let files = |dir: &Path| -> BTreeMap<String, Vec<u8>> {
+            std::fs::read_dir(dir)
+                .expect("listed")
+                .map(|e| {
+                    let e = e.expect("entry");
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read(e.path()).expect("read"))
+                })
+                .collect()
+        };
+        let before = files(&data);
+        assert!(
+            before.get("node.db-wal").is_some_and(|w| !w.is_empty()),
+            "commits in the log: {:?}",
+            before.keys()
+        );
+        let checks = check_stores(&dep).expect("checked");
+        let kaz_journal = checks.journals.iter().find(|(id, _)| id == "KAZ");
+        assert!(
+            matches!(kaz_journal, Some((_, Ok(n))) if *n > 0),
+            "{:?}",
+            checks.journals
+        );
+        assert!(
+            !checks.journals.iter().any(|(id, _)| id == "KAZ receipts"),
+            "{:?}",
+            checks.journals
+        );
+        let mut after = files(&data);
+        after.remove("node.db-shm");
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "the same files"
+        );
+        for (name, bytes) in &before {
+            assert!(after[name] == *bytes, "{name} changed");
+        }
     }
 
     /// The store checks are `hotline audit verify`'s: a relay store whose journal's chain

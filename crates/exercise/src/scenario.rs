@@ -6,8 +6,9 @@
 //! `time_compression` a finite number of at least [`TIME_COMPRESSION_MIN`]; `parse` refuses
 //! anything else, naming the field, faults that take one node (or the relay) down over
 //! overlapping spells, an inject or a fault due at or after `end_s` (it would never happen),
-//! an inject naming other than exactly one audience or with a `respond_within_s` of 0, and a
-//! participant listed twice. The participant ids and groups a scenario names are checked
+//! an inject naming other than exactly one audience or with a `respond_within_s` of 0, an
+//! update, cancel or reply without `references` (a reference on any other kind is allowed,
+//! as the protocol allows it), and a participant listed twice. The participant ids and groups a scenario names are checked
 //! against the roster in force, which is known only once the drill starts, by
 //! [`Scenario::check_roster`], before anything is started or sent; so is each objective's
 //! scope, which must hold someone.
@@ -194,7 +195,8 @@ pub struct Inject {
     /// say), unless the scenario expects it not to: see
     /// [`Scenario::expects_unacknowledged`].
     pub respond_within_s: Option<f64>,
-    /// Name of an earlier inject this one references (update, cancel, reply).
+    /// Name of an earlier inject this one references: required of an update, cancel or
+    /// reply; allowed on any other kind (a notice following up an alert).
     pub references: Option<String>,
     /// Subject.
     pub subject: String,
@@ -467,8 +469,19 @@ impl Scenario {
             )) {
                 bail!("scenario {origin}: inject {:?}: precedence: {e}", inj.name);
             }
-            if let Err(e) = serde_json::from_value::<hotline_proto::Kind>(word(&inj.kind)) {
-                bail!("scenario {origin}: inject {:?}: kind: {e}", inj.name);
+            let kind = match serde_json::from_value::<hotline_proto::Kind>(word(&inj.kind)) {
+                Ok(kind) => kind,
+                Err(e) => bail!("scenario {origin}: inject {:?}: kind: {e}", inj.name),
+            };
+            // The protocol's rule (`Kind::needs_reference`): the node refused such an
+            // inject only once it was due, the drill running, and every objective on it
+            // failed. A reference on any other kind is allowed, by the protocol and here.
+            if kind.needs_reference() && inj.references.is_none() {
+                bail!(
+                    "scenario {origin}: inject {:?}: kind {} needs references (the name of an earlier inject it updates, cancels or answers); its node would refuse it without one",
+                    inj.name,
+                    inj.kind
+                );
             }
             // The node takes exactly one audience (HTTP 400 otherwise, at every attempt).
             let audiences = usize::from(!inj.to.is_empty())
@@ -1132,6 +1145,39 @@ within_s = @within_s@
             "{e}"
         );
         Scenario::parse(&text(10.0), "t.toml").expect("due together, listed after it");
+    }
+
+    /// An update, cancel or reply without `references` is refused when the scenario is
+    /// parsed, naming the inject, its kind and the missing field: its node refuses such a
+    /// message (the protocol requires a reference), which the drill found only once the
+    /// inject was due, the drill running. Any other kind may reference an earlier inject
+    /// (the protocol allows a reference on every kind; a notice following up an alert is
+    /// one), and without one it parses too.
+    #[test]
+    fn an_update_cancel_or_reply_without_references_is_refused() {
+        let text = |kind: &str, references: &str| {
+            format!("name = \"refs\"\nend_s = 60.0\n[[injects]]\nname = \"first\"\nat_s = 1.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n[[injects]]\nname = \"second\"\nat_s = 2.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nkind = \"{kind}\"\n{references}subject = \"s\"\n")
+        };
+        for kind in ["update", "cancel", "reply"] {
+            let e = Scenario::parse(&text(kind, ""), "t.toml")
+                .expect_err(kind)
+                .to_string();
+            assert_eq!(
+                e,
+                format!("scenario t.toml: inject \"second\": kind {kind} needs references (the name of an earlier inject it updates, cancels or answers); its node would refuse it without one"),
+            );
+            Scenario::parse(&text(kind, "references = \"first\"\n"), "t.toml").expect(kind);
+        }
+        for kind in [
+            "alert",
+            "consultation_request",
+            "communications_check",
+            "notice",
+        ] {
+            Scenario::parse(&text(kind, ""), "t.toml").expect(kind);
+            let s = Scenario::parse(&text(kind, "references = \"first\"\n"), "t.toml").expect(kind);
+            assert_eq!(s.injects[1].references.as_deref(), Some("first"), "{kind}");
+        }
     }
 
     /// Objectives and impairments that could never work as written are refused before the

@@ -2907,12 +2907,16 @@ impl NodeStore {
 
     /// Forwarded receipts received (for audits and drills).
     pub fn receipts_in(&self) -> Result<Vec<Signed<Receipt>>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
-        let rows = st.query_map([], |r| signed_at(r, 0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        receipts_in(&self.conn)
     }
+}
+
+/// Forwarded receipts received, in the order they arrived.
+fn receipts_in(conn: &Connection) -> Result<Vec<Signed<Receipt>>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT bytes, key, sig FROM receipts_in ORDER BY received_at_ms")?;
+    let rows = st.query_map([], |r| signed_at(r, 0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// One received message.
@@ -3183,6 +3187,18 @@ impl NodeReader {
     ) -> Result<Option<Vec<SentMessage>>, StoreError> {
         let tx = self.conn.transaction()?;
         sent_page(&tx, before, limit)
+    }
+
+    /// [`NodeStore::receipts_in`], read-only: for a check of a store at rest, which must
+    /// change nothing in what it checks (a drill's `check_stores`).
+    pub fn receipts_in(&self) -> Result<Vec<Signed<Receipt>>, StoreError> {
+        receipts_in(&self.conn)
+    }
+
+    /// What the quarantine holds ([`NodeStore::quarantine_size`], without whether it is
+    /// full, which is the running node's limit), read-only.
+    pub fn quarantine_size(&self) -> Result<QuarantineSize, StoreError> {
+        quarantine_size(&self.conn)
     }
 }
 

@@ -1075,6 +1075,47 @@ mod tests {
         drop(w);
     }
 
+    /// What docs/OPERATIONS.md (section 1) says of a read-only open of a store stopped in
+    /// one file: SQLite creates the write-ahead log (empty) and its index beside it, as a
+    /// reader needs the index to read beside a writer; the reader changes nothing in the
+    /// store's file and cannot remove the two when it closes; the service's next open and
+    /// clean close (a read-write connection, the last to close) removes them. Should a
+    /// SQLite upgrade change any of this, the document must change with it.
+    #[test]
+    fn a_reader_of_a_store_in_one_file_leaves_an_empty_log_and_its_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("x.db");
+        let c = open(&db, true).expect("store");
+        c.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1);")
+            .expect("schema");
+        drop(c);
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("listed")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(), ["x.db"], "a clean close leaves one file");
+        let bytes = std::fs::read(&db).expect("store");
+        let conn = open_read_only(&db).expect("reader");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 1);
+        drop(conn);
+        assert_eq!(names(), ["x.db", "x.db-shm", "x.db-wal"]);
+        let wal = std::fs::metadata(dir.path().join("x.db-wal")).expect("log");
+        assert_eq!(wal.len(), 0, "the log is empty");
+        assert!(
+            std::fs::read(&db).expect("store") == bytes,
+            "the store's file unchanged"
+        );
+        drop(open(&db, false).expect("the service"));
+        assert_eq!(names(), ["x.db"], "the service's clean close removes them");
+    }
+
     /// Any read-only tool (`config check`, `audit verify`, `relay report`, `backup`) run as
     /// root on a store stopped in one file makes SQLite create its empty `-wal` and `-shm`,
     /// which a reader cannot remove: SQLite gives them the store file's owner (as root, it

@@ -205,6 +205,7 @@ pub(crate) fn run(command: RosterCommand) -> Result<()> {
 
 fn create(args: CreateArgs) -> Result<()> {
     let mut draft = roster_file::read_draft(&args.from)?;
+    check_key_dir(&args.keys, args.generate)?;
     if args.generate {
         super::keys::ensure_key_dir(&args.keys)?;
     }
@@ -277,6 +278,30 @@ fn create(args: CreateArgs) -> Result<()> {
         args.keys.display(),
     );
     Ok(())
+}
+
+/// Refuses a `--keys` DIR that is not a directory, or that does not exist without
+/// `--generate` (which creates it), naming DIR. A missing DIR was taken for an empty one:
+/// "no public key file in DIR for 38 participant(s)", or, with a template listing every
+/// key, a draft written from the template's keys, the mistyped DIR unnoticed.
+fn check_key_dir(dir: &Path, generate: bool) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "key directory {} is not a directory (--keys takes the directory holding the <ID>.pub files)",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if generate {
+                return Ok(());
+            }
+            bail!(
+                "key directory {} does not exist: give the directory holding the participants' <ID>.pub files (for a drill, --generate creates it with new key pairs)",
+                dir.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot look at key directory {}", dir.display())),
+    }
 }
 
 fn add(args: AddArgs) -> Result<()> {

@@ -637,3 +637,62 @@ fn a_key_directory_out_of_reach_is_not_called_empty() {
         assert!(!d.join("draft.toml").exists(), "{args:?}: no draft written");
     }
 }
+
+/// `roster create --keys DIR` with a DIR that does not exist says so, naming DIR, and
+/// writes no draft. It said "no public key file in DIR for 38 participant(s)", as if DIR
+/// were there and empty; and with a template listing every key it wrote the draft from the
+/// template's keys, the mistyped DIR unnoticed. A DIR that is a file is named as one.
+#[test]
+fn a_key_directory_that_does_not_exist_is_named_as_missing() {
+    let t = setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-keys");
+    let not_dir = dir.path().join("a-file");
+    std::fs::write(&not_dir, b"").expect("file");
+    let out = dir.path().join("draft.toml");
+    // The CICA template lists no keys; the draft `setup` wrote lists every one.
+    for from in [template(), t.draft.clone()] {
+        let create = |keys: &Path| {
+            fail(&[
+                "roster",
+                "create",
+                "--from",
+                s(&from),
+                "--keys",
+                s(keys),
+                "--out",
+                s(&out),
+            ])
+        };
+        let err = create(&missing);
+        assert!(
+            err.contains(&format!(
+                "key directory {} does not exist",
+                missing.display()
+            )),
+            "{from:?}: {err}"
+        );
+        assert!(!err.contains("no public key file"), "{from:?}: {err}");
+        let err = create(&not_dir);
+        assert!(
+            err.contains(&format!(
+                "key directory {} is not a directory",
+                not_dir.display()
+            )),
+            "{from:?}: {err}"
+        );
+        assert!(!out.exists(), "{from:?}: no draft written");
+    }
+    assert!(!missing.exists(), "nothing created without --generate");
+    // The directory `setup` generated its keys in still serves.
+    ok(&[
+        "roster",
+        "create",
+        "--from",
+        s(&template()),
+        "--keys",
+        s(&t.keys),
+        "--out",
+        s(&out),
+    ]);
+}
