@@ -927,7 +927,7 @@ pub(crate) struct WriterContext {
     /// log after this many fails.
     pub(crate) fail_syncs_after: Option<u64>,
     /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
-    /// post and its commit.
+    /// post and its commit, and before the commit of an operator's command.
     pub(crate) slow_commits: Option<std::time::Duration>,
 }
 
@@ -1779,27 +1779,20 @@ impl Writer {
                 Ok(next) => next,
                 Err(e) => {
                     // Deferred receipts, not yet committed, and every command still waiting
-                    // in the queue: refused, as what the failed sync was to cover was. A
-                    // command dropped with the queue would never be answered: its session
-                    // would wait for it, at the shutdown that follows for the whole of
-                    // `limits::SHUTDOWN_ANSWERS_MS`, and its node learn of it only at its
-                    // next connection. Closed first, so that nothing more is queued; drained
-                    // to its end (this thread is no runtime's), a send already under way
-                    // included.
-                    let why = format!("relay storage: {e}");
-                    for cmd in batch.drain(..) {
-                        refuse_unrun(cmd, &why);
-                    }
-                    rx.close();
-                    while let Some(cmd) = rx.blocking_recv() {
-                        refuse_unrun(cmd, &why);
-                    }
+                    // in the queue: refused, as what the failed sync was to cover was.
+                    refuse_waiting(&mut batch, &mut rx, &format!("relay storage: {e}"));
                     break Some(format!("the store writer stopped: {e}"));
                 }
             };
             let now = std::time::Instant::now();
-            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
-                break None;
+            match self.step_or_panic(next, &mut rx, &mut batch, &mut deadline, now) {
+                Ok(true) => {}
+                Ok(false) => break None,
+                Err(why) => {
+                    // A panic (a bug): as after a failed sync.
+                    refuse_waiting(&mut batch, &mut rx, &format!("relay storage: {why}"));
+                    break Some(format!("the store writer stopped: {why}"));
+                }
             }
         };
         // Stops the checkpoint thread (after the checkpoint it may be running), and the sync
@@ -1841,10 +1834,14 @@ impl Writer {
 
     /// As [`Writer::run`], as a task that blocks its runtime during each commit: for a
     /// single-threaded deterministic simulation only (`Hosting::writer_on_runtime`).
-    pub(crate) async fn run_on_runtime(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Returns why if it stopped on its own (a panic), as [`Writer::run`] does.
+    pub(crate) async fn run_on_runtime(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+    ) -> Option<String> {
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
         let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
+        let stopped = loop {
             let next = match deadline {
                 None => match rx.recv().await {
                     Some(c) => Next::Command(c),
@@ -1857,11 +1854,66 @@ impl Writer {
                 },
             };
             let now = tokio::time::Instant::now();
-            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
-                break;
+            match self.step_or_panic(next, &mut rx, &mut batch, &mut deadline, now) {
+                Ok(true) => {}
+                Ok(false) => break None,
+                Err(why) => {
+                    // As `refuse_waiting` does, but waiting on the runtime for a send
+                    // already under way (this task may not block it).
+                    let refusal = format!("relay storage: {why}");
+                    for cmd in batch.drain(..) {
+                        refuse_unrun(cmd, &refusal);
+                    }
+                    rx.close();
+                    while let Some(cmd) = rx.recv().await {
+                        refuse_unrun(cmd, &refusal);
+                    }
+                    break Some(format!("the store writer stopped: {why}"));
+                }
             }
+        };
+        match &stopped {
+            None => tracing::info!("store writer stopped"),
+            Some(why) => tracing::error!(reason = %why, "store writer stopped"),
         }
-        tracing::info!("store writer stopped");
+        stopped
+    }
+
+    /// [`Writer::step`], with a panic in it (a bug) caught and returned as why the writer
+    /// must stop. The writer then stops as after a failed sync: it answers every command
+    /// left in its batch and its queue (`StorageUnavailable`, an operator's command with
+    /// the error) and returns why, so that the relay stops and says so
+    /// ([`crate::RelayHandle::failed`]). Before, the panic unwound through the writer and
+    /// dropped its queue: those commands went unanswered, and their nodes learnt of them
+    /// only at their next connection. The commands of the commit the panic interrupted
+    /// are lost with it (their sessions' channels see only that); what earlier commits
+    /// handed the sync thread is still synced and answered when the writer ends.
+    ///
+    /// Catching is sound here: the writer only stops after it, and what it leaves behind
+    /// is safe to drop (a transaction the panic interrupted rolls back as it unwinds; the
+    /// locks it shares recover from poisoning).
+    fn step_or_panic<I>(
+        &mut self,
+        next: Next,
+        rx: &mut mpsc::Receiver<Command>,
+        batch: &mut Vec<Command>,
+        deadline: &mut Option<I>,
+        now: I,
+    ) -> Result<bool, String>
+    where
+        I: std::ops::Add<std::time::Duration, Output = I> + PartialOrd + Copy,
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.step(next, rx, batch, deadline, now)
+        }))
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            format!("it panicked (a bug): {message}")
+        })
     }
 
     /// One turn of the commit loop (both hostings), given what the wait returned: drains
@@ -1962,13 +2014,22 @@ impl Writer {
     /// own, answered once on disk.
     fn keep_roster(&mut self, roster: &Verified<Roster>) -> Result<bool, String> {
         let path = PathBuf::from(self.conn.path().unwrap_or_default());
+        // Watched for stalls as a batch's commit is (its sync is, in `WalSync`).
+        self.ctx
+            .metrics
+            .disk
+            .commit_began(std::time::Instant::now());
         self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
             let wrote = keep_roster(&tx, &mut self.journal, &path, roster, crate::now_ms())?;
+            if let Some(wait) = self.ctx.slow_commits {
+                std::thread::sleep(wait);
+            }
             tx.commit()?;
             Ok::<_, StoreError>(wrote)
         })();
+        self.ctx.metrics.disk.operators_commit_ended();
         let wrote = done.map_err(|e| {
             self.journal.rollback();
             format!("relay storage: {e}")
@@ -1991,6 +2052,11 @@ impl Writer {
         since_ms: u64,
         first: Option<i64>,
     ) -> Result<RewoundAll, String> {
+        // Watched for stalls as a batch's commit is (its sync is, in `WalSync`).
+        self.ctx
+            .metrics
+            .disk
+            .commit_began(std::time::Instant::now());
         self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
@@ -2001,9 +2067,13 @@ impl Writer {
                 (since_ms, first),
                 crate::now_ms(),
             )?;
+            if let Some(wait) = self.ctx.slow_commits {
+                std::thread::sleep(wait);
+            }
             tx.commit()?;
             Ok::<_, StoreError>(r)
         })();
+        self.ctx.metrics.disk.operators_commit_ended();
         let (rewound, loaded) = match done {
             Ok(r) => r,
             Err(e) => {
@@ -2102,18 +2172,26 @@ impl Writer {
     /// store. A recipient keeps what it was sent: a genuine message its sender is told was
     /// not accepted, and resends (`StorageUnavailable` is retried), so it is delivered
     /// again and deduplicated by id.
-    fn recall(&self, posts: &[(ParticipantId, Kind, Posted)]) {
+    /// Returns how many sessions it closed: the batch's recipients with a session (a post
+    /// to one without is dropped, and its node is served from the store when it comes).
+    fn recall(&self, posts: &[(ParticipantId, Kind, Posted)]) -> usize {
         let who: BTreeSet<&ParticipantId> = posts.iter().map(|(w, _, _)| w).collect();
-        for w in &who {
-            self.ctx.hub.close(
-                w,
-                b"the relay could not store what it had just sent: connect again",
+        let closed = who
+            .iter()
+            .filter(|w| {
+                self.ctx.hub.close(
+                    w,
+                    b"the relay could not store what it had just sent: connect again",
+                )
+            })
+            .count();
+        if closed > 0 {
+            tracing::warn!(
+                sessions = closed,
+                "closed the sessions sent a batch whose commit then failed; their nodes connect again"
             );
         }
-        tracing::warn!(
-            participants = who.len(),
-            "closed the sessions sent a batch whose commit then failed; their nodes connect again"
-        );
+        closed
     }
 
     /// Logs refused forwards of receipts for messages not held here, throttled (the metric
@@ -2342,13 +2420,15 @@ impl Writer {
                 if let Some(c) = &mut self.checkpointer {
                     c.committed();
                 }
-                self.ctx.metrics.commit(
-                    size,
-                    started.elapsed(),
-                    p.accepted,
-                    p.receipts,
-                    &p.latencies_ms,
-                );
+                self.ctx
+                    .metrics
+                    .commit(size, started.elapsed(), &p.latencies_ms);
+                // Counted only once durable, as its answers are sent: a commit whose sync
+                // fails stops the relay with its batch refused, not counted.
+                let durable = crate::metrics::Durable {
+                    accepted: p.accepted,
+                    receipts: p.receipts,
+                };
                 // The committed messages join their recipients' queues, and then the depths
                 // are published, before posting: a session that finds its depth 0 skips the
                 // store read and relies on its mailbox (`Metrics::queue_depth`). Only this
@@ -2396,8 +2476,10 @@ impl Writer {
                 }
                 match &self.wal_sync {
                     // Answered once a sync covers this commit.
-                    Some(ws) => ws.answer_after_sync(p.replies),
+                    Some(ws) => ws.answer_after_sync(p.replies, durable),
                     None => {
+                        // The commit synced itself (`synchronous=FULL`).
+                        self.ctx.metrics.durable(durable);
                         for (reply, answer) in p.replies {
                             // Capacity is reserved by the session before it sends a
                             // command, so this only fails if the session has gone, which is
@@ -2475,9 +2557,26 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
     }
 }
 
-/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log) will not
-/// run: a submission or a receipt `StorageUnavailable` (its node offers it again), an
-/// operator's command with the error.
+/// Answers, as the writer stops for `why` (a failed sync of its log, or a panic), every
+/// command it will not run: those deferred in `batch`, and every one still waiting in the
+/// queue. A command dropped with the queue would never be answered: its session, at the
+/// shutdown that follows, would have nothing to tell its node of it, and the node would
+/// learn of it only at its next connection. The queue is closed first, so that nothing more
+/// is queued, then drained to its end, a send already under way included: for the writer's
+/// own thread only, which is no runtime's.
+fn refuse_waiting(batch: &mut Vec<Command>, rx: &mut mpsc::Receiver<Command>, why: &str) {
+    for cmd in batch.drain(..) {
+        refuse_unrun(cmd, why);
+    }
+    rx.close();
+    while let Some(cmd) = rx.blocking_recv() {
+        refuse_unrun(cmd, why);
+    }
+}
+
+/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log, or a panic)
+/// will not run: a submission or a receipt `StorageUnavailable` (its node offers it
+/// again), an operator's command with the error.
 fn refuse_unrun(cmd: Command, why: &str) {
     match cmd {
         Command::Rewind { reply, .. } => {
@@ -4763,6 +4862,240 @@ mod tests {
             }
         }
         assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// A receipt from `who` (key seed `seed`) naming `held`, as its session hands it to the
+    /// writer, with its digest and the channel its answer comes on.
+    fn receipt_command(
+        roster: &Verified<Roster>,
+        who: &str,
+        seed: u8,
+        held: &Signed<Envelope>,
+    ) -> (Command, Digest, mpsc::Receiver<RelayToNode>) {
+        let signed = Signed::sign(
+            &Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid(who),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: 1_000,
+                items: vec![ReceiptItem {
+                    id: MessageId([1; 16]),
+                    sender: pid("KAZ"),
+                    digest: held.digest(),
+                }],
+            },
+            &SigningKey::from_bytes(&[seed; 32]),
+        )
+        .expect("sign receipt");
+        let receipt = roster.verify_receipt(&signed).expect("verifies");
+        let (reply, answer) = mpsc::channel(1);
+        let digest = signed.digest();
+        let cmd = Command::Receipt {
+            receipt,
+            digest,
+            reply,
+        };
+        (cmd, digest, answer)
+    }
+
+    /// A writer that panics (a bug; here the test seam `fail_after_commits`, after its
+    /// first commit) stops as after a failed sync: it returns why, so that the relay stops
+    /// and says so, and every command still waiting in its queue is answered, never
+    /// dropped. Before, the panic unwound through the writer and dropped its queue: a
+    /// roster to keep was never answered, and a receipt's node, never told
+    /// `StorageUnavailable`, learnt of it only at its next connection. What the first
+    /// commit stored is still answered as stored (its answers were with the sync thread).
+    #[test]
+    fn a_writer_that_panics_answers_what_still_waits_for_it_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // One command a turn, and a panic after the first commit.
+        w.ctx.batch_max = 1;
+        w.ctx.fail_after_commits = Some(1);
+        let (tx, rx) = mpsc::channel(16);
+        let (first, first_digest, mut first_answer) = receipt_command(&roster, "CHN", 2, &held[0]);
+        tx.try_send(first).map_err(|_| "full").expect("queued");
+        let (waiting, waiting_digest, mut waiting_answer) =
+            receipt_command(&roster, "IND", 3, &held[0]);
+        tx.try_send(waiting).map_err(|_| "full").expect("queued");
+        let (keep, kept) = tokio::sync::oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: Arc::new(roster.clone()),
+            reply: keep,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let stopped = std::thread::spawn(move || w.run(rx, None)).join();
+        let why = match stopped {
+            Ok(Some(why)) => why,
+            Ok(None) => panic!("the writer stopped as if its commands had ended"),
+            Err(_) => panic!("the panic ended the writer's thread, dropping its queue"),
+        };
+        assert!(why.contains("panicked"), "{why}");
+        assert!(why.contains("injected"), "says why: {why}");
+        assert_eq!(
+            first_answer
+                .try_recv()
+                .expect("the committed receipt is answered"),
+            RelayToNode::ReceiptStored(first_digest)
+        );
+        match waiting_answer.try_recv() {
+            Ok(RelayToNode::Rejected(r)) => {
+                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                assert_eq!(r.subject, Subject::Receipt(waiting_digest));
+                assert!(r.detail.contains("panicked"), "says why: {r:?}");
+            }
+            other => panic!("a receipt waiting for the writer when it panicked: {other:?}"),
+        }
+        assert!(
+            matches!(kept.blocking_recv(), Ok(Err(e)) if e.contains("panicked")),
+            "the roster is not reported kept"
+        );
+        assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// An operator's commits, a roster kept or queues moved back, are watched for stalls
+    /// as a batch's commits are: while one waits on the store, `/health` shows it
+    /// (`store_stalled` once it has run `STORE_STALL_MS`). Before, `Metrics::disk` saw
+    /// neither, so a disk that hung during one left `/health` answering `ok` while the
+    /// writer, and with it every message, waited. The slow disk here is the test seam
+    /// `slow_commits`, a wait before each `COMMIT`.
+    #[test]
+    fn an_operators_commit_that_waits_on_the_store_shows_as_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, _) = writer_holding(dir.path(), 0, 2);
+        // Both recipients have had both messages: a rewind moves their cursors back.
+        w.conn
+            .execute_batch("UPDATE cursors SET rseq = 2")
+            .expect("cursors");
+        w.ctx.slow_commits = Some(std::time::Duration::from_millis(500));
+        let metrics = w.ctx.metrics.clone();
+        let waits = |w: &mut Writer, op: &(dyn Fn(&mut Writer) -> bool + Sync), what: &str| {
+            std::thread::scope(|s| {
+                let job = s.spawn(|| op(w));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+                let mut seen = false;
+                while !job.is_finished() && std::time::Instant::now() < deadline {
+                    if metrics.disk.busy() >= std::time::Duration::from_millis(20) {
+                        seen = true;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let done = job.join().expect("no panic");
+                assert!(seen, "{what} waited on the store unseen by the disk watch");
+                assert!(done, "{what} done once the store answered");
+            });
+            assert_eq!(
+                metrics.disk.busy(),
+                std::time::Duration::ZERO,
+                "{what} ended"
+            );
+        };
+        waits(
+            &mut w,
+            &|w| w.keep_roster(&roster) == Ok(true),
+            "keeping a roster",
+        );
+        waits(
+            &mut w,
+            &|w| {
+                w.rewind(None, 0, Some(1))
+                    .is_ok_and(|r| r.len() == 2 && r.iter().all(|(_, r)| r.messages == 2))
+            },
+            "moving queues back",
+        );
+    }
+
+    /// A message counts as accepted (`hotline_relay_messages_accepted_total`), and a
+    /// receipt as stored, only once the sync after its commit has succeeded, as its answer
+    /// is sent: one whose sync failed was refused `StorageUnavailable`. Before, both were
+    /// counted at the commit, so a failed sync, which stops the relay, left its last
+    /// batch counted though refused.
+    #[test]
+    fn what_a_failed_sync_refused_is_not_counted_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        w.ctx.batch_max = 1;
+        w.ctx.fail_syncs_after = Some(0);
+        let metrics = w.ctx.metrics.clone();
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId([0x20; 16]),
+            sender: pid("KAZ"),
+            seq: Seq(2),
+            audience: Audience::Participants(vec![pid("CHN")]),
+            kind: MsgKind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Exercise,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "its sync fails".into(),
+            body: "body".into(),
+        };
+        let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+        let env = roster.verify_envelope(&signed).expect("verifies");
+        let (tx, rx) = mpsc::channel(16);
+        let (reply, mut answer) = mpsc::channel(1);
+        let now = std::time::Instant::now();
+        tx.try_send(Command::Submit {
+            digest: env.signed().digest(),
+            env,
+            reply,
+            read_at: now,
+            handed_at: now,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let (receipt, _, mut receipt_answer) = receipt_command(&roster, "CHN", 2, &held[0]);
+        tx.try_send(receipt).map_err(|_| "full").expect("queued");
+        // `tx` stays: the writer waits for more until the failed sync wakes it.
+        let stopped = std::thread::spawn(move || w.run(rx, None))
+            .join()
+            .expect("the writer thread ends");
+        assert!(stopped.is_some(), "stopped by the failed sync");
+        for a in [answer.try_recv(), receipt_answer.try_recv()] {
+            assert!(
+                matches!(&a, Ok(RelayToNode::Rejected(r)) if r.code == RejectCode::StorageUnavailable),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            metrics.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "refused, not accepted"
+        );
+        assert_eq!(
+            metrics
+                .receipts_stored
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "refused, not stored"
+        );
+    }
+
+    /// After a failed commit whose batch was posted, the writer closes the sessions it was
+    /// posted to and says how many: the sessions it closed, not the batch's recipients,
+    /// most of whom may have no session (a post to one is dropped). Before, the line
+    /// counted every recipient, here 2 where no session was closed.
+    #[test]
+    fn a_recall_counts_the_sessions_it_closed_not_the_recipients() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, _, _) = writer_holding(dir.path(), 0, 1);
+        let posted = |pos| Posted {
+            pos,
+            id: None,
+            frame: bytes::Bytes::from_static(b"frame"),
+            posted_at: None,
+        };
+        let posts = vec![
+            (pid("CHN"), Kind::Message, posted(1)),
+            (pid("IND"), Kind::Message, posted(1)),
+            (pid("CHN"), Kind::Message, posted(2)),
+        ];
+        assert_eq!(w.recall(&posts), 0, "neither recipient has a session");
     }
 
     /// An observer's reply is routed by what the store says it answers (PROTOCOL.md 7.4,
