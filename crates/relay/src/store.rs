@@ -1578,6 +1578,11 @@ struct Failing {
 /// clock (`now_ms`) divided by this, a UTC day.
 const DAY_MS: u64 = 86_400_000;
 
+/// How far back before the day's start [`ForeignBudget::rebuilt`] reads on: the relay's
+/// clock may have stepped back, leaving a receipt of the day after one stored earlier (as
+/// `report.rs` reads its periods).
+const CLOCK_STEP_MARGIN_MS: u64 = 10 * 60 * 1000;
+
 /// Each signer's budget of receipts kept only because they name messages this relay does
 /// not hold (`limits.foreign_receipts_per_day_max`, PROTOCOL.md 7.5).
 ///
@@ -1587,12 +1592,12 @@ const DAY_MS: u64 = 86_400_000;
 /// Only the committed counts are here: a batch's are in `Pending::foreign_kept` until it
 /// commits, so a batch that fails counts nothing.
 ///
-/// Kept in memory only, one entry per signer (the day it counts for and the count, replaced
-/// on a signer's first such receipt of a new day), so it holds at most one entry per
-/// participant seen since the start, and a check costs one map lookup and no SQL. A restart
-/// starts every budget again: a member can make the relay keep more than its budget in a
-/// day only if the operator restarts the relay, which is the operator's to do, not the
-/// member's.
+/// Kept in memory, one entry per signer (the day it counts for and the count, replaced on a
+/// signer's first such receipt of a new day), so it holds at most one entry per participant
+/// seen since the start, and a check costs one map lookup and no SQL. At a start it is
+/// rebuilt from the store ([`ForeignBudget::rebuilt`]): otherwise every restart (after a
+/// failed sync, a crash, an upgrade) gave a signer over its budget a new one, and the relay
+/// kept up to another day's worth of its receipts each time.
 #[derive(Debug)]
 struct ForeignBudget {
     per_day_max: u64,
@@ -1606,6 +1611,62 @@ impl ForeignBudget {
             per_day_max,
             kept: HashMap::new(),
         }
+    }
+
+    /// The budgets of `now_ms`'s UTC day as the store holds them: each signer's receipts
+    /// stored that day that name no message held here. Every such receipt was kept only
+    /// for its foreign items, so it counted against its signer's budget. One that names a
+    /// held message too counted only if that item told nothing new, which cannot be told
+    /// afterwards; it is not counted, so a budget rebuilt is never more used than it was
+    /// (nor is a receipt whose message came here after it). A receipt that cannot be read
+    /// is not counted either: the start-up check has already refused a damaged store.
+    ///
+    /// It reads the receipts newest first (by position) and stops at the first one stored
+    /// [`CLOCK_STEP_MARGIN_MS`] before the day began (a clock stepped back leaves older
+    /// times among newer positions), decoding each and looking up its items until one is
+    /// held: about one look-up per receipt of the day, beside the start-up check that
+    /// already hashes every receipt the store holds.
+    fn rebuilt(conn: &Connection, per_day_max: u64, now_ms: u64) -> Result<Self, StoreError> {
+        let mut budget = Self::new(per_day_max);
+        if per_day_max == 0 {
+            return Ok(budget);
+        }
+        let day = now_ms / DAY_MS;
+        let (start, end) = (day * DAY_MS, (day + 1) * DAY_MS);
+        let mut newest_first =
+            conn.prepare("SELECT recipient, bytes, stored_at_ms FROM receipts ORDER BY rseq DESC")?;
+        let mut rows = newest_first.query([])?;
+        let mut held = conn.prepare("SELECT 1 FROM messages WHERE id = ?1")?;
+        while let Some(r) = rows.next()? {
+            let stored: u64 = r.get(2)?;
+            if stored.saturating_add(CLOCK_STEP_MARGIN_MS) < start {
+                break;
+            }
+            if !(start..end).contains(&stored) {
+                continue;
+            }
+            let Ok(signer) = ParticipantId::new(&r.get::<_, String>(0)?) else {
+                continue;
+            };
+            let bytes: Vec<u8> = r.get(1)?;
+            let Ok(receipt) = hotline_proto::codec::decode::<Receipt>(
+                &bytes,
+                <Receipt as hotline_proto::SignedPayload>::BYTES_MAX,
+            ) else {
+                continue;
+            };
+            let mut foreign_only = true;
+            for item in &receipt.items {
+                if held.exists([&item.id.0[..]])? {
+                    foreign_only = false;
+                    break;
+                }
+            }
+            if foreign_only {
+                budget.add(signer, day, 1);
+            }
+        }
+        Ok(budget)
     }
 
     /// Whether `signer` may have one more kept on `day`, besides the committed ones and
@@ -1630,6 +1691,11 @@ impl ForeignBudget {
 
 impl Writer {
     pub(crate) fn new(conn: Connection, ctx: WriterContext) -> Result<Self, StoreError> {
+        Self::new_at(conn, ctx, crate::now_ms())
+    }
+
+    /// [`Writer::new`], starting at `now_ms` (ms since the epoch): tests give their own.
+    fn new_at(conn: Connection, ctx: WriterContext, now_ms: u64) -> Result<Self, StoreError> {
         let journal = Journal::load(&conn)?;
         let mut last_seq = HashMap::new();
         {
@@ -1663,7 +1729,8 @@ impl Writer {
             ctx.metrics.add_forward_depths(&counts);
             counts
         };
-        let per_day_max = ctx.foreign_receipts_per_day_max;
+        let foreign_budget =
+            ForeignBudget::rebuilt(&conn, ctx.foreign_receipts_per_day_max, now_ms)?;
         let w = Self {
             conn,
             journal,
@@ -1680,7 +1747,7 @@ impl Writer {
             last_commit_failed: false,
             failing: None,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
-            foreign_budget: ForeignBudget::new(per_day_max),
+            foreign_budget,
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
             over_budget_signers: BTreeSet::new(),
         };
@@ -4580,6 +4647,74 @@ mod tests {
             "the failed batch counted nothing"
         );
         assert_eq!(kept_and_forwarded(&w, n3), (false, false), "over again");
+    }
+
+    /// A signer's budget of receipts kept for messages not held here survives a restart:
+    /// the writer rebuilds it from the receipts the store holds for the day. Before, it was
+    /// kept in memory only, so a signer over its budget had a new one at every restart of
+    /// the relay (after a failed sync, an upgrade, a crash), and the relay kept up to
+    /// another day's worth of its receipts each time.
+    #[test]
+    fn the_foreign_receipt_budget_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 2);
+        let day = 20_000 * DAY_MS;
+        let now = day + 3_600_000;
+        let held = ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        // CHN's budget used up, one receipt at a time; a receipt naming a held message
+        // (news) is kept besides, and counts for nothing. IND has used one of its two.
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![made_up(1)])]);
+        let b = commit_receipts(&mut w, &roster, now + 1, vec![("CHN", 2, vec![made_up(2)])]);
+        let c = commit_receipts(
+            &mut w,
+            &roster,
+            now + 2,
+            vec![("CHN", 2, vec![held, made_up(3)])],
+        );
+        let d = commit_receipts(&mut w, &roster, now + 3, vec![("IND", 3, vec![made_up(4)])]);
+        for r in [&a, &b, &c, &d] {
+            assert_eq!(kept_and_forwarded(&w, r[0].0), (true, true));
+        }
+        // And one from the day before, which counts for that day only.
+        let e = commit_receipts(&mut w, &roster, day - 1, vec![("IND", 3, vec![made_up(5)])]);
+        assert_eq!(kept_and_forwarded(&w, e[0].0), (true, true));
+
+        // The relay restarts later the same day.
+        let Writer { conn, ctx, .. } = w;
+        drop(conn);
+        let (_, conn) = open_db(dir.path()).expect("reopen");
+        let mut w = Writer::new_at(conn, ctx, now + 3_600_000).expect("writer");
+        let over = commit_receipts(
+            &mut w,
+            &roster,
+            now + 3_600_001,
+            vec![("CHN", 2, vec![made_up(6)]), ("IND", 3, vec![made_up(7)])],
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, over[0].0),
+            (false, false),
+            "CHN is still over its budget after the restart"
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, over[1].0),
+            (true, true),
+            "IND had one left"
+        );
+        let last = commit_receipts(
+            &mut w,
+            &roster,
+            now + 3_600_002,
+            vec![("IND", 3, vec![made_up(8)])],
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, last[0].0),
+            (false, false),
+            "and now none"
+        );
     }
 
     /// A foreign item's sender is whatever its signer wrote: one on no roster is never
