@@ -2489,7 +2489,8 @@ async fn receipt_at(
 /// but neither kept nor forwarded, also after a restart. Receipts for messages the relay
 /// does not hold are forwarded while the sender's forward queue is below
 /// `forward_foreign_max`, and kept only within their signer's budget for the day
-/// (`foreign_receipts_per_day_max`, which a restart starts again). Without these rules a
+/// (`foreign_receipts_per_day_max`, which a restart keeps: the relay rebuilds it from the
+/// receipts it stored that day). Without these rules a
 /// participant could fill the relay's disk and another's forward queue with signed
 /// receipts, within its receipt rate.
 #[tokio::test]
@@ -2507,7 +2508,13 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
             "hotline_relay_receipts_unforwarded_total{reason=\"signer_over_budget\"}",
             depth,
         ]
-        .map(|m| metric(&text, m).unwrap_or_else(|| panic!("{m} missing: {text}")))
+        .map(|m| match metric(&text, m) {
+            Some(v) => v,
+            // A relay started with KAZ's forward queue empty has no series for it until
+            // it forwards something.
+            None if m == depth => 0.0,
+            None => panic!("{m} missing: {text}"),
+        })
     };
     let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
     let m = kaz.send_to("KGZ", "one").await.unwrap();
@@ -2588,11 +2595,21 @@ async fn receipts_that_tell_nothing_new_are_answered_but_neither_kept_nor_forwar
     relay.shutdown().await;
 
     // Who acknowledged what is in the store: after a restart a third acknowledgement is
-    // still not news. The budgets are in memory: a restart starts them again.
+    // still not news. Nor does a restart give KGZ a new budget: the relay counts again
+    // the receipts it stored today for messages it does not hold.
     let (relay, maddr, _kaz, mut kgz) = with_metrics(&net).await;
     receipt_at(&mut kgz, ack("Sidorov"), items, t + 9).await;
     receipt_at(&mut kgz, ReceiptKind::Delivered, &[foreign(5)], t + 10).await;
-    assert_eq!(counts(maddr).await, [1.0, 1.0, 0.0, 0.0, 1.0]);
+    let c = counts(maddr).await;
+    if utc_day() == day {
+        assert_eq!(c, [0.0, 1.0, 0.0, 1.0, 0.0], "still over its budget");
+    } else {
+        // Past midnight the fifth may have been the new day's first, kept and forwarded.
+        assert!(
+            c == [0.0, 1.0, 0.0, 1.0, 0.0] || c == [1.0, 1.0, 0.0, 0.0, 1.0],
+            "{c:?}"
+        );
+    }
     relay.shutdown().await;
 }
 

@@ -275,9 +275,14 @@ impl Hub {
 
     /// Closes `participant`'s session, if one is registered (code `Normal`, with `reason`):
     /// its node connects again, and its new session delivers from the start of its queue.
-    pub(crate) fn close(&self, participant: &ParticipantId, reason: &[u8]) {
-        if let Some(e) = self.lock().get(participant) {
-            e.conn.close(ErrorCode::Normal.close_code().into(), reason);
+    /// Returns whether one was.
+    pub(crate) fn close(&self, participant: &ParticipantId, reason: &[u8]) -> bool {
+        match self.lock().get(participant) {
+            Some(e) => {
+                e.conn.close(ErrorCode::Normal.close_code().into(), reason);
+                true
+            }
+            None => false,
         }
     }
 
@@ -507,6 +512,21 @@ mod tests {
         );
         assert!(!hub.unregister(&kaz, 1), "the older one is not registered");
         assert!(hub.unregister(&kaz, 2), "the newer one stays registered");
+    }
+
+    /// `close` says whether it closed a session: the store writer's recall after a failed
+    /// commit counts the sessions it closed, not every recipient of the batch.
+    #[tokio::test]
+    async fn closing_says_whether_a_session_was_there() {
+        let (_endpoints, conns) = connections(1).await;
+        let hub = Hub::new(CAP8);
+        let kaz = ParticipantId::new("KAZ").expect("participant id");
+        let kgz = ParticipantId::new("KGZ").expect("participant id");
+        assert!(hub.register(&kaz, 1, conns[0].clone()).is_some());
+        assert!(!hub.close(&kgz, b"test"), "KGZ has no session");
+        assert!(conns[0].close_reason().is_none());
+        assert!(hub.close(&kaz, b"test"), "KAZ's session is closed");
+        assert!(conns[0].close_reason().is_some());
     }
 
     /// A session may take from its mailbox between two items of one post (the writer holds

@@ -291,10 +291,10 @@ impl RelayHandle {
     }
 
     /// Returns, with the reason, if the relay stops on its own: its store writer has ended
-    /// (a panic: a bug), so it can no longer store anything. It then closes its sessions
-    /// and endpoint as at a shutdown; the caller should still call [`RelayHandle::shutdown`]
-    /// and then exit with an error, so that a supervisor restarts it. Never returns
-    /// otherwise.
+    /// (a failed sync of its log, or a panic: a bug), so it can no longer store anything.
+    /// It then closes its sessions and endpoint as at a shutdown; the caller should still
+    /// call [`RelayHandle::shutdown`] and then exit with an error, so that a supervisor
+    /// restarts it. Never returns otherwise.
     pub async fn failed(&self) -> String {
         let mut fault = self.fault.clone();
         let reason = match fault.wait_for(Option::is_some).await {
@@ -393,9 +393,9 @@ impl Hosting {
     }
 
     /// For tests of what happens while a commit syncs, as on a slow disk: the writer waits
-    /// `wait` after posting a batch to the sessions and before its `COMMIT`, so that a
-    /// session starting meanwhile meets a batch it was not posted and cannot yet read from
-    /// the store. Its own thread waits, so not with [`Hosting::writer_on_runtime`]. Never
+    /// `wait` after posting a batch to the sessions and before its `COMMIT` (and before the
+    /// `COMMIT` of an operator's rewind or roster kept), so that a session starting
+    /// meanwhile meets a batch it was not posted and cannot yet read from the store. Its own thread waits, so not with [`Hosting::writer_on_runtime`]. Never
     /// in production.
     #[doc(hidden)]
     pub fn slow_commits(mut self, wait: std::time::Duration) -> Self {
@@ -513,9 +513,14 @@ impl Relay {
         let (writer_gone_tx, writer_gone) = tokio::sync::oneshot::channel::<String>();
         let writer_join = if hosting.writer_on_runtime {
             WriterJoin::Task(tokio::spawn(async move {
-                let _gone = writer_gone_tx;
-                let _claim = claim;
-                writer.run_on_runtime(cmd_rx).await
+                // As on a thread (below): the claim goes first.
+                let stopped = {
+                    let _claim = claim;
+                    writer.run_on_runtime(cmd_rx).await
+                };
+                if let Some(why) = stopped {
+                    let _ = writer_gone_tx.send(why);
+                }
             }))
         } else {
             let checkpointer = match checkpoint::Checkpointer::start(

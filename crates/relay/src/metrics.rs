@@ -95,6 +95,22 @@ pub(crate) enum Budget {
     Bytes = 1,
 }
 
+/// What one commit accepted and stored, counted once it is durable ([`Metrics::durable`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Durable {
+    /// Messages accepted (`hotline_relay_messages_accepted_total`).
+    pub(crate) accepted: u64,
+    /// Receipts stored (`hotline_relay_receipts_stored_total`).
+    pub(crate) receipts: u64,
+}
+
+impl std::ops::AddAssign for Durable {
+    fn add_assign(&mut self, o: Self) {
+        self.accepted += o.accepted;
+        self.receipts += o.receipts;
+    }
+}
+
 /// The relay's counters and gauges.
 pub(crate) struct Metrics {
     pub(crate) connections: AtomicU64,
@@ -188,6 +204,15 @@ impl DiskWatch {
     pub(crate) fn commit_ended(&self, committed: bool) {
         self.commit_since.store(0, Relaxed);
         self.failing.store(!committed, Relaxed);
+    }
+
+    /// An operator's commit (a roster kept, queues moved back), begun with
+    /// [`DiskWatch::commit_began`] so that a stall in it shows, has ended. Whether it
+    /// committed leaves `failing` as it was: the operator who asked is told, and only the
+    /// group commits, and the writer's probe of a failing store, say whether the relay can
+    /// accept messages (a failure noted here would stay until a group commit came).
+    pub(crate) fn operators_commit_ended(&self) {
+        self.commit_since.store(0, Relaxed);
     }
 
     /// A sync of the write-ahead log began at `at`.
@@ -319,21 +344,20 @@ impl Metrics {
 
     /// A group commit of `size` items succeeded after `took` (its statements and `COMMIT`,
     /// with the log's sync only where the sync thread is not running).
-    pub(crate) fn commit(
-        &self,
-        size: usize,
-        took: std::time::Duration,
-        accepted: u64,
-        receipts: u64,
-        latencies_ms: &[u64],
-    ) {
+    pub(crate) fn commit(&self, size: usize, took: std::time::Duration, latencies_ms: &[u64]) {
         self.batch.observe(size as u64);
         self.commit_us.observe_us(took);
-        self.accepted.fetch_add(accepted, Relaxed);
-        self.receipts_stored.fetch_add(receipts, Relaxed);
         for l in latencies_ms {
             self.latency.observe(*l);
         }
+    }
+
+    /// What a commit accepted and stored is on disk (the sync after it succeeded, or the
+    /// commit synced itself): counted now, just before its answers go, and never for a
+    /// commit whose sync failed, whose answers were refused.
+    pub(crate) fn durable(&self, d: Durable) {
+        self.accepted.fetch_add(d.accepted, Relaxed);
+        self.receipts_stored.fetch_add(d.receipts, Relaxed);
     }
 
     /// A submission's first two stages, seen by the store writer as it begins the commit

@@ -927,7 +927,7 @@ pub(crate) struct WriterContext {
     /// log after this many fails.
     pub(crate) fail_syncs_after: Option<u64>,
     /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
-    /// post and its commit.
+    /// post and its commit, and before the commit of an operator's command.
     pub(crate) slow_commits: Option<std::time::Duration>,
 }
 
@@ -1578,6 +1578,11 @@ struct Failing {
 /// clock (`now_ms`) divided by this, a UTC day.
 const DAY_MS: u64 = 86_400_000;
 
+/// How far back before the day's start [`ForeignBudget::rebuilt`] reads on: the relay's
+/// clock may have stepped back, leaving a receipt of the day after one stored earlier (as
+/// `report.rs` reads its periods).
+const CLOCK_STEP_MARGIN_MS: u64 = 10 * 60 * 1000;
+
 /// Each signer's budget of receipts kept only because they name messages this relay does
 /// not hold (`limits.foreign_receipts_per_day_max`, PROTOCOL.md 7.5).
 ///
@@ -1587,12 +1592,12 @@ const DAY_MS: u64 = 86_400_000;
 /// Only the committed counts are here: a batch's are in `Pending::foreign_kept` until it
 /// commits, so a batch that fails counts nothing.
 ///
-/// Kept in memory only, one entry per signer (the day it counts for and the count, replaced
-/// on a signer's first such receipt of a new day), so it holds at most one entry per
-/// participant seen since the start, and a check costs one map lookup and no SQL. A restart
-/// starts every budget again: a member can make the relay keep more than its budget in a
-/// day only if the operator restarts the relay, which is the operator's to do, not the
-/// member's.
+/// Kept in memory, one entry per signer (the day it counts for and the count, replaced on a
+/// signer's first such receipt of a new day), so it holds at most one entry per participant
+/// seen since the start, and a check costs one map lookup and no SQL. At a start it is
+/// rebuilt from the store ([`ForeignBudget::rebuilt`]): otherwise every restart (after a
+/// failed sync, a crash, an upgrade) gave a signer over its budget a new one, and the relay
+/// kept up to another day's worth of its receipts each time.
 #[derive(Debug)]
 struct ForeignBudget {
     per_day_max: u64,
@@ -1606,6 +1611,62 @@ impl ForeignBudget {
             per_day_max,
             kept: HashMap::new(),
         }
+    }
+
+    /// The budgets of `now_ms`'s UTC day as the store holds them: each signer's receipts
+    /// stored that day that name no message held here. Every such receipt was kept only
+    /// for its foreign items, so it counted against its signer's budget. One that names a
+    /// held message too counted only if that item told nothing new, which cannot be told
+    /// afterwards; it is not counted, so a budget rebuilt is never more used than it was
+    /// (nor is a receipt whose message came here after it). A receipt that cannot be read
+    /// is not counted either: the start-up check has already refused a damaged store.
+    ///
+    /// It reads the receipts newest first (by position) and stops at the first one stored
+    /// [`CLOCK_STEP_MARGIN_MS`] before the day began (a clock stepped back leaves older
+    /// times among newer positions), decoding each and looking up its items until one is
+    /// held: about one look-up per receipt of the day, beside the start-up check that
+    /// already hashes every receipt the store holds.
+    fn rebuilt(conn: &Connection, per_day_max: u64, now_ms: u64) -> Result<Self, StoreError> {
+        let mut budget = Self::new(per_day_max);
+        if per_day_max == 0 {
+            return Ok(budget);
+        }
+        let day = now_ms / DAY_MS;
+        let (start, end) = (day * DAY_MS, (day + 1) * DAY_MS);
+        let mut newest_first =
+            conn.prepare("SELECT recipient, bytes, stored_at_ms FROM receipts ORDER BY rseq DESC")?;
+        let mut rows = newest_first.query([])?;
+        let mut held = conn.prepare("SELECT 1 FROM messages WHERE id = ?1")?;
+        while let Some(r) = rows.next()? {
+            let stored: u64 = r.get(2)?;
+            if stored.saturating_add(CLOCK_STEP_MARGIN_MS) < start {
+                break;
+            }
+            if !(start..end).contains(&stored) {
+                continue;
+            }
+            let Ok(signer) = ParticipantId::new(&r.get::<_, String>(0)?) else {
+                continue;
+            };
+            let bytes: Vec<u8> = r.get(1)?;
+            let Ok(receipt) = hotline_proto::codec::decode::<Receipt>(
+                &bytes,
+                <Receipt as hotline_proto::SignedPayload>::BYTES_MAX,
+            ) else {
+                continue;
+            };
+            let mut foreign_only = true;
+            for item in &receipt.items {
+                if held.exists([&item.id.0[..]])? {
+                    foreign_only = false;
+                    break;
+                }
+            }
+            if foreign_only {
+                budget.add(signer, day, 1);
+            }
+        }
+        Ok(budget)
     }
 
     /// Whether `signer` may have one more kept on `day`, besides the committed ones and
@@ -1630,6 +1691,11 @@ impl ForeignBudget {
 
 impl Writer {
     pub(crate) fn new(conn: Connection, ctx: WriterContext) -> Result<Self, StoreError> {
+        Self::new_at(conn, ctx, crate::now_ms())
+    }
+
+    /// [`Writer::new`], starting at `now_ms` (ms since the epoch): tests give their own.
+    fn new_at(conn: Connection, ctx: WriterContext, now_ms: u64) -> Result<Self, StoreError> {
         let journal = Journal::load(&conn)?;
         let mut last_seq = HashMap::new();
         {
@@ -1663,7 +1729,8 @@ impl Writer {
             ctx.metrics.add_forward_depths(&counts);
             counts
         };
-        let per_day_max = ctx.foreign_receipts_per_day_max;
+        let foreign_budget =
+            ForeignBudget::rebuilt(&conn, ctx.foreign_receipts_per_day_max, now_ms)?;
         let w = Self {
             conn,
             journal,
@@ -1680,7 +1747,7 @@ impl Writer {
             last_commit_failed: false,
             failing: None,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
-            foreign_budget: ForeignBudget::new(per_day_max),
+            foreign_budget,
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
             over_budget_signers: BTreeSet::new(),
         };
@@ -1779,27 +1846,20 @@ impl Writer {
                 Ok(next) => next,
                 Err(e) => {
                     // Deferred receipts, not yet committed, and every command still waiting
-                    // in the queue: refused, as what the failed sync was to cover was. A
-                    // command dropped with the queue would never be answered: its session
-                    // would wait for it, at the shutdown that follows for the whole of
-                    // `limits::SHUTDOWN_ANSWERS_MS`, and its node learn of it only at its
-                    // next connection. Closed first, so that nothing more is queued; drained
-                    // to its end (this thread is no runtime's), a send already under way
-                    // included.
-                    let why = format!("relay storage: {e}");
-                    for cmd in batch.drain(..) {
-                        refuse_unrun(cmd, &why);
-                    }
-                    rx.close();
-                    while let Some(cmd) = rx.blocking_recv() {
-                        refuse_unrun(cmd, &why);
-                    }
+                    // in the queue: refused, as what the failed sync was to cover was.
+                    refuse_waiting(&mut batch, &mut rx, &format!("relay storage: {e}"));
                     break Some(format!("the store writer stopped: {e}"));
                 }
             };
             let now = std::time::Instant::now();
-            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
-                break None;
+            match self.step_or_panic(next, &mut rx, &mut batch, &mut deadline, now) {
+                Ok(true) => {}
+                Ok(false) => break None,
+                Err(why) => {
+                    // A panic (a bug): as after a failed sync.
+                    refuse_waiting(&mut batch, &mut rx, &format!("relay storage: {why}"));
+                    break Some(format!("the store writer stopped: {why}"));
+                }
             }
         };
         // Stops the checkpoint thread (after the checkpoint it may be running), and the sync
@@ -1841,10 +1901,14 @@ impl Writer {
 
     /// As [`Writer::run`], as a task that blocks its runtime during each commit: for a
     /// single-threaded deterministic simulation only (`Hosting::writer_on_runtime`).
-    pub(crate) async fn run_on_runtime(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Returns why if it stopped on its own (a panic), as [`Writer::run`] does.
+    pub(crate) async fn run_on_runtime(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+    ) -> Option<String> {
         let mut batch = Vec::with_capacity(self.ctx.batch_max);
         let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
+        let stopped = loop {
             let next = match deadline {
                 None => match rx.recv().await {
                     Some(c) => Next::Command(c),
@@ -1857,11 +1921,66 @@ impl Writer {
                 },
             };
             let now = tokio::time::Instant::now();
-            if !self.step(next, &mut rx, &mut batch, &mut deadline, now) {
-                break;
+            match self.step_or_panic(next, &mut rx, &mut batch, &mut deadline, now) {
+                Ok(true) => {}
+                Ok(false) => break None,
+                Err(why) => {
+                    // As `refuse_waiting` does, but waiting on the runtime for a send
+                    // already under way (this task may not block it).
+                    let refusal = format!("relay storage: {why}");
+                    for cmd in batch.drain(..) {
+                        refuse_unrun(cmd, &refusal);
+                    }
+                    rx.close();
+                    while let Some(cmd) = rx.recv().await {
+                        refuse_unrun(cmd, &refusal);
+                    }
+                    break Some(format!("the store writer stopped: {why}"));
+                }
             }
+        };
+        match &stopped {
+            None => tracing::info!("store writer stopped"),
+            Some(why) => tracing::error!(reason = %why, "store writer stopped"),
         }
-        tracing::info!("store writer stopped");
+        stopped
+    }
+
+    /// [`Writer::step`], with a panic in it (a bug) caught and returned as why the writer
+    /// must stop. The writer then stops as after a failed sync: it answers every command
+    /// left in its batch and its queue (`StorageUnavailable`, an operator's command with
+    /// the error) and returns why, so that the relay stops and says so
+    /// ([`crate::RelayHandle::failed`]). Before, the panic unwound through the writer and
+    /// dropped its queue: those commands went unanswered, and their nodes learnt of them
+    /// only at their next connection. The commands of the commit the panic interrupted
+    /// are lost with it (their sessions' channels see only that); what earlier commits
+    /// handed the sync thread is still synced and answered when the writer ends.
+    ///
+    /// Catching is sound here: the writer only stops after it, and what it leaves behind
+    /// is safe to drop (a transaction the panic interrupted rolls back as it unwinds; the
+    /// locks it shares recover from poisoning).
+    fn step_or_panic<I>(
+        &mut self,
+        next: Next,
+        rx: &mut mpsc::Receiver<Command>,
+        batch: &mut Vec<Command>,
+        deadline: &mut Option<I>,
+        now: I,
+    ) -> Result<bool, String>
+    where
+        I: std::ops::Add<std::time::Duration, Output = I> + PartialOrd + Copy,
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.step(next, rx, batch, deadline, now)
+        }))
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            format!("it panicked (a bug): {message}")
+        })
     }
 
     /// One turn of the commit loop (both hostings), given what the wait returned: drains
@@ -1962,13 +2081,22 @@ impl Writer {
     /// own, answered once on disk.
     fn keep_roster(&mut self, roster: &Verified<Roster>) -> Result<bool, String> {
         let path = PathBuf::from(self.conn.path().unwrap_or_default());
+        // Watched for stalls as a batch's commit is (its sync is, in `WalSync`).
+        self.ctx
+            .metrics
+            .disk
+            .commit_began(std::time::Instant::now());
         self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
             let wrote = keep_roster(&tx, &mut self.journal, &path, roster, crate::now_ms())?;
+            if let Some(wait) = self.ctx.slow_commits {
+                std::thread::sleep(wait);
+            }
             tx.commit()?;
             Ok::<_, StoreError>(wrote)
         })();
+        self.ctx.metrics.disk.operators_commit_ended();
         let wrote = done.map_err(|e| {
             self.journal.rollback();
             format!("relay storage: {e}")
@@ -1991,6 +2119,11 @@ impl Writer {
         since_ms: u64,
         first: Option<i64>,
     ) -> Result<RewoundAll, String> {
+        // Watched for stalls as a batch's commit is (its sync is, in `WalSync`).
+        self.ctx
+            .metrics
+            .disk
+            .commit_began(std::time::Instant::now());
         self.journal.begin();
         let done = (|| {
             let tx = self.conn.transaction()?;
@@ -2001,9 +2134,13 @@ impl Writer {
                 (since_ms, first),
                 crate::now_ms(),
             )?;
+            if let Some(wait) = self.ctx.slow_commits {
+                std::thread::sleep(wait);
+            }
             tx.commit()?;
             Ok::<_, StoreError>(r)
         })();
+        self.ctx.metrics.disk.operators_commit_ended();
         let (rewound, loaded) = match done {
             Ok(r) => r,
             Err(e) => {
@@ -2102,18 +2239,26 @@ impl Writer {
     /// store. A recipient keeps what it was sent: a genuine message its sender is told was
     /// not accepted, and resends (`StorageUnavailable` is retried), so it is delivered
     /// again and deduplicated by id.
-    fn recall(&self, posts: &[(ParticipantId, Kind, Posted)]) {
+    /// Returns how many sessions it closed: the batch's recipients with a session (a post
+    /// to one without is dropped, and its node is served from the store when it comes).
+    fn recall(&self, posts: &[(ParticipantId, Kind, Posted)]) -> usize {
         let who: BTreeSet<&ParticipantId> = posts.iter().map(|(w, _, _)| w).collect();
-        for w in &who {
-            self.ctx.hub.close(
-                w,
-                b"the relay could not store what it had just sent: connect again",
+        let closed = who
+            .iter()
+            .filter(|w| {
+                self.ctx.hub.close(
+                    w,
+                    b"the relay could not store what it had just sent: connect again",
+                )
+            })
+            .count();
+        if closed > 0 {
+            tracing::warn!(
+                sessions = closed,
+                "closed the sessions sent a batch whose commit then failed; their nodes connect again"
             );
         }
-        tracing::warn!(
-            participants = who.len(),
-            "closed the sessions sent a batch whose commit then failed; their nodes connect again"
-        );
+        closed
     }
 
     /// Logs refused forwards of receipts for messages not held here, throttled (the metric
@@ -2342,13 +2487,15 @@ impl Writer {
                 if let Some(c) = &mut self.checkpointer {
                     c.committed();
                 }
-                self.ctx.metrics.commit(
-                    size,
-                    started.elapsed(),
-                    p.accepted,
-                    p.receipts,
-                    &p.latencies_ms,
-                );
+                self.ctx
+                    .metrics
+                    .commit(size, started.elapsed(), &p.latencies_ms);
+                // Counted only once durable, as its answers are sent: a commit whose sync
+                // fails stops the relay with its batch refused, not counted.
+                let durable = crate::metrics::Durable {
+                    accepted: p.accepted,
+                    receipts: p.receipts,
+                };
                 // The committed messages join their recipients' queues, and then the depths
                 // are published, before posting: a session that finds its depth 0 skips the
                 // store read and relies on its mailbox (`Metrics::queue_depth`). Only this
@@ -2396,8 +2543,10 @@ impl Writer {
                 }
                 match &self.wal_sync {
                     // Answered once a sync covers this commit.
-                    Some(ws) => ws.answer_after_sync(p.replies),
+                    Some(ws) => ws.answer_after_sync(p.replies, durable),
                     None => {
+                        // The commit synced itself (`synchronous=FULL`).
+                        self.ctx.metrics.durable(durable);
                         for (reply, answer) in p.replies {
                             // Capacity is reserved by the session before it sends a
                             // command, so this only fails if the session has gone, which is
@@ -2475,9 +2624,26 @@ fn unrun(cmd: Command) -> Option<(mpsc::Sender<RelayToNode>, RelayToNode)> {
     }
 }
 
-/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log) will not
-/// run: a submission or a receipt `StorageUnavailable` (its node offers it again), an
-/// operator's command with the error.
+/// Answers, as the writer stops for `why` (a failed sync of its log, or a panic), every
+/// command it will not run: those deferred in `batch`, and every one still waiting in the
+/// queue. A command dropped with the queue would never be answered: its session, at the
+/// shutdown that follows, would have nothing to tell its node of it, and the node would
+/// learn of it only at its next connection. The queue is closed first, so that nothing more
+/// is queued, then drained to its end, a send already under way included: for the writer's
+/// own thread only, which is no runtime's.
+fn refuse_waiting(batch: &mut Vec<Command>, rx: &mut mpsc::Receiver<Command>, why: &str) {
+    for cmd in batch.drain(..) {
+        refuse_unrun(cmd, why);
+    }
+    rx.close();
+    while let Some(cmd) = rx.blocking_recv() {
+        refuse_unrun(cmd, why);
+    }
+}
+
+/// Answers `cmd`, which a writer stopping for `why` (a failed sync of its log, or a panic)
+/// will not run: a submission or a receipt `StorageUnavailable` (its node offers it
+/// again), an operator's command with the error.
 fn refuse_unrun(cmd: Command, why: &str) {
     match cmd {
         Command::Rewind { reply, .. } => {
@@ -4483,6 +4649,74 @@ mod tests {
         assert_eq!(kept_and_forwarded(&w, n3), (false, false), "over again");
     }
 
+    /// A signer's budget of receipts kept for messages not held here survives a restart:
+    /// the writer rebuilds it from the receipts the store holds for the day. Before, it was
+    /// kept in memory only, so a signer over its budget had a new one at every restart of
+    /// the relay (after a failed sync, an upgrade, a crash), and the relay kept up to
+    /// another day's worth of its receipts each time.
+    #[test]
+    fn the_foreign_receipt_budget_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, m1) = writer_with_foreign_budget(dir.path(), 2);
+        let day = 20_000 * DAY_MS;
+        let now = day + 3_600_000;
+        let held = ReceiptItem {
+            id: MessageId([1; 16]),
+            sender: pid("KAZ"),
+            digest: m1.digest(),
+        };
+        // CHN's budget used up, one receipt at a time; a receipt naming a held message
+        // (news) is kept besides, and counts for nothing. IND has used one of its two.
+        let a = commit_receipts(&mut w, &roster, now, vec![("CHN", 2, vec![made_up(1)])]);
+        let b = commit_receipts(&mut w, &roster, now + 1, vec![("CHN", 2, vec![made_up(2)])]);
+        let c = commit_receipts(
+            &mut w,
+            &roster,
+            now + 2,
+            vec![("CHN", 2, vec![held, made_up(3)])],
+        );
+        let d = commit_receipts(&mut w, &roster, now + 3, vec![("IND", 3, vec![made_up(4)])]);
+        for r in [&a, &b, &c, &d] {
+            assert_eq!(kept_and_forwarded(&w, r[0].0), (true, true));
+        }
+        // And one from the day before, which counts for that day only.
+        let e = commit_receipts(&mut w, &roster, day - 1, vec![("IND", 3, vec![made_up(5)])]);
+        assert_eq!(kept_and_forwarded(&w, e[0].0), (true, true));
+
+        // The relay restarts later the same day.
+        let Writer { conn, ctx, .. } = w;
+        drop(conn);
+        let (_, conn) = open_db(dir.path()).expect("reopen");
+        let mut w = Writer::new_at(conn, ctx, now + 3_600_000).expect("writer");
+        let over = commit_receipts(
+            &mut w,
+            &roster,
+            now + 3_600_001,
+            vec![("CHN", 2, vec![made_up(6)]), ("IND", 3, vec![made_up(7)])],
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, over[0].0),
+            (false, false),
+            "CHN is still over its budget after the restart"
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, over[1].0),
+            (true, true),
+            "IND had one left"
+        );
+        let last = commit_receipts(
+            &mut w,
+            &roster,
+            now + 3_600_002,
+            vec![("IND", 3, vec![made_up(8)])],
+        );
+        assert_eq!(
+            kept_and_forwarded(&w, last[0].0),
+            (false, false),
+            "and now none"
+        );
+    }
+
     /// A foreign item's sender is whatever its signer wrote: one on no roster is never
     /// forwarded to (nobody could log in to collect it), so a member cannot make the relay
     /// keep a forward queue, a depth and a metrics series for each of up to 512 made-up
@@ -4763,6 +4997,240 @@ mod tests {
             }
         }
         assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// A receipt from `who` (key seed `seed`) naming `held`, as its session hands it to the
+    /// writer, with its digest and the channel its answer comes on.
+    fn receipt_command(
+        roster: &Verified<Roster>,
+        who: &str,
+        seed: u8,
+        held: &Signed<Envelope>,
+    ) -> (Command, Digest, mpsc::Receiver<RelayToNode>) {
+        let signed = Signed::sign(
+            &Receipt {
+                version: PROTOCOL_VERSION,
+                recipient: pid(who),
+                kind: ReceiptKind::Delivered,
+                created_at_ms: 1_000,
+                items: vec![ReceiptItem {
+                    id: MessageId([1; 16]),
+                    sender: pid("KAZ"),
+                    digest: held.digest(),
+                }],
+            },
+            &SigningKey::from_bytes(&[seed; 32]),
+        )
+        .expect("sign receipt");
+        let receipt = roster.verify_receipt(&signed).expect("verifies");
+        let (reply, answer) = mpsc::channel(1);
+        let digest = signed.digest();
+        let cmd = Command::Receipt {
+            receipt,
+            digest,
+            reply,
+        };
+        (cmd, digest, answer)
+    }
+
+    /// A writer that panics (a bug; here the test seam `fail_after_commits`, after its
+    /// first commit) stops as after a failed sync: it returns why, so that the relay stops
+    /// and says so, and every command still waiting in its queue is answered, never
+    /// dropped. Before, the panic unwound through the writer and dropped its queue: a
+    /// roster to keep was never answered, and a receipt's node, never told
+    /// `StorageUnavailable`, learnt of it only at its next connection. What the first
+    /// commit stored is still answered as stored (its answers were with the sync thread).
+    #[test]
+    fn a_writer_that_panics_answers_what_still_waits_for_it_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        // One command a turn, and a panic after the first commit.
+        w.ctx.batch_max = 1;
+        w.ctx.fail_after_commits = Some(1);
+        let (tx, rx) = mpsc::channel(16);
+        let (first, first_digest, mut first_answer) = receipt_command(&roster, "CHN", 2, &held[0]);
+        tx.try_send(first).map_err(|_| "full").expect("queued");
+        let (waiting, waiting_digest, mut waiting_answer) =
+            receipt_command(&roster, "IND", 3, &held[0]);
+        tx.try_send(waiting).map_err(|_| "full").expect("queued");
+        let (keep, kept) = tokio::sync::oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: Arc::new(roster.clone()),
+            reply: keep,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let stopped = std::thread::spawn(move || w.run(rx, None)).join();
+        let why = match stopped {
+            Ok(Some(why)) => why,
+            Ok(None) => panic!("the writer stopped as if its commands had ended"),
+            Err(_) => panic!("the panic ended the writer's thread, dropping its queue"),
+        };
+        assert!(why.contains("panicked"), "{why}");
+        assert!(why.contains("injected"), "says why: {why}");
+        assert_eq!(
+            first_answer
+                .try_recv()
+                .expect("the committed receipt is answered"),
+            RelayToNode::ReceiptStored(first_digest)
+        );
+        match waiting_answer.try_recv() {
+            Ok(RelayToNode::Rejected(r)) => {
+                assert_eq!(r.code, RejectCode::StorageUnavailable, "{r:?}");
+                assert_eq!(r.subject, Subject::Receipt(waiting_digest));
+                assert!(r.detail.contains("panicked"), "says why: {r:?}");
+            }
+            other => panic!("a receipt waiting for the writer when it panicked: {other:?}"),
+        }
+        assert!(
+            matches!(kept.blocking_recv(), Ok(Err(e)) if e.contains("panicked")),
+            "the roster is not reported kept"
+        );
+        assert!(tx.is_closed(), "the writer takes nothing more");
+    }
+
+    /// An operator's commits, a roster kept or queues moved back, are watched for stalls
+    /// as a batch's commits are: while one waits on the store, `/health` shows it
+    /// (`store_stalled` once it has run `STORE_STALL_MS`). Before, `Metrics::disk` saw
+    /// neither, so a disk that hung during one left `/health` answering `ok` while the
+    /// writer, and with it every message, waited. The slow disk here is the test seam
+    /// `slow_commits`, a wait before each `COMMIT`.
+    #[test]
+    fn an_operators_commit_that_waits_on_the_store_shows_as_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, _) = writer_holding(dir.path(), 0, 2);
+        // Both recipients have had both messages: a rewind moves their cursors back.
+        w.conn
+            .execute_batch("UPDATE cursors SET rseq = 2")
+            .expect("cursors");
+        w.ctx.slow_commits = Some(std::time::Duration::from_millis(500));
+        let metrics = w.ctx.metrics.clone();
+        let waits = |w: &mut Writer, op: &(dyn Fn(&mut Writer) -> bool + Sync), what: &str| {
+            std::thread::scope(|s| {
+                let job = s.spawn(|| op(w));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+                let mut seen = false;
+                while !job.is_finished() && std::time::Instant::now() < deadline {
+                    if metrics.disk.busy() >= std::time::Duration::from_millis(20) {
+                        seen = true;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let done = job.join().expect("no panic");
+                assert!(seen, "{what} waited on the store unseen by the disk watch");
+                assert!(done, "{what} done once the store answered");
+            });
+            assert_eq!(
+                metrics.disk.busy(),
+                std::time::Duration::ZERO,
+                "{what} ended"
+            );
+        };
+        waits(
+            &mut w,
+            &|w| w.keep_roster(&roster) == Ok(true),
+            "keeping a roster",
+        );
+        waits(
+            &mut w,
+            &|w| {
+                w.rewind(None, 0, Some(1))
+                    .is_ok_and(|r| r.len() == 2 && r.iter().all(|(_, r)| r.messages == 2))
+            },
+            "moving queues back",
+        );
+    }
+
+    /// A message counts as accepted (`hotline_relay_messages_accepted_total`), and a
+    /// receipt as stored, only once the sync after its commit has succeeded, as its answer
+    /// is sent: one whose sync failed was refused `StorageUnavailable`. Before, both were
+    /// counted at the commit, so a failed sync, which stops the relay, left its last
+    /// batch counted though refused.
+    #[test]
+    fn what_a_failed_sync_refused_is_not_counted_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        w.ctx.batch_max = 1;
+        w.ctx.fail_syncs_after = Some(0);
+        let metrics = w.ctx.metrics.clone();
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            id: MessageId([0x20; 16]),
+            sender: pid("KAZ"),
+            seq: Seq(2),
+            audience: Audience::Participants(vec![pid("CHN")]),
+            kind: MsgKind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Exercise,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "its sync fails".into(),
+            body: "body".into(),
+        };
+        let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+        let env = roster.verify_envelope(&signed).expect("verifies");
+        let (tx, rx) = mpsc::channel(16);
+        let (reply, mut answer) = mpsc::channel(1);
+        let now = std::time::Instant::now();
+        tx.try_send(Command::Submit {
+            digest: env.signed().digest(),
+            env,
+            reply,
+            read_at: now,
+            handed_at: now,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        let (receipt, _, mut receipt_answer) = receipt_command(&roster, "CHN", 2, &held[0]);
+        tx.try_send(receipt).map_err(|_| "full").expect("queued");
+        // `tx` stays: the writer waits for more until the failed sync wakes it.
+        let stopped = std::thread::spawn(move || w.run(rx, None))
+            .join()
+            .expect("the writer thread ends");
+        assert!(stopped.is_some(), "stopped by the failed sync");
+        for a in [answer.try_recv(), receipt_answer.try_recv()] {
+            assert!(
+                matches!(&a, Ok(RelayToNode::Rejected(r)) if r.code == RejectCode::StorageUnavailable),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            metrics.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "refused, not accepted"
+        );
+        assert_eq!(
+            metrics
+                .receipts_stored
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "refused, not stored"
+        );
+    }
+
+    /// After a failed commit whose batch was posted, the writer closes the sessions it was
+    /// posted to and says how many: the sessions it closed, not the batch's recipients,
+    /// most of whom may have no session (a post to one is dropped). Before, the line
+    /// counted every recipient, here 2 where no session was closed.
+    #[test]
+    fn a_recall_counts_the_sessions_it_closed_not_the_recipients() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, _, _) = writer_holding(dir.path(), 0, 1);
+        let posted = |pos| Posted {
+            pos,
+            id: None,
+            frame: bytes::Bytes::from_static(b"frame"),
+            posted_at: None,
+        };
+        let posts = vec![
+            (pid("CHN"), Kind::Message, posted(1)),
+            (pid("IND"), Kind::Message, posted(1)),
+            (pid("CHN"), Kind::Message, posted(2)),
+        ];
+        assert_eq!(w.recall(&posts), 0, "neither recipient has a session");
     }
 
     /// An observer's reply is routed by what the store says it answers (PROTOCOL.md 7.4,

@@ -59,10 +59,13 @@ use rustix::fs::{major, minor};
 use tokio::sync::mpsc;
 use tracing::error;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Durable, Metrics};
 
 /// A commit's answers, each with the session's reply channel (capacity reserved).
 pub(crate) type Replies = Vec<(mpsc::Sender<RelayToNode>, RelayToNode)>;
+
+/// A commit's answers and what it accepted and stored, counted once synced.
+type Handed = (Replies, Durable);
 
 /// Why the sync thread could not start (the writer then keeps `synchronous=FULL`).
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +246,7 @@ impl Shared {
 /// it was handed, and waits for it.
 pub(crate) struct WalSync {
     shared: Arc<Shared>,
-    tx: Option<std_mpsc::Sender<Replies>>,
+    tx: Option<std_mpsc::Sender<Handed>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -285,7 +288,7 @@ impl WalSync {
         // Unbounded as a channel, bounded by what it carries: each answer holds a place the
         // session reserved in its own answer channel (`limits.inflight_per_connection`), so
         // at most `connections_max` times that many wait here, however slow the disk.
-        let (tx, rx) = std_mpsc::channel::<Replies>();
+        let (tx, rx) = std_mpsc::channel::<Handed>();
         let thread = std::thread::Builder::new()
             .name(crate::thread_names::WAL_SYNC.into())
             .spawn({
@@ -301,10 +304,12 @@ impl WalSync {
     }
 
     /// Hands over a commit's answers (the commit has returned): they are sent once a sync
-    /// begun after this call has returned, or refused if it fails.
-    pub(crate) fn answer_after_sync(&self, replies: Replies) {
+    /// begun after this call has returned, or refused if it fails. What the commit accepted
+    /// and stored (`durable`) is counted just before they are sent, and never if they are
+    /// refused.
+    pub(crate) fn answer_after_sync(&self, replies: Replies, durable: Durable) {
         if let Some(tx) = &self.tx {
-            if let Err(std_mpsc::SendError(replies)) = tx.send(replies) {
+            if let Err(std_mpsc::SendError((replies, _))) = tx.send((replies, durable)) {
                 // The thread has gone (it cannot, short of a panic): nothing is answered
                 // accepted that no sync covers, and the relay stops as after a failed sync.
                 let e = self.shared.fail(SyncError::Stopped);
@@ -337,15 +342,17 @@ impl Drop for WalSync {
 }
 
 /// The thread: gathers every group handed over, syncs once, answers them all.
-fn run(shared: &Shared, rx: &std_mpsc::Receiver<Replies>) {
+fn run(shared: &Shared, rx: &std_mpsc::Receiver<Handed>) {
     let mut group: Replies = Vec::new();
-    while let Ok(first) = rx.recv() {
+    while let Ok((first, mut durable)) = rx.recv() {
         group.extend(first);
-        for more in rx.try_iter() {
+        for (more, d) in rx.try_iter() {
             group.extend(more);
+            durable += d;
         }
         match shared.sync() {
             Ok(()) => {
+                shared.metrics.durable(durable);
                 for (reply, answer) in group.drain(..) {
                     // Capacity was reserved by the session; it fails only if the session
                     // has gone, and its node resubmits and gets the same answer.
@@ -433,7 +440,7 @@ mod tests {
     async fn answers_are_sent_after_a_sync() {
         let (_dir, _conn, ws) = started(None);
         let (replies, mut rx) = answers(3);
-        ws.answer_after_sync(replies);
+        ws.answer_after_sync(replies, Durable::default());
         for i in 0..3u8 {
             assert_eq!(next(&mut rx).await, accepted(i));
         }
@@ -443,15 +450,19 @@ mod tests {
 
     /// After a failed sync nothing is ever answered accepted, even though later syncs would
     /// succeed: its own group and every later one are refused, the failure is kept, and the
-    /// writer's thread is woken.
+    /// writer's thread is woken. Only what a sync covered is counted accepted.
     #[tokio::test]
     async fn after_a_failed_sync_nothing_is_accepted() {
         let (_dir, _conn, ws) = started(Some(1));
+        let counted = |n| Durable {
+            accepted: n,
+            receipts: 0,
+        };
         let (first, mut rx1) = answers(1);
-        ws.answer_after_sync(first);
+        ws.answer_after_sync(first, counted(1));
         assert_eq!(next(&mut rx1).await, accepted(0), "the first sync succeeds");
         let (second, mut rx2) = answers(2);
-        ws.answer_after_sync(second);
+        ws.answer_after_sync(second, counted(2));
         for _ in 0..2 {
             let a = next(&mut rx2).await;
             assert!(storage_refused(&a), "{a:?}");
@@ -459,9 +470,16 @@ mod tests {
         let e = ws.failed().expect("the failure is kept");
         assert!(e.to_string().contains("injected"), "{e}");
         let (third, mut rx3) = answers(1);
-        ws.answer_after_sync(third);
+        ws.answer_after_sync(third, counted(1));
         assert!(storage_refused(&next(&mut rx3).await));
         assert!(ws.sync_now().is_err());
+        assert_eq!(
+            ws.shared
+                .metrics
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     /// If the thread has gone (it cannot but by a bug), what is handed over is refused, not
@@ -477,7 +495,7 @@ mod tests {
             thread: None,
         };
         let (replies, mut answers) = answers(1);
-        orphan.answer_after_sync(replies);
+        orphan.answer_after_sync(replies, Durable::default());
         assert!(storage_refused(&next(&mut answers).await));
         let e = ws.failed().expect("the writer sees the failure");
         assert!(matches!(*e, SyncError::Stopped), "{e}");
