@@ -684,9 +684,10 @@ async fn send(
         (None, Some(d)) => Some(now.saturating_add(d)),
         (None, None) => None,
     };
-    // The protocol takes any 1 to 256 bytes, but a subject of spaces alone tells the
-    // recipient's officers nothing (an officer's name of spaces is refused likewise).
-    if req.subject.trim().is_empty() {
+    // The protocol takes any 1 to 256 bytes, but a subject with nothing to see in it (spaces,
+    // a NUL, zero-width spaces) tells the recipient's officers nothing (an officer's name is
+    // refused likewise).
+    if !visible(&req.subject) {
         return Err(bad("invalid", "subject: it holds no visible character"));
     }
     let references = req
@@ -1204,6 +1205,7 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuarantineQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after the delivery held under this digest, in the list's order: the last
     /// of the page before.
@@ -1214,6 +1216,7 @@ struct QuarantineQuery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SentQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
     before: Option<String>,
@@ -1224,6 +1227,7 @@ struct SentQuery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InboxQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
     before: Option<String>,
@@ -1232,6 +1236,21 @@ struct InboxQuery {
     /// nowhere.
     #[serde(default)]
     unacknowledged: bool,
+}
+
+/// A list's `?limit=`: any whole number from 0 up, one past what a `usize` holds taken as
+/// the most there is (the list caps it at [`API_LIST_MAX`]): `?limit=99999999999999999999`,
+/// a script's "as many as you give", was refused as malformed, though docs/API.md takes any
+/// whole number. Anything else is refused, naming what is wrong, as before.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(given) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match given.parse::<usize>() {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(Some(usize::MAX)),
+        Err(e) => Err(serde::de::Error::custom(e)),
+    }
 }
 
 /// The query of an endpoint that takes no parameter (`/v1/status`, `/v1/events`, a message,
@@ -1370,7 +1389,45 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
     if officer.is_empty() || officer.len() > max {
         return Err(bad("invalid", format!("officer: 1 to {max} bytes")));
     }
+    // Signed and shown as who acknowledged: a name nobody can see (a NUL, zero-width
+    // spaces) names nobody, and an acknowledgement cannot be made again.
+    if !visible(officer) {
+        return Err(bad("invalid", "officer: it holds no visible character"));
+    }
     Ok(officer)
+}
+
+/// Whether `text` holds a character a reader can see: not only white space, control
+/// characters and the characters Unicode has a display ignore (Default_Ignorable_Code_Point:
+/// the soft hyphen, zero-width spaces and joiners, the bidirectional controls, the
+/// byte-order mark, variation selectors, tags). A subject or an officer's name of those
+/// alone shows as nothing, or as nothing but the CLI's escapes.
+fn visible(text: &str) -> bool {
+    let unseen = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{034F}'
+                    | '\u{061C}'
+                    | '\u{115F}'..='\u{1160}'
+                    | '\u{17B4}'..='\u{17B5}'
+                    | '\u{180B}'..='\u{180F}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{3164}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{FEFF}'
+                    | '\u{FFA0}'
+                    | '\u{FFF0}'..='\u{FFF8}'
+                    | '\u{1BCA0}'..='\u{1BCA3}'
+                    | '\u{1D173}'..='\u{1D17A}'
+                    | '\u{E0000}'..='\u{E0FFF}'
+            )
+    };
+    text.chars().any(|c| !unseen(c))
 }
 
 /// Discards one quarantined delivery (the quarantine is full, or its content was looked at
@@ -2303,6 +2360,112 @@ mod tests {
             let (status, v) = get_json(&base, path).await;
             assert_eq!(status, 200, "{path}: {v}");
         }
+    }
+
+    /// A list's `?limit=` is any whole number from 0 up (docs/API.md, Conventions), capped at
+    /// a page's most: one past what a `usize` holds (`?limit=99999999999999999999`, a
+    /// script's "all of them") was refused as malformed, `bad_request`. Not a whole number
+    /// from 0 up, or given twice, it is still refused.
+    #[tokio::test]
+    async fn a_lists_limit_is_any_whole_number_from_0_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _server) = serve_on_loopback(router(crate::test_state(dir.path()))).await;
+        let huge = "9".repeat(40);
+        for list in ["/v1/inbox", "/v1/messages", "/v1/quarantine"] {
+            for limit in [huge.as_str(), "18446744073709551616", "1001", "0"] {
+                let path = format!("{list}?limit={limit}");
+                let (status, v) = get_json(&base, &path).await;
+                assert_eq!(status, 200, "{path}: {v}");
+                assert_eq!(v, json!([]), "{path}");
+            }
+            for (query, name) in [
+                ("limit=-1", "limit"),
+                ("limit=1.5", "limit"),
+                ("limit=", "limit"),
+                ("limit=5&limit=6", "duplicate field `limit`"),
+            ] {
+                let path = format!("{list}?{query}");
+                let (status, v) = get_json(&base, &path).await;
+                assert_eq!(status, 400, "{path}: {v}");
+                assert_eq!(v["code"], "bad_request", "{path}: {v}");
+                assert!(v["error"].as_str().unwrap().contains(name), "{path}: {v}");
+            }
+        }
+    }
+
+    /// A subject, or an officer's name, with no character a reader can see is refused, as
+    /// one of spaces alone is: a subject of a NUL, of zero-width spaces or of bidirectional
+    /// controls was sent (and an acknowledgement signed "by" such a name, which the sender
+    /// cannot tell from none, and which cannot be made again), though the refusal of spaces
+    /// alone already said "it holds no visible character". Such characters among visible
+    /// ones are the sender's to choose, and are taken.
+    #[tokio::test]
+    async fn a_subject_or_officer_with_no_visible_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let invisible = [
+            r"\u0000",
+            r"\u200b",
+            r"\u202e\u202c",
+            r" \u2066\u2069 ",
+            r"\ufeff",
+            r"\u00ad\u200d\u0009",
+            r"\u001b",
+        ];
+        for subject in invisible {
+            let body = format!(r#"{{"to":["KGZ"],"subject":"{subject}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages"), body).await;
+            assert_eq!(status, 400, "{subject}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{subject}: {v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        // A message from KGZ to acknowledge.
+        let env = hotline_proto::Envelope {
+            version: hotline_proto::PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: ParticipantId::new("KGZ").unwrap(),
+            seq: hotline_proto::Seq(1),
+            audience: Audience::Participants(vec![state.me.clone()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "Flooding".into(),
+            body: String::new(),
+        };
+        let id = env.id;
+        let signed =
+            hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                .unwrap();
+        state
+            .store()
+            .store_deliveries(&[(signed, Ok(env))], 2_000)
+            .unwrap();
+        for officer in invisible {
+            let body = format!(r#"{{"officer":"{officer}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body).await;
+            assert_eq!(status, 400, "{officer}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{officer}: {v}");
+            let body = format!(r#"{{"officer":"{officer}"}}"#);
+            let (status, answer) =
+                post_json(format!("{base}/v1/quarantine/discard-all"), body).await;
+            assert_eq!(status, 400, "{officer}: {answer}");
+        }
+        let m = state.store().inbox_message(&id).unwrap().unwrap();
+        assert!(m.ack.is_none(), "not acknowledged");
+        // Visible text with such characters in it is taken.
+        let body = r#"{"to":["KGZ"],"subject":"\u202eFlooding\u202c \u200b"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages"), body.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        let body = r#"{"officer":"\u200bDuty officer\u0000"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body.into()).await;
+        assert_eq!(status, 200, "{answer}");
     }
 
     /// An endpoint that takes no query parameter refuses one by name, as a list refuses one
