@@ -544,6 +544,23 @@ fn timed_out(e: &hyper::Error) -> bool {
     false
 }
 
+/// The status hyper answered a request head that does not parse with (`e`, a connection's
+/// end), if it was that and hyper answered: 400, or 431 for a head too large and 414 for a
+/// path too long.
+fn parse_refusal(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        return Some(if e.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
+}
+
 /// Serves one connection of [`serve_capped`] until it closes, or, once the node is stopping,
 /// until its answer in progress is written.
 async fn serve_connection(
@@ -576,8 +593,15 @@ async fn serve_connection(
         // ([`CappedIo`]): logged below.
         Err(e) if e.is_timeout() => "sent no request within the header-read limit",
         Err(e) if timed_out(&e) => "took nothing of its answer in time",
-        // A client gone midway, a malformed request head (answered 400 by hyper): the
-        // connection's own business, nothing for the operator.
+        // A request head that does not parse, which hyper answered with an empty body: a
+        // refused request, logged as every other is ([`log_refusals`]), without a method or
+        // a path, since none could be read. Not throttled: each closed its connection.
+        Err(e) if parse_refusal(&e).is_some() => {
+            let status = parse_refusal(&e).unwrap_or(400);
+            let error = e.to_string();
+            return warn!(method = "", path = "", status, code = "", error = ?error, "local API: request refused");
+        }
+        // A client gone midway: the connection's own business, nothing for the operator.
         Err(e) => return tracing::debug!(error = %e, "local API: connection ended"),
     };
     // At most once a minute (a client could otherwise have the node log a line at will),
@@ -2843,6 +2867,69 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// A request whose head does not parse as HTTP (answered 400 by hyper, 431 when too
+    /// large) is a refused request, and logged as every other is (docs/API.md, Errors): it
+    /// was logged at debug only, so that a client sending the node garbage left no trace at
+    /// the levels an operator reads.
+    #[tokio::test]
+    async fn a_request_head_that_does_not_parse_is_logged_as_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (logs, _guard) = capture_logs();
+        let app = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .layer(middleware::from_fn(log_refusals));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopping) = watch::channel(false);
+        let _server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4, WAIT),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let too_large = format!(
+            "GET /ok HTTP/1.1\r\nHost: node\r\nX-Filler: {}\r\n\r\n",
+            "x".repeat(512 * 1024)
+        );
+        let cases = [
+            (b"GET /ok HTTP/1.1\r\nHost node\r\n\r\n".to_vec(), 400),
+            (b"\x01\x02 /ok HTTP/1.1\r\n\r\n".to_vec(), 400),
+            (too_large.into_bytes(), 431),
+        ];
+        for (i, (head, status)) in cases.into_iter().enumerate() {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // The node may answer and close before it has read all of a head too large.
+            let _ = client.write_all(&head).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
+                .await
+                .expect("answered and closed");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{i}: {answer}"
+            );
+            // Logged by the connection's task once it has ended, after the answer.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let lines = loop {
+                let lines = logs.lines("local API: request refused");
+                if lines.len() > i || tokio::time::Instant::now() > deadline {
+                    break lines;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert_eq!(lines.len(), i + 1, "{i}: {lines:?}");
+            assert_eq!(lines[i]["status"], status, "{i}: {lines:?}");
+            assert_eq!(lines[i]["code"], "", "{i}: {lines:?}");
+        }
+        let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !all.contains("xxxxxxxx"),
+            "never the request's bytes: {all}"
+        );
     }
 
     /// Connections that send no request (nothing, half a head, or nothing more once kept
