@@ -1,8 +1,9 @@
 //! The local HTTP + JSON API, on a loopback address, behind a bearer token.
 //!
 //! `docs/API.md` documents it. Errors are `{"error": text, "code": snake_case}` with a
-//! fitting status: 400 bad request, 401 missing or wrong token, 404 unknown message, 409
-//! already acknowledged, 413 too large, 507 disk full (nothing was written).
+//! fitting status: 400 bad request, 401 missing or wrong token, 404 unknown message, 408 a
+//! body that did not come in time, 409 already acknowledged, 413 too large, 500 the store
+//! failed, 507 disk full (nothing was written).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -2415,6 +2416,51 @@ mod tests {
                 assert!(v["error"].as_str().unwrap().contains(name), "{path}: {v}");
             }
         }
+    }
+
+    /// A body is taken under any JSON content type (docs/API.md, Conventions: with a charset,
+    /// in upper case, `application/…+json`) and refused, `bad_request`, under none or
+    /// another, before anything is stored.
+    #[tokio::test]
+    async fn a_body_is_taken_under_a_json_content_type_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let send = |content_type: Option<&'static str>| {
+            let url = format!("{base}/v1/messages");
+            tokio::task::spawn_blocking(move || {
+                let mut r = ureq::post(&url).set("Authorization", "Bearer token");
+                if let Some(t) = content_type {
+                    r = r.set("Content-Type", t);
+                }
+                match r.send_string(r#"{"to":["KGZ"],"subject":"Test"}"#) {
+                    Ok(r) => (r.status(), r.into_string().unwrap()),
+                    Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        };
+        for t in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "application/problem+json",
+        ] {
+            let (status, answer) = send(Some(t)).await.unwrap();
+            assert_eq!(status, 201, "{t}: {answer}");
+        }
+        for t in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let (status, answer) = send(t).await.unwrap();
+            assert_eq!(status, 400, "{t:?}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "bad_request", "{t:?}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("Content-Type"), "{v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 4);
     }
 
     /// A subject, or an officer's name, with no character a reader can see is refused, as
