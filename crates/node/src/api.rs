@@ -1,8 +1,9 @@
 //! The local HTTP + JSON API, on a loopback address, behind a bearer token.
 //!
 //! `docs/API.md` documents it. Errors are `{"error": text, "code": snake_case}` with a
-//! fitting status: 400 bad request, 401 missing or wrong token, 404 unknown message, 409
-//! already acknowledged, 413 too large, 507 disk full (nothing was written).
+//! fitting status: 400 bad request, 401 missing or wrong token, 404 unknown message, 408 a
+//! body that did not come in time, 409 already acknowledged, 413 too large, 500 the store
+//! failed, 507 disk full (nothing was written).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -544,6 +545,23 @@ fn timed_out(e: &hyper::Error) -> bool {
     false
 }
 
+/// The status hyper answered a request head that does not parse with (`e`, a connection's
+/// end), if it was that and hyper answered: 400, or 431 for a head too large and 414 for a
+/// path too long.
+fn parse_refusal(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        return Some(if e.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
+}
+
 /// Serves one connection of [`serve_capped`] until it closes, or, once the node is stopping,
 /// until its answer in progress is written.
 async fn serve_connection(
@@ -576,8 +594,15 @@ async fn serve_connection(
         // ([`CappedIo`]): logged below.
         Err(e) if e.is_timeout() => "sent no request within the header-read limit",
         Err(e) if timed_out(&e) => "took nothing of its answer in time",
-        // A client gone midway, a malformed request head (answered 400 by hyper): the
-        // connection's own business, nothing for the operator.
+        // A request head that does not parse, which hyper answered with an empty body: a
+        // refused request, logged as every other is ([`log_refusals`]), without a method or
+        // a path, since none could be read. Not throttled: each closed its connection.
+        Err(e) if parse_refusal(&e).is_some() => {
+            let status = parse_refusal(&e).unwrap_or(400);
+            let error = e.to_string();
+            return warn!(method = "", path = "", status, code = "", error = ?error, "local API: request refused");
+        }
+        // A client gone midway: the connection's own business, nothing for the operator.
         Err(e) => return tracing::debug!(error = %e, "local API: connection ended"),
     };
     // At most once a minute (a client could otherwise have the node log a line at will),
@@ -684,9 +709,10 @@ async fn send(
         (None, Some(d)) => Some(now.saturating_add(d)),
         (None, None) => None,
     };
-    // The protocol takes any 1 to 256 bytes, but a subject of spaces alone tells the
-    // recipient's officers nothing (an officer's name of spaces is refused likewise).
-    if req.subject.trim().is_empty() {
+    // The protocol takes any 1 to 256 bytes, but a subject with nothing to see in it (spaces,
+    // a NUL, zero-width spaces) tells the recipient's officers nothing (an officer's name is
+    // refused likewise).
+    if !visible(&req.subject) {
         return Err(bad("invalid", "subject: it holds no visible character"));
     }
     let references = req
@@ -1204,6 +1230,7 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuarantineQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after the delivery held under this digest, in the list's order: the last
     /// of the page before.
@@ -1214,6 +1241,7 @@ struct QuarantineQuery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SentQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
     before: Option<String>,
@@ -1224,6 +1252,7 @@ struct SentQuery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InboxQuery {
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<usize>,
     /// The page after this message, in the list's order: the last of the page before.
     before: Option<String>,
@@ -1232,6 +1261,21 @@ struct InboxQuery {
     /// nowhere.
     #[serde(default)]
     unacknowledged: bool,
+}
+
+/// A list's `?limit=`: any whole number from 0 up, one past what a `usize` holds taken as
+/// the most there is (the list caps it at [`API_LIST_MAX`]): `?limit=99999999999999999999`,
+/// a script's "as many as you give", was refused as malformed, though docs/API.md takes any
+/// whole number. Anything else is refused, naming what is wrong, as before.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(given) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match given.parse::<usize>() {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(Some(usize::MAX)),
+        Err(e) => Err(serde::de::Error::custom(e)),
+    }
 }
 
 /// The query of an endpoint that takes no parameter (`/v1/status`, `/v1/events`, a message,
@@ -1370,7 +1414,45 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
     if officer.is_empty() || officer.len() > max {
         return Err(bad("invalid", format!("officer: 1 to {max} bytes")));
     }
+    // Signed and shown as who acknowledged: a name nobody can see (a NUL, zero-width
+    // spaces) names nobody, and an acknowledgement cannot be made again.
+    if !visible(officer) {
+        return Err(bad("invalid", "officer: it holds no visible character"));
+    }
     Ok(officer)
+}
+
+/// Whether `text` holds a character a reader can see: not only white space, control
+/// characters and the characters Unicode has a display ignore (Default_Ignorable_Code_Point:
+/// the soft hyphen, zero-width spaces and joiners, the bidirectional controls, the
+/// byte-order mark, variation selectors, tags). A subject or an officer's name of those
+/// alone shows as nothing, or as nothing but the CLI's escapes.
+fn visible(text: &str) -> bool {
+    let unseen = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{034F}'
+                    | '\u{061C}'
+                    | '\u{115F}'..='\u{1160}'
+                    | '\u{17B4}'..='\u{17B5}'
+                    | '\u{180B}'..='\u{180F}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{3164}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{FEFF}'
+                    | '\u{FFA0}'
+                    | '\u{FFF0}'..='\u{FFF8}'
+                    | '\u{1BCA0}'..='\u{1BCA3}'
+                    | '\u{1D173}'..='\u{1D17A}'
+                    | '\u{E0000}'..='\u{E0FFF}'
+            )
+    };
+    text.chars().any(|c| !unseen(c))
 }
 
 /// Discards one quarantined delivery (the quarantine is full, or its content was looked at
@@ -2305,6 +2387,157 @@ mod tests {
         }
     }
 
+    /// A list's `?limit=` is any whole number from 0 up (docs/API.md, Conventions), capped at
+    /// a page's most: one past what a `usize` holds (`?limit=99999999999999999999`, a
+    /// script's "all of them") was refused as malformed, `bad_request`. Not a whole number
+    /// from 0 up, or given twice, it is still refused.
+    #[tokio::test]
+    async fn a_lists_limit_is_any_whole_number_from_0_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _server) = serve_on_loopback(router(crate::test_state(dir.path()))).await;
+        let huge = "9".repeat(40);
+        for list in ["/v1/inbox", "/v1/messages", "/v1/quarantine"] {
+            for limit in [huge.as_str(), "18446744073709551616", "1001", "0"] {
+                let path = format!("{list}?limit={limit}");
+                let (status, v) = get_json(&base, &path).await;
+                assert_eq!(status, 200, "{path}: {v}");
+                assert_eq!(v, json!([]), "{path}");
+            }
+            for (query, name) in [
+                ("limit=-1", "limit"),
+                ("limit=1.5", "limit"),
+                ("limit=", "limit"),
+                ("limit=5&limit=6", "duplicate field `limit`"),
+            ] {
+                let path = format!("{list}?{query}");
+                let (status, v) = get_json(&base, &path).await;
+                assert_eq!(status, 400, "{path}: {v}");
+                assert_eq!(v["code"], "bad_request", "{path}: {v}");
+                assert!(v["error"].as_str().unwrap().contains(name), "{path}: {v}");
+            }
+        }
+    }
+
+    /// A body is taken under any JSON content type (docs/API.md, Conventions: with a charset,
+    /// in upper case, `application/…+json`) and refused, `bad_request`, under none or
+    /// another, before anything is stored.
+    #[tokio::test]
+    async fn a_body_is_taken_under_a_json_content_type_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let send = |content_type: Option<&'static str>| {
+            let url = format!("{base}/v1/messages");
+            tokio::task::spawn_blocking(move || {
+                let mut r = ureq::post(&url).set("Authorization", "Bearer token");
+                if let Some(t) = content_type {
+                    r = r.set("Content-Type", t);
+                }
+                match r.send_string(r#"{"to":["KGZ"],"subject":"Test"}"#) {
+                    Ok(r) => (r.status(), r.into_string().unwrap()),
+                    Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        };
+        for t in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "application/problem+json",
+        ] {
+            let (status, answer) = send(Some(t)).await.unwrap();
+            assert_eq!(status, 201, "{t}: {answer}");
+        }
+        for t in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let (status, answer) = send(t).await.unwrap();
+            assert_eq!(status, 400, "{t:?}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "bad_request", "{t:?}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("Content-Type"), "{v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 4);
+    }
+
+    /// A subject, or an officer's name, with no character a reader can see is refused, as
+    /// one of spaces alone is: a subject of a NUL, of zero-width spaces or of bidirectional
+    /// controls was sent (and an acknowledgement signed "by" such a name, which the sender
+    /// cannot tell from none, and which cannot be made again), though the refusal of spaces
+    /// alone already said "it holds no visible character". Such characters among visible
+    /// ones are the sender's to choose, and are taken.
+    #[tokio::test]
+    async fn a_subject_or_officer_with_no_visible_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let invisible = [
+            r"\u0000",
+            r"\u200b",
+            r"\u202e\u202c",
+            r" \u2066\u2069 ",
+            r"\ufeff",
+            r"\u00ad\u200d\u0009",
+            r"\u001b",
+        ];
+        for subject in invisible {
+            let body = format!(r#"{{"to":["KGZ"],"subject":"{subject}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages"), body).await;
+            assert_eq!(status, 400, "{subject}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{subject}: {v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        // A message from KGZ to acknowledge.
+        let env = hotline_proto::Envelope {
+            version: hotline_proto::PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: ParticipantId::new("KGZ").unwrap(),
+            seq: hotline_proto::Seq(1),
+            audience: Audience::Participants(vec![state.me.clone()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "Flooding".into(),
+            body: String::new(),
+        };
+        let id = env.id;
+        let signed =
+            hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                .unwrap();
+        state
+            .store()
+            .store_deliveries(&[(signed, Ok(env))], 2_000)
+            .unwrap();
+        for officer in invisible {
+            let body = format!(r#"{{"officer":"{officer}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body).await;
+            assert_eq!(status, 400, "{officer}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{officer}: {v}");
+            let body = format!(r#"{{"officer":"{officer}"}}"#);
+            let (status, answer) =
+                post_json(format!("{base}/v1/quarantine/discard-all"), body).await;
+            assert_eq!(status, 400, "{officer}: {answer}");
+        }
+        let m = state.store().inbox_message(&id).unwrap().unwrap();
+        assert!(m.ack.is_none(), "not acknowledged");
+        // Visible text with such characters in it is taken.
+        let body = r#"{"to":["KGZ"],"subject":"\u202eFlooding\u202c \u200b"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages"), body.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        let body = r#"{"officer":"\u200bDuty officer\u0000"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body.into()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// An endpoint that takes no query parameter refuses one by name, as a list refuses one
     /// it does not know: `/v1/status` and `/v1/events` ignored theirs, so that
     /// `/v1/events?since=ID` streamed from now as if the past had been asked for and given,
@@ -2680,6 +2913,69 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// A request whose head does not parse as HTTP (answered 400 by hyper, 431 when too
+    /// large) is a refused request, and logged as every other is (docs/API.md, Errors): it
+    /// was logged at debug only, so that a client sending the node garbage left no trace at
+    /// the levels an operator reads.
+    #[tokio::test]
+    async fn a_request_head_that_does_not_parse_is_logged_as_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (logs, _guard) = capture_logs();
+        let app = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .layer(middleware::from_fn(log_refusals));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopping) = watch::channel(false);
+        let _server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4, WAIT),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let too_large = format!(
+            "GET /ok HTTP/1.1\r\nHost: node\r\nX-Filler: {}\r\n\r\n",
+            "x".repeat(512 * 1024)
+        );
+        let cases = [
+            (b"GET /ok HTTP/1.1\r\nHost node\r\n\r\n".to_vec(), 400),
+            (b"\x01\x02 /ok HTTP/1.1\r\n\r\n".to_vec(), 400),
+            (too_large.into_bytes(), 431),
+        ];
+        for (i, (head, status)) in cases.into_iter().enumerate() {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // The node may answer and close before it has read all of a head too large.
+            let _ = client.write_all(&head).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(WAIT, client.read_to_end(&mut answer))
+                .await
+                .expect("answered and closed");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{i}: {answer}"
+            );
+            // Logged by the connection's task once it has ended, after the answer.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let lines = loop {
+                let lines = logs.lines("local API: request refused");
+                if lines.len() > i || tokio::time::Instant::now() > deadline {
+                    break lines;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert_eq!(lines.len(), i + 1, "{i}: {lines:?}");
+            assert_eq!(lines[i]["status"], status, "{i}: {lines:?}");
+            assert_eq!(lines[i]["code"], "", "{i}: {lines:?}");
+        }
+        let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !all.contains("xxxxxxxx"),
+            "never the request's bytes: {all}"
+        );
     }
 
     /// Connections that send no request (nothing, half a head, or nothing more once kept
