@@ -17,8 +17,9 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
-    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_FRAMES,
-    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_BYTES_MAX,
+    LINK_READER_FRAMES, LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS,
+    SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Outgoing, Resequenced, Stored};
@@ -592,8 +593,7 @@ async fn serve(
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
     }
-    let (mut rx, _reader) =
-        hotline_net::stream::spawn_reader::<RelayToNode>(reader, LINK_READER_FRAMES);
+    let (mut rx, _reader) = relay_reader(reader);
     let pacer = ReceiptPacer::new(
         std::time::Duration::from_millis(state.config.receipt_pace_ms),
         crate::limits::RECEIPT_PACE_ITEMS,
@@ -668,7 +668,7 @@ async fn serve(
                 let Some(first) = f else {
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
-                let (batch, failed) = take_batch(first?, &mut rx);
+                let (batch, failed) = take_batch(first?, || rx.try_recv().ok());
                 let handled = link.handle(batch);
                 if let Some(e) = failed {
                     // Why the link ended, rather than what handling its frames made of it.
@@ -720,30 +720,43 @@ async fn serve(
     }
 }
 
-/// The relay's frames waiting after `first`, taken with it in one batch (deliveries stored
-/// in one transaction), up to `RECEIPT_BATCH_MAX` frames and no more once those taken hold
-/// `LINK_BATCH_BYTES_MAX` bytes; and the reader's failure if it came among them. The failure (a frame that does not decode, the connection lost) comes
-/// after the frames read before it: those are taken first, as before a closing `Error`
-/// frame, and the link ends after them. Dropped with the failure, answers read before it
-/// were learnt only at the next connection, which a relay gone for good never makes.
+/// The link's reader of the relay's frames: a channel of at most `LINK_READER_FRAMES`
+/// frames and `LINK_READER_BYTES_MAX` bytes.
+fn relay_reader(
+    reader: hotline_net::FrameReader,
+) -> (
+    hotline_net::stream::FrameReceiver<RelayToNode>,
+    hotline_net::stream::ReaderTask,
+) {
+    hotline_net::stream::spawn_reader(reader, LINK_READER_FRAMES, LINK_READER_BYTES_MAX)
+}
+
+/// The relay's frames waiting after `first` (`next` takes the reader's next without
+/// waiting), taken with it in one batch (deliveries stored in one transaction), up to
+/// `RECEIPT_BATCH_MAX` frames and no more once those taken hold `LINK_BATCH_BYTES_MAX`
+/// bytes; and the reader's failure if it came among them. The failure (a frame that does
+/// not decode, the connection lost) comes after the frames read before it: those are taken
+/// first, as before a closing `Error` frame, and the link ends after them. Dropped with the
+/// failure, answers read before it were learnt only at the next connection, which a relay
+/// gone for good never makes.
 fn take_batch(
     first: RelayToNode,
-    rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+    mut next: impl FnMut() -> Option<Result<RelayToNode, NetError>>,
 ) -> (VecDeque<RelayToNode>, Option<NetError>) {
     let mut bytes = frame_bytes(&first);
     let mut batch = VecDeque::from([first]);
     let mut failed = None;
     while batch.len() < RECEIPT_BATCH_MAX && bytes < LINK_BATCH_BYTES_MAX {
-        match rx.try_recv() {
-            Ok(Ok(f)) => {
+        match next() {
+            Some(Ok(f)) => {
                 bytes += frame_bytes(&f);
                 batch.push_back(f);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 failed = Some(e);
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     (batch, failed)
@@ -1197,7 +1210,7 @@ impl Link<'_> {
     /// at the next connection.
     async fn until_stored(
         &mut self,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+        rx: &mut hotline_net::stream::FrameReceiver<RelayToNode>,
         mut waiting: HashSet<Digest>,
     ) {
         if waiting.is_empty() {
@@ -1603,7 +1616,7 @@ mod tests {
         }
         tx.try_send(Err(NetError::Protocol("after them".into())))
             .unwrap();
-        let (batch, failed) = take_batch(large(), &mut rx);
+        let (batch, failed) = take_batch(large(), || rx.try_recv().ok());
         let bytes: usize = batch
             .iter()
             .map(|f| match f {
@@ -1624,7 +1637,7 @@ mod tests {
             let Ok(first) = first else {
                 break first.err();
             };
-            let (batch, failed) = take_batch(first, &mut rx);
+            let (batch, failed) = take_batch(first, || rx.try_recv().ok());
             taken += batch.len();
             if failed.is_some() {
                 break failed;
@@ -1632,6 +1645,98 @@ mod tests {
         };
         assert_eq!(taken, frames + 1);
         assert!(failed.is_some());
+    }
+
+    /// The link's reader holds the relay's frames up to a budget in bytes, not only in
+    /// frames: a relay (here a fake one, over QUIC on loopback) sending frames padded to
+    /// the largest size had the node hold `LINK_READER_FRAMES` of them, 64 MiB, until the
+    /// link took them. The reader stops once the budget is spent (the relay held back by
+    /// QUIC's flow control) and reads on as the link takes frames, every frame in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_links_reader_holds_the_relays_frames_up_to_a_budget_in_bytes() {
+        use hotline_net::transport::{client_endpoint, server_endpoint, TransportLimits};
+        use hotline_proto::frame::encode_frame;
+        use hotline_proto::limits::FRAME_BYTES_MAX;
+        use hotline_proto::{PublicKey, Signature, Signed};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = hotline_net::tls::write_self_signed(&cert, &key).unwrap();
+        let identity = hotline_net::RelayIdentity::load(&cert, &key).unwrap();
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(local, &identity, &limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = client_endpoint(local, vec![fp], &limits).unwrap();
+
+        // Frames padded to the largest a relay may send, more than the reader may hold in
+        // frames: an unbounded count of bytes would hold them all.
+        let frames = LINK_READER_FRAMES + 16;
+        let padded = |i: u8| {
+            RelayToNode::Deliver(Signed::from_parts(
+                vec![i; FRAME_BYTES_MAX - 256],
+                PublicKey([1; 32]),
+                Signature([2; 64]),
+            ))
+        };
+        let frame_len = encode_frame(&padded(0)).unwrap().len();
+        let relay = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, _recv) = conn.accept_bi().await.unwrap();
+            for i in 0..frames {
+                let bytes = encode_frame(&padded(i as u8)).unwrap();
+                if send.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+            conn.closed().await;
+        });
+        let conn = hotline_net::connect(&client, addr, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        // The stream is the relay's to see once something is written on it.
+        send.write_all(&encode_frame(&NodeToRelay::Ping(1)).unwrap())
+            .await
+            .unwrap();
+        let (mut rx, _reader) = relay_reader(hotline_net::FrameReader::new(recv));
+
+        // The link takes nothing until the reader has stopped for want of room.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !rx.reader_held() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reader never stopped; it holds {} bytes",
+                rx.buffered_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held = rx.buffered_bytes();
+        assert!(
+            held <= LINK_READER_BYTES_MAX,
+            "the reader holds {held} bytes of the relay's frames, past its budget of {LINK_READER_BYTES_MAX}"
+        );
+        assert!(
+            held + frame_len > LINK_READER_BYTES_MAX,
+            "stopped with room for another frame: {held} bytes"
+        );
+        // Taken as the link takes them: in order, all of them, the budget kept throughout.
+        for i in 0..frames {
+            let f = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let RelayToNode::Deliver(s) = f else {
+                panic!("frame {i}: {f:?}")
+            };
+            assert_eq!(s.bytes()[0], i as u8, "frame {i} in order");
+            assert!(rx.buffered_bytes() <= LINK_READER_BYTES_MAX);
+        }
+        assert_eq!(rx.buffered_bytes(), 0);
+        conn.close(0u32.into(), b"test done");
+        relay.await.unwrap();
     }
 
     /// A link whose last act before stopping failed (the relay went as the node stopped,
