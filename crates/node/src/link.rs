@@ -110,13 +110,20 @@ pub(crate) async fn run(
                     Err(e) => format!("link lost: {e}"),
                 };
                 let refused = r.as_ref().err().and_then(crate::RelayRefusal::of);
-                state.link_down(idx, why, refused, false);
+                state.link_down(idx, why.clone(), refused, false);
                 match r {
                     Ok(Served::Redeliver) => {
                         conn.close(
                             ErrorCode::Normal.close_code().into(),
                             b"connecting anew to be delivered what was refused",
                         );
+                        // Down, as the status says it is until the link is made again, and
+                        // then up: a subscriber that saw `relay_up` twice in a row could not
+                        // tell a link made anew from an event lost.
+                        state.emit(Event::RelayDown {
+                            relay: idx,
+                            error: why,
+                        });
                     }
                     Ok(Served::Shutdown) => {
                         conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
