@@ -3254,6 +3254,9 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
     assert_eq!(status["quarantine_full"], true, "{status}");
     let text = kgz.cli(&["node-status"]).await.unwrap().stdout;
     assert!(text.contains("quarantined 1 FULL"), "{text}");
+    // Operators following the event stream see the link connected anew as any other
+    // link lost and made again: `relay_down`, then `relay_up`.
+    let mut events = kgz.events().await.unwrap();
 
     let unknown = kgz
         .cli(&["discard", "abcdef", "--officer", "Duty officer"])
@@ -3296,6 +3299,21 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
         .await
         .unwrap();
     let mut relay = relay.next_connection().await.unwrap();
+    let down = events
+        .wait_for("relay_down", |e| e["type"] == "relay_down")
+        .await
+        .unwrap();
+    assert_eq!(down["relay"], 0, "{down}");
+    assert!(
+        down["error"].as_str().unwrap().contains("full quarantine"),
+        "{down}"
+    );
+    events
+        .wait_for("relay_up", |e| e["type"] == "relay_up")
+        .await
+        .unwrap();
+    let status = kgz.cli_json(&["node-status"]).await.unwrap();
+    assert_eq!(status["relays"][0]["connected"], true, "{status}");
     relay
         .send(&[RelayToNode::Deliver(second.clone())])
         .await

@@ -85,15 +85,44 @@ impl FrameReader {
         self.buf.set_frame_bytes_max(max);
     }
 
+    /// As [`FrameReader::read`], with the frame's size on the wire (length prefix
+    /// included): what [`spawn_reader`] counts against its byte budget.
+    async fn read_sized<T: bincode::Decode<()> + FrameCheck>(
+        &mut self,
+    ) -> Result<Option<(T, usize)>, NetError> {
+        loop {
+            if let Some(frame) = self.take_sized()? {
+                return Ok(Some(frame));
+            }
+            let chunk = self
+                .recv
+                .read_chunk(CHUNK_BYTES_MAX, true)
+                .await
+                .map_err(read_error)?;
+            if !self.pushed(chunk)? {
+                return Ok(None);
+            }
+        }
+    }
+
     /// A complete buffered frame, if any; a large emptied buffer is given back.
     fn take<T: bincode::Decode<()> + FrameCheck>(&mut self) -> Result<Option<T>, NetError> {
+        Ok(self.take_sized()?.map(|(f, _)| f))
+    }
+
+    /// As `take`, with the frame's size on the wire.
+    fn take_sized<T: bincode::Decode<()> + FrameCheck>(
+        &mut self,
+    ) -> Result<Option<(T, usize)>, NetError> {
+        let before = self.buf.pending_bytes();
         let frame = self.buf.next_frame()?;
+        let size = before - self.buf.pending_bytes();
         if self.buf.pending_bytes() == 0 && self.buf.capacity() > KEEP_BUFFER_BYTES {
             let max = self.buf.frame_bytes_max();
             self.buf = FrameBuffer::new();
             self.buf.set_frame_bytes_max(max);
         }
-        Ok(frame)
+        Ok(frame.map(|f| (f, size)))
     }
 
     /// Buffers a chunk; false at a clean end of stream (nothing partial left over).
@@ -224,33 +253,118 @@ impl Drop for ReaderTask {
     }
 }
 
-/// Reads frames in their own task and passes them on through a bounded channel of
-/// `capacity`, so that a loop can take whatever has arrived in one batch; a full channel
-/// stops the reading, which passes backpressure on to QUIC flow control. The channel closes
+/// Reads frames in their own task and passes them on through a bounded channel, so that a
+/// loop can take whatever has arrived in one batch. The channel holds at most `capacity`
+/// frames and at most `bytes_max` bytes of them (their size on the wire): frames may be up
+/// to [`hotline_proto::limits::FRAME_BYTES_MAX`] (256 KiB) each, so a bound in frames alone
+/// let a peer padding its frames fill it with `capacity` times that. A full channel stops
+/// the reading, which passes backpressure on to QUIC flow control; besides what the channel
+/// holds, the reader holds at most the frame it waits to pass on and one read of the next.
+/// A frame larger than `bytes_max` waits for the channel to be empty. The channel closes
 /// after a clean end of stream; an error is passed on as the last item. (The relay's
 /// sessions read in their `select!` directly instead: [`FrameReader::read`] is cancel-safe.)
 pub fn spawn_reader<T>(
     mut reader: FrameReader,
     capacity: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<T, NetError>>, ReaderTask)
+    bytes_max: usize,
+) -> (FrameReceiver<T>, ReaderTask)
 where
     T: bincode::Decode<()> + FrameCheck + Send + 'static,
 {
+    // At most `u32::MAX` permits may be taken at once; a frame is far below that.
+    let bytes_max = bytes_max.clamp(1, u32::MAX as usize);
+    let budget = std::sync::Arc::new(Budget {
+        room: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes_max)),
+        bytes_max,
+        held: std::sync::atomic::AtomicBool::new(false),
+    });
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let shared = budget.clone();
     let task = tokio::spawn(async move {
         loop {
-            let item = match reader.read::<T>().await {
-                Ok(Some(f)) => Ok(f),
+            let item = match reader.read_sized::<T>().await {
+                Ok(Some((f, size))) => {
+                    // As many permits as the frame's bytes (all of them for one larger than
+                    // the budget), released when the receiver takes the frame.
+                    let n = size.clamp(1, shared.bytes_max) as u32;
+                    let permit = match shared.room.clone().try_acquire_many_owned(n) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            shared
+                                .held
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            let p = shared.room.clone().acquire_many_owned(n).await;
+                            shared
+                                .held
+                                .store(false, std::sync::atomic::Ordering::Relaxed);
+                            // The semaphore is never closed.
+                            let Ok(p) = p else { break };
+                            p
+                        }
+                    };
+                    Ok((f, permit))
+                }
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
             let last = item.is_err();
-            if tx.send(item).await.is_err() || last {
+            if tx.capacity() == 0 {
+                shared
+                    .held
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let sent = tx.send(item).await;
+            shared
+                .held
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if sent.is_err() || last {
                 break;
             }
         }
     });
-    (rx, ReaderTask(task))
+    (FrameReceiver { rx, budget }, ReaderTask(task))
+}
+
+/// The byte budget of a [`spawn_reader`] channel, shared by its reader and receiver.
+struct Budget {
+    /// A permit a byte of the frames in the channel.
+    room: std::sync::Arc<tokio::sync::Semaphore>,
+    bytes_max: usize,
+    /// Whether the reader holds a frame it waits for room to pass on.
+    held: std::sync::atomic::AtomicBool,
+}
+
+/// The receiving end of a [`spawn_reader`] channel: a frame's bytes are given back to the
+/// budget as it is taken.
+pub struct FrameReceiver<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<(T, tokio::sync::OwnedSemaphorePermit), NetError>>,
+    budget: std::sync::Arc<Budget>,
+}
+
+impl<T> FrameReceiver<T> {
+    /// The next frame, or the reader's failure; `None` once the channel has closed.
+    /// Cancel-safe, as `mpsc::Receiver::recv` is.
+    pub async fn recv(&mut self) -> Option<Result<T, NetError>> {
+        Some(self.rx.recv().await?.map(|(f, _permit)| f))
+    }
+
+    /// The next frame if one is waiting, without waiting.
+    pub fn try_recv(
+        &mut self,
+    ) -> Result<Result<T, NetError>, tokio::sync::mpsc::error::TryRecvError> {
+        Ok(self.rx.try_recv()?.map(|(f, _permit)| f))
+    }
+
+    /// Bytes (on the wire) of the frames waiting in the channel; at most its `bytes_max`.
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.bytes_max - self.budget.room.available_permits()
+    }
+
+    /// Whether the reader holds a frame it waits for room in the channel to pass on: the
+    /// channel is full, in frames or bytes, and the peer is held back.
+    pub fn reader_held(&self) -> bool {
+        self.budget.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod hooks;
+pub mod in_flight;
 pub mod limits;
 mod link;
 pub mod pacer;

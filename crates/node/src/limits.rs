@@ -122,10 +122,19 @@ pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 
 /// The relay's frames a link's reader holds, decoded, until the link takes them; a full
 /// channel stops the reading, which holds the relay back through QUIC's flow control.
-/// Counted in frames: with those of up to 256 KiB a relay may send, up to 64 MiB, about
-/// 20 MiB of an honest relay's largest deliveries, beside the batch the link is handling
-/// (`LINK_BATCH_BYTES_MAX`).
+/// Bounded in bytes too (`LINK_READER_BYTES_MAX`).
 pub const LINK_READER_FRAMES: usize = 256;
+
+/// Bytes (on the wire) of the relay's frames a link's reader holds until the link takes
+/// them, beside the batch the link is handling (`LINK_BATCH_BYTES_MAX`). Counted in frames
+/// alone, the reader held up to `LINK_READER_FRAMES` frames of up to 256 KiB, 64 MiB, for a
+/// relay that pads its frames (a message's size is checked with its signature, once
+/// taken). As much as a batch: the reader fills the next while the link handles one, so an
+/// honest relay's backlog flows as before (a batch of its largest deliveries is about a
+/// hundred of them; of small ones, `RECEIPT_BATCH_MAX` frames are far below this).
+pub const LINK_READER_BYTES_MAX: usize = LINK_BATCH_BYTES_MAX;
+// The largest frame fits, with room for more.
+const _: () = assert!(LINK_READER_BYTES_MAX >= 4 * hotline_proto::limits::FRAME_BYTES_MAX);
 
 /// Bytes of messages, receipts and rosters a link takes from its relay in one batch, past
 /// which the rest wait for the next (up to `RECEIPT_BATCH_MAX` frames otherwise): about a

@@ -17,13 +17,12 @@ use hotline_proto::{Digest, Envelope, MessageId, ParticipantId};
 use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
-    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_FRAMES,
-    LINK_WRITE_TIMEOUT_MS, OUTBOX_PAGE, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_BYTES_MAX,
+    LINK_READER_FRAMES, LINK_WRITE_TIMEOUT_MS, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
-use crate::store::{retryable, Answered, Outgoing, Resequenced, Stored};
+use crate::store::{retryable, Answered, Resequenced, Stored};
 use crate::{now_ms, NodeState};
-use hotline_store::StoreError;
 
 /// How long a retryable refusal waits before the message or receipt is offered again.
 const RETRY_AFTER_MS: u64 = 2_000;
@@ -109,13 +108,20 @@ pub(crate) async fn run(
                     Err(e) => format!("link lost: {e}"),
                 };
                 let refused = r.as_ref().err().and_then(crate::RelayRefusal::of);
-                state.link_down(idx, why, refused, false);
+                state.link_down(idx, why.clone(), refused, false);
                 match r {
                     Ok(Served::Redeliver) => {
                         conn.close(
                             ErrorCode::Normal.close_code().into(),
                             b"connecting anew to be delivered what was refused",
                         );
+                        // Down, as the status says it is until the link is made again, and
+                        // then up: a subscriber that saw `relay_up` twice in a row could not
+                        // tell a link made anew from an event lost.
+                        state.emit(Event::RelayDown {
+                            relay: idx,
+                            error: why,
+                        });
                     }
                     Ok(Served::Shutdown) => {
                         conn.close(ErrorCode::Normal.close_code().into(), b"node shutting down");
@@ -376,113 +382,12 @@ impl RelayWriter {
     }
 }
 
-/// The outbox messages a link has written on its connection and not had answered, and how
-/// far it has read the outbox, which it reads in its order (sequence number) on from there.
-/// A pass that has room for more reads only what follows, not again the page in flight
-/// (up to 255 messages of up to 64 KiB, read and skipped at each answer). A message is
-/// written once a connection: a new connection starts a new `InFlight`, which writes the
-/// whole outbox again.
-#[derive(Debug, Default)]
-struct InFlight {
-    /// Messages written on this connection and in flight (not yet answered, or `waiting`),
-    /// with the sequence number each was written with.
-    sent: HashMap<MessageId, u64>,
-    /// Where the next pass reads on from: the highest sequence number read on this
-    /// connection (0: none yet), lowered by `again`. What this link has not written lies
-    /// above it: a row's number only rises (`NodeStore::resequence`), a message composed
-    /// takes a number above every other, and the rows put back into this relay's outbox
-    /// (`NodeStore::offer_lost`) are put back before the connection's first pass.
-    read_to: u64,
-    /// Messages among `sent` refused for a reason that passes (or whose answer could not
-    /// be recorded), to be written again after the pause: answered, so that a refusal
-    /// naming one again answers no `Submit`.
-    waiting: HashSet<MessageId>,
-}
-
-impl InFlight {
-    /// The outbox messages to write next, in order, while fewer than `OUTBOX_PAGE` are
-    /// unanswered; `read(after, limit)` reads the outbox (`NodeStore::outbox_after`). At
-    /// most a page unanswered: the relay reads a page ahead while its own write waits
-    /// (`OUTBOX_PAGE` says why), so the next messages follow as it answers, not a page more
-    /// at every pass (each acknowledgement answered, each message composed), which after an
-    /// outage put pages of up to 20 MB in flight beyond what it reads ahead.
-    fn next(
-        &mut self,
-        mut read: impl FnMut(u64, usize) -> Result<Vec<Outgoing>, StoreError>,
-    ) -> Result<Vec<Outgoing>, StoreError> {
-        let mut out = Vec::new();
-        // As many as there is room for: with none in flight above `read_to`, as after each
-        // answer, every row read is written.
-        let mut limit = OUTBOX_PAGE - self.sent.len();
-        while self.sent.len() < OUTBOX_PAGE {
-            let rows = read(self.read_to, limit)?;
-            let n = rows.len();
-            for m in rows {
-                // Rows not taken stay above `read_to`, for the next pass.
-                if self.sent.len() >= OUTBOX_PAGE {
-                    break;
-                }
-                self.read_to = self.read_to.max(m.seq);
-                // In flight already: what `again` put back is read again with those in
-                // flight after it, and a message signed again for another relay's refusal
-                // (`NodeStore::resequence`) moves above what this link has read.
-                if self.sent.contains_key(&m.id) {
-                    continue;
-                }
-                self.sent.insert(m.id, m.seq);
-                out.push(m);
-            }
-            if n < limit {
-                // The outbox holds no more.
-                break;
-            }
-            // Some were in flight: read on, more at a time.
-            limit = (limit * 2).min(OUTBOX_PAGE);
-        }
-        Ok(out)
-    }
-
-    /// The sequence number message `id` was written with on this connection, if it is
-    /// unanswered.
-    fn seq(&self, id: &MessageId) -> Option<u64> {
-        self.sent.get(id).copied()
-    }
-
-    /// Whether message `id` was written on this connection and its answer has not come.
-    fn unanswered(&self, id: &MessageId) -> bool {
-        self.sent.contains_key(id) && !self.waiting.contains(id)
-    }
-
-    /// Message `id` is answered: accepted, or refused for good.
-    fn answered(&mut self, id: &MessageId) {
-        self.sent.remove(id);
-        self.waiting.remove(id);
-    }
-
-    /// Message `id` is answered, and is to be written again after the pause (`again`),
-    /// in flight until then.
-    fn retry_later(&mut self, id: &MessageId) {
-        if self.sent.contains_key(id) {
-            self.waiting.insert(*id);
-        }
-    }
-
-    /// Message `id`, in flight, is to be written again on this connection (refused for a
-    /// reason that passes, or signed again): the next pass reads again from where it was.
-    fn again(&mut self, id: &MessageId) {
-        self.waiting.remove(id);
-        if let Some(seq) = self.sent.remove(id) {
-            self.read_to = self.read_to.min(seq.saturating_sub(1));
-        }
-    }
-}
-
 struct Link<'a> {
     state: &'a NodeState,
     idx: usize,
     writer: RelayWriter,
     /// Outbox messages written on this connection and not yet answered.
-    outbox: InFlight,
+    outbox: crate::in_flight::InFlight,
     /// The highest sequence number the relay had accepted from this node when the
     /// connection began (`Welcome.last_seq`).
     floor: u64,
@@ -592,8 +497,7 @@ async fn serve(
     if let Some(r) = &welcome.roster {
         state.offer_roster(r, "relay welcome");
     }
-    let (mut rx, _reader) =
-        hotline_net::stream::spawn_reader::<RelayToNode>(reader, LINK_READER_FRAMES);
+    let (mut rx, _reader) = relay_reader(reader);
     let pacer = ReceiptPacer::new(
         std::time::Duration::from_millis(state.config.receipt_pace_ms),
         crate::limits::RECEIPT_PACE_ITEMS,
@@ -602,7 +506,7 @@ async fn serve(
         state,
         idx,
         writer: RelayWriter::new(writer),
-        outbox: InFlight::default(),
+        outbox: crate::in_flight::InFlight::default(),
         floor: welcome.last_seq.0,
         receipts_sent: HashSet::new(),
         acks_held: false,
@@ -668,7 +572,7 @@ async fn serve(
                 let Some(first) = f else {
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
-                let (batch, failed) = take_batch(first?, &mut rx);
+                let (batch, failed) = take_batch(first?, || rx.try_recv().ok());
                 let handled = link.handle(batch);
                 if let Some(e) = failed {
                     // Why the link ended, rather than what handling its frames made of it.
@@ -720,30 +624,43 @@ async fn serve(
     }
 }
 
-/// The relay's frames waiting after `first`, taken with it in one batch (deliveries stored
-/// in one transaction), up to `RECEIPT_BATCH_MAX` frames and no more once those taken hold
-/// `LINK_BATCH_BYTES_MAX` bytes; and the reader's failure if it came among them. The failure (a frame that does not decode, the connection lost) comes
-/// after the frames read before it: those are taken first, as before a closing `Error`
-/// frame, and the link ends after them. Dropped with the failure, answers read before it
-/// were learnt only at the next connection, which a relay gone for good never makes.
+/// The link's reader of the relay's frames: a channel of at most `LINK_READER_FRAMES`
+/// frames and `LINK_READER_BYTES_MAX` bytes.
+fn relay_reader(
+    reader: hotline_net::FrameReader,
+) -> (
+    hotline_net::stream::FrameReceiver<RelayToNode>,
+    hotline_net::stream::ReaderTask,
+) {
+    hotline_net::stream::spawn_reader(reader, LINK_READER_FRAMES, LINK_READER_BYTES_MAX)
+}
+
+/// The relay's frames waiting after `first` (`next` takes the reader's next without
+/// waiting), taken with it in one batch (deliveries stored in one transaction), up to
+/// `RECEIPT_BATCH_MAX` frames and no more once those taken hold `LINK_BATCH_BYTES_MAX`
+/// bytes; and the reader's failure if it came among them. The failure (a frame that does
+/// not decode, the connection lost) comes after the frames read before it: those are taken
+/// first, as before a closing `Error` frame, and the link ends after them. Dropped with the
+/// failure, answers read before it were learnt only at the next connection, which a relay
+/// gone for good never makes.
 fn take_batch(
     first: RelayToNode,
-    rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+    mut next: impl FnMut() -> Option<Result<RelayToNode, NetError>>,
 ) -> (VecDeque<RelayToNode>, Option<NetError>) {
     let mut bytes = frame_bytes(&first);
     let mut batch = VecDeque::from([first]);
     let mut failed = None;
     while batch.len() < RECEIPT_BATCH_MAX && bytes < LINK_BATCH_BYTES_MAX {
-        match rx.try_recv() {
-            Ok(Ok(f)) => {
+        match next() {
+            Some(Ok(f)) => {
                 bytes += frame_bytes(&f);
                 batch.push_back(f);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 failed = Some(e);
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     (batch, failed)
@@ -1197,7 +1114,7 @@ impl Link<'_> {
     /// at the next connection.
     async fn until_stored(
         &mut self,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<RelayToNode, NetError>>,
+        rx: &mut hotline_net::stream::FrameReceiver<RelayToNode>,
         mut waiting: HashSet<Digest>,
     ) {
         if waiting.is_empty() {
@@ -1462,123 +1379,6 @@ mod tests {
         }
     }
 
-    /// A pass with room for more of the outbox reads on from the last message it read, not
-    /// again the page in flight: after the first page, each answer costs one message read,
-    /// where the pass read the outbox from its start, every message in flight (up to 255,
-    /// of up to 64 KiB) read to be skipped. Each message is still written once a
-    /// connection, in order, again if refused for a reason that passes, and all of them on
-    /// a new connection; a message signed again for another relay's refusal while in flight
-    /// here moves above what was read, and is not written twice.
-    #[test]
-    fn a_pass_reads_the_outbox_on_from_what_it_read_not_the_page_in_flight() {
-        use crate::store::{Draft, NodeStore};
-        use hotline_proto::frame::Accepted;
-        use hotline_proto::{Audience, Kind, Precedence, SigningKey, Status};
-
-        const NOW: u64 = 1_800_000_000_000;
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = NodeStore::open(dir.path()).unwrap();
-        let (kaz, kgz) = (
-            ParticipantId::new("KAZ").unwrap(),
-            ParticipantId::new("KGZ").unwrap(),
-        );
-        let key = SigningKey::from_bytes(&[1; 32]);
-        let mut ids = Vec::new();
-        for i in 0..300 {
-            let draft = Draft {
-                audience: Audience::Participants(vec![kgz.clone()]),
-                kind: Kind::Alert,
-                precedence: Precedence::Flash,
-                status: Status::Exercise,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("outbox {i}"),
-                body: String::new(),
-            };
-            let signed = store
-                .compose(&kaz, &key, draft, std::slice::from_ref(&kgz), 1, NOW)
-                .unwrap()
-                .unwrap();
-            ids.push(signed.decode_unverified().unwrap().id);
-        }
-        // A pass, as the link makes it: the messages it writes, and how many it read.
-        let pass = |f: &mut InFlight, store: &NodeStore| {
-            let mut read = 0;
-            let written = f
-                .next(|after, limit| {
-                    let rows = store.outbox_after(0, after, limit)?;
-                    read += rows.len();
-                    Ok(rows)
-                })
-                .unwrap();
-            (written.into_iter().map(|m| m.id).collect::<Vec<_>>(), read)
-        };
-        let accept = |f: &mut InFlight, store: &mut NodeStore, id: &MessageId| {
-            let a = Accepted {
-                id: *id,
-                recipients: vec![kgz.clone()],
-                accepted_at_ms: NOW,
-            };
-            let seq = f.seq(id);
-            assert!(seq.is_some(), "{id} is in flight");
-            store.accepted(0, &a, seq, NOW).unwrap();
-            f.answered(id);
-        };
-
-        let mut f = InFlight::default();
-        assert_eq!(pass(&mut f, &store), (ids[..256].to_vec(), 256));
-        assert_eq!(pass(&mut f, &store), (vec![], 0), "a page in flight");
-        accept(&mut f, &mut store, &ids[0]);
-        assert_eq!(
-            pass(&mut f, &store),
-            (vec![ids[256]], 1),
-            "one answered, one read and written"
-        );
-
-        // Another relay refused message 100 for its number: signed again, its outbox row
-        // moves above every other, where this link, which has it in flight, reads it.
-        let seq = f.seq(&ids[100]).unwrap();
-        store.resequence(&ids[100], seq, seq, &key, NOW).unwrap();
-        let mut written = Vec::new();
-        let mut read = 0;
-        for id in &ids[1..] {
-            accept(&mut f, &mut store, id);
-            let (w, r) = pass(&mut f, &store);
-            read += r;
-            if w.is_empty() {
-                break;
-            }
-            written.extend(w);
-        }
-        assert_eq!(written, ids[257..].to_vec(), "in order, none twice");
-        assert_eq!(read, 43 + 1, "those written, and message 100 once");
-        let answered = 1 + 44;
-        assert_eq!(f.sent.len(), 300 - answered);
-
-        // Refused for a reason that passes: answered, still in flight until the pause is
-        // over, then written again, before anything after it.
-        f.retry_later(&ids[50]);
-        assert!(!f.unanswered(&ids[50]) && f.unanswered(&ids[51]));
-        assert_eq!(pass(&mut f, &store), (vec![], 0));
-        f.again(&ids[50]);
-        assert!(f.waiting.is_empty());
-        let (w, read) = pass(&mut f, &store);
-        assert_eq!(w, vec![ids[50]]);
-        assert!(f.unanswered(&ids[50]));
-        // It and those after it, in flight, read again: a pass after a refusal that
-        // passes costs what every pass cost before.
-        assert!(read <= 256, "{read}");
-        assert_eq!(pass(&mut f, &store), (vec![], 0));
-
-        // A new connection writes the whole outbox again, in order.
-        let mut f = InFlight::default();
-        let mut again: Vec<_> = ids[answered..].to_vec();
-        again.retain(|id| *id != ids[100]);
-        again.push(ids[100]);
-        assert_eq!(pass(&mut f, &store).0, again);
-    }
-
     /// A batch of the relay's frames is bounded in bytes as well as in frames: a relay
     /// delivering messages padded to the largest frame (256 KiB; an envelope's size is
     /// checked with its signature, after the batch is taken) had the link hold up to 512 of
@@ -1603,7 +1403,7 @@ mod tests {
         }
         tx.try_send(Err(NetError::Protocol("after them".into())))
             .unwrap();
-        let (batch, failed) = take_batch(large(), &mut rx);
+        let (batch, failed) = take_batch(large(), || rx.try_recv().ok());
         let bytes: usize = batch
             .iter()
             .map(|f| match f {
@@ -1624,7 +1424,7 @@ mod tests {
             let Ok(first) = first else {
                 break first.err();
             };
-            let (batch, failed) = take_batch(first, &mut rx);
+            let (batch, failed) = take_batch(first, || rx.try_recv().ok());
             taken += batch.len();
             if failed.is_some() {
                 break failed;
@@ -1632,6 +1432,98 @@ mod tests {
         };
         assert_eq!(taken, frames + 1);
         assert!(failed.is_some());
+    }
+
+    /// The link's reader holds the relay's frames up to a budget in bytes, not only in
+    /// frames: a relay (here a fake one, over QUIC on loopback) sending frames padded to
+    /// the largest size had the node hold `LINK_READER_FRAMES` of them, 64 MiB, until the
+    /// link took them. The reader stops once the budget is spent (the relay held back by
+    /// QUIC's flow control) and reads on as the link takes frames, every frame in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_links_reader_holds_the_relays_frames_up_to_a_budget_in_bytes() {
+        use hotline_net::transport::{client_endpoint, server_endpoint, TransportLimits};
+        use hotline_proto::frame::encode_frame;
+        use hotline_proto::limits::FRAME_BYTES_MAX;
+        use hotline_proto::{PublicKey, Signature, Signed};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = hotline_net::tls::write_self_signed(&cert, &key).unwrap();
+        let identity = hotline_net::RelayIdentity::load(&cert, &key).unwrap();
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(local, &identity, &limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = client_endpoint(local, vec![fp], &limits).unwrap();
+
+        // Frames padded to the largest a relay may send, more than the reader may hold in
+        // frames: an unbounded count of bytes would hold them all.
+        let frames = LINK_READER_FRAMES + 16;
+        let padded = |i: u8| {
+            RelayToNode::Deliver(Signed::from_parts(
+                vec![i; FRAME_BYTES_MAX - 256],
+                PublicKey([1; 32]),
+                Signature([2; 64]),
+            ))
+        };
+        let frame_len = encode_frame(&padded(0)).unwrap().len();
+        let relay = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, _recv) = conn.accept_bi().await.unwrap();
+            for i in 0..frames {
+                let bytes = encode_frame(&padded(i as u8)).unwrap();
+                if send.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+            conn.closed().await;
+        });
+        let conn = hotline_net::connect(&client, addr, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        // The stream is the relay's to see once something is written on it.
+        send.write_all(&encode_frame(&NodeToRelay::Ping(1)).unwrap())
+            .await
+            .unwrap();
+        let (mut rx, _reader) = relay_reader(hotline_net::FrameReader::new(recv));
+
+        // The link takes nothing until the reader has stopped for want of room.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !rx.reader_held() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reader never stopped; it holds {} bytes",
+                rx.buffered_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held = rx.buffered_bytes();
+        assert!(
+            held <= LINK_READER_BYTES_MAX,
+            "the reader holds {held} bytes of the relay's frames, past its budget of {LINK_READER_BYTES_MAX}"
+        );
+        assert!(
+            held + frame_len > LINK_READER_BYTES_MAX,
+            "stopped with room for another frame: {held} bytes"
+        );
+        // Taken as the link takes them: in order, all of them, the budget kept throughout.
+        for i in 0..frames {
+            let f = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let RelayToNode::Deliver(s) = f else {
+                panic!("frame {i}: {f:?}")
+            };
+            assert_eq!(s.bytes()[0], i as u8, "frame {i} in order");
+            assert!(rx.buffered_bytes() <= LINK_READER_BYTES_MAX);
+        }
+        assert_eq!(rx.buffered_bytes(), 0);
+        conn.close(0u32.into(), b"test done");
+        relay.await.unwrap();
     }
 
     /// A link whose last act before stopping failed (the relay went as the node stopped,

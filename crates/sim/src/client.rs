@@ -10,7 +10,6 @@
 //! receipts are stored.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 
 use hotline_net::transport::AbstractSocket;
 use hotline_net::{FrameReader, NetError, Session, TransportLimits};
+use hotline_node::in_flight::InFlight;
 use hotline_node::limits::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, CONNECT_TIMEOUT_MS};
 use hotline_node::store::{retryable, Draft, NodeStore, Stored};
 use hotline_proto::frame::{ErrorCode, NodeToRelay, RelayToNode, Subject};
@@ -299,13 +299,14 @@ async fn sender_session(
     let (tx, mut rx) = mpsc::channel(256);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(reader, tx)));
     // Messages written on this connection and not yet answered, with the sequence number
-    // each was written with (what the store records the relay's acceptance against).
-    let mut written: BTreeMap<MessageId, u64> = BTreeMap::new();
+    // each was written with (what the store records the relay's acceptance against), and
+    // how far the outbox was read: kept as the node's link keeps them.
+    let mut outbox = InFlight::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retry_ids: Vec<MessageId> = Vec::new();
     let mut check = tokio::time::interval(Duration::from_millis(SETTLED_CHECK_MS));
     let store_err = |e: hotline_store::StoreError| NetError::Local(format!("store: {e}"));
-    pump(peer, store, &mut writer, &mut written).await?;
+    pump(peer, store, &mut writer, &mut outbox).await?;
     loop {
         let retry = async {
             match retry_at {
@@ -323,8 +324,9 @@ async fn sender_session(
                 };
                 match f {
                     RelayToNode::Accepted(a) => {
-                        let seq = written.remove(&a.id);
+                        let seq = outbox.seq(&a.id);
                         store.borrow_mut().accepted(0, &a, seq, peer.now_ms()).map_err(store_err)?;
+                        outbox.answered(&a.id);
                         {
                             let mut l = peer.ledger.borrow_mut();
                             let seq = l.seq(&a.id);
@@ -335,7 +337,7 @@ async fn sender_session(
                             l.event(format!("{} accepted #{}", peer.me, seq.unwrap_or(0)));
                         }
                         // Room for more of the outbox.
-                        pump(peer, store, &mut writer, &mut written).await?;
+                        pump(peer, store, &mut writer, &mut outbox).await?;
                     }
                     RelayToNode::Rejected(r) => {
                         let Subject::Message(id) = r.subject else {
@@ -357,10 +359,11 @@ async fn sender_session(
                         }
                         store.borrow_mut().rejected(0, &id, r.code, &r.detail, peer.now_ms()).map_err(store_err)?;
                         if again {
+                            outbox.retry_later(&id);
                             retry_ids.push(id);
                             retry_at.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(RETRY_AFTER_MS));
                         } else {
-                            written.remove(&id);
+                            outbox.answered(&id);
                         }
                     }
                     RelayToNode::Receipt(s) => {
@@ -387,13 +390,13 @@ async fn sender_session(
                     _ => {}
                 }
             }
-            _ = wake.notified() => pump(peer, store, &mut writer, &mut written).await?,
+            _ = wake.notified() => pump(peer, store, &mut writer, &mut outbox).await?,
             _ = retry => {
                 retry_at = None;
                 for id in retry_ids.drain(..) {
-                    written.remove(&id);
+                    outbox.again(&id);
                 }
-                pump(peer, store, &mut writer, &mut written).await?;
+                pump(peer, store, &mut writer, &mut outbox).await?;
             }
             _ = check.tick() => {
                 if peer.settled() {
@@ -404,31 +407,39 @@ async fn sender_session(
     }
 }
 
-/// Writes outbox messages not yet written on this connection.
+/// Writes outbox messages not yet written on this connection, as the node's link does: at
+/// most a page unanswered, read on from the last one read. (Until 2026-12 this read the
+/// outbox from its start at each pass, every message in flight read again to be skipped,
+/// and wrote a page more than those in flight each time.)
 async fn pump(
     peer: &Peer,
     store: &RefCell<NodeStore>,
     writer: &mut hotline_net::FrameWriter,
-    written: &mut BTreeMap<MessageId, u64>,
+    outbox: &mut InFlight,
 ) -> Result<(), NetError> {
-    let outbox = store
-        .borrow()
-        .outbox(0, hotline_node::limits::OUTBOX_PAGE + written.len())
-        .map_err(|e| NetError::Local(format!("store: {e}")))?;
+    let mut read = 0u64;
+    let next = {
+        let store = store.borrow();
+        outbox.next(|after, limit| {
+            let rows = store.outbox_after(0, after, limit)?;
+            read += rows.len() as u64;
+            Ok(rows)
+        })
+    };
+    peer.ledger.borrow_mut().outbox_rows_read += read;
+    let next = next.map_err(|e| NetError::Local(format!("store: {e}")))?;
     let mut buf = Vec::new();
-    for m in outbox {
+    for m in next {
         let (id, signed) = (m.id, m.signed);
-        if written.insert(id, m.seq).is_none() {
-            let mut l = peer.ledger.borrow_mut();
-            let seq = l.seq(&id);
-            if let Some(m) = l.record(&id) {
-                m.submits += 1;
-            }
-            l.event(format!("{} submit #{}", peer.me, seq.unwrap_or(0)));
-            buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
-                signed,
-            ))?);
+        let mut l = peer.ledger.borrow_mut();
+        let seq = l.seq(&id);
+        if let Some(m) = l.record(&id) {
+            m.submits += 1;
         }
+        l.event(format!("{} submit #{}", peer.me, seq.unwrap_or(0)));
+        buf.extend_from_slice(&hotline_proto::frame::encode_frame(&NodeToRelay::Submit(
+            signed,
+        ))?);
     }
     if !buf.is_empty() {
         writer.write_raw(&buf).await?;

@@ -58,6 +58,10 @@ pub struct Ledger {
     pub sender_sessions: u32,
     /// Sessions the recipient authenticated.
     pub recipient_sessions: u32,
+    /// Outbox rows the sender read to find what to write next: each message once a
+    /// session it is written in, and those in flight after one refused for a reason that
+    /// passes again once its pause is over.
+    pub outbox_rows_read: u64,
     /// Failed connection attempts (sender, recipient).
     pub failed_connects: (u32, u32),
     /// Every event, with its simulated time: two runs of one seed must give the same trace.

@@ -423,6 +423,23 @@ impl Outcome {
                 self.relay.queued_for_recipient
             ));
         }
+        // The sender reads the outbox on from the last row it read, as the node's link
+        // does: each message once a submission; again only those in flight after one
+        // refused for a reason that passes, once its pause is over (up to two pages a
+        // time). Re-reading the page in flight at each pass read it once an answer.
+        let submits: u64 = l.messages.values().map(|m| u64::from(m.submits)).sum();
+        let retried: u64 = l
+            .messages
+            .values()
+            .map(|m| u64::from(m.retryable_refusals))
+            .sum();
+        let page = hotline_node::limits::OUTBOX_PAGE as u64;
+        if l.outbox_rows_read > submits + retried * 2 * page {
+            problems.push(format!(
+                "the sender read {} outbox rows for {submits} submissions and {retried} retryable refusals: rows in flight read again",
+                l.outbox_rows_read
+            ));
+        }
         if plan.lose_first_ack_for_ms.is_some() {
             let first = l.messages.get(&1);
             let resubmitted = matches!(first, Some(m) if m.submits >= 2);

@@ -125,6 +125,37 @@ fn clocks_an_hour_off_the_other_way_still_deliver() {
     run_all(&plan);
 }
 
+/// The sender composes a backlog of more than a page (`OUTBOX_PAGE`, 256) while cut off
+/// from the relay, then writes it: a page at first, the rest as the relay answers, each
+/// message read from the outbox once. (The simulator's sender read the outbox from its
+/// start at each answer, every message in flight read again: tens of thousands of rows for
+/// these 300.)
+#[test]
+fn a_backlog_is_read_from_the_outbox_once() {
+    let mut plan = Plan::new("backlog", 300, 10);
+    plan.faults = vec![
+        (0, Fault::Partition(SENDER_HOST, RELAY_HOST)),
+        (8_000, Fault::Repair(SENDER_HOST, RELAY_HOST)),
+    ];
+    logs();
+    // Three seeds: the point is the count, which no seed changes.
+    for seed in seeds(3) {
+        let outcome = match run(seed, &plan) {
+            Ok(o) => o,
+            Err(e) => panic!("{e:#}\nrerun with HOTLINE_SIM_SEED={seed}"),
+        };
+        if let Err(e) = outcome.check(&plan) {
+            panic!("{e}");
+        }
+        assert_eq!(
+            outcome.ledger.outbox_rows_read,
+            300,
+            "seed {seed}: each message read once; {}",
+            outcome.summary()
+        );
+    }
+}
+
 /// Two runs of one seed see the same events at the same simulated times.
 #[test]
 fn same_seed_same_run() {
