@@ -218,11 +218,11 @@ pub(crate) struct NodeState {
     rechecking: Mutex<Rechecking>,
     /// The same for the held receipts ([`NodeState::recheck_held_receipts`]).
     receipts_rechecking: Mutex<Rechecking>,
-    /// Bumped each time a check of the whole quarantine against the roster ends (what a
-    /// test waits on).
+    /// Bumped each time checks of the whole quarantine against the roster end with none
+    /// further asked for (a walk cut short by a stop bumps nothing; what a test waits on).
     pub(crate) quarantine_checked: watch::Sender<u64>,
-    /// Bumped each time a check of the held receipts against the roster ends (what a test
-    /// waits on).
+    /// The same for the held receipts, checked in the background
+    /// ([`NodeState::recheck_held_receipts`]; what a test waits on).
     pub(crate) receipts_checked: watch::Sender<u64>,
     /// Walks of the whole quarantine begun since the node started (logged when one ends;
     /// what a test of the start-up walk counts).
