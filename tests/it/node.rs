@@ -2969,7 +2969,9 @@ async fn a_node_shows_nothing_a_forging_relay_delivers() {
 /// is a genuine one to a group the roster does not have yet. Once the roster that lists the
 /// sender and the group (with this node in it) is installed, the node checks the quarantine
 /// again and shows both, announced as received. One held for another reason (a bad
-/// signature) stays.
+/// signature) stays. Restarted on that roster, the node does not check its quarantine again
+/// (it records that it checked all of it against that roster): it walked the whole
+/// quarantine at every start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     use hotline_proto::frame::RelayToNode;
@@ -3091,6 +3093,27 @@ async fn a_quarantined_message_is_shown_once_a_roster_lists_its_sender() {
     );
     assert_eq!(held[0]["unverified_claim"]["subject"], "forged");
     relay.conn.close(0u32.into(), b"test done");
+    drop(relay);
+
+    let walked = [
+        "quarantine checked against the roster now in force",
+        "roster=2",
+    ];
+    kgz.proc.wait_line(&walked).await.unwrap();
+    kgz.proc.signal("TERM").unwrap();
+    let (st, _) = kgz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(st.success(), "{st}");
+    let mut kgz = net.start_node("KGZ").await.unwrap();
+    kgz.proc
+        .wait_line(&[
+            "the quarantine was checked in full against this roster",
+            "roster=2",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(kgz.proc.count_lines(&walked[..1]), 0, "{}", kgz.proc.log());
+    let held = kgz.cli_json(&["inbox", "--quarantined"]).await.unwrap();
+    assert_eq!(held.as_array().unwrap().len(), 1, "{held}");
 }
 
 /// A relay's last frame (`Error`, as at its shutdown) can arrive in the same read as

@@ -2607,7 +2607,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = crate::test_state(dir.path());
         let held = QUARANTINE_DISCARD_BATCH + 5;
-        let batch = forgeries(&state, held);
+        let batch = crate::test_forgeries(&state, held);
         state.store().store_deliveries(&batch, 2_000).unwrap();
         assert_eq!(state.store().quarantine_size().0.held, held as u64);
         // Every delete past the first batch's fails, as on a disk that has filled.
@@ -2670,7 +2670,7 @@ mod tests {
         let held = QUARANTINE_DISCARD_BATCH + 5;
         state
             .store()
-            .store_deliveries(&forgeries(&state, held), 2_000)
+            .store_deliveries(&crate::test_forgeries(&state, held), 2_000)
             .unwrap();
         let mut room = state.quarantine_room.subscribe();
         room.mark_unchanged();
@@ -2690,40 +2690,6 @@ mod tests {
         let lines = logs.lines("quarantine emptied");
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(lines[0]["discarded"], held as u64, "{lines:?}");
-    }
-
-    /// `n` deliveries held in quarantine, as a relay delivering forgeries hands them over:
-    /// signed by a key no roster lists, each with the reason it failed.
-    fn forgeries(
-        state: &crate::NodeState,
-        n: usize,
-    ) -> Vec<(
-        hotline_proto::Signed<hotline_proto::Envelope>,
-        Result<hotline_proto::Envelope, String>,
-    )> {
-        let sender = hotline_proto::SigningKey::from_bytes(&[9; 32]);
-        (0..n)
-            .map(|i| {
-                let env = hotline_proto::Envelope {
-                    version: hotline_proto::PROTOCOL_VERSION,
-                    id: MessageId::random(),
-                    sender: ParticipantId::new("TJK").unwrap(),
-                    seq: hotline_proto::Seq(i as u64 + 1),
-                    audience: Audience::Participants(vec![state.me.clone()]),
-                    kind: Kind::Alert,
-                    precedence: Precedence::Routine,
-                    status: Status::Actual,
-                    created_at_ms: 1_000,
-                    respond_by_ms: None,
-                    references: vec![],
-                    category: None,
-                    subject: format!("Forgery {i}"),
-                    body: String::new(),
-                };
-                let signed = hotline_proto::Signed::sign(&env, &sender).unwrap();
-                (signed, Err("test: unknown sender".to_owned()))
-            })
-            .collect()
     }
 
     /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with

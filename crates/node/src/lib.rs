@@ -217,9 +217,21 @@ pub(crate) struct NodeState {
     /// Whether the quarantine is being checked against the roster, and again when done
     /// ([`NodeState::recheck_quarantine`]).
     rechecking: Mutex<Rechecking>,
-    /// Bumped each time a check of the whole quarantine against the roster ends (what a
-    /// test waits on).
+    /// The same for the held receipts ([`NodeState::recheck_held_receipts`]).
+    receipts_rechecking: Mutex<Rechecking>,
+    /// Bumped each time checks of the whole quarantine against the roster end with none
+    /// further asked for (a walk cut short by a stop bumps nothing; what a test waits on).
     pub(crate) quarantine_checked: watch::Sender<u64>,
+    /// The same for the held receipts, checked in the background
+    /// ([`NodeState::recheck_held_receipts`]; what a test waits on).
+    pub(crate) receipts_checked: watch::Sender<u64>,
+    /// Walks of the whole quarantine begun since the node started (logged when one ends;
+    /// what a test of the start-up walk counts).
+    quarantine_walks: std::sync::atomic::AtomicU64,
+    /// How many of those checks are running off the async runtime: the node's shutdown
+    /// waits for none to be ([`NodeHandle::shutdown`]). Shared with each check's
+    /// [`RecheckRunning`], which counts it ended only once it no longer holds the node.
+    background: Arc<watch::Sender<usize>>,
     /// Each relay's link: up, with its connection's figures for the status API, or down,
     /// and why.
     links: Vec<Mutex<Link>>,
@@ -405,52 +417,130 @@ impl NodeState {
     /// locked only to read a page and to release what in it passed. One walk runs at a time;
     /// asked again meanwhile (a roster newer still), it walks once more when it ends, against
     /// the roster then in force.
+    ///
+    /// A walk that ends having checked every page against one roster records so in the
+    /// store ([`store::QuarantineCheck`], against [`link::quarantine_check_basis`]), so that
+    /// a start on that roster need not walk again ([`Self::recheck_quarantine_at_start`]).
     pub(crate) fn recheck_quarantine(&self) {
+        self.recheck_in_background(
+            Recheck::Quarantine,
+            recheck_quarantine_walk,
+            |state, against| {
+                if let Some(roster) = against {
+                    if let Err(e) = state.store().end_quarantine_walk(&roster) {
+                        warn!(error = %e, "cannot record that the quarantine was checked against the roster; it is checked again at the next start");
+                    }
+                }
+                state.quarantine_checked.send_modify(|n| *n += 1);
+            },
+        );
+    }
+
+    /// At start: checks the quarantine against the roster, unless the store records that
+    /// it was checked in full against this very roster. A roster installed just before the
+    /// node last stopped may not have been checked, or not in full (a walk cut short by the
+    /// stop). The record is enough: every delivery held since that check was checked on
+    /// arrival against the roster in force then, and one checked against another roster
+    /// than the record's clears it in the transaction that holds it
+    /// (`link::Link::deliver` passes the roster it checked against to
+    /// [`NodeStore::store_deliveries_checked_against`]); a newer roster installed meanwhile
+    /// is not the record's either. So a node restarted on an unchanged roster does not
+    /// verify its whole quarantine again (seconds of work when it is full of small
+    /// forgeries). Returns whether the quarantine is walked.
+    fn recheck_quarantine_at_start(&self) -> bool {
+        let roster = self.roster.borrow().clone();
+        let digest = link::quarantine_check_basis(&roster);
+        let check = self.store().quarantine_check();
+        match check {
+            Ok(Some(store::QuarantineCheck::Checked(d))) if d == digest => {
+                info!(
+                    roster = roster.version,
+                    "the quarantine was checked in full against this roster before the node stopped: not checked again"
+                );
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read whether the quarantine was checked against this roster; checking it again")
+            }
+        }
+        self.recheck_quarantine();
+        true
+    }
+
+    /// Runs `pass` off the async runtime (`spawn_blocking`; in place outside a runtime),
+    /// one run at a time for `which`: asked again while one runs, it runs `pass` once more
+    /// when that pass ends, against the roster then in force. `pass` returns `None` if it
+    /// stopped early (the node stopping or gone); otherwise, once no further pass is asked
+    /// for, `ended` is called with its outcome under `which`'s flag lock (so that a request
+    /// from then on starts a run of its own). Counted in `background` until it no longer
+    /// holds the node, for the shutdown to wait on.
+    fn recheck_in_background<T: 'static>(
+        &self,
+        which: Recheck,
+        pass: fn(&std::sync::Weak<NodeState>) -> Option<T>,
+        ended: fn(&NodeState, T),
+    ) {
         {
-            let mut r = self.rechecking.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.rechecking(which);
             if r.running {
                 r.again = true;
                 return;
             }
             r.running = true;
         }
+        self.background.send_modify(|n| *n += 1);
+        let running = RecheckRunning {
+            node: self.this.clone(),
+            which,
+            background: self.background.clone(),
+            ended: false,
+        };
         let node = self.this.clone();
-        let walks = move || {
-            let mut running = RecheckRunning(Some(node.clone()));
+        let runs = move || {
+            // Moved in whole (a closure would capture only the field it sets): dropped as
+            // the run ends, after what it held of the node.
+            let mut running = running;
             loop {
-                if !recheck_quarantine_walk(&node) {
-                    return;
-                }
+                let Some(outcome) = pass(&node) else { return };
                 let Some(state) = node.upgrade() else { return };
-                state.quarantine_checked.send_modify(|n| *n += 1);
-                let mut r = state.rechecking.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = state.rechecking(which);
                 if !std::mem::take(&mut r.again) {
-                    // Under the lock: a request from now on starts a walk of its own.
+                    ended(&state, outcome);
                     r.running = false;
-                    running.0 = None;
+                    running.ended = true;
                     return;
                 }
             }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                // Not joined: the walk holds the node only for a page at a time (`Weak`)
-                // and stops between pages once the node stops.
-                drop(rt.spawn_blocking(walks));
+                // Not joined here: the node's shutdown waits on `background` instead, and
+                // a pass holds the node only while it works (`Weak`) and stops once the
+                // node stops.
+                drop(rt.spawn_blocking(runs));
             }
             // Only outside a runtime (no caller is): here, then.
-            Err(_) => walks(),
+            Err(_) => runs(),
         }
+    }
+
+    fn rechecking(&self, which: Recheck) -> MutexGuard<'_, Rechecking> {
+        let flags = match which {
+            Recheck::Quarantine => &self.rechecking,
+            Recheck::HeldReceipts => &self.receipts_rechecking,
+        };
+        flags.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Moves quarantined deliveries that now pass every check (`passed`, against roster
     /// `version`) into the inbox and announces them; tells the links of the room made.
-    /// Returns how many were moved.
+    /// Returns how many were moved, `None` if the store failed (none was).
     fn release_quarantined(
         &self,
         passed: &[(hotline_proto::Digest, Envelope)],
         version: u64,
-    ) -> usize {
+    ) -> Option<usize> {
         let (released, freed) = {
             let mut store = self.store();
             let before = store.quarantine_size().0;
@@ -461,7 +551,7 @@ impl NodeState {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot move quarantined messages that now verify into the inbox; checked again at the next roster or start");
-                return 0;
+                return None;
             }
         };
         for env in &released {
@@ -473,7 +563,7 @@ impl NodeState {
             self.quarantine_room.send_modify(|n| *n += 1);
         }
         self.announce_stored(&released);
-        released.len()
+        Some(released.len())
     }
 
     /// Tells the operator what forwarded receipts just kept said (`fresh`, from
@@ -530,47 +620,17 @@ impl NodeState {
     /// of the roster signed passes only if a roster lists that key again, which a retired
     /// key's does not, so it is not accepted (PROTOCOL.md 12.1 item 3): it waits here until
     /// the bounds drop it.
+    ///
+    /// Up to `RECEIPTS_HELD_MAX` signature verifications (about 35 µs each): they run off
+    /// the async runtime ([`Self::recheck_in_background`], one run at a time, again when
+    /// done if a newer roster came meanwhile), with the store locked only to read the held
+    /// receipts and to record what passed.
     pub(crate) fn recheck_held_receipts(&self) {
-        let held = match self.store().held_receipts() {
-            Ok(h) => h,
-            Err(e) => {
-                error!(error = %e, "cannot read the held receipts to check them against the roster");
-                return;
-            }
-        };
-        if held.is_empty() {
-            return;
-        }
-        let roster = self.roster.borrow().clone();
-        let mut passed = Vec::new();
-        let mut failed = Vec::new();
-        for h in held {
-            match roster.verify_receipt(&h.signed) {
-                Ok(v) => passed.push(v),
-                Err(e) if link::lagging(&e) => {}
-                Err(e) => {
-                    warn!(receipt = %h.digest, error = %e, roster = roster.version, "a held forwarded receipt fails against the roster now in force: dropped");
-                    failed.push(h.digest);
-                }
-            }
-        }
-        if passed.is_empty() && failed.is_empty() {
-            return;
-        }
-        let fresh = match self
-            .store()
-            .release_receipts(&self.me, &passed, &failed, now_ms())
-        {
-            Ok(f) => f,
-            Err(e) => {
-                error!(error = %e, "cannot record held receipts that now verify; checked again at the next roster or start");
-                return;
-            }
-        };
-        for r in &passed {
-            info!(receipt = %r.signed().digest(), by = %r.recipient, roster = roster.version, "a held forwarded receipt verifies against the roster now in force: recorded");
-        }
-        self.tell_forwarded(&passed, fresh);
+        self.recheck_in_background(
+            Recheck::HeldReceipts,
+            recheck_held_receipts_pass,
+            |state, ()| state.receipts_checked.send_modify(|n| *n += 1),
+        );
     }
 
     /// Announces messages just stored in the inbox (log, event, `on_message` hook) and
@@ -689,44 +749,97 @@ impl NodeState {
     }
 }
 
-/// Whether the quarantine is being walked against the roster
-/// ([`NodeState::recheck_quarantine`]), and whether it must be walked again when done.
+/// What waits for a newer roster and is checked again off the async runtime
+/// ([`NodeState::recheck_in_background`]).
+#[derive(Clone, Copy, Debug)]
+enum Recheck {
+    /// The whole quarantine ([`NodeState::recheck_quarantine`]).
+    Quarantine,
+    /// The held forwarded receipts ([`NodeState::recheck_held_receipts`]).
+    HeldReceipts,
+}
+
+/// Whether a check ([`Recheck`]) is running, and whether it must run again when done.
 #[derive(Default)]
 struct Rechecking {
     running: bool,
     again: bool,
 }
 
-/// Marks the quarantine walks ended when dropped before they end normally (the node
-/// stopping, a panic), so that the next request starts them again.
-struct RecheckRunning(Option<std::sync::Weak<NodeState>>);
+/// A check running off the async runtime ([`NodeState::recheck_in_background`]). Dropped
+/// before it ended normally (the node stopping, a panic), it marks the check not running,
+/// so that the next request starts it again; either way it then counts itself out of
+/// `background`, once it no longer holds the node.
+struct RecheckRunning {
+    node: std::sync::Weak<NodeState>,
+    which: Recheck,
+    background: Arc<watch::Sender<usize>>,
+    /// Ended normally: its flags are already reset.
+    ended: bool,
+}
 
 impl Drop for RecheckRunning {
     fn drop(&mut self) {
-        if let Some(state) = self.0.as_ref().and_then(std::sync::Weak::upgrade) {
-            let mut r = state.rechecking.lock().unwrap_or_else(|p| p.into_inner());
-            *r = Rechecking::default();
+        if !self.ended {
+            if let Some(state) = self.node.upgrade() {
+                *state.rechecking(self.which) = Rechecking::default();
+            }
         }
+        self.background.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
 /// One walk down the whole quarantine, newest first, a page at a time: each page is read
 /// with the store locked, checked against the roster then in force with it unlocked, and
 /// what passed is released at once (`NodeStore::release`) and announced. Holds the node
-/// only for a page at a time. False if it stopped early (the node stopping or gone).
-fn recheck_quarantine_walk(node: &std::sync::Weak<NodeState>) -> bool {
+/// only for a page at a time. `None` if it stopped early (the node stopping or gone);
+/// otherwise what it checked every page against ([`link::quarantine_check_basis`]), if one
+/// roster was and every
+/// page was read and released (`None` inside when a newer roster came midway, or the
+/// store failed): the walk was begun in the store against that roster
+/// (`NodeStore::begin_quarantine_walk`), to be ended there once no other walk is asked for.
+fn recheck_quarantine_walk(
+    node: &std::sync::Weak<NodeState>,
+) -> Option<Option<hotline_proto::Digest>> {
     let (mut checked, mut released, mut place) = (0usize, 0usize, None);
+    let mut first: Option<(Arc<Verified<Roster>>, Option<hotline_proto::Digest>)> = None;
+    let mut whole = true;
     let mut version;
+    let walk = {
+        let state = node.upgrade()?;
+        state
+            .quarantine_walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    };
     loop {
-        let Some(state) = node.upgrade() else {
-            return false;
-        };
+        let state = node.upgrade()?;
         if *state.shutdown.borrow() {
             info!(
                 checked,
                 released, "the node stops: the quarantine is checked again at the next start"
             );
-            return false;
+            return None;
+        }
+        let roster = state.roster.borrow().clone();
+        version = roster.version;
+        match &first {
+            None => {
+                // Begun in the store before the first page is read: a delivery held from
+                // now on against another roster clears it, and the walk then ends
+                // unrecorded.
+                let digest = link::quarantine_check_basis(&roster);
+                let begun = match state.store().begin_quarantine_walk(&digest) {
+                    Ok(()) => Some(digest),
+                    Err(e) => {
+                        warn!(error = %e, "cannot record that the quarantine is being checked against the roster; it is checked again at the next start");
+                        None
+                    }
+                };
+                first = Some((roster.clone(), begun));
+            }
+            Some((r, _)) if !Arc::ptr_eq(r, &roster) => whole = false,
+            Some(_) => {}
         }
         let page = state
             .store()
@@ -735,11 +848,9 @@ fn recheck_quarantine_walk(node: &std::sync::Weak<NodeState>) -> bool {
             Ok(p) => p,
             Err(e) => {
                 error!(error = %e, checked, released, "cannot read the quarantine to check it against the roster; checked again at the next roster or start");
-                return true;
+                return Some(None);
             }
         };
-        let roster = state.roster.borrow().clone();
-        version = roster.version;
         checked += held.len();
         let passed: Vec<_> = held
             .into_iter()
@@ -749,7 +860,10 @@ fn recheck_quarantine_walk(node: &std::sync::Weak<NodeState>) -> bool {
             })
             .collect();
         if !passed.is_empty() {
-            released += state.release_quarantined(&passed, roster.version);
+            match state.release_quarantined(&passed, roster.version) {
+                Some(n) => released += n,
+                None => whole = false,
+            }
         }
         match last {
             Some(p) => place = Some(p),
@@ -761,10 +875,62 @@ fn recheck_quarantine_walk(node: &std::sync::Weak<NodeState>) -> bool {
             checked,
             released,
             roster = version,
+            walk,
             "quarantine checked against the roster now in force"
         );
     }
-    true
+    Some(first.and_then(|(_, begun)| begun).filter(|_| whole))
+}
+
+/// One check of the held receipts against the roster then in force
+/// ([`NodeState::recheck_held_receipts`]). `None` if the node is stopping or gone (they are
+/// checked again at the next start).
+fn recheck_held_receipts_pass(node: &std::sync::Weak<NodeState>) -> Option<()> {
+    let state = node.upgrade()?;
+    if *state.shutdown.borrow() {
+        return None;
+    }
+    let held = match state.store().held_receipts() {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot read the held receipts to check them against the roster");
+            return Some(());
+        }
+    };
+    if held.is_empty() {
+        return Some(());
+    }
+    let roster = state.roster.borrow().clone();
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for h in held {
+        match roster.verify_receipt(&h.signed) {
+            Ok(v) => passed.push(v),
+            Err(e) if link::lagging(&e) => {}
+            Err(e) => {
+                warn!(receipt = %h.digest, error = %e, roster = roster.version, "a held forwarded receipt fails against the roster now in force: dropped");
+                failed.push(h.digest);
+            }
+        }
+    }
+    if passed.is_empty() && failed.is_empty() {
+        return Some(());
+    }
+    let fresh = match state
+        .store()
+        .release_receipts(&state.me, &passed, &failed, now_ms())
+    {
+        Ok(f) => f,
+        Err(e) => {
+            error!(error = %e, "cannot record held receipts that now verify; checked again at the next roster or start");
+            return Some(());
+        }
+    };
+    for r in &passed {
+        info!(receipt = %r.signed().digest(), by = %r.recipient, roster = roster.version, "a held forwarded receipt verifies against the roster now in force: recorded");
+    }
+    state.tell_forwarded(&passed, fresh);
+    Some(())
 }
 
 /// A running node.
@@ -772,6 +938,9 @@ pub struct NodeHandle {
     api_addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// How many checks against the roster run off the async runtime
+    /// ([`NodeState::recheck_in_background`]): the shutdown waits for none to be.
+    background: watch::Receiver<usize>,
 }
 
 impl NodeHandle {
@@ -780,7 +949,10 @@ impl NodeHandle {
         self.api_addr
     }
 
-    /// Stops the links, the API and the tickers, and waits for them.
+    /// Stops the links, the API and the tickers, and waits for them; then waits (at most
+    /// `SHUTDOWN_RECHECK_WAIT_MS`) for the checks of the quarantine and of the held
+    /// receipts running off the async runtime to stop (a walk of the quarantine stops
+    /// between two pages), so that nothing uses the store once the node says it stopped.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
@@ -790,6 +962,17 @@ impl NodeHandle {
         {
             warn!("node tasks did not stop in time; aborting them");
             self.tasks.abort_all();
+        }
+        // A task that stopped meanwhile may have asked for a check: counted before it was
+        // spawned, and it stops at once, the node stopping.
+        let checks = self.background.wait_for(|n| *n == 0);
+        let wait = Duration::from_millis(limits::SHUTDOWN_RECHECK_WAIT_MS);
+        // An error is every counter gone, so no check left either.
+        if tokio::time::timeout(wait, checks).await.is_err() {
+            warn!(
+                wait_ms = limits::SHUTDOWN_RECHECK_WAIT_MS,
+                "a check of the quarantine or of the held receipts against the roster did not stop in time; the store may still be in use for a moment"
+            );
         }
         info!("node stopped");
     }
@@ -976,6 +1159,7 @@ impl Node {
         let (roster_tx, _) = watch::channel(Arc::new(roster));
         let (events, _) = broadcast::channel(limits::EVENTS_BUFFER);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let background = Arc::new(watch::channel(0).0);
         let state = Arc::new_cyclic(|this| NodeState {
             hooks: HookRunner::new(config.hook_timeout_ms()),
             me,
@@ -987,7 +1171,11 @@ impl Node {
             wake: (0..relays).map(|_| Arc::new(Notify::new())).collect(),
             quarantine_room: watch::channel(0).0,
             rechecking: Mutex::new(Rechecking::default()),
+            receipts_rechecking: Mutex::new(Rechecking::default()),
             quarantine_checked: watch::channel(0).0,
+            receipts_checked: watch::channel(0).0,
+            quarantine_walks: Default::default(),
+            background: background.clone(),
             links: (0..relays)
                 .map(|_| Mutex::new(Link::Down(LinkDown::default())))
                 .collect(),
@@ -1020,12 +1208,19 @@ impl Node {
             }
         }
         // A roster installed just before the node last stopped may not have been checked
-        // against the quarantine and the held receipts yet. The quarantine is walked in the
-        // background (seconds when full): the API and the links start meanwhile, and what
-        // it releases is announced as it goes (kept for the first subscribers while the API
-        // is not yet listening, `EarlyEvents`).
-        state.recheck_quarantine();
-        state.recheck_held_receipts();
+        // against the held receipts and the quarantine yet. The held receipts are checked
+        // before the API listens, so that what they tell is kept for its first subscribers
+        // (`EarlyEvents`), but off the runtime all the same (up to `RECEIPTS_HELD_MAX`
+        // signatures; nothing else runs yet). The quarantine is walked in the background
+        // (seconds when full), and only if it was not checked in full against this roster
+        // already: the API and the links start meanwhile, and what it releases is announced
+        // as it goes (kept for the first subscribers while the API is not yet listening).
+        let node = Arc::downgrade(&state);
+        if let Err(e) = tokio::task::spawn_blocking(move || recheck_held_receipts_pass(&node)).await
+        {
+            error!(error = %e, "the check of the held receipts against the roster failed; they are checked again at the next roster or start");
+        }
+        state.recheck_quarantine_at_start();
         let mut tasks = JoinSet::new();
 
         let listener = tokio::net::TcpListener::bind(state.config.api_listen)
@@ -1060,6 +1255,7 @@ impl Node {
             api_addr,
             shutdown: shutdown_tx,
             tasks,
+            background: background.subscribe(),
         })
     }
 }
@@ -1240,6 +1436,20 @@ pub(crate) fn received_event(
 /// and the Secretariat, one relay that nothing answers at.
 #[cfg(test)]
 pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    // Never sent: the state's tasks are not running.
+    std::mem::forget(shutdown_tx);
+    test_state_on(dir, 1, shutdown)
+}
+
+/// [`test_state`] on a roster of `version` (the same participants, signed by the same key),
+/// stopping when `shutdown` says so.
+#[cfg(test)]
+pub(crate) fn test_state_on(
+    dir: &std::path::Path,
+    version: u64,
+    shutdown: watch::Receiver<bool>,
+) -> Arc<NodeState> {
     #![allow(clippy::unwrap_used)]
     use hotline_proto::{Participant, PublicKey, Role};
     let key = SigningKey::from_bytes(&[1; 32]);
@@ -1269,7 +1479,7 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
     };
     let roster = Roster {
         protocol_version: hotline_proto::PROTOCOL_VERSION,
-        version: 1,
+        version,
         issued_at_ms: 1,
         network: "CICA".into(),
         participants: vec![
@@ -1281,9 +1491,6 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
     };
     let signed = hotline_proto::Signed::sign(&roster, &roster_key).unwrap();
     let roster = hotline_proto::verify_roster(&signed, &PublicKey::of(&roster_key)).unwrap();
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    // Never sent: the state's tasks are not running.
-    std::mem::forget(shutdown_tx);
     Arc::new_cyclic(|this| NodeState {
         hooks: HookRunner::new(config.hook_timeout_ms()),
         me: ParticipantId::new("KAZ").unwrap(),
@@ -1295,7 +1502,11 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
         wake: vec![Arc::new(Notify::new())],
         quarantine_room: watch::channel(0).0,
         rechecking: Mutex::new(Rechecking::default()),
+        receipts_rechecking: Mutex::new(Rechecking::default()),
         quarantine_checked: watch::channel(0).0,
+        receipts_checked: watch::channel(0).0,
+        quarantine_walks: Default::default(),
+        background: Arc::new(watch::channel(0).0),
         links: vec![Mutex::new(Link::Down(LinkDown::default()))],
         token: "token".into(),
         shutdown,
@@ -1306,10 +1517,271 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<NodeState> {
     })
 }
 
+/// `n` deliveries held in quarantine, as a relay delivering forgeries hands them over:
+/// signed by a key no roster lists, each with the reason it failed.
+#[cfg(test)]
+pub(crate) fn test_forgeries(
+    state: &NodeState,
+    n: usize,
+) -> Vec<(
+    hotline_proto::Signed<hotline_proto::Envelope>,
+    Result<hotline_proto::Envelope, String>,
+)> {
+    #![allow(clippy::unwrap_used)]
+    use hotline_proto::{Audience, Kind, MessageId, Precedence, Status};
+    let sender = SigningKey::from_bytes(&[9; 32]);
+    (0..n)
+        .map(|i| {
+            let env = Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: ParticipantId::new("TJK").unwrap(),
+                seq: hotline_proto::Seq(i as u64 + 1),
+                audience: Audience::Participants(vec![state.me.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Forgery {i}"),
+                body: String::new(),
+            };
+            let signed = hotline_proto::Signed::sign(&env, &sender).unwrap();
+            (signed, Err("test: unknown sender".to_owned()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A start walks the whole quarantine only if the store does not record that it was
+    /// checked in full against the roster the node starts on: a node restarted on an
+    /// unchanged roster walked its whole quarantine again (seconds of verification when it
+    /// is full of small forgeries). One whose roster changed while it was stopped, whose
+    /// walk was cut short, or that held a delivery checked against another roster since
+    /// the walk, walks it again.
+    #[test]
+    fn a_start_walks_the_quarantine_unless_it_was_checked_against_this_roster() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        // A start on roster `version` (stopping at once if `stopping`): whether it walked,
+        // by its answer and by its count of walks begun (the two must agree), and the
+        // record it left.
+        let start = |version: u64, stopping: bool| {
+            let state = test_state_on(dir.path(), version, watch::channel(stopping).1);
+            let walked = state.recheck_quarantine_at_start();
+            let walks = state.quarantine_walks.load(Relaxed);
+            assert_eq!(walks, u64::from(walked), "v{version}");
+            let record = state.store().quarantine_check().unwrap();
+            let roster = link::quarantine_check_basis(&state.roster.borrow());
+            (walked, record, roster)
+        };
+        {
+            let state = test_state(dir.path());
+            state
+                .store()
+                .store_deliveries(&test_forgeries(&state, 3), 1_000)
+                .unwrap();
+        }
+        use store::QuarantineCheck::Checked;
+        let (walked, record, v1) = start(1, false);
+        assert!(walked, "never checked");
+        assert_eq!(record, Some(Checked(v1)));
+        let (walked, record, _) = start(1, false);
+        assert!(!walked, "restarted on the roster it was checked against");
+        assert_eq!(record, Some(Checked(v1)));
+
+        // A roster changed while the node was stopped, and its walk cut short by a stop
+        // before its first page: nothing checked against it, so the next start walks.
+        let (walked, record, _) = start(2, true);
+        assert!(walked, "a roster not checked against");
+        assert_eq!(record, Some(Checked(v1)), "nothing recorded");
+        let (walked, record, v2) = start(2, false);
+        assert!(walked, "the cut-short walk is done again");
+        assert_eq!(record, Some(Checked(v2)));
+        assert!(!start(2, false).0);
+
+        // A walk begun and cut short midway.
+        test_state(dir.path())
+            .store()
+            .begin_quarantine_walk(&v2)
+            .unwrap();
+        assert!(start(2, false).0, "a walk cut short midway is done again");
+
+        // A delivery held against the roster checked against keeps the record; one held
+        // against another roster (checked before a newer one came) clears it.
+        let hold = |against: &hotline_proto::Digest| {
+            let state = test_state_on(dir.path(), 2, watch::channel(true).1);
+            state
+                .store()
+                .store_deliveries_checked_against(&test_forgeries(&state, 1), Some(against), 2_000)
+                .unwrap();
+        };
+        hold(&v2);
+        assert!(
+            !start(2, false).0,
+            "held against the roster checked against"
+        );
+        hold(&v1);
+        let (walked, record, _) = start(2, false);
+        assert!(walked, "held against an older roster after the check");
+        assert_eq!(record, Some(Checked(v2)));
+    }
+
+    /// The held receipts are checked off the async runtime: `recheck_held_receipts`
+    /// returns without reading the store or verifying a signature on the caller's thread
+    /// (here the test's runtime's only one), and does it in the background. It verified up
+    /// to `RECEIPTS_HELD_MAX` signatures on a runtime thread (about 36 ms of it); here the
+    /// store is held by another thread for up to 10 s, and the call waited for it.
+    #[tokio::test]
+    async fn held_receipts_are_checked_off_the_runtime() {
+        use hotline_proto::{
+            Audience, Kind, Precedence, Receipt, ReceiptItem, ReceiptKind, Status,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let tjk = SigningKey::from_bytes(&[5; 32]);
+        let draft = store::Draft {
+            audience: Audience::Participants(vec![ParticipantId::new("TJK").unwrap()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: "For TJK".into(),
+            body: String::new(),
+        };
+        let sent = state
+            .store()
+            .compose(&state.me, &state.key, draft, &[], 1, 1_000)
+            .unwrap()
+            .unwrap();
+        let env = sent.decode_unverified().unwrap();
+        let receipt = Receipt {
+            version: hotline_proto::PROTOCOL_VERSION,
+            recipient: ParticipantId::new("TJK").unwrap(),
+            kind: ReceiptKind::Delivered,
+            created_at_ms: 2_000,
+            items: vec![ReceiptItem {
+                id: env.id,
+                sender: state.me.clone(),
+                digest: sent.digest(),
+            }],
+        };
+        let signed = hotline_proto::Signed::sign(&receipt, &tjk).unwrap();
+        let held = state
+            .store()
+            .hold_receipts(
+                &state.me,
+                &[store::Unverified {
+                    signed,
+                    claim: receipt,
+                    reason: "unknown signer TJK".into(),
+                }],
+                2_000,
+            )
+            .unwrap();
+        assert_eq!(held.held.len(), 1, "{held:?}");
+        // A roster listing TJK, installed without the checks that `offer_roster` asks for.
+        let mut roster: Roster = (***state.roster.borrow()).clone();
+        roster.version += 1;
+        roster.participants.push(hotline_proto::Participant {
+            id: ParticipantId::new("TJK").unwrap(),
+            name: "TJK".into(),
+            role: hotline_proto::Role::Member,
+            keys: vec![hotline_proto::PublicKey::of(&tjk)],
+            revoked: false,
+        });
+        let newer =
+            hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let newer = hotline_proto::verify_roster(&newer, &state.config.roster_key).unwrap();
+        state.roster.send_replace(Arc::new(newer));
+
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let state = state.clone();
+            move || {
+                let _store = state.store();
+                locked_tx.send(()).unwrap();
+                // Whether the store was held until the deadline: the call waited for it.
+                released.recv_timeout(Duration::from_secs(10)).is_err()
+            }
+        });
+        locked.recv().unwrap();
+        let mut checked = state.receipts_checked.subscribe();
+        state.recheck_held_receipts();
+        release.send(()).ok();
+        assert!(
+            !holder.join().unwrap(),
+            "the check waited on the caller's thread for the store"
+        );
+        tokio::time::timeout(Duration::from_secs(30), checked.changed())
+            .await
+            .expect("the held receipts are checked in time")
+            .unwrap();
+        assert!(
+            state.store().held_receipts().unwrap().is_empty(),
+            "the receipt verifies against the newer roster and is recorded"
+        );
+    }
+
+    /// A node's shutdown waits for the walk of its quarantine running off the runtime, so
+    /// that nothing uses its store (nor holds its claim on the data directory) once it says
+    /// it stopped. The walk was not joined: it went on for up to a page after the node said
+    /// it stopped, holding the store open.
+    #[tokio::test]
+    async fn a_node_that_says_it_stopped_no_longer_uses_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shutdown, stopping) = watch::channel(false);
+        let state = test_state_on(dir.path(), 1, stopping);
+        let data = state.config.data_dir.clone();
+        // Some 16 pages, the newest holding a genuine message (held for a reason that
+        // does not last): it is released, and told, as the walk ends its first page.
+        let n = 16 * limits::QUARANTINE_RECHECK_PAGE_ITEMS;
+        state
+            .store()
+            .store_deliveries(&test_forgeries(&state, n), 1_000)
+            .unwrap();
+        let genuine = Envelope {
+            subject: "Genuine".into(),
+            sender: ParticipantId::new("KGZ").unwrap(),
+            ..test_forgeries(&state, 1)[0].0.decode_unverified().unwrap()
+        };
+        let signed = hotline_proto::Signed::sign(&genuine, &SigningKey::from_bytes(&[2; 32]));
+        state
+            .store()
+            .store_deliveries(&[(signed.unwrap(), Err("test: held".into()))], 2_000)
+            .unwrap();
+        let handle = NodeHandle {
+            api_addr: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            shutdown,
+            tasks: JoinSet::new(),
+            background: state.background.subscribe(),
+        };
+        let mut events = state.events.subscribe();
+        state.recheck_quarantine();
+        let told = tokio::time::timeout(Duration::from_secs(30), events.recv()).await;
+        assert!(
+            matches!(told, Ok(Ok(Event::MessageReceived { id, .. })) if id == genuine.id),
+            "{told:?}"
+        );
+        // The walk goes on with its next pages, holding the node while it checks one.
+        let node = Arc::downgrade(&state);
+        drop(state);
+        handle.shutdown().await;
+        assert!(
+            node.upgrade().is_none(),
+            "the walk still holds the node after it said it stopped"
+        );
+        hotline_store::lock_dir(&data).expect("the data directory is free");
+    }
 
     /// A node stopped cleanly leaves its store in one file, as OPERATIONS.md says (section
     /// 6): the last connection to close folds the write-ahead log in and removes it. The

@@ -191,6 +191,14 @@ pub const RECEIPT_PACE_ITEMS: usize = 512;
 /// genuine delivery must not hide it (PROTOCOL.md 12.1 item 2).
 pub const QUARANTINE_RECHECK_PAGE_ITEMS: usize = 256;
 
+/// How long a node's shutdown waits, once its tasks have stopped, for the checks of the
+/// quarantine and of the held receipts against the roster that run off the async runtime
+/// (`spawn_blocking`) to stop, so that the store is not in use after the node says it
+/// stopped. A quarantine walk stops between pages (about 9 ms of verification each), and
+/// a check of the held receipts verifies at most `RECEIPTS_HELD_MAX` (about 36 ms): both
+/// end far sooner on any machine that is not starved.
+pub const SHUTDOWN_RECHECK_WAIT_MS: u64 = 5_000;
+
 /// The default of the configuration's `quarantine_max_bytes`: the most the quarantine may
 /// hold, in envelope bytes (64 MiB: about 800 envelopes of the largest size, tens of
 /// thousands of ordinary ones). Only a relay delivering forged or altered bytes, or a roster

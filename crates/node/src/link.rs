@@ -978,7 +978,14 @@ impl Link<'_> {
             })
             .collect();
         let now = now_ms();
-        let result = self.state.store().store_deliveries(&checked, now);
+        // With the roster they were checked against: one held after a check of the whole
+        // quarantine against another roster clears that check's record, so that the next
+        // start checks it again (`NodeState::recheck_quarantine_at_start`).
+        let against = quarantine_check_basis(&roster);
+        let result =
+            self.state
+                .store()
+                .store_deliveries_checked_against(&checked, Some(&against), now);
         let (outcomes, items) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1227,6 +1234,27 @@ pub(crate) fn lagging(e: &hotline_proto::VerifyError) -> bool {
         hotline_proto::VerifyError::UnknownSigner(_)
             | hotline_proto::VerifyError::KeyNotAuthorised(_)
     )
+}
+
+/// The rules of [`check_delivery`], numbered: raised by a release whose checks come to let
+/// through a delivery that those before it quarantined (as the group and all-members
+/// checks once changed), so that a node upgraded to it walks its quarantine again at its
+/// first start, though the roster is the one the quarantine was last checked against
+/// ([`quarantine_check_basis`]).
+pub(crate) const QUARANTINE_CHECK_RULES: u32 = 1;
+
+/// What a check of quarantined deliveries is recorded against ([`crate::store::QuarantineCheck`]):
+/// the roster's payload, and the rules of [`check_delivery`] ([`QUARANTINE_CHECK_RULES`]).
+/// The same for a roster signed again by another key, since the checks read only its
+/// payload; another for a roster of the same version with other content.
+pub(crate) fn quarantine_check_basis(
+    roster: &hotline_proto::Verified<hotline_proto::Roster>,
+) -> hotline_proto::Digest {
+    hotline_proto::Digest::of(&[
+        b"hotline quarantine check",
+        &QUARANTINE_CHECK_RULES.to_le_bytes(),
+        &roster.signed().digest().0,
+    ])
 }
 
 /// What a delivered message must pass to be shown (PROTOCOL.md 7.1), for a delivery and for

@@ -807,6 +807,82 @@ pub fn stored_roster(conn: &Connection) -> Result<Option<Signed<Roster>>, StoreE
     Ok(v.and_then(|b| codec::decode(&b, hotline_proto::limits::ROSTER_BYTES_MAX + 4096).ok()))
 }
 
+/// How far the last check of the whole quarantine against a roster went
+/// ([`NodeStore::quarantine_check`]), kept in `meta` under `quarantine_checked` as a tag
+/// byte and a digest of what it was checked against: the roster's payload and the rules of
+/// the check (`link::quarantine_check_basis`; so a roster signed again by another key checks
+/// the same, and one of the same version with other content, or a release whose checks let
+/// through more, does not).
+///
+/// It lets a node skip, at a start on the roster its quarantine was last fully checked
+/// against, the walk of the whole quarantine (seconds of verification when it is full of
+/// small forgeries): every delivery held since was checked on arrival against that same
+/// roster, since a delivery held after a check against any other clears the mark in the
+/// transaction that holds it ([`NodeStore::store_deliveries_checked_against`]). It came
+/// without a raise of [`SCHEMA_VERSION`]: an older node neither reads nor writes it, and
+/// any roster it installs differs from the mark, so this node walks again at its next
+/// start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuarantineCheck {
+    /// A walk against this began and has not ended (or was cut short): nothing is known
+    /// to have been checked against it.
+    Walking(Digest),
+    /// Every delivery the quarantine holds has been checked against this.
+    Checked(Digest),
+}
+
+/// `meta`'s key for [`QuarantineCheck`].
+const QUARANTINE_CHECKED_KEY: &str = "quarantine_checked";
+
+impl QuarantineCheck {
+    fn encode(self) -> [u8; 33] {
+        let (tag, d) = match self {
+            QuarantineCheck::Walking(d) => (0, d),
+            QuarantineCheck::Checked(d) => (1, d),
+        };
+        let mut b = [0u8; 33];
+        b[0] = tag;
+        b[1..].copy_from_slice(&d.0);
+        b
+    }
+
+    /// `None` for a value this code did not write: a damaged one only costs a walk.
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (tag, d) = b.split_first()?;
+        let d = Digest(<[u8; 32]>::try_from(d).ok()?);
+        match tag {
+            0 => Some(QuarantineCheck::Walking(d)),
+            1 => Some(QuarantineCheck::Checked(d)),
+            _ => None,
+        }
+    }
+
+    fn roster(self) -> Digest {
+        match self {
+            QuarantineCheck::Walking(d) | QuarantineCheck::Checked(d) => d,
+        }
+    }
+}
+
+fn quarantine_check_in(conn: &Connection) -> Result<Option<QuarantineCheck>, StoreError> {
+    let v: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [QUARANTINE_CHECKED_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|b| QuarantineCheck::decode(&b)))
+}
+
+fn set_quarantine_check(conn: &Connection, check: QuarantineCheck) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![QUARANTINE_CHECKED_KEY, &check.encode()[..]],
+    )?;
+    Ok(())
+}
+
 /// A message in a relay's outbox, as it is to be sent.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -2207,13 +2283,33 @@ impl NodeStore {
     /// transaction. Returns what became of each, and the items a delivered receipt must cover
     /// ([`NodeStore::delivered_receipts`]): every message now held, new or already held, as
     /// the relay redelivers until it has a receipt.
+    ///
+    /// Checked against no roster it is told of: a delivery it newly holds clears the record
+    /// of the quarantine's last full check ([`Self::store_deliveries_checked_against`]).
     pub fn store_deliveries(
         &mut self,
         batch: &[(Signed<Envelope>, Result<Envelope, String>)],
         now_ms: u64,
     ) -> Result<(Vec<Stored>, Vec<ReceiptItem>), StoreError> {
+        self.store_deliveries_checked_against(batch, None, now_ms)
+    }
+
+    /// [`Self::store_deliveries`] for a batch checked against `roster` (a roster and the
+    /// rules of the check, as [`QuarantineCheck`] records them). If it newly holds a delivery in quarantine, the record that the whole
+    /// quarantine was checked against a roster ([`QuarantineCheck`]) is cleared in the same
+    /// transaction unless it names this very roster: a delivery checked against an older
+    /// roster and held after a walk against the newer one has passed its place must not be
+    /// taken as checked against the newer one, even by a node that stops before it walks
+    /// again.
+    pub fn store_deliveries_checked_against(
+        &mut self,
+        batch: &[(Signed<Envelope>, Result<Envelope, String>)],
+        roster: Option<&Digest>,
+        now_ms: u64,
+    ) -> Result<(Vec<Stored>, Vec<ReceiptItem>), StoreError> {
         let max_bytes = self.quarantine_max_bytes;
         let mut size = self.quarantine;
+        let held_before = size.held;
         let (out, items) = self.tx(|tx, j| {
             let mut out = Vec::with_capacity(batch.len());
             let mut items = Vec::with_capacity(batch.len());
@@ -2283,6 +2379,11 @@ impl NodeStore {
                     }
                 }
             }
+            if size.held > held_before
+                && quarantine_check_in(tx)?.is_some_and(|c| Some(&c.roster()) != roster)
+            {
+                tx.execute("DELETE FROM meta WHERE key = ?1", [QUARANTINE_CHECKED_KEY])?;
+            }
             Ok((out, items))
         })?;
         self.quarantine = size;
@@ -2307,6 +2408,33 @@ impl NodeStore {
     ) -> Result<(Vec<Quarantined>, Option<QuarantinePlace>), StoreError> {
         let (time, row) = place.map_or((i64::MAX, i64::MAX), |p| (p.received_at_ms, p.row));
         quarantine_rows(&self.conn, time, row, limit)
+    }
+
+    /// How far the last check of the whole quarantine against a roster went, if any is
+    /// recorded ([`QuarantineCheck`]).
+    pub fn quarantine_check(&self) -> Result<Option<QuarantineCheck>, StoreError> {
+        quarantine_check_in(&self.conn)
+    }
+
+    /// A walk of the whole quarantine against `roster` (as [`QuarantineCheck`] records it) begins
+    /// ([`QuarantineCheck::Walking`]): until it ends ([`Self::end_quarantine_walk`]), no
+    /// start takes the quarantine as checked.
+    pub fn begin_quarantine_walk(&mut self, roster: &Digest) -> Result<(), StoreError> {
+        self.tx(|tx, _| set_quarantine_check(tx, QuarantineCheck::Walking(*roster)))
+    }
+
+    /// A walk begun against `roster` ([`Self::begin_quarantine_walk`]) has checked every
+    /// delivery the quarantine held: recorded as [`QuarantineCheck::Checked`] if nothing
+    /// cleared or replaced the record meanwhile (a delivery held after a check against
+    /// another roster, another walk begun). Returns whether it was recorded.
+    pub fn end_quarantine_walk(&mut self, roster: &Digest) -> Result<bool, StoreError> {
+        self.tx(|tx, _| {
+            if quarantine_check_in(tx)? != Some(QuarantineCheck::Walking(*roster)) {
+                return Ok(false);
+            }
+            set_quarantine_check(tx, QuarantineCheck::Checked(*roster))?;
+            Ok(true)
+        })
     }
 
     /// Moves quarantined deliveries that have since passed every check (`passed`: their
