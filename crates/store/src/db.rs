@@ -82,6 +82,16 @@ pub enum StoreError {
         /// The marker file.
         path: PathBuf,
     },
+    /// The store was replaced while a backup copied it (a restore ran meanwhile): the copy
+    /// is of the store set aside, and was removed.
+    #[error(
+        "{path} was replaced while it was copied (a restore into its directory ran meanwhile): \
+         the copy, of the store it replaced, was removed; run the backup again"
+    )]
+    Replaced {
+        /// The store.
+        path: PathBuf,
+    },
     /// There is no store, but signs of an earlier one: a store set aside or being
     /// restored, a backup, or a write-ahead log without its file. A service refuses to
     /// create an empty store there, which would take the old one's place silently.
@@ -334,8 +344,18 @@ pub struct Backup {
 /// replaced: a file under that name is a whole, checked copy, whatever happens to the
 /// backup (killed, power lost) and whoever reads the name meanwhile (an operator choosing
 /// a copy, a restore, the next run's `--keep`). A copy that fails is removed; one killed
-/// leaves its hidden file, which nothing counts as a copy.
+/// leaves its hidden file, which nothing counts as a copy. A restore into the store's
+/// directory takes the directory's claim, which this does not (it runs beside the service):
+/// one that began while this copied ([`StoreError::RestoreUnfinished`]) or ended meanwhile,
+/// putting another file under the store's name ([`StoreError::Replaced`]), had this copy the
+/// store it replaced, and the copy is refused and removed.
 pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
+    backup_with(src, out, || {})
+}
+
+/// [`backup`], running `opened` once the store is open, before it is read (in tests, what
+/// another process does then).
+fn backup_with(src: &Path, out: &Path, opened: impl FnOnce()) -> Result<Backup, StoreError> {
     // A restore cut short may have left the store in place and the one it kept aside as
     // two names of one file, or a copy in place not yet finished: nothing to copy from.
     let dir = match src.parent() {
@@ -355,7 +375,14 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
     // cannot remove them when it closes. They are left, empty, for the service's next
     // start, which removes them at its clean stop; created as root, SQLite gives them the
     // store file's owner, so the service's account can open them.
+    // Which file the name leads to: a restore replaces it by another (`rename(2)`).
+    let identity = |path: &Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok()
+    };
+    let before = identity(src);
     let conn = open_read_only(src)?;
+    opened();
     // A name taken is refused before the copy is made, as it is after.
     if std::fs::symlink_metadata(out).is_ok() {
         return Err(StoreError::Io {
@@ -366,6 +393,22 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
     let partial = partial_name(out)?;
     let copied = copy_into(&conn, &partial)?;
     drop(conn);
+    // A restore that began meanwhile has written its marker before it renames anything, and
+    // one that ended meanwhile has put another file under the store's name: either way this
+    // copied the store it replaces (SQLite read the file it had open), not the one in place.
+    let replaced = if marker.exists() {
+        Some(StoreError::RestoreUnfinished { path: marker })
+    } else if before.is_none() || identity(src) != before {
+        Some(StoreError::Replaced {
+            path: src.to_owned(),
+        })
+    } else {
+        None
+    };
+    if let Some(e) = replaced {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     publish(&partial, out)?;
     Ok(copied)
 }
@@ -1258,6 +1301,46 @@ mod tests {
                 .expect("a copy under the name holds the store's table");
             assert_eq!(n, 8000, "a copy under the name holds every row");
         }
+    }
+
+    /// A restore into the store's directory while a backup copies the store replaces the
+    /// file the backup has open, which then copies the store set aside, and named it as the
+    /// newest copy, "written from" the store now in place: the next restore from the newest
+    /// copy would bring back the store just replaced. Such a copy is refused and removed.
+    #[test]
+    fn a_backup_beside_a_restore_is_refused_not_a_copy_of_the_store_replaced() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (copy, data) = killed_store_and_copy(root.path());
+        let out = root.path().join("during.db");
+        let r = backup_with(&data.join("x.db"), &out, || {
+            let restored = restore(
+                &copy,
+                &data,
+                "x.db",
+                "x-replaced.db",
+                |_, _| Ok(()),
+                |_, _| Ok(()),
+            )
+            .expect("restored");
+            drop(restored.claim);
+        });
+        match r {
+            Err(StoreError::Replaced { path }) => assert_eq!(path, data.join("x.db")),
+            Ok(_) => panic!(
+                "a copy written, of rows {:?} where the store now holds {:?}",
+                rows_seen(root.path(), "during.db"),
+                rows_seen(&data, "x.db")
+            ),
+            Err(other) => panic!("expected the copy refused, got {other:?}"),
+        }
+        assert!(!out.exists(), "no copy under the name");
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "nothing hidden left: {left:?}");
+        assert_eq!(rows_seen(&data, "x.db"), Ok(vec![10]), "the restored store");
     }
 
     /// While a restore's marker is in the directory, the store there may be the one kept
