@@ -239,6 +239,15 @@ pub struct DirLock {
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a claim that is held is tried again while [`lock_dir_waiting`] waits.
+///
+/// Polled, as no lock this workspace can take waits with a limit: `flock(2)` and
+/// `fcntl(F_SETLKW)` (std's `File::lock`, rustix's and nix's `flock`, `libc`) block until
+/// the lock is free or a signal interrupts them, and a signal to end the wait (an alarm
+/// timer) would need a handler (unsafe code, which the workspace forbids) in a process whose
+/// signals tokio handles; a thread left blocked in `File::lock` past the limit would take
+/// the claim later and hold it with no one to use it. Trying again every 10 ms costs at
+/// most 200 attempts in [`CLAIM_WAIT`], and only while the claim is held; it takes the
+/// claim within 10 ms of its release, which is what the wait is for.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Claims `dir` ([`DirLock`]) at once, or fails [`StoreError::Locked`]: an advisory
