@@ -392,6 +392,16 @@ pub(crate) struct LoadedQueues {
 
 /// Rebuilds every recipient's queue from its cursor, its positions receipted ahead, and the
 /// messages after the lowest cursor (the messages before it are not read). Read-only.
+///
+/// It reads messages it keeps for no one: those after the lowest cursor whose recipients'
+/// cursors are all at or past them. A cursor stays at the last message addressed to its
+/// recipient that it receipted, so a recipient rarely addressed (or off the roster) keeps
+/// the lowest cursor far back, and each start reads every message since, its recipient list
+/// found only past its signed bytes (100,000 rows read to keep 20 positions took 0.42 s in
+/// a debug build). Nothing here can tell which rows those are without reading them: the
+/// store has no index by recipient (one would cost every acceptance a write). What would
+/// end it is a cursor moved up to the newest position when its queue is empty, which only
+/// the writer, which owns the cursors, can do.
 pub(crate) fn load_queues(conn: &Connection) -> Result<LoadedQueues, StoreError> {
     let mut cursors = HashMap::new();
     {
