@@ -82,6 +82,16 @@ pub enum StoreError {
         /// The marker file.
         path: PathBuf,
     },
+    /// The store was replaced while a backup copied it (a restore ran meanwhile): the copy
+    /// is of the store set aside, and was removed.
+    #[error(
+        "{path} was replaced while it was copied (a restore into its directory ran meanwhile): \
+         the copy, of the store it replaced, was removed; run the backup again"
+    )]
+    Replaced {
+        /// The store.
+        path: PathBuf,
+    },
     /// There is no store, but signs of an earlier one: a store set aside or being
     /// restored, a backup, or a write-ahead log without its file. A service refuses to
     /// create an empty store there, which would take the old one's place silently.
@@ -229,6 +239,15 @@ pub struct DirLock {
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a claim that is held is tried again while [`lock_dir_waiting`] waits.
+///
+/// Polled, as no lock this workspace can take waits with a limit: `flock(2)` and
+/// `fcntl(F_SETLKW)` (std's `File::lock`, rustix's and nix's `flock`, `libc`) block until
+/// the lock is free or a signal interrupts them, and a signal to end the wait (an alarm
+/// timer) would need a handler (unsafe code, which the workspace forbids) in a process whose
+/// signals tokio handles; a thread left blocked in `File::lock` past the limit would take
+/// the claim later and hold it with no one to use it. Trying again every 10 ms costs at
+/// most 200 attempts in [`CLAIM_WAIT`], and only while the claim is held; it takes the
+/// claim within 10 ms of its release, which is what the wait is for.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Claims `dir` ([`DirLock`]) at once, or fails [`StoreError::Locked`]: an advisory
@@ -327,11 +346,25 @@ pub struct Backup {
 /// Writes a consistent copy of the database at `src` to `out`, which must not exist, while
 /// the service using it keeps running. The copy is SQLite's `VACUUM INTO`: one read
 /// transaction over the database and its write-ahead log, so it holds every transaction
-/// committed before that moment and none after, and never blocks the service's writer. The
-/// file is created with mode 0600 (a store holds every message), synced with its directory,
-/// then opened read-only and checked (`quick_check`, the journal's chain) before this
-/// returns. A copy that fails is removed.
+/// committed before that moment and none after, and never blocks the service's writer. It
+/// is written under a hidden name beside `out` ([`partial_name`]), mode 0600 (a store
+/// holds every message), synced, opened read-only and checked (`quick_check`, the
+/// journal's chain), and only then given the name `out` ([`publish`]), which is never
+/// replaced: a file under that name is a whole, checked copy, whatever happens to the
+/// backup (killed, power lost) and whoever reads the name meanwhile (an operator choosing
+/// a copy, a restore, the next run's `--keep`). A copy that fails is removed; one killed
+/// leaves its hidden file, which nothing counts as a copy. A restore into the store's
+/// directory takes the directory's claim, which this does not (it runs beside the service):
+/// one that began while this copied ([`StoreError::RestoreUnfinished`]) or ended meanwhile,
+/// putting another file under the store's name ([`StoreError::Replaced`]), had this copy the
+/// store it replaced, and the copy is refused and removed.
 pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
+    backup_with(src, out, || {})
+}
+
+/// [`backup`], running `opened` once the store is open, before it is read (in tests, what
+/// another process does then).
+fn backup_with(src: &Path, out: &Path, opened: impl FnOnce()) -> Result<Backup, StoreError> {
     // A restore cut short may have left the store in place and the one it kept aside as
     // two names of one file, or a copy in place not yet finished: nothing to copy from.
     let dir = match src.parent() {
@@ -351,7 +384,99 @@ pub fn backup(src: &Path, out: &Path) -> Result<Backup, StoreError> {
     // cannot remove them when it closes. They are left, empty, for the service's next
     // start, which removes them at its clean stop; created as root, SQLite gives them the
     // store file's owner, so the service's account can open them.
-    copy_into(&open_read_only(src)?, out)
+    // Which file the name leads to: a restore replaces it by another (`rename(2)`).
+    let identity = |path: &Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok()
+    };
+    let before = identity(src);
+    let conn = open_read_only(src)?;
+    opened();
+    // A name taken is refused before the copy is made, as it is after.
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(StoreError::Io {
+            path: out.to_owned(),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    let partial = partial_name(out)?;
+    let copied = copy_into(&conn, &partial)?;
+    drop(conn);
+    // A restore that began meanwhile has written its marker before it renames anything, and
+    // one that ended meanwhile has put another file under the store's name: either way this
+    // copied the store it replaces (SQLite read the file it had open), not the one in place.
+    let replaced = if marker.exists() {
+        Some(StoreError::RestoreUnfinished { path: marker })
+    } else if before.is_none() || identity(src) != before {
+        Some(StoreError::Replaced {
+            path: src.to_owned(),
+        })
+    } else {
+        None
+    };
+    if let Some(e) = replaced {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    publish(&partial, out)?;
+    Ok(copied)
+}
+
+/// The hidden name [`backup`] writes a copy under before it is checked, beside `out` (so
+/// that [`publish`] renames within one file system): `.NAME.partial-PID-N`, unique to this
+/// process and this call. `--keep`, which counts the copies named after their store, never
+/// takes it for one.
+fn partial_name(out: &Path) -> Result<PathBuf, StoreError> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = out.file_name().ok_or_else(|| StoreError::Io {
+        path: out.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut hidden = std::ffi::OsString::from(".");
+    hidden.push(name);
+    hidden.push(format!(".partial-{}-{n}", std::process::id()));
+    let partial = out.with_file_name(hidden);
+    // A file by this name is a dead process's (the number is this process's): left by a
+    // backup killed before it finished.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: partial,
+                source,
+            })
+        }
+    }
+    Ok(partial)
+}
+
+/// Gives the checked copy at `partial` the name `out`, never replacing a file there
+/// (another backup's, made meanwhile): a hard link, which fails on a name taken, then the
+/// hidden name removed and the directory synced. A file system without hard links (FAT on
+/// a removable disk) gets a rename if the name is still free, which leaves a moment in
+/// which another backup's copy could be replaced by this one. On any failure the hidden
+/// file is removed.
+fn publish(partial: &Path, out: &Path) -> Result<(), StoreError> {
+    let placed = match std::fs::hard_link(partial, out) {
+        // In place: a hidden name left behind (not removed) is no copy.
+        Ok(()) => {
+            let _ = std::fs::remove_file(partial);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if std::fs::symlink_metadata(out).is_err() => std::fs::rename(partial, out),
+        Err(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+    };
+    if let Err(source) = placed {
+        let _ = std::fs::remove_file(partial);
+        return Err(StoreError::Io {
+            path: out.to_owned(),
+            source,
+        });
+    }
+    sync_dir(out.parent().unwrap_or(Path::new(".")))
 }
 
 /// [`backup`]'s copy from an open connection.
@@ -1145,6 +1270,127 @@ mod tests {
                 assert_eq!((m.uid(), m.gid()), service, "{f}: the store's owner");
             }
         }
+    }
+
+    /// The environment variable that makes [`backup_child_for_the_kill_test`] back up: the
+    /// store's path and the copy's, one a line.
+    const BACKUP_CHILD: &str = "HOTLINE_TEST_BACKUP_CHILD";
+
+    /// The child half of [`a_backup_killed_midway_leaves_nothing_under_its_name`]: backs up
+    /// the store the environment names, when that test runs it; nothing otherwise.
+    #[test]
+    fn backup_child_for_the_kill_test() {
+        let Ok(paths) = std::env::var(BACKUP_CHILD) else {
+            return;
+        };
+        let (src, out) = paths.split_once('\n').expect("two paths");
+        backup(Path::new(src), Path::new(out)).expect("backup");
+    }
+
+    /// A backup killed while it copies (the timer's `TimeoutSec`, an operator's Ctrl-C,
+    /// power lost) leaves nothing under the copy's name: a file there is a whole, checked
+    /// copy, or there is none. A torn file under the name looked like a good copy, to an
+    /// operator choosing one to restore and to the next `--keep`, which counted it among the
+    /// copies it keeps and removed a good one in its place. Another backup or a restore
+    /// reading the name while one is written is covered by the same rule.
+    #[test]
+    fn a_backup_killed_midway_leaves_nothing_under_its_name() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("x.db");
+        let c = open(&src, true).expect("store");
+        // 32 MiB: its copy takes far longer than the 1 ms this waits between looks.
+        c.execute_batch(&format!(
+            "{} CREATE TABLE t (v BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 8000)
+             INSERT INTO t SELECT randomblob(4096) FROM n;",
+            crate::journal::SCHEMA
+        ))
+        .expect("rows");
+        drop(c);
+        let outdir = root.path().join("backups");
+        std::fs::create_dir(&outdir).expect("dir");
+        let out = outdir.join("copy.db");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "db::tests::backup_child_for_the_kill_test",
+                "--test-threads=1",
+            ])
+            .env(
+                BACKUP_CHILD,
+                format!("{}\n{}", src.display(), out.display()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("child");
+        // Killed as soon as it has begun to write: any file in the copy's directory.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let seen = std::fs::read_dir(&outdir).expect("dir").next().is_some();
+            if seen {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("child") {
+                panic!("the backup ended ({status}) before it was seen writing");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backup wrote nothing in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.kill().expect("kill");
+        let status = child.wait().expect("reaped");
+        assert!(!status.success(), "killed midway, not finished: {status}");
+        if out.exists() {
+            let copy = open_read_only(&out).expect("a copy under the name opens");
+            quick_check(&copy, &out).expect("a copy under the name is whole");
+            let n: i64 = copy
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .expect("a copy under the name holds the store's table");
+            assert_eq!(n, 8000, "a copy under the name holds every row");
+        }
+    }
+
+    /// A restore into the store's directory while a backup copies the store replaces the
+    /// file the backup has open, which then copies the store set aside, and named it as the
+    /// newest copy, "written from" the store now in place: the next restore from the newest
+    /// copy would bring back the store just replaced. Such a copy is refused and removed.
+    #[test]
+    fn a_backup_beside_a_restore_is_refused_not_a_copy_of_the_store_replaced() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (copy, data) = killed_store_and_copy(root.path());
+        let out = root.path().join("during.db");
+        let r = backup_with(&data.join("x.db"), &out, || {
+            let restored = restore(
+                &copy,
+                &data,
+                "x.db",
+                "x-replaced.db",
+                |_, _| Ok(()),
+                |_, _| Ok(()),
+            )
+            .expect("restored");
+            drop(restored.claim);
+        });
+        match r {
+            Err(StoreError::Replaced { path }) => assert_eq!(path, data.join("x.db")),
+            Ok(_) => panic!(
+                "a copy written, of rows {:?} where the store now holds {:?}",
+                rows_seen(root.path(), "during.db"),
+                rows_seen(&data, "x.db")
+            ),
+            Err(other) => panic!("expected the copy refused, got {other:?}"),
+        }
+        assert!(!out.exists(), "no copy under the name");
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "nothing hidden left: {left:?}");
+        assert_eq!(rows_seen(&data, "x.db"), Ok(vec![10]), "the restored store");
     }
 
     /// While a restore's marker is in the directory, the store there may be the one kept
