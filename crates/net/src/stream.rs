@@ -37,20 +37,7 @@ impl FrameReader {
     pub async fn read<T: bincode::Decode<()> + FrameCheck>(
         &mut self,
     ) -> Result<Option<T>, NetError> {
-        loop {
-            if let Some(frame) = self.take()? {
-                return Ok(Some(frame));
-            }
-            // quinn's `read_chunk` is cancel-safe: data is only taken when it is returned.
-            let chunk = self
-                .recv
-                .read_chunk(CHUNK_BYTES_MAX, true)
-                .await
-                .map_err(read_error)?;
-            if !self.pushed(chunk)? {
-                return Ok(None);
-            }
-        }
+        Ok(self.read_sized().await?.map(|(frame, _)| frame))
     }
 
     /// The next frame if one has already arrived, without waiting: frames buffered here,
@@ -85,8 +72,9 @@ impl FrameReader {
         self.buf.set_frame_bytes_max(max);
     }
 
-    /// As [`FrameReader::read`], with the frame's size on the wire (length prefix
-    /// included): what [`spawn_reader`] counts against its byte budget.
+    /// The next frame, with its size on the wire (length prefix included): what
+    /// [`spawn_reader`] counts against its byte budget. [`FrameReader::read`] without the
+    /// size; cancel-safe as it is.
     async fn read_sized<T: bincode::Decode<()> + FrameCheck>(
         &mut self,
     ) -> Result<Option<(T, usize)>, NetError> {
@@ -94,6 +82,7 @@ impl FrameReader {
             if let Some(frame) = self.take_sized()? {
                 return Ok(Some(frame));
             }
+            // quinn's `read_chunk` is cancel-safe: data is only taken when it is returned.
             let chunk = self
                 .recv
                 .read_chunk(CHUNK_BYTES_MAX, true)
