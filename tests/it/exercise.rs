@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use hotline_exercise::process::hotline_bin;
 
+/// The options of a drill run here: `bin` for the processes, its files under `tmp`, seed 1,
+/// in real time, quietly, deployed by the harness.
+fn drill_options(bin: std::path::PathBuf, tmp: &std::path::Path) -> hotline_exercise::RunOptions {
+    hotline_exercise::RunOptions {
+        bin,
+        out_dir: Some(tmp.join("drill")),
+        seed: Some(1),
+        speedup: 1.0,
+        progress: false,
+        live: None,
+    }
+}
 /// A two-node drill that runs ten minutes (its inject is due only at five): still running
 /// when the test signals it.
 const LONG: &str = r#"
@@ -289,19 +301,9 @@ async fn a_node_that_exits_badly_when_stopped_fails_the_drill() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sc = hotline_exercise::Scenario::parse(SHORT, "short.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: wrapper,
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(wrapper, tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     assert!(report.objectives.iter().all(|o| o.met), "{summary}");
     let invariant = |name: &str| {
@@ -347,19 +349,9 @@ restart_after_s = 60.0
 async fn a_relay_a_fault_killed_is_not_a_relay_that_failed_to_stop() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(RELAY_DOWN_AT_END, "down.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     let relay = report
         .invariants
@@ -404,19 +396,9 @@ to_s = 2.0
 async fn an_inject_waits_for_the_message_it_references() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(THREAD, "thread.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     let (alert, update) = (&report.injects[0], &report.injects[1]);
     assert_eq!(update.refused, None, "{summary}");
@@ -462,19 +444,9 @@ except = ["MNG"]
 async fn a_node_down_to_the_end_does_not_hold_the_drill_to_its_end() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(DOWN_TO_THE_END, "down.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     assert!(
         report.wall_s < 60.0,
@@ -517,19 +489,9 @@ expect = "delivered"
 async fn a_message_a_node_stored_before_it_went_down_is_held_not_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(STORED_THEN_DOWN, "down.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     // The alert reached MNG (its delivered receipt at SEC) before its node was killed.
     let sec_view = &report.injects[0];
@@ -570,19 +532,9 @@ restart_after_s = 100.0
 async fn a_message_whose_sender_is_down_at_the_end_is_read_from_its_store() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(SENDER_DOWN, "down.toml").unwrap();
-    let report = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    )
-    .await
-    .unwrap();
+    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
+        .await
+        .unwrap();
     let summary = hotline_exercise::report::summary(&report);
     assert_ne!(report.injects[0].state, "unknown", "{summary}");
     assert_eq!(report.messages_accepted, 1, "{summary}");
@@ -632,17 +584,7 @@ expect = "delivered"
 async fn a_sender_down_to_the_end_does_not_hold_the_drill_to_its_end() {
     let tmp = tempfile::tempdir().unwrap();
     let sc = hotline_exercise::Scenario::parse(SENDER_GONE, "gone.toml").unwrap();
-    let drill = hotline_exercise::run(
-        sc,
-        hotline_exercise::RunOptions {
-            bin: hotline_bin().unwrap(),
-            out_dir: Some(tmp.path().join("drill")),
-            seed: Some(1),
-            speedup: 1.0,
-            progress: false,
-            live: None,
-        },
-    );
+    let drill = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()));
     // Half its `end_s`: a drill held to its end fails here, not two minutes on.
     let report = tokio::time::timeout(Duration::from_secs(60), drill)
         .await
