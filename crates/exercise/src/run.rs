@@ -783,7 +783,8 @@ struct Picture {
 
 /// Reads the final picture: over each node's API; for one down at the end (`down`), in a
 /// drill the harness deploys (`dep`), from its store at rest; for one up whose API fails
-/// when its inbox is read, from its store as well, and what it sent with it.
+/// when its inbox is read, from its store as well, and what it sent with it (asked of its
+/// API when its store cannot be read).
 async fn final_picture(
     scenario: &Scenario,
     injects: &[Inject],
@@ -856,13 +857,12 @@ async fn final_picture(
     }
     let mut sent_views = Vec::new();
     for (i, inj) in scenario.injects.iter().enumerate() {
+        // Asked over the API unless read from the store: that of a node up whose inbox
+        // read failed, and whose store could not be read either, is asked too (one call
+        // failing does not make the next fail).
         let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
-            (Some(id), _, Some(r)) => r
-                .as_ref()
-                .ok()
-                .and_then(|r| r.sent.get(id).cloned())
-                .unwrap_or(Value::Null),
-            (Some(id), Some(c), None) => {
+            (Some(id), _, Some(Ok(r))) => r.sent.get(id).cloned().unwrap_or(Value::Null),
+            (Some(id), Some(c), r) if r.is_none() || api_failed.contains_key(&inj.from) => {
                 let (c, id) = (c.clone(), id.clone());
                 tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
                     .await?
@@ -1797,6 +1797,67 @@ mod tests {
             "{read}"
         );
         assert_eq!(r.messages_lost, 1, "{}", report::summary(&r));
+    }
+
+    /// A sender whose API fails when its inbox is read at the end, and whose store cannot
+    /// be read instead (live mode here: the drill reads no store), is still asked over its
+    /// API for each message it sent, as before: one call failing (a long inbox past the
+    /// client's timeout, a node briefly busy) does not make the others fail. What it sent was
+    /// dropped unasked, its inject reported `unknown`, "sent, but SEC's node's API failed
+    /// at the end", though its node answered for it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sender_whose_inbox_read_fails_is_still_asked_what_it_sent() {
+        use std::io::{Read as _, Write as _};
+        let view = json!({
+            "id": "m1", "direction": "sent", "created_at_ms": 1000, "accepted_at_ms": 1001,
+            "state": "delivered", "answers": [],
+            "recipients": [{"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": null, "overdue_at_ms": null}],
+        });
+        // SEC's node: its inbox fails (500), its message is there.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = api.local_addr().expect("address").to_string();
+        let body = view.to_string();
+        std::thread::spawn(move || {
+            for s in api.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let (status, answer) = if head.starts_with("GET /v1/messages/m1 ") {
+                    ("200 OK", body.clone())
+                } else {
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error":"storage","message":"busy"}"#.to_owned(),
+                    )
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        let clients: BTreeMap<String, ApiClient> =
+            BTreeMap::from([("SEC".to_owned(), ApiClient::new(&addr, "token"))]);
+        let sc = Scenario::parse(&referring(""), "refs.toml").expect("parses");
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let picture = final_picture(&sc, &injects, &clients, &HashSet::new(), None)
+            .await
+            .expect("read");
+        assert!(
+            picture.api_failed.contains_key("SEC"),
+            "{:?}",
+            picture.api_failed
+        );
+        assert_eq!(picture.sent_views[0], view);
     }
 
     /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
