@@ -1258,8 +1258,9 @@ async fn all_decided(
 /// its sender any more, so its acknowledgements, answers and escalations stand as they are;
 /// a delivery its relay may still make is waited for at each recipient up, whether or not
 /// the sender's store recorded the message as accepted (a sender killed before the
-/// acceptance reached it records it as not accepted, though its relay delivers it). An inject never to be sent (`gone.unsent`) fails its
-/// objectives for good, as a refused one does.
+/// acceptance reached it records it as not accepted, though its relay delivers it). An
+/// inject never to be sent (`gone.unsent`) fails its objectives for good, as a refused one
+/// does.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
