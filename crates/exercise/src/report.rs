@@ -641,7 +641,12 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 });
                 "unknown".to_owned()
             }
-            (None, None) => "not sent".to_owned(),
+            // Never sent (its sender's node down for good when it was due): said, so that
+            // "every inject accepted" does not fail with no reason.
+            (None, None) => {
+                refusals.push(format!("{:?} never sent", inj.name));
+                "not sent".to_owned()
+            }
         };
         let matrix: HashMap<String, &Value> = view["recipients"]
             .as_array()
@@ -1429,6 +1434,38 @@ within_s = 3.0
             objective(&r, "delivered").failed,
             vec!["inject \"check\" was never sent".to_owned()]
         );
+    }
+
+    /// An inject never sent (its sender's node down for good when it was due, the drill
+    /// ended without it) fails its objectives as never sent, and the invariant on injects
+    /// says so: "every inject accepted" gave "0 of 1" with no reason, where it names a
+    /// refused inject and one whose sender gave no record.
+    #[test]
+    fn an_inject_never_sent_fails_as_never_sent() {
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
+        inputs.injects[0].id = None;
+        inputs.injects[0].sent_at_ms = None;
+        let r = score(inputs).expect("scores");
+        assert_eq!(r.injects[0].state, "not sent");
+        for o in &r.objectives {
+            assert!(!o.met, "{o:?}");
+            assert_eq!(
+                o.failed,
+                vec!["inject \"check\" was never sent".to_owned()],
+                "{o:?}"
+            );
+        }
+        let inv = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("invariant");
+        assert_eq!(inv.detail, "0 of 1; \"check\" never sent");
+        assert!(report_text_has(&r, "was never sent"));
+        assert!(crate::html::render(&r).contains("was never sent"));
     }
 
     /// The report says what it knows of each inject, no more: one sent whose sender's node

@@ -783,7 +783,8 @@ struct Picture {
 
 /// Reads the final picture: over each node's API; for one down at the end (`down`), in a
 /// drill the harness deploys (`dep`), from its store at rest; for one up whose API fails
-/// when its inbox is read, from its store as well, and what it sent with it.
+/// when its inbox is read, from its store as well, and what it sent with it (asked of its
+/// API when its store cannot be read).
 async fn final_picture(
     scenario: &Scenario,
     injects: &[Inject],
@@ -856,13 +857,12 @@ async fn final_picture(
     }
     let mut sent_views = Vec::new();
     for (i, inj) in scenario.injects.iter().enumerate() {
+        // Asked over the API unless read from the store: that of a node up whose inbox
+        // read failed, and whose store could not be read either, is asked too (one call
+        // failing does not make the next fail).
         let v = match (&injects[i].id, clients.get(&inj.from), rest.get(&inj.from)) {
-            (Some(id), _, Some(r)) => r
-                .as_ref()
-                .ok()
-                .and_then(|r| r.sent.get(id).cloned())
-                .unwrap_or(Value::Null),
-            (Some(id), Some(c), None) => {
+            (Some(id), _, Some(Ok(r))) => r.sent.get(id).cloned().unwrap_or(Value::Null),
+            (Some(id), Some(c), r) if r.is_none() || api_failed.contains_key(&inj.from) => {
                 let (c, id) = (c.clone(), id.clone());
                 tokio::task::spawn_blocking(move || c.get(&format!("/v1/messages/{id}")))
                     .await?
@@ -1256,9 +1256,11 @@ async fn all_decided(
 /// to `end_s` when everything else was decided. So is a message whose sender's node is down
 /// for good (its view then read from its store at rest, [`view_at_rest`]): nothing can reach
 /// its sender any more, so its acknowledgements, answers and escalations stand as they are;
-/// one its relay had not accepted cannot be delivered while its sender is down; one it had
-/// is waited for at each recipient up. An inject never to be sent (`gone.unsent`) fails its
-/// objectives for good, as a refused one does.
+/// a delivery its relay may still make is waited for at each recipient up, whether or not
+/// the sender's store recorded the message as accepted (a sender killed before the
+/// acceptance reached it records it as not accepted, though its relay delivers it). An
+/// inject never to be sent (`gone.unsent`) fails its objectives for good, as a refused one
+/// does.
 fn decided(
     scenario: &Scenario,
     injects: &[Inject],
@@ -1284,7 +1286,6 @@ fn decided(
         let id = injects[idx].id.as_deref().unwrap_or_default();
         let sender = &scenario.injects[idx].from;
         let sender_gone = gone.down.contains(sender);
-        let accepted = v["accepted_at_ms"].is_u64();
         let answers = v["answers"]
             .as_array()
             .map(Vec::as_slice)
@@ -1312,9 +1313,13 @@ fn decided(
         // A recipient down for good whose outcome can no longer change is decided as it
         // stands ([`Gone::settled`]); not for `overdue_escalated`, which the sender's hook
         // decides whoever is down. With the sender down for good, everything but a
-        // delivery its relay may still make is decided as it stands.
+        // delivery its relay may still make is decided as it stands. That is so even of
+        // one its store never recorded as accepted: the sender may have been killed
+        // between its relay storing the message and the acceptance reaching it, and the
+        // relay delivers it all the same (the report scores delivery from the recipient's
+        // inbox, so the drill waits for it at each recipient up).
         let settled = |p: &str| {
-            (sender_gone && (!accepted || o.expect != "delivered"))
+            (sender_gone && o.expect != "delivered")
                 || (o.expect != "overdue_escalated" && gone.settled(p, id))
         };
         if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p)) {
@@ -1334,7 +1339,9 @@ fn decided(
         let Some(v) = views.get(k).and_then(Option::as_ref) else {
             return false;
         };
-        // Never accepted, and its sender's node down for good: nothing can deliver it.
+        // Never accepted as its sender's store has it, and its sender's node down for good:
+        // the invariants, which count the messages accepted by the sender's record, no
+        // longer change with it (a `delivered` objective on it is waited for above).
         if gone.down.contains(&scenario.injects[k].from) && !v["accepted_at_ms"].is_u64() {
             continue;
         }
@@ -1791,6 +1798,67 @@ mod tests {
             "{read}"
         );
         assert_eq!(r.messages_lost, 1, "{}", report::summary(&r));
+    }
+
+    /// A sender whose API fails when its inbox is read at the end, and whose store cannot
+    /// be read instead (live mode here: the drill reads no store), is still asked over its
+    /// API for each message it sent, as before: one call failing (a long inbox past the
+    /// client's timeout, a node briefly busy) does not make the others fail. What it sent was
+    /// dropped unasked, its inject reported `unknown`, "sent, but SEC's node's API failed
+    /// at the end", though its node answered for it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sender_whose_inbox_read_fails_is_still_asked_what_it_sent() {
+        use std::io::{Read as _, Write as _};
+        let view = json!({
+            "id": "m1", "direction": "sent", "created_at_ms": 1000, "accepted_at_ms": 1001,
+            "state": "delivered", "answers": [],
+            "recipients": [{"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": null, "overdue_at_ms": null}],
+        });
+        // SEC's node: its inbox fails (500), its message is there.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = api.local_addr().expect("address").to_string();
+        let body = view.to_string();
+        std::thread::spawn(move || {
+            for s in api.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let (status, answer) = if head.starts_with("GET /v1/messages/m1 ") {
+                    ("200 OK", body.clone())
+                } else {
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error":"storage","message":"busy"}"#.to_owned(),
+                    )
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        let clients: BTreeMap<String, ApiClient> =
+            BTreeMap::from([("SEC".to_owned(), ApiClient::new(&addr, "token"))]);
+        let sc = Scenario::parse(&referring(""), "refs.toml").expect("parses");
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let picture = final_picture(&sc, &injects, &clients, &HashSet::new(), None)
+            .await
+            .expect("read");
+        assert!(
+            picture.api_failed.contains_key("SEC"),
+            "{:?}",
+            picture.api_failed
+        );
+        assert_eq!(picture.sent_views[0], view);
     }
 
     /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
@@ -2414,10 +2482,13 @@ expect = "acknowledged"
             down: HashSet::from(["SEC".to_owned()]),
             ..Gone::default()
         };
-        // Never accepted: nothing can deliver it while SEC is down.
+        // Never accepted, as its store has it: its relay may still have it, and deliver it.
         let v = view(None, None, None);
         assert!(!early(v.clone(), &Gone::default()), "SEC up: waited for");
-        assert!(early(v, &sec_gone), "SEC down for good, never accepted");
+        assert!(
+            !early(v, &sec_gone),
+            "SEC down for good, never accepted as its store has it: its relay may deliver it"
+        );
         // Accepted: MNG's delivery may still come.
         assert!(!early(view(Some(1001), Some(1500), None), &sec_gone));
         // Delivered to both, acknowledged by neither: no acknowledgement can reach SEC.
@@ -2440,6 +2511,62 @@ expect = "acknowledged"
             ..sec_gone
         };
         assert!(never(&gone));
+    }
+
+    /// A message its sender's store never recorded as accepted may still be delivered: the
+    /// sender can be killed in the instant between its relay storing the message and the
+    /// acceptance reaching it, and the relay delivers it all the same. The report scores a
+    /// `delivered` objective from the recipients' inboxes, so such a delivery changes the
+    /// outcome: the drill waits for it at each recipient whose node is up (the view then
+    /// fills it in from the recipient's own node), as it does for one accepted. It ended at
+    /// once, and failed "KAZ never held it" for a message KAZ was about to hold.
+    #[test]
+    fn a_message_never_recorded_accepted_by_a_sender_down_for_good_is_waited_for() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let nodes: HashSet<String> = ["SEC", "KAZ", "MNG"].map(String::from).into();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null});
+        // Never accepted, as SEC's store at rest has it.
+        let view = |kaz: Option<u64>, mng: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": null, "state": "sent",
+                "recipients": [row("KAZ", kaz), row("MNG", mng)], "answers": [],
+            })
+        };
+        let early = |v: Value, gone: &Gone| {
+            decided(&sc, &injects, &[Some(v)], None, Some(&nodes), gone, &roster)
+        };
+        let sec_gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        assert!(
+            !early(view(None, None), &sec_gone),
+            "KAZ and MNG up, their deliveries may still come"
+        );
+        assert!(
+            !early(view(Some(1500), None), &sec_gone),
+            "MNG's delivery may still come"
+        );
+        assert!(
+            early(view(Some(1500), Some(1600)), &sec_gone),
+            "both hold it"
+        );
+        // MNG down for good too, its operator never asked: KAZ's delivery decides.
+        let both_gone = Gone {
+            down: HashSet::from(["SEC".to_owned(), "MNG".to_owned()]),
+            ..Gone::default()
+        };
+        assert!(!early(view(None, None), &both_gone));
+        assert!(early(view(Some(1500), None), &both_gone));
     }
 
     /// An inject waiting for a sender down for good is never sent, nor one that references
