@@ -153,7 +153,7 @@ impl Gone {
             if self.rest.contains_key(p) {
                 continue;
             }
-            if let Some(Ok(r)) = dep.nodes.get(p).map(|n| report::read_at_rest(&n.data_dir)) {
+            if let Ok(r) = node_at_rest(Some(dep), p) {
                 self.rest.insert(p.clone(), r);
             }
         }
@@ -781,6 +781,19 @@ struct Picture {
     api_failed: BTreeMap<String, String>,
 }
 
+/// What `p`'s node holds, read from its store ([`report::read_at_rest`]) in a drill the
+/// harness deploys (`dep`); or why it cannot be: no such node, or live mode (the drill reads
+/// no store of a deployment it did not start).
+fn node_at_rest(dep: Option<&Deployment>, p: &str) -> Result<report::AtRest, String> {
+    match dep.map(|d| d.nodes.get(p)) {
+        Some(Some(n)) => report::read_at_rest(&n.data_dir),
+        Some(None) => Err("no such node in the deployment".to_owned()),
+        None => {
+            Err("live mode: the drill reads no store of a deployment it did not start".to_owned())
+        }
+    }
+}
+
 /// Reads the final picture: over each node's API; for one down at the end (`down`), in a
 /// drill the harness deploys (`dep`), from its store at rest; for one up whose API fails
 /// when its inbox is read, from its store as well, and what it sent with it (asked of its
@@ -800,10 +813,7 @@ async fn final_picture(
     let mut rest: BTreeMap<String, Result<report::AtRest, String>> = BTreeMap::new();
     if let Some(dep) = dep {
         for p in clients.keys().filter(|p| down.contains(*p)) {
-            let read = match dep.nodes.get(p) {
-                Some(n) => report::read_at_rest(&n.data_dir),
-                None => Err("no such node in the deployment".to_owned()),
-            };
+            let read = node_at_rest(Some(dep), p);
             if let Err(e) = &read {
                 progress!("  node {p} is down at the end and its store could not be read: {e}");
             }
@@ -833,13 +843,7 @@ async fn final_picture(
             }
             Err(e) => e.to_string(),
         };
-        let read = match dep.map(|d| d.nodes.get(p)) {
-            Some(Some(n)) => report::read_at_rest(&n.data_dir),
-            Some(None) => Err("no such node in the deployment".to_owned()),
-            None => Err(
-                "live mode: the drill reads no store of a deployment it did not start".to_owned(),
-            ),
-        };
+        let read = node_at_rest(dep, p);
         match &read {
             Ok(_) => progress!(
                 "  node {p}: its inbox could not be read at the end ({e}): read from its store"
