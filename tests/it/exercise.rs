@@ -7,6 +7,22 @@ use std::time::Duration;
 
 use hotline_exercise::process::hotline_bin;
 
+/// Runs the scenario `text` (read as from `file`) with [`drill_options`], to its report and
+/// the report's summary.
+async fn run_drill(
+    bin: std::path::PathBuf,
+    text: &str,
+    file: &str,
+    tmp: &std::path::Path,
+) -> (hotline_exercise::Report, String) {
+    let sc = hotline_exercise::Scenario::parse(text, file).unwrap();
+    let report = hotline_exercise::run(sc, drill_options(bin, tmp))
+        .await
+        .unwrap();
+    let summary = hotline_exercise::report::summary(&report);
+    (report, summary)
+}
+
 /// The options of a drill run here: `bin` for the processes, its files under `tmp`, seed 1,
 /// in real time, quietly, deployed by the harness.
 fn drill_options(bin: std::path::PathBuf, tmp: &std::path::Path) -> hotline_exercise::RunOptions {
@@ -300,11 +316,7 @@ async fn a_node_that_exits_badly_when_stopped_fails_the_drill() {
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sc = hotline_exercise::Scenario::parse(SHORT, "short.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(wrapper, tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) = run_drill(wrapper, SHORT, "short.toml", tmp.path()).await;
     assert!(report.objectives.iter().all(|o| o.met), "{summary}");
     let invariant = |name: &str| {
         report
@@ -348,11 +360,13 @@ restart_after_s = 60.0
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_a_fault_killed_is_not_a_relay_that_failed_to_stop() {
     let tmp = tempfile::tempdir().unwrap();
-    let sc = hotline_exercise::Scenario::parse(RELAY_DOWN_AT_END, "down.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) = run_drill(
+        hotline_bin().unwrap(),
+        RELAY_DOWN_AT_END,
+        "down.toml",
+        tmp.path(),
+    )
+    .await;
     let relay = report
         .invariants
         .iter()
@@ -395,11 +409,8 @@ to_s = 2.0
 #[tokio::test(flavor = "multi_thread")]
 async fn an_inject_waits_for_the_message_it_references() {
     let tmp = tempfile::tempdir().unwrap();
-    let sc = hotline_exercise::Scenario::parse(THREAD, "thread.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) =
+        run_drill(hotline_bin().unwrap(), THREAD, "thread.toml", tmp.path()).await;
     let (alert, update) = (&report.injects[0], &report.injects[1]);
     assert_eq!(update.refused, None, "{summary}");
     assert!(update.id.is_some(), "{summary}");
@@ -443,11 +454,13 @@ except = ["MNG"]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_down_to_the_end_does_not_hold_the_drill_to_its_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let sc = hotline_exercise::Scenario::parse(DOWN_TO_THE_END, "down.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) = run_drill(
+        hotline_bin().unwrap(),
+        DOWN_TO_THE_END,
+        "down.toml",
+        tmp.path(),
+    )
+    .await;
     assert!(
         report.wall_s < 60.0,
         "ran {:.1} s of its 120: {summary}",
@@ -488,11 +501,13 @@ expect = "delivered"
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_a_node_stored_before_it_went_down_is_held_not_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let sc = hotline_exercise::Scenario::parse(STORED_THEN_DOWN, "down.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) = run_drill(
+        hotline_bin().unwrap(),
+        STORED_THEN_DOWN,
+        "down.toml",
+        tmp.path(),
+    )
+    .await;
     // The alert reached MNG (its delivered receipt at SEC) before its node was killed.
     let sec_view = &report.injects[0];
     assert_eq!(sec_view.delivered, 2, "{summary}");
@@ -531,11 +546,8 @@ restart_after_s = 100.0
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_whose_sender_is_down_at_the_end_is_read_from_its_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let sc = hotline_exercise::Scenario::parse(SENDER_DOWN, "down.toml").unwrap();
-    let report = hotline_exercise::run(sc, drill_options(hotline_bin().unwrap(), tmp.path()))
-        .await
-        .unwrap();
-    let summary = hotline_exercise::report::summary(&report);
+    let (report, summary) =
+        run_drill(hotline_bin().unwrap(), SENDER_DOWN, "down.toml", tmp.path()).await;
     assert_ne!(report.injects[0].state, "unknown", "{summary}");
     assert_eq!(report.messages_accepted, 1, "{summary}");
     assert_eq!(report.injects[0].delivered, 1, "{summary}");
