@@ -597,13 +597,18 @@ async fn serve_connection(
         // A request head that does not parse, which hyper answered with an empty body: a
         // refused request, logged as every other is ([`log_refusals`]), without a method or
         // a path, since none could be read. Not throttled: each closed its connection.
-        Err(e) if parse_refusal(&e).is_some() => {
-            let status = parse_refusal(&e).unwrap_or(400);
-            let error = e.to_string();
-            return warn!(method = "", path = "", status, code = "", error = ?error, "local API: request refused");
+        Err(e) => {
+            match parse_refusal(&e) {
+                Some(status) => {
+                    let error = e.to_string();
+                    warn!(method = "", path = "", status, code = "", error = ?error, "local API: request refused");
+                }
+                // A client gone midway: the connection's own business, nothing for the
+                // operator.
+                None => tracing::debug!(error = %e, "local API: connection ended"),
+            }
+            return;
         }
-        // A client gone midway: the connection's own business, nothing for the operator.
-        Err(e) => return tracing::debug!(error = %e, "local API: connection ended"),
     };
     // At most once a minute (a client could otherwise have the node log a line at will),
     // with how many connections were closed since.
