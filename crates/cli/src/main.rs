@@ -300,4 +300,83 @@ mod tests {
             "deploy/debian/hotline.1 has no entry for: {missing:?}"
         );
     }
+
+    /// Every `hotline …` command line the operator documents show (README.md,
+    /// docs/OPERATIONS.md, docs/API.md, docs/SCENARIOS.md: code blocks and inline code alike)
+    /// names a command that exists, and each `--option` it gives is one that command takes:
+    /// an operator follows them literally, and a renamed or removed option must take its
+    /// documents with it.
+    #[test]
+    fn the_documents_use_only_commands_and_options_that_exist() {
+        let documents = [
+            ("README.md", include_str!("../../../README.md")),
+            (
+                "docs/OPERATIONS.md",
+                include_str!("../../../docs/OPERATIONS.md"),
+            ),
+            ("docs/API.md", include_str!("../../../docs/API.md")),
+            (
+                "docs/SCENARIOS.md",
+                include_str!("../../../docs/SCENARIOS.md"),
+            ),
+        ];
+        let cli = super::Cli::command();
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for (file, text) in documents {
+            // A shell line continued with `\` is one command line.
+            let text = text.replace("\\\n", " ");
+            for line in text.lines() {
+                for (at, _) in line.match_indices("hotline ") {
+                    // The program's name as a word: at the line's start, after a space, a
+                    // backquote, `(`, `/` (`/usr/bin/hotline`) or `=` (`ExecStart=`).
+                    let before = line[..at].chars().next_back();
+                    if !matches!(before, None | Some(' ' | '`' | '(' | '/' | '=')) {
+                        continue;
+                    }
+                    // The command line ends where the code or the shell statement does.
+                    let rest = &line[at + "hotline ".len()..];
+                    let end = rest
+                        .find(['`', '#', '|', ';', ')', '>'])
+                        .unwrap_or(rest.len());
+                    let rest = rest[..end].split("&&").next().unwrap_or("");
+                    let words: Vec<&str> = rest.split_whitespace().collect();
+                    // Prose that uses the word (`hotline messaging`, `-o hotline -g hotline`)
+                    // names no command.
+                    let Some(mut cmd) = words.first().and_then(|w| cli.find_subcommand(w)) else {
+                        continue;
+                    };
+                    let mut path = vec![cmd.get_name()];
+                    for w in &words[1..] {
+                        match cmd.find_subcommand(w) {
+                            Some(sub) => {
+                                cmd = sub;
+                                path.push(cmd.get_name());
+                            }
+                            None => break,
+                        }
+                    }
+                    checked += 1;
+                    for w in &words {
+                        let w = w.trim_start_matches('[').trim_end_matches([']', ',', '.']);
+                        let Some(option) = w.strip_prefix("--") else {
+                            continue;
+                        };
+                        let option = option.split('=').next().unwrap_or(option);
+                        let known = matches!(option, "help" | "log-json")
+                            || cmd.get_arguments().any(|a| a.get_long() == Some(option));
+                        if !known {
+                            wrong.push(format!(
+                                "{file}: `hotline {}` takes no --{option}: {}",
+                                path.join(" "),
+                                line.trim()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} command lines found");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 }

@@ -486,4 +486,44 @@ mod tests {
         let e = NodeConfig::parse(&missing, Path::new("n.toml")).expect_err("missing");
         assert!(e.to_string().contains("data_dir"), "{e}");
     }
+
+    /// `config/node.toml` shows each optional setting "commented out at [its] default
+    /// value": an operator who uncomments one to edit it starts from the value the node runs
+    /// with. The hooks (default: none) show examples, and the second `[[relays]]` table an
+    /// example relay, so those are left commented.
+    #[test]
+    fn the_examples_commented_values_are_the_defaults() {
+        let example = include_str!("../../../config/node.toml");
+        let path = Path::new("/etc/hotline/node.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_default_setting(rest) => format!("{rest}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert_ne!(uncommented, example, "the example has commented settings");
+        // The hooks' timings are kept as given (`None` when absent) and resolved by their
+        // accessors: compare what the node runs with.
+        let effective = |mut c: NodeConfig| {
+            c.hooks.timeout_ms = Some(c.hook_timeout_ms());
+            c.hooks.unreachable_after_ms = Some(c.unreachable_after_ms());
+            c.hooks.paging_interval_ms = Some(c.paging_interval_ms());
+            format!("{c:?}")
+        };
+        let shipped = NodeConfig::parse(example, path).expect("the example parses");
+        let every = NodeConfig::parse(&uncommented, path).expect("uncommented, it parses");
+        assert_eq!(effective(shipped), effective(every));
+    }
+
+    /// Whether a comment's text is a setting at its default (`name = value`), rather than
+    /// prose or an example.
+    fn is_default_setting(text: &str) -> bool {
+        text.split_once(" = ").is_some_and(|(name, _)| {
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && !name.starts_with("on_")
+                && !matches!(name, "address" | "fingerprint")
+        })
+    }
 }

@@ -682,4 +682,32 @@ mod tests {
             .expect_err("unknown field");
         assert!(e.to_string().contains("line 2"), "{e}");
     }
+
+    /// `config/relay.toml` says each optional line is "commented out at [its] default value,
+    /// so uncommenting a line changes nothing": an operator who uncomments one to edit it
+    /// starts from the value the relay runs with. Uncommenting every such line at once
+    /// gives the configuration the file gives as it ships.
+    #[test]
+    fn the_examples_commented_values_are_the_defaults() {
+        let example = include_str!("../../../config/relay.toml");
+        let path = Path::new("/etc/hotline/relay.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_setting(rest) => format!("{rest}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert_ne!(uncommented, example, "the example has commented settings");
+        let shipped = RelayConfig::parse(example, path).expect("the example parses");
+        let every = RelayConfig::parse(&uncommented, path).expect("uncommented, it parses");
+        assert_eq!(format!("{shipped:?}"), format!("{every:?}"));
+    }
+
+    /// Whether a comment's text is a setting (`name = value`) rather than prose.
+    fn is_setting(text: &str) -> bool {
+        text.split_once(" = ").is_some_and(|(name, _)| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+    }
 }
