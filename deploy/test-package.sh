@@ -88,7 +88,7 @@ expected="$work/expected"
     for f in config/exercises/*.toml; do
         echo "./usr/share/hotline/exercises/$(basename "$f") -rw-r--r--"
     done
-    for f in OPERATIONS.md PROTOCOL.md API.md README.md ARCHITECTURE.md copyright; do
+    for f in OPERATIONS.md PROTOCOL.md API.md SCENARIOS.md README.md ARCHITECTURE.md copyright; do
         echo "./usr/share/doc/hotline/$f -rw-r--r--"
     done
     echo "./usr/share/man/man1/hotline.1.gz -rw-r--r--"
