@@ -615,3 +615,60 @@ async fn a_sender_down_to_the_end_does_not_hold_the_drill_to_its_end() {
     assert_eq!(report.messages_lost, 0, "{summary}");
     assert!(report.passed, "{summary}");
 }
+
+/// SEC sends an alert requiring acknowledgement, then its node is killed at 3 s and kept
+/// down to the end; KAZ's duty officer acknowledges at 7 s, after SEC went down.
+const SENDER_DOWN_ACKED: &str = r#"
+name = "sender-down-acked"
+end_s = 60.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 6.0
+[[injects]]
+name = "alert"
+at_s = 1.0
+from = "SEC"
+to = ["KAZ"]
+subject = "alert"
+respond_within_s = 30.0
+[[faults]]
+kind = "kill_node"
+participant = "SEC"
+at_s = 3.0
+restart_after_s = 100.0
+"#;
+
+/// An acknowledgement required of a message whose sender is down to the end is given at
+/// the recipient's node, and its receipt waits at the relay for a sender that never comes
+/// back: the drill waits for KAZ's scripted acknowledgement (KAZ is up), the invariant
+/// holds and says so, and the drill ends well before its `end_s`. It failed "KAZ never
+/// acknowledged "alert"", as if KAZ's officer had not, or the system had lost it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledgement_to_a_sender_down_to_the_end_is_given_at_the_recipient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (report, summary) = run_drill(
+        hotline_bin().unwrap(),
+        SENDER_DOWN_ACKED,
+        "acked.toml",
+        tmp.path(),
+    )
+    .await;
+    assert!(
+        report.wall_s < 30.0,
+        "ran {:.1} s: {summary}",
+        report.wall_s
+    );
+    let acks = report
+        .invariants
+        .iter()
+        .find(|x| x.name == "every acknowledgement required was given")
+        .unwrap();
+    assert!(acks.held, "{summary}");
+    assert!(
+        acks.detail.contains(
+            "KAZ acknowledged \"alert\" at its node; it never reached SEC (node down at the end)"
+        ),
+        "{summary}"
+    );
+    assert!(report.passed, "{summary}");
+}

@@ -783,6 +783,16 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 "acknowledged" => match cell.acknowledged_s {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} acknowledged after {t:.1}s", row.id)),
+                    // The sender could not hold it: named as the reason, not "never".
+                    None if !i.live
+                        && sc.down_at_end(sender)
+                        && acked_at_node(&inbox, &row.id, &id) =>
+                    {
+                        Some(format!(
+                            "{} acknowledged at its node, but it never reached {sender} (node down at the end)",
+                            row.id
+                        ))
+                    }
                     None => Some(format!("{} never acknowledged", row.id)),
                 },
                 "answered" => match cell.answered_s {
@@ -840,28 +850,85 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     // the end, whatever objectives the author wrote, unless the scenario expects otherwise
     // (`Scenario::expects_unacknowledged`). Faults are injected only when the harness runs
     // the nodes.
+    //
+    // A fault's node down to the end is the scenario's doing, not the system's, and the
+    // invariant says what it changed rather than fail on it or leave it unsaid:
+    // - an inject never sent (its sender down when it was due) required nothing: its
+    //   message never existed; named as not sent;
+    // - one that a sender down to the end did send requires its recipients'
+    //   acknowledgements all the same (they are up, and their officers acknowledge), but
+    //   their receipts wait at the relay for a sender that never comes back: one recorded
+    //   at the recipient's own node is given, and named as never having reached the sender;
+    // - a recipient down to the end cannot acknowledge: not required of it, and named so.
+    // A sender up at the end that lacks a receipt its recipient's node has given has lost
+    // it: missing, as ever.
     let mut acks_required = 0;
     let mut acks_missing = Vec::new();
+    let mut acks_unreached = Vec::new();
+    let mut acks_of_down: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut acks_unsent = Vec::new();
     for (k, sent) in i.injects.iter().enumerate() {
-        if sent.inject.respond_within_s.is_none() || sent.id.is_none() {
+        if sent.inject.respond_within_s.is_none() {
             continue;
         }
+        let Some(id) = &sent.id else {
+            acks_unsent.push(format!(
+                "not required of {:?}: {}",
+                sent.inject.name,
+                if sent.refused.is_some() {
+                    "refused"
+                } else {
+                    "not sent"
+                }
+            ));
+            continue;
+        };
+        let sender = &sent.inject.from;
+        let sender_down = !i.live && sc.down_at_end(sender);
         for row in &rows {
             let cell = &row.cells[k];
-            if !cell.addressed || sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
+            if !cell.addressed {
+                continue;
+            }
+            if !i.live && sc.down_at_end(&row.id) {
+                acks_of_down
+                    .entry(&row.id)
+                    .or_default()
+                    .push(format!("{:?}", sent.inject.name));
+                continue;
+            }
+            if sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
                 continue;
             }
             acks_required += 1;
-            if cell.acknowledged_s.is_none() {
-                acks_missing.push(format!(
-                    "{} never acknowledged {:?}{}",
-                    row.id,
-                    sent.inject.name,
-                    if cell.overdue { " (overdue)" } else { "" }
-                ));
+            if cell.acknowledged_s.is_some() {
+                continue;
             }
+            if sender_down && acked_at_node(&inbox, &row.id, id) {
+                acks_unreached.push(format!(
+                    "{} acknowledged {:?} at its node; it never reached {sender} (node down at the end)",
+                    row.id, sent.inject.name
+                ));
+                continue;
+            }
+            acks_missing.push(format!(
+                "{} never acknowledged {:?}{}",
+                row.id,
+                sent.inject.name,
+                if cell.overdue { " (overdue)" } else { "" }
+            ));
         }
     }
+    let acks_unrequired: Vec<String> = acks_of_down
+        .iter()
+        .map(|(p, names)| {
+            format!(
+                "not required of {p} (node down at the end): {}",
+                names.join(", ")
+            )
+        })
+        .chain(acks_unsent)
+        .collect();
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
     let mut invariants = vec![
         Invariant {
@@ -889,7 +956,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         Invariant {
             name: "every acknowledgement required was given".into(),
             held: acks_missing.is_empty(),
-            detail: if acks_missing.is_empty() {
+            detail: std::iter::once(if acks_missing.is_empty() {
                 format!("{acks_required} of {acks_required} acknowledged")
             } else {
                 let shown: Vec<&str> = acks_missing.iter().take(10).map(String::as_str).collect();
@@ -903,7 +970,11 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                         ""
                     }
                 )
-            },
+            })
+            .chain(acks_unreached)
+            .chain(acks_unrequired)
+            .collect::<Vec<_>>()
+            .join("; "),
         },
         Invariant {
             name: "every inject accepted".into(),
@@ -1031,6 +1102,14 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     })
 }
 
+/// Whether `recipient`'s own node records its acknowledgement of message `id`, as its
+/// inbox (`inbox`, by participant and id) shows it.
+fn acked_at_node(inbox: &HashMap<(String, String), &Value>, recipient: &str, id: &str) -> bool {
+    inbox
+        .get(&(recipient.to_owned(), id.to_owned()))
+        .is_some_and(|m| m["acknowledged_at_ms"].is_u64())
+}
+
 /// The detail of the invariant "zero accepted messages lost": what is missing, and what
 /// of the nodes down at the end, or whose API failed then (`api_failed`), was read from their
 /// stores (`at_rest`, `held_at_rest` by node), or could not be.
@@ -1122,6 +1201,20 @@ pub fn summary(r: &Report) -> String {
             let _ = write!(o, " | {cell:<23}");
         }
         let _ = writeln!(o, " | {}", if p.objectives_met { "met" } else { "NOT MET" });
+    }
+    // A node whose inbox the drill read from its store, or could not read at all: down at
+    // the end, or its API failing then (with why), which the director needs beside the
+    // matrix whose cells came from there.
+    let unread: Vec<(&str, &str)> = r
+        .participants
+        .iter()
+        .filter_map(|p| p.inbox_read.as_deref().map(|w| (p.id.as_str(), w)))
+        .collect();
+    if !unread.is_empty() {
+        let _ = writeln!(o, "\nInboxes not read over their node's API:");
+        for (id, why) in unread {
+            let _ = writeln!(o, "  {id:<7} {why}");
+        }
     }
     let _ = writeln!(o, "\nInjects:");
     for i in &r.injects {
@@ -2223,5 +2316,193 @@ expect = "delivered"
         // Back before the end: it is expected to acknowledge.
         let r = run(&offline.replace("to_s = 60.0", "to_s = 30.0"), vec![]);
         assert!(!acks(&r).held);
+    }
+
+    /// The invariant "every acknowledgement required was given", found in `r`.
+    fn acks_invariant(r: &Report) -> Invariant {
+        r.invariants
+            .iter()
+            .find(|x| x.name == "every acknowledgement required was given")
+            .cloned()
+            .expect("the invariant")
+    }
+
+    /// [`ACKS`], with an `acknowledged` objective, and a fault `fault` (`kind`, then its
+    /// fields) appended.
+    fn acks_with_fault(fault: &str) -> String {
+        format!(
+            "{ACKS}[[objectives]]\nname = \"acknowledged\"\ninject = \"alert\"\nexpect = \"acknowledged\"\n[[faults]]\n{fault}\n"
+        )
+    }
+
+    /// A recipient's inbox item for `m1`, received at 1500 ms, acknowledged at its own node
+    /// at `acked` if given.
+    fn acked_item(acked: Option<u64>) -> Value {
+        let mut m = inbox_item("m1", 1500);
+        m["acknowledged"] = json!(acked.is_some());
+        m["acknowledged_at_ms"] = json!(acked);
+        m
+    }
+
+    /// SEC's node is killed at 5 s and kept down to the end. KAZ acknowledged before, and
+    /// SEC holds it; KGZ acknowledged after, at its own node, and its acknowledgement waits
+    /// at the relay for SEC, which never comes back. KGZ gave the acknowledgement required:
+    /// the invariant holds and says where it was given. It failed, "KGZ never acknowledged
+    /// "alert"", as if KGZ's duty officer had not, or the system had lost it. The
+    /// `acknowledged` objective (the sender holds it) fails, naming SEC's node down as the
+    /// reason. With SEC up, the same picture is a receipt lost: it fails.
+    #[test]
+    fn an_acknowledgement_a_down_sender_could_not_receive_was_given() {
+        let run = |text: &str, kgz_acked: Option<u64>| {
+            let inboxes = BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+                ("KGZ".to_owned(), vec![acked_item(kgz_acked)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1500), None, None),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        };
+        let killed = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
+        );
+        let r = run(&killed, Some(7000));
+        let inv = acks_invariant(&r);
+        assert!(inv.held, "{inv:?}");
+        assert!(
+            inv.detail.starts_with("2 of 2 acknowledged")
+                && inv.detail.contains(
+                    "KGZ acknowledged \"alert\" at its node; it never reached SEC (node down at the end)"
+                ),
+            "{inv:?}"
+        );
+        assert_eq!(
+            objective(&r, "acknowledged").failed,
+            ["KGZ acknowledged at its node, but it never reached SEC (node down at the end)"]
+        );
+        // KGZ's officer did not acknowledge: missing, as with SEC up.
+        let r = run(&killed, None);
+        let inv = acks_invariant(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KGZ never acknowledged \"alert\""),
+            "{inv:?}"
+        );
+        assert_eq!(
+            objective(&r, "acknowledged").failed,
+            ["KGZ never acknowledged"]
+        );
+        // SEC back before the end: a receipt that never reached it was lost.
+        let r = run(&killed.replace("100.0", "10.0"), Some(7000));
+        let inv = acks_invariant(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KGZ never acknowledged \"alert\""),
+            "{inv:?}"
+        );
+    }
+
+    /// A recipient whose node a fault keeps down to the end cannot acknowledge: it is not
+    /// required to, as before, and the invariant now names it and why, so that the exercise
+    /// director reads "not required of KGZ (node down at the end)" rather than nothing at
+    /// all. An inject never sent (its sender down when it was due) required nothing either,
+    /// and is named so.
+    #[test]
+    fn acknowledgements_not_required_are_named_with_why() {
+        let text = acks_with_fault(
+            "kind = \"offline\"\nparticipant = \"KGZ\"\nfrom_s = 0.5\nto_s = 60.0",
+        )
+        .replace(
+            "[[objectives]]\nname = \"acknowledged\"",
+            "[[injects]]\nname = \"late\"\nat_s = 30.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\nrespond_within_s = 5.0\n[[objectives]]\nname = \"acknowledged\"",
+        );
+        let sc = Scenario::parse(&text, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), Some(3000), None), row("KGZ", None, None, None)], "answers": []});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let base = one_inject(&sc, &roster, &participants, view.clone(), inboxes);
+        let r = score(Inputs {
+            injects: vec![
+                Sent {
+                    inject: sc.injects[0].clone(),
+                    id: Some("m1".into()),
+                    sent_at_ms: Some(1000),
+                    refused: None,
+                },
+                Sent {
+                    inject: sc.injects[1].clone(),
+                    id: None,
+                    sent_at_ms: None,
+                    refused: None,
+                },
+            ],
+            sent_views: vec![view, Value::Null],
+            at_rest: BTreeMap::from([("KGZ".to_owned(), Ok(()))]),
+            ..base
+        })
+        .expect("scores");
+        let inv = acks_invariant(&r);
+        assert!(inv.held, "{inv:?}");
+        assert_eq!(
+            inv.detail,
+            "1 of 1 acknowledged; not required of KGZ (node down at the end): \"alert\"; not required of \"late\": not sent"
+        );
+    }
+
+    /// Where a node's inbox was read from, when not from its API at the end, is in the text
+    /// summary, under the matrix: a node whose API failed at the end (and why: the exercise
+    /// director's first question of a node that stopped answering its operators), one down
+    /// at the end, one whose store could not be read either. It was in the JSON report
+    /// alone; the summary said "read from its store; its API failed at the end" without the
+    /// failure, and nothing when every inbox was read over the API, as here at first.
+    #[test]
+    fn the_summary_says_whose_inbox_was_not_read_over_its_api() {
+        let r = score_kgz_down(vec![inbox_item("m1", 1800)], Ok(()));
+        let text = summary(&r);
+        assert!(
+            text.contains("\nInboxes not read over their node's API:\n  KGZ     read from its store; node down at the end\n"),
+            "{text}"
+        );
+        assert!(!text.contains("  KAZ     read"), "{text}");
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), None, None), row("KGZ", Some(1600), None, None)]});
+        let inboxes = BTreeMap::from([
+            ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let r = score(Inputs {
+            at_rest: BTreeMap::from([
+                ("KAZ".to_owned(), Ok(())),
+                ("KGZ".to_owned(), Err("disk I/O error".to_owned())),
+            ]),
+            api_failed: BTreeMap::from([("KAZ".to_owned(), "operation timed out".to_owned())]),
+            ..one_inject(&sc, &roster, &participants, view, inboxes)
+        })
+        .expect("scores");
+        let text = summary(&r);
+        for line in [
+            "  KAZ     read from its store; its API failed at the end: operation timed out\n",
+            "  KGZ     not read: node down at the end, its store unreadable: disk I/O error\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        // Every inbox read over the API: no such section.
+        let r = score_with(BTreeMap::new(), vec![], vec![], HashMap::new());
+        assert!(!summary(&r).contains("Inboxes not read"), "{}", summary(&r));
     }
 }

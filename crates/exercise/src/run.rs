@@ -1259,8 +1259,10 @@ async fn all_decided(
 /// nothing of its own can change it (`gone`, [`Gone::settled`]): it kept the drill running
 /// to `end_s` when everything else was decided. So is a message whose sender's node is down
 /// for good (its view then read from its store at rest, [`view_at_rest`]): nothing can reach
-/// its sender any more, so its acknowledgements, answers and escalations stand as they are;
-/// a delivery its relay may still make is waited for at each recipient up, whether or not
+/// its sender any more, so its objectives' acknowledgements, answers and escalations stand
+/// as they are; an acknowledgement it requires is still waited for at each recipient up,
+/// at the recipient's own node, as the report counts it given there; a delivery its relay
+/// may still make is waited for at each recipient up, whether or not
 /// the sender's store recorded the message as accepted (a sender killed before the
 /// acceptance reached it records it as not accepted, though its relay delivers it). An
 /// inject never to be sent (`gone.unsent`) fails its objectives for good, as a refused one
@@ -1368,11 +1370,9 @@ fn decided(
         }
     }
     for (k, inj) in scenario.injects.iter().enumerate() {
-        // With its sender's node down for good, no acknowledgement can reach it any more.
         if inj.respond_within_s.is_none()
             || injects[k].refused.is_some()
             || gone.unsent.contains(&k)
-            || gone.down.contains(&inj.from)
         {
             continue;
         }
@@ -1383,10 +1383,19 @@ fn decided(
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // With its sender's node down for good, no acknowledgement can reach it any more,
+        // but its recipients up still give theirs, at their own nodes, as the report counts
+        // them ([`view_at_rest`] fills them in): each is waited for, unless its recipient is
+        // down for good too and nothing of its own is on its way ([`Gone::settled`]).
+        let sender_gone = gone.down.contains(&inj.from);
+        let id = injects[k].id.as_deref().unwrap_or_default();
         let given = |r: &Value| {
             r["acked_at_ms"].is_u64()
+                || (sender_gone && r["recipient_acked_at_ms"].is_u64())
                 || r["recipient"].as_str().is_some_and(|p| {
-                    !in_drill(p) || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                    !in_drill(p)
+                        || scenario.expects_unacknowledged(k, p, roster, harnessed)
+                        || (sender_gone && gone.settled(p, id))
                 })
         };
         if !rows.iter().all(given) {
@@ -1400,8 +1409,10 @@ fn decided(
 /// rest (`gone.rest`), as the report reads it at the end: its table stops where its node
 /// went down, for no delivered receipt can reach it any more, so a recipient's delivery is
 /// filled in from the recipient's own node where it is up and holds the message (the
-/// report scores delivery from the recipient's inbox). None when its store was not read,
-/// or holds no such message.
+/// report scores delivery from the recipient's inbox), and so is its acknowledgement, as
+/// `recipient_acked_at_ms` (when its node recorded it; the report counts an acknowledgement
+/// required of a sender down to the end as given when the recipient's node holds it). None
+/// when its store was not read, or holds no such message.
 async fn view_at_rest(
     clients: &BTreeMap<String, ApiClient>,
     gone: &Gone,
@@ -1411,7 +1422,7 @@ async fn view_at_rest(
     let id = inject.id.as_ref()?;
     let mut v = gone.rest.get(from)?.sent.get(id)?.clone();
     for r in v["recipients"].as_array_mut().into_iter().flatten() {
-        if r["delivered_at_ms"].is_u64() {
+        if r["delivered_at_ms"].is_u64() && r["acked_at_ms"].is_u64() {
             continue;
         }
         let Some(c) = r["recipient"]
@@ -1425,7 +1436,10 @@ async fn view_at_rest(
         let path = format!("/v1/messages/{id}");
         if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || c.get(&path)).await {
             if m["direction"] == "received" && m["received_at_ms"].is_u64() {
-                r["delivered_at_ms"] = m["received_at_ms"].clone();
+                if !r["delivered_at_ms"].is_u64() {
+                    r["delivered_at_ms"] = m["received_at_ms"].clone();
+                }
+                r["recipient_acked_at_ms"] = m["acknowledged_at_ms"].clone();
             }
         }
     }
@@ -2457,8 +2471,8 @@ expect = "acknowledged"
     /// stands, but for a delivery its relay may still make: never accepted, it cannot be
     /// delivered while its sender is down; accepted, it is waited for at each recipient
     /// (the view then fills its deliveries in from the recipients' own nodes); its
-    /// acknowledgements can no longer reach the sender, and are not waited for. Such a
-    /// drill waited for them to `end_s`.
+    /// acknowledgements can no longer reach the sender, and are not waited for there, but
+    /// at each recipient up, at its own node. Such a drill waited for them to `end_s`.
     #[test]
     fn a_message_whose_sender_is_down_for_good_is_decided_as_it_stands() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -2495,12 +2509,20 @@ expect = "acknowledged"
         );
         // Accepted: MNG's delivery may still come.
         assert!(!early(view(Some(1001), Some(1500), None), &sec_gone));
-        // Delivered to both, acknowledged by neither: no acknowledgement can reach SEC.
+        // Delivered to both, acknowledged by neither: no acknowledgement can reach SEC, but
+        // KAZ (up) still gives the one required at its own node, and is waited for there
+        // (MNG is offline to the end: not required).
         let v = view(Some(1001), Some(1500), Some(1600));
         assert!(
             !early(v.clone(), &Gone::default()),
             "SEC up: acknowledgements waited for"
         );
+        assert!(
+            !early(v.clone(), &sec_gone),
+            "KAZ's own acknowledgement waited for"
+        );
+        let mut v = v;
+        v["recipients"][0]["recipient_acked_at_ms"] = json!(3000);
         assert!(early(v, &sec_gone));
         // Never sent, and never to be: failed for good, as a refused inject is.
         let unsent = [Inject {
@@ -2515,6 +2537,55 @@ expect = "acknowledged"
             ..sec_gone
         };
         assert!(never(&gone));
+    }
+
+    /// A message whose sender's node is down for good still requires its recipients'
+    /// acknowledgements (the report's invariant counts one given at the recipient's node,
+    /// whose receipt can no longer reach the sender): the early end waits, at each recipient
+    /// up, for its own node to record it (the view fills it in as `recipient_acked_at_ms`,
+    /// [`view_at_rest`]). It ended once the deliveries were in, while KAZ's scripted
+    /// acknowledgement was not yet made, and the report failed "KAZ never acknowledged". MNG,
+    /// offline to the end, is not required to acknowledge.
+    #[test]
+    fn a_down_senders_message_waits_for_its_recipients_own_acknowledgements() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let sc = Scenario::parse(DOWN_TO_THE_END, "down.toml").expect("parses");
+        let nodes: HashSet<String> = ["SEC", "KAZ", "MNG"].map(String::from).into();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        let view = |kaz_acked: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": 1001, "state": "sent",
+                "recipients": [
+                    {"recipient": "KAZ", "delivered_at_ms": 1500, "acked_at_ms": null, "overdue_at_ms": null, "recipient_acked_at_ms": kaz_acked},
+                    {"recipient": "MNG", "delivered_at_ms": 1600, "acked_at_ms": null, "overdue_at_ms": null},
+                ],
+                "answers": [],
+            })
+        };
+        let sec_gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        let early = |v: Value| {
+            decided(
+                &sc,
+                &injects,
+                &[Some(v)],
+                None,
+                Some(&nodes),
+                &sec_gone,
+                &roster,
+            )
+        };
+        assert!(!early(view(None)), "KAZ is up and may still acknowledge");
+        assert!(early(view(Some(4000))), "KAZ acknowledged at its node");
     }
 
     /// A message its sender's store never recorded as accepted may still be delivered: the
@@ -2537,7 +2608,9 @@ expect = "acknowledged"
             sent_at_ms: Some(1000),
             refused: None,
         }];
-        let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null});
+        // Each acknowledged at its own node once it held it (the acknowledgement it requires
+        // is waited for there: `a_down_senders_message_waits_for_its_recipients_own_acknowledgements`).
+        let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null, "recipient_acked_at_ms": delivered});
         // Never accepted, as SEC's store at rest has it.
         let view = |kaz: Option<u64>, mng: Option<u64>| {
             json!({

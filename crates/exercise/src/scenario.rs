@@ -415,19 +415,26 @@ impl Scenario {
         let escalated = self.objectives.iter().any(|o| {
             o.inject == inj.name && o.expect == "overdue_escalated" && o.covers(recipient, roster)
         });
-        let down_at_end = faults
-            && self.faults.iter().any(|f| match f {
-                Fault::Offline {
-                    participant, to_s, ..
-                } => participant == recipient && *to_s >= self.end_s,
-                Fault::KillNode {
-                    participant,
-                    at_s,
-                    restart_after_s,
-                } => participant == recipient && at_s + restart_after_s >= self.end_s,
-                _ => false,
-            });
-        escalated || down_at_end
+        escalated || (faults && self.down_at_end(recipient))
+    }
+
+    /// Whether a fault keeps `p`'s node down until `end_s`: `offline` to the end, or
+    /// `kill_node` restarting it at or after the end. Such a node can neither acknowledge
+    /// what is sent to it nor hold the acknowledgements of what it sent (they wait at the
+    /// relay). Faults apply only in a drill the harness deploys; the caller says whether
+    /// this one is.
+    pub fn down_at_end(&self, p: &str) -> bool {
+        self.faults.iter().any(|f| match f {
+            Fault::Offline {
+                participant, to_s, ..
+            } => participant == p && *to_s >= self.end_s,
+            Fault::KillNode {
+                participant,
+                at_s,
+                restart_after_s,
+            } => participant == p && at_s + restart_after_s >= self.end_s,
+            _ => false,
+        })
     }
 
     /// Parses a scenario, checking references between its parts.
