@@ -1186,8 +1186,41 @@ impl Node {
             early: Mutex::new(EarlyEvents::default()),
             this: this.clone(),
         });
-        // Messages stored just before the node last stopped may never have been announced.
+        // Everything that can fail comes first, before anything runs beside this call: a
+        // start that fails must leave nothing behind that holds the node (and so its store
+        // and the data directory's claim), fires a hook, or walks the quarantine. Once the
+        // first hook is fired or the walk launched, nothing below returns an error.
+        // Messages stored just before the node last stopped may never have been announced,
+        // nor escalations made then (or their hook never ended).
         let pending = state.store().unannounced()?;
+        let overdue = state.store().unannounced_overdue()?;
+        // Bound now, served once what the start announces is kept for the first subscribers
+        // (`api_listening` below): a client connecting meanwhile waits in the backlog.
+        let listener = tokio::net::TcpListener::bind(state.config.api_listen)
+            .await
+            .map_err(|e| NodeError::Io(format!("local API {}: {e}", state.config.api_listen)))?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Io(e.to_string()))?;
+        let bind: std::net::SocketAddr = if state.config.relays.iter().all(|r| r.address.is_ipv6())
+        {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoints = state
+            .config
+            .relays
+            .iter()
+            .map(|r| {
+                hotline_net::transport::client_endpoint(
+                    bind,
+                    vec![r.fingerprint],
+                    &hotline_net::TransportLimits::default(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         if !pending.is_empty() {
             warn!(
                 count = pending.len(),
@@ -1195,9 +1228,6 @@ impl Node {
             );
             state.announce(&pending, true);
         }
-        // Escalations made just before the node last stopped may never have been announced
-        // (or their hook never ended).
-        let overdue = state.store().unannounced_overdue()?;
         if !overdue.is_empty() {
             warn!(
                 count = overdue.len(),
@@ -1221,33 +1251,14 @@ impl Node {
             error!(error = %e, "the check of the held receipts against the roster failed; they are checked again at the next roster or start");
         }
         state.recheck_quarantine_at_start();
-        let mut tasks = JoinSet::new();
 
-        let listener = tokio::net::TcpListener::bind(state.config.api_listen)
-            .await
-            .map_err(|e| NodeError::Io(format!("local API {}: {e}", state.config.api_listen)))?;
-        let api_addr = listener
-            .local_addr()
-            .map_err(|e| NodeError::Io(e.to_string()))?;
+        let mut tasks = JoinSet::new();
         // Before the first subscriber can connect: what was announced until now is kept
         // for it (`EarlyEvents`).
         state.api_listening();
         info!(addr = %api_addr, "local API listening");
         tasks.spawn(api::serve(listener, state.clone(), shutdown_rx.clone()));
-
-        let bind: std::net::SocketAddr = if state.config.relays.iter().all(|r| r.address.is_ipv6())
-        {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        for idx in 0..relays {
-            let pins = vec![state.config.relays[idx].fingerprint];
-            let endpoint = hotline_net::transport::client_endpoint(
-                bind,
-                pins,
-                &hotline_net::TransportLimits::default(),
-            )?;
+        for (idx, endpoint) in endpoints.into_iter().enumerate() {
             tasks.spawn(link::run(state.clone(), idx, endpoint, shutdown_rx.clone()));
         }
         tasks.spawn(tick(state.clone(), shutdown_rx.clone()));
@@ -1631,6 +1642,73 @@ mod tests {
         let (walked, record, _) = start(2, false);
         assert!(walked, "held against an older roster after the check");
         assert_eq!(record, Some(Checked(v2)));
+    }
+
+    /// A start that fails once it has decided to walk the quarantine (here the API's
+    /// address is taken) returned its error with the walk it had launched still running:
+    /// holding the node for a page at a time, and with it the store and the data
+    /// directory's claim, until it found the node gone. A caller that starts again at once
+    /// (a supervisor, a test) found the directory claimed by a node that had failed. Now
+    /// nothing can fail once anything runs in the background: the walk is launched, and
+    /// the tasks spawned, only after the API's address is bound and the links' endpoints
+    /// made, so a start that fails leaves nothing running and the store untouched by any
+    /// walk. (Before the fix this failed whenever the walk took the node before the start
+    /// returned, a race that the start lost at its first attempt in every run seen; it is
+    /// tried several times, on a quarantine of many pages.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_that_fails_leaves_no_walk_of_the_quarantine_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api = taken.local_addr().unwrap();
+        let data = {
+            let state = test_state(dir.path());
+            state
+                .store()
+                .store_deliveries(
+                    &test_forgeries(&state, 12 * limits::QUARANTINE_RECHECK_PAGE_ITEMS),
+                    1_000,
+                )
+                .unwrap();
+            hotline_config::keyfile::write_secret(
+                &state.config.key,
+                &state.key,
+                hotline_config::keyfile::IfExists::Replace,
+            )
+            .unwrap();
+            let roster: Roster = (***state.roster.borrow()).clone();
+            let signed =
+                hotline_proto::Signed::sign(&roster, &SigningKey::from_bytes(&[3; 32])).unwrap();
+            hotline_config::roster_file::write_signed_roster(&state.config.roster, &signed)
+                .unwrap();
+            state.config.data_dir.clone()
+        };
+        let config = || {
+            let mut c = test_state(dir.path()).config.clone();
+            c.api_listen = api;
+            c
+        };
+        for attempt in 0..8 {
+            let config = config();
+            match Node::spawn(config).await {
+                Err(NodeError::Io(e)) => assert!(e.contains("local API"), "{e}"),
+                Err(e) => panic!("attempt {attempt}: failed otherwise: {e}"),
+                Ok(_) => panic!("attempt {attempt}: started on an address taken"),
+            }
+            // At once: nothing of the node that failed holds its directory or its store.
+            let claim = hotline_store::lock_dir(&data);
+            assert!(
+                claim.is_ok(),
+                "attempt {attempt}: the data directory is still claimed after the start failed"
+            );
+            drop(claim);
+            let state = test_state(dir.path());
+            assert_eq!(
+                state.store().quarantine_check().unwrap(),
+                None,
+                "attempt {attempt}: a walk of the quarantine was begun by a start that failed"
+            );
+        }
+        drop(taken);
     }
 
     /// The held receipts are checked off the async runtime: `recheck_held_receipts`

@@ -123,6 +123,17 @@ pub const RECEIPT_BATCH_MAX: usize = hotline_proto::limits::RECEIPT_ITEMS_MAX;
 /// The relay's frames a link's reader holds, decoded, until the link takes them; a full
 /// channel stops the reading, which holds the relay back through QUIC's flow control.
 /// Bounded in bytes too (`LINK_READER_BYTES_MAX`).
+///
+/// Half a batch (`RECEIPT_BATCH_MAX`, 512 frames), which costs transactions, nothing else
+/// (looked at after a review asked, 2026-12): a batch is what waits in this channel when
+/// the link looks (`take_batch` takes without waiting), so under a backlog of small
+/// deliveries a batch holds about 256 frames, not 512, and the backlog is stored in twice
+/// as many transactions (an fsync each). Nothing waits for a batch to be full: the link
+/// takes the frames in the order read, however many; the delivered receipt leaves once
+/// `RECEIPT_PACE_ITEMS` (512) stored deliveries wait or `receipt_pace_ms` has passed,
+/// counted across batches; and the relay pauses delivery only at its window of 4,096
+/// unreceipted deliveries, far above what this channel and a batch hold. So neither side
+/// waits on the other, and no frame is reordered or dropped.
 pub const LINK_READER_FRAMES: usize = 256;
 
 /// Bytes (on the wire) of the relay's frames a link's reader holds until the link takes

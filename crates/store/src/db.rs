@@ -353,7 +353,8 @@ pub struct Backup {
 /// replaced: a file under that name is a whole, checked copy, whatever happens to the
 /// backup (killed, power lost) and whoever reads the name meanwhile (an operator choosing
 /// a copy, a restore, the next run's `--keep`). A copy that fails is removed; one killed
-/// leaves its hidden file, which nothing counts as a copy. A restore into the store's
+/// leaves its hidden file, which nothing counts as a copy, and which the next backup into
+/// that directory removes once its process is gone ([`remove_dead_partials`]). A restore into the store's
 /// directory takes the directory's claim, which this does not (it runs beside the service):
 /// one that began while this copied ([`StoreError::RestoreUnfinished`]) or ended meanwhile,
 /// putting another file under the store's name ([`StoreError::Replaced`]), had this copy the
@@ -399,6 +400,7 @@ fn backup_with(src: &Path, out: &Path, opened: impl FnOnce()) -> Result<Backup, 
             source: std::io::ErrorKind::AlreadyExists.into(),
         });
     }
+    remove_dead_partials(out.parent().unwrap_or(Path::new(".")));
     let partial = partial_name(out)?;
     let copied = copy_into(&conn, &partial)?;
     drop(conn);
@@ -450,6 +452,72 @@ fn partial_name(out: &Path) -> Result<PathBuf, StoreError> {
         }
     }
     Ok(partial)
+}
+
+/// Removes from `dir` the hidden partial copies ([`partial_name`], with the `-wal`,
+/// `-shm` or `-journal` SQLite may have left beside one) of backups no longer running: one
+/// killed midway (the timer's time limit, Ctrl-C, power lost) left its file for good, as
+/// large as a copy, of any copy's name (`--out-dir` names each run's anew). A process runs
+/// if `/proc/PID` exists; a partial copy of one that runs is never removed, since another
+/// backup (this process's included) may be writing it right now, nor is any where that
+/// cannot be told (no `/proc`, on other systems than Linux): those are left for the
+/// operator (docs/OPERATIONS.md 6.2). Each removal is logged; one that fails is logged and
+/// skipped, the backup going on. A PID reused by another process since keeps its file
+/// until that process ends too.
+fn remove_dead_partials(dir: &Path) {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // The copy's own write says why, if it matters.
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(partial_pid) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = e.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                file = %path.display(),
+                pid,
+                "removed the hidden partial copy of a backup no longer running"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                pid,
+                error = %e,
+                "cannot remove the hidden partial copy of a backup no longer running"
+            ),
+        }
+    }
+}
+
+/// The PID in a name [`partial_name`] gives (`.NAME.partial-PID-N`, or SQLite's `-wal`,
+/// `-shm` or `-journal` beside it); `None` for any other name.
+fn partial_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let rest = ["-wal", "-shm", "-journal"]
+        .iter()
+        .find_map(|s| rest.strip_suffix(s))
+        .unwrap_or(rest);
+    let (stem, numbers) = rest.rsplit_once(".partial-")?;
+    let (pid, n) = numbers.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if stem.is_empty() || !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// Gives the checked copy at `partial` the name `out`, never replacing a file there
@@ -1351,6 +1419,61 @@ mod tests {
                 .expect("a copy under the name holds the store's table");
             assert_eq!(n, 8000, "a copy under the name holds every row");
         }
+    }
+
+    /// A backup killed midway (the timer's time limit, Ctrl-C, power lost) left its hidden
+    /// `.NAME.partial-PID-N` in the copies' directory for good, a whole store's worth of
+    /// disk each, for the operator to find and remove by hand. A later backup there removes
+    /// those of a process no longer running (their `-wal`/`-shm` with them), of any copy's
+    /// name, and never one of a process that runs: another backup (here, this process) may
+    /// be writing it right now. Names of another shape are left alone.
+    #[test]
+    fn a_backup_removes_the_partial_copies_of_backups_no_longer_running() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("x.db");
+        let c = open(&src, true).expect("store");
+        c.execute_batch(crate::journal::SCHEMA).expect("schema");
+        drop(c);
+        let outdir = root.path().join("backups");
+        std::fs::create_dir(&outdir).expect("dir");
+        // A process that has ended, and been reaped: its PID names no process any more.
+        let mut child = std::process::Command::new("true").spawn().expect("child");
+        let dead = child.id();
+        assert!(child.wait().expect("reaped").success());
+        let me = std::process::id();
+        let gone = [
+            format!(".copy.db.partial-{dead}-0"),
+            format!(".copy.db.partial-{dead}-0-wal"),
+            format!(".copy.db.partial-{dead}-0-shm"),
+            // An earlier run's, under another name (`--out-dir` names each run's anew).
+            format!(".relay-20250101T030000.123Z.db.partial-{dead}-7"),
+        ];
+        let kept = [
+            // This process's: a backup of it may be writing it.
+            format!(".copy.db.partial-{me}-{}", u64::MAX),
+            // Not a partial copy's name.
+            format!("copy-{dead}.db"),
+            format!("notes.partial-{dead}-0"),
+            format!(".copy.db.partial-{dead}-x"),
+            format!(".copy.db.partial-{dead}-0.bak"),
+        ];
+        if !Path::new("/proc/self").exists() {
+            return; // no way to tell a process that ended here (section 6.2 of OPERATIONS)
+        }
+        for n in gone.iter().chain(&kept) {
+            std::fs::write(outdir.join(n), b"left").expect("file");
+        }
+        backup(&src, &outdir.join("copy.db")).expect("backup");
+        for n in &gone {
+            assert!(
+                !outdir.join(n).exists(),
+                "{n}: a partial copy of a process no longer running is removed"
+            );
+        }
+        for n in &kept {
+            assert!(outdir.join(n).exists(), "{n}: kept");
+        }
+        assert!(outdir.join("copy.db").exists(), "the copy itself");
     }
 
     /// A restore into the store's directory while a backup copies the store replaces the
