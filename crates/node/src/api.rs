@@ -28,7 +28,8 @@ use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status
 
 use crate::limits::{
     API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
-    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
+    API_HEAD_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS,
+    QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -546,8 +547,9 @@ fn timed_out(e: &hyper::Error) -> bool {
 }
 
 /// The status hyper answered a request head that does not parse with (`e`, a connection's
-/// end), if it was that and hyper answered: 400, or 431 for a head too large and 414 for a
-/// path too long.
+/// end), if it was that and hyper answered: 400, or 431 for a head too large
+/// (`API_HEAD_BYTES_MAX`) and 414 for a path too long (64 KiB, which a head's bound now
+/// refuses first).
 fn parse_refusal(e: &hyper::Error) -> Option<u16> {
     if !e.is_parse() || e.is_parse_version_h2() {
         return None;
@@ -573,7 +575,12 @@ async fn serve_connection(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_read);
+        .header_read_timeout(header_read)
+        // A head not ended within `API_HEAD_BYTES_MAX` is answered 431 and the connection
+        // closed: hyper's own bound let each connection hold about 400 KiB of it, before
+        // any token was looked at. The bound is the read buffer's, so a body is read in
+        // pieces of at most as much.
+        .max_buf_size(API_HEAD_BYTES_MAX);
     let service = hyper_util::service::TowerToHyperService::new(app);
     let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -2947,6 +2954,83 @@ mod tests {
             !all.contains("xxxxxxxx"),
             "never the request's bytes: {all}"
         );
+    }
+
+    /// A request's head is read to `API_HEAD_BYTES_MAX` bytes at most (docs/API.md, Limits):
+    /// one not ended by then is answered 431, logged as refused, and its connection closed,
+    /// whether more of it comes or not. hyper's own bound, about 400 KiB, let each
+    /// connection hold that much of a head before its token was looked at: a 200 KiB header
+    /// line went through to the routes, and a head that never ended was held until the
+    /// header-read timeout. The largest legitimate head (a list's query in full, the longest
+    /// token a token file holds, an HTTP library's headers) is taken, to the bound's last byte.
+    #[tokio::test]
+    async fn a_request_head_is_read_to_its_bound_and_no_further() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (logs, _guard) = capture_logs();
+        let app = Router::new()
+            .route("/v1/inbox", get(|| async { "ok" }))
+            .layer(middleware::from_fn(log_refusals));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopping) = watch::channel(false);
+        let _server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4, WAIT),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let token = "t".repeat(hotline_config::limits::TOKEN_FILE_BYTES_MAX);
+        let legitimate = format!(
+            "GET /v1/inbox?unacknowledged=true&limit=1000&before={} HTTP/1.1\r\n\
+             Host: 127.0.0.1:7500\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
+             Connection: close\r\nAuthorization: Bearer {token}\r\n",
+            "ab".repeat(16)
+        );
+        // A head of `bytes` in all: the legitimate one, with a header filling it up.
+        let head = |bytes: usize| {
+            let filler = bytes - legitimate.len() - "X-Filler: \r\n\r\n".len();
+            format!("{legitimate}X-Filler: {}\r\n\r\n", "x".repeat(filler))
+        };
+        let exact = head(API_HEAD_BYTES_MAX);
+        assert_eq!(exact.len(), API_HEAD_BYTES_MAX);
+        let over = head(API_HEAD_BYTES_MAX + 1);
+        let long_line = head(200 * 1024);
+        // Sent, and the connection kept open: the node answers without waiting for its end.
+        let unended = long_line[..API_HEAD_BYTES_MAX + 1].to_owned();
+        assert!(!unended.contains("\r\n\r\n"));
+        let cases = [(exact, 200), (over, 431), (long_line, 431), (unended, 431)];
+        for (i, (head, status)) in cases.into_iter().enumerate() {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // The node may answer and close before it has read all of a head too large.
+            let _ = client.write_all(head.as_bytes()).await;
+            let mut answer = Vec::new();
+            // Half the header-read timeout: the answer is not that timeout's.
+            let _ = tokio::time::timeout(WAIT / 2, client.read_to_end(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{i}: neither answered nor closed"));
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{i}: {answer}"
+            );
+        }
+        // Logged by each connection's task once it has ended, after its answer.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let lines = loop {
+            let lines = logs.lines("local API: request refused");
+            if lines.len() >= 3 || tokio::time::Instant::now() > deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["status"], 431, "{lines:?}");
+        }
+        let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(!all.contains("xxxxxxxx"), "never the request's bytes");
+        assert!(!all.contains("tttttttt"), "never the token");
     }
 
     /// Connections that send no request (nothing, half a head, or nothing more once kept
