@@ -733,6 +733,13 @@ async fn send(
     Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // A category is shown to the recipients' officers as what the message is about, as its
+    // subject is: one with nothing to see in it (spaces, a NUL, zero-width spaces) is
+    // refused likewise. Here, not in `submit`: a reply keeps the category of the message it
+    // answers as it came, which another node may have taken, so that it can be sent.
+    if req.category.as_deref().is_some_and(|c| !visible(c)) {
+        return Err(bad("invalid", "category: it holds no visible character"));
+    }
     submit(state, req).await
 }
 
@@ -1485,8 +1492,9 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
 /// Whether `text` holds a character a reader can see: not only white space, control
 /// characters and the characters Unicode has a display ignore (Default_Ignorable_Code_Point:
 /// the soft hyphen, zero-width spaces and joiners, the bidirectional controls, the
-/// byte-order mark, variation selectors, tags). A subject or an officer's name of those
-/// alone shows as nothing, or as nothing but the CLI's escapes.
+/// byte-order mark, variation selectors, tags). A subject, a category or an officer's name
+/// of those alone shows as nothing, or as nothing but the CLI's escapes (and a note of them
+/// is taken as none).
 fn visible(text: &str) -> bool {
     let unseen = |c: char| {
         c.is_whitespace()
@@ -1785,10 +1793,11 @@ async fn ack(
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
     let officer = officer_name(&req.officer)?.to_owned();
-    off_runtime(&state, move |state| {
-        acknowledge(state, id, &officer, req.note)
-    })
-    .await?
+    // A note is optional: one with nothing to see in it (empty, spaces, invisible
+    // characters) is no note, rather than one signed and shown to the sender saying
+    // nothing. Not refused: an acknowledgement is not to be held up for its note.
+    let note = req.note.filter(|n| visible(n));
+    off_runtime(&state, move |state| acknowledge(state, id, &officer, note)).await?
 }
 
 /// Acknowledges received message `id` for `officer`, with `note`, wakes the links, logs it
@@ -2657,6 +2666,75 @@ mod tests {
             .store_deliveries(&[(signed, Ok(env))], 2_000)
             .unwrap();
         id
+    }
+
+    /// A category with no character a reader can see is refused, as a subject of them is:
+    /// one of a NUL, of zero-width spaces or of bidirectional controls was sent, and shown
+    /// to the recipients' officers as nothing. A reply keeps the category of the message it
+    /// answers as it came (another node may have taken it), so that it can always be sent.
+    /// An acknowledgement's note with nothing visible in it (empty, spaces, invisible
+    /// characters) is taken as no note: it was signed and shown to the sender as a note
+    /// that says nothing. A note is optional, and an acknowledgement is not refused for it.
+    #[tokio::test]
+    async fn a_category_needs_a_visible_character_and_a_note_without_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let invisible = [
+            r"\u0000",
+            r"\u200b",
+            r"\u202e\u202c",
+            r" \u2066\u2069 ",
+            r"\ufeff",
+            r"\u00ad\u200d\u0009",
+            r"\u001b",
+            " ",
+        ];
+        for category in invisible.iter().chain(&[""]) {
+            let body = format!(r#"{{"to":["KGZ"],"subject":"Flooding","category":"{category}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages"), body).await;
+            assert_eq!(status, 400, "{category}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{category}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("category"), "{v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        let body = r#"{"to":["KGZ"],"subject":"Flooding","category":"\u200bmilitary-cbm"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages"), body.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        // A reply to a message whose category holds nothing visible keeps it.
+        let id = received_from_kgz(&state, Some("\u{200b}"));
+        let (status, answer) =
+            post_json(format!("{base}/v1/messages/{id}/reply"), "{}".into()).await;
+        assert_eq!(status, 201, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        let reply: MessageId = v["id"].as_str().unwrap().parse().unwrap();
+        let sent = state.store().sent_message(&reply).unwrap().unwrap();
+        assert_eq!(
+            sent_view(sent, now_ms())["category"],
+            "\u{200b}",
+            "as it came"
+        );
+        // Notes: nothing visible is no note; anything visible is kept as given.
+        for note in invisible.iter().chain(&[""]) {
+            let id = received_from_kgz(&state, None);
+            let body = format!(r#"{{"officer":"Duty officer","note":"{note}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body).await;
+            assert_eq!(status, 200, "{note}: {answer}");
+            let m = state.store().inbox_message(&id).unwrap().unwrap();
+            let (_, officer, kept) = m.ack.unwrap();
+            assert_eq!(officer, "Duty officer");
+            assert_eq!(kept, None, "{note:?}");
+        }
+        let id = received_from_kgz(&state, None);
+        let body = r#"{"officer":"Duty officer","note":" Seen,\n answer follows \u200b"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body.into()).await;
+        assert_eq!(status, 200, "{answer}");
+        let m = state.store().inbox_message(&id).unwrap().unwrap();
+        assert_eq!(
+            m.ack.unwrap().2.as_deref(),
+            Some(" Seen,\n answer follows \u{200b}")
+        );
     }
 
     /// What the API does with the store runs off the async runtime: a request waiting for
