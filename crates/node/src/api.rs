@@ -28,7 +28,8 @@ use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status
 
 use crate::limits::{
     API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
-    API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
+    API_HEAD_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS,
+    QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -546,8 +547,9 @@ fn timed_out(e: &hyper::Error) -> bool {
 }
 
 /// The status hyper answered a request head that does not parse with (`e`, a connection's
-/// end), if it was that and hyper answered: 400, or 431 for a head too large and 414 for a
-/// path too long.
+/// end), if it was that and hyper answered: 400, or 431 for a head too large
+/// (`API_HEAD_BYTES_MAX`) and 414 for a path too long (64 KiB, which a head's bound now
+/// refuses first).
 fn parse_refusal(e: &hyper::Error) -> Option<u16> {
     if !e.is_parse() || e.is_parse_version_h2() {
         return None;
@@ -573,7 +575,12 @@ async fn serve_connection(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_read);
+        .header_read_timeout(header_read)
+        // A head not ended within `API_HEAD_BYTES_MAX` is answered 431 and the connection
+        // closed: hyper's own bound let each connection hold about 400 KiB of it, before
+        // any token was looked at. The bound is the read buffer's, so a body is read in
+        // pieces of at most as much.
+        .max_buf_size(API_HEAD_BYTES_MAX);
     let service = hyper_util::service::TowerToHyperService::new(app);
     let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -658,6 +665,34 @@ pub struct SendRequest {
     pub body: String,
 }
 
+/// Runs `work` with the node's state on tokio's blocking pool, and waits for it: what the
+/// API does with the store. Each store call takes a lock (the store's, which a link holds
+/// while it stores a batch of deliveries, or the reader's) and does SQLite I/O, which a slow
+/// or stalled disk makes wait: on a runtime thread, that wait held the thread, and with it
+/// the links to the relays, the event streams and every other request (all of them once as
+/// many requests waited as the runtime has threads, two on a two-core machine). At most
+/// `API_CONNECTIONS_MAX` of these wait at once, one per connection, within the blocking
+/// pool's 512 threads. `work` runs to its end even if its client goes away meanwhile (hyper
+/// then drops the request's future), so what must follow a write (waking the links, an
+/// event, a log line) is done in `work` too. One that panics is answered 500 `internal`.
+async fn off_runtime<T: Send + 'static>(
+    state: &St,
+    work: impl FnOnce(&NodeState) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    // Its log lines go where the request's would (a test's subscriber is its thread's).
+    let log = tracing::dispatcher::get_default(Clone::clone);
+    tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&log, || work(&state)))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the store's work for this request failed: {e}"),
+            )
+        })
+}
+
 fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
     let chosen = [
         !req.to.is_empty(),
@@ -698,6 +733,19 @@ async fn send(
     Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // A category is shown to the recipients' officers as what the message is about, as its
+    // subject is: one with nothing to see in it (spaces, a NUL, zero-width spaces) is
+    // refused likewise. Here, not in `submit`: a reply keeps the category of the message it
+    // answers as it came, which another node may have taken, so that it can be sent.
+    if req.category.as_deref().is_some_and(|c| !visible(c)) {
+        return Err(bad("invalid", "category: it holds no visible character"));
+    }
+    submit(state, req).await
+}
+
+/// Checks `req`, then composes, signs and stores the message off the runtime
+/// ([`queue`]): `POST /v1/messages`, and a reply's message.
+async fn submit(state: St, req: SendRequest) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = now_ms();
     let respond_by_ms = match (req.respond_by_ms, req.respond_within_ms) {
         (Some(_), Some(_)) => {
@@ -786,6 +834,21 @@ async fn send(
         };
         bad(code, e.to_string())
     })?;
+    let answer = off_runtime(&state, move |state| {
+        queue(state, draft, expected, &roster, now)
+    });
+    Ok((StatusCode::CREATED, Json(answer.await??)))
+}
+
+/// Composes, signs and stores `draft` for `expected` (its recipients by `roster`), wakes the
+/// links and logs it: the answer to a send. Off the runtime ([`off_runtime`]).
+fn queue(
+    state: &NodeState,
+    draft: Draft,
+    expected: Vec<ParticipantId>,
+    roster: &hotline_proto::Roster,
+    now: u64,
+) -> Result<Value, ApiError> {
     let relays = state.config.relays.len();
     let result = state
         .store()
@@ -816,35 +879,28 @@ async fn send(
             _ => None,
         })
         .collect();
-    let own = own_roster_refusal(
-        &roster,
-        &state.me,
-        &hotline_proto::PublicKey::of(&state.key),
-    );
+    let own = own_roster_refusal(roster, &state.me, &hotline_proto::PublicKey::of(&state.key));
     let outlook = outlook(connected, relays, &refused_by, own.as_ref());
     if outlook.blocked {
         warn!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, why = %outlook.note, "message queued, but no relay will take it");
     } else {
         info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": env.id,
-            "seq": env.seq,
-            "state": "queued",
-            "recipients": expected,
-            "relays_connected": connected,
-            "blocked": outlook.blocked,
-            "refused_by": refused_by.iter().map(|r| json!({
-                "relay": r.relay,
-                "address": r.address,
-                "code": r.refusal.code.name(),
-                "reason": r.refusal.reason,
-            })).collect::<Vec<_>>(),
-            "note": outlook.note,
-        })),
-    ))
+    Ok(json!({
+        "id": env.id,
+        "seq": env.seq,
+        "state": "queued",
+        "recipients": expected,
+        "relays_connected": connected,
+        "blocked": outlook.blocked,
+        "refused_by": refused_by.iter().map(|r| json!({
+            "relay": r.relay,
+            "address": r.address,
+            "code": r.refusal.code.name(),
+            "reason": r.refusal.reason,
+        })).collect::<Vec<_>>(),
+        "note": outlook.note,
+    }))
 }
 
 /// A relay whose link is down for a lasting refusal: it refused this node itself, or this
@@ -1335,26 +1391,29 @@ fn page<T, C: std::fmt::Display>(
 }
 
 /// Received messages, newest first, from the store's read-only connection: a snapshot,
-/// without the store's lock.
+/// without the store's lock, off the runtime ([`off_runtime`]).
 async fn inbox(
     State(state): State<St>,
     Params(q): Params<InboxQuery>,
 ) -> Result<Json<Vec<InboxItem>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
-    let items = state
-        .reader()
-        .inbox_page(before.as_ref(), limit, q.unacknowledged)
-        .map_err(store_error)?;
-    let items = page(items, before.as_ref(), "received message")?;
-    Ok(Json(items.into_iter().map(inbox_item).collect()))
+    let items = off_runtime(&state, move |state| {
+        let items = state
+            .reader()
+            .inbox_page(before.as_ref(), limit, q.unacknowledged)
+            .map_err(store_error)?;
+        let items = page(items, before.as_ref(), "received message")?;
+        Ok::<_, ApiError>(items.into_iter().map(inbox_item).collect())
+    });
+    Ok(Json(items.await??))
 }
 
 /// Deliveries held in quarantine, newest first, a page at a time as the other lists: each
 /// one's digest, when it arrived, why it is held, and what its bytes claim (sender, id,
 /// subject…) if they decode. The claim is **unverified** (that is why it is held) and must
 /// not be shown as a message. Read as the other lists are, in a snapshot without the
-/// store's lock.
+/// store's lock, off the runtime.
 async fn quarantine(
     State(state): State<St>,
     Params(q): Params<QuarantineQuery>,
@@ -1365,13 +1424,16 @@ async fn quarantine(
         .as_deref()
         .map(|b| digest(b, "before: "))
         .transpose()?;
-    let held = state
-        .reader()
-        .quarantine_page(before.as_ref(), limit)
-        .map_err(store_error)?;
-    let held = page(held, before.as_ref(), "delivery held in quarantine under")?;
+    let held = off_runtime(&state, move |state| {
+        let held = state
+            .reader()
+            .quarantine_page(before.as_ref(), limit)
+            .map_err(store_error)?;
+        page(held, before.as_ref(), "delivery held in quarantine under")
+    });
     Ok(Json(
-        held.into_iter()
+        held.await??
+            .into_iter()
             .map(|h| {
                 let claimed = h.signed.decode_unverified().ok().map(|e| {
                     json!({
@@ -1430,8 +1492,9 @@ fn officer_name(given: &str) -> Result<&str, ApiError> {
 /// Whether `text` holds a character a reader can see: not only white space, control
 /// characters and the characters Unicode has a display ignore (Default_Ignorable_Code_Point:
 /// the soft hyphen, zero-width spaces and joiners, the bidirectional controls, the
-/// byte-order mark, variation selectors, tags). A subject or an officer's name of those
-/// alone shows as nothing, or as nothing but the CLI's escapes.
+/// byte-order mark, variation selectors, tags). A subject, a category or an officer's name
+/// of those alone shows as nothing, or as nothing but the CLI's escapes (and a note of them
+/// is taken as none).
 fn visible(text: &str) -> bool {
     let unseen = |c: char| {
         c.is_whitespace()
@@ -1471,7 +1534,17 @@ async fn discard(
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let d = digest(&given, "")?;
-    let officer = req.officer()?;
+    let officer = req.officer()?.to_owned();
+    off_runtime(&state, move |state| discard_one(state, d, &officer)).await?
+}
+
+/// Discards the delivery held under `d` for `officer`, logs it and tells the links of the
+/// room made: the answer to a discard. Off the runtime ([`off_runtime`]).
+fn discard_one(
+    state: &NodeState,
+    d: hotline_proto::Digest,
+    officer: &str,
+) -> Result<Json<Value>, ApiError> {
     let n = state
         .store()
         .discard_quarantined(Some(&d), officer, now_ms(), 1)
@@ -1495,19 +1568,19 @@ async fn discard(
 /// committed stay discarded, so the links are told of the room made and the refusal says
 /// how many were (the store's error alone said that nothing was written).
 ///
-/// The batches run in a task of their own, which the request waits for: a client that goes
-/// away midway (a 64 MiB quarantine of small forgeries is a hundred batches or more, and a
-/// client may time out) has hyper drop the handler, which stopped the loop at its next
-/// batch with what it had discarded neither logged nor told to the links.
+/// The batches run off the runtime in a task of their own ([`off_runtime`]), which the
+/// request waits for: a client that goes away midway (a 64 MiB quarantine of small
+/// forgeries is a hundred batches or more, and a client may time out) has hyper drop the
+/// handler, which stopped the loop at its next batch with what it had discarded neither
+/// logged nor told to the links.
 async fn discard_all(
     State(state): State<St>,
     Params(NoQuery {}): Params<NoQuery>,
     Body(req): Body<DiscardRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let officer = req.officer()?.to_owned();
-    let (total, failed) = tokio::spawn(discard_batches(state, officer))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let (total, failed) =
+        off_runtime(&state, move |state| discard_batches(state, &officer)).await?;
     let Some(e) = failed else {
         return Ok(Json(json!({"discarded": total})));
     };
@@ -1523,7 +1596,7 @@ async fn discard_all(
 
 /// [`discard_all`]'s batches: how many were discarded, and the store's error if a batch
 /// failed. Logs what was discarded and tells the links of the room made.
-async fn discard_batches(state: St, officer: String) -> (u64, Option<hotline_store::StoreError>) {
+fn discard_batches(state: &NodeState, officer: &str) -> (u64, Option<hotline_store::StoreError>) {
     let held = state.store().quarantine_size().0.held;
     let mut total = 0u64;
     let mut failed = None;
@@ -1537,7 +1610,7 @@ async fn discard_batches(state: St, officer: String) -> (u64, Option<hotline_sto
         let batch = QUARANTINE_DISCARD_BATCH.min((held - total) as usize);
         let n = match state
             .store()
-            .discard_quarantined(None, &officer, now_ms(), batch)
+            .discard_quarantined(None, officer, now_ms(), batch)
         {
             Ok(n) => n,
             Err(e) => {
@@ -1549,7 +1622,6 @@ async fn discard_batches(state: St, officer: String) -> (u64, Option<hotline_sto
         if n == 0 {
             break;
         }
-        tokio::task::yield_now().await;
     }
     if stopping {
         warn!(discarded = total, officer = ?officer, "quarantine partly emptied: the node is stopping");
@@ -1566,20 +1638,23 @@ async fn discard_batches(state: St, officer: String) -> (u64, Option<hotline_sto
 
 /// Sent messages, newest first, each with its matrix and answers, from the store's
 /// read-only connection: one snapshot, read without the store's lock (up to 1,000 messages
-/// of three queries each, which the links' writes waited behind).
+/// of three queries each, which the links' writes waited behind), off the runtime.
 async fn sent_list(
     State(state): State<St>,
     Params(q): Params<SentQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
-    let sent = state
-        .reader()
-        .sent_page(before.as_ref(), limit)
-        .map_err(store_error)?;
-    let sent = page(sent, before.as_ref(), "sent message")?;
-    let now = now_ms();
-    Ok(Json(sent.into_iter().map(|s| sent_view(s, now)).collect()))
+    let sent = off_runtime(&state, move |state| {
+        let sent = state
+            .reader()
+            .sent_page(before.as_ref(), limit)
+            .map_err(store_error)?;
+        let sent = page(sent, before.as_ref(), "sent message")?;
+        let now = now_ms();
+        Ok::<_, ApiError>(sent.into_iter().map(|s| sent_view(s, now)).collect())
+    });
+    Ok(Json(sent.await??))
 }
 
 async fn show(
@@ -1590,21 +1665,25 @@ async fn show(
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
-    let store = state.store();
-    if let Some(s) = store.sent_message(&id).map_err(store_error)? {
-        return Ok(Json(sent_view(s, now_ms())));
-    }
-    if let Some(m) = store.inbox_message(&id).map_err(store_error)? {
-        let mut v = serde_json::to_value(inbox_item(m))
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-        v["direction"] = json!("received");
-        return Ok(Json(v));
-    }
-    Err(ApiError(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no message {id}"),
-    ))
+    off_runtime(&state, move |state| {
+        let store = state.store();
+        if let Some(s) = store.sent_message(&id).map_err(store_error)? {
+            return Ok(Json(sent_view(s, now_ms())));
+        }
+        if let Some(m) = store.inbox_message(&id).map_err(store_error)? {
+            let mut v = serde_json::to_value(inbox_item(m)).map_err(|e| {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            v["direction"] = json!("received");
+            return Ok(Json(v));
+        }
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no message {id}"),
+        ))
+    })
+    .await?
 }
 
 /// `POST /v1/messages/{id}/reply` body: what differs from the message answered.
@@ -1638,12 +1717,13 @@ async fn reply(
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
-    let (received, sent) = {
+    let (received, sent) = off_runtime(&state, move |state| {
         let store = state.store();
         let received = store.inbox_message(&id).map_err(store_error)?;
         let sent = received.is_none() && store.sent_message(&id).map_err(store_error)?.is_some();
-        (received, sent)
-    };
+        Ok::<_, ApiError>((received, sent))
+    })
+    .await??;
     let Some(m) = received else {
         if sent {
             return Err(bad(
@@ -1673,7 +1753,7 @@ async fn reply(
         subject: req.subject.unwrap_or_else(|| reply_subject(&e.subject)),
         body: req.body,
     };
-    send(State(state), Params(NoQuery {}), Body(send_req)).await
+    submit(state, send_req).await
 }
 
 /// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
@@ -1712,17 +1792,28 @@ async fn ack(
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
-    let officer = officer_name(&req.officer)?;
+    let officer = officer_name(&req.officer)?.to_owned();
+    // A note is optional: one with nothing to see in it (empty, spaces, invisible
+    // characters) is no note, rather than one signed and shown to the sender saying
+    // nothing. Not refused: an acknowledgement is not to be held up for its note.
+    let note = req.note.filter(|n| visible(n));
+    off_runtime(&state, move |state| acknowledge(state, id, &officer, note)).await?
+}
+
+/// Acknowledges received message `id` for `officer`, with `note`, wakes the links, logs it
+/// and tells the event stream: the answer to an acknowledgement. Off the runtime
+/// ([`off_runtime`]).
+fn acknowledge(
+    state: &NodeState,
+    id: MessageId,
+    officer: &str,
+    note: Option<String>,
+) -> Result<Json<Value>, ApiError> {
     let relays = state.config.relays.len();
-    let result = state.store().acknowledge(
-        &state.me,
-        &state.key,
-        &id,
-        officer,
-        req.note.clone(),
-        relays,
-        now_ms(),
-    );
+    let result =
+        state
+            .store()
+            .acknowledge(&state.me, &state.key, &id, officer, note, relays, now_ms());
     match result.map_err(store_error)? {
         Err(e) => Err(bad("invalid", e.to_string())),
         Ok(AckOutcome::NotFound) => Err(ApiError(
@@ -1757,6 +1848,11 @@ async fn status(
     State(state): State<St>,
     Params(NoQuery {}): Params<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    off_runtime(&state, node_status).await?
+}
+
+/// `GET /v1/status`'s answer, off the runtime ([`off_runtime`]): it reads the store.
+fn node_status(state: &NodeState) -> Result<Json<Value>, ApiError> {
     let (outbox, (quarantine, quarantine_full), acks_pending) = {
         let store = state.store();
         (
@@ -2543,6 +2639,222 @@ mod tests {
         assert_eq!(status, 200, "{answer}");
     }
 
+    /// A message from KGZ, stored in the inbox of `state`'s node with `category`: its id.
+    fn received_from_kgz(state: &NodeState, category: Option<&str>) -> MessageId {
+        let env = hotline_proto::Envelope {
+            version: hotline_proto::PROTOCOL_VERSION,
+            id: MessageId::random(),
+            sender: ParticipantId::new("KGZ").unwrap(),
+            seq: hotline_proto::Seq(1),
+            audience: Audience::Participants(vec![state.me.clone()]),
+            kind: Kind::Alert,
+            precedence: Precedence::Flash,
+            status: Status::Actual,
+            created_at_ms: 1_000,
+            respond_by_ms: None,
+            references: vec![],
+            category: category.map(str::to_owned),
+            subject: "Flooding".into(),
+            body: String::new(),
+        };
+        let id = env.id;
+        let signed =
+            hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                .unwrap();
+        state
+            .store()
+            .store_deliveries(&[(signed, Ok(env))], 2_000)
+            .unwrap();
+        id
+    }
+
+    /// A category with no character a reader can see is refused, as a subject of them is:
+    /// one of a NUL, of zero-width spaces or of bidirectional controls was sent, and shown
+    /// to the recipients' officers as nothing. A reply keeps the category of the message it
+    /// answers as it came (another node may have taken it), so that it can always be sent.
+    /// An acknowledgement's note with nothing visible in it (empty, spaces, invisible
+    /// characters) is taken as no note: it was signed and shown to the sender as a note
+    /// that says nothing. A note is optional, and an acknowledgement is not refused for it.
+    #[tokio::test]
+    async fn a_category_needs_a_visible_character_and_a_note_without_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let invisible = [
+            r"\u0000",
+            r"\u200b",
+            r"\u202e\u202c",
+            r" \u2066\u2069 ",
+            r"\ufeff",
+            r"\u00ad\u200d\u0009",
+            r"\u001b",
+            " ",
+        ];
+        for category in invisible.iter().chain(&[""]) {
+            let body = format!(r#"{{"to":["KGZ"],"subject":"Flooding","category":"{category}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages"), body).await;
+            assert_eq!(status, 400, "{category}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["code"], "invalid", "{category}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("category"), "{v}");
+        }
+        assert_eq!(state.store().outbox_len().unwrap(), 0, "nothing was sent");
+        let body = r#"{"to":["KGZ"],"subject":"Flooding","category":"\u200bmilitary-cbm"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages"), body.into()).await;
+        assert_eq!(status, 201, "{answer}");
+        // A reply to a message whose category holds nothing visible keeps it.
+        let id = received_from_kgz(&state, Some("\u{200b}"));
+        let (status, answer) =
+            post_json(format!("{base}/v1/messages/{id}/reply"), "{}".into()).await;
+        assert_eq!(status, 201, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        let reply: MessageId = v["id"].as_str().unwrap().parse().unwrap();
+        let sent = state.store().sent_message(&reply).unwrap().unwrap();
+        assert_eq!(
+            sent_view(sent, now_ms())["category"],
+            "\u{200b}",
+            "as it came"
+        );
+        // Notes: nothing visible is no note; anything visible is kept as given.
+        for note in invisible.iter().chain(&[""]) {
+            let id = received_from_kgz(&state, None);
+            let body = format!(r#"{{"officer":"Duty officer","note":"{note}"}}"#);
+            let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body).await;
+            assert_eq!(status, 200, "{note}: {answer}");
+            let m = state.store().inbox_message(&id).unwrap().unwrap();
+            let (_, officer, kept) = m.ack.unwrap();
+            assert_eq!(officer, "Duty officer");
+            assert_eq!(kept, None, "{note:?}");
+        }
+        let id = received_from_kgz(&state, None);
+        let body = r#"{"officer":"Duty officer","note":" Seen,\n answer follows \u200b"}"#;
+        let (status, answer) = post_json(format!("{base}/v1/messages/{id}/ack"), body.into()).await;
+        assert_eq!(status, 200, "{answer}");
+        let m = state.store().inbox_message(&id).unwrap().unwrap();
+        assert_eq!(
+            m.ack.unwrap().2.as_deref(),
+            Some(" Seen,\n answer follows \u{200b}")
+        );
+    }
+
+    /// What the API does with the store runs off the async runtime: a request waiting for
+    /// the store (its lock held by a link storing a batch, or by another request; its disk
+    /// stalled) leaves the runtime free for everything else, here an event stream answered
+    /// while each waits (a test's runtime has one thread). Every such request took the
+    /// store's lock, and did its SQLite I/O, on a runtime thread: one slow write stalled the
+    /// node's links, its event streams and every other request with it, here the whole
+    /// runtime until the holder gave up after 10 s. Each is answered as before once the
+    /// store is free.
+    #[tokio::test]
+    async fn a_request_waiting_for_the_store_leaves_the_runtime_free() {
+        use tokio::io::AsyncWriteExt;
+        const WAIT: Duration = Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let received = received_from_kgz(&state, None);
+        let replied = received_from_kgz(&state, None);
+        // Says which request is about to be handled, its body read whole: from there its
+        // handler runs to the store without waiting on anything else.
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let app =
+            router(state.clone()).layer(middleware::from_fn(move |req: Request, next: Next| {
+                let entered = entered_tx.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                    let path = parts.uri.path().to_owned();
+                    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+                    entered.send(path).unwrap();
+                    next.run(req).await
+                }
+            }));
+        let (base, _server) = serve_on_loopback(app).await;
+        let addr = base.trim_start_matches("http://").to_owned();
+        let officer = r#"{"officer":"Duty officer"}"#;
+        let cases: [(&str, String, Option<&str>, u16); 10] = [
+            (
+                "POST",
+                "/v1/messages".into(),
+                Some(r#"{"to":["KGZ"],"subject":"Flooding"}"#),
+                201,
+            ),
+            (
+                "POST",
+                format!("/v1/messages/{received}/ack"),
+                Some(officer),
+                200,
+            ),
+            (
+                "POST",
+                format!("/v1/messages/{replied}/reply"),
+                Some("{}"),
+                201,
+            ),
+            (
+                "POST",
+                format!("/v1/quarantine/{}/discard", "ab".repeat(32)),
+                Some(officer),
+                404,
+            ),
+            (
+                "POST",
+                "/v1/quarantine/discard-all".into(),
+                Some(officer),
+                200,
+            ),
+            ("GET", "/v1/status".into(), None, 200),
+            ("GET", format!("/v1/messages/{received}"), None, 200),
+            ("GET", "/v1/inbox".into(), None, 200),
+            ("GET", "/v1/messages".into(), None, 200),
+            ("GET", "/v1/quarantine".into(), None, 200),
+        ];
+        for (method, path, body, expected) in cases {
+            let (locked_tx, locked) = std::sync::mpsc::channel();
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn({
+                let state = state.clone();
+                move || {
+                    let _store = state.store();
+                    let _reader = state.reader();
+                    locked_tx.send(()).unwrap();
+                    // Whether the store was held until the deadline: the runtime waited.
+                    released.recv_timeout(WAIT).is_err()
+                }
+            });
+            locked.recv().unwrap();
+            let answer = match body {
+                Some(b) => tokio::spawn(post_json(format!("{base}{path}"), b.to_owned())),
+                None => {
+                    let (base, path) = (base.clone(), path.clone());
+                    tokio::spawn(async move {
+                        let (status, v) = get_json(&base, &path).await;
+                        (status, v.to_string())
+                    })
+                }
+            };
+            while entered.recv().await.unwrap() != path {}
+            // Another request, which needs no store, while that one waits for it.
+            let mut events = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            events
+                .write_all(
+                    b"GET /v1/events HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer token\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let head = tokio::time::timeout(WAIT, read_until(&mut events, "\r\n\r\n"))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path}: no event stream"));
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            release.send(()).ok();
+            assert!(
+                !holder.join().unwrap(),
+                "{method} {path}: the runtime waited for the store"
+            );
+            let (status, answer) = answer.await.unwrap();
+            assert_eq!(status, expected, "{method} {path}: {answer}");
+        }
+    }
+
     /// An endpoint that takes no query parameter refuses one by name, as a list refuses one
     /// it does not know: `/v1/status` and `/v1/events` ignored theirs, so that
     /// `/v1/events?since=ID` streamed from now as if the past had been asked for and given,
@@ -2947,6 +3259,83 @@ mod tests {
             !all.contains("xxxxxxxx"),
             "never the request's bytes: {all}"
         );
+    }
+
+    /// A request's head is read to `API_HEAD_BYTES_MAX` bytes at most (docs/API.md, Limits):
+    /// one not ended by then is answered 431, logged as refused, and its connection closed,
+    /// whether more of it comes or not. hyper's own bound, about 400 KiB, let each
+    /// connection hold that much of a head before its token was looked at: a 200 KiB header
+    /// line went through to the routes, and a head that never ended was held until the
+    /// header-read timeout. The largest legitimate head (a list's query in full, the longest
+    /// token a token file holds, an HTTP library's headers) is taken, to the bound's last byte.
+    #[tokio::test]
+    async fn a_request_head_is_read_to_its_bound_and_no_further() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const WAIT: Duration = Duration::from_secs(20);
+        let (logs, _guard) = capture_logs();
+        let app = Router::new()
+            .route("/v1/inbox", get(|| async { "ok" }))
+            .layer(middleware::from_fn(log_refusals));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopping) = watch::channel(false);
+        let _server = tokio::spawn(serve_capped(
+            Capped::new(listener, 4, WAIT),
+            app,
+            WAIT,
+            stopping,
+        ));
+        let token = "t".repeat(hotline_config::limits::TOKEN_FILE_BYTES_MAX);
+        let legitimate = format!(
+            "GET /v1/inbox?unacknowledged=true&limit=1000&before={} HTTP/1.1\r\n\
+             Host: 127.0.0.1:7500\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
+             Connection: close\r\nAuthorization: Bearer {token}\r\n",
+            "ab".repeat(16)
+        );
+        // A head of `bytes` in all: the legitimate one, with a header filling it up.
+        let head = |bytes: usize| {
+            let filler = bytes - legitimate.len() - "X-Filler: \r\n\r\n".len();
+            format!("{legitimate}X-Filler: {}\r\n\r\n", "x".repeat(filler))
+        };
+        let exact = head(API_HEAD_BYTES_MAX);
+        assert_eq!(exact.len(), API_HEAD_BYTES_MAX);
+        let over = head(API_HEAD_BYTES_MAX + 1);
+        let long_line = head(200 * 1024);
+        // Sent, and the connection kept open: the node answers without waiting for its end.
+        let unended = long_line[..API_HEAD_BYTES_MAX + 1].to_owned();
+        assert!(!unended.contains("\r\n\r\n"));
+        let cases = [(exact, 200), (over, 431), (long_line, 431), (unended, 431)];
+        for (i, (head, status)) in cases.into_iter().enumerate() {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // The node may answer and close before it has read all of a head too large.
+            let _ = client.write_all(head.as_bytes()).await;
+            let mut answer = Vec::new();
+            // Half the header-read timeout: the answer is not that timeout's.
+            let _ = tokio::time::timeout(WAIT / 2, client.read_to_end(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{i}: neither answered nor closed"));
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{i}: {answer}"
+            );
+        }
+        // Logged by each connection's task once it has ended, after its answer.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let lines = loop {
+            let lines = logs.lines("local API: request refused");
+            if lines.len() >= 3 || tokio::time::Instant::now() > deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["status"], 431, "{lines:?}");
+        }
+        let all = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(!all.contains("xxxxxxxx"), "never the request's bytes");
+        assert!(!all.contains("tttttttt"), "never the token");
     }
 
     /// Connections that send no request (nothing, half a head, or nothing more once kept

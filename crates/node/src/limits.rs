@@ -277,6 +277,23 @@ pub const API_BODY_READ_TIMEOUT_MS: u64 = API_HEADER_READ_TIMEOUT_MS;
 /// after a great many events.
 pub const API_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
 
+/// Most bytes of a request's head (its request line and headers) the local API reads; a
+/// head not ended by then is answered `431` and its connection closed, before its token is
+/// looked at. hyper's own bound (about 400 KiB) let each of the `API_CONNECTIONS_MAX`
+/// connections hold that much of a head that never ended, 100 MiB for a local client that
+/// needs no token to connect. The largest head a client has reason to send is a fraction of
+/// this: a request line of under 200 bytes (a path with a digest, a list's `?limit=`,
+/// `?before=` and `?unacknowledged=`), `Authorization: Bearer` and a token of at most
+/// `TOKEN_FILE_BYTES_MAX` (4 KiB; a token the node made is 64 hex digits), and an HTTP
+/// library's few other headers (`Host`, `User-Agent`, `Accept`, `Content-Type`,
+/// `Content-Length`: a few hundred bytes). 8 KiB is the least hyper takes as its bound.
+pub const API_HEAD_BYTES_MAX: usize = 8 * 1024;
+// hyper refuses (panics on) a bound below its first read, 8 KiB.
+const _: () = assert!(API_HEAD_BYTES_MAX >= 8 * 1024);
+// The largest token, with room for the request line and the other headers.
+const _: () =
+    assert!(API_HEAD_BYTES_MAX >= hotline_config::limits::TOKEN_FILE_BYTES_MAX + 2 * 1024);
+
 /// Largest API request body.
 pub const API_BODY_BYTES_MAX: usize = hotline_proto::limits::BODY_BYTES_MAX + 16 * 1024;
 
