@@ -2628,14 +2628,14 @@ impl Writer {
                 if let Some(c) = &mut self.checkpointer {
                     c.committed();
                 }
-                self.ctx
-                    .metrics
-                    .commit(size, started.elapsed(), &p.latencies_ms);
-                // Counted only once durable, as its answers are sent: a commit whose sync
-                // fails stops the relay with its batch refused, not counted.
+                self.ctx.metrics.commit(size, started.elapsed());
+                // Counted, and the deliveries its receipts ended timed, only once durable,
+                // as its answers are sent: a commit whose sync fails stops the relay with
+                // its batch refused, not counted.
                 let durable = crate::metrics::Durable {
                     accepted: p.accepted,
                     receipts: p.receipts,
+                    latencies_ms: std::mem::take(&mut p.latencies_ms),
                 };
                 // The committed messages join their recipients' queues, and then the depths
                 // are published, before posting: a session that finds its depth 0 skips the
@@ -5670,6 +5670,78 @@ mod tests {
             0,
             "refused, not stored"
         );
+    }
+
+    /// A receipt's delivery is timed (`hotline_relay_delivery_latency_seconds`) only once
+    /// the sync after its commit has succeeded, as it is counted stored: one whose sync
+    /// failed was refused `StorageUnavailable`, and its node sends it again. Before, the
+    /// latency was observed at the commit, after the counts had moved to the sync, so a
+    /// failed sync left the refused receipt's delivery timed (and timed again when the
+    /// receipt came back).
+    #[test]
+    fn a_receipt_whose_sync_failed_times_no_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 1);
+        w.ctx.batch_max = 1;
+        w.ctx.fail_syncs_after = Some(0);
+        let metrics = w.ctx.metrics.clone();
+        let (tx, rx) = mpsc::channel(16);
+        let (receipt, _, mut answer) = receipt_command(&roster, "CHN", 2, &held[0]);
+        tx.try_send(receipt).map_err(|_| "full").expect("queued");
+        // `tx` stays: the writer waits for more until the failed sync wakes it.
+        let stopped = std::thread::spawn(move || w.run(rx, None))
+            .join()
+            .expect("the writer thread ends");
+        assert!(stopped.is_some(), "stopped by the failed sync");
+        let a = answer.try_recv();
+        assert!(
+            matches!(&a, Ok(RelayToNode::Rejected(r)) if r.code == RejectCode::StorageUnavailable),
+            "{a:?}"
+        );
+        assert_eq!(
+            metrics
+                .receipts_stored
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "refused, not stored"
+        );
+        assert_eq!(latencies_observed(&metrics), 0, "refused, not timed");
+    }
+
+    /// How many deliveries `hotline_relay_delivery_latency_seconds` has timed.
+    fn latencies_observed(metrics: &Metrics) -> u64 {
+        let text = metrics.render(&[]);
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hotline_relay_delivery_latency_seconds_count "))
+            .expect("the histogram is rendered");
+        count.parse().expect("a count")
+    }
+
+    /// A receipt whose commit is durable times its delivery (here the commit syncs itself,
+    /// as without the log's sync thread), once for each message it takes out of a queue.
+    #[test]
+    fn a_durable_receipt_times_each_delivery_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, roster, held) = writer_holding(dir.path(), 0, 2);
+        let item = |i: usize| ReceiptItem {
+            id: MessageId([i as u8 + 1; 16]),
+            sender: pid("KAZ"),
+            digest: held[i].digest(),
+        };
+        let metrics = w.ctx.metrics.clone();
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            5_000,
+            vec![("CHN", 2, vec![item(0), item(1)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(latencies_observed(&metrics), 2);
+        // The same deliveries again, by another receipt: nothing more to time.
+        let a = commit_receipts(&mut w, &roster, 5_001, vec![("CHN", 2, vec![item(1)])]);
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(latencies_observed(&metrics), 2);
     }
 
     /// After a failed commit whose batch was posted, the writer closes the sessions it was
