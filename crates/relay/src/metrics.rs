@@ -96,18 +96,22 @@ pub(crate) enum Budget {
 }
 
 /// What one commit accepted and stored, counted once it is durable ([`Metrics::durable`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Durable {
     /// Messages accepted (`hotline_relay_messages_accepted_total`).
     pub(crate) accepted: u64,
     /// Receipts stored (`hotline_relay_receipts_stored_total`).
     pub(crate) receipts: u64,
+    /// The deliveries its receipts ended, each from acceptance to the receipt, in
+    /// milliseconds (`hotline_relay_delivery_latency_seconds`).
+    pub(crate) latencies_ms: Vec<u64>,
 }
 
 impl std::ops::AddAssign for Durable {
     fn add_assign(&mut self, o: Self) {
         self.accepted += o.accepted;
         self.receipts += o.receipts;
+        self.latencies_ms.extend(o.latencies_ms);
     }
 }
 
@@ -344,20 +348,21 @@ impl Metrics {
 
     /// A group commit of `size` items succeeded after `took` (its statements and `COMMIT`,
     /// with the log's sync only where the sync thread is not running).
-    pub(crate) fn commit(&self, size: usize, took: std::time::Duration, latencies_ms: &[u64]) {
+    pub(crate) fn commit(&self, size: usize, took: std::time::Duration) {
         self.batch.observe(size as u64);
         self.commit_us.observe_us(took);
-        for l in latencies_ms {
-            self.latency.observe(*l);
-        }
     }
 
     /// What a commit accepted and stored is on disk (the sync after it succeeded, or the
-    /// commit synced itself): counted now, just before its answers go, and never for a
-    /// commit whose sync failed, whose answers were refused.
+    /// commit synced itself): counted now, and the deliveries its receipts ended timed,
+    /// just before its answers go; never for a commit whose sync failed, whose answers were
+    /// refused (its receipts come again, and are timed then).
     pub(crate) fn durable(&self, d: Durable) {
         self.accepted.fetch_add(d.accepted, Relaxed);
         self.receipts_stored.fetch_add(d.receipts, Relaxed);
+        for l in d.latencies_ms {
+            self.latency.observe(l);
+        }
     }
 
     /// A submission's first two stages, seen by the store writer as it begins the commit

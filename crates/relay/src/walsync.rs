@@ -456,7 +456,7 @@ mod tests {
         let (_dir, _conn, ws) = started(Some(1));
         let counted = |n| Durable {
             accepted: n,
-            receipts: 0,
+            ..Durable::default()
         };
         let (first, mut rx1) = answers(1);
         ws.answer_after_sync(first, counted(1));
