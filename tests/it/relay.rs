@@ -3085,6 +3085,103 @@ async fn a_node_reading_its_backlog_slowly_but_steadily_gets_all_of_it() {
     relay.shutdown().await;
 }
 
+/// A backlog of three pages of the largest messages (about 11.7 MB; a page is cut at
+/// `FETCH_PAGE_BYTES`, 4 MiB, 64 of them) queued for KGZ while it is away; their ids, in
+/// order.
+async fn three_pages_to_kgz(kaz: &mut Client) -> Vec<MessageId> {
+    let mut backlog = Vec::new();
+    for _ in 0..3 {
+        backlog.extend(sixty_largest_to(kaz, "KGZ").await);
+    }
+    backlog
+}
+
+/// A node that comes back to a backlog is served between its pages: what it writes as it
+/// connects (its outbox, its receipts, a `Ping`) is answered after the page being written,
+/// not after the whole delivery window (up to 4,096 messages, 320 MB of the largest, which
+/// a node behind a poor link reads for many minutes). (The session wrote page after page
+/// until the window was full or the backlog written, reading the node's frames ahead but
+/// handling none of them: here the `Pong` came after all 180 messages.)
+#[tokio::test]
+async fn a_node_is_answered_between_the_pages_of_its_backlog() {
+    let net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let backlog = three_pages_to_kgz(&mut kaz).await;
+
+    // KGZ pings before it reads anything: the relay's first page waits on its reading.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    let before = until_pong(&mut kgz, 1).await;
+    let mut delivered: Vec<MessageId> = before
+        .iter()
+        .filter_map(|f| match f {
+            RelayToNode::Deliver(d) => Some(d.decode_unverified().unwrap().id),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        delivered.len() <= 64,
+        "the Pong came after {} of the {} messages: the node was not served until its backlog was written",
+        delivered.len(),
+        backlog.len()
+    );
+    // The rest follows, in order, none twice.
+    while delivered.len() < backlog.len() {
+        let (d, _) = kgz.next_deliver().await.unwrap();
+        delivered.push(d.decode_unverified().unwrap().id);
+    }
+    assert_eq!(delivered, backlog);
+    relay.shutdown().await;
+}
+
+/// A roster that revokes a participant ends its session after the page of its backlog being
+/// written, not after the whole delivery window: a revoked participant is not sent what it
+/// may no longer read (7.7). (The session noticed the new roster only once it had written
+/// page after page up to the window: here all 180 messages, then `Revoked`.)
+#[tokio::test]
+async fn a_revocation_ends_a_session_within_a_page_of_its_backlog() {
+    let mut net = two();
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let backlog = three_pages_to_kgz(&mut kaz).await;
+
+    // KGZ logs in and reads nothing yet: the relay's first page waits on its reading. The
+    // roster revoking it is reloaded meanwhile.
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    net.revoke("KGZ");
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
+    let mut delivered = 0;
+    let mut told = None;
+    loop {
+        let read = tokio::time::timeout(EVENT_TIMEOUT, kgz.session.reader.read::<RelayToNode>())
+            .await
+            .expect("a frame, or the end of the connection");
+        match read {
+            Ok(Some(RelayToNode::Deliver(_))) => delivered += 1,
+            Ok(Some(RelayToNode::Error(e))) => told = Some(e.code),
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Closed as revoked. (Its close, sent while the page was in flight, may be lost on the
+    // way, and the client then learns of the end from a stateless reset: the relay's count
+    // says why.)
+    assert!(matches!(told, None | Some(ErrorCode::Revoked)), "{told:?}");
+    let revoked = "hotline_relay_connections_closed_total{code=\"Revoked\"}";
+    wait_metric(maddr, revoked, |n| n == 1.0).await.unwrap();
+    assert!(
+        delivered <= 64,
+        "{delivered} of the {} messages were written to a revoked participant",
+        backlog.len()
+    );
+    relay.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Submissions that do not decode, or speak another version
 // ---------------------------------------------------------------------------------------

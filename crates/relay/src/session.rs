@@ -590,10 +590,12 @@ async fn session(
         in_flight_deliveries: HashSet::new(),
         pending_answers: 0,
         window_full: false,
+        msgs_due: false,
         write_timeout: Duration::from_millis(shared.config.limits.write_timeout_ms),
         read_paused_until: None,
         unconfirmed_forwards: 0,
         forward_window_full: false,
+        rcpts_due: false,
         pause_logged: false,
         rejections: hotline_net::Throttle::new(Duration::from_secs(10)),
     };
@@ -663,6 +665,11 @@ struct Session {
     /// Forwarding stopped at a full window with the queue possibly not exhausted: a
     /// `ReceiptsStored` that frees room must read on, as for `window_full`.
     forward_window_full: bool,
+    /// A page of messages was written and more may be waiting, within the window: the loop
+    /// writes the next page once it has handled what else is due (see [`Session::pump`]).
+    msgs_due: bool,
+    /// The same for forwarded receipts.
+    rcpts_due: bool,
     /// Whether this session has logged a pause (once per session).
     pause_logged: bool,
     /// Refusals are logged at most once every 10 s a session, with the count since the
@@ -791,6 +798,18 @@ impl Session {
                 // The receipt bucket is out of debt: read again.
                 _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
                     self.read_paused_until = None;
+                }
+                // The next page of a backlog, once everything above has had its turn: the
+                // node's frames, the answers owed to it, a roster change, a shutdown, the end
+                // of a pause in reading (`Session::pump`). Last, so that it never keeps them
+                // waiting for more than the page being written.
+                _ = std::future::ready(()), if self.msgs_due || self.rcpts_due => {
+                    if self.msgs_due {
+                        self.pump_messages(mailbox).await?;
+                    }
+                    if self.rcpts_due {
+                        self.pump_receipts(mailbox).await?;
+                    }
                 }
             }
         }
@@ -1153,17 +1172,26 @@ impl Session {
         self.write(&r).await
     }
 
-    /// Writes queued messages (within the delivery window) and forwarded receipts.
+    /// Writes queued messages (within the delivery window) and forwarded receipts: at most
+    /// one write of each, a page of a backlog or what the mailbox holds. If there may be
+    /// more, `msgs_due` or `rcpts_due` says so, and the session's loop calls this again once
+    /// it has handled what else is due: the node's frames (its outbox, its receipts, a
+    /// `Ping`), the answers owed to it, a roster change, a shutdown. (Writing page after page
+    /// up to the window, up to 4,096 of the largest messages, some 320 MB, held all of those
+    /// back for as long as the node took to read them: minutes behind a poor link, during
+    /// which a participant the roster had revoked was still sent its messages.)
     async fn pump(&mut self, mailbox: &Mailbox) -> Result<(), End> {
         self.pump_messages(mailbox).await?;
         self.pump_receipts(mailbox).await
     }
 
-    /// Writes queued messages, as many as the delivery window allows: from the mailbox,
-    /// or from the store when the mailbox says it lost track (see `hub::Lane`).
+    /// Writes queued messages, one page at most ([`Session::pump`]), within the delivery
+    /// window: from the mailbox, or from the store when the mailbox says it lost track (see
+    /// `hub::Lane`).
     async fn pump_messages(&mut self, mailbox: &Mailbox) -> Result<(), End> {
         let window = self.shared.config.limits.delivery_window;
         let page = crate::limits::FETCH_PAGE_ROWS;
+        self.msgs_due = false;
         loop {
             let room = window
                 .saturating_sub(self.in_flight_deliveries.len())
@@ -1190,13 +1218,15 @@ impl Session {
                     self.in_flight_deliveries.insert(id);
                     buf.extend_from_slice(&encode(&RelayToNode::Deliver(signed))?);
                 }
-                if n > 0 {
-                    self.write_raw(&buf).await?;
-                    self.count_deliveries(n);
-                }
                 // The store has no more: everything committed from now on is posted. (A page
                 // cut short by its bytes has more.)
                 self.msgs_from_store = n == room || more;
+                if n > 0 {
+                    self.write_raw(&buf).await?;
+                    self.count_deliveries(n);
+                    self.msgs_due = true;
+                    return Ok(());
+                }
                 continue;
             }
             let posted = match mailbox.take(Kind::Message, self.msg_cursor, room) {
@@ -1228,6 +1258,8 @@ impl Session {
                     .metrics
                     .fanned_out(written.saturating_duration_since(c));
             }
+            self.msgs_due = true;
+            return Ok(());
         }
         Ok(())
     }
@@ -1252,12 +1284,14 @@ impl Session {
     }
 
     /// Writes forwarded receipts queued for this participant, from the mailbox or the store
-    /// as for messages, as many as the forward window allows (`limits::FORWARD_WINDOW`):
-    /// the session goes back to reading the node's confirmations (and whatever else it
-    /// writes) rather than write a backlog of any size first.
+    /// as for messages, one page at most ([`Session::pump`]), within the forward window
+    /// (`limits::FORWARD_WINDOW`): the session goes back to reading the node's
+    /// confirmations (and whatever else it writes) rather than write a backlog of any size
+    /// first.
     async fn pump_receipts(&mut self, mailbox: &Mailbox) -> Result<(), End> {
         let window = crate::limits::FORWARD_WINDOW;
         let page = crate::limits::FETCH_PAGE_ROWS;
+        self.rcpts_due = false;
         loop {
             // At most a page: `page` fits in a usize.
             let room = window
@@ -1305,6 +1339,8 @@ impl Session {
                     .metrics
                     .receipts_forwarded
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.rcpts_due = true;
+                return Ok(());
             }
         }
         Ok(())
