@@ -1258,7 +1258,10 @@ impl Session {
                     .metrics
                     .fanned_out(written.saturating_duration_since(c));
             }
-            self.msgs_due = true;
+            // A take short of `room` emptied the lane: what is posted later wakes the loop
+            // through the mailbox, so no further turn is due (each live delivery would
+            // otherwise cost its session a second turn and take).
+            self.msgs_due = n == room;
             return Ok(());
         }
         Ok(())
@@ -1303,7 +1306,11 @@ impl Session {
             }
             let mut buf = Vec::new();
             let n;
-            if self.rcpts_from_store {
+            // From the store, a page is followed by another turn (the store, or the
+            // mailbox after it); from the mailbox only when the take filled `room`, as for
+            // messages.
+            let from_store = self.rcpts_from_store;
+            if from_store {
                 let (me, after) = (self.me.clone(), self.rcpt_cursor);
                 let (rows, more) = self
                     .read_store(move |r, key| r.receipts(key, &me, after, room))
@@ -1339,7 +1346,7 @@ impl Session {
                     .metrics
                     .receipts_forwarded
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                self.rcpts_due = true;
+                self.rcpts_due = from_store || n == room;
                 return Ok(());
             }
         }
