@@ -485,6 +485,11 @@ fn remove_dead_partials(dir: &Path) {
         let Some((pid, main)) = name.to_str().and_then(partial_pid) else {
             continue;
         };
+        // A backup's files are regular files; anything else of that name (a FIFO, whose
+        // open below would wait for a writer) is no partial copy.
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
         if Path::new("/proc").join(pid.to_string()).exists() {
             continue;
         }
@@ -495,7 +500,11 @@ fn remove_dead_partials(dir: &Path) {
         // units run). A backup holds its copy locked while it runs ([`copy_into`]): one held
         // is kept, and so is the `-wal`/`-shm` beside it; so is one whose lock cannot be
         // tried (another user's, unreadable). The lock taken is held while the file goes.
-        let _claim = match std::fs::File::open(dir.join(main)) {
+        let main = dir.join(main);
+        if std::fs::symlink_metadata(&main).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        let _claim = match std::fs::File::open(main) {
             Ok(f) => match f.try_lock() {
                 Ok(()) => Some(f),
                 Err(_) => {
@@ -1571,6 +1580,37 @@ mod tests {
         );
         drop(own);
         other.try_lock().expect("released with the copy's handle");
+    }
+
+    /// A name that looks like a partial copy's but is no regular file (a FIFO, here) is
+    /// neither opened nor removed: opening a FIFO to try its lock waits for a writer that
+    /// never comes, and the backup hung there.
+    #[test]
+    fn a_backup_leaves_alone_what_is_no_regular_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("x.db");
+        let c = open(&src, true).expect("store");
+        c.execute_batch(crate::journal::SCHEMA).expect("schema");
+        drop(c);
+        let outdir = root.path().join("backups");
+        std::fs::create_dir(&outdir).expect("dir");
+        let mut child = std::process::Command::new("true").spawn().expect("child");
+        let dead = child.id();
+        assert!(child.wait().expect("reaped").success());
+        let fifo = outdir.join(format!(".copy.db.partial-{dead}-0"));
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return; // no mkfifo here
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = outdir.join("copy.db");
+        std::thread::spawn(move || {
+            let _ = tx.send(backup(&src, &out).map(|_| ()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the backup ends")
+            .expect("backup");
+        assert!(std::fs::symlink_metadata(&fifo).is_ok(), "left alone");
     }
 
     /// A restore into the store's directory while a backup copies the store replaces the
