@@ -200,7 +200,22 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             if p.objectives_met { "met" } else { "not met" }
         );
     }
-    h.push_str("</table><h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
+    h.push_str("</table>");
+    // A node whose inbox the drill read from its store, or could not read at all, and why,
+    // beside the matrix whose row came from there (as in the text summary).
+    let unread: Vec<(&str, &str)> = r
+        .participants
+        .iter()
+        .filter_map(|p| p.inbox_read.as_deref().map(|w| (p.id.as_str(), w)))
+        .collect();
+    if !unread.is_empty() {
+        h.push_str("<h2>Inboxes not read over their node's API</h2><table><tr><th>Participant</th><th>Inbox</th></tr>");
+        for (id, why) in unread {
+            let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(id), esc(why));
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
     for i in &r.injects {
         let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
     }

@@ -2505,4 +2505,27 @@ expect = "delivered"
         let r = score_with(BTreeMap::new(), vec![], vec![], HashMap::new());
         assert!(!summary(&r).contains("Inboxes not read"), "{}", summary(&r));
     }
+
+    /// The HTML report says whose inbox was not read over its node's API, and why, as the
+    /// text summary does (docs/SCENARIOS.md: "the same is in `report.json` and a
+    /// self-contained `report.html`"): the director reading the HTML report saw a matrix
+    /// row read from a store, or from nothing, with no word of it.
+    #[test]
+    fn the_html_report_says_whose_inbox_was_not_read_over_its_api() {
+        let r = score_kgz_down(vec![inbox_item("m1", 1800)], Ok(()));
+        let html = crate::html::render(&r);
+        assert!(
+            html.contains("<h2>Inboxes not read over their node's API</h2>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>KGZ</td><td>read from its store; node down at the end</td>"),
+            "{html}"
+        );
+        let r = score_with(BTreeMap::new(), vec![], vec![], HashMap::new());
+        assert!(
+            !crate::html::render(&r).contains("Inboxes not read"),
+            "every inbox read over the API: no such section"
+        );
+    }
 }

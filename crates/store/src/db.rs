@@ -402,7 +402,8 @@ fn backup_with(src: &Path, out: &Path, opened: impl FnOnce()) -> Result<Backup, 
     }
     remove_dead_partials(out.parent().unwrap_or(Path::new(".")));
     let partial = partial_name(out)?;
-    let copied = copy_into(&conn, &partial)?;
+    // `_held` keeps the copy locked until it has its name (or is removed).
+    let (copied, _held) = copy_into(&conn, &partial)?;
     drop(conn);
     // A restore that began meanwhile has written its marker before it renames anything, and
     // one that ended meanwhile has put another file under the store's name: either way this
@@ -459,11 +460,13 @@ fn partial_name(out: &Path) -> Result<PathBuf, StoreError> {
 /// killed midway (the timer's time limit, Ctrl-C, power lost) left its file for good, as
 /// large as a copy, of any copy's name (`--out-dir` names each run's anew). A process runs
 /// if `/proc/PID` exists; a partial copy of one that runs is never removed, since another
-/// backup (this process's included) may be writing it right now, nor is any where that
-/// cannot be told (no `/proc`, on other systems than Linux): those are left for the
-/// operator (docs/OPERATIONS.md 6.2). Each removal is logged; one that fails is logged and
-/// skipped, the backup going on. A PID reused by another process since keeps its file
-/// until that process ends too.
+/// backup (this process's included) may be writing it right now, nor is one whose backup
+/// still holds its lock ([`copy_into`]; a backup `/proc` does not show: in another PID
+/// namespace, or another user's where `/proc` hides those), nor any where that cannot be
+/// told (no `/proc`, on other systems than Linux): those are left for the operator
+/// (docs/OPERATIONS.md 6.2). Each removal is logged; one that fails is logged and skipped,
+/// the backup going on. A PID reused by another process since keeps its file until that
+/// process ends too.
 fn remove_dead_partials(dir: &Path) {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -479,13 +482,44 @@ fn remove_dead_partials(dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(partial_pid) else {
+        let Some((pid, main)) = name.to_str().and_then(partial_pid) else {
             continue;
         };
+        // A backup's files are regular files; anything else of that name (a FIFO, whose
+        // open below would wait for a writer) is no partial copy.
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
         if Path::new("/proc").join(pid.to_string()).exists() {
             continue;
         }
         let path = e.path();
+        // `/proc` shows no such process, but it does not show every backup that runs: one in
+        // another PID namespace (a container) writing into a shared directory, or one of
+        // another user where `/proc` hides those (`ProtectProc=invisible`, as the packaged
+        // units run). A backup holds its copy locked while it runs ([`copy_into`]): one held
+        // is kept, and so is the `-wal`/`-shm` beside it; so is one whose lock cannot be
+        // tried (another user's, unreadable). The lock taken is held while the file goes.
+        let main = dir.join(main);
+        if std::fs::symlink_metadata(&main).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        let _claim = match std::fs::File::open(main) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(_) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        pid,
+                        "kept the hidden partial copy of a backup that still holds it"
+                    );
+                    continue;
+                }
+            },
+            // A `-wal` or `-shm` left without its copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => continue,
+        };
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!(
                 file = %path.display(),
@@ -504,20 +538,21 @@ fn remove_dead_partials(dir: &Path) {
 }
 
 /// The PID in a name [`partial_name`] gives (`.NAME.partial-PID-N`, or SQLite's `-wal`,
-/// `-shm` or `-journal` beside it); `None` for any other name.
-fn partial_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
-    let rest = ["-wal", "-shm", "-journal"]
+/// `-shm` or `-journal` beside it), and the name of the copy itself (without that suffix);
+/// `None` for any other name.
+fn partial_pid(name: &str) -> Option<(u32, &str)> {
+    let main = ["-wal", "-shm", "-journal"]
         .iter()
-        .find_map(|s| rest.strip_suffix(s))
-        .unwrap_or(rest);
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    let rest = main.strip_prefix('.')?;
     let (stem, numbers) = rest.rsplit_once(".partial-")?;
     let (pid, n) = numbers.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if stem.is_empty() || !digits(pid) || !digits(n) {
         return None;
     }
-    pid.parse().ok()
+    Some((pid.parse().ok()?, main))
 }
 
 /// Gives the checked copy at `partial` the name `out`, never replacing a file there
@@ -547,8 +582,11 @@ fn publish(partial: &Path, out: &Path) -> Result<(), StoreError> {
     sync_dir(out.parent().unwrap_or(Path::new(".")))
 }
 
-/// [`backup`]'s copy from an open connection.
-fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
+/// [`backup`]'s copy from an open connection, and the file of the copy, which holds an
+/// exclusive lock on it (`flock(2)`) until dropped: a backup keeps it until its copy has its
+/// name, so that another backup's [`remove_dead_partials`] never removes it, whatever `/proc`
+/// shows of this process.
+fn copy_into(conn: &Connection, out: &Path) -> Result<(Backup, std::fs::File), StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -562,13 +600,32 @@ fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
     })?;
     // SQLite writes into an empty file it finds; creating it first sets its mode and refuses
     // one that exists.
-    std::fs::OpenOptions::new()
+    let held = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
         .map_err(io(out))?;
     let written = (|| {
+        // Locked before anything is written into it. Another backup's
+        // `remove_dead_partials` may have taken the file in the instant between its creation
+        // and the lock (its PID hidden from that backup's `/proc`) and removed it: then the
+        // name leads to no file, or another, and this copy stops rather than write an
+        // unheld file.
+        held.lock().map_err(io(out))?;
+        let identity = |m: std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.dev(), m.ino())
+        };
+        let ours = identity(held.metadata().map_err(io(out))?);
+        if std::fs::symlink_metadata(out).map(identity).ok() != Some(ours) {
+            return Err(StoreError::Io {
+                path: out.to_owned(),
+                source: std::io::Error::other(
+                    "the copy's file was removed as it was created (by another backup)",
+                ),
+            });
+        }
         conn.execute("VACUUM INTO ?1", [target])?;
         let file = std::fs::File::open(out).map_err(io(out))?;
         file.sync_all().map_err(io(out))?;
@@ -582,7 +639,7 @@ fn copy_into(conn: &Connection, out: &Path) -> Result<Backup, StoreError> {
     if written.is_err() {
         let _ = std::fs::remove_file(out);
     }
-    written
+    written.map(|b| (b, held))
 }
 
 /// Opens the database at `path` read-only, changing nothing in it (not its journal mode).
@@ -717,7 +774,7 @@ fn restore_until(
             Err(e) => return Err(io(&leftover)(e)),
         }
     }
-    let store = copy_into(&source, &incoming)?;
+    let (store, _) = copy_into(&source, &incoming)?;
     drop(source);
     let current = dir.join(name);
     let current_wal = dir.join(format!("{name}-wal"));
@@ -1474,6 +1531,86 @@ mod tests {
             assert!(outdir.join(n).exists(), "{n}: kept");
         }
         assert!(outdir.join("copy.db").exists(), "the copy itself");
+    }
+
+    /// A backup still running whose PID names no process in this `/proc` (one in another PID
+    /// namespace, a container, writing into a shared directory; one of another user, hidden
+    /// by `ProtectProc=invisible`, as the packaged units run, say an operator's `sudo hotline
+    /// backup` beside the timer's run) had its partial copy, and the `-wal` beside it,
+    /// removed under it by the next backup there, which then failed or published nothing.
+    /// A backup holds an exclusive lock on its partial copy while it writes, checks and
+    /// names it, and one that is held is never removed, whatever `/proc` says.
+    #[test]
+    fn a_backup_never_removes_a_partial_copy_another_backup_holds() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("x.db");
+        let c = open(&src, true).expect("store");
+        c.execute_batch(crate::journal::SCHEMA).expect("schema");
+        drop(c);
+        let outdir = root.path().join("backups");
+        std::fs::create_dir(&outdir).expect("dir");
+        if !Path::new("/proc/self").exists() {
+            return; // nothing is removed where /proc cannot be read
+        }
+        // A PID this /proc does not show, as another namespace's would not be.
+        let mut child = std::process::Command::new("true").spawn().expect("child");
+        let unseen = child.id();
+        assert!(child.wait().expect("reaped").success());
+        // The live backup's copy, as it holds it.
+        let live = outdir.join(format!(".copy.db.partial-{unseen}-0"));
+        let wal = outdir.join(format!(".copy.db.partial-{unseen}-0-wal"));
+        let held = std::fs::File::create(&live).expect("partial");
+        held.lock().expect("locked");
+        std::fs::write(&wal, b"wal").expect("wal");
+        backup(&src, &outdir.join("copy.db")).expect("backup");
+        assert!(live.exists(), "a partial copy its backup holds is kept");
+        assert!(wal.exists(), "and the -wal beside it");
+        // Once that backup has ended (its lock released with it), the next removes them.
+        drop(held);
+        backup(&src, &outdir.join("copy2.db")).expect("backup");
+        assert!(!live.exists() && !wal.exists(), "removed once not held");
+        // This version's backup holds its own copy until the copy has its name.
+        let conn = open_read_only(&src).expect("source");
+        let partial = outdir.join(".copy3.db.partial-1-1");
+        let (_, own) = copy_into(&conn, &partial).expect("copied");
+        let other = std::fs::File::open(&partial).expect("opened");
+        assert!(
+            matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "held while under its hidden name"
+        );
+        drop(own);
+        other.try_lock().expect("released with the copy's handle");
+    }
+
+    /// A name that looks like a partial copy's but is no regular file (a FIFO, here) is
+    /// neither opened nor removed: opening a FIFO to try its lock waits for a writer that
+    /// never comes, and the backup hung there.
+    #[test]
+    fn a_backup_leaves_alone_what_is_no_regular_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("x.db");
+        let c = open(&src, true).expect("store");
+        c.execute_batch(crate::journal::SCHEMA).expect("schema");
+        drop(c);
+        let outdir = root.path().join("backups");
+        std::fs::create_dir(&outdir).expect("dir");
+        let mut child = std::process::Command::new("true").spawn().expect("child");
+        let dead = child.id();
+        assert!(child.wait().expect("reaped").success());
+        let fifo = outdir.join(format!(".copy.db.partial-{dead}-0"));
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return; // no mkfifo here
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = outdir.join("copy.db");
+        std::thread::spawn(move || {
+            let _ = tx.send(backup(&src, &out).map(|_| ()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the backup ends")
+            .expect("backup");
+        assert!(std::fs::symlink_metadata(&fifo).is_ok(), "left alone");
     }
 
     /// A restore into the store's directory while a backup copies the store replaces the
