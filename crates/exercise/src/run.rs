@@ -1643,20 +1643,30 @@ type Page = (Value, Option<String>);
 /// while more remain (a page stops at `API_PAGE_BYTES_MAX`, about fifteen of the largest
 /// messages): one read until a page was short stopped there, and the sweep missed every
 /// arrival listed after it. An empty page ends the list whatever it says, so that a next
-/// that goes nowhere cannot keep the read going.
+/// that goes nowhere cannot keep the read going. A node of a release before the pages'
+/// `Link` names no next: a full page of `API_LIST_MAX` from it is read on after its last
+/// item (`?before=ID`), as it was before (a live drill may drive deployed nodes of another
+/// release); from a later node that costs one empty page at most.
 fn every_page<E>(
     mut get: impl FnMut(&str) -> Result<Page, E>,
-    path: &str,
+    first: &str,
 ) -> Result<Vec<Value>, E> {
     let mut all = Vec::new();
-    let mut path = path.to_owned();
+    let mut path = first.to_owned();
     loop {
         let (page, next) = get(&path)?;
         let page = page.as_array().cloned().unwrap_or_default();
-        let empty = page.is_empty();
+        let full = page.len() >= hotline_node::limits::API_LIST_MAX;
+        let last = page
+            .last()
+            .and_then(|m| m["id"].as_str())
+            .map(str::to_owned);
         all.extend(page);
-        match next {
-            Some(next) if !empty => path = next,
+        // A path with a query of its own (`?unacknowledged=true`) takes the cursor after it.
+        let sep = if first.contains('?') { '&' } else { '?' };
+        match (next, last) {
+            (Some(next), Some(_)) => path = next,
+            (None, Some(id)) if full => path = format!("{first}{sep}before={id}"),
             _ => return Ok(all),
         }
     }
@@ -1718,6 +1728,24 @@ mod tests {
             "/v1/inbox",
         );
         assert_eq!(e, Err("gone"));
+        // A node from before the pages' `Link` is read on after a full page, and to the end.
+        let page = hotline_node::limits::API_LIST_MAX;
+        let mut asked = Vec::new();
+        let all = every_page(
+            |path| -> Result<Page, String> {
+                asked.push(path.to_owned());
+                let from = match path.split_once("&before=") {
+                    Some((_, id)) => ids.iter().position(|i| i == id).ok_or("no such id")? + 1,
+                    None => 0,
+                };
+                let items = ids[from..].iter().take(page).map(|id| json!({ "id": id }));
+                Ok((Value::Array(items.collect()), None))
+            },
+            "/v1/inbox?unacknowledged=true",
+        )
+        .expect("read");
+        assert_eq!(all.len(), ids.len(), "{asked:?}");
+        assert_eq!(asked.len(), 3, "{asked:?}");
         // An empty page ends the read, whatever next it names.
         let mut n = 0;
         let all = every_page(
