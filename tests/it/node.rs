@@ -1504,9 +1504,9 @@ async fn an_unacknowledged_message_is_listed_however_many_newer_ones_were_acknow
     // than the last one listed. There was no way to see older messages.
     let last = listed[API_LIST_MAX - 1]["id"].as_str().unwrap();
     let note = format!(
-        "\n(the node lists at most {API_LIST_MAX} messages at once: `hotline inbox --before \
-         {last}` lists the next older ones; `hotline inbox --unacknowledged` lists the \
-         unacknowledged ones from the whole inbox)\n"
+        "\n(the node lists at most {API_LIST_MAX} messages, and 1 MiB of them, at once: \
+         `hotline inbox --before {last}` lists the next older ones; `hotline inbox \
+         --unacknowledged` lists the unacknowledged ones from the whole inbox)\n"
     );
     assert!(all.stdout.ends_with(&note), "{}", all.stdout);
     let older = node.cli(&["inbox", "--before", last]).await.unwrap();

@@ -662,7 +662,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 for (p, c) in clients.iter().filter(|_| sim.is_some()) {
                     if down.contains(p) || !scripted(&scenario, p) { continue; }
                     let c = c.clone();
-                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get(path))).await else { continue };
+                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get_page(path))).await else { continue };
                     for m in items {
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
                             schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
@@ -834,8 +834,9 @@ async fn final_picture(
             continue;
         }
         let c = c.clone();
-        let read = tokio::task::spawn_blocking(move || every_page(|path| c.get(path), "/v1/inbox"))
-            .await?;
+        let read =
+            tokio::task::spawn_blocking(move || every_page(|path| c.get_page(path), "/v1/inbox"))
+                .await?;
         let e = match read {
             Ok(items) => {
                 inboxes.insert(p.clone(), items);
@@ -1626,22 +1627,34 @@ fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::R
 /// deploys only the scripted operators acknowledge, and the harness schedules a message's
 /// acknowledgement and answer together ([`schedule_ack`], [`schedule_reply`]), so one
 /// acknowledged has had both scheduled, and its sweeps stay as long as what is pending.
-fn sweep_inbox<E>(get: impl FnMut(&str) -> Result<Value, E>) -> Result<Vec<Value>, E> {
+fn sweep_inbox<E>(get: impl FnMut(&str) -> Result<Page, E>) -> Result<Vec<Value>, E> {
     every_page(get, "/v1/inbox?unacknowledged=true")
 }
 
-/// Every item of the list at `path` (newest first), page after page (`?before=ID`, the last
-/// item's id), through `get`: a list answers at most `API_LIST_MAX` items a page, and a
-/// final picture read from its first page alone counted the messages beyond it (a drill of
-/// more than a thousand messages to one node, a live node's busy inbox) as never held.
+/// A page of a list as the API answers it ([`hotline_node::client::ApiClient::get_page`]):
+/// its items, and the path of the next page while the list goes on.
+type Page = (Value, Option<String>);
+
+/// Every item of the list at `path` (newest first), page after page, through `get`,
+/// following each page's next (its `Link: rel="next"`) until a page has none: a list
+/// answers at most `API_LIST_MAX` items a page, and a final picture read from its first
+/// page alone counted the messages beyond it (a drill of more than a thousand messages to
+/// one node, a live node's busy inbox) as never held. A page may be shorter than that
+/// while more remain (a page stops at `API_PAGE_BYTES_MAX`, about fifteen of the largest
+/// messages): one read until a page was short stopped there, and the sweep missed every
+/// arrival listed after it. An empty page ends the list whatever it says, so that a next
+/// that goes nowhere cannot keep the read going. A node of a release before the pages'
+/// `Link` names no next: a full page of `API_LIST_MAX` from it is read on after its last
+/// item (`?before=ID`), as it was before (a live drill may drive deployed nodes of another
+/// release); from a later node that costs one empty page at most.
 fn every_page<E>(
-    mut get: impl FnMut(&str) -> Result<Value, E>,
-    path: &str,
+    mut get: impl FnMut(&str) -> Result<Page, E>,
+    first: &str,
 ) -> Result<Vec<Value>, E> {
     let mut all = Vec::new();
-    let mut next = path.to_owned();
+    let mut path = first.to_owned();
     loop {
-        let page = get(&next)?;
+        let (page, next) = get(&path)?;
         let page = page.as_array().cloned().unwrap_or_default();
         let full = page.len() >= hotline_node::limits::API_LIST_MAX;
         let last = page
@@ -1650,9 +1663,10 @@ fn every_page<E>(
             .map(str::to_owned);
         all.extend(page);
         // A path with a query of its own (`?unacknowledged=true`) takes the cursor after it.
-        let sep = if path.contains('?') { '&' } else { '?' };
-        match last {
-            Some(id) if full => next = format!("{path}{sep}before={id}"),
+        let sep = if first.contains('?') { '&' } else { '?' };
+        match (next, last) {
+            (Some(next), Some(_)) => path = next,
+            (None, Some(id)) if full => path = format!("{first}{sep}before={id}"),
             _ => return Ok(all),
         }
     }
@@ -1663,42 +1677,50 @@ mod tests {
     use super::*;
 
     /// The final picture reads a list to its end, page after page: 2,345 inbox items are
-    /// 2,345, not the first page's 1,000 (the rest counted as never held).
+    /// 2,345, not the first page's 1,000 (the rest counted as never held). And pages cut
+    /// short by their bytes (here of 7 items) are followed as long as they name a next one:
+    /// a read that stopped at the first short page saw 7 of them.
     #[test]
     fn a_list_is_read_to_its_end_page_after_page() {
-        let page = hotline_node::limits::API_LIST_MAX;
         let ids: Vec<String> = (0..2_345).rev().map(|n| format!("{n:032x}")).collect();
-        let mut asked = Vec::new();
-        let all = every_page(
-            |path| -> Result<Value, String> {
-                asked.push(path.to_owned());
-                let from = match path.split_once("?before=") {
-                    Some((_, id)) => ids.iter().position(|i| i == id).ok_or("no such id")? + 1,
-                    None => 0,
-                };
-                let items: Vec<Value> = ids[from..]
-                    .iter()
-                    .take(page)
-                    .map(|id| json!({ "id": id }))
-                    .collect();
-                Ok(Value::Array(items))
-            },
-            "/v1/inbox",
-        )
-        .expect("read");
-        assert_eq!(all.len(), ids.len());
-        assert_eq!(
-            all.last().map(|m| m["id"].clone()),
-            ids.last().map(|i| json!(i))
-        );
-        assert_eq!(asked.len(), 3, "{asked:?}");
+        for page in [hotline_node::limits::API_LIST_MAX, 7] {
+            let mut asked = Vec::new();
+            let all = every_page(
+                |path| -> Result<Page, String> {
+                    asked.push(path.to_owned());
+                    let from = match path.split_once("?before=") {
+                        Some((_, id)) => ids.iter().position(|i| i == id).ok_or("no such id")? + 1,
+                        None => 0,
+                    };
+                    let items: Vec<Value> = ids[from..]
+                        .iter()
+                        .take(page)
+                        .map(|id| json!({ "id": id }))
+                        .collect();
+                    let next = (from + items.len() < ids.len())
+                        .then(|| format!("/v1/inbox?before={}", ids[from + items.len() - 1]));
+                    Ok((Value::Array(items), next))
+                },
+                "/v1/inbox",
+            )
+            .expect("read");
+            assert_eq!(all.len(), ids.len());
+            assert_eq!(
+                all.last().map(|m| m["id"].clone()),
+                ids.last().map(|i| json!(i))
+            );
+            assert_eq!(asked.len(), ids.len().div_ceil(page), "{asked:?}");
+        }
         // An error on a page is the read's.
         let mut n = 0;
         let e = every_page(
             |_| {
                 n += 1;
                 if n == 1 {
-                    Ok(Value::Array(vec![json!({"id": "a"}); page]))
+                    Ok((
+                        Value::Array(vec![json!({"id": "a"})]),
+                        Some("/v1/inbox?before=a".to_owned()),
+                    ))
                 } else {
                     Err("gone")
                 }
@@ -1706,6 +1728,36 @@ mod tests {
             "/v1/inbox",
         );
         assert_eq!(e, Err("gone"));
+        // A node from before the pages' `Link` is read on after a full page, and to the end.
+        let page = hotline_node::limits::API_LIST_MAX;
+        let mut asked = Vec::new();
+        let all = every_page(
+            |path| -> Result<Page, String> {
+                asked.push(path.to_owned());
+                let from = match path.split_once("&before=") {
+                    Some((_, id)) => ids.iter().position(|i| i == id).ok_or("no such id")? + 1,
+                    None => 0,
+                };
+                let items = ids[from..].iter().take(page).map(|id| json!({ "id": id }));
+                Ok((Value::Array(items.collect()), None))
+            },
+            "/v1/inbox?unacknowledged=true",
+        )
+        .expect("read");
+        assert_eq!(all.len(), ids.len(), "{asked:?}");
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        // An empty page ends the read, whatever next it names.
+        let mut n = 0;
+        let all = every_page(
+            |_| -> Result<Page, String> {
+                n += 1;
+                assert!(n < 3, "asked again after an empty page");
+                Ok((Value::Array(vec![]), Some("/v1/inbox".to_owned())))
+            },
+            "/v1/inbox",
+        )
+        .expect("read");
+        assert!(all.is_empty());
     }
 
     /// A node that is up at the end but whose API fails when the drill reads its inbox
@@ -1879,13 +1931,15 @@ mod tests {
         assert_eq!(picture.sent_views[0], view);
     }
 
-    /// A node's inbox as its API lists it, newest first, a page at a time: `?before=ID`
-    /// continues after ID, `unacknowledged=true` keeps those not yet acknowledged. Each
-    /// path asked is pushed to `asked`.
+    /// A node's inbox as its API lists it, newest first, a page of at most `page` items at
+    /// a time (`API_LIST_MAX`, or fewer as a page cut at its bytes), each naming the next
+    /// while more remain: `?before=ID` continues after ID, `unacknowledged=true` keeps those
+    /// not yet acknowledged. Each path asked is pushed to `asked`.
     fn inbox_api<'a>(
         items: &'a [Value],
+        page: usize,
         asked: &'a mut Vec<String>,
-    ) -> impl FnMut(&str) -> Result<Value, String> + 'a {
+    ) -> impl FnMut(&str) -> Result<Page, String> + 'a {
         move |path| {
             asked.push(path.to_owned());
             let (base, query) = path.split_once('?').unwrap_or((path, ""));
@@ -1909,13 +1963,20 @@ mod tests {
                 }
                 None => 0,
             };
-            let page: Vec<Value> = items[from..]
+            let mut listed = items[from..]
                 .iter()
-                .filter(|m| !unacked || m["acknowledged"] != json!(true))
-                .take(hotline_node::limits::API_LIST_MAX)
-                .cloned()
-                .collect();
-            Ok(Value::Array(page))
+                .filter(|m| !unacked || m["acknowledged"] != json!(true));
+            let page: Vec<Value> = listed.by_ref().take(page).cloned().collect();
+            let more = listed.next().is_some();
+            let next = match (more, page.last()) {
+                (true, Some(last)) => Some(format!(
+                    "/v1/inbox?{}before={}",
+                    if unacked { "unacknowledged=true&" } else { "" },
+                    last["id"].as_str().ok_or("no id")?
+                )),
+                _ => None,
+            };
+            Ok((Value::Array(page), next))
         }
     }
 
@@ -1926,9 +1987,17 @@ mod tests {
     /// a burst of more than a thousand (a node back from a fault, its queue delivered at
     /// once, the first of them announced before the drill's event stream reopened), or a
     /// delivery released from quarantine, listed by when it first arrived.
+    ///
+    /// A page may be shorter than `API_LIST_MAX` while more remain (cut at its bytes, here
+    /// at 300 items): the sweep read on only after a full page, and saw the first 300.
     #[test]
     fn the_sweep_sees_an_arrival_beyond_the_first_page() {
-        let page = hotline_node::limits::API_LIST_MAX;
+        for page in [hotline_node::limits::API_LIST_MAX, 300] {
+            the_sweep_sees_an_arrival_beyond_the_first_page_of(page);
+        }
+    }
+
+    fn the_sweep_sees_an_arrival_beyond_the_first_page_of(page: usize) {
         let id = |n: usize| format!("{n:032x}");
         // 2,345 messages, newest first; the harness acknowledged all but the oldest, whose
         // event it missed.
@@ -1938,7 +2007,7 @@ mod tests {
             .collect();
         items.push(json!({"id": id(0), "acknowledged": false, "kind": "alert"}));
         let mut asked = Vec::new();
-        let seen = sweep_inbox(inbox_api(&items, &mut asked)).expect("read");
+        let seen = sweep_inbox(inbox_api(&items, page, &mut asked)).expect("read");
         assert!(
             seen.iter().any(|m| m["id"] == id(0).as_str()),
             "the oldest, unacknowledged, was not seen: asked {asked:?}"
@@ -1949,7 +2018,7 @@ mod tests {
             .map(|n| json!({"id": id(n), "acknowledged": false, "kind": "alert"}))
             .collect();
         let mut asked = Vec::new();
-        let seen = sweep_inbox(inbox_api(&burst, &mut asked)).expect("read");
+        let seen = sweep_inbox(inbox_api(&burst, page, &mut asked)).expect("read");
         assert_eq!(seen.len(), burst.len(), "asked {asked:?}");
         assert!(
             asked.len() >= 2 && asked.len() <= 1 + burst.len() / page,

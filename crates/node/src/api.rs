@@ -6,13 +6,14 @@
 //! failed, 507 disk full (nothing was written).
 
 use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,8 +29,8 @@ use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status
 
 use crate::limits::{
     API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
-    API_HEAD_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_WRITE_STALL_TIMEOUT_MS,
-    QUARANTINE_DISCARD_BATCH,
+    API_HEAD_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_PAGE_BYTES_MAX,
+    API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
 };
 use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
@@ -1372,12 +1373,13 @@ fn digest(given: &str, what: &str) -> Result<hotline_proto::Digest, ApiError> {
         })
 }
 
-/// A list's page, or a 404 when `before` names no item of the list (`what`).
-fn page<T, C: std::fmt::Display>(
-    items: Option<Vec<T>>,
+/// A list's page (or that it was read), or a 404 when `before` names no item of the list
+/// (`what`).
+fn page<T: Default, C: std::fmt::Display>(
+    items: Option<T>,
     before: Option<&C>,
     what: &str,
-) -> Result<Vec<T>, ApiError> {
+) -> Result<T, ApiError> {
     match (items, before) {
         (Some(items), _) => Ok(items),
         (None, Some(id)) => Err(ApiError(
@@ -1386,27 +1388,149 @@ fn page<T, C: std::fmt::Display>(
             format!("before: no {what} {id}"),
         )),
         // Only a `before` can name nothing.
-        (None, None) => Ok(Vec::new()),
+        (None, None) => Ok(T::default()),
     }
 }
 
+/// A list's page as it is answered (docs/API.md, Conventions): its items' JSON, one after
+/// the other as they are read, until `limit` items or [`API_PAGE_BYTES_MAX`] bytes. Counted
+/// in items alone, a page of 1,000 messages of 64 KiB was 64 MiB of JSON, held until its
+/// client read it, and each connection could ask for one. The item that would take the
+/// page past its bytes begins the next page, which the answer's `Link: rel="next"` names;
+/// the first item is taken whatever its size, so that every item is listed on some page.
+/// Built under the API's one read-only store connection ([`NodeState::reader`]), so one
+/// page is built at a time.
+struct Page {
+    /// The JSON array so far, without its closing bracket.
+    json: Vec<u8>,
+    items: usize,
+    limit: usize,
+    bytes_max: usize,
+    /// The `?before=` of the page after this one: the last item's id or digest.
+    last: Option<String>,
+    /// Whether the list goes on past this page.
+    more: bool,
+}
+
+impl Page {
+    fn new(limit: usize, bytes_max: usize) -> Self {
+        Self {
+            json: b"[".to_vec(),
+            items: 0,
+            limit,
+            bytes_max,
+            last: None,
+            more: false,
+        }
+    }
+
+    /// The item after those taken, named `cursor` in a `?before=`: taken unless the page
+    /// holds `limit` items already or would pass its bytes with it, in which case the list
+    /// goes on past this page and the page is done (`Break`). An item that cannot be
+    /// written as JSON (none can fail: no map with other keys than strings) is an error.
+    fn push(
+        &mut self,
+        cursor: impl std::fmt::Display,
+        item: &impl Serialize,
+    ) -> Result<ControlFlow<()>, ApiError> {
+        if self.items >= self.limit {
+            self.more = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        let item = serde_json::to_vec(item).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("a list's item: {e}"),
+            )
+        })?;
+        // A comma before it, and the closing bracket still to come.
+        let bytes = self.json.len() + 1 + item.len() + 1;
+        if self.items > 0 && bytes > self.bytes_max {
+            self.more = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        if self.items > 0 {
+            self.json.push(b',');
+        }
+        self.json.extend_from_slice(&item);
+        self.items += 1;
+        self.last = Some(cursor.to_string());
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The answer: the JSON array, with `Link: <PATH?QUERY&before=LAST>; rel="next"` when
+    /// the list goes on, `query` being the request's own parameters but `before`.
+    fn answer(mut self, path: &str, mut query: Vec<String>) -> Response {
+        self.json.push(b']');
+        // Growing by doubling may have reserved up to twice the page: held no longer than
+        // it is built.
+        self.json.shrink_to_fit();
+        let mut answer = (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.json,
+        )
+            .into_response();
+        if let (true, Some(last)) = (self.more, self.last) {
+            query.push(format!("before={last}"));
+            let link = format!("<{path}?{}>; rel=\"next\"", query.join("&"));
+            // A path, digits, hex digits, `=`, `&`: always a header value.
+            if let Ok(link) = HeaderValue::from_str(&link) {
+                answer.headers_mut().insert(header::LINK, link);
+            }
+        }
+        answer
+    }
+}
+
+/// A list's own parameters, but its cursor, to repeat in its next page's `Link`: its
+/// `limit` if given (as capped), and `unacknowledged=true` if asked.
+fn page_query(limit: Option<usize>, unacknowledged: bool) -> Vec<String> {
+    let mut query = Vec::new();
+    if let Some(limit) = limit {
+        query.push(format!("limit={}", limit.min(API_LIST_MAX)));
+    }
+    if unacknowledged {
+        query.push("unacknowledged=true".to_owned());
+    }
+    query
+}
+
 /// Received messages, newest first, from the store's read-only connection: a snapshot,
-/// without the store's lock, off the runtime ([`off_runtime`]).
+/// without the store's lock, off the runtime ([`off_runtime`]), a [`Page`] at a time.
 async fn inbox(
     State(state): State<St>,
     Params(q): Params<InboxQuery>,
-) -> Result<Json<Vec<InboxItem>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
-    let items = off_runtime(&state, move |state| {
-        let items = state
+    let unacknowledged = q.unacknowledged;
+    let built = off_runtime(&state, move |state| {
+        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
+        let mut failed = None;
+        // One more than the page, to know whether the list goes on past it.
+        let listed = state
             .reader()
-            .inbox_page(before.as_ref(), limit, q.unacknowledged)
+            .inbox_each(before.as_ref(), limit + 1, unacknowledged, |m| {
+                let id = m.envelope.id;
+                out.push(id, &inbox_item(m)).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                })
+            })
             .map_err(store_error)?;
-        let items = page(items, before.as_ref(), "received message")?;
-        Ok::<_, ApiError>(items.into_iter().map(inbox_item).collect())
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        page(listed, before.as_ref(), "received message")?;
+        Ok::<_, ApiError>(out)
     });
-    Ok(Json(items.await??))
+    Ok(built
+        .await??
+        .answer("/v1/inbox", page_query(q.limit, unacknowledged)))
 }
 
 /// Deliveries held in quarantine, newest first, a page at a time as the other lists: each
@@ -1417,43 +1541,51 @@ async fn inbox(
 async fn quarantine(
     State(state): State<St>,
     Params(q): Params<QuarantineQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = q
         .before
         .as_deref()
         .map(|b| digest(b, "before: "))
         .transpose()?;
-    let held = off_runtime(&state, move |state| {
-        let held = state
-            .reader()
-            .quarantine_page(before.as_ref(), limit)
+    let built = off_runtime(&state, move |state| {
+        // One more than the page, to know whether the list goes on past it. Read whole:
+        // the quarantine holds at most `quarantine_max_bytes` in all, and its items' JSON
+        // is small (what the bytes claim, not their body).
+        // Held while the page is built, as the other lists' pages are: one at a time.
+        let mut reader = state.reader();
+        let held = reader
+            .quarantine_page(before.as_ref(), limit + 1)
             .map_err(store_error)?;
-        page(held, before.as_ref(), "delivery held in quarantine under")
-    });
-    Ok(Json(
-        held.await??
-            .into_iter()
-            .map(|h| {
-                let claimed = h.signed.decode_unverified().ok().map(|e| {
-                    json!({
-                        "id": e.id,
-                        "from": e.sender,
-                        "precedence": e.precedence,
-                        "status": e.status,
-                        "subject": e.subject,
-                        "created_at_ms": e.created_at_ms,
-                    })
-                });
+        let held = page(held, before.as_ref(), "delivery held in quarantine under")?;
+        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
+        for h in held {
+            let claimed = h.signed.decode_unverified().ok().map(|e| {
                 json!({
-                    "digest": h.digest.to_string(),
-                    "received_at_ms": h.received_at_ms,
-                    "reason": h.reason,
-                    "unverified_claim": claimed,
+                    "id": e.id,
+                    "from": e.sender,
+                    "precedence": e.precedence,
+                    "status": e.status,
+                    "subject": e.subject,
+                    "created_at_ms": e.created_at_ms,
                 })
-            })
-            .collect(),
-    ))
+            });
+            let item = json!({
+                "digest": h.digest.to_string(),
+                "received_at_ms": h.received_at_ms,
+                "reason": h.reason,
+                "unverified_claim": claimed,
+            });
+            if out.push(h.digest, &item)?.is_break() {
+                break;
+            }
+        }
+        drop(reader);
+        Ok::<_, ApiError>(out)
+    });
+    Ok(built
+        .await??
+        .answer("/v1/quarantine", page_query(q.limit, false)))
 }
 
 /// `POST /v1/quarantine/{digest}/discard` and `POST /v1/quarantine/discard-all` body: the
@@ -1642,19 +1774,33 @@ fn discard_batches(state: &NodeState, officer: &str) -> (u64, Option<hotline_sto
 async fn sent_list(
     State(state): State<St>,
     Params(q): Params<SentQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
-    let sent = off_runtime(&state, move |state| {
-        let sent = state
-            .reader()
-            .sent_page(before.as_ref(), limit)
-            .map_err(store_error)?;
-        let sent = page(sent, before.as_ref(), "sent message")?;
+    let built = off_runtime(&state, move |state| {
+        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
+        let mut failed = None;
         let now = now_ms();
-        Ok::<_, ApiError>(sent.into_iter().map(|s| sent_view(s, now)).collect())
+        // One more than the page, to know whether the list goes on past it.
+        let listed = state
+            .reader()
+            .sent_each(before.as_ref(), limit + 1, |s| {
+                let id = s.envelope.id;
+                out.push(id, &sent_view(s, now)).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                })
+            })
+            .map_err(store_error)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        page(listed, before.as_ref(), "sent message")?;
+        Ok::<_, ApiError>(out)
     });
-    Ok(Json(sent.await??))
+    Ok(built
+        .await??
+        .answer("/v1/messages", page_query(q.limit, false)))
 }
 
 async fn show(
@@ -2421,10 +2567,21 @@ mod tests {
                     unacknowledged: false,
                 }),
             ));
+            // A list's answer, as JSON.
+            let json = |answer: Response| -> Vec<Value> {
+                let body = rt
+                    .block_on(axum::body::to_bytes(answer.into_body(), usize::MAX))
+                    .unwrap();
+                serde_json::from_slice(&body).unwrap()
+            };
             let _ = tx.send((
-                sent.ok()
-                    .map(|l| l.0.iter().map(|m| m["id"].to_string()).collect::<Vec<_>>()),
-                received.ok().map(|l| l.0.len()),
+                sent.ok().map(|l| {
+                    json(l)
+                        .iter()
+                        .map(|m| m["id"].to_string())
+                        .collect::<Vec<_>>()
+                }),
+                received.ok().map(|l| json(l).len()),
             ));
         });
         let (sent, received) = rx
@@ -3007,6 +3164,185 @@ mod tests {
         let lines = logs.lines("quarantine emptied");
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(lines[0]["discarded"], held as u64, "{lines:?}");
+    }
+
+    /// GETs `path` from the API served at `base`, with the test state's token: the status,
+    /// the answer's length in bytes, its body as JSON, and the path its `Link: rel="next"`
+    /// header gives for the rest of the list, if any.
+    async fn get_page(base: &str, path: &str) -> (u16, usize, Value, Option<String>) {
+        let url = format!("{base}{path}");
+        tokio::task::spawn_blocking(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(10))
+                .build();
+            let r = match agent.get(&url).set("Authorization", "Bearer token").call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{url}: {e}"),
+            };
+            let status = r.status();
+            let next = r.header("link").map(|l| {
+                let (uri, rel) = l.split_once(';').expect("Link: <URI>; rel=\"next\"");
+                assert_eq!(rel.trim(), "rel=\"next\"", "{l}");
+                uri.trim()
+                    .strip_prefix('<')
+                    .and_then(|u| u.strip_suffix('>'))
+                    .expect("<URI>")
+                    .to_owned()
+            });
+            let body = r.into_string().unwrap();
+            let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body:?}"));
+            (status, body.len(), v, next)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A page takes items until its bytes or its count would be passed, and says whether the
+    /// list goes on; its first item is taken however large (otherwise an item larger than
+    /// a page could never be listed, and paging past it would be impossible).
+    #[test]
+    fn a_page_holds_at_least_one_item_and_stops_before_its_bytes() {
+        let item = |n: usize| json!("x".repeat(n));
+        // One item larger than the whole page: alone on its page, and the list goes on.
+        let mut p = Page::new(10, 100);
+        assert!(p.push("a", &item(500)).ok().unwrap().is_continue());
+        assert!(p.push("b", &item(1)).ok().unwrap().is_break());
+        assert_eq!((p.items, p.more, p.last.as_deref()), (1, true, Some("a")));
+        // Up to the byte: `[` + 3 items of 30 bytes + 2 commas + `]` is 94 bytes; a fourth
+        // would pass 100.
+        let mut p = Page::new(10, 94);
+        for c in ["a", "b", "c"] {
+            assert!(p.push(c, &item(28)).ok().unwrap().is_continue());
+        }
+        assert!(p.push("d", &item(28)).ok().unwrap().is_break());
+        assert_eq!((p.items, p.more), (3, true));
+        let answer = p.answer("/v1/inbox", page_query(Some(3), true));
+        assert_eq!(
+            answer.headers()[header::LINK],
+            "</v1/inbox?limit=3&unacknowledged=true&before=c>; rel=\"next\""
+        );
+        // At its count; and a page that ends its list names no next.
+        let mut p = Page::new(2, 1000);
+        assert!(p.push("a", &item(1)).ok().unwrap().is_continue());
+        assert!(p.push("b", &item(1)).ok().unwrap().is_continue());
+        assert!(p.push("c", &item(1)).ok().unwrap().is_break());
+        assert!(p.more);
+        let mut p = Page::new(2, 1000);
+        assert!(p.push("a", &item(1)).ok().unwrap().is_continue());
+        let answer = p.answer("/v1/messages", page_query(None, false));
+        assert!(answer.headers().get(header::LINK).is_none());
+        // An empty page (`?limit=0`) has no item to go on from.
+        let mut p = Page::new(0, 1000);
+        assert!(p.push("a", &item(1)).ok().unwrap().is_break());
+        let answer = p.answer("/v1/inbox", page_query(Some(0), false));
+        assert!(answer.headers().get(header::LINK).is_none());
+    }
+
+    /// A page of a list is bounded in bytes as well as in items: 100 received messages with
+    /// bodies of 60 KiB were one answer of 6 MB (a page of 1,000 of them 64 MiB, held until
+    /// its client read it, and each of 256 connections could ask for one). A page now stops
+    /// before `API_PAGE_BYTES_MAX`, its `Link: rel="next"` names the rest (with the query
+    /// asked: `unacknowledged=true` stays), and following it lists every message once, in
+    /// the list's order, for the inbox and the sent messages alike; the last page has no
+    /// `Link`.
+    #[tokio::test]
+    async fn a_page_stops_at_its_byte_budget_and_its_next_link_lists_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let kgz = ParticipantId::new("KGZ").unwrap();
+        let body = "x".repeat(60 * 1024);
+        let mut received = Vec::new();
+        for i in 0..100u64 {
+            let env = hotline_proto::Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: kgz.clone(),
+                seq: hotline_proto::Seq(i + 1),
+                audience: Audience::Participants(vec![state.me.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Report {i}"),
+                body: body.clone(),
+            };
+            received.push(env.id.to_string());
+            let signed =
+                hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                    .unwrap();
+            // Ten a millisecond: those of one arrival time are ordered by row.
+            state
+                .store()
+                .store_deliveries(&[(signed, Ok(env))], 2_000 + i / 10)
+                .unwrap();
+        }
+        let mut sent = Vec::new();
+        for i in 0..30u64 {
+            let draft = Draft {
+                audience: Audience::Participants(vec![kgz.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("Notice {i}"),
+                body: body.clone(),
+            };
+            let signed = state
+                .store()
+                .compose(
+                    &state.me,
+                    &state.key,
+                    draft,
+                    std::slice::from_ref(&kgz),
+                    1,
+                    3_000 + i,
+                )
+                .unwrap()
+                .unwrap();
+            sent.push(signed.decode_unverified().unwrap().id.to_string());
+        }
+        // Newest first.
+        received.reverse();
+        sent.reverse();
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        for (first, all) in [
+            ("/v1/inbox?limit=1000", &received),
+            ("/v1/inbox?unacknowledged=true", &received),
+            ("/v1/messages", &sent),
+        ] {
+            let mut listed: Vec<String> = Vec::new();
+            let mut pages = 0;
+            let mut path = Some(first.to_owned());
+            while let Some(p) = path {
+                let (status, bytes, v, next) = get_page(&base, &p).await;
+                assert_eq!(status, 200, "{p}: {v}");
+                assert!(
+                    bytes <= API_PAGE_BYTES_MAX,
+                    "{p}: an answer of {bytes} bytes, over the page's {API_PAGE_BYTES_MAX}"
+                );
+                let items = v.as_array().unwrap();
+                assert!(!items.is_empty(), "{p}: an empty page");
+                listed.extend(items.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+                if let Some(n) = &next {
+                    let base_path = first.split_once('?').map_or(first, |(b, _)| b);
+                    assert!(n.starts_with(&format!("{base_path}?")), "{n}");
+                    if first.contains("unacknowledged=true") {
+                        assert!(n.contains("unacknowledged=true"), "{n}");
+                    }
+                }
+                pages += 1;
+                assert!(pages <= all.len(), "paging does not end: {listed:?}");
+                path = next;
+            }
+            assert!(pages > 1, "{first}: one page of {}", all.len());
+            assert_eq!(&listed, all, "{first}: each listed once, in order");
+        }
     }
 
     /// The quarantine's list goes on with `?before=DIGEST`, as the inbox's does with

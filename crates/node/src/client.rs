@@ -71,6 +71,22 @@ fn timed_out(t: &ureq::Transport) -> bool {
     false
 }
 
+/// The path of the next page that a list's `Link` header names (`<PATH>; rel="next"`, RFC
+/// 8288, as the node writes it), or `None`. Only a path on the same API is taken, never
+/// another address.
+pub fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|entry| {
+        let (target, params) = entry.split_once(';')?;
+        let next = params.split(';').any(|p| {
+            p.trim()
+                .strip_prefix("rel=")
+                .is_some_and(|r| r.trim_matches('"').eq_ignore_ascii_case("next"))
+        });
+        let path = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (next && path.starts_with('/') && !path.starts_with("//")).then(|| path.to_owned())
+    })
+}
+
 /// A client for one node's API.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -146,6 +162,17 @@ impl ApiClient {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        self.call_paged(method, path, body).map(|(v, _)| v)
+    }
+
+    /// [`ApiClient::call`], with the path of the next page that the answer's `Link: <PATH>;
+    /// rel="next"` header names, if any.
+    fn call_paged(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(Value, Option<String>), ClientError> {
         let url = format!("{}{path}", self.base);
         let req = self
             .agent
@@ -156,9 +183,13 @@ impl ApiClient {
             None => req.call(),
         };
         match resp {
-            Ok(r) => r
-                .into_json::<Value>()
-                .map_err(|e| ClientError::Other(format!("bad response from {url}: {e}"))),
+            Ok(r) => {
+                let next = r.header("link").and_then(next_page);
+                let v = r
+                    .into_json::<Value>()
+                    .map_err(|e| ClientError::Other(format!("bad response from {url}: {e}")))?;
+                Ok((v, next))
+            }
             Err(ureq::Error::Status(status, r)) => Err(refusal(status, r)),
             Err(ureq::Error::Transport(t)) => Err(self.transport(t, self.answer)),
         }
@@ -182,6 +213,14 @@ impl ApiClient {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call("GET", path, None)
+    }
+
+    /// `GET path` of a list (`/v1/inbox`, `/v1/messages`, `/v1/quarantine`): its page, and
+    /// the path of the page after it while the list goes on, `None` at its end. A page may
+    /// hold fewer items than its `limit` while more remain (it stops at its bytes,
+    /// docs/API.md, Conventions): only the absence of a next page ends the list.
+    pub fn get_page(&self, path: &str) -> Result<(Value, Option<String>), ClientError> {
+        self.call_paged("GET", path, None)
     }
 
     /// `POST path` with a JSON body.
@@ -241,6 +280,24 @@ impl ApiClient {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// The next page is the path a list's `Link` names with `rel="next"`, and nothing else.
+    #[test]
+    fn the_next_page_is_the_path_a_lists_link_names() {
+        assert_eq!(
+            next_page("</v1/inbox?unacknowledged=true&before=ab>; rel=\"next\"").as_deref(),
+            Some("/v1/inbox?unacknowledged=true&before=ab")
+        );
+        assert_eq!(
+            next_page("</v1/messages?before=ab>;rel=next").as_deref(),
+            Some("/v1/messages?before=ab")
+        );
+        assert_eq!(next_page("</v1/inbox?before=ab>; rel=\"prev\""), None);
+        assert_eq!(next_page("<http://192.0.2.1/v1/inbox>; rel=\"next\""), None);
+        assert_eq!(next_page("<//192.0.2.1/v1/inbox>; rel=\"next\""), None);
+        assert_eq!(next_page("/v1/inbox; rel=\"next\""), None);
+        assert_eq!(next_page(""), None);
+    }
 
     /// A node that takes a request and never answers it (its store stalled on a failing
     /// disk, its process frozen) is named as such, and the officer is told that what was

@@ -244,6 +244,28 @@ pub const QUARANTINE_DISCARD_BATCH: usize = 1_000;
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 
+/// Most bytes of JSON in one page of a list of the local API (`/v1/inbox`, `/v1/messages`,
+/// `/v1/quarantine`); the page stops before the item that would pass it, and its `Link:
+/// rel="next"` header gives the rest, so nothing is skipped. A page holds at least one item,
+/// however large. Counted in items alone, a page of 1,000 messages of 64 KiB was about
+/// 64 MiB of JSON, held until its client read it, and each of the `API_CONNECTIONS_MAX`
+/// connections could ask for one (16 GiB). 1 MiB: a page of ordinary received messages is
+/// not cut (an inbox item is about 400 bytes besides its subject and body, so 1,000 with up
+/// to 600 bytes of subject and body each fit); a sent message's item also lists each of its
+/// recipients, so a page of messages to a whole roster is cut sooner, which costs a client
+/// a request more, nothing else; a page of the largest messages holds about fifteen; and
+/// the answers held at once are at most 256 MiB even if every connection's client stopped
+/// reading (no more than the links' queues may hold: `RELAYS_MAX` ×
+/// `LINK_QUEUE_BYTES_MAX`). Pages are built one at a time (under the API's one read-only
+/// store connection, which reads no more rows than the page takes), so only the answers
+/// being sent are held beside each other.
+pub const API_PAGE_BYTES_MAX: usize = 1024 * 1024;
+// A page of the largest messages holds several of them (over 64 KiB of body each, with
+// their other fields), so that reading a list of them is not a request per message.
+const _: () = assert!(API_PAGE_BYTES_MAX >= 12 * hotline_proto::limits::BODY_BYTES_MAX);
+const _: () =
+    assert!(API_PAGE_BYTES_MAX * API_CONNECTIONS_MAX <= RELAYS_MAX * LINK_QUEUE_BYTES_MAX);
+
 /// Connections the local API serves at once; more wait in the kernel's listen queue until
 /// one closes. Connecting needs no token, and each connection holds a file descriptor: a
 /// local client that never closes its connections (a dashboard opening an event stream

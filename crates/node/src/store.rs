@@ -9,6 +9,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -3067,16 +3068,35 @@ fn inbox_message(conn: &Connection, id: &MessageId) -> Result<Option<InboxMessag
 
 /// Received messages, newest first (by arrival, then by row), the first `limit` of those
 /// after received message `before` in that order (from the newest without it); only those
-/// not yet acknowledged with `unacknowledged`, read through the deadline tick's partial
-/// index, which holds the unacknowledged rows alone (by time, SQLite read every
-/// acknowledged message, bodies included, to find none). `None` if this node received no
-/// message `before`.
+/// not yet acknowledged with `unacknowledged`. `None` if this node received no message
+/// `before`. [`inbox_rows`], collected.
 fn inbox_page(
     conn: &Connection,
     before: Option<&MessageId>,
     limit: usize,
     unacknowledged: bool,
 ) -> Result<Option<Vec<InboxMessage>>, StoreError> {
+    let mut out = Vec::new();
+    let listed = inbox_rows(conn, before, limit, unacknowledged, |m| {
+        out.push(m);
+        ControlFlow::Continue(())
+    })?;
+    Ok(listed.map(|()| out))
+}
+
+/// [`inbox_page`]'s messages, each given to `each` as it is read, until `each` breaks: the
+/// local API stops a page once its answer would pass its bytes (`API_PAGE_BYTES_MAX`), and
+/// so reads no more than it answers. Read through the deadline tick's partial index with
+/// `unacknowledged`, which holds the unacknowledged rows alone (by time, SQLite read every
+/// acknowledged message, bodies included, to find none). `None` if this node received no
+/// message `before`.
+fn inbox_rows(
+    conn: &Connection,
+    before: Option<&MessageId>,
+    limit: usize,
+    unacknowledged: bool,
+    mut each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+) -> Result<Option<()>, StoreError> {
     // Where the page starts: below this arrival time and row, in the list's order.
     let (time, row) = match before {
         None => (i64::MAX, i64::MAX),
@@ -3105,11 +3125,12 @@ fn inbox_page(
          ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1"
     ))?;
     let rows = st.query_map(params![limit as i64, time, row], InboxRow::read)?;
-    let mut out = Vec::new();
     for row in rows {
-        out.push(row?.into_message()?);
+        if each(row?.into_message()?).is_break() {
+            break;
+        }
     }
-    Ok(Some(out))
+    Ok(Some(()))
 }
 
 /// Deliveries held in quarantine, newest first (by arrival, then by row), the first `limit`
@@ -3172,12 +3193,28 @@ fn quarantine_rows(
 
 /// Sent messages with their matrices, newest first (by sequence number), the first `limit`
 /// of those after sent message `before` in that order (from the newest without it). `None`
-/// if this node sent no message `before`.
+/// if this node sent no message `before`. [`sent_rows`], collected.
 fn sent_page(
     conn: &Connection,
     before: Option<&MessageId>,
     limit: usize,
 ) -> Result<Option<Vec<SentMessage>>, StoreError> {
+    let mut out = Vec::new();
+    let listed = sent_rows(conn, before, limit, |s| {
+        out.push(s);
+        ControlFlow::Continue(())
+    })?;
+    Ok(listed.map(|()| out))
+}
+
+/// [`sent_page`]'s messages, each given to `each` as it is read, until `each` breaks (as
+/// [`inbox_rows`]). `None` if this node sent no message `before`.
+fn sent_rows(
+    conn: &Connection,
+    before: Option<&MessageId>,
+    limit: usize,
+    mut each: impl FnMut(SentMessage) -> ControlFlow<()>,
+) -> Result<Option<()>, StoreError> {
     let below = match before {
         None => i64::MAX,
         Some(id) => {
@@ -3200,11 +3237,14 @@ fn sent_page(
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.extend(sent_message(conn, &id)?);
+        if let Some(s) = sent_message(conn, &id)? {
+            if each(s).is_break() {
+                break;
+            }
+        }
     }
-    Ok(Some(out))
+    Ok(Some(()))
 }
 
 /// One sent message with its matrix.
@@ -3301,6 +3341,30 @@ impl NodeReader {
         // Dropped at the end, which ends the read transaction (nothing was written).
         let tx = self.conn.transaction()?;
         inbox_page(&tx, before, limit, unacknowledged)
+    }
+
+    /// [`inbox_rows`], in one snapshot: the page's messages, each given to `each` as it is
+    /// read, until `each` breaks. `None` if this node received no message `before`.
+    pub fn inbox_each(
+        &mut self,
+        before: Option<&MessageId>,
+        limit: usize,
+        unacknowledged: bool,
+        each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+    ) -> Result<Option<()>, StoreError> {
+        let tx = self.conn.transaction()?;
+        inbox_rows(&tx, before, limit, unacknowledged, each)
+    }
+
+    /// [`sent_rows`], in one snapshot, as [`NodeReader::inbox_each`].
+    pub fn sent_each(
+        &mut self,
+        before: Option<&MessageId>,
+        limit: usize,
+        each: impl FnMut(SentMessage) -> ControlFlow<()>,
+    ) -> Result<Option<()>, StoreError> {
+        let tx = self.conn.transaction()?;
+        sent_rows(&tx, before, limit, each)
     }
 
     /// [`quarantine_page`], in one snapshot.

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
-use hotline_node::limits::{API_BODY_BYTES_MAX, API_LIST_MAX};
+use hotline_node::limits::{API_BODY_BYTES_MAX, API_LIST_MAX, API_PAGE_BYTES_MAX};
 
 /// Where the node's API is: from its configuration file, or given directly.
 #[derive(Debug, Args, Clone)]
@@ -332,7 +332,7 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         true => "/v1/inbox".to_owned(),
         false => format!("/v1/inbox?{}", query.join("&")),
     };
-    let v = a.api.client()?.get(&path)?;
+    let (v, next) = a.api.client()?.get_page(&path)?;
     let listed = v.as_array().cloned().unwrap_or_default();
     ignored_cursor(&listed, before)?;
     let items: Vec<Value> = listed
@@ -341,7 +341,7 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         .cloned()
         .collect();
     print(a.api.json, &Value::Array(items.clone()), |_| {
-        inbox_text(&items, &listed, a.unacknowledged, before)
+        inbox_text(&items, &listed, a.unacknowledged, before, next.is_some())
     })
 }
 
@@ -374,12 +374,13 @@ fn next_page(command: &str, listed: &[Value]) -> String {
 
 /// The received messages `items` as `hotline inbox` lists them, of the `listed` the node
 /// gave (more than `items` only from a node that ignores `?unacknowledged`), older than
-/// message `before` if given.
+/// message `before` if given; `more` if the node said the list goes on.
 fn inbox_text(
     items: &[Value],
     listed: &[Value],
     unacknowledged: bool,
     before: Option<hotline_proto::MessageId>,
+    more: bool,
 ) -> String {
     let mut out = format!(
         "{:<32}  {:<6}  {:<9}  {:<TS_WIDTH$}  {:<4}  SUBJECT",
@@ -406,7 +407,7 @@ fn inbox_text(
         (true, None) => out.push_str("\n(no messages)"),
         _ => {}
     }
-    let (what, command, more) = if unacknowledged {
+    let (what, command, and) = if unacknowledged {
         (
             "unacknowledged messages",
             "hotline inbox --unacknowledged",
@@ -421,22 +422,27 @@ fn inbox_text(
         )
     };
     out.push_str(&cut_note(
-        listed.len(),
+        more,
         what,
-        &format!("{}{more}", next_page(command, listed)),
+        &format!("{}{and}", next_page(command, listed)),
     ));
     out
 }
 
-/// The line under a list the node cut at its limit (`API_LIST_MAX`, newest first), or
-/// nothing: a list of exactly that many used to end as if it were all there was. `more`
-/// says how to see the rest (for the inbox and the sent messages, the exact command for the
-/// next page).
-fn cut_note(listed: usize, what: &str, more: &str) -> String {
-    if listed < API_LIST_MAX {
+/// The line under a list the node cut (newest first), or nothing: `cut` when the node's
+/// answer names a next page (docs/API.md, Conventions). It cuts a page at `API_LIST_MAX`
+/// items or at `API_PAGE_BYTES_MAX` bytes of them, whichever comes first, so a page may be
+/// shorter than `API_LIST_MAX` with more to come: counted in items, the note was missing
+/// under such a page, which read as all there was. `more` says how to see the rest (the
+/// exact command for the next page).
+fn cut_note(cut: bool, what: &str, more: &str) -> String {
+    if !cut {
         return String::new();
     }
-    format!("\n(the node lists at most {API_LIST_MAX} {what} at once: {more})")
+    let mib = API_PAGE_BYTES_MAX / (1024 * 1024);
+    format!(
+        "\n(the node lists at most {API_LIST_MAX} {what}, and {mib} MiB of them, at once: {more})"
+    )
 }
 
 /// `hotline inbox --quarantined [--before DIGEST]`.
@@ -451,7 +457,7 @@ fn quarantine(api: &ApiArgs, before: Option<&str>) -> anyhow::Result<()> {
         Some(b) => format!("/v1/quarantine?before={b}"),
         None => "/v1/quarantine".to_owned(),
     };
-    let v = api.client()?.get(&path)?;
+    let (v, next) = api.client()?.get_page(&path)?;
     // A node from before `?before=` on this list ignored it and listed the newest page
     // again, the one that ended with it, which would read as the older ones.
     if let Some(b) = before {
@@ -468,12 +474,13 @@ fn quarantine(api: &ApiArgs, before: Option<&str>) -> anyhow::Result<()> {
             );
         }
     }
-    print(api.json, &v, |v| quarantine_text(v, before))
+    print(api.json, &v, |v| quarantine_text(v, before, next.is_some()))
 }
 
 /// The deliveries held in quarantine (`v`, as `GET /v1/quarantine` gives them, held before
-/// the one under digest `before` if given) as `hotline inbox --quarantined` lists them.
-fn quarantine_text(v: &Value, before: Option<&str>) -> String {
+/// the one under digest `before` if given) as `hotline inbox --quarantined` lists them;
+/// `more` if the node said the list goes on.
+fn quarantine_text(v: &Value, before: Option<&str>, more: bool) -> String {
     let items = v.as_array().cloned().unwrap_or_default();
     let mut out = format!(
         "{:<TS_WIDTH$}  {:<16}  {:<6}  {:<32}  REASON (the sender and subject are the bytes' claim, UNVERIFIED)",
@@ -500,7 +507,7 @@ fn quarantine_text(v: &Value, before: Option<&str>) -> String {
         .and_then(|q| q["digest"].as_str())
         .unwrap_or("DIGEST");
     out.push_str(&cut_note(
-        items.len(),
+        more,
         "held deliveries",
         &format!("`hotline inbox --quarantined --before {last}` lists the next older ones"),
     ));
@@ -756,7 +763,7 @@ pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
     let digest = if prefix.len() == 64 {
         prefix
     } else {
-        held_digest(&prefix, QUARANTINE_PAGE, |path| Ok(client.get(path)?))?
+        held_digest(&prefix, QUARANTINE_PAGE, |path| Ok(client.get_page(path)?))?
     };
     let v = client.post(
         &format!("/v1/quarantine/{digest}/discard"),
@@ -779,23 +786,22 @@ const QUARANTINE_PAGES_MAX: usize = 10_000;
 
 /// The digest of the one delivery held in quarantine whose digest starts with `prefix`
 /// (lower-case hex digits), looked for among all of them: `get` (`GET` of a path on the
-/// node's API) pages `GET /v1/quarantine`, `page` deliveries at a time, with `?before=` the
-/// last digest of the page before, until a page shorter than `page` ends the list. A
-/// prefix that no digest has, or more than one has, is refused once all have been seen.
+/// node's API, with the path of the next page its answer names) pages `GET
+/// /v1/quarantine`, `page` deliveries at a time at most, following each page's next (the
+/// same with `?before=` the last digest of the page before) until a page names none: a page
+/// may be shorter than `page` while more remain (it stops at its bytes). A prefix that no
+/// digest has, or more than one has, is refused once all have been seen.
 fn held_digest(
     prefix: &str,
     page: usize,
-    get: impl Fn(&str) -> anyhow::Result<Value>,
+    get: impl Fn(&str) -> anyhow::Result<(Value, Option<String>)>,
 ) -> anyhow::Result<String> {
     let mut matching: Vec<String> = Vec::new();
     let mut before: Option<String> = None;
     let mut seen = 0usize;
+    let mut path = format!("/v1/quarantine?limit={page}");
     for _ in 0..QUARANTINE_PAGES_MAX {
-        let path = match &before {
-            Some(b) => format!("/v1/quarantine?limit={page}&before={b}"),
-            None => format!("/v1/quarantine?limit={page}"),
-        };
-        let listed = get(&path).with_context(|| {
+        let (listed, next) = get(&path).with_context(|| {
             format!("listing the quarantine after the {seen} held deliveries looked at")
         })?;
         let digests: Vec<&str> = listed
@@ -828,8 +834,11 @@ fn held_digest(
                 matching[1]
             );
         }
-        match digests.last() {
-            Some(last) if digests.len() >= page => before = Some((*last).to_owned()),
+        match (digests.last(), next) {
+            (Some(last), Some(next)) => {
+                before = Some((*last).to_owned());
+                path = next;
+            }
             _ => {
                 return match matching.pop() {
                     Some(one) => Ok(one),
@@ -950,14 +959,14 @@ pub(crate) fn sent(a: SentArgs) -> anyhow::Result<()> {
         Some(id) => format!("/v1/messages?before={id}"),
         None => "/v1/messages".to_owned(),
     };
-    let v = a.api.client()?.get(&path)?;
+    let (v, next) = a.api.client()?.get_page(&path)?;
     ignored_cursor(v.as_array().map_or(&[], Vec::as_slice), before)?;
-    print(a.api.json, &v, |v| sent_text(v, before))
+    print(a.api.json, &v, |v| sent_text(v, before, next.is_some()))
 }
 
 /// The sent messages (`v`, as `GET /v1/messages` gives them, sent before message `before`
-/// if given) as `hotline sent` lists them.
-fn sent_text(v: &Value, before: Option<hotline_proto::MessageId>) -> String {
+/// if given) as `hotline sent` lists them; `more` if the node said the list goes on.
+fn sent_text(v: &Value, before: Option<hotline_proto::MessageId>, more: bool) -> String {
     let mut out = format!(
         "{:<32}  {:<12}  {:>5}  {:>5}  SUBJECT",
         "ID", "STATE", "DLVD", "ACKD"
@@ -978,7 +987,7 @@ fn sent_text(v: &Value, before: Option<hotline_proto::MessageId>) -> String {
         out.push_str(&format!("\n(no messages sent before {id})"));
     }
     out.push_str(&cut_note(
-        listed.len(),
+        more,
         "sent messages",
         &format!(
             "{}; `hotline status ID` shows any one by its id",
@@ -1065,8 +1074,14 @@ mod tests {
     }
 
     /// A node's quarantine as `GET /v1/quarantine` pages it: `held` newest first, pages of
-    /// `?limit=` after the digest `?before=` names; 404 for a `before` not held.
-    fn quarantine_pages(held: &[String], path: &str) -> anyhow::Result<Value> {
+    /// `?limit=` (and at most `cut`, as a page stopped at its bytes) after the digest
+    /// `?before=` names, each naming the next while more remain; 404 for a `before` not
+    /// held.
+    fn quarantine_pages(
+        held: &[String],
+        cut: usize,
+        path: &str,
+    ) -> anyhow::Result<(Value, Option<String>)> {
         let query = path
             .strip_prefix("/v1/quarantine?")
             .expect("the quarantine");
@@ -1083,12 +1098,20 @@ mod tests {
                 (k, _) => panic!("unknown parameter {k}"),
             }
         }
-        let page: Vec<Value> = held[from.min(held.len())..]
+        let from = from.min(held.len());
+        let page: Vec<Value> = held[from..]
             .iter()
-            .take(limit)
+            .take(limit.min(cut))
             .map(|d| json!({"digest": d}))
             .collect();
-        Ok(Value::Array(page))
+        let next = match (from + page.len() < held.len(), page.last()) {
+            (true, Some(last)) => Some(format!(
+                "/v1/quarantine?limit={limit}&before={}",
+                last["digest"].as_str().expect("a digest")
+            )),
+            _ => None,
+        };
+        Ok((Value::Array(page), next))
     }
 
     /// `hotline discard PREFIX` finds the delivery among all those held, page after page,
@@ -1103,8 +1126,8 @@ mod tests {
             .chain(["aa".to_owned() + &"1".repeat(62)])
             .chain(["aa".to_owned() + &"2".repeat(62)])
             .collect();
-        let get = |path: &str| quarantine_pages(&held, path);
-        // On the first page, and on the last (a short page ends the list).
+        let get = |path: &str| quarantine_pages(&held, usize::MAX, path);
+        // On the first page, and on the last (a page that names no next ends the list).
         assert_eq!(held_digest("00", 3, get).expect("newest"), held[0]);
         assert_eq!(held_digest("06", 3, get).expect("oldest"), held[6]);
         // Ambiguous only with what the first page does not show.
@@ -1121,12 +1144,19 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("newest"), "all were looked at: {e}");
-        // A list whose length is a multiple of the page ends with an empty page.
+        // A list whose length is a multiple of the page ends where the node says.
         assert_eq!(held_digest("aa2", 3, get).expect("last"), held[8]);
+        // Pages the node cut short of `?limit=` (at their bytes) are followed while they
+        // name a next: the look ended at the first page shorter than the limit, and
+        // refused every prefix beyond it as nobody's.
+        let short = |path: &str| quarantine_pages(&held, 2, path);
+        assert_eq!(held_digest("06", 3, short).expect("oldest"), held[6]);
+        let e = held_digest("aa", 3, short).expect_err("two").to_string();
+        assert!(e.ends_with("give more digits"), "{e}");
         // A node that ignores `?before=` gives the first page again: refused, not a loop.
         let old_node = |path: &str| {
             let first = path.split('&').next().expect("path").to_owned();
-            quarantine_pages(&held, &first)
+            quarantine_pages(&held, usize::MAX, &first)
         };
         let e = held_digest("06", 3, old_node)
             .expect_err("an old node")
@@ -1297,17 +1327,17 @@ mod tests {
         };
         let last = format!("{:032x}", API_LIST_MAX - 1);
         let all = received(API_LIST_MAX - 1);
-        let text = inbox_text(&all, &all, false, None);
+        let text = inbox_text(&all, &all, false, None, false);
         assert!(!text.contains("at most"), "{text}");
         let cut = received(API_LIST_MAX);
-        let text = inbox_text(&cut, &cut, false, None);
+        let text = inbox_text(&cut, &cut, false, None, true);
         let note = text.lines().last().unwrap_or_default();
         assert_eq!(
             note,
             format!(
-                "(the node lists at most 1000 messages at once: `hotline inbox --before {last}` \
-                 lists the next older ones; `hotline inbox --unacknowledged` lists the \
-                 unacknowledged ones from the whole inbox)"
+                "(the node lists at most 1000 messages, and 1 MiB of them, at once: `hotline \
+                 inbox --before {last}` lists the next older ones; `hotline inbox \
+                 --unacknowledged` lists the unacknowledged ones from the whole inbox)"
             )
         );
         assert_eq!(
@@ -1315,20 +1345,35 @@ mod tests {
             1 + API_LIST_MAX + 1,
             "header, rows, note"
         );
-        let text = inbox_text(&cut, &cut, true, None);
+        // A page the node cut at its bytes, short of 1000, says so too: counted in items,
+        // it read as all there was.
+        let short = received(15);
+        let text = inbox_text(&short, &short, false, None, true);
+        assert!(
+            text.contains(&format!("`hotline inbox --before {:032x}`", 14)),
+            "{text}"
+        );
+        // A full page that ends the list (the node names no next page) has no note.
+        let text = inbox_text(&cut, &cut, false, None, false);
+        assert!(!text.contains("at most"), "{text}");
+        assert_eq!(text.lines().count(), 1 + API_LIST_MAX, "header, rows");
+        let text = inbox_text(&cut, &cut, true, None, true);
         assert!(
             text.ends_with(&format!(
-                "(the node lists at most 1000 unacknowledged messages at once: `hotline inbox \
-                 --unacknowledged --before {last}` lists the next older ones)"
+                "(the node lists at most 1000 unacknowledged messages, and 1 MiB of them, at \
+                 once: `hotline inbox --unacknowledged --before {last}` lists the next older \
+                 ones)"
             )),
             "{text}"
         );
         // Filtered here from a node that ignores `?unacknowledged`: cut all the same, and
         // the next page starts after the last the node listed.
-        assert!(inbox_text(&cut[..3], &cut, true, None).contains(&format!("--before {last}`")));
+        assert!(
+            inbox_text(&cut[..3], &cut, true, None, true).contains(&format!("--before {last}`"))
+        );
         // A page past the last.
         let id: hotline_proto::MessageId = last.parse().expect("an id");
-        assert!(inbox_text(&[], &[], false, Some(id))
+        assert!(inbox_text(&[], &[], false, Some(id), false)
             .ends_with(&format!("\n(no messages older than {last})")));
 
         let sent = |n: usize| -> Value {
@@ -1340,14 +1385,17 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(!sent_text(&sent(API_LIST_MAX - 1), None).contains("at most"));
-        assert!(sent_text(&sent(API_LIST_MAX), None).ends_with(&format!(
-            "\n(the node lists at most 1000 sent messages at once: `hotline sent --before \
-             {last}` lists the next older ones; `hotline status ID` shows any one by its id)"
-        )));
+        assert!(!sent_text(&sent(API_LIST_MAX - 1), None, false).contains("at most"));
         assert!(
-            sent_text(&sent(0), Some(id)).ends_with(&format!("\n(no messages sent before {last})"))
+            sent_text(&sent(API_LIST_MAX), None, true).ends_with(&format!(
+                "\n(the node lists at most 1000 sent messages, and 1 MiB of them, at once: \
+             `hotline sent --before {last}` lists the next older ones; `hotline status ID` \
+             shows any one by its id)"
+            ))
         );
+        assert!(sent_text(&sent(7), None, true).contains("`hotline sent --before"));
+        assert!(sent_text(&sent(0), Some(id), false)
+            .ends_with(&format!("\n(no messages sent before {last})")));
 
         let held = |n: usize| -> Value {
             (0..n)
@@ -1357,17 +1405,17 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(!quarantine_text(&held(API_LIST_MAX - 1), None).contains("at most"));
+        assert!(!quarantine_text(&held(API_LIST_MAX - 1), None, false).contains("at most"));
         assert!(
-            quarantine_text(&held(API_LIST_MAX), None).ends_with(&format!(
-                "\n(the node lists at most 1000 held deliveries at once: `hotline inbox \
-                 --quarantined --before {:064x}` lists the next older ones)",
+            quarantine_text(&held(API_LIST_MAX), None, true).ends_with(&format!(
+                "\n(the node lists at most 1000 held deliveries, and 1 MiB of them, at once: \
+                 `hotline inbox --quarantined --before {:064x}` lists the next older ones)",
                 API_LIST_MAX - 1
             )),
             "the next page's command, with the last digest listed"
         );
         let d = "ab".repeat(32);
-        assert!(quarantine_text(&held(0), Some(&d))
+        assert!(quarantine_text(&held(0), Some(&d), false)
             .ends_with(&format!("\n(nothing quarantined before {d})")));
     }
 
