@@ -48,7 +48,8 @@ impl HookRunner {
     /// once if none is configured or it is skipped (logged). Not called if the node stops
     /// first (the hook is killed with it): what `ended` records is then left undone, for
     /// the next start. `ended` may run before this returns, so the caller must not hold a
-    /// lock `ended` takes.
+    /// lock `ended` takes; after a hook, it runs on tokio's blocking pool, as it may wait on
+    /// the store.
     pub fn fire_then(
         &self,
         name: &'static str,
@@ -84,8 +85,11 @@ impl HookRunner {
                 return;
             };
             let result = run(&cmd, &json, timeout).await;
-            // Before the line that says so: once it is logged, `ended` has run.
-            ended();
+            // Before the line that says so: once it is logged, `ended` has run. Off the
+            // runtime: it records in the store (`crate::off_runtime`).
+            if let Err(e) = crate::off_runtime(ended).await {
+                error!(hook = name, error = %e, "recording what the hook was for failed; it is announced again at the next start");
+            }
             match result {
                 Ok(status) if status.success() => info!(hook = name, "hook ran"),
                 Ok(status) => warn!(hook = name, %status, "hook failed"),
