@@ -666,32 +666,27 @@ pub struct SendRequest {
     pub body: String,
 }
 
-/// Runs `work` with the node's state on tokio's blocking pool, and waits for it: what the
-/// API does with the store. Each store call takes a lock (the store's, which a link holds
-/// while it stores a batch of deliveries, or the reader's) and does SQLite I/O, which a slow
-/// or stalled disk makes wait: on a runtime thread, that wait held the thread, and with it
-/// the links to the relays, the event streams and every other request (all of them once as
-/// many requests waited as the runtime has threads, two on a two-core machine). At most
-/// `API_CONNECTIONS_MAX` of these wait at once, one per connection, within the blocking
-/// pool's 512 threads. `work` runs to its end even if its client goes away meanwhile (hyper
-/// then drops the request's future), so what must follow a write (waking the links, an
-/// event, a log line) is done in `work` too. One that panics is answered 500 `internal`.
+/// Runs `work` with the node's state off the runtime, and waits for it
+/// ([`NodeState::off_runtime`]): what the API does with the store. Each store call takes a
+/// lock (the store's, which a link holds while it stores a batch of deliveries, or the
+/// reader's) and does SQLite I/O, which a slow or stalled disk makes wait: on a runtime
+/// thread, that wait held the thread, and with it the links to the relays, the event
+/// streams and every other request. At most `API_CONNECTIONS_MAX` of these wait at once,
+/// one per connection, within the blocking pool's 512 threads. `work` runs to its end even
+/// if its client goes away meanwhile (hyper then drops the request's future), so what must
+/// follow a write (waking the links, an event, a log line) is done in `work` too. One that
+/// panics is answered 500 `internal`.
 async fn off_runtime<T: Send + 'static>(
     state: &St,
     work: impl FnOnce(&NodeState) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let state = state.clone();
-    // Its log lines go where the request's would (a test's subscriber is its thread's).
-    let log = tracing::dispatcher::get_default(Clone::clone);
-    tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&log, || work(&state)))
-        .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the store's work for this request failed: {e}"),
-            )
-        })
+    state.off_runtime(work).await.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the store's work for this request failed: {e}"),
+        )
+    })
 }
 
 fn audience(req: &SendRequest) -> Result<Audience, ApiError> {

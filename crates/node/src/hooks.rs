@@ -48,7 +48,8 @@ impl HookRunner {
     /// once if none is configured or it is skipped (logged). Not called if the node stops
     /// first (the hook is killed with it): what `ended` records is then left undone, for
     /// the next start. `ended` may run before this returns, so the caller must not hold a
-    /// lock `ended` takes.
+    /// lock `ended` takes; after a hook, it runs on tokio's blocking pool, as it may wait on
+    /// the store.
     pub fn fire_then(
         &self,
         name: &'static str,
@@ -84,8 +85,11 @@ impl HookRunner {
                 return;
             };
             let result = run(&cmd, &json, timeout).await;
-            // Before the line that says so: once it is logged, `ended` has run.
-            ended();
+            // Before the line that says so: once it is logged, `ended` has run. Off the
+            // runtime: it records in the store (`crate::off_runtime`).
+            if let Err(e) = crate::off_runtime(ended).await {
+                error!(hook = name, error = %e, "recording what the hook was for failed; it is announced again at the next start");
+            }
             match result {
                 Ok(status) if status.success() => info!(hook = name, "hook ran"),
                 Ok(status) => warn!(hook = name, %status, "hook failed"),
@@ -158,6 +162,8 @@ impl Drop for Group {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     /// A burst of events past the hooks that may run at once is not dropped: each hook waits
@@ -241,5 +247,53 @@ mod tests {
             tick.tick().await;
         }
         assert!(!alive(), "the hook's command {} still runs", pid.trim());
+    }
+
+    /// What a hook's `ended` records (in the store, which may wait on its lock or the disk)
+    /// leaves the runtime's threads free: it ran in the hook's task, on a runtime thread,
+    /// which it held while it waited (on this test's runtime, of one thread, every other
+    /// task and timer with it).
+    #[tokio::test]
+    async fn what_a_hook_records_as_it_ends_leaves_the_runtime_free() {
+        const WAIT: Duration = Duration::from_secs(10);
+        // Stands for the store's lock, held by a plain thread.
+        let store = Arc::new(std::sync::Mutex::new(()));
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let _held = store.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                // Whether the lock was held until the deadline: the runtime waited.
+                released.recv_timeout(WAIT).is_err()
+            }
+        });
+        locked.recv().unwrap();
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (recorded_tx, recorded) = tokio::sync::oneshot::channel();
+        HookRunner::new(30_000).fire_then(
+            "test",
+            Some(&vec!["true".to_owned()]),
+            &Event::Unreachable { for_ms: 1 },
+            move || {
+                entered_tx.send(()).unwrap();
+                let _held = store.lock().unwrap();
+                recorded_tx.send(()).unwrap();
+            },
+        );
+        // The hook has ended and its record waits for the lock: a timer still fires.
+        let waiting = tokio::time::timeout(WAIT, async {
+            entered.recv().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        })
+        .await;
+        release.send(()).ok();
+        assert!(!holder.join().unwrap(), "the runtime waited for the lock");
+        assert!(waiting.is_ok(), "the hook never ended");
+        tokio::time::timeout(WAIT, recorded)
+            .await
+            .expect("recorded once the lock is free")
+            .unwrap();
     }
 }

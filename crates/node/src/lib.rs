@@ -228,7 +228,8 @@ pub(crate) struct NodeState {
     /// Walks of the whole quarantine begun since the node started (logged when one ends;
     /// what a test of the start-up walk counts).
     quarantine_walks: std::sync::atomic::AtomicU64,
-    /// How many of those checks are running off the async runtime: the node's shutdown
+    /// How many of those checks, and of the other store work of the node's tasks
+    /// ([`NodeState::off_runtime`]), are running off the async runtime: the node's shutdown
     /// waits for none to be ([`NodeHandle::shutdown`]). Shared with each check's
     /// [`RecheckRunning`], which counts it ended only once it no longer holds the node.
     background: Arc<watch::Sender<usize>>,
@@ -316,7 +317,60 @@ pub(crate) struct Early {
     pub(crate) events: Arc<[Event]>,
 }
 
+/// Runs `work` on tokio's blocking pool, and waits for it: how the node's async code does
+/// anything that may wait on its store (the store's lock or the reader's, SQLite's I/O).
+/// The locks are held by long operations (a batch of deliveries, a backup's read, a page of
+/// a quarantine walk), and a slow or stalled disk makes any call wait: on a runtime
+/// thread, that wait held the thread, and with it everything else the runtime runs, which
+/// has few threads (two on a two-core machine): the links to the relays, the API's
+/// requests and event streams, every timer. `work` runs to its end even if the caller's
+/// future is dropped meanwhile, so what must follow a write (an event, a log line) is
+/// done in `work` too; its log lines go where the caller's would (a test's subscriber is
+/// its thread's). An error if it panicked. Each call is one hand-over to another thread
+/// and back (some microseconds): a caller does a batch of work in one.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let log = tracing::dispatcher::get_default(Clone::clone);
+    tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&log, work)).await
+}
+
+/// Counts itself out of the node's `background` when dropped ([`NodeState::off_runtime`]).
+struct Background(Arc<watch::Sender<usize>>);
+
+impl Background {
+    fn counted(background: &Arc<watch::Sender<usize>>) -> Self {
+        background.send_modify(|n| *n += 1);
+        Self(background.clone())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 impl NodeState {
+    /// Runs `work` with the node off the runtime ([`off_runtime`]): the store work of the
+    /// API's handlers, of the links and of the ticker. Counted in `background` until it no
+    /// longer holds the node, so that the node's shutdown waits for it (a link or a request
+    /// dropped meanwhile leaves its work running).
+    pub(crate) async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&NodeState) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let counted = Background::counted(&self.background);
+        let state = self.clone();
+        off_runtime(move || {
+            let out = work(&state);
+            drop(state);
+            drop(counted);
+            out
+        })
+        .await
+    }
+
     pub(crate) fn store(&self) -> MutexGuard<'_, NodeStore> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.store.lock().unwrap_or_else(|p| p.into_inner())
@@ -952,7 +1006,9 @@ impl NodeHandle {
     /// Stops the links, the API and the tickers, and waits for them; then waits (at most
     /// `SHUTDOWN_RECHECK_WAIT_MS`) for the checks of the quarantine and of the held
     /// receipts running off the async runtime to stop (a walk of the quarantine stops
-    /// between two pages), so that nothing uses the store once the node says it stopped.
+    /// between two pages), and for the store work of a task aborted or a request dropped
+    /// ([`NodeState::off_runtime`]), so that nothing uses the store once the node says it
+    /// stopped.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
@@ -971,7 +1027,7 @@ impl NodeHandle {
         if tokio::time::timeout(wait, checks).await.is_err() {
             warn!(
                 wait_ms = limits::SHUTDOWN_RECHECK_WAIT_MS,
-                "a check of the quarantine or of the held receipts against the roster did not stop in time; the store may still be in use for a moment"
+                "a check of the quarantine or of the held receipts against the roster, or other store work, did not stop in time; the store may still be in use for a moment"
             );
         }
         info!("node stopped");
@@ -1276,34 +1332,29 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_millis(limits::DEADLINE_TICK_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut unreachable = Unreachable::new(std::time::Instant::now());
-    // Each runs every tick: a store that cannot be written (a full disk) would otherwise
-    // log the same error four times a second.
-    let mut deadline_check = recurring::Recurring::new("deadline check");
-    let mut paging_check = recurring::Recurring::new("paging check");
+    let mut checks = Some(TickChecks::new());
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
         }
         state.forget_early_events();
-        let now = now_ms();
-        let overdue = deadline_check.take(state.store().mark_overdue(now));
-        for o in overdue {
-            escalate(&state, o, false);
-        }
-        let pages = paging_check.take(
-            state
-                .store()
-                .due_pages(now, state.config.paging_interval_ms()),
-        );
-        for env in pages {
-            warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
-            let ev = received_event(&env, true, false);
-            state
-                .hooks
-                .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
-            state.emit(ev);
-        }
+        // Off the runtime, and awaited: a tick waiting for the store skips the ticks that
+        // fall meanwhile rather than running beside them.
+        let mut taken = checks.take().unwrap_or_else(TickChecks::new);
+        let ran = state
+            .off_runtime(move |state| {
+                taken.run(state);
+                taken
+            })
+            .await;
+        checks = match ran {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!(error = %e, "the deadline and paging checks failed; they run again at the next tick");
+                None
+            }
+        };
         let after = Duration::from_millis(state.config.unreachable_after_ms());
         let connected = state.relays_connected() > 0;
         if let Some(for_ms) = unreachable.observe(connected, std::time::Instant::now(), after) {
@@ -1314,6 +1365,45 @@ async fn tick(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
                 state.config.hooks.on_unreachable.as_ref(),
                 &ev,
             );
+            state.emit(ev);
+        }
+    }
+}
+
+/// The ticker's store work: overdue messages escalated and unacknowledged ones paged again,
+/// run off the runtime at each tick ([`NodeState::off_runtime`]).
+struct TickChecks {
+    // Each runs every tick: a store that cannot be written (a full disk) would otherwise
+    // log the same error four times a second.
+    deadline: recurring::Recurring,
+    paging: recurring::Recurring,
+}
+
+impl TickChecks {
+    fn new() -> Self {
+        Self {
+            deadline: recurring::Recurring::new("deadline check"),
+            paging: recurring::Recurring::new("paging check"),
+        }
+    }
+
+    fn run(&mut self, state: &NodeState) {
+        let now = now_ms();
+        let overdue = self.deadline.take(state.store().mark_overdue(now));
+        for o in overdue {
+            escalate(state, o, false);
+        }
+        let pages = self.paging.take(
+            state
+                .store()
+                .due_pages(now, state.config.paging_interval_ms()),
+        );
+        for env in pages {
+            warn!(msg = %env.id, from = %env.sender, precedence = ?env.precedence, "still unacknowledged: paging again");
+            let ev = received_event(&env, true, false);
+            state
+                .hooks
+                .fire("on_message", state.config.hooks.on_message.as_ref(), &ev);
             state.emit(ev);
         }
     }
@@ -1367,7 +1457,7 @@ impl Unreachable {
 /// `recovered`: the page may not have gone out, as a hook still running is killed with the
 /// node (by systemd, with the unit's processes). An operator may be told twice after a
 /// crash, never not at all.
-fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
+fn escalate(state: &NodeState, o: crate::store::Overdue, recovered: bool) {
     let crate::store::Overdue {
         id,
         subject,
@@ -1392,7 +1482,7 @@ fn escalate(state: &Arc<NodeState>, o: crate::store::Overdue, recovered: bool) {
     state.emit(ev.clone());
     // Weak: a hook that outlives the node (killed at its timeout) must not keep the store
     // open; the escalation is then announced again at the next start.
-    let node = Arc::downgrade(state);
+    let node = state.this.clone();
     let ended = move || {
         let Some(state) = node.upgrade() else { return };
         let recorded = state.store().overdue_announced(&id, &recipients);
@@ -1709,6 +1799,52 @@ mod tests {
             );
         }
         drop(taken);
+    }
+
+    /// The ticker waiting for the store (its lock held by a long operation, or a slow
+    /// disk) leaves the runtime's threads free: it looked for overdue messages and pages
+    /// due on a runtime thread, so with the store's lock held elsewhere (here by a plain
+    /// thread) it held that thread, and with it (on this test's runtime, of one thread; the
+    /// node's has two) the links, the API and every timer, four times a second for as long
+    /// as the lock was held.
+    #[tokio::test]
+    async fn a_tick_waiting_for_the_store_leaves_the_runtime_free() {
+        const WAIT: Duration = Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let state = test_state_on(dir.path(), 1, stopping.clone());
+        let mut background = state.background.subscribe();
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let state = state.clone();
+            move || {
+                let _store = state.store();
+                locked_tx.send(()).unwrap();
+                // Whether the store was held until the deadline: the runtime waited.
+                released.recv_timeout(WAIT).is_err()
+            }
+        });
+        locked.recv().unwrap();
+        // Its first tick is at once.
+        let ticker = tokio::spawn(tick(state.clone(), stopping));
+        // The ticker waits for the store, off the runtime: a timer still fires meanwhile.
+        let waiting = tokio::time::timeout(WAIT, async {
+            background.wait_for(|n| *n > 0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        })
+        .await;
+        release.send(()).ok();
+        assert!(!holder.join().unwrap(), "the runtime waited for the store");
+        assert!(
+            waiting.is_ok(),
+            "the ticker never waited for the store off the runtime"
+        );
+        // And goes on once the store is free, stopping when the node does.
+        let idle = tokio::time::timeout(WAIT, background.wait_for(|n| *n == 0)).await;
+        assert!(idle.is_ok(), "the ticker's store work never ended");
+        stop.send(true).unwrap();
+        tokio::time::timeout(WAIT, ticker).await.unwrap().unwrap();
     }
 
     /// The held receipts are checked off the async runtime: `recheck_held_receipts`

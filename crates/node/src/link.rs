@@ -382,8 +382,10 @@ impl RelayWriter {
     }
 }
 
-struct Link<'a> {
-    state: &'a NodeState,
+/// A link's state on one connection. Its store work runs off the runtime, the link moved
+/// there and back ([`Link::off_runtime`]).
+struct Link {
+    state: Arc<NodeState>,
     idx: usize,
     writer: RelayWriter,
     /// Outbox messages written on this connection and not yet answered.
@@ -419,7 +421,7 @@ enum Served {
 }
 
 async fn serve(
-    state: &NodeState,
+    state: &Arc<NodeState>,
     idx: usize,
     session: Session,
     shutdown: &mut watch::Receiver<bool>,
@@ -444,49 +446,6 @@ async fn serve(
             welcome.last_seq.0
         )));
     }
-    // Nor is a number implausibly far ahead of this node's own counter.
-    let counter = state
-        .store()
-        .seq_counter()
-        .map_err(|e| NetError::Local(format!("store: {e}")))?;
-    if welcome.last_seq.0 > counter.saturating_add(crate::limits::SEQ_FLOOR_JUMP_MAX) {
-        error!(
-            relay = idx,
-            last_seq = welcome.last_seq.0,
-            counter,
-            "the relay's welcome names a last sequence number more than 2^32 above this node's counter: no relay's record (a restored node is behind by the messages it sent since); a protocol violation; ending the link, this node's counter unchanged"
-        );
-        return Err(NetError::Protocol(format!(
-            "Welcome.last_seq {} is more than 2^32 above this node's counter, {counter}",
-            welcome.last_seq.0
-        )));
-    }
-    // The relay's last accepted sequence number is a floor for ours: a node restored from an
-    // old backup must not reuse numbers the relay has seen.
-    match state.store().raise_seq_floor(welcome.last_seq.0) {
-        Ok(true) => warn!(
-            relay = idx,
-            last_seq = welcome.last_seq.0,
-            "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
-        ),
-        Ok(false) => {}
-        Err(e) => error!(relay = idx, error = %e, "cannot record the relay's sequence floor"),
-    }
-    // A relay restored from a backup has lost what it accepted since: send it again.
-    match state
-        .store()
-        .offer_lost(idx, welcome.last_seq.0, now_ms())
-    {
-        Ok((0, _)) => {}
-        Ok((n, accepted)) => warn!(
-            relay = idx,
-            last_seq = welcome.last_seq.0,
-            accepted,
-            messages = n,
-            "the relay no longer has messages it accepted from this node (was its store restored from a backup?): submitting them again"
-        ),
-        Err(e) => error!(relay = idx, error = %e, "cannot look for messages the relay lost"),
-    }
     if let Some(skew) = clock_skew_ms(welcome.relay_time_ms, now_ms()) {
         warn!(
             relay = idx,
@@ -494,20 +453,22 @@ async fn serve(
             "clock differs from the relay's by more than a minute"
         );
     }
-    if let Some(r) = &welcome.roster {
-        state.offer_roster(r, "relay welcome");
-    }
+    let (last_seq, roster) = (welcome.last_seq.0, welcome.roster);
+    state
+        .off_runtime(move |state| welcomed(state, idx, last_seq, roster.as_ref()))
+        .await
+        .map_err(failed_off_runtime)??;
     let (mut rx, _reader) = relay_reader(reader);
     let pacer = ReceiptPacer::new(
         std::time::Duration::from_millis(state.config.receipt_pace_ms),
         crate::limits::RECEIPT_PACE_ITEMS,
     );
     let mut link = Link {
-        state,
+        state: state.clone(),
         idx,
         writer: RelayWriter::new(writer),
         outbox: crate::in_flight::InFlight::default(),
-        floor: welcome.last_seq.0,
+        floor: last_seq,
         receipts_sent: HashSet::new(),
         acks_held: false,
         delivered_sent: HashMap::new(),
@@ -525,7 +486,16 @@ async fn serve(
     // Sets: a relay that refuses one thing again and again adds it once.
     let mut retry_ids: HashSet<MessageId> = HashSet::new();
     let mut retry_receipts: HashSet<Digest> = HashSet::new();
-    link.pump()?;
+    // Runs a method of the link that uses the store off the runtime (`Link::off_runtime`),
+    // and takes the link back: awaited, so the link does one thing at a time, in order.
+    macro_rules! off_runtime {
+        ($work:expr) => {{
+            let (back, out) = link.off_runtime($work).await?;
+            link = back;
+            out
+        }};
+    }
+    off_runtime!(Link::pump)?;
     loop {
         // Timers as select preconditions: a branch whose time is not set is not polled.
         let now = tokio::time::Instant::now();
@@ -537,7 +507,7 @@ async fn serve(
             // Shutdown: receipt what is stored, and see it stored before the connection
             // closes (closing discards what the relay has not read yet).
             _ = shutdown.changed() => {
-                let sent = link.send_receipt()?;
+                let sent = off_runtime!(Link::send_receipt)?;
                 link.until_stored(&mut rx, sent).await;
                 return Ok(Served::Shutdown);
             }
@@ -549,23 +519,28 @@ async fn serve(
             }
             // An officer discarded quarantined deliveries after some were refused here.
             _ = room.changed(), if refused => {
-                if !state.store().quarantine_size().1 {
-                    info!(relay = idx, refused = link.refused, "the quarantine has room again: connecting anew so that the relay delivers what it refused");
-                    let sent = link.send_receipt()?;
+                let sent = off_runtime!(|link: &mut Link| {
+                    if link.state.store().quarantine_size().1 {
+                        return Ok(None);
+                    }
+                    info!(relay = link.idx, refused = link.refused, "the quarantine has room again: connecting anew so that the relay delivers what it refused");
+                    link.send_receipt().map(Some)
+                })?;
+                if let Some(sent) = sent {
                     link.until_stored(&mut rx, sent).await;
                     return Ok(Served::Redeliver);
                 }
             }
             // Stored deliveries whose receipt is due.
             _ = tokio::time::sleep_until(receipt_due.unwrap_or(now)), if receipt_due.is_some() => {
-                link.send_receipt()?;
+                off_runtime!(Link::send_receipt)?;
             }
             // Something new to send (composed message or acknowledgement): before the
             // frames from the relay, which after a long absence can keep coming for seconds
             // (a backlog of deliveries), so that an officer's message or acknowledgement
             // does not wait for the backlog. A notification comes only when something was
             // composed, so this cannot keep the frames waiting in turn.
-            _ = wake.notified() => link.pump()?,
+            _ = wake.notified() => off_runtime!(Link::pump)?,
             // Frames from the relay, batched while more are already waiting; taken while
             // the link's own frames wait to be written (`RelayWriter`).
             f = rx.recv(), if can_take => {
@@ -573,7 +548,9 @@ async fn serve(
                     return Err(conn.close_reason().map(NetError::from_connection).unwrap_or(NetError::Protocol("relay closed the stream".into())));
                 };
                 let (batch, failed) = take_batch(first?, || rx.try_recv().ok());
-                let handled = link.handle(batch);
+                // The whole batch in one hand-over: its deliveries stored in one
+                // transaction, its answers recorded in order, each before what follows it.
+                let handled = off_runtime!(move |link: &mut Link| link.handle(batch));
                 if let Some(e) = failed {
                     // Why the link ended, rather than what handling its frames made of it.
                     if let Err(after) = handled {
@@ -618,7 +595,7 @@ async fn serve(
                 for d in &again {
                     link.receipts_sent.remove(d);
                 }
-                link.pump()?;
+                off_runtime!(Link::pump)?;
             }
         }
     }
@@ -677,7 +654,92 @@ fn frame_bytes(f: &RelayToNode) -> usize {
     }
 }
 
-impl Link<'_> {
+/// What a link's store work that panicked ([`NodeState::off_runtime`]) makes of the link:
+/// it ends, and is made again.
+fn failed_off_runtime(e: tokio::task::JoinError) -> NetError {
+    error!(error = %e, "a link's store work failed; ending the link");
+    NetError::Local(format!("the link's store work failed: {e}"))
+}
+
+/// What a connection's welcome asks of the store, off the runtime: the relay's last
+/// sequence number checked against this node's counter and taken as a floor for it, the
+/// messages a relay restored from a backup has lost offered again, and a newer roster
+/// installed.
+fn welcomed(
+    state: &NodeState,
+    idx: usize,
+    last_seq: u64,
+    roster: Option<&hotline_proto::Signed<hotline_proto::Roster>>,
+) -> Result<(), NetError> {
+    // A number implausibly far ahead of this node's own counter is no relay's record either.
+    let counter = state
+        .store()
+        .seq_counter()
+        .map_err(|e| NetError::Local(format!("store: {e}")))?;
+    if last_seq > counter.saturating_add(crate::limits::SEQ_FLOOR_JUMP_MAX) {
+        error!(
+            relay = idx,
+            last_seq,
+            counter,
+            "the relay's welcome names a last sequence number more than 2^32 above this node's counter: no relay's record (a restored node is behind by the messages it sent since); a protocol violation; ending the link, this node's counter unchanged"
+        );
+        return Err(NetError::Protocol(format!(
+            "Welcome.last_seq {last_seq} is more than 2^32 above this node's counter, {counter}"
+        )));
+    }
+    // The relay's last accepted sequence number is a floor for ours: a node restored from an
+    // old backup must not reuse numbers the relay has seen.
+    match state.store().raise_seq_floor(last_seq) {
+        Ok(true) => warn!(
+            relay = idx,
+            last_seq,
+            "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
+        ),
+        Ok(false) => {}
+        Err(e) => error!(relay = idx, error = %e, "cannot record the relay's sequence floor"),
+    }
+    // A relay restored from a backup has lost what it accepted since: send it again.
+    match state.store().offer_lost(idx, last_seq, now_ms()) {
+        Ok((0, _)) => {}
+        Ok((n, accepted)) => warn!(
+            relay = idx,
+            last_seq,
+            accepted,
+            messages = n,
+            "the relay no longer has messages it accepted from this node (was its store restored from a backup?): submitting them again"
+        ),
+        Err(e) => error!(relay = idx, error = %e, "cannot look for messages the relay lost"),
+    }
+    if let Some(r) = roster {
+        state.offer_roster(r, "relay welcome");
+    }
+    Ok(())
+}
+
+impl Link {
+    /// Runs `work` on the link on tokio's blocking pool, and gives the link back
+    /// ([`NodeState::off_runtime`]): what the link does with the store (storing deliveries
+    /// and receipts, recording answers, reading the outbox, signing receipts) waits there
+    /// on the store's lock and the disk, not on a runtime thread, which the other relay's
+    /// link, the API and every timer need meanwhile. Awaited by the link's loop, which
+    /// takes nothing else until it returns: what the link does stays in order (a delivery
+    /// stored before its receipt is written, an acceptance recorded before the next pass
+    /// over the outbox). One hand-over per batch of frames, not per frame.
+    async fn off_runtime<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&mut Self) -> T + Send + 'static,
+    ) -> Result<(Self, T), NetError> {
+        let state = self.state.clone();
+        let mut link = self;
+        state
+            .off_runtime(move |_| {
+                let out = work(&mut link);
+                (link, out)
+            })
+            .await
+            .map_err(failed_off_runtime)
+    }
+
     /// Writes outbox messages and pending acknowledgements not yet written on this link,
     /// while fewer than `OUTBOX_PAGE` and `ACKS_IN_FLIGHT` of each are unanswered.
     fn pump(&mut self) -> Result<(), NetError> {
@@ -1569,6 +1631,148 @@ mod tests {
         assert_eq!(paused, Ok(false), "no pause once the node is stopping");
         let (_tx, mut rx) = watch::channel(false);
         assert!(pause(&mut rx, 1).await, "a pause otherwise runs its course");
+    }
+
+    /// A link waiting for the store (its lock held by a long operation, or a slow disk)
+    /// leaves the runtime's threads free: it stored a batch of deliveries on a runtime
+    /// thread, so with the store's lock held elsewhere (here by a plain thread) it held that
+    /// thread, and with it (on this test's runtime, of one thread; the node's has two) the
+    /// other relay's link, the API's event streams and every timer, until the lock was
+    /// released. The delivery is stored and receipted once it is.
+    #[tokio::test]
+    async fn a_link_waiting_for_the_store_leaves_the_runtime_free() {
+        use hotline_net::transport::{client_endpoint, server_endpoint, TransportLimits};
+        use hotline_proto::frame::{encode_frame, Welcome};
+        use hotline_proto::{Audience, Kind, Precedence, Seq, Signed, SigningKey, Status};
+        const WAIT: Duration = Duration::from_secs(10);
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let fp = hotline_net::tls::write_self_signed(&cert, &key).unwrap();
+        let identity = hotline_net::RelayIdentity::load(&cert, &key).unwrap();
+        let limits = TransportLimits::default();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(local, &identity, &limits).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = client_endpoint(local, vec![fp], &limits).unwrap();
+
+        // A relay that writes what it is given and hands on what the node writes.
+        let (to_node, mut frames) = tokio::sync::mpsc::unbounded_channel::<RelayToNode>();
+        let (from_node_tx, mut from_node) = tokio::sync::mpsc::unbounded_channel();
+        let relay = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, recv) = conn.accept_bi().await.unwrap();
+            let mut reader = hotline_net::FrameReader::new(recv);
+            tokio::spawn(async move {
+                while let Ok(Some(f)) = reader.read::<NodeToRelay>().await {
+                    if from_node_tx.send(f).is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(f) = frames.recv().await {
+                send.write_all(&encode_frame(&f).unwrap()).await.unwrap();
+            }
+            conn.close(0u32.into(), b"test done");
+        });
+        let conn = hotline_net::connect(&client, addr, WAIT).await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut writer = hotline_net::FrameWriter::new(send);
+        // The stream is the relay's to see once something is written on it.
+        writer.write(&NodeToRelay::Ping(0)).await.unwrap();
+        let session = Session {
+            conn: conn.clone(),
+            reader: hotline_net::FrameReader::new(recv),
+            writer,
+            welcome: Welcome {
+                relay_time_ms: now_ms(),
+                last_seq: Seq(0),
+                roster: None,
+            },
+        };
+        let (stop, mut stopping) = watch::channel(false);
+        let link = tokio::spawn({
+            let state = state.clone();
+            async move { serve(&state, 0, session, &mut stopping).await }
+        });
+
+        let me = state.me.clone();
+        let deliver = move |subject: &str| {
+            let env = Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: ParticipantId::new("KGZ").unwrap(),
+                seq: Seq(1),
+                audience: Audience::Participants(vec![me.clone()]),
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: subject.into(),
+                body: String::new(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[2; 32])).unwrap();
+            (env.id, RelayToNode::Deliver(signed))
+        };
+        // Whether the node writes a receipt before its stream ends.
+        async fn receipted(
+            from_node: &mut tokio::sync::mpsc::UnboundedReceiver<NodeToRelay>,
+        ) -> bool {
+            loop {
+                match from_node.recv().await {
+                    Some(NodeToRelay::Receipt(_)) => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+        }
+        // The link is in its loop: a delivery is stored and receipted.
+        let (first, frame) = deliver("First");
+        to_node.send(frame).unwrap();
+        let got = tokio::time::timeout(WAIT, receipted(&mut from_node)).await;
+        assert_eq!(got, Ok(true), "the first delivery was not receipted");
+        assert!(state.store().inbox_message(&first).unwrap().is_some());
+
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let state = state.clone();
+            move || {
+                let _store = state.store();
+                locked_tx.send(()).unwrap();
+                // Whether the store was held until the deadline: the runtime waited.
+                released.recv_timeout(WAIT).is_err()
+            }
+        });
+        locked.recv().unwrap();
+        let (second, frame) = deliver("Second");
+        to_node.send(frame).unwrap();
+        // The link waits for the store, off the runtime: a timer still fires meanwhile.
+        let mut background = state.background.subscribe();
+        let waiting = tokio::time::timeout(WAIT, async {
+            background.wait_for(|n| *n > 0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        })
+        .await;
+        release.send(()).ok();
+        assert!(!holder.join().unwrap(), "the runtime waited for the store");
+        assert!(
+            waiting.is_ok(),
+            "the link never waited for the store off the runtime"
+        );
+        let got = tokio::time::timeout(WAIT, receipted(&mut from_node)).await;
+        assert_eq!(got, Ok(true), "the second delivery was not receipted");
+        assert!(state.store().inbox_message(&second).unwrap().is_some());
+
+        stop.send(true).unwrap();
+        let served = tokio::time::timeout(WAIT, link).await.unwrap().unwrap();
+        assert!(matches!(served, Ok(Served::Shutdown)), "{:?}", served.err());
+        drop(to_node);
+        relay.await.unwrap();
     }
 
     #[test]
