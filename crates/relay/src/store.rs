@@ -495,10 +495,13 @@ pub type RewoundAll = Vec<(ParticipantId, Rewound)>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewound {
     /// Messages addressed to the recipient that it is now owed (those it was owed already
-    /// included); 0 when nothing was accepted since then, or nothing ever addressed to it,
-    /// and nothing was changed.
+    /// included); 0 when nothing addressed to it was accepted since then, and it owed
+    /// nothing: none is owed again, though its cursor may have moved back over messages
+    /// addressed to others.
     pub messages: u64,
-    /// Its cursor before, and after.
+    /// Its cursor before: every message addressed to it up to there was receipted. Not
+    /// necessarily the last it receipted: the writer moves the cursor of a recipient owed
+    /// nothing up to the newest message (`idle_cursors_up`).
     pub cursor_was: i64,
     /// The new cursor.
     pub cursor: i64,
@@ -1619,6 +1622,8 @@ pub(crate) struct Writer {
     /// owed nothing to move up ([`idle_cursors_up`]); 0 at each start, so that a store
     /// holding at least [`IDLE_CURSOR_LAG_MAX`] messages is looked at in the first commit.
     idle_swept_at: i64,
+    /// [`IDLE_CURSOR_LAG_MAX`], which unit tests lower to look often.
+    idle_lag_max: i64,
     /// Each sender's row count in `rqueue`, as committed.
     forward_depths: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
@@ -1671,7 +1676,7 @@ const CLOCK_STEP_MARGIN_MS: u64 = 10 * 60 * 1000;
 const IDLE_CURSOR_LAG_MAX: i64 = 1024;
 
 /// Moves up to the newest message (`p.newest`, this batch's included) the cursor of each
-/// recipient owed nothing whose cursor lags it by more than [`IDLE_CURSOR_LAG_MAX`], in the
+/// recipient owed nothing whose cursor lags it by more than `lag_max` ([`IDLE_CURSOR_LAG_MAX`]), in the
 /// batch `p` (so written with the batch's other cursors, and only if it commits). Owed
 /// nothing: no committed position left in its queue (this batch's receipts already taken
 /// out), none queued by this batch, and no position receipted ahead of its cursor (a hint
@@ -1683,6 +1688,7 @@ fn idle_cursors_up(
     index: &Mutex<QueueIndex>,
     cursors: &HashMap<ParticipantId, i64>,
     ahead: &HashSet<ParticipantId>,
+    lag_max: i64,
     p: &mut Pending,
 ) {
     let ix = index.lock().unwrap_or_else(|e| e.into_inner());
@@ -1690,7 +1696,7 @@ fn idle_cursors_up(
     // A cursor this batch created is for a recipient it queued a message for: not idle.
     for (who, committed) in cursors {
         let cursor = p.cursors.get(who).copied().unwrap_or(*committed);
-        if p.newest.saturating_sub(cursor) <= IDLE_CURSOR_LAG_MAX
+        if p.newest.saturating_sub(cursor) <= lag_max
             || ix.len(who) > 0
             || p.queued.contains_key(who)
             || p.ahead
@@ -1868,6 +1874,7 @@ impl Writer {
             ahead: loaded.ahead,
             newest: loaded.newest,
             idle_swept_at: 0,
+            idle_lag_max: IDLE_CURSOR_LAG_MAX,
             forward_depths,
             ctx,
             held: HeldCache::new(),
@@ -2558,8 +2565,14 @@ impl Writer {
             }
             // Once the newest message is `IDLE_CURSOR_LAG_MAX` past the last look, the
             // cursors of recipients owed nothing move up to it, written with the rest.
-            if p.newest >= self.idle_swept_at.saturating_add(IDLE_CURSOR_LAG_MAX) {
-                idle_cursors_up(&self.ctx.queues, &self.cursors, &self.ahead, &mut p);
+            if p.newest >= self.idle_swept_at.saturating_add(self.idle_lag_max) {
+                idle_cursors_up(
+                    &self.ctx.queues,
+                    &self.cursors,
+                    &self.ahead,
+                    self.idle_lag_max,
+                    &mut p,
+                );
                 swept = true;
             }
             // Each moved cursor, once per batch rather than once per message, in the same
@@ -5914,5 +5927,304 @@ mod tests {
                 other => panic!("to {to:?}: {other:?}"),
             }
         }
+    }
+
+    /// The relay's first promise, against a model, with idle cursors looked at every few
+    /// batches (`idle_cursors_up`, its lag lowered from 1,024 to 8 to 63 positions): batches
+    /// of KAZ's messages (mostly to CHN, to IND in every other spell, so that IND's cursor
+    /// lags) mixed with CHN's and IND's receipts (in order, out of order, of positions
+    /// already receipted), commits that fail, restarts, and rewinds of one member or all.
+    /// After each step every recipient is owed exactly what was addressed to it and not
+    /// receipted (a rewind owes again at least what it names), in the writer's queues and
+    /// as a start would rebuild them, and no cursor has passed a position still owed. (It
+    /// fails if `idle_cursors_up` ignores the messages the batch queued, or the queues.)
+    #[test]
+    fn no_message_owed_is_passed_by_a_cursor_whatever_the_sequence() {
+        for seed in 1..=4u64 {
+            no_message_owed_is_passed_by_a_cursor_in_run(seed);
+        }
+    }
+
+    fn no_message_owed_is_passed_by_a_cursor_in_run(seed: u64) {
+        use std::collections::BTreeMap;
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, conn) = open_db(dir.path()).expect("open");
+        let (mut w, roster) = writer_on(conn, 0);
+        // Looked at every few batches, so that a run meets every case often.
+        let lag_max = 8 + next(56) as i64;
+        w.idle_lag_max = lag_max;
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let members = [("CHN", 2u8), ("IND", 3u8)];
+        // Each committed message: its position, id, digest, recipients, acceptance time.
+        let mut messages: BTreeMap<i64, (MessageId, Digest, Vec<&str>, u64)> = BTreeMap::new();
+        // What each member is owed, by the model.
+        let mut owed: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+        let mut counter: u64 = 0;
+        let mut now = 20_000 * DAY_MS;
+        let mut sweeps = 0;
+        let mut moved_up = 0;
+        for step in 0..300 {
+            now += 1_000;
+            match next(100) {
+                // A restart: the writer rebuilt from the store.
+                0..=2 => {
+                    let Writer { conn, .. } = w;
+                    w = writer_on(conn, 0).0;
+                    w.idle_lag_max = lag_max;
+                }
+                // An operator's rewind on the running relay, of one member or all.
+                3..=4 if !messages.is_empty() => {
+                    let since = now - next(now - 20_000 * DAY_MS);
+                    let only = match next(3) {
+                        0 => None,
+                        i => Some(pid(members[i as usize - 1].0)),
+                    };
+                    let first = first_accepted_since(&w.conn, since).expect("first");
+                    w.rewind(only.as_ref(), since, first).expect("rewind");
+                    // Owed again: at least what was addressed to them since; perhaps
+                    // positions receipted ahead before too. Checked, then taken as owed.
+                    for (m, _) in members {
+                        if only.as_ref().is_some_and(|o| o.as_str() != m) {
+                            continue;
+                        }
+                        let queue = owed.entry(m).or_default();
+                        for (rseq, (_, _, to, _)) in &messages {
+                            if first.is_some_and(|f| *rseq >= f) && to.contains(&m) {
+                                queue.insert(*rseq);
+                            }
+                        }
+                        let now_owed: BTreeSet<i64> = w
+                            .ctx
+                            .queues
+                            .lock()
+                            .expect("lock")
+                            .after(&pid(m), 0, usize::MAX)
+                            .into_iter()
+                            .collect();
+                        assert!(
+                            queue.is_subset(&now_owed),
+                            "seed {seed} step {step}: {m} not owed again all it should be"
+                        );
+                        for rseq in &now_owed {
+                            assert!(messages[rseq].2.contains(&m), "{m} owed {rseq}");
+                        }
+                        *queue = now_owed;
+                    }
+                }
+                // A batch: messages and receipts, its commit perhaps failing.
+                _ => {
+                    let fail = next(10) == 0;
+                    if fail {
+                        w.conn
+                            .execute_batch(
+                                "CREATE TRIGGER injected BEFORE INSERT ON journal
+                                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+                            )
+                            .expect("trigger");
+                    }
+                    let mut batch = Vec::new();
+                    let mut submitted = Vec::new();
+                    let mut receipted: Vec<(&str, Vec<i64>)> = Vec::new();
+                    let commands = 1 + next(40);
+                    for _ in 0..commands {
+                        if next(3) > 0 {
+                            counter += 1;
+                            let to = match next(20) {
+                                // IND, in every other spell of 30 steps only.
+                                0 if step / 30 % 2 == 0 => vec!["IND"],
+                                1 if step / 30 % 2 == 0 => vec!["CHN", "IND"],
+                                _ => vec!["CHN"],
+                            };
+                            let env = Envelope {
+                                version: PROTOCOL_VERSION,
+                                id: MessageId(u128::from(counter).to_be_bytes()),
+                                sender: pid("KAZ"),
+                                seq: Seq(counter),
+                                audience: Audience::Participants(
+                                    to.iter().map(|t| pid(t)).collect(),
+                                ),
+                                kind: MsgKind::Alert,
+                                precedence: Precedence::Routine,
+                                status: Status::Exercise,
+                                created_at_ms: 1_000,
+                                respond_by_ms: None,
+                                references: vec![],
+                                category: None,
+                                subject: format!("message {counter}"),
+                                body: "body".into(),
+                            };
+                            let signed = Signed::sign(&env, &kaz).expect("sign");
+                            let digest = signed.digest();
+                            let env = roster.verify_envelope(&signed).expect("verifies");
+                            let (reply, answer) = mpsc::channel(1);
+                            let at = std::time::Instant::now();
+                            batch.push(Command::Submit {
+                                env,
+                                digest,
+                                reply,
+                                read_at: at,
+                                handed_at: at,
+                            });
+                            submitted.push((
+                                MessageId(u128::from(counter).to_be_bytes()),
+                                digest,
+                                to,
+                                answer,
+                            ));
+                        } else {
+                            let (m, key) = members[next(2) as usize];
+                            let queue: Vec<i64> = owed
+                                .get(m)
+                                .map(|q| q.iter().copied().collect())
+                                .unwrap_or_default();
+                            let mut named: Vec<i64> = match next(4) {
+                                // In order, the oldest.
+                                0 | 1 => {
+                                    queue.iter().take(1 + next(30) as usize).copied().collect()
+                                }
+                                // Out of order: some of them, anywhere.
+                                2 => queue.iter().filter(|_| next(3) == 0).copied().collect(),
+                                // The newest only.
+                                _ => queue.last().into_iter().copied().collect(),
+                            };
+                            // Now and then, one already receipted.
+                            if next(5) == 0 {
+                                if let Some((rseq, _)) =
+                                    messages.iter().find(|(r, (_, _, to, _))| {
+                                        to.contains(&m) && !queue.contains(r)
+                                    })
+                                {
+                                    named.push(*rseq);
+                                }
+                            }
+                            named.truncate(hotline_proto::limits::RECEIPT_ITEMS_MAX);
+                            if named.is_empty() {
+                                continue;
+                            }
+                            counter += 1;
+                            let items = named
+                                .iter()
+                                .map(|r| ReceiptItem {
+                                    id: messages[r].0,
+                                    sender: pid("KAZ"),
+                                    digest: messages[r].1,
+                                })
+                                .collect();
+                            let signed = Signed::sign(
+                                &Receipt {
+                                    version: PROTOCOL_VERSION,
+                                    recipient: pid(m),
+                                    kind: ReceiptKind::Delivered,
+                                    created_at_ms: counter,
+                                    items,
+                                },
+                                &SigningKey::from_bytes(&[key; 32]),
+                            )
+                            .expect("sign receipt");
+                            let receipt = roster.verify_receipt(&signed).expect("verifies");
+                            let (reply, _answer) = mpsc::channel(1);
+                            batch.push(Command::Receipt {
+                                receipt,
+                                digest: signed.digest(),
+                                reply,
+                            });
+                            receipted.push((m, named));
+                        }
+                    }
+                    let swept_before = w.idle_swept_at;
+                    let cursors_before = w.cursors.clone();
+                    w.commit_batch_at(&mut batch, now);
+                    if w.idle_swept_at != swept_before {
+                        sweeps += 1;
+                        // Moved up: the cursor of a member neither receipting nor sent to.
+                        for (m, _) in members {
+                            let quiet = !receipted.iter().any(|(r, _)| *r == m)
+                                && !submitted.iter().any(|s| s.2.contains(&m));
+                            if quiet && w.cursors.get(&pid(m)) != cursors_before.get(&pid(m)) {
+                                moved_up += 1;
+                            }
+                        }
+                    }
+                    if fail {
+                        w.conn
+                            .execute_batch("DROP TRIGGER injected")
+                            .expect("trigger dropped");
+                        for (_, _, _, mut answer) in submitted {
+                            let a = answer.try_recv().expect("answered");
+                            assert!(!matches!(a, RelayToNode::Accepted(_)), "{a:?}");
+                        }
+                    } else {
+                        for (m, named) in receipted {
+                            let queue = owed.entry(m).or_default();
+                            for r in named {
+                                queue.remove(&r);
+                            }
+                        }
+                        for (id, digest, to, mut answer) in submitted {
+                            match answer.try_recv().expect("answered") {
+                                RelayToNode::Accepted(_) => {
+                                    let rseq: i64 = w
+                                        .conn
+                                        .query_row(
+                                            "SELECT rseq FROM messages WHERE id = ?1",
+                                            [&id.0[..]],
+                                            |r| r.get(0),
+                                        )
+                                        .expect("stored");
+                                    for t in &to {
+                                        owed.entry(t).or_default().insert(rseq);
+                                    }
+                                    messages.insert(rseq, (id, digest, to, now));
+                                }
+                                RelayToNode::Rejected(r) => {
+                                    assert_eq!(r.code, RejectCode::QueueFull, "{r:?}")
+                                }
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                    }
+                }
+            }
+            // The writer's queues, and a start's, are the model's; no cursor passed a
+            // position owed.
+            let loaded = load_queues(&w.conn).expect("queues");
+            for (m, _) in members {
+                let want: Vec<i64> = owed
+                    .get(m)
+                    .map(|q| q.iter().copied().collect())
+                    .unwrap_or_default();
+                let live = w
+                    .ctx
+                    .queues
+                    .lock()
+                    .expect("lock")
+                    .after(&pid(m), 0, usize::MAX);
+                assert_eq!(live, want, "seed {seed} step {step}: {m}'s queue in memory");
+                assert_eq!(
+                    loaded.index.after(&pid(m), 0, usize::MAX),
+                    want,
+                    "seed {seed} step {step}: {m}'s queue as a start rebuilds it"
+                );
+                if let (Some(c), Some(first)) = (loaded.cursors.get(&pid(m)), want.first()) {
+                    assert!(
+                        c < first,
+                        "seed {seed} step {step}: {m}'s cursor {c} passed {first}"
+                    );
+                }
+            }
+            assert_eq!(w.cursors, loaded.cursors, "seed {seed} step {step}");
+        }
+        assert!(
+            sweeps >= 2,
+            "seed {seed}: idle cursors were looked at {sweeps} times"
+        );
+        assert!(moved_up >= 1, "seed {seed}: no idle cursor was moved up");
     }
 }
