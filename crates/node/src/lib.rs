@@ -355,20 +355,24 @@ impl NodeState {
     /// Runs `work` with the node off the runtime ([`off_runtime`]): the store work of the
     /// API's handlers, of the links and of the ticker. Counted in `background` until it no
     /// longer holds the node, so that the node's shutdown waits for it (a link or a request
-    /// dropped meanwhile leaves its work running).
+    /// dropped meanwhile leaves its work running): until what it gives back, which may hold
+    /// the node (a link's work gives the link back), is taken by its caller or, the caller
+    /// gone, dropped by the blocking pool.
     pub(crate) async fn off_runtime<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&NodeState) -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
         let counted = Background::counted(&self.background);
         let state = self.clone();
-        off_runtime(move || {
+        let (out, counted) = off_runtime(move || {
             let out = work(&state);
             drop(state);
-            drop(counted);
-            out
+            // A tuple drops its fields in order: `out` before `counted`.
+            (out, counted)
         })
-        .await
+        .await?;
+        drop(counted);
+        Ok(out)
     }
 
     pub(crate) fn store(&self) -> MutexGuard<'_, NodeStore> {
@@ -1003,8 +1007,9 @@ impl NodeHandle {
         self.api_addr
     }
 
-    /// Stops the links, the API and the tickers, and waits for them; then waits (at most
-    /// `SHUTDOWN_RECHECK_WAIT_MS`) for the checks of the quarantine and of the held
+    /// Stops the links, the API and the tickers, and waits for them (at most 5 s, then
+    /// aborts them); then waits (at most `SHUTDOWN_RECHECK_WAIT_MS`) for those aborted to
+    /// let go of the node, for the checks of the quarantine and of the held
     /// receipts running off the async runtime to stop (a walk of the quarantine stops
     /// between two pages), and for the store work of a task aborted or a request dropped
     /// ([`NodeState::off_runtime`]), so that nothing uses the store once the node says it
@@ -1020,10 +1025,16 @@ impl NodeHandle {
             self.tasks.abort_all();
         }
         // A task that stopped meanwhile may have asked for a check: counted before it was
-        // spawned, and it stops at once, the node stopping.
-        let checks = self.background.wait_for(|n| *n == 0);
+        // spawned, and it stops at once, the node stopping. The tasks aborted are joined
+        // first: until then they may still hold the node (its store, its claim on the data
+        // directory); their store work goes on, counted.
+        let (tasks, background) = (&mut self.tasks, &mut self.background);
+        let checks = async move {
+            while tasks.join_next().await.is_some() {}
+            // An error is every counter gone, so no check left either.
+            let _ = background.wait_for(|n| *n == 0).await;
+        };
         let wait = Duration::from_millis(limits::SHUTDOWN_RECHECK_WAIT_MS);
-        // An error is every counter gone, so no check left either.
         if tokio::time::timeout(wait, checks).await.is_err() {
             warn!(
                 wait_ms = limits::SHUTDOWN_RECHECK_WAIT_MS,
@@ -1847,6 +1858,105 @@ mod tests {
         tokio::time::timeout(WAIT, ticker).await.unwrap().unwrap();
     }
 
+    /// Store work whose caller went away (a link's task aborted at shutdown, its store work
+    /// outlasting the wait) is counted in `background` until what it gives back is dropped
+    /// too: a link's work gives the link back, and with it the node. It was counted out as
+    /// its closure returned, so the shutdown could say the node stopped while the link,
+    /// dropped by the blocking pool after that, still held the node and its store open.
+    #[tokio::test]
+    async fn store_work_whose_caller_went_away_is_counted_until_its_result_is_dropped() {
+        const WAIT: Duration = Duration::from_secs(10);
+        /// Stands for a link given back: holds the node until the test releases it.
+        struct Given {
+            _node: Option<Arc<NodeState>>,
+            dropping: tokio::sync::mpsc::UnboundedSender<()>,
+            release: std::sync::mpsc::Receiver<()>,
+        }
+        impl Drop for Given {
+            fn drop(&mut self) {
+                let _ = self.dropping.send(());
+                let _ = self.release.recv_timeout(WAIT);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let mut background = state.background.subscribe();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (go, going) = std::sync::mpsc::channel::<()>();
+        let (dropping_tx, mut dropping) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let caller = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let _ = state
+                    .off_runtime(move |state| {
+                        started_tx.send(()).unwrap();
+                        let _ = going.recv_timeout(WAIT);
+                        Given {
+                            _node: state.this.upgrade(),
+                            dropping: dropping_tx,
+                            release: released,
+                        }
+                    })
+                    .await;
+            }
+        });
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        go.send(()).unwrap();
+        // The work has ended and its result, still holding the node, is being dropped.
+        tokio::time::timeout(WAIT, dropping.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let counted = *background.borrow();
+        release.send(()).unwrap();
+        assert_eq!(
+            counted, 1,
+            "the work was counted out while what it gave back still held the node"
+        );
+        let idle = tokio::time::timeout(WAIT, background.wait_for(|n| *n == 0)).await;
+        assert!(idle.is_ok(), "the work was never counted out");
+    }
+
+    /// A node whose task did not stop within the shutdown's wait (a link or the ticker
+    /// whose store work outlasts it; here one that never looks at the signal) says it
+    /// stopped only once that task, aborted, no longer holds the node and its store: the
+    /// tasks were aborted and not joined, so an aborted task not yet dropped held the
+    /// store open, and the claim on its data directory, after the node said it stopped.
+    #[tokio::test]
+    async fn a_node_whose_task_was_aborted_says_it_stopped_once_the_task_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shutdown, stopping) = watch::channel(false);
+        let state = test_state_on(dir.path(), 1, stopping);
+        let data = state.config.data_dir.clone();
+        let mut tasks = JoinSet::new();
+        tasks.spawn({
+            let state = state.clone();
+            async move {
+                let _node = state;
+                std::future::pending::<()>().await;
+            }
+        });
+        let handle = NodeHandle {
+            api_addr: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            shutdown,
+            tasks,
+            background: state.background.subscribe(),
+        };
+        let node = Arc::downgrade(&state);
+        drop(state);
+        handle.shutdown().await;
+        assert!(
+            node.upgrade().is_none(),
+            "an aborted task still holds the node after it said it stopped"
+        );
+        hotline_store::lock_dir(&data).expect("the data directory is free");
+    }
     /// The held receipts are checked off the async runtime: `recheck_held_receipts`
     /// returns without reading the store or verifying a signature on the caller's thread
     /// (here the test's runtime's only one), and does it in the background. It verified up
