@@ -2961,19 +2961,7 @@ mod tests {
             ("GET", "/v1/quarantine".into(), None, 200),
         ];
         for (method, path, body, expected) in cases {
-            let (locked_tx, locked) = std::sync::mpsc::channel();
-            let (release, released) = std::sync::mpsc::channel::<()>();
-            let holder = std::thread::spawn({
-                let state = state.clone();
-                move || {
-                    let _store = state.store();
-                    let _reader = state.reader();
-                    locked_tx.send(()).unwrap();
-                    // Whether the store was held until the deadline: the runtime waited.
-                    released.recv_timeout(WAIT).is_err()
-                }
-            });
-            locked.recv().unwrap();
+            let held = crate::Held::store(&state, true, WAIT);
             let answer = match body {
                 Some(b) => tokio::spawn(post_json(format!("{base}{path}"), b.to_owned())),
                 None => {
@@ -2997,9 +2985,8 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("{method} {path}: no event stream"));
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            release.send(()).ok();
             assert!(
-                !holder.join().unwrap(),
+                !held.release(),
                 "{method} {path}: the runtime waited for the store"
             );
             let (status, answer) = answer.await.unwrap();

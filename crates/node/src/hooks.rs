@@ -258,18 +258,13 @@ mod tests {
         const WAIT: Duration = Duration::from_secs(10);
         // Stands for the store's lock, held by a plain thread.
         let store = Arc::new(std::sync::Mutex::new(()));
-        let (locked_tx, locked) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn({
+        let held = crate::Held::new(WAIT, {
             let store = store.clone();
-            move || {
+            move |hold| {
                 let _held = store.lock().unwrap();
-                locked_tx.send(()).unwrap();
-                // Whether the lock was held until the deadline: the runtime waited.
-                released.recv_timeout(WAIT).is_err()
+                hold();
             }
         });
-        locked.recv().unwrap();
         let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
         let (recorded_tx, recorded) = tokio::sync::oneshot::channel();
         HookRunner::new(30_000).fire_then(
@@ -288,8 +283,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         })
         .await;
-        release.send(()).ok();
-        assert!(!holder.join().unwrap(), "the runtime waited for the lock");
+        assert!(!held.release(), "the runtime waited for the lock");
         assert!(waiting.is_ok(), "the hook never ended");
         tokio::time::timeout(WAIT, recorded)
             .await

@@ -1629,6 +1629,54 @@ pub(crate) fn test_state_on(
     })
 }
 
+/// A thread that holds a lock (the node's store, its read connection, any mutex) until
+/// [`Held::release`], or until `wait` has passed: for tests that show what does, and what
+/// does not, wait for it.
+#[cfg(test)]
+pub(crate) struct Held {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<bool>,
+}
+
+#[cfg(test)]
+impl Held {
+    /// Runs `hold` on a thread of its own: it takes its locks, then calls the function it is
+    /// given, which returns once released (or `wait` has passed). Returns once they are held.
+    pub(crate) fn new(wait: Duration, hold: impl FnOnce(&dyn Fn()) + Send + 'static) -> Self {
+        #![allow(clippy::unwrap_used)]
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let timed_out = std::cell::Cell::new(false);
+            hold(&|| {
+                locked_tx.send(()).unwrap();
+                timed_out.set(released.recv_timeout(wait).is_err());
+            });
+            timed_out.get()
+        });
+        locked.recv().unwrap();
+        Self { release, holder }
+    }
+
+    /// The node's store held, and its read connection too with `reader`.
+    pub(crate) fn store(state: &Arc<NodeState>, reader: bool, wait: Duration) -> Self {
+        let state = state.clone();
+        Self::new(wait, move |hold| {
+            let _store = state.store();
+            let _reader = reader.then(|| state.reader());
+            hold();
+        })
+    }
+
+    /// Lets go: whether it was held until `wait` passed, that is, whether what wanted it
+    /// waited on the thread that releases it (a test's runtime).
+    pub(crate) fn release(self) -> bool {
+        #![allow(clippy::unwrap_used)]
+        self.release.send(()).ok();
+        self.holder.join().unwrap()
+    }
+}
+
 /// `n` deliveries held in quarantine, as a relay delivering forgeries hands them over:
 /// signed by a key no roster lists, each with the reason it failed.
 #[cfg(test)]
@@ -1825,18 +1873,7 @@ mod tests {
         let (stop, stopping) = watch::channel(false);
         let state = test_state_on(dir.path(), 1, stopping.clone());
         let mut background = state.background.subscribe();
-        let (locked_tx, locked) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn({
-            let state = state.clone();
-            move || {
-                let _store = state.store();
-                locked_tx.send(()).unwrap();
-                // Whether the store was held until the deadline: the runtime waited.
-                released.recv_timeout(WAIT).is_err()
-            }
-        });
-        locked.recv().unwrap();
+        let held = Held::store(&state, false, WAIT);
         // Its first tick is at once.
         let ticker = tokio::spawn(tick(state.clone(), stopping));
         // The ticker waits for the store, off the runtime: a timer still fires meanwhile.
@@ -1845,8 +1882,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         })
         .await;
-        release.send(()).ok();
-        assert!(!holder.join().unwrap(), "the runtime waited for the store");
+        assert!(!held.release(), "the runtime waited for the store");
         assert!(
             waiting.is_ok(),
             "the ticker never waited for the store off the runtime"
@@ -2027,23 +2063,11 @@ mod tests {
         let newer = hotline_proto::verify_roster(&newer, &state.config.roster_key).unwrap();
         state.roster.send_replace(Arc::new(newer));
 
-        let (locked_tx, locked) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn({
-            let state = state.clone();
-            move || {
-                let _store = state.store();
-                locked_tx.send(()).unwrap();
-                // Whether the store was held until the deadline: the call waited for it.
-                released.recv_timeout(Duration::from_secs(10)).is_err()
-            }
-        });
-        locked.recv().unwrap();
+        let held = Held::store(&state, false, Duration::from_secs(10));
         let mut checked = state.receipts_checked.subscribe();
         state.recheck_held_receipts();
-        release.send(()).ok();
         assert!(
-            !holder.join().unwrap(),
+            !held.release(),
             "the check waited on the caller's thread for the store"
         );
         tokio::time::timeout(Duration::from_secs(30), checked.changed())

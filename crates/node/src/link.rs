@@ -1737,18 +1737,7 @@ mod tests {
         assert_eq!(got, Ok(true), "the first delivery was not receipted");
         assert!(state.store().inbox_message(&first).unwrap().is_some());
 
-        let (locked_tx, locked) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn({
-            let state = state.clone();
-            move || {
-                let _store = state.store();
-                locked_tx.send(()).unwrap();
-                // Whether the store was held until the deadline: the runtime waited.
-                released.recv_timeout(WAIT).is_err()
-            }
-        });
-        locked.recv().unwrap();
+        let held = crate::Held::store(&state, false, WAIT);
         let (second, frame) = deliver("Second");
         to_node.send(frame).unwrap();
         // The link waits for the store, off the runtime: a timer still fires meanwhile.
@@ -1758,8 +1747,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         })
         .await;
-        release.send(()).ok();
-        assert!(!holder.join().unwrap(), "the runtime waited for the store");
+        assert!(!held.release(), "the runtime waited for the store");
         assert!(
             waiting.is_ok(),
             "the link never waited for the store off the runtime"
