@@ -795,8 +795,11 @@ const QUARANTINE_PAGES_MAX: usize = 10_000;
 /// node's API, with the path of the next page its answer names) pages `GET
 /// /v1/quarantine`, `page` deliveries at a time at most, following each page's next (the
 /// same with `?before=` the last digest of the page before) until a page names none: a page
-/// may be shorter than `page` while more remain (it stops at its bytes). A prefix that no
-/// digest has, or more than one has, is refused once all have been seen.
+/// may be shorter than `page` while more remain (it stops at its bytes). A full page that
+/// names none is followed all the same (`?before=` its last digest): a node of a release
+/// before the pages' `Link` names none however many remain; from a later node that costs
+/// one empty page. A prefix that no digest has, or more than one has, is refused once all
+/// have been seen.
 fn held_digest(
     prefix: &str,
     page: usize,
@@ -844,6 +847,12 @@ fn held_digest(
             (Some(last), Some(next)) => {
                 before = Some((*last).to_owned());
                 path = next;
+            }
+            // A node of a release before the pages' `Link` names no next page however many
+            // remain: after a full page, the next one is asked for as it was before.
+            (Some(last), None) if digests.len() >= page => {
+                before = Some((*last).to_owned());
+                path = format!("/v1/quarantine?limit={page}&before={last}");
             }
             _ => {
                 return match matching.pop() {
@@ -1167,6 +1176,27 @@ mod tests {
         };
         let e = held_digest("06", 3, old_node)
             .expect_err("an old node")
+            .to_string();
+        assert!(e.contains("ignored"), "{e}");
+        // Nodes of the releases before the pages' `Link` name no next page, however many
+        // remain: a full page of `?limit=` from one is read on with `?before=` its last
+        // digest, as it was before. The look ended at their first page and called each
+        // prefix beyond it nobody's ("all 3 held were looked at"), and one that also
+        // ignores `?before=` was never told apart.
+        let no_link =
+            |path: &str| quarantine_pages(&held, usize::MAX, path).map(|(v, _)| (v, None));
+        assert_eq!(held_digest("06", 3, no_link).expect("oldest"), held[6]);
+        assert_eq!(held_digest("aa2", 3, no_link).expect("last"), held[8]);
+        let e = held_digest("aa", 3, no_link).expect_err("two").to_string();
+        assert!(e.ends_with("give more digits"), "{e}");
+        let e = held_digest("ff", 3, no_link).expect_err("none").to_string();
+        assert!(e.contains("all 9 held were looked at"), "{e}");
+        let older_node = |path: &str| {
+            let first = path.split('&').next().expect("path").to_owned();
+            quarantine_pages(&held, usize::MAX, &first).map(|(v, _)| (v, None))
+        };
+        let e = held_digest("06", 3, older_node)
+            .expect_err("an older node")
             .to_string();
         assert!(e.contains("ignored"), "{e}");
     }
