@@ -662,7 +662,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 for (p, c) in clients.iter().filter(|_| sim.is_some()) {
                     if down.contains(p) || !scripted(&scenario, p) { continue; }
                     let c = c.clone();
-                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get_page(path))).await else { continue };
+                    let Ok(Ok(items)) = tokio::task::spawn_blocking(move || sweep_inbox(|path| c.get_page(path).map_err(|e| e.to_string()))).await else { continue };
                     for m in items {
                         if let (Some(id), false) = (m["id"].as_str(), m["acknowledged"] == json!(true)) {
                             schedule_ack(&scenario, p, id, Instant::now(), &mut acks_due, &mut acks_scheduled);
@@ -834,9 +834,13 @@ async fn final_picture(
             continue;
         }
         let c = c.clone();
-        let read =
-            tokio::task::spawn_blocking(move || every_page(|path| c.get_page(path), "/v1/inbox"))
-                .await?;
+        let read = tokio::task::spawn_blocking(move || {
+            every_page(
+                |path| c.get_page(path).map_err(|e| e.to_string()),
+                "/v1/inbox",
+            )
+        })
+        .await?;
         let e = match read {
             Ok(items) => {
                 inboxes.insert(p.clone(), items);
@@ -1627,7 +1631,7 @@ fn spawn_node(opts: &RunOptions, dep: &Deployment, p: &str, n: u32) -> anyhow::R
 /// deploys only the scripted operators acknowledge, and the harness schedules a message's
 /// acknowledgement and answer together ([`schedule_ack`], [`schedule_reply`]), so one
 /// acknowledged has had both scheduled, and its sweeps stay as long as what is pending.
-fn sweep_inbox<E>(get: impl FnMut(&str) -> Result<Page, E>) -> Result<Vec<Value>, E> {
+fn sweep_inbox<E: From<String>>(get: impl FnMut(&str) -> Result<Page, E>) -> Result<Vec<Value>, E> {
     every_page(get, "/v1/inbox?unacknowledged=true")
 }
 
@@ -1646,16 +1650,29 @@ type Page = (Value, Option<String>);
 /// that goes nowhere cannot keep the read going. A node of a release before the pages'
 /// `Link` names no next: a full page of `API_LIST_MAX` from it is read on after its last
 /// item (`?before=ID`), as it was before (a live drill may drive deployed nodes of another
-/// release); from a later node that costs one empty page at most.
-fn every_page<E>(
+/// release); from a later node that costs one empty page at most. A page that lists again
+/// an item an earlier page listed ends the read with an error: a node that ignores
+/// `?before=` (of a release before it, `hotline inbox` knows of them) answers the newest
+/// page again after a full one, and a `Link` naming the page it came with, or an earlier
+/// one, would do the same; each was read for ever, holding 1,000 more items each time.
+fn every_page<E: From<String>>(
     mut get: impl FnMut(&str) -> Result<Page, E>,
     first: &str,
 ) -> Result<Vec<Value>, E> {
     let mut all = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut path = first.to_owned();
     loop {
         let (page, next) = get(&path)?;
         let page = page.as_array().cloned().unwrap_or_default();
+        for id in page.iter().filter_map(|m| m["id"].as_str()) {
+            if !seen.insert(id.to_owned()) {
+                return Err(E::from(format!(
+                    "{path} listed again message {id}, listed on an earlier page (a node \
+                     that ignores ?before=, or whose pages' Link goes back): read no further"
+                )));
+            }
+        }
         let full = page.len() >= hotline_node::limits::API_LIST_MAX;
         let last = page
             .last()
@@ -1722,12 +1739,12 @@ mod tests {
                         Some("/v1/inbox?before=a".to_owned()),
                     ))
                 } else {
-                    Err("gone")
+                    Err("gone".to_owned())
                 }
             },
             "/v1/inbox",
         );
-        assert_eq!(e, Err("gone"));
+        assert_eq!(e, Err("gone".to_owned()));
         // A node from before the pages' `Link` is read on after a full page, and to the end.
         let page = hotline_node::limits::API_LIST_MAX;
         let mut asked = Vec::new();
@@ -1758,6 +1775,59 @@ mod tests {
         )
         .expect("read");
         assert!(all.is_empty());
+    }
+
+    /// A list that gives again what it gave ends the read with an error, never a read
+    /// without end: a node whose `Link` names the page it answers, or an earlier one, and a
+    /// node of a release before `?before=` on the inbox (which the CLI knows of,
+    /// `ignored_cursor`), which ignores it and answers the newest page again after a full
+    /// one. Each read the same page of 1,000 for ever, holding more each time.
+    #[test]
+    fn a_list_that_lists_again_what_it_listed_is_refused_not_read_for_ever() {
+        let page = |from: usize, n: usize| -> Value {
+            (from..from + n)
+                .map(|i| json!({ "id": format!("{i:032x}") }))
+                .collect()
+        };
+        let full = hotline_node::limits::API_LIST_MAX;
+        let same = format!("/v1/inbox?before={:032x}", full - 1);
+        for (what, next) in [
+            ("a Link to the same page", Some(same.as_str())),
+            ("a node that ignores ?before=", None),
+        ] {
+            let mut asked = 0;
+            let read = every_page(
+                |_| -> Result<Page, String> {
+                    asked += 1;
+                    if asked > 5 {
+                        return Err("asked for ever".to_owned());
+                    }
+                    Ok((page(0, full), next.map(str::to_owned)))
+                },
+                "/v1/inbox",
+            );
+            let e = read.expect_err(what);
+            assert!(e.contains("listed again"), "{what}: {e}");
+            assert_eq!(asked, 2, "{what}");
+        }
+        // Two pages naming each other.
+        let mut asked = 0;
+        let read = every_page(
+            |path| -> Result<Page, String> {
+                asked += 1;
+                if asked > 5 {
+                    return Err("asked for ever".to_owned());
+                }
+                Ok(match path.contains("before=") {
+                    false => (page(0, 3), Some("/v1/inbox?before=2".to_owned())),
+                    true => (page(3, 3), Some("/v1/inbox".to_owned())),
+                })
+            },
+            "/v1/inbox",
+        );
+        let e = read.expect_err("a cycle");
+        assert!(e.contains("listed again"), "{e}");
+        assert_eq!(asked, 3);
     }
 
     /// A node that is up at the end but whose API fails when the drill reads its inbox

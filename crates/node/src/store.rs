@@ -3955,6 +3955,49 @@ mod tests {
         assert!(reader.sent_page(Some(&unknown), 10).unwrap().is_none());
     }
 
+    /// Paging the unacknowledged goes on after the last message of the page before even
+    /// once that one is acknowledged (the cursor is looked for in the whole inbox, not among
+    /// the unacknowledged alone, which would answer 404 and end a sweep); a message
+    /// acknowledged meanwhile further down is left out, and one that arrives between pages
+    /// is not listed among the older ones.
+    #[test]
+    fn the_unacknowledged_go_on_after_a_message_acknowledged_between_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let kaz = SigningKey::from_bytes(&[2; 32]);
+        let (me, key) = (pid("KGZ"), SigningKey::from_bytes(&[1; 32]));
+        let envs: Vec<Envelope> = (1..=7).map(|s| envelope(s, Precedence::Routine)).collect();
+        let batch: Vec<_> = envs[..6]
+            .iter()
+            .map(|e| (Signed::sign(e, &kaz).unwrap(), Ok(e.clone())))
+            .collect();
+        // All at the same millisecond: ordered by row alone.
+        store.store_deliveries(&batch, NOW).unwrap();
+        let mut reader = NodeReader::open(dir.path()).unwrap();
+        let ids = |page: Vec<InboxMessage>| -> Vec<MessageId> {
+            page.into_iter().map(|m| m.envelope.id).collect()
+        };
+        let newest_first: Vec<MessageId> = envs[..6].iter().rev().map(|e| e.id).collect();
+        let first = ids(reader.inbox_page(None, 3, true).unwrap().unwrap());
+        assert_eq!(first, newest_first[..3]);
+        for id in [&first[2], &newest_first[4]] {
+            store
+                .acknowledge(&me, &key, id, "Duty officer", None, 1, NOW + 10)
+                .unwrap()
+                .unwrap();
+        }
+        let e = &envs[6];
+        store
+            .store_deliveries(&[(Signed::sign(e, &kaz).unwrap(), Ok(e.clone()))], NOW + 20)
+            .unwrap();
+        let rest = reader.inbox_page(Some(&first[2]), 3, true).unwrap();
+        assert_eq!(
+            rest.map(ids),
+            Some(vec![newest_first[3], newest_first[5]]),
+            "after the acknowledged cursor, without the one acknowledged meanwhile"
+        );
+    }
+
     #[test]
     fn only_unacknowledged_flash_and_immediate_messages_page_again() {
         let dir = tempfile::tempdir().unwrap();

@@ -423,6 +423,7 @@ fn inbox_text(
     };
     out.push_str(&cut_note(
         more,
+        listed.len(),
         what,
         &format!("{}{and}", next_page(command, listed)),
     ));
@@ -433,10 +434,14 @@ fn inbox_text(
 /// answer names a next page (docs/API.md, Conventions). It cuts a page at `API_LIST_MAX`
 /// items or at `API_PAGE_BYTES_MAX` bytes of them, whichever comes first, so a page may be
 /// shorter than `API_LIST_MAX` with more to come: counted in items, the note was missing
-/// under such a page, which read as all there was. `more` says how to see the rest (the
-/// exact command for the next page).
-fn cut_note(cut: bool, what: &str, more: &str) -> String {
-    if !cut {
+/// under such a page, which read as all there was. A node of the release before the
+/// pages' `Link` names no next page however many remain: a full page of `listed` items
+/// (`API_LIST_MAX`) has the note all the same, or with such a node (one still running after
+/// the CLI was upgraded) it read as all there was; from a later node whose list ends there,
+/// the note costs one command that says so. `more` says how to see the rest (the exact
+/// command for the next page).
+fn cut_note(cut: bool, listed: usize, what: &str, more: &str) -> String {
+    if !cut && listed < API_LIST_MAX {
         return String::new();
     }
     let mib = API_PAGE_BYTES_MAX / (1024 * 1024);
@@ -508,6 +513,7 @@ fn quarantine_text(v: &Value, before: Option<&str>, more: bool) -> String {
         .unwrap_or("DIGEST");
     out.push_str(&cut_note(
         more,
+        items.len(),
         "held deliveries",
         &format!("`hotline inbox --quarantined --before {last}` lists the next older ones"),
     ));
@@ -789,8 +795,11 @@ const QUARANTINE_PAGES_MAX: usize = 10_000;
 /// node's API, with the path of the next page its answer names) pages `GET
 /// /v1/quarantine`, `page` deliveries at a time at most, following each page's next (the
 /// same with `?before=` the last digest of the page before) until a page names none: a page
-/// may be shorter than `page` while more remain (it stops at its bytes). A prefix that no
-/// digest has, or more than one has, is refused once all have been seen.
+/// may be shorter than `page` while more remain (it stops at its bytes). A full page that
+/// names none is followed all the same (`?before=` its last digest): a node of a release
+/// before the pages' `Link` names none however many remain; from a later node that costs
+/// one empty page. A prefix that no digest has, or more than one has, is refused once all
+/// have been seen.
 fn held_digest(
     prefix: &str,
     page: usize,
@@ -838,6 +847,12 @@ fn held_digest(
             (Some(last), Some(next)) => {
                 before = Some((*last).to_owned());
                 path = next;
+            }
+            // A node of a release before the pages' `Link` names no next page however many
+            // remain: after a full page, the next one is asked for as it was before.
+            (Some(last), None) if digests.len() >= page => {
+                before = Some((*last).to_owned());
+                path = format!("/v1/quarantine?limit={page}&before={last}");
             }
             _ => {
                 return match matching.pop() {
@@ -988,6 +1003,7 @@ fn sent_text(v: &Value, before: Option<hotline_proto::MessageId>, more: bool) ->
     }
     out.push_str(&cut_note(
         more,
+        listed.len(),
         "sent messages",
         &format!(
             "{}; `hotline status ID` shows any one by its id",
@@ -1162,6 +1178,27 @@ mod tests {
             .expect_err("an old node")
             .to_string();
         assert!(e.contains("ignored"), "{e}");
+        // Nodes of the releases before the pages' `Link` name no next page, however many
+        // remain: a full page of `?limit=` from one is read on with `?before=` its last
+        // digest, as it was before. The look ended at their first page and called each
+        // prefix beyond it nobody's ("all 3 held were looked at"), and one that also
+        // ignores `?before=` was never told apart.
+        let no_link =
+            |path: &str| quarantine_pages(&held, usize::MAX, path).map(|(v, _)| (v, None));
+        assert_eq!(held_digest("06", 3, no_link).expect("oldest"), held[6]);
+        assert_eq!(held_digest("aa2", 3, no_link).expect("last"), held[8]);
+        let e = held_digest("aa", 3, no_link).expect_err("two").to_string();
+        assert!(e.ends_with("give more digits"), "{e}");
+        let e = held_digest("ff", 3, no_link).expect_err("none").to_string();
+        assert!(e.contains("all 9 held were looked at"), "{e}");
+        let older_node = |path: &str| {
+            let first = path.split('&').next().expect("path").to_owned();
+            quarantine_pages(&held, usize::MAX, &first).map(|(v, _)| (v, None))
+        };
+        let e = held_digest("06", 3, older_node)
+            .expect_err("an older node")
+            .to_string();
+        assert!(e.contains("ignored"), "{e}");
     }
 
     #[test]
@@ -1331,7 +1368,7 @@ mod tests {
         assert!(!text.contains("at most"), "{text}");
         let cut = received(API_LIST_MAX);
         let text = inbox_text(&cut, &cut, false, None, true);
-        let note = text.lines().last().unwrap_or_default();
+        let note = text.lines().last().unwrap_or_default().to_owned();
         assert_eq!(
             note,
             format!(
@@ -1353,10 +1390,20 @@ mod tests {
             text.contains(&format!("`hotline inbox --before {:032x}`", 14)),
             "{text}"
         );
-        // A full page that ends the list (the node names no next page) has no note.
+        // A full page whose node names no next page still has the note: a node of the
+        // release before the pages' `Link` (one still running after the CLI was upgraded)
+        // names none while more remain, and its full page read as all there was. From a
+        // later node whose list ends there, it costs one command that says so.
         let text = inbox_text(&cut, &cut, false, None, false);
-        assert!(!text.contains("at most"), "{text}");
-        assert_eq!(text.lines().count(), 1 + API_LIST_MAX, "header, rows");
+        assert_eq!(text.lines().last(), Some(note.as_str()), "{text}");
+        assert_eq!(
+            text.lines().count(),
+            1 + API_LIST_MAX + 1,
+            "header, rows, note"
+        );
+        assert!(
+            inbox_text(&cut[..3], &cut, true, None, false).contains(&format!("--before {last}`"))
+        );
         let text = inbox_text(&cut, &cut, true, None, true);
         assert!(
             text.ends_with(&format!(
@@ -1394,6 +1441,7 @@ mod tests {
             ))
         );
         assert!(sent_text(&sent(7), None, true).contains("`hotline sent --before"));
+        assert!(sent_text(&sent(API_LIST_MAX), None, false).contains("`hotline sent --before"));
         assert!(sent_text(&sent(0), Some(id), false)
             .ends_with(&format!("\n(no messages sent before {last})")));
 
@@ -1414,6 +1462,7 @@ mod tests {
             )),
             "the next page's command, with the last digest listed"
         );
+        assert!(quarantine_text(&held(API_LIST_MAX), None, false).contains("--before"));
         let d = "ab".repeat(32);
         assert!(quarantine_text(&held(0), Some(&d), false)
             .ends_with(&format!("\n(nothing quarantined before {d})")));
