@@ -201,13 +201,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
         );
     }
     h.push_str("</table>");
-    // A node whose inbox the drill read from its store, or could not read at all, and why,
-    // beside the matrix whose row came from there (as in the text summary).
-    let unread: Vec<(&str, &str)> = r
-        .participants
-        .iter()
-        .filter_map(|p| p.inbox_read.as_deref().map(|w| (p.id.as_str(), w)))
-        .collect();
+    let unread = r.inboxes_not_read_over_api();
     if !unread.is_empty() {
         h.push_str("<h2>Inboxes not read over their node's API</h2><table><tr><th>Participant</th><th>Inbox</th></tr>");
         for (id, why) in unread {

@@ -158,6 +158,18 @@ pub struct Report {
     pub directory: PathBuf,
 }
 
+impl Report {
+    /// Each node whose inbox the drill read from its store, or could not read at all (down
+    /// at the end, or its API failing then), with why: the director needs it beside the
+    /// matrix whose cells came from there (the text summary and the HTML report show it).
+    pub fn inboxes_not_read_over_api(&self) -> Vec<(&str, &str)> {
+        self.participants
+            .iter()
+            .filter_map(|p| p.inbox_read.as_deref().map(|w| (p.id.as_str(), w)))
+            .collect()
+    }
+}
+
 /// Store checks made after the processes stopped.
 pub struct StoreChecks {
     /// Journal (name, entries or error).
@@ -1202,14 +1214,7 @@ pub fn summary(r: &Report) -> String {
         }
         let _ = writeln!(o, " | {}", if p.objectives_met { "met" } else { "NOT MET" });
     }
-    // A node whose inbox the drill read from its store, or could not read at all: down at
-    // the end, or its API failing then (with why), which the director needs beside the
-    // matrix whose cells came from there.
-    let unread: Vec<(&str, &str)> = r
-        .participants
-        .iter()
-        .filter_map(|p| p.inbox_read.as_deref().map(|w| (p.id.as_str(), w)))
-        .collect();
+    let unread = r.inboxes_not_read_over_api();
     if !unread.is_empty() {
         let _ = writeln!(o, "\nInboxes not read over their node's API:");
         for (id, why) in unread {
