@@ -1405,6 +1405,8 @@ struct Page {
     last: Option<String>,
     /// Whether the list goes on past this page.
     more: bool,
+    /// An item [`Page::take`] could not write, which ended the page.
+    failed: Option<ApiError>,
 }
 
 impl Page {
@@ -1416,7 +1418,17 @@ impl Page {
             bytes_max,
             last: None,
             more: false,
+            failed: None,
         }
+    }
+
+    /// [`Page::push`] for a store's walk of its rows, which goes on while it is told
+    /// `Continue`: an item that cannot be written ends the walk, kept in `failed`.
+    fn take(&mut self, cursor: impl std::fmt::Display, item: &impl Serialize) -> ControlFlow<()> {
+        self.push(cursor, item).unwrap_or_else(|e| {
+            self.failed = Some(e);
+            ControlFlow::Break(())
+        })
     }
 
     /// The item after those taken, named `cursor` in a `?before=`: taken unless the page
@@ -1505,19 +1517,14 @@ async fn inbox(
     let unacknowledged = q.unacknowledged;
     let built = off_runtime(&state, move |state| {
         let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
-        let mut failed = None;
         // One more than the page, to know whether the list goes on past it.
         let listed = state
             .reader()
             .inbox_each(before.as_ref(), limit + 1, unacknowledged, |m| {
-                let id = m.envelope.id;
-                out.push(id, &inbox_item(m)).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    ControlFlow::Break(())
-                })
+                out.take(m.envelope.id, &inbox_item(m))
             })
             .map_err(store_error)?;
-        if let Some(e) = failed {
+        if let Some(e) = out.failed.take() {
             return Err(e);
         }
         page(listed, before.as_ref(), "received message")?;
@@ -1774,20 +1781,15 @@ async fn sent_list(
     let before = cursor(q.before.as_deref())?;
     let built = off_runtime(&state, move |state| {
         let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
-        let mut failed = None;
         let now = now_ms();
         // One more than the page, to know whether the list goes on past it.
         let listed = state
             .reader()
             .sent_each(before.as_ref(), limit + 1, |s| {
-                let id = s.envelope.id;
-                out.push(id, &sent_view(s, now)).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    ControlFlow::Break(())
-                })
+                out.take(s.envelope.id, &sent_view(s, now))
             })
             .map_err(store_error)?;
-        if let Some(e) = failed {
+        if let Some(e) = out.failed.take() {
             return Err(e);
         }
         page(listed, before.as_ref(), "sent message")?;
