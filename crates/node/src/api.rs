@@ -1368,22 +1368,31 @@ fn digest(given: &str, what: &str) -> Result<hotline_proto::Digest, ApiError> {
         })
 }
 
-/// A list's page (or that it was read), or a 404 when `before` names no item of the list
-/// (`what`).
-fn page<T: Default, C: std::fmt::Display>(
-    items: Option<T>,
+/// A list's [`Page`] of at most `limit` items, built by `walk`: the store's walk of the
+/// list's items after `before`, up to the count it is given (one more than the page, to
+/// know whether the list goes on past it), each given to [`Page::take`] as it is read, so
+/// that the walk stops once the page is done and reads no more items than it answers, one
+/// at a time. The walk answers `None` when `before` names no item of the list (`what`):
+/// a 404.
+fn list_page<C: std::fmt::Display>(
+    limit: usize,
     before: Option<&C>,
     what: &str,
-) -> Result<T, ApiError> {
-    match (items, before) {
-        (Some(items), _) => Ok(items),
+    walk: impl FnOnce(usize, &mut Page) -> Result<Option<()>, hotline_store::StoreError>,
+) -> Result<Page, ApiError> {
+    let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
+    let listed = walk(limit.saturating_add(1), &mut out).map_err(store_error)?;
+    if let Some(e) = out.failed.take() {
+        return Err(e);
+    }
+    match (listed, before) {
         (None, Some(id)) => Err(ApiError(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("before: no {what} {id}"),
         )),
         // Only a `before` can name nothing.
-        (None, None) => Ok(T::default()),
+        _ => Ok(out),
     }
 }
 
@@ -1516,19 +1525,13 @@ async fn inbox(
     let before = cursor(q.before.as_deref())?;
     let unacknowledged = q.unacknowledged;
     let built = off_runtime(&state, move |state| {
-        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
-        // One more than the page, to know whether the list goes on past it.
-        let listed = state
-            .reader()
-            .inbox_each(before.as_ref(), limit + 1, unacknowledged, |m| {
-                out.take(m.envelope.id, &inbox_item(m))
-            })
-            .map_err(store_error)?;
-        if let Some(e) = out.failed.take() {
-            return Err(e);
-        }
-        page(listed, before.as_ref(), "received message")?;
-        Ok::<_, ApiError>(out)
+        list_page(limit, before.as_ref(), "received message", |n, out| {
+            state
+                .reader()
+                .inbox_each(before.as_ref(), n, unacknowledged, |m| {
+                    out.take(m.envelope.id, &inbox_item(m))
+                })
+        })
     });
     Ok(built
         .await??
@@ -1539,7 +1542,7 @@ async fn inbox(
 /// one's digest, when it arrived, why it is held, and what its bytes claim (sender, id,
 /// subject…) if they decode. The claim is **unverified** (that is why it is held) and must
 /// not be shown as a message. Read as the other lists are, in a snapshot without the
-/// store's lock, off the runtime.
+/// store's lock, off the runtime, a delivery at a time.
 async fn quarantine(
     State(state): State<St>,
     Params(q): Params<QuarantineQuery>,
@@ -1551,43 +1554,43 @@ async fn quarantine(
         .map(|b| digest(b, "before: "))
         .transpose()?;
     let built = off_runtime(&state, move |state| {
-        // One more than the page, to know whether the list goes on past it. Read whole:
-        // the quarantine holds at most `quarantine_max_bytes` in all, and its items' JSON
-        // is small (what the bytes claim, not their body).
-        // Held while the page is built, as the other lists' pages are: one at a time.
-        let mut reader = state.reader();
-        let held = reader
-            .quarantine_page(before.as_ref(), limit + 1)
-            .map_err(store_error)?;
-        let held = page(held, before.as_ref(), "delivery held in quarantine under")?;
-        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
-        for h in held {
-            let claimed = h.signed.decode_unverified().ok().map(|e| {
-                json!({
-                    "id": e.id,
-                    "from": e.sender,
-                    "precedence": e.precedence,
-                    "status": e.status,
-                    "subject": e.subject,
-                    "created_at_ms": e.created_at_ms,
+        // A delivery at a time, each up to `ENVELOPE_BYTES_MAX` whole: read together, a
+        // page's 1,001 were up to the quarantine's 64 MiB, though their items are small
+        // (what the bytes claim, not their body).
+        list_page(
+            limit,
+            before.as_ref(),
+            "delivery held in quarantine under",
+            |n, out| {
+                state.reader().quarantine_each(before.as_ref(), n, |h| {
+                    out.take(h.digest, &quarantine_item(h))
                 })
-            });
-            let item = json!({
-                "digest": h.digest.to_string(),
-                "received_at_ms": h.received_at_ms,
-                "reason": h.reason,
-                "unverified_claim": claimed,
-            });
-            if out.push(h.digest, &item)?.is_break() {
-                break;
-            }
-        }
-        drop(reader);
-        Ok::<_, ApiError>(out)
+            },
+        )
     });
     Ok(built
         .await??
         .answer("/v1/quarantine", page_query(q.limit, false)))
+}
+
+/// A delivery held in quarantine as its list shows it ([`quarantine`]).
+fn quarantine_item(h: crate::store::Quarantined) -> Value {
+    let claimed = h.signed.decode_unverified().ok().map(|e| {
+        json!({
+            "id": e.id,
+            "from": e.sender,
+            "precedence": e.precedence,
+            "status": e.status,
+            "subject": e.subject,
+            "created_at_ms": e.created_at_ms,
+        })
+    });
+    json!({
+        "digest": h.digest.to_string(),
+        "received_at_ms": h.received_at_ms,
+        "reason": h.reason,
+        "unverified_claim": claimed,
+    })
 }
 
 /// `POST /v1/quarantine/{digest}/discard` and `POST /v1/quarantine/discard-all` body: the
@@ -1780,20 +1783,12 @@ async fn sent_list(
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
     let built = off_runtime(&state, move |state| {
-        let mut out = Page::new(limit, API_PAGE_BYTES_MAX);
         let now = now_ms();
-        // One more than the page, to know whether the list goes on past it.
-        let listed = state
-            .reader()
-            .sent_each(before.as_ref(), limit + 1, |s| {
+        list_page(limit, before.as_ref(), "sent message", |n, out| {
+            state.reader().sent_each(before.as_ref(), n, |s| {
                 out.take(s.envelope.id, &sent_view(s, now))
             })
-            .map_err(store_error)?;
-        if let Some(e) = out.failed.take() {
-            return Err(e);
-        }
-        page(listed, before.as_ref(), "sent message")?;
-        Ok::<_, ApiError>(out)
+        })
     });
     Ok(built
         .await??
@@ -3412,6 +3407,53 @@ mod tests {
             (404, Some("not_found")),
             "{v}"
         );
+    }
+
+    /// A page of the quarantine reads no more deliveries than it answers: the store's walk
+    /// stops once the page's bytes are reached, as the inbox's and the sent list's do. It
+    /// read `limit + 1` whole deliveries (1,001 by default, up to the quarantine's 64 MiB
+    /// of bytes, held at once) before it cut the page at `API_PAGE_BYTES_MAX`. Here each
+    /// delivery's item is some 4 KiB of JSON (a long reason), so a page holds some 250 of
+    /// 300, and the oldest delivery, on the next page, is damaged in the store: a page
+    /// that reads it fails.
+    #[tokio::test]
+    async fn a_quarantine_page_reads_no_delivery_past_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let held = 300;
+        let reason = format!("test: {}", "r".repeat(4 * 1024));
+        let batch: Vec<_> = crate::test_forgeries(&state, held)
+            .into_iter()
+            .map(|(signed, _)| (signed, Err(reason.clone())))
+            .collect();
+        state.store().store_deliveries(&batch, 2_000).unwrap();
+        // The oldest, listed last (all arrived at once: by row), no longer reads back.
+        let damaged = state
+            .store()
+            .conn_for_tests()
+            .execute(
+                "UPDATE quarantine SET key = x'00' \
+                 WHERE rowid = (SELECT MIN(rowid) FROM quarantine)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1);
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        let (status, bytes, v, next) = get_page(&base, "/v1/quarantine").await;
+        assert_eq!(status, 200, "the page read past its bytes: {v}");
+        assert!(bytes <= API_PAGE_BYTES_MAX, "{bytes}");
+        let items = v.as_array().unwrap().len();
+        assert!(items > 1 && items < held, "{items}");
+        // The damage is real: the page it is on fails.
+        let mut path = next.expect("the list goes on");
+        loop {
+            let (status, _, v, next) = get_page(&base, &path).await;
+            if status != 200 {
+                assert_eq!((status, v["code"].as_str()), (500, Some("storage")), "{v}");
+                break;
+            }
+            path = next.expect("the damaged delivery is on a page");
+        }
     }
 
     /// A subscriber of `/v1/events` that never reads holds neither the node nor the other

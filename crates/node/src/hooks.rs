@@ -5,13 +5,15 @@
 //! in the order they were fired, up to `HOOKS_WAITING_MAX`; beyond that an event's hook is
 //! skipped with an error instead of piling up without end. A hook runs in a process group of
 //! its own, killed whole at the timeout: what a hook's script started (a `curl` that hangs)
-//! is killed with it, not left running past the limit.
+//! is killed with it, not left running past the limit. What a hook records as it ends is
+//! counted in the node's `background` while it runs, so that the node's shutdown waits for
+//! it; the hook itself is not, so a hook still running does not hold up the shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::events::Event;
@@ -25,15 +27,20 @@ pub struct HookRunner {
     /// Hooks running or waiting to.
     places: Arc<Semaphore>,
     timeout: Duration,
+    /// The node's count of work that may still hold it (`NodeState::background`), which its
+    /// shutdown waits on: a hook's record as it ends is counted there.
+    background: Arc<watch::Sender<usize>>,
 }
 
 impl HookRunner {
-    /// A runner with the given per-hook timeout.
-    pub fn new(timeout_ms: u64) -> Self {
+    /// A runner with the given per-hook timeout, counting what a hook records as it ends
+    /// in `background` (`NodeState::background`).
+    pub fn new(timeout_ms: u64, background: Arc<watch::Sender<usize>>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX)),
             places: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX + HOOKS_WAITING_MAX)),
             timeout: Duration::from_millis(timeout_ms),
+            background,
         }
     }
 
@@ -45,11 +52,13 @@ impl HookRunner {
 
     /// As [`Self::fire`], and calls `ended` once the node is done with the hook: when it
     /// has ended (succeeded, failed, could not start, or was killed at its timeout), or at
-    /// once if none is configured or it is skipped (logged). Not called if the node stops
-    /// first (the hook is killed with it): what `ended` records is then left undone, for
-    /// the next start. `ended` may run before this returns, so the caller must not hold a
-    /// lock `ended` takes; after a hook, it runs on tokio's blocking pool, as it may wait on
-    /// the store.
+    /// once if none is configured or it is skipped (logged). A hook that outlives the node
+    /// (killed with it, or at its timeout) leaves what `ended` records undone, for the next
+    /// start: `ended` holds the node weakly until it runs, and finds it gone. `ended` may
+    /// run before this returns, so the caller must not hold a lock `ended` takes; after a
+    /// hook, it runs on tokio's blocking pool, as it may wait on the store, counted in the
+    /// node's `background` from before it may take the node until it has let go of it, so
+    /// that a node that says it stopped is not held by it.
     pub fn fire_then(
         &self,
         name: &'static str,
@@ -78,6 +87,7 @@ impl HookRunner {
         };
         let timeout = self.timeout;
         let slots = self.slots.clone();
+        let background = self.background.clone();
         tokio::spawn(async move {
             let _place = place;
             // Tokio's semaphore is fair: hooks run in the order they were fired.
@@ -85,9 +95,18 @@ impl HookRunner {
                 return;
             };
             let result = run(&cmd, &json, timeout).await;
+            // Counted before `ended` can take the node (it holds it weakly until then), and
+            // counted out only once it has let go of it, even if this task is dropped
+            // meanwhile: otherwise a hook ending as the node stopped recorded in the store
+            // (waiting on its lock, or the disk) after the node said it stopped.
+            let counted = crate::Background::counted(&background);
             // Before the line that says so: once it is logged, `ended` has run. Off the
             // runtime: it records in the store (`crate::off_runtime`).
-            if let Err(e) = crate::off_runtime(ended).await {
+            let recorded = crate::off_runtime(move || {
+                ended();
+                drop(counted);
+            });
+            if let Err(e) = recorded.await {
                 error!(hook = name, error = %e, "recording what the hook was for failed; it is announced again at the next start");
             }
             match result {
@@ -180,7 +199,7 @@ mod tests {
         ];
         // Fired at once, one after another: each takes its place as it is fired, so the
         // ones past HOOKS_CONCURRENT_MAX find every slot taken.
-        let runner = HookRunner::new(30_000);
+        let runner = HookRunner::new(30_000, Default::default());
         let fired = HOOKS_CONCURRENT_MAX + 4;
         for _ in 0..fired {
             runner.fire("test", Some(&cmd), &Event::Unreachable { for_ms: 1 });
@@ -214,7 +233,7 @@ mod tests {
             "-c".to_owned(),
             format!("sleep 600 & echo $! > '{}'; wait", pid_file.display()),
         ];
-        let runner = HookRunner::new(1_000);
+        let runner = HookRunner::new(1_000, Default::default());
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
         runner.fire_then(
             "test",
@@ -267,7 +286,7 @@ mod tests {
         });
         let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
         let (recorded_tx, recorded) = tokio::sync::oneshot::channel();
-        HookRunner::new(30_000).fire_then(
+        HookRunner::new(30_000, Default::default()).fire_then(
             "test",
             Some(&vec!["true".to_owned()]),
             &Event::Unreachable { for_ms: 1 },

@@ -228,8 +228,9 @@ pub(crate) struct NodeState {
     /// Walks of the whole quarantine begun since the node started (logged when one ends;
     /// what a test of the start-up walk counts).
     quarantine_walks: std::sync::atomic::AtomicU64,
-    /// How many of those checks, and of the other store work of the node's tasks
-    /// ([`NodeState::off_runtime`]), are running off the async runtime: the node's shutdown
+    /// How many of those checks, of the other store work of the node's tasks
+    /// ([`NodeState::off_runtime`]), and of the hooks' records as they end
+    /// ([`HookRunner::fire_then`]), are running off the async runtime: the node's shutdown
     /// waits for none to be ([`NodeHandle::shutdown`]). Shared with each check's
     /// [`RecheckRunning`], which counts it ended only once it no longer holds the node.
     background: Arc<watch::Sender<usize>>,
@@ -335,11 +336,12 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&log, work)).await
 }
 
-/// Counts itself out of the node's `background` when dropped ([`NodeState::off_runtime`]).
-struct Background(Arc<watch::Sender<usize>>);
+/// Counts itself out of the node's `background` when dropped ([`NodeState::off_runtime`],
+/// and a hook's record as it ends: [`HookRunner::fire_then`]).
+pub(crate) struct Background(Arc<watch::Sender<usize>>);
 
 impl Background {
-    fn counted(background: &Arc<watch::Sender<usize>>) -> Self {
+    pub(crate) fn counted(background: &Arc<watch::Sender<usize>>) -> Self {
         background.send_modify(|n| *n += 1);
         Self(background.clone())
     }
@@ -1011,9 +1013,10 @@ impl NodeHandle {
     /// aborts them); then waits (at most `SHUTDOWN_RECHECK_WAIT_MS`) for those aborted to
     /// let go of the node, for the checks of the quarantine and of the held
     /// receipts running off the async runtime to stop (a walk of the quarantine stops
-    /// between two pages), and for the store work of a task aborted or a request dropped
-    /// ([`NodeState::off_runtime`]), so that nothing uses the store once the node says it
-    /// stopped.
+    /// between two pages), for the store work of a task aborted or a request dropped
+    /// ([`NodeState::off_runtime`]), and for what a hook that ended records
+    /// ([`HookRunner::fire_then`]; not for a hook still running), so that nothing uses the
+    /// store once the node says it stopped.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
@@ -1228,7 +1231,7 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let background = Arc::new(watch::channel(0).0);
         let state = Arc::new_cyclic(|this| NodeState {
-            hooks: HookRunner::new(config.hook_timeout_ms()),
+            hooks: HookRunner::new(config.hook_timeout_ms(), background.clone()),
             me,
             key,
             store: Mutex::new(store),
@@ -1562,6 +1565,17 @@ pub(crate) fn test_state_on(
     version: u64,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<NodeState> {
+    test_state_with(dir, version, shutdown, "")
+}
+
+/// [`test_state_on`] with `more` added to its configuration (a `[hooks]` table).
+#[cfg(test)]
+pub(crate) fn test_state_with(
+    dir: &std::path::Path,
+    version: u64,
+    shutdown: watch::Receiver<bool>,
+    more: &str,
+) -> Arc<NodeState> {
     #![allow(clippy::unwrap_used)]
     use hotline_proto::{Participant, PublicKey, Role};
     let key = SigningKey::from_bytes(&[1; 32]);
@@ -1569,7 +1583,7 @@ pub(crate) fn test_state_on(
     let text = format!(
         "participant = \"KAZ\"\nkey = \"KAZ.key\"\nroster = \"roster.signed\"\n\
          roster_key = \"{}\"\ndata_dir = \"data\"\n\n[[relays]]\naddress = \"127.0.0.1:9\"\n\
-         fingerprint = \"{}\"\n\n[api]\ntoken_file = \"api.token\"\n",
+         fingerprint = \"{}\"\n\n[api]\ntoken_file = \"api.token\"\n{more}",
         PublicKey::of(&roster_key),
         "ab".repeat(32)
     );
@@ -1603,8 +1617,9 @@ pub(crate) fn test_state_on(
     };
     let signed = hotline_proto::Signed::sign(&roster, &roster_key).unwrap();
     let roster = hotline_proto::verify_roster(&signed, &PublicKey::of(&roster_key)).unwrap();
+    let background = Arc::new(watch::channel(0).0);
     Arc::new_cyclic(|this| NodeState {
-        hooks: HookRunner::new(config.hook_timeout_ms()),
+        hooks: HookRunner::new(config.hook_timeout_ms(), background.clone()),
         me: ParticipantId::new("KAZ").unwrap(),
         key,
         store: Mutex::new(store),
@@ -1618,7 +1633,7 @@ pub(crate) fn test_state_on(
         quarantine_checked: watch::channel(0).0,
         receipts_checked: watch::channel(0).0,
         quarantine_walks: Default::default(),
-        background: Arc::new(watch::channel(0).0),
+        background,
         links: vec![Mutex::new(Link::Down(LinkDown::default()))],
         token: "token".into(),
         shutdown,
@@ -1993,6 +2008,75 @@ mod tests {
         );
         hotline_store::lock_dir(&data).expect("the data directory is free");
     }
+
+    /// A hook's record as it ends (an arrival's `on_message` hook, recording the message
+    /// as announced) is counted in `background`, so that a node says it stopped only once
+    /// that record no longer holds the node: it was not counted, so a hook that ended as
+    /// the node stopped, its record waiting for the store (here held by another thread, as
+    /// a long write holds it), held the node, its store and the claim on its data
+    /// directory after the node said it stopped.
+    #[tokio::test]
+    async fn a_node_says_it_stopped_once_a_hooks_record_as_it_ends_let_go() {
+        // Less than the shutdown's wait (`SHUTDOWN_RECHECK_WAIT_MS`), which it must fit in.
+        const HELD: Duration = Duration::from_secs(2);
+        let dir = tempfile::tempdir().unwrap();
+        // The hook ends once the test says so: once the store is held.
+        let go = dir.path().join("go");
+        let hook = format!(
+            "\n[hooks]\non_message = [\"sh\", \"-c\", \"until [ -e '{}' ]; do sleep 0.01; done\"]\n",
+            go.display()
+        );
+        let (shutdown, stopping) = watch::channel(false);
+        let state = test_state_with(dir.path(), 1, stopping, &hook);
+        let data = state.config.data_dir.clone();
+        let env = Envelope {
+            subject: "Genuine".into(),
+            sender: ParticipantId::new("KGZ").unwrap(),
+            ..test_forgeries(&state, 1)[0].0.decode_unverified().unwrap()
+        };
+        let signed = hotline_proto::Signed::sign(&env, &SigningKey::from_bytes(&[2; 32]));
+        state
+            .store()
+            .store_deliveries(&[(signed.unwrap(), Ok(env.clone()))], 2_000)
+            .unwrap();
+        state.announce_stored([&env]);
+        let handle = NodeHandle {
+            api_addr: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            shutdown,
+            tasks: JoinSet::new(),
+            background: state.background.subscribe(),
+        };
+        let node = Arc::downgrade(&state);
+        // Held by a thread that holds the node too, until HELD has passed.
+        let held = Held::store(&state, false, HELD);
+        std::fs::write(&go, b"").unwrap();
+        // The hook has ended and its record, holding the node, waits for the store: the
+        // node is held by this test, the thread holding the store, and the record.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while node.strong_count() < 3 && tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+        }
+        assert_eq!(node.strong_count(), 3, "the hook's record never began");
+        drop(state);
+        handle.shutdown().await;
+        // The thread holding the store may not have let go of the node yet.
+        let holders = node.strong_count();
+        let waited = held.release();
+        assert!(
+            holders <= 1,
+            "the hook's record still held the node after it said it stopped"
+        );
+        assert!(waited, "the store was held until HELD passed");
+        assert!(node.upgrade().is_none());
+        hotline_store::lock_dir(&data).expect("the data directory is free");
+        let store = NodeStore::open(&data).unwrap();
+        assert!(
+            store.unannounced().unwrap().is_empty(),
+            "the hook's record was made"
+        );
+    }
+
     /// The held receipts are checked off the async runtime: `recheck_held_receipts`
     /// returns without reading the store or verifying a signature on the caller's thread
     /// (here the test's runtime's only one), and does it in the background. It verified up

@@ -2406,7 +2406,7 @@ impl NodeStore {
     /// without it), with the place of the last one listed: the next page starts there. A
     /// place is a position, not a row, so the walk goes on when the rows it listed leave the
     /// quarantine meanwhile (released, discarded), as a digest cursor
-    /// ([`NodeReader::quarantine_page`]) could not. For a walk over the whole quarantine
+    /// ([`NodeReader::quarantine_each`]) could not. For a walk over the whole quarantine
     /// ([`crate::NodeState::recheck_quarantine`]).
     pub fn quarantined_below(
         &self,
@@ -2414,7 +2414,13 @@ impl NodeStore {
         limit: usize,
     ) -> Result<(Vec<Quarantined>, Option<QuarantinePlace>), StoreError> {
         let (time, row) = place.map_or((i64::MAX, i64::MAX), |p| (p.received_at_ms, p.row));
-        quarantine_rows(&self.conn, time, row, limit)
+        let (mut page, mut last) = (Vec::new(), None);
+        quarantine_rows(&self.conn, time, row, limit, |q, place| {
+            page.push(q);
+            last = Some(place);
+            ControlFlow::Continue(())
+        })?;
+        Ok((page, last))
     }
 
     /// How far the last check of the whole quarantine against a roster went, if any is
@@ -3136,12 +3142,30 @@ fn inbox_rows(
 /// Deliveries held in quarantine, newest first (by arrival, then by row), the first `limit`
 /// of those after the one held under `before` in that order (from the newest without it).
 /// `None` if nothing is held under `before` (it may have been discarded, or released, since
-/// it was listed).
+/// it was listed). [`quarantine_each`], collected.
 fn quarantine_page(
     conn: &Connection,
     before: Option<&Digest>,
     limit: usize,
 ) -> Result<Option<Vec<Quarantined>>, StoreError> {
+    let mut out = Vec::new();
+    let listed = quarantine_each(conn, before, limit, |q| {
+        out.push(q);
+        ControlFlow::Continue(())
+    })?;
+    Ok(listed.map(|()| out))
+}
+
+/// [`quarantine_page`]'s deliveries, each given to `each` as it is read, until `each`
+/// breaks (as [`inbox_rows`]): the local API stops a page once its answer would pass its
+/// bytes, and so reads no more deliveries (each up to `ENVELOPE_BYTES_MAX`) than it
+/// answers, one at a time. `None` if nothing is held under `before`.
+fn quarantine_each(
+    conn: &Connection,
+    before: Option<&Digest>,
+    limit: usize,
+    mut each: impl FnMut(Quarantined) -> ControlFlow<()>,
+) -> Result<Option<()>, StoreError> {
     // Where the page starts: below this arrival time and row, in the list's order.
     let (time, row) = match before {
         None => (i64::MAX, i64::MAX),
@@ -3159,17 +3183,20 @@ fn quarantine_page(
             }
         }
     };
-    Ok(Some(quarantine_rows(conn, time, row, limit)?.0))
+    quarantine_rows(conn, time, row, limit, |q, _| each(q))?;
+    Ok(Some(()))
 }
 
 /// Up to `limit` deliveries held in quarantine, newest first, from below arrival time
-/// `time` and row `row`, with the place of the last one.
+/// `time` and row `row`, each given to `each` with its place as it is read, until `each`
+/// breaks.
 fn quarantine_rows(
     conn: &Connection,
     time: i64,
     row: i64,
     limit: usize,
-) -> Result<(Vec<Quarantined>, Option<QuarantinePlace>), StoreError> {
+    mut each: impl FnMut(Quarantined, QuarantinePlace) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
     let mut st = conn.prepare_cached(QUARANTINE_PAGE_SQL)?;
     let rows = st.query_map(params![limit as i64, time, row], |r| {
         let place = QuarantinePlace {
@@ -3186,9 +3213,13 @@ fn quarantine_rows(
             place,
         ))
     })?;
-    let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
-    let last = rows.last().map(|(_, p)| *p);
-    Ok((rows.into_iter().map(|(q, _)| q).collect(), last))
+    for r in rows {
+        let (q, place) = r?;
+        if each(q, place).is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Sent messages with their matrices, newest first (by sequence number), the first `limit`
@@ -3367,14 +3398,15 @@ impl NodeReader {
         sent_rows(&tx, before, limit, each)
     }
 
-    /// [`quarantine_page`], in one snapshot.
-    pub fn quarantine_page(
+    /// [`quarantine_each`], in one snapshot, as [`NodeReader::inbox_each`].
+    pub fn quarantine_each(
         &mut self,
         before: Option<&Digest>,
         limit: usize,
-    ) -> Result<Option<Vec<Quarantined>>, StoreError> {
+        each: impl FnMut(Quarantined) -> ControlFlow<()>,
+    ) -> Result<Option<()>, StoreError> {
         let tx = self.conn.transaction()?;
-        quarantine_page(&tx, before, limit)
+        quarantine_each(&tx, before, limit, each)
     }
 
     /// [`sent_page`], in one snapshot.
