@@ -1517,6 +1517,57 @@ async fn a_relay_refuses_to_start_on_a_roster_older_than_it_ran_with() {
     relay.shutdown().await;
 }
 
+/// A participant revoked while a message waits for it keeps that message. The relay no
+/// longer reads its queue at a start nor keeps it in memory (a revoked participant, owed
+/// something and never receipting again, held every start's reading back for good), but
+/// its store still owes it, and a roster that reinstates it has it delivered at its next
+/// connection.
+#[tokio::test]
+async fn a_reinstated_participant_is_delivered_what_waited_for_it_across_restarts() {
+    let mut net = cica("");
+    let relay = net.relay().await;
+    let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
+    let waiting = kaz.send_to("TJK", "before the revocation").await.unwrap();
+    net.revoke("TJK");
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
+    kaz.close();
+    relay.shutdown().await;
+
+    // Started with TJK revoked: the others are served, and the store still owes TJK.
+    let relay = net.relay().await;
+    let mut kaz = net.client(relay.local_addr(), "KAZ").await.unwrap();
+    let mut kgz = net.client(relay.local_addr(), "KGZ").await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "with TJK revoked")
+        .await
+        .unwrap();
+    kaz.close();
+    kgz.close();
+    relay.shutdown().await;
+    let db = net.path().join("relay-data").join("relay.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(
+        hotline_relay::store::queued_for(&conn, &pid("TJK")).unwrap(),
+        1
+    );
+    drop(conn);
+
+    // Reinstated by a reload: delivered at its next connection.
+    let relay = net.relay().await;
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("TJK"))
+            .unwrap()
+            .revoked = false;
+    });
+    assert_eq!(relay.reload_roster().await.unwrap(), 3);
+    let mut tjk = net.client(relay.local_addr(), "TJK").await.unwrap();
+    let (got, _) = tjk.next_deliver().await.unwrap();
+    assert_eq!(got.digest(), waiting.digest());
+    tjk.close();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let mut net = cica("");

@@ -430,6 +430,15 @@ impl Metrics {
         }
     }
 
+    /// Drops `p`'s queue depth series: its queue is no longer in memory (taken off the
+    /// roster), so the relay does not know it without reading the store.
+    pub(crate) fn forget_queue_depth(&self, p: &ParticipantId) {
+        self.depths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(p);
+    }
+
     /// Adds a committed batch's changes to how many receipts are held for each sender
     /// (the store writer is the only caller: at open, the counts; after each commit, what
     /// it queued less what senders confirmed).

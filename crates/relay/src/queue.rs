@@ -162,6 +162,12 @@ impl QueueIndex {
         self.queues.get_mut(recipient).map(Queue)
     }
 
+    /// Lets `recipient`'s queue go (a participant taken off the roster: the store keeps
+    /// what it is owed).
+    pub(crate) fn forget(&mut self, recipient: &ParticipantId) {
+        self.queues.remove(recipient);
+    }
+
     /// The oldest position queued for `recipient`.
     pub(crate) fn first(&self, recipient: &ParticipantId) -> Option<i64> {
         self.queues.get(recipient).and_then(Positions::first)

@@ -388,12 +388,48 @@ pub(crate) struct LoadedQueues {
     pub(crate) ahead: HashSet<ParticipantId>,
     /// The newest message's position (0 if none).
     pub(crate) newest: i64,
-    /// Message rows read to rebuild `index`: those after the lowest cursor.
+    /// Message rows read to rebuild `index`: those after the lowest cursor of the
+    /// recipients whose queues were read.
     pub(crate) rows_read: u64,
+    /// Recipients with a cursor whose queues were not read ([`Whose`]): not active on the
+    /// roster. What they are owed stays in the store (their cursors and `ahead` rows).
+    pub(crate) unread: HashSet<ParticipantId>,
 }
 
-/// Rebuilds every recipient's queue from its cursor, its positions receipted ahead, and the
-/// messages after the lowest cursor (the messages before it are not read). Read-only.
+/// Whose queues [`load_queues`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Whose<'a> {
+    /// Every recipient's: tools on a stopped relay, which has no roster in force.
+    All,
+    /// Those of the participants active on this roster (listed and not revoked): the
+    /// running relay's, as only they can connect to be delivered.
+    ActiveOn(&'a Roster),
+}
+
+impl Whose<'_> {
+    fn reads(&self, who: &ParticipantId) -> bool {
+        match self {
+            Whose::All => true,
+            Whose::ActiveOn(roster) => roster.active(who).is_ok(),
+        }
+    }
+}
+
+/// Rebuilds the queue of every recipient `whose` names from its cursor, its positions
+/// receipted ahead, and the messages after the lowest of their cursors (the messages before
+/// it are not read). Read-only.
+///
+/// The running relay reads the queues of the participants active on its roster only
+/// ([`Whose::ActiveOn`]). One taken off the roster (revoked, or no longer listed) while
+/// still owed messages never connects again, never receipts, and its cursor is never moved
+/// up for idle (it is owed something), so every start read every message accepted since its
+/// cursor, for good. What it is owed is kept, not dropped: a roster may list it again (a
+/// revocation undone, OPERATIONS.md 4.5), and then it is owed what it was before, read from
+/// its cursor alone (`follow_roster`, at the writer's next batch or roster kept), as "nothing
+/// accepted is ever lost" asks for anyone who can still receive. The sender's node meanwhile
+/// shows that recipient's delivery as pending, which it is. Only the `hotline_relay_queue_depth`
+/// gauge loses its series while the participant is off the roster: counting what it is
+/// owed would mean reading those messages.
 ///
 /// It reads messages it keeps for no one too: those after the lowest cursor whose
 /// recipients' cursors are all at or past them. Nothing here can tell which rows those are
@@ -417,7 +453,7 @@ pub(crate) struct LoadedQueues {
 /// the recipient since a time, and none addressed to it lay between a moved cursor's old
 /// and new places. Until the first commit, a store whose cursors lag (one from before this)
 /// is still read from the lowest.
-pub(crate) fn load_queues(conn: &Connection) -> Result<LoadedQueues, StoreError> {
+pub(crate) fn load_queues(conn: &Connection, whose: Whose<'_>) -> Result<LoadedQueues, StoreError> {
     let mut cursors = HashMap::new();
     {
         let mut st = conn.prepare("SELECT recipient, rseq FROM cursors")?;
@@ -452,8 +488,46 @@ pub(crate) fn load_queues(conn: &Connection) -> Result<LoadedQueues, StoreError>
     let newest: i64 = conn.query_row("SELECT COALESCE(MAX(rseq), 0) FROM messages", [], |r| {
         r.get(0)
     })?;
+    // Looked up once per recipient with a cursor, not per row: the roster is a list.
+    let unread: HashSet<ParticipantId> = cursors
+        .keys()
+        .filter(|p| !whose.reads(p))
+        .cloned()
+        .collect();
+    let from = cursors
+        .iter()
+        .filter(|(p, _)| !unread.contains(*p))
+        .map(|(_, c)| *c)
+        .min()
+        .unwrap_or(newest);
+    // Every recipient gets its cursor with its first message (in the same commit); one
+    // without is read from the start.
+    let (index, rows_read) = read_queues(
+        conn,
+        from,
+        |p| (!unread.contains(p)).then(|| cursors.get(p).copied().unwrap_or(0)),
+        &receipted,
+    )?;
+    Ok(LoadedQueues {
+        index,
+        cursors,
+        ahead,
+        newest,
+        rows_read,
+        unread,
+    })
+}
+
+/// The queues of the messages after position `from`: each recipient `cursor_of` gives a
+/// cursor for is queued the positions past it that it has not `receipted` ahead. Returns
+/// them and how many message rows were read.
+fn read_queues(
+    conn: &Connection,
+    from: i64,
+    cursor_of: impl Fn(&ParticipantId) -> Option<i64>,
+    receipted: &HashSet<(ParticipantId, i64)>,
+) -> Result<(QueueIndex, u64), StoreError> {
     let mut index = QueueIndex::default();
-    let from = cursors.values().copied().min().unwrap_or(newest);
     let mut st =
         conn.prepare("SELECT rseq, recipients FROM messages WHERE rseq > ?1 ORDER BY rseq")?;
     let mut rows = st.query([from])?;
@@ -466,26 +540,42 @@ pub(crate) fn load_queues(conn: &Connection) -> Result<LoadedQueues, StoreError>
             let Ok(p) = ParticipantId::new(who) else {
                 continue;
             };
-            // Every recipient gets its cursor with its first message (in the same commit).
-            let cursor = cursors.get(&p).copied().unwrap_or(0);
+            let Some(cursor) = cursor_of(&p) else {
+                continue;
+            };
             if rseq > cursor && !receipted.contains(&(p.clone(), rseq)) {
                 index.push(&p, rseq);
             }
         }
     }
-    Ok(LoadedQueues {
-        index,
-        cursors,
-        ahead,
-        newest,
-        rows_read,
-    })
+    Ok((index, rows_read))
+}
+
+/// The positions `who` is owed past its cursor `cursor` (less those it receipted ahead),
+/// ascending, and the message rows read to find them: the queue of one recipient that
+/// [`load_queues`] did not read.
+fn queue_of(
+    conn: &Connection,
+    who: &ParticipantId,
+    cursor: i64,
+) -> Result<(Vec<i64>, u64), StoreError> {
+    let mut receipted = HashSet::new();
+    {
+        let mut st = conn.prepare("SELECT rseq FROM ahead WHERE recipient = ?1 AND rseq > ?2")?;
+        let mut rows = st.query(params![who.as_str(), cursor])?;
+        while let Some(r) = rows.next()? {
+            receipted.insert((who.clone(), r.get::<_, i64>(0)?));
+        }
+    }
+    let (index, rows_read) =
+        read_queues(conn, cursor, |p| (p == who).then_some(cursor), &receipted)?;
+    Ok((index.after(who, cursor, usize::MAX), rows_read))
 }
 
 /// Messages queued at the relay for `recipient`, from its store (for tools and tests that
 /// inspect a stopped relay's data).
 pub fn queued_for(conn: &Connection, recipient: &ParticipantId) -> Result<usize, StoreError> {
-    Ok(load_queues(conn)?.index.len(recipient))
+    Ok(load_queues(conn, Whose::All)?.index.len(recipient))
 }
 
 /// Each recipient's [`Rewound`], by id: what [`redeliver_all_since`] did.
@@ -496,14 +586,14 @@ pub type RewoundAll = Vec<(ParticipantId, Rewound)>;
 pub struct Rewound {
     /// Messages addressed to the recipient that it is now owed (those it was owed already
     /// included); 0 when nothing addressed to it was accepted since then, and it owed
-    /// nothing: none is owed again, though its cursor may have moved back over messages
-    /// addressed to others.
+    /// nothing: none is owed again, and its cursor stays where it was.
     pub messages: u64,
     /// Its cursor before: every message addressed to it up to there was receipted. Not
     /// necessarily the last it receipted: the writer moves the cursor of a recipient owed
     /// nothing up to the newest message (`idle_cursors_up`).
     pub cursor_was: i64,
-    /// The new cursor.
+    /// The new cursor: just below the first message it is now owed, or where it was if
+    /// that is lower, or if it is owed nothing.
     pub cursor: i64,
 }
 
@@ -582,7 +672,13 @@ fn rewind_in_store(
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
     let first = first_accepted_since(&tx, since_ms)?;
-    let (rewound, _) = rewind_in(&tx, &mut journal, only, (since_ms, first), now_ms)?;
+    let (rewound, _) = rewind_in(
+        &tx,
+        &mut journal,
+        (only, Whose::All),
+        (since_ms, first),
+        now_ms,
+    )?;
     tx.commit()?;
     Ok(rewound)
 }
@@ -603,11 +699,19 @@ pub(crate) fn first_accepted_since(
 }
 
 /// [`rewind`]'s work in transaction `tx` (the caller commits it): what each recipient is
-/// now owed and, if any cursor moved, the queues as the store now holds them.
+/// now owed and, if any cursor moved, the queues of those `whose` names as the store now
+/// holds them (those of recipients it does not name are read, one by one, to count them).
+///
+/// A cursor moves back no further than just below the first message it makes owed: a
+/// recipient owed nothing since `since_ms` keeps its cursor. (Moved back to before the
+/// first message accepted since then, whoever it was for, the cursor of a recipient
+/// addressed nothing since was journaled `cursor 3072 -> 1, 0 owed`, a move that changed
+/// nothing it was owed, and every start read the messages from there until the writer
+/// moved that idle cursor up again.)
 fn rewind_in(
     tx: &Transaction<'_>,
     journal: &mut Journal,
-    only: Option<&ParticipantId>,
+    (only, whose): (Option<&ParticipantId>, Whose<'_>),
     (since_ms, first): (u64, Option<i64>),
     now_ms: u64,
 ) -> Result<(RewoundAll, Option<LoadedQueues>), StoreError> {
@@ -654,10 +758,25 @@ fn rewind_in(
         moved.push((who, cursor_was, cursor));
     }
     // What the relay will owe each at its next start, counted as that start rebuilds it.
-    let queues = load_queues(tx)?;
+    let mut queues = load_queues(tx, whose)?;
     let mut rewound = Vec::with_capacity(moved.len());
-    for (who, cursor_was, cursor) in moved {
-        let messages = queues.index.len(&who) as u64;
+    for (who, cursor_was, moved_to) in moved {
+        let (messages, first_owed) = if queues.unread.contains(&who) {
+            let (owed, _) = queue_of(tx, &who, moved_to)?;
+            (owed.len() as u64, owed.first().copied())
+        } else {
+            (queues.index.len(&who) as u64, queues.index.first(&who))
+        };
+        // At or above `moved_to`: every position it is owed is past that, and nothing
+        // addressed to it lies between there and the first one.
+        let cursor = first_owed.map_or(cursor_was, |f| cursor_was.min(f - 1));
+        if cursor != moved_to {
+            tx.execute(
+                "UPDATE cursors SET rseq = ?2 WHERE recipient = ?1",
+                params![who.as_str(), cursor],
+            )?;
+            queues.cursors.insert(who.clone(), cursor);
+        }
         journal.append(
             tx,
             now_ms,
@@ -1613,6 +1732,11 @@ pub(crate) struct Writer {
     last_seq: HashMap<ParticipantId, u64>,
     /// Each recipient's cursor, as committed.
     cursors: HashMap<ParticipantId, i64>,
+    /// Recipients with a cursor whose queues are not in memory: those not active on the
+    /// roster of version `roster_followed` ([`load_queues`], [`follow_roster`]).
+    unread: HashSet<ParticipantId>,
+    /// The version of the roster whose active participants' queues are in memory.
+    roster_followed: u64,
     /// Recipients that may have rows in `ahead`, as committed (a hint: a spare one costs a
     /// statement, a missing one leaves rows the cursor has passed until the next start).
     ahead: HashSet<ParticipantId>,
@@ -1624,6 +1748,9 @@ pub(crate) struct Writer {
     idle_swept_at: i64,
     /// [`IDLE_CURSOR_LAG_MAX`], which unit tests lower to look often.
     idle_lag_max: i64,
+    /// Message rows this start read to rebuild the queues ([`load_queues`]): logged, and
+    /// what tests of a start's cost look at.
+    start_rows_read: u64,
     /// Each sender's row count in `rqueue`, as committed.
     forward_depths: HashMap<ParticipantId, i64>,
     ctx: WriterContext,
@@ -1681,12 +1808,13 @@ const IDLE_CURSOR_LAG_MAX: i64 = 1024;
 /// nothing: no committed position left in its queue (this batch's receipts already taken
 /// out), none queued by this batch, and no position receipted ahead of its cursor (a hint
 /// that may be spare: such a recipient just keeps its cursor). Every message addressed to
-/// it up to the newest is then receipted, which is what a cursor there says. Recipients off
-/// the roster with a cursor row are moved alike. O(recipients with a cursor) under the
-/// queues' lock, which the caller pays once per [`IDLE_CURSOR_LAG_MAX`] positions.
+/// it up to the newest is then receipted, which is what a cursor there says. A recipient
+/// whose queue is not in memory (`unread`: off the roster) is never moved: an empty queue
+/// says nothing of what it is owed. O(recipients with a cursor) under the queues' lock,
+/// which the caller pays once per [`IDLE_CURSOR_LAG_MAX`] positions.
 fn idle_cursors_up(
     index: &Mutex<QueueIndex>,
-    cursors: &HashMap<ParticipantId, i64>,
+    (cursors, unread): (&HashMap<ParticipantId, i64>, &HashSet<ParticipantId>),
     ahead: &HashSet<ParticipantId>,
     lag_max: i64,
     p: &mut Pending,
@@ -1697,6 +1825,7 @@ fn idle_cursors_up(
     for (who, committed) in cursors {
         let cursor = p.cursors.get(who).copied().unwrap_or(*committed);
         if p.newest.saturating_sub(cursor) <= lag_max
+            || unread.contains(who)
             || ix.len(who) > 0
             || p.queued.contains_key(who)
             || p.ahead
@@ -1712,6 +1841,55 @@ fn idle_cursors_up(
     for who in idle {
         p.cursors.insert(who, p.newest);
     }
+}
+
+/// What [`follow_roster`] changed in memory.
+#[derive(Debug, Default)]
+struct Followed {
+    /// Participants active again whose queues it read, with how many messages each is owed.
+    read: Vec<(ParticipantId, usize)>,
+    /// Participants no longer active whose queues it let go.
+    let_go: Vec<ParticipantId>,
+}
+
+/// Makes the queues in memory those of the participants active on `roster`, as a start
+/// reads them ([`load_queues`]): a participant taken off (revoked, or no longer listed) has
+/// its queue let go, and goes into `unread`; one in `unread` that `roster` lists as active
+/// again has its queue read from its cursor ([`queue_of`]: the messages since, once). Its
+/// cursor and positions receipted ahead are the store's, untouched while it was off, so it
+/// is owed exactly what it was. Called between batches or before a batch's commands run:
+/// every position it reads is committed, and those a batch queues come after them.
+fn follow_roster(
+    conn: &Connection,
+    index: &Mutex<QueueIndex>,
+    (cursors, unread): (&HashMap<ParticipantId, i64>, &mut HashSet<ParticipantId>),
+    roster: &Roster,
+) -> Result<Followed, StoreError> {
+    let mut read = Vec::new();
+    // Read before the lock is taken: sessions share it.
+    for who in unread.iter().filter(|p| roster.active(p).is_ok()) {
+        let cursor = cursors.get(who).copied().unwrap_or(0);
+        let (owed, rows_read) = queue_of(conn, who, cursor)?;
+        debug!(participant = %who, rows_read, "queue read for a participant active again");
+        read.push((who.clone(), owed));
+    }
+    let mut ix = index.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = Followed::default();
+    for (who, owed) in read {
+        for rseq in &owed {
+            ix.push(&who, *rseq);
+        }
+        unread.remove(&who);
+        f.read.push((who, owed.len()));
+    }
+    for who in cursors.keys() {
+        if !unread.contains(who) && roster.active(who).is_err() {
+            ix.forget(who);
+            unread.insert(who.clone());
+            f.let_go.push(who.clone());
+        }
+    }
+    Ok(f)
 }
 
 /// Each signer's budget of receipts kept only because they name messages this relay does
@@ -1844,11 +2022,15 @@ impl Writer {
             "DELETE FROM ahead WHERE rseq <= (SELECT c.rseq FROM cursors c WHERE c.recipient = ahead.recipient)",
             [],
         )?;
-        let loaded = load_queues(&conn)?;
-        debug!(
-            rows_read = loaded.rows_read,
-            "queues rebuilt from the messages after the lowest cursor"
-        );
+        let roster = ctx.roster.borrow().clone();
+        let loaded = load_queues(&conn, Whose::ActiveOn(&roster))?;
+        if !loaded.unread.is_empty() {
+            tracing::info!(
+                participants = loaded.unread.len(),
+                roster_version = roster.version,
+                "the queues of participants not active on the roster were not read: what they are owed stays in the store, and is read if a roster lists them again"
+            );
+        }
         *ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
         let forward_depths = {
             let mut st =
@@ -1871,10 +2053,13 @@ impl Writer {
             journal,
             last_seq,
             cursors: loaded.cursors,
+            unread: loaded.unread,
+            roster_followed: roster.version,
             ahead: loaded.ahead,
             newest: loaded.newest,
             idle_swept_at: 0,
             idle_lag_max: IDLE_CURSOR_LAG_MAX,
+            start_rows_read: loaded.rows_read,
             forward_depths,
             ctx,
             held: HeldCache::new(),
@@ -1888,6 +2073,10 @@ impl Writer {
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
             over_budget_signers: BTreeSet::new(),
         };
+        debug!(
+            rows_read = w.start_rows_read,
+            "queues rebuilt from the messages after the lowest cursor"
+        );
         w.publish_depths();
         Ok(w)
     }
@@ -2173,6 +2362,11 @@ impl Writer {
                                 let _ = reply.send(self.rewind(only.as_ref(), since_ms, first));
                             }
                             Command::KeepRoster { roster, reply } => {
+                                // The roster in force, which may be newer than this one.
+                                let current = self.ctx.roster.borrow().clone();
+                                if let Err(e) = self.follow(&current) {
+                                    tracing::error!(error = %e, "reading the queues of participants active again failed; tried again at the next batch");
+                                }
                                 let _ = reply.send(self.keep_roster(&roster));
                             }
                             other => operators_not_here(other),
@@ -2245,6 +2439,48 @@ impl Writer {
         Ok(wrote)
     }
 
+    /// Follows `roster` if its active participants are not yet those whose queues are in
+    /// memory ([`follow_roster`]), between batches.
+    fn follow(&mut self, roster: &Roster) -> Result<(), StoreError> {
+        if roster.version == self.roster_followed {
+            return Ok(());
+        }
+        let f = follow_roster(
+            &self.conn,
+            &self.ctx.queues,
+            (&self.cursors, &mut self.unread),
+            roster,
+        )?;
+        self.followed(roster.version, f);
+        Ok(())
+    }
+
+    /// What follows [`follow_roster`]'s change to the queues in memory: the gauges, the
+    /// log, and the sessions of participants active again that are owed something, which
+    /// are closed as after a rewind: a session that started before their queue was read
+    /// (the roster is in force before the writer reads it) delivers forward from where it
+    /// is, and would not send them. Their nodes connect again at once.
+    fn followed(&mut self, version: u64, f: Followed) {
+        self.roster_followed = version;
+        for who in &f.let_go {
+            self.ctx.metrics.forget_queue_depth(who);
+            tracing::info!(participant = %who, roster_version = version, "participant no longer active on the roster: its queue leaves memory; what it is owed stays in the store, for a roster that lists it again");
+        }
+        if f.read.is_empty() {
+            return;
+        }
+        self.publish_depths();
+        for (who, owed) in &f.read {
+            tracing::info!(participant = %who, roster_version = version, owed, "participant active on the roster again: its queue read from the store");
+            if *owed > 0 {
+                self.ctx.hub.close(
+                    who,
+                    b"the relay read this participant's queue again (a roster lists it once more): connect again to be delivered it",
+                );
+            }
+        }
+    }
+
     /// [`Command::Rewind`]: moves the cursors back in one transaction (journaled
     /// `queue.rewound`), installs the queues as the store then holds them (the writer is
     /// between batches, so they are the in-memory queues plus what was moved back), and
@@ -2256,6 +2492,11 @@ impl Writer {
         since_ms: u64,
         first: Option<i64>,
     ) -> Result<RewoundAll, String> {
+        let roster = self.ctx.roster.borrow().clone();
+        if let Err(e) = self.follow(&roster) {
+            tracing::error!(error = %e, "reading the queues of participants active again failed; nothing moved back");
+            return Err(format!("relay storage: {e}"));
+        }
         // Watched for stalls as a batch's commit is (its sync is, in `WalSync`).
         self.ctx
             .metrics
@@ -2267,7 +2508,7 @@ impl Writer {
             let r = rewind_in(
                 &tx,
                 &mut self.journal,
-                only,
+                (only, Whose::ActiveOn(&roster)),
                 (since_ms, first),
                 crate::now_ms(),
             )?;
@@ -2293,6 +2534,7 @@ impl Writer {
         let changed = loaded.is_some();
         if let Some(loaded) = loaded {
             self.cursors = loaded.cursors;
+            self.unread = loaded.unread;
             self.ahead = loaded.ahead;
             *self.ctx.queues.lock().unwrap_or_else(|p| p.into_inner()) = loaded.index;
             self.publish_depths();
@@ -2477,8 +2719,22 @@ impl Writer {
         let mut posted_at = None;
         // Whether this batch looked for idle cursors to move up (`idle_cursors_up`).
         let mut swept = false;
+        // What following a roster newer than the queues' changed in memory (`follow_roster`).
+        let mut followed = None;
         let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
+            // Before any command: they are routed against this roster, and receipts from a
+            // participant active again take positions out of the queue read here. A failed
+            // read fails the batch (its commands are answered as for a failed commit), and
+            // the next batch reads again.
+            if roster.version != self.roster_followed {
+                followed = Some(follow_roster(
+                    &tx,
+                    &self.ctx.queues,
+                    (&self.cursors, &mut self.unread),
+                    &roster,
+                )?);
+            }
             for cmd in commands.by_ref() {
                 match cmd {
                     Command::Submit {
@@ -2568,7 +2824,7 @@ impl Writer {
             if p.newest >= self.idle_swept_at.saturating_add(self.idle_lag_max) {
                 idle_cursors_up(
                     &self.ctx.queues,
-                    &self.cursors,
+                    (&self.cursors, &self.unread),
                     &self.ahead,
                     self.idle_lag_max,
                     &mut p,
@@ -2598,6 +2854,10 @@ impl Writer {
             tx.commit()?;
             Ok(std::time::Instant::now())
         })();
+        // Whether the batch committed or not: what it read was committed before it.
+        if let Some(f) = followed {
+            self.followed(roster.version, f);
+        }
         self.last_commit_failed = result.is_err();
         // While commits fail (a full disk), a commit that wrote nothing succeeds without
         // having written to the log: it does not end the spell, nor turn `/health` to `ok`
@@ -3526,7 +3786,7 @@ mod tests {
             "INSERT INTO senders VALUES ('CHN', 12); INSERT INTO senders VALUES ('KAZ', 4);",
         )
         .expect("floors");
-        let queues = load_queues(&conn).expect("queues").index;
+        let queues = load_queues(&conn, Whose::All).expect("queues").index;
         let readers = Readers::open(&path, Arc::new(Mutex::new(queues))).expect("readers");
         let read = |who: &str| readers.last_seq(0, &pid(who)).expect("last_seq");
         assert_eq!((read("KAZ"), read("CHN"), read("IND")), (7, 12, 0));
@@ -3586,7 +3846,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
-        let queues = load_queues(&conn).expect("queues").index;
+        let queues = load_queues(&conn, Whose::All).expect("queues").index;
         let readers = Readers::open(&path, Arc::new(Mutex::new(queues))).expect("readers");
         (conn, readers)
     }
@@ -4728,33 +4988,51 @@ mod tests {
     /// A writer on the store `conn`, for a roster of KAZ (the Secretariat), CHN and IND
     /// (key seeds 1, 2 and 3), with a foreign receipt budget of `budget`.
     fn writer_on(conn: Connection, budget: u64) -> (Writer, Verified<Roster>) {
+        let roster = test_roster(1, &[("KAZ", 1), ("CHN", 2), ("IND", 3)], &[]);
+        (writer_with(conn, budget, roster.clone()), roster)
+    }
+
+    /// Roster `version` listing `listed` (id and key seed; KAZ is the Secretariat, the
+    /// others members), those in `revoked` revoked.
+    fn test_roster(version: u64, listed: &[(&str, u8)], revoked: &[&str]) -> Verified<Roster> {
         use hotline_proto::roster::{verify_roster, Participant, Role};
         let roster_key = SigningKey::from_bytes(&[9; 32]);
         let roster = Roster {
             protocol_version: PROTOCOL_VERSION,
-            version: 1,
+            version,
             issued_at_ms: 1_000,
             network: "TEST".into(),
-            participants: [("KAZ", 1u8), ("CHN", 2), ("IND", 3)]
-                .into_iter()
+            participants: listed
+                .iter()
                 .map(|(id, k)| Participant {
                     id: pid(id),
-                    name: id.to_owned(),
-                    role: if id == "KAZ" {
+                    name: (*id).to_owned(),
+                    role: if *id == "KAZ" {
                         Role::Secretariat
                     } else {
                         Role::Member
                     },
-                    keys: vec![PublicKey::of(&SigningKey::from_bytes(&[k; 32]))],
-                    revoked: false,
+                    keys: vec![PublicKey::of(&SigningKey::from_bytes(&[*k; 32]))],
+                    revoked: revoked.contains(id),
                 })
                 .collect(),
             groups: vec![],
         };
         let signed = Signed::sign(&roster, &roster_key).expect("sign roster");
-        let roster = verify_roster(&signed, &PublicKey::of(&roster_key)).expect("roster");
-        let (_, roster_rx) = tokio::sync::watch::channel(Arc::new(roster.clone()));
-        let writer = Writer::new(
+        verify_roster(&signed, &PublicKey::of(&roster_key)).expect("roster")
+    }
+
+    /// Puts `roster` in force for `w`, as a reload does (the writer reads it at its next
+    /// batch).
+    fn reload(w: &mut Writer, roster: &Verified<Roster>) {
+        w.ctx.roster = tokio::sync::watch::channel(Arc::new(roster.clone())).1;
+    }
+
+    /// A writer on the store `conn` with `roster` in force, with a foreign receipt budget of
+    /// `budget`.
+    fn writer_with(conn: Connection, budget: u64, roster: Verified<Roster>) -> Writer {
+        let (_, roster_rx) = tokio::sync::watch::channel(Arc::new(roster));
+        Writer::new(
             conn,
             WriterContext {
                 roster: roster_rx,
@@ -4774,8 +5052,7 @@ mod tests {
                 slow_commits: None,
             },
         )
-        .expect("writer");
-        (writer, roster)
+        .expect("writer")
     }
 
     /// A receipt item naming message `n` of KAZ's, which the relay does not hold.
@@ -5367,14 +5644,16 @@ mod tests {
     /// back, and every start read every message since, to keep CHN's 20: here 3,071 rows,
     /// and 100,000 took 0.42 s in a debug build. The writer now moves such a cursor up to
     /// the newest message in a commit it makes anyway, once it lags by more than
-    /// `IDLE_CURSOR_LAG_MAX`, so the next start reads only what is owed.
+    /// `IDLE_CURSOR_LAG_MAX`, and a start reads no queue of a participant off the roster
+    /// (whose cursor, its queue not in memory, is never taken for idle), so the next start
+    /// reads only what is owed.
     #[test]
     fn a_start_does_not_read_the_messages_an_idle_recipients_cursor_lags() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, conn) = open_db(dir.path()).expect("open");
         let n = store_with_an_idle_recipient(&conn);
         assert_eq!(
-            load_queues(&conn).expect("queues").rows_read,
+            load_queues(&conn, Whose::All).expect("queues").rows_read,
             n as u64 - 1,
             "IND's cursor, at 1, holds the start back"
         );
@@ -5387,12 +5666,17 @@ mod tests {
         );
         assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
         // The next start.
-        let loaded = load_queues(&w.conn).expect("queues");
+        let loaded = load_queues(&w.conn, Whose::ActiveOn(&roster)).expect("queues");
         assert_eq!(loaded.index.len(&pid("CHN")), 19, "CHN is owed the rest");
         assert_eq!(loaded.index.len(&pid("IND")), 0);
         assert_eq!(loaded.cursors.get(&pid("CHN")), Some(&(n - 19)));
         assert_eq!(loaded.cursors.get(&pid("IND")), Some(&n), "moved up");
-        assert_eq!(loaded.cursors.get(&pid("OLD")), Some(&n), "moved up");
+        assert_eq!(
+            loaded.cursors.get(&pid("OLD")),
+            Some(&1),
+            "off the roster: kept"
+        );
+        assert!(loaded.unread.contains(&pid("OLD")));
         assert_eq!(loaded.rows_read, 19, "only CHN's messages are read");
         assert_eq!(w.cursors, loaded.cursors, "the writer's copy as committed");
     }
@@ -5436,13 +5720,45 @@ mod tests {
             .expect("ahead");
         assert_eq!(ahead, 1, "KAZ's position receipted ahead is kept");
 
-        // Since after IND's one message: nothing to redeliver to it.
+        // Since after IND's one message: nothing to redeliver to it, and its cursor stays
+        // where it was. (It used to move back to just before message 2, over messages none
+        // of which was addressed to IND, journaled `cursor 3072 -> 1, 0 owed`; the next
+        // start read every message from there, until a look for idle cursors moved it up
+        // again.)
         let first = first_accepted_since(&w.conn, 1_000).expect("first");
         assert_eq!(first, Some(2));
         let r = w.rewind(Some(&pid("IND")), 1_000, first).expect("rewind");
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].1.messages, 0, "{r:?}");
+        assert_eq!(
+            r,
+            vec![(
+                pid("IND"),
+                Rewound {
+                    messages: 0,
+                    cursor_was: n,
+                    cursor: n
+                }
+            )]
+        );
         assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("IND")), 0);
+        let said: Vec<u8> = w
+            .conn
+            .query_row(
+                "SELECT payload FROM journal WHERE kind = 'queue.rewound' ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("journaled");
+        assert_eq!(
+            String::from_utf8_lossy(&said),
+            format!("since 1000: cursor {n} -> {n}, 0 owed")
+        );
+        assert_eq!(
+            load_queues(&w.conn, Whose::ActiveOn(&roster))
+                .expect("queues")
+                .rows_read,
+            19,
+            "a start reads only what CHN and KAZ are owed"
+        );
         // Since its message: that one, and no other.
         let first = first_accepted_since(&w.conn, 500).expect("first");
         assert_eq!(first, Some(1));
@@ -5453,7 +5769,7 @@ mod tests {
                 pid("IND"),
                 Rewound {
                     messages: 1,
-                    cursor_was: 1,
+                    cursor_was: n,
                     cursor: 0
                 }
             )]
@@ -5471,6 +5787,132 @@ mod tests {
             owed,
             vec![("CHN", n as u64 - 1), ("IND", 1), ("KAZ", 2), ("OLD", 1)]
         );
+    }
+
+    /// A start reads the queues of the participants active on the roster only. OLD, taken
+    /// off the roster, never receipted message 1: it is owed it, so no look for idle
+    /// cursors moves its cursor, and every start read every message since (here 3,072
+    /// rows, to keep CHN's 19), for good, as it never connects again. Its queue is no
+    /// longer read at a start; what it is owed stays in the store (a tool reading every
+    /// queue, on a stopped relay, counts it).
+    #[test]
+    fn a_start_reads_only_what_participants_on_the_roster_are_owed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, conn) = open_db(dir.path()).expect("open");
+        let n = store_with_an_idle_recipient(&conn);
+        conn.execute("UPDATE cursors SET rseq = 0 WHERE recipient = 'OLD'", [])
+            .expect("OLD owed message 1");
+        let (mut w, roster) = writer_on(conn, 0);
+        let a = commit_receipts(
+            &mut w,
+            &roster,
+            20_000 * DAY_MS,
+            vec![("CHN", 2, vec![unsigned_item(n - 19)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(w.cursors.get(&pid("IND")), Some(&n), "IND's moved up");
+        assert_eq!(w.cursors.get(&pid("OLD")), Some(&0), "OLD is still owed 1");
+        // The next start.
+        let Writer { conn, .. } = w;
+        let w = writer_with(conn, 0, roster);
+        assert_eq!(
+            w.start_rows_read, 19,
+            "only what CHN, on the roster, is owed"
+        );
+        assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("CHN")), 19);
+        assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("OLD")), 0);
+        assert_eq!(queued_for(&w.conn, &pid("OLD")).expect("queued"), 1);
+    }
+
+    /// A participant taken off the roster while the relay runs (revoked, or no longer
+    /// listed) has its queue leave memory at the writer's next batch, and its gauge; a
+    /// receipt of its still in flight moves nothing. Listed again, it is owed what it was
+    /// before, read from its cursor, and receipting it moves its cursor as for anyone.
+    #[test]
+    fn a_participant_back_on_the_roster_is_owed_what_it_was_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, conn) = open_db(dir.path()).expect("open");
+        let n = store_with_an_idle_recipient(&conn);
+        conn.execute("UPDATE cursors SET rseq = 0 WHERE recipient = 'OLD'", [])
+            .expect("OLD owed message 1");
+        let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3), ("OLD", 4)];
+        let (mut w, v1) = writer_on(conn, 0);
+        let now = 20_000 * DAY_MS;
+        let queued = |w: &Writer, who: &str| w.ctx.queues.lock().expect("lock").len(&pid(who));
+        assert_eq!(queued(&w, "OLD"), 0, "off the roster");
+
+        // OLD listed again (version 2): its queue is read at the next batch.
+        let v2 = test_roster(2, &listed, &[]);
+        reload(&mut w, &v2);
+        let a = commit_receipts(
+            &mut w,
+            &v2,
+            now,
+            vec![("CHN", 2, vec![unsigned_item(n - 19)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(queued(&w, "OLD"), 1, "owed message 1 again");
+        assert_eq!(w.ctx.metrics.queue_depth(&pid("OLD")), 1);
+        assert_eq!(w.cursors.get(&pid("OLD")), Some(&0));
+
+        // CHN revoked (version 3): its queue leaves memory, its cursor stays, and a receipt
+        // it signed before (verified against version 2) moves nothing.
+        let v3 = test_roster(3, &listed, &["CHN"]);
+        reload(&mut w, &v3);
+        let a = commit_receipts(
+            &mut w,
+            &v2,
+            now + 1,
+            vec![("CHN", 2, vec![unsigned_item(n - 18)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(queued(&w, "CHN"), 0, "off the roster: not in memory");
+        assert_eq!(w.ctx.metrics.queue_depth(&pid("CHN")), 0);
+        assert!(
+            !w.ctx
+                .metrics
+                .render(&[])
+                .contains("hotline_relay_queue_depth{participant=\"CHN\"}"),
+            "no gauge for a participant off the roster"
+        );
+        assert_eq!(
+            w.cursors.get(&pid("CHN")),
+            Some(&(n - 19)),
+            "CHN's cursor stays"
+        );
+        assert_eq!(queued_for(&w.conn, &pid("CHN")).expect("queued"), 19);
+        // Taken off, CHN's cursor is never taken for idle; at a start it is not read.
+        w.idle_lag_max = 1;
+        w.idle_swept_at = 0;
+        let a = commit_receipts(
+            &mut w,
+            &v3,
+            now + 2,
+            vec![("OLD", 4, vec![unsigned_item(1)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(w.cursors.get(&pid("CHN")), Some(&(n - 19)));
+        assert_eq!(w.cursors.get(&pid("OLD")), Some(&n), "OLD owes nothing now");
+        let Writer { conn, .. } = w;
+        let mut w = writer_with(conn, 0, v3.clone());
+        assert_eq!(
+            w.start_rows_read, 0,
+            "nobody on the roster is owed anything"
+        );
+
+        // CHN reinstated (version 4): owed the 19 it was owed, receipted as before.
+        let v4 = test_roster(4, &listed, &[]);
+        reload(&mut w, &v4);
+        let a = commit_receipts(
+            &mut w,
+            &v4,
+            now + 3,
+            vec![("CHN", 2, vec![unsigned_item(n - 18)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(queued(&w, "CHN"), 18);
+        assert_eq!(w.cursors.get(&pid("CHN")), Some(&(n - 18)));
+        let _ = v1;
     }
 
     /// A receipt from `who` (key seed `seed`) naming `held`, as its session hands it to the
@@ -5934,10 +6376,13 @@ mod tests {
     /// of KAZ's messages (mostly to CHN, to IND in every other spell, so that IND's cursor
     /// lags) mixed with CHN's and IND's receipts (in order, out of order, of positions
     /// already receipted), commits that fail, restarts, and rewinds of one member or all.
+    /// IND is now and then revoked and reinstated by a reloaded roster: while revoked it is
+    /// addressed nothing, and its receipts (signed before) move nothing.
     /// After each step every recipient is owed exactly what was addressed to it and not
-    /// receipted (a rewind owes again at least what it names), in the writer's queues and
-    /// as a start would rebuild them, and no cursor has passed a position still owed. (It
-    /// fails if `idle_cursors_up` ignores the messages the batch queued, or the queues.)
+    /// receipted (a rewind owes again at least what it names), as the store holds it; the
+    /// writer's queues, and a start's, are those of the members on the roster, and no
+    /// cursor has passed a position still owed. (It fails if `idle_cursors_up` ignores
+    /// the messages the batch queued, the queues, or the members off the roster.)
     #[test]
     fn no_message_owed_is_passed_by_a_cursor_whatever_the_sequence() {
         for seed in 1..=4u64 {
@@ -5962,6 +6407,11 @@ mod tests {
         w.idle_lag_max = lag_max;
         let kaz = SigningKey::from_bytes(&[1; 32]);
         let members = [("CHN", 2u8), ("IND", 3u8)];
+        // The roster in force: IND revoked in every other version after the first.
+        let listed = [("KAZ", 1u8), ("CHN", 2), ("IND", 3)];
+        let mut in_force = roster.clone();
+        let ind_off = |r: &Verified<Roster>| r.active(&pid("IND")).is_err();
+        let mut revocations = 0;
         // Each committed message: its position, id, digest, recipients, acceptance time.
         let mut messages: BTreeMap<i64, (MessageId, Digest, Vec<&str>, u64)> = BTreeMap::new();
         // What each member is owed, by the model.
@@ -5976,8 +6426,16 @@ mod tests {
                 // A restart: the writer rebuilt from the store.
                 0..=2 => {
                     let Writer { conn, .. } = w;
-                    w = writer_on(conn, 0).0;
+                    w = writer_with(conn, 0, in_force.clone());
                     w.idle_lag_max = lag_max;
+                }
+                // A roster reloaded: IND revoked, or reinstated.
+                5..=6 => {
+                    let v = in_force.version + 1;
+                    let revoked: &[&str] = if ind_off(&in_force) { &[] } else { &["IND"] };
+                    in_force = test_roster(v, &listed, revoked);
+                    revocations += usize::from(!revoked.is_empty());
+                    reload(&mut w, &in_force);
                 }
                 // An operator's rewind on the running relay, of one member or all.
                 3..=4 if !messages.is_empty() => {
@@ -6000,11 +6458,11 @@ mod tests {
                                 queue.insert(*rseq);
                             }
                         }
-                        let now_owed: BTreeSet<i64> = w
-                            .ctx
-                            .queues
-                            .lock()
-                            .expect("lock")
+                        // As the store holds it: a member off the roster has no queue in
+                        // memory.
+                        let now_owed: BTreeSet<i64> = load_queues(&w.conn, Whose::All)
+                            .expect("queues")
+                            .index
                             .after(&pid(m), 0, usize::MAX)
                             .into_iter()
                             .collect();
@@ -6037,9 +6495,12 @@ mod tests {
                         if next(3) > 0 {
                             counter += 1;
                             let to = match next(20) {
-                                // IND, in every other spell of 30 steps only.
-                                0 if step / 30 % 2 == 0 => vec!["IND"],
-                                1 if step / 30 % 2 == 0 => vec!["CHN", "IND"],
+                                // IND, in every other spell of 30 steps only, and only
+                                // while on the roster.
+                                0 if step / 30 % 2 == 0 && !ind_off(&in_force) => vec!["IND"],
+                                1 if step / 30 % 2 == 0 && !ind_off(&in_force) => {
+                                    vec!["CHN", "IND"]
+                                }
                                 _ => vec!["CHN"],
                             };
                             let env = Envelope {
@@ -6162,6 +6623,10 @@ mod tests {
                         }
                     } else {
                         for (m, named) in receipted {
+                            // A receipt from a member off the roster moves nothing.
+                            if m == "IND" && ind_off(&in_force) {
+                                continue;
+                            }
                             let queue = owed.entry(m).or_default();
                             for r in named {
                                 queue.remove(&r);
@@ -6192,24 +6657,38 @@ mod tests {
                     }
                 }
             }
-            // The writer's queues, and a start's, are the model's; no cursor passed a
-            // position owed.
-            let loaded = load_queues(&w.conn).expect("queues");
+            // The store's queues are the model's; the writer's, and a start's, are those of
+            // the members on the roster; no cursor passed a position owed.
+            let loaded = load_queues(&w.conn, Whose::All).expect("queues");
+            let started = load_queues(&w.conn, Whose::ActiveOn(&in_force)).expect("queues");
             for (m, _) in members {
                 let want: Vec<i64> = owed
                     .get(m)
                     .map(|q| q.iter().copied().collect())
                     .unwrap_or_default();
+                let off = m == "IND" && ind_off(&in_force);
+                let in_memory = if off { Vec::new() } else { want.clone() };
                 let live = w
                     .ctx
                     .queues
                     .lock()
                     .expect("lock")
                     .after(&pid(m), 0, usize::MAX);
-                assert_eq!(live, want, "seed {seed} step {step}: {m}'s queue in memory");
+                // The writer follows a reloaded roster at its next batch.
+                if w.roster_followed == in_force.version {
+                    assert_eq!(
+                        live, in_memory,
+                        "seed {seed} step {step}: {m}'s queue in memory"
+                    );
+                }
                 assert_eq!(
                     loaded.index.after(&pid(m), 0, usize::MAX),
                     want,
+                    "seed {seed} step {step}: {m}'s queue as the store holds it"
+                );
+                assert_eq!(
+                    started.index.after(&pid(m), 0, usize::MAX),
+                    in_memory,
                     "seed {seed} step {step}: {m}'s queue as a start rebuilds it"
                 );
                 if let (Some(c), Some(first)) = (loaded.cursors.get(&pid(m)), want.first()) {
@@ -6226,5 +6705,6 @@ mod tests {
             "seed {seed}: idle cursors were looked at {sweeps} times"
         );
         assert!(moved_up >= 1, "seed {seed}: no idle cursor was moved up");
+        assert!(revocations >= 1, "seed {seed}: IND was never revoked");
     }
 }
