@@ -1,6 +1,6 @@
 //! Scoring and the after-action report: terminal table, JSON, self-contained HTML.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -238,6 +238,36 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
     })
 }
 
+/// Which of the messages `ids` the relay's store (in `relay_data`) does not hold, read
+/// read-only, as [`check_stores`] reads it. The relay stores a message before it answers
+/// *accepted*, and keeps it for good: one it lacks, from a sender whose node is down for
+/// good, it never took, and nothing can deliver it any more (provided nothing of that
+/// sender's is still on its way to the relay: the caller makes sure of that). Why the store
+/// could not be read, if it could not.
+pub(crate) fn relay_lacks<'a>(
+    relay_data: &Path,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashSet<String>, String> {
+    let path = relay_data.join("relay.db");
+    let conn = hotline_store::open_read_only(&path).map_err(|e| e.to_string())?;
+    let mut out = HashSet::new();
+    for id in ids {
+        let mid: MessageId = id.parse().map_err(|e| format!("message id {id}: {e}"))?;
+        let held = hotline_relay::report::track_one(&conn, &mid).map_err(|e| e.to_string())?;
+        if held.is_none() {
+            out.insert(id.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Why a recipient never held a message, and never can: its sender's node went down, to
+/// the end, before its relay accepted it ([`Inputs::unrelayed`]). One wording for the
+/// objectives, the invariants and the early end's account of it.
+pub(crate) fn never_left_why(sender: &str) -> String {
+    format!("{sender} went down before its relay accepted it (node down at the end)")
+}
+
 /// What `hotline audit verify` checks of a store at rest, through the same functions:
 /// SQLite's quick check, a schema this release reads, the journal's hash chain, and the
 /// stored records against the journal (on a relay's store, every journaled message and
@@ -449,6 +479,15 @@ pub struct Inputs<'a> {
     /// down node's (their entry in `at_rest`), rather than count their inbox as empty and
     /// every message to them as lost.
     pub(crate) api_failed: BTreeMap<String, String>,
+    /// The messages the relay's store did not hold at the end ([`relay_lacks`], read once
+    /// the relay had stopped), among those of senders down at the end. One of them that its
+    /// sender's record has as not accepted never left its sender: it went down before its
+    /// relay accepted it, and nothing can deliver it. A recipient that does not hold it is
+    /// named so ([`never_left_why`]) wherever it is scored, rather than as one that never
+    /// held, acknowledged or answered a message it could receive; nothing is required of it
+    /// in "every acknowledgement required was given", as of an inject never sent. Empty
+    /// when not known (live mode, or a relay store that could not be read).
+    pub(crate) unrelayed: HashSet<String>,
     pub(crate) shown: HashMap<(String, String), u32>,
     /// Overdue hook runs, when the harness could read them (not in live mode).
     pub(crate) hooks: Option<HashMap<String, Vec<(String, String)>>>,
@@ -622,6 +661,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         Some(a) => format!("node's API failed at the end ({a})"),
         None => "node is down at the end".to_owned(),
     };
+    // Whether recipient `p` never held inject `k`'s message and never can: its sender's node,
+    // down at the end, went down before its relay accepted it ([`Inputs::unrelayed`]).
+    let never_left = |k: usize, p: &str| {
+        let sent = &i.injects[k];
+        sent.id.as_ref().is_some_and(|id| {
+            !i.live
+                && sc.down_at_end(&sent.inject.from)
+                && !i.sent_views[k]["accepted_at_ms"].is_u64()
+                && i.unrelayed.contains(id)
+                && !inbox.contains_key(&(p.to_owned(), id.clone()))
+        })
+    };
     let mut refusals = Vec::new();
     // Per inject: the recipients addressed that its sender's table leaves out, and whether
     // the sender's node gave a table at all.
@@ -681,6 +732,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             view["recipients"].is_array(),
         ));
         let was_accepted = view["accepted_at_ms"].is_u64();
+        if id.as_ref().is_some_and(|id| {
+            !was_accepted && !i.live && sc.down_at_end(&inj.from) && i.unrelayed.contains(id)
+        }) {
+            refusals.push(format!(
+                "{:?} never left its sender: {}",
+                inj.name,
+                never_left_why(&inj.from)
+            ));
+        }
         if was_accepted {
             accepted += 1;
             let rows_of = matrix
@@ -780,6 +840,12 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     "{}: {sender}'s node gave no delivery table",
                     row.id
                 )),
+                // Whatever it expects, it could not be met: the message never left its sender.
+                _ if never_left(k, &row.id) => Some(format!(
+                    "{} never held it, as {}",
+                    row.id,
+                    never_left_why(sender)
+                )),
                 "delivered" => match cell.delivered_s {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
@@ -871,6 +937,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     //   acknowledgements all the same (they are up, and their officers acknowledge), but
     //   their receipts wait at the relay for a sender that never comes back: one recorded
     //   at the recipient's own node is given, and named as never having reached the sender;
+    // - one such a sender went down with before its relay accepted it never left it: it
+    //   requires nothing of the recipients that do not hold it (they never can), and is
+    //   named so, as an inject never sent is ("every inject accepted" fails on it);
     // - a recipient down to the end cannot acknowledge: not required of it, and named so.
     // A sender up at the end that lacks a receipt its recipient's node has given has lost
     // it: missing, as ever.
@@ -879,6 +948,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut acks_unreached = Vec::new();
     let mut acks_of_down: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut acks_unsent = Vec::new();
+    let mut acks_never_left = Vec::new();
     for (k, sent) in i.injects.iter().enumerate() {
         if sent.inject.respond_within_s.is_none() {
             continue;
@@ -912,6 +982,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             if sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
                 continue;
             }
+            if never_left(k, &row.id) {
+                acks_never_left.push(format!(
+                    "not required of {}: {:?} never reached it, as {}",
+                    row.id,
+                    sent.inject.name,
+                    never_left_why(sender)
+                ));
+                continue;
+            }
             acks_required += 1;
             if cell.acknowledged_s.is_some() {
                 continue;
@@ -939,6 +1018,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 names.join(", ")
             )
         })
+        .chain(acks_never_left)
         .chain(acks_unsent)
         .collect();
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
@@ -1445,6 +1525,7 @@ within_s = 3.0
             sent_views: vec![view],
             at_rest: BTreeMap::new(),
             api_failed: BTreeMap::new(),
+            unrelayed: HashSet::new(),
             inboxes,
             shown: HashMap::new(),
             hooks: None,
@@ -2465,6 +2546,78 @@ expect = "delivered"
             inv.detail,
             "1 of 1 acknowledged; not required of KGZ (node down at the end): \"alert\"; not required of \"late\": not sent"
         );
+    }
+
+    /// SEC's node went down, to the end, before its relay accepted "alert": its record has
+    /// the message as not accepted, and the relay's store does not hold it (`unrelayed`).
+    /// It never left SEC, and nothing could deliver it: KAZ and KGZ never could hold or
+    /// acknowledge it. The report says so, with why, wherever it scores them: the objectives
+    /// fail ("KAZ never held it, as SEC went down before its relay accepted it"), "every
+    /// inject accepted" fails saying it never left its sender, and nothing is required of them in "every
+    /// acknowledgement required was given", as of an inject never sent (the invariant
+    /// failed "KAZ never acknowledged", as if its officer had not). The verdict stays
+    /// FAILED. Where the relay holds it (SEC killed before the acceptance reached it), or
+    /// SEC is up at the end, nothing changes.
+    #[test]
+    fn a_message_that_never_left_a_sender_down_to_the_end_is_named_so() {
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
+        );
+        let sc = Scenario::parse(&text, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let run = |unrelayed: &[&str]| {
+            score(Inputs {
+                at_rest: BTreeMap::from([("SEC".to_owned(), Ok(()))]),
+                unrelayed: unrelayed.iter().map(|s| (*s).to_owned()).collect(),
+                ..one_inject(&sc, &roster, &participants, view.clone(), inboxes.clone())
+            })
+            .expect("scores")
+        };
+        let r = run(&["m1"]);
+        let why = "SEC went down before its relay accepted it (node down at the end)";
+        let inv = acks_invariant(&r);
+        assert!(inv.held, "{inv:?}");
+        assert_eq!(
+            inv.detail,
+            format!("0 of 0 acknowledged; not required of KAZ: \"alert\" never reached it, as {why}; not required of KGZ: \"alert\" never reached it, as {why}")
+        );
+        for o in ["delivered", "acknowledged"] {
+            assert_eq!(
+                objective(&r, o).failed,
+                [
+                    format!("KAZ never held it, as {why}"),
+                    format!("KGZ never held it, as {why}")
+                ],
+                "{o}"
+            );
+        }
+        let accepted = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("the invariant");
+        assert!(!accepted.held);
+        assert_eq!(
+            accepted.detail,
+            format!("0 of 1; \"alert\" never left its sender: {why}")
+        );
+        assert!(!r.passed, "{}", summary(&r));
+        // The relay holds it: it could have been delivered, and was not.
+        let r = run(&[]);
+        let inv = acks_invariant(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KAZ never acknowledged \"alert\""),
+            "{inv:?}"
+        );
+        assert_eq!(objective(&r, "delivered").failed[0], "KAZ never held it");
     }
 
     /// Where a node's inbox was read from, when not from its API at the end, is in the text
