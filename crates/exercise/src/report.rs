@@ -53,6 +53,11 @@ pub struct Cell {
     pub delivered_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the acknowledgement.
     pub acknowledged_s: Option<f64>,
+    /// Scenario seconds from send to the recipient's own node recording its acknowledgement,
+    /// where that acknowledgement never reached the sender, whose node a fault kept down to
+    /// the end (`acknowledged_s` is then `None`): given, as the invariant "every
+    /// acknowledgement required was given" counts it, though the sender never held it.
+    pub acknowledged_at_node_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the recipient's first answer (a
     /// message of its referencing the inject).
     pub answered_s: Option<f64>,
@@ -60,6 +65,29 @@ pub struct Cell {
     pub officer: Option<String>,
     /// The respond-by passed unacknowledged.
     pub overdue: bool,
+}
+
+impl Cell {
+    /// What the matrix shows of this cell, in the text summary and the HTML report alike:
+    /// `·` when not addressed; else `delivered / acknowledged`, in scenario seconds after
+    /// the inject was sent (`-`: never), an acknowledgement given at the recipient's node
+    /// that never reached its sender (down at the end) as `6.00s at node`, and `OVERDUE`
+    /// after them when the respond-by time passed unacknowledged. The summary showed such
+    /// an acknowledgement as `-`, never given, and the HTML report in words of its own.
+    pub fn text(&self) -> String {
+        if !self.addressed {
+            return "·".to_owned();
+        }
+        let acknowledged = match (self.acknowledged_s, self.acknowledged_at_node_s) {
+            (None, Some(t)) => format!("{} at node", fmt_s(Some(t))),
+            (a, _) => fmt_s(a),
+        };
+        format!(
+            "{} / {acknowledged}{}",
+            fmt_s(self.delivered_s),
+            if self.overdue { " OVERDUE" } else { "" }
+        )
+    }
 }
 
 /// One participant's row.
@@ -780,11 +808,17 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             } else {
                 m.and_then(|r| r["delivered_at_ms"].as_u64())
             };
+            let acknowledged_s = m
+                .and_then(|r| r["acked_at_ms"].as_u64())
+                .map(|t| scen_s(t, sent_ms));
             row.cells.push(Cell {
                 addressed: m.is_some() || untabled.contains(&&row.id),
                 delivered_s: delivered_at.map(|t| scen_s(t, sent_ms)),
-                acknowledged_s: m
-                    .and_then(|r| r["acked_at_ms"].as_u64())
+                acknowledged_s,
+                // Given at the recipient's node, its sender down at the end never held it.
+                acknowledged_at_node_s: got
+                    .filter(|_| acknowledged_s.is_none() && !i.live && sc.down_at_end(&inj.from))
+                    .and_then(|g| g["acknowledged_at_ms"].as_u64())
                     .map(|t| scen_s(t, sent_ms)),
                 answered_s: answered_at.map(|t| scen_s(t, sent_ms)),
                 officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
@@ -1280,17 +1314,7 @@ pub fn summary(r: &Report) -> String {
     for p in &r.participants {
         let _ = write!(o, "{:<7} {:<11}", p.id, p.role);
         for c in &p.cells {
-            let cell = if !c.addressed {
-                "·".to_owned()
-            } else {
-                format!(
-                    "{} / {}{}",
-                    fmt_s(c.delivered_s),
-                    fmt_s(c.acknowledged_s),
-                    if c.overdue { " OVERDUE" } else { "" }
-                )
-            };
-            let _ = write!(o, " | {cell:<23}");
+            let _ = write!(o, " | {:<23}", c.text());
         }
         let _ = writeln!(o, " | {}", if p.objectives_met { "met" } else { "NOT MET" });
     }
@@ -2494,6 +2518,65 @@ expect = "delivered"
             inv.detail.contains("KGZ never acknowledged \"alert\""),
             "{inv:?}"
         );
+    }
+
+    /// The matrix's cell of an acknowledgement given at the recipient's node that never
+    /// reached its sender (SEC, down at the end) says so, `6.00s at node`, in the text
+    /// summary and the HTML report alike; it showed `-`, as if KGZ had never acknowledged,
+    /// which only the invariant's detail contradicted. One acknowledged before SEC went
+    /// down shows its time, as ever, and with SEC up at the end a receipt it lacks shows
+    /// `-`: lost, not given.
+    #[test]
+    fn the_matrix_shows_an_acknowledgement_that_never_reached_a_down_sender() {
+        let score = |text: &str| {
+            let inboxes = BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+                ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1500), None, None),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        };
+        let killed = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
+        );
+        let r = score(&killed);
+        let text = summary(&r);
+        let html = crate::html::render(&r);
+        for (p, cell, class) in [
+            ("KAZ", "0.50s / 2.00s", "ok"),
+            ("KGZ", "0.50s / 6.00s at node", "late"),
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(p) && l.contains(&format!("| {cell:<23} |"))),
+                "{p}: {text}"
+            );
+            assert!(
+                // KAZ's answer follows in the HTML cell (the summary has no room for it).
+                html.contains(&format!("<td class=\"{class}\">{cell}<"))
+                    || html.contains(&format!("<td class=\"{class}\">{cell} · answered")),
+                "{p}: {html}"
+            );
+        }
+        // SEC back before the end: KGZ's receipt never reaching it was lost, not given.
+        let r = score(&killed.replace("100.0", "10.0"));
+        let text = summary(&r);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("KGZ") && l.contains(&format!("| {:<23} |", "0.50s / -"))),
+            "{text}"
+        );
+        assert!(!text.contains("at node"), "{text}");
     }
 
     /// A recipient whose node a fault keeps down to the end cannot acknowledge: it is not
