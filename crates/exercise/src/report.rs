@@ -296,6 +296,21 @@ pub(crate) fn never_left_why(sender: &str) -> String {
     format!("{sender} went down before its relay accepted it (node down at the end)")
 }
 
+/// Why an objective on `recipient`'s acknowledgement is not met though it acknowledged:
+/// at its own node, and its sender's node, down at the end, never received it.
+fn unreached_why(recipient: &str, sender: &str) -> String {
+    format!("{recipient} acknowledged at its node, but it never reached {sender} (node down at the end)")
+}
+
+/// Why an `overdue_escalated` objective cannot be met for `recipient`, whose acknowledgement
+/// its sender does not hold and which it has not escalated: the sender's node, which alone
+/// marks a message overdue and runs its escalation hook, is down at the end, so that
+/// nothing could change it before then. Named as unmeetable, not as a shortfall of the
+/// system's ("neither acknowledged nor overdue (its respond-by had not passed)").
+fn unescalable_why(recipient: &str, sender: &str) -> String {
+    format!("{recipient}: unmeetable, as {sender}'s node, which marks a message overdue and runs the escalation hook, is down at the end")
+}
+
 /// What `hotline audit verify` checks of a store at rest, through the same functions:
 /// SQLite's quick check, a schema this release reads, the journal's hash chain, and the
 /// stored records against the journal (on a relay's store, every journaled message and
@@ -900,10 +915,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                         && sc.down_at_end(sender)
                         && acked_at_node(&inbox, &row.id, &id) =>
                     {
-                        Some(format!(
-                            "{} acknowledged at its node, but it never reached {sender} (node down at the end)",
-                            row.id
-                        ))
+                        Some(unreached_why(&row.id, sender))
                     }
                     None => Some(format!("{} never acknowledged", row.id)),
                 },
@@ -912,12 +924,23 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     Some(t) => Some(format!("{} answered after {t:.1}s", row.id)),
                     None => Some(format!("{} never answered", row.id)),
                 },
+                // Not met with its sender down at the end, it can no longer be: said so, and
+                // why, as for an acknowledgement (the early end does not wait for it).
                 _ => escalation_shortfall(
                     &row.id,
                     cell.overdue,
                     cell.acknowledged_s.is_some(),
                     hook_ran(i.hooks.as_ref(), sender, &id, &row.id),
-                ),
+                )
+                .map(|short| {
+                    if i.live || !sc.down_at_end(sender) {
+                        short
+                    } else if acked_at_node(&inbox, &row.id, &id) {
+                        unreached_why(&row.id, sender)
+                    } else {
+                        unescalable_why(&row.id, sender)
+                    }
+                }),
             };
             if let Some(w) = why {
                 row.objectives_met = false;
@@ -2577,6 +2600,54 @@ expect = "delivered"
             "{text}"
         );
         assert!(!text.contains("at node"), "{text}");
+    }
+
+    /// An `overdue_escalated` objective on a message whose sender's node is down to the end
+    /// cannot be met once it is not: only the sender's node marks a message overdue and runs
+    /// the escalation hook. The report names it unmeetable, and why (or, for KAZ, who
+    /// acknowledged at its node, that its acknowledgement never reached SEC); it failed
+    /// "KGZ: neither acknowledged nor overdue (its respond-by had not passed)", a shortfall
+    /// the system could have made good. It is still not met. With SEC up at the end, the
+    /// shortfall is as before.
+    #[test]
+    fn an_escalation_a_down_sender_cannot_make_is_named_unmeetable() {
+        let text = format!(
+            "{}[[faults]]\nkind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0\n",
+            escalated_for_all()
+        );
+        let score = |text: &str| {
+            let inboxes = BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(7000))]),
+                ("KGZ".to_owned(), vec![acked_item(None)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), None, None),
+                row("KGZ", Some(1500), None, None),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        };
+        let r = score(&text);
+        let o = objective(&r, "escalated");
+        assert!(!o.met);
+        assert_eq!(
+            o.failed,
+            [
+                "KAZ acknowledged at its node, but it never reached SEC (node down at the end)",
+                "KGZ: unmeetable, as SEC's node, which marks a message overdue and runs the escalation hook, is down at the end",
+            ]
+        );
+        let r = score(&text.replace("100.0", "10.0"));
+        assert_eq!(
+            objective(&r, "escalated").failed[1],
+            "KGZ: neither acknowledged nor overdue (its respond-by had not passed)"
+        );
     }
 
     /// A recipient whose node a fault keeps down to the end cannot acknowledge: it is not
