@@ -723,8 +723,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     gone.down.clone_from(&down);
                     if let Some(sim) = sim.as_ref() {
                         gone.read_stores(&sim.dep);
-                        let relay_log = (!relay_down).then(|| sim.relay.lines());
-                        gone.read_relay(&sim.dep, relay_log.as_deref());
+                        // The relay's log is copied only while a node down is still to be
+                        // looked up there (once each: it can be long).
+                        if gone.down.iter().any(|p| !gone.relay_read.contains(p)) {
+                            let relay_log = (!relay_down).then(|| sim.relay.lines());
+                            gone.read_relay(&sim.dep, relay_log.as_deref());
+                        }
                     }
                     objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
