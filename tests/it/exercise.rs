@@ -672,3 +672,91 @@ async fn an_acknowledgement_to_a_sender_down_to_the_end_is_given_at_the_recipien
     );
     assert!(report.passed, "{summary}");
 }
+
+/// The relay is down from 1 s to 5 s; SEC's node takes an alert requiring acknowledgement
+/// at 2 s, while it cannot reach the relay, and is killed at 3 s, kept down to the end.
+const SENDER_DOWN_UNACCEPTED: &str = r#"
+name = "sender-down-unaccepted"
+end_s = 60.0
+participants = ["SEC", "KAZ"]
+[behaviour.default]
+ack_after_s = 1.0
+[[injects]]
+name = "alert"
+at_s = 2.0
+from = "SEC"
+to = ["KAZ"]
+subject = "alert"
+respond_within_s = 30.0
+[[objectives]]
+name = "delivered"
+inject = "alert"
+expect = "delivered"
+[[faults]]
+kind = "kill_relay"
+at_s = 1.0
+restart_after_s = 4.0
+[[faults]]
+kind = "kill_node"
+participant = "SEC"
+at_s = 3.0
+restart_after_s = 100.0
+"#;
+
+/// A message whose sender went down, to the end, before its relay accepted it never left
+/// the sender: its relay's store lacks it once the relay is back, and nothing can deliver
+/// it. The drill sees that and ends well before its `end_s`, and the report says why of
+/// each place it scores it; it waited to `end_s` for a delivery and an acknowledgement that
+/// could never come. The verdict stays FAILED: the inject was never accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_never_left_a_sender_down_to_the_end_is_not_waited_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (report, summary) = run_drill(
+        hotline_bin().unwrap(),
+        SENDER_DOWN_UNACCEPTED,
+        "unaccepted.toml",
+        tmp.path(),
+    )
+    .await;
+    assert!(
+        report.wall_s < 30.0,
+        "ran {:.1} s: {summary}",
+        report.wall_s
+    );
+    let why = "SEC went down before its relay accepted it (node down at the end)";
+    let invariant = |name: &str| {
+        report
+            .invariants
+            .iter()
+            .find(|x| x.name == name)
+            .unwrap()
+            .clone()
+    };
+    let acks = invariant("every acknowledgement required was given");
+    assert!(
+        acks.held
+            && acks.detail.contains(&format!(
+                "not required of KAZ: \"alert\" never reached it, as {why}"
+            )),
+        "{summary}"
+    );
+    let accepted = invariant("every inject accepted");
+    assert!(
+        !accepted.held
+            && accepted
+                .detail
+                .contains(&format!("\"alert\" never left its sender: {why}")),
+        "{summary}"
+    );
+    let delivered = report
+        .objectives
+        .iter()
+        .find(|o| o.name == "delivered")
+        .unwrap();
+    assert_eq!(
+        delivered.failed,
+        [format!("KAZ never held it, as {why}")],
+        "{summary}"
+    );
+    assert!(!report.passed, "{summary}");
+}

@@ -153,7 +153,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     h.push_str("</svg>");
 
     // Participant × inject matrix.
-    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged (· answered), scenario seconds after the inject. Green: acknowledged; yellow: delivered, not acknowledged; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
+    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged (· answered), scenario seconds after the inject (-: never; at node: acknowledged at the recipient's node, never reached the sender, whose node is down at the end; ·: not addressed). Green: acknowledged; yellow: delivered, the sender holds no acknowledgement; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
     for inj in &r.injects {
         let _ = write!(
             h,
@@ -173,23 +173,22 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             esc(&p.role)
         );
         for c in &p.cells {
-            let (class, text) = if !c.addressed {
-                ("na", "—".to_owned())
-            } else if c.overdue && c.acknowledged_s.is_none() {
-                ("bad", format!("{} / OVERDUE", fmt(c.delivered_s)))
+            // The cell's words are the text summary's ([`Cell::text`]); its colour says
+            // whether the sender holds the acknowledgement.
+            let class = if !c.addressed {
+                "na"
             } else if c.acknowledged_s.is_some() {
-                (
-                    "ok",
-                    format!("{} / {}", fmt(c.delivered_s), fmt(c.acknowledged_s)),
-                )
+                "ok"
+            } else if c.overdue && c.acknowledged_at_node_s.is_none() {
+                "bad"
             } else if c.delivered_s.is_some() {
-                ("late", format!("{} / —", fmt(c.delivered_s)))
+                "late"
             } else {
-                ("bad", "not delivered".to_owned())
+                "bad"
             };
             let text = match c.answered_s {
-                Some(a) => format!("{text} · answered {}", fmt(Some(a))),
-                None => text,
+                Some(a) => format!("{} · answered {}", c.text(), fmt(Some(a))),
+                None => c.text(),
             };
             let _ = write!(h, "<td class=\"{class}\">{}</td>", esc(&text));
         }

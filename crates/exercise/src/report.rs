@@ -1,6 +1,6 @@
 //! Scoring and the after-action report: terminal table, JSON, self-contained HTML.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,11 @@ pub struct Cell {
     pub delivered_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the acknowledgement.
     pub acknowledged_s: Option<f64>,
+    /// Scenario seconds from send to the recipient's own node recording its acknowledgement,
+    /// where that acknowledgement never reached the sender, whose node a fault kept down to
+    /// the end (`acknowledged_s` is then `None`): given, as the invariant "every
+    /// acknowledgement required was given" counts it, though the sender never held it.
+    pub acknowledged_at_node_s: Option<f64>,
     /// Scenario seconds from send to the sender holding the recipient's first answer (a
     /// message of its referencing the inject).
     pub answered_s: Option<f64>,
@@ -60,6 +65,29 @@ pub struct Cell {
     pub officer: Option<String>,
     /// The respond-by passed unacknowledged.
     pub overdue: bool,
+}
+
+impl Cell {
+    /// What the matrix shows of this cell, in the text summary and the HTML report alike:
+    /// `·` when not addressed; else `delivered / acknowledged`, in scenario seconds after
+    /// the inject was sent (`-`: never), an acknowledgement given at the recipient's node
+    /// that never reached its sender (down at the end) as `6.00s at node`, and `OVERDUE`
+    /// after them when the respond-by time passed unacknowledged. The summary showed such
+    /// an acknowledgement as `-`, never given, and the HTML report in words of its own.
+    pub fn text(&self) -> String {
+        if !self.addressed {
+            return "·".to_owned();
+        }
+        let acknowledged = match (self.acknowledged_s, self.acknowledged_at_node_s) {
+            (None, Some(t)) => format!("{} at node", fmt_s(Some(t))),
+            (a, _) => fmt_s(a),
+        };
+        format!(
+            "{} / {acknowledged}{}",
+            fmt_s(self.delivered_s),
+            if self.overdue { " OVERDUE" } else { "" }
+        )
+    }
 }
 
 /// One participant's row.
@@ -236,6 +264,51 @@ pub fn check_stores(dep: &Deployment) -> anyhow::Result<StoreChecks> {
         receipts_unread,
         quarantined,
     })
+}
+
+/// Which of the messages `ids` the relay's store (in `relay_data`) does not hold, read
+/// read-only, as [`check_stores`] reads it. The relay stores a message before it answers
+/// *accepted*, and keeps it for good: one it lacks, from a sender whose node is down for
+/// good, it never took, and nothing can deliver it any more (provided nothing of that
+/// sender's is still on its way to the relay: the caller makes sure of that). Why the store
+/// could not be read, if it could not.
+pub(crate) fn relay_lacks<'a>(
+    relay_data: &Path,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashSet<String>, String> {
+    let path = relay_data.join("relay.db");
+    let conn = hotline_store::open_read_only(&path).map_err(|e| e.to_string())?;
+    let mut out = HashSet::new();
+    for id in ids {
+        let mid: MessageId = id.parse().map_err(|e| format!("message id {id}: {e}"))?;
+        let held = hotline_relay::report::track_one(&conn, &mid).map_err(|e| e.to_string())?;
+        if held.is_none() {
+            out.insert(id.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Why a recipient never held a message, and never can: its sender's node went down, to
+/// the end, before its relay accepted it ([`Inputs::unrelayed`]). One wording for the
+/// objectives, the invariants and the early end's account of it.
+pub(crate) fn never_left_why(sender: &str) -> String {
+    format!("{sender} went down before its relay accepted it (node down at the end)")
+}
+
+/// Why an objective on `recipient`'s acknowledgement is not met though it acknowledged:
+/// at its own node, and its sender's node, down at the end, never received it.
+fn unreached_why(recipient: &str, sender: &str) -> String {
+    format!("{recipient} acknowledged at its node, but it never reached {sender} (node down at the end)")
+}
+
+/// Why an `overdue_escalated` objective cannot be met for `recipient`, whose acknowledgement
+/// its sender does not hold and which it has not escalated: the sender's node, which alone
+/// marks a message overdue and runs its escalation hook, is down at the end, so that
+/// nothing could change it before then. Named as unmeetable, not as a shortfall of the
+/// system's ("neither acknowledged nor overdue (its respond-by had not passed)").
+fn unescalable_why(recipient: &str, sender: &str) -> String {
+    format!("{recipient}: unmeetable, as {sender}'s node, which marks a message overdue and runs the escalation hook, is down at the end")
 }
 
 /// What `hotline audit verify` checks of a store at rest, through the same functions:
@@ -449,6 +522,15 @@ pub struct Inputs<'a> {
     /// down node's (their entry in `at_rest`), rather than count their inbox as empty and
     /// every message to them as lost.
     pub(crate) api_failed: BTreeMap<String, String>,
+    /// The messages the relay's store did not hold at the end ([`relay_lacks`], read once
+    /// the relay had stopped), among those of senders down at the end. One of them that its
+    /// sender's record has as not accepted never left its sender: it went down before its
+    /// relay accepted it, and nothing can deliver it. A recipient that does not hold it is
+    /// named so ([`never_left_why`]) wherever it is scored, rather than as one that never
+    /// held, acknowledged or answered a message it could receive; nothing is required of it
+    /// in "every acknowledgement required was given", as of an inject never sent. Empty
+    /// when not known (live mode, or a relay store that could not be read).
+    pub(crate) unrelayed: HashSet<String>,
     pub(crate) shown: HashMap<(String, String), u32>,
     /// Overdue hook runs, when the harness could read them (not in live mode).
     pub(crate) hooks: Option<HashMap<String, Vec<(String, String)>>>,
@@ -622,6 +704,18 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         Some(a) => format!("node's API failed at the end ({a})"),
         None => "node is down at the end".to_owned(),
     };
+    // Whether recipient `p` never held inject `k`'s message and never can: its sender's node,
+    // down at the end, went down before its relay accepted it ([`Inputs::unrelayed`]).
+    let never_left = |k: usize, p: &str| {
+        let sent = &i.injects[k];
+        sent.id.as_ref().is_some_and(|id| {
+            !i.live
+                && sc.down_at_end(&sent.inject.from)
+                && !i.sent_views[k]["accepted_at_ms"].is_u64()
+                && i.unrelayed.contains(id)
+                && !inbox.contains_key(&(p.to_owned(), id.clone()))
+        })
+    };
     let mut refusals = Vec::new();
     // Per inject: the recipients addressed that its sender's table leaves out, and whether
     // the sender's node gave a table at all.
@@ -681,6 +775,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             view["recipients"].is_array(),
         ));
         let was_accepted = view["accepted_at_ms"].is_u64();
+        if id.as_ref().is_some_and(|id| {
+            !was_accepted && !i.live && sc.down_at_end(&inj.from) && i.unrelayed.contains(id)
+        }) {
+            refusals.push(format!(
+                "{:?} never left its sender: {}",
+                inj.name,
+                never_left_why(&inj.from)
+            ));
+        }
         if was_accepted {
             accepted += 1;
             let rows_of = matrix
@@ -720,11 +823,17 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             } else {
                 m.and_then(|r| r["delivered_at_ms"].as_u64())
             };
+            let acknowledged_s = m
+                .and_then(|r| r["acked_at_ms"].as_u64())
+                .map(|t| scen_s(t, sent_ms));
             row.cells.push(Cell {
                 addressed: m.is_some() || untabled.contains(&&row.id),
                 delivered_s: delivered_at.map(|t| scen_s(t, sent_ms)),
-                acknowledged_s: m
-                    .and_then(|r| r["acked_at_ms"].as_u64())
+                acknowledged_s,
+                // Given at the recipient's node, its sender down at the end never held it.
+                acknowledged_at_node_s: got
+                    .filter(|_| acknowledged_s.is_none() && !i.live && sc.down_at_end(&inj.from))
+                    .and_then(|g| g["acknowledged_at_ms"].as_u64())
                     .map(|t| scen_s(t, sent_ms)),
                 answered_s: answered_at.map(|t| scen_s(t, sent_ms)),
                 officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
@@ -780,6 +889,12 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     "{}: {sender}'s node gave no delivery table",
                     row.id
                 )),
+                // Whatever it expects, it could not be met: the message never left its sender.
+                _ if never_left(k, &row.id) => Some(format!(
+                    "{} never held it, as {}",
+                    row.id,
+                    never_left_why(sender)
+                )),
                 "delivered" => match cell.delivered_s {
                     Some(t) if t <= limit => None,
                     Some(t) => Some(format!("{} held it after {t:.1}s", row.id)),
@@ -800,10 +915,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                         && sc.down_at_end(sender)
                         && acked_at_node(&inbox, &row.id, &id) =>
                     {
-                        Some(format!(
-                            "{} acknowledged at its node, but it never reached {sender} (node down at the end)",
-                            row.id
-                        ))
+                        Some(unreached_why(&row.id, sender))
                     }
                     None => Some(format!("{} never acknowledged", row.id)),
                 },
@@ -812,12 +924,23 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                     Some(t) => Some(format!("{} answered after {t:.1}s", row.id)),
                     None => Some(format!("{} never answered", row.id)),
                 },
+                // Not met with its sender down at the end, it can no longer be: said so, and
+                // why, as for an acknowledgement (the early end does not wait for it).
                 _ => escalation_shortfall(
                     &row.id,
                     cell.overdue,
                     cell.acknowledged_s.is_some(),
                     hook_ran(i.hooks.as_ref(), sender, &id, &row.id),
-                ),
+                )
+                .map(|short| {
+                    if i.live || !sc.down_at_end(sender) {
+                        short
+                    } else if acked_at_node(&inbox, &row.id, &id) {
+                        unreached_why(&row.id, sender)
+                    } else {
+                        unescalable_why(&row.id, sender)
+                    }
+                }),
             };
             if let Some(w) = why {
                 row.objectives_met = false;
@@ -871,6 +994,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     //   acknowledgements all the same (they are up, and their officers acknowledge), but
     //   their receipts wait at the relay for a sender that never comes back: one recorded
     //   at the recipient's own node is given, and named as never having reached the sender;
+    // - one such a sender went down with before its relay accepted it never left it: it
+    //   requires nothing of the recipients that do not hold it (they never can), and is
+    //   named so, as an inject never sent is ("every inject accepted" fails on it);
     // - a recipient down to the end cannot acknowledge: not required of it, and named so.
     // A sender up at the end that lacks a receipt its recipient's node has given has lost
     // it: missing, as ever.
@@ -879,6 +1005,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
     let mut acks_unreached = Vec::new();
     let mut acks_of_down: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut acks_unsent = Vec::new();
+    let mut acks_never_left = Vec::new();
     for (k, sent) in i.injects.iter().enumerate() {
         if sent.inject.respond_within_s.is_none() {
             continue;
@@ -912,6 +1039,15 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             if sc.expects_unacknowledged(k, &row.id, i.roster, !i.live) {
                 continue;
             }
+            if never_left(k, &row.id) {
+                acks_never_left.push(format!(
+                    "not required of {}: {:?} never reached it, as {}",
+                    row.id,
+                    sent.inject.name,
+                    never_left_why(sender)
+                ));
+                continue;
+            }
             acks_required += 1;
             if cell.acknowledged_s.is_some() {
                 continue;
@@ -939,6 +1075,7 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 names.join(", ")
             )
         })
+        .chain(acks_never_left)
         .chain(acks_unsent)
         .collect();
     let duplicates = i.shown.values().filter(|n| **n > 1).count() + inbox_dups;
@@ -1200,17 +1337,7 @@ pub fn summary(r: &Report) -> String {
     for p in &r.participants {
         let _ = write!(o, "{:<7} {:<11}", p.id, p.role);
         for c in &p.cells {
-            let cell = if !c.addressed {
-                "·".to_owned()
-            } else {
-                format!(
-                    "{} / {}{}",
-                    fmt_s(c.delivered_s),
-                    fmt_s(c.acknowledged_s),
-                    if c.overdue { " OVERDUE" } else { "" }
-                )
-            };
-            let _ = write!(o, " | {cell:<23}");
+            let _ = write!(o, " | {:<23}", c.text());
         }
         let _ = writeln!(o, " | {}", if p.objectives_met { "met" } else { "NOT MET" });
     }
@@ -1445,6 +1572,7 @@ within_s = 3.0
             sent_views: vec![view],
             at_rest: BTreeMap::new(),
             api_failed: BTreeMap::new(),
+            unrelayed: HashSet::new(),
             inboxes,
             shown: HashMap::new(),
             hooks: None,
@@ -2415,6 +2543,113 @@ expect = "delivered"
         );
     }
 
+    /// The matrix's cell of an acknowledgement given at the recipient's node that never
+    /// reached its sender (SEC, down at the end) says so, `6.00s at node`, in the text
+    /// summary and the HTML report alike; it showed `-`, as if KGZ had never acknowledged,
+    /// which only the invariant's detail contradicted. One acknowledged before SEC went
+    /// down shows its time, as ever, and with SEC up at the end a receipt it lacks shows
+    /// `-`: lost, not given.
+    #[test]
+    fn the_matrix_shows_an_acknowledgement_that_never_reached_a_down_sender() {
+        let score = |text: &str| {
+            let inboxes = BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+                ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1500), None, None),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        };
+        let killed = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
+        );
+        let r = score(&killed);
+        let text = summary(&r);
+        let html = crate::html::render(&r);
+        for (p, cell, class) in [
+            ("KAZ", "0.50s / 2.00s", "ok"),
+            ("KGZ", "0.50s / 6.00s at node", "late"),
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(p) && l.contains(&format!("| {cell:<23} |"))),
+                "{p}: {text}"
+            );
+            assert!(
+                // KAZ's answer follows in the HTML cell (the summary has no room for it).
+                html.contains(&format!("<td class=\"{class}\">{cell}<"))
+                    || html.contains(&format!("<td class=\"{class}\">{cell} · answered")),
+                "{p}: {html}"
+            );
+        }
+        // SEC back before the end: KGZ's receipt never reaching it was lost, not given.
+        let r = score(&killed.replace("100.0", "10.0"));
+        let text = summary(&r);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("KGZ") && l.contains(&format!("| {:<23} |", "0.50s / -"))),
+            "{text}"
+        );
+        assert!(!text.contains("at node"), "{text}");
+    }
+
+    /// An `overdue_escalated` objective on a message whose sender's node is down to the end
+    /// cannot be met once it is not: only the sender's node marks a message overdue and runs
+    /// the escalation hook. The report names it unmeetable, and why (or, for KAZ, who
+    /// acknowledged at its node, that its acknowledgement never reached SEC); it failed
+    /// "KGZ: neither acknowledged nor overdue (its respond-by had not passed)", a shortfall
+    /// the system could have made good. It is still not met. With SEC up at the end, the
+    /// shortfall is as before.
+    #[test]
+    fn an_escalation_a_down_sender_cannot_make_is_named_unmeetable() {
+        let text = format!(
+            "{}[[faults]]\nkind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0\n",
+            escalated_for_all()
+        );
+        let score = |text: &str| {
+            let inboxes = BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(7000))]),
+                ("KGZ".to_owned(), vec![acked_item(None)]),
+            ]);
+            let matrix = vec![
+                row("KAZ", Some(1500), None, None),
+                row("KGZ", Some(1500), None, None),
+            ];
+            let checks = StoreChecks {
+                journals: vec![("relay".into(), Ok(3))],
+                receipts: (3, 0),
+                receipts_unread: vec![],
+                quarantined: vec![],
+            };
+            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        };
+        let r = score(&text);
+        let o = objective(&r, "escalated");
+        assert!(!o.met);
+        assert_eq!(
+            o.failed,
+            [
+                "KAZ acknowledged at its node, but it never reached SEC (node down at the end)",
+                "KGZ: unmeetable, as SEC's node, which marks a message overdue and runs the escalation hook, is down at the end",
+            ]
+        );
+        let r = score(&text.replace("100.0", "10.0"));
+        assert_eq!(
+            objective(&r, "escalated").failed[1],
+            "KGZ: neither acknowledged nor overdue (its respond-by had not passed)"
+        );
+    }
+
     /// A recipient whose node a fault keeps down to the end cannot acknowledge: it is not
     /// required to, as before, and the invariant now names it and why, so that the exercise
     /// director reads "not required of KGZ (node down at the end)" rather than nothing at
@@ -2465,6 +2700,78 @@ expect = "delivered"
             inv.detail,
             "1 of 1 acknowledged; not required of KGZ (node down at the end): \"alert\"; not required of \"late\": not sent"
         );
+    }
+
+    /// SEC's node went down, to the end, before its relay accepted "alert": its record has
+    /// the message as not accepted, and the relay's store does not hold it (`unrelayed`).
+    /// It never left SEC, and nothing could deliver it: KAZ and KGZ never could hold or
+    /// acknowledge it. The report says so, with why, wherever it scores them: the objectives
+    /// fail ("KAZ never held it, as SEC went down before its relay accepted it"), "every
+    /// inject accepted" fails saying it never left its sender, and nothing is required of them in "every
+    /// acknowledgement required was given", as of an inject never sent (the invariant
+    /// failed "KAZ never acknowledged", as if its officer had not). The verdict stays
+    /// FAILED. Where the relay holds it (SEC killed before the acceptance reached it), or
+    /// SEC is up at the end, nothing changes.
+    #[test]
+    fn a_message_that_never_left_a_sender_down_to_the_end_is_named_so() {
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
+        );
+        let sc = Scenario::parse(&text, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let run = |unrelayed: &[&str]| {
+            score(Inputs {
+                at_rest: BTreeMap::from([("SEC".to_owned(), Ok(()))]),
+                unrelayed: unrelayed.iter().map(|s| (*s).to_owned()).collect(),
+                ..one_inject(&sc, &roster, &participants, view.clone(), inboxes.clone())
+            })
+            .expect("scores")
+        };
+        let r = run(&["m1"]);
+        let why = "SEC went down before its relay accepted it (node down at the end)";
+        let inv = acks_invariant(&r);
+        assert!(inv.held, "{inv:?}");
+        assert_eq!(
+            inv.detail,
+            format!("0 of 0 acknowledged; not required of KAZ: \"alert\" never reached it, as {why}; not required of KGZ: \"alert\" never reached it, as {why}")
+        );
+        for o in ["delivered", "acknowledged"] {
+            assert_eq!(
+                objective(&r, o).failed,
+                [
+                    format!("KAZ never held it, as {why}"),
+                    format!("KGZ never held it, as {why}")
+                ],
+                "{o}"
+            );
+        }
+        let accepted = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("the invariant");
+        assert!(!accepted.held);
+        assert_eq!(
+            accepted.detail,
+            format!("0 of 1; \"alert\" never left its sender: {why}")
+        );
+        assert!(!r.passed, "{}", summary(&r));
+        // The relay holds it: it could have been delivered, and was not.
+        let r = run(&[]);
+        let inv = acks_invariant(&r);
+        assert!(!inv.held, "{inv:?}");
+        assert!(
+            inv.detail.contains("KAZ never acknowledged \"alert\""),
+            "{inv:?}"
+        );
+        assert_eq!(objective(&r, "delivered").failed[0], "KAZ never held it");
     }
 
     /// Where a node's inbox was read from, when not from its API at the end, is in the text

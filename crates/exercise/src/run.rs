@@ -129,6 +129,13 @@ struct Gone {
     /// Injects still waiting to be sent that never can be before `end_s` ([`unsendable`]):
     /// their sender is in `down`, or they reference one that is never sent.
     unsent: HashSet<usize>,
+    /// The senders in `down` whose messages not accepted, as their store at rest has them,
+    /// were looked up in the relay's store ([`Gone::read_relay`]): once each, as nothing
+    /// of theirs can reach the relay any more.
+    relay_read: HashSet<String>,
+    /// Of those messages, the ones the relay's store does not hold: they never left their
+    /// sender, and nothing can deliver them ([`Gone::never_reaches`]).
+    unrelayed: HashSet<String>,
 }
 
 impl Gone {
@@ -146,6 +153,46 @@ impl Gone {
         self.down.contains(p) && !self.acted.contains(&(p.to_owned(), id.to_owned()))
     }
 
+    /// Whether the message `id` of `sender`, whose recipient's row (in the sender's view,
+    /// [`view_at_rest`]) is `row`, can never reach that recipient: `sender` is down for good,
+    /// the relay does not hold the message (`unrelayed`), and the recipient does not hold it
+    /// either. Its sender went down before its relay accepted it; nothing else can send it.
+    /// The report names such a recipient so ([`report::never_left_why`]).
+    fn never_reaches(&self, sender: &str, id: &str, row: &Value) -> bool {
+        self.down.contains(sender)
+            && self.unrelayed.contains(id)
+            && !row["delivered_at_ms"].is_u64()
+    }
+
+    /// Looks up in the relay's store the messages its store at rest (`rest`) has as not
+    /// accepted, of each sender in `down` not looked up yet, once nothing of that sender's
+    /// can reach the relay any more: no session of it is live there (`relay`: the running
+    /// relay's log lines, None when the relay is down). The relay commits a message it has
+    /// read before its session ends (a session outlives the node's last packet by the QUIC
+    /// idle timeout), so what its store lacks then it never takes. A message its sender's
+    /// store has as not accepted may yet be held by the relay (its sender killed before
+    /// the acceptance reached it): only one the relay lacks too is in `unrelayed`. A store
+    /// that cannot be read is tried again at the next sweep.
+    fn read_relay(&mut self, dep: &Deployment, relay: Option<&[String]>) {
+        for p in &self.down {
+            if self.relay_read.contains(p) || relay.is_some_and(|l| relay_session_live(l, p)) {
+                continue;
+            }
+            let Some(rest) = self.rest.get(p) else {
+                continue;
+            };
+            let unaccepted = rest
+                .sent
+                .iter()
+                .filter(|(_, v)| !v["accepted_at_ms"].is_u64())
+                .map(|(id, _)| id.as_str());
+            if let Ok(lacks) = report::relay_lacks(&dep.relay_data, unaccepted) {
+                self.unrelayed.extend(lacks);
+                self.relay_read.insert(p.clone());
+            }
+        }
+    }
+
     /// Reads the store at rest of each node in `down` not read yet. One that cannot be
     /// read is tried again at the next sweep; until it is, its messages are not decided.
     fn read_stores(&mut self, dep: &Deployment) {
@@ -158,6 +205,29 @@ impl Gone {
             }
         }
     }
+}
+
+/// Whether the relay whose log lines are `lines` has a session of participant `p` live: one
+/// it logged as authenticated and not yet as ended (each by its `peer` and `conn` fields).
+fn relay_session_live(lines: &[String], p: &str) -> bool {
+    let mut live = HashSet::new();
+    for l in lines {
+        let (Some(peer), Some(conn)) = (
+            crate::process::field(l, "peer"),
+            crate::process::field(l, "conn"),
+        ) else {
+            continue;
+        };
+        if peer != p {
+            continue;
+        }
+        if l.contains("session ended") {
+            live.remove(conn);
+        } else if l.contains("authenticated") {
+            live.insert(conn);
+        }
+    }
+    !live.is_empty()
 }
 
 /// The injects among `pending` (waiting to be sent) that can never be sent once the
@@ -653,6 +723,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     gone.down.clone_from(&down);
                     if let Some(sim) = sim.as_ref() {
                         gone.read_stores(&sim.dep);
+                        // The relay's log is copied only while a node down is still to be
+                        // looked up there (once each: it can be long).
+                        if gone.down.iter().any(|p| !gone.relay_read.contains(p)) {
+                            let relay_log = (!relay_down).then(|| sim.relay.lines());
+                            gone.read_relay(&sim.dep, relay_log.as_deref());
+                        }
                     }
                     objectives_decided = all_decided(&scenario, &injects, &clients, &roster, sim.as_ref().map(|s| &s.dep), &gone).await;
                 }
@@ -701,7 +777,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
 
     // Stop everything, then check the stores at rest.
     stop.store(true, Relaxed);
-    let (checks, hooks, exits) = match sim.as_mut() {
+    let (checks, hooks, exits, unrelayed) = match sim.as_mut() {
         Some(sim) => {
             stop_at_end(
                 &mut sim.nodes,
@@ -724,13 +800,26 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     }
                 );
             }
+            // The messages of senders down at the end that the relay, stopped now, never
+            // took: the report names them as never having left their sender.
+            let of_down = scenario
+                .injects
+                .iter()
+                .zip(&injects)
+                .filter(|(s, _)| down.contains(&s.from))
+                .filter_map(|(_, i)| i.id.as_deref());
+            let unrelayed = report::relay_lacks(&sim.dep.relay_data, of_down).unwrap_or_else(|e| {
+                progress!("  the relay's store could not be read for the messages of nodes down at the end: {e}");
+                HashSet::new()
+            });
             (
                 Some(report::check_stores(&sim.dep)?),
                 Some(report::read_hooks(&sim.dep)),
                 Some(std::mem::take(&mut exits)),
+                unrelayed,
             )
         }
-        None => (None, None, None),
+        None => (None, None, None, HashSet::new()),
     };
 
     let report = report::score(report::Inputs {
@@ -757,6 +846,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         inboxes,
         at_rest,
         api_failed,
+        unrelayed,
         shown,
         hooks,
         faults: fault_log,
@@ -1269,7 +1359,9 @@ async fn all_decided(
 /// at the recipient's own node, as the report counts it given there; a delivery its relay
 /// may still make is waited for at each recipient up, whether or not
 /// the sender's store recorded the message as accepted (a sender killed before the
-/// acceptance reached it records it as not accepted, though its relay delivers it). An
+/// acceptance reached it records it as not accepted, though its relay delivers it), unless
+/// the relay does not hold it either ([`Gone::never_reaches`]): then it never left its
+/// sender, and neither its delivery nor an acknowledgement it requires is waited for. An
 /// inject never to be sent (`gone.unsent`) fails its objectives for good, as a refused one
 /// does.
 fn decided(
@@ -1329,11 +1421,14 @@ fn decided(
         // between its relay storing the message and the acceptance reaching it, and the
         // relay delivers it all the same (the report scores delivery from the recipient's
         // inbox, so the drill waits for it at each recipient up).
-        let settled = |p: &str| {
+        // Nor is a delivery waited for that can never be made: the sender went down before
+        // its relay accepted the message ([`Gone::never_reaches`]).
+        let settled = |p: &str, r: &Value| {
             (sender_gone && o.expect != "delivered")
                 || (o.expect != "overdue_escalated" && gone.settled(p, id))
+                || gone.never_reaches(sender, id, r)
         };
-        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p)) {
+        if rows.is_empty() || !rows.iter().all(|(p, r)| done(p, r) || settled(p, r)) {
             return false;
         }
     }
@@ -1391,12 +1486,15 @@ fn decided(
         // With its sender's node down for good, no acknowledgement can reach it any more,
         // but its recipients up still give theirs, at their own nodes, as the report counts
         // them ([`view_at_rest`] fills them in): each is waited for, unless its recipient is
-        // down for good too and nothing of its own is on its way ([`Gone::settled`]).
+        // down for good too and nothing of its own is on its way ([`Gone::settled`]), or
+        // the message can never reach it ([`Gone::never_reaches`]: nothing is required of
+        // it, as the report has it).
         let sender_gone = gone.down.contains(&inj.from);
         let id = injects[k].id.as_deref().unwrap_or_default();
         let given = |r: &Value| {
             r["acked_at_ms"].is_u64()
                 || (sender_gone && r["recipient_acked_at_ms"].is_u64())
+                || gone.never_reaches(&inj.from, id, r)
                 || r["recipient"].as_str().is_some_and(|p| {
                     !in_drill(p)
                         || scenario.expects_unacknowledged(k, p, roster, harnessed)
@@ -1886,6 +1984,7 @@ mod tests {
                 sent_views: vec![view.clone()],
                 at_rest: picture.at_rest,
                 api_failed: picture.api_failed,
+                unrelayed: HashSet::new(),
                 inboxes: picture.inboxes,
                 shown: HashMap::new(),
                 hooks: None,
@@ -2432,6 +2531,7 @@ expect = "overdue_escalated"
                 sent_views: vec![view],
                 at_rest: BTreeMap::new(),
                 api_failed: BTreeMap::new(),
+                unrelayed: HashSet::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item(1500)]),
@@ -2577,6 +2677,7 @@ expect = "acknowledged"
                 // MNG's node is down: its inbox is read from its store at rest.
                 at_rest: BTreeMap::from([("MNG".to_owned(), Ok(()))]),
                 api_failed: BTreeMap::new(),
+                unrelayed: HashSet::new(),
                 inboxes: BTreeMap::from([
                     ("SEC".to_owned(), vec![]),
                     ("KAZ".to_owned(), vec![item.clone()]),
@@ -2783,6 +2884,103 @@ expect = "acknowledged"
         };
         assert!(!early(view(None, None), &both_gone));
         assert!(early(view(Some(1500), None), &both_gone));
+    }
+
+    /// A message that never left its sender (SEC, down for good, went down before its relay
+    /// accepted it: its store has it as not accepted, and the relay's store lacks it, read
+    /// once no session of SEC's was live there) can never be delivered, nor acknowledged:
+    /// neither its `delivered` objective nor the acknowledgement it requires of KAZ, who is
+    /// up, is waited for. The drill waited for them to `end_s`, though nothing could send
+    /// the message any more. Where the relay did take it, or KAZ holds it (a relay restored
+    /// from a backup without it delivered it first), they are waited for, as before.
+    #[test]
+    fn a_message_that_never_left_a_sender_down_for_good_is_not_waited_for() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let roster = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment")
+            .roster;
+        let nodes: HashSet<String> = ["SEC", "KAZ", "MNG"].map(String::from).into();
+        let injects = [Inject {
+            id: Some("m1".to_owned()),
+            sent_at_ms: Some(1000),
+            refused: None,
+        }];
+        // Never accepted, as SEC's store at rest has it; MNG is offline to the end.
+        let view = |kaz: Option<u64>| {
+            json!({
+                "created_at_ms": 1000, "accepted_at_ms": null, "state": "sent",
+                "recipients": [
+                    {"recipient": "KAZ", "delivered_at_ms": kaz, "acked_at_ms": null, "overdue_at_ms": null, "recipient_acked_at_ms": null},
+                    {"recipient": "MNG", "delivered_at_ms": null, "acked_at_ms": null, "overdue_at_ms": null},
+                ],
+                "answers": [],
+            })
+        };
+        let mut gone = Gone {
+            down: HashSet::from(["SEC".to_owned(), "MNG".to_owned()]),
+            ..Gone::default()
+        };
+        // Its `delivered` objective, and the acknowledgement it requires, each on its own.
+        let delivered = DOWN_TO_THE_END.replace(
+            "[[objectives]]\nname = \"acknowledged\"\ninject = \"alert\"\nexpect = \"acknowledged\"\n",
+            "",
+        );
+        let required = delivered.replace(
+            "[[objectives]]\nname = \"delivered\"\ninject = \"alert\"\nexpect = \"delivered\"\n",
+            "",
+        );
+        assert_ne!(delivered, DOWN_TO_THE_END);
+        assert_ne!(required, delivered);
+        for text in [&delivered, &required] {
+            let sc = Scenario::parse(text, "down.toml").expect("parses");
+            let early = |v: Value, gone: &Gone| {
+                decided(&sc, &injects, &[Some(v)], None, Some(&nodes), gone, &roster)
+            };
+            assert!(
+                !early(view(None), &gone),
+                "the relay not looked up yet (a session of SEC's live there): waited for\n{text}"
+            );
+            gone.unrelayed.insert("m1".to_owned());
+            assert!(
+                early(view(None), &gone),
+                "the relay lacks it: it can never reach KAZ\n{text}"
+            );
+            // KAZ holds it (the relay delivered it, then lost it to a restore): KAZ's
+            // acknowledgement may still come.
+            if text == &required {
+                assert!(!early(view(Some(1500)), &gone), "{text}");
+            }
+            gone.unrelayed.clear();
+        }
+    }
+
+    /// Whether the relay has a session of a participant live, read from its log: one
+    /// authenticated and not yet ended, by connection (a newer one may authenticate before
+    /// the older one's end is logged).
+    #[test]
+    fn a_live_relay_session_is_read_from_the_relay_log() {
+        let lines = |ls: &[&str]| ls.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+        let auth = |p: &str, c: u32| {
+            format!(
+                "2026-12-06T02:00:00Z  INFO authenticated peer={p} conn={c} remote=127.0.0.1:4000"
+            )
+        };
+        let ended =
+            |p: &str, c: u32| format!("2026-12-06T02:00:01Z  INFO session ended peer={p} conn={c}");
+        assert!(!relay_session_live(&[], "SEC"));
+        let log = lines(&[&auth("SEC", 1), &auth("KAZ", 2)]);
+        assert!(relay_session_live(&log, "SEC"));
+        assert!(!relay_session_live(&log, "MNG"));
+        let log = lines(&[&auth("SEC", 1), &auth("SEC", 3), &ended("SEC", 1)]);
+        assert!(relay_session_live(&log, "SEC"), "conn 3 is live");
+        let log = lines(&[
+            &auth("SEC", 1),
+            &auth("SEC", 3),
+            &ended("SEC", 1),
+            &ended("SEC", 3),
+        ]);
+        assert!(!relay_session_live(&log, "SEC"));
+        assert!(!relay_session_live(&lines(&[&auth("SECX", 1)]), "SEC"));
     }
 
     /// An inject waiting for a sender down for good is never sent, nor one that references
