@@ -272,6 +272,19 @@ enum Action {
     StartNode(String),
 }
 
+/// The `Idempotency-Key` of inject number `i` of the drill whose own key is `run_key`: the
+/// same for every attempt at its send, and no other send's. 32 hex digits and at most 28
+/// more characters, within the node's 128.
+fn inject_key(run_key: &str, i: usize) -> String {
+    format!("drill-{run_key}-inject-{i}")
+}
+
+/// The `Idempotency-Key` of the scripted answer to message `id` (each node answers a message
+/// once, and keys are a node's own): the same for every attempt.
+fn reply_key(run_key: &str, id: &str) -> String {
+    format!("drill-{run_key}-reply-{id}")
+}
+
 /// Runs `scenario` and returns its report (also written as JSON and HTML).
 pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Report> {
     // The scenario's own time compression was checked when it was parsed; the speedup
@@ -415,6 +428,12 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         })
         .collect();
     let mut pending_injects: Vec<usize> = Vec::new();
+    // Each send's `Idempotency-Key` starts with this drill's own, so that a send asked
+    // again after a failure that leaves it unknown whether the node stored the message (no
+    // answer, a dropped connection, a 5xx) is answered with that message rather than
+    // storing a second one ([`inject_key`], [`reply_key`]). Random: a live drill runs on
+    // nodes that keep the keys of earlier drills for a day.
+    let run_key = hotline_node::client::fresh_idempotency_key();
     // Scripted acknowledgements: (due, participant, message id).
     let mut acks_due: Vec<(Instant, String, String)> = Vec::new();
     let mut acks_scheduled: HashSet<(String, String)> = HashSet::new();
@@ -578,13 +597,21 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 bail!("inject {} from {}: no such node", inj.name, inj.from)
             };
             let c = client.clone();
-            let res = tokio::task::spawn_blocking(move || c.post("/v1/messages", &body)).await?;
+            let key = inject_key(&run_key, i);
+            let res =
+                tokio::task::spawn_blocking(move || c.post_keyed("/v1/messages", &body, &key))
+                    .await?;
             match res {
                 Ok(v) => {
                     injects[i].id = v["id"].as_str().map(str::to_owned);
                     injects[i].sent_at_ms = Some(crate::now_ms());
+                    let again = if v["repeated"] == true {
+                        ", stored by an earlier attempt whose answer was lost"
+                    } else {
+                        ""
+                    };
                     progress!(
-                        "\n  [{:>7.1}s] inject {:?} sent by {} ({})",
+                        "\n  [{:>7.1}s] inject {:?} sent by {} ({}{again})",
                         now.as_secs_f64() * scenario.time_compression,
                         inj.name,
                         inj.from,
@@ -616,7 +643,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 }
                 Err(e) => {
                     progress!(
-                        "\n  inject {:?} from {} failed: {e}; retrying",
+                        "\n  inject {:?} from {} failed: {e}; retrying with its idempotency key",
                         inj.name,
                         inj.from
                     );
@@ -660,7 +687,8 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             gone.acted.insert((p.clone(), id.clone()));
             let path = format!("/v1/messages/{id}/reply");
             let body = json!({"body": format!("Exercise answer from {p}.")});
-            match tokio::task::spawn_blocking(move || c.post(&path, &body)).await? {
+            let key = reply_key(&run_key, &id);
+            match tokio::task::spawn_blocking(move || c.post_keyed(&path, &body, &key)).await? {
                 Ok(_) => {}
                 // Refused for good (the node found the reply invalid): said, not retried.
                 Err(
@@ -1790,6 +1818,37 @@ fn every_page<E: From<String>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drill's sends carry keys the node takes (1 to 128 visible ASCII characters), the
+    /// same for every attempt at one send, and another for each other send and drill run:
+    /// a retry is answered with the message stored, and never stands for another.
+    #[test]
+    fn a_drills_idempotency_keys_fit_and_name_one_send_each() {
+        let (run, other) = (
+            hotline_node::client::fresh_idempotency_key(),
+            hotline_node::client::fresh_idempotency_key(),
+        );
+        assert_ne!(run, other);
+        let id = "01a24959d3dea751f3ecc15ac117eaf5";
+        let keys = [
+            inject_key(&run, 0),
+            inject_key(&run, usize::MAX),
+            inject_key(&other, 0),
+            reply_key(&run, id),
+            reply_key(&other, id),
+        ];
+        for k in &keys {
+            assert!(
+                (1..=hotline_node::limits::IDEMPOTENCY_KEY_BYTES_MAX).contains(&k.len())
+                    && k.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+                "{k}"
+            );
+        }
+        let distinct: HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert_eq!(inject_key(&run, 0), inject_key(&run, 0));
+    }
 
     /// The final picture reads a list to its end, page after page: 2,345 inbox items are
     /// 2,345, not the first page's 1,000 (the rest counted as never held). And pages cut

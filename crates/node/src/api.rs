@@ -30,9 +30,10 @@ use hotline_proto::{Audience, Kind, MessageId, ParticipantId, Precedence, Status
 use crate::limits::{
     API_BODY_BYTES_MAX, API_BODY_READ_TIMEOUT_MS, API_CONNECTIONS_MAX, API_HEADER_READ_TIMEOUT_MS,
     API_HEAD_BYTES_MAX, API_LIST_MAX, API_LOG_REASON_BYTES_MAX, API_PAGE_BYTES_MAX,
-    API_WRITE_STALL_TIMEOUT_MS, QUARANTINE_DISCARD_BATCH,
+    API_WRITE_STALL_TIMEOUT_MS, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEY_KEPT_MS,
+    QUARANTINE_DISCARD_BATCH,
 };
-use crate::store::{AckOutcome, Draft, InboxMessage, SentMessage};
+use crate::store::{AckOutcome, Composed, Draft, Idempotency, InboxMessage, Keyed, SentMessage};
 use crate::{now_ms, NodeState, RefusalCode};
 
 type St = Arc<NodeState>;
@@ -455,7 +456,7 @@ impl tokio::io::AsyncWrite for CappedIo {
 }
 
 /// The API's routes, behind the token check and the refusal log.
-fn router(state: St) -> Router {
+pub(crate) fn router(state: St) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/messages", post(send).get(sent_list))
@@ -727,8 +728,10 @@ fn audience(req: &SendRequest) -> Result<Audience, ApiError> {
 async fn send(
     State(state): State<St>,
     Params(NoQuery {}): Params<NoQuery>,
+    headers: HeaderMap,
     Body(req): Body<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let key = idempotency_key(&headers)?;
     // A category is shown to the recipients' officers as what the message is about, as its
     // subject is: one with nothing to see in it (spaces, a NUL, zero-width spaces) is
     // refused likewise. Here, not in `submit`: a reply keeps the category of the message it
@@ -736,12 +739,109 @@ async fn send(
     if req.category.as_deref().is_some_and(|c| !visible(c)) {
         return Err(bad("invalid", "category: it holds no visible character"));
     }
-    submit(state, req).await
+    submit(state, req, key, None).await
+}
+
+/// The header a client names a send with, so that it can repeat the request safely
+/// (draft-ietf-httpapi-idempotency-key-header).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if it has one: 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`]
+/// visible ASCII characters other than `"` and `\`, as given or in the double quotes of the
+/// draft's Structured Field string (`"KEY"` and `KEY` are one key), or a 400
+/// `bad_idempotency_key`: a key given twice, empty, too long, or with a space, a control or
+/// a non-ASCII byte. Within that, what a key holds is the client's affair (a UUID, a
+/// drill's names): the node only compares it.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut given = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = given.next() else {
+        return Ok(None);
+    };
+    if given.next().is_some() {
+        return Err(bad(
+            "bad_idempotency_key",
+            "Idempotency-Key: given more than once",
+        ));
+    }
+    let raw = value.as_bytes();
+    let key = match raw {
+        [b'"', key @ .., b'"'] => key,
+        _ => raw,
+    };
+    let fits = |b: &u8| b.is_ascii_graphic() && *b != b'"' && *b != b'\\';
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || !key.iter().all(fits) {
+        return Err(bad(
+            "bad_idempotency_key",
+            format!(
+                "Idempotency-Key: 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters, \
+                 no space, `\"` or `\\`, optionally in double quotes"
+            ),
+        ));
+    }
+    // Visible ASCII: UTF-8 as it is.
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+/// What decides a message, as the node understood the request that asks for it: what an
+/// `Idempotency-Key` is kept with ([`asked_digest`]), so that the key given again with this
+/// request is a repeat, and with any other is refused. The respond-by is as the request gave
+/// it (`respond_within_ms`, not the time it came to, which a repeat a second later moves).
+#[derive(Serialize)]
+struct Asked<'a> {
+    /// `send`, or `reply` to the message answered.
+    route: &'static str,
+    answered: Option<&'a MessageId>,
+    audience: &'a Audience,
+    kind: Kind,
+    precedence: Precedence,
+    status: Status,
+    respond_by_ms: Option<u64>,
+    respond_within_ms: Option<u64>,
+    references: &'a [MessageId],
+    category: Option<&'a str>,
+    subject: &'a str,
+    body: &'a str,
+}
+
+/// The digest an `Idempotency-Key` is kept with: SHA-256 over a label and [`Asked`] as JSON,
+/// for `req` (a send's, or the one a reply to `answered` makes) as `draft` took it.
+fn asked_digest(
+    answered: Option<&MessageId>,
+    req: &SendRequest,
+    draft: &Draft,
+) -> Result<hotline_proto::Digest, ApiError> {
+    let asked = Asked {
+        route: if answered.is_some() { "reply" } else { "send" },
+        answered,
+        audience: &draft.audience,
+        kind: draft.kind,
+        precedence: draft.precedence,
+        status: draft.status,
+        respond_by_ms: req.respond_by_ms,
+        respond_within_ms: req.respond_within_ms,
+        references: &draft.references,
+        category: draft.category.as_deref(),
+        subject: &draft.subject,
+        body: &draft.body,
+    };
+    let json = serde_json::to_vec(&asked)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(hotline_proto::Digest::of(&[
+        b"hotline node idempotency-key request v1\0",
+        &json,
+    ]))
 }
 
 /// Checks `req`, then composes, signs and stores the message off the runtime
-/// ([`queue`]): `POST /v1/messages`, and a reply's message.
-async fn submit(state: St, req: SendRequest) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// ([`queue`]): `POST /v1/messages`, and a reply's message (to `answered`). With an
+/// idempotency `key`, a request this node took before with that key is answered with the
+/// message it stored, and nothing more is stored ([`repeated`]).
+async fn submit(
+    state: St,
+    req: SendRequest,
+    key: Option<String>,
+    answered: Option<MessageId>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = now_ms();
     let respond_by_ms = match (req.respond_by_ms, req.respond_within_ms) {
         (Some(_), Some(_)) => {
@@ -794,6 +894,30 @@ async fn submit(state: St, req: SendRequest) -> Result<(StatusCode, Json<Value>)
         subject: req.subject.clone(),
         body: req.body.clone(),
     };
+    let idem = match key {
+        Some(key) => Some(Idempotency {
+            key,
+            request: asked_digest(answered.as_ref(), &req, &draft)?,
+        }),
+        None => None,
+    };
+    if let Some(idem) = idem.clone() {
+        // Before the roster's check: a message stored is answered as it was stored, even if
+        // the roster has changed since (its recipients are the matrix's, not the roster's).
+        // The key is looked up again in the transaction that would compose
+        // (`NodeStore::compose_keyed`), for a request with it that came meanwhile.
+        let before = off_runtime(&state, move |state| {
+            let store = state.store();
+            match store.keyed(&idem, now).map_err(store_error)? {
+                Some(keyed) => repeated(state, &store, keyed, now).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await??;
+        if let Some(answer) = before {
+            return Ok(answer);
+        }
+    }
     // Route locally first: an unknown recipient is refused before anything is stored.
     let roster = state.roster.borrow().clone();
     let probe = hotline_proto::Envelope {
@@ -831,32 +955,149 @@ async fn submit(state: St, req: SendRequest) -> Result<(StatusCode, Json<Value>)
         bad(code, e.to_string())
     })?;
     let answer = off_runtime(&state, move |state| {
-        queue(state, draft, expected, &roster, now)
+        queue(state, draft, expected, &roster, now, idem.as_ref())
     });
-    Ok((StatusCode::CREATED, Json(answer.await??)))
+    answer.await?
 }
 
 /// Composes, signs and stores `draft` for `expected` (its recipients by `roster`), wakes the
-/// links and logs it: the answer to a send. Off the runtime ([`off_runtime`]).
+/// links and logs it: the answer to a send, `201`. With `idem`, unless its key is kept: then
+/// nothing is stored, and the answer is [`repeated`]'s. Off the runtime ([`off_runtime`]).
 fn queue(
     state: &NodeState,
     draft: Draft,
     expected: Vec<ParticipantId>,
     roster: &hotline_proto::Roster,
     now: u64,
-) -> Result<Value, ApiError> {
+    idem: Option<&Idempotency>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let relays = state.config.relays.len();
-    let result = state
-        .store()
-        .compose(&state.me, &state.key, draft, &expected, relays, now);
-    let signed = match result.map_err(store_error)? {
-        Ok(s) => s,
-        Err(e) => return Err(bad("invalid", e.to_string())),
+    let signed = {
+        let mut store = state.store();
+        let result = match idem {
+            None => store
+                .compose(&state.me, &state.key, draft, &expected, relays, now)
+                .map(|r| r.map(Composed::New)),
+            Some(idem) => {
+                store.compose_keyed(&state.me, &state.key, draft, &expected, relays, now, idem)
+            }
+        };
+        match result.map_err(store_error)? {
+            Ok(Composed::New(s)) => s,
+            Ok(Composed::Before(keyed)) => return repeated(state, &store, keyed, now),
+            Err(e) => return Err(bad("invalid", e.to_string())),
+        }
     };
     let env = signed
         .decode_unverified()
         .map_err(|e| bad("invalid", e.to_string()))?;
     state.wake_links();
+    let (connected, refused_by, outlook) = way_out(state, roster);
+    if outlook.blocked {
+        warn!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, why = %outlook.note, "message queued, but no relay will take it");
+    } else {
+        info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": env.id,
+            "seq": env.seq,
+            "state": "queued",
+            "recipients": expected,
+            "relays_connected": connected,
+            "blocked": outlook.blocked,
+            "refused_by": refused_json(&refused_by),
+            "note": outlook.note,
+        })),
+    ))
+}
+
+/// The answer to a request whose `Idempotency-Key` is kept ([`NodeStore::keyed`]), read
+/// from `store` (held by the caller, which found the key): for the same request, `200` with
+/// the fields of the first answer, for the message that request stored (its recipients as
+/// its matrix holds them, its `state` now, the relays as they are now), `repeated: true`
+/// and a note saying so; for another request, a 422 `idempotency_key_reused`.
+///
+/// [`NodeStore::keyed`]: crate::store::NodeStore::keyed
+fn repeated(
+    state: &NodeState,
+    store: &crate::store::NodeStore,
+    keyed: Keyed,
+    now: u64,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (id, created_at_ms) = match keyed {
+        Keyed::Same { id, created_at_ms } => (id, created_at_ms),
+        Keyed::Other => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key came with another request within the last {} h: \
+                     nothing was stored; a new message takes a new key",
+                    IDEMPOTENCY_KEY_KEPT_MS / 3_600_000
+                ),
+            ))
+        }
+    };
+    let Some(sent) = store.sent_message(&id).map_err(store_error)? else {
+        return Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            format!("the message {id} this Idempotency-Key names is not in the store"),
+        ));
+    };
+    let seq = sent.envelope.seq;
+    let recipients: Vec<ParticipantId> = sent.matrix.iter().map(|r| r.recipient.clone()).collect();
+    let now_state = sent_view(sent, now)["state"].clone();
+    let roster = state.roster.borrow().clone();
+    let (connected, refused_by, outlook) = way_out(state, &roster);
+    let mut note = format!(
+        "a repeat of a request this node took at {} with this Idempotency-Key: nothing more \
+         was stored; this is the message it stored, {} now",
+        hotline_config::utc::format_utc(created_at_ms),
+        now_state.as_str().unwrap_or("?"),
+    );
+    if outlook.blocked {
+        note.push_str("; ");
+        note.push_str(&outlook.note);
+    }
+    info!(msg = %id, seq = %seq, "send repeated with its idempotency key: answered with the message it stored");
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "id": id,
+            "seq": seq,
+            "state": now_state,
+            "recipients": recipients,
+            "relays_connected": connected,
+            "blocked": outlook.blocked,
+            "refused_by": refused_json(&refused_by),
+            "note": note,
+            "repeated": true,
+        })),
+    ))
+}
+
+/// The relays' `refused_by` in an answer to a send.
+fn refused_json(refused_by: &[RefusedBy]) -> Vec<Value> {
+    refused_by
+        .iter()
+        .map(|r| {
+            json!({
+                "relay": r.relay,
+                "address": r.address,
+                "code": r.refusal.code.name(),
+                "reason": r.refusal.reason,
+            })
+        })
+        .collect()
+}
+
+/// The way out for a message now: how many relays are connected, those down for a lasting
+/// refusal, and the [`Outlook`] with this node's own `roster`.
+fn way_out(state: &NodeState, roster: &hotline_proto::Roster) -> (usize, Vec<RefusedBy>, Outlook) {
+    let relays = state.config.relays.len();
     let connected = state.relays_connected();
     let refused_by: Vec<RefusedBy> = state
         .config
@@ -877,26 +1118,7 @@ fn queue(
         .collect();
     let own = own_roster_refusal(roster, &state.me, &hotline_proto::PublicKey::of(&state.key));
     let outlook = outlook(connected, relays, &refused_by, own.as_ref());
-    if outlook.blocked {
-        warn!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, why = %outlook.note, "message queued, but no relay will take it");
-    } else {
-        info!(msg = %env.id, seq = %env.seq, recipients = expected.len(), relays_connected = connected, "message queued");
-    }
-    Ok(json!({
-        "id": env.id,
-        "seq": env.seq,
-        "state": "queued",
-        "recipients": expected,
-        "relays_connected": connected,
-        "blocked": outlook.blocked,
-        "refused_by": refused_by.iter().map(|r| json!({
-            "relay": r.relay,
-            "address": r.address,
-            "code": r.refusal.code.name(),
-            "reason": r.refusal.reason,
-        })).collect::<Vec<_>>(),
-        "note": outlook.note,
-    }))
+    (connected, refused_by, outlook)
 }
 
 /// A relay whose link is down for a lasting refusal: it refused this node itself, or this
@@ -1850,11 +2072,13 @@ async fn reply(
     State(state): State<St>,
     Segment(id): Segment,
     Params(NoQuery {}): Params<NoQuery>,
+    headers: HeaderMap,
     Body(req): Body<ReplyRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id: MessageId = id
         .parse()
         .map_err(|e: hotline_proto::IdError| bad("bad_id", e.to_string()))?;
+    let key = idempotency_key(&headers)?;
     let (received, sent) = off_runtime(&state, move |state| {
         let store = state.store();
         let received = store.inbox_message(&id).map_err(store_error)?;
@@ -1891,7 +2115,7 @@ async fn reply(
         subject: req.subject.unwrap_or_else(|| reply_subject(&e.subject)),
         body: req.body,
     };
-    submit(state, send_req).await
+    submit(state, send_req, key, Some(id)).await
 }
 
 /// The subject of a reply to a message with `subject`: "Re: " and the subject (once: a reply
@@ -4042,5 +4266,252 @@ mod tests {
         // The warn level, as for a bad query string.
         assert!(all.contains(r#""level":"WARN""#), "{all}");
         server.abort();
+    }
+
+    /// How many messages `state`'s node has sent (signed and stored).
+    fn sent_count(state: &NodeState) -> i64 {
+        state
+            .store()
+            .conn_for_tests()
+            .query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// POSTs `body` to `path` of the API at `base` (`http://ADDR`) over a connection of its
+    /// own, with the test state's token and, if given, `Idempotency-Key: KEY` as its raw
+    /// bytes (which an HTTP client would check, or encode, first): the status and the
+    /// answer's body as JSON (`Null` for none).
+    async fn post_keyed(base: &str, path: &str, body: &str, key: Option<&[u8]>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = base.trim_start_matches("http://").to_owned();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer token\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if let Some(key) = key {
+            head.extend_from_slice(b"Idempotency-Key: ");
+            head.extend_from_slice(key);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(body.as_bytes());
+        let answer = tokio::time::timeout(Duration::from_secs(20), async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&head).await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        })
+        .await
+        .expect("an answer within 20 s");
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        let (_, rest) = text.split_once("\r\n\r\n").unwrap();
+        // A body without chunked coding (axum's JSON answers carry a length).
+        let v = serde_json::from_str(rest).unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    /// A send repeated with its `Idempotency-Key` (a client whose first request timed out,
+    /// or whose connection dropped, after the node stored the message) is answered with the
+    /// message the first request stored, `200` and `repeated`, and no second message: a
+    /// retry was a second, different crisis message. A `respond_within_ms` is the request's,
+    /// not the time it comes to, so the repeat, later, is the same request.
+    #[tokio::test]
+    async fn a_send_repeated_with_its_idempotency_key_stores_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let body =
+            r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000}"#;
+        let key = Some(&b"2f1c0e7a-retry-me"[..]);
+        let (status, first) = post_keyed(&base, "/v1/messages", body, key).await;
+        assert_eq!(status, 201, "{first}");
+        assert_eq!(first.get("repeated"), None, "{first}");
+        // The repeat comes later: a respond-by computed anew would differ.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (status, again) = post_keyed(&base, "/v1/messages", body, key).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["repeated"], true, "{again}");
+        for field in ["id", "seq", "recipients"] {
+            assert_eq!(again[field], first[field], "{field}: {first} / {again}");
+        }
+        assert!(
+            again["note"].as_str().unwrap().contains("Idempotency-Key"),
+            "{again}"
+        );
+        // The key in the draft's quoted form (a Structured Field string) is the same key.
+        let (status, quoted) = post_keyed(
+            &base,
+            "/v1/messages",
+            body,
+            Some(&b"\"2f1c0e7a-retry-me\""[..]),
+        )
+        .await;
+        assert_eq!((status, &quoted["id"]), (200, &first["id"]), "{quoted}");
+        assert_eq!(sent_count(&state), 1);
+        assert_eq!(state.store().outbox_len().unwrap(), 1);
+        // Without a key, or with another, each request is a message of its own.
+        let (status, _) = post_keyed(&base, "/v1/messages", body, None).await;
+        assert_eq!(status, 201);
+        let (status, other) =
+            post_keyed(&base, "/v1/messages", body, Some(&b"another-key"[..])).await;
+        assert_eq!(status, 201);
+        assert_ne!(other["id"], first["id"]);
+        assert_eq!(sent_count(&state), 3);
+    }
+
+    /// A key given again with another request (another body, audience, respond-by; a reply
+    /// where a message was sent) is refused `422 idempotency_key_reused`, and nothing is
+    /// stored: it is a client's mistake, and neither request's answer fits the other.
+    #[tokio::test]
+    async fn an_idempotency_key_reused_for_another_request_is_refused_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let key = Some(&b"key-1"[..]);
+        let first =
+            r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000}"#;
+        let (status, sent) = post_keyed(&base, "/v1/messages", first, key).await;
+        assert_eq!(status, 201, "{sent}");
+        let id = received_from_kgz(&state, None);
+        for (path, other) in [
+            (
+                "/v1/messages".to_owned(),
+                r#"{"to":["KGZ"],"subject":"Flooding","body":"Falling.","respond_within_ms":60000}"#,
+            ),
+            (
+                "/v1/messages".to_owned(),
+                r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60001}"#,
+            ),
+            (
+                "/v1/messages".to_owned(),
+                r#"{"to":["SEC"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000}"#,
+            ),
+            (
+                "/v1/messages".to_owned(),
+                r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000,"precedence":"FLASH"}"#,
+            ),
+            (format!("/v1/messages/{id}/reply"), r#"{"body":"Rising."}"#),
+        ] {
+            let (status, v) = post_keyed(&base, &path, other, key).await;
+            assert_eq!(status, 422, "{path} {other}: {v}");
+            assert_eq!(v["code"], "idempotency_key_reused", "{v}");
+        }
+        assert_eq!(sent_count(&state), 1, "nothing more was stored");
+        // A reply's key is checked against the message it answers too.
+        let reply_key = Some(&b"reply-key"[..]);
+        let path = format!("/v1/messages/{id}/reply");
+        let (status, reply) = post_keyed(&base, &path, r#"{"body":"Seen."}"#, reply_key).await;
+        assert_eq!(status, 201, "{reply}");
+        let (status, again) = post_keyed(&base, &path, r#"{"body":"Seen."}"#, reply_key).await;
+        assert_eq!((status, &again["id"]), (200, &reply["id"]), "{again}");
+        let other = received_from_kgz(&state, None);
+        let (status, v) = post_keyed(
+            &base,
+            &format!("/v1/messages/{other}/reply"),
+            r#"{"body":"Seen."}"#,
+            reply_key,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (422, &json!("idempotency_key_reused")),
+            "{v}"
+        );
+        assert_eq!(sent_count(&state), 2);
+    }
+
+    /// An `Idempotency-Key` that is not 1 to 128 visible ASCII characters (after the
+    /// draft's optional double quotes) is refused `400 bad_idempotency_key`, before
+    /// anything is stored; as is one given twice.
+    #[tokio::test]
+    async fn a_bad_idempotency_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let body = r#"{"to":["KGZ"],"subject":"Flooding"}"#;
+        let long = "k".repeat(129);
+        for key in [
+            &b""[..],
+            b"\"\"",
+            long.as_bytes(),
+            b"two words",
+            b"caf\xc3\xa9",
+            b"\"unclosed",
+            b"\"a\\\"b\"",
+            b"a\"b",
+        ] {
+            let (status, v) = post_keyed(&base, "/v1/messages", body, Some(key)).await;
+            assert_eq!(status, 400, "{:?}: {v}", String::from_utf8_lossy(key));
+            assert_eq!(v["code"], "bad_idempotency_key", "{v}");
+        }
+        let (status, v) = post_keyed(
+            &base,
+            "/v1/messages",
+            body,
+            Some(&b"one\r\nIdempotency-Key: two"[..]),
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (400, &json!("bad_idempotency_key")),
+            "{v}"
+        );
+        assert_eq!(sent_count(&state), 0, "nothing was stored");
+        let longest = "k".repeat(128);
+        let (status, v) = post_keyed(&base, "/v1/messages", body, Some(longest.as_bytes())).await;
+        assert_eq!(status, 201, "{v}");
+        let (status, v) =
+            post_keyed(&base, "/v1/messages", body, Some(&b"!#$%&'()*+,-./~"[..])).await;
+        assert_eq!(status, 201, "{v}");
+    }
+
+    /// Requests with one key that arrive together (a client retrying while its first request
+    /// is still being served) make one message: the key is checked and recorded in the
+    /// transaction that stores the message, and all are answered with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn repeats_at_once_make_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let body = r#"{"to":["KGZ"],"subject":"Flooding"}"#;
+        // Held, so that every request is in before the first one stores.
+        let held = crate::Held::store(&state, false, Duration::from_secs(20));
+        let mut background = state.background.subscribe();
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    post_keyed(&base, "/v1/messages", body, Some(&b"at-once"[..])).await
+                })
+            })
+            .collect();
+        // Every request waits for the store (each on a blocking thread of its own).
+        tokio::time::timeout(Duration::from_secs(20), background.wait_for(|n| *n >= 8))
+            .await
+            .expect("the requests came in")
+            .unwrap();
+        assert!(!held.release(), "released before its time ran out");
+        let mut answers = Vec::new();
+        for r in requests {
+            answers.push(r.await.unwrap());
+        }
+        let created = answers.iter().filter(|(s, _)| *s == 201).count();
+        assert_eq!(created, 1, "{answers:?}");
+        assert!(
+            answers.iter().all(|(s, _)| *s == 201 || *s == 200),
+            "{answers:?}"
+        );
+        let ids: std::collections::HashSet<_> =
+            answers.iter().map(|(_, v)| v["id"].to_string()).collect();
+        assert_eq!(ids.len(), 1, "{answers:?}");
+        assert_eq!(sent_count(&state), 1);
     }
 }

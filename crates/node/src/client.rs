@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::limits::{API_SEND_ATTEMPTS, API_SEND_RETRY_PAUSE_MS};
+
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,6 +57,24 @@ fn refusal(status: u16, r: ureq::Response) -> ClientError {
 
 /// How long a call waits for the node's answer, in seconds.
 const API_ANSWER_S: u64 = 30;
+
+/// A fresh idempotency key for one send: 32 hex digits from the operating system's random
+/// source (as a message id's), which no other send takes.
+pub fn fresh_idempotency_key() -> String {
+    hotline_proto::MessageId::random().to_string()
+}
+
+/// Whether `e` leaves it unknown whether the node did what a send asked, so that the send
+/// may be asked again with its idempotency key: no answer in time, no connection (a node
+/// restarting), a connection dropped or an answer that does not parse, a 5xx. Not a 507
+/// (`disk_full`: nothing was written, and a full disk is not freed in seconds) nor a 4xx
+/// (refused: asked again, refused again).
+pub fn unknown_outcome(e: &ClientError) -> bool {
+    match e {
+        ClientError::NoAnswer { .. } | ClientError::NotRunning(_) | ClientError::Other(_) => true,
+        ClientError::Api { status, .. } => *status >= 500 && *status != 507,
+    }
+}
 
 /// Whether a transport error is a read that timed out (ureq wraps the `io::Error`, at times
 /// twice).
@@ -173,11 +193,25 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(Value, Option<String>), ClientError> {
+        self.request(method, path, body, None)
+    }
+
+    /// One request, with `Idempotency-Key: "KEY"` if `key` is given.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<(Value, Option<String>), ClientError> {
         let url = format!("{}{path}", self.base);
-        let req = self
+        let mut req = self
             .agent
             .request(method, &url)
             .set("Authorization", &format!("Bearer {}", self.token));
+        if let Some(key) = key {
+            req = req.set("Idempotency-Key", &format!("\"{key}\""));
+        }
         let resp = match body {
             Some(b) => req.send_json(b.clone()),
             None => req.call(),
@@ -226,6 +260,52 @@ impl ApiClient {
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.call("POST", path, Some(body))
+    }
+
+    /// `POST path` of a send (`/v1/messages`, `/v1/messages/{id}/reply`) with a JSON body
+    /// and `Idempotency-Key: "KEY"` (docs/API.md): once, for a caller that asks again
+    /// itself (the drill harness), always with the same key.
+    pub fn post_keyed(&self, path: &str, body: &Value, key: &str) -> Result<Value, ClientError> {
+        self.call_keyed(path, body, key).map(|(v, _)| v)
+    }
+
+    /// [`ApiClient::post_keyed`], with a fresh key ([`fresh_idempotency_key`]), asked again
+    /// with that key after an answer that leaves it unknown whether the node stored the
+    /// message ([`unknown_outcome`]), up to [`API_SEND_ATTEMPTS`] in all, after a pause of
+    /// [`API_SEND_RETRY_PAUSE_MS`] doubled each time; `retrying` is told of each such
+    /// answer before the pause (the CLI says so). The node stores one message however
+    /// often it is asked, and answers the repeat with it (`repeated`). The last error when
+    /// every attempt failed.
+    pub fn post_idempotent(
+        &self,
+        path: &str,
+        body: &Value,
+        mut retrying: impl FnMut(&ClientError, Duration),
+    ) -> Result<Value, ClientError> {
+        let key = fresh_idempotency_key();
+        let mut pause = Duration::from_millis(API_SEND_RETRY_PAUSE_MS);
+        let mut attempt = 1;
+        loop {
+            match self.post_keyed(path, body, &key) {
+                Err(e) if attempt < API_SEND_ATTEMPTS && unknown_outcome(&e) => {
+                    retrying(&e, pause);
+                    std::thread::sleep(pause);
+                    pause = pause.saturating_mul(2);
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// A `POST` with `Idempotency-Key: key` in the draft's quoted form.
+    fn call_keyed(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> Result<(Value, Option<String>), ClientError> {
+        self.request("POST", path, Some(body), Some(key))
     }
 
     /// Opens `/v1/events`: once this returns, the node has subscribed this stream, so every
@@ -343,6 +423,151 @@ mod tests {
         }
         drop(hold_tx);
         server.join().expect("server");
+    }
+
+    /// A request or an answer read whole from `s`: its head, and the body its
+    /// `Content-Length` gives (the client's requests and the node's answers have one).
+    fn read_http(s: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("a head");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |n| n.trim().parse().expect("a length"));
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).expect("a body");
+        got.extend_from_slice(&body);
+        got
+    }
+
+    /// A send whose answer was lost (the node stored the message, then the connection
+    /// dropped before the answer reached the client) is asked again with its idempotency
+    /// key, and the node stores one message and answers the repeat with it: the drill
+    /// harness and the CLI asked again as a new request, which was a second message.
+    #[test]
+    fn a_send_whose_answer_was_lost_is_asked_again_and_stored_once() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let state = crate::test_state(dir.path());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let node = listener.local_addr().expect("address");
+        let app = crate::api::router(state.clone());
+        rt.spawn(async move { axum::serve(listener, app).await });
+        // Passes each request on to the node and its answer back, on a connection of its
+        // own; the first answer is read from the node and then lost: the client's
+        // connection is closed without it.
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = proxy.local_addr().expect("address");
+        let (lost_tx, lost_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, conn) in proxy.incoming().enumerate() {
+                let Ok(mut client) = conn else { break };
+                let request = read_http(&mut client);
+                let mut upstream = std::net::TcpStream::connect(node).expect("the node");
+                upstream.write_all(&request).expect("passed on");
+                let answer = read_http(&mut upstream);
+                if n == 0 {
+                    let _ = lost_tx.send(answer);
+                    continue;
+                }
+                let _ = client.write_all(&answer);
+            }
+        });
+        let client = ApiClient::new(&addr.to_string(), "token");
+        let body = serde_json::json!({"to": ["KGZ"], "subject": "Flooding", "body": "Rising."});
+        let mut told = Vec::new();
+        let answer = client
+            .post_idempotent("/v1/messages", &body, |e, pause| {
+                told.push((e.to_string(), pause))
+            })
+            .expect("answered the second time");
+        let lost = lost_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the first answer");
+        let lost = String::from_utf8_lossy(&lost).into_owned();
+        assert!(lost.starts_with("HTTP/1.1 201"), "{lost}");
+        let (_, lost) = lost.split_once("\r\n\r\n").expect("a body");
+        let lost: Value = serde_json::from_str(lost).expect("JSON");
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].1, Duration::from_millis(API_SEND_RETRY_PAUSE_MS));
+        assert_eq!(answer["id"], lost["id"], "{answer}");
+        assert_eq!(answer["repeated"], true, "{answer}");
+        let sent: i64 = state
+            .store()
+            .conn_for_tests()
+            .query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0))
+            .expect("counted");
+        assert_eq!(sent, 1, "one message");
+    }
+
+    /// A send is asked again only while its outcome is unknown, and at most
+    /// `API_SEND_ATTEMPTS` times in all: a refusal (4xx) or a full disk (507, nothing
+    /// written) is final.
+    #[test]
+    fn only_an_unknown_outcome_is_asked_again() {
+        let api = |status: u16| ClientError::Api {
+            status,
+            code: String::new(),
+            message: String::new(),
+        };
+        assert!(unknown_outcome(&ClientError::NotRunning("x".into())));
+        assert!(unknown_outcome(&ClientError::Other("reset".into())));
+        assert!(unknown_outcome(&ClientError::NoAnswer {
+            base: "x".into(),
+            within: Duration::from_secs(30)
+        }));
+        assert!(unknown_outcome(&api(500)));
+        assert!(unknown_outcome(&api(503)));
+        for status in [400, 401, 404, 409, 413, 422, 507] {
+            assert!(!unknown_outcome(&api(status)), "{status}");
+        }
+        // A node that answers 500 every time is asked API_SEND_ATTEMPTS times, each with
+        // the same key.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let mut keys = Vec::new();
+            for _ in 0..API_SEND_ATTEMPTS {
+                let (mut s, _) = listener.accept().expect("accept");
+                let request = String::from_utf8_lossy(&read_http(&mut s)).into_owned();
+                keys.extend(
+                    request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Idempotency-Key: "))
+                        .map(str::to_owned),
+                );
+                let body = r#"{"error":"the store failed","code":"storage"}"#;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            keys
+        });
+        let client = ApiClient::new(&addr.to_string(), "token");
+        let mut told = 0;
+        let e = client
+            .post_idempotent("/v1/messages", &serde_json::json!({}), |_, _| told += 1)
+            .expect_err("failed every time");
+        assert!(matches!(e, ClientError::Api { status: 500, .. }), "{e}");
+        assert_eq!(told, API_SEND_ATTEMPTS - 1);
+        let keys = server.join().expect("server");
+        assert_eq!(keys.len(), API_SEND_ATTEMPTS as usize, "{keys:?}");
+        assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+        assert!(keys[0].starts_with('"') && keys[0].len() == 34, "{keys:?}");
     }
 
     /// A node that subscribed the stream and then says nothing, not even a keep-alive (its

@@ -241,6 +241,31 @@ const _: () = assert!(
 /// quarantine (`hotline discard --all`); the store is free for deliveries in between.
 pub const QUARANTINE_DISCARD_BATCH: usize = 1_000;
 
+/// Most bytes of an `Idempotency-Key` on a send (`POST /v1/messages`, a reply), without the
+/// double quotes of its Structured Field form. Room for a UUID (36), a drill's keys (under
+/// 80) and a client's own scheme; a key is a name, not a place to store a request.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// How long the node keeps a send's idempotency key (and so answers a repeat of its request
+/// with the message it stored): 24 hours. A client retries within seconds or minutes (the
+/// CLI within a minute and a half, the drill harness while the drill runs); a day covers a
+/// script run again after a night's failure, and a key older than that names a new message.
+pub const IDEMPOTENCY_KEY_KEPT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most idempotency keys kept at once, whatever their age; past it the oldest goes first. A
+/// node's officers send tens of messages a day, a busy drill some hundreds: 10,000 keys (a
+/// few MiB at most) is far above a day of any node's sends with a key, and bounds the table
+/// if a client sends many more.
+pub const IDEMPOTENCY_KEYS_MAX: u64 = 10_000;
+
+/// How many times the API's client ([`crate::client::ApiClient::post_idempotent`]: `hotline
+/// send`, `hotline reply`) asks for a send in all, with one idempotency key, when an answer
+/// leaves it unknown whether the node stored the message (no answer within 30 s, a
+/// connection refused or dropped, a 5xx other than 507). Three: enough for a node that
+/// restarts or a connection that drops once; a node that does not answer three times is
+/// not well, and the officer is told to look, at most a minute and a half after asking.
+pub const API_SEND_ATTEMPTS: u32 = 3;
+/// The pause before the client asks for a send again, doubled for each attempt after.
+pub const API_SEND_RETRY_PAUSE_MS: u64 = 1_000;
+
 /// Items returned by one inbox or sent-list API call.
 pub const API_LIST_MAX: usize = 1_000;
 

@@ -274,6 +274,24 @@ CREATE TABLE IF NOT EXISTS signings (
     digest BLOB NOT NULL,
     PRIMARY KEY (id, seq)
 ) WITHOUT ROWID;
+-- The idempotency keys of the API's sends (`Idempotency-Key`, docs/API.md): a client's
+-- `key`, the digest of the `request` it came with (as the API understood it), and the
+-- message `id` that request stored, so that the request repeated with its key stores
+-- nothing more and is answered with that message (`NodeStore::compose_keyed`, which reads
+-- and writes it in the transaction that composes). Kept `IDEMPOTENCY_KEY_KEPT_MS` and at
+-- most `IDEMPOTENCY_KEYS_MAX` (`n` counts them in; the oldest go first), pruned in the
+-- transactions that compose. Not journaled: it records no message or receipt, only which
+-- request stored one (the message itself is journaled as sent). Added without a raise of
+-- the schema version: an older node running on the store neither reads nor writes it (it
+-- takes no key), and nothing is derived from it.
+CREATE TABLE IF NOT EXISTS idempotency (
+    n INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    request BLOB NOT NULL,
+    id BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (created_at_ms);
 ";
 
 /// A page of the quarantine, newest first ([`quarantine_page`]): `?1` rows from below
@@ -490,6 +508,39 @@ pub struct Draft {
     pub subject: String,
     /// Body.
     pub body: String,
+}
+
+/// A send's `Idempotency-Key` and what it came with ([`NodeStore::compose_keyed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The client's key: 1 to [`crate::limits::IDEMPOTENCY_KEY_BYTES_MAX`] visible ASCII
+    /// characters (the API checks it).
+    pub key: String,
+    /// The digest of the request as the node understood it: what decides the message.
+    pub request: Digest,
+}
+
+/// What a kept idempotency key already names ([`NodeStore::keyed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keyed {
+    /// The key came with this same request, which stored message `id` at `created_at_ms`.
+    Same {
+        /// The message stored.
+        id: MessageId,
+        /// When it was stored (the key's time).
+        created_at_ms: u64,
+    },
+    /// The key came with another request (its digest differs).
+    Other,
+}
+
+/// What [`NodeStore::compose_keyed`] did.
+#[derive(Debug)]
+pub enum Composed {
+    /// Signed and stored a new message.
+    New(Signed<Envelope>),
+    /// Stored nothing: the key is kept, from an earlier request.
+    Before(Keyed),
 }
 
 /// One recipient's line in a sent message's delivery matrix.
@@ -1899,43 +1950,46 @@ impl NodeStore {
         now_ms: u64,
     ) -> Result<Result<Signed<Envelope>, hotline_proto::EncodeError>, StoreError> {
         self.tx(|tx, j| {
-            let seq = next_seq(current_seq(tx)?)?;
-            let env = Envelope {
-                version: PROTOCOL_VERSION,
-                id: MessageId::generate(now_ms),
-                sender: me.clone(),
-                seq: Seq(seq),
-                audience: draft.audience,
-                kind: draft.kind,
-                precedence: draft.precedence,
-                status: draft.status,
-                created_at_ms: now_ms,
-                respond_by_ms: draft.respond_by_ms,
-                references: draft.references,
-                category: draft.category,
-                subject: draft.subject,
-                body: draft.body,
-            };
-            let signed = match Signed::sign(&env, key) {
-                Ok(s) => s,
-                // Nothing was written: the transaction is dropped.
-                Err(e) => return Ok(Err(e)),
-            };
-            set_seq(tx, seq)?;
-            tx.execute(
-                "INSERT INTO sent (id, seq, bytes, key, sig, created_at_ms, respond_by_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![&env.id.0[..], seq, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, env.respond_by_ms],
-            )?;
-            for relay in 0..relays {
-                tx.execute("INSERT INTO outbox (relay, id, seq) VALUES (?1, ?2, ?3)", params![relay as i64, &env.id.0[..], seq])?;
-            }
-            for r in expected {
-                tx.execute("INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)", params![&env.id.0[..], r.as_str()])?;
-            }
-            j.append(tx, now_ms, "message.sent", &env.id.to_string(), &encode_record(&signed)?)?;
-            index_answer(tx, &env, "inbox")?;
-            Ok(Ok(signed))
+            forget_old_keys(tx, now_ms)?;
+            compose_in(tx, j, me, key, draft, expected, relays, now_ms, None)
         })
+    }
+
+    /// [`Self::compose`], unless `idem`'s key is kept ([`Self::keyed`]): then nothing is
+    /// stored, and the answer says what the key names (`Composed::Before`). Otherwise the
+    /// key is recorded with the message, in the transaction that stores it, so that of two
+    /// requests with one key only the first composes. Every compose also forgets the keys
+    /// older than [`crate::limits::IDEMPOTENCY_KEY_KEPT_MS`], and the oldest beyond
+    /// [`crate::limits::IDEMPOTENCY_KEYS_MAX`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn compose_keyed(
+        &mut self,
+        me: &ParticipantId,
+        key: &SigningKey,
+        draft: Draft,
+        expected: &[ParticipantId],
+        relays: usize,
+        now_ms: u64,
+        idem: &Idempotency,
+    ) -> Result<Result<Composed, hotline_proto::EncodeError>, StoreError> {
+        self.tx(|tx, j| {
+            forget_old_keys(tx, now_ms)?;
+            if let Some(before) = keyed(tx, idem, now_ms)? {
+                return Ok(Ok(Composed::Before(before)));
+            }
+            let signed = compose_in(tx, j, me, key, draft, expected, relays, now_ms, Some(idem))?;
+            Ok(signed.map(Composed::New))
+        })
+    }
+
+    /// What `idem`'s key names if it is kept (given within
+    /// [`crate::limits::IDEMPOTENCY_KEY_KEPT_MS`] before `now_ms`, and not among the oldest
+    /// dropped past [`crate::limits::IDEMPOTENCY_KEYS_MAX`]): the message its request
+    /// stored, if `idem` is that request, else `Other`. `None` for a key not kept. A look
+    /// before the request is checked against the roster, which may have changed since the
+    /// message was stored; [`Self::compose_keyed`] looks again in its transaction.
+    pub fn keyed(&self, idem: &Idempotency, now_ms: u64) -> Result<Option<Keyed>, StoreError> {
+        keyed(&self.conn, idem, now_ms)
     }
 
     /// The operator has been told of these messages (event, log line, paging hook).
@@ -3278,6 +3332,124 @@ fn sent_rows(
     Ok(Some(()))
 }
 
+/// [`NodeStore::compose`]'s work in its transaction `tx` (with the journal `j`), recording
+/// `idem`'s key with the message if given (and forgetting the oldest keys past
+/// [`crate::limits::IDEMPOTENCY_KEYS_MAX`]).
+#[allow(clippy::too_many_arguments)]
+fn compose_in(
+    tx: &rusqlite::Transaction<'_>,
+    j: &mut Journal,
+    me: &ParticipantId,
+    key: &SigningKey,
+    draft: Draft,
+    expected: &[ParticipantId],
+    relays: usize,
+    now_ms: u64,
+    idem: Option<&Idempotency>,
+) -> Result<Result<Signed<Envelope>, hotline_proto::EncodeError>, StoreError> {
+    let seq = next_seq(current_seq(tx)?)?;
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId::generate(now_ms),
+        sender: me.clone(),
+        seq: Seq(seq),
+        audience: draft.audience,
+        kind: draft.kind,
+        precedence: draft.precedence,
+        status: draft.status,
+        created_at_ms: now_ms,
+        respond_by_ms: draft.respond_by_ms,
+        references: draft.references,
+        category: draft.category,
+        subject: draft.subject,
+        body: draft.body,
+    };
+    let signed = match Signed::sign(&env, key) {
+        Ok(s) => s,
+        // Nothing was written: the transaction is dropped.
+        Err(e) => return Ok(Err(e)),
+    };
+    set_seq(tx, seq)?;
+    tx.execute(
+        "INSERT INTO sent (id, seq, bytes, key, sig, created_at_ms, respond_by_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![&env.id.0[..], seq, signed.bytes(), &signed.key().0[..], &signed.signature().0[..], now_ms, env.respond_by_ms],
+    )?;
+    for relay in 0..relays {
+        tx.execute(
+            "INSERT INTO outbox (relay, id, seq) VALUES (?1, ?2, ?3)",
+            params![relay as i64, &env.id.0[..], seq],
+        )?;
+    }
+    for r in expected {
+        tx.execute(
+            "INSERT OR IGNORE INTO matrix (id, recipient) VALUES (?1, ?2)",
+            params![&env.id.0[..], r.as_str()],
+        )?;
+    }
+    j.append(
+        tx,
+        now_ms,
+        "message.sent",
+        &env.id.to_string(),
+        &encode_record(&signed)?,
+    )?;
+    index_answer(tx, &env, "inbox")?;
+    if let Some(idem) = idem {
+        tx.prepare_cached(
+            "INSERT INTO idempotency (key, request, id, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            idem.key,
+            &idem.request.0[..],
+            &env.id.0[..],
+            now_ms
+        ])?;
+        let newest = tx.last_insert_rowid();
+        tx.prepare_cached("DELETE FROM idempotency WHERE n <= ?1")?
+            .execute([newest.saturating_sub(crate::limits::IDEMPOTENCY_KEYS_MAX as i64)])?;
+    }
+    Ok(Ok(signed))
+}
+
+/// Forgets the idempotency keys older than [`crate::limits::IDEMPOTENCY_KEY_KEPT_MS`] at
+/// `now_ms` (read along `idempotency_by_time`).
+fn forget_old_keys(tx: &rusqlite::Transaction<'_>, now_ms: u64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM idempotency WHERE created_at_ms < ?1")?
+        .execute([keys_kept_since(now_ms)])?;
+    Ok(())
+}
+
+/// The oldest time an idempotency key kept at `now_ms` may have.
+fn keys_kept_since(now_ms: u64) -> i64 {
+    now_ms.saturating_sub(crate::limits::IDEMPOTENCY_KEY_KEPT_MS) as i64
+}
+
+/// [`NodeStore::keyed`], on `conn` (or a transaction).
+fn keyed(conn: &Connection, idem: &Idempotency, now_ms: u64) -> Result<Option<Keyed>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT request, id, created_at_ms FROM idempotency WHERE key = ?1 AND created_at_ms >= ?2",
+        )?
+        .query_row(params![idem.key, keys_kept_since(now_ms)], |r| {
+            Ok((
+                blob_array::<32>(r.get(0)?, 0)?,
+                blob_array::<16>(r.get(1)?, 1)?,
+                r.get::<_, u64>(2)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.map(|(request, id, created_at_ms)| {
+        if request == idem.request.0 {
+            Keyed::Same {
+                id: MessageId(id),
+                created_at_ms,
+            }
+        } else {
+            Keyed::Other
+        }
+    }))
+}
+
 /// One sent message with its matrix.
 fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>, StoreError> {
     type SentRow = (
@@ -3544,6 +3716,111 @@ mod tests {
             .unwrap();
         assert_eq!(out, [Stored::New]);
         (store, kaz, signed)
+    }
+
+    /// A send's idempotency key is checked and recorded in the transaction that composes:
+    /// the same request again stores nothing and names the message stored; another request
+    /// with the key stores nothing and says so; a key is forgotten after
+    /// `IDEMPOTENCY_KEY_KEPT_MS`, and the oldest past `IDEMPOTENCY_KEYS_MAX`, so that the
+    /// table stays bounded.
+    #[test]
+    fn a_kept_idempotency_key_composes_once_and_is_forgotten_in_time() {
+        use crate::limits::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_KEPT_MS};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let (me, key) = (pid("KAZ"), SigningKey::from_bytes(&[1; 32]));
+        let draft = |subject: &str| Draft {
+            audience: Audience::Participants(vec![pid("KGZ")]),
+            kind: Kind::Alert,
+            precedence: Precedence::Routine,
+            status: Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: subject.into(),
+            body: String::new(),
+        };
+        let idem = |k: &str, request: u8| Idempotency {
+            key: k.into(),
+            request: Digest([request; 32]),
+        };
+        let sent = |store: &NodeStore| -> i64 {
+            store
+                .conn
+                .query_row("SELECT COUNT(*) FROM sent", [], |r| r.get(0))
+                .unwrap()
+        };
+        let compose = |store: &mut NodeStore, subject: &str, i: &Idempotency, now: u64| {
+            store
+                .compose_keyed(&me, &key, draft(subject), &[pid("KGZ")], 1, now, i)
+                .unwrap()
+                .unwrap()
+        };
+        let Composed::New(first) = compose(&mut store, "first", &idem("k", 1), NOW) else {
+            panic!("a new key composes");
+        };
+        let id = first.decode_unverified().unwrap().id;
+        let same = Keyed::Same {
+            id,
+            created_at_ms: NOW,
+        };
+        assert_eq!(
+            store.keyed(&idem("k", 1), NOW + 1).unwrap(),
+            Some(same.clone())
+        );
+        assert!(matches!(
+            compose(&mut store, "first", &idem("k", 1), NOW + 1),
+            Composed::Before(k) if k == same
+        ));
+        assert!(matches!(
+            compose(&mut store, "other", &idem("k", 2), NOW + 1),
+            Composed::Before(Keyed::Other)
+        ));
+        assert_eq!(sent(&store), 1, "nothing more was stored");
+        assert_eq!(store.keyed(&idem("unknown", 1), NOW).unwrap(), None);
+        // Kept for its time and no longer: the key then names a new message.
+        let last = NOW + IDEMPOTENCY_KEY_KEPT_MS;
+        assert_eq!(store.keyed(&idem("k", 1), last).unwrap(), Some(same));
+        assert_eq!(store.keyed(&idem("k", 1), last + 1).unwrap(), None);
+        assert!(matches!(
+            compose(&mut store, "later", &idem("k", 1), last + 1),
+            Composed::New(_)
+        ));
+        assert_eq!(sent(&store), 2);
+        // A compose without a key forgets the keys past their time too.
+        store
+            .compose(&me, &key, draft("plain"), &[pid("KGZ")], 1, last * 2)
+            .unwrap()
+            .unwrap();
+        let kept = |store: &NodeStore| -> i64 {
+            store
+                .conn
+                .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(kept(&store), 0);
+        // At most IDEMPOTENCY_KEYS_MAX, the oldest going first.
+        let now = last * 2;
+        {
+            let tx = store.conn.transaction().unwrap();
+            for n in 0..IDEMPOTENCY_KEYS_MAX {
+                tx.execute(
+                    "INSERT INTO idempotency (key, request, id, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![format!("old-{n}"), &[0u8; 32][..], &id.0[..], now],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert!(store.keyed(&idem("old-0", 0), now).unwrap().is_some());
+        assert!(matches!(
+            compose(&mut store, "newest", &idem("newest", 1), now),
+            Composed::New(_)
+        ));
+        assert_eq!(kept(&store), IDEMPOTENCY_KEYS_MAX as i64);
+        assert_eq!(store.keyed(&idem("old-0", 0), now).unwrap(), None);
+        assert!(store.keyed(&idem("old-1", 0), now).unwrap().is_some());
+        assert!(store.keyed(&idem("newest", 1), now).unwrap().is_some());
     }
 
     /// A record that no longer decodes (a damaged store, one from a newer version) is a

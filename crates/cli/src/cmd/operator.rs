@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use hotline_config::text_file;
 use hotline_node::client::ApiClient;
-use hotline_node::limits::{API_BODY_BYTES_MAX, API_LIST_MAX, API_PAGE_BYTES_MAX};
+use hotline_node::limits::{
+    API_BODY_BYTES_MAX, API_LIST_MAX, API_PAGE_BYTES_MAX, API_SEND_ATTEMPTS,
+};
 
 /// Where the node's API is: from its configuration file, or given directly.
 #[derive(Debug, Args, Clone)]
@@ -158,8 +160,37 @@ pub(crate) fn send(a: SendArgs) -> anyhow::Result<()> {
         "category": a.category, "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
         "references": a.references, "subject": a.subject, "body": body,
     });
-    let v = a.api.client()?.post("/v1/messages", &req)?;
+    let v = post_send(&a.api.client()?, "/v1/messages", &req)?;
     print(a.api.json, &v, submitted_text)
+}
+
+/// Posts a send (`hotline send`, `hotline reply`) with a fresh idempotency key, asked again
+/// with that key while the outcome is unknown (no answer, a connection refused or dropped,
+/// a 5xx), up to `API_SEND_ATTEMPTS` in all, saying so on standard error: the node stores
+/// one message however often it is asked (docs/API.md, Idempotency-Key). When every attempt
+/// left the outcome unknown and one of them may have reached the node (not a connection
+/// refused), the error says that a new command would be a new message.
+fn post_send(client: &ApiClient, path: &str, req: &Value) -> anyhow::Result<Value> {
+    use hotline_node::client::{unknown_outcome, ClientError};
+    let mut reached = false;
+    let answer = client.post_idempotent(path, req, |e, pause| {
+        reached |= !matches!(e, ClientError::NotRunning(_));
+        errln!(
+            "{e}\nasking again in {}s with the same idempotency key, which cannot make a second message",
+            pause.as_secs()
+        );
+    });
+    match answer {
+        Err(e) if unknown_outcome(&e) && (reached || !matches!(e, ClientError::NotRunning(_))) => {
+            Err(anyhow::Error::new(e).context(format!(
+                "asked {API_SEND_ATTEMPTS} times with one idempotency key, and no answer said \
+                 whether the message was stored (it is stored once at most): look (`hotline \
+                 sent`) before sending again, as a new `hotline send` or `hotline reply` is a \
+                 new message"
+            )))
+        }
+        answer => Ok(answer?),
+    }
 }
 
 /// The body of a message to send: `--body TEXT`, `--body -` (standard input) or
@@ -186,14 +217,16 @@ fn read_body(body: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Resu
     })
 }
 
-/// The node's answer to a message submitted, as text.
+/// The node's answer to a message submitted, as text. A repeat the node answered with the
+/// message an earlier attempt stored (`repeated`) says so, not "queued".
 fn submitted_text(v: &Value) -> String {
     let n = v["recipients"].as_array().map(|r| r.len()).unwrap_or(0);
     let note = v["note"].as_str().unwrap_or("");
-    format!(
-        "{}\nqueued for {n} recipient(s); {note}",
-        v["id"].as_str().unwrap_or("?")
-    )
+    let id = v["id"].as_str().unwrap_or("?");
+    if v["repeated"] == true {
+        return format!("{id}\nstored once for {n} recipient(s); {note}");
+    }
+    format!("{id}\nqueued for {n} recipient(s); {note}")
 }
 
 /// `hotline reply`.
@@ -240,10 +273,7 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
         "precedence": a.precedence.map(|p| p.to_uppercase()),
         "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
     });
-    let v = a
-        .api
-        .client()?
-        .post(&message_path(&a.id, "/reply")?, &req)?;
+    let v = post_send(&a.api.client()?, &message_path(&a.id, "/reply")?, &req)?;
     print(a.api.json, &v, submitted_text)
 }
 
