@@ -4334,8 +4334,12 @@ mod tests {
         let (status, first) = post_keyed(&base, "/v1/messages", body, key).await;
         assert_eq!(status, 201, "{first}");
         assert_eq!(first.get("repeated"), None, "{first}");
-        // The repeat comes later: a respond-by computed anew would differ.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The repeat comes later, in a later millisecond: a respond-by computed anew would
+        // differ.
+        let first_ms = now_ms();
+        while now_ms() <= first_ms {
+            tokio::task::yield_now().await;
+        }
         let (status, again) = post_keyed(&base, "/v1/messages", body, key).await;
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["repeated"], true, "{again}");
