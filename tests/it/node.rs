@@ -1808,6 +1808,58 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
     relay.shutdown().await;
 }
 
+/// A relay that refuses the node's login for its participant's budget of sessions
+/// (`LimitExceeded`: this node restarted sooner than the relay's configuration allows) is
+/// not asked again at once: the node waits at least its longest back-off (10 s, more than
+/// the relay's default refill), says in its log why and for how long, with the relay's
+/// reason, and its status says why the link is down, a refusal that passes, not a lasting
+/// one. (It tried again after 200 ms, doubling: four refused logins within a refill.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refused_for_the_relays_session_budget_waits_and_says_why() {
+    let net = Net::sec_kaz_kgz_with("[limits]\nsession_burst = 1\nsession_refill_ms = 600000\n");
+    let relay = net.relay().await;
+    let maddr = relay.metrics_addr().expect("metrics in the test config");
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kaz.proc.signal("TERM").unwrap();
+    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(st.success(), "{st}");
+
+    // Started again at once: its one session is spent for ten minutes.
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let line = kaz
+        .proc
+        .wait_line(&["WARN", "budget of sessions", "retry_in_ms="])
+        .await
+        .unwrap();
+    assert!(
+        line.contains("LimitExceeded") && line.contains("retry in"),
+        "{line}"
+    );
+    let wait: u64 = line
+        .split("retry_in_ms=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {line}"));
+    assert!((10_000..=15_000).contains(&wait), "{line}");
+    let st = kaz.cli_json(&["node-status"]).await.unwrap();
+    let link = &st["relays"][0];
+    assert_eq!(link["connected"], false, "{st}");
+    assert!(
+        link["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("LimitExceeded"),
+        "{st}"
+    );
+    assert!(link["refused"].is_null(), "a refusal that passes: {st}");
+    let refusals = "hotline_relay_connections_closed_total{code=\"LimitExceeded\"}";
+    wait_metric(maddr, refusals, |n| n == 1.0).await.unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_with_the_wrong_certificate_is_refused() {
     let net = net();

@@ -1729,6 +1729,93 @@ async fn second_connection_supersedes_the_first() {
     relay.shutdown().await;
 }
 
+/// A participant logging in again and again (a node with a valid key, in a loop) is let in
+/// `session_burst` times, then refused `LimitExceeded` right after authenticating, with a
+/// detail saying when to try again: no `Welcome`, its backlog neither read nor sent again
+/// (each session that is let in is sent it, and counted), and its live session is not
+/// superseded. Another participant logs in meanwhile as usual; once the refill has passed,
+/// the participant is let in again and sent its backlog. (Each login used to cost a read of
+/// the store and a page of backlog, bounded only by the handshake rate.)
+#[tokio::test]
+async fn a_participant_logging_in_in_a_loop_is_refused_past_its_session_budget() {
+    const BURST: usize = 3;
+    const REFILL_MS: u64 = 3_000;
+    let net = two_with(&format!(
+        "[limits]\nsession_burst = {BURST}\nsession_refill_ms = {REFILL_MS}\n"
+    ));
+    let relay = net.relay().await;
+    let addr = relay.local_addr();
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    // A backlog for KGZ, which it never receipts: each session of KGZ is sent it again.
+    let queued = kaz.send_to("KGZ", "the backlog").await.unwrap();
+    let deliveries = "hotline_relay_deliveries_total";
+    let refusals = "hotline_relay_connections_closed_total{code=\"LimitExceeded\"}";
+    async fn sent(c: &mut Client, m: &Signed<Envelope>) -> anyhow::Result<()> {
+        c.until(|f| matches!(f, RelayToNode::Deliver(d) if d == m).then_some(()))
+            .await
+            .map(|_| ())
+    }
+
+    // KGZ logs in again and again until refused: at least its burst is let in (more only if
+    // this machine took longer than a refill over them).
+    let mut live = None;
+    let mut let_in = 0;
+    let reason = loop {
+        assert!(let_in <= BURST + 5, "never refused after {let_in} logins");
+        match net.client(addr, "KGZ").await {
+            Ok(mut kgz) => {
+                let_in += 1;
+                sent(&mut kgz, &queued).await.unwrap();
+                wait_metric(maddr, deliveries, |n| n == let_in as f64)
+                    .await
+                    .unwrap();
+                live = Some(kgz);
+            }
+            Err(e) => match e.downcast_ref::<NetError>() {
+                Some(NetError::Closed {
+                    code: ErrorCode::LimitExceeded,
+                    reason,
+                }) => break reason.clone(),
+                _ => panic!("refused otherwise: {e:#}"),
+            },
+        }
+    };
+    assert!(let_in >= BURST, "refused after {let_in}");
+    assert!(
+        reason.contains("KGZ") && reason.contains("retry in"),
+        "{reason}"
+    );
+    wait_metric(maddr, refusals, |n| n == 1.0).await.unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, deliveries), Some(let_in as f64), "{text}");
+
+    // The refused login superseded nothing: KGZ's live session is served on.
+    let mut live = live.expect("let in at least once");
+    assert_flows(&mut kaz, &mut live, "to the session still live")
+        .await
+        .unwrap();
+    // Another participant is not affected, nor is KAZ logging in again.
+    let mut sec = net.client(addr, "SEC").await.unwrap();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    assert_flows(&mut sec, &mut kaz, "from another participant")
+        .await
+        .unwrap();
+
+    // After a refill (the refusal's wait is at most one) KGZ is let in, and sent its backlog.
+    tokio::time::sleep(std::time::Duration::from_millis(REFILL_MS)).await;
+    let mut kgz = net.client(addr, "KGZ").await.unwrap();
+    sent(&mut kgz, &queued).await.unwrap();
+    assert_flows(&mut kaz, &mut kgz, "after the refill")
+        .await
+        .unwrap();
+    let text = http_get(maddr, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, refusals), Some(1.0), "{text}");
+    relay.shutdown().await;
+}
+
 /// A node that leaves is counted as having ended its connection, not as one the relay
 /// closed: `connections_closed_total` is what the relay refused or shut, and an operator
 /// alerting on it must not be woken by nodes restarting.

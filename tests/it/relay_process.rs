@@ -333,6 +333,46 @@ async fn failed_log_ins_are_one_warning_with_a_count_not_a_line_each() {
     );
 }
 
+/// A node with a valid key logging in again and again past its participant's budget of
+/// sessions is refused each time: the relay logs one warning naming the participant, with a
+/// count, at most every 10 s, not a line each (the metrics count each).
+#[tokio::test]
+async fn logins_over_the_session_budget_are_one_warning_with_a_count_not_a_line_each() {
+    let net = Net::with_relay_toml(
+        &[
+            ("SEC", Role::Secretariat),
+            ("KAZ", Role::Member),
+            ("KGZ", Role::Member),
+        ],
+        &[],
+        "[limits]\nsession_burst = 1\nsession_refill_ms = 600000\n",
+    );
+    let (mut relay, addr) = start(&net, "relay.log").await;
+    let _kgz = net.client(addr, "KGZ").await.unwrap();
+    for _ in 0..5 {
+        let code = refusal_code(net.client(addr, "KGZ").await);
+        assert_eq!(code.unwrap(), ErrorCode::LimitExceeded);
+    }
+    // Another participant logs in, and its session's end is logged as before.
+    let kaz = net.client(addr, "KAZ").await.unwrap();
+    let before = relay.log_len();
+    kaz.close();
+    relay.wait_log_from(before, "session ended").await.unwrap();
+    let log = stopped(relay).await;
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("LimitExceeded"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("budget of sessions")
+            && warned[0].contains("peer=KGZ")
+            && warned[0].contains("refused=1"),
+        "{}",
+        warned[0]
+    );
+}
+
 /// A node sending past its rate is refused as fast as it sends: the relay logs its
 /// refusals once at most every 10 s a session, with a count (the node logs each refusal it
 /// gets, and the metrics count each).

@@ -47,6 +47,9 @@ pub(crate) async fn run(
     // The lasting refusal last logged, so that it is logged once (and again only if it
     // changes), not at every attempt.
     let mut refusal_logged = None;
+    // Whether the last failed attempt was refused for the relay's limit (`over_limit`),
+    // so that a run of them is logged once.
+    let mut limited_logged = false;
     loop {
         if *shutdown.borrow() {
             break;
@@ -61,6 +64,12 @@ pub(crate) async fn run(
                 let refusal = crate::RelayRefusal::of(&e);
                 let code = refusal.as_ref().map(|r| r.code);
                 state.link_down(idx, e.to_string(), refusal, true);
+                let limited = over_limit(&e);
+                let wait = if limited {
+                    backoff.longest()
+                } else {
+                    backoff.next()
+                };
                 // A lasting refusal is an error, logged when it starts or changes: waiting
                 // will not end it. Otherwise the first failure is worth a warning; repeats
                 // are noise until recovery.
@@ -68,16 +77,21 @@ pub(crate) async fn run(
                     error!(relay = idx, %addr, code = %code.name(), error = %e, "relay link refused, lastingly: nothing leaves through this relay until this is put right (hotline node-status; OPERATIONS.md section 9); queued messages wait in the outbox");
                 } else if code.is_some() {
                     debug!(relay = idx, %addr, error = %e, failures, "relay link still refused");
+                } else if limited && !limited_logged {
+                    warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "the relay refused this node's login for its budget of sessions: this participant logged in more often than the relay allows (a second node with this key, or links remade in a loop?); waiting before trying again; queued messages wait in the outbox");
+                } else if limited {
+                    debug!(relay = idx, %addr, error = %e, failures, retry_in_ms = wait, "relay still refuses this node's login for its budget of sessions");
                 } else if failures == 1 {
                     warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
                 } else {
                     debug!(relay = idx, %addr, error = %e, failures, "relay still unreachable");
                 }
                 refusal_logged = code;
+                limited_logged = limited;
                 if matches!(e, NetError::PinMismatch { .. }) {
                     error!(relay = idx, %addr, "relay certificate does not match the pinned fingerprint: refusing it");
                 }
-                if !pause(&mut shutdown, backoff.next()).await {
+                if !pause(&mut shutdown, wait).await {
                     break;
                 }
             }
@@ -85,6 +99,7 @@ pub(crate) async fn run(
                 backoff.reset();
                 failures = 0;
                 refusal_logged = None;
+                limited_logged = false;
                 let up_since = tokio::time::Instant::now();
                 state.link_up(
                     idx,
@@ -152,6 +167,15 @@ pub(crate) async fn run(
                             if !pause(&mut shutdown, BACKOFF_MAX_MS).await {
                                 break;
                             }
+                        } else if over_limit(&e) {
+                            // A relay's limit: trying again at once would only be refused
+                            // again (another relay's, as the reference relay refuses at
+                            // login only, above).
+                            let wait = short_pause.longest();
+                            warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "the relay closed the link for a limit of its own; waiting before trying again");
+                            if !pause(&mut shutdown, wait).await {
+                                break;
+                            }
                         } else if up_since.elapsed() >= Duration::from_millis(HEALTHY_LINK_MS) {
                             // A link that worked for a while: remake it at once.
                             short_pause.reset();
@@ -194,6 +218,28 @@ impl Backoff {
         self.0 = (self.0 * 2).min(BACKOFF_MAX_MS);
         wait
     }
+
+    /// The longest pause, `BACKOFF_MAX_MS` plus jitter, and those after it as long.
+    fn longest(&mut self) -> u64 {
+        self.0 = BACKOFF_MAX_MS;
+        self.next()
+    }
+}
+
+/// Whether the relay refused this node, or ended its link, for a limit of the relay's own
+/// (`LimitExceeded`: the reference relay's budget of sessions per participant, refused at
+/// login, PROTOCOL.md 9.1). Its detail says when to try again; an attempt sooner is only
+/// refused again, so the link waits its longest back-off (10 s, plus jitter), longer than
+/// the reference relay's default refill (5 s): a node refused once is let in at its next
+/// attempt, unless the relay's operator made the refill longer.
+fn over_limit(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Closed {
+            code: ErrorCode::LimitExceeded,
+            ..
+        }
+    )
 }
 
 /// Waits `ms` milliseconds; false if the node is shutting down meanwhile, or already: a link
@@ -1381,6 +1427,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A refusal for the relay's limit is waited out for the longest back-off, whatever
+    /// the back-off had come to, and so are the failures after it until a link is made;
+    /// no other failure is taken for one.
+    #[test]
+    fn a_refusal_for_the_relays_limit_waits_the_longest_back_off() {
+        let limited = NetError::closed_by_peer(ErrorCode::LimitExceeded, "retry in 4.2 s");
+        assert!(over_limit(&limited));
+        for e in [
+            NetError::closed_by_peer(ErrorCode::Busy, "full"),
+            NetError::closed_by_peer(ErrorCode::Superseded, ""),
+            NetError::Timeout("authentication"),
+        ] {
+            assert!(!over_limit(&e), "{e}");
+        }
+        let mut b = Backoff::new();
+        assert!(b.next() < BACKOFF_MAX_MS);
+        for _ in 0..20 {
+            let wait = b.longest();
+            assert!(
+                (BACKOFF_MAX_MS..=BACKOFF_MAX_MS * 3 / 2).contains(&wait),
+                "{wait}"
+            );
+            let next = b.next();
+            assert!(
+                (BACKOFF_MAX_MS..=BACKOFF_MAX_MS * 3 / 2).contains(&next),
+                "{next}"
+            );
+        }
+        b.reset();
+        assert!(b.next() < BACKOFF_MAX_MS);
+    }
 
     #[test]
     fn a_delivery_must_be_addressed_to_this_node_by_the_roster_it_holds() {

@@ -65,6 +65,14 @@ pub struct Limits {
     /// relay's memory, so a restart starts every budget again (default 10000; at most
     /// 1000000).
     pub foreign_receipts_per_day_max: u64,
+    /// Sessions one participant may start at once: past them a login is refused
+    /// `LimitExceeded` (it supersedes nothing), until the refill (default 30; at least 1, at
+    /// most 100000).
+    pub session_burst: u32,
+    /// One more session for a participant every this long, once its burst is spent, ms
+    /// (default 5000; at least 1, at most 3600000). A reference node waits at least 10 s
+    /// after such a refusal.
+    pub session_refill_ms: u64,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,
     /// Connections admitted and not yet authenticated, in all, before new ones are refused;
@@ -108,6 +116,8 @@ impl Default for Limits {
             receipt_item_rate_burst: limits::RECEIPT_ITEM_RATE_BURST,
             forward_foreign_max: limits::FORWARD_FOREIGN_MAX,
             foreign_receipts_per_day_max: limits::FOREIGN_RECEIPTS_PER_DAY_MAX,
+            session_burst: limits::SESSION_BURST,
+            session_refill_ms: limits::SESSION_REFILL_MS,
             handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
             handshakes_max: limits::HANDSHAKES_MAX,
             handshakes_per_ip_max: limits::HANDSHAKES_PER_IP_MAX,
@@ -290,6 +300,8 @@ impl RelayConfig {
                 "limits.receipt_rate_per_sec",
                 u64::from(l.receipt_rate_per_sec),
             ),
+            ("limits.session_burst", u64::from(l.session_burst)),
+            ("limits.session_refill_ms", l.session_refill_ms),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.handshakes_max", l.handshakes_max as u64),
             ("limits.write_timeout_ms", l.write_timeout_ms),
@@ -321,6 +333,16 @@ impl RelayConfig {
                 "limits.foreign_receipts_per_day_max",
                 l.foreign_receipts_per_day_max,
                 limits::FOREIGN_RECEIPTS_PER_DAY_CEILING,
+            ),
+            (
+                "limits.session_burst",
+                u64::from(l.session_burst),
+                u64::from(limits::SESSION_BURST_CEILING),
+            ),
+            (
+                "limits.session_refill_ms",
+                l.session_refill_ms,
+                limits::SESSION_REFILL_CEILING_MS,
             ),
         ] {
             if v > max {
@@ -599,6 +621,33 @@ mod tests {
         ))
         .expect_err("negative");
         assert!(e.to_string().contains("line 7"), "{e}");
+    }
+
+    /// The budget of sessions a participant may start: 30 at once and one more every 5 s by
+    /// default; a zero (which would refuse every login, or refill at no time) and a value
+    /// past its ceiling are refused naming the field; the extremes are taken.
+    #[test]
+    fn the_session_budget_defaults_and_refuses_zeros_and_values_past_its_ceiling() {
+        let base = format!(
+            "cert = \"a\"\nkey = \"b\"\nroster = \"c\"\nroster_key = \"{KEY}\"\ndata_dir = \"d\"\n"
+        );
+        let parse = |text: &str| RelayConfig::parse(text, Path::new("r.toml"));
+        let l = parse(&base).expect("valid").limits;
+        assert_eq!((l.session_burst, l.session_refill_ms), (30, 5000));
+        for (field, max) in [
+            ("session_burst", u64::from(limits::SESSION_BURST_CEILING)),
+            ("session_refill_ms", limits::SESSION_REFILL_CEILING_MS),
+        ] {
+            let at = |v: u64| format!("{base}[limits]\n{field} = {v}\n");
+            let e = parse(&at(0)).expect_err("zero");
+            assert_eq!(e.field(), Some(format!("limits.{field}").as_str()), "{e}");
+            assert!(e.to_string().contains("must be positive"), "{e}");
+            let e = parse(&at(max + 1)).expect_err("past the ceiling");
+            assert_eq!(e.field(), Some(format!("limits.{field}").as_str()), "{e}");
+            assert!(e.to_string().contains(&format!("at most {max}")), "{e}");
+            parse(&at(1)).expect("one");
+            parse(&at(max)).expect("the ceiling");
+        }
     }
 
     /// An empty path would name the configuration's own directory (`/etc/hotline/` as the

@@ -18,6 +18,7 @@ pub mod config;
 mod diskwatch;
 mod hub;
 pub mod limits;
+mod logins;
 mod metrics;
 mod queue;
 pub mod report;
@@ -647,6 +648,10 @@ impl Relay {
             receipt_rates: Default::default(),
             receipt_item_rates: Default::default(),
             byte_rates: Default::default(),
+            logins: logins::Logins::new(
+                config.limits.session_burst,
+                Duration::from_millis(config.limits.session_refill_ms),
+            ),
             before_login: std::sync::Mutex::new(hotline_net::Throttle::new(Duration::from_secs(
                 10,
             ))),

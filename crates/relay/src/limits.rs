@@ -127,6 +127,30 @@ pub const FOREIGN_RECEIPTS_PER_DAY_MAX: u64 = 10_000;
 /// each is 64 GB a day), so a larger value is a mistake, refused when the file is read.
 pub const FOREIGN_RECEIPTS_PER_DAY_CEILING: u64 = 1_000_000;
 
+/// Sessions one participant may start at once (`crate::logins`): past them, and the refill,
+/// a login is refused `LimitExceeded`. A session costs a read of the store and a first page
+/// of the participant's backlog (up to [`FETCH_PAGE_BYTES`]), so a node with a valid key
+/// logging in again in a loop cost the relay that much at every handshake. An honest node
+/// starts one after its own or the relay's restart or a link lost; 30 take a morning of
+/// restarts, flaps and the end-to-end tests that restart nodes and reconnect clients many
+/// times (one connects a participant 21 times in a few seconds).
+pub const SESSION_BURST: u32 = 30;
+
+/// Largest `session_burst` a configuration may set: past it the budget bounds nothing.
+pub const SESSION_BURST_CEILING: u32 = 100_000;
+
+/// One more session every this long, once the burst is spent. A reference node waits at
+/// least 10 s (its longest back-off) after a `LimitExceeded`, so with this at most that it
+/// is let in at its next attempt; and it starts sessions no faster than one about every
+/// 10 s for long (a link lost within 10 s of being made is remade after a pause doubling up
+/// to 10 s). A looping node then costs the relay a page of backlog every 5 s, not one per
+/// handshake.
+pub const SESSION_REFILL_MS: u64 = 5_000;
+
+/// Longest `session_refill_ms` a configuration may set: an hour. Longer would lock a
+/// participant that spent its burst out for most of a day.
+pub const SESSION_REFILL_CEILING_MS: u64 = 3_600_000;
+
 /// Time a new connection has to present a valid `Hello`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -295,6 +319,8 @@ const _: () = assert!(INFLIGHT_PER_CONNECTION <= INFLIGHT_PER_CONNECTION_CEILING
 const _: () = assert!(INFLIGHT_PER_CONNECTION_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(COMMIT_BATCH_MAX <= COMMIT_BATCH_CEILING);
 const _: () = assert!(FOREIGN_RECEIPTS_PER_DAY_MAX <= FOREIGN_RECEIPTS_PER_DAY_CEILING);
+const _: () = assert!(SESSION_BURST <= SESSION_BURST_CEILING);
+const _: () = assert!(SESSION_REFILL_MS <= SESSION_REFILL_CEILING_MS);
 const _: () = assert!(BYTE_RATE_BURST >= BYTE_RATE_BURST_MIN);
 const _: () = assert!(RECEIPT_ITEM_RATE_PER_SEC >= RECEIPT_ITEM_RATE_MIN);
 const _: () = assert!(READ_AHEAD_BYTES >= READ_AHEAD_FRAMES * proto::ENVELOPE_BYTES_MAX);

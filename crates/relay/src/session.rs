@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) receipt_item_rates: Mutex<HashMap<ParticipantId, Rate>>,
     /// Submission byte budgets by participant (tokens are signed bytes), likewise.
     pub(crate) byte_rates: Mutex<HashMap<ParticipantId, Rate>>,
+    /// Each participant's budget of sessions, taken right after its login is checked
+    /// (`crate::logins`). At most one entry per roster participant, likewise.
+    pub(crate) logins: crate::logins::Logins,
     /// Warnings about connections that ended before logging in: anyone can cause them, so
     /// one line at most every 10 s, with the count.
     pub(crate) before_login: Mutex<hotline_net::Throttle>,
@@ -393,7 +396,11 @@ pub(crate) async fn run(
             let quiet = match end.2 {
                 Cause::Node(code) => code == ErrorCode::Normal,
                 Cause::Lost => false,
-                Cause::Relay => matches!(end.0, ErrorCode::Normal | ErrorCode::GoingAway),
+                // A login over its budget was logged, once a while, where it was refused.
+                Cause::Relay => matches!(
+                    end.0,
+                    ErrorCode::Normal | ErrorCode::GoingAway | ErrorCode::LimitExceeded
+                ),
             };
             if quiet {
                 debug!(conn = conn_id, %remote, code = ?end.0, detail = %end.1, "connection closed");
@@ -551,6 +558,12 @@ async fn session(
     // Authenticated: its place among the handshakes is free for another.
     drop(ticket);
     *authenticated = true;
+    // Before anything a session costs (a read of the store, a page of backlog, pushing the
+    // live session off): a node with a valid key logging in again in a loop is bounded by
+    // its participant's budget, not by the handshake rate.
+    if let Err(refused) = shared.logins.take(&me, tokio::time::Instant::now()) {
+        return Err(over_budget(shared, &me, conn, refused));
+    }
     if let Some(gate) = &shared.login_gate {
         gate.reached.notify_one();
         let _ = gate.go.acquire().await;
@@ -628,6 +641,32 @@ async fn session(
         )),
         result => result,
     }
+}
+
+/// The end of a login refused for its participant's budget of sessions: `LimitExceeded`,
+/// its detail saying when to try again (the close's reason; no `Error` frame, as for
+/// `Busy`). Logged at most once per participant every `logins::LOG_EVERY`, with the count;
+/// the connection's own line is a debug one (`run`).
+fn over_budget(
+    shared: &Shared,
+    me: &ParticipantId,
+    conn: &quinn::Connection,
+    refused: crate::logins::Refused,
+) -> End {
+    let l = &shared.config.limits;
+    // Rounded up to a tenth of a second, so that a node trying again when told is let in.
+    let retry_in_ms = refused.retry_in.as_millis().div_ceil(100) * 100;
+    let detail = format!(
+        "{me} started sessions faster than this relay allows ({} at once, one more every {} ms: limits.session_burst, session_refill_ms): retry in {}.{} s",
+        l.session_burst,
+        l.session_refill_ms,
+        retry_in_ms / 1000,
+        retry_in_ms % 1000 / 100,
+    );
+    if let Some(refused) = refused.log {
+        warn!(peer = %me, refused, remote = %conn.remote_address(), retry_in_ms = %retry_in_ms, "logins refused for the participant's budget of sessions (LimitExceeded): a node logging in again and again, a link remade in a loop or a second node with this key? (a count since the last such line for this participant, at most one a 10 s; the metric hotline_relay_connections_closed_total{{code=\"LimitExceeded\"}} counts each)");
+    }
+    End::new(ErrorCode::LimitExceeded, detail)
 }
 
 struct Session {
