@@ -2735,17 +2735,7 @@ mod tests {
         let kgz = ParticipantId::new("KGZ").unwrap();
         let mut ids = Vec::new();
         for i in 0..3 {
-            let draft = Draft {
-                audience: Audience::Participants(vec![kgz.clone()]),
-                kind: Kind::Alert,
-                precedence: Precedence::Routine,
-                status: Status::Actual,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("Notification {i}"),
-                body: String::new(),
-            };
+            let draft = Draft::alert(std::slice::from_ref(&kgz), &format!("Notification {i}"));
             let signed = state
                 .store()
                 .compose(
@@ -3486,15 +3476,8 @@ mod tests {
         let mut sent = Vec::new();
         for i in 0..30u64 {
             let draft = Draft {
-                audience: Audience::Participants(vec![kgz.clone()]),
-                kind: Kind::Alert,
-                precedence: Precedence::Routine,
-                status: Status::Actual,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("Notice {i}"),
                 body: body.clone(),
+                ..Draft::alert(std::slice::from_ref(&kgz), &format!("Notice {i}"))
             };
             let signed = state
                 .store()
@@ -3558,17 +3541,7 @@ mod tests {
         let kgz = ParticipantId::new("KGZ").unwrap();
         // Five deliveries held, two arriving at the same millisecond (ordered by row then).
         for (i, at) in [10, 20, 20, 30, 40].into_iter().enumerate() {
-            let draft = Draft {
-                audience: Audience::Participants(vec![kgz.clone()]),
-                kind: Kind::Alert,
-                precedence: Precedence::Routine,
-                status: Status::Actual,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("Forgery {i}"),
-                body: String::new(),
-            };
+            let draft = Draft::alert(std::slice::from_ref(&kgz), &format!("Forgery {i}"));
             let mut store = state.store();
             let signed = store
                 .compose(

@@ -129,7 +129,7 @@ mod tests {
     fn a_pass_reads_the_outbox_on_from_what_it_read_not_the_page_in_flight() {
         use crate::store::{Draft, NodeStore};
         use hotline_proto::frame::Accepted;
-        use hotline_proto::{Audience, Kind, Precedence, SigningKey, Status};
+        use hotline_proto::{Precedence, SigningKey, Status};
 
         const NOW: u64 = 1_800_000_000_000;
         let dir = tempfile::tempdir().unwrap();
@@ -142,15 +142,9 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..300 {
             let draft = Draft {
-                audience: Audience::Participants(vec![kgz.clone()]),
-                kind: Kind::Alert,
                 precedence: Precedence::Flash,
                 status: Status::Exercise,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("outbox {i}"),
-                body: String::new(),
+                ..Draft::alert(std::slice::from_ref(&kgz), &format!("outbox {i}"))
             };
             let signed = store
                 .compose(&kaz, &key, draft, std::slice::from_ref(&kgz), 1, NOW)

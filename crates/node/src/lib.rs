@@ -2084,23 +2084,11 @@ mod tests {
     /// store is held by another thread for up to 10 s, and the call waited for it.
     #[tokio::test]
     async fn held_receipts_are_checked_off_the_runtime() {
-        use hotline_proto::{
-            Audience, Kind, Precedence, Receipt, ReceiptItem, ReceiptKind, Status,
-        };
+        use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
         let dir = tempfile::tempdir().unwrap();
         let state = test_state(dir.path());
         let tjk = SigningKey::from_bytes(&[5; 32]);
-        let draft = store::Draft {
-            audience: Audience::Participants(vec![ParticipantId::new("TJK").unwrap()]),
-            kind: Kind::Alert,
-            precedence: Precedence::Routine,
-            status: Status::Actual,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: "For TJK".into(),
-            body: String::new(),
-        };
+        let draft = store::Draft::alert(&[ParticipantId::new("TJK").unwrap()], "For TJK");
         let sent = state
             .store()
             .compose(&state.me, &state.key, draft, &[], 1, 1_000)

@@ -510,6 +510,25 @@ pub struct Draft {
     pub body: String,
 }
 
+#[cfg(test)]
+impl Draft {
+    /// A routine, actual alert to `to` with `subject` and no body, what most tests compose;
+    /// a test that needs more sets it over this (`Draft { precedence, ..Draft::alert(..) }`).
+    pub(crate) fn alert(to: &[ParticipantId], subject: &str) -> Self {
+        Self {
+            audience: hotline_proto::Audience::Participants(to.to_vec()),
+            kind: hotline_proto::Kind::Alert,
+            precedence: hotline_proto::Precedence::Routine,
+            status: hotline_proto::Status::Actual,
+            respond_by_ms: None,
+            references: vec![],
+            category: None,
+            subject: subject.into(),
+            body: String::new(),
+        }
+    }
+}
+
 /// A send's `Idempotency-Key` and what it came with ([`NodeStore::compose_keyed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Idempotency {
@@ -3658,17 +3677,7 @@ mod tests {
         let mut store = NodeStore::open(dir.path()).unwrap();
         let me = pid("KGZ");
         let key = SigningKey::from_bytes(&[3; 32]);
-        let draft = Draft {
-            audience: Audience::Participants(vec![pid("KAZ")]),
-            kind: Kind::Alert,
-            precedence: Precedence::Routine,
-            status: Status::Actual,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: "sent".into(),
-            body: String::new(),
-        };
+        let draft = Draft::alert(&[pid("KAZ")], "sent");
         let sent = store
             .compose(&me, &key, draft, &[pid("KAZ")], 1, NOW)
             .unwrap()
@@ -3729,17 +3738,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = NodeStore::open(dir.path()).unwrap();
         let (me, key) = (pid("KAZ"), SigningKey::from_bytes(&[1; 32]));
-        let draft = |subject: &str| Draft {
-            audience: Audience::Participants(vec![pid("KGZ")]),
-            kind: Kind::Alert,
-            precedence: Precedence::Routine,
-            status: Status::Actual,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: subject.into(),
-            body: String::new(),
-        };
+        let draft = |subject: &str| Draft::alert(&[pid("KGZ")], subject);
         let idem = |k: &str, request: u8| Idempotency {
             key: k.into(),
             request: Digest([request; 32]),
@@ -4714,15 +4713,8 @@ mod tests {
     /// A FLASH alert to `to`, to compose.
     fn flash_draft(to: &[ParticipantId], subject: &str) -> Draft {
         Draft {
-            audience: Audience::Participants(to.to_vec()),
-            kind: Kind::Alert,
             precedence: Precedence::Flash,
-            status: Status::Actual,
-            respond_by_ms: None,
-            references: vec![],
-            category: None,
-            subject: subject.into(),
-            body: String::new(),
+            ..Draft::alert(to, subject)
         }
     }
 
@@ -5600,15 +5592,9 @@ mod tests {
         assert_eq!(answers(&store), vec![(reply.id, Kind::Reply, NOW + 1)]);
         // This node answers `plain` (received): that message shows it was answered here.
         let draft = Draft {
-            audience: Audience::Participants(vec![pid("KAZ")]),
             kind: Kind::Reply,
-            precedence: Precedence::Routine,
-            status: Status::Actual,
-            respond_by_ms: None,
             references: vec![plain.id],
-            category: None,
-            subject: "Re: message 3".into(),
-            body: String::new(),
+            ..Draft::alert(&[pid("KAZ")], "Re: message 3")
         };
         store
             .compose(
