@@ -775,8 +775,14 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             view["recipients"].is_array(),
         ));
         let was_accepted = view["accepted_at_ms"].is_u64();
+        // A recipient that holds it shows it left (its relay delivered it, and lost it since
+        // to a restore from an older backup): then it is only not accepted, as ever.
         if id.as_ref().is_some_and(|id| {
-            !was_accepted && !i.live && sc.down_at_end(&inj.from) && i.unrelayed.contains(id)
+            !was_accepted
+                && !i.live
+                && sc.down_at_end(&inj.from)
+                && i.unrelayed.contains(id)
+                && !inbox.keys().any(|(_, held)| held == id)
         }) {
             refusals.push(format!(
                 "{:?} never left its sender: {}",
@@ -2772,6 +2778,52 @@ expect = "delivered"
             "{inv:?}"
         );
         assert_eq!(objective(&r, "delivered").failed[0], "KAZ never held it");
+    }
+
+    /// A message its sender's record has as not accepted, that the relay's store lacks at
+    /// the end, but that a recipient holds (the relay stored and delivered it, the sender was
+    /// killed before the acceptance reached it, and a `restore_relay` put back a backup taken
+    /// before it): it did leave its sender. "Every inject accepted" said `"alert" never left
+    /// its sender`, beside a matrix showing KAZ holding it. It fails it as not accepted, as
+    /// for any message its sender's record has so, and KGZ, which does not hold it and now
+    /// never can, is still named so.
+    #[test]
+    fn a_message_a_recipient_holds_is_not_said_never_to_have_left_its_sender() {
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
+        );
+        let sc = Scenario::parse(&text, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![acked_item(None)]),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        let r = score(Inputs {
+            at_rest: BTreeMap::from([("SEC".to_owned(), Ok(()))]),
+            unrelayed: HashSet::from(["m1".to_owned()]),
+            ..one_inject(&sc, &roster, &participants, view, inboxes)
+        })
+        .expect("scores");
+        let accepted = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("the invariant");
+        assert!(!accepted.held);
+        assert!(
+            !accepted.detail.contains("never left its sender"),
+            "KAZ holds it: {}",
+            accepted.detail
+        );
+        let why = "SEC went down before its relay accepted it (node down at the end)";
+        assert_eq!(
+            objective(&r, "delivered").failed,
+            [format!("KGZ never held it, as {why}")]
+        );
+        assert!(!r.passed, "{}", summary(&r));
     }
 
     /// Where a node's inbox was read from, when not from its API at the end, is in the text
