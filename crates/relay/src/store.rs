@@ -1856,9 +1856,11 @@ struct Followed {
 /// reads them ([`load_queues`]): a participant taken off (revoked, or no longer listed) has
 /// its queue let go, and goes into `unread`; one in `unread` that `roster` lists as active
 /// again has its queue read from its cursor ([`queue_of`]: the messages since, once). Its
-/// cursor and positions receipted ahead are the store's, untouched while it was off, so it
-/// is owed exactly what it was. Called between batches or before a batch's commands run:
-/// every position it reads is committed, and those a batch queues come after them.
+/// cursor and positions receipted ahead are the store's (its cursor untouched while it was
+/// off, its receipts in flight then written to `ahead`, `store_receipt`), so it is owed
+/// exactly what it was, less what those named. Called between batches or before a batch's
+/// commands run: every position it reads is committed, and those a batch queues come after
+/// them.
 fn follow_roster(
     conn: &Connection,
     index: &Mutex<QueueIndex>,
@@ -2780,6 +2782,7 @@ impl Writer {
                             Queues {
                                 index: &self.ctx.queues,
                                 cursors: &self.cursors,
+                                unread: &self.unread,
                                 ahead: &self.ahead,
                                 forward_depths: &self.forward_depths,
                                 forward_foreign_max: self.ctx.forward_foreign_max,
@@ -3351,6 +3354,9 @@ fn addressed_by(
 struct Queues<'a> {
     index: &'a Mutex<QueueIndex>,
     cursors: &'a HashMap<ParticipantId, i64>,
+    /// Recipients whose queues are not in memory (off the roster): what they are owed is
+    /// the store's alone ([`follow_roster`]).
+    unread: &'a HashSet<ParticipantId>,
     /// Recipients that may have rows in `ahead`, as committed (this batch's changes are in
     /// `Pending::ahead`).
     ahead: &'a HashSet<ParticipantId>,
@@ -3455,6 +3461,31 @@ fn store_receipt(
         }
     }
     let mut first_acks = first_acks.into_iter();
+    // A signer off the roster has no queue in memory, only in the store: its receipt was
+    // verified before the roster that took it off (it was in flight), and what it names
+    // past its cursor is receipted ahead there, so that neither a start nor a roster that
+    // lists it again owes those messages again. Its cursor stays: what else it is owed is
+    // not known without reading. Written before the queues' lock is taken (sessions share
+    // it); the batch's transaction takes it back if the commit fails.
+    let mut off_roster = HashSet::new();
+    if queues.unread.contains(me) {
+        let cursor = p
+            .cursors
+            .get(me)
+            .or_else(|| queues.cursors.get(me))
+            .copied()
+            .unwrap_or(0);
+        let mut st =
+            tx.prepare_cached("INSERT OR IGNORE INTO ahead (recipient, rseq) VALUES (?1, ?2)")?;
+        for (_, rseq) in accepted_at.iter().flatten() {
+            if *rseq > cursor && st.execute(params![me.as_str(), rseq])? > 0 {
+                off_roster.insert(*rseq);
+            }
+        }
+        if !off_roster.is_empty() {
+            p.ahead.insert(me.clone(), true);
+        }
+    }
     let mut removed = Vec::new();
     let cursor = {
         let mut ix = queues.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -3482,6 +3513,9 @@ fn store_receipt(
                     p.latencies_ms.push(now.saturating_sub(*at));
                     fresh = true;
                 }
+            } else if off_roster.contains(rseq) {
+                p.latencies_ms.push(now.saturating_sub(*at));
+                fresh = true;
             }
             news |= fresh;
             if fresh && item.sender != *me && !senders.contains(&item.sender) {
@@ -5826,8 +5860,9 @@ mod tests {
 
     /// A participant taken off the roster while the relay runs (revoked, or no longer
     /// listed) has its queue leave memory at the writer's next batch, and its gauge; a
-    /// receipt of its still in flight moves nothing. Listed again, it is owed what it was
-    /// before, read from its cursor, and receipting it moves its cursor as for anyone.
+    /// receipt of its still in flight takes what it names out of what the store owes it,
+    /// and leaves its cursor. Listed again, it is owed what it was before, less that, read
+    /// from its cursor, and receipting it moves its cursor as for anyone.
     #[test]
     fn a_participant_back_on_the_roster_is_owed_what_it_was_before() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -5856,7 +5891,8 @@ mod tests {
         assert_eq!(w.cursors.get(&pid("OLD")), Some(&0));
 
         // CHN revoked (version 3): its queue leaves memory, its cursor stays, and a receipt
-        // it signed before (verified against version 2) moves nothing.
+        // it signed before (verified against version 2) takes n - 18 out of the store's
+        // queue (receipted ahead), not out of memory.
         let v3 = test_roster(3, &listed, &["CHN"]);
         reload(&mut w, &v3);
         let a = commit_receipts(
@@ -5880,7 +5916,7 @@ mod tests {
             Some(&(n - 19)),
             "CHN's cursor stays"
         );
-        assert_eq!(queued_for(&w.conn, &pid("CHN")).expect("queued"), 19);
+        assert_eq!(queued_for(&w.conn, &pid("CHN")).expect("queued"), 18);
         // Taken off, CHN's cursor is never taken for idle; at a start it is not read.
         w.idle_lag_max = 1;
         w.idle_swept_at = 0;
@@ -5900,19 +5936,73 @@ mod tests {
             "nobody on the roster is owed anything"
         );
 
-        // CHN reinstated (version 4): owed the 19 it was owed, receipted as before.
+        // CHN reinstated (version 4): owed the 18 it was owed, receipted as before.
         let v4 = test_roster(4, &listed, &[]);
         reload(&mut w, &v4);
         let a = commit_receipts(
             &mut w,
             &v4,
             now + 3,
-            vec![("CHN", 2, vec![unsigned_item(n - 18)])],
+            vec![("CHN", 2, vec![unsigned_item(n - 17)])],
         );
         assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
-        assert_eq!(queued(&w, "CHN"), 18);
-        assert_eq!(w.cursors.get(&pid("CHN")), Some(&(n - 18)));
+        assert_eq!(queued(&w, "CHN"), 17);
+        assert_eq!(w.cursors.get(&pid("CHN")), Some(&(n - 17)));
         let _ = v1;
+    }
+
+    /// A receipt its signer's session handed over before a reloaded roster revoked it (a
+    /// receipt in flight: verified against the roster then in force) tells the relay that
+    /// its node holds those messages. It is kept, forwarded to their sender, and what it
+    /// names is no longer owed in the store, although the signer's queue is not in memory:
+    /// a start, or the roster that lists it again, does not owe those messages again. It
+    /// used to be answered `ReceiptStored` and dropped as telling nothing new: the sender
+    /// never learnt of the delivery, and the relay owed the messages again.
+    #[test]
+    fn a_receipt_in_flight_when_its_signer_leaves_the_roster_is_kept_and_forwarded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, conn) = open_db(dir.path()).expect("open");
+        let n = store_with_an_idle_recipient(&conn);
+        let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3)];
+        let (mut w, v1) = writer_on(conn, 0);
+        let now = 20_000 * DAY_MS;
+        assert_eq!(queued_for(&w.conn, &pid("CHN")).expect("queued"), 20);
+
+        // CHN revoked (version 2) while its receipt, verified against version 1, waits.
+        let v2 = test_roster(2, &listed, &["CHN"]);
+        reload(&mut w, &v2);
+        let a = commit_receipts(
+            &mut w,
+            &v1,
+            now,
+            vec![("CHN", 2, vec![unsigned_item(n - 18), unsigned_item(n - 15)])],
+        );
+        assert_eq!(a[0].1, RelayToNode::ReceiptStored(a[0].0));
+        assert_eq!(
+            kept_and_forwarded(&w, a[0].0),
+            (true, true),
+            "the delivery it records is kept, and forwarded to KAZ"
+        );
+        assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("CHN")), 0);
+        assert_eq!(
+            queued_for(&w.conn, &pid("CHN")).expect("queued"),
+            18,
+            "the two it names are no longer owed"
+        );
+        assert_eq!(w.cursors.get(&pid("CHN")), Some(&(n - 20)), "cursor stays");
+
+        // Listed again after a restart (version 3): owed the other 18, not those two.
+        let v3 = test_roster(3, &listed, &[]);
+        let Writer { conn, .. } = w;
+        let w = writer_with(conn, 0, v3);
+        let owed = w
+            .ctx
+            .queues
+            .lock()
+            .expect("lock")
+            .after(&pid("CHN"), 0, usize::MAX);
+        assert_eq!(owed.len(), 18);
+        assert!(!owed.contains(&(n - 18)) && !owed.contains(&(n - 15)));
     }
 
     /// A receipt from `who` (key seed `seed`) naming `held`, as its session hands it to the
@@ -6377,7 +6467,8 @@ mod tests {
     /// lags) mixed with CHN's and IND's receipts (in order, out of order, of positions
     /// already receipted), commits that fail, restarts, and rewinds of one member or all.
     /// IND is now and then revoked and reinstated by a reloaded roster: while revoked it is
-    /// addressed nothing, and its receipts (signed before) move nothing.
+    /// addressed nothing, and its receipts (signed before, in flight) take what they name
+    /// out of what the store owes it, not its cursor.
     /// After each step every recipient is owed exactly what was addressed to it and not
     /// receipted (a rewind owes again at least what it names), as the store holds it; the
     /// writer's queues, and a start's, are those of the members on the roster, and no
@@ -6623,10 +6714,6 @@ mod tests {
                         }
                     } else {
                         for (m, named) in receipted {
-                            // A receipt from a member off the roster moves nothing.
-                            if m == "IND" && ind_off(&in_force) {
-                                continue;
-                            }
                             let queue = owed.entry(m).or_default();
                             for r in named {
                                 queue.remove(&r);
