@@ -3155,9 +3155,17 @@ fn inbox_page(
     limit: usize,
     unacknowledged: bool,
 ) -> Result<Option<Vec<InboxMessage>>, StoreError> {
+    collected(|each| inbox_rows(conn, before, limit, unacknowledged, each))
+}
+
+/// What a list's walk (`inbox_rows`, `sent_rows`, `quarantine_each`) gives, collected, or
+/// `None` when it names nothing `before`: a list's page for a caller that keeps it whole.
+fn collected<T>(
+    walk: impl FnOnce(&mut dyn FnMut(T) -> ControlFlow<()>) -> Result<Option<()>, StoreError>,
+) -> Result<Option<Vec<T>>, StoreError> {
     let mut out = Vec::new();
-    let listed = inbox_rows(conn, before, limit, unacknowledged, |m| {
-        out.push(m);
+    let listed = walk(&mut |item| {
+        out.push(item);
         ControlFlow::Continue(())
     })?;
     Ok(listed.map(|()| out))
@@ -3221,12 +3229,7 @@ fn quarantine_page(
     before: Option<&Digest>,
     limit: usize,
 ) -> Result<Option<Vec<Quarantined>>, StoreError> {
-    let mut out = Vec::new();
-    let listed = quarantine_each(conn, before, limit, |q| {
-        out.push(q);
-        ControlFlow::Continue(())
-    })?;
-    Ok(listed.map(|()| out))
+    collected(|each| quarantine_each(conn, before, limit, each))
 }
 
 /// [`quarantine_page`]'s deliveries, each given to `each` as it is read, until `each`
@@ -3303,12 +3306,7 @@ fn sent_page(
     before: Option<&MessageId>,
     limit: usize,
 ) -> Result<Option<Vec<SentMessage>>, StoreError> {
-    let mut out = Vec::new();
-    let listed = sent_rows(conn, before, limit, |s| {
-        out.push(s);
-        ControlFlow::Continue(())
-    })?;
-    Ok(listed.map(|()| out))
+    collected(|each| sent_rows(conn, before, limit, each))
 }
 
 /// [`sent_page`]'s messages, each given to `each` as it is read, until `each` breaks (as
