@@ -909,7 +909,7 @@ async fn submit(
         let before = off_runtime(&state, move |state| {
             let store = state.store();
             match store.keyed(&idem, now).map_err(store_error)? {
-                Some(keyed) => repeated(state, &store, keyed, now).map(Some),
+                Some(keyed) => repeated(state, &store, keyed).map(Some),
                 None => Ok(None),
             }
         })
@@ -984,7 +984,7 @@ fn queue(
         };
         match result.map_err(store_error)? {
             Ok(Composed::New(s)) => s,
-            Ok(Composed::Before(keyed)) => return repeated(state, &store, keyed, now),
+            Ok(Composed::Before(keyed)) => return repeated(state, &store, keyed),
             Err(e) => return Err(bad("invalid", e.to_string())),
         }
     };
@@ -1024,7 +1024,6 @@ fn repeated(
     state: &NodeState,
     store: &crate::store::NodeStore,
     keyed: Keyed,
-    now: u64,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (id, created_at_ms) = match keyed {
         Keyed::Same { id, created_at_ms } => (id, created_at_ms),
@@ -1049,14 +1048,14 @@ fn repeated(
     };
     let seq = sent.envelope.seq;
     let recipients: Vec<ParticipantId> = sent.matrix.iter().map(|r| r.recipient.clone()).collect();
-    let now_state = sent_view(sent, now)["state"].clone();
+    let now_state = state_of(&sent);
     let roster = state.roster.borrow().clone();
     let (connected, refused_by, outlook) = way_out(state, &roster);
     let mut note = format!(
         "a repeat of a request this node took at {} with this Idempotency-Key: nothing more \
          was stored; this is the message it stored, {} now",
         hotline_config::utc::format_utc(created_at_ms),
-        now_state.as_str().unwrap_or("?"),
+        now_state,
     );
     if outlook.blocked {
         note.push_str("; ");
@@ -1395,6 +1394,31 @@ struct Counts {
     overdue: usize,
 }
 
+impl Counts {
+    /// The counts of sent message `s`'s delivery matrix.
+    fn of(s: &SentMessage) -> Self {
+        let m = &s.matrix;
+        Self {
+            total: m.len(),
+            delivered: m.iter().filter(|r| r.delivered_at_ms.is_some()).count(),
+            acked: m.iter().filter(|r| r.acked_at_ms.is_some()).count(),
+            overdue: m
+                .iter()
+                .filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none())
+                .count(),
+        }
+    }
+}
+
+/// Sent message `s`'s `state` ([`sent_state`]).
+fn state_of(s: &SentMessage) -> &'static str {
+    sent_state(
+        s.rejected.is_some(),
+        s.accepted_at_ms.is_some(),
+        Counts::of(s),
+    )
+}
+
 /// A sent message's `state` (docs/API.md): the first that applies of rejected, queued,
 /// acknowledged, overdue, delivered, accepted.
 ///
@@ -1451,28 +1475,13 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
         .iter()
         .filter(|r| answered_at.contains_key(&r.recipient))
         .count();
-    let total = s.matrix.len();
-    let delivered = s
-        .matrix
-        .iter()
-        .filter(|r| r.delivered_at_ms.is_some())
-        .count();
-    let acked = s.matrix.iter().filter(|r| r.acked_at_ms.is_some()).count();
-    let overdue = s
-        .matrix
-        .iter()
-        .filter(|r| r.overdue_at_ms.is_some() && r.acked_at_ms.is_none())
-        .count();
-    let state = sent_state(
-        s.rejected.is_some(),
-        s.accepted_at_ms.is_some(),
-        Counts {
-            total,
-            delivered,
-            acked,
-            overdue,
-        },
-    );
+    let state = state_of(&s);
+    let Counts {
+        total,
+        delivered,
+        acked,
+        overdue,
+    } = Counts::of(&s);
     json!({
         "direction": "sent",
         "id": e.id,
