@@ -786,6 +786,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `Idempotency-Key` is kept with ([`asked_digest`]), so that the key given again with this
 /// request is a repeat, and with any other is refused. The respond-by is as the request gave
 /// it (`respond_within_ms`, not the time it came to, which a repeat a second later moves).
+/// The recipients named in `to` are a set, sorted: routing resolves them to one, and the
+/// protocol refuses one listed twice, so their order, or one given twice (taken once),
+/// asks for the same message.
 #[derive(Serialize)]
 struct Asked<'a> {
     /// `send`, or `reply` to the message answered.
@@ -810,10 +813,24 @@ fn asked_digest(
     req: &SendRequest,
     draft: &Draft,
 ) -> Result<hotline_proto::Digest, ApiError> {
+    // Sorted, as a set: the same `to` in another order was refused as another request. One
+    // already in order (a single recipient, or a list a client sorts) digests as it did
+    // before, so a key taken before this is still known for it.
+    let sorted;
+    let audience = match &draft.audience {
+        Audience::Participants(ids) => {
+            let mut ids = ids.clone();
+            ids.sort();
+            ids.dedup();
+            sorted = Audience::Participants(ids);
+            &sorted
+        }
+        other => other,
+    };
     let asked = Asked {
         route: if answered.is_some() { "reply" } else { "send" },
         answered,
-        audience: &draft.audience,
+        audience,
         kind: draft.kind,
         precedence: draft.precedence,
         status: draft.status,
@@ -4351,6 +4368,40 @@ mod tests {
         assert_eq!(status, 201);
         assert_ne!(other["id"], first["id"]);
         assert_eq!(sent_count(&state), 3);
+    }
+
+    /// The recipients of a send are a set (routing resolves them to one, sorted, and the
+    /// envelope refuses one listed twice): the same send with its `to` in another order, or
+    /// with a recipient listed twice (taken once), under its key is the same request, and
+    /// answered with the message the first stored. Before, the key's digest was of `to` as
+    /// listed, and such a retry was refused `422 idempotency_key_reused`.
+    #[tokio::test]
+    async fn a_send_repeated_with_its_recipients_in_another_order_is_the_same_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let key = Some(&b"order-key"[..]);
+        let first = r#"{"to":["KGZ","SEC"],"subject":"Flooding","body":"Rising."}"#;
+        let (status, sent) = post_keyed(&base, "/v1/messages", first, key).await;
+        assert_eq!(status, 201, "{sent}");
+        for again in [
+            r#"{"to":["SEC","KGZ"],"subject":"Flooding","body":"Rising."}"#,
+            r#"{"to":["KGZ","SEC","KGZ"],"subject":"Flooding","body":"Rising."}"#,
+            r#"{"to":["SEC","SEC","KGZ"],"subject":"Flooding","body":"Rising."}"#,
+        ] {
+            let (status, v) = post_keyed(&base, "/v1/messages", again, key).await;
+            assert_eq!((status, &v["id"]), (200, &sent["id"]), "{again}: {v}");
+            assert_eq!(v["repeated"], true, "{v}");
+        }
+        // Another set is still another request.
+        let other = r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising."}"#;
+        let (status, v) = post_keyed(&base, "/v1/messages", other, key).await;
+        assert_eq!(
+            (status, &v["code"]),
+            (422, &json!("idempotency_key_reused")),
+            "{v}"
+        );
+        assert_eq!(sent_count(&state), 1, "nothing more was stored");
     }
 
     /// A key given again with another request (another body, audience, respond-by; a reply

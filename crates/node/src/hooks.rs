@@ -7,7 +7,9 @@
 //! its own, killed whole at the timeout: what a hook's script started (a `curl` that hangs)
 //! is killed with it, not left running past the limit. What a hook records as it ends is
 //! counted in the node's `background` while it runs, so that the node's shutdown waits for
-//! it; the hook itself is not, so a hook still running does not hold up the shutdown.
+//! it; the hook itself is not, so a hook still running does not hold up the shutdown. A hook
+//! still waiting its turn when the node's stop begins never starts, and what it would have
+//! recorded as it ended is left undone, for the next start (as for a hook the stop kills).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +32,44 @@ pub struct HookRunner {
     /// The node's count of work that may still hold it (`NodeState::background`), which its
     /// shutdown waits on: a hook's record as it ends is counted there.
     background: Arc<watch::Sender<usize>>,
+    /// The node's stop signal (`NodeHandle::shutdown`; its sender gone counts as a stop, as
+    /// for the node's tasks): a hook not started by then never starts.
+    stopping: watch::Receiver<bool>,
 }
 
 impl HookRunner {
     /// A runner with the given per-hook timeout, counting what a hook records as it ends
-    /// in `background` (`NodeState::background`).
-    pub fn new(timeout_ms: u64, background: Arc<watch::Sender<usize>>) -> Self {
+    /// in `background` (`NodeState::background`), which starts no hook once `stopping`
+    /// says so (the node's stop signal).
+    pub fn new(
+        timeout_ms: u64,
+        background: Arc<watch::Sender<usize>>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self::with_limits(
+            timeout_ms,
+            background,
+            stopping,
+            HOOKS_CONCURRENT_MAX,
+            HOOKS_WAITING_MAX,
+        )
+    }
+
+    /// As [`Self::new`], with at most `running` hooks at once and `waiting` more waiting
+    /// their turn (a test's smaller limits).
+    fn with_limits(
+        timeout_ms: u64,
+        background: Arc<watch::Sender<usize>>,
+        stopping: watch::Receiver<bool>,
+        running: usize,
+        waiting: usize,
+    ) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX)),
-            places: Arc::new(Semaphore::new(HOOKS_CONCURRENT_MAX + HOOKS_WAITING_MAX)),
+            slots: Arc::new(Semaphore::new(running)),
+            places: Arc::new(Semaphore::new(running + waiting)),
             timeout: Duration::from_millis(timeout_ms),
             background,
+            stopping,
         }
     }
 
@@ -58,7 +87,9 @@ impl HookRunner {
     /// run before this returns, so the caller must not hold a lock `ended` takes; after a
     /// hook, it runs on tokio's blocking pool, as it may wait on the store, counted in the
     /// node's `background` from before it may take the node until it has let go of it, so
-    /// that a node that says it stopped is not held by it.
+    /// that a node that says it stopped is not held by it. A hook not started when the
+    /// node's stop begins (waiting its turn) never starts, and `ended` is then not called:
+    /// what it records is left undone for the next start, as for a hook the stop kills.
     pub fn fire_then(
         &self,
         name: &'static str,
@@ -88,13 +119,23 @@ impl HookRunner {
         let timeout = self.timeout;
         let slots = self.slots.clone();
         let background = self.background.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let _place = place;
-            // Tokio's semaphore is fair: hooks run in the order they were fired.
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
+            let slot = tokio::select! {
+                biased;
+                // The node is stopping (or its handle is gone): a hook waiting its turn
+                // would start once a running one ends, after the node said it stopped.
+                _ = stopping.wait_for(|stop| *stop) => None,
+                // Tokio's semaphore is fair: hooks run in the order they were fired.
+                slot = slots.acquire_owned() => slot.ok(),
             };
-            let result = run(&cmd, &json, timeout).await;
+            let Some(_slot) = slot else {
+                return not_started(name);
+            };
+            let Some(result) = run(&cmd, &json, timeout, &stopping).await else {
+                return not_started(name);
+            };
             // Counted before `ended` can take the node (it holds it weakly until then), and
             // counted out only once it has let go of it, even if this task is dropped
             // meanwhile: otherwise a hook ending as the node stopped recorded in the store
@@ -118,23 +159,53 @@ impl HookRunner {
     }
 }
 
+/// Logs a hook that the node's stop kept from starting: what `ended` records is left undone,
+/// for the next start.
+fn not_started(name: &'static str) {
+    warn!(
+        hook = name,
+        "the node is stopping: hook not started (an arrival or an escalation it was for is announced again at the next start)"
+    );
+}
+
+/// Runs `cmd`, or `None` if the node's stop has begun (`stopping`) before it could start.
 async fn run(
     cmd: &[String],
     stdin: &[u8],
     timeout: Duration,
+    stopping: &watch::Receiver<bool>,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    let Some((program, args)) = cmd.split_first() else {
+        return Some(Err(std::io::Error::other("empty hook command")));
+    };
+    let started = {
+        // Held while the process starts: the stop's `send` waits for it, so once the stop
+        // has begun no hook starts (a stop that begins after this finds the hook running,
+        // let run as any other). A start is a fork and an exec, not a wait on the hook.
+        let stop = stopping.borrow();
+        if *stop || stopping.has_changed().is_err() {
+            return None;
+        }
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            // Its own group (of which it is the leader), so that what it starts can be
+            // killed with it.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+    };
+    Some(wait(started, stdin, timeout).await)
+}
+
+/// Feeds `stdin` to a hook `started`, and waits for it to end, at most `timeout`.
+async fn wait(
+    started: std::io::Result<tokio::process::Child>,
+    stdin: &[u8],
+    timeout: Duration,
 ) -> std::io::Result<std::process::ExitStatus> {
-    let (program, args) = cmd
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("empty hook command"))?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        // Its own group (of which it is the leader), so that what it starts can be killed
-        // with it.
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = started?;
     // Kills the group if the hook is still running when this is dropped: at its timeout, or
     // when the node stops while it runs (the task is dropped with the runtime).
     let mut group = Group(
@@ -185,6 +256,96 @@ mod tests {
 
     use super::*;
 
+    /// A stop signal that never says stop.
+    fn running() -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    /// Waits (bounded) until every hook fired has been dealt with: run, or not.
+    async fn idle(runner: &HookRunner, places: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while runner.places.available_permits() < places {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hooks still running or waiting"
+            );
+            tick.tick().await;
+        }
+    }
+
+    /// A hook waiting for its turn when the node's stop begins never starts, and what it
+    /// records as it ends is left undone (for the next start, as for a hook the node's end
+    /// killed); the hook running then is let run, and what it records as it ends is done.
+    /// Before, the waiting hook started once the running one ended, after the node had
+    /// said it stopped: a library user (a test, an in-process drill) saw a hook process
+    /// start, and its record touch the store, after the stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hook_waiting_its_turn_when_the_node_stops_never_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+        let slow = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "echo one >> '{}'; until [ -e '{}' ]; do sleep 0.01; done",
+                out.display(),
+                go.display()
+            ),
+        ];
+        let quick = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo two >> '{}'", out.display()),
+        ];
+        let background: Arc<watch::Sender<usize>> = Default::default();
+        let (stop, stopping) = watch::channel(false);
+        let runner = HookRunner::with_limits(30_000, background.clone(), stopping, 1, 4);
+        let (first_tx, first) = tokio::sync::oneshot::channel();
+        runner.fire_then(
+            "slow",
+            Some(&slow),
+            &Event::Unreachable { for_ms: 1 },
+            move || {
+                let _ = first_tx.send(());
+            },
+        );
+        // Running: it holds the only slot.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("one")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first hook never ran"
+            );
+            tick.tick().await;
+        }
+        let second = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        runner.fire_then("quick", Some(&quick), &Event::Unreachable { for_ms: 1 }, {
+            let second = second.clone();
+            move || second.store(true, std::sync::atomic::Ordering::SeqCst)
+        });
+        stop.send_replace(true);
+        std::fs::write(&go, b"").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), first)
+            .await
+            .expect("the running hook ended")
+            .expect("and recorded as it ended");
+        idle(&runner, 5).await;
+        let ran = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(ran, "one\n", "a hook started after the stop");
+        assert!(
+            !second.load(std::sync::atomic::Ordering::SeqCst),
+            "what the hook not run was for was recorded as done"
+        );
+        assert_eq!(*background.borrow(), 0);
+    }
+
     /// A burst of events past the hooks that may run at once is not dropped: each hook waits
     /// its turn. (Before, the ones past `HOOKS_CONCURRENT_MAX` were skipped: in a crisis, a
     /// burst of arrivals paged nobody for some of them.)
@@ -199,7 +360,7 @@ mod tests {
         ];
         // Fired at once, one after another: each takes its place as it is fired, so the
         // ones past HOOKS_CONCURRENT_MAX find every slot taken.
-        let runner = HookRunner::new(30_000, Default::default());
+        let runner = HookRunner::new(30_000, Default::default(), running());
         let fired = HOOKS_CONCURRENT_MAX + 4;
         for _ in 0..fired {
             runner.fire("test", Some(&cmd), &Event::Unreachable { for_ms: 1 });
@@ -233,7 +394,7 @@ mod tests {
             "-c".to_owned(),
             format!("sleep 600 & echo $! > '{}'; wait", pid_file.display()),
         ];
-        let runner = HookRunner::new(1_000, Default::default());
+        let runner = HookRunner::new(1_000, Default::default(), running());
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
         runner.fire_then(
             "test",
@@ -286,7 +447,7 @@ mod tests {
         });
         let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
         let (recorded_tx, recorded) = tokio::sync::oneshot::channel();
-        HookRunner::new(30_000, Default::default()).fire_then(
+        HookRunner::new(30_000, Default::default(), running()).fire_then(
             "test",
             Some(&vec!["true".to_owned()]),
             &Event::Unreachable { for_ms: 1 },

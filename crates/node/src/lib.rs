@@ -1016,7 +1016,8 @@ impl NodeHandle {
     /// between two pages), for the store work of a task aborted or a request dropped
     /// ([`NodeState::off_runtime`]), and for what a hook that ended records
     /// ([`HookRunner::fire_then`]; not for a hook still running), so that nothing uses the
-    /// store once the node says it stopped.
+    /// store once the node says it stopped. A hook waiting its turn when this begins never
+    /// starts (its record is left for the next start).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
@@ -1231,7 +1232,11 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let background = Arc::new(watch::channel(0).0);
         let state = Arc::new_cyclic(|this| NodeState {
-            hooks: HookRunner::new(config.hook_timeout_ms(), background.clone()),
+            hooks: HookRunner::new(
+                config.hook_timeout_ms(),
+                background.clone(),
+                shutdown_rx.clone(),
+            ),
             me,
             key,
             store: Mutex::new(store),
@@ -1619,7 +1624,11 @@ pub(crate) fn test_state_with(
     let roster = hotline_proto::verify_roster(&signed, &PublicKey::of(&roster_key)).unwrap();
     let background = Arc::new(watch::channel(0).0);
     Arc::new_cyclic(|this| NodeState {
-        hooks: HookRunner::new(config.hook_timeout_ms(), background.clone()),
+        hooks: HookRunner::new(
+            config.hook_timeout_ms(),
+            background.clone(),
+            shutdown.clone(),
+        ),
         me: ParticipantId::new("KAZ").unwrap(),
         key,
         store: Mutex::new(store),
