@@ -1079,6 +1079,9 @@ pub(crate) struct WriterContext {
     /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
     /// post and its commit, and before the commit of an operator's command.
     pub(crate) slow_commits: Option<std::time::Duration>,
+    /// For tests only ([`crate::Hosting::follow_gate`]): a gate the writer waits at before
+    /// it reads the queues of a roster newer than the one it followed.
+    pub(crate) follow_gate: Option<Arc<crate::FollowGate>>,
 }
 
 /// Opens (creating) the relay database, checks it, and creates the schema. Refused while a
@@ -2447,6 +2450,7 @@ impl Writer {
         if roster.version == self.roster_followed {
             return Ok(());
         }
+        self.hold_before_following();
         let f = follow_roster(
             &self.conn,
             &self.ctx.queues,
@@ -2455,6 +2459,14 @@ impl Writer {
         )?;
         self.followed(roster.version, f);
         Ok(())
+    }
+
+    /// Waits at the test gate, if there is one ([`crate::Hosting::follow_gate`]), before a
+    /// roster newer than the one followed is followed.
+    fn hold_before_following(&self) {
+        if let Some(gate) = &self.ctx.follow_gate {
+            gate.wait();
+        }
     }
 
     /// What follows [`follow_roster`]'s change to the queues in memory: the gauges, the
@@ -2723,6 +2735,9 @@ impl Writer {
         let mut swept = false;
         // What following a roster newer than the queues' changed in memory (`follow_roster`).
         let mut followed = None;
+        if roster.version != self.roster_followed {
+            self.hold_before_following();
+        }
         let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
             // Before any command: they are routed against this roster, and receipts from a
@@ -5084,6 +5099,7 @@ mod tests {
                 fail_after_commits: None,
                 fail_syncs_after: None,
                 slow_commits: None,
+                follow_gate: None,
             },
         )
         .expect("writer")
