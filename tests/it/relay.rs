@@ -1568,6 +1568,72 @@ async fn a_reinstated_participant_is_delivered_what_waited_for_it_across_restart
     relay.shutdown().await;
 }
 
+/// A node that logs in once a reloaded roster lists its participant as active again, but
+/// before the store writer has read that participant's queue from the store (the roster is
+/// in force before the writer follows it), has a live session that knows nothing of what
+/// waited. It must still be delivered it: on that session, or on the next one once the
+/// writer, having read the queue, closes that session. The writer is held at that point
+/// by a test gate; the session is live (welcomed) before it goes on.
+#[tokio::test]
+async fn a_reinstated_participant_logging_in_before_its_queue_is_read_is_delivered_it() {
+    let mut net = cica("");
+    let gate = Arc::new(hotline_relay::FollowGate::default());
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().follow_gate(gate.clone()))
+        .await;
+    let addr = relay.local_addr();
+    let mut kaz = net.client(addr, "KAZ").await.unwrap();
+    let waiting = kaz.send_to("TJK", "before the revocation").await.unwrap();
+
+    // Revoked: the writer lets TJK's queue go as soon as it follows (one permit).
+    gate.go(1);
+    net.revoke("TJK");
+    assert_eq!(relay.reload_roster().await.unwrap(), 2);
+    tokio::time::timeout(EVENT_TIMEOUT, gate.reached.notified())
+        .await
+        .expect("the writer followed version 2");
+
+    // Reinstated: the writer is held before it reads TJK's queue, and TJK logs in then.
+    net.update_roster(|r| {
+        r.participants
+            .iter_mut()
+            .find(|p| p.id == pid("TJK"))
+            .unwrap()
+            .revoked = false;
+    });
+    let meanwhile = async {
+        tokio::time::timeout(EVENT_TIMEOUT, gate.reached.notified())
+            .await
+            .expect("the writer is about to follow version 3");
+        let tjk = net
+            .client(addr, "TJK")
+            .await
+            .expect("TJK, active again, logs in");
+        gate.go(1_000);
+        tjk
+    };
+    let (reloaded, mut tjk) = tokio::join!(relay.reload_roster(), meanwhile);
+    assert_eq!(reloaded.unwrap(), 3);
+
+    let got = match tjk.next_deliver().await {
+        Ok((got, _)) => got,
+        Err(e) => {
+            assert!(
+                tjk.session.conn.close_reason().is_some(),
+                "TJK's live session was neither delivered what waited nor closed: {e:#}"
+            );
+            assert_eq!(tjk.closed_code().await.unwrap(), ErrorCode::Normal);
+            let mut again = net.client(addr, "TJK").await.unwrap();
+            let (got, _) = again.next_deliver().await.unwrap();
+            again.close();
+            got
+        }
+    };
+    assert_eq!(got.digest(), waiting.digest());
+    kaz.close();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn roster_reload_revokes_live_sessions_and_updates_the_others() {
     let mut net = cica("");

@@ -333,6 +333,7 @@ pub struct Hosting {
     fail_syncs_after: Option<u64>,
     slow_commits: Option<std::time::Duration>,
     login_gate: Option<Arc<LoginGate>>,
+    follow_gate: Option<Arc<FollowGate>>,
     store_stall_after: Option<std::time::Duration>,
 }
 
@@ -354,6 +355,41 @@ impl Default for LoginGate {
             reached: tokio::sync::Notify::new(),
             go: tokio::sync::Semaphore::new(0),
         }
+    }
+}
+
+/// For tests of what happens between a roster reload and the store writer reading the
+/// queues of the participants it lists as active again (a node connecting meanwhile): see
+/// [`Hosting::follow_gate`]. Never in production.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct FollowGate {
+    /// Notified (one permit) each time the writer is about to read the queues of a roster
+    /// newer than the one it followed, and is about to wait.
+    pub reached: tokio::sync::Notify,
+    /// Permits given by [`FollowGate::go`], one taken by each wait. The writer runs on its
+    /// own thread, so it waits on a condition variable, not on a tokio semaphore.
+    permits: std::sync::Mutex<u64>,
+    opened: std::sync::Condvar,
+}
+
+impl FollowGate {
+    /// Lets `n` more follows of a newer roster go on.
+    pub fn go(&self, n: u64) {
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        *p = p.saturating_add(n);
+        self.opened.notify_all();
+    }
+
+    /// Notifies `reached`, then blocks the calling thread (the writer's) until a permit is
+    /// given, and takes it.
+    pub(crate) fn wait(&self) {
+        self.reached.notify_one();
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        while *p == 0 {
+            p = self.opened.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        *p -= 1;
     }
 }
 
@@ -410,6 +446,18 @@ impl Hosting {
     #[doc(hidden)]
     pub fn login_gate(mut self, gate: Arc<LoginGate>) -> Self {
         self.login_gate = Some(gate);
+        self
+    }
+
+    /// For tests of a roster reload racing a login: the store writer, each time it is about
+    /// to read the queues of a roster newer than the one it followed (`follow_roster`, at
+    /// its next batch or roster kept), notifies `gate.reached` and waits for a permit of
+    /// [`FollowGate::go`]. The roster is in force meanwhile, so a node it lists as active
+    /// again can log in before its queue is read. Its own thread waits, so not with
+    /// [`Hosting::writer_on_runtime`]. Never in production.
+    #[doc(hidden)]
+    pub fn follow_gate(mut self, gate: Arc<FollowGate>) -> Self {
+        self.follow_gate = Some(gate);
         self
     }
 
@@ -504,6 +552,7 @@ impl Relay {
                 fail_after_commits: hosting.fail_writer_after,
                 fail_syncs_after: hosting.fail_syncs_after,
                 slow_commits: hosting.slow_commits,
+                follow_gate: hosting.follow_gate,
             },
         )?;
         info!(queued = writer.queued_total(), db = %db_path.display(), "store open");

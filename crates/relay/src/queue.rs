@@ -14,9 +14,12 @@
 //! removes a position when it stores the receipt that names it (putting it back if that
 //! commit fails). Sessions read it, under its lock, to find their backlog.
 //!
-//! Memory: 8 bytes per queued (message, recipient), at most `queue_depth_max` per
-//! recipient, and while receipts come out of order, a set of the positions removed behind
-//! the front (at most half the queue, see [`Positions`]).
+//! Memory: 8 bytes per queued (message, recipient), and while receipts come out of order, a
+//! set of the positions removed behind the front (at most half the queue, see
+//! [`Positions`]). `queue_depth_max` bounds what acceptance adds to a queue, not what a
+//! rewind owes again or a limit lowered since leaves: such a queue is held whole, as a
+//! start reads it (`store::load_queues` says why it is not paged), and takes no new message
+//! until receipts bring it below the limit.
 //!
 //! Cost: every operation is O(log n) but the rare put-back of a failed commit's removals.
 //! Receipts usually name the oldest queued messages, which pop from the front; one naming

@@ -453,6 +453,19 @@ impl Whose<'_> {
 /// the recipient since a time, and none addressed to it lay between a moved cursor's old
 /// and new places. Until the first commit, a store whose cursors lag (one from before this)
 /// is still read from the lowest.
+///
+/// Each queue is read whole, whatever `queue_depth_max` says, and so is one read back for a
+/// participant a roster lists again ([`follow_roster`], the same reading). The limit bounds
+/// what acceptance adds (a participant off the roster is routed nothing, so it is owed at
+/// most what it was when taken off); only a rewind or a limit lowered since leaves a queue
+/// above it, at 8 bytes a position (a million: 8 MB). Holding only a page of such a queue,
+/// and reading the next as receipts drain it, would cost more than that memory: the cursor
+/// goes just below the first position in memory (`store_receipt`), so it would have to know
+/// of those left in the store; acceptance would have to keep new positions for that
+/// recipient behind them, not post them to its live session (which delivers in position
+/// order and would skip the rest); the idle-cursor move and the gauges would have to count
+/// them; and each page would be read by scanning every message since (the store has no
+/// index by recipient).
 pub(crate) fn load_queues(conn: &Connection, whose: Whose<'_>) -> Result<LoadedQueues, StoreError> {
     let mut cursors = HashMap::new();
     {
@@ -1079,6 +1092,9 @@ pub(crate) struct WriterContext {
     /// For tests only ([`crate::Hosting::slow_commits`]): a wait between a batch's first
     /// post and its commit, and before the commit of an operator's command.
     pub(crate) slow_commits: Option<std::time::Duration>,
+    /// For tests only ([`crate::Hosting::follow_gate`]): a gate the writer waits at before
+    /// it reads the queues of a roster newer than the one it followed.
+    pub(crate) follow_gate: Option<Arc<crate::FollowGate>>,
 }
 
 /// Opens (creating) the relay database, checks it, and creates the schema. Refused while a
@@ -2447,6 +2463,7 @@ impl Writer {
         if roster.version == self.roster_followed {
             return Ok(());
         }
+        self.hold_before_following();
         let f = follow_roster(
             &self.conn,
             &self.ctx.queues,
@@ -2455,6 +2472,14 @@ impl Writer {
         )?;
         self.followed(roster.version, f);
         Ok(())
+    }
+
+    /// Waits at the test gate, if there is one ([`crate::Hosting::follow_gate`]), before a
+    /// roster newer than the one followed is followed.
+    fn hold_before_following(&self) {
+        if let Some(gate) = &self.ctx.follow_gate {
+            gate.wait();
+        }
     }
 
     /// What follows [`follow_roster`]'s change to the queues in memory: the gauges, the
@@ -2723,6 +2748,9 @@ impl Writer {
         let mut swept = false;
         // What following a roster newer than the queues' changed in memory (`follow_roster`).
         let mut followed = None;
+        if roster.version != self.roster_followed {
+            self.hold_before_following();
+        }
         let result = (|| -> Result<std::time::Instant, StoreError> {
             let tx = self.conn.transaction()?;
             // Before any command: they are routed against this roster, and receipts from a
@@ -5084,6 +5112,7 @@ mod tests {
                 fail_after_commits: None,
                 fail_syncs_after: None,
                 slow_commits: None,
+                follow_gate: None,
             },
         )
         .expect("writer")
@@ -5856,6 +5885,96 @@ mod tests {
         assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("CHN")), 19);
         assert_eq!(w.ctx.queues.lock().expect("lock").len(&pid("OLD")), 0);
         assert_eq!(queued_for(&w.conn, &pid("OLD")).expect("queued"), 1);
+    }
+
+    /// What a participant off the roster is owed does not grow while it is off: messages
+    /// accepted meanwhile are not routed to it (PROTOCOL.md 7.3), to everyone included, so
+    /// listed again it is owed at most what it was owed when taken off, each of those
+    /// accepted under `queue_depth_max`. A queue above the limit (a limit lowered since, or
+    /// a rewind) is read whole when the participant is listed again, exactly as a start
+    /// reads it, and the limit then refuses new messages for it (`QueueFull`) until
+    /// receipts take it below, as after a start.
+    #[test]
+    fn a_queue_read_for_a_participant_back_on_the_roster_is_bounded_as_at_a_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _, _) = writer_holding(dir.path(), 0, 3);
+        let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3)];
+        let submit = |w: &mut Writer, roster: &Verified<Roster>, n: u8, audience: Audience| {
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id: MessageId([n; 16]),
+                sender: pid("KAZ"),
+                seq: Seq(u64::from(n)),
+                audience,
+                kind: MsgKind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Exercise,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: format!("message {n}"),
+                body: "body".into(),
+            };
+            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+            let env = roster.verify_envelope(&signed).expect("verifies");
+            let (reply, mut answer) = mpsc::channel(1);
+            let now = std::time::Instant::now();
+            let mut batch = vec![Command::Submit {
+                digest: env.signed().digest(),
+                env,
+                reply,
+                read_at: now,
+                handed_at: now,
+            }];
+            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
+            answer.try_recv().expect("answered")
+        };
+        let queued =
+            |w: &Writer, who: &str| w.ctx.queues.lock().expect("lock").after(&pid(who), 0, 100);
+
+        // IND, owed messages 1 to 3, is revoked; five messages to every member follow.
+        let v2 = test_roster(2, &listed, &["IND"]);
+        reload(&mut w, &v2);
+        for n in 4..=8 {
+            let a = submit(&mut w, &v2, n, Audience::AllMembers);
+            assert!(matches!(a, RelayToNode::Accepted(_)), "message {n}: {a:?}");
+        }
+        assert_eq!(queued(&w, "CHN"), (1..=8).collect::<Vec<i64>>());
+        assert_eq!(queued(&w, "IND"), Vec::<i64>::new(), "off the roster");
+        assert_eq!(
+            queued_for(&w.conn, &pid("IND")).expect("queued"),
+            3,
+            "owed only what it was owed when taken off"
+        );
+
+        // Listed again, with the limit lowered below what it is owed: its whole queue is
+        // read, and a message to it is refused as its queue is full.
+        w.ctx.queue_depth_max = 2;
+        let v3 = test_roster(3, &listed, &[]);
+        reload(&mut w, &v3);
+        match submit(&mut w, &v3, 9, Audience::Participants(vec![pid("IND")])) {
+            RelayToNode::Rejected(r) => assert_eq!(r.code, RejectCode::QueueFull, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(queued(&w, "IND"), vec![1, 2, 3]);
+        assert_eq!(w.ctx.metrics.queue_depth(&pid("IND")), 3);
+        let started = load_queues(&w.conn, Whose::ActiveOn(&v3)).expect("queues");
+        assert_eq!(
+            started.index.after(&pid("IND"), 0, 100),
+            queued(&w, "IND"),
+            "what a start reads"
+        );
+
+        // A start on this store, with that limit: the same queue, the same refusal.
+        let Writer { conn, .. } = w;
+        let mut w = writer_with(conn, 0, v3.clone());
+        w.ctx.queue_depth_max = 2;
+        assert_eq!(queued(&w, "IND"), vec![1, 2, 3]);
+        match submit(&mut w, &v3, 10, Audience::Participants(vec![pid("IND")])) {
+            RelayToNode::Rejected(r) => assert_eq!(r.code, RejectCode::QueueFull, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A participant taken off the roster while the relay runs (revoked, or no longer
