@@ -2608,6 +2608,79 @@ expect = "delivered"
         assert!(!text.contains("at node"), "{text}");
     }
 
+    /// SEC's node killed at 5 s and down to the end; KAZ's acknowledgement reached it, KGZ's
+    /// was given at KGZ's node only, at 6 s (its matrix cell `0.50s / 6.00s at node`), and
+    /// with `overdue` SEC had marked KGZ overdue at 3 s, before it went down. The report
+    /// built from it.
+    fn kgz_acked_at_node(overdue: bool) -> Report {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+            ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(3000), None),
+            row("KGZ", Some(1500), None, overdue.then_some(4000)),
+        ];
+        let checks = StoreChecks {
+            journals: vec![("relay".into(), Ok(3))],
+            receipts: (3, 0),
+            receipts_unread: vec![],
+            quarantined: vec![],
+        };
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
+        );
+        score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks)
+    }
+
+    /// The HTML timeline draws an acknowledgement given at the recipient's node that never
+    /// reached its sender (down at the end), hollow, where it was given, and says so in its
+    /// title and the legend: the matrix cell said `6.00s at node` and the timeline had no
+    /// mark of it, as if KGZ had never acknowledged. KAZ's, which SEC holds, is drawn
+    /// filled, as ever.
+    #[test]
+    fn the_timeline_draws_an_acknowledgement_given_at_the_recipients_node() {
+        let html = crate::html::render(&kgz_acked_at_node(false));
+        assert!(
+            html.contains("<title>KAZ acknowledged alert at +2.0s</title></rect>"),
+            "{html}"
+        );
+        let mark = html
+            .split("<rect ")
+            .find(|r| r.contains("<title>KGZ acknowledged alert at its node at +6.0s"))
+            .unwrap_or_else(|| panic!("no mark of KGZ's acknowledgement: {html}"));
+        assert!(
+            mark.contains("fill=\"#fff\"")
+                && mark.contains("never reached SEC (node down at the end)</title>"),
+            "hollow, saying why: {mark}"
+        );
+        assert!(
+            html.contains("□ acknowledged at the recipient's node only"),
+            "the legend names it: {html}"
+        );
+    }
+
+    /// An overdue cell is red, as the legend says, whether or not its recipient acknowledged
+    /// at its node later: the respond-by passed with its sender holding no acknowledgement,
+    /// which is what red says. One acknowledged at the node and not overdue is yellow. The
+    /// cell overdue and acknowledged at the node was yellow while the legend said "red:
+    /// overdue".
+    #[test]
+    fn an_overdue_cell_is_red_as_the_legend_says() {
+        let html = crate::html::render(&kgz_acked_at_node(true));
+        assert!(
+            html.contains("<td class=\"bad\">0.50s / 6.00s at node OVERDUE</td>"),
+            "{html}"
+        );
+        assert!(html.contains("red: overdue"), "{html}");
+        let html = crate::html::render(&kgz_acked_at_node(false));
+        assert!(
+            html.contains("<td class=\"late\">0.50s / 6.00s at node</td>"),
+            "{html}"
+        );
+    }
+
     /// An `overdue_escalated` objective on a message whose sender's node is down to the end
     /// cannot be met once it is not: only the sender's node marks a message overdue and runs
     /// the escalation hook. The report names it unmeetable, and why (or, for KAZ, who
