@@ -99,7 +99,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let (left, width, row_h) = (70.0, 900.0, 14.0);
     let height = 52.0 + row_h * r.participants.len() as f64;
     let x = |t: f64| left + t / t_max * width;
-    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent (△ due, never sent) &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; □ acknowledged at the recipient's node only (it never reached its sender, down at the end) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
+    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent (△ due, not sent; △? due, its send got no answer: not known whether it was sent) &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; □ acknowledged at the recipient's node only (it never reached its sender, down at the end) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
     let colours = [
         "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
     ];
@@ -116,9 +116,12 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     for (k, inj) in r.injects.iter().enumerate() {
         let c = colours[k % colours.len()];
         // One never sent is drawn hollow where it was due: a filled mark said it was sent.
-        let (mark, what) = match &inj.id {
-            Some(_) => ("▲", "sent".to_owned()),
-            None => ("△", format!("due, {},", inj.state)),
+        // One whose send got no answer, and that may have been stored all the same, is not
+        // known to be either: marked so, and its title says why.
+        let (mark, what) = match (&inj.id, &inj.unanswered) {
+            (Some(_), _) => ("▲", "sent".to_owned()),
+            (None, Some(u)) if inj.state == "unknown" => ("△?", format!("due, {u},")),
+            (None, _) => ("△", format!("due, {},", inj.state)),
         };
         let _ = write!(
             h,
@@ -218,7 +221,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     h.push_str("<h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
     for i in &r.injects {
-        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
+        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().or(i.unanswered.as_ref()).map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
     }
     h.push_str("</table><h2>Faults</h2><ul>");
     for (n, f) in r.faults.iter().enumerate() {
