@@ -201,6 +201,29 @@ impl Gone {
         }
     }
 
+    /// Looks up by its key, in its sender's store, each inject of a sender in `down` whose
+    /// send got no answer ([`learn_unanswered`]): one found there is sent (its id is set);
+    /// one not there never was, and is not looked up again (`keys_read`). A store that
+    /// cannot be read is tried again at the next sweep.
+    fn read_keys(
+        &mut self,
+        injects: &mut [Inject],
+        scenario: &Scenario,
+        run_key: &str,
+        dep: &Deployment,
+    ) {
+        let look = |i: usize| {
+            self.down.contains(&scenario.injects[i].from) && !self.keys_read.contains(&i)
+        };
+        let learnt = learn_unanswered(injects, scenario, run_key, Some(dep), &self.down, look);
+        self.keys_read.extend(
+            learnt
+                .into_iter()
+                .filter(|(_, na)| matches!(na, report::NoAnswer::NotStored { .. }))
+                .map(|(i, _)| i),
+        );
+    }
+
     /// Reads the store at rest of each node in `down` not read yet. One that cannot be
     /// read is tried again at the next sweep; until it is, its messages are not decided.
     fn read_stores(&mut self, dep: &Deployment) {
@@ -772,9 +795,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         // A send with no answer that its sender's node, down for good, stored:
                         // sent, and its message waited for as any other of that node's; no
                         // longer waiting to be sent.
-                        let keys_read = &mut gone.keys_read;
-                        let looked = learn_unanswered(&mut injects, &scenario, &run_key, Some(&sim.dep), &gone.down, |i| gone.down.contains(&scenario.injects[i].from) && !keys_read.contains(&i));
-                        keys_read.extend(looked.into_iter().filter(|(_, na)| matches!(na, report::NoAnswer::NotStored { .. })).map(|(i, _)| i));
+                        gone.read_keys(&mut injects, &scenario, &run_key, &sim.dep);
                         pending_injects.retain(|i| injects[*i].id.is_none());
                         // The relay's log is copied only while a node down is still to be
                         // looked up there (once each: it can be long).
@@ -2191,6 +2212,17 @@ mod tests {
         let learnt = learn_unanswered(&mut injects, &sc, "run", Some(&dep), &down, |i| i == 1);
         assert!(injects[0].id.is_none());
         assert_eq!(learnt.keys().copied().collect::<Vec<_>>(), [1]);
+        // The early end's sweep, SEC alone down for good: "a" is sent, "b" never was and is
+        // not looked up again, KAZ's "c" is not looked up (its node may still answer).
+        let mut gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        let mut injects = unanswered();
+        gone.read_keys(&mut injects, &sc, "run", &dep);
+        assert_eq!(injects[0].id.as_deref(), Some(id.as_str()));
+        assert_eq!(gone.keys_read, HashSet::from([1]));
+        assert!(injects[2].id.is_none() && injects[2].unanswered.is_some());
         // Live mode: no store is read, and nothing is known.
         let mut injects = unanswered();
         let learnt = learn_unanswered(&mut injects, &sc, "run", None, &down, |_| true);
