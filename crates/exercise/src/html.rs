@@ -87,6 +87,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
                 [
                     c.delivered_s.map(|d| at + d),
                     c.acknowledged_s.map(|a| at + a),
+                    c.acknowledged_at_node_s.map(|a| at + a),
                 ]
             })
         })
@@ -98,7 +99,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     let (left, width, row_h) = (70.0, 900.0, 14.0);
     let height = 52.0 + row_h * r.participants.len() as f64;
     let x = |t: f64| left + t / t_max * width;
-    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent (△ due, never sent) &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
+    let _ = write!(h, "<h2>Timeline</h2><p class=\"muted\">Scenario seconds. ▲ inject sent (△ due, not sent; △? due, its send got no answer: not known whether it was sent) &nbsp; ● delivered (recipient holds it) &nbsp; ■ acknowledged (sender holds the receipt) &nbsp; □ acknowledged at the recipient's node only (it never reached its sender, down at the end) &nbsp; ✕ overdue &nbsp; red lines: faults (F1, F2… as listed under Faults)</p><svg width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline\">", left + width + 20.0);
     let colours = [
         "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457",
     ];
@@ -115,9 +116,12 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     for (k, inj) in r.injects.iter().enumerate() {
         let c = colours[k % colours.len()];
         // One never sent is drawn hollow where it was due: a filled mark said it was sent.
-        let (mark, what) = match &inj.id {
-            Some(_) => ("▲", "sent".to_owned()),
-            None => ("△", format!("due, {},", inj.state)),
+        // One whose send got no answer, and that may have been stored all the same, is not
+        // known to be either: marked so, and its title says why.
+        let (mark, what) = match (&inj.id, &inj.unanswered) {
+            (Some(_), _) => ("▲", "sent".to_owned()),
+            (None, Some(u)) if inj.state == "unknown" => ("△?", format!("due, {u},")),
+            (None, _) => ("△", format!("due, {},", inj.state)),
         };
         let _ = write!(
             h,
@@ -141,6 +145,10 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             }
             if let Some(a) = c.acknowledged_s {
                 let _ = write!(h, "<rect x=\"{}\" y=\"{}\" width=\"7\" height=\"7\" fill=\"{col}\"><title>{} acknowledged {} at +{a:.1}s</title></rect>", x(at + a) - 3.5, y - 3.5, esc(&p.id), esc(&r.injects[k].name));
+            } else if let Some(a) = c.acknowledged_at_node_s {
+                // Given at the recipient's node, and never held by its sender (down at the
+                // end): hollow, as the matrix's `at node`, not left out as never given.
+                let _ = write!(h, "<rect x=\"{}\" y=\"{}\" width=\"6\" height=\"6\" fill=\"#fff\" stroke=\"{col}\" stroke-width=\"1.5\"><title>{} acknowledged {} at its node at +{a:.1}s; it never reached {} (node down at the end)</title></rect>", x(at + a) - 3.0, y - 3.0, esc(&p.id), esc(&r.injects[k].name), esc(&r.injects[k].from));
             }
             if let Some(a) = c.answered_s {
                 let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"{col}\">↩<title>{} answered {} at +{a:.1}s</title></text>", x(at + a) - 4.0, y + 4.0, esc(&p.id), esc(&r.injects[k].name));
@@ -153,7 +161,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     h.push_str("</svg>");
 
     // Participant × inject matrix.
-    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged (· answered), scenario seconds after the inject (-: never; at node: acknowledged at the recipient's node, never reached the sender, whose node is down at the end; ·: not addressed). Green: acknowledged; yellow: delivered, the sender holds no acknowledgement; red: overdue or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
+    h.push_str("<h2>Participants × injects</h2><p class=\"muted\">delivered / acknowledged (· answered), scenario seconds after the inject (-: never; at node: acknowledged at the recipient's node, never reached the sender, whose node is down at the end; ·: not addressed). Green: acknowledged, the sender holds it; yellow: delivered and not overdue, the sender holds no acknowledgement (none given yet, or given at the recipient's node only); red: overdue (its respond-by passed with the sender holding no acknowledgement, whether or not the recipient acknowledged at its node since) or never delivered; grey: not addressed.</p><table><tr><th>Participant</th><th>Role</th>");
     for inj in &r.injects {
         let _ = write!(
             h,
@@ -174,12 +182,15 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
         );
         for c in &p.cells {
             // The cell's words are the text summary's ([`Cell::text`]); its colour says
-            // whether the sender holds the acknowledgement.
+            // whether the sender holds the acknowledgement, and whether the respond-by
+            // passed without it: an overdue cell is red as the legend says, acknowledged at
+            // the recipient's node or not (the sender's node marked it overdue, and ran its
+            // escalation; `OVERDUE … at node` in yellow read as on time).
             let class = if !c.addressed {
                 "na"
             } else if c.acknowledged_s.is_some() {
                 "ok"
-            } else if c.overdue && c.acknowledged_at_node_s.is_none() {
+            } else if c.overdue {
                 "bad"
             } else if c.delivered_s.is_some() {
                 "late"
@@ -210,7 +221,7 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
     }
     h.push_str("<h2>Injects</h2><table><tr><th>Name</th><th>Id</th><th>From</th><th>Precedence</th><th>Subject</th><th>State</th><th>Delivered</th><th>Acknowledged</th></tr>");
     for i in &r.injects {
-        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
+        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td></tr>", esc(&i.name), esc(i.id.as_deref().unwrap_or("")), esc(&i.from), esc(&i.precedence), esc(&i.subject), esc(&i.refused.as_ref().or(i.unanswered.as_ref()).map_or_else(|| i.state.clone(), |why| format!("{}: {why}", i.state))), i.delivered, i.recipients, i.acknowledged, i.recipients);
     }
     h.push_str("</table><h2>Faults</h2><ul>");
     for (n, f) in r.faults.iter().enumerate() {

@@ -126,10 +126,16 @@ pub struct InjectRow {
     pub at_s: f64,
     /// State at the end, as the sender's node shows it: `refused` if it refused to send it,
     /// `not sent` if it never was, `unknown` if it was but its node gave no record of it at
-    /// the end.
+    /// the end, or if a send of it got no answer and the drill could not learn whether its
+    /// node stored it (`unanswered` says why).
     pub state: String,
     /// Why the sender's node refused to send it, if it did (the API's answer, HTTP 4xx).
     pub refused: Option<String>,
+    /// What became of it when a send of it got no answer and the drill never learnt its id:
+    /// `not known whether it was sent: its send got no answer (…), and …` (state `unknown`),
+    /// or `never sent: …` when its node's store, read at rest, holds nothing under the
+    /// send's key (state `not sent`).
+    pub unanswered: Option<String>,
     /// Recipients.
     pub recipients: usize,
     /// Delivered count.
@@ -429,6 +435,15 @@ pub fn read_at_rest(data_dir: &Path) -> Result<AtRest, String> {
     read().map_err(|e| format!("{e:#}"))
 }
 
+/// The message that the send with idempotency key `key` stored at the node whose store is
+/// in `data_dir`, read at rest, read-only, with when it was stored (ms since the epoch);
+/// `None` if the store keeps nothing under the key; or why it could not be read.
+pub(crate) fn keyed_at_rest(data_dir: &Path, key: &str) -> Result<Option<(String, u64)>, String> {
+    let reader = hotline_node::store::NodeReader::open(data_dir).map_err(|e| e.to_string())?;
+    let found = reader.keyed_message(key).map_err(|e| e.to_string())?;
+    Ok(found.map(|(id, at_ms)| (id.to_string(), at_ms)))
+}
+
 /// Whether the sender's `on_overdue` hook ran for `recipient` of message `id`, as `hooks`
 /// (from [`read_hooks`]) record it; `None` when the harness cannot see the hooks (live mode:
 /// they run on the operators' machines).
@@ -485,6 +500,48 @@ pub(crate) struct Sent {
     pub(crate) sent_at_ms: Option<u64>,
     /// Why its node refused it for good, if it did.
     pub(crate) refused: Option<String>,
+    /// What the drill learnt of it when a send of it got no answer (`id` is then `None`):
+    /// it cannot be said never sent, as its node may have stored it.
+    pub(crate) no_answer: Option<NoAnswer>,
+}
+
+/// What the drill learnt of an inject with no message id whose send got no answer it could
+/// read (no answer in time, a connection dropped, a 5xx:
+/// `hotline_node::client::unknown_outcome`), where the node may have stored the message
+/// all the same. The drill asks again with the send's `Idempotency-Key` while the node is
+/// up, and is answered with that message; once the node is down for good, it reads the
+/// key in the node's store at rest instead (`run::learn_unanswered`). One it finds there
+/// has its id, and is scored as sent: it is no `NoAnswer`.
+#[derive(Clone, Debug)]
+pub(crate) enum NoAnswer {
+    /// The node's store, read once the node was down for good, keeps no message under the
+    /// send's key: the node never stored it, and never can. Never sent.
+    NotStored {
+        /// The send's error.
+        error: String,
+    },
+    /// Not known whether the node stored it.
+    Unknown {
+        /// The send's error.
+        error: String,
+        /// Why the drill could not learn it: `its node went down for good, and its store
+        /// could not be read (…)`.
+        why: String,
+    },
+}
+
+impl NoAnswer {
+    /// What the report says of it, after the inject's name.
+    pub(crate) fn account(&self) -> String {
+        match self {
+            NoAnswer::NotStored { error } => format!(
+                "never sent: its send got no answer ({error}), and its node, down at the end, holds no message under its key"
+            ),
+            NoAnswer::Unknown { error, why } => format!(
+                "not known whether it was sent: its send got no answer ({error}), and {why}"
+            ),
+        }
+    }
 }
 
 /// Everything `score` needs.
@@ -747,12 +804,25 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 });
                 "unknown".to_owned()
             }
-            // Never sent (its sender's node down for good when it was due): said, so that
-            // "every inject accepted" does not fail with no reason.
-            (None, None) => {
-                refusals.push(format!("{:?} never sent", inj.name));
-                "not sent".to_owned()
-            }
+            (None, None) => match &sent.no_answer {
+                // Never sent (its sender's node down for good when it was due): said, so
+                // that "every inject accepted" does not fail with no reason.
+                None => {
+                    refusals.push(format!("{:?} never sent", inj.name));
+                    "not sent".to_owned()
+                }
+                // Its send got no answer, and the drill never learnt its id: never sent if
+                // its node's store keeps nothing under the send's key, else not known, never
+                // "never sent" (its node may have stored and relayed it).
+                Some(na) => {
+                    refusals.push(format!("{:?} {}", inj.name, na.account()));
+                    match na {
+                        NoAnswer::NotStored { .. } => "not sent",
+                        NoAnswer::Unknown { .. } => "unknown",
+                    }
+                    .to_owned()
+                }
+            },
         };
         let matrix: HashMap<String, &Value> = view["recipients"]
             .as_array()
@@ -857,6 +927,11 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 .unwrap_or(inj.at_s),
             state,
             refused: refused.clone(),
+            unanswered: sent
+                .no_answer
+                .as_ref()
+                .filter(|_| id.is_none())
+                .map(NoAnswer::account),
             recipients: matrix.len(),
             delivered: view["delivered"].as_u64().unwrap_or(0) as usize,
             acknowledged: view["acknowledged"].as_u64().unwrap_or(0) as usize,
@@ -957,15 +1032,19 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         // (`Scenario::check_roster` and `run::check_nodes` refuse an objective with no one in
         // scope before the drill starts.)
         if in_scope == 0 && failed.is_empty() {
-            failed.push(if i.injects[k].id.is_none() {
-                format!("inject {:?} was never sent", o.inject)
-            } else {
-                format!(
-                    "no recipient of inject {:?} in scope ({})",
-                    o.inject,
-                    o.narrowing()
-                )
-            });
+            failed.push(
+                if let (None, Some(na)) = (&i.injects[k].id, &i.injects[k].no_answer) {
+                    format!("inject {:?}: {}", o.inject, na.account())
+                } else if i.injects[k].id.is_none() {
+                    format!("inject {:?} was never sent", o.inject)
+                } else {
+                    format!(
+                        "no recipient of inject {:?} in scope ({})",
+                        o.inject,
+                        o.narrowing()
+                    )
+                },
+            );
         }
         // In scope but without a node (a drill of some participants, an inject to a
         // group or to every member): no row to score. Said, rather than left out unsaid,
@@ -1020,10 +1099,10 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
             acks_unsent.push(format!(
                 "not required of {:?}: {}",
                 sent.inject.name,
-                if sent.refused.is_some() {
-                    "refused"
-                } else {
-                    "not sent"
+                match (&sent.refused, &sent.no_answer) {
+                    (Some(_), _) => "refused".to_owned(),
+                    (None, Some(na)) => na.account(),
+                    (None, None) => "not sent".to_owned(),
                 }
             ));
             continue;
@@ -1369,7 +1448,7 @@ pub fn summary(r: &Report) -> String {
             i.recipients,
             i.subject
         );
-        if let Some(why) = &i.refused {
+        if let Some(why) = i.refused.as_ref().or(i.unanswered.as_ref()) {
             let _ = writeln!(o, "  {:<14} {why}", "");
         }
     }
@@ -1574,6 +1653,7 @@ within_s = 3.0
                 id: Some("m1".into()),
                 sent_at_ms: Some(1000),
                 refused: None,
+                no_answer: None,
             }],
             sent_views: vec![view],
             at_rest: BTreeMap::new(),
@@ -1698,6 +1778,72 @@ within_s = 3.0
         assert_eq!(inv.detail, "0 of 1; \"check\" never sent");
         assert!(report_text_has(&r, "was never sent"));
         assert!(crate::html::render(&r).contains("was never sent"));
+    }
+
+    /// An inject whose send got no answer (the node took the request and did not answer in
+    /// time), after which its sender's node went down for good, has no message id: the drill
+    /// never heard one. Its node may have stored it, and relayed it, all the same; the
+    /// report said "never sent" ("not sent", "inject "check" was never sent"). Where the
+    /// drill could not read the node's store it does not know: it says so, with why, in the
+    /// inject's state, "every inject accepted", the objectives, the acknowledgements
+    /// required, and the HTML timeline's mark. Where the store, read at rest, keeps no
+    /// message under the send's key, it was never sent, and the report says how it knows.
+    #[test]
+    fn an_inject_whose_send_got_no_answer_is_not_said_never_sent() {
+        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
+        let roster = roster();
+        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
+        let error = "the node at http://127.0.0.1:1 did not answer within 5s".to_owned();
+        let with = |no_answer: NoAnswer| {
+            let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
+            inputs.injects[0].id = None;
+            inputs.injects[0].sent_at_ms = None;
+            inputs.injects[0].no_answer = Some(no_answer);
+            score(inputs).expect("scores")
+        };
+        let r = with(NoAnswer::Unknown {
+            error: error.clone(),
+            why: "its node went down for good, and its store could not be read (disk I/O error)"
+                .to_owned(),
+        });
+        let account = format!("not known whether it was sent: its send got no answer ({error}), and its node went down for good, and its store could not be read (disk I/O error)");
+        assert_eq!(r.injects[0].state, "unknown");
+        assert_eq!(r.injects[0].unanswered.as_deref(), Some(account.as_str()));
+        let accepted = r
+            .invariants
+            .iter()
+            .find(|x| x.name == "every inject accepted")
+            .expect("invariant");
+        assert!(!accepted.held);
+        assert_eq!(accepted.detail, format!("0 of 1; \"check\" {account}"));
+        for o in &r.objectives {
+            assert!(!o.met, "{o:?}");
+            assert_eq!(o.failed, [format!("inject \"check\": {account}")], "{o:?}");
+        }
+        assert_eq!(
+            acks_invariant(&r).detail,
+            format!("0 of 0 acknowledged; not required of \"check\": {account}")
+        );
+        let text = summary(&r);
+        assert!(!text.contains("never sent"), "{text}");
+        assert!(text.contains(&account), "{text}");
+        let html = crate::html::render(&r);
+        assert!(!html.contains("never sent"), "{html}");
+        assert!(
+            html.contains(&format!("△?<title>check due, {account}, by SEC</title>")),
+            "{html}"
+        );
+        // Its node's store keeps nothing under the send's key: never sent, and why it is known.
+        let r = with(NoAnswer::NotStored {
+            error: error.clone(),
+        });
+        assert_eq!(r.injects[0].state, "not sent");
+        let account = format!("never sent: its send got no answer ({error}), and its node, down at the end, holds no message under its key");
+        assert_eq!(
+            objective(&r, "delivered").failed,
+            [format!("inject \"check\": {account}")]
+        );
+        assert!(summary(&r).contains(&account), "{}", summary(&r));
     }
 
     /// The report says what it knows of each inject, no more: one sent whose sender's node
@@ -2608,6 +2754,79 @@ expect = "delivered"
         assert!(!text.contains("at node"), "{text}");
     }
 
+    /// SEC's node killed at 5 s and down to the end; KAZ's acknowledgement reached it, KGZ's
+    /// was given at KGZ's node only, at 6 s (its matrix cell `0.50s / 6.00s at node`), and
+    /// with `overdue` SEC had marked KGZ overdue at 3 s, before it went down. The report
+    /// built from it.
+    fn kgz_acked_at_node(overdue: bool) -> Report {
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+            ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
+        ]);
+        let matrix = vec![
+            row("KAZ", Some(1500), Some(3000), None),
+            row("KGZ", Some(1500), None, overdue.then_some(4000)),
+        ];
+        let checks = StoreChecks {
+            journals: vec![("relay".into(), Ok(3))],
+            receipts: (3, 0),
+            receipts_unread: vec![],
+            quarantined: vec![],
+        };
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
+        );
+        score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks)
+    }
+
+    /// The HTML timeline draws an acknowledgement given at the recipient's node that never
+    /// reached its sender (down at the end), hollow, where it was given, and says so in its
+    /// title and the legend: the matrix cell said `6.00s at node` and the timeline had no
+    /// mark of it, as if KGZ had never acknowledged. KAZ's, which SEC holds, is drawn
+    /// filled, as ever.
+    #[test]
+    fn the_timeline_draws_an_acknowledgement_given_at_the_recipients_node() {
+        let html = crate::html::render(&kgz_acked_at_node(false));
+        assert!(
+            html.contains("<title>KAZ acknowledged alert at +2.0s</title></rect>"),
+            "{html}"
+        );
+        let mark = html
+            .split("<rect ")
+            .find(|r| r.contains("<title>KGZ acknowledged alert at its node at +6.0s"))
+            .unwrap_or_else(|| panic!("no mark of KGZ's acknowledgement: {html}"));
+        assert!(
+            mark.contains("fill=\"#fff\"")
+                && mark.contains("never reached SEC (node down at the end)</title>"),
+            "hollow, saying why: {mark}"
+        );
+        assert!(
+            html.contains("□ acknowledged at the recipient's node only"),
+            "the legend names it: {html}"
+        );
+    }
+
+    /// An overdue cell is red, as the legend says, whether or not its recipient acknowledged
+    /// at its node later: the respond-by passed with its sender holding no acknowledgement,
+    /// which is what red says. One acknowledged at the node and not overdue is yellow. The
+    /// cell overdue and acknowledged at the node was yellow while the legend said "red:
+    /// overdue".
+    #[test]
+    fn an_overdue_cell_is_red_as_the_legend_says() {
+        let html = crate::html::render(&kgz_acked_at_node(true));
+        assert!(
+            html.contains("<td class=\"bad\">0.50s / 6.00s at node OVERDUE</td>"),
+            "{html}"
+        );
+        assert!(html.contains("red: overdue"), "{html}");
+        let html = crate::html::render(&kgz_acked_at_node(false));
+        assert!(
+            html.contains("<td class=\"late\">0.50s / 6.00s at node</td>"),
+            "{html}"
+        );
+    }
+
     /// An `overdue_escalated` objective on a message whose sender's node is down to the end
     /// cannot be met once it is not: only the sender's node marks a message overdue and runs
     /// the escalation hook. The report names it unmeetable, and why (or, for KAZ, who
@@ -2687,12 +2906,14 @@ expect = "delivered"
                     id: Some("m1".into()),
                     sent_at_ms: Some(1000),
                     refused: None,
+                    no_answer: None,
                 },
                 Sent {
                     inject: sc.injects[1].clone(),
                     id: None,
                     sent_at_ms: None,
                     refused: None,
+                    no_answer: None,
                 },
             ],
             sent_views: vec![view, Value::Null],

@@ -110,6 +110,10 @@ struct Inject {
     sent_at_ms: Option<u64>,
     /// Why the sender's node refused it for good (an HTTP 4xx answer): not retried.
     refused: Option<String>,
+    /// The first error of a send of it that left it unknown whether its node stored the
+    /// message (no answer in time, a connection dropped, a 5xx), while it has no id: the
+    /// node may hold it under its key ([`learn_unanswered`]).
+    unanswered: Option<String>,
 }
 
 /// The nodes a fault has taken down for good, as the early end sees them ([`decided`]):
@@ -136,6 +140,10 @@ struct Gone {
     /// Of those messages, the ones the relay's store does not hold: they never left their
     /// sender, and nothing can deliver them ([`Gone::never_reaches`]).
     unrelayed: HashSet<String>,
+    /// The injects whose send got no answer that were looked up by their key in the store
+    /// of their sender, in `down`, and are not there ([`learn_unanswered`]): never sent,
+    /// and not looked up again (nothing writes to that store any more).
+    keys_read: HashSet<usize>,
 }
 
 impl Gone {
@@ -191,6 +199,29 @@ impl Gone {
                 self.relay_read.insert(p.clone());
             }
         }
+    }
+
+    /// Looks up by its key, in its sender's store, each inject of a sender in `down` whose
+    /// send got no answer ([`learn_unanswered`]): one found there is sent (its id is set);
+    /// one not there never was, and is not looked up again (`keys_read`). A store that
+    /// cannot be read is tried again at the next sweep.
+    fn read_keys(
+        &mut self,
+        injects: &mut [Inject],
+        scenario: &Scenario,
+        run_key: &str,
+        dep: &Deployment,
+    ) {
+        let look = |i: usize| {
+            self.down.contains(&scenario.injects[i].from) && !self.keys_read.contains(&i)
+        };
+        let learnt = learn_unanswered(injects, scenario, run_key, Some(dep), &self.down, look);
+        self.keys_read.extend(
+            learnt
+                .into_iter()
+                .filter(|(_, na)| matches!(na, report::NoAnswer::NotStored { .. }))
+                .map(|(i, _)| i),
+        );
     }
 
     /// Reads the store at rest of each node in `down` not read yet. One that cannot be
@@ -425,6 +456,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             id: None,
             sent_at_ms: None,
             refused: None,
+            unanswered: None,
         })
         .collect();
     let mut pending_injects: Vec<usize> = Vec::new();
@@ -605,6 +637,7 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                 Ok(v) => {
                     injects[i].id = v["id"].as_str().map(str::to_owned);
                     injects[i].sent_at_ms = Some(crate::now_ms());
+                    injects[i].unanswered = None;
                     let again = if v["repeated"] == true {
                         ", stored by an earlier attempt whose answer was lost"
                     } else {
@@ -647,6 +680,14 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                         inj.name,
                         inj.from
                     );
+                    // Its node may have stored it (not when nothing was listening: then it
+                    // was asked nothing). Should no later attempt be answered, the drill
+                    // learns it from the node's store ([`learn_unanswered`]).
+                    if hotline_node::client::unknown_outcome(&e)
+                        && !matches!(e, hotline_node::client::ClientError::NotRunning(_))
+                    {
+                        injects[i].unanswered.get_or_insert_with(|| e.to_string());
+                    }
                     still.push(i);
                 }
             }
@@ -751,6 +792,11 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
                     gone.down.clone_from(&down);
                     if let Some(sim) = sim.as_ref() {
                         gone.read_stores(&sim.dep);
+                        // A send with no answer that its sender's node, down for good, stored:
+                        // sent, and its message waited for as any other of that node's; no
+                        // longer waiting to be sent.
+                        gone.read_keys(&mut injects, &scenario, &run_key, &sim.dep);
+                        pending_injects.retain(|i| injects[*i].id.is_none());
                         // The relay's log is copied only while a node down is still to be
                         // looked up there (once each: it can be long).
                         if gone.down.iter().any(|p| !gone.relay_read.contains(p)) {
@@ -781,6 +827,24 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
         progress!();
     }
     let wall_s = start.elapsed().as_secs_f64();
+    // The injects whose send got no answer, and that no later attempt was answered for:
+    // sent if their node stored them, never sent if it did not, or not known.
+    let no_answer = learn_unanswered(
+        &mut injects,
+        &scenario,
+        &run_key,
+        sim.as_ref().map(|s| &s.dep),
+        &down,
+        |_| true,
+    );
+    for (i, learnt) in &no_answer {
+        progress!(
+            "  inject {:?} from {}: {}",
+            scenario.injects[*i].name,
+            scenario.injects[*i].from,
+            learnt.account()
+        );
+    }
 
     let Picture {
         sent_views,
@@ -863,11 +927,13 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
             .injects
             .iter()
             .zip(&injects)
-            .map(|(s, i)| report::Sent {
+            .enumerate()
+            .map(|(k, (s, i))| report::Sent {
                 inject: s.clone(),
                 id: i.id.clone(),
                 sent_at_ms: i.sent_at_ms,
                 refused: i.refused.clone(),
+                no_answer: no_answer.get(&k).cloned(),
             })
             .collect(),
         sent_views,
@@ -910,6 +976,80 @@ fn node_at_rest(dep: Option<&Deployment>, p: &str) -> Result<report::AtRest, Str
             Err("live mode: the drill reads no store of a deployment it did not start".to_owned())
         }
     }
+}
+
+/// The message that the send with `Idempotency-Key` `key` stored at `p`'s node, read from
+/// the node's store, read-only, with when it was stored; `None` if the store keeps nothing
+/// under the key; or why it could not be read: no such node, or live mode (the drill reads
+/// no store of a deployment it did not start).
+fn keyed_in_store(
+    dep: Option<&Deployment>,
+    p: &str,
+    key: &str,
+) -> Result<Option<(String, u64)>, String> {
+    match dep.map(|d| d.nodes.get(p)) {
+        Some(Some(n)) => report::keyed_at_rest(&n.data_dir, key),
+        Some(None) => Err("no such node in the deployment".to_owned()),
+        None => {
+            Err("live mode: the drill reads no store of a deployment it did not start".to_owned())
+        }
+    }
+}
+
+/// What the drill learns of each inject with no id whose send got no answer
+/// ([`Inject::unanswered`]) and for which `look` holds, from its sender's node's store,
+/// read-only, by the send's `Idempotency-Key` ([`inject_key`]). The node records the key in
+/// the transaction that stores the message: a store that keeps it names the message sent;
+/// the store of a node down for good (in `down`) that does not keep it holds no message from
+/// that send, now or later. One found is sent: its id and time (the key's) are set, and said.
+/// Each other one looked up is in the answer, with what is known of it: never sent, or not
+/// known (its store could not be read, or its node is up and may store it yet). Its node
+/// may have stored and relayed it: it was reported "never sent".
+fn learn_unanswered(
+    injects: &mut [Inject],
+    scenario: &Scenario,
+    run_key: &str,
+    dep: Option<&Deployment>,
+    down: &HashSet<String>,
+    look: impl Fn(usize) -> bool,
+) -> BTreeMap<usize, report::NoAnswer> {
+    let mut out = BTreeMap::new();
+    for (i, inj) in injects.iter_mut().enumerate() {
+        let Some(error) = inj.unanswered.clone() else {
+            continue;
+        };
+        if inj.id.is_some() || inj.refused.is_some() || !look(i) {
+            continue;
+        }
+        let (name, from) = (&scenario.injects[i].name, &scenario.injects[i].from);
+        // Down at the end, or down for good in the early end's sweep: nothing of it writes
+        // to its store any more.
+        let is_down = down.contains(from);
+        let learnt = match keyed_in_store(dep, from, &inject_key(run_key, i)) {
+            Ok(Some((id, at_ms))) => {
+                progress!("\n  inject {name:?} from {from}: its send got no answer, but its node stored it ({id}), as its store shows under the send's key");
+                inj.id = Some(id);
+                inj.sent_at_ms = Some(at_ms);
+                inj.unanswered = None;
+                continue;
+            }
+            Ok(None) if is_down => report::NoAnswer::NotStored { error },
+            Ok(None) => report::NoAnswer::Unknown {
+                error,
+                why: "its node, up at the end, answered no later attempt, and had stored nothing under the send's key when its store was read".to_owned(),
+            },
+            Err(e) if is_down => report::NoAnswer::Unknown {
+                error,
+                why: format!("its node went down for good, and its store could not be read ({e})"),
+            },
+            Err(e) => report::NoAnswer::Unknown {
+                error,
+                why: format!("its node answered no later attempt, and its store could not be read ({e})"),
+            },
+        };
+        out.insert(i, learnt);
+    }
+    out
 }
 
 /// Reads the final picture: over each node's API; for one down at the end (`down`), in a
@@ -1987,6 +2127,114 @@ mod tests {
         assert_eq!(asked, 3);
     }
 
+    /// An inject whose send got no answer, its sender's node then down for good, is learnt
+    /// from that node's store, read-only, by the send's `Idempotency-Key`: SEC's node stored
+    /// "a" before its answer was lost, so "a" is sent, with that message's id and time, and
+    /// scored as any other (it was reported "never sent", though its node may have relayed
+    /// it); it stored nothing under "b"'s key, so "b" was never sent, and the report can say
+    /// how it knows; KAZ's store cannot be read (its node never made one), so whether "c"
+    /// was sent is not known. In live mode the drill reads no store: not known either.
+    #[test]
+    fn a_send_with_no_answer_is_learnt_from_its_nodes_store_by_its_key() {
+        use hotline_node::store::{Composed, Draft, Idempotency, NodeStore};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dep = Deployment::create(&tmp.path().join("dep"), crate::scenario::CICA_ROSTER)
+            .expect("deployment");
+        for p in ["SEC", "KAZ"] {
+            let relay = dep.relay_addr;
+            dep.add_node(p, relay, DRILL_PAGING_MS).expect("node");
+        }
+        let sc = Scenario::parse(
+            "name = \"t\"\nend_s = 10.0\n\
+             [[injects]]\nname = \"a\"\nat_s = 0.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n\
+             [[injects]]\nname = \"b\"\nat_s = 1.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\n\
+             [[injects]]\nname = \"c\"\nat_s = 1.0\nfrom = \"KAZ\"\nto = [\"SEC\"]\nsubject = \"s\"\n\
+             [[objectives]]\nname = \"o\"\ninject = \"a\"\nexpect = \"delivered\"\n",
+            "t.toml",
+        )
+        .expect("parses");
+        let kaz = hotline_proto::ParticipantId::new("KAZ").expect("id");
+        let id = {
+            // As SEC's node made it before it went down (KAZ's never started).
+            let data = &dep.nodes["SEC"].data_dir;
+            std::fs::create_dir_all(data).expect("data dir");
+            let mut store = NodeStore::open(data).expect("store");
+            let draft = Draft {
+                audience: hotline_proto::Audience::Participants(vec![kaz.clone()]),
+                kind: hotline_proto::Kind::Alert,
+                precedence: hotline_proto::Precedence::Routine,
+                status: hotline_proto::Status::Exercise,
+                respond_by_ms: None,
+                references: vec![],
+                category: None,
+                subject: "s".into(),
+                body: String::new(),
+            };
+            let idem = Idempotency {
+                key: inject_key("run", 0),
+                request: hotline_proto::Digest([1; 32]),
+            };
+            let me = hotline_proto::ParticipantId::new("SEC").expect("id");
+            let key = hotline_proto::SigningKey::from_bytes(&[1; 32]);
+            match store.compose_keyed(&me, &key, draft, &[kaz], 1, 5_000, &idem) {
+                Ok(Ok(Composed::New(signed))) => {
+                    signed.decode_unverified().expect("decodes").id.to_string()
+                }
+                _ => panic!("composes"),
+            }
+        };
+        let unanswered = || {
+            ["a", "b", "c"].map(|_| Inject {
+                id: None,
+                sent_at_ms: None,
+                refused: None,
+                unanswered: Some("no answer in time".to_owned()),
+            })
+        };
+        let down = HashSet::from(["SEC".to_owned(), "KAZ".to_owned()]);
+        let mut injects = unanswered();
+        let learnt = learn_unanswered(&mut injects, &sc, "run", Some(&dep), &down, |_| true);
+        assert_eq!(injects[0].id.as_deref(), Some(id.as_str()));
+        assert_eq!(injects[0].sent_at_ms, Some(5_000));
+        assert!(!learnt.contains_key(&0), "{learnt:?}");
+        assert!(
+            matches!(learnt.get(&1), Some(report::NoAnswer::NotStored { error }) if error == "no answer in time"),
+            "{learnt:?}"
+        );
+        assert!(
+            matches!(learnt.get(&2), Some(report::NoAnswer::Unknown { why, .. })
+                if why.starts_with("its node went down for good, and its store could not be read (")),
+            "{learnt:?}"
+        );
+        assert!(injects[1].id.is_none() && injects[2].id.is_none());
+        // Only those asked for are looked up.
+        let mut injects = unanswered();
+        let learnt = learn_unanswered(&mut injects, &sc, "run", Some(&dep), &down, |i| i == 1);
+        assert!(injects[0].id.is_none());
+        assert_eq!(learnt.keys().copied().collect::<Vec<_>>(), [1]);
+        // The early end's sweep, SEC alone down for good: "a" is sent, "b" never was and is
+        // not looked up again, KAZ's "c" is not looked up (its node may still answer).
+        let mut gone = Gone {
+            down: HashSet::from(["SEC".to_owned()]),
+            ..Gone::default()
+        };
+        let mut injects = unanswered();
+        gone.read_keys(&mut injects, &sc, "run", &dep);
+        assert_eq!(injects[0].id.as_deref(), Some(id.as_str()));
+        assert_eq!(gone.keys_read, HashSet::from([1]));
+        assert!(injects[2].id.is_none() && injects[2].unanswered.is_some());
+        // Live mode: no store is read, and nothing is known.
+        let mut injects = unanswered();
+        let learnt = learn_unanswered(&mut injects, &sc, "run", None, &down, |_| true);
+        assert!(injects[0].id.is_none());
+        assert!(
+            learnt
+                .values()
+                .all(|na| matches!(na, report::NoAnswer::Unknown { .. })),
+            "{learnt:?}"
+        );
+    }
+
     /// A node that is up at the end but whose API fails when the drill reads its inbox
     /// is not counted as holding nothing: its store is read instead, as a down node's is,
     /// and if that cannot be read either, its deliveries are not known. Its inbox was
@@ -2016,6 +2264,7 @@ mod tests {
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         // SEC's record of the message, as its node would have shown it: accepted.
         let view = json!({
@@ -2039,6 +2288,7 @@ mod tests {
                     id: Some("m1".into()),
                     sent_at_ms: Some(1000),
                     refused: None,
+                    no_answer: None,
                 }],
                 sent_views: vec![view.clone()],
                 at_rest: picture.at_rest,
@@ -2147,6 +2397,7 @@ mod tests {
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         let picture = final_picture(&sc, &injects, &clients, &HashSet::new(), None)
             .await
@@ -2476,6 +2727,7 @@ expect = "overdue_escalated"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         // KGZ has no node in this drill: its row is not waited for.
         let view = |accepted: Option<u64>, kaz: Option<u64>| {
@@ -2510,6 +2762,7 @@ expect = "overdue_escalated"
             id: None,
             sent_at_ms: None,
             refused: Some("HTTP 400".to_owned()),
+            unanswered: None,
         }];
         assert!(decided(
             &sc,
@@ -2561,6 +2814,7 @@ expect = "overdue_escalated"
                 id: Some("m1".to_owned()),
                 sent_at_ms: Some(1000),
                 refused: None,
+                unanswered: None,
             }];
             let early = decided(
                 &sc,
@@ -2586,6 +2840,7 @@ expect = "overdue_escalated"
                     id: Some("m1".into()),
                     sent_at_ms: Some(1000),
                     refused: None,
+                    no_answer: None,
                 }],
                 sent_views: vec![view],
                 at_rest: BTreeMap::new(),
@@ -2694,6 +2949,7 @@ expect = "acknowledged"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         let early = |gone: &Gone| {
             decided(
@@ -2731,6 +2987,7 @@ expect = "acknowledged"
                     id: Some("m1".into()),
                     sent_at_ms: Some(1000),
                     refused: None,
+                    no_answer: None,
                 }],
                 sent_views: vec![view.clone()],
                 // MNG's node is down: its inbox is read from its store at rest.
@@ -2784,6 +3041,7 @@ expect = "acknowledged"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         let row = |p: &str, delivered: Option<u64>| json!({"recipient": p, "delivered_at_ms": delivered, "acked_at_ms": null, "overdue_at_ms": null});
         let view = |accepted: Option<u64>, kaz: Option<u64>, mng: Option<u64>| {
@@ -2828,6 +3086,7 @@ expect = "acknowledged"
             id: None,
             sent_at_ms: None,
             refused: None,
+            unanswered: None,
         }];
         let never = |gone: &Gone| decided(&sc, &unsent, &[None], None, Some(&nodes), gone, &roster);
         assert!(!never(&sec_gone), "still to be sent: waited for");
@@ -2857,6 +3116,7 @@ expect = "acknowledged"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         let view = |kaz_acked: Option<u64>| {
             json!({
@@ -2906,6 +3166,7 @@ expect = "acknowledged"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         // Each acknowledged at its own node once it held it (the acknowledgement it requires
         // is waited for there: `a_down_senders_message_waits_for_its_recipients_own_acknowledgements`).
@@ -2963,6 +3224,7 @@ expect = "acknowledged"
             id: Some("m1".to_owned()),
             sent_at_ms: Some(1000),
             refused: None,
+            unanswered: None,
         }];
         // Never accepted, as SEC's store at rest has it; MNG is offline to the end.
         let view = |kaz: Option<u64>| {

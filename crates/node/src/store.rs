@@ -3608,6 +3608,25 @@ impl NodeReader {
         sent_page(&tx, before, limit)
     }
 
+    /// The message that the send which came with idempotency key `key` stored, and when
+    /// (the key's time), if the store keeps the key (`None` if it does not: no send with it
+    /// stored a message, or the key was forgotten, [`crate::limits::IDEMPOTENCY_KEY_KEPT_MS`]),
+    /// whatever request it came with. For a client that lost the answer to a keyed send and
+    /// cannot ask the node again: a drill whose sender's node went down for good (it reads
+    /// the store at rest, read-only). A key is recorded in the transaction that stores its
+    /// message, so that a store that does not keep it, read after its node stopped, holds
+    /// no message from that send.
+    pub fn keyed_message(&self, key: &str) -> Result<Option<(MessageId, u64)>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT id, created_at_ms FROM idempotency WHERE key = ?1")?
+            .query_row([key], |r| {
+                Ok((blob_array::<16>(r.get(0)?, 0)?, r.get::<_, u64>(1)?))
+            })
+            .optional()?;
+        Ok(row.map(|(id, at)| (MessageId(id), at)))
+    }
+
     /// [`NodeStore::receipts_in`], read-only: for a check of a store at rest, which must
     /// change nothing in what it checks (a drill's `check_stores`).
     pub fn receipts_in(&self) -> Result<Vec<Signed<Receipt>>, StoreError> {
@@ -3775,6 +3794,12 @@ mod tests {
         ));
         assert_eq!(sent(&store), 1, "nothing more was stored");
         assert_eq!(store.keyed(&idem("unknown", 1), NOW).unwrap(), None);
+        // A reader of the store at rest finds the message by its key alone (a drill whose
+        // send got no answer and whose node went down), and nothing under a key not kept.
+        let reader = NodeReader::open(dir.path()).unwrap();
+        assert_eq!(reader.keyed_message("k").unwrap(), Some((id, NOW)));
+        assert_eq!(reader.keyed_message("unknown").unwrap(), None);
+        drop(reader);
         // Kept for its time and no longer: the key then names a new message.
         let last = NOW + IDEMPOTENCY_KEY_KEPT_MS;
         assert_eq!(store.keyed(&idem("k", 1), last).unwrap(), Some(same));
