@@ -171,6 +171,12 @@ CREATE TABLE IF NOT EXISTS answers (
     id BLOB NOT NULL,
     PRIMARY KEY (ref, id)
 ) WITHOUT ROWID;
+-- A sent message's answers are counted, ordered and told apart by sender from here
+-- (`answer_counts`, `answers_of`), not from their rows: in a row, `received_at_ms` comes
+-- after the envelope's bytes, and SQLite reaches it through the pages of those bytes (up to
+-- 80 KiB an answer, for every answer of every message of a page). Added without a raise of
+-- the schema version, as `quarantine_by_time` below.
+CREATE INDEX IF NOT EXISTS inbox_answering ON inbox (id, received_at_ms, sender);
 CREATE TABLE IF NOT EXISTS quarantine (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
@@ -585,6 +591,9 @@ pub struct MatrixRow {
     /// acknowledged, as it attests (and as the relay's report shows). `acked_at_ms` is when
     /// that reached this node, and decides overdue.
     pub acked_signed_at_ms: Option<u64>,
+    /// When this node stored this recipient's first answer (a received message from it that
+    /// references this one), if any: of all its answers, not only those listed.
+    pub answered_at_ms: Option<u64>,
 }
 
 /// A sent message with its state.
@@ -598,8 +607,11 @@ pub struct SentMessage {
     pub rejected: Option<(String, String)>,
     /// Per recipient.
     pub matrix: Vec<MatrixRow>,
-    /// Received messages that reference it, oldest first.
+    /// Received messages that reference it, oldest first: the first
+    /// [`crate::limits::ANSWERS_LISTED_MAX`] of them.
     pub answers: Vec<Answer>,
+    /// How many received messages reference it, all of them.
+    pub answers_total: u64,
 }
 
 /// A received message that references one this node sent (a reply, an update).
@@ -3500,19 +3512,71 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
             overdue_at_ms: r.get(5)?,
             delivered_signed_at_ms: r.get(6)?,
             acked_signed_at_ms: r.get(7)?,
+            answered_at_ms: None,
         })
     })?;
-    let matrix = rows.collect::<rusqlite::Result<_>>()?;
-    let mut st = conn.prepare_cached(
-        "SELECT i.bytes, i.key, i.sig, i.received_at_ms FROM answers a JOIN inbox i ON i.id = a.id WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid",
-    )?;
-    let held = st
-        .query_map([&id.0[..]], |r| {
-            Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut answers = Vec::with_capacity(held.len());
-    for (signed, received_at_ms) in held {
+    let mut matrix: Vec<MatrixRow> = rows.collect::<rusqlite::Result<_>>()?;
+    let (answers_total, first) = answer_counts(conn, id)?;
+    for row in &mut matrix {
+        row.answered_at_ms = first.get(row.recipient.as_str()).copied();
+    }
+    Ok(Some(SentMessage {
+        envelope: decode_stored(&s)?,
+        accepted_at_ms: accepted,
+        rejected: code.map(|c| (c, detail.unwrap_or_default())),
+        matrix,
+        answers: answers_of(conn, id, crate::limits::ANSWERS_LISTED_MAX)?,
+        answers_total,
+    }))
+}
+
+/// How many received messages reference our message `id`, and when this node stored the
+/// first from each sender: read along `inbox_answering` alone, no answer's row (named: by
+/// the unique index on `id`, SQLite read every answer's row for its time and sender).
+fn answer_counts(
+    conn: &Connection,
+    id: &MessageId,
+) -> Result<(u64, HashMap<String, u64>), StoreError> {
+    let mut st = conn.prepare_cached(ANSWER_COUNTS_SQL)?;
+    let mut total = 0;
+    let mut first = HashMap::new();
+    let rows = st.query_map([&id.0[..]], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (sender, at, n) = row?;
+        total += n;
+        first.insert(sender, at);
+    }
+    Ok((total, first))
+}
+
+/// The received messages that reference our message `id`, oldest first (by arrival, then by
+/// row), the first `limit` of them. Which they are is read along `inbox_answering`; then
+/// each one's envelope, one at a time, for its kind and subject: read all at once, with the
+/// sort, they were every answer's envelope (bodies included) held together.
+fn answers_of(conn: &Connection, id: &MessageId, limit: usize) -> Result<Vec<Answer>, StoreError> {
+    let rows: Vec<i64> = conn
+        .prepare_cached(ANSWERS_FIRST_SQL)?
+        .query_map(params![&id.0[..], limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut answers = Vec::with_capacity(rows.len());
+    let mut st =
+        conn.prepare_cached("SELECT bytes, key, sig, received_at_ms FROM inbox WHERE rowid = ?1")?;
+    for row in rows {
+        let held = st
+            .query_row([row], |r| {
+                Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
+            })
+            .optional()?;
+        // Read in the snapshot that listed it: always there.
+        let Some((signed, received_at_ms)) = held else {
+            continue;
+        };
         let e = decode_stored(&signed)?;
         answers.push(Answer {
             id: e.id,
@@ -3522,14 +3586,19 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
             received_at_ms,
         });
     }
-    Ok(Some(SentMessage {
-        envelope: decode_stored(&s)?,
-        accepted_at_ms: accepted,
-        rejected: code.map(|c| (c, detail.unwrap_or_default())),
-        matrix,
-        answers,
-    }))
+    Ok(answers)
 }
+
+/// Per sender, when this node stored its first message that references our message `?1`,
+/// and how many it stored ([`answer_counts`]).
+const ANSWER_COUNTS_SQL: &str = "SELECT i.sender, MIN(i.received_at_ms), COUNT(*) \
+     FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?1 GROUP BY i.sender";
+
+/// The rows of the first `?2` received messages that reference our message `?1`, oldest
+/// first ([`answers_of`]).
+const ANSWERS_FIRST_SQL: &str =
+    "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id \
+     WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid LIMIT ?2";
 
 /// A read-only connection to the node's store, for the local API's lists: each is read in
 /// one read transaction, a snapshot of the store as one commit left it, without the store's
@@ -5089,6 +5158,49 @@ mod tests {
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(held_digests(&store), out.held, "held across a restart");
+    }
+
+    /// A sent message's answers are found, ordered and counted along `inbox_answering`,
+    /// without their rows (an answer's arrival time and sender follow its envelope's bytes
+    /// there): a store from before the index gains it at open, with the version an older
+    /// node reads unchanged, as `quarantine_by_time` came.
+    #[test]
+    fn a_sent_messages_answers_are_found_and_counted_along_an_index() {
+        let dir = store_with_every_record();
+        {
+            let store = NodeStore::open(dir.path()).unwrap();
+            store
+                .conn
+                .execute_batch("DROP INDEX IF EXISTS inbox_answering")
+                .unwrap();
+        }
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        use rusqlite::types::Value;
+        let id = || Value::Blob(vec![0; 16]);
+        for (sql, args) in [
+            (ANSWERS_FIRST_SQL, vec![id(), Value::Integer(64)]),
+            (ANSWER_COUNTS_SQL, vec![id()]),
+        ] {
+            let steps: Vec<String> = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                steps
+                    .iter()
+                    .any(|step| step.contains("COVERING INDEX inbox_answering")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                steps.iter().all(|step| !step.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     /// The quarantine's page and a discard of the oldest read along an index, stopping at
