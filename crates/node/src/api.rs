@@ -1538,6 +1538,9 @@ struct InboxQuery {
     /// nowhere.
     #[serde(default)]
     unacknowledged: bool,
+    /// Only those that reference this message of ours: all its answers, where its view
+    /// lists the first `ANSWERS_LISTED_MAX`.
+    references: Option<String>,
 }
 
 /// A list's `?limit=`: any whole number from 0 up, one past what a `usize` holds taken as
@@ -1744,18 +1747,46 @@ async fn inbox(
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
     let unacknowledged = q.unacknowledged;
+    let references = q
+        .references
+        .as_deref()
+        .map(|r| {
+            r.parse::<MessageId>()
+                .map_err(|e| bad("bad_id", format!("references: {e}")))
+        })
+        .transpose()?;
+    let mut query = page_query(q.limit, unacknowledged);
+    if let Some(r) = &references {
+        query.push(format!("references={r}"));
+    }
     let built = off_runtime(&state, move |state| {
+        let Some(references) = references else {
+            return list_page(limit, before.as_ref(), "received message", |n, out| {
+                state
+                    .reader()
+                    .inbox_each(before.as_ref(), n, unacknowledged, |m| {
+                        out.take(m.envelope.id, &inbox_item(m))
+                    })
+            });
+        };
+        // Answers to a message this node sent: any other id (one received, one unknown)
+        // would list nothing, as if nobody had answered it.
+        if !state.reader().sent(&references).map_err(store_error)? {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("references: no sent message {references}"),
+            ));
+        }
         list_page(limit, before.as_ref(), "received message", |n, out| {
             state
                 .reader()
-                .inbox_each(before.as_ref(), n, unacknowledged, |m| {
+                .answers_each(&references, before.as_ref(), n, unacknowledged, |m| {
                     out.take(m.envelope.id, &inbox_item(m))
                 })
         })
     });
-    Ok(built
-        .await??
-        .answer("/v1/inbox", page_query(q.limit, unacknowledged)))
+    Ok(built.await??.answer("/v1/inbox", query))
 }
 
 /// Deliveries held in quarantine, newest first, a page at a time as the other lists: each
@@ -2769,6 +2800,7 @@ mod tests {
                     limit: None,
                     before: None,
                     unacknowledged: false,
+                    references: None,
                 }),
             ));
             // A list's answer, as JSON.
@@ -3771,6 +3803,127 @@ mod tests {
                 answered_at,
                 [("KGZ", &json!(2_000)), ("SEC", &json!(sec_at))],
                 "{v}"
+            );
+        }
+    }
+
+    /// `GET /v1/inbox?references=ID` lists all the answers to our message ID (its view
+    /// lists the first `ANSWERS_LISTED_MAX`), newest first a page at a time as the inbox,
+    /// its `Link` keeping the filter, with `unacknowledged=true` too; an id that is not a
+    /// message this node sent is a 404, not an empty list that says nobody answered.
+    #[tokio::test]
+    async fn the_inbox_lists_every_answer_to_a_sent_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let kgz = ParticipantId::new("KGZ").unwrap();
+        let to = [kgz.clone()];
+        let sent = state
+            .store()
+            .compose(
+                &state.me,
+                &state.key,
+                Draft::alert(&to, "Flooding"),
+                &to,
+                1,
+                1_500,
+            )
+            .unwrap()
+            .unwrap()
+            .decode_unverified()
+            .unwrap()
+            .id;
+        // Answers and other messages, interleaved.
+        let mut answers = Vec::new();
+        let mut others = Vec::new();
+        for i in 0..7u64 {
+            let env = hotline_proto::Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: kgz.clone(),
+                seq: hotline_proto::Seq(i + 1),
+                audience: Audience::Participants(vec![state.me.clone()]),
+                kind: if i % 2 == 0 {
+                    Kind::Update
+                } else {
+                    Kind::Alert
+                },
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: if i % 2 == 0 { vec![sent] } else { vec![] },
+                category: None,
+                subject: format!("Level {i}"),
+                body: String::new(),
+            };
+            (if i % 2 == 0 {
+                &mut answers
+            } else {
+                &mut others
+            })
+            .push(env.id);
+            let signed =
+                hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                    .unwrap();
+            state
+                .store()
+                .store_deliveries(&[(signed, Ok(env))], 2_000 + i)
+                .unwrap();
+        }
+        // The newest answer is acknowledged.
+        state
+            .store()
+            .conn_for_tests()
+            .execute(
+                "UPDATE inbox SET acked_at_ms = 3000, officer = 'Desk' WHERE id = ?1",
+                [&answers[3].0[..]],
+            )
+            .unwrap();
+        answers.reverse();
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        let all = |first: String| {
+            let base = base.clone();
+            async move {
+                let mut listed = Vec::new();
+                let mut links = Vec::new();
+                let mut path = Some(first);
+                while let Some(p) = path {
+                    let (status, _, v, next) = get_page(&base, &p).await;
+                    assert_eq!(status, 200, "{p}: {v}");
+                    listed.extend(
+                        v.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|m| m["id"].as_str().unwrap().to_owned()),
+                    );
+                    links.extend(next.clone());
+                    path = next;
+                }
+                (listed, links)
+            }
+        };
+        let ids = |ids: &[MessageId]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let (listed, links) = all(format!("/v1/inbox?limit=3&references={sent}")).await;
+        assert_eq!(listed, ids(&answers));
+        assert_eq!(
+            links,
+            [format!(
+                "/v1/inbox?limit=3&references={sent}&before={}",
+                answers[2]
+            )]
+        );
+        let (listed, _) = all(format!("/v1/inbox?references={sent}&unacknowledged=true")).await;
+        assert_eq!(listed, ids(&answers[1..]));
+        for (wrong, status, code) in [
+            (others[0].to_string(), 404, "not_found"),
+            (MessageId([7; 16]).to_string(), 404, "not_found"),
+            ("nope".to_owned(), 400, "bad_id"),
+        ] {
+            let (s, v) = get_json(&base, &format!("/v1/inbox?references={wrong}")).await;
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (status, Some(code)),
+                "{wrong}: {v}"
             );
         }
     }

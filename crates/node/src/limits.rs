@@ -293,9 +293,10 @@ const _: () =
 
 /// Answers (received messages that reference it) a sent message's view lists, the oldest
 /// first; `answers_total` counts them all, each recipient's `answered_at_ms` and `answered`
-/// are read from them all. Listed whole, a message to 37 whose recipients each replied and
-/// updated a hundred times had every answer's envelope (up to `ENVELOPE_BYTES_MAX` each)
-/// read into memory at once, for every sent message of a page. 64: more than one answer from each participant
+/// are read from them all, and `GET /v1/inbox?references=ID` lists them all, a page at a
+/// time. Listed whole, a message to 37 whose recipients each replied and updated a hundred
+/// times had every answer's envelope (up to `ENVELOPE_BYTES_MAX` each) read into memory at
+/// once, for every sent message of a page. 64: more than one answer from each participant
 /// of a whole roster, some 25 KiB of JSON with ordinary subjects (each answer is its id,
 /// sender, kind, subject and time) and at most about 112 KiB.
 pub const ANSWERS_LISTED_MAX: usize = 64;

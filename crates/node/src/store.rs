@@ -3196,22 +3196,8 @@ fn inbox_rows(
     unacknowledged: bool,
     mut each: impl FnMut(InboxMessage) -> ControlFlow<()>,
 ) -> Result<Option<()>, StoreError> {
-    // Where the page starts: below this arrival time and row, in the list's order.
-    let (time, row) = match before {
-        None => (i64::MAX, i64::MAX),
-        Some(id) => {
-            let at = conn
-                .query_row(
-                    "SELECT received_at_ms, rowid FROM inbox WHERE id = ?1",
-                    [&id.0[..]],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?;
-            match at {
-                Some(at) => at,
-                None => return Ok(None),
-            }
-        }
+    let Some((time, row)) = inbox_cursor(conn, before)? else {
+        return Ok(None);
     };
     let (from, only) = if unacknowledged {
         ("inbox INDEXED BY inbox_page_due", "acked_at_ms IS NULL AND")
@@ -3226,6 +3212,72 @@ fn inbox_rows(
     let rows = st.query_map(params![limit as i64, time, row], InboxRow::read)?;
     for row in rows {
         if each(row?.into_message()?).is_break() {
+            break;
+        }
+    }
+    Ok(Some(()))
+}
+
+/// Where a page of the inbox after received message `before` starts, in the list's order:
+/// below this arrival time and row (from the top without `before`). `None` if this node
+/// received no message `before`.
+fn inbox_cursor(
+    conn: &Connection,
+    before: Option<&MessageId>,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let Some(id) = before else {
+        return Ok(Some((i64::MAX, i64::MAX)));
+    };
+    Ok(conn
+        .query_row(
+            "SELECT received_at_ms, rowid FROM inbox WHERE id = ?1",
+            [&id.0[..]],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?)
+}
+
+/// The received messages that reference our message `references` (its answers), as
+/// [`inbox_rows`] lists the inbox: newest first, after received message `before`, only
+/// those not yet acknowledged with `unacknowledged`, each given to `each` as it is read
+/// until `each` breaks. Which they are is read along `inbox_answering` (with each row's
+/// acknowledgement for `unacknowledged`), then each message, one at a time. `None` if this
+/// node received no message `before`.
+fn answer_rows(
+    conn: &Connection,
+    references: &MessageId,
+    before: Option<&MessageId>,
+    limit: usize,
+    unacknowledged: bool,
+    mut each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+) -> Result<Option<()>, StoreError> {
+    let Some((time, row)) = inbox_cursor(conn, before)? else {
+        return Ok(None);
+    };
+    let only = if unacknowledged {
+        "AND i.acked_at_ms IS NULL"
+    } else {
+        ""
+    };
+    let rows: Vec<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?4 {only} \
+             AND i.received_at_ms <= ?2 AND (i.received_at_ms < ?2 OR i.rowid < ?3) \
+             ORDER BY i.received_at_ms DESC, i.rowid DESC LIMIT ?1"
+        ))?
+        .query_map(params![limit as i64, time, row, &references.0[..]], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {INBOX_COLUMNS} FROM inbox WHERE rowid = ?1"
+    ))?;
+    for row in rows {
+        // Read in the snapshot that listed it: always there.
+        let Some(m) = st.query_row([row], InboxRow::read).optional()? else {
+            continue;
+        };
+        if each(m.into_message()?).is_break() {
             break;
         }
     }
@@ -3643,6 +3695,29 @@ impl NodeReader {
     ) -> Result<Option<()>, StoreError> {
         let tx = self.conn.transaction()?;
         inbox_rows(&tx, before, limit, unacknowledged, each)
+    }
+
+    /// [`answer_rows`], in one snapshot, as [`NodeReader::inbox_each`]: the received
+    /// messages that reference our message `references`.
+    pub fn answers_each(
+        &mut self,
+        references: &MessageId,
+        before: Option<&MessageId>,
+        limit: usize,
+        unacknowledged: bool,
+        each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+    ) -> Result<Option<()>, StoreError> {
+        let tx = self.conn.transaction()?;
+        answer_rows(&tx, references, before, limit, unacknowledged, each)
+    }
+
+    /// Whether this node sent message `id`.
+    pub fn sent(&self, id: &MessageId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM sent WHERE id = ?1", [&id.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// [`sent_rows`], in one snapshot, as [`NodeReader::inbox_each`].
