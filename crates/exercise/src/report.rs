@@ -887,11 +887,16 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
         for row in &mut rows {
             let m = matrix.get(&row.id);
             let got = inbox.get(&(row.id.clone(), id.clone().unwrap_or_default()));
-            let answered_at = answers
-                .iter()
-                .filter(|a| a["from"] == row.id.as_str())
-                .filter_map(|a| a["received_at_ms"].as_u64())
-                .min();
+            // The recipient's row says when its first answer came, of all its answers: the
+            // view lists only the first of them (`answers_total` counts them all), so those
+            // listed are looked at only for one the table has no row for.
+            let answered_at = m.and_then(|r| r["answered_at_ms"].as_u64()).or_else(|| {
+                answers
+                    .iter()
+                    .filter(|a| a["from"] == row.id.as_str())
+                    .filter_map(|a| a["received_at_ms"].as_u64())
+                    .min()
+            });
             // Where the drill has no node for the recipient (live mode), its delivery is
             // known from the sender's table alone.
             let delivered_at = if has_node(&row.id) {

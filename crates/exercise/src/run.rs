@@ -1572,7 +1572,9 @@ fn decided(
         let done = |p: &str, r: &Value| match o.expect.as_str() {
             "delivered" => r["delivered_at_ms"].is_u64(),
             "acknowledged" => r["acked_at_ms"].is_u64(),
-            "answered" => answers.iter().any(|a| a["from"] == p),
+            // The row's time is of all the recipient's answers; the view lists only the
+            // first of them.
+            "answered" => r["answered_at_ms"].is_u64() || answers.iter().any(|a| a["from"] == p),
             _ => report::escalation_shortfall(
                 p,
                 r["overdue_at_ms"].is_u64(),

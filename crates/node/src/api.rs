@@ -1469,28 +1469,16 @@ pub fn sent_json(s: SentMessage, now: u64) -> Value {
     sent_view(s, now)
 }
 
+/// A sent message's view: its `answers` are the first `ANSWERS_LISTED_MAX` (as the store
+/// reads them), `answers_total` counts them all, and each recipient's `answered_at_ms`, which
+/// `answered` counts, is the store's, of all its answers: read from the listed ones, a
+/// recipient whose first answer came after them would show none.
 fn sent_view(s: SentMessage, now: u64) -> Value {
     let e = &s.envelope;
-    // Each recipient's first answer, when this node stored it.
-    let mut answered_at: std::collections::HashMap<&ParticipantId, u64> =
-        std::collections::HashMap::new();
-    for a in &s.answers {
-        let at = answered_at.entry(&a.from).or_insert(a.received_at_ms);
-        *at = (*at).min(a.received_at_ms);
-    }
-    let recipients: Vec<Value> = s
-        .matrix
-        .iter()
-        .map(|r| {
-            let mut v = json!(r);
-            v["answered_at_ms"] = json!(answered_at.get(&r.recipient));
-            v
-        })
-        .collect();
     let answered = s
         .matrix
         .iter()
-        .filter(|r| answered_at.contains_key(&r.recipient))
+        .filter(|r| r.answered_at_ms.is_some())
         .count();
     let state = state_of(&s);
     let Counts {
@@ -1524,8 +1512,9 @@ fn sent_view(s: SentMessage, now: u64) -> Value {
         "acknowledged": acked,
         "overdue": overdue,
         "answered": answered,
-        "recipients": recipients,
+        "recipients": s.matrix,
         "answers": s.answers,
+        "answers_total": s.answers_total,
     })
 }
 
@@ -1566,6 +1555,9 @@ struct InboxQuery {
     /// nowhere.
     #[serde(default)]
     unacknowledged: bool,
+    /// Only those that reference this message of ours: all its answers, where its view
+    /// lists the first `ANSWERS_LISTED_MAX`.
+    references: Option<String>,
 }
 
 /// A list's `?limit=`: any whole number from 0 up, one past what a `usize` holds taken as
@@ -1772,18 +1764,46 @@ async fn inbox(
     let limit = q.limit.unwrap_or(API_LIST_MAX).min(API_LIST_MAX);
     let before = cursor(q.before.as_deref())?;
     let unacknowledged = q.unacknowledged;
+    let references = q
+        .references
+        .as_deref()
+        .map(|r| {
+            r.parse::<MessageId>()
+                .map_err(|e| bad("bad_id", format!("references: {e}")))
+        })
+        .transpose()?;
+    let mut query = page_query(q.limit, unacknowledged);
+    if let Some(r) = &references {
+        query.push(format!("references={r}"));
+    }
     let built = off_runtime(&state, move |state| {
+        let Some(references) = references else {
+            return list_page(limit, before.as_ref(), "received message", |n, out| {
+                state
+                    .reader()
+                    .inbox_each(before.as_ref(), n, unacknowledged, |m| {
+                        out.take(m.envelope.id, &inbox_item(m))
+                    })
+            });
+        };
+        // Answers to a message this node sent: any other id (one received, one unknown)
+        // would list nothing, as if nobody had answered it.
+        if !state.reader().sent(&references).map_err(store_error)? {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("references: no sent message {references}"),
+            ));
+        }
         list_page(limit, before.as_ref(), "received message", |n, out| {
             state
                 .reader()
-                .inbox_each(before.as_ref(), n, unacknowledged, |m| {
+                .answers_each(&references, before.as_ref(), n, unacknowledged, |m| {
                     out.take(m.envelope.id, &inbox_item(m))
                 })
         })
     });
-    Ok(built
-        .await??
-        .answer("/v1/inbox", page_query(q.limit, unacknowledged)))
+    Ok(built.await??.answer("/v1/inbox", query))
 }
 
 /// Deliveries held in quarantine, newest first, a page at a time as the other lists: each
@@ -2797,6 +2817,7 @@ mod tests {
                     limit: None,
                     before: None,
                     unacknowledged: false,
+                    references: None,
                 }),
             ));
             // A list's answer, as JSON.
@@ -3676,6 +3697,251 @@ mod tests {
                 break;
             }
             path = next.expect("the damaged delivery is on a page");
+        }
+    }
+
+    /// A sent message's view lists its first `ANSWERS_LISTED_MAX` answers, oldest first,
+    /// and counts them all (`answers_total`); each recipient's `answered_at_ms` and
+    /// `answered` are read from them all, so a recipient whose first answer came after
+    /// those listed is still counted. Every answer was read whole (envelope and body), and
+    /// all of them at once, for the view of one message and for each of a page of sent
+    /// messages: a message to 37 recipients who each replied and updated many times made
+    /// one item read without bound. The newest answer here is damaged in the store: a
+    /// view that reads it fails.
+    #[tokio::test]
+    async fn a_sent_message_lists_its_first_answers_and_counts_them_all() {
+        use crate::limits::ANSWERS_LISTED_MAX;
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (kgz, sec) = (
+            ParticipantId::new("KGZ").unwrap(),
+            ParticipantId::new("SEC").unwrap(),
+        );
+        let to = [kgz.clone(), sec.clone()];
+        let sent = state
+            .store()
+            .compose(
+                &state.me,
+                &state.key,
+                Draft::alert(&to, "Flooding upstream"),
+                &to,
+                1,
+                1_500,
+            )
+            .unwrap()
+            .unwrap()
+            .decode_unverified()
+            .unwrap()
+            .id;
+        let answer = |from: &ParticipantId, seq: u64, key: u8| {
+            let env = hotline_proto::Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: from.clone(),
+                seq: hotline_proto::Seq(seq),
+                audience: Audience::Participants(vec![state.me.clone()]),
+                kind: Kind::Update,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: vec![sent],
+                category: None,
+                subject: format!("Level at gauge {seq}"),
+                body: "x".repeat(60 * 1024),
+            };
+            let signed = hotline_proto::Signed::sign(
+                &env,
+                &hotline_proto::SigningKey::from_bytes(&[key; 32]),
+            )
+            .unwrap();
+            (signed, env)
+        };
+        // KGZ answers more often than a view lists, then SEC once: its first answer is past
+        // those listed.
+        let more = 5;
+        let mut kgz_answers = Vec::new();
+        for i in 0..(ANSWERS_LISTED_MAX + more) as u64 {
+            let (signed, env) = answer(&kgz, i + 1, 2);
+            kgz_answers.push(env.id.to_string());
+            state
+                .store()
+                .store_deliveries(&[(signed, Ok(env))], 2_000 + i)
+                .unwrap();
+        }
+        let (signed, env) = answer(&sec, 1, 4);
+        let sec_at = 9_000;
+        let sec_answer = env.id;
+        state
+            .store()
+            .store_deliveries(&[(signed, Ok(env))], sec_at)
+            .unwrap();
+        let damaged = state
+            .store()
+            .conn_for_tests()
+            .execute(
+                "UPDATE inbox SET key = x'00' WHERE id = ?1",
+                [&sec_answer.0[..]],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1);
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        let (status, one) = get_json(&base, &format!("/v1/messages/{sent}")).await;
+        assert_eq!(
+            status, 200,
+            "the view read past the answers it lists: {one}"
+        );
+        let (status, _, page, _) = get_page(&base, "/v1/messages").await;
+        assert_eq!(
+            status, 200,
+            "the page read past the answers it lists: {page}"
+        );
+        for v in [&one, &page[0]] {
+            let listed: Vec<&str> = v["answers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(listed, kgz_answers[..ANSWERS_LISTED_MAX], "{v}");
+            assert_eq!(
+                v["answers_total"],
+                json!(ANSWERS_LISTED_MAX + more + 1),
+                "{v}"
+            );
+            assert_eq!(v["answered"], json!(2), "{v}");
+            let answered_at: Vec<(&str, &Value)> = v["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["recipient"].as_str().unwrap(), &r["answered_at_ms"]))
+                .collect();
+            assert_eq!(
+                answered_at,
+                [("KGZ", &json!(2_000)), ("SEC", &json!(sec_at))],
+                "{v}"
+            );
+        }
+    }
+
+    /// `GET /v1/inbox?references=ID` lists all the answers to our message ID (its view
+    /// lists the first `ANSWERS_LISTED_MAX`), newest first a page at a time as the inbox,
+    /// its `Link` keeping the filter, with `unacknowledged=true` too; an id that is not a
+    /// message this node sent is a 404, not an empty list that says nobody answered.
+    #[tokio::test]
+    async fn the_inbox_lists_every_answer_to_a_sent_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let kgz = ParticipantId::new("KGZ").unwrap();
+        let to = [kgz.clone()];
+        let sent = state
+            .store()
+            .compose(
+                &state.me,
+                &state.key,
+                Draft::alert(&to, "Flooding"),
+                &to,
+                1,
+                1_500,
+            )
+            .unwrap()
+            .unwrap()
+            .decode_unverified()
+            .unwrap()
+            .id;
+        // Answers and other messages, interleaved.
+        let mut answers = Vec::new();
+        let mut others = Vec::new();
+        for i in 0..7u64 {
+            let env = hotline_proto::Envelope {
+                version: hotline_proto::PROTOCOL_VERSION,
+                id: MessageId::random(),
+                sender: kgz.clone(),
+                seq: hotline_proto::Seq(i + 1),
+                audience: Audience::Participants(vec![state.me.clone()]),
+                kind: if i % 2 == 0 {
+                    Kind::Update
+                } else {
+                    Kind::Alert
+                },
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                created_at_ms: 1_000,
+                respond_by_ms: None,
+                references: if i % 2 == 0 { vec![sent] } else { vec![] },
+                category: None,
+                subject: format!("Level {i}"),
+                body: String::new(),
+            };
+            (if i % 2 == 0 {
+                &mut answers
+            } else {
+                &mut others
+            })
+            .push(env.id);
+            let signed =
+                hotline_proto::Signed::sign(&env, &hotline_proto::SigningKey::from_bytes(&[2; 32]))
+                    .unwrap();
+            state
+                .store()
+                .store_deliveries(&[(signed, Ok(env))], 2_000 + i)
+                .unwrap();
+        }
+        // The newest answer is acknowledged.
+        state
+            .store()
+            .conn_for_tests()
+            .execute(
+                "UPDATE inbox SET acked_at_ms = 3000, officer = 'Desk' WHERE id = ?1",
+                [&answers[3].0[..]],
+            )
+            .unwrap();
+        answers.reverse();
+        let (base, _server) = serve_on_loopback(router(state)).await;
+        let all = |first: String| {
+            let base = base.clone();
+            async move {
+                let mut listed = Vec::new();
+                let mut links = Vec::new();
+                let mut path = Some(first);
+                while let Some(p) = path {
+                    let (status, _, v, next) = get_page(&base, &p).await;
+                    assert_eq!(status, 200, "{p}: {v}");
+                    listed.extend(
+                        v.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|m| m["id"].as_str().unwrap().to_owned()),
+                    );
+                    links.extend(next.clone());
+                    path = next;
+                }
+                (listed, links)
+            }
+        };
+        let ids = |ids: &[MessageId]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let (listed, links) = all(format!("/v1/inbox?limit=3&references={sent}")).await;
+        assert_eq!(listed, ids(&answers));
+        assert_eq!(
+            links,
+            [format!(
+                "/v1/inbox?limit=3&references={sent}&before={}",
+                answers[2]
+            )]
+        );
+        let (listed, _) = all(format!("/v1/inbox?references={sent}&unacknowledged=true")).await;
+        assert_eq!(listed, ids(&answers[1..]));
+        for (wrong, status, code) in [
+            (others[0].to_string(), 404, "not_found"),
+            (MessageId([7; 16]).to_string(), 404, "not_found"),
+            ("nope".to_owned(), 400, "bad_id"),
+        ] {
+            let (s, v) = get_json(&base, &format!("/v1/inbox?references={wrong}")).await;
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (status, Some(code)),
+                "{wrong}: {v}"
+            );
         }
     }
 

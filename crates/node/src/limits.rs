@@ -291,6 +291,22 @@ const _: () = assert!(API_PAGE_BYTES_MAX >= 12 * hotline_proto::limits::BODY_BYT
 const _: () =
     assert!(API_PAGE_BYTES_MAX * API_CONNECTIONS_MAX <= RELAYS_MAX * LINK_QUEUE_BYTES_MAX);
 
+/// Answers (received messages that reference it) a sent message's view lists, the oldest
+/// first; `answers_total` counts them all, each recipient's `answered_at_ms` and `answered`
+/// are read from them all, and `GET /v1/inbox?references=ID` lists them all, a page at a
+/// time. Listed whole, a message to 37 whose recipients each replied and updated a hundred
+/// times had every answer's envelope (up to `ENVELOPE_BYTES_MAX` each) read into memory at
+/// once, for every sent message of a page. 64: more than one answer from each participant
+/// of a whole roster, some 25 KiB of JSON with ordinary subjects (each answer is its id,
+/// sender, kind, subject and time) and at most about 112 KiB.
+pub const ANSWERS_LISTED_MAX: usize = 64;
+// The answers a view lists, each at its largest (a subject of control characters, each
+// escaped in six bytes, and its other fields), fill at most a quarter of a page.
+const _: () = assert!(
+    ANSWERS_LISTED_MAX * (6 * hotline_proto::limits::SUBJECT_BYTES_MAX + 256)
+        <= API_PAGE_BYTES_MAX / 4
+);
+
 /// Connections the local API serves at once; more wait in the kernel's listen queue until
 /// one closes. Connecting needs no token, and each connection holds a file descriptor: a
 /// local client that never closes its connections (a dashboard opening an event stream

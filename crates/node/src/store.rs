@@ -171,6 +171,12 @@ CREATE TABLE IF NOT EXISTS answers (
     id BLOB NOT NULL,
     PRIMARY KEY (ref, id)
 ) WITHOUT ROWID;
+-- A sent message's answers are counted, ordered and told apart by sender from here
+-- (`answer_counts`, `answers_of`), not from their rows: in a row, `received_at_ms` comes
+-- after the envelope's bytes, and SQLite reaches it through the pages of those bytes (up to
+-- 80 KiB an answer, for every answer of every message of a page). Added without a raise of
+-- the schema version, as `quarantine_by_time` below.
+CREATE INDEX IF NOT EXISTS inbox_answering ON inbox (id, received_at_ms, sender);
 CREATE TABLE IF NOT EXISTS quarantine (
     digest BLOB PRIMARY KEY,
     bytes BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL,
@@ -585,6 +591,9 @@ pub struct MatrixRow {
     /// acknowledged, as it attests (and as the relay's report shows). `acked_at_ms` is when
     /// that reached this node, and decides overdue.
     pub acked_signed_at_ms: Option<u64>,
+    /// When this node stored this recipient's first answer (a received message from it that
+    /// references this one), if any: of all its answers, not only those listed.
+    pub answered_at_ms: Option<u64>,
 }
 
 /// A sent message with its state.
@@ -598,8 +607,11 @@ pub struct SentMessage {
     pub rejected: Option<(String, String)>,
     /// Per recipient.
     pub matrix: Vec<MatrixRow>,
-    /// Received messages that reference it, oldest first.
+    /// Received messages that reference it, oldest first: the first
+    /// [`crate::limits::ANSWERS_LISTED_MAX`] of them.
     pub answers: Vec<Answer>,
+    /// How many received messages reference it, all of them.
+    pub answers_total: u64,
 }
 
 /// A received message that references one this node sent (a reply, an update).
@@ -3184,22 +3196,8 @@ fn inbox_rows(
     unacknowledged: bool,
     mut each: impl FnMut(InboxMessage) -> ControlFlow<()>,
 ) -> Result<Option<()>, StoreError> {
-    // Where the page starts: below this arrival time and row, in the list's order.
-    let (time, row) = match before {
-        None => (i64::MAX, i64::MAX),
-        Some(id) => {
-            let at = conn
-                .query_row(
-                    "SELECT received_at_ms, rowid FROM inbox WHERE id = ?1",
-                    [&id.0[..]],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?;
-            match at {
-                Some(at) => at,
-                None => return Ok(None),
-            }
-        }
+    let Some((time, row)) = inbox_cursor(conn, before)? else {
+        return Ok(None);
     };
     let (from, only) = if unacknowledged {
         ("inbox INDEXED BY inbox_page_due", "acked_at_ms IS NULL AND")
@@ -3214,6 +3212,72 @@ fn inbox_rows(
     let rows = st.query_map(params![limit as i64, time, row], InboxRow::read)?;
     for row in rows {
         if each(row?.into_message()?).is_break() {
+            break;
+        }
+    }
+    Ok(Some(()))
+}
+
+/// Where a page of the inbox after received message `before` starts, in the list's order:
+/// below this arrival time and row (from the top without `before`). `None` if this node
+/// received no message `before`.
+fn inbox_cursor(
+    conn: &Connection,
+    before: Option<&MessageId>,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let Some(id) = before else {
+        return Ok(Some((i64::MAX, i64::MAX)));
+    };
+    Ok(conn
+        .query_row(
+            "SELECT received_at_ms, rowid FROM inbox WHERE id = ?1",
+            [&id.0[..]],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?)
+}
+
+/// The received messages that reference our message `references` (its answers), as
+/// [`inbox_rows`] lists the inbox: newest first, after received message `before`, only
+/// those not yet acknowledged with `unacknowledged`, each given to `each` as it is read
+/// until `each` breaks. Which they are is read along `inbox_answering` (with each row's
+/// acknowledgement for `unacknowledged`), then each message, one at a time. `None` if this
+/// node received no message `before`.
+fn answer_rows(
+    conn: &Connection,
+    references: &MessageId,
+    before: Option<&MessageId>,
+    limit: usize,
+    unacknowledged: bool,
+    mut each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+) -> Result<Option<()>, StoreError> {
+    let Some((time, row)) = inbox_cursor(conn, before)? else {
+        return Ok(None);
+    };
+    let only = if unacknowledged {
+        "AND i.acked_at_ms IS NULL"
+    } else {
+        ""
+    };
+    let rows: Vec<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?4 {only} \
+             AND i.received_at_ms <= ?2 AND (i.received_at_ms < ?2 OR i.rowid < ?3) \
+             ORDER BY i.received_at_ms DESC, i.rowid DESC LIMIT ?1"
+        ))?
+        .query_map(params![limit as i64, time, row, &references.0[..]], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {INBOX_COLUMNS} FROM inbox WHERE rowid = ?1"
+    ))?;
+    for row in rows {
+        // Read in the snapshot that listed it: always there.
+        let Some(m) = st.query_row([row], InboxRow::read).optional()? else {
+            continue;
+        };
+        if each(m.into_message()?).is_break() {
             break;
         }
     }
@@ -3500,19 +3564,71 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
             overdue_at_ms: r.get(5)?,
             delivered_signed_at_ms: r.get(6)?,
             acked_signed_at_ms: r.get(7)?,
+            answered_at_ms: None,
         })
     })?;
-    let matrix = rows.collect::<rusqlite::Result<_>>()?;
-    let mut st = conn.prepare_cached(
-        "SELECT i.bytes, i.key, i.sig, i.received_at_ms FROM answers a JOIN inbox i ON i.id = a.id WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid",
-    )?;
-    let held = st
-        .query_map([&id.0[..]], |r| {
-            Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut answers = Vec::with_capacity(held.len());
-    for (signed, received_at_ms) in held {
+    let mut matrix: Vec<MatrixRow> = rows.collect::<rusqlite::Result<_>>()?;
+    let (answers_total, first) = answer_counts(conn, id)?;
+    for row in &mut matrix {
+        row.answered_at_ms = first.get(row.recipient.as_str()).copied();
+    }
+    Ok(Some(SentMessage {
+        envelope: decode_stored(&s)?,
+        accepted_at_ms: accepted,
+        rejected: code.map(|c| (c, detail.unwrap_or_default())),
+        matrix,
+        answers: answers_of(conn, id, crate::limits::ANSWERS_LISTED_MAX)?,
+        answers_total,
+    }))
+}
+
+/// How many received messages reference our message `id`, and when this node stored the
+/// first from each sender: read along `inbox_answering` alone, no answer's row (named: by
+/// the unique index on `id`, SQLite read every answer's row for its time and sender).
+fn answer_counts(
+    conn: &Connection,
+    id: &MessageId,
+) -> Result<(u64, HashMap<String, u64>), StoreError> {
+    let mut st = conn.prepare_cached(ANSWER_COUNTS_SQL)?;
+    let mut total = 0;
+    let mut first = HashMap::new();
+    let rows = st.query_map([&id.0[..]], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (sender, at, n) = row?;
+        total += n;
+        first.insert(sender, at);
+    }
+    Ok((total, first))
+}
+
+/// The received messages that reference our message `id`, oldest first (by arrival, then by
+/// row), the first `limit` of them. Which they are is read along `inbox_answering`; then
+/// each one's envelope, one at a time, for its kind and subject: read all at once, with the
+/// sort, they were every answer's envelope (bodies included) held together.
+fn answers_of(conn: &Connection, id: &MessageId, limit: usize) -> Result<Vec<Answer>, StoreError> {
+    let rows: Vec<i64> = conn
+        .prepare_cached(ANSWERS_FIRST_SQL)?
+        .query_map(params![&id.0[..], limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut answers = Vec::with_capacity(rows.len());
+    let mut st =
+        conn.prepare_cached("SELECT bytes, key, sig, received_at_ms FROM inbox WHERE rowid = ?1")?;
+    for row in rows {
+        let held = st
+            .query_row([row], |r| {
+                Ok((signed_at::<Envelope>(r, 0)?, r.get::<_, u64>(3)?))
+            })
+            .optional()?;
+        // Read in the snapshot that listed it: always there.
+        let Some((signed, received_at_ms)) = held else {
+            continue;
+        };
         let e = decode_stored(&signed)?;
         answers.push(Answer {
             id: e.id,
@@ -3522,14 +3638,19 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
             received_at_ms,
         });
     }
-    Ok(Some(SentMessage {
-        envelope: decode_stored(&s)?,
-        accepted_at_ms: accepted,
-        rejected: code.map(|c| (c, detail.unwrap_or_default())),
-        matrix,
-        answers,
-    }))
+    Ok(answers)
 }
+
+/// Per sender, when this node stored its first message that references our message `?1`,
+/// and how many it stored ([`answer_counts`]).
+const ANSWER_COUNTS_SQL: &str = "SELECT i.sender, MIN(i.received_at_ms), COUNT(*) \
+     FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?1 GROUP BY i.sender";
+
+/// The rows of the first `?2` received messages that reference our message `?1`, oldest
+/// first ([`answers_of`]).
+const ANSWERS_FIRST_SQL: &str =
+    "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id \
+     WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid LIMIT ?2";
 
 /// A read-only connection to the node's store, for the local API's lists: each is read in
 /// one read transaction, a snapshot of the store as one commit left it, without the store's
@@ -3574,6 +3695,29 @@ impl NodeReader {
     ) -> Result<Option<()>, StoreError> {
         let tx = self.conn.transaction()?;
         inbox_rows(&tx, before, limit, unacknowledged, each)
+    }
+
+    /// [`answer_rows`], in one snapshot, as [`NodeReader::inbox_each`]: the received
+    /// messages that reference our message `references`.
+    pub fn answers_each(
+        &mut self,
+        references: &MessageId,
+        before: Option<&MessageId>,
+        limit: usize,
+        unacknowledged: bool,
+        each: impl FnMut(InboxMessage) -> ControlFlow<()>,
+    ) -> Result<Option<()>, StoreError> {
+        let tx = self.conn.transaction()?;
+        answer_rows(&tx, references, before, limit, unacknowledged, each)
+    }
+
+    /// Whether this node sent message `id`.
+    pub fn sent(&self, id: &MessageId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM sent WHERE id = ?1", [&id.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// [`sent_rows`], in one snapshot, as [`NodeReader::inbox_each`].
@@ -5114,6 +5258,49 @@ mod tests {
         drop(store);
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(held_digests(&store), out.held, "held across a restart");
+    }
+
+    /// A sent message's answers are found, ordered and counted along `inbox_answering`,
+    /// without their rows (an answer's arrival time and sender follow its envelope's bytes
+    /// there): a store from before the index gains it at open, with the version an older
+    /// node reads unchanged, as `quarantine_by_time` came.
+    #[test]
+    fn a_sent_messages_answers_are_found_and_counted_along_an_index() {
+        let dir = store_with_every_record();
+        {
+            let store = NodeStore::open(dir.path()).unwrap();
+            store
+                .conn
+                .execute_batch("DROP INDEX IF EXISTS inbox_answering")
+                .unwrap();
+        }
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        use rusqlite::types::Value;
+        let id = || Value::Blob(vec![0; 16]);
+        for (sql, args) in [
+            (ANSWERS_FIRST_SQL, vec![id(), Value::Integer(64)]),
+            (ANSWER_COUNTS_SQL, vec![id()]),
+        ] {
+            let steps: Vec<String> = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                steps
+                    .iter()
+                    .any(|step| step.contains("COVERING INDEX inbox_answering")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                steps.iter().all(|step| !step.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     /// The quarantine's page and a discard of the oldest read along an index, stopping at

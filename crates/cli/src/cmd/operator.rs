@@ -675,15 +675,14 @@ fn matrix_text(m: &Value) -> String {
         }
     }
     // Received messages that reference this one: the replies, updates and cancellations.
+    // The node lists the first of them and counts them all (`answers_total`; a node of an
+    // earlier release lists them all, without the count).
     let answers = m["answers"].as_array().cloned().unwrap_or_default();
+    let total = m["answers_total"].as_u64().unwrap_or(answers.len() as u64);
     if !answers.is_empty() {
         out.push_str(&format!(
             "\n\nanswers {}\n{:<8}  {:<TS_WIDTH$}  {:<20}  {:<32}  SUBJECT",
-            answers.len(),
-            "FROM",
-            "RECEIVED",
-            "KIND",
-            "ID"
+            total, "FROM", "RECEIVED", "KIND", "ID"
         ));
         for a in &answers {
             out.push_str(&format!(
@@ -693,6 +692,14 @@ fn matrix_text(m: &Value) -> String {
                 a["kind"].as_str().unwrap_or(""),
                 a["id"].as_str().unwrap_or(""),
                 super::roster::shorten(&shown(&a["subject"], false), 48),
+            ));
+        }
+        let more = total.saturating_sub(answers.len() as u64);
+        if more > 0 {
+            out.push_str(&format!(
+                "\n… and {more} more: the first {} are listed (all: GET /v1/inbox?references={}, docs/API.md)",
+                answers.len(),
+                m["id"].as_str().unwrap_or("ID"),
             ));
         }
     }
@@ -1303,6 +1310,33 @@ mod tests {
         assert!(
             !text.contains("\nUZB acknowledged at"),
             "arrived in time: {text}"
+        );
+    }
+
+    /// The node lists a message's first answers and counts them all: the status says how
+    /// many there are, not how many are listed, and where the rest are.
+    #[test]
+    fn the_answers_count_all_of_them_and_say_where_the_rest_are() {
+        let answer = |id: &str, at: u64| json!({"id": id, "from": "KGZ", "kind": "update", "subject": "Level", "received_at_ms": at});
+        let m = json!({"id": "112e2e08d10df574952d0f32e1419492", "state": "acknowledged",
+            "kind": "alert", "total": 1, "delivered": 1, "acknowledged": 1, "overdue": 0,
+            "answered": 1, "answers": [answer("aa", 1_000), answer("bb", 2_000)],
+            "answers_total": 5,
+            "recipients": [{"recipient": "KGZ", "delivered_at_ms": 500, "acked_at_ms": 600,
+                "answered_at_ms": 1_000}]});
+        let text = matrix_text(&m);
+        assert!(text.contains("\n\nanswers 5\n"), "{text}");
+        assert!(
+            text.contains("… and 3 more: the first 2 are listed (all: GET /v1/inbox?references=112e2e08d10df574952d0f32e1419492"),
+            "{text}"
+        );
+        // A node of an earlier release counts none: those listed are all.
+        let mut older = m.clone();
+        older["answers_total"] = serde_json::Value::Null;
+        let text = matrix_text(&older);
+        assert!(
+            text.contains("\n\nanswers 2\n") && !text.contains("… and"),
+            "{text}"
         );
     }
 
