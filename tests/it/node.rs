@@ -1814,7 +1814,8 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
 /// here ten minutes, cut to its own cap (`RELAY_RETRY_HINT_MAX_MS`, 5 min), says in its log
 /// why and for how long, with the relay's reason, and its status says why the link is
 /// down, a refusal that passes, not a lasting one. (It tried again after 200 ms, doubling:
-/// four refused logins within a refill; then every 10 to 15 s, each refused.)
+/// four refused logins within a refill; later it waited 10 to 15 s whatever the relay said,
+/// and was refused again each time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refused_for_the_relays_session_budget_waits_and_says_why() {
     let net = Net::sec_kaz_kgz_with("[limits]\nsession_burst = 1\nsession_refill_ms = 600000\n");
