@@ -8,6 +8,13 @@ pub const BACKOFF_MIN_MS: u64 = 200;
 /// Reconnect delays double up to this cap (plus up to 50 % jitter).
 pub const BACKOFF_MAX_MS: u64 = 10_000;
 const _: () = assert!(BACKOFF_MIN_MS < BACKOFF_MAX_MS);
+/// The longest a link waits on a relay's word (`retry in S.T s` in its refusal of this
+/// node's login for the participant's budget of sessions) before trying that relay again.
+/// The hint is a peer's text: a relay that said an hour, or a year, would otherwise hold
+/// this node's messages to it that long. A relay configured with a refill longer than this
+/// (an hour at most) refuses the node once more every 5 min, which costs it a handshake.
+pub const RELAY_RETRY_HINT_MAX_MS: u64 = 300_000;
+const _: () = assert!(RELAY_RETRY_HINT_MAX_MS >= BACKOFF_MAX_MS);
 /// A link lost after working this long is remade at once. One lost sooner is remade after a
 /// pause that starts at `BACKOFF_MIN_MS` and doubles up to `BACKOFF_MAX_MS` with each such
 /// loss in a row (plus up to 50 % jitter). Otherwise a link that fails as soon as it is made

@@ -18,7 +18,8 @@ use crate::events::{status_logged, Event};
 use crate::limits::{
     ACKS_IN_FLIGHT, BACKOFF_MAX_MS, BACKOFF_MIN_MS, CLOCK_SKEW_WARN_MS, CONNECT_TIMEOUT_MS,
     HEALTHY_LINK_MS, LINK_BATCH_BYTES_MAX, LINK_QUEUE_BYTES_MAX, LINK_READER_BYTES_MAX,
-    LINK_READER_FRAMES, LINK_WRITE_TIMEOUT_MS, RECEIPT_BATCH_MAX, SILENT_LINK_MS, SILENT_PING_MS,
+    LINK_READER_FRAMES, LINK_WRITE_TIMEOUT_MS, RECEIPT_BATCH_MAX, RELAY_RETRY_HINT_MAX_MS,
+    SILENT_LINK_MS, SILENT_PING_MS,
 };
 use crate::pacer::ReceiptPacer;
 use crate::store::{retryable, Answered, Resequenced, Stored};
@@ -65,10 +66,10 @@ pub(crate) async fn run(
                 let code = refusal.as_ref().map(|r| r.code);
                 state.link_down(idx, e.to_string(), refusal, true);
                 let limited = over_limit(&e);
-                let wait = if limited {
-                    backoff.longest()
+                let (wait, relay_hint_ms) = if limited {
+                    limit_wait(&mut backoff, &e)
                 } else {
-                    backoff.next()
+                    (backoff.next(), None)
                 };
                 // A lasting refusal is an error, logged when it starts or changes: waiting
                 // will not end it. Otherwise the first failure is worth a warning; repeats
@@ -78,9 +79,11 @@ pub(crate) async fn run(
                 } else if code.is_some() {
                     debug!(relay = idx, %addr, error = %e, failures, "relay link still refused");
                 } else if limited && !limited_logged {
-                    warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "the relay refused this node's login for its budget of sessions: this participant logged in more often than the relay allows (a second node with this key, or links remade in a loop?); waiting before trying again; queued messages wait in the outbox");
+                    // `relay_hint_ms`: when the relay said to try again, if it did (absent
+                    // if it did not: the longest back-off is waited instead).
+                    warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, relay_hint_ms, "the relay refused this node's login for its budget of sessions: this participant logged in more often than the relay allows (a second node with this key, or links remade in a loop?); waiting before trying again, as long as the relay said; queued messages wait in the outbox");
                 } else if limited {
-                    debug!(relay = idx, %addr, error = %e, failures, retry_in_ms = wait, "relay still refuses this node's login for its budget of sessions");
+                    debug!(relay = idx, %addr, error = %e, failures, retry_in_ms = wait, relay_hint_ms, "relay still refuses this node's login for its budget of sessions");
                 } else if failures == 1 {
                     warn!(relay = idx, %addr, error = %e, "relay unreachable; queued messages wait in the outbox");
                 } else {
@@ -171,8 +174,8 @@ pub(crate) async fn run(
                             // A relay's limit: trying again at once would only be refused
                             // again (another relay's, as the reference relay refuses at
                             // login only, above).
-                            let wait = short_pause.longest();
-                            warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, "the relay closed the link for a limit of its own; waiting before trying again");
+                            let (wait, relay_hint_ms) = limit_wait(&mut short_pause, &e);
+                            warn!(relay = idx, %addr, error = %e, retry_in_ms = wait, relay_hint_ms, "the relay closed the link for a limit of its own; waiting before trying again");
                             if !pause(&mut shutdown, wait).await {
                                 break;
                             }
@@ -224,14 +227,27 @@ impl Backoff {
         self.0 = BACKOFF_MAX_MS;
         self.next()
     }
+
+    /// The next pause, but at least `floor_ms` (a relay's word on when to try again, at
+    /// most `RELAY_RETRY_HINT_MAX_MS`): the longer of the two plus up to half again of
+    /// jitter, and no more than half of `BACKOFF_MAX_MS` of it (a few seconds spread nodes
+    /// apart; half of a long wait would only delay the node). The one after is twice the
+    /// step, as after `next`.
+    fn at_least(&mut self, floor_ms: u64) -> u64 {
+        let base = self.0.max(floor_ms);
+        let jitter_max = (base / 2).min(BACKOFF_MAX_MS / 2);
+        self.0 = (self.0 * 2).min(BACKOFF_MAX_MS);
+        base + rand::random::<u64>() % (jitter_max + 1)
+    }
 }
 
 /// Whether the relay refused this node, or ended its link, for a limit of the relay's own
 /// (`LimitExceeded`: the reference relay's budget of sessions per participant, refused at
 /// login, PROTOCOL.md 9.1). Its detail says when to try again; an attempt sooner is only
-/// refused again, so the link waits its longest back-off (10 s, plus jitter), longer than
-/// the reference relay's default refill (5 s): a node refused once is let in at its next
-/// attempt, unless the relay's operator made the refill longer.
+/// refused again, so the link waits that long (`limit_wait`), and a node refused once is let
+/// in at its next attempt (unless the relay's operator made the refill longer than
+/// `RELAY_RETRY_HINT_MAX_MS`). A detail that says nothing readable is waited out for the
+/// longest back-off (10 s, plus jitter), longer than the reference relay's default refill.
 fn over_limit(e: &NetError) -> bool {
     matches!(
         e,
@@ -240,6 +256,30 @@ fn over_limit(e: &NetError) -> bool {
             ..
         }
     )
+}
+
+/// The pause after the relay refused this node, or ended its link, for a limit of its own
+/// (`over_limit`), and the relay's hint it follows, if any: as long as the close's reason
+/// says (`retry in S.T s`, cut to `RELAY_RETRY_HINT_MAX_MS`), or the back-off's step if
+/// longer, plus jitter; the longest back-off if it says nothing this node can read.
+fn limit_wait(backoff: &mut Backoff, e: &NetError) -> (u64, Option<u64>) {
+    match relay_hint_ms(e) {
+        Some(hint) => (backoff.at_least(hint), Some(hint)),
+        None => (backoff.longest(), None),
+    }
+}
+
+/// When a refusal for the relay's limit says to try again, cut to `RELAY_RETRY_HINT_MAX_MS`:
+/// the reason is the relay's text (`hotline_proto::frame::retry_in_ms_of` reads what the
+/// reference relay writes).
+fn relay_hint_ms(e: &NetError) -> Option<u64> {
+    match e {
+        NetError::Closed {
+            code: ErrorCode::LimitExceeded,
+            reason,
+        } => hotline_proto::frame::retry_in_ms_of(reason).map(|h| h.min(RELAY_RETRY_HINT_MAX_MS)),
+        _ => None,
+    }
 }
 
 /// Waits `ms` milliseconds; false if the node is shutting down meanwhile, or already: a link
@@ -1428,9 +1468,9 @@ mod tests {
 
     use super::*;
 
-    /// A refusal for the relay's limit is waited out for the longest back-off, whatever
-    /// the back-off had come to, and so are the failures after it until a link is made;
-    /// no other failure is taken for one.
+    /// A refusal for the relay's limit that names no time is waited out for the longest
+    /// back-off, whatever the back-off had come to, and so are the failures after it until a
+    /// link is made; no other failure is taken for one.
     #[test]
     fn a_refusal_for_the_relays_limit_waits_the_longest_back_off() {
         let limited = NetError::closed_by_peer(ErrorCode::LimitExceeded, "retry in 4.2 s");
@@ -1458,6 +1498,58 @@ mod tests {
         }
         b.reset();
         assert!(b.next() < BACKOFF_MAX_MS);
+    }
+
+    /// A refusal for the relay's budget of sessions that says when to try again (`retry in
+    /// S.T s`) is waited out that long, or the back-off's step if longer, plus jitter: not
+    /// the longest back-off, longer than needed after a short hint and too short after one
+    /// over 10 s (the relay refused the node again and again). A hint past
+    /// `RELAY_RETRY_HINT_MAX_MS` is cut to it; none, or one that does not read, is waited out
+    /// as before, for the longest back-off.
+    #[test]
+    fn a_refusal_for_the_relays_limit_waits_as_long_as_it_says() {
+        let refused = |reason: &str| NetError::closed_by_peer(ErrorCode::LimitExceeded, reason);
+        let said = refused(&format!(
+            "KAZ started sessions faster than this relay allows (…): {}",
+            hotline_proto::frame::retry_in_text(4_200)
+        ));
+        let mut b = Backoff::new();
+        for _ in 0..20 {
+            b.reset();
+            let (wait, hint) = limit_wait(&mut b, &said);
+            assert_eq!(hint, Some(4_200));
+            assert!((4_200..=4_200 * 3 / 2).contains(&wait), "{wait}");
+        }
+        // The back-off's step, longer than the hint, is waited.
+        let mut b = Backoff(BACKOFF_MAX_MS);
+        let (wait, hint) = limit_wait(&mut b, &refused("retry in 0.3 s"));
+        assert_eq!(hint, Some(300));
+        assert!(
+            (BACKOFF_MAX_MS..=BACKOFF_MAX_MS * 3 / 2).contains(&wait),
+            "{wait}"
+        );
+        // A hint over 10 s is followed, up to its cap, with a few seconds of jitter at most.
+        for (reason, hint_ms) in [
+            ("retry in 12.0 s", 12_000),
+            ("retry in 3600.0 s", RELAY_RETRY_HINT_MAX_MS),
+        ] {
+            b.reset();
+            let (wait, hint) = limit_wait(&mut b, &refused(reason));
+            assert_eq!(hint, Some(hint_ms), "{reason}");
+            assert!(
+                (hint_ms..=hint_ms + BACKOFF_MAX_MS / 2).contains(&wait),
+                "{reason}: {wait}"
+            );
+        }
+        for reason in ["", "retry in soon", "retry in 99999999999999999999 s"] {
+            b.reset();
+            let (wait, hint) = limit_wait(&mut b, &refused(reason));
+            assert_eq!(hint, None, "{reason:?}");
+            assert!(
+                (BACKOFF_MAX_MS..=BACKOFF_MAX_MS * 3 / 2).contains(&wait),
+                "{reason:?}: {wait}"
+            );
+        }
     }
 
     #[test]

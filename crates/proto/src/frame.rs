@@ -348,6 +348,41 @@ pub fn detail(s: impl Into<String>) -> String {
     s
 }
 
+/// How a close reason says when to try again: it ends with `retry in S.T s`.
+const RETRY_IN: &str = "retry in ";
+
+/// The end of a close reason that says when to try again, `retry in S.T s` (seconds and a
+/// tenth): `retry_in_ms` rounded up to a tenth of a second, so that a peer trying again when
+/// told is not early. The relay writes it after a login refused for the participant's budget
+/// of sessions (`LimitExceeded`), and the node reads it back with [`retry_in_ms_of`]: one
+/// place for both, so the two cannot drift apart.
+pub fn retry_in_text(retry_in_ms: u64) -> String {
+    let tenths = retry_in_ms.div_ceil(100);
+    format!("{RETRY_IN}{}.{} s", tenths / 10, tenths % 10)
+}
+
+/// When a close reason says to try again, in milliseconds: the `retry in S.T s` that ends
+/// it (as [`retry_in_text`] writes it; whole seconds, or up to three decimals, are read
+/// too). `None` when the reason says nothing so, or something else (a sign, an exponent, a
+/// number cut off, more text after it), or a time too long to count in milliseconds: the
+/// reader then does as it would without a hint. The reason is a peer's text: how long to
+/// wait at the most is the reader's to decide.
+pub fn retry_in_ms_of(reason: &str) -> Option<u64> {
+    let (_, hint) = reason.rsplit_once(RETRY_IN)?;
+    let number = hint.strip_suffix(" s")?;
+    let (secs, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || number.contains('.') && (!digits(frac) || frac.len() > 3) {
+        return None;
+    }
+    // At most 3 digits, so this parses; right-padded to milliseconds.
+    let frac_ms = format!("{frac:0<3}").parse::<u64>().ok()?;
+    secs.parse::<u64>()
+        .ok()?
+        .checked_mul(1_000)?
+        .checked_add(frac_ms)
+}
+
 /// A sans-I/O frame splitter: push bytes as they arrive, pull whole frames out.
 ///
 /// It holds what was pushed and not yet taken; a caller that takes every complete frame after
@@ -435,5 +470,71 @@ impl FrameBuffer {
     /// Bytes of memory the buffer holds (to give a large one back once it is empty).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_hint_reads_back_as_written_rounded_up_to_a_tenth() {
+        for (ms, text) in [
+            (0, "retry in 0.0 s"),
+            (1, "retry in 0.1 s"),
+            (100, "retry in 0.1 s"),
+            (4_101, "retry in 4.2 s"),
+            (4_200, "retry in 4.2 s"),
+            (600_000, "retry in 600.0 s"),
+        ] {
+            assert_eq!(retry_in_text(ms), text);
+            let back = retry_in_ms_of(&format!("KAZ started sessions too fast: {text}"));
+            assert_eq!(back, Some(ms.div_ceil(100) * 100), "{text}");
+        }
+        // Written whatever the time; read back only if it counts in milliseconds.
+        assert_eq!(retry_in_text(u64::MAX), "retry in 18446744073709551.7 s");
+        assert_eq!(retry_in_ms_of(&retry_in_text(u64::MAX)), None);
+    }
+
+    #[test]
+    fn a_retry_hint_missing_or_garbled_is_none() {
+        for reason in [
+            "",
+            "retry in",
+            "retry in  s",
+            "retry in s",
+            "retry in 4.2",
+            "retry in 4.2 s and more",
+            "retry in 4.2s",
+            "retry in -4.2 s",
+            "retry in +4 s",
+            "retry in 4. s",
+            "retry in .5 s",
+            "retry in 4.2.1 s",
+            "retry in 4.2345 s",
+            "retry in 4e3 s",
+            "retry in 4,2 s",
+            "retry in ٤ s",
+            "retry in 99999999999999999999 s",
+            "retry in 18446744073709552 s",
+            "KAZ is revoked",
+        ] {
+            assert_eq!(retry_in_ms_of(reason), None, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_hint_is_read_from_the_end_of_the_reason() {
+        assert_eq!(retry_in_ms_of("retry in 3 s"), Some(3_000));
+        assert_eq!(retry_in_ms_of("retry in 0.25 s"), Some(250));
+        assert_eq!(retry_in_ms_of("retry in 1.005 s"), Some(1_005));
+        assert_eq!(
+            retry_in_ms_of("said retry in 9.9 s before; now retry in 1.5 s"),
+            Some(1_500)
+        );
+        assert_eq!(
+            retry_in_ms_of("retry in 18446744073709551 s"),
+            Some(18_446_744_073_709_551_000)
+        );
     }
 }

@@ -70,8 +70,8 @@ pub struct Limits {
     /// most 100000).
     pub session_burst: u32,
     /// One more session for a participant every this long, once its burst is spent, ms
-    /// (default 5000; at least 1, at most 3600000). A reference node waits at least 10 s
-    /// after such a refusal.
+    /// (default 5000; at least 1, at most 3600000). A reference node waits as long as such a
+    /// refusal says (`retry in S.T s`), but 5 min at most: past that it is refused again.
     pub session_refill_ms: u64,
     /// Time to authenticate after connecting, ms (default 5000).
     pub handshake_timeout_ms: u64,

@@ -139,10 +139,10 @@ pub const SESSION_BURST: u32 = 30;
 /// Largest `session_burst` a configuration may set: past it the budget bounds nothing.
 pub const SESSION_BURST_CEILING: u32 = 100_000;
 
-/// One more session every this long, once the burst is spent. A reference node waits at
-/// least 10 s (its longest back-off) after a `LimitExceeded`, so with this at most that it
-/// is let in at its next attempt; and it starts sessions no faster than one about every
-/// 10 s for long (a link lost within 10 s of being made is remade after a pause doubling up
+/// One more session every this long, once the burst is spent. A reference node waits as
+/// long as the refusal says (`retry in S.T s`, at most a refill; the node cuts it to 5 min)
+/// after a `LimitExceeded`, so that it is let in at its next attempt; and it starts sessions
+/// no faster than one about every 10 s for long (a link lost within 10 s of being made is remade after a pause doubling up
 /// to 10 s). A looping node then costs the relay a page of backlog every 5 s, not one per
 /// handshake.
 pub const SESSION_REFILL_MS: u64 = 5_000;

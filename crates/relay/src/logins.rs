@@ -12,9 +12,9 @@
 //! is refused with `LimitExceeded` and a detail saying when to try again; the participant's
 //! live session, if any, is left alone (a refused login supersedes nothing).
 //!
-//! The reference node waits at least `BACKOFF_MAX_MS` (10 s), plus jitter, after such a
-//! refusal, longer than the default refill (5 s), so that a node refused once is let in at
-//! its next attempt. An honest node starts a session after a restart, a relay's restart, or
+//! The reference node waits as long as such a refusal says (`hotline_proto::frame::
+//! retry_in_text` writes it, `retry_in_ms_of` reads it back; 5 min at most), plus jitter, so
+//! that a node refused once is let in at its next attempt. An honest node starts a session after a restart, a relay's restart, or
 //! a link lost: a link lost within 10 s of being made is remade only after a pause that
 //! doubles up to 10 s, one that lasted longer at once, so it starts at most about one every
 //! 10 s for long, and the burst (30) takes a flurry of restarts or flaps.

@@ -895,6 +895,52 @@ mod tests {
         assert!(!d.failing() && d.busy() == ms(0));
     }
 
+    /// The alerting rules OPERATIONS.md 7.2 suggests watch metrics this relay exports, and
+    /// the closes they count by code are codes it closes with: a rule on a renamed metric,
+    /// or on `{code="LimitExceed"}`, never fires, and nothing says so.
+    #[test]
+    fn the_suggested_alerts_name_metrics_the_relay_exports() {
+        let doc = include_str!("../../../docs/OPERATIONS.md");
+        let rules = doc
+            .split("### 7.2")
+            .nth(1)
+            .and_then(|s| s.split("### 7.3").next())
+            .and_then(|s| s.split("```yaml").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("OPERATIONS.md 7.2 holds the rules in a yaml block");
+        let text = Metrics::new().render(&[]);
+        let exported: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let mut named = 0;
+        for line in rules.lines() {
+            for (at, _) in line.match_indices("hotline_relay_") {
+                let name: String = line[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(b)))
+                    .unwrap_or(&name);
+                assert!(exported.contains(base), "{name} is not exported: {line}");
+                named += 1;
+                if let Some(codes) = line[at + name.len()..]
+                    .strip_prefix("{code=~\"")
+                    .or_else(|| line[at + name.len()..].strip_prefix("{code=\""))
+                {
+                    let codes = codes.split('"').next().unwrap_or_default();
+                    for code in codes.split('|') {
+                        let series = format!("{name}{{code=\"{code}\"}}");
+                        assert!(text.contains(&series), "no {series}: {line}");
+                    }
+                }
+            }
+        }
+        assert!(named >= 15, "only {named} metrics named in the rules");
+    }
+
     /// Every bucket bound is printed as the decimal it stands for: Prometheus matches `le`
     /// labels as strings, and `0.00009999999999999999` is not `0.0001`.
     #[test]

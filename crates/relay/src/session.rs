@@ -654,14 +654,16 @@ fn over_budget(
     refused: crate::logins::Refused,
 ) -> End {
     let l = &shared.config.limits;
-    // Rounded up to a tenth of a second, so that a node trying again when told is let in.
-    let retry_in_ms = refused.retry_in.as_millis().div_ceil(100) * 100;
+    // Rounded up to a tenth of a second, as the detail says it, so that a node trying again
+    // when told is let in. At most a refill (an hour), so it fits.
+    let retry_in_ms =
+        u64::try_from(refused.retry_in.as_millis().div_ceil(100) * 100).unwrap_or(u64::MAX);
+    // The node reads the end of the detail back (`frame::retry_in_ms_of`): it waits so long.
     let detail = format!(
-        "{me} started sessions faster than this relay allows ({} at once, one more every {} ms: limits.session_burst, session_refill_ms): retry in {}.{} s",
+        "{me} started sessions faster than this relay allows ({} at once, one more every {} ms: limits.session_burst, session_refill_ms): {}",
         l.session_burst,
         l.session_refill_ms,
-        retry_in_ms / 1000,
-        retry_in_ms % 1000 / 100,
+        hotline_proto::frame::retry_in_text(retry_in_ms),
     );
     if let Some(refused) = refused.log {
         warn!(peer = %me, refused, remote = %conn.remote_address(), retry_in_ms = %retry_in_ms, "logins refused for the participant's budget of sessions (LimitExceeded): a node logging in again and again, a link remade in a loop or a second node with this key? (a count since the last such line for this participant, at most one a 10 s; the metric hotline_relay_connections_closed_total{{code=\"LimitExceeded\"}} counts each)");
