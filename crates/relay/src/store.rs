@@ -5166,6 +5166,21 @@ mod tests {
             .collect()
     }
 
+    /// Commits the submission of `env` alone as one batch at `now_ms`, and returns its answer.
+    fn commit_submission(w: &mut Writer, env: Verified<Envelope>, now_ms: u64) -> RelayToNode {
+        let (reply, mut answer) = mpsc::channel(1);
+        let now = std::time::Instant::now();
+        let mut batch = vec![Command::Submit {
+            digest: env.signed().digest(),
+            env,
+            reply,
+            read_at: now,
+            handed_at: now,
+        }];
+        w.commit_batch_at(&mut batch, now_ms);
+        answer.try_recv().expect("answered")
+    }
+
     /// Whether the relay kept the receipt of `digest`, and whether it queued it for KAZ.
     fn kept_and_forwarded(w: &Writer, digest: Digest) -> (bool, bool) {
         let has = |sql: &str| {
@@ -5918,17 +5933,7 @@ mod tests {
             };
             let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
             let env = roster.verify_envelope(&signed).expect("verifies");
-            let (reply, mut answer) = mpsc::channel(1);
-            let now = std::time::Instant::now();
-            let mut batch = vec![Command::Submit {
-                digest: env.signed().digest(),
-                env,
-                reply,
-                read_at: now,
-                handed_at: now,
-            }];
-            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
-            answer.try_recv().expect("answered")
+            commit_submission(w, env, 20_000 * DAY_MS)
         };
         let queued =
             |w: &Writer, who: &str| w.ctx.queues.lock().expect("lock").after(&pid(who), 0, 100);
@@ -6489,19 +6494,8 @@ mod tests {
             let signed = Signed::sign(&env, &SigningKey::from_bytes(&[2; 32])).expect("sign");
             roster.verify_envelope(&signed).expect("verifies")
         };
-        let commit = |w: &mut Writer, env: Verified<Envelope>| {
-            let (reply, mut answer) = mpsc::channel(1);
-            let now = std::time::Instant::now();
-            let mut batch = vec![Command::Submit {
-                digest: env.signed().digest(),
-                env,
-                reply,
-                read_at: now,
-                handed_at: now,
-            }];
-            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
-            answer.try_recv().expect("answered")
-        };
+        let commit =
+            |w: &mut Writer, env: Verified<Envelope>| commit_submission(w, env, 20_000 * DAY_MS);
         assert!(
             matches!(commit(&mut w, reply_to_kaz(1)), RelayToNode::Accepted(_)),
             "an observer may reply to who addressed it"
@@ -6557,17 +6551,7 @@ mod tests {
             let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
             assert_ne!(signed.digest(), held[0].digest());
             let env = roster.verify_envelope(&signed).expect("verifies");
-            let (reply, mut answer) = mpsc::channel(1);
-            let now = std::time::Instant::now();
-            let mut batch = vec![Command::Submit {
-                digest: env.signed().digest(),
-                env,
-                reply,
-                read_at: now,
-                handed_at: now,
-            }];
-            w.commit_batch_at(&mut batch, 20_000 * DAY_MS);
-            answer.try_recv().expect("answered")
+            commit_submission(w, env, 20_000 * DAY_MS)
         };
         for to in [&["CHN"][..], &["XYZ"][..]] {
             match submit(&mut w, to) {
