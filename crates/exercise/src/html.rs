@@ -88,6 +88,8 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
                     c.delivered_s.map(|d| at + d),
                     c.acknowledged_s.map(|a| at + a),
                     c.acknowledged_at_node_s.map(|a| at + a),
+                    c.answered_s.map(|a| at + a),
+                    c.overdue_s.map(|o| at + o),
                 ]
             })
         })
@@ -153,8 +155,14 @@ th{{background:#f3f3f3}} .ok{{background:#d7f0dd}} .late{{background:#fff1c2}} .
             if let Some(a) = c.answered_s {
                 let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"{col}\">↩<title>{} answered {} at +{a:.1}s</title></text>", x(at + a) - 4.0, y + 4.0, esc(&p.id), esc(&r.injects[k].name));
             }
+            // Where its sender's node marked it overdue; at the right edge if that node did
+            // not say when.
             if c.overdue && c.acknowledged_s.is_none() {
-                let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"#d32f2f\">✕<title>{} overdue on {}</title></text>", x(t_max * 0.98), y + 4.0, esc(&p.id), esc(&r.injects[k].name));
+                let (at_x, when) = match c.overdue_s {
+                    Some(o) => (x(at + o), format!(" at +{o:.1}s")),
+                    None => (x(t_max * 0.98), String::new()),
+                };
+                let _ = write!(h, "<text x=\"{}\" y=\"{}\" fill=\"#d32f2f\">✕<title>{} overdue on {}{when}</title></text>", at_x - 4.0, y + 4.0, esc(&p.id), esc(&r.injects[k].name));
             }
         }
     }

@@ -65,6 +65,9 @@ pub struct Cell {
     pub officer: Option<String>,
     /// The respond-by passed unacknowledged.
     pub overdue: bool,
+    /// Scenario seconds from send to the sender's node marking it overdue (its respond-by
+    /// passed, unacknowledged), when that node says: where the timeline marks it.
+    pub overdue_s: Option<f64>,
 }
 
 impl Cell {
@@ -919,6 +922,9 @@ pub fn score(i: Inputs<'_>) -> anyhow::Result<Report> {
                 answered_s: answered_at.map(|t| scen_s(t, sent_ms)),
                 officer: m.and_then(|r| r["officer"].as_str().map(str::to_owned)),
                 overdue: m.is_some_and(|r| r["overdue_at_ms"].is_u64()),
+                overdue_s: m
+                    .and_then(|r| r["overdue_at_ms"].as_u64())
+                    .map(|t| scen_s(t, sent_ms)),
             });
         }
         inject_rows.push(InjectRow {
@@ -2809,6 +2815,41 @@ expect = "delivered"
         assert!(
             html.contains("□ acknowledged at the recipient's node only"),
             "the legend names it: {html}"
+        );
+    }
+
+    /// The timeline marks an overdue recipient where its sender's node marked it overdue
+    /// (3.0 s after the send here: between KGZ's delivery at 0.5 s and its acknowledgement at
+    /// its node at 6.0 s), not at the right edge of the timeline, where every overdue mark
+    /// was drawn whenever its respond-by fell.
+    #[test]
+    fn the_timeline_marks_overdue_when_it_fell() {
+        let html = crate::html::render(&kgz_acked_at_node(true));
+        let x_of = |element: &str, attr: &str, title: &str| -> f64 {
+            let at = html
+                .find(title)
+                .unwrap_or_else(|| panic!("no {title:?} in {html}"));
+            let start = html[..at]
+                .rfind(&format!("<{element} "))
+                .expect("its element");
+            let rest = &html[start..at];
+            let v = rest
+                .split(&format!("{attr}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| panic!("no {attr} in {rest}"));
+            v.parse().expect("a number")
+        };
+        let delivered = x_of("circle", "cx", "<title>KGZ delivered alert at +0.5s");
+        let acked = x_of(
+            "rect",
+            "x",
+            "<title>KGZ acknowledged alert at its node at +6.0s",
+        );
+        let overdue = x_of("text", "x", "<title>KGZ overdue on alert at +3.0s");
+        assert!(
+            delivered < overdue && overdue < acked,
+            "{delivered} < {overdue} < {acked}"
         );
     }
 
