@@ -1552,6 +1552,24 @@ mod tests {
         }
     }
 
+    /// A relay that says "retry in 0.0 s" again and again (not the reference relay, whose
+    /// time is that of its budget's next session) does not have this node try again at the
+    /// shortest pause each time: each refusal doubles the back-off's step as a failure does,
+    /// up to the longest, which then holds until a link is made.
+    #[test]
+    fn refusals_naming_no_wait_back_off_as_failures_do() {
+        let now = NetError::closed_by_peer(ErrorCode::LimitExceeded, "retry in 0.0 s");
+        let mut b = Backoff::new();
+        let mut step = BACKOFF_MIN_MS;
+        for _ in 0..20 {
+            let (wait, hint) = limit_wait(&mut b, &now);
+            assert_eq!(hint, Some(0));
+            assert!((step..=step * 3 / 2).contains(&wait), "{step}: {wait}");
+            step = (step * 2).min(BACKOFF_MAX_MS);
+        }
+        assert_eq!(step, BACKOFF_MAX_MS);
+    }
+
     #[test]
     fn a_delivery_must_be_addressed_to_this_node_by_the_roster_it_holds() {
         use hotline_proto::{

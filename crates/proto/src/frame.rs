@@ -523,6 +523,24 @@ mod tests {
         }
     }
 
+    /// A reason cut to `DETAIL_BYTES_MAX` (`detail`) anywhere in its hint never reads as a
+    /// shorter wait: a cut that leaves no whole `retry in S.T s` at its end reads as none.
+    #[test]
+    fn a_retry_hint_cut_at_the_detail_limit_reads_as_none() {
+        let hint = retry_in_text(12_500);
+        for keep in 0..hint.len() {
+            let pad = "x".repeat(DETAIL_BYTES_MAX - keep);
+            let cut = detail(format!("{pad}{hint}"));
+            assert_eq!(cut.len(), DETAIL_BYTES_MAX);
+            assert_eq!(retry_in_ms_of(&cut), None, "{:?}", &cut[pad.len()..]);
+        }
+        let whole = detail(format!(
+            "{}{hint}",
+            "x".repeat(DETAIL_BYTES_MAX - hint.len())
+        ));
+        assert_eq!(retry_in_ms_of(&whole), Some(12_500));
+    }
+
     #[test]
     fn a_retry_hint_is_read_from_the_end_of_the_reason() {
         assert_eq!(retry_in_ms_of("retry in 3 s"), Some(3_000));

@@ -298,6 +298,13 @@ pub const STORE_STALL_REPEAT_MS: u64 = 60_000;
 /// or not (`Writer::probe`). One failing write a second costs nothing worth counting.
 pub const STORE_PROBE_MS: u64 = 1_000;
 
+/// After the store writer failed to read the queues of participants a reloaded roster lists
+/// as active again (a store read error), it reads them again this often while it is idle
+/// (`Writer::follow_again`), not only at its next batch: a node of such a participant that
+/// logged in meanwhile is delivered nothing of what waited until they are read, and an idle
+/// relay would make no batch. One failing read a second costs nothing worth counting.
+pub const ROSTER_FOLLOW_RETRY_MS: u64 = 1_000;
+
 /// How long a roster reload waits for the store writer to keep the new roster (one small
 /// commit after the batch in hand; `RelayHandle::reload_roster`). The roster is in force
 /// already; past this the reload logs that it is not kept, rather than hold up the signal

@@ -1784,6 +1784,10 @@ pub(crate) struct Writer {
     /// try the store again with nothing to commit ([`Writer::probe`]). `None` once a commit
     /// succeeds.
     failing: Option<Failing>,
+    /// When to read again the queues of participants active again on the roster in force,
+    /// after a failed read ([`Writer::follow`], [`follow_roster`]): `None` while the
+    /// roster in force is followed, or no read of it has failed (thread hosting only).
+    follow_again_at: Option<std::time::Instant>,
     /// Warnings about refused forwards: one at most every 10 s, however fast they come.
     unforwarded: Throttle,
     /// Receipts each signer had kept today only for messages not held here, as committed.
@@ -2086,6 +2090,7 @@ impl Writer {
             commits: 0,
             last_commit_failed: false,
             failing: None,
+            follow_again_at: None,
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
             foreign_budget,
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
@@ -2175,11 +2180,22 @@ impl Writer {
                             self.probe();
                             continue;
                         }
+                        // A failed read of the queues of participants active again: read
+                        // again now, not at the next batch, which an idle relay never makes.
+                        if self.follow_again_at.is_some_and(|t| now >= t) {
+                            self.follow_again();
+                            continue;
+                        }
                         if let Some(c) = &mut self.checkpointer {
                             c.idle();
                         }
                         let probe_at = self.failing.map(|f| f.probe_at);
-                        match deadline.into_iter().chain(probe_at).min() {
+                        match deadline
+                            .into_iter()
+                            .chain(probe_at)
+                            .chain(self.follow_again_at)
+                            .min()
+                        {
                             None => std::thread::park(),
                             Some(d) => std::thread::park_timeout(d - now),
                         }
@@ -2383,7 +2399,7 @@ impl Writer {
                                 // The roster in force, which may be newer than this one.
                                 let current = self.ctx.roster.borrow().clone();
                                 if let Err(e) = self.follow(&current) {
-                                    tracing::error!(error = %e, "reading the queues of participants active again failed; tried again at the next batch");
+                                    tracing::error!(error = %e, retry_in_ms = crate::limits::ROSTER_FOLLOW_RETRY_MS, "reading the queues of participants active again failed; tried again at the next batch, or in retry_in_ms while idle");
                                 }
                                 let _ = reply.send(self.keep_roster(&roster));
                             }
@@ -2458,7 +2474,9 @@ impl Writer {
     }
 
     /// Follows `roster` if its active participants are not yet those whose queues are in
-    /// memory ([`follow_roster`]), between batches.
+    /// memory ([`follow_roster`]), between batches. If the read fails, it is tried again
+    /// after [`crate::limits::ROSTER_FOLLOW_RETRY_MS`] should the writer be idle till then
+    /// ([`Writer::follow_again`]).
     fn follow(&mut self, roster: &Roster) -> Result<(), StoreError> {
         if roster.version == self.roster_followed {
             return Ok(());
@@ -2469,9 +2487,34 @@ impl Writer {
             &self.ctx.queues,
             (&self.cursors, &mut self.unread),
             roster,
-        )?;
+        )
+        .inspect_err(|_| self.follow_again_later())?;
         self.followed(roster.version, f);
         Ok(())
+    }
+
+    /// After a failed read of the queues of participants active again: tries again after
+    /// [`crate::limits::ROSTER_FOLLOW_RETRY_MS`] unless a batch or an operator's command
+    /// follows the roster first.
+    fn follow_again_later(&mut self) {
+        self.follow_again_at = Some(
+            std::time::Instant::now()
+                + std::time::Duration::from_millis(crate::limits::ROSTER_FOLLOW_RETRY_MS),
+        );
+    }
+
+    /// The writer, idle, reads again the queues of participants active again on the roster
+    /// in force, whose read failed ([`Writer::follow_again_later`]). Before, it was read
+    /// again only at the next batch: a node of such a participant that had logged in
+    /// meanwhile (its session knowing nothing of what waited) was delivered none of it
+    /// while the relay was idle. Once read, its session is closed ([`Writer::followed`])
+    /// and the node connects again to be delivered it.
+    fn follow_again(&mut self) {
+        self.follow_again_at = None;
+        let roster = self.ctx.roster.borrow().clone();
+        if let Err(e) = self.follow(&roster) {
+            tracing::error!(error = %e, retry_in_ms = crate::limits::ROSTER_FOLLOW_RETRY_MS, "reading the queues of participants active again failed again; tried again at the next batch, or in retry_in_ms while idle");
+        }
     }
 
     /// Waits at the test gate, if there is one ([`crate::Hosting::follow_gate`]), before a
@@ -2489,6 +2532,7 @@ impl Writer {
     /// is, and would not send them. Their nodes connect again at once.
     fn followed(&mut self, version: u64, f: Followed) {
         self.roster_followed = version;
+        self.follow_again_at = None;
         for who in &f.let_go {
             self.ctx.metrics.forget_queue_depth(who);
             tracing::info!(participant = %who, roster_version = version, "participant no longer active on the roster: its queue leaves memory; what it is owed stays in the store, for a roster that lists it again");
@@ -2756,7 +2800,7 @@ impl Writer {
             // Before any command: they are routed against this roster, and receipts from a
             // participant active again take positions out of the queue read here. A failed
             // read fails the batch (its commands are answered as for a failed commit), and
-            // the next batch reads again.
+            // the next batch reads again (or the writer, idle, `follow_again`).
             if roster.version != self.roster_followed {
                 followed = Some(follow_roster(
                     &tx,
@@ -2888,6 +2932,9 @@ impl Writer {
         // Whether the batch committed or not: what it read was committed before it.
         if let Some(f) = followed {
             self.followed(roster.version, f);
+        } else if roster.version != self.roster_followed {
+            // The read failed (or the batch before it): tried again while idle too.
+            self.follow_again_later();
         }
         self.last_commit_failed = result.is_err();
         // While commits fail (a full disk), a commit that wrote nothing succeeds without
@@ -5980,6 +6027,90 @@ mod tests {
             RelayToNode::Rejected(r) => assert_eq!(r.code, RejectCode::QueueFull, "{r:?}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A roster reload whose reading of a reinstated participant's queue fails (a store
+    /// read error) is followed again while the relay is idle, not only at the next batch:
+    /// before, the writer logged "tried again at the next batch" and parked, so a node of
+    /// that participant that had logged in meanwhile (its session knowing nothing of the
+    /// queue) was delivered nothing of what waited until someone's traffic made a batch.
+    #[test]
+    fn a_failed_read_of_a_reinstated_queue_is_tried_again_while_the_relay_is_idle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _, _) = writer_holding(dir.path(), 0, 3);
+        let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3)];
+        // IND, owed messages 1 to 3, is revoked and its queue leaves memory.
+        let v2 = test_roster(2, &listed, &["IND"]);
+        w.follow(&v2).expect("followed");
+        let (in_force, roster_rx) = tokio::sync::watch::channel(Arc::new(v2));
+        w.ctx.roster = roster_rx;
+        let gate = Arc::new(crate::FollowGate::default());
+        w.ctx.follow_gate = Some(gate.clone());
+        let queues = w.ctx.queues.clone();
+        let (tx, rx) = mpsc::channel(16);
+        let writer = std::thread::spawn(move || w.run(rx, None));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let within = std::time::Duration::from_secs(10);
+        let keep = |roster: &Verified<Roster>| {
+            let (reply, kept) = tokio::sync::oneshot::channel();
+            tx.try_send(Command::KeepRoster {
+                roster: Arc::new(roster.clone()),
+                reply,
+            })
+            .map_err(|_| "full")
+            .expect("queued");
+            kept
+        };
+
+        // The store cannot be read (a table gone, as a damaged file would fail a read)
+        // when IND is listed again: the reload's follow fails, the roster is still kept.
+        let (_, other) = open_db(dir.path()).expect("open");
+        other
+            .execute_batch("ALTER TABLE ahead RENAME TO ahead_away")
+            .expect("rename");
+        let v3 = test_roster(3, &listed, &[]);
+        in_force.send_replace(Arc::new(v3.clone()));
+        let kept = keep(&v3);
+        rt.block_on(async {
+            tokio::time::timeout(within, gate.reached.notified())
+                .await
+                .expect("the reload's follow reached the gate");
+        });
+        gate.go(1);
+        let answer = rt.block_on(async { tokio::time::timeout(within, kept).await });
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+        assert_eq!(
+            queues.lock().expect("lock").after(&pid("IND"), 0, 100),
+            Vec::<i64>::new(),
+            "the read failed"
+        );
+
+        // The store reads again; nothing is sent to the writer, which follows again on
+        // its own.
+        other
+            .execute_batch("ALTER TABLE ahead_away RENAME TO ahead")
+            .expect("rename back");
+        rt.block_on(async {
+            tokio::time::timeout(within, gate.reached.notified())
+                .await
+                .expect("the writer, idle, follows the roster in force again");
+        });
+        gate.go(1);
+        // A roster kept that needs no follow (not gated): answered once the follow above
+        // is done, on the writer's one thread.
+        let again = keep(&v3);
+        let again = rt.block_on(async { tokio::time::timeout(within, again).await });
+        assert!(matches!(again, Ok(Ok(Ok(_)))), "{again:?}");
+        assert_eq!(
+            queues.lock().expect("lock").after(&pid("IND"), 0, 100),
+            vec![1, 2, 3],
+            "IND's queue read once the store reads"
+        );
+        drop(tx);
+        assert!(matches!(writer.join(), Ok(None)));
     }
 
     /// A participant taken off the roster while the relay runs (revoked, or no longer
