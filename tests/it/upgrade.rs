@@ -250,6 +250,44 @@ async fn takes_over(fixture: &Path) -> anyhow::Result<()> {
         );
     }
 
+    // A drill reads the store of a node down at the end read-only, as an earlier build
+    // left it (`HOTLINE_BIN` that build's binary): it cannot bring it to this build's
+    // schema, nor add an index that came without a raise of it. Every sent message reads,
+    // with its answers counted (`inbox_answering`, named where the store has it: "no such
+    // index" failed every one of them).
+    if node_v == hotline_node::store::SCHEMA_VERSION {
+        for id in ["KAZ", "KGZ", "TJK"] {
+            let rest = hotline_exercise::report::read_at_rest(&dir.join(format!("node-{id}")))
+                .map_err(|e| anyhow::anyhow!("{name}: {id}'s store read at rest: {e}"))?;
+            let held = &before[id];
+            anyhow::ensure!(
+                rest.inbox.len() == held.inbox.len(),
+                "{name}: {id}'s inbox read at rest holds {}, not {}",
+                rest.inbox.len(),
+                held.inbox.len()
+            );
+            for (m, _, _, _) in &held.accepted {
+                anyhow::ensure!(
+                    rest.sent.contains_key(m),
+                    "{name}: {id}'s sent message {m} not read at rest"
+                );
+            }
+            // Each sent message's answers, as the earlier build's store holds them.
+            let conn = hotline_store::open_read_only(&dir.join(format!("node-{id}/node.db")))?;
+            for (m, view) in &rest.sent {
+                let answers: u64 = conn.query_row(
+                    "SELECT COUNT(*) FROM answers WHERE lower(hex(ref)) = ?1",
+                    [m],
+                    |r| r.get(0),
+                )?;
+                anyhow::ensure!(
+                    view["answers_total"] == answers,
+                    "{name}: {id}'s {m} read at rest: {view}"
+                );
+            }
+        }
+    }
+
     // This build's configurations around the earlier build's keys, roster and certificate.
     let fp = ok(
         dir,

@@ -815,7 +815,8 @@ fn asked_digest(
 ) -> Result<hotline_proto::Digest, ApiError> {
     // Sorted, as a set: the same `to` in another order was refused as another request. One
     // already in order (a single recipient, or a list a client sorts) digests as it did
-    // before, so a key taken before this is still known for it.
+    // before, so a key taken before this is still known for it (for one that was not:
+    // [`listed_digest`]).
     let sorted;
     let audience = match &draft.audience {
         Audience::Participants(ids) => {
@@ -827,6 +828,35 @@ fn asked_digest(
         }
         other => other,
     };
+    digest_of(answered, req, draft, audience)
+}
+
+/// The digest an earlier release kept an `Idempotency-Key` with, of `to` as listed (taken
+/// once each, in the order given), where that is not [`asked_digest`]'s (`to` not in
+/// order): a key it took for this request, whose retry comes to this release (the answer
+/// lost as the node stopped for its upgrade), is the same request, not another. `None`
+/// where the two are one.
+fn listed_digest(
+    answered: Option<&MessageId>,
+    req: &SendRequest,
+    draft: &Draft,
+) -> Result<Option<hotline_proto::Digest>, ApiError> {
+    match &draft.audience {
+        Audience::Participants(ids) if !ids.is_sorted() => {
+            digest_of(answered, req, draft, &draft.audience).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// SHA-256 over a label and [`Asked`] as JSON, for `req` as `draft` took it, its audience
+/// `audience` ([`asked_digest`], [`listed_digest`]).
+fn digest_of(
+    answered: Option<&MessageId>,
+    req: &SendRequest,
+    draft: &Draft,
+    audience: &Audience,
+) -> Result<hotline_proto::Digest, ApiError> {
     let asked = Asked {
         route: if answered.is_some() { "reply" } else { "send" },
         answered,
@@ -918,6 +948,7 @@ async fn submit(
         }),
         None => None,
     };
+    let listed = listed_digest(answered.as_ref(), &req, &draft)?;
     if let Some(idem) = idem.clone() {
         // Before the roster's check: a message stored is answered as it was stored, even if
         // the roster has changed since (its recipients are the matrix's, not the roster's).
@@ -925,7 +956,22 @@ async fn submit(
         // (`NodeStore::compose_keyed`), for a request with it that came meanwhile.
         let before = off_runtime(&state, move |state| {
             let store = state.store();
-            match store.keyed(&idem, now).map_err(store_error)? {
+            let mut keyed = store.keyed(&idem, now).map_err(store_error)?;
+            // Taken by an earlier release with this request, `to` as listed: the same one
+            // ([`listed_digest`]). Such a key is older than this node's start, so it is
+            // here now, not only in the transaction that would compose.
+            if let (Some(Keyed::Other), Some(request)) = (&keyed, listed) {
+                let earlier = Idempotency {
+                    key: idem.key.clone(),
+                    request,
+                };
+                if let Some(same @ Keyed::Same { .. }) =
+                    store.keyed(&earlier, now).map_err(store_error)?
+                {
+                    keyed = Some(same);
+                }
+            }
+            match keyed {
                 Some(keyed) => repeated(state, &store, keyed).map(Some),
                 None => Ok(None),
             }
@@ -4661,6 +4707,82 @@ mod tests {
         }
         // Another set is still another request.
         let other = r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising."}"#;
+        let (status, v) = post_keyed(&base, "/v1/messages", other, key).await;
+        assert_eq!(
+            (status, &v["code"]),
+            (422, &json!("idempotency_key_reused")),
+            "{v}"
+        );
+        assert_eq!(sent_count(&state), 1, "nothing more was stored");
+    }
+
+    /// A key an earlier release took for a send whose `to` was not in order was kept with
+    /// the digest of `to` as listed; its retry, the same request, after the node's restart
+    /// on this release (the classic retry: the answer lost as the node stopped) is answered
+    /// with the message stored, not refused `422 idempotency_key_reused` as another request
+    /// (the client, told nothing was stored, would send it again under a new key: twice).
+    #[tokio::test]
+    async fn a_key_an_earlier_release_took_with_recipients_out_of_order_is_still_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let key = Some(&b"upgrade-key"[..]);
+        let body = r#"{"to":["SEC","KGZ"],"subject":"Flooding","body":"Rising."}"#;
+        let (status, sent) = post_keyed(&base, "/v1/messages", body, key).await;
+        assert_eq!(status, 201, "{sent}");
+        // The digest as the earlier release made it: `to` as listed.
+        let digest = |to: Vec<ParticipantId>| {
+            let audience = Audience::Participants(to);
+            let asked = Asked {
+                route: "send",
+                answered: None,
+                audience: &audience,
+                kind: Kind::Alert,
+                precedence: Precedence::Routine,
+                status: Status::Actual,
+                respond_by_ms: None,
+                respond_within_ms: None,
+                references: &[],
+                category: None,
+                subject: "Flooding",
+                body: "Rising.",
+            };
+            hotline_proto::Digest::of(&[
+                b"hotline node idempotency-key request v1\0",
+                &serde_json::to_vec(&asked).unwrap(),
+            ])
+        };
+        let (kgz, sec) = (
+            ParticipantId::new("KGZ").unwrap(),
+            ParticipantId::new("SEC").unwrap(),
+        );
+        {
+            let conn = state.store();
+            let kept: Vec<u8> = conn
+                .conn_for_tests()
+                .query_row(
+                    "SELECT request FROM idempotency WHERE key = 'upgrade-key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                kept,
+                digest(vec![kgz.clone(), sec.clone()]).0,
+                "this release's digest"
+            );
+            conn.conn_for_tests()
+                .execute(
+                    "UPDATE idempotency SET request = ?1 WHERE key = 'upgrade-key'",
+                    [&digest(vec![sec, kgz]).0[..]],
+                )
+                .unwrap();
+        }
+        let (status, v) = post_keyed(&base, "/v1/messages", body, key).await;
+        assert_eq!((status, &v["id"]), (200, &sent["id"]), "{v}");
+        assert_eq!(v["repeated"], true, "{v}");
+        // Another request under that key is still another.
+        let other = r#"{"to":["SEC"],"subject":"Flooding","body":"Rising."}"#;
         let (status, v) = post_keyed(&base, "/v1/messages", other, key).await;
         assert_eq!(
             (status, &v["code"]),

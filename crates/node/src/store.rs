@@ -3240,7 +3240,8 @@ fn inbox_cursor(
 /// The received messages that reference our message `references` (its answers), as
 /// [`inbox_rows`] lists the inbox: newest first, after received message `before`, only
 /// those not yet acknowledged with `unacknowledged`, each given to `each` as it is read
-/// until `each` breaks. Which they are is read along `inbox_answering` (with each row's
+/// until `each` breaks. Which they are is read along `inbox_answering` where the store has
+/// it ([`answering`]; with each row's
 /// acknowledgement for `unacknowledged`), then each message, one at a time. `None` if this
 /// node received no message `before`.
 fn answer_rows(
@@ -3259,9 +3260,10 @@ fn answer_rows(
     } else {
         ""
     };
+    let inbox = answering(conn)?;
     let rows: Vec<i64> = conn
         .prepare_cached(&format!(
-            "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?4 {only} \
+            "SELECT i.rowid FROM answers a JOIN {inbox} ON i.id = a.id WHERE a.ref = ?4 {only} \
              AND i.received_at_ms <= ?2 AND (i.received_at_ms < ?2 OR i.rowid < ?3) \
              ORDER BY i.received_at_ms DESC, i.rowid DESC LIMIT ?1"
         ))?
@@ -3568,7 +3570,8 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
         })
     })?;
     let mut matrix: Vec<MatrixRow> = rows.collect::<rusqlite::Result<_>>()?;
-    let (answers_total, first) = answer_counts(conn, id)?;
+    let inbox = answering(conn)?;
+    let (answers_total, first) = answer_counts(conn, inbox, id)?;
     for row in &mut matrix {
         row.answered_at_ms = first.get(row.recipient.as_str()).copied();
     }
@@ -3577,19 +3580,20 @@ fn sent_message(conn: &Connection, id: &MessageId) -> Result<Option<SentMessage>
         accepted_at_ms: accepted,
         rejected: code.map(|c| (c, detail.unwrap_or_default())),
         matrix,
-        answers: answers_of(conn, id, crate::limits::ANSWERS_LISTED_MAX)?,
+        answers: answers_of(conn, inbox, id, crate::limits::ANSWERS_LISTED_MAX)?,
         answers_total,
     }))
 }
 
 /// How many received messages reference our message `id`, and when this node stored the
-/// first from each sender: read along `inbox_answering` alone, no answer's row (named: by
-/// the unique index on `id`, SQLite read every answer's row for its time and sender).
+/// first from each sender: read along `inbox_answering` alone, no answer's row, where the
+/// store has it (`inbox` as [`answering`] names it).
 fn answer_counts(
     conn: &Connection,
+    inbox: &str,
     id: &MessageId,
 ) -> Result<(u64, HashMap<String, u64>), StoreError> {
-    let mut st = conn.prepare_cached(ANSWER_COUNTS_SQL)?;
+    let mut st = conn.prepare_cached(&answer_counts_sql(inbox))?;
     let mut total = 0;
     let mut first = HashMap::new();
     let rows = st.query_map([&id.0[..]], |r| {
@@ -3608,12 +3612,18 @@ fn answer_counts(
 }
 
 /// The received messages that reference our message `id`, oldest first (by arrival, then by
-/// row), the first `limit` of them. Which they are is read along `inbox_answering`; then
+/// row), the first `limit` of them. Which they are is read along `inbox_answering` (`inbox`
+/// as [`answering`] names it); then
 /// each one's envelope, one at a time, for its kind and subject: read all at once, with the
 /// sort, they were every answer's envelope (bodies included) held together.
-fn answers_of(conn: &Connection, id: &MessageId, limit: usize) -> Result<Vec<Answer>, StoreError> {
+fn answers_of(
+    conn: &Connection,
+    inbox: &str,
+    id: &MessageId,
+    limit: usize,
+) -> Result<Vec<Answer>, StoreError> {
     let rows: Vec<i64> = conn
-        .prepare_cached(ANSWERS_FIRST_SQL)?
+        .prepare_cached(&answers_first_sql(inbox))?
         .query_map(params![&id.0[..], limit as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut answers = Vec::with_capacity(rows.len());
@@ -3641,16 +3651,43 @@ fn answers_of(conn: &Connection, id: &MessageId, limit: usize) -> Result<Vec<Ans
     Ok(answers)
 }
 
+/// How the queries of a sent message's answers read `inbox`: along `inbox_answering`
+/// ([`ANSWERING`]) where the store has it, else as SQLite picks (reading each answer's row:
+/// slower, the same answer). A store an older release wrote gains the index at a read-write
+/// open of this release's ([`NodeStore::open`]) only; one read read-only before then, as a
+/// drill reads the store of a node down at the end ([`NodeReader`]), cannot add it, and a
+/// query naming it was refused "no such index": none of that node's sent messages could be
+/// read.
+fn answering(conn: &Connection) -> Result<&'static str, StoreError> {
+    let indexed = conn
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_answering'",
+        )?
+        .exists([])?;
+    Ok(if indexed { ANSWERING } else { "inbox i" })
+}
+
+/// `inbox` read along `inbox_answering`, named: by the unique index on `id`, SQLite read
+/// every answer's row for its time and sender ([`answering`]).
+const ANSWERING: &str = "inbox i INDEXED BY inbox_answering";
+
 /// Per sender, when this node stored its first message that references our message `?1`,
-/// and how many it stored ([`answer_counts`]).
-const ANSWER_COUNTS_SQL: &str = "SELECT i.sender, MIN(i.received_at_ms), COUNT(*) \
-     FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id WHERE a.ref = ?1 GROUP BY i.sender";
+/// and how many it stored ([`answer_counts`]), reading `inbox` as [`answering`] says.
+fn answer_counts_sql(inbox: &str) -> String {
+    format!(
+        "SELECT i.sender, MIN(i.received_at_ms), COUNT(*) \
+         FROM answers a JOIN {inbox} ON i.id = a.id WHERE a.ref = ?1 GROUP BY i.sender"
+    )
+}
 
 /// The rows of the first `?2` received messages that reference our message `?1`, oldest
-/// first ([`answers_of`]).
-const ANSWERS_FIRST_SQL: &str =
-    "SELECT i.rowid FROM answers a JOIN inbox i INDEXED BY inbox_answering ON i.id = a.id \
-     WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid LIMIT ?2";
+/// first ([`answers_of`]), reading `inbox` as [`answering`] says.
+fn answers_first_sql(inbox: &str) -> String {
+    format!(
+        "SELECT i.rowid FROM answers a JOIN {inbox} ON i.id = a.id \
+         WHERE a.ref = ?1 ORDER BY i.received_at_ms, i.rowid LIMIT ?2"
+    )
+}
 
 /// A read-only connection to the node's store, for the local API's lists: each is read in
 /// one read transaction, a snapshot of the store as one commit left it, without the store's
@@ -5276,11 +5313,13 @@ mod tests {
         }
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(user_version(dir.path()), SCHEMA_VERSION);
+        // The store's queries name it, now that it is there.
+        assert_eq!(answering(&store.conn).unwrap(), ANSWERING);
         use rusqlite::types::Value;
         let id = || Value::Blob(vec![0; 16]);
         for (sql, args) in [
-            (ANSWERS_FIRST_SQL, vec![id(), Value::Integer(64)]),
-            (ANSWER_COUNTS_SQL, vec![id()]),
+            (answers_first_sql(ANSWERING), vec![id(), Value::Integer(64)]),
+            (answer_counts_sql(ANSWERING), vec![id()]),
         ] {
             let steps: Vec<String> = store
                 .conn
@@ -5301,6 +5340,72 @@ mod tests {
                 "{sql}: {steps:?}"
             );
         }
+    }
+
+    /// A store that an older release wrote, with no `inbox_answering` (it comes at a
+    /// read-write open, without a raise of the schema version), read read-only before a
+    /// node of this release opened it: a drill's read at rest of a node down at the end
+    /// (`HOTLINE_BIN` an earlier release's binary), which cannot add the index. Its sent
+    /// messages, their answers counted, and the answers listed apart are read all the same,
+    /// as where the index is. The queries named the index (`INDEXED BY`), and SQLite refused
+    /// each of them, "no such index": no sent message of that node could be read.
+    #[test]
+    fn a_store_without_the_answers_index_is_read_read_only_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = pid("KGZ");
+        let (sent, answer) = {
+            let mut store = NodeStore::open(dir.path()).unwrap();
+            let key = SigningKey::from_bytes(&[3; 32]);
+            let sent = store
+                .compose(
+                    &me,
+                    &key,
+                    Draft::alert(&[pid("KAZ")], "sent"),
+                    &[pid("KAZ")],
+                    1,
+                    NOW,
+                )
+                .unwrap()
+                .unwrap()
+                .decode_unverified()
+                .unwrap()
+                .id;
+            let mut answer = envelope(1, Precedence::Routine);
+            answer.kind = Kind::Update;
+            answer.references = vec![sent];
+            let kaz = SigningKey::from_bytes(&[1; 32]);
+            let signed = Signed::sign(&answer, &kaz).unwrap();
+            store
+                .store_deliveries(&[(signed, Ok(answer.clone()))], NOW + 5)
+                .unwrap();
+            // As an older release left it.
+            store
+                .conn
+                .execute_batch("DROP INDEX inbox_answering")
+                .unwrap();
+            (sent, answer.id)
+        };
+        let mut reader = NodeReader::open(dir.path()).unwrap();
+        let page = reader.sent_page(None, 10).unwrap().unwrap();
+        assert_eq!(page.len(), 1);
+        let s = &page[0];
+        assert_eq!(s.envelope.id, sent);
+        assert_eq!(s.answers_total, 1);
+        assert_eq!(s.answers.iter().map(|a| a.id).collect::<Vec<_>>(), [answer]);
+        assert_eq!(s.matrix[0].answered_at_ms, Some(NOW + 5));
+        let mut listed = Vec::new();
+        reader
+            .answers_each(&sent, None, 10, false, |m| {
+                listed.push(m.envelope.id);
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed, [answer]);
+        // A node of this release opening it read-write adds the index, as ever.
+        drop(reader);
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.sent_message(&sent).unwrap().unwrap().answers_total, 1);
     }
 
     /// The quarantine's page and a discard of the oldest read along an index, stopping at
