@@ -164,7 +164,7 @@ impl HookRunner {
 fn not_started(name: &'static str) {
     warn!(
         hook = name,
-        "the node is stopping: hook not started (an arrival or an escalation it was for is announced again at the next start)"
+        "the node is stopping: hook not started (on_message and on_overdue: the arrival or escalation it was for is announced again at the next start; on_unreachable and on_roster_changed are not fired again for what has passed)"
     );
 }
 
