@@ -812,7 +812,8 @@ fn matrix_text(m: &Value) -> String {
         let more = total.saturating_sub(answers.len() as u64);
         if more > 0 {
             out.push_str(&format!(
-                "\n… and {more} more: the first {} are listed (all: GET /v1/inbox?references={}, docs/API.md)",
+                "\n… and {more} more: the first {} are listed; `hotline inbox --answers-to {}` \
+                 lists them all",
                 answers.len(),
                 m["id"].as_str().unwrap_or("ID"),
             ));
@@ -1442,7 +1443,10 @@ mod tests {
         let text = matrix_text(&m);
         assert!(text.contains("\n\nanswers 5\n"), "{text}");
         assert!(
-            text.contains("… and 3 more: the first 2 are listed (all: GET /v1/inbox?references=112e2e08d10df574952d0f32e1419492"),
+            text.contains(
+                "\n… and 3 more: the first 2 are listed; `hotline inbox --answers-to \
+                 112e2e08d10df574952d0f32e1419492` lists them all"
+            ),
             "{text}"
         );
         // A node of an earlier release counts none: those listed are all.
