@@ -991,6 +991,78 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
     assert!(text.contains("answered 1/1"), "{text}");
     assert!(text.contains("answers 1"), "{text}");
     assert!(text.contains(&answer), "{text}");
+    // `hotline inbox --answers-to` lists every answer to it (the view lists the first 64),
+    // as the inbox lists messages, and only them: the drill's own copy is not KAZ's to
+    // list, and KAZ has received nothing else.
+    let listed = kaz
+        .cli_json(&["inbox", "--answers-to", &drill])
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, [answer.as_str()], "{listed}");
+    assert_eq!(listed[0]["references"], json!([drill]), "{listed}");
+    let out = kaz.cli(&["inbox", "--answers-to", &drill]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and the answer: {}", out.stdout);
+    assert!(lines[0].starts_with("ID ") && lines[0].ends_with("SUBJECT"));
+    assert!(
+        lines[1].starts_with(&answer)
+            && lines[1].contains("KGZ")
+            && lines[1].contains("[EXERCISE] Re: Drill: request for clarification"),
+        "{}",
+        out.stdout
+    );
+    let waiting = kaz
+        .cli_json(&["inbox", "--answers-to", &drill, "--unacknowledged"])
+        .await
+        .unwrap();
+    assert_eq!(waiting.as_array().map(Vec::len), Some(1), "{waiting}");
+    kaz.cli_json(&["ack", &answer, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    let out = kaz
+        .cli(&["inbox", "--answers-to", &drill, "--unacknowledged"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("(no unacknowledged answers to {drill})")),
+        "{}",
+        out.stdout
+    );
+    // A message this node did not send (one it received, or none) has no answers to list:
+    // said so, exit status 1, nothing on standard output, not an empty list that reads
+    // as nobody having answered.
+    let none = "0".repeat(32);
+    for (node, id) in [(&kgz, &drill), (&kaz, &answer), (&kaz, &none)] {
+        let out = node.cli(&["inbox", "--answers-to", id]).await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{id}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("{id} is not a message this node sent")),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
+    // What is not a message id is refused as one, before it becomes part of a query.
+    let out = kaz
+        .cli(&["inbox", "--answers-to", "../status"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("--answers-to") && out.stderr.contains("must be 32 hexadecimal digits"),
+        "{}",
+        out.stderr
+    );
     // KGZ's view of the message it answered says so.
     let here = kgz.cli_json(&["show", &drill]).await.unwrap();
     assert!(here["answered_at_ms"].is_u64(), "{here}");

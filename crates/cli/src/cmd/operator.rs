@@ -333,6 +333,11 @@ pub(crate) struct InboxArgs {
     /// Only unacknowledged messages.
     #[arg(long, conflicts_with = "quarantined")]
     unacknowledged: bool,
+    /// Only the answers to message ID, one this node sent: every received message that
+    /// references it (replies, updates, cancellations), where `hotline status ID` lists the
+    /// first 64. With `--unacknowledged`, those not yet acknowledged.
+    #[arg(long, value_name = "ID", conflicts_with = "quarantined")]
+    answers_to: Option<String>,
     /// Instead of messages, the deliveries held in quarantine (they failed verification or
     /// were not addressed to this node, and are never shown as messages), with why.
     #[arg(long)]
@@ -350,6 +355,16 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
         return quarantine(&a.api, a.before.as_deref());
     }
     let before = cursor(a.before.as_deref())?;
+    // Checked before it becomes part of a URL, as `--before` is.
+    let answers_to: Option<hotline_proto::MessageId> = a
+        .answers_to
+        .as_deref()
+        .map(|id| id.parse().context("--answers-to"))
+        .transpose()?;
+    let filter = InboxFilter {
+        unacknowledged: a.unacknowledged,
+        answers_to,
+    };
     // The node picks the unacknowledged ones from its whole inbox: filtered here from the
     // newest 1,000 it lists, one behind 1,000 newer acknowledged messages was never shown.
     // Filtered here too, for a node from before the parameter, which ignores it.
@@ -357,22 +372,106 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
     if a.unacknowledged {
         query.push("unacknowledged=true".to_owned());
     }
+    query.extend(answers_to.map(|id| format!("references={id}")));
     query.extend(before.map(|id| format!("before={id}")));
     let path = match query.is_empty() {
         true => "/v1/inbox".to_owned(),
         false => format!("/v1/inbox?{}", query.join("&")),
     };
-    let (v, next) = a.api.client()?.get_page(&path)?;
+    let (v, next) = match (a.api.client()?.get_page(&path), answers_to) {
+        (Err(e), Some(id)) => return Err(answers_refused(e, id, before.is_some())),
+        (answer, _) => answer?,
+    };
     let listed = v.as_array().cloned().unwrap_or_default();
     ignored_cursor(&listed, before)?;
+    if let Some(id) = answers_to {
+        ignored_answers_to(&listed, id)?;
+    }
     let items: Vec<Value> = listed
         .iter()
         .filter(|m| !a.unacknowledged || m["acknowledged"] == json!(false))
         .cloned()
         .collect();
     print(a.api.json, &Value::Array(items.clone()), |_| {
-        inbox_text(&items, &listed, a.unacknowledged, before, next.is_some())
+        inbox_text(&items, &listed, filter, before, next.is_some())
     })
+}
+
+/// Which received messages `hotline inbox` lists: all of them, or those not yet
+/// acknowledged, of the whole inbox or of the answers to one message this node sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct InboxFilter {
+    /// `--unacknowledged`.
+    unacknowledged: bool,
+    /// `--answers-to ID`.
+    answers_to: Option<hotline_proto::MessageId>,
+}
+
+impl InboxFilter {
+    /// The command that lists them: `hotline inbox`, with the options that chose them.
+    fn command(self) -> String {
+        let mut command = "hotline inbox".to_owned();
+        if let Some(id) = self.answers_to {
+            command.push_str(&format!(" --answers-to {id}"));
+        }
+        if self.unacknowledged {
+            command.push_str(" --unacknowledged");
+        }
+        command
+    }
+}
+
+/// The node's refusal of `hotline inbox --answers-to ID`, said as what it means for the
+/// officer. A `404` about `?references=` (without `--before`, the only one there can be):
+/// message ID is not one this node sent, whose answers it could list (a received message's
+/// or an unknown id's are not kept apart), which the node's words alone (`references: no
+/// sent message …`) left to be worked out. A parameter the node does not know: it is
+/// older than this command. Anything else as the node said it.
+fn answers_refused(
+    e: hotline_node::client::ClientError,
+    id: hotline_proto::MessageId,
+    before: bool,
+) -> anyhow::Error {
+    use hotline_node::client::ClientError;
+    let said = match &e {
+        ClientError::Api {
+            status: 404,
+            code,
+            message,
+        } if code == "not_found" && (!before || message.starts_with("references")) => format!(
+            "{id} is not a message this node sent, so it has no answers here to list \
+             (`hotline sent` lists the messages sent from here)"
+        ),
+        ClientError::Api { code, message, .. }
+            if code == "unknown_parameter" && message.contains("references") =>
+        {
+            format!(
+                "the node does not know --answers-to (it is older than this command): upgrade \
+                 it (OPERATIONS.md 8.2), or see the first 64 answers with `hotline status {id}`"
+            )
+        }
+        _ => return e.into(),
+    };
+    anyhow::Error::new(e).context(said)
+}
+
+/// An error if the node listed a message that does not reference `id`: a node from before
+/// `?references=` that ignores it lists its whole inbox, which would read as the answers.
+fn ignored_answers_to(listed: &[Value], id: hotline_proto::MessageId) -> anyhow::Result<()> {
+    let id = id.to_string();
+    let answers = |m: &Value| {
+        m["references"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == id.as_str()))
+    };
+    if listed.iter().all(answers) {
+        return Ok(());
+    }
+    bail!(
+        "the node ignored --answers-to (it is older than this command, which lists the \
+         answers to a message only with a node of the same release): upgrade it \
+         (OPERATIONS.md 8.2), or see the first 64 answers with `hotline status {id}`"
+    )
 }
 
 /// A list's `--before`: a message id, checked before it becomes part of a URL.
@@ -403,12 +502,13 @@ fn next_page(command: &str, listed: &[Value]) -> String {
 }
 
 /// The received messages `items` as `hotline inbox` lists them, of the `listed` the node
-/// gave (more than `items` only from a node that ignores `?unacknowledged`), older than
-/// message `before` if given; `more` if the node said the list goes on.
+/// gave (more than `items` only from a node that ignores `?unacknowledged`), chosen by
+/// `filter`, older than message `before` if given; `more` if the node said the list goes
+/// on.
 fn inbox_text(
     items: &[Value],
     listed: &[Value],
-    unacknowledged: bool,
+    filter: InboxFilter,
     before: Option<hotline_proto::MessageId>,
     more: bool,
 ) -> String {
@@ -432,30 +532,45 @@ fn inbox_text(
             shown(&m["subject"], false),
         ));
     }
-    match (items.is_empty(), before) {
-        (true, Some(id)) => out.push_str(&format!("\n(no messages older than {id})")),
-        (true, None) => out.push_str("\n(no messages)"),
-        _ => {}
-    }
-    let (what, command, and) = if unacknowledged {
-        (
-            "unacknowledged messages",
-            "hotline inbox --unacknowledged",
-            "",
-        )
+    let un = if filter.unacknowledged {
+        "unacknowledged "
     } else {
-        (
+        ""
+    };
+    if items.is_empty() {
+        let older = before.map_or(String::new(), |id| format!(" older than {id}"));
+        match filter.answers_to {
+            Some(of) => out.push_str(&format!("\n(no {un}answers to {of}{older})")),
+            None if before.is_some() => out.push_str(&format!("\n(no messages{older})")),
+            None => out.push_str("\n(no messages)"),
+        }
+    }
+    let (what, and) = match (filter.unacknowledged, filter.answers_to) {
+        (true, Some(_)) => ("unacknowledged answers", String::new()),
+        (true, None) => ("unacknowledged messages", String::new()),
+        (false, Some(_)) => (
+            "answers",
+            format!(
+                "; `{}` lists the unacknowledged ones from all of them",
+                InboxFilter {
+                    unacknowledged: true,
+                    ..filter
+                }
+                .command()
+            ),
+        ),
+        (false, None) => (
             "messages",
-            "hotline inbox",
             "; `hotline inbox --unacknowledged` lists the unacknowledged ones from the whole \
-             inbox",
-        )
+             inbox"
+                .to_owned(),
+        ),
     };
     out.push_str(&cut_note(
         more,
         listed.len(),
         what,
-        &format!("{}{and}", next_page(command, listed)),
+        &format!("{}{and}", next_page(&filter.command(), listed)),
     ));
     out
 }
@@ -697,7 +812,8 @@ fn matrix_text(m: &Value) -> String {
         let more = total.saturating_sub(answers.len() as u64);
         if more > 0 {
             out.push_str(&format!(
-                "\n… and {more} more: the first {} are listed (all: GET /v1/inbox?references={}, docs/API.md)",
+                "\n… and {more} more: the first {} are listed; `hotline inbox --answers-to {}` \
+                 lists them all",
                 answers.len(),
                 m["id"].as_str().unwrap_or("ID"),
             ));
@@ -1327,7 +1443,10 @@ mod tests {
         let text = matrix_text(&m);
         assert!(text.contains("\n\nanswers 5\n"), "{text}");
         assert!(
-            text.contains("… and 3 more: the first 2 are listed (all: GET /v1/inbox?references=112e2e08d10df574952d0f32e1419492"),
+            text.contains(
+                "\n… and 3 more: the first 2 are listed; `hotline inbox --answers-to \
+                 112e2e08d10df574952d0f32e1419492` lists them all"
+            ),
             "{text}"
         );
         // A node of an earlier release counts none: those listed are all.
@@ -1413,6 +1532,85 @@ mod tests {
         );
     }
 
+    /// `hotline inbox --unacknowledged`.
+    const UNACKNOWLEDGED: InboxFilter = InboxFilter {
+        unacknowledged: true,
+        answers_to: None,
+    };
+
+    /// `hotline inbox --answers-to ID` lists the answers as the inbox lists its messages: a
+    /// page the node cut names the command for the next one, its filter kept (the command
+    /// without it would page the whole inbox), and an empty list says whose answers it
+    /// lacks.
+    #[test]
+    fn the_answers_to_a_message_page_as_the_inbox_does() {
+        let of: hotline_proto::MessageId =
+            "112e2e08d10df574952d0f32e1419492".parse().expect("an id");
+        let answers: Vec<Value> = (0..15)
+            .map(|i| {
+                json!({"id": format!("{i:032x}"), "from": "KGZ", "precedence": "ROUTINE",
+                "received_at_ms": 1_700_000_000_000u64 - i, "acknowledged": false,
+                "status": "actual", "subject": "Level", "references": [of.to_string()]})
+            })
+            .collect();
+        let last = format!("{:032x}", 14);
+        let all = InboxFilter {
+            unacknowledged: false,
+            answers_to: Some(of),
+        };
+        let waiting = InboxFilter {
+            unacknowledged: true,
+            ..all
+        };
+        let text = inbox_text(&answers, &answers, all, None, true);
+        assert_eq!(
+            text.lines().count(),
+            1 + 15 + 1,
+            "header, rows, note: {text}"
+        );
+        assert_eq!(
+            text.lines().last(),
+            Some(
+                format!(
+                    "(the node lists at most 1000 answers, and 1 MiB of them, at once: \
+                     `hotline inbox --answers-to {of} --before {last}` lists the next older \
+                     ones; `hotline inbox --answers-to {of} --unacknowledged` lists the \
+                     unacknowledged ones from all of them)"
+                )
+                .as_str()
+            )
+        );
+        let text = inbox_text(&answers, &answers, waiting, None, true);
+        assert!(
+            text.ends_with(&format!(
+                "(the node lists at most 1000 unacknowledged answers, and 1 MiB of them, at \
+                 once: `hotline inbox --answers-to {of} --unacknowledged --before {last}` \
+                 lists the next older ones)"
+            )),
+            "{text}"
+        );
+        assert!(!inbox_text(&answers, &answers, all, None, false).contains("at most"));
+        let id: hotline_proto::MessageId = last.parse().expect("an id");
+        assert!(
+            inbox_text(&[], &[], all, None, false).ends_with(&format!("\n(no answers to {of})"))
+        );
+        assert!(
+            inbox_text(&[], &[], waiting, Some(id), false).ends_with(&format!(
+                "\n(no unacknowledged answers to {of} older than {last})"
+            ))
+        );
+        // A node that ignores `?references=` lists its whole inbox: refused, not shown as
+        // the answers.
+        assert!(ignored_answers_to(&answers, of).is_ok());
+        let mut mixed = answers.clone();
+        mixed[3]["references"] = json!([]);
+        let e = ignored_answers_to(&mixed, of).expect_err("another message listed");
+        assert!(
+            e.to_string().contains("the node ignored --answers-to"),
+            "{e}"
+        );
+    }
+
     /// A list the node cut at its limit says so, and the exact command for the next page:
     /// the same list before its last message. There was no way to see older ones.
     #[test]
@@ -1428,10 +1626,10 @@ mod tests {
         };
         let last = format!("{:032x}", API_LIST_MAX - 1);
         let all = received(API_LIST_MAX - 1);
-        let text = inbox_text(&all, &all, false, None, false);
+        let text = inbox_text(&all, &all, InboxFilter::default(), None, false);
         assert!(!text.contains("at most"), "{text}");
         let cut = received(API_LIST_MAX);
-        let text = inbox_text(&cut, &cut, false, None, true);
+        let text = inbox_text(&cut, &cut, InboxFilter::default(), None, true);
         let note = text.lines().last().unwrap_or_default().to_owned();
         assert_eq!(
             note,
@@ -1449,7 +1647,7 @@ mod tests {
         // A page the node cut at its bytes, short of 1000, says so too: counted in items,
         // it read as all there was.
         let short = received(15);
-        let text = inbox_text(&short, &short, false, None, true);
+        let text = inbox_text(&short, &short, InboxFilter::default(), None, true);
         assert!(
             text.contains(&format!("`hotline inbox --before {:032x}`", 14)),
             "{text}"
@@ -1458,17 +1656,16 @@ mod tests {
         // release before the pages' `Link` (one still running after the CLI was upgraded)
         // names none while more remain, and its full page read as all there was. From a
         // later node whose list ends there, it costs one command that says so.
-        let text = inbox_text(&cut, &cut, false, None, false);
+        let text = inbox_text(&cut, &cut, InboxFilter::default(), None, false);
         assert_eq!(text.lines().last(), Some(note.as_str()), "{text}");
         assert_eq!(
             text.lines().count(),
             1 + API_LIST_MAX + 1,
             "header, rows, note"
         );
-        assert!(
-            inbox_text(&cut[..3], &cut, true, None, false).contains(&format!("--before {last}`"))
-        );
-        let text = inbox_text(&cut, &cut, true, None, true);
+        assert!(inbox_text(&cut[..3], &cut, UNACKNOWLEDGED, None, false)
+            .contains(&format!("--before {last}`")));
+        let text = inbox_text(&cut, &cut, UNACKNOWLEDGED, None, true);
         assert!(
             text.ends_with(&format!(
                 "(the node lists at most 1000 unacknowledged messages, and 1 MiB of them, at \
@@ -1479,13 +1676,14 @@ mod tests {
         );
         // Filtered here from a node that ignores `?unacknowledged`: cut all the same, and
         // the next page starts after the last the node listed.
-        assert!(
-            inbox_text(&cut[..3], &cut, true, None, true).contains(&format!("--before {last}`"))
-        );
+        assert!(inbox_text(&cut[..3], &cut, UNACKNOWLEDGED, None, true)
+            .contains(&format!("--before {last}`")));
         // A page past the last.
         let id: hotline_proto::MessageId = last.parse().expect("an id");
-        assert!(inbox_text(&[], &[], false, Some(id), false)
-            .ends_with(&format!("\n(no messages older than {last})")));
+        assert!(
+            inbox_text(&[], &[], InboxFilter::default(), Some(id), false)
+                .ends_with(&format!("\n(no messages older than {last})"))
+        );
 
         let sent = |n: usize| -> Value {
             (0..n)
