@@ -3914,12 +3914,17 @@ mod tests {
     }
 
     fn message(key: &SigningKey, n: u8) -> Signed<Envelope> {
+        message_to(key, n, Audience::Participants(vec![pid("CHN"), pid("IND")]))
+    }
+
+    /// KAZ's alert number `n` (its id `[n; 16]`) to `audience`, signed with `key`.
+    fn message_to(key: &SigningKey, n: u8, audience: Audience) -> Signed<Envelope> {
         let env = Envelope {
             version: PROTOCOL_VERSION,
             id: MessageId([n; 16]),
             sender: pid("KAZ"),
             seq: Seq(n as u64),
-            audience: Audience::Participants(vec![pid("CHN"), pid("IND")]),
+            audience,
             kind: MsgKind::Alert,
             precedence: Precedence::Routine,
             status: Status::Exercise,
@@ -5962,23 +5967,7 @@ mod tests {
         let (mut w, _, _) = writer_holding(dir.path(), 0, 3);
         let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3)];
         let submit = |w: &mut Writer, roster: &Verified<Roster>, n: u8, audience: Audience| {
-            let env = Envelope {
-                version: PROTOCOL_VERSION,
-                id: MessageId([n; 16]),
-                sender: pid("KAZ"),
-                seq: Seq(u64::from(n)),
-                audience,
-                kind: MsgKind::Alert,
-                precedence: Precedence::Routine,
-                status: Status::Exercise,
-                created_at_ms: 1_000,
-                respond_by_ms: None,
-                references: vec![],
-                category: None,
-                subject: format!("message {n}"),
-                body: "body".into(),
-            };
-            let signed = Signed::sign(&env, &SigningKey::from_bytes(&[1; 32])).expect("sign");
+            let signed = message_to(&SigningKey::from_bytes(&[1; 32]), n, audience);
             let env = roster.verify_envelope(&signed).expect("verifies");
             commit_submission(w, env, 20_000 * DAY_MS)
         };
