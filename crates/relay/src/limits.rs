@@ -305,6 +305,11 @@ pub const STORE_PROBE_MS: u64 = 1_000;
 /// relay would make no batch. One failing read a second costs nothing worth counting.
 pub const ROSTER_FOLLOW_RETRY_MS: u64 = 1_000;
 
+/// While those reads keep failing, the error is logged again at most this often, with how
+/// many reads failed since (`Writer::follow_again`): one error line a second, for as long
+/// as a damaged store lasts, would drown the rest of the log.
+pub const ROSTER_FOLLOW_FAILED_REPEAT_MS: u64 = 60_000;
+
 /// How long a roster reload waits for the store writer to keep the new roster (one small
 /// commit after the batch in hand; `RelayHandle::reload_roster`). The roster is in force
 /// already; past this the reload logs that it is not kept, rather than hold up the signal

@@ -1788,6 +1788,10 @@ pub(crate) struct Writer {
     /// after a failed read ([`Writer::follow`], [`follow_roster`]): `None` while the
     /// roster in force is followed, or no read of it has failed (thread hosting only).
     follow_again_at: Option<std::time::Instant>,
+    /// Errors of those reads tried again while idle: one line at most every
+    /// [`crate::limits::ROSTER_FOLLOW_FAILED_REPEAT_MS`], the rest at debug; new once a
+    /// read succeeds.
+    follow_failed: Throttle,
     /// Warnings about refused forwards: one at most every 10 s, however fast they come.
     unforwarded: Throttle,
     /// Receipts each signer had kept today only for messages not held here, as committed.
@@ -2091,6 +2095,7 @@ impl Writer {
             last_commit_failed: false,
             failing: None,
             follow_again_at: None,
+            follow_failed: Writer::follow_failed_throttle(),
             unforwarded: Throttle::new(std::time::Duration::from_secs(10)),
             foreign_budget,
             over_budget: Throttle::new(std::time::Duration::from_secs(10)),
@@ -2513,8 +2518,24 @@ impl Writer {
         self.follow_again_at = None;
         let roster = self.ctx.roster.borrow().clone();
         if let Err(e) = self.follow(&roster) {
-            tracing::error!(error = %e, retry_in_ms = crate::limits::ROSTER_FOLLOW_RETRY_MS, "reading the queues of participants active again failed again; tried again at the next batch, or in retry_in_ms while idle");
+            // Once a second for as long as the store fails: one line a minute, with the
+            // count, as the store's probe of failing writes logs its retries at debug.
+            match self.follow_failed.tick(1, std::time::Instant::now()) {
+                Some(failed) => {
+                    tracing::error!(error = %e, failed, retry_in_ms = crate::limits::ROSTER_FOLLOW_RETRY_MS, "reading the queues of participants active again failed again (failed times since the last line); tried again at the next batch, or in retry_in_ms while idle")
+                }
+                None => {
+                    tracing::debug!(error = %e, "reading the queues of participants active again still fails")
+                }
+            }
         }
+    }
+
+    /// The throttle of [`Writer::follow_again`]'s errors, new: its first is logged.
+    fn follow_failed_throttle() -> Throttle {
+        Throttle::new(std::time::Duration::from_millis(
+            crate::limits::ROSTER_FOLLOW_FAILED_REPEAT_MS,
+        ))
     }
 
     /// Waits at the test gate, if there is one ([`crate::Hosting::follow_gate`]), before a
@@ -2533,6 +2554,7 @@ impl Writer {
     fn followed(&mut self, version: u64, f: Followed) {
         self.roster_followed = version;
         self.follow_again_at = None;
+        self.follow_failed = Self::follow_failed_throttle();
         for who in &f.let_go {
             self.ctx.metrics.forget_queue_depth(who);
             tracing::info!(participant = %who, roster_version = version, "participant no longer active on the roster: its queue leaves memory; what it is owed stays in the store, for a roster that lists it again");
@@ -6098,6 +6120,98 @@ mod tests {
             vec![1, 2, 3],
             "IND's queue read once the store reads"
         );
+        drop(tx);
+        assert!(matches!(writer.join(), Ok(None)));
+    }
+
+    /// Counts the error-level events logged on the thread it is the default of.
+    struct ErrorCount(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tracing::Subscriber for ErrorCount {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A store whose reading of a reinstated participant's queue keeps failing (a damaged
+    /// file) is read again every second while the relay is idle, and that is not an error
+    /// line a second for as long as it lasts: before, every retry logged one (3,600 an
+    /// hour, drowning the rest), where the store's own probe of failing writes logs its
+    /// retries at debug. The reload's failure and the first retry's are logged; the
+    /// retries after that at most once every `STORE_STALL_REPEAT_MS`, with their count.
+    #[test]
+    fn a_read_of_a_reinstated_queue_that_keeps_failing_is_not_an_error_line_a_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _, _) = writer_holding(dir.path(), 0, 3);
+        let listed = [("KAZ", 1), ("CHN", 2), ("IND", 3)];
+        let v2 = test_roster(2, &listed, &["IND"]);
+        w.follow(&v2).expect("followed");
+        let (in_force, roster_rx) = tokio::sync::watch::channel(Arc::new(v2));
+        w.ctx.roster = roster_rx;
+        let gate = Arc::new(crate::FollowGate::default());
+        w.ctx.follow_gate = Some(gate.clone());
+        let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = ErrorCount(errors.clone());
+        let (tx, rx) = mpsc::channel(16);
+        let writer = std::thread::spawn(move || {
+            tracing::subscriber::with_default(counted, || w.run(rx, None))
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let within = std::time::Duration::from_secs(10);
+        let reached = || {
+            rt.block_on(async {
+                tokio::time::timeout(within, gate.reached.notified())
+                    .await
+                    .expect("the writer follows the roster in force");
+            })
+        };
+
+        // The store cannot be read when IND is listed again, and stays so.
+        let (_, other) = open_db(dir.path()).expect("open");
+        other
+            .execute_batch("ALTER TABLE ahead RENAME TO ahead_away")
+            .expect("rename");
+        let v3 = test_roster(3, &listed, &[]);
+        in_force.send_replace(Arc::new(v3.clone()));
+        let (reply, kept) = tokio::sync::oneshot::channel();
+        tx.try_send(Command::KeepRoster {
+            roster: Arc::new(v3),
+            reply,
+        })
+        .map_err(|_| "full")
+        .expect("queued");
+        // The reload's follow, then five retries while idle, each failing; the sixth is
+        // held at the gate, so the five before it have logged what they log.
+        reached();
+        gate.go(1);
+        let answer = rt.block_on(async { tokio::time::timeout(within, kept).await });
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+        for _ in 0..5 {
+            reached();
+            gate.go(1);
+        }
+        reached();
+        let logged = errors.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            logged <= 2,
+            "{logged} error lines for one failing read tried again 5 times"
+        );
+        gate.go(u64::MAX / 2);
         drop(tx);
         assert!(matches!(writer.join(), Ok(None)));
     }
