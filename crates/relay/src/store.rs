@@ -6150,7 +6150,7 @@ mod tests {
     /// line a second for as long as it lasts: before, every retry logged one (3,600 an
     /// hour, drowning the rest), where the store's own probe of failing writes logs its
     /// retries at debug. The reload's failure and the first retry's are logged; the
-    /// retries after that at most once every `STORE_STALL_REPEAT_MS`, with their count.
+    /// retries after that at most once every `ROSTER_FOLLOW_FAILED_REPEAT_MS`, with their count.
     #[test]
     fn a_read_of_a_reinstated_queue_that_keeps_failing_is_not_an_error_line_a_second() {
         let dir = tempfile::tempdir().expect("tempdir");
