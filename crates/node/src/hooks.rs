@@ -286,11 +286,17 @@ mod tests {
     async fn a_hook_waiting_its_turn_when_the_node_stops_never_starts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (out, go) = (dir.path().join("out"), dir.path().join("go"));
+        // The first hook waits on this FIFO until the test writes a line to it.
+        let made = std::process::Command::new("mkfifo")
+            .arg(&go)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo: {made}");
         let slow = vec![
             "sh".to_owned(),
             "-c".to_owned(),
             format!(
-                "echo one >> '{}'; until [ -e '{}' ]; do sleep 0.01; done",
+                "echo one >> '{}'; read go < '{}'",
                 out.display(),
                 go.display()
             ),
@@ -331,7 +337,13 @@ mod tests {
             move || second.store(true, std::sync::atomic::Ordering::SeqCst)
         });
         stop.send_replace(true);
-        std::fs::write(&go, b"").unwrap();
+        // Opening the FIFO waits for the hook to have it open: on a thread of its own.
+        let told = tokio::task::spawn_blocking(move || std::fs::write(&go, b"go\n"));
+        tokio::time::timeout(Duration::from_secs(20), told)
+            .await
+            .expect("the first hook read its go")
+            .expect("joined")
+            .expect("written");
         tokio::time::timeout(Duration::from_secs(20), first)
             .await
             .expect("the running hook ended")
