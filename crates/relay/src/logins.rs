@@ -116,6 +116,9 @@ pub(crate) struct Logins {
     burst: u32,
     refill: Duration,
     buckets: Mutex<HashMap<ParticipantId, Bucket>>,
+    /// Tests only ([`crate::Hosting::login_clock`]): the clock [`Logins::now`] reads
+    /// instead of the real one.
+    clock: Option<crate::LoginClock>,
 }
 
 impl Logins {
@@ -125,6 +128,20 @@ impl Logins {
             burst: burst.max(1),
             refill,
             buckets: Mutex::new(HashMap::new()),
+            clock: None,
+        }
+    }
+
+    /// The same budgets on a test's clock, if one is given ([`crate::Hosting::login_clock`]).
+    pub(crate) fn with_clock(self, clock: Option<crate::LoginClock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The time to take a session at: the real time, or a test's clock.
+    pub(crate) fn now(&self) -> Instant {
+        match &self.clock {
+            None => Instant::now(),
+            Some(clock) => clock.now(),
         }
     }
 
