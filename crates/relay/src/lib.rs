@@ -403,25 +403,26 @@ impl FollowGate {
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct LoginClock {
-    /// Milliseconds added to the real clock, shared by every clone.
-    ahead_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Nanoseconds added to the real clock (584 years at most), shared by every clone.
+    ahead_ns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoginClock {
-    /// Moves the budgets' clock on by `by` (to the millisecond, rounded down), at once.
+    /// Moves the budgets' clock on by `by`, at once. (Exactly: a refusal's `retry_in`, to
+    /// the nanosecond, is then reached.)
     pub fn advance(&self, by: Duration) {
-        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: the count is the only state; a login that reads it after this returns
         // (the test's next login) sees it, as the connection it makes happens after.
         let _ = self
-            .ahead_ms
-            .fetch_update(Relaxed, Relaxed, |a| Some(a.saturating_add(ms)));
+            .ahead_ns
+            .fetch_update(Relaxed, Relaxed, |a| Some(a.saturating_add(ns)));
     }
 
     /// The real `now` moved on by what was added.
     pub(crate) fn now(&self) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
-        let ahead = Duration::from_millis(self.ahead_ms.load(Relaxed));
+        let ahead = Duration::from_nanos(self.ahead_ns.load(Relaxed));
         now.checked_add(ahead).unwrap_or(now)
     }
 }

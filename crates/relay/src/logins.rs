@@ -273,4 +273,28 @@ mod tests {
             assert!(logins.len() <= ENTRIES_MAX, "{i}: {}", logins.len());
         }
     }
+
+    /// A test's clock (`Hosting::login_clock`) moves the budget on as far as it is
+    /// advanced, at once; without one the budget reads the real clock.
+    #[test]
+    fn a_test_clock_moves_the_budget_on() {
+        let kaz = pid("KAZ");
+        let real = Logins::new(1, 60 * S);
+        assert_eq!(real.take(&kaz, real.now()), Ok(()));
+        assert!(real.take(&kaz, real.now()).is_err());
+
+        let clock = crate::LoginClock::default();
+        let logins = Logins::new(1, 60 * S).with_clock(Some(clock.clone()));
+        assert_eq!(logins.take(&kaz, logins.now()), Ok(()));
+        let r = logins.take(&kaz, logins.now()).unwrap_err();
+        assert!(r.retry_in > 59 * S, "{r:?}");
+        let before = Instant::now();
+        clock.advance(r.retry_in);
+        assert!(logins.now() >= before + r.retry_in);
+        assert_eq!(logins.take(&kaz, logins.now()), Ok(()));
+        assert!(
+            logins.take(&kaz, logins.now()).is_err(),
+            "one refill, one session"
+        );
+    }
 }
