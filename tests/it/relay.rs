@@ -1799,17 +1799,22 @@ async fn second_connection_supersedes_the_first() {
 /// `session_burst` times, then refused `LimitExceeded` right after authenticating, with a
 /// detail saying when to try again: no `Welcome`, its backlog neither read nor sent again
 /// (each session that is let in is sent it, and counted), and its live session is not
-/// superseded. Another participant logs in meanwhile as usual; once the refill has passed,
-/// the participant is let in again and sent its backlog. (Each login used to cost a read of
-/// the store and a page of backlog, bounded only by the handshake rate.)
+/// superseded. Another participant logs in meanwhile as usual; before the time the refusal
+/// named it is refused again, once it has passed it is let in again and sent its backlog.
+/// (Each login used to cost a read of the store and a page of backlog, bounded only by the
+/// handshake rate.) The time passes on the budget's own clock (`Hosting::login_clock`), not
+/// in a sleep: the refill is a minute, far longer than this test takes in real time.
 #[tokio::test]
 async fn a_participant_logging_in_in_a_loop_is_refused_past_its_session_budget() {
     const BURST: usize = 3;
-    const REFILL_MS: u64 = 3_000;
+    const REFILL_MS: u64 = 60_000;
     let net = two_with(&format!(
         "[limits]\nsession_burst = {BURST}\nsession_refill_ms = {REFILL_MS}\n"
     ));
-    let relay = net.relay().await;
+    let clock = hotline_relay::LoginClock::default();
+    let relay = net
+        .relay_with(hotline_relay::Hosting::default().login_clock(clock.clone()))
+        .await;
     let addr = relay.local_addr();
     let maddr = relay
         .metrics_addr()
@@ -1829,7 +1834,7 @@ async fn a_participant_logging_in_in_a_loop_is_refused_past_its_session_budget()
     // this machine took longer than a refill over them).
     let mut live = None;
     let mut let_in = 0;
-    let (reason, refused_at) = loop {
+    let reason = loop {
         assert!(let_in <= BURST + 5, "never refused after {let_in} logins");
         match net.client(addr, "KGZ").await {
             Ok(mut kgz) => {
@@ -1844,7 +1849,7 @@ async fn a_participant_logging_in_in_a_loop_is_refused_past_its_session_budget()
                 Some(NetError::Closed {
                     code: ErrorCode::LimitExceeded,
                     reason,
-                }) => break (reason.clone(), tokio::time::Instant::now()),
+                }) => break reason.clone(),
                 _ => panic!("refused otherwise: {e:#}"),
             },
         }
@@ -1870,21 +1875,42 @@ async fn a_participant_logging_in_in_a_loop_is_refused_past_its_session_budget()
         .await
         .unwrap();
 
-    // Trying again when the refusal said (`retry in S.T s`, counted from the refusal; at
-    // most a refill), KGZ is let in, and sent its backlog: the time a token bucket takes to
-    // refill is what is tested here, so the test lets that time pass, as the relay named it.
-    // Read as the node reads it.
-    let retry_in_ms = hotline_proto::frame::retry_in_ms_of(&reason)
-        .unwrap_or_else(|| panic!("no `retry in S.T s` in {reason:?}"));
+    // The refusal says when to try again (`retry in S.T s`, counted from the refusal; at
+    // most a refill), read as the node reads it. The time a token bucket takes to refill is
+    // what is tested here: the relay's budget clock is moved on, first by half that time.
+    let retry_in_ms_of = |reason: &str| {
+        hotline_proto::frame::retry_in_ms_of(reason)
+            .unwrap_or_else(|| panic!("no `retry in S.T s` in {reason:?}"))
+    };
+    let retry_in_ms = retry_in_ms_of(&reason);
     assert!(retry_in_ms <= REFILL_MS + 100, "{reason}");
-    tokio::time::sleep_until(refused_at + std::time::Duration::from_millis(retry_in_ms)).await;
+    assert!(retry_in_ms > REFILL_MS / 2, "{reason}");
+    let early_ms = retry_in_ms / 2;
+    clock.advance(std::time::Duration::from_millis(early_ms));
+    // Before then, KGZ is refused again, told to wait what is left (the real time this
+    // test has taken since is seconds at most; the refill is a minute).
+    let reason = match net.client(addr, "KGZ").await {
+        Ok(_) => panic!("let in {early_ms} ms after a refusal that said {retry_in_ms} ms"),
+        Err(e) => match e.downcast_ref::<NetError>() {
+            Some(NetError::Closed {
+                code: ErrorCode::LimitExceeded,
+                reason,
+            }) => reason.clone(),
+            _ => panic!("refused otherwise: {e:#}"),
+        },
+    };
+    let left_ms = retry_in_ms_of(&reason);
+    assert!(left_ms <= retry_in_ms - early_ms + 100, "{reason}");
+    wait_metric(maddr, refusals, |n| n == 2.0).await.unwrap();
+    // Trying again when the last refusal said, KGZ is let in, and sent its backlog.
+    clock.advance(std::time::Duration::from_millis(left_ms));
     let mut kgz = net.client(addr, "KGZ").await.unwrap();
     sent(&mut kgz, &queued).await.unwrap();
     assert_flows(&mut kaz, &mut kgz, "after the refill")
         .await
         .unwrap();
     let text = http_get(maddr, "/metrics").await.unwrap();
-    assert_eq!(metric(&text, refusals), Some(1.0), "{text}");
+    assert_eq!(metric(&text, refusals), Some(2.0), "{text}");
     relay.shutdown().await;
 }
 

@@ -335,6 +335,7 @@ pub struct Hosting {
     login_gate: Option<Arc<LoginGate>>,
     follow_gate: Option<Arc<FollowGate>>,
     store_stall_after: Option<std::time::Duration>,
+    login_clock: Option<LoginClock>,
 }
 
 /// For tests of what happens between a node's login and its session's start (a roster
@@ -390,6 +391,39 @@ impl FollowGate {
             p = self.opened.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         *p -= 1;
+    }
+}
+
+/// For tests of the participants' budgets of sessions (`limits.session_burst`,
+/// `session_refill_ms`): the clock those budgets read, the real one moved on by what
+/// [`LoginClock::advance`] added, so that a test can let a budget refill without waiting
+/// for it. Only the budget reads it: QUIC's timers, the sessions and the store keep the real
+/// time. (Tokio's paused time is no use here: it would fire quinn's idle timers too.) See
+/// [`Hosting::login_clock`]. Never in production.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct LoginClock {
+    /// Nanoseconds added to the real clock (584 years at most), shared by every clone.
+    ahead_ns: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LoginClock {
+    /// Moves the budgets' clock on by `by`, at once. (Exactly: a refusal's `retry_in`, to
+    /// the nanosecond, is then reached.)
+    pub fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: the count is the only state; a login that reads it after this returns
+        // (the test's next login) sees it, as the connection it makes happens after.
+        let _ = self
+            .ahead_ns
+            .fetch_update(Relaxed, Relaxed, |a| Some(a.saturating_add(ns)));
+    }
+
+    /// The real `now` moved on by what was added.
+    pub(crate) fn now(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let ahead = Duration::from_nanos(self.ahead_ns.load(Relaxed));
+        now.checked_add(ahead).unwrap_or(now)
     }
 }
 
@@ -466,6 +500,15 @@ impl Hosting {
     #[doc(hidden)]
     pub fn store_stall_after(mut self, after: std::time::Duration) -> Self {
         self.store_stall_after = Some(after);
+        self
+    }
+
+    /// For tests of the participants' budgets of sessions: the budgets read `clock`, which
+    /// the test moves on ([`LoginClock::advance`]) instead of waiting for a refill. Nothing
+    /// else reads it. Never in production (which reads the real clock).
+    #[doc(hidden)]
+    pub fn login_clock(mut self, clock: LoginClock) -> Self {
+        self.login_clock = Some(clock);
         self
     }
 }
@@ -700,7 +743,8 @@ impl Relay {
             logins: logins::Logins::new(
                 config.limits.session_burst,
                 Duration::from_millis(config.limits.session_refill_ms),
-            ),
+            )
+            .with_clock(hosting.login_clock),
             before_login: std::sync::Mutex::new(hotline_net::Throttle::new(Duration::from_secs(
                 10,
             ))),

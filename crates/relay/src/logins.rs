@@ -116,6 +116,9 @@ pub(crate) struct Logins {
     burst: u32,
     refill: Duration,
     buckets: Mutex<HashMap<ParticipantId, Bucket>>,
+    /// Tests only ([`crate::Hosting::login_clock`]): the clock [`Logins::now`] reads
+    /// instead of the real one.
+    clock: Option<crate::LoginClock>,
 }
 
 impl Logins {
@@ -125,6 +128,20 @@ impl Logins {
             burst: burst.max(1),
             refill,
             buckets: Mutex::new(HashMap::new()),
+            clock: None,
+        }
+    }
+
+    /// The same budgets on a test's clock, if one is given ([`crate::Hosting::login_clock`]).
+    pub(crate) fn with_clock(self, clock: Option<crate::LoginClock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The time to take a session at: the real time, or a test's clock.
+    pub(crate) fn now(&self) -> Instant {
+        match &self.clock {
+            None => Instant::now(),
+            Some(clock) => clock.now(),
         }
     }
 
@@ -255,5 +272,29 @@ mod tests {
             let _ = logins.take(&pid(&format!("Q{i}")), t0 + 100 * S + i * 6 * S);
             assert!(logins.len() <= ENTRIES_MAX, "{i}: {}", logins.len());
         }
+    }
+
+    /// A test's clock (`Hosting::login_clock`) moves the budget on as far as it is
+    /// advanced, at once; without one the budget reads the real clock.
+    #[test]
+    fn a_test_clock_moves_the_budget_on() {
+        let kaz = pid("KAZ");
+        let real = Logins::new(1, 60 * S);
+        assert_eq!(real.take(&kaz, real.now()), Ok(()));
+        assert!(real.take(&kaz, real.now()).is_err());
+
+        let clock = crate::LoginClock::default();
+        let logins = Logins::new(1, 60 * S).with_clock(Some(clock.clone()));
+        assert_eq!(logins.take(&kaz, logins.now()), Ok(()));
+        let r = logins.take(&kaz, logins.now()).unwrap_err();
+        assert!(r.retry_in > 59 * S, "{r:?}");
+        let before = Instant::now();
+        clock.advance(r.retry_in);
+        assert!(logins.now() >= before + r.retry_in);
+        assert_eq!(logins.take(&kaz, logins.now()), Ok(()));
+        assert!(
+            logins.take(&kaz, logins.now()).is_err(),
+            "one refill, one session"
+        );
     }
 }

@@ -561,7 +561,7 @@ async fn session(
     // Before anything a session costs (a read of the store, a page of backlog, pushing the
     // live session off): a node with a valid key logging in again in a loop is bounded by
     // its participant's budget, not by the handshake rate.
-    if let Err(refused) = shared.logins.take(&me, tokio::time::Instant::now()) {
+    if let Err(refused) = shared.logins.take(&me, shared.logins.now()) {
         return Err(over_budget(shared, &me, conn, refused));
     }
     if let Some(gate) = &shared.login_gate {
