@@ -62,6 +62,15 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --out FILE or --out-dir DIR"),
     };
     tracing::info!(db = %db.display(), out = %out.display(), bytes = b.bytes, entries = b.journal.entries, "backup written");
+    // Pruned before anything is printed: a closed standard output (`| head -1`) ends the
+    // command at its first line, which must not leave the older copies in place.
+    let pruned = match (&args.out_dir, args.keep) {
+        (Some(dir), Some(keep)) => {
+            let written = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            Some((dir, keep, prune(dir, &store, keep as usize, written)))
+        }
+        _ => None,
+    };
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
         out.display(),
@@ -70,9 +79,8 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         b.journal.entries,
         hex::encode(b.journal.head)
     );
-    if let (Some(dir), Some(keep)) = (&args.out_dir, args.keep) {
-        let written = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let removed = prune(dir, &store, keep as usize, written)?;
+    if let Some((dir, keep, removed)) = pruned {
+        let removed = removed?;
         if !removed.is_empty() {
             tracing::info!(dir = %dir.display(), removed = removed.len(), keep, "older backups removed");
             outln!(
