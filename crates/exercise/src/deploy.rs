@@ -110,6 +110,15 @@ impl Deployment {
     pub fn create(dir: &Path, template: &str) -> anyhow::Result<Self> {
         let dir = &std::path::absolute(dir)
             .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
+        // The configurations name paths in `dir`, and TOML holds text only: a name that is
+        // not UTF-8 would be passed on cut, and the relay would not find its configuration.
+        if dir.to_str().is_none() {
+            anyhow::bail!(
+                "{}: the drill's directory name is not UTF-8, which its configurations cannot \
+                 name: give --out a UTF-8 path (nothing was written)",
+                dir.display()
+            );
+        }
         create_dir_private(dir)?;
         // Each of these is written as a new file below, but not first: a directory that
         // holds one (`--out /etc/hotline`, the production relay's) is refused before
@@ -359,6 +368,24 @@ mod tests {
             left.sort();
             assert_eq!(left, [held], "{held}: nothing else was written");
         }
+    }
+
+    /// `hotline exercise run --out` a directory whose name is not UTF-8: the deployment was
+    /// written (38 key pairs, tokens, configurations), and the relay then failed to start,
+    /// its configuration's path passed on cut ("relay.toml: No such file or directory", exit
+    /// status 78). The configurations name paths in the directory, and TOML holds text
+    /// only: such a directory is refused before anything is made.
+    #[test]
+    fn a_directory_whose_name_is_not_utf8_is_refused_before_anything_is_made() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"drill\xff"));
+        let e = match Deployment::create(&dir, crate::scenario::CICA_ROSTER) {
+            Ok(_) => panic!("a deployment was made in a directory no configuration can name"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("not UTF-8"), "{e}");
+        assert!(!dir.exists(), "nothing was made");
     }
 
     /// The deployment's files are new files: a symbolic link planted where one goes (by
