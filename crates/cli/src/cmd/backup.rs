@@ -55,6 +55,12 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("backing up {} to {}", db.display(), out.display()))?;
             (out.clone(), b)
         }
+        (None, Some(dir)) if !super::audit::exists(dir)? => anyhow::bail!(
+            "{}: no such directory (is the backup disk mounted?); make it first: install -d \
+             -m 0700 {}",
+            dir.display(),
+            dir.display()
+        ),
         (None, Some(dir)) => write_named_copy(dir, &store, hotline_node::now_ms(), |out| {
             hotline_store::backup(&db, out)
         })

@@ -301,6 +301,30 @@ fn audit_verify_does_not_call_a_file_that_is_no_database_corrupt() {
     assert!(stderr.contains("corrupt"), "{stderr}");
 }
 
+/// `hotline backup --out-dir DIR` with a DIR that does not exist (a mistyped mount point,
+/// a backup disk not mounted) named a hidden file the operator never asked for, `DIR/.relay-
+/// TIME.db.partial-PID-0: No such file or directory`. It says that DIR does not exist, and
+/// makes nothing.
+#[test]
+fn a_backup_into_a_directory_that_does_not_exist_names_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let out = hotline(
+        dir.path(),
+        &["backup", "--data", "relay-data", "--out-dir", "no such dir"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("no such dir: no such directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".partial"), "{stderr}");
+    assert!(!dir.path().join("no such dir").exists());
+}
+
 /// A restore refused because the service runs says what to do: stop it first, by name.
 #[test]
 fn a_restore_beside_a_running_service_says_to_stop_it_first() {
