@@ -697,13 +697,27 @@ pub fn read_verified_roster(
 /// Writes a signed roster file atomically (temporary file, fsync, rename, fsync of the
 /// directory), replacing any earlier one.
 pub fn write_signed_roster(path: &Path, signed: &Signed<Roster>) -> Result<(), RosterFileError> {
-    let bytes = codec::encode(signed, SIGNED_ROSTER_FILE_BYTES_MAX).map_err(|e: EncodeError| {
+    write(path, &encode_signed(path, signed)?, IfExists::Replace)
+}
+
+/// [`write_signed_roster`] to a file that must not exist yet
+/// ([`RosterFileError::Exists`] if it does): for a roster that must never take the place
+/// of another, as a drill's in a directory that may hold a deployment's.
+pub fn write_new_signed_roster(
+    path: &Path,
+    signed: &Signed<Roster>,
+) -> Result<(), RosterFileError> {
+    write(path, &encode_signed(path, signed)?, IfExists::Refuse)
+}
+
+/// The bytes of a signed roster file, to be written at `path`.
+fn encode_signed(path: &Path, signed: &Signed<Roster>) -> Result<Vec<u8>, RosterFileError> {
+    codec::encode(signed, SIGNED_ROSTER_FILE_BYTES_MAX).map_err(|e: EncodeError| {
         RosterFileError::Encode {
             path: path.to_owned(),
             message: e.to_string(),
         }
-    })?;
-    write(path, &bytes, IfExists::Replace)
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use hotline_config::keyfile::{self, IfExists};
-use hotline_config::roster_file::{write_signed_roster, Draft};
+use hotline_config::roster_file::{write_new_signed_roster, Draft};
 use hotline_node::client::ApiClient;
 use hotline_proto::{PublicKey, Roster, Signed};
 
@@ -62,6 +62,10 @@ pub(crate) const FILE_MODE: u32 = 0o644;
 /// else can plant a file or a symbolic link where it is about to write.
 const DIR_MODE: u32 = 0o700;
 
+/// The files [`Deployment::create`] writes in its directory besides `keys` and `hooks`,
+/// which a directory given to it must not hold.
+const DEPLOYMENT_FILES: [&str; 4] = ["roster.signed", "relay.crt", "relay.key", "relay.toml"];
+
 /// Writes `contents` to `path`, a file that must not exist yet, created with `mode`
 /// (`hotline_config::write_new`). A file already there, or a symbolic link planted there to
 /// make the harness write elsewhere, is refused (`create_new` follows no link), naming the
@@ -106,7 +110,29 @@ impl Deployment {
     pub fn create(dir: &Path, template: &str) -> anyhow::Result<Self> {
         let dir = &std::path::absolute(dir)
             .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
+        // The configurations name paths in `dir`, and TOML holds text only: a name that is
+        // not UTF-8 would be passed on cut, and the relay would not find its configuration.
+        if dir.to_str().is_none() {
+            anyhow::bail!(
+                "{}: the drill's directory name is not UTF-8, which its configurations cannot \
+                 name: give --out a UTF-8 path (nothing was written)",
+                dir.display()
+            );
+        }
         create_dir_private(dir)?;
+        // Each of these is written as a new file below, but not first: a directory that
+        // holds one (`--out /etc/hotline`, the production relay's) is refused before
+        // anything is written in it, rather than left holding a drill's keys.
+        for file in DEPLOYMENT_FILES {
+            let path = dir.join(file);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                anyhow::bail!(
+                    "{} already holds {file} (a deployment's, or a drill's): give --out a \
+                     directory of its own, or a new one (nothing was written)",
+                    dir.display()
+                );
+            }
+        }
         // New, and only ours: a `keys` or `hooks` already there (or a link planted in its
         // place) is refused rather than written into.
         for sub in ["keys", "hooks"] {
@@ -127,7 +153,7 @@ impl Deployment {
         let roster = draft.to_roster(crate::now_ms())?;
         let signed = Signed::sign(&roster, &roster_signing)
             .map_err(|e| anyhow::anyhow!("signing the roster: {e}"))?;
-        write_signed_roster(&dir.join("roster.signed"), &signed)?;
+        write_new_signed_roster(&dir.join("roster.signed"), &signed)?;
         let fingerprint =
             hotline_net::tls::write_self_signed(&dir.join("relay.crt"), &dir.join("relay.key"))?;
         let relay_addr = free_udp()?;
@@ -311,6 +337,55 @@ mod tests {
             assert_eq!(&named, file);
         }
         assert!(tmp.path().join("drill").join("relay.toml").is_file());
+    }
+
+    /// `hotline exercise run --out /etc/hotline` (or `--out .` there): the deployment's
+    /// signed roster was written over the production one (a drill's, signed by a throwaway
+    /// key, which the relay and the nodes then refuse at their next start or SIGHUP), and
+    /// only then was the relay's certificate found in place and the drill refused, saying
+    /// "nothing was written". A directory holding any of the deployment's files is refused
+    /// before anything is written in it, and those files are left as they were.
+    #[test]
+    fn a_directory_holding_a_deployments_files_is_left_as_it_was() {
+        for held in ["roster.signed", "relay.crt", "relay.key", "relay.toml"] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path();
+            std::fs::write(dir.join(held), "production\n").expect("a production file");
+            let e = match Deployment::create(dir, crate::scenario::CICA_ROSTER) {
+                Ok(_) => panic!("{held}: a deployment was made over it"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(e.contains(held), "{held}: {e}");
+            assert_eq!(
+                std::fs::read_to_string(dir.join(held)).expect("still there"),
+                "production\n",
+                "{held}"
+            );
+            let mut left: Vec<_> = std::fs::read_dir(dir)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            left.sort();
+            assert_eq!(left, [held], "{held}: nothing else was written");
+        }
+    }
+
+    /// `hotline exercise run --out` a directory whose name is not UTF-8: the deployment was
+    /// written (38 key pairs, tokens, configurations), and the relay then failed to start,
+    /// its configuration's path passed on cut ("relay.toml: No such file or directory", exit
+    /// status 78). The configurations name paths in the directory, and TOML holds text
+    /// only: such a directory is refused before anything is made.
+    #[test]
+    fn a_directory_whose_name_is_not_utf8_is_refused_before_anything_is_made() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"drill\xff"));
+        let e = match Deployment::create(&dir, crate::scenario::CICA_ROSTER) {
+            Ok(_) => panic!("a deployment was made in a directory no configuration can name"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("not UTF-8"), "{e}");
+        assert!(!dir.exists(), "nothing was made");
     }
 
     /// The deployment's files are new files: a symbolic link planted where one goes (by

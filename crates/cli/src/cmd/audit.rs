@@ -68,6 +68,29 @@ pub(crate) fn store_kind(db: &Path) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses `db` as no store if it holds bytes but does not start as an SQLite database does
+/// (the relay's configuration typed for its data directory): `PRAGMA quick_check` calls such
+/// a file a corrupt database, which sends an operator to restore a store that is whole. An
+/// empty file is left to [`store_kind`], which names it as no store too.
+fn refuse_non_database(db: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    std::fs::File::open(db)
+        .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
+        .with_context(|| format!("{}: cannot read it", db.display()))?;
+    if !head.is_empty() && head != SQLITE_HEADER {
+        anyhow::bail!(
+            "{}: neither a relay's nor a node's store (not an SQLite database at all): give \
+             the data directory, or its relay.db or node.db, or a copy `hotline backup` wrote",
+            db.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether `path` exists. One this user may not look at is an error naming it and saying
 /// who may, not a missing file: a service's data directory is its account's alone (the
 /// package's are `hotline`'s, mode 0700), and "no store here" would send an operator
@@ -92,7 +115,13 @@ fn out_of_reach(path: &Path, e: &std::io::Error) -> anyhow::Error {
 pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify { data } => {
+            // A file named directly that is no database at all is the wrong file, not a
+            // damaged store; a data directory's store that SQLite cannot read is damaged.
+            let named = !data.is_dir();
             let db = store_file(data)?;
+            if named {
+                refuse_non_database(&db)?;
+            }
             // Read-only: checking a store (or the only backup) never changes it, not even
             // its journal mode; the service's WAL beside it is read.
             let conn = hotline_store::open_read_only(&db)?;

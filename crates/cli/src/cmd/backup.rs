@@ -55,6 +55,12 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("backing up {} to {}", db.display(), out.display()))?;
             (out.clone(), b)
         }
+        (None, Some(dir)) if !super::audit::exists(dir)? => anyhow::bail!(
+            "{}: no such directory (is the backup disk mounted?); make it first: install -d \
+             -m 0700 {}",
+            dir.display(),
+            dir.display()
+        ),
         (None, Some(dir)) => write_named_copy(dir, &store, hotline_node::now_ms(), |out| {
             hotline_store::backup(&db, out)
         })
@@ -62,6 +68,15 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --out FILE or --out-dir DIR"),
     };
     tracing::info!(db = %db.display(), out = %out.display(), bytes = b.bytes, entries = b.journal.entries, "backup written");
+    // Pruned before anything is printed: a closed standard output (`| head -1`) ends the
+    // command at its first line, which must not leave the older copies in place.
+    let pruned = match (&args.out_dir, args.keep) {
+        (Some(dir), Some(keep)) => {
+            let written = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            Some((dir, keep, prune(dir, &store, keep as usize, written)))
+        }
+        _ => None,
+    };
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
         out.display(),
@@ -70,9 +85,8 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         b.journal.entries,
         hex::encode(b.journal.head)
     );
-    if let (Some(dir), Some(keep)) = (&args.out_dir, args.keep) {
-        let written = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let removed = prune(dir, &store, keep as usize, written)?;
+    if let Some((dir, keep, removed)) = pruned {
+        let removed = removed?;
         if !removed.is_empty() {
             tracing::info!(dir = %dir.display(), removed = removed.len(), keep, "older backups removed");
             outln!(

@@ -34,6 +34,9 @@ const REPLACE_HINT: &str = "`--force` replaces it, and its secret key is then lo
 
 /// Generates a key pair and prints the public key.
 pub(crate) fn run(args: KeygenArgs) -> Result<()> {
+    // The name is checked before the directory is made, so that a refused one leaves
+    // nothing behind.
+    let (secret, public) = keyfile::key_paths(&args.out, &args.id)?;
     ensure_key_dir(&args.out)?;
     let if_exists = if args.force {
         IfExists::Replace
@@ -46,7 +49,6 @@ pub(crate) fn run(args: KeygenArgs) -> Result<()> {
         }
         r => r?,
     };
-    let (secret, public) = keyfile::key_paths(&args.out, &args.id)?;
     tracing::info!(
         secret = %secret.display(),
         public = %public.display(),
@@ -71,4 +73,34 @@ pub(crate) fn ensure_key_dir(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("cannot create key directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that cannot be a key file's (`--id ../x`, a typo) is refused before anything
+    /// is made: the missing `--out` directory was created first, and left behind, empty,
+    /// by the refusal.
+    #[test]
+    fn a_bad_name_is_refused_before_the_directory_is_made() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let out = dir.path().join("keys");
+        let err = run(KeygenArgs {
+            id: "../x".into(),
+            out: out.clone(),
+            force: false,
+        })
+        .expect_err("not a key name");
+        assert!(err.to_string().contains("\"../x\""), "{err:#}");
+        assert!(!out.exists(), "nothing was made");
+        // A good name makes the directory and the pair.
+        run(KeygenArgs {
+            id: "KAZ".into(),
+            out: out.clone(),
+            force: false,
+        })
+        .expect("written");
+        assert!(out.join("KAZ.key").is_file() && out.join("KAZ.pub").is_file());
+    }
 }

@@ -282,7 +282,11 @@ pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
 /// screen, and the bidirectional-override characters, which reorder what follows them, are
 /// shown escaped (`\u{1b}`). With `lines`, line breaks and tabs are kept (a body).
 pub(crate) fn shown(v: &Value, lines: bool) -> String {
-    let s = v.as_str().unwrap_or("");
+    shown_str(v.as_str().unwrap_or(""), lines)
+}
+
+/// [`shown`] for text that is not JSON: a roster's names, which its signer wrote.
+pub(crate) fn shown_str(s: &str, lines: bool) -> String {
     let unsafe_char = |c: char| {
         !(lines && (c == '\n' || c == '\t'))
             && (c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))

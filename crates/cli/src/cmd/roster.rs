@@ -13,6 +13,8 @@ use hotline_config::utc::format_utc;
 use hotline_proto::{ParticipantId, PublicKey, Role, Roster, Signed};
 use serde::Serialize;
 
+use super::operator::shown_str;
+
 /// Longest participant name shown in full in the `roster show` table.
 const SHOW_NAME_CHARS_MAX: usize = 48;
 
@@ -616,6 +618,9 @@ fn print_json(
     Ok(())
 }
 
+/// The roster as a table. Its names (network, participants, groups) are shown escaped
+/// ([`shown_str`]): a signed roster shown unverified may be anyone's, and a name holding
+/// terminal controls must not be able to write over the `NOT VERIFIED` line above it.
 fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance: Provenance) {
     let status = match provenance {
         Provenance::Draft => "unsigned draft".to_owned(),
@@ -627,7 +632,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
     outln!(
         "{}: {} roster version {}",
         file.display(),
-        draft.network,
+        shown_str(&draft.network, false),
         draft.version
     );
     if let Some(ms) = issued_at_ms {
@@ -639,7 +644,7 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
     let names: Vec<String> = draft
         .participants
         .iter()
-        .map(|p| shorten(&p.name, SHOW_NAME_CHARS_MAX))
+        .map(|p| shorten(&shown_str(&p.name, false), SHOW_NAME_CHARS_MAX))
         .collect();
     let id_w = draft
         .participants
@@ -692,17 +697,21 @@ fn print_table(file: &Path, draft: &Draft, issued_at_ms: Option<u64>, provenance
     );
     outln!();
 
-    let group_w = draft
+    let group_names: Vec<String> = draft
         .groups
         .iter()
-        .map(|g| g.name.chars().count())
+        .map(|g| shown_str(&g.name, false))
+        .collect();
+    let group_w = group_names
+        .iter()
+        .map(|g| g.chars().count())
         .max()
         .unwrap_or(0)
         .max("GROUP".len());
     outln!("{:group_w$}  MEMBERS", "GROUP");
-    for g in &draft.groups {
+    for (g, name) in draft.groups.iter().zip(&group_names) {
         let members: Vec<&str> = g.members.iter().map(ParticipantId::as_str).collect();
-        outln!("{:group_w$}  {}", g.name, members.join(", "));
+        outln!("{name:group_w$}  {}", members.join(", "));
     }
     outln!("{} groups", draft.groups.len());
 }

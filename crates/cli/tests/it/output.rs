@@ -196,3 +196,50 @@ fn a_failed_drill_is_not_reported_passed_when_its_reader_has_gone() {
         );
     }
 }
+
+/// `hotline backup --out-dir DIR --keep N | head -1`, `head` gone before the copy was
+/// written: the closed pipe ended the command at its first line, "OK: … written", before
+/// it removed the copies beyond the newest N, with status 0. A reader that wants no more
+/// output must not cut the work short: the older copies are removed all the same.
+#[test]
+fn a_closed_standard_output_does_not_stop_a_backup_from_pruning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let copies = dir.path().join("copies");
+    std::fs::create_dir(&copies).expect("mkdir");
+    let (data, out_dir) = (
+        relay.to_str().expect("UTF-8"),
+        copies.to_str().expect("UTF-8"),
+    );
+    let args = [
+        "backup",
+        "--data",
+        data,
+        "--out-dir",
+        out_dir,
+        "--keep",
+        "1",
+    ];
+    let out = hotline(&args).output().expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    // A second copy beside the first, as an earlier run without --keep leaves one.
+    let out = hotline(&["backup", "--data", data, "--out-dir", out_dir])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_dir(&copies).expect("list").count(), 2);
+    let out = hotline(&args)
+        .stdout(reader_gone())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("runs");
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&copies)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the newest copy is kept: {left:?}");
+}

@@ -274,6 +274,57 @@ fn backup_and_audit_refuse_a_file_that_is_no_store_and_leave_it_as_it_is() {
     }
 }
 
+/// `hotline audit verify --data FILE` given a file that is no database at all (the
+/// relay's configuration, typed for its data directory) said `database relay.toml is
+/// corrupt`, which sends an operator to restore a store that is whole. It is refused as no
+/// store, as `backup` and `restore` refuse it; a store found in a data directory that
+/// SQLite cannot read is still reported corrupt.
+#[test]
+fn audit_verify_does_not_call_a_file_that_is_no_database_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("relay.toml"), "listen = \"127.0.0.1:7400\"\n").expect("write");
+    let out = hotline(d, &["audit", "verify", "--data", "relay.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("relay.toml: neither a relay's nor a node's store"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("corrupt"), "{stderr}");
+    // The same bytes as a data directory's store: that store is damaged.
+    std::fs::create_dir(d.join("data")).expect("mkdir");
+    std::fs::copy(d.join("relay.toml"), d.join("data/relay.db")).expect("copy");
+    let out = hotline(d, &["audit", "verify", "--data", "data"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+}
+
+/// `hotline backup --out-dir DIR` with a DIR that does not exist (a mistyped mount point,
+/// a backup disk not mounted) named a hidden file the operator never asked for, `DIR/.relay-
+/// TIME.db.partial-PID-0: No such file or directory`. It says that DIR does not exist, and
+/// makes nothing.
+#[test]
+fn a_backup_into_a_directory_that_does_not_exist_names_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let out = hotline(
+        dir.path(),
+        &["backup", "--data", "relay-data", "--out-dir", "no such dir"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("no such dir: no such directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".partial"), "{stderr}");
+    assert!(!dir.path().join("no such dir").exists());
+}
+
 /// A restore refused because the service runs says what to do: stop it first, by name.
 #[test]
 fn a_restore_beside_a_running_service_says_to_stop_it_first() {

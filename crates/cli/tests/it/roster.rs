@@ -696,3 +696,83 @@ fn a_key_directory_that_does_not_exist_is_named_as_missing() {
         s(&out),
     ]);
 }
+
+/// `roster show` of a signed roster nobody has verified yet (one that came by e-mail, the
+/// file a node is about to be given) printed its participants' and groups' names as they
+/// were: a name holding terminal controls could move the cursor up and write over the
+/// `NOT VERIFIED` line printed above the table, or reorder it with a bidirectional
+/// override, so that a forged roster read as verified. The names are shown escaped, as
+/// every other command shows another party's text; `--json` keeps them as they are.
+#[test]
+fn a_rosters_names_cannot_drive_the_terminal() {
+    let t = setup();
+    let dir = t.keys.parent().expect("parent");
+    ok(&["keygen", "--id", "EVIL", "--out", s(dir)]);
+    // Cursor up two lines, erase it, and write a verdict; then a right-to-left override.
+    let name = "Evil\u{1b}[2A\u{1b}[2K\rsigned by x, verified\u{9b}1m\u{202e}lamron";
+    ok(&[
+        "roster",
+        "add",
+        "--roster",
+        s(&t.draft),
+        "--id",
+        "EVIL",
+        "--name",
+        name,
+        "--role",
+        "observer",
+        "--key",
+        s(&dir.join("EVIL.pub")),
+    ]);
+    let group = "grp\u{1b}[1A\u{202e}";
+    ok(&[
+        "roster",
+        "group",
+        "--roster",
+        s(&t.draft),
+        "--name",
+        group,
+        "--members",
+        "EVIL",
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--roster",
+        s(&t.draft),
+        "--key",
+        s(&t.roster_key),
+        "--out",
+        s(&t.signed),
+        "--version",
+        "2",
+    ]);
+    for file in [&t.signed, &t.draft] {
+        let table = ok(&["roster", "show", s(file)]);
+        let driving: Vec<char> = table
+            .chars()
+            .filter(|c| {
+                (c.is_control() && *c != '\n')
+                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            })
+            .collect();
+        assert!(driving.is_empty(), "{file:?}: {driving:?} in\n{table}");
+        assert!(table.contains(r"Evil\u{1b}[2A"), "{table}");
+        assert!(table.contains(r"grp\u{1b}[1A\u{202e}"), "{table}");
+        // The columns are counted on what is printed: the group's members start after it.
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("grp"))
+            .expect("the group's line");
+        assert!(line.ends_with("  EVIL"), "{line}");
+        // JSON is for programs, which get the names as they are.
+        let v = show_json(file, &[]);
+        let evil = v["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .find(|p| p["id"] == "EVIL")
+            .expect("EVIL listed");
+        assert_eq!(evil["name"], name);
+    }
+}
