@@ -1052,12 +1052,13 @@ async fn a_reply_reaches_the_sender_as_exercise_traffic_and_is_listed_among_its_
         );
         assert!(out.stdout.is_empty(), "{}", out.stdout);
     }
-    // What is not a message id is refused as one, before it becomes part of a query.
+    // What is not a message id is refused as one, before it becomes part of a query:
+    // a malformed argument, status 2.
     let out = kaz
         .cli(&["inbox", "--answers-to", "../status"])
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("--answers-to") && out.stderr.contains("must be 32 hexadecimal digits"),
         "{}",
@@ -1415,7 +1416,7 @@ async fn the_cli_explains_refusals_and_a_missing_node() {
             args.extend(["--officer", "Duty officer"]);
         }
         let out = kaz.cli(&args).await.unwrap();
-        assert_eq!(out.status.code(), Some(1), "{command} {id}: {out:?}");
+        assert_eq!(out.status.code(), Some(2), "{command} {id}: {out:?}");
         assert!(
             out.stderr.contains("must be 32 hexadecimal digits"),
             "{command} {id}: {}",

@@ -2298,14 +2298,15 @@ async fn the_relay_report_shows_who_holds_and_who_acknowledged_each_message() {
         one.stdout
     );
     assert!(one.stdout.contains("OVERDUE"), "{}", one.stdout);
-    // A malformed id is said to be one, not a message the store lacks.
+    // A malformed id is said to be one, not a message the store lacks
+    // (a malformed argument, status 2).
     let bad = hotline_cli(
         net.path(),
         &["relay", "report", "-c", config, "--id", "not-an-id"],
     )
     .await
     .unwrap();
-    assert_eq!(bad.status.code(), Some(1), "{}", bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.stderr);
     assert!(
         bad.stderr
             .contains("--id: message id \"not-an-id\" must be 32 hexadecimal digits")

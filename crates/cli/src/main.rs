@@ -176,6 +176,8 @@ fn main() -> ExitCode {
             if e.is::<cmd::CannotStart>() {
                 errln!("(exit status {}: the service cannot start until this is put right; starting it again will not help)", cmd::EXIT_CANNOT_START);
                 ExitCode::from(cmd::EXIT_CANNOT_START)
+            } else if e.is::<cmd::BadArgument>() {
+                ExitCode::from(cmd::EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
             }

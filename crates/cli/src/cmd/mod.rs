@@ -24,6 +24,26 @@ use hotline_store::StoreError;
 /// retried.
 pub(crate) const EXIT_CANNOT_START: u8 = 78;
 
+/// The exit status of a command line that is wrong: clap's own, for an unknown command or
+/// option or a missing argument, and [`BadArgument`]'s, for an argument clap took as text
+/// that names nothing of its kind (a message id that is not 32 hex digits). Either is
+/// refused before anything is done (the man page's EXIT STATUS).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// An argument that is not what it names (`hotline show ../status`, `--since yesterday`),
+/// found before the command does anything: exit status [`EXIT_USAGE`], as clap's refusals,
+/// not 1, which says the command ran and failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct BadArgument(anyhow::Error);
+
+impl BadArgument {
+    /// `e`, the reason argument `name` was refused, named and marked as a usage error.
+    pub(crate) fn of(name: &str, e: impl std::fmt::Display) -> anyhow::Error {
+        BadArgument(anyhow::anyhow!("{name}: {e}")).into()
+    }
+}
+
 /// A service's start-up error that a restart cannot mend (see [`EXIT_CANNOT_START`]).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]

@@ -259,7 +259,7 @@ pub(crate) struct ReplyArgs {
 /// node's status as an empty message) or only earn an unexplained 404. The refusal is the
 /// node's own words for a bad id (`bad_id`).
 fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
-    let id: hotline_proto::MessageId = id.parse()?;
+    let id: hotline_proto::MessageId = id.parse().map_err(|e| super::BadArgument::of("ID", e))?;
     Ok(format!("/v1/messages/{id}{rest}"))
 }
 
@@ -363,7 +363,10 @@ pub(crate) fn inbox(a: InboxArgs) -> anyhow::Result<()> {
     let answers_to: Option<hotline_proto::MessageId> = a
         .answers_to
         .as_deref()
-        .map(|id| id.parse().context("--answers-to"))
+        .map(|id| {
+            id.parse()
+                .map_err(|e| super::BadArgument::of("--answers-to", e))
+        })
         .transpose()?;
     let filter = InboxFilter {
         unacknowledged: a.unacknowledged,
@@ -480,7 +483,9 @@ fn ignored_answers_to(listed: &[Value], id: hotline_proto::MessageId) -> anyhow:
 
 /// A list's `--before`: a message id, checked before it becomes part of a URL.
 fn cursor(before: Option<&str>) -> anyhow::Result<Option<hotline_proto::MessageId>> {
-    before.map(|b| b.parse().context("--before")).transpose()
+    before
+        .map(|b| b.parse().map_err(|e| super::BadArgument::of("--before", e)))
+        .transpose()
 }
 
 /// An error if the node listed message `before` itself: a node from before `?before=`,
@@ -604,7 +609,10 @@ fn quarantine(api: &ApiArgs, before: Option<&str>) -> anyhow::Result<()> {
     // Checked before it becomes part of a URL.
     if let Some(b) = before {
         if b.len() != 64 || !b.bytes().all(|c| c.is_ascii_hexdigit()) {
-            bail!("--before {b:?}: with --quarantined, a digest of 64 hex digits, as the line under `hotline inbox --quarantined` gives it");
+            return Err(super::BadArgument::of(
+                "--before",
+                format_args!("{b:?}: with --quarantined, a digest of 64 hex digits, as the line under `hotline inbox --quarantined` gives it"),
+            ));
         }
     }
     let path = match before {

@@ -163,10 +163,12 @@ fn serve(path: PathBuf, tethered: bool) -> anyhow::Result<()> {
 
 /// `hotline relay redeliver`.
 fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<()> {
+    // The command line first: a mistake there is a usage error, whatever the configuration.
+    let to = hotline_proto::ParticipantId::new(to)
+        .map_err(|e| super::BadArgument::of("--to", format_args!("{to}: {e}")))?;
+    let since_ms =
+        super::roster::parse_utc(since).map_err(|e| super::BadArgument::of("--since", e))?;
     let config = RelayConfig::load(config)?;
-    let to =
-        hotline_proto::ParticipantId::new(to).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
-    let since_ms = super::roster::parse_utc(since).context("--since")?;
     // A participant the relay's roster does not list has no queue there: a mistyped id was
     // answered "nothing to deliver again", exit status 0, as if the restored node were owed
     // nothing. The roster file is the one the relay loads at start and on SIGHUP; if it
@@ -268,7 +270,10 @@ fn report(
     // A malformed id is a mistake in the command, not a message the store lacks: said as
     // such, before the store is opened.
     let id = id
-        .map(|id| id.parse::<hotline_proto::MessageId>().context("--id"))
+        .map(|id| {
+            id.parse::<hotline_proto::MessageId>()
+                .map_err(|e| super::BadArgument::of("--id", e))
+        })
         .transpose()?;
     let config = RelayConfig::load(config)?;
     let db = config.data_dir.join(hotline_relay::store::DB_FILE);

@@ -176,3 +176,91 @@ fn the_drill_directory_default_is_named_as_it_is() {
         );
     }
 }
+
+/// An argument that names nothing of its kind (a message id that is not 32 hex digits, a
+/// digest that is not 64, a participant id or a time that is none) is a malformed argument:
+/// status 2 naming it, before anything is done (no node is called, no configuration read),
+/// as the man page's EXIT STATUS says. It was status 1, which reads as the command having
+/// run and failed.
+#[test]
+fn an_argument_that_names_nothing_of_its_kind_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    let token = token.to_str().expect("UTF-8");
+    // No node listens there, and no relay.toml is in the directory: a command that got that
+    // far would fail with status 1 saying so.
+    let api = ["--api", "127.0.0.1:9", "--token-file", token];
+    let node = |args: &[&'static str]| -> Vec<&str> { [args, &api[..]].concat() };
+    for (args, named) in [
+        (node(&["show", "../status"]), "ID"),
+        (node(&["status", "a/b"]), "ID"),
+        (
+            node(&["ack", "../../v1/status", "--officer", "Duty officer"]),
+            "ID",
+        ),
+        (node(&["reply", "?limit=1", "--body", "x"]), "ID"),
+        (
+            node(&["inbox", "--answers-to", "../status"]),
+            "--answers-to",
+        ),
+        (node(&["inbox", "--before", "zz"]), "--before"),
+        (node(&["sent", "--before", "1234"]), "--before"),
+        (
+            node(&["inbox", "--quarantined", "--before", "0123"]),
+            "--before",
+        ),
+        (
+            vec!["relay", "report", "-c", "relay.toml", "--id", "not-an-id"],
+            "--id",
+        ),
+        (
+            vec![
+                "relay",
+                "redeliver",
+                "-c",
+                "relay.toml",
+                "--to",
+                "../KAZ",
+                "--since",
+                "2025-01-01T00:00:00Z",
+            ],
+            "--to",
+        ),
+        (
+            vec![
+                "relay",
+                "redeliver",
+                "-c",
+                "relay.toml",
+                "--to",
+                "KAZ",
+                "--since",
+                "yesterday",
+            ],
+            "--since",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("HOTLINE_NODE_CONFIG")
+            .env_remove("HOTLINE_API")
+            .env_remove("HOTLINE_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {named}: ")),
+            "{args:?}: names the argument: {stderr}"
+        );
+        assert!(
+            !stderr.contains("relay.toml") && !stderr.contains("127.0.0.1:9"),
+            "{args:?}: refused before anything was done: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
