@@ -606,6 +606,32 @@ async fn the_relay_takes_no_quic_datagrams() {
     relay.shutdown().await;
 }
 
+/// A session needs one stream: a peer may open one bidirectional stream, before its login
+/// and after it, and no other, nor any unidirectional one, so it cannot make the relay
+/// hold a stream's buffers many times over. (QUIC's stream limits: opening is refused by
+/// the peer's own stack, at once, without a round trip.)
+#[tokio::test]
+async fn a_peer_may_open_one_stream_and_no_more() {
+    fn opens<F: std::future::Future>(f: F) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::pin!(f).poll(&mut cx).is_ready()
+    }
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let (_ep, conn) = raw_connect(relay.local_addr(), net.fingerprint)
+        .await
+        .unwrap();
+    assert!(!opens(conn.open_uni()), "a unidirectional stream");
+    let (_send, _recv) = conn.open_bi().await.unwrap();
+    assert!(!opens(conn.open_bi()), "a second stream before logging in");
+    assert!(!opens(kaz.session.conn.open_bi()), "a second stream");
+    assert!(!opens(kaz.session.conn.open_uni()), "a unidirectional one");
+    assert_flows(&mut kaz, &mut kgz, "after streams refused")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn wrong_alpn_fails_in_the_tls_handshake() {
     let net = two();
