@@ -606,6 +606,32 @@ async fn the_relay_takes_no_quic_datagrams() {
     relay.shutdown().await;
 }
 
+/// A session needs one stream: a peer may open one bidirectional stream, before its login
+/// and after it, and no other, nor any unidirectional one, so it cannot make the relay
+/// hold a stream's buffers many times over. (QUIC's stream limits: opening is refused by
+/// the peer's own stack, at once, without a round trip.)
+#[tokio::test]
+async fn a_peer_may_open_one_stream_and_no_more() {
+    fn opens<F: std::future::Future>(f: F) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::pin!(f).poll(&mut cx).is_ready()
+    }
+    let net = two();
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let (_ep, conn) = raw_connect(relay.local_addr(), net.fingerprint)
+        .await
+        .unwrap();
+    assert!(!opens(conn.open_uni()), "a unidirectional stream");
+    let (_send, _recv) = conn.open_bi().await.unwrap();
+    assert!(!opens(conn.open_bi()), "a second stream before logging in");
+    assert!(!opens(kaz.session.conn.open_bi()), "a second stream");
+    assert!(!opens(kaz.session.conn.open_uni()), "a unidirectional one");
+    assert_flows(&mut kaz, &mut kgz, "after streams refused")
+        .await
+        .unwrap();
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn wrong_alpn_fails_in_the_tls_handshake() {
     let net = two();
@@ -809,6 +835,69 @@ async fn a_refused_hello_whose_error_cannot_be_sent_is_closed_at_the_deadline() 
     assert_flows(&mut kaz, &mut kgz, "after a deaf client")
         .await
         .unwrap();
+    relay.shutdown().await;
+}
+
+/// Before it has logged in, a peer cannot make the relay buffer more than a few KiB of
+/// stream data: QUIC flow control grants an unauthenticated connection room for little more
+/// than a `Hello` (as the relay takes no datagrams from it). Here a client that reads
+/// nothing (so the relay's `Error` frame never leaves and the relay, until its deadline,
+/// reads no further) sends a refused `Hello` and then 64 KiB more: quinn's default window,
+/// 1.25 MB a connection, took it all at once (and 1,024 such connections, the default
+/// `handshakes_max`, 1.3 GB), where now the write cannot finish before the relay closes the
+/// connection at the deadline.
+#[tokio::test]
+async fn a_peer_that_has_not_logged_in_cannot_make_the_relay_buffer_more_than_a_hello() {
+    let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let addr = relay.local_addr();
+
+    let mut cfg = hotline_net::transport::client_quinn_config(
+        vec![net.fingerprint],
+        &hotline_net::transport::TransportLimits::default(),
+    )
+    .unwrap();
+    let mut deaf = quinn::TransportConfig::default();
+    deaf.stream_receive_window(quinn::VarInt::from_u32(0));
+    deaf.keep_alive_interval(Some(std::time::Duration::from_millis(50)));
+    cfg.transport_config(Arc::new(deaf));
+    let mut ep = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    ep.set_default_client_config(cfg);
+    let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT)
+        .await
+        .unwrap();
+    let proof = AuthProof {
+        version: hotline_proto::PROTOCOL_VERSION,
+        participant: pid("ZZZ"),
+        channel_binding: hotline_net::channel_binding(&conn).unwrap(),
+        created_at_ms: now_ms(),
+    };
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    let mut w = hotline_net::FrameWriter::new(send);
+    w.write(&NodeToRelay::Hello(Hello {
+        auth: Signed::sign(&proof, &SigningKey::from_bytes(&[9; 32])).unwrap(),
+        roster_version: 0,
+    }))
+    .await
+    .unwrap();
+    // The relay closes at its deadline, 300 ms on, whatever happens: this write ends then
+    // at the latest (`EVENT_TIMEOUT` only keeps a broken relay from hanging the test).
+    let more = tokio::time::timeout(EVENT_TIMEOUT, w.write_raw(&vec![0u8; 64 * 1024])).await;
+    assert!(
+        matches!(more, Ok(Err(_))),
+        "the relay took 64 KiB more from a peer that has not logged in: {more:?}"
+    );
+    assert_eq!(
+        close_code(&conn).await.unwrap(),
+        ErrorCode::UnknownParticipant
+    );
+    assert_flows(
+        &mut kaz,
+        &mut kgz,
+        "after a peer pushing bytes before its login",
+    )
+    .await
+    .unwrap();
     relay.shutdown().await;
 }
 

@@ -52,6 +52,29 @@ pub const ACK_ELICITING_THRESHOLD: u32 = 10;
 /// first 1,200-byte packet before the measured round trip takes over.
 pub const INITIAL_RTT_MS: u64 = 100;
 
+/// Stream bytes the relay lets a connection's peer send before it has logged in (QUIC
+/// connection-level flow control, `initial_max_data`): room for a `Hello` (at most
+/// `4 + HELLO_FRAME_BYTES_MAX` bytes), which is all a node sends before the relay's
+/// `Welcome`. quinn's default, unlimited but for the stream's own 1.25 MB window, let
+/// anyone who completes a TLS handshake make the relay buffer 1.25 MB per connection until
+/// the handshake deadline (sent out of order, or while the relay waits to write its
+/// refusal), 1.3 GB over the default 1,024 handshakes. [`open_session_window`] lifts it
+/// once the node has logged in.
+pub const LOGIN_RECEIVE_WINDOW_BYTES: u32 = 4 * 1024;
+const _: () = assert!(
+    LOGIN_RECEIVE_WINDOW_BYTES as usize
+        >= hotline_proto::frame::FRAME_PREFIX_BYTES + hotline_proto::limits::HELLO_FRAME_BYTES_MAX
+);
+
+/// Lets the peer of a relay's connection send as much as QUIC's own limits allow (the one
+/// stream's window), instead of [`LOGIN_RECEIVE_WINDOW_BYTES`]: called once the node has
+/// logged in, before the relay writes `Welcome`, so that the node, which sends nothing more
+/// until it has read `Welcome`, is never held back by the login window.
+pub fn open_session_window(conn: &quinn::Connection) {
+    // quinn's default connection window: a session's one stream is bounded by its own.
+    conn.set_receive_window(VarInt::MAX);
+}
+
 /// Transport limits for one side of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportLimits {
@@ -115,7 +138,10 @@ fn server_configs(
     let tls = identity.server_config()?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(limits.transport_config()?));
+    let mut transport = limits.transport_config()?;
+    // Until the node has logged in (`open_session_window`), room for its `Hello` only.
+    transport.receive_window(VarInt::from_u32(LOGIN_RECEIVE_WINDOW_BYTES));
+    cfg.transport_config(Arc::new(transport));
     // A stateless-reset key that survives restarts: a relay that crashed and came back
     // answers packets of connections it no longer knows with a reset that the node accepts,
     // so the node reconnects at once instead of waiting out the idle timeout.

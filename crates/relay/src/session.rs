@@ -564,6 +564,10 @@ async fn session(
     if let Err(refused) = shared.logins.take(&me, shared.logins.now()) {
         return Err(over_budget(shared, &me, conn, refused));
     }
+    // Logged in: the node may send as much as its stream's window allows, no longer just
+    // its `Hello` (`hotline_net::transport::LOGIN_RECEIVE_WINDOW_BYTES`). Before `Welcome`,
+    // which the node waits for before it sends more.
+    hotline_net::transport::open_session_window(conn);
     if let Some(gate) = &shared.login_gate {
         gate.reached.notify_one();
         let _ = gate.go.acquire().await;
