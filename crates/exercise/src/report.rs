@@ -1712,6 +1712,9 @@ within_s = 3.0
         }
     }
 
+    /// The nodes of most drills here: the sender's and both recipients'.
+    const SEC_KAZ_KGZ: &[&str] = &["SEC", "KAZ", "KGZ"];
+
     /// Scores scenario `text`'s first inject as [`one_inject`] has it, with nodes for
     /// `nodes`, once `tweak` has set what else the test is about.
     fn score_one_inject(
@@ -1727,6 +1730,17 @@ within_s = 3.0
         let mut inputs = one_inject(&sc, &roster, &participants, view, inboxes);
         tweak(&mut inputs);
         score(inputs).expect("scores")
+    }
+
+    /// [`SCENARIO`]'s inject never sent, with nodes for SEC, KAZ and KGZ and nothing read.
+    fn scenario_never_sent() -> Report {
+        score_one_inject(
+            SCENARIO,
+            SEC_KAZ_KGZ,
+            Value::Null,
+            BTreeMap::new(),
+            never_sent,
+        )
     }
 
     /// The first inject was never sent: the drill holds no id or send time for it.
@@ -1831,13 +1845,7 @@ within_s = 3.0
     /// refused inject and one whose sender gave no record.
     #[test]
     fn an_inject_never_sent_fails_as_never_sent() {
-        let r = score_one_inject(
-            SCENARIO,
-            &["SEC", "KAZ", "KGZ"],
-            Value::Null,
-            BTreeMap::new(),
-            never_sent,
-        );
+        let r = scenario_never_sent();
         assert_eq!(r.injects[0].state, "not sent");
         for o in &r.objectives {
             assert!(!o.met, "{o:?}");
@@ -1867,7 +1875,7 @@ within_s = 3.0
         let with = |no_answer: NoAnswer| {
             score_one_inject(
                 SCENARIO,
-                &["SEC", "KAZ", "KGZ"],
+                SEC_KAZ_KGZ,
                 Value::Null,
                 BTreeMap::new(),
                 |inputs| {
@@ -1923,13 +1931,7 @@ within_s = 3.0
     /// due on the HTML timeline, not as sent at that time.
     #[test]
     fn an_inject_is_reported_sent_only_if_it_was() {
-        let r = score_one_inject(
-            SCENARIO,
-            &["SEC", "KAZ", "KGZ"],
-            Value::Null,
-            BTreeMap::new(),
-            |_| {},
-        );
+        let r = score_one_inject(SCENARIO, SEC_KAZ_KGZ, Value::Null, BTreeMap::new(), |_| {});
         assert_eq!(r.injects[0].state, "unknown");
         let inv = invariant(&r, "every inject accepted");
         assert!(!inv.held);
@@ -1940,13 +1942,7 @@ within_s = 3.0
         let html = crate::html::render(&r);
         assert!(html.contains("▲<title>check sent by SEC</title>"), "sent");
 
-        let r = score_one_inject(
-            SCENARIO,
-            &["SEC", "KAZ", "KGZ"],
-            Value::Null,
-            BTreeMap::new(),
-            never_sent,
-        );
+        let r = scenario_never_sent();
         assert_eq!(r.injects[0].state, "not sent");
         let html = crate::html::render(&r);
         assert!(!html.contains("check sent by"), "drawn as sent");
@@ -2011,7 +2007,7 @@ within_s = 3.0
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
             ("KGZ".to_owned(), kgz_inbox),
         ]);
-        score_one_inject(SCENARIO, &["SEC", "KAZ", "KGZ"], view, inboxes, |inputs| {
+        score_one_inject(SCENARIO, SEC_KAZ_KGZ, view, inboxes, |inputs| {
             inputs.at_rest = BTreeMap::from([("KGZ".to_owned(), at_rest)]);
         })
     }
@@ -2928,7 +2924,7 @@ expect = "delivered"
             ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
             ("KGZ".to_owned(), vec![]),
         ]);
-        let r = score_one_inject(&text, &["SEC", "KAZ", "KGZ"], view, inboxes, |inputs| {
+        let r = score_one_inject(&text, SEC_KAZ_KGZ, view, inboxes, |inputs| {
             // "late", never sent, after "alert".
             inputs.injects.push(Sent {
                 inject: inputs.scenario.injects[1].clone(),
@@ -2962,7 +2958,7 @@ expect = "delivered"
             ("KAZ".to_owned(), kaz_inbox),
             ("KGZ".to_owned(), vec![]),
         ]);
-        score_one_inject(&text, &["SEC", "KAZ", "KGZ"], view, inboxes, |inputs| {
+        score_one_inject(&text, SEC_KAZ_KGZ, view, inboxes, |inputs| {
             inputs.at_rest = BTreeMap::from([("SEC".to_owned(), Ok(()))]);
             inputs.unrelayed = unrelayed.iter().map(|s| (*s).to_owned()).collect();
         })
@@ -3062,7 +3058,7 @@ expect = "delivered"
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
             ("KGZ".to_owned(), vec![]),
         ]);
-        let r = score_one_inject(SCENARIO, &["SEC", "KAZ", "KGZ"], view, inboxes, |inputs| {
+        let r = score_one_inject(SCENARIO, SEC_KAZ_KGZ, view, inboxes, |inputs| {
             inputs.at_rest = BTreeMap::from([
                 ("KAZ".to_owned(), Ok(())),
                 ("KGZ".to_owned(), Err("disk I/O error".to_owned())),
