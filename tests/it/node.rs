@@ -3548,20 +3548,24 @@ async fn a_full_quarantine_leaves_what_it_refuses_with_the_relay() {
     relay.conn.close(0u32.into(), b"test done");
 }
 
-/// A receipt from a participant that only a roster newer than the sender's lists (the
-/// relay's roster is ahead: this node refused or has not yet installed the newer one) is
-/// held, not discarded, and still confirmed to the relay; once the node installs the roster
-/// that lists the participant's key, the receipt verifies and is recorded as if it had just
-/// arrived: an event, and the delivery counted. A receipt "from" that participant signed by
-/// another key stays held (it never verifies), and the operator is told of it nowhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_is_installed() {
+/// What [`kaz_holds_receipts_from_tjk`] leaves KAZ holding.
+struct HeldFromTjk {
+    /// KAZ's message to KGZ.
+    id: String,
+    /// TJK's key, on no roster KAZ has.
+    tjk: SigningKey,
+    /// TJK's delivered receipt for `id`, signed with `tjk`.
+    genuine: Signed<hotline_proto::Receipt>,
+}
+
+/// KAZ sends KGZ a message, which the impostor `relay` accepts, and then forwards two
+/// delivered receipts for it "from" TJK, a participant on no roster KAZ has: one signed
+/// with TJK's key (`genuine`), and the same a millisecond later signed with another key.
+/// Asserts that KAZ confirms both to the relay as stored, and counts neither yet.
+async fn kaz_holds_receipts_from_tjk(relay: &mut Impostor, kaz: &mut NodeProc) -> HeldFromTjk {
     use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
     use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
 
-    let net = net();
-    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
-    let mut events = kaz.events().await.unwrap();
     let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
     let submitted = loop {
         if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
@@ -3579,7 +3583,6 @@ async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_
         .unwrap();
     kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
 
-    // TJK is on the relay's roster (version 2), not yet on KAZ's (version 1).
     let tjk = SigningKey::from_bytes(&[0x7A; 32]);
     let receipt = Receipt {
         version: hotline_proto::PROTOCOL_VERSION,
@@ -3611,6 +3614,24 @@ async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_
     assert_eq!(confirmed, vec![genuine.digest(), other_key.digest()]);
     let st = kaz.cli_json(&["status", &id]).await.unwrap();
     assert_eq!(st["delivered"].as_u64(), Some(0), "not yet: {st}");
+    HeldFromTjk { id, tjk, genuine }
+}
+
+/// A receipt from a participant that only a roster newer than the sender's lists (the
+/// relay's roster is ahead: this node refused or has not yet installed the newer one) is
+/// held, not discarded, and still confirmed to the relay; once the node installs the roster
+/// that lists the participant's key, the receipt verifies and is recorded as if it had just
+/// arrived: an event, and the delivery counted. A receipt "from" that participant signed by
+/// another key stays held (it never verifies), and the operator is told of it nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_is_installed() {
+    use hotline_proto::frame::RelayToNode;
+
+    let net = net();
+    let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
+    let mut events = kaz.events().await.unwrap();
+    // TJK is on the relay's roster (version 2), not yet on KAZ's (version 1).
+    let HeldFromTjk { id, tjk, genuine } = kaz_holds_receipts_from_tjk(&mut relay, &mut kaz).await;
 
     let mut roster = net.roster.clone();
     roster.version = 2;
@@ -3659,59 +3680,9 @@ async fn a_receipt_from_a_participant_on_a_newer_roster_counts_once_that_roster_
 /// by another key stays held, and a further start counts nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_receipt_counts_at_the_start_on_a_roster_that_lists_its_signer() {
-    use hotline_proto::frame::{Accepted, NodeToRelay, RelayToNode};
-    use hotline_proto::{Receipt, ReceiptItem, ReceiptKind};
-
     let mut net = net();
     let (mut relay, mut kaz) = net.node_with_impostor("KAZ").await.unwrap();
-    let id = kaz.send("KGZ", "Please confirm", &[]).await.unwrap();
-    let submitted = loop {
-        if let NodeToRelay::Submit(s) = relay.next().await.unwrap() {
-            break s;
-        }
-    };
-    let env = submitted.decode_unverified().unwrap();
-    relay
-        .send(&[RelayToNode::Accepted(Accepted {
-            id: env.id,
-            recipients: vec![pid("KGZ")],
-            accepted_at_ms: now_ms(),
-        })])
-        .await
-        .unwrap();
-    kaz.proc.wait_line(&["INFO accepted", &id]).await.unwrap();
-
-    let tjk = SigningKey::from_bytes(&[0x7A; 32]);
-    let receipt = Receipt {
-        version: hotline_proto::PROTOCOL_VERSION,
-        recipient: pid("TJK"),
-        kind: ReceiptKind::Delivered,
-        created_at_ms: now_ms(),
-        items: vec![ReceiptItem {
-            id: env.id,
-            sender: pid("KAZ"),
-            digest: submitted.digest(),
-        }],
-    };
-    let genuine = Signed::sign(&receipt, &tjk).unwrap();
-    let mut other = receipt.clone();
-    other.created_at_ms += 1;
-    let other_key = Signed::sign(&other, &SigningKey::from_bytes(&[9; 32])).unwrap();
-    relay
-        .send(&[
-            RelayToNode::Receipt(genuine.clone()),
-            RelayToNode::Receipt(other_key.clone()),
-        ])
-        .await
-        .unwrap();
-    let confirmed = loop {
-        if let NodeToRelay::ReceiptsStored(d) = relay.next().await.unwrap() {
-            break d;
-        }
-    };
-    assert_eq!(confirmed, vec![genuine.digest(), other_key.digest()]);
-    let st = kaz.cli_json(&["status", &id]).await.unwrap();
-    assert_eq!(st["delivered"].as_u64(), Some(0), "not yet: {st}");
+    let HeldFromTjk { id, tjk, genuine } = kaz_holds_receipts_from_tjk(&mut relay, &mut kaz).await;
 
     // Stopped; the relay gone with it, so that only the start can bring the roster.
     relay.conn.close(0u32.into(), b"test done");

@@ -51,6 +51,13 @@ fn two_with(extra: &str) -> Net {
     Net::with_relay_toml(TWO, &[], extra)
 }
 
+/// [`TWO`] and TJK, a member, with `extra` appended to the relay's configuration.
+fn with_tjk(extra: &str) -> Net {
+    let mut participants = TWO.to_vec();
+    participants.push(("TJK", Role::Member));
+    Net::with_relay_toml(&participants, &[], extra)
+}
+
 #[tokio::test]
 async fn message_and_receipts_flow_between_two_clients() {
     let net = two();
@@ -1160,16 +1167,7 @@ async fn routing_failures_and_the_observer_policy() {
 
 #[tokio::test]
 async fn body_over_the_relay_limit_is_too_large() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nbody_bytes_max = 100\n",
-    );
+    let net = with_tjk("[limits]\nbody_bytes_max = 100\n");
     let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
@@ -1300,16 +1298,7 @@ async fn receipts_naming_many_messages_are_charged_by_their_items() {
 
 #[tokio::test]
 async fn submissions_over_the_rate_are_rate_limited() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nrate_per_sec = 1\nrate_burst = 2\n",
-    );
+    let net = with_tjk("[limits]\nrate_per_sec = 1\nrate_burst = 2\n");
     let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
@@ -1351,16 +1340,7 @@ async fn submissions_over_the_rate_are_rate_limited() {
 /// byte_budget_are_offered_again_and_arrive`).
 #[tokio::test]
 async fn submissions_over_the_byte_budget_are_rate_limited() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nbyte_rate_per_sec = 1\nbyte_rate_burst = 131072\n",
-    );
+    let net = with_tjk("[limits]\nbyte_rate_per_sec = 1\nbyte_rate_burst = 131072\n");
     let (relay, maddr, mut kaz, mut kgz) = with_metrics(&net).await;
     let addr = relay.local_addr();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
@@ -3034,16 +3014,7 @@ async fn welcome_carries_the_roster_only_to_nodes_that_lack_it() {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_busy() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nconnections_max = 2\n",
-    );
+    let net = with_tjk("[limits]\nconnections_max = 2\n");
     let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
     let code = refusal_code(net.client(addr, "TJK").await);
@@ -3080,16 +3051,7 @@ async fn sixty_largest_to(from: &mut Client, recipient: &str) -> Vec<MessageId> 
 /// stalled, and so again at every connection, the backlog and the outbox never moving.)
 #[tokio::test]
 async fn a_node_writing_its_outbox_as_its_backlog_arrives_is_read_and_served() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nwrite_timeout_ms = 1000\n",
-    );
+    let net = with_tjk("[limits]\nwrite_timeout_ms = 1000\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut tjk = net.client(addr, "TJK").await.unwrap();
@@ -3245,16 +3207,7 @@ async fn a_node_confirming_a_large_forward_backlog_as_it_arrives_is_read_and_ser
 
 #[tokio::test]
 async fn a_node_that_stops_reading_is_closed_as_a_slow_consumer() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-            ("TJK", Role::Member),
-        ],
-        &[],
-        "[limits]\nwrite_timeout_ms = 300\n",
-    );
+    let net = with_tjk("[limits]\nwrite_timeout_ms = 300\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();
@@ -3367,15 +3320,7 @@ async fn a_node_may_confirm_only_the_receipts_it_was_forwarded() {
 /// closed as a slow consumer at every connection, and never got its messages.)
 #[tokio::test]
 async fn a_node_reading_its_backlog_slowly_but_steadily_gets_all_of_it() {
-    let net = Net::with_relay_toml(
-        &[
-            ("SEC", Role::Secretariat),
-            ("KAZ", Role::Member),
-            ("KGZ", Role::Member),
-        ],
-        &[],
-        "[limits]\nwrite_timeout_ms = 300\n",
-    );
+    let net = two_with("[limits]\nwrite_timeout_ms = 300\n");
     let relay = net.relay().await;
     let addr = relay.local_addr();
     let mut kaz = net.client(addr, "KAZ").await.unwrap();

@@ -1583,30 +1583,62 @@ within_s = 3.0
         json!({"id": id, "received_at_ms": at, "status": "exercise", "exercise_or_test": true})
     }
 
-    /// Scores one inject sent at t=1000 ms to KAZ and KGZ, with the given inboxes and matrix.
-    fn score_with(
+    /// A drill the harness ran, as [`score_scenario`] scores it: scenario `text`'s first
+    /// inject sent as `m1` at t=1000 ms, with nodes for SEC, KAZ and KGZ. [`Drill::new`] is
+    /// [`SCENARIO`] with nothing read yet and clean store checks; a test sets what it is about.
+    struct Drill {
+        /// The scenario's text.
+        text: String,
+        /// Each node's inbox, read at the end.
         inboxes: BTreeMap<String, Vec<Value>>,
+        /// The sender's delivery table (`row`s).
         matrix: Vec<Value>,
+        /// The escalation hook's runs at SEC: (message, recipient).
         hooks: Vec<(String, String)>,
+        /// How often a (recipient, message) was shown to its operator, where more than once.
         shown: HashMap<(String, String), u32>,
-    ) -> Report {
-        let checks = StoreChecks {
-            journals: vec![("relay".into(), Ok(3))],
-            receipts: (3, 0),
-            receipts_unread: vec![],
-            quarantined: vec![],
-        };
-        score_with_checks(inboxes, matrix, hooks, shown, checks)
+        /// The store checks after the drill.
+        checks: StoreChecks,
     }
 
-    fn score_with_checks(
-        inboxes: BTreeMap<String, Vec<Value>>,
-        matrix: Vec<Value>,
-        hooks: Vec<(String, String)>,
-        shown: HashMap<(String, String), u32>,
-        checks: StoreChecks,
-    ) -> Report {
-        score_scenario(SCENARIO, inboxes, matrix, hooks, shown, checks)
+    impl Drill {
+        /// [`SCENARIO`], no inbox read, no row, hook run or duplicate, and store checks
+        /// that found the relay's journal sound and 3 receipts valid.
+        fn new() -> Self {
+            Drill {
+                text: SCENARIO.to_owned(),
+                inboxes: BTreeMap::new(),
+                matrix: vec![],
+                hooks: vec![],
+                shown: HashMap::new(),
+                checks: StoreChecks {
+                    journals: vec![("relay".into(), Ok(3))],
+                    receipts: (3, 0),
+                    receipts_unread: vec![],
+                    quarantined: vec![],
+                },
+            }
+        }
+
+        /// [`Drill::new`] with `inboxes` read and the sender's table `matrix`.
+        fn with(inboxes: BTreeMap<String, Vec<Value>>, matrix: Vec<Value>) -> Self {
+            Drill {
+                inboxes,
+                matrix,
+                ..Drill::new()
+            }
+        }
+
+        fn score(self) -> Report {
+            score_scenario(
+                &self.text,
+                self.inboxes,
+                self.matrix,
+                self.hooks,
+                self.shown,
+                self.checks,
+            )
+        }
     }
 
     /// Scores scenario `text`'s first inject, sent at t=1000 ms, in a drill the harness ran
@@ -1680,6 +1712,50 @@ within_s = 3.0
         }
     }
 
+    /// The nodes of most drills here: the sender's and both recipients'.
+    const SEC_KAZ_KGZ: &[&str] = &["SEC", "KAZ", "KGZ"];
+
+    /// Scores scenario `text`'s first inject as [`one_inject`] has it, with nodes for
+    /// `nodes`, once `tweak` has set what else the test is about.
+    fn score_one_inject(
+        text: &str,
+        nodes: &[&str],
+        view: Value,
+        inboxes: BTreeMap<String, Vec<Value>>,
+        tweak: impl FnOnce(&mut Inputs<'_>),
+    ) -> Report {
+        let sc = Scenario::parse(text, "t").expect("scenario");
+        let roster = roster();
+        let participants: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        let mut inputs = one_inject(&sc, &roster, &participants, view, inboxes);
+        tweak(&mut inputs);
+        score(inputs).expect("scores")
+    }
+
+    /// [`SCENARIO`]'s inject never sent, with nodes for SEC, KAZ and KGZ and nothing read.
+    fn scenario_never_sent() -> Report {
+        score_one_inject(
+            SCENARIO,
+            SEC_KAZ_KGZ,
+            Value::Null,
+            BTreeMap::new(),
+            never_sent,
+        )
+    }
+
+    /// The first inject was never sent: the drill holds no id or send time for it.
+    fn never_sent(inputs: &mut Inputs<'_>) {
+        inputs.injects[0].id = None;
+        inputs.injects[0].sent_at_ms = None;
+    }
+
+    fn invariant<'a>(r: &'a Report, name: &str) -> &'a Invariant {
+        r.invariants
+            .iter()
+            .find(|x| x.name == name)
+            .expect("invariant")
+    }
+
     fn objective<'a>(r: &'a Report, name: &str) -> &'a ObjectiveResult {
         r.objectives
             .iter()
@@ -1698,12 +1774,11 @@ within_s = 3.0
             row("KAZ", Some(1500), Some(3000), None),
             row("KGZ", Some(1600), None, Some(6000)),
         ];
-        let r = score_with(
-            inboxes,
-            matrix,
-            vec![("m1".into(), "KGZ".into())],
-            HashMap::new(),
-        );
+        let r = Drill {
+            hooks: vec![("m1".into(), "KGZ".into())],
+            ..Drill::with(inboxes, matrix)
+        }
+        .score();
         assert!(objective(&r, "delivered").met);
         // KGZ never acknowledged: that objective fails, but the escalation one holds.
         assert!(!objective(&r, "acknowledged").met);
@@ -1736,7 +1811,12 @@ within_s = 3.0
             receipts_unread: vec![],
             quarantined: vec![],
         };
-        let r = score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks);
+        let r = Drill {
+            text: text.clone(),
+            checks,
+            ..Drill::with(inboxes, matrix)
+        }
+        .score();
         let o = objective(&r, "nobody");
         assert!(!o.met);
         assert_eq!(o.in_scope, 0);
@@ -1746,13 +1826,13 @@ within_s = 3.0
         );
         assert!(report_text_has(&r, "no recipient of inject"));
 
-        let sc = Scenario::parse(&text, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
-        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
-        inputs.injects[0].id = None;
-        inputs.injects[0].sent_at_ms = None;
-        let r = score(inputs).expect("scores");
+        let r = score_one_inject(
+            &text,
+            &["SEC", "KAZ"],
+            Value::Null,
+            BTreeMap::new(),
+            never_sent,
+        );
         assert_eq!(
             objective(&r, "delivered").failed,
             vec!["inject \"check\" was never sent".to_owned()]
@@ -1765,13 +1845,7 @@ within_s = 3.0
     /// refused inject and one whose sender gave no record.
     #[test]
     fn an_inject_never_sent_fails_as_never_sent() {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
-        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
-        inputs.injects[0].id = None;
-        inputs.injects[0].sent_at_ms = None;
-        let r = score(inputs).expect("scores");
+        let r = scenario_never_sent();
         assert_eq!(r.injects[0].state, "not sent");
         for o in &r.objectives {
             assert!(!o.met, "{o:?}");
@@ -1781,11 +1855,7 @@ within_s = 3.0
                 "{o:?}"
             );
         }
-        let inv = r
-            .invariants
-            .iter()
-            .find(|x| x.name == "every inject accepted")
-            .expect("invariant");
+        let inv = invariant(&r, "every inject accepted");
         assert_eq!(inv.detail, "0 of 1; \"check\" never sent");
         assert!(report_text_has(&r, "was never sent"));
         assert!(crate::html::render(&r).contains("was never sent"));
@@ -1801,16 +1871,18 @@ within_s = 3.0
     /// message under the send's key, it was never sent, and the report says how it knows.
     #[test]
     fn an_inject_whose_send_got_no_answer_is_not_said_never_sent() {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         let error = "the node at http://127.0.0.1:1 did not answer within 5s".to_owned();
         let with = |no_answer: NoAnswer| {
-            let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
-            inputs.injects[0].id = None;
-            inputs.injects[0].sent_at_ms = None;
-            inputs.injects[0].no_answer = Some(no_answer);
-            score(inputs).expect("scores")
+            score_one_inject(
+                SCENARIO,
+                SEC_KAZ_KGZ,
+                Value::Null,
+                BTreeMap::new(),
+                |inputs| {
+                    never_sent(inputs);
+                    inputs.injects[0].no_answer = Some(no_answer);
+                },
+            )
         };
         let r = with(NoAnswer::Unknown {
             error: error.clone(),
@@ -1820,11 +1892,7 @@ within_s = 3.0
         let account = format!("not known whether it was sent: its send got no answer ({error}), and its node went down for good, and its store could not be read (disk I/O error)");
         assert_eq!(r.injects[0].state, "unknown");
         assert_eq!(r.injects[0].unanswered.as_deref(), Some(account.as_str()));
-        let accepted = r
-            .invariants
-            .iter()
-            .find(|x| x.name == "every inject accepted")
-            .expect("invariant");
+        let accepted = invariant(&r, "every inject accepted");
         assert!(!accepted.held);
         assert_eq!(accepted.detail, format!("0 of 1; \"check\" {account}"));
         for o in &r.objectives {
@@ -1863,23 +1931,9 @@ within_s = 3.0
     /// due on the HTML timeline, not as sent at that time.
     #[test]
     fn an_inject_is_reported_sent_only_if_it_was() {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
-        let r = score(one_inject(
-            &sc,
-            &roster,
-            &participants,
-            Value::Null,
-            BTreeMap::new(),
-        ))
-        .expect("scores");
+        let r = score_one_inject(SCENARIO, SEC_KAZ_KGZ, Value::Null, BTreeMap::new(), |_| {});
         assert_eq!(r.injects[0].state, "unknown");
-        let inv = r
-            .invariants
-            .iter()
-            .find(|x| x.name == "every inject accepted")
-            .expect("invariant");
+        let inv = invariant(&r, "every inject accepted");
         assert!(!inv.held);
         assert_eq!(
             inv.detail,
@@ -1888,10 +1942,7 @@ within_s = 3.0
         let html = crate::html::render(&r);
         assert!(html.contains("▲<title>check sent by SEC</title>"), "sent");
 
-        let mut inputs = one_inject(&sc, &roster, &participants, Value::Null, BTreeMap::new());
-        inputs.injects[0].id = None;
-        inputs.injects[0].sent_at_ms = None;
-        let r = score(inputs).expect("scores");
+        let r = scenario_never_sent();
         assert_eq!(r.injects[0].state, "not sent");
         let html = crate::html::render(&r);
         assert!(!html.contains("check sent by"), "drawn as sent");
@@ -1912,18 +1963,10 @@ within_s = 3.0
             row("KAZ", Some(1500), Some(2000), None),
             row("KGZ", Some(1600), Some(2000), None),
         ];
-        let checks = StoreChecks {
-            journals: vec![("relay".into(), Ok(3))],
-            receipts: (3, 0),
-            receipts_unread: vec![],
-            quarantined: vec![("KGZ".into(), 2)],
-        };
-        let r = score_with_checks(inboxes, matrix, vec![], HashMap::new(), checks);
-        let q = r
-            .invariants
-            .iter()
-            .find(|i| i.name == "nothing quarantined")
-            .expect("quarantine invariant");
+        let mut drill = Drill::with(inboxes, matrix);
+        drill.checks.quarantined = vec![("KGZ".into(), 2)];
+        let r = drill.score();
+        let q = invariant(&r, "nothing quarantined");
         assert!(!q.held);
         assert!(q.detail.contains("KGZ 2"), "{}", q.detail);
         assert!(!r.passed);
@@ -1939,7 +1982,7 @@ within_s = 3.0
             row("KAZ", Some(1500), Some(2000), None),
             row("KGZ", None, None, None),
         ];
-        let r = score_with(inboxes, matrix, vec![], HashMap::new());
+        let r = Drill::with(inboxes, matrix).score();
         assert_eq!(r.messages_lost, 1);
         assert!(
             !r.invariants
@@ -1954,9 +1997,6 @@ within_s = 3.0
     /// The first inject of `SCENARIO` to KAZ and KGZ, KAZ holding it, KGZ's node down at the
     /// end with `kgz_inbox` read from its store, or `at_rest` saying it could not be.
     fn score_kgz_down(kgz_inbox: Vec<Value>, at_rest: Result<(), String>) -> Report {
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         // KGZ's delivered receipt never reached SEC: its node went down first.
         let matrix = json!([
             row("KAZ", Some(1500), None, None),
@@ -1967,11 +2007,9 @@ within_s = 3.0
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
             ("KGZ".to_owned(), kgz_inbox),
         ]);
-        score(Inputs {
-            at_rest: BTreeMap::from([("KGZ".to_owned(), at_rest)]),
-            ..one_inject(&sc, &roster, &participants, view, inboxes)
+        score_one_inject(SCENARIO, SEC_KAZ_KGZ, view, inboxes, |inputs| {
+            inputs.at_rest = BTreeMap::from([("KGZ".to_owned(), at_rest)]);
         })
-        .expect("scores")
     }
 
     fn lost_invariant(r: &Report) -> &Invariant {
@@ -2060,7 +2098,11 @@ within_s = 3.0
             row("KGZ", Some(1600), Some(2000), None),
         ];
         let shown = HashMap::from([(("KAZ".to_owned(), "m1".to_owned()), 2)]);
-        let r = score_with(inboxes, matrix, vec![], shown);
+        let r = Drill {
+            shown,
+            ..Drill::with(inboxes, matrix)
+        }
+        .score();
         assert_eq!(r.duplicates_shown, 1);
         assert_eq!(r.exercise_shown_as_actual, 1);
         assert!(!r.passed);
@@ -2093,13 +2135,9 @@ within_s = 3.0
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
             ("KGZ".to_owned(), vec![inbox_item("m1", 1600)]),
         ]);
-        let without = score_with(plain, matrix(), vec![], HashMap::new());
-        let with = score_with(
-            inboxes(inbox_item("m1", 1600)),
-            matrix(),
-            vec![],
-            HashMap::new(),
-        );
+        let score_inboxes = |inboxes| Drill::with(inboxes, matrix()).score();
+        let without = score_inboxes(plain);
+        let with = score_inboxes(inboxes(inbox_item("m1", 1600)));
         assert_eq!(with.exercise_shown_as_actual, 0);
         let verdict = |r: &Report| {
             r.invariants
@@ -2113,13 +2151,9 @@ within_s = 3.0
         let mut actual = inbox_item("m1", 1600);
         actual["status"] = json!("actual");
         actual["exercise_or_test"] = json!(false);
-        let shown = score_with(inboxes(actual), matrix(), vec![], HashMap::new());
+        let shown = score_inboxes(inboxes(actual));
         assert_eq!(shown.exercise_shown_as_actual, 1);
-        let inv = shown
-            .invariants
-            .iter()
-            .find(|x| x.name == "no exercise message shown as actual")
-            .expect("invariant");
+        let inv = invariant(&shown, "no exercise message shown as actual");
         assert!(!inv.held);
         assert!(!shown.passed);
     }
@@ -2135,7 +2169,7 @@ within_s = 3.0
             row("KAZ", Some(4000), Some(4500), None),
             row("KGZ", Some(1500), None, Some(6000)),
         ];
-        let r = score_with(inboxes, matrix, vec![], HashMap::new());
+        let r = Drill::with(inboxes, matrix).score();
         let d = objective(&r, "delivered");
         assert!(
             !d.met && d.failed.iter().any(|f| f.contains("KAZ")),
@@ -2163,12 +2197,12 @@ within_s = 3.0
             .execute_batch("ALTER TABLE receipts_in DROP COLUMN received_at_ms")
             .expect("altered");
         let checks = check_stores(&dep).expect("checked");
-        let r = score_with_checks(BTreeMap::new(), vec![], vec![], HashMap::new(), checks);
-        let inv = r
-            .invariants
-            .iter()
-            .find(|i| i.name == "every receipt signature valid")
-            .expect("receipt invariant");
+        let r = Drill {
+            checks,
+            ..Drill::new()
+        }
+        .score();
+        let inv = invariant(&r, "every receipt signature valid");
         assert!(!inv.held, "{inv:?}");
         assert!(
             inv.detail.contains("KAZ") && inv.detail.contains("received_at_ms"),
@@ -2401,13 +2435,11 @@ within_s = 30.0
         let text = format!(
             "{ACKS}[[objectives]]\nname = \"acknowledged\"\ninject = \"alert\"\nexpect = \"acknowledged\"\n"
         );
-        let checks = StoreChecks {
-            journals: vec![("relay".into(), Ok(3))],
-            receipts: (3, 0),
-            receipts_unread: vec![],
-            quarantined: vec![],
-        };
-        let r = score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks);
+        let r = Drill {
+            text,
+            ..Drill::with(inboxes, matrix)
+        }
+        .score();
         for name in ["delivered", "acknowledged"] {
             let o = objective(&r, name);
             assert_eq!(o.in_scope, 2, "{o:?}");
@@ -2432,15 +2464,12 @@ within_s = 30.0
     /// objective held for every recipient it names.
     #[test]
     fn recipients_in_scope_without_a_node_are_named_as_not_scored() {
-        let sc = Scenario::parse(ACKS, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned()];
         let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), Some(2000), None), row("KGZ", None, None, None)], "answers": [], "delivered": 1, "acknowledged": 1});
         let inboxes = BTreeMap::from([
             ("SEC".to_owned(), vec![]),
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
         ]);
-        let r = score(one_inject(&sc, &roster, &participants, view, inboxes)).expect("scores");
+        let r = score_one_inject(ACKS, &["SEC", "KAZ"], view, inboxes, |_| {});
         let o = objective(&r, "delivered");
         assert!(o.met && o.in_scope == 1, "{o:?}");
         let o = serde_json::to_value(o).expect("json");
@@ -2493,20 +2522,12 @@ expect = "delivered"
                 row("KAZ", Some(1500), Some(3000), None),
                 row("KGZ", Some(1600), kgz_acked, Some(11_000)),
             ];
-            let checks = StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-                receipts_unread: vec![],
-                quarantined: vec![],
-            };
-            score_scenario(
-                &escalated_for_all(),
-                inboxes,
-                matrix,
+            Drill {
+                text: escalated_for_all(),
                 hooks,
-                HashMap::new(),
-                checks,
-            )
+                ..Drill::with(inboxes, matrix)
+            }
+            .score()
         };
         let hook = || vec![("m1".to_owned(), "KGZ".to_owned())];
         let r = run(None, hook());
@@ -2569,25 +2590,17 @@ expect = "delivered"
                 row("KAZ", Some(1500), Some(3000), None),
                 row("KGZ", Some(1600), None, Some(11_000)),
             ];
-            let checks = StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-                receipts_unread: vec![],
-                quarantined: vec![],
-            };
-            score_scenario(text, inboxes, matrix, hooks, HashMap::new(), checks)
-        };
-        let acks = |r: &Report| {
-            r.invariants
-                .iter()
-                .find(|x| x.name == "every acknowledgement required was given")
-                .cloned()
-                .expect("the invariant")
+            Drill {
+                text: text.to_owned(),
+                hooks,
+                ..Drill::with(inboxes, matrix)
+            }
+            .score()
         };
         let r = run(ACKS, vec![]);
         assert!(objective(&r, "delivered").met);
         assert!(!r.passed, "{}", summary(&r));
-        let inv = acks(&r);
+        let inv = acks_invariant(&r);
         assert!(!inv.held, "{inv:?}");
         assert!(
             inv.detail
@@ -2600,18 +2613,18 @@ expect = "delivered"
             "{ACKS}[[objectives]]\nname = \"KGZ escalated\"\ninject = \"alert\"\nexpect = \"overdue_escalated\"\nparticipants = [\"KGZ\"]\n"
         );
         let r = run(&escalated, vec![("m1".into(), "KGZ".into())]);
-        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(acks_invariant(&r).held, "{:?}", acks_invariant(&r));
         assert!(r.passed, "{}", summary(&r));
 
         let offline = format!(
             "{ACKS}[[faults]]\nkind = \"offline\"\nparticipant = \"KGZ\"\nfrom_s = 5.0\nto_s = 60.0\n"
         );
         let r = run(&offline, vec![]);
-        assert!(acks(&r).held, "{:?}", acks(&r));
+        assert!(acks_invariant(&r).held, "{:?}", acks_invariant(&r));
         assert!(r.passed, "{}", summary(&r));
         // Back before the end: it is expected to acknowledge.
         let r = run(&offline.replace("to_s = 60.0", "to_s = 30.0"), vec![]);
-        assert!(!acks(&r).held);
+        assert!(!acks_invariant(&r).held);
     }
 
     /// The invariant "every acknowledgement required was given", found in `r`.
@@ -2640,6 +2653,43 @@ expect = "delivered"
         m
     }
 
+    /// The fault that kills SEC's node at 5 s and keeps it down to the end (60 s).
+    const KILL_SEC_AT_5S: &str =
+        "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0";
+
+    /// [`ACKS`] with an `acknowledged` objective, SEC's node killed at 5 s and down to the
+    /// end; "alert" delivered to KAZ and KGZ at 0.5 s. KAZ acknowledged at 2 s, before the
+    /// kill, and SEC holds it; KGZ's item is acknowledged at its own node at `kgz_acked` if
+    /// given, and SEC holds no acknowledgement of KGZ's.
+    fn sec_killed_at_5s(kgz_acked: Option<u64>) -> Drill {
+        Drill {
+            text: acks_with_fault(KILL_SEC_AT_5S),
+            inboxes: BTreeMap::from([
+                ("SEC".to_owned(), vec![]),
+                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
+                ("KGZ".to_owned(), vec![acked_item(kgz_acked)]),
+            ]),
+            matrix: vec![
+                row("KAZ", Some(1500), Some(3000), None),
+                row("KGZ", Some(1500), None, None),
+            ],
+            ..Drill::new()
+        }
+    }
+
+    impl Drill {
+        /// The same drill with SEC's node restarted 10 s after its kill: up at the end.
+        fn sec_back_before_the_end(mut self) -> Self {
+            assert!(
+                self.text.contains("restart_after_s = 100.0"),
+                "{}",
+                self.text
+            );
+            self.text = self.text.replace("100.0", "10.0");
+            self
+        }
+    }
+
     /// SEC's node is killed at 5 s and kept down to the end. KAZ acknowledged before, and
     /// SEC holds it; KGZ acknowledged after, at its own node, and its acknowledgement waits
     /// at the relay for SEC, which never comes back. KGZ gave the acknowledgement required:
@@ -2649,28 +2699,7 @@ expect = "delivered"
     /// reason. With SEC up, the same picture is a receipt lost: it fails.
     #[test]
     fn an_acknowledgement_a_down_sender_could_not_receive_was_given() {
-        let run = |text: &str, kgz_acked: Option<u64>| {
-            let inboxes = BTreeMap::from([
-                ("SEC".to_owned(), vec![]),
-                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
-                ("KGZ".to_owned(), vec![acked_item(kgz_acked)]),
-            ]);
-            let matrix = vec![
-                row("KAZ", Some(1500), Some(3000), None),
-                row("KGZ", Some(1500), None, None),
-            ];
-            let checks = StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-                receipts_unread: vec![],
-                quarantined: vec![],
-            };
-            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
-        };
-        let killed = acks_with_fault(
-            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
-        );
-        let r = run(&killed, Some(7000));
+        let r = sec_killed_at_5s(Some(7000)).score();
         let inv = acks_invariant(&r);
         assert!(inv.held, "{inv:?}");
         assert!(
@@ -2685,7 +2714,7 @@ expect = "delivered"
             ["KGZ acknowledged at its node, but it never reached SEC (node down at the end)"]
         );
         // KGZ's officer did not acknowledge: missing, as with SEC up.
-        let r = run(&killed, None);
+        let r = sec_killed_at_5s(None).score();
         let inv = acks_invariant(&r);
         assert!(!inv.held, "{inv:?}");
         assert!(
@@ -2697,7 +2726,9 @@ expect = "delivered"
             ["KGZ never acknowledged"]
         );
         // SEC back before the end: a receipt that never reached it was lost.
-        let r = run(&killed.replace("100.0", "10.0"), Some(7000));
+        let r = sec_killed_at_5s(Some(7000))
+            .sec_back_before_the_end()
+            .score();
         let inv = acks_invariant(&r);
         assert!(!inv.held, "{inv:?}");
         assert!(
@@ -2714,28 +2745,7 @@ expect = "delivered"
     /// `-`: lost, not given.
     #[test]
     fn the_matrix_shows_an_acknowledgement_that_never_reached_a_down_sender() {
-        let score = |text: &str| {
-            let inboxes = BTreeMap::from([
-                ("SEC".to_owned(), vec![]),
-                ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
-                ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
-            ]);
-            let matrix = vec![
-                row("KAZ", Some(1500), Some(3000), None),
-                row("KGZ", Some(1500), None, None),
-            ];
-            let checks = StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-                receipts_unread: vec![],
-                quarantined: vec![],
-            };
-            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
-        };
-        let killed = acks_with_fault(
-            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
-        );
-        let r = score(&killed);
+        let r = sec_killed_at_5s(Some(7000)).score();
         let text = summary(&r);
         let html = crate::html::render(&r);
         for (p, cell, class) in [
@@ -2755,7 +2765,9 @@ expect = "delivered"
             );
         }
         // SEC back before the end: KGZ's receipt never reaching it was lost, not given.
-        let r = score(&killed.replace("100.0", "10.0"));
+        let r = sec_killed_at_5s(Some(7000))
+            .sec_back_before_the_end()
+            .score();
         let text = summary(&r);
         assert!(
             text.lines()
@@ -2770,25 +2782,9 @@ expect = "delivered"
     /// with `overdue` SEC had marked KGZ overdue at 3 s, before it went down. The report
     /// built from it.
     fn kgz_acked_at_node(overdue: bool) -> Report {
-        let inboxes = BTreeMap::from([
-            ("SEC".to_owned(), vec![]),
-            ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
-            ("KGZ".to_owned(), vec![acked_item(Some(7000))]),
-        ]);
-        let matrix = vec![
-            row("KAZ", Some(1500), Some(3000), None),
-            row("KGZ", Some(1500), None, overdue.then_some(4000)),
-        ];
-        let checks = StoreChecks {
-            journals: vec![("relay".into(), Ok(3))],
-            receipts: (3, 0),
-            receipts_unread: vec![],
-            quarantined: vec![],
-        };
-        let text = acks_with_fault(
-            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0",
-        );
-        score_scenario(&text, inboxes, matrix, vec![], HashMap::new(), checks)
+        let mut drill = sec_killed_at_5s(Some(7000));
+        drill.matrix[1] = row("KGZ", Some(1500), None, overdue.then_some(4000));
+        drill.score()
     }
 
     /// The HTML timeline draws an acknowledgement given at the recipient's node that never
@@ -2882,29 +2878,16 @@ expect = "delivered"
     /// shortfall is as before.
     #[test]
     fn an_escalation_a_down_sender_cannot_make_is_named_unmeetable() {
-        let text = format!(
-            "{}[[faults]]\nkind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 5.0\nrestart_after_s = 100.0\n",
-            escalated_for_all()
-        );
-        let score = |text: &str| {
-            let inboxes = BTreeMap::from([
-                ("SEC".to_owned(), vec![]),
-                ("KAZ".to_owned(), vec![acked_item(Some(7000))]),
-                ("KGZ".to_owned(), vec![acked_item(None)]),
-            ]);
-            let matrix = vec![
-                row("KAZ", Some(1500), None, None),
-                row("KGZ", Some(1500), None, None),
-            ];
-            let checks = StoreChecks {
-                journals: vec![("relay".into(), Ok(3))],
-                receipts: (3, 0),
-                receipts_unread: vec![],
-                quarantined: vec![],
-            };
-            score_scenario(text, inboxes, matrix, vec![], HashMap::new(), checks)
+        let drill = || {
+            let mut d = sec_killed_at_5s(None);
+            d.text = format!("{}[[faults]]\n{KILL_SEC_AT_5S}\n", escalated_for_all());
+            // KAZ, too, acknowledged at its node only, after SEC went down.
+            d.inboxes
+                .insert("KAZ".to_owned(), vec![acked_item(Some(7000))]);
+            d.matrix[0] = row("KAZ", Some(1500), None, None);
+            d
         };
-        let r = score(&text);
+        let r = drill().score();
         let o = objective(&r, "escalated");
         assert!(!o.met);
         assert_eq!(
@@ -2914,7 +2897,7 @@ expect = "delivered"
                 "KGZ: unmeetable, as SEC's node, which marks a message overdue and runs the escalation hook, is down at the end",
             ]
         );
-        let r = score(&text.replace("100.0", "10.0"));
+        let r = drill().sec_back_before_the_end().score();
         assert_eq!(
             objective(&r, "escalated").failed[1],
             "KGZ: neither acknowledged nor overdue (its respond-by had not passed)"
@@ -2935,44 +2918,50 @@ expect = "delivered"
             "[[objectives]]\nname = \"acknowledged\"",
             "[[injects]]\nname = \"late\"\nat_s = 30.0\nfrom = \"SEC\"\nto = [\"KAZ\"]\nsubject = \"s\"\nrespond_within_s = 5.0\n[[objectives]]\nname = \"acknowledged\"",
         );
-        let sc = Scenario::parse(&text, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), Some(3000), None), row("KGZ", None, None, None)], "answers": []});
         let inboxes = BTreeMap::from([
             ("SEC".to_owned(), vec![]),
             ("KAZ".to_owned(), vec![acked_item(Some(3000))]),
             ("KGZ".to_owned(), vec![]),
         ]);
-        let base = one_inject(&sc, &roster, &participants, view.clone(), inboxes);
-        let r = score(Inputs {
-            injects: vec![
-                Sent {
-                    inject: sc.injects[0].clone(),
-                    id: Some("m1".into()),
-                    sent_at_ms: Some(1000),
-                    refused: None,
-                    no_answer: None,
-                },
-                Sent {
-                    inject: sc.injects[1].clone(),
-                    id: None,
-                    sent_at_ms: None,
-                    refused: None,
-                    no_answer: None,
-                },
-            ],
-            sent_views: vec![view, Value::Null],
-            at_rest: BTreeMap::from([("KGZ".to_owned(), Ok(()))]),
-            ..base
-        })
-        .expect("scores");
+        let r = score_one_inject(&text, SEC_KAZ_KGZ, view, inboxes, |inputs| {
+            // "late", never sent, after "alert".
+            inputs.injects.push(Sent {
+                inject: inputs.scenario.injects[1].clone(),
+                id: None,
+                sent_at_ms: None,
+                refused: None,
+                no_answer: None,
+            });
+            inputs.sent_views.push(Value::Null);
+            inputs.at_rest = BTreeMap::from([("KGZ".to_owned(), Ok(()))]);
+        });
         let inv = acks_invariant(&r);
         assert!(inv.held, "{inv:?}");
         assert_eq!(
             inv.detail,
             "1 of 1 acknowledged; not required of KGZ (node down at the end): \"alert\"; not required of \"late\": not sent"
         );
+    }
+
+    /// [`ACKS`] with an `acknowledged` objective, SEC's node killed at 0.5 s, before its
+    /// relay's acceptance of "alert" reached it, and down to the end; its record has the
+    /// message as sent, not accepted, and delivered to no one; its store was read at rest.
+    /// KAZ's inbox is `kaz_inbox`, KGZ's empty, and the relay's store lacks `unrelayed`.
+    fn sec_killed_before_acceptance(kaz_inbox: Vec<Value>, unrelayed: &[&str]) -> Report {
+        let text = acks_with_fault(
+            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
+        );
+        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
+        let inboxes = BTreeMap::from([
+            ("SEC".to_owned(), vec![]),
+            ("KAZ".to_owned(), kaz_inbox),
+            ("KGZ".to_owned(), vec![]),
+        ]);
+        score_one_inject(&text, SEC_KAZ_KGZ, view, inboxes, |inputs| {
+            inputs.at_rest = BTreeMap::from([("SEC".to_owned(), Ok(()))]);
+            inputs.unrelayed = unrelayed.iter().map(|s| (*s).to_owned()).collect();
+        })
     }
 
     /// SEC's node went down, to the end, before its relay accepted "alert": its record has
@@ -2987,26 +2976,7 @@ expect = "delivered"
     /// SEC is up at the end, nothing changes.
     #[test]
     fn a_message_that_never_left_a_sender_down_to_the_end_is_named_so() {
-        let text = acks_with_fault(
-            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
-        );
-        let sc = Scenario::parse(&text, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
-        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
-        let inboxes = BTreeMap::from([
-            ("SEC".to_owned(), vec![]),
-            ("KAZ".to_owned(), vec![]),
-            ("KGZ".to_owned(), vec![]),
-        ]);
-        let run = |unrelayed: &[&str]| {
-            score(Inputs {
-                at_rest: BTreeMap::from([("SEC".to_owned(), Ok(()))]),
-                unrelayed: unrelayed.iter().map(|s| (*s).to_owned()).collect(),
-                ..one_inject(&sc, &roster, &participants, view.clone(), inboxes.clone())
-            })
-            .expect("scores")
-        };
+        let run = |unrelayed: &[&str]| sec_killed_before_acceptance(vec![], unrelayed);
         let r = run(&["m1"]);
         let why = "SEC went down before its relay accepted it (node down at the end)";
         let inv = acks_invariant(&r);
@@ -3025,11 +2995,7 @@ expect = "delivered"
                 "{o}"
             );
         }
-        let accepted = r
-            .invariants
-            .iter()
-            .find(|x| x.name == "every inject accepted")
-            .expect("the invariant");
+        let accepted = invariant(&r, "every inject accepted");
         assert!(!accepted.held);
         assert_eq!(
             accepted.detail,
@@ -3056,29 +3022,8 @@ expect = "delivered"
     /// never can, is still named so.
     #[test]
     fn a_message_a_recipient_holds_is_not_said_never_to_have_left_its_sender() {
-        let text = acks_with_fault(
-            "kind = \"kill_node\"\nparticipant = \"SEC\"\nat_s = 0.5\nrestart_after_s = 100.0",
-        );
-        let sc = Scenario::parse(&text, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
-        let view = json!({"created_at_ms": 1000, "accepted_at_ms": null, "state": "sent", "recipients": [row("KAZ", None, None, None), row("KGZ", None, None, None)], "answers": []});
-        let inboxes = BTreeMap::from([
-            ("SEC".to_owned(), vec![]),
-            ("KAZ".to_owned(), vec![acked_item(None)]),
-            ("KGZ".to_owned(), vec![]),
-        ]);
-        let r = score(Inputs {
-            at_rest: BTreeMap::from([("SEC".to_owned(), Ok(()))]),
-            unrelayed: HashSet::from(["m1".to_owned()]),
-            ..one_inject(&sc, &roster, &participants, view, inboxes)
-        })
-        .expect("scores");
-        let accepted = r
-            .invariants
-            .iter()
-            .find(|x| x.name == "every inject accepted")
-            .expect("the invariant");
+        let r = sec_killed_before_acceptance(vec![acked_item(None)], &["m1"]);
+        let accepted = invariant(&r, "every inject accepted");
         assert!(!accepted.held);
         assert!(
             !accepted.detail.contains("never left its sender"),
@@ -3108,23 +3053,19 @@ expect = "delivered"
             "{text}"
         );
         assert!(!text.contains("  KAZ     read"), "{text}");
-        let sc = Scenario::parse(SCENARIO, "t").expect("scenario");
-        let roster = roster();
-        let participants = vec!["SEC".to_owned(), "KAZ".to_owned(), "KGZ".to_owned()];
         let view = json!({"created_at_ms": 1000, "accepted_at_ms": 1001, "state": "accepted", "recipients": [row("KAZ", Some(1500), None, None), row("KGZ", Some(1600), None, None)]});
         let inboxes = BTreeMap::from([
             ("KAZ".to_owned(), vec![inbox_item("m1", 1500)]),
             ("KGZ".to_owned(), vec![]),
         ]);
-        let r = score(Inputs {
-            at_rest: BTreeMap::from([
+        let r = score_one_inject(SCENARIO, SEC_KAZ_KGZ, view, inboxes, |inputs| {
+            inputs.at_rest = BTreeMap::from([
                 ("KAZ".to_owned(), Ok(())),
                 ("KGZ".to_owned(), Err("disk I/O error".to_owned())),
-            ]),
-            api_failed: BTreeMap::from([("KAZ".to_owned(), "operation timed out".to_owned())]),
-            ..one_inject(&sc, &roster, &participants, view, inboxes)
-        })
-        .expect("scores");
+            ]);
+            inputs.api_failed =
+                BTreeMap::from([("KAZ".to_owned(), "operation timed out".to_owned())]);
+        });
         let text = summary(&r);
         for line in [
             "  KAZ     read from its store; its API failed at the end: operation timed out\n",
@@ -3133,7 +3074,7 @@ expect = "delivered"
             assert!(text.contains(line), "{line}: {text}");
         }
         // Every inbox read over the API: no such section.
-        let r = score_with(BTreeMap::new(), vec![], vec![], HashMap::new());
+        let r = Drill::new().score();
         assert!(!summary(&r).contains("Inboxes not read"), "{}", summary(&r));
     }
 
@@ -3153,7 +3094,7 @@ expect = "delivered"
             html.contains("<td>KGZ</td><td>read from its store; node down at the end</td>"),
             "{html}"
         );
-        let r = score_with(BTreeMap::new(), vec![], vec![], HashMap::new());
+        let r = Drill::new().score();
         assert!(
             !crate::html::render(&r).contains("Inboxes not read"),
             "every inbox read over the API: no such section"

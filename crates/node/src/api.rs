@@ -2794,6 +2794,21 @@ mod tests {
         )
     }
 
+    /// A test state ([`crate::test_state`]) in a new directory, its API served on loopback:
+    /// the directory (kept while the test runs), the state, the API's `http://ADDR`, and
+    /// the serving task.
+    async fn serve_test_state() -> (
+        tempfile::TempDir,
+        St,
+        String,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::test_state(dir.path());
+        let (base, server) = serve_on_loopback(router(state.clone())).await;
+        (dir, state, base, server)
+    }
+
     /// POSTs `body` as JSON, with the test state's token, from a blocking thread; the status
     /// and the answer's body.
     async fn post_json(url: String, body: String) -> (u16, String) {
@@ -2980,9 +2995,7 @@ mod tests {
     /// another, before anything is stored.
     #[tokio::test]
     async fn a_body_is_taken_under_a_json_content_type_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let send = |content_type: Option<&'static str>| {
             let url = format!("{base}/v1/messages");
             tokio::task::spawn_blocking(move || {
@@ -3028,9 +3041,7 @@ mod tests {
     /// ones are the sender's to choose, and are taken.
     #[tokio::test]
     async fn a_subject_or_officer_with_no_visible_character_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let invisible = [
             r"\u0000",
             r"\u200b",
@@ -3133,9 +3144,7 @@ mod tests {
     /// that says nothing. A note is optional, and an acknowledgement is not refused for it.
     #[tokio::test]
     async fn a_category_needs_a_visible_character_and_a_note_without_one_is_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let invisible = [
             r"\u0000",
             r"\u200b",
@@ -3305,9 +3314,7 @@ mod tests {
     /// understood. Refused before anything is written; without one, each is answered.
     #[tokio::test]
     async fn an_endpoint_without_parameters_refuses_one_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let id = "ab".repeat(16);
         for (path, name) in [
             ("/v1/status?relay=1".to_owned(), "relay"),
@@ -4002,9 +4009,7 @@ mod tests {
         const WAIT: Duration = Duration::from_secs(30);
         // Far more than the socket buffers on both ends hold, in events of 4 KiB each.
         const EVENTS: usize = 8 * crate::limits::EVENTS_BUFFER;
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let addr = base.trim_start_matches("http://").to_owned();
         let subscribe = || async {
             let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -4629,6 +4634,17 @@ mod tests {
         (status, v)
     }
 
+    /// POSTs `body` to `path` under `key`, as [`post_keyed`], and asserts that the node
+    /// refuses it `422 idempotency_key_reused`: another request under a key already taken.
+    async fn assert_key_reused(base: &str, path: &str, body: &str, key: Option<&[u8]>) {
+        let (status, v) = post_keyed(base, path, body, key).await;
+        assert_eq!(
+            (status, &v["code"]),
+            (422, &json!("idempotency_key_reused")),
+            "{path} {body}: {v}"
+        );
+    }
+
     /// A send repeated with its `Idempotency-Key` (a client whose first request timed out,
     /// or whose connection dropped, after the node stored the message) is answered with the
     /// message the first request stored, `200` and `repeated`, and no second message: a
@@ -4636,9 +4652,7 @@ mod tests {
     /// not the time it comes to, so the repeat, later, is the same request.
     #[tokio::test]
     async fn a_send_repeated_with_its_idempotency_key_stores_one_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let body =
             r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000}"#;
         let key = Some(&b"2f1c0e7a-retry-me"[..]);
@@ -4689,9 +4703,7 @@ mod tests {
     /// listed, and such a retry was refused `422 idempotency_key_reused`.
     #[tokio::test]
     async fn a_send_repeated_with_its_recipients_in_another_order_is_the_same_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let key = Some(&b"order-key"[..]);
         let first = r#"{"to":["KGZ","SEC"],"subject":"Flooding","body":"Rising."}"#;
         let (status, sent) = post_keyed(&base, "/v1/messages", first, key).await;
@@ -4707,12 +4719,7 @@ mod tests {
         }
         // Another set is still another request.
         let other = r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising."}"#;
-        let (status, v) = post_keyed(&base, "/v1/messages", other, key).await;
-        assert_eq!(
-            (status, &v["code"]),
-            (422, &json!("idempotency_key_reused")),
-            "{v}"
-        );
+        assert_key_reused(&base, "/v1/messages", other, key).await;
         assert_eq!(sent_count(&state), 1, "nothing more was stored");
     }
 
@@ -4723,9 +4730,7 @@ mod tests {
     /// (the client, told nothing was stored, would send it again under a new key: twice).
     #[tokio::test]
     async fn a_key_an_earlier_release_took_with_recipients_out_of_order_is_still_known() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let key = Some(&b"upgrade-key"[..]);
         let body = r#"{"to":["SEC","KGZ"],"subject":"Flooding","body":"Rising."}"#;
         let (status, sent) = post_keyed(&base, "/v1/messages", body, key).await;
@@ -4783,12 +4788,7 @@ mod tests {
         assert_eq!(v["repeated"], true, "{v}");
         // Another request under that key is still another.
         let other = r#"{"to":["SEC"],"subject":"Flooding","body":"Rising."}"#;
-        let (status, v) = post_keyed(&base, "/v1/messages", other, key).await;
-        assert_eq!(
-            (status, &v["code"]),
-            (422, &json!("idempotency_key_reused")),
-            "{v}"
-        );
+        assert_key_reused(&base, "/v1/messages", other, key).await;
         assert_eq!(sent_count(&state), 1, "nothing more was stored");
     }
 
@@ -4797,9 +4797,7 @@ mod tests {
     /// stored: it is a client's mistake, and neither request's answer fits the other.
     #[tokio::test]
     async fn an_idempotency_key_reused_for_another_request_is_refused_and_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let key = Some(&b"key-1"[..]);
         let first =
             r#"{"to":["KGZ"],"subject":"Flooding","body":"Rising.","respond_within_ms":60000}"#;
@@ -4825,9 +4823,7 @@ mod tests {
             ),
             (format!("/v1/messages/{id}/reply"), r#"{"body":"Rising."}"#),
         ] {
-            let (status, v) = post_keyed(&base, &path, other, key).await;
-            assert_eq!(status, 422, "{path} {other}: {v}");
-            assert_eq!(v["code"], "idempotency_key_reused", "{v}");
+            assert_key_reused(&base, &path, other, key).await;
         }
         assert_eq!(sent_count(&state), 1, "nothing more was stored");
         // A reply's key is checked against the message it answers too.
@@ -4838,18 +4834,13 @@ mod tests {
         let (status, again) = post_keyed(&base, &path, r#"{"body":"Seen."}"#, reply_key).await;
         assert_eq!((status, &again["id"]), (200, &reply["id"]), "{again}");
         let other = received_from_kgz(&state, None);
-        let (status, v) = post_keyed(
+        assert_key_reused(
             &base,
             &format!("/v1/messages/{other}/reply"),
             r#"{"body":"Seen."}"#,
             reply_key,
         )
         .await;
-        assert_eq!(
-            (status, &v["code"]),
-            (422, &json!("idempotency_key_reused")),
-            "{v}"
-        );
         assert_eq!(sent_count(&state), 2);
     }
 
@@ -4858,9 +4849,7 @@ mod tests {
     /// anything is stored; as is one given twice.
     #[tokio::test]
     async fn a_bad_idempotency_key_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let body = r#"{"to":["KGZ"],"subject":"Flooding"}"#;
         let long = "k".repeat(129);
         for key in [
@@ -4903,9 +4892,7 @@ mod tests {
     /// transaction that stores the message, and all are answered with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn repeats_at_once_make_one_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::test_state(dir.path());
-        let (base, _server) = serve_on_loopback(router(state.clone())).await;
+        let (_dir, state, base, _server) = serve_test_state().await;
         let body = r#"{"to":["KGZ"],"subject":"Flooding"}"#;
         // Held, so that every request is in before the first one stores.
         let held = crate::Held::store(&state, false, Duration::from_secs(20));

@@ -4720,6 +4720,43 @@ mod tests {
         tx.rollback().expect("undone");
     }
 
+    /// A new store in `dir` holding one message, KAZ's 1 to KGZ signed with `key`, and
+    /// KGZ's delivered receipt for it, each at position 1 of its table; its connection.
+    fn store_a_message_and_its_receipt(dir: &Path, key: &SigningKey) -> Connection {
+        let (_, c) = open_db(dir).expect("open");
+        let m = message(key, 1);
+        c.execute(
+            "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
+             VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'KGZ')",
+            params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
+        )
+        .expect("message");
+        let r = receipt_from(&SigningKey::from_bytes(&[2; 32]), "KGZ", 1, &m);
+        c.execute(
+            "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+             VALUES (1, ?1, 'KGZ', 0, ?2, ?3, ?4, 1)",
+            params![&r.digest().0[..], r.bytes(), &r.key().0[..], &r.signature().0[..]],
+        )
+        .expect("receipt");
+        c
+    }
+
+    /// The store in `dir`, damaged by `edit`, is refused at start as damage (`Corrupt`),
+    /// naming its file and, in its detail, `names`.
+    fn assert_refused_as_damage(dir: &Path, names: &str, edit: &str) {
+        match open_db(dir) {
+            Err(StoreError::Corrupt {
+                path: named,
+                detail,
+            }) => {
+                assert_eq!(named, dir.join(DB_FILE));
+                assert!(detail.contains(names), "{edit}: {detail}");
+            }
+            Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("{edit}: opened"),
+        }
+    }
+
     /// A stored record edited with the `sqlite3` shell, which writes a quoted value as text
     /// into a BLOB column too, is damage found by the start-up check and refused naming the
     /// file and the record (`Corrupt`: the service's exit status 78), not a storage failure
@@ -4742,39 +4779,10 @@ mod tests {
             ),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().join(DB_FILE);
-            {
-                let (_, c) = open_db(dir.path()).expect("open");
-                let m = message(&key, 1);
-                c.execute(
-                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-                     VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'KGZ')",
-                    params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
-                )
-                .expect("message");
-                let r = receipt_from(&SigningKey::from_bytes(&[2; 32]), "KGZ", 1, &m);
-                c.execute(
-                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
-                     VALUES (1, ?1, 'KGZ', 0, ?2, ?3, ?4, 1)",
-                    params![&r.digest().0[..], r.bytes(), &r.key().0[..], &r.signature().0[..]],
-                )
-                .expect("receipt");
-                c.execute_batch(edit).expect("edited");
-            }
-            match open_db(dir.path()) {
-                Err(StoreError::Corrupt {
-                    path: named,
-                    detail,
-                }) => {
-                    assert_eq!(named, path);
-                    assert!(
-                        detail.contains(&format!("stored {table} at position 1")),
-                        "{edit}: {detail}"
-                    );
-                }
-                Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
-                Ok(_) => panic!("{edit}: opened"),
-            }
+            store_a_message_and_its_receipt(dir.path(), &key)
+                .execute_batch(edit)
+                .expect("edited");
+            assert_refused_as_damage(dir.path(), &format!("stored {table} at position 1"), edit);
         }
         // `hotline audit verify`, and a restore's check of its copy, read the key and
         // signature too (so does the start-up check, which also checks their sizes).
@@ -4853,44 +4861,18 @@ mod tests {
             ),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().join(DB_FILE);
-            {
-                let (_, c) = open_db(dir.path()).expect("open");
-                let m = message(&key, 1);
-                c.execute(
-                    "INSERT INTO messages (id, sender, seq, digest, bytes, key, sig, accepted_at_ms, recipients)
-                     VALUES (?1, 'KAZ', 1, ?2, ?3, ?4, ?5, 1000, 'KGZ')",
-                    params![&[1u8; 16][..], &m.digest().0[..], m.bytes(), &m.key().0[..], &m.signature().0[..]],
-                )
-                .expect("message");
-                let r = receipt_from(&SigningKey::from_bytes(&[2; 32]), "KGZ", 1, &m);
-                c.execute(
-                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
-                     VALUES (1, ?1, 'KGZ', 0, ?2, ?3, ?4, 1)",
-                    params![&r.digest().0[..], r.bytes(), &r.key().0[..], &r.signature().0[..]],
-                )
-                .expect("receipt");
-            }
+            drop(store_a_message_and_its_receipt(dir.path(), &key));
             // Undamaged, it opens.
             drop(open_db(dir.path()).expect("reopened"));
-            hotline_store::open(&path, false)
+            hotline_store::open(&dir.path().join(DB_FILE), false)
                 .expect("open")
                 .execute_batch(edit)
                 .expect("edited");
-            match open_db(dir.path()) {
-                Err(StoreError::Corrupt {
-                    path: named,
-                    detail,
-                }) => {
-                    assert_eq!(named, path);
-                    assert!(
-                        detail.contains(&format!("stored {table} at position 1: {says}")),
-                        "{edit}: {detail}"
-                    );
-                }
-                Err(other) => panic!("{edit}: expected Corrupt, got {other:?}"),
-                Ok(_) => panic!("{edit}: opened"),
-            }
+            assert_refused_as_damage(
+                dir.path(),
+                &format!("stored {table} at position 1: {says}"),
+                edit,
+            );
         }
     }
 
