@@ -321,7 +321,7 @@ fn parse_message(path: &Path, line: Option<usize>, column: Option<usize>, messag
 }
 
 /// 1-based line and column (in characters) of a byte offset into `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
