@@ -591,7 +591,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 fn open(path: &Path) -> Result<File, RosterFileError> {
-    File::open(path).map_err(|source| RosterFileError::Io {
+    atomic_file::open_for_read(path).map_err(|source| RosterFileError::Io {
         path: path.to_owned(),
         source,
     })

@@ -80,7 +80,7 @@ pub fn read(path: &Path, max: usize) -> Result<String, TextFileError> {
 }
 
 fn open(path: &Path) -> Result<std::fs::File, TextFileError> {
-    std::fs::File::open(path).map_err(|source| TextFileError::Io {
+    atomic_file::open_for_read(path).map_err(|source| TextFileError::Io {
         path: path.to_owned(),
         source,
     })
@@ -375,6 +375,62 @@ mod tests {
         // A configuration too: the same error, through `read_config`.
         let shown = read_config(&p).expect_err("not UTF-8").to_string();
         assert!(shown.contains("node.toml:2:11: not UTF-8 text"), "{shown}");
+    }
+
+    /// A named pipe (FIFO) that nothing writes to, where a file belongs, is refused as one,
+    /// naming it: opening it for reading waited for a writer for ever, so that a node or a
+    /// relay whose configuration named one hung at start, and `hotline config check` with
+    /// it. Each reader is run on a thread and waited for with a time limit.
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_nothing_writes_to_is_refused_not_waited_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("KAZ.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        type Reader = fn(&Path) -> Result<(), String>;
+        let readers: [(&str, Reader); 5] = [
+            ("text", |p| {
+                read(p, 1024).map(drop).map_err(|e| e.to_string())
+            }),
+            ("secret text", |p| {
+                read_secret(p, 1024).map(drop).map_err(|e| e.to_string())
+            }),
+            ("secret key", |p| {
+                keyfile::read_secret(p).map(drop).map_err(|e| e.to_string())
+            }),
+            ("public key", |p| {
+                keyfile::read_public(&p.with_extension("hex"))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+            ("signed roster", |p| {
+                crate::roster_file::read_signed_roster(p)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ];
+        std::fs::hard_link(&fifo, fifo.with_extension("hex")).expect("link");
+        for (what, reader) in readers {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = fifo.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(reader(&path));
+            });
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what}: still waiting for a writer after 10 s"))
+                .expect_err(what);
+            assert!(
+                e.contains("KAZ.") && e.contains("named pipe"),
+                "{what}: {e}"
+            );
+        }
     }
 
     #[cfg(unix)]
