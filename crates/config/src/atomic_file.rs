@@ -164,6 +164,37 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Opens `path` for reading without waiting for a writer: a named pipe (FIFO) is opened
+/// non-blocking and then set back to blocking, so that one nothing writes to reads as empty
+/// ([`read_bounded`] refuses it as a pipe) instead of waiting in `open` for ever (a node
+/// whose configuration named one hung at start). A pipe something writes to (`<(gpg -d
+/// KEY.gpg)`) is read as before, to its end. Every reader of this crate opens its files so;
+/// so may a program that opens a file only to see whether it may (`hotline config check`).
+pub fn open_for_read(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        let flags = rustix::fs::fcntl_getfl(&f)?;
+        rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok(f)
+}
+
+/// The error for a named pipe that gave nothing to read: nothing writes to it.
+fn an_idle_pipe() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "is a named pipe (FIFO) that nothing writes to, where a file belongs",
+    )
+}
+
 /// Why a bounded read did not return the file's contents.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -206,6 +237,13 @@ pub(crate) fn read_bounded(mut f: File, max: usize) -> Result<Vec<u8>, ReadError
         return Err(ReadError::TooLarge {
             len: buf.len() as u64,
         });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if buf.is_empty() && meta.file_type().is_fifo() {
+            return Err(ReadError::Io(an_idle_pipe()));
+        }
     }
     Ok(buf)
 }

@@ -264,7 +264,7 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let f = File::open(path).map_err(io_err)?;
+    let f = atomic_file::open_for_read(path).map_err(io_err)?;
     check_secret_mode(path, &f)?;
     let bytes = Zeroizing::new(read_key_file(path, f)?);
     let mut seed = Zeroizing::new([0u8; 32]);
@@ -313,7 +313,7 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyFileError> {
             public: path.with_extension(PUBLIC_KEY_EXTENSION),
         });
     }
-    let f = File::open(path).map_err(|source| KeyFileError::Io {
+    let f = atomic_file::open_for_read(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     })?;

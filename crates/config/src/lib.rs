@@ -10,7 +10,9 @@
 //!   node's [`ConfigError`].
 //! - [`utc`]: how a time is written for people (RFC 3339, UTC).
 //!
-//! Every error names the file it is about. Every file is size-checked before it is read.
+//! Every error names the file it is about. Every file is size-checked before it is read, and
+//! opened without waiting for a writer ([`open_for_read`]): a named pipe nothing writes to
+//! is refused, not waited on.
 
 #![warn(missing_docs)]
 
@@ -21,7 +23,7 @@ pub mod roster_file;
 pub mod text_file;
 pub mod utc;
 
-pub use atomic_file::{remove_stale_temporaries, write_new};
+pub use atomic_file::{open_for_read, remove_stale_temporaries, write_new};
 pub use keyfile::{IfExists, KeyFileError};
 pub use roster_file::{Draft, DraftError, DraftGroup, DraftParticipant, RosterFileError};
 pub use text_file::{ConfigError, TextFileError};

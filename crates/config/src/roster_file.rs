@@ -243,6 +243,18 @@ pub enum RosterFileError {
         #[source]
         source: DecodeError,
     },
+    /// A file offered as a signed roster is empty: a copy that failed, or a disk that was
+    /// full when it was written by something other than this crate (whose writes are
+    /// atomic).
+    #[error(
+        "{path}: is empty (0 bytes), not a signed roster file; copy the signed roster file \
+         there again",
+        path = .path.display()
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file offered as a signed roster is text (a TOML draft, most likely).
     #[error(
         "{path}: is a text file (a roster draft?), not a signed roster file",
@@ -309,7 +321,7 @@ fn parse_message(path: &Path, line: Option<usize>, column: Option<usize>, messag
 }
 
 /// 1-based line and column (in characters) of a byte offset into `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
@@ -579,7 +591,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 fn open(path: &Path) -> Result<File, RosterFileError> {
-    File::open(path).map_err(|source| RosterFileError::Io {
+    atomic_file::open_for_read(path).map_err(|source| RosterFileError::Io {
         path: path.to_owned(),
         source,
     })
@@ -653,6 +665,13 @@ pub fn write_draft(path: &Path, draft: &Draft, if_exists: IfExists) -> Result<()
 /// `hotline_proto::verify_roster` before trusting it.
 pub fn read_signed_roster(path: &Path) -> Result<Signed<Roster>, RosterFileError> {
     let bytes = read_all(path, SIGNED_ROSTER_FILE_BYTES_MAX)?;
+    // Empty is neither text nor a truncated roster: say so, rather than send the operator
+    // looking for a draft.
+    if bytes.is_empty() {
+        return Err(RosterFileError::Empty {
+            path: path.to_owned(),
+        });
+    }
     codec::decode::<Signed<Roster>>(&bytes, SIGNED_ROSTER_FILE_BYTES_MAX).map_err(|source| {
         // A signed roster starts with a little-endian u64 length, so it holds NUL bytes;
         // text never does. Say so, rather than report a nonsensical length.
@@ -993,6 +1012,25 @@ members = ["KAZ"]
         std::fs::write(&path, &bytes).expect("write");
         let e = read_verified_roster(&path, &PublicKey::of(&signing)).expect_err("flipped");
         assert!(e.to_string().contains("roster.signed"), "{e}");
+    }
+
+    /// An empty file where the signed roster belongs (a copy that failed, a disk that was
+    /// full) is refused as empty, naming the file: not as "a text file (a roster draft?)",
+    /// which sent the operator looking for a draft that was never there.
+    #[test]
+    fn an_empty_signed_roster_file_is_refused_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("roster.signed");
+        std::fs::write(&path, b"").expect("write");
+        let e = read_signed_roster(&path).expect_err("empty");
+        assert!(matches!(e, RosterFileError::Empty { .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("roster.signed") && shown.contains("empty") && !shown.contains("draft"),
+            "{shown}"
+        );
+        let e = read_verified_roster(&path, &key()).expect_err("empty");
+        assert!(matches!(e, RosterFileError::Empty { .. }), "{e:?}");
     }
 
     #[test]

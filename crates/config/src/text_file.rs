@@ -38,10 +38,14 @@ pub enum TextFileError {
         max: usize,
     },
     /// The file is not UTF-8 text.
-    #[error("{path}: not UTF-8 text")]
+    #[error("{path}:{line}:{column}: not UTF-8 text")]
     NotText {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the first byte that is not UTF-8.
+        line: usize,
+        /// 1-based column (in characters) of that byte.
+        column: usize,
     },
     /// An API token file that holds no token: anything but one word of visible ASCII (an
     /// empty file, several words, other characters). Its content is never shown: it may be
@@ -76,7 +80,7 @@ pub fn read(path: &Path, max: usize) -> Result<String, TextFileError> {
 }
 
 fn open(path: &Path) -> Result<std::fs::File, TextFileError> {
-    std::fs::File::open(path).map_err(|source| TextFileError::Io {
+    atomic_file::open_for_read(path).map_err(|source| TextFileError::Io {
         path: path.to_owned(),
         source,
     })
@@ -105,8 +109,16 @@ fn read_open(path: &Path, f: std::fs::File, max: usize) -> Result<String, TextFi
             max,
         },
     })?;
-    String::from_utf8(bytes).map_err(|_| TextFileError::NotText {
-        path: path.to_owned(),
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // Valid up to there, by the error's own word.
+        let (line, column) = std::str::from_utf8(valid)
+            .map_or((1, 1), |v| crate::roster_file::line_column(v, v.len()));
+        TextFileError::NotText {
+            path: path.to_owned(),
+            line,
+            column,
+        }
     })
 }
 
@@ -336,6 +348,89 @@ mod tests {
         }
         let missing = read(&dir.path().join("none"), 10).expect_err("missing");
         assert!(missing.is_not_found(), "{missing:?}");
+    }
+
+    /// A configuration that is not UTF-8 (a comment typed in Latin-1: `café` as `caf\xe9`)
+    /// is refused naming the line and column of the first byte that is not, as a roster
+    /// draft's is, so that the operator need not search a page of TOML for one character.
+    #[test]
+    fn text_that_is_not_utf8_names_the_line_and_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, b"x = 1\n# \xc3\xa9t\xc3\xa9, caf\xe9\ny = 2\n").expect("write");
+        let e = read(&p, 1024).expect_err("not UTF-8");
+        assert!(
+            matches!(
+                e,
+                TextFileError::NotText {
+                    line: 2,
+                    column: 11,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("node.toml:2:11: not UTF-8 text"), "{shown}");
+        // A configuration too: the same error, through `read_config`.
+        let shown = read_config(&p).expect_err("not UTF-8").to_string();
+        assert!(shown.contains("node.toml:2:11: not UTF-8 text"), "{shown}");
+    }
+
+    /// A named pipe (FIFO) that nothing writes to, where a file belongs, is refused as one,
+    /// naming it: opening it for reading waited for a writer for ever, so that a node or a
+    /// relay whose configuration named one hung at start, and `hotline config check` with
+    /// it. Each reader is run on a thread and waited for with a time limit.
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_nothing_writes_to_is_refused_not_waited_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("KAZ.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        type Reader = fn(&Path) -> Result<(), String>;
+        let readers: [(&str, Reader); 5] = [
+            ("text", |p| {
+                read(p, 1024).map(drop).map_err(|e| e.to_string())
+            }),
+            ("secret text", |p| {
+                read_secret(p, 1024).map(drop).map_err(|e| e.to_string())
+            }),
+            ("secret key", |p| {
+                keyfile::read_secret(p).map(drop).map_err(|e| e.to_string())
+            }),
+            ("public key", |p| {
+                keyfile::read_public(&p.with_extension("hex"))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+            ("signed roster", |p| {
+                crate::roster_file::read_signed_roster(p)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ];
+        std::fs::hard_link(&fifo, fifo.with_extension("hex")).expect("link");
+        for (what, reader) in readers {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = fifo.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(reader(&path));
+            });
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what}: still waiting for a writer after 10 s"))
+                .expect_err(what);
+            assert!(
+                e.contains("KAZ.") && e.contains("named pipe"),
+                "{what}: {e}"
+            );
+        }
     }
 
     #[cfg(unix)]

@@ -149,7 +149,8 @@ impl Report {
     /// service's account cannot (a key `sudo hotline relay init` left owned by root) is an
     /// error: the service would fail to read it at start.
     fn readable(&mut self, field: &str, file: &Path, hint: &str) -> bool {
-        match std::fs::File::open(file) {
+        // Not `File::open`: a named pipe nothing writes to would hold the check for ever.
+        match hotline_config::open_for_read(file) {
             Ok(f) => {
                 let (Some(account), Ok(meta)) = (self.account, f.metadata()) else {
                     return true;

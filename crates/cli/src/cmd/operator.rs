@@ -82,7 +82,8 @@ fn default_node_config() -> anyhow::Result<PathBuf> {
 /// An error naming what to do if this user may not read `path` (the node's configuration or
 /// its API token).
 fn readable(path: &std::path::Path) -> anyhow::Result<()> {
-    match std::fs::File::open(path) {
+    // Not `File::open`: a named pipe nothing writes to would wait for ever.
+    match hotline_config::open_for_read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(unreadable(path, &e)),
         _ => Ok(()),
     }

@@ -518,7 +518,7 @@ struct GroupJson<'a> {
 
 fn is_signed_file(path: &Path) -> Result<bool> {
     let mut head = Vec::with_capacity(SNIFF_BYTES);
-    std::fs::File::open(path)
+    hotline_config::open_for_read(path)
         .and_then(|f| f.take(SNIFF_BYTES as u64).read_to_end(&mut head))
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(head.contains(&0))
