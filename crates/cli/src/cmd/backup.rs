@@ -149,6 +149,10 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             from.display()
         );
     }
+    // A named pipe given as the copy: SQLite would wait for ever in opening it.
+    if let Ok(meta) = std::fs::metadata(&from) {
+        super::audit::regular(from.clone(), &meta)?;
+    }
     let (is_relay, holder) = {
         let unreadable = || format!("{}: cannot read the copy", from.display());
         let conn = hotline_store::open_read_only(&from).with_context(unreadable)?;
