@@ -77,6 +77,11 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // The copy is written, and said so; but a pruning that failed is the command's failure,
+    // which a reader gone before the "OK" line must not turn into status 0.
+    if matches!(pruned, Some((_, _, Err(_)))) {
+        crate::EXIT_ON_CLOSED_STDOUT.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
         out.display(),
