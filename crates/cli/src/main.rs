@@ -52,7 +52,8 @@ fn flush_stdout() {
 /// The exit status that a closed standard output ends the program with ([`stdout_failed`]):
 /// 0, since a reader that wants no more is no failure of the command, unless the command has
 /// already failed and is only saying so: a drill that failed sets 1 before it prints its
-/// summary, so that `hotline exercise run | head` under `pipefail` does not pass it.
+/// summary, so that `hotline exercise run | head` under `pipefail` does not pass it, and a
+/// backup whose pruning failed sets 1 before it prints its "OK" line.
 static EXIT_ON_CLOSED_STDOUT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Ends the program after standard output failed with `e`: quietly if its reader has gone,

@@ -187,11 +187,14 @@ pub fn open_for_read(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// The error for a named pipe that gave nothing to read: nothing writes to it.
+/// The error for a pipe that gave nothing to read: a named pipe (FIFO) nothing writes to,
+/// or one whose writer wrote nothing (`<(gpg -d KEY.gpg)` when `gpg` failed). Which of
+/// these it is cannot be told from here, so the message does not say that nothing writes.
 fn an_idle_pipe() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        "is a named pipe (FIFO) that nothing writes to, where a file belongs",
+        "is a pipe that gave nothing to read (a named pipe nothing writes to, or a command \
+         that wrote nothing and ended), where a file belongs",
     )
 }
 
@@ -251,6 +254,29 @@ pub(crate) fn read_bounded(mut f: File, max: usize) -> Result<Vec<u8>, ReadError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pipe whose writer wrote nothing and ended (`--key <(gpg -d KEY.gpg)`, `gpg`
+    /// refused the passphrase) is refused as a pipe that gave nothing: it was called "a
+    /// named pipe (FIFO) that nothing writes to", which sent the operator to look for a
+    /// FIFO and not at the command that failed.
+    #[cfg(unix)]
+    #[test]
+    fn a_pipe_whose_writer_wrote_nothing_is_not_said_to_have_no_writer() {
+        use std::os::fd::AsRawFd as _;
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let path = PathBuf::from(format!("/dev/fd/{}", reader.as_raw_fd()));
+        drop(writer);
+        let f = open_for_read(&path).expect("opens");
+        let e = match read_bounded(f, 1024) {
+            Err(ReadError::Io(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(e.contains("a pipe that gave nothing to read"), "{e}");
+        assert!(
+            !e.starts_with("is a named pipe (FIFO) that nothing writes to"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary_file() {

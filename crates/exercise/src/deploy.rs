@@ -91,6 +91,21 @@ pub(crate) fn create_dir_private(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
+/// Refuses `dir` (absolute) as a deployment's directory if its name is not UTF-8: the
+/// configurations name paths in it, and TOML holds text only, so such a name would be passed
+/// on cut and the relay would not find its configuration. Called before anything is made,
+/// by [`Deployment::create`] and by a drill before it makes its `--out` directory.
+pub(crate) fn refuse_non_utf8(dir: &Path) -> anyhow::Result<()> {
+    if dir.to_str().is_none() {
+        anyhow::bail!(
+            "{}: the drill's directory name is not UTF-8, which its configurations cannot \
+             name: give --out a UTF-8 path (nothing was written)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A free loopback UDP port (bound and released). Only the relay's address is reserved this
 /// way, because the nodes' configurations must name it before it starts and it must keep it
 /// across a restart; another socket taking it while the relay is down is possible but rare
@@ -110,15 +125,7 @@ impl Deployment {
     pub fn create(dir: &Path, template: &str) -> anyhow::Result<Self> {
         let dir = &std::path::absolute(dir)
             .with_context(|| format!("resolving {} to an absolute path", dir.display()))?;
-        // The configurations name paths in `dir`, and TOML holds text only: a name that is
-        // not UTF-8 would be passed on cut, and the relay would not find its configuration.
-        if dir.to_str().is_none() {
-            anyhow::bail!(
-                "{}: the drill's directory name is not UTF-8, which its configurations cannot \
-                 name: give --out a UTF-8 path (nothing was written)",
-                dir.display()
-            );
-        }
+        refuse_non_utf8(dir)?;
         create_dir_private(dir)?;
         // Each of these is written as a new file below, but not first: a directory that
         // holds one (`--out /etc/hotline`, the production relay's) is refused before

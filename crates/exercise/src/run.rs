@@ -332,6 +332,16 @@ pub async fn run(mut scenario: Scenario, opts: RunOptions) -> anyhow::Result<Rep
     }
     scenario.time_compression = compression;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
+    // A simulated drill writes a deployment whose configurations name paths in its
+    // directory: one whose name is not UTF-8 is refused before it is made, not after, which
+    // left an empty directory behind (`Deployment::create` refuses it too). A live drill
+    // writes only its report there, which any name can hold.
+    if opts.live.is_none() {
+        let base = opts.out_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let base = std::path::absolute(&base)
+            .with_context(|| format!("resolving {} to an absolute path", base.display()))?;
+        crate::deploy::refuse_non_utf8(&base)?;
+    }
     let dir = match &opts.out_dir {
         Some(d) => {
             crate::deploy::create_dir_private(d)?;
@@ -2649,6 +2659,22 @@ expect = "delivered"
             std::fs::read_to_string(out.join("report.json")).expect("kept"),
             "{}"
         );
+    }
+
+    /// `--out` a directory whose name is not UTF-8, for a simulated drill: the deployment
+    /// refused it, but only after the drill had made it, so an empty directory was left
+    /// behind by a refusal that says "nothing was written". It is refused before it is made.
+    #[tokio::test]
+    async fn a_drill_directory_whose_name_is_not_utf8_is_refused_before_it_is_made() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut opts = options(tmp.path(), None);
+        let out = tmp.path().join(std::ffi::OsStr::from_bytes(b"drill\xff"));
+        opts.out_dir = Some(out.clone());
+        let sc = Scenario::parse(&referring(""), "refs.toml").expect("parses");
+        let e = format!("{:#}", run(sc, opts).await.expect_err("refused"));
+        assert!(e.contains("not UTF-8"), "{e}");
+        assert!(!out.exists(), "the refused directory was made: {e}");
     }
 
     /// The default drill directory is made anew with mode 0700: a symbolic link or a

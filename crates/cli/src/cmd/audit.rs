@@ -34,14 +34,29 @@ pub(crate) fn store_file(data: PathBuf) -> anyhow::Result<PathBuf> {
         Err(e) => return Err(out_of_reach(&data, &e)),
     };
     if !meta.is_dir() {
-        return Ok(data);
+        return regular(data, &meta);
     }
     for p in DB_FILES.iter().map(|f| data.join(f)) {
         if exists(&p)? {
-            return Ok(p);
+            let meta = std::fs::metadata(&p).map_err(|e| out_of_reach(&p, &e))?;
+            return regular(p, &meta);
         }
     }
     anyhow::bail!("{}: no relay.db or node.db here", data.display())
+}
+
+/// `db` if it is a regular file (`meta`, its metadata): anything else (a named pipe, a
+/// device) is refused as no store before anything opens it. Opening a named pipe nothing
+/// writes to waits for ever, as SQLite would, and `audit verify` and `backup` hung there.
+pub(crate) fn regular(db: PathBuf, meta: &std::fs::Metadata) -> anyhow::Result<PathBuf> {
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{}: not a regular file (a named pipe? a device?), so no store: give the data \
+             directory, or its relay.db or node.db, or a copy `hotline backup` wrote",
+            db.display()
+        );
+    }
+    Ok(db)
 }
 
 /// Whether `db` is a relay's store (`true`) or a node's (`false`), read-only. Anything else
@@ -184,5 +199,28 @@ mod tests {
         let file = dir.path().join("copy.db");
         std::fs::write(&file, b"").expect("write");
         assert_eq!(store_file(file.clone()).expect("a file as itself"), file);
+    }
+
+    /// A named pipe given as the store (or found as one in a data directory) is refused as
+    /// no store, naming it: `audit verify` opened it to read its first bytes, and `backup`
+    /// had SQLite open it, and both waited for ever for a writer that never came.
+    #[test]
+    fn a_named_pipe_is_refused_as_no_store_not_opened() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let fifo = dir.path().join("relay.db");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        for given in [fifo.clone(), dir.path().to_owned()] {
+            let err = store_file(given.clone()).expect_err("a named pipe");
+            let shown = format!("{err:#}");
+            assert!(
+                shown.starts_with(&format!("{}: not a regular file", fifo.display())),
+                "{}: {shown}",
+                given.display()
+            );
+        }
     }
 }

@@ -77,6 +77,11 @@ pub(crate) fn run(args: BackupArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // The copy is written, and said so; but a pruning that failed is the command's failure,
+    // which a reader gone before the "OK" line must not turn into status 0.
+    if matches!(pruned, Some((_, _, Err(_)))) {
+        crate::EXIT_ON_CLOSED_STDOUT.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     outln!(
         "OK: {} written from {}: {} bytes, checked; journal {} entries, head {}",
         out.display(),
@@ -148,6 +153,10 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
              relay-20250101T030000.123Z.db)",
             from.display()
         );
+    }
+    // A named pipe given as the copy: SQLite would wait for ever in opening it.
+    if let Ok(meta) = std::fs::metadata(&from) {
+        super::audit::regular(from.clone(), &meta)?;
     }
     let (is_relay, holder) = {
         let unreadable = || format!("{}: cannot read the copy", from.display());

@@ -521,7 +521,9 @@ fn is_signed_file(path: &Path) -> Result<bool> {
     hotline_config::open_for_read(path)
         .and_then(|f| f.take(SNIFF_BYTES as u64).read_to_end(&mut head))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(head.contains(&0))
+    // An empty file is no draft either (a draft names its network): it is read as a signed
+    // roster, which refuses it as empty (a copy that failed), as a node or a relay does.
+    Ok(head.is_empty() || head.contains(&0))
 }
 
 fn show(args: ShowArgs) -> Result<()> {

@@ -243,3 +243,82 @@ fn a_closed_standard_output_does_not_stop_a_backup_from_pruning() {
         .collect();
     assert_eq!(left.len(), 1, "only the newest copy is kept: {left:?}");
 }
+
+/// An older copy made immutable (`chattr +i`) for as long as it lives, so that removing it
+/// fails even for root; made removable again when dropped.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Option<Self> {
+        let done = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status();
+        done.is_ok_and(|s| s.success())
+            .then(|| Self(path.to_owned()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// `hotline backup --out-dir DIR --keep N`, an older copy that cannot be removed, and a
+/// reader gone before the "OK" line: the closed pipe ended the command there with status 0,
+/// the pruning's failure never said, so that a cron job under `pipefail` took the backup
+/// directory for pruned. The command fails (status 1), as a drill that failed does.
+#[test]
+fn a_backup_whose_pruning_failed_is_not_reported_passed_when_its_reader_has_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = dir.path().join("relay-data");
+    std::fs::create_dir(&relay).expect("mkdir");
+    hotline_relay::store::redeliver_all_since(&relay, 0, 0).expect("a relay store");
+    let copies = dir.path().join("copies");
+    std::fs::create_dir(&copies).expect("mkdir");
+    let (data, out_dir) = (
+        relay.to_str().expect("UTF-8"),
+        copies.to_str().expect("UTF-8"),
+    );
+    let out = hotline(&["backup", "--data", data, "--out-dir", out_dir])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let old = std::fs::read_dir(&copies)
+        .expect("list")
+        .next()
+        .expect("the first copy")
+        .expect("entry")
+        .path();
+    let Some(_held) = Immutable::set(&old) else {
+        eprintln!("SKIPPED: chattr +i is not possible here (not root, or not ext4)");
+        return;
+    };
+    let args = [
+        "backup",
+        "--data",
+        data,
+        "--out-dir",
+        out_dir,
+        "--keep",
+        "1",
+    ];
+    // With the reader there, the copy is reported written and the pruning failed.
+    let out = hotline(&args).output().expect("runs");
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("OK: "),
+        "{out:?}"
+    );
+    assert!(stderr.contains("removing"), "{stderr}");
+    // With the reader gone, the pruning's failure is still the command's.
+    let out = hotline(&args)
+        .stdout(reader_gone())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+}

@@ -436,3 +436,54 @@ fn a_relay_restore_is_unfinished_until_its_queues_are_moved_back() {
         "{refused:?}"
     );
 }
+
+/// A named pipe given as a store or a copy (`--data FIFO` to `audit verify` and `backup`,
+/// `--from FIFO` to `restore`) is refused as no regular file, naming it: `audit verify`
+/// opened it to read its first bytes, and `backup` and `restore` had SQLite open it, and
+/// each waited for ever for a writer. Each command is waited for with a time limit.
+#[test]
+fn a_named_pipe_given_as_a_store_or_a_copy_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let made = Command::new("mkfifo")
+        .arg(d.join("relay.db"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo");
+    std::fs::create_dir(d.join("data")).expect("mkdir");
+    for args in [
+        &["audit", "verify", "--data", "relay.db"][..],
+        &["backup", "--data", "relay.db", "--out", "copy.db"][..],
+        &["restore", "--from", "relay.db", "--data", "data"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(args)
+            .current_dir(d)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the hotline binary runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("hotline {args:?}: still waiting on the named pipe after 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("relay.db: not a regular file"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!d.join("copy.db").exists(), "{args:?}");
+    }
+}

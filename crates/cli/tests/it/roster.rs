@@ -776,3 +776,23 @@ fn a_rosters_names_cannot_drive_the_terminal() {
         assert_eq!(evil["name"], name);
     }
 }
+
+/// `roster show` of an empty file (a signed roster whose copy failed): it has no NUL byte
+/// to sniff, so it was read as a draft and refused as one (`missing field`), which sent the
+/// operator looking for a draft; a node, a relay and `config check` refuse the same file
+/// as empty. `roster show` says so too.
+#[test]
+fn roster_show_refuses_an_empty_file_as_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("roster.signed");
+    std::fs::write(&empty, b"").expect("write");
+    let stderr = fail(&["roster", "show", s(&empty)]);
+    assert!(
+        stderr.contains("roster.signed: is empty (0 bytes)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("missing field") && !stderr.contains("draft"),
+        "{stderr}"
+    );
+}
