@@ -6332,6 +6332,28 @@ mod tests {
         assert_eq!(store.receipts_in().unwrap().len(), held);
     }
 
+    /// An acknowledgement that comes before the delivered receipt (that relay's link to
+    /// this node was down, another's was up) shows the recipient delivered too, and the late
+    /// delivered receipt is no news.
+    #[test]
+    fn an_acknowledgement_before_the_delivered_receipt_shows_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let id = item.id;
+        let acked = kgz_receipt(NOW + 2, duty_ack(), item.clone());
+        let told = store.store_forwarded(&me, &[acked], NOW + 3).unwrap();
+        assert_eq!(told[0].first.len(), 1);
+        let delivered = kgz_receipt(NOW + 1, ReceiptKind::Delivered, item);
+        let told = store.store_forwarded(&me, &[delivered], NOW + 4).unwrap();
+        assert!(!told[0].fresh && told[0].first.is_empty(), "{told:?}");
+        let m = store.sent_message(&id).unwrap().unwrap().matrix;
+        let kgz = m.iter().find(|r| r.recipient.as_str() == "KGZ").unwrap();
+        assert_eq!(
+            (kgz.delivered_at_ms, kgz.acked_at_ms),
+            (Some(NOW + 3), Some(NOW + 3))
+        );
+    }
+
     /// The sender is never a recipient of its own message (PROTOCOL.md 7.4 step 1), so a
     /// receipt of it signed by this node's own participant is none: a relay that delivers
     /// a node its own message back has it quarantined and receipted there, and may forward
