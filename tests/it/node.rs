@@ -5489,6 +5489,77 @@ async fn a_restored_node_gets_back_what_it_received(relay_running: bool) {
     relay.shutdown().await;
 }
 
+/// A sender's node restored from a backup lost the receipts of its messages that came
+/// since (it had confirmed them, so the relay forwards them no more): its matrix showed an
+/// acknowledged message as unacknowledged. `hotline relay redeliver --to` it, on the running
+/// relay, forwards them again, and the matrix shows the acknowledgement once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_sender_learns_again_the_receipts_that_came_since_its_backup() {
+    let (net, relay, relay_addr) = relay_on_a_fixed_address().await;
+    let (kaz, kgz) = net.two_nodes(relay_addr).await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let id = kaz.send("KGZ", "Before the backup", &[]).await.unwrap();
+    kaz_events.wait_about("delivered", &id).await.unwrap();
+    back_up(&net, "node-KAZ", "kaz-backup.db").await;
+    kgz.cli_json(&["ack", &id, "--officer", "Duty officer"])
+        .await
+        .unwrap();
+    kaz_events.wait_about("acknowledged", &id).await.unwrap();
+    // KAZ's node has confirmed it (`ReceiptsStored`): the relay forwards it no more.
+    let maddr = relay
+        .metrics_addr()
+        .expect("metrics enabled in the test config");
+    let depth = "hotline_relay_forward_queue_depth{participant=\"KAZ\"}";
+    wait_metric(maddr, depth, |n| n == 0.0).await.unwrap();
+    drop(kaz_events);
+    stop_node(kaz).await;
+    let data = net.path().join("node-KAZ");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let restore = ["restore", "--from", "kaz-backup.db", "--data", "node-KAZ"];
+    let restored = hotline_cli(net.path(), &restore).await.unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    let since = restored
+        .stdout
+        .split("--since ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no --since in {restored:?}"))
+        .to_owned();
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    let mut kaz_events = kaz.events().await.unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(
+        (st["delivered"].as_u64(), st["acknowledged"].as_u64()),
+        (Some(1), Some(0)),
+        "the backup's matrix: {st}"
+    );
+    let config = net.relay_config.to_str().unwrap().to_owned();
+    let args = [
+        "relay",
+        "redeliver",
+        "--config",
+        config.as_str(),
+        "--to",
+        "KAZ",
+        "--since",
+        since.as_str(),
+    ];
+    // The acknowledgement, and the delivered receipt if it was stored in the second the
+    // backup's time names (rounded down): the node keeps only what it lacks.
+    let done = hotline_cli(net.path(), &args).await.unwrap();
+    assert!(
+        done.status.success() && done.stdout.contains(" receipt(s) of messages KAZ sent"),
+        "{done:?}"
+    );
+    kaz_events.wait_about("acknowledged", &id).await.unwrap();
+    let st = kaz.cli_json(&["status", &id]).await.unwrap();
+    assert_eq!(st["state"], "acknowledged", "{st}");
+    assert_eq!(st["recipients"][0]["officer"], "Duty officer", "{st}");
+    relay.shutdown().await;
+}
+
 /// A node that hangs (stopped with SIGSTOP, as a frozen machine) goes silent: the relay
 /// counts its connection as lost, neither as one it closed nor as one the node ended; the
 /// node, running again, connects again. The relay's idle timeout is 2 s here (6 s by

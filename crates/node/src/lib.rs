@@ -639,7 +639,7 @@ impl NodeState {
     ) {
         for (r, news) in verified.iter().zip(fresh) {
             if news.unrelated {
-                warn!(by = %r.recipient, "a forwarded receipt names no message this node sent: not kept");
+                warn!(by = %r.recipient, "a forwarded receipt names no message this node sent to its signer: not kept");
             }
             for id in &news.mismatched {
                 error!(msg = %id, by = %r.recipient, "a receipt names this message with content other than what this node sent: not recorded; the recipient holds altered content");

@@ -779,7 +779,7 @@ fn welcomed(
         Ok(true) => warn!(
             relay = idx,
             last_seq,
-            "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since are not in it: the Secretariat can have the relay deliver them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
+            "the relay has seen higher sequence numbers than this store: continuing after them. If this store was restored from a backup, the messages received since, and the receipts of those sent before that came since, are not in it: the Secretariat can have the relay send them again (`hotline relay redeliver`, OPERATIONS.md 6.5)"
         ),
         Ok(false) => {}
         Err(e) => error!(relay = idx, error = %e, "cannot record the relay's sequence floor"),

@@ -661,7 +661,8 @@ pub struct Forwarded {
     /// entry and a log line. A later one from that signer for that message is not listed
     /// here (nor kept, unless it is news for another message), also after a restart.
     pub mismatched: Vec<MessageId>,
-    /// It names no message this node sent, so it was not kept: a relay forwards a receipt
+    /// It names no message this node sent, or is signed by this node's own participant (to
+    /// which no message of its is sent), so it was not kept: a relay forwards a receipt
     /// only to the senders it names, and one forwarding others' could fill this disk.
     pub unrelated: bool,
 }
@@ -1402,7 +1403,9 @@ fn hold_in(
     for u in receipts {
         let d = u.signed.digest();
         let mut ours = false;
-        for item in u.claim.items.iter().filter(|i| &i.sender == me) {
+        // Our own receipt names nothing sent to us ([`keep_forwarded`]).
+        let own = &u.claim.recipient == me;
+        for item in u.claim.items.iter().filter(|i| &i.sender == me && !own) {
             if signing_digests(tx, &item.id)?.is_some() {
                 ours = true;
                 break;
@@ -1510,7 +1513,12 @@ fn keep_forwarded(
         // same one.
         let mut ours = Vec::new();
         let mut names_ours = false;
-        for item in r.items.iter().filter(|i| &i.sender == me) {
+        // A receipt signed by this node's own participant names nothing sent to it: a
+        // sender is never a recipient of its own message (PROTOCOL.md 7.4 step 1). Such a
+        // receipt exists when a relay delivered one of our messages back to us (it was
+        // quarantined, and receipted); counted, it would add us to our own matrix.
+        let own = &r.recipient == me;
+        for item in r.items.iter().filter(|i| &i.sender == me && !own) {
             let sent = match sent_digests.entry(item.id) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e.insert(signing_digests(tx, &item.id)?),
@@ -6322,6 +6330,63 @@ mod tests {
             );
         }
         assert_eq!(store.receipts_in().unwrap().len(), held);
+    }
+
+    /// An acknowledgement that comes before the delivered receipt (that relay's link to
+    /// this node was down, another's was up) shows the recipient delivered too, and the late
+    /// delivered receipt is no news.
+    #[test]
+    fn an_acknowledgement_before_the_delivered_receipt_shows_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, me, _, item) = alert_to_kgz_and_tjk(dir.path());
+        let id = item.id;
+        let acked = kgz_receipt(NOW + 2, duty_ack(), item.clone());
+        let told = store.store_forwarded(&me, &[acked], NOW + 3).unwrap();
+        assert_eq!(told[0].first.len(), 1);
+        let delivered = kgz_receipt(NOW + 1, ReceiptKind::Delivered, item);
+        let told = store.store_forwarded(&me, &[delivered], NOW + 4).unwrap();
+        assert!(!told[0].fresh && told[0].first.is_empty(), "{told:?}");
+        let m = store.sent_message(&id).unwrap().unwrap().matrix;
+        let kgz = m.iter().find(|r| r.recipient.as_str() == "KGZ").unwrap();
+        assert_eq!(
+            (kgz.delivered_at_ms, kgz.acked_at_ms),
+            (Some(NOW + 3), Some(NOW + 3))
+        );
+    }
+
+    /// The sender is never a recipient of its own message (PROTOCOL.md 7.4 step 1), so a
+    /// receipt of it signed by this node's own participant is none: a relay that delivers
+    /// a node its own message back has it quarantined and receipted there, and may forward
+    /// that receipt. It must not add this node to its own delivery matrix.
+    #[test]
+    fn a_receipt_of_our_message_signed_by_ourselves_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = NodeStore::open(dir.path()).unwrap();
+        let me = pid("KAZ");
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let draft = flash_draft(&[pid("KGZ")], "Incident at the border");
+        let sent = store
+            .compose(&me, &key, draft, &[pid("KGZ")], 1, NOW)
+            .unwrap()
+            .unwrap();
+        let id = sent.decode_unverified().unwrap().id;
+        let own = receipt_by("KAZ", 1, NOW, &me, id, sent.digest());
+        let told = store.store_forwarded(&me, &[own], NOW).unwrap();
+        assert_eq!(
+            told,
+            [Forwarded {
+                fresh: false,
+                first: vec![],
+                mismatched: vec![],
+                unrelated: true,
+            }]
+        );
+        let m = store.sent_message(&id).unwrap().unwrap().matrix;
+        let rows: Vec<(String, bool)> = m
+            .iter()
+            .map(|r| (r.recipient.to_string(), r.delivered_at_ms.is_some()))
+            .collect();
+        assert_eq!(rows, [("KGZ".to_string(), false)]);
     }
 
     /// A delivered receipt signed by `who` (key seed `seed`) at `at`, naming `id` (sent by

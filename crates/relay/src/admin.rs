@@ -83,6 +83,10 @@ pub struct RewoundQueue {
     pub cursor_was: i64,
     /// Its cursor now.
     pub cursor: i64,
+    /// Receipts of the messages it sent queued again to be forwarded to it (absent from
+    /// the answers of relays before it: 0).
+    #[serde(default)]
+    pub receipts: u64,
 }
 
 /// Binds the socket at `path`, replacing a file left there by a relay that did not stop
@@ -249,6 +253,7 @@ async fn handle(
                     messages: r.messages,
                     cursor_was: r.cursor_was,
                     cursor: r.cursor,
+                    receipts: r.receipts,
                 })
                 .collect(),
         },

@@ -608,6 +608,10 @@ pub struct Rewound {
     /// The new cursor: just below the first message it is now owed, or where it was if
     /// that is lower, or if it is owed nothing.
     pub cursor: i64,
+    /// Receipts of messages it sent, stored here since the time, queued again to be
+    /// forwarded to it (a redelivery to one recipient only, [`redeliver_since`]; 0 for
+    /// [`redeliver_all_since`]): a node restored from a backup lost those it held since.
+    pub receipts: u64,
 }
 
 /// Makes a stopped relay deliver again to `recipient`, at its next connection, every
@@ -631,6 +635,7 @@ pub fn redeliver_since(
             messages: 0,
             cursor_was: 0,
             cursor: 0,
+            receipts: 0,
         },
         |(_, r)| r,
     ))
@@ -721,7 +726,48 @@ pub(crate) fn first_accepted_since(
 /// addressed nothing since was journaled `cursor 3072 -> 1, 0 owed`, a move that changed
 /// nothing it was owed, and every start read the messages from there until the writer
 /// moved that idle cursor up again.)
+///
+/// For one recipient (`only`), the receipts of the messages it sent that were stored since
+/// `since_ms` are queued again to be forwarded to it ([`forward_again`]): it is asked for a
+/// node restored from a backup, which lost those too (OPERATIONS.md 6.5).
 fn rewind_in(
+    tx: &Transaction<'_>,
+    journal: &mut Journal,
+    (only, whose): (Option<&ParticipantId>, Whose<'_>),
+    (since_ms, first): (u64, Option<i64>),
+    now_ms: u64,
+) -> Result<(RewoundAll, Option<LoadedQueues>), StoreError> {
+    let (mut rewound, loaded) =
+        rewind_queues_in(tx, journal, (only, whose), (since_ms, first), now_ms)?;
+    if let Some(who) = only {
+        let receipts = forward_again(tx, who, since_ms)?;
+        if receipts > 0 {
+            journal.append(
+                tx,
+                now_ms,
+                "receipts.forwarded_again",
+                who.as_str(),
+                format!("since {since_ms}: {receipts} receipt(s) of its messages").as_bytes(),
+            )?;
+            match rewound.iter_mut().find(|(p, _)| p == who) {
+                Some((_, r)) => r.receipts = receipts,
+                None => rewound.push((
+                    who.clone(),
+                    Rewound {
+                        messages: 0,
+                        cursor_was: 0,
+                        cursor: 0,
+                        receipts,
+                    },
+                )),
+            }
+        }
+    }
+    Ok((rewound, loaded))
+}
+
+/// [`rewind_in`]'s work on the message queues.
+fn rewind_queues_in(
     tx: &Transaction<'_>,
     journal: &mut Journal,
     (only, whose): (Option<&ParticipantId>, Whose<'_>),
@@ -751,6 +797,7 @@ fn rewind_in(
                     messages: 0,
                     cursor_was: c,
                     cursor: c,
+                    receipts: 0,
                 };
                 (who, same)
             })
@@ -802,10 +849,49 @@ fn rewind_in(
             messages,
             cursor_was,
             cursor,
+            receipts: 0,
         };
         rewound.push((who, r));
     }
     Ok((rewound, Some(queues)))
+}
+
+/// Queues again, to be forwarded to `sender`, every receipt stored since `since_ms` that
+/// names a message of its: its node, restored from a backup, no longer holds those it was
+/// forwarded since, and confirmed them (`ReceiptsStored`), so the relay had dropped them from
+/// its forward queue. Its node keeps only what is news to it. Returns how many were queued
+/// again (those still queued are not counted). `stored_at_ms` has no index: the receipts are
+/// read once, an operator's rare request.
+fn forward_again(
+    tx: &Transaction<'_>,
+    sender: &ParticipantId,
+    since_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut found = Vec::new();
+    {
+        let mut st = tx.prepare(
+            "SELECT rseq, digest, bytes, key, sig FROM receipts WHERE stored_at_ms >= ?1 ORDER BY rseq",
+        )?;
+        let mut rows = st.query([time_key(since_ms)])?;
+        while let Some(r) = rows.next()? {
+            let signed: Signed<Receipt> = signed_from_row(r, 2)?;
+            // Stored receipts were verified when they came; one that no longer decodes
+            // names nothing to forward.
+            let Ok(receipt) = signed.decode_unverified() else {
+                continue;
+            };
+            if receipt.recipient != *sender && receipt.items.iter().any(|i| i.sender == *sender) {
+                found.push((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?));
+            }
+        }
+    }
+    let mut st =
+        tx.prepare("INSERT OR IGNORE INTO rqueue (recipient, rseq, digest) VALUES (?1, ?2, ?3)")?;
+    let mut n = 0u64;
+    for (rseq, digest) in found {
+        n += st.execute(params![sender.as_str(), rseq, digest])? as u64;
+    }
+    Ok(n)
 }
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
@@ -2642,6 +2728,18 @@ impl Writer {
                     who,
                     b"the relay moved this participant's queue back: connect again to be delivered again",
                 );
+            } else if r.receipts > 0 {
+                // Queued again behind where a live session forwards from.
+                self.ctx.hub.close(
+                    who,
+                    b"the relay queued receipts again for this participant: connect again to be forwarded them",
+                );
+            }
+            if r.receipts > 0 {
+                tracing::info!(sender = %who, since_ms, receipts = r.receipts, "receipts of its messages queued again to be forwarded to it");
+                let delta = HashMap::from([(who.clone(), r.receipts as i64)]);
+                self.ctx.metrics.add_forward_depths(&delta);
+                *self.forward_depths.entry(who.clone()).or_default() += r.receipts as i64;
             }
         }
         Ok(rewound)
@@ -4228,6 +4326,7 @@ mod tests {
             messages,
             cursor_was,
             cursor: 1,
+            receipts: 0,
         };
         assert_eq!(
             all,
@@ -4254,7 +4353,8 @@ mod tests {
             Rewound {
                 messages: 2,
                 cursor_was: 1,
-                cursor: 1
+                cursor: 1,
+                receipts: 0,
             }
         );
         assert_eq!(
@@ -4262,7 +4362,8 @@ mod tests {
             Rewound {
                 messages: 2,
                 cursor_was: 3,
-                cursor: 1
+                cursor: 1,
+                receipts: 0,
             }
         );
         let (_, c) = open_db(dir.path()).expect("reopen");
@@ -4282,6 +4383,83 @@ mod tests {
                 .expect("rewind")
                 .messages,
             0
+        );
+    }
+
+    /// A sender's node restored from a backup lost the receipts of its messages forwarded
+    /// to it since, which it had confirmed (so they left its forward queue): redelivering
+    /// to it since the backup's time queues again those stored since then, and not those
+    /// stored before, nor, to a recipient, the receipts it signed itself.
+    #[test]
+    fn a_redelivery_to_a_sender_forwards_again_the_receipts_of_its_messages_since_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_messages_for_two(dir.path());
+        let kaz = SigningKey::from_bytes(&[1; 32]);
+        let chn = SigningKey::from_bytes(&[2; 32]);
+        let ind = SigningKey::from_bytes(&[3; 32]);
+        {
+            let (_, c) = open_db(dir.path()).expect("open");
+            // CHN's receipt was stored at 1.5 s (before the backup at 2 s), IND's at 4 s,
+            // IND's acknowledgement at 6 s; KAZ's node confirmed all three.
+            let ack = ReceiptKind::Acknowledged {
+                officer: "Duty officer".into(),
+                note: None,
+            };
+            let kept = [
+                (receipt_from(&chn, "CHN", 1_500, &message(&kaz, 1)), 1_500),
+                (receipt_from(&ind, "IND", 4_000, &message(&kaz, 2)), 4_000),
+                (
+                    receipt_of(ack, &ind, "IND", 6_000, &message(&kaz, 2)),
+                    6_000,
+                ),
+            ];
+            for (r, stored) in &kept {
+                let d = r.decode_unverified().expect("decodes");
+                c.execute(
+                    "INSERT INTO receipts (created_at_ms, digest, recipient, is_ack, bytes, key, sig, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        d.created_at_ms as i64,
+                        &r.digest().0[..],
+                        d.recipient.as_str(),
+                        d.is_ack(),
+                        r.bytes(),
+                        &r.key().0[..],
+                        &r.signature().0[..],
+                        *stored as i64
+                    ],
+                )
+                .expect("receipt");
+            }
+        }
+        let forwarded = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT r.recipient FROM rqueue q JOIN receipts r ON r.rseq = q.rseq WHERE q.recipient = 'KAZ' ORDER BY q.rseq")
+                .expect("prepare")
+                .query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        // To a recipient, its own receipts are not forwarded again.
+        assert_eq!(
+            redeliver_since(dir.path(), &pid("IND"), 2_000, 10_000)
+                .expect("rewind")
+                .receipts,
+            0
+        );
+        let r = redeliver_since(dir.path(), &pid("KAZ"), 2_000, 10_000).expect("rewind");
+        assert_eq!(r.receipts, 2);
+        let (_, c) = open_db(dir.path()).expect("reopen");
+        assert_eq!(forwarded(&c), ["IND", "IND"]);
+        assert_eq!(journaled(&c, "receipts.forwarded_again"), 1);
+        drop(c);
+        // Asked again from further back: only CHN's, stored before 2 s, is queued now;
+        // IND's are in the queue already.
+        assert_eq!(
+            redeliver_since(dir.path(), &pid("KAZ"), 0, 10_000)
+                .expect("rewind")
+                .receipts,
+            1
         );
     }
 
@@ -5869,7 +6047,8 @@ mod tests {
                 Rewound {
                     messages: 0,
                     cursor_was: n,
-                    cursor: n
+                    cursor: n,
+                    receipts: 0,
                 }
             )]
         );
@@ -5904,7 +6083,8 @@ mod tests {
                 Rewound {
                     messages: 1,
                     cursor_was: n,
-                    cursor: 0
+                    cursor: 0,
+                    receipts: 0,
                 }
             )]
         );

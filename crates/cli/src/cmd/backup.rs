@@ -333,10 +333,10 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         // stores recorded one, with nothing signed yet, does not).
         let to = holder.map_or_else(|| "ID".to_owned(), |h| h.to_string());
         outln!(
-            "next: start the node. What it received after {newest} is not in the copy: on the \
-             relay's machine, `sudo -u hotline hotline relay redeliver --config \
-             /etc/hotline/relay.toml --to {to} --since {newest}` has the relay deliver it \
-             again (OPERATIONS.md 6.5)"
+            "next: start the node. What it received after {newest}, and the receipts of what \
+             it sent that came since, are not in the copy: on the relay's machine, `sudo -u \
+             hotline hotline relay redeliver --config /etc/hotline/relay.toml --to {to} \
+             --since {newest}` has the relay send them again (OPERATIONS.md 6.5)"
         );
     }
     Ok(())

@@ -213,6 +213,12 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
             r.messages
         );
     }
+    if r.receipts > 0 {
+        outln!(
+            "OK: {} receipt(s) of messages {to} sent, stored since {since}, will be forwarded to it again at its next connection",
+            r.receipts
+        );
+    }
     Ok(())
 }
 
@@ -249,6 +255,17 @@ fn redeliver_running(
         outln!(
             "OK: {messages} message(s) addressed to {to} are being delivered to it again (the \
              relay closed its link, if it had one; its node connects again)"
+        );
+    }
+    let receipts: u64 = rewound
+        .iter()
+        .filter(|r| r.recipient == to.as_str())
+        .map(|r| r.receipts)
+        .sum();
+    if receipts > 0 {
+        outln!(
+            "OK: {receipts} receipt(s) of messages {to} sent, stored since {since}, are being \
+             forwarded to it again"
         );
     }
     Ok(())
