@@ -255,11 +255,11 @@ pub(crate) struct ReplyArgs {
 }
 
 /// The API path of message `id` followed by `rest` (`""`, `"/ack"`, `"/reply"`), once `id`
-/// is a message id (checked first, before the node's configuration is read: a malformed
-/// argument, status 2, whatever the configuration): what an operator typed is checked before it becomes part of a URL, where
-/// `../status` or `a/b` would name another endpoint (and `hotline show ../status` printed the
-/// node's status as an empty message) or only earn an unexplained 404. The refusal is the
-/// node's own words for a bad id (`bad_id`).
+/// is a message id (called first, before the node's configuration is read: a malformed
+/// argument, status 2, whatever the configuration): what an operator typed is checked
+/// before it becomes part of a URL, where `../status` or `a/b` would name another endpoint
+/// (and `hotline show ../status` printed the node's status as an empty message) or only
+/// earn an unexplained 404. The refusal is the node's own words for a bad id (`bad_id`).
 fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
     let id: hotline_proto::MessageId = id.parse().map_err(|e| super::BadArgument::of("ID", e))?;
     Ok(format!("/v1/messages/{id}{rest}"))
