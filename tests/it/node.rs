@@ -4280,6 +4280,13 @@ async fn a_relay_that_reads_nothing_ends_the_link_instead_of_holding_it() {
         close_code(&relay.conn).await.unwrap(),
         hotline_proto::frame::ErrorCode::SlowConsumer
     );
+    // The write stopped at the window a relay's session grants (the stream's, 1.25 MB), not
+    // at the 4 KiB a connection has before its login.
+    let received = relay.conn.stats().udp_rx.bytes;
+    assert!(
+        received > 1_000_000,
+        "the node's write stopped after {received} bytes"
+    );
     drop(relay);
 }
 

@@ -1394,6 +1394,10 @@ impl Impostor {
             Some(NodeToRelay::Hello(_)) => {}
             other => bail!("expected a Hello, got {other:?}"),
         }
+        // As a relay does at a login: its endpoint (the relay's settings) grants a
+        // connection 4 KiB of flow control until then. Left so, the node could never have
+        // more than 4 KiB unread here, where a relay's session holds a stream's window.
+        hotline_net::transport::open_session_window(&conn);
         writer.write(&RelayToNode::Welcome(welcome)).await?;
         Ok(Self {
             endpoint,

@@ -500,8 +500,26 @@ async fn serve_udp(sock: Arc<UdpSocket>, shape: Shape) -> anyhow::Result<()> {
 
 /// The QUIC forwarder: every connection opens one stream and says on it who it is. The
 /// recipients join first; then the sender's messages are read and forwarded until [`BYE`].
+/// A participant's connection to the QUIC forwarder, accepted: the first byte of its stream
+/// (its role, [`HELLO`] or [`SENDER`]) and the stream's two halves.
+type Opened = (u8, quinn::SendStream, quinn::RecvStream);
+
+/// Accepts a participant's connection and its stream, and reads its role. The relay's
+/// endpoint settings ([`hotline_net::transport::server_endpoint`]) grant a connection 4 KiB
+/// of flow control until the relay lifts it at its node's login; the forwarder has no
+/// login, so it lifts it at once, as the relay does before `Welcome`: left at 4 KiB, the
+/// sender's messages (up to 64 KiB) crossed to the forwarder 4 KiB at a time, a cost no
+/// relay session pays, and the skeleton would no longer be the floor it is meant to be.
+async fn open(incoming: quinn::Incoming) -> anyhow::Result<Opened> {
+    let conn = incoming.await?;
+    hotline_net::transport::open_session_window(&conn);
+    let (send, mut recv) = conn.accept_bi().await?;
+    let mut role = [0u8; PREFIX + 1];
+    recv.read_exact(&mut role).await?;
+    Ok((role[PREFIX], send, recv))
+}
+
 async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
-    type Opened = (u8, quinn::SendStream, quinn::RecvStream);
     // Room for every connection the acceptor lets in (the recipients and the sender).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Opened>(RECIPIENTS_MAX + 1);
     let acceptor = {
@@ -517,14 +535,7 @@ async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
                 accepted += 1;
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let opened = async {
-                        let conn = incoming.await?;
-                        let (send, mut recv) = conn.accept_bi().await?;
-                        let mut role = [0u8; PREFIX + 1];
-                        recv.read_exact(&mut role).await?;
-                        anyhow::Ok((role[PREFIX], send, recv))
-                    };
-                    match opened.await {
+                    match open(incoming).await {
                         Ok(o) => {
                             let _ = tx.send(o).await;
                         }
@@ -995,6 +1006,45 @@ mod tests {
                 assert!(r.line().starts_with(&name), "{}", r.line());
             }
         }
+    }
+
+    /// Over QUIC the forwarder takes a sender's messages as a relay's session does, not
+    /// 4 KiB at a time: the relay's endpoint settings, which it shares, grant a connection
+    /// 4 KiB of flow control until a login lifts it, and the forwarder, which has none,
+    /// lifts it once it has the connection. Here it reads nothing past the role: the whole
+    /// of a largest message still crosses (the stream's window, 1.25 MB, holds it).
+    #[tokio::test]
+    async fn over_quic_the_forwarder_takes_more_than_a_login_window_unread() {
+        let (listener, addr, pin) = Listener::bind(Transport::Quic).expect("bind");
+        let Listener::Quic(ep) = listener else {
+            panic!("a QUIC listener")
+        };
+        let pin = pin.expect("a fingerprint to pin");
+        let forwarder = tokio::spawn(async move {
+            let incoming = ep.accept().await.expect("a connection");
+            let opened = open(incoming).await.expect("opened");
+            // Held, unread, until the test ends.
+            (ep, opened)
+        });
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let endpoint =
+            hotline_net::transport::client_endpoint(any, vec![pin], &TransportLimits::default())
+                .expect("client endpoint");
+        let wait = Duration::from_secs(10);
+        let conn = hotline_net::connect(&endpoint, addr, wait)
+            .await
+            .expect("connected");
+        let (mut send, _recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&framed(&[SENDER])).await.expect("the role");
+        let (_ep, (role, _send, _unread)) = forwarder.await.expect("the forwarder's task");
+        assert_eq!(role, SENDER);
+        let message = vec![DATA; PREFIX + MESSAGE_MAX];
+        let written = tokio::time::timeout(wait, send.write_all(&message)).await;
+        assert!(
+            matches!(written, Ok(Ok(()))),
+            "a message of {} bytes did not cross to a forwarder that has not read it: {written:?}",
+            message.len()
+        );
     }
 
     #[test]

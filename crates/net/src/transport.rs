@@ -69,7 +69,10 @@ const _: () = assert!(
 /// Lets the peer of a relay's connection send as much as QUIC's own limits allow (the one
 /// stream's window), instead of [`LOGIN_RECEIVE_WINDOW_BYTES`]: called once the node has
 /// logged in, before the relay writes `Welcome`, so that the node, which sends nothing more
-/// until it has read `Welcome`, is never held back by the login window.
+/// until it has read `Welcome`, is never held back by the login window. Anything else that
+/// accepts connections on a [`server_endpoint`] (a test's stand-in for a relay, the
+/// benchmark's skeleton forwarder) has no login and calls it once it has the connection, or
+/// its peer may never have more than 4 KiB unread there.
 pub fn open_session_window(conn: &quinn::Connection) {
     // quinn's default connection window: a session's one stream is bounded by its own.
     conn.set_receive_window(VarInt::MAX);
@@ -171,7 +174,8 @@ pub fn check_server_config(
     server_configs(identity, limits).map(|_| ())
 }
 
-/// A relay endpoint listening on `addr`.
+/// A relay endpoint listening on `addr`. Each connection it accepts starts with
+/// [`LOGIN_RECEIVE_WINDOW_BYTES`] of flow control until [`open_session_window`] lifts it.
 pub fn server_endpoint(
     addr: SocketAddr,
     identity: &RelayIdentity,

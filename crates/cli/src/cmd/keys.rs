@@ -35,8 +35,9 @@ const REPLACE_HINT: &str = "`--force` replaces it, and its secret key is then lo
 /// Generates a key pair and prints the public key.
 pub(crate) fn run(args: KeygenArgs) -> Result<()> {
     // The name is checked before the directory is made, so that a refused one leaves
-    // nothing behind.
-    let (secret, public) = keyfile::key_paths(&args.out, &args.id)?;
+    // nothing behind: a malformed argument (status 2).
+    let (secret, public) =
+        keyfile::key_paths(&args.out, &args.id).map_err(|e| super::BadArgument::of("--id", e))?;
     ensure_key_dir(&args.out)?;
     let if_exists = if args.force {
         IfExists::Replace

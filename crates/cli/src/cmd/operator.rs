@@ -255,10 +255,11 @@ pub(crate) struct ReplyArgs {
 }
 
 /// The API path of message `id` followed by `rest` (`""`, `"/ack"`, `"/reply"`), once `id`
-/// is a message id: what an operator typed is checked before it becomes part of a URL, where
-/// `../status` or `a/b` would name another endpoint (and `hotline show ../status` printed the
-/// node's status as an empty message) or only earn an unexplained 404. The refusal is the
-/// node's own words for a bad id (`bad_id`).
+/// is a message id (called first, before the node's configuration is read: a malformed
+/// argument, status 2, whatever the configuration): what an operator typed is checked
+/// before it becomes part of a URL, where `../status` or `a/b` would name another endpoint
+/// (and `hotline show ../status` printed the node's status as an empty message) or only
+/// earn an unexplained 404. The refusal is the node's own words for a bad id (`bad_id`).
 fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
     let id: hotline_proto::MessageId = id.parse().map_err(|e| super::BadArgument::of("ID", e))?;
     Ok(format!("/v1/messages/{id}{rest}"))
@@ -268,13 +269,15 @@ fn message_path(id: &str, rest: &str) -> anyhow::Result<String> {
 /// sender alone, kind `reply`, referencing it, with its category and status, and unless
 /// given its precedence and "Re: " subject.
 pub(crate) fn reply(a: ReplyArgs) -> anyhow::Result<()> {
+    // The command line first: before the body (standard input, perhaps) is read.
+    let path = message_path(&a.id, "/reply")?;
     let body = read_body(a.body.as_deref(), a.body_file.as_deref())?;
     let req = json!({
         "body": body, "subject": a.subject,
         "precedence": a.precedence.map(|p| p.to_uppercase()),
         "respond_within_ms": a.respond_within.map(|s| s.saturating_mul(1000)),
     });
-    let v = post_send(&a.api.client()?, &message_path(&a.id, "/reply")?, &req)?;
+    let v = post_send(&a.api.client()?, &path, &req)?;
     print(a.api.json, &v, submitted_text)
 }
 
@@ -688,7 +691,9 @@ pub(crate) struct ShowArgs {
 }
 
 pub(crate) fn show(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
+    // The command line first: before the node's configuration is read.
+    let path = message_path(&a.id, "")?;
+    let v = a.api.client()?.get(&path)?;
     print(a.api.json, &v, show_text)
 }
 
@@ -866,7 +871,8 @@ pub(crate) fn recipients_text(m: &Value, overdue: impl Fn(&Value) -> bool) -> St
 }
 
 pub(crate) fn status(a: ShowArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.get(&message_path(&a.id, "")?)?;
+    let path = message_path(&a.id, "")?;
+    let v = a.api.client()?.get(&path)?;
     if v["direction"] != json!("sent") {
         bail!("{} is a received message: `hotline show` displays it", a.id);
     }
@@ -889,10 +895,11 @@ pub(crate) struct AckArgs {
 }
 
 pub(crate) fn ack(a: AckArgs) -> anyhow::Result<()> {
-    let v = a.api.client()?.post(
-        &message_path(&a.id, "/ack")?,
-        &json!({"officer": a.officer, "note": a.note}),
-    )?;
+    let path = message_path(&a.id, "/ack")?;
+    let v = a
+        .api
+        .client()?
+        .post(&path, &json!({"officer": a.officer, "note": a.note}))?;
     print(a.api.json, &v, |v| {
         format!(
             "acknowledged {} (receipt {})",
@@ -921,17 +928,17 @@ pub(crate) struct DiscardArgs {
 
 /// `hotline discard DIGEST|--all --officer NAME`: removes deliveries from the quarantine.
 pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
+    // The command line first, before the node's configuration is read: what is not the start
+    // of a digest (not hex digits, or more than a digest's 64) is a malformed argument, not
+    // a digest to look for through the whole quarantine.
+    let prefix = a.digest.as_deref().map(digest_prefix).transpose()?;
     let client = a.api.client()?;
-    let Some(given) = &a.digest else {
+    let Some(prefix) = prefix else {
         let v = client.post("/v1/quarantine/discard-all", &json!({"officer": a.officer}))?;
         return print(a.api.json, &v, |v| {
             format!("discarded {} quarantined deliveries", v["discarded"])
         });
     };
-    let prefix = given.to_ascii_lowercase();
-    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("{given:?} is not a digest: hex digits, as `hotline inbox --quarantined` shows");
-    }
     let digest = if prefix.len() == 64 {
         prefix
     } else {
@@ -944,6 +951,21 @@ pub(crate) fn discard(a: DiscardArgs) -> anyhow::Result<()> {
     print(a.api.json, &v, |_| {
         format!("discarded quarantined delivery {digest}")
     })
+}
+
+/// `hotline discard DIGEST`: a digest, or the start of one (1 to 64 hex digits), in lower
+/// case; refused as a malformed argument otherwise.
+fn digest_prefix(given: &str) -> anyhow::Result<String> {
+    let prefix = given.to_ascii_lowercase();
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(super::BadArgument::of(
+            "DIGEST",
+            format_args!(
+                "{given:?} is not a digest: 1 to 64 hex digits, as `hotline inbox --quarantined` shows"
+            ),
+        ));
+    }
+    Ok(prefix)
 }
 
 /// How many held deliveries [`held_digest`] asks the node for at a time: the most a page of

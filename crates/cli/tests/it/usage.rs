@@ -264,3 +264,85 @@ fn an_argument_that_names_nothing_of_its_kind_is_a_usage_error() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// A malformed argument is refused as one (status 2, naming it) before the command does
+/// anything, the node's configuration and token read included: `hotline show ../status`
+/// with no node configuration here said that none was found (status 1), as `ack`, `status`
+/// and `reply` did (and `reply --body -` read standard input first), so the mistake in the
+/// command line was told only once the configuration was mended. `discard` refused a digest
+/// that is not hex digits with status 1, after reading the configuration, and took one of
+/// more than 64 digits for a start of one, looking through the whole quarantine for it.
+/// `keygen --id` with a name no key file may have was status 1.
+#[test]
+fn a_malformed_argument_is_refused_before_the_nodes_configuration_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing is there: a command that read it would fail with status 1 naming it.
+    let cfg = ["--node-config", "missing-node.toml"];
+    let node = |args: &[&'static str]| -> Vec<String> {
+        [args, &cfg[..]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let long_digest = "a".repeat(65);
+    let keys = dir.path().join("keys");
+    for (args, named) in [
+        (node(&["show", "../status"]), "ID"),
+        (node(&["status", "a/b"]), "ID"),
+        (node(&["ack", "nope", "--officer", "Duty officer"]), "ID"),
+        (node(&["reply", "?limit=1", "--body", "-"]), "ID"),
+        (
+            node(&["discard", "xyz", "--officer", "Duty officer"]),
+            "DIGEST",
+        ),
+        (
+            node(&["discard", "", "--officer", "Duty officer"]),
+            "DIGEST",
+        ),
+        (
+            [
+                node(&["discard", "--officer", "Duty officer"]),
+                vec![long_digest.clone()],
+            ]
+            .concat(),
+            "DIGEST",
+        ),
+        (
+            vec![
+                "keygen".to_owned(),
+                "--id".to_owned(),
+                "../KAZ".to_owned(),
+                "--out".to_owned(),
+                keys.to_str().expect("UTF-8").to_owned(),
+            ],
+            "--id",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("HOTLINE_NODE_CONFIG")
+            .env_remove("HOTLINE_API")
+            .env_remove("HOTLINE_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {named}: ")),
+            "{args:?}: names the argument: {stderr}"
+        );
+        assert!(
+            !stderr.contains("missing-node.toml"),
+            "{args:?}: refused before the configuration was read: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(
+        !keys.exists(),
+        "keygen made its directory for a name it refused"
+    );
+}
