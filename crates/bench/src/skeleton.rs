@@ -498,8 +498,6 @@ async fn serve_udp(sock: Arc<UdpSocket>, shape: Shape) -> anyhow::Result<()> {
     core.close().await
 }
 
-/// The QUIC forwarder: every connection opens one stream and says on it who it is. The
-/// recipients join first; then the sender's messages are read and forwarded until [`BYE`].
 /// A participant's connection to the QUIC forwarder, accepted: the first byte of its stream
 /// (its role, [`HELLO`] or [`SENDER`]) and the stream's two halves.
 type Opened = (u8, quinn::SendStream, quinn::RecvStream);
@@ -519,6 +517,8 @@ async fn open(incoming: quinn::Incoming) -> anyhow::Result<Opened> {
     Ok((role[PREFIX], send, recv))
 }
 
+/// The QUIC forwarder: every connection opens one stream and says on it who it is. The
+/// recipients join first; then the sender's messages are read and forwarded until [`BYE`].
 async fn serve_quic(ep: quinn::Endpoint, shape: Shape) -> anyhow::Result<()> {
     // Room for every connection the acceptor lets in (the recipients and the sender).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Opened>(RECIPIENTS_MAX + 1);
