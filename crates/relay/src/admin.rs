@@ -186,12 +186,13 @@ async fn handle(
         Err(e) => return refused(format!("to: {e}")),
     };
     info!(to = ?to, since_ms, "admin socket: deliver again requested");
-    // The search for the first message since then reads the history up to there: on a
-    // read connection, so that the writer, which every submission waits for, does not.
+    // The search for the first message and receipt since then reads the history up to
+    // there: on a read connection, so that the writer, which every submission waits for,
+    // does not.
     let db = db.to_owned();
     let first = tokio::task::spawn_blocking(move || {
         let conn = hotline_store::open_read_only(&db)?;
-        crate::store::first_accepted_since(&conn, since_ms)
+        crate::store::first_since(&conn, since_ms)
     })
     .await;
     let first = match first {

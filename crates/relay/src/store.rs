@@ -689,7 +689,7 @@ fn rewind_in_store(
     // Used for this one transaction and dropped with it, so nothing to roll back on failure.
     let mut journal = Journal::load(&conn)?;
     let tx = conn.transaction()?;
-    let first = first_accepted_since(&tx, since_ms)?;
+    let first = first_since(&tx, since_ms)?;
     let (rewound, _) = rewind_in(
         &tx,
         &mut journal,
@@ -699,6 +699,30 @@ fn rewind_in_store(
     )?;
     tx.commit()?;
     Ok(rewound)
+}
+
+/// Where a rewind since a time starts reading ([`first_since`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FirstSince {
+    /// [`first_accepted_since`].
+    pub(crate) message: Option<i64>,
+    /// The position of the first receipt stored at or after the time, if any.
+    pub(crate) receipt: Option<i64>,
+}
+
+/// The positions of the first message accepted and the first receipt stored at or after
+/// `since_ms`. Each reads its table up to there (neither time has an index), so the running
+/// relay asks them of a read connection, not of its writer: both tables are only ever
+/// appended to, so the answer holds when the writer uses it.
+pub(crate) fn first_since(conn: &Connection, since_ms: u64) -> Result<FirstSince, StoreError> {
+    Ok(FirstSince {
+        message: first_accepted_since(conn, since_ms)?,
+        receipt: conn.query_row(
+            "SELECT MIN(rseq) FROM receipts WHERE stored_at_ms >= ?1",
+            [time_key(since_ms)],
+            |r| r.get(0),
+        )?,
+    })
 }
 
 /// The position of the first message accepted at or after `since_ms`, if any. It reads the
@@ -734,13 +758,18 @@ fn rewind_in(
     tx: &Transaction<'_>,
     journal: &mut Journal,
     (only, whose): (Option<&ParticipantId>, Whose<'_>),
-    (since_ms, first): (u64, Option<i64>),
+    (since_ms, first): (u64, FirstSince),
     now_ms: u64,
 ) -> Result<(RewoundAll, Option<LoadedQueues>), StoreError> {
-    let (mut rewound, loaded) =
-        rewind_queues_in(tx, journal, (only, whose), (since_ms, first), now_ms)?;
+    let (mut rewound, loaded) = rewind_queues_in(
+        tx,
+        journal,
+        (only, whose),
+        (since_ms, first.message),
+        now_ms,
+    )?;
     if let Some(who) = only {
-        let receipts = forward_again(tx, who, since_ms)?;
+        let receipts = forward_again(tx, who, (since_ms, first.receipt))?;
         if receipts > 0 {
             journal.append(
                 tx,
@@ -860,19 +889,20 @@ fn rewind_queues_in(
 /// names a message of its: its node, restored from a backup, no longer holds those it was
 /// forwarded since, and confirmed them (`ReceiptsStored`), so the relay had dropped them from
 /// its forward queue. Its node keeps only what is news to it. Returns how many were queued
-/// again (those still queued are not counted). `stored_at_ms` has no index: the receipts are
-/// read once, an operator's rare request.
+/// again (those still queued are not counted). `first`: [`FirstSince::receipt`].
 fn forward_again(
     tx: &Transaction<'_>,
     sender: &ParticipantId,
-    since_ms: u64,
+    (since_ms, first): (u64, Option<i64>),
 ) -> Result<u64, StoreError> {
+    let Some(first) = first else {
+        // No receipt stored since then.
+        return Ok(0);
+    };
     let mut found = Vec::new();
     {
-        let mut st = tx.prepare(
-            "SELECT rseq, digest, bytes, key, sig FROM receipts WHERE stored_at_ms >= ?1 ORDER BY rseq",
-        )?;
-        let mut rows = st.query([time_key(since_ms)])?;
+        let mut st = tx.prepare(FORWARD_AGAIN_READ)?;
+        let mut rows = st.query(params![first, time_key(since_ms)])?;
         while let Some(r) = rows.next()? {
             let signed: Signed<Receipt> = signed_from_row(r, 2)?;
             // Stored receipts were verified when they came; one that no longer decodes
@@ -893,6 +923,15 @@ fn forward_again(
     }
     Ok(n)
 }
+
+/// [`forward_again`]'s read of the receipts stored since a time.
+/// By position from the first stored since the time ([`FirstSince::receipt`], found on a
+/// read connection), not by `stored_at_ms`, which has no index: the running relay does this
+/// in its writer, and read by time, every receipt the relay ever kept was read there while
+/// every submission waited. Both are asked: one stored later with an earlier time (the
+/// clock stepped back) was not stored since the time.
+const FORWARD_AGAIN_READ: &str = "SELECT rseq, digest, bytes, key, sig FROM receipts
+     WHERE rseq >= ?1 AND stored_at_ms >= ?2 ORDER BY rseq";
 
 /// A receipt's signing time as its key in `receipts`. SQLite integers are signed; a
 /// receipt's time is refused at decode past `TIME_MS_MAX` (= `i64::MAX`), but a store
@@ -1089,8 +1128,8 @@ pub(crate) enum Command {
     Rewind {
         only: Option<ParticipantId>,
         since_ms: u64,
-        /// [`first_accepted_since`], read before the command was sent.
-        first: Option<i64>,
+        /// [`first_since`], read before the command was sent.
+        first: FirstSince,
         reply: tokio::sync::oneshot::Sender<Result<RewoundAll, String>>,
     },
     /// Keep this roster, just reloaded, as the newest the relay has run with
@@ -2669,7 +2708,7 @@ impl Writer {
         &mut self,
         only: Option<&ParticipantId>,
         since_ms: u64,
-        first: Option<i64>,
+        first: FirstSince,
     ) -> Result<RewoundAll, String> {
         let roster = self.ctx.roster.borrow().clone();
         if let Err(e) = self.follow(&roster) {
@@ -4463,6 +4502,30 @@ mod tests {
         );
     }
 
+    /// The running relay queues receipts again in its writer, which every submission waits
+    /// for; receipts are kept for good, so the writer must not read the whole table to find
+    /// those stored since the time (as the first message since it, the receipt it starts
+    /// from is found on a read connection first): it reads them by position, from there.
+    #[test]
+    fn the_writer_reads_only_the_receipts_from_the_first_stored_since_the_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, c) = open_db(dir.path()).expect("open");
+        let mut st = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {FORWARD_AGAIN_READ}"))
+            .expect("prepare");
+        let zeros = rusqlite::params_from_iter(std::iter::repeat_n(0i64, st.parameter_count()));
+        let plan: Vec<String> = st
+            .query_map(zeros, |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(
+            plan.iter().all(|p| !p.starts_with("SCAN"))
+                && plan.iter().any(|p| p.contains("rowid>")),
+            "{plan:?}"
+        );
+    }
+
     #[test]
     fn a_version_1_store_is_migrated_keeping_receipt_positions_and_the_receipt_queue() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -6037,8 +6100,8 @@ mod tests {
         // of which was addressed to IND, journaled `cursor 3072 -> 1, 0 owed`; the next
         // start read every message from there, until a look for idle cursors moved it up
         // again.)
-        let first = first_accepted_since(&w.conn, 1_000).expect("first");
-        assert_eq!(first, Some(2));
+        let first = first_since(&w.conn, 1_000).expect("first");
+        assert_eq!(first.message, Some(2));
         let r = w.rewind(Some(&pid("IND")), 1_000, first).expect("rewind");
         assert_eq!(
             r,
@@ -6073,8 +6136,8 @@ mod tests {
             "a start reads only what CHN and KAZ are owed"
         );
         // Since its message: that one, and no other.
-        let first = first_accepted_since(&w.conn, 500).expect("first");
-        assert_eq!(first, Some(1));
+        let first = first_since(&w.conn, 500).expect("first");
+        assert_eq!(first.message, Some(1));
         let r = w.rewind(Some(&pid("IND")), 500, first).expect("rewind");
         assert_eq!(
             r,
@@ -6661,8 +6724,15 @@ mod tests {
         waits(
             &mut w,
             &|w| {
-                w.rewind(None, 0, Some(1))
-                    .is_ok_and(|r| r.len() == 2 && r.iter().all(|(_, r)| r.messages == 2))
+                w.rewind(
+                    None,
+                    0,
+                    FirstSince {
+                        message: Some(1),
+                        receipt: None,
+                    },
+                )
+                .is_ok_and(|r| r.len() == 2 && r.iter().all(|(_, r)| r.messages == 2))
             },
             "moving queues back",
         );
@@ -7034,7 +7104,7 @@ mod tests {
                         0 => None,
                         i => Some(pid(members[i as usize - 1].0)),
                     };
-                    let first = first_accepted_since(&w.conn, since).expect("first");
+                    let first = first_since(&w.conn, since).expect("first");
                     w.rewind(only.as_ref(), since, first).expect("rewind");
                     // Owed again: at least what was addressed to them since; perhaps
                     // positions receipted ahead before too. Checked, then taken as owed.
@@ -7044,7 +7114,7 @@ mod tests {
                         }
                         let queue = owed.entry(m).or_default();
                         for (rseq, (_, _, to, _)) in &messages {
-                            if first.is_some_and(|f| *rseq >= f) && to.contains(&m) {
+                            if first.message.is_some_and(|f| *rseq >= f) && to.contains(&m) {
                                 queue.insert(*rseq);
                             }
                         }
