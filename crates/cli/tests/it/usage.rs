@@ -241,27 +241,7 @@ fn an_argument_that_names_nothing_of_its_kind_is_a_usage_error() {
             "--since",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
-            .args(&args)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .env_remove("HOTLINE_NODE_CONFIG")
-            .env_remove("HOTLINE_API")
-            .env_remove("HOTLINE_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(&format!("error: {named}: ")),
-            "{args:?}: names the argument: {stderr}"
-        );
-        assert!(
-            !stderr.contains("relay.toml") && !stderr.contains("127.0.0.1:9"),
-            "{args:?}: refused before anything was done: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_usage_error(dir.path(), &args, named, &["relay.toml", "127.0.0.1:9"]);
     }
 }
 
@@ -319,30 +299,43 @@ fn a_malformed_argument_is_refused_before_the_nodes_configuration_is_read() {
             "--id",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
-            .args(&args)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .env_remove("HOTLINE_NODE_CONFIG")
-            .env_remove("HOTLINE_API")
-            .env_remove("HOTLINE_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(&format!("error: {named}: ")),
-            "{args:?}: names the argument: {stderr}"
-        );
-        assert!(
-            !stderr.contains("missing-node.toml"),
-            "{args:?}: refused before the configuration was read: {stderr}"
-        );
-        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_usage_error(dir.path(), &args, named, &["missing-node.toml"]);
     }
     assert!(
         !keys.exists(),
         "keygen made its directory for a name it refused"
     );
+}
+
+/// Runs `hotline ARGS` in `dir`, no node named by the environment, and asserts that it was
+/// refused as a malformed argument before it did anything: status 2, `named` named, nothing
+/// on standard output, and none of `untouched` (what a command that went on would have read
+/// and named in its error) on standard error.
+fn assert_usage_error<S>(dir: &std::path::Path, args: &[S], named: &str, untouched: &[&str])
+where
+    S: AsRef<std::ffi::OsStr> + std::fmt::Debug,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("HOTLINE_NODE_CONFIG")
+        .env_remove("HOTLINE_API")
+        .env_remove("HOTLINE_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("error: {named}: ")),
+        "{args:?}: names the argument: {stderr}"
+    );
+    for what in untouched {
+        assert!(
+            !stderr.contains(what),
+            "{args:?}: refused before {what} was read: {stderr}"
+        );
+    }
+    assert!(out.stdout.is_empty(), "{args:?}");
 }
