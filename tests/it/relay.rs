@@ -806,16 +806,12 @@ async fn a_running_relays_redelivery_reaches_what_was_receipted_ahead() {
     relay.shutdown().await;
 }
 
-/// A client that reads nothing the relay sends (a stream receive window of 0, kept alive by
-/// pings) and whose `Hello` is refused: the relay's `Error` frame can never leave, and the
-/// handshake deadline still closes the connection, so it does not hold a handshake slot
-/// (and a connection) for good.
-#[tokio::test]
-async fn a_refused_hello_whose_error_cannot_be_sent_is_closed_at_the_deadline() {
-    let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
-    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
-    let addr = relay.local_addr();
-
+/// A connection to the relay at `addr` from a client that reads nothing the relay sends (a
+/// stream receive window of 0), kept alive by pings, and its endpoint (which must outlive it).
+async fn deaf_connection(
+    net: &Net,
+    addr: std::net::SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection) {
     let mut cfg = hotline_net::transport::client_quinn_config(
         vec![net.fingerprint],
         &hotline_net::transport::TransportLimits::default(),
@@ -830,6 +826,20 @@ async fn a_refused_hello_whose_error_cannot_be_sent_is_closed_at_the_deadline() 
     let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT)
         .await
         .unwrap();
+    (ep, conn)
+}
+
+/// A client that reads nothing the relay sends (a stream receive window of 0, kept alive by
+/// pings) and whose `Hello` is refused: the relay's `Error` frame can never leave, and the
+/// handshake deadline still closes the connection, so it does not hold a handshake slot
+/// (and a connection) for good.
+#[tokio::test]
+async fn a_refused_hello_whose_error_cannot_be_sent_is_closed_at_the_deadline() {
+    let net = two_with("[limits]\nhandshake_timeout_ms = 300\n");
+    let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
+    let addr = relay.local_addr();
+
+    let (_ep, conn) = deaf_connection(&net, addr).await;
     // KAZ's name, signed with a key that is not KAZ's: refused (PROTOCOL.md 6.4, rule 7).
     let code = hello_with_binding(
         &conn,
@@ -859,20 +869,7 @@ async fn a_peer_that_has_not_logged_in_cannot_make_the_relay_buffer_more_than_a_
     let (relay, mut kaz, mut kgz) = relay_kaz_kgz(&net).await;
     let addr = relay.local_addr();
 
-    let mut cfg = hotline_net::transport::client_quinn_config(
-        vec![net.fingerprint],
-        &hotline_net::transport::TransportLimits::default(),
-    )
-    .unwrap();
-    let mut deaf = quinn::TransportConfig::default();
-    deaf.stream_receive_window(quinn::VarInt::from_u32(0));
-    deaf.keep_alive_interval(Some(std::time::Duration::from_millis(50)));
-    cfg.transport_config(Arc::new(deaf));
-    let mut ep = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
-    ep.set_default_client_config(cfg);
-    let conn = hotline_net::connect(&ep, addr, EVENT_TIMEOUT)
-        .await
-        .unwrap();
+    let (_ep, conn) = deaf_connection(&net, addr).await;
     let proof = AuthProof {
         version: hotline_proto::PROTOCOL_VERSION,
         participant: pid("ZZZ"),
