@@ -215,7 +215,7 @@ fn redeliver(config: &std::path::Path, to: &str, since: &str) -> anyhow::Result<
     }
     if r.receipts > 0 {
         outln!(
-            "OK: {} receipt(s) of messages {to} sent, stored since {since}, will be forwarded to it again at its next connection",
+            "OK: {} receipt(s) of messages {to} sent, stored since {since}, will be forwarded to it again at its next connection (start the relay)",
             r.receipts
         );
     }
