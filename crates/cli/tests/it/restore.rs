@@ -456,29 +456,21 @@ fn a_named_pipe_given_as_a_store_or_a_copy_is_refused_not_waited_on() {
         &["backup", "--data", "relay.db", "--out", "copy.db"][..],
         &["restore", "--from", "relay.db", "--data", "data"][..],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hotline"))
-            .args(args)
-            .current_dir(d)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the hotline binary runs");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("hotline {args:?}: still waiting on the named pipe after 30 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-            .expect("stderr");
+        let child = super::spawn_grouped(
+            Command::new(env!("CARGO_BIN_EXE_hotline"))
+                .args(args)
+                .current_dir(d)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        );
+        let out = super::output_within(
+            child,
+            args,
+            std::time::Duration::from_secs(30),
+            "still waiting on the named pipe",
+        );
+        let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
         assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
             stderr.contains("relay.db: not a regular file"),
