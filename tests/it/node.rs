@@ -1881,6 +1881,38 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
     relay.shutdown().await;
 }
 
+/// KAZ's node, on a relay whose budget of sessions is one a `refill_ms`, connected, stopped
+/// and started again at once: the network, the relay, its metrics' address, the node started
+/// again and its log line saying the relay refused it for its budget (`retry_in_ms=`).
+async fn kaz_restarted_past_its_session_budget(
+    refill_ms: u64,
+) -> (
+    Net,
+    hotline_relay::RelayHandle,
+    std::net::SocketAddr,
+    NodeProc,
+    String,
+) {
+    let net = Net::sec_kaz_kgz_with(&format!(
+        "[limits]\nsession_burst = 1\nsession_refill_ms = {refill_ms}\n"
+    ));
+    let relay = net.relay().await;
+    let maddr = relay.metrics_addr().expect("metrics in the test config");
+    net.node_config("KAZ", relay.local_addr());
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    kaz.connected().await.unwrap();
+    kaz.proc.signal("TERM").unwrap();
+    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
+    assert!(st.success(), "{st}");
+    let mut kaz = net.start_node("KAZ").await.unwrap();
+    let line = kaz
+        .proc
+        .wait_line(&["WARN", "budget of sessions", "retry_in_ms="])
+        .await
+        .unwrap();
+    (net, relay, maddr, kaz, line)
+}
+
 /// A relay that refuses the node's login for its participant's budget of sessions
 /// (`LimitExceeded`: this node restarted sooner than the relay's configuration allows) is
 /// not asked again at once: the node waits as long as the relay says (`retry in S.T s`),
@@ -1891,23 +1923,8 @@ async fn a_revoked_nodes_send_says_no_relay_will_take_it() {
 /// and was refused again each time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refused_for_the_relays_session_budget_waits_and_says_why() {
-    let net = Net::sec_kaz_kgz_with("[limits]\nsession_burst = 1\nsession_refill_ms = 600000\n");
-    let relay = net.relay().await;
-    let maddr = relay.metrics_addr().expect("metrics in the test config");
-    net.node_config("KAZ", relay.local_addr());
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    kaz.connected().await.unwrap();
-    kaz.proc.signal("TERM").unwrap();
-    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
-    assert!(st.success(), "{st}");
-
     // Started again at once: its one session is spent for ten minutes.
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    let line = kaz
-        .proc
-        .wait_line(&["WARN", "budget of sessions", "retry_in_ms="])
-        .await
-        .unwrap();
+    let (_net, relay, maddr, kaz, line) = kaz_restarted_past_its_session_budget(600_000).await;
     assert!(
         line.contains("LimitExceeded") && line.contains("retry in"),
         "{line}"
@@ -1943,23 +1960,8 @@ async fn a_node_refused_for_the_relays_session_budget_waits_and_says_why() {
 /// said, 10 to 15 s, longer than needed here (and too short for a refill over 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refused_for_the_relays_session_budget_tries_again_when_told() {
-    let net = Net::sec_kaz_kgz_with("[limits]\nsession_burst = 1\nsession_refill_ms = 5000\n");
-    let relay = net.relay().await;
-    let maddr = relay.metrics_addr().expect("metrics in the test config");
-    net.node_config("KAZ", relay.local_addr());
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    kaz.connected().await.unwrap();
-    kaz.proc.signal("TERM").unwrap();
-    let (st, _) = kaz.proc.wait_exit(EVENT_TIMEOUT).await.unwrap();
-    assert!(st.success(), "{st}");
-
     // Started again at once: its one session comes back within 5 s.
-    let mut kaz = net.start_node("KAZ").await.unwrap();
-    let line = kaz
-        .proc
-        .wait_line(&["WARN", "budget of sessions", "retry_in_ms="])
-        .await
-        .unwrap();
+    let (_net, relay, maddr, mut kaz, line) = kaz_restarted_past_its_session_budget(5_000).await;
     let field = |name: &str| -> u64 {
         line.split(&format!(" {name}="))
             .nth(1)
